@@ -1,0 +1,421 @@
+/* rpc.h: raftkv's one RPC protocol: frames, server, channel, errors, logging.
+ *
+ * Every hop in raftkv (client to server, server to server) speaks this:
+ *
+ *   frame := head_size (uint32, big-endian) | RpcHeader | args
+ *
+ * RpcHeader (proto/rpc.proto) names the service and method, the size of the
+ * args, a call id that the reply echoes, and on replies a status and an error
+ * text. One TCP connection carries many calls at once; replies come back in
+ * any order, matched by call id.
+ *
+ * Server side: register any number of protobuf-c services (generated
+ * ProtobufCService implementations) on an rpc_server; it dispatches each
+ * request by (service_name, method_name) through their descriptors and sends
+ * what the handler passes to its closure, now or later.
+ *
+ * Client side: an rpc_channel is a connection to one address; for each
+ * service descriptor it hands out a ProtobufCService whose invoke() sends a
+ * frame, so the generated stubs (raftkv__kv_service__get(...)) are the call
+ * API. Every call's closure runs exactly once: with the reply, or with NULL on
+ * failure (then rpc_last_error() says why).
+ *
+ * Threads: a server or channel belongs to the thread that runs its
+ * event_base. Different threads may each use their own.
+ */
+#ifndef RPC_RPC_H
+#define RPC_RPC_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <protobuf-c/protobuf-c.h>
+
+#include <proto/rpc.pb-c.h>
+
+struct event_base;
+
+/* ---------------------------------------------------------------- errors */
+
+/* Outcomes of a call. The first values mirror Raftkv__RpcStatus (what a
+ * server answered); the rest arise on the calling side. */
+enum rpc_error {
+    RPC_OK = 0,
+    RPC_E_UNKNOWN_SERVICE = 1, /* server has no such service */
+    RPC_E_UNKNOWN_METHOD = 2,  /* service has no such method or handler */
+    RPC_E_BAD_REQUEST = 3,     /* args did not unpack on the server */
+    RPC_E_SHUTTING_DOWN = 4,   /* server is stopping */
+    RPC_E_INTERNAL = 5,        /* handler failed without a reply */
+    RPC_E_OVERLOADED = 6,      /* no room for the call (buffers full) */
+    RPC_E_TIMEOUT = 100,       /* no reply before the deadline */
+    RPC_E_UNAVAILABLE,         /* could not connect (or backing off) */
+    RPC_E_CONNECTION_LOST,     /* connection closed with the call pending */
+    RPC_E_CANCELLED,           /* channel freed with the call pending */
+    RPC_E_TOO_BIG,             /* request or reply over a frame cap */
+    RPC_E_BAD_REPLY,           /* reply did not unpack: stream dropped */
+    RPC_E_NOMEM,               /* out of memory */
+    RPC_E_INVALID,             /* bad argument to an rpc_ function */
+    RPC_E_IO,                  /* socket error (bind, listen, ...) */
+};
+
+/**
+ * Name an rpc_error code for people.
+ * @param err a value of enum rpc_error
+ * @return a static string, "unknown error" for values outside the enum
+ */
+const char *rpc_strerror(int err);
+
+/**
+ * Why the most recent closure of this thread ran with NULL.
+ * Valid inside a closure (and until the next call completes on this
+ * thread).
+ * @return an enum rpc_error code; RPC_OK if the last call succeeded
+ */
+int rpc_last_status(void);
+
+/**
+ * The context of rpc_last_status(): "no reply from 127.0.0.1:7001 within
+ * 500 ms", or the server's own error text.
+ * @return a thread-local string, never NULL
+ */
+const char *rpc_last_error(void);
+
+/* ---------------------------------------------------------------- frames */
+
+#define RPC_PREFIX_SIZE 4 /* bytes of the big-endian head_size */
+
+/* Default caps. A header holds two names, an id, a status and an error
+ * text: 64 KiB is far above any legitimate one. Args hold at most one
+ * AppendEntries batch or one snapshot chunk (each bounded at 1 MiB by the
+ * node) or one client value: 8 MiB leaves room for large values while
+ * bounding what one bad peer makes a node allocate. */
+#define RPC_DEFAULT_MAX_HEAD (64u * 1024)
+#define RPC_DEFAULT_MAX_ARGS (8u * 1024 * 1024)
+
+/* Hard caps on one frame. Zero fields mean the defaults above. */
+struct rpc_limits {
+    uint32_t max_head; /* largest head_size accepted or sent */
+    uint32_t max_args; /* largest args_size accepted or sent */
+};
+
+/* Sizes of a frame about to be packed (see rpc_frame_plan). */
+struct rpc_frame_plan {
+    size_t head_size; /* packed RpcHeader */
+    size_t args_size; /* packed args */
+    size_t total;     /* RPC_PREFIX_SIZE + head_size + args_size */
+};
+
+/**
+ * Measure a frame and check it against the caps; sets hdr->args_size.
+ * @param hdr the header; its args_size is overwritten
+ * @param args the request or reply, or NULL for empty args
+ * @param limits caps, or NULL for the defaults
+ * @param plan filled with the sizes
+ * @return 0, or RPC_E_TOO_BIG when the header or args exceed a cap
+ */
+int rpc_frame_plan(Raftkv__RpcHeader *hdr,
+                   const ProtobufCMessage *args,
+                   const struct rpc_limits *limits,
+                   struct rpc_frame_plan *plan);
+
+/**
+ * Pack a planned frame into out, which has room for plan->total bytes.
+ * @param hdr, args the same as given to rpc_frame_plan
+ * @param plan the plan that rpc_frame_plan filled
+ * @param out destination of plan->total bytes
+ */
+void rpc_frame_pack(const Raftkv__RpcHeader *hdr,
+                    const ProtobufCMessage *args,
+                    const struct rpc_frame_plan *plan,
+                    uint8_t *out);
+
+/* A decoded frame. Borrowed from the decoder: valid until its next feed. */
+struct rpc_frame {
+    const Raftkv__RpcHeader *header; /* unpacked header */
+    const uint8_t *args;             /* args_size bytes (may be NULL if 0) */
+    size_t args_size;                /* equals header->args_size */
+};
+
+/* Results of rpc_decoder_feed. */
+enum rpc_decode_result {
+    RPC_DECODE_MORE = 0,   /* all input used; the frame is not complete */
+    RPC_DECODE_FRAME = 1,  /* a frame is complete (input may remain) */
+    RPC_DECODE_ERROR = -1, /* the stream is broken: see errmsg; sticky */
+};
+
+struct rpc_decoder;
+
+/**
+ * Make an incremental frame decoder. It is a pure function of the bytes fed
+ * to it, in pieces of any size.
+ * @param limits caps, copied; NULL for the defaults
+ * @return the decoder, or NULL when out of memory
+ */
+struct rpc_decoder *rpc_decoder_new(const struct rpc_limits *limits);
+
+/**
+ * Free a decoder and the frame it last returned.
+ * @param d the decoder, or NULL
+ */
+void rpc_decoder_free(struct rpc_decoder *d);
+
+/**
+ * Feed bytes. Consumes input up to the end of the next complete frame.
+ * When a frame is complete its args point into data when they lay there
+ * whole, otherwise into the decoder's own buffer; either way the frame is
+ * valid until the next call, and data must stay unchanged until then.
+ * @param d the decoder
+ * @param data, len the next bytes of the stream (borrowed)
+ * @param used set to the number of bytes consumed
+ * @param frame filled when the result is RPC_DECODE_FRAME
+ * @return an enum rpc_decode_result
+ */
+int rpc_decoder_feed(struct rpc_decoder *d,
+                     const uint8_t *data,
+                     size_t len,
+                     size_t *used,
+                     struct rpc_frame *frame);
+
+/**
+ * Why the decoder failed: "head_size 70000 over the cap of 65536".
+ * @return a string owned by the decoder; "" before any failure
+ */
+const char *rpc_decoder_errmsg(const struct rpc_decoder *d);
+
+/* ---------------------------------------------------------------- server */
+
+/* Server settings. Zero fields mean the defaults. */
+struct rpc_server_options {
+    struct rpc_limits limits; /* frame caps for requests and replies */
+    size_t max_output;        /* per-connection output buffer: reading
+                                 pauses above it and resumes below half;
+                                 a connection whose output passes 4x it is
+                                 closed. Default 8 MiB. */
+};
+
+/* Counters of a server, for logs and metrics. */
+struct rpc_server_stats {
+    uint64_t accepted;        /* connections accepted or adopted */
+    uint64_t open;            /* connections open now */
+    uint64_t calls;           /* requests dispatched to a handler */
+    uint64_t error_replies;   /* requests answered with a non-OK status */
+    uint64_t bad_frames;      /* connections closed for a broken stream */
+    uint64_t dropped_replies; /* replies whose connection was gone */
+    uint64_t overflow_closes; /* connections closed for output overflow */
+};
+
+struct rpc_server;
+
+/**
+ * Make a server on an event base. It serves nothing until a service is
+ * added and it listens (or adopts a connected socket).
+ * @param base the caller's event base (borrowed; must outlive the server)
+ * @param opts settings, copied; NULL for the defaults
+ * @return the server, or NULL when out of memory
+ */
+struct rpc_server *rpc_server_new(struct event_base *base,
+                                  const struct rpc_server_options *opts);
+
+/**
+ * Stop listening, close every connection and free the server. Replies that
+ * handlers send later are dropped safely.
+ * @param s the server, or NULL
+ */
+void rpc_server_free(struct rpc_server *s);
+
+/**
+ * Serve a service. Requests name it by its descriptor's full name
+ * ("raftkv.KvService"). A generated service whose handler slot for a method
+ * is NULL answers that method with RPC_E_UNKNOWN_METHOD.
+ * Handlers get the unpacked input (valid until the handler returns) and a
+ * closure that must be called exactly once, at once or later from the same
+ * event loop: with the reply (borrowed during the call; the caller frees
+ * it), or with NULL, which answers RPC_E_INTERNAL.
+ * @param s the server
+ * @param service the implementation (borrowed; must outlive the server)
+ * @return 0, RPC_E_INVALID when a service of that name is already served,
+ *   or RPC_E_NOMEM
+ */
+int rpc_server_add_service(struct rpc_server *s, ProtobufCService *service);
+
+/**
+ * Listen on host:port (port 0 picks a free port).
+ * @param s the server
+ * @param host a numeric address or a name ("127.0.0.1", "localhost")
+ * @param port the port, or 0
+ * @param bound_port set to the port listened on (may be NULL)
+ * @return 0, or RPC_E_IO with rpc_server_errmsg() saying why
+ */
+int rpc_server_listen(struct rpc_server *s,
+                      const char *host,
+                      uint16_t port,
+                      uint16_t *bound_port);
+
+/**
+ * Serve an already connected socket (a socketpair end in tests and fuzzing).
+ * The server owns fd from now on, also on failure.
+ * @param s the server
+ * @param fd a connected stream socket
+ * @param peer a name for logs (copied), or NULL
+ * @return 0, or RPC_E_NOMEM
+ */
+int rpc_server_adopt(struct rpc_server *s, int fd, const char *peer);
+
+/**
+ * Context of the last failure of a server call: "listen on 127.0.0.1:7001:
+ * Address already in use".
+ * @return a string owned by the server
+ */
+const char *rpc_server_errmsg(const struct rpc_server *s);
+
+/**
+ * Read the server's counters.
+ * @param s the server
+ * @param out filled with a copy
+ */
+void rpc_server_get_stats(const struct rpc_server *s,
+                          struct rpc_server_stats *out);
+
+/**
+ * Answer a call with an error status instead of a reply; this counts as
+ * the call's one closure.
+ * @param closure_data the closure_data the handler was given
+ * @param status an RPC_E_ code from 1 to 99
+ * @param msg text for the caller (copied), or NULL
+ */
+void rpc_call_fail(void *closure_data, int status, const char *msg);
+
+/**
+ * The address of the peer that made a call: "127.0.0.1:50432".
+ * @param closure_data the closure_data the handler was given
+ * @return a string valid until the call's closure runs
+ */
+const char *rpc_call_peer(void *closure_data);
+
+/* --------------------------------------------------------------- channel */
+
+/* Channel settings. Zero fields mean the defaults. */
+struct rpc_channel_options {
+    uint32_t deadline_ms;        /* per call; default 5000 */
+    uint32_t connect_timeout_ms; /* default 1000 */
+    uint32_t backoff_min_ms;     /* first wait after a failed connect; 20 */
+    uint32_t backoff_max_ms;     /* longest wait between connects; 1000 */
+    const char *bind_host;       /* local source address (copied); NULL: any */
+    struct rpc_limits limits;    /* frame caps */
+    size_t max_output;           /* unsent bytes above which calls fail
+                                    with RPC_E_OVERLOADED; default 64 MiB */
+};
+
+/* Counters of a channel. */
+struct rpc_channel_stats {
+    uint64_t calls;        /* calls started */
+    uint64_t failed;       /* calls whose closure ran with NULL */
+    uint64_t late_replies; /* replies that came after their call ended */
+    uint64_t connects;     /* connections established */
+};
+
+struct rpc_channel;
+
+/**
+ * Make an asynchronous channel to host:port on the caller's event base.
+ * It connects on the first call and again after a failure (with backoff);
+ * calls made meanwhile wait in its buffer. Closures run from the event loop,
+ * never from inside the stub call itself.
+ * @param base the caller's event base (borrowed; must outlive the channel)
+ * @param host the server's address or name (copied)
+ * @param port the server's port
+ * @param opts settings, copied; NULL for the defaults
+ * @return the channel, or NULL when out of memory or host is NULL
+ */
+struct rpc_channel *rpc_channel_new(struct event_base *base,
+                                    const char *host,
+                                    uint16_t port,
+                                    const struct rpc_channel_options *opts);
+
+/**
+ * Make a blocking channel: it runs an event base of its own, and each stub
+ * call returns only after its closure has run. One thread at a time.
+ * @return the channel, or NULL when out of memory or host is NULL
+ */
+struct rpc_channel *rpc_channel_new_blocking(
+    const char *host,
+    uint16_t port,
+    const struct rpc_channel_options *opts);
+
+/**
+ * Fail every pending call (closure with NULL, RPC_E_CANCELLED; the closures
+ * run inside this call), close the connection and free the channel.
+ * @param ch the channel, or NULL
+ */
+void rpc_channel_free(struct rpc_channel *ch);
+
+/**
+ * The client side of a service on this channel, for the generated stubs.
+ * Asking twice for one descriptor returns the same service.
+ * @param ch the channel
+ * @param desc the generated descriptor (static)
+ * @return the service (owned by the channel), or NULL when out of memory
+ */
+ProtobufCService *rpc_channel_service(struct rpc_channel *ch,
+                                      const ProtobufCServiceDescriptor *desc);
+
+/**
+ * Set the deadline of the calls made from now on.
+ * @param ch the channel
+ * @param ms milliseconds from the call's start; 0 restores the default
+ */
+void rpc_channel_set_deadline(struct rpc_channel *ch, uint32_t ms);
+
+/**
+ * Calls started and not yet completed.
+ */
+size_t rpc_channel_pending(const struct rpc_channel *ch);
+
+/**
+ * Is the channel's connection established right now?
+ */
+bool rpc_channel_connected(const struct rpc_channel *ch);
+
+/**
+ * Read the channel's counters.
+ */
+void rpc_channel_get_stats(const struct rpc_channel *ch,
+                           struct rpc_channel_stats *out);
+
+/**
+ * "host:port" of the channel's server.
+ */
+const char *rpc_channel_target(const struct rpc_channel *ch);
+
+/* --------------------------------------------------------------- logging */
+
+enum rpc_log_level {
+    RPC_LOG_DEBUG = 0,
+    RPC_LOG_INFO = 1,
+    RPC_LOG_WARN = 2,
+    RPC_LOG_ERROR = 3,
+};
+
+/* Where log lines go: level and one formatted line without newline. */
+typedef void (*rpc_log_cb)(int level, const char *line, void *data);
+
+/**
+ * Send log lines to a handler instead of standard error.
+ * @param cb the handler, or NULL for the default (stderr, with timestamp)
+ * @param data passed to cb
+ */
+void rpc_log_set_handler(rpc_log_cb cb, void *data);
+
+/**
+ * Drop log lines below a level (default RPC_LOG_INFO).
+ */
+void rpc_log_set_level(int level);
+
+/**
+ * Log one line at a level.
+ */
+void rpc_logf(int level, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+#endif /* RPC_RPC_H */

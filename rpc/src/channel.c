@@ -1,0 +1,641 @@
+/* channel.c: client side: generated stubs over one multiplexed connection. */
+#include <errno.h>
+#include <netdb.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/event.h>
+#include <event2/util.h>
+
+#include "internal.h"
+
+#define DEFAULT_DEADLINE_MS 5000
+#define DEFAULT_CONNECT_TIMEOUT_MS 1000
+#define DEFAULT_BACKOFF_MIN_MS 20
+#define DEFAULT_BACKOFF_MAX_MS 1000
+#define DEFAULT_MAX_OUTPUT (64u * 1024 * 1024)
+
+enum conn_state {
+    CH_IDLE,       /* no connection; the next call connects */
+    CH_CONNECTING, /* connect in progress; calls wait in the buffer */
+    CH_CONNECTED,  /* established */
+    CH_BACKOFF,    /* a connect failed; calls fail until retry_at */
+};
+
+struct pending {
+    struct rpc_channel *ch;                   /* owner */
+    uint64_t id;                              /* call_id */
+    const ProtobufCMessageDescriptor *output; /* reply type */
+    ProtobufCClosure closure;                 /* caller's closure */
+    void *closure_data;                       /* its argument */
+    struct event *timer;                      /* deadline or early failure */
+    uint32_t deadline_ms;                     /* for the timeout message */
+    int early_status;                         /* failed before sending */
+    char *early_msg;                          /* why (owned), or NULL */
+    bool *done;                               /* blocking caller's flag */
+    struct pending *hnext;                    /* hash chain */
+};
+
+struct channel_service {
+    ProtobufCService base;       /* what the stubs are given */
+    struct rpc_channel *ch;      /* owner */
+    struct channel_service *next; /* channel's list */
+};
+
+struct rpc_channel {
+    struct event_base *base;      /* caller's, or own when blocking */
+    bool own_base;                /* blocking channel: base is ours */
+    char *host;                   /* server address */
+    uint16_t port;                /* server port */
+    char target[280];             /* "host:port" for messages */
+    struct rpc_channel_options opts; /* with defaults */
+    uint32_t deadline_ms;         /* for calls made from now on */
+    enum conn_state state;        /* connection state */
+    struct bufferevent *bev;      /* connection, when not IDLE/BACKOFF */
+    struct rpc_decoder *dec;      /* reply decoder for this connection */
+    struct event *connect_timer;  /* connect timeout */
+    uint64_t retry_at;            /* BACKOFF: earliest reconnect (ms) */
+    uint32_t backoff_ms;          /* current backoff */
+    char last_failure[600];       /* why the last connect failed */
+    uint64_t next_id;             /* next call_id */
+    struct pending **table;       /* pending calls by id */
+    size_t table_size;            /* buckets, a power of two */
+    size_t n_pending;             /* calls in the table */
+    struct channel_service *services; /* handed out by rpc_channel_service */
+    struct rpc_channel_stats stats; /* counters */
+};
+
+/* --------------------------------------------------------- pending table */
+
+static size_t bucket(const struct rpc_channel *ch, uint64_t id)
+{
+    return (size_t)(id * 0x9E3779B97F4A7C15ull >> 17) & (ch->table_size - 1);
+}
+
+static bool table_grow(struct rpc_channel *ch)
+{
+    size_t size = ch->table_size ? ch->table_size * 2 : 64;
+    struct pending **t = calloc(size, sizeof *t);
+    if (!t) {
+        return false;
+    }
+    struct pending **old = ch->table;
+    size_t old_size = ch->table_size;
+    ch->table = t;
+    ch->table_size = size;
+    for (size_t i = 0; i < old_size; i++) {
+        struct pending *p = old[i];
+        while (p) {
+            struct pending *next = p->hnext;
+            size_t b = bucket(ch, p->id);
+            p->hnext = t[b];
+            t[b] = p;
+            p = next;
+        }
+    }
+    free(old);
+    return true;
+}
+
+static struct pending *table_take(struct rpc_channel *ch, uint64_t id)
+{
+    if (!ch->table_size) {
+        return NULL;
+    }
+    struct pending **pp = &ch->table[bucket(ch, id)];
+    for (; *pp; pp = &(*pp)->hnext) {
+        if ((*pp)->id == id) {
+            struct pending *p = *pp;
+            *pp = p->hnext;
+            ch->n_pending--;
+            return p;
+        }
+    }
+    return NULL;
+}
+
+/* ------------------------------------------------------------ completion */
+
+/* Run a call's closure once and free it; p is already out of the table. */
+static void complete(struct pending *p, const ProtobufCMessage *reply,
+                     int status, const char *msg)
+{
+    struct rpc_channel *ch = p->ch;
+    if (p->timer) {
+        event_free(p->timer);
+    }
+    free(p->early_msg);
+    if (!reply) {
+        ch->stats.failed++;
+    }
+    rpc_set_last(reply ? RPC_OK : status, msg);
+    if (p->done) {
+        *p->done = true;
+    }
+    p->closure(reply, p->closure_data);
+    free(p);
+}
+
+/* Fail every pending call; closures may start new calls meanwhile. */
+static void fail_all(struct rpc_channel *ch, int status, const char *msg)
+{
+    struct pending *list = NULL;
+    for (size_t i = 0; i < ch->table_size; i++) {
+        while (ch->table[i]) {
+            struct pending *p = ch->table[i];
+            ch->table[i] = p->hnext;
+            p->hnext = list;
+            list = p;
+        }
+    }
+    ch->n_pending = 0;
+    while (list) {
+        struct pending *p = list;
+        list = p->hnext;
+        complete(p, NULL, status, msg);
+    }
+}
+
+/* ------------------------------------------------------------ connection */
+
+static void drop_connection(struct rpc_channel *ch)
+{
+    if (ch->bev) {
+        bufferevent_free(ch->bev);
+        ch->bev = NULL;
+    }
+    if (ch->dec) {
+        rpc_decoder_free(ch->dec);
+        ch->dec = NULL;
+    }
+    event_del(ch->connect_timer);
+}
+
+/* The connection failed or was lost: fail its calls and back off. */
+static void connection_failed(struct rpc_channel *ch, int status,
+                              const char *why)
+{
+    bool was_connected = ch->state == CH_CONNECTED;
+    drop_connection(ch);
+    snprintf(ch->last_failure, sizeof ch->last_failure, "%s", why);
+    if (was_connected) {
+        /* A working connection broke: reconnect at the next call. */
+        ch->state = CH_IDLE;
+        ch->backoff_ms = 0;
+    } else {
+        uint32_t b = ch->backoff_ms ? ch->backoff_ms * 2
+                                    : ch->opts.backoff_min_ms;
+        ch->backoff_ms = b > ch->opts.backoff_max_ms ? ch->opts.backoff_max_ms
+                                                     : b;
+        ch->retry_at = rpc_now_ms() + ch->backoff_ms;
+        ch->state = CH_BACKOFF;
+    }
+    fail_all(ch, status, why);
+}
+
+static int on_reply(void *ctx, const struct rpc_frame *f)
+{
+    struct rpc_channel *ch = ctx;
+    const Raftkv__RpcHeader *h = f->header;
+    struct pending *p = table_take(ch, h->call_id);
+    if (!p) {
+        ch->stats.late_replies++;
+        return 0;
+    }
+    if (h->status != RAFTKV__RPC_STATUS__RPC_OK) {
+        complete(p, NULL, rpc_status_from_wire(h->status), h->error);
+        return ch->bev ? 0 : 1;
+    }
+    ProtobufCMessage *reply =
+        protobuf_c_message_unpack(p->output, NULL, f->args_size, f->args);
+    if (!reply) {
+        char why[700];
+        snprintf(why, sizeof why,
+                 "reply from %s does not unpack as %s; connection dropped",
+                 ch->target, p->output->name);
+        rpc_logf(RPC_LOG_WARN, "rpc: %s", why);
+        complete(p, NULL, RPC_E_BAD_REPLY, why);
+        if (ch->bev) {
+            connection_failed(ch, RPC_E_CONNECTION_LOST, why);
+        }
+        return 1;
+    }
+    complete(p, reply, RPC_OK, NULL);
+    protobuf_c_message_free_unpacked(reply, NULL);
+    return ch->bev ? 0 : 1;
+}
+
+static void on_read(struct bufferevent *bev, void *arg)
+{
+    struct rpc_channel *ch = arg;
+    struct rpc_decoder *dec = ch->dec;
+    int rv = rpc_read_frames(bufferevent_get_input(bev), dec, on_reply, ch);
+    if (rv == RPC_DECODE_ERROR && ch->dec == dec) {
+        char why[600];
+        snprintf(why, sizeof why, "bad frame from %s: %s", ch->target,
+                 rpc_decoder_errmsg(dec));
+        rpc_logf(RPC_LOG_WARN, "rpc: %s", why);
+        connection_failed(ch, RPC_E_CONNECTION_LOST, why);
+    }
+}
+
+static void on_event(struct bufferevent *bev, short what, void *arg)
+{
+    (void)bev;
+    struct rpc_channel *ch = arg;
+    char why[600];
+    if (what & BEV_EVENT_CONNECTED) {
+        ch->state = CH_CONNECTED;
+        ch->backoff_ms = 0;
+        ch->stats.connects++;
+        event_del(ch->connect_timer);
+        rpc_tune_socket(bufferevent_getfd(ch->bev));
+        return;
+    }
+    if (what & (BEV_EVENT_EOF | BEV_EVENT_ERROR)) {
+        int err = EVUTIL_SOCKET_ERROR();
+        if (ch->state == CH_CONNECTING) {
+            snprintf(why, sizeof why, "connect to %s: %s", ch->target,
+                     err ? evutil_socket_error_to_string(err)
+                         : "connection closed");
+            connection_failed(ch, RPC_E_UNAVAILABLE, why);
+        } else {
+            snprintf(why, sizeof why, "connection to %s lost: %s",
+                     ch->target,
+                     (what & BEV_EVENT_EOF) ? "closed by the server"
+                                            : evutil_socket_error_to_string(err));
+            connection_failed(ch, RPC_E_CONNECTION_LOST, why);
+        }
+    }
+}
+
+static void on_connect_timeout(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    struct rpc_channel *ch = arg;
+    char why[600];
+    snprintf(why, sizeof why, "connect to %s: no answer within %u ms",
+             ch->target, ch->opts.connect_timeout_ms);
+    connection_failed(ch, RPC_E_UNAVAILABLE, why);
+}
+
+/* Resolve host:port (and bind_host) and start a non-blocking connect. */
+static int start_connect(struct rpc_channel *ch)
+{
+    struct evutil_addrinfo hints = {0}, *ai = NULL, *bai = NULL;
+    char port[8];
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    snprintf(port, sizeof port, "%u", ch->port);
+    int gai = evutil_getaddrinfo(ch->host, port, &hints, &ai);
+    if (gai != 0) {
+        snprintf(ch->last_failure, sizeof ch->last_failure,
+                 "resolve %s: %s", ch->host, evutil_gai_strerror(gai));
+        return RPC_E_UNAVAILABLE;
+    }
+    int fd = socket(ai->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC,
+                    0);
+    if (fd < 0) {
+        snprintf(ch->last_failure, sizeof ch->last_failure, "socket: %s",
+                 strerror(errno));
+        evutil_freeaddrinfo(ai);
+        return RPC_E_UNAVAILABLE;
+    }
+    if (ch->opts.bind_host) {
+        hints.ai_family = ai->ai_family;
+        hints.ai_flags = EVUTIL_AI_PASSIVE;
+        gai = evutil_getaddrinfo(ch->opts.bind_host, "0", &hints, &bai);
+        if (gai != 0 || bind(fd, bai->ai_addr, bai->ai_addrlen) != 0) {
+            snprintf(ch->last_failure, sizeof ch->last_failure,
+                     "bind source address %s: %s", ch->opts.bind_host,
+                     gai ? evutil_gai_strerror(gai) : strerror(errno));
+            if (bai) {
+                evutil_freeaddrinfo(bai);
+            }
+            evutil_freeaddrinfo(ai);
+            close(fd);
+            return RPC_E_UNAVAILABLE;
+        }
+        evutil_freeaddrinfo(bai);
+    }
+    ch->dec = rpc_decoder_new(&ch->opts.limits);
+    ch->bev = ch->dec ? bufferevent_socket_new(ch->base, fd,
+                                               BEV_OPT_CLOSE_ON_FREE)
+                      : NULL;
+    if (!ch->bev) {
+        close(fd);
+        evutil_freeaddrinfo(ai);
+        drop_connection(ch);
+        snprintf(ch->last_failure, sizeof ch->last_failure, "out of memory");
+        return RPC_E_NOMEM;
+    }
+    bufferevent_setcb(ch->bev, on_read, NULL, on_event, ch);
+    bufferevent_enable(ch->bev, EV_READ | EV_WRITE);
+    ch->state = CH_CONNECTING;
+    int rv = bufferevent_socket_connect(ch->bev, ai->ai_addr,
+                                        (int)ai->ai_addrlen);
+    evutil_freeaddrinfo(ai);
+    if (rv != 0) {
+        snprintf(ch->last_failure, sizeof ch->last_failure, "connect to %s: %s",
+                 ch->target, strerror(errno));
+        drop_connection(ch);
+        return RPC_E_UNAVAILABLE;
+    }
+    struct timeval tv = {ch->opts.connect_timeout_ms / 1000,
+                         (ch->opts.connect_timeout_ms % 1000) * 1000};
+    event_add(ch->connect_timer, &tv);
+    return 0;
+}
+
+/* ----------------------------------------------------------------- calls */
+
+static void on_timer(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    struct pending *p = arg;
+    struct rpc_channel *ch = p->ch;
+    char why[700];
+    if (!table_take(ch, p->id)) {
+        return;
+    }
+    if (p->early_status) {
+        snprintf(why, sizeof why, "%s",
+                 p->early_msg ? p->early_msg : rpc_strerror(p->early_status));
+        complete(p, NULL, p->early_status, why);
+        return;
+    }
+    snprintf(why, sizeof why, "no reply from %s within %u ms", ch->target,
+             p->deadline_ms);
+    complete(p, NULL, RPC_E_TIMEOUT, why);
+}
+
+/* Make the connection usable for a call, or say why not. */
+static int ensure_connection(struct rpc_channel *ch)
+{
+    if (ch->state == CH_BACKOFF) {
+        uint64_t now = rpc_now_ms();
+        if (now < ch->retry_at) {
+            return RPC_E_UNAVAILABLE; /* reason: ch->last_failure */
+        }
+        ch->state = CH_IDLE;
+    }
+    if (ch->state == CH_IDLE) {
+        int rv = start_connect(ch);
+        if (rv != 0) {
+            uint32_t b = ch->backoff_ms ? ch->backoff_ms * 2
+                                        : ch->opts.backoff_min_ms;
+            ch->backoff_ms = b > ch->opts.backoff_max_ms
+                                 ? ch->opts.backoff_max_ms
+                                 : b;
+            ch->retry_at = rpc_now_ms() + ch->backoff_ms;
+            ch->state = CH_BACKOFF;
+            return rv;
+        }
+    }
+    return 0;
+}
+
+static void channel_invoke(ProtobufCService *service,
+                           unsigned method_index,
+                           const ProtobufCMessage *input,
+                           ProtobufCClosure closure,
+                           void *closure_data)
+{
+    struct channel_service *cs = (struct channel_service *)service;
+    struct rpc_channel *ch = cs->ch;
+    const ProtobufCMethodDescriptor *m =
+        &service->descriptor->methods[method_index];
+    bool done = false;
+
+    struct pending *p = calloc(1, sizeof *p);
+    if (p) {
+        p->timer = event_new(ch->base, -1, 0, on_timer, p);
+    }
+    if (!p || !p->timer ||
+        (ch->n_pending >= ch->table_size && !table_grow(ch))) {
+        /* No memory even to queue a failure: fail inline, the one case. */
+        if (p && p->timer) {
+            event_free(p->timer);
+        }
+        free(p);
+        ch->stats.failed++;
+        rpc_set_last(RPC_E_NOMEM, "out of memory starting a call");
+        closure(NULL, closure_data);
+        return;
+    }
+    p->ch = ch;
+    p->id = ++ch->next_id;
+    p->output = m->output;
+    p->closure = closure;
+    p->closure_data = closure_data;
+    p->done = ch->own_base ? &done : NULL;
+    p->deadline_ms = ch->deadline_ms;
+    size_t b = bucket(ch, p->id);
+    p->hnext = ch->table[b];
+    ch->table[b] = p;
+    ch->n_pending++;
+    ch->stats.calls++;
+
+    int rv = ensure_connection(ch);
+    if (rv == 0 && evbuffer_get_length(bufferevent_get_output(ch->bev)) >
+                       ch->opts.max_output) {
+        snprintf(ch->last_failure, sizeof ch->last_failure,
+                 "%s is not reading: %zu bytes unsent", ch->target,
+                 evbuffer_get_length(bufferevent_get_output(ch->bev)));
+        rv = RPC_E_OVERLOADED;
+    }
+    if (rv == 0) {
+        Raftkv__RpcHeader hdr = RAFTKV__RPC_HEADER__INIT;
+        hdr.service_name = (char *)service->descriptor->name;
+        hdr.method_name = (char *)m->name;
+        hdr.call_id = p->id;
+        rv = rpc_write_frame(bufferevent_get_output(ch->bev), &hdr, input,
+                             &ch->opts.limits);
+        if (rv == RPC_E_TOO_BIG) {
+            snprintf(ch->last_failure, sizeof ch->last_failure,
+                     "%s.%s request over the frame size cap",
+                     service->descriptor->name, m->name);
+        }
+    }
+    if (rv != 0) {
+        /* Fail from the event loop, never inside the stub call. */
+        p->early_status = rv;
+        p->early_msg = strdup(ch->last_failure);
+        event_active(p->timer, EV_TIMEOUT, 0);
+    } else {
+        struct timeval tv = {p->deadline_ms / 1000,
+                             (p->deadline_ms % 1000) * 1000};
+        event_add(p->timer, &tv);
+    }
+    if (ch->own_base) {
+        while (!done) {
+            event_base_loop(ch->base, EVLOOP_ONCE);
+        }
+    }
+}
+
+/* ------------------------------------------------------------ public API */
+
+static struct rpc_channel *channel_new(struct event_base *base, bool own,
+                                       const char *host, uint16_t port,
+                                       const struct rpc_channel_options *opts)
+{
+    if (!host) {
+        return NULL;
+    }
+    struct rpc_channel *ch = calloc(1, sizeof *ch);
+    if (!ch) {
+        return NULL;
+    }
+    if (opts) {
+        ch->opts = *opts;
+    }
+    ch->opts.bind_host = NULL;
+    ch->host = strdup(host);
+    if (opts && opts->bind_host) {
+        ch->opts.bind_host = strdup(opts->bind_host);
+        if (!ch->opts.bind_host) {
+            goto err_free;
+        }
+    }
+    if (!ch->host) {
+        goto err_free;
+    }
+#define DEFAULT(f, v) \
+    if (!ch->opts.f)  \
+    ch->opts.f = (v)
+    DEFAULT(deadline_ms, DEFAULT_DEADLINE_MS);
+    DEFAULT(connect_timeout_ms, DEFAULT_CONNECT_TIMEOUT_MS);
+    DEFAULT(backoff_min_ms, DEFAULT_BACKOFF_MIN_MS);
+    DEFAULT(backoff_max_ms, DEFAULT_BACKOFF_MAX_MS);
+    DEFAULT(limits.max_head, RPC_DEFAULT_MAX_HEAD);
+    DEFAULT(limits.max_args, RPC_DEFAULT_MAX_ARGS);
+    DEFAULT(max_output, DEFAULT_MAX_OUTPUT);
+#undef DEFAULT
+    ch->deadline_ms = ch->opts.deadline_ms;
+    ch->port = port;
+    snprintf(ch->target, sizeof ch->target,
+             strchr(host, ':') ? "[%s]:%u" : "%s:%u", host, port);
+    ch->base = own ? event_base_new() : base;
+    ch->own_base = own;
+    if (!ch->base) {
+        goto err_free;
+    }
+    ch->connect_timer = evtimer_new(ch->base, on_connect_timeout, ch);
+    if (!ch->connect_timer || !table_grow(ch)) {
+        goto err_free;
+    }
+    ch->state = CH_IDLE;
+    return ch;
+
+err_free:
+    if (ch->connect_timer) {
+        event_free(ch->connect_timer);
+    }
+    if (own && ch->base) {
+        event_base_free(ch->base);
+    }
+    free(ch->table);
+    free((char *)ch->opts.bind_host);
+    free(ch->host);
+    free(ch);
+    return NULL;
+}
+
+struct rpc_channel *rpc_channel_new(struct event_base *base,
+                                    const char *host,
+                                    uint16_t port,
+                                    const struct rpc_channel_options *opts)
+{
+    return base ? channel_new(base, false, host, port, opts) : NULL;
+}
+
+struct rpc_channel *rpc_channel_new_blocking(
+    const char *host,
+    uint16_t port,
+    const struct rpc_channel_options *opts)
+{
+    return channel_new(NULL, true, host, port, opts);
+}
+
+void rpc_channel_free(struct rpc_channel *ch)
+{
+    if (!ch) {
+        return;
+    }
+    drop_connection(ch);
+    ch->state = CH_BACKOFF;
+    ch->retry_at = UINT64_MAX; /* closures that call again fail at once */
+    snprintf(ch->last_failure, sizeof ch->last_failure, "channel to %s closed",
+             ch->target);
+    while (ch->n_pending) {
+        fail_all(ch, RPC_E_CANCELLED, ch->last_failure);
+    }
+    while (ch->services) {
+        struct channel_service *cs = ch->services;
+        ch->services = cs->next;
+        free(cs);
+    }
+    event_free(ch->connect_timer);
+    if (ch->own_base) {
+        event_base_free(ch->base);
+    }
+    free(ch->table);
+    free((char *)ch->opts.bind_host);
+    free(ch->host);
+    free(ch);
+}
+
+ProtobufCService *rpc_channel_service(struct rpc_channel *ch,
+                                      const ProtobufCServiceDescriptor *desc)
+{
+    for (struct channel_service *cs = ch->services; cs; cs = cs->next) {
+        if (cs->base.descriptor == desc) {
+            return &cs->base;
+        }
+    }
+    struct channel_service *cs = calloc(1, sizeof *cs);
+    if (!cs) {
+        return NULL;
+    }
+    cs->base.descriptor = desc;
+    cs->base.invoke = channel_invoke;
+    cs->base.destroy = NULL;
+    cs->ch = ch;
+    cs->next = ch->services;
+    ch->services = cs;
+    return &cs->base;
+}
+
+void rpc_channel_set_deadline(struct rpc_channel *ch, uint32_t ms)
+{
+    ch->deadline_ms = ms ? ms : ch->opts.deadline_ms;
+}
+
+size_t rpc_channel_pending(const struct rpc_channel *ch)
+{
+    return ch->n_pending;
+}
+
+bool rpc_channel_connected(const struct rpc_channel *ch)
+{
+    return ch->state == CH_CONNECTED;
+}
+
+void rpc_channel_get_stats(const struct rpc_channel *ch,
+                           struct rpc_channel_stats *out)
+{
+    *out = ch->stats;
+}
+
+const char *rpc_channel_target(const struct rpc_channel *ch)
+{
+    return ch->target;
+}

@@ -1,0 +1,46 @@
+/* internal.h: helpers shared by the rpc server and channel (private). */
+#ifndef RPC_INTERNAL_H
+#define RPC_INTERNAL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "rpc/rpc.h"
+
+struct evbuffer;
+struct sockaddr;
+
+/* Record why the current call failed, for rpc_last_status/_error. */
+void rpc_set_last(int status, const char *msg);
+
+/* Map a wire RpcStatus to an rpc_error code (unknown values: internal). */
+int rpc_status_from_wire(int wire);
+
+/* Append one frame to out with a single copy. Returns 0, RPC_E_TOO_BIG or
+ * RPC_E_NOMEM. */
+int rpc_write_frame(struct evbuffer *out,
+                    Raftkv__RpcHeader *hdr,
+                    const ProtobufCMessage *args,
+                    const struct rpc_limits *limits);
+
+/* Called for each decoded frame; returns 0 to go on, non-zero to stop. */
+typedef int (*rpc_frame_cb)(void *ctx, const struct rpc_frame *frame);
+
+/* Decode and drain every complete frame in `in`, calling cb for each.
+ * Returns 0 when the input is used up, RPC_DECODE_ERROR on a broken stream
+ * (see rpc_decoder_errmsg), or cb's non-zero value when it stopped. */
+int rpc_read_frames(struct evbuffer *in,
+                    struct rpc_decoder *d,
+                    rpc_frame_cb cb,
+                    void *ctx);
+
+/* "127.0.0.1:7001" or "[::1]:7001". */
+void rpc_format_addr(const struct sockaddr *sa, char *out, size_t len);
+
+/* Milliseconds of CLOCK_MONOTONIC. */
+uint64_t rpc_now_ms(void);
+
+/* Set TCP_NODELAY (and close-on-exec) on a connected socket. */
+void rpc_tune_socket(int fd);
+
+#endif /* RPC_INTERNAL_H */

@@ -1,0 +1,108 @@
+/* io.c: frames into and out of libevent buffers; socket and clock helpers. */
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdio.h>
+#include <sys/socket.h>
+#include <time.h>
+
+#include <event2/buffer.h>
+
+#include "internal.h"
+
+int rpc_write_frame(struct evbuffer *out,
+                    Raftkv__RpcHeader *hdr,
+                    const ProtobufCMessage *args,
+                    const struct rpc_limits *limits)
+{
+    struct rpc_frame_plan plan;
+    int rv = rpc_frame_plan(hdr, args, limits, &plan);
+    if (rv != 0) {
+        return rv;
+    }
+    struct evbuffer_iovec vec;
+    if (evbuffer_reserve_space(out, (ev_ssize_t)plan.total, &vec, 1) != 1) {
+        return RPC_E_NOMEM;
+    }
+    rpc_frame_pack(hdr, args, &plan, vec.iov_base);
+    vec.iov_len = plan.total;
+    if (evbuffer_commit_space(out, &vec, 1) != 0) {
+        return RPC_E_NOMEM;
+    }
+    return 0;
+}
+
+int rpc_read_frames(struct evbuffer *in,
+                    struct rpc_decoder *d,
+                    rpc_frame_cb cb,
+                    void *ctx)
+{
+    for (;;) {
+        struct evbuffer_iovec vec[8];
+        int n = evbuffer_peek(in, -1, NULL, vec, 8);
+        if (n <= 0) {
+            return 0;
+        }
+        if (n > 8) {
+            n = 8;
+        }
+        size_t consumed = 0;
+        int got = RPC_DECODE_MORE;
+        struct rpc_frame frame;
+        for (int i = 0; i < n; i++) {
+            size_t used;
+            got = rpc_decoder_feed(d, vec[i].iov_base, vec[i].iov_len, &used,
+                                   &frame);
+            consumed += used;
+            if (got != RPC_DECODE_MORE) {
+                break;
+            }
+        }
+        if (got == RPC_DECODE_ERROR) {
+            evbuffer_drain(in, consumed);
+            return RPC_DECODE_ERROR;
+        }
+        if (got == RPC_DECODE_MORE) {
+            /* Everything peeked is staged in the decoder. */
+            evbuffer_drain(in, consumed);
+            continue;
+        }
+        /* The frame may point into the buffer: use it before draining. */
+        int stop = cb(ctx, &frame);
+        evbuffer_drain(in, consumed);
+        if (stop) {
+            return stop;
+        }
+    }
+}
+
+void rpc_format_addr(const struct sockaddr *sa, char *out, size_t len)
+{
+    char host[INET6_ADDRSTRLEN] = "?";
+    if (sa->sa_family == AF_INET) {
+        const struct sockaddr_in *s4 = (const struct sockaddr_in *)sa;
+        inet_ntop(AF_INET, &s4->sin_addr, host, sizeof host);
+        snprintf(out, len, "%s:%u", host, ntohs(s4->sin_port));
+    } else if (sa->sa_family == AF_INET6) {
+        const struct sockaddr_in6 *s6 = (const struct sockaddr_in6 *)sa;
+        inet_ntop(AF_INET6, &s6->sin6_addr, host, sizeof host);
+        snprintf(out, len, "[%s]:%u", host, ntohs(s6->sin6_port));
+    } else {
+        snprintf(out, len, "local");
+    }
+}
+
+uint64_t rpc_now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+void rpc_tune_socket(int fd)
+{
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    fcntl(fd, F_SETFD, FD_CLOEXEC);
+}

@@ -1,0 +1,467 @@
+/* server.c: accepts connections and dispatches framed calls to services. */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/event.h>
+#include <event2/listener.h>
+#include <event2/util.h>
+
+#include "internal.h"
+
+#define DEFAULT_MAX_OUTPUT (8u * 1024 * 1024)
+
+struct rpc_conn {
+    struct rpc_server *server;   /* NULL once the server is freed */
+    struct bufferevent *bev;     /* NULL once closed */
+    struct rpc_decoder *dec;     /* request decoder */
+    char peer[64];               /* "host:port" of the other end */
+    int refs;                    /* the open connection + pending calls */
+    bool read_paused;            /* reading stopped for output backlog */
+    struct rpc_conn *prev, *next; /* server's list of open connections */
+};
+
+/* One request being served: the closure_data handed to the handler. */
+struct rpc_call {
+    struct rpc_conn *conn;                    /* holds a reference */
+    uint64_t call_id;                         /* echoed in the reply */
+    const ProtobufCMethodDescriptor *method;  /* for the reply's type */
+};
+
+struct rpc_server {
+    struct event_base *base;          /* caller's loop */
+    struct rpc_server_options opts;   /* with defaults filled in */
+    ProtobufCService **services;      /* registered services */
+    size_t n_services;                /* entries in services */
+    struct evconnlistener **listeners; /* one per rpc_server_listen */
+    size_t n_listeners;               /* entries in listeners */
+    struct rpc_conn *conns;           /* open connections */
+    struct rpc_conn *closed;          /* closed, still held by calls */
+    struct rpc_server_stats stats;    /* counters */
+    char errmsg[256];                 /* last failure's context */
+};
+
+static void list_remove(struct rpc_conn **head, struct rpc_conn *c)
+{
+    if (c->prev) {
+        c->prev->next = c->next;
+    } else {
+        *head = c->next;
+    }
+    if (c->next) {
+        c->next->prev = c->prev;
+    }
+    c->prev = c->next = NULL;
+}
+
+static void list_push(struct rpc_conn **head, struct rpc_conn *c)
+{
+    c->prev = NULL;
+    c->next = *head;
+    if (*head) {
+        (*head)->prev = c;
+    }
+    *head = c;
+}
+
+static void conn_unref(struct rpc_conn *c)
+{
+    if (--c->refs == 0) {
+        if (c->server) {
+            list_remove(&c->server->closed, c);
+        }
+        free(c);
+    }
+}
+
+/* Close a connection now; pending calls keep the struct alive. */
+static void conn_close(struct rpc_conn *c)
+{
+    if (!c->bev) {
+        return;
+    }
+    bufferevent_free(c->bev);
+    c->bev = NULL;
+    rpc_decoder_free(c->dec);
+    c->dec = NULL;
+    struct rpc_server *s = c->server;
+    if (s) {
+        list_remove(&s->conns, c);
+        list_push(&s->closed, c);
+        s->stats.open--;
+    }
+    conn_unref(c);
+}
+
+/* Stop reading while the peer leaves our replies unread; close it when the
+ * backlog grows far past the cap anyway (deferred replies). */
+static void check_output(struct rpc_conn *c)
+{
+    size_t cap = c->server->opts.max_output;
+    size_t len = evbuffer_get_length(bufferevent_get_output(c->bev));
+    if (len > 4 * cap) {
+        rpc_logf(RPC_LOG_WARN,
+                 "rpc: closing %s: %zu bytes of replies unread (cap %zu)",
+                 c->peer, len, cap);
+        c->server->stats.overflow_closes++;
+        conn_close(c);
+    } else if (len > cap && !c->read_paused) {
+        c->read_paused = true;
+        bufferevent_disable(c->bev, EV_READ);
+    }
+}
+
+/* Send a reply frame (args NULL and status non-zero for an error). */
+static void send_reply(struct rpc_conn *c, uint64_t call_id, int status,
+                       const char *error, const ProtobufCMessage *args)
+{
+    struct rpc_server *s = c->server;
+    if (!c->bev || !s) {
+        if (s) {
+            s->stats.dropped_replies++;
+        }
+        return;
+    }
+    Raftkv__RpcHeader hdr = RAFTKV__RPC_HEADER__INIT;
+    hdr.call_id = call_id;
+    hdr.status = (Raftkv__RpcStatus)status;
+    hdr.error = (char *)(error ? error : "");
+    struct evbuffer *out = bufferevent_get_output(c->bev);
+    int rv = rpc_write_frame(out, &hdr, args, &s->opts.limits);
+    if (rv == RPC_E_TOO_BIG) {
+        rpc_logf(RPC_LOG_WARN, "rpc: reply to %s over the frame cap",
+                 c->peer);
+        hdr.status = RAFTKV__RPC_STATUS__RPC_INTERNAL;
+        hdr.error = "reply over the frame size cap";
+        rv = rpc_write_frame(out, &hdr, NULL, &s->opts.limits);
+    }
+    if (rv != 0) {
+        conn_close(c);
+        return;
+    }
+    if (status != RPC_OK) {
+        s->stats.error_replies++;
+    }
+    check_output(c);
+}
+
+/* The closure given to handlers. */
+static void call_done(const ProtobufCMessage *reply, void *closure_data)
+{
+    struct rpc_call *call = closure_data;
+    struct rpc_conn *c = call->conn;
+    if (reply) {
+        send_reply(c, call->call_id, RPC_OK, NULL, reply);
+    } else {
+        send_reply(c, call->call_id, RPC_E_INTERNAL, "handler failed", NULL);
+    }
+    conn_unref(c);
+    free(call);
+}
+
+void rpc_call_fail(void *closure_data, int status, const char *msg)
+{
+    struct rpc_call *call = closure_data;
+    struct rpc_conn *c = call->conn;
+    if (status <= 0 || status >= 100) {
+        status = RPC_E_INTERNAL;
+    }
+    send_reply(c, call->call_id, status, msg ? msg : rpc_strerror(status),
+               NULL);
+    conn_unref(c);
+    free(call);
+}
+
+const char *rpc_call_peer(void *closure_data)
+{
+    struct rpc_call *call = closure_data;
+    return call->conn->peer;
+}
+
+static ProtobufCService *find_service(struct rpc_server *s, const char *name)
+{
+    for (size_t i = 0; i < s->n_services; i++) {
+        if (strcmp(s->services[i]->descriptor->name, name) == 0) {
+            return s->services[i];
+        }
+    }
+    return NULL;
+}
+
+/* Generated services keep one handler pointer per method right after the
+ * ProtobufCService, and protobuf_c_service_invoke_internal calls it without
+ * checking for NULL. */
+static bool has_handler(ProtobufCService *svc, unsigned index)
+{
+    typedef void (*handler_fn)(void);
+    if (svc->invoke != protobuf_c_service_invoke_internal) {
+        return true;
+    }
+    handler_fn *handlers = (handler_fn *)(svc + 1);
+    return handlers[index] != NULL;
+}
+
+/* Returns non-zero when the connection was closed. */
+static int dispatch(void *ctx, const struct rpc_frame *f)
+{
+    struct rpc_conn *c = ctx;
+    struct rpc_server *s = c->server;
+    const Raftkv__RpcHeader *h = f->header;
+    char msg[256];
+
+    ProtobufCService *svc = find_service(s, h->service_name);
+    if (!svc) {
+        snprintf(msg, sizeof msg, "no service '%.100s'", h->service_name);
+        send_reply(c, h->call_id, RPC_E_UNKNOWN_SERVICE, msg, NULL);
+        return c->bev ? 0 : 1;
+    }
+    const ProtobufCMethodDescriptor *m =
+        protobuf_c_service_descriptor_get_method_by_name(svc->descriptor,
+                                                         h->method_name);
+    unsigned index = m ? (unsigned)(m - svc->descriptor->methods) : 0;
+    if (!m || !has_handler(svc, index)) {
+        snprintf(msg, sizeof msg, "%s has no method '%.100s'",
+                 svc->descriptor->name, h->method_name);
+        send_reply(c, h->call_id, RPC_E_UNKNOWN_METHOD, msg, NULL);
+        return c->bev ? 0 : 1;
+    }
+    ProtobufCMessage *input =
+        protobuf_c_message_unpack(m->input, NULL, f->args_size, f->args);
+    if (!input) {
+        rpc_logf(RPC_LOG_WARN,
+                 "rpc: bad frame from %s: %s.%s args of %zu bytes do not "
+                 "unpack; closing",
+                 c->peer, svc->descriptor->name, m->name, f->args_size);
+        s->stats.bad_frames++;
+        conn_close(c);
+        return 1;
+    }
+    struct rpc_call *call = malloc(sizeof *call);
+    if (!call) {
+        protobuf_c_message_free_unpacked(input, NULL);
+        send_reply(c, h->call_id, RPC_E_OVERLOADED, "out of memory", NULL);
+        return c->bev ? 0 : 1;
+    }
+    call->conn = c;
+    call->call_id = h->call_id;
+    call->method = m;
+    c->refs++;
+    s->stats.calls++;
+    svc->invoke(svc, index, input, call_done, call);
+    protobuf_c_message_free_unpacked(input, NULL);
+    return c->bev ? 0 : 1;
+}
+
+static void on_read(struct bufferevent *bev, void *arg)
+{
+    struct rpc_conn *c = arg;
+    c->refs++; /* handlers may close the connection under us */
+    int rv = rpc_read_frames(bufferevent_get_input(bev), c->dec, dispatch, c);
+    if (rv == RPC_DECODE_ERROR && c->bev) {
+        rpc_logf(RPC_LOG_WARN, "rpc: bad frame from %s: %s; closing",
+                 c->peer, rpc_decoder_errmsg(c->dec));
+        c->server->stats.bad_frames++;
+        conn_close(c);
+    }
+    conn_unref(c);
+}
+
+/* Output drained to the low watermark: read again if we had paused. */
+static void on_write(struct bufferevent *bev, void *arg)
+{
+    struct rpc_conn *c = arg;
+    if (c->read_paused) {
+        c->read_paused = false;
+        bufferevent_enable(bev, EV_READ);
+    }
+}
+
+static void on_event(struct bufferevent *bev, short what, void *arg)
+{
+    (void)bev;
+    struct rpc_conn *c = arg;
+    if (what & BEV_EVENT_ERROR) {
+        int err = EVUTIL_SOCKET_ERROR();
+        rpc_logf(RPC_LOG_DEBUG, "rpc: connection from %s: %s", c->peer,
+                 evutil_socket_error_to_string(err));
+    }
+    if (what & (BEV_EVENT_EOF | BEV_EVENT_ERROR)) {
+        conn_close(c);
+    }
+}
+
+int rpc_server_adopt(struct rpc_server *s, int fd, const char *peer)
+{
+    struct rpc_conn *c = calloc(1, sizeof *c);
+    if (!c) {
+        close(fd);
+        return RPC_E_NOMEM;
+    }
+    c->dec = rpc_decoder_new(&s->opts.limits);
+    evutil_make_socket_nonblocking(fd);
+    rpc_tune_socket(fd);
+    c->bev = c->dec ? bufferevent_socket_new(s->base, fd, BEV_OPT_CLOSE_ON_FREE)
+                    : NULL;
+    if (!c->bev) {
+        rpc_decoder_free(c->dec);
+        free(c);
+        close(fd);
+        return RPC_E_NOMEM;
+    }
+    snprintf(c->peer, sizeof c->peer, "%s", peer ? peer : "local");
+    c->server = s;
+    c->refs = 1;
+    list_push(&s->conns, c);
+    s->stats.accepted++;
+    s->stats.open++;
+    bufferevent_setcb(c->bev, on_read, on_write, on_event, c);
+    bufferevent_setwatermark(c->bev, EV_WRITE, s->opts.max_output / 2, 0);
+    bufferevent_enable(c->bev, EV_READ | EV_WRITE);
+    return 0;
+}
+
+static void on_accept(struct evconnlistener *l, evutil_socket_t fd,
+                      struct sockaddr *sa, int socklen, void *arg)
+{
+    (void)l;
+    (void)socklen;
+    struct rpc_server *s = arg;
+    char peer[64];
+    rpc_format_addr(sa, peer, sizeof peer);
+    if (rpc_server_adopt(s, fd, peer) != 0) {
+        rpc_logf(RPC_LOG_ERROR, "rpc: out of memory accepting %s", peer);
+    }
+}
+
+static void on_accept_error(struct evconnlistener *l, void *arg)
+{
+    (void)l;
+    (void)arg;
+    int err = EVUTIL_SOCKET_ERROR();
+    rpc_logf(RPC_LOG_ERROR, "rpc: accept: %s",
+             evutil_socket_error_to_string(err));
+}
+
+struct rpc_server *rpc_server_new(struct event_base *base,
+                                  const struct rpc_server_options *opts)
+{
+    struct rpc_server *s = calloc(1, sizeof *s);
+    if (!s) {
+        return NULL;
+    }
+    s->base = base;
+    if (opts) {
+        s->opts = *opts;
+    }
+    if (!s->opts.limits.max_head) {
+        s->opts.limits.max_head = RPC_DEFAULT_MAX_HEAD;
+    }
+    if (!s->opts.limits.max_args) {
+        s->opts.limits.max_args = RPC_DEFAULT_MAX_ARGS;
+    }
+    if (!s->opts.max_output) {
+        s->opts.max_output = DEFAULT_MAX_OUTPUT;
+    }
+    return s;
+}
+
+void rpc_server_free(struct rpc_server *s)
+{
+    if (!s) {
+        return;
+    }
+    for (size_t i = 0; i < s->n_listeners; i++) {
+        evconnlistener_free(s->listeners[i]);
+    }
+    free(s->listeners);
+    while (s->conns) {
+        conn_close(s->conns);
+    }
+    /* Connections still held by pending calls outlive the server; their
+     * late replies are dropped (send_reply sees no server). */
+    while (s->closed) {
+        struct rpc_conn *c = s->closed;
+        list_remove(&s->closed, c);
+        c->server = NULL;
+    }
+    free(s->services);
+    free(s);
+}
+
+int rpc_server_add_service(struct rpc_server *s, ProtobufCService *service)
+{
+    if (!service || find_service(s, service->descriptor->name)) {
+        return RPC_E_INVALID;
+    }
+    ProtobufCService **n =
+        realloc(s->services, (s->n_services + 1) * sizeof *n);
+    if (!n) {
+        return RPC_E_NOMEM;
+    }
+    n[s->n_services++] = service;
+    s->services = n;
+    return 0;
+}
+
+int rpc_server_listen(struct rpc_server *s,
+                      const char *host,
+                      uint16_t port,
+                      uint16_t *bound_port)
+{
+    struct evutil_addrinfo hints = {0}, *ai = NULL;
+    char portstr[8];
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_flags = EVUTIL_AI_PASSIVE | EVUTIL_AI_ADDRCONFIG;
+    snprintf(portstr, sizeof portstr, "%u", port);
+    int gai = evutil_getaddrinfo(host, portstr, &hints, &ai);
+    if (gai != 0) {
+        snprintf(s->errmsg, sizeof s->errmsg, "listen on %s:%u: %s", host,
+                 port, evutil_gai_strerror(gai));
+        return RPC_E_IO;
+    }
+    struct evconnlistener **nl =
+        realloc(s->listeners, (s->n_listeners + 1) * sizeof *nl);
+    if (!nl) {
+        evutil_freeaddrinfo(ai);
+        return RPC_E_NOMEM;
+    }
+    s->listeners = nl;
+    struct evconnlistener *l = evconnlistener_new_bind(
+        s->base, on_accept, s,
+        LEV_OPT_CLOSE_ON_FREE | LEV_OPT_REUSEABLE | LEV_OPT_CLOSE_ON_EXEC, 128,
+        ai->ai_addr, (int)ai->ai_addrlen);
+    evutil_freeaddrinfo(ai);
+    if (!l) {
+        snprintf(s->errmsg, sizeof s->errmsg, "listen on %s:%u: %s", host,
+                 port, strerror(errno));
+        return RPC_E_IO;
+    }
+    evconnlistener_set_error_cb(l, on_accept_error);
+    s->listeners[s->n_listeners++] = l;
+    if (bound_port) {
+        struct sockaddr_storage ss;
+        socklen_t len = sizeof ss;
+        getsockname(evconnlistener_get_fd(l), (struct sockaddr *)&ss, &len);
+        *bound_port = ss.ss_family == AF_INET6
+                          ? ntohs(((struct sockaddr_in6 *)&ss)->sin6_port)
+                          : ntohs(((struct sockaddr_in *)&ss)->sin_port);
+    }
+    return 0;
+}
+
+const char *rpc_server_errmsg(const struct rpc_server *s)
+{
+    return s->errmsg;
+}
+
+void rpc_server_get_stats(const struct rpc_server *s,
+                          struct rpc_server_stats *out)
+{
+    *out = s->stats;
+}

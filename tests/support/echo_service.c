@@ -1,0 +1,155 @@
+/* echo_service.c: the test EchoService, in-process or in a child process. */
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <event2/event.h>
+
+#include "echo_service.h"
+#include "rpc/rpc.h"
+
+/* A deferred reply waiting for its timer. */
+struct deferred {
+    struct event *timer;
+    Raftkv__Test__EchoReply_Closure closure;
+    void *closure_data;
+    size_t len;
+    uint8_t payload[]; /* copy of the request's payload */
+};
+
+static void echo_echo(Raftkv__Test__EchoService_Service *svc,
+                      const Raftkv__Test__EchoArgs *in,
+                      Raftkv__Test__EchoReply_Closure closure,
+                      void *closure_data)
+{
+    struct echo_service *e = (struct echo_service *)svc;
+    Raftkv__Test__EchoReply reply = RAFTKV__TEST__ECHO_REPLY__INIT;
+    e->calls++;
+    if (in->payload.len == 6 && memcmp(in->payload.data, "whoami", 6) == 0) {
+        const char *peer = rpc_call_peer(closure_data);
+        reply.payload.data = (uint8_t *)peer;
+        reply.payload.len = strlen(peer);
+    } else {
+        reply.payload = in->payload;
+    }
+    closure(&reply, closure_data);
+}
+
+static void on_deferred(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    struct deferred *d = arg;
+    Raftkv__Test__EchoReply reply = RAFTKV__TEST__ECHO_REPLY__INIT;
+    reply.payload.data = d->payload;
+    reply.payload.len = d->len;
+    d->closure(&reply, d->closure_data);
+    event_free(d->timer);
+    free(d);
+}
+
+static void echo_defer(Raftkv__Test__EchoService_Service *svc,
+                       const Raftkv__Test__EchoArgs *in,
+                       Raftkv__Test__EchoReply_Closure closure,
+                       void *closure_data)
+{
+    struct echo_service *e = (struct echo_service *)svc;
+    e->calls++;
+    struct deferred *d = malloc(sizeof *d + in->payload.len);
+    if (!d) {
+        closure(NULL, closure_data);
+        return;
+    }
+    d->timer = evtimer_new(e->base, on_deferred, d);
+    if (!d->timer) {
+        free(d);
+        closure(NULL, closure_data);
+        return;
+    }
+    d->closure = closure;
+    d->closure_data = closure_data;
+    d->len = in->payload.len;
+    if (d->len) {
+        memcpy(d->payload, in->payload.data, d->len);
+    }
+    struct timeval tv = {in->delay_ms / 1000, (in->delay_ms % 1000) * 1000};
+    evtimer_add(d->timer, &tv);
+}
+
+static void echo_fail(Raftkv__Test__EchoService_Service *svc,
+                      const Raftkv__Test__EchoArgs *in,
+                      Raftkv__Test__EchoReply_Closure closure,
+                      void *closure_data)
+{
+    (void)in;
+    ((struct echo_service *)svc)->calls++;
+    closure(NULL, closure_data);
+}
+
+void echo_service_init(struct echo_service *e, struct event_base *base)
+{
+    Raftkv__Test__EchoService_Service init = {
+        RAFTKV__TEST__ECHO_SERVICE__BASE_INIT,
+        echo_echo,
+        echo_defer,
+        NULL, /* Unimplemented: the server must answer "unknown method" */
+        echo_fail,
+    };
+    memset(e, 0, sizeof *e);
+    e->svc = init;
+    e->base = base;
+}
+
+pid_t echo_server_spawn(const char *host, uint16_t port, uint16_t *port_out)
+{
+    int fds[2];
+    if (pipe(fds) != 0) {
+        return -1;
+    }
+    pid_t pid = fork();
+    if (pid < 0) {
+        close(fds[0]);
+        close(fds[1]);
+        return -1;
+    }
+    if (pid == 0) {
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        close(fds[0]);
+        struct event_base *base = event_base_new();
+        struct rpc_server *s = rpc_server_new(base, NULL);
+        struct echo_service e;
+        echo_service_init(&e, base);
+        uint16_t bound = 0;
+        if (!s || rpc_server_add_service(s, &e.svc.base) != 0 ||
+            rpc_server_listen(s, host, port, &bound) != 0) {
+            bound = 0;
+        }
+        if (write(fds[1], &bound, sizeof bound) != sizeof bound || !bound) {
+            _exit(1);
+        }
+        close(fds[1]);
+        event_base_dispatch(base);
+        _exit(0);
+    }
+    close(fds[1]);
+    uint16_t bound = 0;
+    ssize_t n = read(fds[0], &bound, sizeof bound);
+    close(fds[0]);
+    if (n != sizeof bound || bound == 0) {
+        echo_server_kill(pid);
+        return -1;
+    }
+    *port_out = bound;
+    return pid;
+}
+
+void echo_server_kill(pid_t pid)
+{
+    if (pid > 0) {
+        kill(pid, SIGKILL);
+        waitpid(pid, NULL, 0);
+    }
+}

@@ -1,0 +1,43 @@
+/* echo_service.h: the test EchoService, and a server process running it. */
+#ifndef TESTS_ECHO_SERVICE_H
+#define TESTS_ECHO_SERVICE_H
+
+#include <stdint.h>
+#include <sys/types.h>
+
+#include <proto/echo.pb-c.h>
+
+struct event_base;
+
+/* An EchoService implementation whose Defer replies come from timers on
+ * base. Echo with payload "whoami" answers the caller's address. The
+ * Unimplemented slot is left NULL on purpose. */
+struct echo_service {
+    Raftkv__Test__EchoService_Service svc; /* must be first */
+    struct event_base *base;               /* for Defer's timers */
+    uint64_t calls;                        /* handler invocations */
+};
+
+/**
+ * Fill an echo service for a base.
+ * @param e the service to fill
+ * @param base the event base whose timers answer Defer (borrowed)
+ */
+void echo_service_init(struct echo_service *e, struct event_base *base);
+
+/**
+ * Fork a process that serves EchoService on host, on a free port.
+ * The child dies with its parent.
+ * @param host the address to listen on, e.g. "127.0.0.1"
+ * @param port 0 for a free port, or a port to reuse
+ * @param port_out set to the port listened on
+ * @return the child's pid, or -1 on failure
+ */
+pid_t echo_server_spawn(const char *host, uint16_t port, uint16_t *port_out);
+
+/**
+ * Kill (SIGKILL) and reap a spawned server.
+ */
+void echo_server_kill(pid_t pid);
+
+#endif /* TESTS_ECHO_SERVICE_H */

@@ -1,0 +1,652 @@
+/* test_rpc.c: server and channel over loopback: calls, failures, bad peers. */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <CUnit/Basic.h>
+#include <event2/event.h>
+
+#include "cunit_main.h"
+#include "echo_service.h"
+#include "rpc/rpc.h"
+
+/* ------------------------------------------------------------- fixtures */
+
+static struct event_base *base;
+static struct rpc_server *server;
+static struct echo_service echo;
+static uint16_t port;
+
+static uint64_t now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+static void start_local_server(const struct rpc_server_options *opts)
+{
+    base = event_base_new();
+    CU_ASSERT_FATAL(base != NULL);
+    server = rpc_server_new(base, opts);
+    CU_ASSERT_FATAL(server != NULL);
+    echo_service_init(&echo, base);
+    CU_ASSERT_FATAL(rpc_server_add_service(server, &echo.svc.base) == 0);
+    CU_ASSERT_FATAL(rpc_server_listen(server, "127.0.0.1", 0, &port) == 0);
+}
+
+static void stop_local_server(void)
+{
+    rpc_server_free(server);
+    server = NULL;
+    event_base_free(base);
+    base = NULL;
+}
+
+static void on_tick(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    (void)arg;
+}
+
+/* Run the loop until *counter reaches target or timeout_ms pass. */
+static bool run_until(const int *counter, int target, int timeout_ms)
+{
+    struct event *tick = event_new(base, -1, EV_PERSIST, on_tick, NULL);
+    struct timeval tv = {0, 5000};
+    event_add(tick, &tv);
+    uint64_t deadline = now_ms() + (uint64_t)timeout_ms;
+    while ((!counter || *counter < target) && now_ms() < deadline) {
+        event_base_loop(base, EVLOOP_ONCE);
+    }
+    event_free(tick);
+    return counter && *counter >= target;
+}
+
+static void run_for(int ms)
+{
+    run_until(NULL, 0, ms);
+}
+
+/* What a closure saw. */
+struct result {
+    int done;         /* times the closure ran: must end at 1 */
+    int status;       /* RPC_OK or rpc_last_status() */
+    char error[256];  /* rpc_last_error() on failure */
+    char payload[256]; /* reply payload, NUL-terminated */
+    int order;        /* completion order among a batch */
+};
+
+static int completions;
+
+static void on_echo(const Raftkv__Test__EchoReply *reply, void *data)
+{
+    struct result *r = data;
+    r->done++;
+    r->order = completions++;
+    if (reply) {
+        r->status = RPC_OK;
+        size_t n = reply->payload.len < sizeof r->payload - 1
+                       ? reply->payload.len
+                       : sizeof r->payload - 1;
+        memcpy(r->payload, reply->payload.data, n);
+        r->payload[n] = 0;
+    } else {
+        r->status = rpc_last_status();
+        snprintf(r->error, sizeof r->error, "%s", rpc_last_error());
+    }
+}
+
+static void call(ProtobufCService *svc, int method, const char *payload,
+                 uint32_t delay_ms, struct result *r)
+{
+    Raftkv__Test__EchoArgs args = RAFTKV__TEST__ECHO_ARGS__INIT;
+    args.payload.data = (uint8_t *)payload;
+    args.payload.len = strlen(payload);
+    args.delay_ms = delay_ms;
+    svc->invoke(svc, (unsigned)method, &args.base, (ProtobufCClosure)on_echo,
+                r);
+}
+
+enum { M_ECHO = 0, M_DEFER = 1, M_UNIMPLEMENTED = 2, M_FAIL = 3 };
+
+static const ProtobufCServiceDescriptor *echo_desc =
+    &raftkv__test__echo_service__descriptor;
+
+/* A raw client socket, for peers that misbehave. */
+static int raw_connect(uint16_t p)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons(p)};
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    CU_ASSERT_FATAL(connect(fd, (struct sockaddr *)&sa, sizeof sa) == 0);
+    return fd;
+}
+
+/* A valid request frame for EchoService.method. */
+static size_t raw_request(uint8_t *out, size_t cap, const char *method,
+                          uint64_t call_id, const char *payload,
+                          uint32_t delay_ms)
+{
+    Raftkv__RpcHeader hdr = RAFTKV__RPC_HEADER__INIT;
+    hdr.service_name = (char *)echo_desc->name;
+    hdr.method_name = (char *)method;
+    hdr.call_id = call_id;
+    Raftkv__Test__EchoArgs args = RAFTKV__TEST__ECHO_ARGS__INIT;
+    args.payload.data = (uint8_t *)payload;
+    args.payload.len = strlen(payload);
+    args.delay_ms = delay_ms;
+    struct rpc_frame_plan plan;
+    CU_ASSERT_FATAL(rpc_frame_plan(&hdr, &args.base, NULL, &plan) == 0);
+    CU_ASSERT_FATAL(plan.total <= cap);
+    rpc_frame_pack(&hdr, &args.base, &plan, out);
+    return plan.total;
+}
+
+/* Has the server closed the raw socket? Runs the loop while waiting. */
+static bool raw_sees_eof(int fd, int timeout_ms)
+{
+    fcntl(fd, F_SETFL, O_NONBLOCK);
+    uint64_t deadline = now_ms() + (uint64_t)timeout_ms;
+    char buf[4096];
+    while (now_ms() < deadline) {
+        ssize_t n = recv(fd, buf, sizeof buf, 0);
+        if (n == 0) {
+            return true;
+        }
+        if (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK) {
+            return true; /* reset counts as closed */
+        }
+        run_for(5);
+    }
+    return false;
+}
+
+/* ----------------------------------------------------------------- tests */
+
+static void test_rpc_blocking_call_returns_after_its_closure(void)
+{
+    uint16_t p;
+    pid_t pid = echo_server_spawn("127.0.0.1", 0, &p);
+    CU_ASSERT_FATAL(pid > 0);
+    struct rpc_channel *ch = rpc_channel_new_blocking("127.0.0.1", p, NULL);
+    ProtobufCService *svc = rpc_channel_service(ch, echo_desc);
+    /* The generated stub itself, as the clerk uses it. */
+    struct result r = {0};
+    Raftkv__Test__EchoArgs args = RAFTKV__TEST__ECHO_ARGS__INIT;
+    args.payload.data = (uint8_t *)"hello";
+    args.payload.len = 5;
+    raftkv__test__echo_service__echo(svc, &args, on_echo, &r);
+    CU_ASSERT_EQUAL(r.done, 1);
+    CU_ASSERT_EQUAL(r.status, RPC_OK);
+    CU_ASSERT_STRING_EQUAL(r.payload, "hello");
+    for (int i = 0; i < 100; i++) {
+        struct result ri = {0};
+        char payload[32];
+        snprintf(payload, sizeof payload, "call %d", i);
+        call(svc, M_ECHO, payload, 0, &ri);
+        CU_ASSERT_EQUAL(ri.done, 1);
+        CU_ASSERT_STRING_EQUAL(ri.payload, payload);
+    }
+    struct rpc_channel_stats st;
+    rpc_channel_get_stats(ch, &st);
+    CU_ASSERT_EQUAL(st.connects, 1);
+    rpc_channel_free(ch);
+    echo_server_kill(pid);
+}
+
+static void test_rpc_async_call_completes_from_the_loop(void)
+{
+    start_local_server(NULL);
+    struct rpc_channel *ch = rpc_channel_new(base, "127.0.0.1", port, NULL);
+    ProtobufCService *svc = rpc_channel_service(ch, echo_desc);
+    CU_ASSERT_PTR_EQUAL(svc, rpc_channel_service(ch, echo_desc));
+    struct result r = {0};
+    call(svc, M_ECHO, "async", 0, &r);
+    CU_ASSERT_EQUAL(r.done, 0); /* never inside the stub call */
+    CU_ASSERT_EQUAL(rpc_channel_pending(ch), 1);
+    CU_ASSERT(run_until(&r.done, 1, 5000));
+    CU_ASSERT_EQUAL(r.status, RPC_OK);
+    CU_ASSERT_STRING_EQUAL(r.payload, "async");
+    CU_ASSERT_EQUAL(rpc_channel_pending(ch), 0);
+    rpc_channel_free(ch);
+    stop_local_server();
+}
+
+static void test_rpc_thousand_concurrent_calls_answered_out_of_order(void)
+{
+    enum { N = 1000 };
+    start_local_server(NULL);
+    struct rpc_channel *ch = rpc_channel_new(base, "127.0.0.1", port, NULL);
+    ProtobufCService *svc = rpc_channel_service(ch, echo_desc);
+    static struct result r[N];
+    memset(r, 0, sizeof r);
+    completions = 0;
+    for (int i = 0; i < N; i++) {
+        char payload[32];
+        snprintf(payload, sizeof payload, "call-%d", i);
+        /* Later calls often finish first. */
+        call(svc, M_DEFER, payload, (uint32_t)((i * 37) % 50), &r[i]);
+    }
+    CU_ASSERT_EQUAL(rpc_channel_pending(ch), N);
+    CU_ASSERT(run_until(&completions, N, 10000));
+    int out_of_order = 0;
+    for (int i = 0; i < N; i++) {
+        char payload[32];
+        snprintf(payload, sizeof payload, "call-%d", i);
+        CU_ASSERT_EQUAL(r[i].done, 1);
+        CU_ASSERT_EQUAL(r[i].status, RPC_OK);
+        CU_ASSERT_STRING_EQUAL(r[i].payload, payload);
+        out_of_order += i > 0 && r[i].order < r[i - 1].order;
+    }
+    CU_ASSERT(out_of_order > 100);
+    struct rpc_server_stats ss;
+    rpc_server_get_stats(server, &ss);
+    CU_ASSERT_EQUAL(ss.accepted, 1); /* one multiplexed connection */
+    CU_ASSERT_EQUAL(ss.calls, N);
+    rpc_channel_free(ch);
+    stop_local_server();
+}
+
+static void test_rpc_deadline_fails_the_call_and_drops_the_late_reply(void)
+{
+    start_local_server(NULL);
+    struct rpc_channel_options o = {.deadline_ms = 100};
+    struct rpc_channel *ch = rpc_channel_new(base, "127.0.0.1", port, &o);
+    ProtobufCService *svc = rpc_channel_service(ch, echo_desc);
+    struct result r = {0};
+    uint64_t start = now_ms();
+    call(svc, M_DEFER, "slow", 400, &r);
+    CU_ASSERT(run_until(&r.done, 1, 2000));
+    uint64_t took = now_ms() - start;
+    CU_ASSERT_EQUAL(r.status, RPC_E_TIMEOUT);
+    CU_ASSERT(strstr(r.error, "within 100 ms") != NULL);
+    CU_ASSERT(took >= 90 && took < 390);
+    run_for(500); /* the reply arrives now and must be dropped */
+    CU_ASSERT_EQUAL(r.done, 1);
+    struct rpc_channel_stats st;
+    rpc_channel_get_stats(ch, &st);
+    CU_ASSERT_EQUAL(st.late_replies, 1);
+    /* A per-call deadline can be raised for the next call. */
+    rpc_channel_set_deadline(ch, 2000);
+    struct result r2 = {0};
+    call(svc, M_DEFER, "slow but allowed", 200, &r2);
+    CU_ASSERT(run_until(&r2.done, 1, 3000));
+    CU_ASSERT_EQUAL(r2.status, RPC_OK);
+    rpc_channel_free(ch);
+    stop_local_server();
+}
+
+static void test_rpc_server_killed_fails_each_pending_call_once(void)
+{
+    enum { N = 50 };
+    uint16_t p;
+    pid_t pid = echo_server_spawn("127.0.0.1", 0, &p);
+    CU_ASSERT_FATAL(pid > 0);
+    base = event_base_new();
+    struct rpc_channel *ch = rpc_channel_new(base, "127.0.0.1", p, NULL);
+    ProtobufCService *svc = rpc_channel_service(ch, echo_desc);
+    struct result warm = {0};
+    call(svc, M_ECHO, "up", 0, &warm);
+    CU_ASSERT_FATAL(run_until(&warm.done, 1, 5000));
+    static struct result r[N];
+    memset(r, 0, sizeof r);
+    completions = 0;
+    for (int i = 0; i < N; i++) {
+        call(svc, M_DEFER, "never answered", 60000, &r[i]);
+    }
+    run_for(100); /* the requests reach the server */
+    kill(pid, SIGKILL);
+    CU_ASSERT(run_until(&completions, N, 5000));
+    run_for(100);
+    for (int i = 0; i < N; i++) {
+        CU_ASSERT_EQUAL(r[i].done, 1);
+        CU_ASSERT_EQUAL(r[i].status, RPC_E_CONNECTION_LOST);
+    }
+    CU_ASSERT(strstr(r[0].error, "lost") != NULL);
+    echo_server_kill(pid);
+
+    /* With nobody listening, a new call fails fast and says why. */
+    struct result down = {0};
+    uint64_t start = now_ms();
+    call(svc, M_ECHO, "anyone?", 0, &down);
+    CU_ASSERT(run_until(&down.done, 1, 3000));
+    CU_ASSERT_EQUAL(down.status, RPC_E_UNAVAILABLE);
+    CU_ASSERT(strstr(down.error, "refused") != NULL);
+    CU_ASSERT(now_ms() - start < 1000);
+
+    /* A server back on the same port is reconnected to. */
+    pid = echo_server_spawn("127.0.0.1", p, &p);
+    CU_ASSERT_FATAL(pid > 0);
+    struct result back = {.status = -1};
+    for (int tries = 0; tries < 100 && back.status != RPC_OK; tries++) {
+        memset(&back, 0, sizeof back);
+        call(svc, M_ECHO, "back", 0, &back);
+        run_until(&back.done, 1, 3000);
+        if (back.status != RPC_OK) {
+            run_for(50);
+        }
+    }
+    CU_ASSERT_EQUAL(back.status, RPC_OK);
+    CU_ASSERT_STRING_EQUAL(back.payload, "back");
+    rpc_channel_free(ch);
+    echo_server_kill(pid);
+    event_base_free(base);
+    base = NULL;
+}
+
+static void test_rpc_unknown_method_then_good_call_on_same_connection(void)
+{
+    start_local_server(NULL);
+    struct rpc_channel *ch = rpc_channel_new(base, "127.0.0.1", port, NULL);
+
+    /* A client built against a newer EchoService with a method "Nope". */
+    static const ProtobufCMethodDescriptor nope[1] = {
+        {"Nope", &raftkv__test__echo_args__descriptor,
+         &raftkv__test__echo_reply__descriptor},
+    };
+    static const unsigned nope_index[1] = {0};
+    static ProtobufCServiceDescriptor newer;
+    newer = raftkv__test__echo_service__descriptor;
+    newer.n_methods = 1;
+    newer.methods = nope;
+    newer.method_indices_by_name = nope_index;
+    static ProtobufCServiceDescriptor missing;
+    missing = newer;
+    missing.name = "raftkv.test.MissingService";
+
+    struct result r[5] = {{0}};
+    call(rpc_channel_service(ch, &newer), 0, "x", 0, &r[0]);
+    call(rpc_channel_service(ch, &missing), 0, "x", 0, &r[1]);
+    call(rpc_channel_service(ch, echo_desc), M_UNIMPLEMENTED, "x", 0, &r[2]);
+    call(rpc_channel_service(ch, echo_desc), M_FAIL, "x", 0, &r[3]);
+    call(rpc_channel_service(ch, echo_desc), M_ECHO, "still here", 0, &r[4]);
+    completions = 0;
+    CU_ASSERT(run_until(&completions, 5, 5000));
+    CU_ASSERT_EQUAL(r[0].status, RPC_E_UNKNOWN_METHOD);
+    CU_ASSERT(strstr(r[0].error, "Nope") != NULL);
+    CU_ASSERT_EQUAL(r[1].status, RPC_E_UNKNOWN_SERVICE);
+    CU_ASSERT(strstr(r[1].error, "MissingService") != NULL);
+    CU_ASSERT_EQUAL(r[2].status, RPC_E_UNKNOWN_METHOD);
+    CU_ASSERT_EQUAL(r[3].status, RPC_E_INTERNAL);
+    CU_ASSERT_EQUAL(r[4].status, RPC_OK);
+    CU_ASSERT_STRING_EQUAL(r[4].payload, "still here");
+    struct rpc_channel_stats st;
+    rpc_channel_get_stats(ch, &st);
+    CU_ASSERT_EQUAL(st.connects, 1);
+    struct rpc_server_stats ss;
+    rpc_server_get_stats(server, &ss);
+    CU_ASSERT_EQUAL(ss.error_replies, 4);
+    CU_ASSERT_EQUAL(ss.bad_frames, 0);
+    rpc_channel_free(ch);
+    stop_local_server();
+}
+
+static void test_rpc_malformed_frame_closes_only_that_connection(void)
+{
+    start_local_server(NULL);
+    struct rpc_channel *ch = rpc_channel_new(base, "127.0.0.1", port, NULL);
+    ProtobufCService *svc = rpc_channel_service(ch, echo_desc);
+    struct result r = {0};
+    call(svc, M_ECHO, "before", 0, &r);
+    CU_ASSERT_FATAL(run_until(&r.done, 1, 5000));
+
+    /* A head_size far over the cap. */
+    int fd = raw_connect(port);
+    uint8_t huge[8] = {0xff, 0xff, 0xff, 0xff, 1, 2, 3, 4};
+    CU_ASSERT(write(fd, huge, sizeof huge) == sizeof huge);
+    CU_ASSERT(raw_sees_eof(fd, 3000));
+    close(fd);
+
+    /* A good header whose args do not unpack as EchoArgs. */
+    fd = raw_connect(port);
+    uint8_t frame[256];
+    Raftkv__RpcHeader hdr = RAFTKV__RPC_HEADER__INIT;
+    hdr.service_name = (char *)echo_desc->name;
+    hdr.method_name = "Echo";
+    hdr.call_id = 1;
+    hdr.args_size = 3;
+    size_t hs = raftkv__rpc_header__pack(&hdr, frame + 4);
+    frame[0] = frame[1] = frame[2] = 0;
+    frame[3] = (uint8_t)hs;
+    frame[4 + hs] = 0x0a; /* field 1, bytes, length varint never ends */
+    frame[5 + hs] = 0xff;
+    frame[6 + hs] = 0xff;
+    CU_ASSERT(write(fd, frame, 7 + hs) == (ssize_t)(7 + hs));
+    CU_ASSERT(raw_sees_eof(fd, 3000));
+    close(fd);
+
+    struct rpc_server_stats ss;
+    rpc_server_get_stats(server, &ss);
+    CU_ASSERT_EQUAL(ss.bad_frames, 2);
+
+    struct result after = {0};
+    call(svc, M_ECHO, "after", 0, &after);
+    CU_ASSERT(run_until(&after.done, 1, 5000));
+    CU_ASSERT_EQUAL(after.status, RPC_OK);
+    struct rpc_channel_stats st;
+    rpc_channel_get_stats(ch, &st);
+    CU_ASSERT_EQUAL(st.connects, 1); /* the good connection was untouched */
+    rpc_channel_free(ch);
+    stop_local_server();
+}
+
+static void test_rpc_deferred_reply_after_client_went_away_is_dropped(void)
+{
+    start_local_server(NULL);
+    int fd = raw_connect(port);
+    uint8_t frame[256];
+    size_t n = raw_request(frame, sizeof frame, "Defer", 1, "later", 100);
+    CU_ASSERT(write(fd, frame, n) == (ssize_t)n);
+    struct rpc_server_stats ss = {0};
+    for (int i = 0; i < 200 && ss.calls == 0; i++) {
+        run_for(5);
+        rpc_server_get_stats(server, &ss);
+    }
+    CU_ASSERT_EQUAL_FATAL(ss.calls, 1);
+    close(fd);
+    run_for(400); /* the server notices the close, then the timer fires */
+    rpc_server_get_stats(server, &ss);
+    CU_ASSERT_EQUAL(ss.dropped_replies, 1);
+    CU_ASSERT_EQUAL(ss.open, 0);
+
+    /* A reply still pending when the whole server is freed. */
+    fd = raw_connect(port);
+    n = raw_request(frame, sizeof frame, "Defer", 2, "after free", 50);
+    CU_ASSERT(write(fd, frame, n) == (ssize_t)n);
+    for (int i = 0; i < 200 && echo.calls < 2; i++) {
+        run_for(5);
+    }
+    CU_ASSERT_EQUAL_FATAL(echo.calls, 2);
+    rpc_server_free(server);
+    server = NULL;
+    run_for(150); /* the timer fires into a freed server's connection */
+    close(fd);
+    event_base_free(base);
+    base = NULL;
+}
+
+static void test_rpc_reader_that_never_reads_cannot_grow_server_memory(void)
+{
+    struct rpc_server_options o = {.max_output = 256 * 1024};
+    start_local_server(&o);
+    int fd = raw_connect(port);
+    int small = 64 * 1024;
+    setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &small, sizeof small);
+    fcntl(fd, F_SETFL, O_NONBLOCK);
+    static char payload[32 * 1024 + 1];
+    memset(payload, 'r', sizeof payload - 1);
+    static uint8_t frame[40 * 1024];
+    size_t total = 0, stuck = 0;
+    uint64_t deadline = now_ms() + 10000;
+    uint64_t id = 0;
+    size_t n = 0, off = 0;
+    while (stuck < 100 && now_ms() < deadline && total < 256u << 20) {
+        if (off == n) {
+            n = raw_request(frame, sizeof frame, "Echo", ++id, payload, 0);
+            off = 0;
+        }
+        ssize_t w = write(fd, frame + off, n - off);
+        if (w > 0) {
+            off += (size_t)w;
+            total += (size_t)w;
+            stuck = 0;
+        } else {
+            stuck++;
+        }
+        event_base_loop(base, EVLOOP_NONBLOCK);
+        if (w <= 0) {
+            run_for(2);
+        }
+    }
+    /* The server stopped reading: the client's writes block although it
+     * wrote far less than it could have, and the server kept only about its
+     * output cap in replies. */
+    CU_ASSERT(stuck >= 100);
+    CU_ASSERT(total < 32u << 20);
+    struct rpc_server_stats ss;
+    rpc_server_get_stats(server, &ss);
+    CU_ASSERT(ss.calls * sizeof payload < 16u << 20);
+    close(fd);
+    run_for(100);
+    rpc_server_get_stats(server, &ss);
+    CU_ASSERT_EQUAL(ss.open, 0);
+    stop_local_server();
+}
+
+static void test_rpc_channel_binds_the_given_source_address(void)
+{
+    start_local_server(NULL);
+    struct rpc_channel_options o = {.bind_host = "127.0.0.2"};
+    struct rpc_channel *ch = rpc_channel_new(base, "127.0.0.1", port, &o);
+    struct result r = {0};
+    call(rpc_channel_service(ch, echo_desc), M_ECHO, "whoami", 0, &r);
+    CU_ASSERT(run_until(&r.done, 1, 5000));
+    CU_ASSERT_EQUAL(r.status, RPC_OK);
+    CU_ASSERT(strncmp(r.payload, "127.0.0.2:", 10) == 0);
+    rpc_channel_free(ch);
+
+    /* A source address this host does not have fails with a clear error. */
+    o.bind_host = "192.0.2.1";
+    ch = rpc_channel_new(base, "127.0.0.1", port, &o);
+    struct result bad = {0};
+    call(rpc_channel_service(ch, echo_desc), M_ECHO, "x", 0, &bad);
+    CU_ASSERT(run_until(&bad.done, 1, 5000));
+    CU_ASSERT_EQUAL(bad.status, RPC_E_UNAVAILABLE);
+    CU_ASSERT(strstr(bad.error, "bind source address 192.0.2.1") != NULL);
+    rpc_channel_free(ch);
+    stop_local_server();
+}
+
+static void test_rpc_request_over_cap_fails_and_connection_stays_usable(void)
+{
+    start_local_server(NULL);
+    struct rpc_channel_options o = {.limits = {.max_args = 1000}};
+    struct rpc_channel *ch = rpc_channel_new(base, "127.0.0.1", port, &o);
+    ProtobufCService *svc = rpc_channel_service(ch, echo_desc);
+    static char big[2001];
+    memset(big, 'b', 2000);
+    struct result r[2] = {{0}};
+    call(svc, M_ECHO, big, 0, &r[0]);
+    call(svc, M_ECHO, "small", 0, &r[1]);
+    completions = 0;
+    CU_ASSERT(run_until(&completions, 2, 5000));
+    CU_ASSERT_EQUAL(r[0].status, RPC_E_TOO_BIG);
+    CU_ASSERT(strstr(r[0].error, "cap") != NULL);
+    CU_ASSERT_EQUAL(r[1].status, RPC_OK);
+    rpc_channel_free(ch);
+    stop_local_server();
+}
+
+static void test_rpc_freeing_a_channel_cancels_each_pending_call_once(void)
+{
+    start_local_server(NULL);
+    struct rpc_channel *ch = rpc_channel_new(base, "127.0.0.1", port, NULL);
+    ProtobufCService *svc = rpc_channel_service(ch, echo_desc);
+    struct result r[10] = {{0}};
+    for (int i = 0; i < 10; i++) {
+        call(svc, M_DEFER, "pending", 200, &r[i]);
+    }
+    run_for(50);
+    rpc_channel_free(ch);
+    for (int i = 0; i < 10; i++) {
+        CU_ASSERT_EQUAL(r[i].done, 1);
+        CU_ASSERT_EQUAL(r[i].status, RPC_E_CANCELLED);
+    }
+    run_for(300); /* the server's replies meet a closed connection */
+    struct rpc_server_stats ss;
+    rpc_server_get_stats(server, &ss);
+    CU_ASSERT_EQUAL(ss.dropped_replies, 10);
+    for (int i = 0; i < 10; i++) {
+        CU_ASSERT_EQUAL(r[i].done, 1);
+    }
+    stop_local_server();
+}
+
+static void test_rpc_listen_on_a_busy_port_says_why(void)
+{
+    start_local_server(NULL);
+    struct rpc_server *other = rpc_server_new(base, NULL);
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in sa = {.sin_family = AF_INET};
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t len = sizeof sa;
+    CU_ASSERT_FATAL(bind(fd, (struct sockaddr *)&sa, sizeof sa) == 0);
+    CU_ASSERT_FATAL(listen(fd, 1) == 0);
+    getsockname(fd, (struct sockaddr *)&sa, &len);
+    CU_ASSERT_EQUAL(rpc_server_listen(other, "127.0.0.1", ntohs(sa.sin_port),
+                                      NULL),
+                    RPC_E_IO);
+    CU_ASSERT(strstr(rpc_server_errmsg(other), "in use") != NULL);
+    close(fd);
+    rpc_server_free(other);
+    stop_local_server();
+}
+
+int main(int argc, char **argv)
+{
+    signal(SIGPIPE, SIG_IGN);
+    static CU_TestInfo tests[] = {
+        {"test_rpc_blocking_call_returns_after_its_closure",
+         test_rpc_blocking_call_returns_after_its_closure},
+        {"test_rpc_async_call_completes_from_the_loop",
+         test_rpc_async_call_completes_from_the_loop},
+        {"test_rpc_thousand_concurrent_calls_answered_out_of_order",
+         test_rpc_thousand_concurrent_calls_answered_out_of_order},
+        {"test_rpc_deadline_fails_the_call_and_drops_the_late_reply",
+         test_rpc_deadline_fails_the_call_and_drops_the_late_reply},
+        {"test_rpc_server_killed_fails_each_pending_call_once",
+         test_rpc_server_killed_fails_each_pending_call_once},
+        {"test_rpc_unknown_method_then_good_call_on_same_connection",
+         test_rpc_unknown_method_then_good_call_on_same_connection},
+        {"test_rpc_malformed_frame_closes_only_that_connection",
+         test_rpc_malformed_frame_closes_only_that_connection},
+        {"test_rpc_deferred_reply_after_client_went_away_is_dropped",
+         test_rpc_deferred_reply_after_client_went_away_is_dropped},
+        {"test_rpc_reader_that_never_reads_cannot_grow_server_memory",
+         test_rpc_reader_that_never_reads_cannot_grow_server_memory},
+        {"test_rpc_channel_binds_the_given_source_address",
+         test_rpc_channel_binds_the_given_source_address},
+        {"test_rpc_request_over_cap_fails_and_connection_stays_usable",
+         test_rpc_request_over_cap_fails_and_connection_stays_usable},
+        {"test_rpc_freeing_a_channel_cancels_each_pending_call_once",
+         test_rpc_freeing_a_channel_cancels_each_pending_call_once},
+        {"test_rpc_listen_on_a_busy_port_says_why",
+         test_rpc_listen_on_a_busy_port_says_why},
+        CU_TEST_INFO_NULL,
+    };
+    static CU_SuiteInfo suites[] = {
+        {"rpc", NULL, NULL, NULL, NULL, tests},
+        CU_SUITE_INFO_NULL,
+    };
+    return cunit_main(argc, argv, suites);
+}
