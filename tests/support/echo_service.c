@@ -13,6 +13,7 @@
 
 /* A deferred reply waiting for its timer. */
 struct deferred {
+    struct echo_service *owner;
     struct event *timer;
     Raftkv__Test__EchoReply_Closure closure;
     void *closure_data;
@@ -46,6 +47,7 @@ static void on_deferred(evutil_socket_t fd, short what, void *arg)
     Raftkv__Test__EchoReply reply = RAFTKV__TEST__ECHO_REPLY__INIT;
     reply.payload.data = d->payload;
     reply.payload.len = d->len;
+    d->owner->deferred--;
     d->closure(&reply, d->closure_data);
     event_free(d->timer);
     free(d);
@@ -69,13 +71,19 @@ static void echo_defer(Raftkv__Test__EchoService_Service *svc,
         closure(NULL, closure_data);
         return;
     }
+    d->owner = e;
     d->closure = closure;
     d->closure_data = closure_data;
     d->len = in->payload.len;
     if (d->len) {
         memcpy(d->payload, in->payload.data, d->len);
     }
-    struct timeval tv = {in->delay_ms / 1000, (in->delay_ms % 1000) * 1000};
+    uint32_t delay = in->delay_ms;
+    if (e->max_delay_ms && delay > e->max_delay_ms) {
+        delay = e->max_delay_ms;
+    }
+    e->deferred++;
+    struct timeval tv = {delay / 1000, (delay % 1000) * 1000};
     evtimer_add(d->timer, &tv);
 }
 

@@ -16,6 +16,8 @@ struct echo_service {
     Raftkv__Test__EchoService_Service svc; /* must be first */
     struct event_base *base;               /* for Defer's timers */
     uint64_t calls;                        /* handler invocations */
+    uint64_t deferred;                     /* Defer replies not yet sent */
+    uint32_t max_delay_ms;                 /* clamp Defer delays (0: none) */
 };
 
 /**

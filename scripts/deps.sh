@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# deps.sh: install the Debian packages raftkv needs to build and test, if any
+# are missing. Needs root (or sudo) only when something must be installed.
+set -euo pipefail
+
+packages=(build-essential cmake pkg-config libprotobuf-c-dev
+          protobuf-c-compiler libevent-dev liblmdb-dev libcunit1-dev
+          clang libclang-rt-14-dev)
+
+missing=()
+for p in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" \
+        || missing+=("$p")
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+
+echo "deps.sh: installing ${missing[*]}"
+sudo=()
+[ "$(id -u)" -eq 0 ] || sudo=(sudo)
+export DEBIAN_FRONTEND=noninteractive
+"${sudo[@]}" apt-get update -qq
+"${sudo[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}"

@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# test.sh: install what is missing, build raftkv, run every test suite in the
+# normal build and under AddressSanitizer + UBSan, then fuzz briefly.
+#
+#   scripts/test.sh [--quick] [--fuzz-seconds N] [--no-sanitize] [--no-fuzz]
+#
+#   --quick          the normal build's tests only (no sanitizer, no fuzz)
+#   --fuzz-seconds N run each libFuzzer target N seconds (default 20)
+#   --no-sanitize    skip the sanitizer build
+#   --no-fuzz        skip the fuzz targets
+# Environment: RAFTKV_SEED fixes the seed of randomized tests; JOBS the
+# build parallelism (default: number of cores).
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+root=$(pwd)
+sanitize=1 fuzz=1 fuzz_seconds=20
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --quick) sanitize=0 fuzz=0 ;;
+        --no-sanitize) sanitize=0 ;;
+        --no-fuzz) fuzz=0 ;;
+        --fuzz-seconds) fuzz_seconds=${2:?--fuzz-seconds needs a number}; shift ;;
+        -h|--help) sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        *) echo "test.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
+    esac
+    shift
+done
+jobs=${JOBS:-$(nproc)}
+
+scripts/deps.sh
+
+build_and_test() { # dir, description, cmake args...
+    local dir=$1 what=$2
+    shift 2
+    echo "==> $what: configure and build in $dir"
+    cmake -S "$root" -B "$dir" -DRAFTKV_WERROR=ON "$@" >/dev/null
+    cmake --build "$dir" -j "$jobs"
+    echo "==> $what: tests"
+    (cd "$dir" && ctest --output-on-failure -j "$jobs" --timeout 900)
+}
+
+build_and_test build "normal build"
+if [ "$sanitize" = 1 ]; then
+    ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
+    UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+        build_and_test build-asan "sanitizer build" -DRAFTKV_SANITIZE=ON
+fi
+
+if [ "$fuzz" = 1 ]; then
+    echo "==> fuzz: build with clang in build-fuzz"
+    CC=clang cmake -S "$root" -B build-fuzz -DRAFTKV_FUZZ=ON >/dev/null
+    cmake --build build-fuzz -j "$jobs" --target fuzz_frame fuzz_dispatch
+    for target in frame dispatch; do
+        scratch=$(mktemp -d)
+        echo "==> fuzz: fuzz_$target for ${fuzz_seconds}s from tests/fuzz/corpus/$target"
+        if ! build-fuzz/tests/fuzz/fuzz_$target -max_total_time="$fuzz_seconds" \
+                -max_len=4096 -print_final_stats=1 -artifact_prefix="$scratch/" \
+                "$scratch" "tests/fuzz/corpus/$target" >"$scratch/log" 2>&1; then
+            tail -50 "$scratch/log"
+            echo "fuzz_$target FAILED; the crashing input is in $scratch"
+            exit 1
+        fi
+        grep -E "^stat::number_of_executed_units|^#[0-9]+ +DONE" "$scratch/log" || true
+        rm -rf "$scratch"
+    done
+fi
+echo "==> all tests passed"
