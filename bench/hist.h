@@ -4,10 +4,11 @@
 
 #include <stdint.h>
 
-#define HIST_SUB 64   /* buckets per power of two: about 1.6% resolution */
-#define HIST_EXP 40   /* powers of two covered, in nanoseconds: to ~18 min */
+#define HIST_SUB 64 /* buckets per power of two: about 1.6% resolution */
+#define HIST_EXP 40 /* powers of two covered, in nanoseconds: to ~18 min */
 
-struct hist {
+struct hist
+{
     uint64_t count[HIST_EXP * HIST_SUB]; /* samples per bucket */
     uint64_t n;                          /* samples */
     uint64_t max;                        /* largest sample (ns) */

@@ -19,9 +19,10 @@
 #include "hist.h"
 #include "rpc/rpc.h"
 
-struct client {
-    ProtobufCService *svc;      /* its channel's Echo service */
-    uint64_t started;           /* ns of the call in flight */
+struct client
+{
+    ProtobufCService *svc; /* its channel's Echo service */
+    uint64_t started;      /* ns of the call in flight */
 };
 
 static struct event_base *base;
@@ -63,8 +64,9 @@ static void on_reply(const Raftkv__Test__EchoReply *reply, void *data)
 
 static void usage(FILE *f)
 {
-    fprintf(f, "usage: rpcbench [--conns M] [--clients N] [--duration SECONDS]"
-               " [--payload BYTES] [--server HOST:PORT]\n");
+    fprintf(f,
+            "usage: rpcbench [--conns M] [--clients N] [--duration SECONDS]"
+            " [--payload BYTES] [--server HOST:PORT]\n");
 }
 
 int main(int argc, char **argv)
@@ -85,28 +87,42 @@ int main(int argc, char **argv)
     int o;
     while ((o = getopt_long(argc, argv, "", opts, NULL)) != -1) {
         switch (o) {
-        case 'c': conns = atoi(optarg); break;
-        case 'n': clients = atoi(optarg); break;
-        case 'd': duration = atof(optarg); break;
-        case 'p': payload = atoi(optarg); break;
-        case 's': {
-            char *colon = strrchr(optarg, ':');
-            if (!colon || colon == optarg) {
-                fprintf(stderr, "rpcbench: --server wants HOST:PORT\n");
-                return 2;
+            case 'c':
+                conns = atoi(optarg);
+                break;
+            case 'n':
+                clients = atoi(optarg);
+                break;
+            case 'd':
+                duration = atof(optarg);
+                break;
+            case 'p':
+                payload = atoi(optarg);
+                break;
+            case 's': {
+                char *colon = strrchr(optarg, ':');
+                if (!colon || colon == optarg) {
+                    fprintf(stderr, "rpcbench: --server wants HOST:PORT\n");
+                    return 2;
+                }
+                snprintf(host, sizeof host, "%.*s", (int)(colon - optarg),
+                         optarg);
+                port = (uint16_t)atoi(colon + 1);
+                break;
             }
-            snprintf(host, sizeof host, "%.*s", (int)(colon - optarg), optarg);
-            port = (uint16_t)atoi(colon + 1);
-            break;
-        }
-        case 'h': usage(stdout); return 0;
-        default: usage(stderr); return 2;
+            case 'h':
+                usage(stdout);
+                return 0;
+            default:
+                usage(stderr);
+                return 2;
         }
     }
     if (conns < 1 || clients < 1 || duration <= 0 || payload < 0 ||
         payload > 1 << 20) {
-        fprintf(stderr, "rpcbench: need conns, clients >= 1, duration > 0, "
-                        "0 <= payload <= 1 MiB\n");
+        fprintf(stderr,
+                "rpcbench: need conns, clients >= 1, duration > 0, "
+                "0 <= payload <= 1 MiB\n");
         return 2;
     }
     pid_t pid = 0;
@@ -131,8 +147,8 @@ int main(int argc, char **argv)
         ch[i] = rpc_channel_new(base, host, port, NULL);
     }
     for (int i = 0; i < clients; i++) {
-        cl[i].svc = rpc_channel_service(ch[i % conns],
-                                        &raftkv__test__echo_service__descriptor);
+        cl[i].svc = rpc_channel_service(
+            ch[i % conns], &raftkv__test__echo_service__descriptor);
     }
     /* Warm up: one call per connection, so connects are not measured. */
     end_ns = 0;
@@ -151,15 +167,16 @@ int main(int argc, char **argv)
     }
     event_base_dispatch(base);
     double elapsed = (double)(now_ns() - start) / 1e9;
-    printf("op=echo conns=%d clients=%d payload=%d calls=%llu errors=%llu "
-           "elapsed=%.2fs rate=%.0f calls/s mean=%.1fus p50=%.1fus "
-           "p90=%.1fus p99=%.1fus max=%.1fus\n",
-           conns, clients, payload, (unsigned long long)hist.n,
-           (unsigned long long)errors, elapsed, (double)hist.n / elapsed,
-           hist.n ? hist.sum / (double)hist.n / 1e3 : 0.0,
-           (double)hist_quantile(&hist, 0.5) / 1e3,
-           (double)hist_quantile(&hist, 0.9) / 1e3,
-           (double)hist_quantile(&hist, 0.99) / 1e3, (double)hist.max / 1e3);
+    printf(
+        "op=echo conns=%d clients=%d payload=%d calls=%llu errors=%llu "
+        "elapsed=%.2fs rate=%.0f calls/s mean=%.1fus p50=%.1fus "
+        "p90=%.1fus p99=%.1fus max=%.1fus\n",
+        conns, clients, payload, (unsigned long long)hist.n,
+        (unsigned long long)errors, elapsed, (double)hist.n / elapsed,
+        hist.n ? hist.sum / (double)hist.n / 1e3 : 0.0,
+        (double)hist_quantile(&hist, 0.5) / 1e3,
+        (double)hist_quantile(&hist, 0.9) / 1e3,
+        (double)hist_quantile(&hist, 0.99) / 1e3, (double)hist.max / 1e3);
     for (int i = 0; i < conns; i++) {
         rpc_channel_free(ch[i]);
     }

@@ -14,11 +14,11 @@
 
 #include "internal.h"
 
-#define DEFAULT_DEADLINE_MS 5000
+#define DEFAULT_DEADLINE_MS        5000
 #define DEFAULT_CONNECT_TIMEOUT_MS 1000
-#define DEFAULT_BACKOFF_MIN_MS 20
-#define DEFAULT_BACKOFF_MAX_MS 1000
-#define DEFAULT_MAX_OUTPUT (64u * 1024 * 1024)
+#define DEFAULT_BACKOFF_MIN_MS     20
+#define DEFAULT_BACKOFF_MAX_MS     1000
+#define DEFAULT_MAX_OUTPUT         (64u * 1024 * 1024)
 
 enum conn_state {
     CH_IDLE,       /* no connection; the next call connects */
@@ -27,7 +27,8 @@ enum conn_state {
     CH_BACKOFF,    /* a connect failed; calls fail until retry_at */
 };
 
-struct pending {
+struct pending
+{
     struct rpc_channel *ch;                   /* owner */
     uint64_t id;                              /* call_id */
     const ProtobufCMessageDescriptor *output; /* reply type */
@@ -41,33 +42,35 @@ struct pending {
     struct pending *hnext;                    /* hash chain */
 };
 
-struct channel_service {
-    ProtobufCService base;       /* what the stubs are given */
-    struct rpc_channel *ch;      /* owner */
+struct channel_service
+{
+    ProtobufCService base;        /* what the stubs are given */
+    struct rpc_channel *ch;       /* owner */
     struct channel_service *next; /* channel's list */
 };
 
-struct rpc_channel {
-    struct event_base *base;      /* caller's, or own when blocking */
-    bool own_base;                /* blocking channel: base is ours */
-    char *host;                   /* server address */
-    uint16_t port;                /* server port */
-    char target[280];             /* "host:port" for messages */
-    struct rpc_channel_options opts; /* with defaults */
-    uint32_t deadline_ms;         /* for calls made from now on */
-    enum conn_state state;        /* connection state */
-    struct bufferevent *bev;      /* connection, when not IDLE/BACKOFF */
-    struct rpc_decoder *dec;      /* reply decoder for this connection */
-    struct event *connect_timer;  /* connect timeout */
-    uint64_t retry_at;            /* BACKOFF: earliest reconnect (ms) */
-    uint32_t backoff_ms;          /* current backoff */
-    char last_failure[600];       /* why the last connect failed */
-    uint64_t next_id;             /* next call_id */
-    struct pending **table;       /* pending calls by id */
-    size_t table_size;            /* buckets, a power of two */
-    size_t n_pending;             /* calls in the table */
+struct rpc_channel
+{
+    struct event_base *base;          /* caller's, or own when blocking */
+    bool own_base;                    /* blocking channel: base is ours */
+    char *host;                       /* server address */
+    uint16_t port;                    /* server port */
+    char target[280];                 /* "host:port" for messages */
+    struct rpc_channel_options opts;  /* with defaults */
+    uint32_t deadline_ms;             /* for calls made from now on */
+    enum conn_state state;            /* connection state */
+    struct bufferevent *bev;          /* connection, when not IDLE/BACKOFF */
+    struct rpc_decoder *dec;          /* reply decoder for this connection */
+    struct event *connect_timer;      /* connect timeout */
+    uint64_t retry_at;                /* BACKOFF: earliest reconnect (ms) */
+    uint32_t backoff_ms;              /* current backoff */
+    char last_failure[600];           /* why the last connect failed */
+    uint64_t next_id;                 /* next call_id */
+    struct pending **table;           /* pending calls by id */
+    size_t table_size;                /* buckets, a power of two */
+    size_t n_pending;                 /* calls in the table */
     struct channel_service *services; /* handed out by rpc_channel_service */
-    struct rpc_channel_stats stats; /* counters */
+    struct rpc_channel_stats stats;   /* counters */
 };
 
 /* --------------------------------------------------------- pending table */
@@ -122,8 +125,10 @@ static struct pending *table_take(struct rpc_channel *ch, uint64_t id)
 /* ------------------------------------------------------------ completion */
 
 /* Run a call's closure once and free it; p is already out of the table. */
-static void complete(struct pending *p, const ProtobufCMessage *reply,
-                     int status, const char *msg)
+static void complete(struct pending *p,
+                     const ProtobufCMessage *reply,
+                     int status,
+                     const char *msg)
 {
     struct rpc_channel *ch = p->ch;
     if (p->timer) {
@@ -177,7 +182,8 @@ static void drop_connection(struct rpc_channel *ch)
 }
 
 /* The connection failed or was lost: fail its calls and back off. */
-static void connection_failed(struct rpc_channel *ch, int status,
+static void connection_failed(struct rpc_channel *ch,
+                              int status,
                               const char *why)
 {
     bool was_connected = ch->state == CH_CONNECTED;
@@ -188,10 +194,10 @@ static void connection_failed(struct rpc_channel *ch, int status,
         ch->state = CH_IDLE;
         ch->backoff_ms = 0;
     } else {
-        uint32_t b = ch->backoff_ms ? ch->backoff_ms * 2
-                                    : ch->opts.backoff_min_ms;
-        ch->backoff_ms = b > ch->opts.backoff_max_ms ? ch->opts.backoff_max_ms
-                                                     : b;
+        uint32_t b =
+            ch->backoff_ms ? ch->backoff_ms * 2 : ch->opts.backoff_min_ms;
+        ch->backoff_ms =
+            b > ch->opts.backoff_max_ms ? ch->opts.backoff_max_ms : b;
         ch->retry_at = rpc_now_ms() + ch->backoff_ms;
         ch->state = CH_BACKOFF;
     }
@@ -260,15 +266,15 @@ static void on_event(struct bufferevent *bev, short what, void *arg)
     if (what & (BEV_EVENT_EOF | BEV_EVENT_ERROR)) {
         int err = EVUTIL_SOCKET_ERROR();
         if (ch->state == CH_CONNECTING) {
-            snprintf(why, sizeof why, "connect to %s: %s", ch->target,
-                     err ? evutil_socket_error_to_string(err)
-                         : "connection closed");
+            snprintf(
+                why, sizeof why, "connect to %s: %s", ch->target,
+                err ? evutil_socket_error_to_string(err) : "connection closed");
             connection_failed(ch, RPC_E_UNAVAILABLE, why);
         } else {
-            snprintf(why, sizeof why, "connection to %s lost: %s",
-                     ch->target,
-                     (what & BEV_EVENT_EOF) ? "closed by the server"
-                                            : evutil_socket_error_to_string(err));
+            snprintf(why, sizeof why, "connection to %s lost: %s", ch->target,
+                     (what & BEV_EVENT_EOF)
+                         ? "closed by the server"
+                         : evutil_socket_error_to_string(err));
             connection_failed(ch, RPC_E_CONNECTION_LOST, why);
         }
     }
@@ -295,12 +301,12 @@ static int start_connect(struct rpc_channel *ch)
     snprintf(port, sizeof port, "%u", ch->port);
     int gai = evutil_getaddrinfo(ch->host, port, &hints, &ai);
     if (gai != 0) {
-        snprintf(ch->last_failure, sizeof ch->last_failure,
-                 "resolve %s: %s", ch->host, evutil_gai_strerror(gai));
+        snprintf(ch->last_failure, sizeof ch->last_failure, "resolve %s: %s",
+                 ch->host, evutil_gai_strerror(gai));
         return RPC_E_UNAVAILABLE;
     }
-    int fd = socket(ai->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC,
-                    0);
+    int fd =
+        socket(ai->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0) {
         snprintf(ch->last_failure, sizeof ch->last_failure, "socket: %s",
                  strerror(errno));
@@ -325,9 +331,9 @@ static int start_connect(struct rpc_channel *ch)
         evutil_freeaddrinfo(bai);
     }
     ch->dec = rpc_decoder_new(&ch->opts.limits);
-    ch->bev = ch->dec ? bufferevent_socket_new(ch->base, fd,
-                                               BEV_OPT_CLOSE_ON_FREE)
-                      : NULL;
+    ch->bev = ch->dec
+                  ? bufferevent_socket_new(ch->base, fd, BEV_OPT_CLOSE_ON_FREE)
+                  : NULL;
     if (!ch->bev) {
         close(fd);
         evutil_freeaddrinfo(ai);
@@ -338,8 +344,8 @@ static int start_connect(struct rpc_channel *ch)
     bufferevent_setcb(ch->bev, on_read, NULL, on_event, ch);
     bufferevent_enable(ch->bev, EV_READ | EV_WRITE);
     ch->state = CH_CONNECTING;
-    int rv = bufferevent_socket_connect(ch->bev, ai->ai_addr,
-                                        (int)ai->ai_addrlen);
+    int rv =
+        bufferevent_socket_connect(ch->bev, ai->ai_addr, (int)ai->ai_addrlen);
     evutil_freeaddrinfo(ai);
     if (rv != 0) {
         snprintf(ch->last_failure, sizeof ch->last_failure, "connect to %s: %s",
@@ -389,11 +395,10 @@ static int ensure_connection(struct rpc_channel *ch)
     if (ch->state == CH_IDLE) {
         int rv = start_connect(ch);
         if (rv != 0) {
-            uint32_t b = ch->backoff_ms ? ch->backoff_ms * 2
-                                        : ch->opts.backoff_min_ms;
-            ch->backoff_ms = b > ch->opts.backoff_max_ms
-                                 ? ch->opts.backoff_max_ms
-                                 : b;
+            uint32_t b =
+                ch->backoff_ms ? ch->backoff_ms * 2 : ch->opts.backoff_min_ms;
+            ch->backoff_ms =
+                b > ch->opts.backoff_max_ms ? ch->opts.backoff_max_ms : b;
             ch->retry_at = rpc_now_ms() + ch->backoff_ms;
             ch->state = CH_BACKOFF;
             return rv;
@@ -483,8 +488,10 @@ static void channel_invoke(ProtobufCService *service,
 
 /* ------------------------------------------------------------ public API */
 
-static struct rpc_channel *channel_new(struct event_base *base, bool own,
-                                       const char *host, uint16_t port,
+static struct rpc_channel *channel_new(struct event_base *base,
+                                       bool own,
+                                       const char *host,
+                                       uint16_t port,
                                        const struct rpc_channel_options *opts)
 {
     if (!host) {

@@ -11,23 +11,40 @@ static _Thread_local char last_error[700];
 const char *rpc_strerror(int err)
 {
     switch (err) {
-    case RPC_OK: return "ok";
-    case RPC_E_UNKNOWN_SERVICE: return "unknown service";
-    case RPC_E_UNKNOWN_METHOD: return "unknown method";
-    case RPC_E_BAD_REQUEST: return "bad request";
-    case RPC_E_SHUTTING_DOWN: return "server shutting down";
-    case RPC_E_INTERNAL: return "internal server error";
-    case RPC_E_OVERLOADED: return "overloaded";
-    case RPC_E_TIMEOUT: return "timed out";
-    case RPC_E_UNAVAILABLE: return "server unavailable";
-    case RPC_E_CONNECTION_LOST: return "connection lost";
-    case RPC_E_CANCELLED: return "cancelled";
-    case RPC_E_TOO_BIG: return "message too big";
-    case RPC_E_BAD_REPLY: return "malformed reply";
-    case RPC_E_NOMEM: return "out of memory";
-    case RPC_E_INVALID: return "invalid argument";
-    case RPC_E_IO: return "I/O error";
-    default: return "unknown error";
+        case RPC_OK:
+            return "ok";
+        case RPC_E_UNKNOWN_SERVICE:
+            return "unknown service";
+        case RPC_E_UNKNOWN_METHOD:
+            return "unknown method";
+        case RPC_E_BAD_REQUEST:
+            return "bad request";
+        case RPC_E_SHUTTING_DOWN:
+            return "server shutting down";
+        case RPC_E_INTERNAL:
+            return "internal server error";
+        case RPC_E_OVERLOADED:
+            return "overloaded";
+        case RPC_E_TIMEOUT:
+            return "timed out";
+        case RPC_E_UNAVAILABLE:
+            return "server unavailable";
+        case RPC_E_CONNECTION_LOST:
+            return "connection lost";
+        case RPC_E_CANCELLED:
+            return "cancelled";
+        case RPC_E_TOO_BIG:
+            return "message too big";
+        case RPC_E_BAD_REPLY:
+            return "malformed reply";
+        case RPC_E_NOMEM:
+            return "out of memory";
+        case RPC_E_INVALID:
+            return "invalid argument";
+        case RPC_E_IO:
+            return "I/O error";
+        default:
+            return "unknown error";
     }
 }
 

@@ -13,18 +13,19 @@ enum decoder_state {
     DEC_FAILED, /* the stream is broken; nothing more is read */
 };
 
-struct rpc_decoder {
-    struct rpc_limits limits;   /* caps checked before any allocation */
-    enum decoder_state state;   /* what the next bytes are */
+struct rpc_decoder
+{
+    struct rpc_limits limits;        /* caps checked before any allocation */
+    enum decoder_state state;        /* what the next bytes are */
     uint8_t prefix[RPC_PREFIX_SIZE]; /* head_size as it arrives */
-    size_t prefix_have;         /* bytes of prefix so far */
-    uint32_t head_size;         /* decoded head_size */
-    uint8_t *buf;               /* staging for a header or args in pieces */
-    size_t buf_cap;             /* allocated bytes of buf */
-    size_t have;                /* bytes staged in buf for this part */
-    Raftkv__RpcHeader *header;  /* header of the frame being read/returned */
-    bool delivered;             /* header belongs to a frame already returned */
-    char errmsg[160];           /* why the stream broke */
+    size_t prefix_have;              /* bytes of prefix so far */
+    uint32_t head_size;              /* decoded head_size */
+    uint8_t *buf;              /* staging for a header or args in pieces */
+    size_t buf_cap;            /* allocated bytes of buf */
+    size_t have;               /* bytes staged in buf for this part */
+    Raftkv__RpcHeader *header; /* header of the frame being read/returned */
+    bool delivered;            /* header belongs to a frame already returned */
+    char errmsg[160];          /* why the stream broke */
 };
 
 static void fill_limits(struct rpc_limits *out, const struct rpc_limits *in)
@@ -138,8 +139,11 @@ static bool reserve(struct rpc_decoder *d, size_t n)
 /* Collect a part of `need` bytes. Returns a pointer to all of them (into
  * data when they lie there whole, else into buf), or NULL when more input
  * is needed; sets *failed on allocation failure. */
-static const uint8_t *collect(struct rpc_decoder *d, const uint8_t *data,
-                              size_t len, size_t *pos, size_t need,
+static const uint8_t *collect(struct rpc_decoder *d,
+                              const uint8_t *data,
+                              size_t len,
+                              size_t *pos,
+                              size_t need,
                               bool *failed)
 {
     size_t avail = len - *pos;
@@ -179,74 +183,76 @@ int rpc_decoder_feed(struct rpc_decoder *d,
     }
     for (;;) {
         switch (d->state) {
-        case DEC_PREFIX:
-            while (d->prefix_have < RPC_PREFIX_SIZE && pos < len) {
-                d->prefix[d->prefix_have++] = data[pos++];
-            }
-            if (d->prefix_have < RPC_PREFIX_SIZE) {
-                *used = pos;
-                return RPC_DECODE_MORE;
-            }
-            d->head_size = (uint32_t)d->prefix[0] << 24 |
-                           (uint32_t)d->prefix[1] << 16 |
-                           (uint32_t)d->prefix[2] << 8 | d->prefix[3];
-            d->prefix_have = 0;
-            if (d->head_size > d->limits.max_head) {
-                *used = pos;
-                return fail(d, "head_size %u over the cap of %u", d->head_size,
-                            d->limits.max_head);
-            }
-            d->have = 0;
-            d->state = DEC_HEAD;
-            break;
-        case DEC_HEAD: {
-            const uint8_t *h = collect(d, data, len, &pos, d->head_size, &oom);
-            if (!h) {
-                *used = pos;
-                return oom ? fail(d, "out of memory for a %u-byte header",
-                                  d->head_size)
-                           : RPC_DECODE_MORE;
-            }
-            d->header = raftkv__rpc_header__unpack(NULL, d->head_size, h);
-            d->have = 0;
-            if (!d->header) {
-                *used = pos;
-                return fail(d, "RpcHeader of %u bytes does not unpack",
-                            d->head_size);
-            }
-            if (d->header->args_size > d->limits.max_args) {
-                *used = pos;
-                return fail(d, "args_size %u over the cap of %u",
-                            d->header->args_size, d->limits.max_args);
-            }
-            d->state = DEC_ARGS;
-            break;
-        }
-        case DEC_ARGS: {
-            size_t need = d->header->args_size;
-            const uint8_t *a = NULL;
-            if (need > 0) {
-                a = collect(d, data, len, &pos, need, &oom);
-                if (!a) {
+            case DEC_PREFIX:
+                while (d->prefix_have < RPC_PREFIX_SIZE && pos < len) {
+                    d->prefix[d->prefix_have++] = data[pos++];
+                }
+                if (d->prefix_have < RPC_PREFIX_SIZE) {
                     *used = pos;
-                    return oom ? fail(d, "out of memory for %zu bytes of args",
-                                  need)
+                    return RPC_DECODE_MORE;
+                }
+                d->head_size = (uint32_t)d->prefix[0] << 24 |
+                               (uint32_t)d->prefix[1] << 16 |
+                               (uint32_t)d->prefix[2] << 8 | d->prefix[3];
+                d->prefix_have = 0;
+                if (d->head_size > d->limits.max_head) {
+                    *used = pos;
+                    return fail(d, "head_size %u over the cap of %u",
+                                d->head_size, d->limits.max_head);
+                }
+                d->have = 0;
+                d->state = DEC_HEAD;
+                break;
+            case DEC_HEAD: {
+                const uint8_t *h =
+                    collect(d, data, len, &pos, d->head_size, &oom);
+                if (!h) {
+                    *used = pos;
+                    return oom ? fail(d, "out of memory for a %u-byte header",
+                                      d->head_size)
                                : RPC_DECODE_MORE;
                 }
+                d->header = raftkv__rpc_header__unpack(NULL, d->head_size, h);
+                d->have = 0;
+                if (!d->header) {
+                    *used = pos;
+                    return fail(d, "RpcHeader of %u bytes does not unpack",
+                                d->head_size);
+                }
+                if (d->header->args_size > d->limits.max_args) {
+                    *used = pos;
+                    return fail(d, "args_size %u over the cap of %u",
+                                d->header->args_size, d->limits.max_args);
+                }
+                d->state = DEC_ARGS;
+                break;
             }
-            frame->header = d->header;
-            frame->args = a;
-            frame->args_size = need;
-            d->have = 0;
-            d->delivered = true;
-            d->state = DEC_PREFIX;
-            *used = pos;
-            return RPC_DECODE_FRAME;
-        }
-        case DEC_FAILED:
-        default:
-            *used = pos;
-            return RPC_DECODE_ERROR;
+            case DEC_ARGS: {
+                size_t need = d->header->args_size;
+                const uint8_t *a = NULL;
+                if (need > 0) {
+                    a = collect(d, data, len, &pos, need, &oom);
+                    if (!a) {
+                        *used = pos;
+                        return oom ? fail(d,
+                                          "out of memory for %zu bytes of args",
+                                          need)
+                                   : RPC_DECODE_MORE;
+                    }
+                }
+                frame->header = d->header;
+                frame->args = a;
+                frame->args_size = need;
+                d->have = 0;
+                d->delivered = true;
+                d->state = DEC_PREFIX;
+                *used = pos;
+                return RPC_DECODE_FRAME;
+            }
+            case DEC_FAILED:
+            default:
+                *used = pos;
+                return RPC_DECODE_ERROR;
         }
     }
 }

@@ -16,34 +16,37 @@
 
 #define DEFAULT_MAX_OUTPUT (8u * 1024 * 1024)
 
-struct rpc_conn {
-    struct rpc_server *server;   /* NULL once the server is freed */
-    struct bufferevent *bev;     /* NULL once closed */
-    struct rpc_decoder *dec;     /* request decoder */
-    char peer[64];               /* "host:port" of the other end */
-    int refs;                    /* the open connection + pending calls */
-    bool read_paused;            /* reading stopped for output backlog */
+struct rpc_conn
+{
+    struct rpc_server *server;    /* NULL once the server is freed */
+    struct bufferevent *bev;      /* NULL once closed */
+    struct rpc_decoder *dec;      /* request decoder */
+    char peer[64];                /* "host:port" of the other end */
+    int refs;                     /* the open connection + pending calls */
+    bool read_paused;             /* reading stopped for output backlog */
     struct rpc_conn *prev, *next; /* server's list of open connections */
 };
 
 /* One request being served: the closure_data handed to the handler. */
-struct rpc_call {
-    struct rpc_conn *conn;                    /* holds a reference */
-    uint64_t call_id;                         /* echoed in the reply */
-    const ProtobufCMethodDescriptor *method;  /* for the reply's type */
+struct rpc_call
+{
+    struct rpc_conn *conn;                   /* holds a reference */
+    uint64_t call_id;                        /* echoed in the reply */
+    const ProtobufCMethodDescriptor *method; /* for the reply's type */
 };
 
-struct rpc_server {
-    struct event_base *base;          /* caller's loop */
-    struct rpc_server_options opts;   /* with defaults filled in */
-    ProtobufCService **services;      /* registered services */
-    size_t n_services;                /* entries in services */
+struct rpc_server
+{
+    struct event_base *base;           /* caller's loop */
+    struct rpc_server_options opts;    /* with defaults filled in */
+    ProtobufCService **services;       /* registered services */
+    size_t n_services;                 /* entries in services */
     struct evconnlistener **listeners; /* one per rpc_server_listen */
-    size_t n_listeners;               /* entries in listeners */
-    struct rpc_conn *conns;           /* open connections */
-    struct rpc_conn *closed;          /* closed, still held by calls */
-    struct rpc_server_stats stats;    /* counters */
-    char errmsg[256];                 /* last failure's context */
+    size_t n_listeners;                /* entries in listeners */
+    struct rpc_conn *conns;            /* open connections */
+    struct rpc_conn *closed;           /* closed, still held by calls */
+    struct rpc_server_stats stats;     /* counters */
+    char errmsg[256];                  /* last failure's context */
 };
 
 static void list_remove(struct rpc_conn **head, struct rpc_conn *c)
@@ -117,8 +120,11 @@ static void check_output(struct rpc_conn *c)
 }
 
 /* Send a reply frame (args NULL and status non-zero for an error). */
-static void send_reply(struct rpc_conn *c, uint64_t call_id, int status,
-                       const char *error, const ProtobufCMessage *args)
+static void send_reply(struct rpc_conn *c,
+                       uint64_t call_id,
+                       int status,
+                       const char *error,
+                       const ProtobufCMessage *args)
 {
     struct rpc_server *s = c->server;
     if (!c->bev || !s) {
@@ -134,8 +140,7 @@ static void send_reply(struct rpc_conn *c, uint64_t call_id, int status,
     struct evbuffer *out = bufferevent_get_output(c->bev);
     int rv = rpc_write_frame(out, &hdr, args, &s->opts.limits);
     if (rv == RPC_E_TOO_BIG) {
-        rpc_logf(RPC_LOG_WARN, "rpc: reply to %s over the frame cap",
-                 c->peer);
+        rpc_logf(RPC_LOG_WARN, "rpc: reply to %s over the frame cap", c->peer);
         hdr.status = RAFTKV__RPC_STATUS__RPC_INTERNAL;
         hdr.error = "reply over the frame size cap";
         rv = rpc_write_frame(out, &hdr, NULL, &s->opts.limits);
@@ -263,8 +268,8 @@ static void on_read(struct bufferevent *bev, void *arg)
     c->refs++; /* handlers may close the connection under us */
     int rv = rpc_read_frames(bufferevent_get_input(bev), c->dec, dispatch, c);
     if (rv == RPC_DECODE_ERROR && c->bev) {
-        rpc_logf(RPC_LOG_WARN, "rpc: bad frame from %s: %s; closing",
-                 c->peer, rpc_decoder_errmsg(c->dec));
+        rpc_logf(RPC_LOG_WARN, "rpc: bad frame from %s: %s; closing", c->peer,
+                 rpc_decoder_errmsg(c->dec));
         c->server->stats.bad_frames++;
         conn_close(c);
     }
@@ -325,8 +330,11 @@ int rpc_server_adopt(struct rpc_server *s, int fd, const char *peer)
     return 0;
 }
 
-static void on_accept(struct evconnlistener *l, evutil_socket_t fd,
-                      struct sockaddr *sa, int socklen, void *arg)
+static void on_accept(struct evconnlistener *l,
+                      evutil_socket_t fd,
+                      struct sockaddr *sa,
+                      int socklen,
+                      void *arg)
 {
     (void)l;
     (void)socklen;
@@ -421,8 +429,8 @@ int rpc_server_listen(struct rpc_server *s,
     snprintf(portstr, sizeof portstr, "%u", port);
     int gai = evutil_getaddrinfo(host, portstr, &hints, &ai);
     if (gai != 0) {
-        snprintf(s->errmsg, sizeof s->errmsg, "listen on %s:%u: %s", host,
-                 port, evutil_gai_strerror(gai));
+        snprintf(s->errmsg, sizeof s->errmsg, "listen on %s:%u: %s", host, port,
+                 evutil_gai_strerror(gai));
         return RPC_E_IO;
     }
     struct evconnlistener **nl =
@@ -438,8 +446,8 @@ int rpc_server_listen(struct rpc_server *s,
         ai->ai_addr, (int)ai->ai_addrlen);
     evutil_freeaddrinfo(ai);
     if (!l) {
-        snprintf(s->errmsg, sizeof s->errmsg, "listen on %s:%u: %s", host,
-                 port, strerror(errno));
+        snprintf(s->errmsg, sizeof s->errmsg, "listen on %s:%u: %s", host, port,
+                 strerror(errno));
         return RPC_E_IO;
     }
     evconnlistener_set_error_cb(l, on_accept_error);

@@ -34,9 +34,9 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
     signal(SIGPIPE, SIG_IGN);
     rpc_log_set_handler(quiet, NULL);
     base = event_base_new();
-    struct rpc_server_options o = {.limits = {.max_head = 4096,
-                                              .max_args = 64 * 1024},
-                                   .max_output = 64 * 1024};
+    struct rpc_server_options o = {
+        .limits = {.max_head = 4096, .max_args = 64 * 1024},
+        .max_output = 64 * 1024};
     server = rpc_server_new(base, &o);
     echo_service_init(&echo, base);
     echo.max_delay_ms = 1;

@@ -63,8 +63,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                 if (f.args_size != f.header->args_size) {
                     __builtin_trap();
                 }
-                size_t m = f.header->call_id % (sizeof messages /
-                                                sizeof messages[0]);
+                size_t m =
+                    f.header->call_id % (sizeof messages / sizeof messages[0]);
                 ProtobufCMessage *msg = protobuf_c_message_unpack(
                     messages[m], NULL, f.args_size, f.args);
                 if (msg) {

@@ -68,9 +68,10 @@ int cunit_main(int argc, char **argv, CU_SuiteInfo *suites)
     unsigned tests_failed = CU_get_number_of_tests_failed();
     CU_cleanup_registry();
     if (failures) {
-        printf("%s: %u assertion(s) failed in %u test(s); seed %u "
-               "(rerun: RAFTKV_SEED=%u %s)\n",
-               argv[0], failures, tests_failed, seed, seed, argv[0]);
+        printf(
+            "%s: %u assertion(s) failed in %u test(s); seed %u "
+            "(rerun: RAFTKV_SEED=%u %s)\n",
+            argv[0], failures, tests_failed, seed, seed, argv[0]);
     }
     return failures ? 1 : 0;
 }

@@ -12,7 +12,8 @@
 #include "rpc/rpc.h"
 
 /* A deferred reply waiting for its timer. */
-struct deferred {
+struct deferred
+{
     struct echo_service *owner;
     struct event *timer;
     Raftkv__Test__EchoReply_Closure closure;

@@ -12,7 +12,8 @@ struct event_base;
 /* An EchoService implementation whose Defer replies come from timers on
  * base. Echo with payload "whoami" answers the caller's address. The
  * Unimplemented slot is left NULL on purpose. */
-struct echo_service {
+struct echo_service
+{
     Raftkv__Test__EchoService_Service svc; /* must be first */
     struct event_base *base;               /* for Defer's timers */
     uint64_t calls;                        /* handler invocations */

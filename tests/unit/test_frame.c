@@ -11,13 +11,16 @@
 #include "rpc/rpc.h"
 
 /* Append one frame (call id, payload) to a growing buffer. */
-struct stream {
+struct stream
+{
     uint8_t *data;
     size_t len;
 };
 
-static size_t add_frame(struct stream *s, uint64_t call_id,
-                        const char *payload, size_t payload_len,
+static size_t add_frame(struct stream *s,
+                        uint64_t call_id,
+                        const char *payload,
+                        size_t payload_len,
                         const struct rpc_limits *lim)
 {
     Raftkv__RpcHeader hdr = RAFTKV__RPC_HEADER__INIT;
@@ -28,23 +31,22 @@ static size_t add_frame(struct stream *s, uint64_t call_id,
     args.payload.data = (uint8_t *)payload;
     args.payload.len = payload_len;
     struct rpc_frame_plan plan;
-    CU_ASSERT_FATAL(rpc_frame_plan(&hdr, payload ? &args.base : NULL, lim,
-                                   &plan) == 0);
+    CU_ASSERT_FATAL(
+        rpc_frame_plan(&hdr, payload ? &args.base : NULL, lim, &plan) == 0);
     s->data = realloc(s->data, s->len + plan.total);
     CU_ASSERT_FATAL(s->data != NULL);
-    rpc_frame_pack(&hdr, payload ? &args.base : NULL, &plan,
-                   s->data + s->len);
+    rpc_frame_pack(&hdr, payload ? &args.base : NULL, &plan, s->data + s->len);
     s->len += plan.total;
     return plan.total;
 }
 
 /* Check a decoded frame against what add_frame wrote. */
-static void check_frame(const struct rpc_frame *f, uint64_t call_id,
+static void check_frame(const struct rpc_frame *f,
+                        uint64_t call_id,
                         const char *payload)
 {
     CU_ASSERT_EQUAL(f->header->call_id, call_id);
-    CU_ASSERT_STRING_EQUAL(f->header->service_name,
-                           "raftkv.test.EchoService");
+    CU_ASSERT_STRING_EQUAL(f->header->service_name, "raftkv.test.EchoService");
     CU_ASSERT_STRING_EQUAL(f->header->method_name, "Echo");
     CU_ASSERT_EQUAL(f->args_size, f->header->args_size);
     Raftkv__Test__EchoArgs *a =
@@ -112,13 +114,13 @@ static void test_frame_one_and_a_half_frames_in_one_read(void)
                     RPC_DECODE_FRAME);
     CU_ASSERT_EQUAL(used, n1);
     check_frame(&f, 1, "first frame");
-    CU_ASSERT_EQUAL(rpc_decoder_feed(d, s.data + n1, first_read - n1, &used,
-                                     &f),
-                    RPC_DECODE_MORE);
+    CU_ASSERT_EQUAL(
+        rpc_decoder_feed(d, s.data + n1, first_read - n1, &used, &f),
+        RPC_DECODE_MORE);
     CU_ASSERT_EQUAL(used, first_read - n1);
-    CU_ASSERT_EQUAL(rpc_decoder_feed(d, s.data + first_read,
-                                     s.len - first_read, &used, &f),
-                    RPC_DECODE_FRAME);
+    CU_ASSERT_EQUAL(
+        rpc_decoder_feed(d, s.data + first_read, s.len - first_read, &used, &f),
+        RPC_DECODE_FRAME);
     CU_ASSERT_EQUAL(used, s.len - first_read);
     check_frame(&f, 2, "second frame");
     rpc_decoder_free(d);
@@ -258,8 +260,7 @@ static void test_frame_head_over_cap_fails_before_reading_it(void)
     /* 0xFFFFFFFF must not make the decoder allocate 4 GiB. */
     uint8_t huge[4] = {0xff, 0xff, 0xff, 0xff};
     d = rpc_decoder_new(NULL);
-    CU_ASSERT_EQUAL(rpc_decoder_feed(d, huge, 4, &used, &f),
-                    RPC_DECODE_ERROR);
+    CU_ASSERT_EQUAL(rpc_decoder_feed(d, huge, 4, &used, &f), RPC_DECODE_ERROR);
     rpc_decoder_free(d);
 }
 

@@ -78,12 +78,13 @@ static void run_for(int ms)
 }
 
 /* What a closure saw. */
-struct result {
-    int done;         /* times the closure ran: must end at 1 */
-    int status;       /* RPC_OK or rpc_last_status() */
-    char error[256];  /* rpc_last_error() on failure */
+struct result
+{
+    int done;          /* times the closure ran: must end at 1 */
+    int status;        /* RPC_OK or rpc_last_status() */
+    char error[256];   /* rpc_last_error() on failure */
     char payload[256]; /* reply payload, NUL-terminated */
-    int order;        /* completion order among a batch */
+    int order;         /* completion order among a batch */
 };
 
 static int completions;
@@ -106,8 +107,11 @@ static void on_echo(const Raftkv__Test__EchoReply *reply, void *data)
     }
 }
 
-static void call(ProtobufCService *svc, int method, const char *payload,
-                 uint32_t delay_ms, struct result *r)
+static void call(ProtobufCService *svc,
+                 int method,
+                 const char *payload,
+                 uint32_t delay_ms,
+                 struct result *r)
 {
     Raftkv__Test__EchoArgs args = RAFTKV__TEST__ECHO_ARGS__INIT;
     args.payload.data = (uint8_t *)payload;
@@ -133,8 +137,11 @@ static int raw_connect(uint16_t p)
 }
 
 /* A valid request frame for EchoService.method. */
-static size_t raw_request(uint8_t *out, size_t cap, const char *method,
-                          uint64_t call_id, const char *payload,
+static size_t raw_request(uint8_t *out,
+                          size_t cap,
+                          const char *method,
+                          uint64_t call_id,
+                          const char *payload,
                           uint32_t delay_ms)
 {
     Raftkv__RpcHeader hdr = RAFTKV__RPC_HEADER__INIT;
@@ -603,9 +610,9 @@ static void test_rpc_listen_on_a_busy_port_says_why(void)
     CU_ASSERT_FATAL(bind(fd, (struct sockaddr *)&sa, sizeof sa) == 0);
     CU_ASSERT_FATAL(listen(fd, 1) == 0);
     getsockname(fd, (struct sockaddr *)&sa, &len);
-    CU_ASSERT_EQUAL(rpc_server_listen(other, "127.0.0.1", ntohs(sa.sin_port),
-                                      NULL),
-                    RPC_E_IO);
+    CU_ASSERT_EQUAL(
+        rpc_server_listen(other, "127.0.0.1", ntohs(sa.sin_port), NULL),
+        RPC_E_IO);
     CU_ASSERT(strstr(rpc_server_errmsg(other), "in use") != NULL);
     close(fd);
     rpc_server_free(other);

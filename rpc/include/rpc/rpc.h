@@ -94,13 +94,15 @@ const char *rpc_last_error(void);
 #define RPC_DEFAULT_MAX_ARGS (8u * 1024 * 1024)
 
 /* Hard caps on one frame. Zero fields mean the defaults above. */
-struct rpc_limits {
+struct rpc_limits
+{
     uint32_t max_head; /* largest head_size accepted or sent */
     uint32_t max_args; /* largest args_size accepted or sent */
 };
 
 /* Sizes of a frame about to be packed (see rpc_frame_plan). */
-struct rpc_frame_plan {
+struct rpc_frame_plan
+{
     size_t head_size; /* packed RpcHeader */
     size_t args_size; /* packed args */
     size_t total;     /* RPC_PREFIX_SIZE + head_size + args_size */
@@ -131,7 +133,8 @@ void rpc_frame_pack(const Raftkv__RpcHeader *hdr,
                     uint8_t *out);
 
 /* A decoded frame. Borrowed from the decoder: valid until its next feed. */
-struct rpc_frame {
+struct rpc_frame
+{
     const Raftkv__RpcHeader *header; /* unpacked header */
     const uint8_t *args;             /* args_size bytes (may be NULL if 0) */
     size_t args_size;                /* equals header->args_size */
@@ -186,7 +189,8 @@ const char *rpc_decoder_errmsg(const struct rpc_decoder *d);
 /* ---------------------------------------------------------------- server */
 
 /* Server settings. Zero fields mean the defaults. */
-struct rpc_server_options {
+struct rpc_server_options
+{
     struct rpc_limits limits; /* frame caps for requests and replies */
     size_t max_output;        /* per-connection output buffer: reading
                                  pauses above it and resumes below half;
@@ -195,7 +199,8 @@ struct rpc_server_options {
 };
 
 /* Counters of a server, for logs and metrics. */
-struct rpc_server_stats {
+struct rpc_server_stats
+{
     uint64_t accepted;        /* connections accepted or adopted */
     uint64_t open;            /* connections open now */
     uint64_t calls;           /* requests dispatched to a handler */
@@ -296,7 +301,8 @@ const char *rpc_call_peer(void *closure_data);
 /* --------------------------------------------------------------- channel */
 
 /* Channel settings. Zero fields mean the defaults. */
-struct rpc_channel_options {
+struct rpc_channel_options
+{
     uint32_t deadline_ms;        /* per call; default 5000 */
     uint32_t connect_timeout_ms; /* default 1000 */
     uint32_t backoff_min_ms;     /* first wait after a failed connect; 20 */
@@ -308,7 +314,8 @@ struct rpc_channel_options {
 };
 
 /* Counters of a channel. */
-struct rpc_channel_stats {
+struct rpc_channel_stats
+{
     uint64_t calls;        /* calls started */
     uint64_t failed;       /* calls whose closure ran with NULL */
     uint64_t late_replies; /* replies that came after their call ended */
