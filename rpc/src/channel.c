@@ -626,6 +626,17 @@ void rpc_channel_set_deadline(struct rpc_channel *ch, uint32_t ms)
     ch->deadline_ms = ms ? ms : ch->opts.deadline_ms;
 }
 
+void rpc_channel_flush(struct rpc_channel *ch)
+{
+    if (ch->state != CH_CONNECTED || !ch->bev) {
+        return;
+    }
+    struct evbuffer *out = bufferevent_get_output(ch->bev);
+    if (evbuffer_get_length(out) > 0) {
+        evbuffer_write(out, bufferevent_getfd(ch->bev));
+    }
+}
+
 size_t rpc_channel_pending(const struct rpc_channel *ch)
 {
     return ch->n_pending;

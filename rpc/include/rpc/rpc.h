@@ -375,6 +375,15 @@ ProtobufCService *rpc_channel_service(struct rpc_channel *ch,
 void rpc_channel_set_deadline(struct rpc_channel *ch, uint32_t ms);
 
 /**
+ * Write what the channel has queued to its socket now, as far as the socket
+ * takes it without blocking. libevent otherwise writes only when the loop
+ * runs again; a caller about to block (on an fsync) uses this to let its
+ * requests leave first.
+ * @param ch the channel
+ */
+void rpc_channel_flush(struct rpc_channel *ch);
+
+/**
  * Calls started and not yet completed.
  */
 size_t rpc_channel_pending(const struct rpc_channel *ch);

@@ -1,0 +1,242 @@
+/* main.c: the kvserver command line. */
+#include <errno.h>
+#include <getopt.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "node.h"
+
+static const char usage_text[] =
+    "usage: kvserver --id N --cluster ID=HOST:PORT,... --data-dir DIR "
+    "[options]\n"
+    "\n"
+    "One node of a raftkv cluster. Every node is started with the same\n"
+    "--cluster list; it serves clients and the other nodes on its own\n"
+    "HOST:PORT from that list.\n"
+    "\n"
+    "  --id N                   this node's id in --cluster (1..2^63)\n"
+    "  --cluster LIST           all nodes: 1=127.0.0.1:7001,2=...  (1 to %d)\n"
+    "  --data-dir DIR           where this node keeps its data (created if\n"
+    "                           missing; must belong to this cluster and id)\n"
+    "  --heartbeat-ms MS        leader heartbeat interval (default 100)\n"
+    "  --election-ms MS         election timeout base; the actual timeout is\n"
+    "                           random in [MS, 2*MS) (default 500)\n"
+    "  --request-timeout-ms MS  a write not applied by then is answered\n"
+    "                           TIMEOUT, outcome unknown (default 3000)\n"
+    "  --snapshot-entries N     compact the log once it holds more than N\n"
+    "                           entries (default 10000)\n"
+    "  --snapshot-trailing N    entries kept behind a compaction, so a\n"
+    "                           slightly lagging follower needs no snapshot\n"
+    "                           (default 1000)\n"
+    "  --max-sessions N         clients remembered for exactly-once writes;\n"
+    "                           the least recently writing is forgotten first\n"
+    "                           (default 100000)\n"
+    "  --log-level LEVEL        debug, info, warn or error (default info)\n"
+    "  -h, --help               this text\n"
+    "\n"
+    "SIGTERM or SIGINT stops the node cleanly. Exit status: 0 after a clean\n"
+    "stop, 1 when the node cannot start or finds its data damaged, 2 for a\n"
+    "bad command line.\n";
+
+static void die_usage(const char *fmt, const char *arg)
+{
+    fprintf(stderr, "kvserver: ");
+    fprintf(stderr, fmt, arg);
+    fprintf(stderr, " (see kvserver --help)\n");
+    exit(2);
+}
+
+static uint64_t parse_u64(const char *opt,
+                          const char *s,
+                          uint64_t min,
+                          uint64_t max)
+{
+    char *end;
+    errno = 0;
+    unsigned long long v = strtoull(s, &end, 10);
+    if (errno || end == s || *end || s[0] == '-' || v < min || v > max) {
+        char msg[200];
+        snprintf(msg, sizeof msg,
+                 "%s wants a whole number from %llu to %llu, not '%%s'", opt,
+                 (unsigned long long)min, (unsigned long long)max);
+        die_usage(msg, s);
+    }
+    return v;
+}
+
+/* Parse "1=host:port,2=host:port" into the config. */
+static void parse_cluster(struct kv_node_config *c, const char *list)
+{
+    char *copy = strdup(list);
+    if (!copy) {
+        fprintf(stderr, "kvserver: out of memory\n");
+        exit(1);
+    }
+    char *save = NULL;
+    for (char *item = strtok_r(copy, ",", &save); item;
+         item = strtok_r(NULL, ",", &save)) {
+        if (c->n_nodes == KV_MAX_NODES) {
+            die_usage("--cluster has more than 9 nodes%s", "");
+        }
+        char *eq = strchr(item, '=');
+        char *colon = strrchr(item, ':');
+        if (!eq || !colon || colon < eq || colon == eq + 1) {
+            die_usage("--cluster item '%s' is not ID=HOST:PORT", item);
+        }
+        *eq = 0;
+        *colon = 0;
+        size_t i = c->n_nodes;
+        c->ids[i] = parse_u64("--cluster id", item, 1, INT64_MAX);
+        char *host = eq + 1;
+        size_t hl = strlen(host);
+        if (hl >= 2 && host[0] == '[' && host[hl - 1] == ']') {
+            host[hl - 1] = 0;
+            host++;
+        }
+        if (strlen(host) >= sizeof c->hosts[i]) {
+            die_usage("--cluster host '%s' is too long", host);
+        }
+        snprintf(c->hosts[i], sizeof c->hosts[i], "%s", host);
+        c->ports[i] =
+            (uint16_t)parse_u64("--cluster port", colon + 1, 1, 65535);
+        for (size_t j = 0; j < i; j++) {
+            if (c->ids[j] == c->ids[i]) {
+                die_usage("--cluster names node %s twice", item);
+            }
+        }
+        c->n_nodes++;
+    }
+    free(copy);
+    if (c->n_nodes == 0) {
+        die_usage("--cluster is empty%s", "");
+    }
+}
+
+int main(int argc, char **argv)
+{
+    struct kv_node_config c = {
+        .heartbeat_ms = 100,
+        .election_ms = 500,
+        .request_timeout_ms = 3000,
+        .snapshot_entries = 10000,
+        .snapshot_trailing = 1000,
+        .max_sessions = KV_DEFAULT_MAX_SESSIONS,
+    };
+    const char *cluster = NULL;
+    int level = RPC_LOG_INFO;
+    bool have_id = false;
+    static const struct option opts[] = {
+        {"id", required_argument, NULL, 'i'},
+        {"cluster", required_argument, NULL, 'c'},
+        {"data-dir", required_argument, NULL, 'd'},
+        {"heartbeat-ms", required_argument, NULL, 'H'},
+        {"election-ms", required_argument, NULL, 'E'},
+        {"request-timeout-ms", required_argument, NULL, 'T'},
+        {"snapshot-entries", required_argument, NULL, 'S'},
+        {"snapshot-trailing", required_argument, NULL, 't'},
+        {"max-sessions", required_argument, NULL, 'm'},
+        {"log-level", required_argument, NULL, 'l'},
+        {"help", no_argument, NULL, 'h'},
+        {0},
+    };
+    opterr = 0;
+    int o;
+    while ((o = getopt_long(argc, argv, ":h", opts, NULL)) != -1) {
+        switch (o) {
+            case 'i':
+                c.id = parse_u64("--id", optarg, 1, INT64_MAX);
+                have_id = true;
+                break;
+            case 'c':
+                cluster = optarg;
+                break;
+            case 'd':
+                c.data_dir = optarg;
+                break;
+            case 'H':
+                c.heartbeat_ms =
+                    (unsigned)parse_u64("--heartbeat-ms", optarg, 1, 60000);
+                break;
+            case 'E':
+                c.election_ms =
+                    (unsigned)parse_u64("--election-ms", optarg, 2, 600000);
+                break;
+            case 'T':
+                c.request_timeout_ms = (unsigned)parse_u64(
+                    "--request-timeout-ms", optarg, 1, 3600000);
+                break;
+            case 'S':
+                c.snapshot_entries =
+                    parse_u64("--snapshot-entries", optarg, 1, UINT32_MAX);
+                break;
+            case 't':
+                c.snapshot_trailing =
+                    parse_u64("--snapshot-trailing", optarg, 0, UINT32_MAX);
+                break;
+            case 'm':
+                c.max_sessions =
+                    parse_u64("--max-sessions", optarg, 1, UINT32_MAX);
+                break;
+            case 'l':
+                if (!strcmp(optarg, "debug")) {
+                    level = RPC_LOG_DEBUG;
+                } else if (!strcmp(optarg, "info")) {
+                    level = RPC_LOG_INFO;
+                } else if (!strcmp(optarg, "warn")) {
+                    level = RPC_LOG_WARN;
+                } else if (!strcmp(optarg, "error")) {
+                    level = RPC_LOG_ERROR;
+                } else {
+                    die_usage(
+                        "--log-level wants debug, info, warn or error, "
+                        "not '%s'",
+                        optarg);
+                }
+                break;
+            case 'h':
+                printf(usage_text, KV_MAX_NODES);
+                return 0;
+            case ':':
+                die_usage("option %s needs a value", argv[optind - 1]);
+            /* fallthrough */
+            default:
+                die_usage("unknown option %s", argv[optind - 1]);
+        }
+    }
+    if (optind < argc) {
+        die_usage("unexpected argument '%s'", argv[optind]);
+    }
+    if (!have_id) {
+        die_usage("--id is required%s", "");
+    }
+    if (!cluster) {
+        die_usage("--cluster is required%s", "");
+    }
+    if (!c.data_dir) {
+        die_usage("--data-dir is required%s", "");
+    }
+    parse_cluster(&c, cluster);
+    bool found = false;
+    for (size_t i = 0; i < c.n_nodes; i++) {
+        found |= c.ids[i] == c.id;
+    }
+    if (!found) {
+        char id[32];
+        snprintf(id, sizeof id, "%llu", (unsigned long long)c.id);
+        die_usage("--id %s is not in --cluster", id);
+    }
+    if (c.heartbeat_ms >= c.election_ms) {
+        die_usage("--heartbeat-ms must be below --election-ms%s", "");
+    }
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    c.seed = (uint64_t)ts.tv_nsec ^ ((uint64_t)ts.tv_sec << 20) ^
+             ((uint64_t)getpid() << 40) ^ c.id;
+    rpc_log_set_level(level);
+    signal(SIGPIPE, SIG_IGN);
+    return kv_node_run(&c);
+}

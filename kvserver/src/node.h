@@ -1,0 +1,161 @@
+/* node.h: a raftkv node: Raft core + rpc + LMDB on one event loop (private). */
+#ifndef KVSERVER_NODE_H
+#define KVSERVER_NODE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <proto/admin.pb-c.h>
+#include <proto/kv.pb-c.h>
+#include <proto/raft.pb-c.h>
+#include <raft/raft.h>
+#include <rpc/rpc.h>
+
+#include "sm.h"
+#include "snap.h"
+#include "store.h"
+
+#define KV_MAX_NODES 9
+#define KV_MAX_VALUE (4u << 20) /* largest value a client may write */
+
+struct event;
+struct event_base;
+
+/* Settings of a node (from the command line). */
+struct kv_node_config
+{
+    uint64_t id;                   /* this node's id */
+    size_t n_nodes;                /* nodes in the cluster */
+    uint64_t ids[KV_MAX_NODES];    /* their ids */
+    char hosts[KV_MAX_NODES][256]; /* their hosts */
+    uint16_t ports[KV_MAX_NODES];  /* their ports */
+    const char *data_dir;          /* LMDB environment directory */
+    unsigned heartbeat_ms;         /* Raft heartbeat interval */
+    unsigned election_ms;          /* Raft election timeout base */
+    unsigned request_timeout_ms;   /* a write not applied by then: TIMEOUT */
+    uint64_t snapshot_entries;     /* compact when the log holds more */
+    uint64_t snapshot_trailing;    /* entries kept behind a compaction */
+    size_t max_sessions;           /* bound of the session table */
+    size_t map_size;               /* initial LMDB map size */
+    uint64_t seed;                 /* randomness for the Raft core */
+};
+
+/* Another node, as seen from this one. */
+struct kv_peer
+{
+    uint64_t id;               /* its node id */
+    char addr[300];            /* "host:port" */
+    struct rpc_channel *ch;    /* our calls to it */
+    ProtobufCService *raft;    /* RaftService over ch */
+    struct snap_stream stream; /* snapshot being sent to it */
+    bool stream_open;          /* stream is live */
+    uint64_t stream_for;       /* the core's snapshot index it serves */
+    uint8_t *chunk;            /* last chunk sent, for a resend */
+    size_t chunk_len;          /* its length */
+    uint64_t chunk_offset;     /* its offset */
+    bool chunk_done;           /* it ended the stream */
+    bool chunk_valid;          /* chunk holds a sent chunk */
+};
+
+/* A Raft request from a peer waiting for the core's response. */
+struct kv_incoming
+{
+    ProtobufCClosure closure;        /* completes the RPC */
+    void *closure_data;              /* its argument */
+    enum raft_msg_type type;         /* request type */
+    struct kv_incoming *prev, *next; /* node's list */
+};
+
+/* A client write waiting to be applied. */
+struct kv_pending_write
+{
+    uint64_t index;                /* where the core placed it */
+    uint64_t term;                 /* in which term */
+    uint64_t deadline;             /* ms: answer TIMEOUT after this */
+    int op;                        /* RAFTKV__COMMAND__OP_* */
+    ProtobufCClosure closure;      /* completes the client's call */
+    void *closure_data;            /* its argument */
+    struct kv_pending_write *next; /* queue in index order */
+};
+
+/* A linearizable read in progress. */
+struct kv_pending_read
+{
+    uint64_t index;           /* serve once applied >= index (0: unknown) */
+    uint64_t deadline;        /* ms */
+    bool confirmed;           /* the core confirmed leadership */
+    ProtobufCClosure closure; /* completes the client's call */
+    void *closure_data;       /* its argument */
+    uint8_t *key;             /* copy of the key */
+    size_t key_len;           /* its length */
+    struct kv_pending_read *prev, *next; /* node's list */
+};
+
+/* Outcome of one applied client entry in the current turn. */
+struct kv_applied
+{
+    uint64_t index;            /* log index */
+    uint64_t term;             /* its term */
+    int op;                    /* RAFTKV__COMMAND__OP_* (0 for noop) */
+    struct kv_outcome outcome; /* what it did */
+};
+
+struct kv_node
+{
+    struct kv_node_config cfg;          /* settings */
+    uint64_t cluster_id;                /* from the initial cluster */
+    struct event_base *base;            /* the loop */
+    struct rpc_server *server;          /* serves all three services */
+    struct raft *raft;                  /* the consensus core */
+    struct kv_store store;              /* LMDB */
+    struct kv_peer peers[KV_MAX_NODES]; /* every other node */
+    size_t n_peers;                     /* entries in peers */
+    uint64_t applied;                   /* state machine's applied index */
+    uint64_t applied_term;              /* its term */
+    uint64_t snap_index;                /* core snapshot index persisted */
+    struct event *turn_ev;              /* runs a turn after the loop's I/O */
+    struct event *tick_ev;              /* Raft timers */
+    struct event *sweep_ev;             /* deadlines of client calls */
+    struct event *retry_ev;             /* retries a write that failed */
+    struct event *sig_term, *sig_int;   /* clean shutdown */
+    bool frozen;                        /* an update could not be persisted */
+    struct raft_update held;            /* that update */
+    bool disk_full;                     /* the failure was a full disk */
+    struct kv_incoming *incoming;       /* peers' requests in the core */
+    struct kv_pending_write *writes, *writes_tail; /* client writes */
+    struct kv_pending_read *reads;                 /* client reads */
+    struct kv_applied *done;                       /* outcomes of this turn */
+    size_t n_done, cap_done;          /* entries in done / allocated */
+    uint64_t last_compact;            /* applied index of the last compaction */
+    bool stopping;                    /* shutdown in progress */
+    int exit_code;                    /* process exit status when stopped */
+    Raftkv__KvService_Service kv_svc; /* KvService implementation */
+    Raftkv__RaftService_Service raft_svc;   /* RaftService implementation */
+    Raftkv__AdminService_Service admin_svc; /* AdminService implementation */
+};
+
+/* node.c */
+int kv_node_run(const struct kv_node_config *cfg);
+void node_schedule_turn(struct kv_node *n);
+uint64_t node_now_ms(void);
+const char *node_peer_addr(struct kv_node *n, uint64_t id);
+
+/* peer.c: Raft RPCs in both directions */
+void peer_service_init(struct kv_node *n);
+void peer_send(struct kv_node *n, const struct raft_message *m);
+void peer_respond(struct kv_node *n, const struct raft_message *m);
+void peer_fail_incoming(struct kv_node *n, const char *why);
+void peer_close_streams(struct kv_node *n);
+
+/* client.c: KvService and AdminService */
+void client_service_init(struct kv_node *n);
+void client_answer_applied(struct kv_node *n);
+void client_answer_reads(struct kv_node *n,
+                         const struct raft_read *reads,
+                         size_t n_reads);
+void client_serve_ready_reads(struct kv_node *n);
+void client_sweep(struct kv_node *n);
+void client_fail_all(struct kv_node *n, int err, const char *why);
+
+#endif /* KVSERVER_NODE_H */

@@ -1,0 +1,58 @@
+/* sm.h: the KV state machine: commands applied inside an LMDB transaction. */
+#ifndef KVSERVER_SM_H
+#define KVSERVER_SM_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "store.h"
+
+#define KV_CLIENT_ID_LEN 16 /* bytes of a client id */
+
+/* Default bound of the session table. When a new client would exceed it,
+ * the session that wrote least recently (smallest log index) is evicted; a
+ * retry from an evicted client is answered as stale, never applied twice.
+ * Every replica evicts the same sessions: the rule depends on the log only. */
+#define KV_DEFAULT_MAX_SESSIONS 100000
+
+/* What applying a write did (or did when first applied, for a retry). */
+struct kv_outcome
+{
+    int err;            /* Raftkv__KvError */
+    bool swapped;       /* CAS: the new value was written */
+    bool exists;        /* CAS: the key existed before */
+    uint8_t *current;   /* CAS: the value before (malloc'd) or NULL */
+    size_t current_len; /* its length */
+    bool duplicate;     /* answered from the session table */
+};
+
+/**
+ * Apply a client command (a packed Raftkv__Command) at a log index. A bad
+ * command is an outcome (BAD_REQUEST), the same on every node; only
+ * failures of the store itself return an error, after which the caller
+ * aborts the transaction.
+ * @param max_sessions bound of the session table
+ * @param out filled; free it with kv_outcome_clear
+ * @return 0, KV_STORE_EMAPFULL, KV_STORE_ENOSPC, KV_STORE_EIO or ENOMEM
+ */
+int kv_sm_apply(struct kv_store *st,
+                MDB_txn *txn,
+                uint64_t index,
+                const void *data,
+                size_t len,
+                size_t max_sessions,
+                struct kv_outcome *out);
+
+/**
+ * Release what an outcome holds.
+ */
+void kv_outcome_clear(struct kv_outcome *o);
+
+/**
+ * Check a key for the store's limits.
+ * @return 0 (KV_OK), or the Raftkv__KvError that rejects it
+ */
+int kv_sm_check_key(struct kv_store *st, size_t key_len);
+
+#endif /* KVSERVER_SM_H */

@@ -1,0 +1,82 @@
+/* snap.h: the state machine as a byte stream: read out, staged, installed. */
+#ifndef KVSERVER_SNAP_H
+#define KVSERVER_SNAP_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "store.h"
+
+/* Stream format (all integers big-endian):
+ *   header  "RKVSNAP1" | applied index (8) | applied term (8) | 0 (8)
+ *   record  kind (1: kv, 2: session) | key length (4) | value length (4)
+ *           | key | value
+ *   trailer kind 0xFF | number of records (8)
+ * The stream is read under one LMDB read transaction, so it is the state at
+ * one applied index while writes go on. */
+
+/* A snapshot being read out for one follower. */
+struct snap_stream
+{
+    MDB_txn *txn;     /* read transaction holding the state */
+    MDB_cursor *cur;  /* position in kv or sessions */
+    int phase;        /* header, kv, sessions, trailer, done */
+    uint64_t offset;  /* bytes produced so far */
+    uint64_t index;   /* applied index of the state */
+    uint64_t term;    /* its term */
+    uint64_t records; /* records produced so far */
+    uint8_t *pend;    /* bytes of the current record not yet produced */
+    size_t pend_len;  /* valid bytes in pend */
+    size_t pend_off;  /* bytes of pend already produced */
+    size_t pend_cap;  /* allocated size of pend */
+};
+
+/**
+ * Start reading the state as a stream (opens a read transaction).
+ * @return 0 or a store error
+ */
+int snap_stream_open(struct kv_store *st, struct snap_stream *s);
+
+/**
+ * Produce the next bytes, at most max.
+ * @param len set to the bytes written to buf
+ * @param done set when the stream ends with these bytes
+ * @return 0 or a store error
+ */
+int snap_stream_read(struct kv_store *st,
+                     struct snap_stream *s,
+                     uint8_t *buf,
+                     size_t max,
+                     size_t *len,
+                     bool *done);
+
+/**
+ * End a stream and its read transaction (safe on a closed stream).
+ */
+void snap_stream_close(struct snap_stream *s);
+
+/**
+ * Stage a received chunk; offset 0 discards what was staged before.
+ * @return 0 or a store error
+ */
+int snap_stage(struct kv_store *st,
+               MDB_txn *txn,
+               uint64_t offset,
+               const void *data,
+               size_t len);
+
+/**
+ * Replace kv and sessions with the staged stream and empty the staging
+ * area, all inside txn. The stream is checked as it is read; a damaged one
+ * fails with KV_STORE_ECORRUPT (then the caller aborts txn, so the old
+ * state stays).
+ * @param index, term set to the applied index and term of the state
+ * @return 0 or a store error
+ */
+int snap_install(struct kv_store *st,
+                 MDB_txn *txn,
+                 uint64_t *index,
+                 uint64_t *term);
+
+#endif /* KVSERVER_SNAP_H */

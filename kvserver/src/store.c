@@ -1,0 +1,424 @@
+/* store.c: opening the LMDB environment; meta and log records. */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "store.h"
+
+#define DEFAULT_MAP_SIZE (64ull << 20)
+#define LOG_HEADER       9 /* term (8) + type (1) */
+
+void kv_put_u64(uint8_t *p, uint64_t v)
+{
+    for (int i = 7; i >= 0; i--) {
+        p[i] = (uint8_t)v;
+        v >>= 8;
+    }
+}
+
+uint64_t kv_get_u64(const uint8_t *p)
+{
+    uint64_t v = 0;
+    for (int i = 0; i < 8; i++) {
+        v = v << 8 | p[i];
+    }
+    return v;
+}
+
+void kv_put_u32(uint8_t *p, uint32_t v)
+{
+    p[0] = (uint8_t)(v >> 24);
+    p[1] = (uint8_t)(v >> 16);
+    p[2] = (uint8_t)(v >> 8);
+    p[3] = (uint8_t)v;
+}
+
+uint32_t kv_get_u32(const uint8_t *p)
+{
+    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 |
+           p[3];
+}
+
+int kv_store_fail(struct kv_store *st, int rc, const char *what)
+{
+    snprintf(st->errmsg, sizeof st->errmsg, "%s: %s: %s", st->dir, what,
+             mdb_strerror(rc));
+    if (rc == MDB_MAP_FULL) {
+        return KV_STORE_EMAPFULL;
+    }
+    if (rc == ENOSPC || rc == EDQUOT) {
+        return KV_STORE_ENOSPC;
+    }
+    if (rc == ENOMEM) {
+        return KV_STORE_ENOMEM;
+    }
+    return KV_STORE_EIO;
+}
+
+int kv_store_open(struct kv_store *st, const char *dir, size_t map_size)
+{
+    memset(st, 0, sizeof *st);
+    snprintf(st->dir, sizeof st->dir, "%s", dir);
+    if (mkdir(dir, 0700) != 0 && errno != EEXIST) {
+        snprintf(st->errmsg, sizeof st->errmsg, "data directory %s: %s", dir,
+                 strerror(errno));
+        return KV_STORE_EIO;
+    }
+    st->map_size = map_size ? map_size : DEFAULT_MAP_SIZE;
+    int rc = mdb_env_create(&st->env);
+    if (rc) {
+        return kv_store_fail(st, rc, "mdb_env_create");
+    }
+    mdb_env_set_maxdbs(st->env, 8);
+    mdb_env_set_maxreaders(st->env, 126);
+    /* A larger map may already exist on disk; LMDB keeps the larger. */
+    mdb_env_set_mapsize(st->env, st->map_size);
+    /* MDB_NOTLS: read transactions (snapshot streams) live across loop
+     * turns and are not tied to the thread's reader slot. */
+    rc = mdb_env_open(st->env, dir, MDB_NOTLS, 0600);
+    if (rc) {
+        int err = kv_store_fail(st, rc, "mdb_env_open");
+        mdb_env_close(st->env);
+        st->env = NULL;
+        return err;
+    }
+    MDB_envinfo info;
+    mdb_env_info(st->env, &info);
+    st->map_size = info.me_mapsize;
+
+    MDB_txn *txn;
+    rc = mdb_txn_begin(st->env, NULL, 0, &txn);
+    if (rc) {
+        goto err_env;
+    }
+    struct
+    {
+        const char *name;
+        MDB_dbi *dbi;
+    } dbs[] = {
+        {"meta", &st->meta},
+        {"log", &st->log},
+        {"kv", &st->kv},
+        {"sessions", &st->sessions},
+        {"session_age", &st->session_age},
+        {"staging", &st->staging},
+    };
+    for (size_t i = 0; i < sizeof dbs / sizeof dbs[0]; i++) {
+        rc = mdb_dbi_open(txn, dbs[i].name, MDB_CREATE, dbs[i].dbi);
+        if (rc) {
+            mdb_txn_abort(txn);
+            goto err_env;
+        }
+    }
+    MDB_val k = {6, "format"}, v;
+    rc = mdb_get(txn, st->meta, &k, &v);
+    if (rc == MDB_NOTFOUND) {
+        rc = kv_store_put_meta(st, txn, "format", KV_STORE_FORMAT);
+        if (rc) {
+            mdb_txn_abort(txn);
+            goto err_env_msg;
+        }
+    } else if (rc == 0) {
+        uint64_t format = v.mv_size == 8 ? kv_get_u64(v.mv_data) : 0;
+        if (format != KV_STORE_FORMAT) {
+            mdb_txn_abort(txn);
+            snprintf(st->errmsg, sizeof st->errmsg,
+                     "data directory %s: unknown format %llu (this kvserver "
+                     "reads format %d)",
+                     dir, (unsigned long long)format, KV_STORE_FORMAT);
+            mdb_env_close(st->env);
+            st->env = NULL;
+            return KV_STORE_ECORRUPT;
+        }
+    } else {
+        mdb_txn_abort(txn);
+        goto err_env;
+    }
+    rc = mdb_txn_commit(txn);
+    if (rc) {
+        goto err_env;
+    }
+    return 0;
+
+err_env:
+    kv_store_fail(st, rc, "open databases");
+err_env_msg:
+    mdb_env_close(st->env);
+    st->env = NULL;
+    return KV_STORE_EIO;
+}
+
+void kv_store_close(struct kv_store *st)
+{
+    if (st->env) {
+        mdb_env_close(st->env);
+        st->env = NULL;
+    }
+}
+
+int kv_store_put_meta(struct kv_store *st,
+                      MDB_txn *txn,
+                      const char *name,
+                      uint64_t value)
+{
+    uint8_t buf[8];
+    kv_put_u64(buf, value);
+    MDB_val k = {strlen(name), (void *)name}, v = {8, buf};
+    int rc = mdb_put(txn, st->meta, &k, &v, 0);
+    return rc ? kv_store_fail(st, rc, "write meta") : 0;
+}
+
+static int get_meta(struct kv_store *st,
+                    MDB_txn *txn,
+                    const char *name,
+                    uint64_t *out)
+{
+    MDB_val k = {strlen(name), (void *)name}, v;
+    int rc = mdb_get(txn, st->meta, &k, &v);
+    if (rc == MDB_NOTFOUND) {
+        *out = 0;
+        return 0;
+    }
+    if (rc) {
+        return kv_store_fail(st, rc, "read meta");
+    }
+    if (v.mv_size != 8) {
+        snprintf(st->errmsg, sizeof st->errmsg,
+                 "%s: meta value %s has %zu bytes, not 8", st->dir, name,
+                 v.mv_size);
+        return KV_STORE_ECORRUPT;
+    }
+    *out = kv_get_u64(v.mv_data);
+    return 0;
+}
+
+int kv_store_read_meta(struct kv_store *st, MDB_txn *txn, struct kv_meta *m)
+{
+    struct
+    {
+        const char *name;
+        uint64_t *out;
+    } fields[] = {
+        {"cluster", &m->cluster_id},
+        {"node", &m->node_id},
+        {"term", &m->hs.term},
+        {"vote", &m->hs.vote},
+        {"commit", &m->hs.commit},
+        {"applied", &m->applied},
+        {"applied_term", &m->applied_term},
+        {"snap_index", &m->snap_index},
+        {"snap_term", &m->snap_term},
+    };
+    for (size_t i = 0; i < sizeof fields / sizeof fields[0]; i++) {
+        int rv = get_meta(st, txn, fields[i].name, fields[i].out);
+        if (rv) {
+            return rv;
+        }
+    }
+    return 0;
+}
+
+int kv_store_claim(struct kv_store *st, uint64_t cluster_id, uint64_t node_id)
+{
+    MDB_txn *txn;
+    int rc = mdb_txn_begin(st->env, NULL, 0, &txn);
+    if (rc) {
+        return kv_store_fail(st, rc, "begin");
+    }
+    struct kv_meta m;
+    int rv = kv_store_read_meta(st, txn, &m);
+    if (rv) {
+        mdb_txn_abort(txn);
+        return rv;
+    }
+    if (m.cluster_id == 0 && m.node_id == 0) {
+        rv = kv_store_put_meta(st, txn, "cluster", cluster_id);
+        if (!rv) {
+            rv = kv_store_put_meta(st, txn, "node", node_id);
+        }
+        if (rv) {
+            mdb_txn_abort(txn);
+            return rv;
+        }
+        rc = mdb_txn_commit(txn);
+        return rc ? kv_store_fail(st, rc, "commit") : 0;
+    }
+    mdb_txn_abort(txn);
+    if (m.cluster_id != cluster_id) {
+        snprintf(st->errmsg, sizeof st->errmsg,
+                 "data directory %s belongs to another cluster (cluster id "
+                 "%016llx, this cluster is %016llx); use an empty directory "
+                 "or the same --cluster list",
+                 st->dir, (unsigned long long)m.cluster_id,
+                 (unsigned long long)cluster_id);
+        return KV_STORE_EIDENTITY;
+    }
+    if (m.node_id != node_id) {
+        snprintf(st->errmsg, sizeof st->errmsg,
+                 "data directory %s belongs to node %llu, not node %llu",
+                 st->dir, (unsigned long long)m.node_id,
+                 (unsigned long long)node_id);
+        return KV_STORE_EIDENTITY;
+    }
+    return 0;
+}
+
+int kv_store_load_log(struct kv_store *st,
+                      MDB_txn *txn,
+                      struct raft_entry **entries,
+                      size_t *n,
+                      void **blob)
+{
+    MDB_stat stat;
+    int rc = mdb_stat(txn, st->log, &stat);
+    if (rc) {
+        return kv_store_fail(st, rc, "stat log");
+    }
+    *entries = NULL;
+    *n = 0;
+    *blob = NULL;
+    if (stat.ms_entries == 0) {
+        return 0;
+    }
+    MDB_cursor *cur;
+    rc = mdb_cursor_open(txn, st->log, &cur);
+    if (rc) {
+        return kv_store_fail(st, rc, "open log cursor");
+    }
+    /* First pass: sizes. */
+    size_t count = 0, bytes = 0;
+    MDB_val k, v;
+    for (rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST); rc == 0;
+         rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
+        if (k.mv_size != 8 || v.mv_size < LOG_HEADER) {
+            mdb_cursor_close(cur);
+            snprintf(st->errmsg, sizeof st->errmsg,
+                     "%s: log record %zu is damaged (key %zu bytes, value "
+                     "%zu bytes)",
+                     st->dir, count + 1, k.mv_size, v.mv_size);
+            return KV_STORE_ECORRUPT;
+        }
+        count++;
+        bytes += v.mv_size - LOG_HEADER;
+    }
+    struct raft_entry *e = calloc(count, sizeof *e);
+    uint8_t *data = malloc(bytes ? bytes : 1);
+    if (!e || !data) {
+        free(e);
+        free(data);
+        mdb_cursor_close(cur);
+        return KV_STORE_ENOMEM;
+    }
+    size_t i = 0, off = 0;
+    for (rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST); rc == 0 && i < count;
+         rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT), i++) {
+        const uint8_t *p = v.mv_data;
+        e[i].index = kv_get_u64(k.mv_data);
+        e[i].term = kv_get_u64(p);
+        e[i].type =
+            p[8] == RAFT_ENTRY_NOOP ? RAFT_ENTRY_NOOP : RAFT_ENTRY_NORMAL;
+        e[i].len = v.mv_size - LOG_HEADER;
+        e[i].data = e[i].len ? data + off : NULL;
+        memcpy(data + off, p + LOG_HEADER, e[i].len);
+        off += e[i].len;
+        if (i > 0 && e[i].index != e[i - 1].index + 1) {
+            mdb_cursor_close(cur);
+            snprintf(st->errmsg, sizeof st->errmsg,
+                     "%s: the log has a gap between index %llu and %llu",
+                     st->dir, (unsigned long long)e[i - 1].index,
+                     (unsigned long long)e[i].index);
+            free(e);
+            free(data);
+            return KV_STORE_ECORRUPT;
+        }
+    }
+    mdb_cursor_close(cur);
+    *entries = e;
+    *n = count;
+    *blob = data;
+    return 0;
+}
+
+int kv_store_append(struct kv_store *st,
+                    MDB_txn *txn,
+                    const struct raft_entry *entries,
+                    size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        uint8_t key[8];
+        kv_put_u64(key, entries[i].index);
+        MDB_val k = {8, key}, v = {LOG_HEADER + entries[i].len, NULL};
+        int rc = mdb_put(txn, st->log, &k, &v, MDB_RESERVE);
+        if (rc) {
+            return kv_store_fail(st, rc, "append to the log");
+        }
+        uint8_t *p = v.mv_data;
+        kv_put_u64(p, entries[i].term);
+        p[8] = (uint8_t)entries[i].type;
+        if (entries[i].len) {
+            memcpy(p + LOG_HEADER, entries[i].data, entries[i].len);
+        }
+    }
+    return 0;
+}
+
+/* Delete the log entries in [lo, hi]. */
+static int delete_range(struct kv_store *st,
+                        MDB_txn *txn,
+                        uint64_t lo,
+                        uint64_t hi)
+{
+    MDB_cursor *cur;
+    int rc = mdb_cursor_open(txn, st->log, &cur);
+    if (rc) {
+        return kv_store_fail(st, rc, "open log cursor");
+    }
+    uint8_t key[8];
+    kv_put_u64(key, lo);
+    MDB_val k = {8, key}, v;
+    rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
+    while (rc == 0 && kv_get_u64(k.mv_data) <= hi) {
+        rc = mdb_cursor_del(cur, 0);
+        if (rc) {
+            break;
+        }
+        rc = mdb_cursor_get(cur, &k, &v, MDB_GET_CURRENT);
+        if (rc == EINVAL) { /* deleted the last record */
+            rc = MDB_NOTFOUND;
+        }
+    }
+    mdb_cursor_close(cur);
+    if (rc && rc != MDB_NOTFOUND) {
+        return kv_store_fail(st, rc, "delete log entries");
+    }
+    return 0;
+}
+
+int kv_store_truncate_from(struct kv_store *st, MDB_txn *txn, uint64_t from)
+{
+    return delete_range(st, txn, from, UINT64_MAX);
+}
+
+int kv_store_compact_upto(struct kv_store *st, MDB_txn *txn, uint64_t upto)
+{
+    return upto ? delete_range(st, txn, 0, upto) : 0;
+}
+
+size_t kv_store_log_count(struct kv_store *st, MDB_txn *txn)
+{
+    MDB_stat stat;
+    return mdb_stat(txn, st->log, &stat) == 0 ? stat.ms_entries : 0;
+}
+
+int kv_store_grow(struct kv_store *st)
+{
+    size_t size = st->map_size * 2;
+    int rc = mdb_env_set_mapsize(st->env, size);
+    if (rc) {
+        return kv_store_fail(st, rc, "grow the map");
+    }
+    st->map_size = size;
+    return 0;
+}

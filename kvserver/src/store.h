@@ -1,0 +1,141 @@
+/* store.h: the node's LMDB environment and its sub-databases (private). */
+#ifndef KVSERVER_STORE_H
+#define KVSERVER_STORE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <lmdb.h>
+
+#include <raft/raft.h>
+
+#define KV_STORE_FORMAT 1 /* on-disk layout version, in meta "format" */
+
+/* Errors of the store (and of the state machine built on it). */
+enum kv_store_error {
+    KV_STORE_OK = 0,
+    KV_STORE_EIO,       /* LMDB or system error: see errmsg */
+    KV_STORE_ENOSPC,    /* the disk is full: nothing was written */
+    KV_STORE_EMAPFULL,  /* the map is full: grow it and retry */
+    KV_STORE_EIDENTITY, /* data directory of another cluster or node */
+    KV_STORE_ECORRUPT,  /* stored data does not decode */
+    KV_STORE_ENOMEM,    /* out of memory */
+};
+
+/* One LMDB environment: the node's whole durable state. */
+struct kv_store
+{
+    MDB_env *env;        /* the environment (data.mdb in dir) */
+    MDB_dbi meta;        /* name -> value: identity, hard state, indexes */
+    MDB_dbi log;         /* big-endian index -> term|type|data */
+    MDB_dbi kv;          /* the state machine: key -> value */
+    MDB_dbi sessions;    /* client id -> last request and its outcome */
+    MDB_dbi session_age; /* last index|client id -> (empty), for eviction */
+    MDB_dbi staging;     /* offset -> chunk of an incoming snapshot */
+    size_t map_size;     /* current map size in bytes */
+    char dir[1024];      /* data directory */
+    char errmsg[1200];   /* context of the last failure */
+};
+
+/* What the meta database holds. */
+struct kv_meta
+{
+    uint64_t cluster_id;       /* 0 on a fresh store */
+    uint64_t node_id;          /* 0 on a fresh store */
+    struct raft_hard_state hs; /* term, vote, commit */
+    uint64_t applied;          /* last index applied to kv and sessions */
+    uint64_t applied_term;     /* its term */
+    uint64_t snap_index;       /* the core's snapshot: the log starts after */
+    uint64_t snap_term;        /* its term */
+};
+
+/**
+ * Open (creating if needed) the environment in dir.
+ * @param st the store to fill
+ * @param dir the data directory; created if missing
+ * @param map_size initial map size in bytes (0: 64 MiB); grows on demand
+ * @return 0, or KV_STORE_EIO with st->errmsg naming the path and the error
+ */
+int kv_store_open(struct kv_store *st, const char *dir, size_t map_size);
+
+/**
+ * Close the environment.
+ */
+void kv_store_close(struct kv_store *st);
+
+/**
+ * Check that the store belongs to this cluster and node; a fresh store is
+ * stamped with both.
+ * @return 0, KV_STORE_EIDENTITY (errmsg says whose it is), or an error
+ */
+int kv_store_claim(struct kv_store *st, uint64_t cluster_id, uint64_t node_id);
+
+/**
+ * Read the meta database.
+ * @return 0 or an error code
+ */
+int kv_store_read_meta(struct kv_store *st, MDB_txn *txn, struct kv_meta *m);
+
+/**
+ * Write one meta value (big-endian u64).
+ * @return 0 or an error code
+ */
+int kv_store_put_meta(struct kv_store *st,
+                      MDB_txn *txn,
+                      const char *name,
+                      uint64_t value);
+
+/**
+ * Load the stored log (entries after snap_index, and any the core keeps
+ * before it). Entries point into *blob, which the caller frees.
+ * @return 0 or an error code
+ */
+int kv_store_load_log(struct kv_store *st,
+                      MDB_txn *txn,
+                      struct raft_entry **entries,
+                      size_t *n,
+                      void **blob);
+
+/**
+ * Append entries to the log (replacing any at the same indexes).
+ */
+int kv_store_append(struct kv_store *st,
+                    MDB_txn *txn,
+                    const struct raft_entry *entries,
+                    size_t n);
+
+/**
+ * Delete log entries with index >= from.
+ */
+int kv_store_truncate_from(struct kv_store *st, MDB_txn *txn, uint64_t from);
+
+/**
+ * Delete log entries with index <= upto.
+ */
+int kv_store_compact_upto(struct kv_store *st, MDB_txn *txn, uint64_t upto);
+
+/**
+ * Number of stored log entries.
+ */
+size_t kv_store_log_count(struct kv_store *st, MDB_txn *txn);
+
+/**
+ * Double the map size. No transaction of this process may be open.
+ * @return 0 or KV_STORE_EIO
+ */
+int kv_store_grow(struct kv_store *st);
+
+/**
+ * Turn an LMDB return code into a store error, recording context.
+ * @param what the failed action, for errmsg
+ */
+int kv_store_fail(struct kv_store *st, int rc, const char *what);
+
+/* Big-endian helpers for keys and values. */
+void kv_put_u64(uint8_t *p, uint64_t v);
+uint64_t kv_get_u64(const uint8_t *p);
+void kv_put_u32(uint8_t *p, uint32_t v);
+uint32_t kv_get_u32(const uint8_t *p);
+
+#endif /* KVSERVER_STORE_H */

@@ -1,0 +1,523 @@
+/* harness.c: start, kill and pause kvserver processes; a retrying client. */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <ftw.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <rpc/rpc.h>
+
+#include "harness.h"
+
+#ifndef KVSERVER_PATH
+#error "KVSERVER_PATH must name the kvserver binary"
+#endif
+
+static uint64_t now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+static void sleep_ms(unsigned ms)
+{
+    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000};
+    nanosleep(&ts, NULL);
+}
+
+static uint16_t free_port(void)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in sa = {.sin_family = AF_INET};
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t len = sizeof sa;
+    if (fd < 0 || bind(fd, (struct sockaddr *)&sa, sizeof sa) != 0 ||
+        getsockname(fd, (struct sockaddr *)&sa, &len) != 0) {
+        if (fd >= 0) {
+            close(fd);
+        }
+        return 0;
+    }
+    close(fd);
+    return ntohs(sa.sin_port);
+}
+
+int h_node_start(struct h_cluster *c, size_t i)
+{
+    struct h_node *nd = &c->nodes[i];
+    char id[24];
+    snprintf(id, sizeof id, "%llu", (unsigned long long)nd->id);
+    char *argv[40];
+    int argc = 0;
+    argv[argc++] = "kvserver";
+    argv[argc++] = "--id";
+    argv[argc++] = id;
+    argv[argc++] = "--cluster";
+    argv[argc++] = c->cluster_arg;
+    argv[argc++] = "--data-dir";
+    argv[argc++] = nd->dir;
+    char extra[sizeof c->extra];
+    snprintf(extra, sizeof extra, "%s", c->extra);
+    char *save = NULL;
+    for (char *t = strtok_r(extra, " ", &save); t && argc < 38;
+         t = strtok_r(NULL, " ", &save)) {
+        argv[argc++] = t;
+    }
+    argv[argc] = NULL;
+    pid_t pid = fork();
+    if (pid < 0) {
+        perror("fork");
+        return -1;
+    }
+    if (pid == 0) {
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        int fd = open(nd->log, O_WRONLY | O_CREAT | O_APPEND, 0644);
+        if (fd >= 0) {
+            dup2(fd, 1);
+            dup2(fd, 2);
+            close(fd);
+        }
+        execv(KVSERVER_PATH, argv);
+        perror("exec kvserver");
+        _exit(127);
+    }
+    nd->pid = pid;
+    nd->stopped = false;
+    return 0;
+}
+
+int h_cluster_start(struct h_cluster *c, size_t n, const char *extra)
+{
+    memset(c, 0, sizeof *c);
+    snprintf(c->root, sizeof c->root, "/tmp/raftkv-test-XXXXXX");
+    if (!mkdtemp(c->root)) {
+        perror("mkdtemp");
+        return -1;
+    }
+    snprintf(c->extra, sizeof c->extra, "%s", extra ? extra : "");
+    c->n = n;
+    size_t off = 0;
+    for (size_t i = 0; i < n; i++) {
+        struct h_node *nd = &c->nodes[i];
+        nd->id = i + 1;
+        nd->port = free_port();
+        snprintf(nd->dir, sizeof nd->dir, "%s/node%zu", c->root, i + 1);
+        snprintf(nd->log, sizeof nd->log, "%s/node%zu.log", c->root, i + 1);
+        off += (size_t)snprintf(
+            c->cluster_arg + off, sizeof c->cluster_arg - off,
+            "%s%zu=127.0.0.1:%u", i ? "," : "", i + 1, nd->port);
+    }
+    for (size_t i = 0; i < n; i++) {
+        if (h_node_start(c, i) != 0) {
+            return -1;
+        }
+    }
+    return 0;
+}
+
+void h_node_kill(struct h_cluster *c, size_t i)
+{
+    struct h_node *nd = &c->nodes[i];
+    if (nd->pid > 0) {
+        kill(nd->pid, SIGKILL);
+        waitpid(nd->pid, NULL, 0);
+        nd->pid = 0;
+    }
+}
+
+int h_node_term(struct h_cluster *c, size_t i)
+{
+    struct h_node *nd = &c->nodes[i];
+    if (nd->pid <= 0) {
+        return -1;
+    }
+    if (nd->stopped) {
+        kill(nd->pid, SIGCONT);
+    }
+    kill(nd->pid, SIGTERM);
+    int status = 0;
+    for (int waited = 0; waited < 10000; waited += 10) {
+        if (waitpid(nd->pid, &status, WNOHANG) == nd->pid) {
+            nd->pid = 0;
+            return WIFEXITED(status) ? WEXITSTATUS(status) : 128;
+        }
+        sleep_ms(10);
+    }
+    h_node_kill(c, i);
+    return -1;
+}
+
+void h_node_pause(struct h_cluster *c, size_t i, bool pause)
+{
+    struct h_node *nd = &c->nodes[i];
+    if (nd->pid > 0) {
+        kill(nd->pid, pause ? SIGSTOP : SIGCONT);
+        nd->stopped = pause;
+    }
+}
+
+static int rm_entry(const char *path,
+                    const struct stat *sb,
+                    int flag,
+                    struct FTW *ftw)
+{
+    (void)sb;
+    (void)flag;
+    (void)ftw;
+    return remove(path);
+}
+
+void h_cluster_destroy(struct h_cluster *c)
+{
+    for (size_t i = 0; i < c->n; i++) {
+        if (c->nodes[i].stopped) {
+            kill(c->nodes[i].pid, SIGCONT);
+        }
+        h_node_kill(c, i);
+    }
+    if (c->keep) {
+        fprintf(stderr, "harness: kept logs and data in %s\n", c->root);
+    } else if (c->root[0]) {
+        nftw(c->root, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+    }
+}
+
+/* -------------------------------------------------------------- client */
+
+int h_client_open(struct h_client *cl, struct h_cluster *c, unsigned seed)
+{
+    memset(cl, 0, sizeof *cl);
+    cl->c = c;
+    cl->next_request = 1;
+    cl->deadline_ms = 15000;
+    for (size_t i = 0; i < 16; i++) {
+        cl->client_id[i] = (uint8_t)rand_r(&seed);
+    }
+    for (size_t i = 0; i < c->n; i++) {
+        struct rpc_channel_options o = {.deadline_ms = 1500,
+                                        .connect_timeout_ms = 500,
+                                        .backoff_max_ms = 100};
+        cl->ch[i] = rpc_channel_new_blocking("127.0.0.1", c->nodes[i].port, &o);
+        if (!cl->ch[i]) {
+            return -1;
+        }
+    }
+    return 0;
+}
+
+void h_client_close(struct h_client *cl)
+{
+    for (size_t i = 0; i < H_MAX_NODES; i++) {
+        rpc_channel_free(cl->ch[i]);
+        cl->ch[i] = NULL;
+    }
+}
+
+void h_result_free(struct h_result *r)
+{
+    free(r->value);
+    r->value = NULL;
+}
+
+/* What one call returned. */
+struct call_out
+{
+    bool replied;    /* a reply came */
+    int err;         /* its KvError */
+    uint64_t leader; /* its hint */
+    bool swapped;    /* CAS */
+    char *value;     /* Get */
+    size_t len;
+};
+
+static void copy_hint(struct call_out *o, const Raftkv__LeaderHint *h)
+{
+    o->leader = h ? h->id : 0;
+}
+
+static void on_get(const Raftkv__GetReply *r, void *data)
+{
+    struct call_out *o = data;
+    if (!r) {
+        return;
+    }
+    o->replied = true;
+    o->err = r->err;
+    copy_hint(o, r->leader);
+    if (r->err == RAFTKV__KV_ERROR__KV_OK) {
+        o->value = malloc(r->value.len + 1);
+        memcpy(o->value, r->value.data, r->value.len);
+        o->value[r->value.len] = 0;
+        o->len = r->value.len;
+    }
+}
+
+static void on_put(const Raftkv__PutAppendReply *r, void *data)
+{
+    struct call_out *o = data;
+    if (r) {
+        o->replied = true;
+        o->err = r->err;
+        copy_hint(o, r->leader);
+    }
+}
+
+static void on_del(const Raftkv__DeleteReply *r, void *data)
+{
+    struct call_out *o = data;
+    if (r) {
+        o->replied = true;
+        o->err = r->err;
+        copy_hint(o, r->leader);
+    }
+}
+
+static void on_cas(const Raftkv__CompareAndSwapReply *r, void *data)
+{
+    struct call_out *o = data;
+    if (r) {
+        o->replied = true;
+        o->err = r->err;
+        o->swapped = r->swapped;
+        copy_hint(o, r->leader);
+    }
+}
+
+enum op { OP_GET, OP_PUT, OP_APPEND, OP_DEL, OP_CAS };
+
+struct op_args
+{
+    enum op op;
+    const char *key;
+    const char *val;
+    size_t len;
+    const char *expected;
+    bool stale;
+    uint64_t request_id;
+};
+
+static void call_once(struct h_client *cl,
+                      size_t node,
+                      const struct op_args *a,
+                      struct call_out *o)
+{
+    ProtobufCService *svc =
+        rpc_channel_service(cl->ch[node], &raftkv__kv_service__descriptor);
+    ProtobufCBinaryData key = {strlen(a->key), (uint8_t *)a->key};
+    ProtobufCBinaryData cid = {16, cl->client_id};
+    memset(o, 0, sizeof *o);
+    switch (a->op) {
+        case OP_GET: {
+            Raftkv__GetArgs g = RAFTKV__GET_ARGS__INIT;
+            g.key = key;
+            g.stale_ok = a->stale;
+            raftkv__kv_service__get(svc, &g, on_get, o);
+            break;
+        }
+        case OP_PUT:
+        case OP_APPEND: {
+            Raftkv__PutAppendArgs p = RAFTKV__PUT_APPEND_ARGS__INIT;
+            p.key = key;
+            p.value.data = (uint8_t *)a->val;
+            p.value.len = a->len;
+            p.op = a->op == OP_PUT ? RAFTKV__PUT_OP__PUT_OP_PUT
+                                   : RAFTKV__PUT_OP__PUT_OP_APPEND;
+            p.client_id = cid;
+            p.request_id = a->request_id;
+            raftkv__kv_service__put_append(svc, &p, on_put, o);
+            break;
+        }
+        case OP_DEL: {
+            Raftkv__DeleteArgs d = RAFTKV__DELETE_ARGS__INIT;
+            d.key = key;
+            d.client_id = cid;
+            d.request_id = a->request_id;
+            raftkv__kv_service__delete(svc, &d, on_del, o);
+            break;
+        }
+        case OP_CAS: {
+            Raftkv__CompareAndSwapArgs s = RAFTKV__COMPARE_AND_SWAP_ARGS__INIT;
+            s.key = key;
+            if (a->expected) {
+                s.expected_case =
+                    RAFTKV__COMPARE_AND_SWAP_ARGS__EXPECTED_EXPECTED_VALUE;
+                s.expected_value.data = (uint8_t *)a->expected;
+                s.expected_value.len = strlen(a->expected);
+            } else {
+                s.expected_case =
+                    RAFTKV__COMPARE_AND_SWAP_ARGS__EXPECTED_EXPECT_ABSENT;
+                s.expect_absent = 1;
+            }
+            s.new_value.data = (uint8_t *)a->val;
+            s.new_value.len = a->len;
+            s.client_id = cid;
+            s.request_id = a->request_id;
+            raftkv__kv_service__compare_and_swap(svc, &s, on_cas, o);
+            break;
+        }
+    }
+}
+
+static size_t node_index(struct h_client *cl, uint64_t id)
+{
+    for (size_t i = 0; i < cl->c->n; i++) {
+        if (cl->c->nodes[i].id == id) {
+            return i;
+        }
+    }
+    return 0;
+}
+
+static struct h_result run(struct h_client *cl, struct op_args *a)
+{
+    struct h_result res = {.err = -1};
+    if (a->op != OP_GET) {
+        a->request_id = cl->next_request++;
+    }
+    uint64_t deadline = now_ms() + cl->deadline_ms;
+    size_t node = cl->leader;
+    while (now_ms() < deadline) {
+        struct call_out o;
+        call_once(cl, node, a, &o);
+        if (!o.replied) {
+            node = (node + 1) % cl->c->n;
+            sleep_ms(20);
+            continue;
+        }
+        if (o.err == RAFTKV__KV_ERROR__KV_WRONG_LEADER) {
+            node = o.leader ? node_index(cl, o.leader) : (node + 1) % cl->c->n;
+            free(o.value);
+            continue;
+        }
+        if (o.err == RAFTKV__KV_ERROR__KV_UNAVAILABLE ||
+            o.err == RAFTKV__KV_ERROR__KV_TIMEOUT ||
+            o.err == RAFTKV__KV_ERROR__KV_SHUTTING_DOWN) {
+            free(o.value);
+            sleep_ms(50);
+            if (o.err != RAFTKV__KV_ERROR__KV_TIMEOUT) {
+                node = (node + 1) % cl->c->n;
+            }
+            continue;
+        }
+        cl->leader = node;
+        res.err = o.err;
+        res.swapped = o.swapped;
+        res.value = o.value;
+        res.len = o.len;
+        return res;
+    }
+    return res;
+}
+
+struct h_result h_put(struct h_client *cl,
+                      const char *key,
+                      const char *val,
+                      size_t len)
+{
+    struct op_args a = {.op = OP_PUT, .key = key, .val = val, .len = len};
+    return run(cl, &a);
+}
+
+struct h_result h_append(struct h_client *cl, const char *key, const char *val)
+{
+    struct op_args a = {
+        .op = OP_APPEND, .key = key, .val = val, .len = strlen(val)};
+    return run(cl, &a);
+}
+
+struct h_result h_get(struct h_client *cl,
+                      const char *key,
+                      bool stale,
+                      size_t node)
+{
+    struct op_args a = {.op = OP_GET, .key = key, .stale = stale};
+    if (stale) {
+        struct call_out o;
+        struct h_result res = {.err = -1};
+        call_once(cl, node, &a, &o);
+        if (o.replied) {
+            res.err = o.err;
+            res.value = o.value;
+            res.len = o.len;
+        }
+        return res;
+    }
+    return run(cl, &a);
+}
+
+struct h_result h_del(struct h_client *cl, const char *key)
+{
+    struct op_args a = {.op = OP_DEL, .key = key};
+    return run(cl, &a);
+}
+
+struct h_result h_cas(struct h_client *cl,
+                      const char *key,
+                      const char *expected,
+                      const char *new_value)
+{
+    struct op_args a = {.op = OP_CAS,
+                        .key = key,
+                        .expected = expected,
+                        .val = new_value,
+                        .len = strlen(new_value)};
+    return run(cl, &a);
+}
+
+int h_put_raw(struct h_client *cl,
+              size_t node,
+              const char *key,
+              const char *val,
+              uint64_t request_id,
+              bool append)
+{
+    struct op_args a = {.op = append ? OP_APPEND : OP_PUT,
+                        .key = key,
+                        .val = val,
+                        .len = strlen(val),
+                        .request_id = request_id};
+    struct call_out o;
+    call_once(cl, node, &a, &o);
+    free(o.value);
+    return o.replied ? o.err : -1;
+}
+
+int h_find_leader(struct h_cluster *c, int timeout_ms)
+{
+    uint64_t deadline = now_ms() + (uint64_t)timeout_ms;
+    struct h_client cl;
+    if (h_client_open(&cl, c, 1) != 0) {
+        return -1;
+    }
+    int found = -1;
+    while (found < 0 && now_ms() < deadline) {
+        for (size_t i = 0; i < c->n && found < 0; i++) {
+            if (c->nodes[i].pid <= 0 || c->nodes[i].stopped) {
+                continue;
+            }
+            struct op_args a = {.op = OP_GET, .key = "__leader_probe__"};
+            struct call_out o;
+            call_once(&cl, i, &a, &o);
+            if (o.replied && (o.err == RAFTKV__KV_ERROR__KV_OK ||
+                              o.err == RAFTKV__KV_ERROR__KV_NOT_FOUND)) {
+                found = (int)i;
+            }
+            free(o.value);
+        }
+        if (found < 0) {
+            sleep_ms(50);
+        }
+    }
+    h_client_close(&cl);
+    return found;
+}

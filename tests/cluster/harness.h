@@ -1,0 +1,106 @@
+/* harness.h: real kvserver clusters on loopback for tests, and a small
+ * retrying KV client over the generated stubs. */
+#ifndef TESTS_CLUSTER_HARNESS_H
+#define TESTS_CLUSTER_HARNESS_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include <proto/kv.pb-c.h>
+
+#define H_MAX_NODES 7
+
+struct h_node
+{
+    uint64_t id;   /* node id (1-based) */
+    uint16_t port; /* its port on 127.0.0.1 */
+    char dir[512]; /* its data directory */
+    char log[512]; /* its log file */
+    pid_t pid;     /* running process, or 0 */
+    bool stopped;  /* SIGSTOPped */
+};
+
+struct h_cluster
+{
+    size_t n;                         /* nodes */
+    struct h_node nodes[H_MAX_NODES]; /* the nodes */
+    char root[256];                   /* temp directory holding everything */
+    char cluster_arg[512];            /* the --cluster list */
+    char extra[512]; /* extra kvserver flags, space-separated */
+    bool keep;       /* keep root after a failure */
+};
+
+/**
+ * Start n nodes on free ports of 127.0.0.1 with data under a new temp dir.
+ * @param extra more kvserver flags ("--snapshot-entries 100"), or NULL
+ * @return 0, or -1 (message on stderr)
+ */
+int h_cluster_start(struct h_cluster *c, size_t n, const char *extra);
+
+/** Stop every node (SIGKILL) and delete the temp dir unless c->keep. */
+void h_cluster_destroy(struct h_cluster *c);
+
+/** Start (or restart) node i (0-based) with its existing data. */
+int h_node_start(struct h_cluster *c, size_t i);
+
+/** kill -9 node i and reap it. */
+void h_node_kill(struct h_cluster *c, size_t i);
+
+/** SIGTERM node i and wait for it; returns its exit status or -1. */
+int h_node_term(struct h_cluster *c, size_t i);
+
+/** SIGSTOP / SIGCONT node i. */
+void h_node_pause(struct h_cluster *c, size_t i, bool pause);
+
+/** Index of the node that answers as leader within timeout_ms, or -1. */
+int h_find_leader(struct h_cluster *c, int timeout_ms);
+
+/* A test client: blocking calls, follows leader hints, retries with the
+ * same request id until deadline_ms passes. */
+struct h_client
+{
+    struct h_cluster *c;                 /* the cluster */
+    struct rpc_channel *ch[H_MAX_NODES]; /* one per node */
+    size_t leader;                       /* node it tries first */
+    uint8_t client_id[16];               /* random */
+    uint64_t next_request;               /* request ids */
+    unsigned deadline_ms;                /* per operation, all retries */
+};
+
+/* Result of a client operation. */
+struct h_result
+{
+    int err;      /* Raftkv__KvError, or -1 when every try failed */
+    bool swapped; /* CAS */
+    char *value;  /* Get: NUL-terminated copy (malloc'd) or NULL */
+    size_t len;   /* its length */
+};
+
+int h_client_open(struct h_client *cl, struct h_cluster *c, unsigned seed);
+void h_client_close(struct h_client *cl);
+struct h_result h_put(struct h_client *cl,
+                      const char *key,
+                      const char *val,
+                      size_t len);
+struct h_result h_append(struct h_client *cl, const char *key, const char *val);
+struct h_result h_get(struct h_client *cl,
+                      const char *key,
+                      bool stale,
+                      size_t node);
+struct h_result h_del(struct h_client *cl, const char *key);
+struct h_result h_cas(struct h_client *cl,
+                      const char *key,
+                      const char *expected,
+                      const char *new_value);
+/** Send one PutAppend with an explicit request id to one node, once. */
+int h_put_raw(struct h_client *cl,
+              size_t node,
+              const char *key,
+              const char *val,
+              uint64_t request_id,
+              bool append);
+void h_result_free(struct h_result *r);
+
+#endif /* TESTS_CLUSTER_HARNESS_H */
