@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 
 #include "store.h"
 
@@ -41,8 +42,20 @@ uint32_t kv_get_u32(const uint8_t *p)
            p[3];
 }
 
+/* LMDB reports a short write during commit as EIO, which is how a full
+ * disk shows up; tell the two apart by the free space left. */
+static bool disk_nearly_full(const char *dir)
+{
+    struct statvfs vfs;
+    return statvfs(dir, &vfs) == 0 &&
+           (uint64_t)vfs.f_bavail * vfs.f_frsize < (4u << 20);
+}
+
 int kv_store_fail(struct kv_store *st, int rc, const char *what)
 {
+    if (rc == EIO && disk_nearly_full(st->dir)) {
+        rc = ENOSPC;
+    }
     snprintf(st->errmsg, sizeof st->errmsg, "%s: %s: %s", st->dir, what,
              mdb_strerror(rc));
     if (rc == MDB_MAP_FULL) {

@@ -166,6 +166,21 @@ void h_node_pause(struct h_cluster *c, size_t i, bool pause)
     }
 }
 
+bool h_log_contains(struct h_cluster *c, size_t i, const char *needle)
+{
+    FILE *f = fopen(c->nodes[i].log, "r");
+    if (!f) {
+        return false;
+    }
+    char line[2048];
+    bool found = false;
+    while (!found && fgets(line, sizeof line, f)) {
+        found = strstr(line, needle) != NULL;
+    }
+    fclose(f);
+    return found;
+}
+
 static int rm_entry(const char *path,
                     const struct stat *sb,
                     int flag,

@@ -9,6 +9,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <errno.h>
+
 #include <CUnit/Basic.h>
 
 #include "cunit_main.h"
@@ -100,11 +102,420 @@ static void test_cluster_elects_and_serves_all_operations(void)
     h_cluster_destroy(&c);
 }
 
+/* ---------------------------------------------------- load generation */
+
+struct writer
+{
+    struct h_cluster *c; /* cluster */
+    int thread;          /* writer number */
+    int count;           /* keys to write */
+    int acked;           /* keys acknowledged OK */
+    int unknown;         /* writes whose outcome stayed unknown */
+    char *acked_log;     /* the appends acknowledged, in order */
+    size_t log_len;      /* its length */
+    unsigned seed;       /* client id seed */
+    bool appends;        /* also append a token to "log-<thread>" */
+};
+
+static void *writer_main(void *arg)
+{
+    struct writer *w = arg;
+    struct h_client cl;
+    if (h_client_open(&cl, w->c, w->seed) != 0) {
+        return NULL;
+    }
+    w->acked_log = calloc(1, (size_t)w->count * 12 + 1);
+    char key[64], val[64], logkey[64];
+    snprintf(logkey, sizeof logkey, "log-%d", w->thread);
+    for (int i = 0; i < w->count; i++) {
+        snprintf(key, sizeof key, "w%d-k%d", w->thread, i);
+        snprintf(val, sizeof val, "v%d", i);
+        struct h_result r = h_put(&cl, key, val, strlen(val));
+        if (r.err == OK) {
+            w->acked++;
+        } else {
+            w->unknown++;
+        }
+        if (w->appends) {
+            snprintf(val, sizeof val, "%d;", i);
+            r = h_append(&cl, logkey, val);
+            if (r.err == OK) {
+                memcpy(w->acked_log + w->log_len, val, strlen(val));
+                w->log_len += strlen(val);
+            } else {
+                w->unknown++;
+            }
+        }
+    }
+    h_client_close(&cl);
+    return NULL;
+}
+
+/* Every acknowledged put is readable; appends are there once, in order. */
+static void check_writer(struct h_client *cl, struct writer *w)
+{
+    char key[64], val[64];
+    int missing = 0;
+    for (int i = 0; i < w->count; i++) {
+        snprintf(key, sizeof key, "w%d-k%d", w->thread, i);
+        snprintf(val, sizeof val, "v%d", i);
+        struct h_result r = h_get(cl, key, false, 0);
+        if (r.err != OK || strcmp(r.value, val) != 0) {
+            missing++;
+        }
+        h_result_free(&r);
+    }
+    CU_ASSERT_EQUAL(missing, 0);
+    if (w->appends && w->unknown == 0) {
+        char logkey[64];
+        snprintf(logkey, sizeof logkey, "log-%d", w->thread);
+        struct h_result r = h_get(cl, logkey, false, 0);
+        CU_ASSERT_EQUAL(r.err, OK);
+        CU_ASSERT(r.value && strcmp(r.value, w->acked_log) == 0);
+        h_result_free(&r);
+    }
+    free(w->acked_log);
+}
+
+static void test_kill_leader_under_load_loses_no_acknowledged_write(void)
+{
+    enum { THREADS = 4, KEYS = 150 };
+    struct h_cluster c;
+    CU_ASSERT_FATAL(h_cluster_start(&c, 3, NULL) == 0);
+    int leader = h_find_leader(&c, 10000);
+    CU_ASSERT_FATAL(leader >= 0);
+    struct writer w[THREADS];
+    pthread_t th[THREADS];
+    for (int i = 0; i < THREADS; i++) {
+        w[i] = (struct writer){.c = &c,
+                               .thread = i,
+                               .count = KEYS,
+                               .seed = cunit_seed() + (unsigned)i,
+                               .appends = true};
+        pthread_create(&th[i], NULL, writer_main, &w[i]);
+    }
+    sleep_ms(700);
+    h_node_kill(&c, (size_t)leader); /* kill -9 in the middle of writes */
+    sleep_ms(1500);
+    CU_ASSERT(h_node_start(&c, (size_t)leader) == 0);
+    for (int i = 0; i < THREADS; i++) {
+        pthread_join(th[i], NULL);
+    }
+    struct h_client cl;
+    CU_ASSERT_FATAL(h_client_open(&cl, &c, cunit_seed() + 99) == 0);
+    int acked = 0, unknown = 0;
+    for (int i = 0; i < THREADS; i++) {
+        acked += w[i].acked;
+        unknown += w[i].unknown;
+        check_writer(&cl, &w[i]);
+    }
+    printf("\n    %d puts acknowledged, %d with unknown outcome\n", acked,
+           unknown);
+    CU_ASSERT_EQUAL(unknown, 0); /* the client retried until it knew */
+    h_client_close(&cl);
+    c.keep = CU_get_number_of_failures() > 0;
+    h_cluster_destroy(&c);
+}
+
+static void test_restart_of_all_nodes_keeps_the_data(void)
+{
+    struct h_cluster c;
+    CU_ASSERT_FATAL(h_cluster_start(&c, 3, NULL) == 0);
+    CU_ASSERT_FATAL(h_find_leader(&c, 10000) >= 0);
+    struct writer w = {.c = &c,
+                       .thread = 0,
+                       .count = 200,
+                       .seed = cunit_seed(),
+                       .appends = true};
+    writer_main(&w);
+    CU_ASSERT_EQUAL(w.acked, 200);
+    /* A clean stop of every node... */
+    for (size_t i = 0; i < c.n; i++) {
+        CU_ASSERT_EQUAL(h_node_term(&c, i), 0);
+    }
+    for (size_t i = 0; i < c.n; i++) {
+        CU_ASSERT(h_node_start(&c, i) == 0);
+    }
+    CU_ASSERT_FATAL(h_find_leader(&c, 10000) >= 0);
+    struct h_client cl;
+    CU_ASSERT_FATAL(h_client_open(&cl, &c, cunit_seed() + 1) == 0);
+    check_writer(&cl, &w);
+    /* ...and kill -9 of every node. */
+    CU_ASSERT_EQUAL(h_put(&cl, "after", "restart", 7).err, OK);
+    for (size_t i = 0; i < c.n; i++) {
+        h_node_kill(&c, i);
+    }
+    for (size_t i = 0; i < c.n; i++) {
+        CU_ASSERT(h_node_start(&c, i) == 0);
+    }
+    CU_ASSERT(get_equals(&cl, "after", "restart"));
+    CU_ASSERT(get_equals(&cl, "w0-k199", "v199"));
+    h_client_close(&cl);
+    c.keep = CU_get_number_of_failures() > 0;
+    h_cluster_destroy(&c);
+}
+
+static void test_duplicate_request_ids_are_applied_once(void)
+{
+    struct h_cluster c;
+    CU_ASSERT_FATAL(h_cluster_start(&c, 3, NULL) == 0);
+    int leader = h_find_leader(&c, 10000);
+    CU_ASSERT_FATAL(leader >= 0);
+    struct h_client cl;
+    CU_ASSERT_FATAL(h_client_open(&cl, &c, cunit_seed()) == 0);
+    /* The same append (same client, same request id) sent three times. */
+    for (int i = 0; i < 3; i++) {
+        CU_ASSERT_EQUAL(h_put_raw(&cl, (size_t)leader, "dup", "x", 7, true),
+                        OK);
+    }
+    CU_ASSERT(get_equals(&cl, "dup", "x"));
+    CU_ASSERT_EQUAL(h_put_raw(&cl, (size_t)leader, "dup", "y", 8, true), OK);
+    CU_ASSERT(get_equals(&cl, "dup", "xy"));
+    /* An old request id that was overtaken is refused, not applied. */
+    CU_ASSERT_EQUAL(h_put_raw(&cl, (size_t)leader, "dup", "z", 6, true),
+                    RAFTKV__KV_ERROR__KV_BAD_REQUEST);
+    CU_ASSERT(get_equals(&cl, "dup", "xy"));
+    /* Sessions survive a restart of the whole cluster. */
+    for (size_t i = 0; i < c.n; i++) {
+        h_node_kill(&c, i);
+        CU_ASSERT(h_node_start(&c, i) == 0);
+    }
+    leader = h_find_leader(&c, 10000);
+    CU_ASSERT_FATAL(leader >= 0);
+    CU_ASSERT_EQUAL(h_put_raw(&cl, (size_t)leader, "dup", "y", 8, true), OK);
+    CU_ASSERT(get_equals(&cl, "dup", "xy"));
+    h_client_close(&cl);
+    c.keep = CU_get_number_of_failures() > 0;
+    h_cluster_destroy(&c);
+}
+
+static int run_kvserver(const char *args, char *out, size_t out_len)
+{
+    char cmd[2048];
+    snprintf(cmd, sizeof cmd, "timeout 10 %s %s 2>&1", KVSERVER_BIN, args);
+    FILE *p = popen(cmd, "r");
+    size_t n = fread(out, 1, out_len - 1, p);
+    out[n] = 0;
+    int st = pclose(p);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+static void test_data_directory_of_another_cluster_is_refused(void)
+{
+    struct h_cluster c;
+    CU_ASSERT_FATAL(h_cluster_start(&c, 1, NULL) == 0);
+    CU_ASSERT_FATAL(h_find_leader(&c, 10000) >= 0);
+    CU_ASSERT_EQUAL(h_node_term(&c, 0), 0);
+    char args[1024], out[4096];
+    /* Same directory, another cluster list. */
+    snprintf(args, sizeof args,
+             "--id 1 --cluster 1=127.0.0.1:%u,2=127.0.0.1:1 --data-dir %s",
+             c.nodes[0].port, c.nodes[0].dir);
+    CU_ASSERT_EQUAL(run_kvserver(args, out, sizeof out), 1);
+    CU_ASSERT(strstr(out, "belongs to another cluster") != NULL);
+    CU_ASSERT(strstr(out, c.nodes[0].dir) != NULL);
+    /* Same directory, same cluster, another node id. */
+    snprintf(args, sizeof args, "--id 2 --cluster 2=127.0.0.1:%u --data-dir %s",
+             c.nodes[0].port, c.nodes[0].dir);
+    CU_ASSERT_EQUAL(run_kvserver(args, out, sizeof out), 1);
+    CU_ASSERT(strstr(out, "another cluster") != NULL ||
+              strstr(out, "belongs to node 1") != NULL);
+    /* A data directory that is a file. */
+    snprintf(args, sizeof args, "--id 1 --cluster 1=127.0.0.1:%u --data-dir %s",
+             c.nodes[0].port, c.nodes[0].log);
+    CU_ASSERT_EQUAL(run_kvserver(args, out, sizeof out), 1);
+    CU_ASSERT(strstr(out, c.nodes[0].log) != NULL);
+    /* The original node still starts from it. */
+    CU_ASSERT(h_node_start(&c, 0) == 0);
+    CU_ASSERT(h_find_leader(&c, 10000) == 0);
+    h_cluster_destroy(&c);
+}
+
+static void test_lagging_follower_catches_up_through_a_snapshot(void)
+{
+    enum { THREADS = 8 };
+    int total = getenv("RAFTKV_SNAPSHOT_KEYS")
+                    ? atoi(getenv("RAFTKV_SNAPSHOT_KEYS"))
+                    : 100000;
+    struct h_cluster c;
+    CU_ASSERT_FATAL(h_cluster_start(&c, 3,
+                                    "--snapshot-entries 5000 "
+                                    "--snapshot-trailing 500") == 0);
+    int leader = h_find_leader(&c, 10000);
+    CU_ASSERT_FATAL(leader >= 0);
+    size_t lagging = (size_t)(leader + 1) % c.n;
+    h_node_kill(&c, lagging);
+    struct writer w[THREADS];
+    pthread_t th[THREADS];
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    for (int i = 0; i < THREADS; i++) {
+        w[i] = (struct writer){.c = &c,
+                               .thread = i,
+                               .count = total / THREADS,
+                               .seed = cunit_seed() + (unsigned)i};
+        pthread_create(&th[i], NULL, writer_main, &w[i]);
+    }
+    int acked = 0;
+    for (int i = 0; i < THREADS; i++) {
+        pthread_join(th[i], NULL);
+        acked += w[i].acked;
+    }
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    double secs = (double)(t1.tv_sec - t0.tv_sec) +
+                  (double)(t1.tv_nsec - t0.tv_nsec) / 1e9;
+    printf("\n    %d keys written by %d clients in %.1f s (%.0f/s)\n", acked,
+           THREADS, secs, acked / secs);
+    CU_ASSERT_EQUAL(acked, total / THREADS * THREADS);
+    /* The log was compacted far past what the lagging node has. */
+    CU_ASSERT(h_node_start(&c, lagging) == 0);
+    struct h_client cl;
+    CU_ASSERT_FATAL(h_client_open(&cl, &c, cunit_seed() + 100) == 0);
+    char key[64];
+    snprintf(key, sizeof key, "w%d-k%d", THREADS - 1, total / THREADS - 1);
+    char want[64];
+    snprintf(want, sizeof want, "v%d", total / THREADS - 1);
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    bool caught_up = false;
+    for (int t = 0; t < 600 && !caught_up; t++) {
+        struct h_result r = h_get(&cl, key, true, lagging);
+        caught_up = r.err == OK && r.value && strcmp(r.value, want) == 0;
+        h_result_free(&r);
+        if (!caught_up) {
+            sleep_ms(100);
+        }
+    }
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    CU_ASSERT(caught_up);
+    printf("    lagging node caught up %.1f s after restart\n",
+           (double)(t1.tv_sec - t0.tv_sec) +
+               (double)(t1.tv_nsec - t0.tv_nsec) / 1e9);
+    /* It holds every key, from a snapshot: spot-check a spread of them. */
+    int wrong = 0;
+    for (int i = 0; i < total; i += 97) {
+        int thread = i % THREADS, k = i / THREADS;
+        snprintf(key, sizeof key, "w%d-k%d", thread, k);
+        snprintf(want, sizeof want, "v%d", k);
+        struct h_result r = h_get(&cl, key, true, lagging);
+        wrong += !(r.err == OK && r.value && strcmp(r.value, want) == 0);
+        h_result_free(&r);
+    }
+    CU_ASSERT_EQUAL(wrong, 0);
+    /* It came through a snapshot: the leader streamed one to it. */
+    bool streamed = false;
+    for (size_t i = 0; i < c.n; i++) {
+        streamed |= i != lagging && h_log_contains(&c, i, "sending a snapshot");
+    }
+    CU_ASSERT(streamed);
+    h_client_close(&cl);
+    c.keep = CU_get_number_of_failures() > 0;
+    h_cluster_destroy(&c);
+}
+
+/* A full disk: writes fail clearly, reads go on, space comes back. */
+static void test_full_disk_refuses_writes_and_recovers(void)
+{
+    if (geteuid() != 0) {
+        printf("\n    skipped: mounting a small tmpfs needs root\n");
+        return;
+    }
+    char root[] = "/tmp/raftkv-diskfull-XXXXXX";
+    CU_ASSERT_FATAL(mkdtemp(root) != NULL);
+    if (mount("tmpfs", root, "tmpfs", 0, "size=24m") != 0) {
+        printf("\n    skipped: cannot mount tmpfs: %s\n", strerror(errno));
+        rmdir(root);
+        return;
+    }
+    /* Fill most of it, so the node hits the limit soon. */
+    char filler[300];
+    snprintf(filler, sizeof filler, "%s/filler", root);
+    FILE *f = fopen(filler, "w");
+    static char block[1 << 20];
+    for (int i = 0; i < 14; i++) {
+        fwrite(block, 1, sizeof block, f);
+    }
+    fclose(f);
+    struct h_cluster c;
+    CU_ASSERT_FATAL(h_cluster_start(&c, 1, NULL) == 0);
+    c.keep = true;
+    h_node_kill(&c, 0);
+    snprintf(c.nodes[0].dir, sizeof c.nodes[0].dir, "%s/data", root);
+    CU_ASSERT_FATAL(h_node_start(&c, 0) == 0);
+    CU_ASSERT_FATAL(h_find_leader(&c, 10000) == 0);
+    struct h_client cl;
+    CU_ASSERT_FATAL(h_client_open(&cl, &c, cunit_seed()) == 0);
+    /* The write that meets the full disk stays unanswered until the node's
+     * request timeout (outcome unknown); its retry gets NO_SPACE. */
+    cl.deadline_ms = 10000;
+    static char value[64 * 1024];
+    memset(value, 'd', sizeof value);
+    int written = 0, err = OK;
+    char key[32];
+    for (int i = 0; i < 400 && err == OK; i++) {
+        snprintf(key, sizeof key, "big%d", i);
+        struct h_result r = h_put(&cl, key, value, sizeof value);
+        err = r.err;
+        written += err == OK;
+    }
+    printf("\n    %d writes of 64 KiB before the disk was full (err %d)\n",
+           written, err);
+    CU_ASSERT(written > 0);
+    CU_ASSERT_EQUAL(err, RAFTKV__KV_ERROR__KV_NO_SPACE);
+    /* The node is alive and serves what it has. */
+    CU_ASSERT(c.nodes[0].pid > 0 && kill(c.nodes[0].pid, 0) == 0);
+    struct h_result r = h_get(&cl, "big0", true, 0);
+    CU_ASSERT_EQUAL(r.err, OK);
+    CU_ASSERT_EQUAL(r.len, sizeof value);
+    h_result_free(&r);
+    /* Space returns: writes work again, and nothing was lost. */
+    unlink(filler);
+    cl.deadline_ms = 10000;
+    /* The node retries its held write every second. */
+    for (int t = 0; t < 50; t++) {
+        r = h_put(&cl, "after", "space", 5);
+        if (r.err != RAFTKV__KV_ERROR__KV_NO_SPACE) {
+            break;
+        }
+        sleep_ms(200);
+    }
+    CU_ASSERT_EQUAL(r.err, OK);
+    CU_ASSERT(get_equals(&cl, "after", "space"));
+    for (int i = 0; i < written; i++) {
+        snprintf(key, sizeof key, "big%d", i);
+        r = h_get(&cl, key, false, 0);
+        CU_ASSERT(r.err == OK && r.len == sizeof value);
+        h_result_free(&r);
+    }
+    h_client_close(&cl);
+    /* Restart from the same data: intact. */
+    h_node_kill(&c, 0);
+    CU_ASSERT(h_node_start(&c, 0) == 0);
+    CU_ASSERT_FATAL(h_client_open(&cl, &c, cunit_seed() + 1) == 0);
+    CU_ASSERT(get_equals(&cl, "after", "space"));
+    h_client_close(&cl);
+    c.keep = CU_get_number_of_failures() > 0;
+    h_cluster_destroy(&c);
+    umount(root);
+    rmdir(root);
+}
+
 int main(int argc, char **argv)
 {
     static CU_TestInfo tests[] = {
         {"test_cluster_elects_and_serves_all_operations",
          test_cluster_elects_and_serves_all_operations},
+        {"test_kill_leader_under_load_loses_no_acknowledged_write",
+         test_kill_leader_under_load_loses_no_acknowledged_write},
+        {"test_restart_of_all_nodes_keeps_the_data",
+         test_restart_of_all_nodes_keeps_the_data},
+        {"test_duplicate_request_ids_are_applied_once",
+         test_duplicate_request_ids_are_applied_once},
+        {"test_data_directory_of_another_cluster_is_refused",
+         test_data_directory_of_another_cluster_is_refused},
+        {"test_lagging_follower_catches_up_through_a_snapshot",
+         test_lagging_follower_catches_up_through_a_snapshot},
+        {"test_full_disk_refuses_writes_and_recovers",
+         test_full_disk_refuses_writes_and_recovers},
         CU_TEST_INFO_NULL,
     };
     static CU_SuiteInfo suites[] = {
