@@ -147,7 +147,14 @@ static int fill_chunk(struct kv_node *n,
         p->stream_open = true;
         p->stream_for = s->index;
         off = 0;
-        rpc_logf(RPC_LOG_INFO,
+        /* A follower that stays unreachable gets a fresh stream after each
+         * compaction; say so once every 10 s, not each time. */
+        uint64_t now = node_now_ms();
+        bool quiet = now - p->stream_logged < 10000;
+        if (!quiet) {
+            p->stream_logged = now;
+        }
+        rpc_logf(quiet ? RPC_LOG_DEBUG : RPC_LOG_INFO,
                  "node %llu: sending a snapshot (state at index %llu) to "
                  "node %llu",
                  (unsigned long long)n->cfg.id,

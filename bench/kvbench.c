@@ -1,0 +1,451 @@
+/* kvbench: closed-loop load on a raftkv cluster, with the same knobs and
+ * the same result line as the etcd reference (shared/anchors/etcdload).
+ *
+ *   kvbench --cluster HOST:PORT,... [--op put|get|sget|mix] [--conns M]
+ *           [--clients N] [--duration 10s | --total N] [--key-size 16]
+ *           [--val-size 256] [--key-space 10000] [--target leader|all]
+ *           [--prefill] [--json]
+ *
+ * N clients each send their next call when the reply to the last arrives,
+ * spread over M multiplexed connections, all on one event loop. Keys are
+ * uniform over the key space; every write carries the client's session. */
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <event2/event.h>
+
+#include <proto/kv.pb-c.h>
+#include <rpc/rpc.h>
+
+#include "hist.h"
+
+#define MAX_NODES 9
+
+enum op { OP_PUT, OP_GET, OP_SGET, OP_MIX };
+
+struct node
+{
+    char host[256];          /* address */
+    uint16_t port;           /* port */
+    struct rpc_channel **ch; /* conns channels, made on first use */
+};
+
+struct client
+{
+    int id;                /* client number */
+    uint8_t client_id[16]; /* session id */
+    uint64_t request_id;   /* last request id */
+    unsigned seed;         /* key choice */
+    uint64_t started;      /* ns of the call in flight */
+    char key[64];          /* key of the call in flight */
+};
+
+static struct
+{
+    struct event_base *base;
+    struct node nodes[MAX_NODES];
+    int n_nodes;
+    int leader; /* node that takes writes and reads */
+    enum op op;
+    int conns, clients, key_size, val_size, key_space;
+    bool target_all, json, prefill;
+    bool prefill_running; /* writing every key once, in order */
+    double duration;
+    uint64_t total;  /* stop after this many ops (0: duration) */
+    uint64_t end_ns; /* stop issuing after this */
+    uint64_t issued, done, errors, wrong_leader;
+    int running;
+    uint8_t *value;
+    struct hist hist;
+} B;
+
+static uint64_t now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+static ProtobufCService *kv_for(int node, int conn)
+{
+    struct node *n = &B.nodes[node];
+    if (!n->ch[conn]) {
+        n->ch[conn] = rpc_channel_new(B.base, n->host, n->port, NULL);
+        if (!n->ch[conn]) {
+            fprintf(stderr, "kvbench: out of memory\n");
+            exit(1);
+        }
+    }
+    return rpc_channel_service(n->ch[conn], &raftkv__kv_service__descriptor);
+}
+
+static void issue(struct client *c);
+
+static void finish(struct client *c, bool ok, uint64_t leader_hint)
+{
+    uint64_t t = now_ns();
+    if (ok) {
+        hist_add(&B.hist, t - c->started);
+        B.done++;
+    } else {
+        B.errors++;
+        if (leader_hint) {
+            B.wrong_leader++;
+            for (int i = 0; i < B.n_nodes; i++) {
+                /* hints carry node ids; the cluster list is in id order */
+                if ((uint64_t)(i + 1) == leader_hint) {
+                    B.leader = i;
+                }
+            }
+        }
+    }
+    bool more = B.total ? B.issued < B.total : t < B.end_ns;
+    if (more) {
+        issue(c);
+    } else if (--B.running == 0) {
+        event_base_loopbreak(B.base);
+    }
+}
+
+static void on_put(const Raftkv__PutAppendReply *r, void *data)
+{
+    finish(data, r && r->err == RAFTKV__KV_ERROR__KV_OK,
+           r && r->err == RAFTKV__KV_ERROR__KV_WRONG_LEADER && r->leader
+               ? r->leader->id
+               : 0);
+}
+
+static void on_get(const Raftkv__GetReply *r, void *data)
+{
+    finish(data,
+           r && (r->err == RAFTKV__KV_ERROR__KV_OK ||
+                 r->err == RAFTKV__KV_ERROR__KV_NOT_FOUND),
+           r && r->err == RAFTKV__KV_ERROR__KV_WRONG_LEADER && r->leader
+               ? r->leader->id
+               : 0);
+}
+
+static void key_of(struct client *c, int k)
+{
+    char tmp[64];
+    int len = snprintf(tmp, sizeof tmp, "%0*d", B.key_size, k);
+    snprintf(c->key, sizeof c->key, "%s", tmp + (len - B.key_size));
+}
+
+static void issue(struct client *c)
+{
+    B.issued++;
+    key_of(c, B.prefill_running
+                  ? (int)(B.issued - 1)
+                  : (int)((unsigned)rand_r(&c->seed) % (unsigned)B.key_space));
+    enum op op = B.op;
+    if (op == OP_MIX) {
+        op = rand_r(&c->seed) % 2 ? OP_PUT : OP_GET;
+    }
+    int node = B.leader;
+    if (B.target_all && op == OP_SGET) {
+        node = c->id % B.n_nodes;
+    }
+    ProtobufCService *svc = kv_for(node, c->id % B.conns);
+    c->started = now_ns();
+    if (op == OP_PUT) {
+        Raftkv__PutAppendArgs a = RAFTKV__PUT_APPEND_ARGS__INIT;
+        a.key.data = (uint8_t *)c->key;
+        a.key.len = (size_t)B.key_size;
+        a.value.data = B.value;
+        a.value.len = (size_t)B.val_size;
+        a.client_id.data = c->client_id;
+        a.client_id.len = 16;
+        a.request_id = ++c->request_id;
+        raftkv__kv_service__put_append(svc, &a, on_put, c);
+    } else {
+        Raftkv__GetArgs a = RAFTKV__GET_ARGS__INIT;
+        a.key.data = (uint8_t *)c->key;
+        a.key.len = (size_t)B.key_size;
+        a.stale_ok = op == OP_SGET;
+        raftkv__kv_service__get(svc, &a, on_get, c);
+    }
+}
+
+static void on_probe(const Raftkv__GetReply *r, void *data)
+{
+    *(bool *)data = r && (r->err == RAFTKV__KV_ERROR__KV_OK ||
+                          r->err == RAFTKV__KV_ERROR__KV_NOT_FOUND);
+}
+
+/* Ask every node who leads; blocking, at start. */
+static int find_leader(void)
+{
+    for (int tries = 0; tries < 100; tries++) {
+        for (int i = 0; i < B.n_nodes; i++) {
+            struct rpc_channel_options o = {.deadline_ms = 1000};
+            struct rpc_channel *ch =
+                rpc_channel_new_blocking(B.nodes[i].host, B.nodes[i].port, &o);
+            ProtobufCService *svc =
+                rpc_channel_service(ch, &raftkv__kv_service__descriptor);
+            Raftkv__GetArgs a = RAFTKV__GET_ARGS__INIT;
+            a.key.data = (uint8_t *)"kvbench-probe";
+            a.key.len = 13;
+            bool leads = false;
+            raftkv__kv_service__get(svc, &a, on_probe, &leads);
+            rpc_channel_free(ch);
+            if (leads) {
+                return i;
+            }
+        }
+        struct timespec ts = {0, 100000000};
+        nanosleep(&ts, NULL);
+    }
+    return -1;
+}
+
+static double parse_duration(const char *s)
+{
+    char *end;
+    double v = strtod(s, &end);
+    if (end == s || v <= 0) {
+        return -1;
+    }
+    if (!strcmp(end, "") || !strcmp(end, "s")) {
+        return v;
+    }
+    if (!strcmp(end, "ms")) {
+        return v / 1000;
+    }
+    if (!strcmp(end, "m")) {
+        return v * 60;
+    }
+    return -1;
+}
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+            "usage: kvbench --cluster HOST:PORT,... [--op put|get|sget|mix]\n"
+            "               [--conns M] [--clients N] [--duration 10s | "
+            "--total N]\n"
+            "               [--key-size 16] [--val-size 256] [--key-space "
+            "10000]\n"
+            "               [--target leader|all] [--prefill] [--json]\n"
+            "The cluster list is in node-id order (node 1 first), as given "
+            "to kvserver.\n");
+}
+
+static int parse_cluster(const char *list)
+{
+    char *copy = strdup(list), *save = NULL;
+    for (char *it = strtok_r(copy, ",", &save); it;
+         it = strtok_r(NULL, ",", &save)) {
+        char *eq = strchr(it, '=');
+        if (eq) {
+            it = eq + 1; /* accept kvserver's ID=HOST:PORT form too */
+        }
+        char *colon = strrchr(it, ':');
+        if (!colon || B.n_nodes == MAX_NODES) {
+            free(copy);
+            return -1;
+        }
+        *colon = 0;
+        struct node *n = &B.nodes[B.n_nodes++];
+        snprintf(n->host, sizeof n->host, "%s", it);
+        n->port = (uint16_t)atoi(colon + 1);
+        if (!n->port) {
+            free(copy);
+            return -1;
+        }
+    }
+    free(copy);
+    return B.n_nodes ? 0 : -1;
+}
+
+int main(int argc, char **argv)
+{
+    const char *cluster = getenv("RAFTKV_CLUSTER");
+    const char *ops[] = {"put", "get", "sget", "mix"};
+    B.conns = B.clients = 1;
+    B.key_size = 16;
+    B.val_size = 256;
+    B.key_space = 10000;
+    B.duration = 10;
+    static const struct option opts[] = {
+        {"cluster", required_argument, NULL, 'c'},
+        {"op", required_argument, NULL, 'o'},
+        {"conns", required_argument, NULL, 'C'},
+        {"clients", required_argument, NULL, 'n'},
+        {"duration", required_argument, NULL, 'd'},
+        {"total", required_argument, NULL, 't'},
+        {"key-size", required_argument, NULL, 'k'},
+        {"val-size", required_argument, NULL, 'v'},
+        {"key-space", required_argument, NULL, 's'},
+        {"target", required_argument, NULL, 'T'},
+        {"prefill", no_argument, NULL, 'p'},
+        {"json", no_argument, NULL, 'j'},
+        {"help", no_argument, NULL, 'h'},
+        {0},
+    };
+    int o;
+    while ((o = getopt_long_only(argc, argv, "", opts, NULL)) != -1) {
+        switch (o) {
+            case 'c':
+                cluster = optarg;
+                break;
+            case 'o': {
+                int found = -1;
+                for (int i = 0; i < 4; i++) {
+                    if (!strcmp(optarg, ops[i])) {
+                        found = i;
+                    }
+                }
+                if (found < 0) {
+                    fprintf(stderr,
+                            "kvbench: --op wants put, get, sget or mix\n");
+                    return 2;
+                }
+                B.op = (enum op)found;
+                break;
+            }
+            case 'C':
+                B.conns = atoi(optarg);
+                break;
+            case 'n':
+                B.clients = atoi(optarg);
+                break;
+            case 'd':
+                B.duration = parse_duration(optarg);
+                break;
+            case 't':
+                B.total = strtoull(optarg, NULL, 10);
+                break;
+            case 'k':
+                B.key_size = atoi(optarg);
+                break;
+            case 'v':
+                B.val_size = atoi(optarg);
+                break;
+            case 's':
+                B.key_space = atoi(optarg);
+                break;
+            case 'T':
+                if (strcmp(optarg, "leader") && strcmp(optarg, "all")) {
+                    fprintf(stderr, "kvbench: --target wants leader or all\n");
+                    return 2;
+                }
+                B.target_all = !strcmp(optarg, "all");
+                break;
+            case 'p':
+                B.prefill = true;
+                break;
+            case 'j':
+                B.json = true;
+                break;
+            case 'h':
+                usage(stdout);
+                return 0;
+            default:
+                usage(stderr);
+                return 2;
+        }
+    }
+    if (!cluster || parse_cluster(cluster) != 0) {
+        fprintf(stderr,
+                "kvbench: --cluster HOST:PORT,... is required (or "
+                "RAFTKV_CLUSTER)\n");
+        return 2;
+    }
+    if (B.conns < 1 || B.clients < 1 || B.duration <= 0 || B.key_size < 1 ||
+        B.key_size > 48 || B.val_size < 0 || B.val_size > (4 << 20) ||
+        B.key_space < 1) {
+        fprintf(stderr,
+                "kvbench: need conns, clients >= 1, a positive "
+                "duration, key size 1..48, value size 0..4 MiB, key "
+                "space >= 1\n");
+        return 2;
+    }
+    B.base = event_base_new();
+    B.value = malloc((size_t)B.val_size + 1);
+    memset(B.value, 'v', (size_t)B.val_size + 1);
+    for (int i = 0; i < B.n_nodes; i++) {
+        B.nodes[i].ch = calloc((size_t)B.conns, sizeof *B.nodes[i].ch);
+    }
+    struct client *cl = calloc((size_t)B.clients, sizeof *cl);
+    unsigned seed = (unsigned)now_ns();
+    for (int i = 0; i < B.clients; i++) {
+        cl[i].id = i;
+        cl[i].seed = seed + (unsigned)i * 7919u;
+        for (int j = 0; j < 16; j++) {
+            cl[i].client_id[j] = (uint8_t)rand_r(&seed);
+        }
+    }
+    B.leader = find_leader();
+    if (B.leader < 0) {
+        fprintf(stderr, "kvbench: no leader answered in 10 s\n");
+        return 1;
+    }
+    if (B.prefill) {
+        enum op saved = B.op;
+        uint64_t saved_total = B.total;
+        B.op = OP_PUT;
+        B.prefill_running = true;
+        B.total = (uint64_t)B.key_space;
+        B.running = B.clients < B.key_space ? B.clients : B.key_space;
+        for (int i = 0; i < B.running; i++) {
+            issue(&cl[i]);
+        }
+        event_base_dispatch(B.base);
+        B.op = saved;
+        B.prefill_running = false;
+        B.total = saved_total;
+        B.issued = B.done = B.errors = B.wrong_leader = 0;
+        memset(&B.hist, 0, sizeof B.hist);
+    }
+    uint64_t start = now_ns();
+    B.end_ns = start + (uint64_t)(B.duration * 1e9);
+    B.running = B.clients;
+    for (int i = 0; i < B.clients; i++) {
+        issue(&cl[i]);
+    }
+    event_base_dispatch(B.base);
+    double el = (double)(now_ns() - start) / 1e9;
+    double ms = 1e6;
+    if (B.done == 0) {
+        printf("no successful ops; errors: %llu\n",
+               (unsigned long long)B.errors);
+        return 1;
+    }
+    printf(
+        "op=%s conns=%d clients=%d ops=%llu errors=%llu elapsed=%.2fs "
+        "rate=%.0f ops/s mean=%.2fms p50=%.2fms p90=%.2fms p99=%.2fms "
+        "max=%.2fms\n",
+        ops[B.op], B.conns, B.clients, (unsigned long long)B.done,
+        (unsigned long long)B.errors, el, (double)B.done / el,
+        B.hist.sum / (double)B.hist.n / ms,
+        (double)hist_quantile(&B.hist, 0.5) / ms,
+        (double)hist_quantile(&B.hist, 0.9) / ms,
+        (double)hist_quantile(&B.hist, 0.99) / ms, (double)B.hist.max / ms);
+    if (B.json) {
+        printf(
+            "{\"op\":\"%s\",\"conns\":%d,\"clients\":%d,\"ops\":%llu,"
+            "\"errors\":%llu,\"elapsed_s\":%.3f,\"rate\":%.1f,"
+            "\"mean_ms\":%.3f,\"p50_ms\":%.3f,\"p90_ms\":%.3f,"
+            "\"p99_ms\":%.3f,\"max_ms\":%.3f}\n",
+            ops[B.op], B.conns, B.clients, (unsigned long long)B.done,
+            (unsigned long long)B.errors, el, (double)B.done / el,
+            B.hist.sum / (double)B.hist.n / ms,
+            (double)hist_quantile(&B.hist, 0.5) / ms,
+            (double)hist_quantile(&B.hist, 0.9) / ms,
+            (double)hist_quantile(&B.hist, 0.99) / ms, (double)B.hist.max / ms);
+    }
+    for (int i = 0; i < B.n_nodes; i++) {
+        for (int j = 0; j < B.conns; j++) {
+            rpc_channel_free(B.nodes[i].ch[j]);
+        }
+        free(B.nodes[i].ch);
+    }
+    free(cl);
+    free(B.value);
+    event_base_free(B.base);
+    return 0;
+}
