@@ -56,6 +56,7 @@ struct kv_peer
     uint64_t chunk_offset;     /* its offset */
     bool chunk_done;           /* it ended the stream */
     bool chunk_valid;          /* chunk holds a sent chunk */
+    uint64_t stream_logged;    /* ms of the last "sending" log line */
 };
 
 /* A Raft request from a peer waiting for the core's response. */
