@@ -1,0 +1,317 @@
+/* test_store.c: the node's LMDB store, state machine and snapshot streams. */
+#include <ftw.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <CUnit/Basic.h>
+
+#include <proto/kv.pb-c.h>
+
+#include "cunit_main.h"
+#include "sm.h"
+#include "snap.h"
+#include "store.h"
+
+static char dir[64];
+static struct kv_store st;
+
+static int rm_entry(const char *path,
+                    const struct stat *sb,
+                    int flag,
+                    struct FTW *ftw)
+{
+    (void)sb;
+    (void)flag;
+    (void)ftw;
+    return remove(path);
+}
+
+static void open_store(void)
+{
+    snprintf(dir, sizeof dir, "/tmp/raftkv-store-XXXXXX");
+    CU_ASSERT_FATAL(mkdtemp(dir) != NULL);
+    CU_ASSERT_FATAL(kv_store_open(&st, dir, 0) == 0);
+}
+
+static void close_store(void)
+{
+    kv_store_close(&st);
+    nftw(dir, rm_entry, 8, FTW_DEPTH | FTW_PHYS);
+}
+
+/* Pack a PutAppend command. */
+static size_t put_cmd(uint8_t *buf,
+                      const char *key,
+                      const char *val,
+                      bool append,
+                      uint8_t client,
+                      uint64_t request)
+{
+    uint8_t cid[16] = {client};
+    Raftkv__PutAppendArgs a = RAFTKV__PUT_APPEND_ARGS__INIT;
+    a.key.data = (uint8_t *)key;
+    a.key.len = strlen(key);
+    a.value.data = (uint8_t *)val;
+    a.value.len = strlen(val);
+    a.op = append ? RAFTKV__PUT_OP__PUT_OP_APPEND : RAFTKV__PUT_OP__PUT_OP_PUT;
+    a.client_id.data = cid;
+    a.client_id.len = 16;
+    a.request_id = request;
+    Raftkv__Command c = RAFTKV__COMMAND__INIT;
+    c.op_case = RAFTKV__COMMAND__OP_PUT_APPEND;
+    c.put_append = &a;
+    return raftkv__command__pack(&c, buf);
+}
+
+static int apply(MDB_txn *txn,
+                 uint64_t index,
+                 const uint8_t *buf,
+                 size_t len,
+                 size_t max_sessions,
+                 struct kv_outcome *o)
+{
+    return kv_sm_apply(&st, txn, index, buf, len, max_sessions, o);
+}
+
+static char *get(MDB_txn *txn, const char *key)
+{
+    static char out[256];
+    MDB_val k = {strlen(key), (void *)key}, v;
+    if (mdb_get(txn, st.kv, &k, &v) != 0) {
+        return NULL;
+    }
+    snprintf(out, sizeof out, "%.*s", (int)v.mv_size, (char *)v.mv_data);
+    return out;
+}
+
+static void test_store_retry_of_an_applied_write_returns_its_outcome(void)
+{
+    open_store();
+    MDB_txn *txn;
+    CU_ASSERT_FATAL(mdb_txn_begin(st.env, NULL, 0, &txn) == 0);
+    uint8_t buf[256];
+    struct kv_outcome o;
+    size_t n = put_cmd(buf, "k", "a", true, 1, 1);
+    CU_ASSERT_EQUAL(apply(txn, 1, buf, n, 0, &o), 0);
+    CU_ASSERT(!o.duplicate);
+    /* The same request again, at a later index: not applied twice. */
+    CU_ASSERT_EQUAL(apply(txn, 2, buf, n, 0, &o), 0);
+    CU_ASSERT(o.duplicate);
+    CU_ASSERT_EQUAL(o.err, RAFTKV__KV_ERROR__KV_OK);
+    CU_ASSERT_STRING_EQUAL(get(txn, "k"), "a");
+    /* Another client's request with the same id is its own. */
+    n = put_cmd(buf, "k", "b", true, 2, 1);
+    CU_ASSERT_EQUAL(apply(txn, 3, buf, n, 0, &o), 0);
+    CU_ASSERT_STRING_EQUAL(get(txn, "k"), "ab");
+    /* An older request id of client 1 is refused. */
+    n = put_cmd(buf, "k", "c", true, 1, 2);
+    CU_ASSERT_EQUAL(apply(txn, 4, buf, n, 0, &o), 0);
+    n = put_cmd(buf, "k", "z", true, 1, 1);
+    CU_ASSERT_EQUAL(apply(txn, 5, buf, n, 0, &o), 0);
+    CU_ASSERT_EQUAL(o.err, RAFTKV__KV_ERROR__KV_BAD_REQUEST);
+    CU_ASSERT_STRING_EQUAL(get(txn, "k"), "abc");
+    /* Garbage in the log is an outcome, not a failure of the node. */
+    uint8_t junk[4] = {0xff, 0xff, 0xff, 0xff};
+    CU_ASSERT_EQUAL(apply(txn, 6, junk, sizeof junk, 0, &o), 0);
+    CU_ASSERT_EQUAL(o.err, RAFTKV__KV_ERROR__KV_BAD_REQUEST);
+    mdb_txn_abort(txn);
+    close_store();
+}
+
+static void test_store_session_table_evicts_least_recent_writer(void)
+{
+    open_store();
+    MDB_txn *txn;
+    CU_ASSERT_FATAL(mdb_txn_begin(st.env, NULL, 0, &txn) == 0);
+    uint8_t buf[256];
+    struct kv_outcome o;
+    /* Clients 1..3 write at indexes 1..3; client 1 writes again at 4. */
+    for (uint8_t c = 1; c <= 3; c++) {
+        size_t n = put_cmd(buf, "k", "x", true, c, 1);
+        CU_ASSERT_EQUAL(apply(txn, c, buf, n, 3, &o), 0);
+    }
+    size_t n = put_cmd(buf, "k", "x", true, 1, 2);
+    CU_ASSERT_EQUAL(apply(txn, 4, buf, n, 3, &o), 0);
+    /* Client 4 is new: the table holds 3, so client 2 (index 2) goes. */
+    n = put_cmd(buf, "k", "x", true, 4, 1);
+    CU_ASSERT_EQUAL(apply(txn, 5, buf, n, 3, &o), 0);
+    MDB_stat stat;
+    mdb_stat(txn, st.sessions, &stat);
+    CU_ASSERT_EQUAL(stat.ms_entries, 3);
+    uint8_t cid[16] = {2};
+    MDB_val k = {16, cid}, v;
+    CU_ASSERT_EQUAL(mdb_get(txn, st.sessions, &k, &v), MDB_NOTFOUND);
+    cid[0] = 1;
+    CU_ASSERT_EQUAL(mdb_get(txn, st.sessions, &k, &v), 0);
+    mdb_stat(txn, st.session_age, &stat);
+    CU_ASSERT_EQUAL(stat.ms_entries, 3);
+    mdb_txn_abort(txn);
+    close_store();
+}
+
+static void test_store_log_append_truncate_compact_and_load(void)
+{
+    open_store();
+    MDB_txn *txn;
+    CU_ASSERT_FATAL(mdb_txn_begin(st.env, NULL, 0, &txn) == 0);
+    struct raft_entry e[10];
+    char data[10][8];
+    for (int i = 0; i < 10; i++) {
+        snprintf(data[i], sizeof data[i], "e%d", i + 1);
+        e[i] = (struct raft_entry){.term = 1 + (uint64_t)i / 5,
+                                   .index = (uint64_t)i + 1,
+                                   .type = RAFT_ENTRY_NORMAL,
+                                   .data = data[i],
+                                   .len = strlen(data[i])};
+    }
+    CU_ASSERT_EQUAL(kv_store_append(&st, txn, e, 10), 0);
+    CU_ASSERT_EQUAL(kv_store_truncate_from(&st, txn, 8), 0);
+    CU_ASSERT_EQUAL(kv_store_compact_upto(&st, txn, 3), 0);
+    CU_ASSERT_EQUAL(kv_store_log_count(&st, txn), 4);
+    CU_ASSERT_EQUAL(mdb_txn_commit(txn), 0);
+    CU_ASSERT_FATAL(mdb_txn_begin(st.env, NULL, MDB_RDONLY, &txn) == 0);
+    struct raft_entry *got;
+    size_t n;
+    void *blob;
+    CU_ASSERT_EQUAL(kv_store_load_log(&st, txn, &got, &n, &blob), 0);
+    CU_ASSERT_EQUAL_FATAL(n, 4);
+    CU_ASSERT_EQUAL(got[0].index, 4);
+    CU_ASSERT_EQUAL(got[3].index, 7);
+    CU_ASSERT_EQUAL(got[3].term, 2);
+    CU_ASSERT(got[3].len == 2 && memcmp(got[3].data, "e7", 2) == 0);
+    free(got);
+    free(blob);
+    mdb_txn_abort(txn);
+    close_store();
+}
+
+static void test_store_claims_a_fresh_dir_and_refuses_another_cluster(void)
+{
+    open_store();
+    CU_ASSERT_EQUAL(kv_store_claim(&st, 0xabc, 1), 0);
+    CU_ASSERT_EQUAL(kv_store_claim(&st, 0xabc, 1), 0);
+    CU_ASSERT_EQUAL(kv_store_claim(&st, 0xdef, 1), KV_STORE_EIDENTITY);
+    CU_ASSERT(strstr(st.errmsg, "another cluster") != NULL);
+    CU_ASSERT_EQUAL(kv_store_claim(&st, 0xabc, 2), KV_STORE_EIDENTITY);
+    CU_ASSERT(strstr(st.errmsg, "belongs to node 1") != NULL);
+    close_store();
+}
+
+/* Stream the state out in random pieces, stage, install: same state. */
+static void test_store_snapshot_round_trip_in_random_chunks(void)
+{
+    unsigned seed = cunit_seed();
+    open_store();
+    MDB_txn *txn;
+    CU_ASSERT_FATAL(mdb_txn_begin(st.env, NULL, 0, &txn) == 0);
+    uint8_t buf[256];
+    struct kv_outcome o;
+    for (int i = 0; i < 500; i++) {
+        char key[32], val[64];
+        snprintf(key, sizeof key, "key%d", i);
+        snprintf(val, sizeof val, "value-%d-%0*d", i, i % 50, 0);
+        size_t n = put_cmd(buf, key, val, false, (uint8_t)(i % 7 + 1),
+                           (uint64_t)i + 1);
+        CU_ASSERT_EQUAL(apply(txn, (uint64_t)i + 1, buf, n, 0, &o), 0);
+    }
+    kv_store_put_meta(&st, txn, "applied", 500);
+    kv_store_put_meta(&st, txn, "applied_term", 3);
+    CU_ASSERT_EQUAL(mdb_txn_commit(txn), 0);
+
+    /* Read it out in chunks of random size. */
+    struct snap_stream s;
+    CU_ASSERT_FATAL(snap_stream_open(&st, &s) == 0);
+    uint8_t *stream = malloc(1 << 20);
+    size_t total = 0;
+    bool done = false;
+    size_t pieces[4096];
+    int np = 0;
+    while (!done) {
+        size_t max = 1 + (size_t)rand_r(&seed) % 300, len;
+        CU_ASSERT_FATAL(
+            snap_stream_read(&st, &s, stream + total, max, &len, &done) == 0);
+        pieces[np++] = len;
+        total += len;
+    }
+    snap_stream_close(&s);
+
+    /* A second store receives it; the old state there is replaced. */
+    struct kv_store dst;
+    char dst_dir[64];
+    snprintf(dst_dir, sizeof dst_dir, "/tmp/raftkv-store-XXXXXX");
+    CU_ASSERT_FATAL(mkdtemp(dst_dir) != NULL);
+    CU_ASSERT_FATAL(kv_store_open(&dst, dst_dir, 0) == 0);
+    CU_ASSERT_FATAL(mdb_txn_begin(dst.env, NULL, 0, &txn) == 0);
+    MDB_val k = {3, "old"}, v = {5, "stale"};
+    mdb_put(txn, dst.kv, &k, &v, 0);
+    size_t off = 0;
+    for (int i = 0; i < np; i++) {
+        CU_ASSERT_EQUAL(snap_stage(&dst, txn, off, stream + off, pieces[i]), 0);
+        off += pieces[i];
+    }
+    uint64_t index, term;
+    CU_ASSERT_EQUAL(snap_install(&dst, txn, &index, &term), 0);
+    CU_ASSERT_EQUAL(index, 500);
+    CU_ASSERT_EQUAL(term, 3);
+    CU_ASSERT_EQUAL(mdb_get(txn, dst.kv, &k, &v), MDB_NOTFOUND);
+    MDB_stat a, b;
+    mdb_stat(txn, dst.kv, &a);
+    CU_ASSERT_EQUAL(a.ms_entries, 500);
+    mdb_stat(txn, dst.sessions, &b);
+    CU_ASSERT_EQUAL(b.ms_entries, 7);
+    mdb_stat(txn, dst.session_age, &b);
+    CU_ASSERT_EQUAL(b.ms_entries, 7);
+    MDB_val k2 = {6, "key499"}, v2;
+    CU_ASSERT_EQUAL(mdb_get(txn, dst.kv, &k2, &v2), 0);
+    CU_ASSERT(v2.mv_size > 9 && memcmp(v2.mv_data, "value-499", 9) == 0);
+    CU_ASSERT_EQUAL(mdb_txn_commit(txn), 0);
+
+    /* A damaged stream is refused; the installed state stays. */
+    CU_ASSERT_FATAL(mdb_txn_begin(dst.env, NULL, 0, &txn) == 0);
+    stream[total / 2] ^= 0xff;
+    stream[total - 3] ^= 0x5a;
+    CU_ASSERT_EQUAL(snap_stage(&dst, txn, 0, stream, total), 0);
+    CU_ASSERT_EQUAL(snap_install(&dst, txn, &index, &term), KV_STORE_ECORRUPT);
+    CU_ASSERT(strstr(dst.errmsg, "damaged") != NULL);
+    mdb_txn_abort(txn);
+    CU_ASSERT_FATAL(mdb_txn_begin(dst.env, NULL, MDB_RDONLY, &txn) == 0);
+    mdb_stat(txn, dst.kv, &a);
+    CU_ASSERT_EQUAL(a.ms_entries, 500);
+    mdb_txn_abort(txn);
+
+    /* A stream cut short is refused too. */
+    CU_ASSERT_FATAL(mdb_txn_begin(dst.env, NULL, 0, &txn) == 0);
+    stream[total / 2] ^= 0xff;
+    stream[total - 3] ^= 0x5a;
+    CU_ASSERT_EQUAL(snap_stage(&dst, txn, 0, stream, total - 20), 0);
+    CU_ASSERT_EQUAL(snap_install(&dst, txn, &index, &term), KV_STORE_ECORRUPT);
+    mdb_txn_abort(txn);
+    free(stream);
+    kv_store_close(&dst);
+    nftw(dst_dir, rm_entry, 8, FTW_DEPTH | FTW_PHYS);
+    close_store();
+}
+
+int main(int argc, char **argv)
+{
+    static CU_TestInfo tests[] = {
+        {"test_store_retry_of_an_applied_write_returns_its_outcome",
+         test_store_retry_of_an_applied_write_returns_its_outcome},
+        {"test_store_session_table_evicts_least_recent_writer",
+         test_store_session_table_evicts_least_recent_writer},
+        {"test_store_log_append_truncate_compact_and_load",
+         test_store_log_append_truncate_compact_and_load},
+        {"test_store_claims_a_fresh_dir_and_refuses_another_cluster",
+         test_store_claims_a_fresh_dir_and_refuses_another_cluster},
+        {"test_store_snapshot_round_trip_in_random_chunks",
+         test_store_snapshot_round_trip_in_random_chunks},
+        CU_TEST_INFO_NULL,
+    };
+    static CU_SuiteInfo suites[] = {
+        {"store", NULL, NULL, NULL, NULL, tests},
+        CU_SUITE_INFO_NULL,
+    };
+    return cunit_main(argc, argv, suites);
+}
