@@ -19,6 +19,9 @@
 #define OK        RAFTKV__KV_ERROR__KV_OK
 #define NOT_FOUND RAFTKV__KV_ERROR__KV_NOT_FOUND
 
+/* Did the running test fail an assert since `before`? Keeps its logs. */
+#define FAILED_SINCE(before) (CU_get_number_of_failures() > (before))
+
 static void sleep_ms(unsigned ms)
 {
     struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000};
@@ -39,6 +42,7 @@ static bool get_equals(struct h_client *cl, const char *key, const char *want)
 
 static void test_cluster_elects_and_serves_all_operations(void)
 {
+    unsigned failures_at_start = CU_get_number_of_failures();
     struct h_cluster c;
     CU_ASSERT_FATAL(h_cluster_start(&c, 3, NULL) == 0);
     c.keep = true;
@@ -98,7 +102,7 @@ static void test_cluster_elects_and_serves_all_operations(void)
         CU_ASSERT(seen);
     }
     h_client_close(&cl);
-    c.keep = CU_get_number_of_failures() > 0;
+    c.keep = FAILED_SINCE(failures_at_start);
     h_cluster_destroy(&c);
 }
 
@@ -179,6 +183,7 @@ static void check_writer(struct h_client *cl, struct writer *w)
 
 static void test_kill_leader_under_load_loses_no_acknowledged_write(void)
 {
+    unsigned failures_at_start = CU_get_number_of_failures();
     enum { THREADS = 4, KEYS = 150 };
     struct h_cluster c;
     CU_ASSERT_FATAL(h_cluster_start(&c, 3, NULL) == 0);
@@ -213,12 +218,13 @@ static void test_kill_leader_under_load_loses_no_acknowledged_write(void)
            unknown);
     CU_ASSERT_EQUAL(unknown, 0); /* the client retried until it knew */
     h_client_close(&cl);
-    c.keep = CU_get_number_of_failures() > 0;
+    c.keep = FAILED_SINCE(failures_at_start);
     h_cluster_destroy(&c);
 }
 
 static void test_restart_of_all_nodes_keeps_the_data(void)
 {
+    unsigned failures_at_start = CU_get_number_of_failures();
     struct h_cluster c;
     CU_ASSERT_FATAL(h_cluster_start(&c, 3, NULL) == 0);
     CU_ASSERT_FATAL(h_find_leader(&c, 10000) >= 0);
@@ -251,12 +257,31 @@ static void test_restart_of_all_nodes_keeps_the_data(void)
     CU_ASSERT(get_equals(&cl, "after", "restart"));
     CU_ASSERT(get_equals(&cl, "w0-k199", "v199"));
     h_client_close(&cl);
-    c.keep = CU_get_number_of_failures() > 0;
+    c.keep = FAILED_SINCE(failures_at_start);
     h_cluster_destroy(&c);
+}
+
+/* Send one raw PutAppend with a fixed request id until some node gives a
+ * definite answer (the leader may change under us). */
+static int raw_until_answered(struct h_client *cl,
+                              struct h_cluster *c,
+                              const char *key,
+                              const char *val,
+                              uint64_t rid)
+{
+    for (int t = 0; t < 200; t++) {
+        int err = h_put_raw(cl, (size_t)t % c->n, key, val, rid, true);
+        if (err == OK || err == RAFTKV__KV_ERROR__KV_BAD_REQUEST) {
+            return err;
+        }
+        sleep_ms(25);
+    }
+    return -1;
 }
 
 static void test_duplicate_request_ids_are_applied_once(void)
 {
+    unsigned failures_at_start = CU_get_number_of_failures();
     struct h_cluster c;
     CU_ASSERT_FATAL(h_cluster_start(&c, 3, NULL) == 0);
     int leader = h_find_leader(&c, 10000);
@@ -265,14 +290,13 @@ static void test_duplicate_request_ids_are_applied_once(void)
     CU_ASSERT_FATAL(h_client_open(&cl, &c, cunit_seed()) == 0);
     /* The same append (same client, same request id) sent three times. */
     for (int i = 0; i < 3; i++) {
-        CU_ASSERT_EQUAL(h_put_raw(&cl, (size_t)leader, "dup", "x", 7, true),
-                        OK);
+        CU_ASSERT_EQUAL(raw_until_answered(&cl, &c, "dup", "x", 7), OK);
     }
     CU_ASSERT(get_equals(&cl, "dup", "x"));
-    CU_ASSERT_EQUAL(h_put_raw(&cl, (size_t)leader, "dup", "y", 8, true), OK);
+    CU_ASSERT_EQUAL(raw_until_answered(&cl, &c, "dup", "y", 8), OK);
     CU_ASSERT(get_equals(&cl, "dup", "xy"));
     /* An old request id that was overtaken is refused, not applied. */
-    CU_ASSERT_EQUAL(h_put_raw(&cl, (size_t)leader, "dup", "z", 6, true),
+    CU_ASSERT_EQUAL(raw_until_answered(&cl, &c, "dup", "z", 6),
                     RAFTKV__KV_ERROR__KV_BAD_REQUEST);
     CU_ASSERT(get_equals(&cl, "dup", "xy"));
     /* Sessions survive a restart of the whole cluster. */
@@ -280,12 +304,11 @@ static void test_duplicate_request_ids_are_applied_once(void)
         h_node_kill(&c, i);
         CU_ASSERT(h_node_start(&c, i) == 0);
     }
-    leader = h_find_leader(&c, 10000);
-    CU_ASSERT_FATAL(leader >= 0);
-    CU_ASSERT_EQUAL(h_put_raw(&cl, (size_t)leader, "dup", "y", 8, true), OK);
+    CU_ASSERT_FATAL(h_find_leader(&c, 10000) >= 0);
+    CU_ASSERT_EQUAL(raw_until_answered(&cl, &c, "dup", "y", 8), OK);
     CU_ASSERT(get_equals(&cl, "dup", "xy"));
     h_client_close(&cl);
-    c.keep = CU_get_number_of_failures() > 0;
+    c.keep = FAILED_SINCE(failures_at_start);
     h_cluster_destroy(&c);
 }
 
@@ -333,6 +356,7 @@ static void test_data_directory_of_another_cluster_is_refused(void)
 
 static void test_lagging_follower_catches_up_through_a_snapshot(void)
 {
+    unsigned failures_at_start = CU_get_number_of_failures();
     enum { THREADS = 8 };
     int total = getenv("RAFTKV_SNAPSHOT_KEYS")
                     ? atoi(getenv("RAFTKV_SNAPSHOT_KEYS"))
@@ -408,13 +432,14 @@ static void test_lagging_follower_catches_up_through_a_snapshot(void)
     }
     CU_ASSERT(streamed);
     h_client_close(&cl);
-    c.keep = CU_get_number_of_failures() > 0;
+    c.keep = FAILED_SINCE(failures_at_start);
     h_cluster_destroy(&c);
 }
 
 /* A full disk: writes fail clearly, reads go on, space comes back. */
 static void test_full_disk_refuses_writes_and_recovers(void)
 {
+    unsigned failures_at_start = CU_get_number_of_failures();
     if (geteuid() != 0) {
         printf("\n    skipped: mounting a small tmpfs needs root\n");
         return;
@@ -493,7 +518,7 @@ static void test_full_disk_refuses_writes_and_recovers(void)
     CU_ASSERT_FATAL(h_client_open(&cl, &c, cunit_seed() + 1) == 0);
     CU_ASSERT(get_equals(&cl, "after", "space"));
     h_client_close(&cl);
-    c.keep = CU_get_number_of_failures() > 0;
+    c.keep = FAILED_SINCE(failures_at_start);
     h_cluster_destroy(&c);
     umount(root);
     rmdir(root);

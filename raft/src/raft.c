@@ -1,0 +1,374 @@
+/* raft.c - creating, restoring and freeing a core; getters and helpers. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "internal.h"
+
+#define MAX_VOTERS 64
+
+/* splitmix64: small, seedable, good enough for timeouts. */
+uint64_t rf_random(struct raft *r)
+{
+    uint64_t z = (r->rng += 0x9e3779b97f4a7c15ULL);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+    return z ^ (z >> 31);
+}
+
+struct raft_progress *rf_progress_of(struct raft *r, uint64_t id)
+{
+    for (size_t k = 0; k < r->n_prs; k++) {
+        if (r->prs[k].id == id) {
+            return &r->prs[k];
+        }
+    }
+    return NULL;
+}
+
+size_t rf_quorum_size(const struct raft *r)
+{
+    return r->n_prs / 2 + 1;
+}
+
+void rf_hint_leader(const struct raft *r, uint64_t *hint)
+{
+    if (hint != NULL) {
+        *hint = r->leader;
+    }
+}
+
+/* Queue a zeroed message; NULL when memory is short. */
+struct raft_message *rf_msg_new(struct raft *r,
+                                bool early,
+                                enum raft_msg_type t,
+                                uint64_t to)
+{
+    struct raft_msgs *q = early ? &r->early : &r->late;
+    if (q->n == q->cap) {
+        size_t cap = q->cap ? q->cap * 2 : 16;
+        struct raft_message *v = realloc(q->v, cap * sizeof *v);
+        if (v == NULL) {
+            return NULL;
+        }
+        q->v = v;
+        q->cap = cap;
+    }
+    struct raft_message *m = &q->v[q->n++];
+    memset(m, 0, sizeof *m);
+    m->type = t;
+    m->from = r->id;
+    m->to = to;
+    m->term = r->term;
+    return m;
+}
+
+int raft_config_check(const struct raft_config *cfg)
+{
+    if (cfg == NULL || cfg->id == 0 || cfg->voters == NULL ||
+        cfg->n_voters == 0 || cfg->n_voters > MAX_VOTERS ||
+        cfg->heartbeat_ms == 0 || cfg->election_ms <= cfg->heartbeat_ms ||
+        cfg->max_inflight == 0 || cfg->max_append_bytes == 0 ||
+        cfg->snapshot_chunk_bytes == 0) {
+        return RAFT_EINVAL;
+    }
+    bool self = false;
+    for (size_t i = 0; i < cfg->n_voters; i++) {
+        if (cfg->voters[i] == 0) {
+            return RAFT_EINVAL;
+        }
+        if (cfg->voters[i] == cfg->id) {
+            self = true;
+        }
+        for (size_t j = 0; j < i; j++) {
+            if (cfg->voters[j] == cfg->voters[i]) {
+                return RAFT_EINVAL;
+            }
+        }
+    }
+    return self ? 0 : RAFT_EINVAL;
+}
+
+struct raft *raft_new(const struct raft_config *cfg)
+{
+    if (raft_config_check(cfg) != 0) {
+        return NULL;
+    }
+    struct raft *r = calloc(1, sizeof *r);
+    if (r == NULL) {
+        return NULL;
+    }
+    r->prs = calloc(cfg->n_voters, sizeof *r->prs);
+    if (r->prs == NULL) {
+        goto err_free_r;
+    }
+    r->n_prs = cfg->n_voters;
+    for (size_t k = 0; k < r->n_prs; k++) {
+        r->prs[k].id = cfg->voters[k];
+        r->prs[k].inflight = calloc(cfg->max_inflight, sizeof(uint64_t));
+        if (r->prs[k].inflight == NULL) {
+            goto err_free_prs;
+        }
+    }
+    r->id = cfg->id;
+    r->heartbeat_ms = cfg->heartbeat_ms;
+    r->election_ms = cfg->election_ms;
+    r->pre_vote = cfg->pre_vote;
+    r->check_quorum = cfg->check_quorum;
+    r->max_append_bytes = cfg->max_append_bytes;
+    r->max_inflight = cfg->max_inflight;
+    r->max_uncommitted_bytes = cfg->max_uncommitted_bytes;
+    r->chunk_bytes = cfg->snapshot_chunk_bytes;
+    r->trailing = cfg->snapshot_trailing;
+    r->rng = cfg->seed ^ (cfg->id * 0x2545f4914f6cdd1dULL);
+    r->now = cfg->start_ms;
+    r->role = RAFT_FOLLOWER;
+    r->unstable = 1;
+    rf_reset_election_timer(r);
+    return r;
+
+err_free_prs:
+    for (size_t k = 0; k < r->n_prs; k++) {
+        free(r->prs[k].inflight);
+    }
+    free(r->prs);
+err_free_r:
+    free(r);
+    return NULL;
+}
+
+static void free_msgs(struct raft_msgs *q)
+{
+    for (size_t k = 0; k < q->n; k++) {
+        if (q->v[k].type == RAFT_MSG_APPEND) {
+            free((void *)q->v[k].u.append.entries);
+        }
+    }
+    free(q->v);
+    q->v = NULL;
+    q->n = q->cap = 0;
+}
+
+static void free_chunks(struct raft_snapshot_chunk *c, size_t n)
+{
+    for (size_t k = 0; k < n; k++) {
+        free((void *)c[k].data);
+    }
+    free(c);
+}
+
+static void free_buffers(void **v, size_t n)
+{
+    for (size_t k = 0; k < n; k++) {
+        free(v[k]);
+    }
+    free(v);
+}
+
+void raft_free(struct raft *r)
+{
+    if (r == NULL) {
+        return;
+    }
+    free_msgs(&r->early);
+    free_msgs(&r->late);
+    free_msgs(&r->out_early);
+    free_msgs(&r->out_late);
+    free_chunks(r->chunks, r->n_chunks);
+    free_chunks(r->out_chunks, r->n_out_chunks);
+    free(r->done_reads);
+    free(r->out_reads);
+    free(r->reads);
+    free_buffers(r->graveyard, r->n_graveyard);
+    free_buffers(r->out_graveyard, r->n_out_graveyard);
+    rf_log_free(&r->log);
+    for (size_t k = 0; k < r->n_prs; k++) {
+        free(r->prs[k].inflight);
+    }
+    free(r->prs);
+    free(r);
+}
+
+static int restore_fail(struct raft *r, const char *why)
+{
+    snprintf(r->errmsg, sizeof r->errmsg, "restore: %s", why);
+    return RAFT_EINVAL;
+}
+
+int raft_restore(struct raft *r, const struct raft_persisted *p)
+{
+    if (p == NULL || r->log.n != 0 || r->log.offset != 0) {
+        return RAFT_EINVAL;
+    }
+    if (p->snap_index > 0 && p->snap_term == 0) {
+        return restore_fail(r, "snapshot without a term");
+    }
+    r->log.offset = p->snap_index;
+    r->log.offset_term = p->snap_term;
+    uint64_t expect = 0;
+    for (size_t k = 0; k < p->n_entries; k++) {
+        const struct raft_entry *e = &p->entries[k];
+        if (k > 0 && e->index != expect) {
+            return restore_fail(r, "stored entries are not consecutive");
+        }
+        expect = e->index + 1;
+        if (e->term == 0 || (e->len > 0 && e->data == NULL)) {
+            return restore_fail(r, "malformed stored entry");
+        }
+        if (k > 0 && e->term < p->entries[k - 1].term) {
+            return restore_fail(r, "stored entry terms go back");
+        }
+        if (e->index < p->snap_index) {
+            continue;
+        }
+        if (e->index == p->snap_index) {
+            if (e->term != p->snap_term) {
+                return restore_fail(r, "stored entry conflicts with snapshot");
+            }
+            continue;
+        }
+        if (e->index != rf_log_last_index(&r->log) + 1) {
+            return restore_fail(r, "gap between snapshot and stored log");
+        }
+        if (e->term < rf_log_last_term(&r->log)) {
+            return restore_fail(r, "stored entry terms go back");
+        }
+        int rv = rf_log_append(r, e->term, e->type, e->data, e->len);
+        if (rv != 0) {
+            return rv;
+        }
+    }
+    uint64_t last = rf_log_last_index(&r->log);
+    uint64_t commit = p->hs.commit;
+    if (commit < p->snap_index) {
+        commit = p->snap_index;
+    }
+    if (commit > last) {
+        return restore_fail(r, "commit index beyond the stored log");
+    }
+    if (p->applied < p->snap_index || p->applied > commit) {
+        return restore_fail(r, "applied index outside [snapshot, commit]");
+    }
+    if (p->hs.vote != 0 && rf_progress_of(r, p->hs.vote) == NULL) {
+        return restore_fail(r, "vote for an unknown node");
+    }
+    if (rf_log_last_term(&r->log) > p->hs.term) {
+        return restore_fail(r, "log has a term beyond the current term");
+    }
+    r->term = p->hs.term;
+    r->vote = p->hs.vote;
+    r->commit = commit;
+    r->applied = p->applied;
+    r->snap_index = p->snap_index;
+    r->snap_term = p->snap_term;
+    r->stable = last;
+    r->unstable = last + 1;
+    r->hs_saved.term = r->term;
+    r->hs_saved.vote = r->vote;
+    r->hs_saved.commit = r->commit;
+    return 0;
+}
+
+uint64_t raft_id(const struct raft *r)
+{
+    return r->id;
+}
+
+enum raft_role raft_role(const struct raft *r)
+{
+    return r->role;
+}
+
+uint64_t raft_term(const struct raft *r)
+{
+    return r->term;
+}
+
+uint64_t raft_leader(const struct raft *r)
+{
+    return r->leader;
+}
+
+uint64_t raft_commit_index(const struct raft *r)
+{
+    return r->commit;
+}
+
+uint64_t raft_applied_index(const struct raft *r)
+{
+    return r->applied;
+}
+
+uint64_t raft_last_index(const struct raft *r)
+{
+    return rf_log_last_index(&r->log);
+}
+
+uint64_t raft_first_index(const struct raft *r)
+{
+    return r->log.offset + 1;
+}
+
+uint64_t raft_snapshot_index(const struct raft *r)
+{
+    return r->snap_index;
+}
+
+int raft_entry_term(const struct raft *r, uint64_t index, uint64_t *term)
+{
+    if (index < r->log.offset) {
+        return RAFT_ECOMPACTED;
+    }
+    return rf_log_term(&r->log, index, term) ? 0 : RAFT_EINVAL;
+}
+
+const struct raft_entry *raft_entry_at(const struct raft *r, uint64_t index)
+{
+    return rf_log_get(&r->log, index);
+}
+
+const char *raft_strerror(int code)
+{
+    switch (code) {
+        case RAFT_OK:
+            return "success";
+        case RAFT_ENOMEM:
+            return "out of memory";
+        case RAFT_EINVAL:
+            return "invalid argument";
+        case RAFT_NOTLEADER:
+            return "not the leader";
+        case RAFT_ETRANSFER:
+            return "leadership transfer in progress";
+        case RAFT_EFULL:
+            return "too many uncommitted bytes";
+        case RAFT_EBUSY:
+            return "an update is outstanding";
+        case RAFT_ECOMPACTED:
+            return "index compacted";
+        case RAFT_ESTALE:
+            return "stale index or term";
+        default:
+            return "unknown error";
+    }
+}
+
+const char *raft_errmsg(const struct raft *r)
+{
+    return r->errmsg;
+}
+
+const char *raft_role_name(enum raft_role role)
+{
+    switch (role) {
+        case RAFT_FOLLOWER:
+            return "follower";
+        case RAFT_PRECANDIDATE:
+            return "pre-candidate";
+        case RAFT_CANDIDATE:
+            return "candidate";
+        case RAFT_LEADER:
+            return "leader";
+    }
+    return "unknown";
+}

@@ -1,0 +1,1151 @@
+/* raft_unit.c - unit tests of each feature of the core, driven directly. */
+#include <stdio.h>
+#include <string.h>
+
+#include "test_main.h"
+
+static const uint64_t voters[] = {1, 2, 3, 4, 5, 6, 7, 8, 9};
+static struct raft_update U; /* the outstanding update of the core under test */
+
+static struct raft_config cfg(uint64_t id, unsigned n)
+{
+    struct raft_config c = {0};
+    c.id = id;
+    c.voters = voters;
+    c.n_voters = n;
+    c.heartbeat_ms = 50;
+    c.election_ms = 200;
+    c.seed = id;
+    c.max_append_bytes = 1 << 20;
+    c.max_inflight = 8;
+    c.snapshot_chunk_bytes = 64;
+    return c;
+}
+
+static struct raft *start(const struct raft_config *c)
+{
+    struct raft *r = raft_new(c);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(r);
+    struct raft_persisted p = {0};
+    CU_ASSERT_EQUAL_FATAL(raft_restore(r, &p), 0);
+    return r;
+}
+
+static struct raft_update *upd(struct raft *r)
+{
+    CU_ASSERT_EQUAL_FATAL(raft_get_update(r, &U), 0);
+    return &U;
+}
+
+static void adv(struct raft *r)
+{
+    CU_ASSERT_EQUAL_FATAL(raft_advance(r, &U), 0);
+}
+
+static void flush(struct raft *r)
+{
+    while (raft_has_update(r)) {
+        upd(r);
+        adv(r);
+    }
+}
+
+/* Count messages of @type (to @to, 0: any) in the outstanding update. */
+static size_t count_msgs(enum raft_msg_type type, uint64_t to)
+{
+    size_t n = 0;
+    for (size_t k = 0; k < U.n_early; k++) {
+        n += U.early[k].type == type && (to == 0 || U.early[k].to == to);
+    }
+    for (size_t k = 0; k < U.n_messages; k++) {
+        n += U.messages[k].type == type && (to == 0 || U.messages[k].to == to);
+    }
+    return n;
+}
+
+static const struct raft_message *find_msg(enum raft_msg_type type, uint64_t to)
+{
+    for (size_t k = 0; k < U.n_early; k++) {
+        if (U.early[k].type == type && (to == 0 || U.early[k].to == to)) {
+            return &U.early[k];
+        }
+    }
+    for (size_t k = 0; k < U.n_messages; k++) {
+        if (U.messages[k].type == type && (to == 0 || U.messages[k].to == to)) {
+            return &U.messages[k];
+        }
+    }
+    return NULL;
+}
+
+/* Win an election by granting every (pre-)vote request. */
+static void make_leader(struct raft *r)
+{
+    CU_ASSERT_EQUAL_FATAL(raft_tick(r, 10000), 0);
+    for (int round = 0; round < 10 && raft_role(r) != RAFT_LEADER; round++) {
+        struct raft_message resps[16];
+        size_t nr = 0;
+        upd(r);
+        for (size_t k = 0; k < U.n_messages; k++) {
+            const struct raft_message *m = &U.messages[k];
+            if (m->type != RAFT_MSG_VOTE) {
+                continue;
+            }
+            memset(&resps[nr], 0, sizeof resps[nr]);
+            resps[nr].type = RAFT_MSG_VOTE_RESP;
+            resps[nr].from = m->to;
+            resps[nr].to = m->from;
+            resps[nr].term = m->term;
+            resps[nr].u.vote_resp.pre_vote = m->u.vote.pre_vote;
+            resps[nr].u.vote_resp.granted = true;
+            nr++;
+        }
+        adv(r);
+        for (size_t k = 0; k < nr; k++) {
+            CU_ASSERT_EQUAL_FATAL(raft_step(r, &resps[k]), 0);
+        }
+    }
+    CU_ASSERT_EQUAL_FATAL(raft_role(r), RAFT_LEADER);
+}
+
+static struct raft_message append_resp(struct raft *r,
+                                       uint64_t from,
+                                       bool success,
+                                       uint64_t index,
+                                       uint64_t seq)
+{
+    struct raft_message m = {0};
+    m.type = RAFT_MSG_APPEND_RESP;
+    m.from = from;
+    m.to = raft_id(r);
+    m.term = raft_term(r);
+    m.u.append_resp.success = success;
+    m.u.append_resp.index = index;
+    m.u.append_resp.last_index = index;
+    m.u.append_resp.seq = seq;
+    return m;
+}
+
+static void ack(struct raft *r, uint64_t from, uint64_t index, uint64_t seq)
+{
+    struct raft_message m = append_resp(r, from, true, index, seq);
+    CU_ASSERT_EQUAL_FATAL(raft_step(r, &m), 0);
+}
+
+static struct raft_message append_req(uint64_t from,
+                                      uint64_t to,
+                                      uint64_t term,
+                                      uint64_t prev,
+                                      uint64_t prev_term,
+                                      const struct raft_entry *es,
+                                      size_t n,
+                                      uint64_t commit)
+{
+    struct raft_message m = {0};
+    m.type = RAFT_MSG_APPEND;
+    m.from = from;
+    m.to = to;
+    m.term = term;
+    m.cookie = 77;
+    m.u.append.prev_index = prev;
+    m.u.append.prev_term = prev_term;
+    m.u.append.entries = es;
+    m.u.append.n_entries = n;
+    m.u.append.commit = commit;
+    return m;
+}
+
+/* A core restored with a log whose terms are @terms[0..n-1]. */
+static struct raft *start_with_log(struct raft_config *c,
+                                   uint64_t term,
+                                   const uint64_t *terms,
+                                   size_t n)
+{
+    struct raft_entry es[32];
+    for (size_t k = 0; k < n; k++) {
+        es[k].term = terms[k];
+        es[k].index = k + 1;
+        es[k].type = RAFT_ENTRY_NORMAL;
+        es[k].data = "x";
+        es[k].len = 1;
+    }
+    struct raft *r = raft_new(c);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(r);
+    struct raft_persisted p = {0};
+    p.hs.term = term;
+    p.entries = es;
+    p.n_entries = n;
+    CU_ASSERT_EQUAL_FATAL(raft_restore(r, &p), 0);
+    return r;
+}
+
+/* ---- configuration and restore ---------------------------------------- */
+
+static void test_config_invalid_is_rejected(void)
+{
+    struct raft_config c = cfg(1, 3);
+    CU_ASSERT_EQUAL(raft_config_check(&c), 0);
+    c.id = 0;
+    CU_ASSERT_EQUAL(raft_config_check(&c), RAFT_EINVAL);
+    CU_ASSERT_PTR_NULL(raft_new(&c));
+    c = cfg(4, 3); /* not a voter */
+    CU_ASSERT_EQUAL(raft_config_check(&c), RAFT_EINVAL);
+    c = cfg(1, 3);
+    c.election_ms = c.heartbeat_ms;
+    CU_ASSERT_EQUAL(raft_config_check(&c), RAFT_EINVAL);
+    uint64_t dup[] = {1, 2, 2};
+    c = cfg(1, 3);
+    c.voters = dup;
+    CU_ASSERT_EQUAL(raft_config_check(&c), RAFT_EINVAL);
+    CU_ASSERT_STRING_EQUAL(raft_strerror(RAFT_NOTLEADER), "not the leader");
+}
+
+static void test_restore_rejects_gap_between_snapshot_and_log(void)
+{
+    struct raft_config c = cfg(1, 3);
+    struct raft_entry es[2] = {{2, 7, RAFT_ENTRY_NORMAL, "a", 1},
+                               {2, 8, RAFT_ENTRY_NORMAL, "b", 1}};
+    struct raft_persisted p = {0};
+    p.hs.term = 2;
+    p.snap_index = 5;
+    p.snap_term = 1;
+    p.applied = 5;
+    p.entries = es;
+    p.n_entries = 2;
+    struct raft *r = raft_new(&c);
+    CU_ASSERT_EQUAL(raft_restore(r, &p), RAFT_EINVAL);
+    CU_ASSERT_PTR_NOT_NULL(strstr(raft_errmsg(r), "gap"));
+    raft_free(r);
+
+    /* Same log starting right after the snapshot: accepted. */
+    es[0].index = 6;
+    es[1].index = 7;
+    p.hs.commit = 6;
+    r = raft_new(&c);
+    CU_ASSERT_EQUAL(raft_restore(r, &p), 0);
+    CU_ASSERT_EQUAL(raft_first_index(r), 6);
+    CU_ASSERT_EQUAL(raft_last_index(r), 7);
+    CU_ASSERT_EQUAL(raft_commit_index(r), 6);
+    CU_ASSERT_EQUAL(raft_snapshot_index(r), 5);
+    CU_ASSERT_EQUAL(raft_term(r), 2);
+    raft_free(r);
+
+    /* Commit beyond the stored log is corrupt state. */
+    p.hs.commit = 9;
+    r = raft_new(&c);
+    CU_ASSERT_EQUAL(raft_restore(r, &p), RAFT_EINVAL);
+    raft_free(r);
+}
+
+static void test_election_timeout_is_randomized_per_seed(void)
+{
+    uint64_t seen[8];
+    size_t distinct = 0;
+    for (uint64_t seed = 1; seed <= 8; seed++) {
+        struct raft_config c = cfg(1, 3);
+        c.seed = seed;
+        c.start_ms = 1000;
+        struct raft *r = start(&c);
+        uint64_t t = raft_next_timeout(r);
+        CU_ASSERT(t >= 1000 + 200 && t < 1000 + 400);
+        bool dup = false;
+        for (size_t k = 0; k < distinct; k++) {
+            dup |= seen[k] == t;
+        }
+        if (!dup) {
+            seen[distinct++] = t;
+        }
+        raft_free(r);
+    }
+    CU_ASSERT(distinct >= 4);
+}
+
+/* ---- persistence contract ---------------------------------------------- */
+
+static void test_single_node_commits_only_after_own_persist(void)
+{
+    struct raft_config c = cfg(1, 1);
+    struct raft *r = start(&c);
+    CU_ASSERT_EQUAL(raft_tick(r, 10000), 0);
+    CU_ASSERT_EQUAL(raft_role(r), RAFT_LEADER);
+    upd(r);
+    CU_ASSERT_EQUAL_FATAL(U.n_entries, 1); /* the no-op */
+    CU_ASSERT_EQUAL(U.entries[0].type, RAFT_ENTRY_NOOP);
+    CU_ASSERT_EQUAL(U.n_committed, 0);
+    CU_ASSERT(U.hs_changed && U.hs.vote == 1 && U.hs.term == 1);
+    CU_ASSERT(U.role_changed && U.role == RAFT_LEADER);
+    CU_ASSERT_EQUAL(raft_commit_index(r), 0);
+    adv(r);
+    CU_ASSERT_EQUAL(raft_commit_index(r), 1);
+
+    uint64_t index, term;
+    flush(r);
+    CU_ASSERT_EQUAL(raft_propose(r, "cmd", 3, &index, &term, NULL), 0);
+    CU_ASSERT_EQUAL(index, 2);
+    upd(r);
+    CU_ASSERT_EQUAL(U.n_entries, 1);
+    CU_ASSERT_EQUAL(U.n_committed, 0);
+    CU_ASSERT_EQUAL(raft_commit_index(r), 1);
+    adv(r);
+    CU_ASSERT_EQUAL(raft_commit_index(r), 2);
+    upd(r);
+    CU_ASSERT_EQUAL_FATAL(U.n_committed, 1);
+    CU_ASSERT_EQUAL(U.committed[0].len, 3);
+    CU_ASSERT_EQUAL(memcmp(U.committed[0].data, "cmd", 3), 0);
+    adv(r);
+    raft_free(r);
+}
+
+static void test_vote_is_persisted_before_its_response(void)
+{
+    struct raft_config c = cfg(2, 3);
+    struct raft *r = start(&c);
+    struct raft_message m = {0};
+    m.type = RAFT_MSG_VOTE;
+    m.from = 1;
+    m.to = 2;
+    m.term = 5;
+    m.cookie = 42;
+    CU_ASSERT_EQUAL(raft_step(r, &m), 0);
+    upd(r);
+    CU_ASSERT(U.hs_changed);
+    CU_ASSERT_EQUAL(U.hs.term, 5);
+    CU_ASSERT_EQUAL(U.hs.vote, 1);
+    CU_ASSERT_EQUAL(U.n_early, 0); /* nothing may leave before the write */
+    const struct raft_message *resp = find_msg(RAFT_MSG_VOTE_RESP, 1);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(resp);
+    CU_ASSERT(resp->u.vote_resp.granted);
+    CU_ASSERT_EQUAL(resp->cookie, 42);
+    adv(r);
+    /* A second candidate in the same term is refused. */
+    m.from = 3;
+    m.cookie = 43;
+    CU_ASSERT_EQUAL(raft_step(r, &m), 0);
+    upd(r);
+    resp = find_msg(RAFT_MSG_VOTE_RESP, 3);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(resp);
+    CU_ASSERT(!resp->u.vote_resp.granted);
+    adv(r);
+    raft_free(r);
+}
+
+static void test_leader_appends_may_leave_before_the_write(void)
+{
+    struct raft_config c = cfg(1, 3);
+    struct raft *r = start(&c);
+    make_leader(r);
+    upd(r);
+    CU_ASSERT_EQUAL(U.n_entries, 1);
+    CU_ASSERT_EQUAL(count_msgs(RAFT_MSG_APPEND, 0), 2);
+    for (size_t k = 0; k < U.n_early; k++) {
+        CU_ASSERT_EQUAL(U.early[k].type, RAFT_MSG_APPEND);
+    }
+    CU_ASSERT_EQUAL(U.n_messages, 0);
+    adv(r);
+    raft_free(r);
+}
+
+static void test_calls_between_get_update_and_advance_are_refused(void)
+{
+    struct raft_config c = cfg(1, 1);
+    struct raft *r = start(&c);
+    raft_tick(r, 10000);
+    upd(r);
+    CU_ASSERT_EQUAL(raft_tick(r, 20000), RAFT_EBUSY);
+    CU_ASSERT_EQUAL(raft_propose(r, "a", 1, NULL, NULL, NULL), RAFT_EBUSY);
+    CU_ASSERT_EQUAL(raft_read_index(r, 1, NULL), RAFT_EBUSY);
+    CU_ASSERT_FALSE(raft_has_update(r));
+    struct raft_update other = {0};
+    CU_ASSERT_EQUAL(raft_get_update(r, &other), RAFT_EBUSY);
+    adv(r);
+    CU_ASSERT_EQUAL(raft_propose(r, "a", 1, NULL, NULL, NULL), 0);
+    flush(r);
+    raft_free(r);
+}
+
+/* ---- requests and responses -------------------------------------------- */
+
+static void test_every_request_gets_one_response_with_its_cookie(void)
+{
+    struct raft_config c = cfg(2, 3);
+    struct raft *r = start(&c);
+    struct raft_message m = append_req(1, 2, 3, 0, 0, NULL, 0, 0);
+    CU_ASSERT_EQUAL(raft_step(r, &m), 0);
+    flush(r);
+    /* Stale requests of each kind are answered too. */
+    enum raft_msg_type types[] = {RAFT_MSG_VOTE, RAFT_MSG_APPEND,
+                                  RAFT_MSG_SNAPSHOT, RAFT_MSG_TIMEOUT_NOW};
+    for (size_t k = 0; k < 4; k++) {
+        struct raft_message q = {0};
+        q.type = types[k];
+        q.from = 3;
+        q.to = 2;
+        q.term = 1;
+        q.cookie = 100 + k;
+        if (q.type == RAFT_MSG_SNAPSHOT) {
+            q.u.snapshot.index = 5;
+            q.u.snapshot.term = 1;
+        }
+        CU_ASSERT_EQUAL(raft_step(r, &q), 0);
+    }
+    /* And current ones. */
+    m = append_req(1, 2, 3, 0, 0, NULL, 0, 0);
+    m.cookie = 200;
+    CU_ASSERT_EQUAL(raft_step(r, &m), 0);
+    struct raft_message t = {0};
+    t.type = RAFT_MSG_TIMEOUT_NOW;
+    t.from = 1;
+    t.to = 2;
+    t.term = 3;
+    t.cookie = 201;
+    CU_ASSERT_EQUAL(raft_step(r, &t), 0);
+    upd(r);
+    uint64_t cookies[] = {100, 101, 102, 103, 200, 201};
+    for (size_t k = 0; k < 6; k++) {
+        size_t n = 0;
+        for (size_t j = 0; j < U.n_messages; j++) {
+            n += U.messages[j].cookie == cookies[k];
+        }
+        CU_ASSERT_EQUAL(n, 1);
+    }
+    CU_ASSERT_PTR_NOT_NULL_FATAL(find_msg(RAFT_MSG_VOTE_RESP, 3));
+    CU_ASSERT_EQUAL(find_msg(RAFT_MSG_VOTE_RESP, 3)->term, 3);
+    /* TimeoutNow made it campaign at once (no pre-vote). */
+    CU_ASSERT_EQUAL(raft_role(r), RAFT_CANDIDATE);
+    CU_ASSERT_EQUAL(count_msgs(RAFT_MSG_VOTE, 0), 2);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(find_msg(RAFT_MSG_VOTE, 1));
+    CU_ASSERT(find_msg(RAFT_MSG_VOTE, 1)->u.vote.transfer);
+    adv(r);
+    raft_free(r);
+}
+
+static void test_step_rejects_malformed_messages(void)
+{
+    struct raft_config c = cfg(2, 3);
+    struct raft *r = start(&c);
+    struct raft_entry es[2] = {{1, 1, RAFT_ENTRY_NORMAL, "a", 1},
+                               {1, 3, RAFT_ENTRY_NORMAL, "b", 1}};
+    struct raft_message m = append_req(1, 2, 1, 0, 0, es, 2, 0);
+    CU_ASSERT_EQUAL(raft_step(r, &m), RAFT_EINVAL); /* not consecutive */
+    m = append_req(9, 2, 1, 0, 0, NULL, 0, 0);
+    CU_ASSERT_EQUAL(raft_step(r, &m), RAFT_EINVAL); /* unknown sender */
+    m = append_req(1, 3, 1, 0, 0, NULL, 0, 0);
+    CU_ASSERT_EQUAL(raft_step(r, &m), RAFT_EINVAL); /* not for us */
+    es[1].index = 2;
+    es[1].term = 4;
+    m = append_req(1, 2, 1, 0, 0, es, 2, 0);
+    CU_ASSERT_EQUAL(raft_step(r, &m), RAFT_EINVAL); /* entry beyond term */
+    CU_ASSERT_FALSE(raft_has_update(r));
+    raft_free(r);
+}
+
+static void test_propose_to_follower_is_refused_with_leader_hint(void)
+{
+    struct raft_config c = cfg(2, 3);
+    struct raft *r = start(&c);
+    uint64_t hint = 99;
+    CU_ASSERT_EQUAL(raft_propose(r, "a", 1, NULL, NULL, &hint), RAFT_NOTLEADER);
+    CU_ASSERT_EQUAL(hint, 0);
+    struct raft_message m = append_req(3, 2, 1, 0, 0, NULL, 0, 0);
+    CU_ASSERT_EQUAL(raft_step(r, &m), 0);
+    CU_ASSERT_EQUAL(raft_propose(r, "a", 1, NULL, NULL, &hint), RAFT_NOTLEADER);
+    CU_ASSERT_EQUAL(hint, 3);
+    CU_ASSERT_EQUAL(raft_read_index(r, 1, &hint), RAFT_NOTLEADER);
+    CU_ASSERT_EQUAL(hint, 3);
+    flush(r);
+    raft_free(r);
+}
+
+/* ---- commit rule and backtracking -------------------------------------- */
+
+static void test_figure8_old_term_entry_not_committed_by_counting(void)
+{
+    struct raft_config c = cfg(1, 5);
+    uint64_t terms[] = {1, 2};
+    struct raft *r = start_with_log(&c, 3, terms, 2);
+    make_leader(r); /* term 4, no-op at index 3 */
+    flush(r);
+    CU_ASSERT_EQUAL(raft_term(r), 4);
+    CU_ASSERT_EQUAL(raft_last_index(r), 3);
+    /* A majority (1, 2, 3) holds index 2 of term 2: not committed. */
+    ack(r, 2, 2, 0);
+    ack(r, 3, 2, 0);
+    CU_ASSERT_EQUAL(raft_commit_index(r), 0);
+    /* Once the term-4 no-op is on a majority, both are. */
+    ack(r, 2, 3, 0);
+    CU_ASSERT_EQUAL(raft_commit_index(r), 0);
+    ack(r, 3, 3, 0);
+    CU_ASSERT_EQUAL(raft_commit_index(r), 3);
+    flush(r);
+    raft_free(r);
+}
+
+static void test_append_reject_carries_conflict_term_and_index(void)
+{
+    struct raft_config c = cfg(2, 3);
+    uint64_t terms[] = {1, 1, 2, 2, 2};
+    struct raft *r = start_with_log(&c, 2, terms, 5);
+    struct raft_message m = append_req(1, 2, 3, 5, 3, NULL, 0, 0);
+    CU_ASSERT_EQUAL(raft_step(r, &m), 0);
+    upd(r);
+    const struct raft_message *resp = find_msg(RAFT_MSG_APPEND_RESP, 1);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(resp);
+    CU_ASSERT_FALSE(resp->u.append_resp.success);
+    CU_ASSERT_EQUAL(resp->u.append_resp.conflict_term, 2);
+    CU_ASSERT_EQUAL(resp->u.append_resp.conflict_index, 3);
+    CU_ASSERT_EQUAL(resp->u.append_resp.index, 5);
+    CU_ASSERT_EQUAL(resp->cookie, 77);
+    adv(r);
+    /* Log too short: conflict index is last + 1. */
+    m = append_req(1, 2, 3, 8, 3, NULL, 0, 0);
+    CU_ASSERT_EQUAL(raft_step(r, &m), 0);
+    upd(r);
+    resp = find_msg(RAFT_MSG_APPEND_RESP, 1);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(resp);
+    CU_ASSERT_EQUAL(resp->u.append_resp.conflict_term, 0);
+    CU_ASSERT_EQUAL(resp->u.append_resp.conflict_index, 6);
+    adv(r);
+    /* A conflicting entry truncates the log, reported for storage. */
+    struct raft_entry e = {3, 3, RAFT_ENTRY_NORMAL, "z", 1};
+    m = append_req(1, 2, 3, 2, 1, &e, 1, 0);
+    CU_ASSERT_EQUAL(raft_step(r, &m), 0);
+    upd(r);
+    CU_ASSERT_EQUAL(U.truncate_from, 3);
+    CU_ASSERT_EQUAL_FATAL(U.n_entries, 1);
+    CU_ASSERT_EQUAL(U.entries[0].index, 3);
+    CU_ASSERT_EQUAL(U.entries[0].term, 3);
+    resp = find_msg(RAFT_MSG_APPEND_RESP, 1);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(resp);
+    CU_ASSERT(resp->u.append_resp.success);
+    CU_ASSERT_EQUAL(resp->u.append_resp.index, 3);
+    adv(r);
+    CU_ASSERT_EQUAL(raft_last_index(r), 3);
+    raft_free(r);
+}
+
+static void test_leader_skips_a_conflicting_term_in_one_step(void)
+{
+    struct raft_config c = cfg(1, 3);
+    uint64_t terms[] = {1, 1, 1, 1, 1, 1};
+    struct raft *r = start_with_log(&c, 4, terms, 6);
+    make_leader(r); /* term 5, no-op at 7 */
+    flush(r);
+    /* Probe at prev 6 rejected: follower has term 3 from index 2 on, a
+     * term the leader does not have: next goes straight to 2. */
+    struct raft_message m = append_resp(r, 2, false, 6, 0);
+    m.u.append_resp.conflict_term = 3;
+    m.u.append_resp.conflict_index = 2;
+    m.u.append_resp.last_index = 9;
+    CU_ASSERT_EQUAL(raft_step(r, &m), 0);
+    upd(r);
+    const struct raft_message *a = find_msg(RAFT_MSG_APPEND, 2);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(a);
+    CU_ASSERT_EQUAL(a->u.append.prev_index, 1);
+    CU_ASSERT_EQUAL(a->u.append.n_entries, 6);
+    adv(r);
+    raft_free(r);
+}
+
+static void test_pipeline_bounded_by_max_inflight_and_bytes(void)
+{
+    struct raft_config c = cfg(1, 3);
+    c.max_inflight = 2;
+    c.max_append_bytes = 100;
+    struct raft *r = start(&c);
+    make_leader(r);
+    flush(r);
+    ack(r, 2, 1, 0); /* peer 2 moves to pipelined replication */
+    flush(r);
+    char buf[60] = {0};
+    for (int k = 0; k < 6; k++) {
+        CU_ASSERT_EQUAL(raft_propose(r, buf, sizeof buf, NULL, NULL, NULL), 0);
+    }
+    upd(r);
+    /* 6 entries of 60 B, 100 B per message: one entry each, 2 in flight. */
+    CU_ASSERT_EQUAL(count_msgs(RAFT_MSG_APPEND, 2), 2);
+    const struct raft_message *a = find_msg(RAFT_MSG_APPEND, 2);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(a);
+    CU_ASSERT_EQUAL(a->u.append.n_entries, 1);
+    adv(r);
+    ack(r, 2, 2, 0);
+    upd(r);
+    CU_ASSERT_EQUAL(count_msgs(RAFT_MSG_APPEND, 2), 1);
+    adv(r);
+    raft_free(r);
+}
+
+static void test_uncommitted_bytes_limit_refuses_proposals(void)
+{
+    struct raft_config c = cfg(1, 3);
+    c.max_uncommitted_bytes = 100;
+    struct raft *r = start(&c);
+    make_leader(r);
+    flush(r);
+    char buf[60] = {0};
+    CU_ASSERT_EQUAL(raft_propose(r, buf, 60, NULL, NULL, NULL), 0);
+    CU_ASSERT_EQUAL(raft_propose(r, buf, 60, NULL, NULL, NULL), RAFT_EFULL);
+    flush(r);
+    ack(r, 2, 2, 0); /* commits 1..2 */
+    CU_ASSERT_EQUAL(raft_commit_index(r), 2);
+    CU_ASSERT_EQUAL(raft_propose(r, buf, 60, NULL, NULL, NULL), 0);
+    flush(r);
+    raft_free(r);
+}
+
+/* ---- pre-vote and check-quorum ----------------------------------------- */
+
+static void test_pre_vote_does_not_change_terms(void)
+{
+    struct raft_config c = cfg(1, 3);
+    c.pre_vote = true;
+    struct raft *r = start(&c);
+    CU_ASSERT_EQUAL(raft_tick(r, 10000), 0);
+    CU_ASSERT_EQUAL(raft_role(r), RAFT_PRECANDIDATE);
+    CU_ASSERT_EQUAL(raft_term(r), 0);
+    upd(r);
+    CU_ASSERT_FALSE(U.hs_changed);
+    const struct raft_message *v = find_msg(RAFT_MSG_VOTE, 2);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(v);
+    CU_ASSERT(v->u.vote.pre_vote);
+    CU_ASSERT_EQUAL(v->term, 1);
+    struct raft_message req = *v;
+    adv(r);
+
+    /* The voter grants without moving its own term or vote. */
+    struct raft_config c2 = cfg(2, 3);
+    c2.pre_vote = true;
+    struct raft *r2 = start(&c2);
+    req.cookie = 5;
+    CU_ASSERT_EQUAL(raft_step(r2, &req), 0);
+    CU_ASSERT_EQUAL(raft_term(r2), 0);
+    upd(r2);
+    CU_ASSERT_FALSE(U.hs_changed);
+    const struct raft_message *resp = find_msg(RAFT_MSG_VOTE_RESP, 1);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(resp);
+    CU_ASSERT(resp->u.vote_resp.granted && resp->u.vote_resp.pre_vote);
+    struct raft_message grant = *resp;
+    adv(r2);
+    /* One grant + itself = quorum: a real election with term 1. */
+    CU_ASSERT_EQUAL(raft_step(r, &grant), 0);
+    CU_ASSERT_EQUAL(raft_role(r), RAFT_CANDIDATE);
+    CU_ASSERT_EQUAL(raft_term(r), 1);
+    flush(r);
+    raft_free(r);
+    raft_free(r2);
+}
+
+static void test_lease_follower_ignores_elections_while_leader_is_heard(void)
+{
+    struct raft_config c = cfg(2, 3);
+    c.pre_vote = true;
+    c.start_ms = 1000;
+    struct raft *r = start(&c);
+    struct raft_message m = append_req(1, 2, 1, 0, 0, NULL, 0, 0);
+    CU_ASSERT_EQUAL(raft_step(r, &m), 0);
+    flush(r);
+    /* Within an election timeout of hearing the leader: refused, and the
+     * term does not move even for a real RequestVote. */
+    struct raft_message v = {0};
+    v.type = RAFT_MSG_VOTE;
+    v.from = 3;
+    v.to = 2;
+    v.term = 2;
+    v.u.vote.pre_vote = true;
+    CU_ASSERT_EQUAL(raft_step(r, &v), 0);
+    v.u.vote.pre_vote = false;
+    CU_ASSERT_EQUAL(raft_step(r, &v), 0);
+    CU_ASSERT_EQUAL(raft_term(r), 1);
+    upd(r);
+    CU_ASSERT_EQUAL(count_msgs(RAFT_MSG_VOTE_RESP, 3), 2);
+    for (size_t k = 0; k < U.n_messages; k++) {
+        CU_ASSERT_FALSE(U.messages[k].u.vote_resp.granted);
+    }
+    adv(r);
+    /* Once the leader has been silent for an election timeout: granted. */
+    CU_ASSERT_EQUAL(raft_tick(r, 1000 + 200), 0);
+    v.u.vote.pre_vote = true;
+    CU_ASSERT_EQUAL(raft_step(r, &v), 0);
+    upd(r);
+    const struct raft_message *resp = find_msg(RAFT_MSG_VOTE_RESP, 3);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(resp);
+    CU_ASSERT(resp->u.vote_resp.granted);
+    adv(r);
+    raft_free(r);
+}
+
+/* A node cut off for a long time returns: with pre-vote the leader and
+ * its term survive; without, the returning node forces a new term. */
+static uint64_t rejoin_term_increase(bool pre_vote)
+{
+    struct sim_config c = {0};
+    c.n = 3;
+    c.seed = test_seed;
+    c.pre_vote = pre_vote;
+    struct sim *s = sim_new(&c);
+    int leader = sim_check_one_leader(s, 1000);
+    SIM_CHECK(s, leader >= 0);
+    sim_run(s, 500);
+    uint64_t term = raft_term(sim_raft(s, (unsigned)leader));
+    unsigned f = (unsigned)(leader + 1) % 3;
+    sim_disconnect(s, f);
+    sim_run(s, 5000);
+    sim_connect(s, f);
+    sim_run(s, 2000);
+    SIM_CHECK(s, sim_check_one_leader(s, 1000) >= 0);
+    uint64_t now = raft_term(sim_raft(s, (unsigned)sim_leader(s)));
+    SIM_ASSERT_OK(s);
+    sim_free(s);
+    return now - term;
+}
+
+static void test_prevote_rejoining_node_does_not_disrupt_leader(void)
+{
+    CU_ASSERT_EQUAL(rejoin_term_increase(true), 0);
+    CU_ASSERT(rejoin_term_increase(false) > 0); /* the test can tell */
+}
+
+static bool isolated_leader_still_leads(bool check_quorum)
+{
+    struct sim_config c = {0};
+    c.n = 3;
+    c.seed = test_seed;
+    c.pre_vote = true;
+    c.check_quorum = check_quorum;
+    struct sim *s = sim_new(&c);
+    int leader = sim_check_one_leader(s, 1000);
+    SIM_CHECK(s, leader >= 0);
+    sim_disconnect(s, (unsigned)leader);
+    sim_run(s, 1000); /* > 2 election timeouts */
+    bool leads = raft_role(sim_raft(s, (unsigned)leader)) == RAFT_LEADER;
+    SIM_ASSERT_OK(s);
+    sim_free(s);
+    return leads;
+}
+
+static void test_check_quorum_isolated_leader_steps_down(void)
+{
+    CU_ASSERT_FALSE(isolated_leader_still_leads(true));
+    CU_ASSERT_TRUE(isolated_leader_still_leads(false));
+}
+
+/* ---- ReadIndex --------------------------------------------------------- */
+
+static uint64_t heartbeat_seq(uint64_t to)
+{
+    const struct raft_message *m = find_msg(RAFT_MSG_APPEND, to);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(m);
+    return m->u.append.seq;
+}
+
+static void test_read_index_waits_for_a_heartbeat_quorum(void)
+{
+    struct raft_config c = cfg(1, 3);
+    struct raft *r = start(&c);
+    make_leader(r);
+    flush(r);
+    ack(r, 2, 1, 0);
+    flush(r);
+    CU_ASSERT_EQUAL(raft_commit_index(r), 1);
+    /* Three reads in one turn share one round. */
+    CU_ASSERT_EQUAL(raft_read_index(r, 7, NULL), 0);
+    CU_ASSERT_EQUAL(raft_read_index(r, 8, NULL), 0);
+    CU_ASSERT_EQUAL(raft_read_index(r, 9, NULL), 0);
+    upd(r);
+    CU_ASSERT_EQUAL(U.n_reads, 0);
+    CU_ASSERT_EQUAL(count_msgs(RAFT_MSG_APPEND, 2), 1);
+    CU_ASSERT_EQUAL(count_msgs(RAFT_MSG_APPEND, 3), 1);
+    uint64_t seq = heartbeat_seq(2);
+    adv(r);
+    ack(r, 3, 1, seq - 1); /* an older round does not count */
+    CU_ASSERT_FALSE(raft_has_update(r));
+    ack(r, 3, 1, seq);
+    upd(r);
+    CU_ASSERT_EQUAL_FATAL(U.n_reads, 3);
+    for (size_t k = 0; k < U.n_reads; k++) {
+        CU_ASSERT(U.reads[k].ok);
+        CU_ASSERT_EQUAL(U.reads[k].index, 1);
+        CU_ASSERT_EQUAL(U.reads[k].ctx, 7 + k);
+    }
+    adv(r);
+    raft_free(r);
+}
+
+static void test_read_index_new_leader_waits_for_its_noop(void)
+{
+    struct raft_config c = cfg(1, 3);
+    struct raft *r = start(&c);
+    make_leader(r);
+    flush(r);
+    CU_ASSERT_EQUAL(raft_read_index(r, 1, NULL), 0);
+    upd(r);
+    uint64_t seq = heartbeat_seq(2);
+    adv(r);
+    /* The round is confirmed but the no-op is not committed. */
+    struct raft_message m = append_resp(r, 2, false, 1, seq);
+    m.u.append_resp.conflict_index = 1;
+    m.u.append_resp.last_index = 0;
+    CU_ASSERT_EQUAL(raft_step(r, &m), 0);
+    upd(r);
+    CU_ASSERT_EQUAL(U.n_reads, 0);
+    adv(r);
+    ack(r, 2, 1, seq);
+    upd(r);
+    CU_ASSERT_EQUAL_FATAL(U.n_reads, 1);
+    CU_ASSERT(U.reads[0].ok && U.reads[0].index == 1);
+    adv(r);
+    raft_free(r);
+}
+
+static void test_read_fails_when_leadership_is_lost(void)
+{
+    struct raft_config c = cfg(1, 3);
+    struct raft *r = start(&c);
+    make_leader(r);
+    flush(r);
+    CU_ASSERT_EQUAL(raft_read_index(r, 11, NULL), 0);
+    flush(r);
+    struct raft_message m =
+        append_req(2, 1, raft_term(r) + 1, 0, 0, NULL, 0, 0);
+    CU_ASSERT_EQUAL(raft_step(r, &m), 0);
+    CU_ASSERT_EQUAL(raft_role(r), RAFT_FOLLOWER);
+    upd(r);
+    CU_ASSERT_EQUAL_FATAL(U.n_reads, 1);
+    CU_ASSERT_EQUAL(U.reads[0].ctx, 11);
+    CU_ASSERT_FALSE(U.reads[0].ok);
+    CU_ASSERT(U.role_changed && U.leader == 2);
+    adv(r);
+    raft_free(r);
+}
+
+/* ---- leadership transfer ----------------------------------------------- */
+
+static void test_transfer_refuses_proposals_then_times_out(void)
+{
+    struct raft_config c = cfg(1, 3);
+    struct raft *r = start(&c);
+    make_leader(r);
+    flush(r);
+    CU_ASSERT_EQUAL(raft_transfer_leader(r, 7), RAFT_EINVAL);
+    CU_ASSERT_EQUAL(raft_transfer_leader(r, 2), 0);
+    uint64_t hint = 0;
+    CU_ASSERT_EQUAL(raft_propose(r, "a", 1, NULL, NULL, &hint), RAFT_ETRANSFER);
+    CU_ASSERT_EQUAL(hint, 2);
+    upd(r);
+    CU_ASSERT_EQUAL(count_msgs(RAFT_MSG_TIMEOUT_NOW, 0), 0); /* not caught up */
+    adv(r);
+    /* Caught up: TimeoutNow goes out, after the write like any message. */
+    ack(r, 2, 1, 0);
+    upd(r);
+    const struct raft_message *t = find_msg(RAFT_MSG_TIMEOUT_NOW, 2);
+    CU_ASSERT_PTR_NOT_NULL(t);
+    for (size_t k = 0; k < U.n_early; k++) {
+        CU_ASSERT_NOT_EQUAL(U.early[k].type, RAFT_MSG_TIMEOUT_NOW);
+    }
+    adv(r);
+    /* Nobody took over within an election timeout: abandoned. */
+    CU_ASSERT_EQUAL(raft_tick(r, 10000 + 250), 0);
+    flush(r);
+    CU_ASSERT_EQUAL(raft_propose(r, "a", 1, NULL, NULL, NULL), 0);
+    flush(r);
+    raft_free(r);
+}
+
+static void test_transfer_moves_leadership_to_target(void)
+{
+    struct sim_config c = {0};
+    c.n = 5;
+    c.seed = test_seed;
+    c.pre_vote = true;
+    c.check_quorum = true;
+    struct sim *s = sim_new(&c);
+    SIM_CHECK(s, sim_one(s, 1, 8, 5, true) > 0);
+    for (int round = 0; round < 5; round++) {
+        int leader = sim_check_one_leader(s, 1000);
+        SIM_CHECK(s, leader >= 0);
+        unsigned target = (unsigned)(leader + 1 + round % 4) % 5;
+        SIM_CHECK(s, sim_transfer(s, (unsigned)leader, target) == 0);
+        sim_run(s, 200);
+        SIM_CHECK(s, sim_leader(s) == (int)target);
+        SIM_CHECK(s, sim_one(s, 100 + (uint64_t)round, 8, 5, true) > 0);
+    }
+    SIM_ASSERT_OK(s);
+    sim_free(s);
+}
+
+/* ---- snapshots --------------------------------------------------------- */
+
+static void test_snapshot_taken_compacts_keeping_trailing_entries(void)
+{
+    struct raft_config c = cfg(1, 1);
+    c.snapshot_trailing = 5;
+    struct raft *r = start(&c);
+    raft_tick(r, 10000);
+    flush(r);
+    for (int k = 0; k < 19; k++) {
+        raft_propose(r, "e", 1, NULL, NULL, NULL);
+        flush(r);
+    }
+    CU_ASSERT_EQUAL(raft_applied_index(r), 20);
+    CU_ASSERT_EQUAL(raft_snapshot_taken(r, 21, 1), RAFT_EINVAL);
+    CU_ASSERT_EQUAL(raft_snapshot_taken(r, 15, 2), RAFT_EINVAL);
+    CU_ASSERT_EQUAL(raft_snapshot_taken(r, 15, 1), 0);
+    CU_ASSERT_EQUAL(raft_snapshot_index(r), 15);
+    CU_ASSERT_EQUAL(raft_first_index(r), 11);
+    CU_ASSERT_EQUAL(raft_snapshot_taken(r, 12, 1), RAFT_ESTALE);
+    uint64_t t;
+    CU_ASSERT_EQUAL(raft_entry_term(r, 9, &t), RAFT_ECOMPACTED);
+    CU_ASSERT_EQUAL(raft_entry_term(r, 10, &t), 0);
+    raft_free(r);
+}
+
+static void test_snapshot_leader_asks_caller_for_chunks(void)
+{
+    struct raft_config c = cfg(1, 3);
+    c.snapshot_chunk_bytes = 100;
+    struct raft *r = start(&c);
+    make_leader(r);
+    flush(r);
+    ack(r, 2, 1, 0);
+    flush(r);
+    for (int k = 0; k < 5; k++) {
+        raft_propose(r, "e", 1, NULL, NULL, NULL);
+        flush(r);
+        ack(r, 2, raft_last_index(r), 0);
+        flush(r);
+    }
+    CU_ASSERT_EQUAL(raft_commit_index(r), 6);
+    CU_ASSERT_EQUAL(raft_snapshot_taken(r, 6, 1), 0);
+    /* Peer 3 never answered: its next entry is gone, so a snapshot. */
+    raft_tick(r, 10000 + 60);
+    upd(r);
+    const struct raft_message *m = find_msg(RAFT_MSG_SNAPSHOT, 3);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(m);
+    CU_ASSERT_PTR_NULL(m->u.snapshot.data);
+    CU_ASSERT_EQUAL(m->u.snapshot.index, 6);
+    CU_ASSERT_EQUAL(m->u.snapshot.term, 1);
+    CU_ASSERT_EQUAL(m->u.snapshot.offset, 0);
+    CU_ASSERT_EQUAL(m->u.snapshot.max_len, 100);
+    CU_ASSERT_PTR_NOT_NULL(find_msg(RAFT_MSG_APPEND, 2)); /* heartbeat */
+    adv(r);
+    /* The follower asks for offset 100 next; then reports installed. */
+    struct raft_message resp = {0};
+    resp.type = RAFT_MSG_SNAPSHOT_RESP;
+    resp.from = 3;
+    resp.to = 1;
+    resp.term = raft_term(r);
+    resp.u.snapshot_resp.index = 6;
+    resp.u.snapshot_resp.next_offset = 100;
+    CU_ASSERT_EQUAL(raft_step(r, &resp), 0);
+    upd(r);
+    m = find_msg(RAFT_MSG_SNAPSHOT, 3);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(m);
+    CU_ASSERT_EQUAL(m->u.snapshot.offset, 100);
+    adv(r);
+    resp.u.snapshot_resp.installed = true;
+    resp.u.snapshot_resp.next_offset = 0;
+    CU_ASSERT_EQUAL(raft_step(r, &resp), 0);
+    upd(r);
+    m = find_msg(RAFT_MSG_APPEND, 3);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(m);
+    CU_ASSERT_EQUAL(m->u.append.prev_index, 6);
+    adv(r);
+    raft_free(r);
+}
+
+static void test_snapshot_lost_chunk_is_resent_and_restartable(void)
+{
+    struct raft_config c = cfg(1, 3);
+    c.snapshot_chunk_bytes = 100;
+    struct raft *r = start(&c);
+    make_leader(r);
+    flush(r);
+    ack(r, 2, 1, 0);
+    flush(r);
+    CU_ASSERT_EQUAL(raft_snapshot_taken(r, 1, 1), 0);
+    uint64_t now = 10000;
+    raft_tick(r, now += 60);
+    upd(r);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(find_msg(RAFT_MSG_SNAPSHOT, 3));
+    adv(r);
+    /* Chunk at 0 answered: asks for 100. That chunk is then lost. */
+    struct raft_message resp = {0};
+    resp.type = RAFT_MSG_SNAPSHOT_RESP;
+    resp.from = 3;
+    resp.to = 1;
+    resp.term = raft_term(r);
+    resp.u.snapshot_resp.index = 1;
+    resp.u.snapshot_resp.next_offset = 100;
+    CU_ASSERT_EQUAL(raft_step(r, &resp), 0);
+    flush(r);
+    /* Two heartbeat intervals without progress: resent at 100. */
+    raft_tick(r, now += 60);
+    flush(r);
+    raft_tick(r, now += 60);
+    upd(r);
+    const struct raft_message *m = find_msg(RAFT_MSG_SNAPSHOT, 3);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(m);
+    CU_ASSERT_EQUAL(m->u.snapshot.offset, 100);
+    adv(r);
+    /* The follower lost its staging area (restart): it asks for 0. */
+    resp.u.snapshot_resp.next_offset = 0;
+    CU_ASSERT_EQUAL(raft_step(r, &resp), 0);
+    flush(r);
+    raft_tick(r, now += 60);
+    flush(r);
+    raft_tick(r, now += 60);
+    upd(r);
+    m = find_msg(RAFT_MSG_SNAPSHOT, 3);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(m);
+    CU_ASSERT_EQUAL(m->u.snapshot.offset, 0);
+    adv(r);
+    raft_free(r);
+}
+
+static void test_report_unreachable_makes_the_leader_probe(void)
+{
+    struct raft_config c = cfg(1, 3);
+    c.max_inflight = 1;
+    struct raft *r = start(&c);
+    make_leader(r);
+    flush(r);
+    ack(r, 2, 1, 0);
+    flush(r);
+    CU_ASSERT_EQUAL(raft_propose(r, "a", 1, NULL, NULL, NULL), 0);
+    upd(r);
+    CU_ASSERT_EQUAL(count_msgs(RAFT_MSG_APPEND, 2), 1);
+    adv(r);
+    /* The pipeline to 2 is full; nothing more goes until... */
+    CU_ASSERT_EQUAL(raft_propose(r, "b", 1, NULL, NULL, NULL), 0);
+    upd(r);
+    CU_ASSERT_EQUAL(count_msgs(RAFT_MSG_APPEND, 2), 0);
+    adv(r);
+    /* ... the node reports the send failed: a probe from match + 1. */
+    CU_ASSERT_EQUAL(raft_report_unreachable(r, 2), 0);
+    CU_ASSERT_EQUAL(raft_tick(r, 10000 + 60), 0);
+    upd(r);
+    const struct raft_message *m = find_msg(RAFT_MSG_APPEND, 2);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(m);
+    CU_ASSERT_EQUAL(m->u.append.prev_index, 1);
+    CU_ASSERT_EQUAL(m->u.append.n_entries, 2);
+    adv(r);
+    raft_free(r);
+}
+
+static struct raft_message chunk(uint64_t offset,
+                                 const char *data,
+                                 size_t len,
+                                 bool done)
+{
+    struct raft_message m = {0};
+    m.type = RAFT_MSG_SNAPSHOT;
+    m.from = 1;
+    m.to = 2;
+    m.term = 3;
+    m.cookie = 9;
+    m.u.snapshot.index = 10;
+    m.u.snapshot.term = 2;
+    m.u.snapshot.offset = offset;
+    m.u.snapshot.data = data;
+    m.u.snapshot.len = len;
+    m.u.snapshot.done = done;
+    return m;
+}
+
+static void test_snapshot_follower_validates_offsets_and_installs(void)
+{
+    struct raft_config c = cfg(2, 3);
+    uint64_t terms[] = {1, 1, 1};
+    struct raft *r = start_with_log(&c, 2, terms, 3);
+    struct raft_message m = chunk(0, "0123456789", 10, false);
+    CU_ASSERT_EQUAL(raft_step(r, &m), 0);
+    upd(r);
+    CU_ASSERT_EQUAL_FATAL(U.n_chunks, 1);
+    CU_ASSERT_EQUAL(U.chunks[0].offset, 0);
+    CU_ASSERT_EQUAL(U.chunks[0].len, 10);
+    const struct raft_message *resp = find_msg(RAFT_MSG_SNAPSHOT_RESP, 1);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(resp);
+    CU_ASSERT_EQUAL(resp->u.snapshot_resp.next_offset, 10);
+    CU_ASSERT_EQUAL(resp->cookie, 9);
+    adv(r);
+    /* A gap: refused, asking again for offset 10. */
+    m = chunk(20, "abcdefghij", 10, false);
+    CU_ASSERT_EQUAL(raft_step(r, &m), 0);
+    upd(r);
+    CU_ASSERT_EQUAL(U.n_chunks, 0);
+    resp = find_msg(RAFT_MSG_SNAPSHOT_RESP, 1);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(resp);
+    CU_ASSERT_FALSE(resp->u.snapshot_resp.installed);
+    CU_ASSERT_EQUAL(resp->u.snapshot_resp.next_offset, 10);
+    adv(r);
+    /* Restart from offset 0 (a new sender), then finish. */
+    m = chunk(0, "0123456789", 10, false);
+    CU_ASSERT_EQUAL(raft_step(r, &m), 0);
+    m = chunk(10, "abc", 3, true);
+    CU_ASSERT_EQUAL(raft_step(r, &m), 0);
+    upd(r);
+    CU_ASSERT_EQUAL_FATAL(U.n_chunks, 2);
+    CU_ASSERT_EQUAL(U.chunks[0].offset, 0);
+    CU_ASSERT(U.chunks[1].done);
+    CU_ASSERT(U.install && U.install_index == 10 && U.install_term == 2);
+    CU_ASSERT_EQUAL(U.truncate_from, 11); /* the old log is discarded */
+    CU_ASSERT_EQUAL(U.n_committed, 0);    /* the snapshot replaces them */
+    CU_ASSERT_EQUAL(U.hs.commit, 10);
+    CU_ASSERT_EQUAL(count_msgs(RAFT_MSG_SNAPSHOT_RESP, 1), 2);
+    adv(r);
+    CU_ASSERT_EQUAL(raft_last_index(r), 10);
+    CU_ASSERT_EQUAL(raft_first_index(r), 11);
+    CU_ASSERT_EQUAL(raft_applied_index(r), 10);
+    /* Appends continue after the snapshot. */
+    struct raft_entry e = {3, 11, RAFT_ENTRY_NORMAL, "n", 1};
+    m = append_req(1, 2, 3, 10, 2, &e, 1, 11);
+    CU_ASSERT_EQUAL(raft_step(r, &m), 0);
+    upd(r);
+    CU_ASSERT_EQUAL(U.n_entries, 1);
+    CU_ASSERT_EQUAL(U.n_committed, 1);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(find_msg(RAFT_MSG_APPEND_RESP, 1));
+    CU_ASSERT(find_msg(RAFT_MSG_APPEND_RESP, 1)->u.append_resp.success);
+    adv(r);
+    raft_free(r);
+}
+
+#define T(f)  \
+    {         \
+#f, f \
+    }
+static const struct test_case cases[] = {
+    T(test_config_invalid_is_rejected),
+    T(test_restore_rejects_gap_between_snapshot_and_log),
+    T(test_election_timeout_is_randomized_per_seed),
+    T(test_single_node_commits_only_after_own_persist),
+    T(test_vote_is_persisted_before_its_response),
+    T(test_leader_appends_may_leave_before_the_write),
+    T(test_calls_between_get_update_and_advance_are_refused),
+    T(test_every_request_gets_one_response_with_its_cookie),
+    T(test_step_rejects_malformed_messages),
+    T(test_propose_to_follower_is_refused_with_leader_hint),
+    T(test_figure8_old_term_entry_not_committed_by_counting),
+    T(test_append_reject_carries_conflict_term_and_index),
+    T(test_leader_skips_a_conflicting_term_in_one_step),
+    T(test_pipeline_bounded_by_max_inflight_and_bytes),
+    T(test_uncommitted_bytes_limit_refuses_proposals),
+    T(test_pre_vote_does_not_change_terms),
+    T(test_lease_follower_ignores_elections_while_leader_is_heard),
+    T(test_prevote_rejoining_node_does_not_disrupt_leader),
+    T(test_check_quorum_isolated_leader_steps_down),
+    T(test_read_index_waits_for_a_heartbeat_quorum),
+    T(test_read_index_new_leader_waits_for_its_noop),
+    T(test_read_fails_when_leadership_is_lost),
+    T(test_transfer_refuses_proposals_then_times_out),
+    T(test_transfer_moves_leadership_to_target),
+    T(test_snapshot_taken_compacts_keeping_trailing_entries),
+    T(test_snapshot_leader_asks_caller_for_chunks),
+    T(test_snapshot_follower_validates_offsets_and_installs),
+    T(test_snapshot_lost_chunk_is_resent_and_restartable),
+    T(test_report_unreachable_makes_the_leader_probe),
+};
+
+int main(int argc, char **argv)
+{
+    return test_run(argc, argv, "raft_unit", cases,
+                    sizeof cases / sizeof cases[0], 1);
+}
