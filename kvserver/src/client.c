@@ -147,6 +147,7 @@ static void propose(struct kv_node *n,
     }
     raftkv__command__pack(cmd, buf);
     uint64_t index, term, hint = 0;
+    node_clock(n);
     int rv = raft_propose(n->raft, buf, len, &index, &term, &hint);
     free(buf);
     if (rv) {
@@ -355,6 +356,7 @@ static void handle_get(Raftkv__KvService_Service *svc,
     }
     memcpy(key, a->key.data, a->key.len);
     uint64_t hint = 0;
+    node_clock(n);
     int rv = raft_read_index(n->raft, (uint64_t)(uintptr_t)r, &hint);
     if (rv) {
         free(r);

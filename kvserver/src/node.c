@@ -31,6 +31,11 @@ const char *node_peer_addr(struct kv_node *n, uint64_t id)
     return "";
 }
 
+void node_clock(struct kv_node *n)
+{
+    raft_tick(n->raft, node_now_ms());
+}
+
 void node_schedule_turn(struct kv_node *n)
 {
     if (!n->stopping) {

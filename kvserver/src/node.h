@@ -139,6 +139,10 @@ struct kv_node
 /* node.c */
 int kv_node_run(const struct kv_node_config *cfg);
 void node_schedule_turn(struct kv_node *n);
+/* Give the core the current time. Called before every input, so that timers
+ * the input resets (a follower's election timer on a heartbeat) count from
+ * now, not from the core's last tick. */
+void node_clock(struct kv_node *n);
 uint64_t node_now_ms(void);
 const char *node_peer_addr(struct kv_node *n, uint64_t id);
 

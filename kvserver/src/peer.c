@@ -36,6 +36,7 @@ static void step_response(struct out_call *c, struct raft_message *m)
     if (!n->stopping && !n->frozen) {
         m->from = c->peer;
         m->to = n->cfg.id;
+        node_clock(n);
         raft_step(n->raft, m);
         node_schedule_turn(n);
     }
@@ -46,6 +47,7 @@ static void unreachable(struct out_call *c)
 {
     struct kv_node *n = c->n;
     if (!n->stopping && !n->frozen) {
+        node_clock(n);
         raft_report_unreachable(n->raft, c->peer);
         node_schedule_turn(n);
     }
@@ -369,6 +371,7 @@ static void step_request(struct kv_node *n,
     n->incoming = in;
     m->to = n->cfg.id;
     m->cookie = (uint64_t)(uintptr_t)in;
+    node_clock(n);
     int rv = raft_step(n->raft, m);
     if (rv) {
         list_remove(n, in);

@@ -166,19 +166,24 @@ void h_node_pause(struct h_cluster *c, size_t i, bool pause)
     }
 }
 
-bool h_log_contains(struct h_cluster *c, size_t i, const char *needle)
+size_t h_log_count(struct h_cluster *c, size_t i, const char *needle)
 {
     FILE *f = fopen(c->nodes[i].log, "r");
     if (!f) {
-        return false;
+        return 0;
     }
     char line[2048];
-    bool found = false;
-    while (!found && fgets(line, sizeof line, f)) {
-        found = strstr(line, needle) != NULL;
+    size_t found = 0;
+    while (fgets(line, sizeof line, f)) {
+        found += strstr(line, needle) != NULL;
     }
     fclose(f);
     return found;
+}
+
+bool h_log_contains(struct h_cluster *c, size_t i, const char *needle)
+{
+    return h_log_count(c, i, needle) > 0;
 }
 
 static int rm_entry(const char *path,

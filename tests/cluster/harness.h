@@ -57,6 +57,9 @@ void h_node_pause(struct h_cluster *c, size_t i, bool pause);
 /** Does node i's log file contain needle? */
 bool h_log_contains(struct h_cluster *c, size_t i, const char *needle);
 
+/** How many lines of node i's log contain needle? */
+size_t h_log_count(struct h_cluster *c, size_t i, const char *needle);
+
 /** Index of the node that answers as leader within timeout_ms, or -1. */
 int h_find_leader(struct h_cluster *c, int timeout_ms);
 

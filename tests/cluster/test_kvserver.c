@@ -181,6 +181,36 @@ static void check_writer(struct h_client *cl, struct writer *w)
     free(w->acked_log);
 }
 
+/* Heartbeats must keep every follower from even trying an election. */
+static void test_healthy_cluster_keeps_its_leader(void)
+{
+    unsigned failures_at_start = CU_get_number_of_failures();
+    struct h_cluster c;
+    CU_ASSERT_FATAL(h_cluster_start(&c, 3, NULL) == 0);
+    int leader = h_find_leader(&c, 10000);
+    CU_ASSERT_FATAL(leader >= 0);
+    sleep_ms(300); /* let the first round of elections settle */
+    size_t before[H_MAX_NODES];
+    for (size_t i = 0; i < c.n; i++) {
+        before[i] = h_log_count(&c, i, "candidate");
+    }
+    struct h_client cl;
+    CU_ASSERT_FATAL(h_client_open(&cl, &c, cunit_seed()) == 0);
+    for (int t = 0; t < 40; t++) { /* 4 s: several election timeouts */
+        if (t % 4 == 0) {
+            CU_ASSERT_EQUAL(h_put(&cl, "tick", "tock", 4).err, OK);
+        }
+        sleep_ms(100);
+    }
+    for (size_t i = 0; i < c.n; i++) {
+        CU_ASSERT_EQUAL(h_log_count(&c, i, "candidate"), before[i]);
+    }
+    CU_ASSERT_EQUAL(h_find_leader(&c, 1000), leader);
+    h_client_close(&cl);
+    c.keep = FAILED_SINCE(failures_at_start);
+    h_cluster_destroy(&c);
+}
+
 static void test_kill_leader_under_load_loses_no_acknowledged_write(void)
 {
     unsigned failures_at_start = CU_get_number_of_failures();
@@ -354,6 +384,47 @@ static void test_data_directory_of_another_cluster_is_refused(void)
     h_cluster_destroy(&c);
 }
 
+static void test_peer_from_another_cluster_is_refused(void)
+{
+    unsigned failures_at_start = CU_get_number_of_failures();
+    struct h_cluster c;
+    CU_ASSERT_FATAL(h_cluster_start(&c, 3, NULL) == 0);
+    int leader = h_find_leader(&c, 10000);
+    CU_ASSERT_FATAL(leader >= 0);
+    /* A node of another cluster that lists a real node as its peer. */
+    size_t victim = (size_t)(leader + 1) % c.n;
+    struct h_cluster rogue;
+    char extra[64];
+    snprintf(extra, sizeof extra, "--election-ms 200 --heartbeat-ms 50");
+    CU_ASSERT_FATAL(h_cluster_start(&rogue, 1, extra) == 0);
+    h_node_kill(&rogue, 0);
+    /* A fresh directory: the first start may have stamped the old one. */
+    snprintf(rogue.nodes[0].dir, sizeof rogue.nodes[0].dir, "%s/rogue",
+             rogue.root);
+    rogue.nodes[0].id = 9; /* an id the real cluster does not use */
+    snprintf(rogue.cluster_arg, sizeof rogue.cluster_arg,
+             "9=127.0.0.1:%u,%llu=127.0.0.1:%u", rogue.nodes[0].port,
+             (unsigned long long)c.nodes[victim].id, c.nodes[victim].port);
+    CU_ASSERT_FATAL(h_node_start(&rogue, 0) == 0);
+    bool refused = false;
+    for (int t = 0; t < 100 && !refused; t++) {
+        sleep_ms(50);
+        refused = h_log_contains(&c, victim, "cluster id mismatch");
+    }
+    CU_ASSERT(refused);
+    /* The real cluster keeps its leader and keeps serving. */
+    struct h_client cl;
+    CU_ASSERT_FATAL(h_client_open(&cl, &c, cunit_seed()) == 0);
+    CU_ASSERT_EQUAL(h_put(&cl, "still", "serving", 7).err, OK);
+    CU_ASSERT(get_equals(&cl, "still", "serving"));
+    CU_ASSERT_EQUAL(h_find_leader(&c, 5000), leader);
+    h_client_close(&cl);
+    rogue.keep = FAILED_SINCE(failures_at_start);
+    h_cluster_destroy(&rogue);
+    c.keep = FAILED_SINCE(failures_at_start);
+    h_cluster_destroy(&c);
+}
+
 static void test_lagging_follower_catches_up_through_a_snapshot(void)
 {
     unsigned failures_at_start = CU_get_number_of_failures();
@@ -384,6 +455,7 @@ static void test_lagging_follower_catches_up_through_a_snapshot(void)
     for (int i = 0; i < THREADS; i++) {
         pthread_join(th[i], NULL);
         acked += w[i].acked;
+        free(w[i].acked_log);
     }
     clock_gettime(CLOCK_MONOTONIC, &t1);
     double secs = (double)(t1.tv_sec - t0.tv_sec) +
@@ -529,6 +601,8 @@ int main(int argc, char **argv)
     static CU_TestInfo tests[] = {
         {"test_cluster_elects_and_serves_all_operations",
          test_cluster_elects_and_serves_all_operations},
+        {"test_healthy_cluster_keeps_its_leader",
+         test_healthy_cluster_keeps_its_leader},
         {"test_kill_leader_under_load_loses_no_acknowledged_write",
          test_kill_leader_under_load_loses_no_acknowledged_write},
         {"test_restart_of_all_nodes_keeps_the_data",
@@ -537,6 +611,8 @@ int main(int argc, char **argv)
          test_duplicate_request_ids_are_applied_once},
         {"test_data_directory_of_another_cluster_is_refused",
          test_data_directory_of_another_cluster_is_refused},
+        {"test_peer_from_another_cluster_is_refused",
+         test_peer_from_another_cluster_is_refused},
         {"test_lagging_follower_catches_up_through_a_snapshot",
          test_lagging_follower_catches_up_through_a_snapshot},
         {"test_full_disk_refuses_writes_and_recovers",
