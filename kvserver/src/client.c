@@ -477,6 +477,34 @@ static void handle_ping(Raftkv__AdminService_Service *svc,
     closure(&r, data);
 }
 
+static void handle_status(Raftkv__AdminService_Service *svc,
+                          const Raftkv__StatusArgs *a,
+                          Raftkv__StatusReply_Closure closure,
+                          void *data)
+{
+    (void)a;
+    struct kv_node *n = node_of(svc, admin_svc);
+    Raftkv__StatusReply r = RAFTKV__STATUS_REPLY__INIT;
+    char self[300], leader[300];
+    uint64_t leader_id = raft_leader(n->raft);
+    snprintf(self, sizeof self, "%s", node_peer_addr(n, n->cfg.id));
+    snprintf(leader, sizeof leader, "%s",
+             leader_id ? node_peer_addr(n, leader_id) : "");
+    r.node_id = n->cfg.id;
+    r.address = self;
+    r.role = (char *)raft_role_name(raft_role(n->raft));
+    r.term = raft_term(n->raft);
+    r.leader_id = leader_id;
+    r.leader_address = leader;
+    r.commit_index = raft_commit_index(n->raft);
+    r.applied_index = n->applied;
+    r.last_log_index = raft_last_index(n->raft);
+    r.snapshot_index = raft_snapshot_index(n->raft);
+    r.cluster_id = n->cluster_id;
+    r.disk_full = n->disk_full;
+    closure(&r, data);
+}
+
 void client_service_init(struct kv_node *n)
 {
     Raftkv__KvService_Service kv = {
@@ -489,6 +517,7 @@ void client_service_init(struct kv_node *n)
     Raftkv__AdminService_Service admin = {
         RAFTKV__ADMIN_SERVICE__BASE_INIT,
         handle_ping,
+        handle_status,
     };
     n->kv_svc = kv;
     n->admin_svc = admin;

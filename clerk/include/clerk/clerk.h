@@ -1,0 +1,218 @@
+/* clerk.h: the raftkv client library: a blocking API to a raftkv cluster.
+ *
+ *   struct clerk *ck;
+ *   if (clerk_open(&ck, "127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003",
+ *                  NULL) != CLERK_OK) ...
+ *   clerk_put(ck, "k", 1, "v", 1);
+ *   void *val; size_t len;
+ *   if (clerk_get(ck, "k", 1, &val, &len) == CLERK_OK) { ...; clerk_free(val);
+ * } clerk_close(ck);
+ *
+ * A handle finds the leader, follows NOT_LEADER hints, retries other servers
+ * with backoff until the operation's deadline, and gives every write a
+ * request id that it keeps across retries, so each write is applied exactly
+ * once. Keys and values are bytes (pointer and length); keys are 1 to 511
+ * bytes, values up to 4 MiB.
+ *
+ * Threads: a handle may be shared by threads; its operations run one at a
+ * time (a mutex). For parallel operations open a handle per thread.
+ */
+#ifndef CLERK_CLERK_H
+#define CLERK_CLERK_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Results of clerk operations. */
+enum clerk_error {
+    CLERK_OK = 0,
+    CLERK_NOT_FOUND,       /* get, delete: no such key */
+    CLERK_CAS_MISMATCH,    /* cas: the key did not hold the expected value
+                              (or existed when it must not); nothing written */
+    CLERK_UNKNOWN_OUTCOME, /* write: the deadline passed after the write
+                              reached a server; it may or may not have been
+                              applied. Read the key to find out. */
+    CLERK_UNAVAILABLE,     /* no leader accepted the operation before the
+                              deadline; a write was not applied */
+    CLERK_TIMEOUT,         /* read: the deadline passed */
+    CLERK_BAD_REQUEST,     /* the cluster refused the request as malformed */
+    CLERK_VALUE_TOO_LARGE, /* key over 511 bytes or value over 4 MiB */
+    CLERK_NO_SPACE,        /* the leader's disk is full; not applied */
+    CLERK_INVALID,         /* bad argument (NULL pointer, bad server list) */
+    CLERK_NOMEM,           /* out of memory */
+    CLERK_INTERNAL,        /* unexpected answer from the cluster */
+};
+
+/* How reads are served. */
+enum clerk_read_mode {
+    CLERK_READ_LINEARIZABLE = 0, /* by the leader, after confirming it leads */
+    CLERK_READ_STALE = 1,        /* by any server, from its applied state */
+};
+
+/* Settings of a handle. Zero fields mean the defaults. */
+struct clerk_options
+{
+    unsigned deadline_ms;           /* per operation, retries included; 5000 */
+    unsigned attempt_ms;            /* per call to one server; 1000 */
+    enum clerk_read_mode read_mode; /* linearizable */
+};
+
+struct clerk;
+
+/**
+ * Open a handle to a cluster. No connection is made until the first call.
+ * @param out set to the handle
+ * @param servers "HOST:PORT,HOST:PORT,..." ([v6addr]:port for IPv6); the
+ *   kvserver form "ID=HOST:PORT" is accepted too. Copied.
+ * @param opts settings (copied), or NULL for the defaults
+ * @return CLERK_OK, CLERK_INVALID (empty or malformed list; clerk_strerror
+ *   and the message of clerk_open_error() say why) or CLERK_NOMEM
+ */
+int clerk_open(struct clerk **out,
+               const char *servers,
+               const struct clerk_options *opts);
+
+/**
+ * Why the last clerk_open of this thread failed.
+ * @return a thread-local string
+ */
+const char *clerk_open_error(void);
+
+/**
+ * Close a handle and its connections.
+ * @param c the handle, or NULL
+ */
+void clerk_close(struct clerk *c);
+
+/**
+ * Read a key.
+ * @param value set to a copy of the value (free with clerk_free); a
+ *   terminating NUL byte follows it, not counted in value_len
+ * @param value_len set to its length
+ * @return CLERK_OK, CLERK_NOT_FOUND, CLERK_TIMEOUT, CLERK_UNAVAILABLE,
+ *   CLERK_VALUE_TOO_LARGE, CLERK_BAD_REQUEST, CLERK_INVALID, CLERK_NOMEM
+ */
+int clerk_get(struct clerk *c,
+              const void *key,
+              size_t key_len,
+              void **value,
+              size_t *value_len);
+
+/**
+ * Set a key to a value.
+ * @return CLERK_OK, CLERK_UNKNOWN_OUTCOME, CLERK_UNAVAILABLE,
+ *   CLERK_VALUE_TOO_LARGE, CLERK_NO_SPACE, CLERK_BAD_REQUEST, CLERK_INVALID
+ */
+int clerk_put(struct clerk *c,
+              const void *key,
+              size_t key_len,
+              const void *value,
+              size_t value_len);
+
+/**
+ * Append to a key's value (an absent key counts as empty).
+ * @return as clerk_put
+ */
+int clerk_append(struct clerk *c,
+                 const void *key,
+                 size_t key_len,
+                 const void *value,
+                 size_t value_len);
+
+/**
+ * Delete a key.
+ * @return CLERK_OK, CLERK_NOT_FOUND (nothing was deleted), or as clerk_put
+ */
+int clerk_delete(struct clerk *c, const void *key, size_t key_len);
+
+/**
+ * Compare and swap: set key to new_value only if it holds expected (or,
+ * with expected NULL, only if it does not exist).
+ * @param expected the value required, or NULL for "must not exist"; an
+ *   empty value is a non-NULL pointer with length 0
+ * @param current if not NULL and the result is CLERK_CAS_MISMATCH, set to
+ *   the value found (NULL when the key did not exist); free with clerk_free
+ * @return CLERK_OK (swapped), CLERK_CAS_MISMATCH, or as clerk_put
+ */
+int clerk_cas(struct clerk *c,
+              const void *key,
+              size_t key_len,
+              const void *expected,
+              size_t expected_len,
+              const void *new_value,
+              size_t new_len,
+              void **current,
+              size_t *current_len);
+
+/* One server's view, from clerk_status. */
+struct clerk_node_status
+{
+    char address[300];       /* as given to clerk_open */
+    bool reachable;          /* it answered */
+    uint64_t id;             /* its node id */
+    char role[16];           /* follower, pre-candidate, candidate, leader */
+    uint64_t term;           /* current term */
+    uint64_t leader;         /* leader id it knows (0: none) */
+    uint64_t commit_index;   /* commit index */
+    uint64_t applied_index;  /* applied index of its state machine */
+    uint64_t last_log_index; /* last log index */
+    uint64_t snapshot_index; /* its log starts after this */
+    bool disk_full;          /* it refuses writes for lack of space */
+    char error[200];         /* why it did not answer */
+};
+
+/**
+ * Ask every server for its status.
+ * @param nodes set to an array of one entry per server (free with
+ *   clerk_free)
+ * @param n set to the number of entries
+ * @return CLERK_OK (even if some servers did not answer: see reachable),
+ *   or CLERK_NOMEM
+ */
+int clerk_status(struct clerk *c, struct clerk_node_status **nodes, size_t *n);
+
+/**
+ * Change the deadline of the operations that follow.
+ * @param ms milliseconds, retries included; 0 restores the default
+ */
+void clerk_set_deadline(struct clerk *c, unsigned ms);
+
+/**
+ * Change the read mode of the reads that follow.
+ */
+void clerk_set_read_mode(struct clerk *c, enum clerk_read_mode mode);
+
+/**
+ * Context of the handle's last failure: "no leader answered within 5000 ms
+ * (last: 127.0.0.1:7002: connection refused)". With a shared handle it
+ * describes the last operation of any thread.
+ * @return a string owned by the handle
+ */
+const char *clerk_errmsg(const struct clerk *c);
+
+/**
+ * A stable upper-case name for an error: "NOT_FOUND", "CAS_MISMATCH",
+ * "TIMEOUT" (also for CLERK_UNKNOWN_OUTCOME), "UNAVAILABLE", ...
+ */
+const char *clerk_error_code(int err);
+
+/**
+ * A short description of an error for people.
+ */
+const char *clerk_strerror(int err);
+
+/**
+ * Free what clerk_get, clerk_cas or clerk_status returned.
+ */
+void clerk_free(void *p);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* CLERK_CLERK_H */

@@ -1,0 +1,764 @@
+/* clerk.c: leader discovery, retries and exactly-once writes over the
+ * generated KvService stubs. */
+#include <errno.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <time.h>
+
+#include <proto/admin.pb-c.h>
+#include <proto/kv.pb-c.h>
+#include <rpc/rpc.h>
+
+#include "clerk/clerk.h"
+
+#define MAX_SERVERS         16
+#define DEFAULT_DEADLINE_MS 5000
+#define DEFAULT_ATTEMPT_MS  1000
+#define BACKOFF_MIN_MS      10
+#define BACKOFF_MAX_MS      200
+
+struct server
+{
+    char host[256];         /* address */
+    uint16_t port;          /* port */
+    char addr[300];         /* "host:port" as given */
+    struct rpc_channel *ch; /* blocking channel, made on first use */
+};
+
+struct clerk
+{
+    pthread_mutex_t lock;               /* one operation at a time */
+    struct server servers[MAX_SERVERS]; /* the cluster */
+    size_t n;                           /* servers */
+    size_t leader;                      /* server tried first */
+    uint8_t client_id[16];              /* random, per handle */
+    uint64_t request_id;                /* last write's request id */
+    unsigned deadline_ms;               /* per operation */
+    unsigned attempt_ms;                /* per call */
+    enum clerk_read_mode read_mode;     /* for gets */
+    struct clerk_options defaults;      /* as opened */
+    char errmsg[512];                   /* last failure */
+};
+
+static _Thread_local char open_error[256];
+
+/* ---------------------------------------------------------------- names */
+
+const char *clerk_error_code(int err)
+{
+    switch (err) {
+        case CLERK_OK:
+            return "OK";
+        case CLERK_NOT_FOUND:
+            return "NOT_FOUND";
+        case CLERK_CAS_MISMATCH:
+            return "CAS_MISMATCH";
+        case CLERK_UNKNOWN_OUTCOME:
+            return "TIMEOUT";
+        case CLERK_UNAVAILABLE:
+            return "UNAVAILABLE";
+        case CLERK_TIMEOUT:
+            return "TIMEOUT";
+        case CLERK_BAD_REQUEST:
+            return "BAD_REQUEST";
+        case CLERK_VALUE_TOO_LARGE:
+            return "VALUE_TOO_LARGE";
+        case CLERK_NO_SPACE:
+            return "NO_SPACE";
+        case CLERK_INVALID:
+            return "INVALID";
+        case CLERK_NOMEM:
+            return "NO_MEMORY";
+        default:
+            return "INTERNAL";
+    }
+}
+
+const char *clerk_strerror(int err)
+{
+    switch (err) {
+        case CLERK_OK:
+            return "ok";
+        case CLERK_NOT_FOUND:
+            return "no such key";
+        case CLERK_CAS_MISMATCH:
+            return "the key does not hold the expected value";
+        case CLERK_UNKNOWN_OUTCOME:
+            return "timed out; the write may or may not have been applied";
+        case CLERK_UNAVAILABLE:
+            return "no leader available; not applied";
+        case CLERK_TIMEOUT:
+            return "timed out";
+        case CLERK_BAD_REQUEST:
+            return "bad request";
+        case CLERK_VALUE_TOO_LARGE:
+            return "key or value too large";
+        case CLERK_NO_SPACE:
+            return "the leader's disk is full; not applied";
+        case CLERK_INVALID:
+            return "invalid argument";
+        case CLERK_NOMEM:
+            return "out of memory";
+        default:
+            return "internal error";
+    }
+}
+
+const char *clerk_errmsg(const struct clerk *c)
+{
+    return c->errmsg;
+}
+
+const char *clerk_open_error(void)
+{
+    return open_error;
+}
+
+void clerk_free(void *p)
+{
+    free(p);
+}
+
+/* ------------------------------------------------------------- handles */
+
+static int parse_servers(struct clerk *c, const char *list)
+{
+    char *copy = strdup(list), *save = NULL;
+    if (!copy) {
+        return CLERK_NOMEM;
+    }
+    for (char *it = strtok_r(copy, ",", &save); it;
+         it = strtok_r(NULL, ",", &save)) {
+        while (*it == ' ') {
+            it++;
+        }
+        char *eq = strchr(it, '=');
+        if (eq) {
+            it = eq + 1;
+        }
+        char *colon = strrchr(it, ':');
+        char *end = NULL;
+        long port = colon ? strtol(colon + 1, &end, 10) : 0;
+        if (!colon || colon == it || !end || *end || port < 1 || port > 65535 ||
+            c->n == MAX_SERVERS) {
+            snprintf(open_error, sizeof open_error,
+                     c->n == MAX_SERVERS ? "more than 16 servers"
+                                         : "server '%.200s' is not HOST:PORT",
+                     it);
+            free(copy);
+            return CLERK_INVALID;
+        }
+        struct server *s = &c->servers[c->n++];
+        snprintf(s->addr, sizeof s->addr, "%s", it);
+        *colon = 0;
+        size_t hl = strlen(it);
+        if (hl >= 2 && it[0] == '[' && it[hl - 1] == ']') {
+            it[hl - 1] = 0;
+            it++;
+        }
+        snprintf(s->host, sizeof s->host, "%s", it);
+        s->port = (uint16_t)port;
+    }
+    free(copy);
+    if (c->n == 0) {
+        snprintf(open_error, sizeof open_error, "the server list is empty");
+        return CLERK_INVALID;
+    }
+    return CLERK_OK;
+}
+
+int clerk_open(struct clerk **out,
+               const char *servers,
+               const struct clerk_options *opts)
+{
+    open_error[0] = 0;
+    if (!out || !servers) {
+        snprintf(open_error, sizeof open_error, "no server list");
+        return CLERK_INVALID;
+    }
+    struct clerk *c = calloc(1, sizeof *c);
+    if (!c) {
+        return CLERK_NOMEM;
+    }
+    int rv = parse_servers(c, servers);
+    if (rv) {
+        free(c);
+        return rv;
+    }
+    if (opts) {
+        c->defaults = *opts;
+    }
+    if (!c->defaults.deadline_ms) {
+        c->defaults.deadline_ms = DEFAULT_DEADLINE_MS;
+    }
+    if (!c->defaults.attempt_ms) {
+        c->defaults.attempt_ms = DEFAULT_ATTEMPT_MS;
+    }
+    c->deadline_ms = c->defaults.deadline_ms;
+    c->attempt_ms = c->defaults.attempt_ms;
+    c->read_mode = c->defaults.read_mode;
+    if (getrandom(c->client_id, sizeof c->client_id, 0) !=
+        (ssize_t)sizeof c->client_id) {
+        /* No entropy source: fall back on the clock and the address. */
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        uint64_t a = (uint64_t)ts.tv_nsec ^ (uint64_t)ts.tv_sec << 30,
+                 b = (uint64_t)(uintptr_t)c ^ (uint64_t)clock();
+        memcpy(c->client_id, &a, 8);
+        memcpy(c->client_id + 8, &b, 8);
+    }
+    pthread_mutex_init(&c->lock, NULL);
+    *out = c;
+    return CLERK_OK;
+}
+
+void clerk_close(struct clerk *c)
+{
+    if (!c) {
+        return;
+    }
+    for (size_t i = 0; i < c->n; i++) {
+        rpc_channel_free(c->servers[i].ch);
+    }
+    pthread_mutex_destroy(&c->lock);
+    free(c);
+}
+
+void clerk_set_deadline(struct clerk *c, unsigned ms)
+{
+    pthread_mutex_lock(&c->lock);
+    c->deadline_ms = ms ? ms : c->defaults.deadline_ms;
+    pthread_mutex_unlock(&c->lock);
+}
+
+void clerk_set_read_mode(struct clerk *c, enum clerk_read_mode mode)
+{
+    pthread_mutex_lock(&c->lock);
+    c->read_mode = mode;
+    pthread_mutex_unlock(&c->lock);
+}
+
+static uint64_t now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+static void sleep_ms(uint64_t ms)
+{
+    struct timespec ts = {(time_t)(ms / 1000), (long)(ms % 1000) * 1000000};
+    nanosleep(&ts, NULL);
+}
+
+static ProtobufCService *service(struct clerk *c,
+                                 size_t i,
+                                 const ProtobufCServiceDescriptor *d,
+                                 unsigned timeout_ms)
+{
+    struct server *s = &c->servers[i];
+    if (!s->ch) {
+        struct rpc_channel_options o = {.deadline_ms = c->attempt_ms,
+                                        .connect_timeout_ms = c->attempt_ms,
+                                        .backoff_min_ms = 5,
+                                        .backoff_max_ms = 100};
+        s->ch = rpc_channel_new_blocking(s->host, s->port, &o);
+        if (!s->ch) {
+            return NULL;
+        }
+    }
+    rpc_channel_set_deadline(s->ch, timeout_ms);
+    return rpc_channel_service(s->ch, d);
+}
+
+/* ---------------------------------------------------------- operations */
+
+enum op { OP_GET, OP_PUT, OP_APPEND, OP_DEL, OP_CAS };
+
+/* What one call to one server said. */
+struct answer
+{
+    bool replied;          /* a KV reply came (else rpc failure) */
+    int rpc_status;        /* rpc_last_status() when not replied */
+    char rpc_error[300];   /* rpc_last_error() */
+    int err;               /* KvError */
+    uint64_t leader;       /* hint id */
+    char leader_addr[300]; /* hint address */
+    bool swapped, exists;  /* CAS */
+    void *value;           /* Get value or CAS current (malloc'd, +NUL) */
+    size_t len;            /* its length */
+    char message[300];     /* the server's message */
+};
+
+static void take_common(struct answer *a,
+                        int err,
+                        const Raftkv__LeaderHint *h,
+                        const char *msg)
+{
+    a->replied = true;
+    a->err = err;
+    if (h) {
+        a->leader = h->id;
+        snprintf(a->leader_addr, sizeof a->leader_addr, "%s",
+                 h->address ? h->address : "");
+    }
+    snprintf(a->message, sizeof a->message, "%s", msg ? msg : "");
+}
+
+static void take_bytes(struct answer *a, const ProtobufCBinaryData *d)
+{
+    a->value = malloc(d->len + 1);
+    if (a->value) {
+        if (d->len) {
+            memcpy(a->value, d->data, d->len);
+        }
+        ((char *)a->value)[d->len] = 0;
+        a->len = d->len;
+    }
+}
+
+static void rpc_failed(struct answer *a)
+{
+    a->rpc_status = rpc_last_status();
+    snprintf(a->rpc_error, sizeof a->rpc_error, "%s", rpc_last_error());
+}
+
+static void on_get(const Raftkv__GetReply *r, void *data)
+{
+    struct answer *a = data;
+    if (!r) {
+        rpc_failed(a);
+        return;
+    }
+    take_common(a, r->err, r->leader, r->message);
+    if (r->err == RAFTKV__KV_ERROR__KV_OK) {
+        take_bytes(a, &r->value);
+    }
+}
+
+static void on_put(const Raftkv__PutAppendReply *r, void *data)
+{
+    if (!r) {
+        rpc_failed(data);
+        return;
+    }
+    take_common(data, r->err, r->leader, r->message);
+}
+
+static void on_del(const Raftkv__DeleteReply *r, void *data)
+{
+    if (!r) {
+        rpc_failed(data);
+        return;
+    }
+    take_common(data, r->err, r->leader, r->message);
+}
+
+static void on_cas(const Raftkv__CompareAndSwapReply *r, void *data)
+{
+    struct answer *a = data;
+    if (!r) {
+        rpc_failed(a);
+        return;
+    }
+    take_common(a, r->err, r->leader, r->message);
+    a->swapped = r->swapped;
+    a->exists = r->exists;
+    if (r->err == RAFTKV__KV_ERROR__KV_OK && !r->swapped && r->exists) {
+        take_bytes(a, &r->current_value);
+    }
+}
+
+/* The arguments of one operation. */
+struct request
+{
+    enum op op;
+    ProtobufCBinaryData key;
+    ProtobufCBinaryData value;
+    const void *expected; /* CAS: NULL for must-not-exist */
+    size_t expected_len;
+    uint64_t request_id; /* writes */
+};
+
+static void call(struct clerk *c,
+                 size_t i,
+                 const struct request *rq,
+                 unsigned timeout_ms,
+                 struct answer *a)
+{
+    memset(a, 0, sizeof *a);
+    ProtobufCService *svc =
+        service(c, i, &raftkv__kv_service__descriptor, timeout_ms);
+    if (!svc) {
+        a->rpc_status = RPC_E_NOMEM;
+        snprintf(a->rpc_error, sizeof a->rpc_error, "out of memory");
+        return;
+    }
+    ProtobufCBinaryData cid = {sizeof c->client_id, c->client_id};
+    switch (rq->op) {
+        case OP_GET: {
+            Raftkv__GetArgs g = RAFTKV__GET_ARGS__INIT;
+            g.key = rq->key;
+            g.stale_ok = c->read_mode == CLERK_READ_STALE;
+            raftkv__kv_service__get(svc, &g, on_get, a);
+            break;
+        }
+        case OP_PUT:
+        case OP_APPEND: {
+            Raftkv__PutAppendArgs p = RAFTKV__PUT_APPEND_ARGS__INIT;
+            p.key = rq->key;
+            p.value = rq->value;
+            p.op = rq->op == OP_PUT ? RAFTKV__PUT_OP__PUT_OP_PUT
+                                    : RAFTKV__PUT_OP__PUT_OP_APPEND;
+            p.client_id = cid;
+            p.request_id = rq->request_id;
+            raftkv__kv_service__put_append(svc, &p, on_put, a);
+            break;
+        }
+        case OP_DEL: {
+            Raftkv__DeleteArgs d = RAFTKV__DELETE_ARGS__INIT;
+            d.key = rq->key;
+            d.client_id = cid;
+            d.request_id = rq->request_id;
+            raftkv__kv_service__delete(svc, &d, on_del, a);
+            break;
+        }
+        case OP_CAS: {
+            Raftkv__CompareAndSwapArgs s = RAFTKV__COMPARE_AND_SWAP_ARGS__INIT;
+            s.key = rq->key;
+            if (rq->expected) {
+                s.expected_case =
+                    RAFTKV__COMPARE_AND_SWAP_ARGS__EXPECTED_EXPECTED_VALUE;
+                s.expected_value.data = (uint8_t *)rq->expected;
+                s.expected_value.len = rq->expected_len;
+            } else {
+                s.expected_case =
+                    RAFTKV__COMPARE_AND_SWAP_ARGS__EXPECTED_EXPECT_ABSENT;
+                s.expect_absent = 1;
+            }
+            s.new_value = rq->value;
+            s.client_id = cid;
+            s.request_id = rq->request_id;
+            raftkv__kv_service__compare_and_swap(svc, &s, on_cas, a);
+            break;
+        }
+    }
+}
+
+/* Which server does a leader hint name? */
+static bool server_of_hint(struct clerk *c, const struct answer *a, size_t *out)
+{
+    if (!a->leader_addr[0]) {
+        return false;
+    }
+    for (size_t i = 0; i < c->n; i++) {
+        if (strcmp(c->servers[i].addr, a->leader_addr) == 0) {
+            *out = i;
+            return true;
+        }
+    }
+    return false;
+}
+
+/* Map a final KV answer to a clerk result. */
+static int final_result(const struct request *rq, const struct answer *a)
+{
+    switch (a->err) {
+        case RAFTKV__KV_ERROR__KV_OK:
+            if (rq->op == OP_CAS && !a->swapped) {
+                return CLERK_CAS_MISMATCH;
+            }
+            return CLERK_OK;
+        case RAFTKV__KV_ERROR__KV_NOT_FOUND:
+            return CLERK_NOT_FOUND;
+        case RAFTKV__KV_ERROR__KV_BAD_REQUEST:
+            return CLERK_BAD_REQUEST;
+        case RAFTKV__KV_ERROR__KV_VALUE_TOO_LARGE:
+            return CLERK_VALUE_TOO_LARGE;
+        case RAFTKV__KV_ERROR__KV_NO_SPACE:
+            return CLERK_NO_SPACE;
+        default:
+            return CLERK_INTERNAL;
+    }
+}
+
+/* Run one operation to a final answer or the deadline. */
+static int run(struct clerk *c, const struct request *rq, struct answer *out)
+{
+    bool write = rq->op != OP_GET;
+    bool maybe_applied = false;
+    uint64_t start = now_ms(), deadline = start + c->deadline_ms;
+    uint64_t backoff = BACKOFF_MIN_MS;
+    size_t i = c->leader, failures_in_round = 0;
+    char last[400] = "no server tried";
+    for (;;) {
+        uint64_t now = now_ms();
+        if (now >= deadline) {
+            break;
+        }
+        unsigned budget = (unsigned)(deadline - now);
+        struct answer a;
+        call(c, i, rq, budget < c->attempt_ms ? budget : c->attempt_ms, &a);
+        bool moved = false;
+        if (!a.replied) {
+            /* A request that may have reached the server may have been
+             * proposed; a refused connection never sent it. */
+            if (write && a.rpc_status != RPC_E_UNAVAILABLE &&
+                a.rpc_status != RPC_E_TOO_BIG && a.rpc_status != RPC_E_NOMEM) {
+                maybe_applied = true;
+            }
+            if (a.rpc_status == RPC_E_TOO_BIG) {
+                snprintf(c->errmsg, sizeof c->errmsg, "%s", a.rpc_error);
+                return CLERK_VALUE_TOO_LARGE;
+            }
+            snprintf(last, sizeof last, "%s: %s", c->servers[i].addr,
+                     a.rpc_error);
+        } else {
+            switch (a.err) {
+                case RAFTKV__KV_ERROR__KV_WRONG_LEADER: {
+                    size_t to;
+                    snprintf(last, sizeof last, "%s: not the leader (%s)",
+                             c->servers[i].addr, a.message);
+                    if (server_of_hint(c, &a, &to) && to != i) {
+                        i = to;
+                        moved = true;
+                    }
+                    break;
+                }
+                case RAFTKV__KV_ERROR__KV_TIMEOUT:
+                    maybe_applied |= write;
+                    snprintf(last, sizeof last, "%s: %s", c->servers[i].addr,
+                             a.message);
+                    break;
+                case RAFTKV__KV_ERROR__KV_UNAVAILABLE:
+                case RAFTKV__KV_ERROR__KV_SHUTTING_DOWN:
+                case RAFTKV__KV_ERROR__KV_INTERNAL:
+                    /* The leader may have stopped after proposing it. */
+                    maybe_applied |=
+                        write && a.err != RAFTKV__KV_ERROR__KV_UNAVAILABLE;
+                    snprintf(last, sizeof last, "%s: %s", c->servers[i].addr,
+                             a.message[0] ? a.message : "unavailable");
+                    break;
+                default:
+                    c->leader = i;
+                    *out = a;
+                    if (a.message[0]) {
+                        snprintf(c->errmsg, sizeof c->errmsg, "%s: %s",
+                                 c->servers[i].addr, a.message);
+                    } else {
+                        c->errmsg[0] = 0;
+                    }
+                    return final_result(rq, &a);
+            }
+        }
+        free(a.value);
+        if (!moved) {
+            i = (i + 1) % c->n;
+            if (++failures_in_round >= c->n) {
+                /* Every server failed once: wait before the next round. */
+                failures_in_round = 0;
+                uint64_t t = now_ms();
+                uint64_t left = t < deadline ? deadline - t : 0;
+                sleep_ms(backoff < left ? backoff : left);
+                backoff =
+                    backoff * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : backoff * 2;
+            }
+        }
+    }
+    snprintf(c->errmsg, sizeof c->errmsg,
+             "no leader answered within %u ms (last: %s)", c->deadline_ms,
+             last);
+    if (!write) {
+        return CLERK_TIMEOUT;
+    }
+    return maybe_applied ? CLERK_UNKNOWN_OUTCOME : CLERK_UNAVAILABLE;
+}
+
+static int check_args(struct clerk *c, const void *key, size_t key_len)
+{
+    if (!c || (!key && key_len)) {
+        return CLERK_INVALID;
+    }
+    if (key_len == 0) {
+        snprintf(c->errmsg, sizeof c->errmsg, "the key is empty");
+        return CLERK_BAD_REQUEST;
+    }
+    return CLERK_OK;
+}
+
+static int write_op(struct clerk *c,
+                    enum op op,
+                    const void *key,
+                    size_t key_len,
+                    const void *value,
+                    size_t value_len,
+                    const void *expected,
+                    size_t expected_len,
+                    struct answer *a)
+{
+    int rv = check_args(c, key, key_len);
+    if (rv || (!value && value_len)) {
+        return rv ? rv : CLERK_INVALID;
+    }
+    pthread_mutex_lock(&c->lock);
+    struct request rq = {.op = op,
+                         .key = {key_len, (uint8_t *)key},
+                         .value = {value_len, (uint8_t *)value},
+                         .expected = expected,
+                         .expected_len = expected_len,
+                         .request_id = ++c->request_id};
+    rv = run(c, &rq, a);
+    pthread_mutex_unlock(&c->lock);
+    return rv;
+}
+
+int clerk_get(struct clerk *c,
+              const void *key,
+              size_t key_len,
+              void **value,
+              size_t *value_len)
+{
+    int rv = check_args(c, key, key_len);
+    if (rv || !value || !value_len) {
+        return rv ? rv : CLERK_INVALID;
+    }
+    pthread_mutex_lock(&c->lock);
+    struct request rq = {.op = OP_GET, .key = {key_len, (uint8_t *)key}};
+    struct answer a = {0};
+    rv = run(c, &rq, &a);
+    pthread_mutex_unlock(&c->lock);
+    if (rv == CLERK_OK) {
+        if (!a.value) {
+            return CLERK_NOMEM;
+        }
+        *value = a.value;
+        *value_len = a.len;
+    } else {
+        free(a.value);
+    }
+    return rv;
+}
+
+int clerk_put(struct clerk *c,
+              const void *key,
+              size_t key_len,
+              const void *value,
+              size_t value_len)
+{
+    struct answer a = {0};
+    int rv = write_op(c, OP_PUT, key, key_len, value, value_len, NULL, 0, &a);
+    free(a.value);
+    return rv;
+}
+
+int clerk_append(struct clerk *c,
+                 const void *key,
+                 size_t key_len,
+                 const void *value,
+                 size_t value_len)
+{
+    struct answer a = {0};
+    int rv =
+        write_op(c, OP_APPEND, key, key_len, value, value_len, NULL, 0, &a);
+    free(a.value);
+    return rv;
+}
+
+int clerk_delete(struct clerk *c, const void *key, size_t key_len)
+{
+    struct answer a = {0};
+    int rv = write_op(c, OP_DEL, key, key_len, NULL, 0, NULL, 0, &a);
+    free(a.value);
+    return rv;
+}
+
+int clerk_cas(struct clerk *c,
+              const void *key,
+              size_t key_len,
+              const void *expected,
+              size_t expected_len,
+              const void *new_value,
+              size_t new_len,
+              void **current,
+              size_t *current_len)
+{
+    struct answer a = {0};
+    if (!expected && expected_len) {
+        return CLERK_INVALID;
+    }
+    int rv = write_op(c, OP_CAS, key, key_len, new_value, new_len,
+                      expected ? expected : NULL, expected_len, &a);
+    if (current) {
+        *current = NULL;
+        if (current_len) {
+            *current_len = 0;
+        }
+    }
+    if (rv == CLERK_CAS_MISMATCH && current && a.value) {
+        *current = a.value;
+        if (current_len) {
+            *current_len = a.len;
+        }
+        a.value = NULL;
+    }
+    free(a.value);
+    return rv;
+}
+
+/* ------------------------------------------------------------- status */
+
+struct status_out
+{
+    struct clerk_node_status *st;
+    bool replied;
+};
+
+static void on_status(const Raftkv__StatusReply *r, void *data)
+{
+    struct status_out *o = data;
+    struct clerk_node_status *st = o->st;
+    if (!r) {
+        snprintf(st->error, sizeof st->error, "%s", rpc_last_error());
+        return;
+    }
+    o->replied = true;
+    st->reachable = true;
+    st->id = r->node_id;
+    snprintf(st->role, sizeof st->role, "%s", r->role);
+    st->term = r->term;
+    st->leader = r->leader_id;
+    st->commit_index = r->commit_index;
+    st->applied_index = r->applied_index;
+    st->last_log_index = r->last_log_index;
+    st->snapshot_index = r->snapshot_index;
+    st->disk_full = r->disk_full;
+}
+
+int clerk_status(struct clerk *c, struct clerk_node_status **nodes, size_t *n)
+{
+    if (!c || !nodes || !n) {
+        return CLERK_INVALID;
+    }
+    struct clerk_node_status *st = calloc(c->n, sizeof *st);
+    if (!st) {
+        return CLERK_NOMEM;
+    }
+    pthread_mutex_lock(&c->lock);
+    for (size_t i = 0; i < c->n; i++) {
+        snprintf(st[i].address, sizeof st[i].address, "%s", c->servers[i].addr);
+        ProtobufCService *svc =
+            service(c, i, &raftkv__admin_service__descriptor, c->attempt_ms);
+        struct status_out o = {.st = &st[i]};
+        Raftkv__StatusArgs a = RAFTKV__STATUS_ARGS__INIT;
+        if (svc) {
+            raftkv__admin_service__status(svc, &a, on_status, &o);
+        }
+    }
+    pthread_mutex_unlock(&c->lock);
+    *nodes = st;
+    *n = c->n;
+    return CLERK_OK;
+}

@@ -1,0 +1,702 @@
+/* kvctl: the raftkv command line, on top of libclerk. */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "clerk/clerk.h"
+
+/* Exit codes of one-shot commands. */
+enum {
+    EXIT_OK = 0,
+    EXIT_NOT_FOUND = 1,   /* get, del: no such key */
+    EXIT_USAGE = 2,       /* bad command line */
+    EXIT_UNAVAILABLE = 3, /* no leader, timeout, or unknown outcome */
+    EXIT_CAS = 4,         /* cas: the key did not hold the expected value */
+    EXIT_ERROR = 5,       /* refused: bad request, too large, disk full */
+};
+
+enum format { FMT_SIMPLE, FMT_JSON, FMT_TABLE };
+
+static const char usage_text[] =
+    "usage: kvctl [--cluster HOST:PORT,...] [-w simple|json|table]\n"
+    "             [--timeout SECONDS] [--stale] [COMMAND ARGS...]\n"
+    "\n"
+    "Commands:\n"
+    "  get KEY                 print the value of KEY\n"
+    "  put KEY VALUE           set KEY to VALUE\n"
+    "  append KEY VALUE        append VALUE to KEY (absent counts as empty)\n"
+    "  del KEY                 delete KEY\n"
+    "  cas KEY EXPECTED NEW    set KEY to NEW if it holds EXPECTED\n"
+    "  cas --absent KEY NEW    set KEY to NEW if it does not exist\n"
+    "  status                  a row per node: role, term, indexes, leader\n"
+    "  help [COMMAND]          this text, or one command's\n"
+    "\n"
+    "Options:\n"
+    "  --cluster LIST   the servers (default: $RAFTKV_CLUSTER)\n"
+    "  -w FORMAT        simple (default), json (one object per answer) or\n"
+    "                   table (status as aligned columns)\n"
+    "  --timeout SECS   give up after this long, retries included (default "
+    "5)\n"
+    "  --stale          serve gets from any node, without a leader round\n"
+    "\n"
+    "With no COMMAND, kvctl reads one command per line from standard input\n"
+    "and answers each with one line on standard output, keeping its\n"
+    "connections and client id. Tokens are separated by blanks; \"...\" "
+    "takes\n"
+    "the escapes \\\" \\\\ \\n \\r \\t \\xHH, '...' is taken literally; "
+    "empty\n"
+    "lines and lines starting with # are skipped. Answers in simple format:\n"
+    "OK, a value in double quotes (same escapes), a status row, or\n"
+    "ERROR CODE message.\n"
+    "\n"
+    "Exit status (one-shot): 0 success, 1 key not found, 2 usage error,\n"
+    "3 unavailable or timed out (for a write: not applied, or, with the\n"
+    "word 'unknown' in the message, maybe applied), 4 cas mismatch, 5 the\n"
+    "cluster refused the request. Pipe mode exits 0 at the end of input.\n"
+    "Error codes: NOT_FOUND, CAS_MISMATCH, TIMEOUT, UNAVAILABLE,\n"
+    "BAD_REQUEST, VALUE_TOO_LARGE, NO_SPACE, USAGE, INTERNAL.\n";
+
+static const struct
+{
+    const char *name;
+    const char *help;
+} commands[] = {
+    {"get",
+     "kvctl get KEY\n  Print KEY's value. Exit 1 if there is no "
+     "such key.\n  Linearizable unless --stale is given.\n"},
+    {"put",
+     "kvctl put KEY VALUE\n  Set KEY to VALUE (applied exactly "
+     "once, even across retries).\n"},
+    {"append",
+     "kvctl append KEY VALUE\n  Append VALUE to KEY's value; an "
+     "absent KEY counts as empty.\n"},
+    {"del",
+     "kvctl del KEY\n  Delete KEY. Exit 1 if there was no such "
+     "key.\n"},
+    {"cas",
+     "kvctl cas KEY EXPECTED NEW\nkvctl cas --absent KEY NEW\n  "
+     "Set KEY to NEW only if it holds EXPECTED (or, with --absent,\n"
+     "  only if it does not exist). Exit 4 when it did not: nothing "
+     "is\n  written, and the current value is shown.\n"},
+    {"status",
+     "kvctl status\n  A row per node: id, address, role, term, "
+     "leader, commit index,\n  applied index, last log index, "
+     "snapshot index. Exit 3 when no\n  node knows a leader.\n"},
+    {"help",
+     "kvctl help [COMMAND]\n  The usage of kvctl or of one "
+     "command.\n"},
+};
+
+/* A token: bytes that may hold NULs. */
+struct tok
+{
+    char *p;
+    size_t len;
+};
+
+static enum format fmt = FMT_SIMPLE;
+static bool pipe_mode;
+
+/* --------------------------------------------------------------- output */
+
+static void put_json_string(FILE *f, const unsigned char *s, size_t n)
+{
+    fputc('"', f);
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = s[i];
+        /* Pass valid UTF-8 sequences through; escape everything else. */
+        size_t seq = c >= 0xf0 && c < 0xf5   ? 4
+                     : c >= 0xe0             ? 3
+                     : c >= 0xc2 && c < 0xe0 ? 2
+                                             : 1;
+        if (c >= 0x80) {
+            bool valid = seq > 1 && i + seq <= n;
+            for (size_t k = 1; valid && k < seq; k++) {
+                valid = (s[i + k] & 0xc0) == 0x80;
+            }
+            if (valid) {
+                fwrite(s + i, 1, seq, f);
+                i += seq - 1;
+            } else {
+                fprintf(f, "\\u%04x", c);
+            }
+            continue;
+        }
+        switch (c) {
+            case '"':
+                fputs("\\\"", f);
+                break;
+            case '\\':
+                fputs("\\\\", f);
+                break;
+            case '\n':
+                fputs("\\n", f);
+                break;
+            case '\r':
+                fputs("\\r", f);
+                break;
+            case '\t':
+                fputs("\\t", f);
+                break;
+            default:
+                if (c < 0x20 || c == 0x7f) {
+                    fprintf(f, "\\u%04x", c);
+                } else {
+                    fputc(c, f);
+                }
+        }
+    }
+    fputc('"', f);
+}
+
+/* A value in double quotes with the input's escapes: ASCII only. */
+static void put_quoted(FILE *f, const unsigned char *s, size_t n)
+{
+    fputc('"', f);
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = s[i];
+        switch (c) {
+            case '"':
+                fputs("\\\"", f);
+                break;
+            case '\\':
+                fputs("\\\\", f);
+                break;
+            case '\n':
+                fputs("\\n", f);
+                break;
+            case '\r':
+                fputs("\\r", f);
+                break;
+            case '\t':
+                fputs("\\t", f);
+                break;
+            default:
+                if (c < 0x20 || c >= 0x7f) {
+                    fprintf(f, "\\x%02x", c);
+                } else {
+                    fputc(c, f);
+                }
+        }
+    }
+    fputc('"', f);
+}
+
+static void answer_ok(void)
+{
+    if (fmt == FMT_JSON) {
+        puts("{\"ok\":true}");
+    } else {
+        puts("OK");
+    }
+}
+
+static void answer_value(const void *v, size_t n)
+{
+    if (fmt == FMT_JSON) {
+        fputs("{\"ok\":true,\"value\":", stdout);
+        put_json_string(stdout, v, n);
+        puts("}");
+    } else if (pipe_mode) {
+        put_quoted(stdout, v, n);
+        putchar('\n');
+    } else {
+        fwrite(v, 1, n, stdout);
+        putchar('\n');
+    }
+}
+
+/* Report a failure; returns the one-shot exit code. */
+static int answer_error(const char *code,
+                        const char *msg,
+                        bool unknown,
+                        const void *current,
+                        size_t current_len,
+                        bool has_cur)
+{
+    if (fmt == FMT_JSON) {
+        printf("{\"ok\":false,\"error\":\"%s\",\"message\":", code);
+        put_json_string(stdout, (const unsigned char *)msg, strlen(msg));
+        if (unknown) {
+            fputs(",\"unknown\":true", stdout);
+        }
+        if (has_cur) {
+            fputs(",\"current\":", stdout);
+            put_json_string(stdout, current, current_len);
+        }
+        puts("}");
+    } else {
+        FILE *f = pipe_mode ? stdout : stderr;
+        fprintf(f, "%s%s%s %s%s", pipe_mode ? "ERROR " : "kvctl: ", code,
+                pipe_mode ? "" : ":", msg,
+                unknown ? " (outcome unknown: the write may have been applied)"
+                        : "");
+        if (has_cur) {
+            fputs("; current value ", f);
+            put_quoted(f, current, current_len);
+        }
+        fputc('\n', f);
+    }
+    if (!strcmp(code, "NOT_FOUND")) {
+        return EXIT_NOT_FOUND;
+    }
+    if (!strcmp(code, "USAGE")) {
+        return EXIT_USAGE;
+    }
+    if (!strcmp(code, "CAS_MISMATCH")) {
+        return EXIT_CAS;
+    }
+    if (!strcmp(code, "TIMEOUT") || !strcmp(code, "UNAVAILABLE")) {
+        return EXIT_UNAVAILABLE;
+    }
+    return EXIT_ERROR;
+}
+
+static int answer_clerk(struct clerk *ck, int err)
+{
+    const char *msg = clerk_errmsg(ck);
+    return answer_error(clerk_error_code(err),
+                        msg[0] ? msg : clerk_strerror(err),
+                        err == CLERK_UNKNOWN_OUTCOME, NULL, 0, false);
+}
+
+static int usage_error(const char *msg)
+{
+    return answer_error("USAGE", msg, false, NULL, 0, false);
+}
+
+/* ------------------------------------------------------------- commands */
+
+static int cmd_status(struct clerk *ck)
+{
+    struct clerk_node_status *st;
+    size_t n;
+    int err = clerk_status(ck, &st, &n);
+    if (err) {
+        return answer_clerk(ck, err);
+    }
+    bool leader_known = false;
+    for (size_t i = 0; i < n; i++) {
+        leader_known |= st[i].reachable && st[i].leader != 0;
+    }
+    if (fmt == FMT_JSON) {
+        fputs("{\"ok\":true,\"nodes\":[", stdout);
+        for (size_t i = 0; i < n; i++) {
+            printf("%s{\"address\":", i ? "," : "");
+            put_json_string(stdout, (unsigned char *)st[i].address,
+                            strlen(st[i].address));
+            if (st[i].reachable) {
+                printf(
+                    ",\"reachable\":true,\"id\":%llu,\"role\":\"%s\","
+                    "\"term\":%llu,\"leader\":%llu,\"commit_index\":%llu,"
+                    "\"applied_index\":%llu,\"last_log_index\":%llu,"
+                    "\"snapshot_index\":%llu,\"disk_full\":%s}",
+                    (unsigned long long)st[i].id, st[i].role,
+                    (unsigned long long)st[i].term,
+                    (unsigned long long)st[i].leader,
+                    (unsigned long long)st[i].commit_index,
+                    (unsigned long long)st[i].applied_index,
+                    (unsigned long long)st[i].last_log_index,
+                    (unsigned long long)st[i].snapshot_index,
+                    st[i].disk_full ? "true" : "false");
+            } else {
+                fputs(",\"reachable\":false,\"error\":", stdout);
+                put_json_string(stdout, (unsigned char *)st[i].error,
+                                strlen(st[i].error));
+                putchar('}');
+            }
+        }
+        puts("]}");
+    } else if (fmt == FMT_TABLE) {
+        printf("%-4s %-22s %-13s %8s %6s %10s %10s %10s %10s\n", "ID",
+               "ADDRESS", "ROLE", "TERM", "LEADER", "COMMIT", "APPLIED",
+               "LAST_INDEX", "SNAPSHOT");
+        for (size_t i = 0; i < n; i++) {
+            if (!st[i].reachable) {
+                printf("%-4s %-22s unreachable: %s\n", "-", st[i].address,
+                       st[i].error);
+                continue;
+            }
+            printf(
+                "%-4llu %-22s %-13s %8llu %6llu %10llu %10llu %10llu "
+                "%10llu%s\n",
+                (unsigned long long)st[i].id, st[i].address, st[i].role,
+                (unsigned long long)st[i].term,
+                (unsigned long long)st[i].leader,
+                (unsigned long long)st[i].commit_index,
+                (unsigned long long)st[i].applied_index,
+                (unsigned long long)st[i].last_log_index,
+                (unsigned long long)st[i].snapshot_index,
+                st[i].disk_full ? " DISK FULL" : "");
+        }
+    } else {
+        for (size_t i = 0; i < n; i++) {
+            if (!st[i].reachable) {
+                printf("address=%s reachable=false error=", st[i].address);
+                put_quoted(stdout, (unsigned char *)st[i].error,
+                           strlen(st[i].error));
+                putchar('\n');
+                continue;
+            }
+            printf(
+                "id=%llu address=%s role=%s term=%llu leader=%llu "
+                "commit=%llu applied=%llu last_index=%llu snapshot=%llu"
+                "%s\n",
+                (unsigned long long)st[i].id, st[i].address, st[i].role,
+                (unsigned long long)st[i].term,
+                (unsigned long long)st[i].leader,
+                (unsigned long long)st[i].commit_index,
+                (unsigned long long)st[i].applied_index,
+                (unsigned long long)st[i].last_log_index,
+                (unsigned long long)st[i].snapshot_index,
+                st[i].disk_full ? " disk_full=true" : "");
+        }
+    }
+    clerk_free(st);
+    return leader_known ? EXIT_OK : EXIT_UNAVAILABLE;
+}
+
+static int command_help(const char *name)
+{
+    for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++) {
+        if (!strcmp(commands[i].name, name)) {
+            fputs(commands[i].help, stdout);
+            return EXIT_OK;
+        }
+    }
+    char msg[128];
+    snprintf(msg, sizeof msg, "unknown command '%.60s' (see kvctl help)", name);
+    return usage_error(msg);
+}
+
+/* Run one command; returns its exit code. */
+static int run_command(struct clerk *ck, struct tok *t, int n)
+{
+    const char *cmd = t[0].p;
+    char msg[160];
+    if (n >= 2 && (!strcmp(t[1].p, "--help") || !strcmp(t[1].p, "-h"))) {
+        return command_help(cmd);
+    }
+#define NEED(count, use)                                   \
+    if (n != (count)) {                                    \
+        snprintf(msg, sizeof msg, "usage: kvctl %s", use); \
+        return usage_error(msg);                           \
+    }
+    int err;
+    if (!strcmp(cmd, "get")) {
+        NEED(2, "get KEY");
+        void *v;
+        size_t len;
+        err = clerk_get(ck, t[1].p, t[1].len, &v, &len);
+        if (err) {
+            return answer_clerk(ck, err);
+        }
+        answer_value(v, len);
+        clerk_free(v);
+        return EXIT_OK;
+    }
+    if (!strcmp(cmd, "put") || !strcmp(cmd, "append")) {
+        bool put = cmd[0] == 'p';
+        NEED(3, put ? "put KEY VALUE" : "append KEY VALUE");
+        err = put ? clerk_put(ck, t[1].p, t[1].len, t[2].p, t[2].len)
+                  : clerk_append(ck, t[1].p, t[1].len, t[2].p, t[2].len);
+        if (err) {
+            return answer_clerk(ck, err);
+        }
+        answer_ok();
+        return EXIT_OK;
+    }
+    if (!strcmp(cmd, "del")) {
+        NEED(2, "del KEY");
+        err = clerk_delete(ck, t[1].p, t[1].len);
+        if (err) {
+            return answer_clerk(ck, err);
+        }
+        answer_ok();
+        return EXIT_OK;
+    }
+    if (!strcmp(cmd, "cas")) {
+        bool absent = n >= 2 && !strcmp(t[1].p, "--absent");
+        if (absent) {
+            NEED(4, "cas --absent KEY NEW");
+        } else {
+            NEED(4, "cas KEY EXPECTED NEW  (or cas --absent KEY NEW)");
+        }
+        struct tok *key = absent ? &t[2] : &t[1];
+        void *cur = NULL;
+        size_t cur_len = 0;
+        err =
+            clerk_cas(ck, key->p, key->len, absent ? NULL : t[2].p,
+                      absent ? 0 : t[2].len, t[3].p, t[3].len, &cur, &cur_len);
+        if (err == CLERK_CAS_MISMATCH) {
+            int rv = answer_error(
+                "CAS_MISMATCH",
+                cur ? "the key holds another value"
+                    : (absent ? "the key exists" : "the key does not exist"),
+                false, cur, cur_len, cur != NULL);
+            clerk_free(cur);
+            return rv;
+        }
+        if (err) {
+            return answer_clerk(ck, err);
+        }
+        answer_ok();
+        return EXIT_OK;
+    }
+    if (!strcmp(cmd, "status")) {
+        NEED(1, "status");
+        return cmd_status(ck);
+    }
+    if (!strcmp(cmd, "help")) {
+        if (n == 1) {
+            fputs(usage_text, stdout);
+            return EXIT_OK;
+        }
+        return command_help(t[1].p);
+    }
+#undef NEED
+    snprintf(msg, sizeof msg, "unknown command '%.60s' (see kvctl help)", cmd);
+    return usage_error(msg);
+}
+
+/* ------------------------------------------------------------ pipe mode */
+
+static int hexval(char c)
+{
+    if (c >= '0' && c <= '9') {
+        return c - '0';
+    }
+    if (c >= 'a' && c <= 'f') {
+        return c - 'a' + 10;
+    }
+    if (c >= 'A' && c <= 'F') {
+        return c - 'A' + 10;
+    }
+    return -1;
+}
+
+/* Split a line into tokens in place. Returns the count, or -1 with *why. */
+static int tokenize(char *line, struct tok *t, int max, const char **why)
+{
+    int n = 0;
+    char *p = line;
+    for (;;) {
+        while (*p == ' ' || *p == '\t' || *p == '\r' || *p == '\n') {
+            p++;
+        }
+        if (!*p) {
+            return n;
+        }
+        if (n == max) {
+            *why = "too many tokens";
+            return -1;
+        }
+        char *out = p, *start = p;
+        if (*p == '"') {
+            p++;
+            for (;;) {
+                if (!*p) {
+                    *why = "unterminated \"";
+                    return -1;
+                }
+                if (*p == '"') {
+                    p++;
+                    break;
+                }
+                if (*p == '\\') {
+                    p++;
+                    switch (*p) {
+                        case 'n':
+                            *out++ = '\n';
+                            p++;
+                            break;
+                        case 'r':
+                            *out++ = '\r';
+                            p++;
+                            break;
+                        case 't':
+                            *out++ = '\t';
+                            p++;
+                            break;
+                        case '"':
+                            *out++ = '"';
+                            p++;
+                            break;
+                        case '\\':
+                            *out++ = '\\';
+                            p++;
+                            break;
+                        case 'x': {
+                            int hi = hexval(p[1]),
+                                lo = hi >= 0 ? hexval(p[2]) : -1;
+                            if (hi < 0 || lo < 0) {
+                                *why = "\\x needs two hex digits";
+                                return -1;
+                            }
+                            *out++ = (char)(hi << 4 | lo);
+                            p += 3;
+                            break;
+                        }
+                        default:
+                            *why = "unknown escape in \"...\"";
+                            return -1;
+                    }
+                    continue;
+                }
+                *out++ = *p++;
+            }
+        } else if (*p == '\'') {
+            p++;
+            while (*p && *p != '\'') {
+                *out++ = *p++;
+            }
+            if (*p != '\'') {
+                *why = "unterminated '";
+                return -1;
+            }
+            p++;
+        } else {
+            while (*p && *p != ' ' && *p != '\t' && *p != '\r' && *p != '\n') {
+                *out++ = *p++;
+            }
+        }
+        bool at_end = !*p;
+        if (*p && *p != ' ' && *p != '\t' && *p != '\r' && *p != '\n') {
+            *why = "a quote must end its token";
+            return -1;
+        }
+        t[n].p = start;
+        t[n].len = (size_t)(out - start);
+        n++;
+        if (at_end) {
+            *out = 0;
+            return n;
+        }
+        p++;
+        *out = 0;
+    }
+}
+
+static int pipe_loop(struct clerk *ck)
+{
+    char *line = NULL;
+    size_t cap = 0;
+    ssize_t len;
+    while ((len = getline(&line, &cap, stdin)) > 0) {
+        struct tok t[8];
+        const char *why = NULL;
+        char *s = line;
+        while (*s == ' ' || *s == '\t') {
+            s++;
+        }
+        if (*s == '#' || *s == '\n' || *s == 0) {
+            continue;
+        }
+        int n = tokenize(line, t, 8, &why);
+        if (n < 0) {
+            usage_error(why);
+        } else if (n > 0) {
+            run_command(ck, t, n);
+        }
+        fflush(stdout);
+    }
+    free(line);
+    return EXIT_OK;
+}
+
+/* ----------------------------------------------------------------- main */
+
+int main(int argc, char **argv)
+{
+    const char *cluster = getenv("RAFTKV_CLUSTER");
+    double timeout = 5;
+    bool stale = false;
+    int i = 1;
+    for (; i < argc && argv[i][0] == '-'; i++) {
+        const char *a = argv[i];
+        const char *val = i + 1 < argc ? argv[i + 1] : NULL;
+        if (!strcmp(a, "--cluster") || !strcmp(a, "--endpoints")) {
+            if (!val) {
+                return usage_error("--cluster needs HOST:PORT,...");
+            }
+            cluster = val;
+            i++;
+        } else if (!strcmp(a, "-w") || !strcmp(a, "--write-out")) {
+            if (val && !strcmp(val, "simple")) {
+                fmt = FMT_SIMPLE;
+            } else if (val && !strcmp(val, "json")) {
+                fmt = FMT_JSON;
+            } else if (val && !strcmp(val, "table")) {
+                fmt = FMT_TABLE;
+            } else {
+                return usage_error("-w wants simple, json or table");
+            }
+            i++;
+        } else if (!strcmp(a, "--timeout")) {
+            char *end = NULL;
+            timeout = val ? strtod(val, &end) : 0;
+            if (!val || *end || timeout <= 0 || timeout > 3600) {
+                return usage_error(
+                    "--timeout wants seconds, from 0.001 to "
+                    "3600");
+            }
+            i++;
+        } else if (!strcmp(a, "--stale")) {
+            stale = true;
+        } else if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
+            fputs(usage_text, stdout);
+            return EXIT_OK;
+        } else if (!strcmp(a, "--")) {
+            i++;
+            break;
+        } else {
+            char msg[128];
+            snprintf(msg, sizeof msg, "unknown option %.60s (see kvctl --help)",
+                     a);
+            return usage_error(msg);
+        }
+    }
+    if (i < argc && !strcmp(argv[i], "help")) {
+        struct tok t[2] = {{argv[i], strlen(argv[i])}};
+        if (i + 1 < argc) {
+            t[1] = (struct tok){argv[i + 1], strlen(argv[i + 1])};
+        }
+        return run_command(NULL, t, argc - i > 2 ? 2 : argc - i);
+    }
+    if (!cluster || !*cluster) {
+        return usage_error(
+            "no cluster: give --cluster HOST:PORT,... or set "
+            "RAFTKV_CLUSTER");
+    }
+    struct clerk_options o = {
+        .deadline_ms = (unsigned)(timeout * 1000),
+        .read_mode = stale ? CLERK_READ_STALE : CLERK_READ_LINEARIZABLE};
+    if (o.deadline_ms < 1000) {
+        o.attempt_ms = o.deadline_ms;
+    }
+    struct clerk *ck;
+    int err = clerk_open(&ck, cluster, &o);
+    if (err) {
+        return usage_error(clerk_open_error());
+    }
+    int rv;
+    if (i >= argc) {
+        pipe_mode = true;
+        rv = pipe_loop(ck);
+    } else {
+        struct tok t[8];
+        int n = argc - i;
+        if (n > 8) {
+            clerk_close(ck);
+            return usage_error("too many arguments");
+        }
+        for (int k = 0; k < n; k++) {
+            t[k].p = argv[i + k];
+            t[k].len = strlen(argv[i + k]);
+        }
+        rv = run_command(ck, t, n);
+    }
+    clerk_close(ck);
+    return rv;
+}

@@ -1,0 +1,153 @@
+#!/usr/bin/env bash
+# cluster.sh: a local raftkv cluster on this machine, node i on 127.0.0.i.
+#
+#   scripts/cluster.sh start [3|5|7]   build if needed, start, wait for a leader
+#   scripts/cluster.sh stop            stop every node (SIGTERM)
+#   scripts/cluster.sh status          kvctl status of the running cluster
+#   scripts/cluster.sh kill ID         kill -9 one node
+#   scripts/cluster.sh restart ID      start one node again with its data
+#   scripts/cluster.sh log ID [-f]     show (or follow) one node's log
+#   scripts/cluster.sh env             print the RAFTKV_CLUSTER line
+#   scripts/cluster.sh wipe            stop and delete all data and logs
+#
+# Data and logs live in $RAFTKV_CLUSTER_DIR (default: .cluster in the
+# repository). Every node listens on port $RAFTKV_PORT (default 7001) of its
+# own loopback address. Build output goes to build/ (like scripts/test.sh).
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+root=$(pwd)
+dir=${RAFTKV_CLUSTER_DIR:-$root/.cluster}
+port=${RAFTKV_PORT:-7001}
+kvserver=$root/build/kvserver/kvserver
+kvctl=$root/build/clerk/kvctl
+
+die() { echo "cluster.sh: $*" >&2; exit 1; }
+
+nodes() { cat "$dir/size" 2>/dev/null || echo 0; }
+
+cluster_list() { # ID=HOST:PORT,... for kvserver
+    local n=$1 list="" i
+    for ((i = 1; i <= n; i++)); do list+="${list:+,}$i=127.0.0.$i:$port"; done
+    echo "$list"
+}
+
+endpoints() { # HOST:PORT,... for clients
+    local n=$1 list="" i
+    for ((i = 1; i <= n; i++)); do list+="${list:+,}127.0.0.$i:$port"; done
+    echo "$list"
+}
+
+running() { # is node $1 running?
+    local pid
+    pid=$(cat "$dir/node$1.pid" 2>/dev/null) || return 1
+    kill -0 "$pid" 2>/dev/null
+}
+
+build() {
+    scripts/deps.sh
+    if [ ! -f build/CMakeCache.txt ]; then
+        cmake -S . -B build >/dev/null
+    fi
+    cmake --build build -j "$(nproc)" --target kvserver kvctl >/dev/null
+}
+
+start_node() { # id, size
+    local i=$1 n=$2
+    running "$i" && { echo "node $i is already running"; return; }
+    mkdir -p "$dir/node$i"
+    nohup "$kvserver" --id "$i" --cluster "$(cluster_list "$n")" \
+        --data-dir "$dir/node$i" >>"$dir/node$i.log" 2>&1 &
+    echo $! >"$dir/node$i.pid"
+}
+
+wait_leader() {
+    local n=$1 t
+    for ((t = 0; t < 100; t++)); do
+        if "$kvctl" --cluster "$(endpoints "$n")" --timeout 1 status >/dev/null 2>&1; then
+            return 0
+        fi
+        sleep 0.2
+    done
+    return 1
+}
+
+cmd=${1:-help}
+case "$cmd" in
+start)
+    n=${2:-3}
+    case "$n" in 1|3|5|7) ;; *) die "start takes 1, 3, 5 or 7 nodes, not $n" ;; esac
+    old=$(nodes)
+    if [ "$old" != 0 ] && [ "$old" != "$n" ]; then
+        die "$dir holds a $old-node cluster; 'cluster.sh wipe' first to start $n nodes"
+    fi
+    build
+    mkdir -p "$dir"
+    echo "$n" >"$dir/size"
+    for ((i = 1; i <= n; i++)); do start_node "$i" "$n"; done
+    if ! wait_leader "$n"; then
+        echo "cluster.sh: no leader after 20 s; the logs:" >&2
+        for ((i = 1; i <= n; i++)); do tail -n 5 "$dir/node$i.log" >&2; done
+        exit 1
+    fi
+    echo "raftkv: $n nodes running, data and logs in $dir"
+    for ((i = 1; i <= n; i++)); do echo "  node $i  127.0.0.$i:$port"; done
+    echo
+    echo "Try:"
+    echo "  export RAFTKV_CLUSTER=$(endpoints "$n")"
+    echo "  build/clerk/kvctl put hello world && build/clerk/kvctl get hello"
+    echo "  build/clerk/kvctl -w table status"
+    ;;
+stop)
+    n=$(nodes)
+    for ((i = 1; i <= n; i++)); do
+        if running "$i"; then
+            pid=$(cat "$dir/node$i.pid")
+            kill -TERM "$pid"
+            for ((t = 0; t < 50; t++)); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+            kill -0 "$pid" 2>/dev/null && kill -9 "$pid"
+            echo "node $i stopped"
+        fi
+        rm -f "$dir/node$i.pid"
+    done
+    ;;
+status)
+    n=$(nodes)
+    [ "$n" != 0 ] || die "no cluster in $dir (cluster.sh start)"
+    exec "$kvctl" --cluster "$(endpoints "$n")" -w table status
+    ;;
+kill)
+    i=${2:?kill needs a node id}
+    running "$i" || die "node $i is not running"
+    kill -9 "$(cat "$dir/node$i.pid")"
+    rm -f "$dir/node$i.pid"
+    echo "node $i killed (kill -9)"
+    ;;
+restart)
+    i=${2:?restart needs a node id}
+    n=$(nodes)
+    [ "$i" -ge 1 ] && [ "$i" -le "$n" ] || die "no node $i in a $n-node cluster"
+    start_node "$i" "$n"
+    echo "node $i started"
+    ;;
+log)
+    i=${2:?log needs a node id}
+    [ -f "$dir/node$i.log" ] || die "no log for node $i in $dir"
+    if [ "${3:-}" = "-f" ]; then exec tail -f "$dir/node$i.log"; fi
+    tail -n 50 "$dir/node$i.log"
+    ;;
+env)
+    echo "export RAFTKV_CLUSTER=$(endpoints "$(nodes)")"
+    ;;
+wipe)
+    "$0" stop >/dev/null || true
+    rm -rf "$dir"
+    echo "removed $dir"
+    ;;
+help|-h|--help)
+    sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'
+    ;;
+*)
+    die "unknown command '$cmd' (cluster.sh help)"
+    ;;
+esac
