@@ -545,12 +545,7 @@ static int run(struct clerk *c, const struct request *rq, struct answer *out)
                 default:
                     c->leader = i;
                     *out = a;
-                    if (a.message[0]) {
-                        snprintf(c->errmsg, sizeof c->errmsg, "%s: %s",
-                                 c->servers[i].addr, a.message);
-                    } else {
-                        c->errmsg[0] = 0;
-                    }
+                    snprintf(c->errmsg, sizeof c->errmsg, "%s", a.message);
                     return final_result(rq, &a);
             }
         }

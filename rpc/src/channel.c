@@ -382,6 +382,16 @@ static void on_timer(evutil_socket_t fd, short what, void *arg)
     complete(p, NULL, RPC_E_TIMEOUT, why);
 }
 
+/* Has the server closed (or reset) the connection? Never blocks. */
+static bool peer_closed(struct rpc_channel *ch)
+{
+    char b;
+    ssize_t r =
+        recv(bufferevent_getfd(ch->bev), &b, 1, MSG_PEEK | MSG_DONTWAIT);
+    return r == 0 ||
+           (r < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR);
+}
+
 /* Make the connection usable for a call, or say why not. */
 static int ensure_connection(struct rpc_channel *ch)
 {
@@ -391,6 +401,17 @@ static int ensure_connection(struct rpc_channel *ch)
             return RPC_E_UNAVAILABLE; /* reason: ch->last_failure */
         }
         ch->state = CH_IDLE;
+    }
+    /* Late replies may sit in front of an end of stream: drain them. */
+    for (int i = 0; i < 4 && ch->state == CH_CONNECTED && ch->own_base; i++) {
+        event_base_loop(ch->base, EVLOOP_NONBLOCK);
+    }
+    if (ch->state == CH_CONNECTED && ch->own_base && peer_closed(ch)) {
+        /* A blocking channel runs no loop between calls, so it has not
+         * seen its server go away: reconnect rather than send into a dead
+         * connection (which would leave the call's fate unknown). */
+        connection_failed(ch, RPC_E_CONNECTION_LOST,
+                          "connection closed by the server");
     }
     if (ch->state == CH_IDLE) {
         int rv = start_connect(ch);
@@ -442,13 +463,14 @@ static void channel_invoke(ProtobufCService *service,
     p->closure_data = closure_data;
     p->done = ch->own_base ? &done : NULL;
     p->deadline_ms = ch->deadline_ms;
+    /* Settle the connection first: a dead one fails the calls pending on
+     * it, which must not include this one. */
+    int rv = ensure_connection(ch);
     size_t b = bucket(ch, p->id);
     p->hnext = ch->table[b];
     ch->table[b] = p;
     ch->n_pending++;
     ch->stats.calls++;
-
-    int rv = ensure_connection(ch);
     if (rv == 0 && evbuffer_get_length(bufferevent_get_output(ch->bev)) >
                        ch->opts.max_output) {
         snprintf(ch->last_failure, sizeof ch->last_failure,

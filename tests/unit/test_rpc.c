@@ -211,6 +211,35 @@ static void test_rpc_blocking_call_returns_after_its_closure(void)
     echo_server_kill(pid);
 }
 
+static void test_rpc_blocking_channel_reconnects_after_server_restart(void)
+{
+    uint16_t p;
+    pid_t pid = echo_server_spawn("127.0.0.1", 0, &p);
+    CU_ASSERT_FATAL(pid > 0);
+    struct rpc_channel *ch = rpc_channel_new_blocking("127.0.0.1", p, NULL);
+    ProtobufCService *svc = rpc_channel_service(ch, echo_desc);
+    struct result r = {0};
+    call(svc, M_ECHO, "first", 0, &r);
+    CU_ASSERT_EQUAL(r.status, RPC_OK);
+    /* The server restarts between two calls; the channel never ran its loop
+     * in between, yet the next call must not be sent into the dead
+     * connection. */
+    echo_server_kill(pid);
+    pid = echo_server_spawn("127.0.0.1", p, &p);
+    CU_ASSERT_FATAL(pid > 0);
+    struct result r2 = {0};
+    call(svc, M_ECHO, "second", 0, &r2);
+    CU_ASSERT_EQUAL(r2.done, 1);
+    CU_ASSERT_EQUAL(r2.status, RPC_OK);
+    CU_ASSERT_STRING_EQUAL(r2.payload, "second");
+    struct rpc_channel_stats st;
+    rpc_channel_get_stats(ch, &st);
+    CU_ASSERT_EQUAL(st.connects, 2);
+    CU_ASSERT_EQUAL(st.failed, 0);
+    rpc_channel_free(ch);
+    echo_server_kill(pid);
+}
+
 static void test_rpc_async_call_completes_from_the_loop(void)
 {
     start_local_server(NULL);
@@ -625,6 +654,8 @@ int main(int argc, char **argv)
     static CU_TestInfo tests[] = {
         {"test_rpc_blocking_call_returns_after_its_closure",
          test_rpc_blocking_call_returns_after_its_closure},
+        {"test_rpc_blocking_channel_reconnects_after_server_restart",
+         test_rpc_blocking_channel_reconnects_after_server_restart},
         {"test_rpc_async_call_completes_from_the_loop",
          test_rpc_async_call_completes_from_the_loop},
         {"test_rpc_thousand_concurrent_calls_answered_out_of_order",

@@ -1,0 +1,447 @@
+/* test_clerk.c: libclerk and kvctl against real clusters on loopback. */
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <CUnit/Basic.h>
+
+#include "clerk/clerk.h"
+#include "cunit_main.h"
+#include "harness.h"
+
+#define FAILED_SINCE(before) (CU_get_number_of_failures() > (before))
+
+static void sleep_ms(unsigned ms)
+{
+    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000};
+    nanosleep(&ts, NULL);
+}
+
+static uint64_t now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+/* "127.0.0.1:P1,127.0.0.1:P2,..." for a cluster. */
+static void endpoints(struct h_cluster *c, char *out, size_t len)
+{
+    size_t off = 0;
+    out[0] = 0;
+    for (size_t i = 0; i < c->n; i++) {
+        off += (size_t)snprintf(out + off, len - off, "%s127.0.0.1:%u",
+                                i ? "," : "", c->nodes[i].port);
+    }
+}
+
+static struct clerk *open_clerk(struct h_cluster *c, unsigned deadline_ms)
+{
+    char eps[512];
+    endpoints(c, eps, sizeof eps);
+    struct clerk_options o = {.deadline_ms = deadline_ms};
+    struct clerk *ck = NULL;
+    CU_ASSERT_FATAL(clerk_open(&ck, eps, &o) == CLERK_OK);
+    return ck;
+}
+
+static bool value_is(struct clerk *ck, const char *key, const char *want)
+{
+    void *v = NULL;
+    size_t len = 0;
+    int err = clerk_get(ck, key, strlen(key), &v, &len);
+    bool ok =
+        err == CLERK_OK && len == strlen(want) && memcmp(v, want, len) == 0;
+    if (!ok) {
+        fprintf(stderr, "get %s: %s (%s), want '%s'\n", key,
+                clerk_error_code(err), clerk_errmsg(ck), want);
+    }
+    clerk_free(v);
+    return ok;
+}
+
+static void test_clerk_all_operations_and_binary_values(void)
+{
+    unsigned failures_at_start = CU_get_number_of_failures();
+    struct h_cluster c;
+    CU_ASSERT_FATAL(h_cluster_start(&c, 3, NULL) == 0);
+    struct clerk *ck = open_clerk(&c, 10000);
+    CU_ASSERT_EQUAL(clerk_put(ck, "k", 1, "v1", 2), CLERK_OK);
+    CU_ASSERT(value_is(ck, "k", "v1"));
+    CU_ASSERT_EQUAL(clerk_append(ck, "k", 1, "+v2", 3), CLERK_OK);
+    CU_ASSERT(value_is(ck, "k", "v1+v2"));
+    CU_ASSERT_EQUAL(clerk_delete(ck, "k", 1), CLERK_OK);
+    void *v = NULL;
+    size_t len;
+    CU_ASSERT_EQUAL(clerk_get(ck, "k", 1, &v, &len), CLERK_NOT_FOUND);
+    CU_ASSERT_EQUAL(clerk_delete(ck, "k", 1), CLERK_NOT_FOUND);
+
+    /* Compare and swap, with "must not exist" and with a value. */
+    void *cur = (void *)1;
+    size_t cur_len = 99;
+    CU_ASSERT_EQUAL(clerk_cas(ck, "c", 1, NULL, 0, "a", 1, &cur, &cur_len),
+                    CLERK_OK);
+    CU_ASSERT_EQUAL(clerk_cas(ck, "c", 1, NULL, 0, "b", 1, &cur, &cur_len),
+                    CLERK_CAS_MISMATCH);
+    CU_ASSERT(cur_len == 1 && cur && memcmp(cur, "a", 1) == 0);
+    clerk_free(cur);
+    CU_ASSERT_EQUAL(clerk_cas(ck, "c", 1, "zz", 2, "b", 1, NULL, NULL),
+                    CLERK_CAS_MISMATCH);
+    CU_ASSERT_EQUAL(clerk_cas(ck, "c", 1, "a", 1, "b", 1, NULL, NULL),
+                    CLERK_OK);
+    CU_ASSERT(value_is(ck, "c", "b"));
+    CU_ASSERT_EQUAL(clerk_cas(ck, "gone", 4, "x", 1, "y", 1, &cur, &cur_len),
+                    CLERK_CAS_MISMATCH);
+    CU_ASSERT_PTR_NULL(cur);
+
+    /* Keys and values are bytes, NULs included. */
+    unsigned char key[4] = {0, 1, 0xff, 'k'};
+    unsigned char val[256];
+    for (int i = 0; i < 256; i++) {
+        val[i] = (unsigned char)i;
+    }
+    CU_ASSERT_EQUAL(clerk_put(ck, key, 4, val, 256), CLERK_OK);
+    CU_ASSERT_EQUAL(clerk_get(ck, key, 4, &v, &len), CLERK_OK);
+    CU_ASSERT(len == 256 && memcmp(v, val, 256) == 0);
+    clerk_free(v);
+    CU_ASSERT_EQUAL(clerk_put(ck, "empty", 5, "", 0), CLERK_OK);
+    CU_ASSERT(value_is(ck, "empty", ""));
+
+    /* Bad input gets a clear error, not a crash. */
+    CU_ASSERT_EQUAL(clerk_put(ck, "", 0, "x", 1), CLERK_BAD_REQUEST);
+    static char longkey[600];
+    memset(longkey, 'k', sizeof longkey);
+    CU_ASSERT_EQUAL(clerk_put(ck, longkey, sizeof longkey, "x", 1),
+                    CLERK_VALUE_TOO_LARGE);
+    CU_ASSERT_EQUAL(clerk_get(ck, NULL, 3, &v, &len), CLERK_INVALID);
+    struct clerk *bad;
+    CU_ASSERT_EQUAL(clerk_open(&bad, "no-port-here", NULL), CLERK_INVALID);
+    CU_ASSERT(strstr(clerk_open_error(), "no-port-here") != NULL);
+    CU_ASSERT_EQUAL(clerk_open(&bad, "", NULL), CLERK_INVALID);
+
+    /* Stale reads from any node. */
+    clerk_set_read_mode(ck, CLERK_READ_STALE);
+    bool seen = false;
+    for (int t = 0; t < 50 && !seen; t++) {
+        seen = value_is(ck, "c", "b");
+    }
+    CU_ASSERT(seen);
+
+    /* Status: one leader, everyone agrees on it. */
+    struct clerk_node_status *st;
+    size_t n;
+    CU_ASSERT_EQUAL(clerk_status(ck, &st, &n), CLERK_OK);
+    CU_ASSERT_EQUAL_FATAL(n, 3);
+    int leaders = 0;
+    for (size_t i = 0; i < n; i++) {
+        CU_ASSERT(st[i].reachable);
+        leaders += !strcmp(st[i].role, "leader");
+        CU_ASSERT_EQUAL(st[i].leader, st[0].leader);
+    }
+    CU_ASSERT_EQUAL(leaders, 1);
+    clerk_free(st);
+    clerk_close(ck);
+    c.keep = FAILED_SINCE(failures_at_start);
+    h_cluster_destroy(&c);
+}
+
+/* Writers sharing one handle; the leader is killed in the middle. */
+struct shared_writer
+{
+    struct clerk *ck;
+    int thread;
+    int count;
+    int acked;
+    char *log; /* appends acknowledged, in order */
+    size_t log_len;
+};
+
+static void *shared_writer_main(void *arg)
+{
+    struct shared_writer *w = arg;
+    char key[32], tok[32];
+    snprintf(key, sizeof key, "appends-%d", w->thread);
+    w->log = calloc(1, (size_t)w->count * 8 + 1);
+    for (int i = 0; i < w->count; i++) {
+        int len = snprintf(tok, sizeof tok, "%d,", i);
+        int err = clerk_append(w->ck, key, strlen(key), tok, (size_t)len);
+        if (err == CLERK_OK) {
+            memcpy(w->log + w->log_len, tok, (size_t)len);
+            w->log_len += (size_t)len;
+            w->acked++;
+        }
+    }
+    return NULL;
+}
+
+static void test_clerk_leader_killed_mid_writes_every_ack_present_once(void)
+{
+    enum { THREADS = 4, COUNT = 120 };
+    unsigned failures_at_start = CU_get_number_of_failures();
+    struct h_cluster c;
+    CU_ASSERT_FATAL(h_cluster_start(&c, 3, NULL) == 0);
+    struct clerk *ck = open_clerk(&c, 20000);
+    CU_ASSERT_FATAL(clerk_put(ck, "warm", 4, "up", 2) == CLERK_OK);
+    struct shared_writer w[THREADS];
+    pthread_t th[THREADS];
+    for (int i = 0; i < THREADS; i++) {
+        w[i] = (struct shared_writer){.ck = ck, .thread = i, .count = COUNT};
+        pthread_create(&th[i], NULL, shared_writer_main, &w[i]);
+    }
+    sleep_ms(400);
+    int leader = h_find_leader(&c, 5000);
+    CU_ASSERT_FATAL(leader >= 0);
+    h_node_kill(&c, (size_t)leader);
+    sleep_ms(1000);
+    h_node_start(&c, (size_t)leader);
+    for (int i = 0; i < THREADS; i++) {
+        pthread_join(th[i], NULL);
+    }
+    for (int i = 0; i < THREADS; i++) {
+        char key[32];
+        snprintf(key, sizeof key, "appends-%d", i);
+        void *v = NULL;
+        size_t len = 0;
+        CU_ASSERT_EQUAL(clerk_get(ck, key, strlen(key), &v, &len), CLERK_OK);
+        /* Every write was acknowledged (the deadline outlasts the
+         * failover) and appears exactly once, in order. */
+        CU_ASSERT_EQUAL(w[i].acked, COUNT);
+        CU_ASSERT(v && len == w[i].log_len && memcmp(v, w[i].log, len) == 0);
+        clerk_free(v);
+        free(w[i].log);
+    }
+    clerk_close(ck);
+    c.keep = FAILED_SINCE(failures_at_start);
+    h_cluster_destroy(&c);
+}
+
+static void test_clerk_deadline_tells_unknown_from_not_applied(void)
+{
+    unsigned failures_at_start = CU_get_number_of_failures();
+    struct h_cluster c;
+    CU_ASSERT_FATAL(h_cluster_start(&c, 3, NULL) == 0);
+    struct clerk *ck = open_clerk(&c, 10000);
+    CU_ASSERT_FATAL(clerk_put(ck, "k", 1, "before", 6) == CLERK_OK);
+
+    /* Every node paused: the write is sent and never answered. */
+    for (size_t i = 0; i < c.n; i++) {
+        h_node_pause(&c, i, true);
+    }
+    clerk_set_deadline(ck, 1500);
+    uint64_t t0 = now_ms();
+    int err = clerk_put(ck, "k", 1, "during", 6);
+    uint64_t took = now_ms() - t0;
+    CU_ASSERT_EQUAL(err, CLERK_UNKNOWN_OUTCOME);
+    CU_ASSERT(took >= 1400 && took < 4000);
+    CU_ASSERT(strstr(clerk_errmsg(ck), "1500 ms") != NULL);
+    void *v;
+    size_t len;
+    CU_ASSERT_EQUAL(clerk_get(ck, "k", 1, &v, &len), CLERK_TIMEOUT);
+    for (size_t i = 0; i < c.n; i++) {
+        h_node_pause(&c, i, false);
+    }
+    clerk_set_deadline(ck, 0);
+    /* After the unknown outcome the key holds one of the two values. */
+    CU_ASSERT_EQUAL(clerk_get(ck, "k", 1, &v, &len), CLERK_OK);
+    CU_ASSERT(len == 6 &&
+              (memcmp(v, "before", 6) == 0 || memcmp(v, "during", 6) == 0));
+    clerk_free(v);
+
+    /* Every node down: connections are refused, nothing was sent. */
+    for (size_t i = 0; i < c.n; i++) {
+        h_node_kill(&c, i);
+    }
+    clerk_set_deadline(ck, 800);
+    err = clerk_put(ck, "k", 1, "never", 5);
+    CU_ASSERT_EQUAL(err, CLERK_UNAVAILABLE);
+    CU_ASSERT(strstr(clerk_errmsg(ck), "refused") != NULL);
+    for (size_t i = 0; i < c.n; i++) {
+        h_node_start(&c, i);
+    }
+    clerk_set_deadline(ck, 10000);
+    CU_ASSERT_EQUAL(clerk_get(ck, "k", 1, &v, &len), CLERK_OK);
+    CU_ASSERT(!(len == 5 && memcmp(v, "never", 5) == 0));
+    clerk_free(v);
+    clerk_close(ck);
+    c.keep = FAILED_SINCE(failures_at_start);
+    h_cluster_destroy(&c);
+}
+
+/* ----------------------------------------------------------------- kvctl */
+
+static struct h_cluster kc; /* one cluster for the kvctl tests */
+static char kc_eps[512];
+
+/* Run kvctl with args (and stdin text); capture stdout; return status. */
+static int kvctl(const char *args, const char *input, char *out, size_t cap)
+{
+    char cmd[2048], in_path[64] = "";
+    if (input) {
+        snprintf(in_path, sizeof in_path, "/tmp/kvctl-in-XXXXXX");
+        int fd = mkstemp(in_path);
+        CU_ASSERT_FATAL(fd >= 0);
+        CU_ASSERT(write(fd, input, strlen(input)) == (ssize_t)strlen(input));
+        close(fd);
+    }
+    snprintf(cmd, sizeof cmd, "%s --cluster %s %s %s%s 2>/dev/null", KVCTL_BIN,
+             kc_eps, args, input ? "< " : "", in_path);
+    FILE *p = popen(cmd, "r");
+    size_t n = fread(out, 1, cap - 1, p);
+    out[n] = 0;
+    int st = pclose(p);
+    if (input) {
+        unlink(in_path);
+    }
+    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+static int kvctl_setup(void)
+{
+    if (h_cluster_start(&kc, 3, NULL) != 0 || h_find_leader(&kc, 10000) < 0) {
+        return 1;
+    }
+    endpoints(&kc, kc_eps, sizeof kc_eps);
+    return 0;
+}
+
+static int kvctl_teardown(void)
+{
+    h_cluster_destroy(&kc);
+    return 0;
+}
+
+static void test_kvctl_one_shot_output_and_exit_codes(void)
+{
+    char out[4096];
+    CU_ASSERT_EQUAL(kvctl("put greeting hello", NULL, out, sizeof out), 0);
+    CU_ASSERT_STRING_EQUAL(out, "OK\n");
+    CU_ASSERT_EQUAL(kvctl("get greeting", NULL, out, sizeof out), 0);
+    CU_ASSERT_STRING_EQUAL(out, "hello\n");
+    CU_ASSERT_EQUAL(kvctl("append greeting ' world'", NULL, out, sizeof out),
+                    0);
+    CU_ASSERT_EQUAL(kvctl("get greeting", NULL, out, sizeof out), 0);
+    CU_ASSERT_STRING_EQUAL(out, "hello world\n");
+    CU_ASSERT_EQUAL(kvctl("get missing", NULL, out, sizeof out), 1);
+    CU_ASSERT_EQUAL(kvctl("del missing", NULL, out, sizeof out), 1);
+    CU_ASSERT_EQUAL(kvctl("cas greeting nope x", NULL, out, sizeof out), 4);
+    CU_ASSERT_EQUAL(kvctl("cas --absent greeting x", NULL, out, sizeof out), 4);
+    CU_ASSERT_EQUAL(kvctl("cas --absent fresh x", NULL, out, sizeof out), 0);
+    CU_ASSERT_EQUAL(kvctl("cas fresh x y", NULL, out, sizeof out), 0);
+    /* A stale read may lag the last write for a moment. */
+    bool seen = false;
+    for (int t = 0; t < 50 && !seen; t++) {
+        seen = kvctl("--stale get fresh", NULL, out, sizeof out) == 0 &&
+               !strcmp(out, "y\n");
+    }
+    CU_ASSERT(seen);
+    CU_ASSERT_EQUAL(kvctl("del fresh", NULL, out, sizeof out), 0);
+    /* Usage errors. */
+    CU_ASSERT_EQUAL(kvctl("put onlykey", NULL, out, sizeof out), 2);
+    CU_ASSERT_EQUAL(kvctl("frobnicate", NULL, out, sizeof out), 2);
+    CU_ASSERT_EQUAL(kvctl("-w yaml get x", NULL, out, sizeof out), 2);
+    CU_ASSERT_EQUAL(kvctl("--bogus get x", NULL, out, sizeof out), 2);
+    CU_ASSERT_EQUAL(kvctl("help put", NULL, out, sizeof out), 0);
+    CU_ASSERT(strstr(out, "kvctl put KEY VALUE") != NULL);
+    CU_ASSERT_EQUAL(kvctl("get --help", NULL, out, sizeof out), 0);
+    CU_ASSERT(strstr(out, "kvctl get KEY") != NULL);
+    /* JSON answers. */
+    CU_ASSERT_EQUAL(kvctl("-w json get greeting", NULL, out, sizeof out), 0);
+    CU_ASSERT_STRING_EQUAL(out, "{\"ok\":true,\"value\":\"hello world\"}\n");
+    CU_ASSERT_EQUAL(kvctl("-w json get missing", NULL, out, sizeof out), 1);
+    CU_ASSERT(strncmp(out, "{\"ok\":false,\"error\":\"NOT_FOUND\"", 31) == 0);
+    CU_ASSERT_EQUAL(kvctl("-w json cas greeting nope x", NULL, out, sizeof out),
+                    4);
+    CU_ASSERT(strstr(out, "\"error\":\"CAS_MISMATCH\"") != NULL);
+    CU_ASSERT(strstr(out, "\"current\":\"hello world\"") != NULL);
+    /* Status. */
+    CU_ASSERT_EQUAL(kvctl("-w table status", NULL, out, sizeof out), 0);
+    CU_ASSERT(strstr(out, "ROLE") != NULL && strstr(out, "leader") != NULL);
+    CU_ASSERT_EQUAL(kvctl("-w json status", NULL, out, sizeof out), 0);
+    CU_ASSERT(strstr(out, "\"role\":\"leader\"") != NULL);
+}
+
+static void test_kvctl_unreachable_cluster_exits_3(void)
+{
+    char out[1024], cmd[512];
+    snprintf(cmd, sizeof cmd,
+             "%s --cluster 127.0.0.1:1 --timeout 0.5 put k v >/dev/null "
+             "2>&1",
+             KVCTL_BIN);
+    int st = system(cmd);
+    CU_ASSERT(WIFEXITED(st) && WEXITSTATUS(st) == 3);
+    snprintf(cmd, sizeof cmd,
+             "%s --cluster 127.0.0.1:1 --timeout 0.5 -w json get k", KVCTL_BIN);
+    FILE *p = popen(cmd, "r");
+    size_t n = fread(out, 1, sizeof out - 1, p);
+    out[n] = 0;
+    pclose(p);
+    CU_ASSERT(strstr(out, "\"error\":\"TIMEOUT\"") != NULL);
+}
+
+static void test_kvctl_pipe_mode_simple_and_json(void)
+{
+    char out[4096];
+    const char *script =
+        "# a comment, then an empty line\n"
+        "\n"
+        "put \"two words\" \"line\\none\\ttab \\\"q\\\" \\x00end\"\n"
+        "get \"two words\"\n"
+        "append 'two words' ' more'\n"
+        "get 'two words'\n"
+        "get absent\n"
+        "del 'two words'\n"
+        "put \"unterminated\n"
+        "nonsense\n";
+    CU_ASSERT_EQUAL(kvctl("", script, out, sizeof out), 0);
+    CU_ASSERT_STRING_EQUAL(
+        out,
+        "OK\n"
+        "\"line\\none\\ttab \\\"q\\\" \\x00end\"\n"
+        "OK\n"
+        "\"line\\none\\ttab \\\"q\\\" \\x00end more\"\n"
+        "ERROR NOT_FOUND no such key\n"
+        "OK\n"
+        "ERROR USAGE unterminated \"\n"
+        "ERROR USAGE unknown command 'nonsense' (see kvctl help)\n");
+    CU_ASSERT_EQUAL(
+        kvctl("-w json", "put j 1\nget j\nget nothing\n", out, sizeof out), 0);
+    char *second = strchr(out, '\n');
+    CU_ASSERT_FATAL(second != NULL);
+    CU_ASSERT(strncmp(out, "{\"ok\":true}\n", 12) == 0);
+    CU_ASSERT(strncmp(second + 1, "{\"ok\":true,\"value\":\"1\"}\n", 24) == 0);
+    CU_ASSERT(strstr(out, "{\"ok\":false,\"error\":\"NOT_FOUND\"") != NULL);
+}
+
+int main(int argc, char **argv)
+{
+    signal(SIGPIPE, SIG_IGN);
+    static CU_TestInfo clerk_tests[] = {
+        {"test_clerk_all_operations_and_binary_values",
+         test_clerk_all_operations_and_binary_values},
+        {"test_clerk_leader_killed_mid_writes_every_ack_present_once",
+         test_clerk_leader_killed_mid_writes_every_ack_present_once},
+        {"test_clerk_deadline_tells_unknown_from_not_applied",
+         test_clerk_deadline_tells_unknown_from_not_applied},
+        CU_TEST_INFO_NULL,
+    };
+    static CU_TestInfo kvctl_tests[] = {
+        {"test_kvctl_one_shot_output_and_exit_codes",
+         test_kvctl_one_shot_output_and_exit_codes},
+        {"test_kvctl_unreachable_cluster_exits_3",
+         test_kvctl_unreachable_cluster_exits_3},
+        {"test_kvctl_pipe_mode_simple_and_json",
+         test_kvctl_pipe_mode_simple_and_json},
+        CU_TEST_INFO_NULL,
+    };
+    static CU_SuiteInfo suites[] = {
+        {"clerk", NULL, NULL, NULL, NULL, clerk_tests},
+        {"kvctl", kvctl_setup, kvctl_teardown, NULL, NULL, kvctl_tests},
+        CU_SUITE_INFO_NULL,
+    };
+    return cunit_main(argc, argv, suites);
+}
