@@ -12,15 +12,17 @@
 #
 # Data and logs live in $RAFTKV_CLUSTER_DIR (default: .cluster in the
 # repository). Every node listens on port $RAFTKV_PORT (default 7001) of its
-# own loopback address. Build output goes to build/ (like scripts/test.sh).
+# own loopback address. Binaries come from $RAFTKV_BUILD_DIR (default build/,
+# like scripts/test.sh), which is built first when needed.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
 root=$(pwd)
 dir=${RAFTKV_CLUSTER_DIR:-$root/.cluster}
 port=${RAFTKV_PORT:-7001}
-kvserver=$root/build/kvserver/kvserver
-kvctl=$root/build/clerk/kvctl
+bdir=${RAFTKV_BUILD_DIR:-$root/build}
+kvserver=$bdir/kvserver/kvserver
+kvctl=$bdir/clerk/kvctl
 
 die() { echo "cluster.sh: $*" >&2; exit 1; }
 
@@ -46,10 +48,10 @@ running() { # is node $1 running?
 
 build() {
     scripts/deps.sh
-    if [ ! -f build/CMakeCache.txt ]; then
-        cmake -S . -B build >/dev/null
+    if [ ! -f "$bdir/CMakeCache.txt" ]; then
+        cmake -S . -B "$bdir" >/dev/null
     fi
-    cmake --build build -j "$(nproc)" --target kvserver kvctl >/dev/null
+    cmake --build "$bdir" -j "$(nproc)" --target kvserver kvctl >/dev/null
 }
 
 start_node() { # id, size
@@ -95,8 +97,9 @@ start)
     echo
     echo "Try:"
     echo "  export RAFTKV_CLUSTER=$(endpoints "$n")"
-    echo "  build/clerk/kvctl put hello world && build/clerk/kvctl get hello"
-    echo "  build/clerk/kvctl -w table status"
+    rel=${kvctl#"$root"/}
+    echo "  $rel put hello world && $rel get hello"
+    echo "  $rel -w table status"
     ;;
 stop)
     n=$(nodes)

@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# test_cluster_script.sh BUILD_DIR SOURCE_DIR: the local cluster launcher as
+# a user runs it: start, write, kill the leader, status, restart, stop, wipe.
+set -euo pipefail
+build=$1 src=$2
+export RAFTKV_BUILD_DIR=$build
+export RAFTKV_CLUSTER_DIR=$(mktemp -d /tmp/raftkv-cluster-XXXXXX)
+in_use() { (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; }
+port=$((20000 + ($$ % 20000)))
+while in_use 127.0.0.1 $port || in_use 127.0.0.2 $port || in_use 127.0.0.3 $port; do
+    port=$((port + 1))
+done
+export RAFTKV_PORT=$port
+cs=$src/scripts/cluster.sh
+kvctl=$build/clerk/kvctl
+trap '"$cs" wipe >/dev/null 2>&1 || true' EXIT
+fail() { echo "FAIL: $*"; "$cs" log 1 || true; exit 1; }
+
+out=$("$cs" start) || fail "start"
+grep -q "127.0.0.3:$port" <<<"$out" || fail "start did not print the endpoints"
+eval "$("$cs" env)"
+[ "$RAFTKV_CLUSTER" = "127.0.0.1:$port,127.0.0.2:$port,127.0.0.3:$port" ] || fail "env"
+"$kvctl" put k v >/dev/null || fail "put"
+[ "$("$kvctl" get k)" = v ] || fail "get"
+leader=$("$kvctl" -w json status | grep -o '"id":[0-9]*,"role":"leader"' | grep -o '[0-9]\+' | head -n 1)
+[ -n "$leader" ] || fail "no leader in status"
+"$cs" kill "$leader" >/dev/null || fail "kill"
+"$kvctl" --timeout 10 put k v2 >/dev/null || fail "put after killing the leader"
+"$cs" status >/dev/null || fail "status with one node down"
+"$cs" restart "$leader" >/dev/null || fail "restart"
+"$cs" log "$leader" | grep -q "restored" || fail "log"
+[ "$("$kvctl" get k)" = v2 ] || fail "get after restart"
+"$cs" stop >/dev/null || fail "stop"
+if "$kvctl" --timeout 0.5 get k >/dev/null 2>&1; then fail "still serving after stop"; fi
+"$cs" start >/dev/null || fail "start again"
+[ "$("$kvctl" get k)" = v2 ] || fail "data lost across stop and start"
+"$cs" wipe >/dev/null
+[ ! -d "$RAFTKV_CLUSTER_DIR" ] || fail "wipe left $RAFTKV_CLUSTER_DIR"
+echo "1 passed, 0 failed"
