@@ -415,16 +415,18 @@ int main(int argc, char **argv)
                (unsigned long long)B.errors);
         return 1;
     }
+    double mean = B.hist.sum / (double)B.hist.n / ms;
+    double p50 = (double)hist_quantile(&B.hist, 0.5) / ms;
+    double p90 = (double)hist_quantile(&B.hist, 0.9) / ms;
+    double p99 = (double)hist_quantile(&B.hist, 0.99) / ms;
+    double max = (double)B.hist.max / ms;
+    double rate = (double)B.done / el;
     printf(
         "op=%s conns=%d clients=%d ops=%llu errors=%llu elapsed=%.2fs "
         "rate=%.0f ops/s mean=%.2fms p50=%.2fms p90=%.2fms p99=%.2fms "
         "max=%.2fms\n",
         ops[B.op], B.conns, B.clients, (unsigned long long)B.done,
-        (unsigned long long)B.errors, el, (double)B.done / el,
-        B.hist.sum / (double)B.hist.n / ms,
-        (double)hist_quantile(&B.hist, 0.5) / ms,
-        (double)hist_quantile(&B.hist, 0.9) / ms,
-        (double)hist_quantile(&B.hist, 0.99) / ms, (double)B.hist.max / ms);
+        (unsigned long long)B.errors, el, rate, mean, p50, p90, p99, max);
     if (B.json) {
         printf(
             "{\"op\":\"%s\",\"conns\":%d,\"clients\":%d,\"ops\":%llu,"
@@ -432,11 +434,7 @@ int main(int argc, char **argv)
             "\"mean_ms\":%.3f,\"p50_ms\":%.3f,\"p90_ms\":%.3f,"
             "\"p99_ms\":%.3f,\"max_ms\":%.3f}\n",
             ops[B.op], B.conns, B.clients, (unsigned long long)B.done,
-            (unsigned long long)B.errors, el, (double)B.done / el,
-            B.hist.sum / (double)B.hist.n / ms,
-            (double)hist_quantile(&B.hist, 0.5) / ms,
-            (double)hist_quantile(&B.hist, 0.9) / ms,
-            (double)hist_quantile(&B.hist, 0.99) / ms, (double)B.hist.max / ms);
+            (unsigned long long)B.errors, el, rate, mean, p50, p90, p99, max);
     }
     for (int i = 0; i < B.n_nodes; i++) {
         for (int j = 0; j < B.conns; j++) {

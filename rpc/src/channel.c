@@ -181,6 +181,15 @@ static void drop_connection(struct rpc_channel *ch)
     event_del(ch->connect_timer);
 }
 
+/* A connect failed: wait before the next one, twice as long each time. */
+static void back_off(struct rpc_channel *ch)
+{
+    uint32_t b = ch->backoff_ms ? ch->backoff_ms * 2 : ch->opts.backoff_min_ms;
+    ch->backoff_ms = b > ch->opts.backoff_max_ms ? ch->opts.backoff_max_ms : b;
+    ch->retry_at = rpc_now_ms() + ch->backoff_ms;
+    ch->state = CH_BACKOFF;
+}
+
 /* The connection failed or was lost: fail its calls and back off. */
 static void connection_failed(struct rpc_channel *ch,
                               int status,
@@ -194,12 +203,7 @@ static void connection_failed(struct rpc_channel *ch,
         ch->state = CH_IDLE;
         ch->backoff_ms = 0;
     } else {
-        uint32_t b =
-            ch->backoff_ms ? ch->backoff_ms * 2 : ch->opts.backoff_min_ms;
-        ch->backoff_ms =
-            b > ch->opts.backoff_max_ms ? ch->opts.backoff_max_ms : b;
-        ch->retry_at = rpc_now_ms() + ch->backoff_ms;
-        ch->state = CH_BACKOFF;
+        back_off(ch);
     }
     fail_all(ch, status, why);
 }
@@ -416,12 +420,7 @@ static int ensure_connection(struct rpc_channel *ch)
     if (ch->state == CH_IDLE) {
         int rv = start_connect(ch);
         if (rv != 0) {
-            uint32_t b =
-                ch->backoff_ms ? ch->backoff_ms * 2 : ch->opts.backoff_min_ms;
-            ch->backoff_ms =
-                b > ch->opts.backoff_max_ms ? ch->opts.backoff_max_ms : b;
-            ch->retry_at = rpc_now_ms() + ch->backoff_ms;
-            ch->state = CH_BACKOFF;
+            back_off(ch);
             return rv;
         }
     }

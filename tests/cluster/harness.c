@@ -2,7 +2,6 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <ftw.h>
 #include <netinet/in.h>
 #include <signal.h>
 #include <stdio.h>
@@ -16,6 +15,7 @@
 
 #include <rpc/rpc.h>
 
+#include "cunit_main.h"
 #include "harness.h"
 
 #ifndef KVSERVER_PATH
@@ -186,17 +186,6 @@ bool h_log_contains(struct h_cluster *c, size_t i, const char *needle)
     return h_log_count(c, i, needle) > 0;
 }
 
-static int rm_entry(const char *path,
-                    const struct stat *sb,
-                    int flag,
-                    struct FTW *ftw)
-{
-    (void)sb;
-    (void)flag;
-    (void)ftw;
-    return remove(path);
-}
-
 void h_cluster_destroy(struct h_cluster *c)
 {
     for (size_t i = 0; i < c->n; i++) {
@@ -208,7 +197,7 @@ void h_cluster_destroy(struct h_cluster *c)
     if (c->keep) {
         fprintf(stderr, "harness: kept logs and data in %s\n", c->root);
     } else if (c->root[0]) {
-        nftw(c->root, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+        cunit_remove_tree(c->root);
     }
 }
 

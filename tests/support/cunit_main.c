@@ -1,4 +1,5 @@
 /* cunit_main.c: runs CUnit suites and fails the process on failed asserts. */
+#include <ftw.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -74,4 +75,20 @@ int cunit_main(int argc, char **argv, CU_SuiteInfo *suites)
             argv[0], failures, tests_failed, seed, seed, argv[0]);
     }
     return failures ? 1 : 0;
+}
+
+static int remove_entry(const char *path,
+                        const struct stat *sb,
+                        int flag,
+                        struct FTW *ftw)
+{
+    (void)sb;
+    (void)flag;
+    (void)ftw;
+    return remove(path);
+}
+
+int cunit_remove_tree(const char *path)
+{
+    return nftw(path, remove_entry, 16, FTW_DEPTH | FTW_PHYS);
 }

@@ -18,4 +18,10 @@ unsigned cunit_seed(void);
  */
 int cunit_main(int argc, char **argv, CU_SuiteInfo *suites);
 
+/**
+ * Delete a directory tree (test scratch space).
+ * @return 0, or -1 when something could not be removed
+ */
+int cunit_remove_tree(const char *path);
+
 #endif /* TESTS_CUNIT_MAIN_H */

@@ -1,5 +1,4 @@
 /* test_store.c: the node's LMDB store, state machine and snapshot streams. */
-#include <ftw.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -17,17 +16,6 @@
 static char dir[64];
 static struct kv_store st;
 
-static int rm_entry(const char *path,
-                    const struct stat *sb,
-                    int flag,
-                    struct FTW *ftw)
-{
-    (void)sb;
-    (void)flag;
-    (void)ftw;
-    return remove(path);
-}
-
 static void open_store(void)
 {
     snprintf(dir, sizeof dir, "/tmp/raftkv-store-XXXXXX");
@@ -38,7 +26,7 @@ static void open_store(void)
 static void close_store(void)
 {
     kv_store_close(&st);
-    nftw(dir, rm_entry, 8, FTW_DEPTH | FTW_PHYS);
+    cunit_remove_tree(dir);
 }
 
 /* Pack a PutAppend command. */
@@ -290,7 +278,7 @@ static void test_store_snapshot_round_trip_in_random_chunks(void)
     mdb_txn_abort(txn);
     free(stream);
     kv_store_close(&dst);
-    nftw(dst_dir, rm_entry, 8, FTW_DEPTH | FTW_PHYS);
+    cunit_remove_tree(dst_dir);
     close_store();
 }
 
