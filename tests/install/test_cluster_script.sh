@@ -6,7 +6,8 @@ build=$1 src=$2
 export RAFTKV_BUILD_DIR=$build
 export RAFTKV_CLUSTER_DIR=$(mktemp -d /tmp/raftkv-cluster-XXXXXX)
 in_use() { (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; }
-port=$((20000 + ($$ % 20000)))
+# Ports 26000-31999 are this test's (see test_install.sh).
+port=$((26000 + RANDOM % 5900))
 while in_use 127.0.0.1 $port || in_use 127.0.0.2 $port || in_use 127.0.0.3 $port; do
     port=$((port + 1))
 done

@@ -40,7 +40,9 @@ fi
 # Three nodes of the installed kvserver on free ports.
 in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 ports=()
-p=$((20000 + ($$ % 20000)))
+# Ports 20000-25999 are this test's; the C tests take the kernel's ephemeral
+# ports (32768 and up) and test_cluster_script.sh takes 26000-31999.
+p=$((20000 + RANDOM % 5900))
 while [ ${#ports[@]} -lt 3 ]; do
     in_use "$p" || ports+=("$p")
     p=$((p + 1))
