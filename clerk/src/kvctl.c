@@ -100,6 +100,19 @@ static bool pipe_mode;
 
 /* --------------------------------------------------------------- output */
 
+/* The escapes JSON and kvctl's quoted values share; true if c had one. */
+static bool put_escape(FILE *f, unsigned char c)
+{
+    static const char from[] = "\"\\\n\r\t", to[] = "\"\\nrt";
+    const char *hit = c ? strchr(from, c) : NULL;
+    if (!hit) {
+        return false;
+    }
+    fputc('\\', f);
+    fputc(to[hit - from], f);
+    return true;
+}
+
 static void put_json_string(FILE *f, const unsigned char *s, size_t n)
 {
     fputc('"', f);
@@ -123,28 +136,13 @@ static void put_json_string(FILE *f, const unsigned char *s, size_t n)
             }
             continue;
         }
-        switch (c) {
-            case '"':
-                fputs("\\\"", f);
-                break;
-            case '\\':
-                fputs("\\\\", f);
-                break;
-            case '\n':
-                fputs("\\n", f);
-                break;
-            case '\r':
-                fputs("\\r", f);
-                break;
-            case '\t':
-                fputs("\\t", f);
-                break;
-            default:
-                if (c < 0x20 || c == 0x7f) {
-                    fprintf(f, "\\u%04x", c);
-                } else {
-                    fputc(c, f);
-                }
+        if (put_escape(f, c)) {
+            continue;
+        }
+        if (c < 0x20 || c == 0x7f) {
+            fprintf(f, "\\u%04x", c);
+        } else {
+            fputc(c, f);
         }
     }
     fputc('"', f);
@@ -156,28 +154,13 @@ static void put_quoted(FILE *f, const unsigned char *s, size_t n)
     fputc('"', f);
     for (size_t i = 0; i < n; i++) {
         unsigned char c = s[i];
-        switch (c) {
-            case '"':
-                fputs("\\\"", f);
-                break;
-            case '\\':
-                fputs("\\\\", f);
-                break;
-            case '\n':
-                fputs("\\n", f);
-                break;
-            case '\r':
-                fputs("\\r", f);
-                break;
-            case '\t':
-                fputs("\\t", f);
-                break;
-            default:
-                if (c < 0x20 || c >= 0x7f) {
-                    fprintf(f, "\\x%02x", c);
-                } else {
-                    fputc(c, f);
-                }
+        if (put_escape(f, c)) {
+            continue;
+        }
+        if (c < 0x20 || c >= 0x7f) {
+            fprintf(f, "\\x%02x", c);
+        } else {
+            fputc(c, f);
         }
     }
     fputc('"', f);

@@ -184,6 +184,9 @@ void rf_hint_leader(const struct raft *r, uint64_t *hint);
 void rf_become_follower(struct raft *r, uint64_t term, uint64_t leader);
 int rf_become_leader(struct raft *r);
 void rf_reset_election_timer(struct raft *r);
+/* A request of the current term's leader arrived (AppendEntries or
+ * InstallSnapshot): follow it and restart the election timer. */
+void rf_heard_from_leader(struct raft *r, uint64_t leader);
 int rf_start_election(struct raft *r, bool pre_vote, bool transfer);
 int rf_tick_election(struct raft *r);
 int rf_step_vote(struct raft *r, const struct raft_message *m);

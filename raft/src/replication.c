@@ -218,16 +218,21 @@ static uint64_t first_of_term(const struct raft *r,
     return index;
 }
 
-/* Figure 2, AppendEntries RPC receiver implementation; m->term == term. */
-int rf_step_append(struct raft *r, const struct raft_message *m)
+void rf_heard_from_leader(struct raft *r, uint64_t leader)
 {
-    const struct raft_append *a = &m->u.append;
-    if (r->role != RAFT_FOLLOWER || r->leader != m->from) {
-        rf_become_follower(r, r->term, m->from);
+    if (r->role != RAFT_FOLLOWER || r->leader != leader) {
+        rf_become_follower(r, r->term, leader);
     } else {
         r->leader_contact = r->now;
         rf_reset_election_timer(r);
     }
+}
+
+/* Figure 2, AppendEntries RPC receiver implementation; m->term == term. */
+int rf_step_append(struct raft *r, const struct raft_message *m)
+{
+    const struct raft_append *a = &m->u.append;
+    rf_heard_from_leader(r, m->from);
     struct raft_message *resp =
         rf_msg_new(r, false, RAFT_MSG_APPEND_RESP, m->from);
     if (resp == NULL) {

@@ -104,12 +104,7 @@ static int install(struct raft *r, uint64_t index, uint64_t term)
 int rf_step_snapshot(struct raft *r, const struct raft_message *m)
 {
     const struct raft_snapshot *s = &m->u.snapshot;
-    if (r->role != RAFT_FOLLOWER || r->leader != m->from) {
-        rf_become_follower(r, r->term, m->from);
-    } else {
-        r->leader_contact = r->now;
-        rf_reset_election_timer(r);
-    }
+    rf_heard_from_leader(r, m->from);
     struct raft_message *resp =
         rf_msg_new(r, false, RAFT_MSG_SNAPSHOT_RESP, m->from);
     if (resp == NULL) {
