@@ -9,8 +9,8 @@ packages=(build-essential cmake pkg-config libprotobuf-c-dev
 
 missing=()
 for p in "${packages[@]}"; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" \
-        || missing+=("$p")
+    st=$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null) || st=
+    [ "$st" = "install ok installed" ] || missing+=("$p")
 done
 [ ${#missing[@]} -eq 0 ] && exit 0
 

@@ -23,13 +23,15 @@ eval "$("$cs" env)"
 [ "$RAFTKV_CLUSTER" = "127.0.0.1:$port,127.0.0.2:$port,127.0.0.3:$port" ] || fail "env"
 "$kvctl" put k v >/dev/null || fail "put"
 [ "$("$kvctl" get k)" = v ] || fail "get"
-leader=$("$kvctl" -w json status | grep -o '"id":[0-9]*,"role":"leader"' | grep -o '[0-9]\+' | head -n 1)
+st=$("$kvctl" -w json status) || fail "status"
+leader=$(grep -o '"id":[0-9]*,"role":"leader"' <<<"$st" | grep -o '[0-9]\+' | sed -n 1p)
 [ -n "$leader" ] || fail "no leader in status"
 "$cs" kill "$leader" >/dev/null || fail "kill"
 "$kvctl" --timeout 10 put k v2 >/dev/null || fail "put after killing the leader"
 "$cs" status >/dev/null || fail "status with one node down"
 "$cs" restart "$leader" >/dev/null || fail "restart"
-"$cs" log "$leader" | grep -q "restored" || fail "log"
+logtext=$("$cs" log "$leader") || fail "log"
+grep -q "restored" <<<"$logtext" || fail "log"
 [ "$("$kvctl" get k)" = v2 ] || fail "get after restart"
 "$cs" stop >/dev/null || fail "stop"
 if "$kvctl" --timeout 0.5 get k >/dev/null 2>&1; then fail "still serving after stop"; fi

@@ -5,7 +5,9 @@
 # run the example against it.
 set -euo pipefail
 build=$1 src=$2
-work=$(mktemp -d /tmp/raftkv-install-XXXXXX)
+# Inside the build directory, which must allow running programs (/tmp may be
+# mounted noexec on a CI machine).
+work=$(mktemp -d "$build/install-test-XXXXXX")
 pids=()
 cleanup() {
     for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done
@@ -15,7 +17,7 @@ cleanup() {
 trap cleanup EXIT
 
 cmake --install "$build" --prefix "$work/prefix" >/dev/null
-pc=$(find "$work/prefix" -name raftkv-clerk.pc | head -n 1)
+pc=$(find "$work/prefix" -name raftkv-clerk.pc -print -quit)
 [ -n "$pc" ] || { echo "FAIL: raftkv-clerk.pc was not installed"; exit 1; }
 libdir=$(dirname "$(dirname "$pc")")
 export PKG_CONFIG_PATH=$(dirname "$pc")
@@ -31,10 +33,16 @@ cc -Wall -Werror "$src/examples/hello.c" -o "$work/hello" \
 cc -Wall -Werror "$src/examples/hello.c" -o "$work/hello-static" \
     $(pkg-config --cflags raftkv-clerk) "$libdir/libclerk.a" \
     $(pkg-config --static --libs-only-l raftkv-clerk | sed 's/-lclerk//')
-ldd "$work/hello" | grep -q "$libdir/libclerk.so" || {
-    echo "FAIL: hello is not linked to the installed libclerk.so"; exit 1; }
-if ldd "$work/hello-static" | grep -q libclerk; then
-    echo "FAIL: hello-static still needs libclerk.so"; exit 1
+# Not `ldd | grep -q`: grep -q exits at the first match, ldd may then die of
+# SIGPIPE, and pipefail turns that into a failure.
+deps=$(ldd "$work/hello" 2>&1) || true
+grep -qF "$libdir/libclerk.so" <<<"$deps" || {
+    echo "FAIL: hello is not linked to $libdir/libclerk.so; ldd says:"
+    echo "$deps"; exit 1; }
+deps=$(ldd "$work/hello-static" 2>&1) || true
+if grep -q libclerk <<<"$deps"; then
+    echo "FAIL: hello-static still needs libclerk.so; ldd says:"
+    echo "$deps"; exit 1
 fi
 
 # Three nodes of the installed kvserver on free ports.
