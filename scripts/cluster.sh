@@ -13,7 +13,9 @@
 # Data and logs live in $RAFTKV_CLUSTER_DIR (default: .cluster in the
 # repository). Every node listens on port $RAFTKV_PORT (default 7001) of its
 # own loopback address. Binaries come from $RAFTKV_BUILD_DIR (default build/,
-# like scripts/test.sh), which is built first when needed.
+# like scripts/test.sh), which is built first when needed. More kvserver
+# options go in $RAFTKV_SERVER_FLAGS (RAFTKV_SERVER_FLAGS=
+# --enable-fault-injection for `kvctl fault` and `kvctl partition`).
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -58,8 +60,11 @@ start_node() { # id, size
     local i=$1 n=$2
     running "$i" && { echo "node $i is already running"; return; }
     mkdir -p "$dir/node$i"
+    # $RAFTKV_SERVER_FLAGS: more kvserver options, split on blanks.
+    # shellcheck disable=SC2086
     nohup "$kvserver" --id "$i" --cluster "$(cluster_list "$n")" \
-        --data-dir "$dir/node$i" >>"$dir/node$i.log" 2>&1 &
+        --data-dir "$dir/node$i" ${RAFTKV_SERVER_FLAGS:-} \
+        >>"$dir/node$i.log" 2>&1 &
     echo $! >"$dir/node$i.pid"
 }
 

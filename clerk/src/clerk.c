@@ -72,6 +72,8 @@ const char *clerk_error_code(int err)
             return "INVALID";
         case CLERK_NOMEM:
             return "NO_MEMORY";
+        case CLERK_DISABLED:
+            return "DISABLED";
         default:
             return "INTERNAL";
     }
@@ -102,6 +104,8 @@ const char *clerk_strerror(int err)
             return "invalid argument";
         case CLERK_NOMEM:
             return "out of memory";
+        case CLERK_DISABLED:
+            return "not allowed by the server";
         default:
             return "internal error";
     }
@@ -756,4 +760,127 @@ int clerk_status(struct clerk *c, struct clerk_node_status **nodes, size_t *n)
     *nodes = st;
     *n = c->n;
     return CLERK_OK;
+}
+
+/* ------------------------------------------------------ fault injection */
+
+struct fault_out
+{
+    int rv;                  /* result */
+    char msg[300];           /* why not */
+    struct clerk_fault *now; /* rules in force */
+    size_t n_now;            /* their number */
+};
+
+static void on_fault(const Raftkv__FaultReply *r, void *data)
+{
+    struct fault_out *o = data;
+    if (!r) {
+        o->rv = CLERK_UNAVAILABLE;
+        snprintf(o->msg, sizeof o->msg, "%s", rpc_last_error());
+        return;
+    }
+    snprintf(o->msg, sizeof o->msg, "%s", r->message ? r->message : "");
+    if (r->error == RAFTKV__ADMIN_ERROR__ADMIN_DISABLED) {
+        o->rv = CLERK_DISABLED;
+        return;
+    }
+    if (r->error != RAFTKV__ADMIN_ERROR__ADMIN_OK) {
+        o->rv = CLERK_BAD_REQUEST;
+        return;
+    }
+    o->now = calloc(r->n_rules ? r->n_rules : 1, sizeof *o->now);
+    if (!o->now) {
+        o->rv = CLERK_NOMEM;
+        return;
+    }
+    for (size_t i = 0; i < r->n_rules; i++) {
+        const Raftkv__FaultRule *rule = r->rules[i];
+        struct clerk_fault *f = &o->now[i];
+        f->target = rule->target;
+        if (rule->spec) {
+            const Raftkv__FaultSpec *sp = rule->spec;
+            f->cut = sp->cut;
+            f->drop_request = sp->drop_request;
+            f->drop_reply = sp->drop_reply;
+            f->delay_min_ms = sp->delay_min_ms;
+            f->delay_max_ms = sp->delay_max_ms;
+            f->duplicate = sp->duplicate;
+            f->reorder = sp->reorder;
+            f->reorder_min_ms = sp->reorder_min_ms;
+            f->reorder_max_ms = sp->reorder_max_ms;
+        }
+        if (rule->counts) {
+            const Raftkv__FaultCounts *k = rule->counts;
+            f->n_cut = k->cut;
+            f->n_dropped_requests = k->dropped_requests;
+            f->n_dropped_replies = k->dropped_replies;
+            f->n_delayed = k->delayed;
+            f->n_duplicated = k->duplicated;
+            f->n_reordered = k->reordered;
+        }
+    }
+    o->n_now = r->n_rules;
+    o->rv = CLERK_OK;
+}
+
+int clerk_fault(struct clerk *c,
+                size_t server,
+                bool clear,
+                const struct clerk_fault *rules,
+                size_t n_rules,
+                uint64_t seed,
+                struct clerk_fault **now,
+                size_t *n_now)
+{
+    if (!c || server >= c->n || (n_rules && !rules) || (now && !n_now) ||
+        n_rules > MAX_SERVERS + 1) {
+        return CLERK_INVALID;
+    }
+    Raftkv__FaultRule r[MAX_SERVERS + 1];
+    Raftkv__FaultRule *rp[MAX_SERVERS + 1];
+    Raftkv__FaultSpec sp[MAX_SERVERS + 1];
+    for (size_t i = 0; i < n_rules; i++) {
+        raftkv__fault_rule__init(&r[i]);
+        raftkv__fault_spec__init(&sp[i]);
+        sp[i].cut = rules[i].cut;
+        sp[i].drop_request = rules[i].drop_request;
+        sp[i].drop_reply = rules[i].drop_reply;
+        sp[i].delay_min_ms = rules[i].delay_min_ms;
+        sp[i].delay_max_ms = rules[i].delay_max_ms;
+        sp[i].duplicate = rules[i].duplicate;
+        sp[i].reorder = rules[i].reorder;
+        sp[i].reorder_min_ms = rules[i].reorder_min_ms;
+        sp[i].reorder_max_ms = rules[i].reorder_max_ms;
+        r[i].target = rules[i].target;
+        r[i].spec = &sp[i];
+        rp[i] = &r[i];
+    }
+    Raftkv__FaultArgs a = RAFTKV__FAULT_ARGS__INIT;
+    a.clear = clear;
+    a.n_rules = n_rules;
+    a.rules = rp;
+    a.seed = seed;
+    struct fault_out o = {.rv = CLERK_UNAVAILABLE};
+    pthread_mutex_lock(&c->lock);
+    ProtobufCService *svc =
+        service(c, server, &raftkv__admin_service__descriptor, c->attempt_ms);
+    if (svc) {
+        raftkv__admin_service__fault(svc, &a, on_fault, &o);
+    } else {
+        snprintf(o.msg, sizeof o.msg, "out of memory");
+        o.rv = CLERK_NOMEM;
+    }
+    if (o.rv != CLERK_OK) {
+        snprintf(c->errmsg, sizeof c->errmsg, "%s: %s", c->servers[server].addr,
+                 o.msg);
+    }
+    pthread_mutex_unlock(&c->lock);
+    if (o.rv == CLERK_OK && now) {
+        *now = o.now;
+        *n_now = o.n_now;
+    } else {
+        free(o.now);
+    }
+    return o.rv;
 }

@@ -30,6 +30,9 @@ static const char usage_text[] =
     "  cas KEY EXPECTED NEW    set KEY to NEW if it holds EXPECTED\n"
     "  cas --absent KEY NEW    set KEY to NEW if it does not exist\n"
     "  status                  a row per node: role, term, indexes, leader\n"
+    "  fault NODE ...          inject network faults (test clusters only)\n"
+    "  partition IDS IDS...    cut the cluster into groups (test clusters)\n"
+    "  heal                    remove every injected fault\n"
     "  help [COMMAND]          this text, or one command's\n"
     "\n"
     "Options:\n"
@@ -55,7 +58,7 @@ static const char usage_text[] =
     "word 'unknown' in the message, maybe applied), 4 cas mismatch, 5 the\n"
     "cluster refused the request. Pipe mode exits 0 at the end of input.\n"
     "Error codes: NOT_FOUND, CAS_MISMATCH, TIMEOUT, UNAVAILABLE,\n"
-    "BAD_REQUEST, VALUE_TOO_LARGE, NO_SPACE, USAGE, INTERNAL.\n";
+    "BAD_REQUEST, VALUE_TOO_LARGE, NO_SPACE, DISABLED, USAGE, INTERNAL.\n";
 
 static const struct
 {
@@ -83,6 +86,31 @@ static const struct
      "kvctl status\n  A row per node: id, address, role, term, "
      "leader, commit index,\n  applied index, last log index, "
      "snapshot index. Exit 3 when no\n  node knows a leader.\n"},
+    {"fault",
+     "kvctl fault NODE show\n"
+     "kvctl fault NODE clear\n"
+     "kvctl fault NODE TARGET SPEC...\n"
+     "  Fault injection on servers started with --enable-fault-injection\n"
+     "  (others refuse: error DISABLED, exit 5). NODE is a node id or all.\n"
+     "  TARGET is whose traffic NODE mistreats: a node id (NODE's Raft\n"
+     "  calls to that node: one direction of the link), clients (client\n"
+     "  calls arriving at NODE), peers (every other node) or all. SPEC\n"
+     "  replaces TARGET's rule; its words:\n"
+     "    cut                nothing passes\n"
+     "    drop-request=P     lose a share P (0 to 1) of requests\n"
+     "    drop-reply=P       lose a share P of replies after the handler ran\n"
+     "    delay=MIN-MAX      delay every request MIN to MAX ms (or delay=MS)\n"
+     "    duplicate=P        deliver a share P of requests twice\n"
+     "    reorder=P[:MIN-MAX] hold a share P of replies back (200-2200 ms)\n"
+     "    unreliable         drop-request=0.1 drop-reply=0.1 delay=0-27\n"
+     "    none               remove the rule\n"
+     "  Prints the rules in force with what each has done so far.\n"},
+    {"partition",
+     "kvctl partition IDS IDS...\n  Cut every link between nodes of "
+     "different groups (IDS is a\n  comma-separated list of node ids; a "
+     "node in no group is alone),\n  replacing earlier faults. Needs "
+     "--enable-fault-injection.\n  Example: kvctl partition 1,2 3,4,5\n"},
+    {"heal", "kvctl heal\n  Remove every injected fault on every node.\n"},
     {"help",
      "kvctl help [COMMAND]\n  The usage of kvctl or of one "
      "command.\n"},
@@ -340,6 +368,380 @@ static int cmd_status(struct clerk *ck)
     return leader_known ? EXIT_OK : EXIT_UNAVAILABLE;
 }
 
+/* --------------------------------------------------------- fault command */
+
+#define MAX_NODES 16
+
+/* Server indexes of a NODE argument: an id, or "all". */
+static int resolve_nodes(struct clerk *ck,
+                         const char *arg,
+                         size_t *idx,
+                         uint64_t *ids,
+                         size_t *n_idx)
+{
+    struct clerk_node_status *st;
+    size_t n;
+    int err = clerk_status(ck, &st, &n);
+    if (err) {
+        return answer_clerk(ck, err);
+    }
+    bool all = !strcmp(arg, "all");
+    char *end;
+    errno = 0;
+    unsigned long long want = all ? 0 : strtoull(arg, &end, 10);
+    if (!all && (errno || end == arg || *end || want == 0)) {
+        clerk_free(st);
+        return usage_error("NODE is a node id or 'all'");
+    }
+    *n_idx = 0;
+    for (size_t i = 0; i < n && *n_idx < MAX_NODES; i++) {
+        if (st[i].reachable && (all || st[i].id == want)) {
+            idx[*n_idx] = i;
+            ids[(*n_idx)++] = st[i].id;
+        }
+    }
+    clerk_free(st);
+    if (*n_idx == 0) {
+        char msg[160];
+        snprintf(msg, sizeof msg,
+                 all ? "no node answered%s"
+                     : "no reachable node has id %s (see kvctl status)",
+                 all ? "" : arg);
+        return answer_error("UNAVAILABLE", msg, false, NULL, 0, false);
+    }
+    return EXIT_OK;
+}
+
+static bool parse_prob(const char *s, double *out)
+{
+    char *end;
+    errno = 0;
+    double v = strtod(s, &end);
+    if (errno || end == s || *end || !(v >= 0.0 && v <= 1.0)) {
+        return false;
+    }
+    *out = v;
+    return true;
+}
+
+/* "MIN-MAX" or "MS" in milliseconds. */
+static bool parse_range(const char *s, unsigned *lo, unsigned *hi)
+{
+    char *end;
+    errno = 0;
+    unsigned long a = strtoul(s, &end, 10), b = a;
+    if (errno || end == s || s[0] == '-') {
+        return false;
+    }
+    if (*end == '-') {
+        const char *t = end + 1;
+        b = strtoul(t, &end, 10);
+        if (errno || end == t || *t == '-') {
+            return false;
+        }
+    }
+    if (*end || a > b || b > 60000) {
+        return false;
+    }
+    *lo = (unsigned)a;
+    *hi = (unsigned)b;
+    return true;
+}
+
+/* Parse SPEC words into f (target left alone). */
+static int parse_spec(struct tok *t, int n, struct clerk_fault *f)
+{
+    char msg[200];
+    for (int i = 0; i < n; i++) {
+        const char *w = t[i].p;
+        const char *eq = strchr(w, '=');
+        const char *v = eq ? eq + 1 : "";
+        size_t klen = eq ? (size_t)(eq - w) : strlen(w);
+#define KEY(name) (klen == strlen(name) && !strncmp(w, name, klen))
+        bool ok = true;
+        if (!eq && !strcmp(w, "cut")) {
+            f->cut = true;
+        } else if (!eq && !strcmp(w, "none")) {
+            /* nothing: removes the rule */
+        } else if (!eq && !strcmp(w, "unreliable")) {
+            f->drop_request = 0.1;
+            f->drop_reply = 0.1;
+            f->delay_min_ms = 0;
+            f->delay_max_ms = 27;
+        } else if (KEY("drop-request")) {
+            ok = parse_prob(v, &f->drop_request);
+        } else if (KEY("drop-reply")) {
+            ok = parse_prob(v, &f->drop_reply);
+        } else if (KEY("duplicate")) {
+            ok = parse_prob(v, &f->duplicate);
+        } else if (KEY("delay")) {
+            ok = parse_range(v, &f->delay_min_ms, &f->delay_max_ms);
+        } else if (KEY("reorder")) {
+            char buf[64];
+            snprintf(buf, sizeof buf, "%s", v);
+            char *colon = strchr(buf, ':');
+            if (colon) {
+                *colon = 0;
+                ok = parse_range(colon + 1, &f->reorder_min_ms,
+                                 &f->reorder_max_ms) &&
+                     f->reorder_max_ms > 0;
+            }
+            ok = ok && parse_prob(buf, &f->reorder);
+        } else {
+            snprintf(msg, sizeof msg,
+                     "unknown fault '%.60s' (see kvctl help fault)", w);
+            return usage_error(msg);
+        }
+#undef KEY
+        if (!ok) {
+            snprintf(msg, sizeof msg,
+                     "bad value in '%.60s': probabilities are 0 to 1, "
+                     "delays MS or MIN-MAX up to 60000",
+                     w);
+            return usage_error(msg);
+        }
+    }
+    return EXIT_OK;
+}
+
+static void print_rules(uint64_t node,
+                        const struct clerk_fault *r,
+                        size_t n,
+                        bool first)
+{
+    if (fmt == FMT_JSON) {
+        printf("%s{\"id\":%llu,\"rules\":[", first ? "" : ",",
+               (unsigned long long)node);
+        for (size_t i = 0; i < n; i++) {
+            printf(
+                "%s{\"target\":%llu,\"cut\":%s,\"drop_request\":%g,"
+                "\"drop_reply\":%g,\"delay_min_ms\":%u,"
+                "\"delay_max_ms\":%u,\"duplicate\":%g,\"reorder\":%g,"
+                "\"reorder_min_ms\":%u,\"reorder_max_ms\":%u,"
+                "\"counts\":{\"cut\":%llu,\"dropped_requests\":%llu,"
+                "\"dropped_replies\":%llu,\"delayed\":%llu,"
+                "\"duplicated\":%llu,\"reordered\":%llu}}",
+                i ? "," : "", (unsigned long long)r[i].target,
+                r[i].cut ? "true" : "false", r[i].drop_request, r[i].drop_reply,
+                r[i].delay_min_ms, r[i].delay_max_ms, r[i].duplicate,
+                r[i].reorder, r[i].reorder_min_ms, r[i].reorder_max_ms,
+                (unsigned long long)r[i].n_cut,
+                (unsigned long long)r[i].n_dropped_requests,
+                (unsigned long long)r[i].n_dropped_replies,
+                (unsigned long long)r[i].n_delayed,
+                (unsigned long long)r[i].n_duplicated,
+                (unsigned long long)r[i].n_reordered);
+        }
+        fputs("]}", stdout);
+        return;
+    }
+    if (n == 0) {
+        printf("node=%llu no faults\n", (unsigned long long)node);
+    }
+    for (size_t i = 0; i < n; i++) {
+        const struct clerk_fault *f = &r[i];
+        printf("node=%llu target=", (unsigned long long)node);
+        if (f->target == CLERK_FAULT_CLIENTS) {
+            fputs("clients", stdout);
+        } else {
+            printf("%llu", (unsigned long long)f->target);
+        }
+        if (f->cut) {
+            fputs(" cut", stdout);
+        }
+        if (f->drop_request > 0) {
+            printf(" drop-request=%g", f->drop_request);
+        }
+        if (f->drop_reply > 0) {
+            printf(" drop-reply=%g", f->drop_reply);
+        }
+        if (f->delay_max_ms > 0) {
+            printf(" delay=%u-%u", f->delay_min_ms, f->delay_max_ms);
+        }
+        if (f->duplicate > 0) {
+            printf(" duplicate=%g", f->duplicate);
+        }
+        if (f->reorder > 0) {
+            printf(" reorder=%g:%u-%u", f->reorder, f->reorder_min_ms,
+                   f->reorder_max_ms);
+        }
+        printf(
+            " | cut_calls=%llu dropped_requests=%llu dropped_replies=%llu"
+            " delayed=%llu duplicated=%llu reordered=%llu\n",
+            (unsigned long long)f->n_cut,
+            (unsigned long long)f->n_dropped_requests,
+            (unsigned long long)f->n_dropped_replies,
+            (unsigned long long)f->n_delayed,
+            (unsigned long long)f->n_duplicated,
+            (unsigned long long)f->n_reordered);
+    }
+}
+
+/* Send one node its rules and print what is in force. */
+static int apply_faults(struct clerk *ck,
+                        size_t server,
+                        uint64_t id,
+                        bool clear,
+                        const struct clerk_fault *rules,
+                        size_t n_rules,
+                        bool first)
+{
+    struct clerk_fault *now = NULL;
+    size_t n_now = 0;
+    int err = clerk_fault(ck, server, clear, rules, n_rules, 0, &now, &n_now);
+    if (err) {
+        if (fmt == FMT_JSON && !first) {
+            puts("]}");
+        }
+        return answer_clerk(ck, err);
+    }
+    print_rules(id, now, n_now, first);
+    clerk_free(now);
+    return EXIT_OK;
+}
+
+/* kvctl fault NODE show|clear|TARGET SPEC... */
+static int cmd_fault(struct clerk *ck, struct tok *t, int n)
+{
+    if (n < 3) {
+        return usage_error(
+            "usage: kvctl fault NODE show|clear|TARGET SPEC... "
+            "(see kvctl help fault)");
+    }
+    size_t idx[MAX_NODES];
+    uint64_t ids[MAX_NODES];
+    size_t n_idx;
+    int rv = resolve_nodes(ck, t[1].p, idx, ids, &n_idx);
+    if (rv != EXIT_OK) {
+        return rv;
+    }
+    const char *what = t[2].p;
+    bool clear = !strcmp(what, "clear");
+    bool show = !strcmp(what, "show");
+    struct clerk_fault spec = {0};
+    if ((clear || show) && n != 3) {
+        return usage_error("usage: kvctl fault NODE show|clear");
+    }
+    if (!clear && !show) {
+        if (n < 4) {
+            return usage_error(
+                "usage: kvctl fault NODE TARGET SPEC... (SPEC 'none' "
+                "removes the rule)");
+        }
+        if ((rv = parse_spec(t + 3, n - 3, &spec)) != EXIT_OK) {
+            return rv;
+        }
+    }
+    bool clients = !strcmp(what, "clients") || !strcmp(what, "all");
+    bool peers = !strcmp(what, "peers") || !strcmp(what, "all");
+    uint64_t one = 0;
+    if (!clear && !show && !clients && !peers) {
+        char *end;
+        errno = 0;
+        one = strtoull(what, &end, 10);
+        if (errno || end == what || *end || one == 0) {
+            return usage_error("TARGET is a node id, clients, peers or all");
+        }
+    }
+    if (fmt == FMT_JSON) {
+        fputs("{\"ok\":true,\"nodes\":[", stdout);
+    }
+    for (size_t i = 0; i < n_idx; i++) {
+        struct clerk_fault rules[MAX_NODES + 1];
+        size_t k = 0;
+        if (clients) {
+            rules[k] = spec;
+            rules[k++].target = CLERK_FAULT_CLIENTS;
+        }
+        if (peers) {
+            for (size_t j = 0; j < n_idx; j++) {
+                if (ids[j] != ids[i]) {
+                    rules[k] = spec;
+                    rules[k++].target = ids[j];
+                }
+            }
+        }
+        if (one) {
+            rules[k] = spec;
+            rules[k++].target = one;
+        }
+        rv = apply_faults(ck, idx[i], ids[i], clear, rules, k, i == 0);
+        if (rv != EXIT_OK) {
+            return rv;
+        }
+    }
+    if (fmt == FMT_JSON) {
+        puts("]}");
+    }
+    return EXIT_OK;
+}
+
+/* kvctl partition GROUP GROUP...: each node reaches only its own group. */
+static int cmd_partition(struct clerk *ck, struct tok *t, int n)
+{
+    if (n < 2) {
+        return usage_error(
+            "usage: kvctl partition IDS [IDS...] "
+            "(e.g. kvctl partition 1,2 3)");
+    }
+    size_t idx[MAX_NODES];
+    uint64_t ids[MAX_NODES];
+    size_t n_idx;
+    int rv = resolve_nodes(ck, "all", idx, ids, &n_idx);
+    if (rv != EXIT_OK) {
+        return rv;
+    }
+    int group[MAX_NODES]; /* 0: not named, so alone */
+    memset(group, 0, sizeof group);
+    for (int g = 1; g < n; g++) {
+        char buf[256];
+        snprintf(buf, sizeof buf, "%s", t[g].p);
+        char *save = NULL;
+        for (char *s = strtok_r(buf, ",", &save); s;
+             s = strtok_r(NULL, ",", &save)) {
+            char *end;
+            errno = 0;
+            unsigned long long id = strtoull(s, &end, 10);
+            size_t j = 0;
+            while (j < n_idx && ids[j] != id) {
+                j++;
+            }
+            if (errno || end == s || *end || j == n_idx) {
+                char msg[160];
+                snprintf(msg, sizeof msg,
+                         "'%.40s' is not the id of a reachable node", s);
+                return usage_error(msg);
+            }
+            if (group[j]) {
+                return usage_error("a node is named in two groups");
+            }
+            group[j] = g;
+        }
+    }
+    if (fmt == FMT_JSON) {
+        fputs("{\"ok\":true,\"nodes\":[", stdout);
+    }
+    for (size_t i = 0; i < n_idx; i++) {
+        struct clerk_fault rules[MAX_NODES];
+        size_t k = 0;
+        for (size_t j = 0; j < n_idx; j++) {
+            if (j != i && (group[i] == 0 || group[i] != group[j])) {
+                rules[k] = (struct clerk_fault){.target = ids[j], .cut = true};
+                k++;
+            }
+        }
+        /* Replace whatever cut the links before. */
+        rv = apply_faults(ck, idx[i], ids[i], true, rules, k, i == 0);
+        if (rv != EXIT_OK) {
+            return rv;
+        }
+    }
+    if (fmt == FMT_JSON) {
+        puts("]}");
+    }
+    return EXIT_OK;
+}
+
 static int command_help(const char *name)
 {
     for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++) {
@@ -430,6 +832,17 @@ static int run_command(struct clerk *ck, struct tok *t, int n)
     if (!strcmp(cmd, "status")) {
         NEED(1, "status");
         return cmd_status(ck);
+    }
+    if (!strcmp(cmd, "fault")) {
+        return cmd_fault(ck, t, n);
+    }
+    if (!strcmp(cmd, "partition")) {
+        return cmd_partition(ck, t, n);
+    }
+    if (!strcmp(cmd, "heal")) {
+        NEED(1, "heal");
+        struct tok clr[3] = {{"fault", 5}, {"all", 3}, {"clear", 5}};
+        return cmd_fault(ck, clr, 3);
     }
     if (!strcmp(cmd, "help")) {
         if (n == 1) {

@@ -7,9 +7,6 @@
 
 #include "node.h"
 
-#define node_of(svc, field) \
-    ((struct kv_node *)((char *)(svc)-offsetof(struct kv_node, field)))
-
 /* ------------------------------------------------------------- replies */
 
 static void set_hint(struct kv_node *n, uint64_t leader, Raftkv__LeaderHint *h)
@@ -518,6 +515,7 @@ void client_service_init(struct kv_node *n)
         RAFTKV__ADMIN_SERVICE__BASE_INIT,
         handle_ping,
         handle_status,
+        NULL, /* Fault: fault.c */
     };
     n->kv_svc = kv;
     n->admin_svc = admin;

@@ -36,6 +36,9 @@ static const char usage_text[] =
     "                           the least recently writing is forgotten first\n"
     "                           (default 100000)\n"
     "  --log-level LEVEL        debug, info, warn or error (default info)\n"
+    "  --enable-fault-injection accept fault commands (kvctl fault): drop,\n"
+    "                           delay, duplicate or cut this node's traffic.\n"
+    "                           For tests; never on a production cluster\n"
     "  -h, --help               this text\n"
     "\n"
     "SIGTERM or SIGINT stops the node cleanly. Exit status: 0 after a clean\n"
@@ -140,6 +143,7 @@ int main(int argc, char **argv)
         {"snapshot-trailing", required_argument, NULL, 't'},
         {"max-sessions", required_argument, NULL, 'm'},
         {"log-level", required_argument, NULL, 'l'},
+        {"enable-fault-injection", no_argument, NULL, 'F'},
         {"help", no_argument, NULL, 'h'},
         {0},
     };
@@ -196,6 +200,9 @@ int main(int argc, char **argv)
                         "not '%s'",
                         optarg);
                 }
+                break;
+            case 'F':
+                c.fault_injection = true;
                 break;
             case 'h':
                 printf(usage_text, KV_MAX_NODES);

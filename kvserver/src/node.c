@@ -586,6 +586,7 @@ int kv_node_run(const struct kv_node_config *cfg)
         goto out;
     }
     client_service_init(n);
+    fault_service_init(n);
     peer_service_init(n);
     rpc_server_add_service(n->server, &n->kv_svc.base);
     rpc_server_add_service(n->server, &n->raft_svc.base);
@@ -639,6 +640,12 @@ int kv_node_run(const struct kv_node_config *cfg)
              "nodes, data in %s",
              (unsigned long long)cfg->id, node_peer_addr(n, cfg->id),
              (unsigned long long)n->cluster_id, cfg->n_nodes, cfg->data_dir);
+    if (cfg->fault_injection) {
+        rpc_logf(RPC_LOG_WARN,
+                 "node %llu: fault injection is enabled: anyone who reaches "
+                 "this port can make the node drop or delay traffic",
+                 (unsigned long long)cfg->id);
+    }
     arm_tick(n);
     node_schedule_turn(n);
     event_base_dispatch(n->base);

@@ -39,6 +39,7 @@ struct kv_node_config
     size_t max_sessions;           /* bound of the session table */
     size_t map_size;               /* initial LMDB map size */
     uint64_t seed;                 /* randomness for the Raft core */
+    bool fault_injection;          /* AdminService.Fault allowed */
 };
 
 /* Another node, as seen from this one. */
@@ -57,6 +58,7 @@ struct kv_peer
     bool chunk_done;           /* it ended the stream */
     bool chunk_valid;          /* chunk holds a sent chunk */
     uint64_t stream_logged;    /* ms of the last "sending" log line */
+    struct rpc_faults faults;  /* injected into our calls to it */
 };
 
 /* A Raft request from a peer waiting for the core's response. */
@@ -134,7 +136,12 @@ struct kv_node
     Raftkv__KvService_Service kv_svc; /* KvService implementation */
     Raftkv__RaftService_Service raft_svc;   /* RaftService implementation */
     Raftkv__AdminService_Service admin_svc; /* AdminService implementation */
+    struct rpc_faults fault_clients; /* injected into client calls */
 };
+
+/* The node that holds a service implementation (field: kv_svc, ...). */
+#define node_of(svc, field) \
+    ((struct kv_node *)((char *)(svc)-offsetof(struct kv_node, field)))
 
 /* node.c */
 int kv_node_run(const struct kv_node_config *cfg);
@@ -162,5 +169,8 @@ void client_answer_reads(struct kv_node *n,
 void client_serve_ready_reads(struct kv_node *n);
 void client_sweep(struct kv_node *n);
 void client_fail_all(struct kv_node *n, int err, const char *why);
+
+/* fault.c: AdminService.Fault */
+void fault_service_init(struct kv_node *n);
 
 #endif /* KVSERVER_NODE_H */

@@ -40,6 +40,23 @@ struct pending
     char *early_msg;                          /* why (owned), or NULL */
     bool *done;                               /* blocking caller's flag */
     struct pending *hnext;                    /* hash chain */
+    bool drop_reply;                          /* fault: lose the reply */
+    uint32_t hold_ms;                         /* fault: hold the reply */
+    bool held;                                /* reply arrived, held back */
+    ProtobufCMessage *held_reply;             /* it (NULL: failure) */
+    int held_status;                          /* failure status */
+    char *held_msg;                           /* failure text (owned) */
+    struct pending *hprev_held, *hnext_held;  /* channel's held list */
+};
+
+/* A request frame held back by an injected delay. */
+struct delayed_send
+{
+    struct rpc_channel *ch;           /* owner */
+    uint64_t conn_gen;                /* connection it was meant for */
+    struct evbuffer *frames;          /* the frame (and its duplicate) */
+    struct event *timer;              /* fires when it may leave */
+    struct delayed_send *prev, *next; /* channel's list */
 };
 
 struct channel_service
@@ -71,6 +88,10 @@ struct rpc_channel
     size_t n_pending;                 /* calls in the table */
     struct channel_service *services; /* handed out by rpc_channel_service */
     struct rpc_channel_stats stats;   /* counters */
+    struct rpc_fault_state faults;    /* injected faults */
+    uint64_t conn_gen;                /* bumped per connection */
+    struct pending *held;             /* calls whose reply is held back */
+    struct delayed_send *delayed;     /* requests held back */
 };
 
 /* --------------------------------------------------------- pending table */
@@ -135,6 +156,7 @@ static void complete(struct pending *p,
         event_free(p->timer);
     }
     free(p->early_msg);
+    free(p->held_msg);
     if (!reply) {
         ch->stats.failed++;
     }
@@ -170,6 +192,7 @@ static void fail_all(struct rpc_channel *ch, int status, const char *msg)
 
 static void drop_connection(struct rpc_channel *ch)
 {
+    ch->conn_gen++; /* delayed requests for this connection are void */
     if (ch->bev) {
         bufferevent_free(ch->bev);
         ch->bev = NULL;
@@ -208,6 +231,63 @@ static void connection_failed(struct rpc_channel *ch,
     fail_all(ch, status, why);
 }
 
+/* Keep an arrived reply back for p->hold_ms (fault injection: long
+ * reordering); on_timer delivers it. */
+static void hold_reply(struct rpc_channel *ch,
+                       struct pending *p,
+                       const struct rpc_frame *f)
+{
+    const Raftkv__RpcHeader *h = f->header;
+    p->held = true;
+    if (h->status != RAFTKV__RPC_STATUS__RPC_OK) {
+        p->held_status = rpc_status_from_wire(h->status);
+        p->held_msg = strdup(h->error ? h->error : "");
+    } else {
+        p->held_reply =
+            protobuf_c_message_unpack(p->output, NULL, f->args_size, f->args);
+        if (!p->held_reply) {
+            p->held_status = RPC_E_BAD_REPLY;
+        }
+    }
+    p->hprev_held = NULL;
+    p->hnext_held = ch->held;
+    if (ch->held) {
+        ch->held->hprev_held = p;
+    }
+    ch->held = p;
+    event_del(p->timer);
+    struct timeval tv = {p->hold_ms / 1000, (p->hold_ms % 1000) * 1000};
+    event_add(p->timer, &tv);
+}
+
+/* Deliver a held reply (status: what to report instead when cancelling). */
+static void release_held(struct pending *p, int cancel_status, const char *msg)
+{
+    struct rpc_channel *ch = p->ch;
+    if (p->hprev_held) {
+        p->hprev_held->hnext_held = p->hnext_held;
+    } else {
+        ch->held = p->hnext_held;
+    }
+    if (p->hnext_held) {
+        p->hnext_held->hprev_held = p->hprev_held;
+    }
+    ProtobufCMessage *reply = p->held_reply;
+    if (cancel_status) {
+        complete(p, NULL, cancel_status, msg);
+    } else if (reply) {
+        complete(p, reply, RPC_OK, NULL);
+    } else {
+        char why[600];
+        snprintf(why, sizeof why, "%s",
+                 p->held_msg ? p->held_msg : rpc_strerror(p->held_status));
+        complete(p, NULL, p->held_status, why);
+    }
+    if (reply) {
+        protobuf_c_message_free_unpacked(reply, NULL);
+    }
+}
+
 static int on_reply(void *ctx, const struct rpc_frame *f)
 {
     struct rpc_channel *ch = ctx;
@@ -215,6 +295,17 @@ static int on_reply(void *ctx, const struct rpc_frame *f)
     struct pending *p = table_take(ch, h->call_id);
     if (!p) {
         ch->stats.late_replies++;
+        return 0;
+    }
+    if (p->drop_reply) {
+        char why[400];
+        snprintf(why, sizeof why, "reply from %s lost (fault injection)",
+                 ch->target);
+        complete(p, NULL, RPC_E_CONNECTION_LOST, why);
+        return ch->bev ? 0 : 1;
+    }
+    if (p->hold_ms) {
+        hold_reply(ch, p, f);
         return 0;
     }
     if (h->status != RAFTKV__RPC_STATUS__RPC_OK) {
@@ -372,6 +463,10 @@ static void on_timer(evutil_socket_t fd, short what, void *arg)
     struct pending *p = arg;
     struct rpc_channel *ch = p->ch;
     char why[700];
+    if (p->held) {
+        release_held(p, 0, NULL);
+        return;
+    }
     if (!table_take(ch, p->id)) {
         return;
     }
@@ -427,6 +522,84 @@ static int ensure_connection(struct rpc_channel *ch)
     return 0;
 }
 
+static void delayed_free(struct delayed_send *d)
+{
+    struct rpc_channel *ch = d->ch;
+    if (d->prev) {
+        d->prev->next = d->next;
+    } else {
+        ch->delayed = d->next;
+    }
+    if (d->next) {
+        d->next->prev = d->prev;
+    }
+    event_free(d->timer);
+    evbuffer_free(d->frames);
+    free(d);
+}
+
+/* A delayed request may leave now, if its connection still stands. */
+static void on_delayed(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    struct delayed_send *d = arg;
+    struct rpc_channel *ch = d->ch;
+    if (ch->bev && d->conn_gen == ch->conn_gen) {
+        evbuffer_add_buffer(bufferevent_get_output(ch->bev), d->frames);
+    }
+    delayed_free(d);
+}
+
+/* Write a request (and, by fault choice, its duplicate) to the
+ * connection, now or after the chosen delay. */
+static int send_request(struct rpc_channel *ch,
+                        Raftkv__RpcHeader *hdr,
+                        const ProtobufCMessage *input,
+                        const struct rpc_fault_choice *fc)
+{
+    struct evbuffer *out = bufferevent_get_output(ch->bev);
+    struct delayed_send *d = NULL;
+    if (fc->delay_ms) {
+        d = calloc(1, sizeof *d);
+        if (!d || !(d->frames = evbuffer_new()) ||
+            !(d->timer = evtimer_new(ch->base, on_delayed, d))) {
+            if (d && d->frames) {
+                evbuffer_free(d->frames);
+            }
+            free(d);
+            d = NULL; /* no memory to delay: send at once */
+        } else {
+            out = d->frames;
+        }
+    }
+    int rv = rpc_write_frame(out, hdr, input, &ch->opts.limits);
+    if (rv == 0 && fc->duplicate) {
+        uint64_t id = hdr->call_id;
+        hdr->call_id = ++ch->next_id; /* its reply counts as late */
+        rpc_write_frame(out, hdr, input, &ch->opts.limits);
+        hdr->call_id = id;
+    }
+    if (d) {
+        if (rv != 0) {
+            event_free(d->timer);
+            evbuffer_free(d->frames);
+            free(d);
+            return rv;
+        }
+        d->ch = ch;
+        d->conn_gen = ch->conn_gen;
+        d->next = ch->delayed;
+        if (ch->delayed) {
+            ch->delayed->prev = d;
+        }
+        ch->delayed = d;
+        struct timeval tv = {fc->delay_ms / 1000, (fc->delay_ms % 1000) * 1000};
+        event_add(d->timer, &tv);
+    }
+    return rv;
+}
+
 static void channel_invoke(ProtobufCService *service,
                            unsigned method_index,
                            const ProtobufCMessage *input,
@@ -477,13 +650,25 @@ static void channel_invoke(ProtobufCService *service,
                  evbuffer_get_length(bufferevent_get_output(ch->bev)));
         rv = RPC_E_OVERLOADED;
     }
+    struct rpc_fault_choice fc = {0};
+    if (rv == 0 && ch->faults.active) {
+        rpc_fault_plan(&ch->faults, &fc);
+        if (fc.cut || fc.drop_request) {
+            snprintf(ch->last_failure, sizeof ch->last_failure,
+                     fc.cut ? "link to %s cut (fault injection)"
+                            : "request to %s lost (fault injection)",
+                     ch->target);
+            rv = fc.cut ? RPC_E_UNAVAILABLE : RPC_E_CONNECTION_LOST;
+        }
+        p->drop_reply = fc.drop_reply;
+        p->hold_ms = fc.hold_ms;
+    }
     if (rv == 0) {
         Raftkv__RpcHeader hdr = RAFTKV__RPC_HEADER__INIT;
         hdr.service_name = (char *)service->descriptor->name;
         hdr.method_name = (char *)m->name;
         hdr.call_id = p->id;
-        rv = rpc_write_frame(bufferevent_get_output(ch->bev), &hdr, input,
-                             &ch->opts.limits);
+        rv = send_request(ch, &hdr, input, &fc);
         if (rv == RPC_E_TOO_BIG) {
             snprintf(ch->last_failure, sizeof ch->last_failure,
                      "%s.%s request over the frame size cap",
@@ -494,7 +679,13 @@ static void channel_invoke(ProtobufCService *service,
         /* Fail from the event loop, never inside the stub call. */
         p->early_status = rv;
         p->early_msg = strdup(ch->last_failure);
-        event_active(p->timer, EV_TIMEOUT, 0);
+        if (fc.fail_after_ms) {
+            struct timeval tv = {fc.fail_after_ms / 1000,
+                                 (fc.fail_after_ms % 1000) * 1000};
+            event_add(p->timer, &tv);
+        } else {
+            event_active(p->timer, EV_TIMEOUT, 0);
+        }
     } else {
         struct timeval tv = {p->deadline_ms / 1000,
                              (p->deadline_ms % 1000) * 1000};
@@ -603,8 +794,14 @@ void rpc_channel_free(struct rpc_channel *ch)
     ch->retry_at = UINT64_MAX; /* closures that call again fail at once */
     snprintf(ch->last_failure, sizeof ch->last_failure, "channel to %s closed",
              ch->target);
-    while (ch->n_pending) {
+    while (ch->n_pending || ch->held) {
         fail_all(ch, RPC_E_CANCELLED, ch->last_failure);
+        if (ch->held) {
+            release_held(ch->held, RPC_E_CANCELLED, ch->last_failure);
+        }
+    }
+    while (ch->delayed) {
+        delayed_free(ch->delayed);
     }
     while (ch->services) {
         struct channel_service *cs = ch->services;
@@ -677,4 +874,17 @@ void rpc_channel_get_stats(const struct rpc_channel *ch,
 const char *rpc_channel_target(const struct rpc_channel *ch)
 {
     return ch->target;
+}
+
+int rpc_channel_set_faults(struct rpc_channel *ch,
+                           const struct rpc_faults *f,
+                           uint64_t seed)
+{
+    return rpc_fault_set(&ch->faults, f, seed);
+}
+
+void rpc_channel_get_fault_stats(const struct rpc_channel *ch,
+                                 struct rpc_fault_stats *out)
+{
+    *out = ch->faults.stats;
 }

@@ -2,6 +2,7 @@
 #ifndef RPC_INTERNAL_H
 #define RPC_INTERNAL_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -42,5 +43,38 @@ uint64_t rpc_now_ms(void);
 
 /* Set TCP_NODELAY (and close-on-exec) on a connected socket. */
 void rpc_tune_socket(int fd);
+
+/* Fault injection state of a channel or of one served service. */
+struct rpc_fault_state
+{
+    struct rpc_faults f;          /* what to inject */
+    bool active;                  /* anything at all */
+    uint64_t rng;                 /* splitmix64 state */
+    struct rpc_fault_stats stats; /* what it did */
+};
+
+/* What happens to one call. */
+struct rpc_fault_choice
+{
+    bool cut;               /* refused: fail after fail_after_ms */
+    bool drop_request;      /* lost: fail after fail_after_ms */
+    uint32_t fail_after_ms; /* for cut and drop_request */
+    uint32_t delay_ms;      /* hold the request this long first */
+    bool duplicate;         /* deliver it twice */
+    bool drop_reply;        /* lose the reply */
+    uint32_t hold_ms;       /* hold the reply this long */
+};
+
+/* Set (f non-NULL) or clear faults; RPC_E_INVALID for invalid ones. */
+int rpc_fault_set(struct rpc_fault_state *st,
+                  const struct rpc_faults *f,
+                  uint64_t seed);
+
+/* Choose what happens to the next call. */
+void rpc_fault_plan(struct rpc_fault_state *st, struct rpc_fault_choice *c);
+
+/* to += from */
+void rpc_fault_stats_add(struct rpc_fault_stats *to,
+                         const struct rpc_fault_stats *from);
 
 #endif /* RPC_INTERNAL_H */

@@ -33,6 +33,23 @@ struct rpc_call
     struct rpc_conn *conn;                   /* holds a reference */
     uint64_t call_id;                        /* echoed in the reply */
     const ProtobufCMethodDescriptor *method; /* for the reply's type */
+    bool drop_reply;                         /* fault: lose the reply */
+    uint32_t hold_ms;                        /* fault: hold it back */
+};
+
+/* A request or a reply held back by injected faults. */
+struct held
+{
+    struct rpc_server *server;  /* owner */
+    struct rpc_conn *conn;      /* holds a reference */
+    struct event *timer;        /* fires when it may go on */
+    struct evbuffer *reply;     /* a packed reply, or NULL for a request */
+    ProtobufCService *svc;      /* request: its service */
+    unsigned index;             /* and method */
+    ProtobufCMessage *input;    /* and unpacked args */
+    uint64_t call_id;           /* and call id */
+    struct rpc_fault_choice fc; /* and what else to do to it */
+    struct held *prev, *next;   /* server's list */
 };
 
 struct rpc_server
@@ -47,6 +64,8 @@ struct rpc_server
     struct rpc_conn *closed;           /* closed, still held by calls */
     struct rpc_server_stats stats;     /* counters */
     char errmsg[256];                  /* last failure's context */
+    struct rpc_fault_state *faults;    /* per service, injected faults */
+    struct held *held;                 /* requests and replies held back */
 };
 
 static void list_remove(struct rpc_conn **head, struct rpc_conn *c)
@@ -124,7 +143,8 @@ static void send_reply(struct rpc_conn *c,
                        uint64_t call_id,
                        int status,
                        const char *error,
-                       const ProtobufCMessage *args)
+                       const ProtobufCMessage *args,
+                       struct evbuffer *hold)
 {
     struct rpc_server *s = c->server;
     if (!c->bev || !s) {
@@ -137,7 +157,7 @@ static void send_reply(struct rpc_conn *c,
     hdr.call_id = call_id;
     hdr.status = (Raftkv__RpcStatus)status;
     hdr.error = (char *)(error ? error : "");
-    struct evbuffer *out = bufferevent_get_output(c->bev);
+    struct evbuffer *out = hold ? hold : bufferevent_get_output(c->bev);
     int rv = rpc_write_frame(out, &hdr, args, &s->opts.limits);
     if (rv == RPC_E_TOO_BIG) {
         rpc_logf(RPC_LOG_WARN, "rpc: reply to %s over the frame cap", c->peer);
@@ -152,34 +172,105 @@ static void send_reply(struct rpc_conn *c,
     if (status != RPC_OK) {
         s->stats.error_replies++;
     }
-    check_output(c);
+    if (!hold) {
+        check_output(c);
+    }
+}
+
+static void held_unlink(struct held *h)
+{
+    if (h->prev) {
+        h->prev->next = h->next;
+    } else {
+        h->server->held = h->next;
+    }
+    if (h->next) {
+        h->next->prev = h->prev;
+    }
+}
+
+static void held_free(struct held *h)
+{
+    event_free(h->timer);
+    if (h->reply) {
+        evbuffer_free(h->reply);
+    }
+    if (h->input) {
+        protobuf_c_message_free_unpacked(h->input, NULL);
+    }
+    conn_unref(h->conn);
+    free(h);
+}
+
+static void on_held(evutil_socket_t fd, short what, void *arg);
+
+/* Hold something back for ms on connection c (in the server's list). */
+static struct held *held_new(struct rpc_conn *c, uint32_t ms)
+{
+    struct rpc_server *s = c->server;
+    struct held *h = calloc(1, sizeof *h);
+    if (!h || !(h->timer = evtimer_new(s->base, on_held, h))) {
+        free(h);
+        return NULL;
+    }
+    h->server = s;
+    h->conn = c;
+    c->refs++;
+    h->next = s->held;
+    if (s->held) {
+        s->held->prev = h;
+    }
+    s->held = h;
+    struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
+    event_add(h->timer, &tv);
+    return h;
+}
+
+/* Send a handler's answer (reply, or an error status), unless injected
+ * faults lose it or hold it back. */
+static void answer(struct rpc_call *call,
+                   int status,
+                   const char *error,
+                   const ProtobufCMessage *reply)
+{
+    struct rpc_conn *c = call->conn;
+    struct rpc_server *s = c->server;
+    struct held *h = NULL;
+    if (call->drop_reply) {
+        if (s) {
+            s->stats.dropped_replies++;
+        }
+    } else if (call->hold_ms && c->bev && s &&
+               (h = held_new(c, call->hold_ms)) &&
+               (h->reply = evbuffer_new())) {
+        send_reply(c, call->call_id, status, error, reply, h->reply);
+    } else {
+        if (h) { /* no memory to hold it: send it now */
+            held_unlink(h);
+            held_free(h);
+        }
+        send_reply(c, call->call_id, status, error, reply, NULL);
+    }
+    conn_unref(c);
+    free(call);
 }
 
 /* The closure given to handlers. */
 static void call_done(const ProtobufCMessage *reply, void *closure_data)
 {
-    struct rpc_call *call = closure_data;
-    struct rpc_conn *c = call->conn;
     if (reply) {
-        send_reply(c, call->call_id, RPC_OK, NULL, reply);
+        answer(closure_data, RPC_OK, NULL, reply);
     } else {
-        send_reply(c, call->call_id, RPC_E_INTERNAL, "handler failed", NULL);
+        answer(closure_data, RPC_E_INTERNAL, "handler failed", NULL);
     }
-    conn_unref(c);
-    free(call);
 }
 
 void rpc_call_fail(void *closure_data, int status, const char *msg)
 {
-    struct rpc_call *call = closure_data;
-    struct rpc_conn *c = call->conn;
     if (status <= 0 || status >= 100) {
         status = RPC_E_INTERNAL;
     }
-    send_reply(c, call->call_id, status, msg ? msg : rpc_strerror(status),
-               NULL);
-    conn_unref(c);
-    free(call);
+    answer(closure_data, status, msg ? msg : rpc_strerror(status), NULL);
 }
 
 const char *rpc_call_peer(void *closure_data)
@@ -188,10 +279,15 @@ const char *rpc_call_peer(void *closure_data)
     return call->conn->peer;
 }
 
-static ProtobufCService *find_service(struct rpc_server *s, const char *name)
+static ProtobufCService *find_service(struct rpc_server *s,
+                                      const char *name,
+                                      size_t *index)
 {
     for (size_t i = 0; i < s->n_services; i++) {
         if (strcmp(s->services[i]->descriptor->name, name) == 0) {
+            if (index) {
+                *index = i;
+            }
             return s->services[i];
         }
     }
@@ -211,6 +307,33 @@ static bool has_handler(ProtobufCService *svc, unsigned index)
     return handlers[index] != NULL;
 }
 
+/* Run a handler (twice when the faults duplicate the request; the second
+ * answer is lost). */
+static void start_call(struct rpc_conn *c,
+                       ProtobufCService *svc,
+                       unsigned index,
+                       const ProtobufCMessage *input,
+                       uint64_t call_id,
+                       const struct rpc_fault_choice *fc)
+{
+    for (int copy = 0; copy < (fc->duplicate ? 2 : 1) && c->bev; copy++) {
+        struct rpc_call *call = malloc(sizeof *call);
+        if (!call) {
+            send_reply(c, call_id, RPC_E_OVERLOADED, "out of memory", NULL,
+                       NULL);
+            return;
+        }
+        call->conn = c;
+        call->call_id = call_id;
+        call->method = &svc->descriptor->methods[index];
+        call->drop_reply = copy > 0 || fc->drop_reply;
+        call->hold_ms = fc->hold_ms;
+        c->refs++;
+        c->server->stats.calls++;
+        svc->invoke(svc, index, input, call_done, call);
+    }
+}
+
 /* Returns non-zero when the connection was closed. */
 static int dispatch(void *ctx, const struct rpc_frame *f)
 {
@@ -219,10 +342,11 @@ static int dispatch(void *ctx, const struct rpc_frame *f)
     const Raftkv__RpcHeader *h = f->header;
     char msg[256];
 
-    ProtobufCService *svc = find_service(s, h->service_name);
+    size_t svc_index = 0;
+    ProtobufCService *svc = find_service(s, h->service_name, &svc_index);
     if (!svc) {
         snprintf(msg, sizeof msg, "no service '%.100s'", h->service_name);
-        send_reply(c, h->call_id, RPC_E_UNKNOWN_SERVICE, msg, NULL);
+        send_reply(c, h->call_id, RPC_E_UNKNOWN_SERVICE, msg, NULL, NULL);
         return c->bev ? 0 : 1;
     }
     const ProtobufCMethodDescriptor *m =
@@ -232,7 +356,7 @@ static int dispatch(void *ctx, const struct rpc_frame *f)
     if (!m || !has_handler(svc, index)) {
         snprintf(msg, sizeof msg, "%s has no method '%.100s'",
                  svc->descriptor->name, h->method_name);
-        send_reply(c, h->call_id, RPC_E_UNKNOWN_METHOD, msg, NULL);
+        send_reply(c, h->call_id, RPC_E_UNKNOWN_METHOD, msg, NULL, NULL);
         return c->bev ? 0 : 1;
     }
     ProtobufCMessage *input =
@@ -246,20 +370,45 @@ static int dispatch(void *ctx, const struct rpc_frame *f)
         conn_close(c);
         return 1;
     }
-    struct rpc_call *call = malloc(sizeof *call);
-    if (!call) {
-        protobuf_c_message_free_unpacked(input, NULL);
-        send_reply(c, h->call_id, RPC_E_OVERLOADED, "out of memory", NULL);
-        return c->bev ? 0 : 1;
+    struct rpc_fault_choice fc = {0};
+    if (s->faults[svc_index].active) {
+        rpc_fault_plan(&s->faults[svc_index], &fc);
+        if (fc.cut || fc.drop_request) {
+            protobuf_c_message_free_unpacked(input, NULL);
+            return 0; /* lost: no reply at all */
+        }
+        struct held *d = fc.delay_ms ? held_new(c, fc.delay_ms) : NULL;
+        if (d) {
+            d->svc = svc;
+            d->index = index;
+            d->input = input;
+            d->call_id = h->call_id;
+            d->fc = fc;
+            return 0;
+        }
     }
-    call->conn = c;
-    call->call_id = h->call_id;
-    call->method = m;
-    c->refs++;
-    s->stats.calls++;
-    svc->invoke(svc, index, input, call_done, call);
+    start_call(c, svc, index, input, h->call_id, &fc);
     protobuf_c_message_free_unpacked(input, NULL);
     return c->bev ? 0 : 1;
+}
+
+/* A held request or reply goes on, if its connection still stands. */
+static void on_held(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    struct held *h = arg;
+    struct rpc_conn *c = h->conn;
+    held_unlink(h);
+    if (c->bev && c->server) {
+        if (h->reply) {
+            evbuffer_add_buffer(bufferevent_get_output(c->bev), h->reply);
+            check_output(c);
+        } else {
+            start_call(c, h->svc, h->index, h->input, h->call_id, &h->fc);
+        }
+    }
+    held_free(h);
 }
 
 static void on_read(struct bufferevent *bev, void *arg)
@@ -387,6 +536,11 @@ void rpc_server_free(struct rpc_server *s)
         evconnlistener_free(s->listeners[i]);
     }
     free(s->listeners);
+    while (s->held) {
+        struct held *h = s->held;
+        held_unlink(h);
+        held_free(h);
+    }
     while (s->conns) {
         conn_close(s->conns);
     }
@@ -398,12 +552,13 @@ void rpc_server_free(struct rpc_server *s)
         c->server = NULL;
     }
     free(s->services);
+    free(s->faults);
     free(s);
 }
 
 int rpc_server_add_service(struct rpc_server *s, ProtobufCService *service)
 {
-    if (!service || find_service(s, service->descriptor->name)) {
+    if (!service || find_service(s, service->descriptor->name, NULL)) {
         return RPC_E_INVALID;
     }
     ProtobufCService **n =
@@ -411,8 +566,15 @@ int rpc_server_add_service(struct rpc_server *s, ProtobufCService *service)
     if (!n) {
         return RPC_E_NOMEM;
     }
-    n[s->n_services++] = service;
     s->services = n;
+    struct rpc_fault_state *f =
+        realloc(s->faults, (s->n_services + 1) * sizeof *f);
+    if (!f) {
+        return RPC_E_NOMEM;
+    }
+    memset(&f[s->n_services], 0, sizeof *f);
+    s->faults = f;
+    n[s->n_services++] = service;
     return 0;
 }
 
@@ -472,4 +634,25 @@ void rpc_server_get_stats(const struct rpc_server *s,
                           struct rpc_server_stats *out)
 {
     *out = s->stats;
+}
+
+int rpc_server_set_faults(struct rpc_server *s,
+                          const char *service,
+                          const struct rpc_faults *f,
+                          uint64_t seed)
+{
+    size_t i;
+    if (!service || !find_service(s, service, &i)) {
+        return RPC_E_INVALID;
+    }
+    return rpc_fault_set(&s->faults[i], f, seed);
+}
+
+void rpc_server_get_fault_stats(const struct rpc_server *s,
+                                struct rpc_fault_stats *out)
+{
+    memset(out, 0, sizeof *out);
+    for (size_t i = 0; i < s->n_services; i++) {
+        rpc_fault_stats_add(out, &s->faults[i].stats);
+    }
 }

@@ -46,6 +46,8 @@ enum clerk_error {
     CLERK_INVALID,         /* bad argument (NULL pointer, bad server list) */
     CLERK_NOMEM,           /* out of memory */
     CLERK_INTERNAL,        /* unexpected answer from the cluster */
+    CLERK_DISABLED,        /* the server does not allow the operation (fault
+                              injection without --enable-fault-injection) */
 };
 
 /* How reads are served. */
@@ -175,6 +177,52 @@ struct clerk_node_status
  *   or CLERK_NOMEM
  */
 int clerk_status(struct clerk *c, struct clerk_node_status **nodes, size_t *n);
+
+/* Fault injection, for fault-injection tests on a real cluster: what one
+ * server does to its own traffic. Servers accept it only when started with
+ * --enable-fault-injection. */
+#define CLERK_FAULT_CLIENTS 0 /* target: client calls arriving at the server */
+
+struct clerk_fault
+{
+    uint64_t target;         /* a node id: the server's Raft calls to that
+                                node (one direction of the link), or
+                                CLERK_FAULT_CLIENTS */
+    bool cut;                /* nothing passes */
+    double drop_request;     /* share of requests lost (handler never runs) */
+    double drop_reply;       /* share of replies lost after the handler ran */
+    unsigned delay_min_ms;   /* each request delayed uniformly in */
+    unsigned delay_max_ms;   /*   [delay_min_ms, delay_max_ms] */
+    double duplicate;        /* share of requests delivered twice */
+    double reorder;          /* share of replies held back uniformly in */
+    unsigned reorder_min_ms; /*   [reorder_min_ms, reorder_max_ms] */
+    unsigned reorder_max_ms; /*   (0 and 0: 200 to 2200 ms) */
+    /* In the rules clerk_fault reports: what the rule did so far. */
+    uint64_t n_cut, n_dropped_requests, n_dropped_replies;
+    uint64_t n_delayed, n_duplicated, n_reordered;
+};
+
+/**
+ * Change the fault-injection rules of one server.
+ * @param server index of the server in the list given to clerk_open
+ * @param clear remove all of its rules first
+ * @param rules rules to set; each replaces its target's earlier rule, and a
+ *   rule that injects nothing removes it (NULL when n_rules is 0)
+ * @param seed seeds the server's random choices (0: any)
+ * @param now if not NULL, set to the rules in force afterwards, with their
+ *   counters (free with clerk_free); n_now to their number
+ * @return CLERK_OK, CLERK_DISABLED, CLERK_BAD_REQUEST (a bad rule; see
+ *   clerk_errmsg), CLERK_UNAVAILABLE (the server did not answer),
+ *   CLERK_INVALID, CLERK_NOMEM
+ */
+int clerk_fault(struct clerk *c,
+                size_t server,
+                bool clear,
+                const struct clerk_fault *rules,
+                size_t n_rules,
+                uint64_t seed,
+                struct clerk_fault **now,
+                size_t *n_now);
 
 /**
  * Change the deadline of the operations that follow.

@@ -404,6 +404,92 @@ void rpc_channel_get_stats(const struct rpc_channel *ch,
  */
 const char *rpc_channel_target(const struct rpc_channel *ch);
 
+/* ---------------------------------------------------------------- faults */
+
+/* Faults to inject into calls, for fault-injection tests (kvserver
+ * --enable-fault-injection, `kvctl fault`). They model a bad network the
+ * way the well-known Raft lab suites do. Probabilities are in [0, 1]; an
+ * all-zero struct injects nothing. */
+struct rpc_faults
+{
+    bool cut;                /* nothing passes: a call fails after 0-100 ms
+                                without reaching the server */
+    double drop_request;     /* share of requests lost: the handler never
+                                runs */
+    double drop_reply;       /* share of replies lost after the handler ran */
+    uint32_t delay_min_ms;   /* every request is delayed by a uniform */
+    uint32_t delay_max_ms;   /* time in [delay_min_ms, delay_max_ms] */
+    double duplicate;        /* share of requests delivered twice (the
+                                second reply is discarded) */
+    double reorder;          /* share of replies held back by a uniform */
+    uint32_t reorder_min_ms; /* time in [reorder_min_ms, reorder_max_ms] */
+    uint32_t reorder_max_ms; /* (0, 0 means 200-2200 ms, the lab's) */
+};
+
+#define RPC_FAULT_MAX_MS 60000u /* longest delay or hold accepted */
+
+/* Counters of what injected faults did since they were last set. */
+struct rpc_fault_stats
+{
+    uint64_t cut;               /* calls refused for a cut link */
+    uint64_t dropped_requests;  /* requests lost */
+    uint64_t dropped_replies;   /* replies lost */
+    uint64_t delayed;           /* requests delayed */
+    uint64_t duplicated;        /* requests sent twice */
+    uint64_t reordered;         /* replies held back */
+};
+
+/**
+ * Check a fault description.
+ * @param f the faults
+ * @param why filled with the reason when invalid (may be NULL)
+ * @return true when every probability is in [0, 1] and every range is
+ *   ordered and at most RPC_FAULT_MAX_MS
+ */
+bool rpc_faults_valid(const struct rpc_faults *f, char *why, size_t why_len);
+
+/**
+ * Is anything injected?
+ */
+bool rpc_faults_active(const struct rpc_faults *f);
+
+/**
+ * Inject faults into the calls this channel makes from now on (calls in
+ * flight are left alone). Every call's closure still runs exactly once:
+ * lost requests and replies fail the call (RPC_E_UNAVAILABLE for a cut
+ * link, RPC_E_CONNECTION_LOST for a loss) after a short delay.
+ * @param ch the channel
+ * @param f the faults (copied), or NULL to stop injecting
+ * @param seed seeds the channel's choices
+ * @return 0, or RPC_E_INVALID when f is not valid
+ */
+int rpc_channel_set_faults(struct rpc_channel *ch,
+                           const struct rpc_faults *f,
+                           uint64_t seed);
+
+/**
+ * Inject faults into the requests a server receives for one service (a
+ * lost request gets no reply at all, as on a real network).
+ * @param s the server
+ * @param service the service's full name ("raftkv.KvService")
+ * @param f the faults (copied), or NULL to stop injecting
+ * @param seed seeds the choices
+ * @return 0, RPC_E_INVALID (unknown service or invalid faults) or
+ *   RPC_E_NOMEM
+ */
+int rpc_server_set_faults(struct rpc_server *s,
+                          const char *service,
+                          const struct rpc_faults *f,
+                          uint64_t seed);
+
+/** What faults this channel injected so far. */
+void rpc_channel_get_fault_stats(const struct rpc_channel *ch,
+                                 struct rpc_fault_stats *out);
+
+/** What faults this server injected so far (all services). */
+void rpc_server_get_fault_stats(const struct rpc_server *s,
+                                struct rpc_fault_stats *out);
+
 /* --------------------------------------------------------------- logging */
 
 enum rpc_log_level {
