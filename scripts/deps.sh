@@ -5,7 +5,8 @@ set -euo pipefail
 
 packages=(build-essential cmake pkg-config libprotobuf-c-dev
           protobuf-c-compiler libevent-dev liblmdb-dev libcunit1-dev
-          clang libclang-rt-14-dev)
+          clang libclang-rt-14-dev
+          nftables iproute2)  # packet-level partitions in test_netns
 
 missing=()
 for p in "${packages[@]}"; do

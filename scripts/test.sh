@@ -2,9 +2,13 @@
 # test.sh: install what is missing, build raftkv, run every test suite in the
 # normal build and under AddressSanitizer + UBSan, then fuzz briefly.
 #
-#   scripts/test.sh [--quick] [--fuzz-seconds N] [--no-sanitize] [--no-fuzz]
+#   scripts/test.sh [--quick] [--full-faults] [--fuzz-seconds N]
+#                   [--no-sanitize] [--no-fuzz]
 #
 #   --quick          the normal build's tests only (no sanitizer, no fuzz)
+#   --full-faults    the fault-injection suite's full tier: 3 rounds of 5 s
+#                    per test instead of one of 2.5 s, each test again on
+#                    7 nodes with other choices (docs/faults.md)
 #   --fuzz-seconds N run each libFuzzer target N seconds (default 20)
 #   --no-sanitize    skip the sanitizer build
 #   --no-fuzz        skip the fuzz targets
@@ -18,10 +22,11 @@ sanitize=1 fuzz=1 fuzz_seconds=20
 while [ $# -gt 0 ]; do
     case "$1" in
         --quick) sanitize=0 fuzz=0 ;;
+        --full-faults) export RAFTKV_FAULT_TIER=full ;;
         --no-sanitize) sanitize=0 ;;
         --no-fuzz) fuzz=0 ;;
         --fuzz-seconds) fuzz_seconds=${2:?--fuzz-seconds needs a number}; shift ;;
-        -h|--help) sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "test.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
     esac
     shift

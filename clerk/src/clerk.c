@@ -128,6 +128,42 @@ void clerk_free(void *p)
 
 /* ------------------------------------------------------------- handles */
 
+/* Add one server, "HOST:PORT", "[V6]:PORT" or "ID=HOST:PORT" (it is
+ * modified). Returns false, with open_error set, when it is malformed or
+ * the list is full. */
+static bool add_server(struct clerk *c, char *it)
+{
+    while (*it == ' ') {
+        it++;
+    }
+    char *eq = strchr(it, '=');
+    if (eq) {
+        it = eq + 1;
+    }
+    char *colon = strrchr(it, ':');
+    char *end = NULL;
+    long port = colon ? strtol(colon + 1, &end, 10) : 0;
+    if (!colon || colon == it || !end || *end || port < 1 || port > 65535 ||
+        c->n == MAX_SERVERS || strlen(it) >= sizeof c->servers[0].addr) {
+        snprintf(open_error, sizeof open_error,
+                 c->n == MAX_SERVERS ? "more than 16 servers"
+                                     : "server '%.200s' is not HOST:PORT",
+                 it);
+        return false;
+    }
+    struct server *s = &c->servers[c->n++];
+    snprintf(s->addr, sizeof s->addr, "%s", it);
+    *colon = 0;
+    size_t hl = strlen(it);
+    if (hl >= 2 && it[0] == '[' && it[hl - 1] == ']') {
+        it[hl - 1] = 0;
+        it++;
+    }
+    snprintf(s->host, sizeof s->host, "%s", it);
+    s->port = (uint16_t)port;
+    return true;
+}
+
 static int parse_servers(struct clerk *c, const char *list)
 {
     char *copy = strdup(list), *save = NULL;
@@ -136,35 +172,10 @@ static int parse_servers(struct clerk *c, const char *list)
     }
     for (char *it = strtok_r(copy, ",", &save); it;
          it = strtok_r(NULL, ",", &save)) {
-        while (*it == ' ') {
-            it++;
-        }
-        char *eq = strchr(it, '=');
-        if (eq) {
-            it = eq + 1;
-        }
-        char *colon = strrchr(it, ':');
-        char *end = NULL;
-        long port = colon ? strtol(colon + 1, &end, 10) : 0;
-        if (!colon || colon == it || !end || *end || port < 1 || port > 65535 ||
-            c->n == MAX_SERVERS) {
-            snprintf(open_error, sizeof open_error,
-                     c->n == MAX_SERVERS ? "more than 16 servers"
-                                         : "server '%.200s' is not HOST:PORT",
-                     it);
+        if (!add_server(c, it)) {
             free(copy);
             return CLERK_INVALID;
         }
-        struct server *s = &c->servers[c->n++];
-        snprintf(s->addr, sizeof s->addr, "%s", it);
-        *colon = 0;
-        size_t hl = strlen(it);
-        if (hl >= 2 && it[0] == '[' && it[hl - 1] == ']') {
-            it[hl - 1] = 0;
-            it++;
-        }
-        snprintf(s->host, sizeof s->host, "%s", it);
-        s->port = (uint16_t)port;
     }
     free(copy);
     if (c->n == 0) {
@@ -464,7 +475,15 @@ static bool server_of_hint(struct clerk *c, const struct answer *a, size_t *out)
             return true;
         }
     }
-    return false;
+    /* A leader outside the list given to clerk_open: remember it, so a
+     * handle that knows only some servers still reaches the leader. */
+    char addr[sizeof a->leader_addr];
+    snprintf(addr, sizeof addr, "%s", a->leader_addr);
+    if (!add_server(c, addr)) {
+        return false;
+    }
+    *out = c->n - 1;
+    return true;
 }
 
 /* Map a final KV answer to a clerk result. */

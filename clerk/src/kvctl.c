@@ -591,9 +591,14 @@ static int apply_faults(struct clerk *ck,
     int err = clerk_fault(ck, server, clear, rules, n_rules, 0, &now, &n_now);
     if (err) {
         if (fmt == FMT_JSON && !first) {
-            puts("]}");
+            puts("]}"); /* end the answer of the nodes already changed */
         }
         return answer_clerk(ck, err);
+    }
+    if (fmt == FMT_JSON && first) {
+        /* Opened only now: a refusal by the first node is one error
+         * object, not an "ok" answer with the error inside it. */
+        fputs("{\"ok\":true,\"nodes\":[", stdout);
     }
     print_rules(id, now, n_now, first);
     clerk_free(now);
@@ -643,9 +648,6 @@ static int cmd_fault(struct clerk *ck, struct tok *t, int n)
             return usage_error("TARGET is a node id, clients, peers or all");
         }
     }
-    if (fmt == FMT_JSON) {
-        fputs("{\"ok\":true,\"nodes\":[", stdout);
-    }
     for (size_t i = 0; i < n_idx; i++) {
         struct clerk_fault rules[MAX_NODES + 1];
         size_t k = 0;
@@ -661,7 +663,7 @@ static int cmd_fault(struct clerk *ck, struct tok *t, int n)
                 }
             }
         }
-        if (one) {
+        if (one && one != ids[i]) { /* "fault all 3": not 3 to itself */
             rules[k] = spec;
             rules[k++].target = one;
         }
@@ -717,9 +719,6 @@ static int cmd_partition(struct clerk *ck, struct tok *t, int n)
             }
             group[j] = g;
         }
-    }
-    if (fmt == FMT_JSON) {
-        fputs("{\"ok\":true,\"nodes\":[", stdout);
     }
     for (size_t i = 0; i < n_idx; i++) {
         struct clerk_fault rules[MAX_NODES];

@@ -100,7 +100,9 @@ static void set_target(struct kv_node *n,
                        const struct rpc_faults *f,
                        uint64_t seed)
 {
-    const struct rpc_faults *use = f && rpc_faults_active(f) ? f : NULL;
+    struct rpc_faults filled = f ? *f : (struct rpc_faults){0};
+    rpc_faults_fill_defaults(&filled);
+    const struct rpc_faults *use = rpc_faults_active(&filled) ? &filled : NULL;
     char what[256];
     describe(use ? use : &(struct rpc_faults){0}, what, sizeof what);
     if (target == 0) {

@@ -39,6 +39,14 @@ bool rpc_faults_valid(const struct rpc_faults *f, char *why, size_t why_len)
     return bad == NULL;
 }
 
+void rpc_faults_fill_defaults(struct rpc_faults *f)
+{
+    if (f->reorder > 0 && f->reorder_max_ms == 0) {
+        f->reorder_min_ms = REORDER_DEFAULT_MIN;
+        f->reorder_max_ms = REORDER_DEFAULT_MAX;
+    }
+}
+
 bool rpc_faults_active(const struct rpc_faults *f)
 {
     return f->cut || f->drop_request > 0 || f->drop_reply > 0 ||
@@ -59,10 +67,7 @@ int rpc_fault_set(struct rpc_fault_state *st,
         return 0;
     }
     st->f = *f;
-    if (st->f.reorder > 0 && st->f.reorder_max_ms == 0) {
-        st->f.reorder_min_ms = REORDER_DEFAULT_MIN;
-        st->f.reorder_max_ms = REORDER_DEFAULT_MAX;
-    }
+    rpc_faults_fill_defaults(&st->f);
     st->rng = seed ? seed : 0x9E3779B97F4A7C15ull;
     st->active = rpc_faults_active(&st->f);
     return 0;

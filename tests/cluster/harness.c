@@ -35,11 +35,11 @@ static void sleep_ms(unsigned ms)
     nanosleep(&ts, NULL);
 }
 
-static uint16_t free_port(void)
+static uint16_t free_port(const char *host)
 {
     int fd = socket(AF_INET, SOCK_STREAM, 0);
     struct sockaddr_in sa = {.sin_family = AF_INET};
-    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    inet_pton(AF_INET, host, &sa.sin_addr);
     socklen_t len = sizeof sa;
     if (fd < 0 || bind(fd, (struct sockaddr *)&sa, sizeof sa) != 0 ||
         getsockname(fd, (struct sockaddr *)&sa, &len) != 0) {
@@ -98,6 +98,24 @@ int h_node_start(struct h_cluster *c, size_t i)
 
 int h_cluster_start(struct h_cluster *c, size_t n, const char *extra)
 {
+    return h_cluster_start_hosts(c, n, extra, false);
+}
+
+void h_endpoints(const struct h_cluster *c, char *out, size_t len)
+{
+    size_t off = 0;
+    out[0] = 0;
+    for (size_t i = 0; i < c->n && off < len; i++) {
+        off += (size_t)snprintf(out + off, len - off, "%s%s:%u", i ? "," : "",
+                                c->nodes[i].host, c->nodes[i].port);
+    }
+}
+
+int h_cluster_start_hosts(struct h_cluster *c,
+                          size_t n,
+                          const char *extra,
+                          bool distinct_hosts)
+{
     memset(c, 0, sizeof *c);
     snprintf(c->root, sizeof c->root, "/tmp/raftkv-test-XXXXXX");
     if (!mkdtemp(c->root)) {
@@ -110,12 +128,14 @@ int h_cluster_start(struct h_cluster *c, size_t n, const char *extra)
     for (size_t i = 0; i < n; i++) {
         struct h_node *nd = &c->nodes[i];
         nd->id = i + 1;
-        nd->port = free_port();
+        snprintf(nd->host, sizeof nd->host, "127.0.0.%zu",
+                 distinct_hosts ? 11 + i : 1);
+        nd->port = free_port(nd->host);
         snprintf(nd->dir, sizeof nd->dir, "%s/node%zu", c->root, i + 1);
         snprintf(nd->log, sizeof nd->log, "%s/node%zu.log", c->root, i + 1);
-        off += (size_t)snprintf(
-            c->cluster_arg + off, sizeof c->cluster_arg - off,
-            "%s%zu=127.0.0.1:%u", i ? "," : "", i + 1, nd->port);
+        off += (size_t)snprintf(c->cluster_arg + off,
+                                sizeof c->cluster_arg - off, "%s%zu=%s:%u",
+                                i ? "," : "", i + 1, nd->host, nd->port);
     }
     for (size_t i = 0; i < n; i++) {
         if (h_node_start(c, i) != 0) {
@@ -186,6 +206,21 @@ bool h_log_contains(struct h_cluster *c, size_t i, const char *needle)
     return h_log_count(c, i, needle) > 0;
 }
 
+/* Did any node of c report a memory or undefined-behaviour error (in a
+ * sanitizer build)? */
+bool h_sanitizer_reports(struct h_cluster *c)
+{
+    bool found = false;
+    for (size_t i = 0; i < c->n; i++) {
+        if (h_log_contains(c, i, "AddressSanitizer") ||
+            h_log_contains(c, i, "runtime error:")) {
+            fprintf(stderr, "sanitizer report in %s\n", c->nodes[i].log);
+            found = true;
+        }
+    }
+    return found;
+}
+
 void h_cluster_destroy(struct h_cluster *c)
 {
     for (size_t i = 0; i < c->n; i++) {
@@ -216,7 +251,8 @@ int h_client_open(struct h_client *cl, struct h_cluster *c, unsigned seed)
         struct rpc_channel_options o = {.deadline_ms = 1500,
                                         .connect_timeout_ms = 500,
                                         .backoff_max_ms = 100};
-        cl->ch[i] = rpc_channel_new_blocking("127.0.0.1", c->nodes[i].port, &o);
+        cl->ch[i] =
+            rpc_channel_new_blocking(c->nodes[i].host, c->nodes[i].port, &o);
         if (!cl->ch[i]) {
             return -1;
         }

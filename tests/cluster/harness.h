@@ -15,7 +15,8 @@
 struct h_node
 {
     uint64_t id;   /* node id (1-based) */
-    uint16_t port; /* its port on 127.0.0.1 */
+    char host[32]; /* its loopback address */
+    uint16_t port; /* its port on host */
     char dir[512]; /* its data directory */
     char log[512]; /* its log file */
     pid_t pid;     /* running process, or 0 */
@@ -39,10 +40,25 @@ struct h_cluster
  */
 int h_cluster_start(struct h_cluster *c, size_t n, const char *extra);
 
+/**
+ * h_cluster_start, but with distinct_hosts node i listens on (and sends
+ * from) its own address 127.0.0.(11+i), so that packet filters can tell
+ * the nodes apart.
+ */
+int h_cluster_start_hosts(struct h_cluster *c,
+                          size_t n,
+                          const char *extra,
+                          bool distinct_hosts);
+
+/** "HOST:PORT,HOST:PORT,..." of every node, for clerk_open. */
+void h_endpoints(const struct h_cluster *c, char *out, size_t len);
+
 /** Stop every node (SIGKILL) and delete the temp dir unless c->keep. */
 void h_cluster_destroy(struct h_cluster *c);
 
-/** Start (or restart) node i (0-based) with its existing data. */
+/** Start (or restart) node i (0-based) with its existing data. Call it from
+ * the main thread: the node is killed when the thread that started it ends
+ * (PR_SET_PDEATHSIG), so that no node outlives a crashed test. */
 int h_node_start(struct h_cluster *c, size_t i);
 
 /** kill -9 node i and reap it. */
@@ -56,6 +72,10 @@ void h_node_pause(struct h_cluster *c, size_t i, bool pause);
 
 /** Does node i's log file contain needle? */
 bool h_log_contains(struct h_cluster *c, size_t i, const char *needle);
+
+/** Did any node report a memory or undefined-behaviour error (sanitizer
+ * builds)? Names the log on stderr. */
+bool h_sanitizer_reports(struct h_cluster *c);
 
 /** How many lines of node i's log contain needle? */
 size_t h_log_count(struct h_cluster *c, size_t i, const char *needle);

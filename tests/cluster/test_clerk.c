@@ -29,21 +29,10 @@ static uint64_t now_ms(void)
     return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
 }
 
-/* "127.0.0.1:P1,127.0.0.1:P2,..." for a cluster. */
-static void endpoints(struct h_cluster *c, char *out, size_t len)
-{
-    size_t off = 0;
-    out[0] = 0;
-    for (size_t i = 0; i < c->n; i++) {
-        off += (size_t)snprintf(out + off, len - off, "%s127.0.0.1:%u",
-                                i ? "," : "", c->nodes[i].port);
-    }
-}
-
 static struct clerk *open_clerk(struct h_cluster *c, unsigned deadline_ms)
 {
     char eps[512];
-    endpoints(c, eps, sizeof eps);
+    h_endpoints(c, eps, sizeof eps);
     struct clerk_options o = {.deadline_ms = deadline_ms};
     struct clerk *ck = NULL;
     CU_ASSERT_FATAL(clerk_open(&ck, eps, &o) == CLERK_OK);
@@ -305,7 +294,7 @@ static int kvctl_setup(void)
     if (h_cluster_start(&kc, 3, NULL) != 0 || h_find_leader(&kc, 10000) < 0) {
         return 1;
     }
-    endpoints(&kc, kc_eps, sizeof kc_eps);
+    h_endpoints(&kc, kc_eps, sizeof kc_eps);
     return 0;
 }
 

@@ -56,12 +56,17 @@ int cunit_main(int argc, char **argv, CU_SuiteInfo *suites)
                 found = t;
             }
         }
-        if (!found) {
-            fprintf(stderr, "%s: no test named %s\n", argv[0], argv[1]);
+        CU_pSuite whole = found ? NULL : CU_get_suite(argv[1]);
+        if (found) {
+            CU_basic_run_test(found_suite, found);
+        } else if (whole) {
+            CU_basic_run_suite(whole); /* or a whole suite by its name */
+        } else {
+            fprintf(stderr, "%s: no test or suite named %s\n", argv[0],
+                    argv[1]);
             CU_cleanup_registry();
             return 2;
         }
-        CU_basic_run_test(found_suite, found);
     } else {
         CU_basic_run_tests();
     }

@@ -13,7 +13,8 @@
 unsigned cunit_seed(void);
 
 /**
- * Run the suites (all tests, or only the one named by argv[1]) verbosely.
+ * Run the suites (all tests, or only the test or the suite named by
+ * argv[1]) verbosely.
  * @return 0 when every assert passed, 1 when any failed, 2 on a CUnit error
  */
 int cunit_main(int argc, char **argv, CU_SuiteInfo *suites);

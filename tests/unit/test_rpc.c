@@ -8,39 +8,28 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
-#include <time.h>
 #include <unistd.h>
 
 #include <CUnit/Basic.h>
 #include <event2/event.h>
 
 #include "cunit_main.h"
-#include "echo_service.h"
+#include "echo_loop.h"
 #include "rpc/rpc.h"
 
 /* ------------------------------------------------------------- fixtures */
 
+static struct echo_local local; /* server, service and base of a test */
 static struct event_base *base;
 static struct rpc_server *server;
-static struct echo_service echo;
 static uint16_t port;
-
-static uint64_t now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-}
 
 static void start_local_server(const struct rpc_server_options *opts)
 {
-    base = event_base_new();
-    CU_ASSERT_FATAL(base != NULL);
-    server = rpc_server_new(base, opts);
-    CU_ASSERT_FATAL(server != NULL);
-    echo_service_init(&echo, base);
-    CU_ASSERT_FATAL(rpc_server_add_service(server, &echo.svc.base) == 0);
-    CU_ASSERT_FATAL(rpc_server_listen(server, "127.0.0.1", 0, &port) == 0);
+    CU_ASSERT_FATAL(echo_local_start(&local, opts) == 0);
+    base = local.base;
+    server = local.server;
+    port = local.port;
 }
 
 static void stop_local_server(void)
@@ -51,77 +40,16 @@ static void stop_local_server(void)
     base = NULL;
 }
 
-static void on_tick(evutil_socket_t fd, short what, void *arg)
-{
-    (void)fd;
-    (void)what;
-    (void)arg;
-}
-
 /* Run the loop until *counter reaches target or timeout_ms pass. */
 static bool run_until(const int *counter, int target, int timeout_ms)
 {
-    struct event *tick = event_new(base, -1, EV_PERSIST, on_tick, NULL);
-    struct timeval tv = {0, 5000};
-    event_add(tick, &tv);
-    uint64_t deadline = now_ms() + (uint64_t)timeout_ms;
-    while ((!counter || *counter < target) && now_ms() < deadline) {
-        event_base_loop(base, EVLOOP_ONCE);
-    }
-    event_free(tick);
-    return counter && *counter >= target;
+    return loop_run_until(base, counter, target, timeout_ms);
 }
 
 static void run_for(int ms)
 {
-    run_until(NULL, 0, ms);
+    loop_run_for(base, ms);
 }
-
-/* What a closure saw. */
-struct result
-{
-    int done;          /* times the closure ran: must end at 1 */
-    int status;        /* RPC_OK or rpc_last_status() */
-    char error[256];   /* rpc_last_error() on failure */
-    char payload[256]; /* reply payload, NUL-terminated */
-    int order;         /* completion order among a batch */
-};
-
-static int completions;
-
-static void on_echo(const Raftkv__Test__EchoReply *reply, void *data)
-{
-    struct result *r = data;
-    r->done++;
-    r->order = completions++;
-    if (reply) {
-        r->status = RPC_OK;
-        size_t n = reply->payload.len < sizeof r->payload - 1
-                       ? reply->payload.len
-                       : sizeof r->payload - 1;
-        memcpy(r->payload, reply->payload.data, n);
-        r->payload[n] = 0;
-    } else {
-        r->status = rpc_last_status();
-        snprintf(r->error, sizeof r->error, "%s", rpc_last_error());
-    }
-}
-
-static void call(ProtobufCService *svc,
-                 int method,
-                 const char *payload,
-                 uint32_t delay_ms,
-                 struct result *r)
-{
-    Raftkv__Test__EchoArgs args = RAFTKV__TEST__ECHO_ARGS__INIT;
-    args.payload.data = (uint8_t *)payload;
-    args.payload.len = strlen(payload);
-    args.delay_ms = delay_ms;
-    svc->invoke(svc, (unsigned)method, &args.base, (ProtobufCClosure)on_echo,
-                r);
-}
-
-enum { M_ECHO = 0, M_DEFER = 1, M_UNIMPLEMENTED = 2, M_FAIL = 3 };
 
 static const ProtobufCServiceDescriptor *echo_desc =
     &raftkv__test__echo_service__descriptor;
@@ -163,9 +91,9 @@ static size_t raw_request(uint8_t *out,
 static bool raw_sees_eof(int fd, int timeout_ms)
 {
     fcntl(fd, F_SETFL, O_NONBLOCK);
-    uint64_t deadline = now_ms() + (uint64_t)timeout_ms;
+    uint64_t deadline = test_now_ms() + (uint64_t)timeout_ms;
     char buf[4096];
-    while (now_ms() < deadline) {
+    while (test_now_ms() < deadline) {
         ssize_t n = recv(fd, buf, sizeof buf, 0);
         if (n == 0) {
             return true;
@@ -188,19 +116,19 @@ static void test_rpc_blocking_call_returns_after_its_closure(void)
     struct rpc_channel *ch = rpc_channel_new_blocking("127.0.0.1", p, NULL);
     ProtobufCService *svc = rpc_channel_service(ch, echo_desc);
     /* The generated stub itself, as the clerk uses it. */
-    struct result r = {0};
+    struct echo_result r = {0};
     Raftkv__Test__EchoArgs args = RAFTKV__TEST__ECHO_ARGS__INIT;
     args.payload.data = (uint8_t *)"hello";
     args.payload.len = 5;
-    raftkv__test__echo_service__echo(svc, &args, on_echo, &r);
+    raftkv__test__echo_service__echo(svc, &args, echo_result_closure, &r);
     CU_ASSERT_EQUAL(r.done, 1);
     CU_ASSERT_EQUAL(r.status, RPC_OK);
     CU_ASSERT_STRING_EQUAL(r.payload, "hello");
     for (int i = 0; i < 100; i++) {
-        struct result ri = {0};
+        struct echo_result ri = {0};
         char payload[32];
         snprintf(payload, sizeof payload, "call %d", i);
-        call(svc, M_ECHO, payload, 0, &ri);
+        echo_call(svc, ECHO_M_ECHO, payload, 0, &ri);
         CU_ASSERT_EQUAL(ri.done, 1);
         CU_ASSERT_STRING_EQUAL(ri.payload, payload);
     }
@@ -218,8 +146,8 @@ static void test_rpc_blocking_channel_reconnects_after_server_restart(void)
     CU_ASSERT_FATAL(pid > 0);
     struct rpc_channel *ch = rpc_channel_new_blocking("127.0.0.1", p, NULL);
     ProtobufCService *svc = rpc_channel_service(ch, echo_desc);
-    struct result r = {0};
-    call(svc, M_ECHO, "first", 0, &r);
+    struct echo_result r = {0};
+    echo_call(svc, ECHO_M_ECHO, "first", 0, &r);
     CU_ASSERT_EQUAL(r.status, RPC_OK);
     /* The server restarts between two calls; the channel never ran its loop
      * in between, yet the next call must not be sent into the dead
@@ -227,8 +155,8 @@ static void test_rpc_blocking_channel_reconnects_after_server_restart(void)
     echo_server_kill(pid);
     pid = echo_server_spawn("127.0.0.1", p, &p);
     CU_ASSERT_FATAL(pid > 0);
-    struct result r2 = {0};
-    call(svc, M_ECHO, "second", 0, &r2);
+    struct echo_result r2 = {0};
+    echo_call(svc, ECHO_M_ECHO, "second", 0, &r2);
     CU_ASSERT_EQUAL(r2.done, 1);
     CU_ASSERT_EQUAL(r2.status, RPC_OK);
     CU_ASSERT_STRING_EQUAL(r2.payload, "second");
@@ -246,8 +174,8 @@ static void test_rpc_async_call_completes_from_the_loop(void)
     struct rpc_channel *ch = rpc_channel_new(base, "127.0.0.1", port, NULL);
     ProtobufCService *svc = rpc_channel_service(ch, echo_desc);
     CU_ASSERT_PTR_EQUAL(svc, rpc_channel_service(ch, echo_desc));
-    struct result r = {0};
-    call(svc, M_ECHO, "async", 0, &r);
+    struct echo_result r = {0};
+    echo_call(svc, ECHO_M_ECHO, "async", 0, &r);
     CU_ASSERT_EQUAL(r.done, 0); /* never inside the stub call */
     CU_ASSERT_EQUAL(rpc_channel_pending(ch), 1);
     CU_ASSERT(run_until(&r.done, 1, 5000));
@@ -264,17 +192,17 @@ static void test_rpc_thousand_concurrent_calls_answered_out_of_order(void)
     start_local_server(NULL);
     struct rpc_channel *ch = rpc_channel_new(base, "127.0.0.1", port, NULL);
     ProtobufCService *svc = rpc_channel_service(ch, echo_desc);
-    static struct result r[N];
+    static struct echo_result r[N];
     memset(r, 0, sizeof r);
-    completions = 0;
+    echo_completions = 0;
     for (int i = 0; i < N; i++) {
         char payload[32];
         snprintf(payload, sizeof payload, "call-%d", i);
         /* Later calls often finish first. */
-        call(svc, M_DEFER, payload, (uint32_t)((i * 37) % 50), &r[i]);
+        echo_call(svc, ECHO_M_DEFER, payload, (uint32_t)((i * 37) % 50), &r[i]);
     }
     CU_ASSERT_EQUAL(rpc_channel_pending(ch), N);
-    CU_ASSERT(run_until(&completions, N, 10000));
+    CU_ASSERT(run_until(&echo_completions, N, 10000));
     int out_of_order = 0;
     for (int i = 0; i < N; i++) {
         char payload[32];
@@ -299,11 +227,11 @@ static void test_rpc_deadline_fails_the_call_and_drops_the_late_reply(void)
     struct rpc_channel_options o = {.deadline_ms = 100};
     struct rpc_channel *ch = rpc_channel_new(base, "127.0.0.1", port, &o);
     ProtobufCService *svc = rpc_channel_service(ch, echo_desc);
-    struct result r = {0};
-    uint64_t start = now_ms();
-    call(svc, M_DEFER, "slow", 400, &r);
+    struct echo_result r = {0};
+    uint64_t start = test_now_ms();
+    echo_call(svc, ECHO_M_DEFER, "slow", 400, &r);
     CU_ASSERT(run_until(&r.done, 1, 2000));
-    uint64_t took = now_ms() - start;
+    uint64_t took = test_now_ms() - start;
     CU_ASSERT_EQUAL(r.status, RPC_E_TIMEOUT);
     CU_ASSERT(strstr(r.error, "within 100 ms") != NULL);
     CU_ASSERT(took >= 90 && took < 390);
@@ -314,8 +242,8 @@ static void test_rpc_deadline_fails_the_call_and_drops_the_late_reply(void)
     CU_ASSERT_EQUAL(st.late_replies, 1);
     /* A per-call deadline can be raised for the next call. */
     rpc_channel_set_deadline(ch, 2000);
-    struct result r2 = {0};
-    call(svc, M_DEFER, "slow but allowed", 200, &r2);
+    struct echo_result r2 = {0};
+    echo_call(svc, ECHO_M_DEFER, "slow but allowed", 200, &r2);
     CU_ASSERT(run_until(&r2.done, 1, 3000));
     CU_ASSERT_EQUAL(r2.status, RPC_OK);
     rpc_channel_free(ch);
@@ -331,18 +259,18 @@ static void test_rpc_server_killed_fails_each_pending_call_once(void)
     base = event_base_new();
     struct rpc_channel *ch = rpc_channel_new(base, "127.0.0.1", p, NULL);
     ProtobufCService *svc = rpc_channel_service(ch, echo_desc);
-    struct result warm = {0};
-    call(svc, M_ECHO, "up", 0, &warm);
+    struct echo_result warm = {0};
+    echo_call(svc, ECHO_M_ECHO, "up", 0, &warm);
     CU_ASSERT_FATAL(run_until(&warm.done, 1, 5000));
-    static struct result r[N];
+    static struct echo_result r[N];
     memset(r, 0, sizeof r);
-    completions = 0;
+    echo_completions = 0;
     for (int i = 0; i < N; i++) {
-        call(svc, M_DEFER, "never answered", 60000, &r[i]);
+        echo_call(svc, ECHO_M_DEFER, "never answered", 60000, &r[i]);
     }
     run_for(100); /* the requests reach the server */
     kill(pid, SIGKILL);
-    CU_ASSERT(run_until(&completions, N, 5000));
+    CU_ASSERT(run_until(&echo_completions, N, 5000));
     run_for(100);
     for (int i = 0; i < N; i++) {
         CU_ASSERT_EQUAL(r[i].done, 1);
@@ -352,21 +280,21 @@ static void test_rpc_server_killed_fails_each_pending_call_once(void)
     echo_server_kill(pid);
 
     /* With nobody listening, a new call fails fast and says why. */
-    struct result down = {0};
-    uint64_t start = now_ms();
-    call(svc, M_ECHO, "anyone?", 0, &down);
+    struct echo_result down = {0};
+    uint64_t start = test_now_ms();
+    echo_call(svc, ECHO_M_ECHO, "anyone?", 0, &down);
     CU_ASSERT(run_until(&down.done, 1, 3000));
     CU_ASSERT_EQUAL(down.status, RPC_E_UNAVAILABLE);
     CU_ASSERT(strstr(down.error, "refused") != NULL);
-    CU_ASSERT(now_ms() - start < 1000);
+    CU_ASSERT(test_now_ms() - start < 1000);
 
     /* A server back on the same port is reconnected to. */
     pid = echo_server_spawn("127.0.0.1", p, &p);
     CU_ASSERT_FATAL(pid > 0);
-    struct result back = {.status = -1};
+    struct echo_result back = {.status = -1};
     for (int tries = 0; tries < 100 && back.status != RPC_OK; tries++) {
         memset(&back, 0, sizeof back);
-        call(svc, M_ECHO, "back", 0, &back);
+        echo_call(svc, ECHO_M_ECHO, "back", 0, &back);
         run_until(&back.done, 1, 3000);
         if (back.status != RPC_OK) {
             run_for(50);
@@ -400,14 +328,16 @@ static void test_rpc_unknown_method_then_good_call_on_same_connection(void)
     missing = newer;
     missing.name = "raftkv.test.MissingService";
 
-    struct result r[5] = {{0}};
-    call(rpc_channel_service(ch, &newer), 0, "x", 0, &r[0]);
-    call(rpc_channel_service(ch, &missing), 0, "x", 0, &r[1]);
-    call(rpc_channel_service(ch, echo_desc), M_UNIMPLEMENTED, "x", 0, &r[2]);
-    call(rpc_channel_service(ch, echo_desc), M_FAIL, "x", 0, &r[3]);
-    call(rpc_channel_service(ch, echo_desc), M_ECHO, "still here", 0, &r[4]);
-    completions = 0;
-    CU_ASSERT(run_until(&completions, 5, 5000));
+    struct echo_result r[5] = {{0}};
+    echo_call(rpc_channel_service(ch, &newer), 0, "x", 0, &r[0]);
+    echo_call(rpc_channel_service(ch, &missing), 0, "x", 0, &r[1]);
+    echo_call(rpc_channel_service(ch, echo_desc), ECHO_M_UNIMPLEMENTED, "x", 0,
+              &r[2]);
+    echo_call(rpc_channel_service(ch, echo_desc), ECHO_M_FAIL, "x", 0, &r[3]);
+    echo_call(rpc_channel_service(ch, echo_desc), ECHO_M_ECHO, "still here", 0,
+              &r[4]);
+    echo_completions = 0;
+    CU_ASSERT(run_until(&echo_completions, 5, 5000));
     CU_ASSERT_EQUAL(r[0].status, RPC_E_UNKNOWN_METHOD);
     CU_ASSERT(strstr(r[0].error, "Nope") != NULL);
     CU_ASSERT_EQUAL(r[1].status, RPC_E_UNKNOWN_SERVICE);
@@ -432,8 +362,8 @@ static void test_rpc_malformed_frame_closes_only_that_connection(void)
     start_local_server(NULL);
     struct rpc_channel *ch = rpc_channel_new(base, "127.0.0.1", port, NULL);
     ProtobufCService *svc = rpc_channel_service(ch, echo_desc);
-    struct result r = {0};
-    call(svc, M_ECHO, "before", 0, &r);
+    struct echo_result r = {0};
+    echo_call(svc, ECHO_M_ECHO, "before", 0, &r);
     CU_ASSERT_FATAL(run_until(&r.done, 1, 5000));
 
     /* A head_size far over the cap. */
@@ -465,8 +395,8 @@ static void test_rpc_malformed_frame_closes_only_that_connection(void)
     rpc_server_get_stats(server, &ss);
     CU_ASSERT_EQUAL(ss.bad_frames, 2);
 
-    struct result after = {0};
-    call(svc, M_ECHO, "after", 0, &after);
+    struct echo_result after = {0};
+    echo_call(svc, ECHO_M_ECHO, "after", 0, &after);
     CU_ASSERT(run_until(&after.done, 1, 5000));
     CU_ASSERT_EQUAL(after.status, RPC_OK);
     struct rpc_channel_stats st;
@@ -499,10 +429,10 @@ static void test_rpc_deferred_reply_after_client_went_away_is_dropped(void)
     fd = raw_connect(port);
     n = raw_request(frame, sizeof frame, "Defer", 2, "after free", 50);
     CU_ASSERT(write(fd, frame, n) == (ssize_t)n);
-    for (int i = 0; i < 200 && echo.calls < 2; i++) {
+    for (int i = 0; i < 200 && local.echo.calls < 2; i++) {
         run_for(5);
     }
-    CU_ASSERT_EQUAL_FATAL(echo.calls, 2);
+    CU_ASSERT_EQUAL_FATAL(local.echo.calls, 2);
     rpc_server_free(server);
     server = NULL;
     run_for(150); /* the timer fires into a freed server's connection */
@@ -523,10 +453,10 @@ static void test_rpc_reader_that_never_reads_cannot_grow_server_memory(void)
     memset(payload, 'r', sizeof payload - 1);
     static uint8_t frame[40 * 1024];
     size_t total = 0, stuck = 0;
-    uint64_t deadline = now_ms() + 10000;
+    uint64_t deadline = test_now_ms() + 10000;
     uint64_t id = 0;
     size_t n = 0, off = 0;
-    while (stuck < 100 && now_ms() < deadline && total < 256u << 20) {
+    while (stuck < 100 && test_now_ms() < deadline && total < 256u << 20) {
         if (off == n) {
             n = raw_request(frame, sizeof frame, "Echo", ++id, payload, 0);
             off = 0;
@@ -564,8 +494,8 @@ static void test_rpc_channel_binds_the_given_source_address(void)
     start_local_server(NULL);
     struct rpc_channel_options o = {.bind_host = "127.0.0.2"};
     struct rpc_channel *ch = rpc_channel_new(base, "127.0.0.1", port, &o);
-    struct result r = {0};
-    call(rpc_channel_service(ch, echo_desc), M_ECHO, "whoami", 0, &r);
+    struct echo_result r = {0};
+    echo_call(rpc_channel_service(ch, echo_desc), ECHO_M_ECHO, "whoami", 0, &r);
     CU_ASSERT(run_until(&r.done, 1, 5000));
     CU_ASSERT_EQUAL(r.status, RPC_OK);
     CU_ASSERT(strncmp(r.payload, "127.0.0.2:", 10) == 0);
@@ -574,8 +504,8 @@ static void test_rpc_channel_binds_the_given_source_address(void)
     /* A source address this host does not have fails with a clear error. */
     o.bind_host = "192.0.2.1";
     ch = rpc_channel_new(base, "127.0.0.1", port, &o);
-    struct result bad = {0};
-    call(rpc_channel_service(ch, echo_desc), M_ECHO, "x", 0, &bad);
+    struct echo_result bad = {0};
+    echo_call(rpc_channel_service(ch, echo_desc), ECHO_M_ECHO, "x", 0, &bad);
     CU_ASSERT(run_until(&bad.done, 1, 5000));
     CU_ASSERT_EQUAL(bad.status, RPC_E_UNAVAILABLE);
     CU_ASSERT(strstr(bad.error, "bind source address 192.0.2.1") != NULL);
@@ -591,11 +521,11 @@ static void test_rpc_request_over_cap_fails_and_connection_stays_usable(void)
     ProtobufCService *svc = rpc_channel_service(ch, echo_desc);
     static char big[2001];
     memset(big, 'b', 2000);
-    struct result r[2] = {{0}};
-    call(svc, M_ECHO, big, 0, &r[0]);
-    call(svc, M_ECHO, "small", 0, &r[1]);
-    completions = 0;
-    CU_ASSERT(run_until(&completions, 2, 5000));
+    struct echo_result r[2] = {{0}};
+    echo_call(svc, ECHO_M_ECHO, big, 0, &r[0]);
+    echo_call(svc, ECHO_M_ECHO, "small", 0, &r[1]);
+    echo_completions = 0;
+    CU_ASSERT(run_until(&echo_completions, 2, 5000));
     CU_ASSERT_EQUAL(r[0].status, RPC_E_TOO_BIG);
     CU_ASSERT(strstr(r[0].error, "cap") != NULL);
     CU_ASSERT_EQUAL(r[1].status, RPC_OK);
@@ -608,9 +538,9 @@ static void test_rpc_freeing_a_channel_cancels_each_pending_call_once(void)
     start_local_server(NULL);
     struct rpc_channel *ch = rpc_channel_new(base, "127.0.0.1", port, NULL);
     ProtobufCService *svc = rpc_channel_service(ch, echo_desc);
-    struct result r[10] = {{0}};
+    struct echo_result r[10] = {{0}};
     for (int i = 0; i < 10; i++) {
-        call(svc, M_DEFER, "pending", 200, &r[i]);
+        echo_call(svc, ECHO_M_DEFER, "pending", 200, &r[i]);
     }
     run_for(50);
     rpc_channel_free(ch);

@@ -8,7 +8,8 @@
  *   if (clerk_get(ck, "k", 1, &val, &len) == CLERK_OK) { ...; clerk_free(val);
  * } clerk_close(ck);
  *
- * A handle finds the leader, follows NOT_LEADER hints, retries other servers
+ * A handle finds the leader, follows NOT_LEADER hints (to a leader missing
+ * from its list too: it adds that address), retries other servers
  * with backoff until the operation's deadline, and gives every write a
  * request id that it keeps across retries, so each write is applied exactly
  * once. Keys and values are bytes (pointer and length); keys are 1 to 511
@@ -170,8 +171,8 @@ struct clerk_node_status
 
 /**
  * Ask every server for its status.
- * @param nodes set to an array of one entry per server (free with
- *   clerk_free)
+ * @param nodes set to an array of one entry per server: those given to
+ *   clerk_open, then leaders it found that were not (free with clerk_free)
  * @param n set to the number of entries
  * @return CLERK_OK (even if some servers did not answer: see reachable),
  *   or CLERK_NOMEM

@@ -449,6 +449,11 @@ struct rpc_fault_stats
 bool rpc_faults_valid(const struct rpc_faults *f, char *why, size_t why_len);
 
 /**
+ * Fill in what zero means: a reorder range of 0-0 is 200-2200 ms.
+ */
+void rpc_faults_fill_defaults(struct rpc_faults *f);
+
+/**
  * Is anything injected?
  */
 bool rpc_faults_active(const struct rpc_faults *f);

@@ -1,0 +1,1048 @@
+/* faults.c: the engine of the fault-injection suite (see faults.h). */
+#include <inttypes.h>
+#include <stdarg.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <CUnit/CUnit.h>
+
+#include "cunit_main.h"
+#include "faults.h"
+
+faults_packet_cut_fn faults_packet_cut;
+
+#define MAX_CLIENTS    32
+#define NEMESIS_MIN_MS 1000 /* the lab's partition period: 1-1.2 s */
+#define NEMESIS_MAX_MS 1200
+
+bool faults_full_tier(void)
+{
+    const char *t = getenv("RAFTKV_FAULT_TIER");
+    return t && !strcmp(t, "full");
+}
+
+static int64_t now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+static void sleep_ms(unsigned ms)
+{
+    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000};
+    nanosleep(&ts, NULL);
+}
+
+/* ------------------------------------------------------------ the world */
+
+/* Outcome of one append, for the exactly-once check. */
+enum append_state {
+    AP_NONE = 0,
+    AP_ACKED,   /* acknowledged: present exactly once */
+    AP_UNKNOWN, /* outcome unknown: at most once */
+    AP_REFUSED, /* not applied (UNAVAILABLE): never */
+};
+
+struct client
+{
+    struct world *w;
+    int num;          /* global client number, unique per test */
+    struct clerk *ck; /* its own handle */
+    unsigned rng;     /* its choices */
+    uint8_t *appends; /* enum append_state by sequence number */
+    size_t n_appends; /* sequence numbers used */
+    size_t cap;       /* allocated */
+    char own_key[32]; /* its key unless random_keys */
+    bool reader;      /* only reads, so it sticks to any node */
+    pthread_t thread; /* running it */
+};
+
+struct world
+{
+    const struct scenario *sc;
+    struct h_cluster c;
+    struct clerk *admin; /* fault commands and status */
+    pthread_mutex_t lock;
+    bool link[H_MAX_NODES][H_MAX_NODES]; /* i's calls to j get through */
+    bool alive[H_MAX_NODES];             /* process running */
+    bool paused[H_MAX_NODES];            /* SIGSTOPped */
+    struct lc_history *hist;             /* every call and return */
+    unsigned rng;                        /* the nemesis's choices */
+    volatile bool stop;                  /* clients stop */
+    int64_t end_ns;                      /* the round ends then */
+    int finished;                        /* clients done (atomic) */
+    struct client clients[MAX_CLIENTS * 3];
+    size_t n_clients; /* all rounds */
+    char keys[MAX_CLIENTS][32];
+    size_t n_keys;       /* random_keys: the shared keys */
+    bool failed;         /* a check failed: keep the directory */
+    unsigned n_failures; /* messages printed */
+    /* report */
+    uint64_t ok, unknown, refused, errors;
+    uint64_t kills, pauses, partitions, fault_sets;
+    uint64_t inj_cut, inj_drop_req, inj_drop_rep, inj_delay, inj_dup,
+        inj_reorder;
+};
+
+static void fail(struct world *w, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+static void fail(struct world *w, const char *fmt, ...)
+{
+    char msg[1500];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    if (w->n_failures++ < 10) {
+        fprintf(stderr, "%s: FAILED: %s\n", w->sc->name, msg);
+    } else if (w->n_failures == 11) {
+        fprintf(stderr, "%s: (more failures not shown)\n", w->sc->name);
+    }
+    w->failed = true;
+}
+
+/* ----------------------------------------------------------- the faults */
+
+/* The rule every link and client gets when the network is unreliable. */
+static struct clerk_fault base_rule(const struct world *w)
+{
+    struct clerk_fault f = {0};
+    if (w->sc->unreliable) {
+        f.drop_request = 0.1;
+        f.drop_reply = 0.1;
+        f.delay_min_ms = 0;
+        f.delay_max_ms = 27;
+    }
+    if (w->sc->duplicate) {
+        f.duplicate = 0.1;
+    }
+    if (w->sc->reorder) {
+        f.reorder = 2.0 / 3.0;
+        f.reorder_min_ms = 200;
+        f.reorder_max_ms = 2200;
+    }
+    return f;
+}
+
+/* Add up what a node's rules did before they are replaced. */
+static void count_injected(struct world *w,
+                           const struct clerk_fault *r,
+                           size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        w->inj_cut += r[i].n_cut;
+        w->inj_drop_req += r[i].n_dropped_requests;
+        w->inj_drop_rep += r[i].n_dropped_replies;
+        w->inj_delay += r[i].n_delayed;
+        w->inj_dup += r[i].n_duplicated;
+        w->inj_reorder += r[i].n_reordered;
+    }
+}
+
+/* Give node i its rules for the current links (caller holds the lock). */
+static void apply_node(struct world *w, size_t i)
+{
+    if (!w->alive[i] || w->paused[i]) {
+        return;
+    }
+    struct clerk_fault rules[H_MAX_NODES + 1];
+    size_t k = 0;
+    struct clerk_fault base = base_rule(w);
+    rules[k] = base;
+    rules[k++].target = CLERK_FAULT_CLIENTS;
+    for (size_t j = 0; j < w->c.n; j++) {
+        if (j == i) {
+            continue;
+        }
+        rules[k] = base;
+        rules[k].target = w->c.nodes[j].id;
+        if (!w->link[i][j] && !faults_packet_cut) {
+            rules[k].cut = true;
+        }
+        k++;
+    }
+    struct clerk_fault *before = NULL;
+    size_t n_before = 0;
+    /* A node just started may not listen yet: try for a while. */
+    int rv = CLERK_UNAVAILABLE;
+    for (int tries = 0; tries < 50 && rv == CLERK_UNAVAILABLE; tries++) {
+        if (tries) {
+            sleep_ms(100);
+        }
+        rv = clerk_fault(w->admin, i, false, NULL, 0, 0, &before, &n_before);
+    }
+    if (rv == CLERK_OK) {
+        count_injected(w, before, n_before);
+        clerk_free(before);
+        rv = clerk_fault(w->admin, i, true, rules, k,
+                         (uint64_t)rand_r(&w->rng) + 1, NULL, NULL);
+    }
+    if (rv != CLERK_OK) {
+        fail(w, "setting faults on node %zu: %s", i + 1,
+             clerk_errmsg(w->admin));
+    }
+    w->fault_sets++;
+}
+
+/* Make the links take effect everywhere (caller holds the lock). */
+static void apply_links(struct world *w)
+{
+    if (faults_packet_cut && faults_packet_cut(&w->c, w->link) != 0) {
+        fail(w, "packet filter rules could not be set");
+    }
+    for (size_t i = 0; i < w->c.n; i++) {
+        apply_node(w, i);
+    }
+}
+
+static void all_links(struct world *w, bool up)
+{
+    for (size_t i = 0; i < w->c.n; i++) {
+        for (size_t j = 0; j < w->c.n; j++) {
+            w->link[i][j] = up || i == j;
+        }
+    }
+}
+
+/* Links only within groups (group[i] of each node). */
+static void set_groups(struct world *w, const int *group)
+{
+    for (size_t i = 0; i < w->c.n; i++) {
+        for (size_t j = 0; j < w->c.n; j++) {
+            w->link[i][j] = group[i] == group[j];
+        }
+    }
+    w->partitions++;
+}
+
+static void shuffle(struct world *w, size_t *p, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        p[i] = i;
+    }
+    for (size_t i = n; i > 1; i--) {
+        size_t j = (size_t)rand_r(&w->rng) % i;
+        size_t t = p[i - 1];
+        p[i - 1] = p[j];
+        p[j] = t;
+    }
+}
+
+/* The node that leads in the highest term, or -1. */
+static int find_leader(struct world *w)
+{
+    struct clerk_node_status *st;
+    size_t n;
+    if (clerk_status(w->admin, &st, &n) != CLERK_OK) {
+        return -1;
+    }
+    int best = -1;
+    uint64_t term = 0;
+    for (size_t i = 0; i < n && i < w->c.n; i++) {
+        if (st[i].reachable && !strcmp(st[i].role, "leader") &&
+            st[i].term >= term) {
+            best = (int)i;
+            term = st[i].term;
+        }
+    }
+    clerk_free(st);
+    return best;
+}
+
+static void kill_node(struct world *w, size_t i)
+{
+    if (w->alive[i]) {
+        if (w->paused[i]) {
+            h_node_pause(&w->c, i, false);
+            w->paused[i] = false;
+        }
+        h_node_kill(&w->c, i);
+        w->alive[i] = false;
+        w->kills++;
+    }
+}
+
+static void start_node(struct world *w, size_t i)
+{
+    if (!w->alive[i]) {
+        if (h_node_start(&w->c, i) != 0) {
+            fail(w, "restarting node %zu", i + 1);
+            return;
+        }
+        w->alive[i] = true;
+    }
+}
+
+/* A restarted node listens after a moment; give it its rules then. */
+static void restart_and_apply(struct world *w, const size_t *nodes, size_t n)
+{
+    for (size_t k = 0; k < n; k++) {
+        start_node(w, nodes[k]);
+    }
+    sleep_ms(150);
+    for (size_t k = 0; k < n; k++) {
+        apply_node(w, nodes[k]);
+    }
+}
+
+static void pause_node(struct world *w, size_t i, bool pause)
+{
+    if (w->alive[i] && w->paused[i] != pause) {
+        h_node_pause(&w->c, i, pause);
+        w->paused[i] = pause;
+        w->pauses += pause;
+    }
+}
+
+static bool round_over(struct world *w)
+{
+    if (w->sc->appends_per_client) {
+        return __atomic_load_n(&w->finished, __ATOMIC_ACQUIRE) >=
+               (int)w->sc->clients;
+    }
+    return now_ns() >= w->end_ns;
+}
+
+/* Sleep unless the round ends meanwhile. */
+static void nap(struct world *w, unsigned ms)
+{
+    for (unsigned t = 0; t < ms && !round_over(w); t += 20) {
+        sleep_ms(20);
+    }
+}
+
+static unsigned period(struct world *w)
+{
+    return NEMESIS_MIN_MS +
+           (unsigned)rand_r(&w->rng) % (NEMESIS_MAX_MS - NEMESIS_MIN_MS + 1);
+}
+
+/* One round of a nemesis: break something, wait, (maybe) repair. */
+static void nemesis_step(struct world *w, enum nemesis kind)
+{
+    size_t n = w->c.n, p[H_MAX_NODES];
+    int group[H_MAX_NODES];
+    pthread_mutex_lock(&w->lock);
+    switch (kind) {
+        case NEM_NONE:
+            break;
+        case NEM_RANDOM_HALVES:
+        case NEM_PACKETS:
+            for (size_t i = 0; i < n; i++) {
+                group[i] = rand_r(&w->rng) % 2;
+            }
+            set_groups(w, group);
+            apply_links(w);
+            pthread_mutex_unlock(&w->lock);
+            nap(w, period(w));
+            return; /* the next round re-partitions; heal at the end */
+        case NEM_KILL_ONE:
+        case NEM_KILL_MINORITY:
+        case NEM_KILL_ALL: {
+            size_t k = kind == NEM_KILL_ONE   ? 1
+                       : kind == NEM_KILL_ALL ? n
+                                              : (n - 1) / 2;
+            shuffle(w, p, n);
+            for (size_t i = 0; i < k; i++) {
+                kill_node(w, p[i]);
+            }
+            pthread_mutex_unlock(&w->lock);
+            nap(w, kind == NEM_KILL_ALL ? 500 : period(w));
+            pthread_mutex_lock(&w->lock);
+            restart_and_apply(w, p, k);
+            pthread_mutex_unlock(&w->lock);
+            nap(w, period(w));
+            return;
+        }
+        case NEM_KILL_LEADER: {
+            int l = find_leader(w);
+            if (l >= 0) {
+                kill_node(w, (size_t)l);
+                pthread_mutex_unlock(&w->lock);
+                nap(w, period(w));
+                pthread_mutex_lock(&w->lock);
+                size_t one = (size_t)l;
+                restart_and_apply(w, &one, 1);
+            }
+            pthread_mutex_unlock(&w->lock);
+            nap(w, period(w));
+            return;
+        }
+        case NEM_PAUSE_LEADER: {
+            int l = find_leader(w);
+            if (l >= 0) {
+                pause_node(w, (size_t)l, true);
+                pthread_mutex_unlock(&w->lock);
+                nap(w, period(w) + 500);
+                pthread_mutex_lock(&w->lock);
+                pause_node(w, (size_t)l, false);
+            }
+            pthread_mutex_unlock(&w->lock);
+            nap(w, period(w));
+            return;
+        }
+        case NEM_ISOLATE_LEADER: {
+            int l = find_leader(w);
+            if (l >= 0) {
+                for (size_t i = 0; i < n; i++) {
+                    group[i] = i == (size_t)l;
+                }
+                set_groups(w, group);
+                apply_links(w);
+                pthread_mutex_unlock(&w->lock);
+                nap(w, period(w) + 500);
+                pthread_mutex_lock(&w->lock);
+                all_links(w, true);
+                apply_links(w);
+            }
+            pthread_mutex_unlock(&w->lock);
+            nap(w, period(w));
+            return;
+        }
+        case NEM_RING:
+        case NEM_BRIDGE: {
+            /* Ring: node p[k] reaches p[k-1] and p[k+1]. Bridge: p[0..h-1]
+             * and p[h+1..] apart, p[h] reaches everyone. */
+            shuffle(w, p, n);
+            size_t pos[H_MAX_NODES];
+            for (size_t k = 0; k < n; k++) {
+                pos[p[k]] = k;
+            }
+            for (size_t i = 0; i < n; i++) {
+                for (size_t j = 0; j < n; j++) {
+                    size_t a = pos[i], b = pos[j], h = n / 2;
+                    size_t d = a > b ? a - b : b - a;
+                    if (kind == NEM_RING) {
+                        w->link[i][j] = d <= 1 || d == n - 1;
+                    } else {
+                        w->link[i][j] = a == h || b == h || (a < h) == (b < h);
+                    }
+                }
+            }
+            w->partitions++;
+            apply_links(w);
+            pthread_mutex_unlock(&w->lock);
+            nap(w, period(w) + 500);
+            pthread_mutex_lock(&w->lock);
+            all_links(w, true);
+            apply_links(w);
+            pthread_mutex_unlock(&w->lock);
+            nap(w, period(w) / 2);
+            return;
+        }
+        case NEM_MIXED:
+            break;
+    }
+    pthread_mutex_unlock(&w->lock);
+    if (kind == NEM_MIXED) {
+        static const enum nemesis pick[] = {
+            NEM_RANDOM_HALVES, NEM_KILL_ONE,       NEM_KILL_LEADER,
+            NEM_PAUSE_LEADER,  NEM_ISOLATE_LEADER, NEM_KILL_MINORITY,
+        };
+        nemesis_step(w, pick[rand_r(&w->rng) % (sizeof pick / sizeof *pick)]);
+        pthread_mutex_lock(&w->lock);
+        all_links(w, true);
+        apply_links(w);
+        pthread_mutex_unlock(&w->lock);
+    } else {
+        nap(w, 100);
+    }
+}
+
+/* Undo every fault: links up, paused nodes resumed, dead nodes started. */
+static void heal(struct world *w)
+{
+    pthread_mutex_lock(&w->lock);
+    size_t dead[H_MAX_NODES], k = 0;
+    for (size_t i = 0; i < w->c.n; i++) {
+        pause_node(w, i, false);
+        if (!w->alive[i]) {
+            dead[k++] = i;
+        }
+    }
+    all_links(w, true);
+    apply_links(w);
+    restart_and_apply(w, dead, k);
+    pthread_mutex_unlock(&w->lock);
+}
+
+/* ------------------------------------------------------------- clients */
+
+static void record(struct client *cl,
+                   enum lc_op op,
+                   const char *key,
+                   const void *value,
+                   size_t value_len,
+                   int64_t call,
+                   int rv,
+                   const void *out,
+                   size_t out_len,
+                   const void *expected,
+                   size_t expected_len,
+                   bool expect_absent)
+{
+    struct world *w = cl->w;
+    struct lc_event e = {
+        .client = cl->num,
+        .op = op,
+        .key = key,
+        .key_len = strlen(key),
+        .value = value,
+        .value_len = value_len,
+        .expected = expected,
+        .expected_len = expected_len,
+        .expect_absent = expect_absent,
+        .call_ns = call,
+        .return_ns = now_ns(),
+    };
+    switch (rv) {
+        case CLERK_OK:
+            e.found = true;
+            e.swapped = true;
+            e.out = out;
+            e.out_len = out_len;
+            break;
+        case CLERK_NOT_FOUND:
+            break;
+        case CLERK_CAS_MISMATCH:
+            e.found = out != NULL;
+            e.out = out;
+            e.out_len = out_len;
+            break;
+        case CLERK_UNKNOWN_OUTCOME:
+        case CLERK_TIMEOUT:
+            e.unknown = true;
+            break;
+        case CLERK_UNAVAILABLE:
+            /* Not applied: it stays out of the history, so a read that
+             * sees its effect makes the history fail the check. */
+            __atomic_fetch_add(&w->refused, 1, __ATOMIC_RELAXED);
+            return;
+        default:
+            __atomic_fetch_add(&w->errors, 1, __ATOMIC_RELAXED);
+            pthread_mutex_lock(&w->lock);
+            fail(w, "client %d: unexpected %s: %s", cl->num,
+                 clerk_error_code(rv), clerk_errmsg(cl->ck));
+            pthread_mutex_unlock(&w->lock);
+            return;
+    }
+    __atomic_fetch_add(e.unknown ? &w->unknown : &w->ok, 1, __ATOMIC_RELAXED);
+    if (lc_history_add(w->hist, &e) != 0) {
+        pthread_mutex_lock(&w->lock);
+        fail(w, "out of memory recording the history");
+        pthread_mutex_unlock(&w->lock);
+    }
+}
+
+static const char *pick_key(struct client *cl)
+{
+    struct world *w = cl->w;
+    if (w->sc->random_keys || w->sc->workload == WL_REGISTER) {
+        return w->keys[(size_t)rand_r(&cl->rng) % w->n_keys];
+    }
+    if (cl->reader) { /* a writer's key of this round */
+        size_t first = w->n_clients - w->sc->clients - w->sc->readers;
+        return w->clients[first + (size_t)rand_r(&cl->rng) % w->sc->clients]
+            .own_key;
+    }
+    return cl->own_key;
+}
+
+/* Append the token "[num.seq]" and remember its fate. */
+static void do_append(struct client *cl, const char *key)
+{
+    if (cl->n_appends == cl->cap) {
+        size_t cap = cl->cap ? cl->cap * 2 : 256;
+        uint8_t *a = realloc(cl->appends, cap);
+        if (!a) {
+            return;
+        }
+        memset(a + cl->cap, 0, cap - cl->cap);
+        cl->appends = a;
+        cl->cap = cap;
+    }
+    size_t seq = cl->n_appends++;
+    char tok[48];
+    int len = snprintf(tok, sizeof tok, "[%d.%zu]", cl->num, seq);
+    int64_t t = now_ns();
+    int rv = clerk_append(cl->ck, key, strlen(key), tok, (size_t)len);
+    cl->appends[seq] = rv == CLERK_OK                ? AP_ACKED
+                       : rv == CLERK_UNKNOWN_OUTCOME ? AP_UNKNOWN
+                       : rv == CLERK_UNAVAILABLE     ? AP_REFUSED
+                                                     : AP_UNKNOWN;
+    record(cl, LC_APPEND, key, tok, (size_t)len, t, rv, NULL, 0, NULL, 0,
+           false);
+}
+
+static void do_get(struct client *cl, const char *key)
+{
+    void *v = NULL;
+    size_t len = 0;
+    int64_t t = now_ns();
+    int rv = clerk_get(cl->ck, key, strlen(key), &v, &len);
+    record(cl, LC_GET, key, NULL, 0, t, rv, v, len, NULL, 0, false);
+    clerk_free(v);
+}
+
+/* Jepsen's register: small values, put / cas / delete / get. */
+static void do_register_op(struct client *cl, const char *key)
+{
+    char val[16], exp[16];
+    int vl = snprintf(val, sizeof val, "%u", (unsigned)rand_r(&cl->rng) % 5);
+    int el = snprintf(exp, sizeof exp, "%u", (unsigned)rand_r(&cl->rng) % 5);
+    int64_t t = now_ns();
+    int r = rand_r(&cl->rng) % 10, rv;
+    if (r < 4) {
+        do_get(cl, key);
+    } else if (r < 6) {
+        rv = clerk_put(cl->ck, key, strlen(key), val, (size_t)vl);
+        record(cl, LC_PUT, key, val, (size_t)vl, t, rv, NULL, 0, NULL, 0,
+               false);
+    } else if (r < 9) {
+        bool absent = r == 8;
+        void *cur = NULL;
+        size_t cur_len = 0;
+        rv =
+            clerk_cas(cl->ck, key, strlen(key), absent ? NULL : exp,
+                      absent ? 0 : (size_t)el, val, (size_t)vl, &cur, &cur_len);
+        record(cl, LC_CAS, key, val, (size_t)vl, t, rv, cur, cur_len, exp,
+               absent ? 0 : (size_t)el, absent);
+        clerk_free(cur);
+    } else {
+        rv = clerk_delete(cl->ck, key, strlen(key));
+        record(cl, LC_DELETE, key, NULL, 0, t, rv, NULL, 0, NULL, 0, false);
+    }
+}
+
+static void *client_main(void *arg)
+{
+    struct client *cl = arg;
+    struct world *w = cl->w;
+    if (w->sc->workload == WL_APPEND_GET && !w->sc->random_keys &&
+        !cl->reader) {
+        /* The lab's clients start a round by emptying their key. */
+        int64_t t = now_ns();
+        int rv = clerk_put(cl->ck, cl->own_key, strlen(cl->own_key), "", 0);
+        record(cl, LC_PUT, cl->own_key, "", 0, t, rv, NULL, 0, NULL, 0, false);
+    }
+    while (!w->stop) {
+        const char *key = pick_key(cl);
+        if (cl->reader) {
+            do_get(cl, key);
+        } else if (w->sc->appends_per_client) {
+            if (cl->n_appends == w->sc->appends_per_client) {
+                break;
+            }
+            do_append(cl, key);
+        } else if (w->sc->workload == WL_REGISTER) {
+            do_register_op(cl, key);
+        } else if (rand_r(&cl->rng) % 2) {
+            do_append(cl, key);
+        } else {
+            do_get(cl, key);
+        }
+    }
+    __atomic_fetch_add(&w->finished, 1, __ATOMIC_RELEASE);
+    return NULL;
+}
+
+/* ------------------------------------------------------------- checks */
+
+/* Read a key for the final check, recording the read. */
+static char *final_get(struct world *w, const char *key, size_t *len)
+{
+    struct client fake = {.w = w, .num = -1, .ck = w->admin};
+    void *v = NULL;
+    int64_t t = now_ns();
+    clerk_set_deadline(w->admin, 30000);
+    int rv = clerk_get(w->admin, key, strlen(key), &v, len);
+    clerk_set_deadline(w->admin, 0);
+    record(&fake, LC_GET, key, NULL, 0, t, rv, v, *len, NULL, 0, false);
+    if (rv == CLERK_NOT_FOUND) {
+        *len = 0;
+        return calloc(1, 1);
+    }
+    if (rv != CLERK_OK) {
+        fail(w, "final read of %s: %s: %s", key, clerk_error_code(rv),
+             clerk_errmsg(w->admin));
+        return NULL;
+    }
+    return v;
+}
+
+/* Every acknowledged append of clients[from..] present exactly once and in
+ * order; unknown ones at most once; refused ones never. */
+static void check_appends(struct world *w,
+                          size_t from,
+                          const char **keys,
+                          size_t n_keys)
+{
+    size_t total = 0;
+    for (size_t c = from; c < w->n_clients; c++) {
+        total += w->clients[c].n_appends;
+    }
+    /* Where each token was seen: count, and the last sequence number of
+     * each client per key for the order check. */
+    uint8_t *seen = calloc(total + 1, 1);
+    size_t *base = calloc(w->n_clients + 1, sizeof *base);
+    if (!seen || !base) {
+        fail(w, "out of memory");
+        free(seen);
+        free(base);
+        return;
+    }
+    for (size_t c = from, off = 0; c < w->n_clients; c++) {
+        base[c] = off;
+        off += w->clients[c].n_appends;
+    }
+    bool unread = false;
+    for (size_t k = 0; k < n_keys; k++) {
+        size_t len;
+        char *v = final_get(w, keys[k], &len);
+        if (!v) {
+            unread = true; /* reported; its appends cannot be judged */
+            continue;
+        }
+        long last[MAX_CLIENTS * 3];
+        for (size_t c = 0; c < MAX_CLIENTS * 3; c++) {
+            last[c] = -1;
+        }
+        const char *p = v, *end = v + len;
+        while (p < end) {
+            int num;
+            size_t seq;
+            int used = 0;
+            if (sscanf(p, "[%d.%zu]%n", &num, &seq, &used) != 2 || used == 0 ||
+                p + used > end) {
+                fail(w,
+                     "key %s holds something no client wrote at offset "
+                     "%zu: %.40s",
+                     keys[k], (size_t)(p - v), p);
+                break;
+            }
+            p += used;
+            size_t c = (size_t)num;
+            if (num < 0 || c < from || c >= w->n_clients ||
+                seq >= w->clients[c].n_appends) {
+                continue; /* an earlier round's client (random keys) */
+            }
+            uint8_t st = w->clients[c].appends[seq];
+            uint8_t *count = &seen[base[c] + seq];
+            (*count)++;
+            if (st == AP_REFUSED) {
+                fail(w,
+                     "append [%d.%zu] was reported not applied but is in "
+                     "%s",
+                     num, seq, keys[k]);
+            } else if (*count > 1) {
+                fail(w, "append [%d.%zu] is in %s twice", num, seq, keys[k]);
+            }
+            if (st == AP_ACKED) {
+                if ((long)seq < last[c]) {
+                    fail(w,
+                         "client %d's acknowledged appends out of order in "
+                         "%s: %zu after %ld",
+                         num, keys[k], seq, last[c]);
+                }
+                last[c] = (long)seq;
+            }
+        }
+        free(v);
+    }
+    for (size_t c = from; c < w->n_clients && !unread; c++) {
+        for (size_t s = 0; s < w->clients[c].n_appends; s++) {
+            if (w->clients[c].appends[s] == AP_ACKED && !seen[base[c] + s]) {
+                fail(w, "acknowledged append [%zu.%zu] is lost", c, s);
+            }
+        }
+    }
+    free(seen);
+    free(base);
+}
+
+/* Wait for one leader that serves a linearizable read. */
+static bool wait_serving(struct world *w, unsigned ms)
+{
+    for (unsigned t = 0; t < ms; t += 100) {
+        void *v = NULL;
+        size_t len;
+        clerk_set_deadline(w->admin, 1000);
+        int rv = clerk_get(w->admin, "probe", 5, &v, &len);
+        clerk_set_deadline(w->admin, 0);
+        clerk_free(v);
+        if (rv == CLERK_OK || rv == CLERK_NOT_FOUND) {
+            return true;
+        }
+        sleep_ms(100);
+    }
+    return false;
+}
+
+/* With a snapshot threshold, no node's log may hold much more than it. */
+static void check_log_bound(struct world *w)
+{
+    unsigned e = w->sc->snapshot, trailing = e / 10;
+    if (!e) {
+        return;
+    }
+    struct clerk_node_status *st;
+    size_t n;
+    if (clerk_status(w->admin, &st, &n) != CLERK_OK) {
+        return;
+    }
+    for (size_t i = 0; i < n && i < w->c.n; i++) {
+        uint64_t len = st[i].last_log_index - st[i].snapshot_index;
+        if (st[i].reachable && len > 2ull * e + trailing) {
+            fail(w,
+                 "node %zu's log holds %" PRIu64
+                 " entries with a "
+                 "threshold of %u",
+                 i + 1, len, e);
+        }
+    }
+    clerk_free(st);
+}
+
+/* -------------------------------------------------------------- a test */
+
+static int start_cluster(struct world *w)
+{
+    char extra[256];
+    const struct scenario *sc = w->sc;
+    snprintf(extra, sizeof extra, "--enable-fault-injection");
+    if (sc->snapshot) {
+        size_t l = strlen(extra);
+        snprintf(extra + l, sizeof extra - l,
+                 " --snapshot-entries %u --snapshot-trailing %u", sc->snapshot,
+                 sc->snapshot / 10);
+    }
+    if (h_cluster_start_hosts(&w->c, sc->servers, extra, sc->distinct_hosts) !=
+        0) {
+        return -1;
+    }
+    char eps[1024];
+    h_endpoints(&w->c, eps, sizeof eps);
+    struct clerk_options o = {.deadline_ms = 10000, .attempt_ms = 400};
+    if (clerk_open(&w->admin, eps, &o) != CLERK_OK) {
+        return -1;
+    }
+    for (size_t i = 0; i < w->c.n; i++) {
+        w->alive[i] = true;
+    }
+    all_links(w, true);
+    return 0;
+}
+
+static void run_round(struct world *w, unsigned ms)
+{
+    const struct scenario *sc = w->sc;
+    size_t from = w->n_clients;
+    /* A lost request costs a client one attempt: keep attempts short, so
+     * clients retry (with the same request id) as often as the lab's. */
+    struct clerk_options o = {.deadline_ms = 5000, .attempt_ms = 250};
+    for (size_t i = 0; i < sc->clients + sc->readers; i++) {
+        struct client *cl = &w->clients[w->n_clients];
+        memset(cl, 0, sizeof *cl);
+        cl->w = w;
+        cl->reader = i >= sc->clients;
+        cl->num = (int)w->n_clients;
+        cl->rng = (unsigned)rand_r(&w->rng);
+        snprintf(cl->own_key, sizeof cl->own_key, "k%zu", i);
+        /* Each client lists the servers from a different one, as users
+         * do: first calls (reads included) land on every node. */
+        char eps[1024];
+        size_t off = 0;
+        for (size_t k = 0; k < w->c.n; k++) {
+            const struct h_node *nd = &w->c.nodes[(i + k) % w->c.n];
+            off += (size_t)snprintf(eps + off, sizeof eps - off, "%s%s:%u",
+                                    k ? "," : "", nd->host, nd->port);
+        }
+        if (clerk_open(&cl->ck, eps, &o) != CLERK_OK) {
+            fail(w, "clerk_open");
+            return;
+        }
+        w->n_clients++;
+    }
+    w->stop = false;
+    w->finished = 0;
+    w->end_ns = now_ns() + (int64_t)ms * 1000000;
+    for (size_t c = from; c < w->n_clients; c++) {
+        pthread_create(&w->clients[c].thread, NULL, client_main,
+                       &w->clients[c]);
+    }
+    /* The nemesis runs on this thread: the nodes it restarts are children
+     * of the main thread, whose death (not a helper thread's) kills them
+     * (PR_SET_PDEATHSIG in the harness). A round with a number of appends
+     * lasts until the clients have made them. */
+    while (!round_over(w)) {
+        nemesis_step(w, sc->nemesis);
+    }
+    w->stop = true;
+    for (size_t c = from; c < w->n_clients; c++) {
+        pthread_join(w->clients[c].thread, NULL);
+    }
+    heal(w);
+    if (sc->crash) {
+        /* The lab's persistence: every server down, then all back. */
+        pthread_mutex_lock(&w->lock);
+        size_t all[H_MAX_NODES];
+        for (size_t i = 0; i < w->c.n; i++) {
+            kill_node(w, i);
+            all[i] = i;
+        }
+        pthread_mutex_unlock(&w->lock);
+        sleep_ms(1000);
+        pthread_mutex_lock(&w->lock);
+        restart_and_apply(w, all, w->c.n);
+        pthread_mutex_unlock(&w->lock);
+    }
+    if (!wait_serving(w, 20000)) {
+        fail(w, "no leader serving reads 20 s after healing");
+        return;
+    }
+    if (sc->workload == WL_APPEND_GET) {
+        const char *keys[MAX_CLIENTS];
+        size_t nk = 0;
+        if (sc->random_keys) {
+            for (size_t k = 0; k < w->n_keys; k++) {
+                keys[nk++] = w->keys[k];
+            }
+            check_appends(w, 0, keys, nk);
+        } else {
+            for (size_t c = from; c < w->n_clients; c++) {
+                keys[nk++] = w->clients[c].own_key;
+            }
+            check_appends(w, from, keys, nk);
+        }
+    }
+    check_log_bound(w);
+}
+
+static void check_history(struct world *w, double *secs)
+{
+    struct lc_result res;
+    double budget = faults_full_tier() ? 300 : 60;
+    int64_t t = now_ns();
+    enum lc_verdict v = lc_check(w->hist, budget, &res);
+    *secs = (double)(now_ns() - t) / 1e9;
+    if (v == LC_NOT_LINEARIZABLE) {
+        fail(w, "history of %zu operations is NOT linearizable: %s", res.ops,
+             res.detail);
+    } else if (v == LC_UNKNOWN) {
+        fail(w,
+             "linearizability unknown after %.0f s (%zu of %zu keys "
+             "checked): %s",
+             budget, res.keys_done, res.keys, res.detail);
+    }
+}
+
+static void run_one(const struct scenario *sc, unsigned variant)
+{
+    struct world *w = calloc(1, sizeof *w);
+    CU_ASSERT_FATAL(w != NULL);
+    w->sc = sc;
+    w->rng = cunit_seed() ^ (unsigned)(uintptr_t)sc->name[0] ^
+             (unsigned)strlen(sc->name) * 2654435761u ^ variant * 40503u;
+    pthread_mutex_init(&w->lock, NULL);
+    w->hist = lc_history_new();
+    CU_ASSERT_FATAL(sc->clients + sc->readers <= MAX_CLIENTS &&
+                    sc->servers <= H_MAX_NODES);
+    w->n_keys = sc->keys                      ? sc->keys
+                : sc->workload == WL_REGISTER ? 3
+                                              : sc->clients;
+    for (size_t k = 0; k < w->n_keys; k++) {
+        snprintf(w->keys[k], sizeof w->keys[k], "r%zu", k);
+    }
+    int iterations = sc->iterations       ? sc->iterations
+                     : faults_full_tier() ? 3
+                                          : 1;
+    unsigned ms = sc->iter_ms ? sc->iter_ms : faults_full_tier() ? 5000 : 2500;
+    if (start_cluster(w) != 0) {
+        CU_FAIL("cluster did not start");
+        h_cluster_destroy(&w->c);
+        free(w);
+        return;
+    }
+    if (!wait_serving(w, 20000)) {
+        fail(w, "no leader within 20 s of starting");
+    }
+    pthread_mutex_lock(&w->lock);
+    apply_links(w); /* unreliable or reordering from the start */
+    pthread_mutex_unlock(&w->lock);
+    int64_t t0 = now_ns();
+    for (int i = 0; i < iterations && !w->failed; i++) {
+        run_round(w, ms);
+    }
+    /* Collect the counts of the rules still in force. */
+    pthread_mutex_lock(&w->lock);
+    all_links(w, true);
+    for (size_t i = 0; i < w->c.n; i++) {
+        struct clerk_fault *r = NULL;
+        size_t n = 0;
+        if (clerk_fault(w->admin, i, false, NULL, 0, 0, &r, &n) == CLERK_OK) {
+            count_injected(w, r, n);
+            clerk_free(r);
+        }
+    }
+    pthread_mutex_unlock(&w->lock);
+    double secs = 0;
+    check_history(w, &secs);
+    if (h_sanitizer_reports(&w->c)) {
+        fail(w, "a node reported a sanitizer error");
+    }
+    printf(
+        "\n  %s: %zu servers, %zu clients x %d rounds of %u ms, %.1f s; "
+        "ops: %" PRIu64 " ok, %" PRIu64 " unknown, %" PRIu64
+        " not applied; faults: %" PRIu64 " kills, %" PRIu64 " pauses, %" PRIu64
+        " partitions, injected %" PRIu64 " cut calls, %" PRIu64
+        " lost requests, %" PRIu64 " lost replies, %" PRIu64 " delays, %" PRIu64
+        " reorders; history %zu ops checked in %.2f s: "
+        "%s\n",
+        sc->name, sc->servers, sc->clients, iterations, ms,
+        (double)(now_ns() - t0) / 1e9, w->ok, w->unknown, w->refused, w->kills,
+        w->pauses, w->partitions, w->inj_cut, w->inj_drop_req, w->inj_drop_rep,
+        w->inj_delay, w->inj_reorder, lc_history_size(w->hist), secs,
+        w->failed ? "FAILED" : "linearizable");
+    CU_ASSERT(!w->failed);
+    if (w->failed) {
+        char path[600];
+        snprintf(path, sizeof path, "%s/history.jsonl", w->c.root);
+        FILE *f = fopen(path, "w");
+        if (f) {
+            lc_history_write(w->hist, f);
+            fclose(f);
+            fprintf(stderr, "%s: history in %s (check: lincheck %s)\n",
+                    sc->name, path, path);
+        }
+        w->c.keep = true;
+    }
+    for (size_t c = 0; c < w->n_clients; c++) {
+        clerk_close(w->clients[c].ck);
+        free(w->clients[c].appends);
+    }
+    clerk_close(w->admin);
+    h_cluster_destroy(&w->c);
+    lc_history_free(w->hist);
+    pthread_mutex_destroy(&w->lock);
+    free(w);
+}
+
+void faults_run(const struct scenario *sc)
+{
+    run_one(sc, 0);
+    if (faults_full_tier()) {
+        /* The full tier again on 7 nodes, with other choices. */
+        struct scenario big = *sc;
+        char name[200];
+        snprintf(name, sizeof name, "%s_7_nodes", sc->name);
+        big.name = name;
+        big.servers = 7;
+        run_one(&big, 1);
+    }
+}

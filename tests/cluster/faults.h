@@ -1,0 +1,83 @@
+/* faults.h: the engine of the fault-injection suite: a real cluster, clerks
+ * that record every call and return, a nemesis that injects faults, and
+ * the checks (every acknowledged append present exactly once and in order;
+ * the whole history linearizable). */
+#ifndef TESTS_CLUSTER_FAULTS_H
+#define TESTS_CLUSTER_FAULTS_H
+
+#include <pthread.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <clerk/clerk.h>
+
+#include "harness.h"
+#include "lincheck.h"
+
+/* What the nemesis does while clients run. */
+enum nemesis {
+    NEM_NONE,
+    NEM_RANDOM_HALVES,  /* the lab's: each node on a random side, ~1 s */
+    NEM_KILL_ONE,       /* kill -9 a random node, restart it */
+    NEM_KILL_MINORITY,  /* kill -9 a minority at once, restart them */
+    NEM_KILL_LEADER,    /* kill -9 the leader, restart it */
+    NEM_KILL_ALL,       /* kill -9 every node, restart them all */
+    NEM_PAUSE_LEADER,   /* SIGSTOP the leader, SIGCONT it */
+    NEM_ISOLATE_LEADER, /* cut every link of the leader */
+    NEM_RING,           /* majorities ring: each node sees a different
+                           majority */
+    NEM_BRIDGE,         /* two halves joined by one node */
+    NEM_MIXED,          /* a random one of the above each round */
+    NEM_PACKETS,        /* random halves as nftables drop rules (netns) */
+};
+
+/* The operations clients issue. */
+enum workload {
+    WL_APPEND_GET, /* the lab's: 50% append of a unique token, 50% get */
+    WL_REGISTER,   /* put, get, cas, delete on few keys (Jepsen register) */
+};
+
+/* One test of the suite. */
+struct scenario
+{
+    const char *name;
+    size_t servers;
+    size_t clients;
+    size_t readers;   /* more clients that only read: each stays on the
+                         node that answers, so stale reads show */
+    bool unreliable;  /* lab's: 10% requests and 10% replies lost, each
+                         request delayed 0-27 ms, on every link and client */
+    bool reorder;     /* long reordering: 2/3 of replies held 200-2200 ms */
+    bool duplicate;   /* 10% of requests delivered twice */
+    bool random_keys; /* clients share keys instead of one each */
+    bool crash;       /* lab's persist: every node killed between rounds */
+    enum nemesis nemesis;
+    enum workload workload;
+    unsigned snapshot;         /* --snapshot-entries (0: the default) */
+    bool distinct_hosts;       /* node i on 127.0.0.(11+i) */
+    size_t keys;               /* random_keys: how many (0: one per client) */
+    size_t appends_per_client; /* >0: clients only append, this many each,
+                                  and the round ends when they are done */
+    unsigned iter_ms;          /* 0: the tier's */
+    int iterations;            /* 0: the tier's */
+};
+
+/* How long and how often: RAFTKV_FAULT_TIER=quick (default) or full. */
+bool faults_full_tier(void);
+
+/**
+ * Run a scenario start to end with CUnit asserts: start the cluster, run
+ * the rounds, check, stop everything. Prints one report line. Keeps the
+ * cluster's directory (logs, data, history.jsonl) when a check fails. The
+ * full tier runs it a second time on 7 nodes with other random choices.
+ */
+void faults_run(const struct scenario *sc);
+
+/* Packet-level partitions need a hook (set by the netns test program):
+ * make node i able (or not) to reach node j. */
+typedef int (*faults_packet_cut_fn)(const struct h_cluster *c,
+                                    const bool link[H_MAX_NODES][H_MAX_NODES]);
+extern faults_packet_cut_fn faults_packet_cut;
+
+#endif /* TESTS_CLUSTER_FAULTS_H */

@@ -1,0 +1,623 @@
+/* test_faults.c: the fault-injection suite on real clusters.
+ *
+ * Suite "lab": equivalents of the well-known KV-on-Raft lab tests, with
+ * their server and client counts (../shared/TESTING.md). Suite "nemesis":
+ * Jepsen's faults. Every test records each clerk call and return, checks
+ * that every acknowledged append is present exactly once and in order, and
+ * checks the whole history for linearizability.
+ *
+ * RAFTKV_FAULT_TIER=full runs 3 rounds of 5 s per test (the lab's); the
+ * default quick tier runs one round of 2.5 s. RAFTKV_SEED fixes the seed.
+ */
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <CUnit/CUnit.h>
+
+#include "cunit_main.h"
+#include "faults.h"
+
+static uint64_t now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+static void sleep_ms(unsigned ms)
+{
+    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000};
+    nanosleep(&ts, NULL);
+}
+
+/* ------------------------------------------------------ lab equivalents */
+
+#define LAB(fn, ...)                                                           \
+    static void fn(void)                                                       \
+    {                                                                          \
+        static const struct scenario sc = {.name = #fn + 5, /* drop "test_" */ \
+                                           __VA_ARGS__};                       \
+        faults_run(&sc);                                                       \
+    }
+
+LAB(test_basic, .servers = 5, .clients = 1)
+LAB(test_concurrent, .servers = 5, .clients = 5)
+LAB(test_unreliable, .servers = 5, .clients = 5, .unreliable = true)
+LAB(test_unreliable_one_key,
+    .servers = 3,
+    .clients = 5,
+    .unreliable = true,
+    .random_keys = true,
+    .keys = 1,
+    .appends_per_client = 10)
+LAB(test_many_partitions_one_client,
+    .servers = 5,
+    .clients = 1,
+    .nemesis = NEM_RANDOM_HALVES)
+LAB(test_many_partitions_many_clients,
+    .servers = 5,
+    .clients = 5,
+    .nemesis = NEM_RANDOM_HALVES)
+LAB(test_persist_one_client, .servers = 5, .clients = 1, .crash = true)
+LAB(test_persist_concurrent, .servers = 5, .clients = 5, .crash = true)
+LAB(test_persist_concurrent_unreliable,
+    .servers = 5,
+    .clients = 5,
+    .unreliable = true,
+    .crash = true)
+LAB(test_persist_partition,
+    .servers = 5,
+    .clients = 5,
+    .crash = true,
+    .nemesis = NEM_RANDOM_HALVES)
+LAB(test_persist_partition_unreliable,
+    .servers = 5,
+    .clients = 5,
+    .unreliable = true,
+    .crash = true,
+    .nemesis = NEM_RANDOM_HALVES)
+LAB(test_persist_partition_unreliable_linearizable,
+    .servers = 7,
+    .clients = 15,
+    .unreliable = true,
+    .crash = true,
+    .random_keys = true,
+    .nemesis = NEM_RANDOM_HALVES)
+LAB(test_snapshot_recover,
+    .servers = 5,
+    .clients = 1,
+    .crash = true,
+    .snapshot = 50)
+LAB(test_snapshot_recover_many_clients,
+    .servers = 5,
+    .clients = 20,
+    .crash = true,
+    .snapshot = 50)
+LAB(test_snapshot_unreliable,
+    .servers = 5,
+    .clients = 5,
+    .unreliable = true,
+    .snapshot = 50)
+LAB(test_snapshot_unreliable_recover,
+    .servers = 5,
+    .clients = 5,
+    .unreliable = true,
+    .crash = true,
+    .snapshot = 50)
+LAB(test_snapshot_unreliable_recover_concurrent_partition,
+    .servers = 5,
+    .clients = 5,
+    .unreliable = true,
+    .crash = true,
+    .nemesis = NEM_RANDOM_HALVES,
+    .snapshot = 50)
+LAB(test_snapshot_unreliable_recover_concurrent_partition_linearizable,
+    .servers = 7,
+    .clients = 15,
+    .unreliable = true,
+    .crash = true,
+    .random_keys = true,
+    .nemesis = NEM_RANDOM_HALVES,
+    .snapshot = 50)
+
+/* --------------------------------------------- lab tests with a script */
+
+/* A cluster with an admin handle for the scripted tests. */
+struct scripted
+{
+    struct h_cluster c;
+    struct clerk *all; /* every node */
+};
+
+static void scripted_start(struct scripted *s, size_t n, const char *extra)
+{
+    char flags[256];
+    snprintf(flags, sizeof flags, "--enable-fault-injection %s",
+             extra ? extra : "");
+    CU_ASSERT_FATAL(h_cluster_start(&s->c, n, flags) == 0);
+    char eps[1024];
+    h_endpoints(&s->c, eps, sizeof eps);
+    struct clerk_options o = {.deadline_ms = 15000, .attempt_ms = 500};
+    CU_ASSERT_FATAL(clerk_open(&s->all, eps, &o) == CLERK_OK);
+}
+
+static void scripted_stop(struct scripted *s)
+{
+    CU_ASSERT(!h_sanitizer_reports(&s->c));
+    clerk_close(s->all);
+    h_cluster_destroy(&s->c);
+}
+
+/* A handle on some nodes only (indexes, -1 terminated). */
+static struct clerk *clerk_on(struct scripted *s,
+                              const int *nodes,
+                              unsigned deadline_ms)
+{
+    char eps[1024];
+    size_t off = 0;
+    eps[0] = 0;
+    for (const int *i = nodes; *i >= 0; i++) {
+        off += (size_t)snprintf(eps + off, sizeof eps - off, "%s%s:%u",
+                                off ? "," : "", s->c.nodes[*i].host,
+                                s->c.nodes[*i].port);
+    }
+    struct clerk_options o = {.deadline_ms = deadline_ms, .attempt_ms = 500};
+    struct clerk *ck = NULL;
+    CU_ASSERT_FATAL(clerk_open(&ck, eps, &o) == CLERK_OK);
+    return ck;
+}
+
+/* Cut every link between different groups (group[i] per node); all in
+ * one group heals. */
+static void partition(struct scripted *s, const int *group)
+{
+    for (size_t i = 0; i < s->c.n; i++) {
+        struct clerk_fault rules[H_MAX_NODES];
+        size_t k = 0;
+        for (size_t j = 0; j < s->c.n; j++) {
+            if (j != i && group[i] != group[j]) {
+                rules[k++] = (struct clerk_fault){.target = j + 1, .cut = true};
+            }
+        }
+        CU_ASSERT(clerk_fault(s->all, i, true, rules, k, 0, NULL, NULL) ==
+                  CLERK_OK);
+    }
+}
+
+static void check_value(struct clerk *ck, const char *key, const char *want)
+{
+    void *v = NULL;
+    size_t len = 0;
+    int rv = clerk_get(ck, key, strlen(key), &v, &len);
+    CU_ASSERT_EQUAL(rv, CLERK_OK);
+    if (rv == CLERK_OK) {
+        CU_ASSERT(len == strlen(want) && memcmp(v, want, len) == 0);
+        if (len != strlen(want) || memcmp(v, want, len) != 0) {
+            fprintf(stderr, "get %s: '%.*s', want '%s'\n", key, (int)len,
+                    (char *)v, want);
+        }
+    }
+    clerk_free(v);
+}
+
+static void put(struct clerk *ck, const char *key, const char *val)
+{
+    int rv = clerk_put(ck, key, strlen(key), val, strlen(val));
+    CU_ASSERT_EQUAL(rv, CLERK_OK);
+    if (rv != CLERK_OK) {
+        fprintf(stderr, "put %s: %s\n", key, clerk_errmsg(ck));
+    }
+}
+
+/* One op of the minority's clients, timed. */
+struct minority_op
+{
+    struct clerk *ck;
+    bool get;
+    int rv;
+    uint64_t done_at; /* ms, 0 while running */
+};
+
+static void *minority_main(void *arg)
+{
+    struct minority_op *o = arg;
+    if (o->get) {
+        void *v = NULL;
+        size_t len;
+        o->rv = clerk_get(o->ck, "1", 1, &v, &len);
+        clerk_free(v);
+    } else {
+        o->rv = clerk_put(o->ck, "1", 1, "15", 2);
+    }
+    __atomic_store_n(&o->done_at, now_ms(), __ATOMIC_RELEASE);
+    return NULL;
+}
+
+/* The lab's OnePartition: the leader in a 2-node minority; the majority
+ * makes progress, the minority none for 1 s; the minority's calls
+ * complete within 3 s of healing. */
+static void test_one_partition(void)
+{
+    struct scripted s;
+    scripted_start(&s, 5, NULL);
+    put(s.all, "1", "13");
+    int leader = h_find_leader(&s.c, 10000);
+    CU_ASSERT_FATAL(leader >= 0);
+    int group[5], p1[4], p2[3], a = 0, b = 0;
+    p2[b++] = leader;
+    group[leader] = 2;
+    for (int i = 0; i < 5; i++) {
+        if (i == leader) {
+            continue;
+        }
+        if (b < 2) {
+            p2[b++] = i;
+            group[i] = 2;
+        } else {
+            p1[a++] = i;
+            group[i] = 1;
+        }
+    }
+    p1[a] = p2[b] = -1;
+    partition(&s, group);
+    struct clerk *ckp1 = clerk_on(&s, p1, 15000);
+    put(ckp1, "1", "14");
+    check_value(ckp1, "1", "14");
+
+    struct minority_op put_op = {.ck = clerk_on(&s, p2, 20000)};
+    struct minority_op get_op = {.ck = clerk_on(&s, p2, 20000), .get = true};
+    pthread_t t1, t2;
+    pthread_create(&t1, NULL, minority_main, &put_op);
+    pthread_create(&t2, NULL, minority_main, &get_op);
+    sleep_ms(1000);
+    CU_ASSERT(__atomic_load_n(&put_op.done_at, __ATOMIC_ACQUIRE) == 0);
+    CU_ASSERT(__atomic_load_n(&get_op.done_at, __ATOMIC_ACQUIRE) == 0);
+    check_value(ckp1, "1", "14");
+    put(ckp1, "1", "16");
+    check_value(ckp1, "1", "16");
+
+    int all[5] = {0, 0, 0, 0, 0};
+    partition(&s, all);
+    uint64_t healed = now_ms();
+    pthread_join(t1, NULL);
+    pthread_join(t2, NULL);
+    CU_ASSERT_EQUAL(put_op.rv, CLERK_OK);
+    CU_ASSERT(get_op.rv == CLERK_OK);
+    CU_ASSERT(put_op.done_at - healed <= 3000);
+    CU_ASSERT(get_op.done_at - healed <= 3000);
+    printf("\n  one_partition: minority put done %" PRIu64
+           " ms and get %" PRIu64 " ms after healing\n",
+           put_op.done_at - healed, get_op.done_at - healed);
+    check_value(s.all, "1", "15");
+    clerk_close(put_op.ck);
+    clerk_close(get_op.ck);
+    clerk_close(ckp1);
+    scripted_stop(&s);
+}
+
+/* Node i's status, polled until pred holds or ms pass. */
+static bool node_status(struct scripted *s,
+                        size_t i,
+                        struct clerk_node_status *out)
+{
+    struct clerk_node_status *st;
+    size_t n;
+    if (clerk_status(s->all, &st, &n) != CLERK_OK) {
+        return false;
+    }
+    bool ok = i < n && st[i].reachable;
+    if (ok) {
+        *out = st[i];
+    }
+    clerk_free(st);
+    return ok;
+}
+
+/* Largest log (entries after the snapshot) of any reachable node. */
+static uint64_t max_log(struct scripted *s)
+{
+    uint64_t m = 0;
+    for (size_t i = 0; i < s->c.n; i++) {
+        struct clerk_node_status st;
+        if (node_status(s, i, &st) &&
+            st.last_log_index - st.snapshot_index > m) {
+            m = st.last_log_index - st.snapshot_index;
+        }
+    }
+    return m;
+}
+
+#define SNAP_ENTRIES  10
+#define SNAP_TRAILING 1
+#define SNAP_FLAGS    "--snapshot-entries 10 --snapshot-trailing 1"
+#define LOG_BOUND     (2 * SNAP_ENTRIES + SNAP_TRAILING)
+
+/* The lab's SnapshotRPC: a node cut off while the others compact must
+ * catch up through InstallSnapshot. */
+static void test_snapshot_rpc(void)
+{
+    struct scripted s;
+    scripted_start(&s, 3, SNAP_FLAGS);
+    put(s.all, "a", "A");
+    check_value(s.all, "a", "A");
+    int g1[3] = {0, 0, 1};
+    partition(&s, g1);
+    int maj[] = {0, 1, -1};
+    struct clerk *ck1 = clerk_on(&s, maj, 15000);
+    for (int i = 0; i < 50; i++) {
+        char k[16];
+        snprintf(k, sizeof k, "%d", i);
+        put(ck1, k, k);
+    }
+    sleep_ms(1000);
+    put(ck1, "b", "B");
+    uint64_t log = max_log(&s);
+    CU_ASSERT(log <= LOG_BOUND);
+    struct clerk_node_status st3;
+    CU_ASSERT(node_status(&s, 2, &st3) && st3.snapshot_index == 0);
+
+    int g2[3] = {0, 1, 0};
+    partition(&s, g2);
+    int maj2[] = {0, 2, -1};
+    struct clerk *ck2 = clerk_on(&s, maj2, 15000);
+    put(ck2, "c", "C");
+    put(ck2, "d", "D");
+    check_value(ck2, "a", "A");
+    check_value(ck2, "b", "B");
+    check_value(ck2, "1", "1");
+    check_value(ck2, "49", "49");
+    /* Node 3 could only take part by installing the majority's snapshot. */
+    CU_ASSERT(node_status(&s, 2, &st3) && st3.snapshot_index > 0);
+
+    int all[3] = {0, 0, 0};
+    partition(&s, all);
+    put(s.all, "e", "E");
+    check_value(s.all, "c", "C");
+    check_value(s.all, "e", "E");
+    check_value(s.all, "1", "1");
+    printf("\n  snapshot_rpc: largest log %" PRIu64
+           " entries (threshold %d); node 3 installed a snapshot at %" PRIu64
+           "\n",
+           log, SNAP_ENTRIES, st3.snapshot_index);
+    clerk_close(ck1);
+    clerk_close(ck2);
+    scripted_stop(&s);
+}
+
+/* The lab's SnapshotSize: 200 rounds of put and get on one key keep the
+ * log within the threshold. */
+static void test_snapshot_size(void)
+{
+    struct scripted s;
+    scripted_start(&s, 3, SNAP_FLAGS);
+    uint64_t worst = 0;
+    for (int i = 0; i < 200; i++) {
+        put(s.all, "x", "0");
+        check_value(s.all, "x", "0");
+        put(s.all, "x", "1");
+        check_value(s.all, "x", "1");
+        if (i % 20 == 0) {
+            uint64_t l = max_log(&s);
+            worst = l > worst ? l : worst;
+        }
+    }
+    uint64_t l = max_log(&s);
+    worst = l > worst ? l : worst;
+    CU_ASSERT(worst <= LOG_BOUND);
+    printf("\n  snapshot_size: largest log seen %" PRIu64
+           " entries (bound %d)\n",
+           worst, LOG_BOUND);
+    scripted_stop(&s);
+}
+
+/* The lab's Speed: 1,000 sequential appends, each well under one
+ * heartbeat interval (100 ms) on average: 33 ms at most. */
+static void test_speed(void)
+{
+    struct scripted s;
+    scripted_start(&s, 3, NULL);
+    put(s.all, "x", "");
+    uint64_t t0 = now_ms();
+    for (int i = 0; i < 1000; i++) {
+        char v[16];
+        int len = snprintf(v, sizeof v, "x %d y", i);
+        CU_ASSERT_EQUAL_FATAL(clerk_append(s.all, "x", 1, v, (size_t)len),
+                              CLERK_OK);
+    }
+    uint64_t took = now_ms() - t0;
+    CU_ASSERT(took <= 33 * 1000);
+    void *v = NULL;
+    size_t len = 0;
+    CU_ASSERT_EQUAL(clerk_get(s.all, "x", 1, &v, &len), CLERK_OK);
+    CU_ASSERT(v && strstr(v, "x 999 y") != NULL);
+    clerk_free(v);
+    printf("\n  speed: 1000 appends in %" PRIu64 " ms, %.2f ms each\n", took,
+           (double)took / 1000);
+    scripted_stop(&s);
+}
+
+/* ----------------------------------------------------- Jepsen's nemeses */
+
+#define NEM(fn, n, cl, kind, ...)                               \
+    static void fn(void)                                        \
+    {                                                           \
+        static const struct scenario sc = {.name = #fn + 5,     \
+                                           .servers = n,        \
+                                           .clients = cl,       \
+                                           .readers = 3,        \
+                                           .random_keys = true, \
+                                           .nemesis = kind,     \
+                                           __VA_ARGS__};        \
+        faults_run(&sc);                                        \
+    }
+
+NEM(test_kill_one, 3, 5, NEM_KILL_ONE)
+NEM(test_kill_minority, 5, 5, NEM_KILL_MINORITY)
+NEM(test_kill_leader, 3, 5, NEM_KILL_LEADER)
+NEM(test_kill_all, 3, 5, NEM_KILL_ALL)
+NEM(test_pause_leader, 3, 5, NEM_PAUSE_LEADER)
+NEM(test_isolate_leader, 5, 5, NEM_ISOLATE_LEADER)
+NEM(test_majorities_ring, 5, 5, NEM_RING)
+NEM(test_bridge, 5, 5, NEM_BRIDGE)
+NEM(test_random_halves, 5, 5, NEM_RANDOM_HALVES)
+NEM(test_lossy_jittery_duplicating,
+    5,
+    5,
+    NEM_NONE,
+    .unreliable = true,
+    .duplicate = true)
+NEM(test_long_reordering, 5, 5, NEM_NONE, .reorder = true)
+NEM(test_register_mixed_faults,
+    5,
+    10,
+    NEM_MIXED,
+    .workload = WL_REGISTER,
+    .unreliable = true)
+NEM(test_mixed_faults_with_snapshots,
+    5,
+    5,
+    NEM_MIXED,
+    .snapshot = 50,
+    .crash = true)
+
+/* Crash during snapshot transfer: a follower cut off while the others
+ * compact many megabytes is killed (and then the leader is) in the middle
+ * of receiving the snapshot; it must still catch up and serve the data. */
+static void test_crash_during_snapshot_transfer(void)
+{
+    struct scripted s;
+    scripted_start(&s, 3, "--snapshot-entries 20 --snapshot-trailing 2");
+    int leader = h_find_leader(&s.c, 10000);
+    CU_ASSERT_FATAL(leader >= 0);
+    int lag = (leader + 1) % 3;
+    int group[3] = {0, 0, 0};
+    group[lag] = 1;
+    partition(&s, group);
+    /* 48 values of 512 KiB: a 24 MiB snapshot, 24 chunks. */
+    size_t vlen = 512 * 1024;
+    char *val = malloc(vlen);
+    CU_ASSERT_FATAL(val != NULL);
+    for (int i = 0; i < 48; i++) {
+        memset(val, 'a' + i % 26, vlen);
+        char k[16];
+        snprintf(k, sizeof k, "big%d", i);
+        CU_ASSERT_EQUAL(clerk_put(s.all, k, strlen(k), val, vlen), CLERK_OK);
+    }
+    int all[3] = {0, 0, 0};
+    uint64_t kills = 0;
+    for (int round = 0; round < 4; round++) {
+        partition(&s, all);
+        sleep_ms(40 + 60 * (unsigned)round);
+        /* Rounds 0-2 kill the receiver mid-stream, round 3 the sender. */
+        size_t victim = round < 3 ? (size_t)lag : (size_t)leader;
+        h_node_kill(&s.c, victim);
+        kills++;
+        sleep_ms(300);
+        CU_ASSERT_FATAL(h_node_start(&s.c, victim) == 0);
+        sleep_ms(300);
+        if (round < 3) {
+            partition(&s, group); /* keep it behind for the next round */
+        }
+    }
+    partition(&s, all);
+    /* It catches up: same applied index as the others, and its own state
+     * (a stale read on it alone) holds every value. */
+    struct clerk_node_status st;
+    bool caught_up = false;
+    for (int t = 0; t < 200 && !caught_up; t++) {
+        struct clerk_node_status ls;
+        int l = h_find_leader(&s.c, 1000);
+        caught_up = l >= 0 && node_status(&s, (size_t)lag, &st) &&
+                    node_status(&s, (size_t)l, &ls) &&
+                    st.applied_index >= ls.commit_index && st.applied_index;
+        if (!caught_up) {
+            sleep_ms(100);
+        }
+    }
+    CU_ASSERT(caught_up);
+    CU_ASSERT(st.snapshot_index > 0);
+    int only[] = {lag, -1};
+    struct clerk *ck = clerk_on(&s, only, 10000);
+    clerk_set_read_mode(ck, CLERK_READ_STALE);
+    for (int i = 0; i < 48; i++) {
+        char k[16];
+        snprintf(k, sizeof k, "big%d", i);
+        void *v = NULL;
+        size_t len = 0;
+        CU_ASSERT_EQUAL(clerk_get(ck, k, strlen(k), &v, &len), CLERK_OK);
+        CU_ASSERT(len == vlen && v && ((char *)v)[0] == 'a' + i % 26 &&
+                  ((char *)v)[vlen - 1] == 'a' + i % 26);
+        clerk_free(v);
+    }
+    printf("\n  crash_during_snapshot_transfer: %" PRIu64
+           " kills mid-transfer; node %d caught up at applied %" PRIu64
+           ", snapshot %" PRIu64 "\n",
+           kills, lag + 1, st.applied_index, st.snapshot_index);
+    clerk_close(ck);
+    free(val);
+    scripted_stop(&s);
+}
+
+static CU_TestInfo lab_tests[] = {
+    {"basic", test_basic},
+    {"concurrent", test_concurrent},
+    {"unreliable", test_unreliable},
+    {"unreliable_one_key", test_unreliable_one_key},
+    {"one_partition", test_one_partition},
+    {"many_partitions_one_client", test_many_partitions_one_client},
+    {"many_partitions_many_clients", test_many_partitions_many_clients},
+    {"persist_one_client", test_persist_one_client},
+    {"persist_concurrent", test_persist_concurrent},
+    {"persist_concurrent_unreliable", test_persist_concurrent_unreliable},
+    {"persist_partition", test_persist_partition},
+    {"persist_partition_unreliable", test_persist_partition_unreliable},
+    {"persist_partition_unreliable_linearizable",
+     test_persist_partition_unreliable_linearizable},
+    {"snapshot_rpc", test_snapshot_rpc},
+    {"snapshot_size", test_snapshot_size},
+    {"snapshot_recover", test_snapshot_recover},
+    {"snapshot_recover_many_clients", test_snapshot_recover_many_clients},
+    {"snapshot_unreliable", test_snapshot_unreliable},
+    {"snapshot_unreliable_recover", test_snapshot_unreliable_recover},
+    {"snapshot_unreliable_recover_concurrent_partition",
+     test_snapshot_unreliable_recover_concurrent_partition},
+    {"snapshot_unreliable_recover_concurrent_partition_linearizable",
+     test_snapshot_unreliable_recover_concurrent_partition_linearizable},
+    {"speed", test_speed},
+    CU_TEST_INFO_NULL,
+};
+
+static CU_TestInfo nemesis_tests[] = {
+    {"kill_one", test_kill_one},
+    {"kill_minority", test_kill_minority},
+    {"kill_leader", test_kill_leader},
+    {"kill_all", test_kill_all},
+    {"pause_leader", test_pause_leader},
+    {"isolate_leader", test_isolate_leader},
+    {"majorities_ring", test_majorities_ring},
+    {"bridge", test_bridge},
+    {"random_halves", test_random_halves},
+    {"lossy_jittery_duplicating", test_lossy_jittery_duplicating},
+    {"long_reordering", test_long_reordering},
+    {"register_mixed_faults", test_register_mixed_faults},
+    {"mixed_faults_with_snapshots", test_mixed_faults_with_snapshots},
+    {"crash_during_snapshot_transfer", test_crash_during_snapshot_transfer},
+    CU_TEST_INFO_NULL,
+};
+
+static CU_SuiteInfo suites[] = {
+    {"lab", NULL, NULL, NULL, NULL, lab_tests},
+    {"nemesis", NULL, NULL, NULL, NULL, nemesis_tests},
+    CU_SUITE_INFO_NULL,
+};
+
+int main(int argc, char **argv)
+{
+    printf("fault tier: %s (RAFTKV_FAULT_TIER=quick|full)\n",
+           faults_full_tier() ? "full" : "quick");
+    return cunit_main(argc, argv, suites);
+}
