@@ -32,12 +32,6 @@ static int64_t now_ns(void)
     return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
 }
 
-static void sleep_ms(unsigned ms)
-{
-    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000};
-    nanosleep(&ts, NULL);
-}
-
 /* ------------------------------------------------------------ the world */
 
 /* Outcome of one append, for the exactly-once check. */
@@ -173,7 +167,7 @@ static void apply_node(struct world *w, size_t i)
     int rv = CLERK_UNAVAILABLE;
     for (int tries = 0; tries < 50 && rv == CLERK_UNAVAILABLE; tries++) {
         if (tries) {
-            sleep_ms(100);
+            h_sleep_ms(100);
         }
         rv = clerk_fault(w->admin, i, false, NULL, 0, 0, &before, &n_before);
     }
@@ -285,7 +279,7 @@ static void restart_and_apply(struct world *w, const size_t *nodes, size_t n)
     for (size_t k = 0; k < n; k++) {
         start_node(w, nodes[k]);
     }
-    sleep_ms(150);
+    h_sleep_ms(150);
     for (size_t k = 0; k < n; k++) {
         apply_node(w, nodes[k]);
     }
@@ -313,7 +307,7 @@ static bool round_over(struct world *w)
 static void nap(struct world *w, unsigned ms)
 {
     for (unsigned t = 0; t < ms && !round_over(w); t += 20) {
-        sleep_ms(20);
+        h_sleep_ms(20);
     }
 }
 
@@ -779,7 +773,7 @@ static bool wait_serving(struct world *w, unsigned ms)
         if (rv == CLERK_OK || rv == CLERK_NOT_FOUND) {
             return true;
         }
-        sleep_ms(100);
+        h_sleep_ms(100);
     }
     return false;
 }
@@ -897,7 +891,7 @@ static void run_round(struct world *w, unsigned ms)
             all[i] = i;
         }
         pthread_mutex_unlock(&w->lock);
-        sleep_ms(1000);
+        h_sleep_ms(1000);
         pthread_mutex_lock(&w->lock);
         restart_and_apply(w, all, w->c.n);
         pthread_mutex_unlock(&w->lock);

@@ -22,19 +22,6 @@
 #error "KVSERVER_PATH must name the kvserver binary"
 #endif
 
-static uint64_t now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-}
-
-static void sleep_ms(unsigned ms)
-{
-    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000};
-    nanosleep(&ts, NULL);
-}
-
 static uint16_t free_port(const char *host)
 {
     int fd = socket(AF_INET, SOCK_STREAM, 0);
@@ -171,7 +158,7 @@ int h_node_term(struct h_cluster *c, size_t i)
             nd->pid = 0;
             return WIFEXITED(status) ? WEXITSTATUS(status) : 128;
         }
-        sleep_ms(10);
+        h_sleep_ms(10);
     }
     h_node_kill(c, i);
     return -1;
@@ -234,6 +221,21 @@ void h_cluster_destroy(struct h_cluster *c)
     } else if (c->root[0]) {
         cunit_remove_tree(c->root);
     }
+}
+
+/* --------------------------------------------------------------- time */
+
+uint64_t h_now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+void h_sleep_ms(unsigned ms)
+{
+    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000};
+    nanosleep(&ts, NULL);
 }
 
 /* -------------------------------------------------------------- client */
@@ -429,14 +431,14 @@ static struct h_result run(struct h_client *cl, struct op_args *a)
     if (a->op != OP_GET) {
         a->request_id = cl->next_request++;
     }
-    uint64_t deadline = now_ms() + cl->deadline_ms;
+    uint64_t deadline = h_now_ms() + cl->deadline_ms;
     size_t node = cl->leader;
-    while (now_ms() < deadline) {
+    while (h_now_ms() < deadline) {
         struct call_out o;
         call_once(cl, node, a, &o);
         if (!o.replied) {
             node = (node + 1) % cl->c->n;
-            sleep_ms(20);
+            h_sleep_ms(20);
             continue;
         }
         if (o.err == RAFTKV__KV_ERROR__KV_WRONG_LEADER) {
@@ -448,7 +450,7 @@ static struct h_result run(struct h_client *cl, struct op_args *a)
             o.err == RAFTKV__KV_ERROR__KV_TIMEOUT ||
             o.err == RAFTKV__KV_ERROR__KV_SHUTTING_DOWN) {
             free(o.value);
-            sleep_ms(50);
+            h_sleep_ms(50);
             if (o.err != RAFTKV__KV_ERROR__KV_TIMEOUT) {
                 node = (node + 1) % cl->c->n;
             }
@@ -539,13 +541,13 @@ int h_put_raw(struct h_client *cl,
 
 int h_find_leader(struct h_cluster *c, int timeout_ms)
 {
-    uint64_t deadline = now_ms() + (uint64_t)timeout_ms;
+    uint64_t deadline = h_now_ms() + (uint64_t)timeout_ms;
     struct h_client cl;
     if (h_client_open(&cl, c, 1) != 0) {
         return -1;
     }
     int found = -1;
-    while (found < 0 && now_ms() < deadline) {
+    while (found < 0 && h_now_ms() < deadline) {
         for (size_t i = 0; i < c->n && found < 0; i++) {
             if (c->nodes[i].pid <= 0 || c->nodes[i].stopped) {
                 continue;
@@ -560,7 +562,7 @@ int h_find_leader(struct h_cluster *c, int timeout_ms)
             free(o.value);
         }
         if (found < 0) {
-            sleep_ms(50);
+            h_sleep_ms(50);
         }
     }
     h_client_close(&cl);

@@ -33,6 +33,12 @@ struct h_cluster
     bool keep;       /* keep root after a failure */
 };
 
+/** Milliseconds of CLOCK_MONOTONIC. */
+uint64_t h_now_ms(void);
+
+/** Sleep ms milliseconds. */
+void h_sleep_ms(unsigned ms);
+
 /**
  * Start n nodes on free ports of 127.0.0.1 with data under a new temp dir.
  * @param extra more kvserver flags ("--snapshot-entries 100"), or NULL

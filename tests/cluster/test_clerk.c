@@ -16,19 +16,6 @@
 
 #define FAILED_SINCE(before) (CU_get_number_of_failures() > (before))
 
-static void sleep_ms(unsigned ms)
-{
-    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000};
-    nanosleep(&ts, NULL);
-}
-
-static uint64_t now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-}
-
 static struct clerk *open_clerk(struct h_cluster *c, unsigned deadline_ms)
 {
     char eps[512];
@@ -182,11 +169,11 @@ static void test_clerk_leader_killed_mid_writes_every_ack_present_once(void)
         w[i] = (struct shared_writer){.ck = ck, .thread = i, .count = COUNT};
         pthread_create(&th[i], NULL, shared_writer_main, &w[i]);
     }
-    sleep_ms(400);
+    h_sleep_ms(400);
     int leader = h_find_leader(&c, 5000);
     CU_ASSERT_FATAL(leader >= 0);
     h_node_kill(&c, (size_t)leader);
-    sleep_ms(1000);
+    h_sleep_ms(1000);
     h_node_start(&c, (size_t)leader);
     for (int i = 0; i < THREADS; i++) {
         pthread_join(th[i], NULL);
@@ -222,9 +209,9 @@ static void test_clerk_deadline_tells_unknown_from_not_applied(void)
         h_node_pause(&c, i, true);
     }
     clerk_set_deadline(ck, 1500);
-    uint64_t t0 = now_ms();
+    uint64_t t0 = h_now_ms();
     int err = clerk_put(ck, "k", 1, "during", 6);
-    uint64_t took = now_ms() - t0;
+    uint64_t took = h_now_ms() - t0;
     CU_ASSERT_EQUAL(err, CLERK_UNKNOWN_OUTCOME);
     CU_ASSERT(took >= 1400 && took < 4000);
     CU_ASSERT(strstr(clerk_errmsg(ck), "1500 ms") != NULL);

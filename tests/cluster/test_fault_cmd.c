@@ -15,19 +15,6 @@
 
 #define ALL_NODES 0x7u /* bit i: node i (0-based) of a three-node cluster */
 
-static void sleep_ms(unsigned ms)
-{
-    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000};
-    nanosleep(&ts, NULL);
-}
-
-static uint64_t now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-}
-
 /* "HOST:PORT,..." of the nodes whose bit is set in which. */
 static void some_endpoints(const struct h_cluster *c,
                            uint32_t which,
@@ -325,14 +312,14 @@ static void test_fault_cmd_partition_then_heal(void)
     /* The majority elects a new leader within a few seconds. */
     int leader = -1;
     uint64_t term = 0;
-    uint64_t deadline = now_ms() + 10000;
-    while (leader < 0 && now_ms() < deadline) {
+    uint64_t deadline = h_now_ms() + 10000;
+    while (leader < 0 && h_now_ms() < deadline) {
         if (clerk_status(all, &st, &n) == CLERK_OK) {
             leader = agreed_leader(st, n, majority, &term);
             clerk_free(st);
         }
         if (leader < 0) {
-            sleep_ms(100);
+            h_sleep_ms(100);
         }
     }
     CU_ASSERT_FATAL(leader >= 0);
@@ -359,8 +346,8 @@ static void test_fault_cmd_partition_then_heal(void)
     CU_ASSERT_EQUAL(kvctl(&on, "heal", out, sizeof out), 0);
     CU_ASSERT(no_rules_anywhere(&on));
     bool converged = false;
-    deadline = now_ms() + 15000;
-    while (!converged && now_ms() < deadline) {
+    deadline = h_now_ms() + 15000;
+    while (!converged && h_now_ms() < deadline) {
         if (clerk_status(all, &st, &n) == CLERK_OK) {
             uint64_t t = 0;
             converged = agreed_leader(st, n, ALL_NODES, &t) >= 0 &&
@@ -370,7 +357,7 @@ static void test_fault_cmd_partition_then_heal(void)
             clerk_free(st);
         }
         if (!converged) {
-            sleep_ms(100);
+            h_sleep_ms(100);
         }
     }
     CU_ASSERT(converged);

@@ -21,19 +21,6 @@
 #include "cunit_main.h"
 #include "faults.h"
 
-static uint64_t now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-}
-
-static void sleep_ms(unsigned ms)
-{
-    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000};
-    nanosleep(&ts, NULL);
-}
-
 /* ------------------------------------------------------ lab equivalents */
 
 #define LAB(fn, ...)                                                           \
@@ -233,7 +220,7 @@ static void *minority_main(void *arg)
     } else {
         o->rv = clerk_put(o->ck, "1", 1, "15", 2);
     }
-    __atomic_store_n(&o->done_at, now_ms(), __ATOMIC_RELEASE);
+    __atomic_store_n(&o->done_at, h_now_ms(), __ATOMIC_RELEASE);
     return NULL;
 }
 
@@ -273,7 +260,7 @@ static void test_one_partition(void)
     pthread_t t1, t2;
     pthread_create(&t1, NULL, minority_main, &put_op);
     pthread_create(&t2, NULL, minority_main, &get_op);
-    sleep_ms(1000);
+    h_sleep_ms(1000);
     CU_ASSERT(__atomic_load_n(&put_op.done_at, __ATOMIC_ACQUIRE) == 0);
     CU_ASSERT(__atomic_load_n(&get_op.done_at, __ATOMIC_ACQUIRE) == 0);
     check_value(ckp1, "1", "14");
@@ -282,7 +269,7 @@ static void test_one_partition(void)
 
     int all[5] = {0, 0, 0, 0, 0};
     partition(&s, all);
-    uint64_t healed = now_ms();
+    uint64_t healed = h_now_ms();
     pthread_join(t1, NULL);
     pthread_join(t2, NULL);
     CU_ASSERT_EQUAL(put_op.rv, CLERK_OK);
@@ -353,7 +340,7 @@ static void test_snapshot_rpc(void)
         snprintf(k, sizeof k, "%d", i);
         put(ck1, k, k);
     }
-    sleep_ms(1000);
+    h_sleep_ms(1000);
     put(ck1, "b", "B");
     uint64_t log = max_log(&s);
     CU_ASSERT(log <= LOG_BOUND);
@@ -421,14 +408,14 @@ static void test_speed(void)
     struct scripted s;
     scripted_start(&s, 3, NULL);
     put(s.all, "x", "");
-    uint64_t t0 = now_ms();
+    uint64_t t0 = h_now_ms();
     for (int i = 0; i < 1000; i++) {
         char v[16];
         int len = snprintf(v, sizeof v, "x %d y", i);
         CU_ASSERT_EQUAL_FATAL(clerk_append(s.all, "x", 1, v, (size_t)len),
                               CLERK_OK);
     }
-    uint64_t took = now_ms() - t0;
+    uint64_t took = h_now_ms() - t0;
     CU_ASSERT(took <= 33 * 1000);
     void *v = NULL;
     size_t len = 0;
@@ -511,14 +498,14 @@ static void test_crash_during_snapshot_transfer(void)
     uint64_t kills = 0;
     for (int round = 0; round < 4; round++) {
         partition(&s, all);
-        sleep_ms(40 + 60 * (unsigned)round);
+        h_sleep_ms(40 + 60 * (unsigned)round);
         /* Rounds 0-2 kill the receiver mid-stream, round 3 the sender. */
         size_t victim = round < 3 ? (size_t)lag : (size_t)leader;
         h_node_kill(&s.c, victim);
         kills++;
-        sleep_ms(300);
+        h_sleep_ms(300);
         CU_ASSERT_FATAL(h_node_start(&s.c, victim) == 0);
-        sleep_ms(300);
+        h_sleep_ms(300);
         if (round < 3) {
             partition(&s, group); /* keep it behind for the next round */
         }
@@ -535,7 +522,7 @@ static void test_crash_during_snapshot_transfer(void)
                     node_status(&s, (size_t)l, &ls) &&
                     st.applied_index >= ls.commit_index && st.applied_index;
         if (!caught_up) {
-            sleep_ms(100);
+            h_sleep_ms(100);
         }
     }
     CU_ASSERT(caught_up);

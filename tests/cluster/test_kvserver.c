@@ -22,12 +22,6 @@
 /* Did the running test fail an assert since `before`? Keeps its logs. */
 #define FAILED_SINCE(before) (CU_get_number_of_failures() > (before))
 
-static void sleep_ms(unsigned ms)
-{
-    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000};
-    nanosleep(&ts, NULL);
-}
-
 static bool get_equals(struct h_client *cl, const char *key, const char *want)
 {
     struct h_result r = h_get(cl, key, false, 0);
@@ -96,7 +90,7 @@ static void test_cluster_elects_and_serves_all_operations(void)
             seen = r.err == OK && r.value && strcmp(r.value, "fourth") == 0;
             h_result_free(&r);
             if (!seen) {
-                sleep_ms(20);
+                h_sleep_ms(20);
             }
         }
         CU_ASSERT(seen);
@@ -189,7 +183,7 @@ static void test_healthy_cluster_keeps_its_leader(void)
     CU_ASSERT_FATAL(h_cluster_start(&c, 3, NULL) == 0);
     int leader = h_find_leader(&c, 10000);
     CU_ASSERT_FATAL(leader >= 0);
-    sleep_ms(300); /* let the first round of elections settle */
+    h_sleep_ms(300); /* let the first round of elections settle */
     size_t before[H_MAX_NODES];
     for (size_t i = 0; i < c.n; i++) {
         before[i] = h_log_count(&c, i, "candidate");
@@ -200,7 +194,7 @@ static void test_healthy_cluster_keeps_its_leader(void)
         if (t % 4 == 0) {
             CU_ASSERT_EQUAL(h_put(&cl, "tick", "tock", 4).err, OK);
         }
-        sleep_ms(100);
+        h_sleep_ms(100);
     }
     for (size_t i = 0; i < c.n; i++) {
         CU_ASSERT_EQUAL(h_log_count(&c, i, "candidate"), before[i]);
@@ -229,9 +223,9 @@ static void test_kill_leader_under_load_loses_no_acknowledged_write(void)
                                .appends = true};
         pthread_create(&th[i], NULL, writer_main, &w[i]);
     }
-    sleep_ms(700);
+    h_sleep_ms(700);
     h_node_kill(&c, (size_t)leader); /* kill -9 in the middle of writes */
-    sleep_ms(1500);
+    h_sleep_ms(1500);
     CU_ASSERT(h_node_start(&c, (size_t)leader) == 0);
     for (int i = 0; i < THREADS; i++) {
         pthread_join(th[i], NULL);
@@ -304,7 +298,7 @@ static int raw_until_answered(struct h_client *cl,
         if (err == OK || err == RAFTKV__KV_ERROR__KV_BAD_REQUEST) {
             return err;
         }
-        sleep_ms(25);
+        h_sleep_ms(25);
     }
     return -1;
 }
@@ -408,7 +402,7 @@ static void test_peer_from_another_cluster_is_refused(void)
     CU_ASSERT_FATAL(h_node_start(&rogue, 0) == 0);
     bool refused = false;
     for (int t = 0; t < 100 && !refused; t++) {
-        sleep_ms(50);
+        h_sleep_ms(50);
         refused = h_log_contains(&c, victim, "cluster id mismatch");
     }
     CU_ASSERT(refused);
@@ -478,7 +472,7 @@ static void test_lagging_follower_catches_up_through_a_snapshot(void)
         caught_up = r.err == OK && r.value && strcmp(r.value, want) == 0;
         h_result_free(&r);
         if (!caught_up) {
-            sleep_ms(100);
+            h_sleep_ms(100);
         }
     }
     clock_gettime(CLOCK_MONOTONIC, &t1);
@@ -573,7 +567,7 @@ static void test_full_disk_refuses_writes_and_recovers(void)
         if (r.err != RAFTKV__KV_ERROR__KV_NO_SPACE) {
             break;
         }
-        sleep_ms(200);
+        h_sleep_ms(200);
     }
     CU_ASSERT_EQUAL(r.err, OK);
     CU_ASSERT(get_equals(&cl, "after", "space"));
