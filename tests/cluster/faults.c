@@ -413,7 +413,12 @@ static void nemesis_step(struct world *w, enum nemesis kind)
                     size_t a = pos[i], b = pos[j], h = n / 2;
                     size_t d = a > b ? a - b : b - a;
                     if (kind == NEM_RING) {
-                        w->link[i][j] = d <= 1 || d == n - 1;
+                        /* Each node sees the k nearest on either side:
+                         * 1 + 2k nodes, just a majority (k = 1 for 5
+                         * nodes, 2 for 7). */
+                        size_t ring = d < n - d ? d : n - d;
+                        size_t k = (n / 2 + 1) / 2;
+                        w->link[i][j] = ring <= k;
                     } else {
                         w->link[i][j] = a == h || b == h || (a < h) == (b < h);
                     }
