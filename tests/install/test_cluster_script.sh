@@ -23,6 +23,11 @@ eval "$("$cs" env)"
 [ "$RAFTKV_CLUSTER" = "127.0.0.1:$port,127.0.0.2:$port,127.0.0.3:$port" ] || fail "env"
 "$kvctl" put k v >/dev/null || fail "put"
 [ "$("$kvctl" get k)" = v ] || fail "get"
+# kvbench runs against it and prints its result line (figures: bench/).
+bench=$("$build/bench/kvbench" --cluster "$RAFTKV_CLUSTER" --op put \
+    --clients 4 --conns 2 --duration 1s) || fail "kvbench"
+grep -Eq '^op=put conns=2 clients=4 ops=[1-9][0-9]* errors=0 .* rate=[0-9]+ ops/s' \
+    <<<"$bench" || fail "kvbench printed: $bench"
 st=$("$kvctl" -w json status) || fail "status"
 leader=$(grep -o '"id":[0-9]*,"role":"leader"' <<<"$st" | grep -o '[0-9]\+' | sed -n 1p)
 [ -n "$leader" ] || fail "no leader in status"
