@@ -27,6 +27,8 @@ while [ $# -gt 0 ]; do
     shift
 done
 case "$runs" in ''|*[!0-9]*|0) echo "compare.sh: --runs wants a number >= 1" >&2; exit 2 ;; esac
+case "$only" in ''|put1|put64|get64|put256) ;;
+    *) echo "compare.sh: --only wants put1, put64, get64 or put256" >&2; exit 2 ;; esac
 
 anchor=${ETCD_ANCHOR:-$root/../shared/anchors/etcd-anchor.sh}
 [ -f "$anchor" ] || { echo "compare.sh: no etcd anchor at $anchor (set ETCD_ANCHOR)" >&2; exit 1; }
