@@ -373,11 +373,21 @@ static int cmd_status(struct clerk *ck)
 #define MAX_NODES 16
 
 /* Server indexes of a NODE argument: an id, or "all". */
+/* One node's rules for a fault command. */
+struct node_rules
+{
+    size_t server;                           /* index in the server list */
+    uint64_t id;                             /* node id */
+    bool chosen;                             /* the command is for it */
+    struct clerk_fault rules[MAX_NODES + 1]; /* to set */
+    size_t n;                                /* their number */
+};
+
+/* Every reachable node, chosen by NODE: an id, or "all". */
 static int resolve_nodes(struct clerk *ck,
                          const char *arg,
-                         size_t *idx,
-                         uint64_t *ids,
-                         size_t *n_idx)
+                         struct node_rules *nodes,
+                         size_t *n_nodes)
 {
     struct clerk_node_status *st;
     size_t n;
@@ -393,15 +403,18 @@ static int resolve_nodes(struct clerk *ck,
         clerk_free(st);
         return usage_error("NODE is a node id or 'all'");
     }
-    *n_idx = 0;
-    for (size_t i = 0; i < n && *n_idx < MAX_NODES; i++) {
-        if (st[i].reachable && (all || st[i].id == want)) {
-            idx[*n_idx] = i;
-            ids[(*n_idx)++] = st[i].id;
+    size_t chosen = 0;
+    *n_nodes = 0;
+    for (size_t i = 0; i < n && *n_nodes < MAX_NODES; i++) {
+        if (st[i].reachable) {
+            struct node_rules *nr = &nodes[(*n_nodes)++];
+            *nr = (struct node_rules){.server = i, .id = st[i].id};
+            nr->chosen = all || st[i].id == want;
+            chosen += nr->chosen;
         }
     }
     clerk_free(st);
-    if (*n_idx == 0) {
+    if (chosen == 0) {
         char msg[160];
         snprintf(msg, sizeof msg,
                  all ? "no node answered%s"
@@ -577,31 +590,41 @@ static void print_rules(uint64_t node,
     }
 }
 
-/* Send one node its rules and print what is in force. */
-static int apply_faults(struct clerk *ck,
-                        size_t server,
-                        uint64_t id,
-                        bool clear,
-                        const struct clerk_fault *rules,
-                        size_t n_rules,
-                        bool first)
+/* Send each chosen node its rules (after clearing its old ones if asked)
+ * and print the rules in force; stops at the first refusal. */
+static int apply_rules(struct clerk *ck,
+                       const struct node_rules *nodes,
+                       size_t n_nodes,
+                       bool clear)
 {
-    struct clerk_fault *now = NULL;
-    size_t n_now = 0;
-    int err = clerk_fault(ck, server, clear, rules, n_rules, 0, &now, &n_now);
-    if (err) {
-        if (fmt == FMT_JSON && !first) {
-            puts("]}"); /* end the answer of the nodes already changed */
+    bool first = true;
+    for (size_t i = 0; i < n_nodes; i++) {
+        const struct node_rules *nr = &nodes[i];
+        if (!nr->chosen) {
+            continue;
         }
-        return answer_clerk(ck, err);
+        struct clerk_fault *now = NULL;
+        size_t n_now = 0;
+        int err = clerk_fault(ck, nr->server, clear, nr->rules, nr->n, 0, &now,
+                              &n_now);
+        if (err) {
+            if (fmt == FMT_JSON && !first) {
+                puts("]}"); /* end the answer of the nodes already changed */
+            }
+            return answer_clerk(ck, err);
+        }
+        if (fmt == FMT_JSON && first) {
+            /* Opened only now: a refusal by the first node is one error
+             * object, not an "ok" answer with the error inside it. */
+            fputs("{\"ok\":true,\"nodes\":[", stdout);
+        }
+        print_rules(nr->id, now, n_now, first);
+        clerk_free(now);
+        first = false;
     }
-    if (fmt == FMT_JSON && first) {
-        /* Opened only now: a refusal by the first node is one error
-         * object, not an "ok" answer with the error inside it. */
-        fputs("{\"ok\":true,\"nodes\":[", stdout);
+    if (fmt == FMT_JSON) {
+        puts("]}");
     }
-    print_rules(id, now, n_now, first);
-    clerk_free(now);
     return EXIT_OK;
 }
 
@@ -613,10 +636,9 @@ static int cmd_fault(struct clerk *ck, struct tok *t, int n)
             "usage: kvctl fault NODE show|clear|TARGET SPEC... "
             "(see kvctl help fault)");
     }
-    size_t idx[MAX_NODES];
-    uint64_t ids[MAX_NODES];
-    size_t n_idx;
-    int rv = resolve_nodes(ck, t[1].p, idx, ids, &n_idx);
+    struct node_rules nodes[MAX_NODES];
+    size_t n_nodes;
+    int rv = resolve_nodes(ck, t[1].p, nodes, &n_nodes);
     if (rv != EXIT_OK) {
         return rv;
     }
@@ -648,34 +670,24 @@ static int cmd_fault(struct clerk *ck, struct tok *t, int n)
             return usage_error("TARGET is a node id, clients, peers or all");
         }
     }
-    for (size_t i = 0; i < n_idx; i++) {
-        struct clerk_fault rules[MAX_NODES + 1];
-        size_t k = 0;
+    for (size_t i = 0; i < n_nodes; i++) {
+        struct node_rules *nr = &nodes[i];
         if (clients) {
-            rules[k] = spec;
-            rules[k++].target = CLERK_FAULT_CLIENTS;
+            nr->rules[nr->n] = spec;
+            nr->rules[nr->n++].target = CLERK_FAULT_CLIENTS;
         }
-        if (peers) {
-            for (size_t j = 0; j < n_idx; j++) {
-                if (ids[j] != ids[i]) {
-                    rules[k] = spec;
-                    rules[k++].target = ids[j];
-                }
+        for (size_t j = 0; peers && j < n_nodes; j++) {
+            if (j != i) {
+                nr->rules[nr->n] = spec;
+                nr->rules[nr->n++].target = nodes[j].id;
             }
         }
-        if (one && one != ids[i]) { /* "fault all 3": not 3 to itself */
-            rules[k] = spec;
-            rules[k++].target = one;
-        }
-        rv = apply_faults(ck, idx[i], ids[i], clear, rules, k, i == 0);
-        if (rv != EXIT_OK) {
-            return rv;
+        if (one && one != nr->id) { /* "fault all 3": not 3 to itself */
+            nr->rules[nr->n] = spec;
+            nr->rules[nr->n++].target = one;
         }
     }
-    if (fmt == FMT_JSON) {
-        puts("]}");
-    }
-    return EXIT_OK;
+    return apply_rules(ck, nodes, n_nodes, clear);
 }
 
 /* kvctl partition GROUP GROUP...: each node reaches only its own group. */
@@ -686,10 +698,9 @@ static int cmd_partition(struct clerk *ck, struct tok *t, int n)
             "usage: kvctl partition IDS [IDS...] "
             "(e.g. kvctl partition 1,2 3)");
     }
-    size_t idx[MAX_NODES];
-    uint64_t ids[MAX_NODES];
-    size_t n_idx;
-    int rv = resolve_nodes(ck, "all", idx, ids, &n_idx);
+    struct node_rules nodes[MAX_NODES];
+    size_t n_nodes;
+    int rv = resolve_nodes(ck, "all", nodes, &n_nodes);
     if (rv != EXIT_OK) {
         return rv;
     }
@@ -705,10 +716,10 @@ static int cmd_partition(struct clerk *ck, struct tok *t, int n)
             errno = 0;
             unsigned long long id = strtoull(s, &end, 10);
             size_t j = 0;
-            while (j < n_idx && ids[j] != id) {
+            while (j < n_nodes && nodes[j].id != id) {
                 j++;
             }
-            if (errno || end == s || *end || j == n_idx) {
+            if (errno || end == s || *end || j == n_nodes) {
                 char msg[160];
                 snprintf(msg, sizeof msg,
                          "'%.40s' is not the id of a reachable node", s);
@@ -720,25 +731,16 @@ static int cmd_partition(struct clerk *ck, struct tok *t, int n)
             group[j] = g;
         }
     }
-    for (size_t i = 0; i < n_idx; i++) {
-        struct clerk_fault rules[MAX_NODES];
-        size_t k = 0;
-        for (size_t j = 0; j < n_idx; j++) {
+    for (size_t i = 0; i < n_nodes; i++) {
+        for (size_t j = 0; j < n_nodes; j++) {
             if (j != i && (group[i] == 0 || group[i] != group[j])) {
-                rules[k] = (struct clerk_fault){.target = ids[j], .cut = true};
-                k++;
+                nodes[i].rules[nodes[i].n++] =
+                    (struct clerk_fault){.target = nodes[j].id, .cut = true};
             }
         }
-        /* Replace whatever cut the links before. */
-        rv = apply_faults(ck, idx[i], ids[i], true, rules, k, i == 0);
-        if (rv != EXIT_OK) {
-            return rv;
-        }
     }
-    if (fmt == FMT_JSON) {
-        puts("]}");
-    }
-    return EXIT_OK;
+    /* Replace whatever cut the links before. */
+    return apply_rules(ck, nodes, n_nodes, true);
 }
 
 static int command_help(const char *name)
@@ -840,8 +842,10 @@ static int run_command(struct clerk *ck, struct tok *t, int n)
     }
     if (!strcmp(cmd, "heal")) {
         NEED(1, "heal");
-        struct tok clr[3] = {{"fault", 5}, {"all", 3}, {"clear", 5}};
-        return cmd_fault(ck, clr, 3);
+        struct node_rules nodes[MAX_NODES];
+        size_t n_nodes;
+        int rv = resolve_nodes(ck, "all", nodes, &n_nodes);
+        return rv != EXIT_OK ? rv : apply_rules(ck, nodes, n_nodes, true);
     }
     if (!strcmp(cmd, "help")) {
         if (n == 1) {

@@ -512,9 +512,7 @@ void client_service_init(struct kv_node *n)
         handle_cas,
     };
     Raftkv__AdminService_Service admin = {
-        RAFTKV__ADMIN_SERVICE__BASE_INIT,
-        handle_ping,
-        handle_status,
+        RAFTKV__ADMIN_SERVICE__BASE_INIT, handle_ping, handle_status,
         NULL, /* Fault: fault.c */
     };
     n->kv_svc = kv;

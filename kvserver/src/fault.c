@@ -100,29 +100,21 @@ static void set_target(struct kv_node *n,
                        const struct rpc_faults *f,
                        uint64_t seed)
 {
-    struct rpc_faults filled = f ? *f : (struct rpc_faults){0};
-    rpc_faults_fill_defaults(&filled);
-    const struct rpc_faults *use = rpc_faults_active(&filled) ? &filled : NULL;
-    char what[256];
-    describe(use ? use : &(struct rpc_faults){0}, what, sizeof what);
+    const struct rpc_faults *now; /* as the rpc layer keeps them */
+    char whose[64], what[256];
     if (target == 0) {
-        rpc_server_set_faults(n->server, KV_SERVICE_NAME, use, seed);
-        n->fault_clients = use ? *use : (struct rpc_faults){0};
-        rpc_logf(RPC_LOG_WARN,
-                 "node %" PRIu64
-                 ": fault injection: calls "
-                 "from clients:%s",
-                 n->cfg.id, what);
+        rpc_server_set_faults(n->server, KV_SERVICE_NAME, f, seed);
+        now = rpc_server_faults(n->server, KV_SERVICE_NAME);
+        snprintf(whose, sizeof whose, "from clients");
     } else {
         struct kv_peer *p = peer_by_id(n, target);
-        rpc_channel_set_faults(p->ch, use, seed);
-        p->faults = use ? *use : (struct rpc_faults){0};
-        rpc_logf(RPC_LOG_WARN,
-                 "node %" PRIu64
-                 ": fault injection: calls "
-                 "to node %" PRIu64 ":%s",
-                 n->cfg.id, target, what);
+        rpc_channel_set_faults(p->ch, f, seed);
+        now = rpc_channel_faults(p->ch);
+        snprintf(whose, sizeof whose, "to node %" PRIu64, target);
     }
+    describe(now ? now : &(struct rpc_faults){0}, what, sizeof what);
+    rpc_logf(RPC_LOG_WARN, "node %" PRIu64 ": fault injection: calls %s:%s",
+             n->cfg.id, whose, what);
 }
 
 static void handle_fault(Raftkv__AdminService_Service *svc,
@@ -191,8 +183,9 @@ static void handle_fault(Raftkv__AdminService_Service *svc,
     size_t k = 0;
     for (size_t i = 0; i <= n->n_peers; i++) {
         const struct rpc_faults *f =
-            i == 0 ? &n->fault_clients : &n->peers[i - 1].faults;
-        if (!rpc_faults_active(f)) {
+            i == 0 ? rpc_server_faults(n->server, KV_SERVICE_NAME)
+                   : rpc_channel_faults(n->peers[i - 1].ch);
+        if (!f) {
             continue;
         }
         struct rpc_fault_stats st;

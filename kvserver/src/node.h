@@ -58,7 +58,6 @@ struct kv_peer
     bool chunk_done;           /* it ended the stream */
     bool chunk_valid;          /* chunk holds a sent chunk */
     uint64_t stream_logged;    /* ms of the last "sending" log line */
-    struct rpc_faults faults;  /* injected into our calls to it */
 };
 
 /* A Raft request from a peer waiting for the core's response. */
@@ -136,7 +135,6 @@ struct kv_node
     Raftkv__KvService_Service kv_svc; /* KvService implementation */
     Raftkv__RaftService_Service raft_svc;   /* RaftService implementation */
     Raftkv__AdminService_Service admin_svc; /* AdminService implementation */
-    struct rpc_faults fault_clients; /* injected into client calls */
 };
 
 /* The node that holds a service implementation (field: kv_svc, ...). */

@@ -235,20 +235,14 @@ static void connection_failed(struct rpc_channel *ch,
  * reordering); on_timer delivers it. */
 static void hold_reply(struct rpc_channel *ch,
                        struct pending *p,
-                       const struct rpc_frame *f)
+                       ProtobufCMessage *reply,
+                       int status,
+                       const char *msg)
 {
-    const Raftkv__RpcHeader *h = f->header;
     p->held = true;
-    if (h->status != RAFTKV__RPC_STATUS__RPC_OK) {
-        p->held_status = rpc_status_from_wire(h->status);
-        p->held_msg = strdup(h->error ? h->error : "");
-    } else {
-        p->held_reply =
-            protobuf_c_message_unpack(p->output, NULL, f->args_size, f->args);
-        if (!p->held_reply) {
-            p->held_status = RPC_E_BAD_REPLY;
-        }
-    }
+    p->held_reply = reply;
+    p->held_status = status;
+    p->held_msg = status ? strdup(msg ? msg : "") : NULL;
     p->hprev_held = NULL;
     p->hnext_held = ch->held;
     if (ch->held) {
@@ -304,30 +298,36 @@ static int on_reply(void *ctx, const struct rpc_frame *f)
         complete(p, NULL, RPC_E_CONNECTION_LOST, why);
         return ch->bev ? 0 : 1;
     }
-    if (p->hold_ms) {
-        hold_reply(ch, p, f);
-        return 0;
-    }
+    ProtobufCMessage *reply = NULL;
+    int status = RPC_OK;
+    const char *msg = NULL;
+    char why[700];
     if (h->status != RAFTKV__RPC_STATUS__RPC_OK) {
-        complete(p, NULL, rpc_status_from_wire(h->status), h->error);
-        return ch->bev ? 0 : 1;
-    }
-    ProtobufCMessage *reply =
-        protobuf_c_message_unpack(p->output, NULL, f->args_size, f->args);
-    if (!reply) {
-        char why[700];
+        status = rpc_status_from_wire(h->status);
+        msg = h->error;
+    } else if (!(reply = protobuf_c_message_unpack(p->output, NULL,
+                                                   f->args_size, f->args))) {
         snprintf(why, sizeof why,
                  "reply from %s does not unpack as %s; connection dropped",
                  ch->target, p->output->name);
         rpc_logf(RPC_LOG_WARN, "rpc: %s", why);
-        complete(p, NULL, RPC_E_BAD_REPLY, why);
+        status = RPC_E_BAD_REPLY;
+        msg = why;
+    }
+    if (p->hold_ms) {
+        hold_reply(ch, p, reply, status, msg); /* it keeps the reply */
+    } else {
+        complete(p, reply, status, msg);
+        if (reply) {
+            protobuf_c_message_free_unpacked(reply, NULL);
+        }
+    }
+    if (status == RPC_E_BAD_REPLY) {
         if (ch->bev) {
             connection_failed(ch, RPC_E_CONNECTION_LOST, why);
         }
         return 1;
     }
-    complete(p, reply, RPC_OK, NULL);
-    protobuf_c_message_free_unpacked(reply, NULL);
     return ch->bev ? 0 : 1;
 }
 
@@ -881,6 +881,11 @@ int rpc_channel_set_faults(struct rpc_channel *ch,
                            uint64_t seed)
 {
     return rpc_fault_set(&ch->faults, f, seed);
+}
+
+const struct rpc_faults *rpc_channel_faults(const struct rpc_channel *ch)
+{
+    return ch->faults.active ? &ch->faults.f : NULL;
 }
 
 void rpc_channel_get_fault_stats(const struct rpc_channel *ch,

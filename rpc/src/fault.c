@@ -39,7 +39,8 @@ bool rpc_faults_valid(const struct rpc_faults *f, char *why, size_t why_len)
     return bad == NULL;
 }
 
-void rpc_faults_fill_defaults(struct rpc_faults *f)
+/* What zero means: a reorder range of 0-0 is the lab's 200-2200 ms. */
+static void fill_defaults(struct rpc_faults *f)
 {
     if (f->reorder > 0 && f->reorder_max_ms == 0) {
         f->reorder_min_ms = REORDER_DEFAULT_MIN;
@@ -67,7 +68,7 @@ int rpc_fault_set(struct rpc_fault_state *st,
         return 0;
     }
     st->f = *f;
-    rpc_faults_fill_defaults(&st->f);
+    fill_defaults(&st->f);
     st->rng = seed ? seed : 0x9E3779B97F4A7C15ull;
     st->active = rpc_faults_active(&st->f);
     return 0;

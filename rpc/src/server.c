@@ -646,6 +646,16 @@ int rpc_server_set_faults(struct rpc_server *s,
     return rpc_fault_set(&s->faults[i], f, seed);
 }
 
+const struct rpc_faults *rpc_server_faults(const struct rpc_server *s,
+                                           const char *service)
+{
+    size_t i;
+    if (!service || !find_service((struct rpc_server *)s, service, &i)) {
+        return NULL;
+    }
+    return s->faults[i].active ? &s->faults[i].f : NULL;
+}
+
 void rpc_server_get_fault_stats(const struct rpc_server *s,
                                 struct rpc_fault_stats *out)
 {

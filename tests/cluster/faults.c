@@ -78,7 +78,7 @@ struct world
     unsigned n_failures; /* messages printed */
     /* report */
     uint64_t ok, unknown, refused, errors;
-    uint64_t kills, pauses, partitions, fault_sets;
+    uint64_t kills, pauses, partitions;
     uint64_t inj_cut, inj_drop_req, inj_drop_rep, inj_delay, inj_dup,
         inj_reorder;
 };
@@ -139,6 +139,19 @@ static void count_injected(struct world *w,
     }
 }
 
+/* Add up what node i's rules in force did; returns clerk_fault's result. */
+static int read_counts(struct world *w, size_t i)
+{
+    struct clerk_fault *now = NULL;
+    size_t n = 0;
+    int rv = clerk_fault(w->admin, i, false, NULL, 0, 0, &now, &n);
+    if (rv == CLERK_OK) {
+        count_injected(w, now, n);
+        clerk_free(now);
+    }
+    return rv;
+}
+
 /* Give node i its rules for the current links (caller holds the lock). */
 static void apply_node(struct world *w, size_t i)
 {
@@ -161,19 +174,15 @@ static void apply_node(struct world *w, size_t i)
         }
         k++;
     }
-    struct clerk_fault *before = NULL;
-    size_t n_before = 0;
     /* A node just started may not listen yet: try for a while. */
     int rv = CLERK_UNAVAILABLE;
     for (int tries = 0; tries < 50 && rv == CLERK_UNAVAILABLE; tries++) {
         if (tries) {
             h_sleep_ms(100);
         }
-        rv = clerk_fault(w->admin, i, false, NULL, 0, 0, &before, &n_before);
+        rv = read_counts(w, i);
     }
     if (rv == CLERK_OK) {
-        count_injected(w, before, n_before);
-        clerk_free(before);
         rv = clerk_fault(w->admin, i, true, rules, k,
                          (uint64_t)rand_r(&w->rng) + 1, NULL, NULL);
     }
@@ -181,7 +190,6 @@ static void apply_node(struct world *w, size_t i)
         fail(w, "setting faults on node %zu: %s", i + 1,
              clerk_errmsg(w->admin));
     }
-    w->fault_sets++;
 }
 
 /* Make the links take effect everywhere (caller holds the lock). */
@@ -856,12 +864,7 @@ static void run_round(struct world *w, unsigned ms)
         /* Each client lists the servers from a different one, as users
          * do: first calls (reads included) land on every node. */
         char eps[1024];
-        size_t off = 0;
-        for (size_t k = 0; k < w->c.n; k++) {
-            const struct h_node *nd = &w->c.nodes[(i + k) % w->c.n];
-            off += (size_t)snprintf(eps + off, sizeof eps - off, "%s%s:%u",
-                                    k ? "," : "", nd->host, nd->port);
-        }
+        h_endpoints_of(&w->c, UINT32_MAX, i, eps, sizeof eps);
         if (clerk_open(&cl->ck, eps, &o) != CLERK_OK) {
             fail(w, "clerk_open");
             return;
@@ -978,18 +981,11 @@ static void run_one(const struct scenario *sc, unsigned variant)
     for (int i = 0; i < iterations && !w->failed; i++) {
         run_round(w, ms);
     }
-    /* Collect the counts of the rules still in force. */
-    pthread_mutex_lock(&w->lock);
-    all_links(w, true);
+    /* Collect the counts of the rules still in force (clients and the
+     * nemesis have stopped). */
     for (size_t i = 0; i < w->c.n; i++) {
-        struct clerk_fault *r = NULL;
-        size_t n = 0;
-        if (clerk_fault(w->admin, i, false, NULL, 0, 0, &r, &n) == CLERK_OK) {
-            count_injected(w, r, n);
-            clerk_free(r);
-        }
+        read_counts(w, i);
     }
-    pthread_mutex_unlock(&w->lock);
     double secs = 0;
     check_history(w, &secs);
     if (h_sanitizer_reports(&w->c)) {
@@ -1001,13 +997,14 @@ static void run_one(const struct scenario *sc, unsigned variant)
         " not applied; faults: %" PRIu64 " kills, %" PRIu64 " pauses, %" PRIu64
         " partitions, injected %" PRIu64 " cut calls, %" PRIu64
         " lost requests, %" PRIu64 " lost replies, %" PRIu64 " delays, %" PRIu64
+        " duplicates, %" PRIu64
         " reorders; history %zu ops checked in %.2f s: "
         "%s\n",
         sc->name, sc->servers, sc->clients, iterations, ms,
         (double)(now_ns() - t0) / 1e9, w->ok, w->unknown, w->refused, w->kills,
         w->pauses, w->partitions, w->inj_cut, w->inj_drop_req, w->inj_drop_rep,
-        w->inj_delay, w->inj_reorder, lc_history_size(w->hist), secs,
-        w->failed ? "FAILED" : "linearizable");
+        w->inj_delay, w->inj_dup, w->inj_reorder, lc_history_size(w->hist),
+        secs, w->failed ? "FAILED" : "linearizable");
     CU_ASSERT(!w->failed);
     if (w->failed) {
         char path[600];

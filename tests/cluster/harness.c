@@ -90,11 +90,24 @@ int h_cluster_start(struct h_cluster *c, size_t n, const char *extra)
 
 void h_endpoints(const struct h_cluster *c, char *out, size_t len)
 {
+    h_endpoints_of(c, UINT32_MAX, 0, out, len);
+}
+
+void h_endpoints_of(const struct h_cluster *c,
+                    uint32_t mask,
+                    size_t first,
+                    char *out,
+                    size_t len)
+{
     size_t off = 0;
     out[0] = 0;
-    for (size_t i = 0; i < c->n && off < len; i++) {
-        off += (size_t)snprintf(out + off, len - off, "%s%s:%u", i ? "," : "",
-                                c->nodes[i].host, c->nodes[i].port);
+    for (size_t k = 0; k < c->n && off < len; k++) {
+        size_t i = (first + k) % c->n;
+        if (mask & (1u << i)) {
+            off += (size_t)snprintf(out + off, len - off, "%s%s:%u",
+                                    off ? "," : "", c->nodes[i].host,
+                                    c->nodes[i].port);
+        }
     }
 }
 

@@ -59,6 +59,14 @@ int h_cluster_start_hosts(struct h_cluster *c,
 /** "HOST:PORT,HOST:PORT,..." of every node, for clerk_open. */
 void h_endpoints(const struct h_cluster *c, char *out, size_t len);
 
+/** The same for the nodes whose bit is set in mask (bit i: node i),
+ * listed from node first on, wrapping around. */
+void h_endpoints_of(const struct h_cluster *c,
+                    uint32_t mask,
+                    size_t first,
+                    char *out,
+                    size_t len);
+
 /** Stop every node (SIGKILL) and delete the temp dir unless c->keep. */
 void h_cluster_destroy(struct h_cluster *c);
 

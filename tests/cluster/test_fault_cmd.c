@@ -15,23 +15,6 @@
 
 #define ALL_NODES 0x7u /* bit i: node i (0-based) of a three-node cluster */
 
-/* "HOST:PORT,..." of the nodes whose bit is set in which. */
-static void some_endpoints(const struct h_cluster *c,
-                           uint32_t which,
-                           char *out,
-                           size_t len)
-{
-    size_t off = 0;
-    out[0] = 0;
-    for (size_t i = 0; i < c->n && off < len; i++) {
-        if (which & (1u << i)) {
-            off += (size_t)snprintf(out + off, len - off, "%s%s:%u",
-                                    off ? "," : "", c->nodes[i].host,
-                                    c->nodes[i].port);
-        }
-    }
-}
-
 /* Run kvctl against every node of c; capture standard output and standard
  * error together; return its exit status. */
 static int kvctl(const struct h_cluster *c,
@@ -59,7 +42,7 @@ static struct clerk *open_clerk(const struct h_cluster *c,
                                 unsigned attempt_ms)
 {
     char eps[512];
-    some_endpoints(c, which, eps, sizeof eps);
+    h_endpoints_of(c, which, 0, eps, sizeof eps);
     struct clerk_options o = {.deadline_ms = deadline_ms,
                               .attempt_ms = attempt_ms};
     struct clerk *ck = NULL;

@@ -139,19 +139,13 @@ static void scripted_stop(struct scripted *s)
     h_cluster_destroy(&s->c);
 }
 
-/* A handle on some nodes only (indexes, -1 terminated). */
+/* A handle on some nodes only (bit i: node i). */
 static struct clerk *clerk_on(struct scripted *s,
-                              const int *nodes,
+                              uint32_t nodes,
                               unsigned deadline_ms)
 {
     char eps[1024];
-    size_t off = 0;
-    eps[0] = 0;
-    for (const int *i = nodes; *i >= 0; i++) {
-        off += (size_t)snprintf(eps + off, sizeof eps - off, "%s%s:%u",
-                                off ? "," : "", s->c.nodes[*i].host,
-                                s->c.nodes[*i].port);
-    }
+    h_endpoints_of(&s->c, nodes, 0, eps, sizeof eps);
     struct clerk_options o = {.deadline_ms = deadline_ms, .attempt_ms = 500};
     struct clerk *ck = NULL;
     CU_ASSERT_FATAL(clerk_open(&ck, eps, &o) == CLERK_OK);
@@ -234,22 +228,22 @@ static void test_one_partition(void)
     put(s.all, "1", "13");
     int leader = h_find_leader(&s.c, 10000);
     CU_ASSERT_FATAL(leader >= 0);
-    int group[5], p1[4], p2[3], a = 0, b = 0;
-    p2[b++] = leader;
+    /* p2: the leader and one more, the minority; p1: the majority. */
+    int group[5];
+    uint32_t p1 = 0, p2 = 1u << leader;
     group[leader] = 2;
     for (int i = 0; i < 5; i++) {
         if (i == leader) {
             continue;
         }
-        if (b < 2) {
-            p2[b++] = i;
+        if (__builtin_popcount(p2) < 2) {
+            p2 |= 1u << i;
             group[i] = 2;
         } else {
-            p1[a++] = i;
+            p1 |= 1u << i;
             group[i] = 1;
         }
     }
-    p1[a] = p2[b] = -1;
     partition(&s, group);
     struct clerk *ckp1 = clerk_on(&s, p1, 15000);
     put(ckp1, "1", "14");
@@ -333,8 +327,7 @@ static void test_snapshot_rpc(void)
     check_value(s.all, "a", "A");
     int g1[3] = {0, 0, 1};
     partition(&s, g1);
-    int maj[] = {0, 1, -1};
-    struct clerk *ck1 = clerk_on(&s, maj, 15000);
+    struct clerk *ck1 = clerk_on(&s, 0x3, 15000); /* nodes 1 and 2 */
     for (int i = 0; i < 50; i++) {
         char k[16];
         snprintf(k, sizeof k, "%d", i);
@@ -349,8 +342,7 @@ static void test_snapshot_rpc(void)
 
     int g2[3] = {0, 1, 0};
     partition(&s, g2);
-    int maj2[] = {0, 2, -1};
-    struct clerk *ck2 = clerk_on(&s, maj2, 15000);
+    struct clerk *ck2 = clerk_on(&s, 0x5, 15000); /* nodes 1 and 3 */
     put(ck2, "c", "C");
     put(ck2, "d", "D");
     check_value(ck2, "a", "A");
@@ -535,8 +527,7 @@ static void test_crash_during_snapshot_transfer(void)
     }
     CU_ASSERT(caught_up);
     CU_ASSERT(st.snapshot_index > 0);
-    int only[] = {lag, -1};
-    struct clerk *ck = clerk_on(&s, only, 10000);
+    struct clerk *ck = clerk_on(&s, 1u << lag, 10000);
     clerk_set_read_mode(ck, CLERK_READ_STALE);
     for (int i = 0; i < 48; i++) {
         /* What the leader holds is the truth; the follower must agree. */

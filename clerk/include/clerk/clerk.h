@@ -182,7 +182,8 @@ int clerk_status(struct clerk *c, struct clerk_node_status **nodes, size_t *n);
 /* Fault injection, for fault-injection tests on a real cluster: what one
  * server does to its own traffic. Servers accept it only when started with
  * --enable-fault-injection. */
-#define CLERK_FAULT_CLIENTS 0 /* target: client calls arriving at the server */
+/* Target of a rule for client calls arriving at the server. */
+#define CLERK_FAULT_CLIENTS 0
 
 struct clerk_fault
 {

@@ -431,12 +431,12 @@ struct rpc_faults
 /* Counters of what injected faults did since they were last set. */
 struct rpc_fault_stats
 {
-    uint64_t cut;               /* calls refused for a cut link */
-    uint64_t dropped_requests;  /* requests lost */
-    uint64_t dropped_replies;   /* replies lost */
-    uint64_t delayed;           /* requests delayed */
-    uint64_t duplicated;        /* requests sent twice */
-    uint64_t reordered;         /* replies held back */
+    uint64_t cut;              /* calls refused for a cut link */
+    uint64_t dropped_requests; /* requests lost */
+    uint64_t dropped_replies;  /* replies lost */
+    uint64_t delayed;          /* requests delayed */
+    uint64_t duplicated;       /* requests sent twice */
+    uint64_t reordered;        /* replies held back */
 };
 
 /**
@@ -447,11 +447,6 @@ struct rpc_fault_stats
  *   ordered and at most RPC_FAULT_MAX_MS
  */
 bool rpc_faults_valid(const struct rpc_faults *f, char *why, size_t why_len);
-
-/**
- * Fill in what zero means: a reorder range of 0-0 is 200-2200 ms.
- */
-void rpc_faults_fill_defaults(struct rpc_faults *f);
 
 /**
  * Is anything injected?
@@ -486,6 +481,21 @@ int rpc_server_set_faults(struct rpc_server *s,
                           const char *service,
                           const struct rpc_faults *f,
                           uint64_t seed);
+
+/**
+ * The faults a channel injects now, with defaults filled in (a reorder
+ * range of 0-0 reads 200-2200 ms).
+ * @return the faults (owned by the channel), or NULL when it injects none
+ */
+const struct rpc_faults *rpc_channel_faults(const struct rpc_channel *ch);
+
+/**
+ * The faults a server injects into one service's requests now.
+ * @return the faults (owned by the server), or NULL when none or no such
+ *   service
+ */
+const struct rpc_faults *rpc_server_faults(const struct rpc_server *s,
+                                           const char *service);
 
 /** What faults this channel injected so far. */
 void rpc_channel_get_fault_stats(const struct rpc_channel *ch,
