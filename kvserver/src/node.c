@@ -85,6 +85,17 @@ static int entry_op(const struct raft_entry *e)
     return op;
 }
 
+/* Must this update be on disk before the node acts on it? Log entries,
+ * snapshot chunks, a term or a vote must: peers are told they are stored.
+ * Applied state and the commit index need not: both are rebuilt from the
+ * log after a crash. */
+static bool must_sync(const struct kv_node *n, const struct raft_update *u)
+{
+    return u->n_entries || u->n_chunks || u->install || u->truncate_from ||
+           (u->hs_changed &&
+            (u->hs.term != n->synced_term || u->hs.vote != n->synced_vote));
+}
+
 /* Write everything an update asks for in one transaction (one fsync). */
 static int persist(struct kv_node *n, const struct raft_update *u)
 {
@@ -92,6 +103,15 @@ static int persist(struct kv_node *n, const struct raft_update *u)
     MDB_txn *txn;
     uint64_t applied = n->applied, applied_term = n->applied_term;
     uint64_t snap_index = n->snap_index;
+    /* LMDB commits with two flushes: the data pages, then the meta page.
+     * MDB_NOMETASYNC leaves the meta page to the next commit's flush: the
+     * database stays intact, but a machine crash may undo this commit,
+     * which for an update that need not sync loses nothing. */
+    bool sync = must_sync(n, u);
+    if (sync == n->meta_async) {
+        mdb_env_set_flags(st->env, MDB_NOMETASYNC, sync ? 0 : 1);
+        n->meta_async = !sync;
+    }
     int rc = mdb_txn_begin(st->env, NULL, 0, &txn);
     if (rc) {
         return kv_store_fail(st, rc, "begin write");
@@ -168,14 +188,26 @@ static int persist(struct kv_node *n, const struct raft_update *u)
         clear_applied(n);
         return rv;
     }
+    /* The entries applied above are committed, so durable on a majority,
+     * and applying them is deterministic: their outcomes are final before
+     * this transaction is. Their clients hear now instead of after the
+     * fsync. If the commit fails, the retry applies them again to the same
+     * outcomes; after a crash, the log replays them. Linearizable reads
+     * still wait for the commit: they wait for n->applied, set below. */
+    client_answer_applied(n);
+    clear_applied(n);
+    rpc_server_flush(n->server);
     rc = mdb_txn_commit(txn);
     if (rc) {
-        clear_applied(n);
         return kv_store_fail(st, rc, "commit (fsync)");
     }
     n->applied = applied;
     n->applied_term = applied_term;
     n->snap_index = snap_index;
+    if (u->hs_changed) {
+        n->synced_term = u->hs.term;
+        n->synced_vote = u->hs.vote;
+    }
     return 0;
 }
 
@@ -461,6 +493,8 @@ static int restore(struct kv_node *n)
     }
     n->applied = m.applied;
     n->applied_term = m.applied_term;
+    n->synced_term = m.hs.term;
+    n->synced_vote = m.hs.vote;
     n->snap_index = m.snap_index;
     n->last_compact = m.snap_index;
 

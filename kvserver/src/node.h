@@ -116,6 +116,8 @@ struct kv_node
     uint64_t applied;                   /* state machine's applied index */
     uint64_t applied_term;              /* its term */
     uint64_t snap_index;                /* core snapshot index persisted */
+    uint64_t synced_term, synced_vote;  /* hard state last written */
+    bool meta_async;                    /* LMDB's MDB_NOMETASYNC is on */
     struct event *turn_ev;              /* runs a turn after the loop's I/O */
     struct event *tick_ev;              /* Raft timers */
     struct event *sweep_ev;             /* deadlines of client calls */

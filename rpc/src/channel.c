@@ -849,10 +849,7 @@ void rpc_channel_flush(struct rpc_channel *ch)
     if (ch->state != CH_CONNECTED || !ch->bev) {
         return;
     }
-    struct evbuffer *out = bufferevent_get_output(ch->bev);
-    if (evbuffer_get_length(out) > 0) {
-        evbuffer_write(out, bufferevent_getfd(ch->bev));
-    }
+    rpc_bev_flush(ch->bev);
 }
 
 size_t rpc_channel_pending(const struct rpc_channel *ch)

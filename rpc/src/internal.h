@@ -44,6 +44,11 @@ uint64_t rpc_now_ms(void);
 /* Set TCP_NODELAY (and close-on-exec) on a connected socket. */
 void rpc_tune_socket(int fd);
 
+/* Write a socket bufferevent's queued output now, as far as the socket
+ * takes it without blocking, instead of on the loop's next turn. */
+struct bufferevent;
+void rpc_bev_flush(struct bufferevent *bev);
+
 /* Fault injection state of a channel or of one served service. */
 struct rpc_fault_state
 {

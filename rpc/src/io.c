@@ -8,6 +8,7 @@
 #include <time.h>
 
 #include <event2/buffer.h>
+#include <event2/bufferevent.h>
 
 #include "internal.h"
 
@@ -75,6 +76,21 @@ int rpc_read_frames(struct evbuffer *in,
             return stop;
         }
     }
+}
+
+void rpc_bev_flush(struct bufferevent *bev)
+{
+    struct evbuffer *out = bufferevent_get_output(bev);
+    if (evbuffer_get_length(out) == 0) {
+        return;
+    }
+    /* A socket bufferevent freezes the start of its output buffer so that
+     * only its own write callback drains it; that callback unfreezes it
+     * around the write the same way. An error is left for that callback
+     * to meet and report. */
+    evbuffer_unfreeze(out, 1);
+    evbuffer_write(out, bufferevent_getfd(bev));
+    evbuffer_freeze(out, 1);
 }
 
 void rpc_format_addr(const struct sockaddr *sa, char *out, size_t len)

@@ -24,6 +24,8 @@ struct rpc_conn
     char peer[64];                /* "host:port" of the other end */
     int refs;                     /* the open connection + pending calls */
     bool read_paused;             /* reading stopped for output backlog */
+    bool dirty;                   /* on the server's list of unflushed */
+    struct rpc_conn *dirty_next;  /* that list (holds a reference) */
     struct rpc_conn *prev, *next; /* server's list of open connections */
 };
 
@@ -66,6 +68,7 @@ struct rpc_server
     char errmsg[256];                  /* last failure's context */
     struct rpc_fault_state *faults;    /* per service, injected faults */
     struct held *held;                 /* requests and replies held back */
+    struct rpc_conn *dirty;            /* replies queued since last flush */
 };
 
 static void list_remove(struct rpc_conn **head, struct rpc_conn *c)
@@ -138,6 +141,32 @@ static void check_output(struct rpc_conn *c)
     }
 }
 
+/* Remember that @c has replies queued, for rpc_server_flush. */
+static void mark_dirty(struct rpc_conn *c)
+{
+    if (!c->dirty) {
+        c->dirty = true;
+        c->refs++;
+        c->dirty_next = c->server->dirty;
+        c->server->dirty = c;
+    }
+}
+
+void rpc_server_flush(struct rpc_server *s)
+{
+    struct rpc_conn *c = s->dirty;
+    s->dirty = NULL;
+    while (c) {
+        struct rpc_conn *next = c->dirty_next;
+        c->dirty = false;
+        if (c->bev) {
+            rpc_bev_flush(c->bev);
+        }
+        conn_unref(c);
+        c = next;
+    }
+}
+
 /* Send a reply frame (args NULL and status non-zero for an error). */
 static void send_reply(struct rpc_conn *c,
                        uint64_t call_id,
@@ -173,6 +202,7 @@ static void send_reply(struct rpc_conn *c,
         s->stats.error_replies++;
     }
     if (!hold) {
+        mark_dirty(c);
         check_output(c);
     }
 }
@@ -401,6 +431,7 @@ static void on_held(evutil_socket_t fd, short what, void *arg)
     if (c->bev && c->server) {
         if (h->reply) {
             evbuffer_add_buffer(bufferevent_get_output(c->bev), h->reply);
+            mark_dirty(c);
             check_output(c);
         } else {
             start_call(c, h->svc, h->index, h->input, h->call_id, &h->fc);
@@ -534,6 +565,12 @@ void rpc_server_free(struct rpc_server *s)
         evconnlistener_free(s->listeners[i]);
     }
     free(s->listeners);
+    while (s->dirty) {
+        struct rpc_conn *c = s->dirty;
+        s->dirty = c->dirty_next;
+        c->dirty = false;
+        conn_unref(c);
+    }
     while (s->held) {
         struct held *h = s->held;
         held_unlink(h);

@@ -275,6 +275,15 @@ int rpc_server_adopt(struct rpc_server *s, int fd, const char *peer);
 const char *rpc_server_errmsg(const struct rpc_server *s);
 
 /**
+ * Write the replies queued since the last call to their sockets now, as far
+ * as each socket takes them without blocking; the rest leaves when the loop
+ * runs. A caller about to block (on an fsync) uses this so that replies it
+ * has already decided do not wait for it.
+ * @param s the server
+ */
+void rpc_server_flush(struct rpc_server *s);
+
+/**
  * Read the server's counters.
  * @param s the server
  * @param out filled with a copy
