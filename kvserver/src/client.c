@@ -285,8 +285,10 @@ static void serve_get(struct kv_node *n,
                       ProtobufCClosure closure,
                       void *data)
 {
-    MDB_txn *txn;
-    int rc = mdb_txn_begin(n->store.env, NULL, MDB_RDONLY, &txn);
+    /* The state transaction holds what was applied since the last state
+     * commit; without one open, the last commit is the applied state. */
+    MDB_txn *txn = n->state_txn;
+    int rc = txn ? 0 : mdb_txn_begin(n->store.env, NULL, MDB_RDONLY, &txn);
     if (rc) {
         reply_get(n, closure, data, RAFTKV__KV_ERROR__KV_INTERNAL, NULL, 0, 0,
                   mdb_strerror(rc));
@@ -304,7 +306,9 @@ static void serve_get(struct kv_node *n,
         reply_get(n, closure, data, RAFTKV__KV_ERROR__KV_INTERNAL, NULL, 0, 0,
                   mdb_strerror(rc));
     }
-    mdb_txn_abort(txn);
+    if (txn != n->state_txn) {
+        mdb_txn_abort(txn);
+    }
 }
 
 static void read_remove(struct kv_node *n, struct kv_pending_read *r)

@@ -32,6 +32,10 @@ static const char usage_text[] =
     "  --snapshot-trailing N    entries kept behind a compaction, so a\n"
     "                           slightly lagging follower needs no snapshot\n"
     "                           (default 1000)\n"
+    "  --state-commit-ms MS     commit the applied state to LMDB at least\n"
+    "                           this often (default 20); the log holds\n"
+    "                           every committed write meanwhile\n"
+    "  --wal-segment-mb N       size of one log segment file (default 64)\n"
     "  --max-sessions N         clients remembered for exactly-once writes;\n"
     "                           the least recently writing is forgotten first\n"
     "                           (default 100000)\n"
@@ -128,6 +132,8 @@ int main(int argc, char **argv)
         .snapshot_entries = 10000,
         .snapshot_trailing = 1000,
         .max_sessions = KV_DEFAULT_MAX_SESSIONS,
+        .state_commit_ms = 20,
+        .wal_segment_bytes = KV_WAL_SEGMENT_BYTES,
     };
     const char *cluster = NULL;
     int level = RPC_LOG_INFO;
@@ -142,6 +148,8 @@ int main(int argc, char **argv)
         {"snapshot-entries", required_argument, NULL, 'S'},
         {"snapshot-trailing", required_argument, NULL, 't'},
         {"max-sessions", required_argument, NULL, 'm'},
+        {"state-commit-ms", required_argument, NULL, 'C'},
+        {"wal-segment-mb", required_argument, NULL, 'W'},
         {"log-level", required_argument, NULL, 'l'},
         {"enable-fault-injection", no_argument, NULL, 'F'},
         {"help", no_argument, NULL, 'h'},
@@ -180,6 +188,14 @@ int main(int argc, char **argv)
             case 't':
                 c.snapshot_trailing =
                     parse_u64("--snapshot-trailing", optarg, 0, UINT32_MAX);
+                break;
+            case 'C':
+                c.state_commit_ms =
+                    (unsigned)parse_u64("--state-commit-ms", optarg, 1, 60000);
+                break;
+            case 'W':
+                c.wal_segment_bytes =
+                    parse_u64("--wal-segment-mb", optarg, 1, 4096) << 20;
                 break;
             case 'm':
                 c.max_sessions =

@@ -43,194 +43,6 @@ void node_schedule_turn(struct kv_node *n)
     }
 }
 
-/* Remember one applied client entry's outcome for this turn's replies. */
-static int note_applied(struct kv_node *n,
-                        const struct raft_entry *e,
-                        int op,
-                        struct kv_outcome *o)
-{
-    if (n->n_done == n->cap_done) {
-        size_t cap = n->cap_done ? n->cap_done * 2 : 64;
-        struct kv_applied *d = realloc(n->done, cap * sizeof *d);
-        if (!d) {
-            return KV_STORE_ENOMEM;
-        }
-        n->done = d;
-        n->cap_done = cap;
-    }
-    struct kv_applied *a = &n->done[n->n_done++];
-    a->index = e->index;
-    a->term = e->term;
-    a->op = op;
-    a->outcome = *o;
-    return 0;
-}
-
-static void clear_applied(struct kv_node *n)
-{
-    for (size_t i = 0; i < n->n_done; i++) {
-        kv_outcome_clear(&n->done[i].outcome);
-    }
-    n->n_done = 0;
-}
-
-/* Which client op an entry holds (for replies), without keeping it. */
-static int entry_op(const struct raft_entry *e)
-{
-    Raftkv__Command *c = raftkv__command__unpack(NULL, e->len, e->data);
-    int op = c ? (int)c->op_case : 0;
-    if (c) {
-        raftkv__command__free_unpacked(c, NULL);
-    }
-    return op;
-}
-
-/* Must this update be on disk before the node acts on it? Log entries,
- * snapshot chunks, a term or a vote must: peers are told they are stored.
- * Applied state and the commit index need not: both are rebuilt from the
- * log after a crash. */
-static bool must_sync(const struct kv_node *n, const struct raft_update *u)
-{
-    return u->n_entries || u->n_chunks || u->install || u->truncate_from ||
-           (u->hs_changed &&
-            (u->hs.term != n->synced_term || u->hs.vote != n->synced_vote));
-}
-
-/* Write everything an update asks for in one transaction (one fsync). */
-static int persist(struct kv_node *n, const struct raft_update *u)
-{
-    struct kv_store *st = &n->store;
-    MDB_txn *txn;
-    uint64_t applied = n->applied, applied_term = n->applied_term;
-    uint64_t snap_index = n->snap_index;
-    /* LMDB commits with two flushes: the data pages, then the meta page.
-     * MDB_NOMETASYNC leaves the meta page to the next commit's flush: the
-     * database stays intact, but a machine crash may undo this commit,
-     * which for an update that need not sync loses nothing. */
-    bool sync = must_sync(n, u);
-    if (sync == n->meta_async) {
-        mdb_env_set_flags(st->env, MDB_NOMETASYNC, sync ? 0 : 1);
-        n->meta_async = !sync;
-    }
-    int rc = mdb_txn_begin(st->env, NULL, 0, &txn);
-    if (rc) {
-        return kv_store_fail(st, rc, "begin write");
-    }
-    int rv = 0;
-    for (size_t i = 0; i < u->n_chunks && !rv; i++) {
-        const struct raft_snapshot_chunk *c = &u->chunks[i];
-        rv = snap_stage(st, txn, c->offset, c->data, c->len);
-    }
-    if (!rv && u->install) {
-        rv = snap_install(st, txn, &applied, &applied_term);
-        if (!rv && applied < u->install_index) {
-            /* The stream is at least as new as the core's snapshot. */
-            snprintf(st->errmsg, sizeof st->errmsg,
-                     "%s: received snapshot holds index %llu, older than "
-                     "the %llu it was sent for",
-                     st->dir, (unsigned long long)applied,
-                     (unsigned long long)u->install_index);
-            rv = KV_STORE_ECORRUPT;
-        }
-        if (!rv) {
-            rv = kv_store_compact_upto(st, txn, u->install_index);
-        }
-        if (!rv) {
-            snap_index = u->install_index;
-            rv = kv_store_put_meta(st, txn, "snap_index", u->install_index);
-        }
-        if (!rv) {
-            rv = kv_store_put_meta(st, txn, "snap_term", u->install_term);
-        }
-    }
-    if (!rv && u->truncate_from) {
-        rv = kv_store_truncate_from(st, txn, u->truncate_from);
-    }
-    if (!rv && u->n_entries) {
-        rv = kv_store_append(st, txn, u->entries, u->n_entries);
-    }
-    if (!rv && u->hs_changed) {
-        rv = kv_store_put_meta(st, txn, "term", u->hs.term);
-        if (!rv) {
-            rv = kv_store_put_meta(st, txn, "vote", u->hs.vote);
-        }
-        if (!rv) {
-            rv = kv_store_put_meta(st, txn, "commit", u->hs.commit);
-        }
-    }
-    for (size_t i = 0; i < u->n_committed && !rv; i++) {
-        const struct raft_entry *e = &u->committed[i];
-        if (e->index <= applied) {
-            continue; /* already in the state (restart or snapshot) */
-        }
-        if (e->type == RAFT_ENTRY_NORMAL) {
-            struct kv_outcome o;
-            rv = kv_sm_apply(st, txn, e->index, e->data, e->len,
-                             n->cfg.max_sessions, &o);
-            if (!rv) {
-                rv = note_applied(n, e, entry_op(e), &o);
-                if (rv) {
-                    kv_outcome_clear(&o);
-                }
-            }
-        }
-        applied = e->index;
-        applied_term = e->term;
-    }
-    if (!rv && (applied != n->applied || applied_term != n->applied_term)) {
-        rv = kv_store_put_meta(st, txn, "applied", applied);
-        if (!rv) {
-            rv = kv_store_put_meta(st, txn, "applied_term", applied_term);
-        }
-    }
-    if (rv) {
-        mdb_txn_abort(txn);
-        clear_applied(n);
-        return rv;
-    }
-    /* The entries applied above are committed, so durable on a majority,
-     * and applying them is deterministic: their outcomes are final before
-     * this transaction is. Their clients hear now instead of after the
-     * fsync. If the commit fails, the retry applies them again to the same
-     * outcomes; after a crash, the log replays them. Linearizable reads
-     * still wait for the commit: they wait for n->applied, set below. */
-    client_answer_applied(n);
-    clear_applied(n);
-    rpc_server_flush(n->server);
-    rc = mdb_txn_commit(txn);
-    if (rc) {
-        return kv_store_fail(st, rc, "commit (fsync)");
-    }
-    n->applied = applied;
-    n->applied_term = applied_term;
-    n->snap_index = snap_index;
-    if (u->hs_changed) {
-        n->synced_term = u->hs.term;
-        n->synced_vote = u->hs.vote;
-    }
-    return 0;
-}
-
-/* Persist, growing the map as needed. */
-static int persist_growing(struct kv_node *n, const struct raft_update *u)
-{
-    for (int tries = 0; tries < 16; tries++) {
-        int rv = persist(n, u);
-        if (rv != KV_STORE_EMAPFULL) {
-            return rv;
-        }
-        /* Resizing needs every read transaction closed. */
-        peer_close_streams(n);
-        rv = kv_store_grow(&n->store);
-        if (rv) {
-            return rv;
-        }
-        rpc_logf(RPC_LOG_INFO, "node %llu: LMDB map grown to %zu MiB",
-                 (unsigned long long)n->cfg.id, n->store.map_size >> 20);
-    }
-    return KV_STORE_EMAPFULL;
-}
-
 /* Everything after the write: messages, client answers, advance. */
 static void finish_update(struct kv_node *n, struct raft_update *u)
 {
@@ -243,7 +55,7 @@ static void finish_update(struct kv_node *n, struct raft_update *u)
         }
     }
     client_answer_applied(n);
-    clear_applied(n);
+    node_clear_applied(n);
     client_answer_reads(n, u->reads, u->n_reads);
     client_serve_ready_reads(n);
     if (u->role_changed) {
@@ -252,51 +64,6 @@ static void finish_update(struct kv_node *n, struct raft_update *u)
                  (unsigned long long)u->term, (unsigned long long)u->leader);
     }
     raft_advance(n->raft, u);
-}
-
-/* Compact the log once it holds more than the threshold. */
-static void maybe_compact(struct kv_node *n)
-{
-    uint64_t last = raft_last_index(n->raft);
-    uint64_t first = raft_first_index(n->raft);
-    if (n->applied < n->last_compact + n->cfg.snapshot_entries ||
-        last - first + 1 <= n->cfg.snapshot_entries) {
-        return;
-    }
-    uint64_t index = n->applied, term;
-    if (index > raft_commit_index(n->raft)) {
-        index = raft_commit_index(n->raft);
-    }
-    if (raft_entry_term(n->raft, index, &term) != 0 ||
-        raft_snapshot_taken(n->raft, index, term) != 0) {
-        return;
-    }
-    uint64_t upto =
-        index > n->cfg.snapshot_trailing ? index - n->cfg.snapshot_trailing : 0;
-    MDB_txn *txn;
-    struct kv_store *st = &n->store;
-    if (mdb_txn_begin(st->env, NULL, 0, &txn) != 0) {
-        return;
-    }
-    int rv = kv_store_compact_upto(st, txn, upto);
-    if (!rv) {
-        rv = kv_store_put_meta(st, txn, "snap_index", index);
-    }
-    if (!rv) {
-        rv = kv_store_put_meta(st, txn, "snap_term", term);
-    }
-    if (rv || mdb_txn_commit(txn) != 0) {
-        if (rv) {
-            mdb_txn_abort(txn);
-        }
-        rpc_logf(RPC_LOG_WARN, "node %llu: log compaction failed: %s",
-                 (unsigned long long)n->cfg.id, st->errmsg);
-        return;
-    }
-    n->snap_index = index;
-    n->last_compact = index;
-    rpc_logf(RPC_LOG_DEBUG, "node %llu: compacted the log up to %llu",
-             (unsigned long long)n->cfg.id, (unsigned long long)upto);
 }
 
 static void arm_tick(struct kv_node *n)
@@ -354,7 +121,7 @@ static void run_turn(struct kv_node *n)
         for (size_t i = 0; i < n->n_peers; i++) {
             rpc_channel_flush(n->peers[i].ch);
         }
-        int rv = persist_growing(n, &u);
+        int rv = node_persist_growing(n, &u);
         if (rv == KV_STORE_ECORRUPT) {
             stop_for_corruption(n);
             return;
@@ -365,7 +132,7 @@ static void run_turn(struct kv_node *n)
         }
         finish_update(n, &u);
     }
-    maybe_compact(n);
+    node_maybe_compact(n);
     arm_tick(n);
 }
 
@@ -395,7 +162,7 @@ static void on_retry(evutil_socket_t fd, short what, void *arg)
     if (!n->frozen) {
         return;
     }
-    int rv = persist_growing(n, &n->held);
+    int rv = node_persist_growing(n, &n->held);
     if (rv == KV_STORE_ECORRUPT) {
         stop_for_corruption(n);
         return;
@@ -411,6 +178,16 @@ static void on_retry(evutil_socket_t fd, short what, void *arg)
     n->disk_full = false;
     finish_update(n, &n->held);
     run_turn(n);
+}
+
+static void on_state_due(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    struct kv_node *n = arg;
+    if (!n->frozen && !n->stopping) {
+        node_state_due(n);
+    }
 }
 
 static void on_sweep(evutil_socket_t fd, short what, void *arg)
@@ -459,108 +236,6 @@ static uint64_t cluster_id_of(const struct kv_node_config *c)
     return h ? h : 1;
 }
 
-/* Open the store and restore the core from it. */
-static int restore(struct kv_node *n)
-{
-    struct kv_store *st = &n->store;
-    int rv = kv_store_open(st, n->cfg.data_dir, n->cfg.map_size);
-    if (rv) {
-        fprintf(stderr, "kvserver: %s\n", st->errmsg);
-        return -1;
-    }
-    rv = kv_store_claim(st, n->cluster_id, n->cfg.id);
-    if (rv) {
-        fprintf(stderr, "kvserver: %s\n", st->errmsg);
-        return -1;
-    }
-    MDB_txn *txn;
-    if (mdb_txn_begin(st->env, NULL, MDB_RDONLY, &txn) != 0) {
-        fprintf(stderr, "kvserver: %s: cannot read\n", n->cfg.data_dir);
-        return -1;
-    }
-    struct kv_meta m;
-    struct raft_entry *entries = NULL;
-    size_t n_entries = 0;
-    void *blob = NULL;
-    rv = kv_store_read_meta(st, txn, &m);
-    if (!rv) {
-        rv = kv_store_load_log(st, txn, &entries, &n_entries, &blob);
-    }
-    mdb_txn_abort(txn);
-    if (rv) {
-        fprintf(stderr, "kvserver: %s\n", st->errmsg);
-        return -1;
-    }
-    n->applied = m.applied;
-    n->applied_term = m.applied_term;
-    n->synced_term = m.hs.term;
-    n->synced_vote = m.hs.vote;
-    n->snap_index = m.snap_index;
-    n->last_compact = m.snap_index;
-
-    uint64_t voters[KV_MAX_NODES];
-    memcpy(voters, n->cfg.ids, n->cfg.n_nodes * sizeof voters[0]);
-    struct raft_config rc = {
-        .id = n->cfg.id,
-        .voters = voters,
-        .n_voters = n->cfg.n_nodes,
-        .heartbeat_ms = n->cfg.heartbeat_ms,
-        .election_ms = n->cfg.election_ms,
-        .seed = n->cfg.seed,
-        .start_ms = node_now_ms(),
-        .pre_vote = true,
-        .check_quorum = true,
-        .max_append_bytes = 1u << 20,
-        .max_inflight = 64,
-        .max_uncommitted_bytes = 64u << 20,
-        .snapshot_chunk_bytes = 1u << 20,
-        .snapshot_trailing = n->cfg.snapshot_trailing,
-    };
-    n->raft = raft_new(&rc);
-    if (!n->raft) {
-        fprintf(stderr, "kvserver: invalid Raft configuration\n");
-        free(entries);
-        free(blob);
-        return -1;
-    }
-    /* Entries at or below the snapshot that the log still holds are kept
-     * for the core; the state machine may be ahead of the core's commit
-     * (after a snapshot install), so the core's applied is clamped. */
-    uint64_t applied = m.applied;
-    if (applied > m.hs.commit) {
-        applied = m.hs.commit;
-    }
-    if (applied < m.snap_index) {
-        applied = m.snap_index;
-    }
-    struct raft_persisted p = {
-        .hs = m.hs,
-        .snap_index = m.snap_index,
-        .snap_term = m.snap_term,
-        .applied = applied,
-        .entries = entries,
-        .n_entries = n_entries,
-    };
-    if (p.hs.commit < m.snap_index) {
-        p.hs.commit = m.snap_index;
-    }
-    rv = raft_restore(n->raft, &p);
-    free(entries);
-    free(blob);
-    if (rv) {
-        fprintf(stderr, "kvserver: %s: cannot restore Raft state: %s\n",
-                n->cfg.data_dir, raft_errmsg(n->raft));
-        return -1;
-    }
-    rpc_logf(RPC_LOG_INFO,
-             "node %llu: restored term %llu, commit %llu, applied %llu, "
-             "snapshot %llu, %zu log entries",
-             (unsigned long long)n->cfg.id, (unsigned long long)m.hs.term,
-             (unsigned long long)m.hs.commit, (unsigned long long)m.applied,
-             (unsigned long long)m.snap_index, n_entries);
-    return 0;
-}
-
 static void node_free(struct kv_node *n)
 {
     client_fail_all(n, RAFTKV__KV_ERROR__KV_SHUTTING_DOWN,
@@ -576,11 +251,21 @@ static void node_free(struct kv_node *n)
         raft_advance(n->raft, &n->held);
     }
     raft_free(n->raft);
+    if (n->state_txn && node_state_commit(n, true) != 0) {
+        rpc_logf(RPC_LOG_WARN,
+                 "node %llu: applied state not saved at shutdown (%s); the "
+                 "log replays it at the next start",
+                 (unsigned long long)n->cfg.id, n->store.errmsg);
+    }
     kv_store_close(&n->store);
-    clear_applied(n);
+    if (n->wal.dir[0]) {
+        kv_wal_close(&n->wal);
+    }
+    node_clear_applied(n);
     free(n->done);
     struct event *evs[] = {n->turn_ev,  n->tick_ev,  n->sweep_ev,
-                           n->retry_ev, n->sig_term, n->sig_int};
+                           n->retry_ev, n->state_ev, n->sig_term,
+                           n->sig_int};
     for (size_t i = 0; i < sizeof evs / sizeof evs[0]; i++) {
         if (evs[i]) {
             event_free(evs[i]);
@@ -612,7 +297,7 @@ int kv_node_run(const struct kv_node_config *cfg)
         fprintf(stderr, "kvserver: cannot create the event loop\n");
         goto out;
     }
-    if (restore(n) != 0) {
+    if (node_restore(n) != 0) {
         goto out;
     }
     n->server = rpc_server_new(n->base, NULL);
@@ -658,10 +343,11 @@ int kv_node_run(const struct kv_node_config *cfg)
     n->tick_ev = evtimer_new(n->base, on_tick, n);
     n->sweep_ev = event_new(n->base, -1, EV_PERSIST, on_sweep, n);
     n->retry_ev = evtimer_new(n->base, on_retry, n);
+    n->state_ev = evtimer_new(n->base, on_state_due, n);
     n->sig_term = evsignal_new(n->base, SIGTERM, on_signal, n);
     n->sig_int = evsignal_new(n->base, SIGINT, on_signal, n);
     if (!n->turn_ev || !n->tick_ev || !n->sweep_ev || !n->retry_ev ||
-        !n->sig_term || !n->sig_int) {
+        !n->state_ev || !n->sig_term || !n->sig_int) {
         goto out;
     }
     event_priority_set(n->turn_ev, 2);

@@ -15,6 +15,7 @@
 #include "sm.h"
 #include "snap.h"
 #include "store.h"
+#include "wal.h"
 
 #define KV_MAX_NODES 9
 #define KV_MAX_VALUE (4u << 20) /* largest value a client may write */
@@ -39,6 +40,8 @@ struct kv_node_config
     size_t max_sessions;           /* bound of the session table */
     size_t map_size;               /* initial LMDB map size */
     uint64_t seed;                 /* randomness for the Raft core */
+    unsigned state_commit_ms;      /* applied state committed this often */
+    uint64_t wal_segment_bytes;    /* log segment rollover size */
     bool fault_injection;          /* AdminService.Fault allowed */
 };
 
@@ -116,8 +119,16 @@ struct kv_node
     uint64_t applied;                   /* state machine's applied index */
     uint64_t applied_term;              /* its term */
     uint64_t snap_index;                /* core snapshot index persisted */
-    uint64_t synced_term, synced_vote;  /* hard state last written */
+    struct kv_wal wal;                  /* the Raft log and hard state */
+    MDB_txn *state_txn;                 /* applies since the last commit */
+    size_t state_ops, state_bytes;      /* entries applied in it, bytes */
+    uint64_t durable_applied;           /* applied index of the last commit */
+    uint64_t durable_term;              /* its term */
+    uint64_t handed;                    /* last committed index handed out */
+    bool state_synced;                  /* last commit fully synced */
     bool meta_async;                    /* LMDB's MDB_NOMETASYNC is on */
+    uint64_t state_commits;             /* state commits so far */
+    struct event *state_ev;             /* commits the state when due */
     struct event *turn_ev;              /* runs a turn after the loop's I/O */
     struct event *tick_ev;              /* Raft timers */
     struct event *sweep_ev;             /* deadlines of client calls */
@@ -152,6 +163,15 @@ void node_schedule_turn(struct kv_node *n);
 void node_clock(struct kv_node *n);
 uint64_t node_now_ms(void);
 const char *node_peer_addr(struct kv_node *n, uint64_t id);
+
+/* persist.c: the log (wal.c) and the applied state (LMDB) on disk */
+int node_restore(struct kv_node *n);
+int node_persist(struct kv_node *n, const struct raft_update *u);
+int node_persist_growing(struct kv_node *n, const struct raft_update *u);
+int node_state_commit(struct kv_node *n, bool full);
+void node_state_due(struct kv_node *n);
+void node_maybe_compact(struct kv_node *n);
+void node_clear_applied(struct kv_node *n);
 
 /* peer.c: Raft RPCs in both directions */
 void peer_service_init(struct kv_node *n);

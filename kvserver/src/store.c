@@ -112,7 +112,6 @@ int kv_store_open(struct kv_store *st, const char *dir, size_t map_size)
         MDB_dbi *dbi;
     } dbs[] = {
         {"meta", &st->meta},
-        {"log", &st->log},
         {"kv", &st->kv},
         {"sessions", &st->sessions},
         {"session_age", &st->session_age},
@@ -138,9 +137,14 @@ int kv_store_open(struct kv_store *st, const char *dir, size_t map_size)
         if (format != KV_STORE_FORMAT) {
             mdb_txn_abort(txn);
             snprintf(st->errmsg, sizeof st->errmsg,
-                     "data directory %s: unknown format %llu (this kvserver "
-                     "reads format %d)",
-                     dir, (unsigned long long)format, KV_STORE_FORMAT);
+                     "data directory %s: format %llu, this kvserver reads "
+                     "format %d%s",
+                     dir, (unsigned long long)format, KV_STORE_FORMAT,
+                     format < KV_STORE_FORMAT
+                         ? " (an older layout, with the log in LMDB); wipe "
+                           "the directory and restart the node: it catches "
+                           "up from the others"
+                         : "");
             mdb_env_close(st->env);
             st->env = NULL;
             return KV_STORE_ECORRUPT;
@@ -216,13 +220,8 @@ int kv_store_read_meta(struct kv_store *st, MDB_txn *txn, struct kv_meta *m)
     } fields[] = {
         {"cluster", &m->cluster_id},
         {"node", &m->node_id},
-        {"term", &m->hs.term},
-        {"vote", &m->hs.vote},
-        {"commit", &m->hs.commit},
         {"applied", &m->applied},
         {"applied_term", &m->applied_term},
-        {"snap_index", &m->snap_index},
-        {"snap_term", &m->snap_term},
     };
     for (size_t i = 0; i < sizeof fields / sizeof fields[0]; i++) {
         int rv = get_meta(st, txn, fields[i].name, fields[i].out);
@@ -276,153 +275,6 @@ int kv_store_claim(struct kv_store *st, uint64_t cluster_id, uint64_t node_id)
         return KV_STORE_EIDENTITY;
     }
     return 0;
-}
-
-int kv_store_load_log(struct kv_store *st,
-                      MDB_txn *txn,
-                      struct raft_entry **entries,
-                      size_t *n,
-                      void **blob)
-{
-    MDB_stat stat;
-    int rc = mdb_stat(txn, st->log, &stat);
-    if (rc) {
-        return kv_store_fail(st, rc, "stat log");
-    }
-    *entries = NULL;
-    *n = 0;
-    *blob = NULL;
-    if (stat.ms_entries == 0) {
-        return 0;
-    }
-    MDB_cursor *cur;
-    rc = mdb_cursor_open(txn, st->log, &cur);
-    if (rc) {
-        return kv_store_fail(st, rc, "open log cursor");
-    }
-    /* First pass: sizes. */
-    size_t count = 0, bytes = 0;
-    MDB_val k, v;
-    for (rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST); rc == 0;
-         rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
-        if (k.mv_size != 8 || v.mv_size < LOG_HEADER) {
-            mdb_cursor_close(cur);
-            snprintf(st->errmsg, sizeof st->errmsg,
-                     "%s: log record %zu is damaged (key %zu bytes, value "
-                     "%zu bytes)",
-                     st->dir, count + 1, k.mv_size, v.mv_size);
-            return KV_STORE_ECORRUPT;
-        }
-        count++;
-        bytes += v.mv_size - LOG_HEADER;
-    }
-    struct raft_entry *e = calloc(count, sizeof *e);
-    uint8_t *data = malloc(bytes ? bytes : 1);
-    if (!e || !data) {
-        free(e);
-        free(data);
-        mdb_cursor_close(cur);
-        return KV_STORE_ENOMEM;
-    }
-    size_t i = 0, off = 0;
-    for (rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST); rc == 0 && i < count;
-         rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT), i++) {
-        const uint8_t *p = v.mv_data;
-        e[i].index = kv_get_u64(k.mv_data);
-        e[i].term = kv_get_u64(p);
-        e[i].type =
-            p[8] == RAFT_ENTRY_NOOP ? RAFT_ENTRY_NOOP : RAFT_ENTRY_NORMAL;
-        e[i].len = v.mv_size - LOG_HEADER;
-        e[i].data = e[i].len ? data + off : NULL;
-        memcpy(data + off, p + LOG_HEADER, e[i].len);
-        off += e[i].len;
-        if (i > 0 && e[i].index != e[i - 1].index + 1) {
-            mdb_cursor_close(cur);
-            snprintf(st->errmsg, sizeof st->errmsg,
-                     "%s: the log has a gap between index %llu and %llu",
-                     st->dir, (unsigned long long)e[i - 1].index,
-                     (unsigned long long)e[i].index);
-            free(e);
-            free(data);
-            return KV_STORE_ECORRUPT;
-        }
-    }
-    mdb_cursor_close(cur);
-    *entries = e;
-    *n = count;
-    *blob = data;
-    return 0;
-}
-
-int kv_store_append(struct kv_store *st,
-                    MDB_txn *txn,
-                    const struct raft_entry *entries,
-                    size_t n)
-{
-    for (size_t i = 0; i < n; i++) {
-        uint8_t key[8];
-        kv_put_u64(key, entries[i].index);
-        MDB_val k = {8, key}, v = {LOG_HEADER + entries[i].len, NULL};
-        int rc = mdb_put(txn, st->log, &k, &v, MDB_RESERVE);
-        if (rc) {
-            return kv_store_fail(st, rc, "append to the log");
-        }
-        uint8_t *p = v.mv_data;
-        kv_put_u64(p, entries[i].term);
-        p[8] = (uint8_t)entries[i].type;
-        if (entries[i].len) {
-            memcpy(p + LOG_HEADER, entries[i].data, entries[i].len);
-        }
-    }
-    return 0;
-}
-
-/* Delete the log entries in [lo, hi]. */
-static int delete_range(struct kv_store *st,
-                        MDB_txn *txn,
-                        uint64_t lo,
-                        uint64_t hi)
-{
-    MDB_cursor *cur;
-    int rc = mdb_cursor_open(txn, st->log, &cur);
-    if (rc) {
-        return kv_store_fail(st, rc, "open log cursor");
-    }
-    uint8_t key[8];
-    kv_put_u64(key, lo);
-    MDB_val k = {8, key}, v;
-    rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
-    while (rc == 0 && kv_get_u64(k.mv_data) <= hi) {
-        rc = mdb_cursor_del(cur, 0);
-        if (rc) {
-            break;
-        }
-        rc = mdb_cursor_get(cur, &k, &v, MDB_GET_CURRENT);
-        if (rc == EINVAL) { /* deleted the last record */
-            rc = MDB_NOTFOUND;
-        }
-    }
-    mdb_cursor_close(cur);
-    if (rc && rc != MDB_NOTFOUND) {
-        return kv_store_fail(st, rc, "delete log entries");
-    }
-    return 0;
-}
-
-int kv_store_truncate_from(struct kv_store *st, MDB_txn *txn, uint64_t from)
-{
-    return delete_range(st, txn, from, UINT64_MAX);
-}
-
-int kv_store_compact_upto(struct kv_store *st, MDB_txn *txn, uint64_t upto)
-{
-    return upto ? delete_range(st, txn, 0, upto) : 0;
-}
-
-size_t kv_store_log_count(struct kv_store *st, MDB_txn *txn)
-{
-    MDB_stat stat;
-    return mdb_stat(txn, st->log, &stat) == 0 ? stat.ms_entries : 0;
 }
 
 int kv_store_grow(struct kv_store *st)

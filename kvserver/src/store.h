@@ -10,7 +10,7 @@
 
 #include <raft/raft.h>
 
-#define KV_STORE_FORMAT 1 /* on-disk layout version, in meta "format" */
+#define KV_STORE_FORMAT 2 /* on-disk layout version, in meta "format" */
 
 /* Errors of the store (and of the state machine built on it). */
 enum kv_store_error {
@@ -23,12 +23,12 @@ enum kv_store_error {
     KV_STORE_ENOMEM,    /* out of memory */
 };
 
-/* One LMDB environment: the node's whole durable state. */
+/* One LMDB environment: the applied state and the node's identity. The
+ * Raft log and hard state are in the write-ahead log (wal.h). */
 struct kv_store
 {
     MDB_env *env;        /* the environment (data.mdb in dir) */
-    MDB_dbi meta;        /* name -> value: identity, hard state, indexes */
-    MDB_dbi log;         /* big-endian index -> term|type|data */
+    MDB_dbi meta;        /* name -> value: identity, applied index */
     MDB_dbi kv;          /* the state machine: key -> value */
     MDB_dbi sessions;    /* client id -> last request and its outcome */
     MDB_dbi session_age; /* last index|client id -> (empty), for eviction */
@@ -43,11 +43,8 @@ struct kv_meta
 {
     uint64_t cluster_id;       /* 0 on a fresh store */
     uint64_t node_id;          /* 0 on a fresh store */
-    struct raft_hard_state hs; /* term, vote, commit */
     uint64_t applied;          /* last index applied to kv and sessions */
     uint64_t applied_term;     /* its term */
-    uint64_t snap_index;       /* the core's snapshot: the log starts after */
-    uint64_t snap_term;        /* its term */
 };
 
 /**
@@ -85,40 +82,6 @@ int kv_store_put_meta(struct kv_store *st,
                       MDB_txn *txn,
                       const char *name,
                       uint64_t value);
-
-/**
- * Load the stored log (entries after snap_index, and any the core keeps
- * before it). Entries point into *blob, which the caller frees.
- * @return 0 or an error code
- */
-int kv_store_load_log(struct kv_store *st,
-                      MDB_txn *txn,
-                      struct raft_entry **entries,
-                      size_t *n,
-                      void **blob);
-
-/**
- * Append entries to the log (replacing any at the same indexes).
- */
-int kv_store_append(struct kv_store *st,
-                    MDB_txn *txn,
-                    const struct raft_entry *entries,
-                    size_t n);
-
-/**
- * Delete log entries with index >= from.
- */
-int kv_store_truncate_from(struct kv_store *st, MDB_txn *txn, uint64_t from);
-
-/**
- * Delete log entries with index <= upto.
- */
-int kv_store_compact_upto(struct kv_store *st, MDB_txn *txn, uint64_t upto);
-
-/**
- * Number of stored log entries.
- */
-size_t kv_store_log_count(struct kv_store *st, MDB_txn *txn);
 
 /**
  * Double the map size. No transaction of this process may be open.

@@ -139,42 +139,6 @@ static void test_store_session_table_evicts_least_recent_writer(void)
     close_store();
 }
 
-static void test_store_log_append_truncate_compact_and_load(void)
-{
-    open_store();
-    MDB_txn *txn;
-    CU_ASSERT_FATAL(mdb_txn_begin(st.env, NULL, 0, &txn) == 0);
-    struct raft_entry e[10];
-    char data[10][8];
-    for (int i = 0; i < 10; i++) {
-        snprintf(data[i], sizeof data[i], "e%d", i + 1);
-        e[i] = (struct raft_entry){.term = 1 + (uint64_t)i / 5,
-                                   .index = (uint64_t)i + 1,
-                                   .type = RAFT_ENTRY_NORMAL,
-                                   .data = data[i],
-                                   .len = strlen(data[i])};
-    }
-    CU_ASSERT_EQUAL(kv_store_append(&st, txn, e, 10), 0);
-    CU_ASSERT_EQUAL(kv_store_truncate_from(&st, txn, 8), 0);
-    CU_ASSERT_EQUAL(kv_store_compact_upto(&st, txn, 3), 0);
-    CU_ASSERT_EQUAL(kv_store_log_count(&st, txn), 4);
-    CU_ASSERT_EQUAL(mdb_txn_commit(txn), 0);
-    CU_ASSERT_FATAL(mdb_txn_begin(st.env, NULL, MDB_RDONLY, &txn) == 0);
-    struct raft_entry *got;
-    size_t n;
-    void *blob;
-    CU_ASSERT_EQUAL(kv_store_load_log(&st, txn, &got, &n, &blob), 0);
-    CU_ASSERT_EQUAL_FATAL(n, 4);
-    CU_ASSERT_EQUAL(got[0].index, 4);
-    CU_ASSERT_EQUAL(got[3].index, 7);
-    CU_ASSERT_EQUAL(got[3].term, 2);
-    CU_ASSERT(got[3].len == 2 && memcmp(got[3].data, "e7", 2) == 0);
-    free(got);
-    free(blob);
-    mdb_txn_abort(txn);
-    close_store();
-}
-
 static void test_store_claims_a_fresh_dir_and_refuses_another_cluster(void)
 {
     open_store();
@@ -289,8 +253,6 @@ int main(int argc, char **argv)
          test_store_retry_of_an_applied_write_returns_its_outcome},
         {"test_store_session_table_evicts_least_recent_writer",
          test_store_session_table_evicts_least_recent_writer},
-        {"test_store_log_append_truncate_compact_and_load",
-         test_store_log_append_truncate_compact_and_load},
         {"test_store_claims_a_fresh_dir_and_refuses_another_cluster",
          test_store_claims_a_fresh_dir_and_refuses_another_cluster},
         {"test_store_snapshot_round_trip_in_random_chunks",

@@ -1,0 +1,560 @@
+/* persist.c: what a node keeps on disk, and in which order.
+ *
+ * The Raft log and hard state go to the write-ahead log (wal.c): one
+ * append and one fdatasync per loop turn, before the node tells anyone the
+ * entries are stored. The state machine lives in LMDB (store.c) at its
+ * applied index, written by a transaction that stays open across turns
+ * and commits every --state-commit-ms, or sooner when it grows large: the
+ * log already holds every committed entry, so after a crash the node
+ * replays whatever the last state commit did not include. Reads see the
+ * open transaction. Before the log is compacted, the state it replaces is
+ * committed with a full sync.
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <event2/event.h>
+
+#include "node.h"
+
+#define STATE_MAX_OPS 20000            /* commit the state after this many */
+#define STATE_MAX_BYTES (32u << 20)    /* or this many bytes of entries */
+#define MAP_HEADROOM (128ull << 20)    /* free map kept for one transaction */
+
+/* Remember one applied client entry's outcome for this turn's replies. */
+static int note_applied(struct kv_node *n,
+                        const struct raft_entry *e,
+                        int op,
+                        struct kv_outcome *o)
+{
+    if (n->n_done == n->cap_done) {
+        size_t cap = n->cap_done ? n->cap_done * 2 : 64;
+        struct kv_applied *d = realloc(n->done, cap * sizeof *d);
+        if (!d) {
+            return KV_STORE_ENOMEM;
+        }
+        n->done = d;
+        n->cap_done = cap;
+    }
+    struct kv_applied *a = &n->done[n->n_done++];
+    a->index = e->index;
+    a->term = e->term;
+    a->op = op;
+    a->outcome = *o;
+    return 0;
+}
+
+void node_clear_applied(struct kv_node *n)
+{
+    for (size_t i = 0; i < n->n_done; i++) {
+        kv_outcome_clear(&n->done[i].outcome);
+    }
+    n->n_done = 0;
+}
+
+/* Which client op an entry holds (for replies), without keeping it. */
+static int entry_op(const struct raft_entry *e)
+{
+    Raftkv__Command *c = raftkv__command__unpack(NULL, e->len, e->data);
+    int op = c ? (int)c->op_case : 0;
+    if (c) {
+        raftkv__command__free_unpacked(c, NULL);
+    }
+    return op;
+}
+
+/* Grow the map until a transaction's worth of writes fits. Needs every
+ * transaction closed: call with no state transaction open. */
+static int ensure_headroom(struct kv_node *n)
+{
+    struct kv_store *st = &n->store;
+    MDB_envinfo info;
+    MDB_stat stat;
+    if (mdb_env_info(st->env, &info) != 0 || mdb_env_stat(st->env, &stat)) {
+        return 0;
+    }
+    uint64_t used = ((uint64_t)info.me_last_pgno + 1) * stat.ms_psize;
+    while (used + MAP_HEADROOM > st->map_size) {
+        peer_close_streams(n);
+        int rv = kv_store_grow(st);
+        if (rv) {
+            return rv;
+        }
+        rpc_logf(RPC_LOG_INFO, "node %llu: LMDB map grown to %zu MiB",
+                 (unsigned long long)n->cfg.id, st->map_size >> 20);
+    }
+    return 0;
+}
+
+/* Open the state transaction, if none is. */
+static int state_open(struct kv_node *n)
+{
+    if (n->state_txn) {
+        return 0;
+    }
+    int rv = ensure_headroom(n);
+    if (rv) {
+        return rv;
+    }
+    int rc = mdb_txn_begin(n->store.env, NULL, 0, &n->state_txn);
+    if (rc) {
+        n->state_txn = NULL;
+        return kv_store_fail(&n->store, rc, "begin write");
+    }
+    n->state_ops = 0;
+    n->state_bytes = 0;
+    struct timeval tv = {(time_t)(n->cfg.state_commit_ms / 1000),
+                         (suseconds_t)(n->cfg.state_commit_ms % 1000) * 1000};
+    evtimer_add(n->state_ev, &tv);
+    return 0;
+}
+
+/* Drop the state transaction: what it applied is applied again later from
+ * the log, which the core still holds in memory past the last commit. */
+static void state_abort(struct kv_node *n)
+{
+    if (n->state_txn) {
+        mdb_txn_abort(n->state_txn);
+        n->state_txn = NULL;
+    }
+    event_del(n->state_ev);
+    node_clear_applied(n);
+    n->applied = n->durable_applied;
+    n->applied_term = n->durable_term;
+}
+
+int node_state_commit(struct kv_node *n, bool full)
+{
+    struct kv_store *st = &n->store;
+    if (!n->state_txn) {
+        if (full && !n->state_synced) {
+            /* The last commit left its meta page unsynced. */
+            int rc = mdb_env_sync(st->env, 1);
+            if (rc) {
+                return kv_store_fail(st, rc, "sync");
+            }
+            n->state_synced = true;
+        }
+        return 0;
+    }
+    /* LMDB commits with two flushes: the data pages, then the meta page.
+     * MDB_NOMETASYNC leaves the meta page to the next commit's flush: the
+     * database stays intact, but a machine crash may undo this commit,
+     * which the log replays. A full sync is for what the log no longer
+     * holds: a compaction or a received snapshot. */
+    if (full == n->meta_async) {
+        mdb_env_set_flags(st->env, MDB_NOMETASYNC, full ? 0 : 1);
+        n->meta_async = !full;
+    }
+    event_del(n->state_ev);
+    int rc = mdb_txn_commit(n->state_txn);
+    n->state_txn = NULL;
+    if (rc) {
+        int rv = kv_store_fail(st, rc, "commit (fsync)");
+        state_abort(n);
+        return rv;
+    }
+    n->durable_applied = n->applied;
+    n->durable_term = n->applied_term;
+    n->state_synced = full;
+    n->state_commits++;
+    return 0;
+}
+
+/* Apply the committed entries up to @upto, from the core's log. */
+static int state_apply_upto(struct kv_node *n, uint64_t upto)
+{
+    struct kv_store *st = &n->store;
+    uint64_t from = n->applied;
+    for (uint64_t i = n->applied + 1; i <= upto; i++) {
+        const struct raft_entry *e = raft_entry_at(n->raft, i);
+        if (!e) {
+            snprintf(st->errmsg, sizeof st->errmsg,
+                     "%s: committed entry %llu is not in memory to apply",
+                     st->dir, (unsigned long long)i);
+            return KV_STORE_EIO;
+        }
+        if (e->type == RAFT_ENTRY_NORMAL) {
+            struct kv_outcome o;
+            int rv = kv_sm_apply(st, n->state_txn, e->index, e->data, e->len,
+                                 n->cfg.max_sessions, &o);
+            if (!rv) {
+                rv = note_applied(n, e, entry_op(e), &o);
+                if (rv) {
+                    kv_outcome_clear(&o);
+                }
+            }
+            if (rv) {
+                return rv;
+            }
+        }
+        n->applied = e->index;
+        n->applied_term = e->term;
+        n->state_ops++;
+        n->state_bytes += e->len;
+    }
+    if (n->applied == from) {
+        return 0;
+    }
+    int rv = kv_store_put_meta(st, n->state_txn, "applied", n->applied);
+    if (!rv) {
+        rv = kv_store_put_meta(st, n->state_txn, "applied_term",
+                               n->applied_term);
+    }
+    return rv;
+}
+
+/* Stage snapshot chunks and install a received snapshot; both must be on
+ * disk before the leader hears of them. */
+static int state_receive_snapshot(struct kv_node *n,
+                                  const struct raft_update *u)
+{
+    struct kv_store *st = &n->store;
+    bool installed = u->install && n->applied >= u->install_index;
+    int rv = state_open(n);
+    for (size_t i = 0; i < u->n_chunks && !rv && !installed; i++) {
+        const struct raft_snapshot_chunk *c = &u->chunks[i];
+        rv = snap_stage(st, n->state_txn, c->offset, c->data, c->len);
+    }
+    if (!rv && u->install && !installed) {
+        uint64_t applied, applied_term;
+        rv = snap_install(st, n->state_txn, &applied, &applied_term);
+        if (!rv && applied < u->install_index) {
+            /* The stream is at least as new as the core's snapshot. */
+            snprintf(st->errmsg, sizeof st->errmsg,
+                     "%s: received snapshot holds index %llu, older than "
+                     "the %llu it was sent for",
+                     st->dir, (unsigned long long)applied,
+                     (unsigned long long)u->install_index);
+            rv = KV_STORE_ECORRUPT;
+        }
+        if (!rv) {
+            n->applied = applied;
+            n->applied_term = applied_term;
+            n->snap_index = u->install_index;
+            rv = kv_store_put_meta(st, n->state_txn, "applied", applied);
+        }
+        if (!rv) {
+            rv = kv_store_put_meta(st, n->state_txn, "applied_term",
+                                   applied_term);
+        }
+    }
+    if (rv) {
+        state_abort(n);
+        return rv;
+    }
+    return node_state_commit(n, true);
+}
+
+int node_persist(struct kv_node *n, const struct raft_update *u)
+{
+    struct kv_store *st = &n->store;
+    struct kv_wal *w = &n->wal;
+    int rv = 0;
+    if (u->n_committed) {
+        uint64_t last = u->committed[u->n_committed - 1].index;
+        if (last > n->handed) {
+            n->handed = last;
+        }
+    }
+    if (u->install && u->install_index > n->handed) {
+        n->handed = u->install_index;
+    }
+    /* 1. The state: a received snapshot, then what is newly committed. */
+    if (u->n_chunks || u->install) {
+        rv = state_receive_snapshot(n, u);
+    }
+    if (!rv && n->applied < n->handed) {
+        rv = state_open(n);
+        if (!rv) {
+            rv = state_apply_upto(n, n->handed);
+        }
+    }
+    if (rv) {
+        state_abort(n);
+        return rv;
+    }
+    /* The entries applied above are committed, so durable on a majority,
+     * and applying them is deterministic: their outcomes are final before
+     * anything here is on disk. Their clients hear now. */
+    client_answer_applied(n);
+    node_clear_applied(n);
+    rpc_server_flush(n->server);
+
+    /* 2. The log: one append, one fdatasync. */
+    if (u->install) {
+        rv = kv_wal_add_snapshot(w, u->install_index, u->install_term);
+    }
+    if (!rv && u->truncate_from) {
+        rv = kv_wal_add_truncate(w, u->truncate_from);
+    }
+    if (!rv && u->n_entries) {
+        rv = kv_wal_add_entries(w, u->entries, u->n_entries);
+    }
+    if (!rv && u->hs_changed &&
+        (u->hs.term != w->term || u->hs.vote != w->vote)) {
+        rv = kv_wal_add_hard_state(w, u->hs.term, u->hs.vote);
+    }
+    if (!rv) {
+        rv = kv_wal_sync(w);
+    }
+    if (rv) {
+        kv_wal_discard(w);
+        snprintf(st->errmsg, sizeof st->errmsg, "%.1150s", w->errmsg);
+        return rv;
+    }
+
+    /* 3. A large state transaction commits now rather than on its timer. */
+    if (n->state_ops >= STATE_MAX_OPS || n->state_bytes >= STATE_MAX_BYTES) {
+        rv = node_state_commit(n, false);
+    }
+    return rv;
+}
+
+int node_persist_growing(struct kv_node *n, const struct raft_update *u)
+{
+    for (int tries = 0; tries < 16; tries++) {
+        int rv = node_persist(n, u);
+        if (rv != KV_STORE_EMAPFULL) {
+            return rv;
+        }
+        /* Resizing needs every transaction closed; persist dropped its. */
+        peer_close_streams(n);
+        rv = kv_store_grow(&n->store);
+        if (rv) {
+            return rv;
+        }
+        rpc_logf(RPC_LOG_INFO, "node %llu: LMDB map grown to %zu MiB",
+                 (unsigned long long)n->cfg.id, n->store.map_size >> 20);
+    }
+    return KV_STORE_EMAPFULL;
+}
+
+void node_state_due(struct kv_node *n)
+{
+    if (!n->state_txn) {
+        return;
+    }
+    int rv = node_state_commit(n, false);
+    if (rv == 0) {
+        return;
+    }
+    rpc_logf(RPC_LOG_ERROR,
+             "node %llu: cannot write the applied state: %s; applying again "
+             "from the log",
+             (unsigned long long)n->cfg.id, n->store.errmsg);
+    /* Re-apply what the failed commit held; reads wait meanwhile. */
+    if (state_open(n) == 0 && state_apply_upto(n, n->handed) == 0) {
+        node_clear_applied(n);
+        return;
+    }
+    state_abort(n);
+    struct timeval tv = {1, 0};
+    evtimer_add(n->state_ev, &tv);
+}
+
+void node_maybe_compact(struct kv_node *n)
+{
+    uint64_t last = raft_last_index(n->raft);
+    uint64_t first = raft_first_index(n->raft);
+    if (n->applied < n->last_compact + n->cfg.snapshot_entries ||
+        last - first + 1 <= n->cfg.snapshot_entries) {
+        return;
+    }
+    /* The log before the snapshot goes away: the state that replaces it
+     * must be on disk for good. */
+    if (node_state_commit(n, true) != 0) {
+        rpc_logf(RPC_LOG_WARN, "node %llu: log compaction postponed: %s",
+                 (unsigned long long)n->cfg.id, n->store.errmsg);
+        return;
+    }
+    uint64_t index = n->durable_applied, term = n->durable_term;
+    if (index <= n->last_compact ||
+        raft_snapshot_taken(n->raft, index, term) != 0) {
+        return;
+    }
+    n->snap_index = index;
+    n->last_compact = index;
+    uint64_t upto =
+        index > n->cfg.snapshot_trailing ? index - n->cfg.snapshot_trailing : 0;
+    size_t k = kv_wal_release(&n->wal, upto);
+    rpc_logf(RPC_LOG_DEBUG,
+             "node %llu: snapshot at %llu; %zu log segments deleted",
+             (unsigned long long)n->cfg.id, (unsigned long long)index, k);
+}
+
+/* Which of the log's entries go with a state applied up to @a (term @at):
+ * those after it, and those before it when they lead to it. Entries of
+ * another branch (a snapshot installed just before a crash) are dropped,
+ * and the drop is written to the log. Returns the first entry to keep. */
+static int pick_entries(struct kv_node *n,
+                        struct kv_wal_contents *c,
+                        uint64_t a,
+                        uint64_t at,
+                        size_t *keep_from)
+{
+    struct kv_store *st = &n->store;
+    *keep_from = 0;
+    if (c->snap_index > a) {
+        snprintf(st->errmsg, sizeof st->errmsg,
+                 "%s: the log says a snapshot at index %llu was installed, "
+                 "but the state is at index %llu",
+                 st->dir, (unsigned long long)c->snap_index,
+                 (unsigned long long)a);
+        return KV_STORE_ECORRUPT;
+    }
+    if (c->n_entries == 0) {
+        return 0;
+    }
+    uint64_t first = c->entries[0].index;
+    uint64_t last = c->entries[c->n_entries - 1].index;
+    if (first > a + 1) {
+        snprintf(st->errmsg, sizeof st->errmsg,
+                 "%s: the state is at index %llu but the log starts at %llu",
+                 st->dir, (unsigned long long)a, (unsigned long long)first);
+        return KV_STORE_ECORRUPT;
+    }
+    bool matches = a == 0 || first == a + 1 ||
+                   (a >= first && a <= last &&
+                    c->entries[a - first].term == at);
+    if (matches) {
+        return 0;
+    }
+    if (last >= a && a >= first) {
+        /* Another branch at index a: nothing of it can be committed. */
+        rpc_logf(RPC_LOG_WARN,
+                 "node %llu: dropping log entries %llu-%llu of another "
+                 "branch than the state's snapshot at %llu",
+                 (unsigned long long)n->cfg.id, (unsigned long long)first,
+                 (unsigned long long)last, (unsigned long long)a);
+    }
+    *keep_from = c->n_entries;
+    int rv = kv_wal_add_snapshot(&n->wal, a, at);
+    if (!rv) {
+        rv = kv_wal_add_truncate(&n->wal, a + 1);
+    }
+    if (!rv) {
+        rv = kv_wal_sync(&n->wal);
+    }
+    if (rv) {
+        snprintf(st->errmsg, sizeof st->errmsg, "%.1150s", n->wal.errmsg);
+    }
+    return rv;
+}
+
+int node_restore(struct kv_node *n)
+{
+    struct kv_store *st = &n->store;
+    int rv = kv_store_open(st, n->cfg.data_dir, n->cfg.map_size);
+    if (rv) {
+        fprintf(stderr, "kvserver: %s\n", st->errmsg);
+        return -1;
+    }
+    rv = kv_store_claim(st, n->cluster_id, n->cfg.id);
+    if (rv) {
+        fprintf(stderr, "kvserver: %s\n", st->errmsg);
+        return -1;
+    }
+    MDB_txn *txn;
+    if (mdb_txn_begin(st->env, NULL, MDB_RDONLY, &txn) != 0) {
+        fprintf(stderr, "kvserver: %s: cannot read\n", n->cfg.data_dir);
+        return -1;
+    }
+    struct kv_meta m;
+    rv = kv_store_read_meta(st, txn, &m);
+    mdb_txn_abort(txn);
+    if (rv) {
+        fprintf(stderr, "kvserver: %s\n", st->errmsg);
+        return -1;
+    }
+    struct kv_wal_contents c;
+    rv = kv_wal_open(&n->wal, n->cfg.data_dir, n->cfg.wal_segment_bytes, &c);
+    if (rv) {
+        fprintf(stderr, "kvserver: %s\n", n->wal.errmsg);
+        if (rv == KV_STORE_ECORRUPT || rv == KV_STORE_EIO) {
+            fprintf(stderr,
+                    "kvserver: this node cannot serve from a damaged log. "
+                    "Recover by wiping its data directory (%s) and "
+                    "restarting it; it catches up from the others.\n",
+                    n->cfg.data_dir);
+        }
+        return -1;
+    }
+    if (c.cut_bytes) {
+        rpc_logf(RPC_LOG_WARN,
+                 "node %llu: cut %llu bytes of an interrupted log append "
+                 "(written, never acknowledged)",
+                 (unsigned long long)n->cfg.id,
+                 (unsigned long long)c.cut_bytes);
+    }
+    size_t keep = 0;
+    rv = pick_entries(n, &c, m.applied, m.applied_term, &keep);
+    if (rv) {
+        fprintf(stderr, "kvserver: %s\n", st->errmsg);
+        if (rv == KV_STORE_ECORRUPT) {
+            fprintf(stderr,
+                    "kvserver: recover by wiping this node's data directory "
+                    "(%s) and restarting it; it catches up from the "
+                    "others.\n",
+                    n->cfg.data_dir);
+        }
+        kv_wal_contents_free(&c);
+        return -1;
+    }
+    n->applied = n->durable_applied = n->handed = m.applied;
+    n->applied_term = n->durable_term = m.applied_term;
+    n->snap_index = m.applied;
+    n->last_compact = m.applied;
+    n->state_synced = true;
+
+    uint64_t voters[KV_MAX_NODES];
+    memcpy(voters, n->cfg.ids, n->cfg.n_nodes * sizeof voters[0]);
+    struct raft_config rc = {
+        .id = n->cfg.id,
+        .voters = voters,
+        .n_voters = n->cfg.n_nodes,
+        .heartbeat_ms = n->cfg.heartbeat_ms,
+        .election_ms = n->cfg.election_ms,
+        .seed = n->cfg.seed,
+        .start_ms = node_now_ms(),
+        .pre_vote = true,
+        .check_quorum = true,
+        .max_append_bytes = 1u << 20,
+        .max_inflight = 64,
+        .max_uncommitted_bytes = 64u << 20,
+        .snapshot_chunk_bytes = 1u << 20,
+        .snapshot_trailing = n->cfg.snapshot_trailing,
+    };
+    n->raft = raft_new(&rc);
+    if (!n->raft) {
+        fprintf(stderr, "kvserver: invalid Raft configuration\n");
+        kv_wal_contents_free(&c);
+        return -1;
+    }
+    /* The state is a snapshot at its applied index; the log's entries
+     * around it are kept for followers and replayed after it. */
+    struct raft_persisted p = {
+        .hs = {.term = c.hs.term, .vote = c.hs.vote, .commit = m.applied},
+        .snap_index = m.applied,
+        .snap_term = m.applied_term,
+        .applied = m.applied,
+        .entries = c.entries + keep,
+        .n_entries = c.n_entries - keep,
+    };
+    size_t n_entries = p.n_entries;
+    rv = raft_restore(n->raft, &p);
+    kv_wal_contents_free(&c);
+    if (rv) {
+        fprintf(stderr, "kvserver: %s: cannot restore Raft state: %s\n",
+                n->cfg.data_dir, raft_errmsg(n->raft));
+        return -1;
+    }
+    rpc_logf(RPC_LOG_INFO,
+             "node %llu: restored term %llu, applied %llu, %zu log entries "
+             "in %zu segments",
+             (unsigned long long)n->cfg.id, (unsigned long long)p.hs.term,
+             (unsigned long long)m.applied, n_entries, n->wal.n_segs);
+    return 0;
+}

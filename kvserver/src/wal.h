@@ -1,0 +1,121 @@
+/* wal.h: the Raft log and hard state, as an append-only write-ahead log
+ * (private to kvserver).
+ *
+ * The log lives in <data dir>/wal/ as numbered segment files. Each append
+ * is one batch, written at a 4 KiB boundary and made durable with one
+ * fdatasync:
+ *
+ *   batch  := magic "RKVW" (u32) | body length (u32) | body CRC-32C (u32)
+ *             | header CRC-32C (u32, over the first 12 bytes and the
+ *             segment number) | body | zero padding to 4 KiB
+ *   body   := record*
+ *   record := ENTRY index term type length data | HARD_STATE term vote
+ *             | TRUNCATE from | SNAPSHOT index term
+ *
+ * All integers are big-endian. A segment starts with the hard state and the
+ * last snapshot mark, so that older segments can be deleted once the log
+ * is compacted past them. On open, a damaged batch at the end of the last
+ * segment (with nothing valid after it) is an interrupted append, never
+ * acknowledged, and is cut off; damage anywhere else is reported with the
+ * file, the offset and the last good index, and the node refuses to start.
+ */
+#ifndef KVSERVER_WAL_H
+#define KVSERVER_WAL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <raft/raft.h>
+
+#define KV_WAL_SEGMENT_BYTES (64u << 20) /* default rollover size */
+
+/* One segment on disk. */
+struct kv_wal_segment
+{
+    uint64_t no;         /* its number (file name) */
+    uint64_t last_index; /* largest entry index written to it (0: none) */
+    uint64_t bytes;      /* its size */
+};
+
+struct kv_wal
+{
+    char dir[1100];               /* <data dir>/wal */
+    int fd;                       /* the current (last) segment */
+    uint64_t size;                /* bytes in it, a multiple of 4 KiB */
+    uint64_t segment_bytes;       /* roll over past this size */
+    struct kv_wal_segment *segs;  /* live segments, oldest first */
+    size_t n_segs, cap_segs;      /* entries in segs / allocated */
+    uint64_t term, vote;          /* hard state as last written */
+    uint64_t snap_index;          /* last snapshot mark written */
+    uint64_t snap_term;           /* its term */
+    uint64_t batch_last;          /* largest entry index in the batch */
+    uint8_t *buf;                 /* the batch being built (header first) */
+    size_t len, cap;              /* bytes in buf / allocated */
+    uint64_t syncs;               /* batches made durable */
+    char errmsg[1400];            /* context of the last failure */
+};
+
+/* What the log held when opened. */
+struct kv_wal_contents
+{
+    struct raft_hard_state hs;   /* term and vote (commit is 0) */
+    uint64_t snap_index;         /* last snapshot mark (0: none) */
+    uint64_t snap_term;          /* its term */
+    struct raft_entry *entries;  /* consecutive, ascending */
+    size_t n_entries;            /* their number */
+    void **blobs;                /* segment images the entries point into */
+    size_t n_blobs;              /* their number */
+    uint64_t cut_bytes;          /* bytes of an interrupted append cut off */
+};
+
+/**
+ * Open the log in <data_dir>/wal (created if missing) and read it.
+ * @param segment_bytes rollover size (0: KV_WAL_SEGMENT_BYTES)
+ * @param out what the log holds; free with kv_wal_contents_free()
+ * @return 0, KV_STORE_EIO, KV_STORE_ECORRUPT or KV_STORE_ENOMEM, with
+ * w->errmsg naming the file (and offset and index for damage)
+ */
+int kv_wal_open(struct kv_wal *w,
+                const char *data_dir,
+                uint64_t segment_bytes,
+                struct kv_wal_contents *out);
+
+void kv_wal_contents_free(struct kv_wal_contents *c);
+
+/* Add records to the next batch (nothing is written until kv_wal_sync). */
+int kv_wal_add_entries(struct kv_wal *w, const struct raft_entry *e, size_t n);
+int kv_wal_add_hard_state(struct kv_wal *w, uint64_t term, uint64_t vote);
+int kv_wal_add_truncate(struct kv_wal *w, uint64_t from);
+int kv_wal_add_snapshot(struct kv_wal *w, uint64_t index, uint64_t term);
+
+/** Whether records wait for kv_wal_sync. */
+bool kv_wal_pending(const struct kv_wal *w);
+
+/**
+ * Write the batch and make it durable (one fdatasync). On failure the
+ * segment is cut back to where it was and the batch is dropped: the caller
+ * adds its records again and retries.
+ * @return 0, KV_STORE_EIO or KV_STORE_ENOSPC (errmsg says what failed)
+ */
+int kv_wal_sync(struct kv_wal *w);
+
+/** Drop the batch being built. */
+void kv_wal_discard(struct kv_wal *w);
+
+/**
+ * Delete the segments, other than the current one, whose entries all lie at
+ * or below @upto (the log is compacted up to there).
+ * @return the number of segments deleted
+ */
+size_t kv_wal_release(struct kv_wal *w, uint64_t upto);
+
+/** Bytes in all live segments. */
+uint64_t kv_wal_bytes(const struct kv_wal *w);
+
+void kv_wal_close(struct kv_wal *w);
+
+/* CRC-32C (Castagnoli), as used for log batches and snapshot chunks. */
+uint32_t kv_crc32c(uint32_t crc, const void *data, size_t len);
+
+#endif /* KVSERVER_WAL_H */

@@ -1,0 +1,321 @@
+/* test_wal.c: the write-ahead log: what a reopened log holds, segments,
+ * interrupted appends and damage. */
+#include <dirent.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <CUnit/Basic.h>
+
+#include "cunit_main.h"
+#include "store.h"
+#include "wal.h"
+
+static char dir[64];
+static struct kv_wal w;
+static struct kv_wal_contents c;
+
+static void make_dir(void)
+{
+    snprintf(dir, sizeof dir, "/tmp/raftkv-wal-XXXXXX");
+    CU_ASSERT_FATAL(mkdtemp(dir) != NULL);
+}
+
+static void remove_dir(void)
+{
+    cunit_remove_tree(dir);
+}
+
+/* Entries first..last of term @term, data "e<index>". */
+static void append(uint64_t first, uint64_t last, uint64_t term)
+{
+    char data[32];
+    for (uint64_t i = first; i <= last; i++) {
+        int len = snprintf(data, sizeof data, "e%llu", (unsigned long long)i);
+        struct raft_entry e = {.index = i,
+                               .term = term,
+                               .type = RAFT_ENTRY_NORMAL,
+                               .data = data,
+                               .len = (size_t)len};
+        CU_ASSERT_EQUAL_FATAL(kv_wal_add_entries(&w, &e, 1), 0);
+    }
+}
+
+static int reopen(uint64_t seg_bytes)
+{
+    kv_wal_close(&w);
+    kv_wal_contents_free(&c);
+    return kv_wal_open(&w, dir, seg_bytes, &c);
+}
+
+/* The entry at @index in c, checked for its data. */
+static const struct raft_entry *entry(uint64_t index)
+{
+    for (size_t i = 0; i < c.n_entries; i++) {
+        if (c.entries[i].index == index) {
+            char want[32];
+            int len = snprintf(want, sizeof want, "e%llu",
+                               (unsigned long long)index);
+            CU_ASSERT(c.entries[i].len == (size_t)len &&
+                      memcmp(c.entries[i].data, want, (size_t)len) == 0);
+            return &c.entries[i];
+        }
+    }
+    return NULL;
+}
+
+static void check_range(uint64_t first, uint64_t last)
+{
+    CU_ASSERT_EQUAL_FATAL(c.n_entries, last - first + 1);
+    CU_ASSERT_EQUAL(c.entries[0].index, first);
+    CU_ASSERT_EQUAL(c.entries[c.n_entries - 1].index, last);
+    for (uint64_t i = first; i <= last; i++) {
+        CU_ASSERT_PTR_NOT_NULL(entry(i));
+    }
+}
+
+static void segment_path(uint64_t no, char *out, size_t len)
+{
+    snprintf(out, len, "%s/wal/%016llx.wal", dir, (unsigned long long)no);
+}
+
+static off_t file_size(const char *path)
+{
+    struct stat s;
+    return stat(path, &s) == 0 ? s.st_size : -1;
+}
+
+static void test_wal_reopen_holds_entries_hard_state_and_truncation(void)
+{
+    make_dir();
+    CU_ASSERT_EQUAL_FATAL(kv_wal_open(&w, dir, 0, &c), 0);
+    CU_ASSERT_EQUAL(c.n_entries, 0);
+    append(1, 10, 1);
+    CU_ASSERT_EQUAL(kv_wal_add_hard_state(&w, 1, 2), 0);
+    CU_ASSERT_EQUAL(kv_wal_sync(&w), 0);
+    /* A new leader overwrites 8..10 with its own entries. */
+    CU_ASSERT_EQUAL(kv_wal_add_truncate(&w, 8), 0);
+    append(8, 12, 2);
+    CU_ASSERT_EQUAL(kv_wal_add_hard_state(&w, 2, 3), 0);
+    CU_ASSERT_EQUAL(kv_wal_sync(&w), 0);
+    CU_ASSERT_FALSE(kv_wal_pending(&w));
+    CU_ASSERT_EQUAL_FATAL(reopen(0), 0);
+    check_range(1, 12);
+    CU_ASSERT_EQUAL(entry(7)->term, 1);
+    CU_ASSERT_EQUAL(entry(8)->term, 2);
+    CU_ASSERT_EQUAL(c.hs.term, 2);
+    CU_ASSERT_EQUAL(c.hs.vote, 3);
+    CU_ASSERT_EQUAL(c.cut_bytes, 0);
+    /* A batch never synced is not there. */
+    append(13, 13, 2);
+    kv_wal_discard(&w);
+    CU_ASSERT_EQUAL_FATAL(reopen(0), 0);
+    check_range(1, 12);
+    kv_wal_close(&w);
+    kv_wal_contents_free(&c);
+    remove_dir();
+}
+
+static void test_wal_snapshot_mark_drops_entries_up_to_it(void)
+{
+    make_dir();
+    CU_ASSERT_EQUAL_FATAL(kv_wal_open(&w, dir, 0, &c), 0);
+    append(1, 20, 1);
+    CU_ASSERT_EQUAL(kv_wal_sync(&w), 0);
+    CU_ASSERT_EQUAL(kv_wal_add_snapshot(&w, 15, 1), 0);
+    CU_ASSERT_EQUAL(kv_wal_sync(&w), 0);
+    CU_ASSERT_EQUAL_FATAL(reopen(0), 0);
+    CU_ASSERT_EQUAL(c.snap_index, 15);
+    CU_ASSERT_EQUAL(c.snap_term, 1);
+    check_range(16, 20);
+    kv_wal_close(&w);
+    kv_wal_contents_free(&c);
+    remove_dir();
+}
+
+static void test_wal_segments_roll_over_and_old_ones_are_released(void)
+{
+    make_dir();
+    const uint64_t seg = 16 * 1024;
+    CU_ASSERT_EQUAL_FATAL(kv_wal_open(&w, dir, seg, &c), 0);
+    CU_ASSERT_EQUAL(kv_wal_add_hard_state(&w, 4, 1), 0);
+    /* One 4 KiB batch per sync: 4 batches fill a segment. */
+    for (uint64_t i = 1; i <= 40; i++) {
+        append(i, i, 4);
+        CU_ASSERT_EQUAL_FATAL(kv_wal_sync(&w), 0);
+    }
+    CU_ASSERT_EQUAL(w.n_segs, 10);
+    CU_ASSERT_EQUAL(kv_wal_bytes(&w), 40 * 4096);
+    CU_ASSERT_EQUAL(w.segs[0].last_index, 4);
+    /* Compacted up to 22: segments with entries 1-4 ... 17-20 go. */
+    CU_ASSERT_EQUAL(kv_wal_release(&w, 22), 5);
+    CU_ASSERT_EQUAL(w.n_segs, 5);
+    char path[128];
+    segment_path(1, path, sizeof path);
+    CU_ASSERT_EQUAL(file_size(path), -1);
+    /* The hard state, written once in the first segment, survives. */
+    CU_ASSERT_EQUAL_FATAL(reopen(seg), 0);
+    check_range(21, 40);
+    CU_ASSERT_EQUAL(c.hs.term, 4);
+    CU_ASSERT_EQUAL(c.hs.vote, 1);
+    /* The current segment is never released. */
+    CU_ASSERT_EQUAL(kv_wal_release(&w, 1000), 4);
+    CU_ASSERT_EQUAL(w.n_segs, 1);
+    CU_ASSERT_EQUAL_FATAL(reopen(seg), 0);
+    check_range(37, 40);
+    CU_ASSERT_EQUAL(c.hs.term, 4);
+    kv_wal_close(&w);
+    kv_wal_contents_free(&c);
+    remove_dir();
+}
+
+static void test_wal_interrupted_append_is_cut_off(void)
+{
+    make_dir();
+    CU_ASSERT_EQUAL_FATAL(kv_wal_open(&w, dir, 0, &c), 0);
+    append(1, 5, 1);
+    CU_ASSERT_EQUAL(kv_wal_sync(&w), 0);
+    /* A second, large batch (several pages) of which only part reached
+     * the disk: its first page and a zero-filled rest. */
+    char big[3000];
+    memset(big, 'x', sizeof big);
+    for (uint64_t i = 6; i <= 10; i++) {
+        struct raft_entry e = {.index = i, .term = 1, .data = big,
+                               .len = sizeof big};
+        CU_ASSERT_EQUAL(kv_wal_add_entries(&w, &e, 1), 0);
+    }
+    CU_ASSERT_EQUAL(kv_wal_sync(&w), 0);
+    kv_wal_close(&w);
+    char path[128];
+    segment_path(1, path, sizeof path);
+    off_t size = file_size(path);
+    CU_ASSERT_FATAL(size == 5 * 4096);
+    int fd = open(path, O_WRONLY);
+    CU_ASSERT_FATAL(fd >= 0);
+    static const uint8_t zeros[4096];
+    CU_ASSERT_EQUAL(pwrite(fd, zeros, sizeof zeros, 3 * 4096), 4096);
+    close(fd);
+    kv_wal_contents_free(&c);
+    CU_ASSERT_EQUAL_FATAL(kv_wal_open(&w, dir, 0, &c), 0);
+    check_range(1, 5);
+    CU_ASSERT_EQUAL(c.cut_bytes, 4 * 4096);
+    CU_ASSERT_EQUAL(file_size(path), 4096);
+    /* Appends go on after the cut. */
+    append(6, 6, 2);
+    CU_ASSERT_EQUAL(kv_wal_sync(&w), 0);
+    CU_ASSERT_EQUAL_FATAL(reopen(0), 0);
+    check_range(1, 6);
+    CU_ASSERT_EQUAL(c.cut_bytes, 0);
+    /* A crash may also leave a file extended with zeros. */
+    kv_wal_close(&w);
+    CU_ASSERT_EQUAL(truncate(path, 10 * 4096), 0);
+    kv_wal_contents_free(&c);
+    CU_ASSERT_EQUAL_FATAL(kv_wal_open(&w, dir, 0, &c), 0);
+    check_range(1, 6);
+    CU_ASSERT_EQUAL(file_size(path), 2 * 4096);
+    kv_wal_close(&w);
+    kv_wal_contents_free(&c);
+    remove_dir();
+}
+
+/* Flip one byte of a segment. */
+static void flip(uint64_t no, off_t at)
+{
+    char path[128];
+    segment_path(no, path, sizeof path);
+    int fd = open(path, O_RDWR);
+    CU_ASSERT_FATAL(fd >= 0);
+    uint8_t b;
+    CU_ASSERT_EQUAL(pread(fd, &b, 1, at), 1);
+    b ^= 0x40;
+    CU_ASSERT_EQUAL(pwrite(fd, &b, 1, at), 1);
+    close(fd);
+}
+
+static void test_wal_damage_before_good_data_is_reported_not_cut(void)
+{
+    make_dir();
+    CU_ASSERT_EQUAL_FATAL(kv_wal_open(&w, dir, 0, &c), 0);
+    append(1, 3, 1);
+    CU_ASSERT_EQUAL(kv_wal_sync(&w), 0);
+    append(4, 6, 1);
+    CU_ASSERT_EQUAL(kv_wal_sync(&w), 0);
+    append(7, 9, 1);
+    CU_ASSERT_EQUAL(kv_wal_sync(&w), 0);
+    kv_wal_close(&w);
+    kv_wal_contents_free(&c);
+    /* A byte inside the second batch's data: acknowledged entries follow,
+     * so this is damage, not an interrupted append. */
+    flip(1, 4096 + 40);
+    CU_ASSERT_EQUAL(kv_wal_open(&w, dir, 0, &c), KV_STORE_ECORRUPT);
+    CU_ASSERT_PTR_NOT_NULL(strstr(w.errmsg, "0000000000000001.wal"));
+    CU_ASSERT_PTR_NOT_NULL(strstr(w.errmsg, "offset 4096"));
+    CU_ASSERT_PTR_NOT_NULL(strstr(w.errmsg, "checksum"));
+    CU_ASSERT_PTR_NOT_NULL(strstr(w.errmsg, "index 3"));
+    /* Nothing was cut: the file is as it was. */
+    char path[128];
+    segment_path(1, path, sizeof path);
+    CU_ASSERT_EQUAL(file_size(path), 3 * 4096);
+    remove_dir();
+}
+
+static void test_wal_damage_in_an_older_segment_is_reported(void)
+{
+    make_dir();
+    CU_ASSERT_EQUAL_FATAL(kv_wal_open(&w, dir, 8192, &c), 0);
+    for (uint64_t i = 1; i <= 6; i++) {
+        append(i, i, 1);
+        CU_ASSERT_EQUAL_FATAL(kv_wal_sync(&w), 0);
+    }
+    CU_ASSERT_EQUAL(w.n_segs, 3);
+    kv_wal_close(&w);
+    kv_wal_contents_free(&c);
+    /* The last batch of segment 2 (a header byte). */
+    flip(2, 4096 + 5);
+    CU_ASSERT_EQUAL(kv_wal_open(&w, dir, 8192, &c), KV_STORE_ECORRUPT);
+    CU_ASSERT_PTR_NOT_NULL(strstr(w.errmsg, "0000000000000002.wal"));
+    /* A missing segment in the middle is reported too. */
+    char path[128];
+    segment_path(2, path, sizeof path);
+    CU_ASSERT_EQUAL(unlink(path), 0);
+    CU_ASSERT_EQUAL(kv_wal_open(&w, dir, 8192, &c), KV_STORE_ECORRUPT);
+    CU_ASSERT_PTR_NOT_NULL(strstr(w.errmsg, "missing log segment"));
+    remove_dir();
+}
+
+static void test_wal_crc32c_known_value(void)
+{
+    /* The standard check value of CRC-32C. */
+    CU_ASSERT_EQUAL(kv_crc32c(0, "123456789", 9), 0xe3069283u);
+    /* Incremental use gives the same result. */
+    CU_ASSERT_EQUAL(kv_crc32c(kv_crc32c(0, "1234", 4), "56789", 5),
+                    0xe3069283u);
+}
+
+int main(int argc, char **argv)
+{
+    static CU_TestInfo tests[] = {
+        {"test_wal_reopen_holds_entries_hard_state_and_truncation",
+         test_wal_reopen_holds_entries_hard_state_and_truncation},
+        {"test_wal_snapshot_mark_drops_entries_up_to_it",
+         test_wal_snapshot_mark_drops_entries_up_to_it},
+        {"test_wal_segments_roll_over_and_old_ones_are_released",
+         test_wal_segments_roll_over_and_old_ones_are_released},
+        {"test_wal_interrupted_append_is_cut_off",
+         test_wal_interrupted_append_is_cut_off},
+        {"test_wal_damage_before_good_data_is_reported_not_cut",
+         test_wal_damage_before_good_data_is_reported_not_cut},
+        {"test_wal_damage_in_an_older_segment_is_reported",
+         test_wal_damage_in_an_older_segment_is_reported},
+        {"test_wal_crc32c_known_value", test_wal_crc32c_known_value},
+        CU_TEST_INFO_NULL,
+    };
+    static CU_SuiteInfo suites[] = {
+        {"wal", NULL, NULL, NULL, NULL, tests},
+        CU_SUITE_INFO_NULL,
+    };
+    return cunit_main(argc, argv, suites);
+}
