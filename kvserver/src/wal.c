@@ -571,9 +571,10 @@ static int replay_segment(struct replay *r,
         if (rv) {
             return rv;
         }
-        uint64_t padded = (WAL_HEADER + (uint64_t)body + WAL_ALIGN - 1) /
-                          WAL_ALIGN * WAL_ALIGN;
-        o += padded < size - o ? padded : size - o;
+        /* Batches start at 4 KiB boundaries; a crash may have left the
+         * zero padding of the last one short, which loses nothing. */
+        o += (WAL_HEADER + (uint64_t)body + WAL_ALIGN - 1) / WAL_ALIGN *
+             WAL_ALIGN;
     }
     *end = o;
     return 0;
@@ -722,8 +723,10 @@ int kv_wal_open(struct kv_wal *w,
             r.seg = &w->segs[w->n_segs - 1];
             rv = replay_segment(&r, img, size, last, &end);
         }
-        if (!rv && last && end < size) {
-            out->cut_bytes = size - end;
+        if (!rv && last && end != size) {
+            /* Cut an interrupted append off, or give the last batch back
+             * its padding, so that the next one starts at a boundary. */
+            out->cut_bytes = end < size ? size - end : 0;
             if (ftruncate(fd, (off_t)end) != 0 || fdatasync(fd) != 0) {
                 rv = fail(w, errno, "%s: cutting off an interrupted append: "
                           "%s", path, strerror(errno));

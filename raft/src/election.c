@@ -160,6 +160,15 @@ int rf_step_vote(struct raft *r, const struct raft_message *m)
         grant = m->term > r->term && log_up_to_date(r, m);
     } else {
         bool can = r->vote == m->from || (r->vote == 0 && r->leader == 0);
+        /* A node that started with no persisted state may have lost a
+         * vote it gave in this term just before its data directory was
+         * wiped. For the longest election timeout after its start, which
+         * outlasts any election of that term, it votes only in a new
+         * cluster (every log empty) or after hearing from a leader. */
+        if (r->fresh && r->now < r->fresh_until &&
+            m->u.vote.last_index > 0) {
+            can = false;
+        }
         grant = m->term == r->term && can && log_up_to_date(r, m);
     }
     struct raft_message *resp =

@@ -135,6 +135,10 @@ struct raft
 
     /* outstanding update */
     bool busy;                  /* between get_update and advance */
+    bool fresh;                 /* started with no persisted state (a new
+                                   or wiped data directory) */
+    uint64_t fresh_until;       /* until then, a fresh node votes only for
+                                   candidates with an empty log */
     uint64_t upd_last;          /* last entry index handed out in it */
     bool upd_has_entries;       /* it contained entries */
     struct raft_msgs out_early; /* messages owned by it */

@@ -98,6 +98,8 @@ struct raft *raft_new(const struct raft_config *cfg)
     if (r == NULL) {
         return NULL;
     }
+    r->fresh = true;
+    r->fresh_until = cfg->start_ms + 2 * (uint64_t)cfg->election_ms;
     r->prs = calloc(cfg->n_voters, sizeof *r->prs);
     if (r->prs == NULL) {
         goto err_free_r;
@@ -257,6 +259,7 @@ int raft_restore(struct raft *r, const struct raft_persisted *p)
     }
     r->term = p->hs.term;
     r->vote = p->hs.vote;
+    r->fresh = p->hs.term == 0 && p->snap_index == 0 && p->n_entries == 0;
     r->commit = commit;
     r->applied = p->applied;
     r->snap_index = p->snap_index;

@@ -220,6 +220,7 @@ static uint64_t first_of_term(const struct raft *r,
 
 void rf_heard_from_leader(struct raft *r, uint64_t leader)
 {
+    r->fresh = false;
     if (r->role != RAFT_FOLLOWER || r->leader != leader) {
         rf_become_follower(r, r->term, leader);
     } else {
@@ -397,6 +398,19 @@ int rf_step_append_resp(struct raft *r, const struct raft_message *m)
         if (pr->state == RAFT_PR_SNAPSHOT) {
             rf_reads_check(r);
             return 0;
+        }
+        bool current = pr->state == RAFT_PR_REPLICATE
+                           ? a->index <= pr->match
+                           : a->index == pr->next - 1;
+        if (current && a->last_index < pr->match) {
+            /* The follower lacks entries it acknowledged: its data
+             * directory was wiped, or this rejection was overtaken by
+             * later acknowledgements. Probe from what it has: entries it
+             * still holds are acknowledged again at once. */
+            pr->match = a->last_index;
+            become_probe(pr, a->last_index + 1);
+            rf_reads_check(r);
+            return rf_send_append(r, pr, false);
         }
         if (pr->state == RAFT_PR_REPLICATE && a->index <= pr->match) {
             rf_reads_check(r);

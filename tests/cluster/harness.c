@@ -22,12 +22,15 @@
 #error "KVSERVER_PATH must name the kvserver binary"
 #endif
 
-static uint16_t free_port(const char *host)
+/* A free port on host, and the socket holding it (close it once every
+ * node has its port: while it is open, no other pick can return it). */
+static uint16_t free_port(const char *host, int *held)
 {
     int fd = socket(AF_INET, SOCK_STREAM, 0);
     struct sockaddr_in sa = {.sin_family = AF_INET};
     inet_pton(AF_INET, host, &sa.sin_addr);
     socklen_t len = sizeof sa;
+    *held = -1;
     if (fd < 0 || bind(fd, (struct sockaddr *)&sa, sizeof sa) != 0 ||
         getsockname(fd, (struct sockaddr *)&sa, &len) != 0) {
         if (fd >= 0) {
@@ -35,7 +38,7 @@ static uint16_t free_port(const char *host)
         }
         return 0;
     }
-    close(fd);
+    *held = fd;
     return ntohs(sa.sin_port);
 }
 
@@ -125,17 +128,23 @@ int h_cluster_start_hosts(struct h_cluster *c,
     snprintf(c->extra, sizeof c->extra, "%s", extra ? extra : "");
     c->n = n;
     size_t off = 0;
+    int held[H_MAX_NODES];
     for (size_t i = 0; i < n; i++) {
         struct h_node *nd = &c->nodes[i];
         nd->id = i + 1;
         snprintf(nd->host, sizeof nd->host, "127.0.0.%zu",
                  distinct_hosts ? 11 + i : 1);
-        nd->port = free_port(nd->host);
+        nd->port = free_port(nd->host, &held[i]);
         snprintf(nd->dir, sizeof nd->dir, "%s/node%zu", c->root, i + 1);
         snprintf(nd->log, sizeof nd->log, "%s/node%zu.log", c->root, i + 1);
         off += (size_t)snprintf(c->cluster_arg + off,
                                 sizeof c->cluster_arg - off, "%s%zu=%s:%u",
                                 i ? "," : "", i + 1, nd->host, nd->port);
+    }
+    for (size_t i = 0; i < n; i++) {
+        if (held[i] >= 0) {
+            close(held[i]);
+        }
     }
     for (size_t i = 0; i < n; i++) {
         if (h_node_start(c, i) != 0) {

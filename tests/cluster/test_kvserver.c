@@ -503,6 +503,104 @@ static void test_lagging_follower_catches_up_through_a_snapshot(void)
 }
 
 /* A full disk: writes fail clearly, reads go on, space comes back. */
+/* Wait until node @i serves @key = @want from its own state. */
+static bool node_has(struct h_client *cl,
+                     size_t i,
+                     const char *key,
+                     const char *want,
+                     int timeout_ms)
+{
+    uint64_t end = h_now_ms() + (uint64_t)timeout_ms;
+    while (h_now_ms() < end) {
+        struct h_result r = h_get(cl, key, true, i);
+        bool ok = r.err == OK && r.value && strcmp(r.value, want) == 0;
+        h_result_free(&r);
+        if (ok) {
+            return true;
+        }
+        h_sleep_ms(50);
+    }
+    return false;
+}
+
+static off_t size_of(const char *path)
+{
+    struct stat s;
+    return stat(path, &s) == 0 ? s.st_size : -1;
+}
+
+/* A damaged log stops the node with the file and the index; a wiped node
+ * catches up from the others. An interrupted append at the end of the log
+ * is cut off instead. */
+static void test_damaged_log_is_refused_and_a_wiped_node_catches_up(void)
+{
+    unsigned failures_at_start = CU_get_number_of_failures();
+    struct h_cluster c;
+    CU_ASSERT_FATAL(h_cluster_start(&c, 3, NULL) == 0);
+    CU_ASSERT_FATAL(h_find_leader(&c, 10000) >= 0);
+    struct writer w = {.c = &c, .count = 100, .seed = cunit_seed()};
+    writer_main(&w);
+    CU_ASSERT_EQUAL(w.acked, 100);
+    struct h_client cl;
+    CU_ASSERT_FATAL(h_client_open(&cl, &c, cunit_seed() + 1) == 0);
+    int leader = h_find_leader(&c, 10000);
+    size_t f = leader == 1 ? 2 : 1; /* a follower */
+    CU_ASSERT_FATAL(node_has(&cl, f, "w0-k99", "v99", 10000));
+    CU_ASSERT_EQUAL(h_node_term(&c, f), 0);
+
+    /* Flip a byte inside the second batch of its first log segment: good
+     * batches follow, so this is damage, not an interrupted append. */
+    char seg[700];
+    snprintf(seg, sizeof seg, "%s/wal/0000000000000001.wal", c.nodes[f].dir);
+    CU_ASSERT_FATAL(size_of(seg) >= 3 * 4096);
+    FILE *fp = fopen(seg, "r+b");
+    CU_ASSERT_FATAL(fp != NULL);
+    fseek(fp, 4096 + 30, SEEK_SET);
+    int ch = fgetc(fp);
+    fseek(fp, 4096 + 30, SEEK_SET);
+    fputc(ch ^ 0x20, fp);
+    fclose(fp);
+    char args[1400], out[4096];
+    snprintf(args, sizeof args, "--id %llu --cluster %s --data-dir %s",
+             (unsigned long long)c.nodes[f].id, c.cluster_arg,
+             c.nodes[f].dir);
+    CU_ASSERT_EQUAL(run_kvserver(args, out, sizeof out), 1);
+    CU_ASSERT(strstr(out, "0000000000000001.wal") != NULL);
+    CU_ASSERT(strstr(out, "damaged log at offset 4096") != NULL);
+    CU_ASSERT(strstr(out, "last good entry before it is index") != NULL);
+    CU_ASSERT(strstr(out, "wiping its data directory") != NULL);
+    if (FAILED_SINCE(failures_at_start)) {
+        fprintf(stderr, "kvserver said:\n%s\n", out);
+    }
+
+    /* The documented recovery: wipe it; it catches up from the others. */
+    CU_ASSERT_EQUAL(cunit_remove_tree(c.nodes[f].dir), 0);
+    CU_ASSERT_FATAL(h_node_start(&c, f) == 0);
+    CU_ASSERT(node_has(&cl, f, "w0-k99", "v99", 20000));
+    CU_ASSERT(node_has(&cl, f, "w0-k0", "v0", 5000));
+
+    /* An append cut short at the end of the last segment (a crash during
+     * the write) is dropped, and the node starts. The last append holds one
+     * 6000-byte value: two pages, cut in the middle of its data. */
+    static char big[6001];
+    memset(big, 'b', 6000);
+    CU_ASSERT_EQUAL(h_put(&cl, "tail", big, 6000).err, OK);
+    CU_ASSERT(node_has(&cl, f, "tail", big, 10000));
+    CU_ASSERT_EQUAL(h_node_term(&c, f), 0);
+    off_t size = size_of(seg);
+    CU_ASSERT_FATAL(size >= 3 * 4096);
+    CU_ASSERT_EQUAL(truncate(seg, size - 8192 + 3000), 0);
+    CU_ASSERT_FATAL(h_node_start(&c, f) == 0);
+    CU_ASSERT(node_has(&cl, f, "tail", big, 20000));
+    CU_ASSERT(h_log_contains(&c, f, "interrupted log append"));
+    CU_ASSERT_EQUAL(h_put(&cl, "tail", "t2", 2).err, OK);
+    CU_ASSERT(node_has(&cl, f, "tail", "t2", 10000));
+    check_writer(&cl, &w);
+    h_client_close(&cl);
+    c.keep = FAILED_SINCE(failures_at_start);
+    h_cluster_destroy(&c);
+}
+
 static void test_full_disk_refuses_writes_and_recovers(void)
 {
     unsigned failures_at_start = CU_get_number_of_failures();
@@ -611,6 +709,8 @@ int main(int argc, char **argv)
          test_lagging_follower_catches_up_through_a_snapshot},
         {"test_full_disk_refuses_writes_and_recovers",
          test_full_disk_refuses_writes_and_recovers},
+        {"test_damaged_log_is_refused_and_a_wiped_node_catches_up",
+         test_damaged_log_is_refused_and_a_wiped_node_catches_up},
         CU_TEST_INFO_NULL,
     };
     static CU_SuiteInfo suites[] = {

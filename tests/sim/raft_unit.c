@@ -329,6 +329,71 @@ static void test_vote_is_persisted_before_its_response(void)
     raft_free(r);
 }
 
+/* A node that starts with nothing persisted (a wiped data directory) may
+ * have voted in the current term before the wipe: for the longest election
+ * timeout it votes only for candidates with an empty log (a new cluster). */
+static void test_fresh_node_votes_only_in_a_new_cluster_at_first(void)
+{
+    struct raft_config c = cfg(2, 3);
+    c.start_ms = 1000;
+    struct raft *r = start(&c);
+    struct raft_message m = {0};
+    m.type = RAFT_MSG_VOTE;
+    m.from = 1;
+    m.to = 2;
+    m.term = 7;
+    m.u.vote.last_index = 40;
+    m.u.vote.last_term = 6;
+    m.cookie = 1;
+    CU_ASSERT_EQUAL(raft_step(r, &m), 0);
+    upd(r);
+    const struct raft_message *resp = find_msg(RAFT_MSG_VOTE_RESP, 1);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(resp);
+    CU_ASSERT(!resp->u.vote_resp.granted);
+    CU_ASSERT_EQUAL(U.hs.vote, 0);
+    adv(r);
+    /* A candidate of a new cluster (empty log) gets the vote. */
+    m.from = 3;
+    m.term = 8;
+    m.u.vote.last_index = 0;
+    m.u.vote.last_term = 0;
+    m.cookie = 2;
+    CU_ASSERT_EQUAL(raft_step(r, &m), 0);
+    upd(r);
+    resp = find_msg(RAFT_MSG_VOTE_RESP, 3);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(resp);
+    CU_ASSERT(resp->u.vote_resp.granted);
+    adv(r);
+    /* Once the longest election timeout has passed, it votes normally. */
+    CU_ASSERT_EQUAL(raft_tick(r, 1000 + 2 * 200), 0);
+    flush(r);
+    m.from = 1;
+    m.term = 20;
+    m.u.vote.last_index = 40;
+    m.u.vote.last_term = 6;
+    m.cookie = 3;
+    CU_ASSERT_EQUAL(raft_step(r, &m), 0);
+    upd(r);
+    resp = find_msg(RAFT_MSG_VOTE_RESP, 1);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(resp);
+    CU_ASSERT(resp->u.vote_resp.granted);
+    adv(r);
+    raft_free(r);
+    /* A node restarted with persisted state votes at once. */
+    const uint64_t terms[] = {1, 1};
+    c.start_ms = 0;
+    r = start_with_log(&c, 1, terms, 2);
+    m.term = 2;
+    m.cookie = 4;
+    CU_ASSERT_EQUAL(raft_step(r, &m), 0);
+    upd(r);
+    resp = find_msg(RAFT_MSG_VOTE_RESP, 1);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(resp);
+    CU_ASSERT(resp->u.vote_resp.granted);
+    adv(r);
+    raft_free(r);
+}
+
 static void test_leader_appends_may_leave_before_the_write(void)
 {
     struct raft_config c = cfg(1, 3);
@@ -1118,6 +1183,7 @@ static const struct test_case cases[] = {
     T(test_election_timeout_is_randomized_per_seed),
     T(test_single_node_commits_only_after_own_persist),
     T(test_vote_is_persisted_before_its_response),
+    T(test_fresh_node_votes_only_in_a_new_cluster_at_first),
     T(test_leader_appends_may_leave_before_the_write),
     T(test_calls_between_get_update_and_advance_are_refused),
     T(test_every_request_gets_one_response_with_its_cookie),

@@ -1133,6 +1133,23 @@ void sim_restart(struct sim *s, unsigned i)
     start_node(s, i);
 }
 
+void sim_wipe(struct sim *s, unsigned i)
+{
+    struct node *nd = &s->nodes[i];
+    sim_crash(s, i);
+    struct disk *d = &nd->d;
+    for (size_t k = 0; k < d->n; k++) {
+        free(d->log[k].data);
+    }
+    free(d->log);
+    free(d->snap);
+    free(d->stage);
+    free(d->values);
+    memset(d, 0, sizeof *d);
+    nd->last_commit = 0; /* its commit index legitimately starts over */
+    start_node(s, i);
+}
+
 bool sim_up(const struct sim *s, unsigned i)
 {
     return s->nodes[i].up;

@@ -83,6 +83,7 @@ void sim_heal(struct sim *s);                        /* every link up */
 void sim_partition(struct sim *s, const int *group); /* same group talks */
 void sim_crash(struct sim *s, unsigned i);           /* loses unpersisted */
 void sim_restart(struct sim *s, unsigned i);         /* from persisted state */
+void sim_wipe(struct sim *s, unsigned i); /* restart with nothing persisted */
 bool sim_up(const struct sim *s, unsigned i);
 bool sim_connected(const struct sim *s, unsigned i);
 void sim_set_disk(struct sim *s, unsigned i, unsigned min_ms, unsigned max_ms);
