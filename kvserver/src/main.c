@@ -33,7 +33,7 @@ static const char usage_text[] =
     "                           slightly lagging follower needs no snapshot\n"
     "                           (default 1000)\n"
     "  --state-commit-ms MS     commit the applied state to LMDB at least\n"
-    "                           this often (default 20); the log holds\n"
+    "                           this often (default 100); the log holds\n"
     "                           every committed write meanwhile\n"
     "  --wal-segment-mb N       size of one log segment file (default 64)\n"
     "  --max-sessions N         clients remembered for exactly-once writes;\n"
@@ -132,7 +132,7 @@ int main(int argc, char **argv)
         .snapshot_entries = 10000,
         .snapshot_trailing = 1000,
         .max_sessions = KV_DEFAULT_MAX_SESSIONS,
-        .state_commit_ms = 20,
+        .state_commit_ms = 100,
         .wal_segment_bytes = KV_WAL_SEGMENT_BYTES,
     };
     const char *cluster = NULL;

@@ -16,6 +16,7 @@
 #define WAL_MAGIC 0x524b5657u /* "RKVW" */
 #define WAL_ALIGN 4096u
 #define WAL_HEADER 16u
+#define WAL_PREALLOC (1u << 20) /* zeros written ahead of the appends */
 
 enum wal_record {
     REC_ENTRY = 1,
@@ -247,6 +248,31 @@ static int new_segment(struct kv_wal *w, uint64_t no)
     }
     w->fd = fd;
     w->size = 0;
+    w->alloc = 0;
+    return 0;
+}
+
+/* Make the segment's file at least @need bytes long, with zeros, and some
+ * way beyond: the next appends then rewrite allocated blocks only. */
+static int extend(struct kv_wal *w, uint64_t need, const char *path)
+{
+    static const uint8_t zeros[64 * 1024];
+    uint64_t target = need + WAL_PREALLOC;
+    while (w->alloc < target) {
+        size_t len = target - w->alloc < sizeof zeros
+                         ? (size_t)(target - w->alloc)
+                         : sizeof zeros;
+        ssize_t k = pwrite(w->fd, zeros, len, (off_t)w->alloc);
+        if (k < 0 && errno == EINTR) {
+            continue;
+        }
+        if (k <= 0) {
+            int err = k < 0 ? errno : EIO;
+            return fail(w, err, "%s: extend to %" PRIu64 " bytes: %s", path,
+                        target, strerror(err));
+        }
+        w->alloc += (uint64_t)k;
+    }
     return 0;
 }
 
@@ -311,8 +337,11 @@ int kv_wal_sync(struct kv_wal *w)
     kv_put_u32(w->buf + 12, header_crc(w->buf, cur->no));
     char path[1200];
     seg_path(w, cur->no, path, sizeof path);
+    if (w->size + padded > w->alloc) {
+        rv = extend(w, w->size + padded, path);
+    }
     size_t done = 0;
-    while (done < padded) {
+    while (!rv && done < padded) {
         ssize_t k = pwrite(w->fd, w->buf + done, padded - done,
                            (off_t)(w->size + done));
         if (k < 0 && errno == EINTR) {
@@ -335,6 +364,7 @@ int kv_wal_sync(struct kv_wal *w)
         if (ftruncate(w->fd, (off_t)w->size) != 0) {
             /* The next open cuts a damaged tail off anyway. */
         }
+        w->alloc = w->size;
         kv_wal_discard(w);
         return rv;
     }
@@ -544,7 +574,9 @@ static int replay_segment(struct replay *r,
         const char *what = NULL;
         const uint8_t *h = img + o;
         uint32_t body = 0;
-        if (size - o < WAL_HEADER) {
+        if (all_zero(h, size - o)) {
+            break; /* zeros written ahead of the appends */
+        } else if (size - o < WAL_HEADER) {
             what = "batch header cut short";
         } else if (all_zero(h, WAL_HEADER)) {
             what = "no batch header";
@@ -723,10 +755,14 @@ int kv_wal_open(struct kv_wal *w,
             r.seg = &w->segs[w->n_segs - 1];
             rv = replay_segment(&r, img, size, last, &end);
         }
-        if (!rv && last && end != size) {
+        uint64_t alloc = size;
+        if (!rv && last && end < size && all_zero(img + end, size - end)) {
+            /* Zeros written ahead of the appends: nothing was cut. */
+        } else if (!rv && last && end != size) {
             /* Cut an interrupted append off, or give the last batch back
              * its padding, so that the next one starts at a boundary. */
             out->cut_bytes = end < size ? size - end : 0;
+            alloc = end;
             if (ftruncate(fd, (off_t)end) != 0 || fdatasync(fd) != 0) {
                 rv = fail(w, errno, "%s: cutting off an interrupted append: "
                           "%s", path, strerror(errno));
@@ -736,6 +772,7 @@ int kv_wal_open(struct kv_wal *w,
         if (last && !rv) {
             w->fd = fd;
             w->size = end;
+            w->alloc = alloc;
         } else {
             close(fd);
         }

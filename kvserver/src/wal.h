@@ -12,7 +12,9 @@
  *   record := ENTRY index term type length data | HARD_STATE term vote
  *             | TRUNCATE from | SNAPSHOT index term
  *
- * All integers are big-endian. A segment starts with the hard state and the
+ * All integers are big-endian. Segments are extended with zeros 1 MiB
+ * ahead of the appends, so that an fdatasync flushes the data alone. A
+ * segment starts with the hard state and the
  * last snapshot mark, so that older segments can be deleted once the log
  * is compacted past them. On open, a damaged batch at the end of the last
  * segment (with nothing valid after it) is an interrupted append, never
@@ -43,6 +45,9 @@ struct kv_wal
     char dir[1100];               /* <data dir>/wal */
     int fd;                       /* the current (last) segment */
     uint64_t size;                /* bytes in it, a multiple of 4 KiB */
+    uint64_t alloc;               /* its file size: zeros past size, so
+                                     that an append does not change the
+                                     file's size (a metadata write) */
     uint64_t segment_bytes;       /* roll over past this size */
     struct kv_wal_segment *segs;  /* live segments, oldest first */
     size_t n_segs, cap_segs;      /* entries in segs / allocated */

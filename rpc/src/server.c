@@ -24,6 +24,8 @@ struct rpc_conn
     char peer[64];                /* "host:port" of the other end */
     int refs;                     /* the open connection + pending calls */
     bool read_paused;             /* reading stopped for output backlog */
+    struct evbuffer *pending;     /* replies not yet given to bev: written
+                                     straight to the socket at the flush */
     bool dirty;                   /* on the server's list of unflushed */
     struct rpc_conn *dirty_next;  /* that list (holds a reference) */
     struct rpc_conn *prev, *next; /* server's list of open connections */
@@ -69,6 +71,7 @@ struct rpc_server
     struct rpc_fault_state *faults;    /* per service, injected faults */
     struct held *held;                 /* requests and replies held back */
     struct rpc_conn *dirty;            /* replies queued since last flush */
+    struct event *flush_ev;            /* flushes them after the I/O */
 };
 
 static void list_remove(struct rpc_conn **head, struct rpc_conn *c)
@@ -114,6 +117,8 @@ static void conn_close(struct rpc_conn *c)
     c->bev = NULL;
     rpc_decoder_free(c->dec);
     c->dec = NULL;
+    evbuffer_free(c->pending);
+    c->pending = NULL;
     struct rpc_server *s = c->server;
     if (s) {
         list_remove(&s->conns, c);
@@ -128,7 +133,8 @@ static void conn_close(struct rpc_conn *c)
 static void check_output(struct rpc_conn *c)
 {
     size_t cap = c->server->opts.max_output;
-    size_t len = evbuffer_get_length(bufferevent_get_output(c->bev));
+    size_t len = evbuffer_get_length(bufferevent_get_output(c->bev)) +
+                 evbuffer_get_length(c->pending);
     if (len > 4 * cap) {
         rpc_logf(RPC_LOG_WARN,
                  "rpc: closing %s: %zu bytes of replies unread (cap %zu)",
@@ -141,7 +147,18 @@ static void check_output(struct rpc_conn *c)
     }
 }
 
-/* Remember that @c has replies queued, for rpc_server_flush. */
+/* Where a reply goes: replies wait in c->pending and are written to the
+ * socket at the next flush, all of a loop turn's in one write, without
+ * the bufferevent asking epoll for writability. What the socket does not
+ * take goes to the bufferevent, and so does every reply after it while
+ * it holds any, which keeps replies in order. */
+static struct evbuffer *reply_out(struct rpc_conn *c)
+{
+    struct evbuffer *out = bufferevent_get_output(c->bev);
+    return evbuffer_get_length(out) ? out : c->pending;
+}
+
+/* Remember that @c has replies queued, and flush after this turn's I/O. */
 static void mark_dirty(struct rpc_conn *c)
 {
     if (!c->dirty) {
@@ -149,6 +166,24 @@ static void mark_dirty(struct rpc_conn *c)
         c->refs++;
         c->dirty_next = c->server->dirty;
         c->server->dirty = c;
+        event_active(c->server->flush_ev, EV_TIMEOUT, 0);
+    }
+}
+
+static void flush_conn(struct rpc_conn *c)
+{
+    size_t len = evbuffer_get_length(c->pending);
+    if (!len) {
+        return;
+    }
+    int n = evbuffer_write(c->pending, bufferevent_getfd(c->bev));
+    if (n < 0 || (size_t)n < len) {
+        /* The rest (and an error, if any) is the bufferevent's now; its
+         * write callback resumes reading once the backlog drains. */
+        evbuffer_add_buffer(bufferevent_get_output(c->bev), c->pending);
+    } else if (c->read_paused) {
+        c->read_paused = false;
+        bufferevent_enable(c->bev, EV_READ);
     }
 }
 
@@ -160,11 +195,18 @@ void rpc_server_flush(struct rpc_server *s)
         struct rpc_conn *next = c->dirty_next;
         c->dirty = false;
         if (c->bev) {
-            rpc_bev_flush(c->bev);
+            flush_conn(c);
         }
         conn_unref(c);
         c = next;
     }
+}
+
+static void on_flush(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    rpc_server_flush(arg);
 }
 
 /* Send a reply frame (args NULL and status non-zero for an error). */
@@ -186,7 +228,7 @@ static void send_reply(struct rpc_conn *c,
     hdr.call_id = call_id;
     hdr.status = (Raftkv__RpcStatus)status;
     hdr.error = (char *)(error ? error : "");
-    struct evbuffer *out = hold ? hold : bufferevent_get_output(c->bev);
+    struct evbuffer *out = hold ? hold : reply_out(c);
     int rv = rpc_write_frame(out, &hdr, args, &s->opts.limits);
     if (rv == RPC_E_TOO_BIG) {
         rpc_logf(RPC_LOG_WARN, "rpc: reply to %s over the frame cap", c->peer);
@@ -430,7 +472,7 @@ static void on_held(evutil_socket_t fd, short what, void *arg)
     held_unlink(h);
     if (c->bev && c->server) {
         if (h->reply) {
-            evbuffer_add_buffer(bufferevent_get_output(c->bev), h->reply);
+            evbuffer_add_buffer(reply_out(c), h->reply);
             mark_dirty(c);
             check_output(c);
         } else {
@@ -486,12 +528,17 @@ int rpc_server_adopt(struct rpc_server *s, int fd, const char *peer)
         return RPC_E_NOMEM;
     }
     c->dec = rpc_decoder_new(&s->opts.limits);
+    c->pending = evbuffer_new();
     evutil_make_socket_nonblocking(fd);
     rpc_tune_socket(fd);
-    c->bev = c->dec ? bufferevent_socket_new(s->base, fd, BEV_OPT_CLOSE_ON_FREE)
-                    : NULL;
+    c->bev = c->dec && c->pending
+                 ? bufferevent_socket_new(s->base, fd, BEV_OPT_CLOSE_ON_FREE)
+                 : NULL;
     if (!c->bev) {
         rpc_decoder_free(c->dec);
+        if (c->pending) {
+            evbuffer_free(c->pending);
+        }
         free(c);
         close(fd);
         return RPC_E_NOMEM;
@@ -553,6 +600,11 @@ struct rpc_server *rpc_server_new(struct event_base *base,
     if (!s->opts.max_output) {
         s->opts.max_output = DEFAULT_MAX_OUTPUT;
     }
+    s->flush_ev = event_new(base, -1, 0, on_flush, s);
+    if (!s->flush_ev) {
+        free(s);
+        return NULL;
+    }
     return s;
 }
 
@@ -586,6 +638,7 @@ void rpc_server_free(struct rpc_server *s)
         list_remove(&s->closed, c);
         c->server = NULL;
     }
+    event_free(s->flush_ev);
     free(s->services);
     free(s->faults);
     free(s);

@@ -192,7 +192,7 @@ static void test_wal_interrupted_append_is_cut_off(void)
     char path[128];
     segment_path(1, path, sizeof path);
     off_t size = file_size(path);
-    CU_ASSERT_FATAL(size == 5 * 4096);
+    CU_ASSERT_FATAL(size >= 5 * 4096); /* zeros run ahead of the appends */
     int fd = open(path, O_WRONLY);
     CU_ASSERT_FATAL(fd >= 0);
     static const uint8_t zeros[4096];
@@ -201,7 +201,7 @@ static void test_wal_interrupted_append_is_cut_off(void)
     kv_wal_contents_free(&c);
     CU_ASSERT_EQUAL_FATAL(kv_wal_open(&w, dir, 0, &c), 0);
     check_range(1, 5);
-    CU_ASSERT_EQUAL(c.cut_bytes, 4 * 4096);
+    CU_ASSERT_EQUAL(c.cut_bytes, (uint64_t)size - 4096);
     CU_ASSERT_EQUAL(file_size(path), 4096);
     /* Appends go on after the cut. */
     append(6, 6, 2);
@@ -222,13 +222,19 @@ static void test_wal_interrupted_append_is_cut_off(void)
     CU_ASSERT_EQUAL(kv_wal_sync(&w), 0);
     CU_ASSERT_EQUAL_FATAL(reopen(0), 0);
     check_range(1, 7);
-    /* A crash may also leave a file extended with zeros. */
+    /* Zeros past the last batch (written ahead of the appends, or left by
+     * a crash) are no interrupted append and stay. */
     kv_wal_close(&w);
     CU_ASSERT_EQUAL(truncate(path, 10 * 4096), 0);
     kv_wal_contents_free(&c);
     CU_ASSERT_EQUAL_FATAL(kv_wal_open(&w, dir, 0, &c), 0);
     check_range(1, 7);
-    CU_ASSERT_EQUAL(file_size(path), 3 * 4096);
+    CU_ASSERT_EQUAL(c.cut_bytes, 0);
+    CU_ASSERT_EQUAL(file_size(path), 10 * 4096);
+    append(8, 8, 2);
+    CU_ASSERT_EQUAL(kv_wal_sync(&w), 0);
+    CU_ASSERT_EQUAL_FATAL(reopen(0), 0);
+    check_range(1, 8);
     kv_wal_close(&w);
     kv_wal_contents_free(&c);
     remove_dir();
@@ -262,6 +268,9 @@ static void test_wal_damage_before_good_data_is_reported_not_cut(void)
     kv_wal_contents_free(&c);
     /* A byte inside the second batch's data: acknowledged entries follow,
      * so this is damage, not an interrupted append. */
+    char path[128];
+    segment_path(1, path, sizeof path);
+    off_t size = file_size(path);
     flip(1, 4096 + 40);
     CU_ASSERT_EQUAL(kv_wal_open(&w, dir, 0, &c), KV_STORE_ECORRUPT);
     CU_ASSERT_PTR_NOT_NULL(strstr(w.errmsg, "0000000000000001.wal"));
@@ -269,9 +278,7 @@ static void test_wal_damage_before_good_data_is_reported_not_cut(void)
     CU_ASSERT_PTR_NOT_NULL(strstr(w.errmsg, "checksum"));
     CU_ASSERT_PTR_NOT_NULL(strstr(w.errmsg, "index 3"));
     /* Nothing was cut: the file is as it was. */
-    char path[128];
-    segment_path(1, path, sizeof path);
-    CU_ASSERT_EQUAL(file_size(path), 3 * 4096);
+    CU_ASSERT_EQUAL(file_size(path), size);
     remove_dir();
 }
 
