@@ -92,6 +92,8 @@ struct rpc_channel
     uint64_t conn_gen;                /* bumped per connection */
     struct pending *held;             /* calls whose reply is held back */
     struct delayed_send *delayed;     /* requests held back */
+    struct evbuffer *pending;         /* requests not yet given to bev */
+    struct event *flush_ev;           /* writes them after this turn's I/O */
 };
 
 /* --------------------------------------------------------- pending table */
@@ -193,6 +195,7 @@ static void fail_all(struct rpc_channel *ch, int status, const char *msg)
 static void drop_connection(struct rpc_channel *ch)
 {
     ch->conn_gen++; /* delayed requests for this connection are void */
+    evbuffer_drain(ch->pending, evbuffer_get_length(ch->pending));
     if (ch->bev) {
         bufferevent_free(ch->bev);
         ch->bev = NULL;
@@ -202,6 +205,33 @@ static void drop_connection(struct rpc_channel *ch)
         ch->dec = NULL;
     }
     event_del(ch->connect_timer);
+}
+
+/* Requests wait in ch->pending while the loop handles this turn's I/O, and
+ * then leave in one write, without the bufferevent asking epoll for
+ * writability. What the socket does not take goes to the bufferevent, and
+ * so do whole requests queued behind anything it already holds. */
+static void channel_flush(struct rpc_channel *ch)
+{
+    size_t len = evbuffer_get_length(ch->pending);
+    if (!len || ch->state != CH_CONNECTED || !ch->bev) {
+        return;
+    }
+    struct evbuffer *out = bufferevent_get_output(ch->bev);
+    if (evbuffer_get_length(out) == 0) {
+        int n = evbuffer_write(ch->pending, bufferevent_getfd(ch->bev));
+        if (n >= 0 && (size_t)n == len) {
+            return;
+        }
+    }
+    evbuffer_add_buffer(out, ch->pending);
+}
+
+static void on_flush(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    channel_flush(arg);
 }
 
 /* A connect failed: wait before the next one, twice as long each time. */
@@ -559,6 +589,10 @@ static int send_request(struct rpc_channel *ch,
                         const struct rpc_fault_choice *fc)
 {
     struct evbuffer *out = bufferevent_get_output(ch->bev);
+    if (ch->state == CH_CONNECTED && evbuffer_get_length(out) == 0) {
+        out = ch->pending;
+        event_active(ch->flush_ev, EV_TIMEOUT, 0);
+    }
     struct delayed_send *d = NULL;
     if (fc->delay_ms) {
         d = calloc(1, sizeof *d);
@@ -643,11 +677,13 @@ static void channel_invoke(ProtobufCService *service,
     ch->table[b] = p;
     ch->n_pending++;
     ch->stats.calls++;
-    if (rv == 0 && evbuffer_get_length(bufferevent_get_output(ch->bev)) >
-                       ch->opts.max_output) {
+    size_t unsent = rv == 0 ? evbuffer_get_length(ch->pending) +
+                                  evbuffer_get_length(
+                                      bufferevent_get_output(ch->bev))
+                            : 0;
+    if (rv == 0 && unsent > ch->opts.max_output) {
         snprintf(ch->last_failure, sizeof ch->last_failure,
-                 "%s is not reading: %zu bytes unsent", ch->target,
-                 evbuffer_get_length(bufferevent_get_output(ch->bev)));
+                 "%s is not reading: %zu bytes unsent", ch->target, unsent);
         rv = RPC_E_OVERLOADED;
     }
     struct rpc_fault_choice fc = {0};
@@ -748,7 +784,10 @@ static struct rpc_channel *channel_new(struct event_base *base,
         goto err_free;
     }
     ch->connect_timer = evtimer_new(ch->base, on_connect_timeout, ch);
-    if (!ch->connect_timer || !table_grow(ch)) {
+    ch->flush_ev = event_new(ch->base, -1, 0, on_flush, ch);
+    ch->pending = evbuffer_new();
+    if (!ch->connect_timer || !ch->flush_ev || !ch->pending ||
+        !table_grow(ch)) {
         goto err_free;
     }
     ch->state = CH_IDLE;
@@ -757,6 +796,12 @@ static struct rpc_channel *channel_new(struct event_base *base,
 err_free:
     if (ch->connect_timer) {
         event_free(ch->connect_timer);
+    }
+    if (ch->flush_ev) {
+        event_free(ch->flush_ev);
+    }
+    if (ch->pending) {
+        evbuffer_free(ch->pending);
     }
     if (own && ch->base) {
         event_base_free(ch->base);
@@ -809,6 +854,8 @@ void rpc_channel_free(struct rpc_channel *ch)
         free(cs);
     }
     event_free(ch->connect_timer);
+    event_free(ch->flush_ev);
+    evbuffer_free(ch->pending);
     if (ch->own_base) {
         event_base_free(ch->base);
     }
@@ -849,6 +896,7 @@ void rpc_channel_flush(struct rpc_channel *ch)
     if (ch->state != CH_CONNECTED || !ch->bev) {
         return;
     }
+    channel_flush(ch);
     rpc_bev_flush(ch->bev);
 }
 

@@ -176,11 +176,14 @@ static void flush_conn(struct rpc_conn *c)
     if (!len) {
         return;
     }
-    int n = evbuffer_write(c->pending, bufferevent_getfd(c->bev));
+    struct evbuffer *out = bufferevent_get_output(c->bev);
+    int n = evbuffer_get_length(out)
+                ? -1
+                : evbuffer_write(c->pending, bufferevent_getfd(c->bev));
     if (n < 0 || (size_t)n < len) {
         /* The rest (and an error, if any) is the bufferevent's now; its
          * write callback resumes reading once the backlog drains. */
-        evbuffer_add_buffer(bufferevent_get_output(c->bev), c->pending);
+        evbuffer_add_buffer(out, c->pending);
     } else if (c->read_paused) {
         c->read_paused = false;
         bufferevent_enable(c->bev, EV_READ);
