@@ -463,27 +463,34 @@ static void call(struct clerk *c,
     }
 }
 
-/* Which server does a leader hint name? */
-static bool server_of_hint(struct clerk *c, const struct answer *a, size_t *out)
+/* Which server does a leader hint's address name? */
+static bool server_of_addr(struct clerk *c,
+                           const char *leader_addr,
+                           size_t *out)
 {
-    if (!a->leader_addr[0]) {
+    if (!leader_addr[0]) {
         return false;
     }
     for (size_t i = 0; i < c->n; i++) {
-        if (strcmp(c->servers[i].addr, a->leader_addr) == 0) {
+        if (strcmp(c->servers[i].addr, leader_addr) == 0) {
             *out = i;
             return true;
         }
     }
     /* A leader outside the list given to clerk_open: remember it, so a
      * handle that knows only some servers still reaches the leader. */
-    char addr[sizeof a->leader_addr];
-    snprintf(addr, sizeof addr, "%s", a->leader_addr);
+    char addr[300];
+    snprintf(addr, sizeof addr, "%s", leader_addr);
     if (!add_server(c, addr)) {
         return false;
     }
     *out = c->n - 1;
     return true;
+}
+
+static bool server_of_hint(struct clerk *c, const struct answer *a, size_t *out)
+{
+    return server_of_addr(c, a->leader_addr, out);
 }
 
 /* Map a final KV answer to a clerk result. */
@@ -728,9 +735,25 @@ int clerk_cas(struct clerk *c,
 
 /* ------------------------------------------------------------- status */
 
+/* The leader's replication view, from its Status answer. */
+struct leader_view
+{
+    bool found;    /* a leader answered */
+    uint64_t term; /* its term */
+    size_t n;      /* entries */
+    struct
+    {
+        uint64_t id;      /* node id */
+        char addr[300];   /* its HOST:PORT in the cluster list */
+        uint64_t match;   /* match index */
+        uint64_t age_ms;  /* since it last answered */
+    } nodes[MAX_SERVERS]; /* one per node */
+};
+
 struct status_out
 {
     struct clerk_node_status *st;
+    struct leader_view *view;
     bool replied;
 };
 
@@ -743,6 +766,21 @@ static void on_status(const Raftkv__StatusReply *r, void *data)
         return;
     }
     o->replied = true;
+    struct leader_view *v = o->view;
+    if (!strcmp(r->role, "leader") && (!v->found || r->term > v->term)) {
+        v->found = true;
+        v->term = r->term;
+        v->n = 0;
+        for (size_t i = 0; i < r->n_progress && v->n < MAX_SERVERS; i++) {
+            const Raftkv__ReplicaProgress *p = r->progress[i];
+            v->nodes[v->n].id = p->node_id;
+            snprintf(v->nodes[v->n].addr, sizeof v->nodes[v->n].addr, "%s",
+                     p->address ? p->address : "");
+            v->nodes[v->n].match = p->match_index;
+            v->nodes[v->n].age_ms = p->ack_age_ms;
+            v->n++;
+        }
+    }
     st->reachable = true;
     st->id = r->node_id;
     snprintf(st->role, sizeof st->role, "%s", r->role);
@@ -755,13 +793,62 @@ static void on_status(const Raftkv__StatusReply *r, void *data)
     st->disk_full = r->disk_full;
 }
 
+/* How far each server trails the leader that answered in the highest
+ * term: its applied index against the leader's commit index, and the
+ * leader's own view of its log (also for a server that did not answer,
+ * found by address). */
+static void fill_lag(struct clerk_node_status *st,
+                     size_t n,
+                     const struct leader_view *v)
+{
+    const struct clerk_node_status *leader = NULL;
+    for (size_t i = 0; i < n && v->found; i++) {
+        if (st[i].reachable && !strcmp(st[i].role, "leader") &&
+            st[i].term == v->term) {
+            leader = &st[i];
+            break;
+        }
+    }
+    if (!leader) {
+        return;
+    }
+    for (size_t i = 0; i < n; i++) {
+        struct clerk_node_status *s = &st[i];
+        if (s->reachable) {
+            s->lag_known = true;
+            s->applied_lag = leader->commit_index > s->applied_index
+                                 ? leader->commit_index - s->applied_index
+                                 : 0;
+        }
+        for (size_t k = 0; k < v->n; k++) {
+            if (s->reachable ? v->nodes[k].id != s->id
+                             : strcmp(v->nodes[k].addr, s->address) != 0) {
+                continue;
+            }
+            if (!s->reachable) {
+                s->id = v->nodes[k].id;
+            }
+            s->progress_known = true;
+            s->match_index = v->nodes[k].match;
+            s->replication_lag = leader->last_log_index > s->match_index
+                                     ? leader->last_log_index - s->match_index
+                                     : 0;
+            s->ack_age_ms = v->nodes[k].age_ms;
+            break;
+        }
+    }
+}
+
 int clerk_status(struct clerk *c, struct clerk_node_status **nodes, size_t *n)
 {
     if (!c || !nodes || !n) {
         return CLERK_INVALID;
     }
     struct clerk_node_status *st = calloc(c->n, sizeof *st);
-    if (!st) {
+    struct leader_view *view = calloc(1, sizeof *view);
+    if (!st || !view) {
+        free(st);
+        free(view);
         return CLERK_NOMEM;
     }
     pthread_mutex_lock(&c->lock);
@@ -769,16 +856,164 @@ int clerk_status(struct clerk *c, struct clerk_node_status **nodes, size_t *n)
         snprintf(st[i].address, sizeof st[i].address, "%s", c->servers[i].addr);
         ProtobufCService *svc =
             service(c, i, &raftkv__admin_service__descriptor, c->attempt_ms);
-        struct status_out o = {.st = &st[i]};
+        struct status_out o = {.st = &st[i], .view = view};
         Raftkv__StatusArgs a = RAFTKV__STATUS_ARGS__INIT;
         if (svc) {
             raftkv__admin_service__status(svc, &a, on_status, &o);
         }
     }
     pthread_mutex_unlock(&c->lock);
+    fill_lag(st, c->n, view);
+    free(view);
     *nodes = st;
     *n = c->n;
     return CLERK_OK;
+}
+
+/* ----------------------------------------------------- leader transfer */
+
+/* What one TransferLeader call said. */
+struct transfer_out
+{
+    bool replied;          /* a reply came (else rpc failure) */
+    int error;             /* AdminError */
+    char message[300];     /* the server's message, or the rpc error */
+    uint64_t leader;       /* leader the server knows */
+    char leader_addr[300]; /* its address */
+};
+
+static void on_transfer(const Raftkv__TransferLeaderReply *r, void *data)
+{
+    struct transfer_out *o = data;
+    if (!r) {
+        snprintf(o->message, sizeof o->message, "%s", rpc_last_error());
+        return;
+    }
+    o->replied = true;
+    o->error = r->error;
+    o->leader = r->leader_id;
+    snprintf(o->message, sizeof o->message, "%s", r->message ? r->message : "");
+    snprintf(o->leader_addr, sizeof o->leader_addr, "%s",
+             r->leader_address ? r->leader_address : "");
+}
+
+static void on_ping(const Raftkv__PingReply *r, void *data)
+{
+    struct transfer_out *o = data;
+    o->replied = r != NULL;
+    if (!r) {
+        snprintf(o->message, sizeof o->message, "%s", rpc_last_error());
+    }
+}
+
+/* Map a TransferLeader answer that ends the operation; -1 for one that
+ * sends the clerk on to another server. */
+static int transfer_result(const struct transfer_out *o)
+{
+    switch (o->error) {
+        case RAFTKV__ADMIN_ERROR__ADMIN_OK:
+            return CLERK_OK;
+        case RAFTKV__ADMIN_ERROR__ADMIN_NOT_LEADER:
+            return -1;
+        case RAFTKV__ADMIN_ERROR__ADMIN_UNKNOWN_NODE:
+        case RAFTKV__ADMIN_ERROR__ADMIN_BAD_REQUEST:
+            return CLERK_BAD_REQUEST;
+        case RAFTKV__ADMIN_ERROR__ADMIN_TIMEOUT:
+            return CLERK_TIMEOUT;
+        case RAFTKV__ADMIN_ERROR__ADMIN_UNAVAILABLE:
+            return CLERK_UNAVAILABLE;
+        default:
+            return CLERK_INTERNAL;
+    }
+}
+
+int clerk_transfer_leader(struct clerk *c,
+                          uint64_t target_id,
+                          uint64_t *new_leader)
+{
+    if (!c) {
+        return CLERK_INVALID;
+    }
+    if (new_leader) {
+        *new_leader = 0;
+    }
+    pthread_mutex_lock(&c->lock);
+    uint64_t deadline = now_ms() + c->deadline_ms;
+    uint64_t backoff = BACKOFF_MIN_MS;
+    size_t i = c->leader, failures_in_round = 0;
+    char last[400] = "no server tried";
+    for (;;) {
+        uint64_t now = now_ms();
+        if (now >= deadline) {
+            break;
+        }
+        unsigned budget = (unsigned)(deadline - now);
+        struct transfer_out o = {0};
+        bool moved = false;
+        /* The leader answers only once leadership moved, which takes up
+         * to an election timeout: the call gets the whole remaining
+         * deadline, so first make sure the server answers at all. */
+        ProtobufCService *svc =
+            service(c, i, &raftkv__admin_service__descriptor,
+                    budget < c->attempt_ms ? budget : c->attempt_ms);
+        if (svc) {
+            Raftkv__PingArgs p = RAFTKV__PING_ARGS__INIT;
+            raftkv__admin_service__ping(svc, &p, on_ping, &o);
+        }
+        now = now_ms();
+        if (svc && o.replied && now < deadline) {
+            memset(&o, 0, sizeof o);
+            svc = service(c, i, &raftkv__admin_service__descriptor,
+                          (unsigned)(deadline - now));
+            Raftkv__TransferLeaderArgs a = RAFTKV__TRANSFER_LEADER_ARGS__INIT;
+            a.target_id = target_id;
+            if (svc) {
+                raftkv__admin_service__transfer_leader(svc, &a, on_transfer,
+                                                       &o);
+            }
+        }
+        if (!svc) {
+            snprintf(c->errmsg, sizeof c->errmsg, "out of memory");
+            pthread_mutex_unlock(&c->lock);
+            return CLERK_NOMEM;
+        }
+        snprintf(last, sizeof last, "%s: %s", c->servers[i].addr,
+                 o.message[0] ? o.message : "no answer");
+        int rv = o.replied ? transfer_result(&o) : -1;
+        if (rv >= 0) {
+            size_t to;
+            if (o.leader && server_of_addr(c, o.leader_addr, &to)) {
+                c->leader = to;
+            }
+            if (new_leader) {
+                *new_leader = o.leader;
+            }
+            snprintf(c->errmsg, sizeof c->errmsg, "%s", o.message);
+            pthread_mutex_unlock(&c->lock);
+            return rv;
+        }
+        size_t to;
+        if (o.replied && server_of_addr(c, o.leader_addr, &to) && to != i) {
+            i = to;
+            moved = true;
+        }
+        if (!moved) {
+            i = (i + 1) % c->n;
+            if (++failures_in_round >= c->n) {
+                failures_in_round = 0;
+                uint64_t t = now_ms();
+                uint64_t left = t < deadline ? deadline - t : 0;
+                sleep_ms(backoff < left ? backoff : left);
+                backoff =
+                    backoff * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : backoff * 2;
+            }
+        }
+    }
+    snprintf(c->errmsg, sizeof c->errmsg,
+             "no leader answered within %u ms (last: %s)", c->deadline_ms,
+             last);
+    pthread_mutex_unlock(&c->lock);
+    return CLERK_UNAVAILABLE;
 }
 
 /* ------------------------------------------------------ fault injection */

@@ -29,7 +29,10 @@ static const char usage_text[] =
     "  del KEY                 delete KEY\n"
     "  cas KEY EXPECTED NEW    set KEY to NEW if it holds EXPECTED\n"
     "  cas --absent KEY NEW    set KEY to NEW if it does not exist\n"
-    "  status                  a row per node: role, term, indexes, leader\n"
+    "  status                  a row per node: role, term, indexes, leader,\n"
+    "                          how far it trails the leader\n"
+    "  transfer-leader ID      hand leadership to node ID (auto: the leader\n"
+    "                          picks its most up-to-date follower)\n"
     "  fault NODE ...          inject network faults (test clusters only)\n"
     "  partition IDS IDS...    cut the cluster into groups (test clusters)\n"
     "  heal                    remove every injected fault\n"
@@ -85,7 +88,22 @@ static const struct
     {"status",
      "kvctl status\n  A row per node: id, address, role, term, "
      "leader, commit index,\n  applied index, last log index, "
-     "snapshot index. Exit 3 when no\n  node knows a leader.\n"},
+     "snapshot index, and how far it\n  trails the leader: LAG, the "
+     "leader's commit index minus its applied\n  index (for nodes that "
+     "answer), and REPL_LAG, the leader's last log\n  index minus what "
+     "the leader knows the node stores (also for a node\n  that does not "
+     "answer). Exit 3 when no node knows a leader.\n"},
+    {"transfer-leader",
+     "kvctl transfer-leader ID\nkvctl transfer-leader auto\n"
+     "  Hand leadership to node ID: the leader brings its log up to date,\n"
+     "  then has it start an election at once, so the cluster changes\n"
+     "  leader without an election timeout of unavailability. Use it\n"
+     "  before stopping the leader for maintenance. With auto the leader\n"
+     "  picks its most up-to-date follower. Answers once the node leads\n"
+     "  (OK leader=ID). Exit 5 (BAD_REQUEST) for an id not in the cluster;\n"
+     "  exit 3 (TIMEOUT) when the node did not take over within about an\n"
+     "  election timeout (it is down or cut off; the old leader stays), or\n"
+     "  (UNAVAILABLE) with no leader or another transfer under way.\n"},
     {"fault",
      "kvctl fault NODE show\n"
      "kvctl fault NODE clear\n"
@@ -279,6 +297,26 @@ static int usage_error(const char *msg)
 
 /* ------------------------------------------------------------- commands */
 
+/* A number, or null when unknown. */
+static void put_json_u64(bool known, uint64_t v)
+{
+    if (known) {
+        printf("%llu", (unsigned long long)v);
+    } else {
+        fputs("null", stdout);
+    }
+}
+
+/* A number, or "-" when unknown. */
+static void fmt_u64(char *out, size_t len, bool known, uint64_t v)
+{
+    if (known) {
+        snprintf(out, len, "%llu", (unsigned long long)v);
+    } else {
+        snprintf(out, len, "-");
+    }
+}
+
 static int cmd_status(struct clerk *ck)
 {
     struct clerk_node_status *st;
@@ -294,78 +332,137 @@ static int cmd_status(struct clerk *ck)
     if (fmt == FMT_JSON) {
         fputs("{\"ok\":true,\"nodes\":[", stdout);
         for (size_t i = 0; i < n; i++) {
+            const struct clerk_node_status *s = &st[i];
             printf("%s{\"address\":", i ? "," : "");
-            put_json_string(stdout, (unsigned char *)st[i].address,
-                            strlen(st[i].address));
-            if (st[i].reachable) {
+            put_json_string(stdout, (unsigned char *)s->address,
+                            strlen(s->address));
+            if (s->reachable) {
                 printf(
                     ",\"reachable\":true,\"id\":%llu,\"role\":\"%s\","
                     "\"term\":%llu,\"leader\":%llu,\"commit_index\":%llu,"
                     "\"applied_index\":%llu,\"last_log_index\":%llu,"
-                    "\"snapshot_index\":%llu,\"disk_full\":%s}",
-                    (unsigned long long)st[i].id, st[i].role,
-                    (unsigned long long)st[i].term,
-                    (unsigned long long)st[i].leader,
-                    (unsigned long long)st[i].commit_index,
-                    (unsigned long long)st[i].applied_index,
-                    (unsigned long long)st[i].last_log_index,
-                    (unsigned long long)st[i].snapshot_index,
-                    st[i].disk_full ? "true" : "false");
+                    "\"snapshot_index\":%llu,\"disk_full\":%s",
+                    (unsigned long long)s->id, s->role,
+                    (unsigned long long)s->term, (unsigned long long)s->leader,
+                    (unsigned long long)s->commit_index,
+                    (unsigned long long)s->applied_index,
+                    (unsigned long long)s->last_log_index,
+                    (unsigned long long)s->snapshot_index,
+                    s->disk_full ? "true" : "false");
             } else {
                 fputs(",\"reachable\":false,\"error\":", stdout);
-                put_json_string(stdout, (unsigned char *)st[i].error,
-                                strlen(st[i].error));
-                putchar('}');
+                put_json_string(stdout, (unsigned char *)s->error,
+                                strlen(s->error));
+                if (s->id) {
+                    printf(",\"id\":%llu", (unsigned long long)s->id);
+                }
             }
+            /* Unknown lags are null, never 0. */
+            fputs(",\"lag\":", stdout);
+            put_json_u64(s->lag_known, s->applied_lag);
+            fputs(",\"repl_lag\":", stdout);
+            put_json_u64(s->progress_known, s->replication_lag);
+            fputs(",\"match_index\":", stdout);
+            put_json_u64(s->progress_known, s->match_index);
+            fputs(",\"ack_age_ms\":", stdout);
+            put_json_u64(s->progress_known, s->ack_age_ms);
+            putchar('}');
         }
         puts("]}");
     } else if (fmt == FMT_TABLE) {
-        printf("%-4s %-22s %-13s %8s %6s %10s %10s %10s %10s\n", "ID",
+        printf("%-4s %-22s %-13s %8s %6s %10s %10s %10s %10s %8s %8s\n", "ID",
                "ADDRESS", "ROLE", "TERM", "LEADER", "COMMIT", "APPLIED",
-               "LAST_INDEX", "SNAPSHOT");
+               "LAST_INDEX", "SNAPSHOT", "LAG", "REPL_LAG");
         for (size_t i = 0; i < n; i++) {
-            if (!st[i].reachable) {
-                printf("%-4s %-22s unreachable: %s\n", "-", st[i].address,
-                       st[i].error);
-                continue;
-            }
-            printf(
-                "%-4llu %-22s %-13s %8llu %6llu %10llu %10llu %10llu "
-                "%10llu%s\n",
-                (unsigned long long)st[i].id, st[i].address, st[i].role,
-                (unsigned long long)st[i].term,
-                (unsigned long long)st[i].leader,
-                (unsigned long long)st[i].commit_index,
-                (unsigned long long)st[i].applied_index,
-                (unsigned long long)st[i].last_log_index,
-                (unsigned long long)st[i].snapshot_index,
-                st[i].disk_full ? " DISK FULL" : "");
-        }
-    } else {
-        for (size_t i = 0; i < n; i++) {
-            if (!st[i].reachable) {
-                printf("address=%s reachable=false error=", st[i].address);
-                put_quoted(stdout, (unsigned char *)st[i].error,
-                           strlen(st[i].error));
+            const struct clerk_node_status *s = &st[i];
+            char id[24], lag[24], repl[24];
+            fmt_u64(id, sizeof id, s->id != 0, s->id);
+            fmt_u64(lag, sizeof lag, s->lag_known, s->applied_lag);
+            fmt_u64(repl, sizeof repl, s->progress_known, s->replication_lag);
+            if (!s->reachable) {
+                printf("%-4s %-22s unreachable: %s", id, s->address, s->error);
+                if (s->progress_known) {
+                    printf(" (leader: REPL_LAG %s, last answer ~%llu ms ago)",
+                           repl, (unsigned long long)s->ack_age_ms);
+                }
                 putchar('\n');
                 continue;
             }
             printf(
-                "id=%llu address=%s role=%s term=%llu leader=%llu "
-                "commit=%llu applied=%llu last_index=%llu snapshot=%llu"
-                "%s\n",
-                (unsigned long long)st[i].id, st[i].address, st[i].role,
-                (unsigned long long)st[i].term,
-                (unsigned long long)st[i].leader,
-                (unsigned long long)st[i].commit_index,
-                (unsigned long long)st[i].applied_index,
-                (unsigned long long)st[i].last_log_index,
-                (unsigned long long)st[i].snapshot_index,
-                st[i].disk_full ? " disk_full=true" : "");
+                "%-4s %-22s %-13s %8llu %6llu %10llu %10llu %10llu "
+                "%10llu %8s %8s%s\n",
+                id, s->address, s->role, (unsigned long long)s->term,
+                (unsigned long long)s->leader,
+                (unsigned long long)s->commit_index,
+                (unsigned long long)s->applied_index,
+                (unsigned long long)s->last_log_index,
+                (unsigned long long)s->snapshot_index, lag, repl,
+                s->disk_full ? " DISK FULL" : "");
+        }
+    } else {
+        for (size_t i = 0; i < n; i++) {
+            const struct clerk_node_status *s = &st[i];
+            if (!s->reachable) {
+                printf("address=%s reachable=false error=", s->address);
+                put_quoted(stdout, (unsigned char *)s->error, strlen(s->error));
+                if (s->id) {
+                    printf(" id=%llu", (unsigned long long)s->id);
+                }
+            } else {
+                printf(
+                    "id=%llu address=%s role=%s term=%llu leader=%llu "
+                    "commit=%llu applied=%llu last_index=%llu snapshot=%llu"
+                    "%s",
+                    (unsigned long long)s->id, s->address, s->role,
+                    (unsigned long long)s->term, (unsigned long long)s->leader,
+                    (unsigned long long)s->commit_index,
+                    (unsigned long long)s->applied_index,
+                    (unsigned long long)s->last_log_index,
+                    (unsigned long long)s->snapshot_index,
+                    s->disk_full ? " disk_full=true" : "");
+            }
+            /* Unknown lags are left out, never shown as 0. */
+            if (s->lag_known) {
+                printf(" lag=%llu", (unsigned long long)s->applied_lag);
+            }
+            if (s->progress_known) {
+                printf(" repl_lag=%llu ack_age_ms=%llu",
+                       (unsigned long long)s->replication_lag,
+                       (unsigned long long)s->ack_age_ms);
+            }
+            putchar('\n');
         }
     }
     clerk_free(st);
     return leader_known ? EXIT_OK : EXIT_UNAVAILABLE;
+}
+
+/* kvctl transfer-leader ID|auto */
+static int cmd_transfer_leader(struct clerk *ck, const char *arg)
+{
+    uint64_t target = 0;
+    if (strcmp(arg, "auto") != 0) {
+        char *end;
+        errno = 0;
+        unsigned long long v = strtoull(arg, &end, 10);
+        if (errno || end == arg || *end || arg[0] == '-' || v == 0) {
+            return usage_error(
+                "ID is a node id (see kvctl status), or auto to let the "
+                "leader pick");
+        }
+        target = v;
+    }
+    uint64_t leader = 0;
+    int err = clerk_transfer_leader(ck, target, &leader);
+    if (err) {
+        return answer_clerk(ck, err);
+    }
+    if (fmt == FMT_JSON) {
+        printf("{\"ok\":true,\"leader\":%llu}\n", (unsigned long long)leader);
+    } else {
+        printf("OK leader=%llu\n", (unsigned long long)leader);
+    }
+    return EXIT_OK;
 }
 
 /* --------------------------------------------------------- fault command */
@@ -833,6 +930,10 @@ static int run_command(struct clerk *ck, struct tok *t, int n)
     if (!strcmp(cmd, "status")) {
         NEED(1, "status");
         return cmd_status(ck);
+    }
+    if (!strcmp(cmd, "transfer-leader")) {
+        NEED(2, "transfer-leader ID|auto");
+        return cmd_transfer_leader(ck, t[1].p);
     }
     if (!strcmp(cmd, "fault")) {
         return cmd_fault(ck, t, n);

@@ -446,10 +446,12 @@ void client_sweep(struct kv_node *n)
         }
         r = next;
     }
+    admin_sweep(n);
 }
 
 void client_fail_all(struct kv_node *n, int err, const char *why)
 {
+    admin_fail_all(n, why);
     while (n->writes) {
         struct kv_pending_write *w = pop_write(n);
         /* The write may still commit through another leader. */
@@ -503,6 +505,7 @@ static void handle_status(Raftkv__AdminService_Service *svc,
     r.snapshot_index = raft_snapshot_index(n->raft);
     r.cluster_id = n->cluster_id;
     r.disk_full = n->disk_full;
+    admin_status_progress(n, &r);
     closure(&r, data);
 }
 
@@ -516,9 +519,13 @@ void client_service_init(struct kv_node *n)
         handle_cas,
     };
     Raftkv__AdminService_Service admin = {
-        RAFTKV__ADMIN_SERVICE__BASE_INIT, handle_ping, handle_status,
+        RAFTKV__ADMIN_SERVICE__BASE_INIT,
+        handle_ping,
+        handle_status,
         NULL, /* Fault: fault.c */
+        NULL, /* TransferLeader: admin.c */
     };
     n->kv_svc = kv;
     n->admin_svc = admin;
+    admin_service_init(n);
 }

@@ -148,6 +148,8 @@ struct kv_node
     Raftkv__KvService_Service kv_svc; /* KvService implementation */
     Raftkv__RaftService_Service raft_svc;   /* RaftService implementation */
     Raftkv__AdminService_Service admin_svc; /* AdminService implementation */
+    struct admin_transfer *transfers;       /* TransferLeader calls waiting for
+                                               leadership to move (admin.c) */
 };
 
 /* The node that holds a service implementation (field: kv_svc, ...). */
@@ -192,5 +194,14 @@ void client_fail_all(struct kv_node *n, int err, const char *why);
 
 /* fault.c: AdminService.Fault */
 void fault_service_init(struct kv_node *n);
+
+/* admin.c: AdminService.TransferLeader, and the leader's view in Status */
+void admin_service_init(struct kv_node *n);
+/* Answer the TransferLeader calls whose outcome is known (sweep timer). */
+void admin_sweep(struct kv_node *n);
+/* Answer every waiting TransferLeader call with UNAVAILABLE (shutdown). */
+void admin_fail_all(struct kv_node *n, const char *why);
+/* Leader only: set r->progress, valid until the next call. */
+void admin_status_progress(struct kv_node *n, Raftkv__StatusReply *r);
 
 #endif /* KVSERVER_NODE_H */

@@ -317,6 +317,25 @@ uint64_t raft_snapshot_index(const struct raft *r)
     return r->snap_index;
 }
 
+int raft_peer_info(const struct raft *r,
+                   uint64_t id,
+                   struct raft_peer_info *out)
+{
+    if (r->role != RAFT_LEADER) {
+        return RAFT_NOTLEADER;
+    }
+    for (size_t k = 0; k < r->n_prs; k++) {
+        const struct raft_progress *pr = &r->prs[k];
+        if (pr->id == id) {
+            out->match = id == r->id ? r->stable : pr->match;
+            out->rounds_unacked =
+                id == r->id || pr->ack_seq >= r->seq ? 0 : r->seq - pr->ack_seq;
+            return 0;
+        }
+    }
+    return RAFT_EINVAL;
+}
+
 int raft_entry_term(const struct raft *r, uint64_t index, uint64_t *term)
 {
     if (index < r->log.offset) {

@@ -157,7 +157,8 @@ struct clerk_node_status
 {
     char address[300];       /* as given to clerk_open */
     bool reachable;          /* it answered */
-    uint64_t id;             /* its node id */
+    uint64_t id;             /* its node id (unreachable: from the leader's
+                                list when the address matches, else 0) */
     char role[16];           /* follower, pre-candidate, candidate, leader */
     uint64_t term;           /* current term */
     uint64_t leader;         /* leader id it knows (0: none) */
@@ -167,10 +168,22 @@ struct clerk_node_status
     uint64_t snapshot_index; /* its log starts after this */
     bool disk_full;          /* it refuses writes for lack of space */
     char error[200];         /* why it did not answer */
+    /* How far it trails the leader: the reachable server that leads in the
+     * highest term. Servers answer one after the other, so under load the
+     * numbers are approximate. */
+    bool lag_known;       /* applied_lag is set: it and a leader answered */
+    uint64_t applied_lag; /* leader's commit index minus its applied index */
+    bool progress_known;  /* the leader reported its replication to it
+                             (also for a server that did not answer) */
+    uint64_t match_index; /* leader's view: last log index stored on it */
+    uint64_t replication_lag; /* leader's last log index minus match_index */
+    uint64_t ack_age_ms;      /* leader's view: about how long since it last
+                                 answered the leader (0: just now) */
 };
 
 /**
- * Ask every server for its status.
+ * Ask every server for its status, and fill in how far each one trails
+ * the leader.
  * @param nodes set to an array of one entry per server: those given to
  *   clerk_open, then leaders it found that were not (free with clerk_free)
  * @param n set to the number of entries
@@ -178,6 +191,31 @@ struct clerk_node_status
  *   or CLERK_NOMEM
  */
 int clerk_status(struct clerk *c, struct clerk_node_status **nodes, size_t *n);
+
+/**
+ * Hand leadership to another node (Raft leadership transfer): the leader
+ * brings the target's log up to date, then tells it to start an election
+ * at once, so the cluster changes leader without an election timeout of
+ * unavailability (writes wait, and clerks retry them, for the few
+ * milliseconds it takes). For maintenance: move leadership off a node
+ * before stopping it. Returns once the target leads, or the transfer
+ * failed; the operation's deadline (clerk_set_deadline) bounds it.
+ * @param target_id the node to lead; 0 lets the leader pick its most
+ *   up-to-date follower
+ * @param new_leader if not NULL, set to the leader id the answering node
+ *   knows (CLERK_OK: the target; 0: none known)
+ * @return CLERK_OK (the target leads now, or already did),
+ *   CLERK_BAD_REQUEST (no node has that id; a single-node cluster),
+ *   CLERK_TIMEOUT (the target did not take over in time, about an election
+ *   timeout: it is down, unreachable or too far behind; the leader gave
+ *   up and takes writes again), CLERK_UNAVAILABLE (no leader answered
+ *   before the deadline, another transfer is in progress, no follower is
+ *   reachable for target 0, or leadership went to another node),
+ *   CLERK_INVALID, CLERK_NOMEM. clerk_errmsg says which.
+ */
+int clerk_transfer_leader(struct clerk *c,
+                          uint64_t target_id,
+                          uint64_t *new_leader);
 
 /* Fault injection, for fault-injection tests on a real cluster: what one
  * server does to its own traffic. Servers accept it only when started with

@@ -440,6 +440,26 @@ uint64_t raft_first_index(const struct raft *r);
 /** @return the index of the last snapshot (0: none). */
 uint64_t raft_snapshot_index(const struct raft *r);
 
+/* A leader's view of one voter's replication, from raft_peer_info(). */
+struct raft_peer_info
+{
+    uint64_t match;          /* Figure 2: matchIndex, the highest index
+                                known stored on it (the leader: its own
+                                durable last index) */
+    uint64_t rounds_unacked; /* heartbeat rounds since it last answered
+                                one (0 for the leader itself) */
+};
+
+/**
+ * The leader's replication progress of voter @id (read-only).
+ * @out: filled on success.
+ * @return 0, RAFT_NOTLEADER (only a leader tracks it) or RAFT_EINVAL
+ * (@id is not a voter).
+ */
+int raft_peer_info(const struct raft *r,
+                   uint64_t id,
+                   struct raft_peer_info *out);
+
 /**
  * Term of the entry at @index (snapshot boundary included).
  * @term: out.

@@ -1,0 +1,291 @@
+/* admin.c: AdminService.TransferLeader (Raft leadership transfer, answered
+ * once leadership has moved) and the leader's replication view in Status. */
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "node.h"
+
+/* A TransferLeader call waiting for the leadership to move. */
+struct admin_transfer
+{
+    uint64_t target;                             /* node that should lead */
+    uint64_t deadline;                           /* ms: TIMEOUT after this */
+    Raftkv__TransferLeaderReply_Closure closure; /* completes the call */
+    void *closure_data;                          /* its argument */
+    struct admin_transfer *next;                 /* node's list */
+};
+
+/* How long a call waits: the core abandons a transfer after an election
+ * timeout; a TimeoutNow sent just before that still gets two heartbeat
+ * intervals to turn into an election the old leader hears of. */
+static uint64_t wait_ms(const struct kv_node *n)
+{
+    return (uint64_t)n->cfg.election_ms + 2 * (uint64_t)n->cfg.heartbeat_ms;
+}
+
+static void reply(struct kv_node *n,
+                  Raftkv__TransferLeaderReply_Closure closure,
+                  void *data,
+                  Raftkv__AdminError err,
+                  uint64_t target,
+                  const char *msg)
+{
+    Raftkv__TransferLeaderReply r = RAFTKV__TRANSFER_LEADER_REPLY__INIT;
+    char addr[300];
+    uint64_t leader = raft_leader(n->raft);
+    snprintf(addr, sizeof addr, "%s", leader ? node_peer_addr(n, leader) : "");
+    r.error = err;
+    r.message = (char *)msg;
+    r.node_id = n->cfg.id;
+    r.target_id = target;
+    r.leader_id = leader;
+    r.leader_address = addr;
+    r.term = raft_term(n->raft);
+    closure(&r, data);
+}
+
+static bool is_member(const struct kv_node *n, uint64_t id)
+{
+    for (size_t i = 0; i < n->cfg.n_nodes; i++) {
+        if (n->cfg.ids[i] == id) {
+            return true;
+        }
+    }
+    return false;
+}
+
+/* "1, 2, 3" */
+static void list_members(const struct kv_node *n, char *out, size_t len)
+{
+    size_t o = 0;
+    out[0] = 0;
+    for (size_t i = 0; i < n->cfg.n_nodes && o < len; i++) {
+        int w = snprintf(out + o, len - o, "%s%" PRIu64, i ? ", " : "",
+                         n->cfg.ids[i]);
+        o = w < 0 ? len : o + (size_t)w;
+    }
+}
+
+/* The follower with the longest log among those that answered within the
+ * last two heartbeat rounds, or 0. */
+static uint64_t pick_target(struct kv_node *n)
+{
+    uint64_t best = 0, best_match = 0;
+    for (size_t i = 0; i < n->n_peers; i++) {
+        struct raft_peer_info pi;
+        if (raft_peer_info(n->raft, n->peers[i].id, &pi) == 0 &&
+            pi.rounds_unacked <= 2 && (best == 0 || pi.match > best_match)) {
+            best = n->peers[i].id;
+            best_match = pi.match;
+        }
+    }
+    return best;
+}
+
+static void handle_transfer_leader(Raftkv__AdminService_Service *svc,
+                                   const Raftkv__TransferLeaderArgs *a,
+                                   Raftkv__TransferLeaderReply_Closure closure,
+                                   void *data)
+{
+    struct kv_node *n = node_of(svc, admin_svc);
+    uint64_t self = n->cfg.id, target = a->target_id;
+    uint64_t leader = raft_leader(n->raft);
+    char msg[400], ids[120];
+    if (target && !is_member(n, target)) {
+        list_members(n, ids, sizeof ids);
+        snprintf(msg, sizeof msg,
+                 "node %" PRIu64 " is not in the cluster (its nodes: %s)",
+                 target, ids);
+        reply(n, closure, data, RAFTKV__ADMIN_ERROR__ADMIN_UNKNOWN_NODE, target,
+              msg);
+        return;
+    }
+    if (raft_role(n->raft) != RAFT_LEADER) {
+        if (leader) {
+            snprintf(msg, sizeof msg,
+                     "node %" PRIu64 " is not the leader; node %" PRIu64
+                     " (%s) is",
+                     self, leader, node_peer_addr(n, leader));
+        } else {
+            snprintf(msg, sizeof msg,
+                     "node %" PRIu64 " is not the leader and knows of none",
+                     self);
+        }
+        reply(n, closure, data, RAFTKV__ADMIN_ERROR__ADMIN_NOT_LEADER, target,
+              msg);
+        return;
+    }
+    if (n->frozen) {
+        snprintf(msg, sizeof msg,
+                 "node %" PRIu64
+                 " cannot persist (%.200s) and cannot hand over "
+                 "leadership",
+                 self, n->store.errmsg);
+        reply(n, closure, data, RAFTKV__ADMIN_ERROR__ADMIN_UNAVAILABLE, target,
+              msg);
+        return;
+    }
+    if (target == 0) {
+        if (n->n_peers == 0) {
+            reply(n, closure, data, RAFTKV__ADMIN_ERROR__ADMIN_BAD_REQUEST, 0,
+                  "a single-node cluster has no other node to lead");
+            return;
+        }
+        target = pick_target(n);
+        if (target == 0) {
+            reply(n, closure, data, RAFTKV__ADMIN_ERROR__ADMIN_UNAVAILABLE, 0,
+                  "no follower answered in the last two heartbeats; name a "
+                  "target to try anyway");
+            return;
+        }
+    }
+    if (target == self) {
+        snprintf(msg, sizeof msg,
+                 "node %" PRIu64 " is already the leader (term %" PRIu64 ")",
+                 self, raft_term(n->raft));
+        reply(n, closure, data, RAFTKV__ADMIN_ERROR__ADMIN_OK, target, msg);
+        return;
+    }
+    if (n->transfers && n->transfers->target != target) {
+        snprintf(msg, sizeof msg,
+                 "a leadership transfer to node %" PRIu64 " is in progress",
+                 n->transfers->target);
+        reply(n, closure, data, RAFTKV__ADMIN_ERROR__ADMIN_UNAVAILABLE, target,
+              msg);
+        return;
+    }
+    struct admin_transfer *t = calloc(1, sizeof *t);
+    if (!t) {
+        reply(n, closure, data, RAFTKV__ADMIN_ERROR__ADMIN_UNAVAILABLE, target,
+              "out of memory");
+        return;
+    }
+    if (n->transfers) {
+        /* A retry of the same transfer waits for the same outcome. */
+        t->deadline = n->transfers->deadline;
+    } else {
+        node_clock(n);
+        int rv = raft_transfer_leader(n->raft, target);
+        if (rv) {
+            free(t);
+            reply(n, closure, data,
+                  rv == RAFT_EINVAL ? RAFTKV__ADMIN_ERROR__ADMIN_UNKNOWN_NODE
+                                    : RAFTKV__ADMIN_ERROR__ADMIN_UNAVAILABLE,
+                  target, raft_strerror(rv));
+            return;
+        }
+        t->deadline = node_now_ms() + wait_ms(n);
+        rpc_logf(RPC_LOG_INFO,
+                 "node %" PRIu64 ": handing leadership to node %" PRIu64
+                 " (asked by %s)",
+                 self, target, rpc_call_peer(data));
+        node_schedule_turn(n);
+    }
+    t->target = target;
+    t->closure = closure;
+    t->closure_data = data;
+    t->next = n->transfers;
+    n->transfers = t;
+}
+
+void admin_sweep(struct kv_node *n)
+{
+    if (!n->transfers) {
+        return;
+    }
+    uint64_t now = node_now_ms(), self = n->cfg.id;
+    uint64_t leader = raft_leader(n->raft), term = raft_term(n->raft);
+    bool leading = raft_role(n->raft) == RAFT_LEADER;
+    struct admin_transfer **pp = &n->transfers;
+    while (*pp) {
+        struct admin_transfer *t = *pp;
+        Raftkv__AdminError err;
+        char msg[400];
+        if (leader == t->target) {
+            err = RAFTKV__ADMIN_ERROR__ADMIN_OK;
+            snprintf(msg, sizeof msg,
+                     "node %" PRIu64 " is the leader now (term %" PRIu64 ")",
+                     leader, term);
+        } else if (!leading && leader) {
+            err = RAFTKV__ADMIN_ERROR__ADMIN_UNAVAILABLE;
+            snprintf(msg, sizeof msg,
+                     "leadership moved to node %" PRIu64 " (term %" PRIu64
+                     "), not to node %" PRIu64,
+                     leader, term, t->target);
+        } else if (now >= t->deadline) {
+            err = RAFTKV__ADMIN_ERROR__ADMIN_TIMEOUT;
+            if (leading) {
+                snprintf(msg, sizeof msg,
+                         "node %" PRIu64 " did not take over within %" PRIu64
+                         " ms (down, unreachable or too far behind); node "
+                         "%" PRIu64 " stays the leader and takes writes again",
+                         t->target, wait_ms(n), self);
+            } else {
+                snprintf(msg, sizeof msg,
+                         "node %" PRIu64 " did not take over within %" PRIu64
+                         " ms; node %" PRIu64
+                         " stepped down and knows no leader yet (see kvctl "
+                         "status)",
+                         t->target, wait_ms(n), self);
+            }
+        } else {
+            pp = &t->next;
+            continue;
+        }
+        *pp = t->next;
+        rpc_logf(
+            err == RAFTKV__ADMIN_ERROR__ADMIN_OK ? RPC_LOG_INFO : RPC_LOG_WARN,
+            "node %" PRIu64 ": leadership transfer: %s", self, msg);
+        reply(n, t->closure, t->closure_data, err, t->target, msg);
+        free(t);
+    }
+}
+
+void admin_fail_all(struct kv_node *n, const char *why)
+{
+    if (!n->transfers) {
+        return;
+    }
+    while (n->transfers) {
+        struct admin_transfer *t = n->transfers;
+        n->transfers = t->next;
+        reply(n, t->closure, t->closure_data,
+              RAFTKV__ADMIN_ERROR__ADMIN_UNAVAILABLE, t->target, why);
+        free(t);
+    }
+    /* Let the answers leave before the connections close. */
+    rpc_server_flush(n->server);
+}
+
+void admin_status_progress(struct kv_node *n, Raftkv__StatusReply *r)
+{
+    /* One loop thread, and the caller packs the reply at once. */
+    static Raftkv__ReplicaProgress items[KV_MAX_NODES];
+    static Raftkv__ReplicaProgress *ptrs[KV_MAX_NODES];
+    static char addrs[KV_MAX_NODES][300];
+    size_t k = 0;
+    for (size_t i = 0; i < n->cfg.n_nodes && k < KV_MAX_NODES; i++) {
+        struct raft_peer_info pi;
+        uint64_t id = n->cfg.ids[i];
+        if (raft_peer_info(n->raft, id, &pi) != 0) {
+            continue;
+        }
+        raftkv__replica_progress__init(&items[k]);
+        snprintf(addrs[k], sizeof addrs[k], "%s", node_peer_addr(n, id));
+        items[k].node_id = id;
+        items[k].address = addrs[k];
+        items[k].match_index = pi.match;
+        items[k].ack_age_ms = pi.rounds_unacked * n->cfg.heartbeat_ms;
+        ptrs[k] = &items[k];
+        k++;
+    }
+    r->n_progress = k;
+    r->progress = k ? ptrs : NULL;
+}
+
+void admin_service_init(struct kv_node *n)
+{
+    n->admin_svc.transfer_leader = handle_transfer_leader;
+}
