@@ -15,7 +15,9 @@
 # own loopback address. Binaries come from $RAFTKV_BUILD_DIR (default build/,
 # like scripts/test.sh), which is built first when needed. More kvserver
 # options go in $RAFTKV_SERVER_FLAGS (RAFTKV_SERVER_FLAGS=
-# --enable-fault-injection for `kvctl fault` and `kvctl partition`).
+# --enable-fault-injection for `kvctl fault` and `kvctl partition`). With
+# $RAFTKV_METRICS_PORT set, node i serves http://127.0.0.i:PORT/metrics and
+# /health.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -60,10 +62,14 @@ start_node() { # id, size
     local i=$1 n=$2
     running "$i" && { echo "node $i is already running"; return; }
     mkdir -p "$dir/node$i"
+    local metrics=()
+    if [ -n "${RAFTKV_METRICS_PORT:-}" ]; then
+        metrics=(--metrics-addr "127.0.0.$i:$RAFTKV_METRICS_PORT")
+    fi
     # $RAFTKV_SERVER_FLAGS: more kvserver options, split on blanks.
     # shellcheck disable=SC2086
     nohup "$kvserver" --id "$i" --cluster "$(cluster_list "$n")" \
-        --data-dir "$dir/node$i" ${RAFTKV_SERVER_FLAGS:-} \
+        --data-dir "$dir/node$i" "${metrics[@]}" ${RAFTKV_SERVER_FLAGS:-} \
         >>"$dir/node$i.log" 2>&1 &
     echo $! >"$dir/node$i.pid"
 }

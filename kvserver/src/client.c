@@ -25,6 +25,11 @@ static void reply_write(struct kv_node *n,
                         uint64_t leader,
                         const char *msg)
 {
+    if (o) {
+        n->metrics.proposals_committed++;
+    } else {
+        n->metrics.proposals_failed++;
+    }
     Raftkv__LeaderHint hint = RAFTKV__LEADER_HINT__INIT;
     set_hint(n, leader, &hint);
     char *text = (char *)(msg ? msg : "");

@@ -40,6 +40,8 @@ static const char usage_text[] =
     "                           the least recently writing is forgotten first\n"
     "                           (default 100000)\n"
     "  --log-level LEVEL        debug, info, warn or error (default info)\n"
+    "  --metrics-addr HOST:PORT serve Prometheus metrics at /metrics and a\n"
+    "                           health check at /health (default: off)\n"
     "  --enable-fault-injection accept fault commands (kvctl fault): drop,\n"
     "                           delay, duplicate or cut this node's traffic.\n"
     "                           For tests; never on a production cluster\n"
@@ -150,6 +152,7 @@ int main(int argc, char **argv)
         {"max-sessions", required_argument, NULL, 'm'},
         {"state-commit-ms", required_argument, NULL, 'C'},
         {"wal-segment-mb", required_argument, NULL, 'W'},
+        {"metrics-addr", required_argument, NULL, 'M'},
         {"log-level", required_argument, NULL, 'l'},
         {"enable-fault-injection", no_argument, NULL, 'F'},
         {"help", no_argument, NULL, 'h'},
@@ -189,6 +192,16 @@ int main(int argc, char **argv)
                 c.snapshot_trailing =
                     parse_u64("--snapshot-trailing", optarg, 0, UINT32_MAX);
                 break;
+            case 'M': {
+                char host[256];
+                uint16_t port;
+                if (metrics_parse_addr(optarg, host, &port) != 0) {
+                    die_usage("--metrics-addr wants HOST:PORT, not '%s'",
+                              optarg);
+                }
+                c.metrics_addr = optarg;
+                break;
+            }
             case 'C':
                 c.state_commit_ms =
                     (unsigned)parse_u64("--state-commit-ms", optarg, 1, 60000);

@@ -58,6 +58,10 @@ static void finish_update(struct kv_node *n, struct raft_update *u)
     node_clear_applied(n);
     client_answer_reads(n, u->reads, u->n_reads);
     client_serve_ready_reads(n);
+    if (u->leader != n->metrics.last_leader) {
+        n->metrics.leader_changes += u->leader != 0;
+        n->metrics.last_leader = u->leader;
+    }
     if (u->role_changed) {
         rpc_logf(RPC_LOG_INFO, "node %llu: %s in term %llu, leader %llu",
                  (unsigned long long)n->cfg.id, raft_role_name(u->role),
@@ -246,6 +250,7 @@ static void node_free(struct kv_node *n)
         rpc_channel_free(n->peers[i].ch);
         free(n->peers[i].chunk);
     }
+    metrics_stop(n);
     rpc_server_free(n->server);
     if (n->frozen) {
         raft_advance(n->raft, &n->held);
@@ -360,6 +365,9 @@ int kv_node_run(const struct kv_node_config *cfg)
              "nodes, data in %s",
              (unsigned long long)cfg->id, node_peer_addr(n, cfg->id),
              (unsigned long long)n->cluster_id, cfg->n_nodes, cfg->data_dir);
+    if (cfg->metrics_addr && metrics_start(n, cfg->metrics_addr) != 0) {
+        goto out;
+    }
     if (cfg->fault_injection) {
         rpc_logf(RPC_LOG_WARN,
                  "node %llu: fault injection is enabled: anyone who reaches "

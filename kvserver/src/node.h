@@ -15,6 +15,7 @@
 #include "sm.h"
 #include "snap.h"
 #include "store.h"
+#include "metrics.h"
 #include "wal.h"
 
 #define KV_MAX_NODES 9
@@ -22,6 +23,7 @@
 
 struct event;
 struct event_base;
+struct evhttp;
 
 /* Settings of a node (from the command line). */
 struct kv_node_config
@@ -42,6 +44,7 @@ struct kv_node_config
     uint64_t seed;                 /* randomness for the Raft core */
     unsigned state_commit_ms;      /* applied state committed this often */
     uint64_t wal_segment_bytes;    /* log segment rollover size */
+    const char *metrics_addr;      /* HOST:PORT for /metrics (NULL: none) */
     bool fault_injection;          /* AdminService.Fault allowed */
 };
 
@@ -129,6 +132,8 @@ struct kv_node
     bool meta_async;                    /* LMDB's MDB_NOMETASYNC is on */
     uint64_t state_commits;             /* state commits so far */
     struct event *state_ev;             /* commits the state when due */
+    struct kv_metrics metrics;          /* counters and histograms */
+    struct evhttp *http;                /* serves them (--metrics-addr) */
     struct event *turn_ev;              /* runs a turn after the loop's I/O */
     struct event *tick_ev;              /* Raft timers */
     struct event *sweep_ev;             /* deadlines of client calls */

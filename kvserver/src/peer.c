@@ -183,6 +183,7 @@ static int fill_chunk(struct kv_node *n,
     if (done) {
         snap_stream_close(&p->stream);
         p->stream_open = false;
+        n->metrics.snapshots_sent++;
     }
 fill:
     a->offset = p->chunk_offset;

@@ -149,8 +149,10 @@ int node_state_commit(struct kv_node *n, bool full)
         n->meta_async = !full;
     }
     event_del(n->state_ev);
+    double t0 = kv_seconds();
     int rc = mdb_txn_commit(n->state_txn);
     n->state_txn = NULL;
+    kv_hist_observe(&n->metrics.state_commit, kv_seconds() - t0);
     if (rc) {
         int rv = kv_store_fail(st, rc, "commit (fsync)");
         state_abort(n);
@@ -234,6 +236,7 @@ static int state_receive_snapshot(struct kv_node *n,
             n->applied = applied;
             n->applied_term = applied_term;
             n->snap_index = u->install_index;
+            n->metrics.snapshots_received++;
             rv = kv_store_put_meta(st, n->state_txn, "applied", applied);
         }
         if (!rv) {
@@ -267,10 +270,12 @@ int node_persist(struct kv_node *n, const struct raft_update *u)
         rv = state_receive_snapshot(n, u);
     }
     if (!rv && n->applied < n->handed) {
+        double t0 = kv_seconds();
         rv = state_open(n);
         if (!rv) {
             rv = state_apply_upto(n, n->handed);
         }
+        kv_hist_observe(&n->metrics.apply, kv_seconds() - t0);
     }
     if (rv) {
         state_abort(n);
@@ -297,8 +302,10 @@ int node_persist(struct kv_node *n, const struct raft_update *u)
         (u->hs.term != w->term || u->hs.vote != w->vote)) {
         rv = kv_wal_add_hard_state(w, u->hs.term, u->hs.vote);
     }
-    if (!rv) {
+    if (!rv && kv_wal_pending(w)) {
+        double t0 = kv_seconds();
         rv = kv_wal_sync(w);
+        kv_hist_observe(&n->metrics.wal_sync, kv_seconds() - t0);
     }
     if (rv) {
         kv_wal_discard(w);
@@ -540,7 +547,7 @@ int node_restore(struct kv_node *n)
         .snap_index = m.applied,
         .snap_term = m.applied_term,
         .applied = m.applied,
-        .entries = c.entries + keep,
+        .entries = c.entries ? c.entries + keep : NULL,
         .n_entries = c.n_entries - keep,
     };
     size_t n_entries = p.n_entries;

@@ -452,6 +452,9 @@ static void drop_upto(struct kv_wal_contents *c, uint64_t upto)
     while (k < c->n_entries && c->entries[k].index <= upto) {
         k++;
     }
+    if (k == 0) {
+        return;
+    }
     memmove(c->entries, c->entries + k, (c->n_entries - k) * sizeof *c->entries);
     c->n_entries -= k;
 }
@@ -653,7 +656,9 @@ static int list_segments(struct kv_wal *w, uint64_t **out, size_t *n)
         (*out)[(*n)++] = no;
     }
     closedir(d);
-    qsort(*out, *n, sizeof **out, cmp_u64);
+    if (*n > 1) {
+        qsort(*out, *n, sizeof **out, cmp_u64);
+    }
     return 0;
 }
 

@@ -37,6 +37,7 @@ struct rpc_call
     struct rpc_conn *conn;                   /* holds a reference */
     uint64_t call_id;                        /* echoed in the reply */
     const ProtobufCMethodDescriptor *method; /* for the reply's type */
+    struct rpc_method_stats *mstats;         /* its method's counts */
     bool drop_reply;                         /* fault: lose the reply */
     uint32_t hold_ms;                        /* fault: hold it back */
 };
@@ -69,6 +70,7 @@ struct rpc_server
     struct rpc_server_stats stats;     /* counters */
     char errmsg[256];                  /* last failure's context */
     struct rpc_fault_state *faults;    /* per service, injected faults */
+    struct rpc_method_stats **mstats;  /* per service, per method counts */
     struct held *held;                 /* requests and replies held back */
     struct rpc_conn *dirty;            /* replies queued since last flush */
     struct event *flush_ev;            /* flushes them after the I/O */
@@ -311,6 +313,11 @@ static void answer(struct rpc_call *call,
     struct rpc_conn *c = call->conn;
     struct rpc_server *s = c->server;
     struct held *h = NULL;
+    if (s && call->mstats) {
+        call->mstats->answered[status >= 0 && status < RPC_STATUS_SLOTS - 1
+                                   ? status
+                                   : RPC_STATUS_SLOTS - 1]++;
+    }
     if (call->drop_reply) {
         /* lost on purpose: counted by the fault stats, not as a failure */
     } else if (call->hold_ms && c->bev && s &&
@@ -399,6 +406,12 @@ static void start_call(struct rpc_conn *c,
         call->conn = c;
         call->call_id = call_id;
         call->method = &svc->descriptor->methods[index];
+        call->mstats = NULL;
+        for (size_t k = 0; k < c->server->n_services; k++) {
+            if (c->server->services[k] == svc) {
+                call->mstats = &c->server->mstats[k][index];
+            }
+        }
         call->drop_reply = copy > 0 || fc->drop_reply;
         call->hold_ms = fc->hold_ms;
         c->refs++;
@@ -642,6 +655,10 @@ void rpc_server_free(struct rpc_server *s)
         c->server = NULL;
     }
     event_free(s->flush_ev);
+    for (size_t i = 0; i < s->n_services; i++) {
+        free(s->mstats[i]);
+    }
+    free(s->mstats);
     free(s->services);
     free(s->faults);
     free(s);
@@ -665,8 +682,34 @@ int rpc_server_add_service(struct rpc_server *s, ProtobufCService *service)
     }
     memset(&f[s->n_services], 0, sizeof *f);
     s->faults = f;
+    struct rpc_method_stats **ms =
+        realloc(s->mstats, (s->n_services + 1) * sizeof *ms);
+    if (!ms) {
+        return RPC_E_NOMEM;
+    }
+    s->mstats = ms;
+    ms[s->n_services] =
+        calloc(service->descriptor->n_methods + 1, sizeof **ms);
+    if (!ms[s->n_services]) {
+        return RPC_E_NOMEM;
+    }
     n[s->n_services++] = service;
     return 0;
+}
+
+const struct rpc_method_stats *rpc_server_method_stats(
+    const struct rpc_server *s,
+    const char *service_name,
+    size_t *n_methods)
+{
+    for (size_t i = 0; i < s->n_services; i++) {
+        if (strcmp(s->services[i]->descriptor->name, service_name) == 0) {
+            *n_methods = s->services[i]->descriptor->n_methods;
+            return s->mstats[i];
+        }
+    }
+    *n_methods = 0;
+    return NULL;
 }
 
 int rpc_server_listen(struct rpc_server *s,

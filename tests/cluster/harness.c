@@ -56,6 +56,10 @@ int h_node_start(struct h_cluster *c, size_t i)
     argv[argc++] = c->cluster_arg;
     argv[argc++] = "--data-dir";
     argv[argc++] = nd->dir;
+    char metrics[64];
+    snprintf(metrics, sizeof metrics, "%s:%u", nd->host, nd->metrics_port);
+    argv[argc++] = "--metrics-addr";
+    argv[argc++] = metrics;
     char extra[sizeof c->extra];
     snprintf(extra, sizeof extra, "%s", c->extra);
     char *save = NULL;
@@ -128,13 +132,14 @@ int h_cluster_start_hosts(struct h_cluster *c,
     snprintf(c->extra, sizeof c->extra, "%s", extra ? extra : "");
     c->n = n;
     size_t off = 0;
-    int held[H_MAX_NODES];
+    int held[2 * H_MAX_NODES];
     for (size_t i = 0; i < n; i++) {
         struct h_node *nd = &c->nodes[i];
         nd->id = i + 1;
         snprintf(nd->host, sizeof nd->host, "127.0.0.%zu",
                  distinct_hosts ? 11 + i : 1);
         nd->port = free_port(nd->host, &held[i]);
+        nd->metrics_port = free_port(nd->host, &held[H_MAX_NODES + i]);
         snprintf(nd->dir, sizeof nd->dir, "%s/node%zu", c->root, i + 1);
         snprintf(nd->log, sizeof nd->log, "%s/node%zu.log", c->root, i + 1);
         off += (size_t)snprintf(c->cluster_arg + off,
@@ -144,6 +149,9 @@ int h_cluster_start_hosts(struct h_cluster *c,
     for (size_t i = 0; i < n; i++) {
         if (held[i] >= 0) {
             close(held[i]);
+        }
+        if (held[H_MAX_NODES + i] >= 0) {
+            close(held[H_MAX_NODES + i]);
         }
     }
     for (size_t i = 0; i < n; i++) {
@@ -208,6 +216,65 @@ size_t h_log_count(struct h_cluster *c, size_t i, const char *needle)
     }
     fclose(f);
     return found;
+}
+
+int h_http_get(struct h_cluster *c,
+               size_t i,
+               const char *method,
+               const char *path,
+               char *body,
+               size_t len)
+{
+    struct h_node *nd = &c->nodes[i];
+    body[0] = 0;
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in sa = {.sin_family = AF_INET,
+                             .sin_port = htons(nd->metrics_port)};
+    inet_pton(AF_INET, nd->host, &sa.sin_addr);
+    struct timeval tv = {5, 0};
+    if (fd < 0) {
+        return -1;
+    }
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    if (connect(fd, (struct sockaddr *)&sa, sizeof sa) != 0) {
+        close(fd);
+        return -1;
+    }
+    char req[512];
+    int n = snprintf(req, sizeof req,
+                     "%s %s HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n\r\n",
+                     method, path, nd->host);
+    if (write(fd, req, (size_t)n) != n) {
+        close(fd);
+        return -1;
+    }
+    static char resp[1 << 20];
+    size_t got = 0;
+    ssize_t k;
+    while (got < sizeof resp - 1 &&
+           (k = read(fd, resp + got, sizeof resp - 1 - got)) > 0) {
+        got += (size_t)k;
+    }
+    close(fd);
+    resp[got] = 0;
+    int status;
+    if (sscanf(resp, "HTTP/1.%*d %d", &status) != 1) {
+        return -1;
+    }
+    const char *b = strstr(resp, "\r\n\r\n");
+    snprintf(body, len, "%s", b ? b + 4 : "");
+    return status;
+}
+
+double h_metric(const char *body, const char *name)
+{
+    size_t nlen = strlen(name);
+    for (const char *p = body; p && *p; p = strchr(p, '\n'), p = p ? p + 1 : p) {
+        if (strncmp(p, name, nlen) == 0 && p[nlen] == ' ') {
+            return strtod(p + nlen + 1, NULL);
+        }
+    }
+    return -1;
 }
 
 bool h_log_contains(struct h_cluster *c, size_t i, const char *needle)

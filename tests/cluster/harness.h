@@ -19,6 +19,7 @@ struct h_node
     uint16_t port; /* its port on host */
     char dir[512]; /* its data directory */
     char log[512]; /* its log file */
+    uint16_t metrics_port; /* its /metrics and /health port on host */
     pid_t pid;     /* running process, or 0 */
     bool stopped;  /* SIGSTOPped */
 };
@@ -32,6 +33,25 @@ struct h_cluster
     char extra[512]; /* extra kvserver flags, space-separated */
     bool keep;       /* keep root after a failure */
 };
+
+/**
+ * GET http://host:metrics_port/path of node i.
+ * @param body out: the response body, NUL-terminated (truncated to len)
+ * @return the HTTP status, or -1 when the node did not answer
+ */
+int h_http_get(struct h_cluster *c,
+               size_t i,
+               const char *method,
+               const char *path,
+               char *body,
+               size_t len);
+
+/**
+ * The value of a metric line "name value" (or "name{labels} value" with
+ * the labels given in @name) in a /metrics body.
+ * @return the value, or -1 when the metric is missing
+ */
+double h_metric(const char *body, const char *name);
 
 /** Milliseconds of CLOCK_MONOTONIC. */
 uint64_t h_now_ms(void);

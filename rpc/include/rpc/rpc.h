@@ -210,6 +210,14 @@ struct rpc_server_stats
     uint64_t overflow_closes; /* connections closed for output overflow */
 };
 
+/* Calls of one method of a served service, by how they were answered. */
+#define RPC_STATUS_SLOTS 8
+struct rpc_method_stats
+{
+    uint64_t answered[RPC_STATUS_SLOTS]; /* by status: RPC_OK (0) to
+                                            RPC_E_OVERLOADED (6); 7: other */
+};
+
 struct rpc_server;
 
 /**
@@ -290,6 +298,18 @@ void rpc_server_flush(struct rpc_server *s);
  */
 void rpc_server_get_stats(const struct rpc_server *s,
                           struct rpc_server_stats *out);
+
+/**
+ * Per-method counts of a served service.
+ * @param service_name full protobuf name, e.g. "raftkv.KvService"
+ * @param n_methods out: entries in the result (the service's methods, in
+ * descriptor order)
+ * @return the counts, valid while the server lives; NULL if no such service
+ */
+const struct rpc_method_stats *rpc_server_method_stats(
+    const struct rpc_server *s,
+    const char *service_name,
+    size_t *n_methods);
 
 /**
  * Answer a call with an error status instead of a reply; this counts as
