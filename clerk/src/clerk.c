@@ -289,6 +289,29 @@ static ProtobufCService *service(struct clerk *c,
     return rpc_channel_service(s->ch, d);
 }
 
+/* Wait before another round of calls: @backoff ms (no later than the
+ * deadline), then twice as long next time, up to BACKOFF_MAX_MS. */
+static void back_off(uint64_t deadline, uint64_t *backoff)
+{
+    uint64_t t = now_ms(), left = t < deadline ? deadline - t : 0;
+    sleep_ms(*backoff < left ? *backoff : left);
+    *backoff = *backoff * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : *backoff * 2;
+}
+
+/* The server after i; once every server failed in a row, back off. */
+static size_t next_server(struct clerk *c,
+                          size_t i,
+                          size_t *failures,
+                          uint64_t deadline,
+                          uint64_t *backoff)
+{
+    if (++*failures >= c->n) {
+        *failures = 0;
+        back_off(deadline, backoff);
+    }
+    return (i + 1) % c->n;
+}
+
 /* ---------------------------------------------------------- operations */
 
 enum op { OP_GET, OP_PUT, OP_APPEND, OP_DEL, OP_CAS };
@@ -534,13 +557,20 @@ static int run(struct clerk *c, const struct request *rq, struct answer *out)
         call(c, i, rq, budget < c->attempt_ms ? budget : c->attempt_ms, &a);
         bool moved = false;
         if (!a.replied) {
+            /* Over the server's frame cap: the server answered without
+             * running the handler (so nothing was proposed), and every
+             * server has the same cap. */
+            bool server_too_big = a.rpc_status == RPC_E_BAD_REQUEST &&
+                                  strncmp(a.rpc_error, RPC_TOO_BIG_PREFIX,
+                                          sizeof RPC_TOO_BIG_PREFIX - 1) == 0;
             /* A request that may have reached the server may have been
              * proposed; a refused connection never sent it. */
             if (write && a.rpc_status != RPC_E_UNAVAILABLE &&
-                a.rpc_status != RPC_E_TOO_BIG && a.rpc_status != RPC_E_NOMEM) {
+                a.rpc_status != RPC_E_TOO_BIG && a.rpc_status != RPC_E_NOMEM &&
+                !server_too_big) {
                 maybe_applied = true;
             }
-            if (a.rpc_status == RPC_E_TOO_BIG) {
+            if (a.rpc_status == RPC_E_TOO_BIG || server_too_big) {
                 snprintf(c->errmsg, sizeof c->errmsg, "%s", a.rpc_error);
                 return CLERK_VALUE_TOO_LARGE;
             }
@@ -581,16 +611,7 @@ static int run(struct clerk *c, const struct request *rq, struct answer *out)
         }
         free(a.value);
         if (!moved) {
-            i = (i + 1) % c->n;
-            if (++failures_in_round >= c->n) {
-                /* Every server failed once: wait before the next round. */
-                failures_in_round = 0;
-                uint64_t t = now_ms();
-                uint64_t left = t < deadline ? deadline - t : 0;
-                sleep_ms(backoff < left ? backoff : left);
-                backoff =
-                    backoff * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : backoff * 2;
-            }
+            i = next_server(c, i, &failures_in_round, deadline, &backoff);
         }
     }
     snprintf(c->errmsg, sizeof c->errmsg,
@@ -998,15 +1019,7 @@ int clerk_transfer_leader(struct clerk *c,
             moved = true;
         }
         if (!moved) {
-            i = (i + 1) % c->n;
-            if (++failures_in_round >= c->n) {
-                failures_in_round = 0;
-                uint64_t t = now_ms();
-                uint64_t left = t < deadline ? deadline - t : 0;
-                sleep_ms(backoff < left ? backoff : left);
-                backoff =
-                    backoff * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : backoff * 2;
-            }
+            i = next_server(c, i, &failures_in_round, deadline, &backoff);
         }
     }
     snprintf(c->errmsg, sizeof c->errmsg,
@@ -1076,6 +1089,186 @@ static void on_fault(const Raftkv__FaultReply *r, void *data)
     }
     o->n_now = r->n_rules;
     o->rv = CLERK_OK;
+}
+
+/* What one SnapshotRead call said. */
+struct snapread_out
+{
+    bool replied;          /* a reply came (else rpc failure) */
+    int error;             /* AdminError */
+    char message[300];     /* the server's message, or the rpc error */
+    char leader_addr[300]; /* the leader it knows */
+    uint64_t id, offset, index, term;
+    bool done;
+    uint8_t *data; /* copy of the chunk (malloc'd) */
+    size_t len;
+};
+
+static void on_snapread(const Raftkv__SnapshotReadReply *r, void *data)
+{
+    struct snapread_out *o = data;
+    if (!r) {
+        snprintf(o->message, sizeof o->message, "%s", rpc_last_error());
+        return;
+    }
+    o->replied = true;
+    o->error = r->error;
+    snprintf(o->message, sizeof o->message, "%s", r->message ? r->message : "");
+    snprintf(o->leader_addr, sizeof o->leader_addr, "%s",
+             r->leader_address ? r->leader_address : "");
+    o->id = r->stream_id;
+    o->offset = r->offset;
+    o->index = r->index;
+    o->term = r->term;
+    o->done = r->done;
+    o->len = r->data.len;
+    o->data = r->data.len ? malloc(r->data.len) : NULL;
+    if (o->data) {
+        memcpy(o->data, r->data.data, r->data.len);
+    } else if (r->data.len) {
+        o->replied = false;
+        snprintf(o->message, sizeof o->message, "out of memory");
+    }
+}
+
+/* One SnapshotRead call to server i. */
+static void snapread(struct clerk *c,
+                     size_t i,
+                     uint64_t id,
+                     uint64_t offset,
+                     struct snapread_out *o)
+{
+    memset(o, 0, sizeof *o);
+    ProtobufCService *svc =
+        service(c, i, &raftkv__admin_service__descriptor, c->attempt_ms);
+    if (!svc) {
+        snprintf(o->message, sizeof o->message, "out of memory");
+        return;
+    }
+    Raftkv__SnapshotReadArgs a = RAFTKV__SNAPSHOT_READ_ARGS__INIT;
+    a.stream_id = id;
+    a.offset = offset;
+    raftkv__admin_service__snapshot_read(svc, &a, on_snapread, o);
+}
+
+int clerk_snapshot_save(struct clerk *c,
+                        clerk_sink sink,
+                        void *arg,
+                        uint64_t *index,
+                        uint64_t *term,
+                        uint64_t *bytes)
+{
+    if (!c || !sink) {
+        return CLERK_INVALID;
+    }
+    pthread_mutex_lock(&c->lock);
+    uint64_t deadline = now_ms() + c->deadline_ms;
+    uint64_t backoff = BACKOFF_MIN_MS, id = 0, off = 0;
+    size_t i = c->leader, failures = 0;
+    uint32_t crc = 0;
+    uint8_t hold[4]; /* the last 4 bytes so far: the checksum, at the end */
+    size_t n_hold = 0;
+    int rv = CLERK_UNAVAILABLE;
+    struct snapread_out o;
+    snprintf(c->errmsg, sizeof c->errmsg, "no leader answered within %u ms",
+             c->deadline_ms);
+    for (;;) {
+        if (now_ms() >= deadline) {
+            break;
+        }
+        snapread(c, i, id, off, &o);
+        if (!o.replied) {
+            free(o.data);
+            snprintf(c->errmsg, sizeof c->errmsg, "%s: %s", c->servers[i].addr,
+                     o.message);
+            if (id == 0) {
+                i = next_server(c, i, &failures, deadline, &backoff);
+            } else {
+                back_off(deadline, &backoff);
+            }
+            continue; /* the same offset again: the chunk is resent */
+        }
+        if (o.error == RAFTKV__ADMIN_ERROR__ADMIN_NOT_LEADER && id == 0) {
+            size_t to;
+            i = server_of_addr(c, o.leader_addr, &to) && to != i
+                    ? to
+                    : (i + 1) % c->n;
+            continue;
+        }
+        if (o.error != RAFTKV__ADMIN_ERROR__ADMIN_OK ||
+            (id != 0 && (o.id != id || o.offset != off))) {
+            free(o.data);
+            snprintf(c->errmsg, sizeof c->errmsg,
+                     "%s: %s%s", c->servers[i].addr,
+                     o.message[0] ? o.message : "unexpected chunk",
+                     id ? " (the snapshot read was interrupted: run the "
+                          "save again)"
+                        : "");
+            rv = o.error == RAFTKV__ADMIN_ERROR__ADMIN_BAD_REQUEST && id == 0
+                     ? CLERK_BAD_REQUEST
+                     : CLERK_UNAVAILABLE;
+            break;
+        }
+        if (id == 0) {
+            id = o.id;
+            c->leader = i;
+            if (index) {
+                *index = o.index;
+            }
+            if (term) {
+                *term = o.term;
+            }
+        }
+        /* The checksum covers every byte before the last 4. */
+        if (o.len >= 4) {
+            crc = rpc_crc32c(crc, hold, n_hold);
+            crc = rpc_crc32c(crc, o.data, o.len - 4);
+            memcpy(hold, o.data + o.len - 4, 4);
+            n_hold = 4;
+        } else {
+            for (size_t k = 0; k < o.len; k++) {
+                if (n_hold == 4) {
+                    crc = rpc_crc32c(crc, hold, 1);
+                    memmove(hold, hold + 1, 3);
+                    n_hold = 3;
+                }
+                hold[n_hold++] = o.data[k];
+            }
+        }
+        if (o.len && sink(o.data, o.len, arg) != 0) {
+            free(o.data);
+            snprintf(c->errmsg, sizeof c->errmsg,
+                     "writing the snapshot: %s", strerror(errno));
+            rv = CLERK_INVALID;
+            break;
+        }
+        free(o.data);
+        off += o.len;
+        deadline = now_ms() + c->deadline_ms; /* per chunk */
+        backoff = BACKOFF_MIN_MS;
+        if (o.done) {
+            uint32_t want = n_hold == 4 ? ((uint32_t)hold[0] << 24 |
+                                           (uint32_t)hold[1] << 16 |
+                                           (uint32_t)hold[2] << 8 | hold[3])
+                                        : ~crc;
+            if (want != crc) {
+                snprintf(c->errmsg, sizeof c->errmsg,
+                         "the snapshot's checksum does not match (%u bytes "
+                         "read): it was damaged on the way",
+                         (unsigned)off);
+                rv = CLERK_INTERNAL;
+            } else {
+                c->errmsg[0] = 0;
+                rv = CLERK_OK;
+            }
+            break;
+        }
+    }
+    if (bytes) {
+        *bytes = off;
+    }
+    pthread_mutex_unlock(&c->lock);
+    return rv;
 }
 
 int clerk_fault(struct clerk *c,

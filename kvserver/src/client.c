@@ -452,6 +452,7 @@ void client_sweep(struct kv_node *n)
         r = next;
     }
     admin_sweep(n);
+    backup_sweep(n);
 }
 
 void client_fail_all(struct kv_node *n, int err, const char *why)
@@ -529,8 +530,10 @@ void client_service_init(struct kv_node *n)
         handle_status,
         NULL, /* Fault: fault.c */
         NULL, /* TransferLeader: admin.c */
+        NULL, /* SnapshotRead: backup.c */
     };
     n->kv_svc = kv;
     n->admin_svc = admin;
     admin_service_init(n);
+    backup_service_init(n);
 }

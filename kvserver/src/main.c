@@ -39,7 +39,23 @@ static const char usage_text[] =
     "  --max-sessions N         clients remembered for exactly-once writes;\n"
     "                           the least recently writing is forgotten first\n"
     "                           (default 100000)\n"
+    "  --max-connections N      client connections open at once; more are\n"
+    "                           accepted and closed at once (logged at most\n"
+    "                           once a second). The other nodes' connections\n"
+    "                           do not count. 0: no limit (default 10000)\n"
+    "  --frame-timeout-ms MS    close a connection that starts a request and\n"
+    "                           does not finish sending it within MS, or\n"
+    "                           leaves more than --max-output-mb of replies\n"
+    "                           unread for MS (slow or stuck clients).\n"
+    "                           0: never (default 10000)\n"
+    "  --idle-timeout-ms MS     close a client connection with nothing sent\n"
+    "                           or pending for MS. 0: never (default 0)\n"
+    "  --max-output-mb N        unread replies one connection may hold; above\n"
+    "                           it the node stops reading that connection's\n"
+    "                           requests, at 4x it closes it (default 8)\n"
     "  --log-level LEVEL        debug, info, warn or error (default info)\n"
+    "  --restore FILE           fill the empty --data-dir with a snapshot\n"
+    "                           saved by `kvctl snapshot save`, then exit\n"
     "  --metrics-addr HOST:PORT serve Prometheus metrics at /metrics and a\n"
     "                           health check at /health (default: off)\n"
     "  --enable-fault-injection accept fault commands (kvctl fault): drop,\n"
@@ -136,8 +152,12 @@ int main(int argc, char **argv)
         .max_sessions = KV_DEFAULT_MAX_SESSIONS,
         .state_commit_ms = 100,
         .wal_segment_bytes = KV_WAL_SEGMENT_BYTES,
+        .max_connections = 10000,
+        .frame_timeout_ms = 10000,
+        .max_output = 8u << 20,
     };
     const char *cluster = NULL;
+    const char *restore = NULL;
     int level = RPC_LOG_INFO;
     bool have_id = false;
     static const struct option opts[] = {
@@ -150,9 +170,14 @@ int main(int argc, char **argv)
         {"snapshot-entries", required_argument, NULL, 'S'},
         {"snapshot-trailing", required_argument, NULL, 't'},
         {"max-sessions", required_argument, NULL, 'm'},
+        {"max-connections", required_argument, NULL, 'N'},
+        {"frame-timeout-ms", required_argument, NULL, 'f'},
+        {"idle-timeout-ms", required_argument, NULL, 'I'},
+        {"max-output-mb", required_argument, NULL, 'O'},
         {"state-commit-ms", required_argument, NULL, 'C'},
         {"wal-segment-mb", required_argument, NULL, 'W'},
         {"metrics-addr", required_argument, NULL, 'M'},
+        {"restore", required_argument, NULL, 'R'},
         {"log-level", required_argument, NULL, 'l'},
         {"enable-fault-injection", no_argument, NULL, 'F'},
         {"help", no_argument, NULL, 'h'},
@@ -192,6 +217,9 @@ int main(int argc, char **argv)
                 c.snapshot_trailing =
                     parse_u64("--snapshot-trailing", optarg, 0, UINT32_MAX);
                 break;
+            case 'R':
+                restore = optarg;
+                break;
             case 'M': {
                 char host[256];
                 uint16_t port;
@@ -213,6 +241,22 @@ int main(int argc, char **argv)
             case 'm':
                 c.max_sessions =
                     parse_u64("--max-sessions", optarg, 1, UINT32_MAX);
+                break;
+            case 'N':
+                c.max_connections = (unsigned)parse_u64("--max-connections",
+                                                        optarg, 0, 1000000);
+                break;
+            case 'f':
+                c.frame_timeout_ms = (unsigned)parse_u64("--frame-timeout-ms",
+                                                         optarg, 0, 3600000);
+                break;
+            case 'I':
+                c.idle_timeout_ms = (unsigned)parse_u64("--idle-timeout-ms",
+                                                        optarg, 0, 86400000);
+                break;
+            case 'O':
+                c.max_output = parse_u64("--max-output-mb", optarg, 1, 1024)
+                               << 20;
                 break;
             case 'l':
                 if (!strcmp(optarg, "debug")) {
@@ -274,5 +318,8 @@ int main(int argc, char **argv)
              ((uint64_t)getpid() << 40) ^ c.id;
     rpc_log_set_level(level);
     signal(SIGPIPE, SIG_IGN);
+    if (restore) {
+        return kv_restore_file(&c, node_cluster_id(&c), restore);
+    }
     return kv_node_run(&c);
 }

@@ -212,7 +212,7 @@ static void on_signal(evutil_socket_t sig, short what, void *arg)
 }
 
 /* FNV-1a over the sorted "id=host:port" list: the same on every node. */
-static uint64_t cluster_id_of(const struct kv_node_config *c)
+uint64_t node_cluster_id(const struct kv_node_config *c)
 {
     uint64_t h = 0xcbf29ce484222325ull;
     size_t order[KV_MAX_NODES];
@@ -262,6 +262,7 @@ static void node_free(struct kv_node *n)
                  "log replays it at the next start",
                  (unsigned long long)n->cfg.id, n->store.errmsg);
     }
+    backup_close_all(n);
     kv_store_close(&n->store);
     if (n->wal.dir[0]) {
         kv_wal_close(&n->wal);
@@ -289,7 +290,7 @@ int kv_node_run(const struct kv_node_config *cfg)
         return 1;
     }
     n->cfg = *cfg;
-    n->cluster_id = cluster_id_of(cfg);
+    n->cluster_id = node_cluster_id(cfg);
     int rv = 1;
     size_t self = 0;
     for (size_t i = 0; i < cfg->n_nodes; i++) {
@@ -305,7 +306,22 @@ int kv_node_run(const struct kv_node_config *cfg)
     if (node_restore(n) != 0) {
         goto out;
     }
-    n->server = rpc_server_new(n->base, NULL);
+    /* Other nodes are told apart from clients by what they call, not by
+     * address (a test cluster, or a client on a node's host, shares the
+     * nodes' addresses): a connection that calls RaftService is a peer
+     * and is not counted against --max-connections. When clients hold
+     * every slot, two connections per other node get in on probation
+     * and must make a RaftService call first, so that a node that
+     * (re)connects during a flood still reaches this one. */
+    struct rpc_server_options so = {
+        .max_output = cfg->max_output,
+        .max_connections = cfg->max_connections,
+        .peer_service = raftkv__raft_service__descriptor.name,
+        .peer_reserve = (uint32_t)(2 * (cfg->n_nodes - 1)),
+        .frame_timeout_ms = cfg->frame_timeout_ms,
+        .idle_timeout_ms = cfg->idle_timeout_ms,
+    };
+    n->server = rpc_server_new(n->base, &so);
     if (!n->server) {
         goto out;
     }

@@ -46,6 +46,12 @@ struct kv_node_config
     uint64_t wal_segment_bytes;    /* log segment rollover size */
     const char *metrics_addr;      /* HOST:PORT for /metrics (NULL: none) */
     bool fault_injection;          /* AdminService.Fault allowed */
+    unsigned max_connections;      /* client connections at once (0: any) */
+    unsigned frame_timeout_ms;     /* a frame (or unread replies) stuck this
+                                      long closes the connection (0: never) */
+    unsigned idle_timeout_ms;      /* idle client connections closed after
+                                      this long (0: never) */
+    size_t max_output;             /* unread reply bytes per connection */
 };
 
 /* Another node, as seen from this one. */
@@ -73,6 +79,21 @@ struct kv_incoming
     void *closure_data;              /* its argument */
     enum raft_msg_type type;         /* request type */
     struct kv_incoming *prev, *next; /* node's list */
+};
+
+/* A snapshot being read out by kvctl snapshot save (backup.c). */
+#define KV_MAX_BACKUPS 4
+struct kv_backup
+{
+    uint64_t id;          /* stream id given to the client (0: slot free) */
+    struct snap_stream s; /* the stream */
+    bool open;            /* s is live */
+    uint64_t index, term; /* the state's applied index and term */
+    uint8_t *last;        /* the last chunk sent, for a resend */
+    size_t last_len;      /* its length */
+    uint64_t last_off;    /* its offset */
+    bool last_done;       /* it ended the stream */
+    uint64_t used;        /* ms of the last call */
 };
 
 /* A client write waiting to be applied. */
@@ -133,6 +154,8 @@ struct kv_node
     uint64_t state_commits;             /* state commits so far */
     struct event *state_ev;             /* commits the state when due */
     struct kv_metrics metrics;          /* counters and histograms */
+    struct kv_backup backups[KV_MAX_BACKUPS]; /* snapshot reads */
+    uint64_t backup_seq;                      /* for their ids */
     struct evhttp *http;                /* serves them (--metrics-addr) */
     struct event *turn_ev;              /* runs a turn after the loop's I/O */
     struct event *tick_ev;              /* Raft timers */
@@ -170,6 +193,15 @@ void node_schedule_turn(struct kv_node *n);
 void node_clock(struct kv_node *n);
 uint64_t node_now_ms(void);
 const char *node_peer_addr(struct kv_node *n, uint64_t id);
+
+/* backup.c: snapshot save and restore */
+void backup_service_init(struct kv_node *n);
+void backup_sweep(struct kv_node *n);
+void backup_close_all(struct kv_node *n);
+int kv_restore_file(const struct kv_node_config *cfg,
+                    uint64_t cluster_id,
+                    const char *file);
+uint64_t node_cluster_id(const struct kv_node_config *c);
 
 /* persist.c: the log (wal.c) and the applied state (LMDB) on disk */
 int node_restore(struct kv_node *n);

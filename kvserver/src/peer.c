@@ -190,6 +190,7 @@ fill:
     a->data.data = p->chunk;
     a->data.len = p->chunk_len;
     a->done = p->chunk_done;
+    a->crc32c = kv_crc32c(0, p->chunk, p->chunk_len);
     return 0;
 }
 
@@ -448,6 +449,17 @@ static void handle_install_snapshot(
 {
     struct kv_node *n = node_of(svc, raft_svc);
     if (!accept_request(n, a->cluster_id, a->from, a->to, closure_data)) {
+        return;
+    }
+    if (kv_crc32c(0, a->data.data, a->data.len) != a->crc32c) {
+        char why[160];
+        snprintf(why, sizeof why,
+                 "snapshot chunk at offset %llu: checksum mismatch",
+                 (unsigned long long)a->offset);
+        rpc_logf(RPC_LOG_WARN, "node %llu: from node %llu: %s",
+                 (unsigned long long)n->cfg.id, (unsigned long long)a->from,
+                 why);
+        rpc_call_fail(closure_data, RPC_E_BAD_REQUEST, why);
         return;
     }
     struct raft_message m = {

@@ -78,6 +78,7 @@ static int ensure_headroom(struct kv_node *n)
     uint64_t used = ((uint64_t)info.me_last_pgno + 1) * stat.ms_psize;
     while (used + MAP_HEADROOM > st->map_size) {
         peer_close_streams(n);
+        backup_close_all(n);
         int rv = kv_store_grow(st);
         if (rv) {
             return rv;
@@ -329,6 +330,7 @@ int node_persist_growing(struct kv_node *n, const struct raft_update *u)
         }
         /* Resizing needs every transaction closed; persist dropped its. */
         peer_close_streams(n);
+        backup_close_all(n);
         rv = kv_store_grow(&n->store);
         if (rv) {
             return rv;

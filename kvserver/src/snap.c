@@ -4,8 +4,9 @@
 #include <string.h>
 
 #include "snap.h"
+#include "wal.h"
 
-#define MAGIC           "RKVSNAP1"
+#define MAGIC           "RKVSNAP2"
 #define HEADER_SIZE     32
 #define RECORD_HEAD     9
 #define KIND_KV         1
@@ -74,16 +75,18 @@ static int next_record(struct kv_store *st, struct snap_stream *s)
             kv_put_u64(s->pend + 16, s->term);
             kv_put_u64(s->pend + 24, 0);
             s->pend_len = HEADER_SIZE;
+            s->crc = kv_crc32c(0, s->pend, s->pend_len);
             s->phase = PH_KV;
             return 0;
         }
         if (s->phase == PH_TRAILER) {
-            if (!pend_reserve(s, 9)) {
+            if (!pend_reserve(s, 13)) {
                 return KV_STORE_ENOMEM;
             }
             s->pend[0] = KIND_END;
             kv_put_u64(s->pend + 1, s->records);
-            s->pend_len = 9;
+            kv_put_u32(s->pend + 9, kv_crc32c(s->crc, s->pend, 9));
+            s->pend_len = 13;
             s->phase = PH_DONE;
             return 0;
         }
@@ -123,6 +126,7 @@ static int next_record(struct kv_store *st, struct snap_stream *s)
             memcpy(s->pend + RECORD_HEAD + k.mv_size, v.mv_data, v.mv_size);
         }
         s->pend_len = n;
+        s->crc = kv_crc32c(s->crc, s->pend, n);
         s->records++;
         return 0;
     }
@@ -189,7 +193,9 @@ struct parser
     size_t have;      /* bytes in buf */
     size_t cap;       /* allocated */
     size_t need;      /* bytes the current part needs */
-    int part;         /* 0 header, 1 record head, 2 record body, 3 end */
+    int part;         /* 0 header, 1 record head, 2 record body,
+                         4 checksum, 3 end */
+    uint32_t crc;     /* CRC-32C of the parts so far */
     uint8_t kind;     /* current record's kind */
     uint32_t klen;    /* its key length */
     uint64_t records; /* records installed */
@@ -212,10 +218,13 @@ static int handle_part(struct kv_store *st,
                        uint64_t offset)
 {
     int rc;
+    if (p->part != 4) {
+        p->crc = kv_crc32c(p->crc, p->buf, p->need);
+    }
     switch (p->part) {
         case 0:
             if (memcmp(p->buf, MAGIC, 8) != 0) {
-                return corrupt(st, "no RKVSNAP1 header", offset);
+                return corrupt(st, "no RKVSNAP2 header", offset);
             }
             p->index = kv_get_u64(p->buf + 8);
             p->term = kv_get_u64(p->buf + 16);
@@ -228,8 +237,8 @@ static int handle_part(struct kv_store *st,
                 if (kv_get_u64(p->buf + 1) != p->records) {
                     return corrupt(st, "record count does not match", offset);
                 }
-                p->part = 3;
-                p->need = 0;
+                p->part = 4;
+                p->need = 4;
                 return 0;
             }
             if (p->kind != KIND_KV && p->kind != KIND_SESSION) {
@@ -272,6 +281,13 @@ static int handle_part(struct kv_store *st,
             p->need = RECORD_HEAD;
             return 0;
         }
+        case 4:
+            if (kv_get_u32(p->buf) != p->crc) {
+                return corrupt(st, "checksum mismatch", offset);
+            }
+            p->part = 3;
+            p->need = 0;
+            return 0;
         default:
             return corrupt(st, "bytes after the end", offset);
     }

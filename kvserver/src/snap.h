@@ -9,10 +9,13 @@
 #include "store.h"
 
 /* Stream format (all integers big-endian):
- *   header  "RKVSNAP1" | applied index (8) | applied term (8) | 0 (8)
+ *   header  "RKVSNAP2" | applied index (8) | applied term (8) | 0 (8)
  *   record  kind (1: kv, 2: session) | key length (4) | value length (4)
  *           | key | value
- *   trailer kind 0xFF | number of records (8)
+ *   trailer kind 0xFF | number of records (8) | CRC-32C (4) of every byte
+ *           before it
+ * The same stream is a follower's snapshot and a `kvctl snapshot save`
+ * file.
  * The stream is read under one LMDB read transaction, so it is the state at
  * one applied index while writes go on. */
 
@@ -26,6 +29,7 @@ struct snap_stream
     uint64_t index;   /* applied index of the state */
     uint64_t term;    /* its term */
     uint64_t records; /* records produced so far */
+    uint32_t crc;     /* CRC-32C of the records produced so far */
     uint8_t *pend;    /* bytes of the current record not yet produced */
     size_t pend_len;  /* valid bytes in pend */
     size_t pend_off;  /* bytes of pend already produced */
@@ -68,7 +72,7 @@ int snap_stage(struct kv_store *st,
 
 /**
  * Replace kv and sessions with the staged stream and empty the staging
- * area, all inside txn. The stream is checked as it is read; a damaged one
+ * area, all inside txn. The trailer's checksum must match. The stream is checked as it is read; a damaged one
  * fails with KV_STORE_ECORRUPT (then the caller aborts txn, so the old
  * state stays).
  * @param index, term set to the applied index and term of the state

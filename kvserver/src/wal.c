@@ -25,32 +25,6 @@ enum wal_record {
     REC_SNAPSHOT = 4,
 };
 
-static uint32_t crc_table[256];
-
-static void crc_init(void)
-{
-    for (uint32_t i = 0; i < 256; i++) {
-        uint32_t c = i;
-        for (int k = 0; k < 8; k++) {
-            c = c & 1 ? (c >> 1) ^ 0x82f63b78u : c >> 1;
-        }
-        crc_table[i] = c;
-    }
-}
-
-uint32_t kv_crc32c(uint32_t crc, const void *data, size_t len)
-{
-    if (crc_table[1] == 0) {
-        crc_init();
-    }
-    const uint8_t *p = data;
-    crc = ~crc;
-    while (len--) {
-        crc = crc_table[(crc ^ *p++) & 0xff] ^ (crc >> 8);
-    }
-    return ~crc;
-}
-
 static uint32_t header_crc(const uint8_t *h, uint64_t seg)
 {
     uint8_t b[20];

@@ -29,6 +29,7 @@
 #include <stdint.h>
 
 #include <raft/raft.h>
+#include <rpc/rpc.h>
 
 #define KV_WAL_SEGMENT_BYTES (64u << 20) /* default rollover size */
 
@@ -121,6 +122,9 @@ uint64_t kv_wal_bytes(const struct kv_wal *w);
 void kv_wal_close(struct kv_wal *w);
 
 /* CRC-32C (Castagnoli), as used for log batches and snapshot chunks. */
-uint32_t kv_crc32c(uint32_t crc, const void *data, size_t len);
+static inline uint32_t kv_crc32c(uint32_t crc, const void *data, size_t len)
+{
+    return rpc_crc32c(crc, data, len);
+}
 
 #endif /* KVSERVER_WAL_H */

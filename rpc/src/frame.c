@@ -10,6 +10,7 @@ enum decoder_state {
     DEC_PREFIX, /* reading the 4-byte head_size */
     DEC_HEAD,   /* reading head_size bytes of RpcHeader */
     DEC_ARGS,   /* reading args_size bytes of args */
+    DEC_SKIP,   /* skipping the args of an oversized frame */
     DEC_FAILED, /* the stream is broken; nothing more is read */
 };
 
@@ -25,6 +26,8 @@ struct rpc_decoder
     size_t have;               /* bytes staged in buf for this part */
     Raftkv__RpcHeader *header; /* header of the frame being read/returned */
     bool delivered;            /* header belongs to a frame already returned */
+    bool skip_oversized;       /* return oversized frames, skip their args */
+    uint32_t skip_left;        /* args bytes still to skip (DEC_SKIP) */
     char errmsg[160];          /* why the stream broke */
 };
 
@@ -105,6 +108,26 @@ void rpc_decoder_free(struct rpc_decoder *d)
 const char *rpc_decoder_errmsg(const struct rpc_decoder *d)
 {
     return d->errmsg;
+}
+
+void rpc_decoder_skip_oversized(struct rpc_decoder *d, bool on)
+{
+    d->skip_oversized = on;
+}
+
+bool rpc_decoder_mid_frame(const struct rpc_decoder *d)
+{
+    switch (d->state) {
+        case DEC_PREFIX:
+            return d->prefix_have > 0;
+        case DEC_HEAD:
+        case DEC_ARGS:
+        case DEC_SKIP:
+            return true;
+        case DEC_FAILED:
+        default:
+            return false;
+    }
 }
 
 static int fail(struct rpc_decoder *d, const char *fmt, ...)
@@ -221,10 +244,34 @@ int rpc_decoder_feed(struct rpc_decoder *d,
                 }
                 if (d->header->args_size > d->limits.max_args) {
                     *used = pos;
-                    return fail(d, "args_size %u over the cap of %u",
-                                d->header->args_size, d->limits.max_args);
+                    if (!d->skip_oversized) {
+                        return fail(d, "args_size %u over the cap of %u",
+                                    d->header->args_size, d->limits.max_args);
+                    }
+                    /* Answerable: hand out the header now, then drop the
+                     * args as they come, never holding them. */
+                    frame->header = d->header;
+                    frame->args = NULL;
+                    frame->args_size = 0;
+                    frame->oversized = true;
+                    d->delivered = true;
+                    d->skip_left = d->header->args_size;
+                    d->state = DEC_SKIP;
+                    return RPC_DECODE_FRAME;
                 }
                 d->state = DEC_ARGS;
+                break;
+            }
+            case DEC_SKIP: {
+                size_t take =
+                    len - pos < d->skip_left ? len - pos : d->skip_left;
+                pos += take;
+                d->skip_left -= (uint32_t)take;
+                if (d->skip_left > 0) {
+                    *used = pos;
+                    return RPC_DECODE_MORE;
+                }
+                d->state = DEC_PREFIX;
                 break;
             }
             case DEC_ARGS: {
@@ -243,6 +290,7 @@ int rpc_decoder_feed(struct rpc_decoder *d,
                 frame->header = d->header;
                 frame->args = a;
                 frame->args_size = need;
+                frame->oversized = false;
                 d->have = 0;
                 d->delivered = true;
                 d->state = DEC_PREFIX;

@@ -1,8 +1,10 @@
 /* server.c: accepts connections and dispatches framed calls to services. */
 #include <errno.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -15,6 +17,19 @@
 #include "internal.h"
 
 #define DEFAULT_MAX_OUTPUT (8u * 1024 * 1024)
+#define LOG_EVERY_MS       1000u /* a repeating log line: at most this often */
+#define ACCEPT_PAUSE_MS    100u  /* no accepting this long after EMFILE */
+#define SPARE_FDS          64u   /* files beside connections: logs, data */
+
+/* A log line that repeats under load (a flood of connections, a crowd of
+ * slow clients) is written at most once a second, with the number of
+ * repeats held back since. */
+struct ratelog
+{
+    const char *what;   /* "connections refused": for the summary line */
+    uint64_t last_ms;   /* when a line was last written (0: never) */
+    uint64_t held_back; /* occurrences since then, not written */
+};
 
 struct rpc_conn
 {
@@ -29,6 +44,14 @@ struct rpc_conn
     bool dirty;                   /* on the server's list of unflushed */
     struct rpc_conn *dirty_next;  /* that list (holds a reference) */
     struct rpc_conn *prev, *next; /* server's list of open connections */
+    bool is_peer;                 /* called peer_service: not a client */
+    bool probation;               /* admitted into peer_reserve */
+    bool mid_frame;               /* the decoder holds part of a frame */
+    uint64_t frames;              /* frames decoded so far */
+    uint64_t opened_ms;           /* when it was accepted */
+    uint64_t frame_ms;            /* when the partial frame began */
+    uint64_t active_ms;           /* last read or reply */
+    uint64_t paused_ms;           /* when reading paused for the backlog */
 };
 
 /* One request being served: the closure_data handed to the handler. */
@@ -74,6 +97,14 @@ struct rpc_server
     struct held *held;                 /* requests and replies held back */
     struct rpc_conn *dirty;            /* replies queued since last flush */
     struct event *flush_ev;            /* flushes them after the I/O */
+    char *peer_service;                /* copy of opts.peer_service */
+    size_t clients;                    /* open connections but peers */
+    struct event *sweep_ev;            /* closes connections past timeouts */
+    struct event *accept_ev;           /* resumes accepting after EMFILE */
+    struct ratelog refused_log;        /* "refusing connections" lines */
+    struct ratelog timeout_log;        /* "closing a slow connection" */
+    struct ratelog idle_log;           /* "closing an idle connection" */
+    struct ratelog accept_log;         /* "accept: Too many open files" */
 };
 
 static void list_remove(struct rpc_conn **head, struct rpc_conn *c)
@@ -126,8 +157,73 @@ static void conn_close(struct rpc_conn *c)
         list_remove(&s->conns, c);
         list_push(&s->closed, c);
         s->stats.open--;
+        if (c->is_peer) {
+            s->stats.peers--;
+        } else {
+            s->clients--;
+        }
     }
     conn_unref(c);
+}
+
+static void log_limited(struct ratelog *r, int level, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+/* Log a line unless one of its kind went out less than a second ago. */
+static void log_limited(struct ratelog *r, int level, const char *fmt, ...)
+{
+    uint64_t now = rpc_now_ms();
+    if (r->last_ms && now - r->last_ms < LOG_EVERY_MS) {
+        r->held_back++;
+        return;
+    }
+    char line[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(line, sizeof line, fmt, ap);
+    va_end(ap);
+    if (r->held_back) {
+        rpc_logf(level, "%s (and %llu more %s in the last %llu ms)", line,
+                 (unsigned long long)r->held_back, r->what,
+                 (unsigned long long)(now - r->last_ms));
+    } else {
+        rpc_logf(level, "%s", line);
+    }
+    r->last_ms = now;
+    r->held_back = 0;
+}
+
+/* Write the count a rate-limited line held back, once it is due. */
+static void log_held_back(struct ratelog *r, int level, uint64_t now)
+{
+    if (r->held_back && now - r->last_ms >= LOG_EVERY_MS) {
+        rpc_logf(level, "rpc: %llu more %s in the last %llu ms",
+                 (unsigned long long)r->held_back, r->what,
+                 (unsigned long long)(now - r->last_ms));
+        r->last_ms = now;
+        r->held_back = 0;
+    }
+}
+
+/* A connection called the peer service: it no longer counts as a client. */
+static void mark_peer(struct rpc_conn *c)
+{
+    c->is_peer = true;
+    c->probation = false;
+    c->server->clients--;
+    c->server->stats.peers++;
+}
+
+/* Close a connection admitted on probation that did not turn out a peer. */
+static void refuse_conn(struct rpc_conn *c, const char *why)
+{
+    struct rpc_server *s = c->server;
+    s->stats.refused_connections++;
+    log_limited(&s->refused_log, RPC_LOG_WARN,
+                "rpc: refusing connection from %s: over the limit of %u "
+                "client connections, and %s",
+                c->peer, s->opts.max_connections, why);
+    conn_close(c);
 }
 
 /* Stop reading while the peer leaves our replies unread; close it when the
@@ -145,7 +241,24 @@ static void check_output(struct rpc_conn *c)
         conn_close(c);
     } else if (len > cap && !c->read_paused) {
         c->read_paused = true;
+        c->paused_ms = rpc_now_ms();
         bufferevent_disable(c->bev, EV_READ);
+    }
+}
+
+/* Reading goes on: a frame it had paused in the middle gets its full
+ * timeout from now (the wait was ours, not the peer's), and requests that
+ * arrived before the pause and wait in the input are served, from the
+ * loop (never from inside rpc_server_flush). */
+static void resume_reading(struct rpc_conn *c)
+{
+    c->read_paused = false;
+    c->frame_ms = rpc_now_ms();
+    bufferevent_enable(c->bev, EV_READ);
+    if (evbuffer_get_length(bufferevent_get_input(c->bev))) {
+        bufferevent_trigger(
+            c->bev, EV_READ,
+            BEV_TRIG_IGNORE_WATERMARKS | BEV_TRIG_DEFER_CALLBACKS);
     }
 }
 
@@ -187,8 +300,7 @@ static void flush_conn(struct rpc_conn *c)
          * write callback resumes reading once the backlog drains. */
         evbuffer_add_buffer(out, c->pending);
     } else if (c->read_paused) {
-        c->read_paused = false;
-        bufferevent_enable(c->bev, EV_READ);
+        resume_reading(c);
     }
 }
 
@@ -428,6 +540,14 @@ static int dispatch(void *ctx, const struct rpc_frame *f)
     const Raftkv__RpcHeader *h = f->header;
     char msg[256];
 
+    c->frames++;
+    if (!c->is_peer && s->peer_service &&
+        strcmp(h->service_name, s->peer_service) == 0) {
+        mark_peer(c);
+    } else if (c->probation) {
+        refuse_conn(c, "its first call is not a peer's");
+        return 1;
+    }
     size_t svc_index = 0;
     ProtobufCService *svc = find_service(s, h->service_name, &svc_index);
     if (!svc) {
@@ -443,6 +563,20 @@ static int dispatch(void *ctx, const struct rpc_frame *f)
         snprintf(msg, sizeof msg, "%s has no method '%.100s'",
                  svc->descriptor->name, h->method_name);
         send_reply(c, h->call_id, RPC_E_UNKNOWN_METHOD, msg, NULL, NULL);
+        return c->bev ? 0 : 1;
+    }
+    if (f->oversized) {
+        /* The decoder skips the args; the stream stays in step. */
+        snprintf(msg, sizeof msg,
+                 RPC_TOO_BIG_PREFIX
+                 "%s.%s args of %u bytes are over the server's cap of %u",
+                 svc->descriptor->name, m->name, h->args_size,
+                 s->opts.limits.max_args);
+        rpc_logf(RPC_LOG_WARN, "rpc: answered %s: %s; skipping its args",
+                 c->peer, msg);
+        s->stats.oversized_requests++;
+        s->mstats[svc_index][index].answered[RPC_E_BAD_REQUEST]++;
+        send_reply(c, h->call_id, RPC_E_BAD_REQUEST, msg, NULL, NULL);
         return c->bev ? 0 : 1;
     }
     ProtobufCMessage *input =
@@ -478,6 +612,16 @@ static int dispatch(void *ctx, const struct rpc_frame *f)
     return c->bev ? 0 : 1;
 }
 
+/* Dispatch a frame; then stop while reading is paused for unread replies,
+ * so that requests already read (a pipelining client's) wait in the input
+ * instead of adding replies past the cap. */
+static int dispatch_unless_paused(void *ctx, const struct rpc_frame *f)
+{
+    struct rpc_conn *c = ctx;
+    int stop = dispatch(c, f);
+    return stop ? stop : c->read_paused ? 2 : 0;
+}
+
 /* A held request or reply goes on, if its connection still stands. */
 static void on_held(evutil_socket_t fd, short what, void *arg)
 {
@@ -502,12 +646,24 @@ static void on_read(struct bufferevent *bev, void *arg)
 {
     struct rpc_conn *c = arg;
     c->refs++; /* handlers may close the connection under us */
-    int rv = rpc_read_frames(bufferevent_get_input(bev), c->dec, dispatch, c);
+    uint64_t frames = c->frames;
+    int rv = rpc_read_frames(bufferevent_get_input(bev), c->dec,
+                             dispatch_unless_paused, c);
     if (rv == RPC_DECODE_ERROR && c->bev) {
         rpc_logf(RPC_LOG_WARN, "rpc: bad frame from %s: %s; closing", c->peer,
                  rpc_decoder_errmsg(c->dec));
         c->server->stats.bad_frames++;
         conn_close(c);
+    }
+    if (c->bev) {
+        /* The clock of a frame in progress starts with its first byte. */
+        uint64_t now = rpc_now_ms();
+        bool mid = rpc_decoder_mid_frame(c->dec);
+        if (mid && (!c->mid_frame || c->frames != frames)) {
+            c->frame_ms = now;
+        }
+        c->mid_frame = mid;
+        c->active_ms = now;
     }
     conn_unref(c);
 }
@@ -515,10 +671,10 @@ static void on_read(struct bufferevent *bev, void *arg)
 /* Output drained to the low watermark: read again if we had paused. */
 static void on_write(struct bufferevent *bev, void *arg)
 {
+    (void)bev;
     struct rpc_conn *c = arg;
     if (c->read_paused) {
-        c->read_paused = false;
-        bufferevent_enable(bev, EV_READ);
+        resume_reading(c);
     }
 }
 
@@ -536,12 +692,13 @@ static void on_event(struct bufferevent *bev, short what, void *arg)
     }
 }
 
-int rpc_server_adopt(struct rpc_server *s, int fd, const char *peer)
+/* Serve a connected socket; NULL (fd closed) when out of memory. */
+static struct rpc_conn *conn_new(struct rpc_server *s, int fd, const char *peer)
 {
     struct rpc_conn *c = calloc(1, sizeof *c);
     if (!c) {
         close(fd);
-        return RPC_E_NOMEM;
+        return NULL;
     }
     c->dec = rpc_decoder_new(&s->opts.limits);
     c->pending = evbuffer_new();
@@ -557,18 +714,27 @@ int rpc_server_adopt(struct rpc_server *s, int fd, const char *peer)
         }
         free(c);
         close(fd);
-        return RPC_E_NOMEM;
+        return NULL;
     }
+    /* A request over the args cap is answered, not a broken stream. */
+    rpc_decoder_skip_oversized(c->dec, true);
     snprintf(c->peer, sizeof c->peer, "%s", peer ? peer : "local");
     c->server = s;
     c->refs = 1;
+    c->opened_ms = c->frame_ms = c->active_ms = rpc_now_ms();
     list_push(&s->conns, c);
     s->stats.accepted++;
     s->stats.open++;
+    s->clients++;
     bufferevent_setcb(c->bev, on_read, on_write, on_event, c);
     bufferevent_setwatermark(c->bev, EV_WRITE, s->opts.max_output / 2, 0);
     bufferevent_enable(c->bev, EV_READ | EV_WRITE);
-    return 0;
+    return c;
+}
+
+int rpc_server_adopt(struct rpc_server *s, int fd, const char *peer)
+{
+    return conn_new(s, fd, peer) ? 0 : RPC_E_NOMEM;
 }
 
 static void on_accept(struct evconnlistener *l,
@@ -582,18 +748,155 @@ static void on_accept(struct evconnlistener *l,
     struct rpc_server *s = arg;
     char peer[64];
     rpc_format_addr(sa, peer, sizeof peer);
-    if (rpc_server_adopt(s, fd, peer) != 0) {
+    size_t max = s->opts.max_connections;
+    bool probation = false;
+    if (max && s->clients >= max) {
+        /* Clients hold every slot. A peer that (re)connects now must not
+         * be shut out by them: a few more get in on probation, and keep
+         * their place only by calling the peer service. */
+        if (!s->peer_service || s->clients >= max + s->opts.peer_reserve) {
+            s->stats.refused_connections++;
+            log_limited(&s->refused_log, RPC_LOG_WARN,
+                        "rpc: refusing connection from %s: %zu client "
+                        "connections open, the limit is %zu",
+                        peer, s->clients, max);
+            evutil_closesocket(fd);
+            return;
+        }
+        probation = true;
+    }
+    struct rpc_conn *c = conn_new(s, fd, peer);
+    if (!c) {
         rpc_logf(RPC_LOG_ERROR, "rpc: out of memory accepting %s", peer);
+        return;
+    }
+    c->probation = probation;
+}
+
+/* Listen again after a pause for lack of file descriptors. */
+static void on_accept_resume(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    struct rpc_server *s = arg;
+    for (size_t i = 0; i < s->n_listeners; i++) {
+        evconnlistener_enable(s->listeners[i]);
     }
 }
 
 static void on_accept_error(struct evconnlistener *l, void *arg)
 {
     (void)l;
-    (void)arg;
+    struct rpc_server *s = arg;
     int err = EVUTIL_SOCKET_ERROR();
-    rpc_logf(RPC_LOG_ERROR, "rpc: accept: %s",
-             evutil_socket_error_to_string(err));
+    log_limited(&s->accept_log, RPC_LOG_ERROR, "rpc: accept: %s",
+                evutil_socket_error_to_string(err));
+    if (err == EMFILE || err == ENFILE || err == ENOBUFS || err == ENOMEM) {
+        /* The connection stays in the backlog, so the listener would fire
+         * again at once and spin: stop accepting for a moment. */
+        for (size_t i = 0; i < s->n_listeners; i++) {
+            evconnlistener_disable(s->listeners[i]);
+        }
+        struct timeval tv = {0, ACCEPT_PAUSE_MS * 1000};
+        evtimer_add(s->accept_ev, &tv);
+    }
+}
+
+/* Close a connection found past one of its timeouts by the sweep. */
+static void sweep_conn(struct rpc_server *s, struct rpc_conn *c, uint64_t now)
+{
+    const struct rpc_server_options *o = &s->opts;
+    if (c->probation && now - c->opened_ms >= RPC_PROBATION_MS) {
+        refuse_conn(c, "it made no call");
+        return;
+    }
+    if (o->frame_timeout_ms && c->read_paused &&
+        now - c->paused_ms >= o->frame_timeout_ms) {
+        size_t len = evbuffer_get_length(bufferevent_get_output(c->bev)) +
+                     evbuffer_get_length(c->pending);
+        s->stats.overflow_closes++;
+        log_limited(&s->timeout_log, RPC_LOG_WARN,
+                    "rpc: closing %s: %zu bytes of replies over the cap of "
+                    "%zu unread for %llu ms",
+                    c->peer, len, o->max_output,
+                    (unsigned long long)(now - c->paused_ms));
+        conn_close(c);
+        return;
+    }
+    if (o->frame_timeout_ms && c->mid_frame && !c->read_paused &&
+        now - c->frame_ms >= o->frame_timeout_ms) {
+        s->stats.frame_timeouts++;
+        log_limited(&s->timeout_log, RPC_LOG_WARN,
+                    "rpc: closing %s: a request frame begun %llu ms ago is "
+                    "still incomplete (frame timeout %u ms)",
+                    c->peer, (unsigned long long)(now - c->frame_ms),
+                    o->frame_timeout_ms);
+        conn_close(c);
+        return;
+    }
+    if (c->refs > 1 || evbuffer_get_length(bufferevent_get_output(c->bev)) ||
+        evbuffer_get_length(c->pending)) {
+        c->active_ms = now; /* calls pending or bytes moving: not idle */
+        return;
+    }
+    if (o->idle_timeout_ms && !c->is_peer &&
+        now - c->active_ms >= o->idle_timeout_ms) {
+        s->stats.idle_closes++;
+        log_limited(&s->idle_log, RPC_LOG_INFO,
+                    "rpc: closing %s: idle for %llu ms (idle timeout %u ms)",
+                    c->peer, (unsigned long long)(now - c->active_ms),
+                    o->idle_timeout_ms);
+        conn_close(c);
+    }
+}
+
+static void on_sweep(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    struct rpc_server *s = arg;
+    uint64_t now = rpc_now_ms();
+    struct rpc_conn *next;
+    for (struct rpc_conn *c = s->conns; c; c = next) {
+        next = c->next;
+        sweep_conn(s, c, now);
+    }
+    log_held_back(&s->refused_log, RPC_LOG_WARN, now);
+    log_held_back(&s->timeout_log, RPC_LOG_WARN, now);
+    log_held_back(&s->idle_log, RPC_LOG_INFO, now);
+}
+
+/* With max_connections set, make room for that many descriptors (as Redis
+ * does for maxclients): raise the soft limit, or lower max_connections to
+ * what the hard limit allows. */
+static void fit_fd_limit(struct rpc_server *s)
+{
+    struct rpc_server_options *o = &s->opts;
+    struct rlimit rl;
+    if (!o->max_connections || getrlimit(RLIMIT_NOFILE, &rl) != 0) {
+        return;
+    }
+    rlim_t need = (rlim_t)o->max_connections + o->peer_reserve + SPARE_FDS;
+    if (rl.rlim_cur != RLIM_INFINITY && rl.rlim_cur < need) {
+        struct rlimit want = rl;
+        want.rlim_cur = rl.rlim_max != RLIM_INFINITY && rl.rlim_max < need
+                            ? rl.rlim_max
+                            : need;
+        if (setrlimit(RLIMIT_NOFILE, &want) == 0) {
+            rl = want;
+        }
+    }
+    if (rl.rlim_cur != RLIM_INFINITY && rl.rlim_cur < need) {
+        rlim_t room = rl.rlim_cur > o->peer_reserve + 2 * SPARE_FDS
+                          ? rl.rlim_cur - o->peer_reserve - SPARE_FDS
+                          : SPARE_FDS;
+        rpc_logf(RPC_LOG_WARN,
+                 "rpc: the open-file limit is %llu: %u client connections "
+                 "need %llu; serving at most %llu (raise ulimit -n)",
+                 (unsigned long long)rl.rlim_cur, o->max_connections,
+                 (unsigned long long)need, (unsigned long long)room);
+        o->max_connections = (uint32_t)room;
+    }
 }
 
 struct rpc_server *rpc_server_new(struct event_base *base,
@@ -616,12 +919,61 @@ struct rpc_server *rpc_server_new(struct event_base *base,
     if (!s->opts.max_output) {
         s->opts.max_output = DEFAULT_MAX_OUTPUT;
     }
+    s->refused_log.what = "connections refused";
+    s->timeout_log.what = "slow connections closed";
+    s->idle_log.what = "idle connections closed";
+    s->accept_log.what = "accept failures";
+    s->opts.peer_service = NULL; /* the copy below */
+    if (opts && opts->peer_service &&
+        !(s->peer_service = strdup(opts->peer_service))) {
+        goto err_free_server;
+    }
+    s->opts.peer_service = s->peer_service;
+    fit_fd_limit(s);
     s->flush_ev = event_new(base, -1, 0, on_flush, s);
-    if (!s->flush_ev) {
-        free(s);
-        return NULL;
+    s->accept_ev = evtimer_new(base, on_accept_resume, s);
+    if (!s->flush_ev || !s->accept_ev) {
+        goto err_free_events;
+    }
+    /* One sweep walks every connection, a few times per shortest
+     * timeout: cheaper than a timer per connection re-armed per frame. */
+    const struct rpc_server_options *o = &s->opts;
+    uint32_t period = 1000;
+    if (o->max_connections && s->peer_service) {
+        period = RPC_PROBATION_MS / 4;
+    }
+    if (o->frame_timeout_ms && o->frame_timeout_ms / 4 < period) {
+        period = o->frame_timeout_ms / 4;
+    }
+    if (o->idle_timeout_ms && o->idle_timeout_ms / 4 < period) {
+        period = o->idle_timeout_ms / 4;
+    }
+    if (period < 10) {
+        period = 10;
+    }
+    if (o->max_connections || o->frame_timeout_ms || o->idle_timeout_ms) {
+        s->sweep_ev = event_new(base, -1, EV_PERSIST, on_sweep, s);
+        struct timeval tv = {period / 1000, (period % 1000) * 1000};
+        if (!s->sweep_ev || event_add(s->sweep_ev, &tv) != 0) {
+            goto err_free_events;
+        }
     }
     return s;
+
+err_free_events:
+    if (s->sweep_ev) {
+        event_free(s->sweep_ev);
+    }
+    if (s->accept_ev) {
+        event_free(s->accept_ev);
+    }
+    if (s->flush_ev) {
+        event_free(s->flush_ev);
+    }
+    free(s->peer_service);
+err_free_server:
+    free(s);
+    return NULL;
 }
 
 void rpc_server_free(struct rpc_server *s)
@@ -655,6 +1007,11 @@ void rpc_server_free(struct rpc_server *s)
         c->server = NULL;
     }
     event_free(s->flush_ev);
+    event_free(s->accept_ev);
+    if (s->sweep_ev) {
+        event_free(s->sweep_ev);
+    }
+    free(s->peer_service);
     for (size_t i = 0; i < s->n_services; i++) {
         free(s->mstats[i]);
     }

@@ -280,6 +280,152 @@ static void test_frame_args_over_cap_fail_after_the_header(void)
     free(s.data);
 }
 
+/* A frame header that announces args_size bytes of args (none follow). */
+static size_t add_header_only(struct stream *s,
+                              uint64_t call_id,
+                              uint32_t args_size)
+{
+    Raftkv__RpcHeader hdr = RAFTKV__RPC_HEADER__INIT;
+    hdr.service_name = "raftkv.test.EchoService";
+    hdr.method_name = "Echo";
+    hdr.call_id = call_id;
+    hdr.args_size = args_size;
+    size_t hs = raftkv__rpc_header__get_packed_size(&hdr);
+    s->data = realloc(s->data, s->len + RPC_PREFIX_SIZE + hs);
+    CU_ASSERT_FATAL(s->data != NULL);
+    uint8_t *p = s->data + s->len;
+    p[0] = (uint8_t)(hs >> 24);
+    p[1] = (uint8_t)(hs >> 16);
+    p[2] = (uint8_t)(hs >> 8);
+    p[3] = (uint8_t)hs;
+    raftkv__rpc_header__pack(&hdr, p + RPC_PREFIX_SIZE);
+    s->len += RPC_PREFIX_SIZE + hs;
+    return RPC_PREFIX_SIZE + hs;
+}
+
+static void test_frame_oversized_args_are_skipped_when_asked(void)
+{
+    struct rpc_limits small = {.max_head = 256, .max_args = 10};
+    struct stream s = {0};
+    size_t n1 = add_frame(&s, 1, "more than ten bytes", 19, NULL);
+    add_frame(&s, 2, "ok", 2, NULL);
+    struct rpc_decoder *d = rpc_decoder_new(&small);
+    rpc_decoder_skip_oversized(d, true);
+    struct rpc_frame f;
+    size_t used;
+    /* The oversized frame comes out at its header, without args. */
+    CU_ASSERT_EQUAL(rpc_decoder_feed(d, s.data, s.len, &used, &f),
+                    RPC_DECODE_FRAME);
+    CU_ASSERT(f.oversized);
+    CU_ASSERT_EQUAL(f.header->call_id, 1);
+    CU_ASSERT_EQUAL(f.header->args_size, 21);
+    CU_ASSERT_PTR_NULL(f.args);
+    CU_ASSERT_EQUAL(f.args_size, 0);
+    CU_ASSERT_EQUAL(used, n1 - 21); /* the args are still to come */
+    CU_ASSERT(rpc_decoder_mid_frame(d));
+    /* Its args are dropped and the next frame decodes as usual. */
+    size_t pos = used;
+    CU_ASSERT_EQUAL(rpc_decoder_feed(d, s.data + pos, s.len - pos, &used, &f),
+                    RPC_DECODE_FRAME);
+    CU_ASSERT_EQUAL(used, s.len - pos);
+    CU_ASSERT(!f.oversized);
+    check_frame(&f, 2, "ok");
+    CU_ASSERT(!rpc_decoder_mid_frame(d));
+    CU_ASSERT_STRING_EQUAL(rpc_decoder_errmsg(d), "");
+    rpc_decoder_free(d);
+
+    /* The same, one byte at a time. */
+    d = rpc_decoder_new(&small);
+    rpc_decoder_skip_oversized(d, true);
+    int frames = 0, oversized = 0;
+    for (size_t i = 0; i < s.len; i++) {
+        int rv = rpc_decoder_feed(d, s.data + i, 1, &used, &f);
+        CU_ASSERT_EQUAL(used, 1);
+        CU_ASSERT_FATAL(rv != RPC_DECODE_ERROR);
+        if (rv == RPC_DECODE_FRAME) {
+            frames++;
+            if (f.oversized) {
+                oversized++;
+                CU_ASSERT_EQUAL(f.header->call_id, 1);
+            } else {
+                check_frame(&f, 2, "ok");
+            }
+        }
+    }
+    CU_ASSERT_EQUAL(frames, 2);
+    CU_ASSERT_EQUAL(oversized, 1);
+    rpc_decoder_free(d);
+    free(s.data);
+}
+
+static void test_frame_skipping_huge_args_holds_no_memory_for_them(void)
+{
+    /* A header that announces 4 GiB: skipped as it streams by, 64 KiB at
+     * a time, and never staged (the decoder holds only its header). */
+    struct stream s = {0};
+    add_header_only(&s, 5, 0xFFFFFFF0u);
+    struct rpc_decoder *d = rpc_decoder_new(NULL);
+    rpc_decoder_skip_oversized(d, true);
+    struct rpc_frame f;
+    size_t used;
+    CU_ASSERT_EQUAL(rpc_decoder_feed(d, s.data, s.len, &used, &f),
+                    RPC_DECODE_FRAME);
+    CU_ASSERT(f.oversized);
+    CU_ASSERT_EQUAL(f.header->call_id, 5);
+    static uint8_t junk[64 * 1024];
+    memset(junk, 0xab, sizeof junk);
+    for (int i = 0; i < 256; i++) { /* 16 MiB */
+        CU_ASSERT_EQUAL_FATAL(rpc_decoder_feed(d, junk, sizeof junk, &used, &f),
+                              RPC_DECODE_MORE);
+        CU_ASSERT_EQUAL_FATAL(used, sizeof junk);
+    }
+    CU_ASSERT(rpc_decoder_mid_frame(d));
+    rpc_decoder_free(d);
+    free(s.data);
+}
+
+static void test_frame_skipping_still_fails_on_a_broken_header(void)
+{
+    struct rpc_limits lim = {.max_head = 100, .max_args = 1000};
+    uint8_t prefix[4] = {0, 0, 0, 101};
+    struct rpc_decoder *d = rpc_decoder_new(&lim);
+    rpc_decoder_skip_oversized(d, true);
+    struct rpc_frame f;
+    size_t used;
+    CU_ASSERT_EQUAL(rpc_decoder_feed(d, prefix, 4, &used, &f),
+                    RPC_DECODE_ERROR);
+    CU_ASSERT(strstr(rpc_decoder_errmsg(d), "head_size 101") != NULL);
+    CU_ASSERT(!rpc_decoder_mid_frame(d));
+    rpc_decoder_free(d);
+
+    uint8_t bad[10] = {0, 0, 0, 6, 0x0f, 0xff, 0xff, 0xff, 0xff, 0xff};
+    d = rpc_decoder_new(NULL);
+    rpc_decoder_skip_oversized(d, true);
+    CU_ASSERT_EQUAL(rpc_decoder_feed(d, bad, sizeof bad, &used, &f),
+                    RPC_DECODE_ERROR);
+    rpc_decoder_free(d);
+}
+
+static void test_frame_mid_frame_follows_the_bytes(void)
+{
+    struct stream s = {0};
+    add_frame(&s, 3, "abc", 3, NULL);
+    struct rpc_decoder *d = rpc_decoder_new(NULL);
+    struct rpc_frame f;
+    size_t used;
+    CU_ASSERT(!rpc_decoder_mid_frame(d));
+    for (size_t i = 0; i + 1 < s.len; i++) {
+        CU_ASSERT_EQUAL(rpc_decoder_feed(d, s.data + i, 1, &used, &f),
+                        RPC_DECODE_MORE);
+        CU_ASSERT(rpc_decoder_mid_frame(d)); /* from the first byte on */
+    }
+    CU_ASSERT_EQUAL(rpc_decoder_feed(d, s.data + s.len - 1, 1, &used, &f),
+                    RPC_DECODE_FRAME);
+    CU_ASSERT(!rpc_decoder_mid_frame(d));
+    rpc_decoder_free(d);
+    free(s.data);
+}
+
 static void test_frame_garbage_header_is_an_error(void)
 {
     /* head_size 6, then bytes that are not a valid RpcHeader (a field with
@@ -348,6 +494,14 @@ int main(int argc, char **argv)
          test_frame_head_over_cap_fails_before_reading_it},
         {"test_frame_args_over_cap_fail_after_the_header",
          test_frame_args_over_cap_fail_after_the_header},
+        {"test_frame_oversized_args_are_skipped_when_asked",
+         test_frame_oversized_args_are_skipped_when_asked},
+        {"test_frame_skipping_huge_args_holds_no_memory_for_them",
+         test_frame_skipping_huge_args_holds_no_memory_for_them},
+        {"test_frame_skipping_still_fails_on_a_broken_header",
+         test_frame_skipping_still_fails_on_a_broken_header},
+        {"test_frame_mid_frame_follows_the_bytes",
+         test_frame_mid_frame_follows_the_bytes},
         {"test_frame_garbage_header_is_an_error",
          test_frame_garbage_header_is_an_error},
         {"test_frame_random_garbage_never_crashes",

@@ -106,6 +106,51 @@ static bool raw_sees_eof(int fd, int timeout_ms)
     return false;
 }
 
+/* Read one reply frame from a raw socket, running the loop meanwhile.
+ * Returns its status, or -1 when the server closed the socket first or
+ * nothing came within timeout_ms. */
+static int raw_reply(int fd, int timeout_ms)
+{
+    fcntl(fd, F_SETFL, O_NONBLOCK);
+    struct rpc_decoder *d = rpc_decoder_new(NULL);
+    uint64_t deadline = test_now_ms() + (uint64_t)timeout_ms;
+    uint8_t buf[4096];
+    int status = -1;
+    while (status < 0 && test_now_ms() < deadline) {
+        ssize_t n = recv(fd, buf, sizeof buf, 0);
+        if (n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK)) {
+            break;
+        }
+        for (size_t pos = 0; n > 0 && pos < (size_t)n && status < 0;) {
+            struct rpc_frame f;
+            size_t used;
+            int rv = rpc_decoder_feed(d, buf + pos, (size_t)n - pos, &used, &f);
+            pos += used;
+            if (rv == RPC_DECODE_FRAME) {
+                status = (int)f.header->status;
+            } else if (rv == RPC_DECODE_ERROR) {
+                break;
+            }
+        }
+        if (n < 0) {
+            run_for(2);
+        }
+    }
+    rpc_decoder_free(d);
+    return status;
+}
+
+/* A raw connection that has made one answered Echo call. */
+static int raw_client(uint16_t p)
+{
+    int fd = raw_connect(p);
+    uint8_t frame[256];
+    size_t n = raw_request(frame, sizeof frame, "Echo", 1, "hi", 0);
+    CU_ASSERT(write(fd, frame, n) == (ssize_t)n);
+    CU_ASSERT_EQUAL(raw_reply(fd, 3000), RPC_OK);
+    return fd;
+}
+
 /* ----------------------------------------------------------------- tests */
 
 static void test_rpc_blocking_call_returns_after_its_closure(void)
@@ -578,6 +623,331 @@ static void test_rpc_listen_on_a_busy_port_says_why(void)
     stop_local_server();
 }
 
+static void test_rpc_request_over_server_cap_is_answered_not_dropped(void)
+{
+    struct rpc_server_options so = {.limits = {.max_args = 1000}};
+    start_local_server(&so);
+    struct rpc_channel_options o = {.limits = {.max_args = 1u << 20}};
+    struct rpc_channel *ch = rpc_channel_new(base, "127.0.0.1", port, &o);
+    ProtobufCService *svc = rpc_channel_service(ch, echo_desc);
+    static char big[200 * 1024 + 1];
+    memset(big, 'b', sizeof big - 1);
+    struct echo_result r[3] = {{0}};
+    echo_call(svc, ECHO_M_ECHO, "before", 0, &r[0]);
+    echo_call(svc, ECHO_M_ECHO, big, 0, &r[1]);
+    echo_call(svc, ECHO_M_ECHO, "after", 0, &r[2]);
+    echo_completions = 0;
+    CU_ASSERT(run_until(&echo_completions, 3, 5000));
+    CU_ASSERT_EQUAL(r[0].status, RPC_OK);
+    /* The big one gets an answer that says what happened... */
+    CU_ASSERT_EQUAL(r[1].status, RPC_E_BAD_REQUEST);
+    CU_ASSERT(strncmp(r[1].error, RPC_TOO_BIG_PREFIX,
+                      strlen(RPC_TOO_BIG_PREFIX)) == 0);
+    CU_ASSERT(strstr(r[1].error, "over the server's cap of 1000") != NULL);
+    /* ...and the connection carries on with the next call. */
+    CU_ASSERT_EQUAL(r[2].status, RPC_OK);
+    CU_ASSERT_STRING_EQUAL(r[2].payload, "after");
+    struct rpc_channel_stats st;
+    rpc_channel_get_stats(ch, &st);
+    CU_ASSERT_EQUAL(st.connects, 1);
+    struct rpc_server_stats ss;
+    rpc_server_get_stats(server, &ss);
+    CU_ASSERT_EQUAL(ss.oversized_requests, 1);
+    CU_ASSERT_EQUAL(ss.bad_frames, 0);
+    CU_ASSERT_EQUAL(ss.open, 1);
+    rpc_channel_free(ch);
+    stop_local_server();
+}
+
+static void test_rpc_connections_over_the_limit_are_refused(void)
+{
+    struct rpc_server_options so = {.max_connections = 2};
+    start_local_server(&so);
+    int a = raw_client(port), b = raw_client(port);
+    int c = raw_connect(port);
+    CU_ASSERT(raw_sees_eof(c, 2000));
+    close(c);
+    struct rpc_server_stats ss;
+    rpc_server_get_stats(server, &ss);
+    CU_ASSERT_EQUAL(ss.refused_connections, 1);
+    CU_ASSERT_EQUAL(ss.open, 2);
+    /* The open ones go on, and a slot given back is taken again. */
+    uint8_t frame[256];
+    size_t n = raw_request(frame, sizeof frame, "Echo", 2, "again", 0);
+    CU_ASSERT(write(a, frame, n) == (ssize_t)n);
+    CU_ASSERT_EQUAL(raw_reply(a, 3000), RPC_OK);
+    close(b);
+    run_for(50);
+    int d = raw_client(port);
+    rpc_server_get_stats(server, &ss);
+    CU_ASSERT_EQUAL(ss.refused_connections, 1);
+    CU_ASSERT_EQUAL(ss.open, 2);
+    close(a);
+    close(d);
+    stop_local_server();
+}
+
+/* A raw request to a service the server does not have: a client's call
+ * (answered RPC_E_UNKNOWN_SERVICE). */
+static size_t raw_client_request(uint8_t *out, size_t cap, uint64_t call_id)
+{
+    Raftkv__RpcHeader hdr = RAFTKV__RPC_HEADER__INIT;
+    hdr.service_name = "raftkv.test.ClientService";
+    hdr.method_name = "Get";
+    hdr.call_id = call_id;
+    struct rpc_frame_plan plan;
+    CU_ASSERT_FATAL(rpc_frame_plan(&hdr, NULL, NULL, &plan) == 0);
+    CU_ASSERT_FATAL(plan.total <= cap);
+    rpc_frame_pack(&hdr, NULL, &plan, out);
+    return plan.total;
+}
+
+static void test_rpc_a_peer_gets_in_while_clients_hold_every_slot(void)
+{
+    struct rpc_server_options so = {.max_connections = 2,
+                                    .peer_service = echo_desc->name,
+                                    .peer_reserve = 1};
+    start_local_server(&so);
+    uint8_t frame[256];
+    size_t n = raw_client_request(frame, sizeof frame, 1);
+    int clients[2];
+    for (int i = 0; i < 2; i++) {
+        clients[i] = raw_connect(port);
+        CU_ASSERT(write(clients[i], frame, n) == (ssize_t)n);
+        CU_ASSERT_EQUAL(raw_reply(clients[i], 3000), RPC_E_UNKNOWN_SERVICE);
+    }
+    /* Clients hold both slots; a peer still gets in and stays. */
+    struct rpc_channel *ch = rpc_channel_new(base, "127.0.0.1", port, NULL);
+    ProtobufCService *svc = rpc_channel_service(ch, echo_desc);
+    struct echo_result r = {0};
+    echo_call(svc, ECHO_M_ECHO, "peer", 0, &r);
+    CU_ASSERT(run_until(&r.done, 1, 3000));
+    CU_ASSERT_EQUAL(r.status, RPC_OK);
+    struct rpc_server_stats ss;
+    rpc_server_get_stats(server, &ss);
+    CU_ASSERT_EQUAL(ss.peers, 1);
+    CU_ASSERT_EQUAL(ss.refused_connections, 0);
+    /* A client in the peer reserve is closed at its first call. */
+    int c = raw_connect(port);
+    CU_ASSERT(write(c, frame, n) == (ssize_t)n);
+    CU_ASSERT(raw_sees_eof(c, 2000));
+    close(c);
+    /* One that says nothing holds the reserve until its probation ends;
+     * meanwhile the next is refused at once. */
+    int quiet = raw_connect(port);
+    run_for(50);
+    uint64_t start = test_now_ms();
+    int next = raw_connect(port);
+    CU_ASSERT(raw_sees_eof(next, 500));
+    close(next);
+    CU_ASSERT(raw_sees_eof(quiet, 3000));
+    uint64_t took = test_now_ms() - start;
+    CU_ASSERT(took + 50 >= RPC_PROBATION_MS - 100 && took < 2500);
+    close(quiet);
+    rpc_server_get_stats(server, &ss);
+    CU_ASSERT_EQUAL(ss.refused_connections, 3);
+    /* The peer was never disturbed. */
+    struct echo_result r2 = {0};
+    echo_call(svc, ECHO_M_ECHO, "peer again", 0, &r2);
+    CU_ASSERT(run_until(&r2.done, 1, 3000));
+    CU_ASSERT_EQUAL(r2.status, RPC_OK);
+    struct rpc_channel_stats st;
+    rpc_channel_get_stats(ch, &st);
+    CU_ASSERT_EQUAL(st.connects, 1);
+    rpc_channel_free(ch);
+    close(clients[0]);
+    close(clients[1]);
+    stop_local_server();
+}
+
+/* Has the server closed fd? (No waiting, no loop.) */
+static bool raw_closed_now(int fd)
+{
+    char buf[256];
+    ssize_t n = recv(fd, buf, sizeof buf, MSG_DONTWAIT);
+    return n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK);
+}
+
+static void test_rpc_frame_timeout_closes_slow_senders_only(void)
+{
+    struct rpc_server_options so = {.frame_timeout_ms = 300};
+    start_local_server(&so);
+    int idle = raw_client(port); /* healthy, then quiet for long */
+    uint8_t frame[256];
+    size_t n = raw_request(frame, sizeof frame, "Echo", 7, "never done", 0);
+    int stall = raw_connect(port); /* half a frame, then nothing */
+    CU_ASSERT(write(stall, frame, n / 2) == (ssize_t)(n / 2));
+    int trickle = raw_connect(port); /* a byte every 50 ms */
+    size_t sent = 0;
+    uint64_t start = test_now_ms(), stall_closed = 0, trickle_closed = 0;
+    while ((!stall_closed || !trickle_closed) && test_now_ms() - start < 3000) {
+        if (!trickle_closed && sent < n) {
+            if (send(trickle, frame + sent, 1, MSG_NOSIGNAL) == 1) {
+                sent++;
+            }
+        }
+        run_for(50);
+        if (!stall_closed && raw_closed_now(stall)) {
+            stall_closed = test_now_ms() - start;
+        }
+        if (!trickle_closed && raw_closed_now(trickle)) {
+            trickle_closed = test_now_ms() - start;
+        }
+    }
+    CU_ASSERT(stall_closed >= 250 && stall_closed < 2000);
+    CU_ASSERT(trickle_closed >= 250 && trickle_closed < 2000);
+    CU_ASSERT(sent < n); /* it was closed before it finished */
+    close(stall);
+    close(trickle);
+    /* The idle connection never started a frame: it stays. */
+    n = raw_request(frame, sizeof frame, "Echo", 8, "still here", 0);
+    CU_ASSERT(write(idle, frame, n) == (ssize_t)n);
+    CU_ASSERT_EQUAL(raw_reply(idle, 3000), RPC_OK);
+    struct rpc_server_stats ss;
+    rpc_server_get_stats(server, &ss);
+    CU_ASSERT_EQUAL(ss.frame_timeouts, 2);
+    CU_ASSERT_EQUAL(ss.open, 1);
+    close(idle);
+    stop_local_server();
+}
+
+static void test_rpc_idle_timeout_closes_idle_clients_not_peers(void)
+{
+    struct rpc_server_options so = {.idle_timeout_ms = 200,
+                                    .peer_service = echo_desc->name};
+    start_local_server(&so);
+    struct rpc_channel *ch = rpc_channel_new(base, "127.0.0.1", port, NULL);
+    ProtobufCService *svc = rpc_channel_service(ch, echo_desc);
+    struct echo_result r = {0};
+    echo_call(svc, ECHO_M_ECHO, "peer", 0, &r);
+    CU_ASSERT(run_until(&r.done, 1, 3000));
+    uint8_t frame[256];
+    size_t n = raw_client_request(frame, sizeof frame, 1);
+    int client = raw_connect(port);
+    CU_ASSERT(write(client, frame, n) == (ssize_t)n);
+    CU_ASSERT_EQUAL(raw_reply(client, 3000), RPC_E_UNKNOWN_SERVICE);
+    /* A call that takes longer than the idle timeout is not idleness. */
+    int waiting = raw_connect(port);
+    n = raw_request(frame, sizeof frame, "Defer", 2, "slow", 600);
+    CU_ASSERT(write(waiting, frame, n) == (ssize_t)n);
+    uint64_t start = test_now_ms();
+    CU_ASSERT(raw_sees_eof(client, 2000));
+    CU_ASSERT(test_now_ms() - start < 1500);
+    close(client);
+    CU_ASSERT_EQUAL(raw_reply(waiting, 3000), RPC_OK);
+    close(waiting);
+    /* The peer sat idle as long, and is still connected. */
+    run_for(400);
+    struct echo_result r2 = {0};
+    echo_call(svc, ECHO_M_ECHO, "peer again", 0, &r2);
+    CU_ASSERT(run_until(&r2.done, 1, 3000));
+    CU_ASSERT_EQUAL(r2.status, RPC_OK);
+    struct rpc_channel_stats st;
+    rpc_channel_get_stats(ch, &st);
+    CU_ASSERT_EQUAL(st.connects, 1);
+    struct rpc_server_stats ss;
+    rpc_server_get_stats(server, &ss);
+    CU_ASSERT(ss.idle_closes >= 1);
+    rpc_channel_free(ch);
+    stop_local_server();
+}
+
+static void test_rpc_reader_that_never_reads_is_closed_after_a_while(void)
+{
+    struct rpc_server_options o = {.max_output = 256 * 1024,
+                                   .frame_timeout_ms = 300};
+    start_local_server(&o);
+    int fd = raw_connect(port);
+    int small = 64 * 1024;
+    setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &small, sizeof small);
+    fcntl(fd, F_SETFL, O_NONBLOCK);
+    static char payload[32 * 1024 + 1];
+    memset(payload, 'r', sizeof payload - 1);
+    static uint8_t frame[40 * 1024];
+    uint64_t id = 0;
+    size_t n = 0, off = 0;
+    struct rpc_server_stats ss = {0};
+    uint64_t start = test_now_ms();
+    /* Pipeline requests, never read: the server stops reading, then
+     * gives up on the connection. */
+    while (test_now_ms() - start < 5000) {
+        if (off == n) {
+            n = raw_request(frame, sizeof frame, "Echo", ++id, payload, 0);
+            off = 0;
+        }
+        ssize_t w = send(fd, frame + off, n - off, MSG_NOSIGNAL);
+        if (w > 0) {
+            off += (size_t)w;
+        }
+        run_for(w > 0 ? 0 : 5);
+        rpc_server_get_stats(server, &ss);
+        if (ss.overflow_closes) {
+            break;
+        }
+    }
+    CU_ASSERT_EQUAL(ss.overflow_closes, 1);
+    CU_ASSERT_EQUAL(ss.open, 0);
+    close(fd);
+    stop_local_server();
+}
+
+static void test_rpc_pipelined_requests_past_the_output_cap_are_all_served(void)
+{
+    enum { N = 14 };
+    struct rpc_server_options o = {.max_output = 2048};
+    start_local_server(&o);
+    int sv[2];
+    CU_ASSERT_FATAL(socketpair(AF_UNIX, SOCK_STREAM, 0, sv) == 0);
+    CU_ASSERT_FATAL(rpc_server_adopt(server, sv[0], "pipeliner") == 0);
+    int fd = sv[1];
+    /* N requests in one write, which the server reads at once: their
+     * replies pass the output cap after a few, so the server pauses with
+     * the rest read but not served. Once the replies drain it must serve
+     * them, although no new bytes will arrive to wake it. */
+    static char payload[1024 + 1];
+    memset(payload, 'p', sizeof payload - 1);
+    static uint8_t batch[N * 1100];
+    size_t len = 0;
+    for (int i = 0; i < N; i++) {
+        len += raw_request(batch + len, sizeof batch - len, "Echo",
+                           (uint64_t)i + 1, payload, 0);
+    }
+    CU_ASSERT_FATAL(len <= 16 * 1024); /* one read of the server's */
+    CU_ASSERT(write(fd, batch, len) == (ssize_t)len);
+    fcntl(fd, F_SETFL, O_NONBLOCK);
+    struct rpc_decoder *d = rpc_decoder_new(NULL);
+    static uint8_t in[64 * 1024];
+    int answered = 0;
+    uint64_t start = test_now_ms();
+    while (answered < N && test_now_ms() - start < 3000) {
+        run_for(2);
+        ssize_t r = recv(fd, in, sizeof in, 0);
+        for (size_t pos = 0; r > 0 && pos < (size_t)r;) {
+            struct rpc_frame f;
+            size_t used;
+            int rv = rpc_decoder_feed(d, in + pos, (size_t)r - pos, &used, &f);
+            pos += used;
+            CU_ASSERT_FATAL(rv != RPC_DECODE_ERROR);
+            if (rv == RPC_DECODE_FRAME) {
+                CU_ASSERT_EQUAL(f.header->status, RAFTKV__RPC_STATUS__RPC_OK);
+                CU_ASSERT_EQUAL(f.header->call_id, (uint64_t)answered + 1);
+                answered++;
+            }
+        }
+        if (r == 0) {
+            break; /* closed: a failure */
+        }
+    }
+    CU_ASSERT_EQUAL(answered, N);
+    struct rpc_server_stats ss;
+    rpc_server_get_stats(server, &ss);
+    CU_ASSERT_EQUAL(ss.overflow_closes, 0);
+    CU_ASSERT_EQUAL(ss.open, 1);
+    rpc_decoder_free(d);
+    close(fd);
+    stop_local_server();
+}
+
 int main(int argc, char **argv)
 {
     signal(SIGPIPE, SIG_IGN);
@@ -610,6 +980,20 @@ int main(int argc, char **argv)
          test_rpc_freeing_a_channel_cancels_each_pending_call_once},
         {"test_rpc_listen_on_a_busy_port_says_why",
          test_rpc_listen_on_a_busy_port_says_why},
+        {"test_rpc_request_over_server_cap_is_answered_not_dropped",
+         test_rpc_request_over_server_cap_is_answered_not_dropped},
+        {"test_rpc_connections_over_the_limit_are_refused",
+         test_rpc_connections_over_the_limit_are_refused},
+        {"test_rpc_a_peer_gets_in_while_clients_hold_every_slot",
+         test_rpc_a_peer_gets_in_while_clients_hold_every_slot},
+        {"test_rpc_frame_timeout_closes_slow_senders_only",
+         test_rpc_frame_timeout_closes_slow_senders_only},
+        {"test_rpc_idle_timeout_closes_idle_clients_not_peers",
+         test_rpc_idle_timeout_closes_idle_clients_not_peers},
+        {"test_rpc_reader_that_never_reads_is_closed_after_a_while",
+         test_rpc_reader_that_never_reads_is_closed_after_a_while},
+        {"test_rpc_pipelined_requests_past_the_output_cap_are_all_served",
+         test_rpc_pipelined_requests_past_the_output_cap_are_all_served},
         CU_TEST_INFO_NULL,
     };
     static CU_SuiteInfo suites[] = {

@@ -228,6 +228,19 @@ static void test_store_snapshot_round_trip_in_random_chunks(void)
     CU_ASSERT_EQUAL(snap_install(&dst, txn, &index, &term), KV_STORE_ECORRUPT);
     CU_ASSERT(strstr(dst.errmsg, "damaged") != NULL);
     mdb_txn_abort(txn);
+    stream[total / 2] ^= 0xff;
+    stream[total - 3] ^= 0x5a;
+
+    /* A changed byte inside a value keeps the stream well-formed: only the
+     * checksum catches it. */
+    uint8_t *at = memmem(stream, total, "value-250", 9);
+    CU_ASSERT_FATAL(at != NULL);
+    at[6] ^= 0x01; /* "value-350" */
+    CU_ASSERT_FATAL(mdb_txn_begin(dst.env, NULL, 0, &txn) == 0);
+    CU_ASSERT_EQUAL(snap_stage(&dst, txn, 0, stream, total), 0);
+    CU_ASSERT_EQUAL(snap_install(&dst, txn, &index, &term), KV_STORE_ECORRUPT);
+    CU_ASSERT(strstr(dst.errmsg, "checksum mismatch") != NULL);
+    mdb_txn_abort(txn);
     CU_ASSERT_FATAL(mdb_txn_begin(dst.env, NULL, MDB_RDONLY, &txn) == 0);
     mdb_stat(txn, dst.kv, &a);
     CU_ASSERT_EQUAL(a.ms_entries, 500);

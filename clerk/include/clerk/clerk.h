@@ -217,6 +217,31 @@ int clerk_transfer_leader(struct clerk *c,
                           uint64_t target_id,
                           uint64_t *new_leader);
 
+/* Where clerk_snapshot_save puts the bytes; a non-zero return stops it. */
+typedef int (*clerk_sink)(const void *data, size_t len, void *arg);
+
+/**
+ * Save a consistent copy of the whole state: the leader reads it out under
+ * one LMDB read transaction while writes go on, and it holds every write
+ * acknowledged before the call. The bytes (a snapshot stream ending in a
+ * CRC-32C of the whole, checked here) go to @sink in order; `kvserver
+ * --restore FILE` starts a node from them. The deadline (clerk_set_deadline)
+ * bounds finding the leader and each chunk, not the whole save.
+ * @param index, term if not NULL, set to the applied index of the copy and
+ *   its term
+ * @param bytes if not NULL, set to the bytes given to @sink
+ * @return CLERK_OK, CLERK_UNAVAILABLE (no leader answered, or the leader
+ *   changed or lost the stream midway: run it again), CLERK_INTERNAL (the
+ *   checksum did not match), CLERK_INVALID (@sink failed; errno is its),
+ *   CLERK_NOMEM. clerk_errmsg says which.
+ */
+int clerk_snapshot_save(struct clerk *c,
+                        clerk_sink sink,
+                        void *arg,
+                        uint64_t *index,
+                        uint64_t *term,
+                        uint64_t *bytes);
+
 /* Fault injection, for fault-injection tests on a real cluster: what one
  * server does to its own traffic. Servers accept it only when started with
  * --enable-fault-injection. */

@@ -93,6 +93,13 @@ const char *rpc_last_error(void);
 #define RPC_DEFAULT_MAX_HEAD (64u * 1024)
 #define RPC_DEFAULT_MAX_ARGS (8u * 1024 * 1024)
 
+/* A server answers a request whose args are over its cap with
+ * RPC_E_BAD_REQUEST and an error text that starts with this, so that a
+ * caller can tell "too big" from other bad requests (the wire status has
+ * no value of its own for it): "request too big: raftkv.KvService.PutAppend
+ * args of 9437184 bytes are over the server's cap of 8388608". */
+#define RPC_TOO_BIG_PREFIX "request too big: "
+
 /* Hard caps on one frame. Zero fields mean the defaults above. */
 struct rpc_limits
 {
@@ -137,7 +144,11 @@ struct rpc_frame
 {
     const Raftkv__RpcHeader *header; /* unpacked header */
     const uint8_t *args;             /* args_size bytes (may be NULL if 0) */
-    size_t args_size;                /* equals header->args_size */
+    size_t args_size;                /* equals header->args_size, except
+                                        0 when oversized */
+    bool oversized; /* header->args_size is over the cap and the decoder
+                       skips those bytes (rpc_decoder_skip_oversized):
+                       args is NULL */
 };
 
 /* Results of rpc_decoder_feed. */
@@ -186,28 +197,91 @@ int rpc_decoder_feed(struct rpc_decoder *d,
  */
 const char *rpc_decoder_errmsg(const struct rpc_decoder *d);
 
+/**
+ * Choose what a frame whose header is whole and valid but whose args_size
+ * is over the cap does. Off (the default): the stream is broken
+ * (RPC_DECODE_ERROR). On: the frame is returned at once, with oversized
+ * set and no args, and the decoder then skips its args_size bytes as they
+ * come, without storing them, so that a server can answer that call with
+ * an error and go on with the next frame. A head_size over its cap or a
+ * header that does not unpack stays an error either way.
+ * @param d the decoder
+ * @param on skip oversized args instead of failing
+ */
+void rpc_decoder_skip_oversized(struct rpc_decoder *d, bool on);
+
+/**
+ * Is the decoder inside a frame: has it taken some of a frame's bytes but
+ * not yet returned the frame, or is it still skipping an oversized
+ * frame's args? (A server uses it to time out connections that start a
+ * frame and never finish it.)
+ * @param d the decoder
+ * @return true inside a frame; false between frames or after an error
+ */
+bool rpc_decoder_mid_frame(const struct rpc_decoder *d);
+
 /* ---------------------------------------------------------------- server */
 
 /* Server settings. Zero fields mean the defaults. */
 struct rpc_server_options
 {
-    struct rpc_limits limits; /* frame caps for requests and replies */
-    size_t max_output;        /* per-connection output buffer: reading
-                                 pauses above it and resumes below half;
-                                 a connection whose output passes 4x it is
-                                 closed. Default 8 MiB. */
+    struct rpc_limits limits;  /* frame caps for requests and replies */
+    size_t max_output;         /* per-connection output buffer: reading
+                                  pauses above it and resumes below half;
+                                  a connection whose output passes 4x it is
+                                  closed. Default 8 MiB. */
+    uint32_t max_connections;  /* client connections (all but peers) open
+                                  at once; one over it is accepted, logged
+                                  (at most once a second) and closed at
+                                  once. Only listeners count; an adopted
+                                  socket is always taken. 0: no limit */
+    const char *peer_service;  /* full name of the service the other nodes
+                                  of a cluster call (raftkv.RaftService):
+                                  a connection that calls it is a peer,
+                                  counted apart from clients and never
+                                  closed for idleness (copied); NULL: none */
+    uint32_t peer_reserve;     /* connections admitted over max_connections
+                                  on probation, so that a peer can connect
+                                  while clients hold every slot: one whose
+                                  first frame is not a peer_service call,
+                                  or that sends none within
+                                  RPC_PROBATION_MS, is closed as refused.
+                                  Needs peer_service; 0: none */
+    uint32_t frame_timeout_ms; /* a connection that holds part of a
+                                  request frame, or whose replies stay
+                                  over max_output unread (reading paused),
+                                  this long is closed: a slow-loris client
+                                  or one that never reads. 0: never */
+    uint32_t idle_timeout_ms;  /* a client connection with no call pending
+                                  and nothing read or answered this long
+                                  is closed. 0: never */
 };
+
+/* How long a connection admitted into peer_reserve has to show itself a
+ * peer. */
+#define RPC_PROBATION_MS 1000u
 
 /* Counters of a server, for logs and metrics. */
 struct rpc_server_stats
 {
-    uint64_t accepted;        /* connections accepted or adopted */
-    uint64_t open;            /* connections open now */
-    uint64_t calls;           /* requests dispatched to a handler */
-    uint64_t error_replies;   /* requests answered with a non-OK status */
-    uint64_t bad_frames;      /* connections closed for a broken stream */
-    uint64_t dropped_replies; /* replies whose connection was gone */
-    uint64_t overflow_closes; /* connections closed for output overflow */
+    uint64_t accepted;            /* connections accepted or adopted */
+    uint64_t open;                /* connections open now */
+    uint64_t calls;               /* requests dispatched to a handler */
+    uint64_t error_replies;       /* requests answered with a non-OK status */
+    uint64_t bad_frames;          /* connections closed for a broken stream */
+    uint64_t dropped_replies;     /* replies whose connection was gone */
+    uint64_t overflow_closes;     /* connections closed for output overflow
+                                     (4x max_output, or over it unread for
+                                     frame_timeout_ms) */
+    uint64_t peers;               /* of open: peer connections */
+    uint64_t refused_connections; /* closed at once: over max_connections
+                                     (or failed the peer probation) */
+    uint64_t oversized_requests;  /* requests answered "too big" whose args
+                                     were skipped; the connection stays */
+    uint64_t frame_timeouts;      /* connections closed for a frame not
+                                     finished within frame_timeout_ms */
+    uint64_t idle_closes;         /* connections closed after
+                                     idle_timeout_ms */
 };
 
 /* Calls of one method of a served service, by how they were answered. */
@@ -218,11 +292,22 @@ struct rpc_method_stats
                                             RPC_E_OVERLOADED (6); 7: other */
 };
 
+/**
+ * CRC-32C (Castagnoli) of @len bytes, continuing from @crc (0 to start).
+ * Used for the log, snapshot streams and snapshot files.
+ */
+uint32_t rpc_crc32c(uint32_t crc, const void *data, size_t len);
+
 struct rpc_server;
 
 /**
  * Make a server on an event base. It serves nothing until a service is
  * added and it listens (or adopts a connected socket).
+ * With max_connections set, it raises the process's soft open-file limit
+ * to what max_connections + peer_reserve (+ 64 spare) need when the hard
+ * limit allows, and otherwise lowers max_connections to fit, with a
+ * warning: past the open-file limit accept fails for peers and clients
+ * alike.
  * @param base the caller's event base (borrowed; must outlive the server)
  * @param opts settings, copied; NULL for the defaults
  * @return the server, or NULL when out of memory

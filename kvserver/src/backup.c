@@ -1,0 +1,317 @@
+/* backup.c: AdminService.SnapshotRead (kvctl snapshot save) and restoring
+ * a saved snapshot into an empty data directory (kvserver --restore). */
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "node.h"
+
+#define CHUNK_DEFAULT (1u << 20)
+#define CHUNK_MAX (4u << 20)
+#define IDLE_MS 30000
+
+static void reply(struct kv_node *n,
+                  Raftkv__SnapshotReadReply_Closure closure,
+                  void *data,
+                  Raftkv__AdminError err,
+                  const char *msg,
+                  const struct kv_backup *b)
+{
+    Raftkv__SnapshotReadReply r = RAFTKV__SNAPSHOT_READ_REPLY__INIT;
+    char addr[300];
+    uint64_t leader = raft_leader(n->raft);
+    snprintf(addr, sizeof addr, "%s", leader ? node_peer_addr(n, leader) : "");
+    r.error = err;
+    r.message = (char *)(msg ? msg : "");
+    r.node_id = n->cfg.id;
+    r.leader_id = leader;
+    r.leader_address = addr;
+    if (b && err == RAFTKV__ADMIN_ERROR__ADMIN_OK) {
+        r.stream_id = b->id;
+        r.offset = b->last_off;
+        r.data.data = b->last;
+        r.data.len = b->last_len;
+        r.done = b->last_done;
+        r.index = b->index;
+        r.term = b->term;
+    }
+    closure(&r, data);
+}
+
+static void backup_close(struct kv_backup *b)
+{
+    if (b->open) {
+        snap_stream_close(&b->s);
+    }
+    free(b->last);
+    memset(b, 0, sizeof *b);
+}
+
+void backup_close_all(struct kv_node *n)
+{
+    for (size_t i = 0; i < KV_MAX_BACKUPS; i++) {
+        if (n->backups[i].id) {
+            backup_close(&n->backups[i]);
+        }
+    }
+}
+
+void backup_sweep(struct kv_node *n)
+{
+    uint64_t now = node_now_ms();
+    for (size_t i = 0; i < KV_MAX_BACKUPS; i++) {
+        struct kv_backup *b = &n->backups[i];
+        if (b->id && now - b->used > IDLE_MS) {
+            rpc_logf(RPC_LOG_INFO,
+                     "node %llu: snapshot read %016" PRIx64
+                     " left idle: closed",
+                     (unsigned long long)n->cfg.id, b->id);
+            backup_close(b);
+        }
+    }
+}
+
+/* A new stream over the state as applied now. */
+static struct kv_backup *backup_start(struct kv_node *n, char *msg, size_t len)
+{
+    struct kv_backup *b = NULL;
+    for (size_t i = 0; i < KV_MAX_BACKUPS && !b; i++) {
+        if (!n->backups[i].id) {
+            b = &n->backups[i];
+        }
+    }
+    if (!b) {
+        snprintf(msg, len,
+                 "%d snapshot reads are in progress on node %" PRIu64
+                 "; try again when one ends",
+                 KV_MAX_BACKUPS, n->cfg.id);
+        return NULL;
+    }
+    /* Commit what is applied, so the copy holds every write answered
+     * before this call. */
+    if (node_state_commit(n, false) != 0 ||
+        snap_stream_open(&n->store, &b->s) != 0) {
+        snprintf(msg, len, "cannot read the state: %s", n->store.errmsg);
+        memset(b, 0, sizeof *b);
+        return NULL;
+    }
+    b->open = true;
+    b->index = b->s.index;
+    b->term = b->s.term;
+    b->id = ((uint64_t)n->cfg.id << 48) ^ (node_now_ms() << 8) ^
+            ++n->backup_seq;
+    if (b->id == 0) {
+        b->id = 1;
+    }
+    rpc_logf(RPC_LOG_INFO,
+             "node %llu: snapshot read %016" PRIx64
+             " started (state at index %llu)",
+             (unsigned long long)n->cfg.id, b->id,
+             (unsigned long long)b->index);
+    return b;
+}
+
+static void handle_snapshot_read(Raftkv__AdminService_Service *svc,
+                                 const Raftkv__SnapshotReadArgs *a,
+                                 Raftkv__SnapshotReadReply_Closure closure,
+                                 void *data)
+{
+    struct kv_node *n = node_of(svc, admin_svc);
+    char msg[1400];
+    if (raft_role(n->raft) != RAFT_LEADER) {
+        snprintf(msg, sizeof msg, "node %" PRIu64 " is not the leader",
+                 n->cfg.id);
+        reply(n, closure, data, RAFTKV__ADMIN_ERROR__ADMIN_NOT_LEADER, msg,
+              NULL);
+        return;
+    }
+    if (n->frozen) {
+        reply(n, closure, data, RAFTKV__ADMIN_ERROR__ADMIN_UNAVAILABLE,
+              "the node cannot persist; try again later", NULL);
+        return;
+    }
+    size_t max = a->max_bytes ? a->max_bytes : CHUNK_DEFAULT;
+    if (max > CHUNK_MAX) {
+        max = CHUNK_MAX;
+    }
+    struct kv_backup *b = NULL;
+    if (a->stream_id == 0) {
+        if (a->offset != 0) {
+            reply(n, closure, data, RAFTKV__ADMIN_ERROR__ADMIN_BAD_REQUEST,
+                  "a new snapshot read starts at offset 0", NULL);
+            return;
+        }
+        b = backup_start(n, msg, sizeof msg);
+        if (!b) {
+            reply(n, closure, data, RAFTKV__ADMIN_ERROR__ADMIN_UNAVAILABLE,
+                  msg, NULL);
+            return;
+        }
+    } else {
+        for (size_t i = 0; i < KV_MAX_BACKUPS && !b; i++) {
+            if (n->backups[i].id == a->stream_id) {
+                b = &n->backups[i];
+            }
+        }
+        if (!b) {
+            reply(n, closure, data, RAFTKV__ADMIN_ERROR__ADMIN_BAD_REQUEST,
+                  "no such snapshot read on this node (it ended, was idle "
+                  "for 30 s, or the leader changed): start again",
+                  NULL);
+            return;
+        }
+    }
+    b->used = node_now_ms();
+    if (a->stream_id != 0 && b->last && a->offset == b->last_off) {
+        reply(n, closure, data, RAFTKV__ADMIN_ERROR__ADMIN_OK, NULL, b);
+        return; /* the last chunk again: its reply was lost */
+    }
+    uint64_t next = b->last ? b->last_off + b->last_len : 0;
+    if (a->offset != next || b->last_done || !b->open) {
+        snprintf(msg, sizeof msg,
+                 "offset %" PRIu64 " is not where the stream is (%" PRIu64
+                 "%s)",
+                 a->offset, next, b->last_done ? ", and it has ended" : "");
+        reply(n, closure, data, RAFTKV__ADMIN_ERROR__ADMIN_BAD_REQUEST, msg,
+              NULL);
+        return;
+    }
+    uint8_t *buf = realloc(b->last, max);
+    if (!buf) {
+        reply(n, closure, data, RAFTKV__ADMIN_ERROR__ADMIN_UNAVAILABLE,
+              "out of memory", NULL);
+        return;
+    }
+    b->last = buf;
+    size_t len;
+    bool done;
+    if (snap_stream_read(&n->store, &b->s, buf, max, &len, &done) != 0) {
+        snprintf(msg, sizeof msg, "reading the state: %s", n->store.errmsg);
+        backup_close(b);
+        reply(n, closure, data, RAFTKV__ADMIN_ERROR__ADMIN_UNAVAILABLE, msg,
+              NULL);
+        return;
+    }
+    b->last_off = next;
+    b->last_len = len;
+    b->last_done = done;
+    if (done) {
+        snap_stream_close(&b->s);
+        b->open = false;
+        rpc_logf(RPC_LOG_INFO,
+                 "node %llu: snapshot read %016" PRIx64
+                 " done: %llu bytes, state at index %llu",
+                 (unsigned long long)n->cfg.id, b->id,
+                 (unsigned long long)(next + len),
+                 (unsigned long long)b->index);
+    }
+    reply(n, closure, data, RAFTKV__ADMIN_ERROR__ADMIN_OK, NULL, b);
+}
+
+void backup_service_init(struct kv_node *n)
+{
+    n->admin_svc.snapshot_read = handle_snapshot_read;
+}
+
+/* ---- kvserver --restore FILE ---- */
+
+static int restore_fail(const char *fmt, const char *a, const char *b)
+{
+    fprintf(stderr, "kvserver: ");
+    fprintf(stderr, fmt, a, b);
+    fprintf(stderr, "\n");
+    return 1;
+}
+
+int kv_restore_file(const struct kv_node_config *cfg,
+                    uint64_t cluster_id,
+                    const char *file)
+{
+    FILE *fp = fopen(file, "rb");
+    if (!fp) {
+        return restore_fail("--restore %s: %s", file, strerror(errno));
+    }
+    struct kv_store st;
+    if (kv_store_open(&st, cfg->data_dir, cfg->map_size) != 0 ||
+        kv_store_claim(&st, cluster_id, cfg->id) != 0) {
+        fclose(fp);
+        kv_store_close(&st);
+        return restore_fail("%s%s", st.errmsg, "");
+    }
+    struct kv_wal w;
+    struct kv_wal_contents c;
+    if (kv_wal_open(&w, cfg->data_dir, cfg->wal_segment_bytes, &c) != 0) {
+        fclose(fp);
+        kv_store_close(&st);
+        return restore_fail("%s%s", w.errmsg, "");
+    }
+    MDB_txn *txn = NULL;
+    struct kv_meta m;
+    MDB_stat ks;
+    int rv = 1;
+    if (mdb_txn_begin(st.env, NULL, 0, &txn) != 0 ||
+        kv_store_read_meta(&st, txn, &m) != 0 ||
+        mdb_stat(txn, st.kv, &ks) != 0) {
+        restore_fail("%s: cannot read the data directory%s", cfg->data_dir,
+                     "");
+        goto out;
+    }
+    if (m.applied != 0 || ks.ms_entries != 0 || c.n_entries != 0 ||
+        c.hs.term != 0) {
+        restore_fail("--restore: %s already holds data; restore into an "
+                     "empty directory (wipe it first)%s",
+                     cfg->data_dir, "");
+        goto out;
+    }
+    static uint8_t chunk[1u << 20];
+    uint64_t off = 0;
+    size_t len;
+    while ((len = fread(chunk, 1, sizeof chunk, fp)) > 0) {
+        if (snap_stage(&st, txn, off, chunk, len) != 0) {
+            restore_fail("%s%s", st.errmsg, "");
+            goto out;
+        }
+        off += len;
+    }
+    if (ferror(fp)) {
+        restore_fail("--restore %s: read error%s", file, "");
+        goto out;
+    }
+    uint64_t index, term;
+    if (snap_install(&st, txn, &index, &term) != 0) {
+        /* The message names the data directory; say which file it was. */
+        fprintf(stderr, "kvserver: --restore %s: %s\n", file, st.errmsg);
+        goto out;
+    }
+    if (kv_store_put_meta(&st, txn, "applied", index) != 0 ||
+        kv_store_put_meta(&st, txn, "applied_term", term) != 0 ||
+        mdb_stat(txn, st.kv, &ks) != 0 || mdb_txn_commit(txn) != 0) {
+        txn = NULL;
+        restore_fail("%s: cannot write the restored state%s", cfg->data_dir,
+                     "");
+        goto out;
+    }
+    txn = NULL;
+    /* The log starts after the snapshot, in the snapshot's term. */
+    if (kv_wal_add_hard_state(&w, term, 0) != 0 ||
+        kv_wal_add_snapshot(&w, index, term) != 0 || kv_wal_sync(&w) != 0) {
+        restore_fail("%s%s", w.errmsg, "");
+        goto out;
+    }
+    printf("restored %s into %s: state at index %" PRIu64 ", term %" PRIu64
+           ", %zu keys, %" PRIu64
+           " bytes. Start the node without --restore.\n",
+           file, cfg->data_dir, index, term, (size_t)ks.ms_entries, off);
+    rv = 0;
+out:
+    if (txn) {
+        mdb_txn_abort(txn);
+    }
+    fclose(fp);
+    kv_wal_close(&w);
+    kv_wal_contents_free(&c);
+    kv_store_close(&st);
+    return rv;
+}
