@@ -137,6 +137,20 @@ static void put_rpc(struct evbuffer *b, struct kv_node *n)
     put_value(b, "raftkv_rpc_overflow_closes_total", "counter",
               "Connections closed because their replies went unread.",
               ss.overflow_closes);
+    put_value(b, "raftkv_rpc_peer_connections", "gauge",
+              "Open connections from other nodes.", ss.peers);
+    put_value(b, "raftkv_rpc_refused_connections_total", "counter",
+              "Connections closed at once: over --max-connections.",
+              ss.refused_connections);
+    put_value(b, "raftkv_rpc_oversized_requests_total", "counter",
+              "Requests answered as too big, their args skipped.",
+              ss.oversized_requests);
+    put_value(b, "raftkv_rpc_frame_timeouts_total", "counter",
+              "Connections closed for a frame not completed in time.",
+              ss.frame_timeouts);
+    put_value(b, "raftkv_rpc_idle_closes_total", "counter",
+              "Connections closed after --idle-timeout-ms without a call.",
+              ss.idle_closes);
 }
 
 static void on_metrics(struct evhttp_request *req, void *arg)

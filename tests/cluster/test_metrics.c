@@ -77,6 +77,8 @@ static void test_metrics_follow_writes_and_a_leader_change(void)
     CU_ASSERT(metric(&c, f, "raftkv_applied_index") >= 50);
     CU_ASSERT(metric(&c, (size_t)leader, "raftkv_sessions") >= 1);
     CU_ASSERT(metric(&c, (size_t)leader, "raftkv_log_entries") >= 50);
+    CU_ASSERT_EQUAL(metric(&c, f, "raftkv_rpc_frame_timeouts_total"), 0);
+    CU_ASSERT(metric(&c, f, "raftkv_rpc_peer_connections") >= 1);
 
     /* Health: every node is healthy, with a JSON body. */
     for (size_t i = 0; i < 3; i++) {
