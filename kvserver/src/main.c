@@ -317,6 +317,9 @@ int main(int argc, char **argv)
     c.seed = (uint64_t)ts.tv_nsec ^ ((uint64_t)ts.tv_sec << 20) ^
              ((uint64_t)getpid() << 40) ^ c.id;
     rpc_log_set_level(level);
+    char prefix[40];
+    snprintf(prefix, sizeof prefix, "node %llu: ", (unsigned long long)c.id);
+    rpc_log_set_prefix(prefix);
     signal(SIGPIPE, SIG_IGN);
     if (restore) {
         return kv_restore_file(&c, node_cluster_id(&c), restore);

@@ -1,6 +1,7 @@
 /* log.c: one-line log messages with a timestamp, to stderr or a handler. */
 #include <stdarg.h>
 #include <stdio.h>
+#include <string.h>
 #include <time.h>
 
 #include "rpc/rpc.h"
@@ -8,6 +9,7 @@
 static rpc_log_cb log_cb;
 static void *log_data;
 static int log_level = RPC_LOG_INFO;
+static char log_prefix[64];
 
 static const char *level_names[] = {"DEBUG", "INFO", "WARN", "ERROR"};
 
@@ -20,6 +22,11 @@ void rpc_log_set_handler(rpc_log_cb cb, void *data)
 void rpc_log_set_level(int level)
 {
     log_level = level;
+}
+
+void rpc_log_set_prefix(const char *prefix)
+{
+    snprintf(log_prefix, sizeof log_prefix, "%s", prefix ? prefix : "");
 }
 
 void rpc_logf(int level, const char *fmt, ...)
@@ -41,7 +48,10 @@ void rpc_logf(int level, const char *fmt, ...)
     clock_gettime(CLOCK_REALTIME, &ts);
     gmtime_r(&ts.tv_sec, &tm);
     int li = level < 0 ? 0 : level > 3 ? 3 : level;
-    fprintf(stderr, "%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ %s %s\n",
+    size_t plen = strlen(log_prefix);
+    fprintf(stderr, "%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ %s %s%s\n",
             tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min,
-            tm.tm_sec, ts.tv_nsec / 1000000, level_names[li], line);
+            tm.tm_sec, ts.tv_nsec / 1000000, level_names[li],
+            plen && strncmp(line, log_prefix, plen) != 0 ? log_prefix : "",
+            line);
 }

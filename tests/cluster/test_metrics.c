@@ -151,6 +151,27 @@ static void test_health_says_why_without_a_majority(void)
         h_sleep_ms(100);
     }
     CU_ASSERT_EQUAL(status, 200);
+    /* Every log line: a timestamp, the level and the node id. */
+    for (size_t i = 0; i < 3; i++) {
+        FILE *fp = fopen(c.nodes[i].log, "r");
+        CU_ASSERT_FATAL(fp != NULL);
+        char line[2048], want[64];
+        snprintf(want, sizeof want, " node %zu: ", i + 1);
+        int lines = 0, bad = 0;
+        while (fgets(line, sizeof line, fp)) {
+            lines++;
+            bool levelled = strstr(line, "Z INFO ") || strstr(line, "Z WARN ") ||
+                            strstr(line, "Z ERROR ") || strstr(line, "Z DEBUG ");
+            if (!levelled || !strstr(line, want) || line[4] != '-') {
+                fprintf(stderr, "log line without timestamp, level or node: %s",
+                        line);
+                bad++;
+            }
+        }
+        fclose(fp);
+        CU_ASSERT(lines > 0);
+        CU_ASSERT_EQUAL(bad, 0);
+    }
     c.keep = FAILED_SINCE(failures_at_start);
     h_cluster_destroy(&c);
 }

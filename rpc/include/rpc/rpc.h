@@ -644,6 +644,12 @@ void rpc_log_set_handler(rpc_log_cb cb, void *data);
 void rpc_log_set_level(int level);
 
 /**
+ * Text put in front of every log line that does not already start with it
+ * ("node 3: "), so that each line names its node.
+ */
+void rpc_log_set_prefix(const char *prefix);
+
+/**
  * Log one line at a level.
  */
 void rpc_logf(int level, const char *fmt, ...)
