@@ -72,6 +72,9 @@ int cunit_main(int argc, char **argv, CU_SuiteInfo *suites)
     }
     unsigned failures = CU_get_number_of_failures();
     unsigned tests_failed = CU_get_number_of_tests_failed();
+    /* A suite whose setup or teardown failed ran no tests (or left a mess):
+     * CUnit does not count that as a failed assertion, but it is one. */
+    unsigned suites_failed = CU_get_number_of_suites_failed();
     CU_cleanup_registry();
     if (failures) {
         printf(
@@ -79,7 +82,11 @@ int cunit_main(int argc, char **argv, CU_SuiteInfo *suites)
             "(rerun: RAFTKV_SEED=%u %s)\n",
             argv[0], failures, tests_failed, seed, seed, argv[0]);
     }
-    return failures ? 1 : 0;
+    if (suites_failed) {
+        printf("%s: %u suite(s) failed to set up or clean up\n", argv[0],
+               suites_failed);
+    }
+    return failures || suites_failed ? 1 : 0;
 }
 
 static int remove_entry(const char *path,
