@@ -545,7 +545,7 @@ static int run(struct clerk *c, const struct request *rq, struct answer *out)
     bool maybe_applied = false;
     uint64_t start = now_ms(), deadline = start + c->deadline_ms;
     uint64_t backoff = BACKOFF_MIN_MS;
-    size_t i = c->leader, failures_in_round = 0;
+    size_t i = c->leader, failures_in_round = 0, hops = 0;
     char last[400] = "no server tried";
     for (;;) {
         uint64_t now = now_ms();
@@ -612,6 +612,11 @@ static int run(struct clerk *c, const struct request *rq, struct answer *out)
         free(a.value);
         if (!moved) {
             i = next_server(c, i, &failures_in_round, deadline, &backoff);
+        } else if (++hops >= c->n) {
+            /* Servers sending the clerk to each other (during an election
+             * or a leadership transfer): wait before following more. */
+            hops = 0;
+            back_off(deadline, &backoff);
         }
     }
     snprintf(c->errmsg, sizeof c->errmsg,
