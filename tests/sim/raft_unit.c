@@ -937,6 +937,52 @@ static void test_transfer_moves_leadership_to_target(void)
     sim_free(s);
 }
 
+/* A transfer to a node that cannot take over is abandoned: the leader keeps
+ * its term and takes proposals again; a lagging target is caught up first,
+ * and proposals made during the transfer are refused, not lost. */
+static void test_transfer_to_a_down_or_lagging_target(void)
+{
+    struct sim_config c = {0};
+    c.n = 3;
+    c.seed = test_seed;
+    c.pre_vote = true;
+    c.check_quorum = true;
+    struct sim *s = sim_new(&c);
+    SIM_CHECK(s, sim_one(s, 1, 8, 3, true) > 0);
+    int leader = sim_check_one_leader(s, 1000);
+    SIM_CHECK(s, leader >= 0);
+    unsigned target = (unsigned)(leader + 1) % 3;
+    uint64_t term = raft_term(sim_raft(s, (unsigned)leader));
+
+    /* Down: abandoned after an election timeout, same leader, same term. */
+    sim_disconnect(s, target);
+    SIM_CHECK(s, sim_transfer(s, (unsigned)leader, target) == 0);
+    uint64_t index;
+    SIM_CHECK(s, sim_propose(s, (unsigned)leader, 2, 8, &index, NULL) ==
+                     RAFT_ETRANSFER);
+    sim_run(s, 3 * 200);
+    SIM_CHECK(s, sim_leader(s) == leader);
+    SIM_CHECK(s, raft_term(sim_raft(s, (unsigned)leader)) == term);
+    SIM_CHECK(s, sim_one(s, 3, 8, 2, true) > 0);
+
+    /* Lagging: it missed entries while cut off; the transfer brings it up
+     * to date, then it leads with every committed entry. */
+    for (int k = 0; k < 20; k++) {
+        SIM_CHECK(s, sim_one(s, 10 + (uint64_t)k, 8, 2, true) > 0);
+    }
+    sim_connect(s, target);
+    SIM_CHECK(s, sim_transfer(s, (unsigned)leader, target) == 0);
+    sim_run(s, 500);
+    SIM_CHECK(s, sim_leader(s) == (int)target);
+    SIM_CHECK(s, sim_one(s, 99, 8, 3, true) > 0);
+    /* To itself: nothing to do. */
+    SIM_CHECK(s, sim_transfer(s, target, target) == 0);
+    sim_run(s, 300);
+    SIM_CHECK(s, sim_leader(s) == (int)target);
+    SIM_ASSERT_OK(s);
+    sim_free(s);
+}
+
 /* ---- snapshots --------------------------------------------------------- */
 
 static void test_snapshot_taken_compacts_keeping_trailing_entries(void)
@@ -1203,6 +1249,7 @@ static const struct test_case cases[] = {
     T(test_read_fails_when_leadership_is_lost),
     T(test_transfer_refuses_proposals_then_times_out),
     T(test_transfer_moves_leadership_to_target),
+    T(test_transfer_to_a_down_or_lagging_target),
     T(test_snapshot_taken_compacts_keeping_trailing_entries),
     T(test_snapshot_leader_asks_caller_for_chunks),
     T(test_snapshot_follower_validates_offsets_and_installs),
