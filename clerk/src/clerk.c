@@ -1203,8 +1203,8 @@ int clerk_snapshot_save(struct clerk *c,
         if (o.error != RAFTKV__ADMIN_ERROR__ADMIN_OK ||
             (id != 0 && (o.id != id || o.offset != off))) {
             free(o.data);
-            snprintf(c->errmsg, sizeof c->errmsg,
-                     "%s: %s%s", c->servers[i].addr,
+            snprintf(c->errmsg, sizeof c->errmsg, "%s: %s%s",
+                     c->servers[i].addr,
                      o.message[0] ? o.message : "unexpected chunk",
                      id ? " (the snapshot read was interrupted: run the "
                           "save again)"
@@ -1242,8 +1242,8 @@ int clerk_snapshot_save(struct clerk *c,
         }
         if (o.len && sink(o.data, o.len, arg) != 0) {
             free(o.data);
-            snprintf(c->errmsg, sizeof c->errmsg,
-                     "writing the snapshot: %s", strerror(errno));
+            snprintf(c->errmsg, sizeof c->errmsg, "writing the snapshot: %s",
+                     strerror(errno));
             rv = CLERK_INVALID;
             break;
         }

@@ -525,10 +525,11 @@ static int cmd_snapshot_save(struct clerk *ck, const char *path)
     }
     close(dfd);
     if (fmt == FMT_JSON) {
-        printf("{\"ok\":true,\"file\":\"%s\",\"index\":%llu,\"term\":%llu,"
-               "\"bytes\":%llu}\n",
-               path, (unsigned long long)index, (unsigned long long)term,
-               (unsigned long long)bytes);
+        printf(
+            "{\"ok\":true,\"file\":\"%s\",\"index\":%llu,\"term\":%llu,"
+            "\"bytes\":%llu}\n",
+            path, (unsigned long long)index, (unsigned long long)term,
+            (unsigned long long)bytes);
     } else {
         printf("OK saved %s: state at index %llu, term %llu, %llu bytes\n",
                path, (unsigned long long)index, (unsigned long long)term,

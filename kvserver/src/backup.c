@@ -9,8 +9,8 @@
 #include "node.h"
 
 #define CHUNK_DEFAULT (1u << 20)
-#define CHUNK_MAX (4u << 20)
-#define IDLE_MS 30000
+#define CHUNK_MAX     (4u << 20)
+#define IDLE_MS       30000
 
 static void reply(struct kv_node *n,
                   Raftkv__SnapshotReadReply_Closure closure,
@@ -100,16 +100,15 @@ static struct kv_backup *backup_start(struct kv_node *n, char *msg, size_t len)
     b->open = true;
     b->index = b->s.index;
     b->term = b->s.term;
-    b->id = ((uint64_t)n->cfg.id << 48) ^ (node_now_ms() << 8) ^
-            ++n->backup_seq;
+    b->id =
+        ((uint64_t)n->cfg.id << 48) ^ (node_now_ms() << 8) ^ ++n->backup_seq;
     if (b->id == 0) {
         b->id = 1;
     }
-    rpc_logf(RPC_LOG_INFO,
-             "node %llu: snapshot read %016" PRIx64
-             " started (state at index %llu)",
-             (unsigned long long)n->cfg.id, b->id,
-             (unsigned long long)b->index);
+    rpc_logf(
+        RPC_LOG_INFO,
+        "node %llu: snapshot read %016" PRIx64 " started (state at index %llu)",
+        (unsigned long long)n->cfg.id, b->id, (unsigned long long)b->index);
     return b;
 }
 
@@ -145,8 +144,8 @@ static void handle_snapshot_read(Raftkv__AdminService_Service *svc,
         }
         b = backup_start(n, msg, sizeof msg);
         if (!b) {
-            reply(n, closure, data, RAFTKV__ADMIN_ERROR__ADMIN_UNAVAILABLE,
-                  msg, NULL);
+            reply(n, closure, data, RAFTKV__ADMIN_ERROR__ADMIN_UNAVAILABLE, msg,
+                  NULL);
             return;
         }
     } else {
@@ -254,15 +253,15 @@ int kv_restore_file(const struct kv_node_config *cfg,
     if (mdb_txn_begin(st.env, NULL, 0, &txn) != 0 ||
         kv_store_read_meta(&st, txn, &m) != 0 ||
         mdb_stat(txn, st.kv, &ks) != 0) {
-        restore_fail("%s: cannot read the data directory%s", cfg->data_dir,
-                     "");
+        restore_fail("%s: cannot read the data directory%s", cfg->data_dir, "");
         goto out;
     }
     if (m.applied != 0 || ks.ms_entries != 0 || c.n_entries != 0 ||
         c.hs.term != 0) {
-        restore_fail("--restore: %s already holds data; restore into an "
-                     "empty directory (wipe it first)%s",
-                     cfg->data_dir, "");
+        restore_fail(
+            "--restore: %s already holds data; restore into an "
+            "empty directory (wipe it first)%s",
+            cfg->data_dir, "");
         goto out;
     }
     static uint8_t chunk[1u << 20];
@@ -301,8 +300,7 @@ int kv_restore_file(const struct kv_node_config *cfg,
         goto out;
     }
     printf("restored %s into %s: state at index %" PRIu64 ", term %" PRIu64
-           ", %zu keys, %" PRIu64
-           " bytes. Start the node without --restore.\n",
+           ", %zu keys, %" PRIu64 " bytes. Start the node without --restore.\n",
            file, cfg->data_dir, index, term, (size_t)ks.ms_entries, off);
     rv = 0;
 out:

@@ -24,8 +24,9 @@ static const double bounds[KV_HIST_BUCKETS] = {
 
 /* Names of the RPC statuses, by struct rpc_method_stats slot. */
 static const char *const status_names[RPC_STATUS_SLOTS] = {
-    "OK",       "UNKNOWN_SERVICE", "UNKNOWN_METHOD", "BAD_REQUEST",
-    "SHUTTING_DOWN", "INTERNAL",   "OVERLOADED",     "OTHER",
+    "OK",          "UNKNOWN_SERVICE", "UNKNOWN_METHOD",
+    "BAD_REQUEST", "SHUTTING_DOWN",   "INTERNAL",
+    "OVERLOADED",  "OTHER",
 };
 
 double kv_seconds(void)
@@ -120,8 +121,8 @@ static void put_rpc(struct evbuffer *b, struct kv_node *n)
                     b,
                     "raftkv_rpc_requests_total{service=\"%s\",method=\"%s\","
                     "status=\"%s\"} %" PRIu64 "\n",
-                    descs[d]->name, descs[d]->methods[m].name,
-                    status_names[k], ms[m].answered[k]);
+                    descs[d]->name, descs[d]->methods[m].name, status_names[k],
+                    ms[m].answered[k]);
             }
         }
     }
@@ -169,8 +170,9 @@ static void on_metrics(struct evhttp_request *req, void *arg)
         pending++;
     }
     put_meta(b, "raftkv_node_info", "gauge", "This node's id and cluster.");
-    evbuffer_add_printf(b, "raftkv_node_info{id=\"%" PRIu64
-                           "\",cluster=\"%016" PRIx64 "\"} 1\n",
+    evbuffer_add_printf(b,
+                        "raftkv_node_info{id=\"%" PRIu64
+                        "\",cluster=\"%016" PRIx64 "\"} 1\n",
                         n->cfg.id, n->cluster_id);
     put_value(b, "raftkv_has_leader", "gauge",
               "1 if this node knows a leader, else 0.", raft_leader(r) != 0);
@@ -248,8 +250,11 @@ static const char *unhealthy_reason(struct kv_node *n, char *buf, size_t len)
         return NULL;
     }
     if (commit > n->applied + 1000) {
-        snprintf(buf, len, "applied index %" PRIu64 " trails the commit "
-                 "index %" PRIu64, n->applied, commit);
+        snprintf(buf, len,
+                 "applied index %" PRIu64
+                 " trails the commit "
+                 "index %" PRIu64,
+                 n->applied, commit);
         return buf;
     }
     return NULL;
@@ -283,16 +288,16 @@ static void on_health(struct evhttp_request *req, void *arg)
     char buf[1400];
     const char *why = unhealthy_reason(n, buf, sizeof buf);
     struct raft *r = n->raft;
-    evbuffer_add_printf(b,
-                        "{\"healthy\":%s,\"id\":%" PRIu64
-                        ",\"role\":\"%s\",\"leader\":%" PRIu64
-                        ",\"term\":%" PRIu64 ",\"commit\":%" PRIu64
-                        ",\"applied\":%" PRIu64 ",\"reason\":",
-                        why ? "false" : "true", n->cfg.id,
-                        raft_role_name(raft_role(r)), raft_leader(r),
-                        raft_term(r), raft_commit_index(r), n->applied);
-    json_string(b, why ? why : "has a leader and can serve linearizable "
-                               "reads");
+    evbuffer_add_printf(
+        b,
+        "{\"healthy\":%s,\"id\":%" PRIu64 ",\"role\":\"%s\",\"leader\":%" PRIu64
+        ",\"term\":%" PRIu64 ",\"commit\":%" PRIu64 ",\"applied\":%" PRIu64
+        ",\"reason\":",
+        why ? "false" : "true", n->cfg.id, raft_role_name(raft_role(r)),
+        raft_leader(r), raft_term(r), raft_commit_index(r), n->applied);
+    json_string(b, why ? why
+                       : "has a leader and can serve linearizable "
+                         "reads");
     evbuffer_add(b, "}\n", 2);
     evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type",
                       "application/json");
@@ -304,8 +309,7 @@ static void on_health(struct evhttp_request *req, void *arg)
 static void on_other(struct evhttp_request *req, void *arg)
 {
     (void)arg;
-    evhttp_send_error(req, HTTP_NOTFOUND,
-                      "raftkv serves /metrics and /health");
+    evhttp_send_error(req, HTTP_NOTFOUND, "raftkv serves /metrics and /health");
 }
 
 int metrics_parse_addr(const char *addr, char host[256], uint16_t *port)
@@ -333,8 +337,8 @@ int metrics_start(struct kv_node *n, const char *addr)
     char host[256];
     uint16_t port;
     if (metrics_parse_addr(addr, host, &port) != 0) {
-        fprintf(stderr,
-                "kvserver: --metrics-addr wants HOST:PORT, not '%s'\n", addr);
+        fprintf(stderr, "kvserver: --metrics-addr wants HOST:PORT, not '%s'\n",
+                addr);
         return -1;
     }
     n->http = evhttp_new(n->base);
@@ -353,8 +357,8 @@ int metrics_start(struct kv_node *n, const char *addr)
         evhttp_bind_socket_with_handle(n->http, host, port);
     if (!bs) {
         fprintf(stderr,
-                "kvserver: --metrics-addr %s: cannot listen there: %s\n",
-                addr, strerror(errno));
+                "kvserver: --metrics-addr %s: cannot listen there: %s\n", addr,
+                strerror(errno));
         evhttp_free(n->http);
         n->http = NULL;
         return -1;

@@ -269,9 +269,8 @@ static void node_free(struct kv_node *n)
     }
     node_clear_applied(n);
     free(n->done);
-    struct event *evs[] = {n->turn_ev,  n->tick_ev,  n->sweep_ev,
-                           n->retry_ev, n->state_ev, n->sig_term,
-                           n->sig_int};
+    struct event *evs[] = {n->turn_ev,  n->tick_ev,  n->sweep_ev, n->retry_ev,
+                           n->state_ev, n->sig_term, n->sig_int};
     for (size_t i = 0; i < sizeof evs / sizeof evs[0]; i++) {
         if (evs[i]) {
             event_free(evs[i]);

@@ -156,16 +156,16 @@ struct kv_node
     struct kv_metrics metrics;          /* counters and histograms */
     struct kv_backup backups[KV_MAX_BACKUPS]; /* snapshot reads */
     uint64_t backup_seq;                      /* for their ids */
-    struct evhttp *http;                /* serves them (--metrics-addr) */
-    struct event *turn_ev;              /* runs a turn after the loop's I/O */
-    struct event *tick_ev;              /* Raft timers */
-    struct event *sweep_ev;             /* deadlines of client calls */
-    struct event *retry_ev;             /* retries a write that failed */
-    struct event *sig_term, *sig_int;   /* clean shutdown */
-    bool frozen;                        /* an update could not be persisted */
-    struct raft_update held;            /* that update */
-    bool disk_full;                     /* the failure was a full disk */
-    struct kv_incoming *incoming;       /* peers' requests in the core */
+    struct evhttp *http;                      /* serves them (--metrics-addr) */
+    struct event *turn_ev;            /* runs a turn after the loop's I/O */
+    struct event *tick_ev;            /* Raft timers */
+    struct event *sweep_ev;           /* deadlines of client calls */
+    struct event *retry_ev;           /* retries a write that failed */
+    struct event *sig_term, *sig_int; /* clean shutdown */
+    bool frozen;                      /* an update could not be persisted */
+    struct raft_update held;          /* that update */
+    bool disk_full;                   /* the failure was a full disk */
+    struct kv_incoming *incoming;     /* peers' requests in the core */
     struct kv_pending_write *writes, *writes_tail; /* client writes */
     struct kv_pending_read *reads;                 /* client reads */
     struct kv_applied *done;                       /* outcomes of this turn */

@@ -19,9 +19,9 @@
 
 #include "node.h"
 
-#define STATE_MAX_OPS 20000            /* commit the state after this many */
+#define STATE_MAX_OPS   20000          /* commit the state after this many */
 #define STATE_MAX_BYTES (32u << 20)    /* or this many bytes of entries */
-#define MAP_HEADROOM (128ull << 20)    /* free map kept for one transaction */
+#define MAP_HEADROOM    (128ull << 20) /* free map kept for one transaction */
 
 /* Remember one applied client entry's outcome for this turn's replies. */
 static int note_applied(struct kv_node *n,
@@ -425,9 +425,9 @@ static int pick_entries(struct kv_node *n,
                  st->dir, (unsigned long long)a, (unsigned long long)first);
         return KV_STORE_ECORRUPT;
     }
-    bool matches = a == 0 || first == a + 1 ||
-                   (a >= first && a <= last &&
-                    c->entries[a - first].term == at);
+    bool matches =
+        a == 0 || first == a + 1 ||
+        (a >= first && a <= last && c->entries[a - first].term == at);
     if (matches) {
         return 0;
     }

@@ -72,9 +72,9 @@ int snap_stage(struct kv_store *st,
 
 /**
  * Replace kv and sessions with the staged stream and empty the staging
- * area, all inside txn. The trailer's checksum must match. The stream is checked as it is read; a damaged one
- * fails with KV_STORE_ECORRUPT (then the caller aborts txn, so the old
- * state stays).
+ * area, all inside txn. The trailer's checksum must match. The stream is
+ * checked as it is read; a damaged one fails with KV_STORE_ECORRUPT (then the
+ * caller aborts txn, so the old state stays).
  * @param index, term set to the applied index and term of the state
  * @return 0 or a store error
  */
