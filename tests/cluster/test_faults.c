@@ -164,8 +164,15 @@ static void partition(struct scripted *s, const int *group)
                 rules[k++] = (struct clerk_fault){.target = j + 1, .cut = true};
             }
         }
-        CU_ASSERT(clerk_fault(s->all, i, true, rules, k, 0, NULL, NULL) ==
-                  CLERK_OK);
+        /* A node restarted a moment ago may not answer yet. */
+        int err;
+        uint64_t end = h_now_ms() + 10000;
+        while ((err = clerk_fault(s->all, i, true, rules, k, 0, NULL,
+                                  NULL)) == CLERK_UNAVAILABLE &&
+               h_now_ms() < end) {
+            h_sleep_ms(100);
+        }
+        CU_ASSERT(err == CLERK_OK);
     }
 }
 
