@@ -111,10 +111,8 @@ int kv_store_open(struct kv_store *st, const char *dir, size_t map_size)
         const char *name;
         MDB_dbi *dbi;
     } dbs[] = {
-        {"meta", &st->meta},
-        {"kv", &st->kv},
-        {"sessions", &st->sessions},
-        {"session_age", &st->session_age},
+        {"meta", &st->meta},         {"kv", &st->kv},
+        {"sessions", &st->sessions}, {"session_age", &st->session_age},
         {"staging", &st->staging},
     };
     for (size_t i = 0; i < sizeof dbs / sizeof dbs[0]; i++) {

@@ -41,10 +41,10 @@ struct kv_store
 /* What the meta database holds. */
 struct kv_meta
 {
-    uint64_t cluster_id;       /* 0 on a fresh store */
-    uint64_t node_id;          /* 0 on a fresh store */
-    uint64_t applied;          /* last index applied to kv and sessions */
-    uint64_t applied_term;     /* its term */
+    uint64_t cluster_id;   /* 0 on a fresh store */
+    uint64_t node_id;      /* 0 on a fresh store */
+    uint64_t applied;      /* last index applied to kv and sessions */
+    uint64_t applied_term; /* its term */
 };
 
 /**

@@ -13,9 +13,9 @@
 #include "store.h"
 #include "wal.h"
 
-#define WAL_MAGIC 0x524b5657u /* "RKVW" */
-#define WAL_ALIGN 4096u
-#define WAL_HEADER 16u
+#define WAL_MAGIC    0x524b5657u /* "RKVW" */
+#define WAL_ALIGN    4096u
+#define WAL_HEADER   16u
 #define WAL_PREALLOC (1u << 20) /* zeros written ahead of the appends */
 
 enum wal_record {
@@ -272,8 +272,7 @@ static int prepend_state(struct kv_wal *w)
     if (rv) {
         return rv;
     }
-    memmove(w->buf + WAL_HEADER + n, w->buf + WAL_HEADER,
-            w->len - WAL_HEADER);
+    memmove(w->buf + WAL_HEADER + n, w->buf + WAL_HEADER, w->len - WAL_HEADER);
     memcpy(w->buf + WAL_HEADER, pre, n);
     w->len += n;
     return 0;
@@ -399,9 +398,9 @@ struct replay
 {
     struct kv_wal *w;
     struct kv_wal_contents *c;
-    size_t cap;            /* entries allocated */
-    const char *path;      /* segment being read */
-    uint64_t offset;       /* batch being read */
+    size_t cap;       /* entries allocated */
+    const char *path; /* segment being read */
+    uint64_t offset;  /* batch being read */
     struct kv_wal_segment *seg;
 };
 
@@ -429,16 +428,18 @@ static void drop_upto(struct kv_wal_contents *c, uint64_t upto)
     if (k == 0) {
         return;
     }
-    memmove(c->entries, c->entries + k, (c->n_entries - k) * sizeof *c->entries);
+    memmove(c->entries, c->entries + k,
+            (c->n_entries - k) * sizeof *c->entries);
     c->n_entries -= k;
 }
 
 static int damaged(struct replay *r, const char *what)
 {
     fail(r->w, EIO,
-                "%s: damaged log at offset %" PRIu64 " (%s); the last good "
-                "entry before it is index %" PRIu64,
-                r->path, r->offset, what, last_index(r));
+         "%s: damaged log at offset %" PRIu64
+         " (%s); the last good "
+         "entry before it is index %" PRIu64,
+         r->path, r->offset, what, last_index(r));
     return KV_STORE_ECORRUPT;
 }
 
@@ -448,11 +449,11 @@ static int replay_body(struct replay *r, const uint8_t *p, size_t len)
     size_t i = 0;
     while (i < len) {
         int type = p[i++];
-        size_t need = type == REC_ENTRY       ? 21
-                      : type == REC_TRUNCATE  ? 8
+        size_t need = type == REC_ENTRY        ? 21
+                      : type == REC_TRUNCATE   ? 8
                       : type == REC_HARD_STATE ? 16
-                      : type == REC_SNAPSHOT  ? 16
-                                              : 0;
+                      : type == REC_SNAPSHOT   ? 16
+                                               : 0;
         if (need == 0) {
             return damaged(r, "unknown record type");
         }
@@ -489,8 +490,7 @@ static int replay_body(struct replay *r, const uint8_t *p, size_t len)
             drop_from(c, a); /* an entry replaces any at its index */
             if (c->n_entries == r->cap) {
                 size_t cap = r->cap ? r->cap * 2 : 1024;
-                struct raft_entry *e =
-                    realloc(c->entries, cap * sizeof *e);
+                struct raft_entry *e = realloc(c->entries, cap * sizeof *e);
                 if (!e) {
                     return fail(r->w, ENOMEM, "%s: out of memory", r->path);
                 }
@@ -521,7 +521,8 @@ static bool valid_batch_after(const uint8_t *img,
 {
     for (uint64_t o = from; o + WAL_HEADER <= size; o += WAL_ALIGN) {
         const uint8_t *h = img + o;
-        if (kv_get_u32(h) == WAL_MAGIC && kv_get_u32(h + 12) == header_crc(h, seg)) {
+        if (kv_get_u32(h) == WAL_MAGIC &&
+            kv_get_u32(h + 12) == header_crc(h, seg)) {
             return true;
         }
     }
@@ -564,12 +565,14 @@ static int replay_segment(struct replay *r,
             body = kv_get_u32(h + 4);
             if (size - o - WAL_HEADER < body) {
                 what = "batch cut short";
-            } else if (kv_crc32c(0, h + WAL_HEADER, body) != kv_get_u32(h + 8)) {
+            } else if (kv_crc32c(0, h + WAL_HEADER, body) !=
+                       kv_get_u32(h + 8)) {
                 what = "batch checksum mismatch";
             }
         }
         if (what) {
-            if (last && !valid_batch_after(img, size, o + WAL_ALIGN, r->seg->no)) {
+            if (last &&
+                !valid_batch_after(img, size, o + WAL_ALIGN, r->seg->no)) {
                 /* An append that did not finish: never acknowledged. */
                 *end = o;
                 return 0;
@@ -708,8 +711,10 @@ int kv_wal_open(struct kv_wal *w,
         if (i > 0 && nos[i] != nos[i - 1] + 1) {
             char path[1200];
             seg_path(w, nos[i - 1] + 1, path, sizeof path);
-            fail(w, EIO, "%s: missing log segment (found %zu segments "
-                 "around it)", path, n);
+            fail(w, EIO,
+                 "%s: missing log segment (found %zu segments "
+                 "around it)",
+                 path, n);
             rv = KV_STORE_ECORRUPT;
             break;
         }
@@ -743,8 +748,10 @@ int kv_wal_open(struct kv_wal *w,
             out->cut_bytes = end < size ? size - end : 0;
             alloc = end;
             if (ftruncate(fd, (off_t)end) != 0 || fdatasync(fd) != 0) {
-                rv = fail(w, errno, "%s: cutting off an interrupted append: "
-                          "%s", path, strerror(errno));
+                rv = fail(w, errno,
+                          "%s: cutting off an interrupted append: "
+                          "%s",
+                          path, strerror(errno));
             }
         }
         w->segs[w->n_segs - 1].bytes = end;

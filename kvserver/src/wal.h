@@ -43,36 +43,36 @@ struct kv_wal_segment
 
 struct kv_wal
 {
-    char dir[1100];               /* <data dir>/wal */
-    int fd;                       /* the current (last) segment */
-    uint64_t size;                /* bytes in it, a multiple of 4 KiB */
-    uint64_t alloc;               /* its file size: zeros past size, so
-                                     that an append does not change the
-                                     file's size (a metadata write) */
-    uint64_t segment_bytes;       /* roll over past this size */
-    struct kv_wal_segment *segs;  /* live segments, oldest first */
-    size_t n_segs, cap_segs;      /* entries in segs / allocated */
-    uint64_t term, vote;          /* hard state as last written */
-    uint64_t snap_index;          /* last snapshot mark written */
-    uint64_t snap_term;           /* its term */
-    uint64_t batch_last;          /* largest entry index in the batch */
-    uint8_t *buf;                 /* the batch being built (header first) */
-    size_t len, cap;              /* bytes in buf / allocated */
-    uint64_t syncs;               /* batches made durable */
-    char errmsg[1400];            /* context of the last failure */
+    char dir[1100];              /* <data dir>/wal */
+    int fd;                      /* the current (last) segment */
+    uint64_t size;               /* bytes in it, a multiple of 4 KiB */
+    uint64_t alloc;              /* its file size: zeros past size, so
+                                    that an append does not change the
+                                    file's size (a metadata write) */
+    uint64_t segment_bytes;      /* roll over past this size */
+    struct kv_wal_segment *segs; /* live segments, oldest first */
+    size_t n_segs, cap_segs;     /* entries in segs / allocated */
+    uint64_t term, vote;         /* hard state as last written */
+    uint64_t snap_index;         /* last snapshot mark written */
+    uint64_t snap_term;          /* its term */
+    uint64_t batch_last;         /* largest entry index in the batch */
+    uint8_t *buf;                /* the batch being built (header first) */
+    size_t len, cap;             /* bytes in buf / allocated */
+    uint64_t syncs;              /* batches made durable */
+    char errmsg[1400];           /* context of the last failure */
 };
 
 /* What the log held when opened. */
 struct kv_wal_contents
 {
-    struct raft_hard_state hs;   /* term and vote (commit is 0) */
-    uint64_t snap_index;         /* last snapshot mark (0: none) */
-    uint64_t snap_term;          /* its term */
-    struct raft_entry *entries;  /* consecutive, ascending */
-    size_t n_entries;            /* their number */
-    void **blobs;                /* segment images the entries point into */
-    size_t n_blobs;              /* their number */
-    uint64_t cut_bytes;          /* bytes of an interrupted append cut off */
+    struct raft_hard_state hs;  /* term and vote (commit is 0) */
+    uint64_t snap_index;        /* last snapshot mark (0: none) */
+    uint64_t snap_term;         /* its term */
+    struct raft_entry *entries; /* consecutive, ascending */
+    size_t n_entries;           /* their number */
+    void **blobs;               /* segment images the entries point into */
+    size_t n_blobs;             /* their number */
+    uint64_t cut_bytes;         /* bytes of an interrupted append cut off */
 };
 
 /**

@@ -165,8 +165,7 @@ int rf_step_vote(struct raft *r, const struct raft_message *m)
          * wiped. For the longest election timeout after its start, which
          * outlasts any election of that term, it votes only in a new
          * cluster (every log empty) or after hearing from a leader. */
-        if (r->fresh && r->now < r->fresh_until &&
-            m->u.vote.last_index > 0) {
+        if (r->fresh && r->now < r->fresh_until && m->u.vote.last_index > 0) {
             can = false;
         }
         grant = m->term == r->term && can && log_up_to_date(r, m);

@@ -677,10 +677,10 @@ static void channel_invoke(ProtobufCService *service,
     ch->table[b] = p;
     ch->n_pending++;
     ch->stats.calls++;
-    size_t unsent = rv == 0 ? evbuffer_get_length(ch->pending) +
-                                  evbuffer_get_length(
-                                      bufferevent_get_output(ch->bev))
-                            : 0;
+    size_t unsent =
+        rv == 0 ? evbuffer_get_length(ch->pending) +
+                      evbuffer_get_length(bufferevent_get_output(ch->bev))
+                : 0;
     if (rv == 0 && unsent > ch->opts.max_output) {
         snprintf(ch->last_failure, sizeof ch->last_failure,
                  "%s is not reading: %zu bytes unsent", ch->target, unsent);

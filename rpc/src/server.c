@@ -1045,8 +1045,7 @@ int rpc_server_add_service(struct rpc_server *s, ProtobufCService *service)
         return RPC_E_NOMEM;
     }
     s->mstats = ms;
-    ms[s->n_services] =
-        calloc(service->descriptor->n_methods + 1, sizeof **ms);
+    ms[s->n_services] = calloc(service->descriptor->n_methods + 1, sizeof **ms);
     if (!ms[s->n_services]) {
         return RPC_E_NOMEM;
     }

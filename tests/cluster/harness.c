@@ -269,7 +269,8 @@ int h_http_get(struct h_cluster *c,
 double h_metric(const char *body, const char *name)
 {
     size_t nlen = strlen(name);
-    for (const char *p = body; p && *p; p = strchr(p, '\n'), p = p ? p + 1 : p) {
+    for (const char *p = body; p && *p;
+         p = strchr(p, '\n'), p = p ? p + 1 : p) {
         if (strncmp(p, name, nlen) == 0 && p[nlen] == ' ') {
             return strtod(p + nlen + 1, NULL);
         }

@@ -167,8 +167,8 @@ static void partition(struct scripted *s, const int *group)
         /* A node restarted a moment ago may not answer yet. */
         int err;
         uint64_t end = h_now_ms() + 10000;
-        while ((err = clerk_fault(s->all, i, true, rules, k, 0, NULL,
-                                  NULL)) == CLERK_UNAVAILABLE &&
+        while ((err = clerk_fault(s->all, i, true, rules, k, 0, NULL, NULL)) ==
+                   CLERK_UNAVAILABLE &&
                h_now_ms() < end) {
             h_sleep_ms(100);
         }
