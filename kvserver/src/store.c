@@ -1,10 +1,12 @@
 /* store.c: opening the LMDB environment; meta and log records. */
 #include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
+#include <unistd.h>
 
 #include "store.h"
 
@@ -42,6 +44,18 @@ uint32_t kv_get_u32(const uint8_t *p)
            p[3];
 }
 
+/* Make the names in @dir durable (files created in it, or removed). */
+static int sync_dir(const char *dir)
+{
+    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0) {
+        return errno;
+    }
+    int rc = fsync(fd) ? errno : 0;
+    close(fd);
+    return rc;
+}
+
 /* LMDB reports a short write during commit as EIO, which is how a full
  * disk shows up; tell the two apart by the free space left. */
 static bool disk_nearly_full(const char *dir)
@@ -74,7 +88,8 @@ int kv_store_open(struct kv_store *st, const char *dir, size_t map_size)
 {
     memset(st, 0, sizeof *st);
     snprintf(st->dir, sizeof st->dir, "%s", dir);
-    if (mkdir(dir, 0700) != 0 && errno != EEXIST) {
+    bool created = mkdir(dir, 0700) == 0;
+    if (!created && errno != EEXIST) {
         snprintf(st->errmsg, sizeof st->errmsg, "data directory %s: %s", dir,
                  strerror(errno));
         return KV_STORE_EIO;
@@ -100,6 +115,20 @@ int kv_store_open(struct kv_store *st, const char *dir, size_t map_size)
     MDB_envinfo info;
     mdb_env_info(st->env, &info);
     st->map_size = info.me_mapsize;
+    /* LMDB does not sync the directory it creates its files in: without
+     * this a crash could lose data.mdb, and the node's identity with it. */
+    char parent[1100];
+    snprintf(parent, sizeof parent, "%s/..", dir);
+    rc = sync_dir(dir);
+    if (!rc && created) {
+        rc = sync_dir(parent);
+    }
+    if (rc) {
+        int err = kv_store_fail(st, rc, "sync the directory");
+        mdb_env_close(st->env);
+        st->env = NULL;
+        return err;
+    }
 
     MDB_txn *txn;
     rc = mdb_txn_begin(st->env, NULL, 0, &txn);
@@ -139,7 +168,7 @@ int kv_store_open(struct kv_store *st, const char *dir, size_t map_size)
                      "format %d%s",
                      dir, (unsigned long long)format, KV_STORE_FORMAT,
                      format < KV_STORE_FORMAT
-                         ? " (an older layout, with the log in LMDB); wipe "
+                         ? " (written by an older kvserver); wipe "
                            "the directory and restart the node: it catches "
                            "up from the others"
                          : "");

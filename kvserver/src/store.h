@@ -10,7 +10,10 @@
 
 #include <raft/raft.h>
 
-#define KV_STORE_FORMAT 2 /* on-disk layout version, in meta "format" */
+/* On-disk layout version, in meta "format": 1 had the log in LMDB, 2 the
+ * first write-ahead log, 3 the log in checksummed sectors and sessions
+ * that are opened through the log. */
+#define KV_STORE_FORMAT 3
 
 /* Errors of the store (and of the state machine built on it). */
 enum kv_store_error {

@@ -13,10 +13,14 @@
 #include "store.h"
 #include "wal.h"
 
-#define WAL_MAGIC    0x524b5657u /* "RKVW" */
-#define WAL_ALIGN    4096u
-#define WAL_HEADER   16u
-#define WAL_PREALLOC (1u << 20) /* zeros written ahead of the appends */
+#define WAL_MAGIC    0x524b564cu /* "RKVL": a batch header */
+#define WAL_ALIGN    4096u       /* batches start at this boundary */
+#define WAL_HEADER   16u         /* magic, body length, body CRC, 0 */
+#define WAL_SECTOR   512u        /* unit of a torn write */
+#define WAL_PAYLOAD  504u        /* batch bytes in one sector */
+#define MARK_HEAD    0x524b5748u /* "RKWH": a batch's first sector */
+#define MARK_BODY    0x524b5742u /* "RKWB": its other sectors */
+#define WAL_PREALLOC (1u << 20)  /* zeros written ahead of the appends */
 
 enum wal_record {
     REC_ENTRY = 1,
@@ -25,12 +29,33 @@ enum wal_record {
     REC_SNAPSHOT = 4,
 };
 
-static uint32_t header_crc(const uint8_t *h, uint64_t seg)
+/* Checksum of a sector: its payload, where it lies and what it is, so
+ * that a sector is intact only at the place and in the role it was
+ * written for. */
+static uint32_t sector_crc(const uint8_t *payload,
+                           uint64_t seg,
+                           uint64_t off,
+                           uint32_t mark)
 {
     uint8_t b[20];
-    memcpy(b, h, 12);
-    kv_put_u64(b + 12, seg);
-    return kv_crc32c(0, b, sizeof b);
+    kv_put_u64(b, seg);
+    kv_put_u64(b + 8, off);
+    kv_put_u32(b + 16, mark);
+    return kv_crc32c(kv_crc32c(0, payload, WAL_PAYLOAD), b, sizeof b);
+}
+
+/* Sectors a batch of @len bytes (header included) takes. */
+static size_t batch_sectors(size_t len)
+{
+    return (len + WAL_PAYLOAD - 1) / WAL_PAYLOAD;
+}
+
+/* Bytes from a batch's start to the next batch's: its sectors, then zeros
+ * up to a 4 KiB boundary. */
+static uint64_t batch_span(size_t len)
+{
+    uint64_t b = (uint64_t)batch_sectors(len) * WAL_SECTOR;
+    return (b + WAL_ALIGN - 1) / WAL_ALIGN * WAL_ALIGN;
 }
 
 static void seg_path(const struct kv_wal *w, uint64_t no, char *out, size_t len)
@@ -145,8 +170,9 @@ int kv_wal_add_hard_state(struct kv_wal *w, uint64_t term, uint64_t vote)
 {
     int rv = add_u64s(w, REC_HARD_STATE, term, vote, 2);
     if (!rv) {
-        w->term = term;
-        w->vote = vote;
+        w->pend_hs = true;
+        w->pend_term = term;
+        w->pend_vote = vote;
     }
     return rv;
 }
@@ -160,8 +186,9 @@ int kv_wal_add_snapshot(struct kv_wal *w, uint64_t index, uint64_t term)
 {
     int rv = add_u64s(w, REC_SNAPSHOT, index, term, 2);
     if (!rv) {
-        w->snap_index = index;
-        w->snap_term = term;
+        w->pend_snap = true;
+        w->pend_snap_index = index;
+        w->pend_snap_term = term;
     }
     return rv;
 }
@@ -175,6 +202,8 @@ void kv_wal_discard(struct kv_wal *w)
 {
     w->len = 0;
     w->batch_last = 0;
+    w->pend_hs = false;
+    w->pend_snap = false;
 }
 
 /* ---- segments ---- */
@@ -194,8 +223,8 @@ static int push_segment(struct kv_wal *w, uint64_t no)
     return 0;
 }
 
-/* Start segment @no; its first batch will carry the hard state and the
- * snapshot mark, so that the segments before it can go. */
+/* Start segment @no (its first batch will carry the hard state and the
+ * snapshot mark). */
 static int new_segment(struct kv_wal *w, uint64_t no)
 {
     char path[1200];
@@ -250,7 +279,10 @@ static int extend(struct kv_wal *w, uint64_t need, const char *path)
     return 0;
 }
 
-/* Put the hard state and snapshot mark in front of the batch's records. */
+/* Put the durable hard state and snapshot mark in front of the batch's
+ * records: the first batch of a segment, so that the segment describes
+ * itself once the ones before it are deleted. The batch's own records
+ * (a newer hard state, say) follow and win at replay. */
 static int prepend_state(struct kv_wal *w)
 {
     uint8_t pre[34];
@@ -278,36 +310,64 @@ static int prepend_state(struct kv_wal *w)
     return 0;
 }
 
+/* Cut the batch in buf into sectors in w->out, for segment @seg at file
+ * offset w->size; returns the bytes to write (sectors and zero padding). */
+static int cut_into_sectors(struct kv_wal *w, uint64_t seg, size_t *out_len)
+{
+    size_t n = batch_sectors(w->len);
+    size_t span = (size_t)batch_span(w->len);
+    if (span > w->out_cap) {
+        uint8_t *o = realloc(w->out, span);
+        if (!o) {
+            return fail(w, ENOMEM, "%s: out of memory for a log batch", w->dir);
+        }
+        w->out = o;
+        w->out_cap = span;
+    }
+    for (size_t i = 0; i < n; i++) {
+        uint8_t *sec = w->out + i * WAL_SECTOR;
+        size_t from = i * WAL_PAYLOAD;
+        size_t take = w->len - from < WAL_PAYLOAD ? w->len - from : WAL_PAYLOAD;
+        memcpy(sec, w->buf + from, take);
+        memset(sec + take, 0, WAL_PAYLOAD - take);
+        uint32_t mark = i == 0 ? MARK_HEAD : MARK_BODY;
+        kv_put_u32(sec + WAL_PAYLOAD, mark);
+        kv_put_u32(sec + WAL_PAYLOAD + 4,
+                   sector_crc(sec, seg, w->size + i * WAL_SECTOR, mark));
+    }
+    memset(w->out + n * WAL_SECTOR, 0, span - n * WAL_SECTOR);
+    *out_len = span;
+    return 0;
+}
+
 int kv_wal_sync(struct kv_wal *w)
 {
     if (w->len == 0) {
         return 0;
     }
-    struct kv_wal_segment *cur = &w->segs[w->n_segs - 1];
     int rv = 0;
     if (w->size >= w->segment_bytes) {
-        rv = new_segment(w, cur->no + 1);
-        if (!rv) {
-            rv = prepend_state(w);
-        }
-        if (rv) {
-            kv_wal_discard(w);
-            return rv;
-        }
-        cur = &w->segs[w->n_segs - 1];
+        rv = new_segment(w, w->segs[w->n_segs - 1].no + 1);
     }
-    size_t body = w->len - WAL_HEADER;
-    size_t padded = (w->len + WAL_ALIGN - 1) / WAL_ALIGN * WAL_ALIGN;
-    rv = reserve(w, padded - w->len);
+    if (!rv && w->size == 0) {
+        rv = prepend_state(w);
+    }
     if (rv) {
         kv_wal_discard(w);
         return rv;
     }
-    memset(w->buf + w->len, 0, padded - w->len);
+    struct kv_wal_segment *cur = &w->segs[w->n_segs - 1];
+    size_t body = w->len - WAL_HEADER;
     kv_put_u32(w->buf, WAL_MAGIC);
     kv_put_u32(w->buf + 4, (uint32_t)body);
     kv_put_u32(w->buf + 8, kv_crc32c(0, w->buf + WAL_HEADER, body));
-    kv_put_u32(w->buf + 12, header_crc(w->buf, cur->no));
+    kv_put_u32(w->buf + 12, 0);
+    size_t padded = 0;
+    rv = cut_into_sectors(w, cur->no, &padded);
+    if (rv) {
+        kv_wal_discard(w);
+        return rv;
+    }
     char path[1200];
     seg_path(w, cur->no, path, sizeof path);
     if (w->size + padded > w->alloc) {
@@ -315,7 +375,7 @@ int kv_wal_sync(struct kv_wal *w)
     }
     size_t done = 0;
     while (!rv && done < padded) {
-        ssize_t k = pwrite(w->fd, w->buf + done, padded - done,
+        ssize_t k = pwrite(w->fd, w->out + done, padded - done,
                            (off_t)(w->size + done));
         if (k < 0 && errno == EINTR) {
             continue;
@@ -333,7 +393,10 @@ int kv_wal_sync(struct kv_wal *w)
         rv = fail(w, err, "%s: fdatasync: %s", path, strerror(err));
     }
     if (rv) {
-        /* Nothing of this batch counts: cut it off, the caller retries. */
+        /* Nothing of this batch counts, the hard state and snapshot mark
+         * in it included: cut it off; the caller adds its records again
+         * and retries, which writes the pages anew (a failed fdatasync
+         * may have dropped them from the page cache unwritten). */
         if (ftruncate(w->fd, (off_t)w->size) != 0) {
             /* The next open cuts a damaged tail off anyway. */
         }
@@ -346,6 +409,14 @@ int kv_wal_sync(struct kv_wal *w)
     if (w->batch_last > cur->last_index) {
         cur->last_index = w->batch_last;
     }
+    if (w->pend_hs) {
+        w->term = w->pend_term;
+        w->vote = w->pend_vote;
+    }
+    if (w->pend_snap) {
+        w->snap_index = w->pend_snap_index;
+        w->snap_term = w->pend_snap_term;
+    }
     w->syncs++;
     kv_wal_discard(w);
     return 0;
@@ -354,7 +425,10 @@ int kv_wal_sync(struct kv_wal *w)
 size_t kv_wal_release(struct kv_wal *w, uint64_t upto)
 {
     size_t k = 0;
-    while (k + 1 < w->n_segs && w->segs[k].last_index <= upto) {
+    /* Segment k+1 must hold a batch: its first one carries the hard state
+     * and snapshot mark that would otherwise go with segment k. */
+    while (k + 1 < w->n_segs && w->segs[k].last_index <= upto &&
+           w->segs[k + 1].bytes > 0) {
         char path[1200];
         seg_path(w, w->segs[k].no, path, sizeof path);
         if (unlink(path) != 0 && errno != ENOENT) {
@@ -386,10 +460,12 @@ void kv_wal_close(struct kv_wal *w)
     }
     free(w->segs);
     free(w->buf);
+    free(w->out);
     w->fd = -1;
     w->segs = NULL;
     w->buf = NULL;
-    w->n_segs = w->cap_segs = w->len = w->cap = 0;
+    w->out = NULL;
+    w->n_segs = w->cap_segs = w->len = w->cap = w->out_cap = 0;
 }
 
 /* ---- reading ---- */
@@ -513,22 +589,6 @@ static int replay_body(struct replay *r, const uint8_t *p, size_t len)
     return 0;
 }
 
-/* Is there a valid batch header at a 4 KiB boundary at or after @from? */
-static bool valid_batch_after(const uint8_t *img,
-                              uint64_t size,
-                              uint64_t from,
-                              uint64_t seg)
-{
-    for (uint64_t o = from; o + WAL_HEADER <= size; o += WAL_ALIGN) {
-        const uint8_t *h = img + o;
-        if (kv_get_u32(h) == WAL_MAGIC &&
-            kv_get_u32(h + 12) == header_crc(h, seg)) {
-            return true;
-        }
-    }
-    return false;
-}
-
 static bool all_zero(const uint8_t *p, size_t n)
 {
     for (size_t i = 0; i < n; i++) {
@@ -539,54 +599,164 @@ static bool all_zero(const uint8_t *p, size_t n)
     return true;
 }
 
-/* Read one segment image; *end is set to the end of its last good batch. */
+enum sector_state {
+    SEC_ZERO, /* never written (bytes past the end of the file too) */
+    SEC_HEAD, /* an intact first sector of a batch */
+    SEC_BODY, /* an intact later sector of a batch */
+    SEC_BAD,  /* neither: its checksum fails */
+};
+
+/* What the sector at @off of segment @seg's image is. */
+static enum sector_state sector_state(const uint8_t *img,
+                                      uint64_t size,
+                                      uint64_t off,
+                                      uint64_t seg)
+{
+    uint8_t tmp[WAL_SECTOR];
+    const uint8_t *p = img + off;
+    if (off >= size) {
+        return SEC_ZERO;
+    }
+    if (size - off < WAL_SECTOR) {
+        memset(tmp, 0, sizeof tmp);
+        memcpy(tmp, p, (size_t)(size - off));
+        p = tmp;
+    }
+    if (all_zero(p, WAL_SECTOR)) {
+        return SEC_ZERO;
+    }
+    uint32_t mark = kv_get_u32(p + WAL_PAYLOAD);
+    if ((mark == MARK_HEAD || mark == MARK_BODY) &&
+        kv_get_u32(p + WAL_PAYLOAD + 4) == sector_crc(p, seg, off, mark)) {
+        return mark == MARK_HEAD ? SEC_HEAD : SEC_BODY;
+    }
+    return SEC_BAD;
+}
+
+/* Can the damaged batch at @from be an append that never finished? Only
+ * when every sector from it to the end of the file is intact or still
+ * zero, and none after it starts a batch. A finished append has all its
+ * sectors intact and its checksum matching, so such damage is the last
+ * write, cut short (or a mix of it and an earlier failed try at the same
+ * place); a sector whose checksum fails is damage to acknowledged data,
+ * and a batch header after the damage shows that appends went on. */
+static bool torn_tail(const uint8_t *img,
+                      uint64_t size,
+                      uint64_t from,
+                      uint64_t seg)
+{
+    for (uint64_t o = from; o < size; o += WAL_SECTOR) {
+        enum sector_state st = sector_state(img, size, o, seg);
+        if (st == SEC_BAD || (st == SEC_HEAD && o != from)) {
+            return false;
+        }
+    }
+    return true;
+}
+
+/* Check the batch at @o: every sector intact, the body's checksum right.
+ * Returns NULL, or what is wrong (with *bad_at the offset of the sector
+ * at fault). */
+static const char *check_batch(const uint8_t *img,
+                               uint64_t size,
+                               uint64_t o,
+                               uint64_t seg,
+                               uint64_t *bad_at)
+{
+    *bad_at = o;
+    enum sector_state st = sector_state(img, size, o, seg);
+    if (st == SEC_BAD) {
+        return "sector checksum mismatch";
+    }
+    if (st != SEC_HEAD) {
+        return "no batch header";
+    }
+    if (kv_get_u32(img + o) != WAL_MAGIC) {
+        return "unknown batch format";
+    }
+    uint32_t body = kv_get_u32(img + o + 4);
+    size_t n = batch_sectors(WAL_HEADER + (size_t)body);
+    uint32_t crc = 0;
+    size_t left = body;
+    for (size_t i = 0; i < n; i++) {
+        uint64_t so = o + (uint64_t)i * WAL_SECTOR;
+        if (i > 0) {
+            st = sector_state(img, size, so, seg);
+            if (st != SEC_BODY) {
+                *bad_at = so;
+                return st == SEC_ZERO  ? "batch cut short"
+                       : st == SEC_BAD ? "sector checksum mismatch"
+                                       : "batch header inside a batch";
+            }
+        }
+        size_t skip = i == 0 ? WAL_HEADER : 0;
+        size_t take = left < WAL_PAYLOAD - skip ? left : WAL_PAYLOAD - skip;
+        crc = kv_crc32c(crc, img + so + skip, take);
+        left -= take;
+    }
+    if (crc != kv_get_u32(img + o + 8)) {
+        return "batch checksum mismatch";
+    }
+    return NULL;
+}
+
+/* Read one segment image; *end is set to the end of its last good batch.
+ * The bodies of the good batches are gathered, in order, at the start of
+ * the image (each moves only towards the front, into bytes already read),
+ * and the entries point there. */
 static int replay_segment(struct replay *r,
-                          const uint8_t *img,
+                          uint8_t *img,
                           uint64_t size,
                           bool last,
                           uint64_t *end)
 {
-    uint64_t o = 0;
+    uint64_t seg = r->seg->no;
+    uint64_t o = 0, gathered = 0;
     while (o < size) {
         r->offset = o;
-        const char *what = NULL;
-        const uint8_t *h = img + o;
-        uint32_t body = 0;
-        if (all_zero(h, size - o)) {
+        if (all_zero(img + o, (size_t)(size - o))) {
             break; /* zeros written ahead of the appends */
-        } else if (size - o < WAL_HEADER) {
-            what = "batch header cut short";
-        } else if (all_zero(h, WAL_HEADER)) {
-            what = "no batch header";
-        } else if (kv_get_u32(h) != WAL_MAGIC ||
-                   kv_get_u32(h + 12) != header_crc(h, r->seg->no)) {
-            what = "batch header checksum mismatch";
-        } else {
-            body = kv_get_u32(h + 4);
-            if (size - o - WAL_HEADER < body) {
-                what = "batch cut short";
-            } else if (kv_crc32c(0, h + WAL_HEADER, body) !=
-                       kv_get_u32(h + 8)) {
-                what = "batch checksum mismatch";
-            }
         }
+        if (o == 0 && size >= 4 && kv_get_u32(img) == 0x524b5657u) {
+            return damaged(r,
+                           "a segment in the log format of an older "
+                           "kvserver");
+        }
+        uint64_t bad_at;
+        const char *what = check_batch(img, size, o, seg, &bad_at);
         if (what) {
-            if (last &&
-                !valid_batch_after(img, size, o + WAL_ALIGN, r->seg->no)) {
+            if (last && torn_tail(img, size, o, seg)) {
                 /* An append that did not finish: never acknowledged. */
                 *end = o;
                 return 0;
             }
+            if (bad_at != o) {
+                char why[128];
+                snprintf(why, sizeof why, "%s in its sector at offset %" PRIu64,
+                         what, bad_at);
+                return damaged(r, why);
+            }
             return damaged(r, what);
         }
-        int rv = replay_body(r, h + WAL_HEADER, body);
+        uint32_t body = kv_get_u32(img + o + 4);
+        size_t n = batch_sectors(WAL_HEADER + (size_t)body);
+        uint8_t *dst = img + gathered;
+        size_t left = body;
+        for (size_t i = 0; i < n; i++) {
+            size_t skip = i == 0 ? WAL_HEADER : 0;
+            size_t take = left < WAL_PAYLOAD - skip ? left : WAL_PAYLOAD - skip;
+            memmove(dst, img + o + (uint64_t)i * WAL_SECTOR + skip, take);
+            dst += take;
+            left -= take;
+        }
+        int rv = replay_body(r, img + gathered, body);
         if (rv) {
             return rv;
         }
+        gathered += body;
         /* Batches start at 4 KiB boundaries; a crash may have left the
          * zero padding of the last one short, which loses nothing. */
-        o += (WAL_HEADER + (uint64_t)body + WAL_ALIGN - 1) / WAL_ALIGN *
-             WAL_ALIGN;
+        o += batch_span(WAL_HEADER + (size_t)body);
     }
     *end = o;
     return 0;
@@ -692,7 +862,17 @@ int kv_wal_open(struct kv_wal *w,
     w->fd = -1;
     w->segment_bytes = segment_bytes ? segment_bytes : KV_WAL_SEGMENT_BYTES;
     snprintf(w->dir, sizeof w->dir, "%s/wal", data_dir);
-    if (mkdir(w->dir, 0700) != 0 && errno != EEXIST) {
+    if (mkdir(w->dir, 0700) == 0) {
+        /* The directory's name must last too. */
+        int fd = open(data_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        int rc = fd < 0 || fsync(fd) != 0 ? errno : 0;
+        if (fd >= 0) {
+            close(fd);
+        }
+        if (rc) {
+            return fail(w, rc, "%s: fsync: %s", data_dir, strerror(rc));
+        }
+    } else if (errno != EEXIST) {
         return fail(w, errno, "%s: %s", w->dir, strerror(errno));
     }
     uint64_t *nos;
@@ -745,7 +925,11 @@ int kv_wal_open(struct kv_wal *w,
         } else if (!rv && last && end != size) {
             /* Cut an interrupted append off, or give the last batch back
              * its padding, so that the next one starts at a boundary. */
-            out->cut_bytes = end < size ? size - end : 0;
+            uint64_t written = size;
+            while (written > end && img[written - 1] == 0) {
+                written--;
+            }
+            out->cut_bytes = written > end ? written - end : 0;
             alloc = end;
             if (ftruncate(fd, (off_t)end) != 0 || fdatasync(fd) != 0) {
                 rv = fail(w, errno,

@@ -5,6 +5,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <signal.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -57,8 +59,8 @@ static const struct raft_entry *entry(uint64_t index)
     for (size_t i = 0; i < c.n_entries; i++) {
         if (c.entries[i].index == index) {
             char want[32];
-            int len = snprintf(want, sizeof want, "e%llu",
-                               (unsigned long long)index);
+            int len =
+                snprintf(want, sizeof want, "e%llu", (unsigned long long)index);
             CU_ASSERT(c.entries[i].len == (size_t)len &&
                       memcmp(c.entries[i].data, want, (size_t)len) == 0);
             return &c.entries[i];
@@ -183,8 +185,8 @@ static void test_wal_interrupted_append_is_cut_off(void)
     char big[3000];
     memset(big, 'x', sizeof big);
     for (uint64_t i = 6; i <= 10; i++) {
-        struct raft_entry e = {.index = i, .term = 1, .data = big,
-                               .len = sizeof big};
+        struct raft_entry e = {
+            .index = i, .term = 1, .data = big, .len = sizeof big};
         CU_ASSERT_EQUAL(kv_wal_add_entries(&w, &e, 1), 0);
     }
     CU_ASSERT_EQUAL(kv_wal_sync(&w), 0);
@@ -201,7 +203,8 @@ static void test_wal_interrupted_append_is_cut_off(void)
     kv_wal_contents_free(&c);
     CU_ASSERT_EQUAL_FATAL(kv_wal_open(&w, dir, 0, &c), 0);
     check_range(1, 5);
-    CU_ASSERT_EQUAL(c.cut_bytes, (uint64_t)size - 4096);
+    /* What was written of the second batch is cut (not the zeros after). */
+    CU_ASSERT(c.cut_bytes > 2 * 4096 && c.cut_bytes <= 4 * 4096);
     CU_ASSERT_EQUAL(file_size(path), 4096);
     /* Appends go on after the cut. */
     append(6, 6, 2);
@@ -306,6 +309,229 @@ static void test_wal_damage_in_an_older_segment_is_reported(void)
     remove_dir();
 }
 
+/* Write @len bytes at @at of segment @no. */
+static void poke(uint64_t no, off_t at, const void *data, size_t len)
+{
+    char path[128];
+    segment_path(no, path, sizeof path);
+    int fd = open(path, O_RDWR);
+    CU_ASSERT_FATAL(fd >= 0);
+    CU_ASSERT_EQUAL(pwrite(fd, data, len, at), (ssize_t)len);
+    close(fd);
+}
+
+/* A value crafted to look like log structure: sector trailers of the
+ * current format ("RKWH" and a checksum) all through it, and where it
+ * lands on a 4 KiB boundary of the file (the value starts 38 bytes into
+ * a batch that starts on one), a batch header of the previous format
+ * (magic "RKVW", a length and the header checksum it had in segment 1). */
+static void fill_with_fake_headers(uint8_t *v, size_t len)
+{
+    for (size_t at = 0; at + 8 <= len; at += 8) {
+        kv_put_u32(v + at, 0x524b5748u); /* "RKWH" */
+        kv_put_u32(v + at + 4, kv_crc32c(0, v, at));
+    }
+    for (size_t at = 4096 - 38; at + 16 <= len; at += 4096) {
+        uint8_t *h = v + at;
+        kv_put_u32(h, 0x524b5657u); /* "RKVW" */
+        kv_put_u32(h + 4, 64);
+        kv_put_u32(h + 8, kv_crc32c(0, h + 16, 64));
+        uint8_t b[20];
+        memcpy(b, h, 12);
+        kv_put_u64(b + 12, 1);
+        kv_put_u32(h + 12, kv_crc32c(0, b, sizeof b));
+    }
+}
+
+static void test_wal_client_values_cannot_look_like_log_structure(void)
+{
+    make_dir();
+    CU_ASSERT_EQUAL_FATAL(kv_wal_open(&w, dir, 0, &c), 0);
+    append(1, 3, 1);
+    CU_ASSERT_EQUAL_FATAL(kv_wal_sync(&w), 0);
+    /* A batch of values that imitate batch headers and sector trailers
+     * throughout, torn by a crash: one of its middle sectors never
+     * reached the disk. It must be cut as an interrupted append, not
+     * taken for damage followed by good data. */
+    static uint8_t v[12000];
+    fill_with_fake_headers(v, sizeof v);
+    struct raft_entry e = {.index = 4,
+                           .term = 1,
+                           .type = RAFT_ENTRY_NORMAL,
+                           .data = v,
+                           .len = sizeof v};
+    CU_ASSERT_EQUAL(kv_wal_add_entries(&w, &e, 1), 0);
+    CU_ASSERT_EQUAL_FATAL(kv_wal_sync(&w), 0);
+    kv_wal_close(&w);
+    kv_wal_contents_free(&c);
+    static const uint8_t zeros[512];
+    poke(1, 4096 + 5 * 512, zeros, sizeof zeros);
+    CU_ASSERT_EQUAL_FATAL(kv_wal_open(&w, dir, 0, &c), 0);
+    check_range(1, 3);
+    CU_ASSERT(c.cut_bytes > 0);
+    /* Written again in full, such a value reads back as it was. */
+    CU_ASSERT_EQUAL(kv_wal_add_entries(&w, &e, 1), 0);
+    CU_ASSERT_EQUAL_FATAL(kv_wal_sync(&w), 0);
+    append(5, 5, 1);
+    CU_ASSERT_EQUAL_FATAL(kv_wal_sync(&w), 0);
+    CU_ASSERT_EQUAL_FATAL(reopen(0), 0);
+    CU_ASSERT_EQUAL_FATAL(c.n_entries, 5);
+    CU_ASSERT_EQUAL(c.entries[3].len, sizeof v);
+    CU_ASSERT(memcmp(c.entries[3].data, v, sizeof v) == 0);
+    CU_ASSERT_EQUAL(c.cut_bytes, 0);
+    kv_wal_close(&w);
+    kv_wal_contents_free(&c);
+    remove_dir();
+}
+
+static void test_wal_damage_to_the_last_acknowledged_batch_is_not_cut(void)
+{
+    make_dir();
+    CU_ASSERT_EQUAL_FATAL(kv_wal_open(&w, dir, 0, &c), 0);
+    append(1, 3, 1);
+    CU_ASSERT_EQUAL_FATAL(kv_wal_sync(&w), 0);
+    /* The last batch was synced (acknowledged): a flipped bit in it, even
+     * in a value of zeros, is damage to report, never a torn append to
+     * cut (that would forget acknowledged entries and votes). */
+    static uint8_t v[3000];
+    memset(v, 0, sizeof v);
+    struct raft_entry e = {.index = 4,
+                           .term = 1,
+                           .type = RAFT_ENTRY_NORMAL,
+                           .data = v,
+                           .len = sizeof v};
+    CU_ASSERT_EQUAL(kv_wal_add_entries(&w, &e, 1), 0);
+    CU_ASSERT_EQUAL(kv_wal_add_hard_state(&w, 1, 2), 0);
+    CU_ASSERT_EQUAL_FATAL(kv_wal_sync(&w), 0);
+    kv_wal_close(&w);
+    kv_wal_contents_free(&c);
+    char path[128];
+    segment_path(1, path, sizeof path);
+    off_t size = file_size(path);
+    flip(1, 4096 + 3 * 512 + 100);
+    CU_ASSERT_EQUAL(kv_wal_open(&w, dir, 0, &c), KV_STORE_ECORRUPT);
+    CU_ASSERT_PTR_NOT_NULL(strstr(w.errmsg, "offset 4096"));
+    CU_ASSERT_PTR_NOT_NULL(strstr(w.errmsg, "checksum"));
+    CU_ASSERT_PTR_NOT_NULL(strstr(w.errmsg, "index 3"));
+    CU_ASSERT_EQUAL(file_size(path), size);
+    /* The same for a flip in its header. */
+    flip(1, 4096 + 3 * 512 + 100);
+    flip(1, 4096 + 2);
+    CU_ASSERT_EQUAL(kv_wal_open(&w, dir, 0, &c), KV_STORE_ECORRUPT);
+    CU_ASSERT_EQUAL(file_size(path), size);
+    remove_dir();
+}
+
+/* Make writes at or past @limit bytes of any file fail (EFBIG), as a full
+ * disk or a failing device would; RLIM_INFINITY lifts it. */
+static void limit_file_size(rlim_t limit)
+{
+    struct rlimit rl;
+    CU_ASSERT_EQUAL_FATAL(getrlimit(RLIMIT_FSIZE, &rl), 0);
+    rl.rlim_cur = limit;
+    CU_ASSERT_EQUAL_FATAL(setrlimit(RLIMIT_FSIZE, &rl), 0);
+}
+
+/* What the node does each turn (persist.c): add the hard state when it is
+ * not the durable one, and sync. */
+static int persist_hard_state(uint64_t term, uint64_t vote)
+{
+    if (term != w.term || vote != w.vote) {
+        int rv = kv_wal_add_hard_state(&w, term, vote);
+        if (rv) {
+            return rv;
+        }
+    }
+    return kv_wal_pending(&w) ? kv_wal_sync(&w) : 0;
+}
+
+static void test_wal_hard_state_of_a_failed_sync_is_written_by_the_retry(void)
+{
+    make_dir();
+    signal(SIGXFSZ, SIG_IGN);
+    CU_ASSERT_EQUAL_FATAL(kv_wal_open(&w, dir, 0, &c), 0);
+    CU_ASSERT_EQUAL_FATAL(persist_hard_state(1, 1), 0);
+    /* The node votes for node 3 in term 2; the write fails. */
+    limit_file_size((rlim_t)w.size);
+    CU_ASSERT_NOT_EQUAL(persist_hard_state(2, 3), 0);
+    CU_ASSERT_EQUAL(w.term, 1); /* nothing of it counts as written */
+    CU_ASSERT_EQUAL(w.vote, 1);
+    /* The retry writes the vote before it may be sent. */
+    limit_file_size(RLIM_INFINITY);
+    CU_ASSERT_EQUAL_FATAL(persist_hard_state(2, 3), 0);
+    CU_ASSERT_EQUAL_FATAL(reopen(0), 0);
+    CU_ASSERT_EQUAL(c.hs.term, 2);
+    CU_ASSERT_EQUAL(c.hs.vote, 3);
+    /* The same for a snapshot mark. */
+    limit_file_size((rlim_t)w.size);
+    CU_ASSERT_EQUAL(kv_wal_add_snapshot(&w, 9, 2), 0);
+    CU_ASSERT_NOT_EQUAL(kv_wal_sync(&w), 0);
+    CU_ASSERT_EQUAL(w.snap_index, 0);
+    limit_file_size(RLIM_INFINITY);
+    kv_wal_close(&w);
+    kv_wal_contents_free(&c);
+    remove_dir();
+}
+
+static void test_wal_every_segment_describes_itself(void)
+{
+    make_dir();
+    signal(SIGXFSZ, SIG_IGN);
+    const uint64_t seg = 8192;
+    CU_ASSERT_EQUAL_FATAL(kv_wal_open(&w, dir, seg, &c), 0);
+    CU_ASSERT_EQUAL_FATAL(persist_hard_state(5, 2), 0);
+    append(1, 1, 5);
+    CU_ASSERT_EQUAL_FATAL(kv_wal_sync(&w), 0);
+    CU_ASSERT_EQUAL(w.n_segs, 1);
+    /* Segment 2's first write fails: the segment exists, empty. */
+    append(2, 2, 5);
+    limit_file_size(0);
+    CU_ASSERT_NOT_EQUAL(kv_wal_sync(&w), 0);
+    limit_file_size(RLIM_INFINITY);
+    CU_ASSERT_EQUAL(w.n_segs, 2);
+    /* The retry and everything after it land in segment 2; once the log
+     * is compacted past segment 1, the hard state must still be there. */
+    append(2, 2, 5);
+    CU_ASSERT_EQUAL_FATAL(kv_wal_sync(&w), 0);
+    CU_ASSERT_EQUAL(kv_wal_release(&w, 10), 1);
+    CU_ASSERT_EQUAL_FATAL(reopen(seg), 0);
+    CU_ASSERT_EQUAL(c.hs.term, 5);
+    CU_ASSERT_EQUAL(c.hs.vote, 2);
+    check_range(2, 2);
+
+    /* A crash right after segment 4 was created: it is empty at the next
+     * start. The segment before it may not go until segment 4 holds a
+     * batch, which then starts with the hard state. */
+    append(3, 3, 5);
+    CU_ASSERT_EQUAL_FATAL(kv_wal_sync(&w), 0);
+    append(4, 4, 5);
+    CU_ASSERT_EQUAL_FATAL(kv_wal_sync(&w), 0);
+    CU_ASSERT_EQUAL(w.n_segs, 2); /* segments 2 and 3 */
+    kv_wal_close(&w);
+    char path[128];
+    segment_path(4, path, sizeof path);
+    int fd = open(path, O_RDWR | O_CREAT | O_EXCL, 0600);
+    CU_ASSERT_FATAL(fd >= 0);
+    close(fd);
+    kv_wal_contents_free(&c);
+    CU_ASSERT_EQUAL_FATAL(kv_wal_open(&w, dir, seg, &c), 0);
+    CU_ASSERT_EQUAL(w.n_segs, 3);
+    CU_ASSERT_EQUAL(kv_wal_release(&w, 10), 1); /* 2 goes, 3 stays */
+    CU_ASSERT_EQUAL_FATAL(reopen(seg), 0);
+    CU_ASSERT_EQUAL(c.hs.term, 5);
+    CU_ASSERT_EQUAL(c.hs.vote, 2);
+    append(5, 5, 5);
+    CU_ASSERT_EQUAL_FATAL(kv_wal_sync(&w), 0);
+    CU_ASSERT_EQUAL(kv_wal_release(&w, 10), 1); /* now 3 goes */
+    CU_ASSERT_EQUAL_FATAL(reopen(seg), 0);
+    CU_ASSERT_EQUAL(c.hs.term, 5);
+    CU_ASSERT_EQUAL(c.hs.vote, 2);
+    check_range(5, 5);
+    kv_wal_close(&w);
+    kv_wal_contents_free(&c);
+    remove_dir();
+}
+
 static void test_wal_crc32c_known_value(void)
 {
     /* The standard check value of CRC-32C. */
@@ -330,6 +556,14 @@ int main(int argc, char **argv)
          test_wal_damage_before_good_data_is_reported_not_cut},
         {"test_wal_damage_in_an_older_segment_is_reported",
          test_wal_damage_in_an_older_segment_is_reported},
+        {"test_wal_client_values_cannot_look_like_log_structure",
+         test_wal_client_values_cannot_look_like_log_structure},
+        {"test_wal_damage_to_the_last_acknowledged_batch_is_not_cut",
+         test_wal_damage_to_the_last_acknowledged_batch_is_not_cut},
+        {"test_wal_hard_state_of_a_failed_sync_is_written_by_the_retry",
+         test_wal_hard_state_of_a_failed_sync_is_written_by_the_retry},
+        {"test_wal_every_segment_describes_itself",
+         test_wal_every_segment_describes_itself},
         {"test_wal_crc32c_known_value", test_wal_crc32c_known_value},
         CU_TEST_INFO_NULL,
     };
