@@ -1,4 +1,6 @@
 /* election.c - role changes, election timers, pre-vote and RequestVote. */
+#include <stdio.h>
+
 #include "internal.h"
 
 /* Figure 2 / section 5.2: election timeouts are random in [T, 2T). */
@@ -102,6 +104,16 @@ static int tally(struct raft *r)
 /* Section 5.2 (and thesis 9.6 for the pre-vote round). */
 int rf_start_election(struct raft *r, bool pre_vote, bool transfer)
 {
+    if (r->term >= RAFT_TERM_MAX) {
+        /* Both rounds ask for term + 1, which no node accepts (raft.h:
+         * RAFT_TERM_MAX). Stay a follower: a leader of this term that
+         * is heard again is followed. */
+        snprintf(r->errmsg, sizeof r->errmsg,
+                 "term %llu is RAFT_TERM_MAX: no election can follow it",
+                 (unsigned long long)r->term);
+        rf_become_follower(r, r->term, 0);
+        return 0;
+    }
     leave_leadership(r);
     if (pre_vote) {
         r->role = RAFT_PRECANDIDATE;

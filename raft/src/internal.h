@@ -111,6 +111,7 @@ struct raft
     bool snap_in;            /* staging in progress */
     uint64_t snap_in_index;  /* its index */
     uint64_t snap_in_term;   /* its term */
+    uint64_t snap_in_stream; /* its sender's stream (raft_snapshot) */
     uint64_t snap_in_offset; /* next expected offset */
 
     /* output accumulated for the next update */

@@ -197,6 +197,15 @@ static int restore_fail(struct raft *r, const char *why)
     return RAFT_EINVAL;
 }
 
+static int restore_term_fail(struct raft *r, const char *what, uint64_t term)
+{
+    snprintf(r->errmsg, sizeof r->errmsg,
+             "restore: %s term %llu is above RAFT_TERM_MAX and cannot be "
+             "real: the stored data is damaged",
+             what, (unsigned long long)term);
+    return RAFT_EINVAL;
+}
+
 int raft_restore(struct raft *r, const struct raft_persisted *p)
 {
     if (p == NULL || r->log.n != 0 || r->log.offset != 0) {
@@ -204,6 +213,18 @@ int raft_restore(struct raft *r, const struct raft_persisted *p)
     }
     if (p->snap_index > 0 && p->snap_term == 0) {
         return restore_fail(r, "snapshot without a term");
+    }
+    /* raft.h: RAFT_TERM_MAX. No real cluster gets there. */
+    if (p->hs.term > RAFT_TERM_MAX) {
+        return restore_term_fail(r, "hard state", p->hs.term);
+    }
+    if (p->snap_term > RAFT_TERM_MAX) {
+        return restore_term_fail(r, "snapshot", p->snap_term);
+    }
+    for (size_t k = 0; k < p->n_entries; k++) {
+        if (p->entries[k].term > RAFT_TERM_MAX) {
+            return restore_term_fail(r, "stored entry", p->entries[k].term);
+        }
     }
     r->log.offset = p->snap_index;
     r->log.offset_term = p->snap_term;
@@ -254,11 +275,22 @@ int raft_restore(struct raft *r, const struct raft_persisted *p)
     if (p->hs.vote != 0 && rf_progress_of(r, p->hs.vote) == NULL) {
         return restore_fail(r, "vote for an unknown node");
     }
-    if (rf_log_last_term(&r->log) > p->hs.term) {
+    /* A node that writes its state machine (snapshot, applied entries)
+     * before its log and hard state, as kvserver does, may crash between
+     * the two and come back with a snapshot of a term its hard state never
+     * reached. It takes that term, with no vote: it gave none in it, since
+     * a vote is on disk before it is sent. The next update writes it. */
+    uint64_t term = p->hs.term;
+    uint64_t vote = p->hs.vote;
+    if (p->snap_term > term) {
+        term = p->snap_term;
+        vote = 0;
+    }
+    if (rf_log_last_term(&r->log) > term) {
         return restore_fail(r, "log has a term beyond the current term");
     }
-    r->term = p->hs.term;
-    r->vote = p->hs.vote;
+    r->term = term;
+    r->vote = vote;
     r->fresh = p->hs.term == 0 && p->snap_index == 0 && p->n_entries == 0;
     r->commit = commit;
     r->applied = p->applied;
@@ -266,8 +298,8 @@ int raft_restore(struct raft *r, const struct raft_persisted *p)
     r->snap_term = p->snap_term;
     r->stable = last;
     r->unstable = last + 1;
-    r->hs_saved.term = r->term;
-    r->hs_saved.vote = r->vote;
+    r->hs_saved.term = p->hs.term;
+    r->hs_saved.vote = p->hs.vote;
     r->hs_saved.commit = r->commit;
     return 0;
 }

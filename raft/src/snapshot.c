@@ -54,6 +54,7 @@ static int push_chunk(struct raft *r, const struct raft_snapshot *s)
     struct raft_snapshot_chunk *c = &r->chunks[r->n_chunks++];
     c->index = s->index;
     c->term = s->term;
+    c->stream = s->stream;
     c->offset = s->offset;
     c->data = copy;
     c->len = s->len;
@@ -125,10 +126,15 @@ int rf_step_snapshot(struct raft *r, const struct raft_message *m)
         r->snap_in = true;
         r->snap_in_index = s->index;
         r->snap_in_term = s->term;
+        r->snap_in_stream = s->stream;
         r->snap_in_offset = 0;
     }
+    /* A chunk continues the staging area only if it is of the same
+     * production of the snapshot's bytes (raft.h: struct raft_snapshot);
+     * one of another stream is answered as an unknown transfer, so the
+     * leader restarts from 0 if that stream is the one it now sends. */
     bool same = r->snap_in && r->snap_in_index == s->index &&
-                r->snap_in_term == s->term;
+                r->snap_in_term == s->term && r->snap_in_stream == s->stream;
     if (!same || s->offset != r->snap_in_offset) {
         sr->next_offset = same ? r->snap_in_offset : 0;
         sr->last_index = rf_log_last_index(&r->log);

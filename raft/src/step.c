@@ -1,4 +1,6 @@
 /* step.c - inputs of the core: messages, ticks, proposals. */
+#include <stdio.h>
+
 #include "internal.h"
 
 static bool is_request(enum raft_msg_type t)
@@ -13,6 +15,20 @@ static int validate(const struct raft *r, const struct raft_message *m)
     if (m == NULL || m->to != r->id || m->from == r->id ||
         rf_progress_of((struct raft *)r, m->from) == NULL ||
         m->type < RAFT_MSG_VOTE || m->type > RAFT_MSG_TIMEOUT_NOW_RESP) {
+        return RAFT_EINVAL;
+    }
+    /* raft.h: RAFT_TERM_MAX. Every term a message carries is at most its
+     * own (a candidate's last log term, a leader's prev and entry terms, a
+     * snapshot's term, a follower's conflict term): bounding m->term
+     * bounds them all once those are checked, here and below. */
+    if (m->term > RAFT_TERM_MAX) {
+        return RAFT_EINVAL;
+    }
+    if (m->type == RAFT_MSG_VOTE && m->u.vote.last_term > m->term) {
+        return RAFT_EINVAL;
+    }
+    if (m->type == RAFT_MSG_APPEND_RESP &&
+        m->u.append_resp.conflict_term > m->term) {
         return RAFT_EINVAL;
     }
     if (m->type == RAFT_MSG_APPEND) {
@@ -73,6 +89,35 @@ static int reject_stale(struct raft *r, const struct raft_message *m)
     return 0;
 }
 
+/* Whether a message of a higher term makes this node take that term
+ * (Figure 2: "If RPC request or response contains term T > currentTerm:
+ * set currentTerm = T"), with the exceptions of pre-vote and leases. */
+static bool raises_term(const struct raft *r, const struct raft_message *m)
+{
+    if (m->type == RAFT_MSG_VOTE) {
+        return !m->u.vote.pre_vote && (m->u.vote.transfer || !rf_in_lease(r));
+    }
+    /* A granted pre-vote carries the proposed term. */
+    return !(m->type == RAFT_MSG_VOTE_RESP && m->u.vote_resp.pre_vote &&
+             m->u.vote_resp.granted);
+}
+
+/* A term too far above ours (RAFT_TERM_MAX_JUMP in raft.h says why):
+ * refuse the message, and move our own term up by the largest allowed
+ * step if the message would have raised it. */
+static int refuse_jump(struct raft *r, const struct raft_message *m)
+{
+    snprintf(r->errmsg, sizeof r->errmsg,
+             "message term %llu from node %llu is more than 2^32 above "
+             "term %llu: refused",
+             (unsigned long long)m->term, (unsigned long long)m->from,
+             (unsigned long long)r->term);
+    if (raises_term(r, m)) {
+        rf_become_follower(r, r->term + RAFT_TERM_MAX_JUMP, 0);
+    }
+    return RAFT_EINVAL;
+}
+
 int raft_step(struct raft *r, const struct raft_message *m)
 {
     if (r->busy) {
@@ -80,7 +125,16 @@ int raft_step(struct raft *r, const struct raft_message *m)
     }
     int rv = validate(r, m);
     if (rv != 0) {
+        if (m != NULL && m->term > RAFT_TERM_MAX) {
+            snprintf(r->errmsg, sizeof r->errmsg,
+                     "message term %llu from node %llu is above "
+                     "RAFT_TERM_MAX: it cannot be real",
+                     (unsigned long long)m->term, (unsigned long long)m->from);
+        }
         return rv;
+    }
+    if (m->term > r->term + RAFT_TERM_MAX_JUMP) {
+        return refuse_jump(r, m);
     }
     if (m->term > r->term) {
         if (m->type == RAFT_MSG_VOTE) {

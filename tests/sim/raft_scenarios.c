@@ -793,6 +793,214 @@ static void test_wiped_follower_catches_up_from_a_snapshot(void)
     wiped_follower_catches_up(mk_snap(3));
 }
 
+/* ---- disk faults (not in the lab) -------------------------------------- */
+
+/* A follower whose writes fail holds the update and retries it every second
+ * (kvserver's freeze/on_retry); it refuses everything meanwhile, so the
+ * leader commits with the others. Once a write succeeds it catches up. */
+static void test_disk_failing_follower_holds_its_write_then_catches_up(void)
+{
+    struct sim *s = mk(3);
+    SIM_CHECK(s, sim_one(s, rnd_value(s), 8, 3, true) > 0);
+    int leader = sim_check_one_leader(s, ELECTION);
+    SIM_CHECK(s, leader >= 0);
+    unsigned f = (unsigned)(leader + 1) % 3;
+    uint64_t applied = sim_applied(s, f);
+    sim_reset_stats(s);
+    sim_disk_fail(s, f, 3, false);
+    SIM_CHECK(s, sim_one(s, rnd_value(s), 8, 2, true) > 0);
+    SIM_CHECK(s, sim_frozen(s, f));
+    for (int k = 0; k < 5; k++) {
+        SIM_CHECK(s, sim_one(s, rnd_value(s), 8, 2, true) > 0);
+    }
+    SIM_CHECK(s, sim_frozen(s, f));
+    SIM_CHECK(s, sim_applied(s, f) == applied); /* nothing of it written */
+    sim_run(s, 3 * 1000 + 100);                 /* three retries */
+    SIM_CHECK(s, !sim_frozen(s, f));
+    SIM_CHECK(s, sim_get_stats(s).disk_failures == 3);
+    SIM_CHECK(s, sim_one(s, rnd_value(s), 8, 3, true) > 0);
+    SIM_ASSERT_OK(s);
+    sim_free(s);
+}
+
+/* A leader whose log writes fail after the state part (applied entries)
+ * succeeded freezes: it neither ticks nor answers, so the others elect a
+ * new leader and go on. When its write succeeds it learns the new term,
+ * follows, and catches up. */
+static void test_disk_leader_log_write_fails_others_take_over(void)
+{
+    struct sim *s = mk(3);
+    SIM_CHECK(s, sim_one(s, rnd_value(s), 8, 3, true) > 0);
+    int leader = sim_check_one_leader(s, ELECTION);
+    SIM_CHECK(s, leader >= 0);
+    uint64_t term = raft_term(sim_raft(s, (unsigned)leader));
+    sim_disk_fail(s, (unsigned)leader, 4, true);
+    SIM_CHECK(
+        s, sim_propose(s, (unsigned)leader, rnd_value(s), 8, NULL, NULL) == 0);
+    SIM_CHECK(s, sim_frozen(s, (unsigned)leader));
+    sim_run(s, 2 * ELECTION);
+    SIM_CHECK(s, sim_frozen(s, (unsigned)leader));
+    int other = -1;
+    for (unsigned k = 0; k < 3; k++) {
+        struct raft *r = sim_raft(s, k);
+        if (k != (unsigned)leader && raft_role(r) == RAFT_LEADER) {
+            other = (int)k;
+        }
+    }
+    SIM_CHECK(s, other >= 0);
+    SIM_CHECK(s, raft_term(sim_raft(s, (unsigned)other)) > term);
+    SIM_CHECK(s, sim_one(s, rnd_value(s), 8, 2, true) > 0);
+    sim_run(s, 3 * 1000);
+    SIM_CHECK(s, !sim_frozen(s, (unsigned)leader));
+    SIM_CHECK(s, sim_one(s, rnd_value(s), 8, 3, true) > 0);
+    SIM_CHECK(s, raft_role(sim_raft(s, (unsigned)leader)) != RAFT_LEADER ||
+                     raft_term(sim_raft(s, (unsigned)leader)) > term);
+    SIM_ASSERT_OK(s);
+    sim_free(s);
+}
+
+/* A crash between the state part (applied entries) and the log part of a
+ * write: the node restarts with the state part, whatever its log lacks. */
+static void test_disk_crash_between_state_and_log_keeps_the_state(void)
+{
+    struct sim *s = mk(3);
+    SIM_CHECK(s, sim_one(s, rnd_value(s), 8, 3, true) > 0);
+    int leader = sim_check_one_leader(s, ELECTION);
+    SIM_CHECK(s, leader >= 0);
+    unsigned f = (unsigned)(leader + 1) % 3;
+    sim_disconnect(s, f);
+    for (int k = 0; k < 20; k++) {
+        SIM_CHECK(s, sim_one(s, rnd_value(s), 8, 2, true) > 0);
+    }
+    uint64_t before = sim_applied(s, f);
+    sim_reset_stats(s);
+    sim_crash_mid_write(s, f);
+    sim_connect(s, f);
+    for (int k = 0; k < 100 && sim_up(s, f); k++) {
+        sim_run(s, 10);
+    }
+    SIM_CHECK(s, !sim_up(s, f));
+    SIM_CHECK(s, sim_get_stats(s).write_crashes == 1);
+    uint64_t state = sim_applied(s, f);
+    SIM_CHECK(s, state > before);
+    sim_restart(s, f);
+    SIM_CHECK(s, raft_applied_index(sim_raft(s, f)) == state);
+    SIM_CHECK(s, sim_one(s, rnd_value(s), 8, 3, true) > 0);
+    SIM_ASSERT_OK(s);
+    sim_free(s);
+}
+
+/* The same during a snapshot install that comes with a new term: the
+ * follower was down while a new leader was elected and compacted its log,
+ * so the first message it hears of that term is the (one-chunk) snapshot.
+ * It crashes after installing it and before writing its log and hard
+ * state: it restarts from a snapshot of a term its hard state never had
+ * (raft_restore refused that state before). */
+static void test_disk_crash_between_snapshot_install_and_new_term(void)
+{
+    struct sim_config c = {0};
+    c.n = 3;
+    c.seed = test_seed;
+    c.pre_vote = true;
+    c.check_quorum = true;
+    c.snapshot_every = 5;
+    c.trailing = 0;
+    c.chunk_bytes = 4096; /* one chunk */
+    struct sim *s = sim_new(&c);
+    SIM_CHECK(s, sim_one(s, rnd_value(s), 8, 3, true) > 0);
+    int leader = sim_check_one_leader(s, ELECTION);
+    SIM_CHECK(s, leader >= 0);
+    unsigned f = (unsigned)(leader + 1) % 3;
+    uint64_t term = raft_term(sim_raft(s, f));
+    sim_crash(s, f);
+    sim_restart(s, (unsigned)leader); /* a new term without f */
+    for (int k = 0; k < 20; k++) {
+        SIM_CHECK(s, sim_one(s, rnd_value(s), 8, 2, true) > 0);
+    }
+    int now = sim_check_one_leader(s, ELECTION);
+    SIM_CHECK(s, now >= 0 && raft_term(sim_raft(s, (unsigned)now)) > term);
+    sim_reset_stats(s);
+    sim_crash_mid_write(s, f);
+    sim_restart(s, f);
+    for (int k = 0; k < 100 && sim_up(s, f); k++) {
+        sim_run(s, 10);
+    }
+    SIM_CHECK(s, !sim_up(s, f));
+    SIM_CHECK(s, sim_get_stats(s).write_crashes == 1);
+    SIM_CHECK(s, sim_get_stats(s).installs == 1);
+    uint64_t state = sim_applied(s, f);
+    sim_restart(s, f);
+    SIM_ASSERT_OK(s);
+    SIM_CHECK(s, raft_snapshot_index(sim_raft(s, f)) == state);
+    SIM_CHECK(s, raft_term(sim_raft(s, f)) > term);
+    SIM_CHECK(s, sim_one(s, rnd_value(s), 8, 3, true) > 0);
+    SIM_ASSERT_OK(s);
+    sim_free(s);
+}
+
+/* A node that crashes while it holds a failed write loses that update;
+ * it restarts from what it had written. */
+static void test_disk_crash_while_holding_a_failed_write(void)
+{
+    struct sim *s = mk_snap(5);
+    SIM_CHECK(s, sim_one(s, rnd_value(s), 8, 5, true) > 0);
+    for (unsigned k = 0; k < 5; k++) {
+        sim_disk_fail(s, k, 1 + k % 3, k % 2 == 0);
+        SIM_CHECK(s, sim_one(s, rnd_value(s), 8, 3, true) > 0);
+        if (sim_frozen(s, k)) {
+            sim_restart(s, k);
+        }
+        SIM_CHECK(s, sim_one(s, rnd_value(s), 8, 3, true) > 0);
+    }
+    SIM_CHECK(s, sim_one(s, rnd_value(s), 8, 5, true) > 0);
+    SIM_ASSERT_OK(s);
+    sim_free(s);
+}
+
+/* Random write failures on every node (retried after 200 ms), with
+ * crashes between the parts of writes, on a lossy network: every
+ * invariant holds, and once the disks are fine again the cluster commits. */
+static void test_disk_failures_everywhere_unreliable(void)
+{
+    struct sim_config c = {0};
+    c.n = 5;
+    c.seed = test_seed;
+    c.pre_vote = true;
+    c.check_quorum = true;
+    c.snapshot_every = 10;
+    c.trailing = 3;
+    c.snapshot_pad = 300;
+    c.retry_ms = 200;
+    struct sim *s = sim_new(&c);
+    SIM_CHECK(s, sim_one(s, rnd_value(s), 8, 5, true) > 0);
+    sim_unreliable(s, false);
+    sim_set_disk_failures(s, 30);
+    for (int k = 0; k < 100; k++) {
+        unsigned i = (unsigned)(sim_random(s) % 5);
+        if (k % 10 == 0) {
+            sim_crash_mid_write(s, i);
+        }
+        if (!sim_up(s, i)) {
+            sim_restart(s, i);
+        }
+        for (unsigned j = 0; j < 5; j++) {
+            sim_propose(s, j, rnd_value(s), 8, NULL, NULL);
+        }
+        sim_run(s, 50);
+    }
+    SIM_CHECK(s, sim_get_stats(s).disk_failures > 0);
+    sim_set_disk_failures(s, 0);
+    sim_reliable(s);
+    for (unsigned i = 0; i < 5; i++) {
+        if (!sim_up(s, i)) {
+            sim_restart(s, i);
+        }
+    }
+    SIM_CHECK(s, sim_one(s, rnd_value(s), 8, 5, true) > 0);
+    SIM_ASSERT_OK(s);
+    sim_free(s);
+}
+
 #define T(f)  \
     {         \
 #f, f \
@@ -827,6 +1035,12 @@ static const struct test_case cases[] = {
     T(test_snapshot_restart_from_snapshot),
     T(test_wiped_follower_catches_up_from_the_log),
     T(test_wiped_follower_catches_up_from_a_snapshot),
+    T(test_disk_failing_follower_holds_its_write_then_catches_up),
+    T(test_disk_leader_log_write_fails_others_take_over),
+    T(test_disk_crash_between_state_and_log_keeps_the_state),
+    T(test_disk_crash_between_snapshot_install_and_new_term),
+    T(test_disk_crash_while_holding_a_failed_write),
+    T(test_disk_failures_everywhere_unreliable),
 };
 
 int main(int argc, char **argv)

@@ -68,15 +68,17 @@ static const char *nomem_arg(void)
 /* Aggregate counters, to show that every fault was exercised. */
 struct soak_totals
 {
-    uint64_t schedules;    /* run */
-    uint64_t commits;      /* committed indexes */
-    uint64_t installs;     /* snapshot installs */
-    uint64_t reads_ok;     /* completed reads */
-    uint64_t reads_failed; /* failed reads */
-    uint64_t crashes;      /* node crashes */
-    uint64_t partitions;   /* partitions set */
-    uint64_t transfers;    /* transfers started */
-    uint64_t virtual_ms;   /* simulated time */
+    uint64_t schedules;     /* run */
+    uint64_t commits;       /* committed indexes */
+    uint64_t installs;      /* snapshot installs */
+    uint64_t reads_ok;      /* completed reads */
+    uint64_t reads_failed;  /* failed reads */
+    uint64_t crashes;       /* node crashes */
+    uint64_t disk_failures; /* failed writes (each held and retried) */
+    uint64_t write_crashes; /* crashes between a write's state and log part */
+    uint64_t partitions;    /* partitions set */
+    uint64_t transfers;     /* transfers started */
+    uint64_t virtual_ms;    /* simulated time */
 };
 
 static struct soak_totals g_tot;
@@ -180,6 +182,9 @@ static bool run_schedule(uint64_t seed)
     c.chunk_bytes = R(2) ? 16 + R(100) : 4096;
     c.disk_max_ms = R(2) ? 0 : (unsigned)R(15);
     c.tolerate_nomem = g_nomem > 0;
+    c.disk_fail = R(3) == 0 ? 1 + (unsigned)R(4) : 0;
+    c.retry_ms = R(2) ? 1000 : 20 + (unsigned)R(500);
+    c.stream_reopen = R(3) == 0 ? 1 + (unsigned)R(50) : 0;
 #undef R
     g_alloc_rng = seed;
     sim_alloc_guard = guard;
@@ -212,7 +217,7 @@ static bool run_schedule(uint64_t seed)
         if (sim_now(s) >= next_fault) {
             next_fault = sim_now(s) + 100 + pick(s, 700);
             unsigned i = (unsigned)pick(s, n);
-            switch (pick(s, 8)) {
+            switch (pick(s, 10)) {
                 case 0:
                     sim_heal(s);
                     break;
@@ -237,6 +242,13 @@ static bool run_schedule(uint64_t seed)
                 case 6:
                     sim_set_disk(s, i, 0, (unsigned)pick(s, 30));
                     break;
+                case 7: /* writes fail, maybe only their log part */
+                    sim_disk_fail(s, i, 1 + (unsigned)pick(s, 3),
+                                  pick(s, 2) == 0);
+                    break;
+                case 8: /* a crash between the state and the log part */
+                    sim_crash_mid_write(s, i);
+                    break;
                 default:
                     if (pick(s, 4) == 0) { /* all nodes crash */
                         for (unsigned k = 0; k < n; k++) {
@@ -255,6 +267,7 @@ static bool run_schedule(uint64_t seed)
     unsigned nomem = g_nomem;
     g_nomem = 0;
     if (!sim_failed(s)) {
+        sim_set_disk_failures(s, 0);
         sim_heal(s);
         sim_reliable(s);
         for (unsigned k = 0; k < n; k++) {
@@ -274,15 +287,21 @@ static bool run_schedule(uint64_t seed)
     g_tot.installs += st.installs;
     g_tot.reads_ok += st.reads_ok;
     g_tot.reads_failed += st.reads_failed;
+    g_tot.crashes += st.write_crashes;
+    g_tot.disk_failures += st.disk_failures;
+    g_tot.write_crashes += st.write_crashes;
     g_tot.virtual_ms += sim_now(s);
     if (g_verbose || !ok) {
         printf(
             "schedule %llu: n=%u pre_vote=%d check_quorum=%d snap=%u "
-            "commit=%llu installs=%llu reads=%llu/%llu %s\n",
+            "commit=%llu installs=%llu reads=%llu/%llu disk_failures=%llu "
+            "write_crashes=%llu %s\n",
             (unsigned long long)seed, n, c.pre_vote, c.check_quorum,
             c.snapshot_every, (unsigned long long)sim_commit_max(s),
             (unsigned long long)st.installs, (unsigned long long)st.reads_ok,
-            (unsigned long long)st.reads_failed, ok ? "ok" : "FAILED");
+            (unsigned long long)st.reads_failed,
+            (unsigned long long)st.disk_failures,
+            (unsigned long long)st.write_crashes, ok ? "ok" : "FAILED");
     }
     if (!ok && g_verbose) {
         sim_dump(s, stdout);
@@ -325,7 +344,8 @@ static void test_soak_random_schedules_keep_invariants(void)
         "\nsoak: %llu schedules (seeds %llu..%llu) in %.2f s: %.0f "
         "schedules/s, %.0f virtual s; %llu failed\n"
         "soak: commits %llu, snapshot installs %llu, reads %llu ok / "
-        "%llu failed, crashes %llu, partitions %llu, transfers %llu\n",
+        "%llu failed, crashes %llu (%llu between a write's state and log "
+        "part), disk write failures %llu, partitions %llu, transfers %llu\n",
         (unsigned long long)g_tot.schedules, (unsigned long long)g_first,
         (unsigned long long)(g_first + g_tot.schedules - 1), dt,
         dt > 0 ? (double)g_tot.schedules / dt : 0.0,
@@ -333,13 +353,18 @@ static void test_soak_random_schedules_keep_invariants(void)
         (unsigned long long)g_tot.commits, (unsigned long long)g_tot.installs,
         (unsigned long long)g_tot.reads_ok,
         (unsigned long long)g_tot.reads_failed,
-        (unsigned long long)g_tot.crashes, (unsigned long long)g_tot.partitions,
+        (unsigned long long)g_tot.crashes,
+        (unsigned long long)g_tot.write_crashes,
+        (unsigned long long)g_tot.disk_failures,
+        (unsigned long long)g_tot.partitions,
         (unsigned long long)g_tot.transfers);
     CU_ASSERT(failed == 0);
     /* Every fault and feature must actually have been exercised. */
     CU_ASSERT(g_tot.schedules < 100 || g_tot.installs > 0);
     CU_ASSERT(g_tot.schedules < 100 || g_tot.reads_ok > 0);
     CU_ASSERT(g_tot.schedules < 100 || g_tot.crashes > 0);
+    CU_ASSERT(g_tot.schedules < 100 || g_tot.disk_failures > 0);
+    CU_ASSERT(g_tot.schedules < 100 || g_tot.write_crashes > 0);
     CU_ASSERT(g_nomem == 0 || g_failed_allocs > 0);
 }
 

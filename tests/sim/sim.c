@@ -18,21 +18,25 @@ struct disk_entry
     size_t len;                /* payload length */
 };
 
-/* What survives a crash: storage and the state machine written with it. */
+/* What survives a crash. Two parts, written and synced separately, the
+ * state part first (as kvserver does): the state machine (applied index,
+ * hash chain, values, snapshot, staging area) and the log (hard state,
+ * stored entries). */
 struct disk
 {
-    struct raft_hard_state hs; /* hard state */
-    uint64_t snap_index;       /* snapshot index */
-    uint64_t snap_term;        /* snapshot term */
-    uint8_t *snap;             /* snapshot bytes */
-    size_t snap_len;           /* their length */
-    struct disk_entry *log;    /* stored entries, consecutive */
+    struct raft_hard_state hs; /* log: hard state */
+    struct disk_entry *log;    /* log: stored entries, consecutive */
     size_t n;                  /* number */
     size_t cap;                /* allocated */
-    uint8_t *stage;            /* incoming snapshot being staged */
+    uint64_t snap_index;       /* state: snapshot index (the log's base) */
+    uint64_t snap_term;        /* state: snapshot term */
+    uint64_t snap_chain;       /* state: hash chain at the snapshot; its
+                                  bytes are made from it per stream */
+    uint8_t *stage;            /* state: incoming snapshot being staged */
     size_t stage_len;          /* bytes staged */
     uint64_t stage_index;      /* its index */
     uint64_t stage_term;       /* its term */
+    uint64_t stage_stream;     /* its sender's stream */
     uint64_t applied;          /* state machine: last applied index */
     uint64_t applied_term;     /* term of that entry */
     uint64_t chain;            /* state machine: hash chain of commands */
@@ -43,23 +47,32 @@ struct disk
 /* A simulated server. */
 struct node
 {
-    struct raft *r;              /* the core, NULL when down */
-    bool up;                     /* running */
-    bool connected;              /* all links up (lab's connected[i]) */
-    unsigned incarnation;        /* bumped at each crash */
-    struct disk d;               /* persisted state */
-    bool busy;                   /* an update is being written */
-    struct raft_update u;        /* that update */
-    struct raft_message **inbox; /* messages that arrived while busy */
-    size_t n_inbox;              /* number */
-    size_t cap_inbox;            /* allocated */
-    uint64_t cookies[256];       /* requests stepped since the last update */
-    uint64_t cookie_from[256];   /* their senders */
-    int cookie_type[256];        /* their types */
-    size_t n_cookies;            /* number */
-    uint64_t last_commit;        /* commit index last seen (monotonic) */
-    unsigned disk_min;           /* write latency range */
-    unsigned disk_max;           /* ... */
+    struct raft *r;       /* the core, NULL when down */
+    bool up;              /* running */
+    bool connected;       /* all links up (lab's connected[i]) */
+    unsigned incarnation; /* bumped at each crash */
+    struct disk d;        /* persisted state */
+    bool busy;            /* an update is being written (or held) */
+    struct raft_update u; /* that update */
+    bool frozen;          /* its write failed: held, retried later;
+                             the node refuses everything meanwhile */
+    bool state_done;      /* its state part is on disk already */
+    unsigned fail_next;   /* writes still to fail (sim_disk_fail) */
+    bool fail_log_only;   /* ... after their state part succeeded */
+    bool crash_mid;       /* crash between the parts of a write */
+    uint64_t stream_to[SIM_MAX_NODES]; /* snapshot stream sent to each */
+    uint64_t promise_term;             /* highest term it sent a vote in */
+    uint64_t promise_vote;             /* for whom (itself as candidate) */
+    struct raft_message **inbox;       /* messages that arrived while busy */
+    size_t n_inbox;                    /* number */
+    size_t cap_inbox;                  /* allocated */
+    uint64_t cookies[256];     /* requests stepped since the last update */
+    uint64_t cookie_from[256]; /* their senders */
+    int cookie_type[256];      /* their types */
+    size_t n_cookies;          /* number */
+    uint64_t last_commit;      /* commit index last seen (monotonic) */
+    unsigned disk_min;         /* write latency range */
+    unsigned disk_max;         /* ... */
 };
 
 /* A scheduled event: a message delivery or a write completion. */
@@ -71,6 +84,13 @@ struct event
     unsigned from;          /* sender (deliveries) */
     unsigned incarnation;   /* writer's incarnation (writes) */
     struct raft_message *m; /* message, NULL for a write completion */
+};
+
+/* Who led a term (Election Safety); a hash table, as terms may be huge. */
+struct leader_slot
+{
+    uint64_t term; /* key */
+    uint64_t id;   /* node number + 1; 0: slot free */
 };
 
 /* Globally known truth about one committed index. */
@@ -106,8 +126,11 @@ struct sim
     size_t cap_heap;                         /* allocated */
     uint64_t ev_seq;                         /* event counter */
     uint64_t cookie;                         /* cookie counter */
-    uint64_t *leaders;                       /* leaders[term] = id */
-    size_t cap_leaders;                      /* allocated */
+    uint64_t stream_seq;                     /* snapshot stream counter */
+    unsigned disk_fail;                      /* per-mille of writes failing */
+    struct leader_slot *leaders;             /* leader of each term */
+    size_t cap_leaders;                      /* slots (power of two) */
+    size_t n_leaders;                        /* used */
     struct gentry *gc;                       /* committed truth per index */
     size_t cap_gc;                           /* allocated */
     uint64_t gc_max;        /* highest committed index applied */
@@ -403,26 +426,45 @@ static void check_log_matching(struct sim *s,
     }
 }
 
+static struct leader_slot *leader_of(struct sim *s, uint64_t term)
+{
+    if (s->n_leaders * 2 >= s->cap_leaders) {
+        struct leader_slot *old = s->leaders;
+        size_t old_cap = s->cap_leaders;
+        s->cap_leaders = old_cap ? old_cap * 2 : 256;
+        s->leaders = xrealloc(NULL, s->cap_leaders * sizeof *s->leaders);
+        memset(s->leaders, 0, s->cap_leaders * sizeof *s->leaders);
+        s->n_leaders = 0;
+        for (size_t k = 0; k < old_cap; k++) {
+            if (old[k].id != 0) {
+                *leader_of(s, old[k].term) = old[k];
+                s->n_leaders++;
+            }
+        }
+        free(old);
+    }
+    size_t mask = s->cap_leaders - 1;
+    size_t k = mix64(term) & mask;
+    while (s->leaders[k].id != 0 && s->leaders[k].term != term) {
+        k = (k + 1) & mask;
+    }
+    return &s->leaders[k];
+}
+
 /* Election Safety and Leader Completeness (Figure 3). */
 static void check_new_leader(struct sim *s, unsigned i, uint64_t term)
 {
-    if (term >= s->cap_leaders) {
-        size_t cap = s->cap_leaders ? s->cap_leaders : 256;
-        while (cap <= term) {
-            cap *= 2;
-        }
-        s->leaders = xrealloc(s->leaders, cap * sizeof *s->leaders);
-        memset(s->leaders + s->cap_leaders, 0,
-               (cap - s->cap_leaders) * sizeof *s->leaders);
-        s->cap_leaders = cap;
-    }
-    if (s->leaders[term] != 0 && s->leaders[term] != i + 1) {
+    struct leader_slot *l = leader_of(s, term);
+    if (l->id != 0 && l->id != i + 1) {
         sim_fail(s, "election safety: nodes %llu and %u both lead term %llu",
-                 (unsigned long long)s->leaders[term] - 1, i,
-                 (unsigned long long)term);
+                 (unsigned long long)l->id - 1, i, (unsigned long long)term);
         return;
     }
-    s->leaders[term] = i + 1;
+    if (l->id == 0) {
+        s->n_leaders++;
+    }
+    l->term = term;
+    l->id = i + 1;
     struct raft *r = s->nodes[i].r;
     uint64_t first = raft_first_index(r);
     for (uint64_t idx = first; idx <= s->gc_max; idx++) {
@@ -515,7 +557,6 @@ static void disk_free(struct disk *d)
 {
     disk_drop_from(d, 0);
     free(d->log);
-    free(d->snap);
     free(d->stage);
     free(d->values);
     memset(d, 0, sizeof *d);
@@ -530,34 +571,56 @@ static uint64_t entry_value(const struct raft_entry *e)
     return v;
 }
 
-/* Snapshot bytes: index, term, chain, applied term, then a pattern. */
-static void make_snapshot(struct sim *s, struct disk *d)
+/* Byte @k of the snapshot (@index, @term, @chain) as produced for stream
+ * @stream: a header {index, term, chain, stream}, then a pattern of the
+ * chain, all masked by the stream. Two productions of one snapshot differ
+ * at almost every offset, as those of a node streaming its moving state
+ * do, so chunks of two streams mixed in one staging area are caught. */
+static uint8_t snap_mask(uint64_t stream, size_t k)
 {
-    size_t len = SNAP_HEADER + s->cfg.snapshot_pad;
-    uint8_t *b = xrealloc(NULL, len);
-    uint64_t hdr[4] = {d->applied, d->applied_term, d->chain, d->applied_term};
-    memcpy(b, hdr, SNAP_HEADER);
-    for (size_t k = SNAP_HEADER; k < len; k++) {
-        b[k] = (uint8_t)((d->chain >> (8 * (k % 8))) ^ k);
-    }
-    free(d->snap);
-    d->snap = b;
-    d->snap_len = len;
-    d->snap_index = d->applied;
-    d->snap_term = d->applied_term;
+    return (uint8_t)mix64(stream * 0x9e3779b97f4a7c15ULL + k);
 }
 
+static uint8_t snap_byte(const uint64_t hdr[4], size_t k)
+{
+    uint8_t plain = k < SNAP_HEADER ? (uint8_t)(hdr[k / 8] >> (8 * (k % 8)))
+                                    : (uint8_t)((hdr[2] >> (8 * (k % 8))) ^ k);
+    return plain ^ snap_mask(hdr[3], k);
+}
+
+static size_t snap_len(const struct sim *s)
+{
+    return SNAP_HEADER + s->cfg.snapshot_pad;
+}
+
+/* The state machine, as it is now, becomes the snapshot. */
+static void make_snapshot(struct disk *d)
+{
+    d->snap_index = d->applied;
+    d->snap_term = d->applied_term;
+    d->snap_chain = d->chain;
+}
+
+/* Check the staged bytes (of stream @stream) and read their header. */
 static bool parse_snapshot(struct sim *s,
                            const uint8_t *b,
                            size_t len,
+                           uint64_t stream,
                            uint64_t hdr[4])
 {
-    if (len != SNAP_HEADER + s->cfg.snapshot_pad) {
+    if (len != snap_len(s)) {
         return false;
     }
-    memcpy(hdr, b, SNAP_HEADER);
-    for (size_t k = SNAP_HEADER; k < len; k++) {
-        if (b[k] != (uint8_t)((hdr[2] >> (8 * (k % 8))) ^ k)) {
+    memset(hdr, 0, 4 * sizeof hdr[0]);
+    for (size_t k = 0; k < SNAP_HEADER; k++) {
+        uint8_t plain = b[k] ^ snap_mask(stream, k);
+        hdr[k / 8] |= (uint64_t)plain << (8 * (k % 8));
+    }
+    if (hdr[3] != stream) {
+        return false;
+    }
+    for (size_t k = 0; k < len; k++) {
+        if (b[k] != snap_byte(hdr, k)) {
             return false;
         }
     }
@@ -575,7 +638,9 @@ static bool node_ok(const struct sim *s, unsigned i)
     return s->nodes[i].up && !s->nodes[i].busy;
 }
 
-static void step_into(struct sim *s, unsigned i, struct raft_message *m)
+/* Step @m into node @i; a request gets a cookie and must get exactly one
+ * response, unless raft_step() fails (then the node answers an error). */
+static int step_raw(struct sim *s, unsigned i, struct raft_message *m)
 {
     struct node *nd = &s->nodes[i];
     bool req = m->type == RAFT_MSG_VOTE || m->type == RAFT_MSG_APPEND ||
@@ -583,7 +648,7 @@ static void step_into(struct sim *s, unsigned i, struct raft_message *m)
     if (req) {
         if (nd->n_cookies == 256) {
             sim_fail(s, "too many requests in one turn on node %u", i);
-            return;
+            return RAFT_EBUSY;
         }
         m->cookie = ++s->cookie;
         nd->cookies[nd->n_cookies] = m->cookie;
@@ -594,9 +659,18 @@ static void step_into(struct sim *s, unsigned i, struct raft_message *m)
     arm(true);
     int rv = raft_step(nd->r, m);
     arm(false);
-    if (rv != 0 && nomem_ok(s, rv)) {
-        nd->n_cookies -= req; /* no response: the node answers an error */
-    } else if (rv != 0) {
+    if (rv != 0) {
+        nd->n_cookies -= req;
+    }
+    return rv;
+}
+
+static void step_into(struct sim *s, unsigned i, struct raft_message *m)
+{
+    /* Only a term that jumps too far may be refused (after sim_inject). */
+    bool far = m->term > raft_term(s->nodes[i].r) + RAFT_TERM_MAX_JUMP;
+    int rv = step_raw(s, i, m);
+    if (rv != 0 && !nomem_ok(s, rv) && !(rv == RAFT_EINVAL && far)) {
         sim_fail(s, "node %u: raft_step(type %d) failed: %s", i, m->type,
                  raft_strerror(rv));
     }
@@ -641,7 +715,7 @@ static void check_pairing(struct sim *s,
     nd->n_cookies = 0;
 }
 
-static void complete_update(struct sim *s, unsigned i);
+static void attempt_write(struct sim *s, unsigned i);
 
 static void begin_update(struct sim *s, unsigned i)
 {
@@ -671,10 +745,11 @@ static void begin_update(struct sim *s, unsigned i)
         send_msg(s, i, &u->early[k]);
     }
     nd->busy = true;
+    nd->state_done = false;
     bool writes = u->hs_changed || u->n_entries || u->n_chunks || u->install ||
                   u->truncate_from;
     if (!writes || nd->disk_max == 0) {
-        complete_update(s, i);
+        attempt_write(s, i);
         return;
     }
     struct event ev = {0};
@@ -684,7 +759,11 @@ static void begin_update(struct sim *s, unsigned i)
     heap_push(s, ev);
 }
 
-static void persist(struct sim *s, unsigned i, const struct raft_update *u)
+/* The state part of a write: stage chunks, install a snapshot, apply the
+ * committed entries. kvserver commits it (LMDB) before the log part. */
+static void persist_state(struct sim *s,
+                          unsigned i,
+                          const struct raft_update *u)
 {
     struct disk *d = &s->nodes[i].d;
     for (size_t k = 0; k < u->n_chunks; k++) {
@@ -693,11 +772,16 @@ static void persist(struct sim *s, unsigned i, const struct raft_update *u)
             d->stage_len = 0;
             d->stage_index = c->index;
             d->stage_term = c->term;
+            d->stage_stream = c->stream;
         }
         if (c->index != d->stage_index || c->term != d->stage_term ||
-            c->offset != d->stage_len) {
-            sim_fail(s, "node %u: chunk at %llu does not continue staging", i,
-                     (unsigned long long)c->offset);
+            c->stream != d->stage_stream || c->offset != d->stage_len) {
+            sim_fail(s,
+                     "node %u: chunk at %llu (stream %llu) does not continue "
+                     "staging (stream %llu, %zu bytes)",
+                     i, (unsigned long long)c->offset,
+                     (unsigned long long)c->stream,
+                     (unsigned long long)d->stage_stream, d->stage_len);
             return;
         }
         d->stage = xrealloc(d->stage, d->stage_len + c->len + 1);
@@ -710,7 +794,7 @@ static void persist(struct sim *s, unsigned i, const struct raft_update *u)
         uint64_t hdr[4];
         if (d->stage_index != u->install_index ||
             d->stage_term != u->install_term ||
-            !parse_snapshot(s, d->stage, d->stage_len, hdr) ||
+            !parse_snapshot(s, d->stage, d->stage_len, d->stage_stream, hdr) ||
             hdr[0] != u->install_index || hdr[1] != u->install_term) {
             sim_fail(s, "node %u: staged snapshot is corrupt", i);
             return;
@@ -732,18 +816,44 @@ static void persist(struct sim *s, unsigned i, const struct raft_update *u)
         for (uint64_t idx = d->applied + 1; idx <= hdr[0]; idx++) {
             disk_set_value(d, idx, gc_at(s, idx)->value);
         }
-        free(d->snap);
-        d->snap = d->stage;
-        d->snap_len = d->stage_len;
-        d->stage = NULL;
         d->stage_len = 0;
-        d->snap_index = hdr[0];
-        d->snap_term = hdr[1];
         d->applied = hdr[0];
         d->applied_term = hdr[1];
         d->chain = hdr[2];
-        disk_drop_upto(d, hdr[0]);
+        make_snapshot(d);
         s->stats.installs++;
+    }
+    for (size_t k = 0; k < u->n_committed; k++) {
+        const struct raft_entry *e = &u->committed[k];
+        if (e->index != d->applied + 1) {
+            sim_fail(s, "node %u: applies %llu after %llu", i,
+                     (unsigned long long)e->index,
+                     (unsigned long long)d->applied);
+            return;
+        }
+        if (e->index > u->hs.commit) {
+            sim_fail(s, "node %u: applies %llu beyond commit %llu", i,
+                     (unsigned long long)e->index,
+                     (unsigned long long)u->hs.commit);
+            return;
+        }
+        uint64_t value = entry_value(e);
+        d->chain =
+            mix64(d->chain ^ hash_bytes(e->data, e->len, e->type) ^ e->term);
+        d->applied = e->index;
+        d->applied_term = e->term;
+        disk_set_value(d, e->index, value);
+        check_apply(s, i, e, value, d->chain);
+    }
+}
+
+/* The log part of a write: drop what a snapshot covers, truncate, append,
+ * write the hard state. One append and one sync in kvserver's WAL. */
+static void persist_log(struct sim *s, unsigned i, const struct raft_update *u)
+{
+    struct disk *d = &s->nodes[i].d;
+    if (u->install) {
+        disk_drop_upto(d, u->install_index);
     }
     if (u->truncate_from != 0) {
         disk_drop_from(d, u->truncate_from);
@@ -781,31 +891,9 @@ static void persist(struct sim *s, unsigned i, const struct raft_update *u)
     }
 }
 
-static void apply(struct sim *s, unsigned i, const struct raft_update *u)
+/* Completed reads: none may miss an index committed before it was issued. */
+static void answer_reads(struct sim *s, unsigned i, const struct raft_update *u)
 {
-    struct disk *d = &s->nodes[i].d;
-    for (size_t k = 0; k < u->n_committed; k++) {
-        const struct raft_entry *e = &u->committed[k];
-        if (e->index != d->applied + 1) {
-            sim_fail(s, "node %u: applies %llu after %llu", i,
-                     (unsigned long long)e->index,
-                     (unsigned long long)d->applied);
-            return;
-        }
-        if (e->index > u->hs.commit) {
-            sim_fail(s, "node %u: applies %llu beyond commit %llu", i,
-                     (unsigned long long)e->index,
-                     (unsigned long long)u->hs.commit);
-            return;
-        }
-        uint64_t value = entry_value(e);
-        d->chain =
-            mix64(d->chain ^ hash_bytes(e->data, e->len, e->type) ^ e->term);
-        d->applied = e->index;
-        d->applied_term = e->term;
-        disk_set_value(d, e->index, value);
-        check_apply(s, i, e, value, d->chain);
-    }
     for (size_t k = 0; k < u->n_reads; k++) {
         const struct raft_read *rd = &u->reads[k];
         if (!rd->ok) {
@@ -823,14 +911,21 @@ static void apply(struct sim *s, unsigned i, const struct raft_update *u)
     }
 }
 
-static void process_inbox(struct sim *s, unsigned i);
-static void pump(struct sim *s, unsigned i);
+static void drop_inbox(struct node *nd)
+{
+    for (size_t k = 0; k < nd->n_inbox; k++) {
+        msg_free(nd->inbox[k]);
+    }
+    nd->n_inbox = 0;
+}
 
-static void complete_update(struct sim *s, unsigned i)
+static void process_inbox(struct sim *s, unsigned i);
+
+/* Everything after a successful write: messages, advance, compaction. */
+static void finish_update(struct sim *s, unsigned i)
 {
     struct node *nd = &s->nodes[i];
-    persist(s, i, &nd->u);
-    apply(s, i, &nd->u);
+    answer_reads(s, i, &nd->u);
     for (size_t k = 0; k < nd->u.n_messages; k++) {
         send_msg(s, i, &nd->u.messages[k]);
     }
@@ -841,10 +936,12 @@ static void complete_update(struct sim *s, unsigned i)
         sim_fail(s, "node %u: raft_advance: %s", i, raft_strerror(rv));
     }
     nd->busy = false;
+    nd->frozen = false;
+    nd->state_done = false;
     struct disk *d = &nd->d;
     if (s->cfg.snapshot_every > 0 &&
         d->applied >= d->snap_index + s->cfg.snapshot_every) {
-        make_snapshot(s, d);
+        make_snapshot(d);
         if (d->snap_index > s->cfg.trailing) {
             disk_drop_upto(d, d->snap_index - s->cfg.trailing);
         }
@@ -860,6 +957,63 @@ static void complete_update(struct sim *s, unsigned i)
         }
     }
     process_inbox(s, i);
+}
+
+/* Write the outstanding update, as kvserver's node_persist does: the state
+ * part, then the log part. A failed write (sim_disk_fail, or at random)
+ * leaves nothing of the failed part on disk; the node holds the update,
+ * sends none of u.messages, refuses every message and call, and tries the
+ * same write again after retry_ms (node.c: freeze, on_retry). A crash
+ * between the parts (sim_crash_mid_write) keeps only the state part. */
+static void attempt_write(struct sim *s, unsigned i)
+{
+    struct node *nd = &s->nodes[i];
+    const struct raft_update *u = &nd->u;
+    bool has_state = u->n_chunks || u->install || u->n_committed;
+    bool has_log =
+        u->install || u->truncate_from || u->n_entries || u->hs_changed;
+    if (nd->crash_mid && has_state && has_log) {
+        if (!nd->state_done) {
+            persist_state(s, i, u);
+        }
+        nd->crash_mid = false;
+        s->stats.write_crashes++;
+        sim_crash(s, i);
+        return;
+    }
+    bool fail = false;
+    if (has_state || has_log) {
+        if (nd->fail_next > 0) {
+            nd->fail_next--;
+            fail = true;
+        } else if (chance(s, s->disk_fail)) {
+            fail = true;
+            nd->fail_log_only = chance(s, 500);
+            nd->fail_next = (unsigned)rnd_range(s, 0, 2); /* in a row */
+        }
+    }
+    if (!nd->state_done && (!fail || nd->fail_log_only)) {
+        persist_state(s, i, u);
+        nd->state_done = true;
+    }
+    if (s->failed) {
+        return;
+    }
+    if (fail) {
+        s->stats.disk_failures++;
+        nd->frozen = true;
+        drop_inbox(nd); /* what arrived during the write is refused */
+        struct event ev = {0};
+        ev.time = s->now + s->cfg.retry_ms;
+        ev.node = i;
+        ev.incarnation = nd->incarnation;
+        heap_push(s, ev);
+        return;
+    }
+    persist_log(s, i, u);
+    if (!s->failed) {
+        finish_update(s, i);
+    }
 }
 
 static void process_inbox(struct sim *s, unsigned i)
@@ -901,6 +1055,98 @@ static void schedule(struct sim *s,
     heap_push(s, ev);
 }
 
+/* What a message promises is on disk when it leaves (raft.h, persistence
+ * contract): its term (pre-vote excepted, which proposes term + 1), and a
+ * vote, given or asked for oneself; and no node votes twice in a term. */
+static void check_promise(struct sim *s,
+                          unsigned from,
+                          const struct raft_message *m)
+{
+    struct node *nd = &s->nodes[from];
+    const struct raft_hard_state *hs = &nd->d.hs;
+    bool pre = (m->type == RAFT_MSG_VOTE && m->u.vote.pre_vote) ||
+               (m->type == RAFT_MSG_VOTE_RESP && m->u.vote_resp.pre_vote);
+    if (!pre && m->term > hs->term) {
+        sim_fail(s,
+                 "node %u: sent a message (type %d) of term %llu with term "
+                 "%llu on disk",
+                 from, m->type, (unsigned long long)m->term,
+                 (unsigned long long)hs->term);
+        return;
+    }
+    uint64_t vote = 0;
+    if (m->type == RAFT_MSG_VOTE && !pre) {
+        vote = from + 1;
+    } else if (m->type == RAFT_MSG_VOTE_RESP && !pre &&
+               m->u.vote_resp.granted) {
+        vote = m->to;
+    }
+    if (vote == 0) {
+        return;
+    }
+    if (hs->term == m->term && hs->vote != vote) {
+        sim_fail(s,
+                 "node %u: sent its vote for %llu in term %llu, but its "
+                 "disk says %llu",
+                 from, (unsigned long long)vote, (unsigned long long)m->term,
+                 (unsigned long long)hs->vote);
+    }
+    if (nd->promise_term == m->term && nd->promise_vote != vote) {
+        sim_fail(s, "node %u: voted for %llu and %llu in term %llu", from,
+                 (unsigned long long)nd->promise_vote, (unsigned long long)vote,
+                 (unsigned long long)m->term);
+    }
+    if (m->term >= nd->promise_term) {
+        nd->promise_term = m->term;
+        nd->promise_vote = vote;
+    }
+}
+
+/* The sending node fills an InstallSnapshot chunk from its snapshot, with
+ * the stream it sends that follower: a new one at offset 0, after the
+ * sender restarted, or when it reopens its source (cfg.stream_reopen). */
+static struct raft_message *fill_chunk(struct sim *s,
+                                       unsigned from,
+                                       unsigned to,
+                                       const struct raft_message *m)
+{
+    struct node *nd = &s->nodes[from];
+    const struct disk *d = &nd->d;
+    const struct raft_snapshot *sn = &m->u.snapshot;
+    size_t size = snap_len(s);
+    if (sn->data != NULL || sn->stream != 0) {
+        sim_fail(s, "node %u: the core filled a chunk itself", from);
+        return NULL;
+    }
+    if (d->snap_index != sn->index || d->snap_term != sn->term ||
+        sn->offset > size) {
+        return NULL; /* it no longer has that snapshot: dropped */
+    }
+    if (sn->offset == 0 || nd->stream_to[to] == 0 ||
+        chance(s, s->cfg.stream_reopen)) {
+        nd->stream_to[to] = ++s->stream_seq;
+    }
+    uint64_t hdr[4] = {d->snap_index, d->snap_term, d->snap_chain,
+                       nd->stream_to[to]};
+    size_t len = size - sn->offset;
+    if (len > sn->max_len) {
+        len = sn->max_len;
+    }
+    uint8_t *buf = xrealloc(NULL, len + 1);
+    for (size_t k = 0; k < len; k++) {
+        buf[k] = snap_byte(hdr, sn->offset + k);
+    }
+    struct raft_message tmp = *m;
+    tmp.u.snapshot.stream = hdr[3];
+    tmp.u.snapshot.data = buf;
+    tmp.u.snapshot.len = len;
+    tmp.u.snapshot.done = sn->offset + len == size;
+    s->stats.snap_chunks++;
+    struct raft_message *c = msg_copy(&tmp);
+    free(buf);
+    return c;
+}
+
 static void send_msg(struct sim *s, unsigned from, const struct raft_message *m)
 {
     unsigned to = (unsigned)m->to - 1;
@@ -914,25 +1160,13 @@ static void send_msg(struct sim *s, unsigned from, const struct raft_message *m)
                  (unsigned long long)m->to);
         return;
     }
+    check_promise(s, from, m);
     struct raft_message *c;
     if (m->type == RAFT_MSG_SNAPSHOT) {
-        /* The sending node fills the chunk from its own snapshot. */
-        const struct disk *d = &s->nodes[from].d;
-        const struct raft_snapshot *sn = &m->u.snapshot;
-        if (m->u.snapshot.data != NULL || d->snap_index != sn->index ||
-            d->snap_term != sn->term || sn->offset > d->snap_len) {
+        c = fill_chunk(s, from, to, m);
+        if (c == NULL) {
             return;
         }
-        struct raft_message tmp = *m;
-        size_t len = d->snap_len - sn->offset;
-        if (len > sn->max_len) {
-            len = sn->max_len;
-        }
-        tmp.u.snapshot.data = d->snap + sn->offset;
-        tmp.u.snapshot.len = len;
-        tmp.u.snapshot.done = sn->offset + len == d->snap_len;
-        s->stats.snap_chunks++;
-        c = msg_copy(&tmp);
     } else {
         if (m->type == RAFT_MSG_APPEND) {
             for (size_t k = 0; k < m->u.append.n_entries; k++) {
@@ -962,12 +1196,12 @@ static void handle_event(struct sim *s, struct event *ev)
     struct node *nd = &s->nodes[ev->node];
     if (ev->m == NULL) {
         if (nd->up && nd->busy && ev->incarnation == nd->incarnation) {
-            complete_update(s, ev->node);
+            attempt_write(s, ev->node);
         }
         return;
     }
-    if (!nd->up || !s->link[ev->from][ev->node]) {
-        msg_free(ev->m);
+    if (!nd->up || nd->frozen || !s->link[ev->from][ev->node]) {
+        msg_free(ev->m); /* a frozen node refuses requests, drops replies */
         return;
     }
     if (nd->busy) {
@@ -983,6 +1217,33 @@ static void handle_event(struct sim *s, struct event *ev)
 }
 
 /* ---- lifecycle --------------------------------------------------------- */
+
+/* At start, like kvserver's pick_entries(): the state machine (applied at
+ * a, term at) is a snapshot; the stored log goes with it if it holds
+ * (a, at), or starts right after a snapshot at a. Otherwise a crash fell
+ * between the state and the log part of a write (the state has entries
+ * or a snapshot the log lacks): the log is of another branch or too short,
+ * and nothing of it after a can be committed; keep only the state. */
+static void recover_disk(struct disk *d)
+{
+    uint64_t a = d->applied;
+    uint64_t at = d->applied_term;
+    uint64_t first = d->n > 0 ? d->log[0].index : 0;
+    uint64_t last = d->n > 0 ? d->log[d->n - 1].index : 0;
+    bool holds;
+    if (a == 0) {
+        holds = true;
+    } else if (d->n > 0 && first <= a && a <= last) {
+        holds = d->log[a - first].term == at && first <= d->snap_index + 1;
+    } else {
+        holds = d->snap_index == a && d->snap_term == at &&
+                (d->n == 0 || first == a + 1);
+    }
+    if (!holds) {
+        disk_drop_from(d, 0);
+        make_snapshot(d);
+    }
+}
 
 static void start_node(struct sim *s, unsigned i)
 {
@@ -1013,6 +1274,18 @@ static void start_node(struct sim *s, unsigned i)
         return;
     }
     struct disk *d = &nd->d;
+    recover_disk(d);
+    if (d->hs.term < nd->promise_term ||
+        (d->hs.term == nd->promise_term && d->hs.vote != nd->promise_vote)) {
+        sim_fail(s,
+                 "node %u: restarts with term %llu vote %llu on disk, but "
+                 "it sent a vote for %llu in term %llu",
+                 i, (unsigned long long)d->hs.term,
+                 (unsigned long long)d->hs.vote,
+                 (unsigned long long)nd->promise_vote,
+                 (unsigned long long)nd->promise_term);
+        return;
+    }
     struct raft_entry *es = xrealloc(NULL, (d->n + 1) * sizeof *es);
     for (size_t k = 0; k < d->n; k++) {
         es[k].term = d->log[k].term;
@@ -1023,6 +1296,9 @@ static void start_node(struct sim *s, unsigned i)
     }
     struct raft_persisted p = {0};
     p.hs = d->hs;
+    if (p.hs.commit < d->applied) {
+        p.hs.commit = d->applied; /* what is applied is committed */
+    }
     p.snap_index = d->snap_index;
     p.snap_term = d->snap_term;
     p.applied = d->applied;
@@ -1041,6 +1317,8 @@ static void start_node(struct sim *s, unsigned i)
     nd->last_commit = raft_commit_index(nd->r);
     nd->up = true;
     nd->busy = false;
+    nd->frozen = false;
+    nd->state_done = false;
     nd->n_cookies = 0;
 }
 
@@ -1067,6 +1345,10 @@ struct sim *sim_new(const struct sim_config *cfg)
     if (s->cfg.chunk_bytes == 0) {
         s->cfg.chunk_bytes = 64;
     }
+    if (s->cfg.retry_ms == 0) {
+        s->cfg.retry_ms = 1000;
+    }
+    s->disk_fail = cfg->disk_fail;
     s->rng = cfg->seed;
     s->now = 1000;
     sim_reliable(s);
@@ -1115,16 +1397,16 @@ void sim_crash(struct sim *s, unsigned i)
     if (!nd->up) {
         return;
     }
-    raft_free(nd->r); /* an outstanding update is lost */
+    raft_free(nd->r); /* an outstanding (or held) update is lost */
     nd->r = NULL;
     nd->up = false;
     nd->busy = false;
+    nd->frozen = false;
+    nd->state_done = false;
     nd->incarnation++;
     nd->n_cookies = 0;
-    for (size_t k = 0; k < nd->n_inbox; k++) {
-        msg_free(nd->inbox[k]);
-    }
-    nd->n_inbox = 0;
+    memset(nd->stream_to, 0, sizeof nd->stream_to);
+    drop_inbox(nd);
 }
 
 void sim_restart(struct sim *s, unsigned i)
@@ -1137,16 +1419,10 @@ void sim_wipe(struct sim *s, unsigned i)
 {
     struct node *nd = &s->nodes[i];
     sim_crash(s, i);
-    struct disk *d = &nd->d;
-    for (size_t k = 0; k < d->n; k++) {
-        free(d->log[k].data);
-    }
-    free(d->log);
-    free(d->snap);
-    free(d->stage);
-    free(d->values);
-    memset(d, 0, sizeof *d);
-    nd->last_commit = 0; /* its commit index legitimately starts over */
+    disk_free(&nd->d);
+    nd->last_commit = 0;  /* its commit index legitimately starts over */
+    nd->promise_term = 0; /* and so do its votes (raft.c: fresh) */
+    nd->promise_vote = 0;
     start_node(s, i);
 }
 
@@ -1294,6 +1570,49 @@ void sim_partition(struct sim *s, const int *group)
             s->link[i][j] = group[i] == group[j];
         }
     }
+}
+
+void sim_disk_fail(struct sim *s, unsigned i, unsigned times, bool log_only)
+{
+    s->nodes[i].fail_next = times;
+    s->nodes[i].fail_log_only = log_only;
+}
+
+void sim_crash_mid_write(struct sim *s, unsigned i)
+{
+    s->nodes[i].crash_mid = true;
+}
+
+void sim_set_disk_failures(struct sim *s, unsigned permille)
+{
+    s->disk_fail = permille;
+    if (permille == 0) {
+        for (unsigned i = 0; i < s->cfg.n; i++) {
+            s->nodes[i].fail_next = 0;
+            s->nodes[i].crash_mid = false;
+        }
+    }
+}
+
+bool sim_frozen(const struct sim *s, unsigned i)
+{
+    return s->nodes[i].up && s->nodes[i].frozen;
+}
+
+int sim_inject(struct sim *s, unsigned i, const struct raft_message *m)
+{
+    if (!node_ok(s, i)) {
+        return RAFT_EBUSY;
+    }
+    struct raft_message c = *m;
+    int rv = step_raw(s, i, &c);
+    if (rv != 0 && rv != RAFT_EINVAL && !nomem_ok(s, rv)) {
+        sim_fail(s, "node %u: raft_step(forged type %d): %s", i, m->type,
+                 raft_strerror(rv));
+    }
+    s->stats.injected++;
+    pump(s, i);
+    return rv;
 }
 
 /* ---- observations ------------------------------------------------------ */

@@ -30,6 +30,11 @@ struct sim_config
     size_t snapshot_pad;     /* padding bytes in each snapshot */
     unsigned disk_min_ms;    /* write latency range (0,0: instant) */
     unsigned disk_max_ms;    /* ... */
+    unsigned disk_fail;      /* per-mille of writes that fail (then the
+                                node retries; see sim_disk_fail) */
+    unsigned retry_ms;       /* a failed write is retried after (1000) */
+    unsigned stream_reopen;  /* per-mille of snapshot chunks after offset 0
+                                for which the sender reopens its stream */
     bool tolerate_nomem;     /* RAFT_ENOMEM from the core is not a failure */
 };
 
@@ -51,13 +56,16 @@ struct sim_net
 /* Message statistics since the last sim_reset_stats(). */
 struct sim_stats
 {
-    uint64_t requests;     /* request messages sent (RPC count) */
-    uint64_t messages;     /* all messages sent */
-    uint64_t entry_bytes;  /* entry payload bytes in AppendEntries */
-    uint64_t snap_chunks;  /* InstallSnapshot chunks sent */
-    uint64_t installs;     /* snapshots installed by followers */
-    uint64_t reads_ok;     /* ReadIndex requests that completed */
-    uint64_t reads_failed; /* ReadIndex requests that failed */
+    uint64_t requests;      /* request messages sent (RPC count) */
+    uint64_t messages;      /* all messages sent */
+    uint64_t entry_bytes;   /* entry payload bytes in AppendEntries */
+    uint64_t snap_chunks;   /* InstallSnapshot chunks sent */
+    uint64_t installs;      /* snapshots installed by followers */
+    uint64_t reads_ok;      /* ReadIndex requests that completed */
+    uint64_t reads_failed;  /* ReadIndex requests that failed */
+    uint64_t disk_failures; /* writes that failed (each one retried) */
+    uint64_t write_crashes; /* crashes between a write's state and log part */
+    uint64_t injected;      /* forged messages stepped in (sim_inject) */
 };
 
 struct sim;
@@ -87,6 +95,29 @@ void sim_wipe(struct sim *s, unsigned i); /* restart with nothing persisted */
 bool sim_up(const struct sim *s, unsigned i);
 bool sim_connected(const struct sim *s, unsigned i);
 void sim_set_disk(struct sim *s, unsigned i, unsigned min_ms, unsigned max_ms);
+
+/* Disk faults, as a kvserver node meets them. A write is two parts synced
+ * one after the other: the state machine (chunks, install, applied
+ * entries), then the log (truncate, entries, hard state). A failed write
+ * leaves its failed part unwritten; the node keeps the update (u.early
+ * already left), sends none of u.messages, refuses every message and call,
+ * and writes the same update again after cfg.retry_ms. */
+/* The next @times writes of node @i that write anything fail (0: none);
+ * with @log_only each writes its state part and fails the log part. */
+void sim_disk_fail(struct sim *s, unsigned i, unsigned times, bool log_only);
+/* Node @i crashes during its next write that has both parts, after the
+ * state part: it restarts with the state part and without the log part. */
+void sim_crash_mid_write(struct sim *s, unsigned i);
+/* Per-mille of writes (on every node) that fail at random, each followed
+ * by up to two more failures in a row; 0 also disarms the faults above. */
+void sim_set_disk_failures(struct sim *s, unsigned permille);
+bool sim_frozen(const struct sim *s, unsigned i); /* holding a failed write */
+
+/* Step a forged message into node @i now, whatever the links (m->to must
+ * be @i + 1, m->from another node). A request gets a cookie, so its
+ * response is checked like any other.
+ * @return raft_step()'s result, or RAFT_EBUSY if @i is down or writing. */
+int sim_inject(struct sim *s, unsigned i, const struct raft_message *m);
 
 /* Observations. */
 struct raft *sim_raft(struct sim *s, unsigned i); /* NULL when down */

@@ -41,6 +41,15 @@
  *   - Buffers in an update (entries, messages, chunk data) stay valid until
  *     raft_advance(). If the node crashes before the write completed it
  *     simply restarts from what it had persisted.
+ *   - The write may be two, each synced: first the state machine part
+ *     (chunks, install, u.committed[]), then the log part (dropping and
+ *     truncating, u.entries[], u.hs). A crash between them leaves the state
+ *     machine ahead of the log: restart from the state as a snapshot at its
+ *     applied index, with the stored entries that go with it (those holding
+ *     that index and term, or starting right after it) or none.
+ *     raft_restore() takes that snapshot's term if the hard state is older.
+ *   - A write that fails: keep the update, send none of u.messages[], call
+ *     only getters on the core, and write the same update again later.
  *
  * REQUEST/RESPONSE PAIRING
  *   Each request stepped in (RAFT_MSG_VOTE incl. pre-vote, RAFT_MSG_APPEND
@@ -52,6 +61,28 @@
  *   produces no response: the node answers that RPC with an error itself.
  *   Requests produced by the core carry cookie 0.
  */
+
+/* Terms are bounded. Each election adds one to the term, so a real cluster
+ * stays far below 2^62 (one election per millisecond would take over 100
+ * million years to get there). A larger term can only come from a forged or
+ * damaged message or file: raft_step() refuses a message that has or
+ * carries one, and raft_restore() refuses persisted state that holds one.
+ * The core never makes a term above it: a node at RAFT_TERM_MAX no longer
+ * campaigns (and term + 1 never overflows). */
+#define RAFT_TERM_MAX (UINT64_C(1) << 62)
+
+/* The most a message may raise a node's term in one step. A message whose
+ * term is further above the node's term is refused (RAFT_EINVAL, no
+ * response); if it is a kind that would have raised the term, the node
+ * raises its own term by exactly this much (becoming a follower, no vote,
+ * no leader), which is always safe in Raft. Why: without it a single
+ * forged message at a term just below RAFT_TERM_MAX would use up every
+ * term and end elections for good; with it, that takes 2^30 of them. A
+ * real cluster never gets 2^32 terms ahead of a member (that many
+ * elections take decades), and a node that is that far behind anyway (it
+ * was down or wiped while forged messages raised the cluster's term)
+ * still catches up, one step per message it hears. */
+#define RAFT_TERM_MAX_JUMP (UINT64_C(1) << 32)
 
 /* Error codes returned by raft_* functions. */
 enum raft_error {
@@ -151,14 +182,26 @@ struct raft_append_resp
 };
 
 /* InstallSnapshot chunk (Figure 13, chunked). The leader core leaves data
- * NULL and len 0: the caller fills data/len (at most max_len bytes) from
- * its snapshot at `index` starting at `offset`, and done when that chunk
- * ends the snapshot (offset + len == size; an empty final chunk is fine).
- * A caller without that snapshot drops the message. One chunk is in flight
- * per follower; the follower answers with the next offset it expects, 0
- * for a transfer it does not know (so an interrupted one restarts), and the
- * leader resends from the last offset asked for after a heartbeat interval
- * without progress. */
+ * NULL, len 0 and stream 0: the caller fills data/len (at most max_len
+ * bytes) from its snapshot at `index` starting at `offset`, done when that
+ * chunk ends the snapshot (offset + len == size; an empty final chunk is
+ * fine), and stream. A caller without that snapshot drops the message.
+ *
+ * The bytes of a snapshot at one index need not be the same each time the
+ * caller produces them (a node that streams its state machine as of its
+ * applied index, which moves on). `stream` names one production of the
+ * bytes: the caller picks a new value each time it starts producing them
+ * anew (at offset 0, or when it reopens its source at any offset) and sends
+ * every chunk of that production with it. The follower stages a chunk at
+ * offset > 0 only if it continues the chunks it staged with the same
+ * index, term and stream; so a late chunk of an earlier production is
+ * never mixed into a newer one.
+ *
+ * One chunk is in flight per follower; the follower answers with the next
+ * offset it expects, 0 for a transfer it does not know (another index,
+ * term or stream: so an interrupted or reopened one restarts from 0), and
+ * the leader resends from the last offset asked for after a heartbeat
+ * interval without progress. */
 struct raft_snapshot
 {
     uint64_t index;   /* last index covered by the snapshot */
@@ -166,6 +209,10 @@ struct raft_snapshot
     uint64_t offset;  /* byte offset of this chunk */
     size_t max_len;   /* largest chunk the caller may put in */
     uint64_t seq;     /* round number, echoed (ReadIndex) */
+    uint64_t stream;  /* identity of the byte stream this chunk belongs to:
+                         set by the sending caller when it fills data, a
+                         new value each time it starts producing the
+                         snapshot's bytes anew (0 from the leader core) */
     const void *data; /* chunk bytes (filled by the sending caller) */
     size_t len;       /* chunk length */
     bool done;        /* last chunk */
@@ -206,6 +253,8 @@ struct raft_snapshot_chunk
 {
     uint64_t index;   /* snapshot index */
     uint64_t term;    /* snapshot term */
+    uint64_t stream;  /* the sender's stream (struct raft_snapshot); every
+                         chunk after offset 0 has the same as that one */
     uint64_t offset;  /* byte offset; 0 starts a new staging area */
     const void *data; /* chunk bytes */
     size_t len;       /* chunk length */
@@ -306,7 +355,8 @@ void raft_free(struct raft *r);
  * Load persisted state; call once, right after raft_new().
  * @p: persisted state; entry data is copied.
  * @return 0, RAFT_EINVAL (a gap between snapshot and log, commit beyond the
- * log, ...) or RAFT_ENOMEM. On error the core must be freed.
+ * log, a term above RAFT_TERM_MAX, ...: raft_errmsg() says what) or
+ * RAFT_ENOMEM. On error the core must be freed.
  */
 int raft_restore(struct raft *r, const struct raft_persisted *p);
 
@@ -329,9 +379,12 @@ uint64_t raft_next_timeout(const struct raft *r);
  * update, with @m's cookie. Leases and timers use the time of the last
  * raft_tick(), so tick before stepping what a loop turn gathered.
  * @m: the message; borrowed for the call only (entries and data copied).
- * @return 0, RAFT_EINVAL (not for this node, unknown sender, malformed),
- * RAFT_EBUSY or RAFT_ENOMEM (the message may be partly applied, with no
- * response: safe, as if the response were lost).
+ * @return 0, RAFT_EINVAL (not for this node, unknown sender, malformed, a
+ * term above RAFT_TERM_MAX: nothing changed; or a term more than
+ * RAFT_TERM_MAX_JUMP above ours: only our term may move, see there;
+ * raft_errmsg() says which term), RAFT_EBUSY or RAFT_ENOMEM (the message
+ * may be partly applied, with no response: safe, as if the response were
+ * lost).
  */
 int raft_step(struct raft *r, const struct raft_message *m);
 
