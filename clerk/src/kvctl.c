@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "clerk/clerk.h"
@@ -138,12 +139,17 @@ static const struct
      "    reorder=P[:MIN-MAX] hold a share P of replies back (200-2200 ms)\n"
      "    unreliable         drop-request=0.1 drop-reply=0.1 delay=0-27\n"
      "    none               remove the rule\n"
-     "  Prints the rules in force with what each has done so far.\n"},
+     "    seed=N             seed the random choices (drops, delays, the\n"
+     "                       time a cut call takes to fail) with N\n"
+     "  Prints the seed it used (seed=N; drawn from the clock unless\n"
+     "  given: the same seed gives each rule the same random sequence),\n"
+     "  then the rules in force with what each has done so far.\n"},
     {"partition",
-     "kvctl partition IDS IDS...\n  Cut every link between nodes of "
-     "different groups (IDS is a\n  comma-separated list of node ids; a "
+     "kvctl partition IDS IDS... [seed=N]\n  Cut every link between nodes "
+     "of different groups (IDS is a\n  comma-separated list of node ids; a "
      "node in no group is alone),\n  replacing earlier faults. Needs "
-     "--enable-fault-injection.\n  Example: kvctl partition 1,2 3,4,5\n"},
+     "--enable-fault-injection. Prints\n  the seed of the cut calls' random "
+     "failure times (seed=N).\n  Example: kvctl partition 1,2 3,4,5\n"},
     {"heal", "kvctl heal\n  Remove every injected fault on every node.\n"},
     {"help",
      "kvctl help [COMMAND]\n  The usage of kvctl or of one "
@@ -760,14 +766,60 @@ static void print_rules(uint64_t node,
     }
 }
 
+/* The seed of a fault command's random choices: a word seed=N among
+ * t[from..*n) (taken out of them), else one drawn from the clock. Never 0
+ * (0 would let each node draw its own). */
+static int take_seed(struct tok *t, int *n, int from, uint64_t *seed)
+{
+    *seed = 0;
+    for (int i = from; i < *n; i++) {
+        if (strncmp(t[i].p, "seed=", 5) != 0) {
+            continue;
+        }
+        const char *v = t[i].p + 5;
+        char *end;
+        errno = 0;
+        unsigned long long s = strtoull(v, &end, 10);
+        if (errno || end == v || *end || s == 0 || v[0] == '-') {
+            return usage_error("seed=N needs a number above 0");
+        }
+        *seed = s;
+        memmove(&t[i], &t[i + 1], (size_t)(*n - i - 1) * sizeof *t);
+        (*n)--;
+        i--;
+    }
+    if (!*seed) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        *seed = ((uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec) ^
+                ((uint64_t)getpid() << 32);
+        *seed = *seed ? *seed : 1;
+    }
+    return EXIT_OK;
+}
+
+/* Node id's share of a command's seed: every node draws its own
+ * sequence, all of them given by the one seed printed. */
+static uint64_t node_seed(uint64_t seed, uint64_t id)
+{
+    uint64_t s = seed + id * 0x9E3779B97F4A7C15ull;
+    return s ? s : 1;
+}
+
 /* Send each chosen node its rules (after clearing its old ones if asked)
- * and print the rules in force; stops at the first refusal. */
+ * and print the rules in force; stops at the first refusal. When rules
+ * are set, the seed of their random choices is printed first (seed=N
+ * on the command line repeats them). */
 static int apply_rules(struct clerk *ck,
                        const struct node_rules *nodes,
                        size_t n_nodes,
-                       bool clear)
+                       bool clear,
+                       uint64_t seed)
 {
-    bool first = true;
+    bool first = true, any_rules = false;
+    for (size_t i = 0; i < n_nodes; i++) {
+        any_rules = any_rules || (nodes[i].chosen && nodes[i].n > 0);
+    }
     for (size_t i = 0; i < n_nodes; i++) {
         const struct node_rules *nr = &nodes[i];
         if (!nr->chosen) {
@@ -775,8 +827,8 @@ static int apply_rules(struct clerk *ck,
         }
         struct clerk_fault *now = NULL;
         size_t n_now = 0;
-        int err = clerk_fault(ck, nr->server, clear, nr->rules, nr->n, 0, &now,
-                              &n_now);
+        int err = clerk_fault(ck, nr->server, clear, nr->rules, nr->n,
+                              node_seed(seed, nr->id), &now, &n_now);
         if (err) {
             if (fmt == FMT_JSON && !first) {
                 puts("]}"); /* end the answer of the nodes already changed */
@@ -786,7 +838,14 @@ static int apply_rules(struct clerk *ck,
         if (fmt == FMT_JSON && first) {
             /* Opened only now: a refusal by the first node is one error
              * object, not an "ok" answer with the error inside it. */
-            fputs("{\"ok\":true,\"nodes\":[", stdout);
+            if (any_rules) {
+                printf("{\"ok\":true,\"seed\":%llu,\"nodes\":[",
+                       (unsigned long long)seed);
+            } else {
+                fputs("{\"ok\":true,\"nodes\":[", stdout);
+            }
+        } else if (first && any_rules) {
+            printf("seed=%llu\n", (unsigned long long)seed);
         }
         print_rules(nr->id, now, n_now, first);
         clerk_free(now);
@@ -806,9 +865,14 @@ static int cmd_fault(struct clerk *ck, struct tok *t, int n)
             "usage: kvctl fault NODE show|clear|TARGET SPEC... "
             "(see kvctl help fault)");
     }
+    uint64_t seed;
+    int rv = take_seed(t, &n, 3, &seed);
+    if (rv != EXIT_OK) {
+        return rv;
+    }
     struct node_rules nodes[MAX_NODES];
     size_t n_nodes;
-    int rv = resolve_nodes(ck, t[1].p, nodes, &n_nodes);
+    rv = resolve_nodes(ck, t[1].p, nodes, &n_nodes);
     if (rv != EXIT_OK) {
         return rv;
     }
@@ -857,12 +921,17 @@ static int cmd_fault(struct clerk *ck, struct tok *t, int n)
             nr->rules[nr->n++].target = one;
         }
     }
-    return apply_rules(ck, nodes, n_nodes, clear);
+    return apply_rules(ck, nodes, n_nodes, clear, seed);
 }
 
 /* kvctl partition GROUP GROUP...: each node reaches only its own group. */
 static int cmd_partition(struct clerk *ck, struct tok *t, int n)
 {
+    uint64_t seed;
+    int rv = take_seed(t, &n, 1, &seed);
+    if (rv != EXIT_OK) {
+        return rv;
+    }
     if (n < 2) {
         return usage_error(
             "usage: kvctl partition IDS [IDS...] "
@@ -870,7 +939,7 @@ static int cmd_partition(struct clerk *ck, struct tok *t, int n)
     }
     struct node_rules nodes[MAX_NODES];
     size_t n_nodes;
-    int rv = resolve_nodes(ck, "all", nodes, &n_nodes);
+    rv = resolve_nodes(ck, "all", nodes, &n_nodes);
     if (rv != EXIT_OK) {
         return rv;
     }
@@ -910,7 +979,7 @@ static int cmd_partition(struct clerk *ck, struct tok *t, int n)
         }
     }
     /* Replace whatever cut the links before. */
-    return apply_rules(ck, nodes, n_nodes, true);
+    return apply_rules(ck, nodes, n_nodes, true, seed);
 }
 
 static int command_help(const char *name)
@@ -1025,7 +1094,7 @@ static int run_command(struct clerk *ck, struct tok *t, int n)
         struct node_rules nodes[MAX_NODES];
         size_t n_nodes;
         int rv = resolve_nodes(ck, "all", nodes, &n_nodes);
-        return rv != EXIT_OK ? rv : apply_rules(ck, nodes, n_nodes, true);
+        return rv != EXIT_OK ? rv : apply_rules(ck, nodes, n_nodes, true, 1);
     }
     if (!strcmp(cmd, "help")) {
         if (n == 1) {

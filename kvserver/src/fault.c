@@ -113,8 +113,11 @@ static void set_target(struct kv_node *n,
         snprintf(whose, sizeof whose, "to node %" PRIu64, target);
     }
     describe(now ? now : &(struct rpc_faults){0}, what, sizeof what);
-    rpc_logf(RPC_LOG_WARN, "node %" PRIu64 ": fault injection: calls %s:%s",
-             n->cfg.id, whose, what);
+    /* The seed, so that a run's random choices can be repeated. */
+    rpc_logf(RPC_LOG_WARN,
+             "node %" PRIu64 ": fault injection: calls %s:%s (seed %" PRIu64
+             ")",
+             n->cfg.id, whose, what, seed);
 }
 
 static void handle_fault(Raftkv__AdminService_Service *svc,

@@ -14,6 +14,7 @@
 #include "faults.h"
 
 faults_packet_cut_fn faults_packet_cut;
+faults_packet_drops_fn faults_packet_drops;
 
 #define MAX_CLIENTS    32
 #define NEMESIS_MIN_MS 1000 /* the lab's partition period: 1-1.2 s */
@@ -81,6 +82,7 @@ struct world
     uint64_t kills, pauses, partitions;
     uint64_t inj_cut, inj_drop_req, inj_drop_rep, inj_delay, inj_dup,
         inj_reorder;
+    uint64_t packet_drops; /* packets the filter dropped (netns) */
 };
 
 static void fail(struct world *w, const char *fmt, ...)
@@ -281,13 +283,13 @@ static void start_node(struct world *w, size_t i)
     }
 }
 
-/* A restarted node listens after a moment; give it its rules then. */
+/* Restart nodes (h_node_start returns once each listens) and give them
+ * their rules. */
 static void restart_and_apply(struct world *w, const size_t *nodes, size_t n)
 {
     for (size_t k = 0; k < n; k++) {
         start_node(w, nodes[k]);
     }
-    h_sleep_ms(150);
     for (size_t k = 0; k < n; k++) {
         apply_node(w, nodes[k]);
     }
@@ -335,15 +337,22 @@ static void nemesis_step(struct world *w, enum nemesis kind)
         case NEM_NONE:
             break;
         case NEM_RANDOM_HALVES:
-        case NEM_PACKETS:
-            for (size_t i = 0; i < n; i++) {
-                group[i] = rand_r(&w->rng) % 2;
+        case NEM_PACKETS: {
+            /* Each node on a random side; drawn again when every node
+             * landed on the same side, so that each round cuts links. */
+            bool split = false;
+            while (!split) {
+                for (size_t i = 0; i < n; i++) {
+                    group[i] = rand_r(&w->rng) % 2;
+                    split = split || (i && group[i] != group[0]);
+                }
             }
             set_groups(w, group);
             apply_links(w);
             pthread_mutex_unlock(&w->lock);
             nap(w, period(w));
             return; /* the next round re-partitions; heal at the end */
+        }
         case NEM_KILL_ONE:
         case NEM_KILL_MINORITY:
         case NEM_KILL_ALL: {
@@ -412,6 +421,13 @@ static void nemesis_step(struct world *w, enum nemesis kind)
             /* Ring: node p[k] reaches p[k-1] and p[k+1]. Bridge: p[0..h-1]
              * and p[h+1..] apart, p[h] reaches everyone. */
             shuffle(w, p, n);
+            int l = kind == NEM_BRIDGE ? find_leader(w) : -1;
+            if (l >= 0 && p[n / 2] == (size_t)l) {
+                /* A leader on the bridge reaches everyone and nothing
+                 * happens: put it in one of the halves. */
+                p[n / 2] = p[0];
+                p[0] = (size_t)l;
+            }
             size_t pos[H_MAX_NODES];
             for (size_t k = 0; k < n; k++) {
                 pos[p[k]] = k;
@@ -944,6 +960,58 @@ static void check_history(struct world *w, double *secs)
     }
 }
 
+/* Every fault the scenario injects must have happened: faults that
+ * silently did nothing (a node ignoring its rules, a nemesis that never
+ * acted) would let the scenario pass without testing anything. */
+static void check_faults_happened(struct world *w)
+{
+    const struct scenario *sc = w->sc;
+    enum nemesis k = sc->nemesis;
+    bool partitions = k == NEM_RANDOM_HALVES || k == NEM_ISOLATE_LEADER ||
+                      k == NEM_RING || k == NEM_BRIDGE || k == NEM_PACKETS;
+    bool kills = k == NEM_KILL_ONE || k == NEM_KILL_MINORITY ||
+                 k == NEM_KILL_LEADER || k == NEM_KILL_ALL || sc->crash;
+    if (partitions && w->partitions == 0) {
+        fail(w, "the nemesis made no partition");
+    }
+    if (w->partitions && !faults_packet_cut && w->inj_cut == 0) {
+        fail(w,
+             "%" PRIu64
+             " partitions but no call was cut: the nodes did "
+             "not apply their cut rules",
+             w->partitions);
+    }
+    if (w->partitions && faults_packet_cut && w->packet_drops == 0) {
+        fail(w,
+             "%" PRIu64
+             " partitions but the packet filter dropped no "
+             "packet",
+             w->partitions);
+    }
+    if (kills && w->kills == 0) {
+        fail(w, "no node was killed");
+    }
+    if (k == NEM_PAUSE_LEADER && w->pauses == 0) {
+        fail(w, "no leader was paused");
+    }
+    if (k == NEM_MIXED && w->kills + w->pauses + w->partitions == 0) {
+        fail(w, "the mixed nemesis injected nothing");
+    }
+    if (sc->unreliable &&
+        (w->inj_drop_req == 0 || w->inj_drop_rep == 0 || w->inj_delay == 0)) {
+        fail(w,
+             "unreliable network, but %" PRIu64 " lost requests, %" PRIu64
+             " lost replies, %" PRIu64 " delays",
+             w->inj_drop_req, w->inj_drop_rep, w->inj_delay);
+    }
+    if (sc->duplicate && w->inj_dup == 0) {
+        fail(w, "duplicating network, but no request was duplicated");
+    }
+    if (sc->reorder && w->inj_reorder == 0) {
+        fail(w, "reordering network, but no reply was held back");
+    }
+}
+
 static void run_one(const struct scenario *sc, unsigned variant)
 {
     struct world *w = calloc(1, sizeof *w);
@@ -974,6 +1042,7 @@ static void run_one(const struct scenario *sc, unsigned variant)
     if (!wait_serving(w, 20000)) {
         fail(w, "no leader within 20 s of starting");
     }
+    uint64_t drops0 = faults_packet_drops ? faults_packet_drops() : 0;
     pthread_mutex_lock(&w->lock);
     apply_links(w); /* unreliable or reordering from the start */
     pthread_mutex_unlock(&w->lock);
@@ -986,25 +1055,28 @@ static void run_one(const struct scenario *sc, unsigned variant)
     for (size_t i = 0; i < w->c.n; i++) {
         read_counts(w, i);
     }
+    if (faults_packet_drops) {
+        w->packet_drops = faults_packet_drops() - drops0;
+    }
+    if (!w->failed) {
+        check_faults_happened(w);
+    }
     double secs = 0;
     check_history(w, &secs);
-    if (h_sanitizer_reports(&w->c)) {
-        fail(w, "a node reported a sanitizer error");
-    }
     printf(
         "\n  %s: %zu servers, %zu clients x %d rounds of %u ms, %.1f s; "
         "ops: %" PRIu64 " ok, %" PRIu64 " unknown, %" PRIu64
         " not applied; faults: %" PRIu64 " kills, %" PRIu64 " pauses, %" PRIu64
         " partitions, injected %" PRIu64 " cut calls, %" PRIu64
         " lost requests, %" PRIu64 " lost replies, %" PRIu64 " delays, %" PRIu64
-        " duplicates, %" PRIu64
-        " reorders; history %zu ops checked in %.2f s: "
+        " duplicates, %" PRIu64 " reorders, %" PRIu64
+        " dropped packets; history %zu ops checked in %.2f s: "
         "%s\n",
         sc->name, sc->servers, sc->clients, iterations, ms,
         (double)(now_ns() - t0) / 1e9, w->ok, w->unknown, w->refused, w->kills,
         w->pauses, w->partitions, w->inj_cut, w->inj_drop_req, w->inj_drop_rep,
-        w->inj_delay, w->inj_dup, w->inj_reorder, lc_history_size(w->hist),
-        secs, w->failed ? "FAILED" : "linearizable");
+        w->inj_delay, w->inj_dup, w->inj_reorder, w->packet_drops,
+        lc_history_size(w->hist), secs, w->failed ? "FAILED" : "linearizable");
     CU_ASSERT(!w->failed);
     if (w->failed) {
         char path[600];

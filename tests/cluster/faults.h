@@ -80,4 +80,9 @@ typedef int (*faults_packet_cut_fn)(const struct h_cluster *c,
                                     const bool link[H_MAX_NODES][H_MAX_NODES]);
 extern faults_packet_cut_fn faults_packet_cut;
 
+/* With packet-level partitions: how many packets the filter has dropped
+ * so far (each partition must drop some). */
+typedef uint64_t (*faults_packet_drops_fn)(void);
+extern faults_packet_drops_fn faults_packet_drops;
+
 #endif /* TESTS_CLUSTER_FAULTS_H */

@@ -13,6 +13,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <CUnit/CUnit.h>
 #include <rpc/rpc.h>
 
 #include "cunit_main.h"
@@ -42,7 +43,7 @@ static uint16_t free_port(const char *host, int *held)
     return ntohs(sa.sin_port);
 }
 
-int h_node_start(struct h_cluster *c, size_t i)
+static int spawn_node(struct h_cluster *c, size_t i)
 {
     struct h_node *nd = &c->nodes[i];
     char id[24];
@@ -88,6 +89,59 @@ int h_node_start(struct h_cluster *c, size_t i)
     nd->pid = pid;
     nd->stopped = false;
     return 0;
+}
+
+/* Does host:port accept a TCP connection now? */
+static bool accepts(const char *host, uint16_t port)
+{
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) {
+        return false;
+    }
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons(port)};
+    inet_pton(AF_INET, host, &sa.sin_addr);
+    bool ok = connect(fd, (struct sockaddr *)&sa, sizeof sa) == 0;
+    close(fd);
+    return ok;
+}
+
+int h_node_start(struct h_cluster *c, size_t i)
+{
+    struct h_node *nd = &c->nodes[i];
+    if (spawn_node(c, i) != 0) {
+        return -1;
+    }
+    /* Started means listening: poll its port until it accepts, or the
+     * process has exited (a node that refuses its data, flags or port). */
+    uint64_t end = h_now_ms() + H_START_TIMEOUT_MS;
+    for (;;) {
+        int status;
+        if (waitpid(nd->pid, &status, WNOHANG) == nd->pid) {
+            nd->pid = 0;
+            fprintf(stderr,
+                    "harness: node %llu exited at start (%s %d) before "
+                    "listening on %s:%u; its log: %s\n",
+                    (unsigned long long)nd->id,
+                    WIFEXITED(status) ? "status" : "signal",
+                    WIFEXITED(status) ? WEXITSTATUS(status) : WTERMSIG(status),
+                    nd->host, nd->port, nd->log);
+            c->keep = true;
+            return -1;
+        }
+        if (accepts(nd->host, nd->port)) {
+            return 0;
+        }
+        if (h_now_ms() >= end) {
+            fprintf(stderr,
+                    "harness: node %llu (pid %d) did not listen on %s:%u "
+                    "within %d ms; its log: %s\n",
+                    (unsigned long long)nd->id, (int)nd->pid, nd->host,
+                    nd->port, H_START_TIMEOUT_MS, nd->log);
+            c->keep = true;
+            return -1;
+        }
+        h_sleep_ms(10);
+    }
 }
 
 int h_cluster_start(struct h_cluster *c, size_t n, const char *extra)
@@ -283,22 +337,49 @@ bool h_log_contains(struct h_cluster *c, size_t i, const char *needle)
     return h_log_count(c, i, needle) > 0;
 }
 
+/* The first line of node i's log that is a sanitizer report, into line;
+ * false when there is none. */
+static bool sanitizer_line(struct h_cluster *c,
+                           size_t i,
+                           char *line,
+                           size_t len)
+{
+    static const char *const marks[] = {"AddressSanitizer", "LeakSanitizer",
+                                        "runtime error:"};
+    FILE *f = fopen(c->nodes[i].log, "r");
+    if (!f) {
+        return false;
+    }
+    bool found = false;
+    while (!found && fgets(line, (int)len, f)) {
+        for (size_t m = 0; m < sizeof marks / sizeof marks[0]; m++) {
+            found = found || strstr(line, marks[m]) != NULL;
+        }
+    }
+    fclose(f);
+    if (found) {
+        line[strcspn(line, "\n")] = 0;
+    }
+    return found;
+}
+
 /* Did any node of c report a memory or undefined-behaviour error (in a
  * sanitizer build)? */
 bool h_sanitizer_reports(struct h_cluster *c)
 {
     bool found = false;
+    char line[512];
     for (size_t i = 0; i < c->n; i++) {
-        if (h_log_contains(c, i, "AddressSanitizer") ||
-            h_log_contains(c, i, "runtime error:")) {
-            fprintf(stderr, "sanitizer report in %s\n", c->nodes[i].log);
+        if (sanitizer_line(c, i, line, sizeof line)) {
+            fprintf(stderr, "sanitizer report in %s: %s\n", c->nodes[i].log,
+                    line);
             found = true;
         }
     }
     return found;
 }
 
-void h_cluster_destroy(struct h_cluster *c)
+int h_cluster_destroy(struct h_cluster *c)
 {
     for (size_t i = 0; i < c->n; i++) {
         if (c->nodes[i].stopped) {
@@ -306,11 +387,30 @@ void h_cluster_destroy(struct h_cluster *c)
         }
         h_node_kill(c, i);
     }
+    /* Every cluster test ends here: a sanitizer report in any node's log
+     * fails it (the nodes are dead, so the logs are complete). */
+    int rv = 0;
+    char line[512], msg[1200];
+    for (size_t i = 0; i < c->n && c->root[0]; i++) {
+        if (!sanitizer_line(c, i, line, sizeof line)) {
+            continue;
+        }
+        snprintf(msg, sizeof msg, "sanitizer report in node %llu's log %s: %s",
+                 (unsigned long long)c->nodes[i].id, c->nodes[i].log, line);
+        fprintf(stderr, "harness: %s\n", msg);
+        if (CU_get_current_test()) {
+            CU_assertImplementation(CU_FALSE, __LINE__, msg, __FILE__, "",
+                                    CU_FALSE);
+        }
+        c->keep = true;
+        rv = -1;
+    }
     if (c->keep) {
         fprintf(stderr, "harness: kept logs and data in %s\n", c->root);
     } else if (c->root[0]) {
         cunit_remove_tree(c->root);
     }
+    return rv;
 }
 
 /* --------------------------------------------------------------- time */

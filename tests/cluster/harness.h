@@ -14,14 +14,14 @@
 
 struct h_node
 {
-    uint64_t id;   /* node id (1-based) */
-    char host[32]; /* its loopback address */
-    uint16_t port; /* its port on host */
-    char dir[512]; /* its data directory */
-    char log[512]; /* its log file */
+    uint64_t id;           /* node id (1-based) */
+    char host[32];         /* its loopback address */
+    uint16_t port;         /* its port on host */
+    char dir[512];         /* its data directory */
+    char log[512];         /* its log file */
     uint16_t metrics_port; /* its /metrics and /health port on host */
-    pid_t pid;     /* running process, or 0 */
-    bool stopped;  /* SIGSTOPped */
+    pid_t pid;             /* running process, or 0 */
+    bool stopped;          /* SIGSTOPped */
 };
 
 struct h_cluster
@@ -60,7 +60,8 @@ uint64_t h_now_ms(void);
 void h_sleep_ms(unsigned ms);
 
 /**
- * Start n nodes on free ports of 127.0.0.1 with data under a new temp dir.
+ * Start n nodes on free ports of 127.0.0.1 with data under a new temp dir,
+ * each one listening when this returns (h_node_start).
  * @param extra more kvserver flags ("--snapshot-entries 100"), or NULL
  * @return 0, or -1 (message on stderr)
  */
@@ -87,12 +88,29 @@ void h_endpoints_of(const struct h_cluster *c,
                     char *out,
                     size_t len);
 
-/** Stop every node (SIGKILL) and delete the temp dir unless c->keep. */
-void h_cluster_destroy(struct h_cluster *c);
+/**
+ * Stop every node (SIGKILL), then look for sanitizer reports in every
+ * node's log: each one fails the running test (if a test is running) with
+ * the log's name, and keeps the directory. Deletes the temp dir unless
+ * c->keep.
+ * @return 0, or -1 when a node's log holds a sanitizer report (a suite's
+ *         cleanup function returns it, so that the suite fails)
+ */
+int h_cluster_destroy(struct h_cluster *c);
 
-/** Start (or restart) node i (0-based) with its existing data. Call it from
- * the main thread: the node is killed when the thread that started it ends
- * (PR_SET_PDEATHSIG), so that no node outlives a crashed test. */
+/* How long h_node_start waits for a node to listen. */
+#define H_START_TIMEOUT_MS 15000
+
+/**
+ * Start (or restart) node i (0-based) with its existing data, and wait
+ * (up to H_START_TIMEOUT_MS, polling) until it accepts connections on its
+ * port. Call it from the main thread: the node is killed when the thread
+ * that started it ends (PR_SET_PDEATHSIG), so that no node outlives a
+ * crashed test.
+ * @return 0 once it listens; -1 when it exited first (reaped: pid 0) or
+ *         never listened in time (left running), with the log's name on
+ *         stderr and c->keep set
+ */
 int h_node_start(struct h_cluster *c, size_t i);
 
 /** kill -9 node i and reap it. */

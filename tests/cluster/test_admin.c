@@ -37,12 +37,13 @@ static void need_cluster(void)
 
 static int suite_teardown(void)
 {
+    int rv = 0;
     if (started) {
         cl.keep = CU_get_number_of_failures() > 0;
-        h_cluster_destroy(&cl);
+        rv = h_cluster_destroy(&cl) == 0 ? 0 : 1;
         started = false;
     }
-    return 0;
+    return rv;
 }
 
 /* Run kvctl against every node; capture standard output and standard
@@ -144,6 +145,7 @@ struct writer
 {
     atomic_bool stop;        /* set by the test */
     int n;                   /* tokens tried */
+    atomic_int acked;        /* tokens acknowledged (read while running) */
     int outcome[MAX_TOKENS]; /* clerk result of each */
     int ok_after_transfer;   /* acknowledged after `transferred` was set */
     atomic_bool transferred; /* set by the test after the transfer */
@@ -166,6 +168,7 @@ static void *writer_main(void *arg)
         int err = clerk_append(ck, "xfer-log", 8, tok, (size_t)len);
         w->outcome[w->n++] = err;
         w->ok_after_transfer += after && err == CLERK_OK;
+        atomic_fetch_add(&w->acked, err == CLERK_OK);
     }
     clerk_close(ck);
     return NULL;
@@ -214,7 +217,11 @@ static void test_transfer_leader_moves_the_leader(void)
     memset(&w, 0, sizeof w);
     pthread_t th;
     CU_ASSERT_FATAL(pthread_create(&th, NULL, writer_main, &w) == 0);
-    h_sleep_ms(300);
+    uint64_t until = h_now_ms() + 15000;
+    while (atomic_load(&w.acked) < 20 && h_now_ms() < until) {
+        h_sleep_ms(10);
+    }
+    CU_ASSERT(atomic_load(&w.acked) >= 20); /* writing when it moves */
 
     struct clerk *ck = open_clerk(ALL_NODES, 10000, 0);
     uint64_t now_leader = 0;
@@ -233,7 +240,7 @@ static void test_transfer_leader_moves_the_leader(void)
     CU_ASSERT(term1 > term0);
 
     /* Writes go on; then nothing acknowledged is missing. */
-    uint64_t until = h_now_ms() + 10000;
+    until = h_now_ms() + 15000;
     while (w.ok_after_transfer < 20 && h_now_ms() < until) {
         h_sleep_ms(20);
     }
@@ -257,7 +264,7 @@ static void test_transfer_leader_moves_the_leader(void)
                     CLERK_OK);
     CU_ASSERT(strstr(clerk_errmsg(ck), "already the leader") != NULL);
     uint64_t term2;
-    CU_ASSERT_EQUAL(wait_agreed(ALL_NODES, target, 5000, &term2), target);
+    CU_ASSERT_EQUAL(wait_agreed(ALL_NODES, target, 15000, &term2), target);
     CU_ASSERT_EQUAL(term2, term1);
     clerk_close(ck);
 
@@ -312,7 +319,7 @@ static void test_transfer_leader_to_unknown_node_is_refused(void)
         CU_ASSERT(strstr(out, "USAGE") != NULL);
     }
     /* Nothing moved. */
-    CU_ASSERT_EQUAL(wait_agreed(ALL_NODES, leader, 5000, &term1), leader);
+    CU_ASSERT_EQUAL(wait_agreed(ALL_NODES, leader, 15000, &term1), leader);
     CU_ASSERT_EQUAL(term1, term0);
     CU_ASSERT_FALSE(h_sanitizer_reports(&cl));
 }
@@ -392,7 +399,10 @@ static void test_transfer_leader_to_stopped_node_times_out(void)
     uint32_t live = (1u << leader) | (1u << third);
     h_node_pause(&cl, (size_t)target, true);
 
-    struct clerk *ck = open_clerk(ALL_NODES, 10000, 500);
+    /* The leader gives up after about an election timeout (700 ms by
+     * default), long before the clerk's deadline: the bound is loose, it
+     * only tells the two apart. */
+    struct clerk *ck = open_clerk(ALL_NODES, 30000, 500);
     uint64_t start = h_now_ms(), now_leader = 0;
     int err = clerk_transfer_leader(ck, cl.nodes[target].id, &now_leader);
     uint64_t took = h_now_ms() - start;
@@ -400,10 +410,10 @@ static void test_transfer_leader_to_stopped_node_times_out(void)
     CU_ASSERT(strstr(clerk_errmsg(ck), "did not take over") != NULL);
     CU_ASSERT(strstr(clerk_errmsg(ck), "stays the leader") != NULL);
     CU_ASSERT_EQUAL(now_leader, cl.nodes[leader].id);
-    CU_ASSERT(took < 9000);
+    CU_ASSERT(took < 15000);
 
     /* The old leader kept its term and takes writes again at once. */
-    CU_ASSERT_EQUAL(wait_agreed(live, leader, 5000, &term1), leader);
+    CU_ASSERT_EQUAL(wait_agreed(live, leader, 15000, &term1), leader);
     CU_ASSERT_EQUAL(term1, term0);
     CU_ASSERT_EQUAL(clerk_put(ck, "kept", 4, "z", 1), CLERK_OK);
 
@@ -586,7 +596,7 @@ static void test_transfer_leader_waiting_at_shutdown_is_answered(void)
     size_t before = h_log_count(&cl, (size_t)leader, begun);
     pthread_t th;
     CU_ASSERT_FATAL(pthread_create(&th, NULL, raw_call_main, &call) == 0);
-    uint64_t until = h_now_ms() + 5000;
+    uint64_t until = h_now_ms() + 15000;
     while (h_log_count(&cl, (size_t)leader, begun) == before &&
            h_now_ms() < until) {
         h_sleep_ms(10);

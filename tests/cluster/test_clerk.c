@@ -1,6 +1,7 @@
 /* test_clerk.c: libclerk and kvctl against real clusters on loopback. */
 #include <pthread.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -131,53 +132,115 @@ struct shared_writer
 {
     struct clerk *ck;
     int thread;
-    int count;
-    int acked;
-    char *log; /* appends acknowledged, in order */
+    const atomic_bool *stop; /* set: stop appending */
+    int n;                   /* appends tried */
+    int acked;               /* of them acknowledged */
+    atomic_int done;         /* appends returned (read while running) */
+    char *log;               /* appends acknowledged, in order */
     size_t log_len;
+    uint64_t *call_ns; /* start and end of each append */
 };
+
+enum { MAX_APPENDS = 20000 };
+
+static uint64_t now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
 
 static void *shared_writer_main(void *arg)
 {
     struct shared_writer *w = arg;
     char key[32], tok[32];
     snprintf(key, sizeof key, "appends-%d", w->thread);
-    w->log = calloc(1, (size_t)w->count * 8 + 1);
-    for (int i = 0; i < w->count; i++) {
+    w->log = calloc(1, (size_t)MAX_APPENDS * 8 + 1);
+    w->call_ns = calloc((size_t)MAX_APPENDS * 2, sizeof *w->call_ns);
+    if (!w->log || !w->call_ns) {
+        return NULL;
+    }
+    for (int i = 0; i < MAX_APPENDS && !atomic_load(w->stop); i++) {
         int len = snprintf(tok, sizeof tok, "%d,", i);
+        w->n = i + 1;
+        w->call_ns[2 * i] = now_ns();
         int err = clerk_append(w->ck, key, strlen(key), tok, (size_t)len);
+        w->call_ns[2 * i + 1] = now_ns();
         if (err == CLERK_OK) {
             memcpy(w->log + w->log_len, tok, (size_t)len);
             w->log_len += (size_t)len;
             w->acked++;
+        } else {
+            fprintf(stderr, "append %s %d: %s: %s\n", key, i,
+                    clerk_error_code(err), clerk_errmsg(w->ck));
         }
+        atomic_store(&w->done, i + 1);
     }
     return NULL;
 }
 
+static int appends_done(struct shared_writer *w, int n)
+{
+    int k = 0;
+    for (int i = 0; i < n; i++) {
+        k += atomic_load(&w[i].done);
+    }
+    return k;
+}
+
+/* Wait until the writers together make `more` appends beyond `from`. */
+static bool appends_progress(struct shared_writer *w, int n, int from, int more)
+{
+    uint64_t end = h_now_ms() + 30000;
+    while (appends_done(w, n) < from + more && h_now_ms() < end) {
+        h_sleep_ms(5);
+    }
+    return appends_done(w, n) >= from + more;
+}
+
 static void test_clerk_leader_killed_mid_writes_every_ack_present_once(void)
 {
-    enum { THREADS = 4, COUNT = 120 };
+    enum { THREADS = 4 };
     unsigned failures_at_start = CU_get_number_of_failures();
     struct h_cluster c;
     CU_ASSERT_FATAL(h_cluster_start(&c, 3, NULL) == 0);
     struct clerk *ck = open_clerk(&c, 20000);
     CU_ASSERT_FATAL(clerk_put(ck, "warm", 4, "up", 2) == CLERK_OK);
-    struct shared_writer w[THREADS];
+    static struct shared_writer w[THREADS];
     pthread_t th[THREADS];
+    atomic_bool stop = false;
     for (int i = 0; i < THREADS; i++) {
-        w[i] = (struct shared_writer){.ck = ck, .thread = i, .count = COUNT};
+        w[i] = (struct shared_writer){.ck = ck, .thread = i, .stop = &stop};
         pthread_create(&th[i], NULL, shared_writer_main, &w[i]);
     }
-    h_sleep_ms(400);
+    /* kill -9 the leader while the writers are busy. */
+    CU_ASSERT(appends_progress(w, THREADS, 0, 200));
     int leader = h_find_leader(&c, 5000);
     CU_ASSERT_FATAL(leader >= 0);
+    uint64_t before_kill = now_ns();
     h_node_kill(&c, (size_t)leader);
-    h_sleep_ms(1000);
-    h_node_start(&c, (size_t)leader);
+    uint64_t after_kill = now_ns();
+    /* Writes go on through the failover and after the restart. */
+    CU_ASSERT(appends_progress(w, THREADS, appends_done(w, THREADS), 100));
+    CU_ASSERT(h_node_start(&c, (size_t)leader) == 0);
+    CU_ASSERT(appends_progress(w, THREADS, appends_done(w, THREADS), 100));
+    atomic_store(&stop, true);
     for (int i = 0; i < THREADS; i++) {
         pthread_join(th[i], NULL);
     }
+    int in_flight = 0, total = 0;
+    for (int i = 0; i < THREADS; i++) {
+        for (int k = 0; k < w[i].n; k++) {
+            in_flight += w[i].call_ns[2 * k] < before_kill &&
+                         w[i].call_ns[2 * k + 1] > after_kill;
+        }
+        total += w[i].n;
+    }
+    printf(
+        "\n    %d appends by %d threads on one handle, %d in flight at "
+        "the kill\n",
+        total, THREADS, in_flight);
+    CU_ASSERT(in_flight > 0); /* the kill hit calls under way */
     for (int i = 0; i < THREADS; i++) {
         char key[32];
         snprintf(key, sizeof key, "appends-%d", i);
@@ -186,10 +249,15 @@ static void test_clerk_leader_killed_mid_writes_every_ack_present_once(void)
         CU_ASSERT_EQUAL(clerk_get(ck, key, strlen(key), &v, &len), CLERK_OK);
         /* Every write was acknowledged (the deadline outlasts the
          * failover) and appears exactly once, in order. */
-        CU_ASSERT_EQUAL(w[i].acked, COUNT);
+        CU_ASSERT_EQUAL(w[i].acked, w[i].n);
         CU_ASSERT(v && len == w[i].log_len && memcmp(v, w[i].log, len) == 0);
+        if (!(v && len == w[i].log_len && memcmp(v, w[i].log, len) == 0)) {
+            fprintf(stderr, "%s holds %zu bytes, %zu acknowledged\n", key, len,
+                    w[i].log_len);
+        }
         clerk_free(v);
         free(w[i].log);
+        free(w[i].call_ns);
     }
     clerk_close(ck);
     c.keep = FAILED_SINCE(failures_at_start);
@@ -213,7 +281,8 @@ static void test_clerk_deadline_tells_unknown_from_not_applied(void)
     int err = clerk_put(ck, "k", 1, "during", 6);
     uint64_t took = h_now_ms() - t0;
     CU_ASSERT_EQUAL(err, CLERK_UNKNOWN_OUTCOME);
-    CU_ASSERT(took >= 1400 && took < 4000);
+    /* The deadline ends it: not before, and loosely bounded after. */
+    CU_ASSERT(took >= 1400 && took < 7500);
     CU_ASSERT(strstr(clerk_errmsg(ck), "1500 ms") != NULL);
     void *v;
     size_t len;
@@ -237,11 +306,13 @@ static void test_clerk_deadline_tells_unknown_from_not_applied(void)
     CU_ASSERT_EQUAL(err, CLERK_UNAVAILABLE);
     CU_ASSERT(strstr(clerk_errmsg(ck), "refused") != NULL);
     for (size_t i = 0; i < c.n; i++) {
-        h_node_start(&c, i);
+        CU_ASSERT(h_node_start(&c, i) == 0);
     }
     clerk_set_deadline(ck, 10000);
+    v = NULL;
+    len = 0;
     CU_ASSERT_EQUAL(clerk_get(ck, "k", 1, &v, &len), CLERK_OK);
-    CU_ASSERT(!(len == 5 && memcmp(v, "never", 5) == 0));
+    CU_ASSERT(v && !(len == 5 && memcmp(v, "never", 5) == 0));
     clerk_free(v);
     clerk_close(ck);
     c.keep = FAILED_SINCE(failures_at_start);
@@ -287,8 +358,8 @@ static int kvctl_setup(void)
 
 static int kvctl_teardown(void)
 {
-    h_cluster_destroy(&kc);
-    return 0;
+    kc.keep = CU_get_number_of_failures() > 0;
+    return h_cluster_destroy(&kc) == 0 ? 0 : 1;
 }
 
 static void test_kvctl_one_shot_output_and_exit_codes(void)

@@ -101,8 +101,7 @@ static int off_setup(void)
 static int off_teardown(void)
 {
     off.keep = CU_get_number_of_failures() > 0;
-    h_cluster_destroy(&off);
-    return 0;
+    return h_cluster_destroy(&off) == 0 ? 0 : 1;
 }
 
 static void test_fault_cmd_refused_without_the_flag(void)
@@ -157,8 +156,7 @@ static int on_setup(void)
 static int on_teardown(void)
 {
     on.keep = CU_get_number_of_failures() > 0;
-    h_cluster_destroy(&on);
-    return 0;
+    return h_cluster_destroy(&on) == 0 ? 0 : 1;
 }
 
 static void test_fault_cmd_bad_input_changes_nothing(void)
@@ -371,6 +369,26 @@ static void test_fault_cmd_unreliable_clients_get_exactly_once(void)
     CU_ASSERT(strstr(out,
                      "target=clients drop-request=0.1 drop-reply=0.1 "
                      "delay=0-27") != NULL);
+    /* The seed of the random choices is printed first, and each node logs
+     * its own; seed=N picks it. */
+    unsigned long long seed = 0;
+    CU_ASSERT(sscanf(out, "seed=%llu\n", &seed) == 1 && seed != 0);
+    CU_ASSERT(h_log_contains(&on, 0, "fault injection: calls from clients:"));
+    CU_ASSERT(h_log_contains(&on, 0, "(seed "));
+    CU_ASSERT_EQUAL(
+        kvctl(&on, "fault all clients unreliable seed=4242", out, sizeof out),
+        0);
+    CU_ASSERT(starts_with(out, "seed=4242\n"));
+    CU_ASSERT_EQUAL(kvctl(&on, "-w json fault all clients seed=77 unreliable",
+                          out, sizeof out),
+                    0);
+    CU_ASSERT(starts_with(out, "{\"ok\":true,\"seed\":77,\"nodes\":["));
+    CU_ASSERT_EQUAL(kvctl(&on, "fault all clients cut seed=0", out, sizeof out),
+                    2);
+    CU_ASSERT_EQUAL(kvctl(&on, "fault all clients cut seed=x", out, sizeof out),
+                    2);
+    CU_ASSERT_EQUAL(kvctl(&on, "fault all show", out, sizeof out), 0);
+    CU_ASSERT(strstr(out, "seed=") == NULL); /* nothing random was set */
 
     /* A short attempt time: a lost request or reply costs one attempt. */
     struct clerk *ck = open_clerk(&on, ALL_NODES, 10000, 300);

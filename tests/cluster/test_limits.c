@@ -430,7 +430,7 @@ static void test_limits_slow_loris_is_closed_while_others_are_served(void)
     int ops = 0, failed = 0;
     uint64_t worst = 0;
     size_t open_left = N;
-    while (open_left > 0 && h_now_ms() - start < 10000) {
+    while (open_left > 0 && h_now_ms() - start < 30000) {
         char key[32];
         snprintf(key, sizeof key, "k%d", ops);
         uint64_t t0 = h_now_ms();
@@ -455,7 +455,9 @@ static void test_limits_slow_loris_is_closed_while_others_are_served(void)
         h_sleep_ms(100);
     }
     for (size_t k = 0; k < N; k++) {
-        CU_ASSERT(closed_at[k] >= 900 && closed_at[k] < 8000);
+        /* Not before the 1 s frame timeout; loosely bounded above (the
+         * server's once-a-second sweep, a busy machine). */
+        CU_ASSERT(closed_at[k] >= 900 && closed_at[k] < 15000);
         if (k >= STALLS) {
             CU_ASSERT(sent[k] < flen); /* closed before it finished */
         }
@@ -464,7 +466,7 @@ static void test_limits_slow_loris_is_closed_while_others_are_served(void)
     free(frame);
     CU_ASSERT(ops >= 5);
     CU_ASSERT_EQUAL(failed, 0);
-    CU_ASSERT(worst < 5000); /* loose: only a hang would fail it */
+    CU_ASSERT(worst < 10000); /* loose: only a hang would fail it */
     /* The quiet one, idle all along, still gets answers. */
     CU_ASSERT(raw_get_works(&quiet, 2, true));
     raw_close(&quiet);
@@ -503,7 +505,7 @@ static void test_limits_connection_flood_is_refused_and_peers_get_in(void)
     size_t closed = 0;
     uint64_t start = h_now_ms();
     bool done[BURST] = {false};
-    while (closed < BURST && h_now_ms() - start < 5000) {
+    while (closed < BURST && h_now_ms() - start < 20000) {
         for (size_t k = 0; k < BURST; k++) {
             if (!done[k] && raw_closed_now(&burst[k])) {
                 done[k] = true;
@@ -532,10 +534,18 @@ static void test_limits_connection_flood_is_refused_and_peers_get_in(void)
         CU_ASSERT_EQUAL(metric(&c, i, "raftkv_leader_changes_total"),
                         changes[i]);
     }
-    /* A slot given back is taken by a new client, which works. */
+    /* A slot given back is taken by a new client, which works (once the
+     * leader has seen the two close). */
+    double peers = metric(&c, l, "raftkv_rpc_peer_connections");
     raw_close(&held_l[nl - 1]);
     raw_close(&held_l[nl - 2]);
-    h_sleep_ms(100);
+    uint64_t until = h_now_ms() + 15000;
+    while (metric(&c, l, "raftkv_rpc_connections") - peers > (double)nl - 2 &&
+           h_now_ms() < until) {
+        h_sleep_ms(20);
+    }
+    CU_ASSERT(metric(&c, l, "raftkv_rpc_connections") - peers <=
+              (double)nl - 2);
     char eps[512];
     h_endpoints_of(&c, 1u << l, l, eps, sizeof eps);
     struct clerk *ck = NULL;
@@ -564,7 +574,7 @@ static void test_limits_connection_flood_is_refused_and_peers_get_in(void)
     clerk_close(ck);
     bool seen = false;
     start = h_now_ms();
-    for (uint64_t id = 10; !seen && h_now_ms() - start < 10000; id++) {
+    for (uint64_t id = 10; !seen && h_now_ms() - start < 20000; id++) {
         struct raw_reply rep;
         CU_ASSERT_FATAL(raw_get(&held_x[0], id, "probe", true));
         raw_read(&held_x[0], 3000, &rep);
@@ -615,7 +625,7 @@ static void test_limits_client_that_never_reads_is_closed(void)
     int ops = 0, failed = 0;
     uint64_t start = h_now_ms();
     bool logged = false;
-    while (!logged && h_now_ms() - start < 10000) {
+    while (!logged && h_now_ms() - start < 20000) {
         for (int k = 0; k < 64; k++) {
             if (send(r.fd, frame, flen, MSG_NOSIGNAL | MSG_DONTWAIT) !=
                 (ssize_t)flen) {
@@ -638,7 +648,7 @@ static void test_limits_client_that_never_reads_is_closed(void)
     /* The server closed it: reading now ends in end-of-stream or reset. */
     bool closed = false;
     start = h_now_ms();
-    while (!closed && h_now_ms() - start < 10000) {
+    while (!closed && h_now_ms() - start < 20000) {
         closed = raw_closed_now(&r);
         h_sleep_ms(10);
     }

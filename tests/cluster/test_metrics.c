@@ -9,7 +9,7 @@
 #include "cunit_main.h"
 #include "harness.h"
 
-#define OK RAFTKV__KV_ERROR__KV_OK
+#define OK                   RAFTKV__KV_ERROR__KV_OK
 #define FAILED_SINCE(before) (CU_get_number_of_failures() > (before))
 
 static char body[1 << 20];
@@ -50,9 +50,9 @@ static void test_metrics_follow_writes_and_a_leader_change(void)
     int leader = h_find_leader(&c, 10000);
     CU_ASSERT_FATAL(leader >= 0);
     size_t f = (size_t)(leader + 1) % 3;
-    CU_ASSERT(metric_reaches(&c, (size_t)leader, "raftkv_is_leader", 1, 5000));
+    CU_ASSERT(metric_reaches(&c, (size_t)leader, "raftkv_is_leader", 1, 15000));
     CU_ASSERT_EQUAL(metric(&c, f, "raftkv_is_leader"), 0);
-    CU_ASSERT(metric_reaches(&c, f, "raftkv_has_leader", 1, 5000));
+    CU_ASSERT(metric_reaches(&c, f, "raftkv_has_leader", 1, 15000));
     double changes = metric(&c, f, "raftkv_leader_changes_total");
     CU_ASSERT(changes >= 1);
 
@@ -73,7 +73,7 @@ static void test_metrics_follow_writes_and_a_leader_change(void)
     CU_ASSERT(metric(&c, (size_t)leader,
                      "raftkv_wal_fsync_duration_seconds_bucket{le=\"+Inf\"}") >=
               1);
-    CU_ASSERT(metric_reaches(&c, f, "raftkv_keys", 50, 5000));
+    CU_ASSERT(metric_reaches(&c, f, "raftkv_keys", 50, 15000));
     CU_ASSERT(metric(&c, f, "raftkv_applied_index") >= 50);
     CU_ASSERT(metric(&c, (size_t)leader, "raftkv_sessions") >= 1);
     CU_ASSERT(metric(&c, (size_t)leader, "raftkv_log_entries") >= 50);
@@ -93,8 +93,9 @@ static void test_metrics_follow_writes_and_a_leader_change(void)
                              10000));
     int leader2 = h_find_leader(&c, 10000);
     CU_ASSERT_FATAL(leader2 >= 0 && leader2 != leader);
-    CU_ASSERT(metric_reaches(&c, (size_t)leader2, "raftkv_is_leader", 1, 5000));
-    CU_ASSERT(metric_reaches(&c, f, "raftkv_has_leader", 1, 5000));
+    CU_ASSERT(
+        metric_reaches(&c, (size_t)leader2, "raftkv_is_leader", 1, 15000));
+    CU_ASSERT(metric_reaches(&c, f, "raftkv_has_leader", 1, 15000));
     CU_ASSERT_EQUAL(h_put(&cl, "after", "kill", 4).err, OK);
     CU_ASSERT_EQUAL(
         h_http_get(&c, (size_t)leader2, "GET", "/health", body, sizeof body),
@@ -135,10 +136,10 @@ static void test_health_says_why_without_a_majority(void)
     /* Other paths and methods get clear errors; the node goes on. */
     CU_ASSERT_EQUAL(h_http_get(&c, last, "GET", "/nope", body, sizeof body),
                     404);
-    CU_ASSERT_EQUAL(
-        h_http_get(&c, last, "POST", "/metrics", body, sizeof body), 501);
-    CU_ASSERT_EQUAL(
-        h_http_get(&c, last, "GET", "/metrics", body, sizeof body), 200);
+    CU_ASSERT_EQUAL(h_http_get(&c, last, "POST", "/metrics", body, sizeof body),
+                    501);
+    CU_ASSERT_EQUAL(h_http_get(&c, last, "GET", "/metrics", body, sizeof body),
+                    200);
     /* Back to a majority: healthy again. */
     CU_ASSERT(h_node_start(&c, (size_t)leader) == 0);
     status = 0;
@@ -160,8 +161,9 @@ static void test_health_says_why_without_a_majority(void)
         int lines = 0, bad = 0;
         while (fgets(line, sizeof line, fp)) {
             lines++;
-            bool levelled = strstr(line, "Z INFO ") || strstr(line, "Z WARN ") ||
-                            strstr(line, "Z ERROR ") || strstr(line, "Z DEBUG ");
+            bool levelled =
+                strstr(line, "Z INFO ") || strstr(line, "Z WARN ") ||
+                strstr(line, "Z ERROR ") || strstr(line, "Z DEBUG ");
             if (!levelled || !strstr(line, want) || line[4] != '-') {
                 fprintf(stderr, "log line without timestamp, level or node: %s",
                         line);

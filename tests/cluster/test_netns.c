@@ -4,10 +4,12 @@
  * different sides. Nothing outside the namespace is touched, and the
  * namespace goes away with the process.
  *
- * Needs root and nft; without them it reports "skipped" (exit 77).
+ * Needs root, nft and ip; without them it reports "skipped" (exit 77),
+ * or fails with RAFTKV_REQUIRE_ALL=1.
  */
 #include <errno.h>
 #include <sched.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -18,13 +20,36 @@
 #include "cunit_main.h"
 #include "faults.h"
 
-#define SKIPPED 77
+static uint64_t dropped; /* packets the rules replaced so far dropped */
 
-/* Replace the namespace's ruleset: drop node i's packets to node j
- * wherever link[i][j] is false. */
+/* Add what the rules in force have dropped (their counters) to dropped. */
+static void collect_drops(void)
+{
+    FILE *f = popen("nft list table inet raftkv_test 2>/dev/null", "r");
+    if (!f) {
+        return;
+    }
+    char line[512];
+    while (fgets(line, sizeof line, f)) {
+        const char *p = strstr(line, "counter packets ");
+        if (p) {
+            dropped += strtoull(p + strlen("counter packets "), NULL, 10);
+        }
+    }
+    pclose(f);
+}
+
+static uint64_t packet_drops(void)
+{
+    return dropped;
+}
+
+/* Replace the namespace's ruleset: drop (and count) node i's packets to
+ * node j wherever link[i][j] is false. */
 static int nft_cut(const struct h_cluster *c,
                    const bool link[H_MAX_NODES][H_MAX_NODES])
 {
+    collect_drops();
     FILE *f = popen("nft -f -", "w");
     if (!f) {
         return -1;
@@ -37,7 +62,7 @@ static int nft_cut(const struct h_cluster *c,
     for (size_t i = 0; i < c->n; i++) {
         for (size_t j = 0; j < c->n; j++) {
             if (i != j && !link[i][j]) {
-                fprintf(f, "    ip saddr %s ip daddr %s drop\n",
+                fprintf(f, "    ip saddr %s ip daddr %s counter drop\n",
                         c->nodes[i].host, c->nodes[j].host);
             }
         }
@@ -67,6 +92,7 @@ static void test_isolated_leader_is_replaced(void)
             link[i][j] = i == j || ((int)i != old && (int)j != old);
         }
     }
+    uint64_t dropped_before = packet_drops();
     CU_ASSERT_FATAL(nft_cut(&c, link) == 0);
     /* The majority elects another leader and takes writes. */
     CU_ASSERT_EQUAL(clerk_put(ck, "k", 1, "v2", 2), CLERK_OK);
@@ -87,6 +113,8 @@ static void test_isolated_leader_is_replaced(void)
         }
     }
     CU_ASSERT_FATAL(nft_cut(&c, link) == 0);
+    /* The rules did drop the old leader's packets. */
+    CU_ASSERT(packet_drops() > dropped_before);
     /* The old leader catches up: a stale read on it alone sees v2. */
     char one[64];
     snprintf(one, sizeof one, "%s:%u", c.nodes[old].host, c.nodes[old].port);
@@ -150,22 +178,41 @@ static CU_SuiteInfo suites[] = {
     CU_SUITE_INFO_NULL,
 };
 
+/* Nothing can run here: exit 77 (skipped), or 1 with RAFTKV_REQUIRE_ALL=1. */
+static int cannot_run(const char *why)
+{
+    if (cunit_require_all()) {
+        printf(
+            "test_netns: FAILED: RAFTKV_REQUIRE_ALL=1 but the tests "
+            "would be skipped: %s\n",
+            why);
+        return 1;
+    }
+    printf("test_netns: SKIPPED (exit %d): %s\n", CUNIT_SKIPPED, why);
+    return CUNIT_SKIPPED;
+}
+
 int main(int argc, char **argv)
 {
-    if (geteuid() != 0 || system("nft --version >/dev/null 2>&1") != 0 ||
-        system("ip -V >/dev/null 2>&1") != 0) {
-        printf("test_netns: skipped: needs root, nft and ip\n");
-        return SKIPPED;
+    char why[200];
+    if (geteuid() != 0) {
+        snprintf(why, sizeof why, "needs root (euid %u)", (unsigned)geteuid());
+        return cannot_run(why);
+    }
+    if (system("nft --version >/dev/null 2>&1") != 0) {
+        return cannot_run("needs nft (Debian package nftables)");
+    }
+    if (system("ip -V >/dev/null 2>&1") != 0) {
+        return cannot_run("needs ip (Debian package iproute2)");
     }
     if (unshare(CLONE_NEWNET) != 0) {
-        printf("test_netns: skipped: unshare(CLONE_NEWNET): %s\n",
-               strerror(errno));
-        return SKIPPED;
+        snprintf(why, sizeof why, "unshare(CLONE_NEWNET): %s", strerror(errno));
+        return cannot_run(why);
     }
     if (system("ip link set lo up") != 0) {
-        printf("test_netns: skipped: could not bring up lo\n");
-        return SKIPPED;
+        return cannot_run("could not bring up lo in the new namespace");
     }
     faults_packet_cut = nft_cut;
+    faults_packet_drops = packet_drops;
     return cunit_main(argc, argv, suites);
 }

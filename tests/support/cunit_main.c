@@ -1,5 +1,6 @@
 /* cunit_main.c: runs CUnit suites and fails the process on failed asserts. */
 #include <ftw.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -10,8 +11,18 @@
 
 #include "cunit_main.h"
 
+#define MAX_SKIPS 32
+
 static unsigned run_seed;
 static int seed_set;
+
+/* Tests skipped in this run, and why. */
+static struct
+{
+    char test[128];   /* the test's name */
+    char reason[256]; /* what was missing */
+} skips[MAX_SKIPS];
+static unsigned n_skips;
 
 unsigned cunit_seed(void)
 {
@@ -29,11 +40,73 @@ unsigned cunit_seed(void)
     return run_seed;
 }
 
+bool cunit_require_all(void)
+{
+    const char *env = getenv("RAFTKV_REQUIRE_ALL");
+    return env && !strcmp(env, "1");
+}
+
+void cunit_skip_at(const char *file, unsigned line, const char *fmt, ...)
+{
+    char reason[256];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(reason, sizeof reason, fmt, ap);
+    va_end(ap);
+    CU_pTest t = CU_get_current_test();
+    const char *name = t && t->pName ? t->pName : "(no test)";
+    if (cunit_require_all()) {
+        char msg[400];
+        snprintf(msg, sizeof msg,
+                 "RAFTKV_REQUIRE_ALL=1 but the test would be skipped: %s",
+                 reason);
+        printf("\n    FAILED (RAFTKV_REQUIRE_ALL=1): %s: %s\n", name, reason);
+        /* CUnit copies the message. */
+        CU_assertImplementation(CU_FALSE, line, msg, file, "", CU_FALSE);
+        return;
+    }
+    printf("\n    SKIPPED: %s: %s\n", name, reason);
+    if (n_skips < MAX_SKIPS) {
+        snprintf(skips[n_skips].test, sizeof skips[n_skips].test, "%s", name);
+        snprintf(skips[n_skips].reason, sizeof skips[n_skips].reason, "%s",
+                 reason);
+    }
+    n_skips++;
+}
+
+/* Print the command that reruns each failed test (or a suite that failed
+ * to set up or clean up) with this run's seed. */
+static void print_reruns(const char *prog, unsigned seed)
+{
+    const char *done[64];
+    size_t n_done = 0;
+    for (CU_pFailureRecord f = CU_get_failure_list(); f; f = f->pNext) {
+        const char *name = f->pTest && f->pTest->pName     ? f->pTest->pName
+                           : f->pSuite && f->pSuite->pName ? f->pSuite->pName
+                                                           : NULL;
+        bool seen = false;
+        for (size_t i = 0; name && i < n_done && !seen; i++) {
+            seen = !strcmp(done[i], name);
+        }
+        if (!name || seen) {
+            continue;
+        }
+        if (n_done < sizeof done / sizeof done[0]) {
+            done[n_done++] = name;
+        }
+        printf("%s: FAILED %s (%s:%u); rerun: RAFTKV_SEED=%u %s %s\n", prog,
+               name, f->strFileName ? f->strFileName : "?", f->uiLineNumber,
+               seed, prog, name);
+    }
+}
+
 int cunit_main(int argc, char **argv, CU_SuiteInfo *suites)
 {
     unsigned seed = cunit_seed();
-    printf("%s: seed %u (rerun: RAFTKV_SEED=%u %s%s%s)\n", argv[0], seed, seed,
-           argv[0], argc > 1 ? " " : "", argc > 1 ? argv[1] : "");
+    printf(
+        "%s: seed %u (rerun: RAFTKV_SEED=%u %s%s%s)%s\n", argv[0], seed, seed,
+        argv[0], argc > 1 ? " " : "", argc > 1 ? argv[1] : "",
+        cunit_require_all() ? "; RAFTKV_REQUIRE_ALL=1: no test may skip" : "");
     if (CU_initialize_registry() != CUE_SUCCESS) {
         fprintf(stderr, "CUnit: %s\n", CU_get_error_msg());
         return 2;
@@ -75,18 +148,31 @@ int cunit_main(int argc, char **argv, CU_SuiteInfo *suites)
     /* A suite whose setup or teardown failed ran no tests (or left a mess):
      * CUnit does not count that as a failed assertion, but it is one. */
     unsigned suites_failed = CU_get_number_of_suites_failed();
+    if (failures || suites_failed) {
+        print_reruns(argv[0], seed);
+    }
     CU_cleanup_registry();
     if (failures) {
-        printf(
-            "%s: %u assertion(s) failed in %u test(s); seed %u "
-            "(rerun: RAFTKV_SEED=%u %s)\n",
-            argv[0], failures, tests_failed, seed, seed, argv[0]);
+        printf("%s: %u assertion(s) failed in %u test(s); seed %u\n", argv[0],
+               failures, tests_failed, seed);
     }
     if (suites_failed) {
         printf("%s: %u suite(s) failed to set up or clean up\n", argv[0],
                suites_failed);
     }
-    return failures || suites_failed ? 1 : 0;
+    if (n_skips) {
+        printf(
+            "%s: %u test(s) SKIPPED (RAFTKV_REQUIRE_ALL=1 makes a skip a "
+            "failure):\n",
+            argv[0], n_skips);
+        for (unsigned i = 0; i < n_skips && i < MAX_SKIPS; i++) {
+            printf("  %s: %s\n", skips[i].test, skips[i].reason);
+        }
+    }
+    if (failures || suites_failed) {
+        return 1;
+    }
+    return n_skips ? CUNIT_SKIPPED : 0;
 }
 
 static int remove_entry(const char *path,
