@@ -34,7 +34,8 @@ struct clerk
     struct server servers[MAX_SERVERS]; /* the cluster */
     size_t n;                           /* servers */
     size_t leader;                      /* server tried first */
-    uint8_t client_id[16];              /* random, per handle */
+    uint8_t client_id[16];              /* random, per session */
+    bool session_open;                  /* client_id has a session */
     uint64_t request_id;                /* last write's request id */
     unsigned deadline_ms;               /* per operation */
     unsigned attempt_ms;                /* per call */
@@ -74,6 +75,8 @@ const char *clerk_error_code(int err)
             return "NO_MEMORY";
         case CLERK_DISABLED:
             return "DISABLED";
+        case CLERK_SESSION_EXPIRED:
+            return "SESSION_EXPIRED";
         default:
             return "INTERNAL";
     }
@@ -106,6 +109,9 @@ const char *clerk_strerror(int err)
             return "out of memory";
         case CLERK_DISABLED:
             return "not allowed by the server";
+        case CLERK_SESSION_EXPIRED:
+            return "the cluster forgot this client's session while the write "
+                   "was retried; it may or may not have been applied";
         default:
             return "internal error";
     }
@@ -127,6 +133,23 @@ void clerk_free(void *p)
 }
 
 /* ------------------------------------------------------------- handles */
+
+/* A new random client id, for one attempt to open a session. */
+static void new_client_id(struct clerk *c)
+{
+    if (getrandom(c->client_id, sizeof c->client_id, 0) !=
+        (ssize_t)sizeof c->client_id) {
+        /* No entropy source: fall back on the clock and the address. */
+        static uint64_t counter;
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        uint64_t a = (uint64_t)ts.tv_nsec ^ (uint64_t)ts.tv_sec << 30,
+                 b = (uint64_t)(uintptr_t)c ^ (uint64_t)clock() ^
+                     __atomic_add_fetch(&counter, 1, __ATOMIC_RELAXED);
+        memcpy(c->client_id, &a, 8);
+        memcpy(c->client_id + 8, &b, 8);
+    }
+}
 
 /* Add one server, "HOST:PORT", "[V6]:PORT" or "ID=HOST:PORT" (it is
  * modified). Returns false, with open_error set, when it is malformed or
@@ -215,16 +238,6 @@ int clerk_open(struct clerk **out,
     c->deadline_ms = c->defaults.deadline_ms;
     c->attempt_ms = c->defaults.attempt_ms;
     c->read_mode = c->defaults.read_mode;
-    if (getrandom(c->client_id, sizeof c->client_id, 0) !=
-        (ssize_t)sizeof c->client_id) {
-        /* No entropy source: fall back on the clock and the address. */
-        struct timespec ts;
-        clock_gettime(CLOCK_REALTIME, &ts);
-        uint64_t a = (uint64_t)ts.tv_nsec ^ (uint64_t)ts.tv_sec << 30,
-                 b = (uint64_t)(uintptr_t)c ^ (uint64_t)clock();
-        memcpy(c->client_id, &a, 8);
-        memcpy(c->client_id + 8, &b, 8);
-    }
     pthread_mutex_init(&c->lock, NULL);
     *out = c;
     return CLERK_OK;
@@ -314,7 +327,7 @@ static size_t next_server(struct clerk *c,
 
 /* ---------------------------------------------------------- operations */
 
-enum op { OP_GET, OP_PUT, OP_APPEND, OP_DEL, OP_CAS };
+enum op { OP_GET, OP_PUT, OP_APPEND, OP_DEL, OP_CAS, OP_OPEN_SESSION };
 
 /* What one call to one server said. */
 struct answer
@@ -329,6 +342,8 @@ struct answer
     void *value;           /* Get value or CAS current (malloc'd, +NUL) */
     size_t len;            /* its length */
     char message[300];     /* the server's message */
+    bool maybe_applied;    /* final answer of a write: an earlier try may
+                              have been applied */
 };
 
 static void take_common(struct answer *a,
@@ -387,6 +402,15 @@ static void on_put(const Raftkv__PutAppendReply *r, void *data)
 }
 
 static void on_del(const Raftkv__DeleteReply *r, void *data)
+{
+    if (!r) {
+        rpc_failed(data);
+        return;
+    }
+    take_common(data, r->err, r->leader, r->message);
+}
+
+static void on_open_session(const Raftkv__OpenSessionReply *r, void *data)
 {
     if (!r) {
         rpc_failed(data);
@@ -483,6 +507,15 @@ static void call(struct clerk *c,
             raftkv__kv_service__compare_and_swap(svc, &s, on_cas, a);
             break;
         }
+        case OP_OPEN_SESSION: {
+            /* A new id for each try: a try that arrives late then opens a
+             * session nobody writes in, never this one again. */
+            new_client_id(c);
+            Raftkv__OpenSessionArgs o = RAFTKV__OPEN_SESSION_ARGS__INIT;
+            o.client_id = cid;
+            raftkv__kv_service__open_session(svc, &o, on_open_session, a);
+            break;
+        }
     }
 }
 
@@ -533,6 +566,8 @@ static int final_result(const struct request *rq, const struct answer *a)
             return CLERK_VALUE_TOO_LARGE;
         case RAFTKV__KV_ERROR__KV_NO_SPACE:
             return CLERK_NO_SPACE;
+        case RAFTKV__KV_ERROR__KV_SESSION_EXPIRED:
+            return CLERK_SESSION_EXPIRED;
         default:
             return CLERK_INTERNAL;
     }
@@ -604,6 +639,7 @@ static int run(struct clerk *c, const struct request *rq, struct answer *out)
                     break;
                 default:
                     c->leader = i;
+                    a.maybe_applied = maybe_applied;
                     *out = a;
                     snprintf(c->errmsg, sizeof c->errmsg, "%s", a.message);
                     return final_result(rq, &a);
@@ -640,6 +676,22 @@ static int check_args(struct clerk *c, const void *key, size_t key_len)
     return CLERK_OK;
 }
 
+/* Open a session for this handle's writes (with the lock held). */
+static int open_session(struct clerk *c)
+{
+    struct request rq = {.op = OP_OPEN_SESSION};
+    struct answer a = {0};
+    int rv = run(c, &rq, &a);
+    free(a.value);
+    if (rv == CLERK_OK) {
+        c->session_open = true;
+        c->request_id = 0;
+        return CLERK_OK;
+    }
+    /* The write itself was never sent. */
+    return rv == CLERK_UNKNOWN_OUTCOME ? CLERK_UNAVAILABLE : rv;
+}
+
 static int write_op(struct clerk *c,
                     enum op op,
                     const void *key,
@@ -659,9 +711,29 @@ static int write_op(struct clerk *c,
                          .key = {key_len, (uint8_t *)key},
                          .value = {value_len, (uint8_t *)value},
                          .expected = expected,
-                         .expected_len = expected_len,
-                         .request_id = ++c->request_id};
-    rv = run(c, &rq, a);
+                         .expected_len = expected_len};
+    for (int tries = 0;; tries++) {
+        if (!c->session_open) {
+            rv = open_session(c);
+            if (rv) {
+                break;
+            }
+        }
+        rq.request_id = ++c->request_id;
+        rv = run(c, &rq, a);
+        if (rv != CLERK_SESSION_EXPIRED) {
+            break;
+        }
+        /* Forgotten by the cluster: the next write needs a new session.
+         * When no earlier try of this one may have been applied, it was
+         * not applied at all and goes again in the new session. */
+        c->session_open = false;
+        if (a->maybe_applied || tries > 0) {
+            break;
+        }
+        free(a->value);
+        memset(a, 0, sizeof *a);
+    }
     pthread_mutex_unlock(&c->lock);
     return rv;
 }

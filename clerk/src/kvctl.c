@@ -307,9 +307,10 @@ static int answer_error(const char *code,
 static int answer_clerk(struct clerk *ck, int err)
 {
     const char *msg = clerk_errmsg(ck);
-    return answer_error(clerk_error_code(err),
-                        msg[0] ? msg : clerk_strerror(err),
-                        err == CLERK_UNKNOWN_OUTCOME, NULL, 0, false);
+    return answer_error(
+        clerk_error_code(err), msg[0] ? msg : clerk_strerror(err),
+        err == CLERK_UNKNOWN_OUTCOME || err == CLERK_SESSION_EXPIRED, NULL, 0,
+        false);
 }
 
 static int usage_error(const char *msg)

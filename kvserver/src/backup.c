@@ -224,6 +224,46 @@ static int restore_fail(const char *fmt, const char *a, const char *b)
     return 1;
 }
 
+/* Empty what an interrupted restore left: the state and the log. */
+static int restart_restore(struct kv_store *st, MDB_txn *txn, struct kv_wal *w)
+{
+    MDB_dbi dbs[] = {st->kv, st->sessions, st->session_age, st->staging};
+    for (size_t i = 0; i < sizeof dbs / sizeof dbs[0]; i++) {
+        int rc = mdb_drop(txn, dbs[i], 0);
+        if (rc) {
+            return kv_store_fail(st, rc, "empty the state");
+        }
+    }
+    if (kv_wal_reset(w) != 0) {
+        snprintf(st->errmsg, sizeof st->errmsg, "%.1150s", w->errmsg);
+        return KV_STORE_EIO;
+    }
+    return 0;
+}
+
+/* Mark the store as being restored (1) or done (0), durably. */
+static int mark_restoring(struct kv_store *st, uint64_t on)
+{
+    MDB_txn *txn;
+    int rc = mdb_txn_begin(st->env, NULL, 0, &txn);
+    if (rc) {
+        return kv_store_fail(st, rc, "begin");
+    }
+    int rv = kv_store_put_meta(st, txn, "restoring", on);
+    if (rv) {
+        mdb_txn_abort(txn);
+        return rv;
+    }
+    rc = mdb_txn_commit(txn);
+    return rc ? kv_store_fail(st, rc, "commit") : 0;
+}
+
+/* Restoring goes in steps, each durable before the next: the store is
+ * marked "restoring"; the state is installed (one transaction); the log
+ * gets the snapshot's term and mark; the mark is removed. A node refuses
+ * to start from a store still marked, and --restore redoes it from the
+ * start, so a crash at any point leaves either the empty directory, a
+ * restore to run again, or the finished one. */
 int kv_restore_file(const struct kv_node_config *cfg,
                     uint64_t cluster_id,
                     const char *file)
@@ -247,22 +287,44 @@ int kv_restore_file(const struct kv_node_config *cfg,
         return restore_fail("%s%s", w.errmsg, "");
     }
     MDB_txn *txn = NULL;
-    struct kv_meta m;
+    struct kv_meta m = {0};
     MDB_stat ks;
     int rv = 1;
-    if (mdb_txn_begin(st.env, NULL, 0, &txn) != 0 ||
+    bool marked = false, state_written = false;
+    if (mdb_txn_begin(st.env, NULL, MDB_RDONLY, &txn) != 0 ||
         kv_store_read_meta(&st, txn, &m) != 0 ||
         mdb_stat(txn, st.kv, &ks) != 0) {
         restore_fail("%s: cannot read the data directory%s", cfg->data_dir, "");
         goto out;
     }
-    if (m.applied != 0 || ks.ms_entries != 0 || c.n_entries != 0 ||
-        c.hs.term != 0) {
+    mdb_txn_abort(txn);
+    txn = NULL;
+    if (!m.restoring && (m.applied != 0 || ks.ms_entries != 0 ||
+                         c.n_entries != 0 || c.hs.term != 0)) {
         restore_fail(
             "--restore: %s already holds data; restore into an "
             "empty directory (wipe it first)%s",
             cfg->data_dir, "");
         goto out;
+    }
+    if (mark_restoring(&st, 1) != 0) {
+        restore_fail("%s%s", st.errmsg, "");
+        goto out;
+    }
+    marked = true;
+    if (mdb_txn_begin(st.env, NULL, 0, &txn) != 0) {
+        restore_fail("%s: cannot write the data directory%s", cfg->data_dir,
+                     "");
+        goto out;
+    }
+    if (m.restoring) {
+        fprintf(stderr,
+                "kvserver: %s holds an interrupted restore; doing it again\n",
+                cfg->data_dir);
+        if (restart_restore(&st, txn, &w) != 0) {
+            restore_fail("%s%s", st.errmsg, "");
+            goto out;
+        }
     }
     static uint8_t chunk[1u << 20];
     uint64_t off = 0;
@@ -293,10 +355,15 @@ int kv_restore_file(const struct kv_node_config *cfg,
         goto out;
     }
     txn = NULL;
+    state_written = true;
     /* The log starts after the snapshot, in the snapshot's term. */
     if (kv_wal_add_hard_state(&w, term, 0) != 0 ||
         kv_wal_add_snapshot(&w, index, term) != 0 || kv_wal_sync(&w) != 0) {
         restore_fail("%s%s", w.errmsg, "");
+        goto out;
+    }
+    if (mark_restoring(&st, 0) != 0) {
+        restore_fail("%s%s", st.errmsg, "");
         goto out;
     }
     printf("restored %s into %s: state at index %" PRIu64 ", term %" PRIu64
@@ -306,6 +373,11 @@ int kv_restore_file(const struct kv_node_config *cfg,
 out:
     if (txn) {
         mdb_txn_abort(txn);
+    }
+    if (rv && marked && !m.restoring && !state_written) {
+        /* Refused before anything was written (a damaged file): the
+         * directory is as empty as it was. */
+        mark_restoring(&st, 0);
     }
     fclose(fp);
     kv_wal_close(&w);

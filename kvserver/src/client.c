@@ -51,6 +51,12 @@ static void reply_write(struct kv_node *n,
             r.current_value.len = o->current_len;
         }
         closure(&r.base, data);
+    } else if (op == RAFTKV__COMMAND__OP_OPEN_SESSION) {
+        Raftkv__OpenSessionReply r = RAFTKV__OPEN_SESSION_REPLY__INIT;
+        r.err = err;
+        r.leader = &hint;
+        r.message = text;
+        closure(&r.base, data);
     } else {
         Raftkv__PutAppendReply r = RAFTKV__PUT_APPEND_REPLY__INIT;
         r.err = err;
@@ -92,6 +98,10 @@ static const char *outcome_message(int err)
                    "replaced)";
         case RAFTKV__KV_ERROR__KV_VALUE_TOO_LARGE:
             return "key or value too large";
+        case RAFTKV__KV_ERROR__KV_SESSION_EXPIRED:
+            return "not applied: the client's session is not open (forgotten "
+                   "to make room for newer clients, or never opened); open a "
+                   "new one with a new client id";
         default:
             return "";
     }
@@ -108,7 +118,7 @@ static void propose(struct kv_node *n,
                     void *data)
 {
     char msg[160];
-    int err = kv_sm_check_key(&n->store, key->len);
+    int err = key ? kv_sm_check_key(&n->store, key->len) : 0;
     if (err) {
         snprintf(msg, sizeof msg, "key of %zu bytes: %s (1 to %d bytes)",
                  key->len,
@@ -124,7 +134,8 @@ static void propose(struct kv_node *n,
                     NULL, 0, msg);
         return;
     }
-    if (client_id->len != KV_CLIENT_ID_LEN || request_id == 0) {
+    if (client_id->len != KV_CLIENT_ID_LEN ||
+        (request_id == 0 && op != RAFTKV__COMMAND__OP_OPEN_SESSION)) {
         reply_write(n, op, closure, data, RAFTKV__KV_ERROR__KV_BAD_REQUEST,
                     NULL, 0,
                     "a write needs a 16-byte client_id and a request_id > 0");
@@ -279,6 +290,24 @@ static void handle_cas(Raftkv__KvService_Service *svc,
     cmd.cas = (Raftkv__CompareAndSwapArgs *)a;
     propose(n, RAFTKV__COMMAND__OP_CAS, &cmd, &a->key, &a->new_value,
             &a->client_id, a->request_id, (ProtobufCClosure)closure, data);
+}
+
+static void handle_open_session(Raftkv__KvService_Service *svc,
+                                const Raftkv__OpenSessionArgs *a,
+                                Raftkv__OpenSessionReply_Closure closure,
+                                void *data)
+{
+    struct kv_node *n = node_of(svc, kv_svc);
+    /* The bound goes into the log with the session, so that every replica
+     * forgets the same sessions. */
+    Raftkv__SessionOpen open = RAFTKV__SESSION_OPEN__INIT;
+    open.client_id = a->client_id;
+    open.max_sessions = n->cfg.max_sessions;
+    Raftkv__Command cmd = RAFTKV__COMMAND__INIT;
+    cmd.op_case = RAFTKV__COMMAND__OP_OPEN_SESSION;
+    cmd.open_session = &open;
+    propose(n, RAFTKV__COMMAND__OP_OPEN_SESSION, &cmd, NULL, NULL,
+            &a->client_id, 0, (ProtobufCClosure)closure, data);
 }
 
 /* -------------------------------------------------------------- reads */
@@ -523,6 +552,7 @@ void client_service_init(struct kv_node *n)
         handle_put_append,
         handle_delete,
         handle_cas,
+        handle_open_session,
     };
     Raftkv__AdminService_Service admin = {
         RAFTKV__ADMIN_SERVICE__BASE_INIT,

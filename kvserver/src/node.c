@@ -48,6 +48,15 @@ static void finish_update(struct kv_node *n, struct raft_update *u)
 {
     for (size_t i = 0; i < u->n_messages; i++) {
         const struct raft_message *m = &u->messages[i];
+        if (m->type == RAFT_MSG_VOTE_RESP && m->u.vote_resp.granted &&
+            !m->u.vote_resp.pre_vote) {
+            /* On disk already (the update was persisted): a vote is given
+             * once per term, and this line lets anyone check that. */
+            rpc_logf(RPC_LOG_INFO,
+                     "node %llu: voted for node %llu in term %llu",
+                     (unsigned long long)n->cfg.id, (unsigned long long)m->to,
+                     (unsigned long long)m->term);
+        }
         if (m->cookie) {
             peer_respond(n, m);
         } else {
@@ -253,7 +262,15 @@ static void node_free(struct kv_node *n)
     metrics_stop(n);
     rpc_server_free(n->server);
     if (n->frozen) {
+        /* The held update's log write failed, but its committed entries
+         * are in the state transaction: committing it would put the
+         * applied state ahead of the durable log. Drop it; the entries
+         * that are durable are applied again at the next start. */
         raft_advance(n->raft, &n->held);
+        if (n->state_txn) {
+            mdb_txn_abort(n->state_txn);
+            n->state_txn = NULL;
+        }
     }
     raft_free(n->raft);
     if (n->state_txn && node_state_commit(n, true) != 0) {

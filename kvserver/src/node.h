@@ -64,6 +64,7 @@ struct kv_peer
     struct snap_stream stream; /* snapshot being sent to it */
     bool stream_open;          /* stream is live */
     uint64_t stream_for;       /* the core's snapshot index it serves */
+    uint64_t stream_id;        /* this production of it (random) */
     uint8_t *chunk;            /* last chunk sent, for a resend */
     size_t chunk_len;          /* its length */
     uint64_t chunk_offset;     /* its offset */
@@ -143,6 +144,8 @@ struct kv_node
     uint64_t applied;                   /* state machine's applied index */
     uint64_t applied_term;              /* its term */
     uint64_t snap_index;                /* core snapshot index persisted */
+    uint64_t stage_stream;              /* stream of the staged chunks */
+    struct snap_check stage_check;      /* their stream checksum so far */
     struct kv_wal wal;                  /* the Raft log and hard state */
     MDB_txn *state_txn;                 /* applies since the last commit */
     size_t state_ops, state_bytes;      /* entries applied in it, bytes */

@@ -4,6 +4,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
+#include <time.h>
 
 #include "node.h"
 
@@ -121,6 +123,21 @@ void peer_close_streams(struct kv_node *n)
     }
 }
 
+/* A new name for a production of the snapshot's bytes: chunks of an
+ * earlier one, still on the way, are then never staged with this one's. */
+static uint64_t new_stream_id(void)
+{
+    static uint64_t counter;
+    uint64_t id = 0;
+    if (getrandom(&id, sizeof id, GRND_NONBLOCK) != (ssize_t)sizeof id) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        id = (uint64_t)ts.tv_nsec ^ (uint64_t)ts.tv_sec << 30;
+    }
+    id ^= ++counter;
+    return id ? id : 1;
+}
+
 /* Fill a chunk of the state for a follower: the next one, the last one
  * again (a lost chunk), or the first of a fresh stream. */
 static int fill_chunk(struct kv_node *n,
@@ -148,6 +165,7 @@ static int fill_chunk(struct kv_node *n,
         }
         p->stream_open = true;
         p->stream_for = s->index;
+        p->stream_id = new_stream_id();
         off = 0;
         /* A follower that stays unreachable gets a fresh stream after each
          * compaction; say so once every 10 s, not each time. */
@@ -191,6 +209,7 @@ fill:
     a->data.len = p->chunk_len;
     a->done = p->chunk_done;
     a->crc32c = kv_crc32c(0, p->chunk, p->chunk_len);
+    a->stream_id = p->stream_id;
     return 0;
 }
 
@@ -378,7 +397,27 @@ static void step_request(struct kv_node *n,
     if (rv) {
         list_remove(n, in);
         free(in);
-        rpc_call_fail(closure_data, RPC_E_BAD_REQUEST, raft_strerror(rv));
+        char why[300];
+        snprintf(why, sizeof why, "%s: %s", raft_strerror(rv),
+                 raft_errmsg(n->raft));
+        if (rv == RAFT_EINVAL) {
+            /* A malformed or impossible message (a term that cannot be
+             * real): say so, at most once every 10 s. */
+            static uint64_t last_warn;
+            uint64_t now = node_now_ms();
+            if (now - last_warn > 10000) {
+                last_warn = now;
+                rpc_logf(RPC_LOG_WARN,
+                         "node %llu: refused a message from "
+                         "node %llu: %s",
+                         (unsigned long long)n->cfg.id,
+                         (unsigned long long)m->from, why);
+            }
+        }
+        rpc_call_fail(closure_data, RPC_E_BAD_REQUEST, why);
+        /* Refusing may still have changed what the core must write (a
+         * term raised one bounded step). */
+        node_schedule_turn(n);
         return;
     }
     node_schedule_turn(n);
@@ -441,6 +480,24 @@ static void handle_append_entries(Raftkv__RaftService_Service *svc,
     free(ents);
 }
 
+/* Does the final chunk @a end what is staged (or, at offset 0, the whole
+ * stream) with the stream's checksum? A chunk that does not continue the
+ * staged stream is left to the core, which does not stage it. */
+static bool final_chunk_fits(struct kv_node *n,
+                             const Raftkv__InstallSnapshotArgs *a)
+{
+    struct snap_check c = {0};
+    if (a->offset != 0) {
+        if (a->stream_id != n->stage_stream ||
+            a->offset != n->stage_check.len) {
+            return true;
+        }
+        c = n->stage_check;
+    }
+    snap_check_add(&c, a->data.data, a->data.len);
+    return snap_check_ok(&c);
+}
+
 static void handle_install_snapshot(
     Raftkv__RaftService_Service *svc,
     const Raftkv__InstallSnapshotArgs *a,
@@ -462,8 +519,29 @@ static void handle_install_snapshot(
         rpc_call_fail(closure_data, RPC_E_BAD_REQUEST, why);
         return;
     }
+    if (a->done && !final_chunk_fits(n, a)) {
+        /* The stream is damaged (or mixed from two): the core would
+         * install it. Ask for a fresh one; the staged chunks are
+         * dropped when it starts. */
+        rpc_logf(RPC_LOG_WARN,
+                 "node %llu: snapshot from node %llu (index %llu) fails its "
+                 "stream checksum; discarding it and asking for a fresh copy",
+                 (unsigned long long)n->cfg.id, (unsigned long long)a->from,
+                 (unsigned long long)a->last_included_index);
+        Raftkv__InstallSnapshotReply r = RAFTKV__INSTALL_SNAPSHOT_REPLY__INIT;
+        /* In the sender's term (not below it), so that the answer is
+         * not dropped as stale; it promises nothing. */
+        r.term = a->term > raft_term(n->raft) ? a->term : raft_term(n->raft);
+        r.index = a->last_included_index;
+        r.next_offset = 0;
+        r.last_log_index = raft_last_index(n->raft);
+        r.seq = a->seq;
+        closure(&r, closure_data);
+        return;
+    }
     struct raft_message m = {
         .type = RAFT_MSG_SNAPSHOT, .from = a->from, .term = a->term};
+    m.u.snapshot.stream = a->stream_id;
     m.u.snapshot.index = a->last_included_index;
     m.u.snapshot.term = a->last_included_term;
     m.u.snapshot.offset = a->offset;

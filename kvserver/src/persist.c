@@ -181,8 +181,8 @@ static int state_apply_upto(struct kv_node *n, uint64_t upto)
         }
         if (e->type == RAFT_ENTRY_NORMAL) {
             struct kv_outcome o;
-            int rv = kv_sm_apply(st, n->state_txn, e->index, e->data, e->len,
-                                 n->cfg.max_sessions, &o);
+            int rv =
+                kv_sm_apply(st, n->state_txn, e->index, e->data, e->len, &o);
             if (!rv) {
                 rv = note_applied(n, e, entry_op(e), &o);
                 if (rv) {
@@ -216,10 +216,17 @@ static int state_receive_snapshot(struct kv_node *n,
 {
     struct kv_store *st = &n->store;
     bool installed = u->install && n->applied >= u->install_index;
+    struct snap_check check = n->stage_check;
+    uint64_t stream = n->stage_stream;
     int rv = state_open(n);
     for (size_t i = 0; i < u->n_chunks && !rv && !installed; i++) {
         const struct raft_snapshot_chunk *c = &u->chunks[i];
         rv = snap_stage(st, n->state_txn, c->offset, c->data, c->len);
+        if (c->offset == 0) {
+            memset(&check, 0, sizeof check);
+            stream = c->stream;
+        }
+        snap_check_add(&check, c->data, c->len);
     }
     if (!rv && u->install && !installed) {
         uint64_t applied, applied_term;
@@ -249,7 +256,17 @@ static int state_receive_snapshot(struct kv_node *n,
         state_abort(n);
         return rv;
     }
-    return node_state_commit(n, true);
+    rv = node_state_commit(n, true);
+    if (!rv && !installed) {
+        /* What is staged now, for peer.c's check of the final chunk. */
+        n->stage_check = check;
+        n->stage_stream = stream;
+        if (u->install) {
+            memset(&n->stage_check, 0, sizeof n->stage_check);
+            n->stage_stream = 0;
+        }
+    }
+    return rv;
 }
 
 int node_persist(struct kv_node *n, const struct raft_update *u)
@@ -321,10 +338,56 @@ int node_persist(struct kv_node *n, const struct raft_update *u)
     return rv;
 }
 
+/* LMDB stops using an environment whose meta page it failed to write
+ * (every later transaction gets MDB_PANIC), though its files stay intact:
+ * the last meta page written before is still the one it opens. Close it
+ * and open it again; the log applies again what its state lacks. */
+static int reopen_store(struct kv_node *n)
+{
+    struct kv_store *st = &n->store;
+    peer_close_streams(n);
+    backup_close_all(n);
+    state_abort(n);
+    size_t map_size = st->map_size;
+    kv_store_close(st);
+    int rv = kv_store_open(st, n->cfg.data_dir, map_size);
+    MDB_txn *txn = NULL;
+    struct kv_meta m;
+    if (!rv) {
+        int rc = mdb_txn_begin(st->env, NULL, MDB_RDONLY, &txn);
+        rv = rc ? kv_store_fail(st, rc, "begin read") : 0;
+    }
+    if (!rv) {
+        rv = kv_store_read_meta(st, txn, &m);
+        mdb_txn_abort(txn);
+    }
+    if (rv) {
+        return rv;
+    }
+    n->applied = n->durable_applied = m.applied;
+    n->applied_term = n->durable_term = m.applied_term;
+    n->state_synced = false;
+    n->meta_async = false;
+    rpc_logf(RPC_LOG_WARN,
+             "node %llu: LMDB environment reopened after a failed write; "
+             "its state is at index %llu, the log applies the rest again",
+             (unsigned long long)n->cfg.id, (unsigned long long)m.applied);
+    return 0;
+}
+
 int node_persist_growing(struct kv_node *n, const struct raft_update *u)
 {
     for (int tries = 0; tries < 16; tries++) {
+        if (n->store.fatal) {
+            int rv = reopen_store(n);
+            if (rv) {
+                return rv;
+            }
+        }
         int rv = node_persist(n, u);
+        if (rv && n->store.fatal) {
+            continue; /* reopen and try again */
+        }
         if (rv != KV_STORE_EMAPFULL) {
             return rv;
         }
@@ -355,7 +418,11 @@ void node_state_due(struct kv_node *n)
              "from the log",
              (unsigned long long)n->cfg.id, n->store.errmsg);
     /* Re-apply what the failed commit held; reads wait meanwhile. */
-    if (state_open(n) == 0 && state_apply_upto(n, n->handed) == 0) {
+    rv = state_open(n);
+    if (rv && n->store.fatal && reopen_store(n) == 0) {
+        rv = state_open(n);
+    }
+    if (rv == 0 && state_apply_upto(n, n->handed) == 0) {
         node_clear_applied(n);
         return;
     }
@@ -476,6 +543,14 @@ int node_restore(struct kv_node *n)
     mdb_txn_abort(txn);
     if (rv) {
         fprintf(stderr, "kvserver: %s\n", st->errmsg);
+        return -1;
+    }
+    if (m.restoring) {
+        fprintf(stderr,
+                "kvserver: %s holds a restore that did not finish (kvserver "
+                "--restore was stopped); run the same kvserver --restore "
+                "again, then start the node\n",
+                n->cfg.data_dir);
         return -1;
     }
     struct kv_wal_contents c;

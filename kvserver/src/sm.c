@@ -1,4 +1,5 @@
-/* sm.c: applying Put, Append, Delete and CompareAndSwap exactly once. */
+/* sm.c: applying Put, Append, Delete and CompareAndSwap exactly once, in
+ * sessions that clients open through the log. */
 #include <stdlib.h>
 #include <string.h>
 
@@ -58,7 +59,7 @@ static int session_get(struct kv_store *st,
     if (rec->mv_size < SESSION_HEADER ||
         rec->mv_size !=
             SESSION_HEADER + kv_get_u32((uint8_t *)rec->mv_data + 18)) {
-        return 0; /* damaged: treat as absent (the write is applied) */
+        return 0; /* damaged: as if forgotten (the write is refused) */
     }
     return 1;
 }
@@ -121,19 +122,21 @@ static int evict_sessions(struct kv_store *st, MDB_txn *txn, size_t max)
     return 0;
 }
 
+/* Record a client's last request and its outcome, at @index (its age for
+ * eviction); @old_index is its previous age, when it had one. */
 static int session_put(struct kv_store *st,
                        MDB_txn *txn,
-                       const struct write_common *w,
+                       const ProtobufCBinaryData *client_id,
+                       uint64_t request_id,
                        uint64_t index,
                        uint64_t old_index,
                        bool existed,
-                       const struct kv_outcome *o,
-                       size_t max_sessions)
+                       const struct kv_outcome *o)
 {
     uint8_t agekey[8 + KV_CLIENT_ID_LEN];
     MDB_val ak = {sizeof agekey, agekey}, empty = {0, ""};
     int rc;
-    memcpy(agekey + 8, w->client_id.data, KV_CLIENT_ID_LEN);
+    memcpy(agekey + 8, client_id->data, KV_CLIENT_ID_LEN);
     if (existed) {
         kv_put_u64(agekey, old_index);
         rc = mdb_del(txn, st->session_age, &ak, NULL);
@@ -146,14 +149,14 @@ static int session_put(struct kv_store *st,
     if (rc) {
         return store_error(st, rc, "write session age");
     }
-    MDB_val k = {KV_CLIENT_ID_LEN, w->client_id.data};
+    MDB_val k = {KV_CLIENT_ID_LEN, client_id->data};
     MDB_val v = {SESSION_HEADER + o->current_len, NULL};
     rc = mdb_put(txn, st->sessions, &k, &v, MDB_RESERVE);
     if (rc) {
         return store_error(st, rc, "write session");
     }
     uint8_t *p = v.mv_data;
-    kv_put_u64(p, w->request_id);
+    kv_put_u64(p, request_id);
     kv_put_u64(p + 8, index);
     p[16] = (uint8_t)o->err;
     p[17] = (uint8_t)((o->swapped ? FLAG_SWAPPED : 0) |
@@ -162,7 +165,38 @@ static int session_put(struct kv_store *st,
     if (o->current_len) {
         memcpy(p + SESSION_HEADER, o->current, o->current_len);
     }
-    return existed ? 0 : evict_sessions(st, txn, max_sessions);
+    return 0;
+}
+
+/* Open a session: a client that is new here gets a record with request id
+ * 0, then the least recent writers are forgotten down to the bound the
+ * leader put in the entry (so every replica forgets the same ones). */
+static int open_session(struct kv_store *st,
+                        MDB_txn *txn,
+                        uint64_t index,
+                        const Raftkv__SessionOpen *a,
+                        struct kv_outcome *out)
+{
+    if (a->client_id.len != KV_CLIENT_ID_LEN) {
+        out->err = RAFTKV__KV_ERROR__KV_BAD_REQUEST;
+        return 0;
+    }
+    MDB_val rec;
+    int found = session_get(st, txn, &a->client_id, &rec);
+    if (found < 0) {
+        return -found;
+    }
+    if (found) {
+        out->duplicate = true; /* open already: nothing to do */
+        return 0;
+    }
+    int rv = session_put(st, txn, &a->client_id, 0, index, 0, false, out);
+    if (rv) {
+        return rv;
+    }
+    size_t max =
+        a->max_sessions ? (size_t)a->max_sessions : KV_DEFAULT_MAX_SESSIONS;
+    return evict_sessions(st, txn, max);
 }
 
 /* mdb_put of a key/value; size errors become an outcome. */
@@ -279,7 +313,6 @@ int kv_sm_apply(struct kv_store *st,
                 uint64_t index,
                 const void *data,
                 size_t len,
-                size_t max_sessions,
                 struct kv_outcome *out)
 {
     memset(out, 0, sizeof *out);
@@ -289,6 +322,7 @@ int kv_sm_apply(struct kv_store *st,
         return 0;
     }
     struct write_common w;
+    int rv = 0;
     switch (cmd->op_case) {
         case RAFTKV__COMMAND__OP_PUT_APPEND:
             w.key = cmd->put_append->key;
@@ -305,12 +339,13 @@ int kv_sm_apply(struct kv_store *st,
             w.client_id = cmd->cas->client_id;
             w.request_id = cmd->cas->request_id;
             break;
+        case RAFTKV__COMMAND__OP_OPEN_SESSION:
+            rv = open_session(st, txn, index, cmd->open_session, out);
+            goto out_free;
         default:
             out->err = RAFTKV__KV_ERROR__KV_BAD_REQUEST;
-            raftkv__command__free_unpacked(cmd, NULL);
-            return 0;
+            goto out_free;
     }
-    int rv = 0;
     if (w.client_id.len != KV_CLIENT_ID_LEN || w.request_id == 0) {
         out->err = RAFTKV__KV_ERROR__KV_BAD_REQUEST;
         goto out_free;
@@ -325,13 +360,19 @@ int kv_sm_apply(struct kv_store *st,
         rv = -found;
         goto out_free;
     }
-    uint64_t last_request = found ? kv_get_u64(rec.mv_data) : 0;
-    uint64_t last_index = found ? kv_get_u64((uint8_t *)rec.mv_data + 8) : 0;
-    if (found && w.request_id == last_request) {
+    if (!found) {
+        /* Never opened, or forgotten to make room: this may be the retry
+         * of a write that was applied before. Never apply it. */
+        out->err = RAFTKV__KV_ERROR__KV_SESSION_EXPIRED;
+        goto out_free;
+    }
+    uint64_t last_request = kv_get_u64(rec.mv_data);
+    uint64_t last_index = kv_get_u64((uint8_t *)rec.mv_data + 8);
+    if (w.request_id == last_request) {
         rv = outcome_from_session(&rec, out);
         goto out_free;
     }
-    if (found && w.request_id < last_request) {
+    if (w.request_id < last_request) {
         /* An old retry overtaken by newer writes of the same client: it
          * was applied or abandoned; never apply it now. */
         out->err = RAFTKV__KV_ERROR__KV_BAD_REQUEST;
@@ -350,8 +391,8 @@ int kv_sm_apply(struct kv_store *st,
             break;
     }
     if (rv == 0) {
-        rv = session_put(st, txn, &w, index, last_index, found, out,
-                         max_sessions ? max_sessions : KV_DEFAULT_MAX_SESSIONS);
+        rv = session_put(st, txn, &w.client_id, w.request_id, index, last_index,
+                         true, out);
     }
 out_free:
     raftkv__command__free_unpacked(cmd, NULL);

@@ -10,10 +10,13 @@
 
 #define KV_CLIENT_ID_LEN 16 /* bytes of a client id */
 
-/* Default bound of the session table. When a new client would exceed it,
- * the session that wrote least recently (smallest log index) is evicted; a
- * retry from an evicted client is answered as stale, never applied twice.
- * Every replica evicts the same sessions: the rule depends on the log only. */
+/* Default bound of the session table. Clients open a session through the
+ * log (Command.open_session); when the table then holds more than the
+ * bound that the proposing leader put in that entry, the sessions that
+ * wrote least recently (smallest log index) are forgotten. A write for a
+ * session that is not open is answered SESSION_EXPIRED and never applied.
+ * Every replica forgets the same sessions: the rule depends on the log
+ * only. */
 #define KV_DEFAULT_MAX_SESSIONS 100000
 
 /* What applying a write did (or did when first applied, for a retry). */
@@ -32,7 +35,6 @@ struct kv_outcome
  * command is an outcome (BAD_REQUEST), the same on every node; only
  * failures of the store itself return an error, after which the caller
  * aborts the transaction.
- * @param max_sessions bound of the session table
  * @param out filled; free it with kv_outcome_clear
  * @return 0, KV_STORE_EMAPFULL, KV_STORE_ENOSPC, KV_STORE_EIO or ENOMEM
  */
@@ -41,7 +43,6 @@ int kv_sm_apply(struct kv_store *st,
                 uint64_t index,
                 const void *data,
                 size_t len,
-                size_t max_sessions,
                 struct kv_outcome *out);
 
 /**

@@ -166,6 +166,32 @@ int snap_stream_read(struct kv_store *st,
     return 0;
 }
 
+void snap_check_add(struct snap_check *c, const void *data, size_t len)
+{
+    const uint8_t *p = data;
+    size_t held = c->len < 4 ? (size_t)c->len : 4;
+    /* The 4 bytes held back are not the last ones any more: take into the
+     * checksum what now has at least 4 bytes after it. */
+    if (len >= 4) {
+        c->crc = kv_crc32c(c->crc, c->tail, held);
+        c->crc = kv_crc32c(c->crc, p, len - 4);
+        memcpy(c->tail, p + len - 4, 4);
+    } else {
+        uint8_t all[8];
+        memcpy(all, c->tail, held);
+        memcpy(all + held, p, len);
+        size_t n = held + len, keep = n < 4 ? n : 4;
+        c->crc = kv_crc32c(c->crc, all, n - keep);
+        memcpy(c->tail, all + n - keep, keep);
+    }
+    c->len += len;
+}
+
+bool snap_check_ok(const struct snap_check *c)
+{
+    return c->len >= HEADER_SIZE + 13 && kv_get_u32(c->tail) == c->crc;
+}
+
 int snap_stage(struct kv_store *st,
                MDB_txn *txn,
                uint64_t offset,

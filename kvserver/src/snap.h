@@ -60,6 +60,22 @@ int snap_stream_read(struct kv_store *st,
  */
 void snap_stream_close(struct snap_stream *s);
 
+/* The stream checksum of a snapshot being received, kept as its chunks are
+ * staged, so that a damaged stream is found before it is installed. */
+struct snap_check
+{
+    uint64_t len;    /* bytes seen */
+    uint32_t crc;    /* CRC-32C of all of them but the last 4 */
+    uint8_t tail[4]; /* the last (up to) 4 bytes seen */
+};
+
+/** Add the next bytes of a stream. */
+void snap_check_add(struct snap_check *c, const void *data, size_t len);
+
+/** Whether the bytes seen end with the CRC-32C of everything before it,
+ * as a whole stream does (a stream damaged or mixed from two fails). */
+bool snap_check_ok(const struct snap_check *c);
+
 /**
  * Stage a received chunk; offset 0 discards what was staged before.
  * @return 0 or a store error

@@ -72,6 +72,11 @@ int kv_store_fail(struct kv_store *st, int rc, const char *what)
     }
     snprintf(st->errmsg, sizeof st->errmsg, "%s: %s: %s", st->dir, what,
              mdb_strerror(rc));
+    if (rc == MDB_PANIC) {
+        /* A meta page write failed earlier: LMDB refuses every transaction
+         * of this environment from then on. */
+        st->fatal = true;
+    }
     if (rc == MDB_MAP_FULL) {
         return KV_STORE_EMAPFULL;
     }
@@ -245,10 +250,9 @@ int kv_store_read_meta(struct kv_store *st, MDB_txn *txn, struct kv_meta *m)
         const char *name;
         uint64_t *out;
     } fields[] = {
-        {"cluster", &m->cluster_id},
-        {"node", &m->node_id},
-        {"applied", &m->applied},
-        {"applied_term", &m->applied_term},
+        {"cluster", &m->cluster_id},  {"node", &m->node_id},
+        {"applied", &m->applied},     {"applied_term", &m->applied_term},
+        {"restoring", &m->restoring},
     };
     for (size_t i = 0; i < sizeof fields / sizeof fields[0]; i++) {
         int rv = get_meta(st, txn, fields[i].name, fields[i].out);

@@ -37,6 +37,7 @@ struct kv_store
     MDB_dbi session_age; /* last index|client id -> (empty), for eviction */
     MDB_dbi staging;     /* offset -> chunk of an incoming snapshot */
     size_t map_size;     /* current map size in bytes */
+    bool fatal;          /* LMDB said MDB_PANIC: reopen the environment */
     char dir[1024];      /* data directory */
     char errmsg[1200];   /* context of the last failure */
 };
@@ -48,6 +49,7 @@ struct kv_meta
     uint64_t node_id;      /* 0 on a fresh store */
     uint64_t applied;      /* last index applied to kv and sessions */
     uint64_t applied_term; /* its term */
+    uint64_t restoring;    /* 1 while kvserver --restore fills the store */
 };
 
 /**

@@ -444,6 +444,27 @@ size_t kv_wal_release(struct kv_wal *w, uint64_t upto)
     return k;
 }
 
+int kv_wal_reset(struct kv_wal *w)
+{
+    kv_wal_discard(w);
+    for (size_t i = 0; i < w->n_segs; i++) {
+        char path[1200];
+        seg_path(w, w->segs[i].no, path, sizeof path);
+        if (unlink(path) != 0 && errno != ENOENT) {
+            return fail(w, errno, "%s: unlink: %s", path, strerror(errno));
+        }
+    }
+    w->n_segs = 0;
+    if (w->fd >= 0) {
+        close(w->fd);
+        w->fd = -1;
+    }
+    w->size = w->alloc = 0;
+    w->term = w->vote = w->snap_index = w->snap_term = 0;
+    int rv = sync_dir(w);
+    return rv ? rv : new_segment(w, 1);
+}
+
 uint64_t kv_wal_bytes(const struct kv_wal *w)
 {
     uint64_t b = 0;

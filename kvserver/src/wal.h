@@ -143,6 +143,13 @@ void kv_wal_discard(struct kv_wal *w);
  */
 size_t kv_wal_release(struct kv_wal *w, uint64_t upto);
 
+/**
+ * Delete the whole log and start an empty one (an interrupted restore is
+ * done again).
+ * @return 0, KV_STORE_EIO
+ */
+int kv_wal_reset(struct kv_wal *w);
+
 /** Bytes in all live segments. */
 uint64_t kv_wal_bytes(const struct kv_wal *w);
 

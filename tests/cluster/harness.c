@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
+#include <sys/random.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -17,6 +18,7 @@
 #include <rpc/rpc.h>
 
 #include "cunit_main.h"
+#include "diskfault_ctl.h"
 #include "harness.h"
 
 #ifndef KVSERVER_PATH
@@ -76,6 +78,9 @@ static int spawn_node(struct h_cluster *c, size_t i)
     }
     if (pid == 0) {
         prctl(PR_SET_PDEATHSIG, SIGKILL);
+        if (c->diskfault && df_setenv(nd->dir, nd->rules, nd->trace) != DF_OK) {
+            _exit(126);
+        }
         int fd = open(nd->log, O_WRONLY | O_CREAT | O_APPEND, 0644);
         if (fd >= 0) {
             dup2(fd, 1);
@@ -177,7 +182,18 @@ int h_cluster_start_hosts(struct h_cluster *c,
                           const char *extra,
                           bool distinct_hosts)
 {
+    struct h_start o = {.distinct_hosts = distinct_hosts};
+    return h_cluster_start_with(c, n, extra, &o);
+}
+
+int h_cluster_start_with(struct h_cluster *c,
+                         size_t n,
+                         const char *extra,
+                         const struct h_start *o)
+{
     memset(c, 0, sizeof *c);
+    bool distinct_hosts = o && o->distinct_hosts;
+    c->diskfault = o && o->diskfault;
     snprintf(c->root, sizeof c->root, "/tmp/raftkv-test-XXXXXX");
     if (!mkdtemp(c->root)) {
         perror("mkdtemp");
@@ -196,6 +212,10 @@ int h_cluster_start_hosts(struct h_cluster *c,
         nd->metrics_port = free_port(nd->host, &held[H_MAX_NODES + i]);
         snprintf(nd->dir, sizeof nd->dir, "%s/node%zu", c->root, i + 1);
         snprintf(nd->log, sizeof nd->log, "%s/node%zu.log", c->root, i + 1);
+        snprintf(nd->rules, sizeof nd->rules, "%s/node%zu.rules", c->root,
+                 i + 1);
+        snprintf(nd->trace, sizeof nd->trace, "%s/node%zu.trace", c->root,
+                 i + 1);
         off += (size_t)snprintf(c->cluster_arg + off,
                                 sizeof c->cluster_arg - off, "%s%zu=%s:%u",
                                 i ? "," : "", i + 1, nd->host, nd->port);
@@ -530,7 +550,17 @@ static void on_cas(const Raftkv__CompareAndSwapReply *r, void *data)
     }
 }
 
-enum op { OP_GET, OP_PUT, OP_APPEND, OP_DEL, OP_CAS };
+static void on_open(const Raftkv__OpenSessionReply *r, void *data)
+{
+    struct call_out *o = data;
+    if (r) {
+        o->replied = true;
+        o->err = r->err;
+        copy_hint(o, r->leader);
+    }
+}
+
+enum op { OP_GET, OP_PUT, OP_APPEND, OP_DEL, OP_CAS, OP_OPEN };
 
 struct op_args
 {
@@ -602,6 +632,12 @@ static void call_once(struct h_client *cl,
             raftkv__kv_service__compare_and_swap(svc, &s, on_cas, o);
             break;
         }
+        case OP_OPEN: {
+            Raftkv__OpenSessionArgs s = RAFTKV__OPEN_SESSION_ARGS__INIT;
+            s.client_id = cid;
+            raftkv__kv_service__open_session(svc, &s, on_open, o);
+            break;
+        }
     }
 }
 
@@ -615,10 +651,36 @@ static size_t node_index(struct h_client *cl, uint64_t id)
     return 0;
 }
 
+static struct h_result run(struct h_client *cl, struct op_args *a);
+
+/* Writes need an open session (kvserver refuses others). */
+static int ensure_session(struct h_client *cl)
+{
+    if (cl->session_open) {
+        return 0;
+    }
+    /* A new random id for each session (as libclerk does): two clients
+     * opened with one seed must not share a session. */
+    if (getrandom(cl->client_id, sizeof cl->client_id, 0) !=
+        (ssize_t)sizeof cl->client_id) {
+        return -1;
+    }
+    cl->next_request = 1;
+    struct op_args o = {.op = OP_OPEN, .key = ""};
+    struct h_result r = run(cl, &o);
+    h_result_free(&r);
+    cl->session_open = r.err == 0;
+    return r.err;
+}
+
 static struct h_result run(struct h_client *cl, struct op_args *a)
 {
     struct h_result res = {.err = -1};
-    if (a->op != OP_GET) {
+    if (a->op != OP_GET && a->op != OP_OPEN) {
+        res.err = ensure_session(cl);
+        if (res.err) {
+            return res;
+        }
         a->request_id = cl->next_request++;
     }
     uint64_t deadline = h_now_ms() + cl->deadline_ms;
@@ -723,6 +785,10 @@ int h_put_raw(struct h_client *cl,
                         .val = val,
                         .len = strlen(val),
                         .request_id = request_id};
+    int err = ensure_session(cl);
+    if (err) {
+        return err;
+    }
     struct call_out o;
     call_once(cl, node, &a, &o);
     free(o.value);
@@ -756,5 +822,80 @@ int h_find_leader(struct h_cluster *c, int timeout_ms)
         }
     }
     h_client_close(&cl);
+    return found;
+}
+
+/* ---------------------------------------------------------- disk faults */
+
+int h_node_rules(struct h_cluster *c, size_t i, const char *rules)
+{
+    struct h_node *nd = &c->nodes[i];
+    if (!c->diskfault || df_write_rules(nd->rules, rules) != DF_OK) {
+        return -1;
+    }
+    return nd->pid && df_reload(nd->pid) != DF_OK ? -1 : 0;
+}
+
+void h_node_power_loss(struct h_cluster *c, size_t i)
+{
+    struct h_node *nd = &c->nodes[i];
+    if (!nd->pid) {
+        return;
+    }
+    if (!c->diskfault) {
+        h_node_kill(c, i);
+        return;
+    }
+    if (nd->stopped) {
+        kill(nd->pid, SIGCONT); /* the shim's handler must run */
+    }
+    df_power_loss(nd->pid);
+    int status;
+    waitpid(nd->pid, &status, 0);
+    nd->pid = 0;
+    nd->stopped = false;
+}
+
+bool h_node_exited(struct h_cluster *c, size_t i, unsigned timeout_ms)
+{
+    struct h_node *nd = &c->nodes[i];
+    uint64_t end = h_now_ms() + timeout_ms;
+    for (;;) {
+        if (!nd->pid) {
+            return true;
+        }
+        int status;
+        if (waitpid(nd->pid, &status, WNOHANG) == nd->pid) {
+            nd->pid = 0;
+            nd->stopped = false;
+            return true;
+        }
+        if (h_now_ms() >= end) {
+            return false;
+        }
+        h_sleep_ms(10);
+    }
+}
+
+void h_trace_reset(struct h_cluster *c, size_t i)
+{
+    int fd = open(c->nodes[i].trace, O_WRONLY | O_TRUNC);
+    if (fd >= 0) {
+        close(fd);
+    }
+}
+
+bool h_file_contains(const char *path, const char *needle)
+{
+    FILE *f = fopen(path, "r");
+    if (!f) {
+        return false;
+    }
+    char line[4096];
+    bool found = false;
+    while (!found && fgets(line, sizeof line, f)) {
+        found = strstr(line, needle) != NULL;
+    }
+    fclose(f);
     return found;
 }

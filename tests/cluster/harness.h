@@ -22,6 +22,8 @@ struct h_node
     uint16_t metrics_port; /* its /metrics and /health port on host */
     pid_t pid;             /* running process, or 0 */
     bool stopped;          /* SIGSTOPped */
+    char rules[512];       /* its disk-fault rules (h_start.diskfault) */
+    char trace[512];       /* its disk-operation trace (same) */
 };
 
 struct h_cluster
@@ -32,6 +34,18 @@ struct h_cluster
     char cluster_arg[512];            /* the --cluster list */
     char extra[512]; /* extra kvserver flags, space-separated */
     bool keep;       /* keep root after a failure */
+    bool diskfault;  /* nodes run on libdiskfault.so (tests/diskfault) */
+};
+
+/* How to start a cluster, beyond its flags. */
+struct h_start
+{
+    bool distinct_hosts; /* node i on 127.0.0.(11+i), so packet filters
+                            can tell the nodes apart */
+    bool diskfault;      /* every node on libdiskfault.so, watching its data
+                            directory: h_node_rules fails or crashes its
+                            disk, h_node_power_loss drops what it did not
+                            sync */
 };
 
 /**
@@ -102,6 +116,41 @@ int h_cluster_destroy(struct h_cluster *c);
 #define H_START_TIMEOUT_MS 15000
 
 /**
+ * h_cluster_start with the options in @o (NULL: none).
+ */
+int h_cluster_start_with(struct h_cluster *c,
+                         size_t n,
+                         const char *extra,
+                         const struct h_start *o);
+
+/**
+ * Replace node i's disk-fault rules (tests/diskfault/README.md) and, when
+ * it runs, make it read them (at its next disk operation). Only for a
+ * cluster started with h_start.diskfault.
+ * @return 0, or -1
+ */
+int h_node_rules(struct h_cluster *c, size_t i, const char *rules);
+
+/**
+ * Cut node i's power: what it wrote and did not sync is undone on disk,
+ * then it dies (SIGKILL); it is reaped. Without h_start.diskfault, the
+ * same as h_node_kill (the page cache keeps what was written).
+ */
+void h_node_power_loss(struct h_cluster *c, size_t i);
+
+/**
+ * Has node i exited (within @timeout_ms; 0: now)? An exited node is reaped
+ * (pid 0).
+ */
+bool h_node_exited(struct h_cluster *c, size_t i, unsigned timeout_ms);
+
+/** Empty node i's disk-operation trace. */
+void h_trace_reset(struct h_cluster *c, size_t i);
+
+/** Does the file hold @needle? */
+bool h_file_contains(const char *path, const char *needle);
+
+/**
  * Start (or restart) node i (0-based) with its existing data, and wait
  * (up to H_START_TIMEOUT_MS, polling) until it accepts connections on its
  * port. Call it from the main thread: the node is killed when the thread
@@ -143,6 +192,7 @@ struct h_client
     struct rpc_channel *ch[H_MAX_NODES]; /* one per node */
     size_t leader;                       /* node it tries first */
     uint8_t client_id[16];               /* random */
+    bool session_open;                   /* opened for client_id */
     uint64_t next_request;               /* request ids */
     unsigned deadline_ms;                /* per operation, all retries */
 };
@@ -172,7 +222,8 @@ struct h_result h_cas(struct h_client *cl,
                       const char *key,
                       const char *expected,
                       const char *new_value);
-/** Send one PutAppend with an explicit request id to one node, once. */
+/** Send one PutAppend with an explicit request id to one node, once (the
+ * client's session is opened first if it is not). */
 int h_put_raw(struct h_client *cl,
               size_t node,
               const char *key,

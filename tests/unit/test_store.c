@@ -54,14 +54,47 @@ static size_t put_cmd(uint8_t *buf,
     return raftkv__command__pack(&c, buf);
 }
 
+/* Pack an OpenSession command with the leader's bound. */
+static size_t open_cmd(uint8_t *buf, uint8_t client, uint64_t max_sessions)
+{
+    uint8_t cid[16] = {client};
+    Raftkv__SessionOpen a = RAFTKV__SESSION_OPEN__INIT;
+    a.client_id.data = cid;
+    a.client_id.len = 16;
+    a.max_sessions = max_sessions;
+    Raftkv__Command c = RAFTKV__COMMAND__INIT;
+    c.op_case = RAFTKV__COMMAND__OP_OPEN_SESSION;
+    c.open_session = &a;
+    return raftkv__command__pack(&c, buf);
+}
+
 static int apply(MDB_txn *txn,
                  uint64_t index,
                  const uint8_t *buf,
                  size_t len,
-                 size_t max_sessions,
                  struct kv_outcome *o)
 {
-    return kv_sm_apply(&st, txn, index, buf, len, max_sessions, o);
+    return kv_sm_apply(&st, txn, index, buf, len, o);
+}
+
+/* Open client's session at @index with the leader's bound @max. */
+static void open_session(MDB_txn *txn,
+                         uint64_t index,
+                         uint8_t client,
+                         uint64_t max)
+{
+    uint8_t buf[64];
+    struct kv_outcome o;
+    size_t n = open_cmd(buf, client, max);
+    CU_ASSERT_EQUAL(apply(txn, index, buf, n, &o), 0);
+    CU_ASSERT_EQUAL(o.err, RAFTKV__KV_ERROR__KV_OK);
+}
+
+static bool has_session(MDB_txn *txn, uint8_t client)
+{
+    uint8_t cid[16] = {client};
+    MDB_val k = {16, cid}, v;
+    return mdb_get(txn, st.sessions, &k, &v) == 0;
 }
 
 static char *get(MDB_txn *txn, const char *key)
@@ -82,28 +115,36 @@ static void test_store_retry_of_an_applied_write_returns_its_outcome(void)
     CU_ASSERT_FATAL(mdb_txn_begin(st.env, NULL, 0, &txn) == 0);
     uint8_t buf[256];
     struct kv_outcome o;
+    open_session(txn, 1, 1, 0);
+    open_session(txn, 2, 2, 0);
     size_t n = put_cmd(buf, "k", "a", true, 1, 1);
-    CU_ASSERT_EQUAL(apply(txn, 1, buf, n, 0, &o), 0);
+    CU_ASSERT_EQUAL(apply(txn, 3, buf, n, &o), 0);
     CU_ASSERT(!o.duplicate);
     /* The same request again, at a later index: not applied twice. */
-    CU_ASSERT_EQUAL(apply(txn, 2, buf, n, 0, &o), 0);
+    CU_ASSERT_EQUAL(apply(txn, 4, buf, n, &o), 0);
     CU_ASSERT(o.duplicate);
     CU_ASSERT_EQUAL(o.err, RAFTKV__KV_ERROR__KV_OK);
     CU_ASSERT_STRING_EQUAL(get(txn, "k"), "a");
     /* Another client's request with the same id is its own. */
     n = put_cmd(buf, "k", "b", true, 2, 1);
-    CU_ASSERT_EQUAL(apply(txn, 3, buf, n, 0, &o), 0);
+    CU_ASSERT_EQUAL(apply(txn, 5, buf, n, &o), 0);
     CU_ASSERT_STRING_EQUAL(get(txn, "k"), "ab");
     /* An older request id of client 1 is refused. */
     n = put_cmd(buf, "k", "c", true, 1, 2);
-    CU_ASSERT_EQUAL(apply(txn, 4, buf, n, 0, &o), 0);
+    CU_ASSERT_EQUAL(apply(txn, 6, buf, n, &o), 0);
     n = put_cmd(buf, "k", "z", true, 1, 1);
-    CU_ASSERT_EQUAL(apply(txn, 5, buf, n, 0, &o), 0);
+    CU_ASSERT_EQUAL(apply(txn, 7, buf, n, &o), 0);
     CU_ASSERT_EQUAL(o.err, RAFTKV__KV_ERROR__KV_BAD_REQUEST);
+    CU_ASSERT_STRING_EQUAL(get(txn, "k"), "abc");
+    /* Opening a session that is open changes nothing. */
+    open_session(txn, 8, 1, 0);
+    n = put_cmd(buf, "k", "c", true, 1, 2);
+    CU_ASSERT_EQUAL(apply(txn, 9, buf, n, &o), 0);
+    CU_ASSERT(o.duplicate);
     CU_ASSERT_STRING_EQUAL(get(txn, "k"), "abc");
     /* Garbage in the log is an outcome, not a failure of the node. */
     uint8_t junk[4] = {0xff, 0xff, 0xff, 0xff};
-    CU_ASSERT_EQUAL(apply(txn, 6, junk, sizeof junk, 0, &o), 0);
+    CU_ASSERT_EQUAL(apply(txn, 10, junk, sizeof junk, &o), 0);
     CU_ASSERT_EQUAL(o.err, RAFTKV__KV_ERROR__KV_BAD_REQUEST);
     mdb_txn_abort(txn);
     close_store();
@@ -116,26 +157,66 @@ static void test_store_session_table_evicts_least_recent_writer(void)
     CU_ASSERT_FATAL(mdb_txn_begin(st.env, NULL, 0, &txn) == 0);
     uint8_t buf[256];
     struct kv_outcome o;
-    /* Clients 1..3 write at indexes 1..3; client 1 writes again at 4. */
+    /* Clients 1..3 open and write at indexes 1..6; client 1 writes
+     * again at 7. */
     for (uint8_t c = 1; c <= 3; c++) {
+        open_session(txn, 2u * c - 1, c, 3);
         size_t n = put_cmd(buf, "k", "x", true, c, 1);
-        CU_ASSERT_EQUAL(apply(txn, c, buf, n, 3, &o), 0);
+        CU_ASSERT_EQUAL(apply(txn, 2u * c, buf, n, &o), 0);
     }
     size_t n = put_cmd(buf, "k", "x", true, 1, 2);
-    CU_ASSERT_EQUAL(apply(txn, 4, buf, n, 3, &o), 0);
-    /* Client 4 is new: the table holds 3, so client 2 (index 2) goes. */
-    n = put_cmd(buf, "k", "x", true, 4, 1);
-    CU_ASSERT_EQUAL(apply(txn, 5, buf, n, 3, &o), 0);
+    CU_ASSERT_EQUAL(apply(txn, 7, buf, n, &o), 0);
+    /* Client 4 opens: the bound in its entry is 3, so client 2 (last
+     * wrote at 4) goes. */
+    open_session(txn, 8, 4, 3);
     MDB_stat stat;
     mdb_stat(txn, st.sessions, &stat);
     CU_ASSERT_EQUAL(stat.ms_entries, 3);
-    uint8_t cid[16] = {2};
-    MDB_val k = {16, cid}, v;
-    CU_ASSERT_EQUAL(mdb_get(txn, st.sessions, &k, &v), MDB_NOTFOUND);
-    cid[0] = 1;
-    CU_ASSERT_EQUAL(mdb_get(txn, st.sessions, &k, &v), 0);
+    CU_ASSERT_FALSE(has_session(txn, 2));
+    CU_ASSERT(has_session(txn, 1));
+    CU_ASSERT(has_session(txn, 4));
     mdb_stat(txn, st.session_age, &stat);
     CU_ASSERT_EQUAL(stat.ms_entries, 3);
+    /* The bound is the one in the entry: a later open with a bound of 1
+     * leaves the opener alone. */
+    open_session(txn, 9, 5, 1);
+    mdb_stat(txn, st.sessions, &stat);
+    CU_ASSERT_EQUAL(stat.ms_entries, 1);
+    CU_ASSERT(has_session(txn, 5));
+    mdb_txn_abort(txn);
+    close_store();
+}
+
+static void test_store_write_of_a_forgotten_session_is_never_applied(void)
+{
+    open_store();
+    MDB_txn *txn;
+    CU_ASSERT_FATAL(mdb_txn_begin(st.env, NULL, 0, &txn) == 0);
+    uint8_t buf[256];
+    struct kv_outcome o;
+    open_session(txn, 1, 1, 2);
+    size_t n = put_cmd(buf, "k", "a", true, 1, 1);
+    CU_ASSERT_EQUAL(apply(txn, 2, buf, n, &o), 0);
+    CU_ASSERT_STRING_EQUAL(get(txn, "k"), "a");
+    /* Two newer clients open sessions: client 1 is forgotten. */
+    open_session(txn, 3, 2, 2);
+    open_session(txn, 4, 3, 2);
+    CU_ASSERT_FALSE(has_session(txn, 1));
+    /* Its retry of the write it made (applied at 2) is refused, not
+     * applied a second time; so is a new write. */
+    CU_ASSERT_EQUAL(apply(txn, 5, buf, n, &o), 0);
+    CU_ASSERT_EQUAL(o.err, RAFTKV__KV_ERROR__KV_SESSION_EXPIRED);
+    CU_ASSERT_STRING_EQUAL(get(txn, "k"), "a");
+    n = put_cmd(buf, "k", "b", true, 1, 2);
+    CU_ASSERT_EQUAL(apply(txn, 6, buf, n, &o), 0);
+    CU_ASSERT_EQUAL(o.err, RAFTKV__KV_ERROR__KV_SESSION_EXPIRED);
+    CU_ASSERT_STRING_EQUAL(get(txn, "k"), "a");
+    /* A client that never opened a session is refused the same way. */
+    n = put_cmd(buf, "k", "c", true, 9, 1);
+    CU_ASSERT_EQUAL(apply(txn, 7, buf, n, &o), 0);
+    CU_ASSERT_EQUAL(o.err, RAFTKV__KV_ERROR__KV_SESSION_EXPIRED);
+    CU_ASSERT_STRING_EQUAL(get(txn, "k"), "a");
+    CU_ASSERT_FALSE(has_session(txn, 9));
     mdb_txn_abort(txn);
     close_store();
 }
@@ -161,15 +242,19 @@ static void test_store_snapshot_round_trip_in_random_chunks(void)
     CU_ASSERT_FATAL(mdb_txn_begin(st.env, NULL, 0, &txn) == 0);
     uint8_t buf[256];
     struct kv_outcome o;
+    for (uint8_t c = 1; c <= 7; c++) {
+        open_session(txn, c, c, 0);
+    }
     for (int i = 0; i < 500; i++) {
         char key[32], val[64];
         snprintf(key, sizeof key, "key%d", i);
         snprintf(val, sizeof val, "value-%d-%0*d", i, i % 50, 0);
         size_t n = put_cmd(buf, key, val, false, (uint8_t)(i % 7 + 1),
                            (uint64_t)i + 1);
-        CU_ASSERT_EQUAL(apply(txn, (uint64_t)i + 1, buf, n, 0, &o), 0);
+        CU_ASSERT_EQUAL(apply(txn, (uint64_t)i + 8, buf, n, &o), 0);
+        CU_ASSERT_EQUAL(o.err, RAFTKV__KV_ERROR__KV_OK);
     }
-    kv_store_put_meta(&st, txn, "applied", 500);
+    kv_store_put_meta(&st, txn, "applied", 507);
     kv_store_put_meta(&st, txn, "applied_term", 3);
     CU_ASSERT_EQUAL(mdb_txn_commit(txn), 0);
 
@@ -206,7 +291,7 @@ static void test_store_snapshot_round_trip_in_random_chunks(void)
     }
     uint64_t index, term;
     CU_ASSERT_EQUAL(snap_install(&dst, txn, &index, &term), 0);
-    CU_ASSERT_EQUAL(index, 500);
+    CU_ASSERT_EQUAL(index, 507);
     CU_ASSERT_EQUAL(term, 3);
     CU_ASSERT_EQUAL(mdb_get(txn, dst.kv, &k, &v), MDB_NOTFOUND);
     MDB_stat a, b;
@@ -296,6 +381,8 @@ int main(int argc, char **argv)
          test_store_retry_of_an_applied_write_returns_its_outcome},
         {"test_store_session_table_evicts_least_recent_writer",
          test_store_session_table_evicts_least_recent_writer},
+        {"test_store_write_of_a_forgotten_session_is_never_applied",
+         test_store_write_of_a_forgotten_session_is_never_applied},
         {"test_store_claims_a_fresh_dir_and_refuses_another_cluster",
          test_store_claims_a_fresh_dir_and_refuses_another_cluster},
         {"test_store_snapshot_round_trip_in_random_chunks",

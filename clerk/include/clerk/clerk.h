@@ -49,6 +49,12 @@ enum clerk_error {
     CLERK_INTERNAL,        /* unexpected answer from the cluster */
     CLERK_DISABLED,        /* the server does not allow the operation (fault
                               injection without --enable-fault-injection) */
+    CLERK_SESSION_EXPIRED, /* write: the cluster forgot this handle's session
+                              (more than --max-sessions clients wrote since
+                              it last did) while the write was being retried:
+                              this try was not applied, an earlier one may
+                              have been. Read the key to find out. The next
+                              write opens a new session. */
 };
 
 /* How reads are served. */

@@ -1,0 +1,560 @@
+/* test_storage.c: what a node keeps on disk stays right when its input or
+ * its disk goes wrong: snapshot streams that are damaged or mixed, client
+ * sessions that are forgotten. */
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <CUnit/Basic.h>
+
+#include <proto/admin.pb-c.h>
+#include <proto/raft.pb-c.h>
+#include <rpc/rpc.h>
+
+#include "cunit_main.h"
+#include "harness.h"
+#include "store.h"
+#include "wal.h"
+
+/* ------------------------------------------------------------ helpers */
+
+static void put_u64(uint8_t *p, uint64_t v)
+{
+    for (int i = 7; i >= 0; i--) {
+        p[i] = (uint8_t)v;
+        v >>= 8;
+    }
+}
+
+static void put_u32(uint8_t *p, uint32_t v)
+{
+    p[0] = (uint8_t)(v >> 24);
+    p[1] = (uint8_t)(v >> 16);
+    p[2] = (uint8_t)(v >> 8);
+    p[3] = (uint8_t)v;
+}
+
+/* A snapshot stream (kvserver/src/snap.h) at @index/@term holding @n keys
+ * "<prefix><i>" with values "value of <prefix><i>". Returns its length. */
+static size_t make_stream(uint8_t *buf,
+                          uint64_t index,
+                          uint64_t term,
+                          const char *prefix,
+                          int n)
+{
+    size_t len = 0;
+    memcpy(buf, "RKVSNAP2", 8);
+    put_u64(buf + 8, index);
+    put_u64(buf + 16, term);
+    put_u64(buf + 24, 0);
+    len = 32;
+    for (int i = 0; i < n; i++) {
+        char k[32], v[64];
+        int kl = snprintf(k, sizeof k, "%s%03d", prefix, i);
+        int vl = snprintf(v, sizeof v, "value of %s%03d", prefix, i);
+        buf[len] = 1;
+        put_u32(buf + len + 1, (uint32_t)kl);
+        put_u32(buf + len + 5, (uint32_t)vl);
+        memcpy(buf + len + 9, k, (size_t)kl);
+        memcpy(buf + len + 9 + kl, v, (size_t)vl);
+        len += 9 + (size_t)kl + (size_t)vl;
+    }
+    buf[len] = 0xFF;
+    put_u64(buf + len + 1, (uint64_t)n);
+    put_u32(buf + len + 9, rpc_crc32c(0, buf, len + 9));
+    return len + 13;
+}
+
+/* What a node says of itself (AdminService.Status). */
+struct view
+{
+    bool ok;
+    uint64_t term, commit, cluster_id;
+};
+
+static void on_status(const Raftkv__StatusReply *r, void *data)
+{
+    struct view *v = data;
+    if (r) {
+        v->ok = true;
+        v->term = r->term;
+        v->commit = r->commit_index;
+        v->cluster_id = r->cluster_id;
+    }
+}
+
+static struct view status_of(struct h_cluster *c, size_t i)
+{
+    struct view v = {0};
+    struct rpc_channel_options o = {.deadline_ms = 5000};
+    struct rpc_channel *ch =
+        rpc_channel_new_blocking(c->nodes[i].host, c->nodes[i].port, &o);
+    if (ch) {
+        Raftkv__StatusArgs a = RAFTKV__STATUS_ARGS__INIT;
+        raftkv__admin_service__status(
+            rpc_channel_service(ch, &raftkv__admin_service__descriptor), &a,
+            on_status, &v);
+        rpc_channel_free(ch);
+    }
+    return v;
+}
+
+/* A chunk sent as another node of the cluster would send it. */
+struct chunk_out
+{
+    bool replied;
+    uint64_t next_offset;
+    bool installed;
+};
+
+static void on_chunk(const Raftkv__InstallSnapshotReply *r, void *data)
+{
+    struct chunk_out *o = data;
+    if (r) {
+        o->replied = true;
+        o->next_offset = r->next_offset;
+        o->installed = r->installed;
+    }
+}
+
+struct sender
+{
+    struct rpc_channel *ch; /* to the node under test */
+    uint64_t from, to;      /* ids */
+    uint64_t cluster_id;    /* the cluster's */
+    uint64_t term;          /* the sender's term */
+    uint64_t index;         /* snapshot index and term */
+};
+
+static struct chunk_out send_chunk(struct sender *s,
+                                   uint64_t stream,
+                                   const uint8_t *data,
+                                   uint64_t offset,
+                                   size_t len,
+                                   bool done)
+{
+    struct chunk_out o = {0};
+    Raftkv__InstallSnapshotArgs a = RAFTKV__INSTALL_SNAPSHOT_ARGS__INIT;
+    a.cluster_id = s->cluster_id;
+    a.from = s->from;
+    a.to = s->to;
+    a.term = s->term;
+    a.last_included_index = s->index;
+    a.last_included_term = s->term;
+    a.offset = offset;
+    a.data.data = (uint8_t *)data + offset;
+    a.data.len = len;
+    a.done = done;
+    a.crc32c = rpc_crc32c(0, data + offset, len);
+    a.stream_id = stream;
+    raftkv__raft_service__install_snapshot(
+        rpc_channel_service(s->ch, &raftkv__raft_service__descriptor), &a,
+        on_chunk, &o);
+    return o;
+}
+
+/* The node is still running (it did not stop on the input). */
+static bool running(struct h_cluster *c, size_t i)
+{
+    return c->nodes[i].pid && waitpid(c->nodes[i].pid, NULL, WNOHANG) == 0;
+}
+
+/* A stale read from node i (its own applied state). */
+static int stale_get(struct h_cluster *c,
+                     size_t i,
+                     const char *key,
+                     char *out,
+                     size_t len)
+{
+    struct h_client cl;
+    if (h_client_open(&cl, c, cunit_seed()) != 0) {
+        return -1;
+    }
+    struct h_result r = h_get(&cl, key, true, i);
+    int err = r.err;
+    if (err == 0 && out) {
+        snprintf(out, len, "%s", r.value ? r.value : "");
+    }
+    h_result_free(&r);
+    h_client_close(&cl);
+    return err;
+}
+
+/* ----------------------------------------------------- snapshot streams */
+
+/* Node 1 of a 2-node cluster whose node 2 is the test: node 2's process
+ * is stopped, and the test sends InstallSnapshot chunks in its name. */
+static struct h_cluster cl;
+
+static void impersonate(struct sender *s)
+{
+    CU_ASSERT_EQUAL_FATAL(h_cluster_start(&cl, 2, NULL), 0);
+    h_node_kill(&cl, 1);
+    struct view v = status_of(&cl, 0);
+    CU_ASSERT_FATAL(v.ok);
+    struct rpc_channel_options o = {.deadline_ms = 10000};
+    s->ch = rpc_channel_new_blocking(cl.nodes[0].host, cl.nodes[0].port, &o);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(s->ch);
+    s->from = cl.nodes[1].id;
+    s->to = cl.nodes[0].id;
+    s->cluster_id = v.cluster_id;
+    s->term = v.term + 1;
+    s->index = v.commit + 100;
+}
+
+static void test_snapshot_chunk_of_an_earlier_stream_is_not_mixed_in(void)
+{
+    struct sender s;
+    impersonate(&s);
+    static uint8_t a[8192], b[8192];
+    size_t la = make_stream(a, s.index, s.term, "a", 60);
+    size_t lb = make_stream(b, s.index, s.term, "b", 60);
+    CU_ASSERT_EQUAL_FATAL(la, lb);
+    size_t half = la / 2;
+    /* Stream 1 starts; the sender starts over with stream 2 (its state
+     * moved on); a late chunk of stream 1 arrives where stream 2 goes on. */
+    struct chunk_out r = send_chunk(&s, 1, a, 0, half, false);
+    CU_ASSERT(r.replied && r.next_offset == half);
+    r = send_chunk(&s, 2, b, 0, half, false);
+    CU_ASSERT(r.replied && r.next_offset == half);
+    r = send_chunk(&s, 1, a, half, la - half, true);
+    CU_ASSERT(r.replied);
+    CU_ASSERT_FALSE(r.installed);
+    CU_ASSERT_FATAL(running(&cl, 0));
+    /* Stream 2 completes and is what the node holds. */
+    r = send_chunk(&s, 2, b, half, lb - half, true);
+    CU_ASSERT(r.replied);
+    CU_ASSERT(r.installed);
+    CU_ASSERT_FATAL(running(&cl, 0));
+    char val[64];
+    CU_ASSERT_EQUAL(stale_get(&cl, 0, "b007", val, sizeof val), 0);
+    CU_ASSERT_STRING_EQUAL(val, "value of b007");
+    CU_ASSERT_EQUAL(stale_get(&cl, 0, "a007", NULL, 0),
+                    RAFTKV__KV_ERROR__KV_NOT_FOUND);
+    rpc_channel_free(s.ch);
+    CU_ASSERT_EQUAL(h_cluster_destroy(&cl), 0);
+}
+
+static void test_snapshot_failing_its_stream_checksum_is_fetched_again(void)
+{
+    struct sender s;
+    impersonate(&s);
+    static uint8_t a[8192];
+    size_t la = make_stream(a, s.index, s.term, "c", 60);
+    a[la - 1] ^= 0x10; /* the stream checksum; each chunk's own is right */
+    size_t half = la / 2;
+    struct chunk_out r = send_chunk(&s, 7, a, 0, half, false);
+    CU_ASSERT(r.replied && r.next_offset == half);
+    r = send_chunk(&s, 7, a, half, la - half, true);
+    /* Refused, and asked for from the start; the node goes on. */
+    CU_ASSERT(r.replied);
+    CU_ASSERT_FALSE(r.installed);
+    CU_ASSERT_EQUAL(r.next_offset, 0);
+    CU_ASSERT_FATAL(running(&cl, 0));
+    CU_ASSERT(h_log_contains(&cl, 0, "fails its stream checksum"));
+    CU_ASSERT_EQUAL(stale_get(&cl, 0, "c007", NULL, 0),
+                    RAFTKV__KV_ERROR__KV_NOT_FOUND);
+    /* The same in one chunk. */
+    r = send_chunk(&s, 8, a, 0, la, true);
+    CU_ASSERT(r.replied && !r.installed && r.next_offset == 0);
+    CU_ASSERT_FATAL(running(&cl, 0));
+    /* A fresh, intact copy is installed. */
+    a[la - 1] ^= 0x10;
+    r = send_chunk(&s, 9, a, 0, half, false);
+    CU_ASSERT(r.replied && r.next_offset == half);
+    r = send_chunk(&s, 9, a, half, la - half, true);
+    CU_ASSERT(r.replied && r.installed);
+    char val[64];
+    CU_ASSERT_EQUAL(stale_get(&cl, 0, "c007", val, sizeof val), 0);
+    CU_ASSERT_STRING_EQUAL(val, "value of c007");
+    CU_ASSERT_FATAL(running(&cl, 0));
+    rpc_channel_free(s.ch);
+    CU_ASSERT_EQUAL(h_cluster_destroy(&cl), 0);
+}
+
+/* ------------------------------------------------------------- sessions */
+
+/* Append "x" to @key as client @cl's request @rid, at the leader. */
+static int append_as(struct h_client *who, const char *key, uint64_t rid)
+{
+    for (int tries = 0; tries < 100; tries++) {
+        int leader = h_find_leader(who->c, 10000);
+        if (leader < 0) {
+            return -1;
+        }
+        int err = h_put_raw(who, (size_t)leader, key, "x", rid, true);
+        if (err != RAFTKV__KV_ERROR__KV_WRONG_LEADER && err != -1 &&
+            err != RAFTKV__KV_ERROR__KV_UNAVAILABLE) {
+            return err;
+        }
+        h_sleep_ms(50);
+    }
+    return -1;
+}
+
+/* Node i's applied value of @key, "" when absent; the nodes apply in
+ * their own time, so poll until all agree or 10 s pass. */
+static bool replicas_agree(struct h_cluster *c,
+                           const char *key,
+                           char *out,
+                           size_t len)
+{
+    uint64_t end = h_now_ms() + 10000;
+    for (;;) {
+        char first[64] = "", v[64];
+        bool same = true;
+        for (size_t i = 0; i < c->n; i++) {
+            int err = stale_get(c, i, key, v, sizeof v);
+            if (err == RAFTKV__KV_ERROR__KV_NOT_FOUND) {
+                v[0] = 0;
+            } else if (err != 0) {
+                same = false;
+                break;
+            }
+            if (i == 0) {
+                snprintf(first, sizeof first, "%s", v);
+            } else if (strcmp(first, v) != 0) {
+                same = false;
+            }
+        }
+        if (same) {
+            snprintf(out, len, "%s", first);
+            return true;
+        }
+        if (h_now_ms() >= end) {
+            return false;
+        }
+        h_sleep_ms(100);
+    }
+}
+
+static void test_session_retry_after_eviction_is_refused_not_applied(void)
+{
+    struct h_cluster c;
+    CU_ASSERT_EQUAL_FATAL(h_cluster_start(&c, 3, "--max-sessions 2"), 0);
+    struct h_client a, b, d;
+    unsigned seed = cunit_seed();
+    CU_ASSERT_FATAL(h_client_open(&a, &c, seed) == 0);
+    CU_ASSERT_FATAL(h_client_open(&b, &c, seed + 1) == 0);
+    CU_ASSERT_FATAL(h_client_open(&d, &c, seed + 2) == 0);
+    /* Client a appends once; its reply is lost (the test ignores it). */
+    CU_ASSERT_EQUAL(append_as(&a, "k", 1), 0);
+    /* Two more clients open sessions: a, the least recent, is forgotten. */
+    struct h_result r = h_put(&b, "b", "1", 1);
+    CU_ASSERT_EQUAL(r.err, 0);
+    r = h_put(&d, "d", "1", 1);
+    CU_ASSERT_EQUAL(r.err, 0);
+    /* a retries the same request: refused, never applied twice. */
+    CU_ASSERT_EQUAL(append_as(&a, "k", 1),
+                    RAFTKV__KV_ERROR__KV_SESSION_EXPIRED);
+    CU_ASSERT_EQUAL(append_as(&a, "k", 2),
+                    RAFTKV__KV_ERROR__KV_SESSION_EXPIRED);
+    char v[64];
+    CU_ASSERT_FATAL(replicas_agree(&c, "k", v, sizeof v));
+    CU_ASSERT_STRING_EQUAL(v, "x");
+    h_client_close(&a);
+    h_client_close(&b);
+    h_client_close(&d);
+    CU_ASSERT_EQUAL(h_cluster_destroy(&c), 0);
+}
+
+static void test_session_eviction_is_the_same_on_every_replica(void)
+{
+    /* Node 1 remembers 2 sessions, the others the default: the bound is
+     * the leader's, carried in the log, whichever node leads. */
+    struct h_cluster c;
+    CU_ASSERT_EQUAL_FATAL(h_cluster_start(&c, 3, NULL), 0);
+    h_node_kill(&c, 0);
+    snprintf(c.extra, sizeof c.extra, "--max-sessions 2");
+    CU_ASSERT_EQUAL_FATAL(h_node_start(&c, 0), 0);
+    c.extra[0] = 0;
+    unsigned seed = cunit_seed();
+    for (int round = 0; round < 2; round++) {
+        struct h_client a, b, d;
+        char key[16];
+        snprintf(key, sizeof key, "k%d", round);
+        CU_ASSERT_FATAL(h_client_open(&a, &c, seed + 10 * round) == 0);
+        CU_ASSERT_FATAL(h_client_open(&b, &c, seed + 10 * round + 1) == 0);
+        CU_ASSERT_FATAL(h_client_open(&d, &c, seed + 10 * round + 2) == 0);
+        CU_ASSERT_EQUAL(append_as(&a, key, 1), 0);
+        struct h_result r = h_put(&b, "b", "1", 1);
+        CU_ASSERT_EQUAL(r.err, 0);
+        r = h_put(&d, "d", "1", 1);
+        CU_ASSERT_EQUAL(r.err, 0);
+        int err = append_as(&a, key, 1);
+        CU_ASSERT(err == 0 || err == RAFTKV__KV_ERROR__KV_SESSION_EXPIRED);
+        /* Whatever the leader decided, every replica holds the same. */
+        char v[64];
+        CU_ASSERT(replicas_agree(&c, key, v, sizeof v));
+        CU_ASSERT_STRING_EQUAL(v, "x");
+        h_client_close(&a);
+        h_client_close(&b);
+        h_client_close(&d);
+        /* The second round with node 1 leading, if it did not. */
+        int leader = h_find_leader(&c, 10000);
+        if (round == 0 && leader != 0 && leader >= 0) {
+            h_node_kill(&c, (size_t)leader);
+            CU_ASSERT_EQUAL(h_node_start(&c, (size_t)leader), 0);
+        }
+    }
+    CU_ASSERT_EQUAL(h_cluster_destroy(&c), 0);
+}
+
+/* ------------------------------------------------------- failing disks */
+
+/* Poll until node i's log holds @needle (10 s). */
+static bool wait_log(struct h_cluster *c, size_t i, const char *needle)
+{
+    uint64_t end = h_now_ms() + 10000;
+    while (!h_log_contains(c, i, needle)) {
+        if (h_now_ms() >= end) {
+            return false;
+        }
+        h_sleep_ms(20);
+    }
+    return true;
+}
+
+/* n puts of "v<i>" to keys "<prefix><i>" through the harness client. */
+static void puts_n(struct h_cluster *c, const char *prefix, int n)
+{
+    struct h_client hc;
+    CU_ASSERT_FATAL(h_client_open(&hc, c, cunit_seed()) == 0);
+    for (int i = 0; i < n; i++) {
+        char k[32], v[32];
+        snprintf(k, sizeof k, "%s%d", prefix, i);
+        snprintf(v, sizeof v, "v%d", i);
+        struct h_result r = h_put(&hc, k, v, strlen(v));
+        CU_ASSERT_EQUAL(r.err, 0);
+        h_result_free(&r);
+    }
+    h_client_close(&hc);
+}
+
+/* Node i has applied everything and holds key/value (10 s). */
+static bool node_holds(struct h_cluster *c,
+                       size_t i,
+                       const char *key,
+                       const char *want)
+{
+    uint64_t end = h_now_ms() + 10000;
+    for (;;) {
+        char v[64];
+        if (stale_get(c, i, key, v, sizeof v) == 0 && strcmp(v, want) == 0) {
+            return true;
+        }
+        if (h_now_ms() >= end) {
+            return false;
+        }
+        h_sleep_ms(50);
+    }
+}
+
+static void test_disk_shutdown_after_a_failed_log_write_keeps_state_behind_log(
+    void)
+{
+    struct h_cluster c;
+    struct h_start o = {.diskfault = true};
+    CU_ASSERT_EQUAL_FATAL(h_cluster_start_with(&c, 3, NULL, &o), 0);
+    int l = h_find_leader(&c, 15000);
+    CU_ASSERT_FATAL(l >= 0);
+    size_t v = (size_t)(l + 1) % 3;
+    puts_n(&c, "a", 5);
+    /* Node v falls behind; when it runs again, the entries it is sent come
+     * already committed, so it applies them in the turn whose log write
+     * fails. */
+    h_node_pause(&c, v, true);
+    puts_n(&c, "b", 50);
+    CU_ASSERT_EQUAL(h_node_rules(&c, v, "fail wal/ write EIO always"), 0);
+    h_node_pause(&c, v, false);
+    CU_ASSERT_FATAL(wait_log(&c, v, "cannot persist"));
+    /* Stopped while it cannot write its log: the applied state must not
+     * get ahead of what the log holds. */
+    CU_ASSERT_EQUAL(h_node_term(&c, v), 0);
+    struct kv_store st;
+    CU_ASSERT_EQUAL_FATAL(kv_store_open(&st, c.nodes[v].dir, 0), 0);
+    MDB_txn *txn;
+    CU_ASSERT_EQUAL_FATAL(mdb_txn_begin(st.env, NULL, MDB_RDONLY, &txn), 0);
+    struct kv_meta m;
+    CU_ASSERT_EQUAL(kv_store_read_meta(&st, txn, &m), 0);
+    mdb_txn_abort(txn);
+    kv_store_close(&st);
+    struct kv_wal wal;
+    struct kv_wal_contents wc;
+    CU_ASSERT_EQUAL_FATAL(kv_wal_open(&wal, c.nodes[v].dir, 0, &wc), 0);
+    uint64_t last = wc.n_entries ? wc.entries[wc.n_entries - 1].index : 0;
+    if (m.applied > last) {
+        fprintf(stderr, "state at %llu, log up to %llu\n",
+                (unsigned long long)m.applied, (unsigned long long)last);
+    }
+    CU_ASSERT(m.applied <= last);
+    kv_wal_close(&wal);
+    kv_wal_contents_free(&wc);
+    /* It starts again with a working disk and catches up. */
+    CU_ASSERT_EQUAL(h_node_rules(&c, v, ""), 0);
+    CU_ASSERT_EQUAL_FATAL(h_node_start(&c, v), 0);
+    CU_ASSERT(node_holds(&c, v, "b49", "v49"));
+    CU_ASSERT_EQUAL(h_cluster_destroy(&c), 0);
+}
+
+static void test_disk_failed_lmdb_meta_write_does_not_wedge_the_node(void)
+{
+    struct h_cluster c;
+    struct h_start o = {.diskfault = true};
+    CU_ASSERT_EQUAL_FATAL(h_cluster_start_with(&c, 3,
+                                               "--snapshot-entries 50 "
+                                               "--snapshot-trailing 5",
+                                               &o),
+                          0);
+    int l = h_find_leader(&c, 15000);
+    CU_ASSERT_FATAL(l >= 0);
+    size_t v = (size_t)(l + 1) % 3;
+    /* The meta page of a fully synced state commit (a compaction's) fails
+     * once: LMDB refuses the environment from then on. */
+    CU_ASSERT_EQUAL(
+        h_node_rules(&c, v, "fail data.mdb dsync-write EIO times 1"), 0);
+    puts_n(&c, "c", 120);
+    CU_ASSERT(h_file_contains(c.nodes[v].trace, "dsync-write data.mdb") &&
+              h_file_contains(c.nodes[v].trace, "-EIO"));
+    CU_ASSERT(wait_log(&c, v, "LMDB environment reopened"));
+    puts_n(&c, "d", 10);
+    CU_ASSERT(node_holds(&c, v, "c119", "v119"));
+    CU_ASSERT(node_holds(&c, v, "d9", "v9"));
+    CU_ASSERT_EQUAL(h_cluster_destroy(&c), 0);
+}
+
+int main(int argc, char **argv)
+{
+    static CU_TestInfo snapshot_tests[] = {
+        {"test_snapshot_chunk_of_an_earlier_stream_is_not_mixed_in",
+         test_snapshot_chunk_of_an_earlier_stream_is_not_mixed_in},
+        {"test_snapshot_failing_its_stream_checksum_is_fetched_again",
+         test_snapshot_failing_its_stream_checksum_is_fetched_again},
+        CU_TEST_INFO_NULL,
+    };
+    static CU_TestInfo session_tests[] = {
+        {"test_session_retry_after_eviction_is_refused_not_applied",
+         test_session_retry_after_eviction_is_refused_not_applied},
+        {"test_session_eviction_is_the_same_on_every_replica",
+         test_session_eviction_is_the_same_on_every_replica},
+        CU_TEST_INFO_NULL,
+    };
+    static CU_TestInfo disk_tests[] = {
+        {"test_disk_shutdown_after_a_failed_log_write_keeps_state_behind_log",
+         test_disk_shutdown_after_a_failed_log_write_keeps_state_behind_log},
+        {"test_disk_failed_lmdb_meta_write_does_not_wedge_the_node",
+         test_disk_failed_lmdb_meta_write_does_not_wedge_the_node},
+        CU_TEST_INFO_NULL,
+    };
+    static CU_SuiteInfo suites[] = {
+        {"storage_snapshot", NULL, NULL, NULL, NULL, snapshot_tests},
+        {"storage_disk", NULL, NULL, NULL, NULL, disk_tests},
+        {"storage_sessions", NULL, NULL, NULL, NULL, session_tests},
+        CU_SUITE_INFO_NULL,
+    };
+    return cunit_main(argc, argv, suites);
+}
