@@ -202,6 +202,45 @@ static int find_leader(void)
     return -1;
 }
 
+static void on_open(const Raftkv__OpenSessionReply *r, void *data)
+{
+    *(int *)data = r ? (int)r->err : -1;
+}
+
+/* Writes need a session: open one per client, at the leader (blocking, at
+ * start, before any timing). */
+static int open_sessions(struct client *cl, int n)
+{
+    struct rpc_channel_options o = {.deadline_ms = 2000};
+    for (int i = 0; i < n; i++) {
+        int err = -1;
+        for (int tries = 0; tries < 50 && err != 0; tries++) {
+            struct node *nd = &B.nodes[B.leader];
+            struct rpc_channel *ch =
+                rpc_channel_new_blocking(nd->host, nd->port, &o);
+            Raftkv__OpenSessionArgs a = RAFTKV__OPEN_SESSION_ARGS__INIT;
+            a.client_id.data = cl[i].client_id;
+            a.client_id.len = 16;
+            raftkv__kv_service__open_session(
+                rpc_channel_service(ch, &raftkv__kv_service__descriptor), &a,
+                on_open, &err);
+            rpc_channel_free(ch);
+            if (err != 0) {
+                struct timespec ts = {0, 100000000};
+                nanosleep(&ts, NULL);
+                int l = find_leader();
+                if (l >= 0) {
+                    B.leader = l;
+                }
+            }
+        }
+        if (err != 0) {
+            return -1;
+        }
+    }
+    return 0;
+}
+
 static double parse_duration(const char *s)
 {
     char *end;
@@ -382,6 +421,11 @@ int main(int argc, char **argv)
     B.leader = find_leader();
     if (B.leader < 0) {
         fprintf(stderr, "kvbench: no leader answered in 10 s\n");
+        return 1;
+    }
+    if ((B.op == OP_PUT || B.op == OP_MIX || B.prefill) &&
+        open_sessions(cl, B.clients) != 0) {
+        fprintf(stderr, "kvbench: could not open the clients' sessions\n");
         return 1;
     }
     if (B.prefill) {

@@ -298,7 +298,8 @@ static int answer_error(const char *code,
     if (!strcmp(code, "CAS_MISMATCH")) {
         return EXIT_CAS;
     }
-    if (!strcmp(code, "TIMEOUT") || !strcmp(code, "UNAVAILABLE")) {
+    if (!strcmp(code, "TIMEOUT") || !strcmp(code, "UNAVAILABLE") ||
+        !strcmp(code, "SESSION_EXPIRED")) {
         return EXIT_UNAVAILABLE;
     }
     return EXIT_ERROR;
