@@ -362,6 +362,15 @@ static int reopen_store(struct kv_node *n)
         mdb_txn_abort(txn);
     }
     if (rv) {
+        /* Nothing can be served without the environment: stop, and let
+         * the next start open it. */
+        rpc_logf(RPC_LOG_ERROR,
+                 "node %llu: cannot reopen the applied state: %s; stopping",
+                 (unsigned long long)n->cfg.id, st->errmsg);
+        kv_store_close(st);
+        n->stopping = true;
+        n->exit_code = 1;
+        event_base_loopexit(n->base, NULL);
         return rv;
     }
     n->applied = n->durable_applied = m.applied;

@@ -527,6 +527,82 @@ static void test_disk_failed_lmdb_meta_write_does_not_wedge_the_node(void)
     CU_ASSERT_EQUAL(h_cluster_destroy(&c), 0);
 }
 
+/* ---------------------------------------------------------------- terms */
+
+static void on_vote(const Raftkv__RequestVoteReply *r, void *data)
+{
+    *(bool *)data = r != NULL;
+}
+
+/* A RequestVote in another member's name, with @term. */
+static void forge_vote(struct h_cluster *c,
+                       size_t to,
+                       uint64_t term,
+                       bool pre_vote,
+                       bool transfer)
+{
+    struct view v = status_of(c, to);
+    struct rpc_channel_options o = {.deadline_ms = 3000};
+    struct rpc_channel *ch =
+        rpc_channel_new_blocking(c->nodes[to].host, c->nodes[to].port, &o);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(ch);
+    Raftkv__RequestVoteArgs a = RAFTKV__REQUEST_VOTE_ARGS__INIT;
+    a.cluster_id = v.cluster_id;
+    a.from = c->nodes[(to + 1) % c->n].id;
+    a.to = c->nodes[to].id;
+    a.term = term;
+    a.last_log_index = UINT64_MAX;
+    a.last_log_term = term;
+    a.pre_vote = pre_vote;
+    a.leader_transfer = transfer;
+    bool replied = false;
+    raftkv__raft_service__request_vote(
+        rpc_channel_service(ch, &raftkv__raft_service__descriptor), &a, on_vote,
+        &replied);
+    rpc_channel_free(ch);
+}
+
+/* A leader is elected, and a read served by it, within 15 s (reads, so
+ * that this runs against a node of any version). */
+static bool cluster_leads(struct h_cluster *c)
+{
+    return h_find_leader(c, 15000) >= 0;
+}
+
+static void test_terms_that_cannot_be_real_do_not_stop_elections(void)
+{
+    struct h_cluster c;
+    CU_ASSERT_EQUAL_FATAL(h_cluster_start(&c, 3, NULL), 0);
+    CU_ASSERT_FATAL(cluster_leads(&c));
+    /* Forged votes at the top of the term range, for a leadership
+     * transfer (which overrides leases) and as pre-votes at term + 1. */
+    for (size_t i = 0; i < c.n; i++) {
+        forge_vote(&c, i, UINT64_MAX, false, true);
+        forge_vote(&c, i, UINT64_MAX, true, false);
+        forge_vote(&c, i, UINT64_MAX - 1, false, false);
+        forge_vote(&c, i, (UINT64_C(1) << 62) + 5, false, true);
+    }
+    /* Elections still work: the leader goes and another one is elected;
+     * and again after every node restarted (the term is on disk). */
+    int l = h_find_leader(&c, 15000);
+    CU_ASSERT_FATAL(l >= 0);
+    h_node_kill(&c, (size_t)l);
+    CU_ASSERT(cluster_leads(&c));
+    CU_ASSERT_EQUAL(h_node_start(&c, (size_t)l), 0);
+    for (size_t i = 0; i < c.n; i++) {
+        h_node_kill(&c, i);
+    }
+    for (size_t i = 0; i < c.n; i++) {
+        CU_ASSERT_EQUAL_FATAL(h_node_start(&c, i), 0);
+    }
+    CU_ASSERT(cluster_leads(&c));
+    for (size_t i = 0; i < c.n; i++) {
+        struct view v = status_of(&c, i);
+        CU_ASSERT(v.ok && v.term < (UINT64_C(1) << 62));
+    }
+    CU_ASSERT_EQUAL(h_cluster_destroy(&c), 0);
+}
+
 int main(int argc, char **argv)
 {
     static CU_TestInfo snapshot_tests[] = {
@@ -550,8 +626,14 @@ int main(int argc, char **argv)
          test_disk_failed_lmdb_meta_write_does_not_wedge_the_node},
         CU_TEST_INFO_NULL,
     };
+    static CU_TestInfo term_tests[] = {
+        {"test_terms_that_cannot_be_real_do_not_stop_elections",
+         test_terms_that_cannot_be_real_do_not_stop_elections},
+        CU_TEST_INFO_NULL,
+    };
     static CU_SuiteInfo suites[] = {
         {"storage_snapshot", NULL, NULL, NULL, NULL, snapshot_tests},
+        {"storage_terms", NULL, NULL, NULL, NULL, term_tests},
         {"storage_disk", NULL, NULL, NULL, NULL, disk_tests},
         {"storage_sessions", NULL, NULL, NULL, NULL, session_tests},
         CU_SUITE_INFO_NULL,
