@@ -367,10 +367,12 @@ static bool round_rollover(const char *rules)
     return round_acks(rules, 300);
 }
 
-/* Appends through a compaction (--snapshot-entries 200). */
+/* Appends through log segment rollovers (--wal-segment-mb 1: about 250
+ * batches of a follower) and compactions (--snapshot-entries 200), so
+ * that old segments are deleted. */
 static bool round_compaction(const char *rules)
 {
-    return round_acks(rules, 230);
+    return round_acks(rules, 600);
 }
 
 /* The leader goes: node V votes or campaigns. */
