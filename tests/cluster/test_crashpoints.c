@@ -579,17 +579,19 @@ static void make_rules(char *out, size_t len, const char *fmt, unsigned k)
 }
 
 /* Sweep boundary k = 0, 1, ... of a phase until the rule no longer fires
- * (the phase has fewer boundaries); the quick tier takes @quick of them,
- * @step apart. */
-static void sweep(const char *phase,
-                  const char *fmt,
-                  round_fn round,
-                  unsigned quick,
-                  unsigned quick_step)
+ * (the phase has fewer boundaries), or past @max_k when the rule also
+ * matches the ordinary appends that follow the boundaries of interest
+ * (0: no bound); the quick tier takes @quick of them, @quick_step apart. */
+static void sweep_upto(const char *phase,
+                       const char *fmt,
+                       round_fn round,
+                       unsigned quick,
+                       unsigned quick_step,
+                       unsigned max_k)
 {
     unsigned step = w.full ? 1 : quick_step, fired_rounds = 0;
     for (unsigned k = 0, n = 0;; k += step, n++) {
-        if (!w.full && n >= quick) {
+        if ((!w.full && n >= quick) || (max_k && k > max_k)) {
             break;
         }
         char rules[300];
@@ -616,6 +618,15 @@ static void sweep(const char *phase,
            fired_rounds);
     /* A sweep whose first rule never fires tests nothing. */
     CU_ASSERT(fired_rounds > 0);
+}
+
+static void sweep(const char *phase,
+                  const char *fmt,
+                  round_fn round,
+                  unsigned quick,
+                  unsigned quick_step)
+{
+    sweep_upto(phase, fmt, round, quick, quick_step, 0);
 }
 
 /* ---------------------------------------------------------------- tests */
@@ -676,7 +687,9 @@ static void test_crash_at_each_boundary_of_appends(void)
 
 static void test_crash_at_each_boundary_of_a_segment_rollover(void)
 {
-    sweep("rollover", "crash %s any after %u", round_rollover, 3, 3);
+    /* The new segment's first operations: its creation, the directory
+     * sync, the zeros written ahead, the first batch and its sync. */
+    sweep_upto("rollover", "crash %s any after %u", round_rollover, 3, 3, 24);
 }
 
 static void test_crash_at_each_boundary_of_a_compaction(void)
@@ -724,8 +737,12 @@ static void test_failed_operation_at_each_boundary(void)
     sweep("election", "fail wal any EIO after %u", round_election, 2, 3);
     sweep("install", "fail data.mdb any EIO after %u", round_install, 2, 3);
     if (w.full) {
-        sweep("rollover", "fail %s any ENOSPC after %u", round_rollover, 0, 3);
-        sweep("compaction", "fail * any EIO after %u", round_compaction, 0, 3);
+        sweep_upto("rollover", "fail %s any ENOSPC after %u", round_rollover, 0,
+                   3, 24);
+        sweep("compaction", "fail data.mdb sync EIO after %u", round_compaction,
+              0, 3);
+        sweep("compaction", "fail wal/ unlink EIO after %u", round_compaction,
+              0, 3);
         sweep("shutdown", "fail * any EIO after %u", round_shutdown, 0, 3);
     }
 }
