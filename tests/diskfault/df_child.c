@@ -19,6 +19,9 @@
  *   mdb-flags:FLAGS     switch to sync, nosync or nometasync
  *   mdb-txns:FIRST:N:PER  N transactions of PER keys each, from key FIRST
  *   mdb-sync  mdb-close
+ *   sigwrites:F:N       N times a 4 KiB pwrite and an fdatasync of F while
+ *                       a SIGALRM every 200 us runs a handler that write()s
+ *                       a byte to /dev/null; prints how many alarms came
  * Keys are "k%08u", values 200 bytes derived from the key.
  */
 #include <errno.h>
@@ -26,7 +29,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <signal.h>
 #include <sys/stat.h>
+#include <sys/time.h>
 #include <sys/uio.h>
 #include <unistd.h>
 
@@ -42,6 +47,46 @@ static struct
 
 static MDB_env *env;
 static MDB_dbi dbi;
+
+static int devnull = -1;             /* sigwrites: the handler's target */
+static volatile sig_atomic_t alarms; /* sigwrites: handler runs */
+
+/* As libevent's signal handler does with its pipe: a write() in a signal
+ * handler, which may interrupt the program inside the shim. */
+static void on_alarm(int sig)
+{
+    (void)sig;
+    int err = errno;
+    char c = 0;
+    if (write(devnull, &c, 1) == 1) {
+        alarms++;
+    }
+    errno = err;
+}
+
+static long long sigwrites(int fd, int n)
+{
+    devnull = open("/dev/null", O_WRONLY | O_CLOEXEC);
+    struct sigaction sa = {.sa_handler = on_alarm, .sa_flags = SA_RESTART};
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGALRM, &sa, NULL);
+    struct itimerval on = {{0, 200}, {0, 200}}, off = {{0, 0}, {0, 0}};
+    setitimer(ITIMER_REAL, &on, NULL);
+    static char page[4096];
+    long long rc = 0;
+    for (int i = 0; i < n && rc == 0; i++) {
+        if (pwrite(fd, page, sizeof page, (off_t)i * 4096) != sizeof page ||
+            fdatasync(fd) != 0) {
+            rc = -1;
+        }
+    }
+    int err = errno;
+    setitimer(ITIMER_REAL, &off, NULL);
+    signal(SIGALRM, SIG_DFL);
+    close(devnull);
+    errno = err;
+    return rc ? rc : alarms;
+}
 
 static int fd_of(const char *name)
 {
@@ -259,6 +304,9 @@ static long long run(char **a, int n, const char *dir)
     }
     if (!strcmp(op, "mkdir") && n == 2) {
         return mkdir(a[1], 0755);
+    }
+    if (!strcmp(op, "sigwrites") && n == 3) {
+        return sigwrites(fd_of(a[1]), atoi(a[2]));
     }
     if (!strcmp(op, "dirsync") && n == 2) {
         int fd = open(a[1], O_RDONLY | O_DIRECTORY | O_CLOEXEC);

@@ -205,6 +205,7 @@ static struct
 } df = {.trace_fd = -1};
 
 static atomic_int busy;                      /* the shim's state is in use */
+static __thread bool inside;                 /* this thread holds it */
 static volatile sig_atomic_t reload_pending; /* SIGUSR1 came */
 static volatile sig_atomic_t crash_pending;  /* SIGUSR2 came while busy */
 static unsigned char zero_page[DF_PAGE];
@@ -349,6 +350,16 @@ static void power_loss(bool keep_random,
                        const char *result);
 static void load_rules(void);
 
+/* Does a call go straight to libc? When the shim is off, and when this
+ * thread is inside the shim already: a signal handler of the program that
+ * interrupted a wrapper and calls one (libevent's writes a byte to its
+ * signal pipe) would otherwise wait for the state forever. Such a call is
+ * not traced, and a file it writes or closes is not tracked. */
+static bool passthrough(void)
+{
+    return !df.active || inside;
+}
+
 /* Take the shim's state (a spin lock: the signal handler only tries it). */
 static void enter(void)
 {
@@ -357,6 +368,7 @@ static void enter(void)
         expected = 0;
         sched_yield();
     }
+    inside = true;
     if (reload_pending) {
         reload_pending = 0;
         load_rules();
@@ -372,6 +384,7 @@ static void crash_by_signal(void)
 /* Release the state; a SIGUSR2 that came meanwhile cuts the power now. */
 static void leave(void)
 {
+    inside = false;
     atomic_store(&busy, 0);
     if (crash_pending) {
         int expected = 0;
@@ -1458,7 +1471,7 @@ static ssize_t write_hook(enum df_wcall c,
                           off_t pos)
 {
     resolve_real();
-    if (!df.active) {
+    if (passthrough()) {
         return call_write(c, fd, iov, cnt, pos);
     }
     enter();
@@ -1587,7 +1600,7 @@ static int sync_hook(int fd, bool data_only)
 {
     resolve_real();
     int (*call)(int) = data_only ? real.fdatasync : real.fsync;
-    if (!df.active) {
+    if (passthrough()) {
         return call(fd);
     }
     enter();
@@ -1641,7 +1654,7 @@ int fdatasync(int fd)
 int sync_file_range(int fd, off_t off, off_t n, unsigned int flags)
 {
     resolve_real();
-    if (!df.active) {
+    if (passthrough()) {
         return real.sync_file_range(fd, off, n, flags);
     }
     enter();
@@ -1700,7 +1713,7 @@ static int truncate_file(size_t fi, int fd, uint64_t len)
 int ftruncate(int fd, off_t len)
 {
     resolve_real();
-    if (!df.active) {
+    if (passthrough()) {
         return real.ftruncate(fd, len);
     }
     enter();
@@ -1724,7 +1737,7 @@ int ftruncate64(int fd, off64_t len)
 int fallocate(int fd, int mode, off_t off, off_t len)
 {
     resolve_real();
-    if (!df.active) {
+    if (passthrough()) {
         return real.fallocate(fd, mode, off, len);
     }
     enter();
@@ -1773,7 +1786,7 @@ int fallocate64(int fd, int mode, off64_t off, off64_t len)
 static int open_hook(int dirfd, const char *path, int flags, mode_t mode)
 {
     resolve_real();
-    if (!df.active || !path || (flags & O_TMPFILE) == O_TMPFILE) {
+    if (passthrough() || !path || (flags & O_TMPFILE) == O_TMPFILE) {
         return real.openat(dirfd, path, flags, mode);
     }
     enter();
@@ -1917,7 +1930,7 @@ int __openat64_2(int dirfd, const char *path, int flags)
 int close(int fd)
 {
     resolve_real();
-    if (df.active) {
+    if (!passthrough()) {
         enter();
         set_fd(fd, DF_NONE);
         leave();
@@ -1928,7 +1941,7 @@ int close(int fd)
 /* Copy @from's watch onto @to (a dup of it), or clear it. */
 static int track_dup(int from, int to)
 {
-    if (df.active) {
+    if (!passthrough()) {
         int err = errno;
         enter();
         set_fd(to, to >= 0 ? file_of_fd(from) : DF_NONE);
@@ -1973,7 +1986,7 @@ static void hidden_name(const char *abs, char *out)
 static int unlink_hook(int dirfd, const char *path, int flags)
 {
     resolve_real();
-    if (!df.active || !path || (flags & AT_REMOVEDIR)) {
+    if (passthrough() || !path || (flags & AT_REMOVEDIR)) {
         return real.unlinkat(dirfd, path, flags);
     }
     enter();
@@ -2049,7 +2062,7 @@ int unlinkat(int dirfd, const char *path, int flags)
 static int rename_hook(int odir, const char *old, int ndir, const char *new)
 {
     resolve_real();
-    if (!df.active || !old || !new) {
+    if (passthrough() || !old || !new) {
         return real.renameat(odir, old, ndir, new);
     }
     enter();

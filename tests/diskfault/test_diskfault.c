@@ -676,6 +676,21 @@ static void test_without_dir_nothing_is_intercepted(void)
     CU_ASSERT_EQUAL(df_trace_count(trace_path, NULL, NULL), 0);
 }
 
+/* A signal handler of the program that calls write() while the program
+ * is inside the shim (here in its fdatasync) goes straight to libc:
+ * taking the shim's state again would wait forever. libevent's handler
+ * does that write, so kvserver hung on SIGTERM during a sync. */
+static void test_write_in_a_signal_handler_inside_the_shim_does_not_hang(void)
+{
+    const char *cmds[] = {"open:log:c", "sigwrites:log:300", NULL};
+    struct child c;
+    start(&c, true, "", cmds);
+    int status = finish(&c);
+    CU_ASSERT(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    CU_ASSERT(atoll(result(&c, 1)) > 0);
+    CU_ASSERT_EQUAL(df_trace_count(trace_path, "fdatasync", "log"), 300);
+}
+
 int main(int argc, char **argv)
 {
     signal(SIGPIPE, SIG_IGN);
@@ -710,6 +725,8 @@ int main(int argc, char **argv)
          test_lmdb_opens_after_random_power_loss},
         {"test_without_dir_nothing_is_intercepted",
          test_without_dir_nothing_is_intercepted},
+        {"test_write_in_a_signal_handler_inside_the_shim_does_not_hang",
+         test_write_in_a_signal_handler_inside_the_shim_does_not_hang},
         CU_TEST_INFO_NULL,
     };
     static CU_SuiteInfo suites[] = {
