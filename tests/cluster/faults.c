@@ -38,9 +38,10 @@ static int64_t now_ns(void)
 /* Outcome of one append, for the exactly-once check. */
 enum append_state {
     AP_NONE = 0,
-    AP_ACKED,   /* acknowledged: present exactly once */
-    AP_UNKNOWN, /* outcome unknown: at most once */
-    AP_REFUSED, /* not applied (UNAVAILABLE): never */
+    AP_ACKED,    /* acknowledged: present exactly once */
+    AP_UNKNOWN,  /* outcome unknown: at most once */
+    AP_REFUSED,  /* not applied (UNAVAILABLE): never */
+    AP_NO_SPACE, /* not applied (NO_SPACE): never */
 };
 
 struct client
@@ -83,6 +84,13 @@ struct world
     uint64_t inj_cut, inj_drop_req, inj_drop_rep, inj_delay, inj_dup,
         inj_reorder;
     uint64_t packet_drops; /* packets the filter dropped (netns) */
+    uint64_t power_losses; /* nodes whose power was cut (diskfault) */
+    uint64_t at_write;     /* of them, at a log write or sync */
+    uint64_t disk_fulls;   /* disks filled (NEM_DISK_FULL) */
+    uint64_t sync_fails;   /* syncs made to fail (NEM_SYNC_FAIL) */
+    uint64_t tr_crashes;   /* power losses in the nodes' traces */
+    uint64_t tr_enospc;    /* operations failed with ENOSPC in them */
+    uint64_t tr_eio;       /* operations failed with EIO in them */
 };
 
 static void fail(struct world *w, const char *fmt, ...)
@@ -259,6 +267,24 @@ static int find_leader(struct world *w)
     return best;
 }
 
+/* Cut node i's power (diskfault): half the time at once, half the time
+ * at its next write or sync of its log (at once if none comes within a
+ * second). What it did not sync is lost; its disk works again after. */
+static void power_loss(struct world *w, size_t i)
+{
+    bool at_write = false;
+    if (rand_r(&w->rng) % 2 && h_node_rules(&w->c, i, "crash wal/ any") == 0) {
+        at_write = h_node_exited(&w->c, i, 1000);
+    }
+    if (!at_write) {
+        h_node_power_loss(&w->c, i);
+    }
+    h_node_rules(&w->c, i, "");
+    w->power_losses++;
+    w->at_write += at_write;
+}
+
+/* kill -9 node i, or with diskfault cut its power. */
 static void kill_node(struct world *w, size_t i)
 {
     if (w->alive[i]) {
@@ -266,9 +292,13 @@ static void kill_node(struct world *w, size_t i)
             h_node_pause(&w->c, i, false);
             w->paused[i] = false;
         }
-        h_node_kill(&w->c, i);
+        if (w->sc->diskfault) {
+            power_loss(w, i);
+        } else {
+            h_node_kill(&w->c, i);
+            w->kills++;
+        }
         w->alive[i] = false;
-        w->kills++;
     }
 }
 
@@ -327,6 +357,61 @@ static unsigned period(struct world *w)
            (unsigned)rand_r(&w->rng) % (NEMESIS_MAX_MS - NEMESIS_MIN_MS + 1);
 }
 
+static bool wait_serving(struct world *w, unsigned ms);
+
+/* Every node loses power (diskfault), while the clients write: the
+ * followers each at their next log write, before it does anything, then
+ * the leader. The followers come back first and must elect a leader and
+ * serve without the old one, so what they acknowledged must come back
+ * from their own disks; then the old leader. Without a leader, every node
+ * loses power at once. Called without the lock. */
+static void power_loss_all(struct world *w)
+{
+    size_t n = w->c.n, order[H_MAX_NODES], k = 0;
+    pthread_mutex_lock(&w->lock);
+    for (size_t i = 0; i < n; i++) {
+        pause_node(w, i, false);
+    }
+    int l = find_leader(w);
+    if (l < 0) {
+        shuffle(w, order, n);
+        for (size_t i = 0; i < n; i++) {
+            kill_node(w, order[i]);
+        }
+        pthread_mutex_unlock(&w->lock);
+        nap(w, 500);
+        pthread_mutex_lock(&w->lock);
+        restart_and_apply(w, order, n);
+        pthread_mutex_unlock(&w->lock);
+        return;
+    }
+    for (size_t i = 0; i < n; i++) {
+        w->power_losses += w->alive[i];
+    }
+    int crashed = h_power_loss_at_next_log_write(&w->c, (size_t)l, 3000);
+    h_node_power_loss(&w->c, (size_t)l);
+    h_node_rules(&w->c, (size_t)l, "");
+    w->at_write += crashed > 0 ? (uint64_t)crashed : 0;
+    for (size_t i = 0; i < n; i++) {
+        w->alive[i] = false;
+        if (i != (size_t)l) {
+            order[k++] = i;
+        }
+    }
+    restart_and_apply(w, order, k);
+    pthread_mutex_unlock(&w->lock);
+    if (!wait_serving(w, 20000)) {
+        fail(w,
+             "no leader served within 20 s of the power loss without the "
+             "old leader (node %d)",
+             l + 1);
+    }
+    pthread_mutex_lock(&w->lock);
+    size_t one = (size_t)l;
+    restart_and_apply(w, &one, 1);
+    pthread_mutex_unlock(&w->lock);
+}
+
 /* One round of a nemesis: break something, wait, (maybe) repair. */
 static void nemesis_step(struct world *w, enum nemesis kind)
 {
@@ -353,9 +438,16 @@ static void nemesis_step(struct world *w, enum nemesis kind)
             nap(w, period(w));
             return; /* the next round re-partitions; heal at the end */
         }
+        case NEM_KILL_ALL:
+            if (w->sc->diskfault) {
+                pthread_mutex_unlock(&w->lock);
+                power_loss_all(w);
+                nap(w, period(w));
+                return;
+            }
+            /* fall through */
         case NEM_KILL_ONE:
-        case NEM_KILL_MINORITY:
-        case NEM_KILL_ALL: {
+        case NEM_KILL_MINORITY: {
             size_t k = kind == NEM_KILL_ONE   ? 1
                        : kind == NEM_KILL_ALL ? n
                                               : (n - 1) / 2;
@@ -459,6 +551,43 @@ static void nemesis_step(struct world *w, enum nemesis kind)
             nap(w, period(w) / 2);
             return;
         }
+        case NEM_DISK_FULL:
+        case NEM_SYNC_FAIL: {
+            /* The leader's disk (half the time, a third for a sync) or
+             * another node's. The fault must bite: a full disk is kept
+             * (up to 2 s more) until a write failed on it, and a sync
+             * failure is waited for as long. */
+            int l = find_leader(w);
+            bool full = kind == NEM_DISK_FULL;
+            size_t t = l >= 0 && rand_r(&w->rng) % (full ? 2 : 3) == 0
+                           ? (size_t)l
+                           : (size_t)rand_r(&w->rng) % n;
+            if (!w->alive[t] || w->paused[t]) {
+                break;
+            }
+            const char *mark = full ? " -ENOSPC" : " -EIO";
+            size_t before = h_file_count(w->c.nodes[t].trace, mark);
+            if (h_node_rules(&w->c, t,
+                             full ? "full" : "fail * sync EIO times 1") != 0) {
+                fail(w, "setting disk rules on node %zu", t + 1);
+                break;
+            }
+            *(full ? &w->disk_fulls : &w->sync_fails) += 1;
+            pthread_mutex_unlock(&w->lock);
+            nap(w, full ? period(w) : 0);
+            for (unsigned ms = 0;
+                 ms < 2000 && !round_over(w) &&
+                 h_file_count(w->c.nodes[t].trace, mark) == before;
+                 ms += 100) {
+                h_sleep_ms(100);
+            }
+            pthread_mutex_lock(&w->lock);
+            h_node_rules(&w->c, t, "");
+            pthread_mutex_unlock(&w->lock);
+            /* The node goes on by itself: it retries every second. */
+            nap(w, period(w));
+            return;
+        }
         case NEM_MIXED:
             break;
     }
@@ -467,8 +596,10 @@ static void nemesis_step(struct world *w, enum nemesis kind)
         static const enum nemesis pick[] = {
             NEM_RANDOM_HALVES, NEM_KILL_ONE,       NEM_KILL_LEADER,
             NEM_PAUSE_LEADER,  NEM_ISOLATE_LEADER, NEM_KILL_MINORITY,
+            NEM_DISK_FULL,     NEM_SYNC_FAIL,
         };
-        nemesis_step(w, pick[rand_r(&w->rng) % (sizeof pick / sizeof *pick)]);
+        size_t kinds = sizeof pick / sizeof *pick - (w->sc->diskfault ? 0 : 2);
+        nemesis_step(w, pick[rand_r(&w->rng) % kinds]);
         pthread_mutex_lock(&w->lock);
         all_links(w, true);
         apply_links(w);
@@ -491,6 +622,9 @@ static void heal(struct world *w)
     }
     all_links(w, true);
     apply_links(w);
+    for (size_t i = 0; i < w->c.n && w->sc->diskfault; i++) {
+        h_node_rules(&w->c, i, ""); /* every disk works */
+    }
     restart_and_apply(w, dead, k);
     pthread_mutex_unlock(&w->lock);
 }
@@ -540,9 +674,11 @@ static void record(struct client *cl,
             break;
         case CLERK_UNKNOWN_OUTCOME:
         case CLERK_TIMEOUT:
+        case CLERK_SESSION_EXPIRED: /* an earlier try may have been */
             e.unknown = true;
             break;
         case CLERK_UNAVAILABLE:
+        case CLERK_NO_SPACE:
             /* Not applied: it stays out of the history, so a read that
              * sees its effect makes the history fail the check. */
             __atomic_fetch_add(&w->refused, 1, __ATOMIC_RELAXED);
@@ -595,10 +731,10 @@ static void do_append(struct client *cl, const char *key)
     int len = snprintf(tok, sizeof tok, "[%d.%zu]", cl->num, seq);
     int64_t t = now_ns();
     int rv = clerk_append(cl->ck, key, strlen(key), tok, (size_t)len);
-    cl->appends[seq] = rv == CLERK_OK                ? AP_ACKED
-                       : rv == CLERK_UNKNOWN_OUTCOME ? AP_UNKNOWN
-                       : rv == CLERK_UNAVAILABLE     ? AP_REFUSED
-                                                     : AP_UNKNOWN;
+    cl->appends[seq] = rv == CLERK_OK            ? AP_ACKED
+                       : rv == CLERK_UNAVAILABLE ? AP_REFUSED
+                       : rv == CLERK_NO_SPACE    ? AP_NO_SPACE
+                                                 : AP_UNKNOWN;
     record(cl, LC_APPEND, key, tok, (size_t)len, t, rv, NULL, 0, NULL, 0,
            false);
 }
@@ -758,11 +894,12 @@ static void check_appends(struct world *w,
             uint8_t st = w->clients[c].appends[seq];
             uint8_t *count = &seen[base[c] + seq];
             (*count)++;
-            if (st == AP_REFUSED) {
+            if (st == AP_REFUSED || st == AP_NO_SPACE) {
                 fail(w,
-                     "append [%d.%zu] was reported not applied but is in "
-                     "%s",
-                     num, seq, keys[k]);
+                     "append [%d.%zu] was reported not applied (%s) but is "
+                     "in %s",
+                     num, seq, st == AP_REFUSED ? "UNAVAILABLE" : "NO_SPACE",
+                     keys[k]);
             } else if (*count > 1) {
                 fail(w, "append [%d.%zu] is in %s twice", num, seq, keys[k]);
             }
@@ -845,8 +982,9 @@ static int start_cluster(struct world *w)
                  " --snapshot-entries %u --snapshot-trailing %u", sc->snapshot,
                  sc->snapshot / 10);
     }
-    if (h_cluster_start_hosts(&w->c, sc->servers, extra, sc->distinct_hosts) !=
-        0) {
+    struct h_start hs = {.distinct_hosts = sc->distinct_hosts,
+                         .diskfault = sc->diskfault};
+    if (h_cluster_start_with(&w->c, sc->servers, extra, &hs) != 0) {
         return -1;
     }
     char eps[1024];
@@ -901,12 +1039,20 @@ static void run_round(struct world *w, unsigned ms)
     while (!round_over(w)) {
         nemesis_step(w, sc->nemesis);
     }
+    if (sc->crash && sc->diskfault) {
+        /* The lab's crash as a power loss: every node, while the clients
+         * still write (at their next log write for the followers), so
+         * that what the nodes acknowledged last must come from their
+         * disks. */
+        heal(w);
+        power_loss_all(w);
+    }
     w->stop = true;
     for (size_t c = from; c < w->n_clients; c++) {
         pthread_join(w->clients[c].thread, NULL);
     }
     heal(w);
-    if (sc->crash) {
+    if (sc->crash && !sc->diskfault) {
         /* The lab's persistence: every server down, then all back. */
         pthread_mutex_lock(&w->lock);
         size_t all[H_MAX_NODES];
@@ -971,6 +1117,27 @@ static void check_faults_happened(struct world *w)
                       k == NEM_RING || k == NEM_BRIDGE || k == NEM_PACKETS;
     bool kills = k == NEM_KILL_ONE || k == NEM_KILL_MINORITY ||
                  k == NEM_KILL_LEADER || k == NEM_KILL_ALL || sc->crash;
+    if (kills && sc->diskfault && (w->power_losses == 0 || w->kills)) {
+        fail(w, "%" PRIu64 " power losses and %" PRIu64 " kills -9",
+             w->power_losses, w->kills);
+    }
+    if (sc->diskfault && w->tr_crashes != w->power_losses) {
+        /* Each power loss shows in a trace (the shim undid what was not
+         * synced): no node merely died of a signal. */
+        fail(w,
+             "%" PRIu64 " power losses made, %" PRIu64 " in the nodes' traces",
+             w->power_losses, w->tr_crashes);
+    }
+    if (k == NEM_DISK_FULL && (w->disk_fulls == 0 || w->tr_enospc == 0)) {
+        fail(w,
+             "%" PRIu64 " disks filled, %" PRIu64
+             " writes failed for lack of space",
+             w->disk_fulls, w->tr_enospc);
+    }
+    if (k == NEM_SYNC_FAIL && (w->sync_fails == 0 || w->tr_eio == 0)) {
+        fail(w, "%" PRIu64 " syncs set to fail, %" PRIu64 " failed",
+             w->sync_fails, w->tr_eio);
+    }
     if (partitions && w->partitions == 0) {
         fail(w, "the nemesis made no partition");
     }
@@ -988,13 +1155,15 @@ static void check_faults_happened(struct world *w)
              "packet",
              w->partitions);
     }
-    if (kills && w->kills == 0) {
+    if (kills && w->kills + w->power_losses == 0) {
         fail(w, "no node was killed");
     }
     if (k == NEM_PAUSE_LEADER && w->pauses == 0) {
         fail(w, "no leader was paused");
     }
-    if (k == NEM_MIXED && w->kills + w->pauses + w->partitions == 0) {
+    uint64_t any = w->kills + w->pauses + w->partitions + w->power_losses +
+                   w->disk_fulls + w->sync_fails;
+    if (k == NEM_MIXED && any == 0) {
         fail(w, "the mixed nemesis injected nothing");
     }
     if (sc->unreliable &&
@@ -1058,11 +1227,28 @@ static void run_one(const struct scenario *sc, unsigned variant)
     if (faults_packet_drops) {
         w->packet_drops = faults_packet_drops() - drops0;
     }
+    for (size_t i = 0; i < w->c.n && sc->diskfault; i++) {
+        const char *tr = w->c.nodes[i].trace;
+        w->tr_crashes +=
+            h_file_count(tr, " crash\n") + h_file_count(tr, " torn\n");
+        w->tr_enospc += h_file_count(tr, " -ENOSPC\n");
+        w->tr_eio += h_file_count(tr, " -EIO\n");
+    }
     if (!w->failed) {
         check_faults_happened(w);
     }
     double secs = 0;
     check_history(w, &secs);
+    char disk[300] = "";
+    if (sc->diskfault) {
+        snprintf(disk, sizeof disk,
+                 ", %" PRIu64 " power losses (%" PRIu64
+                 " at a log write or sync; %" PRIu64 " in the traces), %" PRIu64
+                 " full disks, %" PRIu64 " failing syncs, %" PRIu64
+                 " writes failed ENOSPC, %" PRIu64 " operations failed EIO",
+                 w->power_losses, w->at_write, w->tr_crashes, w->disk_fulls,
+                 w->sync_fails, w->tr_enospc, w->tr_eio);
+    }
     printf(
         "\n  %s: %zu servers, %zu clients x %d rounds of %u ms, %.1f s; "
         "ops: %" PRIu64 " ok, %" PRIu64 " unknown, %" PRIu64
@@ -1070,12 +1256,12 @@ static void run_one(const struct scenario *sc, unsigned variant)
         " partitions, injected %" PRIu64 " cut calls, %" PRIu64
         " lost requests, %" PRIu64 " lost replies, %" PRIu64 " delays, %" PRIu64
         " duplicates, %" PRIu64 " reorders, %" PRIu64
-        " dropped packets; history %zu ops checked in %.2f s: "
-        "%s\n",
+        " dropped packets%s; "
+        "history %zu ops checked in %.2f s: %s\n",
         sc->name, sc->servers, sc->clients, iterations, ms,
         (double)(now_ns() - t0) / 1e9, w->ok, w->unknown, w->refused, w->kills,
         w->pauses, w->partitions, w->inj_cut, w->inj_drop_req, w->inj_drop_rep,
-        w->inj_delay, w->inj_dup, w->inj_reorder, w->packet_drops,
+        w->inj_delay, w->inj_dup, w->inj_reorder, w->packet_drops, disk,
         lc_history_size(w->hist), secs, w->failed ? "FAILED" : "linearizable");
     CU_ASSERT(!w->failed);
     if (w->failed) {

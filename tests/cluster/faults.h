@@ -22,14 +22,22 @@ enum nemesis {
     NEM_KILL_ONE,       /* kill -9 a random node, restart it */
     NEM_KILL_MINORITY,  /* kill -9 a minority at once, restart them */
     NEM_KILL_LEADER,    /* kill -9 the leader, restart it */
-    NEM_KILL_ALL,       /* kill -9 every node, restart them all */
+    NEM_KILL_ALL,       /* kill -9 every node, restart them all (with
+                           diskfault: the followers lose power at their next
+                           log write, then the leader; the followers come
+                           back first and must serve without it) */
     NEM_PAUSE_LEADER,   /* SIGSTOP the leader, SIGCONT it */
     NEM_ISOLATE_LEADER, /* cut every link of the leader */
     NEM_RING,           /* majorities ring: each node sees a different
                            majority */
     NEM_BRIDGE,         /* two halves joined by one node */
-    NEM_MIXED,          /* a random one of the above each round */
+    NEM_MIXED,          /* a random one of the above each round (and of
+                           the disk faults below, with diskfault) */
     NEM_PACKETS,        /* random halves as nftables drop rules (netns) */
+    NEM_DISK_FULL,      /* a node's disk (often the leader's) fills for
+                           about a period, then empties (diskfault) */
+    NEM_SYNC_FAIL,      /* a node's next sync fails once with EIO
+                           (sometimes the leader's; diskfault) */
 };
 
 /* The operations clients issue. */
@@ -52,6 +60,9 @@ struct scenario
     bool duplicate;   /* 10% of requests delivered twice */
     bool random_keys; /* clients share keys instead of one each */
     bool crash;       /* lab's persist: every node killed between rounds */
+    bool diskfault;   /* nodes on the disk-fault shim (tests/diskfault):
+                         every kill is a power loss (what a node did not
+                         sync is lost), and the disk nemeses can act */
     enum nemesis nemesis;
     enum workload workload;
     unsigned snapshot;         /* --snapshot-entries (0: the default) */

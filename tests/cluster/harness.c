@@ -856,6 +856,61 @@ void h_node_power_loss(struct h_cluster *c, size_t i)
     nd->stopped = false;
 }
 
+int h_power_loss_at_next_log_write(struct h_cluster *c,
+                                   size_t leader,
+                                   unsigned timeout_ms)
+{
+    if (!c->diskfault) {
+        return -1;
+    }
+    bool armed[H_MAX_NODES] = {false};
+    bool was_paused = c->nodes[leader].stopped;
+    h_node_pause(c, leader, true);
+    /* What it sent before the pause is taken in (and written) first. */
+    h_sleep_ms(20);
+    for (size_t i = 0; i < c->n; i++) {
+        if (i != leader && c->nodes[i].pid > 0) {
+            if (c->nodes[i].stopped) {
+                h_node_pause(c, i, false);
+            }
+            armed[i] = h_node_rules(c, i, "crash wal/ write") == 0;
+        }
+    }
+    if (!was_paused) {
+        h_node_pause(c, leader, false);
+    }
+    int crashed = 0;
+    uint64_t end = h_now_ms() + timeout_ms;
+    for (size_t i = 0; i < c->n; i++) {
+        if (i == leader || c->nodes[i].pid <= 0) {
+            continue;
+        }
+        uint64_t now = h_now_ms();
+        if (armed[i] && h_node_exited(c, i, now < end ? end - now : 0)) {
+            crashed++;
+        } else {
+            h_node_power_loss(c, i);
+        }
+        h_node_rules(c, i, "");
+    }
+    return crashed;
+}
+
+size_t h_file_count(const char *path, const char *needle)
+{
+    FILE *f = fopen(path, "r");
+    if (!f) {
+        return 0;
+    }
+    char line[4096];
+    size_t found = 0;
+    while (fgets(line, sizeof line, f)) {
+        found += strstr(line, needle) != NULL;
+    }
+    fclose(f);
+    return found;
+}
+
 bool h_node_exited(struct h_cluster *c, size_t i, unsigned timeout_ms)
 {
     struct h_node *nd = &c->nodes[i];

@@ -139,6 +139,25 @@ int h_node_rules(struct h_cluster *c, size_t i, const char *rules);
 void h_node_power_loss(struct h_cluster *c, size_t i);
 
 /**
+ * Cut the power of every running node but @leader, each at its next write
+ * to its log (wal/), before that write does anything: a node that answers
+ * before its log write is durable (an acknowledgement or a vote sent too
+ * early, a sync left out) is caught there. @leader is paused (SIGSTOP)
+ * while their rules are set and resumed, so that they all crash on the same
+ * batch of its, the first it sends afterwards. A node whose log write does
+ * not come within @timeout_ms loses power then (h_node_power_loss). On
+ * return every node but @leader is down (reaped) with empty rules; @leader
+ * still runs. Only for a cluster started with h_start.diskfault.
+ * @return how many nodes crashed at a log write, or -1 (not on the shim)
+ */
+int h_power_loss_at_next_log_write(struct h_cluster *c,
+                                   size_t leader,
+                                   unsigned timeout_ms);
+
+/** How many lines of the file hold @needle (0 when it cannot be read)? */
+size_t h_file_count(const char *path, const char *needle);
+
+/**
  * Has node i exited (within @timeout_ms; 0: now)? An exited node is reaped
  * (pid 0).
  */

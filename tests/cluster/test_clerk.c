@@ -198,12 +198,17 @@ static bool appends_progress(struct shared_writer *w, int n, int from, int more)
     return appends_done(w, n) >= from + more;
 }
 
+/* The leader loses power while writers share one handle (the nodes run
+ * on the disk-fault shim: what a node did not sync is lost), and so do
+ * the followers, each at its next log write; they come back first, so
+ * what they acknowledged must come from their own disks. */
 static void test_clerk_leader_killed_mid_writes_every_ack_present_once(void)
 {
     enum { THREADS = 4 };
     unsigned failures_at_start = CU_get_number_of_failures();
     struct h_cluster c;
-    CU_ASSERT_FATAL(h_cluster_start(&c, 3, NULL) == 0);
+    struct h_start o = {.diskfault = true};
+    CU_ASSERT_FATAL(h_cluster_start_with(&c, 3, NULL, &o) == 0);
     struct clerk *ck = open_clerk(&c, 20000);
     CU_ASSERT_FATAL(clerk_put(ck, "warm", 4, "up", 2) == CLERK_OK);
     static struct shared_writer w[THREADS];
@@ -213,14 +218,22 @@ static void test_clerk_leader_killed_mid_writes_every_ack_present_once(void)
         w[i] = (struct shared_writer){.ck = ck, .thread = i, .stop = &stop};
         pthread_create(&th[i], NULL, shared_writer_main, &w[i]);
     }
-    /* kill -9 the leader while the writers are busy. */
+    /* The power cut while the writers are busy. */
     CU_ASSERT(appends_progress(w, THREADS, 0, 200));
     int leader = h_find_leader(&c, 5000);
     CU_ASSERT_FATAL(leader >= 0);
+    int at_write = h_power_loss_at_next_log_write(&c, (size_t)leader, 5000);
+    CU_ASSERT_EQUAL(at_write, 2);
     uint64_t before_kill = now_ns();
-    h_node_kill(&c, (size_t)leader);
+    h_node_power_loss(&c, (size_t)leader);
     uint64_t after_kill = now_ns();
-    /* Writes go on through the failover and after the restart. */
+    /* Writes go on through the failover, without the old leader, and
+     * after it is back. */
+    for (size_t i = 0; i < c.n; i++) {
+        if (i != (size_t)leader) {
+            CU_ASSERT(h_node_start(&c, i) == 0);
+        }
+    }
     CU_ASSERT(appends_progress(w, THREADS, appends_done(w, THREADS), 100));
     CU_ASSERT(h_node_start(&c, (size_t)leader) == 0);
     CU_ASSERT(appends_progress(w, THREADS, appends_done(w, THREADS), 100));
@@ -238,9 +251,9 @@ static void test_clerk_leader_killed_mid_writes_every_ack_present_once(void)
     }
     printf(
         "\n    %d appends by %d threads on one handle, %d in flight at "
-        "the kill\n",
+        "the leader's power loss\n",
         total, THREADS, in_flight);
-    CU_ASSERT(in_flight > 0); /* the kill hit calls under way */
+    CU_ASSERT(in_flight > 0); /* the power loss hit calls under way */
     for (int i = 0; i < THREADS; i++) {
         char key[32];
         snprintf(key, sizeof key, "appends-%d", i);
@@ -314,6 +327,123 @@ static void test_clerk_deadline_tells_unknown_from_not_applied(void)
     CU_ASSERT_EQUAL(clerk_get(ck, "k", 1, &v, &len), CLERK_OK);
     CU_ASSERT(v && !(len == 5 && memcmp(v, "never", 5) == 0));
     clerk_free(v);
+    clerk_close(ck);
+    c.keep = FAILED_SINCE(failures_at_start);
+    h_cluster_destroy(&c);
+}
+
+/* ------------------------------------------------------------ full disks */
+
+/* A handle that lists node @first first (then the others). */
+static struct clerk *open_clerk_from(struct h_cluster *c,
+                                     size_t first,
+                                     unsigned deadline_ms,
+                                     unsigned attempt_ms)
+{
+    char eps[512];
+    h_endpoints_of(c, UINT32_MAX, first, eps, sizeof eps);
+    struct clerk_options o = {.deadline_ms = deadline_ms,
+                              .attempt_ms = attempt_ms};
+    struct clerk *ck = NULL;
+    CU_ASSERT_FATAL(clerk_open(&ck, eps, &o) == CLERK_OK);
+    return ck;
+}
+
+/* Poll until a linearizable read of @key answers (20 s); its value, or ""
+ * when absent, into @out. */
+static bool read_key(struct clerk *ck, const char *key, char *out, size_t cap)
+{
+    uint64_t end = h_now_ms() + 20000;
+    while (h_now_ms() < end) {
+        void *v = NULL;
+        size_t len = 0;
+        int err = clerk_get(ck, key, strlen(key), &v, &len);
+        if (err == CLERK_OK || err == CLERK_NOT_FOUND) {
+            snprintf(out, cap, "%.*s", err == CLERK_OK ? (int)len : 0,
+                     err == CLERK_OK ? (char *)v : "");
+            clerk_free(v);
+            return true;
+        }
+        clerk_free(v);
+        h_sleep_ms(100);
+    }
+    return false;
+}
+
+/* CLERK_NO_SPACE promises "not applied". The leader's log write fails for
+ * lack of space after it proposed the append and sent it to the
+ * followers: the clerk's first attempt times out, and its retry is
+ * answered NO_SPACE by the frozen leader. The append is applied all the
+ * same: by a follower that got it and is elected, or by the leader once
+ * it can write again. An earlier try that may have been applied makes the
+ * outcome unknown, not "not applied". */
+static void test_clerk_no_space_is_never_answered_for_an_applied_write(void)
+{
+    unsigned failures_at_start = CU_get_number_of_failures();
+    struct h_cluster c;
+    struct h_start o = {.diskfault = true};
+    CU_ASSERT_FATAL(h_cluster_start_with(&c, 3, NULL, &o) == 0);
+    int l = h_find_leader(&c, 10000);
+    CU_ASSERT_FATAL(l >= 0);
+    struct clerk *ck = open_clerk_from(&c, (size_t)l, 5000, 300);
+    CU_ASSERT_FATAL(clerk_put(ck, "k", 1, "", 0) == CLERK_OK);
+    CU_ASSERT_EQUAL(
+        h_node_rules(&c, (size_t)l, "fail wal/ write ENOSPC always"), 0);
+    uint64_t t0 = h_now_ms();
+    int rv = clerk_append(ck, "k", 1, "x", 1);
+    uint64_t took = h_now_ms() - t0;
+    char msg[400];
+    snprintf(msg, sizeof msg, "%s", clerk_errmsg(ck));
+    CU_ASSERT(h_log_contains(&c, (size_t)l, "cannot persist"));
+    CU_ASSERT_EQUAL(h_node_rules(&c, (size_t)l, ""), 0); /* space is back */
+    char v[64] = "";
+    CU_ASSERT_FATAL(read_key(ck, "k", v, sizeof v));
+    bool applied = strcmp(v, "x") == 0;
+    printf("\n    append answered %s after %llu ms (%s); applied: %s\n",
+           clerk_error_code(rv), (unsigned long long)took, msg,
+           applied ? "yes" : "no");
+    CU_ASSERT(rv == CLERK_OK || rv == CLERK_UNKNOWN_OUTCOME ||
+              rv == CLERK_NO_SPACE);
+    if (applied && rv == CLERK_NO_SPACE) {
+        fprintf(stderr,
+                "append answered NO_SPACE (not applied) after %llu ms, and "
+                "\"k\" holds it\n",
+                (unsigned long long)took);
+    }
+    CU_ASSERT(!(applied && rv == CLERK_NO_SPACE));
+    clerk_close(ck);
+    c.keep = FAILED_SINCE(failures_at_start);
+    h_cluster_destroy(&c);
+}
+
+/* A follower that cannot write its log (no space) must not stop a client
+ * from writing to a leader that can: the clerk is sent on to the leader. */
+static void test_clerk_full_follower_does_not_refuse_writes_for_the_leader(void)
+{
+    unsigned failures_at_start = CU_get_number_of_failures();
+    struct h_cluster c;
+    struct h_start o = {.diskfault = true};
+    CU_ASSERT_FATAL(h_cluster_start_with(&c, 3, NULL, &o) == 0);
+    int l = h_find_leader(&c, 10000);
+    CU_ASSERT_FATAL(l >= 0);
+    size_t f = (size_t)(l + 1) % 3;
+    struct clerk *ck = open_clerk_from(&c, (size_t)l, 5000, 500);
+    CU_ASSERT_EQUAL(h_node_rules(&c, f, "fail wal/ write ENOSPC always"), 0);
+    CU_ASSERT_EQUAL(clerk_put(ck, "a", 1, "1", 1), CLERK_OK);
+    bool frozen = false;
+    for (int t = 0; t < 100 && !frozen; t++) {
+        frozen = h_log_contains(&c, f, "cannot persist");
+        h_sleep_ms(50);
+    }
+    CU_ASSERT_FATAL(frozen);
+    /* A client that asks the full follower first. */
+    struct clerk *via_f = open_clerk_from(&c, f, 5000, 500);
+    int rv = clerk_put(via_f, "b", 1, "2", 1);
+    printf("\n    put through the full follower first: %s (%s)\n",
+           clerk_error_code(rv), clerk_errmsg(via_f));
+    CU_ASSERT_EQUAL(rv, CLERK_OK);
+    h_node_rules(&c, f, "");
+    clerk_close(via_f);
     clerk_close(ck);
     c.keep = FAILED_SINCE(failures_at_start);
     h_cluster_destroy(&c);
@@ -476,6 +606,14 @@ int main(int argc, char **argv)
          test_clerk_deadline_tells_unknown_from_not_applied},
         CU_TEST_INFO_NULL,
     };
+    /* On the disk-fault shim: what a full disk answers. */
+    static CU_TestInfo disk_tests[] = {
+        {"test_clerk_no_space_is_never_answered_for_an_applied_write",
+         test_clerk_no_space_is_never_answered_for_an_applied_write},
+        {"test_clerk_full_follower_does_not_refuse_writes_for_the_leader",
+         test_clerk_full_follower_does_not_refuse_writes_for_the_leader},
+        CU_TEST_INFO_NULL,
+    };
     static CU_TestInfo kvctl_tests[] = {
         {"test_kvctl_one_shot_output_and_exit_codes",
          test_kvctl_one_shot_output_and_exit_codes},
@@ -487,6 +625,7 @@ int main(int argc, char **argv)
     };
     static CU_SuiteInfo suites[] = {
         {"clerk", NULL, NULL, NULL, NULL, clerk_tests},
+        {"clerk_full_disk", NULL, NULL, NULL, NULL, disk_tests},
         {"kvctl", kvctl_setup, kvctl_teardown, NULL, NULL, kvctl_tests},
         CU_SUITE_INFO_NULL,
     };

@@ -50,7 +50,13 @@ LAB(test_many_partitions_many_clients,
     .clients = 5,
     .nemesis = NEM_RANDOM_HALVES)
 LAB(test_persist_one_client, .servers = 5, .clients = 1, .crash = true)
-LAB(test_persist_concurrent, .servers = 5, .clients = 5, .crash = true)
+/* On the disk-fault shim: the crash is a power loss of every node while
+ * the clients write, so what was acknowledged must have been synced. */
+LAB(test_persist_concurrent,
+    .servers = 5,
+    .clients = 5,
+    .crash = true,
+    .diskfault = true)
 LAB(test_persist_concurrent_unreliable,
     .servers = 5,
     .clients = 5,
@@ -456,7 +462,9 @@ static void test_speed(void)
 NEM(test_kill_one, 3, 5, NEM_KILL_ONE)
 NEM(test_kill_minority, 5, 5, NEM_KILL_MINORITY)
 NEM(test_kill_leader, 3, 5, NEM_KILL_LEADER)
-NEM(test_kill_all, 3, 5, NEM_KILL_ALL)
+/* On the disk-fault shim (as the power_loss_* tests): what a node
+ * acknowledged must survive its power loss. */
+NEM(test_kill_all, 3, 5, NEM_KILL_ALL, .diskfault = true)
 NEM(test_pause_leader, 3, 5, NEM_PAUSE_LEADER)
 NEM(test_isolate_leader, 5, 5, NEM_ISOLATE_LEADER)
 NEM(test_majorities_ring, 5, 5, NEM_RING)
@@ -469,6 +477,20 @@ NEM(test_lossy_jittery_duplicating,
     .unreliable = true,
     .duplicate = true)
 NEM(test_long_reordering, 5, 5, NEM_NONE, .reorder = true)
+/* Disks: power losses (what was not synced is lost), a disk that fills
+ * and empties, a sync that fails once. */
+NEM(test_power_loss_one, 3, 5, NEM_KILL_ONE, .diskfault = true)
+NEM(test_power_loss_leader, 3, 5, NEM_KILL_LEADER, .diskfault = true)
+NEM(test_power_loss_all, 5, 5, NEM_KILL_ALL, .diskfault = true, .snapshot = 50)
+NEM(test_disk_full_fills_and_empties, 3, 5, NEM_DISK_FULL, .diskfault = true)
+NEM(test_sync_fails_once, 3, 5, NEM_SYNC_FAIL, .diskfault = true)
+NEM(test_mixed_faults_on_failing_disks,
+    5,
+    5,
+    NEM_MIXED,
+    .diskfault = true,
+    .snapshot = 50,
+    .iter_ms = 5000)
 NEM(test_register_mixed_faults,
     5,
     10,
@@ -612,6 +634,12 @@ static CU_TestInfo nemesis_tests[] = {
     {"random_halves", test_random_halves},
     {"lossy_jittery_duplicating", test_lossy_jittery_duplicating},
     {"long_reordering", test_long_reordering},
+    {"power_loss_one", test_power_loss_one},
+    {"power_loss_leader", test_power_loss_leader},
+    {"power_loss_all", test_power_loss_all},
+    {"disk_full_fills_and_empties", test_disk_full_fills_and_empties},
+    {"sync_fails_once", test_sync_fails_once},
+    {"mixed_faults_on_failing_disks", test_mixed_faults_on_failing_disks},
     {"register_mixed_faults", test_register_mixed_faults},
     {"mixed_faults_with_snapshots", test_mixed_faults_with_snapshots},
     {"crash_during_snapshot_transfer", test_crash_during_snapshot_transfer},
