@@ -637,12 +637,24 @@ static int run(struct clerk *c, const struct request *rq, struct answer *out)
                     snprintf(last, sizeof last, "%s: %s", c->servers[i].addr,
                              a.message[0] ? a.message : "unavailable");
                     break;
-                default:
+                default: {
                     c->leader = i;
                     a.maybe_applied = maybe_applied;
                     *out = a;
                     snprintf(c->errmsg, sizeof c->errmsg, "%s", a.message);
-                    return final_result(rq, &a);
+                    int rv = final_result(rq, &a);
+                    if (rv == CLERK_NO_SPACE && maybe_applied) {
+                        /* This try was refused, but an earlier one reached
+                         * a leader that may have proposed it before its
+                         * disk filled: it can still be applied. */
+                        snprintf(c->errmsg, sizeof c->errmsg,
+                                 "%.400s; an earlier try may have been "
+                                 "applied",
+                                 a.message);
+                        return CLERK_UNKNOWN_OUTCOME;
+                    }
+                    return rv;
+                }
             }
         }
         free(a.value);

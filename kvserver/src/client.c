@@ -142,6 +142,15 @@ static void propose(struct kv_node *n,
         return;
     }
     if (n->frozen) {
+        /* This node cannot write; the leader, when it is another, may. */
+        uint64_t leader = raft_leader(n->raft);
+        if (leader && leader != n->cfg.id) {
+            reply_write(n, op, closure, data, RAFTKV__KV_ERROR__KV_WRONG_LEADER,
+                        NULL, leader,
+                        "not the leader (and this node cannot write its "
+                        "disk)");
+            return;
+        }
         reply_write(n, op, closure, data,
                     n->disk_full ? RAFTKV__KV_ERROR__KV_NO_SPACE
                                  : RAFTKV__KV_ERROR__KV_UNAVAILABLE,
@@ -376,7 +385,12 @@ static void handle_get(Raftkv__KvService_Service *svc,
         return;
     }
     if (n->frozen) {
-        reply_get(n, cl, data, RAFTKV__KV_ERROR__KV_UNAVAILABLE, NULL, 0, 0,
+        uint64_t leader = raft_leader(n->raft);
+        bool other = leader && leader != n->cfg.id;
+        reply_get(n, cl, data,
+                  other ? RAFTKV__KV_ERROR__KV_WRONG_LEADER
+                        : RAFTKV__KV_ERROR__KV_UNAVAILABLE,
+                  NULL, 0, other ? leader : 0,
                   "node cannot persist; use a stale read or another node");
         return;
     }

@@ -36,8 +36,10 @@ enum clerk_error {
     CLERK_CAS_MISMATCH,    /* cas: the key did not hold the expected value
                               (or existed when it must not); nothing written */
     CLERK_UNKNOWN_OUTCOME, /* write: the deadline passed after the write
-                              reached a server; it may or may not have been
-                              applied. Read the key to find out. */
+                              reached a server, or a later try was refused
+                              (a full disk) after an earlier one reached a
+                              leader; it may or may not have been applied.
+                              Read the key to find out. */
     CLERK_UNAVAILABLE,     /* no leader accepted the operation before the
                               deadline; a write was not applied */
     CLERK_TIMEOUT,         /* read: the deadline passed */
