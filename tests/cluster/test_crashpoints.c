@@ -311,14 +311,26 @@ static bool rule_crashed(void)
     return found;
 }
 
-static bool crashed_now(void)
-{
-    return rule_crashed();
-}
-
 static bool failed_now(void)
 {
     return h_file_contains(w.c.nodes[V].trace, " -E");
+}
+
+static bool is_crash(const char *rules)
+{
+    return strncmp(rules, "crash", 5) == 0;
+}
+
+/* After a round's activity: did its rule fire? Node V, if its power was
+ * cut, starts again; its rules are cleared. */
+static bool rule_fired(const char *rules)
+{
+    bool fired = is_crash(rules) ? rule_crashed() : failed_now();
+    if (fired && is_crash(rules)) {
+        restart_v();
+    }
+    h_node_rules(&w.c, V, "");
+    return fired;
 }
 
 /* ------------------------------------------------------------- rounds */
@@ -346,7 +358,7 @@ static bool round_acks(const char *rules, int n_appends)
     if (v_alive()) {
         h_node_power_loss(&w.c, V);
     }
-    bool fired = !strncmp(rules, "crash", 5) ? crashed_now() : failed_now();
+    bool fired = is_crash(rules) ? rule_crashed() : failed_now();
     h_node_kill(&w.c, (size_t)l);
     CU_ASSERT_EQUAL_FATAL(h_node_start(&w.c, t), 0);
     restart_v();
@@ -392,16 +404,7 @@ static bool round_election(const char *rules)
             break;
         }
     }
-    bool fired;
-    if (!strncmp(rules, "crash", 5)) {
-        fired = crashed_now();
-        if (fired) {
-            restart_v();
-        }
-    } else {
-        fired = failed_now();
-    }
-    h_node_rules(&w.c, V, "");
+    bool fired = rule_fired(rules);
     CU_ASSERT_EQUAL_FATAL(h_node_start(&w.c, (size_t)l), 0);
     appends(3, false);
     check_acked(rules);
@@ -420,7 +423,7 @@ static bool round_install(const char *rules)
     h_node_rules(&w.c, V, rules); /* read when it runs again */
     h_node_pause(&w.c, V, false);
     bool fired = false;
-    if (!strncmp(rules, "crash", 5)) {
+    if (is_crash(rules)) {
         uint64_t end = h_now_ms() + 5000;
         while (h_now_ms() < end && !fired) {
             fired = h_node_exited(&w.c, V, 100);
@@ -452,16 +455,7 @@ static bool round_send(const char *rules)
     h_node_rules(&w.c, V, rules);
     h_node_pause(&w.c, t, false);
     appends(20, true);
-    bool fired;
-    if (!strncmp(rules, "crash", 5)) {
-        fired = crashed_now();
-        if (fired) {
-            restart_v();
-        }
-    } else {
-        fired = failed_now();
-    }
-    h_node_rules(&w.c, V, "");
+    bool fired = rule_fired(rules);
     settle();
     check_acked(rules);
     check_node_state(t, rules);
@@ -478,7 +472,7 @@ static bool round_shutdown(const char *rules)
     h_trace_reset(&w.c, V);
     h_node_rules(&w.c, V, rules);
     int st = h_node_term(&w.c, V);
-    bool fired = !strncmp(rules, "crash", 5) ? st != 0 : failed_now();
+    bool fired = is_crash(rules) ? st != 0 : failed_now();
     h_node_rules(&w.c, V, "");
     CU_ASSERT_EQUAL_FATAL(h_node_start(&w.c, V), 0);
     settle();
@@ -608,7 +602,7 @@ static void sweep_upto(const char *phase,
             break;
         }
         fired_rounds++;
-        if (!strncmp(rules, "crash", 5)) {
+        if (is_crash(rules)) {
             w.crashes++;
         } else {
             w.failures++;
