@@ -8,7 +8,9 @@
 #   --quick          the normal build's tests only (no sanitizer, no fuzz)
 #   --full-faults    the fault-injection suite's full tier: 3 rounds of 5 s
 #                    per test instead of one of 2.5 s, each test again on
-#                    7 nodes with other choices (docs/faults.md)
+#                    7 nodes with other choices (docs/faults.md); and the
+#                    crash-point sweep over every boundary of every phase
+#                    (about an hour; tests/cluster/test_crashpoints.c)
 #   --fuzz-seconds N run each libFuzzer target N seconds (default 20)
 #   --no-sanitize    skip the sanitizer build
 #   --no-fuzz        skip the fuzz targets
@@ -29,7 +31,7 @@ while [ $# -gt 0 ]; do
         --no-sanitize) sanitize=0 ;;
         --no-fuzz) fuzz=0 ;;
         --fuzz-seconds) fuzz_seconds=${2:?--fuzz-seconds needs a number}; shift ;;
-        -h|--help) sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "test.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
     esac
     shift
