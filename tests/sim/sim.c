@@ -98,6 +98,8 @@ struct gentry
 {
     bool set;       /* some node applied it */
     uint64_t term;  /* its term */
+    uint64_t seen;  /* lowest term of a node when it applied it: at
+                       least the term in which it was committed */
     uint64_t hash;  /* its payload hash */
     uint64_t value; /* its value */
     uint64_t chain; /* state machine chain after it */
@@ -469,7 +471,11 @@ static void check_new_leader(struct sim *s, unsigned i, uint64_t term)
     uint64_t first = raft_first_index(r);
     for (uint64_t idx = first; idx <= s->gc_max; idx++) {
         uint64_t t;
-        if (!s->gc[idx].set) {
+        /* Figure 3: an entry committed in a term is in the logs of the
+         * leaders of every higher term. A leader of an older term can
+         * still be elected late (votes of its term delivered after a newer
+         * leader committed) and lack it. */
+        if (!s->gc[idx].set || s->gc[idx].seen >= term) {
             continue;
         }
         if (raft_entry_term(r, idx, &t) != 0 || t != s->gc[idx].term) {
@@ -491,9 +497,17 @@ static void check_apply(struct sim *s,
 {
     struct gentry *g = gc_at(s, e->index);
     uint64_t h = hash_bytes(e->data, e->len, e->type);
+    /* A node applies an entry only once it learned that it is committed,
+     * from a leader of the term that committed it or of a later one (or
+     * as that leader): its term is at least the commit's term. */
+    uint64_t now_term = raft_term(s->nodes[i].r);
+    if (g->set && now_term < g->seen) {
+        g->seen = now_term;
+    }
     if (!g->set) {
         g->set = true;
         g->term = e->term;
+        g->seen = now_term;
         g->hash = h;
         g->value = value;
         g->chain = chain;
