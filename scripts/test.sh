@@ -10,7 +10,7 @@
 #                    per test instead of one of 2.5 s, each test again on
 #                    7 nodes with other choices (docs/faults.md); and the
 #                    crash-point sweep over every boundary of every phase
-#                    (about an hour; tests/cluster/test_crashpoints.c)
+#                    (about 10 minutes; tests/cluster/test_crashpoints.c)
 #   --fuzz-seconds N run each libFuzzer target N seconds (default 20)
 #   --no-sanitize    skip the sanitizer build
 #   --no-fuzz        skip the fuzz targets
