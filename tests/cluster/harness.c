@@ -942,15 +942,5 @@ void h_trace_reset(struct h_cluster *c, size_t i)
 
 bool h_file_contains(const char *path, const char *needle)
 {
-    FILE *f = fopen(path, "r");
-    if (!f) {
-        return false;
-    }
-    char line[4096];
-    bool found = false;
-    while (!found && fgets(line, sizeof line, f)) {
-        found = strstr(line, needle) != NULL;
-    }
-    fclose(f);
-    return found;
+    return h_file_count(path, needle) > 0;
 }
