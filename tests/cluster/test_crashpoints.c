@@ -524,7 +524,9 @@ static bool round_restore(const char *rules)
         /* Started now, the node either finds nothing restored yet (an
          * empty node, which catches up) or refuses the half-done one. */
         h_node_rules(&w.c, V, "");
+        bool keep = w.c.keep;
         if (h_node_start(&w.c, V) != 0) {
+            w.c.keep = keep; /* an expected refusal: no reason to keep */
             CU_ASSERT(h_log_contains(&w.c, V,
                                      "run the same kvserver "
                                      "--restore again"));
