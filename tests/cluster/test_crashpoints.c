@@ -294,9 +294,9 @@ static void restart_v(void)
  * V's trace whose result is "crash" or "torn" (a power loss from the test
  * shows as "power-loss"); a failure, an operation answered with an error.
  * A crash may come just after the activity: wait a little for it. */
-static bool rule_crashed(void)
+static bool rule_crashed(unsigned wait_ms)
 {
-    h_node_exited(&w.c, V, 300);
+    h_node_exited(&w.c, V, wait_ms);
     FILE *f = fopen(w.c.nodes[V].trace, "r");
     if (!f) {
         return false;
@@ -321,13 +321,21 @@ static bool is_crash(const char *rules)
     return strncmp(rules, "crash", 5) == 0;
 }
 
-/* After a round's activity: did its rule fire? Node V, if its power was
- * cut, starts again; its rules are cleared. */
-static bool rule_fired(const char *rules)
+/* After a round's activity: did its rule fire (waiting up to @wait_ms for
+ * it)? Node V, if its power was cut, starts again; its rules are cleared. */
+static bool rule_fired(const char *rules, unsigned wait_ms)
 {
-    bool fired = is_crash(rules) ? rule_crashed() : failed_now();
-    if (fired && is_crash(rules)) {
-        restart_v();
+    bool fired;
+    if (is_crash(rules)) {
+        fired = rule_crashed(wait_ms);
+        if (fired) {
+            restart_v();
+        }
+    } else {
+        uint64_t end = h_now_ms() + wait_ms;
+        while (!(fired = failed_now()) && h_now_ms() < end) {
+            h_sleep_ms(50);
+        }
     }
     h_node_rules(&w.c, V, "");
     return fired;
@@ -358,7 +366,7 @@ static bool round_acks(const char *rules, int n_appends)
     if (v_alive()) {
         h_node_power_loss(&w.c, V);
     }
-    bool fired = is_crash(rules) ? rule_crashed() : failed_now();
+    bool fired = is_crash(rules) ? rule_crashed(300) : failed_now();
     h_node_kill(&w.c, (size_t)l);
     CU_ASSERT_EQUAL_FATAL(h_node_start(&w.c, t), 0);
     restart_v();
@@ -404,7 +412,7 @@ static bool round_election(const char *rules)
             break;
         }
     }
-    bool fired = rule_fired(rules);
+    bool fired = rule_fired(rules, 300);
     CU_ASSERT_EQUAL_FATAL(h_node_start(&w.c, (size_t)l), 0);
     appends(3, false);
     check_acked(rules);
@@ -422,20 +430,7 @@ static bool round_install(const char *rules)
     h_trace_reset(&w.c, V);
     h_node_rules(&w.c, V, rules); /* read when it runs again */
     h_node_pause(&w.c, V, false);
-    bool fired = false;
-    if (is_crash(rules)) {
-        uint64_t end = h_now_ms() + 5000;
-        while (h_now_ms() < end && !fired) {
-            fired = h_node_exited(&w.c, V, 100);
-        }
-        if (fired) {
-            restart_v();
-        }
-    } else {
-        h_sleep_ms(2500);
-        fired = failed_now();
-    }
-    h_node_rules(&w.c, V, "");
+    bool fired = rule_fired(rules, 5000); /* the transfer takes a while */
     settle();
     check_node_state(V, rules);
     check_acked(rules);
@@ -455,7 +450,7 @@ static bool round_send(const char *rules)
     h_node_rules(&w.c, V, rules);
     h_node_pause(&w.c, t, false);
     appends(20, true);
-    bool fired = rule_fired(rules);
+    bool fired = rule_fired(rules, 300);
     settle();
     check_acked(rules);
     check_node_state(t, rules);
