@@ -6,6 +6,8 @@ set -euo pipefail
 packages=(build-essential cmake pkg-config libprotobuf-c-dev
           protobuf-c-compiler libevent-dev liblmdb-dev libcunit1-dev
           clang libclang-rt-14-dev
+          libssl-dev libsodium-dev  # TLS (bufferevent_openssl), HMAC, Argon2id
+          openssl                   # cluster.sh makes a CA and certificates
           nftables iproute2)  # packet-level partitions in test_netns
 
 missing=()

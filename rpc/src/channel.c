@@ -94,6 +94,7 @@ struct rpc_channel
     struct delayed_send *delayed;     /* requests held back */
     struct evbuffer *pending;         /* requests not yet given to bev */
     struct event *flush_ev;           /* writes them after this turn's I/O */
+    char *auth_token;                 /* sent in every request, or NULL */
 };
 
 /* --------------------------------------------------------- pending table */
@@ -704,6 +705,9 @@ static void channel_invoke(ProtobufCService *service,
         hdr.service_name = (char *)service->descriptor->name;
         hdr.method_name = (char *)m->name;
         hdr.call_id = p->id;
+        if (ch->auth_token) {
+            hdr.auth_token = ch->auth_token;
+        }
         rv = send_request(ch, &hdr, input, &fc);
         if (rv == RPC_E_TOO_BIG) {
             snprintf(ch->last_failure, sizeof ch->last_failure,
@@ -861,6 +865,7 @@ void rpc_channel_free(struct rpc_channel *ch)
     }
     free(ch->table);
     free((char *)ch->opts.bind_host);
+    free(ch->auth_token);
     free(ch->host);
     free(ch);
 }
@@ -884,6 +889,17 @@ ProtobufCService *rpc_channel_service(struct rpc_channel *ch,
     cs->next = ch->services;
     ch->services = cs;
     return &cs->base;
+}
+
+int rpc_channel_set_auth_token(struct rpc_channel *ch, const char *token)
+{
+    char *copy = NULL;
+    if (token && *token && !(copy = strdup(token))) {
+        return RPC_E_NOMEM;
+    }
+    free(ch->auth_token);
+    ch->auth_token = copy;
+    return 0;
 }
 
 void rpc_channel_set_deadline(struct rpc_channel *ch, uint32_t ms)

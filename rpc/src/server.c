@@ -63,6 +63,7 @@ struct rpc_call
     struct rpc_method_stats *mstats;         /* its method's counts */
     bool drop_reply;                         /* fault: lose the reply */
     uint32_t hold_ms;                        /* fault: hold it back */
+    char *auth_token;                        /* the header's, or NULL */
 };
 
 /* A request or a reply held back by injected faults. */
@@ -76,6 +77,7 @@ struct held
     unsigned index;             /* and method */
     ProtobufCMessage *input;    /* and unpacked args */
     uint64_t call_id;           /* and call id */
+    char *auth_token;           /* and its header's token (or NULL) */
     struct rpc_fault_choice fc; /* and what else to do to it */
     struct held *prev, *next;   /* server's list */
 };
@@ -387,6 +389,7 @@ static void held_free(struct held *h)
     if (h->input) {
         protobuf_c_message_free_unpacked(h->input, NULL);
     }
+    free(h->auth_token);
     conn_unref(h->conn);
     free(h);
 }
@@ -444,6 +447,7 @@ static void answer(struct rpc_call *call,
         send_reply(c, call->call_id, status, error, reply, NULL);
     }
     conn_unref(c);
+    free(call->auth_token);
     free(call);
 }
 
@@ -463,6 +467,12 @@ void rpc_call_fail(void *closure_data, int status, const char *msg)
         status = RPC_E_INTERNAL;
     }
     answer(closure_data, status, msg ? msg : rpc_strerror(status), NULL);
+}
+
+const char *rpc_call_auth_token(void *closure_data)
+{
+    struct rpc_call *call = closure_data;
+    return call->auth_token ? call->auth_token : "";
 }
 
 const char *rpc_call_peer(void *closure_data)
@@ -506,11 +516,19 @@ static void start_call(struct rpc_conn *c,
                        unsigned index,
                        const ProtobufCMessage *input,
                        uint64_t call_id,
+                       const char *token,
                        const struct rpc_fault_choice *fc)
 {
     for (int copy = 0; copy < (fc->duplicate ? 2 : 1) && c->bev; copy++) {
         struct rpc_call *call = malloc(sizeof *call);
         if (!call) {
+            send_reply(c, call_id, RPC_E_OVERLOADED, "out of memory", NULL,
+                       NULL);
+            return;
+        }
+        call->auth_token = token && *token ? strdup(token) : NULL;
+        if (token && *token && !call->auth_token) {
+            free(call);
             send_reply(c, call_id, RPC_E_OVERLOADED, "out of memory", NULL,
                        NULL);
             return;
@@ -603,11 +621,13 @@ static int dispatch(void *ctx, const struct rpc_frame *f)
             d->index = index;
             d->input = input;
             d->call_id = h->call_id;
+            d->auth_token =
+                h->auth_token && *h->auth_token ? strdup(h->auth_token) : NULL;
             d->fc = fc;
             return 0;
         }
     }
-    start_call(c, svc, index, input, h->call_id, &fc);
+    start_call(c, svc, index, input, h->call_id, h->auth_token, &fc);
     protobuf_c_message_free_unpacked(input, NULL);
     return c->bev ? 0 : 1;
 }
@@ -636,7 +656,8 @@ static void on_held(evutil_socket_t fd, short what, void *arg)
             mark_dirty(c);
             check_output(c);
         } else {
-            start_call(c, h->svc, h->index, h->input, h->call_id, &h->fc);
+            start_call(c, h->svc, h->index, h->input, h->call_id,
+                       h->auth_token, &h->fc);
         }
     }
     held_free(h);

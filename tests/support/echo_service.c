@@ -34,6 +34,11 @@ static void echo_echo(Raftkv__Test__EchoService_Service *svc,
         const char *peer = rpc_call_peer(closure_data);
         reply.payload.data = (uint8_t *)peer;
         reply.payload.len = strlen(peer);
+    } else if (in->payload.len == 5 &&
+               memcmp(in->payload.data, "token", 5) == 0) {
+        const char *token = rpc_call_auth_token(closure_data);
+        reply.payload.data = (uint8_t *)token;
+        reply.payload.len = strlen(token);
     } else {
         reply.payload = in->payload;
     }

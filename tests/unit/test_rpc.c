@@ -233,6 +233,31 @@ static void test_rpc_blocking_call_returns_after_its_closure(void)
     echo_server_kill(pid);
 }
 
+static void test_rpc_auth_token_travels_in_every_request_header(void)
+{
+    start_local_server(NULL);
+    struct rpc_channel *ch = rpc_channel_new(base, "127.0.0.1", port, NULL);
+    ProtobufCService *svc = rpc_channel_service(ch, echo_desc);
+    struct echo_result r[3] = {{0}};
+    echo_call(svc, ECHO_M_ECHO, "token", 0, &r[0]);
+    CU_ASSERT_EQUAL(rpc_channel_set_auth_token(ch, "tok-123"), 0);
+    echo_call(svc, ECHO_M_ECHO, "token", 0, &r[1]);
+    CU_ASSERT_EQUAL(rpc_channel_set_auth_token(ch, NULL), 0);
+    echo_call(svc, ECHO_M_ECHO, "token", 0, &r[2]);
+    int done = 0;
+    for (uint64_t end = test_now_ms() + SOON_MS;
+         done < 3 && test_now_ms() < end;) {
+        run_for(5);
+        done = r[0].done + r[1].done + r[2].done;
+    }
+    CU_ASSERT_EQUAL(done, 3);
+    CU_ASSERT_STRING_EQUAL(r[0].payload, "");
+    CU_ASSERT_STRING_EQUAL(r[1].payload, "tok-123");
+    CU_ASSERT_STRING_EQUAL(r[2].payload, "");
+    rpc_channel_free(ch);
+    stop_local_server();
+}
+
 static void test_rpc_blocking_channel_reconnects_after_server_restart(void)
 {
     uint16_t p;
@@ -1007,6 +1032,8 @@ int main(int argc, char **argv)
          test_rpc_blocking_call_returns_after_its_closure},
         {"test_rpc_blocking_channel_reconnects_after_server_restart",
          test_rpc_blocking_channel_reconnects_after_server_restart},
+        {"test_rpc_auth_token_travels_in_every_request_header",
+         test_rpc_auth_token_travels_in_every_request_header},
         {"test_rpc_async_call_completes_from_the_loop",
          test_rpc_async_call_completes_from_the_loop},
         {"test_rpc_thousand_concurrent_calls_answered_out_of_order",

@@ -412,6 +412,15 @@ void rpc_call_fail(void *closure_data, int status, const char *msg);
  */
 const char *rpc_call_peer(void *closure_data);
 
+/**
+ * The auth token the request of a call carried in its header (RpcHeader
+ * auth_token), for a service that checks who is calling.
+ * @param closure_data the closure_data the handler was given
+ * @return the token, valid until the call's closure runs; "" when the
+ *   request carried none
+ */
+const char *rpc_call_auth_token(void *closure_data);
+
 /* --------------------------------------------------------------- channel */
 
 /* Channel settings. Zero fields mean the defaults. */
@@ -487,6 +496,14 @@ ProtobufCService *rpc_channel_service(struct rpc_channel *ch,
  * @param ms milliseconds from the call's start; 0 restores the default
  */
 void rpc_channel_set_deadline(struct rpc_channel *ch, uint32_t ms);
+
+/**
+ * Send an auth token in the header of every call made from now on.
+ * @param ch the channel
+ * @param token the token (copied), or NULL or "" for none
+ * @return 0, or RPC_E_NOMEM
+ */
+int rpc_channel_set_auth_token(struct rpc_channel *ch, const char *token);
 
 /**
  * Write what the channel has queued to its socket now, as far as the socket
