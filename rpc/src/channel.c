@@ -13,6 +13,7 @@
 #include <event2/util.h>
 
 #include "internal.h"
+#include "peerauth.h"
 
 #define DEFAULT_DEADLINE_MS        5000
 #define DEFAULT_CONNECT_TIMEOUT_MS 1000
@@ -23,6 +24,7 @@
 enum conn_state {
     CH_IDLE,       /* no connection; the next call connects */
     CH_CONNECTING, /* connect in progress; calls wait in the buffer */
+    CH_HANDSHAKE,  /* connected, proving who we are; calls wait */
     CH_CONNECTED,  /* established */
     CH_BACKOFF,    /* a connect failed; calls fail until retry_at */
 };
@@ -95,6 +97,10 @@ struct rpc_channel
     struct evbuffer *pending;         /* requests not yet given to bev */
     struct event *flush_ev;           /* writes them after this turn's I/O */
     char *auth_token;                 /* sent in every request, or NULL */
+    struct rpc_peer_hs hs;            /* CH_HANDSHAKE: the handshake */
+    bool hs_proved;                   /* our proof is sent: result next */
+    uint64_t hs_logged;               /* ms of the last failure logged */
+    char hs_last[300];                /* and what it said */
 };
 
 /* --------------------------------------------------------- pending table */
@@ -362,9 +368,81 @@ static int on_reply(void *ctx, const struct rpc_frame *f)
     return ch->bev ? 0 : 1;
 }
 
+/* The handshake failed: log it (when it says something new, or at most
+ * every 10 s) and fail the connection. */
+static void handshake_failed(struct rpc_channel *ch, const char *why)
+{
+    char msg[600];
+    snprintf(msg, sizeof msg, "peer handshake with %s (node %llu) failed: %s",
+             ch->target, (unsigned long long)ch->opts.peer_id, why);
+    uint64_t now = rpc_now_ms();
+    if (strcmp(ch->hs_last, why) != 0 || now - ch->hs_logged >= 10000) {
+        rpc_logf(RPC_LOG_WARN, "rpc: %s", msg);
+        snprintf(ch->hs_last, sizeof ch->hs_last, "%s", why);
+        ch->hs_logged = now;
+    }
+    connection_failed(ch, RPC_E_UNAVAILABLE, msg);
+}
+
+/* The connection is usable: calls that waited leave now. */
+static void connection_ready(struct rpc_channel *ch)
+{
+    ch->state = CH_CONNECTED;
+    ch->backoff_ms = 0;
+    ch->stats.connects++;
+    ch->hs_last[0] = 0;
+    event_del(ch->connect_timer);
+    channel_flush(ch);
+}
+
+/* Read the server's side of the handshake. Returns true once frames may
+ * flow, false while waiting or after a failure. */
+static bool read_handshake(struct rpc_channel *ch, struct evbuffer *in)
+{
+    char why[300];
+    if (!ch->hs_proved) {
+        uint8_t answer[RPC_PEER_ANSWER_SIZE], proof[RPC_PEER_PROOF_SIZE];
+        if (evbuffer_get_length(in) < RPC_PEER_ANSWER_SIZE) {
+            /* A refusal is a short answer followed by a close. */
+            return false;
+        }
+        evbuffer_remove(in, answer, sizeof answer);
+        uint32_t code = rpc_peer_check_answer(&ch->hs, ch->opts.peer_auth,
+                                              answer, proof, why, sizeof why);
+        if (code == RPC_PEER_BAD_PROOF || code == RPC_PEER_OTHER_CLUSTER) {
+            bufferevent_write(ch->bev, proof, sizeof proof);
+            rpc_bev_flush(ch->bev); /* the server logs it too */
+        }
+        if (code != RPC_PEER_OK) {
+            handshake_failed(ch, why);
+            return false;
+        }
+        bufferevent_write(ch->bev, proof, sizeof proof);
+        ch->hs_proved = true;
+    }
+    uint8_t result[RPC_PEER_RESULT_SIZE];
+    if (evbuffer_get_length(in) < RPC_PEER_RESULT_SIZE) {
+        return false;
+    }
+    evbuffer_remove(in, result, sizeof result);
+    uint32_t code = rpc_peer_check_result(result);
+    if (code != RPC_PEER_OK) {
+        snprintf(why, sizeof why, "it refused us: %s",
+                 rpc_peer_code_str(code));
+        handshake_failed(ch, why);
+        return false;
+    }
+    connection_ready(ch);
+    return true;
+}
+
 static void on_read(struct bufferevent *bev, void *arg)
 {
     struct rpc_channel *ch = arg;
+    if (ch->state == CH_HANDSHAKE &&
+        !read_handshake(ch, bufferevent_get_input(bev))) {
+        return;
+    }
     struct rpc_decoder *dec = ch->dec;
     int rv = rpc_read_frames(bufferevent_get_input(bev), dec, on_reply, ch);
     if (rv == RPC_DECODE_ERROR && ch->dec == dec) {
@@ -382,16 +460,32 @@ static void on_event(struct bufferevent *bev, short what, void *arg)
     struct rpc_channel *ch = arg;
     char why[600];
     if (what & BEV_EVENT_CONNECTED) {
-        ch->state = CH_CONNECTED;
-        ch->backoff_ms = 0;
-        ch->stats.connects++;
-        event_del(ch->connect_timer);
         rpc_tune_socket(bufferevent_getfd(ch->bev));
-        return;
+        if (!ch->opts.peer_auth) {
+            connection_ready(ch);
+            return;
+        }
+        uint8_t hello[RPC_PEER_HELLO_SIZE];
+        if (rpc_peer_hello(&ch->hs, ch->opts.peer_auth, ch->opts.peer_id,
+                           hello) != 0) {
+            connection_failed(ch, RPC_E_UNAVAILABLE,
+                              "peer handshake: no randomness");
+            return;
+        }
+        ch->hs_proved = false;
+        ch->state = CH_HANDSHAKE;
+        bufferevent_write(ch->bev, hello, sizeof hello);
+        return; /* the connect timer also bounds the handshake */
     }
     if (what & (BEV_EVENT_EOF | BEV_EVENT_ERROR)) {
         int err = EVUTIL_SOCKET_ERROR();
-        if (ch->state == CH_CONNECTING) {
+        if (ch->state == CH_HANDSHAKE) {
+            handshake_failed(ch, ch->hs_proved
+                                     ? "it closed the connection after our "
+                                       "proof"
+                                     : "it closed the connection (is that "
+                                       "its peer port?)");
+        } else if (ch->state == CH_CONNECTING) {
             snprintf(
                 why, sizeof why, "connect to %s: %s", ch->target,
                 err ? evutil_socket_error_to_string(err) : "connection closed");
@@ -412,7 +506,10 @@ static void on_connect_timeout(evutil_socket_t fd, short what, void *arg)
     (void)what;
     struct rpc_channel *ch = arg;
     char why[600];
-    snprintf(why, sizeof why, "connect to %s: no answer within %u ms",
+    snprintf(why, sizeof why,
+             ch->state == CH_HANDSHAKE
+                 ? "peer handshake with %s: no answer within %u ms"
+                 : "connect to %s: no answer within %u ms",
              ch->target, ch->opts.connect_timeout_ms);
     connection_failed(ch, RPC_E_UNAVAILABLE, why);
 }
@@ -577,7 +674,10 @@ static void on_delayed(evutil_socket_t fd, short what, void *arg)
     struct delayed_send *d = arg;
     struct rpc_channel *ch = d->ch;
     if (ch->bev && d->conn_gen == ch->conn_gen) {
-        evbuffer_add_buffer(bufferevent_get_output(ch->bev), d->frames);
+        evbuffer_add_buffer(ch->state == CH_CONNECTED
+                                ? bufferevent_get_output(ch->bev)
+                                : ch->pending,
+                            d->frames);
     }
     delayed_free(d);
 }
@@ -590,7 +690,9 @@ static int send_request(struct rpc_channel *ch,
                         const struct rpc_fault_choice *fc)
 {
     struct evbuffer *out = bufferevent_get_output(ch->bev);
-    if (ch->state == CH_CONNECTED && evbuffer_get_length(out) == 0) {
+    if (ch->state != CH_CONNECTED) {
+        out = ch->pending; /* leaves once connected (connection_ready) */
+    } else if (evbuffer_get_length(out) == 0) {
         out = ch->pending;
         event_active(ch->flush_ev, EV_TIMEOUT, 0);
     }

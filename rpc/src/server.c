@@ -15,6 +15,7 @@
 #include <event2/util.h>
 
 #include "internal.h"
+#include "peerauth.h"
 
 #define DEFAULT_MAX_OUTPUT (8u * 1024 * 1024)
 #define LOG_EVERY_MS       1000u /* a repeating log line: at most this often */
@@ -52,6 +53,10 @@ struct rpc_conn
     uint64_t frame_ms;            /* when the partial frame began */
     uint64_t active_ms;           /* last read or reply */
     uint64_t paused_ms;           /* when reading paused for the backlog */
+    struct rpc_peer_hs *hs;       /* peer handshake in progress, or NULL */
+    bool hs_answered;             /* its hello is answered: proof next */
+    bool authed;                  /* passed the peer handshake */
+    uint64_t peer_id;             /* the id it proved (authed) */
 };
 
 /* One request being served: the closure_data handed to the handler. */
@@ -107,6 +112,7 @@ struct rpc_server
     struct ratelog timeout_log;        /* "closing a slow connection" */
     struct ratelog idle_log;           /* "closing an idle connection" */
     struct ratelog accept_log;         /* "accept: Too many open files" */
+    struct ratelog hs_log;             /* "peer handshake failed" */
 };
 
 static void list_remove(struct rpc_conn **head, struct rpc_conn *c)
@@ -138,6 +144,7 @@ static void conn_unref(struct rpc_conn *c)
         if (c->server) {
             list_remove(&c->server->closed, c);
         }
+        free(c->hs);
         free(c);
     }
 }
@@ -475,6 +482,12 @@ const char *rpc_call_auth_token(void *closure_data)
     return call->auth_token ? call->auth_token : "";
 }
 
+uint64_t rpc_call_peer_id(void *closure_data)
+{
+    struct rpc_call *call = closure_data;
+    return call->conn->authed ? call->conn->peer_id : 0;
+}
+
 const char *rpc_call_peer(void *closure_data)
 {
     struct rpc_call *call = closure_data;
@@ -663,9 +676,107 @@ static void on_held(evutil_socket_t fd, short what, void *arg)
     held_free(h);
 }
 
+/* Send a handshake message; with a refusal, log it and close. */
+static void hs_send(struct rpc_conn *c,
+                    const uint8_t *msg,
+                    size_t len,
+                    uint32_t code)
+{
+    struct rpc_server *s = c->server;
+    bufferevent_write(c->bev, msg, len);
+    if (code == RPC_PEER_OK) {
+        return;
+    }
+    rpc_bev_flush(c->bev); /* the reason leaves before the close */
+    s->stats.handshakes_failed++;
+    uint64_t cl = c->hs ? c->hs->peer_cluster : 0;
+    uint64_t id = c->hs ? c->hs->peer_id : 0;
+    if (code == RPC_PEER_OTHER_CLUSTER) {
+        log_limited(&s->hs_log, RPC_LOG_WARN,
+                    "rpc: refused peer %s (node %llu): it belongs to cluster "
+                    "%016llx, this node to cluster %016llx",
+                    c->peer, (unsigned long long)id, (unsigned long long)cl,
+                    (unsigned long long)s->opts.peer_auth->cluster_id);
+    } else {
+        log_limited(&s->hs_log, RPC_LOG_WARN,
+                    "rpc: refused peer connection from %s (says node %llu): "
+                    "%s",
+                    c->peer, (unsigned long long)id, rpc_peer_code_str(code));
+    }
+    conn_close(c);
+}
+
+/* Close the oldest connections of a peer id beyond max_per_peer, keeping
+ * c (the newest). A node that reconnects after a network fault leaves
+ * half-open connections behind; nothing else makes more than one. */
+static void limit_per_peer(struct rpc_server *s, struct rpc_conn *c)
+{
+    uint32_t seen = 0;
+    struct rpc_conn *next;
+    for (struct rpc_conn *o = s->conns; o; o = next) {
+        next = o->next; /* newest first */
+        if (o->authed && o->peer_id == c->peer_id && ++seen > s->opts.max_per_peer) {
+            rpc_logf(RPC_LOG_INFO,
+                     "rpc: closing %s: node %llu holds more than %u peer "
+                     "connections",
+                     o->peer, (unsigned long long)o->peer_id,
+                     s->opts.max_per_peer);
+            conn_close(o);
+        }
+    }
+}
+
+/* Take the handshake's bytes from the input. Returns true when frames may
+ * follow (the peer is authenticated), false while more is needed or after
+ * the connection was closed. */
+static bool read_handshake(struct rpc_conn *c)
+{
+    struct rpc_server *s = c->server;
+    const struct rpc_peer_auth *auth = s->opts.peer_auth;
+    struct evbuffer *in = bufferevent_get_input(c->bev);
+    if (!c->hs && !(c->hs = calloc(1, sizeof *c->hs))) {
+        conn_close(c);
+        return false;
+    }
+    uint8_t msg[RPC_PEER_ANSWER_SIZE], out[RPC_PEER_ANSWER_SIZE];
+    if (!c->hs_answered) {
+        if (evbuffer_get_length(in) < RPC_PEER_HELLO_SIZE) {
+            return false;
+        }
+        evbuffer_remove(in, msg, RPC_PEER_HELLO_SIZE);
+        uint32_t code = rpc_peer_answer(c->hs, auth, msg, out);
+        c->hs_answered = true;
+        hs_send(c, out, RPC_PEER_ANSWER_SIZE, code);
+        if (code != RPC_PEER_OK) {
+            return false;
+        }
+    }
+    if (evbuffer_get_length(in) < RPC_PEER_PROOF_SIZE) {
+        return false;
+    }
+    evbuffer_remove(in, msg, RPC_PEER_PROOF_SIZE);
+    uint32_t code = rpc_peer_check_proof(c->hs, auth, msg, out);
+    hs_send(c, out, RPC_PEER_RESULT_SIZE, code);
+    if (code != RPC_PEER_OK) {
+        return false;
+    }
+    c->authed = true;
+    c->peer_id = c->hs->peer_id;
+    free(c->hs);
+    c->hs = NULL;
+    rpc_logf(RPC_LOG_DEBUG, "rpc: %s is node %llu", c->peer,
+             (unsigned long long)c->peer_id);
+    limit_per_peer(s, c);
+    return true;
+}
+
 static void on_read(struct bufferevent *bev, void *arg)
 {
     struct rpc_conn *c = arg;
+    if (c->server && c->server->opts.peer_auth && !c->authed &&
+        !read_handshake(c)) {
+        return;
+    }
     c->refs++; /* handlers may close the connection under us */
     uint64_t frames = c->frames;
     int rv = rpc_read_frames(bufferevent_get_input(bev), c->dec,
@@ -703,6 +814,10 @@ static void on_event(struct bufferevent *bev, short what, void *arg)
 {
     (void)bev;
     struct rpc_conn *c = arg;
+    if ((what & (BEV_EVENT_EOF | BEV_EVENT_ERROR)) && c->server &&
+        c->server->opts.peer_auth && !c->authed) {
+        c->server->stats.handshakes_failed++; /* gave up before the end */
+    }
     if (what & BEV_EVENT_ERROR) {
         int err = EVUTIL_SOCKET_ERROR();
         rpc_logf(RPC_LOG_DEBUG, "rpc: connection from %s: %s", c->peer,
@@ -831,6 +946,14 @@ static void sweep_conn(struct rpc_server *s, struct rpc_conn *c, uint64_t now)
         refuse_conn(c, "it made no call");
         return;
     }
+    if (o->peer_auth && !c->authed && now - c->opened_ms >= o->handshake_ms) {
+        s->stats.handshakes_failed++;
+        log_limited(&s->hs_log, RPC_LOG_WARN,
+                    "rpc: closing %s: no peer handshake within %u ms",
+                    c->peer, o->handshake_ms);
+        conn_close(c);
+        return;
+    }
     if (o->frame_timeout_ms && c->read_paused &&
         now - c->paused_ms >= o->frame_timeout_ms) {
         size_t len = evbuffer_get_length(bufferevent_get_output(c->bev)) +
@@ -860,7 +983,7 @@ static void sweep_conn(struct rpc_server *s, struct rpc_conn *c, uint64_t now)
         c->active_ms = now; /* calls pending or bytes moving: not idle */
         return;
     }
-    if (o->idle_timeout_ms && !c->is_peer &&
+    if (o->idle_timeout_ms && !c->is_peer && !c->authed &&
         now - c->active_ms >= o->idle_timeout_ms) {
         s->stats.idle_closes++;
         log_limited(&s->idle_log, RPC_LOG_INFO,
@@ -885,6 +1008,7 @@ static void on_sweep(evutil_socket_t fd, short what, void *arg)
     log_held_back(&s->refused_log, RPC_LOG_WARN, now);
     log_held_back(&s->timeout_log, RPC_LOG_WARN, now);
     log_held_back(&s->idle_log, RPC_LOG_INFO, now);
+    log_held_back(&s->hs_log, RPC_LOG_WARN, now);
 }
 
 /* With max_connections set, make room for that many descriptors (as Redis
@@ -944,6 +1068,15 @@ struct rpc_server *rpc_server_new(struct event_base *base,
     s->timeout_log.what = "slow connections closed";
     s->idle_log.what = "idle connections closed";
     s->accept_log.what = "accept failures";
+    s->hs_log.what = "peer handshakes refused";
+    if (s->opts.peer_auth) {
+        if (!s->opts.max_per_peer) {
+            s->opts.max_per_peer = 4;
+        }
+        if (!s->opts.handshake_ms) {
+            s->opts.handshake_ms = 2000;
+        }
+    }
     s->opts.peer_service = NULL; /* the copy below */
     if (opts && opts->peer_service &&
         !(s->peer_service = strdup(opts->peer_service))) {
@@ -969,10 +1102,14 @@ struct rpc_server *rpc_server_new(struct event_base *base,
     if (o->idle_timeout_ms && o->idle_timeout_ms / 4 < period) {
         period = o->idle_timeout_ms / 4;
     }
+    if (o->peer_auth && o->handshake_ms / 4 < period) {
+        period = o->handshake_ms / 4;
+    }
     if (period < 10) {
         period = 10;
     }
-    if (o->max_connections || o->frame_timeout_ms || o->idle_timeout_ms) {
+    if (o->max_connections || o->frame_timeout_ms || o->idle_timeout_ms ||
+        o->peer_auth) {
         s->sweep_ev = event_new(base, -1, EV_PERSIST, on_sweep, s);
         struct timeval tv = {period / 1000, (period % 1000) * 1000};
         if (!s->sweep_ev || event_add(s->sweep_ev, &tv) != 0) {

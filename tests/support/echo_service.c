@@ -1,5 +1,6 @@
 /* echo_service.c: the test EchoService, in-process or in a child process. */
 #include <signal.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
@@ -34,6 +35,13 @@ static void echo_echo(Raftkv__Test__EchoService_Service *svc,
         const char *peer = rpc_call_peer(closure_data);
         reply.payload.data = (uint8_t *)peer;
         reply.payload.len = strlen(peer);
+    } else if (in->payload.len == 6 &&
+               memcmp(in->payload.data, "peerid", 6) == 0) {
+        static char id[24];
+        snprintf(id, sizeof id, "%llu",
+                 (unsigned long long)rpc_call_peer_id(closure_data));
+        reply.payload.data = (uint8_t *)id;
+        reply.payload.len = strlen(id);
     } else if (in->payload.len == 5 &&
                memcmp(in->payload.data, "token", 5) == 0) {
         const char *token = rpc_call_auth_token(closure_data);

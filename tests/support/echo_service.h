@@ -10,7 +10,9 @@
 struct event_base;
 
 /* An EchoService implementation whose Defer replies come from timers on
- * base. Echo with payload "whoami" answers the caller's address. The
+ * base. Echo with payload "whoami" answers the caller's address, "token"
+ * the auth token of its header, "peerid" the node id its connection
+ * proved in the peer handshake. The
  * Unimplemented slot is left NULL on purpose. */
 struct echo_service
 {

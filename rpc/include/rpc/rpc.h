@@ -220,6 +220,51 @@ void rpc_decoder_skip_oversized(struct rpc_decoder *d, bool on);
  */
 bool rpc_decoder_mid_frame(const struct rpc_decoder *d);
 
+/* ------------------------------------------------------------- peer auth */
+
+/* Peers of a cluster prove to each other that they hold the cluster's
+ * secret before any frame passes between them: a server given a
+ * peer_auth reads nothing from a connection but the handshake until the
+ * other end has proven it (HMAC-SHA-256 over fresh nonces from both ends;
+ * docs/protocol.md), and a channel given one proves itself and checks the
+ * server's proof before it sends a call. A failed handshake closes the
+ * connection, with a log line on both ends that says why. It
+ * authenticates the connection's start; on a network where someone can
+ * change bytes in flight, use TLS as well. */
+#define RPC_PEER_KEY_SIZE   32 /* bytes of a peer key */
+#define RPC_PEER_SECRET_MIN 16 /* shortest secret accepted */
+
+/* May a node of this id connect? */
+typedef bool (*rpc_peer_allow_cb)(uint64_t peer_id, void *arg);
+
+/* One node's side of the handshake. Borrowed by servers and channels
+ * (it must outlive them); the owner may change cluster_id at any time,
+ * and each handshake reads it then. */
+struct rpc_peer_auth
+{
+    uint8_t key[RPC_PEER_KEY_SIZE]; /* from rpc_peer_key_from_file */
+    uint64_t self_id;               /* this node's id (not 0) */
+    uint64_t cluster_id;            /* this node's cluster (0: not known
+                                       yet; then any cluster is accepted) */
+    rpc_peer_allow_cb allow;        /* server side: admit this id? NULL:
+                                       any id but self_id and 0 */
+    void *allow_arg;                /* passed to allow */
+};
+
+/**
+ * Derive a peer key from a secret file: the SHA-256 of its bytes (a final
+ * newline dropped). Logs a warning when others may read the file.
+ * @param path the file (at least RPC_PEER_SECRET_MIN bytes, at most 4 KiB)
+ * @param key filled with the key
+ * @param err, err_len filled with the reason on failure
+ * @return 0, RPC_E_IO (cannot open), RPC_E_INVALID (too short or too
+ *   long) or RPC_E_INTERNAL
+ */
+int rpc_peer_key_from_file(const char *path,
+                           uint8_t key[RPC_PEER_KEY_SIZE],
+                           char *err,
+                           size_t err_len);
+
 /* ---------------------------------------------------------------- server */
 
 /* Server settings. Zero fields mean the defaults. */
@@ -255,6 +300,15 @@ struct rpc_server_options
     uint32_t idle_timeout_ms;  /* a client connection with no call pending
                                   and nothing read or answered this long
                                   is closed. 0: never */
+    const struct rpc_peer_auth *peer_auth; /* every connection must pass
+                                  the peer handshake first (borrowed; see
+                                  "peer auth"); NULL: none */
+    uint32_t max_per_peer;     /* with peer_auth: connections one peer id
+                                  may hold; a newer one closes its oldest.
+                                  Default 4 */
+    uint32_t handshake_ms;     /* with peer_auth: a connection that has not
+                                  finished the handshake this long after
+                                  it was accepted is closed. Default 2000 */
 };
 
 /* How long a connection admitted into peer_reserve has to show itself a
@@ -282,6 +336,7 @@ struct rpc_server_stats
                                      finished within frame_timeout_ms */
     uint64_t idle_closes;         /* connections closed after
                                      idle_timeout_ms */
+    uint64_t handshakes_failed;   /* peer handshakes refused or timed out */
 };
 
 /* Calls of one method of a served service, by how they were answered. */
@@ -421,6 +476,13 @@ const char *rpc_call_peer(void *closure_data);
  */
 const char *rpc_call_auth_token(void *closure_data);
 
+/**
+ * The node id that the connection of a call proved in the peer handshake.
+ * @param closure_data the closure_data the handler was given
+ * @return the id, or 0 on a server without peer_auth
+ */
+uint64_t rpc_call_peer_id(void *closure_data);
+
 /* --------------------------------------------------------------- channel */
 
 /* Channel settings. Zero fields mean the defaults. */
@@ -434,6 +496,11 @@ struct rpc_channel_options
     struct rpc_limits limits;    /* frame caps */
     size_t max_output;           /* unsent bytes above which calls fail
                                     with RPC_E_OVERLOADED; default 64 MiB */
+    const struct rpc_peer_auth *peer_auth; /* pass the peer handshake on
+                                    every connection before any call
+                                    (borrowed); NULL: none */
+    uint64_t peer_id;            /* with peer_auth: the node id the server
+                                    must prove it is */
 };
 
 /* Counters of a channel. */
