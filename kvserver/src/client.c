@@ -30,6 +30,10 @@ static void reply_write(struct kv_node *n,
     } else {
         n->metrics.proposals_failed++;
     }
+    if (op == RAFTKV__COMMAND__OP_AUTH) {
+        auth_reply_write(n, closure, data, err, o, leader, msg);
+        return;
+    }
     Raftkv__LeaderHint hint = RAFTKV__LEADER_HINT__INIT;
     set_hint(n, leader, &hint);
     char *text = (char *)(msg ? msg : "");
@@ -117,8 +121,20 @@ static void propose(struct kv_node *n,
                     ProtobufCClosure closure,
                     void *data)
 {
-    char msg[160];
-    int err = key ? kv_sm_check_key(&n->store, key->len) : 0;
+    char msg[400];
+    int err = 0;
+    if (op != RAFTKV__COMMAND__OP_AUTH) {
+        /* Auth changes are checked by the AuthService (root only). */
+        err = auth_check_kv(n, data, key,
+                            op == RAFTKV__COMMAND__OP_CAS ? KV_AUTH_READWRITE
+                                                          : KV_AUTH_WRITE,
+                            msg, sizeof msg);
+        if (err) {
+            reply_write(n, op, closure, data, err, NULL, 0, msg);
+            return;
+        }
+    }
+    err = key ? kv_sm_check_key(&n->store, key->len) : 0;
     if (err) {
         snprintf(msg, sizeof msg, "key of %zu bytes: %s (1 to %d bytes)",
                  key->len,
@@ -134,8 +150,9 @@ static void propose(struct kv_node *n,
                     NULL, 0, msg);
         return;
     }
-    if (client_id->len != KV_CLIENT_ID_LEN ||
-        (request_id == 0 && op != RAFTKV__COMMAND__OP_OPEN_SESSION)) {
+    if (op != RAFTKV__COMMAND__OP_AUTH &&
+        (client_id->len != KV_CLIENT_ID_LEN ||
+         (request_id == 0 && op != RAFTKV__COMMAND__OP_OPEN_SESSION))) {
         reply_write(n, op, closure, data, RAFTKV__KV_ERROR__KV_BAD_REQUEST,
                     NULL, 0,
                     "a write needs a 16-byte client_id and a request_id > 0");
@@ -203,6 +220,15 @@ static void propose(struct kv_node *n,
     }
     n->writes_tail = w;
     node_schedule_turn(n);
+}
+
+void client_propose_auth(struct kv_node *n,
+                         const Raftkv__Command *cmd,
+                         ProtobufCClosure closure,
+                         void *data)
+{
+    propose(n, RAFTKV__COMMAND__OP_AUTH, cmd, NULL, NULL, NULL, 0, closure,
+            data);
 }
 
 static struct kv_pending_write *pop_write(struct kv_node *n)
@@ -375,7 +401,15 @@ static void handle_get(Raftkv__KvService_Service *svc,
 {
     struct kv_node *n = node_of(svc, kv_svc);
     ProtobufCClosure cl = (ProtobufCClosure)closure;
-    int err = kv_sm_check_key(&n->store, a->key.len);
+    char why[400];
+    int err = auth_check_kv(n, data, &a->key, KV_AUTH_READ, why, sizeof why);
+    if (err) {
+        /* A stale read is checked against this node's applied auth state,
+         * like the data it reads. */
+        reply_get(n, cl, data, err, NULL, 0, 0, why);
+        return;
+    }
+    err = kv_sm_check_key(&n->store, a->key.len);
     if (err) {
         reply_get(n, cl, data, err, NULL, 0, 0, "bad key length");
         return;

@@ -53,6 +53,9 @@ static const char usage_text[] =
     "  --max-output-mb N        unread replies one connection may hold; above\n"
     "                           it the node stops reading that connection's\n"
     "                           requests, at 4x it closes it (default 8)\n"
+    "  --auth-token-ttl-s S     tokens that clients get from Authenticate\n"
+    "                           (users and roles, docs/auth.md) are valid\n"
+    "                           for S seconds (default 300)\n"
     "  --log-level LEVEL        debug, info, warn or error (default info)\n"
     "  --restore FILE           fill the empty --data-dir with a snapshot\n"
     "                           saved by `kvctl snapshot save`, then exit\n"
@@ -174,6 +177,7 @@ int main(int argc, char **argv)
         {"frame-timeout-ms", required_argument, NULL, 'f'},
         {"idle-timeout-ms", required_argument, NULL, 'I'},
         {"max-output-mb", required_argument, NULL, 'O'},
+        {"auth-token-ttl-s", required_argument, NULL, 'A'},
         {"state-commit-ms", required_argument, NULL, 'C'},
         {"wal-segment-mb", required_argument, NULL, 'W'},
         {"metrics-addr", required_argument, NULL, 'M'},
@@ -253,6 +257,10 @@ int main(int argc, char **argv)
             case 'I':
                 c.idle_timeout_ms = (unsigned)parse_u64("--idle-timeout-ms",
                                                         optarg, 0, 86400000);
+                break;
+            case 'A':
+                c.auth_token_ttl_s =
+                    parse_u64("--auth-token-ttl-s", optarg, 1, 30 * 86400);
                 break;
             case 'O':
                 c.max_output = parse_u64("--max-output-mb", optarg, 1, 1024)

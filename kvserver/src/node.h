@@ -12,6 +12,7 @@
 #include <raft/raft.h>
 #include <rpc/rpc.h>
 
+#include "auth.h"
 #include "sm.h"
 #include "snap.h"
 #include "store.h"
@@ -52,6 +53,7 @@ struct kv_node_config
     unsigned idle_timeout_ms;      /* idle client connections closed after
                                       this long (0: never) */
     size_t max_output;             /* unread reply bytes per connection */
+    uint64_t auth_token_ttl_s;     /* auth tokens valid this long (0: 300) */
 };
 
 /* Another node, as seen from this one. */
@@ -179,6 +181,9 @@ struct kv_node
     Raftkv__KvService_Service kv_svc; /* KvService implementation */
     Raftkv__RaftService_Service raft_svc;   /* RaftService implementation */
     Raftkv__AdminService_Service admin_svc; /* AdminService implementation */
+    Raftkv__AuthService_Service auth_svc;   /* AuthService (auth_service.c) */
+    Raftkv__AdminService_Service admin_inner; /* admin handlers behind the
+                                                 root check of admin_svc */
     struct admin_transfer *transfers;       /* TransferLeader calls waiting for
                                                leadership to move (admin.c) */
 };
@@ -231,6 +236,37 @@ void client_answer_reads(struct kv_node *n,
 void client_serve_ready_reads(struct kv_node *n);
 void client_sweep(struct kv_node *n);
 void client_fail_all(struct kv_node *n, int err, const char *why);
+
+/* client.c: propose an auth change (Command.auth); its reply is an
+ * AuthChangeReply, made by auth_reply_write. */
+void client_propose_auth(struct kv_node *n,
+                         const Raftkv__Command *cmd,
+                         ProtobufCClosure closure,
+                         void *data);
+
+/* auth_service.c: AuthService, and the checks of KvService and
+ * AdminService calls once auth is enabled. Call auth_service_init after
+ * the other services' init (it puts the root check in front of
+ * AdminService's TransferLeader, SnapshotRead and Fault). */
+void auth_service_init(struct kv_node *n);
+/* Whether the call's token allows @need on @key (NULL: any valid user).
+ * Returns a KvError: OK, UNAUTHENTICATED, PERMISSION_DENIED or INTERNAL,
+ * with msg saying what is missing. */
+int auth_check_kv(struct kv_node *n,
+                  void *closure_data,
+                  const ProtobufCBinaryData *key,
+                  enum kv_auth_need need,
+                  char *msg,
+                  size_t msg_size);
+/* Answer an auth change: with @o (applied) its AuthError and message,
+ * without it the node's KvError @err mapped to an AuthError. */
+void auth_reply_write(struct kv_node *n,
+                      ProtobufCClosure closure,
+                      void *data,
+                      int err,
+                      const struct kv_outcome *o,
+                      uint64_t leader,
+                      const char *msg);
 
 /* fault.c: AdminService.Fault */
 void fault_service_init(struct kv_node *n);

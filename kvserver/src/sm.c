@@ -5,6 +5,7 @@
 
 #include <proto/kv.pb-c.h>
 
+#include "auth.h"
 #include "sm.h"
 
 /* Session record: request_id(8) last_index(8) err(1) flags(1) len(4) value */
@@ -341,6 +342,9 @@ int kv_sm_apply(struct kv_store *st,
             break;
         case RAFTKV__COMMAND__OP_OPEN_SESSION:
             rv = open_session(st, txn, index, cmd->open_session, out);
+            goto out_free;
+        case RAFTKV__COMMAND__OP_AUTH:
+            rv = kv_auth_apply(st, txn, index, cmd->auth, out);
             goto out_free;
         default:
             out->err = RAFTKV__KV_ERROR__KV_BAD_REQUEST;

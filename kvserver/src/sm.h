@@ -25,7 +25,8 @@ struct kv_outcome
     int err;            /* Raftkv__KvError */
     bool swapped;       /* CAS: the new value was written */
     bool exists;        /* CAS: the key existed before */
-    uint8_t *current;   /* CAS: the value before (malloc'd) or NULL */
+    uint8_t *current;   /* CAS: the value before (malloc'd) or NULL;
+                           auth commands: a message, NUL-terminated */
     size_t current_len; /* its length */
     bool duplicate;     /* answered from the session table */
 };

@@ -11,10 +11,11 @@
 #define RECORD_HEAD     9
 #define KIND_KV         1
 #define KIND_SESSION    2
+#define KIND_AUTH       3 /* users, roles, auth settings (auth.c) */
 #define KIND_END        0xFF
 #define SNAP_MAX_RECORD (64u << 20) /* far above key + value limits */
 
-enum { PH_HEADER, PH_KV, PH_SESSIONS, PH_TRAILER, PH_DONE };
+enum { PH_HEADER, PH_KV, PH_SESSIONS, PH_AUTH, PH_TRAILER, PH_DONE };
 
 static bool pend_reserve(struct snap_stream *s, size_t n)
 {
@@ -93,7 +94,9 @@ static int next_record(struct kv_store *st, struct snap_stream *s)
         if (s->phase == PH_DONE) {
             return 0;
         }
-        MDB_dbi dbi = s->phase == PH_KV ? st->kv : st->sessions;
+        MDB_dbi dbi = s->phase == PH_KV         ? st->kv
+                      : s->phase == PH_SESSIONS ? st->sessions
+                                                : st->auth;
         MDB_val k, v;
         int rc;
         if (!s->cur) {
@@ -118,7 +121,9 @@ static int next_record(struct kv_store *st, struct snap_stream *s)
         if (!pend_reserve(s, n)) {
             return KV_STORE_ENOMEM;
         }
-        s->pend[0] = s->phase == PH_KV ? KIND_KV : KIND_SESSION;
+        s->pend[0] = s->phase == PH_KV         ? KIND_KV
+                     : s->phase == PH_SESSIONS ? KIND_SESSION
+                                               : KIND_AUTH;
         kv_put_u32(s->pend + 1, (uint32_t)k.mv_size);
         kv_put_u32(s->pend + 5, (uint32_t)v.mv_size);
         memcpy(s->pend + RECORD_HEAD, k.mv_data, k.mv_size);
@@ -267,7 +272,8 @@ static int handle_part(struct kv_store *st,
                 p->need = 4;
                 return 0;
             }
-            if (p->kind != KIND_KV && p->kind != KIND_SESSION) {
+            if (p->kind != KIND_KV && p->kind != KIND_SESSION &&
+                p->kind != KIND_AUTH) {
                 return corrupt(st, "unknown record kind", offset);
             }
             p->klen = kv_get_u32(p->buf + 1);
@@ -284,7 +290,9 @@ static int handle_part(struct kv_store *st,
         case 2: {
             MDB_val k = {p->klen, p->buf},
                     v = {p->need - p->klen, p->buf + p->klen};
-            MDB_dbi dbi = p->kind == KIND_KV ? st->kv : st->sessions;
+            MDB_dbi dbi = p->kind == KIND_KV        ? st->kv
+                          : p->kind == KIND_SESSION ? st->sessions
+                                                    : st->auth;
             rc = mdb_put(txn, dbi, &k, &v, 0);
             if (rc) {
                 return kv_store_fail(st, rc, "install snapshot record");
@@ -325,8 +333,8 @@ int snap_install(struct kv_store *st,
                  uint64_t *term)
 {
     int rc;
-    MDB_dbi clear[] = {st->kv, st->sessions, st->session_age};
-    for (size_t i = 0; i < 3; i++) {
+    MDB_dbi clear[] = {st->kv, st->sessions, st->session_age, st->auth};
+    for (size_t i = 0; i < sizeof clear / sizeof clear[0]; i++) {
         rc = mdb_drop(txn, clear[i], 0);
         if (rc) {
             return kv_store_fail(st, rc, "clear state for snapshot");

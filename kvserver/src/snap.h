@@ -10,7 +10,8 @@
 
 /* Stream format (all integers big-endian):
  *   header  "RKVSNAP2" | applied index (8) | applied term (8) | 0 (8)
- *   record  kind (1: kv, 2: session) | key length (4) | value length (4)
+ *   record  kind (1: kv, 2: session, 3: auth) | key length (4)
+ *           | value length (4)
  *           | key | value
  *   trailer kind 0xFF | number of records (8) | CRC-32C (4) of every byte
  *           before it
@@ -23,8 +24,8 @@
 struct snap_stream
 {
     MDB_txn *txn;     /* read transaction holding the state */
-    MDB_cursor *cur;  /* position in kv or sessions */
-    int phase;        /* header, kv, sessions, trailer, done */
+    MDB_cursor *cur;  /* position in kv, sessions or auth */
+    int phase;        /* header, kv, sessions, auth, trailer, done */
     uint64_t offset;  /* bytes produced so far */
     uint64_t index;   /* applied index of the state */
     uint64_t term;    /* its term */
@@ -87,7 +88,7 @@ int snap_stage(struct kv_store *st,
                size_t len);
 
 /**
- * Replace kv and sessions with the staged stream and empty the staging
+ * Replace kv, sessions and auth with the staged stream and empty the staging
  * area, all inside txn. The trailer's checksum must match. The stream is
  * checked as it is read; a damaged one fails with KV_STORE_ECORRUPT (then the
  * caller aborts txn, so the old state stays).

@@ -147,7 +147,7 @@ int kv_store_open(struct kv_store *st, const char *dir, size_t map_size)
     } dbs[] = {
         {"meta", &st->meta},         {"kv", &st->kv},
         {"sessions", &st->sessions}, {"session_age", &st->session_age},
-        {"staging", &st->staging},
+        {"staging", &st->staging},   {"auth", &st->auth},
     };
     for (size_t i = 0; i < sizeof dbs / sizeof dbs[0]; i++) {
         rc = mdb_dbi_open(txn, dbs[i].name, MDB_CREATE, dbs[i].dbi);

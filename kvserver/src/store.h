@@ -36,6 +36,7 @@ struct kv_store
     MDB_dbi sessions;    /* client id -> last request and its outcome */
     MDB_dbi session_age; /* last index|client id -> (empty), for eviction */
     MDB_dbi staging;     /* offset -> chunk of an incoming snapshot */
+    MDB_dbi auth;        /* users, roles, enabled flag, token key (auth.c) */
     size_t map_size;     /* current map size in bytes */
     bool fatal;          /* LMDB said MDB_PANIC: reopen the environment */
     char dir[1024];      /* data directory */
