@@ -11,9 +11,12 @@
 #   scripts/cluster.sh wipe            stop and delete all data and logs
 #
 # Data and logs live in $RAFTKV_CLUSTER_DIR (default: .cluster in the
-# repository). Every node listens on port $RAFTKV_PORT (default 7001) of its
-# own loopback address. Binaries come from $RAFTKV_BUILD_DIR (default build/,
-# like scripts/test.sh), which is built first when needed. More kvserver
+# repository). Every node serves clients on port $RAFTKV_PORT (default 7001)
+# of its own loopback address, and the other nodes on the next port (7002).
+# The nodes prove to each other that they hold the cluster's secret,
+# $RAFTKV_CLUSTER_DIR/peer.secret, made at the first start (mode 600).
+# Binaries come from $RAFTKV_BUILD_DIR (default build/, like
+# scripts/test.sh), which is built first when needed. More kvserver
 # options go in $RAFTKV_SERVER_FLAGS (RAFTKV_SERVER_FLAGS=
 # --enable-fault-injection for `kvctl fault` and `kvctl partition`). With
 # $RAFTKV_METRICS_PORT set, node i serves http://127.0.0.i:PORT/metrics and
@@ -58,8 +61,16 @@ build() {
     cmake --build "$bdir" -j "$(nproc)" --target kvserver kvctl >/dev/null
 }
 
+make_secret() { # the shared peer secret, once per cluster directory
+    [ -s "$dir/peer.secret" ] && return
+    (umask 077 && openssl rand -hex 32 >"$dir/peer.secret.tmp") ||
+        die "cannot make $dir/peer.secret (is openssl installed?)"
+    mv "$dir/peer.secret.tmp" "$dir/peer.secret"
+}
+
 start_node() { # id, size
     local i=$1 n=$2
+    make_secret
     running "$i" && { echo "node $i is already running"; return; }
     mkdir -p "$dir/node$i"
     local metrics=()
@@ -69,6 +80,7 @@ start_node() { # id, size
     # $RAFTKV_SERVER_FLAGS: more kvserver options, split on blanks.
     # shellcheck disable=SC2086
     nohup "$kvserver" --id "$i" --cluster "$(cluster_list "$n")" \
+        --peer-secret-file "$dir/peer.secret" \
         --data-dir "$dir/node$i" "${metrics[@]}" ${RAFTKV_SERVER_FLAGS:-} \
         >>"$dir/node$i.log" 2>&1 &
     echo $! >"$dir/node$i.pid"
@@ -104,7 +116,10 @@ start)
         exit 1
     fi
     echo "raftkv: $n nodes running, data and logs in $dir"
-    for ((i = 1; i <= n; i++)); do echo "  node $i  127.0.0.$i:$port"; done
+    for ((i = 1; i <= n; i++)); do
+        echo "  node $i  clients 127.0.0.$i:$port  peers 127.0.0.$i:$((port + 1))"
+    done
+    echo "  peers authenticate with the secret in $dir/peer.secret" 
     echo
     echo "Try:"
     echo "  export RAFTKV_CLUSTER=$(endpoints "$n")"
@@ -159,7 +174,7 @@ wipe)
     echo "removed $dir"
     ;;
 help|-h|--help)
-    sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'
     ;;
 *)
     die "unknown command '$cmd' (cluster.sh help)"

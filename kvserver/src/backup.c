@@ -264,9 +264,35 @@ static int mark_restoring(struct kv_store *st, uint64_t on)
  * to start from a store still marked, and --restore redoes it from the
  * start, so a crash at any point leaves either the empty directory, a
  * restore to run again, or the finished one. */
-int kv_restore_file(const struct kv_node_config *cfg,
-                    uint64_t cluster_id,
-                    const char *file)
+/* The id of a cluster restored from a backup: new (the old cluster's
+ * members, if any are left, must not mix with it), and the same on every
+ * member that restores the same file: a hash of the backup's cluster id,
+ * its index and term, and the member ids. */
+static uint64_t restored_cluster_id(const struct kv_node_config *cfg,
+                                    uint64_t old_id,
+                                    uint64_t index,
+                                    uint64_t term)
+{
+    uint64_t ids[KV_MAX_NODES];
+    for (size_t i = 0; i < cfg->n_nodes; i++) {
+        size_t j = i;
+        for (; j > 0 && ids[j - 1] > cfg->ids[i]; j--) {
+            ids[j] = ids[j - 1];
+        }
+        ids[j] = cfg->ids[i];
+    }
+    uint64_t h = 0xcbf29ce484222325ull; /* FNV-1a */
+    uint64_t words[3 + KV_MAX_NODES] = {old_id, index, term};
+    memcpy(words + 3, ids, cfg->n_nodes * sizeof ids[0]);
+    const uint8_t *b = (const uint8_t *)words;
+    for (size_t i = 0; i < (3 + cfg->n_nodes) * sizeof words[0]; i++) {
+        h ^= b[i];
+        h *= 0x100000001b3ull;
+    }
+    return h ? h : 1;
+}
+
+int kv_restore_file(const struct kv_node_config *cfg, const char *file)
 {
     FILE *fp = fopen(file, "rb");
     if (!fp) {
@@ -274,7 +300,7 @@ int kv_restore_file(const struct kv_node_config *cfg,
     }
     struct kv_store st;
     if (kv_store_open(&st, cfg->data_dir, cfg->map_size) != 0 ||
-        kv_store_claim(&st, cluster_id, cfg->id) != 0) {
+        kv_store_claim(&st, 0, cfg->id) != 0) {
         fclose(fp);
         kv_store_close(&st);
         return restore_fail("%s%s", st.errmsg, "");
@@ -341,12 +367,23 @@ int kv_restore_file(const struct kv_node_config *cfg,
         goto out;
     }
     uint64_t index, term;
+    /* The new id comes from the file alone (not from an earlier try of
+     * this restore), so that every member computes the same. */
+    if (kv_store_put_meta(&st, txn, "cluster", 0) != 0) {
+        restore_fail("%s%s", st.errmsg, "");
+        goto out;
+    }
     if (snap_install(&st, txn, &index, &term) != 0) {
         /* The message names the data directory; say which file it was. */
         fprintf(stderr, "kvserver: --restore %s: %s\n", file, st.errmsg);
         goto out;
     }
-    if (kv_store_put_meta(&st, txn, "applied", index) != 0 ||
+    struct kv_meta rm;
+    if (kv_store_read_meta(&st, txn, &rm) != 0 ||
+        kv_store_put_meta(&st, txn, "cluster",
+                          restored_cluster_id(cfg, rm.cluster_id, index,
+                                              term)) != 0 ||
+        kv_store_put_meta(&st, txn, "applied", index) != 0 ||
         kv_store_put_meta(&st, txn, "applied_term", term) != 0 ||
         mdb_stat(txn, st.kv, &ks) != 0 || mdb_txn_commit(txn) != 0) {
         txn = NULL;

@@ -11,15 +11,27 @@
 #include "node.h"
 
 static const char usage_text[] =
-    "usage: kvserver --id N --cluster ID=HOST:PORT,... --data-dir DIR "
-    "[options]\n"
+    "usage: kvserver --id N --cluster ID=HOST:PORT,... --data-dir DIR\n"
+    "                --peer-secret-file FILE [options]\n"
     "\n"
     "One node of a raftkv cluster. Every node is started with the same\n"
-    "--cluster list; it serves clients and the other nodes on its own\n"
-    "HOST:PORT from that list.\n"
+    "--cluster list (client addresses) and --peers list (addresses where\n"
+    "the nodes talk Raft to each other). A node serves clients on its\n"
+    "--cluster address and the other nodes on its --peers address only.\n"
     "\n"
     "  --id N                   this node's id in --cluster (1..2^63)\n"
-    "  --cluster LIST           all nodes: 1=127.0.0.1:7001,2=...  (1 to %d)\n"
+    "  --cluster LIST           all nodes' client addresses:\n"
+    "                           1=127.0.0.1:7001,2=...  (1 to %d nodes)\n"
+    "  --peers LIST             all nodes' peer addresses, same ids:\n"
+    "                           1=127.0.0.1:7002,2=... (default: each node's\n"
+    "                           client host, client port + 1)\n"
+    "  --peer-listen HOST:PORT  where this node accepts peers (default: its\n"
+    "                           own --peers address; 0.0.0.0:PORT for all)\n"
+    "  --peer-secret-file FILE  the cluster's shared secret (16 bytes to\n"
+    "                           4 KiB; the same file on every node; make one\n"
+    "                           with: openssl rand -hex 32 > FILE; chmod 600).\n"
+    "                           Nodes prove they hold it before any Raft\n"
+    "                           message is read. Required with 2+ nodes\n"
     "  --data-dir DIR           where this node keeps its data (created if\n"
     "                           missing; must belong to this cluster and id)\n"
     "  --heartbeat-ms MS        leader heartbeat interval (default 100)\n"
@@ -96,6 +108,74 @@ static uint64_t parse_u64(const char *opt,
     return v;
 }
 
+/* Split "host:port" or "[v6]:port"; host must have room for 256 bytes. */
+static void parse_hostport(const char *opt, char *item, char *host,
+                           uint16_t *port)
+{
+    char *colon = strrchr(item, ':');
+    if (!colon || colon == item) {
+        char msg[120];
+        snprintf(msg, sizeof msg, "%s wants HOST:PORT, not '%%s'", opt);
+        die_usage(msg, item);
+    }
+    *colon = 0;
+    char *h = item;
+    size_t hl = strlen(h);
+    if (hl >= 2 && h[0] == '[' && h[hl - 1] == ']') {
+        h[hl - 1] = 0;
+        h++;
+    }
+    if (strlen(h) >= 256) {
+        die_usage("host '%s' is too long", h);
+    }
+    snprintf(host, 256, "%s", h);
+    *port = (uint16_t)parse_u64(opt, colon + 1, 1, 65535);
+}
+
+/* Parse --peers "1=host:port,..." into peer_hosts/peer_ports, by the ids
+ * --cluster gave. */
+static void parse_peers(struct kv_node_config *c, const char *list)
+{
+    bool seen[KV_MAX_NODES] = {false};
+    char *copy = strdup(list);
+    if (!copy) {
+        fprintf(stderr, "kvserver: out of memory\n");
+        exit(1);
+    }
+    char *save = NULL;
+    for (char *item = strtok_r(copy, ",", &save); item;
+         item = strtok_r(NULL, ",", &save)) {
+        char *eq = strchr(item, '=');
+        if (!eq) {
+            die_usage("--peers item '%s' is not ID=HOST:PORT", item);
+        }
+        *eq = 0;
+        uint64_t id = parse_u64("--peers id", item, 1, INT64_MAX);
+        size_t i = 0;
+        while (i < c->n_nodes && c->ids[i] != id) {
+            i++;
+        }
+        if (i == c->n_nodes) {
+            die_usage("--peers names node %s, which is not in --cluster",
+                      item);
+        }
+        if (seen[i]) {
+            die_usage("--peers names node %s twice", item);
+        }
+        seen[i] = true;
+        parse_hostport("--peers", eq + 1, c->peer_hosts[i],
+                       &c->peer_ports[i]);
+    }
+    free(copy);
+    for (size_t i = 0; i < c->n_nodes; i++) {
+        if (!seen[i]) {
+            char id[32];
+            snprintf(id, sizeof id, "%llu", (unsigned long long)c->ids[i]);
+            die_usage("--peers has no address for node %s", id);
+        }
+    }
+}
+
 /* Parse "1=host:port,2=host:port" into the config. */
 static void parse_cluster(struct kv_node_config *c, const char *list)
 {
@@ -160,12 +240,17 @@ int main(int argc, char **argv)
         .max_output = 8u << 20,
     };
     const char *cluster = NULL;
+    const char *peers = NULL;
+    const char *peer_listen = NULL;
     const char *restore = NULL;
     int level = RPC_LOG_INFO;
     bool have_id = false;
     static const struct option opts[] = {
         {"id", required_argument, NULL, 'i'},
         {"cluster", required_argument, NULL, 'c'},
+        {"peers", required_argument, NULL, 'P'},
+        {"peer-listen", required_argument, NULL, 'L'},
+        {"peer-secret-file", required_argument, NULL, 's'},
         {"data-dir", required_argument, NULL, 'd'},
         {"heartbeat-ms", required_argument, NULL, 'H'},
         {"election-ms", required_argument, NULL, 'E'},
@@ -197,6 +282,15 @@ int main(int argc, char **argv)
                 break;
             case 'c':
                 cluster = optarg;
+                break;
+            case 'P':
+                peers = optarg;
+                break;
+            case 'L':
+                peer_listen = optarg;
+                break;
+            case 's':
+                c.peer_secret_file = optarg;
                 break;
             case 'd':
                 c.data_dir = optarg;
@@ -317,6 +411,53 @@ int main(int argc, char **argv)
         snprintf(id, sizeof id, "%llu", (unsigned long long)c.id);
         die_usage("--id %s is not in --cluster", id);
     }
+    if (peers) {
+        parse_peers(&c, peers);
+    } else {
+        for (size_t i = 0; i < c.n_nodes; i++) {
+            if (c.ports[i] == 65535) {
+                die_usage("--cluster port 65535 leaves no port + 1 for the "
+                          "default peer address: give --peers%s", "");
+            }
+            snprintf(c.peer_hosts[i], sizeof c.peer_hosts[i], "%s",
+                     c.hosts[i]);
+            c.peer_ports[i] = (uint16_t)(c.ports[i] + 1);
+        }
+    }
+    for (size_t i = 0; i < c.n_nodes; i++) {
+        for (size_t j = 0; j < c.n_nodes; j++) {
+            if (c.ports[i] == c.peer_ports[j] &&
+                !strcmp(c.hosts[i], c.peer_hosts[j])) {
+                char a[300];
+                snprintf(a, sizeof a, "%s:%u", c.hosts[i], c.ports[i]);
+                die_usage("%s is both a client and a peer address; clients "
+                          "and peers need their own ports",
+                          a);
+            }
+        }
+        if (c.ids[i] == c.id) {
+            snprintf(c.peer_listen_host, sizeof c.peer_listen_host, "%s",
+                     c.peer_hosts[i]);
+            c.peer_listen_port = c.peer_ports[i];
+        }
+    }
+    if (peer_listen) {
+        char *copy = strdup(peer_listen);
+        if (!copy) {
+            fprintf(stderr, "kvserver: out of memory\n");
+            return 1;
+        }
+        parse_hostport("--peer-listen", copy, c.peer_listen_host,
+                       &c.peer_listen_port);
+        free(copy);
+    }
+    if (c.n_nodes > 1 && !c.peer_secret_file && !restore) {
+        die_usage("a cluster of several nodes needs --peer-secret-file: the "
+                  "same secret file on every node, so that nothing but its "
+                  "members can send Raft messages (make one with: openssl "
+                  "rand -hex 32 > FILE)%s",
+                  "");
+    }
     if (c.heartbeat_ms >= c.election_ms) {
         die_usage("--heartbeat-ms must be below --election-ms%s", "");
     }
@@ -330,7 +471,7 @@ int main(int argc, char **argv)
     rpc_log_set_prefix(prefix);
     signal(SIGPIPE, SIG_IGN);
     if (restore) {
-        return kv_restore_file(&c, node_cluster_id(&c), restore);
+        return kv_restore_file(&c, restore);
     }
     return kv_node_run(&c);
 }

@@ -110,8 +110,10 @@ static void put_rpc(struct evbuffer *b, struct kv_node *n)
     };
     for (size_t d = 0; d < sizeof descs / sizeof descs[0]; d++) {
         size_t n_methods;
-        const struct rpc_method_stats *ms =
-            rpc_server_method_stats(n->server, descs[d]->name, &n_methods);
+        const struct rpc_method_stats *ms = rpc_server_method_stats(
+            descs[d] == &raftkv__raft_service__descriptor ? n->peer_server
+                                                          : n->server,
+            descs[d]->name, &n_methods);
         for (size_t m = 0; ms && m < n_methods; m++) {
             for (size_t k = 0; k < RPC_STATUS_SLOTS; k++) {
                 if (k != 0 && ms[m].answered[k] == 0) {
@@ -138,8 +140,18 @@ static void put_rpc(struct evbuffer *b, struct kv_node *n)
     put_value(b, "raftkv_rpc_overflow_closes_total", "counter",
               "Connections closed because their replies went unread.",
               ss.overflow_closes);
+    struct rpc_server_stats ps;
+    rpc_server_get_stats(n->peer_server, &ps);
     put_value(b, "raftkv_rpc_peer_connections", "gauge",
-              "Open connections from other nodes.", ss.peers);
+              "Open connections on the peer port (from other nodes).",
+              ps.open);
+    put_value(b, "raftkv_peer_handshakes_failed_total", "counter",
+              "Connections to the peer port that did not prove they are a "
+              "member holding the cluster's secret.",
+              ps.handshakes_failed);
+    put_value(b, "raftkv_peer_bad_frames_total", "counter",
+              "Peer connections closed for a frame that did not decode.",
+              ps.bad_frames);
     put_value(b, "raftkv_rpc_refused_connections_total", "counter",
               "Connections closed at once: over --max-connections.",
               ss.refused_connections);

@@ -7,6 +7,7 @@
 #include <time.h>
 
 #include <event2/event.h>
+#include <openssl/rand.h>
 
 #include "node.h"
 
@@ -29,6 +30,53 @@ const char *node_peer_addr(struct kv_node *n, uint64_t id)
         }
     }
     return "";
+}
+
+void node_set_cluster_id(struct kv_node *n, uint64_t id)
+{
+    if (id == n->cluster_id) {
+        return;
+    }
+    if (n->cluster_id) {
+        rpc_logf(RPC_LOG_WARN,
+                 "node %llu: cluster id changes from %016llx to %016llx",
+                 (unsigned long long)n->cfg.id,
+                 (unsigned long long)n->cluster_id, (unsigned long long)id);
+    } else {
+        rpc_logf(RPC_LOG_INFO, "node %llu: this is cluster %016llx",
+                 (unsigned long long)n->cfg.id, (unsigned long long)id);
+    }
+    n->cluster_id = id;
+    n->peer_auth.cluster_id = id;
+}
+
+/* A new leader of a cluster that has no id yet names it, once per term:
+ * a random id, through the log, so that every member keeps the same one
+ * (the first applied wins). */
+static void propose_cluster_id(struct kv_node *n)
+{
+    Raftkv__ClusterInit ci = RAFTKV__CLUSTER_INIT__INIT;
+    Raftkv__Command cmd = RAFTKV__COMMAND__INIT;
+    while (ci.cluster_id == 0) {
+        if (RAND_bytes((unsigned char *)&ci.cluster_id,
+                       sizeof ci.cluster_id) != 1) {
+            rpc_logf(RPC_LOG_ERROR,
+                     "node %llu: no randomness for a cluster id",
+                     (unsigned long long)n->cfg.id);
+            return;
+        }
+    }
+    cmd.op_case = RAFTKV__COMMAND__OP_CLUSTER_INIT;
+    cmd.cluster_init = &ci;
+    uint8_t buf[64];
+    size_t len = raftkv__command__pack(&cmd, buf);
+    uint64_t index, term, hint;
+    if (raft_propose(n->raft, buf, len, &index, &term, &hint) == 0) {
+        rpc_logf(RPC_LOG_INFO,
+                 "node %llu: naming the new cluster %016llx (entry %llu)",
+                 (unsigned long long)n->cfg.id,
+                 (unsigned long long)ci.cluster_id, (unsigned long long)index);
+    }
 }
 
 void node_clock(struct kv_node *n)
@@ -76,7 +124,12 @@ static void finish_update(struct kv_node *n, struct raft_update *u)
                  (unsigned long long)n->cfg.id, raft_role_name(u->role),
                  (unsigned long long)u->term, (unsigned long long)u->leader);
     }
+    bool named = u->role_changed && u->role == RAFT_LEADER && !n->cluster_id;
     raft_advance(n->raft, u);
+    if (named) {
+        propose_cluster_id(n);
+        node_schedule_turn(n);
+    }
 }
 
 static void arm_tick(struct kv_node *n)
@@ -220,35 +273,6 @@ static void on_signal(evutil_socket_t sig, short what, void *arg)
     event_base_loopexit(n->base, NULL);
 }
 
-/* FNV-1a over the sorted "id=host:port" list: the same on every node. */
-uint64_t node_cluster_id(const struct kv_node_config *c)
-{
-    uint64_t h = 0xcbf29ce484222325ull;
-    size_t order[KV_MAX_NODES];
-    for (size_t i = 0; i < c->n_nodes; i++) {
-        order[i] = i;
-    }
-    for (size_t i = 1; i < c->n_nodes; i++) {
-        for (size_t j = i; j > 0 && c->ids[order[j]] < c->ids[order[j - 1]];
-             j--) {
-            size_t t = order[j];
-            order[j] = order[j - 1];
-            order[j - 1] = t;
-        }
-    }
-    for (size_t i = 0; i < c->n_nodes; i++) {
-        char item[320];
-        int len = snprintf(item, sizeof item, "%llu=%s:%u;",
-                           (unsigned long long)c->ids[order[i]],
-                           c->hosts[order[i]], c->ports[order[i]]);
-        for (int j = 0; j < len; j++) {
-            h ^= (uint8_t)item[j];
-            h *= 0x100000001b3ull;
-        }
-    }
-    return h ? h : 1;
-}
-
 static void node_free(struct kv_node *n)
 {
     client_fail_all(n, RAFTKV__KV_ERROR__KV_SHUTTING_DOWN,
@@ -261,6 +285,8 @@ static void node_free(struct kv_node *n)
     }
     metrics_stop(n);
     rpc_server_free(n->server);
+    rpc_server_free(n->peer_server);
+    OPENSSL_cleanse(n->peer_auth.key, sizeof n->peer_auth.key);
     if (n->frozen) {
         /* The held update's log write failed, but its committed entries
          * are in the state transaction: committing it would put the
@@ -298,6 +324,28 @@ static void node_free(struct kv_node *n)
     }
 }
 
+/* Peers are the members of --cluster, nobody else. */
+static bool allow_peer(uint64_t id, void *arg)
+{
+    struct kv_node *n = arg;
+    for (size_t i = 0; i < n->cfg.n_nodes; i++) {
+        if (n->cfg.ids[i] == id) {
+            return id != n->cfg.id;
+        }
+    }
+    return false;
+}
+
+/* The source address of our calls to peers: our own peer host, unless
+ * that is a wildcard. */
+static const char *bind_host(const char *host)
+{
+    if (!strcmp(host, "0.0.0.0") || !strcmp(host, "::") || !*host) {
+        return NULL;
+    }
+    return host;
+}
+
 int kv_node_run(const struct kv_node_config *cfg)
 {
     struct kv_node *n = calloc(1, sizeof *n);
@@ -306,7 +354,6 @@ int kv_node_run(const struct kv_node_config *cfg)
         return 1;
     }
     n->cfg = *cfg;
-    n->cluster_id = node_cluster_id(cfg);
     int rv = 1;
     size_t self = 0;
     for (size_t i = 0; i < cfg->n_nodes; i++) {
@@ -322,36 +369,58 @@ int kv_node_run(const struct kv_node_config *cfg)
     if (node_restore(n) != 0) {
         goto out;
     }
-    /* Other nodes are told apart from clients by what they call, not by
-     * address (a test cluster, or a client on a node's host, shares the
-     * nodes' addresses): a connection that calls RaftService is a peer
-     * and is not counted against --max-connections. When clients hold
-     * every slot, two connections per other node get in on probation
-     * and must make a RaftService call first, so that a node that
-     * (re)connects during a flood still reaches this one. */
+    /* Clients and peers have listeners of their own: RaftService is
+     * served only on the peer address, and only to connections that
+     * proved they hold the cluster's secret (rpc's peer handshake) as a
+     * member id. The client listener serves KvService and AdminService. */
+    n->peer_auth.self_id = cfg->id;
+    n->peer_auth.cluster_id = n->cluster_id;
+    n->peer_auth.allow = allow_peer;
+    n->peer_auth.allow_arg = n;
+    if (cfg->peer_secret_file) {
+        char err[600];
+        if (rpc_peer_key_from_file(cfg->peer_secret_file, n->peer_auth.key,
+                                   err, sizeof err) != 0) {
+            fprintf(stderr, "kvserver: %s\n", err);
+            goto out;
+        }
+    }
     struct rpc_server_options so = {
         .max_output = cfg->max_output,
         .max_connections = cfg->max_connections,
-        .peer_service = raftkv__raft_service__descriptor.name,
-        .peer_reserve = (uint32_t)(2 * (cfg->n_nodes - 1)),
         .frame_timeout_ms = cfg->frame_timeout_ms,
         .idle_timeout_ms = cfg->idle_timeout_ms,
     };
+    /* Peers: a few connections per member at most, plus room for
+     * handshakes in progress; nobody idles them out. */
+    struct rpc_server_options po = {
+        .max_output = cfg->max_output,
+        .max_connections = (uint32_t)(8 * cfg->n_nodes + 16),
+        .frame_timeout_ms = cfg->frame_timeout_ms,
+        .peer_auth = &n->peer_auth,
+        .limits.max_args = KV_PEER_MAX_ARGS,
+    };
     n->server = rpc_server_new(n->base, &so);
-    if (!n->server) {
+    n->peer_server = rpc_server_new(n->base, &po);
+    if (!n->server || !n->peer_server) {
         goto out;
     }
     client_service_init(n);
     fault_service_init(n);
     peer_service_init(n);
-    auth_service_init(n);
     rpc_server_add_service(n->server, &n->kv_svc.base);
-    rpc_server_add_service(n->server, &n->raft_svc.base);
     rpc_server_add_service(n->server, &n->admin_svc.base);
-    rpc_server_add_service(n->server, &n->auth_svc.base);
+    rpc_server_add_service(n->peer_server, &n->raft_svc.base);
     if (rpc_server_listen(n->server, cfg->hosts[self], cfg->ports[self],
                           NULL) != 0) {
         fprintf(stderr, "kvserver: %s\n", rpc_server_errmsg(n->server));
+        goto out;
+    }
+    if (cfg->n_nodes > 1 &&
+        rpc_server_listen(n->peer_server, cfg->peer_listen_host,
+                          cfg->peer_listen_port, NULL) != 0) {
+        fprintf(stderr, "kvserver: peers: %s\n",
+                rpc_server_errmsg(n->peer_server));
         goto out;
     }
     for (size_t i = 0; i < cfg->n_nodes; i++) {
@@ -360,14 +429,20 @@ int kv_node_run(const struct kv_node_config *cfg)
         }
         struct kv_peer *p = &n->peers[n->n_peers++];
         p->id = cfg->ids[i];
-        snprintf(p->addr, sizeof p->addr, "%s", node_peer_addr(n, p->id));
+        snprintf(p->addr, sizeof p->addr,
+                 strchr(cfg->peer_hosts[i], ':') ? "[%s]:%u" : "%s:%u",
+                 cfg->peer_hosts[i], cfg->peer_ports[i]);
         struct rpc_channel_options o = {
             .deadline_ms = cfg->election_ms,
             .connect_timeout_ms = cfg->election_ms,
             .backoff_max_ms = cfg->heartbeat_ms * 2,
-            .bind_host = cfg->hosts[self],
+            .bind_host = bind_host(cfg->peer_hosts[self]),
+            .limits.max_args = KV_PEER_MAX_ARGS,
+            .peer_auth = &n->peer_auth,
+            .peer_id = p->id,
         };
-        p->ch = rpc_channel_new(n->base, cfg->hosts[i], cfg->ports[i], &o);
+        p->ch = rpc_channel_new(n->base, cfg->peer_hosts[i],
+                                cfg->peer_ports[i], &o);
         p->raft = p->ch ? rpc_channel_service(p->ch,
                                               &raftkv__raft_service__descriptor)
                         : NULL;
@@ -395,10 +470,13 @@ int kv_node_run(const struct kv_node_config *cfg)
     event_add(n->sig_term, NULL);
     event_add(n->sig_int, NULL);
     rpc_logf(RPC_LOG_INFO,
-             "node %llu: serving on %s, cluster %016llx, %zu "
-             "nodes, data in %s",
+             "node %llu: serving clients on %s, peers on %s:%u, cluster "
+             "%016llx%s, %zu nodes, data in %s",
              (unsigned long long)cfg->id, node_peer_addr(n, cfg->id),
-             (unsigned long long)n->cluster_id, cfg->n_nodes, cfg->data_dir);
+             cfg->peer_listen_host, cfg->peer_listen_port,
+             (unsigned long long)n->cluster_id,
+             n->cluster_id ? "" : " (named by the first leader)",
+             cfg->n_nodes, cfg->data_dir);
     if (cfg->metrics_addr && metrics_start(n, cfg->metrics_addr) != 0) {
         goto out;
     }

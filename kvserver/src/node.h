@@ -21,6 +21,9 @@
 
 #define KV_MAX_NODES 9
 #define KV_MAX_VALUE (4u << 20) /* largest value a client may write */
+/* Largest Raft message args: one AppendEntries of a few entries (one may
+ * hold a whole KV_MAX_VALUE) or one snapshot chunk. */
+#define KV_PEER_MAX_ARGS (8u << 20)
 
 struct event;
 struct event_base;
@@ -32,8 +35,14 @@ struct kv_node_config
     uint64_t id;                   /* this node's id */
     size_t n_nodes;                /* nodes in the cluster */
     uint64_t ids[KV_MAX_NODES];    /* their ids */
-    char hosts[KV_MAX_NODES][256]; /* their hosts */
-    uint16_t ports[KV_MAX_NODES];  /* their ports */
+    char hosts[KV_MAX_NODES][256]; /* their client hosts */
+    uint16_t ports[KV_MAX_NODES];  /* their client ports */
+    char peer_hosts[KV_MAX_NODES][256]; /* their peer (Raft) hosts */
+    uint16_t peer_ports[KV_MAX_NODES];  /* their peer ports */
+    char peer_listen_host[256];    /* where this node listens for peers */
+    uint16_t peer_listen_port;     /* (default: its own peer address) */
+    const char *peer_secret_file;  /* the cluster's shared secret, or NULL
+                                      (only a one-node cluster) */
     const char *data_dir;          /* LMDB environment directory */
     unsigned heartbeat_ms;         /* Raft heartbeat interval */
     unsigned election_ms;          /* Raft election timeout base */
@@ -136,9 +145,12 @@ struct kv_applied
 struct kv_node
 {
     struct kv_node_config cfg;          /* settings */
-    uint64_t cluster_id;                /* from the initial cluster */
+    uint64_t cluster_id;                /* random, made by the first leader
+                                           (0 until this node learns it) */
     struct event_base *base;            /* the loop */
-    struct rpc_server *server;          /* serves all three services */
+    struct rpc_server *server;          /* clients: KvService, AdminService */
+    struct rpc_server *peer_server;     /* peers: RaftService only */
+    struct rpc_peer_auth peer_auth;     /* our side of the peer handshake */
     struct raft *raft;                  /* the consensus core */
     struct kv_store store;              /* LMDB */
     struct kv_peer peers[KV_MAX_NODES]; /* every other node */
@@ -200,16 +212,16 @@ void node_schedule_turn(struct kv_node *n);
  * now, not from the core's last tick. */
 void node_clock(struct kv_node *n);
 uint64_t node_now_ms(void);
+/* "host:port" of a node's client address (for leader hints). */
 const char *node_peer_addr(struct kv_node *n, uint64_t id);
+/* The cluster id became known (from the log or a snapshot). */
+void node_set_cluster_id(struct kv_node *n, uint64_t id);
 
 /* backup.c: snapshot save and restore */
 void backup_service_init(struct kv_node *n);
 void backup_sweep(struct kv_node *n);
 void backup_close_all(struct kv_node *n);
-int kv_restore_file(const struct kv_node_config *cfg,
-                    uint64_t cluster_id,
-                    const char *file);
-uint64_t node_cluster_id(const struct kv_node_config *c);
+int kv_restore_file(const struct kv_node_config *cfg, const char *file);
 
 /* persist.c: the log (wal.c) and the applied state (LMDB) on disk */
 int node_restore(struct kv_node *n);

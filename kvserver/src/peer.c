@@ -340,7 +340,14 @@ static bool accept_request(struct kv_node *n,
                            void *closure_data)
 {
     char why[200];
-    if (cluster_id != n->cluster_id) {
+    uint64_t proven = rpc_call_peer_id(closure_data);
+    if (from != proven) {
+        /* A member may speak only for itself. */
+        snprintf(why, sizeof why,
+                 "the connection proved node %llu but the message says node "
+                 "%llu",
+                 (unsigned long long)proven, (unsigned long long)from);
+    } else if (cluster_id && n->cluster_id && cluster_id != n->cluster_id) {
         snprintf(why, sizeof why,
                  "cluster id mismatch: node %llu of cluster %016llx called "
                  "node %llu of cluster %016llx",

@@ -183,6 +183,9 @@ static int state_apply_upto(struct kv_node *n, uint64_t upto)
             struct kv_outcome o;
             int rv =
                 kv_sm_apply(st, n->state_txn, e->index, e->data, e->len, &o);
+            if (!rv && o.cluster_id) {
+                node_set_cluster_id(n, o.cluster_id);
+            }
             if (!rv) {
                 rv = note_applied(n, e, entry_op(e), &o);
                 if (rv) {
@@ -239,6 +242,11 @@ static int state_receive_snapshot(struct kv_node *n,
                      st->dir, (unsigned long long)applied,
                      (unsigned long long)u->install_index);
             rv = KV_STORE_ECORRUPT;
+        }
+        struct kv_meta m;
+        if (!rv && (rv = kv_store_read_meta(st, n->state_txn, &m)) == 0 &&
+            m.cluster_id) {
+            node_set_cluster_id(n, m.cluster_id); /* from the snapshot */
         }
         if (!rv) {
             n->applied = applied;
@@ -537,7 +545,7 @@ int node_restore(struct kv_node *n)
         fprintf(stderr, "kvserver: %s\n", st->errmsg);
         return -1;
     }
-    rv = kv_store_claim(st, n->cluster_id, n->cfg.id);
+    rv = kv_store_claim(st, 0, n->cfg.id);
     if (rv) {
         fprintf(stderr, "kvserver: %s\n", st->errmsg);
         return -1;
@@ -554,6 +562,7 @@ int node_restore(struct kv_node *n)
         fprintf(stderr, "kvserver: %s\n", st->errmsg);
         return -1;
     }
+    n->cluster_id = m.cluster_id; /* 0 until the first leader names it */
     if (m.restoring) {
         fprintf(stderr,
                 "kvserver: %s holds a restore that did not finish (kvserver "

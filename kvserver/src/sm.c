@@ -169,6 +169,29 @@ static int session_put(struct kv_store *st,
     return 0;
 }
 
+/* Name the cluster, unless an earlier entry did. */
+static int cluster_init(struct kv_store *st,
+                        MDB_txn *txn,
+                        const Raftkv__ClusterInit *ci,
+                        struct kv_outcome *out)
+{
+    struct kv_meta m;
+    int rv = kv_store_read_meta(st, txn, &m);
+    if (rv) {
+        return rv;
+    }
+    if (ci->cluster_id == 0) {
+        out->err = RAFTKV__KV_ERROR__KV_BAD_REQUEST;
+        return 0;
+    }
+    if (m.cluster_id == 0) {
+        rv = kv_store_put_meta(st, txn, "cluster", ci->cluster_id);
+        m.cluster_id = ci->cluster_id;
+    }
+    out->cluster_id = m.cluster_id;
+    return rv;
+}
+
 /* Open a session: a client that is new here gets a record with request id
  * 0, then the least recent writers are forgotten down to the bound the
  * leader put in the entry (so every replica forgets the same ones). */
@@ -342,6 +365,9 @@ int kv_sm_apply(struct kv_store *st,
             break;
         case RAFTKV__COMMAND__OP_OPEN_SESSION:
             rv = open_session(st, txn, index, cmd->open_session, out);
+            goto out_free;
+        case RAFTKV__COMMAND__OP_CLUSTER_INIT:
+            rv = cluster_init(st, txn, cmd->cluster_init, out);
             goto out_free;
         case RAFTKV__COMMAND__OP_AUTH:
             rv = kv_auth_apply(st, txn, index, cmd->auth, out);

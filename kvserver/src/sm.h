@@ -29,6 +29,7 @@ struct kv_outcome
                            auth commands: a message, NUL-terminated */
     size_t current_len; /* its length */
     bool duplicate;     /* answered from the session table */
+    uint64_t cluster_id; /* cluster_init: the cluster id now in force */
 };
 
 /**

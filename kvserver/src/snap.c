@@ -46,6 +46,7 @@ int snap_stream_open(struct kv_store *st, struct snap_stream *s)
     }
     s->index = m.applied;
     s->term = m.applied_term;
+    s->cluster_id = m.cluster_id;
     s->phase = PH_HEADER;
     return 0;
 }
@@ -74,7 +75,7 @@ static int next_record(struct kv_store *st, struct snap_stream *s)
             memcpy(s->pend, MAGIC, 8);
             kv_put_u64(s->pend + 8, s->index);
             kv_put_u64(s->pend + 16, s->term);
-            kv_put_u64(s->pend + 24, 0);
+            kv_put_u64(s->pend + 24, s->cluster_id);
             s->pend_len = HEADER_SIZE;
             s->crc = kv_crc32c(0, s->pend, s->pend_len);
             s->phase = PH_KV;
@@ -232,6 +233,7 @@ struct parser
     uint64_t records; /* records installed */
     uint64_t index;   /* from the header */
     uint64_t term;    /* from the header */
+    uint64_t cluster_id; /* from the header (0: not known then) */
 };
 
 static int corrupt(struct kv_store *st, const char *why, uint64_t offset)
@@ -259,6 +261,7 @@ static int handle_part(struct kv_store *st,
             }
             p->index = kv_get_u64(p->buf + 8);
             p->term = kv_get_u64(p->buf + 16);
+            p->cluster_id = kv_get_u64(p->buf + 24);
             p->part = 1;
             p->need = RECORD_HEAD;
             return 0;
@@ -399,6 +402,13 @@ int snap_install(struct kv_store *st,
     rc = mdb_drop(txn, st->staging, 0);
     if (rc) {
         return kv_store_fail(st, rc, "clear staging");
+    }
+    if (p.cluster_id) {
+        /* The state belongs to the sender's cluster: so does this node. */
+        int rv2 = kv_store_put_meta(st, txn, "cluster", p.cluster_id);
+        if (rv2) {
+            return rv2;
+        }
     }
     *index = p.index;
     *term = p.term;

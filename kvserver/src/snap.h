@@ -9,7 +9,8 @@
 #include "store.h"
 
 /* Stream format (all integers big-endian):
- *   header  "RKVSNAP2" | applied index (8) | applied term (8) | 0 (8)
+ *   header  "RKVSNAP2" | applied index (8) | applied term (8)
+ *           | cluster id (8; 0 when the state did not know it yet)
  *   record  kind (1: kv, 2: session, 3: auth) | key length (4)
  *           | value length (4)
  *           | key | value
@@ -29,6 +30,7 @@ struct snap_stream
     uint64_t offset;  /* bytes produced so far */
     uint64_t index;   /* applied index of the state */
     uint64_t term;    /* its term */
+    uint64_t cluster_id; /* the cluster the state belongs to (0: unknown) */
     uint64_t records; /* records produced so far */
     uint32_t crc;     /* CRC-32C of the records produced so far */
     uint8_t *pend;    /* bytes of the current record not yet produced */
@@ -89,7 +91,8 @@ int snap_stage(struct kv_store *st,
 
 /**
  * Replace kv, sessions and auth with the staged stream and empty the staging
- * area, all inside txn. The trailer's checksum must match. The stream is
+ * area, all inside txn; a stream that names its cluster sets the store's
+ * cluster id (meta "cluster") to it. The trailer's checksum must match. The stream is
  * checked as it is read; a damaged one fails with KV_STORE_ECORRUPT (then the
  * caller aborts txn, so the old state stays).
  * @param index, term set to the applied index and term of the state

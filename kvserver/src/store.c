@@ -276,10 +276,10 @@ int kv_store_claim(struct kv_store *st, uint64_t cluster_id, uint64_t node_id)
         mdb_txn_abort(txn);
         return rv;
     }
-    if (m.cluster_id == 0 && m.node_id == 0) {
-        rv = kv_store_put_meta(st, txn, "cluster", cluster_id);
-        if (!rv) {
-            rv = kv_store_put_meta(st, txn, "node", node_id);
+    if (m.node_id == 0) {
+        rv = kv_store_put_meta(st, txn, "node", node_id);
+        if (!rv && cluster_id) {
+            rv = kv_store_put_meta(st, txn, "cluster", cluster_id);
         }
         if (rv) {
             mdb_txn_abort(txn);
@@ -289,20 +289,19 @@ int kv_store_claim(struct kv_store *st, uint64_t cluster_id, uint64_t node_id)
         return rc ? kv_store_fail(st, rc, "commit") : 0;
     }
     mdb_txn_abort(txn);
-    if (m.cluster_id != cluster_id) {
-        snprintf(st->errmsg, sizeof st->errmsg,
-                 "data directory %s belongs to another cluster (cluster id "
-                 "%016llx, this cluster is %016llx); use an empty directory "
-                 "or the same --cluster list",
-                 st->dir, (unsigned long long)m.cluster_id,
-                 (unsigned long long)cluster_id);
-        return KV_STORE_EIDENTITY;
-    }
     if (m.node_id != node_id) {
         snprintf(st->errmsg, sizeof st->errmsg,
                  "data directory %s belongs to node %llu, not node %llu",
                  st->dir, (unsigned long long)m.node_id,
                  (unsigned long long)node_id);
+        return KV_STORE_EIDENTITY;
+    }
+    if (cluster_id && m.cluster_id && m.cluster_id != cluster_id) {
+        snprintf(st->errmsg, sizeof st->errmsg,
+                 "data directory %s belongs to cluster %016llx, not "
+                 "%016llx",
+                 st->dir, (unsigned long long)m.cluster_id,
+                 (unsigned long long)cluster_id);
         return KV_STORE_EIDENTITY;
     }
     return 0;

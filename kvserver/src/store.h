@@ -68,8 +68,11 @@ int kv_store_open(struct kv_store *st, const char *dir, size_t map_size);
 void kv_store_close(struct kv_store *st);
 
 /**
- * Check that the store belongs to this cluster and node; a fresh store is
- * stamped with both.
+ * Check that the store belongs to this node (and cluster, when both are
+ * known); a fresh store is stamped with the node id, and with cluster_id
+ * when it is not 0. A node learns its cluster id later, from the log
+ * (Command.cluster_init) or a snapshot.
+ * @param cluster_id the cluster id to check or stamp, or 0 for none
  * @return 0, KV_STORE_EIDENTITY (errmsg says whose it is), or an error
  */
 int kv_store_claim(struct kv_store *st, uint64_t cluster_id, uint64_t node_id);

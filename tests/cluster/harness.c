@@ -45,6 +45,52 @@ static uint16_t free_port(const char *host, int *held)
     return ntohs(sa.sin_port);
 }
 
+/* A fresh random peer secret, readable by its owner only. */
+static int write_secret(const char *path)
+{
+    uint8_t raw[32];
+    char hex[65];
+    if (getrandom(raw, sizeof raw, 0) != (ssize_t)sizeof raw) {
+        perror("getrandom");
+        return -1;
+    }
+    for (size_t i = 0; i < sizeof raw; i++) {
+        snprintf(hex + 2 * i, 3, "%02x", raw[i]);
+    }
+    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    if (fd < 0 || write(fd, hex, 64) != 64) {
+        perror(path);
+        if (fd >= 0) {
+            close(fd);
+        }
+        return -1;
+    }
+    close(fd);
+    return 0;
+}
+
+struct rpc_channel *h_peer_channel(struct h_cluster *c,
+                                   size_t i,
+                                   size_t as,
+                                   uint32_t deadline_ms)
+{
+    struct rpc_peer_auth *a = &c->as_member[as];
+    char err[600];
+    if (rpc_peer_key_from_file(c->secret, a->key, err, sizeof err) != 0) {
+        fprintf(stderr, "harness: %s\n", err);
+        return NULL;
+    }
+    a->self_id = c->nodes[as].id;
+    a->cluster_id = 0; /* learn nothing: any cluster of this secret */
+    struct rpc_channel_options o = {
+        .deadline_ms = deadline_ms,
+        .peer_auth = a,
+        .peer_id = c->nodes[i].id,
+    };
+    return rpc_channel_new_blocking(c->nodes[i].host, c->nodes[i].peer_port,
+                                    &o);
+}
+
 static int spawn_node(struct h_cluster *c, size_t i)
 {
     struct h_node *nd = &c->nodes[i];
@@ -57,6 +103,10 @@ static int spawn_node(struct h_cluster *c, size_t i)
     argv[argc++] = id;
     argv[argc++] = "--cluster";
     argv[argc++] = c->cluster_arg;
+    argv[argc++] = "--peers";
+    argv[argc++] = c->peers_arg;
+    argv[argc++] = "--peer-secret-file";
+    argv[argc++] = c->secret;
     argv[argc++] = "--data-dir";
     argv[argc++] = nd->dir;
     char metrics[64];
@@ -201,8 +251,12 @@ int h_cluster_start_with(struct h_cluster *c,
     }
     snprintf(c->extra, sizeof c->extra, "%s", extra ? extra : "");
     c->n = n;
-    size_t off = 0;
-    int held[2 * H_MAX_NODES];
+    size_t off = 0, poff = 0;
+    int held[3 * H_MAX_NODES];
+    snprintf(c->secret, sizeof c->secret, "%s/peer.secret", c->root);
+    if (write_secret(c->secret) != 0) {
+        return -1;
+    }
     for (size_t i = 0; i < n; i++) {
         struct h_node *nd = &c->nodes[i];
         nd->id = i + 1;
@@ -210,6 +264,7 @@ int h_cluster_start_with(struct h_cluster *c,
                  distinct_hosts ? 11 + i : 1);
         nd->port = free_port(nd->host, &held[i]);
         nd->metrics_port = free_port(nd->host, &held[H_MAX_NODES + i]);
+        nd->peer_port = free_port(nd->host, &held[2 * H_MAX_NODES + i]);
         snprintf(nd->dir, sizeof nd->dir, "%s/node%zu", c->root, i + 1);
         snprintf(nd->log, sizeof nd->log, "%s/node%zu.log", c->root, i + 1);
         snprintf(nd->rules, sizeof nd->rules, "%s/node%zu.rules", c->root,
@@ -219,6 +274,9 @@ int h_cluster_start_with(struct h_cluster *c,
         off += (size_t)snprintf(c->cluster_arg + off,
                                 sizeof c->cluster_arg - off, "%s%zu=%s:%u",
                                 i ? "," : "", i + 1, nd->host, nd->port);
+        poff += (size_t)snprintf(c->peers_arg + poff,
+                                 sizeof c->peers_arg - poff, "%s%zu=%s:%u",
+                                 i ? "," : "", i + 1, nd->host, nd->peer_port);
     }
     for (size_t i = 0; i < n; i++) {
         if (held[i] >= 0) {
@@ -226,6 +284,9 @@ int h_cluster_start_with(struct h_cluster *c,
         }
         if (held[H_MAX_NODES + i] >= 0) {
             close(held[H_MAX_NODES + i]);
+        }
+        if (held[2 * H_MAX_NODES + i] >= 0) {
+            close(held[2 * H_MAX_NODES + i]);
         }
     }
     for (size_t i = 0; i < n; i++) {

@@ -9,6 +9,7 @@
 #include <sys/types.h>
 
 #include <proto/kv.pb-c.h>
+#include <rpc/rpc.h>
 
 #define H_MAX_NODES 7
 
@@ -20,6 +21,7 @@ struct h_node
     char dir[512];         /* its data directory */
     char log[512];         /* its log file */
     uint16_t metrics_port; /* its /metrics and /health port on host */
+    uint16_t peer_port;    /* its peer (Raft) port on host */
     pid_t pid;             /* running process, or 0 */
     bool stopped;          /* SIGSTOPped */
     char rules[512];       /* its disk-fault rules (h_start.diskfault) */
@@ -32,6 +34,9 @@ struct h_cluster
     struct h_node nodes[H_MAX_NODES]; /* the nodes */
     char root[256];                   /* temp directory holding everything */
     char cluster_arg[512];            /* the --cluster list */
+    char peers_arg[512];              /* the --peers list */
+    char secret[512];                 /* the --peer-secret-file */
+    struct rpc_peer_auth as_member[H_MAX_NODES]; /* h_peer_channel's */
     char extra[512]; /* extra kvserver flags, space-separated */
     bool keep;       /* keep root after a failure */
     bool diskfault;  /* nodes run on libdiskfault.so (tests/diskfault) */
@@ -226,6 +231,18 @@ struct h_result
 };
 
 int h_client_open(struct h_client *cl, struct h_cluster *c, unsigned seed);
+
+/**
+ * A blocking channel to node i's peer port that passes the peer handshake
+ * as node `as` (with the cluster's secret): for tests that play a member
+ * sending Raft messages of its own making.
+ * @param deadline_ms per call
+ * @return the channel (free it with rpc_channel_free), or NULL
+ */
+struct rpc_channel *h_peer_channel(struct h_cluster *c,
+                                   size_t i,
+                                   size_t as,
+                                   uint32_t deadline_ms);
 void h_client_close(struct h_client *cl);
 struct h_result h_put(struct h_client *cl,
                       const char *key,

@@ -196,8 +196,7 @@ static void impersonate(struct sender *s)
     h_node_kill(&cl, 1);
     struct view v = status_of(&cl, 0);
     CU_ASSERT_FATAL(v.ok);
-    struct rpc_channel_options o = {.deadline_ms = 10000};
-    s->ch = rpc_channel_new_blocking(cl.nodes[0].host, cl.nodes[0].port, &o);
+    s->ch = h_peer_channel(&cl, 0, 1, 10000);
     CU_ASSERT_PTR_NOT_NULL_FATAL(s->ch);
     s->from = cl.nodes[1].id;
     s->to = cl.nodes[0].id;
@@ -542,9 +541,7 @@ static void forge_vote(struct h_cluster *c,
                        bool transfer)
 {
     struct view v = status_of(c, to);
-    struct rpc_channel_options o = {.deadline_ms = 3000};
-    struct rpc_channel *ch =
-        rpc_channel_new_blocking(c->nodes[to].host, c->nodes[to].port, &o);
+    struct rpc_channel *ch = h_peer_channel(c, to, (to + 1) % c->n, 3000);
     CU_ASSERT_PTR_NOT_NULL_FATAL(ch);
     Raftkv__RequestVoteArgs a = RAFTKV__REQUEST_VOTE_ARGS__INIT;
     a.cluster_id = v.cluster_id;

@@ -227,9 +227,55 @@ static void test_store_claims_a_fresh_dir_and_refuses_another_cluster(void)
     CU_ASSERT_EQUAL(kv_store_claim(&st, 0xabc, 1), 0);
     CU_ASSERT_EQUAL(kv_store_claim(&st, 0xabc, 1), 0);
     CU_ASSERT_EQUAL(kv_store_claim(&st, 0xdef, 1), KV_STORE_EIDENTITY);
-    CU_ASSERT(strstr(st.errmsg, "another cluster") != NULL);
+    CU_ASSERT(strstr(st.errmsg, "belongs to cluster 0000000000000abc") !=
+              NULL);
+    CU_ASSERT_EQUAL(kv_store_claim(&st, 0, 1), 0); /* a node at start */
     CU_ASSERT_EQUAL(kv_store_claim(&st, 0xabc, 2), KV_STORE_EIDENTITY);
     CU_ASSERT(strstr(st.errmsg, "belongs to node 1") != NULL);
+    close_store();
+}
+
+static size_t cluster_init_cmd(uint8_t *buf, uint64_t id)
+{
+    Raftkv__ClusterInit ci = RAFTKV__CLUSTER_INIT__INIT;
+    ci.cluster_id = id;
+    Raftkv__Command c = RAFTKV__COMMAND__INIT;
+    c.op_case = RAFTKV__COMMAND__OP_CLUSTER_INIT;
+    c.cluster_init = &ci;
+    return raftkv__command__pack(&c, buf);
+}
+
+/* Two leaders in a row may each propose a cluster id before seeing the
+ * other's applied: the first entry applied names the cluster for good,
+ * on every replica alike. */
+static void test_store_first_cluster_init_names_the_cluster_for_good(void)
+{
+    open_store();
+    CU_ASSERT_EQUAL(kv_store_claim(&st, 0, 1), 0); /* no id yet */
+    MDB_txn *txn;
+    CU_ASSERT_FATAL(mdb_txn_begin(st.env, NULL, 0, &txn) == 0);
+    uint8_t buf[64];
+    struct kv_outcome o = {0};
+    size_t n = cluster_init_cmd(buf, 0x1111);
+    CU_ASSERT_EQUAL(apply(txn, 1, buf, n, &o), 0);
+    CU_ASSERT_EQUAL(o.err, RAFTKV__KV_ERROR__KV_OK);
+    CU_ASSERT_EQUAL(o.cluster_id, 0x1111);
+    kv_outcome_clear(&o);
+    memset(&o, 0, sizeof o);
+    n = cluster_init_cmd(buf, 0x2222);
+    CU_ASSERT_EQUAL(apply(txn, 2, buf, n, &o), 0);
+    CU_ASSERT_EQUAL(o.cluster_id, 0x1111);
+    kv_outcome_clear(&o);
+    memset(&o, 0, sizeof o);
+    n = cluster_init_cmd(buf, 0);
+    CU_ASSERT_EQUAL(apply(txn, 3, buf, n, &o), 0);
+    CU_ASSERT_EQUAL(o.err, RAFTKV__KV_ERROR__KV_BAD_REQUEST);
+    kv_outcome_clear(&o);
+    struct kv_meta m;
+    CU_ASSERT_EQUAL(kv_store_read_meta(&st, txn, &m), 0);
+    CU_ASSERT_EQUAL(m.cluster_id, 0x1111);
+    CU_ASSERT_EQUAL(mdb_txn_commit(txn), 0);
+    CU_ASSERT_EQUAL(kv_store_claim(&st, 0x2222, 1), KV_STORE_EIDENTITY);
     close_store();
 }
 
@@ -256,6 +302,7 @@ static void test_store_snapshot_round_trip_in_random_chunks(void)
     }
     kv_store_put_meta(&st, txn, "applied", 507);
     kv_store_put_meta(&st, txn, "applied_term", 3);
+    kv_store_put_meta(&st, txn, "cluster", 0xfeed);
     CU_ASSERT_EQUAL(mdb_txn_commit(txn), 0);
 
     /* Read it out in chunks of random size. */
@@ -293,6 +340,9 @@ static void test_store_snapshot_round_trip_in_random_chunks(void)
     CU_ASSERT_EQUAL(snap_install(&dst, txn, &index, &term), 0);
     CU_ASSERT_EQUAL(index, 507);
     CU_ASSERT_EQUAL(term, 3);
+    struct kv_meta dm;
+    CU_ASSERT_EQUAL(kv_store_read_meta(&dst, txn, &dm), 0);
+    CU_ASSERT_EQUAL(dm.cluster_id, 0xfeed); /* the stream names its cluster */
     CU_ASSERT_EQUAL(mdb_get(txn, dst.kv, &k, &v), MDB_NOTFOUND);
     MDB_stat a, b;
     mdb_stat(txn, dst.kv, &a);
@@ -383,6 +433,8 @@ int main(int argc, char **argv)
          test_store_session_table_evicts_least_recent_writer},
         {"test_store_write_of_a_forgotten_session_is_never_applied",
          test_store_write_of_a_forgotten_session_is_never_applied},
+        {"test_store_first_cluster_init_names_the_cluster_for_good",
+         test_store_first_cluster_init_names_the_cluster_for_good},
         {"test_store_claims_a_fresh_dir_and_refuses_another_cluster",
          test_store_claims_a_fresh_dir_and_refuses_another_cluster},
         {"test_store_snapshot_round_trip_in_random_chunks",
