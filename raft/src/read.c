@@ -157,7 +157,10 @@ int rf_step_timeout_now(struct raft *r, const struct raft_message *m)
         return RAFT_ENOMEM;
     }
     resp->cookie = m->cookie;
-    if (r->role != RAFT_FOLLOWER) {
+    if (r->role != RAFT_FOLLOWER || r->leader == 0 || m->from != r->leader) {
+        /* Only our leader may hand leadership over: anyone else's
+         * TimeoutNow would force an election (thesis 3.10 sends it from
+         * the leader to the chosen follower). */
         return 0;
     }
     return rf_start_election(r, false, true);

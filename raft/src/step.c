@@ -150,9 +150,11 @@ int raft_step(struct raft *r, const struct raft_message *m)
                    m->u.vote_resp.granted) {
             /* A granted pre-vote carries the proposed term. */
         } else {
+            /* A TimeoutNow names no leader: a leader sends it only to a
+             * follower that acknowledged it in its own term, so one at a
+             * higher term does not come from a leader we know. */
             bool from_leader = m->type == RAFT_MSG_APPEND ||
-                               m->type == RAFT_MSG_SNAPSHOT ||
-                               m->type == RAFT_MSG_TIMEOUT_NOW;
+                               m->type == RAFT_MSG_SNAPSHOT;
             rf_become_follower(r, m->term, from_leader ? m->from : 0);
         }
     } else if (m->term < r->term) {

@@ -50,15 +50,18 @@ in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 ports=()
 # Ports 20000-25999 are this test's; the C tests take the kernel's ephemeral
 # ports (32768 and up) and test_cluster_script.sh takes 26000-31999.
+# Each node takes a client port and the next one for its peers.
 p=$((20000 + RANDOM % 5900))
 while [ ${#ports[@]} -lt 3 ]; do
-    in_use "$p" || ports+=("$p")
-    p=$((p + 1))
+    in_use "$p" || in_use $((p + 1)) || ports+=("$p")
+    p=$((p + 2))
 done
 cl="1=127.0.0.1:${ports[0]},2=127.0.0.1:${ports[1]},3=127.0.0.1:${ports[2]}"
 eps="127.0.0.1:${ports[0]},127.0.0.1:${ports[1]},127.0.0.1:${ports[2]}"
+(umask 077 && openssl rand -hex 32 >"$work/peer.secret")
 for i in 1 2 3; do
     "$work/prefix/bin/kvserver" --id $i --cluster "$cl" \
+        --peer-secret-file "$work/peer.secret" \
         --data-dir "$work/node$i" >"$work/node$i.log" 2>&1 &
     pids+=($!)
 done

@@ -699,6 +699,46 @@ static void test_pre_vote_does_not_change_terms(void)
     raft_free(r2);
 }
 
+/* TimeoutNow forces an election at once: only the follower's current
+ * leader may send it. From another member, or at a term whose leader the
+ * follower has not heard from, it is answered and ignored. */
+static void test_timeout_now_is_honoured_only_from_the_current_leader(void)
+{
+    struct raft_config c = cfg(2, 3);
+    struct raft *r = start(&c);
+    struct raft_message m = append_req(1, 2, 3, 0, 0, NULL, 0, 0);
+    CU_ASSERT_EQUAL(raft_step(r, &m), 0);
+    flush(r);
+    CU_ASSERT_EQUAL(raft_leader(r), 1);
+    struct raft_message t = {0};
+    t.type = RAFT_MSG_TIMEOUT_NOW;
+    t.from = 3; /* a member, not the leader */
+    t.to = 2;
+    t.term = 3;
+    t.cookie = 7;
+    CU_ASSERT_EQUAL(raft_step(r, &t), 0);
+    t.term = 4; /* a term nobody leads yet */
+    t.cookie = 8;
+    CU_ASSERT_EQUAL(raft_step(r, &t), 0);
+    upd(r);
+    CU_ASSERT_EQUAL(count_msgs(RAFT_MSG_TIMEOUT_NOW_RESP, 3), 2);
+    CU_ASSERT_EQUAL(count_msgs(RAFT_MSG_VOTE, 0), 0);
+    CU_ASSERT_EQUAL(raft_role(r), RAFT_FOLLOWER);
+    adv(r);
+    /* The leader of term 4, once heard, may. */
+    m = append_req(1, 2, 4, 0, 0, NULL, 0, 0);
+    CU_ASSERT_EQUAL(raft_step(r, &m), 0);
+    flush(r);
+    t.from = 1;
+    t.cookie = 9;
+    CU_ASSERT_EQUAL(raft_step(r, &t), 0);
+    upd(r);
+    CU_ASSERT_EQUAL(raft_role(r), RAFT_CANDIDATE);
+    CU_ASSERT_EQUAL(count_msgs(RAFT_MSG_VOTE, 0), 2);
+    adv(r);
+    raft_free(r);
+}
+
 static void test_lease_follower_ignores_elections_while_leader_is_heard(void)
 {
     struct raft_config c = cfg(2, 3);
@@ -1795,6 +1835,7 @@ static const struct test_case cases[] = {
     T(test_pipeline_bounded_by_max_inflight_and_bytes),
     T(test_uncommitted_bytes_limit_refuses_proposals),
     T(test_pre_vote_does_not_change_terms),
+    T(test_timeout_now_is_honoured_only_from_the_current_leader),
     T(test_lease_follower_ignores_elections_while_leader_is_heard),
     T(test_prevote_rejoining_node_does_not_disrupt_leader),
     T(test_check_quorum_isolated_leader_steps_down),
