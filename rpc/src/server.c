@@ -53,6 +53,7 @@ struct rpc_conn
     uint64_t frame_ms;            /* when the partial frame began */
     uint64_t active_ms;           /* last read or reply */
     uint64_t paused_ms;           /* when reading paused for the backlog */
+    bool counted_source;          /* counts toward its source's limit */
     struct rpc_peer_hs *hs;       /* peer handshake in progress, or NULL */
     bool hs_answered;             /* its hello is answered: proof next */
     bool authed;                  /* passed the peer handshake */
@@ -113,7 +114,82 @@ struct rpc_server
     struct ratelog idle_log;           /* "closing an idle connection" */
     struct ratelog accept_log;         /* "accept: Too many open files" */
     struct ratelog hs_log;             /* "peer handshake failed" */
+    struct source **sources;           /* connections per source address */
 };
+
+/* Connections open from one source address (max_per_source). */
+#define SOURCE_BUCKETS 1024u
+struct source
+{
+    struct source *next; /* bucket chain */
+    uint32_t n;          /* connections counted */
+    char addr[64];       /* the address, without the port */
+};
+
+/* The address part of "host:port" or "[v6]:port". */
+static void source_of(const char *peer, char *out, size_t len)
+{
+    snprintf(out, len, "%s", peer);
+    char *colon = strrchr(out, ':');
+    if (colon && colon != out) {
+        *colon = 0;
+    }
+}
+
+static struct source **source_slot(struct rpc_server *s, const char *addr)
+{
+    uint32_t h = 2166136261u;
+    for (const char *p = addr; *p; p++) {
+        h = (h ^ (uint8_t)*p) * 16777619u;
+    }
+    struct source **slot = &s->sources[h % SOURCE_BUCKETS];
+    while (*slot && strcmp((*slot)->addr, addr) != 0) {
+        slot = &(*slot)->next;
+    }
+    return slot;
+}
+
+/* Connections counted from addr now. */
+static uint32_t source_count(struct rpc_server *s, const char *addr)
+{
+    struct source **slot = source_slot(s, addr);
+    return *slot ? (*slot)->n : 0;
+}
+
+/* Count c toward its source; false when out of memory. */
+static bool source_add(struct rpc_server *s, struct rpc_conn *c)
+{
+    char addr[64];
+    source_of(c->peer, addr, sizeof addr);
+    struct source **slot = source_slot(s, addr);
+    if (!*slot) {
+        struct source *e = calloc(1, sizeof *e);
+        if (!e) {
+            return false;
+        }
+        snprintf(e->addr, sizeof e->addr, "%s", addr);
+        *slot = e;
+    }
+    (*slot)->n++;
+    c->counted_source = true;
+    return true;
+}
+
+static void source_drop(struct rpc_server *s, struct rpc_conn *c)
+{
+    if (!c->counted_source) {
+        return;
+    }
+    c->counted_source = false;
+    char addr[64];
+    source_of(c->peer, addr, sizeof addr);
+    struct source **slot = source_slot(s, addr);
+    if (*slot && --(*slot)->n == 0) {
+        struct source *e = *slot;
+        *slot = e->next;
+        free(e);
+    }
+}
 
 static void list_remove(struct rpc_conn **head, struct rpc_conn *c)
 {
@@ -163,6 +239,7 @@ static void conn_close(struct rpc_conn *c)
     c->pending = NULL;
     struct rpc_server *s = c->server;
     if (s) {
+        source_drop(s, c);
         list_remove(&s->conns, c);
         list_push(&s->closed, c);
         s->stats.open--;
@@ -762,6 +839,7 @@ static bool read_handshake(struct rpc_conn *c)
     }
     c->authed = true;
     c->peer_id = c->hs->peer_id;
+    source_drop(s, c); /* a member is limited by max_per_peer instead */
     free(c->hs);
     c->hs = NULL;
     rpc_logf(RPC_LOG_DEBUG, "rpc: %s is node %llu", c->peer,
@@ -901,12 +979,30 @@ static void on_accept(struct evconnlistener *l,
         }
         probation = true;
     }
+    char addr[64];
+    source_of(peer, addr, sizeof addr);
+    if (s->opts.max_per_source &&
+        source_count(s, addr) >= s->opts.max_per_source) {
+        s->stats.refused_connections++;
+        log_limited(&s->refused_log, RPC_LOG_WARN,
+                    "rpc: refusing connection from %s: %u connections%s "
+                    "from %s are open, the limit per source is %u",
+                    peer, source_count(s, addr),
+                    s->opts.peer_auth ? " still in the peer handshake" : "",
+                    addr, s->opts.max_per_source);
+        evutil_closesocket(fd);
+        return;
+    }
     struct rpc_conn *c = conn_new(s, fd, peer);
     if (!c) {
         rpc_logf(RPC_LOG_ERROR, "rpc: out of memory accepting %s", peer);
         return;
     }
     c->probation = probation;
+    if (s->opts.max_per_source && !source_add(s, c)) {
+        rpc_logf(RPC_LOG_ERROR, "rpc: out of memory accepting %s", peer);
+        conn_close(c);
+    }
 }
 
 /* Listen again after a pause for lack of file descriptors. */
@@ -1084,6 +1180,10 @@ struct rpc_server *rpc_server_new(struct event_base *base,
     }
     s->opts.peer_service = s->peer_service;
     fit_fd_limit(s);
+    s->sources = calloc(SOURCE_BUCKETS, sizeof *s->sources);
+    if (!s->sources) {
+        goto err_free_events;
+    }
     s->flush_ev = event_new(base, -1, 0, on_flush, s);
     s->accept_ev = evtimer_new(base, on_accept_resume, s);
     if (!s->flush_ev || !s->accept_ev) {
@@ -1128,6 +1228,7 @@ err_free_events:
     if (s->flush_ev) {
         event_free(s->flush_ev);
     }
+    free(s->sources);
     free(s->peer_service);
 err_free_server:
     free(s);
@@ -1176,6 +1277,7 @@ void rpc_server_free(struct rpc_server *s)
     free(s->mstats);
     free(s->services);
     free(s->faults);
+    free(s->sources); /* empty: every connection was closed above */
     free(s);
 }
 

@@ -302,6 +302,42 @@ static void test_peerauth_a_peer_holds_at_most_max_per_peer_connections(void)
     stop();
 }
 
+/* With a per-source limit, connections stuck in the handshake from one
+ * address cannot take every slot; members that got in do not count. */
+static void test_peerauth_per_source_limit_counts_only_handshakes(void)
+{
+    fill_auth(&server_auth, 0x11, 2);
+    struct rpc_server_options o = {
+        .peer_auth = &server_auth,
+        .max_per_source = 2,
+        .handshake_ms = 300,
+    };
+    CU_ASSERT_FATAL(echo_local_start(&local, &o) == 0);
+    struct rpc_peer_auth a;
+    fill_auth(&a, 0x11, 3);
+    struct rpc_channel *ch = channel_as(&a, 2); /* a member, first */
+    CU_ASSERT_EQUAL(call(ch, "x").status, RPC_OK);
+    int s1 = raw_connect(local.port), s2 = raw_connect(local.port);
+    loop_run_for(local.base, 50);
+    int s3 = raw_connect(local.port); /* the third silent one */
+    CU_ASSERT(raw_closed(s3));
+    CU_ASSERT(stats().refused_connections >= 1);
+    CU_ASSERT_EQUAL(call(ch, "still").status, RPC_OK); /* unaffected */
+    /* The silent ones time out and free their slots. */
+    CU_ASSERT(raw_closed(s1));
+    CU_ASSERT(raw_closed(s2));
+    struct rpc_peer_auth b;
+    fill_auth(&b, 0x11, 4);
+    struct rpc_channel *ch2 = channel_as(&b, 2);
+    CU_ASSERT_EQUAL(call(ch2, "peerid").status, RPC_OK);
+    close(s1);
+    close(s2);
+    close(s3);
+    rpc_channel_free(ch);
+    rpc_channel_free(ch2);
+    stop();
+}
+
 static void test_peerauth_key_file_must_be_long_enough(void)
 {
     char path[] = "/tmp/raftkv-peerkey-XXXXXX";
@@ -346,6 +382,8 @@ int main(int argc, char **argv)
          test_peerauth_silent_connection_is_closed_after_the_timeout},
         {"test_peerauth_a_peer_holds_at_most_max_per_peer_connections",
          test_peerauth_a_peer_holds_at_most_max_per_peer_connections},
+        {"test_peerauth_per_source_limit_counts_only_handshakes",
+         test_peerauth_per_source_limit_counts_only_handshakes},
         {"test_peerauth_key_file_must_be_long_enough",
          test_peerauth_key_file_must_be_long_enough},
         CU_TEST_INFO_NULL,

@@ -773,6 +773,33 @@ static size_t raw_client_request(uint8_t *out, size_t cap, uint64_t call_id)
     return plan.total;
 }
 
+static void test_rpc_connections_over_the_per_source_limit_are_refused(void)
+{
+    struct rpc_server_options o = {.max_per_source = 3};
+    start_local_server(&o);
+    int fds[4];
+    for (int i = 0; i < 3; i++) {
+        fds[i] = raw_client(port); /* each made an answered call */
+    }
+    fds[3] = raw_connect(port);
+    CU_ASSERT(raw_sees_eof(fds[3], SOON_MS));
+    struct rpc_server_stats st;
+    rpc_server_get_stats(server, &st);
+    CU_ASSERT_EQUAL(st.refused_connections, 1);
+    CU_ASSERT_EQUAL(st.open, 3);
+    close(fds[3]);
+    /* One leaves: another gets in. */
+    close(fds[0]);
+    CU_ASSERT_EQUAL(run_until_server_stat(SERVER_STAT(open), 2, SOON_MS), 2);
+    fds[0] = raw_client(port);
+    rpc_server_get_stats(server, &st);
+    CU_ASSERT_EQUAL(st.open, 3);
+    for (int i = 0; i < 3; i++) {
+        close(fds[i]);
+    }
+    stop_local_server();
+}
+
 static void test_rpc_a_peer_gets_in_while_clients_hold_every_slot(void)
 {
     struct rpc_server_options so = {.max_connections = 2,
@@ -1062,6 +1089,8 @@ int main(int argc, char **argv)
          test_rpc_request_over_server_cap_is_answered_not_dropped},
         {"test_rpc_connections_over_the_limit_are_refused",
          test_rpc_connections_over_the_limit_are_refused},
+        {"test_rpc_connections_over_the_per_source_limit_are_refused",
+         test_rpc_connections_over_the_per_source_limit_are_refused},
         {"test_rpc_a_peer_gets_in_while_clients_hold_every_slot",
          test_rpc_a_peer_gets_in_while_clients_hold_every_slot},
         {"test_rpc_frame_timeout_closes_slow_senders_only",

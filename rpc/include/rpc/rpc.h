@@ -300,6 +300,11 @@ struct rpc_server_options
     uint32_t idle_timeout_ms;  /* a client connection with no call pending
                                   and nothing read or answered this long
                                   is closed. 0: never */
+    uint32_t max_per_source;   /* connections open at once from one
+                                  source address; more are closed at once
+                                  (logged at most once a second). With
+                                  peer_auth only connections still in the
+                                  handshake count. 0: no limit */
     const struct rpc_peer_auth *peer_auth; /* every connection must pass
                                   the peer handshake first (borrowed; see
                                   "peer auth"); NULL: none */
