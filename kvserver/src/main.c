@@ -55,13 +55,18 @@ static const char usage_text[] =
     "                           accepted and closed at once (logged at most\n"
     "                           once a second). The other nodes' connections\n"
     "                           do not count. 0: no limit (default 10000)\n"
+    "  --max-connections-per-source N\n"
+    "                           client connections open at once from one\n"
+    "                           address; more are closed at once. 0: no\n"
+    "                           limit (default 1000)\n"
     "  --frame-timeout-ms MS    close a connection that starts a request and\n"
     "                           does not finish sending it within MS, or\n"
     "                           leaves more than --max-output-mb of replies\n"
     "                           unread for MS (slow or stuck clients).\n"
     "                           0: never (default 10000)\n"
     "  --idle-timeout-ms MS     close a client connection with nothing sent\n"
-    "                           or pending for MS. 0: never (default 0)\n"
+    "                           or pending for MS (clients reconnect by\n"
+    "                           themselves). 0: never (default 300000)\n"
     "  --max-output-mb N        unread replies one connection may hold; above\n"
     "                           it the node stops reading that connection's\n"
     "                           requests, at 4x it closes it (default 8)\n"
@@ -237,6 +242,8 @@ int main(int argc, char **argv)
         .wal_segment_bytes = KV_WAL_SEGMENT_BYTES,
         .max_connections = 10000,
         .frame_timeout_ms = 10000,
+        .idle_timeout_ms = 300000,
+        .max_per_source = 1000,
         .max_output = 8u << 20,
     };
     const char *cluster = NULL;
@@ -259,6 +266,7 @@ int main(int argc, char **argv)
         {"snapshot-trailing", required_argument, NULL, 't'},
         {"max-sessions", required_argument, NULL, 'm'},
         {"max-connections", required_argument, NULL, 'N'},
+        {"max-connections-per-source", required_argument, NULL, 'x'},
         {"frame-timeout-ms", required_argument, NULL, 'f'},
         {"idle-timeout-ms", required_argument, NULL, 'I'},
         {"max-output-mb", required_argument, NULL, 'O'},
@@ -343,6 +351,10 @@ int main(int argc, char **argv)
             case 'N':
                 c.max_connections = (unsigned)parse_u64("--max-connections",
                                                         optarg, 0, 1000000);
+                break;
+            case 'x':
+                c.max_per_source = (unsigned)parse_u64(
+                    "--max-connections-per-source", optarg, 0, 1000000);
                 break;
             case 'f':
                 c.frame_timeout_ms = (unsigned)parse_u64("--frame-timeout-ms",

@@ -388,6 +388,7 @@ int kv_node_run(const struct kv_node_config *cfg)
     struct rpc_server_options so = {
         .max_output = cfg->max_output,
         .max_connections = cfg->max_connections,
+        .max_per_source = cfg->max_per_source,
         .frame_timeout_ms = cfg->frame_timeout_ms,
         .idle_timeout_ms = cfg->idle_timeout_ms,
     };
@@ -396,6 +397,7 @@ int kv_node_run(const struct kv_node_config *cfg)
     struct rpc_server_options po = {
         .max_output = cfg->max_output,
         .max_connections = (uint32_t)(8 * cfg->n_nodes + 16),
+        .max_per_source = KV_PEER_HANDSHAKES_PER_SOURCE,
         .frame_timeout_ms = cfg->frame_timeout_ms,
         .peer_auth = &n->peer_auth,
         .limits.max_args = KV_PEER_MAX_ARGS,

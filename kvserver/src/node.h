@@ -24,6 +24,9 @@
 /* Largest Raft message args: one AppendEntries of a few entries (one may
  * hold a whole KV_MAX_VALUE) or one snapshot chunk. */
 #define KV_PEER_MAX_ARGS (8u << 20)
+/* Connections from one address that may be in the peer handshake at once
+ * (members that passed it do not count). */
+#define KV_PEER_HANDSHAKES_PER_SOURCE 16u
 
 struct event;
 struct event_base;
@@ -57,6 +60,7 @@ struct kv_node_config
     const char *metrics_addr;      /* HOST:PORT for /metrics (NULL: none) */
     bool fault_injection;          /* AdminService.Fault allowed */
     unsigned max_connections;      /* client connections at once (0: any) */
+    unsigned max_per_source;       /* of them from one address (0: any) */
     unsigned frame_timeout_ms;     /* a frame (or unread replies) stuck this
                                       long closes the connection (0: never) */
     unsigned idle_timeout_ms;      /* idle client connections closed after
