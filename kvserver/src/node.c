@@ -410,8 +410,10 @@ int kv_node_run(const struct kv_node_config *cfg)
     client_service_init(n);
     fault_service_init(n);
     peer_service_init(n);
+    auth_service_init(n);
     rpc_server_add_service(n->server, &n->kv_svc.base);
     rpc_server_add_service(n->server, &n->admin_svc.base);
+    rpc_server_add_service(n->server, &n->auth_svc.base);
     rpc_server_add_service(n->peer_server, &n->raft_svc.base);
     if (rpc_server_listen(n->server, cfg->hosts[self], cfg->ports[self],
                           NULL) != 0) {
