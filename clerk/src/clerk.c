@@ -9,6 +9,7 @@
 #include <time.h>
 
 #include <proto/admin.pb-c.h>
+#include <proto/auth.pb-c.h>
 #include <proto/kv.pb-c.h>
 #include <rpc/rpc.h>
 
@@ -26,6 +27,7 @@ struct server
     uint16_t port;          /* port */
     char addr[300];         /* "host:port" as given */
     struct rpc_channel *ch; /* blocking channel, made on first use */
+    uint64_t token_gen;     /* the handle's token_gen its channel carries */
 };
 
 struct clerk
@@ -42,6 +44,12 @@ struct clerk
     enum clerk_read_mode read_mode;     /* for gets */
     struct clerk_options defaults;      /* as opened */
     char errmsg[512];                   /* last failure */
+    char *user;                         /* authenticate as (NULL: never) */
+    char *password;                     /* its password */
+    char token[800];                    /* from Authenticate ("": none) */
+    uint64_t token_gen;                 /* changes with token */
+    bool auth_off;                      /* the cluster said auth is off */
+    char auth_msg[400];                 /* why the last Authenticate failed */
 };
 
 static _Thread_local char open_error[256];
@@ -77,6 +85,10 @@ const char *clerk_error_code(int err)
             return "DISABLED";
         case CLERK_SESSION_EXPIRED:
             return "SESSION_EXPIRED";
+        case CLERK_UNAUTHENTICATED:
+            return "UNAUTHENTICATED";
+        case CLERK_PERMISSION_DENIED:
+            return "PERMISSION_DENIED";
         default:
             return "INTERNAL";
     }
@@ -112,6 +124,11 @@ const char *clerk_strerror(int err)
         case CLERK_SESSION_EXPIRED:
             return "the cluster forgot this client's session while the write "
                    "was retried; it may or may not have been applied";
+        case CLERK_UNAUTHENTICATED:
+            return "not authenticated: no user given, a wrong user name or "
+                   "password, or a token the cluster no longer accepts";
+        case CLERK_PERMISSION_DENIED:
+            return "permission denied: the user's roles do not allow this";
         default:
             return "internal error";
     }
@@ -228,6 +245,17 @@ int clerk_open(struct clerk **out,
     }
     if (opts) {
         c->defaults = *opts;
+        c->defaults.user = c->defaults.password = NULL;
+        if (opts->user && opts->user[0]) {
+            c->user = strdup(opts->user);
+            c->password = strdup(opts->password ? opts->password : "");
+            if (!c->user || !c->password) {
+                free(c->user);
+                free(c->password);
+                free(c);
+                return CLERK_NOMEM;
+            }
+        }
     }
     if (!c->defaults.deadline_ms) {
         c->defaults.deadline_ms = DEFAULT_DEADLINE_MS;
@@ -252,6 +280,12 @@ void clerk_close(struct clerk *c)
         rpc_channel_free(c->servers[i].ch);
     }
     pthread_mutex_destroy(&c->lock);
+    if (c->password) {
+        memset(c->password, 0, strlen(c->password));
+        free(c->password);
+    }
+    free(c->user);
+    memset(c->token, 0, sizeof c->token);
     free(c);
 }
 
@@ -282,6 +316,73 @@ static void sleep_ms(uint64_t ms)
     nanosleep(&ts, NULL);
 }
 
+/* What Authenticate said. */
+struct token_out
+{
+    bool replied;      /* an answer came */
+    int err;           /* AuthError */
+    char token[800];   /* the token */
+    char message[300]; /* the server's message */
+};
+
+static void on_authenticate(const Raftkv__AuthenticateReply *r, void *data)
+{
+    struct token_out *o = data;
+    if (!r) {
+        return;
+    }
+    o->replied = true;
+    o->err = r->err;
+    snprintf(o->token, sizeof o->token, "%s", r->token ? r->token : "");
+    snprintf(o->message, sizeof o->message, "%s",
+             r->message ? r->message : "");
+}
+
+/* Drop the token: the next call authenticates again. */
+static void forget_token(struct clerk *c)
+{
+    c->token[0] = 0;
+    c->auth_off = false;
+    c->token_gen++;
+}
+
+/* Authenticate through server @s when the handle has a user and no token
+ * yet. A server that does not answer leaves the token empty (the call that
+ * follows fails on it the same way and the clerk moves on). */
+static void ensure_token(struct clerk *c, struct server *s, unsigned timeout_ms)
+{
+    if (!c->user || c->token[0] || c->auth_off) {
+        return;
+    }
+    rpc_channel_set_deadline(s->ch, timeout_ms);
+    ProtobufCService *svc =
+        rpc_channel_service(s->ch, &raftkv__auth_service__descriptor);
+    if (!svc) {
+        return;
+    }
+    Raftkv__AuthenticateArgs a = RAFTKV__AUTHENTICATE_ARGS__INIT;
+    a.user = c->user;
+    a.password = c->password;
+    struct token_out o = {0};
+    raftkv__auth_service__authenticate(svc, &a, on_authenticate, &o);
+    if (!o.replied) {
+        return;
+    }
+    if (o.err == RAFTKV__AUTH_ERROR__AUTH_OK) {
+        snprintf(c->token, sizeof c->token, "%s", o.token);
+        c->token_gen++;
+        c->auth_msg[0] = 0;
+    } else if (o.err == RAFTKV__AUTH_ERROR__AUTH_NOT_ENABLED) {
+        c->auth_off = true; /* until a call says otherwise */
+        c->auth_msg[0] = 0;
+    } else {
+        snprintf(c->auth_msg, sizeof c->auth_msg,
+                 "authenticate as '%.100s' at %.100s: %.150s", c->user,
+                 s->addr, o.message);
+    }
+    memset(o.token, 0, sizeof o.token);
+}
+
 static ProtobufCService *service(struct clerk *c,
                                  size_t i,
                                  const ProtobufCServiceDescriptor *d,
@@ -297,6 +398,13 @@ static ProtobufCService *service(struct clerk *c,
         if (!s->ch) {
             return NULL;
         }
+    }
+    ensure_token(c, s, timeout_ms);
+    if (s->token_gen != c->token_gen) {
+        if (rpc_channel_set_auth_token(s->ch, c->token) != 0) {
+            return NULL;
+        }
+        s->token_gen = c->token_gen;
     }
     rpc_channel_set_deadline(s->ch, timeout_ms);
     return rpc_channel_service(s->ch, d);
@@ -568,6 +676,10 @@ static int final_result(const struct request *rq, const struct answer *a)
             return CLERK_NO_SPACE;
         case RAFTKV__KV_ERROR__KV_SESSION_EXPIRED:
             return CLERK_SESSION_EXPIRED;
+        case RAFTKV__KV_ERROR__KV_UNAUTHENTICATED:
+            return CLERK_UNAUTHENTICATED;
+        case RAFTKV__KV_ERROR__KV_PERMISSION_DENIED:
+            return CLERK_PERMISSION_DENIED;
         default:
             return CLERK_INTERNAL;
     }
@@ -582,6 +694,7 @@ static int run(struct clerk *c, const struct request *rq, struct answer *out)
     uint64_t backoff = BACKOFF_MIN_MS;
     size_t i = c->leader, failures_in_round = 0, hops = 0;
     char last[400] = "no server tried";
+    bool reauthenticated = false;
     for (;;) {
         uint64_t now = now_ms();
         if (now >= deadline) {
@@ -591,6 +704,16 @@ static int run(struct clerk *c, const struct request *rq, struct answer *out)
         struct answer a;
         call(c, i, rq, budget < c->attempt_ms ? budget : c->attempt_ms, &a);
         bool moved = false;
+        if (a.replied && a.err == RAFTKV__KV_ERROR__KV_UNAUTHENTICATED &&
+            c->user && !reauthenticated) {
+            /* Expired, or auth was enabled since: authenticate once more
+             * and try again. The call was refused before anything was
+             * proposed, so a write keeps its request id. */
+            reauthenticated = true;
+            forget_token(c);
+            free(a.value);
+            continue;
+        }
         if (!a.replied) {
             /* Over the server's frame cap: the server answered without
              * running the handler (so nothing was proposed), and every
@@ -643,6 +766,10 @@ static int run(struct clerk *c, const struct request *rq, struct answer *out)
                     *out = a;
                     snprintf(c->errmsg, sizeof c->errmsg, "%s", a.message);
                     int rv = final_result(rq, &a);
+                    if (rv == CLERK_UNAUTHENTICATED && c->auth_msg[0]) {
+                        snprintf(c->errmsg, sizeof c->errmsg, "%s",
+                                 c->auth_msg);
+                    }
                     if (rv == CLERK_NO_SPACE && maybe_applied) {
                         /* This try was refused, but an earlier one reached
                          * a leader that may have proposed it before its
@@ -1032,6 +1159,10 @@ static int transfer_result(const struct transfer_out *o)
             return CLERK_TIMEOUT;
         case RAFTKV__ADMIN_ERROR__ADMIN_UNAVAILABLE:
             return CLERK_UNAVAILABLE;
+        case RAFTKV__ADMIN_ERROR__ADMIN_UNAUTHENTICATED:
+            return CLERK_UNAUTHENTICATED;
+        case RAFTKV__ADMIN_ERROR__ADMIN_PERMISSION_DENIED:
+            return CLERK_PERMISSION_DENIED;
         default:
             return CLERK_INTERNAL;
     }
@@ -1139,6 +1270,13 @@ static void on_fault(const Raftkv__FaultReply *r, void *data)
     snprintf(o->msg, sizeof o->msg, "%s", r->message ? r->message : "");
     if (r->error == RAFTKV__ADMIN_ERROR__ADMIN_DISABLED) {
         o->rv = CLERK_DISABLED;
+        return;
+    }
+    if (r->error == RAFTKV__ADMIN_ERROR__ADMIN_UNAUTHENTICATED ||
+        r->error == RAFTKV__ADMIN_ERROR__ADMIN_PERMISSION_DENIED) {
+        o->rv = r->error == RAFTKV__ADMIN_ERROR__ADMIN_UNAUTHENTICATED
+                    ? CLERK_UNAUTHENTICATED
+                    : CLERK_PERMISSION_DENIED;
         return;
     }
     if (r->error != RAFTKV__ADMIN_ERROR__ADMIN_OK) {
@@ -1295,6 +1433,10 @@ int clerk_snapshot_save(struct clerk *c,
                         : "");
             rv = o.error == RAFTKV__ADMIN_ERROR__ADMIN_BAD_REQUEST && id == 0
                      ? CLERK_BAD_REQUEST
+                 : o.error == RAFTKV__ADMIN_ERROR__ADMIN_UNAUTHENTICATED
+                     ? CLERK_UNAUTHENTICATED
+                 : o.error == RAFTKV__ADMIN_ERROR__ADMIN_PERMISSION_DENIED
+                     ? CLERK_PERMISSION_DENIED
                      : CLERK_UNAVAILABLE;
             break;
         }
@@ -1419,4 +1561,527 @@ int clerk_fault(struct clerk *c,
         free(o.now);
     }
     return o.rv;
+}
+
+/* ------------------------------------------------- users, roles, auth */
+
+/* What one AuthService call to one server said. */
+struct auth_out
+{
+    bool replied;          /* an answer came (else rpc failure) */
+    char rpc_error[300];   /* rpc_last_error() */
+    int err;               /* AuthError */
+    char message[300];     /* the server's message */
+    uint64_t leader;       /* hint id */
+    char leader_addr[300]; /* hint address */
+    ProtobufCMessage *reply; /* a copy of the reply (final answers) */
+};
+
+/* The reply's err, message and leader fields, which every AuthService
+ * reply has, found through its descriptor. */
+static void on_auth_reply(const ProtobufCMessage *m, void *data)
+{
+    struct auth_out *o = data;
+    if (!m) {
+        snprintf(o->rpc_error, sizeof o->rpc_error, "%s", rpc_last_error());
+        return;
+    }
+    o->replied = true;
+    const ProtobufCMessageDescriptor *d = m->descriptor;
+    const ProtobufCFieldDescriptor *f;
+    f = protobuf_c_message_descriptor_get_field_by_name(d, "err");
+    if (f) {
+        o->err = *(const int *)((const char *)m + f->offset);
+    }
+    f = protobuf_c_message_descriptor_get_field_by_name(d, "message");
+    if (f) {
+        const char *s = *(char *const *)((const char *)m + f->offset);
+        snprintf(o->message, sizeof o->message, "%s", s ? s : "");
+    }
+    f = protobuf_c_message_descriptor_get_field_by_name(d, "leader");
+    if (f) {
+        const Raftkv__AuthLeaderHint *h =
+            *(Raftkv__AuthLeaderHint *const *)((const char *)m + f->offset);
+        if (h) {
+            o->leader = h->id;
+            snprintf(o->leader_addr, sizeof o->leader_addr, "%s",
+                     h->address ? h->address : "");
+        }
+    }
+    /* Keep a copy: the reply lives only until this closure returns. */
+    size_t len = protobuf_c_message_get_packed_size(m);
+    uint8_t *buf = malloc(len ? len : 1);
+    if (buf) {
+        protobuf_c_message_pack(m, buf);
+        o->reply = protobuf_c_message_unpack(d, NULL, len, buf);
+        free(buf);
+    }
+}
+
+static int auth_result(int err)
+{
+    switch (err) {
+        case RAFTKV__AUTH_ERROR__AUTH_OK:
+            return CLERK_OK;
+        case RAFTKV__AUTH_ERROR__AUTH_UNAUTHENTICATED:
+            return CLERK_UNAUTHENTICATED;
+        case RAFTKV__AUTH_ERROR__AUTH_PERMISSION_DENIED:
+            return CLERK_PERMISSION_DENIED;
+        case RAFTKV__AUTH_ERROR__AUTH_USER_NOT_FOUND:
+        case RAFTKV__AUTH_ERROR__AUTH_ROLE_NOT_FOUND:
+        case RAFTKV__AUTH_ERROR__AUTH_PERMISSION_NOT_GRANTED:
+        case RAFTKV__AUTH_ERROR__AUTH_ROLE_NOT_GRANTED:
+            return CLERK_NOT_FOUND;
+        case RAFTKV__AUTH_ERROR__AUTH_USER_EXISTS:
+        case RAFTKV__AUTH_ERROR__AUTH_ROLE_EXISTS:
+        case RAFTKV__AUTH_ERROR__AUTH_ROOT_NEEDED:
+        case RAFTKV__AUTH_ERROR__AUTH_BAD_REQUEST:
+        case RAFTKV__AUTH_ERROR__AUTH_NOT_ENABLED:
+            return CLERK_BAD_REQUEST;
+        case RAFTKV__AUTH_ERROR__AUTH_TIMEOUT:
+            return CLERK_UNKNOWN_OUTCOME;
+        default:
+            return CLERK_INTERNAL;
+    }
+}
+
+/* Run one AuthService call (with the lock held): follow leader hints,
+ * try other servers until the deadline, authenticate again once when the
+ * token was refused.
+ * @param change the call changes the auth state (served by the leader)
+ * @param reply set to a copy of the final reply (free with
+ *   protobuf_c_message_free_unpacked), or NULL
+ */
+static int auth_run(struct clerk *c,
+                    const char *method,
+                    const ProtobufCMessage *args,
+                    bool change,
+                    ProtobufCMessage **reply)
+{
+    const ProtobufCServiceDescriptor *sd = &raftkv__auth_service__descriptor;
+    const ProtobufCMethodDescriptor *md =
+        protobuf_c_service_descriptor_get_method_by_name(sd, method);
+    if (reply) {
+        *reply = NULL;
+    }
+    if (!md) {
+        return CLERK_INVALID;
+    }
+    unsigned index = (unsigned)(md - sd->methods);
+    bool maybe_applied = false, reauthenticated = false;
+    uint64_t deadline = now_ms() + c->deadline_ms;
+    uint64_t backoff = BACKOFF_MIN_MS;
+    size_t i = c->leader, failures = 0, hops = 0;
+    char last[400] = "no server tried";
+    for (;;) {
+        uint64_t now = now_ms();
+        if (now >= deadline) {
+            break;
+        }
+        unsigned budget = (unsigned)(deadline - now);
+        ProtobufCService *svc =
+            service(c, i, sd, budget < c->attempt_ms ? budget : c->attempt_ms);
+        if (!svc) {
+            snprintf(c->errmsg, sizeof c->errmsg, "out of memory");
+            return CLERK_NOMEM;
+        }
+        struct auth_out o = {0};
+        svc->invoke(svc, index, args, (ProtobufCClosure)on_auth_reply, &o);
+        bool moved = false;
+        if (!o.replied) {
+            maybe_applied |= change;
+            snprintf(last, sizeof last, "%.150s: %.200s", c->servers[i].addr,
+                     o.rpc_error);
+        } else if (o.err == RAFTKV__AUTH_ERROR__AUTH_UNAUTHENTICATED &&
+                   c->user && !reauthenticated) {
+            reauthenticated = true;
+            forget_token(c);
+            if (o.reply) {
+                protobuf_c_message_free_unpacked(o.reply, NULL);
+            }
+            continue;
+        } else if (o.err == RAFTKV__AUTH_ERROR__AUTH_NOT_LEADER ||
+                   o.err == RAFTKV__AUTH_ERROR__AUTH_UNAVAILABLE) {
+            size_t to;
+            snprintf(last, sizeof last, "%.150s: %.200s", c->servers[i].addr,
+                     o.message);
+            if (o.err == RAFTKV__AUTH_ERROR__AUTH_NOT_LEADER &&
+                server_of_addr(c, o.leader_addr, &to) && to != i) {
+                i = to;
+                moved = true;
+            }
+        } else {
+            if (change) {
+                c->leader = i;
+            }
+            int rv = auth_result(o.err);
+            snprintf(c->errmsg, sizeof c->errmsg, "%s", o.message);
+            if (rv == CLERK_UNAUTHENTICATED && c->auth_msg[0]) {
+                snprintf(c->errmsg, sizeof c->errmsg, "%s", c->auth_msg);
+            }
+            if (reply && rv == CLERK_OK) {
+                *reply = o.reply;
+            } else if (o.reply) {
+                protobuf_c_message_free_unpacked(o.reply, NULL);
+            }
+            return rv;
+        }
+        if (o.reply) {
+            protobuf_c_message_free_unpacked(o.reply, NULL);
+        }
+        if (!moved) {
+            i = next_server(c, i, &failures, deadline, &backoff);
+        } else if (++hops >= c->n) {
+            hops = 0;
+            back_off(deadline, &backoff);
+        }
+    }
+    snprintf(c->errmsg, sizeof c->errmsg,
+             "no leader answered within %u ms (last: %s)", c->deadline_ms,
+             last);
+    return change && maybe_applied ? CLERK_UNKNOWN_OUTCOME : CLERK_UNAVAILABLE;
+}
+
+static int auth_call(struct clerk *c,
+                     const char *method,
+                     const ProtobufCMessage *args,
+                     bool change,
+                     ProtobufCMessage **reply)
+{
+    pthread_mutex_lock(&c->lock);
+    int rv = auth_run(c, method, args, change, reply);
+    pthread_mutex_unlock(&c->lock);
+    return rv;
+}
+
+static bool bad_name(struct clerk *c, const char *name)
+{
+    if (!c) {
+        return true;
+    }
+    if (!name || !name[0]) {
+        snprintf(c->errmsg, sizeof c->errmsg, "no name given");
+        return true;
+    }
+    return false;
+}
+
+int clerk_user_add(struct clerk *c, const char *name, const char *password)
+{
+    if (bad_name(c, name) || !password) {
+        return CLERK_INVALID;
+    }
+    Raftkv__UserAddArgs a = RAFTKV__USER_ADD_ARGS__INIT;
+    a.name = (char *)name;
+    a.password = (char *)password;
+    return auth_call(c, "UserAdd", &a.base, true, NULL);
+}
+
+int clerk_user_delete(struct clerk *c, const char *name)
+{
+    if (bad_name(c, name)) {
+        return CLERK_INVALID;
+    }
+    Raftkv__UserDeleteArgs a = RAFTKV__USER_DELETE_ARGS__INIT;
+    a.name = (char *)name;
+    return auth_call(c, "UserDelete", &a.base, true, NULL);
+}
+
+int clerk_user_passwd(struct clerk *c, const char *name, const char *password)
+{
+    if (bad_name(c, name) || !password) {
+        return CLERK_INVALID;
+    }
+    Raftkv__UserChangePasswordArgs a = RAFTKV__USER_CHANGE_PASSWORD_ARGS__INIT;
+    a.name = (char *)name;
+    a.password = (char *)password;
+    int rv = auth_call(c, "UserChangePassword", &a.base, true, NULL);
+    if (rv == CLERK_OK && c->user && strcmp(c->user, name) == 0) {
+        /* Our own: the token of the old one is void now. */
+        pthread_mutex_lock(&c->lock);
+        char *copy = strdup(password);
+        if (copy) {
+            memset(c->password, 0, strlen(c->password));
+            free(c->password);
+            c->password = copy;
+        }
+        forget_token(c);
+        pthread_mutex_unlock(&c->lock);
+    }
+    return rv;
+}
+
+static int user_role(struct clerk *c,
+                     const char *user,
+                     const char *role,
+                     bool grant)
+{
+    if (bad_name(c, user) || bad_name(c, role)) {
+        return CLERK_INVALID;
+    }
+    if (grant) {
+        Raftkv__UserGrantRoleArgs a = RAFTKV__USER_GRANT_ROLE_ARGS__INIT;
+        a.user = (char *)user;
+        a.role = (char *)role;
+        return auth_call(c, "UserGrantRole", &a.base, true, NULL);
+    }
+    Raftkv__UserRevokeRoleArgs a = RAFTKV__USER_REVOKE_ROLE_ARGS__INIT;
+    a.user = (char *)user;
+    a.role = (char *)role;
+    return auth_call(c, "UserRevokeRole", &a.base, true, NULL);
+}
+
+int clerk_user_grant_role(struct clerk *c, const char *user, const char *role)
+{
+    return user_role(c, user, role, true);
+}
+
+int clerk_user_revoke_role(struct clerk *c, const char *user, const char *role)
+{
+    return user_role(c, user, role, false);
+}
+
+/* Copy names into one allocation: the array, then the strings. */
+static int copy_names(char *const *in, size_t n, char ***out, size_t *n_out)
+{
+    size_t bytes = (n ? n : 1) * sizeof(char *);
+    for (size_t i = 0; i < n; i++) {
+        bytes += strlen(in[i]) + 1;
+    }
+    char **names = malloc(bytes);
+    if (!names) {
+        return CLERK_NOMEM;
+    }
+    char *p = (char *)(names + (n ? n : 1));
+    for (size_t i = 0; i < n; i++) {
+        size_t len = strlen(in[i]) + 1;
+        memcpy(p, in[i], len);
+        names[i] = p;
+        p += len;
+    }
+    *out = names;
+    *n_out = n;
+    return CLERK_OK;
+}
+
+int clerk_user_get(struct clerk *c, const char *name, char ***roles, size_t *n)
+{
+    if (bad_name(c, name) || !roles || !n) {
+        return CLERK_INVALID;
+    }
+    Raftkv__UserGetArgs a = RAFTKV__USER_GET_ARGS__INIT;
+    a.name = (char *)name;
+    ProtobufCMessage *m;
+    int rv = auth_call(c, "UserGet", &a.base, false, &m);
+    if (rv == CLERK_OK) {
+        Raftkv__UserGetReply *r = (Raftkv__UserGetReply *)m;
+        rv = copy_names(r->roles, r->n_roles, roles, n);
+        protobuf_c_message_free_unpacked(m, NULL);
+    }
+    return rv;
+}
+
+static int list_names(struct clerk *c,
+                      const char *method,
+                      const ProtobufCMessage *args,
+                      char ***names,
+                      size_t *n)
+{
+    if (!c || !names || !n) {
+        return CLERK_INVALID;
+    }
+    ProtobufCMessage *m;
+    int rv = auth_call(c, method, args, false, &m);
+    if (rv == CLERK_OK) {
+        Raftkv__NameListReply *r = (Raftkv__NameListReply *)m;
+        rv = copy_names(r->names, r->n_names, names, n);
+        protobuf_c_message_free_unpacked(m, NULL);
+    }
+    return rv;
+}
+
+int clerk_user_list(struct clerk *c, char ***names, size_t *n)
+{
+    Raftkv__UserListArgs a = RAFTKV__USER_LIST_ARGS__INIT;
+    return list_names(c, "UserList", &a.base, names, n);
+}
+
+int clerk_role_list(struct clerk *c, char ***names, size_t *n)
+{
+    Raftkv__RoleListArgs a = RAFTKV__ROLE_LIST_ARGS__INIT;
+    return list_names(c, "RoleList", &a.base, names, n);
+}
+
+int clerk_role_add(struct clerk *c, const char *name)
+{
+    if (bad_name(c, name)) {
+        return CLERK_INVALID;
+    }
+    Raftkv__RoleAddArgs a = RAFTKV__ROLE_ADD_ARGS__INIT;
+    a.name = (char *)name;
+    return auth_call(c, "RoleAdd", &a.base, true, NULL);
+}
+
+int clerk_role_delete(struct clerk *c, const char *name)
+{
+    if (bad_name(c, name)) {
+        return CLERK_INVALID;
+    }
+    Raftkv__RoleDeleteArgs a = RAFTKV__ROLE_DELETE_ARGS__INIT;
+    a.name = (char *)name;
+    return auth_call(c, "RoleDelete", &a.base, true, NULL);
+}
+
+int clerk_role_grant_permission(struct clerk *c,
+                                const char *role,
+                                enum clerk_perm_type type,
+                                const void *key,
+                                size_t key_len,
+                                const void *range_end,
+                                size_t range_end_len)
+{
+    if (bad_name(c, role) || !key || !key_len ||
+        (!range_end && range_end_len) || type < CLERK_PERM_READ ||
+        type > CLERK_PERM_READWRITE) {
+        return CLERK_INVALID;
+    }
+    Raftkv__Permission p = RAFTKV__PERMISSION__INIT;
+    p.type = type == CLERK_PERM_READ    ? RAFTKV__PERMISSION_TYPE__PERM_READ
+             : type == CLERK_PERM_WRITE ? RAFTKV__PERMISSION_TYPE__PERM_WRITE
+                                        : RAFTKV__PERMISSION_TYPE__PERM_READWRITE;
+    p.key.data = (uint8_t *)key;
+    p.key.len = key_len;
+    p.range_end.data = (uint8_t *)range_end;
+    p.range_end.len = range_end_len;
+    Raftkv__RoleGrantPermissionArgs a = RAFTKV__ROLE_GRANT_PERMISSION_ARGS__INIT;
+    a.name = (char *)role;
+    a.perm = &p;
+    return auth_call(c, "RoleGrantPermission", &a.base, true, NULL);
+}
+
+int clerk_role_revoke_permission(struct clerk *c,
+                                 const char *role,
+                                 const void *key,
+                                 size_t key_len,
+                                 const void *range_end,
+                                 size_t range_end_len)
+{
+    if (bad_name(c, role) || !key || !key_len ||
+        (!range_end && range_end_len)) {
+        return CLERK_INVALID;
+    }
+    Raftkv__RoleRevokePermissionArgs a =
+        RAFTKV__ROLE_REVOKE_PERMISSION_ARGS__INIT;
+    a.name = (char *)role;
+    a.key.data = (uint8_t *)key;
+    a.key.len = key_len;
+    a.range_end.data = (uint8_t *)range_end;
+    a.range_end.len = range_end_len;
+    return auth_call(c, "RoleRevokePermission", &a.base, true, NULL);
+}
+
+int clerk_role_get(struct clerk *c,
+                   const char *name,
+                   struct clerk_permission **perms,
+                   size_t *n)
+{
+    if (bad_name(c, name) || !perms || !n) {
+        return CLERK_INVALID;
+    }
+    Raftkv__RoleGetArgs a = RAFTKV__ROLE_GET_ARGS__INIT;
+    a.name = (char *)name;
+    ProtobufCMessage *m;
+    int rv = auth_call(c, "RoleGet", &a.base, false, &m);
+    if (rv != CLERK_OK) {
+        return rv;
+    }
+    Raftkv__RoleGetReply *r = (Raftkv__RoleGetReply *)m;
+    size_t count = r->n_perms, bytes = (count ? count : 1) * sizeof **perms;
+    for (size_t i = 0; i < count; i++) {
+        bytes += r->perms[i]->key.len + r->perms[i]->range_end.len + 2;
+    }
+    struct clerk_permission *out = malloc(bytes);
+    if (!out) {
+        protobuf_c_message_free_unpacked(m, NULL);
+        return CLERK_NOMEM;
+    }
+    uint8_t *p = (uint8_t *)(out + (count ? count : 1));
+    for (size_t i = 0; i < count; i++) {
+        const Raftkv__Permission *src = r->perms[i];
+        out[i].type = src->type == RAFTKV__PERMISSION_TYPE__PERM_READ
+                          ? CLERK_PERM_READ
+                      : src->type == RAFTKV__PERMISSION_TYPE__PERM_WRITE
+                          ? CLERK_PERM_WRITE
+                          : CLERK_PERM_READWRITE;
+        out[i].key = p;
+        out[i].key_len = src->key.len;
+        if (src->key.len) {
+            memcpy(p, src->key.data, src->key.len);
+        }
+        p[src->key.len] = 0;
+        p += src->key.len + 1;
+        out[i].range_end = p;
+        out[i].range_end_len = src->range_end.len;
+        if (src->range_end.len) {
+            memcpy(p, src->range_end.data, src->range_end.len);
+        }
+        p[src->range_end.len] = 0;
+        p += src->range_end.len + 1;
+    }
+    protobuf_c_message_free_unpacked(m, NULL);
+    *perms = out;
+    *n = count;
+    return CLERK_OK;
+}
+
+int clerk_auth_enable(struct clerk *c)
+{
+    if (!c) {
+        return CLERK_INVALID;
+    }
+    Raftkv__AuthEnableArgs a = RAFTKV__AUTH_ENABLE_ARGS__INIT;
+    return auth_call(c, "AuthEnable", &a.base, true, NULL);
+}
+
+int clerk_auth_disable(struct clerk *c)
+{
+    if (!c) {
+        return CLERK_INVALID;
+    }
+    Raftkv__AuthDisableArgs a = RAFTKV__AUTH_DISABLE_ARGS__INIT;
+    return auth_call(c, "AuthDisable", &a.base, true, NULL);
+}
+
+int clerk_auth_status(struct clerk *c, bool *enabled, uint64_t *revision)
+{
+    if (!c || !enabled) {
+        return CLERK_INVALID;
+    }
+    Raftkv__AuthStatusArgs a = RAFTKV__AUTH_STATUS_ARGS__INIT;
+    ProtobufCMessage *m;
+    int rv = auth_call(c, "AuthStatus", &a.base, false, &m);
+    if (rv == CLERK_OK) {
+        Raftkv__AuthStatusReply *r = (Raftkv__AuthStatusReply *)m;
+        *enabled = r->enabled;
+        if (revision) {
+            *revision = r->auth_revision;
+        }
+        protobuf_c_message_free_unpacked(m, NULL);
+    }
+    return rv;
+}
+
+size_t clerk_prefix_end(const void *prefix, size_t len, void *out)
+{
+    const uint8_t *p = prefix;
+    uint8_t *o = out;
+    for (size_t i = len; i > 0; i--) {
+        if (p[i - 1] < 0xff) {
+            memcpy(o, p, i - 1);
+            o[i - 1] = (uint8_t)(p[i - 1] + 1);
+            return i;
+        }
+    }
+    o[0] = 0;
+    return 1;
 }

@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <termios.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -18,13 +19,16 @@ enum {
     EXIT_UNAVAILABLE = 3, /* no leader, timeout, or unknown outcome */
     EXIT_CAS = 4,         /* cas: the key did not hold the expected value */
     EXIT_ERROR = 5,       /* refused: bad request, too large, disk full */
+    EXIT_UNAUTHENTICATED = 6, /* no user, a wrong password, a stale token */
+    EXIT_PERMISSION_DENIED = 7, /* the user's roles do not allow it */
 };
 
 enum format { FMT_SIMPLE, FMT_JSON, FMT_TABLE };
 
 static const char usage_text[] =
     "usage: kvctl [--cluster HOST:PORT,...] [-w simple|json|table]\n"
-    "             [--timeout SECONDS] [--stale] [COMMAND ARGS...]\n"
+    "             [--timeout SECONDS] [--stale] [--user NAME[:PASSWORD]]\n"
+    "             [--password-file FILE] [COMMAND ARGS...]\n"
     "\n"
     "Commands:\n"
     "  get KEY                 print the value of KEY\n"
@@ -42,6 +46,12 @@ static const char usage_text[] =
     "  fault NODE ...          inject network faults (test clusters only)\n"
     "  partition IDS IDS...    cut the cluster into groups (test clusters)\n"
     "  heal                    remove every injected fault\n"
+    "  user add|delete|passwd|get|list|grant-role|revoke-role ...\n"
+    "                          users (docs/auth.md)\n"
+    "  role add|delete|get|list|grant-permission|revoke-permission ...\n"
+    "                          roles and their key permissions\n"
+    "  auth enable|disable|status\n"
+    "                          turn users and permissions on or off\n"
     "  help [COMMAND]          this text, or one command's\n"
     "\n"
     "Options:\n"
@@ -51,6 +61,12 @@ static const char usage_text[] =
     "  --timeout SECS   give up after this long, retries included (default "
     "5)\n"
     "  --stale          serve gets from any node, without a leader round\n"
+    "  --user NAME[:PASSWORD]  authenticate as NAME (default:\n"
+    "                   $RAFTKV_USER). Without :PASSWORD, the password is\n"
+    "                   read from --password-file, else $RAFTKV_PASSWORD,\n"
+    "                   else asked for (without echo) when standard input\n"
+    "                   is a terminal\n"
+    "  --password-file FILE  the password of --user: the file's first line\n"
     "\n"
     "With no COMMAND, kvctl reads one command per line from standard input\n"
     "and answers each with one line on standard output, keeping its\n"
@@ -62,12 +78,16 @@ static const char usage_text[] =
     "OK, a value in double quotes (same escapes), a status row, or\n"
     "ERROR CODE message.\n"
     "\n"
-    "Exit status (one-shot): 0 success, 1 key not found, 2 usage error,\n"
-    "3 unavailable or timed out (for a write: not applied, or, with the\n"
-    "word 'unknown' in the message, maybe applied), 4 cas mismatch, 5 the\n"
-    "cluster refused the request. Pipe mode exits 0 at the end of input.\n"
+    "Exit status (one-shot): 0 success, 1 key (or user, role, permission)\n"
+    "not found, 2 usage error, 3 unavailable or timed out (for a write:\n"
+    "not applied, or, with the word 'unknown' in the message, maybe\n"
+    "applied), 4 cas mismatch, 5 the cluster refused the request,\n"
+    "6 unauthenticated (auth is enabled and no --user was given, or a\n"
+    "wrong user name or password), 7 permission denied (the user's roles\n"
+    "do not allow it). Pipe mode exits 0 at the end of input.\n"
     "Error codes: NOT_FOUND, CAS_MISMATCH, TIMEOUT, UNAVAILABLE,\n"
-    "BAD_REQUEST, VALUE_TOO_LARGE, NO_SPACE, DISABLED, USAGE, INTERNAL.\n";
+    "BAD_REQUEST, VALUE_TOO_LARGE, NO_SPACE, DISABLED, UNAUTHENTICATED,\n"
+    "PERMISSION_DENIED, USAGE, INTERNAL.\n";
 
 static const struct
 {
@@ -151,6 +171,40 @@ static const struct
      "--enable-fault-injection. Prints\n  the seed of the cut calls' random "
      "failure times (seed=N).\n  Example: kvctl partition 1,2 3,4,5\n"},
     {"heal", "kvctl heal\n  Remove every injected fault on every node.\n"},
+    {"user",
+     "kvctl user add NAME[:PASSWORD] [--password-file F]\n"
+     "kvctl user delete NAME\n"
+     "kvctl user passwd NAME[:PASSWORD] [--password-file F]\n"
+     "kvctl user get NAME\n"
+     "kvctl user list\n"
+     "kvctl user grant-role USER ROLE\n"
+     "kvctl user revoke-role USER ROLE\n"
+     "  Users (docs/auth.md). The new password comes after the colon, from\n"
+     "  the first line of F, or is asked for (twice, without echo) when\n"
+     "  standard input is a terminal. The server hashes it (Argon2id); it\n"
+     "  is never stored. Once auth is enabled these need --user with the\n"
+     "  role root (passwd and get also the user itself). ROLE root is\n"
+     "  built in and allows everything.\n"},
+    {"role",
+     "kvctl role add NAME\n"
+     "kvctl role delete NAME\n"
+     "kvctl role get NAME\n"
+     "kvctl role list\n"
+     "kvctl role grant-permission [--prefix|--from-key] ROLE "
+     "read|write|readwrite KEY [END]\n"
+     "kvctl role revoke-permission [--prefix|--from-key] ROLE KEY [END]\n"
+     "  Roles and their permissions: KEY alone is that key; KEY END the\n"
+     "  keys from KEY up to, not including, END; --prefix every key that\n"
+     "  starts with KEY; --from-key every key from KEY on (END \"\\0\").\n"
+     "  Granting the same KEY and END again replaces the type. Deleting a\n"
+     "  role takes it from every user.\n"},
+    {"auth",
+     "kvctl auth enable\nkvctl auth disable\nkvctl auth status\n"
+     "  enable needs a user root with the role root (kvctl user add root;\n"
+     "  kvctl user grant-role root root). From then on every call needs\n"
+     "  --user; admin commands (transfer-leader, snapshot save, fault)\n"
+     "  need the role root. disable makes every token void. status is\n"
+     "  open to anyone: enabled or not, and the last auth change's index.\n"},
     {"help",
      "kvctl help [COMMAND]\n  The usage of kvctl or of one "
      "command.\n"},
@@ -301,6 +355,12 @@ static int answer_error(const char *code,
     if (!strcmp(code, "TIMEOUT") || !strcmp(code, "UNAVAILABLE") ||
         !strcmp(code, "SESSION_EXPIRED")) {
         return EXIT_UNAVAILABLE;
+    }
+    if (!strcmp(code, "UNAUTHENTICATED")) {
+        return EXIT_UNAUTHENTICATED;
+    }
+    if (!strcmp(code, "PERMISSION_DENIED")) {
+        return EXIT_PERMISSION_DENIED;
     }
     return EXIT_ERROR;
 }
@@ -997,6 +1057,397 @@ static int command_help(const char *name)
     return usage_error(msg);
 }
 
+/* ------------------------------------------------- users, roles, auth */
+
+/* Read the first line of a file (without its newline) into out. */
+static bool read_first_line(const char *path, char *out, size_t size)
+{
+    FILE *f = fopen(path, "r");
+    if (!f) {
+        return false;
+    }
+    bool ok = fgets(out, (int)size, f) != NULL;
+    fclose(f);
+    if (!ok) {
+        out[0] = 0; /* an empty file: an empty password */
+        return true;
+    }
+    out[strcspn(out, "\r\n")] = 0;
+    return true;
+}
+
+/* Ask for a password on the terminal without echo; false when standard
+ * input is not a terminal. */
+static bool prompt_password(const char *prompt, char *out, size_t size)
+{
+    if (!isatty(STDIN_FILENO)) {
+        return false;
+    }
+    struct termios old, quiet;
+    bool restore = tcgetattr(STDIN_FILENO, &old) == 0;
+    if (restore) {
+        quiet = old;
+        quiet.c_lflag &= ~(tcflag_t)ECHO;
+        tcsetattr(STDIN_FILENO, TCSAFLUSH, &quiet);
+    }
+    fputs(prompt, stderr);
+    fflush(stderr);
+    bool ok = fgets(out, (int)size, stdin) != NULL;
+    if (restore) {
+        tcsetattr(STDIN_FILENO, TCSAFLUSH, &old);
+    }
+    fputc('\n', stderr);
+    if (!ok) {
+        return false;
+    }
+    out[strcspn(out, "\r\n")] = 0;
+    return true;
+}
+
+/* The name and new password of `user add|passwd NAME[:PW] [--password-file
+ * F]`: into name and pw; an exit code on failure. */
+static int new_password(struct tok *t,
+                        int n,
+                        char *name,
+                        size_t name_size,
+                        char *pw,
+                        size_t pw_size)
+{
+    const char *file = NULL;
+    if (n == 5 && !strcmp(t[3].p, "--password-file")) {
+        file = t[4].p;
+    } else if (n != 3) {
+        return usage_error("usage: kvctl user add|passwd NAME[:PASSWORD] "
+                           "[--password-file FILE]");
+    }
+    const char *colon = strchr(t[2].p, ':');
+    size_t nl = colon ? (size_t)(colon - t[2].p) : t[2].len;
+    if (nl >= name_size) {
+        return usage_error("the user name is too long");
+    }
+    memcpy(name, t[2].p, nl);
+    name[nl] = 0;
+    if (colon) {
+        snprintf(pw, pw_size, "%s", colon + 1);
+        return EXIT_OK;
+    }
+    if (file) {
+        if (!read_first_line(file, pw, pw_size)) {
+            char msg[300];
+            snprintf(msg, sizeof msg, "--password-file %.200s: %s", file,
+                     strerror(errno));
+            return usage_error(msg);
+        }
+        return EXIT_OK;
+    }
+    char again[256];
+    if (!prompt_password("New password: ", pw, pw_size) ||
+        !prompt_password("Again: ", again, sizeof again)) {
+        return usage_error("no password: give NAME:PASSWORD or "
+                           "--password-file FILE (or run on a terminal)");
+    }
+    if (strcmp(pw, again) != 0) {
+        return usage_error("the passwords do not match");
+    }
+    return EXIT_OK;
+}
+
+static void put_json_names(char **names, size_t n)
+{
+    putchar('[');
+    for (size_t i = 0; i < n; i++) {
+        if (i) {
+            putchar(',');
+        }
+        put_json_string(stdout, (const unsigned char *)names[i],
+                        strlen(names[i]));
+    }
+    putchar(']');
+}
+
+/* Names: one per line (pipe mode: quoted, on one line). */
+static void answer_names(const char *field, char **names, size_t n)
+{
+    if (fmt == FMT_JSON) {
+        printf("{\"ok\":true,\"%s\":", field);
+        put_json_names(names, n);
+        puts("}");
+        return;
+    }
+    for (size_t i = 0; i < n; i++) {
+        if (pipe_mode) {
+            if (i) {
+                putchar(' ');
+            }
+            put_quoted(stdout, (const unsigned char *)names[i],
+                       strlen(names[i]));
+        } else {
+            puts(names[i]);
+        }
+    }
+    if (pipe_mode) {
+        putchar('\n');
+    }
+}
+
+static int cmd_user(struct clerk *ck, struct tok *t, int n)
+{
+    const char *sub = n >= 2 ? t[1].p : "";
+    int err;
+    if (!strcmp(sub, "add") || !strcmp(sub, "passwd")) {
+        char name[256], pw[256];
+        int rv = new_password(t, n, name, sizeof name, pw, sizeof pw);
+        if (rv != EXIT_OK) {
+            return rv;
+        }
+        err = sub[0] == 'a' ? clerk_user_add(ck, name, pw)
+                            : clerk_user_passwd(ck, name, pw);
+        memset(pw, 0, sizeof pw);
+    } else if (!strcmp(sub, "delete") && n == 3) {
+        err = clerk_user_delete(ck, t[2].p);
+    } else if ((!strcmp(sub, "grant-role") || !strcmp(sub, "revoke-role")) &&
+               n == 4) {
+        err = sub[0] == 'g' ? clerk_user_grant_role(ck, t[2].p, t[3].p)
+                            : clerk_user_revoke_role(ck, t[2].p, t[3].p);
+    } else if (!strcmp(sub, "get") && n == 3) {
+        char **roles;
+        size_t count;
+        err = clerk_user_get(ck, t[2].p, &roles, &count);
+        if (err) {
+            return answer_clerk(ck, err);
+        }
+        if (fmt == FMT_JSON) {
+            fputs("{\"ok\":true,\"user\":", stdout);
+            put_json_string(stdout, (const unsigned char *)t[2].p, t[2].len);
+            fputs(",\"roles\":", stdout);
+            put_json_names(roles, count);
+            puts("}");
+        } else {
+            printf("User: %s%sRoles:", t[2].p, pipe_mode ? " " : "\n");
+            for (size_t i = 0; i < count; i++) {
+                printf(" %s", roles[i]);
+            }
+            putchar('\n');
+        }
+        clerk_free(roles);
+        return EXIT_OK;
+    } else if (!strcmp(sub, "list") && n == 2) {
+        char **names;
+        size_t count;
+        err = clerk_user_list(ck, &names, &count);
+        if (err) {
+            return answer_clerk(ck, err);
+        }
+        answer_names("users", names, count);
+        clerk_free(names);
+        return EXIT_OK;
+    } else {
+        return usage_error("usage: kvctl user add|passwd NAME[:PASSWORD] "
+                           "[--password-file F] | delete NAME | get NAME | "
+                           "list | grant-role USER ROLE | revoke-role USER "
+                           "ROLE");
+    }
+    if (err) {
+        return answer_clerk(ck, err);
+    }
+    answer_ok();
+    return EXIT_OK;
+}
+
+static const char *perm_name(enum clerk_perm_type type)
+{
+    return type == CLERK_PERM_READ    ? "read"
+           : type == CLERK_PERM_WRITE ? "write"
+                                      : "readwrite";
+}
+
+static void print_role(const char *name,
+                       const struct clerk_permission *p,
+                       size_t count)
+{
+    if (fmt == FMT_JSON) {
+        fputs("{\"ok\":true,\"role\":", stdout);
+        put_json_string(stdout, (const unsigned char *)name, strlen(name));
+        fputs(",\"permissions\":[", stdout);
+        for (size_t i = 0; i < count; i++) {
+            printf("%s{\"type\":\"%s\",\"key\":", i ? "," : "",
+                   perm_name(p[i].type));
+            put_json_string(stdout, p[i].key, p[i].key_len);
+            fputs(",\"range_end\":", stdout);
+            put_json_string(stdout, p[i].range_end, p[i].range_end_len);
+            putchar('}');
+        }
+        puts("]}");
+        return;
+    }
+    printf("Role: %s%s", name, pipe_mode ? "" : "\n");
+    for (size_t i = 0; i < count; i++) {
+        printf(pipe_mode ? " %s " : "  %s ", perm_name(p[i].type));
+        put_quoted(stdout, p[i].key, p[i].key_len);
+        if (p[i].range_end_len == 1 && ((char *)p[i].range_end)[0] == 0) {
+            fputs(" and every key after it", stdout);
+        } else if (p[i].range_end_len) {
+            fputs(" up to ", stdout);
+            put_quoted(stdout, p[i].range_end, p[i].range_end_len);
+        }
+        if (!pipe_mode) {
+            putchar('\n');
+        }
+    }
+    if (pipe_mode || count == 0) {
+        putchar('\n');
+    }
+}
+
+/* [--prefix|--from-key] ROLE [TYPE] KEY [END]: the range of a permission
+ * command; end points into buf when made here. */
+static int cmd_role_permission(struct clerk *ck,
+                               struct tok *t,
+                               int n,
+                               bool grant)
+{
+    int k = 2;
+    bool prefix = false, from_key = false;
+    if (k < n && !strcmp(t[k].p, "--prefix")) {
+        prefix = true;
+        k++;
+    } else if (k < n && !strcmp(t[k].p, "--from-key")) {
+        from_key = true;
+        k++;
+    }
+    int want = grant ? 3 : 2; /* ROLE [TYPE] KEY */
+    int left = n - k;
+    if (left < want || left > want + 1 || ((prefix || from_key) &&
+                                           left != want)) {
+        return usage_error(
+            grant ? "usage: kvctl role grant-permission [--prefix|--from-key] "
+                    "ROLE read|write|readwrite KEY [END]"
+                  : "usage: kvctl role revoke-permission [--prefix|--from-key] "
+                    "ROLE KEY [END]");
+    }
+    const char *role = t[k].p;
+    enum clerk_perm_type type = CLERK_PERM_READ;
+    if (grant) {
+        const char *ty = t[k + 1].p;
+        if (!strcmp(ty, "read")) {
+            type = CLERK_PERM_READ;
+        } else if (!strcmp(ty, "write")) {
+            type = CLERK_PERM_WRITE;
+        } else if (!strcmp(ty, "readwrite")) {
+            type = CLERK_PERM_READWRITE;
+        } else {
+            return usage_error("the permission type is read, write or "
+                               "readwrite");
+        }
+    }
+    struct tok *key = &t[k + want - 1];
+    const void *end = NULL;
+    size_t end_len = 0;
+    uint8_t buf[1024];
+    if (prefix) {
+        if (key->len > sizeof buf) {
+            return usage_error("the prefix is too long");
+        }
+        end_len = clerk_prefix_end(key->p, key->len, buf);
+        end = buf;
+    } else if (from_key) {
+        end = "";
+        end_len = 1; /* "\0": every key from KEY on */
+    } else if (left == want + 1) {
+        end = t[k + want].p;
+        end_len = t[k + want].len;
+    }
+    if (key->len == 0) {
+        return usage_error("the key is empty");
+    }
+    int err = grant ? clerk_role_grant_permission(ck, role, type, key->p,
+                                                  key->len, end, end_len)
+                    : clerk_role_revoke_permission(ck, role, key->p, key->len,
+                                                   end, end_len);
+    if (err) {
+        return answer_clerk(ck, err);
+    }
+    answer_ok();
+    return EXIT_OK;
+}
+
+static int cmd_role(struct clerk *ck, struct tok *t, int n)
+{
+    const char *sub = n >= 2 ? t[1].p : "";
+    int err;
+    if (!strcmp(sub, "add") && n == 3) {
+        err = clerk_role_add(ck, t[2].p);
+    } else if (!strcmp(sub, "delete") && n == 3) {
+        err = clerk_role_delete(ck, t[2].p);
+    } else if (!strcmp(sub, "grant-permission") ||
+               !strcmp(sub, "revoke-permission")) {
+        return cmd_role_permission(ck, t, n, sub[0] == 'g');
+    } else if (!strcmp(sub, "get") && n == 3) {
+        struct clerk_permission *perms;
+        size_t count;
+        err = clerk_role_get(ck, t[2].p, &perms, &count);
+        if (err) {
+            return answer_clerk(ck, err);
+        }
+        print_role(t[2].p, perms, count);
+        clerk_free(perms);
+        return EXIT_OK;
+    } else if (!strcmp(sub, "list") && n == 2) {
+        char **names;
+        size_t count;
+        err = clerk_role_list(ck, &names, &count);
+        if (err) {
+            return answer_clerk(ck, err);
+        }
+        answer_names("roles", names, count);
+        clerk_free(names);
+        return EXIT_OK;
+    } else {
+        return usage_error("usage: kvctl role add|delete|get NAME | list | "
+                           "grant-permission ... | revoke-permission ... "
+                           "(see kvctl help role)");
+    }
+    if (err) {
+        return answer_clerk(ck, err);
+    }
+    answer_ok();
+    return EXIT_OK;
+}
+
+static int cmd_auth(struct clerk *ck, struct tok *t, int n)
+{
+    const char *sub = n == 2 ? t[1].p : "";
+    int err;
+    if (!strcmp(sub, "enable")) {
+        err = clerk_auth_enable(ck);
+    } else if (!strcmp(sub, "disable")) {
+        err = clerk_auth_disable(ck);
+    } else if (!strcmp(sub, "status")) {
+        bool enabled;
+        uint64_t rev = 0;
+        err = clerk_auth_status(ck, &enabled, &rev);
+        if (err) {
+            return answer_clerk(ck, err);
+        }
+        if (fmt == FMT_JSON) {
+            printf("{\"ok\":true,\"enabled\":%s,\"revision\":%llu}\n",
+                   enabled ? "true" : "false", (unsigned long long)rev);
+        } else {
+            printf("Authentication Status: %s%sAuthRevision: %llu\n",
+                   enabled ? "true" : "false", pipe_mode ? " " : "\n",
+                   (unsigned long long)rev);
+        }
+        return EXIT_OK;
+    } else {
+        return usage_error("usage: kvctl auth enable|disable|status");
+    }
+    if (err) {
+        return answer_clerk(ck, err);
+    }
+    answer_ok();
+    return EXIT_OK;
+}
+
 /* Run one command; returns its exit code. */
 static int run_command(struct clerk *ck, struct tok *t, int n)
 {
@@ -1097,6 +1548,15 @@ static int run_command(struct clerk *ck, struct tok *t, int n)
         size_t n_nodes;
         int rv = resolve_nodes(ck, "all", nodes, &n_nodes);
         return rv != EXIT_OK ? rv : apply_rules(ck, nodes, n_nodes, true, 1);
+    }
+    if (!strcmp(cmd, "user")) {
+        return cmd_user(ck, t, n);
+    }
+    if (!strcmp(cmd, "role")) {
+        return cmd_role(ck, t, n);
+    }
+    if (!strcmp(cmd, "auth")) {
+        return cmd_auth(ck, t, n);
     }
     if (!strcmp(cmd, "help")) {
         if (n == 1) {
@@ -1260,6 +1720,8 @@ static int pipe_loop(struct clerk *ck)
 int main(int argc, char **argv)
 {
     const char *cluster = getenv("RAFTKV_CLUSTER");
+    const char *user_arg = getenv("RAFTKV_USER");
+    const char *password_file = NULL;
     double timeout = 5;
     bool stale = false;
     int i = 1;
@@ -1294,6 +1756,18 @@ int main(int argc, char **argv)
             i++;
         } else if (!strcmp(a, "--stale")) {
             stale = true;
+        } else if (!strcmp(a, "--user")) {
+            if (!val) {
+                return usage_error("--user needs NAME[:PASSWORD]");
+            }
+            user_arg = val;
+            i++;
+        } else if (!strcmp(a, "--password-file")) {
+            if (!val) {
+                return usage_error("--password-file needs a FILE");
+            }
+            password_file = val;
+            i++;
         } else if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
             fputs(usage_text, stdout);
             return EXIT_OK;
@@ -1325,8 +1799,41 @@ int main(int argc, char **argv)
     if (o.deadline_ms < 1000) {
         o.attempt_ms = o.deadline_ms;
     }
+    char user[256] = "", password[256] = "";
+    if (user_arg && user_arg[0]) {
+        const char *colon = strchr(user_arg, ':');
+        size_t nl = colon ? (size_t)(colon - user_arg) : strlen(user_arg);
+        if (nl == 0 || nl >= sizeof user) {
+            return usage_error("--user wants NAME[:PASSWORD]");
+        }
+        memcpy(user, user_arg, nl);
+        const char *env_pw = getenv("RAFTKV_PASSWORD");
+        if (colon) {
+            snprintf(password, sizeof password, "%s", colon + 1);
+        } else if (password_file) {
+            if (!read_first_line(password_file, password, sizeof password)) {
+                char msg[300];
+                snprintf(msg, sizeof msg, "--password-file %.200s: %s",
+                         password_file, strerror(errno));
+                return usage_error(msg);
+            }
+        } else if (env_pw) {
+            snprintf(password, sizeof password, "%s", env_pw);
+        } else {
+            char prompt[300];
+            snprintf(prompt, sizeof prompt, "Password for %s: ", user);
+            if (!prompt_password(prompt, password, sizeof password)) {
+                return usage_error("no password for --user: give "
+                                   "NAME:PASSWORD, --password-file FILE or "
+                                   "RAFTKV_PASSWORD (or run on a terminal)");
+            }
+        }
+        o.user = user;
+        o.password = password;
+    }
     struct clerk *ck;
     int err = clerk_open(&ck, cluster, &o);
+    memset(password, 0, sizeof password);
     if (err) {
         return usage_error(clerk_open_error());
     }

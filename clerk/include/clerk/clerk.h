@@ -57,6 +57,13 @@ enum clerk_error {
                               this try was not applied, an earlier one may
                               have been. Read the key to find out. The next
                               write opens a new session. */
+    CLERK_UNAUTHENTICATED, /* auth is enabled and the handle has no user
+                              (clerk_options.user), a wrong user name or
+                              password, or its password changed; nothing
+                              was applied. clerk_errmsg says which. */
+    CLERK_PERMISSION_DENIED, /* the user's roles do not allow this on the
+                              key (or it needs the role root); nothing was
+                              applied. clerk_errmsg names what is missing */
 };
 
 /* How reads are served. */
@@ -71,6 +78,15 @@ struct clerk_options
     unsigned deadline_ms;           /* per operation, retries included; 5000 */
     unsigned attempt_ms;            /* per call to one server; 1000 */
     enum clerk_read_mode read_mode; /* linearizable */
+    const char *user;     /* authenticate as this user (copied; NULL or "":
+                             no user). The handle authenticates lazily at
+                             the first server it calls, sends the token
+                             with every call, and authenticates again once
+                             when a call is refused UNAUTHENTICATED (an
+                             expired token), then retries it (a write with
+                             the same request id) */
+    const char *password; /* its password (copied; kept in the handle's
+                             memory until clerk_close, which wipes it) */
 };
 
 struct clerk;
@@ -296,6 +312,174 @@ int clerk_fault(struct clerk *c,
                 uint64_t seed,
                 struct clerk_fault **now,
                 size_t *n_now);
+
+/* ------------------------------------------------------ users and roles
+ *
+ * etcd's auth model (docs/auth.md). Once auth is enabled, every call
+ * carries the token of the handle's user (clerk_options.user), and all the
+ * functions below but clerk_auth_status need a user with the role root
+ * (clerk_user_passwd also the user itself, clerk_user_get the user
+ * itself). Changes go to the leader; reads (get, list, status) are served
+ * by any server from its applied state. Each returns CLERK_OK, or:
+ * CLERK_UNAUTHENTICATED, CLERK_PERMISSION_DENIED, CLERK_NOT_FOUND (no such
+ * user or role, or not granted), CLERK_BAD_REQUEST (exists already, a bad
+ * name, auth enable without a user root that has the role root),
+ * CLERK_UNAVAILABLE (no leader answered before the deadline; not applied),
+ * CLERK_UNKNOWN_OUTCOME (a change may or may not have been applied),
+ * CLERK_INVALID, CLERK_NOMEM. clerk_errmsg says what the server said. */
+
+/* What a permission allows. */
+enum clerk_perm_type {
+    CLERK_PERM_READ = 0,
+    CLERK_PERM_WRITE = 1,
+    CLERK_PERM_READWRITE = 2,
+};
+
+/* A permission of a role: keys k with key <= k < range_end (bytewise);
+ * range_end empty: key alone; range_end "\0" (one zero byte): every key
+ * from key on. */
+struct clerk_permission
+{
+    enum clerk_perm_type type; /* what it allows */
+    void *key;                 /* first key (NUL-terminated copy) */
+    size_t key_len;            /* its length */
+    void *range_end;           /* end of the range (NUL-terminated copy) */
+    size_t range_end_len;      /* its length (0: key alone) */
+};
+
+/**
+ * Add a user. The server hashes the password (Argon2id) before it goes
+ * into the log; the plain password is never stored.
+ * @param name 1 to 128 printable bytes, no '/', ':' or space (copied)
+ * @param password not empty (copied)
+ * @return as the block above says
+ */
+int clerk_user_add(struct clerk *c, const char *name, const char *password);
+
+/**
+ * Delete a user (not root while auth is enabled); its tokens stop working.
+ * @return as the block above says
+ */
+int clerk_user_delete(struct clerk *c, const char *name);
+
+/**
+ * Change a user's password; its earlier tokens stop working. When it is
+ * the handle's own user, the handle uses the new password from now on.
+ * @return as the block above says
+ */
+int clerk_user_passwd(struct clerk *c, const char *name, const char *password);
+
+/**
+ * Grant a role (one added with clerk_role_add, or the built-in "root").
+ * @return as the block above says
+ */
+int clerk_user_grant_role(struct clerk *c, const char *user, const char *role);
+
+/**
+ * Take a role from a user.
+ * @return as the block above says (CLERK_NOT_FOUND: it did not have it)
+ */
+int clerk_user_revoke_role(struct clerk *c, const char *user, const char *role);
+
+/**
+ * A user's roles.
+ * @param roles set to an array of n names, sorted (one allocation: free
+ *   with clerk_free)
+ * @return as the block above says
+ */
+int clerk_user_get(struct clerk *c, const char *name, char ***roles, size_t *n);
+
+/**
+ * All user names, sorted.
+ * @param names set to an array of n names (free with clerk_free)
+ * @return as the block above says
+ */
+int clerk_user_list(struct clerk *c, char ***names, size_t *n);
+
+/**
+ * Add a role (without permissions).
+ * @return as the block above says
+ */
+int clerk_role_add(struct clerk *c, const char *name);
+
+/**
+ * Delete a role; users that had it lose it.
+ * @return as the block above says
+ */
+int clerk_role_delete(struct clerk *c, const char *name);
+
+/**
+ * Grant a role a permission on a key or range (see struct
+ * clerk_permission; for a prefix P use range_end = clerk_prefix_end(P)).
+ * Granting the same key and range_end again replaces its type.
+ * @return as the block above says
+ */
+int clerk_role_grant_permission(struct clerk *c,
+                                const char *role,
+                                enum clerk_perm_type type,
+                                const void *key,
+                                size_t key_len,
+                                const void *range_end,
+                                size_t range_end_len);
+
+/**
+ * Take a permission (the same key and range_end) from a role.
+ * @return as the block above says (CLERK_NOT_FOUND: the role has none)
+ */
+int clerk_role_revoke_permission(struct clerk *c,
+                                 const char *role,
+                                 const void *key,
+                                 size_t key_len,
+                                 const void *range_end,
+                                 size_t range_end_len);
+
+/**
+ * A role's permissions.
+ * @param perms set to an array of n (one allocation: free with clerk_free)
+ * @return as the block above says
+ */
+int clerk_role_get(struct clerk *c,
+                   const char *name,
+                   struct clerk_permission **perms,
+                   size_t *n);
+
+/**
+ * All role names (with the built-in root), sorted.
+ * @param names set to an array of n names (free with clerk_free)
+ * @return as the block above says
+ */
+int clerk_role_list(struct clerk *c, char ***names, size_t *n);
+
+/**
+ * Turn auth on: from now on every call needs a token. Needs a user
+ * "root" with the role "root" (CLERK_BAD_REQUEST otherwise).
+ * @return as the block above says
+ */
+int clerk_auth_enable(struct clerk *c);
+
+/**
+ * Turn auth off; the tokens made until now stop working for good.
+ * @return as the block above says
+ */
+int clerk_auth_disable(struct clerk *c);
+
+/**
+ * Whether auth is on (open to anyone).
+ * @param enabled set
+ * @param revision if not NULL, set to the log index of the last auth
+ *   change the answering server applied
+ * @return as the block above says
+ */
+int clerk_auth_status(struct clerk *c, bool *enabled, uint64_t *revision);
+
+/**
+ * The range_end that makes a permission cover every key that starts with
+ * prefix (etcd's prefix end): the prefix with its last byte below 0xff
+ * incremented and the rest cut, or "\0" when all bytes are 0xff.
+ * @param out at least len bytes (1 when len is 0)
+ * @return the length written to out
+ */
+size_t clerk_prefix_end(const void *prefix, size_t len, void *out);
 
 /**
  * Change the deadline of the operations that follow.
