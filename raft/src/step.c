@@ -97,6 +97,9 @@ static bool raises_term(const struct raft *r, const struct raft_message *m)
     if (m->type == RAFT_MSG_VOTE) {
         return !m->u.vote.pre_vote && (m->u.vote.transfer || !rf_in_lease(r));
     }
+    if (m->type == RAFT_MSG_TIMEOUT_NOW) {
+        return false; /* see raft_step */
+    }
     /* A granted pre-vote carries the proposed term. */
     return !(m->type == RAFT_MSG_VOTE_RESP && m->u.vote_resp.pre_vote &&
              m->u.vote_resp.granted);
@@ -149,10 +152,12 @@ int raft_step(struct raft *r, const struct raft_message *m)
         } else if (m->type == RAFT_MSG_VOTE_RESP && m->u.vote_resp.pre_vote &&
                    m->u.vote_resp.granted) {
             /* A granted pre-vote carries the proposed term. */
+        } else if (m->type == RAFT_MSG_TIMEOUT_NOW) {
+            /* A leader sends TimeoutNow in its term, to a follower that
+             * acknowledged it there: one from a term above ours comes
+             * from no leader we know. Answer it; change nothing. */
+            return reject_stale(r, m);
         } else {
-            /* A TimeoutNow names no leader: a leader sends it only to a
-             * follower that acknowledged it in its own term, so one at a
-             * higher term does not come from a leader we know. */
             bool from_leader = m->type == RAFT_MSG_APPEND ||
                                m->type == RAFT_MSG_SNAPSHOT;
             rf_become_follower(r, m->term, from_leader ? m->from : 0);

@@ -724,6 +724,8 @@ static void test_timeout_now_is_honoured_only_from_the_current_leader(void)
     CU_ASSERT_EQUAL(count_msgs(RAFT_MSG_TIMEOUT_NOW_RESP, 3), 2);
     CU_ASSERT_EQUAL(count_msgs(RAFT_MSG_VOTE, 0), 0);
     CU_ASSERT_EQUAL(raft_role(r), RAFT_FOLLOWER);
+    CU_ASSERT_EQUAL(raft_term(r), 3); /* the term did not move either */
+    CU_ASSERT_EQUAL(raft_leader(r), 1);
     adv(r);
     /* The leader of term 4, once heard, may. */
     m = append_req(1, 2, 4, 0, 0, NULL, 0, 0);
@@ -1636,8 +1638,9 @@ static void test_term_forged_messages_injected_into_a_running_cluster(void)
     for (unsigned i = 0; i < 5; i++) { /* only real elections moved them */
         SIM_CHECK(s, raft_term(sim_raft(s, i)) < 1000);
     }
-    /* One TimeoutNow within the bound but far above: one step, then the
-     * cluster goes on at that term. */
+    /* A TimeoutNow within the bound but far above moves nothing (it
+     * names no leader); a vote for a transfer that far above moves the
+     * term one step, then the cluster goes on at that term. */
     int leader = sim_check_one_leader(s, 1000);
     SIM_CHECK(s, leader >= 0);
     unsigned f = (unsigned)(leader + 1) % 5;
@@ -1645,6 +1648,10 @@ static void test_term_forged_messages_injected_into_a_running_cluster(void)
     struct raft_message tn =
         typed(RAFT_MSG_TIMEOUT_NOW, (uint64_t)leader + 1, f + 1, RAFT_TERM_MAX);
     SIM_CHECK(s, sim_inject(s, f, &tn) == RAFT_EINVAL);
+    SIM_CHECK(s, raft_term(sim_raft(s, f)) == term);
+    struct raft_message far =
+        vote_req((uint64_t)leader + 1, f + 1, RAFT_TERM_MAX, false, true);
+    SIM_CHECK(s, sim_inject(s, f, &far) == RAFT_EINVAL);
     SIM_CHECK(s, raft_term(sim_raft(s, f)) == term + RAFT_TERM_MAX_JUMP);
     SIM_CHECK(s, sim_one(s, 999, 8, 5, true) > 0);
     for (unsigned i = 0; i < 5; i++) {
