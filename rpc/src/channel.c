@@ -9,6 +9,7 @@
 
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
+#include <event2/bufferevent_ssl.h>
 #include <event2/event.h>
 #include <event2/util.h>
 
@@ -97,6 +98,7 @@ struct rpc_channel
     struct evbuffer *pending;         /* requests not yet given to bev */
     struct event *flush_ev;           /* writes them after this turn's I/O */
     char *auth_token;                 /* sent in every request, or NULL */
+    bool tls_up;                      /* bev is the TLS one */
     struct rpc_peer_hs hs;            /* CH_HANDSHAKE: the handshake */
     bool hs_proved;                   /* our proof is sent: result next */
     uint64_t hs_logged;               /* ms of the last failure logged */
@@ -207,6 +209,7 @@ static void drop_connection(struct rpc_channel *ch)
         bufferevent_free(ch->bev);
         ch->bev = NULL;
     }
+    ch->tls_up = false;
     if (ch->dec) {
         rpc_decoder_free(ch->dec);
         ch->dec = NULL;
@@ -225,7 +228,7 @@ static void channel_flush(struct rpc_channel *ch)
         return;
     }
     struct evbuffer *out = bufferevent_get_output(ch->bev);
-    if (evbuffer_get_length(out) == 0) {
+    if (evbuffer_get_length(out) == 0 && !ch->tls_up) {
         int n = evbuffer_write(ch->pending, bufferevent_getfd(ch->bev));
         if (n >= 0 && (size_t)n == len) {
             return;
@@ -454,13 +457,61 @@ static void on_read(struct bufferevent *bev, void *arg)
     }
 }
 
+static void on_read(struct bufferevent *bev, void *arg);
+static void on_event(struct bufferevent *bev, short what, void *arg);
+
+/* Move the connected socket to a TLS bufferevent and start the client
+ * handshake. */
+static void start_tls(struct rpc_channel *ch)
+{
+    int fd = dup(bufferevent_getfd(ch->bev));
+    SSL *ssl = fd >= 0 ? rpc_tls_ssl(ch->opts.tls, ch->host) : NULL;
+    bufferevent_free(ch->bev); /* closes the old descriptor only */
+    ch->bev = ssl ? bufferevent_openssl_socket_new(ch->base, fd, ssl,
+                                                   BUFFEREVENT_SSL_CONNECTING,
+                                                   BEV_OPT_CLOSE_ON_FREE)
+                  : NULL;
+    if (!ch->bev) {
+        if (fd >= 0) {
+            close(fd);
+        }
+        connection_failed(ch, RPC_E_NOMEM, "out of memory starting TLS");
+        return;
+    }
+    ch->tls_up = true;
+    bufferevent_openssl_set_allow_dirty_shutdown(ch->bev, 1);
+    bufferevent_setcb(ch->bev, on_read, NULL, on_event, ch);
+    bufferevent_enable(ch->bev, EV_READ | EV_WRITE);
+}
+
 static void on_event(struct bufferevent *bev, short what, void *arg)
 {
     (void)bev;
     struct rpc_channel *ch = arg;
     char why[600];
-    if (what & BEV_EVENT_CONNECTED) {
+    if ((what & BEV_EVENT_CONNECTED) && ch->opts.tls && !ch->tls_up) {
+        /* TCP is up: TLS takes the socket over for its handshake, and
+         * says CONNECTED again when that is done. */
         rpc_tune_socket(bufferevent_getfd(ch->bev));
+        start_tls(ch);
+        return;
+    }
+    if ((what & BEV_EVENT_CONNECTED) && ch->tls_up) {
+        SSL *ssl = bufferevent_openssl_get_ssl(ch->bev);
+        char tls_why[400];
+        if (!rpc_tls_name_allowed(ch->opts.tls, ssl, tls_why,
+                                  sizeof tls_why)) {
+            snprintf(why, sizeof why, "TLS with %s: %.300s", ch->target,
+                     tls_why);
+            rpc_logf(RPC_LOG_WARN, "rpc: %s", why);
+            connection_failed(ch, RPC_E_UNAVAILABLE, why);
+            return;
+        }
+    }
+    if (what & BEV_EVENT_CONNECTED) {
+        if (!ch->tls_up) {
+            rpc_tune_socket(bufferevent_getfd(ch->bev));
+        }
         if (!ch->opts.peer_auth) {
             connection_ready(ch);
             return;
@@ -485,6 +536,12 @@ static void on_event(struct bufferevent *bev, short what, void *arg)
                                        "proof"
                                      : "it closed the connection (is that "
                                        "its peer port?)");
+        } else if (ch->state == CH_CONNECTING && ch->tls_up) {
+            char tls_why[400];
+            rpc_tls_error(ch->bev, tls_why, sizeof tls_why);
+            snprintf(why, sizeof why, "connect to %s: %.300s", ch->target,
+                     tls_why);
+            connection_failed(ch, RPC_E_UNAVAILABLE, why);
         } else if (ch->state == CH_CONNECTING) {
             snprintf(
                 why, sizeof why, "connect to %s: %s", ch->target,

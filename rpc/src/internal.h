@@ -49,6 +49,21 @@ void rpc_tune_socket(int fd);
 struct bufferevent;
 void rpc_bev_flush(struct bufferevent *bev);
 
+/* TLS (tls.c). */
+typedef struct ssl_st SSL;
+/* A new SSL for one connection; a client's checks that the other end's
+ * certificate names host. NULL when out of memory. */
+SSL *rpc_tls_ssl(struct rpc_tls *t, const char *host);
+/* Does the other end's certificate carry one of the allowed names? */
+bool rpc_tls_name_allowed(const struct rpc_tls *t,
+                          SSL *ssl,
+                          char *why,
+                          size_t why_len);
+/* The common name of a verified peer certificate, or "". */
+void rpc_tls_peer_cn(SSL *ssl, char *out, size_t len);
+/* Why a TLS bufferevent failed, for people. */
+void rpc_tls_error(struct bufferevent *bev, char *out, size_t len);
+
 /* Fault injection state of a channel or of one served service. */
 struct rpc_fault_state
 {

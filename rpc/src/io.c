@@ -9,6 +9,7 @@
 
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
+#include <event2/bufferevent_ssl.h>
 
 #include "internal.h"
 
@@ -81,8 +82,8 @@ int rpc_read_frames(struct evbuffer *in,
 void rpc_bev_flush(struct bufferevent *bev)
 {
     struct evbuffer *out = bufferevent_get_output(bev);
-    if (evbuffer_get_length(out) == 0) {
-        return;
+    if (evbuffer_get_length(out) == 0 || bufferevent_openssl_get_ssl(bev)) {
+        return; /* TLS: only the bufferevent may write (it encrypts) */
     }
     /* A socket bufferevent freezes the start of its output buffer so that
      * only its own write callback drains it; that callback unfreezes it

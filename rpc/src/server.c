@@ -14,6 +14,8 @@
 #include <event2/listener.h>
 #include <event2/util.h>
 
+#include <event2/bufferevent_ssl.h>
+
 #include "internal.h"
 #include "peerauth.h"
 
@@ -54,6 +56,9 @@ struct rpc_conn
     uint64_t active_ms;           /* last read or reply */
     uint64_t paused_ms;           /* when reading paused for the backlog */
     bool counted_source;          /* counts toward its source's limit */
+    bool tls;                     /* over TLS */
+    bool tls_checked;             /* its certificate was checked */
+    char tls_name[128];           /* the CN of its verified certificate */
     struct rpc_peer_hs *hs;       /* peer handshake in progress, or NULL */
     bool hs_answered;             /* its hello is answered: proof next */
     bool authed;                  /* passed the peer handshake */
@@ -114,6 +119,7 @@ struct rpc_server
     struct ratelog idle_log;           /* "closing an idle connection" */
     struct ratelog accept_log;         /* "accept: Too many open files" */
     struct ratelog hs_log;             /* "peer handshake failed" */
+    struct ratelog tls_log;            /* "TLS handshake failed" */
     struct source **sources;           /* connections per source address */
 };
 
@@ -378,8 +384,8 @@ static void flush_conn(struct rpc_conn *c)
         return;
     }
     struct evbuffer *out = bufferevent_get_output(c->bev);
-    int n = evbuffer_get_length(out)
-                ? -1
+    int n = evbuffer_get_length(out) || c->tls
+                ? -1 /* TLS: the bufferevent encrypts it */
                 : evbuffer_write(c->pending, bufferevent_getfd(c->bev));
     if (n < 0 || (size_t)n < len) {
         /* The rest (and an error, if any) is the bufferevent's now; its
@@ -557,6 +563,12 @@ const char *rpc_call_auth_token(void *closure_data)
 {
     struct rpc_call *call = closure_data;
     return call->auth_token ? call->auth_token : "";
+}
+
+const char *rpc_call_tls_name(void *closure_data)
+{
+    struct rpc_call *call = closure_data;
+    return call->conn->tls_name;
 }
 
 uint64_t rpc_call_peer_id(void *closure_data)
@@ -848,9 +860,31 @@ static bool read_handshake(struct rpc_conn *c)
     return true;
 }
 
+/* The first bytes after a TLS handshake: check the other end's
+ * certificate against the allowed names, and keep its name. */
+static bool check_tls_peer(struct rpc_conn *c)
+{
+    struct rpc_server *s = c->server;
+    SSL *ssl = bufferevent_openssl_get_ssl(c->bev);
+    char why[400];
+    c->tls_checked = true;
+    if (!rpc_tls_name_allowed(s->opts.tls, ssl, why, sizeof why)) {
+        s->stats.tls_failures++;
+        log_limited(&s->tls_log, RPC_LOG_WARN,
+                    "rpc: refused TLS connection from %s: %s", c->peer, why);
+        conn_close(c);
+        return false;
+    }
+    rpc_tls_peer_cn(ssl, c->tls_name, sizeof c->tls_name);
+    return true;
+}
+
 static void on_read(struct bufferevent *bev, void *arg)
 {
     struct rpc_conn *c = arg;
+    if (c->tls && !c->tls_checked && c->server && !check_tls_peer(c)) {
+        return;
+    }
     if (c->server && c->server->opts.peer_auth && !c->authed &&
         !read_handshake(c)) {
         return;
@@ -896,7 +930,14 @@ static void on_event(struct bufferevent *bev, short what, void *arg)
         c->server->opts.peer_auth && !c->authed) {
         c->server->stats.handshakes_failed++; /* gave up before the end */
     }
-    if (what & BEV_EVENT_ERROR) {
+    if ((what & BEV_EVENT_ERROR) && c->tls && !c->tls_checked &&
+        c->server) {
+        char why[400];
+        rpc_tls_error(c->bev, why, sizeof why);
+        c->server->stats.tls_failures++;
+        log_limited(&c->server->tls_log, RPC_LOG_WARN,
+                    "rpc: TLS connection from %s failed: %s", c->peer, why);
+    } else if (what & BEV_EVENT_ERROR) {
         int err = EVUTIL_SOCKET_ERROR();
         rpc_logf(RPC_LOG_DEBUG, "rpc: connection from %s: %s", c->peer,
                  evutil_socket_error_to_string(err));
@@ -918,9 +959,21 @@ static struct rpc_conn *conn_new(struct rpc_server *s, int fd, const char *peer)
     c->pending = evbuffer_new();
     evutil_make_socket_nonblocking(fd);
     rpc_tune_socket(fd);
-    c->bev = c->dec && c->pending
-                 ? bufferevent_socket_new(s->base, fd, BEV_OPT_CLOSE_ON_FREE)
-                 : NULL;
+    if (c->dec && c->pending && s->opts.tls) {
+        SSL *ssl = rpc_tls_ssl(s->opts.tls, NULL);
+        c->bev = ssl ? bufferevent_openssl_socket_new(
+                           s->base, fd, ssl, BUFFEREVENT_SSL_ACCEPTING,
+                           BEV_OPT_CLOSE_ON_FREE)
+                     : NULL;
+        if (c->bev) {
+            /* A client that closes without close_notify has ended, not
+             * failed. */
+            bufferevent_openssl_set_allow_dirty_shutdown(c->bev, 1);
+            c->tls = true;
+        }
+    } else if (c->dec && c->pending) {
+        c->bev = bufferevent_socket_new(s->base, fd, BEV_OPT_CLOSE_ON_FREE);
+    }
     if (!c->bev) {
         rpc_decoder_free(c->dec);
         if (c->pending) {
@@ -1105,6 +1158,7 @@ static void on_sweep(evutil_socket_t fd, short what, void *arg)
     log_held_back(&s->timeout_log, RPC_LOG_WARN, now);
     log_held_back(&s->idle_log, RPC_LOG_INFO, now);
     log_held_back(&s->hs_log, RPC_LOG_WARN, now);
+    log_held_back(&s->tls_log, RPC_LOG_WARN, now);
 }
 
 /* With max_connections set, make room for that many descriptors (as Redis
@@ -1165,6 +1219,7 @@ struct rpc_server *rpc_server_new(struct event_base *base,
     s->idle_log.what = "idle connections closed";
     s->accept_log.what = "accept failures";
     s->hs_log.what = "peer handshakes refused";
+    s->tls_log.what = "TLS connections failed";
     if (s->opts.peer_auth) {
         if (!s->opts.max_per_peer) {
             s->opts.max_per_peer = 4;

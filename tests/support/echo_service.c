@@ -42,6 +42,11 @@ static void echo_echo(Raftkv__Test__EchoService_Service *svc,
                  (unsigned long long)rpc_call_peer_id(closure_data));
         reply.payload.data = (uint8_t *)id;
         reply.payload.len = strlen(id);
+    } else if (in->payload.len == 7 &&
+               memcmp(in->payload.data, "tlsname", 7) == 0) {
+        const char *name = rpc_call_tls_name(closure_data);
+        reply.payload.data = (uint8_t *)name;
+        reply.payload.len = strlen(name);
     } else if (in->payload.len == 5 &&
                memcmp(in->payload.data, "token", 5) == 0) {
         const char *token = rpc_call_auth_token(closure_data);

@@ -12,7 +12,8 @@ struct event_base;
 /* An EchoService implementation whose Defer replies come from timers on
  * base. Echo with payload "whoami" answers the caller's address, "token"
  * the auth token of its header, "peerid" the node id its connection
- * proved in the peer handshake. The
+ * proved in the peer handshake, "tlsname" the CN of its verified client
+ * certificate. The
  * Unimplemented slot is left NULL on purpose. */
 struct echo_service
 {

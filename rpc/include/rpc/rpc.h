@@ -265,6 +265,58 @@ int rpc_peer_key_from_file(const char *path,
                            char *err,
                            size_t err_len);
 
+/* ------------------------------------------------------------------- TLS */
+
+/* TLS for servers and channels: OpenSSL through libevent's
+ * bufferevent_openssl. One rpc_tls is one set of PEM files; servers and
+ * channels borrow it. TLS 1.2 at least. */
+struct rpc_tls_options
+{
+    bool server;               /* for accepting (else for connecting) */
+    const char *cert_file;     /* PEM certificate chain: a server's own
+                                  (required), or a client's certificate for
+                                  client-certificate auth (optional) */
+    const char *key_file;      /* its PEM private key */
+    const char *ca_file;       /* PEM CA certificates that the other end's
+                                  certificate must chain to */
+    bool verify_peer;          /* check the other end: a server requires
+                                  a client certificate; a client checks the
+                                  server's chain and that it names the
+                                  address dialled. Needs ca_file */
+    const char *allowed_names; /* comma-separated names (DNS SAN or CN)
+                                  one of which the other end's certificate
+                                  must carry; NULL: any the CA signed */
+};
+
+struct rpc_tls;
+
+/**
+ * Load a TLS context from PEM files.
+ * @param o the options (copied)
+ * @param out set to the context
+ * @param err, err_len filled with the reason on failure ("load private
+ *   key /etc/raftkv/node.key: ... no such file")
+ * @return 0, RPC_E_INVALID (bad options or files) or RPC_E_NOMEM
+ */
+int rpc_tls_new(const struct rpc_tls_options *o,
+                struct rpc_tls **out,
+                char *err,
+                size_t err_len);
+
+/**
+ * Read the same files again (new certificates after a renewal): new
+ * connections use them, open ones keep theirs. On failure the context in
+ * use stays.
+ * @return 0, or RPC_E_INVALID with err saying why
+ */
+int rpc_tls_reload(struct rpc_tls *t, char *err, size_t err_len);
+
+/**
+ * Free a context (after the servers and channels that borrow it).
+ * @param t the context, or NULL
+ */
+void rpc_tls_free(struct rpc_tls *t);
+
 /* ---------------------------------------------------------------- server */
 
 /* Server settings. Zero fields mean the defaults. */
@@ -308,6 +360,8 @@ struct rpc_server_options
     const struct rpc_peer_auth *peer_auth; /* every connection must pass
                                   the peer handshake first (borrowed; see
                                   "peer auth"); NULL: none */
+    struct rpc_tls *tls;       /* serve TLS with this server context
+                                  (borrowed); NULL: plain TCP */
     uint32_t max_per_peer;     /* with peer_auth: connections one peer id
                                   may hold; a newer one closes its oldest.
                                   Default 4 */
@@ -342,6 +396,8 @@ struct rpc_server_stats
     uint64_t idle_closes;         /* connections closed after
                                      idle_timeout_ms */
     uint64_t handshakes_failed;   /* peer handshakes refused or timed out */
+    uint64_t tls_failures;        /* connections closed for a failed TLS
+                                     handshake or a refused certificate */
 };
 
 /* Calls of one method of a served service, by how they were answered. */
@@ -482,6 +538,14 @@ const char *rpc_call_peer(void *closure_data);
 const char *rpc_call_auth_token(void *closure_data);
 
 /**
+ * The common name of the verified certificate that the connection of a
+ * call showed (a TLS server that verifies clients).
+ * @param closure_data the closure_data the handler was given
+ * @return the name, valid until the call's closure runs; "" without one
+ */
+const char *rpc_call_tls_name(void *closure_data);
+
+/**
  * The node id that the connection of a call proved in the peer handshake.
  * @param closure_data the closure_data the handler was given
  * @return the id, or 0 on a server without peer_auth
@@ -506,6 +570,8 @@ struct rpc_channel_options
                                     (borrowed); NULL: none */
     uint64_t peer_id;            /* with peer_auth: the node id the server
                                     must prove it is */
+    struct rpc_tls *tls;         /* speak TLS with this client context
+                                    (borrowed); NULL: plain TCP */
 };
 
 /* Counters of a channel. */
