@@ -906,16 +906,17 @@ static void show_key(char *out, size_t size, const uint8_t *k, size_t len)
     out[o] = 0;
 }
 
-int kv_auth_authenticate(struct kv_store *st,
-                         MDB_txn *txn,
-                         const char *user,
-                         const char *password,
-                         uint64_t now_s,
-                         uint64_t ttl_s,
-                         char *token,
-                         char *msg,
-                         size_t msg_size)
+int kv_auth_login_info(struct kv_store *st,
+                       MDB_txn *txn,
+                       const char *user,
+                       char *hash,
+                       uint64_t *password_version,
+                       uint8_t *key,
+                       char *msg,
+                       size_t msg_size)
 {
+    hash[0] = 0;
+    *password_version = 0;
     bool enabled;
     int rv = kv_auth_enabled(st, txn, &enabled);
     if (rv) {
@@ -926,33 +927,59 @@ int kv_auth_authenticate(struct kv_store *st,
         snprintf(msg, msg_size, "auth is not enabled: no token is needed");
         return RAFTKV__AUTH_ERROR__AUTH_NOT_ENABLED;
     }
-    MDB_val key;
-    rv = get_raw(st, txn, "key", 3, &key);
-    if (rv || key.mv_size != KV_AUTH_KEY_LEN) {
-        snprintf(msg, msg_size, "auth state has no token key: %s",
+    MDB_val k;
+    rv = get_raw(st, txn, "key", 3, &k);
+    if (rv || k.mv_size != KV_AUTH_KEY_LEN) {
+        snprintf(msg, msg_size, "auth state has no token key: %.300s",
                  rv < 0 ? st->errmsg : "missing");
         return RAFTKV__AUTH_ERROR__AUTH_INTERNAL;
     }
+    memcpy(key, k.mv_data, KV_AUTH_KEY_LEN);
     Raftkv__AuthUserRecord *u;
     rv = kv_auth_get_user(st, txn, user, &u);
     if (rv) {
         snprintf(msg, msg_size, "%.300s", st->errmsg);
         return RAFTKV__AUTH_ERROR__AUTH_INTERNAL;
     }
+    if (u) {
+        if (strlen(u->password_hash) < crypto_pwhash_STRBYTES) {
+            strcpy(hash, u->password_hash);
+            *password_version = u->password_version;
+        }
+        raftkv__auth_user_record__free_unpacked(u, NULL);
+    }
+    return RAFTKV__AUTH_ERROR__AUTH_OK;
+}
+
+int kv_auth_authenticate(struct kv_store *st,
+                         MDB_txn *txn,
+                         const char *user,
+                         const char *password,
+                         uint64_t now_s,
+                         uint64_t ttl_s,
+                         char *token,
+                         char *msg,
+                         size_t msg_size)
+{
+    char hash[crypto_pwhash_STRBYTES];
+    uint8_t key[KV_AUTH_KEY_LEN];
+    uint64_t version;
+    int err = kv_auth_login_info(st, txn, user, hash, &version, key, msg,
+                                 msg_size);
+    if (err) {
+        return err;
+    }
     /* One answer for an unknown user and a wrong password. */
-    int err = RAFTKV__AUTH_ERROR__AUTH_UNAUTHENTICATED;
-    if (u && crypto_pwhash_str_verify(u->password_hash, password,
-                                      strlen(password)) == 0 &&
-        kv_auth_token_sign(key.mv_data, user, now_s + ttl_s,
-                           u->password_version, token) == 0) {
+    err = RAFTKV__AUTH_ERROR__AUTH_UNAUTHENTICATED;
+    if (hash[0] &&
+        crypto_pwhash_str_verify(hash, password, strlen(password)) == 0 &&
+        kv_auth_token_sign(key, user, now_s + ttl_s, version, token) == 0) {
         err = RAFTKV__AUTH_ERROR__AUTH_OK;
     } else {
         snprintf(msg, msg_size, "authentication failed: wrong user name or "
                                 "password");
     }
-    if (u) {
-        raftkv__auth_user_record__free_unpacked(u, NULL);
-    }
+    sodium_memzero(key, sizeof key);
     return err;
 }
 

@@ -119,6 +119,25 @@ int kv_auth_authenticate(struct kv_store *st,
                          size_t msg_size);
 
 /**
+ * What checking a password needs, read from the applied state (the check
+ * itself may then run on another thread).
+ * @param hash filled with the user's password hash, "" when there is no
+ *   such user (crypto_pwhash_STRBYTES bytes)
+ * @param password_version set to the user's password version
+ * @param key filled with the token key (KV_AUTH_KEY_LEN bytes)
+ * @param msg filled with the reason of a refusal
+ * @return a Raftkv__AuthError: OK, NOT_ENABLED or INTERNAL
+ */
+int kv_auth_login_info(struct kv_store *st,
+                       MDB_txn *txn,
+                       const char *user,
+                       char *hash,
+                       uint64_t *password_version,
+                       uint8_t *key,
+                       char *msg,
+                       size_t msg_size);
+
+/**
  * Check a call against the applied auth state: when auth is disabled
  * everything is allowed; otherwise the token must be valid (signed with
  * the current key, not expired, its user still there with the same

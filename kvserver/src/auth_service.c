@@ -1,15 +1,28 @@
 /* auth_service.c: AuthService (users, roles, tokens), and the checks that
- * KvService and AdminService calls pass once auth is enabled. */
+ * KvService and AdminService calls pass once auth is enabled.
+ *
+ * Hashing or checking a password (Argon2id) takes about 60 ms and 64 MiB:
+ * that runs on a worker thread, never on the event loop, so that neither
+ * clients that authenticate nor a flood of wrong passwords hold up
+ * heartbeats. The loop hands a job over, and the worker hands it back
+ * through a pipe; the call is answered on the loop. */
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
+#include <event2/event.h>
 #include <sodium.h>
 
 #include "node.h"
 
 #define DEFAULT_TOKEN_TTL_S 300
+#define MAX_PASSWORD        1024 /* bytes */
+#define MAX_JOBS            64   /* waiting for the worker; more: refused */
 
 static uint64_t wall_s(void)
 {
@@ -177,6 +190,263 @@ void auth_reply_write(struct kv_node *n,
     reply_change(n, closure, data, auth_error_of(err), leader, msg);
 }
 
+/* -------------------------------------------------------------- worker */
+
+enum job_kind { JOB_AUTHENTICATE, JOB_USER_ADD, JOB_USER_PASSWORD };
+
+struct auth_job;
+static void reply_authenticate(ProtobufCClosure closure,
+                               void *data,
+                               int err,
+                               const char *token,
+                               uint64_t ttl,
+                               const char *msg);
+static void finish_authenticate(struct auth_job *j);
+static void finish_put_user(struct kv_node *n, struct auth_job *j);
+
+/* A password to hash or check, off the loop. */
+struct auth_job
+{
+    enum job_kind kind;                /* what to do with it */
+    char *password;                    /* a copy, wiped when done */
+    char user[KV_AUTH_MAX_NAME + 1];   /* the user */
+    char hash[crypto_pwhash_STRBYTES]; /* Authenticate: the stored hash
+                                          ("": unknown user); user add and
+                                          passwd: the new hash */
+    bool known;                        /* Authenticate: the user exists */
+    uint64_t version;                  /* its password version */
+    uint8_t key[KV_AUTH_KEY_LEN];      /* the token key */
+    uint64_t expiry, ttl;              /* of the token to make */
+    bool ok;                           /* the worker's answer */
+    ProtobufCClosure closure;          /* answers the call */
+    void *data;                        /* its argument */
+    struct auth_job *next;             /* queue */
+};
+
+/* The worker thread and what it shares with the loop. */
+struct auth_worker
+{
+    pthread_t thread;                   /* runs worker_main */
+    pthread_mutex_t lock;               /* guards the fields below */
+    pthread_cond_t wake;                /* a job or stop */
+    struct auth_job *todo, *todo_tail;  /* waiting for the worker */
+    struct auth_job *done;              /* for the loop */
+    size_t n_todo;                      /* jobs in todo */
+    bool stop;                          /* the node is stopping */
+    int pipe[2];                        /* worker -> loop: jobs are done */
+    struct event *ev;                   /* the loop's side of pipe */
+    char dummy[crypto_pwhash_STRBYTES]; /* for unknown users */
+};
+
+static struct auth_job *job_new(const char *password,
+                                ProtobufCClosure closure,
+                                void *data)
+{
+    struct auth_job *j = calloc(1, sizeof *j);
+    if (!j) {
+        return NULL;
+    }
+    j->password = strdup(password);
+    if (!j->password) {
+        free(j);
+        return NULL;
+    }
+    j->closure = closure;
+    j->data = data;
+    return j;
+}
+
+static void job_free(struct auth_job *j)
+{
+    if (!j) {
+        return;
+    }
+    sodium_memzero(j->password, strlen(j->password));
+    free(j->password);
+    sodium_memzero(j, sizeof *j);
+    free(j);
+}
+
+static void job_refuse(struct auth_job *j, int err, const char *why)
+{
+    if (j->kind == JOB_AUTHENTICATE) {
+        reply_authenticate(j->closure, j->data, err, "", 0, why);
+    } else {
+        Raftkv__AuthLeaderHint hint = RAFTKV__AUTH_LEADER_HINT__INIT;
+        Raftkv__AuthChangeReply r = RAFTKV__AUTH_CHANGE_REPLY__INIT;
+        r.err = err;
+        r.message = (char *)why;
+        r.leader = &hint;
+        j->closure(&r.base, j->data);
+    }
+    job_free(j);
+}
+
+static void *worker_main(void *arg)
+{
+    struct auth_worker *w = arg;
+    /* A stand-in to check unknown users against: as slow as a real one. */
+    if (kv_auth_hash_password("not a password of anyone", w->dummy) != 0) {
+        w->dummy[0] = 0;
+    }
+    pthread_mutex_lock(&w->lock);
+    for (;;) {
+        while (!w->todo && !w->stop) {
+            pthread_cond_wait(&w->wake, &w->lock);
+        }
+        if (w->stop) {
+            break;
+        }
+        struct auth_job *j = w->todo;
+        w->todo = j->next;
+        if (!w->todo) {
+            w->todo_tail = NULL;
+        }
+        w->n_todo--;
+        pthread_mutex_unlock(&w->lock);
+        size_t len = strlen(j->password);
+        if (j->kind == JOB_AUTHENTICATE) {
+            const char *h = j->known ? j->hash : w->dummy;
+            j->ok = h[0] && crypto_pwhash_str_verify(h, j->password, len) == 0;
+        } else {
+            j->ok = kv_auth_hash_password(j->password, j->hash) == 0;
+        }
+        pthread_mutex_lock(&w->lock);
+        j->next = w->done;
+        w->done = j;
+        /* Wake the loop; a full pipe holds wake-ups enough already. */
+        ssize_t wr = write(w->pipe[1], "", 1);
+        (void)wr;
+    }
+    pthread_mutex_unlock(&w->lock);
+    return NULL;
+}
+
+/* The loop: answer the jobs the worker finished. */
+static void on_jobs_done(evutil_socket_t fd, short what, void *arg)
+{
+    (void)what;
+    struct kv_node *n = arg;
+    struct auth_worker *w = n->auth_worker;
+    char buf[64];
+    while (read(fd, buf, sizeof buf) > 0) {
+    }
+    pthread_mutex_lock(&w->lock);
+    struct auth_job *list = w->done;
+    w->done = NULL;
+    pthread_mutex_unlock(&w->lock);
+    while (list) {
+        struct auth_job *j = list;
+        list = j->next;
+        if (j->kind == JOB_AUTHENTICATE) {
+            finish_authenticate(j);
+        } else {
+            finish_put_user(n, j);
+        }
+        job_free(j);
+    }
+}
+
+static void job_submit(struct kv_node *n, struct auth_job *j)
+{
+    struct auth_worker *w = n->auth_worker;
+    if (!w) {
+        job_refuse(j, RAFTKV__AUTH_ERROR__AUTH_INTERNAL,
+                   "passwords cannot be checked: no worker thread");
+        return;
+    }
+    pthread_mutex_lock(&w->lock);
+    if (w->n_todo >= MAX_JOBS) {
+        pthread_mutex_unlock(&w->lock);
+        job_refuse(j, RAFTKV__AUTH_ERROR__AUTH_UNAVAILABLE,
+                   "too many passwords waiting to be checked; try again");
+        return;
+    }
+    j->next = NULL;
+    if (w->todo_tail) {
+        w->todo_tail->next = j;
+    } else {
+        w->todo = j;
+    }
+    w->todo_tail = j;
+    w->n_todo++;
+    pthread_cond_signal(&w->wake);
+    pthread_mutex_unlock(&w->lock);
+}
+
+/* Start the worker; on failure the node runs without one (every call that
+ * needs a password is answered INTERNAL). */
+static void worker_start(struct kv_node *n)
+{
+    struct auth_worker *w = calloc(1, sizeof *w);
+    if (!w) {
+        goto err;
+    }
+    if (pipe2(w->pipe, O_CLOEXEC | O_NONBLOCK) != 0) {
+        goto err_free;
+    }
+    w->ev = event_new(n->base, w->pipe[0], EV_READ | EV_PERSIST,
+                      on_jobs_done, n);
+    if (!w->ev || event_add(w->ev, NULL) != 0) {
+        goto err_pipe;
+    }
+    pthread_mutex_init(&w->lock, NULL);
+    pthread_cond_init(&w->wake, NULL);
+    if (pthread_create(&w->thread, NULL, worker_main, w) != 0) {
+        goto err_sync;
+    }
+    n->auth_worker = w;
+    return;
+
+err_sync:
+    pthread_cond_destroy(&w->wake);
+    pthread_mutex_destroy(&w->lock);
+err_pipe:
+    if (w->ev) {
+        event_free(w->ev);
+    }
+    close(w->pipe[0]);
+    close(w->pipe[1]);
+err_free:
+    free(w);
+err:
+    rpc_logf(RPC_LOG_ERROR,
+             "node %llu: cannot start the password worker (%s): users "
+             "cannot authenticate",
+             (unsigned long long)n->cfg.id, strerror(errno));
+}
+
+void auth_service_stop(struct kv_node *n)
+{
+    struct auth_worker *w = n->auth_worker;
+    if (!w) {
+        return;
+    }
+    pthread_mutex_lock(&w->lock);
+    w->stop = true;
+    pthread_cond_signal(&w->wake);
+    pthread_mutex_unlock(&w->lock);
+    /* At most one password is being worked on: about 60 ms. */
+    pthread_join(w->thread, NULL);
+    struct auth_job *lists[] = {w->todo, w->done};
+    for (size_t i = 0; i < 2; i++) {
+        while (lists[i]) {
+            struct auth_job *j = lists[i];
+            lists[i] = j->next;
+            job_refuse(j, RAFTKV__AUTH_ERROR__AUTH_UNAVAILABLE,
+                       "the node is shutting down");
+        }
+    }
+    event_free(w->ev);
+    close(w->pipe[0]);
+    close(w->pipe[1]);
+    pthread_cond_destroy(&w->wake);
+    pthread_mutex_destroy(&w->lock);
+    sodium_memzero(w->dummy, sizeof w->dummy);
+    free(w);
+    n->auth_worker = NULL;
+}
+
 /* ------------------------------------------------------------- changes */
 
 /* Whether a change may be proposed here: the caller is root (or @self),
@@ -228,30 +498,49 @@ static void put_user(struct kv_node *n,
                     add ? "add users" : "change another user's password")) {
         return;
     }
-    if (!password[0]) {
+    if (!password[0] || strlen(password) > MAX_PASSWORD) {
         reply_change(n, closure, data, RAFTKV__AUTH_ERROR__AUTH_BAD_REQUEST, 0,
-                     "the password is empty");
+                     password[0] ? "the password is longer than 1024 bytes"
+                                 : "the password is empty");
         return;
     }
-    char hash[crypto_pwhash_STRBYTES];
-    if (kv_auth_hash_password(password, hash) != 0) {
+    if (strlen(name) > KV_AUTH_MAX_NAME) {
+        reply_change(n, closure, data, RAFTKV__AUTH_ERROR__AUTH_BAD_REQUEST, 0,
+                     "the user name is longer than 128 bytes");
+        return;
+    }
+    struct auth_job *j = job_new(password, closure, data);
+    if (!j) {
         reply_change(n, closure, data, RAFTKV__AUTH_ERROR__AUTH_INTERNAL, 0,
+                     "out of memory");
+        return;
+    }
+    j->kind = add ? JOB_USER_ADD : JOB_USER_PASSWORD;
+    snprintf(j->user, sizeof j->user, "%s", name);
+    job_submit(n, j);
+}
+
+/* A hash is ready (on the loop): propose the user with it. */
+static void finish_put_user(struct kv_node *n, struct auth_job *j)
+{
+    if (!j->ok) {
+        reply_change(n, j->closure, j->data,
+                     RAFTKV__AUTH_ERROR__AUTH_INTERNAL, 0,
                      "cannot hash the password (out of memory)");
         return;
     }
     Raftkv__UserPut put = RAFTKV__USER_PUT__INIT;
-    put.name = (char *)name;
-    put.password_hash = hash;
+    put.name = j->user;
+    put.password_hash = j->hash;
     Raftkv__AuthCommand ac = RAFTKV__AUTH_COMMAND__INIT;
-    if (add) {
+    if (j->kind == JOB_USER_ADD) {
         ac.op_case = RAFTKV__AUTH_COMMAND__OP_USER_ADD;
         ac.user_add = &put;
     } else {
         ac.op_case = RAFTKV__AUTH_COMMAND__OP_USER_PASSWORD;
         ac.user_password = &put;
     }
-    propose_change(n, &ac, closure, data);
-    sodium_memzero(hash, sizeof hash);
+    propose_change(n, &ac, j->closure, j->data);
 }
 
 static void handle_user_add(Raftkv__AuthService_Service *svc,
@@ -425,32 +714,89 @@ static void handle_disable(Raftkv__AuthService_Service *svc,
 
 /* --------------------------------------------------------------- reads */
 
+static void reply_authenticate(ProtobufCClosure closure,
+                               void *data,
+                               int err,
+                               const char *token,
+                               uint64_t ttl,
+                               const char *msg)
+{
+    Raftkv__AuthenticateReply r = RAFTKV__AUTHENTICATE_REPLY__INIT;
+    Raftkv__AuthLeaderHint hint = RAFTKV__AUTH_LEADER_HINT__INIT;
+    r.err = err;
+    r.message = (char *)msg;
+    r.leader = &hint;
+    r.token = (char *)token;
+    r.ttl_s = err == RAFTKV__AUTH_ERROR__AUTH_OK ? ttl : 0;
+    closure(&r.base, data);
+}
+
+/* Authenticate: read the user's hash and the token key here, check the
+ * password on the worker (finish_authenticate answers). An unknown user
+ * is checked against a stand-in hash, so that the answer takes as long. */
 static void handle_authenticate(Raftkv__AuthService_Service *svc,
                                 const Raftkv__AuthenticateArgs *a,
                                 Raftkv__AuthenticateReply_Closure closure,
                                 void *data)
 {
     struct kv_node *n = node_of(svc, auth_svc);
-    Raftkv__AuthenticateReply r = RAFTKV__AUTHENTICATE_REPLY__INIT;
-    Raftkv__AuthLeaderHint hint = RAFTKV__AUTH_LEADER_HINT__INIT;
-    char token[KV_AUTH_TOKEN_MAX] = "", msg[300] = "";
+    ProtobufCClosure cl = (ProtobufCClosure)closure;
+    char msg[300] = "";
     uint64_t ttl = n->cfg.auth_token_ttl_s ? n->cfg.auth_token_ttl_s
                                            : DEFAULT_TOKEN_TTL_S;
+    if (strlen(a->password) > MAX_PASSWORD ||
+        strlen(a->user) > KV_AUTH_MAX_NAME) {
+        reply_authenticate(cl, data, RAFTKV__AUTH_ERROR__AUTH_UNAUTHENTICATED,
+                           "", 0,
+                           "authentication failed: wrong user name or "
+                           "password");
+        return;
+    }
     bool own;
     MDB_txn *txn = state_read(n, &own);
     if (!txn) {
-        r.err = RAFTKV__AUTH_ERROR__AUTH_INTERNAL;
-        snprintf(msg, sizeof msg, "cannot read the auth state");
-    } else {
-        r.err = kv_auth_authenticate(&n->store, txn, a->user, a->password,
-                                     wall_s(), ttl, token, msg, sizeof msg);
-        state_done(txn, own);
+        reply_authenticate(cl, data, RAFTKV__AUTH_ERROR__AUTH_INTERNAL, "", 0,
+                           "cannot read the auth state");
+        return;
     }
-    r.message = msg;
-    r.leader = &hint;
-    r.token = token;
-    r.ttl_s = r.err == RAFTKV__AUTH_ERROR__AUTH_OK ? ttl : 0;
-    closure(&r, data);
+    struct auth_job *j = job_new(a->password, cl, data);
+    int err = RAFTKV__AUTH_ERROR__AUTH_INTERNAL;
+    if (j) {
+        err = kv_auth_login_info(&n->store, txn, a->user, j->hash,
+                                 &j->version, j->key, msg, sizeof msg);
+    } else {
+        snprintf(msg, sizeof msg, "out of memory");
+    }
+    state_done(txn, own);
+    if (err) {
+        job_free(j);
+        reply_authenticate(cl, data, err, "", 0, msg);
+        return;
+    }
+    j->kind = JOB_AUTHENTICATE;
+    j->known = j->hash[0] != 0;
+    j->expiry = wall_s() + ttl;
+    j->ttl = ttl;
+    snprintf(j->user, sizeof j->user, "%s", a->user);
+    job_submit(n, j);
+}
+
+/* The worker checked the password (on the loop): answer with a token. */
+static void finish_authenticate(struct auth_job *j)
+{
+    char token[KV_AUTH_TOKEN_MAX] = "";
+    if (j->ok && j->known &&
+        kv_auth_token_sign(j->key, j->user, j->expiry, j->version, token) ==
+            0) {
+        reply_authenticate(j->closure, j->data, RAFTKV__AUTH_ERROR__AUTH_OK,
+                           token, j->ttl, "");
+    } else {
+        reply_authenticate(j->closure, j->data,
+                           RAFTKV__AUTH_ERROR__AUTH_UNAUTHENTICATED, "", 0,
+                           "authentication failed: wrong user name or "
+                           "password");
+    }
+    sodium_memzero(token, sizeof token);
 }
 
 static void handle_user_get(Raftkv__AuthService_Service *svc,
@@ -720,6 +1066,7 @@ void auth_service_init(struct kv_node *n)
         rpc_logf(RPC_LOG_ERROR, "node %llu: sodium_init failed: users and "
                  "passwords cannot work", (unsigned long long)n->cfg.id);
     }
+    worker_start(n);
     Raftkv__AuthService_Service svc = {
         RAFTKV__AUTH_SERVICE__BASE_INIT,
         handle_authenticate,

@@ -534,6 +534,7 @@ void client_sweep(struct kv_node *n)
 
 void client_fail_all(struct kv_node *n, int err, const char *why)
 {
+    auth_service_stop(n); /* (only at shutdown: node_free) */
     admin_fail_all(n, why);
     while (n->writes) {
         struct kv_pending_write *w = pop_write(n);

@@ -200,6 +200,8 @@ struct kv_node
     Raftkv__AuthService_Service auth_svc;   /* AuthService (auth_service.c) */
     Raftkv__AdminService_Service admin_inner; /* admin handlers behind the
                                                  root check of admin_svc */
+    struct auth_worker *auth_worker;          /* hashes and checks passwords
+                                                 off the loop (auth_service.c) */
     struct admin_transfer *transfers;       /* TransferLeader calls waiting for
                                                leadership to move (admin.c) */
 };
@@ -265,6 +267,9 @@ void client_propose_auth(struct kv_node *n,
  * the other services' init (it puts the root check in front of
  * AdminService's TransferLeader, SnapshotRead and Fault). */
 void auth_service_init(struct kv_node *n);
+/* Stop the password worker and answer the calls waiting for it (UNAVAILABLE);
+ * at shutdown, before the rpc server goes. */
+void auth_service_stop(struct kv_node *n);
 /* Whether the call's token allows @need on @key (NULL: any valid user).
  * Returns a KvError: OK, UNAUTHENTICATED, PERMISSION_DENIED or INTERNAL,
  * with msg saying what is missing. */

@@ -5,6 +5,7 @@
  * follower that was down while the log compacted, and no plaintext
  * password in any file. The tests share one cluster and run in order. */
 #include <dirent.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -511,6 +512,73 @@ static void test_auth_state_survives_restart_and_reaches_a_lagging_follower(
     clerk_close(ck);
 }
 
+/* Node whose Authenticate calls flood_main makes. */
+static size_t flood_node;
+
+/* Wrong passwords, one after the other. */
+static void *flood_main(void *arg)
+{
+    (void)arg;
+    for (int k = 0; k < 3; k++) {
+        char token[800];
+        raw_token(flood_node, "alice", "wrong-password", token);
+    }
+    return NULL;
+}
+
+static void test_auth_wrong_password_flood_leaves_the_leader_serving(void)
+{
+    need_cluster();
+    int leader = find_leader(10000);
+    CU_ASSERT_FATAL(leader >= 0);
+    struct clerk *ck = open_as("alice", ALICE_PW2, UINT32_MAX, false);
+    EXPECT(clerk_put(ck, "app/flood", 9, "0", 1), CLERK_OK);
+    struct clerk_node_status *st = NULL;
+    size_t n = 0;
+    uint64_t term = 0;
+    EXPECT(clerk_status(ck, &st, &n), CLERK_OK);
+    for (size_t i = 0; i < n; i++) {
+        if (st[i].reachable && !strcmp(st[i].role, "leader")) {
+            term = st[i].term;
+        }
+    }
+    clerk_free(st);
+    /* 16 callers at once, about 60 ms of Argon2id each: on the event loop
+     * that would hold the leader's heartbeats for about a second, and the
+     * followers would elect another leader. */
+    flood_node = (size_t)leader;
+    pthread_t th[16];
+    for (size_t i = 0; i < 16; i++) {
+        CU_ASSERT_FATAL(pthread_create(&th[i], NULL, flood_main, NULL) == 0);
+    }
+    uint64_t worst = 0;
+    for (int k = 0; k < 10; k++) {
+        uint64_t t0 = h_now_ms();
+        EXPECT(clerk_append(ck, "app/flood", 9, "x", 1), CLERK_OK);
+        uint64_t took = h_now_ms() - t0;
+        worst = took > worst ? took : worst;
+        h_sleep_ms(100);
+    }
+    for (size_t i = 0; i < 16; i++) {
+        pthread_join(th[i], NULL);
+    }
+    EXPECT(clerk_status(ck, &st, &n), CLERK_OK);
+    bool same = false;
+    for (size_t i = 0; i < n; i++) {
+        if (st[i].reachable && !strcmp(st[i].role, "leader")) {
+            same = st[i].term == term;
+        }
+    }
+    clerk_free(st);
+    clerk_close(ck);
+    if (!same || worst >= 2000) {
+        fprintf(stderr, "flood: leader term changed=%d, slowest write %llu ms\n",
+                !same, (unsigned long long)worst);
+    }
+    CU_ASSERT(same);
+    CU_ASSERT(worst < 2000);
+}
+
 /* Does any file under dir hold the bytes of needle? Counts files seen. */
 static bool tree_contains(const char *dir, const char *needle, size_t *files)
 {
@@ -588,6 +656,8 @@ int main(int argc, char **argv)
          test_auth_password_change_voids_the_old_token},
         {"test_auth_expired_token_is_refused_and_clerk_renews_it",
          test_auth_expired_token_is_refused_and_clerk_renews_it},
+        {"test_auth_wrong_password_flood_leaves_the_leader_serving",
+         test_auth_wrong_password_flood_leaves_the_leader_serving},
         {"test_auth_state_survives_restart_and_reaches_a_lagging_follower",
          test_auth_state_survives_restart_and_reaches_a_lagging_follower},
         {"test_auth_plaintext_passwords_are_in_no_file",
