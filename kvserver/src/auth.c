@@ -423,14 +423,17 @@ static bool has_role(const Raftkv__AuthUserRecord *u, const char *role)
     return false;
 }
 
-/* Remove a role from a user's list (the strings stay owned by the
- * unpacked record; only the array shrinks). */
+/* Remove a role from a user's list (unpacked with the default allocator:
+ * the dropped string is freed here, as free_unpacked frees only the
+ * n_roles that remain). */
 static void drop_role(Raftkv__AuthUserRecord *u, const char *role)
 {
     size_t j = 0;
     for (size_t i = 0; i < u->n_roles; i++) {
         if (strcmp(u->roles[i], role) != 0) {
             u->roles[j++] = u->roles[i];
+        } else {
+            free(u->roles[i]);
         }
     }
     u->n_roles = j;
@@ -729,7 +732,9 @@ static int role_permission(struct kv_store *st,
             rv = KV_STORE_ENOMEM;
             goto out_role;
         }
-        memcpy(perms, r->perms, r->n_perms * sizeof *perms);
+        if (r->n_perms) {
+            memcpy(perms, r->perms, r->n_perms * sizeof *perms);
+        }
         rec.perms = perms;
         if (found < r->n_perms) {
             perms[found] = (Raftkv__Permission *)perm;
