@@ -50,9 +50,10 @@ struct clerk
     uint64_t token_gen;                 /* changes with token */
     bool auth_off;                      /* the cluster said auth is off */
     char auth_msg[400];                 /* why the last Authenticate failed */
+    struct rpc_tls *tls;                /* opts.cacert's context, or NULL */
 };
 
-static _Thread_local char open_error[256];
+static _Thread_local char open_error[512];
 
 /* ---------------------------------------------------------------- names */
 
@@ -238,6 +239,7 @@ int clerk_open(struct clerk **out,
     if (!c) {
         return CLERK_NOMEM;
     }
+    pthread_mutex_init(&c->lock, NULL); /* clerk_close destroys it */
     int rv = parse_servers(c, servers);
     if (rv) {
         free(c);
@@ -257,6 +259,26 @@ int clerk_open(struct clerk **out,
             }
         }
     }
+    c->defaults.cacert = c->defaults.cert = c->defaults.key = NULL;
+    if (opts && (opts->cert || opts->key) && !opts->cacert) {
+        snprintf(open_error, sizeof open_error,
+                 "a client certificate needs the CA file (cacert) too");
+        clerk_close(c);
+        return CLERK_INVALID;
+    }
+    if (opts && opts->cacert) {
+        struct rpc_tls_options to = {.ca_file = opts->cacert,
+                                     .verify_peer = true,
+                                     .cert_file = opts->cert,
+                                     .key_file = opts->key};
+        char err[512];
+        int trv = rpc_tls_new(&to, &c->tls, err, sizeof err);
+        if (trv != 0) {
+            snprintf(open_error, sizeof open_error, "%.500s", err);
+            clerk_close(c);
+            return trv == RPC_E_NOMEM ? CLERK_NOMEM : CLERK_INVALID;
+        }
+    }
     if (!c->defaults.deadline_ms) {
         c->defaults.deadline_ms = DEFAULT_DEADLINE_MS;
     }
@@ -266,7 +288,6 @@ int clerk_open(struct clerk **out,
     c->deadline_ms = c->defaults.deadline_ms;
     c->attempt_ms = c->defaults.attempt_ms;
     c->read_mode = c->defaults.read_mode;
-    pthread_mutex_init(&c->lock, NULL);
     *out = c;
     return CLERK_OK;
 }
@@ -280,6 +301,7 @@ void clerk_close(struct clerk *c)
         rpc_channel_free(c->servers[i].ch);
     }
     pthread_mutex_destroy(&c->lock);
+    rpc_tls_free(c->tls);
     if (c->password) {
         memset(c->password, 0, strlen(c->password));
         free(c->password);
@@ -393,7 +415,8 @@ static ProtobufCService *service(struct clerk *c,
         struct rpc_channel_options o = {.deadline_ms = c->attempt_ms,
                                         .connect_timeout_ms = c->attempt_ms,
                                         .backoff_min_ms = 5,
-                                        .backoff_max_ms = 100};
+                                        .backoff_max_ms = 100,
+                                        .tls = c->tls};
         s->ch = rpc_channel_new_blocking(s->host, s->port, &o);
         if (!s->ch) {
             return NULL;
@@ -732,13 +755,14 @@ static int run(struct clerk *c, const struct request *rq, struct answer *out)
                 snprintf(c->errmsg, sizeof c->errmsg, "%s", a.rpc_error);
                 return CLERK_VALUE_TOO_LARGE;
             }
-            snprintf(last, sizeof last, "%s: %s", c->servers[i].addr,
+            snprintf(last, sizeof last, "%.150s: %.240s", c->servers[i].addr,
                      a.rpc_error);
         } else {
             switch (a.err) {
                 case RAFTKV__KV_ERROR__KV_WRONG_LEADER: {
                     size_t to;
-                    snprintf(last, sizeof last, "%s: not the leader (%s)",
+                    snprintf(last, sizeof last,
+                             "%.150s: not the leader (%.220s)",
                              c->servers[i].addr, a.message);
                     if (server_of_hint(c, &a, &to) && to != i) {
                         i = to;
@@ -748,8 +772,8 @@ static int run(struct clerk *c, const struct request *rq, struct answer *out)
                 }
                 case RAFTKV__KV_ERROR__KV_TIMEOUT:
                     maybe_applied |= write;
-                    snprintf(last, sizeof last, "%s: %s", c->servers[i].addr,
-                             a.message);
+                    snprintf(last, sizeof last, "%.150s: %.240s",
+                             c->servers[i].addr, a.message);
                     break;
                 case RAFTKV__KV_ERROR__KV_UNAVAILABLE:
                 case RAFTKV__KV_ERROR__KV_SHUTTING_DOWN:
@@ -757,7 +781,8 @@ static int run(struct clerk *c, const struct request *rq, struct answer *out)
                     /* The leader may have stopped after proposing it. */
                     maybe_applied |=
                         write && a.err != RAFTKV__KV_ERROR__KV_UNAVAILABLE;
-                    snprintf(last, sizeof last, "%s: %s", c->servers[i].addr,
+                    snprintf(last, sizeof last, "%.150s: %.240s",
+                             c->servers[i].addr,
                              a.message[0] ? a.message : "unavailable");
                     break;
                 default: {
@@ -1218,7 +1243,7 @@ int clerk_transfer_leader(struct clerk *c,
             pthread_mutex_unlock(&c->lock);
             return CLERK_NOMEM;
         }
-        snprintf(last, sizeof last, "%s: %s", c->servers[i].addr,
+        snprintf(last, sizeof last, "%.150s: %.240s", c->servers[i].addr,
                  o.message[0] ? o.message : "no answer");
         int rv = o.replied ? transfer_result(&o) : -1;
         if (rv >= 0) {
@@ -1406,8 +1431,8 @@ int clerk_snapshot_save(struct clerk *c,
         snapread(c, i, id, off, &o);
         if (!o.replied) {
             free(o.data);
-            snprintf(c->errmsg, sizeof c->errmsg, "%s: %s", c->servers[i].addr,
-                     o.message);
+            snprintf(c->errmsg, sizeof c->errmsg, "%.200s: %.300s",
+                     c->servers[i].addr, o.message);
             if (id == 0) {
                 i = next_server(c, i, &failures, deadline, &backoff);
             } else {
@@ -1425,7 +1450,7 @@ int clerk_snapshot_save(struct clerk *c,
         if (o.error != RAFTKV__ADMIN_ERROR__ADMIN_OK ||
             (id != 0 && (o.id != id || o.offset != off))) {
             free(o.data);
-            snprintf(c->errmsg, sizeof c->errmsg, "%s: %s%s",
+            snprintf(c->errmsg, sizeof c->errmsg, "%.150s: %.200s%s",
                      c->servers[i].addr,
                      o.message[0] ? o.message : "unexpected chunk",
                      id ? " (the snapshot read was interrupted: run the "
@@ -1550,8 +1575,8 @@ int clerk_fault(struct clerk *c,
         o.rv = CLERK_NOMEM;
     }
     if (o.rv != CLERK_OK) {
-        snprintf(c->errmsg, sizeof c->errmsg, "%s: %s", c->servers[server].addr,
-                 o.msg);
+        snprintf(c->errmsg, sizeof c->errmsg, "%.200s: %.300s",
+                 c->servers[server].addr, o.msg);
     }
     pthread_mutex_unlock(&c->lock);
     if (o.rv == CLERK_OK && now) {
