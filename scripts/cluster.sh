@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
 # cluster.sh: a local raftkv cluster on this machine, node i on 127.0.0.i.
 #
-#   scripts/cluster.sh start [3|5|7]   build if needed, start, wait for a leader
+#   scripts/cluster.sh start [3|5|7] [--tls]
+#                                      build if needed, start, wait for a
+#                                      leader (--tls: a new CA and node
+#                                      certificates in DIR/certs; clients and
+#                                      peers talk TLS)
 #   scripts/cluster.sh stop            stop every node (SIGTERM)
 #   scripts/cluster.sh status          kvctl status of the running cluster
 #   scripts/cluster.sh kill ID         kill -9 one node
@@ -68,9 +72,33 @@ make_secret() { # the shared peer secret, once per cluster directory
     mv "$dir/peer.secret.tmp" "$dir/peer.secret"
 }
 
+tls_on() { [ -f "$dir/tls" ]; }
+
+make_certs() { # a CA, one certificate per node (naming 127.0.0.i), root's
+    local n=$1 i
+    [ -f "$dir/certs/ca.crt" ] && return
+    scripts/certs.sh ca "$dir/certs"
+    for ((i = 1; i <= n; i++)); do
+        scripts/certs.sh node "$dir/certs" "node$i" "127.0.0.$i" localhost
+    done
+    scripts/certs.sh client "$dir/certs" root
+    touch "$dir/tls"
+}
+
+kvctl_tls() { # kvctl's TLS flags for this cluster
+    if tls_on; then echo "--cacert $dir/certs/ca.crt"; fi
+}
+
 start_node() { # id, size
     local i=$1 n=$2
     make_secret
+    local tls=()
+    if tls_on; then
+        local c="$dir/certs"
+        tls=(--tls-cert "$c/node$i.crt" --tls-key "$c/node$i.key"
+             --peer-tls-cert "$c/node$i.crt" --peer-tls-key "$c/node$i.key"
+             --peer-tls-ca "$c/ca.crt")
+    fi
     running "$i" && { echo "node $i is already running"; return; }
     mkdir -p "$dir/node$i"
     local metrics=()
@@ -80,7 +108,7 @@ start_node() { # id, size
     # $RAFTKV_SERVER_FLAGS: more kvserver options, split on blanks.
     # shellcheck disable=SC2086
     nohup "$kvserver" --id "$i" --cluster "$(cluster_list "$n")" \
-        --peer-secret-file "$dir/peer.secret" \
+        --peer-secret-file "$dir/peer.secret" "${tls[@]}" \
         --data-dir "$dir/node$i" "${metrics[@]}" ${RAFTKV_SERVER_FLAGS:-} \
         >>"$dir/node$i.log" 2>&1 &
     echo $! >"$dir/node$i.pid"
@@ -89,7 +117,8 @@ start_node() { # id, size
 wait_leader() {
     local n=$1 t
     for ((t = 0; t < 100; t++)); do
-        if "$kvctl" --cluster "$(endpoints "$n")" --timeout 1 status >/dev/null 2>&1; then
+        # shellcheck disable=SC2046
+        if "$kvctl" $(kvctl_tls) --cluster "$(endpoints "$n")" --timeout 1 status >/dev/null 2>&1; then
             return 0
         fi
         sleep 0.2
@@ -100,15 +129,28 @@ wait_leader() {
 cmd=${1:-help}
 case "$cmd" in
 start)
-    n=${2:-3}
-    case "$n" in 1|3|5|7) ;; *) die "start takes 1, 3, 5 or 7 nodes, not $n" ;; esac
+    n=3 want_tls=false
+    for arg in "${@:2}"; do
+        case "$arg" in
+        --tls) want_tls=true ;;
+        1|3|5|7) n=$arg ;;
+        *) die "start takes 1, 3, 5 or 7 nodes and --tls, not $arg" ;;
+        esac
+    done
     old=$(nodes)
     if [ "$old" != 0 ] && [ "$old" != "$n" ]; then
         die "$dir holds a $old-node cluster; 'cluster.sh wipe' first to start $n nodes"
     fi
+    if [ "$old" != 0 ] && { tls_on && [ $want_tls = false ]; } ; then
+        want_tls=true # the cluster was made with TLS; it stays so
+    fi
+    if [ "$old" != 0 ] && ! tls_on && [ $want_tls = true ]; then
+        die "$dir holds a cluster without TLS; 'cluster.sh wipe' first to start one with --tls"
+    fi
     build
     mkdir -p "$dir"
     echo "$n" >"$dir/size"
+    if [ $want_tls = true ]; then make_certs "$n"; fi
     for ((i = 1; i <= n; i++)); do start_node "$i" "$n"; done
     if ! wait_leader "$n"; then
         echo "cluster.sh: no leader after 20 s; the logs:" >&2
@@ -119,10 +161,14 @@ start)
     for ((i = 1; i <= n; i++)); do
         echo "  node $i  clients 127.0.0.$i:$port  peers 127.0.0.$i:$((port + 1))"
     done
-    echo "  peers authenticate with the secret in $dir/peer.secret" 
+    echo "  peers authenticate with the secret in $dir/peer.secret"
+    if tls_on; then
+        echo "  clients and peers talk TLS; certificates in $dir/certs"
+    fi
     echo
     echo "Try:"
     echo "  export RAFTKV_CLUSTER=$(endpoints "$n")"
+    if tls_on; then echo "  export RAFTKV_CACERT=$dir/certs/ca.crt"; fi
     rel=${kvctl#"$root"/}
     echo "  $rel put hello world && $rel get hello"
     echo "  $rel -w table status"
@@ -143,7 +189,8 @@ stop)
 status)
     n=$(nodes)
     [ "$n" != 0 ] || die "no cluster in $dir (cluster.sh start)"
-    exec "$kvctl" --cluster "$(endpoints "$n")" -w table status
+    # shellcheck disable=SC2046
+    exec "$kvctl" $(kvctl_tls) --cluster "$(endpoints "$n")" -w table status
     ;;
 kill)
     i=${2:?kill needs a node id}
@@ -167,6 +214,7 @@ log)
     ;;
 env)
     echo "export RAFTKV_CLUSTER=$(endpoints "$(nodes)")"
+    if tls_on; then echo "export RAFTKV_CACERT=$dir/certs/ca.crt"; fi
     ;;
 wipe)
     "$0" stop >/dev/null || true
@@ -174,7 +222,7 @@ wipe)
     echo "removed $dir"
     ;;
 help|-h|--help)
-    sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,27p' "$0" | sed 's/^# \{0,1\}//'
     ;;
 *)
     die "unknown command '$cmd' (cluster.sh help)"

@@ -50,9 +50,10 @@ struct clerk
     uint64_t token_gen;                 /* changes with token */
     bool auth_off;                      /* the cluster said auth is off */
     char auth_msg[400];                 /* why the last Authenticate failed */
+    struct rpc_tls *tls;                /* opts.cacert's context, or NULL */
 };
 
-static _Thread_local char open_error[256];
+static _Thread_local char open_error[512];
 
 /* ---------------------------------------------------------------- names */
 
@@ -238,6 +239,7 @@ int clerk_open(struct clerk **out,
     if (!c) {
         return CLERK_NOMEM;
     }
+    pthread_mutex_init(&c->lock, NULL); /* clerk_close destroys it */
     int rv = parse_servers(c, servers);
     if (rv) {
         free(c);
@@ -257,6 +259,26 @@ int clerk_open(struct clerk **out,
             }
         }
     }
+    c->defaults.cacert = c->defaults.cert = c->defaults.key = NULL;
+    if (opts && (opts->cert || opts->key) && !opts->cacert) {
+        snprintf(open_error, sizeof open_error,
+                 "a client certificate needs the CA file (cacert) too");
+        clerk_close(c);
+        return CLERK_INVALID;
+    }
+    if (opts && opts->cacert) {
+        struct rpc_tls_options to = {.ca_file = opts->cacert,
+                                     .verify_peer = true,
+                                     .cert_file = opts->cert,
+                                     .key_file = opts->key};
+        char err[512];
+        int trv = rpc_tls_new(&to, &c->tls, err, sizeof err);
+        if (trv != 0) {
+            snprintf(open_error, sizeof open_error, "%.500s", err);
+            clerk_close(c);
+            return trv == RPC_E_NOMEM ? CLERK_NOMEM : CLERK_INVALID;
+        }
+    }
     if (!c->defaults.deadline_ms) {
         c->defaults.deadline_ms = DEFAULT_DEADLINE_MS;
     }
@@ -266,7 +288,6 @@ int clerk_open(struct clerk **out,
     c->deadline_ms = c->defaults.deadline_ms;
     c->attempt_ms = c->defaults.attempt_ms;
     c->read_mode = c->defaults.read_mode;
-    pthread_mutex_init(&c->lock, NULL);
     *out = c;
     return CLERK_OK;
 }
@@ -280,6 +301,7 @@ void clerk_close(struct clerk *c)
         rpc_channel_free(c->servers[i].ch);
     }
     pthread_mutex_destroy(&c->lock);
+    rpc_tls_free(c->tls);
     if (c->password) {
         memset(c->password, 0, strlen(c->password));
         free(c->password);
@@ -393,7 +415,8 @@ static ProtobufCService *service(struct clerk *c,
         struct rpc_channel_options o = {.deadline_ms = c->attempt_ms,
                                         .connect_timeout_ms = c->attempt_ms,
                                         .backoff_min_ms = 5,
-                                        .backoff_max_ms = 100};
+                                        .backoff_max_ms = 100,
+                                        .tls = c->tls};
         s->ch = rpc_channel_new_blocking(s->host, s->port, &o);
         if (!s->ch) {
             return NULL;

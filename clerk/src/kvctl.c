@@ -67,6 +67,11 @@ static const char usage_text[] =
     "                   else asked for (without echo) when standard input\n"
     "                   is a terminal\n"
     "  --password-file FILE  the password of --user: the file's first line\n"
+    "  --cacert FILE    talk TLS, trusting servers signed by this CA (PEM;\n"
+    "                   default: $RAFTKV_CACERT)\n"
+    "  --cert FILE      a client certificate to show (PEM; its CN is the\n"
+    "                   user; default: $RAFTKV_CERT) ...\n"
+    "  --key FILE       ... and its key (default: $RAFTKV_KEY)\n"
     "\n"
     "With no COMMAND, kvctl reads one command per line from standard input\n"
     "and answers each with one line on standard output, keeping its\n"
@@ -1722,6 +1727,9 @@ int main(int argc, char **argv)
     const char *cluster = getenv("RAFTKV_CLUSTER");
     const char *user_arg = getenv("RAFTKV_USER");
     const char *password_file = NULL;
+    const char *cacert = getenv("RAFTKV_CACERT");
+    const char *cert = getenv("RAFTKV_CERT");
+    const char *key = getenv("RAFTKV_KEY");
     double timeout = 5;
     bool stale = false;
     int i = 1;
@@ -1768,6 +1776,17 @@ int main(int argc, char **argv)
             }
             password_file = val;
             i++;
+        } else if (!strcmp(a, "--cacert") || !strcmp(a, "--cert") ||
+                   !strcmp(a, "--key")) {
+            if (!val) {
+                char msg[64];
+                snprintf(msg, sizeof msg, "%s needs a FILE", a);
+                return usage_error(msg);
+            }
+            *(!strcmp(a, "--cacert") ? &cacert
+              : !strcmp(a, "--cert") ? &cert
+                                     : &key) = val;
+            i++;
         } else if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
             fputs(usage_text, stdout);
             return EXIT_OK;
@@ -1799,6 +1818,9 @@ int main(int argc, char **argv)
     if (o.deadline_ms < 1000) {
         o.attempt_ms = o.deadline_ms;
     }
+    o.cacert = cacert && *cacert ? cacert : NULL;
+    o.cert = cert && *cert ? cert : NULL;
+    o.key = key && *key ? key : NULL;
     char user[256] = "", password[256] = "";
     if (user_arg && user_arg[0]) {
         const char *colon = strchr(user_arg, ':');

@@ -78,6 +78,24 @@ static const char usage_text[] =
     "                           saved by `kvctl snapshot save`, then exit\n"
     "  --metrics-addr HOST:PORT serve Prometheus metrics at /metrics and a\n"
     "                           health check at /health (default: off)\n"
+    "  --tls-cert FILE          serve clients over TLS with this PEM\n"
+    "                           certificate (chain) ...\n"
+    "  --tls-key FILE           ... and its key\n"
+    "  --tls-client-auth        require client certificates signed by\n"
+    "                           --tls-ca; the certificate's CN is the user\n"
+    "  --tls-ca FILE            CA certificates for client certificates\n"
+    "  --peer-tls-cert FILE     talk to peers over mutual TLS: this node's\n"
+    "                           certificate (it must name its --peers\n"
+    "                           address), ...\n"
+    "  --peer-tls-key FILE      ... its key, ...\n"
+    "  --peer-tls-ca FILE       ... and the CA that signs every node's\n"
+    "  --peer-tls-allowed-names LIST\n"
+    "                           peers' certificates must carry one of these\n"
+    "                           names (comma-separated; default: any name\n"
+    "                           the CA signed). The peer secret is still\n"
+    "                           needed: it binds each connection to a node id\n"
+    "                           SIGHUP reloads every certificate and key\n"
+    "                           for new connections\n"
     "  --enable-fault-injection accept fault commands (kvctl fault): drop,\n"
     "                           delay, duplicate or cut this node's traffic.\n"
     "                           For tests; never on a production cluster\n"
@@ -277,6 +295,14 @@ int main(int argc, char **argv)
         {"restore", required_argument, NULL, 'R'},
         {"log-level", required_argument, NULL, 'l'},
         {"enable-fault-injection", no_argument, NULL, 'F'},
+        {"tls-cert", required_argument, NULL, 1001},
+        {"tls-key", required_argument, NULL, 1002},
+        {"tls-ca", required_argument, NULL, 1003},
+        {"tls-client-auth", no_argument, NULL, 1004},
+        {"peer-tls-cert", required_argument, NULL, 1005},
+        {"peer-tls-key", required_argument, NULL, 1006},
+        {"peer-tls-ca", required_argument, NULL, 1007},
+        {"peer-tls-allowed-names", required_argument, NULL, 1008},
         {"help", no_argument, NULL, 'h'},
         {0},
     };
@@ -391,6 +417,30 @@ int main(int argc, char **argv)
             case 'F':
                 c.fault_injection = true;
                 break;
+            case 1001:
+                c.tls.cert_file = optarg;
+                break;
+            case 1002:
+                c.tls.key_file = optarg;
+                break;
+            case 1003:
+                c.tls.ca_file = optarg;
+                break;
+            case 1004:
+                c.tls.verify_peer = true;
+                break;
+            case 1005:
+                c.peer_tls.cert_file = optarg;
+                break;
+            case 1006:
+                c.peer_tls.key_file = optarg;
+                break;
+            case 1007:
+                c.peer_tls.ca_file = optarg;
+                break;
+            case 1008:
+                c.peer_tls.allowed_names = optarg;
+                break;
             case 'h':
                 printf(usage_text, KV_MAX_NODES);
                 return 0;
@@ -469,6 +519,24 @@ int main(int argc, char **argv)
                   "members can send Raft messages (make one with: openssl "
                   "rand -hex 32 > FILE)%s",
                   "");
+    }
+    if (!!c.tls.cert_file != !!c.tls.key_file) {
+        die_usage("--tls-cert and --tls-key go together%s", "");
+    }
+    if (c.tls.verify_peer && (!c.tls.ca_file || !c.tls.cert_file)) {
+        die_usage("--tls-client-auth needs --tls-cert, --tls-key and "
+                  "--tls-ca%s", "");
+    }
+    if (c.tls.ca_file && !c.tls.verify_peer) {
+        die_usage("--tls-ca is for client certificates: add "
+                  "--tls-client-auth%s", "");
+    }
+    bool any_peer_tls = c.peer_tls.cert_file || c.peer_tls.key_file ||
+                        c.peer_tls.ca_file || c.peer_tls.allowed_names;
+    if (any_peer_tls && (!c.peer_tls.cert_file || !c.peer_tls.key_file ||
+                         !c.peer_tls.ca_file)) {
+        die_usage("peer TLS needs --peer-tls-cert, --peer-tls-key and "
+                  "--peer-tls-ca%s", "");
     }
     if (c.heartbeat_ms >= c.election_ms) {
         die_usage("--heartbeat-ms must be below --election-ms%s", "");

@@ -273,6 +273,65 @@ static void on_signal(evutil_socket_t sig, short what, void *arg)
     event_base_loopexit(n->base, NULL);
 }
 
+/* SIGHUP: read every certificate and key again (renewed certificates);
+ * new connections use them, open ones go on. */
+static void on_hup(evutil_socket_t sig, short what, void *arg)
+{
+    (void)sig;
+    (void)what;
+    struct kv_node *n = arg;
+    struct rpc_tls *all[] = {n->tls, n->peer_tls_in, n->peer_tls_out};
+    const char *names[] = {"client", "peer (accepting)", "peer (calling)"};
+    int reloaded = 0, failed = 0;
+    for (size_t i = 0; i < 3; i++) {
+        char err[600];
+        if (!all[i]) {
+            continue;
+        }
+        if (rpc_tls_reload(all[i], err, sizeof err) != 0) {
+            rpc_logf(RPC_LOG_ERROR,
+                     "node %llu: SIGHUP: %s certificates not reloaded, the "
+                     "old ones stay: %s",
+                     (unsigned long long)n->cfg.id, names[i], err);
+            failed++;
+        } else {
+            reloaded++;
+        }
+    }
+    rpc_logf(RPC_LOG_INFO,
+             "node %llu: SIGHUP: reloaded %d TLS context%s%s",
+             (unsigned long long)n->cfg.id, reloaded,
+             reloaded == 1 ? "" : "s", failed ? " (some failed)" : "");
+}
+
+/* Make the TLS contexts the flags ask for. */
+static int make_tls(struct kv_node *n)
+{
+    const struct kv_node_config *cfg = &n->cfg;
+    char err[600];
+    if (cfg->tls.cert_file) {
+        struct rpc_tls_options o = cfg->tls;
+        o.server = true;
+        if (rpc_tls_new(&o, &n->tls, err, sizeof err) != 0) {
+            fprintf(stderr, "kvserver: client TLS: %s\n", err);
+            return -1;
+        }
+    }
+    if (cfg->peer_tls.cert_file) {
+        struct rpc_tls_options in = cfg->peer_tls, out = cfg->peer_tls;
+        in.server = true;
+        in.verify_peer = true;
+        out.server = false;
+        out.verify_peer = true;
+        if (rpc_tls_new(&in, &n->peer_tls_in, err, sizeof err) != 0 ||
+            rpc_tls_new(&out, &n->peer_tls_out, err, sizeof err) != 0) {
+            fprintf(stderr, "kvserver: peer TLS: %s\n", err);
+            return -1;
+        }
+    }
+    return 0;
+}
+
 static void node_free(struct kv_node *n)
 {
     client_fail_all(n, RAFTKV__KV_ERROR__KV_SHUTTING_DOWN,
@@ -286,6 +345,9 @@ static void node_free(struct kv_node *n)
     metrics_stop(n);
     rpc_server_free(n->server);
     rpc_server_free(n->peer_server);
+    rpc_tls_free(n->tls);
+    rpc_tls_free(n->peer_tls_in);
+    rpc_tls_free(n->peer_tls_out);
     OPENSSL_cleanse(n->peer_auth.key, sizeof n->peer_auth.key);
     if (n->frozen) {
         /* The held update's log write failed, but its committed entries
@@ -313,7 +375,8 @@ static void node_free(struct kv_node *n)
     node_clear_applied(n);
     free(n->done);
     struct event *evs[] = {n->turn_ev,  n->tick_ev,  n->sweep_ev, n->retry_ev,
-                           n->state_ev, n->sig_term, n->sig_int};
+                           n->state_ev, n->sig_term, n->sig_int,
+                           n->sig_hup};
     for (size_t i = 0; i < sizeof evs / sizeof evs[0]; i++) {
         if (evs[i]) {
             event_free(evs[i]);
@@ -385,7 +448,11 @@ int kv_node_run(const struct kv_node_config *cfg)
             goto out;
         }
     }
+    if (make_tls(n) != 0) {
+        goto out;
+    }
     struct rpc_server_options so = {
+        .tls = n->tls,
         .max_output = cfg->max_output,
         .max_connections = cfg->max_connections,
         .max_per_source = cfg->max_per_source,
@@ -401,6 +468,7 @@ int kv_node_run(const struct kv_node_config *cfg)
         .frame_timeout_ms = cfg->frame_timeout_ms,
         .peer_auth = &n->peer_auth,
         .limits.max_args = KV_PEER_MAX_ARGS,
+        .tls = n->peer_tls_in,
     };
     n->server = rpc_server_new(n->base, &so);
     n->peer_server = rpc_server_new(n->base, &po);
@@ -444,6 +512,7 @@ int kv_node_run(const struct kv_node_config *cfg)
             .limits.max_args = KV_PEER_MAX_ARGS,
             .peer_auth = &n->peer_auth,
             .peer_id = p->id,
+            .tls = n->peer_tls_out,
         };
         p->ch = rpc_channel_new(n->base, cfg->peer_hosts[i],
                                 cfg->peer_ports[i], &o);
@@ -464,8 +533,9 @@ int kv_node_run(const struct kv_node_config *cfg)
     n->state_ev = evtimer_new(n->base, on_state_due, n);
     n->sig_term = evsignal_new(n->base, SIGTERM, on_signal, n);
     n->sig_int = evsignal_new(n->base, SIGINT, on_signal, n);
+    n->sig_hup = evsignal_new(n->base, SIGHUP, on_hup, n);
     if (!n->turn_ev || !n->tick_ev || !n->sweep_ev || !n->retry_ev ||
-        !n->state_ev || !n->sig_term || !n->sig_int) {
+        !n->state_ev || !n->sig_term || !n->sig_int || !n->sig_hup) {
         goto out;
     }
     event_priority_set(n->turn_ev, 2);
@@ -473,11 +543,16 @@ int kv_node_run(const struct kv_node_config *cfg)
     event_add(n->sweep_ev, &sweep);
     event_add(n->sig_term, NULL);
     event_add(n->sig_int, NULL);
+    event_add(n->sig_hup, NULL);
     rpc_logf(RPC_LOG_INFO,
-             "node %llu: serving clients on %s, peers on %s:%u, cluster "
-             "%016llx%s, %zu nodes, data in %s",
+             "node %llu: serving clients on %s (%s), peers on %s:%u (%s), "
+             "cluster %016llx%s, %zu nodes, data in %s",
              (unsigned long long)cfg->id, node_peer_addr(n, cfg->id),
+             !n->tls                  ? "plain TCP"
+             : cfg->tls.verify_peer ? "TLS, client certificates"
+                                    : "TLS",
              cfg->peer_listen_host, cfg->peer_listen_port,
+             n->peer_tls_in ? "mutual TLS + secret" : "secret",
              (unsigned long long)n->cluster_id,
              n->cluster_id ? "" : " (named by the first leader)",
              cfg->n_nodes, cfg->data_dir);

@@ -46,6 +46,10 @@ struct kv_node_config
     uint16_t peer_listen_port;     /* (default: its own peer address) */
     const char *peer_secret_file;  /* the cluster's shared secret, or NULL
                                       (only a one-node cluster) */
+    struct rpc_tls_options tls;      /* client listener TLS (cert_file NULL:
+                                        plain TCP) */
+    struct rpc_tls_options peer_tls; /* peer TLS, mutual (cert_file NULL:
+                                        plain TCP) */
     const char *data_dir;          /* LMDB environment directory */
     unsigned heartbeat_ms;         /* Raft heartbeat interval */
     unsigned election_ms;          /* Raft election timeout base */
@@ -155,6 +159,10 @@ struct kv_node
     struct rpc_server *server;          /* clients: KvService, AdminService */
     struct rpc_server *peer_server;     /* peers: RaftService only */
     struct rpc_peer_auth peer_auth;     /* our side of the peer handshake */
+    struct rpc_tls *tls;                /* client listener's, or NULL */
+    struct rpc_tls *peer_tls_in;        /* peer listener's, or NULL */
+    struct rpc_tls *peer_tls_out;       /* our calls to peers', or NULL */
+    struct event *sig_hup;              /* reloads the certificates */
     struct raft *raft;                  /* the consensus core */
     struct kv_store store;              /* LMDB */
     struct kv_peer peers[KV_MAX_NODES]; /* every other node */

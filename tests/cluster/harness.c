@@ -86,9 +86,57 @@ struct rpc_channel *h_peer_channel(struct h_cluster *c,
         .deadline_ms = deadline_ms,
         .peer_auth = a,
         .peer_id = c->nodes[i].id,
+        .tls = c->peer_tls,
     };
     return rpc_channel_new_blocking(c->nodes[i].host, c->nodes[i].peer_port,
                                     &o);
+}
+
+/* scripts/certs.sh CMD DIR [NAME [ADDR]] */
+static int run_certs(const char *cmd,
+                     const char *dir,
+                     const char *name,
+                     const char *addr)
+{
+    char line[1200];
+    snprintf(line, sizeof line, "%s %s %s %s %s", CERTS_SH, cmd, dir,
+             name ? name : "", addr ? addr : "");
+    if (system(line) != 0) {
+        fprintf(stderr, "harness: %s failed\n", line);
+        return -1;
+    }
+    return 0;
+}
+
+/* Certificates for every node (naming its address) and for clients, the
+ * TLS flags, and the contexts of h_client and h_peer_channel. */
+static int tls_setup(struct h_cluster *c)
+{
+    char err[600], crt[400], key[400], ca[400];
+    for (size_t i = 0; i < c->n; i++) {
+        char name[32];
+        snprintf(name, sizeof name, "node%zu", i + 1);
+        if (run_certs("node", c->certs, name, c->nodes[i].host) != 0) {
+            return -1;
+        }
+    }
+    if (run_certs("client", c->certs, "root", NULL) != 0) {
+        return -1;
+    }
+    snprintf(ca, sizeof ca, "%s/ca.crt", c->certs);
+    struct rpc_tls_options co = {.ca_file = ca, .verify_peer = true};
+    snprintf(crt, sizeof crt, "%s/node1.crt", c->certs);
+    snprintf(key, sizeof key, "%s/node1.key", c->certs);
+    struct rpc_tls_options po = {.ca_file = ca,
+                                 .verify_peer = true,
+                                 .cert_file = crt,
+                                 .key_file = key};
+    if (rpc_tls_new(&co, &c->client_tls, err, sizeof err) != 0 ||
+        rpc_tls_new(&po, &c->peer_tls, err, sizeof err) != 0) {
+        fprintf(stderr, "harness: %s\n", err);
+        return -1;
+    }
+    return 0;
 }
 
 static int spawn_node(struct h_cluster *c, size_t i)
@@ -96,7 +144,7 @@ static int spawn_node(struct h_cluster *c, size_t i)
     struct h_node *nd = &c->nodes[i];
     char id[24];
     snprintf(id, sizeof id, "%llu", (unsigned long long)nd->id);
-    char *argv[40];
+    char *argv[56];
     int argc = 0;
     argv[argc++] = "kvserver";
     argv[argc++] = "--id";
@@ -107,6 +155,22 @@ static int spawn_node(struct h_cluster *c, size_t i)
     argv[argc++] = c->peers_arg;
     argv[argc++] = "--peer-secret-file";
     argv[argc++] = c->secret;
+    char tls[6][400];
+    if (c->tls) {
+        snprintf(tls[0], sizeof tls[0], "%s/node%zu.crt", c->certs, i + 1);
+        snprintf(tls[1], sizeof tls[1], "%s/node%zu.key", c->certs, i + 1);
+        snprintf(tls[2], sizeof tls[2], "%s/ca.crt", c->certs);
+        argv[argc++] = "--tls-cert";
+        argv[argc++] = tls[0];
+        argv[argc++] = "--tls-key";
+        argv[argc++] = tls[1];
+        argv[argc++] = "--peer-tls-cert";
+        argv[argc++] = tls[0];
+        argv[argc++] = "--peer-tls-key";
+        argv[argc++] = tls[1];
+        argv[argc++] = "--peer-tls-ca";
+        argv[argc++] = tls[2];
+    }
     argv[argc++] = "--data-dir";
     argv[argc++] = nd->dir;
     char metrics[64];
@@ -116,7 +180,7 @@ static int spawn_node(struct h_cluster *c, size_t i)
     char extra[sizeof c->extra];
     snprintf(extra, sizeof extra, "%s", c->extra);
     char *save = NULL;
-    for (char *t = strtok_r(extra, " ", &save); t && argc < 38;
+    for (char *t = strtok_r(extra, " ", &save); t && argc < 54;
          t = strtok_r(NULL, " ", &save)) {
         argv[argc++] = t;
     }
@@ -257,6 +321,13 @@ int h_cluster_start_with(struct h_cluster *c,
     if (write_secret(c->secret) != 0) {
         return -1;
     }
+    c->tls = o && o->tls;
+    if (c->tls) {
+        snprintf(c->certs, sizeof c->certs, "%s/certs", c->root);
+        if (run_certs("ca", c->certs, NULL, NULL) != 0) {
+            return -1;
+        }
+    }
     for (size_t i = 0; i < n; i++) {
         struct h_node *nd = &c->nodes[i];
         nd->id = i + 1;
@@ -288,6 +359,9 @@ int h_cluster_start_with(struct h_cluster *c,
         if (held[2 * H_MAX_NODES + i] >= 0) {
             close(held[2 * H_MAX_NODES + i]);
         }
+    }
+    if (c->tls && tls_setup(c) != 0) {
+        return -1;
     }
     for (size_t i = 0; i < n; i++) {
         if (h_node_start(c, i) != 0) {
@@ -486,6 +560,9 @@ int h_cluster_destroy(struct h_cluster *c)
         c->keep = true;
         rv = -1;
     }
+    rpc_tls_free(c->client_tls);
+    rpc_tls_free(c->peer_tls);
+    c->client_tls = c->peer_tls = NULL;
     if (c->keep) {
         fprintf(stderr, "harness: kept logs and data in %s\n", c->root);
     } else if (c->root[0]) {
@@ -523,7 +600,8 @@ int h_client_open(struct h_client *cl, struct h_cluster *c, unsigned seed)
     for (size_t i = 0; i < c->n; i++) {
         struct rpc_channel_options o = {.deadline_ms = 1500,
                                         .connect_timeout_ms = 500,
-                                        .backoff_max_ms = 100};
+                                        .backoff_max_ms = 100,
+                                        .tls = c->client_tls};
         cl->ch[i] =
             rpc_channel_new_blocking(c->nodes[i].host, c->nodes[i].port, &o);
         if (!cl->ch[i]) {

@@ -37,6 +37,10 @@ struct h_cluster
     char peers_arg[512];              /* the --peers list */
     char secret[512];                 /* the --peer-secret-file */
     struct rpc_peer_auth as_member[H_MAX_NODES]; /* h_peer_channel's */
+    bool tls;                         /* h_start.tls */
+    char certs[300];                  /* its certificates */
+    struct rpc_tls *client_tls;       /* h_client's (trusts the CA) */
+    struct rpc_tls *peer_tls;         /* h_peer_channel's (node1's cert) */
     char extra[512]; /* extra kvserver flags, space-separated */
     bool keep;       /* keep root after a failure */
     bool diskfault;  /* nodes run on libdiskfault.so (tests/diskfault) */
@@ -47,6 +51,9 @@ struct h_start
 {
     bool distinct_hosts; /* node i on 127.0.0.(11+i), so packet filters
                             can tell the nodes apart */
+    bool tls;            /* clients and peers over TLS (certificates from
+                            scripts/certs.sh in the cluster's directory;
+                            h_client and h_peer_channel use them) */
     bool diskfault;      /* every node on libdiskfault.so, watching its data
                             directory: h_node_rules fails or crashes its
                             disk, h_node_power_loss drops what it did not

@@ -7,6 +7,7 @@
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -48,7 +49,8 @@ static void on_status(const Raftkv__StatusReply *r, void *data)
 static struct view status_of(struct h_cluster *c, size_t i)
 {
     struct view v = {0};
-    struct rpc_channel_options o = {.deadline_ms = 5000};
+    struct rpc_channel_options o = {.deadline_ms = 5000,
+                                    .tls = c->client_tls};
     struct rpc_channel *ch =
         rpc_channel_new_blocking(c->nodes[i].host, c->nodes[i].port, &o);
     if (ch) {
@@ -506,6 +508,86 @@ static void test_attack_client_flood_from_one_address_is_capped(void)
     h_cluster_destroy(&c);
 }
 
+/* A TLS cluster (clients and peers): it serves, a follower restarted
+ * catches up over mutual TLS, plaintext gets nothing from either port,
+ * and SIGHUP reloads the certificates without dropping the cluster. */
+static void test_tls_cluster_serves_over_tls_and_refuses_plaintext(void)
+{
+    unsigned failures_at_start = CU_get_number_of_failures();
+    struct h_cluster c;
+    struct h_start o = {.tls = true};
+    CU_ASSERT_FATAL(h_cluster_start_with(&c, 3, NULL, &o) == 0);
+    int leader = h_find_leader(&c, 15000);
+    CU_ASSERT_FATAL(leader >= 0);
+    struct h_client cl;
+    CU_ASSERT_FATAL(h_client_open(&cl, &c, cunit_seed()) == 0);
+    CU_ASSERT_EQUAL(h_put(&cl, "secret", "value", 5).err, OK);
+    size_t f = (size_t)(leader + 1) % c.n;
+    h_node_kill(&c, f);
+    CU_ASSERT_EQUAL(h_put(&cl, "while", "down", 4).err, OK);
+    CU_ASSERT_EQUAL(h_node_start(&c, f), 0);
+    bool caught_up = false;
+    for (int k = 0; k < 200 && !caught_up; k++) {
+        struct h_result r = h_get(&cl, "while", true, f);
+        caught_up = r.err == OK && r.value && !strcmp(r.value, "down");
+        h_result_free(&r);
+        if (!caught_up) {
+            h_sleep_ms(50);
+        }
+    }
+    CU_ASSERT(caught_up);
+    /* Plaintext on the client port: no answer. */
+    struct rpc_channel_options po = {.deadline_ms = 2000,
+                                     .connect_timeout_ms = 2000};
+    struct rpc_channel *ch = rpc_channel_new_blocking(
+        c.nodes[leader].host, c.nodes[leader].port, &po);
+    struct outcome out = {0};
+    Raftkv__StatusArgs sa = RAFTKV__STATUS_ARGS__INIT;
+    raftkv__admin_service__status(
+        rpc_channel_service(ch, &raftkv__admin_service__descriptor), &sa,
+        (Raftkv__StatusReply_Closure)on_any, &out);
+    CU_ASSERT_FALSE(out.replied);
+    rpc_channel_free(ch);
+    /* The secret without a certificate on the peer port: nothing. */
+    c.as_member[0].self_id = c.nodes[0].id;
+    struct rpc_tls *keep = c.peer_tls;
+    c.peer_tls = NULL;
+    ch = h_peer_channel(&c, f, (f + 1) % c.n, 2000);
+    struct outcome outs[4] = {{0}};
+    struct view v = status_of(&c, f);
+    CU_ASSERT(v.ok); /* over TLS, as a client */
+    forge_all(ch, v.cluster_id, c.nodes[(f + 1) % c.n].id, c.nodes[f].id,
+              v.term + 1, outs);
+    for (int k = 0; k < 4; k++) {
+        CU_ASSERT_FALSE(outs[k].replied);
+    }
+    rpc_channel_free(ch);
+    c.peer_tls = keep;
+    /* SIGHUP: certificates reloaded, the cluster goes on. */
+    for (size_t i = 0; i < c.n; i++) {
+        kill(c.nodes[i].pid, SIGHUP);
+    }
+    bool reloaded = false;
+    for (int k = 0; k < 100 && !reloaded; k++) {
+        h_sleep_ms(50);
+        reloaded = true;
+        for (size_t i = 0; i < c.n; i++) {
+            reloaded &= h_log_contains(&c, i, "reloaded 3 TLS contexts");
+        }
+    }
+    CU_ASSERT(reloaded);
+    CU_ASSERT_EQUAL(h_put(&cl, "after", "hup", 3).err, OK);
+    struct h_result r = h_get(&cl, "secret", false, 0);
+    CU_ASSERT(r.err == OK && r.value && !strcmp(r.value, "value"));
+    h_result_free(&r);
+    /* The node says how it serves. */
+    CU_ASSERT(h_log_contains(&c, (size_t)leader, "(TLS)"));
+    CU_ASSERT(h_log_contains(&c, (size_t)leader, "mutual TLS + secret"));
+    h_client_close(&cl);
+    c.keep = FAILED_SINCE(failures_at_start);
+    h_cluster_destroy(&c);
+}
+
 int main(int argc, char **argv)
 {
     rpc_log_set_level(RPC_LOG_ERROR);
@@ -522,6 +604,8 @@ int main(int argc, char **argv)
          test_attack_handshake_flood_does_not_keep_members_out},
         {"test_attack_client_flood_from_one_address_is_capped",
          test_attack_client_flood_from_one_address_is_capped},
+        {"test_tls_cluster_serves_over_tls_and_refuses_plaintext",
+         test_tls_cluster_serves_over_tls_and_refuses_plaintext},
         CU_TEST_INFO_NULL,
     };
     static CU_SuiteInfo suites[] = {

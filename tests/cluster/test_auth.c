@@ -59,10 +59,10 @@ static int suite_teardown(void)
 
 /* Index of the node that says it leads (Status stays open with auth on;
  * h_find_leader probes with a Get, which needs a token then), or -1. */
-static int find_leader(unsigned timeout_ms)
+static int find_leader_in(struct h_cluster *c, unsigned timeout_ms)
 {
     char eps[512];
-    h_endpoints(&cl, eps, sizeof eps);
+    h_endpoints(c, eps, sizeof eps);
     struct clerk_options o = {.deadline_ms = 1000};
     struct clerk *ck = NULL;
     if (clerk_open(&ck, eps, &o) != CLERK_OK) {
@@ -78,10 +78,10 @@ static int find_leader(unsigned timeout_ms)
                 if (!st[i].reachable || strcmp(st[i].role, "leader") != 0) {
                     continue;
                 }
-                for (size_t k = 0; k < cl.n; k++) {
+                for (size_t k = 0; k < c->n; k++) {
                     char addr[300];
-                    snprintf(addr, sizeof addr, "%s:%u", cl.nodes[k].host,
-                             cl.nodes[k].port);
+                    snprintf(addr, sizeof addr, "%s:%u", c->nodes[k].host,
+                             c->nodes[k].port);
                     if (!strcmp(addr, st[i].address)) {
                         found = (int)k;
                     }
@@ -95,6 +95,11 @@ static int find_leader(unsigned timeout_ms)
     }
     clerk_close(ck);
     return found;
+}
+
+static int find_leader(unsigned timeout_ms)
+{
+    return find_leader_in(&cl, timeout_ms);
 }
 
 /* A clerk to the nodes of @which (bit i: node i), as @user (NULL: none). */
@@ -579,6 +584,87 @@ static void test_auth_wrong_password_flood_leaves_the_leader_serving(void)
     CU_ASSERT(worst < 2000);
 }
 
+static int to_file(const void *data, size_t len, void *arg)
+{
+    return fwrite(data, 1, len, arg) == len ? 0 : -1;
+}
+
+/* kvserver --restore FILE into node i of c (its directory emptied). */
+static int restore(struct h_cluster *c, size_t i, const char *file)
+{
+    char cmd[4096], out[4096];
+    snprintf(cmd, sizeof cmd,
+             "timeout 60 %s --id %llu --cluster %s --data-dir %s --restore %s "
+             "2>&1",
+             KVSERVER_BIN, (unsigned long long)c->nodes[i].id, c->cluster_arg,
+             c->nodes[i].dir, file);
+    FILE *p = popen(cmd, "r");
+    if (!p) {
+        return -1;
+    }
+    size_t got = fread(out, 1, sizeof out - 1, p);
+    out[got] = 0;
+    int st = pclose(p);
+    int rv = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+    if (rv != 0) {
+        fprintf(stderr, "restore: %s\n", out);
+    }
+    return rv;
+}
+
+static void test_auth_restored_cluster_has_the_users_and_roles(void)
+{
+    need_cluster();
+    char file[600];
+    snprintf(file, sizeof file, "%s/auth-backup.snap", cl.root);
+    FILE *fp = fopen(file, "wb");
+    CU_ASSERT_FATAL(fp != NULL);
+    struct clerk *ck = open_as("root", ROOT_PW, UINT32_MAX, false);
+    EXPECT(clerk_snapshot_save(ck, to_file, fp, NULL, NULL, NULL), CLERK_OK);
+    clerk_close(ck);
+    fclose(fp);
+
+    /* A new cluster (other ports, empty directories) from the file. */
+    struct h_cluster r;
+    CU_ASSERT_FATAL(h_cluster_start(&r, 3, NULL) == 0);
+    CU_ASSERT_FATAL(find_leader_in(&r, 10000) >= 0);
+    for (size_t i = 0; i < 3; i++) {
+        CU_ASSERT_EQUAL(h_node_term(&r, i), 0);
+        CU_ASSERT_EQUAL(cunit_remove_tree(r.nodes[i].dir), 0);
+        CU_ASSERT_EQUAL(restore(&r, i, file), 0);
+    }
+    for (size_t i = 0; i < 3; i++) {
+        CU_ASSERT(h_node_start(&r, i) == 0);
+    }
+    CU_ASSERT(find_leader_in(&r, 15000) >= 0);
+    char eps[512];
+    h_endpoints(&r, eps, sizeof eps);
+    struct clerk_options o = {.deadline_ms = 8000};
+    CU_ASSERT_FATAL(clerk_open(&ck, eps, &o) == CLERK_OK);
+    bool on = false;
+    EXPECT(clerk_auth_status(ck, &on, NULL), CLERK_OK);
+    CU_ASSERT(on);
+    EXPECT(clerk_put(ck, "app/r", 5, "v", 1), CLERK_UNAUTHENTICATED);
+    clerk_close(ck);
+    o.user = "alice";
+    o.password = ALICE_PW2;
+    CU_ASSERT_FATAL(clerk_open(&ck, eps, &o) == CLERK_OK);
+    EXPECT(clerk_put(ck, "app/r", 5, "v", 1), CLERK_OK);
+    EXPECT(clerk_put(ck, "other", 5, "v", 1), CLERK_PERMISSION_DENIED);
+    clerk_close(ck);
+    o.user = "bob";
+    o.password = BOB_PW;
+    CU_ASSERT_FATAL(clerk_open(&ck, eps, &o) == CLERK_OK);
+    void *v = NULL;
+    size_t len = 0;
+    EXPECT(clerk_get(ck, "app/r", 5, &v, &len), CLERK_OK);
+    clerk_free(v);
+    EXPECT(clerk_put(ck, "app/r", 5, "w", 1), CLERK_PERMISSION_DENIED);
+    clerk_close(ck);
+    r.keep = CU_get_number_of_failures() > 0;
+    CU_ASSERT(h_cluster_destroy(&r) == 0);
+}
+
 /* Does any file under dir hold the bytes of needle? Counts files seen. */
 static bool tree_contains(const char *dir, const char *needle, size_t *files)
 {
@@ -660,6 +746,8 @@ int main(int argc, char **argv)
          test_auth_wrong_password_flood_leaves_the_leader_serving},
         {"test_auth_state_survives_restart_and_reaches_a_lagging_follower",
          test_auth_state_survives_restart_and_reaches_a_lagging_follower},
+        {"test_auth_restored_cluster_has_the_users_and_roles",
+         test_auth_restored_cluster_has_the_users_and_roles},
         {"test_auth_plaintext_passwords_are_in_no_file",
          test_auth_plaintext_passwords_are_in_no_file},
         CU_TEST_INFO_NULL,

@@ -8,7 +8,10 @@ export RAFTKV_CLUSTER_DIR=$(mktemp -d /tmp/raftkv-cluster-XXXXXX)
 in_use() { (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; }
 # Ports 26000-31999 are this test's (see test_install.sh).
 port=$((26000 + RANDOM % 5900))
-while in_use 127.0.0.1 $port || in_use 127.0.0.2 $port || in_use 127.0.0.3 $port; do
+# Each node takes the port and the next one (its peer port).
+busy() { local h; for h in 127.0.0.1 127.0.0.2 127.0.0.3; do
+    in_use $h "$1" || in_use $h $(($1 + 1)) && return 0; done; return 1; }
+while busy $port; do
     port=$((port + 1))
 done
 export RAFTKV_PORT=$port
@@ -18,6 +21,8 @@ trap '"$cs" wipe >/dev/null 2>&1 || true' EXIT
 fail() { echo "FAIL: $*"; "$cs" log 1 || true; exit 1; }
 
 out=$("$cs" start) || fail "start"
+[ "$(stat -c %a "$RAFTKV_CLUSTER_DIR/peer.secret")" = 600 ] ||
+    fail "the peer secret is readable by others"
 grep -q "127.0.0.3:$port" <<<"$out" || fail "start did not print the endpoints"
 eval "$("$cs" env)"
 [ "$RAFTKV_CLUSTER" = "127.0.0.1:$port,127.0.0.2:$port,127.0.0.3:$port" ] || fail "env"
@@ -44,4 +49,21 @@ if "$kvctl" --timeout 0.5 get k >/dev/null 2>&1; then fail "still serving after 
 [ "$("$kvctl" get k)" = v2 ] || fail "data lost across stop and start"
 "$cs" wipe >/dev/null
 [ ! -d "$RAFTKV_CLUSTER_DIR" ] || fail "wipe left $RAFTKV_CLUSTER_DIR"
+
+# The same with TLS: clients need the CA; plaintext gets nothing.
+out=$("$cs" start --tls) || fail "start --tls"
+grep -q "RAFTKV_CACERT" <<<"$out" || fail "start --tls did not print RAFTKV_CACERT"
+eval "$("$cs" env)"
+[ -f "${RAFTKV_CACERT:-}" ] || fail "env did not name the CA"
+"$kvctl" put t secure >/dev/null || fail "put over TLS"
+[ "$("$kvctl" get t)" = secure ] || fail "get over TLS"
+if RAFTKV_CACERT= "$kvctl" --timeout 1 get t >/dev/null 2>&1; then
+    fail "a plaintext client was served by a TLS cluster"
+fi
+"$cs" status >/dev/null || fail "status over TLS"
+"$cs" stop >/dev/null || fail "stop (TLS)"
+"$cs" start >/dev/null || fail "start again (stays TLS)"
+[ "$("$kvctl" get t)" = secure ] || fail "get after restarting the TLS cluster"
+unset RAFTKV_CACERT
+"$cs" wipe >/dev/null
 echo "1 passed, 0 failed"

@@ -87,6 +87,14 @@ struct clerk_options
                              the same request id) */
     const char *password; /* its password (copied; kept in the handle's
                              memory until clerk_close, which wipes it) */
+    const char *cacert;   /* talk TLS, trusting servers whose certificate
+                             this PEM CA file signed and that name the
+                             address dialled (NULL: plain TCP). Read at
+                             clerk_open */
+    const char *cert;     /* with cacert: a client certificate (PEM) to
+                             show, for servers that require one (its CN
+                             is the user); NULL: none */
+    const char *key;      /* its private key (PEM) */
 };
 
 struct clerk;
@@ -97,8 +105,8 @@ struct clerk;
  * @param servers "HOST:PORT,HOST:PORT,..." ([v6addr]:port for IPv6); the
  *   kvserver form "ID=HOST:PORT" is accepted too. Copied.
  * @param opts settings (copied), or NULL for the defaults
- * @return CLERK_OK, CLERK_INVALID (empty or malformed list; clerk_strerror
- *   and the message of clerk_open_error() say why) or CLERK_NOMEM
+ * @return CLERK_OK, CLERK_INVALID (empty or malformed list, or TLS files
+ *   that do not load; clerk_open_error() says why) or CLERK_NOMEM
  */
 int clerk_open(struct clerk **out,
                const char *servers,
