@@ -17,6 +17,7 @@
 
 #include <event2/event.h>
 
+#include <proto/auth.pb-c.h>
 #include <proto/kv.pb-c.h>
 #include <rpc/rpc.h>
 
@@ -52,6 +53,8 @@ static struct
     enum op op;
     int conns, clients, key_size, val_size, key_space;
     bool target_all, json, prefill;
+    struct rpc_tls *tls;  /* --cacert: TLS to every node */
+    char token[800];      /* --user: the auth token ("" without) */
     bool prefill_running; /* writing every key once, in order */
     double duration;
     uint64_t total;  /* stop after this many ops (0: duration) */
@@ -73,8 +76,10 @@ static ProtobufCService *kv_for(int node, int conn)
 {
     struct node *n = &B.nodes[node];
     if (!n->ch[conn]) {
-        n->ch[conn] = rpc_channel_new(B.base, n->host, n->port, NULL);
-        if (!n->ch[conn]) {
+        struct rpc_channel_options o = {.tls = B.tls};
+        n->ch[conn] = rpc_channel_new(B.base, n->host, n->port, &o);
+        if (!n->ch[conn] ||
+            rpc_channel_set_auth_token(n->ch[conn], B.token) != 0) {
             fprintf(stderr, "kvbench: out of memory\n");
             exit(1);
         }
@@ -176,14 +181,65 @@ static void on_probe(const Raftkv__GetReply *r, void *data)
                           r->err == RAFTKV__KV_ERROR__KV_NOT_FOUND);
 }
 
+/* A blocking channel to node i with the run's TLS and token. */
+static struct rpc_channel *blocking(int i, uint32_t deadline_ms)
+{
+    struct rpc_channel_options o = {.deadline_ms = deadline_ms,
+                                    .tls = B.tls};
+    struct rpc_channel *ch =
+        rpc_channel_new_blocking(B.nodes[i].host, B.nodes[i].port, &o);
+    if (!ch || rpc_channel_set_auth_token(ch, B.token) != 0) {
+        fprintf(stderr, "kvbench: out of memory\n");
+        exit(1);
+    }
+    return ch;
+}
+
+static void on_auth(const Raftkv__AuthenticateReply *r, void *data)
+{
+    char *why = data;
+    if (!r) {
+        snprintf(why, 300, "%s", rpc_last_error());
+    } else if (r->err != RAFTKV__AUTH_ERROR__AUTH_OK) {
+        snprintf(why, 300, "%s", r->message);
+    } else {
+        snprintf(B.token, sizeof B.token, "%s", r->token);
+        why[0] = 0;
+    }
+}
+
+/* --user NAME:PASSWORD: a token from node 1, before any timing. */
+static int authenticate(const char *arg)
+{
+    char user[256], why[300] = "no answer";
+    const char *colon = strchr(arg, ':');
+    if (!colon || colon == arg || (size_t)(colon - arg) >= sizeof user) {
+        fprintf(stderr, "kvbench: --user wants NAME:PASSWORD\n");
+        return -1;
+    }
+    memcpy(user, arg, (size_t)(colon - arg));
+    user[colon - arg] = 0;
+    struct rpc_channel *ch = blocking(0, 5000);
+    Raftkv__AuthenticateArgs a = RAFTKV__AUTHENTICATE_ARGS__INIT;
+    a.user = user;
+    a.password = (char *)colon + 1;
+    raftkv__auth_service__authenticate(
+        rpc_channel_service(ch, &raftkv__auth_service__descriptor), &a,
+        on_auth, why);
+    rpc_channel_free(ch);
+    if (why[0]) {
+        fprintf(stderr, "kvbench: authenticate as %s: %s\n", user, why);
+        return -1;
+    }
+    return 0;
+}
+
 /* Ask every node who leads; blocking, at start. */
 static int find_leader(void)
 {
     for (int tries = 0; tries < 100; tries++) {
         for (int i = 0; i < B.n_nodes; i++) {
-            struct rpc_channel_options o = {.deadline_ms = 1000};
-            struct rpc_channel *ch =
-                rpc_channel_new_blocking(B.nodes[i].host, B.nodes[i].port, &o);
+            struct rpc_channel *ch = blocking(i, 1000);
             ProtobufCService *svc =
                 rpc_channel_service(ch, &raftkv__kv_service__descriptor);
             Raftkv__GetArgs a = RAFTKV__GET_ARGS__INIT;
@@ -215,9 +271,7 @@ static int open_sessions(struct client *cl, int n)
     for (int i = 0; i < n; i++) {
         int err = -1;
         for (int tries = 0; tries < 50 && err != 0; tries++) {
-            struct node *nd = &B.nodes[B.leader];
-            struct rpc_channel *ch =
-                rpc_channel_new_blocking(nd->host, nd->port, &o);
+            struct rpc_channel *ch = blocking(B.leader, o.deadline_ms);
             Raftkv__OpenSessionArgs a = RAFTKV__OPEN_SESSION_ARGS__INIT;
             a.client_id.data = cl[i].client_id;
             a.client_id.len = 16;
@@ -269,6 +323,7 @@ static void usage(FILE *f)
             "               [--key-size 16] [--val-size 256] [--key-space "
             "10000]\n"
             "               [--target leader|all] [--prefill] [--json]\n"
+            "               [--cacert CA.crt] [--user NAME:PASSWORD]\n"
             "The cluster list is in node-id order (node 1 first), as given "
             "to kvserver.\n");
 }
@@ -303,6 +358,7 @@ static int parse_cluster(const char *list)
 int main(int argc, char **argv)
 {
     const char *cluster = getenv("RAFTKV_CLUSTER");
+    const char *cacert = getenv("RAFTKV_CACERT"), *user = NULL;
     const char *ops[] = {"put", "get", "sget", "mix"};
     B.conns = B.clients = 1;
     B.key_size = 16;
@@ -322,6 +378,8 @@ int main(int argc, char **argv)
         {"target", required_argument, NULL, 'T'},
         {"prefill", no_argument, NULL, 'p'},
         {"json", no_argument, NULL, 'j'},
+        {"cacert", required_argument, NULL, 'A'},
+        {"user", required_argument, NULL, 'U'},
         {"help", no_argument, NULL, 'h'},
         {0},
     };
@@ -380,6 +438,12 @@ int main(int argc, char **argv)
             case 'j':
                 B.json = true;
                 break;
+            case 'A':
+                cacert = optarg;
+                break;
+            case 'U':
+                user = optarg;
+                break;
             case 'h':
                 usage(stdout);
                 return 0;
@@ -402,6 +466,17 @@ int main(int argc, char **argv)
                 "duration, key size 1..48, value size 0..4 MiB, key "
                 "space >= 1\n");
         return 2;
+    }
+    if (cacert && *cacert) {
+        char err[512];
+        struct rpc_tls_options to = {.ca_file = cacert, .verify_peer = true};
+        if (rpc_tls_new(&to, &B.tls, err, sizeof err) != 0) {
+            fprintf(stderr, "kvbench: --cacert: %s\n", err);
+            return 2;
+        }
+    }
+    if (user && authenticate(user) != 0) {
+        return 1;
     }
     B.base = event_base_new();
     B.value = malloc((size_t)B.val_size + 1);
