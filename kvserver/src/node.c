@@ -469,6 +469,8 @@ int kv_node_run(const struct kv_node_config *cfg)
         .peer_auth = &n->peer_auth,
         .limits.max_args = KV_PEER_MAX_ARGS,
         .tls = n->peer_tls_in,
+        .precheck = peer_precheck,
+        .precheck_arg = n,
     };
     n->server = rpc_server_new(n->base, &so);
     n->peer_server = rpc_server_new(n->base, &po);

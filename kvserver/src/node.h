@@ -27,6 +27,10 @@
 /* Connections from one address that may be in the peer handshake at once
  * (members that passed it do not count). */
 #define KV_PEER_HANDSHAKES_PER_SOURCE 16u
+/* Entries in one AppendEntries: a leader sends at most max_append_bytes
+ * (1 MiB, persist.c) / RAFT_ENTRY_OVERHEAD = 32768; more is refused
+ * before it is unpacked (peer_precheck). */
+#define KV_PEER_MAX_ENTRIES 65536u
 
 struct event;
 struct event_base;
@@ -249,6 +253,15 @@ void node_clear_applied(struct kv_node *n);
 /* peer.c: Raft RPCs in both directions */
 void peer_service_init(struct kv_node *n);
 void peer_send(struct kv_node *n, const struct raft_message *m);
+/* rpc precheck of the peer server: bounds what is unpacked (see
+ * rpc_precheck_cb). */
+bool peer_precheck(const ProtobufCServiceDescriptor *service,
+                   const ProtobufCMethodDescriptor *method,
+                   const uint8_t *args,
+                   size_t len,
+                   char *why,
+                   size_t why_len,
+                   void *arg);
 void peer_respond(struct kv_node *n, const struct raft_message *m);
 void peer_fail_incoming(struct kv_node *n, const char *why);
 void peer_close_streams(struct kv_node *n);

@@ -640,6 +640,88 @@ void peer_fail_incoming(struct kv_node *n, const char *why)
     }
 }
 
+/* Read a protobuf varint at *p (below end); false when cut or too long. */
+static bool read_varint(const uint8_t **p, const uint8_t *end, uint64_t *v)
+{
+    *v = 0;
+    for (int shift = 0; shift < 64 && *p < end; shift += 7) {
+        uint8_t b = *(*p)++;
+        *v |= (uint64_t)(b & 0x7f) << shift;
+        if (!(b & 0x80)) {
+            return true;
+        }
+    }
+    return false;
+}
+
+/* How many top-level fields numbered @field the packed message holds, by
+ * walking its tags (without unpacking anything); SIZE_MAX when the bytes
+ * are not a well-formed message (unpacking then refuses them anyway). */
+static size_t count_field(const uint8_t *p, size_t len, uint32_t field)
+{
+    const uint8_t *end = p + len;
+    size_t count = 0;
+    while (p < end) {
+        uint64_t tag, v;
+        if (!read_varint(&p, end, &tag)) {
+            return SIZE_MAX;
+        }
+        switch (tag & 7) {
+            case 0: /* varint */
+                if (!read_varint(&p, end, &v)) {
+                    return SIZE_MAX;
+                }
+                break;
+            case 1: /* 64-bit */
+                if (end - p < 8) {
+                    return SIZE_MAX;
+                }
+                p += 8;
+                break;
+            case 2: /* length-delimited */
+                if (!read_varint(&p, end, &v) || v > (uint64_t)(end - p)) {
+                    return SIZE_MAX;
+                }
+                p += v;
+                break;
+            case 5: /* 32-bit */
+                if (end - p < 4) {
+                    return SIZE_MAX;
+                }
+                p += 4;
+                break;
+            default:
+                return SIZE_MAX;
+        }
+        count += (tag >> 3) == field;
+    }
+    return count;
+}
+
+bool peer_precheck(const ProtobufCServiceDescriptor *service,
+                   const ProtobufCMethodDescriptor *method,
+                   const uint8_t *args,
+                   size_t len,
+                   char *why,
+                   size_t why_len,
+                   void *arg)
+{
+    (void)service;
+    (void)arg;
+    if (method->input != &raftkv__append_entries_args__descriptor) {
+        return true;
+    }
+    size_t n = count_field(args, len, 7); /* AppendEntriesArgs.entries */
+    if (n != SIZE_MAX && n > KV_PEER_MAX_ENTRIES) {
+        snprintf(why, why_len,
+                 "%zu entries in one AppendEntries; a leader sends at most "
+                 "%u",
+                 n, KV_PEER_MAX_ENTRIES);
+        return false;
+    }
+    return true;
+}
+
 void peer_service_init(struct kv_node *n)
 {
     Raftkv__RaftService_Service init = {

@@ -62,7 +62,8 @@ void rf_progress_reset(struct raft *r)
     }
 }
 
-/* One AppendEntries message after @prev with up to max_append_bytes. */
+/* One AppendEntries message after @prev with up to max_append_bytes
+ * (RAFT_ENTRY_OVERHEAD counted per entry). */
 static int send_one(struct raft *r,
                     struct raft_progress *pr,
                     uint64_t prev,
@@ -77,10 +78,11 @@ static int send_one(struct raft *r,
     if (with_entries) {
         while (prev + n < last) {
             const struct raft_entry *e = rf_log_get(&r->log, prev + n + 1);
-            if (n > 0 && bytes + e->len > r->max_append_bytes) {
+            size_t cost = e->len + RAFT_ENTRY_OVERHEAD;
+            if (n > 0 && bytes + cost > r->max_append_bytes) {
                 break;
             }
-            bytes += e->len;
+            bytes += cost;
             n++;
         }
     }

@@ -699,6 +699,18 @@ static int dispatch(void *ctx, const struct rpc_frame *f)
         send_reply(c, h->call_id, RPC_E_BAD_REQUEST, msg, NULL, NULL);
         return c->bev ? 0 : 1;
     }
+    char why[200];
+    if (s->opts.precheck &&
+        !s->opts.precheck(svc->descriptor, m, f->args, f->args_size, why,
+                          sizeof why, s->opts.precheck_arg)) {
+        snprintf(msg, sizeof msg, "%s.%s refused before unpacking: %s",
+                 svc->descriptor->name, m->name, why);
+        log_limited(&s->timeout_log, RPC_LOG_WARN, "rpc: %s: %s", c->peer,
+                    msg);
+        s->mstats[svc_index][index].answered[RPC_E_BAD_REQUEST]++;
+        send_reply(c, h->call_id, RPC_E_BAD_REQUEST, msg, NULL, NULL);
+        return c->bev ? 0 : 1;
+    }
     ProtobufCMessage *input =
         protobuf_c_message_unpack(m->input, NULL, f->args_size, f->args);
     if (!input) {

@@ -135,6 +135,7 @@ struct outcome
 {
     bool replied;
     int status;
+    char error[300];
 };
 
 static void on_any(const ProtobufCMessage *m, void *data)
@@ -142,6 +143,7 @@ static void on_any(const ProtobufCMessage *m, void *data)
     struct outcome *o = data;
     o->replied = m != NULL;
     o->status = m ? RPC_OK : rpc_last_status();
+    snprintf(o->error, sizeof o->error, "%s", m ? "" : rpc_last_error());
 }
 
 /* Send one forged message of each Raft kind on ch, claiming to be
@@ -326,6 +328,52 @@ static void test_attack_member_cannot_speak_for_another(void)
     }
     rpc_channel_free(ch);
     CU_ASSERT(h_log_contains(&c, f, "the connection proved node"));
+    CU_ASSERT_EQUAL(status_of(&c, f).term, v.term);
+    check_intact(&c, &cl);
+    h_client_close(&cl);
+    c.keep = FAILED_SINCE(failures_at_start);
+    h_cluster_destroy(&c);
+}
+
+/* A million empty entries in one AppendEntries (2 MB on the wire, far
+ * more unpacked) are refused before anything is unpacked. */
+static void test_attack_append_with_a_million_entries_is_refused_packed(void)
+{
+    unsigned failures_at_start = CU_get_number_of_failures();
+    struct h_cluster c;
+    struct h_client cl;
+    start_with_data(&c, &cl, false);
+    int leader = h_find_leader(&c, 10000);
+    CU_ASSERT_FATAL(leader >= 0);
+    size_t f = (size_t)(leader + 1) % c.n, g = (size_t)(leader + 2) % c.n;
+    struct view v = status_of(&c, f);
+    struct rpc_channel *ch = h_peer_channel(&c, f, g, 5000);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(ch);
+    size_t n = 1000000;
+    Raftkv__Entry *entries = calloc(n, sizeof *entries);
+    Raftkv__Entry **ptrs = calloc(n, sizeof *ptrs);
+    CU_ASSERT_FATAL(entries && ptrs);
+    for (size_t k = 0; k < n; k++) {
+        raftkv__entry__init(&entries[k]);
+        ptrs[k] = &entries[k];
+    }
+    Raftkv__AppendEntriesArgs ae = RAFTKV__APPEND_ENTRIES_ARGS__INIT;
+    ae.cluster_id = v.cluster_id;
+    ae.from = c.nodes[g].id;
+    ae.to = c.nodes[f].id;
+    ae.term = v.term;
+    ae.entries = ptrs;
+    ae.n_entries = n;
+    struct outcome o = {0};
+    raftkv__raft_service__append_entries(
+        rpc_channel_service(ch, &raftkv__raft_service__descriptor), &ae,
+        (Raftkv__AppendEntriesReply_Closure)on_any, &o);
+    CU_ASSERT_FALSE(o.replied);
+    CU_ASSERT_EQUAL(o.status, RPC_E_BAD_REQUEST);
+    CU_ASSERT(strstr(o.error, "1000000 entries") != NULL);
+    free(entries);
+    free(ptrs);
+    rpc_channel_free(ch);
     CU_ASSERT_EQUAL(status_of(&c, f).term, v.term);
     check_intact(&c, &cl);
     h_client_close(&cl);
@@ -598,6 +646,8 @@ int main(int argc, char **argv)
          test_attack_peer_port_refuses_who_lacks_the_secret},
         {"test_attack_member_cannot_speak_for_another",
          test_attack_member_cannot_speak_for_another},
+        {"test_attack_append_with_a_million_entries_is_refused_packed",
+         test_attack_append_with_a_million_entries_is_refused_packed},
         {"test_attack_timeout_now_flood_does_not_move_leadership",
          test_attack_timeout_now_flood_does_not_move_leadership},
         {"test_attack_handshake_flood_does_not_keep_members_out",

@@ -639,6 +639,40 @@ static void test_pipeline_bounded_by_max_inflight_and_bytes(void)
     raft_free(r);
 }
 
+/* Empty entries still count RAFT_ENTRY_OVERHEAD each: one message holds
+ * at most max_append_bytes / RAFT_ENTRY_OVERHEAD of them. */
+static void test_append_of_empty_entries_is_bounded_in_count(void)
+{
+    struct raft_config c = cfg(1, 3);
+    c.max_append_bytes = 10 * RAFT_ENTRY_OVERHEAD;
+    c.max_inflight = 64;
+    struct raft *r = start(&c);
+    make_leader(r);
+    flush(r);
+    ack(r, 2, 1, 0);
+    flush(r);
+    for (int k = 0; k < 95; k++) {
+        CU_ASSERT_EQUAL(raft_propose(r, "", 0, NULL, NULL, NULL), 0);
+    }
+    upd(r);
+    size_t total = 0;
+    for (size_t k = 0; k < U.n_messages; k++) {
+        if (U.messages[k].type == RAFT_MSG_APPEND && U.messages[k].to == 2) {
+            CU_ASSERT(U.messages[k].u.append.n_entries <= 10);
+            total += U.messages[k].u.append.n_entries;
+        }
+    }
+    for (size_t k = 0; k < U.n_early; k++) {
+        if (U.early[k].type == RAFT_MSG_APPEND && U.early[k].to == 2) {
+            CU_ASSERT(U.early[k].u.append.n_entries <= 10);
+            total += U.early[k].u.append.n_entries;
+        }
+    }
+    CU_ASSERT_EQUAL(total, 95);
+    adv(r);
+    raft_free(r);
+}
+
 static void test_uncommitted_bytes_limit_refuses_proposals(void)
 {
     struct raft_config c = cfg(1, 3);
@@ -1843,6 +1877,7 @@ static const struct test_case cases[] = {
     T(test_uncommitted_bytes_limit_refuses_proposals),
     T(test_pre_vote_does_not_change_terms),
     T(test_timeout_now_is_honoured_only_from_the_current_leader),
+    T(test_append_of_empty_entries_is_bounded_in_count),
     T(test_lease_follower_ignores_elections_while_leader_is_heard),
     T(test_prevote_rejoining_node_does_not_disrupt_leader),
     T(test_check_quorum_isolated_leader_steps_down),

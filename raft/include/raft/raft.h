@@ -84,6 +84,12 @@
  * still catches up, one step per message it hears. */
 #define RAFT_TERM_MAX_JUMP (UINT64_C(1) << 32)
 
+/* What an entry costs toward max_append_bytes beyond its data: the framing
+ * of its term, index and type. It bounds the entries of one message even
+ * when they are empty, so that a receiver can refuse a message with more
+ * entries than a leader ever sends before unpacking it. */
+#define RAFT_ENTRY_OVERHEAD 32u
+
 /* Error codes returned by raft_* functions. */
 enum raft_error {
     RAFT_OK = 0,
@@ -309,7 +315,12 @@ struct raft_config
     uint64_t start_ms;            /* current time at creation */
     bool pre_vote;                /* run a pre-vote round before elections */
     bool check_quorum;            /* leader steps down without a quorum */
-    size_t max_append_bytes;      /* max entry bytes per AppendEntries */
+    size_t max_append_bytes;      /* max entry bytes per AppendEntries;
+                                     each entry counts its data plus
+                                     RAFT_ENTRY_OVERHEAD, so a message holds
+                                     at most max_append_bytes /
+                                     RAFT_ENTRY_OVERHEAD entries (and at
+                                     least one) */
     unsigned max_inflight;        /* max unacked AppendEntries per follower */
     size_t max_uncommitted_bytes; /* refuse proposals beyond (0: no limit) */
     size_t snapshot_chunk_bytes;  /* max InstallSnapshot chunk length */

@@ -319,6 +319,19 @@ void rpc_tls_free(struct rpc_tls *t);
 
 /* ---------------------------------------------------------------- server */
 
+/* A look at a request's packed args before they are unpacked: return
+ * false (with why filled) to answer RPC_E_BAD_REQUEST without unpacking
+ * them, e.g. when they hold more repeated items than the caller ever
+ * sends (unpacking millions of empty items costs far more memory than the
+ * bytes). */
+typedef bool (*rpc_precheck_cb)(const ProtobufCServiceDescriptor *service,
+                                const ProtobufCMethodDescriptor *method,
+                                const uint8_t *args,
+                                size_t len,
+                                char *why,
+                                size_t why_len,
+                                void *arg);
+
 /* Server settings. Zero fields mean the defaults. */
 struct rpc_server_options
 {
@@ -362,6 +375,8 @@ struct rpc_server_options
                                   "peer auth"); NULL: none */
     struct rpc_tls *tls;       /* serve TLS with this server context
                                   (borrowed); NULL: plain TCP */
+    rpc_precheck_cb precheck;  /* called before every unpack; NULL: none */
+    void *precheck_arg;        /* passed to precheck */
     uint32_t max_per_peer;     /* with peer_auth: connections one peer id
                                   may hold; a newer one closes its oldest.
                                   Default 4 */
