@@ -1048,6 +1048,23 @@ int kv_auth_check(struct kv_store *st,
                   char *msg,
                   size_t msg_size)
 {
+    return kv_auth_check_as(st, txn, token, NULL, now_s, key, key_len, need,
+                            user, is_root, msg, msg_size);
+}
+
+int kv_auth_check_as(struct kv_store *st,
+                     MDB_txn *txn,
+                     const char *token,
+                     const char *cert_user,
+                     uint64_t now_s,
+                     const void *key,
+                     size_t key_len,
+                     enum kv_auth_need need,
+                     char *user,
+                     bool *is_root,
+                     char *msg,
+                     size_t msg_size)
+{
     char name[KV_AUTH_MAX_NAME + 1] = "";
     bool enabled, root = false;
     int rv = kv_auth_enabled(st, txn, &enabled);
@@ -1064,6 +1081,19 @@ int kv_auth_check(struct kv_store *st,
     if (!enabled) {
         return RAFTKV__AUTH_ERROR__AUTH_OK;
     }
+    bool by_cert = (!token || !token[0]) && cert_user && cert_user[0];
+    uint64_t version = 0;
+    if (by_cert) {
+        /* The verified client certificate names the user (etcd's
+         * --client-cert-auth): no password, so no password version. */
+        if (strlen(cert_user) > KV_AUTH_MAX_NAME) {
+            snprintf(msg, msg_size, "certificate name longer than a user "
+                                    "name");
+            return RAFTKV__AUTH_ERROR__AUTH_UNAUTHENTICATED;
+        }
+        snprintf(name, sizeof name, "%s", cert_user);
+        goto have_name;
+    }
     if (!token || !token[0]) {
         snprintf(msg, msg_size, "no token: authenticate first (kvctl --user)");
         return RAFTKV__AUTH_ERROR__AUTH_UNAUTHENTICATED;
@@ -1075,7 +1105,6 @@ int kv_auth_check(struct kv_store *st,
                  rv < 0 ? st->errmsg : "missing");
         return RAFTKV__AUTH_ERROR__AUTH_INTERNAL;
     }
-    uint64_t version;
     switch (kv_auth_token_verify(k.mv_data, token, now_s, name, &version)) {
         case KV_AUTH_TOKEN_OK:
             break;
@@ -1092,6 +1121,7 @@ int kv_auth_check(struct kv_store *st,
             snprintf(msg, msg_size, "token malformed: authenticate again");
             return RAFTKV__AUTH_ERROR__AUTH_UNAUTHENTICATED;
     }
+have_name:;
     Raftkv__AuthUserRecord *u;
     rv = kv_auth_get_user(st, txn, name, &u);
     if (rv) {
@@ -1099,12 +1129,15 @@ int kv_auth_check(struct kv_store *st,
         return RAFTKV__AUTH_ERROR__AUTH_INTERNAL;
     }
     if (!u) {
-        snprintf(msg, msg_size, "token of user '%s', who no longer exists",
+        snprintf(msg, msg_size,
+                 by_cert ? "client certificate of '%s', who is not a user "
+                           "of this cluster"
+                         : "token of user '%s', who no longer exists",
                  name);
         return RAFTKV__AUTH_ERROR__AUTH_UNAUTHENTICATED;
     }
     int err = RAFTKV__AUTH_ERROR__AUTH_OK;
-    if (u->password_version != version) {
+    if (!by_cert && u->password_version != version) {
         snprintf(msg, msg_size,
                  "token of user '%s' predates a password change: "
                  "authenticate again",

@@ -164,6 +164,27 @@ int kv_auth_check(struct kv_store *st,
                   size_t msg_size);
 
 /**
+ * kv_auth_check, where a call without a token may be identified by the
+ * verified client certificate of its connection (TLS with client
+ * certificates): its common name is the user, which must exist. A token,
+ * when there is one, wins.
+ * @param cert_user the certificate's common name, or NULL or "" for none
+ * @return as kv_auth_check
+ */
+int kv_auth_check_as(struct kv_store *st,
+                     MDB_txn *txn,
+                     const char *token,
+                     const char *cert_user,
+                     uint64_t now_s,
+                     const void *key,
+                     size_t key_len,
+                     enum kv_auth_need need,
+                     char *user,
+                     bool *is_root,
+                     char *msg,
+                     size_t msg_size);
+
+/**
  * Sign a token for a user.
  * @param token filled (KV_AUTH_TOKEN_MAX bytes)
  * @return 0, or -1 when the name is longer than KV_AUTH_MAX_NAME

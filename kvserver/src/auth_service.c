@@ -72,9 +72,10 @@ static int check_call(struct kv_node *n,
         snprintf(msg, msg_size, "cannot read the auth state");
         return RAFTKV__AUTH_ERROR__AUTH_INTERNAL;
     }
-    int err = kv_auth_check(&n->store, txn, rpc_call_auth_token(closure_data),
-                            wall_s(), key, key_len, need, user, is_root, msg,
-                            msg_size);
+    int err = kv_auth_check_as(&n->store, txn,
+                               rpc_call_auth_token(closure_data),
+                               rpc_call_tls_name(closure_data), wall_s(), key,
+                               key_len, need, user, is_root, msg, msg_size);
     state_done(txn, own);
     return err;
 }

@@ -665,6 +665,119 @@ static void test_auth_restored_cluster_has_the_users_and_roles(void)
     CU_ASSERT(h_cluster_destroy(&r) == 0);
 }
 
+/* A clerk over TLS to every node of c, identified by the client
+ * certificate NAME in the cluster's certificates (NULL: none). */
+static struct clerk *open_tls(struct h_cluster *c,
+                              const char *name,
+                              const char *user,
+                              const char *password)
+{
+    static char ca[400], crt[400], key[400];
+    char eps[512];
+    h_endpoints(c, eps, sizeof eps);
+    snprintf(ca, sizeof ca, "%s/ca.crt", c->certs);
+    snprintf(crt, sizeof crt, "%s/%s.crt", c->certs, name ? name : "");
+    snprintf(key, sizeof key, "%s/%s.key", c->certs, name ? name : "");
+    struct clerk_options o = {.deadline_ms = 8000,
+                              .cacert = ca,
+                              .cert = name ? crt : NULL,
+                              .key = name ? key : NULL,
+                              .user = user,
+                              .password = password};
+    struct clerk *ck = NULL;
+    if (clerk_open(&ck, eps, &o) != CLERK_OK) {
+        fprintf(stderr, "clerk_open: %s\n", clerk_open_error());
+    }
+    CU_ASSERT_FATAL(ck != NULL);
+    return ck;
+}
+
+/* Whether a TLS clerk finds a leader (Status) within timeout_ms. */
+static bool tls_has_leader(struct h_cluster *c, const char *name)
+{
+    struct clerk *ck = open_tls(c, name, NULL, NULL);
+    bool found = false;
+    uint64_t until = h_now_ms() + 15000;
+    while (!found && h_now_ms() < until) {
+        struct clerk_node_status *st = NULL;
+        size_t n = 0;
+        if (clerk_status(ck, &st, &n) == CLERK_OK) {
+            for (size_t i = 0; i < n; i++) {
+                found |= st[i].reachable && !strcmp(st[i].role, "leader");
+            }
+            clerk_free(st);
+        }
+        if (!found) {
+            h_sleep_ms(100);
+        }
+    }
+    clerk_close(ck);
+    return found;
+}
+
+static void test_auth_client_certificate_names_the_user(void)
+{
+    struct h_cluster t;
+    struct h_start so = {.tls = true};
+    CU_ASSERT_FATAL(h_cluster_start_with(&t, 3, NULL, &so) == 0);
+    CU_ASSERT_FATAL(tls_has_leader(&t, NULL));
+    /* Users (by password, over server-only TLS), then auth on. */
+    struct clerk *ck = open_tls(&t, NULL, NULL, NULL);
+    char pfx_end[8];
+    size_t n = clerk_prefix_end("app/", 4, pfx_end);
+    EXPECT(clerk_role_add(ck, "app"), CLERK_OK);
+    EXPECT(clerk_role_grant_permission(ck, "app", CLERK_PERM_READWRITE, "app/",
+                                       4, pfx_end, n),
+           CLERK_OK);
+    EXPECT(clerk_user_add(ck, "alice", ALICE_PW), CLERK_OK);
+    EXPECT(clerk_user_grant_role(ck, "alice", "app"), CLERK_OK);
+    EXPECT(clerk_user_add(ck, "root", ROOT_PW), CLERK_OK);
+    EXPECT(clerk_user_grant_role(ck, "root", "root"), CLERK_OK);
+    EXPECT(clerk_auth_enable(ck), CLERK_OK);
+    clerk_close(ck);
+    /* Client certificates: alice's, root's, and one of nobody's. */
+    const char *names[] = {"alice", "root", "mallory"};
+    for (size_t i = 0; i < 3; i++) {
+        char cmd[1200];
+        snprintf(cmd, sizeof cmd, "%s client %s %s", CERTS_SH, t.certs,
+                 names[i]);
+        CU_ASSERT_FATAL(system(cmd) == 0);
+    }
+    /* Restart every node requiring client certificates. */
+    snprintf(t.extra, sizeof t.extra, "--tls-client-auth --tls-ca %s/ca.crt",
+             t.certs);
+    for (size_t i = 0; i < 3; i++) {
+        CU_ASSERT_EQUAL(h_node_term(&t, i), 0);
+    }
+    for (size_t i = 0; i < 3; i++) {
+        CU_ASSERT_FATAL(h_node_start(&t, i) == 0);
+    }
+    CU_ASSERT_FATAL(tls_has_leader(&t, "alice"));
+
+    /* No --user: the certificate's name is the user. */
+    ck = open_tls(&t, "alice", NULL, NULL);
+    EXPECT(clerk_put(ck, "app/x", 5, "v", 1), CLERK_OK);
+    EXPECT(clerk_put(ck, "other", 5, "v", 1), CLERK_PERMISSION_DENIED);
+    CU_ASSERT(strstr(clerk_errmsg(ck), "user 'alice'") != NULL);
+    uint64_t leader;
+    EXPECT(clerk_transfer_leader(ck, 0, &leader), CLERK_PERMISSION_DENIED);
+    clerk_close(ck);
+    ck = open_tls(&t, "mallory", NULL, NULL);
+    EXPECT(clerk_put(ck, "app/x", 5, "v", 1), CLERK_UNAUTHENTICATED);
+    CU_ASSERT(strstr(clerk_errmsg(ck), "not a user") != NULL);
+    clerk_close(ck);
+    ck = open_tls(&t, "root", NULL, NULL);
+    EXPECT(clerk_put(ck, "other", 5, "v", 1), CLERK_OK);
+    EXPECT(clerk_transfer_leader(ck, 0, &leader), CLERK_OK);
+    clerk_close(ck);
+    /* A password still works, and wins: alice's certificate as root. */
+    ck = open_tls(&t, "alice", "root", ROOT_PW);
+    EXPECT(clerk_put(ck, "other", 5, "w", 1), CLERK_OK);
+    clerk_close(ck);
+    t.keep = CU_get_number_of_failures() > 0;
+    CU_ASSERT(h_cluster_destroy(&t) == 0);
+}
+
 /* Does any file under dir hold the bytes of needle? Counts files seen. */
 static bool tree_contains(const char *dir, const char *needle, size_t *files)
 {
@@ -748,6 +861,8 @@ int main(int argc, char **argv)
          test_auth_state_survives_restart_and_reaches_a_lagging_follower},
         {"test_auth_restored_cluster_has_the_users_and_roles",
          test_auth_restored_cluster_has_the_users_and_roles},
+        {"test_auth_client_certificate_names_the_user",
+         test_auth_client_certificate_names_the_user},
         {"test_auth_plaintext_passwords_are_in_no_file",
          test_auth_plaintext_passwords_are_in_no_file},
         CU_TEST_INFO_NULL,

@@ -385,6 +385,37 @@ static void test_auth_disabled_allows_everything_enabled_checks_roles(void)
     close_store();
 }
 
+static void test_auth_client_certificate_names_the_user(void)
+{
+    open_store();
+    set_up_users();
+    CU_ASSERT_FATAL(enable(7) == 0);
+    char msg[400], user[KV_AUTH_MAX_NAME + 1];
+    bool root = true;
+    CU_ASSERT(kv_auth_check_as(&st, txn, "", "bob", NOW, "app/x", 5,
+                               KV_AUTH_WRITE, user, &root, msg,
+                               sizeof msg) == 0);
+    CU_ASSERT_STRING_EQUAL(user, "bob");
+    CU_ASSERT(!root);
+    CU_ASSERT(kv_auth_check_as(&st, txn, "", "bob", NOW, "other", 5,
+                               KV_AUTH_WRITE, NULL, NULL, msg, sizeof msg) ==
+              RAFTKV__AUTH_ERROR__AUTH_PERMISSION_DENIED);
+    CU_ASSERT(kv_auth_check_as(&st, txn, "", "root", NOW, "other", 5,
+                               KV_AUTH_WRITE, NULL, &root, msg,
+                               sizeof msg) == 0);
+    CU_ASSERT(root);
+    /* A name that is no user gets nothing. */
+    CU_ASSERT(kv_auth_check_as(&st, txn, "", "mallory", NOW, "app/x", 5,
+                               KV_AUTH_READ, NULL, NULL, msg, sizeof msg) ==
+              RAFTKV__AUTH_ERROR__AUTH_UNAUTHENTICATED);
+    CU_ASSERT(strstr(msg, "not a user") != NULL);
+    /* A token, when there is one, wins over the certificate. */
+    CU_ASSERT(kv_auth_check_as(&st, txn, "v1.bad", "root", NOW, "other", 5,
+                               KV_AUTH_WRITE, NULL, NULL, msg, sizeof msg) ==
+              RAFTKV__AUTH_ERROR__AUTH_UNAUTHENTICATED);
+    close_store();
+}
+
 static void test_auth_password_change_delete_and_reenable_void_tokens(void)
 {
     open_store();
@@ -571,6 +602,8 @@ int main(int argc, char **argv)
          test_auth_enable_needs_a_root_user_with_role_root},
         {"test_auth_disabled_allows_everything_enabled_checks_roles",
          test_auth_disabled_allows_everything_enabled_checks_roles},
+        {"test_auth_client_certificate_names_the_user",
+         test_auth_client_certificate_names_the_user},
         {"test_auth_password_change_delete_and_reenable_void_tokens",
          test_auth_password_change_delete_and_reenable_void_tokens},
         {"test_auth_role_delete_takes_it_from_users",
