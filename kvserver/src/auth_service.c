@@ -800,6 +800,24 @@ static void finish_authenticate(struct auth_job *j)
     sodium_memzero(token, sizeof token);
 }
 
+/* Reads of users and roles are served by the leader, which has applied
+ * every change it acknowledged (a follower may lag): AUTH_OK here, or
+ * NOT_LEADER (hint filled) or UNAVAILABLE with msg. */
+static int read_on_leader(struct kv_node *n,
+                          Raftkv__AuthLeaderHint *hint,
+                          char *msg,
+                          size_t msg_size)
+{
+    uint64_t leader = raft_leader(n->raft);
+    if (leader == n->cfg.id) {
+        return RAFTKV__AUTH_ERROR__AUTH_OK;
+    }
+    set_hint(n, leader, hint);
+    snprintf(msg, msg_size, "%s", leader ? "not the leader" : "no leader known");
+    return leader ? RAFTKV__AUTH_ERROR__AUTH_NOT_LEADER
+                  : RAFTKV__AUTH_ERROR__AUTH_UNAVAILABLE;
+}
+
 static void handle_user_get(Raftkv__AuthService_Service *svc,
                             const Raftkv__UserGetArgs *a,
                             Raftkv__UserGetReply_Closure closure,
@@ -814,6 +832,9 @@ static void handle_user_get(Raftkv__AuthService_Service *svc,
     r.message = msg;
     r.err = require_root(n, data, a->name, "read other users", msg,
                          sizeof msg);
+    if (!r.err) {
+        r.err = read_on_leader(n, &hint, msg, sizeof msg);
+    }
     bool own;
     MDB_txn *txn = r.err ? NULL : state_read(n, &own);
     if (!r.err && !txn) {
@@ -850,6 +871,9 @@ static void handle_role_get(Raftkv__AuthService_Service *svc,
     r.leader = &hint;
     r.message = msg;
     r.err = require_root(n, data, NULL, "read roles", msg, sizeof msg);
+    if (!r.err) {
+        r.err = read_on_leader(n, &hint, msg, sizeof msg);
+    }
     bool own;
     MDB_txn *txn = r.err ? NULL : state_read(n, &own);
     if (!r.err && !txn) {
@@ -891,6 +915,9 @@ static void list_names(struct kv_node *n,
     r.err = require_root(n, data, NULL,
                          kind == 'u' ? "list users" : "list roles", msg,
                          sizeof msg);
+    if (!r.err) {
+        r.err = read_on_leader(n, &hint, msg, sizeof msg);
+    }
     bool own;
     MDB_txn *txn = r.err ? NULL : state_read(n, &own);
     if (!r.err && !txn) {

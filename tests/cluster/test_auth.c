@@ -311,6 +311,67 @@ static void test_auth_read_only_user_is_denied_writes(void)
     clerk_close(ck);
 }
 
+static void test_auth_kvctl_user_role_and_auth_commands(void)
+{
+    need_cluster();
+    char out[8192];
+#define ROOT "--user root:" ROOT_PW " "
+    CU_ASSERT_EQUAL(kvctl(ROOT "user add dave:Dave-pw-6630", out, sizeof out),
+                    0);
+    CU_ASSERT_EQUAL(kvctl(ROOT "role add dreader", out, sizeof out), 0);
+    CU_ASSERT_EQUAL(kvctl(ROOT "role grant-permission --prefix dreader read "
+                               "d/",
+                          out, sizeof out),
+                    0);
+    CU_ASSERT_EQUAL(kvctl(ROOT "role grant-permission dreader write d/a d/b",
+                          out, sizeof out),
+                    0);
+    CU_ASSERT_EQUAL(kvctl(ROOT "user grant-role dave dreader", out,
+                          sizeof out),
+                    0);
+    CU_ASSERT_EQUAL(kvctl(ROOT "user get dave", out, sizeof out), 0);
+    CU_ASSERT(strstr(out, "Roles: dreader") != NULL);
+    CU_ASSERT_EQUAL(kvctl(ROOT "-w json role get dreader", out, sizeof out),
+                    0);
+    CU_ASSERT(strstr(out, "{\"type\":\"read\",\"key\":\"d/\",\"range_end\":"
+                          "\"d0\"}") != NULL);
+    CU_ASSERT(strstr(out, "{\"type\":\"write\",\"key\":\"d/a\","
+                          "\"range_end\":\"d/b\"}") != NULL);
+    CU_ASSERT_EQUAL(kvctl(ROOT "user list", out, sizeof out), 0);
+    CU_ASSERT(strstr(out, "dave\n") != NULL && strstr(out, "alice\n") != NULL);
+    CU_ASSERT_EQUAL(kvctl(ROOT "-w json role list", out, sizeof out), 0);
+    CU_ASSERT(strstr(out, "\"root\"") != NULL &&
+              strstr(out, "\"dreader\"") != NULL);
+    CU_ASSERT_EQUAL(kvctl("auth status", out, sizeof out), 0);
+    CU_ASSERT(strstr(out, "Authentication Status: true") != NULL);
+    /* dave: writes d/a (write on [d/a, d/b)) but not d/c; reads d/c. */
+    CU_ASSERT_EQUAL(kvctl("--user dave:Dave-pw-6630 put d/a 1", out,
+                          sizeof out),
+                    0);
+    CU_ASSERT_EQUAL(kvctl("--user dave:Dave-pw-6630 put d/c 1", out,
+                          sizeof out),
+                    7);
+    CU_ASSERT_EQUAL(kvctl("--user dave:Dave-pw-6630 get d/a", out,
+                          sizeof out),
+                    0);
+    /* Not root: no administration (exit 7); no such user (exit 1). */
+    CU_ASSERT_EQUAL(kvctl("--user dave:Dave-pw-6630 user list", out,
+                          sizeof out),
+                    7);
+    CU_ASSERT_EQUAL(kvctl(ROOT "role revoke-permission dreader d/a d/b", out,
+                          sizeof out),
+                    0);
+    CU_ASSERT_EQUAL(kvctl("--user dave:Dave-pw-6630 put d/a 2", out,
+                          sizeof out),
+                    7);
+    CU_ASSERT_EQUAL(kvctl(ROOT "user delete dave", out, sizeof out), 0);
+    CU_ASSERT_EQUAL(kvctl(ROOT "user get dave", out, sizeof out), 1);
+    CU_ASSERT_EQUAL(kvctl(ROOT "role delete dreader", out, sizeof out), 0);
+    /* Without a user, auth cannot be turned off (exit 6). */
+    CU_ASSERT_EQUAL(kvctl("auth disable", out, sizeof out), 6);
+#undef ROOT
+}
+
 /* Where clerk_snapshot_save puts the bytes: counted and dropped. */
 static int count_bytes(const void *data, size_t len, void *arg)
 {
@@ -847,6 +908,8 @@ int main(int argc, char **argv)
          test_auth_prefix_user_writes_inside_and_is_denied_outside},
         {"test_auth_read_only_user_is_denied_writes",
          test_auth_read_only_user_is_denied_writes},
+        {"test_auth_kvctl_user_role_and_auth_commands",
+         test_auth_kvctl_user_role_and_auth_commands},
         {"test_auth_admin_operations_need_root",
          test_auth_admin_operations_need_root},
         {"test_auth_stale_reads_on_a_follower_check_permissions",

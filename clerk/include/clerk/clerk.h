@@ -327,8 +327,9 @@ int clerk_fault(struct clerk *c,
  * carries the token of the handle's user (clerk_options.user), and all the
  * functions below but clerk_auth_status need a user with the role root
  * (clerk_user_passwd also the user itself, clerk_user_get the user
- * itself). Changes go to the leader; reads (get, list, status) are served
- * by any server from its applied state. Each returns CLERK_OK, or:
+ * itself). Changes, gets and lists go to the leader (so they see every
+ * change acknowledged before); clerk_auth_status is answered by any server
+ * from its applied state. Each returns CLERK_OK, or:
  * CLERK_UNAUTHENTICATED, CLERK_PERMISSION_DENIED, CLERK_NOT_FOUND (no such
  * user or role, or not granted), CLERK_BAD_REQUEST (exists already, a bad
  * name, auth enable without a user root that has the role root),
