@@ -56,6 +56,9 @@ struct rpc_conn
     uint64_t active_ms;           /* last read or reply */
     uint64_t paused_ms;           /* when reading paused for the backlog */
     bool counted_source;          /* counts toward its source's limit */
+    struct evbuffer_cb_entry *budget_cb[3]; /* count input, output, pending
+                                     toward the server's max_buffered */
+    bool budget_paused;           /* reading stopped for the budget */
     bool tls;                     /* over TLS */
     bool tls_checked;             /* its certificate was checked */
     char tls_name[128];           /* the CN of its verified certificate */
@@ -120,7 +123,12 @@ struct rpc_server
     struct ratelog accept_log;         /* "accept: Too many open files" */
     struct ratelog hs_log;             /* "peer handshake failed" */
     struct ratelog tls_log;            /* "TLS handshake failed" */
+    struct ratelog budget_log;         /* "over the buffer budget" */
     struct source **sources;           /* connections per source address */
+    size_t buffered;                   /* bytes in every connection's input,
+                                          output and pending buffers */
+    size_t budget_paused;              /* connections paused for it */
+    struct event *budget_ev;           /* resumes them once it drains */
 };
 
 /* Connections open from one source address (max_per_source). */
@@ -231,11 +239,137 @@ static void conn_unref(struct rpc_conn *c)
     }
 }
 
+static void log_limited(struct ratelog *r, int level, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static void resume_reading(struct rpc_conn *c);
+
+/* Over max_buffered, a connection is paused when its unread replies hold
+ * at least this share of the budget (1/16). */
+#define BUDGET_SHARE 16u
+
+/* Every connection buffer reports its changes here, so that the server
+ * knows what all of them hold together (max_buffered). */
+static void on_buffer_change(struct evbuffer *b,
+                             const struct evbuffer_cb_info *info,
+                             void *arg)
+{
+    (void)b;
+    struct rpc_server *s = arg;
+    s->buffered += info->n_added;
+    s->buffered -= info->n_deleted < s->buffered ? info->n_deleted
+                                                 : s->buffered;
+    if (s->budget_paused && s->buffered < s->opts.max_buffered / 2 &&
+        s->budget_ev) {
+        event_active(s->budget_ev, EV_TIMEOUT, 0);
+    }
+}
+
+static void budget_watch(struct rpc_conn *c)
+{
+    struct rpc_server *s = c->server;
+    if (!s->opts.max_buffered) {
+        return;
+    }
+    struct evbuffer *bufs[3] = {bufferevent_get_input(c->bev),
+                                bufferevent_get_output(c->bev), c->pending};
+    for (int i = 0; i < 3; i++) {
+        c->budget_cb[i] = evbuffer_add_cb(bufs[i], on_buffer_change, s);
+    }
+}
+
+/* Stop counting a connection's buffers (before they are freed). */
+static void budget_unwatch(struct rpc_conn *c, struct rpc_server *s)
+{
+    struct evbuffer *bufs[3] = {bufferevent_get_input(c->bev),
+                                bufferevent_get_output(c->bev), c->pending};
+    for (int i = 0; i < 3; i++) {
+        if (!c->budget_cb[i]) {
+            continue;
+        }
+        size_t len = evbuffer_get_length(bufs[i]);
+        s->buffered -= len < s->buffered ? len : s->buffered;
+        evbuffer_remove_cb_entry(bufs[i], c->budget_cb[i]);
+        c->budget_cb[i] = NULL;
+    }
+    if (c->budget_paused) {
+        c->budget_paused = false;
+        s->budget_paused--;
+    }
+}
+
+/* Over the budget: this connection reads no more until the server's
+ * buffers drain to half of it. Only between frames: a connection in the
+ * middle of a request goes on until the request is whole and served (its
+ * bytes are then freed; bounded by the args cap and the frame timeout),
+ * so that paused connections hold no input and the budget can drain. */
+static size_t own_output(struct rpc_conn *c)
+{
+    return evbuffer_get_length(bufferevent_get_output(c->bev)) +
+           evbuffer_get_length(c->pending);
+}
+
+static void budget_check(struct rpc_conn *c)
+{
+    struct rpc_server *s = c->server;
+    if (!s->opts.max_buffered || c->budget_paused || c->mid_frame ||
+        s->buffered <= s->opts.max_buffered ||
+        own_output(c) < s->opts.max_buffered / BUDGET_SHARE) {
+        /* Over the budget, connections whose replies wait unread are
+         * paused; one that holds little goes on. */
+        return;
+    }
+    c->budget_paused = true;
+    s->budget_paused++;
+    s->stats.budget_pauses++;
+    bufferevent_disable(c->bev, EV_READ);
+    log_limited(&s->budget_log, RPC_LOG_WARN,
+                "rpc: %zu bytes buffered for all connections, over the "
+                "budget of %zu: %s reads no more until they drain",
+                s->buffered, s->opts.max_buffered, c->peer);
+}
+
+/* A connection paused for the budget whose own replies were read goes on,
+ * whatever the others hold. */
+static void budget_maybe_resume(struct rpc_conn *c)
+{
+    struct rpc_server *s = c->server;
+    if (c->budget_paused && c->bev &&
+        own_output(c) < s->opts.max_buffered / BUDGET_SHARE / 2) {
+        c->budget_paused = false;
+        s->budget_paused--;
+        if (!c->read_paused) {
+            resume_reading(c);
+        }
+    }
+}
+
+static void on_budget(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    struct rpc_server *s = arg;
+    if (s->buffered >= s->opts.max_buffered / 2) {
+        return;
+    }
+    for (struct rpc_conn *c = s->conns; c && s->budget_paused; c = c->next) {
+        if (c->budget_paused) {
+            c->budget_paused = false;
+            s->budget_paused--;
+            if (!c->read_paused) {
+                resume_reading(c);
+            }
+        }
+    }
+}
+
 /* Close a connection now; pending calls keep the struct alive. */
 static void conn_close(struct rpc_conn *c)
 {
     if (!c->bev) {
         return;
+    }
+    if (c->server) {
+        budget_unwatch(c, c->server);
     }
     bufferevent_free(c->bev);
     c->bev = NULL;
@@ -346,6 +480,9 @@ static void resume_reading(struct rpc_conn *c)
 {
     c->read_paused = false;
     c->frame_ms = rpc_now_ms();
+    if (c->budget_paused) {
+        return; /* on_budget resumes it */
+    }
     bufferevent_enable(c->bev, EV_READ);
     if (evbuffer_get_length(bufferevent_get_input(c->bev))) {
         bufferevent_trigger(
@@ -394,6 +531,7 @@ static void flush_conn(struct rpc_conn *c)
     } else if (c->read_paused) {
         resume_reading(c);
     }
+    budget_maybe_resume(c);
 }
 
 void rpc_server_flush(struct rpc_server *s)
@@ -920,6 +1058,7 @@ static void on_read(struct bufferevent *bev, void *arg)
         }
         c->mid_frame = mid;
         c->active_ms = now;
+        budget_check(c);
     }
     conn_unref(c);
 }
@@ -932,6 +1071,7 @@ static void on_write(struct bufferevent *bev, void *arg)
     if (c->read_paused) {
         resume_reading(c);
     }
+    budget_maybe_resume(c);
 }
 
 static void on_event(struct bufferevent *bev, short what, void *arg)
@@ -1007,6 +1147,7 @@ static struct rpc_conn *conn_new(struct rpc_server *s, int fd, const char *peer)
     s->clients++;
     bufferevent_setcb(c->bev, on_read, on_write, on_event, c);
     bufferevent_setwatermark(c->bev, EV_WRITE, s->opts.max_output / 2, 0);
+    budget_watch(c);
     bufferevent_enable(c->bev, EV_READ | EV_WRITE);
     return c;
 }
@@ -1171,6 +1312,7 @@ static void on_sweep(evutil_socket_t fd, short what, void *arg)
     log_held_back(&s->idle_log, RPC_LOG_INFO, now);
     log_held_back(&s->hs_log, RPC_LOG_WARN, now);
     log_held_back(&s->tls_log, RPC_LOG_WARN, now);
+    log_held_back(&s->budget_log, RPC_LOG_WARN, now);
 }
 
 /* With max_connections set, make room for that many descriptors (as Redis
@@ -1232,6 +1374,7 @@ struct rpc_server *rpc_server_new(struct event_base *base,
     s->accept_log.what = "accept failures";
     s->hs_log.what = "peer handshakes refused";
     s->tls_log.what = "TLS connections failed";
+    s->budget_log.what = "connections paused for the buffer budget";
     if (s->opts.peer_auth) {
         if (!s->opts.max_per_peer) {
             s->opts.max_per_peer = 4;
@@ -1253,6 +1396,10 @@ struct rpc_server *rpc_server_new(struct event_base *base,
     }
     s->flush_ev = event_new(base, -1, 0, on_flush, s);
     s->accept_ev = evtimer_new(base, on_accept_resume, s);
+    s->budget_ev = event_new(base, -1, 0, on_budget, s);
+    if (!s->budget_ev) {
+        goto err_free_events;
+    }
     if (!s->flush_ev || !s->accept_ev) {
         goto err_free_events;
     }
@@ -1286,6 +1433,9 @@ struct rpc_server *rpc_server_new(struct event_base *base,
     return s;
 
 err_free_events:
+    if (s->budget_ev) {
+        event_free(s->budget_ev);
+    }
     if (s->sweep_ev) {
         event_free(s->sweep_ev);
     }
@@ -1334,6 +1484,7 @@ void rpc_server_free(struct rpc_server *s)
     }
     event_free(s->flush_ev);
     event_free(s->accept_ev);
+    event_free(s->budget_ev);
     if (s->sweep_ev) {
         event_free(s->sweep_ev);
     }
@@ -1451,6 +1602,7 @@ void rpc_server_get_stats(const struct rpc_server *s,
                           struct rpc_server_stats *out)
 {
     *out = s->stats;
+    out->buffered = s->buffered;
 }
 
 int rpc_server_set_faults(struct rpc_server *s,

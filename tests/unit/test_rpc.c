@@ -800,6 +800,127 @@ static void test_rpc_connections_over_the_per_source_limit_are_refused(void)
     stop_local_server();
 }
 
+/* Count reply frames on a raw socket until @want arrived or the time is
+ * up, running the loop meanwhile. */
+static int raw_count_replies(int fd,
+                             struct rpc_decoder *d,
+                             int want,
+                             int timeout_ms)
+{
+    fcntl(fd, F_SETFL, O_NONBLOCK);
+    uint64_t deadline = test_now_ms() + (uint64_t)timeout_ms;
+    static uint8_t buf[65536];
+    int got = 0;
+    while (got < want && test_now_ms() < deadline) {
+        ssize_t n = recv(fd, buf, sizeof buf, 0);
+        if (n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK)) {
+            break;
+        }
+        for (size_t pos = 0; n > 0 && pos < (size_t)n;) {
+            struct rpc_frame f;
+            size_t used;
+            int rv = rpc_decoder_feed(d, buf + pos, (size_t)n - pos, &used, &f);
+            pos += used;
+            got += rv == RPC_DECODE_FRAME && (int)f.header->status == RPC_OK;
+            if (rv == RPC_DECODE_ERROR) {
+                pos = (size_t)n;
+            }
+        }
+        if (n < 0) {
+            run_for(2);
+        }
+    }
+    return got;
+}
+
+/* Clients that pipeline and do not read: together they may not make the
+ * server buffer more than its budget (plus what one read adds per
+ * connection); paused, nothing is lost, and once they read every call is
+ * answered. */
+static void test_rpc_buffer_budget_pauses_readers_and_all_calls_complete(void)
+{
+    const size_t budget = 256 * 1024;
+    struct rpc_server_options o = {.max_buffered = budget};
+    start_local_server(&o);
+    enum { CONNS = 8, CALLS = 1024 };
+    static char payload[8192];
+    memset(payload, 'p', sizeof payload - 1);
+    static uint8_t frame[9000];
+    size_t fl = raw_request(frame, sizeof frame, "Echo", 1, payload, 0);
+    int fds[CONNS];
+    for (int i = 0; i < CONNS; i++) {
+        /* Small socket buffers, so that what the clients leave unread
+         * stays in the server's buffers rather than the kernel's. */
+        fds[i] = socket(AF_INET, SOCK_STREAM, 0);
+        int small = 4096;
+        setsockopt(fds[i], SOL_SOCKET, SO_RCVBUF, &small, sizeof small);
+        setsockopt(fds[i], SOL_SOCKET, SO_SNDBUF, &small, sizeof small);
+        struct sockaddr_in sa = {.sin_family = AF_INET,
+                                 .sin_port = htons(port)};
+        sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        CU_ASSERT_FATAL(connect(fds[i], (struct sockaddr *)&sa, sizeof sa) ==
+                        0);
+        fcntl(fds[i], F_SETFL, O_NONBLOCK);
+    }
+    /* Write everything (as far as the sockets take it), never reading. */
+    size_t sent[CONNS] = {0}, total = fl * CALLS;
+    /* Until the budget paused someone (and a little longer), at most
+     * SOON_MS. */
+    uint64_t peak = 0, end = test_now_ms() + SOON_MS, paused_at = 0;
+    while (test_now_ms() < end &&
+           (!paused_at || test_now_ms() < paused_at + 300)) {
+        for (int i = 0; i < CONNS; i++) {
+            while (sent[i] < total) {
+                size_t off = sent[i] % fl;
+                ssize_t n = send(fds[i], frame + off, fl - off, MSG_NOSIGNAL);
+                if (n <= 0) {
+                    break;
+                }
+                sent[i] += (size_t)n;
+            }
+        }
+        run_for(5);
+        struct rpc_server_stats st;
+        rpc_server_get_stats(server, &st);
+        peak = st.buffered > peak ? st.buffered : peak;
+        if (st.budget_pauses && !paused_at) {
+            paused_at = test_now_ms();
+        }
+    }
+    struct rpc_server_stats st;
+    rpc_server_get_stats(server, &st);
+    CU_ASSERT(st.budget_pauses > 0);
+    CU_ASSERT(peak > 0);
+    CU_ASSERT(peak <= budget + CONNS * 64 * 1024);
+    CU_ASSERT(st.calls < CONNS * CALLS); /* not all served before reading */
+    /* Now they read (and write the rest): every call is answered. */
+    for (int i = 0; i < CONNS; i++) {
+        int big = 1 << 20;
+        setsockopt(fds[i], SOL_SOCKET, SO_RCVBUF, &big, sizeof big);
+        setsockopt(fds[i], SOL_SOCKET, SO_SNDBUF, &big, sizeof big);
+    }
+    for (int i = 0; i < CONNS; i++) {
+        int got = 0;
+        struct rpc_decoder *d = rpc_decoder_new(NULL);
+        uint64_t stop = test_now_ms() + SOON_MS;
+        while (got < CALLS && test_now_ms() < stop) {
+            while (sent[i] < total) {
+                size_t off = sent[i] % fl;
+                ssize_t n = send(fds[i], frame + off, fl - off, MSG_NOSIGNAL);
+                if (n <= 0) {
+                    break;
+                }
+                sent[i] += (size_t)n;
+            }
+            got += raw_count_replies(fds[i], d, CALLS - got, 2);
+        }
+        rpc_decoder_free(d);
+        CU_ASSERT_EQUAL(got, CALLS);
+        close(fds[i]);
+    }
+    stop_local_server();
+}
+
 static void test_rpc_a_peer_gets_in_while_clients_hold_every_slot(void)
 {
     struct rpc_server_options so = {.max_connections = 2,
@@ -1091,6 +1212,8 @@ int main(int argc, char **argv)
          test_rpc_connections_over_the_limit_are_refused},
         {"test_rpc_connections_over_the_per_source_limit_are_refused",
          test_rpc_connections_over_the_per_source_limit_are_refused},
+        {"test_rpc_buffer_budget_pauses_readers_and_all_calls_complete",
+         test_rpc_buffer_budget_pauses_readers_and_all_calls_complete},
         {"test_rpc_a_peer_gets_in_while_clients_hold_every_slot",
          test_rpc_a_peer_gets_in_while_clients_hold_every_slot},
         {"test_rpc_frame_timeout_closes_slow_senders_only",

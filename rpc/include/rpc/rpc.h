@@ -375,6 +375,11 @@ struct rpc_server_options
                                   "peer auth"); NULL: none */
     struct rpc_tls *tls;       /* serve TLS with this server context
                                   (borrowed); NULL: plain TCP */
+    size_t max_buffered;       /* one budget for the bytes buffered by all
+                                  connections (input, output, replies
+                                  waiting): above it a connection that
+                                  reads stops reading until the total
+                                  drains to half. 0: no budget */
     rpc_precheck_cb precheck;  /* called before every unpack; NULL: none */
     void *precheck_arg;        /* passed to precheck */
     uint32_t max_per_peer;     /* with peer_auth: connections one peer id
@@ -413,6 +418,9 @@ struct rpc_server_stats
     uint64_t handshakes_failed;   /* peer handshakes refused or timed out */
     uint64_t tls_failures;        /* connections closed for a failed TLS
                                      handshake or a refused certificate */
+    uint64_t budget_pauses;       /* connections paused for max_buffered */
+    uint64_t buffered;            /* bytes in all connections' buffers now
+                                     (counted with max_buffered only) */
 };
 
 /* Calls of one method of a served service, by how they were answered. */
