@@ -94,7 +94,9 @@ void echo_result_closure(const Raftkv__Test__EchoReply *reply, void *data)
         size_t n = reply->payload.len < sizeof r->payload - 1
                        ? reply->payload.len
                        : sizeof r->payload - 1;
-        memcpy(r->payload, reply->payload.data, n);
+        if (n) { /* an empty payload may have no data pointer */
+            memcpy(r->payload, reply->payload.data, n);
+        }
         r->payload[n] = 0;
     } else {
         r->status = rpc_last_status();
