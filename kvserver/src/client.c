@@ -174,6 +174,13 @@ static void propose(struct kv_node *n,
                     NULL, 0, n->store.errmsg);
         return;
     }
+    err = quota_check_write(n, op,
+                            (key ? key->len : 0) + (value ? value->len : 0),
+                            msg, sizeof msg);
+    if (err) {
+        reply_write(n, op, closure, data, err, NULL, 0, msg);
+        return;
+    }
     struct kv_pending_write *w = calloc(1, sizeof *w);
     size_t len = raftkv__command__get_packed_size(cmd);
     uint8_t *buf = malloc(len ? len : 1);

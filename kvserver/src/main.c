@@ -70,6 +70,11 @@ static const char usage_text[] =
     "  --max-output-mb N        unread replies one connection may hold; above\n"
     "                           it the node stops reading that connection's\n"
     "                           requests, at 4x it closes it (default 8)\n"
+    "  --quota-bytes N          the leader refuses writes (NO_SPACE) that\n"
+    "                           would grow the applied state past N bytes\n"
+    "                           (512MiB, 8GiB: K, M, G, T are binary units);\n"
+    "                           deletes are still accepted. 0: no quota\n"
+    "                           (default 8GiB)\n"
     "  --auth-token-ttl-s S     tokens that clients get from Authenticate\n"
     "                           (users and roles, docs/auth.md) are valid\n"
     "                           for S seconds (default 300)\n"
@@ -263,6 +268,7 @@ int main(int argc, char **argv)
         .idle_timeout_ms = 300000,
         .max_per_source = 1000,
         .max_output = 8u << 20,
+        .quota_bytes = KV_QUOTA_DEFAULT,
     };
     const char *cluster = NULL;
     const char *peers = NULL;
@@ -289,6 +295,7 @@ int main(int argc, char **argv)
         {"idle-timeout-ms", required_argument, NULL, 'I'},
         {"max-output-mb", required_argument, NULL, 'O'},
         {"auth-token-ttl-s", required_argument, NULL, 'A'},
+        {"quota-bytes", required_argument, NULL, 'Q'},
         {"state-commit-ms", required_argument, NULL, 'C'},
         {"wal-segment-mb", required_argument, NULL, 'W'},
         {"metrics-addr", required_argument, NULL, 'M'},
@@ -393,6 +400,14 @@ int main(int argc, char **argv)
             case 'A':
                 c.auth_token_ttl_s =
                     parse_u64("--auth-token-ttl-s", optarg, 1, 30 * 86400);
+                break;
+            case 'Q':
+                if (kv_quota_parse(optarg, &c.quota_bytes) != 0) {
+                    die_usage("--quota-bytes wants a number of bytes, "
+                              "optionally with K, M, G or T (512MiB, 8GiB), "
+                              "not '%s'",
+                              optarg);
+                }
                 break;
             case 'O':
                 c.max_output = parse_u64("--max-output-mb", optarg, 1, 1024)

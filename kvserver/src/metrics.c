@@ -231,6 +231,17 @@ static void on_metrics(struct evhttp_request *req, void *arg)
               db_entries(n, n->store.kv));
     put_value(b, "raftkv_disk_full", "gauge",
               "1 while writes are refused for a full disk.", n->disk_full);
+    put_value(b, "raftkv_quota_bytes", "gauge",
+              "--quota-bytes: the leader refuses writes that would grow the "
+              "state past it (0: no quota).",
+              n->cfg.quota_bytes);
+    put_value(b, "raftkv_state_bytes", "gauge",
+              "Bytes of LMDB pages in use by the applied state (freed pages "
+              "are reused and not counted).",
+              quota_state_bytes(n));
+    put_value(b, "raftkv_quota_refusals_total", "counter",
+              "Writes this node refused as leader for --quota-bytes.",
+              n->quota.refusals);
     evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type",
                       "text/plain; version=0.0.4; charset=utf-8");
     evhttp_send_reply(req, HTTP_OK, "OK", b);

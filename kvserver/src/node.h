@@ -17,6 +17,7 @@
 #include "snap.h"
 #include "store.h"
 #include "metrics.h"
+#include "quota.h"
 #include "wal.h"
 
 #define KV_MAX_NODES 9
@@ -75,6 +76,8 @@ struct kv_node_config
                                       this long (0: never) */
     size_t max_output;             /* unread reply bytes per connection */
     uint64_t auth_token_ttl_s;     /* auth tokens valid this long (0: 300) */
+    uint64_t quota_bytes;          /* the leader refuses writes that would
+                                      grow the state past it (0: none) */
 };
 
 /* Another node, as seen from this one. */
@@ -187,6 +190,7 @@ struct kv_node
     uint64_t state_commits;             /* state commits so far */
     struct event *state_ev;             /* commits the state when due */
     struct kv_metrics metrics;          /* counters and histograms */
+    struct kv_quota quota;              /* --quota-bytes (quota.c) */
     struct kv_backup backups[KV_MAX_BACKUPS]; /* snapshot reads */
     uint64_t backup_seq;                      /* for their ids */
     struct evhttp *http;                      /* serves them (--metrics-addr) */
@@ -309,6 +313,34 @@ void auth_reply_write(struct kv_node *n,
                       const struct kv_outcome *o,
                       uint64_t leader,
                       const char *msg);
+
+/* quota.c: --quota-bytes, checked by the leader before it proposes a
+ * write (client.c). */
+/**
+ * May the leader propose this write under --quota-bytes? Deletes, session
+ * opens and auth changes always may (they are how a user gets out of a
+ * full store); on a follower or without a quota every write may (a
+ * follower sends writes to the leader, which checks them). Counts the
+ * refusal and logs when writes start being refused or are accepted again.
+ * @param n the node
+ * @param op RAFTKV__COMMAND__OP_*
+ * @param cost about how many bytes the write adds (key and value)
+ * @param msg out: why it was refused (the state, the quota, what to do)
+ * @param msg_size size of msg
+ * @return 0 (propose it), or RAFTKV__KV_ERROR__KV_NO_SPACE with @msg set
+ */
+int quota_check_write(struct kv_node *n,
+                      int op,
+                      size_t cost,
+                      char *msg,
+                      size_t msg_size);
+/**
+ * The applied state's size in bytes (kv_quota_state_bytes on the state
+ * transaction), measured again only after entries were applied or the
+ * state committed.
+ * @return the size, or the last one measured when LMDB cannot be read
+ */
+uint64_t quota_state_bytes(struct kv_node *n);
 
 /* fault.c: AdminService.Fault */
 void fault_service_init(struct kv_node *n);
