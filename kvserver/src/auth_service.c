@@ -53,6 +53,80 @@ static void state_done(MDB_txn *txn, bool own)
     }
 }
 
+/* Recent successful checks, so that a call whose token (or certificate
+ * name) was checked a moment ago costs no HMAC and no LMDB reads: who it
+ * is, whether that user is root, or that auth is off. An entry holds
+ * while no auth change or snapshot was applied since (n->auth_gen) and
+ * for at most AUTH_CACHE_S seconds (so a token's expiry is seen within
+ * that). Permissions of users other than root are checked every time. */
+#define AUTH_CACHE_SLOTS 64
+#define AUTH_CACHE_S     1
+
+struct auth_cache_entry
+{
+    uint64_t gen;                    /* n->auth_gen when filled (0: empty) */
+    uint64_t until_s;                /* wall clock: holds before this */
+    char token[KV_AUTH_TOKEN_MAX];   /* the call's token ... */
+    char cert[KV_AUTH_MAX_NAME + 1]; /* ... and certificate name */
+    char user[KV_AUTH_MAX_NAME + 1]; /* who that is */
+    bool root;                       /* with the role root */
+};
+
+struct auth_cache
+{
+    uint64_t off_gen;                /* auth_gen at which auth was off (+1) */
+    uint64_t off_until_s;            /* and until when that holds */
+    struct auth_cache_entry slot[AUTH_CACHE_SLOTS];
+};
+
+static struct auth_cache_entry *cache_slot(struct kv_node *n,
+                                           const char *token,
+                                           const char *cert)
+{
+    uint32_t h = 2166136261u;
+    for (const char *p = token; *p; p++) {
+        h = (h ^ (uint8_t)*p) * 16777619u;
+    }
+    for (const char *p = cert; *p; p++) {
+        h = (h ^ (uint8_t)*p) * 16777619u;
+    }
+    return &n->auth_cache->slot[h % AUTH_CACHE_SLOTS];
+}
+
+/* The cached identity of a call, or NULL. */
+static const struct auth_cache_entry *cache_get(struct kv_node *n,
+                                                const char *token,
+                                                const char *cert,
+                                                uint64_t now)
+{
+    const struct auth_cache_entry *e = cache_slot(n, token, cert);
+    if (e->gen != n->auth_gen + 1 || now >= e->until_s ||
+        strcmp(e->token, token) != 0 || strcmp(e->cert, cert) != 0) {
+        return NULL;
+    }
+    return e;
+}
+
+static void cache_put(struct kv_node *n,
+                      const char *token,
+                      const char *cert,
+                      uint64_t now,
+                      const char *user,
+                      bool root)
+{
+    if (strlen(token) >= KV_AUTH_TOKEN_MAX ||
+        strlen(cert) > KV_AUTH_MAX_NAME) {
+        return;
+    }
+    struct auth_cache_entry *e = cache_slot(n, token, cert);
+    e->gen = n->auth_gen + 1;
+    e->until_s = now + AUTH_CACHE_S;
+    snprintf(e->token, sizeof e->token, "%s", token);
+    snprintf(e->cert, sizeof e->cert, "%s", cert);
+    snprintf(e->user, sizeof e->user, "%s", user);
+    e->root = root;
+}
+
 /* Check a call's token against the applied state.
  * @param key NULL: the token only
  * @return a Raftkv__AuthError; msg filled unless OK */
@@ -66,17 +140,55 @@ static int check_call(struct kv_node *n,
                       char *msg,
                       size_t msg_size)
 {
+    const char *token = rpc_call_auth_token(closure_data);
+    const char *cert = rpc_call_tls_name(closure_data);
+    uint64_t now = wall_s();
+    struct auth_cache *c = n->auth_cache;
+    if (c && c->off_gen == n->auth_gen + 1 && now < c->off_until_s) {
+        if (user) {
+            user[0] = 0; /* auth is off */
+        }
+        if (is_root) {
+            *is_root = true;
+        }
+        return RAFTKV__AUTH_ERROR__AUTH_OK;
+    }
+    const struct auth_cache_entry *e = c ? cache_get(n, token, cert, now)
+                                         : NULL;
+    if (e && (e->root || !key)) {
+        if (user) {
+            snprintf(user, KV_AUTH_MAX_NAME + 1, "%s", e->user);
+        }
+        if (is_root) {
+            *is_root = e->root;
+        }
+        return RAFTKV__AUTH_ERROR__AUTH_OK;
+    }
     bool own;
     MDB_txn *txn = state_read(n, &own);
     if (!txn) {
         snprintf(msg, msg_size, "cannot read the auth state");
         return RAFTKV__AUTH_ERROR__AUTH_INTERNAL;
     }
-    int err = kv_auth_check_as(&n->store, txn,
-                               rpc_call_auth_token(closure_data),
-                               rpc_call_tls_name(closure_data), wall_s(), key,
-                               key_len, need, user, is_root, msg, msg_size);
+    char who[KV_AUTH_MAX_NAME + 1];
+    bool root = false;
+    int err = kv_auth_check_as(&n->store, txn, token, cert, now, key,
+                               key_len, need, who, &root, msg, msg_size);
     state_done(txn, own);
+    if (err == RAFTKV__AUTH_ERROR__AUTH_OK && c) {
+        if (!who[0] && root) {
+            c->off_gen = n->auth_gen + 1; /* auth is off */
+            c->off_until_s = now + AUTH_CACHE_S;
+        } else {
+            cache_put(n, token, cert, now, who, root);
+        }
+    }
+    if (user) {
+        snprintf(user, KV_AUTH_MAX_NAME + 1, "%s", who);
+    }
+    if (is_root) {
+        *is_root = root;
+    }
     return err;
 }
 
@@ -419,6 +531,8 @@ err:
 
 void auth_service_stop(struct kv_node *n)
 {
+    free(n->auth_cache);
+    n->auth_cache = NULL;
     struct auth_worker *w = n->auth_worker;
     if (!w) {
         return;
@@ -1095,6 +1209,7 @@ void auth_service_init(struct kv_node *n)
                  "passwords cannot work", (unsigned long long)n->cfg.id);
     }
     worker_start(n);
+    n->auth_cache = calloc(1, sizeof *n->auth_cache); /* NULL: no cache */
     Raftkv__AuthService_Service svc = {
         RAFTKV__AUTH_SERVICE__BASE_INIT,
         handle_authenticate,

@@ -75,6 +75,7 @@ struct kv_node_config
     unsigned idle_timeout_ms;      /* idle client connections closed after
                                       this long (0: never) */
     size_t max_output;             /* unread reply bytes per connection */
+    size_t max_buffered;           /* all client connections' buffers */
     uint64_t auth_token_ttl_s;     /* auth tokens valid this long (0: 300) */
     uint64_t quota_bytes;          /* the leader refuses writes that would
                                       grow the state past it (0: none) */
@@ -216,6 +217,10 @@ struct kv_node
     Raftkv__AuthService_Service auth_svc;   /* AuthService (auth_service.c) */
     Raftkv__AdminService_Service admin_inner; /* admin handlers behind the
                                                  root check of admin_svc */
+    uint64_t auth_gen;                        /* bumped by every applied auth
+                                                 change and snapshot: voids
+                                                 the checks cached below */
+    struct auth_cache *auth_cache;            /* recent checks (auth_service.c) */
     struct auth_worker *auth_worker;          /* hashes and checks passwords
                                                  off the loop (auth_service.c) */
     struct admin_transfer *transfers;       /* TransferLeader calls waiting for

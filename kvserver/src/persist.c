@@ -124,6 +124,7 @@ static void state_abort(struct kv_node *n)
     node_clear_applied(n);
     n->applied = n->durable_applied;
     n->applied_term = n->durable_term;
+    n->auth_gen++; /* auth changes applied since may be gone */
 }
 
 int node_state_commit(struct kv_node *n, bool full)
@@ -186,8 +187,12 @@ static int state_apply_upto(struct kv_node *n, uint64_t upto)
             if (!rv && o.cluster_id) {
                 node_set_cluster_id(n, o.cluster_id);
             }
+            int op = rv ? 0 : entry_op(e);
+            if (op == RAFTKV__COMMAND__OP_AUTH) {
+                n->auth_gen++; /* cached auth checks are void */
+            }
             if (!rv) {
-                rv = note_applied(n, e, entry_op(e), &o);
+                rv = note_applied(n, e, op, &o);
                 if (rv) {
                     kv_outcome_clear(&o);
                 }
@@ -248,6 +253,7 @@ static int state_receive_snapshot(struct kv_node *n,
             m.cluster_id) {
             node_set_cluster_id(n, m.cluster_id); /* from the snapshot */
         }
+        n->auth_gen++; /* new users and roles, perhaps */
         if (!rv) {
             n->applied = applied;
             n->applied_term = applied_term;

@@ -469,6 +469,40 @@ static void test_auth_password_change_voids_the_old_token(void)
     clerk_close(ck);
 }
 
+/* A node caches who a token is for a moment (no HMAC, no LMDB read per
+ * call); an applied auth change voids that at once: right after the leader
+ * acknowledged revoking a user's root role, the same token is no longer
+ * root there, and after a password change it no longer works. */
+static void test_auth_checks_cached_on_a_node_are_voided_by_a_change(void)
+{
+    need_cluster();
+    struct clerk *ck = open_as("root", ROOT_PW, UINT32_MAX, false);
+    EXPECT(clerk_user_add(ck, "ops", "Ops-pw-55120"), CLERK_OK);
+    EXPECT(clerk_user_grant_role(ck, "ops", "root"), CLERK_OK);
+    clerk_close(ck);
+    int leader = find_leader(10000);
+    CU_ASSERT_FATAL(leader >= 0);
+    char token[800];
+    raw_token((size_t)leader, "ops", "Ops-pw-55120", token);
+    CU_ASSERT_FATAL(token[0] != 0);
+    /* Root may read anything: checked, then cached. */
+    for (int k = 0; k < 3; k++) {
+        struct get_out g = raw_get((size_t)leader, token, "secret/x");
+        CU_ASSERT(g.err == RAFTKV__KV_ERROR__KV_OK ||
+                  g.err == RAFTKV__KV_ERROR__KV_NOT_FOUND);
+    }
+    ck = open_as("root", ROOT_PW, UINT32_MAX, false);
+    EXPECT(clerk_user_revoke_role(ck, "ops", "root"), CLERK_OK);
+    clerk_close(ck);
+    struct get_out g = raw_get((size_t)leader, token, "secret/x");
+    CU_ASSERT_EQUAL(g.err, RAFTKV__KV_ERROR__KV_PERMISSION_DENIED);
+    ck = open_as("root", ROOT_PW, UINT32_MAX, false);
+    EXPECT(clerk_user_passwd(ck, "ops", "Ops-pw-2-71002"), CLERK_OK);
+    clerk_close(ck);
+    g = raw_get((size_t)leader, token, "secret/x");
+    CU_ASSERT_EQUAL(g.err, RAFTKV__KV_ERROR__KV_UNAUTHENTICATED);
+}
+
 static void test_auth_expired_token_is_refused_and_clerk_renews_it(void)
 {
     need_cluster();
@@ -916,6 +950,8 @@ int main(int argc, char **argv)
          test_auth_stale_reads_on_a_follower_check_permissions},
         {"test_auth_password_change_voids_the_old_token",
          test_auth_password_change_voids_the_old_token},
+        {"test_auth_checks_cached_on_a_node_are_voided_by_a_change",
+         test_auth_checks_cached_on_a_node_are_voided_by_a_change},
         {"test_auth_expired_token_is_refused_and_clerk_renews_it",
          test_auth_expired_token_is_refused_and_clerk_renews_it},
         {"test_auth_wrong_password_flood_leaves_the_leader_serving",
