@@ -67,6 +67,11 @@ static const char usage_text[] =
     "  --idle-timeout-ms MS     close a client connection with nothing sent\n"
     "                           or pending for MS (clients reconnect by\n"
     "                           themselves). 0: never (default 300000)\n"
+    "  --max-buffered-mb N      bytes all client connections may buffer\n"
+    "                           together (requests read, replies unsent);\n"
+    "                           over it, connections whose replies pile up\n"
+    "                           unread stop being read until they drain.\n"
+    "                           0: no budget (default 1024)\n"
     "  --max-output-mb N        unread replies one connection may hold; above\n"
     "                           it the node stops reading that connection's\n"
     "                           requests, at 4x it closes it (default 8)\n"
@@ -268,6 +273,7 @@ int main(int argc, char **argv)
         .idle_timeout_ms = 300000,
         .max_per_source = 1000,
         .max_output = 8u << 20,
+        .max_buffered = (size_t)1 << 30,
         .quota_bytes = KV_QUOTA_DEFAULT,
     };
     const char *cluster = NULL;
@@ -294,6 +300,7 @@ int main(int argc, char **argv)
         {"frame-timeout-ms", required_argument, NULL, 'f'},
         {"idle-timeout-ms", required_argument, NULL, 'I'},
         {"max-output-mb", required_argument, NULL, 'O'},
+        {"max-buffered-mb", required_argument, NULL, 'B'},
         {"auth-token-ttl-s", required_argument, NULL, 'A'},
         {"quota-bytes", required_argument, NULL, 'Q'},
         {"state-commit-ms", required_argument, NULL, 'C'},
@@ -408,6 +415,11 @@ int main(int argc, char **argv)
                               "not '%s'",
                               optarg);
                 }
+                break;
+            case 'B':
+                c.max_buffered = parse_u64("--max-buffered-mb", optarg, 0,
+                                           1u << 20)
+                                 << 20;
                 break;
             case 'O':
                 c.max_output = parse_u64("--max-output-mb", optarg, 1, 1024)

@@ -456,6 +456,7 @@ int kv_node_run(const struct kv_node_config *cfg)
         .max_output = cfg->max_output,
         .max_connections = cfg->max_connections,
         .max_per_source = cfg->max_per_source,
+        .max_buffered = cfg->max_buffered,
         .frame_timeout_ms = cfg->frame_timeout_ms,
         .idle_timeout_ms = cfg->idle_timeout_ms,
     };
