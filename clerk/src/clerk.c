@@ -115,7 +115,8 @@ const char *clerk_strerror(int err)
         case CLERK_VALUE_TOO_LARGE:
             return "key or value too large";
         case CLERK_NO_SPACE:
-            return "the leader's disk is full; not applied";
+            return "no room on the leader (disk full or over its quota); "
+                   "not applied";
         case CLERK_INVALID:
             return "invalid argument";
         case CLERK_NOMEM:

@@ -45,7 +45,9 @@ enum clerk_error {
     CLERK_TIMEOUT,         /* read: the deadline passed */
     CLERK_BAD_REQUEST,     /* the cluster refused the request as malformed */
     CLERK_VALUE_TOO_LARGE, /* key over 511 bytes or value over 4 MiB */
-    CLERK_NO_SPACE,        /* the leader's disk is full; not applied */
+    CLERK_NO_SPACE,        /* no room: the leader's disk is full or the
+                              write would pass --quota-bytes; not applied
+                              (clerk_errmsg says which) */
     CLERK_INVALID,         /* bad argument (NULL pointer, bad server list) */
     CLERK_NOMEM,           /* out of memory */
     CLERK_INTERNAL,        /* unexpected answer from the cluster */
