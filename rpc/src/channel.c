@@ -10,6 +10,7 @@
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
 #include <event2/bufferevent_ssl.h>
+#include <openssl/ssl.h>
 #include <event2/event.h>
 #include <event2/util.h>
 
@@ -98,7 +99,8 @@ struct rpc_channel
     struct evbuffer *pending;         /* requests not yet given to bev */
     struct event *flush_ev;           /* writes them after this turn's I/O */
     char *auth_token;                 /* sent in every request, or NULL */
-    bool tls_up;                      /* bev is the TLS one */
+    bool tls_up;                      /* bev is a TLS filter over raw */
+    struct bufferevent *raw;          /* then: the socket's bufferevent */
     struct rpc_peer_hs hs;            /* CH_HANDSHAKE: the handshake */
     bool hs_proved;                   /* our proof is sent: result next */
     uint64_t hs_logged;               /* ms of the last failure logged */
@@ -210,6 +212,7 @@ static void drop_connection(struct rpc_channel *ch)
         ch->bev = NULL;
     }
     ch->tls_up = false;
+    ch->raw = NULL; /* freed with the filter */
     if (ch->dec) {
         rpc_decoder_free(ch->dec);
         ch->dec = NULL;
@@ -228,6 +231,14 @@ static void channel_flush(struct rpc_channel *ch)
         return;
     }
     struct evbuffer *out = bufferevent_get_output(ch->bev);
+    if (ch->tls_up) {
+        /* Few TLS records, encrypted into the socket's buffer now and
+         * written now (server.c flush_conn says why). */
+        evbuffer_pullup(ch->pending, -1);
+        evbuffer_add_buffer(out, ch->pending);
+        rpc_bev_flush(ch->raw);
+        return;
+    }
     if (evbuffer_get_length(out) == 0 && !ch->tls_up) {
         int n = evbuffer_write(ch->pending, bufferevent_getfd(ch->bev));
         if (n >= 0 && (size_t)n == len) {
@@ -414,7 +425,8 @@ static bool read_handshake(struct rpc_channel *ch, struct evbuffer *in)
                                               answer, proof, why, sizeof why);
         if (code == RPC_PEER_BAD_PROOF || code == RPC_PEER_OTHER_CLUSTER) {
             bufferevent_write(ch->bev, proof, sizeof proof);
-            rpc_bev_flush(ch->bev); /* the server logs it too */
+            rpc_bev_flush(ch->tls_up ? ch->raw : ch->bev); /* the server
+                                                              logs it too */
         }
         if (code != RPC_PEER_OK) {
             handshake_failed(ch, why);
@@ -464,20 +476,22 @@ static void on_event(struct bufferevent *bev, short what, void *arg);
  * handshake. */
 static void start_tls(struct rpc_channel *ch)
 {
-    int fd = dup(bufferevent_getfd(ch->bev));
-    SSL *ssl = fd >= 0 ? rpc_tls_ssl(ch->opts.tls, ch->host) : NULL;
-    bufferevent_free(ch->bev); /* closes the old descriptor only */
-    ch->bev = ssl ? bufferevent_openssl_socket_new(ch->base, fd, ssl,
-                                                   BUFFEREVENT_SSL_CONNECTING,
-                                                   BEV_OPT_CLOSE_ON_FREE)
-                  : NULL;
-    if (!ch->bev) {
-        if (fd >= 0) {
-            close(fd);
+    SSL *ssl = rpc_tls_ssl(ch->opts.tls, ch->host);
+    struct bufferevent *raw = ch->bev;
+    struct bufferevent *bev =
+        ssl ? bufferevent_openssl_filter_new(ch->base, raw, ssl,
+                                             BUFFEREVENT_SSL_CONNECTING,
+                                             BEV_OPT_CLOSE_ON_FREE)
+            : NULL;
+    if (!bev) {
+        if (ssl) {
+            SSL_free(ssl);
         }
         connection_failed(ch, RPC_E_NOMEM, "out of memory starting TLS");
         return;
     }
+    ch->bev = bev; /* frees raw with it */
+    ch->raw = raw;
     ch->tls_up = true;
     bufferevent_openssl_set_allow_dirty_shutdown(ch->bev, 1);
     bufferevent_setcb(ch->bev, on_read, NULL, on_event, ch);
@@ -671,7 +685,8 @@ static bool peer_closed(struct rpc_channel *ch)
 {
     char b;
     ssize_t r =
-        recv(bufferevent_getfd(ch->bev), &b, 1, MSG_PEEK | MSG_DONTWAIT);
+        recv(bufferevent_getfd(ch->tls_up ? ch->raw : ch->bev), &b, 1,
+             MSG_PEEK | MSG_DONTWAIT);
     return r == 0 ||
            (r < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR);
 }
@@ -1072,7 +1087,7 @@ void rpc_channel_flush(struct rpc_channel *ch)
         return;
     }
     channel_flush(ch);
-    rpc_bev_flush(ch->bev);
+    rpc_bev_flush(ch->tls_up ? ch->raw : ch->bev);
 }
 
 size_t rpc_channel_pending(const struct rpc_channel *ch)

@@ -50,7 +50,7 @@ struct bufferevent;
 void rpc_bev_flush(struct bufferevent *bev);
 
 /* TLS (tls.c). */
-typedef struct ssl_st SSL;
+#include <openssl/ssl.h>
 /* A new SSL for one connection; a client's checks that the other end's
  * certificate names host. NULL when out of memory. */
 SSL *rpc_tls_ssl(struct rpc_tls *t, const char *host);

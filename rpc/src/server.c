@@ -15,6 +15,7 @@
 #include <event2/util.h>
 
 #include <event2/bufferevent_ssl.h>
+#include <openssl/ssl.h>
 
 #include "internal.h"
 #include "peerauth.h"
@@ -59,7 +60,8 @@ struct rpc_conn
     struct evbuffer_cb_entry *budget_cb[3]; /* count input, output, pending
                                      toward the server's max_buffered */
     bool budget_paused;           /* reading stopped for the budget */
-    bool tls;                     /* over TLS */
+    bool tls;                     /* over TLS: bev is a filter over raw */
+    struct bufferevent *raw;      /* TLS: the socket's own bufferevent */
     bool tls_checked;             /* its certificate was checked */
     char tls_name[128];           /* the CN of its verified certificate */
     struct rpc_peer_hs *hs;       /* peer handshake in progress, or NULL */
@@ -371,8 +373,9 @@ static void conn_close(struct rpc_conn *c)
     if (c->server) {
         budget_unwatch(c, c->server);
     }
-    bufferevent_free(c->bev);
+    bufferevent_free(c->bev); /* (a TLS filter frees c->raw with it) */
     c->bev = NULL;
+    c->raw = NULL;
     rpc_decoder_free(c->dec);
     c->dec = NULL;
     evbuffer_free(c->pending);
@@ -521,6 +524,18 @@ static void flush_conn(struct rpc_conn *c)
         return;
     }
     struct evbuffer *out = bufferevent_get_output(c->bev);
+    if (c->tls) {
+        /* One piece, so that the turn's replies become few TLS records
+         * (the filter makes a record of every piece it is handed); it
+         * encrypts them into the socket's buffer at once, and they leave
+         * now, not when the loop next polls for writability (which may be
+         * after an fsync). */
+        evbuffer_pullup(c->pending, -1);
+        evbuffer_add_buffer(bufferevent_get_output(c->bev), c->pending);
+        rpc_bev_flush(c->raw);
+        budget_maybe_resume(c);
+        return;
+    }
     int n = evbuffer_get_length(out) || c->tls
                 ? -1 /* TLS: the bufferevent encrypts it */
                 : evbuffer_write(c->pending, bufferevent_getfd(c->bev));
@@ -926,7 +941,7 @@ static void hs_send(struct rpc_conn *c,
     if (code == RPC_PEER_OK) {
         return;
     }
-    rpc_bev_flush(c->bev); /* the reason leaves before the close */
+    rpc_bev_flush(c->raw ? c->raw : c->bev); /* the reason leaves first */
     s->stats.handshakes_failed++;
     uint64_t cl = c->hs ? c->hs->peer_cluster : 0;
     uint64_t id = c->hs ? c->hs->peer_id : 0;
@@ -1112,9 +1127,12 @@ static struct rpc_conn *conn_new(struct rpc_server *s, int fd, const char *peer)
     evutil_make_socket_nonblocking(fd);
     rpc_tune_socket(fd);
     if (c->dec && c->pending && s->opts.tls) {
-        SSL *ssl = rpc_tls_ssl(s->opts.tls, NULL);
-        c->bev = ssl ? bufferevent_openssl_socket_new(
-                           s->base, fd, ssl, BUFFEREVENT_SSL_ACCEPTING,
+        /* TLS as a filter over the socket's bufferevent, so that what it
+         * encrypts can be written at once (flush_conn). */
+        c->raw = bufferevent_socket_new(s->base, fd, BEV_OPT_CLOSE_ON_FREE);
+        SSL *ssl = c->raw ? rpc_tls_ssl(s->opts.tls, NULL) : NULL;
+        c->bev = ssl ? bufferevent_openssl_filter_new(
+                           s->base, c->raw, ssl, BUFFEREVENT_SSL_ACCEPTING,
                            BEV_OPT_CLOSE_ON_FREE)
                      : NULL;
         if (c->bev) {
@@ -1122,6 +1140,15 @@ static struct rpc_conn *conn_new(struct rpc_server *s, int fd, const char *peer)
              * failed. */
             bufferevent_openssl_set_allow_dirty_shutdown(c->bev, 1);
             c->tls = true;
+        } else {
+            if (ssl) {
+                SSL_free(ssl);
+            }
+            if (c->raw) {
+                bufferevent_free(c->raw); /* closes fd */
+                c->raw = NULL;
+                fd = -1;
+            }
         }
     } else if (c->dec && c->pending) {
         c->bev = bufferevent_socket_new(s->base, fd, BEV_OPT_CLOSE_ON_FREE);
@@ -1132,7 +1159,9 @@ static struct rpc_conn *conn_new(struct rpc_server *s, int fd, const char *peer)
             evbuffer_free(c->pending);
         }
         free(c);
-        close(fd);
+        if (fd >= 0) {
+            close(fd);
+        }
         return NULL;
     }
     /* A request over the args cap is answered, not a broken stream. */
