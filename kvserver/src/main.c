@@ -224,26 +224,13 @@ static void parse_cluster(struct kv_node_config *c, const char *list)
             die_usage("--cluster has more than 9 nodes%s", "");
         }
         char *eq = strchr(item, '=');
-        char *colon = strrchr(item, ':');
-        if (!eq || !colon || colon < eq || colon == eq + 1) {
+        if (!eq) {
             die_usage("--cluster item '%s' is not ID=HOST:PORT", item);
         }
         *eq = 0;
-        *colon = 0;
         size_t i = c->n_nodes;
         c->ids[i] = parse_u64("--cluster id", item, 1, INT64_MAX);
-        char *host = eq + 1;
-        size_t hl = strlen(host);
-        if (hl >= 2 && host[0] == '[' && host[hl - 1] == ']') {
-            host[hl - 1] = 0;
-            host++;
-        }
-        if (strlen(host) >= sizeof c->hosts[i]) {
-            die_usage("--cluster host '%s' is too long", host);
-        }
-        snprintf(c->hosts[i], sizeof c->hosts[i], "%s", host);
-        c->ports[i] =
-            (uint16_t)parse_u64("--cluster port", colon + 1, 1, 65535);
+        parse_hostport("--cluster", eq + 1, c->hosts[i], &c->ports[i]);
         for (size_t j = 0; j < i; j++) {
             if (c->ids[j] == c->ids[i]) {
                 die_usage("--cluster names node %s twice", item);
@@ -319,6 +306,12 @@ int main(int argc, char **argv)
         {"peer-tls-allowed-names", required_argument, NULL, 1008},
         {"help", no_argument, NULL, 'h'},
         {0},
+    };
+    /* The file options 1001-1008 (1004 is a switch), in that order. */
+    const char **tls_files[] = {
+        &c.tls.cert_file,      &c.tls.key_file,      &c.tls.ca_file, NULL,
+        &c.peer_tls.cert_file, &c.peer_tls.key_file, &c.peer_tls.ca_file,
+        &c.peer_tls.allowed_names,
     };
     opterr = 0;
     int o;
@@ -445,28 +438,16 @@ int main(int argc, char **argv)
                 c.fault_injection = true;
                 break;
             case 1001:
-                c.tls.cert_file = optarg;
-                break;
             case 1002:
-                c.tls.key_file = optarg;
-                break;
             case 1003:
-                c.tls.ca_file = optarg;
+            case 1005:
+            case 1006:
+            case 1007:
+            case 1008:
+                *tls_files[o - 1001] = optarg;
                 break;
             case 1004:
                 c.tls.verify_peer = true;
-                break;
-            case 1005:
-                c.peer_tls.cert_file = optarg;
-                break;
-            case 1006:
-                c.peer_tls.key_file = optarg;
-                break;
-            case 1007:
-                c.peer_tls.ca_file = optarg;
-                break;
-            case 1008:
-                c.peer_tls.allowed_names = optarg;
                 break;
             case 'h':
                 printf(usage_text, KV_MAX_NODES);

@@ -569,6 +569,44 @@ static bool node_has(struct h_client *cl,
                      const char *want,
                      int timeout_ms);
 
+/* Safe by default: a cluster of several nodes does not start without a
+ * peer secret, and TLS flags that cannot work are refused at once. */
+static void test_unsafe_or_broken_security_flags_are_refused(void)
+{
+    char out[4096];
+    struct
+    {
+        const char *args; /* after --id 1 --data-dir /nonexistent */
+        const char *says; /* in the output */
+    } cases[] = {
+        {"--cluster 1=127.0.0.1:1,2=127.0.0.1:3", "needs --peer-secret-file"},
+        {"--cluster 1=127.0.0.1:1 --tls-cert a.crt", "go together"},
+        {"--cluster 1=127.0.0.1:1 --tls-cert a --tls-key b --tls-client-auth",
+         "--tls-ca"},
+        {"--cluster 1=127.0.0.1:1 --peer-tls-cert a", "--peer-tls-ca"},
+        {"--cluster 1=127.0.0.1:1 --peers 1=127.0.0.1:1",
+         "both a client and a peer address"},
+        {"--cluster 1=127.0.0.1:1,2=127.0.0.1:3 --peers 1=127.0.0.1:2",
+         "no address for node 2"},
+        {"--cluster 1=127.0.0.1:1 --peer-secret-file /nonexistent/secret",
+         "open peer secret /nonexistent/secret"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char args[512];
+        snprintf(args, sizeof args, "--id 1 --data-dir /tmp/raftkv-nodir-%u %s",
+                 (unsigned)getpid(), cases[i].args);
+        int st = run_kvserver(args, out, sizeof out);
+        CU_ASSERT(st == 1 || st == 2);
+        if (!strstr(out, cases[i].says)) {
+            fprintf(stderr, "\nkvserver %s said: %s\n", args, out);
+            CU_FAIL("the refusal does not say why");
+        }
+    }
+    char dir[64];
+    snprintf(dir, sizeof dir, "/tmp/raftkv-nodir-%u", (unsigned)getpid());
+    cunit_remove_tree(dir);
+}
+
 /* The cluster id is random, made by the first leader, and kept by every
  * member: a node started with the data of another cluster is refused by
  * the members, whatever its member list and even with the right secret
@@ -943,6 +981,8 @@ int main(int argc, char **argv)
          test_duplicate_request_ids_are_applied_once},
         {"test_data_directory_of_another_node_is_refused",
          test_data_directory_of_another_node_is_refused},
+        {"test_unsafe_or_broken_security_flags_are_refused",
+         test_unsafe_or_broken_security_flags_are_refused},
         {"test_node_with_another_clusters_data_is_refused",
          test_node_with_another_clusters_data_is_refused},
         {"test_lagging_follower_catches_up_through_a_snapshot",
