@@ -184,8 +184,7 @@ static void on_probe(const Raftkv__GetReply *r, void *data)
 /* A blocking channel to node i with the run's TLS and token. */
 static struct rpc_channel *blocking(int i, uint32_t deadline_ms)
 {
-    struct rpc_channel_options o = {.deadline_ms = deadline_ms,
-                                    .tls = B.tls};
+    struct rpc_channel_options o = {.deadline_ms = deadline_ms, .tls = B.tls};
     struct rpc_channel *ch =
         rpc_channel_new_blocking(B.nodes[i].host, B.nodes[i].port, &o);
     if (!ch || rpc_channel_set_auth_token(ch, B.token) != 0) {
@@ -224,8 +223,8 @@ static int authenticate(const char *arg)
     a.user = user;
     a.password = (char *)colon + 1;
     raftkv__auth_service__authenticate(
-        rpc_channel_service(ch, &raftkv__auth_service__descriptor), &a,
-        on_auth, why);
+        rpc_channel_service(ch, &raftkv__auth_service__descriptor), &a, on_auth,
+        why);
     rpc_channel_free(ch);
     if (why[0]) {
         fprintf(stderr, "kvbench: authenticate as %s: %s\n", user, why);

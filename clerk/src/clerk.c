@@ -357,8 +357,7 @@ static void on_authenticate(const Raftkv__AuthenticateReply *r, void *data)
     o->replied = true;
     o->err = r->err;
     snprintf(o->token, sizeof o->token, "%s", r->token ? r->token : "");
-    snprintf(o->message, sizeof o->message, "%s",
-             r->message ? r->message : "");
+    snprintf(o->message, sizeof o->message, "%s", r->message ? r->message : "");
 }
 
 /* Drop the token: the next call authenticates again. */
@@ -400,8 +399,8 @@ static void ensure_token(struct clerk *c, struct server *s, unsigned timeout_ms)
         c->auth_msg[0] = 0;
     } else {
         snprintf(c->auth_msg, sizeof c->auth_msg,
-                 "authenticate as '%.100s' at %.100s: %.150s", c->user,
-                 s->addr, o.message);
+                 "authenticate as '%.100s' at %.100s: %.150s", c->user, s->addr,
+                 o.message);
     }
     memset(o.token, 0, sizeof o.token);
 }
@@ -1594,12 +1593,12 @@ int clerk_fault(struct clerk *c,
 /* What one AuthService call to one server said. */
 struct auth_out
 {
-    bool replied;          /* an answer came (else rpc failure) */
-    char rpc_error[300];   /* rpc_last_error() */
-    int err;               /* AuthError */
-    char message[300];     /* the server's message */
-    uint64_t leader;       /* hint id */
-    char leader_addr[300]; /* hint address */
+    bool replied;            /* an answer came (else rpc failure) */
+    char rpc_error[300];     /* rpc_last_error() */
+    int err;                 /* AuthError */
+    char message[300];       /* the server's message */
+    uint64_t leader;         /* hint id */
+    char leader_addr[300];   /* hint address */
     ProtobufCMessage *reply; /* a copy of the reply (final answers) */
 };
 
@@ -1972,14 +1971,16 @@ int clerk_role_grant_permission(struct clerk *c,
         return CLERK_INVALID;
     }
     Raftkv__Permission p = RAFTKV__PERMISSION__INIT;
-    p.type = type == CLERK_PERM_READ    ? RAFTKV__PERMISSION_TYPE__PERM_READ
-             : type == CLERK_PERM_WRITE ? RAFTKV__PERMISSION_TYPE__PERM_WRITE
-                                        : RAFTKV__PERMISSION_TYPE__PERM_READWRITE;
+    p.type = type == CLERK_PERM_READ ? RAFTKV__PERMISSION_TYPE__PERM_READ
+             : type == CLERK_PERM_WRITE
+                 ? RAFTKV__PERMISSION_TYPE__PERM_WRITE
+                 : RAFTKV__PERMISSION_TYPE__PERM_READWRITE;
     p.key.data = (uint8_t *)key;
     p.key.len = key_len;
     p.range_end.data = (uint8_t *)range_end;
     p.range_end.len = range_end_len;
-    Raftkv__RoleGrantPermissionArgs a = RAFTKV__ROLE_GRANT_PERMISSION_ARGS__INIT;
+    Raftkv__RoleGrantPermissionArgs a =
+        RAFTKV__ROLE_GRANT_PERMISSION_ARGS__INIT;
     a.name = (char *)role;
     a.perm = &p;
     return auth_call(c, "RoleGrantPermission", &a.base, true, NULL);

@@ -14,11 +14,11 @@
 /* Exit codes of one-shot commands. */
 enum {
     EXIT_OK = 0,
-    EXIT_NOT_FOUND = 1,   /* get, del: no such key */
-    EXIT_USAGE = 2,       /* bad command line */
-    EXIT_UNAVAILABLE = 3, /* no leader, timeout, or unknown outcome */
-    EXIT_CAS = 4,         /* cas: the key did not hold the expected value */
-    EXIT_ERROR = 5,       /* refused: bad request, too large, disk full */
+    EXIT_NOT_FOUND = 1,       /* get, del: no such key */
+    EXIT_USAGE = 2,           /* bad command line */
+    EXIT_UNAVAILABLE = 3,     /* no leader, timeout, or unknown outcome */
+    EXIT_CAS = 4,             /* cas: the key did not hold the expected value */
+    EXIT_ERROR = 5,           /* refused: bad request, too large, disk full */
     EXIT_UNAUTHENTICATED = 6, /* no user, a wrong password, a stale token */
     EXIT_PERMISSION_DENIED = 7, /* the user's roles do not allow it */
 };
@@ -1122,8 +1122,9 @@ static int new_password(struct tok *t,
     if (n == 5 && !strcmp(t[3].p, "--password-file")) {
         file = t[4].p;
     } else if (n != 3) {
-        return usage_error("usage: kvctl user add|passwd NAME[:PASSWORD] "
-                           "[--password-file FILE]");
+        return usage_error(
+            "usage: kvctl user add|passwd NAME[:PASSWORD] "
+            "[--password-file FILE]");
     }
     const char *colon = strchr(t[2].p, ':');
     size_t nl = colon ? (size_t)(colon - t[2].p) : t[2].len;
@@ -1148,8 +1149,9 @@ static int new_password(struct tok *t,
     char again[256];
     if (!prompt_password("New password: ", pw, pw_size) ||
         !prompt_password("Again: ", again, sizeof again)) {
-        return usage_error("no password: give NAME:PASSWORD or "
-                           "--password-file FILE (or run on a terminal)");
+        return usage_error(
+            "no password: give NAME:PASSWORD or "
+            "--password-file FILE (or run on a terminal)");
     }
     if (strcmp(pw, again) != 0) {
         return usage_error("the passwords do not match");
@@ -1247,10 +1249,11 @@ static int cmd_user(struct clerk *ck, struct tok *t, int n)
         clerk_free(names);
         return EXIT_OK;
     } else {
-        return usage_error("usage: kvctl user add|passwd NAME[:PASSWORD] "
-                           "[--password-file F] | delete NAME | get NAME | "
-                           "list | grant-role USER ROLE | revoke-role USER "
-                           "ROLE");
+        return usage_error(
+            "usage: kvctl user add|passwd NAME[:PASSWORD] "
+            "[--password-file F] | delete NAME | get NAME | "
+            "list | grant-role USER ROLE | revoke-role USER "
+            "ROLE");
     }
     if (err) {
         return answer_clerk(ck, err);
@@ -1322,8 +1325,8 @@ static int cmd_role_permission(struct clerk *ck,
     }
     int want = grant ? 3 : 2; /* ROLE [TYPE] KEY */
     int left = n - k;
-    if (left < want || left > want + 1 || ((prefix || from_key) &&
-                                           left != want)) {
+    if (left < want || left > want + 1 ||
+        ((prefix || from_key) && left != want)) {
         return usage_error(
             grant ? "usage: kvctl role grant-permission [--prefix|--from-key] "
                     "ROLE read|write|readwrite KEY [END]"
@@ -1341,8 +1344,9 @@ static int cmd_role_permission(struct clerk *ck,
         } else if (!strcmp(ty, "readwrite")) {
             type = CLERK_PERM_READWRITE;
         } else {
-            return usage_error("the permission type is read, write or "
-                               "readwrite");
+            return usage_error(
+                "the permission type is read, write or "
+                "readwrite");
         }
     }
     struct tok *key = &t[k + want - 1];
@@ -1408,9 +1412,10 @@ static int cmd_role(struct clerk *ck, struct tok *t, int n)
         clerk_free(names);
         return EXIT_OK;
     } else {
-        return usage_error("usage: kvctl role add|delete|get NAME | list | "
-                           "grant-permission ... | revoke-permission ... "
-                           "(see kvctl help role)");
+        return usage_error(
+            "usage: kvctl role add|delete|get NAME | list | "
+            "grant-permission ... | revoke-permission ... "
+            "(see kvctl help role)");
     }
     if (err) {
         return answer_clerk(ck, err);
@@ -1845,9 +1850,10 @@ int main(int argc, char **argv)
             char prompt[300];
             snprintf(prompt, sizeof prompt, "Password for %s: ", user);
             if (!prompt_password(prompt, password, sizeof password)) {
-                return usage_error("no password for --user: give "
-                                   "NAME:PASSWORD, --password-file FILE or "
-                                   "RAFTKV_PASSWORD (or run on a terminal)");
+                return usage_error(
+                    "no password for --user: give "
+                    "NAME:PASSWORD, --password-file FILE or "
+                    "RAFTKV_PASSWORD (or run on a terminal)");
             }
         }
         o.user = user;

@@ -743,8 +743,7 @@ static int role_permission(struct kv_store *st,
         }
     } else {
         if (found == r->n_perms) {
-            rv = outcome(out,
-                         RAFTKV__AUTH_ERROR__AUTH_PERMISSION_NOT_GRANTED,
+            rv = outcome(out, RAFTKV__AUTH_ERROR__AUTH_PERMISSION_NOT_GRANTED,
                          "role '%s' has no permission on that key or range",
                          name);
             goto out_role;
@@ -845,8 +844,8 @@ int kv_auth_apply(struct kv_store *st,
                            true, enabled, out);
             break;
         case RAFTKV__AUTH_COMMAND__OP_REVOKE_ROLE:
-            rv = user_role(st, txn, c->revoke_role->user,
-                           c->revoke_role->role, false, enabled, out);
+            rv = user_role(st, txn, c->revoke_role->user, c->revoke_role->role,
+                           false, enabled, out);
             break;
         case RAFTKV__AUTH_COMMAND__OP_ROLE_ADD:
             rv = role_add(st, txn, c->role_add, out);
@@ -867,8 +866,8 @@ int kv_auth_apply(struct kv_store *st,
         }
         case RAFTKV__AUTH_COMMAND__OP_REVOKE_PERMISSION: {
             const Raftkv__RoleRevokePermissionArgs *r = c->revoke_permission;
-            rv = role_permission(st, txn, r->name, NULL, &r->key,
-                                 &r->range_end, out);
+            rv = role_permission(st, txn, r->name, NULL, &r->key, &r->range_end,
+                                 out);
             break;
         }
         case RAFTKV__AUTH_COMMAND__OP_ENABLE:
@@ -969,8 +968,8 @@ int kv_auth_authenticate(struct kv_store *st,
     char hash[crypto_pwhash_STRBYTES];
     uint8_t key[KV_AUTH_KEY_LEN];
     uint64_t version;
-    int err = kv_auth_login_info(st, txn, user, hash, &version, key, msg,
-                                 msg_size);
+    int err =
+        kv_auth_login_info(st, txn, user, hash, &version, key, msg, msg_size);
     if (err) {
         return err;
     }
@@ -981,8 +980,9 @@ int kv_auth_authenticate(struct kv_store *st,
         kv_auth_token_sign(key, user, now_s + ttl_s, version, token) == 0) {
         err = RAFTKV__AUTH_ERROR__AUTH_OK;
     } else {
-        snprintf(msg, msg_size, "authentication failed: wrong user name or "
-                                "password");
+        snprintf(msg, msg_size,
+                 "authentication failed: wrong user name or "
+                 "password");
     }
     sodium_memzero(key, sizeof key);
     return err;
@@ -1087,8 +1087,9 @@ int kv_auth_check_as(struct kv_store *st,
         /* The verified client certificate names the user (etcd's
          * --client-cert-auth): no password, so no password version. */
         if (strlen(cert_user) > KV_AUTH_MAX_NAME) {
-            snprintf(msg, msg_size, "certificate name longer than a user "
-                                    "name");
+            snprintf(msg, msg_size,
+                     "certificate name longer than a user "
+                     "name");
             return RAFTKV__AUTH_ERROR__AUTH_UNAUTHENTICATED;
         }
         snprintf(name, sizeof name, "%s", cert_user);

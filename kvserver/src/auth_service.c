@@ -74,8 +74,8 @@ struct auth_cache_entry
 
 struct auth_cache
 {
-    uint64_t off_gen;                /* auth_gen at which auth was off (+1) */
-    uint64_t off_until_s;            /* and until when that holds */
+    uint64_t off_gen;     /* auth_gen at which auth was off (+1) */
+    uint64_t off_until_s; /* and until when that holds */
     struct auth_cache_entry slot[AUTH_CACHE_SLOTS];
 };
 
@@ -114,8 +114,7 @@ static void cache_put(struct kv_node *n,
                       const char *user,
                       bool root)
 {
-    if (strlen(token) >= KV_AUTH_TOKEN_MAX ||
-        strlen(cert) > KV_AUTH_MAX_NAME) {
+    if (strlen(token) >= KV_AUTH_TOKEN_MAX || strlen(cert) > KV_AUTH_MAX_NAME) {
         return;
     }
     struct auth_cache_entry *e = cache_slot(n, token, cert);
@@ -153,8 +152,8 @@ static int check_call(struct kv_node *n,
         }
         return RAFTKV__AUTH_ERROR__AUTH_OK;
     }
-    const struct auth_cache_entry *e = c ? cache_get(n, token, cert, now)
-                                         : NULL;
+    const struct auth_cache_entry *e =
+        c ? cache_get(n, token, cert, now) : NULL;
     if (e && (e->root || !key)) {
         if (user) {
             snprintf(user, KV_AUTH_MAX_NAME + 1, "%s", e->user);
@@ -172,8 +171,8 @@ static int check_call(struct kv_node *n,
     }
     char who[KV_AUTH_MAX_NAME + 1];
     bool root = false;
-    int err = kv_auth_check_as(&n->store, txn, token, cert, now, key,
-                               key_len, need, who, &root, msg, msg_size);
+    int err = kv_auth_check_as(&n->store, txn, token, cert, now, key, key_len,
+                               need, who, &root, msg, msg_size);
     state_done(txn, own);
     if (err == RAFTKV__AUTH_ERROR__AUTH_OK && c) {
         if (!who[0] && root) {
@@ -498,8 +497,8 @@ static void worker_start(struct kv_node *n)
     if (pipe2(w->pipe, O_CLOEXEC | O_NONBLOCK) != 0) {
         goto err_free;
     }
-    w->ev = event_new(n->base, w->pipe[0], EV_READ | EV_PERSIST,
-                      on_jobs_done, n);
+    w->ev =
+        event_new(n->base, w->pipe[0], EV_READ | EV_PERSIST, on_jobs_done, n);
     if (!w->ev || event_add(w->ev, NULL) != 0) {
         goto err_pipe;
     }
@@ -639,9 +638,8 @@ static void put_user(struct kv_node *n,
 static void finish_put_user(struct kv_node *n, struct auth_job *j)
 {
     if (!j->ok) {
-        reply_change(n, j->closure, j->data,
-                     RAFTKV__AUTH_ERROR__AUTH_INTERNAL, 0,
-                     "cannot hash the password (out of memory)");
+        reply_change(n, j->closure, j->data, RAFTKV__AUTH_ERROR__AUTH_INTERNAL,
+                     0, "cannot hash the password (out of memory)");
         return;
     }
     Raftkv__UserPut put = RAFTKV__USER_PUT__INIT;
@@ -682,8 +680,7 @@ static void handle_user_delete(Raftkv__AuthService_Service *svc,
                                void *data)
 {
     struct kv_node *n = node_of(svc, auth_svc);
-    if (!may_change(n, (ProtobufCClosure)closure, data, NULL,
-                    "delete users")) {
+    if (!may_change(n, (ProtobufCClosure)closure, data, NULL, "delete users")) {
         return;
     }
     Raftkv__AuthCommand ac = RAFTKV__AUTH_COMMAND__INIT;
@@ -698,8 +695,7 @@ static void handle_grant_role(Raftkv__AuthService_Service *svc,
                               void *data)
 {
     struct kv_node *n = node_of(svc, auth_svc);
-    if (!may_change(n, (ProtobufCClosure)closure, data, NULL,
-                    "grant roles")) {
+    if (!may_change(n, (ProtobufCClosure)closure, data, NULL, "grant roles")) {
         return;
     }
     Raftkv__AuthCommand ac = RAFTKV__AUTH_COMMAND__INIT;
@@ -714,8 +710,7 @@ static void handle_revoke_role(Raftkv__AuthService_Service *svc,
                                void *data)
 {
     struct kv_node *n = node_of(svc, auth_svc);
-    if (!may_change(n, (ProtobufCClosure)closure, data, NULL,
-                    "revoke roles")) {
+    if (!may_change(n, (ProtobufCClosure)closure, data, NULL, "revoke roles")) {
         return;
     }
     Raftkv__AuthCommand ac = RAFTKV__AUTH_COMMAND__INIT;
@@ -745,8 +740,7 @@ static void handle_role_delete(Raftkv__AuthService_Service *svc,
                                void *data)
 {
     struct kv_node *n = node_of(svc, auth_svc);
-    if (!may_change(n, (ProtobufCClosure)closure, data, NULL,
-                    "delete roles")) {
+    if (!may_change(n, (ProtobufCClosure)closure, data, NULL, "delete roles")) {
         return;
     }
     Raftkv__AuthCommand ac = RAFTKV__AUTH_COMMAND__INIT;
@@ -794,8 +788,7 @@ static void handle_enable(Raftkv__AuthService_Service *svc,
 {
     (void)a;
     struct kv_node *n = node_of(svc, auth_svc);
-    if (!may_change(n, (ProtobufCClosure)closure, data, NULL,
-                    "enable auth")) {
+    if (!may_change(n, (ProtobufCClosure)closure, data, NULL, "enable auth")) {
         return;
     }
     /* The leader makes the token key; every node gets it through the log
@@ -817,8 +810,7 @@ static void handle_disable(Raftkv__AuthService_Service *svc,
 {
     (void)a;
     struct kv_node *n = node_of(svc, auth_svc);
-    if (!may_change(n, (ProtobufCClosure)closure, data, NULL,
-                    "disable auth")) {
+    if (!may_change(n, (ProtobufCClosure)closure, data, NULL, "disable auth")) {
         return;
     }
     Raftkv__AuthCommand ac = RAFTKV__AUTH_COMMAND__INIT;
@@ -857,8 +849,8 @@ static void handle_authenticate(Raftkv__AuthService_Service *svc,
     struct kv_node *n = node_of(svc, auth_svc);
     ProtobufCClosure cl = (ProtobufCClosure)closure;
     char msg[300] = "";
-    uint64_t ttl = n->cfg.auth_token_ttl_s ? n->cfg.auth_token_ttl_s
-                                           : DEFAULT_TOKEN_TTL_S;
+    uint64_t ttl =
+        n->cfg.auth_token_ttl_s ? n->cfg.auth_token_ttl_s : DEFAULT_TOKEN_TTL_S;
     if (strlen(a->password) > MAX_PASSWORD ||
         strlen(a->user) > KV_AUTH_MAX_NAME) {
         reply_authenticate(cl, data, RAFTKV__AUTH_ERROR__AUTH_UNAUTHENTICATED,
@@ -877,8 +869,8 @@ static void handle_authenticate(Raftkv__AuthService_Service *svc,
     struct auth_job *j = job_new(a->password, cl, data);
     int err = RAFTKV__AUTH_ERROR__AUTH_INTERNAL;
     if (j) {
-        err = kv_auth_login_info(&n->store, txn, a->user, j->hash,
-                                 &j->version, j->key, msg, sizeof msg);
+        err = kv_auth_login_info(&n->store, txn, a->user, j->hash, &j->version,
+                                 j->key, msg, sizeof msg);
     } else {
         snprintf(msg, sizeof msg, "out of memory");
     }
@@ -927,7 +919,8 @@ static int read_on_leader(struct kv_node *n,
         return RAFTKV__AUTH_ERROR__AUTH_OK;
     }
     set_hint(n, leader, hint);
-    snprintf(msg, msg_size, "%s", leader ? "not the leader" : "no leader known");
+    snprintf(msg, msg_size, "%s",
+             leader ? "not the leader" : "no leader known");
     return leader ? RAFTKV__AUTH_ERROR__AUTH_NOT_LEADER
                   : RAFTKV__AUTH_ERROR__AUTH_UNAVAILABLE;
 }
@@ -944,8 +937,7 @@ static void handle_user_get(Raftkv__AuthService_Service *svc,
     char msg[400] = "";
     r.leader = &hint;
     r.message = msg;
-    r.err = require_root(n, data, a->name, "read other users", msg,
-                         sizeof msg);
+    r.err = require_root(n, data, a->name, "read other users", msg, sizeof msg);
     if (!r.err) {
         r.err = read_on_leader(n, &hint, msg, sizeof msg);
     }
@@ -1026,9 +1018,9 @@ static void list_names(struct kv_node *n,
     size_t count = 0;
     r.leader = &hint;
     r.message = msg;
-    r.err = require_root(n, data, NULL,
-                         kind == 'u' ? "list users" : "list roles", msg,
-                         sizeof msg);
+    r.err =
+        require_root(n, data, NULL, kind == 'u' ? "list users" : "list roles",
+                     msg, sizeof msg);
     if (!r.err) {
         r.err = read_on_leader(n, &hint, msg, sizeof msg);
     }
@@ -1205,8 +1197,10 @@ void auth_service_init(struct kv_node *n)
      * It fails only without a usable random source (libsodium then aborts
      * on the first random bytes it needs). */
     if (sodium_init() < 0) {
-        rpc_logf(RPC_LOG_ERROR, "node %llu: sodium_init failed: users and "
-                 "passwords cannot work", (unsigned long long)n->cfg.id);
+        rpc_logf(RPC_LOG_ERROR,
+                 "node %llu: sodium_init failed: users and "
+                 "passwords cannot work",
+                 (unsigned long long)n->cfg.id);
     }
     worker_start(n);
     n->auth_cache = calloc(1, sizeof *n->auth_cache); /* NULL: no cache */

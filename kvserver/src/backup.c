@@ -380,9 +380,9 @@ int kv_restore_file(const struct kv_node_config *cfg, const char *file)
     }
     struct kv_meta rm;
     if (kv_store_read_meta(&st, txn, &rm) != 0 ||
-        kv_store_put_meta(&st, txn, "cluster",
-                          restored_cluster_id(cfg, rm.cluster_id, index,
-                                              term)) != 0 ||
+        kv_store_put_meta(
+            &st, txn, "cluster",
+            restored_cluster_id(cfg, rm.cluster_id, index, term)) != 0 ||
         kv_store_put_meta(&st, txn, "applied", index) != 0 ||
         kv_store_put_meta(&st, txn, "applied_term", term) != 0 ||
         mdb_stat(txn, st.kv, &ks) != 0 || mdb_txn_commit(txn) != 0) {

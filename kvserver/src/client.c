@@ -125,10 +125,10 @@ static void propose(struct kv_node *n,
     int err = 0;
     if (op != RAFTKV__COMMAND__OP_AUTH) {
         /* Auth changes are checked by the AuthService (root only). */
-        err = auth_check_kv(n, data, key,
-                            op == RAFTKV__COMMAND__OP_CAS ? KV_AUTH_READWRITE
-                                                          : KV_AUTH_WRITE,
-                            msg, sizeof msg);
+        err = auth_check_kv(
+            n, data, key,
+            op == RAFTKV__COMMAND__OP_CAS ? KV_AUTH_READWRITE : KV_AUTH_WRITE,
+            msg, sizeof msg);
         if (err) {
             reply_write(n, op, closure, data, err, NULL, 0, msg);
             return;

@@ -29,7 +29,8 @@ static const char usage_text[] =
     "                           own --peers address; 0.0.0.0:PORT for all)\n"
     "  --peer-secret-file FILE  the cluster's shared secret (16 bytes to\n"
     "                           4 KiB; the same file on every node; make one\n"
-    "                           with: openssl rand -hex 32 > FILE; chmod 600).\n"
+    "                           with: openssl rand -hex 32 > FILE; chmod "
+    "600).\n"
     "                           Nodes prove they hold it before any Raft\n"
     "                           message is read. Required with 2+ nodes\n"
     "  --data-dir DIR           where this node keeps its data (created if\n"
@@ -142,7 +143,9 @@ static uint64_t parse_u64(const char *opt,
 }
 
 /* Split "host:port" or "[v6]:port"; host must have room for 256 bytes. */
-static void parse_hostport(const char *opt, char *item, char *host,
+static void parse_hostport(const char *opt,
+                           char *item,
+                           char *host,
                            uint16_t *port)
 {
     char *colon = strrchr(item, ':');
@@ -189,15 +192,13 @@ static void parse_peers(struct kv_node_config *c, const char *list)
             i++;
         }
         if (i == c->n_nodes) {
-            die_usage("--peers names node %s, which is not in --cluster",
-                      item);
+            die_usage("--peers names node %s, which is not in --cluster", item);
         }
         if (seen[i]) {
             die_usage("--peers names node %s twice", item);
         }
         seen[i] = true;
-        parse_hostport("--peers", eq + 1, c->peer_hosts[i],
-                       &c->peer_ports[i]);
+        parse_hostport("--peers", eq + 1, c->peer_hosts[i], &c->peer_ports[i]);
     }
     free(copy);
     for (size_t i = 0; i < c->n_nodes; i++) {
@@ -309,9 +310,10 @@ int main(int argc, char **argv)
     };
     /* The file options 1001-1008 (1004 is a switch), in that order. */
     const char **tls_files[] = {
-        &c.tls.cert_file,      &c.tls.key_file,      &c.tls.ca_file, NULL,
-        &c.peer_tls.cert_file, &c.peer_tls.key_file, &c.peer_tls.ca_file,
-        &c.peer_tls.allowed_names,
+        &c.tls.cert_file,      &c.tls.key_file,
+        &c.tls.ca_file,        NULL,
+        &c.peer_tls.cert_file, &c.peer_tls.key_file,
+        &c.peer_tls.ca_file,   &c.peer_tls.allowed_names,
     };
     opterr = 0;
     int o;
@@ -403,16 +405,16 @@ int main(int argc, char **argv)
                 break;
             case 'Q':
                 if (kv_quota_parse(optarg, &c.quota_bytes) != 0) {
-                    die_usage("--quota-bytes wants a number of bytes, "
-                              "optionally with K, M, G or T (512MiB, 8GiB), "
-                              "not '%s'",
-                              optarg);
+                    die_usage(
+                        "--quota-bytes wants a number of bytes, "
+                        "optionally with K, M, G or T (512MiB, 8GiB), "
+                        "not '%s'",
+                        optarg);
                 }
                 break;
             case 'B':
-                c.max_buffered = parse_u64("--max-buffered-mb", optarg, 0,
-                                           1u << 20)
-                                 << 20;
+                c.max_buffered =
+                    parse_u64("--max-buffered-mb", optarg, 0, 1u << 20) << 20;
                 break;
             case 'O':
                 c.max_output = parse_u64("--max-output-mb", optarg, 1, 1024)
@@ -486,11 +488,12 @@ int main(int argc, char **argv)
     } else {
         for (size_t i = 0; i < c.n_nodes; i++) {
             if (c.ports[i] == 65535) {
-                die_usage("--cluster port 65535 leaves no port + 1 for the "
-                          "default peer address: give --peers%s", "");
+                die_usage(
+                    "--cluster port 65535 leaves no port + 1 for the "
+                    "default peer address: give --peers%s",
+                    "");
             }
-            snprintf(c.peer_hosts[i], sizeof c.peer_hosts[i], "%s",
-                     c.hosts[i]);
+            snprintf(c.peer_hosts[i], sizeof c.peer_hosts[i], "%s", c.hosts[i]);
             c.peer_ports[i] = (uint16_t)(c.ports[i] + 1);
         }
     }
@@ -500,9 +503,10 @@ int main(int argc, char **argv)
                 !strcmp(c.hosts[i], c.peer_hosts[j])) {
                 char a[300];
                 snprintf(a, sizeof a, "%s:%u", c.hosts[i], c.ports[i]);
-                die_usage("%s is both a client and a peer address; clients "
-                          "and peers need their own ports",
-                          a);
+                die_usage(
+                    "%s is both a client and a peer address; clients "
+                    "and peers need their own ports",
+                    a);
             }
         }
         if (c.ids[i] == c.id) {
@@ -522,29 +526,36 @@ int main(int argc, char **argv)
         free(copy);
     }
     if (c.n_nodes > 1 && !c.peer_secret_file && !restore) {
-        die_usage("a cluster of several nodes needs --peer-secret-file: the "
-                  "same secret file on every node, so that nothing but its "
-                  "members can send Raft messages (make one with: openssl "
-                  "rand -hex 32 > FILE)%s",
-                  "");
+        die_usage(
+            "a cluster of several nodes needs --peer-secret-file: the "
+            "same secret file on every node, so that nothing but its "
+            "members can send Raft messages (make one with: openssl "
+            "rand -hex 32 > FILE)%s",
+            "");
     }
     if (!!c.tls.cert_file != !!c.tls.key_file) {
         die_usage("--tls-cert and --tls-key go together%s", "");
     }
     if (c.tls.verify_peer && (!c.tls.ca_file || !c.tls.cert_file)) {
-        die_usage("--tls-client-auth needs --tls-cert, --tls-key and "
-                  "--tls-ca%s", "");
+        die_usage(
+            "--tls-client-auth needs --tls-cert, --tls-key and "
+            "--tls-ca%s",
+            "");
     }
     if (c.tls.ca_file && !c.tls.verify_peer) {
-        die_usage("--tls-ca is for client certificates: add "
-                  "--tls-client-auth%s", "");
+        die_usage(
+            "--tls-ca is for client certificates: add "
+            "--tls-client-auth%s",
+            "");
     }
     bool any_peer_tls = c.peer_tls.cert_file || c.peer_tls.key_file ||
                         c.peer_tls.ca_file || c.peer_tls.allowed_names;
     if (any_peer_tls && (!c.peer_tls.cert_file || !c.peer_tls.key_file ||
                          !c.peer_tls.ca_file)) {
-        die_usage("peer TLS needs --peer-tls-cert, --peer-tls-key and "
-                  "--peer-tls-ca%s", "");
+        die_usage(
+            "peer TLS needs --peer-tls-cert, --peer-tls-key and "
+            "--peer-tls-ca%s",
+            "");
     }
     if (c.heartbeat_ms >= c.election_ms) {
         die_usage("--heartbeat-ms must be below --election-ms%s", "");

@@ -143,8 +143,7 @@ static void put_rpc(struct evbuffer *b, struct kv_node *n)
     struct rpc_server_stats ps;
     rpc_server_get_stats(n->peer_server, &ps);
     put_value(b, "raftkv_rpc_peer_connections", "gauge",
-              "Open connections on the peer port (from other nodes).",
-              ps.open);
+              "Open connections on the peer port (from other nodes).", ps.open);
     put_value(b, "raftkv_peer_handshakes_failed_total", "counter",
               "Connections to the peer port that did not prove they are a "
               "member holding the cluster's secret.",

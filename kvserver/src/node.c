@@ -58,10 +58,9 @@ static void propose_cluster_id(struct kv_node *n)
     Raftkv__ClusterInit ci = RAFTKV__CLUSTER_INIT__INIT;
     Raftkv__Command cmd = RAFTKV__COMMAND__INIT;
     while (ci.cluster_id == 0) {
-        if (RAND_bytes((unsigned char *)&ci.cluster_id,
-                       sizeof ci.cluster_id) != 1) {
-            rpc_logf(RPC_LOG_ERROR,
-                     "node %llu: no randomness for a cluster id",
+        if (RAND_bytes((unsigned char *)&ci.cluster_id, sizeof ci.cluster_id) !=
+            1) {
+            rpc_logf(RPC_LOG_ERROR, "node %llu: no randomness for a cluster id",
                      (unsigned long long)n->cfg.id);
             return;
         }
@@ -298,10 +297,9 @@ static void on_hup(evutil_socket_t sig, short what, void *arg)
             reloaded++;
         }
     }
-    rpc_logf(RPC_LOG_INFO,
-             "node %llu: SIGHUP: reloaded %d TLS context%s%s",
-             (unsigned long long)n->cfg.id, reloaded,
-             reloaded == 1 ? "" : "s", failed ? " (some failed)" : "");
+    rpc_logf(RPC_LOG_INFO, "node %llu: SIGHUP: reloaded %d TLS context%s%s",
+             (unsigned long long)n->cfg.id, reloaded, reloaded == 1 ? "" : "s",
+             failed ? " (some failed)" : "");
 }
 
 /* Make the TLS contexts the flags ask for. */
@@ -375,8 +373,7 @@ static void node_free(struct kv_node *n)
     node_clear_applied(n);
     free(n->done);
     struct event *evs[] = {n->turn_ev,  n->tick_ev,  n->sweep_ev, n->retry_ev,
-                           n->state_ev, n->sig_term, n->sig_int,
-                           n->sig_hup};
+                           n->state_ev, n->sig_term, n->sig_int,  n->sig_hup};
     for (size_t i = 0; i < sizeof evs / sizeof evs[0]; i++) {
         if (evs[i]) {
             event_free(evs[i]);
@@ -442,8 +439,8 @@ int kv_node_run(const struct kv_node_config *cfg)
     n->peer_auth.allow_arg = n;
     if (cfg->peer_secret_file) {
         char err[600];
-        if (rpc_peer_key_from_file(cfg->peer_secret_file, n->peer_auth.key,
-                                   err, sizeof err) != 0) {
+        if (rpc_peer_key_from_file(cfg->peer_secret_file, n->peer_auth.key, err,
+                                   sizeof err) != 0) {
             fprintf(stderr, "kvserver: %s\n", err);
             goto out;
         }
@@ -517,8 +514,8 @@ int kv_node_run(const struct kv_node_config *cfg)
             .peer_id = p->id,
             .tls = n->peer_tls_out,
         };
-        p->ch = rpc_channel_new(n->base, cfg->peer_hosts[i],
-                                cfg->peer_ports[i], &o);
+        p->ch = rpc_channel_new(n->base, cfg->peer_hosts[i], cfg->peer_ports[i],
+                                &o);
         p->raft = p->ch ? rpc_channel_service(p->ch,
                                               &raftkv__raft_service__descriptor)
                         : NULL;
@@ -551,14 +548,14 @@ int kv_node_run(const struct kv_node_config *cfg)
              "node %llu: serving clients on %s (%s), peers on %s:%u (%s), "
              "cluster %016llx%s, %zu nodes, data in %s",
              (unsigned long long)cfg->id, node_peer_addr(n, cfg->id),
-             !n->tls                  ? "plain TCP"
+             !n->tls                ? "plain TCP"
              : cfg->tls.verify_peer ? "TLS, client certificates"
                                     : "TLS",
              cfg->peer_listen_host, cfg->peer_listen_port,
              n->peer_tls_in ? "mutual TLS + secret" : "secret",
              (unsigned long long)n->cluster_id,
-             n->cluster_id ? "" : " (named by the first leader)",
-             cfg->n_nodes, cfg->data_dir);
+             n->cluster_id ? "" : " (named by the first leader)", cfg->n_nodes,
+             cfg->data_dir);
     if (cfg->metrics_addr && metrics_start(n, cfg->metrics_addr) != 0) {
         goto out;
     }

@@ -40,45 +40,45 @@ struct evhttp;
 /* Settings of a node (from the command line). */
 struct kv_node_config
 {
-    uint64_t id;                   /* this node's id */
-    size_t n_nodes;                /* nodes in the cluster */
-    uint64_t ids[KV_MAX_NODES];    /* their ids */
-    char hosts[KV_MAX_NODES][256]; /* their client hosts */
-    uint16_t ports[KV_MAX_NODES];  /* their client ports */
+    uint64_t id;                        /* this node's id */
+    size_t n_nodes;                     /* nodes in the cluster */
+    uint64_t ids[KV_MAX_NODES];         /* their ids */
+    char hosts[KV_MAX_NODES][256];      /* their client hosts */
+    uint16_t ports[KV_MAX_NODES];       /* their client ports */
     char peer_hosts[KV_MAX_NODES][256]; /* their peer (Raft) hosts */
     uint16_t peer_ports[KV_MAX_NODES];  /* their peer ports */
-    char peer_listen_host[256];    /* where this node listens for peers */
-    uint16_t peer_listen_port;     /* (default: its own peer address) */
-    const char *peer_secret_file;  /* the cluster's shared secret, or NULL
-                                      (only a one-node cluster) */
-    struct rpc_tls_options tls;      /* client listener TLS (cert_file NULL:
-                                        plain TCP) */
-    struct rpc_tls_options peer_tls; /* peer TLS, mutual (cert_file NULL:
-                                        plain TCP) */
-    const char *data_dir;          /* LMDB environment directory */
-    unsigned heartbeat_ms;         /* Raft heartbeat interval */
-    unsigned election_ms;          /* Raft election timeout base */
-    unsigned request_timeout_ms;   /* a write not applied by then: TIMEOUT */
-    uint64_t snapshot_entries;     /* compact when the log holds more */
-    uint64_t snapshot_trailing;    /* entries kept behind a compaction */
-    size_t max_sessions;           /* bound of the session table */
-    size_t map_size;               /* initial LMDB map size */
-    uint64_t seed;                 /* randomness for the Raft core */
-    unsigned state_commit_ms;      /* applied state committed this often */
-    uint64_t wal_segment_bytes;    /* log segment rollover size */
-    const char *metrics_addr;      /* HOST:PORT for /metrics (NULL: none) */
-    bool fault_injection;          /* AdminService.Fault allowed */
-    unsigned max_connections;      /* client connections at once (0: any) */
-    unsigned max_per_source;       /* of them from one address (0: any) */
-    unsigned frame_timeout_ms;     /* a frame (or unread replies) stuck this
-                                      long closes the connection (0: never) */
-    unsigned idle_timeout_ms;      /* idle client connections closed after
-                                      this long (0: never) */
-    size_t max_output;             /* unread reply bytes per connection */
-    size_t max_buffered;           /* all client connections' buffers */
-    uint64_t auth_token_ttl_s;     /* auth tokens valid this long (0: 300) */
-    uint64_t quota_bytes;          /* the leader refuses writes that would
-                                      grow the state past it (0: none) */
+    char peer_listen_host[256];         /* where this node listens for peers */
+    uint16_t peer_listen_port;          /* (default: its own peer address) */
+    const char *peer_secret_file;       /* the cluster's shared secret, or NULL
+                                           (only a one-node cluster) */
+    struct rpc_tls_options tls;         /* client listener TLS (cert_file NULL:
+                                           plain TCP) */
+    struct rpc_tls_options peer_tls;    /* peer TLS, mutual (cert_file NULL:
+                                           plain TCP) */
+    const char *data_dir;               /* LMDB environment directory */
+    unsigned heartbeat_ms;              /* Raft heartbeat interval */
+    unsigned election_ms;               /* Raft election timeout base */
+    unsigned request_timeout_ms; /* a write not applied by then: TIMEOUT */
+    uint64_t snapshot_entries;   /* compact when the log holds more */
+    uint64_t snapshot_trailing;  /* entries kept behind a compaction */
+    size_t max_sessions;         /* bound of the session table */
+    size_t map_size;             /* initial LMDB map size */
+    uint64_t seed;               /* randomness for the Raft core */
+    unsigned state_commit_ms;    /* applied state committed this often */
+    uint64_t wal_segment_bytes;  /* log segment rollover size */
+    const char *metrics_addr;    /* HOST:PORT for /metrics (NULL: none) */
+    bool fault_injection;        /* AdminService.Fault allowed */
+    unsigned max_connections;    /* client connections at once (0: any) */
+    unsigned max_per_source;     /* of them from one address (0: any) */
+    unsigned frame_timeout_ms;   /* a frame (or unread replies) stuck this
+                                    long closes the connection (0: never) */
+    unsigned idle_timeout_ms;    /* idle client connections closed after
+                                    this long (0: never) */
+    size_t max_output;           /* unread reply bytes per connection */
+    size_t max_buffered;         /* all client connections' buffers */
+    uint64_t auth_token_ttl_s;   /* auth tokens valid this long (0: 300) */
+    uint64_t quota_bytes;        /* the leader refuses writes that would
+                                    grow the state past it (0: none) */
 };
 
 /* Another node, as seen from this one. */
@@ -212,19 +212,19 @@ struct kv_node
     bool stopping;                    /* shutdown in progress */
     int exit_code;                    /* process exit status when stopped */
     Raftkv__KvService_Service kv_svc; /* KvService implementation */
-    Raftkv__RaftService_Service raft_svc;   /* RaftService implementation */
-    Raftkv__AdminService_Service admin_svc; /* AdminService implementation */
-    Raftkv__AuthService_Service auth_svc;   /* AuthService (auth_service.c) */
+    Raftkv__RaftService_Service raft_svc;     /* RaftService implementation */
+    Raftkv__AdminService_Service admin_svc;   /* AdminService implementation */
+    Raftkv__AuthService_Service auth_svc;     /* AuthService (auth_service.c) */
     Raftkv__AdminService_Service admin_inner; /* admin handlers behind the
                                                  root check of admin_svc */
     uint64_t auth_gen;                        /* bumped by every applied auth
                                                  change and snapshot: voids
                                                  the checks cached below */
-    struct auth_cache *auth_cache;            /* recent checks (auth_service.c) */
-    struct auth_worker *auth_worker;          /* hashes and checks passwords
-                                                 off the loop (auth_service.c) */
-    struct admin_transfer *transfers;       /* TransferLeader calls waiting for
-                                               leadership to move (admin.c) */
+    struct auth_cache *auth_cache;    /* recent checks (auth_service.c) */
+    struct auth_worker *auth_worker;  /* hashes and checks passwords
+                                         off the loop (auth_service.c) */
+    struct admin_transfer *transfers; /* TransferLeader calls waiting for
+                                         leadership to move (admin.c) */
 };
 
 /* The node that holds a service implementation (field: kv_svc, ...). */

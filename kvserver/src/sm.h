@@ -22,13 +22,13 @@
 /* What applying a write did (or did when first applied, for a retry). */
 struct kv_outcome
 {
-    int err;            /* Raftkv__KvError */
-    bool swapped;       /* CAS: the new value was written */
-    bool exists;        /* CAS: the key existed before */
-    uint8_t *current;   /* CAS: the value before (malloc'd) or NULL;
-                           auth commands: a message, NUL-terminated */
-    size_t current_len; /* its length */
-    bool duplicate;     /* answered from the session table */
+    int err;             /* Raftkv__KvError */
+    bool swapped;        /* CAS: the new value was written */
+    bool exists;         /* CAS: the key existed before */
+    uint8_t *current;    /* CAS: the value before (malloc'd) or NULL;
+                            auth commands: a message, NUL-terminated */
+    size_t current_len;  /* its length */
+    bool duplicate;      /* answered from the session table */
     uint64_t cluster_id; /* cluster_init: the cluster id now in force */
 };
 

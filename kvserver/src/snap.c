@@ -221,18 +221,18 @@ int snap_stage(struct kv_store *st,
 /* Incremental parser of a staged stream. */
 struct parser
 {
-    uint8_t *buf;     /* bytes of the part being collected */
-    size_t have;      /* bytes in buf */
-    size_t cap;       /* allocated */
-    size_t need;      /* bytes the current part needs */
-    int part;         /* 0 header, 1 record head, 2 record body,
-                         4 checksum, 3 end */
-    uint32_t crc;     /* CRC-32C of the parts so far */
-    uint8_t kind;     /* current record's kind */
-    uint32_t klen;    /* its key length */
-    uint64_t records; /* records installed */
-    uint64_t index;   /* from the header */
-    uint64_t term;    /* from the header */
+    uint8_t *buf;        /* bytes of the part being collected */
+    size_t have;         /* bytes in buf */
+    size_t cap;          /* allocated */
+    size_t need;         /* bytes the current part needs */
+    int part;            /* 0 header, 1 record head, 2 record body,
+                            4 checksum, 3 end */
+    uint32_t crc;        /* CRC-32C of the parts so far */
+    uint8_t kind;        /* current record's kind */
+    uint32_t klen;       /* its key length */
+    uint64_t records;    /* records installed */
+    uint64_t index;      /* from the header */
+    uint64_t term;       /* from the header */
     uint64_t cluster_id; /* from the header (0: not known then) */
 };
 

@@ -24,19 +24,19 @@
 /* A snapshot being read out for one follower. */
 struct snap_stream
 {
-    MDB_txn *txn;     /* read transaction holding the state */
-    MDB_cursor *cur;  /* position in kv, sessions or auth */
-    int phase;        /* header, kv, sessions, auth, trailer, done */
-    uint64_t offset;  /* bytes produced so far */
-    uint64_t index;   /* applied index of the state */
-    uint64_t term;    /* its term */
+    MDB_txn *txn;        /* read transaction holding the state */
+    MDB_cursor *cur;     /* position in kv, sessions or auth */
+    int phase;           /* header, kv, sessions, auth, trailer, done */
+    uint64_t offset;     /* bytes produced so far */
+    uint64_t index;      /* applied index of the state */
+    uint64_t term;       /* its term */
     uint64_t cluster_id; /* the cluster the state belongs to (0: unknown) */
-    uint64_t records; /* records produced so far */
-    uint32_t crc;     /* CRC-32C of the records produced so far */
-    uint8_t *pend;    /* bytes of the current record not yet produced */
-    size_t pend_len;  /* valid bytes in pend */
-    size_t pend_off;  /* bytes of pend already produced */
-    size_t pend_cap;  /* allocated size of pend */
+    uint64_t records;    /* records produced so far */
+    uint32_t crc;        /* CRC-32C of the records produced so far */
+    uint8_t *pend;       /* bytes of the current record not yet produced */
+    size_t pend_len;     /* valid bytes in pend */
+    size_t pend_off;     /* bytes of pend already produced */
+    size_t pend_cap;     /* allocated size of pend */
 };
 
 /**
@@ -92,9 +92,9 @@ int snap_stage(struct kv_store *st,
 /**
  * Replace kv, sessions and auth with the staged stream and empty the staging
  * area, all inside txn; a stream that names its cluster sets the store's
- * cluster id (meta "cluster") to it. The trailer's checksum must match. The stream is
- * checked as it is read; a damaged one fails with KV_STORE_ECORRUPT (then the
- * caller aborts txn, so the old state stays).
+ * cluster id (meta "cluster") to it. The trailer's checksum must match. The
+ * stream is checked as it is read; a damaged one fails with KV_STORE_ECORRUPT
+ * (then the caller aborts txn, so the old state stays).
  * @param index, term set to the applied index and term of the state
  * @return 0 or a store error
  */

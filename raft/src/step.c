@@ -158,8 +158,8 @@ int raft_step(struct raft *r, const struct raft_message *m)
              * from no leader we know. Answer it; change nothing. */
             return reject_stale(r, m);
         } else {
-            bool from_leader = m->type == RAFT_MSG_APPEND ||
-                               m->type == RAFT_MSG_SNAPSHOT;
+            bool from_leader =
+                m->type == RAFT_MSG_APPEND || m->type == RAFT_MSG_SNAPSHOT;
             rf_become_follower(r, m->term, from_leader ? m->from : 0);
         }
     } else if (m->term < r->term) {

@@ -442,8 +442,7 @@ static bool read_handshake(struct rpc_channel *ch, struct evbuffer *in)
     evbuffer_remove(in, result, sizeof result);
     uint32_t code = rpc_peer_check_result(result);
     if (code != RPC_PEER_OK) {
-        snprintf(why, sizeof why, "it refused us: %s",
-                 rpc_peer_code_str(code));
+        snprintf(why, sizeof why, "it refused us: %s", rpc_peer_code_str(code));
         handshake_failed(ch, why);
         return false;
     }
@@ -513,8 +512,7 @@ static void on_event(struct bufferevent *bev, short what, void *arg)
     if ((what & BEV_EVENT_CONNECTED) && ch->tls_up) {
         SSL *ssl = bufferevent_openssl_get_ssl(ch->bev);
         char tls_why[400];
-        if (!rpc_tls_name_allowed(ch->opts.tls, ssl, tls_why,
-                                  sizeof tls_why)) {
+        if (!rpc_tls_name_allowed(ch->opts.tls, ssl, tls_why, sizeof tls_why)) {
             snprintf(why, sizeof why, "TLS with %s: %.300s", ch->target,
                      tls_why);
             rpc_logf(RPC_LOG_WARN, "rpc: %s", why);
@@ -684,9 +682,8 @@ static void on_timer(evutil_socket_t fd, short what, void *arg)
 static bool peer_closed(struct rpc_channel *ch)
 {
     char b;
-    ssize_t r =
-        recv(bufferevent_getfd(ch->tls_up ? ch->raw : ch->bev), &b, 1,
-             MSG_PEEK | MSG_DONTWAIT);
+    ssize_t r = recv(bufferevent_getfd(ch->tls_up ? ch->raw : ch->bev), &b, 1,
+                     MSG_PEEK | MSG_DONTWAIT);
     return r == 0 ||
            (r < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR);
 }

@@ -134,8 +134,8 @@ static bool mac3(const uint8_t *key,
                  size_t b_len,
                  uint8_t mac[RPC_PEER_MAC_SIZE])
 {
-    uint8_t buf[sizeof LABEL_SERVER + RPC_PEER_HELLO_SIZE +
-                RPC_PEER_ANSWER_SIZE];
+    uint8_t
+        buf[sizeof LABEL_SERVER + RPC_PEER_HELLO_SIZE + RPC_PEER_ANSWER_SIZE];
     size_t l = strlen(label);
     if (l + a_len + b_len > sizeof buf) {
         return false;

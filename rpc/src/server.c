@@ -59,15 +59,15 @@ struct rpc_conn
     bool counted_source;          /* counts toward its source's limit */
     struct evbuffer_cb_entry *budget_cb[3]; /* count input, output, pending
                                      toward the server's max_buffered */
-    bool budget_paused;           /* reading stopped for the budget */
-    bool tls;                     /* over TLS: bev is a filter over raw */
-    struct bufferevent *raw;      /* TLS: the socket's own bufferevent */
-    bool tls_checked;             /* its certificate was checked */
-    char tls_name[128];           /* the CN of its verified certificate */
-    struct rpc_peer_hs *hs;       /* peer handshake in progress, or NULL */
-    bool hs_answered;             /* its hello is answered: proof next */
-    bool authed;                  /* passed the peer handshake */
-    uint64_t peer_id;             /* the id it proved (authed) */
+    bool budget_paused;                     /* reading stopped for the budget */
+    bool tls;                /* over TLS: bev is a filter over raw */
+    struct bufferevent *raw; /* TLS: the socket's own bufferevent */
+    bool tls_checked;        /* its certificate was checked */
+    char tls_name[128];      /* the CN of its verified certificate */
+    struct rpc_peer_hs *hs;  /* peer handshake in progress, or NULL */
+    bool hs_answered;        /* its hello is answered: proof next */
+    bool authed;             /* passed the peer handshake */
+    uint64_t peer_id;        /* the id it proved (authed) */
 };
 
 /* One request being served: the closure_data handed to the handler. */
@@ -258,8 +258,8 @@ static void on_buffer_change(struct evbuffer *b,
     (void)b;
     struct rpc_server *s = arg;
     s->buffered += info->n_added;
-    s->buffered -= info->n_deleted < s->buffered ? info->n_deleted
-                                                 : s->buffered;
+    s->buffered -=
+        info->n_deleted < s->buffered ? info->n_deleted : s->buffered;
     if (s->budget_paused && s->buffered < s->opts.max_buffered / 2 &&
         s->budget_ev) {
         event_active(s->budget_ev, EV_TIMEOUT, 0);
@@ -858,8 +858,7 @@ static int dispatch(void *ctx, const struct rpc_frame *f)
                           sizeof why, s->opts.precheck_arg)) {
         snprintf(msg, sizeof msg, "%s.%s refused before unpacking: %s",
                  svc->descriptor->name, m->name, why);
-        log_limited(&s->timeout_log, RPC_LOG_WARN, "rpc: %s: %s", c->peer,
-                    msg);
+        log_limited(&s->timeout_log, RPC_LOG_WARN, "rpc: %s: %s", c->peer, msg);
         s->mstats[svc_index][index].answered[RPC_E_BAD_REQUEST]++;
         send_reply(c, h->call_id, RPC_E_BAD_REQUEST, msg, NULL, NULL);
         return c->bev ? 0 : 1;
@@ -923,8 +922,8 @@ static void on_held(evutil_socket_t fd, short what, void *arg)
             mark_dirty(c);
             check_output(c);
         } else {
-            start_call(c, h->svc, h->index, h->input, h->call_id,
-                       h->auth_token, &h->fc);
+            start_call(c, h->svc, h->index, h->input, h->call_id, h->auth_token,
+                       &h->fc);
         }
     }
     held_free(h);
@@ -969,7 +968,8 @@ static void limit_per_peer(struct rpc_server *s, struct rpc_conn *c)
     struct rpc_conn *next;
     for (struct rpc_conn *o = s->conns; o; o = next) {
         next = o->next; /* newest first */
-        if (o->authed && o->peer_id == c->peer_id && ++seen > s->opts.max_per_peer) {
+        if (o->authed && o->peer_id == c->peer_id &&
+            ++seen > s->opts.max_per_peer) {
             rpc_logf(RPC_LOG_INFO,
                      "rpc: closing %s: node %llu holds more than %u peer "
                      "connections",
@@ -1097,8 +1097,7 @@ static void on_event(struct bufferevent *bev, short what, void *arg)
         c->server->opts.peer_auth && !c->authed) {
         c->server->stats.handshakes_failed++; /* gave up before the end */
     }
-    if ((what & BEV_EVENT_ERROR) && c->tls && !c->tls_checked &&
-        c->server) {
+    if ((what & BEV_EVENT_ERROR) && c->tls && !c->tls_checked && c->server) {
         char why[400];
         rpc_tls_error(c->bev, why, sizeof why);
         c->server->stats.tls_failures++;
@@ -1131,9 +1130,9 @@ static struct rpc_conn *conn_new(struct rpc_server *s, int fd, const char *peer)
          * encrypts can be written at once (flush_conn). */
         c->raw = bufferevent_socket_new(s->base, fd, BEV_OPT_CLOSE_ON_FREE);
         SSL *ssl = c->raw ? rpc_tls_ssl(s->opts.tls, NULL) : NULL;
-        c->bev = ssl ? bufferevent_openssl_filter_new(
-                           s->base, c->raw, ssl, BUFFEREVENT_SSL_ACCEPTING,
-                           BEV_OPT_CLOSE_ON_FREE)
+        c->bev = ssl ? bufferevent_openssl_filter_new(s->base, c->raw, ssl,
+                                                      BUFFEREVENT_SSL_ACCEPTING,
+                                                      BEV_OPT_CLOSE_ON_FREE)
                      : NULL;
         if (c->bev) {
             /* A client that closes without close_notify has ended, not
@@ -1280,8 +1279,8 @@ static void sweep_conn(struct rpc_server *s, struct rpc_conn *c, uint64_t now)
     if (o->peer_auth && !c->authed && now - c->opened_ms >= o->handshake_ms) {
         s->stats.handshakes_failed++;
         log_limited(&s->hs_log, RPC_LOG_WARN,
-                    "rpc: closing %s: no peer handshake within %u ms",
-                    c->peer, o->handshake_ms);
+                    "rpc: closing %s: no peer handshake within %u ms", c->peer,
+                    o->handshake_ms);
         conn_close(c);
         return;
     }

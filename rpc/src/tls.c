@@ -20,9 +20,9 @@
 
 struct rpc_tls
 {
-    SSL_CTX *ctx;                 /* current context */
-    bool server;                  /* made for accepting */
-    bool verify_peer;             /* check the other end's certificate */
+    SSL_CTX *ctx;                  /* current context */
+    bool server;                   /* made for accepting */
+    bool verify_peer;              /* check the other end's certificate */
     char *cert, *key, *ca, *names; /* copies of the options */
 };
 
@@ -41,8 +41,8 @@ static void ssl_fail(char *err, size_t len, const char *what, const char *file)
 
 static SSL_CTX *make_ctx(const struct rpc_tls *t, char *err, size_t len)
 {
-    SSL_CTX *ctx = SSL_CTX_new(t->server ? TLS_server_method()
-                                         : TLS_client_method());
+    SSL_CTX *ctx =
+        SSL_CTX_new(t->server ? TLS_server_method() : TLS_client_method());
     if (!ctx) {
         ssl_fail(err, len, "make a TLS context", NULL);
         return NULL;
@@ -50,8 +50,7 @@ static SSL_CTX *make_ctx(const struct rpc_tls *t, char *err, size_t len)
     SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
     /* (no SSL_MODE_RELEASE_BUFFERS: it frees and reallocates 16 KiB
      * buffers around every record, which costs more than it saves here) */
-    if (t->cert &&
-        SSL_CTX_use_certificate_chain_file(ctx, t->cert) != 1) {
+    if (t->cert && SSL_CTX_use_certificate_chain_file(ctx, t->cert) != 1) {
         ssl_fail(err, len, "load certificate", t->cert);
         goto err_free_ctx;
     }

@@ -127,10 +127,8 @@ static int tls_setup(struct h_cluster *c)
     struct rpc_tls_options co = {.ca_file = ca, .verify_peer = true};
     snprintf(crt, sizeof crt, "%s/node1.crt", c->certs);
     snprintf(key, sizeof key, "%s/node1.key", c->certs);
-    struct rpc_tls_options po = {.ca_file = ca,
-                                 .verify_peer = true,
-                                 .cert_file = crt,
-                                 .key_file = key};
+    struct rpc_tls_options po = {
+        .ca_file = ca, .verify_peer = true, .cert_file = crt, .key_file = key};
     if (rpc_tls_new(&co, &c->client_tls, err, sizeof err) != 0 ||
         rpc_tls_new(&po, &c->peer_tls, err, sizeof err) != 0) {
         fprintf(stderr, "harness: %s\n", err);

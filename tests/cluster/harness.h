@@ -37,13 +37,13 @@ struct h_cluster
     char peers_arg[512];              /* the --peers list */
     char secret[512];                 /* the --peer-secret-file */
     struct rpc_peer_auth as_member[H_MAX_NODES]; /* h_peer_channel's */
-    bool tls;                         /* h_start.tls */
-    char certs[300];                  /* its certificates */
-    struct rpc_tls *client_tls;       /* h_client's (trusts the CA) */
-    struct rpc_tls *peer_tls;         /* h_peer_channel's (node1's cert) */
-    char extra[512]; /* extra kvserver flags, space-separated */
-    bool keep;       /* keep root after a failure */
-    bool diskfault;  /* nodes run on libdiskfault.so (tests/diskfault) */
+    bool tls;                                    /* h_start.tls */
+    char certs[300];                             /* its certificates */
+    struct rpc_tls *client_tls; /* h_client's (trusts the CA) */
+    struct rpc_tls *peer_tls;   /* h_peer_channel's (node1's cert) */
+    char extra[512];            /* extra kvserver flags, space-separated */
+    bool keep;                  /* keep root after a failure */
+    bool diskfault; /* nodes run on libdiskfault.so (tests/diskfault) */
 };
 
 /* How to start a cluster, beyond its flags. */

@@ -22,9 +22,9 @@
 #include "cunit_main.h"
 #include "harness.h"
 
-#define OK RAFTKV__KV_ERROR__KV_OK
+#define OK                   RAFTKV__KV_ERROR__KV_OK
 #define FAILED_SINCE(before) (CU_get_number_of_failures() > (before))
-#define KEYS 20
+#define KEYS                 20
 
 /* ------------------------------------------------------------- helpers */
 
@@ -49,8 +49,7 @@ static void on_status(const Raftkv__StatusReply *r, void *data)
 static struct view status_of(struct h_cluster *c, size_t i)
 {
     struct view v = {0};
-    struct rpc_channel_options o = {.deadline_ms = 5000,
-                                    .tls = c->client_tls};
+    struct rpc_channel_options o = {.deadline_ms = 5000, .tls = c->client_tls};
     struct rpc_channel *ch =
         rpc_channel_new_blocking(c->nodes[i].host, c->nodes[i].port, &o);
     if (ch) {
@@ -303,12 +302,12 @@ static void test_attack_peer_port_refuses_who_lacks_the_secret(void)
             .peer_auth = &wrong,
             .peer_id = c.nodes[i].id,
         };
-        struct rpc_channel *ch = rpc_channel_new_blocking(
-            c.nodes[i].host, c.nodes[i].peer_port, &o);
+        struct rpc_channel *ch =
+            rpc_channel_new_blocking(c.nodes[i].host, c.nodes[i].peer_port, &o);
         CU_ASSERT_PTR_NOT_NULL_FATAL(ch);
         struct outcome out[4] = {{0}};
-        forge_all(ch, v.cluster_id, wrong.self_id, c.nodes[i].id,
-                  v.term + 1, out);
+        forge_all(ch, v.cluster_id, wrong.self_id, c.nodes[i].id, v.term + 1,
+                  out);
         for (int k = 0; k < 4; k++) {
             CU_ASSERT_FALSE(out[k].replied);
         }
@@ -317,8 +316,8 @@ static void test_attack_peer_port_refuses_who_lacks_the_secret(void)
         struct rpc_channel_options plain = {.deadline_ms = 3000};
         ch = rpc_channel_new_blocking(c.nodes[i].host, c.nodes[i].peer_port,
                                       &plain);
-        forge_all(ch, v.cluster_id, wrong.self_id, c.nodes[i].id,
-                  v.term + 1, out);
+        forge_all(ch, v.cluster_id, wrong.self_id, c.nodes[i].id, v.term + 1,
+                  out);
         for (int k = 0; k < 4; k++) {
             CU_ASSERT_FALSE(out[k].replied);
         }
@@ -520,8 +519,8 @@ static void test_attack_handshake_flood_does_not_keep_members_out(void)
     pthread_join(t, NULL);
     pthread_join(t2, NULL);
     CU_ASSERT(fl.opened > 300); /* the node closed and we reopened */
-    CU_ASSERT(metric(&c, (size_t)leader,
-                     "raftkv_rpc_peer_connections") <= 8 * 3 + 16);
+    CU_ASSERT(metric(&c, (size_t)leader, "raftkv_rpc_peer_connections") <=
+              8 * 3 + 16);
     check_intact(&c, &cl);
     h_client_close(&cl);
     c.keep = FAILED_SINCE(failures_at_start);

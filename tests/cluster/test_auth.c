@@ -110,11 +110,11 @@ static struct clerk *open_as(const char *user,
 {
     char eps[512];
     h_endpoints_of(&cl, which, 0, eps, sizeof eps);
-    struct clerk_options o = {.deadline_ms = 8000,
-                              .read_mode = stale ? CLERK_READ_STALE
-                                                 : CLERK_READ_LINEARIZABLE,
-                              .user = user,
-                              .password = password};
+    struct clerk_options o = {
+        .deadline_ms = 8000,
+        .read_mode = stale ? CLERK_READ_STALE : CLERK_READ_LINEARIZABLE,
+        .user = user,
+        .password = password};
     struct clerk *ck = NULL;
     CU_ASSERT_FATAL(clerk_open(&ck, eps, &o) == CLERK_OK);
     return ck;
@@ -126,8 +126,8 @@ static int kvctl(const char *args, char *out, size_t cap)
 {
     char eps[512], cmd[2048];
     h_endpoints(&cl, eps, sizeof eps);
-    snprintf(cmd, sizeof cmd, "%s --cluster %s %s 2>&1 </dev/null",
-             KVCTL_BIN, eps, args);
+    snprintf(cmd, sizeof cmd, "%s --cluster %s %s 2>&1 </dev/null", KVCTL_BIN,
+             eps, args);
     out[0] = 0;
     FILE *p = popen(cmd, "r");
     if (!p) {
@@ -139,15 +139,15 @@ static int kvctl(const char *args, char *out, size_t cap)
     return st != -1 && WIFEXITED(st) ? WEXITSTATUS(st) : -1;
 }
 
-#define EXPECT(call, want)                                                 \
-    do {                                                                   \
-        int got_ = (call);                                                 \
-        if (got_ != (want)) {                                              \
-            fprintf(stderr, "%s:%d: %s = %s (%s), want %s\n", __FILE__,    \
-                    __LINE__, #call, clerk_error_code(got_),               \
-                    clerk_errmsg(ck), clerk_error_code(want));             \
-        }                                                                  \
-        CU_ASSERT_EQUAL(got_, (want));                                     \
+#define EXPECT(call, want)                                                     \
+    do {                                                                       \
+        int got_ = (call);                                                     \
+        if (got_ != (want)) {                                                  \
+            fprintf(stderr, "%s:%d: %s = %s (%s), want %s\n", __FILE__,        \
+                    __LINE__, #call, clerk_error_code(got_), clerk_errmsg(ck), \
+                    clerk_error_code(want));                                   \
+        }                                                                      \
+        CU_ASSERT_EQUAL(got_, (want));                                         \
     } while (0)
 
 /* ---------------------------------------------------- raw token calls */
@@ -275,24 +275,22 @@ static void test_auth_prefix_user_writes_inside_and_is_denied_outside(void)
     clerk_free(v);
     EXPECT(clerk_cas(ck, "app/x", 5, "12", 2, "13", 2, NULL, NULL), CLERK_OK);
     EXPECT(clerk_put(ck, "other", 5, "v", 1), CLERK_PERMISSION_DENIED);
-    CU_ASSERT_STRING_EQUAL(clerk_errmsg(ck), "user 'alice' (roles: app) may "
-                                             "not write key 'other'");
+    CU_ASSERT_STRING_EQUAL(clerk_errmsg(ck),
+                           "user 'alice' (roles: app) may "
+                           "not write key 'other'");
     EXPECT(clerk_delete(ck, "other", 5), CLERK_PERMISSION_DENIED);
     EXPECT(clerk_get(ck, "app", 3, &v, &len), CLERK_PERMISSION_DENIED);
     /* Not root: no user administration. */
     EXPECT(clerk_user_add(ck, "mallory", "x"), CLERK_PERMISSION_DENIED);
-    EXPECT(clerk_user_grant_role(ck, "alice", "root"),
-           CLERK_PERMISSION_DENIED);
+    EXPECT(clerk_user_grant_role(ck, "alice", "root"), CLERK_PERMISSION_DENIED);
     clerk_close(ck);
 
     char out[4096];
-    CU_ASSERT_EQUAL(kvctl("--user alice:" ALICE_PW " put other v", out,
-                          sizeof out),
-                    7);
+    CU_ASSERT_EQUAL(
+        kvctl("--user alice:" ALICE_PW " put other v", out, sizeof out), 7);
     CU_ASSERT(strstr(out, "PERMISSION_DENIED") != NULL);
-    CU_ASSERT_EQUAL(kvctl("--user alice:" ALICE_PW " put app/k v", out,
-                          sizeof out),
-                    0);
+    CU_ASSERT_EQUAL(
+        kvctl("--user alice:" ALICE_PW " put app/k v", out, sizeof out), 0);
 }
 
 static void test_auth_read_only_user_is_denied_writes(void)
@@ -326,17 +324,17 @@ static void test_auth_kvctl_user_role_and_auth_commands(void)
     CU_ASSERT_EQUAL(kvctl(ROOT "role grant-permission dreader write d/a d/b",
                           out, sizeof out),
                     0);
-    CU_ASSERT_EQUAL(kvctl(ROOT "user grant-role dave dreader", out,
-                          sizeof out),
+    CU_ASSERT_EQUAL(kvctl(ROOT "user grant-role dave dreader", out, sizeof out),
                     0);
     CU_ASSERT_EQUAL(kvctl(ROOT "user get dave", out, sizeof out), 0);
     CU_ASSERT(strstr(out, "Roles: dreader") != NULL);
-    CU_ASSERT_EQUAL(kvctl(ROOT "-w json role get dreader", out, sizeof out),
-                    0);
-    CU_ASSERT(strstr(out, "{\"type\":\"read\",\"key\":\"d/\",\"range_end\":"
-                          "\"d0\"}") != NULL);
-    CU_ASSERT(strstr(out, "{\"type\":\"write\",\"key\":\"d/a\","
-                          "\"range_end\":\"d/b\"}") != NULL);
+    CU_ASSERT_EQUAL(kvctl(ROOT "-w json role get dreader", out, sizeof out), 0);
+    CU_ASSERT(strstr(out,
+                     "{\"type\":\"read\",\"key\":\"d/\",\"range_end\":"
+                     "\"d0\"}") != NULL);
+    CU_ASSERT(strstr(out,
+                     "{\"type\":\"write\",\"key\":\"d/a\","
+                     "\"range_end\":\"d/b\"}") != NULL);
     CU_ASSERT_EQUAL(kvctl(ROOT "user list", out, sizeof out), 0);
     CU_ASSERT(strstr(out, "dave\n") != NULL && strstr(out, "alice\n") != NULL);
     CU_ASSERT_EQUAL(kvctl(ROOT "-w json role list", out, sizeof out), 0);
@@ -345,25 +343,20 @@ static void test_auth_kvctl_user_role_and_auth_commands(void)
     CU_ASSERT_EQUAL(kvctl("auth status", out, sizeof out), 0);
     CU_ASSERT(strstr(out, "Authentication Status: true") != NULL);
     /* dave: writes d/a (write on [d/a, d/b)) but not d/c; reads d/c. */
-    CU_ASSERT_EQUAL(kvctl("--user dave:Dave-pw-6630 put d/a 1", out,
-                          sizeof out),
-                    0);
-    CU_ASSERT_EQUAL(kvctl("--user dave:Dave-pw-6630 put d/c 1", out,
-                          sizeof out),
-                    7);
-    CU_ASSERT_EQUAL(kvctl("--user dave:Dave-pw-6630 get d/a", out,
-                          sizeof out),
+    CU_ASSERT_EQUAL(
+        kvctl("--user dave:Dave-pw-6630 put d/a 1", out, sizeof out), 0);
+    CU_ASSERT_EQUAL(
+        kvctl("--user dave:Dave-pw-6630 put d/c 1", out, sizeof out), 7);
+    CU_ASSERT_EQUAL(kvctl("--user dave:Dave-pw-6630 get d/a", out, sizeof out),
                     0);
     /* Not root: no administration (exit 7); no such user (exit 1). */
-    CU_ASSERT_EQUAL(kvctl("--user dave:Dave-pw-6630 user list", out,
-                          sizeof out),
-                    7);
-    CU_ASSERT_EQUAL(kvctl(ROOT "role revoke-permission dreader d/a d/b", out,
-                          sizeof out),
-                    0);
-    CU_ASSERT_EQUAL(kvctl("--user dave:Dave-pw-6630 put d/a 2", out,
-                          sizeof out),
-                    7);
+    CU_ASSERT_EQUAL(
+        kvctl("--user dave:Dave-pw-6630 user list", out, sizeof out), 7);
+    CU_ASSERT_EQUAL(
+        kvctl(ROOT "role revoke-permission dreader d/a d/b", out, sizeof out),
+        0);
+    CU_ASSERT_EQUAL(
+        kvctl("--user dave:Dave-pw-6630 put d/a 2", out, sizeof out), 7);
     CU_ASSERT_EQUAL(kvctl(ROOT "user delete dave", out, sizeof out), 0);
     CU_ASSERT_EQUAL(kvctl(ROOT "user get dave", out, sizeof out), 1);
     CU_ASSERT_EQUAL(kvctl(ROOT "role delete dreader", out, sizeof out), 0);
@@ -408,12 +401,12 @@ static void test_auth_admin_operations_need_root(void)
     clerk_close(ck);
 
     char out[4096];
-    CU_ASSERT_EQUAL(kvctl("--user alice:" ALICE_PW " transfer-leader auto",
-                          out, sizeof out),
-                    7);
-    CU_ASSERT_EQUAL(kvctl("--user root:" ROOT_PW " transfer-leader auto", out,
+    CU_ASSERT_EQUAL(kvctl("--user alice:" ALICE_PW " transfer-leader auto", out,
                           sizeof out),
-                    0);
+                    7);
+    CU_ASSERT_EQUAL(
+        kvctl("--user root:" ROOT_PW " transfer-leader auto", out, sizeof out),
+        0);
 }
 
 static void test_auth_stale_reads_on_a_follower_check_permissions(void)
@@ -672,8 +665,9 @@ static void test_auth_wrong_password_flood_leaves_the_leader_serving(void)
     clerk_free(st);
     clerk_close(ck);
     if (!same || worst >= 2000) {
-        fprintf(stderr, "flood: leader term changed=%d, slowest write %llu ms\n",
-                !same, (unsigned long long)worst);
+        fprintf(stderr,
+                "flood: leader term changed=%d, slowest write %llu ms\n", !same,
+                (unsigned long long)worst);
     }
     CU_ASSERT(same);
     CU_ASSERT(worst < 2000);

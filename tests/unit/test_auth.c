@@ -108,7 +108,8 @@ static int grant_perm(const char *role,
     p.key.len = strlen(key);
     p.range_end.data = (uint8_t *)end;
     p.range_end.len = end_len;
-    Raftkv__RoleGrantPermissionArgs g = RAFTKV__ROLE_GRANT_PERMISSION_ARGS__INIT;
+    Raftkv__RoleGrantPermissionArgs g =
+        RAFTKV__ROLE_GRANT_PERMISSION_ARGS__INIT;
     g.name = (char *)role;
     g.perm = &p;
     Raftkv__AuthCommand ac = RAFTKV__AUTH_COMMAND__INIT;
@@ -148,8 +149,8 @@ static int check(const char *token,
                  enum kv_auth_need need,
                  char *msg)
 {
-    return kv_auth_check(&st, txn, token, NOW, key, key ? strlen(key) : 0,
-                         need, NULL, NULL, msg, 400);
+    return kv_auth_check(&st, txn, token, NOW, key, key ? strlen(key) : 0, need,
+                         NULL, NULL, msg, 400);
 }
 
 static bool covers(const char *key,
@@ -231,8 +232,7 @@ static void test_auth_token_verifies_and_names_its_user(void)
     randombytes_buf(key, sizeof key);
     char token[KV_AUTH_TOKEN_MAX], user[KV_AUTH_MAX_NAME + 1];
     uint64_t version = 0;
-    CU_ASSERT_FATAL(kv_auth_token_sign(key, "alice", NOW + 10, 42, token) ==
-                    0);
+    CU_ASSERT_FATAL(kv_auth_token_sign(key, "alice", NOW + 10, 42, token) == 0);
     CU_ASSERT(kv_auth_token_verify(key, token, NOW, user, &version) ==
               KV_AUTH_TOKEN_OK);
     CU_ASSERT_STRING_EQUAL(user, "alice");
@@ -267,7 +267,7 @@ static void test_auth_token_altered_anywhere_is_refused(void)
         memcpy(copy, token, len + 1);
         /* Another character of the same class, so the format may hold. */
         char c = copy[i];
-        copy[i] = c == '.'                ? ','
+        copy[i] = c == '.'                 ? ','
                   : (c >= '0' && c <= '8') ? (char)(c + 1)
                   : c == '9'               ? '0'
                   : c == 'f'               ? 'a'
@@ -277,8 +277,7 @@ static void test_auth_token_altered_anywhere_is_refused(void)
     }
     /* A later expiry with the old signature: the signature gives it away. */
     char forged[KV_AUTH_TOKEN_MAX], other[KV_AUTH_TOKEN_MAX];
-    CU_ASSERT_FATAL(kv_auth_token_sign(key, "bob", NOW + 99999, 7, other) ==
-                    0);
+    CU_ASSERT_FATAL(kv_auth_token_sign(key, "bob", NOW + 99999, 7, other) == 0);
     const char *mac = strrchr(token, '.');
     snprintf(forged, sizeof forged, "%.*s%s",
              (int)(strrchr(other, '.') - other), other, mac);
@@ -369,8 +368,9 @@ static void test_auth_disabled_allows_everything_enabled_checks_roles(void)
               RAFTKV__AUTH_ERROR__AUTH_PERMISSION_DENIED);
     CU_ASSERT(check(token, "other", KV_AUTH_WRITE, msg) ==
               RAFTKV__AUTH_ERROR__AUTH_PERMISSION_DENIED);
-    CU_ASSERT_STRING_EQUAL(msg, "user 'bob' (roles: app, reader) may not "
-                                "write key 'other'");
+    CU_ASSERT_STRING_EQUAL(msg,
+                           "user 'bob' (roles: app, reader) may not "
+                           "write key 'other'");
     char root[KV_AUTH_TOKEN_MAX];
     CU_ASSERT_FATAL(authenticate("root", "rootpw", root) == 0);
     bool is_root = false;
@@ -544,8 +544,8 @@ static void test_auth_state_travels_in_snapshot_streams(void)
     uint8_t *stream = malloc(cap);
     bool done = false;
     while (!done) {
-        CU_ASSERT_FATAL(snap_stream_read(&st, &s, stream + len, 97, &got,
-                                         &done) == 0);
+        CU_ASSERT_FATAL(
+            snap_stream_read(&st, &s, stream + len, 97, &got, &done) == 0);
         len += got;
     }
     snap_stream_close(&s);

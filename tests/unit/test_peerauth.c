@@ -142,7 +142,7 @@ static void test_peerauth_wrong_key_id_or_cluster_is_refused_before_any_call(
     expect_refused(&a, 2, "not a member");
     fill_auth(&a, 0x11, 3);
     expect_refused(&a, 5, "not this node's id"); /* wants node 5 */
-    a.cluster_id = 0xc2; /* another cluster */
+    a.cluster_id = 0xc2;                         /* another cluster */
     expect_refused(&a, 2, "cluster 00000000000000c1");
     fill_auth(&a, 0x11, 2); /* claims the server's own id */
     expect_refused(&a, 2, "not a member");

@@ -227,8 +227,7 @@ static void test_store_claims_a_fresh_dir_and_refuses_another_cluster(void)
     CU_ASSERT_EQUAL(kv_store_claim(&st, 0xabc, 1), 0);
     CU_ASSERT_EQUAL(kv_store_claim(&st, 0xabc, 1), 0);
     CU_ASSERT_EQUAL(kv_store_claim(&st, 0xdef, 1), KV_STORE_EIDENTITY);
-    CU_ASSERT(strstr(st.errmsg, "belongs to cluster 0000000000000abc") !=
-              NULL);
+    CU_ASSERT(strstr(st.errmsg, "belongs to cluster 0000000000000abc") != NULL);
     CU_ASSERT_EQUAL(kv_store_claim(&st, 0, 1), 0); /* a node at start */
     CU_ASSERT_EQUAL(kv_store_claim(&st, 0xabc, 2), KV_STORE_EIDENTITY);
     CU_ASSERT(strstr(st.errmsg, "belongs to node 1") != NULL);

@@ -16,8 +16,8 @@
 
 #define SOON_MS 10000
 
-static char dir[64];     /* CA "a": ca.crt, node (127.0.0.1), alice */
-static char other[80];   /* CA "b": ca.crt, node (127.0.0.1) */
+static char dir[64];   /* CA "a": ca.crt, node (127.0.0.1), alice */
+static char other[80]; /* CA "b": ca.crt, node (127.0.0.1) */
 static struct echo_local local;
 
 static const ProtobufCServiceDescriptor *echo_desc =
@@ -113,9 +113,8 @@ static struct echo_result call_with(struct rpc_tls *tls,
                                     const char *host,
                                     const char *payload)
 {
-    struct rpc_channel_options o = {.tls = tls,
-                                    .connect_timeout_ms = 3000,
-                                    .deadline_ms = 5000};
+    struct rpc_channel_options o = {
+        .tls = tls, .connect_timeout_ms = 3000, .deadline_ms = 5000};
     struct rpc_channel *ch = rpc_channel_new(local.base, host, local.port, &o);
     struct echo_result r = {0};
     echo_call(rpc_channel_service(ch, echo_desc), ECHO_M_ECHO, payload, 0, &r);
@@ -191,7 +190,8 @@ static void test_tls_client_certificate_required_and_named(void)
     struct rpc_tls *srv = server_tls(dir, "node", true, NULL);
     CU_ASSERT_PTR_NOT_NULL_FATAL(srv);
     start(srv);
-    struct rpc_tls *none = client_tls(dir, NULL), *alice = client_tls(dir, "alice");
+    struct rpc_tls *none = client_tls(dir, NULL),
+                   *alice = client_tls(dir, "alice");
     expect_error(call_with(none, "127.0.0.1", "x"), "");
     struct echo_result r = call_with(alice, "127.0.0.1", "tlsname");
     CU_ASSERT_EQUAL(r.status, RPC_OK);
@@ -275,15 +275,12 @@ static void test_tls_with_peer_auth_inside(void)
     struct rpc_server_options so = {.tls = srv, .peer_auth = &sa};
     CU_ASSERT_FATAL(echo_local_start(&local, &so) == 0);
     struct rpc_tls *cl = client_tls(dir, "node");
-    struct rpc_channel_options o = {.tls = cl,
-                                    .peer_auth = &ca,
-                                    .peer_id = 2,
-                                    .connect_timeout_ms = 3000};
+    struct rpc_channel_options o = {
+        .tls = cl, .peer_auth = &ca, .peer_id = 2, .connect_timeout_ms = 3000};
     struct rpc_channel *ch =
         rpc_channel_new(local.base, "127.0.0.1", local.port, &o);
     struct echo_result r = {0};
-    echo_call(rpc_channel_service(ch, echo_desc), ECHO_M_ECHO, "peerid", 0,
-              &r);
+    echo_call(rpc_channel_service(ch, echo_desc), ECHO_M_ECHO, "peerid", 0, &r);
     loop_run_until(local.base, &r.done, 1, SOON_MS);
     CU_ASSERT_EQUAL(r.status, RPC_OK);
     CU_ASSERT_STRING_EQUAL(r.payload, "3");

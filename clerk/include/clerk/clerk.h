@@ -32,37 +32,37 @@ extern "C" {
 /* Results of clerk operations. */
 enum clerk_error {
     CLERK_OK = 0,
-    CLERK_NOT_FOUND,       /* get, delete: no such key */
-    CLERK_CAS_MISMATCH,    /* cas: the key did not hold the expected value
-                              (or existed when it must not); nothing written */
-    CLERK_UNKNOWN_OUTCOME, /* write: the deadline passed after the write
-                              reached a server, or a later try was refused
-                              (a full disk) after an earlier one reached a
-                              leader; it may or may not have been applied.
-                              Read the key to find out. */
-    CLERK_UNAVAILABLE,     /* no leader accepted the operation before the
-                              deadline; a write was not applied */
-    CLERK_TIMEOUT,         /* read: the deadline passed */
-    CLERK_BAD_REQUEST,     /* the cluster refused the request as malformed */
-    CLERK_VALUE_TOO_LARGE, /* key over 511 bytes or value over 4 MiB */
-    CLERK_NO_SPACE,        /* no room: the leader's disk is full or the
-                              write would pass --quota-bytes; not applied
-                              (clerk_errmsg says which) */
-    CLERK_INVALID,         /* bad argument (NULL pointer, bad server list) */
-    CLERK_NOMEM,           /* out of memory */
-    CLERK_INTERNAL,        /* unexpected answer from the cluster */
-    CLERK_DISABLED,        /* the server does not allow the operation (fault
-                              injection without --enable-fault-injection) */
-    CLERK_SESSION_EXPIRED, /* write: the cluster forgot this handle's session
-                              (more than --max-sessions clients wrote since
-                              it last did) while the write was being retried:
-                              this try was not applied, an earlier one may
-                              have been. Read the key to find out. The next
-                              write opens a new session. */
-    CLERK_UNAUTHENTICATED, /* auth is enabled and the handle has no user
-                              (clerk_options.user), a wrong user name or
-                              password, or its password changed; nothing
-                              was applied. clerk_errmsg says which. */
+    CLERK_NOT_FOUND,         /* get, delete: no such key */
+    CLERK_CAS_MISMATCH,      /* cas: the key did not hold the expected value
+                                (or existed when it must not); nothing written */
+    CLERK_UNKNOWN_OUTCOME,   /* write: the deadline passed after the write
+                                reached a server, or a later try was refused
+                                (a full disk) after an earlier one reached a
+                                leader; it may or may not have been applied.
+                                Read the key to find out. */
+    CLERK_UNAVAILABLE,       /* no leader accepted the operation before the
+                                deadline; a write was not applied */
+    CLERK_TIMEOUT,           /* read: the deadline passed */
+    CLERK_BAD_REQUEST,       /* the cluster refused the request as malformed */
+    CLERK_VALUE_TOO_LARGE,   /* key over 511 bytes or value over 4 MiB */
+    CLERK_NO_SPACE,          /* no room: the leader's disk is full or the
+                                write would pass --quota-bytes; not applied
+                                (clerk_errmsg says which) */
+    CLERK_INVALID,           /* bad argument (NULL pointer, bad server list) */
+    CLERK_NOMEM,             /* out of memory */
+    CLERK_INTERNAL,          /* unexpected answer from the cluster */
+    CLERK_DISABLED,          /* the server does not allow the operation (fault
+                                injection without --enable-fault-injection) */
+    CLERK_SESSION_EXPIRED,   /* write: the cluster forgot this handle's session
+                                (more than --max-sessions clients wrote since
+                                it last did) while the write was being retried:
+                                this try was not applied, an earlier one may
+                                have been. Read the key to find out. The next
+                                write opens a new session. */
+    CLERK_UNAUTHENTICATED,   /* auth is enabled and the handle has no user
+                                (clerk_options.user), a wrong user name or
+                                password, or its password changed; nothing
+                                was applied. clerk_errmsg says which. */
     CLERK_PERMISSION_DENIED, /* the user's roles do not allow this on the
                               key (or it needs the role root); nothing was
                               applied. clerk_errmsg names what is missing */

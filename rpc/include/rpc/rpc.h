@@ -373,21 +373,21 @@ struct rpc_server_options
     const struct rpc_peer_auth *peer_auth; /* every connection must pass
                                   the peer handshake first (borrowed; see
                                   "peer auth"); NULL: none */
-    struct rpc_tls *tls;       /* serve TLS with this server context
-                                  (borrowed); NULL: plain TCP */
-    size_t max_buffered;       /* one budget for the bytes buffered by all
-                                  connections (input, output, replies
-                                  waiting): above it a connection that
-                                  reads stops reading until the total
-                                  drains to half. 0: no budget */
-    rpc_precheck_cb precheck;  /* called before every unpack; NULL: none */
-    void *precheck_arg;        /* passed to precheck */
-    uint32_t max_per_peer;     /* with peer_auth: connections one peer id
-                                  may hold; a newer one closes its oldest.
-                                  Default 4 */
-    uint32_t handshake_ms;     /* with peer_auth: a connection that has not
-                                  finished the handshake this long after
-                                  it was accepted is closed. Default 2000 */
+    struct rpc_tls *tls;                   /* serve TLS with this server context
+                                              (borrowed); NULL: plain TCP */
+    size_t max_buffered;      /* one budget for the bytes buffered by all
+                                 connections (input, output, replies
+                                 waiting): above it a connection that
+                                 reads stops reading until the total
+                                 drains to half. 0: no budget */
+    rpc_precheck_cb precheck; /* called before every unpack; NULL: none */
+    void *precheck_arg;       /* passed to precheck */
+    uint32_t max_per_peer;    /* with peer_auth: connections one peer id
+                                 may hold; a newer one closes its oldest.
+                                 Default 4 */
+    uint32_t handshake_ms;    /* with peer_auth: a connection that has not
+                                 finished the handshake this long after
+                                 it was accepted is closed. Default 2000 */
 };
 
 /* How long a connection admitted into peer_reserve has to show itself a
@@ -591,10 +591,10 @@ struct rpc_channel_options
     const struct rpc_peer_auth *peer_auth; /* pass the peer handshake on
                                     every connection before any call
                                     (borrowed); NULL: none */
-    uint64_t peer_id;            /* with peer_auth: the node id the server
-                                    must prove it is */
-    struct rpc_tls *tls;         /* speak TLS with this client context
-                                    (borrowed); NULL: plain TCP */
+    uint64_t peer_id;    /* with peer_auth: the node id the server
+                            must prove it is */
+    struct rpc_tls *tls; /* speak TLS with this client context
+                            (borrowed); NULL: plain TCP */
 };
 
 /* Counters of a channel. */
