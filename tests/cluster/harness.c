@@ -25,24 +25,39 @@
 #error "KVSERVER_PATH must name the kvserver binary"
 #endif
 
+/* Ports the harness gives nodes: below the kernel's ephemeral range
+ * (32768 and up), so that a connection some process opens meanwhile never
+ * takes the port of a node that is down for a restart; 20000 and up are
+ * the install tests' (tests/install). */
+#define PORT_LOW  10000u
+#define PORT_HIGH 20000u
+
 /* A free port on host, and the socket holding it (close it once every
  * node has its port: while it is open, no other pick can return it). */
 static uint16_t free_port(const char *host, int *held)
 {
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in sa = {.sin_family = AF_INET};
-    inet_pton(AF_INET, host, &sa.sin_addr);
-    socklen_t len = sizeof sa;
-    *held = -1;
-    if (fd < 0 || bind(fd, (struct sockaddr *)&sa, sizeof sa) != 0 ||
-        getsockname(fd, (struct sockaddr *)&sa, &len) != 0) {
-        if (fd >= 0) {
-            close(fd);
-        }
-        return 0;
+    static unsigned seed;
+    if (!seed) {
+        seed = (unsigned)getpid() ^ (unsigned)h_now_ms();
     }
-    *held = fd;
-    return ntohs(sa.sin_port);
+    *held = -1;
+    for (int tries = 0; tries < 1000; tries++) {
+        uint16_t port = (uint16_t)(PORT_LOW + (unsigned)rand_r(&seed) %
+                                                  (PORT_HIGH - PORT_LOW));
+        int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        if (fd < 0) {
+            return 0;
+        }
+        struct sockaddr_in sa = {.sin_family = AF_INET,
+                                 .sin_port = htons(port)};
+        inet_pton(AF_INET, host, &sa.sin_addr);
+        if (bind(fd, (struct sockaddr *)&sa, sizeof sa) == 0) {
+            *held = fd;
+            return port;
+        }
+        close(fd);
+    }
+    return 0;
 }
 
 /* A fresh random peer secret, readable by its owner only. */
@@ -245,7 +260,10 @@ int h_node_start(struct h_cluster *c, size_t i)
             c->keep = true;
             return -1;
         }
-        if (accepts(nd->host, nd->port)) {
+        /* Both listeners: a node that got its client port but not its
+         * peer port exits at once, and must not count as started. */
+        if (accepts(nd->host, nd->port) &&
+            (c->n == 1 || accepts(nd->host, nd->peer_port))) {
             return 0;
         }
         if (h_now_ms() >= end) {

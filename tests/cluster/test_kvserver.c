@@ -1,4 +1,7 @@
 /* test_kvserver.c: real kvserver clusters on loopback: the node's promises. */
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -602,6 +605,44 @@ static void test_unsafe_or_broken_security_flags_are_refused(void)
             CU_FAIL("the refusal does not say why");
         }
     }
+    /* A peer port someone else holds: the node says so and exits 1. */
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in sa = {.sin_family = AF_INET};
+    inet_pton(AF_INET, "127.0.0.1", &sa.sin_addr);
+    socklen_t len = sizeof sa;
+    CU_ASSERT_FATAL(fd >= 0 &&
+                    bind(fd, (struct sockaddr *)&sa, sizeof sa) == 0 &&
+                    listen(fd, 1) == 0 &&
+                    getsockname(fd, (struct sockaddr *)&sa, &len) == 0);
+    char args[512], secret[128];
+    snprintf(secret, sizeof secret, "/tmp/raftkv-nodir-%u.secret",
+             (unsigned)getpid());
+    FILE *sf = fopen(secret, "w");
+    CU_ASSERT_FATAL(sf != NULL);
+    fputs("0123456789abcdef0123456789abcdef\n", sf);
+    fclose(sf);
+    struct sockaddr_in ca = {.sin_family = AF_INET};
+    inet_pton(AF_INET, "127.0.0.1", &ca.sin_addr);
+    int cfd = socket(AF_INET, SOCK_STREAM, 0);
+    len = sizeof ca;
+    CU_ASSERT_FATAL(cfd >= 0 &&
+                    bind(cfd, (struct sockaddr *)&ca, sizeof ca) == 0 &&
+                    getsockname(cfd, (struct sockaddr *)&ca, &len) == 0);
+    close(cfd); /* a free client port */
+    snprintf(
+        args, sizeof args,
+        "--id 1 --data-dir /tmp/raftkv-nodir-%u --cluster "
+        "1=127.0.0.1:%u,2=127.0.0.1:3 --peers 1=127.0.0.1:%u,2=127.0.0.1:4 "
+        "--peer-secret-file %s",
+        (unsigned)getpid(), ntohs(ca.sin_port), ntohs(sa.sin_port), secret);
+    int st = run_kvserver(args, out, sizeof out);
+    CU_ASSERT_EQUAL(st, 1);
+    char want[80];
+    snprintf(want, sizeof want, "peers: listen on 127.0.0.1:%u: Address",
+             ntohs(sa.sin_port));
+    CU_ASSERT(strstr(out, want) != NULL);
+    close(fd);
+    unlink(secret);
     char dir[64];
     snprintf(dir, sizeof dir, "/tmp/raftkv-nodir-%u", (unsigned)getpid());
     cunit_remove_tree(dir);

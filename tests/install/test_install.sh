@@ -48,8 +48,8 @@ fi
 # Three nodes of the installed kvserver on free ports.
 in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 ports=()
-# Ports 20000-25999 are this test's; the C tests take the kernel's ephemeral
-# ports (32768 and up) and test_cluster_script.sh takes 26000-31999.
+# Ports 20000-25999 are this test's; the C tests take 10000-19999
+# (tests/cluster/harness.c) and test_cluster_script.sh takes 26000-31999.
 # Each node takes a client port and the next one for its peers.
 p=$((20000 + RANDOM % 5900))
 while [ ${#ports[@]} -lt 3 ]; do
