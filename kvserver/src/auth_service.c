@@ -29,30 +29,6 @@ static uint64_t wall_s(void)
     return (uint64_t)time(NULL);
 }
 
-/* The applied state to read: the open state transaction (what was applied
- * since the last state commit), or a read transaction of the last commit.
- * @param own set when the caller must abort the returned transaction */
-static MDB_txn *state_read(struct kv_node *n, bool *own)
-{
-    if (n->state_txn) {
-        *own = false;
-        return n->state_txn;
-    }
-    MDB_txn *txn;
-    if (mdb_txn_begin(n->store.env, NULL, MDB_RDONLY, &txn) != 0) {
-        return NULL;
-    }
-    *own = true;
-    return txn;
-}
-
-static void state_done(MDB_txn *txn, bool own)
-{
-    if (own) {
-        mdb_txn_abort(txn);
-    }
-}
-
 /* Recent successful checks, so that a call whose token (or certificate
  * name) was checked a moment ago costs no HMAC and no LMDB reads: who it
  * is, whether that user is root, or that auth is off. An entry holds
@@ -163,8 +139,7 @@ static int check_call(struct kv_node *n,
         }
         return RAFTKV__AUTH_ERROR__AUTH_OK;
     }
-    bool own;
-    MDB_txn *txn = state_read(n, &own);
+    MDB_txn *txn = node_state_read(n, NULL);
     if (!txn) {
         snprintf(msg, msg_size, "cannot read the auth state");
         return RAFTKV__AUTH_ERROR__AUTH_INTERNAL;
@@ -173,7 +148,7 @@ static int check_call(struct kv_node *n,
     bool root = false;
     int err = kv_auth_check_as(&n->store, txn, token, cert, now, key, key_len,
                                need, who, &root, msg, msg_size);
-    state_done(txn, own);
+    node_state_done(n, txn);
     if (err == RAFTKV__AUTH_ERROR__AUTH_OK && c) {
         if (!who[0] && root) {
             c->off_gen = n->auth_gen + 1; /* auth is off */
@@ -859,8 +834,7 @@ static void handle_authenticate(Raftkv__AuthService_Service *svc,
                            "password");
         return;
     }
-    bool own;
-    MDB_txn *txn = state_read(n, &own);
+    MDB_txn *txn = node_state_read(n, NULL);
     if (!txn) {
         reply_authenticate(cl, data, RAFTKV__AUTH_ERROR__AUTH_INTERNAL, "", 0,
                            "cannot read the auth state");
@@ -874,7 +848,7 @@ static void handle_authenticate(Raftkv__AuthService_Service *svc,
     } else {
         snprintf(msg, sizeof msg, "out of memory");
     }
-    state_done(txn, own);
+    node_state_done(n, txn);
     if (err) {
         job_free(j);
         reply_authenticate(cl, data, err, "", 0, msg);
@@ -941,8 +915,7 @@ static void handle_user_get(Raftkv__AuthService_Service *svc,
     if (!r.err) {
         r.err = read_on_leader(n, &hint, msg, sizeof msg);
     }
-    bool own;
-    MDB_txn *txn = r.err ? NULL : state_read(n, &own);
+    MDB_txn *txn = r.err ? NULL : node_state_read(n, NULL);
     if (!r.err && !txn) {
         r.err = RAFTKV__AUTH_ERROR__AUTH_INTERNAL;
     } else if (!r.err) {
@@ -956,7 +929,7 @@ static void handle_user_get(Raftkv__AuthService_Service *svc,
             r.roles = u->roles;
             r.n_roles = u->n_roles;
         }
-        state_done(txn, own);
+        node_state_done(n, txn);
     }
     closure(&r, data);
     if (u) {
@@ -980,8 +953,7 @@ static void handle_role_get(Raftkv__AuthService_Service *svc,
     if (!r.err) {
         r.err = read_on_leader(n, &hint, msg, sizeof msg);
     }
-    bool own;
-    MDB_txn *txn = r.err ? NULL : state_read(n, &own);
+    MDB_txn *txn = r.err ? NULL : node_state_read(n, NULL);
     if (!r.err && !txn) {
         r.err = RAFTKV__AUTH_ERROR__AUTH_INTERNAL;
     } else if (!r.err) {
@@ -997,7 +969,7 @@ static void handle_role_get(Raftkv__AuthService_Service *svc,
             r.perms = role->perms;
             r.n_perms = role->n_perms;
         }
-        state_done(txn, own);
+        node_state_done(n, txn);
     }
     closure(&r, data);
     if (role) {
@@ -1024,8 +996,7 @@ static void list_names(struct kv_node *n,
     if (!r.err) {
         r.err = read_on_leader(n, &hint, msg, sizeof msg);
     }
-    bool own;
-    MDB_txn *txn = r.err ? NULL : state_read(n, &own);
+    MDB_txn *txn = r.err ? NULL : node_state_read(n, NULL);
     if (!r.err && !txn) {
         r.err = RAFTKV__AUTH_ERROR__AUTH_INTERNAL;
     } else if (!r.err) {
@@ -1033,7 +1004,7 @@ static void list_names(struct kv_node *n,
             r.err = RAFTKV__AUTH_ERROR__AUTH_INTERNAL;
             snprintf(msg, sizeof msg, "%.300s", n->store.errmsg);
         }
-        state_done(txn, own);
+        node_state_done(n, txn);
     }
     r.names = names;
     r.n_names = count;
@@ -1095,15 +1066,15 @@ static void handle_status(Raftkv__AuthService_Service *svc,
     Raftkv__AuthStatusReply r = RAFTKV__AUTH_STATUS_REPLY__INIT;
     Raftkv__AuthLeaderHint hint = RAFTKV__AUTH_LEADER_HINT__INIT;
     r.leader = &hint;
-    bool own, enabled = false;
-    MDB_txn *txn = state_read(n, &own);
+    bool enabled = false;
+    MDB_txn *txn = node_state_read(n, NULL);
     if (!txn || kv_auth_enabled(&n->store, txn, &enabled) != 0 ||
         kv_auth_revision(&n->store, txn, &r.auth_revision) != 0) {
         r.err = RAFTKV__AUTH_ERROR__AUTH_INTERNAL;
         r.message = "cannot read the auth state";
     }
     if (txn) {
-        state_done(txn, own);
+        node_state_done(n, txn);
     }
     r.enabled = enabled;
     closure(&r, data);

@@ -363,9 +363,9 @@ static void serve_get(struct kv_node *n,
 {
     /* The state transaction holds what was applied since the last state
      * commit; without one open, the last commit is the applied state. */
-    MDB_txn *txn = n->state_txn;
-    int rc = txn ? 0 : mdb_txn_begin(n->store.env, NULL, MDB_RDONLY, &txn);
-    if (rc) {
+    int rc;
+    MDB_txn *txn = node_state_read(n, &rc);
+    if (!txn) {
         reply_get(n, closure, data, RAFTKV__KV_ERROR__KV_INTERNAL, NULL, 0, 0,
                   mdb_strerror(rc));
         return;
@@ -382,9 +382,7 @@ static void serve_get(struct kv_node *n,
         reply_get(n, closure, data, RAFTKV__KV_ERROR__KV_INTERNAL, NULL, 0, 0,
                   mdb_strerror(rc));
     }
-    if (txn != n->state_txn) {
-        mdb_txn_abort(txn);
-    }
+    node_state_done(n, txn);
 }
 
 static void read_remove(struct kv_node *n, struct kv_pending_read *r)

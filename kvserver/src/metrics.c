@@ -87,15 +87,13 @@ static void put_hist(struct evbuffer *b,
 /* Entries in an LMDB database, seen by the state transaction if open. */
 static uint64_t db_entries(struct kv_node *n, MDB_dbi dbi)
 {
-    MDB_txn *txn = n->state_txn;
-    if (!txn && mdb_txn_begin(n->store.env, NULL, MDB_RDONLY, &txn) != 0) {
+    MDB_txn *txn = node_state_read(n, NULL);
+    if (!txn) {
         return 0;
     }
     MDB_stat st;
     uint64_t count = mdb_stat(txn, dbi, &st) == 0 ? st.ms_entries : 0;
-    if (txn != n->state_txn) {
-        mdb_txn_abort(txn);
-    }
+    node_state_done(n, txn);
     return count;
 }
 

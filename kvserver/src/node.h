@@ -254,6 +254,12 @@ int kv_restore_file(const struct kv_node_config *cfg, const char *file);
 int node_restore(struct kv_node *n);
 int node_persist(struct kv_node *n, const struct raft_update *u);
 int node_persist_growing(struct kv_node *n, const struct raft_update *u);
+/* The applied state to read: the open state transaction (what was applied
+ * since the last state commit), or a read transaction of the last commit.
+ * NULL (and *rc, if given, the LMDB error) when none can begin. Hand it
+ * back with node_state_done, which ends only a transaction it began. */
+MDB_txn *node_state_read(struct kv_node *n, int *rc);
+void node_state_done(struct kv_node *n, MDB_txn *txn);
 int node_state_commit(struct kv_node *n, bool full);
 void node_state_due(struct kv_node *n);
 void node_maybe_compact(struct kv_node *n);

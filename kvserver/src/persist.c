@@ -127,6 +127,26 @@ static void state_abort(struct kv_node *n)
     n->auth_gen++; /* auth changes applied since may be gone */
 }
 
+MDB_txn *node_state_read(struct kv_node *n, int *rc)
+{
+    int r = 0;
+    MDB_txn *txn = n->state_txn;
+    if (!txn && (r = mdb_txn_begin(n->store.env, NULL, MDB_RDONLY, &txn))) {
+        txn = NULL;
+    }
+    if (rc) {
+        *rc = r;
+    }
+    return txn;
+}
+
+void node_state_done(struct kv_node *n, MDB_txn *txn)
+{
+    if (txn && txn != n->state_txn) {
+        mdb_txn_abort(txn);
+    }
+}
+
 int node_state_commit(struct kv_node *n, bool full)
 {
     struct kv_store *st = &n->store;

@@ -245,10 +245,15 @@ int kv_auth_revision(struct kv_store *st, MDB_txn *txn, uint64_t *rev)
     return 0;
 }
 
-int kv_auth_get_user(struct kv_store *st,
-                     MDB_txn *txn,
-                     const char *name,
-                     Raftkv__AuthUserRecord **out)
+/* The auth record of @what (user or role) @name, unpacked as @desc, or
+ * NULL in *out when there is none. */
+static int get_record(struct kv_store *st,
+                      MDB_txn *txn,
+                      char kind,
+                      const char *what,
+                      const char *name,
+                      const ProtobufCMessageDescriptor *desc,
+                      ProtobufCMessage **out)
 {
     *out = NULL;
     char k[DBKEY_MAX + 1];
@@ -256,20 +261,30 @@ int kv_auth_get_user(struct kv_store *st,
         return 0;
     }
     MDB_val v;
-    int rc = get_raw(st, txn, k, dbkey(k, 'u', name), &v);
+    int rc = get_raw(st, txn, k, dbkey(k, kind, name), &v);
     if (rc < 0) {
         return -rc;
     }
     if (rc == 0) {
-        *out = raftkv__auth_user_record__unpack(NULL, v.mv_size, v.mv_data);
+        *out = protobuf_c_message_unpack(desc, NULL, v.mv_size, v.mv_data);
         if (!*out) {
             snprintf(st->errmsg, sizeof st->errmsg,
-                     "%s: auth record of user '%s' does not decode", st->dir,
-                     name);
+                     "%s: auth record of %s '%s' does not decode", st->dir,
+                     what, name);
             return KV_STORE_ECORRUPT;
         }
     }
     return 0;
+}
+
+int kv_auth_get_user(struct kv_store *st,
+                     MDB_txn *txn,
+                     const char *name,
+                     Raftkv__AuthUserRecord **out)
+{
+    return get_record(st, txn, 'u', "user", name,
+                      &raftkv__auth_user_record__descriptor,
+                      (ProtobufCMessage **)out);
 }
 
 int kv_auth_get_role(struct kv_store *st,
@@ -277,26 +292,9 @@ int kv_auth_get_role(struct kv_store *st,
                      const char *name,
                      Raftkv__AuthRoleRecord **out)
 {
-    *out = NULL;
-    char k[DBKEY_MAX + 1];
-    if (strlen(name) > KV_AUTH_MAX_NAME) {
-        return 0;
-    }
-    MDB_val v;
-    int rc = get_raw(st, txn, k, dbkey(k, 'r', name), &v);
-    if (rc < 0) {
-        return -rc;
-    }
-    if (rc == 0) {
-        *out = raftkv__auth_role_record__unpack(NULL, v.mv_size, v.mv_data);
-        if (!*out) {
-            snprintf(st->errmsg, sizeof st->errmsg,
-                     "%s: auth record of role '%s' does not decode", st->dir,
-                     name);
-            return KV_STORE_ECORRUPT;
-        }
-    }
-    return 0;
+    return get_record(st, txn, 'r', "role", name,
+                      &raftkv__auth_role_record__descriptor,
+                      (ProtobufCMessage **)out);
 }
 
 static int put_message(struct kv_store *st,
