@@ -607,6 +607,11 @@ void client_service_init(struct kv_node *n)
         handle_delete,
         handle_cas,
         handle_open_session,
+        NULL, /* Range: not served yet */
+        NULL, /* DeleteRange */
+        NULL, /* Txn */
+        NULL, /* Compact */
+        NULL, /* Events */
     };
     Raftkv__AdminService_Service admin = {
         RAFTKV__ADMIN_SERVICE__BASE_INIT,
