@@ -90,6 +90,10 @@ const char *clerk_error_code(int err)
             return "UNAUTHENTICATED";
         case CLERK_PERMISSION_DENIED:
             return "PERMISSION_DENIED";
+        case CLERK_COMPACTED:
+            return "COMPACTED";
+        case CLERK_FUTURE_REVISION:
+            return "FUTURE_REVISION";
         default:
             return "INTERNAL";
     }
@@ -131,6 +135,10 @@ const char *clerk_strerror(int err)
                    "password, or a token the cluster no longer accepts";
         case CLERK_PERMISSION_DENIED:
             return "permission denied: the user's roles do not allow this";
+        case CLERK_COMPACTED:
+            return "the revision asked for was compacted";
+        case CLERK_FUTURE_REVISION:
+            return "the revision asked for is newer than the store's";
         default:
             return "internal error";
     }

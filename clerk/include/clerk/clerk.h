@@ -66,6 +66,13 @@ enum clerk_error {
     CLERK_PERMISSION_DENIED, /* the user's roles do not allow this on the
                               key (or it needs the role root); nothing was
                               applied. clerk_errmsg names what is missing */
+    CLERK_COMPACTED,         /* the history asked for (clerk_events' start
+                                revision, clerk_compact's revision) was
+                                compacted away; the result's
+                                compact_revision (and clerk_errmsg) says up
+                                to where */
+    CLERK_FUTURE_REVISION,   /* the revision asked for is newer than the
+                                store's; nothing was done */
 };
 
 /* How reads are served. */
@@ -491,6 +498,466 @@ int clerk_auth_status(struct clerk *c, bool *enabled, uint64_t *revision);
  * @return the length written to out
  */
 size_t clerk_prefix_end(const void *prefix, size_t len, void *out);
+
+/* ---------------------------------------------------------- data model
+ *
+ * etcd's v3 data model (docs/clerk.md, "Ranges, transactions, history").
+ * One cluster-wide revision counts the store's changes: 1 for an empty
+ * store, and each write (a transaction with writes counts once) makes the
+ * next one. Every key records the revision that created it, the one that
+ * last changed it, and its version (changes since it was created).
+ *
+ * A range of keys is given as key and range_end: range_end NULL (or
+ * length 0) is key alone; [key, range_end) bytewise; range_end "\0" (one
+ * zero byte) every key from key on; key "\0" with range_end "\0" every
+ * key; clerk_prefix_end gives the range_end of a prefix.
+ *
+ * Results are allocated by the library and owned by the caller: each
+ * result type is freed, with everything it points to, by its one _free
+ * function (NULL is fine). Keys and values in results are copies, each
+ * followed by a NUL byte that their length does not count.
+ *
+ * Reads (clerk_range, clerk_get_ex, clerk_events) follow the handle's read
+ * mode; writes (clerk_put_ex, clerk_delete_range, clerk_txn_commit) go
+ * through the handle's session like clerk_put: retried with the same
+ * request id, applied exactly once. */
+
+/* A key as stored. */
+struct clerk_kv
+{
+    void *key;                /* the key (NUL-terminated copy) */
+    size_t key_len;           /* its length */
+    void *value;              /* its value (empty with keys-only) */
+    size_t value_len;         /* its length */
+    uint64_t create_revision; /* revision of the write that created it */
+    uint64_t mod_revision;    /* revision of its last change */
+    uint64_t version;         /* changes since created (1 after the put
+                                 that created it) */
+    uint64_t lease;           /* reserved for leases (0: none) */
+};
+
+/* clerk_range flags. */
+#define CLERK_RANGE_KEYS_ONLY    0x1u /* no values */
+#define CLERK_RANGE_COUNT_ONLY   0x2u /* only the count: no keys */
+#define CLERK_RANGE_SORT_ASCEND  0x4u /* by key, ascending (the default) */
+#define CLERK_RANGE_SORT_DESCEND 0x8u /* by key, descending */
+
+/* What clerk_range found. */
+struct clerk_range_result
+{
+    uint64_t revision;    /* the store's revision it was served at */
+    struct clerk_kv *kvs; /* the keys, in the order asked for */
+    size_t n_kvs;         /* their number */
+    bool more;            /* keys in the range were left out: by the
+                             limit, or because the reply reached the
+                             server's bound (4 MiB): see clerk_range */
+    uint64_t count;       /* keys in the whole range, limit or not */
+};
+
+/**
+ * Read the keys in a range, with their revisions.
+ *
+ * A reply holds at most 4 MiB of keys and values: a range that is larger
+ * comes back cut, with more set and fewer than limit keys (or limit 0).
+ * For the rest, ask again from the last key returned with a zero byte
+ * appended (ascending order), the same range_end, and limit reduced by
+ * what came; pages of one range may be served at different revisions.
+ * `kvctl get` does this by itself.
+ *
+ * @param key first key (copied; 1 to 511 bytes)
+ * @param range_end see the block above (copied)
+ * @param limit at most this many keys (0: no limit)
+ * @param flags CLERK_RANGE_* or 0
+ * @param out set to the result (free with clerk_range_result_free)
+ * @return CLERK_OK (also for an empty range), CLERK_TIMEOUT,
+ *   CLERK_UNAVAILABLE, CLERK_BAD_REQUEST, CLERK_VALUE_TOO_LARGE,
+ *   CLERK_UNAUTHENTICATED, CLERK_PERMISSION_DENIED, CLERK_INVALID,
+ *   CLERK_NOMEM
+ */
+int clerk_range(struct clerk *c,
+                const void *key,
+                size_t key_len,
+                const void *range_end,
+                size_t range_end_len,
+                uint64_t limit,
+                unsigned flags,
+                struct clerk_range_result **out);
+
+/**
+ * Free a clerk_range result and everything in it.
+ * @param r the result, or NULL
+ */
+void clerk_range_result_free(struct clerk_range_result *r);
+
+/**
+ * Read one key with its revisions (clerk_get with more to say).
+ * @param kv set to a copy of the key (free with clerk_kv_free); NULL when
+ *   the result is not CLERK_OK
+ * @param revision if not NULL, set to the store's revision the read was
+ *   served at (also with CLERK_NOT_FOUND)
+ * @return CLERK_OK, CLERK_NOT_FOUND, or as clerk_range
+ */
+int clerk_get_ex(struct clerk *c,
+                 const void *key,
+                 size_t key_len,
+                 struct clerk_kv **kv,
+                 uint64_t *revision);
+
+/**
+ * Free what clerk_get_ex returned.
+ * @param kv the key, or NULL
+ */
+void clerk_kv_free(struct clerk_kv *kv);
+
+/* clerk_put_ex and clerk_txn_put flags. */
+#define CLERK_PUT_PREV_KV 0x1u /* answer the key as it was before */
+#define CLERK_PUT_IGNORE_VALUE                   \
+    0x2u /* keep the current value (the key must \
+            exist; value must be empty): bumps   \
+            mod_revision and version */
+
+/* What a put did. */
+struct clerk_put_result
+{
+    uint64_t revision;        /* the revision this write made */
+    struct clerk_kv *prev_kv; /* with CLERK_PUT_PREV_KV: the key before
+                                 the put; NULL when it did not exist */
+};
+
+/**
+ * Set a key to a value (clerk_put with more to say).
+ * @param flags CLERK_PUT_* or 0
+ * @param out if not NULL, set to the result on CLERK_OK (free with
+ *   clerk_put_result_free), else to NULL
+ * @return as clerk_put (CLERK_BAD_REQUEST: CLERK_PUT_IGNORE_VALUE on a key
+ *   that does not exist)
+ */
+int clerk_put_ex(struct clerk *c,
+                 const void *key,
+                 size_t key_len,
+                 const void *value,
+                 size_t value_len,
+                 unsigned flags,
+                 struct clerk_put_result **out);
+
+/**
+ * Free a put result.
+ * @param r the result, or NULL
+ */
+void clerk_put_result_free(struct clerk_put_result *r);
+
+/* clerk_delete_range and clerk_txn_delete flags. */
+#define CLERK_DELETE_PREV_KV 0x1u /* answer the deleted keys */
+
+/* What a delete of a range did. */
+struct clerk_delete_result
+{
+    uint64_t revision;         /* the revision it made (the store's when
+                                  nothing was deleted) */
+    uint64_t deleted;          /* keys deleted */
+    struct clerk_kv *prev_kvs; /* with CLERK_DELETE_PREV_KV: the deleted
+                                  keys as they were */
+    size_t n_prev_kvs;         /* their number */
+};
+
+/**
+ * Delete every key in a range (one write: one revision).
+ * @param key, range_end the range (see above; copied)
+ * @param flags CLERK_DELETE_* or 0
+ * @param out if not NULL, set to the result on CLERK_OK (free with
+ *   clerk_delete_result_free), else to NULL
+ * @return CLERK_OK (also when nothing was in the range: deleted is 0), or
+ *   as clerk_put
+ */
+int clerk_delete_range(struct clerk *c,
+                       const void *key,
+                       size_t key_len,
+                       const void *range_end,
+                       size_t range_end_len,
+                       unsigned flags,
+                       struct clerk_delete_result **out);
+
+/**
+ * Free a delete result.
+ * @param r the result, or NULL
+ */
+void clerk_delete_result_free(struct clerk_delete_result *r);
+
+/* ------------------------------------------------------- transactions
+ *
+ *   struct clerk_txn *t = clerk_txn_new();
+ *   clerk_txn_compare_version(t, "lock", 4, CLERK_CMP_EQUAL, 0);
+ *   clerk_txn_put(t, CLERK_TXN_THEN, "lock", 4, "me", 2, 0);
+ *   clerk_txn_range(t, CLERK_TXN_ELSE, "lock", 4, NULL, 0, 0, 0);
+ *   struct clerk_txn_result *r;
+ *   if (clerk_txn_commit(ck, t, &r) == CLERK_OK && r->succeeded) ...
+ *   clerk_txn_result_free(r);
+ *   clerk_txn_free(t);
+ *
+ * If every compare holds, the THEN ops run, else the ELSE ops: in order,
+ * each seeing those before it, all at one revision (none when no op
+ * writes). At most CLERK_TXN_MAX_OPS ops in all, nested transactions
+ * included, nested at most CLERK_TXN_MAX_DEPTH deep: the builder refuses
+ * more (CLERK_BAD_REQUEST). The builder's calls copy their keys and
+ * values. */
+
+#define CLERK_TXN_MAX_OPS   128 /* ops in one transaction, nested included */
+#define CLERK_TXN_MAX_DEPTH 8   /* transactions inside transactions */
+
+/* How a compare weighs the key's target against the value given. */
+enum clerk_compare_result {
+    CLERK_CMP_EQUAL = 0,
+    CLERK_CMP_GREATER = 1, /* the key's is greater */
+    CLERK_CMP_LESS = 2,
+    CLERK_CMP_NOT_EQUAL = 3,
+};
+
+/* Which ops an op is added to. */
+enum clerk_txn_branch {
+    CLERK_TXN_THEN = 0, /* run when every compare holds */
+    CLERK_TXN_ELSE = 1, /* run otherwise */
+};
+
+struct clerk_txn;
+
+/**
+ * A new, empty transaction (no compares: it succeeds).
+ * @return the builder (free with clerk_txn_free), or NULL without memory
+ */
+struct clerk_txn *clerk_txn_new(void);
+
+/**
+ * Free a transaction builder (and the nested ones given to it).
+ * @param t the builder, or NULL
+ */
+void clerk_txn_free(struct clerk_txn *t);
+
+/**
+ * Compare a key's value. A key that does not exist has no value: every
+ * value compare on it is false.
+ * @return CLERK_OK, CLERK_INVALID (NULL, bad result), CLERK_BAD_REQUEST
+ *   (empty key), CLERK_NOMEM
+ */
+int clerk_txn_compare_value(struct clerk_txn *t,
+                            const void *key,
+                            size_t key_len,
+                            enum clerk_compare_result result,
+                            const void *value,
+                            size_t value_len);
+
+/**
+ * Compare a key's version (0: the key does not exist).
+ * @return as clerk_txn_compare_value
+ */
+int clerk_txn_compare_version(struct clerk_txn *t,
+                              const void *key,
+                              size_t key_len,
+                              enum clerk_compare_result result,
+                              uint64_t version);
+
+/**
+ * Compare a key's create revision (0: the key does not exist).
+ * @return as clerk_txn_compare_value
+ */
+int clerk_txn_compare_create(struct clerk_txn *t,
+                             const void *key,
+                             size_t key_len,
+                             enum clerk_compare_result result,
+                             uint64_t revision);
+
+/**
+ * Compare a key's mod revision (0: the key does not exist).
+ * @return as clerk_txn_compare_value
+ */
+int clerk_txn_compare_mod(struct clerk_txn *t,
+                          const void *key,
+                          size_t key_len,
+                          enum clerk_compare_result result,
+                          uint64_t revision);
+
+/**
+ * Make the last compare added hold for every key in [key, range_end)
+ * instead of key alone (range_end as in clerk_range).
+ * @return CLERK_OK, CLERK_INVALID (no compare yet), CLERK_NOMEM
+ */
+int clerk_txn_compare_range_end(struct clerk_txn *t,
+                                const void *range_end,
+                                size_t range_end_len);
+
+/**
+ * Add a put to a branch.
+ * @param flags CLERK_PUT_* or 0
+ * @return CLERK_OK, CLERK_INVALID, CLERK_BAD_REQUEST (empty key, over
+ *   CLERK_TXN_MAX_OPS), CLERK_NOMEM
+ */
+int clerk_txn_put(struct clerk_txn *t,
+                  enum clerk_txn_branch branch,
+                  const void *key,
+                  size_t key_len,
+                  const void *value,
+                  size_t value_len,
+                  unsigned flags);
+
+/**
+ * Add a delete of a range (range_end NULL: key alone) to a branch.
+ * @param flags CLERK_DELETE_* or 0
+ * @return as clerk_txn_put
+ */
+int clerk_txn_delete(struct clerk_txn *t,
+                     enum clerk_txn_branch branch,
+                     const void *key,
+                     size_t key_len,
+                     const void *range_end,
+                     size_t range_end_len,
+                     unsigned flags);
+
+/**
+ * Add a read of a range (range_end NULL: key alone) to a branch.
+ * @param limit at most this many keys (0: no limit)
+ * @param flags CLERK_RANGE_* or 0
+ * @return as clerk_txn_put
+ */
+int clerk_txn_range(struct clerk_txn *t,
+                    enum clerk_txn_branch branch,
+                    const void *key,
+                    size_t key_len,
+                    const void *range_end,
+                    size_t range_end_len,
+                    uint64_t limit,
+                    unsigned flags);
+
+/**
+ * Add a nested transaction to a branch.
+ * @param nested handed over on CLERK_OK (freed with t); the caller's
+ *   otherwise
+ * @return CLERK_OK, CLERK_INVALID (NULL, t itself),
+ *   CLERK_BAD_REQUEST (over CLERK_TXN_MAX_OPS or CLERK_TXN_MAX_DEPTH),
+ *   CLERK_NOMEM
+ */
+int clerk_txn_txn(struct clerk_txn *t,
+                  enum clerk_txn_branch branch,
+                  struct clerk_txn *nested);
+
+/* What kind of op a response answers. */
+enum clerk_op_type {
+    CLERK_OP_RANGE = 0,
+    CLERK_OP_PUT = 1,
+    CLERK_OP_DELETE = 2,
+    CLERK_OP_TXN = 3,
+};
+
+struct clerk_txn_result;
+
+/* The answer of one op of the branch that ran: the member of its type is
+ * set (their revision fields hold the transaction's revision). */
+struct clerk_txn_response
+{
+    enum clerk_op_type type;          /* which member is set */
+    struct clerk_range_result *range; /* CLERK_OP_RANGE */
+    struct clerk_put_result *put;     /* CLERK_OP_PUT */
+    struct clerk_delete_result *del;  /* CLERK_OP_DELETE */
+    struct clerk_txn_result *txn;     /* CLERK_OP_TXN */
+};
+
+/* What a transaction did. */
+struct clerk_txn_result
+{
+    uint64_t revision;                    /* the revision it made, or the
+                                             store's when nothing was
+                                             written */
+    bool succeeded;                       /* the compares held: THEN ran */
+    struct clerk_txn_response *responses; /* one per op of that branch */
+    size_t n_responses;                   /* their number */
+};
+
+/**
+ * Run a transaction: one write through the handle's session (retried
+ * with the same request id, applied exactly once), whether or not its
+ * ops write. The builder is not changed; it may be committed again.
+ * @param out if not NULL, set to the result on CLERK_OK (free with
+ *   clerk_txn_result_free), else to NULL
+ * @return CLERK_OK (whether the compares held or not: see succeeded), or
+ *   as clerk_put
+ */
+int clerk_txn_commit(struct clerk *c,
+                     const struct clerk_txn *t,
+                     struct clerk_txn_result **out);
+
+/**
+ * Free a transaction result and everything in it.
+ * @param r the result, or NULL
+ */
+void clerk_txn_result_free(struct clerk_txn_result *r);
+
+/* ------------------------------------------------------------- history */
+
+/**
+ * Drop the history of changes up to and including a revision (the keys
+ * are not touched): clerk_events can no longer start there. Not a session
+ * write; a retried compact that finds its own work done answers CLERK_OK.
+ * @param revision not newer than the store's
+ * @param compact_revision if not NULL, set to where the history now
+ *   starts after (with CLERK_COMPACTED: where it started already)
+ * @return CLERK_OK, CLERK_COMPACTED (revision is compacted already),
+ *   CLERK_FUTURE_REVISION, CLERK_UNKNOWN_OUTCOME, CLERK_UNAVAILABLE,
+ *   CLERK_UNAUTHENTICATED, CLERK_PERMISSION_DENIED, CLERK_INVALID
+ */
+int clerk_compact(struct clerk *c,
+                  uint64_t revision,
+                  uint64_t *compact_revision);
+
+/* A change to a key, from the history. */
+enum clerk_event_type {
+    CLERK_EVENT_PUT = 0,
+    CLERK_EVENT_DELETE = 1,
+};
+
+struct clerk_event
+{
+    enum clerk_event_type type; /* put or delete */
+    struct clerk_kv kv;         /* the key after the change; a delete has
+                                   the key and mod_revision only */
+};
+
+/* What clerk_events found. */
+struct clerk_events_result
+{
+    uint64_t revision;          /* the store's revision */
+    uint64_t compact_revision;  /* history is kept after this one */
+    struct clerk_event *events; /* oldest first */
+    size_t n_events;            /* their number */
+    bool more;                  /* events were left out (limit or the
+                                   reply's size bound) */
+    uint64_t next_revision;     /* where the next poll starts */
+};
+
+/**
+ * Read the history: the changes made at revisions >= start_revision to
+ * keys in the range, oldest first (a poll form of watch). Poll again from
+ * next_revision for what follows.
+ * @param start_revision first revision (0: the oldest kept)
+ * @param key, range_end the keys (see above; copied)
+ * @param limit at most this many events (0: as many as fit in a reply)
+ * @param out set to the result on CLERK_OK and CLERK_COMPACTED (there with
+ *   revision and compact_revision only; free with
+ *   clerk_events_result_free), else to NULL
+ * @return CLERK_OK, CLERK_COMPACTED (start_revision <= compact_revision:
+ *   no longer kept), CLERK_FUTURE_REVISION, or as clerk_range
+ */
+int clerk_events(struct clerk *c,
+                 uint64_t start_revision,
+                 const void *key,
+                 size_t key_len,
+                 const void *range_end,
+                 size_t range_end_len,
+                 uint64_t limit,
+                 struct clerk_events_result **out);
+
+/**
+ * Free a clerk_events result and everything in it.
+ * @param r the result, or NULL
+ */
+void clerk_events_result_free(struct clerk_events_result *r);
 
 /**
  * Change the deadline of the operations that follow.
