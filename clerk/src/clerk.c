@@ -14,6 +14,7 @@
 #include <rpc/rpc.h>
 
 #include "clerk/clerk.h"
+#include "internal.h"
 
 #define MAX_SERVERS         16
 #define DEFAULT_DEADLINE_MS 5000
@@ -466,24 +467,46 @@ static size_t next_server(struct clerk *c,
 
 /* ---------------------------------------------------------- operations */
 
-enum op { OP_GET, OP_PUT, OP_APPEND, OP_DEL, OP_CAS, OP_OPEN_SESSION };
+enum op {
+    OP_GET,
+    OP_PUT,
+    OP_APPEND,
+    OP_DEL,
+    OP_CAS,
+    OP_OPEN_SESSION,
+    OP_MSG, /* a struct ck_call */
+};
 
 /* What one call to one server said. */
 struct answer
 {
-    bool replied;          /* a KV reply came (else rpc failure) */
-    int rpc_status;        /* rpc_last_status() when not replied */
-    char rpc_error[300];   /* rpc_last_error() */
-    int err;               /* KvError */
-    uint64_t leader;       /* hint id */
-    char leader_addr[300]; /* hint address */
-    bool swapped, exists;  /* CAS */
-    void *value;           /* Get value or CAS current (malloc'd, +NUL) */
-    size_t len;            /* its length */
-    char message[300];     /* the server's message */
-    bool maybe_applied;    /* final answer of a write: an earlier try may
-                              have been applied */
+    bool replied;              /* a KV reply came (else rpc failure) */
+    int rpc_status;            /* rpc_last_status() when not replied */
+    char rpc_error[300];       /* rpc_last_error() */
+    int err;                   /* KvError */
+    uint64_t leader;           /* hint id */
+    char leader_addr[300];     /* hint address */
+    bool swapped, exists;      /* CAS */
+    void *value;               /* Get value or CAS current (malloc'd, +NUL) */
+    size_t len;                /* its length */
+    char message[300];         /* the server's message */
+    bool maybe_applied;        /* final answer of a write: an earlier try may
+                                  have been applied */
+    const struct ck_call *k;   /* OP_MSG: the call */
+    void *result;              /* OP_MSG: what k->take made */
+    uint64_t compact_revision; /* OP_MSG: of a COMPACTED reply */
 };
+
+/* Free what an answer holds. */
+static void drop_answer(struct answer *a)
+{
+    free(a->value);
+    a->value = NULL;
+    if (a->result && a->k && a->k->drop) {
+        a->k->drop(a->result);
+    }
+    a->result = NULL;
+}
 
 static void take_common(struct answer *a,
                         int err,
@@ -573,16 +596,79 @@ static void on_cas(const Raftkv__CompareAndSwapReply *r, void *data)
     }
 }
 
+void *ck_field(const ProtobufCMessage *m, const char *name)
+{
+    const ProtobufCFieldDescriptor *f =
+        protobuf_c_message_descriptor_get_field_by_name(m->descriptor, name);
+    return f ? (char *)m + f->offset : NULL;
+}
+
+/* A reply of an OP_MSG call: the fields every KvService reply has, found
+ * by name, and the result of a final one. */
+static void on_msg(const ProtobufCMessage *m, void *data)
+{
+    struct answer *a = data;
+    if (!m) {
+        rpc_failed(a);
+        return;
+    }
+    const int *err = ck_field(m, "err");
+    char *const *msg = ck_field(m, "message");
+    Raftkv__LeaderHint *const *hint = ck_field(m, "leader");
+    const uint64_t *compacted = ck_field(m, "compact_revision");
+    take_common(a, err ? *err : RAFTKV__KV_ERROR__KV_INTERNAL,
+                hint ? *hint : NULL, msg ? *msg : NULL);
+    if (a->err == RAFTKV__KV_ERROR__KV_COMPACTED && compacted) {
+        a->compact_revision = *compacted;
+    }
+    if ((a->err == RAFTKV__KV_ERROR__KV_OK ||
+         a->err == RAFTKV__KV_ERROR__KV_COMPACTED) &&
+        !a->k->take(m, &a->result)) {
+        /* Out of memory here: a final answer without its result. */
+        a->result = NULL;
+        a->rpc_status = RPC_E_NOMEM;
+    }
+}
+
 /* The arguments of one operation. */
 struct request
 {
     enum op op;
+    struct ck_call *msg; /* OP_MSG */
     ProtobufCBinaryData key;
     ProtobufCBinaryData value;
     const void *expected; /* CAS: NULL for must-not-exist */
     size_t expected_len;
     uint64_t request_id; /* writes */
 };
+
+/* Send an OP_MSG call: its session and read mode set in its arguments. */
+static void call_msg(struct clerk *c,
+                     ProtobufCService *svc,
+                     const struct request *rq,
+                     struct answer *a)
+{
+    struct ck_call *k = rq->msg;
+    ProtobufCMessage *args = k->args;
+    if (k->session) {
+        ProtobufCBinaryData *cid = ck_field(args, "client_id");
+        uint64_t *rid = ck_field(args, "request_id");
+        if (cid && rid) {
+            *cid = (ProtobufCBinaryData){sizeof c->client_id, c->client_id};
+            *rid = rq->request_id;
+        }
+    }
+    protobuf_c_boolean *stale = ck_field(args, "stale_ok");
+    if (stale) {
+        *stale = c->read_mode == CLERK_READ_STALE;
+    }
+    const ProtobufCMethodDescriptor *md =
+        protobuf_c_service_descriptor_get_method_by_name(
+            &raftkv__kv_service__descriptor, k->method);
+    a->k = k;
+    svc->invoke(svc, (unsigned)(md - raftkv__kv_service__descriptor.methods),
+                args, (ProtobufCClosure)on_msg, a);
+}
 
 static void call(struct clerk *c,
                  size_t i,
@@ -655,6 +741,9 @@ static void call(struct clerk *c,
             raftkv__kv_service__open_session(svc, &o, on_open_session, a);
             break;
         }
+        case OP_MSG:
+            call_msg(c, svc, rq, a);
+            break;
     }
 }
 
@@ -711,6 +800,10 @@ static int final_result(const struct request *rq, const struct answer *a)
             return CLERK_UNAUTHENTICATED;
         case RAFTKV__KV_ERROR__KV_PERMISSION_DENIED:
             return CLERK_PERMISSION_DENIED;
+        case RAFTKV__KV_ERROR__KV_COMPACTED:
+            return CLERK_COMPACTED;
+        case RAFTKV__KV_ERROR__KV_FUTURE_REVISION:
+            return CLERK_FUTURE_REVISION;
         default:
             return CLERK_INTERNAL;
     }
@@ -719,7 +812,7 @@ static int final_result(const struct request *rq, const struct answer *a)
 /* Run one operation to a final answer or the deadline. */
 static int run(struct clerk *c, const struct request *rq, struct answer *out)
 {
-    bool write = rq->op != OP_GET;
+    bool write = rq->op == OP_MSG ? rq->msg->write : rq->op != OP_GET;
     bool maybe_applied = false;
     uint64_t start = now_ms(), deadline = start + c->deadline_ms;
     uint64_t backoff = BACKOFF_MIN_MS;
@@ -742,8 +835,13 @@ static int run(struct clerk *c, const struct request *rq, struct answer *out)
              * proposed, so a write keeps its request id. */
             reauthenticated = true;
             forget_token(c);
-            free(a.value);
+            drop_answer(&a);
             continue;
+        }
+        if (a.replied && a.rpc_status == RPC_E_NOMEM) {
+            drop_answer(&a);
+            snprintf(c->errmsg, sizeof c->errmsg, "out of memory");
+            return CLERK_NOMEM;
         }
         if (!a.replied) {
             /* Over the server's frame cap: the server answered without
@@ -817,7 +915,7 @@ static int run(struct clerk *c, const struct request *rq, struct answer *out)
                 }
             }
         }
-        free(a.value);
+        drop_answer(&a);
         if (!moved) {
             i = next_server(c, i, &failures_in_round, deadline, &backoff);
         } else if (++hops >= c->n) {
@@ -864,6 +962,36 @@ static int open_session(struct clerk *c)
     return rv == CLERK_UNKNOWN_OUTCOME ? CLERK_UNAVAILABLE : rv;
 }
 
+/* Run a session write (with the lock held): open the session first when
+ * needed, give the write the next request id. */
+static int session_write(struct clerk *c, struct request *rq, struct answer *a)
+{
+    int rv;
+    for (int tries = 0;; tries++) {
+        if (!c->session_open) {
+            rv = open_session(c);
+            if (rv) {
+                break;
+            }
+        }
+        rq->request_id = ++c->request_id;
+        rv = run(c, rq, a);
+        if (rv != CLERK_SESSION_EXPIRED) {
+            break;
+        }
+        /* Forgotten by the cluster: the next write needs a new session.
+         * When no earlier try of this one may have been applied, it was
+         * not applied at all and goes again in the new session. */
+        c->session_open = false;
+        if (a->maybe_applied || tries > 0) {
+            break;
+        }
+        drop_answer(a);
+        memset(a, 0, sizeof *a);
+    }
+    return rv;
+}
+
 static int write_op(struct clerk *c,
                     enum op op,
                     const void *key,
@@ -884,29 +1012,32 @@ static int write_op(struct clerk *c,
                          .value = {value_len, (uint8_t *)value},
                          .expected = expected,
                          .expected_len = expected_len};
-    for (int tries = 0;; tries++) {
-        if (!c->session_open) {
-            rv = open_session(c);
-            if (rv) {
-                break;
-            }
-        }
-        rq.request_id = ++c->request_id;
-        rv = run(c, &rq, a);
-        if (rv != CLERK_SESSION_EXPIRED) {
-            break;
-        }
-        /* Forgotten by the cluster: the next write needs a new session.
-         * When no earlier try of this one may have been applied, it was
-         * not applied at all and goes again in the new session. */
-        c->session_open = false;
-        if (a->maybe_applied || tries > 0) {
-            break;
-        }
-        free(a->value);
-        memset(a, 0, sizeof *a);
-    }
+    rv = session_write(c, &rq, a);
     pthread_mutex_unlock(&c->lock);
+    return rv;
+}
+
+int ck_call(struct clerk *c, struct ck_call *k, void **result)
+{
+    *result = NULL;
+    k->compact_revision = 0;
+    k->retried = false;
+    pthread_mutex_lock(&c->lock);
+    struct request rq = {.op = OP_MSG, .msg = k};
+    struct answer a = {0};
+    int rv = k->session ? session_write(c, &rq, &a) : run(c, &rq, &a);
+    pthread_mutex_unlock(&c->lock);
+    k->compact_revision = a.compact_revision;
+    k->retried = a.maybe_applied;
+    if ((rv == CLERK_OK || rv == CLERK_COMPACTED) && a.replied) {
+        if (!a.result) {
+            snprintf(c->errmsg, sizeof c->errmsg, "out of memory");
+            return CLERK_NOMEM;
+        }
+        *result = a.result;
+        a.result = NULL;
+    }
+    drop_answer(&a);
     return rv;
 }
 

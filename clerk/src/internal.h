@@ -1,0 +1,67 @@
+/* internal.h: what clerk.c's retry machinery offers the other files of
+ * libclerk: one KvService call made to a final answer. Private to clerk/. */
+#ifndef CLERK_INTERNAL_H
+#define CLERK_INTERNAL_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include <proto/kv.pb-c.h>
+#include <protobuf-c/protobuf-c.h>
+
+struct clerk;
+struct clerk_txn;
+
+/* Turn a final reply (err OK, or COMPACTED) into a result; false when out
+ * of memory. The reply lives only during the call. */
+typedef bool (*ck_take_cb)(const ProtobufCMessage *reply, void **result);
+
+/* Free what a ck_take_cb made. */
+typedef void (*ck_drop_cb)(void *result);
+
+/* One call of a KvService method on arguments built by the caller. */
+struct ck_call
+{
+    const char *method;        /* "Range", "Txn", ... */
+    ProtobufCMessage *args;    /* its arguments (borrowed; the session and
+                                  stale_ok fields are set here) */
+    bool write;                /* it may change the state: retries can make
+                                  its outcome unknown */
+    bool session;              /* a session write: client_id and request_id
+                                  are set for each try */
+    ck_take_cb take;           /* makes the result from the final reply */
+    ck_drop_cb drop;           /* frees it */
+    uint64_t compact_revision; /* out: of a COMPACTED reply (or 0) */
+    bool retried;              /* out: an earlier try of a write may have
+                                  been applied */
+};
+
+/**
+ * Make one call to a final answer or the deadline, with the handle's lock
+ * held: leader hints, retries, re-authentication, and for a session write
+ * the session and its request id, as clerk_put.
+ * @param result set to what take made of the final reply (CLERK_OK and
+ *   CLERK_COMPACTED), else NULL
+ * @return a clerk_error
+ */
+int ck_call(struct clerk *c, struct ck_call *k, void **result);
+
+/**
+ * The fields of a protobuf message by name, for messages that share a
+ * shape (err, message, leader; client_id, request_id; stale_ok). NULL
+ * when the message has no such field.
+ */
+void *ck_field(const ProtobufCMessage *m, const char *name);
+
+/**
+ * Set a range's limit and its CLERK_RANGE_* flags.
+ */
+void ck_range_flags(Raftkv__RangeArgs *r, uint64_t limit, unsigned flags);
+
+/**
+ * The wire form of a transaction builder (txn.c), owned by it: valid until
+ * the builder changes or is freed. Tests read it to check the builder.
+ */
+const Raftkv__TxnArgs *ck_txn_args(const struct clerk_txn *t);
+
+#endif /* CLERK_INTERNAL_H */
