@@ -9,7 +9,10 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <jansson.h>
+
 #include "clerk/clerk.h"
+#include "kvctl_parse.h"
 
 /* Exit codes of one-shot commands. */
 enum {
@@ -21,9 +24,12 @@ enum {
     EXIT_ERROR = 5,           /* refused: bad request, too large, disk full */
     EXIT_UNAUTHENTICATED = 6, /* no user, a wrong password, a stale token */
     EXIT_PERMISSION_DENIED = 7, /* the user's roles do not allow it */
+    EXIT_COMPACTED = 8,         /* events, compact: that history is gone */
 };
 
 enum format { FMT_SIMPLE, FMT_JSON, FMT_TABLE };
+
+#define MAX_TOKENS 24 /* words of one command */
 
 static const char usage_text[] =
     "usage: kvctl [--cluster HOST:PORT,...] [-w simple|json|table]\n"
@@ -32,9 +38,17 @@ static const char usage_text[] =
     "\n"
     "Commands:\n"
     "  get KEY                 print the value of KEY\n"
-    "  put KEY VALUE           set KEY to VALUE\n"
+    "  get KEY [END] [--prefix|--from-key] [--limit N] [--keys-only]\n"
+    "      [--count-only] [--rev-info] [--sort-order ascend|descend]\n"
+    "      [--print-value-only]  keys and values of a range\n"
+    "  put KEY VALUE [--prev-kv] [--ignore-value]  set KEY to VALUE\n"
     "  append KEY VALUE        append VALUE to KEY (absent counts as empty)\n"
     "  del KEY                 delete KEY\n"
+    "  del KEY [END] [--prefix|--from-key] [--prev-kv]  delete a range\n"
+    "  txn [-i] [--json-input] a transaction read from standard input\n"
+    "  compact REV             drop the history up to revision REV\n"
+    "  events [KEY [END]] [--prefix|--from-key] --rev N [--limit N]\n"
+    "                          the changes since revision N (history)\n"
     "  cas KEY EXPECTED NEW    set KEY to NEW if it holds EXPECTED\n"
     "  cas --absent KEY NEW    set KEY to NEW if it does not exist\n"
     "  status                  a row per node: role, term, indexes, leader,\n"
@@ -89,10 +103,12 @@ static const char usage_text[] =
     "applied), 4 cas mismatch, 5 the cluster refused the request,\n"
     "6 unauthenticated (auth is enabled and no --user was given, or a\n"
     "wrong user name or password), 7 permission denied (the user's roles\n"
-    "do not allow it). Pipe mode exits 0 at the end of input.\n"
+    "do not allow it), 8 compacted (events, compact: that history is\n"
+    "gone). A txn whose compares failed exits 0 and prints FAILURE.\n"
+    "Pipe mode exits 0 at the end of input.\n"
     "Error codes: NOT_FOUND, CAS_MISMATCH, TIMEOUT, UNAVAILABLE,\n"
     "BAD_REQUEST, VALUE_TOO_LARGE, NO_SPACE, DISABLED, UNAUTHENTICATED,\n"
-    "PERMISSION_DENIED, USAGE, INTERNAL.\n";
+    "PERMISSION_DENIED, COMPACTED, FUTURE_REVISION, USAGE, INTERNAL.\n";
 
 static const struct
 {
@@ -101,16 +117,65 @@ static const struct
 } commands[] = {
     {"get",
      "kvctl get KEY\n  Print KEY's value. Exit 1 if there is no "
-     "such key.\n  Linearizable unless --stale is given.\n"},
+     "such key.\n  Linearizable unless --stale is given.\n"
+     "kvctl get KEY [END] [--prefix|--from-key] [--limit N] [--keys-only]\n"
+     "          [--count-only] [--rev-info] [--sort-order ascend|descend]\n"
+     "          [--print-value-only]\n"
+     "  The keys of a range, as etcdctl: each key, then its value, on\n"
+     "  lines of their own (exit 0 also when there are none). END: the\n"
+     "  keys up to, not including, END; --prefix: every key that starts\n"
+     "  with KEY; --from-key: every key from KEY on. --rev-info adds each\n"
+     "  key's revisions and a last line revision=R count=N more=B. Without\n"
+     "  --limit, a range too large for one reply is read page by page.\n"
+     "  -w json: etcd's shape, keys and values in base64:\n"
+     "  {\"ok\":true,\"header\":{\"revision\":R},\"kvs\":[{\"key\":..,\n"
+     "  \"create_revision\":..,\"mod_revision\":..,\"version\":..,\n"
+     "  \"value\":..}],\"count\":N,\"more\":false}\n"},
     {"put",
-     "kvctl put KEY VALUE\n  Set KEY to VALUE (applied exactly "
-     "once, even across retries).\n"},
+     "kvctl put KEY VALUE [--prev-kv] [--ignore-value]\n  Set KEY to VALUE "
+     "(applied exactly once, even across retries).\n"
+     "  --prev-kv prints the key as it was; --ignore-value (without VALUE)\n"
+     "  keeps the value and bumps the key's revision. A VALUE starting\n"
+     "  with -- goes after the word --.\n"},
+    {"txn",
+     "kvctl txn [-i|--interactive] [--json-input] < TXN\n"
+     "  One transaction, from standard input, in etcdctl's form: compares\n"
+     "  one per line, an empty line, the ops run when they all hold, an\n"
+     "  empty line, the ops run otherwise:\n"
+     "    mod(\"k\") > \"5\"\n"
+     "    value(\"k2\") = \"v\"\n"
+     "\n"
+     "    put k \"new value\"\n"
+     "    get k2\n"
+     "\n"
+     "    del k3\n"
+     "  Targets: value, version, create, mod; operators = != < >. Ops: put\n"
+     "  K V, get K [END], del K [END] with their options (--prefix, ...).\n"
+     "  Input starting with { (or --json-input) is etcd's JSON form, keys\n"
+     "  and values in base64 (docs/clerk.md). -i prompts on a terminal.\n"
+     "  Prints SUCCESS or FAILURE, then each op's answer after an empty\n"
+     "  line; exits 0 either way.\n"},
+    {"compact",
+     "kvctl compact REV\n  Drop the history of changes up to and including "
+     "revision REV\n  (keys are kept). Exit 8 (COMPACTED) when it is gone "
+     "already,\n  5 (FUTURE_REVISION) for a revision the store has not "
+     "reached.\n"},
+    {"events",
+     "kvctl events [KEY [END]] [--prefix|--from-key] --rev N [--limit N]\n"
+     "  The changes to the keys (every key without KEY) made at revision\n"
+     "  N and after, oldest first: PUT, the key, its value; or DELETE and\n"
+     "  the key. -w json adds next_revision, where to poll next. Exit 8\n"
+     "  (COMPACTED) when N is no longer kept. Also: kvctl history.\n"},
     {"append",
      "kvctl append KEY VALUE\n  Append VALUE to KEY's value; an "
      "absent KEY counts as empty.\n"},
     {"del",
      "kvctl del KEY\n  Delete KEY. Exit 1 if there was no such "
-     "key.\n"},
+     "key.\n"
+     "kvctl del KEY [END] [--prefix|--from-key] [--prev-kv]\n"
+     "  Delete every key of a range in one write; prints how many, then\n"
+     "  with --prev-kv each deleted key and its value (exit 0 also when\n"
+     "  none was there).\n"},
     {"cas",
      "kvctl cas KEY EXPECTED NEW\nkvctl cas --absent KEY NEW\n  "
      "Set KEY to NEW only if it holds EXPECTED (or, with --absent,\n"
@@ -215,19 +280,12 @@ static const struct
      "command.\n"},
 };
 
-/* A token: bytes that may hold NULs. */
-struct tok
-{
-    char *p;
-    size_t len;
-};
-
 static enum format fmt = FMT_SIMPLE;
 static bool pipe_mode;
 
 /* --------------------------------------------------------------- output */
 
-/* The escapes JSON and kvctl's quoted values share; true if c had one. */
+/* The escapes kvctl's quoted values take; true if c had one. */
 static bool put_escape(FILE *f, unsigned char c)
 {
     static const char from[] = "\"\\\n\r\t", to[] = "\"\\nrt";
@@ -240,39 +298,77 @@ static bool put_escape(FILE *f, unsigned char c)
     return true;
 }
 
-static void put_json_string(FILE *f, const unsigned char *s, size_t n)
+/* Bytes as a JSON string: valid UTF-8 as it is, any other byte as the
+ * code point of the same number (U+0080 to U+00FF). */
+static json_t *jstr(const void *p, size_t n)
 {
-    fputc('"', f);
+    const unsigned char *s = p;
+    char *buf = malloc(2 * n + 1);
+    size_t o = 0;
+    if (!buf) {
+        return json_null();
+    }
     for (size_t i = 0; i < n; i++) {
         unsigned char c = s[i];
-        /* Pass valid UTF-8 sequences through; escape everything else. */
         size_t seq = c >= 0xf0 && c < 0xf5   ? 4
-                     : c >= 0xe0             ? 3
+                     : c >= 0xe0 && c < 0xf0 ? 3
                      : c >= 0xc2 && c < 0xe0 ? 2
                                              : 1;
-        if (c >= 0x80) {
-            bool valid = seq > 1 && i + seq <= n;
-            for (size_t k = 1; valid && k < seq; k++) {
-                valid = (s[i + k] & 0xc0) == 0x80;
-            }
-            if (valid) {
-                fwrite(s + i, 1, seq, f);
-                i += seq - 1;
-            } else {
-                fprintf(f, "\\u%04x", c);
-            }
-            continue;
+        bool valid = c < 0x80 || (seq > 1 && i + seq <= n);
+        for (size_t k = 1; c >= 0x80 && valid && k < seq; k++) {
+            valid = (s[i + k] & 0xc0) == 0x80;
         }
-        if (put_escape(f, c)) {
-            continue;
-        }
-        if (c < 0x20 || c == 0x7f) {
-            fprintf(f, "\\u%04x", c);
+        if (c >= 0x80 && valid) {
+            memcpy(buf + o, s + i, seq);
+            o += seq;
+            i += seq - 1;
+        } else if (c >= 0x80) {
+            buf[o++] = (char)(0xc0 | c >> 6);
+            buf[o++] = (char)(0x80 | (c & 0x3f));
         } else {
-            fputc(c, f);
+            buf[o++] = (char)c;
         }
     }
-    fputc('"', f);
+    json_t *j = json_stringn(buf, o);
+    free(buf);
+    return j ? j : json_null();
+}
+
+/* A C string as a JSON string. */
+static json_t *jcstr(const char *s)
+{
+    return jstr(s, strlen(s));
+}
+
+/* Bytes in base64, as etcd's JSON gives keys and values. */
+static json_t *jb64(const void *p, size_t n)
+{
+    char *b = kvctl_base64(p, n);
+    json_t *j = b ? json_string(b) : json_null();
+    free(b);
+    return j;
+}
+
+static json_t *ju64(uint64_t v)
+{
+    return json_integer((json_int_t)v);
+}
+
+/* Print one JSON answer on a line of its own, and drop it. */
+static void emit(json_t *o)
+{
+    char *s = o ? json_dumps(o, JSON_COMPACT | JSON_REAL_PRECISION(6)) : NULL;
+    puts(s ? s : "{\"ok\":false,\"error\":\"NO_MEMORY\"}");
+    free(s);
+    json_decref(o);
+}
+
+/* {"ok":true} to add an answer's members to. */
+static json_t *ok_object(void)
+{
+    json_t *o = json_object();
+    json_object_set_new(o, "ok", json_true());
+    return o;
 }
 
 /* A value in double quotes with the input's escapes: ASCII only. */
@@ -296,7 +392,7 @@ static void put_quoted(FILE *f, const unsigned char *s, size_t n)
 static void answer_ok(void)
 {
     if (fmt == FMT_JSON) {
-        puts("{\"ok\":true}");
+        emit(ok_object());
     } else {
         puts("OK");
     }
@@ -305,9 +401,9 @@ static void answer_ok(void)
 static void answer_value(const void *v, size_t n)
 {
     if (fmt == FMT_JSON) {
-        fputs("{\"ok\":true,\"value\":", stdout);
-        put_json_string(stdout, v, n);
-        puts("}");
+        json_t *o = ok_object();
+        json_object_set_new(o, "value", jstr(v, n));
+        emit(o);
     } else if (pipe_mode) {
         put_quoted(stdout, v, n);
         putchar('\n');
@@ -326,16 +422,17 @@ static int answer_error(const char *code,
                         bool has_cur)
 {
     if (fmt == FMT_JSON) {
-        printf("{\"ok\":false,\"error\":\"%s\",\"message\":", code);
-        put_json_string(stdout, (const unsigned char *)msg, strlen(msg));
+        json_t *o = json_object();
+        json_object_set_new(o, "ok", json_false());
+        json_object_set_new(o, "error", jcstr(code));
+        json_object_set_new(o, "message", jcstr(msg));
         if (unknown) {
-            fputs(",\"unknown\":true", stdout);
+            json_object_set_new(o, "unknown", json_true());
         }
         if (has_cur) {
-            fputs(",\"current\":", stdout);
-            put_json_string(stdout, current, current_len);
+            json_object_set_new(o, "current", jstr(current, current_len));
         }
-        puts("}");
+        emit(o);
     } else {
         FILE *f = pipe_mode ? stdout : stderr;
         fprintf(f, "%s%s%s %s%s", pipe_mode ? "ERROR " : "kvctl: ", code,
@@ -367,6 +464,9 @@ static int answer_error(const char *code,
     if (!strcmp(code, "PERMISSION_DENIED")) {
         return EXIT_PERMISSION_DENIED;
     }
+    if (!strcmp(code, "COMPACTED")) {
+        return EXIT_COMPACTED;
+    }
     return EXIT_ERROR;
 }
 
@@ -387,13 +487,9 @@ static int usage_error(const char *msg)
 /* ------------------------------------------------------------- commands */
 
 /* A number, or null when unknown. */
-static void put_json_u64(bool known, uint64_t v)
+static json_t *ju64_known(bool known, uint64_t v)
 {
-    if (known) {
-        printf("%llu", (unsigned long long)v);
-    } else {
-        fputs("null", stdout);
-    }
+    return known ? ju64(v) : json_null();
 }
 
 /* A number, or "-" when unknown. */
@@ -419,45 +515,45 @@ static int cmd_status(struct clerk *ck)
         leader_known |= st[i].reachable && st[i].leader != 0;
     }
     if (fmt == FMT_JSON) {
-        fputs("{\"ok\":true,\"nodes\":[", stdout);
+        json_t *o = ok_object(), *arr = json_array();
         for (size_t i = 0; i < n; i++) {
             const struct clerk_node_status *s = &st[i];
-            printf("%s{\"address\":", i ? "," : "");
-            put_json_string(stdout, (unsigned char *)s->address,
-                            strlen(s->address));
+            json_t *e = json_object();
+            json_object_set_new(e, "address", jcstr(s->address));
             if (s->reachable) {
-                printf(
-                    ",\"reachable\":true,\"id\":%llu,\"role\":\"%s\","
-                    "\"term\":%llu,\"leader\":%llu,\"commit_index\":%llu,"
-                    "\"applied_index\":%llu,\"last_log_index\":%llu,"
-                    "\"snapshot_index\":%llu,\"disk_full\":%s",
-                    (unsigned long long)s->id, s->role,
-                    (unsigned long long)s->term, (unsigned long long)s->leader,
-                    (unsigned long long)s->commit_index,
-                    (unsigned long long)s->applied_index,
-                    (unsigned long long)s->last_log_index,
-                    (unsigned long long)s->snapshot_index,
-                    s->disk_full ? "true" : "false");
+                json_object_set_new(e, "reachable", json_true());
+                json_object_set_new(e, "id", ju64(s->id));
+                json_object_set_new(e, "role", jcstr(s->role));
+                json_object_set_new(e, "term", ju64(s->term));
+                json_object_set_new(e, "leader", ju64(s->leader));
+                json_object_set_new(e, "commit_index", ju64(s->commit_index));
+                json_object_set_new(e, "applied_index", ju64(s->applied_index));
+                json_object_set_new(e, "last_log_index",
+                                    ju64(s->last_log_index));
+                json_object_set_new(e, "snapshot_index",
+                                    ju64(s->snapshot_index));
+                json_object_set_new(e, "disk_full", json_boolean(s->disk_full));
             } else {
-                fputs(",\"reachable\":false,\"error\":", stdout);
-                put_json_string(stdout, (unsigned char *)s->error,
-                                strlen(s->error));
+                json_object_set_new(e, "reachable", json_false());
+                json_object_set_new(e, "error", jcstr(s->error));
                 if (s->id) {
-                    printf(",\"id\":%llu", (unsigned long long)s->id);
+                    json_object_set_new(e, "id", ju64(s->id));
                 }
             }
             /* Unknown lags are null, never 0. */
-            fputs(",\"lag\":", stdout);
-            put_json_u64(s->lag_known, s->applied_lag);
-            fputs(",\"repl_lag\":", stdout);
-            put_json_u64(s->progress_known, s->replication_lag);
-            fputs(",\"match_index\":", stdout);
-            put_json_u64(s->progress_known, s->match_index);
-            fputs(",\"ack_age_ms\":", stdout);
-            put_json_u64(s->progress_known, s->ack_age_ms);
-            putchar('}');
+            json_object_set_new(e, "lag",
+                                ju64_known(s->lag_known, s->applied_lag));
+            json_object_set_new(
+                e, "repl_lag",
+                ju64_known(s->progress_known, s->replication_lag));
+            json_object_set_new(e, "match_index",
+                                ju64_known(s->progress_known, s->match_index));
+            json_object_set_new(e, "ack_age_ms",
+                                ju64_known(s->progress_known, s->ack_age_ms));
+            json_array_append_new(arr, e);
         }
-        puts("]}");
+        json_object_set_new(o, "nodes", arr);
+        emit(o);
     } else if (fmt == FMT_TABLE) {
         printf("%-4s %-22s %-13s %8s %6s %10s %10s %10s %10s %8s %8s\n", "ID",
                "ADDRESS", "ROLE", "TERM", "LEADER", "COMMIT", "APPLIED",
@@ -547,7 +643,9 @@ static int cmd_transfer_leader(struct clerk *ck, const char *arg)
         return answer_clerk(ck, err);
     }
     if (fmt == FMT_JSON) {
-        printf("{\"ok\":true,\"leader\":%llu}\n", (unsigned long long)leader);
+        json_t *o = ok_object();
+        json_object_set_new(o, "leader", ju64(leader));
+        emit(o);
     } else {
         printf("OK leader=%llu\n", (unsigned long long)leader);
     }
@@ -598,11 +696,12 @@ static int cmd_snapshot_save(struct clerk *ck, const char *path)
     }
     close(dfd);
     if (fmt == FMT_JSON) {
-        printf(
-            "{\"ok\":true,\"file\":\"%s\",\"index\":%llu,\"term\":%llu,"
-            "\"bytes\":%llu}\n",
-            path, (unsigned long long)index, (unsigned long long)term,
-            (unsigned long long)bytes);
+        json_t *o = ok_object();
+        json_object_set_new(o, "file", jcstr(path));
+        json_object_set_new(o, "index", ju64(index));
+        json_object_set_new(o, "term", ju64(term));
+        json_object_set_new(o, "bytes", ju64(bytes));
+        emit(o);
     } else {
         printf("OK saved %s: state at index %llu, term %llu, %llu bytes\n",
                path, (unsigned long long)index, (unsigned long long)term,
@@ -760,37 +859,41 @@ static int parse_spec(struct tok *t, int n, struct clerk_fault *f)
     return EXIT_OK;
 }
 
-static void print_rules(uint64_t node,
-                        const struct clerk_fault *r,
-                        size_t n,
-                        bool first)
+/* One node's rules as JSON. */
+static json_t *json_rules(uint64_t node, const struct clerk_fault *r, size_t n)
 {
-    if (fmt == FMT_JSON) {
-        printf("%s{\"id\":%llu,\"rules\":[", first ? "" : ",",
-               (unsigned long long)node);
-        for (size_t i = 0; i < n; i++) {
-            printf(
-                "%s{\"target\":%llu,\"cut\":%s,\"drop_request\":%g,"
-                "\"drop_reply\":%g,\"delay_min_ms\":%u,"
-                "\"delay_max_ms\":%u,\"duplicate\":%g,\"reorder\":%g,"
-                "\"reorder_min_ms\":%u,\"reorder_max_ms\":%u,"
-                "\"counts\":{\"cut\":%llu,\"dropped_requests\":%llu,"
-                "\"dropped_replies\":%llu,\"delayed\":%llu,"
-                "\"duplicated\":%llu,\"reordered\":%llu}}",
-                i ? "," : "", (unsigned long long)r[i].target,
-                r[i].cut ? "true" : "false", r[i].drop_request, r[i].drop_reply,
-                r[i].delay_min_ms, r[i].delay_max_ms, r[i].duplicate,
-                r[i].reorder, r[i].reorder_min_ms, r[i].reorder_max_ms,
-                (unsigned long long)r[i].n_cut,
-                (unsigned long long)r[i].n_dropped_requests,
-                (unsigned long long)r[i].n_dropped_replies,
-                (unsigned long long)r[i].n_delayed,
-                (unsigned long long)r[i].n_duplicated,
-                (unsigned long long)r[i].n_reordered);
-        }
-        fputs("]}", stdout);
-        return;
+    json_t *o = json_object(), *arr = json_array();
+    json_object_set_new(o, "id", ju64(node));
+    for (size_t i = 0; i < n; i++) {
+        json_t *e = json_object(), *counts = json_object();
+        json_object_set_new(e, "target", ju64(r[i].target));
+        json_object_set_new(e, "cut", json_boolean(r[i].cut));
+        json_object_set_new(e, "drop_request", json_real(r[i].drop_request));
+        json_object_set_new(e, "drop_reply", json_real(r[i].drop_reply));
+        json_object_set_new(e, "delay_min_ms", ju64(r[i].delay_min_ms));
+        json_object_set_new(e, "delay_max_ms", ju64(r[i].delay_max_ms));
+        json_object_set_new(e, "duplicate", json_real(r[i].duplicate));
+        json_object_set_new(e, "reorder", json_real(r[i].reorder));
+        json_object_set_new(e, "reorder_min_ms", ju64(r[i].reorder_min_ms));
+        json_object_set_new(e, "reorder_max_ms", ju64(r[i].reorder_max_ms));
+        json_object_set_new(counts, "cut", ju64(r[i].n_cut));
+        json_object_set_new(counts, "dropped_requests",
+                            ju64(r[i].n_dropped_requests));
+        json_object_set_new(counts, "dropped_replies",
+                            ju64(r[i].n_dropped_replies));
+        json_object_set_new(counts, "delayed", ju64(r[i].n_delayed));
+        json_object_set_new(counts, "duplicated", ju64(r[i].n_duplicated));
+        json_object_set_new(counts, "reordered", ju64(r[i].n_reordered));
+        json_object_set_new(e, "counts", counts);
+        json_array_append_new(arr, e);
     }
+    json_object_set_new(o, "rules", arr);
+    return o;
+}
+
+/* One node's rules in simple format. */
+static void print_rules(uint64_t node, const struct clerk_fault *r, size_t n)
+{
     if (n == 0) {
         printf("node=%llu no faults\n", (unsigned long long)node);
     }
@@ -887,6 +990,15 @@ static int apply_rules(struct clerk *ck,
     for (size_t i = 0; i < n_nodes; i++) {
         any_rules = any_rules || (nodes[i].chosen && nodes[i].n > 0);
     }
+    json_t *answer = NULL, *arr = NULL;
+    if (fmt == FMT_JSON) {
+        answer = ok_object();
+        if (any_rules) {
+            json_object_set_new(answer, "seed", ju64(seed));
+        }
+        arr = json_array();
+        json_object_set_new(answer, "nodes", arr);
+    }
     for (size_t i = 0; i < n_nodes; i++) {
         const struct node_rules *nr = &nodes[i];
         if (!nr->chosen) {
@@ -897,29 +1009,28 @@ static int apply_rules(struct clerk *ck,
         int err = clerk_fault(ck, nr->server, clear, nr->rules, nr->n,
                               node_seed(seed, nr->id), &now, &n_now);
         if (err) {
-            if (fmt == FMT_JSON && !first) {
-                puts("]}"); /* end the answer of the nodes already changed */
+            if (answer && !first) {
+                emit(answer); /* the answer of the nodes already changed */
+            } else {
+                json_decref(answer);
             }
+            /* A refusal by the first node is one error object, not an
+             * "ok" answer with the error inside it. */
             return answer_clerk(ck, err);
         }
-        if (fmt == FMT_JSON && first) {
-            /* Opened only now: a refusal by the first node is one error
-             * object, not an "ok" answer with the error inside it. */
-            if (any_rules) {
-                printf("{\"ok\":true,\"seed\":%llu,\"nodes\":[",
-                       (unsigned long long)seed);
-            } else {
-                fputs("{\"ok\":true,\"nodes\":[", stdout);
+        if (arr) {
+            json_array_append_new(arr, json_rules(nr->id, now, n_now));
+        } else {
+            if (first && any_rules) {
+                printf("seed=%llu\n", (unsigned long long)seed);
             }
-        } else if (first && any_rules) {
-            printf("seed=%llu\n", (unsigned long long)seed);
+            print_rules(nr->id, now, n_now);
         }
-        print_rules(nr->id, now, n_now, first);
         clerk_free(now);
         first = false;
     }
-    if (fmt == FMT_JSON) {
-        puts("]}");
+    if (answer) {
+        emit(answer);
     }
     return EXIT_OK;
 }
@@ -1159,26 +1270,22 @@ static int new_password(struct tok *t,
     return EXIT_OK;
 }
 
-static void put_json_names(char **names, size_t n)
+static json_t *json_names(char **names, size_t n)
 {
-    putchar('[');
+    json_t *arr = json_array();
     for (size_t i = 0; i < n; i++) {
-        if (i) {
-            putchar(',');
-        }
-        put_json_string(stdout, (const unsigned char *)names[i],
-                        strlen(names[i]));
+        json_array_append_new(arr, jcstr(names[i]));
     }
-    putchar(']');
+    return arr;
 }
 
 /* Names: one per line (pipe mode: quoted, on one line). */
 static void answer_names(const char *field, char **names, size_t n)
 {
     if (fmt == FMT_JSON) {
-        printf("{\"ok\":true,\"%s\":", field);
-        put_json_names(names, n);
-        puts("}");
+        json_t *o = ok_object();
+        json_object_set_new(o, field, json_names(names, n));
+        emit(o);
         return;
     }
     for (size_t i = 0; i < n; i++) {
@@ -1224,11 +1331,10 @@ static int cmd_user(struct clerk *ck, struct tok *t, int n)
             return answer_clerk(ck, err);
         }
         if (fmt == FMT_JSON) {
-            fputs("{\"ok\":true,\"user\":", stdout);
-            put_json_string(stdout, (const unsigned char *)t[2].p, t[2].len);
-            fputs(",\"roles\":", stdout);
-            put_json_names(roles, count);
-            puts("}");
+            json_t *o = ok_object();
+            json_object_set_new(o, "user", jstr(t[2].p, t[2].len));
+            json_object_set_new(o, "roles", json_names(roles, count));
+            emit(o);
         } else {
             printf("User: %s%sRoles:", t[2].p, pipe_mode ? " " : "\n");
             for (size_t i = 0; i < count; i++) {
@@ -1274,18 +1380,18 @@ static void print_role(const char *name,
                        size_t count)
 {
     if (fmt == FMT_JSON) {
-        fputs("{\"ok\":true,\"role\":", stdout);
-        put_json_string(stdout, (const unsigned char *)name, strlen(name));
-        fputs(",\"permissions\":[", stdout);
+        json_t *o = ok_object(), *arr = json_array();
+        json_object_set_new(o, "role", jcstr(name));
         for (size_t i = 0; i < count; i++) {
-            printf("%s{\"type\":\"%s\",\"key\":", i ? "," : "",
-                   perm_name(p[i].type));
-            put_json_string(stdout, p[i].key, p[i].key_len);
-            fputs(",\"range_end\":", stdout);
-            put_json_string(stdout, p[i].range_end, p[i].range_end_len);
-            putchar('}');
+            json_t *e = json_object();
+            json_object_set_new(e, "type", jcstr(perm_name(p[i].type)));
+            json_object_set_new(e, "key", jstr(p[i].key, p[i].key_len));
+            json_object_set_new(e, "range_end",
+                                jstr(p[i].range_end, p[i].range_end_len));
+            json_array_append_new(arr, e);
         }
-        puts("]}");
+        json_object_set_new(o, "permissions", arr);
+        emit(o);
         return;
     }
     printf("Role: %s%s", name, pipe_mode ? "" : "\n");
@@ -1440,8 +1546,10 @@ static int cmd_auth(struct clerk *ck, struct tok *t, int n)
             return answer_clerk(ck, err);
         }
         if (fmt == FMT_JSON) {
-            printf("{\"ok\":true,\"enabled\":%s,\"revision\":%llu}\n",
-                   enabled ? "true" : "false", (unsigned long long)rev);
+            json_t *o = ok_object();
+            json_object_set_new(o, "enabled", json_boolean(enabled));
+            json_object_set_new(o, "revision", ju64(rev));
+            emit(o);
         } else {
             printf("Authentication Status: %s%sAuthRevision: %llu\n",
                    enabled ? "true" : "false", pipe_mode ? " " : "\n",
@@ -1458,11 +1566,604 @@ static int cmd_auth(struct clerk *ck, struct tok *t, int n)
     return EXIT_OK;
 }
 
+/* --------------------------------------------------------- data model */
+
+/* The header etcd puts on every answer: the store's revision. */
+static json_t *json_header(uint64_t revision)
+{
+    json_t *h = json_object();
+    json_object_set_new(h, "revision", ju64(revision));
+    return h;
+}
+
+/* A key as etcd's JSON gives it: key and value in base64. */
+static json_t *json_kv(const struct clerk_kv *kv)
+{
+    json_t *o = json_object();
+    json_object_set_new(o, "key", jb64(kv->key, kv->key_len));
+    json_object_set_new(o, "create_revision", ju64(kv->create_revision));
+    json_object_set_new(o, "mod_revision", ju64(kv->mod_revision));
+    json_object_set_new(o, "version", ju64(kv->version));
+    json_object_set_new(o, "value", jb64(kv->value, kv->value_len));
+    if (kv->lease) {
+        json_object_set_new(o, "lease", ju64(kv->lease));
+    }
+    return o;
+}
+
+static json_t *json_kvs(const struct clerk_kv *kvs, size_t n)
+{
+    json_t *arr = json_array();
+    for (size_t i = 0; i < n; i++) {
+        json_array_append_new(arr, json_kv(&kvs[i]));
+    }
+    return arr;
+}
+
+/* Bytes of an answer in simple format: raw on a line of their own, or
+ * quoted and followed by a blank in pipe mode (one line per answer). */
+static void put_field(const void *p, size_t n)
+{
+    if (pipe_mode) {
+        put_quoted(stdout, p, n);
+        putchar(' ');
+    } else {
+        fwrite(p, 1, n, stdout);
+        putchar('\n');
+    }
+}
+
+/* What get prints of each key. */
+struct kv_print
+{
+    bool keys_only, value_only, rev_info;
+};
+
+static void print_kv(const struct clerk_kv *kv, const struct kv_print *pr)
+{
+    if (fmt == FMT_TABLE) {
+        put_quoted(stdout, kv->key, kv->key_len);
+        putchar('\t');
+        put_quoted(stdout, kv->value, kv->value_len);
+        printf("\t%llu\t%llu\t%llu\n", (unsigned long long)kv->create_revision,
+               (unsigned long long)kv->mod_revision,
+               (unsigned long long)kv->version);
+        return;
+    }
+    if (!pr->value_only) {
+        put_field(kv->key, kv->key_len);
+    }
+    if (!pr->keys_only) {
+        put_field(kv->value, kv->value_len);
+    }
+    if (pr->rev_info) {
+        printf("create_revision=%llu mod_revision=%llu version=%llu%c",
+               (unsigned long long)kv->create_revision,
+               (unsigned long long)kv->mod_revision,
+               (unsigned long long)kv->version, pipe_mode ? ' ' : '\n');
+    }
+}
+
+/* End the one line of a pipe-mode answer. */
+static void end_answer(void)
+{
+    if (pipe_mode) {
+        putchar('\n');
+    }
+}
+
+/* kvctl get with a range or options: every page of the range. */
+static int cmd_get_range(struct clerk *ck, struct range_spec *s)
+{
+    struct kv_print pr = {.keys_only = (s->flags & CLERK_RANGE_KEYS_ONLY) != 0,
+                          .value_only = s->print_value_only,
+                          .rev_info = s->rev_info};
+    bool descend = (s->flags & CLERK_RANGE_SORT_DESCEND) != 0;
+    const void *key = s->key.p, *end = s->end;
+    size_t key_len = s->key.len, end_len = s->end_len;
+    uint64_t left = s->limit, revision = 0, count = 0;
+    bool more = false, first = true;
+    char *next = NULL; /* the key a next page starts from (or ends at) */
+    json_t *answer = fmt == FMT_JSON ? ok_object() : NULL;
+    json_t *kvs = answer ? json_array() : NULL;
+    if (fmt == FMT_TABLE) {
+        puts("KEY\tVALUE\tCREATE_REVISION\tMOD_REVISION\tVERSION");
+    }
+    for (;;) {
+        struct clerk_range_result *r;
+        int err =
+            clerk_range(ck, key, key_len, end, end_len, left, s->flags, &r);
+        if (err) {
+            free(next);
+            json_decref(answer);
+            json_decref(kvs);
+            if (!first && fmt != FMT_JSON) {
+                end_answer();
+            }
+            return answer_clerk(ck, err);
+        }
+        if (first) {
+            revision = r->revision;
+            count = r->count;
+        }
+        first = false;
+        for (size_t i = 0; i < r->n_kvs; i++) {
+            if (kvs) {
+                json_array_append_new(kvs, json_kv(&r->kvs[i]));
+            } else if (!(s->flags & CLERK_RANGE_COUNT_ONLY)) {
+                print_kv(&r->kvs[i], &pr);
+            }
+        }
+        if (left) {
+            left = left > r->n_kvs ? left - r->n_kvs : 0;
+        }
+        more = r->more;
+        /* Cut by the reply's size bound, not by the limit: go on from
+         * the last key (ascending: that key + "\0"; descending: up to
+         * it). */
+        bool cut = r->more && r->n_kvs > 0 && (s->limit == 0 || left > 0) &&
+                   !(s->flags & CLERK_RANGE_COUNT_ONLY) && s->ranged;
+        if (cut) {
+            const struct clerk_kv *last = &r->kvs[r->n_kvs - 1];
+            free(next);
+            next = malloc(last->key_len + 1);
+            if (!next) {
+                clerk_range_result_free(r);
+                json_decref(answer);
+                json_decref(kvs);
+                return answer_error("NO_MEMORY", "out of memory", false, NULL,
+                                    0, false);
+            }
+            memcpy(next, last->key, last->key_len);
+            next[last->key_len] = 0;
+            if (descend) {
+                end = next;
+                end_len = last->key_len;
+            } else {
+                key = next;
+                key_len = last->key_len + 1;
+            }
+        }
+        clerk_range_result_free(r);
+        if (!cut) {
+            break;
+        }
+    }
+    free(next);
+    if (answer) {
+        json_object_set_new(answer, "header", json_header(revision));
+        json_object_set_new(answer, "kvs", kvs);
+        json_object_set_new(answer, "count", ju64(count));
+        json_object_set_new(answer, "more", json_boolean(more));
+        emit(answer);
+        return EXIT_OK;
+    }
+    if (s->flags & CLERK_RANGE_COUNT_ONLY) {
+        printf("%llu%c", (unsigned long long)count, pipe_mode ? ' ' : '\n');
+    }
+    if (s->rev_info) {
+        printf("revision=%llu count=%llu more=%s%c",
+               (unsigned long long)revision, (unsigned long long)count,
+               more ? "true" : "false", pipe_mode ? ' ' : '\n');
+    }
+    end_answer();
+    return EXIT_OK;
+}
+
+/* kvctl put with --prev-kv or --ignore-value. */
+static int cmd_put_ex(struct clerk *ck, struct range_spec *s)
+{
+    struct clerk_put_result *r;
+    int err = clerk_put_ex(ck, s->key.p, s->key.len, s->value.p, s->value.len,
+                           s->flags, &r);
+    if (err) {
+        return answer_clerk(ck, err);
+    }
+    if (fmt == FMT_JSON) {
+        json_t *o = ok_object();
+        json_object_set_new(o, "header", json_header(r->revision));
+        if (r->prev_kv) {
+            json_object_set_new(o, "prev_kv", json_kv(r->prev_kv));
+        }
+        emit(o);
+    } else {
+        fputs(pipe_mode ? "OK " : "OK\n", stdout);
+        if (r->prev_kv) {
+            put_field(r->prev_kv->key, r->prev_kv->key_len);
+            put_field(r->prev_kv->value, r->prev_kv->value_len);
+        }
+        end_answer();
+    }
+    clerk_put_result_free(r);
+    return EXIT_OK;
+}
+
+/* kvctl del with a range or --prev-kv: the number deleted, then the
+ * deleted keys. */
+static int cmd_del_range(struct clerk *ck, struct range_spec *s)
+{
+    struct clerk_delete_result *r;
+    int err = clerk_delete_range(ck, s->key.p, s->key.len, s->end, s->end_len,
+                                 s->flags, &r);
+    if (err) {
+        return answer_clerk(ck, err);
+    }
+    if (fmt == FMT_JSON) {
+        json_t *o = ok_object();
+        json_object_set_new(o, "header", json_header(r->revision));
+        json_object_set_new(o, "deleted", ju64(r->deleted));
+        if (s->flags & CLERK_DELETE_PREV_KV) {
+            json_object_set_new(o, "prev_kvs",
+                                json_kvs(r->prev_kvs, r->n_prev_kvs));
+        }
+        emit(o);
+    } else {
+        printf("%llu%c", (unsigned long long)r->deleted,
+               pipe_mode ? ' ' : '\n');
+        struct kv_print pr = {0};
+        for (size_t i = 0; i < r->n_prev_kvs; i++) {
+            print_kv(&r->prev_kvs[i], &pr);
+        }
+        end_answer();
+    }
+    clerk_delete_result_free(r);
+    return EXIT_OK;
+}
+
+/* A transaction's responses as JSON (etcd's names). */
+static json_t *json_txn(const struct clerk_txn_result *r)
+{
+    json_t *arr = json_array();
+    for (size_t i = 0; i < r->n_responses; i++) {
+        const struct clerk_txn_response *o = &r->responses[i];
+        json_t *e = json_object(), *v = json_object();
+        const char *name = "response_range";
+        switch (o->type) {
+            case CLERK_OP_RANGE:
+                json_object_set_new(v, "kvs",
+                                    json_kvs(o->range->kvs, o->range->n_kvs));
+                json_object_set_new(v, "count", ju64(o->range->count));
+                json_object_set_new(v, "more", json_boolean(o->range->more));
+                break;
+            case CLERK_OP_PUT:
+                name = "response_put";
+                if (o->put->prev_kv) {
+                    json_object_set_new(v, "prev_kv", json_kv(o->put->prev_kv));
+                }
+                break;
+            case CLERK_OP_DELETE:
+                name = "response_delete_range";
+                json_object_set_new(v, "deleted", ju64(o->del->deleted));
+                json_object_set_new(
+                    v, "prev_kvs",
+                    json_kvs(o->del->prev_kvs, o->del->n_prev_kvs));
+                break;
+            case CLERK_OP_TXN:
+                name = "response_txn";
+                json_object_set_new(v, "succeeded",
+                                    json_boolean(o->txn->succeeded));
+                json_object_set_new(v, "responses", json_txn(o->txn));
+                break;
+        }
+        json_object_set_new(e, name, v);
+        json_array_append_new(arr, e);
+    }
+    return arr;
+}
+
+/* A transaction's answer in simple format, as etcdctl prints it:
+ * SUCCESS or FAILURE, then each response after an empty line. */
+static void print_txn(const struct clerk_txn_result *r)
+{
+    fputs(r->succeeded ? "SUCCESS" : "FAILURE", stdout);
+    putchar(pipe_mode ? ' ' : '\n');
+    struct kv_print pr = {0};
+    for (size_t i = 0; i < r->n_responses; i++) {
+        const struct clerk_txn_response *o = &r->responses[i];
+        if (!pipe_mode) {
+            putchar('\n');
+        }
+        switch (o->type) {
+            case CLERK_OP_RANGE:
+                for (size_t k = 0; k < o->range->n_kvs; k++) {
+                    print_kv(&o->range->kvs[k], &pr);
+                }
+                break;
+            case CLERK_OP_PUT:
+                fputs(pipe_mode ? "OK " : "OK\n", stdout);
+                if (o->put->prev_kv) {
+                    print_kv(o->put->prev_kv, &pr);
+                }
+                break;
+            case CLERK_OP_DELETE:
+                printf("%llu%c", (unsigned long long)o->del->deleted,
+                       pipe_mode ? ' ' : '\n');
+                for (size_t k = 0; k < o->del->n_prev_kvs; k++) {
+                    print_kv(&o->del->prev_kvs[k], &pr);
+                }
+                break;
+            case CLERK_OP_TXN:
+                print_txn(o->txn);
+                break;
+        }
+    }
+}
+
+/* The whole of standard input, NUL-terminated. */
+static char *read_stdin(void)
+{
+    size_t cap = 4096, len = 0;
+    char *buf = malloc(cap);
+    while (buf) {
+        if (len + 1 == cap) {
+            char *p = realloc(buf, cap * 2);
+            if (!p) {
+                free(buf);
+                return NULL;
+            }
+            buf = p;
+            cap *= 2;
+        }
+        size_t got = fread(buf + len, 1, cap - len - 1, stdin);
+        len += got;
+        if (got == 0) {
+            buf[len] = 0;
+            break;
+        }
+    }
+    return buf;
+}
+
+/* Read a transaction's text form on a terminal, with prompts. */
+static char *read_txn_interactive(void)
+{
+    static const char *const prompts[] = {
+        "compares:\n", "success requests (get, put, del):\n",
+        "failure requests (get, put, del):\n"};
+    size_t len = 0;
+    char *buf = NULL, *line = NULL;
+    size_t cap = 0;
+    for (int section = 0; section < 3; section++) {
+        fputs(prompts[section], stderr);
+        ssize_t n;
+        while ((n = getline(&line, &cap, stdin)) > 0) {
+            char *p = realloc(buf, len + (size_t)n + 2);
+            if (!p) {
+                free(buf);
+                free(line);
+                return NULL;
+            }
+            buf = p;
+            memcpy(buf + len, line, (size_t)n);
+            len += (size_t)n;
+            buf[len] = 0;
+            if (line[0] == '\n') {
+                break;
+            }
+        }
+        if (n <= 0) {
+            break;
+        }
+        if (section < 2) {
+            fputc('\n', stderr);
+        }
+    }
+    free(line);
+    if (!buf) {
+        buf = calloc(1, 1);
+    }
+    return buf;
+}
+
+/* kvctl txn [-i|--interactive] [--json-input]: a transaction from
+ * standard input. */
+static int cmd_txn(struct clerk *ck, struct tok *t, int n)
+{
+    bool json = false, interactive = false;
+    for (int i = 1; i < n; i++) {
+        if (!strcmp(t[i].p, "--json-input")) {
+            json = true;
+        } else if (!strcmp(t[i].p, "-i") || !strcmp(t[i].p, "--interactive")) {
+            interactive = true;
+        } else {
+            return usage_error(
+                "usage: kvctl txn [-i|--interactive] "
+                "[--json-input] < TXN");
+        }
+    }
+    if (pipe_mode) {
+        return usage_error(
+            "txn reads the transaction from standard input: run it as a "
+            "command of its own");
+    }
+    char *text = interactive && isatty(STDIN_FILENO) ? read_txn_interactive()
+                                                     : read_stdin();
+    if (!text) {
+        return answer_error("NO_MEMORY", "out of memory", false, NULL, 0,
+                            false);
+    }
+    const char *p = text;
+    while (*p == ' ' || *p == '\t' || *p == '\r' || *p == '\n') {
+        p++;
+    }
+    json = json || *p == '{';
+    struct clerk_txn *txn;
+    char why[300];
+    bool ok = json ? kvctl_txn_parse_json(text, &txn, why, sizeof why)
+                   : kvctl_txn_parse_text(text, &txn, why, sizeof why);
+    free(text);
+    if (!ok) {
+        return usage_error(why);
+    }
+    struct clerk_txn_result *r;
+    int err = clerk_txn_commit(ck, txn, &r);
+    clerk_txn_free(txn);
+    if (err) {
+        return answer_clerk(ck, err);
+    }
+    if (fmt == FMT_JSON) {
+        json_t *o = ok_object();
+        json_object_set_new(o, "header", json_header(r->revision));
+        json_object_set_new(o, "succeeded", json_boolean(r->succeeded));
+        json_object_set_new(o, "responses", json_txn(r));
+        emit(o);
+    } else {
+        print_txn(r);
+        end_answer();
+    }
+    clerk_txn_result_free(r);
+    return EXIT_OK;
+}
+
+/* A COMPACTED answer, with where the history starts now. */
+static int answer_compacted(struct clerk *ck, uint64_t compact_revision)
+{
+    char msg[400];
+    snprintf(msg, sizeof msg,
+             "%s (the history is kept after revision %llu: start at %llu or "
+             "later)",
+             clerk_errmsg(ck)[0] ? clerk_errmsg(ck) : "compacted",
+             (unsigned long long)compact_revision,
+             (unsigned long long)compact_revision + 1);
+    return answer_error("COMPACTED", msg, false, NULL, 0, false);
+}
+
+/* kvctl compact REV */
+static int cmd_compact(struct clerk *ck, struct tok *t, int n)
+{
+    char *end;
+    errno = 0;
+    unsigned long long rev = n == 2 ? strtoull(t[1].p, &end, 10) : 0;
+    if (n != 2 || errno || end == t[1].p || *end || t[1].p[0] == '-' ||
+        rev == 0) {
+        return usage_error("usage: kvctl compact REVISION (a number above 0)");
+    }
+    uint64_t compacted = 0;
+    int err = clerk_compact(ck, rev, &compacted);
+    if (err == CLERK_COMPACTED) {
+        return answer_compacted(ck, compacted);
+    }
+    if (err) {
+        return answer_clerk(ck, err);
+    }
+    if (fmt == FMT_JSON) {
+        json_t *o = ok_object();
+        json_object_set_new(o, "compact_revision", ju64(compacted));
+        emit(o);
+    } else {
+        printf("compacted revision %llu\n", (unsigned long long)compacted);
+    }
+    return EXIT_OK;
+}
+
+/* kvctl events [KEY [END]] [--prefix|--from-key] --rev N [--limit N] */
+static int cmd_events(struct clerk *ck, struct tok *t, int n)
+{
+    static const char use[] =
+        "usage: kvctl events [KEY [END]] [--prefix|--from-key] --rev N "
+        "[--limit N]";
+    struct tok args[MAX_TOKENS + 2];
+    int m = 0;
+    uint64_t rev = 0;
+    bool positional = false, rev_given = false;
+    for (int i = 1; i < n; i++) {
+        if (!strcmp(t[i].p, "--rev") || !strncmp(t[i].p, "--rev=", 6)) {
+            const char *v = t[i].p[5] == '=' ? t[i].p + 6
+                            : i + 1 < n      ? t[++i].p
+                                             : "";
+            char *end;
+            errno = 0;
+            rev = strtoull(v, &end, 10);
+            if (errno || end == v || *end || v[0] == '-') {
+                return usage_error(use);
+            }
+            rev_given = true;
+            continue;
+        }
+        positional |= t[i].p[0] != '-';
+        if (!strcmp(t[i].p, "--limit") && i + 1 < n) {
+            args[m++] = t[i++];
+        }
+        args[m++] = t[i];
+    }
+    if (!rev_given) {
+        return usage_error(use);
+    }
+    if (!positional) { /* every key: "\0" on */
+        args[m++] = (struct tok){(char *)"", 1};
+        args[m++] = (struct tok){(char *)"--from-key", 10};
+    }
+    struct range_spec s;
+    char why[300];
+    if (!kvctl_parse_spec(SPEC_GET, args, m, &s, why, sizeof why)) {
+        return usage_error(why);
+    }
+    uint64_t left = s.limit, start = rev, revision = 0, compacted = 0;
+    json_t *answer = fmt == FMT_JSON ? ok_object() : NULL;
+    json_t *events = answer ? json_array() : NULL;
+    bool first = true;
+    for (;;) {
+        struct clerk_events_result *r;
+        int err = clerk_events(ck, start, s.key.p, s.key.len, s.end, s.end_len,
+                               left, &r);
+        if (err) {
+            uint64_t c = r ? r->compact_revision : 0;
+            clerk_events_result_free(r);
+            json_decref(answer);
+            json_decref(events);
+            if (!first && !answer) {
+                end_answer();
+            }
+            return err == CLERK_COMPACTED ? answer_compacted(ck, c)
+                                          : answer_clerk(ck, err);
+        }
+        first = false;
+        revision = r->revision;
+        compacted = r->compact_revision;
+        for (size_t i = 0; i < r->n_events; i++) {
+            const struct clerk_event *e = &r->events[i];
+            const char *type = e->type == CLERK_EVENT_PUT ? "PUT" : "DELETE";
+            if (events) {
+                json_t *o = json_object();
+                json_object_set_new(o, "type", json_string(type));
+                json_object_set_new(o, "kv", json_kv(&e->kv));
+                json_array_append_new(events, o);
+                continue;
+            }
+            printf("%s%c", type, pipe_mode ? ' ' : '\n');
+            put_field(e->kv.key, e->kv.key_len);
+            if (e->type == CLERK_EVENT_PUT) {
+                put_field(e->kv.value, e->kv.value_len);
+            }
+        }
+        if (left) {
+            left = left > r->n_events ? left - r->n_events : 0;
+        }
+        bool again =
+            r->more && r->next_revision > start && (s.limit == 0 || left > 0);
+        start = r->next_revision;
+        clerk_events_result_free(r);
+        if (!again) {
+            break;
+        }
+    }
+    if (answer) {
+        json_object_set_new(answer, "header", json_header(revision));
+        json_object_set_new(answer, "compact_revision", ju64(compacted));
+        json_object_set_new(answer, "next_revision", ju64(start));
+        json_object_set_new(answer, "events", events);
+        emit(answer);
+    } else {
+        end_answer();
+    }
+    return EXIT_OK;
+}
+
 /* Run one command; returns its exit code. */
 static int run_command(struct clerk *ck, struct tok *t, int n)
 {
     const char *cmd = t[0].p;
-    char msg[160];
+    char msg[300];
     if (n >= 2 && (!strcmp(t[1].p, "--help") || !strcmp(t[1].p, "-h"))) {
         return command_help(cmd);
     }
@@ -1472,11 +2173,17 @@ static int run_command(struct clerk *ck, struct tok *t, int n)
         return usage_error(msg);                           \
     }
     int err;
+    struct range_spec spec;
     if (!strcmp(cmd, "get")) {
-        NEED(2, "get KEY");
+        if (!kvctl_parse_spec(SPEC_GET, t + 1, n - 1, &spec, msg, sizeof msg)) {
+            return usage_error(msg);
+        }
+        if (spec.extended) {
+            return cmd_get_range(ck, &spec);
+        }
         void *v;
         size_t len;
-        err = clerk_get(ck, t[1].p, t[1].len, &v, &len);
+        err = clerk_get(ck, spec.key.p, spec.key.len, &v, &len);
         if (err) {
             return answer_clerk(ck, err);
         }
@@ -1486,6 +2193,18 @@ static int run_command(struct clerk *ck, struct tok *t, int n)
     }
     if (!strcmp(cmd, "put") || !strcmp(cmd, "append")) {
         bool put = cmd[0] == 'p';
+        if (put) {
+            if (!kvctl_parse_spec(SPEC_PUT, t + 1, n - 1, &spec, msg,
+                                  sizeof msg)) {
+                return usage_error(msg);
+            }
+            if (spec.extended) {
+                return cmd_put_ex(ck, &spec);
+            }
+            t[1] = spec.key;
+            t[2] = spec.value;
+            n = 3;
+        }
         NEED(3, put ? "put KEY VALUE" : "append KEY VALUE");
         err = put ? clerk_put(ck, t[1].p, t[1].len, t[2].p, t[2].len)
                   : clerk_append(ck, t[1].p, t[1].len, t[2].p, t[2].len);
@@ -1496,8 +2215,13 @@ static int run_command(struct clerk *ck, struct tok *t, int n)
         return EXIT_OK;
     }
     if (!strcmp(cmd, "del")) {
-        NEED(2, "del KEY");
-        err = clerk_delete(ck, t[1].p, t[1].len);
+        if (!kvctl_parse_spec(SPEC_DEL, t + 1, n - 1, &spec, msg, sizeof msg)) {
+            return usage_error(msg);
+        }
+        if (spec.extended) {
+            return cmd_del_range(ck, &spec);
+        }
+        err = clerk_delete(ck, spec.key.p, spec.key.len);
         if (err) {
             return answer_clerk(ck, err);
         }
@@ -1531,6 +2255,15 @@ static int run_command(struct clerk *ck, struct tok *t, int n)
         }
         answer_ok();
         return EXIT_OK;
+    }
+    if (!strcmp(cmd, "txn")) {
+        return cmd_txn(ck, t, n);
+    }
+    if (!strcmp(cmd, "compact")) {
+        return cmd_compact(ck, t, n);
+    }
+    if (!strcmp(cmd, "events") || !strcmp(cmd, "history")) {
+        return cmd_events(ck, t, n);
     }
     if (!strcmp(cmd, "status")) {
         NEED(1, "status");
@@ -1582,129 +2315,13 @@ static int run_command(struct clerk *ck, struct tok *t, int n)
 
 /* ------------------------------------------------------------ pipe mode */
 
-static int hexval(char c)
-{
-    if (c >= '0' && c <= '9') {
-        return c - '0';
-    }
-    if (c >= 'a' && c <= 'f') {
-        return c - 'a' + 10;
-    }
-    if (c >= 'A' && c <= 'F') {
-        return c - 'A' + 10;
-    }
-    return -1;
-}
-
-/* Split a line into tokens in place. Returns the count, or -1 with *why. */
-static int tokenize(char *line, struct tok *t, int max, const char **why)
-{
-    int n = 0;
-    char *p = line;
-    for (;;) {
-        while (*p == ' ' || *p == '\t' || *p == '\r' || *p == '\n') {
-            p++;
-        }
-        if (!*p) {
-            return n;
-        }
-        if (n == max) {
-            *why = "too many tokens";
-            return -1;
-        }
-        char *out = p, *start = p;
-        if (*p == '"') {
-            p++;
-            for (;;) {
-                if (!*p) {
-                    *why = "unterminated \"";
-                    return -1;
-                }
-                if (*p == '"') {
-                    p++;
-                    break;
-                }
-                if (*p == '\\') {
-                    p++;
-                    switch (*p) {
-                        case 'n':
-                            *out++ = '\n';
-                            p++;
-                            break;
-                        case 'r':
-                            *out++ = '\r';
-                            p++;
-                            break;
-                        case 't':
-                            *out++ = '\t';
-                            p++;
-                            break;
-                        case '"':
-                            *out++ = '"';
-                            p++;
-                            break;
-                        case '\\':
-                            *out++ = '\\';
-                            p++;
-                            break;
-                        case 'x': {
-                            int hi = hexval(p[1]),
-                                lo = hi >= 0 ? hexval(p[2]) : -1;
-                            if (hi < 0 || lo < 0) {
-                                *why = "\\x needs two hex digits";
-                                return -1;
-                            }
-                            *out++ = (char)(hi << 4 | lo);
-                            p += 3;
-                            break;
-                        }
-                        default:
-                            *why = "unknown escape in \"...\"";
-                            return -1;
-                    }
-                    continue;
-                }
-                *out++ = *p++;
-            }
-        } else if (*p == '\'') {
-            p++;
-            while (*p && *p != '\'') {
-                *out++ = *p++;
-            }
-            if (*p != '\'') {
-                *why = "unterminated '";
-                return -1;
-            }
-            p++;
-        } else {
-            while (*p && *p != ' ' && *p != '\t' && *p != '\r' && *p != '\n') {
-                *out++ = *p++;
-            }
-        }
-        bool at_end = !*p;
-        if (*p && *p != ' ' && *p != '\t' && *p != '\r' && *p != '\n') {
-            *why = "a quote must end its token";
-            return -1;
-        }
-        t[n].p = start;
-        t[n].len = (size_t)(out - start);
-        n++;
-        if (at_end) {
-            *out = 0;
-            return n;
-        }
-        p++;
-        *out = 0;
-    }
-}
-
 static int pipe_loop(struct clerk *ck)
 {
     char *line = NULL;
     size_t cap = 0;
     ssize_t len;
     while ((len = getline(&line, &cap, stdin)) > 0) {
-        struct tok t[8];
+        struct tok t[MAX_TOKENS];
         const char *why = NULL;
         char *s = line;
         while (*s == ' ' || *s == '\t') {
@@ -1713,7 +2330,7 @@ static int pipe_loop(struct clerk *ck)
         if (*s == '#' || *s == '\n' || *s == 0) {
             continue;
         }
-        int n = tokenize(line, t, 8, &why);
+        int n = kvctl_tokenize(line, t, MAX_TOKENS, &why);
         if (n < 0) {
             usage_error(why);
         } else if (n > 0) {
@@ -1870,9 +2487,9 @@ int main(int argc, char **argv)
         pipe_mode = true;
         rv = pipe_loop(ck);
     } else {
-        struct tok t[8];
+        struct tok t[MAX_TOKENS];
         int n = argc - i;
-        if (n > 8) {
+        if (n > MAX_TOKENS) {
             clerk_close(ck);
             return usage_error("too many arguments");
         }
