@@ -1,0 +1,316 @@
+/* test_datamodel.c: libclerk's and kvctl's data-model calls (ranges,
+ * deletes of ranges, transactions, compaction, history) on a real
+ * 3-node cluster. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <CUnit/Basic.h>
+
+#include "clerk/clerk.h"
+#include "cunit_main.h"
+#include "harness.h"
+
+static struct h_cluster dc; /* one cluster for every test */
+static char eps[512];
+static struct clerk *ck;
+
+static int setup(void)
+{
+    if (h_cluster_start(&dc, 3, NULL) != 0 || h_find_leader(&dc, 10000) < 0) {
+        return 1;
+    }
+    h_endpoints(&dc, eps, sizeof eps);
+    struct clerk_options o = {.deadline_ms = 10000};
+    return clerk_open(&ck, eps, &o) == CLERK_OK ? 0 : 1;
+}
+
+static int teardown(void)
+{
+    clerk_close(ck);
+    dc.keep = CU_get_number_of_failures() > 0;
+    return h_cluster_destroy(&dc) == 0 ? 0 : 1;
+}
+
+/* Put and return the revision it made (0 on failure). */
+static uint64_t put(const char *k, const char *v)
+{
+    struct clerk_put_result *r;
+    int err = clerk_put_ex(ck, k, strlen(k), v, strlen(v), 0, &r);
+    CU_ASSERT_EQUAL(err, CLERK_OK);
+    if (err) {
+        fprintf(stderr, "\n  put %s: %s: %s\n", k, clerk_error_code(err),
+                clerk_errmsg(ck));
+        return 0;
+    }
+    uint64_t rev = r->revision;
+    clerk_put_result_free(r);
+    return rev;
+}
+
+static bool kv_is(const struct clerk_kv *kv, const char *k, const char *v)
+{
+    return kv->key_len == strlen(k) && !memcmp(kv->key, k, kv->key_len) &&
+           (!v || (kv->value_len == strlen(v) &&
+                   !memcmp(kv->value, v, kv->value_len)));
+}
+
+static void test_range_revisions_limit_and_order(void)
+{
+    uint64_t r1 = put("r/a", "1");
+    uint64_t r2 = put("r/b", "2");
+    uint64_t r3 = put("r/c", "3");
+    put("s", "outside");
+    CU_ASSERT(r1 > 1 && r2 == r1 + 1 && r3 == r2 + 1);
+    uint64_t r4 = put("r/a", "1b");
+    uint8_t end[8];
+    size_t end_len = clerk_prefix_end("r/", 2, end);
+    struct clerk_range_result *r;
+    CU_ASSERT_EQUAL_FATAL(clerk_range(ck, "r/", 2, end, end_len, 0, 0, &r),
+                          CLERK_OK);
+    CU_ASSERT_EQUAL_FATAL(r->n_kvs, 3);
+    CU_ASSERT_EQUAL(r->count, 3);
+    CU_ASSERT(!r->more);
+    CU_ASSERT(r->revision >= r4);
+    CU_ASSERT(kv_is(&r->kvs[0], "r/a", "1b"));
+    CU_ASSERT_EQUAL(r->kvs[0].create_revision, r1);
+    CU_ASSERT_EQUAL(r->kvs[0].mod_revision, r4);
+    CU_ASSERT_EQUAL(r->kvs[0].version, 2);
+    CU_ASSERT(kv_is(&r->kvs[2], "r/c", "3"));
+    CU_ASSERT_EQUAL(r->kvs[2].version, 1);
+    clerk_range_result_free(r);
+    /* A limit cuts the keys, not the count. */
+    CU_ASSERT_EQUAL_FATAL(
+        clerk_range(ck, "r/", 2, end, end_len, 2, CLERK_RANGE_SORT_DESCEND, &r),
+        CLERK_OK);
+    CU_ASSERT_EQUAL_FATAL(r->n_kvs, 2);
+    CU_ASSERT(r->more);
+    CU_ASSERT_EQUAL(r->count, 3);
+    CU_ASSERT(kv_is(&r->kvs[0], "r/c", NULL));
+    clerk_range_result_free(r);
+    CU_ASSERT_EQUAL_FATAL(
+        clerk_range(ck, "r/", 2, end, end_len, 0, CLERK_RANGE_KEYS_ONLY, &r),
+        CLERK_OK);
+    CU_ASSERT(r->n_kvs == 3 && r->kvs[1].value_len == 0);
+    clerk_range_result_free(r);
+    CU_ASSERT_EQUAL_FATAL(
+        clerk_range(ck, "r/", 2, end, end_len, 0, CLERK_RANGE_COUNT_ONLY, &r),
+        CLERK_OK);
+    CU_ASSERT(r->n_kvs == 0 && r->count == 3);
+    clerk_range_result_free(r);
+    /* From a key on ("\0"), and one key with clerk_get_ex. */
+    CU_ASSERT_EQUAL_FATAL(clerk_range(ck, "r/b", 3, "", 1, 0, 0, &r), CLERK_OK);
+    CU_ASSERT_EQUAL(r->count, 3); /* r/b, r/c, s */
+    clerk_range_result_free(r);
+    struct clerk_kv *kv;
+    uint64_t rev;
+    CU_ASSERT_EQUAL_FATAL(clerk_get_ex(ck, "r/b", 3, &kv, &rev), CLERK_OK);
+    CU_ASSERT(kv_is(kv, "r/b", "2") && kv->mod_revision == r2 && rev >= r4);
+    clerk_kv_free(kv);
+    CU_ASSERT_EQUAL(clerk_get_ex(ck, "r/none", 6, &kv, &rev), CLERK_NOT_FOUND);
+    CU_ASSERT(kv == NULL);
+    /* put with prev_kv answers the key as it was. */
+    struct clerk_put_result *p;
+    CU_ASSERT_EQUAL_FATAL(
+        clerk_put_ex(ck, "r/b", 3, "2b", 2, CLERK_PUT_PREV_KV, &p), CLERK_OK);
+    CU_ASSERT_FATAL(p->prev_kv != NULL);
+    CU_ASSERT(kv_is(p->prev_kv, "r/b", "2"));
+    clerk_put_result_free(p);
+}
+
+static void test_delete_range_is_one_revision(void)
+{
+    uint64_t before = put("d/1", "a");
+    put("d/2", "b");
+    put("d/3", "c");
+    uint8_t end[8];
+    size_t end_len = clerk_prefix_end("d/", 2, end);
+    struct clerk_delete_result *d;
+    CU_ASSERT_EQUAL_FATAL(
+        clerk_delete_range(ck, "d/", 2, end, end_len, CLERK_DELETE_PREV_KV, &d),
+        CLERK_OK);
+    CU_ASSERT_EQUAL(d->deleted, 3);
+    CU_ASSERT_EQUAL(d->revision, before + 3);
+    CU_ASSERT_EQUAL_FATAL(d->n_prev_kvs, 3);
+    CU_ASSERT(kv_is(&d->prev_kvs[1], "d/2", "b"));
+    clerk_delete_result_free(d);
+    CU_ASSERT_EQUAL_FATAL(clerk_delete_range(ck, "d/", 2, end, end_len, 0, &d),
+                          CLERK_OK);
+    CU_ASSERT_EQUAL(d->deleted, 0);
+    clerk_delete_result_free(d);
+}
+
+static void test_txn_then_else_and_ops_see_each_other(void)
+{
+    /* A lock: take it only when absent. */
+    struct clerk_txn *t = clerk_txn_new();
+    CU_ASSERT_FATAL(t != NULL);
+    clerk_txn_compare_version(t, "lock", 4, CLERK_CMP_EQUAL, 0);
+    clerk_txn_put(t, CLERK_TXN_THEN, "lock", 4, "me", 2, 0);
+    clerk_txn_range(t, CLERK_TXN_THEN, "lock", 4, NULL, 0, 0, 0);
+    clerk_txn_range(t, CLERK_TXN_ELSE, "lock", 4, NULL, 0, 0, 0);
+    struct clerk_txn_result *r;
+    CU_ASSERT_EQUAL_FATAL(clerk_txn_commit(ck, t, &r), CLERK_OK);
+    CU_ASSERT(r->succeeded);
+    CU_ASSERT_EQUAL_FATAL(r->n_responses, 2);
+    CU_ASSERT_EQUAL(r->responses[0].type, CLERK_OP_PUT);
+    CU_ASSERT_EQUAL_FATAL(r->responses[1].type, CLERK_OP_RANGE);
+    CU_ASSERT_EQUAL_FATAL(r->responses[1].range->n_kvs, 1);
+    /* The get saw the put before it, at the transaction's revision. */
+    CU_ASSERT(kv_is(&r->responses[1].range->kvs[0], "lock", "me"));
+    CU_ASSERT_EQUAL(r->responses[1].range->kvs[0].mod_revision, r->revision);
+    uint64_t rev = r->revision;
+    clerk_txn_result_free(r);
+    /* Committed again: the compare fails now, the else branch runs and
+     * nothing is written. */
+    CU_ASSERT_EQUAL_FATAL(clerk_txn_commit(ck, t, &r), CLERK_OK);
+    CU_ASSERT(!r->succeeded);
+    CU_ASSERT_EQUAL(r->revision, rev);
+    CU_ASSERT_EQUAL_FATAL(r->n_responses, 1);
+    CU_ASSERT(kv_is(&r->responses[0].range->kvs[0], "lock", "me"));
+    clerk_txn_result_free(r);
+    clerk_txn_free(t);
+    /* Two puts and a delete in one transaction: one revision. */
+    t = clerk_txn_new();
+    clerk_txn_put(t, CLERK_TXN_THEN, "t1", 2, "1", 1, 0);
+    clerk_txn_put(t, CLERK_TXN_THEN, "t2", 2, "2", 1, 0);
+    clerk_txn_delete(t, CLERK_TXN_THEN, "lock", 4, NULL, 0, 0);
+    CU_ASSERT_EQUAL_FATAL(clerk_txn_commit(ck, t, &r), CLERK_OK);
+    CU_ASSERT_EQUAL(r->revision, rev + 1);
+    CU_ASSERT_EQUAL(r->responses[2].del->deleted, 1);
+    clerk_txn_result_free(r);
+    clerk_txn_free(t);
+}
+
+static void test_compact_and_events(void)
+{
+    uint64_t r1 = put("e", "1");
+    uint64_t r2 = put("e", "2");
+    CU_ASSERT_EQUAL(clerk_delete_range(ck, "e", 1, NULL, 0, 0, NULL), CLERK_OK);
+    struct clerk_events_result *ev;
+    CU_ASSERT_EQUAL_FATAL(clerk_events(ck, r1, "e", 1, NULL, 0, 0, &ev),
+                          CLERK_OK);
+    CU_ASSERT_EQUAL_FATAL(ev->n_events, 3);
+    CU_ASSERT(ev->events[0].type == CLERK_EVENT_PUT &&
+              kv_is(&ev->events[0].kv, "e", "1"));
+    CU_ASSERT_EQUAL(ev->events[1].kv.mod_revision, r2);
+    CU_ASSERT_EQUAL(ev->events[2].type, CLERK_EVENT_DELETE);
+    CU_ASSERT_EQUAL(ev->next_revision, r2 + 2);
+    clerk_events_result_free(ev);
+    /* Polled with a limit: one at a time. */
+    CU_ASSERT_EQUAL_FATAL(clerk_events(ck, r1, "e", 1, NULL, 0, 1, &ev),
+                          CLERK_OK);
+    CU_ASSERT(ev->n_events == 1 && ev->more && ev->next_revision == r1 + 1);
+    clerk_events_result_free(ev);
+    uint64_t compacted = 0;
+    CU_ASSERT_EQUAL(clerk_compact(ck, r1, &compacted), CLERK_OK);
+    CU_ASSERT_EQUAL(compacted, r1);
+    CU_ASSERT_EQUAL(clerk_compact(ck, r1, &compacted), CLERK_COMPACTED);
+    CU_ASSERT_EQUAL(compacted, r1);
+    CU_ASSERT_EQUAL(clerk_compact(ck, r2 + 1000, NULL), CLERK_FUTURE_REVISION);
+    CU_ASSERT_EQUAL(clerk_events(ck, r1, "e", 1, NULL, 0, 0, &ev),
+                    CLERK_COMPACTED);
+    CU_ASSERT_FATAL(ev != NULL);
+    CU_ASSERT_EQUAL(ev->compact_revision, r1);
+    clerk_events_result_free(ev);
+    CU_ASSERT_EQUAL_FATAL(clerk_events(ck, r1 + 1, "e", 1, NULL, 0, 0, &ev),
+                          CLERK_OK);
+    CU_ASSERT_EQUAL(ev->n_events, 2);
+    clerk_events_result_free(ev);
+}
+
+/* Run kvctl with args and stdin text; capture stdout; return status. */
+static int kvctl(const char *args, const char *input, char *out, size_t cap)
+{
+    char cmd[2048], in_path[600] = "";
+    if (input) {
+        snprintf(in_path, sizeof in_path, "%s/kvctl-in", dc.root);
+        FILE *f = fopen(in_path, "w");
+        CU_ASSERT_FATAL(f != NULL);
+        fputs(input, f);
+        fclose(f);
+    }
+    snprintf(cmd, sizeof cmd, "%s --cluster %s %s < %s 2>/dev/null", KVCTL_BIN,
+             eps, args, input ? in_path : "/dev/null");
+    FILE *p = popen(cmd, "r");
+    size_t n = fread(out, 1, cap - 1, p);
+    out[n] = 0;
+    int st = pclose(p);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+static void test_kvctl_prefix_txn_and_json(void)
+{
+    char out[8192];
+    put("kp/x", "1");
+    put("kp/y", "2");
+    CU_ASSERT_EQUAL(kvctl("get kp/ --prefix", NULL, out, sizeof out), 0);
+    CU_ASSERT_STRING_EQUAL(out, "kp/x\n1\nkp/y\n2\n");
+    CU_ASSERT_EQUAL(
+        kvctl("get kp/ --prefix --keys-only", NULL, out, sizeof out), 0);
+    CU_ASSERT_STRING_EQUAL(out, "kp/x\nkp/y\n");
+    CU_ASSERT_EQUAL(
+        kvctl("get kp/ --prefix --count-only", NULL, out, sizeof out), 0);
+    CU_ASSERT_STRING_EQUAL(out, "2\n");
+    CU_ASSERT_EQUAL(kvctl("-w json get kp/x --rev-info", NULL, out, sizeof out),
+                    0);
+    /* "kp/x" and "1" in base64. */
+    CU_ASSERT(strstr(out, "{\"ok\":true,\"header\":{\"revision\":") == out);
+    CU_ASSERT(strstr(out, "\"key\":\"a3AveA==\"") != NULL);
+    CU_ASSERT(strstr(out, "\"value\":\"MQ==\"") != NULL);
+    CU_ASSERT(strstr(out, "\"version\":1") != NULL);
+    CU_ASSERT(strstr(out, "\"count\":1") != NULL);
+    /* A transaction from standard input, etcdctl's text form. */
+    CU_ASSERT_EQUAL(kvctl("txn",
+                          "value(\"kp/x\") = \"1\"\n\nput kp/z 3\nget kp/y\n\n"
+                          "put kp/z wrong\n",
+                          out, sizeof out),
+                    0);
+    CU_ASSERT_STRING_EQUAL(out, "SUCCESS\n\nOK\n\nkp/y\n2\n");
+    CU_ASSERT_EQUAL(
+        kvctl("txn", "mod(\"kp/x\") = \"0\"\n\n\nget kp/z\n", out, sizeof out),
+        0);
+    CU_ASSERT_STRING_EQUAL(out, "FAILURE\n\nkp/z\n3\n");
+    /* The same as JSON: keys in base64 ("kp/z" = a3Aveg==). */
+    CU_ASSERT_EQUAL(kvctl("-w json txn",
+                          "{\"compare\":[{\"key\":\"a3Aveg==\",\"target\":"
+                          "\"VALUE\",\"value\":\"Mw==\"}],\"success\":[{"
+                          "\"request_range\":{\"key\":\"a3Aveg==\"}}]}",
+                          out, sizeof out),
+                    0);
+    CU_ASSERT(strstr(out, "\"succeeded\":true") != NULL);
+    CU_ASSERT(
+        strstr(out, "\"response_range\":{\"kvs\":[{\"key\":\"a3Aveg==\"") !=
+        NULL);
+    CU_ASSERT_EQUAL(kvctl("txn", "bogus(\"k\") = 1\n", out, sizeof out), 2);
+    CU_ASSERT_EQUAL(kvctl("del kp/ --prefix", NULL, out, sizeof out), 0);
+    CU_ASSERT_STRING_EQUAL(out, "3\n");
+    CU_ASSERT_EQUAL(kvctl("get kp/ --prefix", NULL, out, sizeof out), 0);
+    CU_ASSERT_STRING_EQUAL(out, "");
+    /* Plain get keeps its exit code. */
+    CU_ASSERT_EQUAL(kvctl("get kp/x", NULL, out, sizeof out), 1);
+    CU_ASSERT_EQUAL(kvctl("compact 999999999", NULL, out, sizeof out), 5);
+    CU_ASSERT_EQUAL(kvctl("events --rev 1", NULL, out, sizeof out), 8);
+}
+
+int main(int argc, char **argv)
+{
+    static CU_TestInfo tests[] = {
+        {"test_range_revisions_limit_and_order",
+         test_range_revisions_limit_and_order},
+        {"test_delete_range_is_one_revision",
+         test_delete_range_is_one_revision},
+        {"test_txn_then_else_and_ops_see_each_other",
+         test_txn_then_else_and_ops_see_each_other},
+        {"test_compact_and_events", test_compact_and_events},
+        {"test_kvctl_prefix_txn_and_json", test_kvctl_prefix_txn_and_json},
+        CU_TEST_INFO_NULL,
+    };
+    static CU_SuiteInfo suites[] = {
+        {"datamodel", setup, teardown, NULL, NULL, tests},
+        CU_SUITE_INFO_NULL,
+    };
+    return cunit_main(argc, argv, suites);
+}
