@@ -1,4 +1,4 @@
-/* auth_service.c: AuthService (users, roles, tokens), and the checks that
+/* auth.c: AuthService (users, roles, tokens), and the checks that
  * KvService and AdminService calls pass once auth is enabled.
  *
  * Hashing or checking a password (Argon2id) takes about 60 ms and 64 MiB:

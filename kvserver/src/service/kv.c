@@ -1,4 +1,5 @@
-/* client.c: KvService and AdminService: proposals, ReadIndex reads, replies. */
+/* kv.c: KvService (and, for now, AdminService Ping and Status):
+ * proposals, ReadIndex reads, replies. */
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
