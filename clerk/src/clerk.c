@@ -819,6 +819,7 @@ static int run(struct clerk *c, const struct request *rq, struct answer *out)
     size_t i = c->leader, failures_in_round = 0, hops = 0;
     char last[400] = "no server tried";
     bool reauthenticated = false;
+    size_t unknown_method = 0; /* servers that do not serve the call */
     for (;;) {
         uint64_t now = now_ms();
         if (now >= deadline) {
@@ -827,6 +828,18 @@ static int run(struct clerk *c, const struct request *rq, struct answer *out)
         unsigned budget = (unsigned)(deadline - now);
         struct answer a;
         call(c, i, rq, budget < c->attempt_ms ? budget : c->attempt_ms, &a);
+        if (!a.replied && a.rpc_status == RPC_E_UNKNOWN_METHOD &&
+            ++unknown_method >= c->n) {
+            /* An older kvserver everywhere: refused before anything was
+             * proposed. (One older node in a rolling upgrade is passed
+             * over like one that does not answer.) */
+            drop_answer(&a);
+            snprintf(c->errmsg, sizeof c->errmsg,
+                     "the servers do not serve this call (%.300s): an older "
+                     "kvserver?",
+                     a.rpc_error);
+            return CLERK_BAD_REQUEST;
+        }
         bool moved = false;
         if (a.replied && a.err == RAFTKV__KV_ERROR__KV_UNAUTHENTICATED &&
             c->user && !reauthenticated) {
@@ -854,7 +867,7 @@ static int run(struct clerk *c, const struct request *rq, struct answer *out)
              * proposed; a refused connection never sent it. */
             if (write && a.rpc_status != RPC_E_UNAVAILABLE &&
                 a.rpc_status != RPC_E_TOO_BIG && a.rpc_status != RPC_E_NOMEM &&
-                !server_too_big) {
+                a.rpc_status != RPC_E_UNKNOWN_METHOD && !server_too_big) {
                 maybe_applied = true;
             }
             if (a.rpc_status == RPC_E_TOO_BIG || server_too_big) {
