@@ -1,110 +1,193 @@
-/* lincheck_json.c: histories as JSON lines, one event per line. */
+/* lincheck_json.c: histories as JSON lines, one event per line (jansson). */
 #include <errno.h>
 #include <inttypes.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include <jansson.h>
+
 #include "lincheck.h"
 
-static const char *const op_names[] = {"get", "put", "append", "delete", "cas"};
+static const char *const op_names[] = {"get", "put",   "append", "delete",
+                                       "cas", "range", "txn"};
+#define N_OPS (sizeof op_names / sizeof *op_names)
+
+static const char *const cmp_names[] = {"=", ">", "<", "!="};
+
+/* ---- bytes as JSON strings ------------------------------------------------
+ *
+ * A history's strings are bytes; a JSON string is characters. Byte b is
+ * character U+00bb: written as UTF-8 (which JSON_ENSURE_ASCII turns into
+ * \u00bb), read back by taking each character as one byte. */
+
+/* A JSON string holding exactly these bytes, or NULL without memory. */
+static json_t *bytes_string(const void *p, size_t n)
+{
+    const unsigned char *b = p;
+    char *utf8 = malloc(2 * n + 1);
+    if (!utf8) {
+        return NULL;
+    }
+    size_t k = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (b[i] < 0x80) {
+            utf8[k++] = (char)b[i];
+        } else {
+            utf8[k++] = (char)(0xc0 | (b[i] >> 6));
+            utf8[k++] = (char)(0x80 | (b[i] & 0x3f));
+        }
+    }
+    json_t *s = json_stringn_nocheck(utf8, k);
+    free(utf8);
+    return s;
+}
 
 /* ---- writing ------------------------------------------------------------- */
 
-/* A JSON string holding exactly these bytes: each byte >= 0x80 is one
- * \u00XX escape, so the reader gets the same bytes back. */
-static void write_string(FILE *f, const void *p, size_t n)
+/* obj[name] = v, taking v; false when v is NULL or without memory. */
+static bool set_new(json_t *obj, const char *name, json_t *v)
 {
-    static const char hex[] = "0123456789abcdef";
-    const unsigned char *b = p;
-    putc('"', f);
-    for (size_t i = 0; i < n; i++) {
-        unsigned char c = b[i];
-        switch (c) {
-            case '"':
-                fputs("\\\"", f);
-                break;
-            case '\\':
-                fputs("\\\\", f);
-                break;
-            case '\n':
-                fputs("\\n", f);
-                break;
-            case '\t':
-                fputs("\\t", f);
-                break;
-            case '\r':
-                fputs("\\r", f);
-                break;
-            default:
-                if (c < 0x20 || c >= 0x7f) {
-                    fputs("\\u00", f);
-                    putc(hex[c >> 4], f);
-                    putc(hex[c & 15], f);
-                } else {
-                    putc(c, f);
-                }
+    return v && json_object_set_new(obj, name, v) == 0;
+}
+
+static bool set_bytes(json_t *obj, const char *name, const void *p, size_t n)
+{
+    return set_new(obj, name, bytes_string(p, n));
+}
+
+static bool set_bool(json_t *obj, const char *name, bool v)
+{
+    return set_new(obj, name, json_boolean(v));
+}
+
+/* A txn's branch as an array of {"op","key"[,"value"]}. */
+static json_t *branch_json(const struct lc_write *w, size_t n)
+{
+    json_t *a = json_array();
+    for (size_t i = 0; a && i < n; i++) {
+        json_t *o = json_object();
+        bool ok =
+            o && set_new(o, "op", json_string(w[i].del ? "delete" : "put")) &&
+            set_bytes(o, "key", w[i].key, w[i].key_len) &&
+            (w[i].del || set_bytes(o, "value", w[i].value, w[i].value_len));
+        if (!ok || json_array_append_new(a, o) != 0) {
+            json_decref(a);
+            return NULL;
         }
     }
-    putc('"', f);
+    return a;
 }
 
-static void write_field(FILE *f, const char *name, const void *p, size_t n)
+static json_t *reads_json(const struct lc_event *e)
 {
-    fprintf(f, ",\"%s\":", name);
-    write_string(f, p, n);
+    json_t *a = json_array();
+    for (size_t i = 0; a && i < e->n_reads; i++) {
+        const struct lc_read *r = &e->reads[i];
+        json_t *o = json_object();
+        bool ok = o && set_bytes(o, "key", r->key, r->key_len) &&
+                  set_bool(o, "found", r->found) &&
+                  (!r->found || set_bytes(o, "out", r->out, r->out_len));
+        if (!ok || json_array_append_new(a, o) != 0) {
+            json_decref(a);
+            return NULL;
+        }
+    }
+    return a;
 }
 
-static void write_event(FILE *f, const struct lc_event *e)
+static json_t *compares_json(const struct lc_event *e)
 {
-    fprintf(f, "{\"client\":%d,\"op\":\"%s\"", e->client, op_names[e->op]);
-    write_field(f, "key", e->key, e->key_len);
+    json_t *a = json_array();
+    for (size_t i = 0; a && i < e->n_compares; i++) {
+        const struct lc_compare *c = &e->compares[i];
+        json_t *o = json_object();
+        bool value = c->target == LC_CMP_VALUE;
+        bool ok =
+            o && set_bytes(o, "key", c->key, c->key_len) &&
+            set_new(o, "target", json_string(value ? "value" : "version")) &&
+            set_new(o, "result", json_string(cmp_names[c->result])) &&
+            (value
+                 ? set_bytes(o, "value", c->value, c->value_len)
+                 : set_new(o, "version", json_integer((json_int_t)c->version)));
+        if (!ok || json_array_append_new(a, o) != 0) {
+            json_decref(a);
+            return NULL;
+        }
+    }
+    return a;
+}
+
+/* One event as a JSON object (fields in the README's order), or NULL. */
+static json_t *event_json(const struct lc_event *e)
+{
+    json_t *o = json_object();
+    if (!o || !set_new(o, "client", json_integer(e->client)) ||
+        !set_new(o, "op", json_string(op_names[e->op]))) {
+        goto err_free;
+    }
+    bool ok = true;
     switch (e->op) {
         case LC_GET:
-            fprintf(f, ",\"found\":%s", e->found ? "true" : "false");
-            if (e->found) {
-                write_field(f, "out", e->out, e->out_len);
-            }
+            ok = set_bytes(o, "key", e->key, e->key_len) &&
+                 set_bool(o, "found", e->found) &&
+                 (!e->found || set_bytes(o, "out", e->out, e->out_len));
             break;
         case LC_PUT:
         case LC_APPEND:
-            write_field(f, "value", e->value, e->value_len);
+            ok = set_bytes(o, "key", e->key, e->key_len) &&
+                 set_bytes(o, "value", e->value, e->value_len);
             break;
         case LC_DELETE:
-            fprintf(f, ",\"found\":%s", e->found ? "true" : "false");
+            ok = set_bytes(o, "key", e->key, e->key_len) &&
+                 set_bool(o, "found", e->found);
             break;
         case LC_CAS:
-            if (e->expect_absent) {
-                fputs(",\"expected\":null", f);
-            } else {
-                write_field(f, "expected", e->expected, e->expected_len);
-            }
-            write_field(f, "value", e->value, e->value_len);
-            fprintf(f, ",\"swapped\":%s", e->swapped ? "true" : "false");
-            if (!e->swapped) {
-                fprintf(f, ",\"found\":%s", e->found ? "true" : "false");
-                if (e->found) {
-                    write_field(f, "out", e->out, e->out_len);
-                }
+            ok = set_bytes(o, "key", e->key, e->key_len) &&
+                 (e->expect_absent ? set_new(o, "expected", json_null())
+                                   : set_bytes(o, "expected", e->expected,
+                                               e->expected_len)) &&
+                 set_bytes(o, "value", e->value, e->value_len) &&
+                 set_bool(o, "swapped", e->swapped);
+            if (ok && !e->swapped) {
+                ok = set_bool(o, "found", e->found) &&
+                     (!e->found || set_bytes(o, "out", e->out, e->out_len));
             }
             break;
+        case LC_RANGE:
+            ok = set_new(o, "reads", reads_json(e));
+            break;
+        case LC_TXN:
+            ok = set_new(o, "compares", compares_json(e)) &&
+                 set_new(o, "then", branch_json(e->then_ops, e->n_then)) &&
+                 set_new(o, "else", branch_json(e->else_ops, e->n_else)) &&
+                 (e->unknown || set_bool(o, "succeeded", e->succeeded));
+            break;
     }
-    if (e->unknown) {
-        fputs(",\"unknown\":true", f);
+    if (!ok || (e->unknown && !set_bool(o, "unknown", true)) ||
+        !set_new(o, "call", json_integer(e->call_ns)) ||
+        (!e->unknown && !set_new(o, "return", json_integer(e->return_ns)))) {
+        goto err_free;
     }
-    fprintf(f, ",\"call\":%" PRId64, e->call_ns);
-    if (!e->unknown) {
-        fprintf(f, ",\"return\":%" PRId64, e->return_ns);
-    }
-    fputs("}\n", f);
+    return o;
+
+err_free:
+    json_decref(o);
+    return NULL;
 }
 
 int lc_history_write(const struct lc_history *h, FILE *f)
 {
     size_t n = lc_history_size(h);
     for (size_t i = 0; i < n; i++) {
-        write_event(f, lc_history_get(h, i));
-        if (ferror(f)) {
+        json_t *o = event_json(lc_history_get(h, i));
+        if (!o) {
+            errno = ENOMEM;
+            return -1;
+        }
+        int rv = json_dumpf(o, f, JSON_COMPACT | JSON_ENSURE_ASCII);
+        json_decref(o);
+        if (rv != 0 || putc('\n', f) == EOF || ferror(f)) {
             return -1;
         }
     }
@@ -116,62 +199,15 @@ int lc_history_write(const struct lc_history *h, FILE *f)
 
 /* ---- reading ------------------------------------------------------------- */
 
-/* A growable byte buffer for a decoded string. */
-struct buf
-{
-    char *p;    /* bytes */
-    size_t n;   /* used */
-    size_t cap; /* allocated */
-};
-
-static int buf_put(struct buf *b, char c)
-{
-    if (b->n == b->cap) {
-        size_t cap = b->cap ? 2 * b->cap : 64;
-        char *p = realloc(b->p, cap);
-        if (!p) {
-            return -1;
-        }
-        b->p = p;
-        b->cap = cap;
-    }
-    b->p[b->n++] = c;
-    return 0;
-}
-
-enum field {
-    F_CLIENT,
-    F_OP,
-    F_KEY,
-    F_VALUE,
-    F_EXPECTED,
-    F_FOUND,
-    F_OUT,
-    F_SWAPPED,
-    F_UNKNOWN,
-    F_CALL,
-    F_RETURN,
-    F_COUNT
-};
-
-static const char *const field_names[F_COUNT] = {
-    "client", "op",      "key",     "value", "expected", "found",
-    "out",    "swapped", "unknown", "call",  "return"};
-
-/* The state of reading one line. */
+/* The state of reading one line: what it allocated, freed at its end. */
 struct parser
 {
-    const char *p;           /* next character */
-    const char *end;         /* end of the line */
-    size_t line;             /* line number, from 1 */
-    char *err;               /* error message buffer */
-    size_t errlen;           /* its size */
-    bool seen[F_COUNT];      /* fields present on this line */
-    bool null[F_COUNT];      /* fields given as null */
-    struct buf str[F_COUNT]; /* decoded strings (key, value, ...) */
-    int64_t num[F_COUNT];    /* integers (client, call, return) */
-    bool flag[F_COUNT];      /* booleans (found, swapped, unknown) */
-    struct buf name;         /* the field name being read */
+    size_t line;   /* line number, from 1 */
+    char *err;     /* error message buffer */
+    size_t errlen; /* its size */
+    void **mem;    /* blocks allocated for this line's event */
+    size_t nmem;   /* their number */
+    size_t capmem; /* slots in mem */
 };
 
 static int fail(struct parser *ps, const char *fmt, ...)
@@ -191,330 +227,488 @@ static int fail(struct parser *ps, const char *fmt, ...)
     return -1;
 }
 
-static void skip_space(struct parser *ps)
+/* A block that lives until the line is done (zeroed), or NULL. */
+static void *line_alloc(struct parser *ps, size_t n)
 {
-    while (ps->p < ps->end && (*ps->p == ' ' || *ps->p == '\t' ||
-                               *ps->p == '\r' || *ps->p == '\n')) {
-        ps->p++;
+    if (ps->nmem == ps->capmem) {
+        size_t cap = ps->capmem ? 2 * ps->capmem : 16;
+        void **m = realloc(ps->mem, cap * sizeof *m);
+        if (!m) {
+            return NULL;
+        }
+        ps->mem = m;
+        ps->capmem = cap;
     }
+    void *p = calloc(1, n ? n : 1);
+    if (p) {
+        ps->mem[ps->nmem++] = p;
+    }
+    return p;
 }
 
-/* Consume c (after spaces) or fail. */
-static int expect(struct parser *ps, char c, const char *what)
+static void line_free(struct parser *ps)
 {
-    skip_space(ps);
-    if (ps->p >= ps->end) {
-        return fail(ps, "unexpected end of line, expected %s", what);
+    for (size_t i = 0; i < ps->nmem; i++) {
+        free(ps->mem[i]);
     }
-    if (*ps->p != c) {
-        unsigned char got = (unsigned char)*ps->p;
-        if (got >= 0x20 && got < 0x7f) {
-            return fail(ps, "expected %s, found '%c'", what, got);
+    ps->nmem = 0;
+}
+
+/* The bytes of JSON string v (each character one byte, U+0000..U+00FF). */
+static int get_bytes(struct parser *ps,
+                     json_t *v,
+                     const char *what,
+                     const void **out,
+                     size_t *out_len)
+{
+    if (!json_is_string(v)) {
+        return fail(ps, "\"%s\" must be a string", what);
+    }
+    const unsigned char *s = (const unsigned char *)json_string_value(v);
+    size_t n = json_string_length(v), k = 0;
+    unsigned char *b = line_alloc(ps, n + 1);
+    if (!b) {
+        return fail(ps, "out of memory");
+    }
+    for (size_t i = 0; i < n; k++) {
+        unsigned c = s[i];
+        if (c < 0x80) {
+            b[k] = (unsigned char)c;
+            i++;
+            continue;
         }
-        return fail(ps, "expected %s, found byte 0x%02x", what, got);
+        /* jansson gives valid UTF-8: decode one character. */
+        int more = c >= 0xf0 ? 3 : c >= 0xe0 ? 2 : 1;
+        unsigned cp = c & (0x3f >> more);
+        for (int j = 1; j <= more && i + (size_t)j < n; j++) {
+            cp = (cp << 6) | (s[i + (size_t)j] & 0x3f);
+        }
+        if (cp > 0xff) {
+            return fail(ps,
+                        "\\u%04x in %s is above \\u00ff (one character per "
+                        "byte)",
+                        cp, what);
+        }
+        b[k] = (unsigned char)cp;
+        i += (size_t)more + 1;
     }
-    ps->p++;
+    *out = b;
+    *out_len = k;
     return 0;
 }
 
-static int hex_digit(char c)
+static int get_bool(struct parser *ps, json_t *v, const char *what, bool *out)
 {
-    if (c >= '0' && c <= '9') {
-        return c - '0';
+    if (!json_is_boolean(v)) {
+        return fail(ps, "\"%s\" must be true or false", what);
     }
-    if (c >= 'a' && c <= 'f') {
-        return c - 'a' + 10;
+    *out = json_is_true(v);
+    return 0;
+}
+
+static int get_int(struct parser *ps,
+                   json_t *v,
+                   const char *what,
+                   int64_t lo,
+                   int64_t hi,
+                   int64_t *out)
+{
+    if (!json_is_integer(v)) {
+        return fail(ps, "\"%s\" must be an integer", what);
     }
-    if (c >= 'A' && c <= 'F') {
-        return c - 'A' + 10;
+    json_int_t x = json_integer_value(v);
+    if (x < lo || x > hi) {
+        return fail(ps, "\"%s\" is out of range", what);
+    }
+    *out = (int64_t)x;
+    return 0;
+}
+
+/* Which of names is s; -1 when none. */
+static int name_index(const char *s, const char *const *names, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (strcmp(s, names[i]) == 0) {
+            return (int)i;
+        }
     }
     return -1;
 }
 
-/* A JSON string into b (replacing its content); `what` names it. */
-static int parse_string(struct parser *ps, struct buf *b, const char *what)
+/* The field name as shown in a message: printable, at most 40 bytes. */
+static void shown_name(const char *name, char out[48])
 {
-    b->n = 0;
-    if (expect(ps, '"', "a string") != 0) {
-        return -1;
+    size_t i = 0;
+    for (; name[i] && i < 40; i++) {
+        unsigned char c = (unsigned char)name[i];
+        out[i] = c >= 0x20 && c < 0x7f ? (char)c : '?';
     }
-    for (;;) {
-        if (ps->p >= ps->end) {
-            return fail(ps, "unterminated string in %s", what);
-        }
-        unsigned char c = (unsigned char)*ps->p++;
-        if (c == '"') {
-            return 0;
-        }
-        if (c < 0x20) {
-            return fail(ps, "raw control byte 0x%02x in %s (escape it)", c,
-                        what);
-        }
-        if (c == '\\') {
-            if (ps->p >= ps->end) {
-                return fail(ps, "unterminated string in %s", what);
-            }
-            char x = *ps->p++;
-            switch (x) {
-                case '"':
-                case '\\':
-                case '/':
-                    c = (unsigned char)x;
-                    break;
-                case 'n':
-                    c = '\n';
-                    break;
-                case 't':
-                    c = '\t';
-                    break;
-                case 'r':
-                    c = '\r';
-                    break;
-                case 'b':
-                    c = '\b';
-                    break;
-                case 'f':
-                    c = '\f';
-                    break;
-                case 'u': {
-                    unsigned v = 0;
-                    for (int i = 0; i < 4; i++) {
-                        int d = ps->p < ps->end ? hex_digit(*ps->p) : -1;
-                        if (d < 0) {
-                            return fail(ps,
-                                        "bad \\u escape in %s (4 hex digits)",
-                                        what);
-                        }
-                        v = v * 16 + (unsigned)d;
-                        ps->p++;
-                    }
-                    if (v > 0xff) {
-                        return fail(
-                            ps,
-                            "\\u%04x in %s is above \\u00ff (one escape "
-                            "per byte)",
-                            v, what);
-                    }
-                    c = (unsigned char)v;
-                    break;
-                }
-                default:
-                    if ((unsigned char)x >= 0x20 && (unsigned char)x < 0x7f) {
-                        return fail(ps, "bad escape \\%c in %s", x, what);
-                    }
-                    return fail(ps, "bad escape in %s", what);
-            }
-        }
-        if (buf_put(b, (char)c) != 0) {
-            return fail(ps, "out of memory");
-        }
-    }
+    out[i] = '\0';
 }
 
-/* Does the input continue with word (a literal)? Consume it if so. */
-static bool take_word(struct parser *ps, const char *word)
+/* Check that object o has only the fields in names (where says where). */
+static int only_fields(struct parser *ps,
+                       json_t *o,
+                       const char *const *names,
+                       size_t n,
+                       const char *where)
 {
-    size_t n = strlen(word);
-    if ((size_t)(ps->end - ps->p) < n || memcmp(ps->p, word, n) != 0) {
-        return false;
-    }
-    const char *after = ps->p + n;
-    if (after < ps->end && ((*after >= 'a' && *after <= 'z') ||
-                            (*after >= '0' && *after <= '9'))) {
-        return false;
-    }
-    ps->p = after;
-    return true;
-}
-
-static int parse_bool(struct parser *ps, bool *out, const char *what)
-{
-    skip_space(ps);
-    if (take_word(ps, "true")) {
-        *out = true;
-    } else if (take_word(ps, "false")) {
-        *out = false;
-    } else {
-        return fail(ps, "\"%s\" must be true or false", what);
+    const char *name;
+    json_t *v;
+    json_object_foreach(o, name, v)
+    {
+        if (name_index(name, names, n) < 0) {
+            char shown[48];
+            shown_name(name, shown);
+            return fail(ps, "unknown field \"%s\"%s", shown, where);
+        }
     }
     return 0;
 }
 
-static int parse_int(struct parser *ps, int64_t *out, const char *what)
+/* The array field of a range or txn: its elements must be objects. */
+static int get_array(struct parser *ps, json_t *v, const char *what, size_t *n)
 {
-    skip_space(ps);
-    bool neg = ps->p < ps->end && *ps->p == '-';
-    const char *q = ps->p + neg;
-    if (q >= ps->end || *q < '0' || *q > '9') {
-        return fail(ps, "\"%s\" must be an integer", what);
+    if (!json_is_array(v)) {
+        return fail(ps, "\"%s\" must be an array", what);
     }
-    uint64_t v = 0, limit = neg ? (uint64_t)INT64_MAX + 1 : INT64_MAX;
-    for (; q < ps->end && *q >= '0' && *q <= '9'; q++) {
-        unsigned d = (unsigned)(*q - '0');
-        if (v > (limit - d) / 10) {
-            return fail(ps, "\"%s\" is out of range", what);
+    *n = json_array_size(v);
+    for (size_t i = 0; i < *n; i++) {
+        if (!json_is_object(json_array_get(v, i))) {
+            return fail(ps, "\"%s\" must hold objects", what);
         }
-        v = v * 10 + d;
     }
-    if (q < ps->end && (*q == '.' || *q == 'e' || *q == 'E')) {
-        return fail(ps, "\"%s\" must be an integer", what);
-    }
-    ps->p = q;
-    *out = neg ? (int64_t)(0 - v) : (int64_t)v;
     return 0;
 }
 
-static int parse_field(struct parser *ps, enum field f)
+static int parse_reads(struct parser *ps, json_t *v, struct lc_event *e)
 {
-    const char *name = field_names[f];
-    skip_space(ps);
-    bool nullable = f == F_EXPECTED || f == F_RETURN;
-    if (nullable && take_word(ps, "null")) {
-        ps->null[f] = true;
-        return 0;
-    }
-    switch (f) {
-        case F_CLIENT:
-        case F_CALL:
-        case F_RETURN:
-            if (parse_int(ps, &ps->num[f], name) != 0) {
-                return -1;
-            }
-            if (f == F_CLIENT &&
-                (ps->num[f] < -2147483647 - 1 || ps->num[f] > 2147483647)) {
-                return fail(ps, "\"client\" is out of range");
-            }
-            return 0;
-        case F_FOUND:
-        case F_SWAPPED:
-        case F_UNKNOWN:
-            return parse_bool(ps, &ps->flag[f], name);
-        default:
-            if (ps->p < ps->end && *ps->p != '"') {
-                return fail(ps, "\"%s\" must be a string", name);
-            }
-            return parse_string(ps, &ps->str[f], name);
-    }
-}
-
-/* One line's object into e (pointing into ps's buffers). */
-static int parse_line(struct parser *ps, struct lc_event *e)
-{
-    struct buf *nb = &ps->name;
-    memset(ps->seen, 0, sizeof ps->seen);
-    memset(ps->null, 0, sizeof ps->null);
-    memset(ps->flag, 0, sizeof ps->flag);
-    if (expect(ps, '{', "'{'") != 0) {
+    static const char *const names[] = {"key", "found", "out"};
+    size_t n;
+    if (get_array(ps, v, "reads", &n) != 0) {
         return -1;
     }
-    skip_space(ps);
-    if (ps->p < ps->end && *ps->p == '}') {
-        ps->p++;
-    } else {
-        for (;;) {
-            if (parse_string(ps, nb, "a field name") != 0) {
-                return -1;
-            }
-            enum field f = F_COUNT;
-            for (int i = 0; i < F_COUNT; i++) {
-                if (strlen(field_names[i]) == nb->n &&
-                    memcmp(field_names[i], nb->p, nb->n) == 0) {
-                    f = (enum field)i;
-                }
-            }
-            if (f == F_COUNT) {
-                struct buf shown = {0};
-                for (size_t i = 0; i < nb->n && i < 40; i++) {
-                    unsigned char c = (unsigned char)nb->p[i];
-                    buf_put(&shown, c >= 0x20 && c < 0x7f ? (char)c : '?');
-                }
-                buf_put(&shown, '\0');
-                fail(ps, "unknown field \"%s\"", shown.p ? shown.p : "");
-                free(shown.p);
-                return -1;
-            }
-            if (ps->seen[f]) {
-                return fail(ps, "field \"%s\" given twice", field_names[f]);
-            }
-            ps->seen[f] = true;
-            if (expect(ps, ':', "':'") != 0 || parse_field(ps, f) != 0) {
-                return -1;
-            }
-            skip_space(ps);
-            if (ps->p < ps->end && *ps->p == ',') {
-                ps->p++;
-                continue;
-            }
-            if (expect(ps, '}', "',' or '}'") != 0) {
-                return -1;
-            }
-            break;
+    struct lc_read *r = line_alloc(ps, n * sizeof *r);
+    if (!r) {
+        return fail(ps, "out of memory");
+    }
+    for (size_t i = 0; i < n; i++) {
+        json_t *o = json_array_get(v, i);
+        json_t *key = json_object_get(o, "key");
+        json_t *found = json_object_get(o, "found");
+        json_t *out = json_object_get(o, "out");
+        if (only_fields(ps, o, names, 3, " in \"reads\"") != 0) {
+            return -1;
+        }
+        if (!key) {
+            return fail(ps, "missing \"key\" in \"reads\"");
+        }
+        if (get_bytes(ps, key, "key", &r[i].key, &r[i].key_len) != 0 ||
+            (out && get_bytes(ps, out, "out", &r[i].out, &r[i].out_len) != 0) ||
+            (found && get_bool(ps, found, "found", &r[i].found) != 0)) {
+            return -1;
+        }
+        if (!found) {
+            r[i].found = out != NULL;
+        }
+        if (!r[i].found && out) {
+            return fail(ps, "\"out\" of a key not found in \"reads\"");
         }
     }
-    skip_space(ps);
-    if (ps->p < ps->end) {
-        return fail(ps, "unexpected text after the object");
-    }
+    e->reads = r;
+    e->n_reads = n;
+    return 0;
+}
 
-    if (!ps->seen[F_OP]) {
+static int parse_compares(struct parser *ps, json_t *v, struct lc_event *e)
+{
+    static const char *const names[] = {"key", "target", "result", "value",
+                                        "version"};
+    static const char *const targets[] = {"value", "version"};
+    size_t n;
+    if (get_array(ps, v, "compares", &n) != 0) {
+        return -1;
+    }
+    struct lc_compare *c = line_alloc(ps, n * sizeof *c);
+    if (!c) {
+        return fail(ps, "out of memory");
+    }
+    for (size_t i = 0; i < n; i++) {
+        json_t *o = json_array_get(v, i);
+        json_t *key = json_object_get(o, "key");
+        json_t *target = json_object_get(o, "target");
+        json_t *result = json_object_get(o, "result");
+        if (only_fields(ps, o, names, 5, " in \"compares\"") != 0) {
+            return -1;
+        }
+        if (!key || !target || !result) {
+            return fail(ps,
+                        "a compare needs \"key\", \"target\" and "
+                        "\"result\"");
+        }
+        int t = json_is_string(target)
+                    ? name_index(json_string_value(target), targets, 2)
+                    : -1;
+        int r = json_is_string(result)
+                    ? name_index(json_string_value(result), cmp_names, 4)
+                    : -1;
+        if (t < 0) {
+            return fail(ps, "\"target\" must be value or version");
+        }
+        if (r < 0) {
+            return fail(ps, "\"result\" must be =, !=, > or <");
+        }
+        c[i].target = (enum lc_cmp_target)t;
+        c[i].result = (enum lc_cmp_result)r;
+        if (get_bytes(ps, key, "key", &c[i].key, &c[i].key_len) != 0) {
+            return -1;
+        }
+        const char *operand = t == LC_CMP_VALUE ? "value" : "version";
+        const char *other = t == LC_CMP_VALUE ? "version" : "value";
+        json_t *x = json_object_get(o, operand);
+        if (!x) {
+            return fail(ps, "missing \"%s\" in a %s compare", operand, operand);
+        }
+        if (json_object_get(o, other)) {
+            return fail(ps, "\"%s\" in a %s compare", other, operand);
+        }
+        int64_t ver;
+        if (t == LC_CMP_VALUE
+                ? get_bytes(ps, x, "value", &c[i].value, &c[i].value_len)
+                : get_int(ps, x, "version", 0, INT64_MAX, &ver)) {
+            return -1;
+        }
+        c[i].version = t == LC_CMP_VERSION ? (uint64_t)ver : 0;
+    }
+    e->compares = c;
+    e->n_compares = n;
+    return 0;
+}
+
+static int parse_branch(struct parser *ps,
+                        json_t *v,
+                        const char *what,
+                        const struct lc_write **out,
+                        size_t *out_n)
+{
+    static const char *const names[] = {"op", "key", "value"};
+    static const char *const ops[] = {"put", "delete"};
+    size_t n;
+    if (get_array(ps, v, what, &n) != 0) {
+        return -1;
+    }
+    struct lc_write *w = line_alloc(ps, n * sizeof *w);
+    if (!w) {
+        return fail(ps, "out of memory");
+    }
+    char where[32];
+    snprintf(where, sizeof where, " in \"%s\"", what);
+    for (size_t i = 0; i < n; i++) {
+        json_t *o = json_array_get(v, i);
+        json_t *op = json_object_get(o, "op");
+        json_t *key = json_object_get(o, "key");
+        json_t *value = json_object_get(o, "value");
+        if (only_fields(ps, o, names, 3, where) != 0) {
+            return -1;
+        }
+        int k =
+            json_is_string(op) ? name_index(json_string_value(op), ops, 2) : -1;
+        if (k < 0) {
+            return fail(ps, "\"op\" in \"%s\" must be put or delete", what);
+        }
+        w[i].del = k == 1;
+        if (!key) {
+            return fail(ps, "missing \"key\" in \"%s\"", what);
+        }
+        if (!w[i].del && !value) {
+            return fail(ps, "missing \"value\" of a put in \"%s\"", what);
+        }
+        if (w[i].del && value) {
+            return fail(ps, "\"value\" of a delete in \"%s\"", what);
+        }
+        if (get_bytes(ps, key, "key", &w[i].key, &w[i].key_len) != 0 ||
+            (value && get_bytes(ps, value, "value", &w[i].value,
+                                &w[i].value_len) != 0)) {
+            return -1;
+        }
+    }
+    *out = w;
+    *out_n = n;
+    return 0;
+}
+
+enum field {
+    F_CLIENT,
+    F_OP,
+    F_KEY,
+    F_VALUE,
+    F_EXPECTED,
+    F_FOUND,
+    F_OUT,
+    F_SWAPPED,
+    F_UNKNOWN,
+    F_CALL,
+    F_RETURN,
+    F_READS,
+    F_COMPARES,
+    F_THEN,
+    F_ELSE,
+    F_SUCCEEDED,
+    F_COUNT
+};
+
+static const char *const field_names[F_COUNT] = {
+    "client",   "op",      "key",     "value",    "expected", "found",
+    "out",      "swapped", "unknown", "call",     "return",   "reads",
+    "compares", "then",    "else",    "succeeded"};
+
+/* Which ops may have a field: bit i for op i. */
+#define OPS_SINGLE                                                             \
+    ((1u << LC_GET) | (1u << LC_PUT) | (1u << LC_APPEND) | (1u << LC_DELETE) | \
+     (1u << LC_CAS))
+#define OPS_ALL ((1u << N_OPS) - 1)
+static const unsigned field_ops[F_COUNT] = {
+    [F_CLIENT] = OPS_ALL,        [F_OP] = OPS_ALL,
+    [F_KEY] = OPS_SINGLE,        [F_VALUE] = OPS_SINGLE,
+    [F_EXPECTED] = OPS_SINGLE,   [F_FOUND] = OPS_SINGLE,
+    [F_OUT] = OPS_SINGLE,        [F_SWAPPED] = OPS_SINGLE,
+    [F_UNKNOWN] = OPS_ALL,       [F_CALL] = OPS_ALL,
+    [F_RETURN] = OPS_ALL,        [F_READS] = 1u << LC_RANGE,
+    [F_COMPARES] = 1u << LC_TXN, [F_THEN] = 1u << LC_TXN,
+    [F_ELSE] = 1u << LC_TXN,     [F_SUCCEEDED] = 1u << LC_TXN,
+};
+
+/* One line's object into e (pointing into blocks of ps). */
+static int parse_object(struct parser *ps, json_t *obj, struct lc_event *e)
+{
+    json_t *f[F_COUNT] = {0};
+    const char *name;
+    json_t *v;
+    json_object_foreach(obj, name, v)
+    {
+        int i = name_index(name, field_names, F_COUNT);
+        if (i < 0) {
+            char shown[48];
+            shown_name(name, shown);
+            return fail(ps, "unknown field \"%s\"", shown);
+        }
+        f[i] = v;
+    }
+    if (!f[F_OP]) {
         return fail(ps, "missing \"op\"");
     }
-    const struct buf *op = &ps->str[F_OP];
-    int opi = -1;
-    for (int i = 0; i < 5; i++) {
-        if (strlen(op_names[i]) == op->n &&
-            memcmp(op_names[i], op->p, op->n) == 0) {
-            opi = i;
+    int op = json_is_string(f[F_OP])
+                 ? name_index(json_string_value(f[F_OP]), op_names, N_OPS)
+                 : -1;
+    if (op < 0) {
+        return fail(ps,
+                    "\"op\" must be get, put, append, delete, cas, range or "
+                    "txn");
+    }
+    for (int i = 0; i < F_COUNT; i++) {
+        if (f[i] && !(field_ops[i] >> op & 1)) {
+            return fail(ps, "field \"%s\" is not one of %s's", field_names[i],
+                        op_names[op]);
         }
     }
-    if (opi < 0) {
-        return fail(ps, "\"op\" must be get, put, append, delete or cas");
+    memset(e, 0, sizeof *e);
+    e->op = (enum lc_op)op;
+    int64_t x;
+    if (f[F_CLIENT]) {
+        if (get_int(ps, f[F_CLIENT], "client", INT32_MIN, INT32_MAX, &x) != 0) {
+            return -1;
+        }
+        e->client = (int)x;
     }
-    if (!ps->seen[F_KEY]) {
+    if (op <= LC_CAS && !f[F_KEY]) {
         return fail(ps, "missing \"key\"");
     }
-    if (!ps->seen[F_CALL]) {
+    if (f[F_KEY] && get_bytes(ps, f[F_KEY], "key", &e->key, &e->key_len) != 0) {
+        return -1;
+    }
+    if (f[F_UNKNOWN] &&
+        get_bool(ps, f[F_UNKNOWN], "unknown", &e->unknown) != 0) {
+        return -1;
+    }
+    if (!f[F_CALL]) {
         return fail(ps, "missing \"call\"");
     }
-    bool unknown = ps->seen[F_UNKNOWN] && ps->flag[F_UNKNOWN];
-    bool has_return = ps->seen[F_RETURN] && !ps->null[F_RETURN];
-    if (!unknown && !has_return) {
+    if (get_int(ps, f[F_CALL], "call", INT64_MIN, INT64_MAX, &e->call_ns) !=
+        0) {
+        return -1;
+    }
+    bool has_return = f[F_RETURN] && !json_is_null(f[F_RETURN]);
+    if (has_return && get_int(ps, f[F_RETURN], "return", INT64_MIN, INT64_MAX,
+                              &e->return_ns) != 0) {
+        return -1;
+    }
+    if (!e->unknown && !has_return) {
         return fail(ps,
                     "missing \"return\" (required unless \"unknown\" "
                     "is true)");
     }
-    if (!unknown && ps->num[F_RETURN] < ps->num[F_CALL]) {
+    if (!e->unknown && e->return_ns < e->call_ns) {
         return fail(ps, "\"return\" is before \"call\"");
     }
-    if ((opi == LC_PUT || opi == LC_APPEND || opi == LC_CAS) &&
-        !ps->seen[F_VALUE]) {
-        return fail(ps, "missing \"value\" (required by %s)", op_names[opi]);
+    if (!has_return) {
+        e->return_ns = 0;
     }
-
-    memset(e, 0, sizeof *e);
-    e->client = ps->seen[F_CLIENT] ? (int)ps->num[F_CLIENT] : 0;
-    e->op = (enum lc_op)opi;
-    e->key = ps->str[F_KEY].p;
-    e->key_len = ps->str[F_KEY].n;
-    if (ps->seen[F_VALUE]) {
-        e->value = ps->str[F_VALUE].p;
-        e->value_len = ps->str[F_VALUE].n;
+    bool needs_value = op == LC_PUT || op == LC_APPEND || op == LC_CAS;
+    if (needs_value && !f[F_VALUE]) {
+        return fail(ps, "missing \"value\" (required by %s)", op_names[op]);
     }
-    e->expect_absent = !ps->seen[F_EXPECTED] || ps->null[F_EXPECTED];
-    if (!e->expect_absent) {
-        e->expected = ps->str[F_EXPECTED].p;
-        e->expected_len = ps->str[F_EXPECTED].n;
+    if (f[F_VALUE] &&
+        get_bytes(ps, f[F_VALUE], "value", &e->value, &e->value_len) != 0) {
+        return -1;
     }
-    bool has_out = ps->seen[F_OUT];
-    if (has_out) {
-        e->out = ps->str[F_OUT].p;
-        e->out_len = ps->str[F_OUT].n;
+    e->expect_absent = !f[F_EXPECTED] || json_is_null(f[F_EXPECTED]);
+    if (!e->expect_absent && get_bytes(ps, f[F_EXPECTED], "expected",
+                                       &e->expected, &e->expected_len) != 0) {
+        return -1;
     }
-    e->found = ps->seen[F_FOUND] ? ps->flag[F_FOUND] : has_out;
-    e->swapped = ps->flag[F_SWAPPED];
-    e->unknown = unknown;
-    e->call_ns = ps->num[F_CALL];
-    e->return_ns = has_return ? ps->num[F_RETURN] : 0;
+    if (f[F_OUT] && get_bytes(ps, f[F_OUT], "out", &e->out, &e->out_len) != 0) {
+        return -1;
+    }
+    e->found = f[F_OUT] != NULL;
+    if (f[F_FOUND] && get_bool(ps, f[F_FOUND], "found", &e->found) != 0) {
+        return -1;
+    }
+    if (f[F_SWAPPED] &&
+        get_bool(ps, f[F_SWAPPED], "swapped", &e->swapped) != 0) {
+        return -1;
+    }
+    if (op == LC_RANGE) {
+        if (!f[F_READS]) {
+            return fail(ps, "missing \"reads\" (required by range)");
+        }
+        if (parse_reads(ps, f[F_READS], e) != 0) {
+            return -1;
+        }
+        if (e->n_reads == 0) {
+            return fail(ps, "\"reads\" is empty");
+        }
+    }
+    if (op == LC_TXN) {
+        if ((f[F_COMPARES] && parse_compares(ps, f[F_COMPARES], e) != 0) ||
+            (f[F_THEN] && parse_branch(ps, f[F_THEN], "then", &e->then_ops,
+                                       &e->n_then) != 0) ||
+            (f[F_ELSE] && parse_branch(ps, f[F_ELSE], "else", &e->else_ops,
+                                       &e->n_else) != 0)) {
+            return -1;
+        }
+        if (e->n_compares + e->n_then + e->n_else == 0) {
+            return fail(ps, "a txn needs a compare or an op");
+        }
+        if (!e->unknown && !f[F_SUCCEEDED]) {
+            return fail(ps,
+                        "missing \"succeeded\" (required by txn unless "
+                        "\"unknown\" is true)");
+        }
+        if (f[F_SUCCEEDED] &&
+            get_bool(ps, f[F_SUCCEEDED], "succeeded", &e->succeeded) != 0) {
+            return -1;
+        }
+    }
     return 0;
 }
 
@@ -538,30 +732,33 @@ int lc_history_read(struct lc_history *h, FILE *f, char *err, size_t errlen)
             break;
         }
         ps.line++;
-        ps.p = line;
-        ps.end = line + n;
-        if (ps.end > ps.p && ps.end[-1] == '\n') {
-            ps.end--; /* a string cannot run on past the line */
-        }
-        skip_space(&ps);
-        if (ps.p == ps.end) {
+        size_t len = (size_t)n;
+        if (strspn(line, " \t\r\n") == len) {
             continue; /* blank line */
         }
-        struct lc_event e;
-        if (parse_line(&ps, &e) != 0) {
-            rv = -1;
+        json_error_t jerr;
+        json_t *obj = json_loadb(
+            line, len, JSON_REJECT_DUPLICATES | JSON_ALLOW_NUL, &jerr);
+        if (!obj) {
+            rv = fail(&ps, "%s (column %d)", jerr.text, jerr.column);
             break;
         }
-        if (lc_history_add(h, &e) != 0) {
+        struct lc_event e;
+        if (!json_is_object(obj)) {
+            rv = fail(&ps, "expected an object");
+        } else if (parse_object(&ps, obj, &e) != 0) {
+            rv = -1;
+        } else if (lc_history_add(h, &e) != 0) {
             rv = fail(&ps, "%s",
                       errno == EINVAL ? "invalid event" : "out of memory");
+        }
+        json_decref(obj);
+        line_free(&ps);
+        if (rv != 0) {
             break;
         }
     }
     free(line);
-    for (int i = 0; i < F_COUNT; i++) {
-        free(ps.str[i].p);
-    }
-    free(ps.name.p);
+    free(ps.mem);
     return rv;
 }

@@ -7,6 +7,7 @@
 #include <time.h>
 
 #include "lincheck_key.h"
+#include "lincheck_msg.h"
 
 /* ---- byte strings as hashes ---------------------------------------------- */
 
@@ -491,94 +492,24 @@ static int step(struct checker *ck, struct op *o, uint32_t s, uint32_t *next)
             return state_matches(ck, s, e->out, e->out_len, o->out_hash,
                                  &o->out_state);
         }
+        case LC_RANGE:
+        case LC_TXN:
+            return 0; /* lc_check sends these to lc_check_group */
     }
     return *next == STATE_NONE ? -1 : 1;
 }
 
 /* ---- messages ------------------------------------------------------------ */
 
-/* A bounded string being written. */
-struct msg
-{
-    char *buf;  /* the text */
-    size_t cap; /* its size */
-    size_t len; /* characters written (or that would have been) */
-};
-
-static void msg_printf(struct msg *m, const char *fmt, ...)
-    __attribute__((format(printf, 2, 3)));
-
-static void msg_printf(struct msg *m, const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    size_t room = m->len < m->cap ? m->cap - m->len : 0;
-    int n = vsnprintf(room ? m->buf + m->len : NULL, room, fmt, ap);
-    va_end(ap);
-    if (n > 0) {
-        m->len += (size_t)n;
-    }
-    if (m->cap && m->len >= m->cap && m->cap > 4) {
-        memcpy(m->buf + m->cap - 4, "...", 4); /* mark the truncation */
-    }
-}
-
-/* Write bytes as a quoted printable string: \xHH for the rest. */
-static void msg_bytes(struct msg *m, const uint8_t *p, size_t n)
-{
-    for (size_t i = 0; i < n; i++) {
-        uint8_t c = p[i];
-        if (c == '"' || c == '\\') {
-            msg_printf(m, "\\%c", c);
-        } else if (c >= 0x20 && c < 0x7f) {
-            msg_printf(m, "%c", c);
-        } else {
-            msg_printf(m, "\\x%02x", c);
-        }
-    }
-}
-
-#define SHOW_BYTES 32
-
-/* A value: quoted, its head only when long. */
-static void msg_value(struct msg *m, const void *p, size_t n)
-{
-    msg_printf(m, "\"");
-    msg_bytes(m, p, n <= SHOW_BYTES ? n : SHOW_BYTES);
-    if (n > SHOW_BYTES) {
-        msg_printf(m, "...\"(%zu bytes)", n);
-    } else {
-        msg_printf(m, "\"");
-    }
-}
-
-/* The last n of total bytes, quoted; "..." and the length when cut. */
-static void msg_tail(struct msg *m, const void *p, size_t n, size_t total)
-{
-    if (n == total) {
-        msg_value(m, p, n);
-        return;
-    }
-    msg_printf(m, "\"...");
-    msg_bytes(m, p, n);
-    msg_printf(m, "\"(%zu bytes)", total);
-}
-
-/* A value read: quoted, its tail only when long (appends differ there). */
-static void msg_read(struct msg *m, const void *p, size_t n)
-{
-    size_t show = n <= SHOW_BYTES ? n : SHOW_BYTES;
-    msg_tail(m, (const uint8_t *)p + n - show, show, n);
-}
-
-static void msg_state(struct msg *m, const struct checker *ck, uint32_t s)
+static void msg_state(struct lc_msg *m, const struct checker *ck, uint32_t s)
 {
     if (s == STATE_ABSENT) {
-        msg_printf(m, "absent");
+        lc_msg_printf(m, "absent");
         return;
     }
-    uint8_t tail[SHOW_BYTES];
-    size_t len = ck->st[s].len, want = len < SHOW_BYTES ? len : SHOW_BYTES;
+    uint8_t tail[LC_SHOW_BYTES];
+    size_t len = ck->st[s].len,
+           want = len < LC_SHOW_BYTES ? len : LC_SHOW_BYTES;
     size_t got = 0;
     struct rev r;
     rev_init(&r, ck->st, s, NULL, 0);
@@ -588,95 +519,30 @@ static void msg_state(struct msg *m, const struct checker *ck, uint32_t s)
         got += k;
         r.n -= k;
     }
-    msg_tail(m, tail, want, len);
-}
-
-static void msg_time(struct msg *m, const struct lc_event *e)
-{
-    if (e->unknown) {
-        msg_printf(m, " [%" PRId64 ",?]", e->call_ns);
-    } else {
-        msg_printf(m, " [%" PRId64 ",%" PRId64 "]", e->call_ns, e->return_ns);
-    }
-}
-
-/* One op as "c3 append("x") [call,return]". */
-static void msg_op(struct msg *m, const struct lc_event *e)
-{
-    static const char *const names[] = {"get", "put", "append", "delete",
-                                        "cas"};
-    msg_printf(m, "c%d %s(", e->client, names[e->op]);
-    switch (e->op) {
-        case LC_PUT:
-        case LC_APPEND:
-            msg_value(m, e->value, e->value_len);
-            msg_printf(m, ")");
-            break;
-        case LC_CAS:
-            if (e->expect_absent) {
-                msg_printf(m, "absent");
-            } else {
-                msg_value(m, e->expected, e->expected_len);
-            }
-            msg_printf(m, "->");
-            msg_value(m, e->value, e->value_len);
-            msg_printf(m, ")");
-            if (e->unknown) {
-                msg_printf(m, "->?");
-            } else if (e->swapped) {
-                msg_printf(m, "->swapped");
-            } else if (e->found) {
-                msg_printf(m, "->mismatch ");
-                msg_read(m, e->out, e->out_len);
-            } else {
-                msg_printf(m, "->mismatch absent");
-            }
-            break;
-        case LC_GET:
-            msg_printf(m, ")->");
-            if (e->found) {
-                msg_read(m, e->out, e->out_len);
-            } else {
-                msg_printf(m, "absent");
-            }
-            break;
-        case LC_DELETE:
-            msg_printf(m, ")->%s",
-                       e->unknown ? "?"
-                       : e->found ? "found"
-                                  : "absent");
-            break;
-    }
-    msg_time(m, e);
-}
-
-static void msg_key(struct msg *m, const struct lc_event *e)
-{
-    msg_printf(m, "key ");
-    msg_value(m, e->key, e->key_len);
+    lc_msg_tail(m, tail, want, len);
 }
 
 /* The failure message of a key with no linearization. */
-static void describe_failure(const struct checker *ck, struct msg *m)
+static void describe_failure(const struct checker *ck, struct lc_msg *m)
 {
     const struct best *b = &ck->best;
-    msg_key(m, ck->ops[0].ev);
-    msg_printf(m,
-               " (%zu operations): longest linearizable prefix found: "
-               "%" PRId64 " ops",
-               ck->n, b->depth);
+    lc_msg_key(m, ck->ops[0].ev);
+    lc_msg_printf(m,
+                  " (%zu operations): longest linearizable prefix found: "
+                  "%" PRId64 " ops",
+                  ck->n, b->depth);
     if (b->ntail) {
-        msg_printf(m, b->ntail < (size_t)b->depth ? " ending ... " : ": ");
+        lc_msg_printf(m, b->ntail < (size_t)b->depth ? " ending ... " : ": ");
         for (size_t i = 0; i < b->ntail; i++) {
-            msg_printf(m, "%s", i ? "; " : "");
-            msg_op(m, ck->ops[b->tail[i]].ev);
+            lc_msg_printf(m, "%s", i ? "; " : "");
+            lc_msg_op(m, ck->ops[b->tail[i]].ev);
         }
     }
-    msg_printf(m, "; state then ");
+    lc_msg_printf(m, "; state then ");
     msg_state(m, ck, b->state);
-    msg_printf(m, "; no order of the pending ops gets past the return of ");
-    msg_op(m, ck->ops[b->stuck].ev);
-    msg_printf(m, "; pending:");
+    lc_msg_printf(m, "; no order of the pending ops gets past the return of ");
+    lc_msg_op(m, ck->ops[b->stuck].ev);
+    lc_msg_printf(m, "; pending:");
     size_t shown = 0, more = 0, limit = ck->ops[b->stuck].ret_pos;
     for (size_t i = 0; i < ck->n; i++) {
         const struct op *o = &ck->ops[i];
@@ -687,12 +553,12 @@ static void describe_failure(const struct checker *ck, struct msg *m)
             more++;
             continue;
         }
-        msg_printf(m, "%s", shown ? "; " : " ");
-        msg_op(m, o->ev);
+        lc_msg_printf(m, "%s", shown ? "; " : " ");
+        lc_msg_op(m, o->ev);
         shown++;
     }
     if (more) {
-        msg_printf(m, "; and %zu more", more);
+        lc_msg_printf(m, "; and %zu more", more);
     }
 }
 
@@ -1408,11 +1274,11 @@ enum lc_key_result lc_check_key(const struct lc_event *const *ev,
                                 char *detail,
                                 size_t detail_len)
 {
-    struct msg m = {.buf = detail, .cap = detail_len};
+    struct lc_msg m = {.buf = detail, .cap = detail_len};
     struct checker ck;
     if (checker_init(&ck, ev, n) != 0) {
-        msg_key(&m, ev[0]);
-        msg_printf(&m, ": out of memory setting up the search");
+        lc_msg_key(&m, ev[0]);
+        lc_msg_printf(&m, ": out of memory setting up the search");
         return LC_KEY_NOMEM;
     }
     if (deadline) {
@@ -1428,18 +1294,19 @@ enum lc_key_result lc_check_key(const struct lc_event *const *ev,
             break;
         case SEARCH_TIMEOUT:
         case SEARCH_NOMEM:
-            msg_key(&m, ev[0]);
-            msg_printf(&m, " (%zu operations): ", ck.n);
+            lc_msg_key(&m, ev[0]);
+            lc_msg_printf(&m, " (%zu operations): ", ck.n);
             if (r == SEARCH_TIMEOUT) {
-                msg_printf(&m, "ran out of time");
+                lc_msg_printf(&m, "ran out of time");
             } else {
-                msg_printf(&m, "ran out of memory (memo cap %zu MiB)",
-                           LC_MEMO_CAP_BYTES >> 20);
+                lc_msg_printf(&m, "ran out of memory (memo cap %zu MiB)",
+                              LC_MEMO_CAP_BYTES >> 20);
             }
-            msg_printf(&m,
-                       " after %zu memo entries, with at most %zu operations "
-                       "linearized at once",
-                       ck.memo_n, ck.max_depth);
+            lc_msg_printf(
+                &m,
+                " after %zu memo entries, with at most %zu operations "
+                "linearized at once",
+                ck.memo_n, ck.max_depth);
             break;
     }
     checker_free(&ck);
