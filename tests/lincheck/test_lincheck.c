@@ -1577,7 +1577,7 @@ static void test_lincheck_events_of_the_wrong_shape_are_refused(void)
 
 /* ---- ranges and transactions against brute force ------------------------- */
 
-#define MK_MAX  7 /* ops in a history */
+#define MK_MAX  8 /* ops in a history */
 #define MK_KEYS 3 /* keys a, b, c */
 
 static const char *const mk_keys[MK_KEYS] = {"a", "b", "c"};
@@ -1925,7 +1925,7 @@ static void test_lincheck_ranges_and_txns_agree_with_brute_force(void)
     unsigned seed = cunit_seed() ^ 0x3b;
     int verdicts[2] = {0, 0};
     const char *env = getenv("LINCHECK_BF_ROUNDS");
-    int rounds = env ? atoi(env) / 3 : 10000;
+    int rounds = env ? atoi(env) / 3 : 20000;
     static struct mk_ops m;
     for (int round = 0; round < rounds; round++) {
         int n = 1 + rand_r(&seed) % MK_MAX;
