@@ -8,7 +8,10 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "metrics.h"
 #include "node.h"
+#include "quota.h"
+#include "service.h"
 
 static const char usage_text[] =
     "usage: kvserver --id N --cluster ID=HOST:PORT,... --data-dir DIR\n"
@@ -572,5 +575,13 @@ int main(int argc, char **argv)
     if (restore) {
         return kv_restore_file(&c, restore);
     }
-    return kv_node_run(&c);
+    struct kv_node *n;
+    if (kv_node_open(&c, &n) != 0) {
+        return 1;
+    }
+    struct kv_services *services;
+    int rv = kv_services_open(n, &services) == 0 ? kv_node_run(n) : 1;
+    kv_node_close(n); /* tells the services that the node stops */
+    kv_services_free(services);
+    return rv;
 }

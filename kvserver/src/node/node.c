@@ -110,10 +110,15 @@ static void finish_update(struct kv_node *n, struct raft_update *u)
             peer_send(n, m);
         }
     }
-    client_answer_applied(n);
+    node_complete_writes(n);
     node_clear_applied(n);
-    client_answer_reads(n, u->reads, u->n_reads);
-    client_serve_ready_reads(n);
+    node_confirm_reads(n, u->reads, u->n_reads);
+    node_serve_reads(n);
+    if (n->applied != n->applied_told) {
+        n->applied_told = n->applied;
+        node_publish(n, NODE_EV_APPLIED);
+    }
+    bool moved = u->role_changed || u->leader != n->metrics.last_leader;
     if (u->leader != n->metrics.last_leader) {
         n->metrics.leader_changes += u->leader != 0;
         n->metrics.last_leader = u->leader;
@@ -122,6 +127,9 @@ static void finish_update(struct kv_node *n, struct raft_update *u)
         rpc_logf(RPC_LOG_INFO, "node %llu: %s in term %llu, leader %llu",
                  (unsigned long long)n->cfg.id, raft_role_name(u->role),
                  (unsigned long long)u->term, (unsigned long long)u->leader);
+    }
+    if (moved) {
+        node_publish(n, NODE_EV_ROLE);
     }
     bool named = u->role_changed && u->role == RAFT_LEADER && !n->cluster_id;
     raft_advance(n->raft, u);
@@ -259,7 +267,9 @@ static void on_sweep(evutil_socket_t fd, short what, void *arg)
 {
     (void)fd;
     (void)what;
-    client_sweep(arg);
+    struct kv_node *n = arg;
+    node_sweep_waiters(n);
+    node_publish(n, NODE_EV_SWEEP);
 }
 
 static void on_signal(evutil_socket_t sig, short what, void *arg)
@@ -332,15 +342,17 @@ static int make_tls(struct kv_node *n)
 
 static void node_free(struct kv_node *n)
 {
-    client_fail_all(n, RAFTKV__KV_ERROR__KV_SHUTTING_DOWN,
-                    "the node is shutting down");
+    /* The services answer their calls first (and stop their threads),
+     * then the calls waiting here are answered. */
+    node_publish(n, NODE_EV_STOPPING);
+    node_fail_waiters(n, RAFTKV__KV_ERROR__KV_SHUTTING_DOWN,
+                      "the node is shutting down");
     peer_fail_incoming(n, "the node is shutting down");
     peer_close_streams(n);
     for (size_t i = 0; i < n->n_peers; i++) {
         rpc_channel_free(n->peers[i].ch);
         free(n->peers[i].chunk);
     }
-    metrics_stop(n);
     rpc_server_free(n->server);
     rpc_server_free(n->peer_server);
     rpc_tls_free(n->tls);
@@ -365,7 +377,7 @@ static void node_free(struct kv_node *n)
                  "log replays it at the next start",
                  (unsigned long long)n->cfg.id, n->store.errmsg);
     }
-    backup_close_all(n);
+    node_publish(n, NODE_EV_RELEASE_READERS);
     kv_store_close(&n->store);
     if (n->wal.dir[0]) {
         kv_wal_close(&n->wal);
@@ -406,29 +418,23 @@ static const char *bind_host(const char *host)
     return host;
 }
 
-int kv_node_run(const struct kv_node_config *cfg)
+int kv_node_open(const struct kv_node_config *cfg, struct kv_node **out)
 {
     struct kv_node *n = calloc(1, sizeof *n);
     if (!n) {
         fprintf(stderr, "kvserver: out of memory\n");
-        return 1;
+        return -1;
     }
     n->cfg = *cfg;
-    int rv = 1;
-    size_t self = 0;
-    for (size_t i = 0; i < cfg->n_nodes; i++) {
-        if (cfg->ids[i] == cfg->id) {
-            self = i;
-        }
-    }
     n->base = event_base_new();
     if (!n->base || event_base_priority_init(n->base, 3) != 0) {
         fprintf(stderr, "kvserver: cannot create the event loop\n");
-        goto out;
+        goto err_free;
     }
     if (node_restore(n) != 0) {
-        goto out;
+        goto err_free;
     }
+    n->applied_told = n->applied;
     /* Clients and peers have listeners of their own: RaftService is
      * served only on the peer address, and only to connections that
      * proved they hold the cluster's secret (rpc's peer handshake) as a
@@ -442,11 +448,11 @@ int kv_node_run(const struct kv_node_config *cfg)
         if (rpc_peer_key_from_file(cfg->peer_secret_file, n->peer_auth.key, err,
                                    sizeof err) != 0) {
             fprintf(stderr, "kvserver: %s\n", err);
-            goto out;
+            goto err_free;
         }
     }
     if (make_tls(n) != 0) {
-        goto out;
+        goto err_free;
     }
     struct rpc_server_options so = {
         .tls = n->tls,
@@ -473,27 +479,38 @@ int kv_node_run(const struct kv_node_config *cfg)
     n->server = rpc_server_new(n->base, &so);
     n->peer_server = rpc_server_new(n->base, &po);
     if (!n->server || !n->peer_server) {
-        goto out;
+        goto err_free;
     }
-    client_service_init(n);
-    fault_service_init(n);
     peer_service_init(n);
-    auth_service_init(n);
-    rpc_server_add_service(n->server, &n->kv_svc.base);
-    rpc_server_add_service(n->server, &n->admin_svc.base);
-    rpc_server_add_service(n->server, &n->auth_svc.base);
     rpc_server_add_service(n->peer_server, &n->raft_svc.base);
+    *out = n;
+    return 0;
+
+err_free:
+    kv_node_close(n);
+    return -1;
+}
+
+int kv_node_run(struct kv_node *n)
+{
+    const struct kv_node_config *cfg = &n->cfg;
+    size_t self = 0;
+    for (size_t i = 0; i < cfg->n_nodes; i++) {
+        if (cfg->ids[i] == cfg->id) {
+            self = i;
+        }
+    }
     if (rpc_server_listen(n->server, cfg->hosts[self], cfg->ports[self],
                           NULL) != 0) {
         fprintf(stderr, "kvserver: %s\n", rpc_server_errmsg(n->server));
-        goto out;
+        return 1;
     }
     if (cfg->n_nodes > 1 &&
         rpc_server_listen(n->peer_server, cfg->peer_listen_host,
                           cfg->peer_listen_port, NULL) != 0) {
         fprintf(stderr, "kvserver: peers: %s\n",
                 rpc_server_errmsg(n->peer_server));
-        goto out;
+        return 1;
     }
     for (size_t i = 0; i < cfg->n_nodes; i++) {
         if (i == self) {
@@ -521,7 +538,7 @@ int kv_node_run(const struct kv_node_config *cfg)
                         : NULL;
         if (!p->raft) {
             fprintf(stderr, "kvserver: out of memory\n");
-            goto out;
+            return 1;
         }
     }
     /* Turns run after the I/O callbacks of a loop iteration, so that every
@@ -536,7 +553,7 @@ int kv_node_run(const struct kv_node_config *cfg)
     n->sig_hup = evsignal_new(n->base, SIGHUP, on_hup, n);
     if (!n->turn_ev || !n->tick_ev || !n->sweep_ev || !n->retry_ev ||
         !n->state_ev || !n->sig_term || !n->sig_int || !n->sig_hup) {
-        goto out;
+        return 1;
     }
     event_priority_set(n->turn_ev, 2);
     struct timeval sweep = {0, 50000};
@@ -556,9 +573,6 @@ int kv_node_run(const struct kv_node_config *cfg)
              (unsigned long long)n->cluster_id,
              n->cluster_id ? "" : " (named by the first leader)", cfg->n_nodes,
              cfg->data_dir);
-    if (cfg->metrics_addr && metrics_start(n, cfg->metrics_addr) != 0) {
-        goto out;
-    }
     if (cfg->fault_injection) {
         rpc_logf(RPC_LOG_WARN,
                  "node %llu: fault injection is enabled: anyone who reaches "
@@ -568,9 +582,11 @@ int kv_node_run(const struct kv_node_config *cfg)
     arm_tick(n);
     node_schedule_turn(n);
     event_base_dispatch(n->base);
-    rv = n->exit_code;
-out:
+    return n->exit_code;
+}
+
+void kv_node_close(struct kv_node *n)
+{
     node_free(n);
     free(n);
-    return rv;
 }

@@ -1,4 +1,23 @@
-/* node.h: a raftkv node: Raft core + rpc + LMDB on one event loop (private). */
+/* node.h: a raftkv node: Raft core + rpc + LMDB on one event loop, and the
+ * API the services (service/) are built on (private to kvserver).
+ *
+ * The node knows no service by name. A service reaches it two ways:
+ *
+ * - Waiters. A call that waits for the log embeds a waiter in its own
+ *   request struct and hands it to the node: a write waiter
+ *   (node_propose) is completed once its entry is applied, in index order,
+ *   with the state machine's outcome; a read waiter (node_read_begin) once
+ *   leadership is confirmed (ReadIndex) and the state has applied up to
+ *   the read index, when the service serves the read from
+ *   node_state_read. Each waiter's callback runs exactly once, on the loop
+ *   thread, and the node no longer touches the waiter when it runs: the
+ *   callback may free the struct that holds it.
+ *
+ * - Subscribers. node_subscribe(n, events, cb, arg) registers for the
+ *   loop's broadcasts (enum node_event), run on the loop thread at the
+ *   points of the turn that each event documents, in the order of
+ *   registration.
+ */
 #ifndef KVSERVER_NODE_H
 #define KVSERVER_NODE_H
 
@@ -15,9 +34,8 @@
 #include "auth.h"
 #include "sm.h"
 #include "snap.h"
+#include "stats.h"
 #include "store.h"
-#include "metrics.h"
-#include "quota.h"
 #include "wal.h"
 
 #define KV_MAX_NODES 9
@@ -109,45 +127,109 @@ struct kv_incoming
     struct kv_incoming *prev, *next; /* node's list */
 };
 
-/* A snapshot being read out by kvctl snapshot save (backup.c). */
-#define KV_MAX_BACKUPS 4
-struct kv_backup
+struct kv_node;
+struct node_write_waiter;
+struct node_read_waiter;
+
+/**
+ * A write waiter is done (see node_propose).
+ * @param n the node
+ * @param w the waiter (the node no longer holds it)
+ * @param err a KvError: the outcome's (o->err) when applied, otherwise
+ *   why not: WRONG_LEADER, UNAVAILABLE, NO_SPACE, TIMEOUT (outcome
+ *   unknown), INTERNAL
+ * @param o the state machine's outcome, valid during the call; NULL when
+ *   the entry was not applied (or not known to be)
+ * @param leader the leader to try instead (0: none known)
+ * @param msg why it was not applied (NULL when applied)
+ */
+typedef void (*node_write_done_cb)(struct kv_node *n,
+                                   struct node_write_waiter *w,
+                                   int err,
+                                   const struct kv_outcome *o,
+                                   uint64_t leader,
+                                   const char *msg);
+
+/* A proposed command waiting to be applied; embedded in a service's
+ * request. The caller sets done; the node the rest. */
+struct node_write_waiter
 {
-    uint64_t id;          /* stream id given to the client (0: slot free) */
-    struct snap_stream s; /* the stream */
-    bool open;            /* s is live */
-    uint64_t index, term; /* the state's applied index and term */
-    uint8_t *last;        /* the last chunk sent, for a resend */
-    size_t last_len;      /* its length */
-    uint64_t last_off;    /* its offset */
-    bool last_done;       /* it ended the stream */
-    uint64_t used;        /* ms of the last call */
+    uint64_t index;                 /* where the core placed it */
+    uint64_t term;                  /* in which term */
+    uint64_t deadline;              /* ms: done with TIMEOUT after this */
+    node_write_done_cb done;        /* called once, by the node */
+    struct node_write_waiter *next; /* node's queue, in index order */
 };
 
-/* A client write waiting to be applied. */
-struct kv_pending_write
-{
-    uint64_t index;                /* where the core placed it */
-    uint64_t term;                 /* in which term */
-    uint64_t deadline;             /* ms: answer TIMEOUT after this */
-    int op;                        /* RAFTKV__COMMAND__OP_* */
-    ProtobufCClosure closure;      /* completes the client's call */
-    void *closure_data;            /* its argument */
-    struct kv_pending_write *next; /* queue in index order */
-};
+/**
+ * A read waiter is ready (see node_read_begin).
+ * @param n the node
+ * @param w the waiter (the node no longer holds it)
+ * @param err 0: serve the read now, from node_state_read; otherwise a
+ *   KvError saying why it cannot be served here: WRONG_LEADER,
+ *   UNAVAILABLE, TIMEOUT, SHUTTING_DOWN
+ * @param leader the leader to try instead (0: none known)
+ * @param msg why not (NULL when err is 0)
+ */
+typedef void (*node_read_ready_cb)(struct kv_node *n,
+                                   struct node_read_waiter *w,
+                                   int err,
+                                   uint64_t leader,
+                                   const char *msg);
 
-/* A linearizable read in progress. */
-struct kv_pending_read
+/* A linearizable read waiting for the ReadIndex protocol; embedded in a
+ * service's request (with what to read). The caller sets ready; the node
+ * the rest. */
+struct node_read_waiter
 {
     uint64_t index;           /* serve once applied >= index (0: unknown) */
-    uint64_t deadline;        /* ms */
     bool confirmed;           /* the core confirmed leadership */
-    ProtobufCClosure closure; /* completes the client's call */
-    void *closure_data;       /* its argument */
-    uint8_t *key;             /* copy of the key */
-    size_t key_len;           /* its length */
-    struct kv_pending_read *prev, *next; /* node's list */
+    uint64_t deadline;        /* ms: ready with TIMEOUT after this */
+    node_read_ready_cb ready; /* called once, by the node */
+    struct node_read_waiter *prev, *next; /* node's list */
 };
+
+/**
+ * The loop's broadcasts, for node_subscribe (a mask of them). Each runs at
+ * one point of the turn, on the loop thread.
+ */
+enum node_event {
+    /* The applied index moved (to n->applied): once per turn, after the
+     * turn's outcomes were handed to the write waiters and the reads
+     * that became ready were served. */
+    NODE_EV_APPLIED = 1u << 0,
+    /* The role or the known leader changed (raft_role, raft_leader):
+     * once per update of the core, after its log line. */
+    NODE_EV_ROLE = 1u << 1,
+    /* The periodic timer (every 50 ms), after the waiters past their
+     * deadline were answered: time out what a service waits for. */
+    NODE_EV_SWEEP = 1u << 2,
+    /* Close every LMDB read transaction and snapshot stream now: the map
+     * is about to grow, the environment to be reopened or closed. */
+    NODE_EV_RELEASE_READERS = 1u << 3,
+    /* Shutdown: answer every waiting call (UNAVAILABLE, SHUTTING_DOWN)
+     * and stop threads; the rpc servers still exist. Once, before the
+     * node fails its own waiters. */
+    NODE_EV_STOPPING = 1u << 4,
+};
+
+/**
+ * A broadcast to a subscriber.
+ * @param n the node
+ * @param ev the event (one of the subscriber's mask)
+ * @param arg as given to node_subscribe
+ */
+typedef void (*node_event_cb)(struct kv_node *n, enum node_event ev, void *arg);
+
+/* One registration of node_subscribe. */
+struct node_subscriber
+{
+    unsigned events;  /* mask of enum node_event */
+    node_event_cb cb; /* called for them */
+    void *arg;        /* its argument */
+};
+
+#define NODE_MAX_SUBSCRIBERS 32
 
 /* Outcome of one applied client entry in the current turn. */
 struct kv_applied
@@ -191,48 +273,108 @@ struct kv_node
     uint64_t state_commits;             /* state commits so far */
     struct event *state_ev;             /* commits the state when due */
     struct kv_metrics metrics;          /* counters and histograms */
-    struct kv_quota quota;              /* --quota-bytes (quota.c) */
-    struct kv_backup backups[KV_MAX_BACKUPS]; /* snapshot reads */
-    uint64_t backup_seq;                      /* for their ids */
-    struct evhttp *http;                      /* serves them (--metrics-addr) */
-    struct event *turn_ev;            /* runs a turn after the loop's I/O */
-    struct event *tick_ev;            /* Raft timers */
-    struct event *sweep_ev;           /* deadlines of client calls */
-    struct event *retry_ev;           /* retries a write that failed */
-    struct event *sig_term, *sig_int; /* clean shutdown */
-    bool frozen;                      /* an update could not be persisted */
-    struct raft_update held;          /* that update */
-    bool disk_full;                   /* the failure was a full disk */
-    struct kv_incoming *incoming;     /* peers' requests in the core */
-    struct kv_pending_write *writes, *writes_tail; /* client writes */
-    struct kv_pending_read *reads;                 /* client reads */
-    struct kv_applied *done;                       /* outcomes of this turn */
-    size_t n_done, cap_done;          /* entries in done / allocated */
-    uint64_t last_compact;            /* applied index of the last compaction */
-    bool stopping;                    /* shutdown in progress */
-    int exit_code;                    /* process exit status when stopped */
-    Raftkv__KvService_Service kv_svc; /* KvService implementation */
-    Raftkv__RaftService_Service raft_svc;     /* RaftService implementation */
-    Raftkv__AdminService_Service admin_svc;   /* AdminService implementation */
-    Raftkv__AuthService_Service auth_svc;     /* AuthService (auth_service.c) */
-    Raftkv__AdminService_Service admin_inner; /* admin handlers behind the
-                                                 root check of admin_svc */
-    uint64_t auth_gen;                        /* bumped by every applied auth
-                                                 change and snapshot: voids
-                                                 the checks cached below */
-    struct auth_cache *auth_cache;    /* recent checks (auth_service.c) */
-    struct auth_worker *auth_worker;  /* hashes and checks passwords
-                                         off the loop (auth_service.c) */
-    struct admin_transfer *transfers; /* TransferLeader calls waiting for
-                                         leadership to move (admin.c) */
+    struct event *turn_ev;              /* runs a turn after the loop's I/O */
+    struct event *tick_ev;              /* Raft timers */
+    struct event *sweep_ev;             /* deadlines of client calls */
+    struct event *retry_ev;             /* retries a write that failed */
+    struct event *sig_term, *sig_int;   /* clean shutdown */
+    bool frozen;                        /* an update could not be persisted */
+    struct raft_update held;            /* that update */
+    bool disk_full;                     /* the failure was a full disk */
+    struct kv_incoming *incoming;       /* peers' requests in the core */
+    struct node_write_waiter *writes, *writes_tail;    /* proposed writes */
+    struct node_read_waiter *reads;                    /* ReadIndex reads */
+    struct node_subscriber subs[NODE_MAX_SUBSCRIBERS]; /* node_subscribe */
+    size_t n_subs;                                     /* entries in subs */
+    uint64_t applied_told;                             /* n->applied of the last
+                                                          NODE_EV_APPLIED */
+    struct kv_applied *done; /* outcomes of this turn */
+    size_t n_done, cap_done; /* entries in done / allocated */
+    uint64_t last_compact;   /* applied index of the last compaction */
+    bool stopping;           /* shutdown in progress */
+    int exit_code;           /* process exit status when stopped */
+    Raftkv__RaftService_Service raft_svc; /* RaftService implementation */
+    uint64_t auth_gen;                    /* bumped by every applied auth
+                                             change and snapshot: voids the
+                                             auth checks services cache */
 };
 
-/* The node that holds a service implementation (field: kv_svc, ...). */
+/* The node that holds a service implementation (field: raft_svc). */
 #define node_of(svc, field) \
     ((struct kv_node *)((char *)(svc)-offsetof(struct kv_node, field)))
 
-/* node.c */
-int kv_node_run(const struct kv_node_config *cfg);
+/* ---------------------------------------------------- the node's API */
+
+/**
+ * Make a node: open its data directory (restore the log and the state),
+ * its rpc servers (not listening yet) and its peer channels.
+ * @param cfg settings (copied)
+ * @param out the node, on success
+ * @return 0, or -1 after printing why to stderr (nothing is left)
+ */
+int kv_node_open(const struct kv_node_config *cfg, struct kv_node **out);
+
+/**
+ * Listen for clients and peers and run the loop until the node stops
+ * (SIGTERM, SIGINT, or an error that stops it). Services are registered
+ * before (kv_services_open).
+ * @return the process exit status: 0 after a clean stop, 1 otherwise
+ */
+int kv_node_run(struct kv_node *n);
+
+/**
+ * Stop and free a node: NODE_EV_STOPPING to the subscribers, the waiters
+ * answered, the applied state committed, NODE_EV_RELEASE_READERS, the
+ * files closed. The subscribers' arguments must live until it returns.
+ */
+void kv_node_close(struct kv_node *n);
+
+/**
+ * Propose a command and wait for its entry to be applied. On success the
+ * node holds @w until it calls w->done: with the outcome once the entry
+ * is applied (node_write_done_cb), or TIMEOUT after
+ * --request-timeout-ms, or WRONG_LEADER when another leader replaced the
+ * entry, or TIMEOUT at shutdown. Waiters complete in index order.
+ * @param n the node
+ * @param cmd the command (packed here; borrowed for the call)
+ * @param w the waiter, w->done set; index, term and deadline are set here
+ * @return 0 when proposed; otherwise a KvError (WRONG_LEADER,
+ *   UNAVAILABLE, NO_SPACE, INTERNAL), after w->done ran with it
+ */
+int node_propose(struct kv_node *n,
+                 const Raftkv__Command *cmd,
+                 struct node_write_waiter *w);
+
+/**
+ * Begin a linearizable read (ReadIndex, no log write). On success the
+ * node holds @w until it calls w->ready: with 0 once this node's
+ * leadership was confirmed and it applied up to the read index (serve
+ * the read then, from node_state_read), or with WRONG_LEADER or
+ * UNAVAILABLE (leadership lost), TIMEOUT (--request-timeout-ms) or
+ * SHUTTING_DOWN.
+ * @param n the node
+ * @param w the waiter, w->ready set; the rest is set here
+ * @return 0 when begun; otherwise a KvError (WRONG_LEADER, UNAVAILABLE),
+ *   after w->ready ran with it
+ */
+int node_read_begin(struct kv_node *n, struct node_read_waiter *w);
+
+/**
+ * Register @cb for the broadcasts in @events (a mask of enum node_event).
+ * Subscribers are called in the order they registered and stay until the
+ * node is freed.
+ * @return 0, or -1 (logged) when NODE_MAX_SUBSCRIBERS are registered
+ *   already
+ */
+int node_subscribe(struct kv_node *n,
+                   unsigned events,
+                   node_event_cb cb,
+                   void *arg);
+
+/* Write waiters not done yet. */
+size_t node_writes_pending(const struct kv_node *n);
+
+/* Turn the loop once more soon (after the current callbacks). */
 void node_schedule_turn(struct kv_node *n);
 /* Give the core the current time. Called before every input, so that timers
  * the input resets (a follower's election timer on a heartbeat) count from
@@ -241,26 +383,43 @@ void node_clock(struct kv_node *n);
 uint64_t node_now_ms(void);
 /* "host:port" of a node's client address (for leader hints). */
 const char *node_peer_addr(struct kv_node *n, uint64_t id);
-/* The cluster id became known (from the log or a snapshot). */
-void node_set_cluster_id(struct kv_node *n, uint64_t id);
-
-/* backup.c: snapshot save and restore */
-void backup_service_init(struct kv_node *n);
-void backup_sweep(struct kv_node *n);
-void backup_close_all(struct kv_node *n);
-int kv_restore_file(const struct kv_node_config *cfg, const char *file);
-
-/* persist.c: the log (wal.c) and the applied state (LMDB) on disk */
-int node_restore(struct kv_node *n);
-int node_persist(struct kv_node *n, const struct raft_update *u);
-int node_persist_growing(struct kv_node *n, const struct raft_update *u);
 /* The applied state to read: the open state transaction (what was applied
  * since the last state commit), or a read transaction of the last commit.
  * NULL (and *rc, if given, the LMDB error) when none can begin. Hand it
  * back with node_state_done, which ends only a transaction it began. */
 MDB_txn *node_state_read(struct kv_node *n, int *rc);
 void node_state_done(struct kv_node *n, MDB_txn *txn);
+/* Commit the applied state now (full: with a full sync).
+ * @return 0, or a KV_STORE_* error with n->store.errmsg set */
 int node_state_commit(struct kv_node *n, bool full);
+
+/* ------------------------------------------------ node/ internals */
+
+/* node.c */
+/* The cluster id became known (from the log or a snapshot). */
+void node_set_cluster_id(struct kv_node *n, uint64_t id);
+
+/* wait.c: the waiters' and subscribers' side the loop drives */
+/* Hand this turn's outcomes (n->done) to the write waiters, in index
+ * order; answer those at applied indexes without an outcome here. */
+void node_complete_writes(struct kv_node *n);
+/* The core answered read requests: note their index, or fail them. */
+void node_confirm_reads(struct kv_node *n,
+                        const struct raft_read *reads,
+                        size_t n_reads);
+/* Call ready on the confirmed reads the applied state has reached. */
+void node_serve_reads(struct kv_node *n);
+/* Time out the waiters past their deadline. */
+void node_sweep_waiters(struct kv_node *n);
+/* Answer every waiter (shutdown): writes TIMEOUT, reads @err. */
+void node_fail_waiters(struct kv_node *n, int err, const char *why);
+/* Call the subscribers of @ev. */
+void node_publish(struct kv_node *n, enum node_event ev);
+
+/* persist.c: the log (wal.c) and the applied state (LMDB) on disk */
+int node_restore(struct kv_node *n);
+int node_persist(struct kv_node *n, const struct raft_update *u);
+int node_persist_growing(struct kv_node *n, const struct raft_update *u);
 void node_state_due(struct kv_node *n);
 void node_maybe_compact(struct kv_node *n);
 void node_clear_applied(struct kv_node *n);
@@ -280,89 +439,5 @@ bool peer_precheck(const ProtobufCServiceDescriptor *service,
 void peer_respond(struct kv_node *n, const struct raft_message *m);
 void peer_fail_incoming(struct kv_node *n, const char *why);
 void peer_close_streams(struct kv_node *n);
-
-/* client.c: KvService and AdminService */
-void client_service_init(struct kv_node *n);
-void client_answer_applied(struct kv_node *n);
-void client_answer_reads(struct kv_node *n,
-                         const struct raft_read *reads,
-                         size_t n_reads);
-void client_serve_ready_reads(struct kv_node *n);
-void client_sweep(struct kv_node *n);
-void client_fail_all(struct kv_node *n, int err, const char *why);
-
-/* client.c: propose an auth change (Command.auth); its reply is an
- * AuthChangeReply, made by auth_reply_write. */
-void client_propose_auth(struct kv_node *n,
-                         const Raftkv__Command *cmd,
-                         ProtobufCClosure closure,
-                         void *data);
-
-/* auth_service.c: AuthService, and the checks of KvService and
- * AdminService calls once auth is enabled. Call auth_service_init after
- * the other services' init (it puts the root check in front of
- * AdminService's TransferLeader, SnapshotRead and Fault). */
-void auth_service_init(struct kv_node *n);
-/* Stop the password worker and answer the calls waiting for it (UNAVAILABLE);
- * at shutdown, before the rpc server goes. */
-void auth_service_stop(struct kv_node *n);
-/* Whether the call's token allows @need on @key (NULL: any valid user).
- * Returns a KvError: OK, UNAUTHENTICATED, PERMISSION_DENIED or INTERNAL,
- * with msg saying what is missing. */
-int auth_check_kv(struct kv_node *n,
-                  void *closure_data,
-                  const ProtobufCBinaryData *key,
-                  enum kv_auth_need need,
-                  char *msg,
-                  size_t msg_size);
-/* Answer an auth change: with @o (applied) its AuthError and message,
- * without it the node's KvError @err mapped to an AuthError. */
-void auth_reply_write(struct kv_node *n,
-                      ProtobufCClosure closure,
-                      void *data,
-                      int err,
-                      const struct kv_outcome *o,
-                      uint64_t leader,
-                      const char *msg);
-
-/* quota.c: --quota-bytes, checked by the leader before it proposes a
- * write (client.c). */
-/**
- * May the leader propose this write under --quota-bytes? Deletes, session
- * opens and auth changes always may (they are how a user gets out of a
- * full store); on a follower or without a quota every write may (a
- * follower sends writes to the leader, which checks them). Counts the
- * refusal and logs when writes start being refused or are accepted again.
- * @param n the node
- * @param op RAFTKV__COMMAND__OP_*
- * @param cost about how many bytes the write adds (key and value)
- * @param msg out: why it was refused (the state, the quota, what to do)
- * @param msg_size size of msg
- * @return 0 (propose it), or RAFTKV__KV_ERROR__KV_NO_SPACE with @msg set
- */
-int quota_check_write(struct kv_node *n,
-                      int op,
-                      size_t cost,
-                      char *msg,
-                      size_t msg_size);
-/**
- * The applied state's size in bytes (kv_quota_state_bytes on the state
- * transaction), measured again only after entries were applied or the
- * state committed.
- * @return the size, or the last one measured when LMDB cannot be read
- */
-uint64_t quota_state_bytes(struct kv_node *n);
-
-/* fault.c: AdminService.Fault */
-void fault_service_init(struct kv_node *n);
-
-/* admin.c: AdminService.TransferLeader, and the leader's view in Status */
-void admin_service_init(struct kv_node *n);
-/* Answer the TransferLeader calls whose outcome is known (sweep timer). */
-void admin_sweep(struct kv_node *n);
-/* Answer every waiting TransferLeader call with UNAVAILABLE (shutdown). */
-void admin_fail_all(struct kv_node *n, const char *why);
-/* Leader only: set r->progress, valid until the next call. */
-void admin_status_progress(struct kv_node *n, Raftkv__StatusReply *r);
 
 #endif /* KVSERVER_NODE_H */

@@ -78,7 +78,7 @@ static int ensure_headroom(struct kv_node *n)
     uint64_t used = ((uint64_t)info.me_last_pgno + 1) * stat.ms_psize;
     while (used + MAP_HEADROOM > st->map_size) {
         peer_close_streams(n);
-        backup_close_all(n);
+        node_publish(n, NODE_EV_RELEASE_READERS);
         int rv = kv_store_grow(st);
         if (rv) {
             return rv;
@@ -335,8 +335,8 @@ int node_persist(struct kv_node *n, const struct raft_update *u)
     }
     /* The entries applied above are committed, so durable on a majority,
      * and applying them is deterministic: their outcomes are final before
-     * anything here is on disk. Their clients hear now. */
-    client_answer_applied(n);
+     * anything here is on disk. Their waiters hear now. */
+    node_complete_writes(n);
     node_clear_applied(n);
     rpc_server_flush(n->server);
 
@@ -380,7 +380,7 @@ static int reopen_store(struct kv_node *n)
 {
     struct kv_store *st = &n->store;
     peer_close_streams(n);
-    backup_close_all(n);
+    node_publish(n, NODE_EV_RELEASE_READERS);
     state_abort(n);
     size_t map_size = st->map_size;
     kv_store_close(st);
@@ -436,7 +436,7 @@ int node_persist_growing(struct kv_node *n, const struct raft_update *u)
         }
         /* Resizing needs every transaction closed; persist dropped its. */
         peer_close_streams(n);
-        backup_close_all(n);
+        node_publish(n, NODE_EV_RELEASE_READERS);
         rv = kv_store_grow(&n->store);
         if (rv) {
             return rv;

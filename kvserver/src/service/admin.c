@@ -1,11 +1,12 @@
-/* admin.c: AdminService.TransferLeader (Raft leadership transfer, answered
- * once leadership has moved) and the leader's replication view in Status. */
+/* admin.c: AdminService Ping, Status (with the leader's replication view)
+ * and TransferLeader (Raft leadership transfer, answered once leadership
+ * has moved). Fault is fault.c's, SnapshotRead backup.c's. */
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "node.h"
+#include "service.h"
 
 /* A TransferLeader call waiting for the leadership to move. */
 struct admin_transfer
@@ -89,7 +90,8 @@ static void handle_transfer_leader(Raftkv__AdminService_Service *svc,
                                    Raftkv__TransferLeaderReply_Closure closure,
                                    void *data)
 {
-    struct kv_node *n = node_of(svc, admin_svc);
+    struct kv_services *s = services_of(svc, admin_svc);
+    struct kv_node *n = s->node;
     uint64_t self = n->cfg.id, target = a->target_id;
     uint64_t leader = raft_leader(n->raft);
     char msg[400], ids[120];
@@ -148,10 +150,10 @@ static void handle_transfer_leader(Raftkv__AdminService_Service *svc,
         reply(n, closure, data, RAFTKV__ADMIN_ERROR__ADMIN_OK, target, msg);
         return;
     }
-    if (n->transfers && n->transfers->target != target) {
+    if (s->transfers && s->transfers->target != target) {
         snprintf(msg, sizeof msg,
                  "a leadership transfer to node %" PRIu64 " is in progress",
-                 n->transfers->target);
+                 s->transfers->target);
         reply(n, closure, data, RAFTKV__ADMIN_ERROR__ADMIN_UNAVAILABLE, target,
               msg);
         return;
@@ -162,9 +164,9 @@ static void handle_transfer_leader(Raftkv__AdminService_Service *svc,
               "out of memory");
         return;
     }
-    if (n->transfers) {
+    if (s->transfers) {
         /* A retry of the same transfer waits for the same outcome. */
-        t->deadline = n->transfers->deadline;
+        t->deadline = s->transfers->deadline;
     } else {
         node_clock(n);
         int rv = raft_transfer_leader(n->raft, target);
@@ -186,19 +188,22 @@ static void handle_transfer_leader(Raftkv__AdminService_Service *svc,
     t->target = target;
     t->closure = closure;
     t->closure_data = data;
-    t->next = n->transfers;
-    n->transfers = t;
+    t->next = s->transfers;
+    s->transfers = t;
 }
 
-void admin_sweep(struct kv_node *n)
+/* Answer the TransferLeader calls whose outcome is known (sweep timer). */
+static void admin_sweep(struct kv_node *n, enum node_event ev, void *arg)
 {
-    if (!n->transfers) {
+    (void)ev;
+    struct kv_services *s = arg;
+    if (!s->transfers) {
         return;
     }
     uint64_t now = node_now_ms(), self = n->cfg.id;
     uint64_t leader = raft_leader(n->raft), term = raft_term(n->raft);
     bool leading = raft_role(n->raft) == RAFT_LEADER;
-    struct admin_transfer **pp = &n->transfers;
+    struct admin_transfer **pp = &s->transfers;
     while (*pp) {
         struct admin_transfer *t = *pp;
         Raftkv__AdminError err;
@@ -243,14 +248,18 @@ void admin_sweep(struct kv_node *n)
     }
 }
 
-void admin_fail_all(struct kv_node *n, const char *why)
+/* Answer every waiting TransferLeader call with UNAVAILABLE (shutdown). */
+static void admin_fail_all(struct kv_node *n, enum node_event ev, void *arg)
 {
-    if (!n->transfers) {
+    (void)ev;
+    struct kv_services *s = arg;
+    const char *why = "the node is shutting down";
+    if (!s->transfers) {
         return;
     }
-    while (n->transfers) {
-        struct admin_transfer *t = n->transfers;
-        n->transfers = t->next;
+    while (s->transfers) {
+        struct admin_transfer *t = s->transfers;
+        s->transfers = t->next;
         reply(n, t->closure, t->closure_data,
               RAFTKV__ADMIN_ERROR__ADMIN_UNAVAILABLE, t->target, why);
         free(t);
@@ -259,7 +268,8 @@ void admin_fail_all(struct kv_node *n, const char *why)
     rpc_server_flush(n->server);
 }
 
-void admin_status_progress(struct kv_node *n, Raftkv__StatusReply *r)
+/* Leader only: set r->progress, valid until the next call. */
+static void status_progress(struct kv_node *n, Raftkv__StatusReply *r)
 {
     /* One loop thread, and the caller packs the reply at once. */
     static Raftkv__ReplicaProgress items[KV_MAX_NODES];
@@ -285,7 +295,61 @@ void admin_status_progress(struct kv_node *n, Raftkv__StatusReply *r)
     r->progress = k ? ptrs : NULL;
 }
 
-void admin_service_init(struct kv_node *n)
+static void handle_ping(Raftkv__AdminService_Service *svc,
+                        const Raftkv__PingArgs *a,
+                        Raftkv__PingReply_Closure closure,
+                        void *data)
 {
-    n->admin_svc.transfer_leader = handle_transfer_leader;
+    struct kv_node *n = services_of(svc, admin_svc)->node;
+    Raftkv__PingReply r = RAFTKV__PING_REPLY__INIT;
+    r.payload = a->payload;
+    r.node_id = n->cfg.id;
+    closure(&r, data);
+}
+
+static void handle_status(Raftkv__AdminService_Service *svc,
+                          const Raftkv__StatusArgs *a,
+                          Raftkv__StatusReply_Closure closure,
+                          void *data)
+{
+    (void)a;
+    struct kv_node *n = services_of(svc, admin_svc)->node;
+    Raftkv__StatusReply r = RAFTKV__STATUS_REPLY__INIT;
+    char self[300], leader[300];
+    uint64_t leader_id = raft_leader(n->raft);
+    snprintf(self, sizeof self, "%s", node_peer_addr(n, n->cfg.id));
+    snprintf(leader, sizeof leader, "%s",
+             leader_id ? node_peer_addr(n, leader_id) : "");
+    r.node_id = n->cfg.id;
+    r.address = self;
+    r.role = (char *)raft_role_name(raft_role(n->raft));
+    r.term = raft_term(n->raft);
+    r.leader_id = leader_id;
+    r.leader_address = leader;
+    r.commit_index = raft_commit_index(n->raft);
+    r.applied_index = n->applied;
+    r.last_log_index = raft_last_index(n->raft);
+    r.snapshot_index = raft_snapshot_index(n->raft);
+    r.cluster_id = n->cluster_id;
+    r.disk_full = n->disk_full;
+    status_progress(n, &r);
+    closure(&r, data);
+}
+
+int admin_service_init(struct kv_services *s)
+{
+    Raftkv__AdminService_Service admin = {
+        RAFTKV__ADMIN_SERVICE__BASE_INIT,
+        handle_ping,
+        handle_status,
+        NULL, /* Fault: fault.c */
+        handle_transfer_leader,
+        NULL, /* SnapshotRead: backup.c */
+    };
+    s->admin_svc = admin;
+    if (node_subscribe(s->node, NODE_EV_SWEEP, admin_sweep, s) != 0 ||
+        node_subscribe(s->node, NODE_EV_STOPPING, admin_fail_all, s) != 0) {
+        return -1;
+    }
+    return 0;
 }

@@ -18,7 +18,7 @@
 #include <event2/event.h>
 #include <sodium.h>
 
-#include "node.h"
+#include "service.h"
 
 #define DEFAULT_TOKEN_TTL_S 300
 #define MAX_PASSWORD        1024 /* bytes */
@@ -55,7 +55,7 @@ struct auth_cache
     struct auth_cache_entry slot[AUTH_CACHE_SLOTS];
 };
 
-static struct auth_cache_entry *cache_slot(struct kv_node *n,
+static struct auth_cache_entry *cache_slot(struct kv_services *s,
                                            const char *token,
                                            const char *cert)
 {
@@ -66,16 +66,17 @@ static struct auth_cache_entry *cache_slot(struct kv_node *n,
     for (const char *p = cert; *p; p++) {
         h = (h ^ (uint8_t)*p) * 16777619u;
     }
-    return &n->auth_cache->slot[h % AUTH_CACHE_SLOTS];
+    return &s->auth_cache->slot[h % AUTH_CACHE_SLOTS];
 }
 
 /* The cached identity of a call, or NULL. */
-static const struct auth_cache_entry *cache_get(struct kv_node *n,
+static const struct auth_cache_entry *cache_get(struct kv_services *s,
                                                 const char *token,
                                                 const char *cert,
                                                 uint64_t now)
 {
-    const struct auth_cache_entry *e = cache_slot(n, token, cert);
+    struct kv_node *n = s->node;
+    const struct auth_cache_entry *e = cache_slot(s, token, cert);
     if (e->gen != n->auth_gen + 1 || now >= e->until_s ||
         strcmp(e->token, token) != 0 || strcmp(e->cert, cert) != 0) {
         return NULL;
@@ -83,17 +84,18 @@ static const struct auth_cache_entry *cache_get(struct kv_node *n,
     return e;
 }
 
-static void cache_put(struct kv_node *n,
+static void cache_put(struct kv_services *s,
                       const char *token,
                       const char *cert,
                       uint64_t now,
                       const char *user,
                       bool root)
 {
+    struct kv_node *n = s->node;
     if (strlen(token) >= KV_AUTH_TOKEN_MAX || strlen(cert) > KV_AUTH_MAX_NAME) {
         return;
     }
-    struct auth_cache_entry *e = cache_slot(n, token, cert);
+    struct auth_cache_entry *e = cache_slot(s, token, cert);
     e->gen = n->auth_gen + 1;
     e->until_s = now + AUTH_CACHE_S;
     snprintf(e->token, sizeof e->token, "%s", token);
@@ -105,7 +107,7 @@ static void cache_put(struct kv_node *n,
 /* Check a call's token against the applied state.
  * @param key NULL: the token only
  * @return a Raftkv__AuthError; msg filled unless OK */
-static int check_call(struct kv_node *n,
+static int check_call(struct kv_services *s,
                       void *closure_data,
                       const void *key,
                       size_t key_len,
@@ -115,10 +117,11 @@ static int check_call(struct kv_node *n,
                       char *msg,
                       size_t msg_size)
 {
+    struct kv_node *n = s->node;
     const char *token = rpc_call_auth_token(closure_data);
     const char *cert = rpc_call_tls_name(closure_data);
     uint64_t now = wall_s();
-    struct auth_cache *c = n->auth_cache;
+    struct auth_cache *c = s->auth_cache;
     if (c && c->off_gen == n->auth_gen + 1 && now < c->off_until_s) {
         if (user) {
             user[0] = 0; /* auth is off */
@@ -129,7 +132,7 @@ static int check_call(struct kv_node *n,
         return RAFTKV__AUTH_ERROR__AUTH_OK;
     }
     const struct auth_cache_entry *e =
-        c ? cache_get(n, token, cert, now) : NULL;
+        c ? cache_get(s, token, cert, now) : NULL;
     if (e && (e->root || !key)) {
         if (user) {
             snprintf(user, KV_AUTH_MAX_NAME + 1, "%s", e->user);
@@ -154,7 +157,7 @@ static int check_call(struct kv_node *n,
             c->off_gen = n->auth_gen + 1; /* auth is off */
             c->off_until_s = now + AUTH_CACHE_S;
         } else {
-            cache_put(n, token, cert, now, who, root);
+            cache_put(s, token, cert, now, who, root);
         }
     }
     if (user) {
@@ -168,7 +171,7 @@ static int check_call(struct kv_node *n,
 
 /* Root (or, with @self set, that user) may go on: AUTH_OK; otherwise the
  * refusal, with msg naming what is missing. */
-static int require_root(struct kv_node *n,
+static int require_root(struct kv_services *s,
                         void *closure_data,
                         const char *self,
                         const char *what,
@@ -177,7 +180,7 @@ static int require_root(struct kv_node *n,
 {
     char user[KV_AUTH_MAX_NAME + 1];
     bool root;
-    int err = check_call(n, closure_data, NULL, 0, KV_AUTH_ANY, user, &root,
+    int err = check_call(s, closure_data, NULL, 0, KV_AUTH_ANY, user, &root,
                          msg, msg_size);
     if (err || root || (self && strcmp(self, user) == 0)) {
         return err;
@@ -187,14 +190,14 @@ static int require_root(struct kv_node *n,
     return RAFTKV__AUTH_ERROR__AUTH_PERMISSION_DENIED;
 }
 
-int auth_check_kv(struct kv_node *n,
+int auth_check_kv(struct kv_services *s,
                   void *closure_data,
                   const ProtobufCBinaryData *key,
                   enum kv_auth_need need,
                   char *msg,
                   size_t msg_size)
 {
-    int err = check_call(n, closure_data, key ? key->data : NULL,
+    int err = check_call(s, closure_data, key ? key->data : NULL,
                          key ? key->len : 0, need, NULL, NULL, msg, msg_size);
     switch (err) {
         case RAFTKV__AUTH_ERROR__AUTH_OK:
@@ -260,21 +263,34 @@ static int auth_error_of(int kv_err)
     }
 }
 
-void auth_reply_write(struct kv_node *n,
-                      ProtobufCClosure closure,
-                      void *data,
-                      int err,
-                      const struct kv_outcome *o,
-                      uint64_t leader,
-                      const char *msg)
+/* A proposed auth change (Command.auth) waiting for its entry. */
+struct auth_change
 {
+    struct node_write_waiter w; /* the node's part */
+    ProtobufCClosure closure;   /* completes the call (AuthChangeReply) */
+    void *data;                 /* its argument */
+};
+
+/* The node is done with a change: with @o (applied) its AuthError and
+ * message, without it the node's KvError @err mapped to an AuthError. */
+static void change_done(struct kv_node *n,
+                        struct node_write_waiter *w,
+                        int err,
+                        const struct kv_outcome *o,
+                        uint64_t leader,
+                        const char *msg)
+{
+    struct auth_change *c = (struct auth_change *)w;
     if (o) {
+        n->metrics.proposals_committed++;
         /* Applied: the outcome holds an AuthError and its message. */
-        reply_change(n, closure, data, o->err, 0,
+        reply_change(n, c->closure, c->data, o->err, 0,
                      o->current ? (const char *)o->current : "");
-        return;
+    } else {
+        n->metrics.proposals_failed++;
+        reply_change(n, c->closure, c->data, auth_error_of(err), leader, msg);
     }
-    reply_change(n, closure, data, auth_error_of(err), leader, msg);
+    free(c);
 }
 
 /* -------------------------------------------------------------- worker */
@@ -289,7 +305,7 @@ static void reply_authenticate(ProtobufCClosure closure,
                                uint64_t ttl,
                                const char *msg);
 static void finish_authenticate(struct auth_job *j);
-static void finish_put_user(struct kv_node *n, struct auth_job *j);
+static void finish_put_user(struct kv_services *s, struct auth_job *j);
 
 /* A password to hash or check, off the loop. */
 struct auth_job
@@ -413,8 +429,8 @@ static void *worker_main(void *arg)
 static void on_jobs_done(evutil_socket_t fd, short what, void *arg)
 {
     (void)what;
-    struct kv_node *n = arg;
-    struct auth_worker *w = n->auth_worker;
+    struct kv_services *s = arg;
+    struct auth_worker *w = s->auth_worker;
     char buf[64];
     while (read(fd, buf, sizeof buf) > 0) {
     }
@@ -428,15 +444,15 @@ static void on_jobs_done(evutil_socket_t fd, short what, void *arg)
         if (j->kind == JOB_AUTHENTICATE) {
             finish_authenticate(j);
         } else {
-            finish_put_user(n, j);
+            finish_put_user(s, j);
         }
         job_free(j);
     }
 }
 
-static void job_submit(struct kv_node *n, struct auth_job *j)
+static void job_submit(struct kv_services *s, struct auth_job *j)
 {
-    struct auth_worker *w = n->auth_worker;
+    struct auth_worker *w = s->auth_worker;
     if (!w) {
         job_refuse(j, RAFTKV__AUTH_ERROR__AUTH_INTERNAL,
                    "passwords cannot be checked: no worker thread");
@@ -463,8 +479,9 @@ static void job_submit(struct kv_node *n, struct auth_job *j)
 
 /* Start the worker; on failure the node runs without one (every call that
  * needs a password is answered INTERNAL). */
-static void worker_start(struct kv_node *n)
+static void worker_start(struct kv_services *s)
 {
+    struct kv_node *n = s->node;
     struct auth_worker *w = calloc(1, sizeof *w);
     if (!w) {
         goto err;
@@ -473,7 +490,7 @@ static void worker_start(struct kv_node *n)
         goto err_free;
     }
     w->ev =
-        event_new(n->base, w->pipe[0], EV_READ | EV_PERSIST, on_jobs_done, n);
+        event_new(n->base, w->pipe[0], EV_READ | EV_PERSIST, on_jobs_done, s);
     if (!w->ev || event_add(w->ev, NULL) != 0) {
         goto err_pipe;
     }
@@ -482,7 +499,7 @@ static void worker_start(struct kv_node *n)
     if (pthread_create(&w->thread, NULL, worker_main, w) != 0) {
         goto err_sync;
     }
-    n->auth_worker = w;
+    s->auth_worker = w;
     return;
 
 err_sync:
@@ -503,11 +520,16 @@ err:
              (unsigned long long)n->cfg.id, strerror(errno));
 }
 
-void auth_service_stop(struct kv_node *n)
+/* Stop the password worker and answer the calls waiting for it
+ * (UNAVAILABLE); at shutdown, before the rpc server goes. */
+static void auth_service_stop(struct kv_node *n, enum node_event ev, void *arg)
 {
-    free(n->auth_cache);
-    n->auth_cache = NULL;
-    struct auth_worker *w = n->auth_worker;
+    (void)n;
+    (void)ev;
+    struct kv_services *s = arg;
+    free(s->auth_cache);
+    s->auth_cache = NULL;
+    struct auth_worker *w = s->auth_worker;
     if (!w) {
         return;
     }
@@ -533,21 +555,22 @@ void auth_service_stop(struct kv_node *n)
     pthread_mutex_destroy(&w->lock);
     sodium_memzero(w->dummy, sizeof w->dummy);
     free(w);
-    n->auth_worker = NULL;
+    s->auth_worker = NULL;
 }
 
 /* ------------------------------------------------------------- changes */
 
 /* Whether a change may be proposed here: the caller is root (or @self),
  * and this node leads. Otherwise the call is answered. */
-static bool may_change(struct kv_node *n,
+static bool may_change(struct kv_services *s,
                        ProtobufCClosure closure,
                        void *data,
                        const char *self,
                        const char *what)
 {
+    struct kv_node *n = s->node;
     char msg[400];
-    int err = require_root(n, data, self, what, msg, sizeof msg);
+    int err = require_root(s, data, self, what, msg, sizeof msg);
     if (err) {
         reply_change(n, closure, data, err, 0, msg);
         return false;
@@ -563,27 +586,39 @@ static bool may_change(struct kv_node *n,
     return true;
 }
 
-static void propose_change(struct kv_node *n,
+static void propose_change(struct kv_services *s,
                            Raftkv__AuthCommand *ac,
                            ProtobufCClosure closure,
                            void *data)
 {
+    struct kv_node *n = s->node;
     Raftkv__Command cmd = RAFTKV__COMMAND__INIT;
     cmd.op_case = RAFTKV__COMMAND__OP_AUTH;
     cmd.auth = ac;
-    client_propose_auth(n, &cmd, closure, data);
+    struct auth_change *c = calloc(1, sizeof *c);
+    if (!c) {
+        n->metrics.proposals_failed++;
+        reply_change(n, closure, data, RAFTKV__AUTH_ERROR__AUTH_INTERNAL, 0,
+                     "out of memory");
+        return;
+    }
+    c->w.done = change_done;
+    c->closure = closure;
+    c->data = data;
+    node_propose(n, &cmd, &c->w); /* answered by change_done */
 }
 
 /* UserAdd and UserChangePassword: the password is hashed here, before the
  * command is proposed, so the log never holds it. */
-static void put_user(struct kv_node *n,
+static void put_user(struct kv_services *s,
                      const char *name,
                      const char *password,
                      bool add,
                      ProtobufCClosure closure,
                      void *data)
 {
-    if (!may_change(n, closure, data, add ? NULL : name,
+    struct kv_node *n = s->node;
+    if (!may_change(s, closure, data, add ? NULL : name,
                     add ? "add users" : "change another user's password")) {
         return;
     }
@@ -606,12 +641,13 @@ static void put_user(struct kv_node *n,
     }
     j->kind = add ? JOB_USER_ADD : JOB_USER_PASSWORD;
     snprintf(j->user, sizeof j->user, "%s", name);
-    job_submit(n, j);
+    job_submit(s, j);
 }
 
 /* A hash is ready (on the loop): propose the user with it. */
-static void finish_put_user(struct kv_node *n, struct auth_job *j)
+static void finish_put_user(struct kv_services *s, struct auth_job *j)
 {
+    struct kv_node *n = s->node;
     if (!j->ok) {
         reply_change(n, j->closure, j->data, RAFTKV__AUTH_ERROR__AUTH_INTERNAL,
                      0, "cannot hash the password (out of memory)");
@@ -628,7 +664,7 @@ static void finish_put_user(struct kv_node *n, struct auth_job *j)
         ac.op_case = RAFTKV__AUTH_COMMAND__OP_USER_PASSWORD;
         ac.user_password = &put;
     }
-    propose_change(n, &ac, j->closure, j->data);
+    propose_change(s, &ac, j->closure, j->data);
 }
 
 static void handle_user_add(Raftkv__AuthService_Service *svc,
@@ -636,7 +672,7 @@ static void handle_user_add(Raftkv__AuthService_Service *svc,
                             Raftkv__AuthChangeReply_Closure closure,
                             void *data)
 {
-    put_user(node_of(svc, auth_svc), a->name, a->password, true,
+    put_user(services_of(svc, auth_svc), a->name, a->password, true,
              (ProtobufCClosure)closure, data);
 }
 
@@ -645,7 +681,7 @@ static void handle_user_password(Raftkv__AuthService_Service *svc,
                                  Raftkv__AuthChangeReply_Closure closure,
                                  void *data)
 {
-    put_user(node_of(svc, auth_svc), a->name, a->password, false,
+    put_user(services_of(svc, auth_svc), a->name, a->password, false,
              (ProtobufCClosure)closure, data);
 }
 
@@ -654,14 +690,14 @@ static void handle_user_delete(Raftkv__AuthService_Service *svc,
                                Raftkv__AuthChangeReply_Closure closure,
                                void *data)
 {
-    struct kv_node *n = node_of(svc, auth_svc);
-    if (!may_change(n, (ProtobufCClosure)closure, data, NULL, "delete users")) {
+    struct kv_services *s = services_of(svc, auth_svc);
+    if (!may_change(s, (ProtobufCClosure)closure, data, NULL, "delete users")) {
         return;
     }
     Raftkv__AuthCommand ac = RAFTKV__AUTH_COMMAND__INIT;
     ac.op_case = RAFTKV__AUTH_COMMAND__OP_USER_DELETE;
     ac.user_delete = a->name;
-    propose_change(n, &ac, (ProtobufCClosure)closure, data);
+    propose_change(s, &ac, (ProtobufCClosure)closure, data);
 }
 
 static void handle_grant_role(Raftkv__AuthService_Service *svc,
@@ -669,14 +705,14 @@ static void handle_grant_role(Raftkv__AuthService_Service *svc,
                               Raftkv__AuthChangeReply_Closure closure,
                               void *data)
 {
-    struct kv_node *n = node_of(svc, auth_svc);
-    if (!may_change(n, (ProtobufCClosure)closure, data, NULL, "grant roles")) {
+    struct kv_services *s = services_of(svc, auth_svc);
+    if (!may_change(s, (ProtobufCClosure)closure, data, NULL, "grant roles")) {
         return;
     }
     Raftkv__AuthCommand ac = RAFTKV__AUTH_COMMAND__INIT;
     ac.op_case = RAFTKV__AUTH_COMMAND__OP_GRANT_ROLE;
     ac.grant_role = (Raftkv__UserGrantRoleArgs *)a;
-    propose_change(n, &ac, (ProtobufCClosure)closure, data);
+    propose_change(s, &ac, (ProtobufCClosure)closure, data);
 }
 
 static void handle_revoke_role(Raftkv__AuthService_Service *svc,
@@ -684,14 +720,14 @@ static void handle_revoke_role(Raftkv__AuthService_Service *svc,
                                Raftkv__AuthChangeReply_Closure closure,
                                void *data)
 {
-    struct kv_node *n = node_of(svc, auth_svc);
-    if (!may_change(n, (ProtobufCClosure)closure, data, NULL, "revoke roles")) {
+    struct kv_services *s = services_of(svc, auth_svc);
+    if (!may_change(s, (ProtobufCClosure)closure, data, NULL, "revoke roles")) {
         return;
     }
     Raftkv__AuthCommand ac = RAFTKV__AUTH_COMMAND__INIT;
     ac.op_case = RAFTKV__AUTH_COMMAND__OP_REVOKE_ROLE;
     ac.revoke_role = (Raftkv__UserRevokeRoleArgs *)a;
-    propose_change(n, &ac, (ProtobufCClosure)closure, data);
+    propose_change(s, &ac, (ProtobufCClosure)closure, data);
 }
 
 static void handle_role_add(Raftkv__AuthService_Service *svc,
@@ -699,14 +735,14 @@ static void handle_role_add(Raftkv__AuthService_Service *svc,
                             Raftkv__AuthChangeReply_Closure closure,
                             void *data)
 {
-    struct kv_node *n = node_of(svc, auth_svc);
-    if (!may_change(n, (ProtobufCClosure)closure, data, NULL, "add roles")) {
+    struct kv_services *s = services_of(svc, auth_svc);
+    if (!may_change(s, (ProtobufCClosure)closure, data, NULL, "add roles")) {
         return;
     }
     Raftkv__AuthCommand ac = RAFTKV__AUTH_COMMAND__INIT;
     ac.op_case = RAFTKV__AUTH_COMMAND__OP_ROLE_ADD;
     ac.role_add = a->name;
-    propose_change(n, &ac, (ProtobufCClosure)closure, data);
+    propose_change(s, &ac, (ProtobufCClosure)closure, data);
 }
 
 static void handle_role_delete(Raftkv__AuthService_Service *svc,
@@ -714,14 +750,14 @@ static void handle_role_delete(Raftkv__AuthService_Service *svc,
                                Raftkv__AuthChangeReply_Closure closure,
                                void *data)
 {
-    struct kv_node *n = node_of(svc, auth_svc);
-    if (!may_change(n, (ProtobufCClosure)closure, data, NULL, "delete roles")) {
+    struct kv_services *s = services_of(svc, auth_svc);
+    if (!may_change(s, (ProtobufCClosure)closure, data, NULL, "delete roles")) {
         return;
     }
     Raftkv__AuthCommand ac = RAFTKV__AUTH_COMMAND__INIT;
     ac.op_case = RAFTKV__AUTH_COMMAND__OP_ROLE_DELETE;
     ac.role_delete = a->name;
-    propose_change(n, &ac, (ProtobufCClosure)closure, data);
+    propose_change(s, &ac, (ProtobufCClosure)closure, data);
 }
 
 static void handle_grant_permission(Raftkv__AuthService_Service *svc,
@@ -729,15 +765,15 @@ static void handle_grant_permission(Raftkv__AuthService_Service *svc,
                                     Raftkv__AuthChangeReply_Closure closure,
                                     void *data)
 {
-    struct kv_node *n = node_of(svc, auth_svc);
-    if (!may_change(n, (ProtobufCClosure)closure, data, NULL,
+    struct kv_services *s = services_of(svc, auth_svc);
+    if (!may_change(s, (ProtobufCClosure)closure, data, NULL,
                     "grant permissions")) {
         return;
     }
     Raftkv__AuthCommand ac = RAFTKV__AUTH_COMMAND__INIT;
     ac.op_case = RAFTKV__AUTH_COMMAND__OP_GRANT_PERMISSION;
     ac.grant_permission = (Raftkv__RoleGrantPermissionArgs *)a;
-    propose_change(n, &ac, (ProtobufCClosure)closure, data);
+    propose_change(s, &ac, (ProtobufCClosure)closure, data);
 }
 
 static void handle_revoke_permission(Raftkv__AuthService_Service *svc,
@@ -745,15 +781,15 @@ static void handle_revoke_permission(Raftkv__AuthService_Service *svc,
                                      Raftkv__AuthChangeReply_Closure closure,
                                      void *data)
 {
-    struct kv_node *n = node_of(svc, auth_svc);
-    if (!may_change(n, (ProtobufCClosure)closure, data, NULL,
+    struct kv_services *s = services_of(svc, auth_svc);
+    if (!may_change(s, (ProtobufCClosure)closure, data, NULL,
                     "revoke permissions")) {
         return;
     }
     Raftkv__AuthCommand ac = RAFTKV__AUTH_COMMAND__INIT;
     ac.op_case = RAFTKV__AUTH_COMMAND__OP_REVOKE_PERMISSION;
     ac.revoke_permission = (Raftkv__RoleRevokePermissionArgs *)a;
-    propose_change(n, &ac, (ProtobufCClosure)closure, data);
+    propose_change(s, &ac, (ProtobufCClosure)closure, data);
 }
 
 static void handle_enable(Raftkv__AuthService_Service *svc,
@@ -762,8 +798,8 @@ static void handle_enable(Raftkv__AuthService_Service *svc,
                           void *data)
 {
     (void)a;
-    struct kv_node *n = node_of(svc, auth_svc);
-    if (!may_change(n, (ProtobufCClosure)closure, data, NULL, "enable auth")) {
+    struct kv_services *s = services_of(svc, auth_svc);
+    if (!may_change(s, (ProtobufCClosure)closure, data, NULL, "enable auth")) {
         return;
     }
     /* The leader makes the token key; every node gets it through the log
@@ -774,7 +810,7 @@ static void handle_enable(Raftkv__AuthService_Service *svc,
     ac.op_case = RAFTKV__AUTH_COMMAND__OP_ENABLE;
     ac.enable.data = key;
     ac.enable.len = sizeof key;
-    propose_change(n, &ac, (ProtobufCClosure)closure, data);
+    propose_change(s, &ac, (ProtobufCClosure)closure, data);
     sodium_memzero(key, sizeof key);
 }
 
@@ -784,14 +820,14 @@ static void handle_disable(Raftkv__AuthService_Service *svc,
                            void *data)
 {
     (void)a;
-    struct kv_node *n = node_of(svc, auth_svc);
-    if (!may_change(n, (ProtobufCClosure)closure, data, NULL, "disable auth")) {
+    struct kv_services *s = services_of(svc, auth_svc);
+    if (!may_change(s, (ProtobufCClosure)closure, data, NULL, "disable auth")) {
         return;
     }
     Raftkv__AuthCommand ac = RAFTKV__AUTH_COMMAND__INIT;
     ac.op_case = RAFTKV__AUTH_COMMAND__OP_DISABLE;
     ac.disable = true;
-    propose_change(n, &ac, (ProtobufCClosure)closure, data);
+    propose_change(s, &ac, (ProtobufCClosure)closure, data);
 }
 
 /* --------------------------------------------------------------- reads */
@@ -821,7 +857,8 @@ static void handle_authenticate(Raftkv__AuthService_Service *svc,
                                 Raftkv__AuthenticateReply_Closure closure,
                                 void *data)
 {
-    struct kv_node *n = node_of(svc, auth_svc);
+    struct kv_services *s = services_of(svc, auth_svc);
+    struct kv_node *n = s->node;
     ProtobufCClosure cl = (ProtobufCClosure)closure;
     char msg[300] = "";
     uint64_t ttl =
@@ -859,7 +896,7 @@ static void handle_authenticate(Raftkv__AuthService_Service *svc,
     j->expiry = wall_s() + ttl;
     j->ttl = ttl;
     snprintf(j->user, sizeof j->user, "%s", a->user);
-    job_submit(n, j);
+    job_submit(s, j);
 }
 
 /* The worker checked the password (on the loop): answer with a token. */
@@ -904,14 +941,15 @@ static void handle_user_get(Raftkv__AuthService_Service *svc,
                             Raftkv__UserGetReply_Closure closure,
                             void *data)
 {
-    struct kv_node *n = node_of(svc, auth_svc);
+    struct kv_services *s = services_of(svc, auth_svc);
+    struct kv_node *n = s->node;
     Raftkv__UserGetReply r = RAFTKV__USER_GET_REPLY__INIT;
     Raftkv__AuthLeaderHint hint = RAFTKV__AUTH_LEADER_HINT__INIT;
     Raftkv__AuthUserRecord *u = NULL;
     char msg[400] = "";
     r.leader = &hint;
     r.message = msg;
-    r.err = require_root(n, data, a->name, "read other users", msg, sizeof msg);
+    r.err = require_root(s, data, a->name, "read other users", msg, sizeof msg);
     if (!r.err) {
         r.err = read_on_leader(n, &hint, msg, sizeof msg);
     }
@@ -942,14 +980,15 @@ static void handle_role_get(Raftkv__AuthService_Service *svc,
                             Raftkv__RoleGetReply_Closure closure,
                             void *data)
 {
-    struct kv_node *n = node_of(svc, auth_svc);
+    struct kv_services *s = services_of(svc, auth_svc);
+    struct kv_node *n = s->node;
     Raftkv__RoleGetReply r = RAFTKV__ROLE_GET_REPLY__INIT;
     Raftkv__AuthLeaderHint hint = RAFTKV__AUTH_LEADER_HINT__INIT;
     Raftkv__AuthRoleRecord *role = NULL;
     char msg[400] = "";
     r.leader = &hint;
     r.message = msg;
-    r.err = require_root(n, data, NULL, "read roles", msg, sizeof msg);
+    r.err = require_root(s, data, NULL, "read roles", msg, sizeof msg);
     if (!r.err) {
         r.err = read_on_leader(n, &hint, msg, sizeof msg);
     }
@@ -978,11 +1017,12 @@ static void handle_role_get(Raftkv__AuthService_Service *svc,
 }
 
 /* UserList ('u') and RoleList ('r', with the built-in root). */
-static void list_names(struct kv_node *n,
+static void list_names(struct kv_services *s,
                        char kind,
                        Raftkv__NameListReply_Closure closure,
                        void *data)
 {
+    struct kv_node *n = s->node;
     Raftkv__NameListReply r = RAFTKV__NAME_LIST_REPLY__INIT;
     Raftkv__AuthLeaderHint hint = RAFTKV__AUTH_LEADER_HINT__INIT;
     char msg[400] = "";
@@ -991,7 +1031,7 @@ static void list_names(struct kv_node *n,
     r.leader = &hint;
     r.message = msg;
     r.err =
-        require_root(n, data, NULL, kind == 'u' ? "list users" : "list roles",
+        require_root(s, data, NULL, kind == 'u' ? "list users" : "list roles",
                      msg, sizeof msg);
     if (!r.err) {
         r.err = read_on_leader(n, &hint, msg, sizeof msg);
@@ -1044,7 +1084,7 @@ static void handle_user_list(Raftkv__AuthService_Service *svc,
                              void *data)
 {
     (void)a;
-    list_names(node_of(svc, auth_svc), 'u', closure, data);
+    list_names(services_of(svc, auth_svc), 'u', closure, data);
 }
 
 static void handle_role_list(Raftkv__AuthService_Service *svc,
@@ -1053,7 +1093,7 @@ static void handle_role_list(Raftkv__AuthService_Service *svc,
                              void *data)
 {
     (void)a;
-    list_names(node_of(svc, auth_svc), 'r', closure, data);
+    list_names(services_of(svc, auth_svc), 'r', closure, data);
 }
 
 static void handle_status(Raftkv__AuthService_Service *svc,
@@ -1062,7 +1102,8 @@ static void handle_status(Raftkv__AuthService_Service *svc,
                           void *data)
 {
     (void)a;
-    struct kv_node *n = node_of(svc, auth_svc);
+    struct kv_services *s = services_of(svc, auth_svc);
+    struct kv_node *n = s->node;
     Raftkv__AuthStatusReply r = RAFTKV__AUTH_STATUS_REPLY__INIT;
     Raftkv__AuthLeaderHint hint = RAFTKV__AUTH_LEADER_HINT__INIT;
     r.leader = &hint;
@@ -1084,14 +1125,14 @@ static void handle_status(Raftkv__AuthService_Service *svc,
 
 /* Whether an admin call may go on; otherwise *err (an AdminError) and msg
  * say why. */
-static bool admin_allowed(struct kv_node *n,
+static bool admin_allowed(struct kv_services *s,
                           void *data,
                           const char *what,
                           int *err,
                           char *msg,
                           size_t msg_size)
 {
-    int a = require_root(n, data, NULL, what, msg, msg_size);
+    int a = require_root(s, data, NULL, what, msg, msg_size);
     if (a == RAFTKV__AUTH_ERROR__AUTH_OK) {
         return true;
     }
@@ -1108,12 +1149,13 @@ static void gate_transfer(Raftkv__AdminService_Service *svc,
                           Raftkv__TransferLeaderReply_Closure closure,
                           void *data)
 {
-    struct kv_node *n = node_of(svc, admin_svc);
+    struct kv_services *s = services_of(svc, admin_svc);
+    struct kv_node *n = s->node;
     Raftkv__TransferLeaderReply r = RAFTKV__TRANSFER_LEADER_REPLY__INIT;
     char msg[400];
     int err;
-    if (admin_allowed(n, data, "transfer leadership", &err, msg, sizeof msg)) {
-        n->admin_inner.transfer_leader(svc, a, closure, data);
+    if (admin_allowed(s, data, "transfer leadership", &err, msg, sizeof msg)) {
+        s->admin_inner.transfer_leader(svc, a, closure, data);
         return;
     }
     r.error = err;
@@ -1129,12 +1171,13 @@ static void gate_snapshot_read(Raftkv__AdminService_Service *svc,
                                Raftkv__SnapshotReadReply_Closure closure,
                                void *data)
 {
-    struct kv_node *n = node_of(svc, admin_svc);
+    struct kv_services *s = services_of(svc, admin_svc);
+    struct kv_node *n = s->node;
     Raftkv__SnapshotReadReply r = RAFTKV__SNAPSHOT_READ_REPLY__INIT;
     char msg[400];
     int err;
-    if (admin_allowed(n, data, "read snapshots", &err, msg, sizeof msg)) {
-        n->admin_inner.snapshot_read(svc, a, closure, data);
+    if (admin_allowed(s, data, "read snapshots", &err, msg, sizeof msg)) {
+        s->admin_inner.snapshot_read(svc, a, closure, data);
         return;
     }
     r.error = err;
@@ -1148,12 +1191,13 @@ static void gate_fault(Raftkv__AdminService_Service *svc,
                        Raftkv__FaultReply_Closure closure,
                        void *data)
 {
-    struct kv_node *n = node_of(svc, admin_svc);
+    struct kv_services *s = services_of(svc, admin_svc);
+    struct kv_node *n = s->node;
     Raftkv__FaultReply r = RAFTKV__FAULT_REPLY__INIT;
     char msg[400];
     int err;
-    if (admin_allowed(n, data, "inject faults", &err, msg, sizeof msg)) {
-        n->admin_inner.fault(svc, a, closure, data);
+    if (admin_allowed(s, data, "inject faults", &err, msg, sizeof msg)) {
+        s->admin_inner.fault(svc, a, closure, data);
         return;
     }
     r.error = err;
@@ -1162,8 +1206,9 @@ static void gate_fault(Raftkv__AdminService_Service *svc,
     closure(&r, data);
 }
 
-void auth_service_init(struct kv_node *n)
+int auth_service_init(struct kv_services *s)
 {
+    struct kv_node *n = s->node;
     /* Once per process is enough; later calls return 1 and do nothing.
      * It fails only without a usable random source (libsodium then aborts
      * on the first random bytes it needs). */
@@ -1173,8 +1218,8 @@ void auth_service_init(struct kv_node *n)
                  "passwords cannot work",
                  (unsigned long long)n->cfg.id);
     }
-    worker_start(n);
-    n->auth_cache = calloc(1, sizeof *n->auth_cache); /* NULL: no cache */
+    worker_start(s);
+    s->auth_cache = calloc(1, sizeof *s->auth_cache); /* NULL: no cache */
     Raftkv__AuthService_Service svc = {
         RAFTKV__AUTH_SERVICE__BASE_INIT,
         handle_authenticate,
@@ -1195,17 +1240,18 @@ void auth_service_init(struct kv_node *n)
         handle_disable,
         handle_status,
     };
-    n->auth_svc = svc;
+    s->auth_svc = svc;
     /* The admin operations that change or reveal the cluster need root
      * once auth is enabled; Ping and Status stay open (health checks). */
-    n->admin_inner = n->admin_svc;
-    if (n->admin_svc.transfer_leader) {
-        n->admin_svc.transfer_leader = gate_transfer;
+    s->admin_inner = s->admin_svc;
+    if (s->admin_svc.transfer_leader) {
+        s->admin_svc.transfer_leader = gate_transfer;
     }
-    if (n->admin_svc.snapshot_read) {
-        n->admin_svc.snapshot_read = gate_snapshot_read;
+    if (s->admin_svc.snapshot_read) {
+        s->admin_svc.snapshot_read = gate_snapshot_read;
     }
-    if (n->admin_svc.fault) {
-        n->admin_svc.fault = gate_fault;
+    if (s->admin_svc.fault) {
+        s->admin_svc.fault = gate_fault;
     }
+    return node_subscribe(n, NODE_EV_STOPPING, auth_service_stop, s);
 }

@@ -6,7 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "node.h"
+#include "service.h"
 
 #define CHUNK_DEFAULT (1u << 20)
 #define CHUNK_MAX     (4u << 20)
@@ -49,20 +49,27 @@ static void backup_close(struct kv_backup *b)
     memset(b, 0, sizeof *b);
 }
 
-void backup_close_all(struct kv_node *n)
+/* Close every stream (the map grows, the store closes). */
+static void backup_close_all(struct kv_node *n, enum node_event ev, void *arg)
 {
+    (void)n;
+    (void)ev;
+    struct kv_services *s = arg;
     for (size_t i = 0; i < KV_MAX_BACKUPS; i++) {
-        if (n->backups[i].id) {
-            backup_close(&n->backups[i]);
+        if (s->backups[i].id) {
+            backup_close(&s->backups[i]);
         }
     }
 }
 
-void backup_sweep(struct kv_node *n)
+/* Close the streams left idle. */
+static void backup_sweep(struct kv_node *n, enum node_event ev, void *arg)
 {
+    (void)ev;
+    struct kv_services *s = arg;
     uint64_t now = node_now_ms();
     for (size_t i = 0; i < KV_MAX_BACKUPS; i++) {
-        struct kv_backup *b = &n->backups[i];
+        struct kv_backup *b = &s->backups[i];
         if (b->id && now - b->used > IDLE_MS) {
             rpc_logf(RPC_LOG_INFO,
                      "node %llu: snapshot read %016" PRIx64
@@ -74,12 +81,15 @@ void backup_sweep(struct kv_node *n)
 }
 
 /* A new stream over the state as applied now. */
-static struct kv_backup *backup_start(struct kv_node *n, char *msg, size_t len)
+static struct kv_backup *backup_start(struct kv_services *s,
+                                      char *msg,
+                                      size_t len)
 {
+    struct kv_node *n = s->node;
     struct kv_backup *b = NULL;
     for (size_t i = 0; i < KV_MAX_BACKUPS && !b; i++) {
-        if (!n->backups[i].id) {
-            b = &n->backups[i];
+        if (!s->backups[i].id) {
+            b = &s->backups[i];
         }
     }
     if (!b) {
@@ -101,7 +111,7 @@ static struct kv_backup *backup_start(struct kv_node *n, char *msg, size_t len)
     b->index = b->s.index;
     b->term = b->s.term;
     b->id =
-        ((uint64_t)n->cfg.id << 48) ^ (node_now_ms() << 8) ^ ++n->backup_seq;
+        ((uint64_t)n->cfg.id << 48) ^ (node_now_ms() << 8) ^ ++s->backup_seq;
     if (b->id == 0) {
         b->id = 1;
     }
@@ -117,7 +127,8 @@ static void handle_snapshot_read(Raftkv__AdminService_Service *svc,
                                  Raftkv__SnapshotReadReply_Closure closure,
                                  void *data)
 {
-    struct kv_node *n = node_of(svc, admin_svc);
+    struct kv_services *s = services_of(svc, admin_svc);
+    struct kv_node *n = s->node;
     char msg[1400];
     if (raft_role(n->raft) != RAFT_LEADER) {
         snprintf(msg, sizeof msg, "node %" PRIu64 " is not the leader",
@@ -142,7 +153,7 @@ static void handle_snapshot_read(Raftkv__AdminService_Service *svc,
                   "a new snapshot read starts at offset 0", NULL);
             return;
         }
-        b = backup_start(n, msg, sizeof msg);
+        b = backup_start(s, msg, sizeof msg);
         if (!b) {
             reply(n, closure, data, RAFTKV__ADMIN_ERROR__ADMIN_UNAVAILABLE, msg,
                   NULL);
@@ -150,8 +161,8 @@ static void handle_snapshot_read(Raftkv__AdminService_Service *svc,
         }
     } else {
         for (size_t i = 0; i < KV_MAX_BACKUPS && !b; i++) {
-            if (n->backups[i].id == a->stream_id) {
-                b = &n->backups[i];
+            if (s->backups[i].id == a->stream_id) {
+                b = &s->backups[i];
             }
         }
         if (!b) {
@@ -209,9 +220,15 @@ static void handle_snapshot_read(Raftkv__AdminService_Service *svc,
     reply(n, closure, data, RAFTKV__ADMIN_ERROR__ADMIN_OK, NULL, b);
 }
 
-void backup_service_init(struct kv_node *n)
+int backup_service_init(struct kv_services *s)
 {
-    n->admin_svc.snapshot_read = handle_snapshot_read;
+    s->admin_svc.snapshot_read = handle_snapshot_read;
+    if (node_subscribe(s->node, NODE_EV_SWEEP, backup_sweep, s) != 0 ||
+        node_subscribe(s->node, NODE_EV_RELEASE_READERS, backup_close_all, s) !=
+            0) {
+        return -1;
+    }
+    return 0;
 }
 
 /* ---- kvserver --restore FILE ---- */

@@ -5,7 +5,7 @@
 #include <string.h>
 #include <time.h>
 
-#include "node.h"
+#include "service.h"
 
 #define KV_SERVICE_NAME "raftkv.KvService"
 
@@ -125,7 +125,7 @@ static void handle_fault(Raftkv__AdminService_Service *svc,
                          Raftkv__FaultReply_Closure closure,
                          void *data)
 {
-    struct kv_node *n = node_of(svc, admin_svc);
+    struct kv_node *n = services_of(svc, admin_svc)->node;
     Raftkv__FaultReply r = RAFTKV__FAULT_REPLY__INIT;
     char msg[300] = "";
     r.node_id = n->cfg.id;
@@ -213,7 +213,8 @@ static void handle_fault(Raftkv__AdminService_Service *svc,
     closure(&r, data);
 }
 
-void fault_service_init(struct kv_node *n)
+int fault_service_init(struct kv_services *s)
 {
-    n->admin_svc.fault = handle_fault;
+    s->admin_svc.fault = handle_fault;
+    return 0;
 }

@@ -1,12 +1,15 @@
-/* kv.c: KvService (and, for now, AdminService Ping and Status):
- * proposals, ReadIndex reads, replies. */
+/* kv.c: KvService: writes proposed through the log, linearizable reads
+ * through ReadIndex (or stale ones from the applied state), replies. */
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "node.h"
+#include "service.h"
+
+/* The KvService of a service table. */
+#define services_of_kv(svc) services_of(svc, kv_svc)
 
 /* ------------------------------------------------------------- replies */
 
@@ -30,10 +33,6 @@ static void reply_write(struct kv_node *n,
         n->metrics.proposals_committed++;
     } else {
         n->metrics.proposals_failed++;
-    }
-    if (op == RAFTKV__COMMAND__OP_AUTH) {
-        auth_reply_write(n, closure, data, err, o, leader, msg);
-        return;
     }
     Raftkv__LeaderHint hint = RAFTKV__LEADER_HINT__INIT;
     set_hint(n, leader, &hint);
@@ -112,7 +111,30 @@ static const char *outcome_message(int err)
     }
 }
 
-static void propose(struct kv_node *n,
+/* A client write waiting for its entry (struct node_write_waiter). */
+struct kv_write
+{
+    struct node_write_waiter w; /* the node's part */
+    int op;                     /* RAFTKV__COMMAND__OP_*: the reply type */
+    ProtobufCClosure closure;   /* completes the client's call */
+    void *closure_data;         /* its argument */
+};
+
+/* The node is done with a write: answer it. */
+static void write_done(struct kv_node *n,
+                       struct node_write_waiter *w,
+                       int err,
+                       const struct kv_outcome *o,
+                       uint64_t leader,
+                       const char *msg)
+{
+    struct kv_write *kw = (struct kv_write *)w;
+    reply_write(n, kw->op, kw->closure, kw->closure_data, err, o, leader,
+                o ? outcome_message(o->err) : msg);
+    free(kw);
+}
+
+static void propose(struct kv_services *s,
                     int op,
                     const Raftkv__Command *cmd,
                     const ProtobufCBinaryData *key,
@@ -122,18 +144,15 @@ static void propose(struct kv_node *n,
                     ProtobufCClosure closure,
                     void *data)
 {
+    struct kv_node *n = s->node;
     char msg[400];
-    int err = 0;
-    if (op != RAFTKV__COMMAND__OP_AUTH) {
-        /* Auth changes are checked by the AuthService (root only). */
-        err = auth_check_kv(
-            n, data, key,
-            op == RAFTKV__COMMAND__OP_CAS ? KV_AUTH_READWRITE : KV_AUTH_WRITE,
-            msg, sizeof msg);
-        if (err) {
-            reply_write(n, op, closure, data, err, NULL, 0, msg);
-            return;
-        }
+    int err = auth_check_kv(
+        s, data, key,
+        op == RAFTKV__COMMAND__OP_CAS ? KV_AUTH_READWRITE : KV_AUTH_WRITE, msg,
+        sizeof msg);
+    if (err) {
+        reply_write(n, op, closure, data, err, NULL, 0, msg);
+        return;
     }
     err = key ? kv_sm_check_key(&n->store, key->len) : 0;
     if (err) {
@@ -151,143 +170,35 @@ static void propose(struct kv_node *n,
                     NULL, 0, msg);
         return;
     }
-    if (op != RAFTKV__COMMAND__OP_AUTH &&
-        (client_id->len != KV_CLIENT_ID_LEN ||
-         (request_id == 0 && op != RAFTKV__COMMAND__OP_OPEN_SESSION))) {
+    if (client_id->len != KV_CLIENT_ID_LEN ||
+        (request_id == 0 && op != RAFTKV__COMMAND__OP_OPEN_SESSION)) {
         reply_write(n, op, closure, data, RAFTKV__KV_ERROR__KV_BAD_REQUEST,
                     NULL, 0,
                     "a write needs a 16-byte client_id and a request_id > 0");
         return;
     }
-    if (n->frozen) {
-        /* This node cannot write; the leader, when it is another, may. */
-        uint64_t leader = raft_leader(n->raft);
-        if (leader && leader != n->cfg.id) {
-            reply_write(n, op, closure, data, RAFTKV__KV_ERROR__KV_WRONG_LEADER,
-                        NULL, leader,
-                        "not the leader (and this node cannot write its "
-                        "disk)");
+    /* A node that cannot write its disk refuses in node_propose, before
+     * the quota is looked at. */
+    if (!n->frozen) {
+        err = quota_check_write(s, op,
+                                (key ? key->len : 0) + (value ? value->len : 0),
+                                msg, sizeof msg);
+        if (err) {
+            reply_write(n, op, closure, data, err, NULL, 0, msg);
             return;
         }
-        reply_write(n, op, closure, data,
-                    n->disk_full ? RAFTKV__KV_ERROR__KV_NO_SPACE
-                                 : RAFTKV__KV_ERROR__KV_UNAVAILABLE,
-                    NULL, 0, n->store.errmsg);
-        return;
     }
-    err = quota_check_write(n, op,
-                            (key ? key->len : 0) + (value ? value->len : 0),
-                            msg, sizeof msg);
-    if (err) {
-        reply_write(n, op, closure, data, err, NULL, 0, msg);
-        return;
-    }
-    struct kv_pending_write *w = calloc(1, sizeof *w);
-    size_t len = raftkv__command__get_packed_size(cmd);
-    uint8_t *buf = malloc(len ? len : 1);
-    if (!w || !buf) {
-        free(w);
-        free(buf);
+    struct kv_write *kw = calloc(1, sizeof *kw);
+    if (!kw) {
         reply_write(n, op, closure, data, RAFTKV__KV_ERROR__KV_INTERNAL, NULL,
                     0, "out of memory");
         return;
     }
-    raftkv__command__pack(cmd, buf);
-    uint64_t index, term, hint = 0;
-    node_clock(n);
-    int rv = raft_propose(n->raft, buf, len, &index, &term, &hint);
-    free(buf);
-    if (rv) {
-        free(w);
-        if (rv == RAFT_NOTLEADER || rv == RAFT_ETRANSFER) {
-            reply_write(n, op, closure, data,
-                        hint ? RAFTKV__KV_ERROR__KV_WRONG_LEADER
-                             : RAFTKV__KV_ERROR__KV_UNAVAILABLE,
-                        NULL, hint,
-                        rv == RAFT_ETRANSFER ? "leadership is being "
-                                               "transferred"
-                                             : "not the leader");
-        } else {
-            reply_write(n, op, closure, data,
-                        rv == RAFT_EFULL ? RAFTKV__KV_ERROR__KV_UNAVAILABLE
-                                         : RAFTKV__KV_ERROR__KV_INTERNAL,
-                        NULL, 0, raft_strerror(rv));
-        }
-        return;
-    }
-    w->index = index;
-    w->term = term;
-    w->op = op;
-    w->deadline = node_now_ms() + n->cfg.request_timeout_ms;
-    w->closure = closure;
-    w->closure_data = data;
-    if (n->writes_tail) {
-        n->writes_tail->next = w;
-    } else {
-        n->writes = w;
-    }
-    n->writes_tail = w;
-    node_schedule_turn(n);
-}
-
-void client_propose_auth(struct kv_node *n,
-                         const Raftkv__Command *cmd,
-                         ProtobufCClosure closure,
-                         void *data)
-{
-    propose(n, RAFTKV__COMMAND__OP_AUTH, cmd, NULL, NULL, NULL, 0, closure,
-            data);
-}
-
-static struct kv_pending_write *pop_write(struct kv_node *n)
-{
-    struct kv_pending_write *w = n->writes;
-    n->writes = w->next;
-    if (!n->writes) {
-        n->writes_tail = NULL;
-    }
-    return w;
-}
-
-/* A write at an applied index for which no outcome was recorded here. */
-static void resolve_unmatched(struct kv_node *n, struct kv_pending_write *w)
-{
-    uint64_t term;
-    if (raft_entry_term(n->raft, w->index, &term) == 0 && term != w->term) {
-        reply_write(n, w->op, w->closure, w->closure_data,
-                    RAFTKV__KV_ERROR__KV_WRONG_LEADER, NULL,
-                    raft_leader(n->raft),
-                    "not applied: a new leader replaced the entry");
-    } else {
-        reply_write(n, w->op, w->closure, w->closure_data,
-                    RAFTKV__KV_ERROR__KV_TIMEOUT, NULL, raft_leader(n->raft),
-                    "outcome unknown; retry with the same request id");
-    }
-    free(w);
-}
-
-void client_answer_applied(struct kv_node *n)
-{
-    for (size_t i = 0; i < n->n_done; i++) {
-        const struct kv_applied *d = &n->done[i];
-        while (n->writes && n->writes->index < d->index) {
-            resolve_unmatched(n, pop_write(n));
-        }
-        if (!n->writes || n->writes->index != d->index) {
-            continue;
-        }
-        struct kv_pending_write *w = pop_write(n);
-        if (w->term == d->term) {
-            reply_write(n, w->op, w->closure, w->closure_data, d->outcome.err,
-                        &d->outcome, 0, outcome_message(d->outcome.err));
-            free(w);
-        } else {
-            resolve_unmatched(n, w);
-        }
-    }
-    while (n->writes && n->writes->index <= n->applied) {
-        resolve_unmatched(n, pop_write(n));
-    }
+    kw->w.done = write_done;
+    kw->op = op;
+    kw->closure = closure;
+    kw->closure_data = data;
+    node_propose(n, cmd, &kw->w); /* answered by write_done */
 }
 
 static void handle_put_append(Raftkv__KvService_Service *svc,
@@ -295,11 +206,11 @@ static void handle_put_append(Raftkv__KvService_Service *svc,
                               Raftkv__PutAppendReply_Closure closure,
                               void *data)
 {
-    struct kv_node *n = node_of(svc, kv_svc);
+    struct kv_services *s = services_of_kv(svc);
     Raftkv__Command cmd = RAFTKV__COMMAND__INIT;
     cmd.op_case = RAFTKV__COMMAND__OP_PUT_APPEND;
     cmd.put_append = (Raftkv__PutAppendArgs *)a;
-    propose(n, RAFTKV__COMMAND__OP_PUT_APPEND, &cmd, &a->key, &a->value,
+    propose(s, RAFTKV__COMMAND__OP_PUT_APPEND, &cmd, &a->key, &a->value,
             &a->client_id, a->request_id, (ProtobufCClosure)closure, data);
 }
 
@@ -308,11 +219,11 @@ static void handle_delete(Raftkv__KvService_Service *svc,
                           Raftkv__DeleteReply_Closure closure,
                           void *data)
 {
-    struct kv_node *n = node_of(svc, kv_svc);
+    struct kv_services *s = services_of_kv(svc);
     Raftkv__Command cmd = RAFTKV__COMMAND__INIT;
     cmd.op_case = RAFTKV__COMMAND__OP_DEL;
     cmd.del = (Raftkv__DeleteArgs *)a;
-    propose(n, RAFTKV__COMMAND__OP_DEL, &cmd, &a->key, NULL, &a->client_id,
+    propose(s, RAFTKV__COMMAND__OP_DEL, &cmd, &a->key, NULL, &a->client_id,
             a->request_id, (ProtobufCClosure)closure, data);
 }
 
@@ -321,17 +232,17 @@ static void handle_cas(Raftkv__KvService_Service *svc,
                        Raftkv__CompareAndSwapReply_Closure closure,
                        void *data)
 {
-    struct kv_node *n = node_of(svc, kv_svc);
+    struct kv_services *s = services_of_kv(svc);
     if (a->expected_case == RAFTKV__COMPARE_AND_SWAP_ARGS__EXPECTED__NOT_SET) {
-        reply_write(n, RAFTKV__COMMAND__OP_CAS, (ProtobufCClosure)closure, data,
-                    RAFTKV__KV_ERROR__KV_BAD_REQUEST, NULL, 0,
+        reply_write(s->node, RAFTKV__COMMAND__OP_CAS, (ProtobufCClosure)closure,
+                    data, RAFTKV__KV_ERROR__KV_BAD_REQUEST, NULL, 0,
                     "CompareAndSwap needs expected_value or expect_absent");
         return;
     }
     Raftkv__Command cmd = RAFTKV__COMMAND__INIT;
     cmd.op_case = RAFTKV__COMMAND__OP_CAS;
     cmd.cas = (Raftkv__CompareAndSwapArgs *)a;
-    propose(n, RAFTKV__COMMAND__OP_CAS, &cmd, &a->key, &a->new_value,
+    propose(s, RAFTKV__COMMAND__OP_CAS, &cmd, &a->key, &a->new_value,
             &a->client_id, a->request_id, (ProtobufCClosure)closure, data);
 }
 
@@ -340,16 +251,16 @@ static void handle_open_session(Raftkv__KvService_Service *svc,
                                 Raftkv__OpenSessionReply_Closure closure,
                                 void *data)
 {
-    struct kv_node *n = node_of(svc, kv_svc);
+    struct kv_services *s = services_of_kv(svc);
     /* The bound goes into the log with the session, so that every replica
      * forgets the same sessions. */
     Raftkv__SessionOpen open = RAFTKV__SESSION_OPEN__INIT;
     open.client_id = a->client_id;
-    open.max_sessions = n->cfg.max_sessions;
+    open.max_sessions = s->node->cfg.max_sessions;
     Raftkv__Command cmd = RAFTKV__COMMAND__INIT;
     cmd.op_case = RAFTKV__COMMAND__OP_OPEN_SESSION;
     cmd.open_session = &open;
-    propose(n, RAFTKV__COMMAND__OP_OPEN_SESSION, &cmd, NULL, NULL,
+    propose(s, RAFTKV__COMMAND__OP_OPEN_SESSION, &cmd, NULL, NULL,
             &a->client_id, 0, (ProtobufCClosure)closure, data);
 }
 
@@ -386,17 +297,29 @@ static void serve_get(struct kv_node *n,
     node_state_done(n, txn);
 }
 
-static void read_remove(struct kv_node *n, struct kv_pending_read *r)
+/* A linearizable Get waiting for ReadIndex (struct node_read_waiter). */
+struct kv_read
 {
-    if (r->prev) {
-        r->prev->next = r->next;
+    struct node_read_waiter w; /* the node's part */
+    ProtobufCClosure closure;  /* completes the client's call */
+    void *closure_data;        /* its argument */
+    size_t key_len;            /* length of key */
+    uint8_t key[];             /* a copy of the key */
+};
+
+/* The node confirmed the read (err 0: serve it now) or gave up on it. */
+static void read_ready(struct kv_node *n,
+                       struct node_read_waiter *w,
+                       int err,
+                       uint64_t leader,
+                       const char *msg)
+{
+    struct kv_read *r = (struct kv_read *)w;
+    if (err) {
+        reply_get(n, r->closure, r->closure_data, err, NULL, 0, leader, msg);
     } else {
-        n->reads = r->next;
+        serve_get(n, r->key, r->key_len, r->closure, r->closure_data);
     }
-    if (r->next) {
-        r->next->prev = r->prev;
-    }
-    free(r->key);
     free(r);
 }
 
@@ -405,10 +328,11 @@ static void handle_get(Raftkv__KvService_Service *svc,
                        Raftkv__GetReply_Closure closure,
                        void *data)
 {
-    struct kv_node *n = node_of(svc, kv_svc);
+    struct kv_services *s = services_of_kv(svc);
+    struct kv_node *n = s->node;
     ProtobufCClosure cl = (ProtobufCClosure)closure;
     char why[400];
-    int err = auth_check_kv(n, data, &a->key, KV_AUTH_READ, why, sizeof why);
+    int err = auth_check_kv(s, data, &a->key, KV_AUTH_READ, why, sizeof why);
     if (err) {
         /* A stale read is checked against this node's applied auth state,
          * like the data it reads. */
@@ -424,182 +348,23 @@ static void handle_get(Raftkv__KvService_Service *svc,
         serve_get(n, a->key.data, a->key.len, cl, data);
         return;
     }
-    if (n->frozen) {
-        uint64_t leader = raft_leader(n->raft);
-        bool other = leader && leader != n->cfg.id;
-        reply_get(n, cl, data,
-                  other ? RAFTKV__KV_ERROR__KV_WRONG_LEADER
-                        : RAFTKV__KV_ERROR__KV_UNAVAILABLE,
-                  NULL, 0, other ? leader : 0,
-                  "node cannot persist; use a stale read or another node");
-        return;
-    }
-    struct kv_pending_read *r = calloc(1, sizeof *r);
-    uint8_t *key = malloc(a->key.len);
-    if (!r || !key) {
-        free(r);
-        free(key);
+    struct kv_read *r = calloc(1, sizeof *r + a->key.len);
+    if (!r) {
         reply_get(n, cl, data, RAFTKV__KV_ERROR__KV_INTERNAL, NULL, 0, 0,
                   "out of memory");
         return;
     }
-    memcpy(key, a->key.data, a->key.len);
-    uint64_t hint = 0;
-    node_clock(n);
-    int rv = raft_read_index(n->raft, (uint64_t)(uintptr_t)r, &hint);
-    if (rv) {
-        free(r);
-        free(key);
-        reply_get(n, cl, data,
-                  rv == RAFT_NOTLEADER && hint
-                      ? RAFTKV__KV_ERROR__KV_WRONG_LEADER
-                      : RAFTKV__KV_ERROR__KV_UNAVAILABLE,
-                  NULL, 0, hint,
-                  rv == RAFT_NOTLEADER ? "not the leader" : raft_strerror(rv));
-        return;
-    }
-    r->key = key;
+    memcpy(r->key, a->key.data, a->key.len);
     r->key_len = a->key.len;
     r->closure = cl;
     r->closure_data = data;
-    r->deadline = node_now_ms() + n->cfg.request_timeout_ms;
-    r->next = n->reads;
-    if (n->reads) {
-        n->reads->prev = r;
-    }
-    n->reads = r;
-    node_schedule_turn(n);
+    r->w.ready = read_ready;
+    node_read_begin(n, &r->w); /* answered by read_ready */
 }
 
-void client_answer_reads(struct kv_node *n,
-                         const struct raft_read *reads,
-                         size_t n_reads)
-{
-    for (size_t i = 0; i < n_reads; i++) {
-        struct kv_pending_read *r = n->reads;
-        while (r && (uint64_t)(uintptr_t)r != reads[i].ctx) {
-            r = r->next;
-        }
-        if (!r) {
-            continue;
-        }
-        if (reads[i].ok) {
-            r->index = reads[i].index;
-            r->confirmed = true;
-        } else {
-            reply_get(n, r->closure, r->closure_data,
-                      raft_leader(n->raft) ? RAFTKV__KV_ERROR__KV_WRONG_LEADER
-                                           : RAFTKV__KV_ERROR__KV_UNAVAILABLE,
-                      NULL, 0, raft_leader(n->raft), "leadership lost");
-            read_remove(n, r);
-        }
-    }
-}
+/* ------------------------------------------------------------- service */
 
-void client_serve_ready_reads(struct kv_node *n)
-{
-    struct kv_pending_read *r = n->reads;
-    while (r) {
-        struct kv_pending_read *next = r->next;
-        if (r->confirmed && r->index <= n->applied) {
-            serve_get(n, r->key, r->key_len, r->closure, r->closure_data);
-            read_remove(n, r);
-        }
-        r = next;
-    }
-}
-
-/* ------------------------------------------------------------- timers */
-
-void client_sweep(struct kv_node *n)
-{
-    uint64_t now = node_now_ms();
-    /* Writes time out in order; a later one cannot expire first. */
-    while (n->writes && n->writes->deadline <= now) {
-        struct kv_pending_write *w = pop_write(n);
-        reply_write(n, w->op, w->closure, w->closure_data,
-                    RAFTKV__KV_ERROR__KV_TIMEOUT, NULL, raft_leader(n->raft),
-                    "not applied in time; outcome unknown, retry with the "
-                    "same request id");
-        free(w);
-    }
-    struct kv_pending_read *r = n->reads;
-    while (r) {
-        struct kv_pending_read *next = r->next;
-        if (r->deadline <= now) {
-            reply_get(n, r->closure, r->closure_data,
-                      RAFTKV__KV_ERROR__KV_TIMEOUT, NULL, 0,
-                      raft_leader(n->raft), "read not confirmed in time");
-            read_remove(n, r);
-        }
-        r = next;
-    }
-    admin_sweep(n);
-    backup_sweep(n);
-}
-
-void client_fail_all(struct kv_node *n, int err, const char *why)
-{
-    auth_service_stop(n); /* (only at shutdown: node_free) */
-    admin_fail_all(n, why);
-    while (n->writes) {
-        struct kv_pending_write *w = pop_write(n);
-        /* The write may still commit through another leader. */
-        reply_write(n, w->op, w->closure, w->closure_data,
-                    RAFTKV__KV_ERROR__KV_TIMEOUT, NULL, 0, why);
-        free(w);
-    }
-    while (n->reads) {
-        struct kv_pending_read *r = n->reads;
-        reply_get(n, r->closure, r->closure_data, err, NULL, 0, 0, why);
-        read_remove(n, r);
-    }
-}
-
-/* -------------------------------------------------------------- admin */
-
-static void handle_ping(Raftkv__AdminService_Service *svc,
-                        const Raftkv__PingArgs *a,
-                        Raftkv__PingReply_Closure closure,
-                        void *data)
-{
-    struct kv_node *n = node_of(svc, admin_svc);
-    Raftkv__PingReply r = RAFTKV__PING_REPLY__INIT;
-    r.payload = a->payload;
-    r.node_id = n->cfg.id;
-    closure(&r, data);
-}
-
-static void handle_status(Raftkv__AdminService_Service *svc,
-                          const Raftkv__StatusArgs *a,
-                          Raftkv__StatusReply_Closure closure,
-                          void *data)
-{
-    (void)a;
-    struct kv_node *n = node_of(svc, admin_svc);
-    Raftkv__StatusReply r = RAFTKV__STATUS_REPLY__INIT;
-    char self[300], leader[300];
-    uint64_t leader_id = raft_leader(n->raft);
-    snprintf(self, sizeof self, "%s", node_peer_addr(n, n->cfg.id));
-    snprintf(leader, sizeof leader, "%s",
-             leader_id ? node_peer_addr(n, leader_id) : "");
-    r.node_id = n->cfg.id;
-    r.address = self;
-    r.role = (char *)raft_role_name(raft_role(n->raft));
-    r.term = raft_term(n->raft);
-    r.leader_id = leader_id;
-    r.leader_address = leader;
-    r.commit_index = raft_commit_index(n->raft);
-    r.applied_index = n->applied;
-    r.last_log_index = raft_last_index(n->raft);
-    r.snapshot_index = raft_snapshot_index(n->raft);
-    r.cluster_id = n->cluster_id;
-    r.disk_full = n->disk_full;
-    admin_status_progress(n, &r);
-    closure(&r, data);
-}
-
-void client_service_init(struct kv_node *n)
+int kv_service_init(struct kv_services *s)
 {
     Raftkv__KvService_Service kv = {
         RAFTKV__KV_SERVICE__BASE_INIT,
@@ -614,16 +379,6 @@ void client_service_init(struct kv_node *n)
         NULL, /* Compact */
         NULL, /* Events */
     };
-    Raftkv__AdminService_Service admin = {
-        RAFTKV__ADMIN_SERVICE__BASE_INIT,
-        handle_ping,
-        handle_status,
-        NULL, /* Fault: fault.c */
-        NULL, /* TransferLeader: admin.c */
-        NULL, /* SnapshotRead: backup.c */
-    };
-    n->kv_svc = kv;
-    n->admin_svc = admin;
-    admin_service_init(n);
-    backup_service_init(n);
+    s->kv_svc = kv;
+    return 0;
 }

@@ -14,13 +14,8 @@
 #include <event2/http.h>
 #include <event2/keyvalq_struct.h>
 
-#include "node.h"
-
-/* Upper bounds of the histogram buckets, in seconds. */
-static const double bounds[KV_HIST_BUCKETS] = {
-    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01,
-    0.025,   0.05,   0.1,     0.25,   0.5,   1,      2.5,   5,
-};
+#include "metrics.h"
+#include "service.h"
 
 /* Names of the RPC statuses, by struct rpc_method_stats slot. */
 static const char *const status_names[RPC_STATUS_SLOTS] = {
@@ -28,24 +23,6 @@ static const char *const status_names[RPC_STATUS_SLOTS] = {
     "BAD_REQUEST", "SHUTTING_DOWN",   "INTERNAL",
     "OVERLOADED",  "OTHER",
 };
-
-double kv_seconds(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
-void kv_hist_observe(struct kv_hist *h, double seconds)
-{
-    size_t k = 0;
-    while (k < KV_HIST_BUCKETS && seconds > bounds[k]) {
-        k++;
-    }
-    h->counts[k]++;
-    h->sum += seconds;
-    h->n++;
-}
 
 static void put_meta(struct evbuffer *b,
                      const char *name,
@@ -76,7 +53,7 @@ static void put_hist(struct evbuffer *b,
     for (size_t k = 0; k < KV_HIST_BUCKETS; k++) {
         cum += h->counts[k];
         evbuffer_add_printf(b, "%s_bucket{le=\"%g\"} %" PRIu64 "\n", name,
-                            bounds[k], cum);
+                            kv_hist_bounds[k], cum);
     }
     cum += h->counts[KV_HIST_BUCKETS];
     evbuffer_add_printf(b, "%s_bucket{le=\"+Inf\"} %" PRIu64 "\n", name, cum);
@@ -165,19 +142,17 @@ static void put_rpc(struct evbuffer *b, struct kv_node *n)
 
 static void on_metrics(struct evhttp_request *req, void *arg)
 {
-    struct kv_node *n = arg;
+    struct kv_services *s = arg;
+    struct kv_node *n = s->node;
     struct kv_metrics *m = &n->metrics;
-    m->http_requests++;
+    s->http_requests++;
     struct evbuffer *b = evbuffer_new();
     if (!b) {
         evhttp_send_error(req, HTTP_INTERNAL, "out of memory");
         return;
     }
     struct raft *r = n->raft;
-    uint64_t pending = 0;
-    for (struct kv_pending_write *w = n->writes; w; w = w->next) {
-        pending++;
-    }
+    uint64_t pending = node_writes_pending(n);
     put_meta(b, "raftkv_node_info", "gauge", "This node's id and cluster.");
     evbuffer_add_printf(b,
                         "raftkv_node_info{id=\"%" PRIu64
@@ -235,10 +210,10 @@ static void on_metrics(struct evhttp_request *req, void *arg)
     put_value(b, "raftkv_state_bytes", "gauge",
               "Bytes of LMDB pages in use by the applied state (freed pages "
               "are reused and not counted).",
-              quota_state_bytes(n));
+              quota_state_bytes(s));
     put_value(b, "raftkv_quota_refusals_total", "counter",
               "Writes this node refused as leader for --quota-bytes.",
-              n->quota.refusals);
+              s->quota.refusals);
     evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type",
                       "text/plain; version=0.0.4; charset=utf-8");
     evhttp_send_reply(req, HTTP_OK, "OK", b);
@@ -298,8 +273,9 @@ static void json_string(struct evbuffer *b, const char *s)
 
 static void on_health(struct evhttp_request *req, void *arg)
 {
-    struct kv_node *n = arg;
-    n->metrics.http_requests++;
+    struct kv_services *s = arg;
+    struct kv_node *n = s->node;
+    s->http_requests++;
     struct evbuffer *b = evbuffer_new();
     if (!b) {
         evhttp_send_error(req, HTTP_INTERNAL, "out of memory");
@@ -352,8 +328,11 @@ int metrics_parse_addr(const char *addr, char host[256], uint16_t *port)
     return 0;
 }
 
-int metrics_start(struct kv_node *n, const char *addr)
+/* Serve /metrics and /health on @addr ("HOST:PORT") with libevent's HTTP
+ * server. Returns 0, or -1 after printing why to stderr. */
+static int metrics_start(struct kv_services *s, const char *addr)
 {
+    struct kv_node *n = s->node;
     char host[256];
     uint16_t port;
     if (metrics_parse_addr(addr, host, &port) != 0) {
@@ -361,26 +340,26 @@ int metrics_start(struct kv_node *n, const char *addr)
                 addr);
         return -1;
     }
-    n->http = evhttp_new(n->base);
-    if (!n->http) {
+    s->http = evhttp_new(n->base);
+    if (!s->http) {
         fprintf(stderr, "kvserver: cannot create the HTTP server\n");
         return -1;
     }
-    evhttp_set_allowed_methods(n->http, EVHTTP_REQ_GET | EVHTTP_REQ_HEAD);
-    evhttp_set_max_headers_size(n->http, 8192);
-    evhttp_set_max_body_size(n->http, 0);
-    evhttp_set_timeout(n->http, 10);
-    evhttp_set_cb(n->http, "/metrics", on_metrics, n);
-    evhttp_set_cb(n->http, "/health", on_health, n);
-    evhttp_set_gencb(n->http, on_other, n);
+    evhttp_set_allowed_methods(s->http, EVHTTP_REQ_GET | EVHTTP_REQ_HEAD);
+    evhttp_set_max_headers_size(s->http, 8192);
+    evhttp_set_max_body_size(s->http, 0);
+    evhttp_set_timeout(s->http, 10);
+    evhttp_set_cb(s->http, "/metrics", on_metrics, s);
+    evhttp_set_cb(s->http, "/health", on_health, s);
+    evhttp_set_gencb(s->http, on_other, s);
     struct evhttp_bound_socket *bs =
-        evhttp_bind_socket_with_handle(n->http, host, port);
+        evhttp_bind_socket_with_handle(s->http, host, port);
     if (!bs) {
         fprintf(stderr,
                 "kvserver: --metrics-addr %s: cannot listen there: %s\n", addr,
                 strerror(errno));
-        evhttp_free(n->http);
-        n->http = NULL;
+        evhttp_free(s->http);
+        s->http = NULL;
         return -1;
     }
     /* Port 0 picks a free port: say which. */
@@ -409,10 +388,23 @@ int metrics_start(struct kv_node *n, const char *addr)
     return 0;
 }
 
-void metrics_stop(struct kv_node *n)
+/* Stop serving (shutdown). */
+static void metrics_stop(struct kv_node *n, enum node_event ev, void *arg)
 {
-    if (n->http) {
-        evhttp_free(n->http);
-        n->http = NULL;
+    (void)n;
+    (void)ev;
+    struct kv_services *s = arg;
+    if (s->http) {
+        evhttp_free(s->http);
+        s->http = NULL;
     }
+}
+
+int metrics_service_init(struct kv_services *s)
+{
+    const char *addr = s->node->cfg.metrics_addr;
+    if (node_subscribe(s->node, NODE_EV_STOPPING, metrics_stop, s) != 0) {
+        return -1;
+    }
+    return addr ? metrics_start(s, addr) : 0;
 }

@@ -7,7 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "node.h"
+#include "service.h"
 
 /* LMDB's reserved databases: the free list and the main (named-database)
  * tree. Not in lmdb.h, fixed by its format (mdb.c: FREE_DBI, MAIN_DBI). */
@@ -138,9 +138,10 @@ static bool op_is_exempt(int op)
            op == RAFTKV__COMMAND__OP_AUTH;
 }
 
-uint64_t quota_state_bytes(struct kv_node *n)
+uint64_t quota_state_bytes(struct kv_services *s)
 {
-    struct kv_quota *q = &n->quota;
+    struct kv_node *n = s->node;
+    struct kv_quota *q = &s->quota;
     /* The state changes when entries are applied and, a little (the free
      * list), when it is committed: between the two the measure holds. */
     if (q->measured && q->measured_applied == n->applied &&
@@ -162,9 +163,10 @@ uint64_t quota_state_bytes(struct kv_node *n)
 
 /* Log a change between refusing and accepting writes, each kind at most
  * once a QUOTA_LOG_EVERY_MS (a state that hovers at the quota flips often). */
-static void note_change(struct kv_node *n, bool refused, uint64_t state)
+static void note_change(struct kv_services *svc, bool refused, uint64_t state)
 {
-    struct kv_quota *q = &n->quota;
+    struct kv_node *n = svc->node;
+    struct kv_quota *q = &svc->quota;
     if (refused) {
         q->refusals++;
         q->refused_streak++;
@@ -199,20 +201,21 @@ static void note_change(struct kv_node *n, bool refused, uint64_t state)
     }
 }
 
-int quota_check_write(struct kv_node *n,
+int quota_check_write(struct kv_services *s,
                       int op,
                       size_t cost,
                       char *msg,
                       size_t msg_size)
 {
+    struct kv_node *n = s->node;
     if (n->cfg.quota_bytes == 0 || op_is_exempt(op) ||
         raft_role(n->raft) != RAFT_LEADER) {
         /* A follower sends the write to the leader, which checks it. */
         return 0;
     }
-    uint64_t state = quota_state_bytes(n);
+    uint64_t state = quota_state_bytes(s);
     bool refused = kv_quota_exceeded(n->cfg.quota_bytes, state, cost);
-    note_change(n, refused, state);
+    note_change(s, refused, state);
     if (!refused) {
         return 0;
     }

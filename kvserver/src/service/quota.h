@@ -14,7 +14,7 @@
 /* Default of --quota-bytes: 8 GiB, as etcd's largest recommended backend. */
 #define KV_QUOTA_DEFAULT (8ull << 30)
 
-/* A node's quota bookkeeping (node.h: struct kv_node.quota). */
+/* A node's quota bookkeeping (service.h: struct kv_services.quota). */
 struct kv_quota
 {
     uint64_t refusals;           /* writes refused for the quota, ever */

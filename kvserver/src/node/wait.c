@@ -1,0 +1,278 @@
+/* wait.c: how the node answers services without knowing them: waiters
+ * embedded in requests (a write until its entry is applied, a read until
+ * it may be served) and subscribers to the loop's broadcasts (node.h). */
+#include <stdint.h>
+#include <stdlib.h>
+
+#include "node.h"
+
+/* ------------------------------------------------------------- writes */
+
+int node_propose(struct kv_node *n,
+                 const Raftkv__Command *cmd,
+                 struct node_write_waiter *w)
+{
+    if (n->frozen) {
+        /* This node cannot write; the leader, when it is another, may. */
+        uint64_t leader = raft_leader(n->raft);
+        if (leader && leader != n->cfg.id) {
+            w->done(n, w, RAFTKV__KV_ERROR__KV_WRONG_LEADER, NULL, leader,
+                    "not the leader (and this node cannot write its disk)");
+            return RAFTKV__KV_ERROR__KV_WRONG_LEADER;
+        }
+        int err = n->disk_full ? RAFTKV__KV_ERROR__KV_NO_SPACE
+                               : RAFTKV__KV_ERROR__KV_UNAVAILABLE;
+        w->done(n, w, err, NULL, 0, n->store.errmsg);
+        return err;
+    }
+    size_t len = raftkv__command__get_packed_size(cmd);
+    uint8_t *buf = malloc(len ? len : 1);
+    if (!buf) {
+        w->done(n, w, RAFTKV__KV_ERROR__KV_INTERNAL, NULL, 0, "out of memory");
+        return RAFTKV__KV_ERROR__KV_INTERNAL;
+    }
+    raftkv__command__pack(cmd, buf);
+    uint64_t index, term, hint = 0;
+    node_clock(n);
+    int rv = raft_propose(n->raft, buf, len, &index, &term, &hint);
+    free(buf);
+    if (rv) {
+        int err;
+        if (rv == RAFT_NOTLEADER || rv == RAFT_ETRANSFER) {
+            err = hint ? RAFTKV__KV_ERROR__KV_WRONG_LEADER
+                       : RAFTKV__KV_ERROR__KV_UNAVAILABLE;
+            w->done(n, w, err, NULL, hint,
+                    rv == RAFT_ETRANSFER ? "leadership is being transferred"
+                                         : "not the leader");
+        } else {
+            err = rv == RAFT_EFULL ? RAFTKV__KV_ERROR__KV_UNAVAILABLE
+                                   : RAFTKV__KV_ERROR__KV_INTERNAL;
+            w->done(n, w, err, NULL, 0, raft_strerror(rv));
+        }
+        return err;
+    }
+    w->index = index;
+    w->term = term;
+    w->deadline = node_now_ms() + n->cfg.request_timeout_ms;
+    w->next = NULL;
+    if (n->writes_tail) {
+        n->writes_tail->next = w;
+    } else {
+        n->writes = w;
+    }
+    n->writes_tail = w;
+    node_schedule_turn(n);
+    return 0;
+}
+
+size_t node_writes_pending(const struct kv_node *n)
+{
+    size_t k = 0;
+    for (const struct node_write_waiter *w = n->writes; w; w = w->next) {
+        k++;
+    }
+    return k;
+}
+
+static struct node_write_waiter *pop_write(struct kv_node *n)
+{
+    struct node_write_waiter *w = n->writes;
+    n->writes = w->next;
+    if (!n->writes) {
+        n->writes_tail = NULL;
+    }
+    w->next = NULL;
+    return w;
+}
+
+/* A write at an applied index for which no outcome was recorded here. */
+static void resolve_unmatched(struct kv_node *n, struct node_write_waiter *w)
+{
+    uint64_t term;
+    if (raft_entry_term(n->raft, w->index, &term) == 0 && term != w->term) {
+        w->done(n, w, RAFTKV__KV_ERROR__KV_WRONG_LEADER, NULL,
+                raft_leader(n->raft),
+                "not applied: a new leader replaced the entry");
+    } else {
+        w->done(n, w, RAFTKV__KV_ERROR__KV_TIMEOUT, NULL, raft_leader(n->raft),
+                "outcome unknown; retry with the same request id");
+    }
+}
+
+void node_complete_writes(struct kv_node *n)
+{
+    for (size_t i = 0; i < n->n_done; i++) {
+        const struct kv_applied *d = &n->done[i];
+        while (n->writes && n->writes->index < d->index) {
+            resolve_unmatched(n, pop_write(n));
+        }
+        if (!n->writes || n->writes->index != d->index) {
+            continue;
+        }
+        struct node_write_waiter *w = pop_write(n);
+        if (w->term == d->term) {
+            w->done(n, w, d->outcome.err, &d->outcome, 0, NULL);
+        } else {
+            resolve_unmatched(n, w);
+        }
+    }
+    while (n->writes && n->writes->index <= n->applied) {
+        resolve_unmatched(n, pop_write(n));
+    }
+}
+
+/* -------------------------------------------------------------- reads */
+
+int node_read_begin(struct kv_node *n, struct node_read_waiter *w)
+{
+    if (n->frozen) {
+        uint64_t leader = raft_leader(n->raft);
+        bool other = leader && leader != n->cfg.id;
+        int err = other ? RAFTKV__KV_ERROR__KV_WRONG_LEADER
+                        : RAFTKV__KV_ERROR__KV_UNAVAILABLE;
+        w->ready(n, w, err, other ? leader : 0,
+                 "node cannot persist; use a stale read or another node");
+        return err;
+    }
+    uint64_t hint = 0;
+    node_clock(n);
+    int rv = raft_read_index(n->raft, (uint64_t)(uintptr_t)w, &hint);
+    if (rv) {
+        int err = rv == RAFT_NOTLEADER && hint
+                      ? RAFTKV__KV_ERROR__KV_WRONG_LEADER
+                      : RAFTKV__KV_ERROR__KV_UNAVAILABLE;
+        w->ready(n, w, err, hint,
+                 rv == RAFT_NOTLEADER ? "not the leader" : raft_strerror(rv));
+        return err;
+    }
+    w->index = 0;
+    w->confirmed = false;
+    w->deadline = node_now_ms() + n->cfg.request_timeout_ms;
+    w->prev = NULL;
+    w->next = n->reads;
+    if (n->reads) {
+        n->reads->prev = w;
+    }
+    n->reads = w;
+    node_schedule_turn(n);
+    return 0;
+}
+
+static void read_remove(struct kv_node *n, struct node_read_waiter *w)
+{
+    if (w->prev) {
+        w->prev->next = w->next;
+    } else {
+        n->reads = w->next;
+    }
+    if (w->next) {
+        w->next->prev = w->prev;
+    }
+    w->prev = w->next = NULL;
+}
+
+void node_confirm_reads(struct kv_node *n,
+                        const struct raft_read *reads,
+                        size_t n_reads)
+{
+    for (size_t i = 0; i < n_reads; i++) {
+        struct node_read_waiter *w = n->reads;
+        while (w && (uint64_t)(uintptr_t)w != reads[i].ctx) {
+            w = w->next;
+        }
+        if (!w) {
+            continue;
+        }
+        if (reads[i].ok) {
+            w->index = reads[i].index;
+            w->confirmed = true;
+        } else {
+            uint64_t leader = raft_leader(n->raft);
+            read_remove(n, w);
+            w->ready(n, w,
+                     leader ? RAFTKV__KV_ERROR__KV_WRONG_LEADER
+                            : RAFTKV__KV_ERROR__KV_UNAVAILABLE,
+                     leader, "leadership lost");
+        }
+    }
+}
+
+void node_serve_reads(struct kv_node *n)
+{
+    struct node_read_waiter *w = n->reads;
+    while (w) {
+        struct node_read_waiter *next = w->next;
+        if (w->confirmed && w->index <= n->applied) {
+            read_remove(n, w);
+            w->ready(n, w, 0, 0, NULL);
+        }
+        w = next;
+    }
+}
+
+/* ----------------------------------------------------- sweep, shutdown */
+
+void node_sweep_waiters(struct kv_node *n)
+{
+    uint64_t now = node_now_ms();
+    /* Writes time out in order; a later one cannot expire first. */
+    while (n->writes && n->writes->deadline <= now) {
+        struct node_write_waiter *w = pop_write(n);
+        w->done(n, w, RAFTKV__KV_ERROR__KV_TIMEOUT, NULL, raft_leader(n->raft),
+                "not applied in time; outcome unknown, retry with the same "
+                "request id");
+    }
+    struct node_read_waiter *r = n->reads;
+    while (r) {
+        struct node_read_waiter *next = r->next;
+        if (r->deadline <= now) {
+            read_remove(n, r);
+            r->ready(n, r, RAFTKV__KV_ERROR__KV_TIMEOUT, raft_leader(n->raft),
+                     "read not confirmed in time");
+        }
+        r = next;
+    }
+}
+
+void node_fail_waiters(struct kv_node *n, int err, const char *why)
+{
+    while (n->writes) {
+        struct node_write_waiter *w = pop_write(n);
+        /* The write may still commit through another leader. */
+        w->done(n, w, RAFTKV__KV_ERROR__KV_TIMEOUT, NULL, 0, why);
+    }
+    while (n->reads) {
+        struct node_read_waiter *r = n->reads;
+        read_remove(n, r);
+        r->ready(n, r, err, 0, why);
+    }
+}
+
+/* -------------------------------------------------------- subscribers */
+
+int node_subscribe(struct kv_node *n,
+                   unsigned events,
+                   node_event_cb cb,
+                   void *arg)
+{
+    if (n->n_subs == NODE_MAX_SUBSCRIBERS) {
+        rpc_logf(RPC_LOG_ERROR,
+                 "node %llu: no room for another subscriber (%d at most)",
+                 (unsigned long long)n->cfg.id, NODE_MAX_SUBSCRIBERS);
+        return -1;
+    }
+    struct node_subscriber *s = &n->subs[n->n_subs++];
+    s->events = events;
+    s->cb = cb;
+    s->arg = arg;
+    return 0;
+}
+
+void node_publish(struct kv_node *n, enum node_event ev)
+{
+    for (size_t i = 0; i < n->n_subs; i++) {
+        if (n->subs[i].events & ev) {
+            n->subs[i].cb(n, ev, n->subs[i].arg);
+        }
+    }
+}
