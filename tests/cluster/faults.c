@@ -47,15 +47,20 @@ enum append_state {
 struct client
 {
     struct world *w;
-    int num;          /* global client number, unique per test */
-    struct clerk *ck; /* its own handle */
-    unsigned rng;     /* its choices */
-    uint8_t *appends; /* enum append_state by sequence number */
-    size_t n_appends; /* sequence numbers used */
-    size_t cap;       /* allocated */
-    char own_key[32]; /* its key unless random_keys */
-    bool reader;      /* only reads, so it sticks to any node */
-    pthread_t thread; /* running it */
+    int num;                      /* global client number, unique per test */
+    struct clerk *ck;             /* its own handle */
+    unsigned rng;                 /* its choices */
+    uint8_t *appends;             /* enum append_state by sequence number */
+    size_t n_appends;             /* sequence numbers used */
+    size_t cap;                   /* allocated */
+    char own_key[32];             /* its key unless random_keys */
+    bool reader;                  /* only reads, so it sticks to any node */
+    pthread_t thread;             /* running it */
+    uint64_t last_revision;       /* highest store revision it was served at */
+    unsigned seq;                 /* values it wrote (WL_TXN: unique values) */
+    bool seen_found[MAX_CLIENTS]; /* WL_TXN: each key, last range */
+    uint64_t seen_version[MAX_CLIENTS]; /* its version then */
+    char seen_value[MAX_CLIENTS][32];   /* its value then */
 };
 
 struct world
@@ -91,6 +96,13 @@ struct world
     uint64_t tr_crashes;   /* power losses in the nodes' traces */
     uint64_t tr_enospc;    /* operations failed with ENOSPC in them */
     uint64_t tr_eio;       /* operations failed with EIO in them */
+    size_t bank_total;     /* WL_BANK: what the balances sum to */
+    uint64_t ranges;       /* ranges over the workload's keys served */
+    uint64_t sums_checked; /* WL_BANK: of them, with the total checked */
+    uint64_t transfers;    /* WL_BANK: transfers made; WL_TXN: txns that
+                              succeeded */
+    uint64_t conflicts;    /* WL_BANK: transfers retried after a compare
+                              failed; WL_TXN: txns that failed */
 };
 
 static void fail(struct world *w, const char *fmt, ...)
@@ -779,6 +791,461 @@ static void do_register_op(struct client *cl, const char *key)
     }
 }
 
+/* ------------------------------------------- bank and txn workloads */
+
+#define BANK_START    100 /* each account's balance at the start */
+#define BANK_MAX_MOVE 10  /* the most one transfer moves */
+#define TXN_RETRIES                                    \
+    10 /* reads and tries of a transfer whose compares \
+          failed (another transfer came first) */
+
+/* The prefix of the workload's keys (WL_BANK, WL_TXN): a range over it
+ * returns them all and nothing else of the test's. */
+static const char *multi_prefix(const struct world *w)
+{
+    return w->sc->workload == WL_BANK ? "bank/" : "tx/";
+}
+
+/* What a range over the workload's keys saw, per key (index in w->keys). */
+struct seen
+{
+    bool found[MAX_CLIENTS];                /* the key was in the range */
+    const struct clerk_kv *kv[MAX_CLIENTS]; /* it, in the result */
+};
+
+/* The revisions a client sees must not go back: its calls follow each
+ * other in real time, so a linearizable store serves each at a revision
+ * at least that of the one before. */
+static void check_revision(struct client *cl, const char *what, uint64_t rev)
+{
+    struct world *w = cl->w;
+    if (rev < cl->last_revision) {
+        pthread_mutex_lock(&w->lock);
+        fail(w,
+             "client %d: %s served at revision %" PRIu64
+             " after an earlier call saw %" PRIu64 " (a stale read)",
+             cl->num, what, rev, cl->last_revision);
+        pthread_mutex_unlock(&w->lock);
+    }
+    if (rev > cl->last_revision) {
+        cl->last_revision = rev;
+    }
+}
+
+/* Count an op's outcome, and add it to the history unless it was not
+ * applied (a read of unknown outcome is added; the checker drops it). */
+static void record_event(struct client *cl, struct lc_event *e, int rv)
+{
+    struct world *w = cl->w;
+    e->client = cl->num;
+    e->return_ns = now_ns();
+    switch (rv) {
+        case CLERK_OK:
+            break;
+        case CLERK_UNKNOWN_OUTCOME:
+        case CLERK_TIMEOUT:
+        case CLERK_SESSION_EXPIRED:
+            e->unknown = true;
+            e->return_ns = 0;
+            break;
+        case CLERK_UNAVAILABLE:
+        case CLERK_NO_SPACE:
+            __atomic_fetch_add(&w->refused, 1, __ATOMIC_RELAXED);
+            return;
+        default:
+            __atomic_fetch_add(&w->errors, 1, __ATOMIC_RELAXED);
+            pthread_mutex_lock(&w->lock);
+            fail(w, "client %d: unexpected %s: %s", cl->num,
+                 clerk_error_code(rv), clerk_errmsg(cl->ck));
+            pthread_mutex_unlock(&w->lock);
+            return;
+    }
+    __atomic_fetch_add(e->unknown ? &w->unknown : &w->ok, 1, __ATOMIC_RELAXED);
+    if (lc_history_add(w->hist, e) != 0) {
+        pthread_mutex_lock(&w->lock);
+        fail(w, "out of memory recording the history");
+        pthread_mutex_unlock(&w->lock);
+    }
+}
+
+/* Range over every key of the workload, record it, and check it: only the
+ * workload's keys; with WL_BANK every account, none negative, the total.
+ * @return the result (caller frees) when rv is CLERK_OK and the checks
+ *   pass, with *s filled in; else NULL */
+static struct clerk_range_result *range_all(struct client *cl, struct seen *s)
+{
+    struct world *w = cl->w;
+    const char *prefix = multi_prefix(w);
+    char end[16];
+    size_t plen = strlen(prefix);
+    size_t elen = clerk_prefix_end(prefix, plen, end);
+    struct clerk_range_result *r = NULL;
+    struct lc_read reads[MAX_CLIENTS];
+    struct lc_event e = {.op = LC_RANGE,
+                         .reads = reads,
+                         .n_reads = w->n_keys,
+                         .call_ns = now_ns()};
+    int rv = clerk_range(cl->ck, prefix, plen, end, elen, 0, 0, &r);
+    memset(s, 0, sizeof *s);
+    bool ok = rv == CLERK_OK;
+    for (size_t i = 0; ok && i < r->n_kvs; i++) {
+        const struct clerk_kv *kv = &r->kvs[i];
+        size_t k = 0;
+        while (k < w->n_keys && (strlen(w->keys[k]) != kv->key_len ||
+                                 memcmp(w->keys[k], kv->key, kv->key_len))) {
+            k++;
+        }
+        if (k == w->n_keys || s->found[k]) {
+            pthread_mutex_lock(&w->lock);
+            fail(w, "client %d: a range returned key %.*s %s", cl->num,
+                 (int)kv->key_len, (const char *)kv->key,
+                 k == w->n_keys ? "that no one wrote" : "twice");
+            pthread_mutex_unlock(&w->lock);
+            ok = false;
+            break;
+        }
+        s->found[k] = true;
+        s->kv[k] = kv;
+    }
+    for (size_t k = 0; k < w->n_keys; k++) {
+        reads[k] = (struct lc_read){.key = w->keys[k],
+                                    .key_len = strlen(w->keys[k]),
+                                    .found = ok && s->found[k]};
+        if (reads[k].found) {
+            reads[k].out = s->kv[k]->value;
+            reads[k].out_len = s->kv[k]->value_len;
+        }
+    }
+    if (rv == CLERK_OK && !ok) {
+        clerk_range_result_free(r);
+        return NULL;
+    }
+    if (rv != CLERK_OK) {
+        record_event(cl, &e, rv); /* a read: unknown ones are dropped */
+        clerk_range_result_free(r);
+        return NULL;
+    }
+    record_event(cl, &e, rv);
+    check_revision(cl, "a range", r->revision);
+    __atomic_fetch_add(&w->ranges, 1, __ATOMIC_RELAXED);
+    if (w->sc->workload != WL_BANK) {
+        return r;
+    }
+    /* The bank's invariant, in one reply at one revision. */
+    long sum = 0;
+    char why[200] = "";
+    for (size_t k = 0; k < w->n_keys && !why[0]; k++) {
+        char *endp;
+        long bal = -1;
+        if (s->found[k]) {
+            bal = strtol(s->kv[k]->value, &endp, 10);
+        }
+        if (!s->found[k]) {
+            snprintf(why, sizeof why, "account %s missing", w->keys[k]);
+        } else if (s->kv[k]->value_len == 0 || *endp != '\0' || bal < 0) {
+            snprintf(why, sizeof why, "account %s holds '%.20s'", w->keys[k],
+                     (const char *)s->kv[k]->value);
+        }
+        sum += bal;
+    }
+    if (!why[0] && sum != (long)w->bank_total) {
+        snprintf(why, sizeof why, "the balances sum to %ld, not %zu", sum,
+                 w->bank_total);
+    }
+    if (why[0]) {
+        pthread_mutex_lock(&w->lock);
+        fail(w, "client %d: range at revision %" PRIu64 ": %s", cl->num,
+             r->revision, why);
+        pthread_mutex_unlock(&w->lock);
+        clerk_range_result_free(r);
+        return NULL;
+    }
+    __atomic_fetch_add(&w->sums_checked, 1, __ATOMIC_RELAXED);
+    return r;
+}
+
+/* Add a put (value) or delete (value NULL) to a txn and to its event. */
+static int txn_write(struct clerk_txn *t,
+                     enum clerk_txn_branch branch,
+                     struct lc_write *w,
+                     const char *key,
+                     const char *value)
+{
+    *w = (struct lc_write){.del = value == NULL,
+                           .key = key,
+                           .key_len = strlen(key),
+                           .value = value,
+                           .value_len = value ? strlen(value) : 0};
+    return value ? clerk_txn_put(t, branch, key, strlen(key), value,
+                                 strlen(value), 0)
+                 : clerk_txn_delete(t, branch, key, strlen(key), NULL, 0, 0);
+}
+
+/* Commit t and record it as e (its then/else and compares filled in).
+ * @return clerk_txn_commit's result */
+static int commit_and_record(struct client *cl,
+                              struct clerk_txn *t,
+                              struct lc_event *e,
+                              bool *succeeded)
+{
+    struct clerk_txn_result *res = NULL;
+    e->op = LC_TXN;
+    e->call_ns = now_ns();
+    int rv = clerk_txn_commit(cl->ck, t, &res);
+    *succeeded = rv == CLERK_OK && res->succeeded;
+    if (rv == CLERK_OK) {
+        e->succeeded = res->succeeded;
+        check_revision(cl, "a txn", res->revision);
+    }
+    record_event(cl, e, rv);
+    clerk_txn_result_free(res);
+    return rv;
+}
+
+/* One transfer: read the accounts, move up to BANK_MAX_MOVE from one to
+ * another in a txn that holds only if neither changed since (their mod
+ * revisions), again while another transfer comes first. */
+static void do_transfer(struct client *cl)
+{
+    struct world *w = cl->w;
+    for (int attempt = 0; attempt < TXN_RETRIES && !w->stop; attempt++) {
+        struct seen s;
+        struct clerk_range_result *r = range_all(cl, &s);
+        if (!r) {
+            return;
+        }
+        size_t n = w->n_keys, a = (size_t)rand_r(&cl->rng) % n;
+        size_t b = (a + 1 + (size_t)rand_r(&cl->rng) % (n - 1)) % n;
+        long ba = strtol(s.kv[a]->value, NULL, 10);
+        long bb = strtol(s.kv[b]->value, NULL, 10);
+        if (ba == 0) {
+            clerk_range_result_free(r);
+            continue;
+        }
+        long x =
+            1 + rand_r(&cl->rng) % (ba < BANK_MAX_MOVE ? ba : BANK_MAX_MOVE);
+        char va[24], vb[24], na[24], nb[24];
+        snprintf(va, sizeof va, "%ld", ba);
+        snprintf(vb, sizeof vb, "%ld", bb);
+        snprintf(na, sizeof na, "%ld", ba - x);
+        snprintf(nb, sizeof nb, "%ld", bb + x);
+        /* The txn compares mod revisions; its event compares the values
+         * read, which is what the mod revisions vouch for when it
+         * succeeds. A txn that failed is left out: equal values do not
+         * mean equal revisions, and it changed nothing. One of unknown
+         * outcome may have taken effect, where the values were those. */
+        struct lc_compare cmp[2] = {
+            {.key = w->keys[a],
+             .key_len = strlen(w->keys[a]),
+             .value = va,
+             .value_len = strlen(va)},
+            {.key = w->keys[b],
+             .key_len = strlen(w->keys[b]),
+             .value = vb,
+             .value_len = strlen(vb)},
+        };
+        struct lc_write puts[2];
+        struct lc_event e = {
+            .compares = cmp, .n_compares = 2, .then_ops = puts, .n_then = 2};
+        struct clerk_txn *t = clerk_txn_new();
+        int brv = t ? CLERK_OK : CLERK_NOMEM;
+        brv =
+            brv ? brv
+                : clerk_txn_compare_mod(t, w->keys[a], strlen(w->keys[a]),
+                                        CLERK_CMP_EQUAL, s.kv[a]->mod_revision);
+        brv =
+            brv ? brv
+                : clerk_txn_compare_mod(t, w->keys[b], strlen(w->keys[b]),
+                                        CLERK_CMP_EQUAL, s.kv[b]->mod_revision);
+        brv =
+            brv ? brv : txn_write(t, CLERK_TXN_THEN, &puts[0], w->keys[a], na);
+        brv =
+            brv ? brv : txn_write(t, CLERK_TXN_THEN, &puts[1], w->keys[b], nb);
+        clerk_range_result_free(r);
+        if (brv != CLERK_OK) {
+            pthread_mutex_lock(&w->lock);
+            fail(w, "building a transfer: %s", clerk_error_code(brv));
+            pthread_mutex_unlock(&w->lock);
+            clerk_txn_free(t);
+            return;
+        }
+        struct clerk_txn_result *res = NULL;
+        e.op = LC_TXN;
+        e.call_ns = now_ns();
+        int rv = clerk_txn_commit(cl->ck, t, &res);
+        clerk_txn_free(t);
+        if (rv == CLERK_OK) {
+            check_revision(cl, "a transfer", res->revision);
+        }
+        bool retry = rv == CLERK_OK && !res->succeeded;
+        clerk_txn_result_free(res);
+        if (retry) {
+            __atomic_fetch_add(&w->conflicts, 1, __ATOMIC_RELAXED);
+            continue;
+        }
+        e.succeeded = true;
+        record_event(cl, &e, rv);
+        if (rv == CLERK_OK) {
+            __atomic_fetch_add(&w->transfers, 1, __ATOMIC_RELAXED);
+        }
+        return;
+    }
+}
+
+/* A value no one else writes: "c<client>.<n>". */
+static void unique_value(struct client *cl, char *buf, size_t n)
+{
+    snprintf(buf, n, "c%d.%u", cl->num, cl->seq++);
+}
+
+/* The txn workload: ranges over its keys, single-key ops, and txns that
+ * compare what the client last saw (values and versions) with then and
+ * else branches. */
+static void do_txn_op(struct client *cl)
+{
+    struct world *w = cl->w;
+    size_t n = w->n_keys, k = (size_t)rand_r(&cl->rng) % n;
+    const char *key = w->keys[k];
+    int r = rand_r(&cl->rng) % 100, rv;
+    char val[32];
+    unique_value(cl, val, sizeof val);
+    if (r < 30 || cl->reader) {
+        struct seen s;
+        struct clerk_range_result *res = range_all(cl, &s);
+        for (size_t i = 0; res && i < n; i++) {
+            cl->seen_found[i] = s.found[i];
+            cl->seen_version[i] = s.found[i] ? s.kv[i]->version : 0;
+            snprintf(cl->seen_value[i], sizeof cl->seen_value[i], "%.*s",
+                     s.found[i] ? (int)s.kv[i]->value_len : 0,
+                     s.found[i] ? (const char *)s.kv[i]->value : "");
+        }
+        clerk_range_result_free(res);
+        return;
+    }
+    int64_t t = now_ns();
+    if (r < 42) {
+        do_get(cl, key);
+        return;
+    }
+    if (r < 52) {
+        rv = clerk_put(cl->ck, key, strlen(key), val, strlen(val));
+        record(cl, LC_PUT, key, val, strlen(val), t, rv, NULL, 0, NULL, 0,
+               false);
+        return;
+    }
+    if (r < 58) {
+        rv = clerk_delete(cl->ck, key, strlen(key));
+        record(cl, LC_DELETE, key, NULL, 0, t, rv, NULL, 0, NULL, 0, false);
+        return;
+    }
+    /* A txn: one or two compares on what this client saw last, a then
+     * branch of one or two writes to different keys, maybe an else. */
+    struct lc_compare cmp[2];
+    struct lc_write then_ops[2], else_ops[1];
+    char vals[3][32];
+    struct lc_event e = {
+        .compares = cmp, .then_ops = then_ops, .else_ops = else_ops};
+    struct clerk_txn *txn = clerk_txn_new();
+    int brv = txn ? CLERK_OK : CLERK_NOMEM;
+    size_t ncmp = 1 + (size_t)rand_r(&cl->rng) % 2;
+    for (size_t i = 0; i < ncmp && !brv; i++) {
+        size_t c = (size_t)rand_r(&cl->rng) % n;
+        /* Mostly "unchanged since I looked"; sometimes another relation. */
+        enum lc_cmp_result res =
+            rand_r(&cl->rng) % 3 ? LC_CMP_EQUAL
+                                 : (enum lc_cmp_result)(rand_r(&cl->rng) % 4);
+        cmp[i] = (struct lc_compare){
+            .key = w->keys[c], .key_len = strlen(w->keys[c]), .result = res};
+        if (cl->seen_found[c] && rand_r(&cl->rng) % 2) {
+            cmp[i].target = LC_CMP_VALUE;
+            cmp[i].value = cl->seen_value[c];
+            cmp[i].value_len = strlen(cl->seen_value[c]);
+            brv = clerk_txn_compare_value(txn, cmp[i].key, cmp[i].key_len,
+                                          (enum clerk_compare_result)res,
+                                          cmp[i].value, cmp[i].value_len);
+        } else {
+            cmp[i].target = LC_CMP_VERSION;
+            cmp[i].version = cl->seen_version[c];
+            brv = clerk_txn_compare_version(txn, cmp[i].key, cmp[i].key_len,
+                                            (enum clerk_compare_result)res,
+                                            cmp[i].version);
+        }
+        e.n_compares++;
+    }
+    size_t nthen = 1 + (size_t)rand_r(&cl->rng) % 2;
+    for (size_t i = 0; i < nthen && !brv; i++) {
+        size_t c = (k + i) % n; /* different keys */
+        unique_value(cl, vals[i], sizeof vals[i]);
+        bool del = rand_r(&cl->rng) % 4 == 0;
+        brv = txn_write(txn, CLERK_TXN_THEN, &then_ops[i], w->keys[c],
+                        del ? NULL : vals[i]);
+        e.n_then++;
+    }
+    if (!brv && rand_r(&cl->rng) % 2) {
+        unique_value(cl, vals[2], sizeof vals[2]);
+        brv = txn_write(txn, CLERK_TXN_ELSE, &else_ops[0], w->keys[(k + 1) % n],
+                        vals[2]);
+        e.n_else++;
+    }
+    if (brv != CLERK_OK) {
+        pthread_mutex_lock(&w->lock);
+        fail(w, "building a txn: %s", clerk_error_code(brv));
+        pthread_mutex_unlock(&w->lock);
+        clerk_txn_free(txn);
+        return;
+    }
+    bool succeeded;
+    commit_and_record(cl, txn, &e, &succeeded);
+    clerk_txn_free(txn);
+    __atomic_fetch_add(succeeded ? &w->transfers : &w->conflicts, 1,
+                       __ATOMIC_RELAXED);
+}
+
+/* Make the bank's accounts, in one txn (recorded), before any client
+ * runs. */
+static int open_bank(struct world *w)
+{
+    struct client admin = {.w = w, .num = -1, .ck = w->admin};
+    struct lc_write puts[MAX_CLIENTS];
+    char val[24];
+    snprintf(val, sizeof val, "%d", BANK_START);
+    struct clerk_txn *t = clerk_txn_new();
+    int rv = t ? CLERK_OK : CLERK_NOMEM;
+    for (size_t k = 0; k < w->n_keys && rv == CLERK_OK; k++) {
+        rv = txn_write(t, CLERK_TXN_THEN, &puts[k], w->keys[k], val);
+    }
+    w->bank_total = w->n_keys * BANK_START;
+    struct lc_event e = {.then_ops = puts, .n_then = w->n_keys};
+    bool succeeded = false;
+    if (rv == CLERK_OK) {
+        clerk_set_deadline(w->admin, 30000);
+        rv = commit_and_record(&admin, t, &e, &succeeded);
+        clerk_set_deadline(w->admin, 0);
+    }
+    clerk_txn_free(t);
+    if (!succeeded) {
+        fail(w, "making the accounts: %s: %s", clerk_error_code(rv),
+             clerk_errmsg(w->admin));
+        return -1;
+    }
+    return 0;
+}
+
+/* After a round: one more range, by the admin, must see the total. */
+static void check_bank(struct world *w)
+{
+    struct client admin = {.w = w, .num = -1, .ck = w->admin};
+    struct seen s;
+    clerk_set_deadline(w->admin, 30000);
+    struct clerk_range_result *r = range_all(&admin, &s);
+    clerk_set_deadline(w->admin, 0);
+    if (!r && !w->failed) {
+        fail(w, "the final range over the accounts failed: %s",
+             clerk_errmsg(w->admin));
+    }
+    clerk_range_result_free(r);
+}
+
 static void *client_main(void *arg)
 {
     struct client *cl = arg;
@@ -791,6 +1258,19 @@ static void *client_main(void *arg)
         record(cl, LC_PUT, cl->own_key, "", 0, t, rv, NULL, 0, NULL, 0, false);
     }
     while (!w->stop) {
+        if (w->sc->workload == WL_BANK) {
+            if (cl->reader) {
+                struct seen seen;
+                clerk_range_result_free(range_all(cl, &seen));
+            } else {
+                do_transfer(cl);
+            }
+            continue;
+        }
+        if (w->sc->workload == WL_TXN) {
+            do_txn_op(cl);
+            continue;
+        }
         const char *key = pick_key(cl);
         if (cl->reader) {
             do_get(cl, key);
@@ -1070,6 +1550,9 @@ static void run_round(struct world *w, unsigned ms)
         fail(w, "no leader serving reads 20 s after healing");
         return;
     }
+    if (sc->workload == WL_BANK) {
+        check_bank(w);
+    }
     if (sc->workload == WL_APPEND_GET) {
         const char *keys[MAX_CLIENTS];
         size_t nk = 0;
@@ -1192,11 +1675,16 @@ static void run_one(const struct scenario *sc, unsigned variant)
     w->hist = lc_history_new();
     CU_ASSERT_FATAL(sc->clients + sc->readers <= MAX_CLIENTS &&
                     sc->servers <= H_MAX_NODES);
+    bool multi = sc->workload == WL_BANK || sc->workload == WL_TXN;
     w->n_keys = sc->keys                      ? sc->keys
                 : sc->workload == WL_REGISTER ? 3
+                : sc->workload == WL_BANK     ? 5
+                : sc->workload == WL_TXN      ? 3
                                               : sc->clients;
+    CU_ASSERT_FATAL(w->n_keys <= MAX_CLIENTS && (!multi || w->n_keys >= 2));
     for (size_t k = 0; k < w->n_keys; k++) {
-        snprintf(w->keys[k], sizeof w->keys[k], "r%zu", k);
+        snprintf(w->keys[k], sizeof w->keys[k], "%s%zu",
+                 multi ? multi_prefix(w) : "r", k);
     }
     int iterations = sc->iterations       ? sc->iterations
                      : faults_full_tier() ? 3
@@ -1210,6 +1698,9 @@ static void run_one(const struct scenario *sc, unsigned variant)
     }
     if (!wait_serving(w, 20000)) {
         fail(w, "no leader within 20 s of starting");
+    }
+    if (sc->workload == WL_BANK && !w->failed) {
+        open_bank(w);
     }
     uint64_t drops0 = faults_packet_drops ? faults_packet_drops() : 0;
     pthread_mutex_lock(&w->lock);
@@ -1249,6 +1740,20 @@ static void run_one(const struct scenario *sc, unsigned variant)
                  w->power_losses, w->at_write, w->tr_crashes, w->disk_fulls,
                  w->sync_fails, w->tr_enospc, w->tr_eio);
     }
+    char multi_line[300] = "";
+    if (sc->workload == WL_BANK) {
+        snprintf(multi_line, sizeof multi_line,
+                 "; bank: %zu accounts, %" PRIu64 " transfers (%" PRIu64
+                 " retried after a compare failed), %" PRIu64
+                 " ranges each summing to %zu",
+                 w->n_keys, w->transfers, w->conflicts, w->sums_checked,
+                 w->bank_total);
+    } else if (sc->workload == WL_TXN) {
+        snprintf(multi_line, sizeof multi_line,
+                 "; txn: %zu keys, %" PRIu64 " txns succeeded, %" PRIu64
+                 " failed their compares, %" PRIu64 " ranges",
+                 w->n_keys, w->transfers, w->conflicts, w->ranges);
+    }
     printf(
         "\n  %s: %zu servers, %zu clients x %d rounds of %u ms, %.1f s; "
         "ops: %" PRIu64 " ok, %" PRIu64 " unknown, %" PRIu64
@@ -1256,13 +1761,14 @@ static void run_one(const struct scenario *sc, unsigned variant)
         " partitions, injected %" PRIu64 " cut calls, %" PRIu64
         " lost requests, %" PRIu64 " lost replies, %" PRIu64 " delays, %" PRIu64
         " duplicates, %" PRIu64 " reorders, %" PRIu64
-        " dropped packets%s; "
-        "history %zu ops checked in %.2f s: %s\n",
+        " dropped packets%s%s; "
+        "history %zu ops checked in %.2f s: %s; seed %u\n",
         sc->name, sc->servers, sc->clients, iterations, ms,
         (double)(now_ns() - t0) / 1e9, w->ok, w->unknown, w->refused, w->kills,
         w->pauses, w->partitions, w->inj_cut, w->inj_drop_req, w->inj_drop_rep,
         w->inj_delay, w->inj_dup, w->inj_reorder, w->packet_drops, disk,
-        lc_history_size(w->hist), secs, w->failed ? "FAILED" : "linearizable");
+        multi_line, lc_history_size(w->hist), secs,
+        w->failed ? "FAILED" : "linearizable", cunit_seed());
     CU_ASSERT(!w->failed);
     if (w->failed) {
         char path[600];

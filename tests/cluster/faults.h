@@ -1,7 +1,7 @@
 /* faults.h: the engine of the fault-injection suite: a real cluster, clerks
  * that record every call and return, a nemesis that injects faults, and
  * the checks (every acknowledged append present exactly once and in order;
- * the whole history linearizable). */
+ * a bank's total never changes; the whole history linearizable). */
 #ifndef TESTS_CLUSTER_FAULTS_H
 #define TESTS_CLUSTER_FAULTS_H
 
@@ -44,6 +44,16 @@ enum nemesis {
 enum workload {
     WL_APPEND_GET, /* the lab's: 50% append of a unique token, 50% get */
     WL_REGISTER,   /* put, get, cas, delete on few keys (Jepsen register) */
+    WL_BANK,       /* Jepsen's bank: accounts (keys) with a fixed total;
+                      clients move money in transactions (read both
+                      balances with a range, then a txn comparing their
+                      mod revisions, retried when a compare fails); every
+                      range over the accounts (readers' and writers')
+                      must sum to the total */
+    WL_TXN,        /* ranges, gets, puts, deletes and txns comparing
+                      values and versions (then and else branches) on
+                      few keys, checked for linearizability as one
+                      group */
 };
 
 /* One test of the suite. */
@@ -67,7 +77,9 @@ struct scenario
     enum workload workload;
     unsigned snapshot;         /* --snapshot-entries (0: the default) */
     bool distinct_hosts;       /* node i on 127.0.0.(11+i) */
-    size_t keys;               /* random_keys: how many (0: one per client) */
+    size_t keys;               /* random_keys: how many (0: one per client);
+                                  WL_BANK: accounts (0: 5); WL_TXN: keys
+                                  (0: 3) */
     size_t appends_per_client; /* >0: clients only append, this many each,
                                   and the round ends when they are done */
     unsigned iter_ms;          /* 0: the tier's */

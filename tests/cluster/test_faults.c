@@ -2,9 +2,11 @@
  *
  * Suite "lab": equivalents of the well-known KV-on-Raft lab tests, with
  * their server and client counts (../shared/TESTING.md). Suite "nemesis":
- * Jepsen's faults. Every test records each clerk call and return, checks
- * that every acknowledged append is present exactly once and in order, and
- * checks the whole history for linearizability.
+ * Jepsen's faults. Suite "txn": Jepsen's bank (transfers in transactions,
+ * ranges that must see the total) and a transaction workload, under those
+ * faults. Every test records each clerk call and return, checks that every
+ * acknowledged append is present exactly once and in order, and checks
+ * the whole history for linearizability.
  *
  * RAFTKV_FAULT_TIER=full runs 3 rounds of 5 s per test (the lab's); the
  * default quick tier runs one round of 2.5 s. RAFTKV_SEED fixes the seed.
@@ -504,6 +506,56 @@ NEM(test_mixed_faults_with_snapshots,
     .snapshot = 50,
     .crash = true)
 
+/* -------------------------------------- ranges and transactions */
+
+/* Jepsen's bank: 5 accounts of 100; 5 clients move money in txns that
+ * compare the two accounts' mod revisions, 2 readers range over all of
+ * them; every range must sum to 500, and the history (ranges, and
+ * transfers as txns comparing the balances read) must be linearizable. */
+#define BANK(fn, n, kind, ...)                                  \
+    static void fn(void)                                        \
+    {                                                           \
+        static const struct scenario sc = {.name = #fn + 5,     \
+                                           .servers = n,        \
+                                           .clients = 5,        \
+                                           .readers = 2,        \
+                                           .nemesis = kind,     \
+                                           .workload = WL_BANK, \
+                                           __VA_ARGS__};        \
+        faults_run(&sc);                                        \
+    }
+
+BANK(test_bank_kill_leader, 3, NEM_KILL_LEADER)
+BANK(test_bank_pause_leader, 3, NEM_PAUSE_LEADER)
+BANK(test_bank_random_halves, 5, NEM_RANDOM_HALVES)
+BANK(test_bank_lossy_duplicating,
+     5,
+     NEM_NONE,
+     .unreliable = true,
+     .duplicate = true)
+/* Every fault at random on a lossy network, snapshots, and every node
+ * killed after each round. */
+BANK(test_bank_mixed_faults,
+     5,
+     NEM_MIXED,
+     .unreliable = true,
+     .crash = true,
+     .snapshot = 50)
+
+/* Ranges, gets, puts, deletes and txns with value and version compares
+ * and else branches on 3 keys, under every fault at random. */
+static void test_txn_mixed_faults(void)
+{
+    static const struct scenario sc = {.name = "txn_mixed_faults",
+                                       .servers = 5,
+                                       .clients = 8,
+                                       .readers = 2,
+                                       .nemesis = NEM_MIXED,
+                                       .workload = WL_TXN,
+                                       .unreliable = true};
+    faults_run(&sc);
+}
+
 /* Crash during snapshot transfer: a follower cut off while the others
  * compact many megabytes is killed (and then the leader is) in the middle
  * of receiving the snapshot; it must still catch up and serve the data. */
@@ -646,9 +698,20 @@ static CU_TestInfo nemesis_tests[] = {
     CU_TEST_INFO_NULL,
 };
 
+static CU_TestInfo txn_tests[] = {
+    {"bank_kill_leader", test_bank_kill_leader},
+    {"bank_pause_leader", test_bank_pause_leader},
+    {"bank_random_halves", test_bank_random_halves},
+    {"bank_lossy_duplicating", test_bank_lossy_duplicating},
+    {"bank_mixed_faults", test_bank_mixed_faults},
+    {"txn_mixed_faults", test_txn_mixed_faults},
+    CU_TEST_INFO_NULL,
+};
+
 static CU_SuiteInfo suites[] = {
     {"lab", NULL, NULL, NULL, NULL, lab_tests},
     {"nemesis", NULL, NULL, NULL, NULL, nemesis_tests},
+    {"txn", NULL, NULL, NULL, NULL, txn_tests},
     CU_SUITE_INFO_NULL,
 };
 
