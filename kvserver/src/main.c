@@ -84,6 +84,11 @@ static const char usage_text[] =
     "                           (512MiB, 8GiB: K, M, G, T are binary units);\n"
     "                           deletes are still accepted. 0: no quota\n"
     "                           (default 8GiB)\n"
+    "  --history-revisions N    the leader compacts the history of changes\n"
+    "                           (for resuming watches, docs/data-model.md)\n"
+    "                           to the last N revisions (default 100000)\n"
+    "  --history-bytes N        and to at most N bytes (256MiB: K, M, G, T\n"
+    "                           are binary units; 0: no cap; default 256MiB)\n"
     "  --auth-token-ttl-s S     tokens that clients get from Authenticate\n"
     "                           (users and roles, docs/auth.md) are valid\n"
     "                           for S seconds (default 300)\n"
@@ -266,6 +271,8 @@ int main(int argc, char **argv)
         .max_output = 8u << 20,
         .max_buffered = (size_t)1 << 30,
         .quota_bytes = KV_QUOTA_DEFAULT,
+        .history_revisions = 100000,
+        .history_bytes = 256u << 20,
     };
     const char *cluster = NULL;
     const char *peers = NULL;
@@ -308,6 +315,8 @@ int main(int argc, char **argv)
         {"peer-tls-key", required_argument, NULL, 1006},
         {"peer-tls-ca", required_argument, NULL, 1007},
         {"peer-tls-allowed-names", required_argument, NULL, 1008},
+        {"history-revisions", required_argument, NULL, 1009},
+        {"history-bytes", required_argument, NULL, 1010},
         {"help", no_argument, NULL, 'h'},
         {0},
     };
@@ -405,6 +414,18 @@ int main(int argc, char **argv)
             case 'A':
                 c.auth_token_ttl_s =
                     parse_u64("--auth-token-ttl-s", optarg, 1, 30 * 86400);
+                break;
+            case 1009:
+                c.history_revisions =
+                    parse_u64("--history-revisions", optarg, 1, UINT64_MAX / 2);
+                break;
+            case 1010:
+                if (kv_quota_parse(optarg, &c.history_bytes) != 0) {
+                    die_usage(
+                        "--history-bytes wants a number of bytes, "
+                        "optionally with K, M, G or T (256MiB), not '%s'",
+                        optarg);
+                }
                 break;
             case 'Q':
                 if (kv_quota_parse(optarg, &c.quota_bytes) != 0) {

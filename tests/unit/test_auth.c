@@ -575,6 +575,70 @@ static void test_auth_state_travels_in_snapshot_streams(void)
     close_store();
 }
 
+/* Range checks: the user's permissions together must cover the range. */
+static int check_range(const char *token,
+                       const char *key,
+                       const void *end,
+                       size_t end_len,
+                       enum kv_auth_need need,
+                       char *msg)
+{
+    return kv_auth_check_range_as(&st, txn, token, NULL, NOW, key, strlen(key),
+                                  end, end_len, need, NULL, NULL, msg, 400);
+}
+
+static void test_auth_range_needs_the_union_of_permissions_to_cover_it(void)
+{
+    open_store();
+    set_up_users();
+    /* carol reads [a, c) with one role, [c, e) with another, writes [b, d) */
+    CU_ASSERT_FATAL(user_put("carol", "pw", true) == 0);
+    CU_ASSERT_FATAL(role_add("r1") == 0 && role_add("r2") == 0);
+    CU_ASSERT_FATAL(
+        grant_perm("r1", RAFTKV__PERMISSION_TYPE__PERM_READ, "a", "c", 1) == 0);
+    CU_ASSERT_FATAL(
+        grant_perm("r2", RAFTKV__PERMISSION_TYPE__PERM_READ, "c", "e", 1) == 0);
+    CU_ASSERT_FATAL(grant_perm("r2", RAFTKV__PERMISSION_TYPE__PERM_WRITE, "b",
+                               "d", 1) == 0);
+    CU_ASSERT_FATAL(grant_role("carol", "r1") == 0);
+    CU_ASSERT_FATAL(grant_role("carol", "r2") == 0);
+    CU_ASSERT_FATAL(enable(3) == 0);
+    char token[KV_AUTH_TOKEN_MAX], msg[400];
+    CU_ASSERT_FATAL(authenticate("carol", "pw", token) == 0);
+    int ok = RAFTKV__AUTH_ERROR__AUTH_OK;
+    int denied = RAFTKV__AUTH_ERROR__AUTH_PERMISSION_DENIED;
+    CU_ASSERT_EQUAL(check_range(token, "a", "e", 1, KV_AUTH_READ, msg), ok);
+    CU_ASSERT_EQUAL(check_range(token, "aa", "d", 1, KV_AUTH_READ, msg), ok);
+    CU_ASSERT_EQUAL(check_range(token, "a", "e\0", 2, KV_AUTH_READ, msg),
+                    denied);
+    CU_ASSERT(strstr(msg, "every key of ['a', 'e") != NULL);
+    CU_ASSERT_EQUAL(check_range(token, "0", "b", 1, KV_AUTH_READ, msg), denied);
+    CU_ASSERT_EQUAL(check_range(token, "d", "", 1, KV_AUTH_READ, msg), denied);
+    /* read and write: both must cover it */
+    CU_ASSERT_EQUAL(check_range(token, "b", "c", 1, KV_AUTH_READWRITE, msg),
+                    ok);
+    CU_ASSERT_EQUAL(check_range(token, "a", "c", 1, KV_AUTH_READWRITE, msg),
+                    denied);
+    CU_ASSERT_EQUAL(check_range(token, "b", "d", 1, KV_AUTH_WRITE, msg), ok);
+    CU_ASSERT_EQUAL(check_range(token, "b", "d0", 2, KV_AUTH_WRITE, msg),
+                    denied);
+    /* bob: prefix app/ covers the prefix range; a single-key permission
+     * covers exactly that key, not a range from it */
+    CU_ASSERT_FATAL(authenticate("bob", "bobpw", token) == 0);
+    uint8_t end[8];
+    size_t n = kv_auth_prefix_end("app/", 4, end);
+    CU_ASSERT_EQUAL(check_range(token, "app/", end, n, KV_AUTH_WRITE, msg), ok);
+    CU_ASSERT_EQUAL(check_range(token, "app/x/", "app/y", 5, KV_AUTH_READ, msg),
+                    ok);
+    CU_ASSERT_EQUAL(check_range(token, "app", end, n, KV_AUTH_READ, msg),
+                    denied);
+    CU_ASSERT_EQUAL(check_range(token, "pub", "pub\0", 4, KV_AUTH_READ, msg),
+                    ok);
+    CU_ASSERT_EQUAL(check_range(token, "pub", "puc", 3, KV_AUTH_READ, msg),
+                    denied);
+    close_store();
+}
+
 int main(int argc, char **argv)
 {
     if (sodium_init() < 0) {
@@ -612,6 +676,8 @@ int main(int argc, char **argv)
          test_auth_password_is_stored_only_as_argon2id_hash},
         {"test_auth_state_travels_in_snapshot_streams",
          test_auth_state_travels_in_snapshot_streams},
+        {"test_auth_range_needs_the_union_of_permissions_to_cover_it",
+         test_auth_range_needs_the_union_of_permissions_to_cover_it},
         CU_TEST_INFO_NULL,
     };
     static CU_SuiteInfo suites[] = {

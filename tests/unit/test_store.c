@@ -100,11 +100,11 @@ static bool has_session(MDB_txn *txn, uint8_t client)
 static char *get(MDB_txn *txn, const char *key)
 {
     static char out[256];
-    MDB_val k = {strlen(key), (void *)key}, v;
-    if (mdb_get(txn, st.kv, &k, &v) != 0) {
+    struct kv_rec r;
+    if (kv_mvcc_get(&st, txn, key, strlen(key), &r) != 0) {
         return NULL;
     }
-    snprintf(out, sizeof out, "%.*s", (int)v.mv_size, (char *)v.mv_data);
+    snprintf(out, sizeof out, "%.*s", (int)r.value_len, (const char *)r.value);
     return out;
 }
 
@@ -352,7 +352,9 @@ static void test_store_snapshot_round_trip_in_random_chunks(void)
     CU_ASSERT_EQUAL(b.ms_entries, 7);
     MDB_val k2 = {6, "key499"}, v2;
     CU_ASSERT_EQUAL(mdb_get(txn, dst.kv, &k2, &v2), 0);
-    CU_ASSERT(v2.mv_size > 9 && memcmp(v2.mv_data, "value-499", 9) == 0);
+    CU_ASSERT(v2.mv_size > KV_REC_HEADER + 9 &&
+              memcmp((uint8_t *)v2.mv_data + KV_REC_HEADER, "value-499", 9) ==
+                  0);
     CU_ASSERT_EQUAL(mdb_txn_commit(txn), 0);
 
     /* Each kind of damage, each from a fresh copy of the intact stream,
@@ -375,7 +377,7 @@ static void test_store_snapshot_round_trip_in_random_chunks(void)
         {"a value byte changed", (size_t)(value - stream) + 6, 0x01, 0,
          "checksum mismatch"},
         {"the checksum changed", total - 3, 0x5a, 0, "checksum mismatch"},
-        {"the magic changed", 2, 0x20, 0, "no RKVSNAP2 header"},
+        {"the magic changed", 2, 0x20, 0, "no RKVSNAP3 (or RKVSNAP2) header"},
         {"the record count changed", total - 5, 0x01, 0,
          "record count does not match"},
         /* Cut inside the last record, and cut at a record boundary (the

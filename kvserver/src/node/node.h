@@ -97,6 +97,9 @@ struct kv_node_config
     uint64_t auth_token_ttl_s;   /* auth tokens valid this long (0: 300) */
     uint64_t quota_bytes;        /* the leader refuses writes that would
                                     grow the state past it (0: none) */
+    uint64_t history_revisions;  /* the leader compacts the history down to
+                                    this many revisions */
+    uint64_t history_bytes;      /* and to this many bytes (0: no cap) */
 };
 
 /* Another node, as seen from this one. */

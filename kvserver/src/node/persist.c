@@ -258,7 +258,7 @@ static int state_receive_snapshot(struct kv_node *n,
     }
     if (!rv && u->install && !installed) {
         uint64_t applied, applied_term;
-        rv = snap_install(st, n->state_txn, &applied, &applied_term);
+        rv = kv_sm_install(st, n->state_txn, &applied, &applied_term);
         if (!rv && applied < u->install_index) {
             /* The stream is at least as new as the core's snapshot. */
             snprintf(st->errmsg, sizeof st->errmsg,
@@ -575,6 +575,18 @@ int node_restore(struct kv_node *n)
     if (rv) {
         fprintf(stderr, "kvserver: %s\n", st->errmsg);
         return -1;
+    }
+    if (st->format != KV_STORE_FORMAT) {
+        rv = kv_sm_upgrade(st);
+        if (rv) {
+            fprintf(stderr, "kvserver: %s: upgrade to format %d: %s\n",
+                    n->cfg.data_dir, KV_STORE_FORMAT, st->errmsg);
+            return -1;
+        }
+        rpc_logf(RPC_LOG_INFO,
+                 "node %llu: %s upgraded to format %d (keys got revisions)",
+                 (unsigned long long)n->cfg.id, n->cfg.data_dir,
+                 KV_STORE_FORMAT);
     }
     MDB_txn *txn;
     if (mdb_txn_begin(st->env, NULL, MDB_RDONLY, &txn) != 0) {

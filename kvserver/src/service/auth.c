@@ -111,6 +111,8 @@ static int check_call(struct kv_services *s,
                       void *closure_data,
                       const void *key,
                       size_t key_len,
+                      const void *end,
+                      size_t end_len,
                       enum kv_auth_need need,
                       char *user,
                       bool *is_root,
@@ -149,8 +151,9 @@ static int check_call(struct kv_services *s,
     }
     char who[KV_AUTH_MAX_NAME + 1];
     bool root = false;
-    int err = kv_auth_check_as(&n->store, txn, token, cert, now, key, key_len,
-                               need, who, &root, msg, msg_size);
+    int err =
+        kv_auth_check_range_as(&n->store, txn, token, cert, now, key, key_len,
+                               end, end_len, need, who, &root, msg, msg_size);
     node_state_done(n, txn);
     if (err == RAFTKV__AUTH_ERROR__AUTH_OK && c) {
         if (!who[0] && root) {
@@ -180,8 +183,8 @@ static int require_root(struct kv_services *s,
 {
     char user[KV_AUTH_MAX_NAME + 1];
     bool root;
-    int err = check_call(s, closure_data, NULL, 0, KV_AUTH_ANY, user, &root,
-                         msg, msg_size);
+    int err = check_call(s, closure_data, NULL, 0, NULL, 0, KV_AUTH_ANY, user,
+                         &root, msg, msg_size);
     if (err || root || (self && strcmp(self, user) == 0)) {
         return err;
     }
@@ -190,16 +193,10 @@ static int require_root(struct kv_services *s,
     return RAFTKV__AUTH_ERROR__AUTH_PERMISSION_DENIED;
 }
 
-int auth_check_kv(struct kv_services *s,
-                  void *closure_data,
-                  const ProtobufCBinaryData *key,
-                  enum kv_auth_need need,
-                  char *msg,
-                  size_t msg_size)
+/* An AuthError as the KvError of a KV call. */
+static int kv_error_of(int auth_err)
 {
-    int err = check_call(s, closure_data, key ? key->data : NULL,
-                         key ? key->len : 0, need, NULL, NULL, msg, msg_size);
-    switch (err) {
+    switch (auth_err) {
         case RAFTKV__AUTH_ERROR__AUTH_OK:
             return RAFTKV__KV_ERROR__KV_OK;
         case RAFTKV__AUTH_ERROR__AUTH_UNAUTHENTICATED:
@@ -209,6 +206,41 @@ int auth_check_kv(struct kv_services *s,
         default:
             return RAFTKV__KV_ERROR__KV_INTERNAL;
     }
+}
+
+int auth_check_kv(struct kv_services *s,
+                  void *closure_data,
+                  const ProtobufCBinaryData *key,
+                  enum kv_auth_need need,
+                  char *msg,
+                  size_t msg_size)
+{
+    return kv_error_of(check_call(s, closure_data, key ? key->data : NULL,
+                                  key ? key->len : 0, NULL, 0, need, NULL, NULL,
+                                  msg, msg_size));
+}
+
+int auth_check_range(struct kv_services *s,
+                     void *closure_data,
+                     const ProtobufCBinaryData *key,
+                     const ProtobufCBinaryData *range_end,
+                     enum kv_auth_need need,
+                     char *msg,
+                     size_t msg_size)
+{
+    return kv_error_of(check_call(s, closure_data, key->data, key->len,
+                                  range_end->data, range_end->len, need, NULL,
+                                  NULL, msg, msg_size));
+}
+
+int auth_check_root(struct kv_services *s,
+                    void *closure_data,
+                    const char *what,
+                    char *msg,
+                    size_t msg_size)
+{
+    return kv_error_of(
+        require_root(s, closure_data, NULL, what, msg, msg_size));
 }
 
 /* ------------------------------------------------------------- replies */

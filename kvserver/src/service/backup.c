@@ -244,7 +244,8 @@ static int restore_fail(const char *fmt, const char *a, const char *b)
 /* Empty what an interrupted restore left: the state and the log. */
 static int restart_restore(struct kv_store *st, MDB_txn *txn, struct kv_wal *w)
 {
-    MDB_dbi dbs[] = {st->kv, st->sessions, st->session_age, st->staging};
+    MDB_dbi dbs[] = {st->kv,      st->sessions, st->session_age,
+                     st->staging, st->history,  st->kvmeta};
     for (size_t i = 0; i < sizeof dbs / sizeof dbs[0]; i++) {
         int rc = mdb_drop(txn, dbs[i], 0);
         if (rc) {
@@ -390,7 +391,7 @@ int kv_restore_file(const struct kv_node_config *cfg, const char *file)
         restore_fail("%s%s", st.errmsg, "");
         goto out;
     }
-    if (snap_install(&st, txn, &index, &term) != 0) {
+    if (kv_sm_install(&st, txn, &index, &term) != 0) {
         /* The message names the data directory; say which file it was. */
         fprintf(stderr, "kvserver: --restore %s: %s\n", file, st.errmsg);
         goto out;

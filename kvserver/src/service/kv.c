@@ -1,5 +1,6 @@
 /* kv.c: KvService: writes proposed through the log, linearizable reads
- * through ReadIndex (or stale ones from the applied state), replies. */
+ * through ReadIndex (or stale ones from the applied state), replies; the
+ * leader's automatic compaction of the history. */
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -7,6 +8,7 @@
 #include <string.h>
 
 #include "service.h"
+#include "txn.h"
 
 /* The KvService of a service table. */
 #define services_of_kv(svc) services_of(svc, kv_svc)
@@ -17,6 +19,55 @@ static void set_hint(struct kv_node *n, uint64_t leader, Raftkv__LeaderHint *h)
 {
     h->id = leader;
     h->address = leader ? (char *)node_peer_addr(n, leader) : "";
+}
+
+/* Answer a transaction or a delete range: with its recorded reply (the
+ * outcome holds it packed, as the session table does for a retry), or
+ * with the error alone when it was not applied. */
+static void reply_recorded(int op,
+                           ProtobufCClosure closure,
+                           void *data,
+                           int err,
+                           const struct kv_outcome *o,
+                           Raftkv__LeaderHint *hint,
+                           char *text)
+{
+    const ProtobufCMessageDescriptor *d =
+        op == RAFTKV__COMMAND__OP_TXN ? &raftkv__txn_reply__descriptor
+                                      : &raftkv__delete_range_reply__descriptor;
+    ProtobufCMessage *m = NULL;
+    if (o && o->current_len) {
+        m = protobuf_c_message_unpack(d, NULL, o->current_len, o->current);
+    }
+    if (op == RAFTKV__COMMAND__OP_TXN) {
+        Raftkv__TxnReply empty = RAFTKV__TXN_REPLY__INIT;
+        Raftkv__TxnReply *r = m ? (Raftkv__TxnReply *)m : &empty;
+        char *recorded = r->message;
+        r->err = err;
+        r->leader = hint;
+        if (!m || !recorded[0]) {
+            r->message = text;
+        }
+        closure(&r->base, data);
+        r->leader = NULL;
+        r->message = recorded;
+    } else {
+        Raftkv__DeleteRangeReply empty = RAFTKV__DELETE_RANGE_REPLY__INIT;
+        Raftkv__DeleteRangeReply *r =
+            m ? (Raftkv__DeleteRangeReply *)m : &empty;
+        char *recorded = r->message;
+        r->err = err;
+        r->leader = hint;
+        if (!m || !recorded[0]) {
+            r->message = text;
+        }
+        closure(&r->base, data);
+        r->leader = NULL;
+        r->message = recorded;
+    }
+    if (m) {
+        protobuf_c_message_free_unpacked(m, NULL);
+    }
 }
 
 /* Answer a write of any kind. */
@@ -37,23 +88,37 @@ static void reply_write(struct kv_node *n,
     Raftkv__LeaderHint hint = RAFTKV__LEADER_HINT__INIT;
     set_hint(n, leader, &hint);
     char *text = (char *)(msg ? msg : "");
+    uint64_t rev = o ? o->revision : 0;
     if (op == RAFTKV__COMMAND__OP_DEL) {
         Raftkv__DeleteReply r = RAFTKV__DELETE_REPLY__INIT;
         r.err = err;
         r.leader = &hint;
         r.message = text;
+        r.revision = rev;
         closure(&r.base, data);
     } else if (op == RAFTKV__COMMAND__OP_CAS) {
         Raftkv__CompareAndSwapReply r = RAFTKV__COMPARE_AND_SWAP_REPLY__INIT;
         r.err = err;
         r.leader = &hint;
         r.message = text;
+        r.revision = rev;
         if (o) {
             r.swapped = o->swapped;
             r.exists = o->exists;
             r.current_value.data = o->current;
             r.current_value.len = o->current_len;
         }
+        closure(&r.base, data);
+    } else if (op == RAFTKV__COMMAND__OP_TXN ||
+               op == RAFTKV__COMMAND__OP_DELETE_RANGE) {
+        reply_recorded(op, closure, data, err, o, &hint, text);
+    } else if (op == RAFTKV__COMMAND__OP_COMPACT) {
+        Raftkv__CompactReply r = RAFTKV__COMPACT_REPLY__INIT;
+        r.err = err;
+        r.leader = &hint;
+        r.message = text;
+        r.revision = rev;
+        r.compact_revision = o ? o->compact : 0;
         closure(&r.base, data);
     } else if (op == RAFTKV__COMMAND__OP_OPEN_SESSION) {
         Raftkv__OpenSessionReply r = RAFTKV__OPEN_SESSION_REPLY__INIT;
@@ -66,8 +131,39 @@ static void reply_write(struct kv_node *n,
         r.err = err;
         r.leader = &hint;
         r.message = text;
+        r.revision = rev;
+        Raftkv__PutResponse *pr = NULL;
+        if (o && o->current_len) {
+            pr = raftkv__put_response__unpack(NULL, o->current_len, o->current);
+            r.prev_kv = pr ? pr->prev_kv : NULL;
+        }
         closure(&r.base, data);
+        if (pr) {
+            raftkv__put_response__free_unpacked(pr, NULL);
+        }
     }
+}
+
+static void reply_get_at(struct kv_node *n,
+                         ProtobufCClosure closure,
+                         void *data,
+                         int err,
+                         const void *value,
+                         size_t len,
+                         uint64_t revision,
+                         uint64_t leader,
+                         const char *msg)
+{
+    Raftkv__LeaderHint hint = RAFTKV__LEADER_HINT__INIT;
+    set_hint(n, leader, &hint);
+    Raftkv__GetReply r = RAFTKV__GET_REPLY__INIT;
+    r.err = err;
+    r.revision = revision;
+    r.value.data = (uint8_t *)value;
+    r.value.len = len;
+    r.leader = &hint;
+    r.message = (char *)(msg ? msg : "");
+    closure(&r.base, data);
 }
 
 static void reply_get(struct kv_node *n,
@@ -79,15 +175,7 @@ static void reply_get(struct kv_node *n,
                       uint64_t leader,
                       const char *msg)
 {
-    Raftkv__LeaderHint hint = RAFTKV__LEADER_HINT__INIT;
-    set_hint(n, leader, &hint);
-    Raftkv__GetReply r = RAFTKV__GET_REPLY__INIT;
-    r.err = err;
-    r.value.data = (uint8_t *)value;
-    r.value.len = len;
-    r.leader = &hint;
-    r.message = (char *)(msg ? msg : "");
-    closure(&r.base, data);
+    reply_get_at(n, closure, data, err, value, len, 0, leader, msg);
 }
 
 /* ------------------------------------------------------------- writes */
@@ -106,6 +194,10 @@ static const char *outcome_message(int err)
             return "not applied: the client's session is not open (forgotten "
                    "to make room for newer clients, or never opened); open a "
                    "new one with a new client id";
+        case RAFTKV__KV_ERROR__KV_COMPACTED:
+            return "the history up to that revision is compacted already";
+        case RAFTKV__KV_ERROR__KV_FUTURE_REVISION:
+            return "that revision is past the store's revision";
         default:
             return "";
     }
@@ -133,6 +225,13 @@ static void write_done(struct kv_node *n,
                 o ? outcome_message(o->err) : msg);
     free(kw);
 }
+
+static void propose_cmd(struct kv_services *s,
+                        int op,
+                        const Raftkv__Command *cmd,
+                        size_t cost,
+                        ProtobufCClosure closure,
+                        void *data);
 
 static void propose(struct kv_services *s,
                     int op,
@@ -177,12 +276,24 @@ static void propose(struct kv_services *s,
                     "a write needs a 16-byte client_id and a request_id > 0");
         return;
     }
+    propose_cmd(s, op, cmd, (key ? key->len : 0) + (value ? value->len : 0),
+                closure, data);
+}
+
+/* Propose a checked write; its answer comes from write_done. */
+static void propose_cmd(struct kv_services *s,
+                        int op,
+                        const Raftkv__Command *cmd,
+                        size_t cost,
+                        ProtobufCClosure closure,
+                        void *data)
+{
+    struct kv_node *n = s->node;
+    char msg[400];
     /* A node that cannot write its disk refuses in node_propose, before
      * the quota is looked at. */
     if (!n->frozen) {
-        err = quota_check_write(s, op,
-                                (key ? key->len : 0) + (value ? value->len : 0),
-                                msg, sizeof msg);
+        int err = quota_check_write(s, op, cost, msg, sizeof msg);
         if (err) {
             reply_write(n, op, closure, data, err, NULL, 0, msg);
             return;
@@ -282,17 +393,21 @@ static void serve_get(struct kv_node *n,
                   mdb_strerror(rc));
         return;
     }
-    MDB_val k = {key_len, (void *)key}, v;
-    rc = mdb_get(txn, n->store.kv, &k, &v);
-    if (rc == 0) {
-        reply_get(n, closure, data, RAFTKV__KV_ERROR__KV_OK, v.mv_data,
-                  v.mv_size, 0, NULL);
-    } else if (rc == MDB_NOTFOUND) {
-        reply_get(n, closure, data, RAFTKV__KV_ERROR__KV_NOT_FOUND, NULL, 0, 0,
-                  "no such key");
+    struct kv_revs revs;
+    struct kv_rec r;
+    int rv = kv_mvcc_revs(&n->store, txn, &revs);
+    if (!rv) {
+        rv = kv_mvcc_get(&n->store, txn, key, key_len, &r);
+    }
+    if (rv == 0) {
+        reply_get_at(n, closure, data, RAFTKV__KV_ERROR__KV_OK, r.value,
+                     r.value_len, revs.revision, 0, NULL);
+    } else if (rv == MDB_NOTFOUND) {
+        reply_get_at(n, closure, data, RAFTKV__KV_ERROR__KV_NOT_FOUND, NULL, 0,
+                     revs.revision, 0, "no such key");
     } else {
         reply_get(n, closure, data, RAFTKV__KV_ERROR__KV_INTERNAL, NULL, 0, 0,
-                  mdb_strerror(rc));
+                  n->store.errmsg);
     }
     node_state_done(n, txn);
 }
@@ -362,6 +477,442 @@ static void handle_get(Raftkv__KvService_Service *svc,
     node_read_begin(n, &r->w); /* answered by read_ready */
 }
 
+/* ------------------------------------------------------ range, events */
+
+/* A read of the applied state that a reply is made from: Range or
+ * Events. */
+typedef void (*serve_fn)(struct kv_node *n,
+                         const ProtobufCMessage *args,
+                         ProtobufCClosure closure,
+                         void *data);
+
+/* Answer a read that could not be served, in its reply type. */
+static void reply_read_error(struct kv_node *n,
+                             const ProtobufCMessageDescriptor *d,
+                             ProtobufCClosure closure,
+                             void *data,
+                             int err,
+                             uint64_t leader,
+                             const char *msg)
+{
+    Raftkv__LeaderHint hint = RAFTKV__LEADER_HINT__INIT;
+    set_hint(n, leader, &hint);
+    if (d == &raftkv__range_args__descriptor) {
+        Raftkv__RangeReply r = RAFTKV__RANGE_REPLY__INIT;
+        r.err = err;
+        r.leader = &hint;
+        r.message = (char *)(msg ? msg : "");
+        closure(&r.base, data);
+    } else {
+        Raftkv__EventsReply r = RAFTKV__EVENTS_REPLY__INIT;
+        r.err = err;
+        r.leader = &hint;
+        r.message = (char *)(msg ? msg : "");
+        closure(&r.base, data);
+    }
+}
+
+static void serve_range(struct kv_node *n,
+                        const ProtobufCMessage *args,
+                        ProtobufCClosure closure,
+                        void *data)
+{
+    const Raftkv__RangeArgs *a = (const Raftkv__RangeArgs *)args;
+    MDB_txn *txn = node_state_read(n, NULL);
+    if (!txn) {
+        reply_read_error(n, a->base.descriptor, closure, data,
+                         RAFTKV__KV_ERROR__KV_INTERNAL, 0,
+                         "cannot read the applied state");
+        return;
+    }
+    struct kv_arena mem = {0};
+    struct kv_revs revs;
+    Raftkv__RangeReply r = RAFTKV__RANGE_REPLY__INIT;
+    Raftkv__LeaderHint hint = RAFTKV__LEADER_HINT__INIT;
+    set_hint(n, 0, &hint);
+    /* Straight from the pages: the reply is packed before anything is
+     * written to this transaction again. */
+    int rv = kv_mvcc_revs(&n->store, txn, &revs);
+    if (!rv) {
+        rv = kv_mvcc_range(&n->store, txn, a, false, &mem, &r);
+    }
+    if (rv) {
+        r.err = RAFTKV__KV_ERROR__KV_INTERNAL;
+        r.message = n->store.errmsg;
+        r.n_kvs = 0;
+    }
+    r.revision = revs.revision;
+    r.leader = &hint;
+    closure(&r.base, data);
+    kv_arena_free(&mem);
+    node_state_done(n, txn);
+}
+
+static void serve_events(struct kv_node *n,
+                         const ProtobufCMessage *args,
+                         ProtobufCClosure closure,
+                         void *data)
+{
+    const Raftkv__EventsArgs *a = (const Raftkv__EventsArgs *)args;
+    MDB_txn *txn = node_state_read(n, NULL);
+    if (!txn) {
+        reply_read_error(n, a->base.descriptor, closure, data,
+                         RAFTKV__KV_ERROR__KV_INTERNAL, 0,
+                         "cannot read the applied state");
+        return;
+    }
+    struct kv_arena mem = {0};
+    Raftkv__EventsReply r = RAFTKV__EVENTS_REPLY__INIT;
+    Raftkv__LeaderHint hint = RAFTKV__LEADER_HINT__INIT;
+    set_hint(n, 0, &hint);
+    if (kv_mvcc_events(&n->store, txn, a, &mem, &r) != 0) {
+        r.err = RAFTKV__KV_ERROR__KV_INTERNAL;
+        r.message = n->store.errmsg;
+        r.n_events = 0;
+    }
+    r.leader = &hint;
+    closure(&r.base, data);
+    kv_arena_free(&mem);
+    node_state_done(n, txn);
+}
+
+/* A linearizable Range or Events waiting for ReadIndex: its arguments
+ * packed, unpacked again to serve it. */
+struct kv_packed_read
+{
+    struct node_read_waiter w;           /* the node's part */
+    const ProtobufCMessageDescriptor *d; /* of the arguments */
+    serve_fn serve;                      /* makes the reply */
+    ProtobufCClosure closure;            /* completes the client's call */
+    void *closure_data;                  /* its argument */
+    size_t len;                          /* bytes of args */
+    uint8_t args[];                      /* the packed arguments */
+};
+
+static void packed_read_ready(struct kv_node *n,
+                              struct node_read_waiter *w,
+                              int err,
+                              uint64_t leader,
+                              const char *msg)
+{
+    struct kv_packed_read *r = (struct kv_packed_read *)w;
+    ProtobufCMessage *m = NULL;
+    if (!err) {
+        m = protobuf_c_message_unpack(r->d, NULL, r->len, r->args);
+        if (!m) {
+            err = RAFTKV__KV_ERROR__KV_INTERNAL;
+            msg = "out of memory";
+        }
+    }
+    if (err) {
+        reply_read_error(n, r->d, r->closure, r->closure_data, err, leader,
+                         msg);
+    } else {
+        r->serve(n, m, r->closure, r->closure_data);
+        protobuf_c_message_free_unpacked(m, NULL);
+    }
+    free(r);
+}
+
+/* Serve a read now (stale) or once ReadIndex confirms it. */
+static void begin_read(struct kv_node *n,
+                       const ProtobufCMessage *args,
+                       bool stale,
+                       serve_fn serve,
+                       ProtobufCClosure closure,
+                       void *data)
+{
+    if (stale) {
+        serve(n, args, closure, data);
+        return;
+    }
+    size_t len = protobuf_c_message_get_packed_size(args);
+    struct kv_packed_read *r = calloc(1, sizeof *r + len);
+    if (!r) {
+        reply_read_error(n, args->descriptor, closure, data,
+                         RAFTKV__KV_ERROR__KV_INTERNAL, 0, "out of memory");
+        return;
+    }
+    r->len = protobuf_c_message_pack(args, r->args);
+    r->d = args->descriptor;
+    r->serve = serve;
+    r->closure = closure;
+    r->closure_data = data;
+    r->w.ready = packed_read_ready;
+    node_read_begin(n, &r->w); /* answered by packed_read_ready */
+}
+
+static void handle_range(Raftkv__KvService_Service *svc,
+                         const Raftkv__RangeArgs *a,
+                         Raftkv__RangeReply_Closure closure,
+                         void *data)
+{
+    struct kv_services *s = services_of_kv(svc);
+    struct kv_node *n = s->node;
+    ProtobufCClosure cl = (ProtobufCClosure)closure;
+    char why[400];
+    int err =
+        kv_mvcc_check_range(&n->store, &a->key, &a->range_end, why, sizeof why);
+    if (!err) {
+        err = auth_check_range(s, data, &a->key, &a->range_end, KV_AUTH_READ,
+                               why, sizeof why);
+    }
+    if (err) {
+        reply_read_error(n, a->base.descriptor, cl, data, err, 0, why);
+        return;
+    }
+    begin_read(n, &a->base, a->stale_ok, serve_range, cl, data);
+}
+
+static void handle_events(Raftkv__KvService_Service *svc,
+                          const Raftkv__EventsArgs *a,
+                          Raftkv__EventsReply_Closure closure,
+                          void *data)
+{
+    struct kv_services *s = services_of_kv(svc);
+    struct kv_node *n = s->node;
+    ProtobufCClosure cl = (ProtobufCClosure)closure;
+    static const ProtobufCBinaryData all = {1, (uint8_t *)""};
+    char why[400];
+    int err = a->key.len ? kv_mvcc_check_range(&n->store, &a->key,
+                                               &a->range_end, why, sizeof why)
+                         : 0;
+    if (!err) {
+        /* Events without a key are every key's. */
+        err = auth_check_range(s, data, a->key.len ? &a->key : &all,
+                               a->key.len ? &a->range_end : &all, KV_AUTH_READ,
+                               why, sizeof why);
+    }
+    if (err) {
+        reply_read_error(n, a->base.descriptor, cl, data, err, 0, why);
+        return;
+    }
+    begin_read(n, &a->base, a->stale_ok, serve_events, cl, data);
+}
+
+/* ------------------------------------------------- multi-key writes */
+
+/* A write needs a session: 16-byte client id, request id > 0. */
+static bool has_session(const ProtobufCBinaryData *client_id,
+                        uint64_t request_id)
+{
+    return client_id->len == KV_CLIENT_ID_LEN && request_id > 0;
+}
+
+static void handle_delete_range(Raftkv__KvService_Service *svc,
+                                const Raftkv__DeleteRangeArgs *a,
+                                Raftkv__DeleteRangeReply_Closure closure,
+                                void *data)
+{
+    struct kv_services *s = services_of_kv(svc);
+    struct kv_node *n = s->node;
+    ProtobufCClosure cl = (ProtobufCClosure)closure;
+    int op = RAFTKV__COMMAND__OP_DELETE_RANGE;
+    char why[400];
+    int err =
+        kv_mvcc_check_range(&n->store, &a->key, &a->range_end, why, sizeof why);
+    if (!err) {
+        err = auth_check_range(s, data, &a->key, &a->range_end,
+                               a->prev_kv ? KV_AUTH_READWRITE : KV_AUTH_WRITE,
+                               why, sizeof why);
+    }
+    if (!err && !has_session(&a->client_id, a->request_id)) {
+        err = RAFTKV__KV_ERROR__KV_BAD_REQUEST;
+        snprintf(why, sizeof why,
+                 "a write needs a 16-byte client_id and a request_id > 0");
+    }
+    if (err) {
+        reply_write(n, op, cl, data, err, NULL, 0, why);
+        return;
+    }
+    Raftkv__Command cmd = RAFTKV__COMMAND__INIT;
+    cmd.op_case = RAFTKV__COMMAND__OP_DELETE_RANGE;
+    cmd.delete_range = (Raftkv__DeleteRangeArgs *)a;
+    propose_cmd(s, op, &cmd, 0, cl, data);
+}
+
+/* Check the permissions a transaction needs, op by op (both branches:
+ * which one runs is known only when it is applied); add what its puts
+ * would store to *cost. */
+static int txn_allowed(struct kv_services *s,
+                       void *data,
+                       const Raftkv__TxnArgs *t,
+                       size_t *cost,
+                       char *why,
+                       size_t why_size)
+{
+    int err = 0;
+    for (size_t i = 0; i < t->n_compare && !err; i++) {
+        err = auth_check_range(s, data, &t->compare[i]->key,
+                               &t->compare[i]->range_end, KV_AUTH_READ, why,
+                               why_size);
+    }
+    for (int b = 0; b < 2 && !err; b++) {
+        size_t n = b ? t->n_failure : t->n_success;
+        Raftkv__RequestOp **ops = b ? t->failure : t->success;
+        for (size_t i = 0; i < n && !err; i++) {
+            const Raftkv__RequestOp *op = ops[i];
+            static const ProtobufCBinaryData one = {0, NULL};
+            switch (op->request_case) {
+                case RAFTKV__REQUEST_OP__REQUEST_REQUEST_RANGE:
+                    err = auth_check_range(s, data, &op->request_range->key,
+                                           &op->request_range->range_end,
+                                           KV_AUTH_READ, why, why_size);
+                    break;
+                case RAFTKV__REQUEST_OP__REQUEST_REQUEST_PUT:
+                    err = auth_check_range(s, data, &op->request_put->key, &one,
+                                           op->request_put->prev_kv
+                                               ? KV_AUTH_READWRITE
+                                               : KV_AUTH_WRITE,
+                                           why, why_size);
+                    *cost +=
+                        op->request_put->key.len + op->request_put->value.len;
+                    break;
+                case RAFTKV__REQUEST_OP__REQUEST_REQUEST_DELETE_RANGE:
+                    err = auth_check_range(
+                        s, data, &op->request_delete_range->key,
+                        &op->request_delete_range->range_end,
+                        op->request_delete_range->prev_kv ? KV_AUTH_READWRITE
+                                                          : KV_AUTH_WRITE,
+                        why, why_size);
+                    break;
+                case RAFTKV__REQUEST_OP__REQUEST_REQUEST_TXN:
+                    err = txn_allowed(s, data, op->request_txn, cost, why,
+                                      why_size);
+                    break;
+                default:
+                    break; /* kv_txn_check refused it */
+            }
+        }
+    }
+    return err;
+}
+
+static void handle_txn(Raftkv__KvService_Service *svc,
+                       const Raftkv__TxnArgs *a,
+                       Raftkv__TxnReply_Closure closure,
+                       void *data)
+{
+    struct kv_services *s = services_of_kv(svc);
+    struct kv_node *n = s->node;
+    ProtobufCClosure cl = (ProtobufCClosure)closure;
+    int op = RAFTKV__COMMAND__OP_TXN;
+    char why[400];
+    size_t cost = 0;
+    int err = kv_txn_check(&n->store, a, KV_MAX_VALUE, why, sizeof why);
+    if (!err) {
+        err = txn_allowed(s, data, a, &cost, why, sizeof why);
+    }
+    if (!err && !has_session(&a->client_id, a->request_id)) {
+        err = RAFTKV__KV_ERROR__KV_BAD_REQUEST;
+        snprintf(why, sizeof why,
+                 "a write needs a 16-byte client_id and a request_id > 0");
+    }
+    if (err) {
+        reply_write(n, op, cl, data, err, NULL, 0, why);
+        return;
+    }
+    Raftkv__Command cmd = RAFTKV__COMMAND__INIT;
+    cmd.op_case = RAFTKV__COMMAND__OP_TXN;
+    cmd.txn = (Raftkv__TxnArgs *)a;
+    propose_cmd(s, op, &cmd, cost, cl, data);
+}
+
+static void handle_compact(Raftkv__KvService_Service *svc,
+                           const Raftkv__CompactArgs *a,
+                           Raftkv__CompactReply_Closure closure,
+                           void *data)
+{
+    struct kv_services *s = services_of_kv(svc);
+    int op = RAFTKV__COMMAND__OP_COMPACT;
+    char why[400];
+    int err = auth_check_root(s, data, "compact the history", why, sizeof why);
+    if (err) {
+        reply_write(s->node, op, (ProtobufCClosure)closure, data, err, NULL, 0,
+                    why);
+        return;
+    }
+    /* Compaction is idempotent: no session; a retry that finds its own
+     * compaction done is told COMPACTED. */
+    Raftkv__Command cmd = RAFTKV__COMMAND__INIT;
+    cmd.op_case = RAFTKV__COMMAND__OP_COMPACT;
+    cmd.compact = (Raftkv__CompactArgs *)a;
+    propose_cmd(s, op, &cmd, 0, (ProtobufCClosure)closure, data);
+}
+
+/* ------------------------------------------------ automatic compaction */
+
+#define AUTO_COMPACT_MS   100   /* the leader looks this often */
+#define AUTO_COMPACT_STEP 10000 /* revisions dropped by one entry at most */
+
+/* The leader's compaction in flight. */
+struct auto_compact
+{
+    struct node_write_waiter w;
+    struct kv_services *s;
+};
+
+static void auto_compact_done(struct kv_node *n,
+                              struct node_write_waiter *w,
+                              int err,
+                              const struct kv_outcome *o,
+                              uint64_t leader,
+                              const char *msg)
+{
+    (void)o;
+    (void)leader;
+    struct auto_compact *ac = (struct auto_compact *)w;
+    ac->s->compacting = false;
+    if (err && err != RAFTKV__KV_ERROR__KV_COMPACTED &&
+        err != RAFTKV__KV_ERROR__KV_WRONG_LEADER) {
+        rpc_logf(RPC_LOG_WARN,
+                 "node %llu: automatic compaction of the history failed: %s",
+                 (unsigned long long)n->cfg.id,
+                 msg ? msg : outcome_message(err));
+    }
+    free(ac);
+}
+
+/* Sweep: a leader whose history passed --history-revisions or
+ * --history-bytes proposes a compaction through the log, so that every
+ * node drops the same history. */
+static void kv_sweep(struct kv_node *n, enum node_event ev, void *arg)
+{
+    (void)ev;
+    struct kv_services *s = arg;
+    uint64_t now = node_now_ms();
+    if (s->compacting || n->frozen || raft_role(n->raft) != RAFT_LEADER ||
+        now - s->compact_checked_ms < AUTO_COMPACT_MS) {
+        return;
+    }
+    s->compact_checked_ms = now;
+    MDB_txn *txn = node_state_read(n, NULL);
+    if (!txn) {
+        return;
+    }
+    uint64_t target = 0;
+    int rv = kv_mvcc_compact_target(&n->store, txn, n->cfg.history_revisions,
+                                    n->cfg.history_bytes, AUTO_COMPACT_STEP,
+                                    &target);
+    node_state_done(n, txn);
+    if (rv || !target) {
+        return;
+    }
+    struct auto_compact *ac = calloc(1, sizeof *ac);
+    if (!ac) {
+        return;
+    }
+    ac->s = s;
+    ac->w.done = auto_compact_done;
+    Raftkv__CompactArgs ca = RAFTKV__COMPACT_ARGS__INIT;
+    ca.revision = target;
+    Raftkv__Command cmd = RAFTKV__COMMAND__INIT;
+    cmd.op_case = RAFTKV__COMMAND__OP_COMPACT;
+    cmd.compact = &ca;
+    s->compacting = true;
+    node_propose(n, &cmd, &ac->w); /* auto_compact_done, in any case */
+}
+
 /* ------------------------------------------------------------- service */
 
 int kv_service_init(struct kv_services *s)
@@ -373,12 +924,12 @@ int kv_service_init(struct kv_services *s)
         handle_delete,
         handle_cas,
         handle_open_session,
-        NULL, /* Range: not served yet */
-        NULL, /* DeleteRange */
-        NULL, /* Txn */
-        NULL, /* Compact */
-        NULL, /* Events */
+        handle_range,
+        handle_delete_range,
+        handle_txn,
+        handle_compact,
+        handle_events,
     };
     s->kv_svc = kv;
-    return 0;
+    return node_subscribe(s->node, NODE_EV_SWEEP, kv_sweep, s);
 }

@@ -35,8 +35,8 @@ int kv_quota_state_bytes(struct kv_store *st, MDB_txn *txn, uint64_t *bytes)
         goto err_abort;
     }
     const MDB_dbi dbis[] = {
-        LMDB_FREE_DBI, LMDB_MAIN_DBI,   st->meta,    st->kv,
-        st->sessions,  st->session_age, st->staging, st->auth,
+        LMDB_FREE_DBI,   LMDB_MAIN_DBI, st->meta, st->kv,      st->sessions,
+        st->session_age, st->staging,   st->auth, st->history, st->kvmeta,
     };
     uint64_t pages = LMDB_META_PAGES;
     for (size_t i = 0; i < sizeof dbis / sizeof dbis[0]; i++) {
@@ -122,8 +122,8 @@ void kv_quota_message(uint64_t quota, uint64_t state, char *buf, size_t size)
     snprintf(buf, size,
              "not applied: the state is %s (%" PRIu64
              " bytes), this write would take it over --quota-bytes %s (%" PRIu64
-             " bytes): delete keys or raise the quota; deletes are still "
-             "accepted",
+             " bytes): delete keys and compact the history (kvctl compact), "
+             "or raise the quota; deletes and compactions are still accepted",
              s, state, q, quota);
 }
 
@@ -134,6 +134,8 @@ void kv_quota_message(uint64_t quota, uint64_t state, char *buf, size_t size)
 static bool op_is_exempt(int op)
 {
     return op == RAFTKV__COMMAND__OP_DEL ||
+           op == RAFTKV__COMMAND__OP_DELETE_RANGE ||
+           op == RAFTKV__COMMAND__OP_COMPACT ||
            op == RAFTKV__COMMAND__OP_OPEN_SESSION ||
            op == RAFTKV__COMMAND__OP_AUTH;
 }
@@ -187,8 +189,9 @@ static void note_change(struct kv_services *svc, bool refused, uint64_t state)
     if (refused) {
         rpc_logf(RPC_LOG_WARN,
                  "node %llu: writes refused: the state is %s, at "
-                 "--quota-bytes %s; deletes are still accepted (delete keys "
-                 "or raise the quota)",
+                 "--quota-bytes %s; deletes and compactions are still "
+                 "accepted (delete keys and compact the history, or raise the "
+                 "quota)",
                  (unsigned long long)n->cfg.id, s, quota);
     } else {
         rpc_logf(RPC_LOG_INFO,

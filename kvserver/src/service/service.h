@@ -55,8 +55,10 @@ struct kv_services
     struct kv_backup backups[KV_MAX_BACKUPS]; /* snapshot reads (backup.c) */
     uint64_t backup_seq;                      /* for their ids */
     struct kv_quota quota;                    /* --quota-bytes (quota.c) */
-    struct evhttp *http;    /* serves /metrics (--metrics-addr) */
-    uint64_t http_requests; /* /metrics and /health requests */
+    struct evhttp *http;         /* serves /metrics (--metrics-addr) */
+    uint64_t http_requests;      /* /metrics and /health requests */
+    bool compacting;             /* the leader's compaction is in flight */
+    uint64_t compact_checked_ms; /* when the leader last looked (kv.c) */
 };
 
 /* The services that hold a service table (field: kv_svc, admin_svc, ...). */
@@ -105,6 +107,23 @@ int auth_check_kv(struct kv_services *s,
                   enum kv_auth_need need,
                   char *msg,
                   size_t msg_size);
+/* auth_check_kv for every key of a range (range_end empty: the key
+ * alone; "\0": every key from key on): the user's permissions together
+ * must cover all of it. */
+int auth_check_range(struct kv_services *s,
+                     void *closure_data,
+                     const ProtobufCBinaryData *key,
+                     const ProtobufCBinaryData *range_end,
+                     enum kv_auth_need need,
+                     char *msg,
+                     size_t msg_size);
+/* Whether the call's user has the role root (or auth is off), for @what
+ * (in the message). Returns a KvError as auth_check_kv. */
+int auth_check_root(struct kv_services *s,
+                    void *closure_data,
+                    const char *what,
+                    char *msg,
+                    size_t msg_size);
 
 /* quota.c: --quota-bytes, checked by the leader before it proposes a
  * write (kv.c). */

@@ -998,6 +998,182 @@ static const char *need_text(enum kv_auth_need need)
     }
 }
 
+/* A half-open interval of keys; end NULL with inf: no end. */
+struct ival
+{
+    const uint8_t *start;
+    size_t start_len;
+    uint8_t *end; /* malloc'd */
+    size_t end_len;
+    bool inf;
+};
+
+static int cmp_keys(const uint8_t *a, size_t al, const uint8_t *b, size_t bl)
+{
+    size_t m = al < bl ? al : bl;
+    int c = m ? memcmp(a, b, m) : 0;
+    return c ? c : (al > bl) - (al < bl);
+}
+
+/* [key, range_end) as an interval: a single key is [key, key "\0"). */
+static bool make_ival(struct ival *iv,
+                      const uint8_t *key,
+                      size_t key_len,
+                      const uint8_t *end,
+                      size_t end_len)
+{
+    iv->start = key;
+    iv->start_len = key_len;
+    iv->inf = end_len == 1 && end[0] == 0;
+    iv->end = NULL;
+    iv->end_len = 0;
+    if (iv->inf) {
+        return true;
+    }
+    if (end_len == 0) {
+        iv->end = malloc(key_len + 1);
+        if (!iv->end) {
+            return false;
+        }
+        memcpy(iv->end, key, key_len);
+        iv->end[key_len] = 0;
+        iv->end_len = key_len + 1;
+        return true;
+    }
+    iv->end = malloc(end_len);
+    if (!iv->end) {
+        return false;
+    }
+    memcpy(iv->end, end, end_len);
+    iv->end_len = end_len;
+    return true;
+}
+
+/* Whether the union of @n intervals covers @want. */
+static bool covered(const struct ival *want, const struct ival *ivs, size_t n)
+{
+    const uint8_t *cur = want->start;
+    size_t cur_len = want->start_len;
+    for (;;) {
+        const struct ival *best = NULL;
+        for (size_t i = 0; i < n; i++) {
+            const struct ival *iv = &ivs[i];
+            if (cmp_keys(iv->start, iv->start_len, cur, cur_len) > 0) {
+                continue;
+            }
+            if (!iv->inf && cmp_keys(iv->end, iv->end_len, cur, cur_len) <= 0) {
+                continue;
+            }
+            if (!best || iv->inf ||
+                (!best->inf && cmp_keys(iv->end, iv->end_len, best->end,
+                                        best->end_len) > 0)) {
+                best = iv;
+            }
+        }
+        if (!best) {
+            return false;
+        }
+        if (best->inf) {
+            return true;
+        }
+        if (!want->inf &&
+            cmp_keys(best->end, best->end_len, want->end, want->end_len) >= 0) {
+            return true;
+        }
+        cur = best->end;
+        cur_len = best->end_len;
+    }
+}
+
+/* Whether the user's roles allow @need on every key of [key, end); 0 or
+ * a store error. */
+static int roles_allow_range(struct kv_store *st,
+                             MDB_txn *txn,
+                             const Raftkv__AuthUserRecord *u,
+                             const uint8_t *key,
+                             size_t key_len,
+                             const uint8_t *end,
+                             size_t end_len,
+                             enum kv_auth_need need,
+                             bool *allowed)
+{
+    struct ival want = {0}, *rs = NULL, *ws = NULL;
+    size_t nr = 0, nw = 0, cap = 0;
+    Raftkv__AuthRoleRecord **roles = calloc(u->n_roles + 1, sizeof *roles);
+    int rv = roles && make_ival(&want, key, key_len, end, end_len)
+                 ? 0
+                 : KV_STORE_ENOMEM;
+    for (size_t i = 0; i < u->n_roles && !rv; i++) {
+        rv = kv_auth_get_role(st, txn, u->roles[i], &roles[i]);
+        for (size_t j = 0; !rv && roles[i] && j < roles[i]->n_perms; j++) {
+            if (nr == cap || nw == cap) {
+                size_t ncap = cap ? cap * 2 : 8;
+                struct ival *a = realloc(rs, ncap * sizeof *a);
+                struct ival *b = a ? realloc(ws, ncap * sizeof *b) : NULL;
+                if (a) {
+                    rs = a;
+                }
+                if (!b) {
+                    rv = KV_STORE_ENOMEM;
+                    break;
+                }
+                ws = b;
+                cap = ncap;
+            }
+            const Raftkv__Permission *p = roles[i]->perms[j];
+            struct ival iv;
+            if (!make_ival(&iv, p->key.data, p->key.len, p->range_end.data,
+                           p->range_end.len)) {
+                rv = KV_STORE_ENOMEM;
+                break;
+            }
+            bool r = p->type != RAFTKV__PERMISSION_TYPE__PERM_WRITE;
+            bool w = p->type != RAFTKV__PERMISSION_TYPE__PERM_READ;
+            if (r) {
+                rs[nr++] = iv;
+            }
+            if (w) {
+                ws[nw] = iv;
+                if (r) {
+                    /* both lists hold it: give the write list a copy */
+                    ws[nw].end = iv.end ? malloc(iv.end_len) : NULL;
+                    if (iv.end && !ws[nw].end) {
+                        rv = KV_STORE_ENOMEM;
+                        break;
+                    }
+                    if (iv.end) {
+                        memcpy(ws[nw].end, iv.end, iv.end_len);
+                    }
+                }
+                nw++;
+            }
+            if (!r && !w) {
+                free(iv.end);
+            }
+        }
+    }
+    if (!rv) {
+        *allowed = (!(need & KV_AUTH_READ) || covered(&want, rs, nr)) &&
+                   (!(need & KV_AUTH_WRITE) || covered(&want, ws, nw));
+    }
+    for (size_t i = 0; i < nr; i++) {
+        free(rs[i].end);
+    }
+    for (size_t i = 0; i < nw; i++) {
+        free(ws[i].end);
+    }
+    free(rs);
+    free(ws);
+    for (size_t i = 0; roles && i < u->n_roles; i++) {
+        if (roles[i]) {
+            raftkv__auth_role_record__free_unpacked(roles[i], NULL);
+        }
+    }
+    free(roles);
+    free(want.end);
+    return rv;
+}
+
 /* Whether the user's roles allow @need on the key; 0 or a store error. */
 static int roles_allow(struct kv_store *st,
                        MDB_txn *txn,
@@ -1062,6 +1238,26 @@ int kv_auth_check_as(struct kv_store *st,
                      bool *is_root,
                      char *msg,
                      size_t msg_size)
+{
+    return kv_auth_check_range_as(st, txn, token, cert_user, now_s, key,
+                                  key_len, NULL, 0, need, user, is_root, msg,
+                                  msg_size);
+}
+
+int kv_auth_check_range_as(struct kv_store *st,
+                           MDB_txn *txn,
+                           const char *token,
+                           const char *cert_user,
+                           uint64_t now_s,
+                           const void *key,
+                           size_t key_len,
+                           const void *range_end,
+                           size_t end_len,
+                           enum kv_auth_need need,
+                           char *user,
+                           bool *is_root,
+                           char *msg,
+                           size_t msg_size)
 {
     char name[KV_AUTH_MAX_NAME + 1] = "";
     bool enabled, root = false;
@@ -1155,7 +1351,9 @@ have_name:;
         goto out_user;
     }
     bool allowed;
-    rv = roles_allow(st, txn, u, key, key_len, need, &allowed);
+    rv = end_len ? roles_allow_range(st, txn, u, key, key_len, range_end,
+                                     end_len, need, &allowed)
+                 : roles_allow(st, txn, u, key, key_len, need, &allowed);
     if (rv) {
         snprintf(msg, msg_size, "%.300s", st->errmsg);
         err = RAFTKV__AUTH_ERROR__AUTH_INTERNAL;
@@ -1169,8 +1367,20 @@ have_name:;
                                   i ? ", " : "", u->roles[i]);
         }
         show_key(shown, sizeof shown, key, key_len);
-        snprintf(msg, msg_size, "user '%s' (roles: %s) may not %s key '%s'",
-                 name, u->n_roles ? roles : "none", need_text(need), shown);
+        if (end_len) {
+            char shown_end[300];
+            show_key(shown_end, sizeof shown_end, range_end, end_len);
+            snprintf(msg, msg_size,
+                     "user '%s' (roles: %s) may not %s every key of "
+                     "['%s', '%s')",
+                     name, u->n_roles ? roles : "none", need_text(need), shown,
+                     end_len == 1 && ((const uint8_t *)range_end)[0] == 0
+                         ? "\\0 (every key from there on)"
+                         : shown_end);
+        } else {
+            snprintf(msg, msg_size, "user '%s' (roles: %s) may not %s key '%s'",
+                     name, u->n_roles ? roles : "none", need_text(need), shown);
+        }
         err = RAFTKV__AUTH_ERROR__AUTH_PERMISSION_DENIED;
     }
 out_user:

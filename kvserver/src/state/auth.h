@@ -185,6 +185,27 @@ int kv_auth_check_as(struct kv_store *st,
                      size_t msg_size);
 
 /**
+ * kv_auth_check_as for every key of a range: [key, range_end), every key
+ * from key on (range_end "\0"), or the key alone (end_len 0). The user's
+ * permissions together must cover the whole range (etcd's rule).
+ * @return as kv_auth_check
+ */
+int kv_auth_check_range_as(struct kv_store *st,
+                           MDB_txn *txn,
+                           const char *token,
+                           const char *cert_user,
+                           uint64_t now_s,
+                           const void *key,
+                           size_t key_len,
+                           const void *range_end,
+                           size_t end_len,
+                           enum kv_auth_need need,
+                           char *user,
+                           bool *is_root,
+                           char *msg,
+                           size_t msg_size);
+
+/**
  * Sign a token for a user.
  * @param token filled (KV_AUTH_TOKEN_MAX bytes)
  * @return 0, or -1 when the name is longer than KV_AUTH_MAX_NAME

@@ -1,5 +1,5 @@
-/* sm.c: applying Put, Append, Delete and CompareAndSwap exactly once, in
- * sessions that clients open through the log. */
+/* sm.c: applying commands: one table of ops; client writes exactly once,
+ * in sessions that clients open through the log. */
 #include <stdlib.h>
 #include <string.h>
 
@@ -7,11 +7,20 @@
 
 #include "auth.h"
 #include "sm.h"
+#include "snap.h"
+#include "txn.h"
 
-/* Session record: request_id(8) last_index(8) err(1) flags(1) len(4) value */
+/* Session record: request_id(8) last_index(8) err(1) flags(1) len(4) value,
+ * where value, with FLAG_REV, starts with the revision (8) the write left
+ * the store at (records written before revisions lack it). */
 #define SESSION_HEADER 22
 #define FLAG_SWAPPED   1
 #define FLAG_EXISTS    2
+#define FLAG_REV       4
+
+/* The largest value a write may carry (the node refuses larger ones before
+ * they reach the log; a transaction is checked again when applied). */
+#define SM_MAX_VALUE (4u << 20)
 
 void kv_outcome_clear(struct kv_outcome *o)
 {
@@ -68,17 +77,24 @@ static int session_get(struct kv_store *st,
 static int outcome_from_session(const MDB_val *rec, struct kv_outcome *out)
 {
     const uint8_t *p = rec->mv_data;
+    const uint8_t *value = p + SESSION_HEADER;
+    size_t len = kv_get_u32(p + 18);
     out->err = p[16];
     out->swapped = p[17] & FLAG_SWAPPED;
     out->exists = p[17] & FLAG_EXISTS;
-    out->current_len = kv_get_u32(p + 18);
     out->duplicate = true;
-    if (out->current_len) {
-        out->current = malloc(out->current_len);
+    if ((p[17] & FLAG_REV) && len >= 8) {
+        out->revision = kv_get_u64(value);
+        value += 8;
+        len -= 8;
+    }
+    out->current_len = len;
+    if (len) {
+        out->current = malloc(len);
         if (!out->current) {
             return KV_STORE_ENOMEM;
         }
-        memcpy(out->current, p + SESSION_HEADER, out->current_len);
+        memcpy(out->current, value, len);
     }
     return 0;
 }
@@ -151,7 +167,8 @@ static int session_put(struct kv_store *st,
         return store_error(st, rc, "write session age");
     }
     MDB_val k = {KV_CLIENT_ID_LEN, client_id->data};
-    MDB_val v = {SESSION_HEADER + o->current_len, NULL};
+    size_t len = 8 + o->current_len;
+    MDB_val v = {SESSION_HEADER + len, NULL};
     rc = mdb_put(txn, st->sessions, &k, &v, MDB_RESERVE);
     if (rc) {
         return store_error(st, rc, "write session");
@@ -161,10 +178,11 @@ static int session_put(struct kv_store *st,
     kv_put_u64(p + 8, index);
     p[16] = (uint8_t)o->err;
     p[17] = (uint8_t)((o->swapped ? FLAG_SWAPPED : 0) |
-                      (o->exists ? FLAG_EXISTS : 0));
-    kv_put_u32(p + 18, (uint32_t)o->current_len);
+                      (o->exists ? FLAG_EXISTS : 0) | FLAG_REV);
+    kv_put_u32(p + 18, (uint32_t)len);
+    kv_put_u64(p + SESSION_HEADER, o->revision);
     if (o->current_len) {
-        memcpy(p + SESSION_HEADER, o->current, o->current_len);
+        memcpy(p + SESSION_HEADER + 8, o->current, o->current_len);
     }
     return 0;
 }
@@ -223,112 +241,425 @@ static int open_session(struct kv_store *st,
     return evict_sessions(st, txn, max);
 }
 
-/* mdb_put of a key/value; size errors become an outcome. */
-static int put_value(struct kv_store *st,
-                     MDB_txn *txn,
-                     MDB_val *k,
-                     MDB_val *v,
-                     struct kv_outcome *out)
-{
-    int rc = mdb_put(txn, st->kv, k, v, 0);
-    if (rc == MDB_BAD_VALSIZE) {
-        out->err = RAFTKV__KV_ERROR__KV_VALUE_TOO_LARGE;
-        return 0;
-    }
-    return rc ? store_error(st, rc, "write key") : 0;
-}
+/* ------------------------------------------------------------- the ops */
 
-static int do_put_append(struct kv_store *st,
-                         MDB_txn *txn,
-                         const Raftkv__PutAppendArgs *a,
-                         struct kv_outcome *out)
+/* What an op is applied with. */
+struct sm_ctx
 {
-    MDB_val k = {a->key.len, a->key.data};
-    if (a->op == RAFTKV__PUT_OP__PUT_OP_PUT) {
-        MDB_val v = {a->value.len, a->value.data};
-        return put_value(st, txn, &k, &v, out);
-    }
-    if (a->op != RAFTKV__PUT_OP__PUT_OP_APPEND) {
-        out->err = RAFTKV__KV_ERROR__KV_BAD_REQUEST;
-        return 0;
-    }
-    MDB_val old;
-    int rc = mdb_get(txn, st->kv, &k, &old);
-    if (rc == MDB_NOTFOUND) {
-        old.mv_size = 0;
-        old.mv_data = NULL;
-    } else if (rc) {
-        return store_error(st, rc, "read key");
-    }
-    size_t n = old.mv_size + a->value.len;
-    uint8_t *buf = malloc(n ? n : 1);
-    if (!buf) {
+    struct kv_store *st;
+    MDB_txn *txn;
+    uint64_t index;
+};
+
+/* Pack a reply message into the outcome (its session record and answer). */
+static int outcome_pack(struct kv_outcome *out, const ProtobufCMessage *m)
+{
+    size_t len = protobuf_c_message_get_packed_size(m);
+    out->current = malloc(len ? len : 1);
+    if (!out->current) {
         return KV_STORE_ENOMEM;
     }
-    if (old.mv_size) {
-        memcpy(buf, old.mv_data, old.mv_size);
+    out->current_len = protobuf_c_message_pack(m, out->current);
+    return 0;
+}
+
+static int apply_put_append(struct sm_ctx *x,
+                            const Raftkv__Command *cmd,
+                            struct kv_outcome *out)
+{
+    const Raftkv__PutAppendArgs *a = cmd->put_append;
+    struct kv_change c;
+    struct kv_arena mem = {0};
+    int rv = kv_change_begin(&c, x->st, x->txn);
+    if (rv) {
+        return rv;
     }
-    if (a->value.len) {
-        memcpy(buf + old.mv_size, a->value.data, a->value.len);
+    const void *value = a->value.data;
+    size_t len = a->value.len;
+    uint8_t *joined = NULL;
+    Raftkv__PutResponse resp = RAFTKV__PUT_RESPONSE__INIT;
+    if (a->op == RAFTKV__PUT_OP__PUT_OP_APPEND) {
+        if (a->ignore_value) {
+            out->err = RAFTKV__KV_ERROR__KV_BAD_REQUEST;
+            out->revision = c.revs.revision;
+            return 0;
+        }
+        struct kv_rec old;
+        rv = kv_mvcc_get(x->st, x->txn, a->key.data, a->key.len, &old);
+        if (rv && rv != MDB_NOTFOUND) {
+            return rv;
+        }
+        size_t had = rv ? 0 : old.value_len;
+        len = had + a->value.len;
+        joined = malloc(len ? len : 1);
+        if (!joined) {
+            return KV_STORE_ENOMEM;
+        }
+        if (had) {
+            memcpy(joined, old.value, had);
+        }
+        if (a->value.len) {
+            memcpy(joined + had, a->value.data, a->value.len);
+        }
+        value = joined;
+    } else if (a->op != RAFTKV__PUT_OP__PUT_OP_PUT) {
+        out->err = RAFTKV__KV_ERROR__KV_BAD_REQUEST;
+        out->revision = c.revs.revision;
+        return 0;
     }
-    MDB_val v = {n, buf};
-    int rv = put_value(st, txn, &k, &v, out);
-    free(buf);
+    rv = kv_change_put(&c, a->key.data, a->key.len, value, len, a->ignore_value,
+                       &mem, a->prev_kv ? &resp.prev_kv : NULL, &out->err);
+    free(joined);
+    if (!rv) {
+        rv = kv_change_end(&c);
+    }
+    if (!rv && resp.prev_kv) {
+        rv = outcome_pack(out, &resp.base);
+    }
+    kv_arena_free(&mem);
+    out->revision = kv_change_revision(&c);
     return rv;
 }
 
-static int do_delete(struct kv_store *st,
-                     MDB_txn *txn,
-                     const Raftkv__DeleteArgs *a,
-                     struct kv_outcome *out)
+static int apply_delete(struct sm_ctx *x,
+                        const Raftkv__Command *cmd,
+                        struct kv_outcome *out)
 {
-    MDB_val k = {a->key.len, a->key.data};
-    int rc = mdb_del(txn, st->kv, &k, NULL);
-    if (rc == MDB_NOTFOUND) {
-        out->err = RAFTKV__KV_ERROR__KV_NOT_FOUND;
-        return 0;
+    static const ProtobufCBinaryData one = {0, NULL};
+    struct kv_change c;
+    uint64_t deleted;
+    int rv = kv_change_begin(&c, x->st, x->txn);
+    if (!rv) {
+        rv = kv_change_delete(&c, &cmd->del->key, &one, NULL, &deleted, NULL,
+                              NULL, &out->err);
     }
-    return rc ? store_error(st, rc, "delete key") : 0;
+    if (!rv) {
+        rv = kv_change_end(&c);
+    }
+    if (!rv && !out->err && !deleted) {
+        out->err = RAFTKV__KV_ERROR__KV_NOT_FOUND;
+    }
+    out->revision = kv_change_revision(&c);
+    return rv;
 }
 
-static int do_cas(struct kv_store *st,
-                  MDB_txn *txn,
-                  const Raftkv__CompareAndSwapArgs *a,
-                  struct kv_outcome *out)
+/* CompareAndSwap: a transaction of one compare (the value, or version 0
+ * for "absent") and one put. */
+static int apply_cas(struct sm_ctx *x,
+                     const Raftkv__Command *cmd,
+                     struct kv_outcome *out)
 {
-    MDB_val k = {a->key.len, a->key.data}, cur;
-    int rc = mdb_get(txn, st->kv, &k, &cur);
-    if (rc && rc != MDB_NOTFOUND) {
-        return store_error(st, rc, "read key");
+    const Raftkv__CompareAndSwapArgs *a = cmd->cas;
+    struct kv_change c;
+    int rv = kv_change_begin(&c, x->st, x->txn);
+    if (rv) {
+        return rv;
     }
-    out->exists = rc == 0;
+    out->revision = c.revs.revision;
+    struct kv_rec cur;
+    rv = kv_mvcc_get(x->st, x->txn, a->key.data, a->key.len, &cur);
+    if (rv && rv != MDB_NOTFOUND) {
+        return rv;
+    }
+    out->exists = rv == 0;
     bool match;
     if (a->expected_case ==
         RAFTKV__COMPARE_AND_SWAP_ARGS__EXPECTED_EXPECT_ABSENT) {
         match = !out->exists;
     } else if (a->expected_case ==
                RAFTKV__COMPARE_AND_SWAP_ARGS__EXPECTED_EXPECTED_VALUE) {
-        match = out->exists && cur.mv_size == a->expected_value.len &&
-                (cur.mv_size == 0 ||
-                 memcmp(cur.mv_data, a->expected_value.data, cur.mv_size) == 0);
+        match = out->exists && cur.value_len == a->expected_value.len &&
+                (cur.value_len == 0 ||
+                 memcmp(cur.value, a->expected_value.data, cur.value_len) == 0);
     } else {
         out->err = RAFTKV__KV_ERROR__KV_BAD_REQUEST;
         return 0;
     }
     if (!match) {
-        if (out->exists && cur.mv_size) {
-            out->current = malloc(cur.mv_size);
+        if (out->exists && cur.value_len) {
+            out->current = malloc(cur.value_len);
             if (!out->current) {
                 return KV_STORE_ENOMEM;
             }
-            memcpy(out->current, cur.mv_data, cur.mv_size);
-            out->current_len = cur.mv_size;
+            memcpy(out->current, cur.value, cur.value_len);
+            out->current_len = cur.value_len;
         }
         return 0;
     }
-    MDB_val v = {a->new_value.len, a->new_value.data};
-    int rv = put_value(st, txn, &k, &v, out);
+    rv = kv_change_put(&c, a->key.data, a->key.len, a->new_value.data,
+                       a->new_value.len, false, NULL, NULL, &out->err);
+    if (!rv) {
+        rv = kv_change_end(&c);
+    }
     out->swapped = rv == 0 && out->err == RAFTKV__KV_ERROR__KV_OK;
+    out->revision = kv_change_revision(&c);
+    return rv;
+}
+
+/* Run @fn in a nested transaction, kept only when it leaves no error in
+ * *err: a multi-key change happens whole or not at all. */
+static int nested(struct sm_ctx *x,
+                  int (*fn)(struct kv_change *,
+                            const void *,
+                            struct kv_arena *,
+                            void *,
+                            int *),
+                  const void *args,
+                  struct kv_arena *mem,
+                  void *reply,
+                  int *err,
+                  uint64_t *revision)
+{
+    MDB_txn *child;
+    int rc = mdb_txn_begin(x->st->env, x->txn, 0, &child);
+    if (rc) {
+        return kv_store_fail(x->st, rc, "begin nested");
+    }
+    struct kv_change c;
+    int rv = kv_change_begin(&c, x->st, child);
+    if (!rv) {
+        rv = fn(&c, args, mem, reply, err);
+    }
+    if (!rv && !*err) {
+        rv = kv_change_end(&c);
+    }
+    if (rv || *err) {
+        mdb_txn_abort(child);
+        *revision = c.revs.revision;
+        return rv;
+    }
+    rc = mdb_txn_commit(child);
+    *revision = kv_change_revision(&c);
+    return rc ? kv_store_fail(x->st, rc, "commit nested") : 0;
+}
+
+static int run_delete_range(struct kv_change *c,
+                            const void *args,
+                            struct kv_arena *mem,
+                            void *reply,
+                            int *err)
+{
+    const Raftkv__DeleteRangeArgs *a = args;
+    Raftkv__DeleteRangeReply *r = reply;
+    int rv =
+        kv_change_delete(c, &a->key, &a->range_end, mem, &r->deleted,
+                         a->prev_kv ? &r->prev_kvs : NULL, &r->n_prev_kvs, err);
+    if (*err == RAFTKV__KV_ERROR__KV_BAD_REQUEST) {
+        r->message = a->prev_kv ? "more than 4 MiB of keys to answer with "
+                                  "prev_kv; delete fewer at a time"
+                                : "bad key range";
+    } else if (*err) {
+        r->message = "bad key range";
+    }
+    return rv;
+}
+
+static int apply_delete_range(struct sm_ctx *x,
+                              const Raftkv__Command *cmd,
+                              struct kv_outcome *out)
+{
+    struct kv_arena mem = {0};
+    Raftkv__DeleteRangeReply r = RAFTKV__DELETE_RANGE_REPLY__INIT;
+    int rv = nested(x, run_delete_range, cmd->delete_range, &mem, &r, &out->err,
+                    &out->revision);
+    if (!rv) {
+        r.err = out->err;
+        r.revision = out->revision;
+        if (out->err) {
+            r.deleted = 0;
+            r.n_prev_kvs = 0;
+        }
+        rv = outcome_pack(out, &r.base);
+    }
+    kv_arena_free(&mem);
+    return rv;
+}
+
+static int run_txn(struct kv_change *c,
+                   const void *args,
+                   struct kv_arena *mem,
+                   void *reply,
+                   int *err)
+{
+    const Raftkv__TxnArgs *a = args;
+    Raftkv__TxnReply *r = reply;
+    char why[300];
+    r->err = kv_txn_check(c->st, a, SM_MAX_VALUE, why, sizeof why);
+    if (r->err) {
+        r->message = kv_arena_dup(mem, why, strlen(why) + 1);
+        *err = r->err;
+        return r->message ? 0 : KV_STORE_ENOMEM;
+    }
+    int rv = kv_txn_run(c, a, mem, r);
+    *err = r->err;
+    return rv;
+}
+
+static int apply_txn(struct sm_ctx *x,
+                     const Raftkv__Command *cmd,
+                     struct kv_outcome *out)
+{
+    struct kv_arena mem = {0};
+    Raftkv__TxnReply r = RAFTKV__TXN_REPLY__INIT;
+    int rv = nested(x, run_txn, cmd->txn, &mem, &r, &out->err, &out->revision);
+    if (!rv) {
+        if (out->err) {
+            /* Nothing of it stays: answer the error alone. */
+            Raftkv__TxnReply e = RAFTKV__TXN_REPLY__INIT;
+            e.err = out->err;
+            e.message = r.message;
+            e.revision = out->revision;
+            rv = outcome_pack(out, &e.base);
+        } else {
+            rv = outcome_pack(out, &r.base);
+        }
+    }
+    kv_arena_free(&mem);
+    return rv;
+}
+
+static int apply_compact(struct sm_ctx *x,
+                         const Raftkv__Command *cmd,
+                         struct kv_outcome *out)
+{
+    struct kv_revs revs;
+    int rv = kv_mvcc_compact(x->st, x->txn, cmd->compact->revision, &out->err,
+                             &revs);
+    out->revision = revs.revision;
+    out->compact = revs.compact;
+    return rv;
+}
+
+static int apply_open_session(struct sm_ctx *x,
+                              const Raftkv__Command *cmd,
+                              struct kv_outcome *out)
+{
+    return open_session(x->st, x->txn, x->index, cmd->open_session, out);
+}
+
+static int apply_cluster_init(struct sm_ctx *x,
+                              const Raftkv__Command *cmd,
+                              struct kv_outcome *out)
+{
+    return cluster_init(x->st, x->txn, cmd->cluster_init, out);
+}
+
+static int apply_auth(struct sm_ctx *x,
+                      const Raftkv__Command *cmd,
+                      struct kv_outcome *out)
+{
+    return kv_auth_apply(x->st, x->txn, x->index, cmd->auth, out);
+}
+
+/* The session fields of a client write. */
+static void session_put_append(const Raftkv__Command *c, struct write_common *w)
+{
+    w->key = c->put_append->key;
+    w->client_id = c->put_append->client_id;
+    w->request_id = c->put_append->request_id;
+}
+
+static void session_del(const Raftkv__Command *c, struct write_common *w)
+{
+    w->key = c->del->key;
+    w->client_id = c->del->client_id;
+    w->request_id = c->del->request_id;
+}
+
+static void session_cas(const Raftkv__Command *c, struct write_common *w)
+{
+    w->key = c->cas->key;
+    w->client_id = c->cas->client_id;
+    w->request_id = c->cas->request_id;
+}
+
+static void session_delete_range(const Raftkv__Command *c,
+                                 struct write_common *w)
+{
+    w->key = c->delete_range->key;
+    w->client_id = c->delete_range->client_id;
+    w->request_id = c->delete_range->request_id;
+}
+
+static void session_txn(const Raftkv__Command *c, struct write_common *w)
+{
+    w->key.len = 0; /* keys are checked by kv_txn_check */
+    w->key.data = NULL;
+    w->client_id = c->txn->client_id;
+    w->request_id = c->txn->request_id;
+}
+
+/* One op of the state machine. */
+struct sm_op
+{
+    /* Apply the command; a bad one is an outcome, not an error. */
+    int (*apply)(struct sm_ctx *x,
+                 const Raftkv__Command *cmd,
+                 struct kv_outcome *out);
+    /* For a client write, applied exactly once: where its session is
+     * (NULL: the op is not a session write). */
+    void (*session)(const Raftkv__Command *cmd, struct write_common *w);
+    /* Its single key is checked for the store's limits first. */
+    bool one_key;
+};
+
+static const struct sm_op sm_ops[] = {
+    [RAFTKV__COMMAND__OP_PUT_APPEND] = {apply_put_append, session_put_append,
+                                        true},
+    [RAFTKV__COMMAND__OP_DEL] = {apply_delete, session_del, true},
+    [RAFTKV__COMMAND__OP_CAS] = {apply_cas, session_cas, true},
+    [RAFTKV__COMMAND__OP_OPEN_SESSION] = {apply_open_session, NULL, false},
+    [RAFTKV__COMMAND__OP_CLUSTER_INIT] = {apply_cluster_init, NULL, false},
+    [RAFTKV__COMMAND__OP_AUTH] = {apply_auth, NULL, false},
+    [RAFTKV__COMMAND__OP_TXN] = {apply_txn, session_txn, false},
+    [RAFTKV__COMMAND__OP_DELETE_RANGE] = {apply_delete_range,
+                                          session_delete_range, false},
+    [RAFTKV__COMMAND__OP_COMPACT] = {apply_compact, NULL, false},
+};
+
+/* A client write: once per (client, request), in an open session. */
+static int apply_session_write(struct sm_ctx *x,
+                               const struct sm_op *op,
+                               const Raftkv__Command *cmd,
+                               struct kv_outcome *out)
+{
+    struct write_common w;
+    op->session(cmd, &w);
+    if (w.client_id.len != KV_CLIENT_ID_LEN || w.request_id == 0) {
+        out->err = RAFTKV__KV_ERROR__KV_BAD_REQUEST;
+        return 0;
+    }
+    if (op->one_key && (out->err = kv_sm_check_key(x->st, w.key.len)) != 0) {
+        return 0;
+    }
+    MDB_val rec;
+    int found = session_get(x->st, x->txn, &w.client_id, &rec);
+    if (found < 0) {
+        return -found;
+    }
+    if (!found) {
+        /* Never opened, or forgotten to make room: this may be the retry
+         * of a write that was applied before. Never apply it. */
+        out->err = RAFTKV__KV_ERROR__KV_SESSION_EXPIRED;
+        return 0;
+    }
+    uint64_t last_request = kv_get_u64(rec.mv_data);
+    uint64_t last_index = kv_get_u64((uint8_t *)rec.mv_data + 8);
+    if (w.request_id == last_request) {
+        return outcome_from_session(&rec, out);
+    }
+    if (w.request_id < last_request) {
+        /* An old retry overtaken by newer writes of the same client: it
+         * was applied or abandoned; never apply it now. */
+        out->err = RAFTKV__KV_ERROR__KV_BAD_REQUEST;
+        out->duplicate = true;
+        return 0;
+    }
+    int rv = op->apply(x, cmd, out);
+    if (rv == 0) {
+        rv = session_put(x->st, x->txn, &w.client_id, w.request_id, x->index,
+                         last_index, true, out);
+    }
     return rv;
 }
 
@@ -345,89 +676,55 @@ int kv_sm_apply(struct kv_store *st,
         out->err = RAFTKV__KV_ERROR__KV_BAD_REQUEST;
         return 0;
     }
-    struct write_common w;
+    struct sm_ctx x = {st, txn, index};
+    const struct sm_op *op = NULL;
+    if ((size_t)cmd->op_case < sizeof sm_ops / sizeof sm_ops[0]) {
+        op = &sm_ops[cmd->op_case];
+    }
     int rv = 0;
-    switch (cmd->op_case) {
-        case RAFTKV__COMMAND__OP_PUT_APPEND:
-            w.key = cmd->put_append->key;
-            w.client_id = cmd->put_append->client_id;
-            w.request_id = cmd->put_append->request_id;
-            break;
-        case RAFTKV__COMMAND__OP_DEL:
-            w.key = cmd->del->key;
-            w.client_id = cmd->del->client_id;
-            w.request_id = cmd->del->request_id;
-            break;
-        case RAFTKV__COMMAND__OP_CAS:
-            w.key = cmd->cas->key;
-            w.client_id = cmd->cas->client_id;
-            w.request_id = cmd->cas->request_id;
-            break;
-        case RAFTKV__COMMAND__OP_OPEN_SESSION:
-            rv = open_session(st, txn, index, cmd->open_session, out);
-            goto out_free;
-        case RAFTKV__COMMAND__OP_CLUSTER_INIT:
-            rv = cluster_init(st, txn, cmd->cluster_init, out);
-            goto out_free;
-        case RAFTKV__COMMAND__OP_AUTH:
-            rv = kv_auth_apply(st, txn, index, cmd->auth, out);
-            goto out_free;
-        default:
-            out->err = RAFTKV__KV_ERROR__KV_BAD_REQUEST;
-            goto out_free;
-    }
-    if (w.client_id.len != KV_CLIENT_ID_LEN || w.request_id == 0) {
+    if (!op || !op->apply) {
         out->err = RAFTKV__KV_ERROR__KV_BAD_REQUEST;
-        goto out_free;
+    } else if (op->session) {
+        rv = apply_session_write(&x, op, cmd, out);
+    } else {
+        rv = op->apply(&x, cmd, out);
     }
-    out->err = kv_sm_check_key(st, w.key.len);
-    if (out->err) {
-        goto out_free;
-    }
-    MDB_val rec;
-    int found = session_get(st, txn, &w.client_id, &rec);
-    if (found < 0) {
-        rv = -found;
-        goto out_free;
-    }
-    if (!found) {
-        /* Never opened, or forgotten to make room: this may be the retry
-         * of a write that was applied before. Never apply it. */
-        out->err = RAFTKV__KV_ERROR__KV_SESSION_EXPIRED;
-        goto out_free;
-    }
-    uint64_t last_request = kv_get_u64(rec.mv_data);
-    uint64_t last_index = kv_get_u64((uint8_t *)rec.mv_data + 8);
-    if (w.request_id == last_request) {
-        rv = outcome_from_session(&rec, out);
-        goto out_free;
-    }
-    if (w.request_id < last_request) {
-        /* An old retry overtaken by newer writes of the same client: it
-         * was applied or abandoned; never apply it now. */
-        out->err = RAFTKV__KV_ERROR__KV_BAD_REQUEST;
-        out->duplicate = true;
-        goto out_free;
-    }
-    switch (cmd->op_case) {
-        case RAFTKV__COMMAND__OP_PUT_APPEND:
-            rv = do_put_append(st, txn, cmd->put_append, out);
-            break;
-        case RAFTKV__COMMAND__OP_DEL:
-            rv = do_delete(st, txn, cmd->del, out);
-            break;
-        default:
-            rv = do_cas(st, txn, cmd->cas, out);
-            break;
-    }
-    if (rv == 0) {
-        rv = session_put(st, txn, &w.client_id, w.request_id, index, last_index,
-                         true, out);
-    }
-out_free:
     raftkv__command__free_unpacked(cmd, NULL);
     if (rv) {
         kv_outcome_clear(out);
     }
     return rv;
+}
+
+int kv_sm_install(struct kv_store *st,
+                  MDB_txn *txn,
+                  uint64_t *index,
+                  uint64_t *term)
+{
+    int rv = snap_install(st, txn, index, term);
+    return rv ? rv : kv_mvcc_upgrade(st, txn);
+}
+
+int kv_sm_upgrade(struct kv_store *st)
+{
+    if (st->format == KV_STORE_FORMAT) {
+        return 0;
+    }
+    MDB_txn *txn;
+    int rc = mdb_txn_begin(st->env, NULL, 0, &txn);
+    if (rc) {
+        return kv_store_fail(st, rc, "begin upgrade");
+    }
+    int rv = kv_mvcc_upgrade(st, txn);
+    if (rv) {
+        mdb_txn_abort(txn);
+        st->format = KV_STORE_FORMAT_OLD;
+        return rv;
+    }
+    rc = mdb_txn_commit(txn);
+    if (rc) {
+        st->format = KV_STORE_FORMAT_OLD;
+        return kv_store_fail(st, rc, "commit upgrade");
+    }
+    return 0;
 }

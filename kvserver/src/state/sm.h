@@ -6,6 +6,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "mvcc.h"
 #include "store.h"
 
 #define KV_CLIENT_ID_LEN 16 /* bytes of a client id */
@@ -25,11 +26,17 @@ struct kv_outcome
     int err;             /* Raftkv__KvError */
     bool swapped;        /* CAS: the new value was written */
     bool exists;         /* CAS: the key existed before */
-    uint8_t *current;    /* CAS: the value before (malloc'd) or NULL;
-                            auth commands: a message, NUL-terminated */
+    uint8_t *current;    /* malloc'd or NULL. CAS: the value before;
+                            auth commands: a message, NUL-terminated;
+                            put: a packed PutResponse (prev_kv);
+                            delete_range: a packed DeleteRangeReply;
+                            txn: a packed TxnReply */
     size_t current_len;  /* its length */
     bool duplicate;      /* answered from the session table */
     uint64_t cluster_id; /* cluster_init: the cluster id now in force */
+    uint64_t revision;   /* the store's revision after it (the one it made,
+                            when it wrote) */
+    uint64_t compact;    /* compact: history starts after this one */
 };
 
 /**
@@ -57,5 +64,22 @@ void kv_outcome_clear(struct kv_outcome *o);
  * @return 0 (KV_OK), or the Raftkv__KvError that rejects it
  */
 int kv_sm_check_key(struct kv_store *st, size_t key_len);
+
+/**
+ * Install the staged snapshot (snap_install) and bring its state to the
+ * current format (a stream from before revisions is upgraded in @txn).
+ * @return as snap_install
+ */
+int kv_sm_install(struct kv_store *st,
+                  MDB_txn *txn,
+                  uint64_t *index,
+                  uint64_t *term);
+
+/**
+ * Bring a store opened at an older format to the current one (one write
+ * transaction; nothing to do on a current store).
+ * @return 0 or a store error
+ */
+int kv_sm_upgrade(struct kv_store *st);
 
 #endif /* KVSERVER_SM_H */

@@ -6,16 +6,49 @@
 #include "snap.h"
 #include "wal.h"
 
-#define MAGIC           "RKVSNAP2"
+#define MAGIC           "RKVSNAP3"
+#define MAGIC_V2        "RKVSNAP2" /* before revisions: kinds 1-3 only */
 #define HEADER_SIZE     32
 #define RECORD_HEAD     9
 #define KIND_KV         1
 #define KIND_SESSION    2
 #define KIND_AUTH       3 /* users, roles, auth settings (auth.c) */
+#define KIND_HISTORY    4 /* revision|sub -> change (mvcc.c) */
+#define KIND_KVMETA     5 /* the state machine's numbers (mvcc.c) */
 #define KIND_END        0xFF
 #define SNAP_MAX_RECORD (64u << 20) /* far above key + value limits */
 
-enum { PH_HEADER, PH_KV, PH_SESSIONS, PH_AUTH, PH_TRAILER, PH_DONE };
+enum {
+    PH_HEADER,
+    PH_KV,
+    PH_SESSIONS,
+    PH_AUTH,
+    PH_HISTORY,
+    PH_KVMETA,
+    PH_TRAILER,
+    PH_DONE
+};
+
+/* The databases a snapshot holds, in stream order (phase PH_KV + i). */
+#define N_KINDS 5
+static const uint8_t kinds[N_KINDS] = {KIND_KV, KIND_SESSION, KIND_AUTH,
+                                       KIND_HISTORY, KIND_KVMETA};
+
+static MDB_dbi kind_dbi(const struct kv_store *st, uint8_t kind)
+{
+    switch (kind) {
+        case KIND_KV:
+            return st->kv;
+        case KIND_SESSION:
+            return st->sessions;
+        case KIND_AUTH:
+            return st->auth;
+        case KIND_HISTORY:
+            return st->history;
+        default:
+            return st->kvmeta;
+    }
+}
 
 static bool pend_reserve(struct snap_stream *s, size_t n)
 {
@@ -95,9 +128,8 @@ static int next_record(struct kv_store *st, struct snap_stream *s)
         if (s->phase == PH_DONE) {
             return 0;
         }
-        MDB_dbi dbi = s->phase == PH_KV         ? st->kv
-                      : s->phase == PH_SESSIONS ? st->sessions
-                                                : st->auth;
+        uint8_t kind = kinds[s->phase - PH_KV];
+        MDB_dbi dbi = kind_dbi(st, kind);
         MDB_val k, v;
         int rc;
         if (!s->cur) {
@@ -122,9 +154,7 @@ static int next_record(struct kv_store *st, struct snap_stream *s)
         if (!pend_reserve(s, n)) {
             return KV_STORE_ENOMEM;
         }
-        s->pend[0] = s->phase == PH_KV         ? KIND_KV
-                     : s->phase == PH_SESSIONS ? KIND_SESSION
-                                               : KIND_AUTH;
+        s->pend[0] = kind;
         kv_put_u32(s->pend + 1, (uint32_t)k.mv_size);
         kv_put_u32(s->pend + 5, (uint32_t)v.mv_size);
         memcpy(s->pend + RECORD_HEAD, k.mv_data, k.mv_size);
@@ -234,6 +264,7 @@ struct parser
     uint64_t index;      /* from the header */
     uint64_t term;       /* from the header */
     uint64_t cluster_id; /* from the header (0: not known then) */
+    bool v2;             /* an RKVSNAP2 stream (before revisions) */
 };
 
 static int corrupt(struct kv_store *st, const char *why, uint64_t offset)
@@ -256,8 +287,9 @@ static int handle_part(struct kv_store *st,
     }
     switch (p->part) {
         case 0:
-            if (memcmp(p->buf, MAGIC, 8) != 0) {
-                return corrupt(st, "no RKVSNAP2 header", offset);
+            p->v2 = memcmp(p->buf, MAGIC_V2, 8) == 0;
+            if (memcmp(p->buf, MAGIC, 8) != 0 && !p->v2) {
+                return corrupt(st, "no RKVSNAP3 (or RKVSNAP2) header", offset);
             }
             p->index = kv_get_u64(p->buf + 8);
             p->term = kv_get_u64(p->buf + 16);
@@ -275,8 +307,8 @@ static int handle_part(struct kv_store *st,
                 p->need = 4;
                 return 0;
             }
-            if (p->kind != KIND_KV && p->kind != KIND_SESSION &&
-                p->kind != KIND_AUTH) {
+            if (p->kind < KIND_KV ||
+                p->kind > (p->v2 ? KIND_AUTH : KIND_KVMETA)) {
                 return corrupt(st, "unknown record kind", offset);
             }
             p->klen = kv_get_u32(p->buf + 1);
@@ -293,10 +325,7 @@ static int handle_part(struct kv_store *st,
         case 2: {
             MDB_val k = {p->klen, p->buf},
                     v = {p->need - p->klen, p->buf + p->klen};
-            MDB_dbi dbi = p->kind == KIND_KV        ? st->kv
-                          : p->kind == KIND_SESSION ? st->sessions
-                                                    : st->auth;
-            rc = mdb_put(txn, dbi, &k, &v, 0);
+            rc = mdb_put(txn, kind_dbi(st, p->kind), &k, &v, 0);
             if (rc) {
                 return kv_store_fail(st, rc, "install snapshot record");
             }
@@ -336,7 +365,8 @@ int snap_install(struct kv_store *st,
                  uint64_t *term)
 {
     int rc;
-    MDB_dbi clear[] = {st->kv, st->sessions, st->session_age, st->auth};
+    MDB_dbi clear[] = {st->kv,   st->sessions, st->session_age,
+                       st->auth, st->history,  st->kvmeta};
     for (size_t i = 0; i < sizeof clear / sizeof clear[0]; i++) {
         rc = mdb_drop(txn, clear[i], 0);
         if (rc) {
@@ -410,6 +440,16 @@ int snap_install(struct kv_store *st,
             return rv2;
         }
     }
+    /* The state is the stream's now, and so is its format: values without
+     * revisions from an RKVSNAP2 stream are upgraded by the state machine
+     * in this transaction (kv_sm_install); should it not, the store still
+     * says what they are. */
+    uint64_t format = p.v2 ? KV_STORE_FORMAT_OLD : KV_STORE_FORMAT;
+    int rv2 = kv_store_put_meta(st, txn, "format", format);
+    if (rv2) {
+        return rv2;
+    }
+    st->format = format;
     *index = p.index;
     *term = p.term;
     return 0;

@@ -9,15 +9,18 @@
 #include "store.h"
 
 /* Stream format (all integers big-endian):
- *   header  "RKVSNAP2" | applied index (8) | applied term (8)
+ *   header  "RKVSNAP3" | applied index (8) | applied term (8)
  *           | cluster id (8; 0 when the state did not know it yet)
- *   record  kind (1: kv, 2: session, 3: auth) | key length (4)
+ *   record  kind (1: kv, 2: session, 3: auth, 4: history, 5: kvmeta)
+ *           | key length (4)
  *           | value length (4)
  *           | key | value
  *   trailer kind 0xFF | number of records (8) | CRC-32C (4) of every byte
  *           before it
  * The same stream is a follower's snapshot and a `kvctl snapshot save`
- * file.
+ * file. An "RKVSNAP2" stream (kinds 1-3, values without revisions, from a
+ * kvserver before format 4) is still installed: the store is then marked
+ * KV_STORE_FORMAT_OLD for the state machine to upgrade.
  * The stream is read under one LMDB read transaction, so it is the state at
  * one applied index while writes go on. */
 
@@ -25,7 +28,7 @@
 struct snap_stream
 {
     MDB_txn *txn;        /* read transaction holding the state */
-    MDB_cursor *cur;     /* position in kv, sessions or auth */
+    MDB_cursor *cur;     /* position in the database being read */
     int phase;           /* header, kv, sessions, auth, trailer, done */
     uint64_t offset;     /* bytes produced so far */
     uint64_t index;      /* applied index of the state */
@@ -90,11 +93,11 @@ int snap_stage(struct kv_store *st,
                size_t len);
 
 /**
- * Replace kv, sessions and auth with the staged stream and empty the staging
- * area, all inside txn; a stream that names its cluster sets the store's
- * cluster id (meta "cluster") to it. The trailer's checksum must match. The
- * stream is checked as it is read; a damaged one fails with KV_STORE_ECORRUPT
- * (then the caller aborts txn, so the old state stays).
+ * Replace kv, sessions, auth, history and kvmeta with the staged stream and
+ * empty the staging area, all inside txn; a stream that names its cluster sets
+ * the store's cluster id (meta "cluster") to it. The trailer's checksum must
+ * match. The stream is checked as it is read; a damaged one fails with
+ * KV_STORE_ECORRUPT (then the caller aborts txn, so the old state stays).
  * @param index, term set to the applied index and term of the state
  * @return 0 or a store error
  */

@@ -104,7 +104,7 @@ int kv_store_open(struct kv_store *st, const char *dir, size_t map_size)
     if (rc) {
         return kv_store_fail(st, rc, "mdb_env_create");
     }
-    mdb_env_set_maxdbs(st->env, 8);
+    mdb_env_set_maxdbs(st->env, 12);
     mdb_env_set_maxreaders(st->env, 126);
     /* A larger map may already exist on disk; LMDB keeps the larger. */
     mdb_env_set_mapsize(st->env, st->map_size);
@@ -148,6 +148,7 @@ int kv_store_open(struct kv_store *st, const char *dir, size_t map_size)
         {"meta", &st->meta},         {"kv", &st->kv},
         {"sessions", &st->sessions}, {"session_age", &st->session_age},
         {"staging", &st->staging},   {"auth", &st->auth},
+        {"history", &st->history},   {"kvmeta", &st->kvmeta},
     };
     for (size_t i = 0; i < sizeof dbs / sizeof dbs[0]; i++) {
         rc = mdb_dbi_open(txn, dbs[i].name, MDB_CREATE, dbs[i].dbi);
@@ -157,6 +158,7 @@ int kv_store_open(struct kv_store *st, const char *dir, size_t map_size)
         }
     }
     MDB_val k = {6, "format"}, v;
+    st->format = KV_STORE_FORMAT;
     rc = mdb_get(txn, st->meta, &k, &v);
     if (rc == MDB_NOTFOUND) {
         rc = kv_store_put_meta(st, txn, "format", KV_STORE_FORMAT);
@@ -166,7 +168,8 @@ int kv_store_open(struct kv_store *st, const char *dir, size_t map_size)
         }
     } else if (rc == 0) {
         uint64_t format = v.mv_size == 8 ? kv_get_u64(v.mv_data) : 0;
-        if (format != KV_STORE_FORMAT) {
+        st->format = format;
+        if (format != KV_STORE_FORMAT && format != KV_STORE_FORMAT_OLD) {
             mdb_txn_abort(txn);
             snprintf(st->errmsg, sizeof st->errmsg,
                      "data directory %s: format %llu, this kvserver reads "
@@ -316,4 +319,13 @@ int kv_store_grow(struct kv_store *st)
     }
     st->map_size = size;
     return 0;
+}
+
+int kv_store_set_format(struct kv_store *st, MDB_txn *txn)
+{
+    int rv = kv_store_put_meta(st, txn, "format", KV_STORE_FORMAT);
+    if (!rv) {
+        st->format = KV_STORE_FORMAT;
+    }
+    return rv;
 }

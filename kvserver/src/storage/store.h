@@ -12,8 +12,12 @@
 
 /* On-disk layout version, in meta "format": 1 had the log in LMDB, 2 the
  * first write-ahead log, 3 the log in checksummed sectors and sessions
- * that are opened through the log. */
-#define KV_STORE_FORMAT 3
+ * that are opened through the log, 4 revisions (every key's value behind
+ * its revisions, the history of changes, the store's revision in kvmeta).
+ * A store of format 3 opens (st->format says so) for the state machine to
+ * upgrade it in place (kv_mvcc_upgrade). */
+#define KV_STORE_FORMAT     4
+#define KV_STORE_FORMAT_OLD 3 /* still opened, to be upgraded */
 
 /* Errors of the store (and of the state machine built on it). */
 enum kv_store_error {
@@ -37,6 +41,10 @@ struct kv_store
     MDB_dbi session_age; /* last index|client id -> (empty), for eviction */
     MDB_dbi staging;     /* offset -> chunk of an incoming snapshot */
     MDB_dbi auth;        /* users, roles, enabled flag, token key (auth.c) */
+    MDB_dbi history;     /* revision|sub -> change (mvcc.c) */
+    MDB_dbi kvmeta;      /* the state machine's own numbers: revision,
+                            compaction (mvcc.c); in snapshots, unlike meta */
+    uint64_t format;     /* KV_STORE_FORMAT, or KV_STORE_FORMAT_OLD */
     size_t map_size;     /* current map size in bytes */
     bool fatal;          /* LMDB said MDB_PANIC: reopen the environment */
     char dir[1024];      /* data directory */
@@ -61,6 +69,12 @@ struct kv_meta
  * @return 0, or KV_STORE_EIO with st->errmsg naming the path and the error
  */
 int kv_store_open(struct kv_store *st, const char *dir, size_t map_size);
+
+/**
+ * Mark the store as being of the current format (after an upgrade).
+ * @return 0 or an error code
+ */
+int kv_store_set_format(struct kv_store *st, MDB_txn *txn);
 
 /**
  * Close the environment.

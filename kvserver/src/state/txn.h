@@ -1,0 +1,37 @@
+/* txn.h: transactions: compares, then or else ops, at one revision. */
+#ifndef KVSERVER_TXN_H
+#define KVSERVER_TXN_H
+
+#include <stddef.h>
+
+#include <proto/kv.pb-c.h>
+
+#include "mvcc.h"
+
+/**
+ * Check a transaction before it is proposed, and again when it is applied
+ * (the same answer on every replica): at most KV_MAX_TXN_OPS ops, nested
+ * at most KV_MAX_TXN_DEPTH deep, every op and compare well formed, values
+ * at most @max_value bytes.
+ * @return 0 (KV_OK) or a Raftkv__KvError, with why filled
+ */
+int kv_txn_check(struct kv_store *st,
+                 const Raftkv__TxnArgs *a,
+                 size_t max_value,
+                 char *why,
+                 size_t why_size);
+
+/**
+ * Run a transaction in a change: its compares, then the ops of the branch
+ * they chose, each seeing the ones before it. Fills @r (in @mem): err,
+ * message, succeeded, responses, revision. When r->err is not OK an op
+ * failed and the caller must drop what the change wrote (it runs in a
+ * nested LMDB transaction for that).
+ * @return 0 or a store error
+ */
+int kv_txn_run(struct kv_change *c,
+               const Raftkv__TxnArgs *a,
+               struct kv_arena *mem,
+               Raftkv__TxnReply *r);
+
+#endif /* KVSERVER_TXN_H */
