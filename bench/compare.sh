@@ -2,11 +2,14 @@
 # compare.sh: raftkv and etcd through the same workloads, back to back, on
 # this machine, and the ratios against the targets of docs/performance.md.
 #
-#   bench/compare.sh [--duration 10s] [--runs N] [--only put1|put64|get64|put256]
+#   bench/compare.sh [--duration 10s] [--runs N] [--only NAME[,NAME...]]
 #
-# Each workload runs on a fresh 3-node raftkv cluster (scripts/cluster.sh,
-# fsync on, node i on 127.0.0.i:$RAFTKV_PORT, default 27001) driven by
-# kvbench, then on a fresh 3-member etcd 3.4 cluster driven by etcdload
+# Workloads (NAME): put1, put64, get64, put256, range64 (a linearizable
+# range over a random window of 100 consecutive keys, the key space filled
+# first), txn64 (If(Version(A) >= 0) Then(Put(A), Put(B)), two random keys).
+# Each runs on a fresh 3-node raftkv cluster (scripts/cluster.sh, fsync on,
+# node i on 127.0.0.i:$RAFTKV_PORT, default 27001) driven by kvbench, then
+# on a fresh 3-member etcd 3.4 cluster driven by etcdload
 # (../shared/anchors/etcd-anchor.sh, or $ETCD_ANCHOR), with the same knobs:
 # 16-byte keys over 10,000, 256-byte values, closed loop. With --runs N each
 # pair runs N times, alternating, and the medians are compared.
@@ -21,14 +24,19 @@ while [ $# -gt 0 ]; do
         --duration) duration=${2:?--duration needs a value like 10s}; shift ;;
         --runs) runs=${2:?--runs needs a number}; shift ;;
         --only) only=${2:?--only needs a workload name}; shift ;;
-        -h|--help) sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "compare.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
     esac
     shift
 done
 case "$runs" in ''|*[!0-9]*|0) echo "compare.sh: --runs wants a number >= 1" >&2; exit 2 ;; esac
-case "$only" in ''|put1|put64|get64|put256) ;;
-    *) echo "compare.sh: --only wants put1, put64, get64 or put256" >&2; exit 2 ;; esac
+names="put1 put64 get64 put256 range64 txn64"
+for n in ${only//,/ }; do
+    case " $names " in *" $n "*) ;;
+        *) echo "compare.sh: --only wants names from: ${names// /, } (comma-separated)" >&2
+           exit 2 ;;
+    esac
+done
 
 anchor=${ETCD_ANCHOR:-$root/../shared/anchors/etcd-anchor.sh}
 [ -f "$anchor" ] || { echo "compare.sh: no etcd anchor at $anchor (set ETCD_ANCHOR)" >&2; exit 1; }
@@ -46,7 +54,9 @@ cleanup() { scripts/cluster.sh wipe >/dev/null 2>&1 || true; rm -rf "$work"; }
 trap cleanup EXIT
 
 # name op clients conns
-workloads=("put1 put 1 1" "put64 put 64 64" "get64 get 64 64" "put256 put 256 16")
+workloads=("put1 put 1 1" "put64 put 64 64" "get64 get 64 64" "put256 put 256 16"
+           "range64 range 64 64" "txn64 txn 64 64")
+wanted() { [ -z "$only" ] || [[ ",$only," == *",$1,"* ]]; }
 
 field() { # line name -> the number after name=
     sed -n "s/.* $2=\([0-9.]*\).*/\1/p" <<<" $1"
@@ -58,6 +68,7 @@ run_raftkv() { # op clients conns
     local eps=127.0.0.1:$RAFTKV_PORT,127.0.0.2:$RAFTKV_PORT,127.0.0.3:$RAFTKV_PORT
     local pre=()
     [ "$1" = get ] && pre=(--prefill)
+    [ "$1" = range ] && pre=(--range-keys 100) # fills the key space itself
     "$bdir/bench/kvbench" --cluster "$eps" --op "$1" --clients "$2" --conns "$3" \
         --duration "$duration" --key-size 16 --val-size 256 --key-space 10000 \
         "${pre[@]}" | grep '^op='
@@ -67,6 +78,7 @@ run_raftkv() { # op clients conns
 run_etcd() { # op clients conns
     local pre=()
     [ "$1" = get ] && pre=(-prefill)
+    [ "$1" = range ] && pre=(-range-keys 100) # etcdload fills the key space
     ANCHOR_DIR=$work/etcd bash "$anchor" -op "$1" -clients "$2" -conns "$3" \
         -duration "$duration" -key-size 16 -val-size 256 -key-space 10000 \
         "${pre[@]}" | grep '^op='
@@ -76,7 +88,7 @@ echo "# $(date -u +%Y-%m-%dT%H:%MZ) $(nproc) cores; duration $duration; $runs ru
 declare -A R
 for w in "${workloads[@]}"; do
     read -r name op clients conns <<<"$w"
-    [ -n "$only" ] && [ "$only" != "$name" ] && continue
+    wanted "$name" || continue
     for ((i = 1; i <= runs; i++)); do
         line=$(run_raftkv "$op" "$clients" "$conns")
         echo "raftkv $name: $line"
@@ -112,6 +124,14 @@ for w in "${workloads[@]}"; do
                v=$(verdict "$q" ">=" 5); [ "$v" = met ] && v=$(verdict "$(ratio "$r99" "$e99")" "<=" 1) ;;
         get64) target=">= 5x rate"; v=$(verdict "$q" ">=" 5) ;;
         put256) target=">= 4x rate"; v=$(verdict "$q" ">=" 4) ;;
+        range64) target=">= 5x rate"; v=$(verdict "$q" ">=" 5) ;;
+        txn64) target=">= 5x rate"; v=$(verdict "$q" ">=" 5) ;;
     esac
-    echo "| $op, $clients clients / $conns conns | $rr | $er | ${q}x | $r50 / $r99 | $e50 / $e99 | $target | $v |"
+    case $op in
+        get) what="linearizable get" ;;
+        range) what="linearizable range of 100 keys" ;;
+        txn) what="txn (compare + 2 puts)" ;;
+        *) what=$op ;;
+    esac
+    echo "| $what, $clients clients / $conns conns | $rr | $er | ${q}x | $r50 / $r99 | $e50 / $e99 | $target | $v |"
 done

@@ -1,14 +1,17 @@
 /* kvbench: closed-loop load on a raftkv cluster, with the same knobs and
  * the same result line as the etcd reference (shared/anchors/etcdload).
  *
- *   kvbench --cluster HOST:PORT,... [--op put|get|sget|mix] [--conns M]
- *           [--clients N] [--duration 10s | --total N] [--key-size 16]
- *           [--val-size 256] [--key-space 10000] [--target leader|all]
- *           [--prefill] [--json]
+ *   kvbench --cluster HOST:PORT,... [--op put|get|sget|mix|range|txn]
+ *           [--conns M] [--clients N] [--duration 10s | --total N]
+ *           [--key-size 16] [--val-size 256] [--key-space 10000]
+ *           [--range-keys 100] [--stale] [--txn-compare version|mod]
+ *           [--target leader|all] [--prefill] [--json]
  *
  * N clients each send their next call when the reply to the last arrives,
  * spread over M multiplexed connections, all on one event loop. Keys are
- * uniform over the key space; every write carries the client's session. */
+ * uniform over the key space; every write carries the client's session.
+ * Each op is one row of ops[] below: how it is issued, whether it writes
+ * (and so needs sessions) and whether it fills the key space first. */
 #include <getopt.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -25,7 +28,18 @@
 
 #define MAX_NODES 9
 
-enum op { OP_PUT, OP_GET, OP_SGET, OP_MIX };
+struct client;
+
+/* One workload: a row of ops[]. */
+struct op_row
+{
+    const char *name;                /* --op NAME */
+    const char *stale_name;          /* its name with --stale (NULL: none) */
+    void (*issue)(struct client *c); /* send the client's next call */
+    bool writes;                     /* needs a session per client */
+    bool fills;                      /* writes every key before timing */
+    bool stale;                      /* reads serializable, as --stale */
+};
 
 struct node
 {
@@ -41,7 +55,9 @@ struct client
     uint64_t request_id;   /* last request id */
     unsigned seed;         /* key choice */
     uint64_t started;      /* ns of the call in flight */
-    char key[64];          /* key of the call in flight */
+    int k1, k2;            /* key numbers of the call in flight */
+    char key[64];          /* key of the call in flight (k1) */
+    char key2[64];         /* second key: range end, or a txn's other put */
 };
 
 static struct
@@ -50,9 +66,11 @@ static struct
     struct node nodes[MAX_NODES];
     int n_nodes;
     int leader; /* node that takes writes and reads */
-    enum op op;
-    int conns, clients, key_size, val_size, key_space;
-    bool target_all, json, prefill;
+    const struct op_row *op;
+    int conns, clients, key_size, val_size, key_space, range_keys;
+    bool target_all, json, prefill, stale;
+    bool txn_mod;         /* --txn-compare mod (else version) */
+    uint64_t *mod;        /* txn_mod: last mod_revision seen per key */
     struct rpc_tls *tls;  /* --cacert: TLS to every node */
     char token[800];      /* --user: the auth token ("" without) */
     bool prefill_running; /* writing every key once, in order */
@@ -60,6 +78,9 @@ static struct
     uint64_t total;  /* stop after this many ops (0: duration) */
     uint64_t end_ns; /* stop issuing after this */
     uint64_t issued, done, errors, wrong_leader;
+    uint64_t short_ranges;  /* range replies without range_keys keys */
+    uint64_t txn_succeeded; /* transactions whose compare held */
+    char last_error[256];   /* the last failed call's reason */
     int running;
     uint8_t *value;
     struct hist hist;
@@ -89,6 +110,29 @@ static ProtobufCService *kv_for(int node, int conn)
 
 static void issue(struct client *c);
 
+/* The leader hint of a reply (0: none), after noting why it failed, if it
+ * did: the server's message, or the RPC layer's when there is no reply
+ * (err -1). */
+static uint64_t hint_of(int err,
+                        const char *message,
+                        const Raftkv__LeaderHint *l)
+{
+    if (err < 0) {
+        snprintf(B.last_error, sizeof B.last_error, "%s", rpc_last_error());
+        return 0;
+    }
+    if (err != RAFTKV__KV_ERROR__KV_OK) {
+        snprintf(B.last_error, sizeof B.last_error, "error %d: %s", err,
+                 message ? message : "");
+    }
+    return err == RAFTKV__KV_ERROR__KV_WRONG_LEADER && l ? l->id : 0;
+}
+
+/* hint_of for any reply type with err, message and leader (r may be NULL). */
+#define REPLY_HINT(r)                                        \
+    ((r) ? hint_of((int)(r)->err, (r)->message, (r)->leader) \
+         : hint_of(-1, NULL, NULL))
+
 static void finish(struct client *c, bool ok, uint64_t leader_hint)
 {
     uint64_t t = now_ns();
@@ -117,10 +161,7 @@ static void finish(struct client *c, bool ok, uint64_t leader_hint)
 
 static void on_put(const Raftkv__PutAppendReply *r, void *data)
 {
-    finish(data, r && r->err == RAFTKV__KV_ERROR__KV_OK,
-           r && r->err == RAFTKV__KV_ERROR__KV_WRONG_LEADER && r->leader
-               ? r->leader->id
-               : 0);
+    finish(data, r && r->err == RAFTKV__KV_ERROR__KV_OK, REPLY_HINT(r));
 }
 
 static void on_get(const Raftkv__GetReply *r, void *data)
@@ -128,50 +169,203 @@ static void on_get(const Raftkv__GetReply *r, void *data)
     finish(data,
            r && (r->err == RAFTKV__KV_ERROR__KV_OK ||
                  r->err == RAFTKV__KV_ERROR__KV_NOT_FOUND),
-           r && r->err == RAFTKV__KV_ERROR__KV_WRONG_LEADER && r->leader
-               ? r->leader->id
-               : 0);
+           REPLY_HINT(r));
 }
 
-static void key_of(struct client *c, int k)
+/* A window that does not hold range_keys keys counts as an error: the key
+ * space was filled first, so every window is full. */
+static void on_range(const Raftkv__RangeReply *r, void *data)
+{
+    bool ok = r && r->err == RAFTKV__KV_ERROR__KV_OK;
+    if (ok && r->n_kvs != (size_t)B.range_keys) {
+        B.short_ranges++;
+        snprintf(B.last_error, sizeof B.last_error,
+                 "a range of %d keys answered %zu", B.range_keys, r->n_kvs);
+        ok = false;
+    }
+    finish(data, ok, REPLY_HINT(r));
+}
+
+/* A transaction whose compare failed is a completed op; succeeded counts
+ * those whose compare held. With --txn-compare mod, the reply teaches the
+ * keys' mod revisions: the puts' revision, or the first key's as the
+ * failure branch read it. */
+static void on_txn(const Raftkv__TxnReply *r, void *data)
+{
+    struct client *c = data;
+    bool ok = r && r->err == RAFTKV__KV_ERROR__KV_OK;
+    if (ok && r->succeeded) {
+        B.txn_succeeded++;
+    }
+    if (ok && B.mod) {
+        if (r->succeeded) {
+            B.mod[c->k1] = B.mod[c->k2] = r->revision;
+        } else if (r->n_responses == 1 &&
+                   r->responses[0]->response_case ==
+                       RAFTKV__RESPONSE_OP__RESPONSE_RESPONSE_RANGE) {
+            const Raftkv__RangeReply *rr = r->responses[0]->response_range;
+            B.mod[c->k1] = rr->n_kvs ? rr->kvs[0]->mod_revision : 0;
+        }
+    }
+    finish(c, ok, REPLY_HINT(r));
+}
+
+static void key_of(char *out, size_t size, int k)
 {
     char tmp[64];
     int len = snprintf(tmp, sizeof tmp, "%0*d", B.key_size, k);
-    snprintf(c->key, sizeof c->key, "%s", tmp + (len - B.key_size));
+    snprintf(out, size, "%s", tmp + (len - B.key_size));
 }
+
+static int random_key(struct client *c, int space)
+{
+    return (int)((unsigned)rand_r(&c->seed) % (unsigned)space);
+}
+
+/* The leader's channel for this client, or with --target all and a stale
+ * read, one node per client in turn. */
+static ProtobufCService *service_for(struct client *c, bool stale)
+{
+    int node = B.leader;
+    if (B.target_all && stale) {
+        node = c->id % B.n_nodes;
+    }
+    return kv_for(node, c->id % B.conns);
+}
+
+static void issue_put(struct client *c)
+{
+    c->k1 =
+        B.prefill_running ? (int)(B.issued - 1) : random_key(c, B.key_space);
+    key_of(c->key, sizeof c->key, c->k1);
+    Raftkv__PutAppendArgs a = RAFTKV__PUT_APPEND_ARGS__INIT;
+    a.key.data = (uint8_t *)c->key;
+    a.key.len = (size_t)B.key_size;
+    a.value.data = B.value;
+    a.value.len = (size_t)B.val_size;
+    a.client_id.data = c->client_id;
+    a.client_id.len = 16;
+    a.request_id = ++c->request_id;
+    raftkv__kv_service__put_append(service_for(c, false), &a, on_put, c);
+}
+
+static void issue_get(struct client *c)
+{
+    c->k1 = random_key(c, B.key_space);
+    key_of(c->key, sizeof c->key, c->k1);
+    Raftkv__GetArgs a = RAFTKV__GET_ARGS__INIT;
+    a.key.data = (uint8_t *)c->key;
+    a.key.len = (size_t)B.key_size;
+    a.stale_ok = B.stale;
+    raftkv__kv_service__get(service_for(c, B.stale), &a, on_get, c);
+}
+
+static void issue_mix(struct client *c)
+{
+    if (rand_r(&c->seed) % 2) {
+        issue_put(c);
+    } else {
+        issue_get(c);
+    }
+}
+
+/* [key(i), key(i + range_keys)): range_keys consecutive keys, as etcdload's
+ * -op range (keys are zero-padded numbers, so they sort as numbers). */
+static void issue_range(struct client *c)
+{
+    c->k1 = random_key(c, B.key_space - B.range_keys + 1);
+    key_of(c->key, sizeof c->key, c->k1);
+    key_of(c->key2, sizeof c->key2, c->k1 + B.range_keys);
+    Raftkv__RangeArgs a = RAFTKV__RANGE_ARGS__INIT;
+    a.key.data = (uint8_t *)c->key;
+    a.key.len = (size_t)B.key_size;
+    a.range_end.data = (uint8_t *)c->key2;
+    a.range_end.len = (size_t)B.key_size;
+    a.stale_ok = B.stale;
+    raftkv__kv_service__range(service_for(c, B.stale), &a, on_range, c);
+}
+
+/* If(compare on k1) Then(Put(k1), Put(k2)), two distinct random keys.
+ * version: Version(k1) < 2^64-1, which always holds, as etcdload's
+ * Version(k1) > -1 does. mod: ModRevision(k1) == the last one this run saw
+ * (0 at first: absent), else read k1 to learn it. */
+static void issue_txn(struct client *c)
+{
+    c->k1 = random_key(c, B.key_space);
+    c->k2 = random_key(c, B.key_space - 1);
+    if (c->k2 >= c->k1) {
+        c->k2++;
+    }
+    key_of(c->key, sizeof c->key, c->k1);
+    key_of(c->key2, sizeof c->key2, c->k2);
+    Raftkv__Compare cmp = RAFTKV__COMPARE__INIT;
+    cmp.key.data = (uint8_t *)c->key;
+    cmp.key.len = (size_t)B.key_size;
+    if (B.mod) {
+        cmp.target = RAFTKV__COMPARE__TARGET__MOD;
+        cmp.result = RAFTKV__COMPARE__RESULT__EQUAL;
+        cmp.target_union_case = RAFTKV__COMPARE__TARGET_UNION_MOD_REVISION;
+        cmp.mod_revision = B.mod[c->k1];
+    } else {
+        cmp.target = RAFTKV__COMPARE__TARGET__VERSION;
+        cmp.result = RAFTKV__COMPARE__RESULT__LESS;
+        cmp.target_union_case = RAFTKV__COMPARE__TARGET_UNION_VERSION;
+        cmp.version = UINT64_MAX;
+    }
+    Raftkv__PutRequest p[2] = {RAFTKV__PUT_REQUEST__INIT,
+                               RAFTKV__PUT_REQUEST__INIT};
+    Raftkv__RequestOp put[2] = {RAFTKV__REQUEST_OP__INIT,
+                                RAFTKV__REQUEST_OP__INIT};
+    for (int i = 0; i < 2; i++) {
+        p[i].key.data = (uint8_t *)(i ? c->key2 : c->key);
+        p[i].key.len = (size_t)B.key_size;
+        p[i].value.data = B.value;
+        p[i].value.len = (size_t)B.val_size;
+        put[i].request_case = RAFTKV__REQUEST_OP__REQUEST_REQUEST_PUT;
+        put[i].request_put = &p[i];
+    }
+    Raftkv__RangeArgs rd = RAFTKV__RANGE_ARGS__INIT;
+    rd.key = cmp.key;
+    rd.keys_only = true;
+    Raftkv__RequestOp read = RAFTKV__REQUEST_OP__INIT;
+    read.request_case = RAFTKV__REQUEST_OP__REQUEST_REQUEST_RANGE;
+    read.request_range = &rd;
+    Raftkv__Compare *cmps[1] = {&cmp};
+    Raftkv__RequestOp *success[2] = {&put[0], &put[1]};
+    Raftkv__RequestOp *failure[1] = {&read};
+    Raftkv__TxnArgs a = RAFTKV__TXN_ARGS__INIT;
+    a.n_compare = 1;
+    a.compare = cmps;
+    a.n_success = 2;
+    a.success = success;
+    if (B.mod) {
+        a.n_failure = 1;
+        a.failure = failure;
+    }
+    a.client_id.data = c->client_id;
+    a.client_id.len = 16;
+    a.request_id = ++c->request_id;
+    raftkv__kv_service__txn(service_for(c, false), &a, on_txn, c);
+}
+
+static const struct op_row ops[] = {
+    {"put", NULL, issue_put, true, false, false},
+    {"get", "sget", issue_get, false, false, false},
+    {"sget", "sget", issue_get, false, false, true}, /* get --stale */
+    {"mix", NULL, issue_mix, true, false, false},
+    {"range", "srange", issue_range, false, true, false},
+    {"txn", NULL, issue_txn, true, false, false},
+};
+#define N_OPS (sizeof ops / sizeof ops[0])
 
 static void issue(struct client *c)
 {
     B.issued++;
-    key_of(c, B.prefill_running
-                  ? (int)(B.issued - 1)
-                  : (int)((unsigned)rand_r(&c->seed) % (unsigned)B.key_space));
-    enum op op = B.op;
-    if (op == OP_MIX) {
-        op = rand_r(&c->seed) % 2 ? OP_PUT : OP_GET;
-    }
-    int node = B.leader;
-    if (B.target_all && op == OP_SGET) {
-        node = c->id % B.n_nodes;
-    }
-    ProtobufCService *svc = kv_for(node, c->id % B.conns);
     c->started = now_ns();
-    if (op == OP_PUT) {
-        Raftkv__PutAppendArgs a = RAFTKV__PUT_APPEND_ARGS__INIT;
-        a.key.data = (uint8_t *)c->key;
-        a.key.len = (size_t)B.key_size;
-        a.value.data = B.value;
-        a.value.len = (size_t)B.val_size;
-        a.client_id.data = c->client_id;
-        a.client_id.len = 16;
-        a.request_id = ++c->request_id;
-        raftkv__kv_service__put_append(svc, &a, on_put, c);
+    if (B.prefill_running) {
+        issue_put(c);
     } else {
-        Raftkv__GetArgs a = RAFTKV__GET_ARGS__INIT;
-        a.key.data = (uint8_t *)c->key;
-        a.key.len = (size_t)B.key_size;
-        a.stale_ok = op == OP_SGET;
-        raftkv__kv_service__get(svc, &a, on_get, c);
+        B.op->issue(c);
     }
 }
 
@@ -316,15 +510,27 @@ static double parse_duration(const char *s)
 static void usage(FILE *f)
 {
     fprintf(f,
-            "usage: kvbench --cluster HOST:PORT,... [--op put|get|sget|mix]\n"
+            "usage: kvbench --cluster HOST:PORT,... "
+            "[--op put|get|sget|mix|range|txn]\n"
             "               [--conns M] [--clients N] [--duration 10s | "
             "--total N]\n"
             "               [--key-size 16] [--val-size 256] [--key-space "
             "10000]\n"
+            "               [--range-keys 100] [--stale] "
+            "[--txn-compare version|mod]\n"
             "               [--target leader|all] [--prefill] [--json]\n"
             "               [--cacert CA.crt] [--user NAME:PASSWORD]\n"
             "The cluster list is in node-id order (node 1 first), as given "
-            "to kvserver.\n");
+            "to kvserver.\n"
+            "range: a random window of --range-keys consecutive keys (the key "
+            "space is\n"
+            "  filled first), linearizable, or serializable with --stale.\n"
+            "txn: If(compare on key A) Then(Put(A), Put(B)); --txn-compare "
+            "version:\n"
+            "  Version(A) < 2^64-1, always true (etcdload's); mod: "
+            "ModRevision(A) equal to\n"
+            "  the last one seen, else read A (a failed compare is a "
+            "completed op).\n");
 }
 
 static int parse_cluster(const char *list)
@@ -358,7 +564,8 @@ int main(int argc, char **argv)
 {
     const char *cluster = getenv("RAFTKV_CLUSTER");
     const char *cacert = getenv("RAFTKV_CACERT"), *user = NULL;
-    const char *ops[] = {"put", "get", "sget", "mix"};
+    B.op = &ops[0];
+    B.range_keys = 100;
     B.conns = B.clients = 1;
     B.key_size = 16;
     B.val_size = 256;
@@ -375,6 +582,9 @@ int main(int argc, char **argv)
         {"val-size", required_argument, NULL, 'v'},
         {"key-space", required_argument, NULL, 's'},
         {"target", required_argument, NULL, 'T'},
+        {"range-keys", required_argument, NULL, 'r'},
+        {"stale", no_argument, NULL, 'S'},
+        {"txn-compare", required_argument, NULL, 'X'},
         {"prefill", no_argument, NULL, 'p'},
         {"json", no_argument, NULL, 'j'},
         {"cacert", required_argument, NULL, 'A'},
@@ -389,20 +599,34 @@ int main(int argc, char **argv)
                 cluster = optarg;
                 break;
             case 'o': {
-                int found = -1;
-                for (int i = 0; i < 4; i++) {
-                    if (!strcmp(optarg, ops[i])) {
-                        found = i;
+                B.op = NULL;
+                for (size_t i = 0; i < N_OPS; i++) {
+                    if (!strcmp(optarg, ops[i].name)) {
+                        B.op = &ops[i];
                     }
                 }
-                if (found < 0) {
+                if (!B.op) {
                     fprintf(stderr,
-                            "kvbench: --op wants put, get, sget or mix\n");
+                            "kvbench: --op wants put, get, sget, mix, range "
+                            "or txn\n");
                     return 2;
                 }
-                B.op = (enum op)found;
                 break;
             }
+            case 'r':
+                B.range_keys = atoi(optarg);
+                break;
+            case 'S':
+                B.stale = true;
+                break;
+            case 'X':
+                if (strcmp(optarg, "version") && strcmp(optarg, "mod")) {
+                    fprintf(stderr,
+                            "kvbench: --txn-compare wants version or mod\n");
+                    return 2;
+                }
+                B.txn_mod = !strcmp(optarg, "mod");
+                break;
             case 'C':
                 B.conns = atoi(optarg);
                 break;
@@ -466,6 +690,29 @@ int main(int argc, char **argv)
                 "space >= 1\n");
         return 2;
     }
+    if (B.op->issue == issue_range &&
+        (B.range_keys < 1 || B.range_keys > B.key_space ||
+         snprintf(NULL, 0, "%d", B.key_space) > B.key_size)) {
+        fprintf(stderr,
+                "kvbench: range wants --range-keys between 1 and the key "
+                "space, and keys wide enough to write every number of the "
+                "key space (so that they sort as numbers)\n");
+        return 2;
+    }
+    if (B.op->issue == issue_txn && B.key_space < 2) {
+        fprintf(stderr, "kvbench: txn wants a key space >= 2 (two keys)\n");
+        return 2;
+    }
+    B.stale = B.stale || B.op->stale;
+    const char *op_name =
+        B.stale && B.op->stale_name ? B.op->stale_name : B.op->name;
+    if (B.txn_mod && B.op->issue == issue_txn) {
+        B.mod = calloc((size_t)B.key_space, sizeof *B.mod);
+        if (!B.mod) {
+            fprintf(stderr, "kvbench: out of memory\n");
+            return 1;
+        }
+    }
     if (cacert && *cacert) {
         char err[512];
         struct rpc_tls_options to = {.ca_file = cacert, .verify_peer = true};
@@ -497,15 +744,13 @@ int main(int argc, char **argv)
         fprintf(stderr, "kvbench: no leader answered in 10 s\n");
         return 1;
     }
-    if ((B.op == OP_PUT || B.op == OP_MIX || B.prefill) &&
-        open_sessions(cl, B.clients) != 0) {
+    B.prefill = B.prefill || B.op->fills;
+    if ((B.op->writes || B.prefill) && open_sessions(cl, B.clients) != 0) {
         fprintf(stderr, "kvbench: could not open the clients' sessions\n");
         return 1;
     }
     if (B.prefill) {
-        enum op saved = B.op;
         uint64_t saved_total = B.total;
-        B.op = OP_PUT;
         B.prefill_running = true;
         B.total = (uint64_t)B.key_space;
         B.running = B.clients < B.key_space ? B.clients : B.key_space;
@@ -513,7 +758,11 @@ int main(int argc, char **argv)
             issue(&cl[i]);
         }
         event_base_dispatch(B.base);
-        B.op = saved;
+        if (B.errors) {
+            fprintf(stderr, "kvbench: filling the key space: %llu errors\n",
+                    (unsigned long long)B.errors);
+            return 1;
+        }
         B.prefill_running = false;
         B.total = saved_total;
         B.issued = B.done = B.errors = B.wrong_leader = 0;
@@ -529,8 +778,9 @@ int main(int argc, char **argv)
     double el = (double)(now_ns() - start) / 1e9;
     double ms = 1e6;
     if (B.done == 0) {
-        printf("no successful ops; errors: %llu\n",
-               (unsigned long long)B.errors);
+        printf("no successful ops; errors: %llu%s%s\n",
+               (unsigned long long)B.errors, B.last_error[0] ? "; last: " : "",
+               B.last_error);
         return 1;
     }
     double mean = B.hist.sum / (double)B.hist.n / ms;
@@ -539,20 +789,39 @@ int main(int argc, char **argv)
     double p99 = (double)hist_quantile(&B.hist, 0.99) / ms;
     double max = (double)B.hist.max / ms;
     double rate = (double)B.done / el;
+    /* What only some ops have goes after etcdload's fields. */
+    char extra[160] = "", jextra[160] = "";
+    if (B.op->issue == issue_range) {
+        snprintf(extra, sizeof extra, " range_keys=%d short=%llu", B.range_keys,
+                 (unsigned long long)B.short_ranges);
+        snprintf(jextra, sizeof jextra, ",\"range_keys\":%d,\"short\":%llu",
+                 B.range_keys, (unsigned long long)B.short_ranges);
+    } else if (B.op->issue == issue_txn) {
+        double ratio = (double)B.txn_succeeded / (double)B.done;
+        snprintf(extra, sizeof extra, " compare=%s succeeded=%llu success=%.3f",
+                 B.mod ? "mod" : "version", (unsigned long long)B.txn_succeeded,
+                 ratio);
+        snprintf(jextra, sizeof jextra,
+                 ",\"compare\":\"%s\",\"succeeded\":%llu,\"success\":%.4f",
+                 B.mod ? "mod" : "version", (unsigned long long)B.txn_succeeded,
+                 ratio);
+    }
     printf(
         "op=%s conns=%d clients=%d ops=%llu errors=%llu elapsed=%.2fs "
         "rate=%.0f ops/s mean=%.2fms p50=%.2fms p90=%.2fms p99=%.2fms "
-        "max=%.2fms\n",
-        ops[B.op], B.conns, B.clients, (unsigned long long)B.done,
-        (unsigned long long)B.errors, el, rate, mean, p50, p90, p99, max);
+        "max=%.2fms%s\n",
+        op_name, B.conns, B.clients, (unsigned long long)B.done,
+        (unsigned long long)B.errors, el, rate, mean, p50, p90, p99, max,
+        extra);
     if (B.json) {
         printf(
             "{\"op\":\"%s\",\"conns\":%d,\"clients\":%d,\"ops\":%llu,"
             "\"errors\":%llu,\"elapsed_s\":%.3f,\"rate\":%.1f,"
             "\"mean_ms\":%.3f,\"p50_ms\":%.3f,\"p90_ms\":%.3f,"
-            "\"p99_ms\":%.3f,\"max_ms\":%.3f}\n",
-            ops[B.op], B.conns, B.clients, (unsigned long long)B.done,
-            (unsigned long long)B.errors, el, rate, mean, p50, p90, p99, max);
+            "\"p99_ms\":%.3f,\"max_ms\":%.3f%s}\n",
+            op_name, B.conns, B.clients, (unsigned long long)B.done,
+            (unsigned long long)B.errors, el, rate, mean, p50, p90, p99, max,
+            jextra);
     }
     for (int i = 0; i < B.n_nodes; i++) {
         for (int j = 0; j < B.conns; j++) {
@@ -561,6 +830,7 @@ int main(int argc, char **argv)
         free(B.nodes[i].ch);
     }
     free(cl);
+    free(B.mod);
     free(B.value);
     event_base_free(B.base);
     return 0;

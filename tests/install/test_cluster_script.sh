@@ -33,6 +33,17 @@ bench=$("$build/bench/kvbench" --cluster "$RAFTKV_CLUSTER" --op put \
     --clients 4 --conns 2 --duration 1s) || fail "kvbench"
 grep -Eq '^op=put conns=2 clients=4 ops=[1-9][0-9]* errors=0 .* rate=[0-9]+ ops/s' \
     <<<"$bench" || fail "kvbench printed: $bench"
+# The data model's workloads (a small key space keeps the fill short).
+bench=$("$build/bench/kvbench" --cluster "$RAFTKV_CLUSTER" --op range \
+    --key-space 200 --range-keys 100 --clients 2 --conns 1 --duration 0.5s) ||
+    fail "kvbench --op range: $bench"
+grep -Eq '^op=range .* errors=0 .* range_keys=100 short=0$' <<<"$bench" ||
+    fail "kvbench printed: $bench"
+bench=$("$build/bench/kvbench" --cluster "$RAFTKV_CLUSTER" --op txn \
+    --key-space 200 --clients 2 --conns 1 --duration 0.5s) ||
+    fail "kvbench --op txn: $bench"
+grep -Eq '^op=txn .* errors=0 .* compare=version succeeded=[1-9][0-9]* success=1.000$' \
+    <<<"$bench" || fail "kvbench printed: $bench"
 st=$("$kvctl" -w json status) || fail "status"
 leader=$(grep -o '"id":[0-9]*,"role":"leader"' <<<"$st" | grep -o '[0-9]\+' | sed -n 1p)
 [ -n "$leader" ] || fail "no leader in status"
