@@ -570,7 +570,9 @@ int clerk_events(struct clerk *c,
     if (out) {
         *out = NULL;
     }
-    int rv = check_key(key, key_len, range_end, range_end_len);
+    /* No key at all: every key's changes. */
+    bool all = key_len == 0 && range_end_len == 0;
+    int rv = all ? CLERK_OK : check_key(key, key_len, range_end, range_end_len);
     if (!c || !out) {
         return CLERK_INVALID;
     }

@@ -936,7 +936,8 @@ struct clerk_events_result
  * keys in the range, oldest first (a poll form of watch). Poll again from
  * next_revision for what follows.
  * @param start_revision first revision (0: the oldest kept)
- * @param key, range_end the keys (see above; copied)
+ * @param key, range_end the keys (see above; copied); key NULL (or of
+ *   length 0) with no range_end: every key's changes
  * @param limit at most this many events (0: as many as fit in a reply)
  * @param out set to the result on CLERK_OK and CLERK_COMPACTED (there with
  *   revision and compact_revision only; free with

@@ -291,6 +291,11 @@ static int state_receive_snapshot(struct kv_node *n,
         return rv;
     }
     rv = node_state_commit(n, true);
+    if (!rv && u->install && !installed) {
+        rpc_logf(RPC_LOG_INFO,
+                 "node %llu: installed a snapshot of the state at index %llu",
+                 (unsigned long long)n->cfg.id, (unsigned long long)n->applied);
+    }
     if (!rv && !installed) {
         /* What is staged now, for peer.c's check of the final chunk. */
         n->stage_check = check;

@@ -1,0 +1,334 @@
+/* test_history.c: the server side of the data model on real clusters: the
+ * leader compacts the history by revisions and by bytes through the log,
+ * revisions and history survive a kill -9 and travel in snapshots to a
+ * follower that fell behind, and ranges, transactions and history reads
+ * are checked against the user's permissions over whole ranges. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <CUnit/Basic.h>
+
+#include "clerk/clerk.h"
+#include "cunit_main.h"
+#include "harness.h"
+
+static struct clerk *open_on(struct h_cluster *c,
+                             uint32_t which,
+                             bool stale,
+                             const char *user,
+                             const char *password)
+{
+    char eps[512];
+    h_endpoints_of(c, which, 0, eps, sizeof eps);
+    struct clerk_options o = {
+        .deadline_ms = 10000,
+        .read_mode = stale ? CLERK_READ_STALE : CLERK_READ_LINEARIZABLE,
+        .user = user,
+        .password = password,
+    };
+    struct clerk *ck = NULL;
+    CU_ASSERT_FATAL(clerk_open(&ck, eps, &o) == CLERK_OK);
+    return ck;
+}
+
+static void put_n(struct clerk *ck, const char *prefix, int n, size_t vlen)
+{
+    char k[64];
+    char *v = malloc(vlen + 1);
+    CU_ASSERT_FATAL(v != NULL);
+    memset(v, 'v', vlen);
+    for (int i = 0; i < n; i++) {
+        snprintf(k, sizeof k, "%s%04d", prefix, i);
+        int err = clerk_put(ck, k, strlen(k), v, vlen);
+        CU_ASSERT_EQUAL(err, CLERK_OK);
+        if (err) {
+            fprintf(stderr, "put %s: %s\n", k, clerk_errmsg(ck));
+            break;
+        }
+    }
+    free(v);
+}
+
+/* The history as a node sees it: from the oldest kept revision. */
+static struct clerk_events_result *history(struct clerk *ck, int *err)
+{
+    struct clerk_events_result *r = NULL;
+    *err = clerk_events(ck, 0, NULL, 0, NULL, 0, 0, &r);
+    return r;
+}
+
+/* Wait until the history of every node starts after @at_least. */
+static bool wait_compacted(struct h_cluster *c, uint64_t at_least)
+{
+    uint64_t end = h_now_ms() + 10000;
+    for (size_t i = 0; i < c->n; i++) {
+        struct clerk *one = open_on(c, 1u << i, true, NULL, NULL);
+        bool done = false;
+        while (!done && h_now_ms() < end) {
+            int err;
+            struct clerk_events_result *r = history(one, &err);
+            done = err == CLERK_OK && r && r->compact_revision >= at_least;
+            clerk_events_result_free(r);
+            if (!done) {
+                h_sleep_ms(50);
+            }
+        }
+        clerk_close(one);
+        if (!done) {
+            fprintf(stderr, "node %zu: history not compacted to %llu\n", i,
+                    (unsigned long long)at_least);
+            return false;
+        }
+    }
+    return true;
+}
+
+static void test_history_leader_compacts_past_history_revisions(void)
+{
+    struct h_cluster c;
+    CU_ASSERT_FATAL(h_cluster_start(&c, 3, "--history-revisions 20") == 0);
+    CU_ASSERT_FATAL(h_find_leader(&c, 10000) >= 0);
+    struct clerk *ck = open_on(&c, 7, false, NULL, NULL);
+    put_n(ck, "k", 100, 10);
+    int err;
+    struct clerk_events_result *r = history(ck, &err);
+    CU_ASSERT_FATAL(err == CLERK_OK && r);
+    uint64_t rev = r->revision;
+    clerk_events_result_free(r);
+    CU_ASSERT(rev >= 101);
+    /* The leader proposed it; every node applied it. */
+    CU_ASSERT(wait_compacted(&c, rev - 20));
+    r = history(ck, &err);
+    CU_ASSERT_FATAL(err == CLERK_OK && r);
+    CU_ASSERT(r->compact_revision <= rev); /* never past the store */
+    CU_ASSERT_EQUAL(r->n_events, r->revision - r->compact_revision);
+    CU_ASSERT(r->n_events <= 20);
+    clerk_events_result_free(r);
+    /* Older revisions are gone, with a clear error and the oldest left. */
+    r = NULL;
+    err = clerk_events(ck, 2, NULL, 0, NULL, 0, 0, &r);
+    CU_ASSERT_EQUAL(err, CLERK_COMPACTED);
+    CU_ASSERT(r && r->compact_revision >= rev - 20);
+    clerk_events_result_free(r);
+    /* The keys themselves are all there. */
+    struct clerk_range_result *rr;
+    CU_ASSERT_EQUAL(clerk_range(ck, "k", 1, "l", 1, 0, 0, &rr), CLERK_OK);
+    CU_ASSERT_EQUAL(rr->count, 100);
+    clerk_range_result_free(rr);
+    clerk_close(ck);
+    c.keep = CU_get_number_of_failures() > 0;
+    CU_ASSERT(h_cluster_destroy(&c) == 0);
+}
+
+static void test_history_leader_compacts_past_history_bytes(void)
+{
+    struct h_cluster c;
+    CU_ASSERT_FATAL(h_cluster_start(&c, 3, "--history-bytes 64KiB") == 0);
+    CU_ASSERT_FATAL(h_find_leader(&c, 10000) >= 0);
+    struct clerk *ck = open_on(&c, 7, false, NULL, NULL);
+    put_n(ck, "b", 60, 4096); /* 240 KiB of values */
+    CU_ASSERT(wait_compacted(&c, 2));
+    /* What is left holds at most about the cap. */
+    uint64_t end = h_now_ms() + 10000;
+    size_t bytes = SIZE_MAX;
+    while (bytes > 64 * 1024 + 4200 && h_now_ms() < end) {
+        int err;
+        struct clerk_events_result *r = history(ck, &err);
+        CU_ASSERT_FATAL(err == CLERK_OK && r);
+        bytes = 0;
+        for (size_t i = 0; i < r->n_events; i++) {
+            bytes += r->events[i].kv.key_len + r->events[i].kv.value_len + 49;
+        }
+        clerk_events_result_free(r);
+        if (bytes > 64 * 1024 + 4200) {
+            h_sleep_ms(50);
+        }
+    }
+    CU_ASSERT(bytes <= 64 * 1024 + 4200);
+    CU_ASSERT(bytes >= 32 * 1024); /* not everything: only what is over */
+    clerk_close(ck);
+    c.keep = CU_get_number_of_failures() > 0;
+    CU_ASSERT(h_cluster_destroy(&c) == 0);
+}
+
+/* Node i's view, read from it alone: its revision and its history. */
+static void node_view(struct h_cluster *c,
+                      size_t i,
+                      const char *wait_key,
+                      uint64_t *revision,
+                      size_t *events,
+                      uint64_t *last_mod)
+{
+    struct clerk *one = open_on(c, 1u << i, true, NULL, NULL);
+    uint64_t end = h_now_ms() + 15000;
+    struct clerk_kv *kv = NULL;
+    uint64_t rev = 0;
+    while (clerk_get_ex(one, wait_key, strlen(wait_key), &kv, &rev) !=
+               CLERK_OK &&
+           h_now_ms() < end) {
+        h_sleep_ms(50);
+    }
+    CU_ASSERT_FATAL(kv != NULL);
+    *last_mod = kv->mod_revision;
+    clerk_kv_free(kv);
+    int err;
+    struct clerk_events_result *r = history(one, &err);
+    CU_ASSERT_FATAL(err == CLERK_OK && r);
+    *revision = r->revision;
+    *events = r->n_events;
+    clerk_events_result_free(r);
+    clerk_close(one);
+}
+
+static void test_history_survives_kill_and_travels_in_snapshots(void)
+{
+    struct h_cluster c;
+    CU_ASSERT_FATAL(h_cluster_start(&c, 3,
+                                    "--snapshot-entries 40 "
+                                    "--snapshot-trailing 5") == 0);
+    int leader = h_find_leader(&c, 10000);
+    CU_ASSERT_FATAL(leader >= 0);
+    size_t F = ((size_t)leader + 1) % 3;
+    struct clerk *ck = open_on(&c, 7, false, NULL, NULL);
+    put_n(ck, "a", 10, 8);
+    /* A follower misses 200 writes: the others compact their logs, so it
+     * gets a snapshot when it comes back. */
+    h_node_kill(&c, F);
+    put_n(ck, "b", 200, 8);
+    struct clerk_kv *kv = NULL;
+    uint64_t rev = 0;
+    CU_ASSERT_EQUAL(clerk_get_ex(ck, "b0199", 5, &kv, &rev), CLERK_OK);
+    CU_ASSERT_FATAL(kv != NULL);
+    uint64_t want_mod = kv->mod_revision;
+    clerk_kv_free(kv);
+    CU_ASSERT_FATAL(h_node_start(&c, F) == 0);
+    uint64_t lrev, frev, lmod, fmod;
+    size_t lev, fev;
+    node_view(&c, (size_t)leader, "b0199", &lrev, &lev, &lmod);
+    node_view(&c, F, "b0199", &frev, &fev, &fmod);
+    CU_ASSERT(h_log_contains(&c, F, "installed a snapshot of the state"));
+    CU_ASSERT_EQUAL(fmod, want_mod);
+    CU_ASSERT_EQUAL(frev, lrev);
+    CU_ASSERT_EQUAL(fev, lev); /* the whole history came along */
+    CU_ASSERT_EQUAL(lev, 210);
+    clerk_close(ck);
+
+    /* Every node killed at once and started again: nothing is lost. */
+    for (size_t i = 0; i < 3; i++) {
+        h_node_kill(&c, i);
+    }
+    for (size_t i = 0; i < 3; i++) {
+        CU_ASSERT_FATAL(h_node_start(&c, i) == 0);
+    }
+    CU_ASSERT_FATAL(h_find_leader(&c, 10000) >= 0);
+    for (size_t i = 0; i < 3; i++) {
+        node_view(&c, i, "b0199", &frev, &fev, &fmod);
+        CU_ASSERT_EQUAL(frev, lrev);
+        CU_ASSERT_EQUAL(fev, lev);
+        CU_ASSERT_EQUAL(fmod, want_mod);
+    }
+    /* Writes go on from the same revision. */
+    ck = open_on(&c, 7, false, NULL, NULL);
+    struct clerk_put_result *pr;
+    CU_ASSERT_EQUAL(clerk_put_ex(ck, "after", 5, "x", 1, 0, &pr), CLERK_OK);
+    CU_ASSERT(pr && pr->revision == lrev + 1);
+    clerk_put_result_free(pr);
+    clerk_close(ck);
+    c.keep = CU_get_number_of_failures() > 0;
+    CU_ASSERT(h_cluster_destroy(&c) == 0);
+}
+
+static void test_history_ranges_need_permission_for_every_key(void)
+{
+    struct h_cluster c;
+    CU_ASSERT_FATAL(h_cluster_start(&c, 3, NULL) == 0);
+    CU_ASSERT_FATAL(h_find_leader(&c, 10000) >= 0);
+    struct clerk *ck = open_on(&c, 7, false, NULL, NULL);
+    put_n(ck, "app/", 3, 4);
+    put_n(ck, "other/", 3, 4);
+    uint8_t end[16];
+    size_t end_len = clerk_prefix_end("app/", 4, end);
+    CU_ASSERT_EQUAL(clerk_role_add(ck, "app"), CLERK_OK);
+    CU_ASSERT_EQUAL(clerk_role_grant_permission(ck, "app", CLERK_PERM_READWRITE,
+                                                "app/", 4, end, end_len),
+                    CLERK_OK);
+    CU_ASSERT_EQUAL(clerk_user_add(ck, "alice", "alice-pw"), CLERK_OK);
+    CU_ASSERT_EQUAL(clerk_user_grant_role(ck, "alice", "app"), CLERK_OK);
+    CU_ASSERT_EQUAL(clerk_user_add(ck, "root", "root-pw"), CLERK_OK);
+    CU_ASSERT_EQUAL(clerk_user_grant_role(ck, "root", "root"), CLERK_OK);
+    CU_ASSERT_EQUAL(clerk_auth_enable(ck), CLERK_OK);
+    clerk_close(ck);
+
+    struct clerk *a = open_on(&c, 7, false, "alice", "alice-pw");
+    struct clerk_range_result *rr = NULL;
+    CU_ASSERT_EQUAL(clerk_range(a, "app/", 4, end, end_len, 0, 0, &rr),
+                    CLERK_OK);
+    CU_ASSERT(rr && rr->count == 3);
+    clerk_range_result_free(rr);
+    rr = NULL;
+    /* A range reaching past her keys is refused whole, not cut. */
+    CU_ASSERT_EQUAL(clerk_range(a, "app/", 4, "b", 1, 0, 0, &rr),
+                    CLERK_PERMISSION_DENIED);
+    CU_ASSERT(strstr(clerk_errmsg(a), "every key of") != NULL);
+    clerk_range_result_free(rr);
+    struct clerk_delete_result *dr = NULL;
+    CU_ASSERT_EQUAL(clerk_delete_range(a, "a", 1, "\0", 1, 0, &dr),
+                    CLERK_PERMISSION_DENIED);
+    clerk_delete_result_free(dr);
+    /* A transaction is checked op by op, both branches. */
+    struct clerk_txn *t = clerk_txn_new();
+    clerk_txn_compare_version(t, "app/x", 5, CLERK_CMP_EQUAL, 0);
+    clerk_txn_put(t, CLERK_TXN_THEN, "app/x", 5, "1", 1, 0);
+    clerk_txn_put(t, CLERK_TXN_ELSE, "other/x", 7, "1", 1, 0);
+    struct clerk_txn_result *tr = NULL;
+    CU_ASSERT_EQUAL(clerk_txn_commit(a, t, &tr), CLERK_PERMISSION_DENIED);
+    clerk_txn_result_free(tr);
+    clerk_txn_free(t);
+    t = clerk_txn_new();
+    clerk_txn_compare_version(t, "app/x", 5, CLERK_CMP_EQUAL, 0);
+    clerk_txn_put(t, CLERK_TXN_THEN, "app/x", 5, "1", 1, 0);
+    tr = NULL;
+    CU_ASSERT_EQUAL(clerk_txn_commit(a, t, &tr), CLERK_OK);
+    CU_ASSERT(tr && tr->succeeded);
+    clerk_txn_result_free(tr);
+    clerk_txn_free(t);
+    /* History: her range, not everyone's; compaction is root's. */
+    struct clerk_events_result *er = NULL;
+    CU_ASSERT_EQUAL(clerk_events(a, 0, "app/", 4, end, end_len, 0, &er),
+                    CLERK_OK);
+    CU_ASSERT(er && er->n_events == 4);
+    clerk_events_result_free(er);
+    er = NULL;
+    CU_ASSERT_EQUAL(clerk_events(a, 0, NULL, 0, NULL, 0, 0, &er),
+                    CLERK_PERMISSION_DENIED);
+    clerk_events_result_free(er);
+    uint64_t compacted;
+    CU_ASSERT_EQUAL(clerk_compact(a, 2, &compacted), CLERK_PERMISSION_DENIED);
+    clerk_close(a);
+    struct clerk *root = open_on(&c, 7, false, "root", "root-pw");
+    CU_ASSERT_EQUAL(clerk_compact(root, 2, &compacted), CLERK_OK);
+    clerk_close(root);
+    c.keep = CU_get_number_of_failures() > 0;
+    CU_ASSERT(h_cluster_destroy(&c) == 0);
+}
+
+int main(int argc, char **argv)
+{
+    static CU_TestInfo tests[] = {
+        {"test_history_leader_compacts_past_history_revisions",
+         test_history_leader_compacts_past_history_revisions},
+        {"test_history_leader_compacts_past_history_bytes",
+         test_history_leader_compacts_past_history_bytes},
+        {"test_history_survives_kill_and_travels_in_snapshots",
+         test_history_survives_kill_and_travels_in_snapshots},
+        {"test_history_ranges_need_permission_for_every_key",
+         test_history_ranges_need_permission_for_every_key},
+        CU_TEST_INFO_NULL,
+    };
+    static CU_SuiteInfo suites[] = {
+        {"history", NULL, NULL, NULL, NULL, tests},
+        CU_SUITE_INFO_NULL,
+    };
+    return cunit_main(argc, argv, suites);
+}
