@@ -924,6 +924,104 @@ static void test_mvcc_random_writes_match_a_model(void)
     end();
 }
 
+/* Digest of every key's record and the store's numbers. */
+static uint64_t digest(struct kv_store *s, MDB_txn *t)
+{
+    uint64_t h = 0xcbf29ce484222325ull;
+    MDB_cursor *cur;
+    CU_ASSERT_FATAL(mdb_cursor_open(t, s->kv, &cur) == 0);
+    MDB_val k, v;
+    for (int rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST); rc == 0;
+         rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
+        const uint8_t *parts[2] = {k.mv_data, v.mv_data};
+        size_t lens[2] = {k.mv_size, v.mv_size};
+        for (int p = 0; p < 2; p++) {
+            for (size_t i = 0; i < lens[p]; i++) {
+                h = (h ^ parts[p][i]) * 0x100000001b3ull;
+            }
+        }
+    }
+    mdb_cursor_close(cur);
+    struct kv_revs r;
+    CU_ASSERT_FATAL(kv_mvcc_revs(s, t, &r) == 0);
+    return h ^ (r.revision * 31) ^ (r.hist_bytes * 17) ^ r.compact;
+}
+
+static void test_mvcc_damaged_commands_are_outcomes_on_every_replica(void)
+{
+    unsigned seed = cunit_seed();
+    begin();
+    /* A second replica applies the same entries. */
+    struct kv_store st2;
+    char dir2[64];
+    snprintf(dir2, sizeof dir2, "/tmp/raftkv-mvcc-XXXXXX");
+    CU_ASSERT_FATAL(mkdtemp(dir2) != NULL);
+    CU_ASSERT_FATAL(kv_store_open(&st2, dir2, 0) == 0);
+    MDB_txn *t2;
+    CU_ASSERT_FATAL(mdb_txn_begin(st2.env, NULL, 0, &t2) == 0);
+    uint8_t cid[16] = {7};
+    Raftkv__SessionOpen so = RAFTKV__SESSION_OPEN__INIT;
+    so.client_id.data = cid;
+    so.client_id.len = 16;
+    Raftkv__Command oc = RAFTKV__COMMAND__INIT;
+    oc.op_case = RAFTKV__COMMAND__OP_OPEN_SESSION;
+    oc.open_session = &so;
+    uint8_t obuf[64];
+    size_t olen = raftkv__command__pack(&oc, obuf);
+    struct kv_outcome o;
+    CU_ASSERT_FATAL(kv_sm_apply(&st2, t2, 1, obuf, olen, &o) == 0);
+    kv_outcome_clear(&o);
+    int applied_ok = 0;
+    for (int i = 0; i < 2000; i++) {
+        /* A valid transaction of random ops, then bytes flipped. */
+        Raftkv__TxnArgs *t = txn_new();
+        char k[8], k2[8];
+        snprintf(k, sizeof k, "k%d", rand_r(&seed) % 8);
+        snprintf(k2, sizeof k2, "k%d", rand_r(&seed) % 8);
+        cmp_add(t, k, RAFTKV__COMPARE__TARGET__VERSION,
+                (Raftkv__Compare__Result)(rand_r(&seed) % 4))
+            ->target_union_case = RAFTKV__COMPARE__TARGET_UNION_VERSION;
+        op_put(t, rand_r(&seed) % 2, k, "value");
+        op_del(t, rand_r(&seed) % 2, k2,
+               rand_r(&seed) % 2 ? bin("k9") : no_end);
+        op_range(t, true, "k", bin("l"));
+        t->client_id.data = cid;
+        t->client_id.len = 16;
+        t->request_id = (uint64_t)i + 1;
+        Raftkv__Command c = RAFTKV__COMMAND__INIT;
+        c.op_case = RAFTKV__COMMAND__OP_TXN;
+        c.txn = t;
+        size_t len = raftkv__command__get_packed_size(&c);
+        uint8_t *buf = malloc(len);
+        CU_ASSERT_FATAL(buf != NULL);
+        raftkv__command__pack(&c, buf);
+        int flips = rand_r(&seed) % 4;
+        for (int f = 0; f < flips; f++) {
+            buf[(size_t)rand_r(&seed) % len] ^=
+                (uint8_t)(1u << (rand_r(&seed) % 8));
+        }
+        uint64_t index = ++next_index;
+        struct kv_outcome o1, o2;
+        CU_ASSERT_EQUAL_FATAL(kv_sm_apply(&st, txn, index, buf, len, &o1), 0);
+        CU_ASSERT_EQUAL_FATAL(kv_sm_apply(&st2, t2, index, buf, len, &o2), 0);
+        CU_ASSERT_EQUAL(o1.err, o2.err);
+        CU_ASSERT_EQUAL(o1.revision, o2.revision);
+        applied_ok += o1.err == 0;
+        kv_outcome_clear(&o1);
+        kv_outcome_clear(&o2);
+        free(buf);
+        kv_arena_free(&mem);
+    }
+    /* Not vacuous: some were applied (a flip that raises a request id
+     * turns the later ones into refused old retries). */
+    CU_ASSERT(applied_ok > 0);
+    CU_ASSERT_EQUAL(digest(&st, txn), digest(&st2, t2));
+    mdb_txn_abort(t2);
+    kv_store_close(&st2);
+    cunit_remove_tree(dir2);
+    end();
+}
+
 int main(int argc, char **argv)
 {
     static CU_TestInfo tests[] = {
@@ -942,6 +1040,8 @@ int main(int argc, char **argv)
          test_mvcc_upgrades_old_stores_and_streams},
         {"test_mvcc_random_writes_match_a_model",
          test_mvcc_random_writes_match_a_model},
+        {"test_mvcc_damaged_commands_are_outcomes_on_every_replica",
+         test_mvcc_damaged_commands_are_outcomes_on_every_replica},
         CU_TEST_INFO_NULL,
     };
     static CU_SuiteInfo suites[] = {
