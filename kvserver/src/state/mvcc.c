@@ -82,62 +82,42 @@ static int damaged(struct kv_store *st, const char *what)
     return KV_STORE_ECORRUPT;
 }
 
-static int get_num(struct kv_store *st,
-                   MDB_txn *txn,
-                   const char *name,
-                   uint64_t dflt,
-                   uint64_t *out)
+/* kvmeta "revs": revision (8) | compact (8) | hist_bytes (8), written
+ * once per change. */
+#define REVS_KEY "revs"
+
+int kv_mvcc_revs(struct kv_store *st, MDB_txn *txn, struct kv_revs *r)
 {
-    MDB_val k = {strlen(name), (void *)name}, v;
+    MDB_val k = {sizeof REVS_KEY - 1, REVS_KEY}, v;
     int rc = mdb_get(txn, st->kvmeta, &k, &v);
     if (rc == MDB_NOTFOUND) {
-        *out = dflt;
+        r->revision = 1; /* a fresh store, as etcd's */
+        r->compact = 0;
+        r->hist_bytes = 0;
         return 0;
     }
     if (rc) {
         return kv_store_fail(st, rc, "read kvmeta");
     }
-    if (v.mv_size != 8) {
+    if (v.mv_size != 24) {
         return damaged(st, "kvmeta");
     }
-    *out = kv_get_u64(v.mv_data);
+    const uint8_t *p = v.mv_data;
+    r->revision = kv_get_u64(p);
+    r->compact = kv_get_u64(p + 8);
+    r->hist_bytes = kv_get_u64(p + 16);
     return 0;
-}
-
-static int put_num(struct kv_store *st,
-                   MDB_txn *txn,
-                   const char *name,
-                   uint64_t value)
-{
-    uint8_t buf[8];
-    kv_put_u64(buf, value);
-    MDB_val k = {strlen(name), (void *)name}, v = {8, buf};
-    int rc = mdb_put(txn, st->kvmeta, &k, &v, 0);
-    return rc ? kv_store_fail(st, rc, "write kvmeta") : 0;
-}
-
-int kv_mvcc_revs(struct kv_store *st, MDB_txn *txn, struct kv_revs *r)
-{
-    int rv = get_num(st, txn, "revision", 1, &r->revision);
-    if (!rv) {
-        rv = get_num(st, txn, "compact", 0, &r->compact);
-    }
-    if (!rv) {
-        rv = get_num(st, txn, "hist_bytes", 0, &r->hist_bytes);
-    }
-    return rv;
 }
 
 static int put_revs(struct kv_store *st, MDB_txn *txn, const struct kv_revs *r)
 {
-    int rv = put_num(st, txn, "revision", r->revision);
-    if (!rv) {
-        rv = put_num(st, txn, "compact", r->compact);
-    }
-    if (!rv) {
-        rv = put_num(st, txn, "hist_bytes", r->hist_bytes);
-    }
-    return rv;
+    uint8_t buf[24];
+    kv_put_u64(buf, r->revision);
+    kv_put_u64(buf + 8, r->compact);
+    kv_put_u64(buf + 16, r->hist_bytes);
+    MDB_val k = {sizeof REVS_KEY - 1, REVS_KEY}, v = {sizeof buf, buf};
+    int rc = mdb_put(txn, st->kvmeta, &k, &v, 0);
+    return rc ? kv_store_fail(st, rc, "write kvmeta") : 0;
 }
 
 int kv_mvcc_get(struct kv_store *st,

@@ -11,8 +11,9 @@
  *     key   revision (8) | sub (4)     (events of one revision in order)
  *     value type (1: 0 put, 1 delete) | key length (4) | key | record
  *                                      (put only: the key's new record)
- * kvmeta holds "revision", "compact" (history starts after it) and
- * "hist_bytes" (the history's size, for its cap). All integers big-endian.
+ * kvmeta "revs" holds the revision, the compaction point (history starts
+ * after it) and the history's size in bytes (for its cap), 8 bytes each.
+ * All integers big-endian.
  * Everything here is a function of the log, so every replica holds the same.
  */
 #ifndef KVSERVER_MVCC_H
