@@ -181,6 +181,7 @@ struct gop
 {
     const struct lc_event *ev; /* the event */
     uint64_t zobrist;          /* random bits xored into the set hash */
+    uint32_t bit;              /* its bit in the set */
     bool known;                /* its outcome is known */
     uint32_t key;              /* single-key ops: key index */
     uint32_t value;            /* put/append/cas: value id */
@@ -242,34 +243,39 @@ struct best
 
 struct checker
 {
-    struct gop *ops;          /* the group's ops */
-    size_t n;                 /* ops */
-    struct strings keys;      /* the group's keys (index = id - 1) */
-    struct strings vals;      /* values */
-    size_t nk;                /* keys */
-    bool versions;            /* a compare reads versions: states differ by
-                                 them too */
-    uint32_t *val;            /* the state: each key's value id (0: absent) */
-    uint64_t *version;        /* each key's version (0: absent) */
-    uint64_t state_hash;      /* xor of key_hash() over the keys */
-    struct undo *undo;        /* changes of the steps on the stack */
-    size_t nundo;             /* entries */
-    size_t undo_cap;          /* slots */
-    struct entry *ents;       /* head (index 0) then 2n entries */
-    struct frame *stack;      /* lifts */
-    size_t depth;             /* frames on the stack */
-    size_t max_depth;         /* most ops linearized at once so far */
-    uint64_t *set;            /* linearized ops, a bit each */
-    size_t nw;                /* words in set */
-    uint64_t zob;             /* xor of the linearized ops' zobrist bits */
-    size_t state_words;       /* words a state takes in the memo */
-    uint64_t *arena;          /* memo entries: set words, then state words */
-    size_t arena_n;           /* words used */
-    size_t arena_cap;         /* words allocated */
-    struct slot *mtab;        /* open addressing over the entries */
-    size_t mtab_cap;          /* slots (a power of two) */
-    size_t memo_n;            /* entries */
-    struct best best;         /* closest approach */
+    struct gop *ops;     /* the group's ops */
+    size_t n;            /* ops */
+    struct strings keys; /* the group's keys (index = id - 1) */
+    struct strings vals; /* values */
+    size_t nk;           /* keys */
+    bool versions;       /* a compare reads versions: states differ by
+                            them too */
+    uint32_t *val;       /* the state: each key's value id (0: absent) */
+    uint64_t *version;   /* each key's version (0: absent) */
+    uint64_t state_hash; /* xor of key_hash() over the keys */
+    struct undo *undo;   /* changes of the steps on the stack */
+    size_t nundo;        /* entries */
+    size_t undo_cap;     /* slots */
+    struct entry *ents;  /* head (index 0) then 2n entries */
+    struct frame *stack; /* lifts */
+    size_t depth;        /* frames on the stack */
+    size_t max_depth;    /* most ops linearized at once so far */
+    uint64_t *set;       /* linearized ops, a bit each: known ops' words, then
+                            unknown ops' */
+    size_t nw;           /* words in set */
+    size_t kw;           /* of them, known ops' words */
+    size_t nk_bits;      /* known ops */
+    size_t lo;           /* known words below lo are all full */
+    size_t hi;           /* known words from hi on are all empty */
+    uint64_t zob;        /* xor of the linearized ops' zobrist bits */
+    size_t state_words;  /* words a state takes in the memo */
+    uint64_t *arena;     /* memo entries: set words, then state words */
+    size_t arena_n;      /* words used */
+    size_t arena_cap;    /* words allocated */
+    struct slot *mtab;   /* open addressing over the entries */
+    size_t mtab_cap;     /* slots (a power of two) */
+    size_t memo_n;       /* entries */
+    struct best best;    /* closest approach */
     struct timespec deadline; /* when to give up, if has_deadline */
     bool has_deadline;        /* a budget was given */
 };
@@ -520,13 +526,25 @@ static int memo_grow_table(struct checker *ck)
     return 0;
 }
 
+/* The full value of known word i (the last one may be partial). */
+static uint64_t full_word(const struct checker *ck, size_t i)
+{
+    return i + 1 < ck->kw || ck->nk_bits % 64 == 0
+               ? UINT64_MAX
+               : (1ULL << (ck->nk_bits % 64)) - 1;
+}
+
 /* Remember the current config: 1 when it is new, 0 when it was explored
- * already, -1 without memory (or past the cap). */
+ * already, -1 without memory (or past the cap). An entry holds lo and hi,
+ * the known words between them (those below are full, those from hi on
+ * empty: a set that is nearly a prefix of the ops by call time takes few
+ * words), the unknown ops' words and the state. */
 static int memo_visit(struct checker *ck)
 {
-    size_t words = ck->nw + ck->state_words;
-    if (ck->arena_cap - ck->arena_n < 2 * words) {
-        size_t cap = 2 * ck->arena_cap + 2 * words;
+    size_t uw = ck->nw - ck->kw, win = ck->hi - ck->lo;
+    size_t words = 2 + win + uw + ck->state_words;
+    if (ck->arena_cap - ck->arena_n < words) {
+        size_t cap = 2 * ck->arena_cap + words;
         if (cap * sizeof *ck->arena + ck->mtab_cap * sizeof *ck->mtab >
             LC_MEMO_CAP_BYTES) {
             return -1;
@@ -540,13 +558,17 @@ static int memo_visit(struct checker *ck)
     }
     /* The candidate goes at the arena's end; it stays only when new. */
     uint64_t *w = ck->arena + ck->arena_n;
-    memcpy(w, ck->set, ck->nw * sizeof *w);
-    state_words(ck, w + ck->nw);
+    w[0] = ck->lo;
+    w[1] = ck->hi;
+    memcpy(w + 2, ck->set + ck->lo, win * sizeof *w);
+    memcpy(w + 2 + win, ck->set + ck->kw, uw * sizeof *w);
+    state_words(ck, w + 2 + win + uw);
     uint64_t h = config_hash(ck);
     size_t mask = ck->mtab_cap - 1, i = (size_t)h & mask;
     for (; ck->mtab[i].off != SIZE_MAX; i = (i + 1) & mask) {
-        if (ck->mtab[i].hash == h &&
-            memcmp(ck->arena + ck->mtab[i].off, w, words * sizeof *w) == 0) {
+        const uint64_t *o = ck->arena + ck->mtab[i].off;
+        if (ck->mtab[i].hash == h && o[0] == w[0] && o[1] == w[1] &&
+            memcmp(o, w, words * sizeof *w) == 0) {
             return 0;
         }
     }
@@ -630,7 +652,7 @@ static void describe_failure(const struct checker *ck, struct lc_msg *m)
     lc_msg_printf(m, "; pending:");
     size_t shown = 0, more = 0, limit = ck->ops[b->stuck].ret_pos;
     for (size_t i = 0; i < ck->n; i++) {
-        if (ck->ops[i].call_pos > limit || in_set(b->set, i)) {
+        if (ck->ops[i].call_pos > limit || in_set(b->set, ck->ops[i].bit)) {
             continue;
         }
         if (shown == 6) {
@@ -670,10 +692,30 @@ static void unlift(struct entry *e)
     e->next->prev = e;
 }
 
+/* Add op to the linearized set, or take it out; lo and hi follow. */
 static void flip_bit(struct checker *ck, uint32_t op)
 {
-    ck->set[op / 64] ^= 1ULL << (op % 64);
+    size_t b = ck->ops[op].bit, i = b / 64;
+    ck->set[i] ^= 1ULL << (b % 64);
     ck->zob ^= ck->ops[op].zobrist;
+    if (i >= ck->kw) {
+        return;
+    }
+    if (ck->set[i] >> (b % 64) & 1) {
+        while (ck->lo < ck->kw && ck->set[ck->lo] == full_word(ck, ck->lo)) {
+            ck->lo++;
+        }
+        if (i >= ck->hi) {
+            ck->hi = i + 1;
+        }
+    } else {
+        if (i < ck->lo) {
+            ck->lo = i;
+        }
+        while (ck->hi > ck->lo && ck->set[ck->hi - 1] == 0) {
+            ck->hi--;
+        }
+    }
 }
 
 /* A dead end at the return of op stuck: remember it when deepest. */
@@ -918,7 +960,11 @@ static int checker_init(struct checker *ck,
     memset(ck, 0, sizeof *ck);
     ck->n = n;
     ck->best.depth = -1;
-    ck->nw = (n + 63) / 64;
+    for (size_t i = 0; i < n; i++) {
+        ck->nk_bits += !ev[i]->unknown;
+    }
+    ck->kw = (ck->nk_bits + 63) / 64;
+    ck->nw = ck->kw + (n - ck->nk_bits + 63) / 64;
     ck->ops = calloc(n, sizeof *ck->ops);
     ck->ents = calloc(2 * n + 1, sizeof *ck->ents);
     ck->stack = calloc(n, sizeof *ck->stack);
@@ -926,6 +972,7 @@ static int checker_init(struct checker *ck,
     ck->best.set = calloc(ck->nw, sizeof *ck->best.set);
     struct event_ref *refs = malloc(2 * n * sizeof *refs);
     struct entry **call_entry = malloc(n * sizeof *call_entry);
+    size_t nknown = 0;
     int rv = -1;
     if (strings_init(&ck->keys) != 0 || strings_init(&ck->vals) != 0 ||
         !ck->ops || !ck->ents || !ck->stack || !ck->set || !ck->best.set ||
@@ -936,6 +983,7 @@ static int checker_init(struct checker *ck,
         struct gop *o = &ck->ops[i];
         o->ev = ev[i];
         o->known = !ev[i]->unknown;
+        o->bit = (uint32_t)(o->known ? nknown++ : ck->kw * 64 + (i - nknown));
         o->zobrist = mix64(0x6a09e667f3bcc908ULL + i * 0x9e3779b97f4a7c15ULL);
         if (compile_op(ck, o) != 0) {
             goto done;
