@@ -543,18 +543,23 @@ BANK(test_bank_mixed_faults,
      .snapshot = 50)
 
 /* Ranges, gets, puts, deletes and txns with value and version compares
- * and else branches on 3 keys, under every fault at random. */
-static void test_txn_mixed_faults(void)
-{
-    static const struct scenario sc = {.name = "txn_mixed_faults",
-                                       .servers = 5,
-                                       .clients = 8,
-                                       .readers = 2,
-                                       .nemesis = NEM_MIXED,
-                                       .workload = WL_TXN,
-                                       .unreliable = true};
-    faults_run(&sc);
-}
+ * and else branches on 3 keys: 8 clients and 2 readers. */
+#define TXN(fn, kind, ...)                                     \
+    static void fn(void)                                       \
+    {                                                          \
+        static const struct scenario sc = {.name = #fn + 5,    \
+                                           .servers = 5,       \
+                                           .clients = 8,       \
+                                           .readers = 2,       \
+                                           .nemesis = kind,    \
+                                           .workload = WL_TXN, \
+                                           __VA_ARGS__};       \
+        faults_run(&sc);                                       \
+    }
+
+TXN(test_txn_random_halves, NEM_RANDOM_HALVES)
+/* Every fault at random on a lossy network. */
+TXN(test_txn_mixed_faults, NEM_MIXED, .unreliable = true)
 
 /* Crash during snapshot transfer: a follower cut off while the others
  * compact many megabytes is killed (and then the leader is) in the middle
@@ -704,6 +709,7 @@ static CU_TestInfo txn_tests[] = {
     {"bank_random_halves", test_bank_random_halves},
     {"bank_lossy_duplicating", test_bank_lossy_duplicating},
     {"bank_mixed_faults", test_bank_mixed_faults},
+    {"txn_random_halves", test_txn_random_halves},
     {"txn_mixed_faults", test_txn_mixed_faults},
     CU_TEST_INFO_NULL,
 };
