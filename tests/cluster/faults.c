@@ -984,9 +984,9 @@ static int txn_write(struct clerk_txn *t,
 /* Commit t and record it as e (its then/else and compares filled in).
  * @return clerk_txn_commit's result */
 static int commit_and_record(struct client *cl,
-                              struct clerk_txn *t,
-                              struct lc_event *e,
-                              bool *succeeded)
+                             struct clerk_txn *t,
+                             struct lc_event *e,
+                             bool *succeeded)
 {
     struct clerk_txn_result *res = NULL;
     e->op = LC_TXN;
