@@ -74,6 +74,12 @@ static void test_metrics_follow_writes_and_a_leader_change(void)
                      "raftkv_wal_fsync_duration_seconds_bucket{le=\"+Inf\"}") >=
               1);
     CU_ASSERT(metric_reaches(&c, f, "raftkv_keys", 50, 15000));
+    /* 50 puts on a fresh store: revision 51 on every node, each put's
+     * event in the history, none compacted. */
+    CU_ASSERT(metric_reaches(&c, f, "raftkv_revision", 51, 15000));
+    CU_ASSERT_EQUAL(metric(&c, (size_t)leader, "raftkv_revision"), 51);
+    CU_ASSERT_EQUAL(metric(&c, f, "raftkv_compact_revision"), 0);
+    CU_ASSERT(metric(&c, f, "raftkv_history_bytes") >= 50 * 3);
     CU_ASSERT(metric(&c, f, "raftkv_applied_index") >= 50);
     CU_ASSERT(metric(&c, (size_t)leader, "raftkv_sessions") >= 1);
     CU_ASSERT(metric(&c, (size_t)leader, "raftkv_log_entries") >= 50);

@@ -214,6 +214,24 @@ static void on_metrics(struct evhttp_request *req, void *arg)
     put_value(b, "raftkv_quota_refusals_total", "counter",
               "Writes this node refused as leader for --quota-bytes.",
               s->quota.refusals);
+    struct kv_revs revs = {0, 0, 0};
+    MDB_txn *txn = node_state_read(n, NULL);
+    if (txn) {
+        if (kv_mvcc_revs(&n->store, txn, &revs) != 0) {
+            memset(&revs, 0, sizeof revs);
+        }
+        node_state_done(n, txn);
+    }
+    put_value(b, "raftkv_revision", "gauge",
+              "The store's revision in this node's applied state.",
+              revs.revision);
+    put_value(b, "raftkv_compact_revision", "gauge",
+              "The history of changes is kept after this revision.",
+              revs.compact);
+    put_value(b, "raftkv_history_bytes", "gauge",
+              "Bytes of keys and values in the history of changes "
+              "(--history-bytes bounds it).",
+              revs.hist_bytes);
     evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type",
                       "text/plain; version=0.0.4; charset=utf-8");
     evhttp_send_reply(req, HTTP_OK, "OK", b);
