@@ -461,7 +461,9 @@ static void test_mvcc_txn_is_atomic_at_one_revision(void)
     before = revision();
     t = txn_new();
     op_put(t, true, "d", "1");
+    CU_ASSERT_FALSE(kv_txn_may_fail(t)); /* plain puts cannot fail */
     op_put(t, true, "missing", "")->ignore_value = true;
+    CU_ASSERT(kv_txn_may_fail(t)); /* so it runs nested */
     r = run_txn(t, 0, &o);
     CU_ASSERT_EQUAL(r->err, RAFTKV__KV_ERROR__KV_NOT_FOUND);
     CU_ASSERT_EQUAL(o.err, RAFTKV__KV_ERROR__KV_NOT_FOUND);

@@ -1,5 +1,6 @@
 /* sm.c: applying commands: one table of ops; client writes exactly once,
  * in sessions that clients open through the log. */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -396,9 +397,12 @@ static int apply_cas(struct sm_ctx *x,
     return rv;
 }
 
-/* Run @fn in a nested transaction, kept only when it leaves no error in
- * *err: a multi-key change happens whole or not at all. */
+/* Run @fn as one change, kept only when it leaves no error in *err: a
+ * multi-key change happens whole or not at all. When @may_fail it runs in
+ * a nested transaction that an error drops; otherwise (it cannot leave an
+ * error once it started writing) in the state transaction itself. */
 static int nested(struct sm_ctx *x,
+                  bool may_fail,
                   int (*fn)(struct kv_change *,
                             const void *,
                             struct kv_arena *,
@@ -410,6 +414,25 @@ static int nested(struct sm_ctx *x,
                   int *err,
                   uint64_t *revision)
 {
+    if (!may_fail) {
+        struct kv_change c;
+        int rv = kv_change_begin(&c, x->st, x->txn);
+        if (!rv) {
+            rv = fn(&c, args, mem, reply, err);
+        }
+        if (!rv && *err && c.sub) {
+            /* It wrote and then failed: it was said it could not. */
+            snprintf(x->st->errmsg, sizeof x->st->errmsg,
+                     "%s: a change that cannot fail failed after writing",
+                     x->st->dir);
+            rv = KV_STORE_EIO;
+        }
+        if (!rv && !*err) {
+            rv = kv_change_end(&c);
+        }
+        *revision = kv_change_revision(&c);
+        return rv;
+    }
     MDB_txn *child;
     int rc = mdb_txn_begin(x->st->env, x->txn, 0, &child);
     if (rc) {
@@ -460,8 +483,8 @@ static int apply_delete_range(struct sm_ctx *x,
 {
     struct kv_arena mem = {0};
     Raftkv__DeleteRangeReply r = RAFTKV__DELETE_RANGE_REPLY__INIT;
-    int rv = nested(x, run_delete_range, cmd->delete_range, &mem, &r, &out->err,
-                    &out->revision);
+    int rv = nested(x, cmd->delete_range->prev_kv, run_delete_range,
+                    cmd->delete_range, &mem, &r, &out->err, &out->revision);
     if (!rv) {
         r.err = out->err;
         r.revision = out->revision;
@@ -501,7 +524,13 @@ static int apply_txn(struct sm_ctx *x,
 {
     struct kv_arena mem = {0};
     Raftkv__TxnReply r = RAFTKV__TXN_REPLY__INIT;
-    int rv = nested(x, run_txn, cmd->txn, &mem, &r, &out->err, &out->revision);
+    char why[300];
+    /* A transaction refused by its check writes nothing: no nesting. */
+    bool may_fail =
+        kv_txn_check(x->st, cmd->txn, SM_MAX_VALUE, why, sizeof why) == 0 &&
+        kv_txn_may_fail(cmd->txn);
+    int rv = nested(x, may_fail, run_txn, cmd->txn, &mem, &r, &out->err,
+                    &out->revision);
     if (!rv) {
         if (out->err) {
             /* Nothing of it stays: answer the error alone. */

@@ -80,6 +80,11 @@ static int check(struct kv_store *st,
                     err = kv_mvcc_check_range(st, &op->request_range->key,
                                               &op->request_range->range_end,
                                               why, why_size);
+                    if (!err && op->request_range->sort_order >
+                                    RAFTKV__SORT_ORDER__SORT_DESCEND) {
+                        snprintf(why, why_size, "unknown sort order");
+                        err = RAFTKV__KV_ERROR__KV_BAD_REQUEST;
+                    }
                     break;
                 case RAFTKV__REQUEST_OP__REQUEST_REQUEST_PUT: {
                     static const ProtobufCBinaryData none = {0, NULL};
@@ -125,6 +130,39 @@ int kv_txn_check(struct kv_store *st,
 {
     size_t ops = 0;
     return check(st, a, max_value, 1, &ops, why, why_size);
+}
+
+bool kv_txn_may_fail(const Raftkv__TxnArgs *a)
+{
+    for (int b = 0; b < 2; b++) {
+        size_t n = b ? a->n_failure : a->n_success;
+        Raftkv__RequestOp **ops = b ? a->failure : a->success;
+        for (size_t i = 0; i < n; i++) {
+            const Raftkv__RequestOp *op = ops[i];
+            switch (op->request_case) {
+                case RAFTKV__REQUEST_OP__REQUEST_REQUEST_PUT:
+                    if (op->request_put->ignore_value) {
+                        return true; /* NOT_FOUND */
+                    }
+                    break;
+                case RAFTKV__REQUEST_OP__REQUEST_REQUEST_DELETE_RANGE:
+                    if (op->request_delete_range->prev_kv) {
+                        return true; /* over 4 MiB of them */
+                    }
+                    break;
+                case RAFTKV__REQUEST_OP__REQUEST_REQUEST_TXN:
+                    if (kv_txn_may_fail(op->request_txn)) {
+                        return true;
+                    }
+                    break;
+                case RAFTKV__REQUEST_OP__REQUEST_REQUEST_RANGE:
+                    break; /* checked by kv_txn_check */
+                default:
+                    return true;
+            }
+        }
+    }
+    return false;
 }
 
 /* Give every reply in the tree the revision of the whole transaction. */

@@ -2,6 +2,7 @@
 #ifndef KVSERVER_TXN_H
 #define KVSERVER_TXN_H
 
+#include <stdbool.h>
 #include <stddef.h>
 
 #include <proto/kv.pb-c.h>
@@ -20,6 +21,14 @@ int kv_txn_check(struct kv_store *st,
                  size_t max_value,
                  char *why,
                  size_t why_size);
+
+/**
+ * Whether an op of a transaction that passed kv_txn_check can still fail
+ * when it runs (a put with ignore_value of a missing key, a delete range
+ * with prev_kv over the reply bound). One that cannot needs no nested
+ * LMDB transaction to be whole or nothing.
+ */
+bool kv_txn_may_fail(const Raftkv__TxnArgs *a);
 
 /**
  * Run a transaction in a change: its compares, then the ops of the branch
