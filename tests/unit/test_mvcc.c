@@ -894,6 +894,23 @@ static void test_mvcc_random_writes_match_a_model(void)
             kv_outcome_clear(&o);
         }
         CU_ASSERT_EQUAL(revision(), rev);
+        if (step % 50 == 49) {
+            /* Compact (values still current move into their records). */
+            struct kv_revs rv;
+            CU_ASSERT_FATAL(kv_mvcc_revs(&st, txn, &rv) == 0);
+            uint64_t to = rev - (uint64_t)(rand_r(&seed) % 5);
+            if (to > rv.compact) {
+                Raftkv__CompactArgs ca = RAFTKV__COMPACT_ARGS__INIT;
+                ca.revision = to;
+                Raftkv__Command cc = RAFTKV__COMMAND__INIT;
+                cc.op_case = RAFTKV__COMMAND__OP_COMPACT;
+                cc.compact = &ca;
+                struct kv_outcome co;
+                apply(&cc, &co);
+                CU_ASSERT_EQUAL(co.err, 0);
+                kv_outcome_clear(&co);
+            }
+        }
         /* A random range against the model. */
         char a[8], b[8];
         snprintf(a, sizeof a, "k%02d", lo);

@@ -350,11 +350,9 @@ static void test_store_snapshot_round_trip_in_random_chunks(void)
     CU_ASSERT_EQUAL(b.ms_entries, 7);
     mdb_stat(txn, dst.session_age, &b);
     CU_ASSERT_EQUAL(b.ms_entries, 7);
-    MDB_val k2 = {6, "key499"}, v2;
-    CU_ASSERT_EQUAL(mdb_get(txn, dst.kv, &k2, &v2), 0);
-    CU_ASSERT(v2.mv_size > KV_REC_HEADER + 9 &&
-              memcmp((uint8_t *)v2.mv_data + KV_REC_HEADER, "value-499", 9) ==
-                  0);
+    struct kv_rec r2;
+    CU_ASSERT_EQUAL(kv_mvcc_get(&dst, txn, "key499", 6, &r2), 0);
+    CU_ASSERT(r2.value_len > 9 && memcmp(r2.value, "value-499", 9) == 0);
     CU_ASSERT_EQUAL(mdb_txn_commit(txn), 0);
 
     /* Each kind of damage, each from a fresh copy of the intact stream,

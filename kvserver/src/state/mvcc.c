@@ -53,17 +53,51 @@ void kv_arena_free(struct kv_arena *a)
 
 /* ----------------------------------------------------------- records */
 
-int kv_rec_decode(const MDB_val *v, struct kv_rec *r)
+static void header_decode(const uint8_t *p, struct kv_rec *r)
 {
-    if (v->mv_size < KV_REC_HEADER) {
-        return -1;
-    }
-    const uint8_t *p = v->mv_data;
     r->create = kv_get_u64(p);
     r->mod = kv_get_u64(p + 8);
     r->version = kv_get_u64(p + 16);
     r->lease = kv_get_u64(p + 24);
-    r->value = p + KV_REC_HEADER;
+}
+
+int kv_rec_decode(const MDB_val *v, struct kv_rec *r)
+{
+    if (v->mv_size < KV_REC_HEAD) {
+        return -1;
+    }
+    const uint8_t *p = v->mv_data;
+    header_decode(p, r);
+    if (p[KV_REC_HEADER] == KV_REC_REF) {
+        if (v->mv_size != KV_REC_HEAD + 4) {
+            return -1;
+        }
+        r->ref = true;
+        r->ref_sub = kv_get_u32(p + KV_REC_HEAD);
+        r->value = NULL;
+        r->value_len = 0;
+        return 0;
+    }
+    if (p[KV_REC_HEADER] != KV_REC_INLINE) {
+        return -1;
+    }
+    r->ref = false;
+    r->ref_sub = 0;
+    r->value = p + KV_REC_HEAD;
+    r->value_len = v->mv_size - KV_REC_HEAD;
+    return 0;
+}
+
+/* The record inside a put event: header | value. */
+static int event_rec_decode(const MDB_val *v, struct kv_rec *r)
+{
+    if (v->mv_size < KV_REC_HEADER) {
+        return -1;
+    }
+    header_decode(v->mv_data, r);
+    r->ref = false;
+    r->ref_sub = 0;
+    r->value = (const uint8_t *)v->mv_data + KV_REC_HEADER;
     r->value_len = v->mv_size - KV_REC_HEADER;
     return 0;
 }
@@ -120,11 +154,46 @@ static int put_revs(struct kv_store *st, MDB_txn *txn, const struct kv_revs *r)
     return rc ? kv_store_fail(st, rc, "write kvmeta") : 0;
 }
 
-int kv_mvcc_get(struct kv_store *st,
-                MDB_txn *txn,
-                const void *key,
-                size_t key_len,
-                struct kv_rec *r)
+static void hist_key(uint8_t *p, uint64_t rev, uint32_t sub)
+{
+    kv_put_u64(p, rev);
+    kv_put_u32(p + 8, sub);
+}
+
+/* A record that refers to its put event: find its value there. */
+static int rec_resolve(struct kv_store *st, MDB_txn *txn, struct kv_rec *r)
+{
+    if (!r->ref) {
+        return 0;
+    }
+    uint8_t hk[KV_HIST_KEY];
+    hist_key(hk, r->mod, r->ref_sub);
+    MDB_val k = {sizeof hk, hk}, v;
+    int rc = mdb_get(txn, st->history, &k, &v);
+    if (rc == MDB_NOTFOUND) {
+        return damaged(st, "the history (a key's value is missing)");
+    }
+    if (rc) {
+        return kv_store_fail(st, rc, "read a value in the history");
+    }
+    const uint8_t *p = v.mv_data;
+    size_t klen = v.mv_size >= KV_HIST_HEAD ? kv_get_u32(p + 1) : 0;
+    if (v.mv_size < KV_HIST_HEAD || p[0] != KV_EVENT_PUT ||
+        KV_HIST_HEAD + klen + KV_REC_HEADER > v.mv_size) {
+        return damaged(st, "the history (a key's value)");
+    }
+    r->value = p + KV_HIST_HEAD + klen + KV_REC_HEADER;
+    r->value_len = v.mv_size - (KV_HIST_HEAD + klen + KV_REC_HEADER);
+    return 0;
+}
+
+/* A key's record, its value found only when @want_value. */
+static int rec_get(struct kv_store *st,
+                   MDB_txn *txn,
+                   const void *key,
+                   size_t key_len,
+                   bool want_value,
+                   struct kv_rec *r)
 {
     MDB_val k = {key_len, (void *)key}, v;
     int rc = mdb_get(txn, st->kv, &k, &v);
@@ -137,7 +206,16 @@ int kv_mvcc_get(struct kv_store *st,
     if (kv_rec_decode(&v, r)) {
         return damaged(st, "a key's record");
     }
-    return 0;
+    return want_value ? rec_resolve(st, txn, r) : 0;
+}
+
+int kv_mvcc_get(struct kv_store *st,
+                MDB_txn *txn,
+                const void *key,
+                size_t key_len,
+                struct kv_rec *r)
+{
+    return rec_get(st, txn, key, key_len, true, r);
 }
 
 /* ------------------------------------------------------------ ranges */
@@ -371,6 +449,9 @@ int kv_mvcc_range(struct kv_store *st,
             rv = damaged(st, "a key's record");
             break;
         }
+        if (!a->keys_only && (rv = rec_resolve(st, txn, &rec)) != 0) {
+            break;
+        }
         size_t cost =
             k.mv_size + (a->keys_only ? 0 : rec.value_len) + REC_OVERHEAD;
         if ((a->limit && count >= a->limit) ||
@@ -419,12 +500,6 @@ int kv_mvcc_range(struct kv_store *st,
 }
 
 /* ----------------------------------------------------------- history */
-
-static void hist_key(uint8_t *p, uint64_t rev, uint32_t sub)
-{
-    kv_put_u64(p, rev);
-    kv_put_u32(p + 8, sub);
-}
 
 /* Append an event; put events carry the key's new record. */
 static int hist_add(struct kv_change *c,
@@ -556,7 +631,7 @@ int kv_mvcc_events(struct kv_store *st,
             MDB_val recv = {v.mv_size - KV_HIST_HEAD - klen,
                             (void *)(p + KV_HIST_HEAD + klen)};
             struct kv_rec rec;
-            if (kv_rec_decode(&recv, &rec)) {
+            if (event_rec_decode(&recv, &rec)) {
                 rv = damaged(st, "the history");
                 break;
             }
@@ -641,7 +716,7 @@ int kv_change_put(struct kv_change *c,
         return 0;
     }
     struct kv_rec old, rec;
-    int rv = kv_mvcc_get(st, c->txn, key, key_len, &old);
+    int rv = rec_get(st, c->txn, key, key_len, prev || ignore_value, &old);
     bool exists = rv == 0;
     if (rv && rv != MDB_NOTFOUND) {
         return rv;
@@ -673,7 +748,11 @@ int kv_change_put(struct kv_change *c,
     rec.lease = 0;
     rec.value = value;
     rec.value_len = value_len;
-    MDB_val k = {key_len, (void *)key}, v = {KV_REC_HEADER + value_len, NULL};
+    /* The value is written once, in the put's event; the key's record
+     * refers to it (compaction moves it into the record when the event
+     * goes while the value is still the key's). */
+    uint32_t sub = c->sub;
+    MDB_val k = {key_len, (void *)key}, v = {KV_REC_HEAD + 4, NULL};
     int rc = mdb_put(c->txn, st->kv, &k, &v, MDB_RESERVE);
     if (rc == MDB_BAD_VALSIZE) {
         free(keep);
@@ -684,10 +763,10 @@ int kv_change_put(struct kv_change *c,
         free(keep);
         return kv_store_fail(st, rc, "write key");
     }
-    rec_header(v.mv_data, &rec);
-    if (value_len) {
-        memcpy((uint8_t *)v.mv_data + KV_REC_HEADER, value, value_len);
-    }
+    uint8_t *p = v.mv_data;
+    rec_header(p, &rec);
+    p[KV_REC_HEADER] = KV_REC_REF;
+    kv_put_u32(p + KV_REC_HEAD, sub);
     rv = hist_add(c, KV_EVENT_PUT, key, key_len, &rec);
     free(keep);
     return rv;
@@ -727,6 +806,9 @@ int kv_change_delete(struct kv_change *c,
         struct kv_rec rec;
         if (kv_rec_decode(&v, &rec)) {
             rv = damaged(st, "a key's record");
+            break;
+        }
+        if (prevs && (rv = rec_resolve(st, c->txn, &rec)) != 0) {
             break;
         }
         if (prevs) {
@@ -855,8 +937,10 @@ int kv_mvcc_compare(struct kv_store *st,
                     bool *ok)
 {
     struct kv_rec rec;
+    bool want_value = cmp->target == RAFTKV__COMPARE__TARGET__VALUE;
     if (cmp->range_end.len == 0) {
-        int rv = kv_mvcc_get(st, txn, cmp->key.data, cmp->key.len, &rec);
+        int rv =
+            rec_get(st, txn, cmp->key.data, cmp->key.len, want_value, &rec);
         if (rv && rv != MDB_NOTFOUND) {
             return rv;
         }
@@ -878,6 +962,9 @@ int kv_mvcc_compare(struct kv_store *st,
             rv = damaged(st, "a key's record");
             break;
         }
+        if (want_value && (rv = rec_resolve(st, txn, &rec)) != 0) {
+            break;
+        }
         any = true;
         *ok = compare_one(cmp, &rec);
     }
@@ -892,6 +979,54 @@ int kv_mvcc_compare(struct kv_store *st,
 }
 
 /* -------------------------------------------------------- compaction */
+
+/* Before a put event goes: if its value is still its key's (the record
+ * refers to this event), move the value into the record. */
+static int keep_current_value(struct kv_store *st,
+                              MDB_txn *txn,
+                              const MDB_val *hk,
+                              const MDB_val *hv)
+{
+    const uint8_t *p = hv->mv_data;
+    if (hv->mv_size < KV_HIST_HEAD || p[0] != KV_EVENT_PUT) {
+        return 0;
+    }
+    size_t klen = kv_get_u32(p + 1);
+    if (KV_HIST_HEAD + klen + KV_REC_HEADER > hv->mv_size) {
+        return damaged(st, "the history");
+    }
+    uint64_t rev = kv_get_u64(hk->mv_data);
+    uint32_t sub = kv_get_u32((const uint8_t *)hk->mv_data + 8);
+    struct kv_rec r;
+    int rv = rec_get(st, txn, p + KV_HIST_HEAD, klen, false, &r);
+    if (rv == MDB_NOTFOUND) {
+        return 0; /* deleted since */
+    }
+    if (rv) {
+        return rv;
+    }
+    if (!r.ref || r.mod != rev || r.ref_sub != sub) {
+        return 0; /* written again since */
+    }
+    /* Copies first: the write below changes pages these point into. */
+    size_t vlen = hv->mv_size - (KV_HIST_HEAD + klen + KV_REC_HEADER);
+    uint8_t *buf = malloc(klen + KV_REC_HEAD + vlen);
+    if (!buf) {
+        return KV_STORE_ENOMEM;
+    }
+    memcpy(buf, p + KV_HIST_HEAD, klen);
+    uint8_t *rec = buf + klen;
+    rec_header(rec, &r);
+    rec[KV_REC_HEADER] = KV_REC_INLINE;
+    if (vlen) {
+        memcpy(rec + KV_REC_HEAD, p + KV_HIST_HEAD + klen + KV_REC_HEADER,
+               vlen);
+    }
+    MDB_val k = {klen, buf}, v = {KV_REC_HEAD + vlen, rec};
+    int rc = mdb_put(txn, st->kv, &k, &v, 0);
+    free(buf);
+    return rc ? kv_store_fail(st, rc, "keep a key's value") : 0;
+}
 
 int kv_mvcc_compact(struct kv_store *st,
                     MDB_txn *txn,
@@ -922,6 +1057,10 @@ int kv_mvcc_compact(struct kv_store *st,
         if (k.mv_size != KV_HIST_KEY || kv_get_u64(k.mv_data) > rev) {
             break;
         }
+        rv = keep_current_value(st, txn, &k, &v);
+        if (rv) {
+            break;
+        }
         size_t n = KV_HIST_KEY + v.mv_size;
         revs->hist_bytes = revs->hist_bytes > n ? revs->hist_bytes - n : 0;
         rc = mdb_cursor_del(cur, 0);
@@ -930,6 +1069,9 @@ int kv_mvcc_compact(struct kv_store *st,
         }
     }
     mdb_cursor_close(cur);
+    if (rv) {
+        return rv;
+    }
     if (rc && rc != MDB_NOTFOUND) {
         return kv_store_fail(st, rc, "compact history");
     }
@@ -1015,7 +1157,7 @@ int kv_mvcc_upgrade(struct kv_store *st, MDB_txn *txn)
     int rv = 0;
     for (rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST); rc == 0;
          rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
-        size_t len = KV_REC_HEADER + v.mv_size;
+        size_t len = KV_REC_HEAD + v.mv_size;
         if (len > cap) {
             uint8_t *nb = realloc(buf, len);
             if (!nb) {
@@ -1029,10 +1171,11 @@ int kv_mvcc_upgrade(struct kv_store *st, MDB_txn *txn)
             rv = damaged(st, "a key");
             break;
         }
-        struct kv_rec r = {2, 2, 1, 0, NULL, 0};
+        struct kv_rec r = {2, 2, 1, 0, NULL, 0, false, 0};
         rec_header(buf, &r);
+        buf[KV_REC_HEADER] = KV_REC_INLINE;
         if (v.mv_size) {
-            memcpy(buf + KV_REC_HEADER, v.mv_data, v.mv_size);
+            memcpy(buf + KV_REC_HEAD, v.mv_data, v.mv_size);
         }
         /* Written by key, not through the cursor (whose key and value
          * point into the page the write changes); then found again. */

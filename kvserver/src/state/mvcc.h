@@ -5,12 +5,17 @@
  * change (one write, or one transaction with writes) makes the next one.
  * Every key's record (kv database) is
  *     create_revision (8) | mod_revision (8) | version (8) | lease (8)
- *     | value
+ *     | 0 (1) | value                      (the value inline), or
+ *     | 1 (1) | sub (4)                    (the value is in the put event
+ *                                           mod_revision|sub)
  * and every change is kept as an event in the history database until it is
  * compacted:
  *     key   revision (8) | sub (4)     (events of one revision in order)
- *     value type (1: 0 put, 1 delete) | key length (4) | key | record
- *                                      (put only: the key's new record)
+ *     value type (1: 0 put, 1 delete) | key length (4) | key
+ *           | for a put: the key's new revisions (32) | value
+ * A put writes its value once, into its event, and the key's record refers
+ * to it; compaction moves a value that is still its key's into the record
+ * before the event goes (etcd, too, writes a value once).
  * kvmeta "revs" holds the revision, the compaction point (history starts
  * after it) and the history's size in bytes (for its cap), 8 bytes each.
  * All integers big-endian.
@@ -28,6 +33,9 @@
 #include "store.h"
 
 #define KV_REC_HEADER      32         /* revisions in front of a value */
+#define KV_REC_HEAD        33         /* and the form of the value: */
+#define KV_REC_INLINE      0          /* the value follows */
+#define KV_REC_REF         1          /* sub (4) of its put event follows */
 #define KV_MAX_RANGE_BYTES (4u << 20) /* keys and values in one reply */
 #define KV_MAX_TXN_OPS     128        /* ops of a transaction, nested too */
 #define KV_MAX_TXN_DEPTH   8          /* transactions in transactions */
@@ -36,15 +44,17 @@
 #define KV_HIST_KEY        12 /* revision (8) | sub (4) */
 #define KV_HIST_HEAD       5  /* type (1) | key length (4) */
 
-/* A key's record, decoded (value points into the record). */
+/* A key's record, decoded (value points into the record or the event). */
 struct kv_rec
 {
     uint64_t create;      /* create_revision */
     uint64_t mod;         /* mod_revision */
     uint64_t version;     /* version */
     uint64_t lease;       /* lease (0: none) */
-    const uint8_t *value; /* the value */
+    const uint8_t *value; /* the value (NULL until found, when ref) */
     size_t value_len;     /* its length */
+    bool ref;             /* the value is in the put event mod|ref_sub */
+    uint32_t ref_sub;     /* (kv_mvcc_get finds it) */
 };
 
 /* The store's numbers (kvmeta). */
@@ -70,8 +80,9 @@ void *kv_arena_dup(struct kv_arena *a, const void *p, size_t n);
 void kv_arena_free(struct kv_arena *a);
 
 /**
- * Decode a record.
- * @return 0, or -1 when it is shorter than its header
+ * Decode a key's record (a value in the history is not looked up: see
+ * kv_mvcc_get).
+ * @return 0, or -1 when it is malformed
  */
 int kv_rec_decode(const MDB_val *v, struct kv_rec *r);
 
