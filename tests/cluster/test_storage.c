@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include <CUnit/Basic.h>
+#include <event2/event.h>
 
 #include <proto/admin.pb-c.h>
 #include <proto/raft.pb-c.h>
@@ -230,6 +231,88 @@ static void test_snapshot_chunk_of_an_earlier_stream_is_not_mixed_in(void)
     CU_ASSERT(r.installed);
     CU_ASSERT_FATAL(running(&cl, 0));
     char val[64];
+    CU_ASSERT_EQUAL(stale_get(&cl, 0, "b007", val, sizeof val), 0);
+    CU_ASSERT_STRING_EQUAL(val, "value of b007");
+    CU_ASSERT_EQUAL(stale_get(&cl, 0, "a007", NULL, 0),
+                    RAFTKV__KV_ERROR__KV_NOT_FOUND);
+    rpc_channel_free(s.ch);
+    CU_ASSERT_EQUAL(h_cluster_destroy(&cl), 0);
+}
+
+static void on_together(const Raftkv__InstallSnapshotReply *r, void *data)
+{
+    struct chunk_out *o = data;
+    if (r) {
+        o->replied = true;
+        o->next_offset = r->next_offset;
+        o->installed = r->installed;
+    }
+}
+
+static void test_snapshot_newer_stream_in_the_same_turn_as_an_install(void)
+{
+    struct sender s;
+    impersonate(&s);
+    static uint8_t a[8192], b[8192];
+    size_t la = make_stream(a, s.index, s.term, "a", 60);
+    size_t lb = make_stream(b, s.index + 50, s.term, "b", 60);
+    size_t half = lb / 2;
+    /* Delayed requests arrive together (a partition heals): the whole of
+     * snapshot A, then the start of a newer snapshot B. The core installs
+     * A and starts staging B in the same turn: B's first chunk must not
+     * replace A's stream before A is installed. */
+    struct event_base *base = event_base_new();
+    CU_ASSERT_FATAL(base != NULL);
+    struct rpc_channel_options o = {
+        .deadline_ms = 10000,
+        .peer_auth = &cl.as_member[1],
+        .peer_id = cl.nodes[0].id,
+    };
+    struct rpc_channel *ch =
+        rpc_channel_new(base, cl.nodes[0].host, cl.nodes[0].peer_port, &o);
+    CU_ASSERT_FATAL(ch != NULL);
+    ProtobufCService *svc =
+        rpc_channel_service(ch, &raftkv__raft_service__descriptor);
+    struct chunk_out out[2] = {{0}, {0}};
+    const uint8_t *data[2] = {a, b};
+    size_t lens[2] = {la, half};
+    uint64_t index[2] = {s.index, s.index + 50};
+    for (int k = 0; k < 2; k++) {
+        Raftkv__InstallSnapshotArgs args = RAFTKV__INSTALL_SNAPSHOT_ARGS__INIT;
+        args.cluster_id = s.cluster_id;
+        args.from = s.from;
+        args.to = s.to;
+        args.term = s.term;
+        args.last_included_index = index[k];
+        args.last_included_term = s.term;
+        args.offset = 0;
+        args.data.data = (uint8_t *)data[k];
+        args.data.len = lens[k];
+        args.done = k == 0;
+        args.crc32c = rpc_crc32c(0, data[k], lens[k]);
+        args.stream_id = 11 + (uint64_t)k;
+        raftkv__raft_service__install_snapshot(svc, &args, on_together,
+                                               &out[k]);
+    }
+    uint64_t end = h_now_ms() + 10000;
+    while ((!out[0].replied || !out[1].replied) && h_now_ms() < end) {
+        event_base_loop(base, EVLOOP_ONCE | EVLOOP_NONBLOCK);
+        h_sleep_ms(1);
+    }
+    rpc_channel_free(ch);
+    event_base_free(base);
+    CU_ASSERT(out[0].replied && out[0].installed);
+    CU_ASSERT(out[1].replied && out[1].next_offset == half);
+    CU_ASSERT_FATAL(running(&cl, 0));
+    CU_ASSERT_FALSE(h_log_contains(&cl, 0, "damaged"));
+    char val[64];
+    CU_ASSERT_EQUAL(stale_get(&cl, 0, "a007", val, sizeof val), 0);
+    CU_ASSERT_STRING_EQUAL(val, "value of a007");
+    /* B goes on from its staged first half and is installed. */
+    s.index += 50;
+    struct chunk_out r = send_chunk(&s, 12, b, half, lb - half, true);
+    CU_ASSERT(r.replied && r.installed);
+    CU_ASSERT_FATAL(running(&cl, 0));
     CU_ASSERT_EQUAL(stale_get(&cl, 0, "b007", val, sizeof val), 0);
     CU_ASSERT_STRING_EQUAL(val, "value of b007");
     CU_ASSERT_EQUAL(stale_get(&cl, 0, "a007", NULL, 0),
@@ -605,6 +688,8 @@ int main(int argc, char **argv)
     static CU_TestInfo snapshot_tests[] = {
         {"test_snapshot_chunk_of_an_earlier_stream_is_not_mixed_in",
          test_snapshot_chunk_of_an_earlier_stream_is_not_mixed_in},
+        {"test_snapshot_newer_stream_in_the_same_turn_as_an_install",
+         test_snapshot_newer_stream_in_the_same_turn_as_an_install},
         {"test_snapshot_failing_its_stream_checksum_is_fetched_again",
          test_snapshot_failing_its_stream_checksum_is_fetched_again},
         CU_TEST_INFO_NULL,

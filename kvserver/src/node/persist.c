@@ -237,73 +237,102 @@ static int state_apply_upto(struct kv_node *n, uint64_t upto)
     return rv;
 }
 
+/* Install the staged stream (the one the core's install names) in the
+ * state transaction. */
+static int install_staged(struct kv_node *n, const struct raft_update *u)
+{
+    struct kv_store *st = &n->store;
+    uint64_t applied, applied_term;
+    int rv = kv_sm_install(st, n->state_txn, &applied, &applied_term);
+    if (!rv && applied < u->install_index) {
+        /* The stream is at least as new as the core's snapshot. */
+        snprintf(st->errmsg, sizeof st->errmsg,
+                 "%s: received snapshot holds index %llu, older than "
+                 "the %llu it was sent for",
+                 st->dir, (unsigned long long)applied,
+                 (unsigned long long)u->install_index);
+        rv = KV_STORE_ECORRUPT;
+    }
+    struct kv_meta m;
+    if (!rv && (rv = kv_store_read_meta(st, n->state_txn, &m)) == 0 &&
+        m.cluster_id) {
+        node_set_cluster_id(n, m.cluster_id); /* from the snapshot */
+    }
+    n->auth_gen++; /* new users and roles, perhaps */
+    if (!rv) {
+        n->applied = applied;
+        n->applied_term = applied_term;
+        n->snap_index = u->install_index;
+        n->metrics.snapshots_received++;
+        rv = kv_store_put_meta(st, n->state_txn, "applied", applied);
+    }
+    if (!rv) {
+        rv = kv_store_put_meta(st, n->state_txn, "applied_term", applied_term);
+    }
+    return rv;
+}
+
 /* Stage snapshot chunks and install a received snapshot; both must be on
- * disk before the leader hears of them. */
+ * disk before the leader hears of them.
+ *
+ * The chunks of one update are staged in the order the core took them,
+ * and the install happens right after the final chunk of the stream it
+ * names: chunks taken after it (the start of a newer snapshot, when
+ * delayed requests arrive together) begin a new staging of their own and
+ * must not replace the stream before it is installed. */
 static int state_receive_snapshot(struct kv_node *n,
                                   const struct raft_update *u)
 {
     struct kv_store *st = &n->store;
-    bool installed = u->install && n->applied >= u->install_index;
+    /* A retry of an update whose install was committed already: the
+     * chunks up to that install's are skipped, the rest staged again. */
+    bool already = u->install && n->applied >= u->install_index;
+    bool past_install = !u->install || already;
+    bool skipping = already;
     struct snap_check check = n->stage_check;
     uint64_t stream = n->stage_stream;
     int rv = state_open(n);
-    for (size_t i = 0; i < u->n_chunks && !rv && !installed; i++) {
+    for (size_t i = 0; i < u->n_chunks && !rv; i++) {
         const struct raft_snapshot_chunk *c = &u->chunks[i];
+        bool is_install = u->install && c->done && c->index == u->install_index;
+        if (skipping) {
+            skipping = !is_install;
+            continue;
+        }
         rv = snap_stage(st, n->state_txn, c->offset, c->data, c->len);
         if (c->offset == 0) {
             memset(&check, 0, sizeof check);
             stream = c->stream;
         }
         snap_check_add(&check, c->data, c->len);
+        if (!rv && is_install && !past_install) {
+            rv = install_staged(n, u); /* empties the staging area */
+            past_install = true;
+            memset(&check, 0, sizeof check);
+            stream = 0;
+        }
     }
-    if (!rv && u->install && !installed) {
-        uint64_t applied, applied_term;
-        rv = kv_sm_install(st, n->state_txn, &applied, &applied_term);
-        if (!rv && applied < u->install_index) {
-            /* The stream is at least as new as the core's snapshot. */
-            snprintf(st->errmsg, sizeof st->errmsg,
-                     "%s: received snapshot holds index %llu, older than "
-                     "the %llu it was sent for",
-                     st->dir, (unsigned long long)applied,
-                     (unsigned long long)u->install_index);
-            rv = KV_STORE_ECORRUPT;
-        }
-        struct kv_meta m;
-        if (!rv && (rv = kv_store_read_meta(st, n->state_txn, &m)) == 0 &&
-            m.cluster_id) {
-            node_set_cluster_id(n, m.cluster_id); /* from the snapshot */
-        }
-        n->auth_gen++; /* new users and roles, perhaps */
-        if (!rv) {
-            n->applied = applied;
-            n->applied_term = applied_term;
-            n->snap_index = u->install_index;
-            n->metrics.snapshots_received++;
-            rv = kv_store_put_meta(st, n->state_txn, "applied", applied);
-        }
-        if (!rv) {
-            rv = kv_store_put_meta(st, n->state_txn, "applied_term",
-                                   applied_term);
-        }
+    if (!rv && !past_install) {
+        /* The core installs only with the final chunk in the same update;
+         * without it, what is staged is checked as it is installed. */
+        rv = install_staged(n, u);
+        memset(&check, 0, sizeof check);
+        stream = 0;
     }
     if (rv) {
         state_abort(n);
         return rv;
     }
     rv = node_state_commit(n, true);
-    if (!rv && u->install && !installed) {
+    if (!rv && u->install && !already) {
         rpc_logf(RPC_LOG_INFO,
                  "node %llu: installed a snapshot of the state at index %llu",
                  (unsigned long long)n->cfg.id, (unsigned long long)n->applied);
     }
-    if (!rv && !installed) {
+    if (!rv) {
         /* What is staged now, for peer.c's check of the final chunk. */
         n->stage_check = check;
         n->stage_stream = stream;
-        if (u->install) {
-            memset(&n->stage_check, 0, sizeof n->stage_check);
-            n->stage_stream = 0;
-        }
     }
     return rv;
 }
