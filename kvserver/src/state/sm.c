@@ -504,16 +504,8 @@ static int run_txn(struct kv_change *c,
                    void *reply,
                    int *err)
 {
-    const Raftkv__TxnArgs *a = args;
     Raftkv__TxnReply *r = reply;
-    char why[300];
-    r->err = kv_txn_check(c->st, a, SM_MAX_VALUE, why, sizeof why);
-    if (r->err) {
-        r->message = kv_arena_dup(mem, why, strlen(why) + 1);
-        *err = r->err;
-        return r->message ? 0 : KV_STORE_ENOMEM;
-    }
-    int rv = kv_txn_run(c, a, mem, r);
+    int rv = kv_txn_run(c, args, mem, r);
     *err = r->err;
     return rv;
 }
@@ -525,12 +517,19 @@ static int apply_txn(struct sm_ctx *x,
     struct kv_arena mem = {0};
     Raftkv__TxnReply r = RAFTKV__TXN_REPLY__INIT;
     char why[300];
-    /* A transaction refused by its check writes nothing: no nesting. */
-    bool may_fail =
-        kv_txn_check(x->st, cmd->txn, SM_MAX_VALUE, why, sizeof why) == 0 &&
-        kv_txn_may_fail(cmd->txn);
-    int rv = nested(x, may_fail, run_txn, cmd->txn, &mem, &r, &out->err,
-                    &out->revision);
+    int rv = 0;
+    /* Checked again here (the leader checked before proposing): the
+     * bounds hold on every replica whatever the leader did. */
+    out->err = kv_txn_check(x->st, cmd->txn, SM_MAX_VALUE, why, sizeof why);
+    if (out->err) {
+        struct kv_revs revs;
+        rv = kv_mvcc_revs(x->st, x->txn, &revs);
+        out->revision = revs.revision;
+        r.message = why;
+    } else {
+        rv = nested(x, kv_txn_may_fail(cmd->txn), run_txn, cmd->txn, &mem, &r,
+                    &out->err, &out->revision);
+    }
     if (!rv) {
         if (out->err) {
             /* Nothing of it stays: answer the error alone. */
