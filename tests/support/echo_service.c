@@ -124,6 +124,7 @@ void echo_service_init(struct echo_service *e, struct event_base *base)
         echo_defer,
         NULL, /* Unimplemented: the server must answer "unknown method" */
         echo_fail,
+        NULL, /* Stream: filled in with the rpc layer's streams */
     };
     memset(e, 0, sizeof *e);
     e->svc = init;
