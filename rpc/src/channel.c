@@ -51,7 +51,21 @@ struct pending
     int held_status;                          /* failure status */
     char *held_msg;                           /* failure text (owned) */
     struct pending *hprev_held, *hnext_held;  /* channel's held list */
+    rpc_stream_msg_cb stream_cb;              /* a stream's (else NULL) */
+    void *stream_arg;                         /* passed to it */
 };
+
+/* A stream is a pending call that takes many frames; its handle is the
+ * pending entry itself. */
+static struct rpc_stream *stream_of(struct pending *p)
+{
+    return (struct rpc_stream *)(void *)p;
+}
+
+static struct pending *pending_of(struct rpc_stream *st)
+{
+    return (struct pending *)(void *)st;
+}
 
 /* A request frame held back by an injected delay. */
 struct delayed_send
@@ -105,6 +119,8 @@ struct rpc_channel
     bool hs_proved;                   /* our proof is sent: result next */
     uint64_t hs_logged;               /* ms of the last failure logged */
     char hs_last[300];                /* and what it said */
+    uint64_t callbacks;               /* closures and stream callbacks run
+                                         (rpc_channel_wait) */
 };
 
 /* --------------------------------------------------------- pending table */
@@ -137,6 +153,18 @@ static bool table_grow(struct rpc_channel *ch)
     }
     free(old);
     return true;
+}
+
+static struct pending *table_find(struct rpc_channel *ch, uint64_t id)
+{
+    if (!ch->table_size) {
+        return NULL;
+    }
+    struct pending *p = ch->table[bucket(ch, id)];
+    while (p && p->id != id) {
+        p = p->hnext;
+    }
+    return p;
 }
 
 static struct pending *table_take(struct rpc_channel *ch, uint64_t id)
@@ -177,7 +205,12 @@ static void complete(struct pending *p,
     if (p->done) {
         *p->done = true;
     }
-    p->closure(reply, p->closure_data);
+    ch->callbacks++;
+    if (p->stream_cb) {
+        p->stream_cb(stream_of(p), reply, true, p->stream_arg);
+    } else {
+        p->closure(reply, p->closure_data);
+    }
     free(p);
 }
 
@@ -333,10 +366,42 @@ static void release_held(struct pending *p, int cancel_status, const char *msg)
     }
 }
 
+/* A frame of a stream that more frames follow. */
+static int on_stream_frame(struct rpc_channel *ch,
+                           struct pending *p,
+                           const struct rpc_frame *f)
+{
+    ProtobufCMessage *msg =
+        protobuf_c_message_unpack(p->output, NULL, f->args_size, f->args);
+    if (!msg) {
+        char why[700];
+        snprintf(why, sizeof why,
+                 "stream frame from %s does not unpack as %s; connection "
+                 "dropped",
+                 ch->target, p->output->name);
+        rpc_logf(RPC_LOG_WARN, "rpc: %s", why);
+        connection_failed(ch, RPC_E_BAD_REPLY, why);
+        return 1;
+    }
+    rpc_set_last(RPC_OK, NULL);
+    ch->callbacks++;
+    p->stream_cb(stream_of(p), msg, false, p->stream_arg);
+    protobuf_c_message_free_unpacked(msg, NULL);
+    return ch->bev ? 0 : 1;
+}
+
 static int on_reply(void *ctx, const struct rpc_frame *f)
 {
     struct rpc_channel *ch = ctx;
     const Raftkv__RpcHeader *h = f->header;
+    if (h->more) {
+        struct pending *p = table_find(ch, h->call_id);
+        if (!p || !p->stream_cb || h->status != RAFTKV__RPC_STATUS__RPC_OK) {
+            ch->stats.late_replies++; /* cancelled, or not a stream */
+            return 0;
+        }
+        return on_stream_frame(ch, p, f);
+    }
     struct pending *p = table_take(ch, h->call_id);
     if (!p) {
         ch->stats.late_replies++;
@@ -806,41 +871,37 @@ static int send_request(struct rpc_channel *ch,
     return rv;
 }
 
-static void channel_invoke(ProtobufCService *service,
-                           unsigned method_index,
-                           const ProtobufCMessage *input,
-                           ProtobufCClosure closure,
-                           void *closure_data)
+/* A new entry for a call, or NULL when out of memory. */
+static struct pending *pending_new(struct rpc_channel *ch,
+                                   const ProtobufCMethodDescriptor *m)
 {
-    struct channel_service *cs = (struct channel_service *)service;
-    struct rpc_channel *ch = cs->ch;
-    const ProtobufCMethodDescriptor *m =
-        &service->descriptor->methods[method_index];
-    bool done = false;
-
     struct pending *p = calloc(1, sizeof *p);
     if (p) {
         p->timer = event_new(ch->base, -1, 0, on_timer, p);
     }
     if (!p || !p->timer ||
         (ch->n_pending >= ch->table_size && !table_grow(ch))) {
-        /* No memory even to queue a failure: fail inline, the one case. */
         if (p && p->timer) {
             event_free(p->timer);
         }
         free(p);
-        ch->stats.failed++;
-        rpc_set_last(RPC_E_NOMEM, "out of memory starting a call");
-        closure(NULL, closure_data);
-        return;
+        return NULL;
     }
     p->ch = ch;
     p->id = ++ch->next_id;
     p->output = m->output;
-    p->closure = closure;
-    p->closure_data = closure_data;
-    p->done = ch->own_base ? &done : NULL;
     p->deadline_ms = ch->deadline_ms;
+    return p;
+}
+
+/* Send a call (a single one, or a stream's start) and put it in the
+ * table; failures come from the loop, through the entry's timer. */
+static void launch(struct rpc_channel *ch,
+                   const ProtobufCServiceDescriptor *desc,
+                   const ProtobufCMethodDescriptor *m,
+                   const ProtobufCMessage *input,
+                   struct pending *p)
+{
     /* Settle the connection first: a dead one fails the calls pending on
      * it, which must not include this one. */
     int rv = ensure_connection(ch);
@@ -868,12 +929,16 @@ static void channel_invoke(ProtobufCService *service,
                      ch->target);
             rv = fc.cut ? RPC_E_UNAVAILABLE : RPC_E_CONNECTION_LOST;
         }
-        p->drop_reply = fc.drop_reply;
-        p->hold_ms = fc.hold_ms;
+        if (p->stream_cb) {
+            fc.duplicate = false; /* replies of streams are not faulted */
+        } else {
+            p->drop_reply = fc.drop_reply;
+            p->hold_ms = fc.hold_ms;
+        }
     }
     if (rv == 0) {
         Raftkv__RpcHeader hdr = RAFTKV__RPC_HEADER__INIT;
-        hdr.service_name = (char *)service->descriptor->name;
+        hdr.service_name = (char *)desc->name;
         hdr.method_name = (char *)m->name;
         hdr.call_id = p->id;
         if (ch->auth_token) {
@@ -882,8 +947,8 @@ static void channel_invoke(ProtobufCService *service,
         rv = send_request(ch, &hdr, input, &fc);
         if (rv == RPC_E_TOO_BIG) {
             snprintf(ch->last_failure, sizeof ch->last_failure,
-                     "%s.%s request over the frame size cap",
-                     service->descriptor->name, m->name);
+                     "%s.%s request over the frame size cap", desc->name,
+                     m->name);
         }
     }
     if (rv != 0) {
@@ -897,16 +962,119 @@ static void channel_invoke(ProtobufCService *service,
         } else {
             event_active(p->timer, EV_TIMEOUT, 0);
         }
-    } else {
+    } else if (!p->stream_cb) {
         struct timeval tv = {p->deadline_ms / 1000,
                              (p->deadline_ms % 1000) * 1000};
         event_add(p->timer, &tv);
     }
+}
+
+static void channel_invoke(ProtobufCService *service,
+                           unsigned method_index,
+                           const ProtobufCMessage *input,
+                           ProtobufCClosure closure,
+                           void *closure_data)
+{
+    struct channel_service *cs = (struct channel_service *)service;
+    struct rpc_channel *ch = cs->ch;
+    const ProtobufCMethodDescriptor *m =
+        &service->descriptor->methods[method_index];
+    bool done = false;
+
+    struct pending *p = pending_new(ch, m);
+    if (!p) {
+        /* No memory even to queue a failure: fail inline, the one case. */
+        ch->stats.failed++;
+        rpc_set_last(RPC_E_NOMEM, "out of memory starting a call");
+        closure(NULL, closure_data);
+        return;
+    }
+    p->closure = closure;
+    p->closure_data = closure_data;
+    p->done = ch->own_base ? &done : NULL;
+    launch(ch, service->descriptor, m, input, p);
     if (ch->own_base) {
         while (!done) {
             event_base_loop(ch->base, EVLOOP_ONCE);
         }
     }
+}
+
+struct rpc_stream *rpc_channel_stream(struct rpc_channel *ch,
+                                      const ProtobufCServiceDescriptor *desc,
+                                      const char *method,
+                                      const ProtobufCMessage *input,
+                                      rpc_stream_msg_cb cb,
+                                      void *arg)
+{
+    const ProtobufCMethodDescriptor *m =
+        desc && method
+            ? protobuf_c_service_descriptor_get_method_by_name(desc, method)
+            : NULL;
+    if (!ch || !m || !cb || !input || input->descriptor != m->input) {
+        rpc_set_last(RPC_E_INVALID, "rpc_channel_stream: bad arguments");
+        return NULL;
+    }
+    struct pending *p = pending_new(ch, m);
+    if (!p) {
+        rpc_set_last(RPC_E_NOMEM, "out of memory starting a stream");
+        return NULL;
+    }
+    p->stream_cb = cb;
+    p->stream_arg = arg;
+    launch(ch, desc, m, input, p);
+    return stream_of(p);
+}
+
+void rpc_stream_cancel(struct rpc_stream *st)
+{
+    struct pending *p = pending_of(st);
+    struct rpc_channel *ch = p->ch;
+    if (!table_take(ch, p->id)) {
+        return; /* (cannot happen: a stream is in the table until it ends) */
+    }
+    if (!p->early_status && ch->bev) {
+        Raftkv__RpcHeader hdr = RAFTKV__RPC_HEADER__INIT;
+        hdr.call_id = p->id;
+        hdr.cancel = true;
+        struct rpc_fault_choice fc = {0};
+        send_request(ch, &hdr, NULL, &fc);
+    }
+    event_free(p->timer);
+    free(p->early_msg);
+    free(p);
+}
+
+uint64_t rpc_stream_id(const struct rpc_stream *st)
+{
+    return ((const struct pending *)(const void *)st)->id;
+}
+
+static void on_wait_timer(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    *(bool *)arg = true;
+}
+
+int rpc_channel_wait(struct rpc_channel *ch, uint32_t timeout_ms)
+{
+    if (!ch->own_base) {
+        return RPC_E_INVALID;
+    }
+    bool expired = false;
+    struct event *t = evtimer_new(ch->base, on_wait_timer, &expired);
+    if (!t) {
+        return RPC_E_NOMEM;
+    }
+    struct timeval tv = {timeout_ms / 1000, (timeout_ms % 1000) * 1000};
+    evtimer_add(t, &tv);
+    uint64_t seen = ch->callbacks;
+    while (ch->callbacks == seen && !expired) {
+        event_base_loop(ch->base, EVLOOP_ONCE);
+    }
+    event_free(t);
+    return ch->callbacks != seen ? 0 : RPC_E_TIMEOUT;
 }
 
 /* ------------------------------------------------------------ public API */

@@ -60,14 +60,15 @@ struct rpc_conn
     struct evbuffer_cb_entry *budget_cb[3]; /* count input, output, pending
                                      toward the server's max_buffered */
     bool budget_paused;                     /* reading stopped for the budget */
-    bool tls;                /* over TLS: bev is a filter over raw */
-    struct bufferevent *raw; /* TLS: the socket's own bufferevent */
-    bool tls_checked;        /* its certificate was checked */
-    char tls_name[128];      /* the CN of its verified certificate */
-    struct rpc_peer_hs *hs;  /* peer handshake in progress, or NULL */
-    bool hs_answered;        /* its hello is answered: proof next */
-    bool authed;             /* passed the peer handshake */
-    uint64_t peer_id;        /* the id it proved (authed) */
+    bool tls;                 /* over TLS: bev is a filter over raw */
+    struct bufferevent *raw;  /* TLS: the socket's own bufferevent */
+    bool tls_checked;         /* its certificate was checked */
+    char tls_name[128];       /* the CN of its verified certificate */
+    struct rpc_peer_hs *hs;   /* peer handshake in progress, or NULL */
+    bool hs_answered;         /* its hello is answered: proof next */
+    bool authed;              /* passed the peer handshake */
+    uint64_t peer_id;         /* the id it proved (authed) */
+    struct rpc_call *streams; /* its calls that are open streams */
 };
 
 /* One request being served: the closure_data handed to the handler. */
@@ -80,6 +81,14 @@ struct rpc_call
     bool drop_reply;                         /* fault: lose the reply */
     uint32_t hold_ms;                        /* fault: hold it back */
     char *auth_token;                        /* the header's, or NULL */
+    /* Streams (rpc_stream_open): */
+    rpc_stream_cb stream_cb;        /* the handler's, or NULL */
+    void *stream_arg;               /* passed to it */
+    struct event *stream_ev;        /* delivers its events */
+    int stream_events;              /* RPC_STREAM_ events to deliver */
+    bool want_writable;             /* a send found no room */
+    bool cancelled;                 /* cancelled, or connection gone */
+    struct rpc_call *sprev, *snext; /* connection's open streams */
 };
 
 /* A request or a reply held back by injected faults. */
@@ -364,6 +373,47 @@ static void on_budget(evutil_socket_t fd, short what, void *arg)
     }
 }
 
+/* Tell a stream's handler of an event, from the loop (never from inside
+ * the rpc_ call that found it). A cancelled stream hears nothing more. */
+static void stream_post(struct rpc_call *st, int event)
+{
+    if (st->cancelled) {
+        return;
+    }
+    if (event == RPC_STREAM_CANCELLED) {
+        st->cancelled = true;
+        st->stream_events = RPC_STREAM_CANCELLED;
+    } else {
+        st->stream_events |= event;
+    }
+    event_active(st->stream_ev, EV_TIMEOUT, 0);
+}
+
+static void on_stream_event(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    struct rpc_call *st = arg;
+    int events = st->stream_events;
+    st->stream_events = 0;
+    if (events & RPC_STREAM_CANCELLED) {
+        st->stream_cb(st, RPC_STREAM_CANCELLED, st->stream_arg);
+    } else if (events & RPC_STREAM_WRITABLE) {
+        st->stream_cb(st, RPC_STREAM_WRITABLE, st->stream_arg);
+    }
+}
+
+/* Output has drained: streams that found no room may send again. */
+static void streams_writable(struct rpc_conn *c)
+{
+    for (struct rpc_call *st = c->streams; st; st = st->snext) {
+        if (st->want_writable) {
+            st->want_writable = false;
+            stream_post(st, RPC_STREAM_WRITABLE);
+        }
+    }
+}
+
 /* Close a connection now; pending calls keep the struct alive. */
 static void conn_close(struct rpc_conn *c)
 {
@@ -380,6 +430,9 @@ static void conn_close(struct rpc_conn *c)
     c->dec = NULL;
     evbuffer_free(c->pending);
     c->pending = NULL;
+    for (struct rpc_call *st = c->streams; st; st = st->snext) {
+        stream_post(st, RPC_STREAM_CANCELLED);
+    }
     struct rpc_server *s = c->server;
     if (s) {
         source_drop(s, c);
@@ -543,8 +596,11 @@ static void flush_conn(struct rpc_conn *c)
         /* The rest (and an error, if any) is the bufferevent's now; its
          * write callback resumes reading once the backlog drains. */
         evbuffer_add_buffer(out, c->pending);
-    } else if (c->read_paused) {
-        resume_reading(c);
+    } else {
+        if (c->read_paused) {
+            resume_reading(c);
+        }
+        streams_writable(c);
     }
     budget_maybe_resume(c);
 }
@@ -571,13 +627,15 @@ static void on_flush(evutil_socket_t fd, short what, void *arg)
     rpc_server_flush(arg);
 }
 
-/* Send a reply frame (args NULL and status non-zero for an error). */
-static void send_reply(struct rpc_conn *c,
+/* Send a reply frame (args NULL and status non-zero for an error; more
+ * for a stream's frames but the last). */
+static void send_frame(struct rpc_conn *c,
                        uint64_t call_id,
                        int status,
                        const char *error,
                        const ProtobufCMessage *args,
-                       struct evbuffer *hold)
+                       struct evbuffer *hold,
+                       bool more)
 {
     struct rpc_server *s = c->server;
     if (!c->bev || !s) {
@@ -590,6 +648,7 @@ static void send_reply(struct rpc_conn *c,
     hdr.call_id = call_id;
     hdr.status = (Raftkv__RpcStatus)status;
     hdr.error = (char *)(error ? error : "");
+    hdr.more = more;
     struct evbuffer *out = hold ? hold : reply_out(c);
     int rv = rpc_write_frame(out, &hdr, args, &s->opts.limits);
     if (rv == RPC_E_TOO_BIG) {
@@ -609,6 +668,16 @@ static void send_reply(struct rpc_conn *c,
         mark_dirty(c);
         check_output(c);
     }
+}
+
+static void send_reply(struct rpc_conn *c,
+                       uint64_t call_id,
+                       int status,
+                       const char *error,
+                       const ProtobufCMessage *args,
+                       struct evbuffer *hold)
+{
+    send_frame(c, call_id, status, error, args, hold, false);
 }
 
 static void held_unlink(struct held *h)
@@ -661,6 +730,86 @@ static struct held *held_new(struct rpc_conn *c, uint32_t ms)
     return h;
 }
 
+static void stream_unlink(struct rpc_call *st)
+{
+    struct rpc_conn *c = st->conn;
+    if (st->sprev) {
+        st->sprev->snext = st->snext;
+    } else {
+        c->streams = st->snext;
+    }
+    if (st->snext) {
+        st->snext->sprev = st->sprev;
+    }
+    event_free(st->stream_ev);
+    st->stream_ev = NULL;
+}
+
+int rpc_stream_open(void *closure_data, rpc_stream_cb cb, void *arg)
+{
+    struct rpc_call *st = closure_data;
+    struct rpc_conn *c = st->conn;
+    if (!cb || st->stream_ev) {
+        return RPC_E_INVALID;
+    }
+    if (!c->bev || !c->server) {
+        return RPC_E_CONNECTION_LOST;
+    }
+    st->stream_ev = event_new(c->server->base, -1, 0, on_stream_event, st);
+    if (!st->stream_ev) {
+        return RPC_E_NOMEM;
+    }
+    st->stream_cb = cb;
+    st->stream_arg = arg;
+    st->sprev = NULL;
+    st->snext = c->streams;
+    if (c->streams) {
+        c->streams->sprev = st;
+    }
+    c->streams = st;
+    return 0;
+}
+
+int rpc_stream_send(void *closure_data, const ProtobufCMessage *msg)
+{
+    struct rpc_call *st = closure_data;
+    struct rpc_conn *c = st->conn;
+    if (!st->stream_ev || !msg) {
+        return RPC_E_INVALID;
+    }
+    if (st->cancelled || !c->bev || !c->server) {
+        return RPC_E_CONNECTION_LOST;
+    }
+    size_t out = evbuffer_get_length(bufferevent_get_output(c->bev)) +
+                 evbuffer_get_length(c->pending);
+    if (out >= c->server->opts.max_output / RPC_STREAM_SHARE) {
+        st->want_writable = true;
+        return RPC_E_OVERLOADED;
+    }
+    if (st->drop_reply) {
+        return 0; /* a duplicate's (fault injection): its frames are lost */
+    }
+    send_frame(c, st->call_id, RPC_OK, NULL, msg, NULL, true);
+    return c->bev ? 0 : RPC_E_CONNECTION_LOST;
+}
+
+bool rpc_stream_cancelled(void *closure_data)
+{
+    struct rpc_call *st = closure_data;
+    return st->cancelled || !st->conn->bev;
+}
+
+/* A cancel frame: the stream call_id of this connection ends. */
+static void cancel_stream(struct rpc_conn *c, uint64_t call_id)
+{
+    for (struct rpc_call *st = c->streams; st; st = st->snext) {
+        if (st->call_id == call_id) {
+            stream_post(st, RPC_STREAM_CANCELLED);
+            return;
+        }
+    }
+}
+
 /* Send a handler's answer (reply, or an error status), unless injected
  * faults lose it or hold it back. */
 static void answer(struct rpc_call *call,
@@ -671,6 +820,9 @@ static void answer(struct rpc_call *call,
     struct rpc_conn *c = call->conn;
     struct rpc_server *s = c->server;
     struct held *h = NULL;
+    if (call->stream_ev) {
+        stream_unlink(call);
+    }
     if (s && call->mstats) {
         call->mstats->answered[status >= 0 && status < RPC_STATUS_SLOTS - 1
                                    ? status
@@ -799,6 +951,13 @@ static void start_call(struct rpc_conn *c,
         }
         call->drop_reply = copy > 0 || fc->drop_reply;
         call->hold_ms = fc->hold_ms;
+        call->stream_cb = NULL;
+        call->stream_arg = NULL;
+        call->stream_ev = NULL;
+        call->stream_events = 0;
+        call->want_writable = false;
+        call->cancelled = false;
+        call->sprev = call->snext = NULL;
         c->refs++;
         c->server->stats.calls++;
         svc->invoke(svc, index, input, call_done, call);
@@ -814,6 +973,10 @@ static int dispatch(void *ctx, const struct rpc_frame *f)
     char msg[256];
 
     c->frames++;
+    if (h->cancel && !c->probation) {
+        cancel_stream(c, h->call_id);
+        return 0;
+    }
     if (!c->is_peer && s->peer_service &&
         strcmp(h->service_name, s->peer_service) == 0) {
         mark_peer(c);
@@ -1087,6 +1250,7 @@ static void on_write(struct bufferevent *bev, void *arg)
         resume_reading(c);
     }
     budget_maybe_resume(c);
+    streams_writable(c);
 }
 
 static void on_event(struct bufferevent *bev, short what, void *arg)

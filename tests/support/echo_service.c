@@ -1,5 +1,6 @@
 /* echo_service.c: the test EchoService, in-process or in a child process. */
 #include <signal.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -116,6 +117,119 @@ static void echo_fail(Raftkv__Test__EchoService_Service *svc,
     closure(NULL, closure_data);
 }
 
+/* An open Stream call. */
+struct echo_stream
+{
+    struct echo_service *owner;
+    struct event *timer;
+    Raftkv__Test__EchoReply_Closure closure;
+    void *call;
+    uint32_t count;    /* frames before the last (0: until cancelled) */
+    uint32_t delay_ms; /* between frames */
+    uint32_t sent;     /* frames sent */
+    size_t len;
+    uint8_t payload[]; /* copy of the request's payload */
+};
+
+static void stream_end(struct echo_stream *st, bool cancelled)
+{
+    Raftkv__Test__EchoReply reply = RAFTKV__TEST__ECHO_REPLY__INIT;
+    char text[32];
+    snprintf(text, sizeof text, "end:%u", st->sent);
+    reply.payload.data = (uint8_t *)text;
+    reply.payload.len = strlen(text);
+    st->owner->streams_open--;
+    if (cancelled) {
+        st->owner->streams_cancelled++;
+    }
+    event_free(st->timer);
+    Raftkv__Test__EchoReply_Closure closure = st->closure;
+    void *call = st->call;
+    free(st);
+    closure(&reply, call);
+}
+
+/* Send frames until the count, a delay, or no room. */
+static void stream_pump(struct echo_stream *st)
+{
+    char text[64];
+    Raftkv__Test__EchoReply reply = RAFTKV__TEST__ECHO_REPLY__INIT;
+    reply.payload.data = (uint8_t *)text;
+    while (!st->count || st->sent < st->count) {
+        int n = snprintf(text, sizeof text, "%.*s:%u",
+                         (int)(st->len < 32 ? st->len : 32),
+                         (const char *)st->payload, st->sent);
+        reply.payload.len = (size_t)n;
+        int rv = rpc_stream_send(st->call, &reply.base);
+        if (rv == RPC_E_OVERLOADED) {
+            st->owner->stream_stalls++;
+            return; /* RPC_STREAM_WRITABLE resumes it */
+        }
+        if (rv != 0) {
+            return; /* RPC_STREAM_CANCELLED comes */
+        }
+        st->sent++;
+        st->owner->stream_frames++;
+        if (st->delay_ms) {
+            struct timeval tv = {st->delay_ms / 1000,
+                                 (st->delay_ms % 1000) * 1000};
+            evtimer_add(st->timer, &tv);
+            return;
+        }
+    }
+    stream_end(st, false);
+}
+
+static void on_stream_timer(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    stream_pump(arg);
+}
+
+static void on_stream_event(void *call, int event, void *arg)
+{
+    (void)call;
+    struct echo_stream *st = arg;
+    if (event == RPC_STREAM_CANCELLED) {
+        stream_end(st, true);
+    } else {
+        stream_pump(st);
+    }
+}
+
+static void echo_stream(Raftkv__Test__EchoService_Service *svc,
+                        const Raftkv__Test__EchoArgs *in,
+                        Raftkv__Test__EchoReply_Closure closure,
+                        void *closure_data)
+{
+    struct echo_service *e = (struct echo_service *)svc;
+    e->calls++;
+    struct echo_stream *st = calloc(1, sizeof *st + in->payload.len);
+    if (!st || !(st->timer = evtimer_new(e->base, on_stream_timer, st))) {
+        free(st);
+        closure(NULL, closure_data);
+        return;
+    }
+    st->owner = e;
+    st->closure = closure;
+    st->call = closure_data;
+    st->count = in->count;
+    st->delay_ms = in->delay_ms;
+    st->len = in->payload.len;
+    if (st->len) {
+        memcpy(st->payload, in->payload.data, st->len);
+    }
+    if (rpc_stream_open(closure_data, on_stream_event, st) != 0) {
+        event_free(st->timer);
+        free(st);
+        closure(NULL, closure_data);
+        return;
+    }
+    e->streams_open++;
+    stream_pump(st);
+}
+
 void echo_service_init(struct echo_service *e, struct event_base *base)
 {
     Raftkv__Test__EchoService_Service init = {
@@ -124,7 +238,7 @@ void echo_service_init(struct echo_service *e, struct event_base *base)
         echo_defer,
         NULL, /* Unimplemented: the server must answer "unknown method" */
         echo_fail,
-        NULL, /* Stream: filled in with the rpc layer's streams */
+        echo_stream,
     };
     memset(e, 0, sizeof *e);
     e->svc = init;

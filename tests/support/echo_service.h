@@ -13,7 +13,9 @@ struct event_base;
  * base. Echo with payload "whoami" answers the caller's address, "token"
  * the auth token of its header, "peerid" the node id its connection
  * proved in the peer handshake, "tlsname" the CN of its verified client
- * certificate. The
+ * certificate. Stream sends count frames "<payload>:<n>" (n from 0), one
+ * every delay_ms (as fast as flow control lets it when 0), then a last
+ * reply "end:<frames sent>"; with count 0 it goes on until cancelled. The
  * Unimplemented slot is left NULL on purpose. */
 struct echo_service
 {
@@ -22,6 +24,10 @@ struct echo_service
     uint64_t calls;                        /* handler invocations */
     uint64_t deferred;                     /* Defer replies not yet sent */
     uint32_t max_delay_ms;                 /* clamp Defer delays (0: none) */
+    uint64_t streams_open;                 /* Stream calls not yet ended */
+    uint64_t streams_cancelled;            /* ended by a cancel or close */
+    uint64_t stream_frames;                /* Stream frames sent */
+    uint64_t stream_stalls;                /* sends refused for no room */
 };
 
 /**

@@ -575,6 +575,63 @@ const char *rpc_call_tls_name(void *closure_data);
  */
 uint64_t rpc_call_peer_id(void *closure_data);
 
+/* ---------------------------------------------------------------- streams */
+
+/* A server stream answers one call with many frames (proto/rpc.proto):
+ * the handler makes its call a stream with rpc_stream_open, sends any
+ * number of messages with rpc_stream_send, and ends it, as any call, by
+ * calling its closure once (the last frame, with the final reply or an
+ * error status). The caller may cancel the stream; a stream also ends
+ * when its connection closes.
+ *
+ * Flow control: a stream sends only while its connection's unsent output
+ * is under max_output / RPC_STREAM_SHARE, so that single replies keep room
+ * and one slow reader costs the server at most that much per connection;
+ * past it rpc_stream_send refuses (RPC_E_OVERLOADED) and the handler keeps
+ * its place until RPC_STREAM_WRITABLE says the output has drained. A
+ * connection whose reader does not read at all is closed by the server's
+ * usual rules (frame_timeout_ms, 4x max_output). */
+#define RPC_STREAM_SHARE 2u
+
+/* Events of an open stream, for its handler. */
+enum rpc_stream_event {
+    RPC_STREAM_WRITABLE = 1,  /* room again after a refused send */
+    RPC_STREAM_CANCELLED = 2, /* the caller cancelled it or its connection
+                                 closed: call the closure (the frame goes
+                                 nowhere) and send nothing more; the last
+                                 event the stream gets */
+};
+
+/* A stream's event callback; runs from the event loop. */
+typedef void (*rpc_stream_cb)(void *closure_data, int event, void *arg);
+
+/**
+ * Make a call a stream (from its handler, before its closure runs).
+ * @param closure_data the closure_data the handler was given
+ * @param cb told of the stream's events (see enum rpc_stream_event)
+ * @param arg passed to cb
+ * @return 0; RPC_E_CONNECTION_LOST when the connection is gone already
+ *   (call the closure); RPC_E_INVALID (opened twice, cb NULL);
+ *   RPC_E_NOMEM
+ */
+int rpc_stream_open(void *closure_data, rpc_stream_cb cb, void *arg);
+
+/**
+ * Send one message of an open stream (a frame with more set).
+ * @param closure_data the stream's call
+ * @param msg the message, of the method's output type (borrowed)
+ * @return 0 sent; RPC_E_OVERLOADED not sent for lack of room: wait for
+ *   RPC_STREAM_WRITABLE; RPC_E_CONNECTION_LOST not sent, the stream is
+ *   ending (RPC_STREAM_CANCELLED comes); RPC_E_INVALID (not a stream)
+ */
+int rpc_stream_send(void *closure_data, const ProtobufCMessage *msg);
+
+/**
+ * Has the stream been cancelled, or its connection closed?
+ * @param closure_data the stream's call
+ */
+bool rpc_stream_cancelled(void *closure_data);
+
 /* --------------------------------------------------------------- channel */
 
 /* Channel settings. Zero fields mean the defaults. */
@@ -695,6 +752,67 @@ void rpc_channel_get_stats(const struct rpc_channel *ch,
  * "host:port" of the channel's server.
  */
 const char *rpc_channel_target(const struct rpc_channel *ch);
+
+/* A stream started on a channel (rpc_channel_stream). */
+struct rpc_stream;
+
+/* A stream's callback, from the event loop: with end false, msg is one
+ * message (borrowed for the call); with end true, the stream is over: msg
+ * is its last message, or NULL when it failed (rpc_last_status() and
+ * rpc_last_error() say why: the server's status, RPC_E_CONNECTION_LOST,
+ * RPC_E_UNAVAILABLE, RPC_E_CANCELLED when the channel was freed), and the
+ * stream handle is freed when the callback returns. */
+typedef void (*rpc_stream_msg_cb)(struct rpc_stream *st,
+                                  const ProtobufCMessage *msg,
+                                  bool end,
+                                  void *arg);
+
+/**
+ * Start a server stream: call a method whose server answers with many
+ * frames (proto "returns (stream ...)"). A stream has no deadline; it
+ * lasts until the server ends it, the caller cancels it, or the connection
+ * is lost. Other calls and streams share the connection meanwhile.
+ * @param ch the channel
+ * @param desc the service's generated descriptor
+ * @param method the method's name ("Watch")
+ * @param input the request, of the method's input type (borrowed)
+ * @param cb told of each message and of the end (exactly one end call,
+ *   unless the stream is cancelled first)
+ * @param arg passed to cb
+ * @return the stream, or NULL (bad arguments, out of memory; see
+ *   rpc_last_error()) and then cb is never called
+ */
+struct rpc_stream *rpc_channel_stream(struct rpc_channel *ch,
+                                      const ProtobufCServiceDescriptor *desc,
+                                      const char *method,
+                                      const ProtobufCMessage *input,
+                                      rpc_stream_msg_cb cb,
+                                      void *arg);
+
+/**
+ * Cancel a stream that has not ended: the server is told to stop, frames
+ * still on their way are dropped, the callback is not called again (not
+ * even for the end) and the handle is freed. May be called from the
+ * stream's own callback for a message (end false), not after its end.
+ * @param st the stream
+ */
+void rpc_stream_cancel(struct rpc_stream *st);
+
+/**
+ * The call id of a stream (in the server's logs).
+ */
+uint64_t rpc_stream_id(const struct rpc_stream *st);
+
+/**
+ * Run a blocking channel's own event loop until at least one closure or
+ * stream callback has run, or timeout_ms passes (streams on a blocking
+ * channel make progress only while this, or a call on the channel, runs).
+ * @param ch a channel made by rpc_channel_new_blocking
+ * @param timeout_ms the longest wait
+ * @return 0 when a callback ran, RPC_E_TIMEOUT, RPC_E_INVALID (not a
+ *   blocking channel) or RPC_E_NOMEM
+ */
+int rpc_channel_wait(struct rpc_channel *ch, uint32_t timeout_ms);
 
 /* ---------------------------------------------------------------- faults */
 
