@@ -232,6 +232,12 @@ static void on_metrics(struct evhttp_request *req, void *arg)
               "Bytes of keys and values in the history of changes "
               "(--history-bytes bounds it).",
               revs.hist_bytes);
+    uint64_t watches, watch_events;
+    watch_stats(s, &watches, &watch_events);
+    put_value(b, "raftkv_watches", "gauge",
+              "Watches open on this node (WatchService).", watches);
+    put_value(b, "raftkv_watch_events_total", "counter",
+              "Events this node has sent to watches.", watch_events);
     evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type",
                       "text/plain; version=0.0.4; charset=utf-8");
     evhttp_send_reply(req, HTTP_OK, "OK", b);

@@ -12,6 +12,7 @@ int kv_services_open(struct kv_node *n, struct kv_services **out)
     static int (*const inits[])(struct kv_services *) = {
         kv_service_init,    admin_service_init, backup_service_init,
         fault_service_init, auth_service_init,  metrics_service_init,
+        watch_service_init,
     };
     struct kv_services *s = calloc(1, sizeof *s);
     *out = s;
@@ -28,10 +29,14 @@ int kv_services_open(struct kv_node *n, struct kv_services **out)
     rpc_server_add_service(n->server, &s->kv_svc.base);
     rpc_server_add_service(n->server, &s->admin_svc.base);
     rpc_server_add_service(n->server, &s->auth_svc.base);
+    rpc_server_add_service(n->server, &s->watch_svc.base);
     return 0;
 }
 
 void kv_services_free(struct kv_services *s)
 {
+    if (s) {
+        watch_service_free(s);
+    }
     free(s);
 }

@@ -55,8 +55,10 @@ struct kv_services
     struct kv_backup backups[KV_MAX_BACKUPS]; /* snapshot reads (backup.c) */
     uint64_t backup_seq;                      /* for their ids */
     struct kv_quota quota;                    /* --quota-bytes (quota.c) */
-    struct evhttp *http;         /* serves /metrics (--metrics-addr) */
-    uint64_t http_requests;      /* /metrics and /health requests */
+    struct evhttp *http;    /* serves /metrics (--metrics-addr) */
+    uint64_t http_requests; /* /metrics and /health requests */
+    Raftkv__WatchService_Service watch_svc; /* WatchService (watch.c) */
+    struct watch_hub *watch;                /* its watches */
     bool compacting;             /* the leader's compaction is in flight */
     uint64_t compact_checked_ms; /* when the leader last looked (kv.c) */
 };
@@ -124,6 +126,14 @@ int auth_check_root(struct kv_services *s,
                     const char *what,
                     char *msg,
                     size_t msg_size);
+
+/* watch.c: WatchService */
+int watch_service_init(struct kv_services *s);
+void watch_service_free(struct kv_services *s);
+/* Watches open now and events sent so far, for /metrics. */
+void watch_stats(const struct kv_services *s,
+                 uint64_t *watches,
+                 uint64_t *events_sent);
 
 /* quota.c: --quota-bytes, checked by the leader before it proposes a
  * write (kv.c). */

@@ -1,0 +1,536 @@
+/* watch.c: WatchService: watches of a key or a range, served on any node
+ * from its applied state and the history of changes (mvcc.h).
+ *
+ * Every watch has the first revision it has not been sent yet (next). The
+ * hub reads the changes of each turn once (NODE_EV_APPLIED) and gives each
+ * watch that is up to date its own events, in one frame; a watch that is
+ * behind (it started from an old revision, or its connection had no room:
+ * rpc_stream_send refused) reads the history on its own until it catches
+ * up, a bounded amount per turn. A watch whose place in the history is
+ * compacted away ends with COMPACTED; nothing is ever skipped. */
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "mvcc.h"
+#include "service.h"
+
+#define WATCH_MAX              100000u /* watches open on one node */
+#define WATCH_DEFAULT_PROGRESS 10000u  /* ms between progress frames */
+#define WATCH_MIN_PROGRESS     10u     /* shortest progress_ms honoured */
+#define WATCH_CATCHUP_READS    4       /* history reads per watch per turn */
+
+/* The WatchService of a service table. */
+#define services_of_watch(svc) services_of(svc, watch_svc)
+
+struct watch
+{
+    struct watch_hub *hub;                  /* owner */
+    void *call;                             /* the stream's closure_data */
+    Raftkv__WatchReply_Closure closure;     /* ends it */
+    ProtobufCBinaryData key, end;           /* the range (owned copies) */
+    bool no_put, no_delete, require_leader; /* filters, options */
+    uint64_t next;                          /* first revision not sent */
+    uint32_t progress_ms;                   /* idle frames this often */
+    uint64_t sent_ms;                       /* when a frame last went */
+    bool stalled;                           /* waits for room */
+    struct watch *prev, *next_w;            /* hub's list */
+};
+
+struct watch_hub
+{
+    struct kv_services *s;   /* the services */
+    uint64_t rev;            /* every watch not behind has had everything up
+                                to this revision */
+    struct watch *list;      /* open watches */
+    size_t n;                /* entries in list */
+    size_t behind;           /* watches with next <= rev (catching up) */
+    Raftkv__Event **scratch; /* one watch's events of a read */
+    size_t scratch_cap;      /* entries in scratch */
+    uint64_t events_sent;    /* events sent, for /metrics */
+};
+
+static bool is_behind(const struct watch *w)
+{
+    return w->next <= w->hub->rev;
+}
+
+static void hub_count(struct watch_hub *h)
+{
+    size_t b = 0;
+    for (struct watch *w = h->list; w; w = w->next_w) {
+        b += is_behind(w);
+    }
+    h->behind = b;
+}
+
+/* End a watch: its last frame (err, and the revision it reached), and
+ * free it. */
+static void watch_end(struct watch *w, int err, const char *msg)
+{
+    struct watch_hub *h = w->hub;
+    struct kv_node *n = h->s->node;
+    Raftkv__WatchReply r = RAFTKV__WATCH_REPLY__INIT;
+    r.err = err;
+    r.message = (char *)(msg ? msg : "");
+    r.revision = w->next - 1;
+    r.node_id = n->cfg.id;
+    struct kv_revs revs;
+    MDB_txn *txn = node_state_read(n, NULL);
+    if (txn) {
+        if (kv_mvcc_revs(&n->store, txn, &revs) == 0) {
+            r.compact_revision = revs.compact;
+        }
+        node_state_done(n, txn);
+    }
+    if (w->prev) {
+        w->prev->next_w = w->next_w;
+    } else {
+        h->list = w->next_w;
+    }
+    if (w->next_w) {
+        w->next_w->prev = w->prev;
+    }
+    h->n--;
+    Raftkv__WatchReply_Closure closure = w->closure;
+    void *call = w->call;
+    free(w->key.data);
+    free(w->end.data);
+    free(w);
+    closure(&r, call);
+}
+
+/* Send one frame. Returns 0 when sent, 1 when there was no room (the
+ * watch is stalled until RPC_STREAM_WRITABLE), 2 when the stream is
+ * ending (RPC_STREAM_CANCELLED comes). */
+static int watch_send(struct watch *w,
+                      Raftkv__Event **events,
+                      size_t n_events,
+                      uint64_t revision,
+                      uint64_t compact,
+                      bool created)
+{
+    struct watch_hub *h = w->hub;
+    Raftkv__WatchReply r = RAFTKV__WATCH_REPLY__INIT;
+    r.revision = revision;
+    r.compact_revision = compact;
+    r.events = events;
+    r.n_events = n_events;
+    r.created = created;
+    r.node_id = h->s->node->cfg.id;
+    int rv = rpc_stream_send(w->call, &r.base);
+    if (rv == RPC_E_OVERLOADED) {
+        w->stalled = true;
+        return 1;
+    }
+    if (rv != 0) {
+        return 2;
+    }
+    w->sent_ms = node_now_ms();
+    h->events_sent += n_events;
+    return 0;
+}
+
+static bool watch_wants(const struct watch *w, const Raftkv__Event *ev)
+{
+    if (ev->type == RAFTKV__EVENT__EVENT_TYPE__PUT ? w->no_put : w->no_delete) {
+        return false;
+    }
+    return kv_range_has(&w->key, &w->end, ev->kv->key.data, ev->kv->key.len);
+}
+
+/* Room for one watch's share of a read's events. */
+static bool scratch_fit(struct watch_hub *h, size_t n)
+{
+    if (n <= h->scratch_cap) {
+        return true;
+    }
+    Raftkv__Event **s = realloc(h->scratch, n * sizeof *s);
+    if (!s) {
+        return false;
+    }
+    h->scratch = s;
+    h->scratch_cap = n;
+    return true;
+}
+
+/* Give the changes after h->rev, read once, to every watch that is not
+ * behind. */
+static void hub_advance(struct watch_hub *h)
+{
+    struct kv_node *n = h->s->node;
+    MDB_txn *txn = node_state_read(n, NULL);
+    if (!txn) {
+        return; /* the next turn tries again */
+    }
+    struct kv_revs revs;
+    if (kv_mvcc_revs(&n->store, txn, &revs) != 0) {
+        node_state_done(n, txn);
+        return;
+    }
+    bool any = false;
+    for (struct watch *w = h->list; w && !any; w = w->next_w) {
+        any = !is_behind(w);
+    }
+    if (!any && h->rev < revs.revision) {
+        h->rev = revs.revision; /* no watch to give the changes to */
+    }
+    while (h->rev < revs.revision) {
+        struct kv_arena mem = {0};
+        Raftkv__EventsArgs a = RAFTKV__EVENTS_ARGS__INIT;
+        Raftkv__EventsReply r = RAFTKV__EVENTS_REPLY__INIT;
+        a.start_revision = h->rev + 1;
+        if (kv_mvcc_events(&n->store, txn, &a, &mem, &r) != 0) {
+            kv_arena_free(&mem);
+            break; /* (logged by the store) tried again next turn */
+        }
+        if (r.err == RAFTKV__KV_ERROR__KV_COMPACTED) {
+            /* Compacted within the turn that made the changes: the watches
+             * that needed them end; the others go on after it. */
+            struct watch *w = h->list, *next;
+            for (; w; w = next) {
+                next = w->next_w;
+                if (!is_behind(w) && w->next <= r.compact_revision) {
+                    watch_end(w, RAFTKV__KV_ERROR__KV_COMPACTED,
+                              "the history the watch needed is compacted");
+                }
+            }
+            h->rev = r.compact_revision;
+            kv_arena_free(&mem);
+            continue;
+        }
+        if (r.err) {
+            kv_arena_free(&mem);
+            break;
+        }
+        uint64_t upto = r.next_revision - 1;
+        for (struct watch *w = h->list; w; w = w->next_w) {
+            if (is_behind(w)) {
+                continue;
+            }
+            size_t k = 0;
+            if (w->next <= upto && scratch_fit(h, r.n_events)) {
+                for (size_t i = 0; i < r.n_events; i++) {
+                    if (r.events[i]->kv->mod_revision >= w->next &&
+                        watch_wants(w, r.events[i])) {
+                        h->scratch[k++] = r.events[i];
+                    }
+                }
+            }
+            if (k && watch_send(w, h->scratch, k, upto, revs.compact, false)) {
+                continue; /* stays where it is: behind once rev moves */
+            }
+            if (w->next <= upto) {
+                w->next = upto + 1;
+            }
+        }
+        h->rev = upto;
+        kv_arena_free(&mem);
+    }
+    node_state_done(n, txn);
+}
+
+/* Read the history for a watch that is behind, until it has caught up
+ * with the hub, has no room, or has had its share of this turn. Returns
+ * false when the watch ended. */
+static bool watch_catch_up(struct watch *w)
+{
+    struct watch_hub *h = w->hub;
+    struct kv_node *n = h->s->node;
+    for (int reads = 0;
+         reads < WATCH_CATCHUP_READS && is_behind(w) && !w->stalled; reads++) {
+        MDB_txn *txn = node_state_read(n, NULL);
+        if (!txn) {
+            return true;
+        }
+        struct kv_arena mem = {0};
+        Raftkv__EventsArgs a = RAFTKV__EVENTS_ARGS__INIT;
+        Raftkv__EventsReply r = RAFTKV__EVENTS_REPLY__INIT;
+        a.start_revision = w->next;
+        a.key = w->key;
+        a.range_end = w->end;
+        int rv = kv_mvcc_events(&n->store, txn, &a, &mem, &r);
+        if (rv == 0 && r.err == RAFTKV__KV_ERROR__KV_COMPACTED) {
+            kv_arena_free(&mem);
+            node_state_done(n, txn);
+            watch_end(w, RAFTKV__KV_ERROR__KV_COMPACTED,
+                      "the watch fell behind the history kept: resume from "
+                      "a revision after compact_revision");
+            return false;
+        }
+        if (rv != 0 || r.err) {
+            kv_arena_free(&mem);
+            node_state_done(n, txn);
+            return true; /* tried again next turn */
+        }
+        /* Only what the hub has given the others, so that the watch joins
+         * them exactly where they are. */
+        uint64_t upto = r.next_revision - 1;
+        if (upto > h->rev) {
+            upto = h->rev;
+        }
+        size_t k = 0;
+        if (scratch_fit(h, r.n_events)) {
+            for (size_t i = 0; i < r.n_events; i++) {
+                const Raftkv__Event *ev = r.events[i];
+                if (ev->kv->mod_revision <= upto &&
+                    (ev->type == RAFTKV__EVENT__EVENT_TYPE__PUT
+                         ? !w->no_put
+                         : !w->no_delete)) {
+                    h->scratch[k++] = r.events[i];
+                }
+            }
+        } else {
+            upto = w->next - 1; /* no memory: nothing moves */
+        }
+        int sent =
+            k ? watch_send(w, h->scratch, k, upto, r.compact_revision, false)
+              : 0;
+        kv_arena_free(&mem);
+        node_state_done(n, txn);
+        if (sent) {
+            return true;
+        }
+        w->next = upto + 1;
+    }
+    return true;
+}
+
+/* Bring the hub up to date, then the watches that are behind. */
+static void hub_pump(struct watch_hub *h)
+{
+    hub_advance(h);
+    struct watch *w = h->list, *next;
+    for (; w; w = next) {
+        next = w->next_w;
+        if (is_behind(w) && !w->stalled) {
+            watch_catch_up(w);
+        }
+    }
+    hub_count(h);
+}
+
+static void on_stream_event(void *call, int event, void *arg)
+{
+    (void)call;
+    struct watch *w = arg;
+    if (event == RPC_STREAM_CANCELLED) {
+        watch_end(w, RAFTKV__KV_ERROR__KV_OK, "cancelled");
+        return;
+    }
+    w->stalled = false;
+    struct watch_hub *h = w->hub;
+    hub_advance(h);
+    if (is_behind(w)) {
+        watch_catch_up(w);
+    }
+    hub_count(h);
+}
+
+/* The periodic work: progress frames, watches that lost their leader,
+ * catching up. */
+static void hub_sweep(struct watch_hub *h)
+{
+    struct kv_node *n = h->s->node;
+    uint64_t now = node_now_ms();
+    bool leaderless = raft_leader(n->raft) == 0;
+    struct watch *w = h->list, *next;
+    for (; w; w = next) {
+        next = w->next_w;
+        if (w->require_leader && leaderless) {
+            watch_end(w, RAFTKV__KV_ERROR__KV_UNAVAILABLE,
+                      "the node has no leader (require_leader)");
+            continue;
+        }
+        if (!is_behind(w) && !w->stalled &&
+            now - w->sent_ms >= w->progress_ms) {
+            uint64_t at = w->next - 1 < h->rev ? w->next - 1 : h->rev;
+            watch_send(w, NULL, 0, at, 0, false);
+        }
+    }
+}
+
+static void on_node_event(struct kv_node *n, enum node_event ev, void *arg)
+{
+    (void)n;
+    struct watch_hub *h = arg;
+    if (ev == NODE_EV_STOPPING) {
+        while (h->list) {
+            watch_end(h->list, RAFTKV__KV_ERROR__KV_SHUTTING_DOWN,
+                      "the node is stopping");
+        }
+        return;
+    }
+    if (ev == NODE_EV_APPLIED || h->behind) {
+        hub_pump(h);
+    }
+    if (ev == NODE_EV_SWEEP) {
+        hub_sweep(h);
+    }
+}
+
+static void reply_error(Raftkv__WatchReply_Closure closure,
+                        void *data,
+                        uint64_t node_id,
+                        int err,
+                        const char *msg)
+{
+    Raftkv__WatchReply r = RAFTKV__WATCH_REPLY__INIT;
+    r.err = err;
+    r.message = (char *)msg;
+    r.node_id = node_id;
+    closure(&r, data);
+}
+
+static bool copy_bytes(ProtobufCBinaryData *to, const ProtobufCBinaryData *from)
+{
+    to->len = from->len;
+    to->data = NULL;
+    if (!from->len) {
+        return true;
+    }
+    to->data = malloc(from->len);
+    if (to->data) {
+        memcpy(to->data, from->data, from->len);
+    }
+    return to->data != NULL;
+}
+
+static void handle_watch(Raftkv__WatchService_Service *svc,
+                         const Raftkv__WatchArgs *a,
+                         Raftkv__WatchReply_Closure closure,
+                         void *data)
+{
+    struct kv_services *s = services_of_watch(svc);
+    struct watch_hub *h = s->watch;
+    struct kv_node *n = s->node;
+    uint64_t id = n->cfg.id;
+    char why[400];
+    if (n->stopping) {
+        reply_error(closure, data, id, RAFTKV__KV_ERROR__KV_SHUTTING_DOWN,
+                    "the node is stopping");
+        return;
+    }
+    int err =
+        kv_mvcc_check_range(&n->store, &a->key, &a->range_end, why, sizeof why);
+    if (!err && a->prev_kv) {
+        err = RAFTKV__KV_ERROR__KV_BAD_REQUEST;
+        snprintf(why, sizeof why,
+                 "prev_kv is not supported by this server yet");
+    }
+    if (!err) {
+        err = auth_check_range(s, data, &a->key, &a->range_end, KV_AUTH_READ,
+                               why, sizeof why);
+    }
+    if (!err && h->n >= WATCH_MAX) {
+        err = RAFTKV__KV_ERROR__KV_UNAVAILABLE;
+        snprintf(why, sizeof why,
+                 "this node has %u watches open, its limit; try another node",
+                 WATCH_MAX);
+    }
+    if (err) {
+        reply_error(closure, data, id, err, why);
+        return;
+    }
+    hub_advance(h);
+    struct watch *w = calloc(1, sizeof *w);
+    if (!w || !copy_bytes(&w->key, &a->key) ||
+        !copy_bytes(&w->end, &a->range_end)) {
+        if (w) {
+            free(w->key.data);
+            free(w);
+        }
+        reply_error(closure, data, id, RAFTKV__KV_ERROR__KV_INTERNAL,
+                    "out of memory");
+        return;
+    }
+    w->hub = h;
+    w->call = data;
+    w->closure = closure;
+    w->no_put = a->no_put;
+    w->no_delete = a->no_delete;
+    w->require_leader = a->require_leader;
+    w->next = a->start_revision ? a->start_revision : h->rev + 1;
+    w->progress_ms = a->progress_ms ? a->progress_ms : WATCH_DEFAULT_PROGRESS;
+    if (w->progress_ms < WATCH_MIN_PROGRESS) {
+        w->progress_ms = WATCH_MIN_PROGRESS;
+    }
+    if (rpc_stream_open(data, on_stream_event, w) != 0) {
+        free(w->key.data);
+        free(w->end.data);
+        free(w);
+        reply_error(closure, data, id, RAFTKV__KV_ERROR__KV_INTERNAL,
+                    "cannot open the stream");
+        return;
+    }
+    w->next_w = h->list;
+    if (h->list) {
+        h->list->prev = w;
+    }
+    h->list = w;
+    h->n++;
+    if (w->require_leader && raft_leader(n->raft) == 0) {
+        watch_end(w, RAFTKV__KV_ERROR__KV_UNAVAILABLE,
+                  "the node has no leader (require_leader)");
+        return;
+    }
+    /* The first frame says where the watch starts. */
+    struct kv_revs revs = {0};
+    MDB_txn *txn = node_state_read(n, NULL);
+    if (txn) {
+        kv_mvcc_revs(&n->store, txn, &revs);
+        node_state_done(n, txn);
+    }
+    if (w->next <= revs.compact) {
+        watch_end(w, RAFTKV__KV_ERROR__KV_COMPACTED,
+                  "the history before that revision is compacted");
+        return;
+    }
+    watch_send(w, NULL, 0, w->next - 1, revs.compact, true);
+    if (is_behind(w)) {
+        watch_catch_up(w);
+    }
+    hub_count(h);
+}
+
+int watch_service_init(struct kv_services *s)
+{
+    struct watch_hub *h = calloc(1, sizeof *h);
+    if (!h) {
+        fprintf(stderr, "kvserver: out of memory\n");
+        return -1;
+    }
+    h->s = s;
+    s->watch = h;
+    struct kv_node *n = s->node;
+    MDB_txn *txn = node_state_read(n, NULL);
+    struct kv_revs revs = {0};
+    if (txn) {
+        kv_mvcc_revs(&n->store, txn, &revs);
+        node_state_done(n, txn);
+    }
+    h->rev = revs.revision;
+    Raftkv__WatchService_Service init = RAFTKV__WATCH_SERVICE__INIT(handle_);
+    s->watch_svc = init;
+    return node_subscribe(n, NODE_EV_APPLIED | NODE_EV_SWEEP | NODE_EV_STOPPING,
+                          on_node_event, h);
+}
+
+void watch_service_free(struct kv_services *s)
+{
+    if (s->watch) {
+        free(s->watch->scratch);
+        free(s->watch);
+        s->watch = NULL;
+    }
+}
+
+void watch_stats(const struct kv_services *s,
+                 uint64_t *watches,
+                 uint64_t *events_sent)
+{
+    *watches = s->watch ? s->watch->n : 0;
+    *events_sent = s->watch ? s->watch->events_sent : 0;
+}
