@@ -2264,3 +2264,66 @@ size_t clerk_prefix_end(const void *prefix, size_t len, void *out)
     o[0] = 0;
     return 1;
 }
+
+/* ---------------------------------------------- for streams (watch.c) */
+
+size_t ck_n_servers(struct clerk *c)
+{
+    return c->n;
+}
+
+size_t ck_preferred_server(struct clerk *c)
+{
+    pthread_mutex_lock(&c->lock);
+    size_t i = c->leader;
+    pthread_mutex_unlock(&c->lock);
+    return i;
+}
+
+const char *ck_server_addr(struct clerk *c, size_t i)
+{
+    return c->servers[i].addr;
+}
+
+struct rpc_channel *ck_channel_new(struct clerk *c, size_t i)
+{
+    pthread_mutex_lock(&c->lock);
+    struct server *s = &c->servers[i];
+    /* Through the handle's own channel: authenticates when it must. */
+    service(c, i, &raftkv__kv_service__descriptor, c->attempt_ms);
+    struct rpc_channel_options o = {.deadline_ms = c->attempt_ms,
+                                    .connect_timeout_ms = c->attempt_ms,
+                                    .backoff_min_ms = 5,
+                                    .backoff_max_ms = 100,
+                                    .tls = c->tls};
+    struct rpc_channel *ch = rpc_channel_new_blocking(s->host, s->port, &o);
+    if (ch && c->token[0] && rpc_channel_set_auth_token(ch, c->token) != 0) {
+        rpc_channel_free(ch);
+        ch = NULL;
+    }
+    pthread_mutex_unlock(&c->lock);
+    return ch;
+}
+
+int ck_error_of(int kv_err)
+{
+    struct request rq = {0};
+    struct answer a = {0};
+    a.err = kv_err;
+    return final_result(&rq, &a);
+}
+
+unsigned ck_deadline_ms(struct clerk *c)
+{
+    pthread_mutex_lock(&c->lock);
+    unsigned ms = c->deadline_ms;
+    pthread_mutex_unlock(&c->lock);
+    return ms;
+}
+
+void ck_set_errmsg(struct clerk *c, const char *msg)
+{
+    pthread_mutex_lock(&c->lock);
+    snprintf(c->errmsg, sizeof c->errmsg, "%s", msg);
+    pthread_mutex_unlock(&c->lock);
+}

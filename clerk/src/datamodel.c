@@ -279,10 +279,39 @@ static void drop_txn(void *r)
     clerk_txn_result_free(r);
 }
 
+struct clerk_events_result *ck_events_of(Raftkv__Event *const *events, size_t n)
+{
+    struct clerk_events_result *r = calloc(1, sizeof *r);
+    if (!r) {
+        return NULL;
+    }
+    if (n) {
+        r->events = calloc(n, sizeof *r->events);
+        if (!r->events) {
+            free(r);
+            return NULL;
+        }
+    }
+    static const Raftkv__KeyValue none = RAFTKV__KEY_VALUE__INIT;
+    for (size_t i = 0; i < n; i++) {
+        const Raftkv__Event *ev = events[i];
+        struct clerk_event *o = &r->events[i];
+        o->type = ev->type == RAFTKV__EVENT__EVENT_TYPE__DELETE
+                      ? CLERK_EVENT_DELETE
+                      : CLERK_EVENT_PUT;
+        if (!copy_kv(&o->kv, ev->kv ? ev->kv : &none)) {
+            clerk_events_result_free(r);
+            return NULL;
+        }
+        r->n_events++;
+    }
+    return r;
+}
+
 static bool take_events(const ProtobufCMessage *m, void **out)
 {
     const Raftkv__EventsReply *e = (const Raftkv__EventsReply *)m;
-    struct clerk_events_result *r = calloc(1, sizeof *r);
+    struct clerk_events_result *r = ck_events_of(e->events, e->n_events);
     if (!r) {
         return false;
     }
@@ -290,26 +319,6 @@ static bool take_events(const ProtobufCMessage *m, void **out)
     r->compact_revision = e->compact_revision;
     r->more = e->more;
     r->next_revision = e->next_revision;
-    if (e->n_events) {
-        r->events = calloc(e->n_events, sizeof *r->events);
-        if (!r->events) {
-            free(r);
-            return false;
-        }
-    }
-    static const Raftkv__KeyValue none = RAFTKV__KEY_VALUE__INIT;
-    for (size_t i = 0; i < e->n_events; i++) {
-        const Raftkv__Event *ev = e->events[i];
-        struct clerk_event *o = &r->events[i];
-        o->type = ev->type == RAFTKV__EVENT__EVENT_TYPE__DELETE
-                      ? CLERK_EVENT_DELETE
-                      : CLERK_EVENT_PUT;
-        if (!copy_kv(&o->kv, ev->kv ? ev->kv : &none)) {
-            clerk_events_result_free(r);
-            return false;
-        }
-        r->n_events++;
-    }
     *out = r;
     return true;
 }

@@ -64,4 +64,26 @@ void ck_range_flags(Raftkv__RangeArgs *r, uint64_t limit, unsigned flags);
  */
 const Raftkv__TxnArgs *ck_txn_args(const struct clerk_txn *t);
 
+/* Servers of the handle (watch.c makes connections of its own). */
+size_t ck_n_servers(struct clerk *c);
+/* The server the handle tries first (the last leader it found). */
+size_t ck_preferred_server(struct clerk *c);
+/* "host:port" of server i. */
+const char *ck_server_addr(struct clerk *c, size_t i);
+/* A new blocking channel to server i, with the handle's TLS and auth
+ * token (authenticating first when the handle has a user and no token);
+ * NULL when out of memory. Takes the handle's lock. */
+struct rpc_channel *ck_channel_new(struct clerk *c, size_t i);
+/* A KvError as a clerk_error. */
+int ck_error_of(int kv_err);
+/* The handle's deadline per operation, ms. */
+unsigned ck_deadline_ms(struct clerk *c);
+/* Set the handle's clerk_errmsg. */
+void ck_set_errmsg(struct clerk *c, const char *msg);
+
+/* Events as a clerk_events_result (revision, compact_revision and
+ * next_revision are the caller's to set); NULL when out of memory. */
+struct clerk_events_result *ck_events_of(Raftkv__Event *const *events,
+                                         size_t n);
+
 #endif /* CLERK_INTERNAL_H */

@@ -2,6 +2,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <libgen.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -49,6 +50,8 @@ static const char usage_text[] =
     "  compact REV             drop the history up to revision REV\n"
     "  events [KEY [END]] [--prefix|--from-key] --rev N [--limit N]\n"
     "                          the changes since revision N (history)\n"
+    "  watch KEY [END] [--prefix|--from-key] [--rev N] [--count N]\n"
+    "                          print changes as they happen, one line each\n"
     "  cas KEY EXPECTED NEW    set KEY to NEW if it holds EXPECTED\n"
     "  cas --absent KEY NEW    set KEY to NEW if it does not exist\n"
     "  status                  a row per node: role, term, indexes, leader,\n"
@@ -166,6 +169,17 @@ static const struct
      "  N and after, oldest first: PUT, the key, its value; or DELETE and\n"
      "  the key. -w json adds next_revision, where to poll next. Exit 8\n"
      "  (COMPACTED) when N is no longer kept. Also: kvctl history.\n"},
+    {"watch",
+     "kvctl watch KEY [END] [--prefix|--from-key] [--rev N] [--count N]\n"
+     "            [--progress-ms N] [--require-leader]\n"
+     "  Print the changes to the keys as they happen, one line each:\n"
+     "  PUT REVISION \"KEY\" \"VALUE\" or DELETE REVISION \"KEY\" (quoted\n"
+     "  with escapes); -w json prints an object per event, key and value\n"
+     "  in base64. --rev N starts at revision N (the history since then\n"
+     "  first); without it, at the changes after now. Runs until\n"
+     "  interrupted or --count N events; when its node fails it goes on\n"
+     "  at another, missing nothing. --progress-ms N prints PROGRESS REV\n"
+     "  while nothing changes. Exit 8 (COMPACTED) when N is no longer kept.\n"},
     {"append",
      "kvctl append KEY VALUE\n  Append VALUE to KEY's value; an "
      "absent KEY counts as empty.\n"},
@@ -2159,6 +2173,149 @@ static int cmd_events(struct clerk *ck, struct tok *t, int n)
     return EXIT_OK;
 }
 
+/* Set by SIGINT and SIGTERM while a watch runs: stop and exit 0. */
+static volatile sig_atomic_t watch_stop;
+
+static void on_watch_signal(int sig)
+{
+    (void)sig;
+    watch_stop = 1;
+}
+
+/* A number option's value: --name N or --name=N. */
+static bool num_option(struct tok *t,
+                       int n,
+                       int *i,
+                       const char *name,
+                       uint64_t *out,
+                       bool *bad)
+{
+    size_t len = strlen(name);
+    if (strncmp(t[*i].p, name, len) != 0 ||
+        (t[*i].p[len] != 0 && t[*i].p[len] != '=')) {
+        return false;
+    }
+    const char *v = t[*i].p[len] == '=' ? t[*i].p + len + 1
+                    : *i + 1 < n        ? t[++*i].p
+                                        : "";
+    char *end;
+    errno = 0;
+    *out = strtoull(v, &end, 10);
+    *bad = errno || end == v || *end || v[0] == '-';
+    return true;
+}
+
+/* kvctl watch KEY [END] [--prefix|--from-key] [--rev N] [--count N]
+ *   [--progress-ms N] [--require-leader] */
+static int cmd_watch(struct clerk *ck, struct tok *t, int n)
+{
+    static const char use[] =
+        "usage: kvctl watch KEY [END] [--prefix|--from-key] [--rev N] "
+        "[--count N] [--progress-ms N] [--require-leader]";
+    struct tok args[MAX_TOKENS + 2];
+    int m = 0;
+    uint64_t rev = 0, count = 0, progress = 0;
+    struct clerk_watch_options o = {0};
+    for (int i = 1; i < n; i++) {
+        bool bad = false;
+        if (num_option(t, n, &i, "--rev", &rev, &bad) ||
+            num_option(t, n, &i, "--count", &count, &bad) ||
+            num_option(t, n, &i, "--progress-ms", &progress, &bad)) {
+            if (bad) {
+                return usage_error(use);
+            }
+            continue;
+        }
+        if (!strcmp(t[i].p, "--require-leader")) {
+            o.require_leader = true;
+            continue;
+        }
+        args[m++] = t[i];
+    }
+    struct range_spec s;
+    char why[300];
+    if (m == 0) {
+        return usage_error(use);
+    }
+    if (!kvctl_parse_spec(SPEC_GET, args, m, &s, why, sizeof why)) {
+        return usage_error(why);
+    }
+    if (s.limit || s.flags || s.print_value_only || s.rev_info) {
+        return usage_error(use);
+    }
+    if (progress > 3600000) {
+        return usage_error("--progress-ms: at most 3600000");
+    }
+    o.start_revision = rev;
+    o.progress_ms = (unsigned)progress;
+    struct clerk_watch *w;
+    int err =
+        clerk_watch_open(ck, s.key.p, s.key.len, s.end, s.end_len, &o, &w);
+    if (err == CLERK_COMPACTED) {
+        return answer_error("COMPACTED", clerk_errmsg(ck), false, NULL, 0,
+                            false);
+    }
+    if (err) {
+        return answer_clerk(ck, err);
+    }
+    struct sigaction sa = {0};
+    sa.sa_handler = on_watch_signal;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+    uint64_t seen = 0;
+    int rv = EXIT_OK;
+    while (!watch_stop && (!count || seen < count)) {
+        struct clerk_events_result *r;
+        err = clerk_watch_next(w, 200, &r);
+        if (err == CLERK_TIMEOUT) {
+            continue;
+        }
+        if (err) {
+            const char *msg = clerk_watch_errmsg(w);
+            rv = answer_error(clerk_error_code(err),
+                              msg[0] ? msg : clerk_strerror(err), false, NULL,
+                              0, false);
+            break;
+        }
+        if (!r->n_events && progress) {
+            if (fmt == FMT_JSON) {
+                json_t *p = ok_object();
+                json_object_set_new(p, "progress", json_true());
+                json_object_set_new(p, "revision", ju64(r->revision));
+                emit(p);
+            } else {
+                printf("PROGRESS %llu\n", (unsigned long long)r->revision);
+            }
+        }
+        for (size_t i = 0; i < r->n_events && (!count || seen < count); i++) {
+            const struct clerk_event *e = &r->events[i];
+            const char *type = e->type == CLERK_EVENT_PUT ? "PUT" : "DELETE";
+            seen++;
+            if (fmt == FMT_JSON) {
+                json_t *j = ok_object();
+                json_object_set_new(j, "type", json_string(type));
+                json_object_set_new(j, "revision", ju64(e->kv.mod_revision));
+                json_object_set_new(j, "kv", json_kv(&e->kv));
+                emit(j);
+                continue;
+            }
+            printf("%s %llu ", type, (unsigned long long)e->kv.mod_revision);
+            put_quoted(stdout, e->kv.key, e->kv.key_len);
+            if (e->type == CLERK_EVENT_PUT) {
+                putchar(' ');
+                put_quoted(stdout, e->kv.value, e->kv.value_len);
+            }
+            putchar('\n');
+        }
+        clerk_events_result_free(r);
+        fflush(stdout);
+    }
+    fflush(stdout);
+    clerk_watch_close(w);
+    return rv;
+}
+
 /* Run one command; returns its exit code. */
 static int run_command(struct clerk *ck, struct tok *t, int n)
 {
@@ -2264,6 +2421,9 @@ static int run_command(struct clerk *ck, struct tok *t, int n)
     }
     if (!strcmp(cmd, "events") || !strcmp(cmd, "history")) {
         return cmd_events(ck, t, n);
+    }
+    if (!strcmp(cmd, "watch")) {
+        return cmd_watch(ck, t, n);
     }
     if (!strcmp(cmd, "status")) {
         NEED(1, "status");

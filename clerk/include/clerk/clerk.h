@@ -960,6 +960,81 @@ int clerk_events(struct clerk *c,
  */
 void clerk_events_result_free(struct clerk_events_result *r);
 
+/* --------------------------------------------------------------- watch */
+
+/* A watch: the changes to a key or a range as they happen, from a
+ * revision on, in revision order. It has a connection of its own to one
+ * server (any node serves watches); when that breaks, or the node stops,
+ * it resumes on another from the revision after the last it delivered, so
+ * that no change is missed and none comes twice. A watch is used by one
+ * thread at a time; the handle it came from must outlive it (the handle's
+ * lock is taken only while the watch connects). */
+struct clerk_watch;
+
+struct clerk_watch_options
+{
+    uint64_t start_revision; /* first revision to deliver; 0: the changes
+                                after the serving node's revision */
+    bool no_put;             /* leave out puts */
+    bool no_delete;          /* leave out deletes */
+    bool require_leader;     /* a node that loses its leader ends the
+                                stream (the watch moves on to another) */
+    unsigned progress_ms;    /* while nothing changes, an empty batch at
+                                least this often (0: the server's, 10 s) */
+};
+
+/**
+ * Start watching [key, range_end) (range_end as clerk_range: NULL for the
+ * key alone, clerk_prefix_end for a prefix, "\0" for every key from key
+ * on). Returns once a node has accepted the watch.
+ * @param o options, or NULL for the defaults
+ * @param out set to the watch on CLERK_OK, else NULL
+ * @return CLERK_OK, CLERK_COMPACTED (start_revision is no longer kept),
+ *   CLERK_BAD_REQUEST, CLERK_UNAUTHENTICATED, CLERK_PERMISSION_DENIED,
+ *   CLERK_UNAVAILABLE (no node accepted it within the handle's deadline),
+ *   CLERK_INVALID, CLERK_NOMEM; the handle's clerk_errmsg says why
+ */
+int clerk_watch_open(struct clerk *c,
+                     const void *key,
+                     size_t key_len,
+                     const void *range_end,
+                     size_t range_end_len,
+                     const struct clerk_watch_options *o,
+                     struct clerk_watch **out);
+
+/**
+ * Wait for the next batch: the changes of one or more revisions, oldest
+ * first, or none (a progress notification). In every batch, revision says
+ * that every change up to it has been delivered (resume from revision + 1).
+ * @param timeout_ms the longest wait
+ * @param out set to the batch on CLERK_OK (free with
+ *   clerk_events_result_free), else NULL
+ * @return CLERK_OK; CLERK_TIMEOUT (nothing within timeout_ms: call again);
+ *   or the watch is over: CLERK_COMPACTED (it fell behind the history
+ *   kept), CLERK_PERMISSION_DENIED, CLERK_UNAUTHENTICATED, CLERK_INTERNAL
+ *   (clerk_watch_errmsg says why)
+ */
+int clerk_watch_next(struct clerk_watch *w,
+                     unsigned timeout_ms,
+                     struct clerk_events_result **out);
+
+/**
+ * Every change up to this revision has been delivered (0 before the
+ * first batch of a watch from now).
+ */
+uint64_t clerk_watch_revision(const struct clerk_watch *w);
+
+/**
+ * Why the watch ended, or what its last reconnect met.
+ */
+const char *clerk_watch_errmsg(const struct clerk_watch *w);
+
+/**
+ * Cancel a watch and free it.
+ * @param w the watch, or NULL
+ */
+void clerk_watch_close(struct clerk_watch *w);
+
 /**
  * Change the deadline of the operations that follow.
  * @param ms milliseconds, retries included; 0 restores the default

@@ -1,0 +1,338 @@
+/* watch.c: clerk_watch: a WatchService stream on a connection of its own,
+ * resumed on another server from the revision after the last delivered. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <proto/kv.pb-c.h>
+#include <rpc/rpc.h>
+
+#include "clerk/clerk.h"
+#include "internal.h"
+
+#define RETRY_MIN_MS  20  /* first wait before reconnecting */
+#define RETRY_MAX_MS  500 /* longest */
+#define WAIT_SLICE_MS 200 /* rpc_channel_wait at most this long at once */
+
+/* A batch received, not yet handed to the caller. */
+struct batch
+{
+    struct clerk_events_result *r;
+    struct batch *next;
+};
+
+struct clerk_watch
+{
+    struct clerk *c;              /* the handle (borrowed) */
+    ProtobufCBinaryData key, end; /* the range (owned copies) */
+    struct clerk_watch_options o; /* as opened */
+    size_t server;                /* the server it uses or tries next */
+    struct rpc_channel *ch;       /* its connection, or NULL */
+    struct rpc_stream *st;        /* the open stream, or NULL */
+    bool created;                 /* a node accepted the watch */
+    uint64_t next;                /* first revision not delivered (0:
+                                     not known before the first node
+                                     accepts a watch from now) */
+    struct batch *head, *tail;    /* batches to hand out */
+    int ended;                    /* the watch is over: why (clerk
+                                     error), else 0 */
+    uint64_t retry_at;            /* no reconnect before (ms) */
+    unsigned retry_ms;            /* the wait after the next failure */
+    char errmsg[512];             /* why it ended, or the last failure */
+};
+
+static uint64_t now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+static void sleep_ms(uint64_t ms)
+{
+    struct timespec ts = {(time_t)(ms / 1000), (long)(ms % 1000) * 1000000};
+    nanosleep(&ts, NULL);
+}
+
+/* The stream broke or the node gave up on it: try another server after a
+ * pause that grows while failures repeat. */
+static void broken(struct clerk_watch *w, const char *why)
+{
+    snprintf(w->errmsg, sizeof w->errmsg, "watch at %s: %s",
+             ck_server_addr(w->c, w->server), why);
+    w->server = (w->server + 1) % ck_n_servers(w->c);
+    w->retry_at = now_ms() + w->retry_ms;
+    w->retry_ms =
+        w->retry_ms * 2 > RETRY_MAX_MS ? RETRY_MAX_MS : w->retry_ms * 2;
+}
+
+static void queue(struct clerk_watch *w, struct clerk_events_result *r)
+{
+    struct batch *b = malloc(sizeof *b);
+    if (!b) {
+        clerk_events_result_free(r);
+        w->ended = CLERK_NOMEM;
+        snprintf(w->errmsg, sizeof w->errmsg, "out of memory");
+        return;
+    }
+    b->r = r;
+    b->next = NULL;
+    if (w->tail) {
+        w->tail->next = b;
+    } else {
+        w->head = b;
+    }
+    w->tail = b;
+}
+
+/* A frame of the stream (end false), or its end. */
+static void on_frame(struct rpc_stream *st,
+                     const ProtobufCMessage *msg,
+                     bool end,
+                     void *arg)
+{
+    (void)st;
+    struct clerk_watch *w = arg;
+    const Raftkv__WatchReply *r = (const Raftkv__WatchReply *)msg;
+    if (end) {
+        w->st = NULL; /* freed by the channel after this */
+        if (!r) {
+            broken(w, rpc_last_error());
+        } else if (r->err == RAFTKV__KV_ERROR__KV_COMPACTED) {
+            w->ended = CLERK_COMPACTED;
+            snprintf(w->errmsg, sizeof w->errmsg,
+                     "watch at %s: %s (history kept after revision %llu)",
+                     ck_server_addr(w->c, w->server),
+                     r->message && *r->message ? r->message : "compacted",
+                     (unsigned long long)r->compact_revision);
+        } else if (r->err == RAFTKV__KV_ERROR__KV_OK ||
+                   r->err == RAFTKV__KV_ERROR__KV_SHUTTING_DOWN ||
+                   r->err == RAFTKV__KV_ERROR__KV_UNAVAILABLE ||
+                   r->err == RAFTKV__KV_ERROR__KV_INTERNAL) {
+            broken(w, r->message && *r->message ? r->message
+                                                : "the node ended the watch");
+        } else {
+            w->ended = ck_error_of(r->err);
+            snprintf(w->errmsg, sizeof w->errmsg, "watch at %s: %s",
+                     ck_server_addr(w->c, w->server),
+                     r->message && *r->message ? r->message
+                                               : clerk_strerror(w->ended));
+        }
+        return;
+    }
+    if (r->created) {
+        w->created = true;
+        if (!w->next) {
+            w->next = r->revision + 1;
+        }
+        return;
+    }
+    /* Only what was not delivered before (a node that resumed the watch
+     * starts at w->next: this drops nothing in practice). */
+    Raftkv__Event **keep =
+        malloc((r->n_events ? r->n_events : 1) * sizeof *keep);
+    if (!keep) {
+        w->ended = CLERK_NOMEM;
+        snprintf(w->errmsg, sizeof w->errmsg, "out of memory");
+        return;
+    }
+    size_t k = 0;
+    for (size_t i = 0; i < r->n_events; i++) {
+        if (r->events[i]->kv && r->events[i]->kv->mod_revision >= w->next) {
+            keep[k++] = r->events[i];
+        }
+    }
+    if (r->revision + 1 < w->next && !k) {
+        free(keep);
+        return; /* nothing new: an old progress frame */
+    }
+    struct clerk_events_result *b = ck_events_of(keep, k);
+    free(keep);
+    if (!b) {
+        w->ended = CLERK_NOMEM;
+        snprintf(w->errmsg, sizeof w->errmsg, "out of memory");
+        return;
+    }
+    if (r->revision + 1 > w->next) {
+        w->next = r->revision + 1;
+    }
+    b->revision = w->next - 1;
+    b->compact_revision = r->compact_revision;
+    b->next_revision = w->next;
+    w->retry_ms = RETRY_MIN_MS; /* it works again */
+    queue(w, b);
+}
+
+/* Start the stream on w->server (a new connection each time). */
+static void connect_stream(struct clerk_watch *w)
+{
+    if (w->ch) {
+        rpc_channel_free(w->ch);
+        w->ch = NULL;
+    }
+    w->created = false;
+    w->ch = ck_channel_new(w->c, w->server);
+    if (!w->ch) {
+        broken(w, "out of memory");
+        return;
+    }
+    Raftkv__WatchArgs a = RAFTKV__WATCH_ARGS__INIT;
+    a.key = w->key;
+    a.range_end = w->end;
+    a.start_revision = w->next ? w->next : w->o.start_revision;
+    a.no_put = w->o.no_put;
+    a.no_delete = w->o.no_delete;
+    a.require_leader = w->o.require_leader;
+    a.progress_ms = w->o.progress_ms;
+    w->st = rpc_channel_stream(w->ch, &raftkv__watch_service__descriptor,
+                               "Watch", &a.base, on_frame, w);
+    if (!w->st) {
+        broken(w, rpc_last_error());
+    }
+}
+
+/* Run the watch until a batch is queued, it ends, or @deadline (ms). With
+ * @until_created, until a node has accepted it instead. */
+static void pump(struct clerk_watch *w, uint64_t deadline, bool until_created)
+{
+    for (;;) {
+        if (w->ended || (until_created ? w->created : w->head != NULL)) {
+            return;
+        }
+        uint64_t now = now_ms();
+        if (now >= deadline) {
+            return;
+        }
+        if (!w->st) {
+            if (now < w->retry_at) {
+                uint64_t until =
+                    w->retry_at < deadline ? w->retry_at : deadline;
+                sleep_ms(until - now);
+                continue;
+            }
+            connect_stream(w);
+            continue;
+        }
+        uint64_t left = deadline - now;
+        rpc_channel_wait(w->ch,
+                         left < WAIT_SLICE_MS ? (uint32_t)left : WAIT_SLICE_MS);
+    }
+}
+
+static bool copy_bytes(ProtobufCBinaryData *to, const void *p, size_t n)
+{
+    to->len = n;
+    to->data = NULL;
+    if (!n) {
+        return true;
+    }
+    to->data = malloc(n);
+    if (to->data) {
+        memcpy(to->data, p, n);
+    }
+    return to->data != NULL;
+}
+
+int clerk_watch_open(struct clerk *c,
+                     const void *key,
+                     size_t key_len,
+                     const void *range_end,
+                     size_t range_end_len,
+                     const struct clerk_watch_options *o,
+                     struct clerk_watch **out)
+{
+    if (out) {
+        *out = NULL;
+    }
+    if (!c || !out || (!key && key_len) || (!range_end && range_end_len)) {
+        return CLERK_INVALID;
+    }
+    if (!key_len) {
+        ck_set_errmsg(c, "watch: the key is empty");
+        return CLERK_BAD_REQUEST;
+    }
+    struct clerk_watch *w = calloc(1, sizeof *w);
+    if (!w || !copy_bytes(&w->key, key, key_len) ||
+        !copy_bytes(&w->end, range_end, range_end_len)) {
+        clerk_watch_close(w);
+        return CLERK_NOMEM;
+    }
+    w->c = c;
+    if (o) {
+        w->o = *o;
+    }
+    w->server = ck_preferred_server(c);
+    w->retry_ms = RETRY_MIN_MS;
+    pump(w, now_ms() + ck_deadline_ms(c), true);
+    if (!w->created) {
+        int rv = w->ended ? w->ended : CLERK_UNAVAILABLE;
+        if (!w->ended) {
+            char why[600];
+            snprintf(why, sizeof why, "no server accepted the watch (last: %s)",
+                     w->errmsg[0] ? w->errmsg : "no answer");
+            ck_set_errmsg(c, why);
+        } else {
+            ck_set_errmsg(c, w->errmsg);
+        }
+        clerk_watch_close(w);
+        return rv;
+    }
+    *out = w;
+    return CLERK_OK;
+}
+
+int clerk_watch_next(struct clerk_watch *w,
+                     unsigned timeout_ms,
+                     struct clerk_events_result **out)
+{
+    if (out) {
+        *out = NULL;
+    }
+    if (!w || !out) {
+        return CLERK_INVALID;
+    }
+    pump(w, now_ms() + timeout_ms, false);
+    if (w->head) {
+        struct batch *b = w->head;
+        w->head = b->next;
+        if (!w->head) {
+            w->tail = NULL;
+        }
+        *out = b->r;
+        free(b);
+        return CLERK_OK;
+    }
+    return w->ended ? w->ended : CLERK_TIMEOUT;
+}
+
+uint64_t clerk_watch_revision(const struct clerk_watch *w)
+{
+    return w && w->next ? w->next - 1 : 0;
+}
+
+const char *clerk_watch_errmsg(const struct clerk_watch *w)
+{
+    return w ? w->errmsg : "";
+}
+
+void clerk_watch_close(struct clerk_watch *w)
+{
+    if (!w) {
+        return;
+    }
+    if (w->st) {
+        rpc_stream_cancel(w->st);
+        rpc_channel_flush(w->ch);
+    }
+    rpc_channel_free(w->ch);
+    while (w->head) {
+        struct batch *b = w->head;
+        w->head = b->next;
+        clerk_events_result_free(b->r);
+        free(b);
+    }
+    free(w->key.data);
+    free(w->end.data);
+    free(w);
+}
