@@ -123,7 +123,11 @@ void clerk_events_result_free(struct clerk_events_result *r)
     }
     for (size_t i = 0; i < r->n_events; i++) {
         free(r->events[i].kv.key);
+        if (r->prev_kvs) {
+            free(r->prev_kvs[i].kv.key);
+        }
     }
+    free(r->prev_kvs);
     free(r->events);
     free(r);
 }
@@ -279,7 +283,9 @@ static void drop_txn(void *r)
     clerk_txn_result_free(r);
 }
 
-struct clerk_events_result *ck_events_of(Raftkv__Event *const *events, size_t n)
+struct clerk_events_result *ck_events_of(Raftkv__Event *const *events,
+                                         size_t n,
+                                         bool prev_kv)
 {
     struct clerk_events_result *r = calloc(1, sizeof *r);
     if (!r) {
@@ -287,7 +293,10 @@ struct clerk_events_result *ck_events_of(Raftkv__Event *const *events, size_t n)
     }
     if (n) {
         r->events = calloc(n, sizeof *r->events);
-        if (!r->events) {
+        r->prev_kvs = prev_kv ? calloc(n, sizeof *r->prev_kvs) : NULL;
+        if (!r->events || (prev_kv && !r->prev_kvs)) {
+            free(r->events);
+            free(r->prev_kvs);
             free(r);
             return NULL;
         }
@@ -299,11 +308,17 @@ struct clerk_events_result *ck_events_of(Raftkv__Event *const *events, size_t n)
         o->type = ev->type == RAFTKV__EVENT__EVENT_TYPE__DELETE
                       ? CLERK_EVENT_DELETE
                       : CLERK_EVENT_PUT;
-        if (!copy_kv(&o->kv, ev->kv ? ev->kv : &none)) {
+        struct clerk_prev_kv *pk = r->prev_kvs ? &r->prev_kvs[i] : NULL;
+        if (pk) {
+            pk->missing = ev->prev_kv_missing;
+            pk->known = ev->prev_kv != NULL;
+        }
+        r->n_events++; /* (freed by clerk_events_result_free from here) */
+        if (!copy_kv(&o->kv, ev->kv ? ev->kv : &none) ||
+            (pk && pk->known && !copy_kv(&pk->kv, ev->prev_kv))) {
             clerk_events_result_free(r);
             return NULL;
         }
-        r->n_events++;
     }
     return r;
 }
@@ -311,7 +326,7 @@ struct clerk_events_result *ck_events_of(Raftkv__Event *const *events, size_t n)
 static bool take_events(const ProtobufCMessage *m, void **out)
 {
     const Raftkv__EventsReply *e = (const Raftkv__EventsReply *)m;
-    struct clerk_events_result *r = ck_events_of(e->events, e->n_events);
+    struct clerk_events_result *r = ck_events_of(e->events, e->n_events, false);
     if (!r) {
         return false;
     }

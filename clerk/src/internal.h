@@ -84,6 +84,7 @@ void ck_set_errmsg(struct clerk *c, const char *msg);
 /* Events as a clerk_events_result (revision, compact_revision and
  * next_revision are the caller's to set); NULL when out of memory. */
 struct clerk_events_result *ck_events_of(Raftkv__Event *const *events,
-                                         size_t n);
+                                         size_t n,
+                                         bool prev_kv);
 
 #endif /* CLERK_INTERNAL_H */

@@ -171,7 +171,7 @@ static const struct
      "  (COMPACTED) when N is no longer kept. Also: kvctl history.\n"},
     {"watch",
      "kvctl watch KEY [END] [--prefix|--from-key] [--rev N] [--count N]\n"
-     "            [--progress-ms N] [--require-leader]\n"
+     "            [--progress-ms N] [--require-leader] [--prev-kv]\n"
      "  Print the changes to the keys as they happen, one line each:\n"
      "  PUT REVISION \"KEY\" \"VALUE\" or DELETE REVISION \"KEY\" (quoted\n"
      "  with escapes); -w json prints an object per event, key and value\n"
@@ -179,7 +179,9 @@ static const struct
      "  first); without it, at the changes after now. Runs until\n"
      "  interrupted or --count N events; when its node fails it goes on\n"
      "  at another, missing nothing. --progress-ms N prints PROGRESS REV\n"
-     "  while nothing changes. Exit 8 (COMPACTED) when N is no longer kept.\n"},
+     "  while nothing changes. --prev-kv adds prev \"OLD VALUE\" to events of\n"
+     "  keys that existed (prev-compacted when that version is gone).\n"
+     "  Exit 8 (COMPACTED) when N is no longer kept.\n"},
     {"append",
      "kvctl append KEY VALUE\n  Append VALUE to KEY's value; an "
      "absent KEY counts as empty.\n"},
@@ -2211,7 +2213,7 @@ static int cmd_watch(struct clerk *ck, struct tok *t, int n)
 {
     static const char use[] =
         "usage: kvctl watch KEY [END] [--prefix|--from-key] [--rev N] "
-        "[--count N] [--progress-ms N] [--require-leader]";
+        "[--count N] [--progress-ms N] [--require-leader] [--prev-kv]";
     struct tok args[MAX_TOKENS + 2];
     int m = 0;
     uint64_t rev = 0, count = 0, progress = 0;
@@ -2228,6 +2230,10 @@ static int cmd_watch(struct clerk *ck, struct tok *t, int n)
         }
         if (!strcmp(t[i].p, "--require-leader")) {
             o.require_leader = true;
+            continue;
+        }
+        if (!strcmp(t[i].p, "--prev-kv")) {
+            o.prev_kv = true;
             continue;
         }
         args[m++] = t[i];
@@ -2291,12 +2297,19 @@ static int cmd_watch(struct clerk *ck, struct tok *t, int n)
         for (size_t i = 0; i < r->n_events && (!count || seen < count); i++) {
             const struct clerk_event *e = &r->events[i];
             const char *type = e->type == CLERK_EVENT_PUT ? "PUT" : "DELETE";
+            const struct clerk_prev_kv *pk =
+                r->prev_kvs ? &r->prev_kvs[i] : NULL;
             seen++;
             if (fmt == FMT_JSON) {
                 json_t *j = ok_object();
                 json_object_set_new(j, "type", json_string(type));
                 json_object_set_new(j, "revision", ju64(e->kv.mod_revision));
                 json_object_set_new(j, "kv", json_kv(&e->kv));
+                if (pk && pk->known) {
+                    json_object_set_new(j, "prev_kv", json_kv(&pk->kv));
+                } else if (pk && pk->missing) {
+                    json_object_set_new(j, "prev_kv_compacted", json_true());
+                }
                 emit(j);
                 continue;
             }
@@ -2305,6 +2318,12 @@ static int cmd_watch(struct clerk *ck, struct tok *t, int n)
             if (e->type == CLERK_EVENT_PUT) {
                 putchar(' ');
                 put_quoted(stdout, e->kv.value, e->kv.value_len);
+            }
+            if (pk && pk->known) {
+                fputs(" prev ", stdout);
+                put_quoted(stdout, pk->kv.value, pk->kv.value_len);
+            } else if (pk && pk->missing) {
+                fputs(" prev-compacted", stdout);
             }
             putchar('\n');
         }

@@ -147,7 +147,7 @@ static void on_frame(struct rpc_stream *st,
         free(keep);
         return; /* nothing new: an old progress frame */
     }
-    struct clerk_events_result *b = ck_events_of(keep, k);
+    struct clerk_events_result *b = ck_events_of(keep, k, w->o.prev_kv);
     free(keep);
     if (!b) {
         w->ended = CLERK_NOMEM;
@@ -185,6 +185,7 @@ static void connect_stream(struct clerk_watch *w)
     a.no_delete = w->o.no_delete;
     a.require_leader = w->o.require_leader;
     a.progress_ms = w->o.progress_ms;
+    a.prev_kv = w->o.prev_kv;
     w->st = rpc_channel_stream(w->ch, &raftkv__watch_service__descriptor,
                                "Watch", &a.base, on_frame, w);
     if (!w->st) {

@@ -275,6 +275,59 @@ static void test_watch_from_a_compacted_revision_fails(void)
                     CLERK_BAD_REQUEST);
 }
 
+static void test_watch_prev_kv_gives_the_version_before(void)
+{
+    struct clerk_watch_options o = {.prev_kv = true};
+    struct clerk_watch *w = watch_prefix(ck, "w10/", &o);
+    struct clerk_watch *plain = watch_prefix(ck, "w10/", NULL);
+    CU_ASSERT_FATAL(w != NULL && plain != NULL);
+    uint64_t r1 = put("w10/a", "1");
+    put("w10/a", "22");
+    CU_ASSERT_EQUAL(clerk_delete(ck, "w10/a", 5), CLERK_OK);
+    /* Batches as they come, with their prev_kvs. */
+    int seen = 0, checked = 0;
+    uint64_t end = h_now_ms() + 10000;
+    while (seen < 3 && h_now_ms() < end) {
+        struct clerk_events_result *r = NULL;
+        if (clerk_watch_next(w, 100, &r) != CLERK_OK) {
+            continue;
+        }
+        CU_ASSERT(r->n_events == 0 || r->prev_kvs != NULL);
+        for (size_t i = 0; i < r->n_events && r->prev_kvs; i++, seen++) {
+            const struct clerk_prev_kv *pk = &r->prev_kvs[i];
+            if (seen == 0) {
+                checked += !pk->known && !pk->missing; /* a new key */
+            } else if (seen == 1) {
+                checked += pk->known && pk->kv.value_len == 1 &&
+                           !memcmp(pk->kv.value, "1", 1) &&
+                           pk->kv.mod_revision == r1;
+            } else {
+                checked += pk->known && pk->kv.value_len == 2 &&
+                           !memcmp(pk->kv.value, "22", 2) &&
+                           r->events[i].type == CLERK_EVENT_DELETE;
+            }
+        }
+        clerk_events_result_free(r);
+    }
+    CU_ASSERT_EQUAL(seen, 3);
+    CU_ASSERT_EQUAL(checked, 3);
+    /* The watch beside it, on the same node, did not ask: none. */
+    int plain_seen = 0;
+    end = h_now_ms() + 10000;
+    while (plain_seen < 3 && h_now_ms() < end) {
+        struct clerk_events_result *r = NULL;
+        if (clerk_watch_next(plain, 100, &r) != CLERK_OK) {
+            continue;
+        }
+        CU_ASSERT_PTR_NULL(r->prev_kvs);
+        plain_seen += (int)r->n_events;
+        clerk_events_result_free(r);
+    }
+    CU_ASSERT_EQUAL(plain_seen, 3);
+    clerk_watch_close(w);
+    clerk_watch_close(plain);
+}
+
 static void test_watch_progress_while_idle(void)
 {
     struct clerk_watch_options o = {.progress_ms = 100};
@@ -596,6 +649,8 @@ int main(int argc, char **argv)
          test_watch_from_an_old_revision_replays_then_follows},
         {"test_watch_from_a_compacted_revision_fails",
          test_watch_from_a_compacted_revision_fails},
+        {"test_watch_prev_kv_gives_the_version_before",
+         test_watch_prev_kv_gives_the_version_before},
         {"test_watch_progress_while_idle", test_watch_progress_while_idle},
         {"test_watch_many_streams_on_one_connection_and_cancel",
          test_watch_many_streams_on_one_connection_and_cancel},

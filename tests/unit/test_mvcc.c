@@ -572,7 +572,78 @@ static void events(uint64_t start, uint64_t limit, Raftkv__EventsReply *r)
     a.start_revision = start;
     a.limit = limit;
     raftkv__events_reply__init(r);
-    CU_ASSERT_EQUAL_FATAL(kv_mvcc_events(&st, txn, &a, &mem, r), 0);
+    CU_ASSERT_EQUAL_FATAL(kv_mvcc_events(&st, txn, &a, false, &mem, r), 0);
+}
+
+/* Compact the history up to @rev. */
+static void compact_to(uint64_t rev)
+{
+    Raftkv__CompactArgs ca = RAFTKV__COMPACT_ARGS__INIT;
+    ca.revision = rev;
+    Raftkv__Command c = RAFTKV__COMMAND__INIT;
+    c.op_case = RAFTKV__COMMAND__OP_COMPACT;
+    c.compact = &ca;
+    struct kv_outcome o;
+    apply(&c, &o);
+    CU_ASSERT_EQUAL(o.err, 0);
+    kv_outcome_clear(&o);
+}
+
+static void test_mvcc_events_carry_the_previous_version(void)
+{
+    begin();
+    uint64_t r;
+    CU_ASSERT_EQUAL(put("a", "1"), 0);  /* 2 */
+    CU_ASSERT_EQUAL(put("a", "22"), 0); /* 3 */
+    CU_ASSERT_EQUAL(put("b", "x"), 0);  /* 4 */
+    CU_ASSERT_EQUAL(del("a", &r), 0);   /* 5 */
+    CU_ASSERT_EQUAL(r, 5);
+    Raftkv__EventsArgs a = RAFTKV__EVENTS_ARGS__INIT;
+    a.start_revision = 2;
+    Raftkv__EventsReply e = RAFTKV__EVENTS_REPLY__INIT;
+    CU_ASSERT_EQUAL_FATAL(kv_mvcc_events(&st, txn, &a, true, &mem, &e), 0);
+    CU_ASSERT_EQUAL_FATAL(e.n_events, 4);
+    /* A new key: nothing before. */
+    CU_ASSERT(e.events[0]->prev_kv == NULL && !e.events[0]->prev_kv_missing);
+    /* An overwrite: the version before, with its revisions. */
+    CU_ASSERT(e.events[1]->prev_kv && kv_is(e.events[1]->prev_kv, "a", "1") &&
+              e.events[1]->prev_kv->mod_revision == 2 &&
+              e.events[1]->prev_kv->version == 1);
+    CU_ASSERT(kv_is(e.events[1]->kv, "a", "22"));
+    CU_ASSERT(e.events[2]->prev_kv == NULL);
+    /* A delete: what was deleted. */
+    CU_ASSERT(e.events[3]->type == RAFTKV__EVENT__EVENT_TYPE__DELETE &&
+              e.events[3]->prev_kv && kv_is(e.events[3]->prev_kv, "a", "22") &&
+              e.events[3]->prev_kv->mod_revision == 3);
+    /* Without prev_kv, none. */
+    raftkv__events_reply__init(&e);
+    CU_ASSERT_EQUAL(kv_mvcc_events(&st, txn, &a, false, &mem, &e), 0);
+    CU_ASSERT(e.n_events == 4 && e.events[1]->prev_kv == NULL &&
+              e.events[3]->prev_kv == NULL);
+
+    /* The version before is compacted away: the event says so. */
+    compact_to(2);
+    a.start_revision = 3;
+    raftkv__events_reply__init(&e);
+    CU_ASSERT_EQUAL(kv_mvcc_events(&st, txn, &a, true, &mem, &e), 0);
+    CU_ASSERT_EQUAL_FATAL(e.n_events, 3);
+    CU_ASSERT(e.events[0]->prev_kv == NULL && e.events[0]->prev_kv_missing);
+    CU_ASSERT(e.events[2]->prev_kv && kv_is(e.events[2]->prev_kv, "a", "22"));
+
+    /* A value moved into its record by compaction, then overwritten. */
+    compact_to(5);                     /* b's value (4) moves into its record */
+    CU_ASSERT_EQUAL(put("b", "y"), 0); /* 6 */
+    a.start_revision = 6;
+    raftkv__events_reply__init(&e);
+    CU_ASSERT_EQUAL(kv_mvcc_events(&st, txn, &a, true, &mem, &e), 0);
+    CU_ASSERT_EQUAL_FATAL(e.n_events, 1);
+    CU_ASSERT(kv_is(e.events[0]->kv, "b", "y"));
+    CU_ASSERT(e.events[0]->prev_kv == NULL && e.events[0]->prev_kv_missing);
+    /* The values themselves are intact. */
+    struct kv_rec rec;
+    CU_ASSERT_EQUAL(kv_mvcc_get(&st, txn, "b", 1, &rec), 0);
+    CU_ASSERT(rec.value_len == 1 && rec.value[0] == 'y' && rec.version == 2);
+    end();
 }
 
 static void test_mvcc_delete_range_and_history(void)
@@ -617,7 +688,7 @@ static void test_mvcc_delete_range_and_history(void)
     Raftkv__EventsArgs a = RAFTKV__EVENTS_ARGS__INIT;
     a.key = bin("p/05");
     raftkv__events_reply__init(&e);
-    CU_ASSERT_EQUAL(kv_mvcc_events(&st, txn, &a, &mem, &e), 0);
+    CU_ASSERT_EQUAL(kv_mvcc_events(&st, txn, &a, false, &mem, &e), 0);
     CU_ASSERT(e.n_events == 2 && e.events[1]->kv->mod_revision == 23);
     events(25, 0, &e);
     CU_ASSERT_EQUAL(e.err, RAFTKV__KV_ERROR__KV_FUTURE_REVISION);
@@ -727,7 +798,7 @@ static void test_mvcc_snapshot_carries_revisions_and_history(void)
               value_is(&r, "3"));
     Raftkv__EventsArgs a = RAFTKV__EVENTS_ARGS__INIT;
     Raftkv__EventsReply e = RAFTKV__EVENTS_REPLY__INIT;
-    CU_ASSERT_EQUAL(kv_mvcc_events(&dst, t, &a, &mem, &e), 0);
+    CU_ASSERT_EQUAL(kv_mvcc_events(&dst, t, &a, false, &mem, &e), 0);
     CU_ASSERT(e.n_events == 4 &&
               e.events[2]->type == RAFTKV__EVENT__EVENT_TYPE__DELETE);
     mdb_txn_abort(t);
@@ -803,6 +874,35 @@ static void test_mvcc_upgrades_old_stores_and_streams(void)
     CU_ASSERT_EQUAL(st.format, KV_STORE_FORMAT);
     CU_ASSERT_EQUAL(kv_mvcc_revs(&st, txn, &revs), 0);
     CU_ASSERT(revs.revision == 2 && revs.compact == 2);
+    end();
+
+    /* A store of format 4: its events (a delete without prev) are read as
+     * they are, and it is stamped 5. */
+    begin();
+    CU_ASSERT_EQUAL(put("a", "1"), 0);
+    uint8_t ev[6] = {KV_EVENT_DELETE, 0, 0, 0, 1, 'z'};
+    uint8_t hk[KV_HIST_KEY] = {0};
+    kv_put_u64(hk, 50);
+    MDB_val hkv = {sizeof hk, hk}, hvv = {sizeof ev, ev};
+    CU_ASSERT_EQUAL(mdb_put(txn, st.history, &hkv, &hvv, 0), 0);
+    CU_ASSERT_EQUAL(kv_store_put_meta(&st, txn, "format", 4), 0);
+    CU_ASSERT_EQUAL(mdb_txn_commit(txn), 0);
+    txn = NULL;
+    kv_store_close(&st);
+    CU_ASSERT_FATAL(kv_store_open(&st, dir, 0) == 0);
+    CU_ASSERT_EQUAL(st.format, KV_STORE_FORMAT_PREV);
+    CU_ASSERT_EQUAL(kv_sm_upgrade(&st), 0);
+    CU_ASSERT_EQUAL(st.format, KV_STORE_FORMAT);
+    CU_ASSERT_FATAL(mdb_txn_begin(st.env, NULL, 0, &txn) == 0);
+    Raftkv__EventsArgs ea = RAFTKV__EVENTS_ARGS__INIT;
+    ea.start_revision = 2;
+    Raftkv__EventsReply er = RAFTKV__EVENTS_REPLY__INIT;
+    CU_ASSERT_EQUAL(kv_mvcc_events(&st, txn, &ea, true, &mem, &er), 0);
+    CU_ASSERT_EQUAL_FATAL(er.n_events, 2);
+    CU_ASSERT(kv_is(er.events[0]->kv, "a", "1"));
+    CU_ASSERT(er.events[1]->type == RAFTKV__EVENT__EVENT_TYPE__DELETE &&
+              kv_is(er.events[1]->kv, "z", NULL) &&
+              er.events[1]->prev_kv == NULL && !er.events[1]->prev_kv_missing);
     end();
 }
 
@@ -1053,6 +1153,8 @@ int main(int argc, char **argv)
          test_mvcc_retried_txn_returns_its_recorded_reply},
         {"test_mvcc_delete_range_and_history",
          test_mvcc_delete_range_and_history},
+        {"test_mvcc_events_carry_the_previous_version",
+         test_mvcc_events_carry_the_previous_version},
         {"test_mvcc_snapshot_carries_revisions_and_history",
          test_mvcc_snapshot_carries_revisions_and_history},
         {"test_mvcc_upgrades_old_stores_and_streams",

@@ -919,16 +919,28 @@ struct clerk_event
                                    the key and mod_revision only */
 };
 
-/* What clerk_events found. */
+/* A key before a change (watches with prev_kv). */
+struct clerk_prev_kv
+{
+    bool known;         /* kv holds the key's version before the change */
+    bool missing;       /* the key existed, but that version is no longer
+                           kept (compacted) */
+    struct clerk_kv kv; /* when known */
+};
+
+/* What clerk_events found (and what a watch delivers). */
 struct clerk_events_result
 {
-    uint64_t revision;          /* the store's revision */
-    uint64_t compact_revision;  /* history is kept after this one */
-    struct clerk_event *events; /* oldest first */
-    size_t n_events;            /* their number */
-    bool more;                  /* events were left out (limit or the
-                                   reply's size bound) */
-    uint64_t next_revision;     /* where the next poll starts */
+    uint64_t revision;              /* the store's revision */
+    uint64_t compact_revision;      /* history is kept after this one */
+    struct clerk_event *events;     /* oldest first */
+    size_t n_events;                /* their number */
+    bool more;                      /* events were left out (limit or the
+                                       reply's size bound) */
+    uint64_t next_revision;         /* where the next poll starts */
+    struct clerk_prev_kv *prev_kvs; /* a watch with prev_kv: one per event
+                                       (neither known nor missing: the key
+                                       did not exist); else NULL */
 };
 
 /**
@@ -981,6 +993,8 @@ struct clerk_watch_options
                                 stream (the watch moves on to another) */
     unsigned progress_ms;    /* while nothing changes, an empty batch at
                                 least this often (0: the server's, 10 s) */
+    bool prev_kv;            /* give each event the key as it was before
+                                (clerk_events_result.prev_kvs) */
 };
 
 /**

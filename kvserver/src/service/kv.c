@@ -565,7 +565,7 @@ static void serve_events(struct kv_node *n,
     Raftkv__EventsReply r = RAFTKV__EVENTS_REPLY__INIT;
     Raftkv__LeaderHint hint = RAFTKV__LEADER_HINT__INIT;
     set_hint(n, 0, &hint);
-    if (kv_mvcc_events(&n->store, txn, a, &mem, &r) != 0) {
+    if (kv_mvcc_events(&n->store, txn, a, false, &mem, &r) != 0) {
         r.err = RAFTKV__KV_ERROR__KV_INTERNAL;
         r.message = n->store.errmsg;
         r.n_events = 0;

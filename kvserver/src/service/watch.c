@@ -32,6 +32,7 @@ struct watch
     Raftkv__WatchReply_Closure closure;     /* ends it */
     ProtobufCBinaryData key, end;           /* the range (owned copies) */
     bool no_put, no_delete, require_leader; /* filters, options */
+    bool prev_kv;                           /* events carry prev_kv */
     uint64_t next;                          /* first revision not sent */
     uint32_t progress_ms;                   /* idle frames this often */
     uint64_t sent_ms;                       /* when a frame last went */
@@ -170,9 +171,12 @@ static void hub_advance(struct watch_hub *h)
         node_state_done(n, txn);
         return;
     }
-    bool any = false;
-    for (struct watch *w = h->list; w && !any; w = w->next_w) {
-        any = !is_behind(w);
+    bool any = false, any_prev = false;
+    for (struct watch *w = h->list; w; w = w->next_w) {
+        if (!is_behind(w)) {
+            any = true;
+            any_prev |= w->prev_kv;
+        }
     }
     if (!any && h->rev < revs.revision) {
         h->rev = revs.revision; /* no watch to give the changes to */
@@ -182,7 +186,7 @@ static void hub_advance(struct watch_hub *h)
         Raftkv__EventsArgs a = RAFTKV__EVENTS_ARGS__INIT;
         Raftkv__EventsReply r = RAFTKV__EVENTS_REPLY__INIT;
         a.start_revision = h->rev + 1;
-        if (kv_mvcc_events(&n->store, txn, &a, &mem, &r) != 0) {
+        if (kv_mvcc_events(&n->store, txn, &a, any_prev, &mem, &r) != 0) {
             kv_arena_free(&mem);
             break; /* (logged by the store) tried again next turn */
         }
@@ -206,16 +210,35 @@ static void hub_advance(struct watch_hub *h)
             break;
         }
         uint64_t upto = r.next_revision - 1;
+        /* The same events without prev_kv, for the watches that did not
+         * ask for it. */
+        Raftkv__Event **plain = r.events;
+        if (any_prev && r.n_events) {
+            plain = kv_arena_alloc(&mem, r.n_events * sizeof *plain);
+            Raftkv__Event *copies =
+                kv_arena_alloc(&mem, r.n_events * sizeof *copies);
+            if (!plain || !copies) {
+                kv_arena_free(&mem);
+                break; /* tried again next turn */
+            }
+            for (size_t i = 0; i < r.n_events; i++) {
+                copies[i] = *r.events[i];
+                copies[i].prev_kv = NULL;
+                copies[i].prev_kv_missing = false;
+                plain[i] = &copies[i];
+            }
+        }
         for (struct watch *w = h->list; w; w = w->next_w) {
             if (is_behind(w)) {
                 continue;
             }
+            Raftkv__Event **evs = w->prev_kv ? r.events : plain;
             size_t k = 0;
             if (w->next <= upto && scratch_fit(h, r.n_events)) {
                 for (size_t i = 0; i < r.n_events; i++) {
-                    if (r.events[i]->kv->mod_revision >= w->next &&
-                        watch_wants(w, r.events[i])) {
-                        h->scratch[k++] = r.events[i];
+                    if (evs[i]->kv->mod_revision >= w->next &&
+                        watch_wants(w, evs[i])) {
+                        h->scratch[k++] = evs[i];
                     }
                 }
             }
@@ -251,7 +274,7 @@ static bool watch_catch_up(struct watch *w)
         a.start_revision = w->next;
         a.key = w->key;
         a.range_end = w->end;
-        int rv = kv_mvcc_events(&n->store, txn, &a, &mem, &r);
+        int rv = kv_mvcc_events(&n->store, txn, &a, w->prev_kv, &mem, &r);
         if (rv == 0 && r.err == RAFTKV__KV_ERROR__KV_COMPACTED) {
             kv_arena_free(&mem);
             node_state_done(n, txn);
@@ -415,11 +438,6 @@ static void handle_watch(Raftkv__WatchService_Service *svc,
     }
     int err =
         kv_mvcc_check_range(&n->store, &a->key, &a->range_end, why, sizeof why);
-    if (!err && a->prev_kv) {
-        err = RAFTKV__KV_ERROR__KV_BAD_REQUEST;
-        snprintf(why, sizeof why,
-                 "prev_kv is not supported by this server yet");
-    }
     if (!err) {
         err = auth_check_range(s, data, &a->key, &a->range_end, KV_AUTH_READ,
                                why, sizeof why);
@@ -452,6 +470,7 @@ static void handle_watch(Raftkv__WatchService_Service *svc,
     w->no_put = a->no_put;
     w->no_delete = a->no_delete;
     w->require_leader = a->require_leader;
+    w->prev_kv = a->prev_kv;
     w->next = a->start_revision ? a->start_revision : h->rev + 1;
     w->progress_ms = a->progress_ms ? a->progress_ms : WATCH_DEFAULT_PROGRESS;
     if (w->progress_ms < WATCH_MIN_PROGRESS) {

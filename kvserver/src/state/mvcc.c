@@ -88,17 +88,55 @@ int kv_rec_decode(const MDB_val *v, struct kv_rec *r)
     return 0;
 }
 
-/* The record inside a put event: header | value. */
-static int event_rec_decode(const MDB_val *v, struct kv_rec *r)
+/* One history event, decoded (pointers into its value). */
+struct kv_event
 {
-    if (v->mv_size < KV_REC_HEADER) {
+    bool put;           /* a put (else a delete) */
+    const uint8_t *key; /* the key */
+    size_t key_len;     /* its length */
+    struct kv_rec rec;  /* a put's record, its value in place */
+    bool has_prev;      /* it says where the key's version before is */
+    uint64_t prev_mod;  /* that version's event: revision */
+    uint32_t prev_sub;  /* and sub (KV_PREV_GONE: not kept) */
+};
+
+static int event_decode(const MDB_val *v, struct kv_event *e)
+{
+    const uint8_t *p = v->mv_data;
+    if (v->mv_size < KV_HIST_HEAD || p[0] > KV_EVENT_DEL_PREV) {
         return -1;
     }
-    header_decode(v->mv_data, r);
-    r->ref = false;
-    r->ref_sub = 0;
-    r->value = (const uint8_t *)v->mv_data + KV_REC_HEADER;
-    r->value_len = v->mv_size - KV_REC_HEADER;
+    size_t klen = kv_get_u32(p + 1);
+    if (KV_HIST_HEAD + klen > v->mv_size) {
+        return -1;
+    }
+    memset(e, 0, sizeof *e);
+    e->put = p[0] == KV_EVENT_PUT || p[0] == KV_EVENT_PUT_PREV;
+    e->has_prev = p[0] == KV_EVENT_PUT_PREV || p[0] == KV_EVENT_DEL_PREV;
+    e->key = p + KV_HIST_HEAD;
+    e->key_len = klen;
+    size_t off = KV_HIST_HEAD + klen;
+    if (e->put) {
+        if (off + KV_REC_HEADER > v->mv_size) {
+            return -1;
+        }
+        header_decode(p + off, &e->rec);
+        off += KV_REC_HEADER;
+    }
+    if (e->has_prev) {
+        if (off + KV_HIST_PREV > v->mv_size) {
+            return -1;
+        }
+        e->prev_mod = kv_get_u64(p + off);
+        e->prev_sub = kv_get_u32(p + off + 8);
+        off += KV_HIST_PREV;
+    }
+    if (e->put) {
+        e->rec.value = p + off;
+        e->rec.value_len = v->mv_size - off;
+    } else if (off != v->mv_size) {
+        return -1;
+    }
     return 0;
 }
 
@@ -176,14 +214,12 @@ static int rec_resolve(struct kv_store *st, MDB_txn *txn, struct kv_rec *r)
     if (rc) {
         return kv_store_fail(st, rc, "read a value in the history");
     }
-    const uint8_t *p = v.mv_data;
-    size_t klen = v.mv_size >= KV_HIST_HEAD ? kv_get_u32(p + 1) : 0;
-    if (v.mv_size < KV_HIST_HEAD || p[0] != KV_EVENT_PUT ||
-        KV_HIST_HEAD + klen + KV_REC_HEADER > v.mv_size) {
+    struct kv_event e;
+    if (event_decode(&v, &e) || !e.put) {
         return damaged(st, "the history (a key's value)");
     }
-    r->value = p + KV_HIST_HEAD + klen + KV_REC_HEADER;
-    r->value_len = v.mv_size - (KV_HIST_HEAD + klen + KV_REC_HEADER);
+    r->value = e.rec.value;
+    r->value_len = e.rec.value_len;
     return 0;
 }
 
@@ -501,17 +537,22 @@ int kv_mvcc_range(struct kv_store *st,
 
 /* ----------------------------------------------------------- history */
 
-/* Append an event; put events carry the key's new record. */
+/* Append an event; put events carry the key's new record, and an event
+ * of a key that existed (@old not NULL) where its version before is. */
 static int hist_add(struct kv_change *c,
-                    int type,
+                    bool put,
                     const void *key,
                     size_t key_len,
-                    const struct kv_rec *r)
+                    const struct kv_rec *r,
+                    const struct kv_rec *old)
 {
     uint8_t hk[KV_HIST_KEY];
     hist_key(hk, c->rev, c->sub);
+    int type =
+        put ? (old ? KV_EVENT_PUT_PREV : KV_EVENT_PUT) : KV_EVENT_DEL_PREV;
     size_t n = KV_HIST_HEAD + key_len +
-               (type == KV_EVENT_PUT ? KV_REC_HEADER + r->value_len : 0);
+               (put ? KV_REC_HEADER + r->value_len : 0) +
+               (old ? KV_HIST_PREV : 0);
     MDB_val k = {sizeof hk, hk}, v = {n, NULL};
     int rc = mdb_put(c->txn, c->st->history, &k, &v, MDB_RESERVE | MDB_APPEND);
     if (rc) {
@@ -521,21 +562,71 @@ static int hist_add(struct kv_change *c,
     p[0] = (uint8_t)type;
     kv_put_u32(p + 1, (uint32_t)key_len);
     memcpy(p + KV_HIST_HEAD, key, key_len);
-    if (type == KV_EVENT_PUT) {
-        rec_header(p + KV_HIST_HEAD + key_len, r);
-        if (r->value_len) {
-            memcpy(p + KV_HIST_HEAD + key_len + KV_REC_HEADER, r->value,
-                   r->value_len);
-        }
+    size_t off = KV_HIST_HEAD + key_len;
+    if (put) {
+        rec_header(p + off, r);
+        off += KV_REC_HEADER;
+    }
+    if (old) {
+        kv_put_u64(p + off, old->mod);
+        kv_put_u32(p + off + 8, old->ref ? old->ref_sub : KV_PREV_GONE);
+        off += KV_HIST_PREV;
+    }
+    if (put && r->value_len) {
+        memcpy(p + off, r->value, r->value_len);
     }
     c->sub++;
     c->revs.hist_bytes += KV_HIST_KEY + n;
     return 0;
 }
 
+/* An event's prev_kv: the put event of the key's version before, when
+ * the history still has it. */
+static int event_prev(struct kv_store *st,
+                      MDB_txn *txn,
+                      const struct kv_event *e,
+                      struct kv_arena *mem,
+                      Raftkv__Event *ev)
+{
+    if (!e->has_prev) {
+        return 0; /* a new key, or a delete of format 4: nothing known */
+    }
+    MDB_val pv = {0, NULL};
+    int rc = MDB_NOTFOUND;
+    if (e->prev_sub != KV_PREV_GONE) {
+        uint8_t hk[KV_HIST_KEY];
+        hist_key(hk, e->prev_mod, e->prev_sub);
+        MDB_val k = {sizeof hk, hk};
+        rc = mdb_get(txn, st->history, &k, &pv);
+    }
+    if (rc == MDB_NOTFOUND) {
+        ev->prev_kv_missing = true;
+        return 0;
+    }
+    if (rc) {
+        return kv_store_fail(st, rc, "read history");
+    }
+    struct kv_event pe;
+    if (event_decode(&pv, &pe) || !pe.put) {
+        return damaged(st, "the history (a previous version)");
+    }
+    Raftkv__KeyValue *kv = kv_arena_alloc(mem, sizeof *kv);
+    if (!kv) {
+        return KV_STORE_ENOMEM;
+    }
+    raftkv__key_value__init(kv);
+    MDB_val key = {pe.key_len, (void *)pe.key};
+    int rv = fill_kv(mem, kv, &key, &pe.rec, true, false);
+    if (!rv) {
+        ev->prev_kv = kv;
+    }
+    return rv;
+}
+
 int kv_mvcc_events(struct kv_store *st,
                    MDB_txn *txn,
                    const Raftkv__EventsArgs *a,
+                   bool prev_kv,
                    struct kv_arena *mem,
                    Raftkv__EventsReply *r)
 {
@@ -594,13 +685,12 @@ int kv_mvcc_events(struct kv_store *st,
             next = rev;
         }
         scanned++;
-        const uint8_t *p = v.mv_data;
-        size_t klen = kv_get_u32(p + 1);
-        if (KV_HIST_HEAD + klen > v.mv_size) {
+        struct kv_event he;
+        if (event_decode(&v, &he)) {
             rv = damaged(st, "the history");
             break;
         }
-        MDB_val key = {klen, (void *)(p + KV_HIST_HEAD)};
+        MDB_val key = {he.key_len, (void *)he.key};
         if (a->key.len &&
             !kv_range_has(&a->key, &a->range_end, key.mv_data, key.mv_size)) {
             continue;
@@ -627,16 +717,9 @@ int kv_mvcc_events(struct kv_store *st,
         raftkv__event__init(ev);
         raftkv__key_value__init(kv);
         ev->kv = kv;
-        if (p[0] == KV_EVENT_PUT) {
-            MDB_val recv = {v.mv_size - KV_HIST_HEAD - klen,
-                            (void *)(p + KV_HIST_HEAD + klen)};
-            struct kv_rec rec;
-            if (event_rec_decode(&recv, &rec)) {
-                rv = damaged(st, "the history");
-                break;
-            }
+        if (he.put) {
             ev->type = RAFTKV__EVENT__EVENT_TYPE__PUT;
-            rv = fill_kv(mem, kv, &key, &rec, true, false);
+            rv = fill_kv(mem, kv, &key, &he.rec, true, false);
             if (rv) {
                 break;
             }
@@ -646,8 +729,12 @@ int kv_mvcc_events(struct kv_store *st,
             kv->key.len = key.mv_size;
             kv->mod_revision = rev;
         }
+        if (prev_kv && (rv = event_prev(st, txn, &he, mem, ev)) != 0) {
+            break;
+        }
         events[n++] = ev;
-        bytes += v.mv_size + REC_OVERHEAD;
+        bytes += v.mv_size + REC_OVERHEAD +
+                 (ev->prev_kv ? ev->prev_kv->value.len + REC_OVERHEAD : 0);
     }
     mdb_cursor_close(cur);
     if (rv) {
@@ -767,7 +854,7 @@ int kv_change_put(struct kv_change *c,
     rec_header(p, &rec);
     p[KV_REC_HEADER] = KV_REC_REF;
     kv_put_u32(p + KV_REC_HEAD, sub);
-    rv = hist_add(c, KV_EVENT_PUT, key, key_len, &rec);
+    rv = hist_add(c, true, key, key_len, &rec, exists ? &old : NULL);
     free(keep);
     return rv;
 }
@@ -840,7 +927,7 @@ int kv_change_delete(struct kv_change *c,
             rv = kv_store_fail(st, rc, "delete key");
             break;
         }
-        rv = hist_add(c, KV_EVENT_DELETE, kbuf, klen, NULL);
+        rv = hist_add(c, false, kbuf, klen, NULL, &rec);
         if (rv) {
             break;
         }
@@ -987,18 +1074,18 @@ static int keep_current_value(struct kv_store *st,
                               const MDB_val *hk,
                               const MDB_val *hv)
 {
-    const uint8_t *p = hv->mv_data;
-    if (hv->mv_size < KV_HIST_HEAD || p[0] != KV_EVENT_PUT) {
-        return 0;
-    }
-    size_t klen = kv_get_u32(p + 1);
-    if (KV_HIST_HEAD + klen + KV_REC_HEADER > hv->mv_size) {
+    struct kv_event e;
+    if (event_decode(hv, &e)) {
         return damaged(st, "the history");
     }
+    if (!e.put) {
+        return 0;
+    }
+    size_t klen = e.key_len;
     uint64_t rev = kv_get_u64(hk->mv_data);
     uint32_t sub = kv_get_u32((const uint8_t *)hk->mv_data + 8);
     struct kv_rec r;
-    int rv = rec_get(st, txn, p + KV_HIST_HEAD, klen, false, &r);
+    int rv = rec_get(st, txn, e.key, klen, false, &r);
     if (rv == MDB_NOTFOUND) {
         return 0; /* deleted since */
     }
@@ -1009,18 +1096,17 @@ static int keep_current_value(struct kv_store *st,
         return 0; /* written again since */
     }
     /* Copies first: the write below changes pages these point into. */
-    size_t vlen = hv->mv_size - (KV_HIST_HEAD + klen + KV_REC_HEADER);
+    size_t vlen = e.rec.value_len;
     uint8_t *buf = malloc(klen + KV_REC_HEAD + vlen);
     if (!buf) {
         return KV_STORE_ENOMEM;
     }
-    memcpy(buf, p + KV_HIST_HEAD, klen);
+    memcpy(buf, e.key, klen);
     uint8_t *rec = buf + klen;
     rec_header(rec, &r);
     rec[KV_REC_HEADER] = KV_REC_INLINE;
     if (vlen) {
-        memcpy(rec + KV_REC_HEAD, p + KV_HIST_HEAD + klen + KV_REC_HEADER,
-               vlen);
+        memcpy(rec + KV_REC_HEAD, e.rec.value, vlen);
     }
     MDB_val k = {klen, buf}, v = {KV_REC_HEAD + vlen, rec};
     int rc = mdb_put(txn, st->kv, &k, &v, 0);
@@ -1142,6 +1228,10 @@ int kv_mvcc_compact_target(struct kv_store *st,
 
 int kv_mvcc_upgrade(struct kv_store *st, MDB_txn *txn)
 {
+    if (st->format == KV_STORE_FORMAT_PREV) {
+        /* Its events are read as they are. */
+        return kv_store_set_format(st, txn);
+    }
     if (st->format != KV_STORE_FORMAT_OLD) {
         return 0;
     }

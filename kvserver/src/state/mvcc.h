@@ -11,8 +11,15 @@
  * and every change is kept as an event in the history database until it is
  * compacted:
  *     key   revision (8) | sub (4)     (events of one revision in order)
- *     value type (1: 0 put, 1 delete) | key length (4) | key
- *           | for a put: the key's new revisions (32) | value
+ *     value type (1) | key length (4) | key
+ *           type 0, a put of a new key: | its revisions (32) | value
+ *           type 2, a put of a key that existed:
+ *                   | its new revisions (32) | prev (12) | value
+ *           type 1, a delete (format 4 only)
+ *           type 3, a delete: | prev (12)
+ *     prev  the event of the key's version before the change:
+ *           mod_revision (8) | sub (4), sub 0xffffffff when that event was
+ *           compacted already (the value had moved into the key's record)
  * A put writes its value once, into its event, and the key's record refers
  * to it; compaction moves a value that is still its key's into the record
  * before the event goes (etcd, too, writes a value once).
@@ -39,10 +46,14 @@
 #define KV_MAX_RANGE_BYTES (4u << 20) /* keys and values in one reply */
 #define KV_MAX_TXN_OPS     128        /* ops of a transaction, nested too */
 #define KV_MAX_TXN_DEPTH   8          /* transactions in transactions */
-#define KV_EVENT_PUT       0
-#define KV_EVENT_DELETE    1
-#define KV_HIST_KEY        12 /* revision (8) | sub (4) */
-#define KV_HIST_HEAD       5  /* type (1) | key length (4) */
+#define KV_EVENT_PUT       0          /* a put of a new key */
+#define KV_EVENT_DELETE    1          /* a delete, without prev (format 4) */
+#define KV_EVENT_PUT_PREV  2  /* a put of a key that existed: with prev */
+#define KV_EVENT_DEL_PREV  3  /* a delete, with prev */
+#define KV_HIST_PREV       12 /* prev: mod_revision (8) | sub (4) */
+#define KV_PREV_GONE       0xffffffffu /* prev sub: not in the history */
+#define KV_HIST_KEY        12          /* revision (8) | sub (4) */
+#define KV_HIST_HEAD       5           /* type (1) | key length (4) */
 
 /* A key's record, decoded (value points into the record or the event). */
 struct kv_rec
@@ -140,11 +151,15 @@ int kv_mvcc_range(struct kv_store *st,
  * Answer an Events read from the history (r->events, more,
  * next_revision, compact_revision, err COMPACTED or FUTURE_REVISION). A
  * revision's events are never split across replies.
+ * @param prev_kv give each event the key as it was before the change
+ *   (Event.prev_kv), or say that version is no longer kept
+ *   (prev_kv_missing)
  * @return 0 or a store error
  */
 int kv_mvcc_events(struct kv_store *st,
                    MDB_txn *txn,
                    const Raftkv__EventsArgs *a,
+                   bool prev_kv,
                    struct kv_arena *mem,
                    Raftkv__EventsReply *r);
 
@@ -251,7 +266,8 @@ int kv_mvcc_compact_target(struct kv_store *st,
 /**
  * Upgrade a store of format 3 (values without revisions) in @txn: every
  * key gets create and mod revision 2 and version 1, the store revision 2,
- * its history starting after it. Does nothing on a current store.
+ * its history starting after it. A store of format 4 is only stamped 5
+ * (its events stay as they are). Does nothing on a current store.
  * @return 0 or a store error
  */
 int kv_mvcc_upgrade(struct kv_store *st, MDB_txn *txn);

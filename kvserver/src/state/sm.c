@@ -739,6 +739,7 @@ int kv_sm_upgrade(struct kv_store *st)
         return 0;
     }
     MDB_txn *txn;
+    uint64_t was = st->format;
     int rc = mdb_txn_begin(st->env, NULL, 0, &txn);
     if (rc) {
         return kv_store_fail(st, rc, "begin upgrade");
@@ -746,12 +747,12 @@ int kv_sm_upgrade(struct kv_store *st)
     int rv = kv_mvcc_upgrade(st, txn);
     if (rv) {
         mdb_txn_abort(txn);
-        st->format = KV_STORE_FORMAT_OLD;
+        st->format = was;
         return rv;
     }
     rc = mdb_txn_commit(txn);
     if (rc) {
-        st->format = KV_STORE_FORMAT_OLD;
+        st->format = was;
         return kv_store_fail(st, rc, "commit upgrade");
     }
     return 0;

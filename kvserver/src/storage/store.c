@@ -169,7 +169,8 @@ int kv_store_open(struct kv_store *st, const char *dir, size_t map_size)
     } else if (rc == 0) {
         uint64_t format = v.mv_size == 8 ? kv_get_u64(v.mv_data) : 0;
         st->format = format;
-        if (format != KV_STORE_FORMAT && format != KV_STORE_FORMAT_OLD) {
+        if (format != KV_STORE_FORMAT && format != KV_STORE_FORMAT_OLD &&
+            format != KV_STORE_FORMAT_PREV) {
             mdb_txn_abort(txn);
             snprintf(st->errmsg, sizeof st->errmsg,
                      "data directory %s: format %llu, this kvserver reads "

@@ -13,11 +13,14 @@
 /* On-disk layout version, in meta "format": 1 had the log in LMDB, 2 the
  * first write-ahead log, 3 the log in checksummed sectors and sessions
  * that are opened through the log, 4 revisions (every key's value behind
- * its revisions, the history of changes, the store's revision in kvmeta).
- * A store of format 3 opens (st->format says so) for the state machine to
- * upgrade it in place (kv_mvcc_upgrade). */
-#define KV_STORE_FORMAT     4
-#define KV_STORE_FORMAT_OLD 3 /* still opened, to be upgraded */
+ * its revisions, the history of changes, the store's revision in kvmeta),
+ * 5 history events that say where the key's version before them is (for
+ * a watch's prev_kv; events of format 4 are still read).
+ * A store of format 3 or 4 opens (st->format says so) for the state
+ * machine to upgrade it in place (kv_mvcc_upgrade). */
+#define KV_STORE_FORMAT      5
+#define KV_STORE_FORMAT_OLD  3 /* still opened, to be converted */
+#define KV_STORE_FORMAT_PREV 4 /* still opened, to be stamped 5 */
 
 /* Errors of the store (and of the state machine built on it). */
 enum kv_store_error {
