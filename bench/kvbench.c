@@ -1,10 +1,11 @@
 /* kvbench: closed-loop load on a raftkv cluster, with the same knobs and
  * the same result line as the etcd reference (shared/anchors/etcdload).
  *
- *   kvbench --cluster HOST:PORT,... [--op put|get|sget|mix|range|txn]
+ *   kvbench --cluster HOST:PORT,... [--op put|get|sget|mix|range|txn|watch]
  *           [--conns M] [--clients N] [--duration 10s | --total N]
  *           [--key-size 16] [--val-size 256] [--key-space 10000]
- *           [--range-keys 100] [--stale] [--txn-compare version|mod]
+ *           [--range-keys 100] [--watchers N] [--stale]
+ *           [--txn-compare version|mod]
  *           [--target leader|all] [--prefill] [--json]
  *
  * N clients each send their next call when the reply to the last arrives,
@@ -348,6 +349,211 @@ static void issue_txn(struct client *c)
     raftkv__kv_service__txn(service_for(c, false), &a, on_txn, c);
 }
 
+/* --op watch: --watchers watch streams on the prefix "w/" (watcher i on
+ * node i % nodes, connection i / nodes % conns), while the clients put
+ * random keys under it at the leader, each value starting with the
+ * 19-digit CLOCK_REALTIME nanoseconds taken before the put (etcdload's
+ * -op watch). ops = events delivered to all watchers, latency = put start
+ * to delivery, elapsed = until every watcher has the last put's revision
+ * (at most 30 s after the writers stop). */
+#define WATCH_TS_LEN 19
+
+struct watcher
+{
+    struct rpc_stream *st; /* its stream */
+    bool created;          /* the node accepted it */
+    uint64_t last;         /* highest revision delivered */
+    bool ended;            /* the stream ended (an error) */
+};
+
+static struct
+{
+    int n;             /* --watchers */
+    struct watcher *w; /* the watchers */
+    int created;       /* of them, accepted */
+    uint64_t puts;     /* puts acknowledged */
+    uint64_t end_rev;  /* the last put's revision (0: writers run) */
+    bool writers_done; /* every writer stopped */
+    uint64_t max_rev;  /* highest revision a put made */
+} W;
+
+static uint64_t real_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+/* Done once every watcher has delivered up to the last revision. */
+static void watch_check_done(void)
+{
+    if (!W.writers_done) {
+        return;
+    }
+    for (int i = 0; i < W.n; i++) {
+        if (!W.w[i].ended && W.w[i].last < W.end_rev) {
+            return;
+        }
+    }
+    event_base_loopbreak(B.base);
+}
+
+static void on_watch_frame(struct rpc_stream *st,
+                           const ProtobufCMessage *msg,
+                           bool end,
+                           void *arg)
+{
+    (void)st;
+    struct watcher *w = arg;
+    const Raftkv__WatchReply *r = (const Raftkv__WatchReply *)msg;
+    if (end) {
+        w->ended = true;
+        w->st = NULL;
+        B.errors++;
+        snprintf(B.last_error, sizeof B.last_error, "a watch ended: %s",
+                 r ? r->message : rpc_last_error());
+        watch_check_done();
+        return;
+    }
+    if (r->created && !w->created) {
+        w->created = true;
+        W.created++;
+    }
+    uint64_t now = real_ns();
+    for (size_t i = 0; i < r->n_events; i++) {
+        const Raftkv__KeyValue *kv = r->events[i]->kv;
+        if (kv->value.len >= WATCH_TS_LEN) {
+            char ts[WATCH_TS_LEN + 1];
+            memcpy(ts, kv->value.data, WATCH_TS_LEN);
+            ts[WATCH_TS_LEN] = 0;
+            uint64_t sent = strtoull(ts, NULL, 10);
+            hist_add(&B.hist, now > sent ? now - sent : 0);
+        }
+        B.done++;
+        if (kv->mod_revision > w->last) {
+            w->last = kv->mod_revision;
+        }
+    }
+    watch_check_done();
+}
+
+static void on_watch_put(const Raftkv__PutAppendReply *r, void *data)
+{
+    struct client *c = data;
+    bool ok = r && r->err == RAFTKV__KV_ERROR__KV_OK;
+    uint64_t leader_hint = REPLY_HINT(r);
+    if (ok) {
+        W.puts++;
+        if (r->revision > W.max_rev) {
+            W.max_rev = r->revision;
+        }
+    } else {
+        B.errors++;
+        for (int i = 0; leader_hint && i < B.n_nodes; i++) {
+            if ((uint64_t)(i + 1) == leader_hint) {
+                B.leader = i;
+            }
+        }
+    }
+    if (now_ns() < B.end_ns) {
+        B.issued++;
+        c->started = now_ns();
+        B.op->issue(c);
+    } else if (--B.running == 0) {
+        W.writers_done = true;
+        W.end_rev = W.max_rev;
+        watch_check_done();
+    }
+}
+
+static void issue_watch_put(struct client *c)
+{
+    c->k1 = random_key(c, B.key_space);
+    char k[60];
+    key_of(k, sizeof k, c->k1);
+    snprintf(c->key, sizeof c->key, "w/%.48s", k);
+    char ts[32];
+    snprintf(ts, sizeof ts, "%0*llu", WATCH_TS_LEN,
+             (unsigned long long)real_ns());
+    memcpy(B.value, ts, WATCH_TS_LEN);
+    Raftkv__PutAppendArgs a = RAFTKV__PUT_APPEND_ARGS__INIT;
+    a.key.data = (uint8_t *)c->key;
+    a.key.len = strlen(c->key);
+    a.value.data = B.value;
+    a.value.len = (size_t)B.val_size;
+    a.client_id.data = c->client_id;
+    a.client_id.len = 16;
+    a.request_id = ++c->request_id;
+    raftkv__kv_service__put_append(service_for(c, false), &a, on_watch_put, c);
+}
+
+static void on_watch_timeout(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    (void)arg;
+    event_base_loopbreak(B.base);
+}
+
+/* Open the watchers and wait until every node has accepted its own. */
+static int open_watchers(void)
+{
+    W.w = calloc((size_t)W.n, sizeof *W.w);
+    if (!W.w) {
+        return -1;
+    }
+    Raftkv__WatchArgs a = RAFTKV__WATCH_ARGS__INIT;
+    a.key = (ProtobufCBinaryData){2, (uint8_t *)"w/"};
+    a.range_end = (ProtobufCBinaryData){2, (uint8_t *)"w0"};
+    for (int i = 0; i < W.n; i++) {
+        int node = i % B.n_nodes, conn = i / B.n_nodes % B.conns;
+        kv_for(node, conn); /* makes the channel */
+        W.w[i].st = rpc_channel_stream(
+            B.nodes[node].ch[conn], &raftkv__watch_service__descriptor, "Watch",
+            &a.base, on_watch_frame, &W.w[i]);
+        if (!W.w[i].st) {
+            return -1;
+        }
+    }
+    struct event *t = evtimer_new(B.base, on_watch_timeout, NULL);
+    uint64_t deadline = now_ns() + 30000000000ull;
+    while (W.created < W.n && now_ns() < deadline && B.errors == 0) {
+        struct timeval tv = {0, 50000};
+        evtimer_add(t, &tv);
+        event_base_loop(B.base, EVLOOP_ONCE);
+    }
+    event_free(t);
+    return W.created == W.n ? 0 : -1;
+}
+
+/* The writers, then the drain; returns the elapsed seconds. */
+static double run_watch(struct client *cl)
+{
+    uint64_t start = now_ns();
+    B.end_ns = start + (uint64_t)(B.duration * 1e9);
+    B.running = B.clients;
+    for (int i = 0; i < B.clients; i++) {
+        issue(&cl[i]);
+    }
+    /* Until the watchers drained, or 30 s after the writers stopped. */
+    struct event *t = evtimer_new(B.base, on_watch_timeout, NULL);
+    struct timeval tv = {(long)B.duration + 30, 0};
+    evtimer_add(t, &tv);
+    event_base_dispatch(B.base);
+    event_free(t);
+    double el = (double)(now_ns() - start) / 1e9;
+    for (int i = 0; i < W.n; i++) {
+        if (!W.w[i].ended && W.w[i].last < W.end_rev) {
+            B.errors++; /* did not catch up */
+        }
+        if (W.w[i].st) {
+            rpc_stream_cancel(W.w[i].st);
+        }
+    }
+    free(W.w);
+    return el;
+}
+
 static const struct op_row ops[] = {
     {"put", NULL, issue_put, true, false, false},
     {"get", "sget", issue_get, false, false, false},
@@ -355,6 +561,7 @@ static const struct op_row ops[] = {
     {"mix", NULL, issue_mix, true, false, false},
     {"range", "srange", issue_range, false, true, false},
     {"txn", NULL, issue_txn, true, false, false},
+    {"watch", NULL, issue_watch_put, true, false, false},
 };
 #define N_OPS (sizeof ops / sizeof ops[0])
 
@@ -511,12 +718,12 @@ static void usage(FILE *f)
 {
     fprintf(f,
             "usage: kvbench --cluster HOST:PORT,... "
-            "[--op put|get|sget|mix|range|txn]\n"
+            "[--op put|get|sget|mix|range|txn|watch]\n"
             "               [--conns M] [--clients N] [--duration 10s | "
             "--total N]\n"
             "               [--key-size 16] [--val-size 256] [--key-space "
             "10000]\n"
-            "               [--range-keys 100] [--stale] "
+            "               [--range-keys 100] [--watchers N] [--stale] "
             "[--txn-compare version|mod]\n"
             "               [--target leader|all] [--prefill] [--json]\n"
             "               [--cacert CA.crt] [--user NAME:PASSWORD]\n"
@@ -583,6 +790,7 @@ int main(int argc, char **argv)
         {"key-space", required_argument, NULL, 's'},
         {"target", required_argument, NULL, 'T'},
         {"range-keys", required_argument, NULL, 'r'},
+        {"watchers", required_argument, NULL, 'W'},
         {"stale", no_argument, NULL, 'S'},
         {"txn-compare", required_argument, NULL, 'X'},
         {"prefill", no_argument, NULL, 'p'},
@@ -607,14 +815,17 @@ int main(int argc, char **argv)
                 }
                 if (!B.op) {
                     fprintf(stderr,
-                            "kvbench: --op wants put, get, sget, mix, range "
-                            "or txn\n");
+                            "kvbench: --op wants put, get, sget, mix, range, "
+                            "txn or watch\n");
                     return 2;
                 }
                 break;
             }
             case 'r':
                 B.range_keys = atoi(optarg);
+                break;
+            case 'W':
+                W.n = atoi(optarg);
                 break;
             case 'S':
                 B.stale = true;
@@ -699,6 +910,13 @@ int main(int argc, char **argv)
                 "key space (so that they sort as numbers)\n");
         return 2;
     }
+    if (B.op->issue == issue_watch_put &&
+        (W.n < 1 || B.total || B.val_size < WATCH_TS_LEN)) {
+        fprintf(stderr,
+                "kvbench: watch wants --watchers N (N >= 1), a "
+                "--duration and --val-size >= 19\n");
+        return 2;
+    }
     if (B.op->issue == issue_txn && B.key_space < 2) {
         fprintf(stderr, "kvbench: txn wants a key space >= 2 (two keys)\n");
         return 2;
@@ -768,14 +986,25 @@ int main(int argc, char **argv)
         B.issued = B.done = B.errors = B.wrong_leader = 0;
         memset(&B.hist, 0, sizeof B.hist);
     }
-    uint64_t start = now_ns();
-    B.end_ns = start + (uint64_t)(B.duration * 1e9);
-    B.running = B.clients;
-    for (int i = 0; i < B.clients; i++) {
-        issue(&cl[i]);
+    bool watching = B.op->issue == issue_watch_put;
+    if (watching && open_watchers() != 0) {
+        fprintf(stderr, "kvbench: the watchers were not all accepted: %s\n",
+                B.last_error[0] ? B.last_error : "no answer in 30 s");
+        return 1;
     }
-    event_base_dispatch(B.base);
-    double el = (double)(now_ns() - start) / 1e9;
+    double el;
+    if (watching) {
+        el = run_watch(cl);
+    } else {
+        uint64_t start = now_ns();
+        B.end_ns = start + (uint64_t)(B.duration * 1e9);
+        B.running = B.clients;
+        for (int i = 0; i < B.clients; i++) {
+            issue(&cl[i]);
+        }
+        event_base_dispatch(B.base);
+        el = (double)(now_ns() - start) / 1e9;
+    }
     double ms = 1e6;
     if (B.done == 0) {
         printf("no successful ops; errors: %llu%s%s\n",
@@ -806,11 +1035,18 @@ int main(int argc, char **argv)
                  B.mod ? "mod" : "version", (unsigned long long)B.txn_succeeded,
                  ratio);
     }
+    char before[80] = "";
+    if (watching) { /* etcdload puts these before ops= */
+        snprintf(before, sizeof before, " watchers=%d puts=%llu", W.n,
+                 (unsigned long long)W.puts);
+        snprintf(jextra, sizeof jextra, ",\"watchers\":%d,\"puts\":%llu", W.n,
+                 (unsigned long long)W.puts);
+    }
     printf(
-        "op=%s conns=%d clients=%d ops=%llu errors=%llu elapsed=%.2fs "
+        "op=%s conns=%d clients=%d%s ops=%llu errors=%llu elapsed=%.2fs "
         "rate=%.0f ops/s mean=%.2fms p50=%.2fms p90=%.2fms p99=%.2fms "
         "max=%.2fms%s\n",
-        op_name, B.conns, B.clients, (unsigned long long)B.done,
+        op_name, B.conns, B.clients, before, (unsigned long long)B.done,
         (unsigned long long)B.errors, el, rate, mean, p50, p90, p99, max,
         extra);
     if (B.json) {
