@@ -1,5 +1,7 @@
 /* watch.c: clerk_watch: a WatchService stream on a connection of its own,
  * resumed on another server from the revision after the last delivered. */
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -40,6 +42,13 @@ struct clerk_watch
     uint64_t retry_at;            /* no reconnect before (ms) */
     unsigned retry_ms;            /* the wait after the next failure */
     char errmsg[512];             /* why it ended, or the last failure */
+    /* clerk_watch_start: */
+    clerk_watch_cb cb;    /* the caller's callback, or NULL */
+    void *cb_arg;         /* its argument */
+    pthread_t thread;     /* runs the watch */
+    atomic_bool stop;     /* clerk_watch_close asked it to end */
+    atomic_bool detached; /* closed from the callback: the thread
+                             frees the watch itself */
 };
 
 static uint64_t now_ms(void)
@@ -317,11 +326,94 @@ const char *clerk_watch_errmsg(const struct clerk_watch *w)
     return w ? w->errmsg : "";
 }
 
+static void watch_free(struct clerk_watch *w);
+
+/* The thread of clerk_watch_start: batches to the callback until the
+ * watch ends or is closed. */
+static void *watch_thread(void *arg)
+{
+    struct clerk_watch *w = arg;
+    while (!atomic_load(&w->stop)) {
+        struct clerk_events_result *b = NULL;
+        int err = clerk_watch_next(w, WAIT_SLICE_MS, &b);
+        if (err == CLERK_TIMEOUT) {
+            continue;
+        }
+        if (atomic_load(&w->stop)) {
+            clerk_events_result_free(b);
+            break;
+        }
+        w->cb(w, b, err, w->cb_arg);
+        clerk_events_result_free(b);
+        if (err) {
+            /* Over: the caller still closes it (or did, from the
+             * callback). */
+            while (!atomic_load(&w->stop)) {
+                sleep_ms(20);
+            }
+        }
+    }
+    if (atomic_load(&w->detached)) {
+        watch_free(w);
+    }
+    return NULL;
+}
+
+int clerk_watch_start(struct clerk *c,
+                      const void *key,
+                      size_t key_len,
+                      const void *range_end,
+                      size_t range_end_len,
+                      const struct clerk_watch_options *o,
+                      clerk_watch_cb cb,
+                      void *arg,
+                      struct clerk_watch **out)
+{
+    if (out) {
+        *out = NULL;
+    }
+    if (!cb || !out) {
+        return CLERK_INVALID;
+    }
+    struct clerk_watch *w;
+    int rv = clerk_watch_open(c, key, key_len, range_end, range_end_len, o, &w);
+    if (rv) {
+        return rv;
+    }
+    w->cb = cb;
+    w->cb_arg = arg;
+    atomic_init(&w->stop, false);
+    atomic_init(&w->detached, false);
+    if (pthread_create(&w->thread, NULL, watch_thread, w) != 0) {
+        w->cb = NULL;
+        clerk_watch_close(w);
+        ck_set_errmsg(c, "watch: cannot start its thread");
+        return CLERK_NOMEM;
+    }
+    *out = w;
+    return CLERK_OK;
+}
+
 void clerk_watch_close(struct clerk_watch *w)
 {
     if (!w) {
         return;
     }
+    if (w->cb) {
+        atomic_store(&w->stop, true);
+        if (pthread_equal(pthread_self(), w->thread)) {
+            /* From the callback: the thread frees it when it returns. */
+            atomic_store(&w->detached, true);
+            pthread_detach(w->thread);
+            return;
+        }
+        pthread_join(w->thread, NULL);
+    }
+    watch_free(w);
+}
+
+static void watch_free(struct clerk_watch *w)
+{
     if (w->st) {
         rpc_stream_cancel(w->st);
         rpc_channel_flush(w->ch);

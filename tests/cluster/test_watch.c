@@ -3,6 +3,7 @@
  * old revision, across the kill of the node serving it and a leader
  * change), COMPACTED for a revision no longer kept, progress while idle,
  * many watches on one connection, cancel. */
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -328,6 +329,95 @@ static void test_watch_prev_kv_gives_the_version_before(void)
     clerk_watch_close(plain);
 }
 
+/* What a clerk_watch_start callback saw (the thread writes, the test
+ * reads after a pause or the close). */
+struct cb_seen
+{
+    pthread_mutex_t lock;
+    int events, ends;
+    uint64_t last_rev;
+    bool ordered;
+    bool close_self; /* close the watch from the callback at 2 events */
+    bool closed;
+};
+
+static void on_batch(struct clerk_watch *w,
+                     const struct clerk_events_result *b,
+                     int err,
+                     void *arg)
+{
+    struct cb_seen *cs = arg;
+    pthread_mutex_lock(&cs->lock);
+    if (!b) {
+        cs->ends += err != 0;
+    }
+    for (size_t i = 0; b && i < b->n_events; i++) {
+        if (b->events[i].kv.mod_revision <= cs->last_rev) {
+            cs->ordered = false;
+        }
+        cs->last_rev = b->events[i].kv.mod_revision;
+        cs->events++;
+    }
+    bool close_now = cs->close_self && cs->events >= 2 && !cs->closed;
+    cs->closed |= close_now;
+    pthread_mutex_unlock(&cs->lock);
+    if (close_now) {
+        clerk_watch_close(w);
+    }
+}
+
+static int cb_events(struct cb_seen *cs)
+{
+    pthread_mutex_lock(&cs->lock);
+    int n = cs->events;
+    pthread_mutex_unlock(&cs->lock);
+    return n;
+}
+
+static void test_watch_with_a_callback_thread(void)
+{
+    static struct cb_seen a = {
+        PTHREAD_MUTEX_INITIALIZER, 0, 0, 0, true, false, false};
+    static struct cb_seen b = {
+        PTHREAD_MUTEX_INITIALIZER, 0, 0, 0, true, true, false};
+    uint8_t end[16];
+    size_t end_len = clerk_prefix_end("w11/", 4, end);
+    struct clerk_watch *wa = NULL, *wb = NULL;
+    CU_ASSERT_EQUAL_FATAL(
+        clerk_watch_start(ck, "w11/", 4, end, end_len, NULL, on_batch, &a, &wa),
+        CLERK_OK);
+    CU_ASSERT_EQUAL_FATAL(
+        clerk_watch_start(ck, "w11/", 4, end, end_len, NULL, on_batch, &b, &wb),
+        CLERK_OK);
+    char k[16];
+    for (int i = 0; i < 5; i++) {
+        snprintf(k, sizeof k, "w11/%d", i);
+        put(k, "v");
+    }
+    uint64_t stop = h_now_ms() + 10000;
+    while (cb_events(&a) < 5 && h_now_ms() < stop) {
+        h_sleep_ms(10);
+    }
+    CU_ASSERT_EQUAL(cb_events(&a), 5);
+    CU_ASSERT(a.ordered);
+    /* b closed itself from its callback after 2 (its batch may hold
+     * more): nothing after that. */
+    h_sleep_ms(200);
+    pthread_mutex_lock(&b.lock);
+    CU_ASSERT(b.closed && b.events >= 2);
+    int b_events = b.events;
+    pthread_mutex_unlock(&b.lock);
+    put("w11/later", "v");
+    stop = h_now_ms() + 10000;
+    while (cb_events(&a) < 6 && h_now_ms() < stop) {
+        h_sleep_ms(10);
+    }
+    CU_ASSERT_EQUAL(cb_events(&a), 6);
+    CU_ASSERT_EQUAL(cb_events(&b), b_events);
+    clerk_watch_close(wa); /* from this thread: joins the watch's */
+    CU_ASSERT_EQUAL(a.ends, 0);
+}
+
 static void test_watch_progress_while_idle(void)
 {
     struct clerk_watch_options o = {.progress_ms = 100};
@@ -651,6 +741,8 @@ int main(int argc, char **argv)
          test_watch_from_a_compacted_revision_fails},
         {"test_watch_prev_kv_gives_the_version_before",
          test_watch_prev_kv_gives_the_version_before},
+        {"test_watch_with_a_callback_thread",
+         test_watch_with_a_callback_thread},
         {"test_watch_progress_while_idle", test_watch_progress_while_idle},
         {"test_watch_many_streams_on_one_connection_and_cancel",
          test_watch_many_streams_on_one_connection_and_cancel},

@@ -1032,6 +1032,31 @@ int clerk_watch_next(struct clerk_watch *w,
                      unsigned timeout_ms,
                      struct clerk_events_result **out);
 
+/* What clerk_watch_start calls: each batch (borrowed: freed when the
+ * callback returns), or once, with batch NULL and err set, when the watch
+ * is over (as clerk_watch_next's errors). */
+typedef void (*clerk_watch_cb)(struct clerk_watch *w,
+                               const struct clerk_events_result *batch,
+                               int err,
+                               void *arg);
+
+/**
+ * clerk_watch_open, then a thread of the watch's own that hands every
+ * batch to @cb, in order, one at a time. clerk_watch_close stops the
+ * thread (it may be called from the callback) and frees the watch; do
+ * not call clerk_watch_next on such a watch.
+ * @return as clerk_watch_open; CLERK_NOMEM when the thread cannot start
+ */
+int clerk_watch_start(struct clerk *c,
+                      const void *key,
+                      size_t key_len,
+                      const void *range_end,
+                      size_t range_end_len,
+                      const struct clerk_watch_options *o,
+                      clerk_watch_cb cb,
+                      void *arg,
+                      struct clerk_watch **out);
+
 /**
  * Every change up to this revision has been delivered (0 before the
  * first batch of a watch from now).
