@@ -611,6 +611,7 @@ int node_restore(struct kv_node *n)
         return -1;
     }
     if (st->format != KV_STORE_FORMAT) {
+        uint64_t was = st->format;
         rv = kv_sm_upgrade(st);
         if (rv) {
             fprintf(stderr, "kvserver: %s: upgrade to format %d: %s\n",
@@ -618,9 +619,10 @@ int node_restore(struct kv_node *n)
             return -1;
         }
         rpc_logf(RPC_LOG_INFO,
-                 "node %llu: %s upgraded to format %d (keys got revisions)",
+                 "node %llu: %s upgraded from format %llu to %d%s",
                  (unsigned long long)n->cfg.id, n->cfg.data_dir,
-                 KV_STORE_FORMAT);
+                 (unsigned long long)was, KV_STORE_FORMAT,
+                 was == KV_STORE_FORMAT_OLD ? " (keys got revisions)" : "");
     }
     MDB_txn *txn;
     if (mdb_txn_begin(st->env, NULL, MDB_RDONLY, &txn) != 0) {
