@@ -980,11 +980,14 @@ static void on_sweep(struct kv_node *n, enum node_event ev, void *arg)
 {
     (void)ev;
     struct lease_clock *lc = arg;
-    if (!lc->term || raft_role(n->raft) != RAFT_LEADER || n->frozen) {
+    if (!lc->term || raft_role(n->raft) != RAFT_LEADER) {
         struct kv_lease_news *ln = &n->store.lease_news;
         ln->n = 0; /* a new leader reads every lease */
         ln->all = false;
         return;
+    }
+    if (n->frozen) {
+        return; /* it cannot propose; the news wait for it */
     }
     if (!lc->loaded) {
         if (!lc->loading) {
