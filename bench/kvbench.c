@@ -1,7 +1,8 @@
 /* kvbench: closed-loop load on a raftkv cluster, with the same knobs and
  * the same result line as the etcd reference (shared/anchors/etcdload).
  *
- *   kvbench --cluster HOST:PORT,... [--op put|get|sget|mix|range|txn|watch]
+ *   kvbench --cluster HOST:PORT,...
+ *           [--op put|get|sget|mix|range|txn|watch|lease]
  *           [--conns M] [--clients N] [--duration 10s | --total N]
  *           [--key-size 16] [--val-size 256] [--key-space 10000]
  *           [--range-keys 100] [--watchers N] [--stale]
@@ -69,6 +70,8 @@ static struct
     int leader; /* node that takes writes and reads */
     const struct op_row *op;
     int conns, clients, key_size, val_size, key_space, range_keys;
+    int64_t lease_ttl; /* --lease-ttl: seconds of the leases --op lease
+                          grants */
     bool target_all, json, prefill, stale;
     bool txn_mod;         /* --txn-compare mod (else version) */
     uint64_t *mod;        /* txn_mod: last mod_revision seen per key */
@@ -107,6 +110,14 @@ static ProtobufCService *kv_for(int node, int conn)
         }
     }
     return rpc_channel_service(n->ch[conn], &raftkv__kv_service__descriptor);
+}
+
+/* LeaseService on the same channel as kv_for's. */
+static ProtobufCService *lease_for(int node, int conn)
+{
+    kv_for(node, conn);
+    return rpc_channel_service(B.nodes[node].ch[conn],
+                               &raftkv__lease_service__descriptor);
 }
 
 static void issue(struct client *c);
@@ -554,6 +565,40 @@ static double run_watch(struct client *cl)
     return el;
 }
 
+/* lease: grant a lease (--lease-ttl), then put a random key with it; one
+ * op is both calls (etcd's lease grant + put). */
+static void on_lease_grant(const Raftkv__LeaseGrantReply *r, void *data)
+{
+    struct client *c = data;
+    if (!r || r->err != RAFTKV__KV_ERROR__KV_OK) {
+        finish(c, false, REPLY_HINT(r));
+        return;
+    }
+    c->k1 = random_key(c, B.key_space);
+    key_of(c->key, sizeof c->key, c->k1);
+    Raftkv__PutAppendArgs a = RAFTKV__PUT_APPEND_ARGS__INIT;
+    a.key.data = (uint8_t *)c->key;
+    a.key.len = (size_t)B.key_size;
+    a.value.data = B.value;
+    a.value.len = (size_t)B.val_size;
+    a.lease = r->id;
+    a.client_id.data = c->client_id;
+    a.client_id.len = 16;
+    a.request_id = ++c->request_id;
+    raftkv__kv_service__put_append(service_for(c, false), &a, on_put, c);
+}
+
+static void issue_lease(struct client *c)
+{
+    Raftkv__LeaseGrantArgs a = RAFTKV__LEASE_GRANT_ARGS__INIT;
+    a.ttl = B.lease_ttl;
+    a.client_id.data = c->client_id;
+    a.client_id.len = 16;
+    a.request_id = ++c->request_id;
+    raftkv__lease_service__lease_grant(lease_for(B.leader, c->id % B.conns), &a,
+                                       on_lease_grant, c);
+}
+
 static const struct op_row ops[] = {
     {"put", NULL, issue_put, true, false, false},
     {"get", "sget", issue_get, false, false, false},
@@ -562,6 +607,7 @@ static const struct op_row ops[] = {
     {"range", "srange", issue_range, false, true, false},
     {"txn", NULL, issue_txn, true, false, false},
     {"watch", NULL, issue_watch_put, true, false, false},
+    {"lease", NULL, issue_lease, true, false, false},
 };
 #define N_OPS (sizeof ops / sizeof ops[0])
 
@@ -718,7 +764,7 @@ static void usage(FILE *f)
 {
     fprintf(f,
             "usage: kvbench --cluster HOST:PORT,... "
-            "[--op put|get|sget|mix|range|txn|watch]\n"
+            "[--op put|get|sget|mix|range|txn|watch|lease]\n"
             "               [--conns M] [--clients N] [--duration 10s | "
             "--total N]\n"
             "               [--key-size 16] [--val-size 256] [--key-space "
@@ -737,7 +783,10 @@ static void usage(FILE *f)
             "  Version(A) < 2^64-1, always true (etcdload's); mod: "
             "ModRevision(A) equal to\n"
             "  the last one seen, else read A (a failed compare is a "
-            "completed op).\n");
+            "completed op).\n"
+            "lease: grant a lease of --lease-ttl seconds (default 60), then "
+            "put a random\n"
+            "  key with it: one op is both calls.\n");
 }
 
 static int parse_cluster(const char *list)
@@ -773,6 +822,7 @@ int main(int argc, char **argv)
     const char *cacert = getenv("RAFTKV_CACERT"), *user = NULL;
     B.op = &ops[0];
     B.range_keys = 100;
+    B.lease_ttl = 60;
     B.conns = B.clients = 1;
     B.key_size = 16;
     B.val_size = 256;
@@ -793,6 +843,7 @@ int main(int argc, char **argv)
         {"watchers", required_argument, NULL, 'W'},
         {"stale", no_argument, NULL, 'S'},
         {"txn-compare", required_argument, NULL, 'X'},
+        {"lease-ttl", required_argument, NULL, 'L'},
         {"prefill", no_argument, NULL, 'p'},
         {"json", no_argument, NULL, 'j'},
         {"cacert", required_argument, NULL, 'A'},
@@ -816,11 +867,18 @@ int main(int argc, char **argv)
                 if (!B.op) {
                     fprintf(stderr,
                             "kvbench: --op wants put, get, sget, mix, range, "
-                            "txn or watch\n");
+                            "txn, watch or lease\n");
                     return 2;
                 }
                 break;
             }
+            case 'L':
+                B.lease_ttl = atoll(optarg);
+                if (B.lease_ttl < 1) {
+                    fprintf(stderr, "kvbench: --lease-ttl wants seconds\n");
+                    return 2;
+                }
+                break;
             case 'r':
                 B.range_keys = atoi(optarg);
                 break;

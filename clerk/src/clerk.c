@@ -52,6 +52,7 @@ struct clerk
     bool auth_off;                      /* the cluster said auth is off */
     char auth_msg[400];                 /* why the last Authenticate failed */
     struct rpc_tls *tls;                /* opts.cacert's context, or NULL */
+    bool tls_borrowed;                  /* tls is another handle's (ck_clone) */
 };
 
 static _Thread_local char open_error[512];
@@ -95,6 +96,8 @@ const char *clerk_error_code(int err)
             return "COMPACTED";
         case CLERK_FUTURE_REVISION:
             return "FUTURE_REVISION";
+        case CLERK_LEASE_NOT_FOUND:
+            return "LEASE_NOT_FOUND";
         default:
             return "INTERNAL";
     }
@@ -140,6 +143,8 @@ const char *clerk_strerror(int err)
             return "the revision asked for was compacted";
         case CLERK_FUTURE_REVISION:
             return "the revision asked for is newer than the store's";
+        case CLERK_LEASE_NOT_FOUND:
+            return "no such lease (expired, revoked or never granted)";
         default:
             return "internal error";
     }
@@ -311,7 +316,9 @@ void clerk_close(struct clerk *c)
         rpc_channel_free(c->servers[i].ch);
     }
     pthread_mutex_destroy(&c->lock);
-    rpc_tls_free(c->tls);
+    if (!c->tls_borrowed) {
+        rpc_tls_free(c->tls);
+    }
     if (c->password) {
         memset(c->password, 0, strlen(c->password));
         free(c->password);
@@ -319,6 +326,43 @@ void clerk_close(struct clerk *c)
     free(c->user);
     memset(c->token, 0, sizeof c->token);
     free(c);
+}
+
+int ck_clone(struct clerk *c, struct clerk **out)
+{
+    struct clerk *d = calloc(1, sizeof *d);
+    if (!d) {
+        return CLERK_NOMEM;
+    }
+    pthread_mutex_init(&d->lock, NULL);
+    pthread_mutex_lock(&c->lock);
+    for (size_t i = 0; i < c->n; i++) {
+        struct server *s = &d->servers[i];
+        snprintf(s->host, sizeof s->host, "%s", c->servers[i].host);
+        snprintf(s->addr, sizeof s->addr, "%s", c->servers[i].addr);
+        s->port = c->servers[i].port;
+    }
+    d->n = c->n;
+    d->leader = c->leader;
+    d->defaults = c->defaults;
+    d->deadline_ms = c->defaults.deadline_ms;
+    d->attempt_ms = c->defaults.attempt_ms;
+    d->read_mode = c->defaults.read_mode;
+    d->tls = c->tls;
+    d->tls_borrowed = true;
+    bool nomem = false;
+    if (c->user) {
+        d->user = strdup(c->user);
+        d->password = strdup(c->password ? c->password : "");
+        nomem = !d->user || !d->password;
+    }
+    pthread_mutex_unlock(&c->lock);
+    if (nomem) {
+        clerk_close(d);
+        return CLERK_NOMEM;
+    }
+    *out = d;
+    return CLERK_OK;
 }
 
 void clerk_set_deadline(struct clerk *c, unsigned ms)
@@ -662,12 +706,13 @@ static void call_msg(struct clerk *c,
     if (stale) {
         *stale = c->read_mode == CLERK_READ_STALE;
     }
+    const ProtobufCServiceDescriptor *sd =
+        k->service ? k->service : &raftkv__kv_service__descriptor;
     const ProtobufCMethodDescriptor *md =
-        protobuf_c_service_descriptor_get_method_by_name(
-            &raftkv__kv_service__descriptor, k->method);
+        protobuf_c_service_descriptor_get_method_by_name(sd, k->method);
     a->k = k;
-    svc->invoke(svc, (unsigned)(md - raftkv__kv_service__descriptor.methods),
-                args, (ProtobufCClosure)on_msg, a);
+    svc->invoke(svc, (unsigned)(md - sd->methods), args,
+                (ProtobufCClosure)on_msg, a);
 }
 
 static void call(struct clerk *c,
@@ -677,8 +722,11 @@ static void call(struct clerk *c,
                  struct answer *a)
 {
     memset(a, 0, sizeof *a);
-    ProtobufCService *svc =
-        service(c, i, &raftkv__kv_service__descriptor, timeout_ms);
+    ProtobufCService *svc = service(c, i,
+                                    rq->op == OP_MSG && rq->msg->service
+                                        ? rq->msg->service
+                                        : &raftkv__kv_service__descriptor,
+                                    timeout_ms);
     if (!svc) {
         a->rpc_status = RPC_E_NOMEM;
         snprintf(a->rpc_error, sizeof a->rpc_error, "out of memory");
@@ -804,6 +852,8 @@ static int final_result(const struct request *rq, const struct answer *a)
             return CLERK_COMPACTED;
         case RAFTKV__KV_ERROR__KV_FUTURE_REVISION:
             return CLERK_FUTURE_REVISION;
+        case RAFTKV__KV_ERROR__KV_LEASE_NOT_FOUND:
+            return CLERK_LEASE_NOT_FOUND;
         default:
             return CLERK_INTERNAL;
     }

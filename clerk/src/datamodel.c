@@ -452,6 +452,18 @@ int clerk_put_ex(struct clerk *c,
                  unsigned flags,
                  struct clerk_put_result **out)
 {
+    return ck_put(c, key, key_len, value, value_len, 0, flags, out);
+}
+
+int ck_put(struct clerk *c,
+           const void *key,
+           size_t key_len,
+           const void *value,
+           size_t value_len,
+           uint64_t lease,
+           unsigned flags,
+           struct clerk_put_result **out)
+{
     if (out) {
         *out = NULL;
     }
@@ -468,6 +480,7 @@ int clerk_put_ex(struct clerk *c,
     a.op = RAFTKV__PUT_OP__PUT_OP_PUT;
     a.prev_kv = (flags & CLERK_PUT_PREV_KV) != 0;
     a.ignore_value = (flags & CLERK_PUT_IGNORE_VALUE) != 0;
+    a.lease = lease;
     struct ck_call k = {.method = "PutAppend",
                         .args = &a.base,
                         .write = true,

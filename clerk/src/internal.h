@@ -1,5 +1,6 @@
 /* internal.h: what clerk.c's retry machinery offers the other files of
- * libclerk: one KvService call made to a final answer. Private to clerk/. */
+ * libclerk: one KvService or LeaseService call made to a final answer.
+ * Private to clerk/. */
 #ifndef CLERK_INTERNAL_H
 #define CLERK_INTERNAL_H
 
@@ -19,10 +20,12 @@ typedef bool (*ck_take_cb)(const ProtobufCMessage *reply, void **result);
 /* Free what a ck_take_cb made. */
 typedef void (*ck_drop_cb)(void *result);
 
-/* One call of a KvService method on arguments built by the caller. */
+/* One call of a KvService (or LeaseService) method on arguments built by
+ * the caller. */
 struct ck_call
 {
-    const char *method;        /* "Range", "Txn", ... */
+    const ProtobufCServiceDescriptor *service; /* NULL: KvService */
+    const char *method;                        /* "Range", "Txn", ... */
     ProtobufCMessage *args;    /* its arguments (borrowed; the session and
                                   stale_ok fields are set here) */
     bool write;                /* it may change the state: retries can make
@@ -45,6 +48,27 @@ struct ck_call
  * @return a clerk_error
  */
 int ck_call(struct clerk *c, struct ck_call *k, void **result);
+
+struct clerk_put_result;
+
+/**
+ * clerk_put_ex with a lease (0: none): clerk_put_ex and clerk_put_lease.
+ */
+int ck_put(struct clerk *c,
+           const void *key,
+           size_t key_len,
+           const void *value,
+           size_t value_len,
+           uint64_t lease,
+           unsigned flags,
+           struct clerk_put_result **out);
+
+/**
+ * A new handle to the same cluster as @c, with the same options, user and
+ * TLS context (borrowed: @c must outlive it), for a thread of its own.
+ * @return CLERK_OK or CLERK_NOMEM
+ */
+int ck_clone(struct clerk *c, struct clerk **out);
 
 /**
  * The fields of a protobuf message by name, for messages that share a

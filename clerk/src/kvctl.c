@@ -26,6 +26,7 @@ enum {
     EXIT_UNAUTHENTICATED = 6, /* no user, a wrong password, a stale token */
     EXIT_PERMISSION_DENIED = 7, /* the user's roles do not allow it */
     EXIT_COMPACTED = 8,         /* events, compact: that history is gone */
+    EXIT_LEASE_NOT_FOUND = 9,   /* lease, put --lease: no such lease */
 };
 
 enum format { FMT_SIMPLE, FMT_JSON, FMT_TABLE };
@@ -42,7 +43,8 @@ static const char usage_text[] =
     "  get KEY [END] [--prefix|--from-key] [--limit N] [--keys-only]\n"
     "      [--count-only] [--rev-info] [--sort-order ascend|descend]\n"
     "      [--print-value-only]  keys and values of a range\n"
-    "  put KEY VALUE [--prev-kv] [--ignore-value]  set KEY to VALUE\n"
+    "  put KEY VALUE [--prev-kv] [--ignore-value] [--lease ID]\n"
+    "                          set KEY to VALUE\n"
     "  append KEY VALUE        append VALUE to KEY (absent counts as empty)\n"
     "  del KEY                 delete KEY\n"
     "  del KEY [END] [--prefix|--from-key] [--prev-kv]  delete a range\n"
@@ -54,6 +56,9 @@ static const char usage_text[] =
     "                          print changes as they happen, one line each\n"
     "  cas KEY EXPECTED NEW    set KEY to NEW if it holds EXPECTED\n"
     "  cas --absent KEY NEW    set KEY to NEW if it does not exist\n"
+    "  lease grant TTL | revoke ID | keep-alive ID [--once] |\n"
+    "        timetolive ID [--keys] | list\n"
+    "                          leases: keys that go when the lease ends\n"
     "  status                  a row per node: role, term, indexes, leader,\n"
     "                          how far it trails the leader\n"
     "  transfer-leader ID      hand leadership to node ID (auto: the leader\n"
@@ -107,11 +112,13 @@ static const char usage_text[] =
     "6 unauthenticated (auth is enabled and no --user was given, or a\n"
     "wrong user name or password), 7 permission denied (the user's roles\n"
     "do not allow it), 8 compacted (events, compact: that history is\n"
-    "gone). A txn whose compares failed exits 0 and prints FAILURE.\n"
+    "gone), 9 no such lease (lease, put --lease). A txn whose compares\n"
+    "failed exits 0 and prints FAILURE.\n"
     "Pipe mode exits 0 at the end of input.\n"
     "Error codes: NOT_FOUND, CAS_MISMATCH, TIMEOUT, UNAVAILABLE,\n"
     "BAD_REQUEST, VALUE_TOO_LARGE, NO_SPACE, DISABLED, UNAUTHENTICATED,\n"
-    "PERMISSION_DENIED, COMPACTED, FUTURE_REVISION, USAGE, INTERNAL.\n";
+    "PERMISSION_DENIED, COMPACTED, FUTURE_REVISION, LEASE_NOT_FOUND,\n"
+    "USAGE, INTERNAL.\n";
 
 static const struct
 {
@@ -135,11 +142,33 @@ static const struct
      "  \"create_revision\":..,\"mod_revision\":..,\"version\":..,\n"
      "  \"value\":..}],\"count\":N,\"more\":false}\n"},
     {"put",
-     "kvctl put KEY VALUE [--prev-kv] [--ignore-value]\n  Set KEY to VALUE "
-     "(applied exactly once, even across retries).\n"
+     "kvctl put KEY VALUE [--prev-kv] [--ignore-value] [--lease ID]\n  Set "
+     "KEY to VALUE (applied exactly once, even across retries).\n"
      "  --prev-kv prints the key as it was; --ignore-value (without VALUE)\n"
-     "  keeps the value and bumps the key's revision. A VALUE starting\n"
-     "  with -- goes after the word --.\n"},
+     "  keeps the value and bumps the key's revision; --lease ID (hex, as\n"
+     "  lease grant prints it) attaches the key to a lease: it is deleted\n"
+     "  when the lease ends (a put without --lease takes it off again).\n"
+     "  Exit 9 (LEASE_NOT_FOUND) when there is no such lease: nothing is\n"
+     "  written. A VALUE starting with -- goes after the word --.\n"},
+    {"lease",
+     "kvctl lease grant TTL\n"
+     "  Grant a lease of TTL seconds (the cluster raises a TTL below its\n"
+     "  --lease-min-ttl): prints lease ID granted with TTL(Ns), ID in hex.\n"
+     "kvctl lease revoke ID\n"
+     "  End the lease now: its keys are deleted, all at one revision.\n"
+     "kvctl lease keep-alive ID [--once]\n"
+     "  Renew the lease every third of its TTL until interrupted (or once),\n"
+     "  a line per renewal: lease ID keepalived with TTL(N). Stops with\n"
+     "  exit 9 when the lease is gone, 3 when no renewal got through for\n"
+     "  a whole TTL (the lease may have expired).\n"
+     "kvctl lease timetolive ID [--keys]\n"
+     "  Its TTL, the seconds it has left by the leader's clock, and with\n"
+     "  --keys the keys attached to it.\n"
+     "kvctl lease list\n"
+     "  Every lease's id.\n"
+     "  -w json: {\"ok\":true,\"id\":N,\"ttl\":N,...} (ids as numbers);\n"
+     "  exit 9 (LEASE_NOT_FOUND) for a lease that expired, was revoked or\n"
+     "  never existed.\n"},
     {"txn",
      "kvctl txn [-i|--interactive] [--json-input] < TXN\n"
      "  One transaction, from standard input, in etcdctl's form: compares\n"
@@ -482,6 +511,9 @@ static int answer_error(const char *code,
     }
     if (!strcmp(code, "COMPACTED")) {
         return EXIT_COMPACTED;
+    }
+    if (!strcmp(code, "LEASE_NOT_FOUND")) {
+        return EXIT_LEASE_NOT_FOUND;
     }
     return EXIT_ERROR;
 }
@@ -1770,8 +1802,8 @@ static int cmd_get_range(struct clerk *ck, struct range_spec *s)
 static int cmd_put_ex(struct clerk *ck, struct range_spec *s)
 {
     struct clerk_put_result *r;
-    int err = clerk_put_ex(ck, s->key.p, s->key.len, s->value.p, s->value.len,
-                           s->flags, &r);
+    int err = clerk_put_lease(ck, s->key.p, s->key.len, s->value.p,
+                              s->value.len, s->lease, s->flags, &r);
     if (err) {
         return answer_clerk(ck, err);
     }
@@ -2336,6 +2368,227 @@ static int cmd_watch(struct clerk *ck, struct tok *t, int n)
 }
 
 /* Run one command; returns its exit code. */
+/* --------------------------------------------------------------- leases */
+
+static volatile sig_atomic_t interrupted; /* SIGINT or SIGTERM came */
+
+static void on_interrupt(int sig)
+{
+    (void)sig;
+    interrupted = 1;
+}
+
+static uint64_t mono_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+/* Print a lease answer: "lease ID <text>" or its JSON members. */
+static void answer_lease(uint64_t id, json_t *members, const char *text)
+{
+    if (fmt == FMT_JSON) {
+        json_t *o = ok_object();
+        json_object_set_new(o, "id", ju64(id));
+        json_object_update(o, members);
+        json_decref(members);
+        emit(o);
+    } else {
+        json_decref(members);
+        printf("lease %016llx %s\n", (unsigned long long)id, text);
+    }
+}
+
+/* kvctl lease keep-alive ID [--once]: renew every TTL/3 until interrupted;
+ * the lease counts as lost a TTL after the last good renewal was sent. */
+static int lease_keepalive(struct clerk *ck, uint64_t id, bool once)
+{
+    struct sigaction sa = {0}, old_int, old_term;
+    sa.sa_handler = on_interrupt;
+    sigaction(SIGINT, &sa, &old_int);
+    sigaction(SIGTERM, &sa, &old_term);
+    interrupted = 0;
+    int rv = EXIT_OK;
+    uint64_t last_ok = 0, ttl_ms = 0;
+    while (!interrupted) {
+        uint64_t sent = mono_ms();
+        if (last_ok) {
+            uint64_t left =
+                last_ok + ttl_ms > sent ? last_ok + ttl_ms - sent : 1;
+            clerk_set_deadline(ck, (unsigned)left);
+        }
+        int64_t ttl = 0;
+        int err = clerk_lease_keepalive_once(ck, id, &ttl);
+        if (err == CLERK_OK) {
+            last_ok = sent;
+            ttl_ms = (uint64_t)(ttl > 0 ? ttl : 1) * 1000;
+            char text[64];
+            snprintf(text, sizeof text, "keepalived with TTL(%lld)",
+                     (long long)ttl);
+            answer_lease(id, json_pack("{sI}", "ttl", (json_int_t)ttl), text);
+            fflush(stdout);
+            if (once) {
+                break;
+            }
+        } else if (err == CLERK_LEASE_NOT_FOUND || once || !last_ok ||
+                   mono_ms() >= last_ok + ttl_ms) {
+            rv = answer_clerk(ck, err);
+            break;
+        }
+        /* The next renewal a third of the TTL after the last good one
+         * (sooner after a failure, while the lease still lives). */
+        uint64_t next = err == CLERK_OK ? last_ok + ttl_ms / 3
+                                        : mono_ms() + ttl_ms / 20 + 50;
+        while (!interrupted && mono_ms() < next) {
+            uint64_t left = next - mono_ms();
+            struct timespec ts = {0, (long)(left < 100 ? left : 100) * 1000000};
+            nanosleep(&ts, NULL);
+        }
+    }
+    clerk_set_deadline(ck, 0);
+    sigaction(SIGINT, &old_int, NULL);
+    sigaction(SIGTERM, &old_term, NULL);
+    return rv;
+}
+
+static int cmd_lease(struct clerk *ck, struct tok *t, int n)
+{
+    const char *use =
+        "usage: kvctl lease grant TTL | revoke ID | keep-alive ID [--once] "
+        "| timetolive ID [--keys] | list";
+    if (n < 2) {
+        return usage_error(use);
+    }
+    const char *sub = t[1].p;
+    bool list = !strcmp(sub, "list");
+    bool grant = !strcmp(sub, "grant");
+    uint64_t id = 0;
+    bool flag = false;
+    if (list) {
+        if (n != 2) {
+            return usage_error(use);
+        }
+    } else if (grant) {
+        char *end;
+        errno = 0;
+        long long ttl = n == 3 ? strtoll(t[2].p, &end, 10) : 0;
+        if (n != 3 || errno || end == t[2].p || *end || ttl <= 0) {
+            return usage_error("usage: kvctl lease grant TTL (seconds, > 0)");
+        }
+        int64_t got = 0;
+        int err = clerk_lease_grant(ck, ttl, 0, &id, &got);
+        if (err) {
+            return answer_clerk(ck, err);
+        }
+        char text[64];
+        snprintf(text, sizeof text, "granted with TTL(%llds)", (long long)got);
+        answer_lease(id, json_pack("{sI}", "ttl", (json_int_t)got), text);
+        return EXIT_OK;
+    } else {
+        const char *opt = !strcmp(sub, "keep-alive")   ? "--once"
+                          : !strcmp(sub, "timetolive") ? "--keys"
+                                                       : NULL;
+        if (strcmp(sub, "revoke") && !opt) {
+            return usage_error(use);
+        }
+        if (n == 4 && opt && !strcmp(t[3].p, opt)) {
+            flag = true;
+        } else if (n != 3) {
+            return usage_error(use);
+        }
+        if (!kvctl_parse_lease_id(t[2].p, &id)) {
+            return usage_error(
+                "ID is a lease id in hex (as lease grant and "
+                "lease list print it)");
+        }
+    }
+    int err;
+    if (!strcmp(sub, "revoke")) {
+        uint64_t rev = 0, deleted = 0;
+        err = clerk_lease_revoke(ck, id, &rev, &deleted);
+        if (err) {
+            return answer_clerk(ck, err);
+        }
+        char text[80];
+        snprintf(text, sizeof text, "revoked (%llu keys deleted)",
+                 (unsigned long long)deleted);
+        answer_lease(id,
+                     json_pack("{s{sI}sI}", "header", "revision",
+                               (json_int_t)rev, "deleted", (json_int_t)deleted),
+                     text);
+        return EXIT_OK;
+    }
+    if (!strcmp(sub, "keep-alive")) {
+        return lease_keepalive(ck, id, flag);
+    }
+    if (list) {
+        uint64_t *ids = NULL;
+        size_t count = 0;
+        err = clerk_lease_list(ck, &ids, &count);
+        if (err) {
+            return answer_clerk(ck, err);
+        }
+        if (fmt == FMT_JSON) {
+            json_t *o = ok_object(), *arr = json_array();
+            for (size_t i = 0; i < count; i++) {
+                json_array_append_new(arr, ju64(ids[i]));
+            }
+            json_object_set_new(o, "leases", arr);
+            emit(o);
+        } else {
+            printf("found %zu leases%s", count, pipe_mode ? "" : "\n");
+            for (size_t i = 0; i < count; i++) {
+                printf(pipe_mode ? " %016llx" : "%016llx\n",
+                       (unsigned long long)ids[i]);
+            }
+            if (pipe_mode) {
+                putchar('\n');
+            }
+        }
+        clerk_free(ids);
+        return EXIT_OK;
+    }
+    struct clerk_lease_ttl_result *r = NULL;
+    err = clerk_lease_timetolive(ck, id, flag, &r);
+    if (err) {
+        return answer_clerk(ck, err);
+    }
+    if (fmt == FMT_JSON) {
+        json_t *keys = json_array();
+        for (size_t i = 0; i < r->n_keys; i++) {
+            json_array_append_new(keys,
+                                  jb64(r->keys[i].key, r->keys[i].key_len));
+        }
+        json_t *m = json_pack("{sIsIs{sI}}", "ttl", (json_int_t)r->ttl,
+                              "granted_ttl", (json_int_t)r->granted_ttl,
+                              "header", "revision", (json_int_t)r->revision);
+        if (flag) {
+            json_object_set_new(m, "keys", keys);
+        } else {
+            json_decref(keys);
+        }
+        answer_lease(id, m, "");
+    } else {
+        printf("lease %016llx granted with TTL(%llds), remaining(%llds)",
+               (unsigned long long)id, (long long)r->granted_ttl,
+               (long long)r->ttl);
+        if (flag) {
+            fputs(", attached keys([", stdout);
+            for (size_t i = 0; i < r->n_keys; i++) {
+                if (i) {
+                    putchar(' ');
+                }
+                fwrite(r->keys[i].key, 1, r->keys[i].key_len, stdout);
+            }
+            fputs("])", stdout);
+        }
+        putchar('\n');
+    }
+    clerk_lease_ttl_result_free(r);
+    return EXIT_OK;
+}
+
 static int run_command(struct clerk *ck, struct tok *t, int n)
 {
     const char *cmd = t[0].p;
@@ -2437,6 +2690,9 @@ static int run_command(struct clerk *ck, struct tok *t, int n)
     }
     if (!strcmp(cmd, "compact")) {
         return cmd_compact(ck, t, n);
+    }
+    if (!strcmp(cmd, "lease")) {
+        return cmd_lease(ck, t, n);
     }
     if (!strcmp(cmd, "events") || !strcmp(cmd, "history")) {
         return cmd_events(ck, t, n);

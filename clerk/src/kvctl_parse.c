@@ -150,6 +150,29 @@ static bool parse_u64(const char *s, uint64_t *v)
     return true;
 }
 
+bool kvctl_parse_lease_id(const char *s, uint64_t *id)
+{
+    if (s[0] == '0' && (s[1] == 'x' || s[1] == 'X')) {
+        s += 2;
+    }
+    if (!*s || strlen(s) > 16) {
+        return false;
+    }
+    uint64_t v = 0;
+    for (; *s; s++) {
+        int d = *s >= '0' && *s <= '9'   ? *s - '0'
+                : *s >= 'a' && *s <= 'f' ? *s - 'a' + 10
+                : *s >= 'A' && *s <= 'F' ? *s - 'A' + 10
+                                         : -1;
+        if (d < 0) {
+            return false;
+        }
+        v = v << 4 | (uint64_t)d;
+    }
+    *id = v;
+    return v != 0;
+}
+
 bool kvctl_parse_spec(enum spec_cmd cmd,
                       struct tok *t,
                       int n,
@@ -162,7 +185,9 @@ bool kvctl_parse_spec(enum spec_cmd cmd,
             "get KEY [END] [--prefix] [--from-key] [--limit N] "
             "[--keys-only] [--count-only] [--rev-info] "
             "[--sort-order ascend|descend] [--print-value-only]",
-        [SPEC_PUT] = "put KEY VALUE [--prev-kv] [--ignore-value]",
+        [SPEC_PUT] =
+            "put KEY VALUE [--prev-kv] [--ignore-value] "
+            "[--lease ID]",
         [SPEC_DEL] = "del KEY [END] [--prefix] [--from-key] [--prev-kv]",
     };
     memset(s, 0, sizeof *s);
@@ -225,6 +250,13 @@ bool kvctl_parse_spec(enum spec_cmd cmd,
             s->flags |= CLERK_PUT_PREV_KV;
         } else if (cmd == SPEC_PUT && IS("--ignore-value")) {
             s->flags |= CLERK_PUT_IGNORE_VALUE;
+        } else if (cmd == SPEC_PUT && IS("--lease")) {
+            if (!val || !kvctl_parse_lease_id(val, &s->lease)) {
+                return fail(why, why_len,
+                            "--lease needs a lease id in hex (as kvctl "
+                            "lease grant prints it)");
+            }
+            TAKE_VALUE();
         } else if (cmd == SPEC_DEL && IS("--prev-kv")) {
             s->flags |= CLERK_DELETE_PREV_KV;
         } else {
@@ -448,8 +480,8 @@ static bool parse_op(struct clerk_txn *txn,
     int rv;
     switch (cmd) {
         case SPEC_PUT:
-            rv = clerk_txn_put(txn, branch, s.key.p, s.key.len, s.value.p,
-                               s.value.len, s.flags);
+            rv = clerk_txn_put_lease(txn, branch, s.key.p, s.key.len, s.value.p,
+                                     s.value.len, s.lease, s.flags);
             break;
         case SPEC_GET:
             rv = clerk_txn_range(txn, branch, s.key.p, s.key.len, s.end,
@@ -742,10 +774,11 @@ static bool json_op(json_t *op,
                     "an op is {\"request_put\"|\"request_range\"|"
                     "\"request_delete_range\"|\"request_txn\": {...}}");
     }
-    uint64_t limit = 0;
+    uint64_t limit = 0, lease = 0;
     if (!json_b64(v, "key", &key, &kl) ||
         !json_b64(v, "range_end", &end, &el) ||
-        !json_b64(v, "value", &val, &vl) || !json_u64(v, "limit", &limit)) {
+        !json_b64(v, "value", &val, &vl) || !json_u64(v, "limit", &limit) ||
+        !json_u64(v, "lease", &lease)) {
         fail(why, wl, "op: bad base64 or number");
         goto out;
     }
@@ -753,7 +786,7 @@ static bool json_op(json_t *op,
         unsigned f =
             (json_flag(v, "prev_kv") ? CLERK_PUT_PREV_KV : 0) |
             (json_flag(v, "ignore_value") ? CLERK_PUT_IGNORE_VALUE : 0);
-        rv = clerk_txn_put(txn, br, key, kl, val, vl, f);
+        rv = clerk_txn_put_lease(txn, br, key, kl, val, vl, lease, f);
     } else if (range) {
         unsigned f = (json_flag(v, "keys_only") ? CLERK_RANGE_KEYS_ONLY : 0) |
                      (json_flag(v, "count_only") ? CLERK_RANGE_COUNT_ONLY : 0);

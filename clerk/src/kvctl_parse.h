@@ -30,6 +30,7 @@ struct range_spec
     unsigned flags;                  /* CLERK_RANGE_* (get), CLERK_PUT_* (put),
                                         CLERK_DELETE_* (del) */
     bool print_value_only, rev_info; /* get's output options */
+    uint64_t lease;                  /* put: --lease ID (0: none) */
     bool extended; /* any option beyond the classic KEY [VALUE] */
 };
 
@@ -42,6 +43,12 @@ enum spec_cmd { SPEC_GET, SPEC_PUT, SPEC_DEL };
  * @return the count, or -1 with *why set
  */
 int kvctl_tokenize(char *line, struct tok *t, int max, const char **why);
+
+/**
+ * Parse a lease id as kvctl prints it: hex, with or without 0x.
+ * @return true, or false when it is not one (or 0)
+ */
+bool kvctl_parse_lease_id(const char *s, uint64_t *id);
 
 /**
  * Parse the arguments of get, put or del (t[0] is the command's first

@@ -157,6 +157,10 @@ static int compare_number(struct clerk_txn *t,
                 RAFTKV__COMPARE__TARGET_UNION_CREATE_REVISION;
             cmp->create_revision = v;
             break;
+        case RAFTKV__COMPARE__TARGET__LEASE:
+            cmp->target_union_case = RAFTKV__COMPARE__TARGET_UNION_LEASE;
+            cmp->lease = v;
+            break;
         default:
             cmp->target_union_case = RAFTKV__COMPARE__TARGET_UNION_MOD_REVISION;
             cmp->mod_revision = v;
@@ -193,6 +197,16 @@ int clerk_txn_compare_mod(struct clerk_txn *t,
 {
     return compare_number(t, key, key_len, result, RAFTKV__COMPARE__TARGET__MOD,
                           revision);
+}
+
+int clerk_txn_compare_lease(struct clerk_txn *t,
+                            const void *key,
+                            size_t key_len,
+                            enum clerk_compare_result result,
+                            uint64_t lease)
+{
+    return compare_number(t, key, key_len, result,
+                          RAFTKV__COMPARE__TARGET__LEASE, lease);
 }
 
 int clerk_txn_compare_range_end(struct clerk_txn *t,
@@ -253,6 +267,19 @@ int clerk_txn_put(struct clerk_txn *t,
                   size_t value_len,
                   unsigned flags)
 {
+    return clerk_txn_put_lease(t, branch, key, key_len, value, value_len, 0,
+                               flags);
+}
+
+int clerk_txn_put_lease(struct clerk_txn *t,
+                        enum clerk_txn_branch branch,
+                        const void *key,
+                        size_t key_len,
+                        const void *value,
+                        size_t value_len,
+                        uint64_t lease,
+                        unsigned flags)
+{
     if (bad_op_args(t, branch, key, key_len) || (!value && value_len)) {
         return CLERK_INVALID;
     }
@@ -272,6 +299,7 @@ int clerk_txn_put(struct clerk_txn *t,
     op->request_put = p;
     p->prev_kv = (flags & CLERK_PUT_PREV_KV) != 0;
     p->ignore_value = (flags & CLERK_PUT_IGNORE_VALUE) != 0;
+    p->lease = lease;
     if (!copy_bytes(&p->key, key, key_len) ||
         !copy_bytes(&p->value, value, value_len)) {
         raftkv__request_op__free_unpacked(op, NULL);

@@ -8,6 +8,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "lease.h"
 #include "metrics.h"
 #include "node.h"
 #include "quota.h"
@@ -89,6 +90,10 @@ static const char usage_text[] =
     "                           to the last N revisions (default 100000)\n"
     "  --history-bytes N        and to at most N bytes (256MiB: K, M, G, T\n"
     "                           are binary units; 0: no cap; default 256MiB)\n"
+    "  --lease-min-ttl S        the shortest TTL of a lease, in seconds: a\n"
+    "                           grant asking less gets S (default: 3 x\n"
+    "                           --election-ms, rounded up to a second; a\n"
+    "                           lease must outlive an election)\n"
     "  --auth-token-ttl-s S     tokens that clients get from Authenticate\n"
     "                           (users and roles, docs/auth.md) are valid\n"
     "                           for S seconds (default 300)\n"
@@ -317,6 +322,7 @@ int main(int argc, char **argv)
         {"peer-tls-allowed-names", required_argument, NULL, 1008},
         {"history-revisions", required_argument, NULL, 1009},
         {"history-bytes", required_argument, NULL, 1010},
+        {"lease-min-ttl", required_argument, NULL, 1011},
         {"help", no_argument, NULL, 'h'},
         {0},
     };
@@ -418,6 +424,10 @@ int main(int argc, char **argv)
             case 1009:
                 c.history_revisions =
                     parse_u64("--history-revisions", optarg, 1, UINT64_MAX / 2);
+                break;
+            case 1011:
+                c.lease_min_ttl_s = (int64_t)parse_u64(
+                    "--lease-min-ttl", optarg, 1, KV_LEASE_MAX_TTL);
                 break;
             case 1010:
                 if (kv_quota_parse(optarg, &c.history_bytes) != 0) {
@@ -583,6 +593,9 @@ int main(int argc, char **argv)
     }
     if (c.heartbeat_ms >= c.election_ms) {
         die_usage("--heartbeat-ms must be below --election-ms%s", "");
+    }
+    if (c.lease_min_ttl_s == 0) {
+        c.lease_min_ttl_s = (int64_t)((3ull * c.election_ms + 999) / 1000);
     }
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);

@@ -73,6 +73,9 @@ enum clerk_error {
                                 to where */
     CLERK_FUTURE_REVISION,   /* the revision asked for is newer than the
                                 store's; nothing was done */
+    CLERK_LEASE_NOT_FOUND,   /* no such lease: never granted, revoked, or
+                                expired (its keys are gone with it); a put
+                                or transaction naming it wrote nothing */
 };
 
 /* How reads are served. */
@@ -533,7 +536,7 @@ struct clerk_kv
     uint64_t mod_revision;    /* revision of its last change */
     uint64_t version;         /* changes since created (1 after the put
                                  that created it) */
-    uint64_t lease;           /* reserved for leases (0: none) */
+    uint64_t lease;           /* the lease it is attached to (0: none) */
 };
 
 /* clerk_range flags. */
@@ -1073,6 +1076,196 @@ const char *clerk_watch_errmsg(const struct clerk_watch *w);
  * @param w the watch, or NULL
  */
 void clerk_watch_close(struct clerk_watch *w);
+/* -------------------------------------------------------------- leases
+ *
+ *   uint64_t id;
+ *   clerk_lease_grant(ck, 10, 0, &id, NULL);          (a 10 s lease)
+ *   clerk_put_lease(ck, "svc/a", 5, "addr", 4, id, 0, NULL);
+ *   struct clerk_keepalive *ka;
+ *   clerk_lease_keepalive_start(ck, id, on_lost, NULL, &ka);
+ *   ... while it runs, svc/a stays; when this process dies, the lease
+ *   expires and svc/a is deleted ...
+ *   clerk_lease_keepalive_stop(ka);
+ *   clerk_lease_revoke(ck, id, NULL, NULL);
+ *
+ * A lease is granted with a TTL in seconds; keys put with it are deleted,
+ * all at one revision, when it is revoked or when the leader sees no
+ * keep-alive for a whole TTL (docs/data-model.md, "Leases"). Lease ids
+ * are 64-bit numbers below 2^63; kvctl prints them in hex. Keep-alives,
+ * time-to-live and list calls are answered by the leader once it has
+ * proven it still leads. */
+
+/**
+ * Grant a lease. The cluster raises a TTL below its minimum
+ * (kvserver --lease-min-ttl, 2 s by default) to it.
+ * @param ttl_s seconds, 1 to 31536000 (a year)
+ * @param id the id to grant (0: the leader picks a random one); granting
+ *   an id that exists fails with CLERK_BAD_REQUEST
+ * @param id_out if not NULL, set to the lease's id
+ * @param ttl_out if not NULL, set to the TTL it was granted with
+ * @return CLERK_OK, CLERK_BAD_REQUEST (bad TTL, the id exists), or as
+ *   clerk_put (a write: retried with the same request id)
+ */
+int clerk_lease_grant(struct clerk *c,
+                      int64_t ttl_s,
+                      uint64_t id,
+                      uint64_t *id_out,
+                      int64_t *ttl_out);
+
+/**
+ * Revoke a lease: delete it and every key attached to it, at one
+ * revision.
+ * @param revision if not NULL, set to the revision that deleted its keys
+ *   (the store's when it had none)
+ * @param deleted if not NULL, set to the number of keys deleted
+ * @return CLERK_OK, CLERK_LEASE_NOT_FOUND (gone already: expired, revoked
+ *   before), or as clerk_put
+ */
+int clerk_lease_revoke(struct clerk *c,
+                       uint64_t id,
+                       uint64_t *revision,
+                       uint64_t *deleted);
+
+/**
+ * Renew a lease once, to its full TTL from the moment the leader answers.
+ * The caller must count the lease lost a TTL after it SENT the last
+ * successful renewal (not after it got the answer): the leader may have
+ * started the TTL any time in between.
+ * @param ttl_out if not NULL, set to the TTL it now has (seconds)
+ * @return CLERK_OK, CLERK_LEASE_NOT_FOUND (it expired or was revoked),
+ *   CLERK_TIMEOUT (no leader answered before the deadline: not renewed),
+ *   CLERK_BAD_REQUEST (id 0), CLERK_UNAUTHENTICATED, CLERK_INVALID
+ */
+int clerk_lease_keepalive_once(struct clerk *c, uint64_t id, int64_t *ttl_out);
+
+/* What clerk_lease_timetolive found. */
+struct clerk_lease_ttl_result
+{
+    uint64_t id;           /* the lease */
+    int64_t ttl;           /* whole seconds it has left, by the leader's
+                              clock (0: due to expire now) */
+    int64_t granted_ttl;   /* the TTL it was granted with */
+    uint64_t revision;     /* the store's revision */
+    struct clerk_kv *keys; /* with keys: its keys, key and key_len only
+                              (value empty), in key order */
+    size_t n_keys;         /* their number */
+};
+
+/**
+ * How long a lease has left, and optionally its keys.
+ * @param keys list its keys too (with auth enabled: root, or a user who
+ *   may read every one of them)
+ * @param out set to the result on CLERK_OK (free with
+ *   clerk_lease_ttl_result_free), else to NULL
+ * @return CLERK_OK, CLERK_LEASE_NOT_FOUND, CLERK_PERMISSION_DENIED, or as
+ *   clerk_lease_keepalive_once
+ */
+int clerk_lease_timetolive(struct clerk *c,
+                           uint64_t id,
+                           bool keys,
+                           struct clerk_lease_ttl_result **out);
+
+/**
+ * Free a time-to-live result.
+ * @param r the result, or NULL
+ */
+void clerk_lease_ttl_result_free(struct clerk_lease_ttl_result *r);
+
+/**
+ * Every lease's id, ascending.
+ * @param ids set to an array of *n ids (free with clerk_free; NULL when
+ *   there is none)
+ * @return CLERK_OK, or as clerk_lease_keepalive_once
+ */
+int clerk_lease_list(struct clerk *c, uint64_t **ids, size_t *n);
+
+/**
+ * clerk_put_ex, attaching the key to a lease (it is deleted when the
+ * lease ends; a put without the lease, as clerk_put_ex does, takes it off
+ * the lease again).
+ * @param lease the lease (0: none)
+ * @return as clerk_put_ex, or CLERK_LEASE_NOT_FOUND (the lease does not
+ *   exist: nothing was written), CLERK_VALUE_TOO_LARGE (a key attached to
+ *   a lease is at most 503 bytes)
+ */
+int clerk_put_lease(struct clerk *c,
+                    const void *key,
+                    size_t key_len,
+                    const void *value,
+                    size_t value_len,
+                    uint64_t lease,
+                    unsigned flags,
+                    struct clerk_put_result **out);
+
+/**
+ * Called once when a background keep-alive gives up a lease: from then on
+ * the holder must act as if its keys are gone.
+ * @param id the lease
+ * @param reason CLERK_LEASE_NOT_FOUND (it expired or was revoked: its
+ *   keys are deleted), or why no renewal succeeded for a whole TTL counted
+ *   from the send time of the last one that did (CLERK_TIMEOUT,
+ *   CLERK_UNAUTHENTICATED, ...): the lease may have expired by now
+ * @param arg as given to clerk_lease_keepalive_start
+ */
+typedef void (*clerk_lease_lost_cb)(uint64_t id, int reason, void *arg);
+
+struct clerk_keepalive;
+
+/**
+ * Keep a lease alive from a thread of its own, with its own connections
+ * (a handle like @c: its servers, user and TLS): it renews the lease once
+ * at once (in this call), then every third of its TTL, retrying in
+ * between when a renewal fails. It calls @lost, once, and stops renewing
+ * when the lease is lost (see clerk_lease_lost_cb).
+ *
+ * Threads: @lost runs on the keep-alive thread; it must not call
+ * clerk_lease_keepalive_stop on its own handle (it may use other
+ * handles). Stop every keep-alive before closing @c.
+ * @param c the handle to copy (borrowed until clerk_lease_keepalive_stop)
+ * @param lost called when the lease is lost, or NULL
+ * @param out set to the keep-alive on CLERK_OK
+ * @return CLERK_OK (the first renewal succeeded), or what the first
+ *   renewal returned (CLERK_LEASE_NOT_FOUND, CLERK_TIMEOUT, ...; no
+ *   thread then), CLERK_INVALID, CLERK_NOMEM
+ */
+int clerk_lease_keepalive_start(struct clerk *c,
+                                uint64_t id,
+                                clerk_lease_lost_cb lost,
+                                void *arg,
+                                struct clerk_keepalive **out);
+
+/**
+ * Stop a keep-alive (the lease is not revoked: it expires a TTL after
+ * the last renewal unless revoked) and free it; waits for its thread.
+ * @param k the keep-alive, or NULL
+ */
+void clerk_lease_keepalive_stop(struct clerk_keepalive *k);
+
+/**
+ * Add a put to a branch, attaching the key to a lease (0: none). When the
+ * lease does not exist at commit, the whole transaction changes nothing
+ * and clerk_txn_commit returns CLERK_LEASE_NOT_FOUND.
+ * @return as clerk_txn_put
+ */
+int clerk_txn_put_lease(struct clerk_txn *t,
+                        enum clerk_txn_branch branch,
+                        const void *key,
+                        size_t key_len,
+                        const void *value,
+                        size_t value_len,
+                        uint64_t lease,
+                        unsigned flags);
+
+/**
+ * Compare the lease a key is attached to (0: none, or the key does not
+ * exist).
+ * @return as clerk_txn_compare_value
+ */
+int clerk_txn_compare_lease(struct clerk_txn *t,
+                            const void *key,
+                            size_t key_len,
+                            enum clerk_compare_result result,
+                            uint64_t lease);
 
 /**
  * Change the deadline of the operations that follow.

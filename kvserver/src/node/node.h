@@ -100,6 +100,8 @@ struct kv_node_config
     uint64_t history_revisions;  /* the leader compacts the history down to
                                     this many revisions */
     uint64_t history_bytes;      /* and to this many bytes (0: no cap) */
+    int64_t lease_min_ttl_s;     /* shortest lease TTL, seconds: a grant
+                                    asking less gets this */
 };
 
 /* Another node, as seen from this one. */

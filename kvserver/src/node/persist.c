@@ -618,9 +618,11 @@ int node_restore(struct kv_node *n)
                     n->cfg.data_dir, KV_STORE_FORMAT, st->errmsg);
             return -1;
         }
-        rpc_logf(RPC_LOG_INFO, "node %llu: %s upgraded from format %llu to %d",
+        rpc_logf(RPC_LOG_INFO,
+                 "node %llu: %s upgraded from format %llu to %d%s",
                  (unsigned long long)n->cfg.id, n->cfg.data_dir,
-                 (unsigned long long)was, KV_STORE_FORMAT);
+                 (unsigned long long)was, KV_STORE_FORMAT,
+                 was == KV_STORE_FORMAT_OLD ? " (keys got revisions)" : "");
     }
     MDB_txn *txn;
     if (mdb_txn_begin(st->env, NULL, MDB_RDONLY, &txn) != 0) {

@@ -80,6 +80,7 @@ static void put_rpc(struct evbuffer *b, struct kv_node *n)
              "Requests this node answered, by service, method and status.");
     const ProtobufCServiceDescriptor *descs[] = {
         &raftkv__kv_service__descriptor,
+        &raftkv__lease_service__descriptor,
         &raftkv__raft_service__descriptor,
         &raftkv__admin_service__descriptor,
     };
@@ -238,6 +239,12 @@ static void on_metrics(struct evhttp_request *req, void *arg)
               "Watches open on this node (WatchService).", watches);
     put_value(b, "raftkv_watch_events_total", "counter",
               "Events this node has sent to watches.", watch_events);
+    put_value(b, "raftkv_leases", "gauge",
+              "Leases in this node's applied state.", lease_service_count(s));
+    put_value(b, "raftkv_lease_expired_total", "counter",
+              "Leases that expired (ended by the leader's expire entries) "
+              "as applied by this node since it started.",
+              n->store.lease_news.expired);
     evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type",
                       "text/plain; version=0.0.4; charset=utf-8");
     evhttp_send_reply(req, HTTP_OK, "OK", b);

@@ -10,9 +10,9 @@ int kv_services_open(struct kv_node *n, struct kv_services **out)
      * subscribes to the node's broadcasts; auth comes after the admin
      * handlers it puts the root check in front of. */
     static int (*const inits[])(struct kv_services *) = {
-        kv_service_init,    admin_service_init, backup_service_init,
-        fault_service_init, auth_service_init,  metrics_service_init,
-        watch_service_init,
+        kv_service_init,      lease_service_init, admin_service_init,
+        backup_service_init,  fault_service_init, auth_service_init,
+        metrics_service_init, watch_service_init,
     };
     struct kv_services *s = calloc(1, sizeof *s);
     *out = s;
@@ -27,6 +27,7 @@ int kv_services_open(struct kv_node *n, struct kv_services **out)
         }
     }
     rpc_server_add_service(n->server, &s->kv_svc.base);
+    rpc_server_add_service(n->server, &s->lease_svc.base);
     rpc_server_add_service(n->server, &s->admin_svc.base);
     rpc_server_add_service(n->server, &s->auth_svc.base);
     rpc_server_add_service(n->server, &s->watch_svc.base);
@@ -38,5 +39,6 @@ void kv_services_free(struct kv_services *s)
     if (s) {
         watch_service_free(s);
     }
+    lease_service_free(s);
     free(s);
 }

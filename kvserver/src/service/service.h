@@ -1,5 +1,6 @@
-/* service.h: what clients call (KvService, AdminService, AuthService,
- * /metrics), built on the node's API (node.h); private to kvserver.
+/* service.h: what clients call (KvService, LeaseService, AdminService,
+ * AuthService, /metrics), built on the node's API (node.h); private to
+ * kvserver.
  *
  * Each service is a file with an init function that kv_services_open calls:
  * it fills its rpc service table or the slots of another one, keeps its
@@ -21,6 +22,7 @@ struct evhttp;
 struct auth_cache;
 struct auth_worker;
 struct admin_transfer;
+struct lease_clock;
 
 /* A snapshot being read out by kvctl snapshot save (backup.c). */
 #define KV_MAX_BACKUPS 4
@@ -55,6 +57,9 @@ struct kv_services
     struct kv_backup backups[KV_MAX_BACKUPS]; /* snapshot reads (backup.c) */
     uint64_t backup_seq;                      /* for their ids */
     struct kv_quota quota;                    /* --quota-bytes (quota.c) */
+    Raftkv__LeaseService_Service lease_svc;   /* LeaseService (lease.c) */
+    struct lease_clock *lease_clock;          /* the leader's time of every
+                                                 lease (lease.c) */
     struct evhttp *http;    /* serves /metrics (--metrics-addr) */
     uint64_t http_requests; /* /metrics and /health requests */
     Raftkv__WatchService_Service watch_svc; /* WatchService (watch.c) */
@@ -84,6 +89,13 @@ void kv_services_free(struct kv_services *s);
 
 /* kv.c: KvService */
 int kv_service_init(struct kv_services *s);
+
+/* lease.c: LeaseService, and the leader's expiry of leases */
+int lease_service_init(struct kv_services *s);
+/* Free what lease_service_init made (after kv_node_close). */
+void lease_service_free(struct kv_services *s);
+/* Leases in this node's applied state (for /metrics). */
+size_t lease_service_count(struct kv_services *s);
 
 /* admin.c: AdminService Ping, Status and TransferLeader */
 int admin_service_init(struct kv_services *s);

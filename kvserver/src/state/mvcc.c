@@ -3,6 +3,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "lease.h"
 #include "mvcc.h"
 
 #define REC_OVERHEAD 16 /* about what a KeyValue costs on the wire */
@@ -788,6 +789,7 @@ int kv_change_put(struct kv_change *c,
                   const void *value,
                   size_t value_len,
                   bool ignore_value,
+                  uint64_t lease,
                   struct kv_arena *mem,
                   Raftkv__KeyValue **prev,
                   int *err)
@@ -812,6 +814,23 @@ int kv_change_put(struct kv_change *c,
         *err = RAFTKV__KV_ERROR__KV_NOT_FOUND;
         return 0;
     }
+    if (lease) {
+        /* Checked before anything is written: a put to a lease that is
+         * gone changes nothing. */
+        if (!kv_lease_key_fits(st, key_len)) {
+            *err = RAFTKV__KV_ERROR__KV_VALUE_TOO_LARGE;
+            return 0;
+        }
+        rv = kv_lease_get(st, c->txn, lease, NULL);
+        if (rv == MDB_NOTFOUND) {
+            *err = RAFTKV__KV_ERROR__KV_LEASE_NOT_FOUND;
+            return 0;
+        }
+        if (rv) {
+            return rv;
+        }
+    }
+    uint64_t old_lease = exists ? old.lease : 0;
     uint8_t *keep = NULL;
     if (exists && prev) {
         MDB_val k = {key_len, (void *)key};
@@ -832,7 +851,7 @@ int kv_change_put(struct kv_change *c,
     rec.create = exists ? old.create : c->rev;
     rec.mod = c->rev;
     rec.version = exists ? old.version + 1 : 1;
-    rec.lease = 0;
+    rec.lease = lease;
     rec.value = value;
     rec.value_len = value_len;
     /* The value is written once, in the put's event; the key's record
@@ -856,6 +875,12 @@ int kv_change_put(struct kv_change *c,
     kv_put_u32(p + KV_REC_HEAD, sub);
     rv = hist_add(c, true, key, key_len, &rec, exists ? &old : NULL);
     free(keep);
+    if (!rv && old_lease != lease && old_lease) {
+        rv = kv_lease_detach(st, c->txn, old_lease, key, key_len);
+    }
+    if (!rv && old_lease != lease && lease) {
+        rv = kv_lease_attach(st, c->txn, lease, key, key_len);
+    }
     return rv;
 }
 
@@ -928,6 +953,9 @@ int kv_change_delete(struct kv_change *c,
             break;
         }
         rv = hist_add(c, false, kbuf, klen, NULL, &rec);
+        if (!rv && rec.lease) {
+            rv = kv_lease_detach(st, c->txn, rec.lease, kbuf, klen);
+        }
         if (rv) {
             break;
         }

@@ -187,10 +187,14 @@ uint64_t kv_change_revision(const struct kv_change *c);
  * revision and version 1, an existing one keeps its create_revision and
  * counts its version up).
  * @param ignore_value keep the current value; the key must exist
+ * @param lease attach the key to this lease (it must exist); 0: none. A
+ *   key attached to another lease (or to one, with 0) leaves it.
  * @param prev if not NULL, set to a copy of the key as it was (in @mem), or
  *   NULL when it did not exist
  * @param err set to a Raftkv__KvError: OK, NOT_FOUND (ignore_value on a
- *   missing key), VALUE_TOO_LARGE (LMDB refused the key)
+ *   missing key), VALUE_TOO_LARGE (LMDB refused the key, or it is too long
+ *   to attach to a lease: kv_lease_key_fits), LEASE_NOT_FOUND; nothing is
+ *   written unless it is OK
  * @return 0 or a store error
  */
 int kv_change_put(struct kv_change *c,
@@ -199,12 +203,13 @@ int kv_change_put(struct kv_change *c,
                   const void *value,
                   size_t value_len,
                   bool ignore_value,
+                  uint64_t lease,
                   struct kv_arena *mem,
                   Raftkv__KeyValue **prev,
                   int *err);
 
 /**
- * Delete a key or a range.
+ * Delete a key or a range (each key leaves its lease).
  * @param deleted set to the number of keys deleted
  * @param prevs if not NULL, set to copies of the deleted keys (in @mem),
  *   *n_prevs of them; more than KV_MAX_RANGE_BYTES of them fail with

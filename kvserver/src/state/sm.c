@@ -7,6 +7,7 @@
 #include <proto/kv.pb-c.h>
 
 #include "auth.h"
+#include "lease.h"
 #include "sm.h"
 #include "snap.h"
 #include "txn.h"
@@ -280,7 +281,7 @@ static int apply_put_append(struct sm_ctx *x,
     uint8_t *joined = NULL;
     Raftkv__PutResponse resp = RAFTKV__PUT_RESPONSE__INIT;
     if (a->op == RAFTKV__PUT_OP__PUT_OP_APPEND) {
-        if (a->ignore_value) {
+        if (a->ignore_value || a->lease) {
             out->err = RAFTKV__KV_ERROR__KV_BAD_REQUEST;
             out->revision = c.revs.revision;
             return 0;
@@ -309,7 +310,8 @@ static int apply_put_append(struct sm_ctx *x,
         return 0;
     }
     rv = kv_change_put(&c, a->key.data, a->key.len, value, len, a->ignore_value,
-                       &mem, a->prev_kv ? &resp.prev_kv : NULL, &out->err);
+                       a->lease, &mem, a->prev_kv ? &resp.prev_kv : NULL,
+                       &out->err);
     free(joined);
     if (!rv) {
         rv = kv_change_end(&c);
@@ -388,7 +390,7 @@ static int apply_cas(struct sm_ctx *x,
         return 0;
     }
     rv = kv_change_put(&c, a->key.data, a->key.len, a->new_value.data,
-                       a->new_value.len, false, NULL, NULL, &out->err);
+                       a->new_value.len, false, 0, NULL, NULL, &out->err);
     if (!rv) {
         rv = kv_change_end(&c);
     }
@@ -579,42 +581,73 @@ static int apply_auth(struct sm_ctx *x,
     return kv_auth_apply(x->st, x->txn, x->index, cmd->auth, out);
 }
 
+static int apply_lease(struct sm_ctx *x,
+                       const Raftkv__Command *cmd,
+                       struct kv_outcome *out)
+{
+    return kv_lease_apply(x->st, x->txn, cmd->lease, out);
+}
+
 /* The session fields of a client write. */
-static void session_put_append(const Raftkv__Command *c, struct write_common *w)
+static bool session_put_append(const Raftkv__Command *c, struct write_common *w)
 {
     w->key = c->put_append->key;
     w->client_id = c->put_append->client_id;
     w->request_id = c->put_append->request_id;
+    return true;
 }
 
-static void session_del(const Raftkv__Command *c, struct write_common *w)
+static bool session_del(const Raftkv__Command *c, struct write_common *w)
 {
     w->key = c->del->key;
     w->client_id = c->del->client_id;
     w->request_id = c->del->request_id;
+    return true;
 }
 
-static void session_cas(const Raftkv__Command *c, struct write_common *w)
+static bool session_cas(const Raftkv__Command *c, struct write_common *w)
 {
     w->key = c->cas->key;
     w->client_id = c->cas->client_id;
     w->request_id = c->cas->request_id;
+    return true;
 }
 
-static void session_delete_range(const Raftkv__Command *c,
+static bool session_delete_range(const Raftkv__Command *c,
                                  struct write_common *w)
 {
     w->key = c->delete_range->key;
     w->client_id = c->delete_range->client_id;
     w->request_id = c->delete_range->request_id;
+    return true;
 }
 
-static void session_txn(const Raftkv__Command *c, struct write_common *w)
+static bool session_txn(const Raftkv__Command *c, struct write_common *w)
 {
     w->key.len = 0; /* keys are checked by kv_txn_check */
     w->key.data = NULL;
     w->client_id = c->txn->client_id;
     w->request_id = c->txn->request_id;
+    return true;
+}
+
+/* A lease grant or revoke is a client write; an expire is the leader's. */
+static bool session_lease(const Raftkv__Command *c, struct write_common *w)
+{
+    const Raftkv__LeaseCommand *lc = c->lease;
+    w->key.len = 0;
+    w->key.data = NULL;
+    if (lc->op_case == RAFTKV__LEASE_COMMAND__OP_GRANT) {
+        w->client_id = lc->grant->client_id;
+        w->request_id = lc->grant->request_id;
+        return true;
+    }
+    if (lc->op_case == RAFTKV__LEASE_COMMAND__OP_REVOKE) {
+        w->client_id = lc->revoke->client_id;
+        w->request_id = lc->revoke->request_id;
+        return true;
+    }
+    return false;
 }
 
 /* One op of the state machine. */
@@ -624,9 +657,10 @@ struct sm_op
     int (*apply)(struct sm_ctx *x,
                  const Raftkv__Command *cmd,
                  struct kv_outcome *out);
-    /* For a client write, applied exactly once: where its session is
-     * (NULL: the op is not a session write). */
-    void (*session)(const Raftkv__Command *cmd, struct write_common *w);
+    /* For a client write, applied exactly once: where its session is;
+     * false when this command is not a session write (NULL: the op never
+     * is). */
+    bool (*session)(const Raftkv__Command *cmd, struct write_common *w);
     /* Its single key is checked for the store's limits first. */
     bool one_key;
 };
@@ -643,6 +677,7 @@ static const struct sm_op sm_ops[] = {
     [RAFTKV__COMMAND__OP_DELETE_RANGE] = {apply_delete_range,
                                           session_delete_range, false},
     [RAFTKV__COMMAND__OP_COMPACT] = {apply_compact, NULL, false},
+    [RAFTKV__COMMAND__OP_LEASE] = {apply_lease, session_lease, false},
 };
 
 /* A client write: once per (client, request), in an open session. */
@@ -652,7 +687,9 @@ static int apply_session_write(struct sm_ctx *x,
                                struct kv_outcome *out)
 {
     struct write_common w;
-    op->session(cmd, &w);
+    if (!op->session(cmd, &w)) {
+        return op->apply(x, cmd, out);
+    }
     if (w.client_id.len != KV_CLIENT_ID_LEN || w.request_id == 0) {
         out->err = RAFTKV__KV_ERROR__KV_BAD_REQUEST;
         return 0;
@@ -739,12 +776,18 @@ int kv_sm_upgrade(struct kv_store *st)
         return 0;
     }
     MDB_txn *txn;
-    uint64_t was = st->format;
     int rc = mdb_txn_begin(st->env, NULL, 0, &txn);
     if (rc) {
         return kv_store_fail(st, rc, "begin upgrade");
     }
+    /* Format 3 gets revisions; 4 has everything but leases (a store
+     * without the leases databases has none: they are made empty on open)
+     * and its history events are read as they are. */
+    uint64_t was = st->format;
     int rv = kv_mvcc_upgrade(st, txn);
+    if (!rv && st->format != KV_STORE_FORMAT) {
+        rv = kv_store_set_format(st, txn);
+    }
     if (rv) {
         mdb_txn_abort(txn);
         st->format = was;

@@ -141,8 +141,9 @@ bool kv_txn_may_fail(const Raftkv__TxnArgs *a)
             const Raftkv__RequestOp *op = ops[i];
             switch (op->request_case) {
                 case RAFTKV__REQUEST_OP__REQUEST_REQUEST_PUT:
-                    if (op->request_put->ignore_value) {
-                        return true; /* NOT_FOUND */
+                    if (op->request_put->ignore_value ||
+                        op->request_put->lease) {
+                        return true; /* NOT_FOUND, LEASE_NOT_FOUND */
                     }
                     break;
                 case RAFTKV__REQUEST_OP__REQUEST_REQUEST_DELETE_RANGE:
@@ -245,10 +246,14 @@ static int run(struct kv_change *c,
                     RAFTKV__RESPONSE_OP__RESPONSE_RESPONSE_PUT;
                 resp->response_put = pr;
                 rv = kv_change_put(c, p->key.data, p->key.len, p->value.data,
-                                   p->value.len, p->ignore_value, mem,
+                                   p->value.len, p->ignore_value, p->lease, mem,
                                    p->prev_kv ? &pr->prev_kv : NULL, &err);
                 if (err == RAFTKV__KV_ERROR__KV_NOT_FOUND) {
                     r->message = "ignore_value on a key that does not exist";
+                } else if (err == RAFTKV__KV_ERROR__KV_LEASE_NOT_FOUND) {
+                    r->message =
+                        "a put of the transaction names a lease "
+                        "that does not exist";
                 } else if (err) {
                     r->message = "a put of the transaction failed";
                 }

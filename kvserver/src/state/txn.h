@@ -24,9 +24,9 @@ int kv_txn_check(struct kv_store *st,
 
 /**
  * Whether an op of a transaction that passed kv_txn_check can still fail
- * when it runs (a put with ignore_value of a missing key, a delete range
- * with prev_kv over the reply bound). One that cannot needs no nested
- * LMDB transaction to be whole or nothing.
+ * when it runs (a put with ignore_value of a missing key, a put to a lease
+ * that is gone, a delete range with prev_kv over the reply bound). One that
+ * cannot needs no nested LMDB transaction to be whole or nothing.
  */
 bool kv_txn_may_fail(const Raftkv__TxnArgs *a);
 

@@ -15,6 +15,7 @@
 #define KIND_AUTH       3 /* users, roles, auth settings (auth.c) */
 #define KIND_HISTORY    4 /* revision|sub -> change (mvcc.c) */
 #define KIND_KVMETA     5 /* the state machine's numbers (mvcc.c) */
+#define KIND_LEASE      6 /* lease id -> its grant (lease.c) */
 #define KIND_END        0xFF
 #define SNAP_MAX_RECORD (64u << 20) /* far above key + value limits */
 
@@ -25,14 +26,15 @@ enum {
     PH_AUTH,
     PH_HISTORY,
     PH_KVMETA,
+    PH_LEASES,
     PH_TRAILER,
     PH_DONE
 };
 
 /* The databases a snapshot holds, in stream order (phase PH_KV + i). */
-#define N_KINDS 5
-static const uint8_t kinds[N_KINDS] = {KIND_KV, KIND_SESSION, KIND_AUTH,
-                                       KIND_HISTORY, KIND_KVMETA};
+#define N_KINDS 6
+static const uint8_t kinds[N_KINDS] = {KIND_KV,      KIND_SESSION, KIND_AUTH,
+                                       KIND_HISTORY, KIND_KVMETA,  KIND_LEASE};
 
 static MDB_dbi kind_dbi(const struct kv_store *st, uint8_t kind)
 {
@@ -45,6 +47,8 @@ static MDB_dbi kind_dbi(const struct kv_store *st, uint8_t kind)
             return st->auth;
         case KIND_HISTORY:
             return st->history;
+        case KIND_LEASE:
+            return st->leases;
         default:
             return st->kvmeta;
     }
@@ -275,6 +279,29 @@ static int corrupt(struct kv_store *st, const char *why, uint64_t offset)
     return KV_STORE_ECORRUPT;
 }
 
+/* A key's record names its lease (mvcc.h: lease at byte 24): the lease's
+ * index of its keys is made from the records, not carried in the stream. */
+static int index_lease_key(struct kv_store *st,
+                           MDB_txn *txn,
+                           const MDB_val *k,
+                           const MDB_val *v)
+{
+    if (v->mv_size < 32) {
+        return 0; /* not a record: the state machine finds it damaged */
+    }
+    uint64_t lease = kv_get_u64((const uint8_t *)v->mv_data + 24);
+    if (lease == 0 ||
+        k->mv_size + 8 > (size_t)mdb_env_get_maxkeysize(st->env)) {
+        return 0;
+    }
+    uint8_t key[8 + 512];
+    kv_put_u64(key, lease);
+    memcpy(key + 8, k->mv_data, k->mv_size);
+    MDB_val lk = {8 + k->mv_size, key}, empty = {0, ""};
+    int rc = mdb_put(txn, st->lease_keys, &lk, &empty, 0);
+    return rc ? kv_store_fail(st, rc, "install a lease's key") : 0;
+}
+
 /* A part of the stream is complete in p->buf: act on it. */
 static int handle_part(struct kv_store *st,
                        MDB_txn *txn,
@@ -308,7 +335,7 @@ static int handle_part(struct kv_store *st,
                 return 0;
             }
             if (p->kind < KIND_KV ||
-                p->kind > (p->v2 ? KIND_AUTH : KIND_KVMETA)) {
+                p->kind > (p->v2 ? KIND_AUTH : KIND_LEASE)) {
                 return corrupt(st, "unknown record kind", offset);
             }
             p->klen = kv_get_u32(p->buf + 1);
@@ -328,6 +355,12 @@ static int handle_part(struct kv_store *st,
             rc = mdb_put(txn, kind_dbi(st, p->kind), &k, &v, 0);
             if (rc) {
                 return kv_store_fail(st, rc, "install snapshot record");
+            }
+            if (p->kind == KIND_KV && !p->v2) {
+                rc = index_lease_key(st, txn, &k, &v);
+                if (rc) {
+                    return rc;
+                }
             }
             if (p->kind == KIND_SESSION) {
                 if (v.mv_size < 16 || k.mv_size != 16) {
@@ -365,8 +398,10 @@ int snap_install(struct kv_store *st,
                  uint64_t *term)
 {
     int rc;
-    MDB_dbi clear[] = {st->kv,   st->sessions, st->session_age,
-                       st->auth, st->history,  st->kvmeta};
+    MDB_dbi clear[] = {st->kv,     st->sessions,  st->session_age,
+                       st->auth,   st->history,   st->kvmeta,
+                       st->leases, st->lease_keys};
+    st->lease_news.all = true; /* the leases change with the state */
     for (size_t i = 0; i < sizeof clear / sizeof clear[0]; i++) {
         rc = mdb_drop(txn, clear[i], 0);
         if (rc) {

@@ -11,7 +11,8 @@
 /* Stream format (all integers big-endian):
  *   header  "RKVSNAP3" | applied index (8) | applied term (8)
  *           | cluster id (8; 0 when the state did not know it yet)
- *   record  kind (1: kv, 2: session, 3: auth, 4: history, 5: kvmeta)
+ *   record  kind (1: kv, 2: session, 3: auth, 4: history, 5: kvmeta,
+ *           6: lease)
  *           | key length (4)
  *           | value length (4)
  *           | key | value
@@ -20,7 +21,11 @@
  * The same stream is a follower's snapshot and a `kvctl snapshot save`
  * file. An "RKVSNAP2" stream (kinds 1-3, values without revisions, from a
  * kvserver before format 4) is still installed: the store is then marked
- * KV_STORE_FORMAT_OLD for the state machine to upgrade.
+ * KV_STORE_FORMAT_OLD for the state machine to upgrade. Lease records (6)
+ * came with store format 5: a kvserver before it refuses a stream that
+ * holds any ("unknown record kind"), so leases are never dropped
+ * silently; the index of each lease's keys is not in the stream but made
+ * again from the key records when it is installed.
  * The stream is read under one LMDB read transaction, so it is the state at
  * one applied index while writes go on. */
 
@@ -93,7 +98,8 @@ int snap_stage(struct kv_store *st,
                size_t len);
 
 /**
- * Replace kv, sessions, auth, history and kvmeta with the staged stream and
+ * Replace kv, sessions, auth, history, kvmeta and the leases with the
+ * staged stream and
  * empty the staging area, all inside txn; a stream that names its cluster sets
  * the store's cluster id (meta "cluster") to it. The trailer's checksum must
  * match. The stream is checked as it is read; a damaged one fails with

@@ -92,6 +92,7 @@ int kv_store_fail(struct kv_store *st, int rc, const char *what)
 int kv_store_open(struct kv_store *st, const char *dir, size_t map_size)
 {
     memset(st, 0, sizeof *st);
+    st->lease_news.all = true; /* nobody has read the leases yet */
     snprintf(st->dir, sizeof st->dir, "%s", dir);
     bool created = mkdir(dir, 0700) == 0;
     if (!created && errno != EEXIST) {
@@ -149,6 +150,7 @@ int kv_store_open(struct kv_store *st, const char *dir, size_t map_size)
         {"sessions", &st->sessions}, {"session_age", &st->session_age},
         {"staging", &st->staging},   {"auth", &st->auth},
         {"history", &st->history},   {"kvmeta", &st->kvmeta},
+        {"leases", &st->leases},     {"lease_keys", &st->lease_keys},
     };
     for (size_t i = 0; i < sizeof dbs / sizeof dbs[0]; i++) {
         rc = mdb_dbi_open(txn, dbs[i].name, MDB_CREATE, dbs[i].dbi);
@@ -169,8 +171,7 @@ int kv_store_open(struct kv_store *st, const char *dir, size_t map_size)
     } else if (rc == 0) {
         uint64_t format = v.mv_size == 8 ? kv_get_u64(v.mv_data) : 0;
         st->format = format;
-        if (format != KV_STORE_FORMAT && format != KV_STORE_FORMAT_OLD &&
-            format != KV_STORE_FORMAT_PREV) {
+        if (format < KV_STORE_FORMAT_OLD || format > KV_STORE_FORMAT) {
             mdb_txn_abort(txn);
             snprintf(st->errmsg, sizeof st->errmsg,
                      "data directory %s: format %llu, this kvserver reads "
@@ -180,7 +181,8 @@ int kv_store_open(struct kv_store *st, const char *dir, size_t map_size)
                          ? " (written by an older kvserver); wipe "
                            "the directory and restart the node: it catches "
                            "up from the others"
-                         : "");
+                         : " (written by a newer kvserver); run one that "
+                           "reads it");
             mdb_env_close(st->env);
             st->env = NULL;
             return KV_STORE_ECORRUPT;
@@ -209,6 +211,8 @@ void kv_store_close(struct kv_store *st)
         mdb_env_close(st->env);
         st->env = NULL;
     }
+    free(st->lease_news.ids);
+    memset(&st->lease_news, 0, sizeof st->lease_news);
 }
 
 int kv_store_put_meta(struct kv_store *st,

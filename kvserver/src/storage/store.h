@@ -15,12 +15,26 @@
  * that are opened through the log, 4 revisions (every key's value behind
  * its revisions, the history of changes, the store's revision in kvmeta),
  * 5 history events that say where the key's version before them is (for
- * a watch's prev_kv; events of format 4 are still read).
- * A store of format 3 or 4 opens (st->format says so) for the state
- * machine to upgrade it in place (kv_mvcc_upgrade). */
+ * a watch's prev_kv; events of format 4 are still read), and leases (the
+ * leases and lease_keys databases: a kvserver that reads format 4 would
+ * keep keys attached to leases that nothing ends, so it refuses a store of
+ * format 5). A store of format 3 or 4 opens (st->format says which) for
+ * the state machine to upgrade it in place (kv_sm_upgrade). */
 #define KV_STORE_FORMAT      5
 #define KV_STORE_FORMAT_OLD  3 /* still opened, to be converted */
 #define KV_STORE_FORMAT_PREV 4 /* still opened, to be stamped 5 */
+
+/* Leases that applied entries granted or ended since the lease service
+ * last looked (state/lease.c notes them, service/lease.c takes them): in
+ * memory only, a hint to read those leases again. */
+struct kv_lease_news
+{
+    uint64_t *ids;    /* leases granted or ended (malloc'd) */
+    size_t n, cap;    /* used, allocated */
+    bool all;         /* too many to list, or a snapshot replaced the
+                         state: read every lease again */
+    uint64_t expired; /* leases ended by expiry since the store opened */
+};
 
 /* Errors of the store (and of the state machine built on it). */
 enum kv_store_error {
@@ -47,11 +61,15 @@ struct kv_store
     MDB_dbi history;     /* revision|sub -> change (mvcc.c) */
     MDB_dbi kvmeta;      /* the state machine's own numbers: revision,
                             compaction (mvcc.c); in snapshots, unlike meta */
-    uint64_t format;     /* KV_STORE_FORMAT, or KV_STORE_FORMAT_OLD */
-    size_t map_size;     /* current map size in bytes */
-    bool fatal;          /* LMDB said MDB_PANIC: reopen the environment */
-    char dir[1024];      /* data directory */
-    char errmsg[1200];   /* context of the last failure */
+    MDB_dbi leases;      /* lease id -> its grant (lease.c) */
+    MDB_dbi lease_keys;  /* lease id|key -> (empty): a lease's keys */
+    struct kv_lease_news lease_news; /* leases changed (in memory) */
+    uint64_t format;   /* KV_STORE_FORMAT, or an older one that opened
+                          to be upgraded (KV_STORE_FORMAT_OLD or 4) */
+    size_t map_size;   /* current map size in bytes */
+    bool fatal;        /* LMDB said MDB_PANIC: reopen the environment */
+    char dir[1024];    /* data directory */
+    char errmsg[1200]; /* context of the last failure */
 };
 
 /* What the meta database holds. */

@@ -1,0 +1,1067 @@
+/* lease.c: LeaseService: grants and revocations through the log, and the
+ * leader's clock of every lease: keep-alives, time to live, expiry.
+ *
+ * When a lease expires is the leader's decision, kept in memory (keep-
+ * alives are not logged): a table id -> expiry on the node's monotonic
+ * clock. A node that becomes leader fills it, once it has applied every
+ * entry of the terms before (its first read barrier), with every lease of
+ * the applied state at now + granted TTL + the longest election timeout:
+ * a new leader never expires a lease early (etcd's rule), whatever its
+ * predecessor was told. Leases granted later get now + TTL, a keep-alive
+ * resets its lease to now + TTL. On the sweep the leader proposes
+ * LeaseCommand.expire for the leases past their expiry (one batch in
+ * flight), only after a read barrier proved it still leads: a leader that
+ * cannot prove it leads expires nothing. Keep-alives and time-to-live
+ * queries are answered after such a barrier too, so a deposed leader never
+ * tells a client its lease lives. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <openssl/rand.h>
+
+#include "lease.h"
+#include "service.h"
+
+/* The LeaseService of a service table. */
+#define services_of_lease(svc) services_of(svc, lease_svc)
+
+/* One lease the leader keeps time for; id 0 marks a free slot. */
+struct lease_entry
+{
+    uint64_t id;     /* the lease */
+    uint64_t expiry; /* ms of the node's clock when it expires */
+    int64_t ttl;     /* its granted TTL, seconds */
+    bool seen;       /* found again by the last full read of the leases */
+};
+
+/* The leader's clock of every lease (see the top of the file). */
+struct lease_clock
+{
+    struct kv_services *s;       /* the services */
+    struct lease_entry *slots;   /* open addressing, linear probing */
+    size_t cap, n;               /* slots (a power of two), leases */
+    uint64_t term;               /* term the table is for (0: not leader) */
+    bool loaded;                 /* it holds every lease of the state */
+    bool loading;                /* a barrier to fill it is in flight */
+    bool expiring;               /* an expire (or its barrier) in flight */
+    bool expire_proven;          /* its barrier proved this node leads: the
+                                    next sweep proposes it (not from inside
+                                    the turn that served the barrier) */
+    uint64_t election_extension; /* ms a new leader adds to every lease */
+};
+
+/* ------------------------------------------------------------- table */
+
+static size_t slot_of(const struct lease_clock *lc, uint64_t id)
+{
+    uint64_t h = id * 0x9e3779b97f4a7c15ull;
+    return (size_t)(h >> 17) & (lc->cap - 1);
+}
+
+static struct lease_entry *table_find(struct lease_clock *lc, uint64_t id)
+{
+    if (!lc->cap) {
+        return NULL;
+    }
+    for (size_t i = slot_of(lc, id);; i = (i + 1) & (lc->cap - 1)) {
+        if (lc->slots[i].id == id) {
+            return &lc->slots[i];
+        }
+        if (lc->slots[i].id == 0) {
+            return NULL;
+        }
+    }
+}
+
+static bool table_grow(struct lease_clock *lc)
+{
+    size_t cap = lc->cap ? lc->cap * 2 : 64;
+    struct lease_entry *slots = calloc(cap, sizeof *slots);
+    if (!slots) {
+        return false;
+    }
+    struct lease_entry *old = lc->slots;
+    size_t old_cap = lc->cap;
+    lc->slots = slots;
+    lc->cap = cap;
+    for (size_t i = 0; i < old_cap; i++) {
+        if (old[i].id) {
+            size_t j = slot_of(lc, old[i].id);
+            while (slots[j].id) {
+                j = (j + 1) & (cap - 1);
+            }
+            slots[j] = old[i];
+        }
+    }
+    free(old);
+    return true;
+}
+
+/* Set a lease's expiry (adding it when new); false without memory. */
+static bool table_put(struct lease_clock *lc,
+                      uint64_t id,
+                      int64_t ttl,
+                      uint64_t expiry)
+{
+    struct lease_entry *e = table_find(lc, id);
+    if (!e) {
+        if ((lc->n + 1) * 4 > lc->cap * 3 && !table_grow(lc)) {
+            return false;
+        }
+        size_t i = slot_of(lc, id);
+        while (lc->slots[i].id) {
+            i = (i + 1) & (lc->cap - 1);
+        }
+        e = &lc->slots[i];
+        e->id = id;
+        lc->n++;
+    }
+    e->ttl = ttl;
+    e->expiry = expiry;
+    e->seen = true;
+    return true;
+}
+
+static void table_remove(struct lease_clock *lc, uint64_t id)
+{
+    struct lease_entry *e = table_find(lc, id);
+    if (!e) {
+        return;
+    }
+    /* Backward-shift deletion: later entries of the probe run move up. */
+    size_t i = (size_t)(e - lc->slots), mask = lc->cap - 1;
+    for (size_t j = (i + 1) & mask; lc->slots[j].id; j = (j + 1) & mask) {
+        size_t home = slot_of(lc, lc->slots[j].id);
+        if (((j - home) & mask) >= ((j - i) & mask)) {
+            lc->slots[i] = lc->slots[j];
+            i = j;
+        }
+    }
+    lc->slots[i].id = 0;
+    lc->n--;
+}
+
+static void table_clear(struct lease_clock *lc)
+{
+    free(lc->slots);
+    lc->slots = NULL;
+    lc->cap = lc->n = 0;
+}
+
+/* ----------------------------------------------------- reading leases */
+
+struct load_ctx
+{
+    struct lease_clock *lc;
+    uint64_t now, extra; /* expiry of a lease not in the table: now + TTL
+                            + extra */
+    bool keep;           /* keep the expiry of leases in the table */
+    bool failed;         /* out of memory */
+};
+
+static int load_one(uint64_t id, int64_t ttl, void *arg)
+{
+    struct load_ctx *x = arg;
+    struct lease_entry *e = x->keep ? table_find(x->lc, id) : NULL;
+    if (e) {
+        e->seen = true;
+        e->ttl = ttl;
+        return 0;
+    }
+    if (!table_put(x->lc, id, ttl, x->now + (uint64_t)ttl * 1000 + x->extra)) {
+        x->failed = true;
+    }
+    return 0;
+}
+
+/* Read every lease of the applied state into the table. A new leader
+ * (keep false) gives each the election extension; a reread (keep true)
+ * keeps the expiry of those it knows and drops those that are gone. */
+static void load_all(struct lease_clock *lc, bool keep)
+{
+    struct kv_node *n = lc->s->node;
+    MDB_txn *txn = node_state_read(n, NULL);
+    if (!txn) {
+        return; /* tried again on the next sweep */
+    }
+    if (!keep) {
+        table_clear(lc);
+    }
+    for (size_t i = 0; i < lc->cap; i++) {
+        lc->slots[i].seen = false;
+    }
+    struct load_ctx x = {lc, node_now_ms(), keep ? 0 : lc->election_extension,
+                         keep, false};
+    int rv = kv_lease_each(&n->store, txn, load_one, &x);
+    node_state_done(n, txn);
+    if (rv || x.failed) {
+        rpc_logf(RPC_LOG_WARN, "node %llu: cannot read the leases: %s",
+                 (unsigned long long)n->cfg.id,
+                 rv ? n->store.errmsg : "out of memory");
+        return;
+    }
+    for (size_t i = 0; i < lc->cap; i++) {
+        while (lc->slots[i].id && !lc->slots[i].seen) {
+            table_remove(lc, lc->slots[i].id); /* shifts another here */
+        }
+    }
+    struct kv_lease_news *ln = &n->store.lease_news;
+    ln->n = 0;
+    ln->all = false;
+    if (!keep) {
+        lc->loaded = true;
+        rpc_logf(RPC_LOG_INFO,
+                 "node %llu: keeping time for %zu leases (extended by %llu "
+                 "ms: a new leader)",
+                 (unsigned long long)n->cfg.id, lc->n,
+                 (unsigned long long)lc->election_extension);
+    }
+}
+
+/* Take the leases applied entries granted or ended since the last look:
+ * each is read again (a new grant starts its TTL now). */
+static void take_news(struct lease_clock *lc)
+{
+    struct kv_node *n = lc->s->node;
+    struct kv_lease_news *ln = &n->store.lease_news;
+    if (!lc->loaded) {
+        ln->n = 0; /* the full read when the table is filled sees them */
+        ln->all = false;
+        return;
+    }
+    if (ln->all) {
+        load_all(lc, true);
+        return;
+    }
+    if (!ln->n) {
+        return;
+    }
+    MDB_txn *txn = node_state_read(n, NULL);
+    if (!txn) {
+        return;
+    }
+    uint64_t now = node_now_ms();
+    for (size_t i = 0; i < ln->n; i++) {
+        int64_t ttl;
+        table_remove(lc, ln->ids[i]);
+        int rv = kv_lease_get(&n->store, txn, ln->ids[i], &ttl);
+        if (rv == 0) {
+            if (!table_put(lc, ln->ids[i], ttl, now + (uint64_t)ttl * 1000)) {
+                ln->all = true;
+                break;
+            }
+        } else if (rv != MDB_NOTFOUND) {
+            ln->all = true; /* read them all next time */
+            break;
+        }
+    }
+    if (!ln->all) {
+        ln->n = 0;
+    }
+    node_state_done(n, txn);
+}
+
+/* ------------------------------------------------------------ replies */
+
+/* The calls of LeaseService, for their reply types. */
+enum lease_call {
+    CALL_GRANT,
+    CALL_REVOKE,
+    CALL_KEEPALIVE,
+    CALL_TTL,
+    CALL_LIST,
+};
+
+static void set_hint(struct kv_node *n, uint64_t leader, Raftkv__LeaderHint *h)
+{
+    h->id = leader;
+    h->address = leader ? (char *)node_peer_addr(n, leader) : "";
+}
+
+/* Answer a call with an error alone. */
+static void reply_error(struct kv_node *n,
+                        enum lease_call call,
+                        ProtobufCClosure closure,
+                        void *data,
+                        int err,
+                        uint64_t leader,
+                        const char *msg)
+{
+    Raftkv__LeaderHint hint = RAFTKV__LEADER_HINT__INIT;
+    set_hint(n, leader, &hint);
+    char *text = (char *)(msg ? msg : "");
+    switch (call) {
+        case CALL_GRANT: {
+            Raftkv__LeaseGrantReply r = RAFTKV__LEASE_GRANT_REPLY__INIT;
+            r.err = err;
+            r.leader = &hint;
+            r.message = text;
+            closure(&r.base, data);
+            break;
+        }
+        case CALL_REVOKE: {
+            Raftkv__LeaseRevokeReply r = RAFTKV__LEASE_REVOKE_REPLY__INIT;
+            r.err = err;
+            r.leader = &hint;
+            r.message = text;
+            closure(&r.base, data);
+            break;
+        }
+        case CALL_KEEPALIVE: {
+            Raftkv__LeaseKeepAliveReply r =
+                RAFTKV__LEASE_KEEP_ALIVE_REPLY__INIT;
+            r.err = err;
+            r.leader = &hint;
+            r.message = text;
+            closure(&r.base, data);
+            break;
+        }
+        case CALL_TTL: {
+            Raftkv__LeaseTimeToLiveReply r =
+                RAFTKV__LEASE_TIME_TO_LIVE_REPLY__INIT;
+            r.err = err;
+            r.leader = &hint;
+            r.message = text;
+            closure(&r.base, data);
+            break;
+        }
+        case CALL_LIST: {
+            Raftkv__LeaseListReply r = RAFTKV__LEASE_LIST_REPLY__INIT;
+            r.err = err;
+            r.leader = &hint;
+            r.message = text;
+            closure(&r.base, data);
+            break;
+        }
+    }
+}
+
+/* ------------------------------------------------------------- writes */
+
+/* A grant or revoke waiting for its entry. */
+struct lease_write
+{
+    struct node_write_waiter w; /* the node's part */
+    struct lease_clock *lc;     /* the clock */
+    enum lease_call call;       /* CALL_GRANT or CALL_REVOKE */
+    ProtobufCClosure closure;   /* completes the client's call */
+    void *closure_data;         /* its argument */
+};
+
+static void write_done(struct kv_node *n,
+                       struct node_write_waiter *w,
+                       int err,
+                       const struct kv_outcome *o,
+                       uint64_t leader,
+                       const char *msg)
+{
+    struct lease_write *lw = (struct lease_write *)w;
+    const ProtobufCMessageDescriptor *d =
+        lw->call == CALL_GRANT ? &raftkv__lease_grant_reply__descriptor
+                               : &raftkv__lease_revoke_reply__descriptor;
+    ProtobufCMessage *m = NULL;
+    if (o) {
+        n->metrics.proposals_committed++;
+        m = protobuf_c_message_unpack(d, NULL, o->current_len, o->current);
+    } else {
+        n->metrics.proposals_failed++;
+    }
+    if (!m || !o->current_len) {
+        if (o) {
+            msg = err == RAFTKV__KV_ERROR__KV_SESSION_EXPIRED
+                      ? "not applied: the client's session is not open; open "
+                        "a new one with a new client id"
+                      : "bad request (or a retry of a request the client "
+                        "already replaced)";
+        }
+        if (m) {
+            protobuf_c_message_free_unpacked(m, NULL);
+        }
+        reply_error(n, lw->call, lw->closure, lw->closure_data, err, leader,
+                    msg);
+        free(lw);
+        return;
+    }
+    /* The recorded reply (also for a retry), with this call's status. */
+    Raftkv__LeaderHint hint = RAFTKV__LEADER_HINT__INIT;
+    if (lw->call == CALL_GRANT) {
+        Raftkv__LeaseGrantReply *r = (Raftkv__LeaseGrantReply *)m;
+        r->err = err;
+        r->leader = &hint;
+        lw->closure(&r->base, lw->closure_data);
+        r->leader = NULL;
+    } else {
+        Raftkv__LeaseRevokeReply *r = (Raftkv__LeaseRevokeReply *)m;
+        r->err = err;
+        r->leader = &hint;
+        lw->closure(&r->base, lw->closure_data);
+        r->leader = NULL;
+    }
+    protobuf_c_message_free_unpacked(m, NULL);
+    free(lw);
+}
+
+static void propose_lease(struct kv_services *s,
+                          enum lease_call call,
+                          const Raftkv__LeaseCommand *lc,
+                          ProtobufCClosure closure,
+                          void *data)
+{
+    struct kv_node *n = s->node;
+    struct lease_write *lw = calloc(1, sizeof *lw);
+    if (!lw) {
+        reply_error(n, call, closure, data, RAFTKV__KV_ERROR__KV_INTERNAL, 0,
+                    "out of memory");
+        return;
+    }
+    lw->lc = s->lease_clock;
+    lw->call = call;
+    lw->closure = closure;
+    lw->closure_data = data;
+    lw->w.done = write_done;
+    Raftkv__Command cmd = RAFTKV__COMMAND__INIT;
+    cmd.op_case = RAFTKV__COMMAND__OP_LEASE;
+    cmd.lease = (Raftkv__LeaseCommand *)lc;
+    node_propose(n, &cmd, &lw->w); /* answered by write_done */
+}
+
+/* A write needs a session and, with auth on, a user. */
+static int check_write(struct kv_services *s,
+                       void *data,
+                       const ProtobufCBinaryData *client_id,
+                       uint64_t request_id,
+                       char *why,
+                       size_t why_size)
+{
+    int err = auth_check_kv(s, data, NULL, KV_AUTH_ANY, why, why_size);
+    if (!err && (client_id->len != KV_CLIENT_ID_LEN || request_id == 0)) {
+        err = RAFTKV__KV_ERROR__KV_BAD_REQUEST;
+        snprintf(why, why_size,
+                 "a write needs a 16-byte client_id and a request_id > 0");
+    }
+    return err;
+}
+
+/* A random lease id that no lease has: not 0, below 2^63 (an int64 for
+ * clients that have no unsigned type). */
+static uint64_t new_id(struct kv_node *n)
+{
+    MDB_txn *txn = node_state_read(n, NULL);
+    uint64_t id = 0;
+    for (int tries = 0; tries < 16; tries++) {
+        if (RAND_bytes((unsigned char *)&id, sizeof id) != 1) {
+            id = 0;
+            break;
+        }
+        id &= INT64_MAX;
+        if (id && (!txn || kv_lease_get(&n->store, txn, id, NULL) != 0)) {
+            break; /* a collision later fails the grant, clearly */
+        }
+        id = 0;
+    }
+    if (txn) {
+        node_state_done(n, txn);
+    }
+    return id;
+}
+
+static void handle_grant(Raftkv__LeaseService_Service *svc,
+                         const Raftkv__LeaseGrantArgs *a,
+                         Raftkv__LeaseGrantReply_Closure closure,
+                         void *data)
+{
+    struct kv_services *s = services_of_lease(svc);
+    struct kv_node *n = s->node;
+    ProtobufCClosure cl = (ProtobufCClosure)closure;
+    char why[400];
+    int err =
+        check_write(s, data, &a->client_id, a->request_id, why, sizeof why);
+    if (!err && (a->ttl <= 0 || a->ttl > KV_LEASE_MAX_TTL)) {
+        err = RAFTKV__KV_ERROR__KV_BAD_REQUEST;
+        snprintf(why, sizeof why, "a lease's TTL is 1 to %d seconds, not %lld",
+                 KV_LEASE_MAX_TTL, (long long)a->ttl);
+    }
+    if (!err) {
+        err = quota_check_write(s, RAFTKV__COMMAND__OP_LEASE, 16, why,
+                                sizeof why);
+    }
+    if (err) {
+        reply_error(n, CALL_GRANT, cl, data, err, 0, why);
+        return;
+    }
+    /* The leader picks the id and raises a short TTL: the entry carries
+     * both, so applying it is the same on every node. */
+    Raftkv__LeaseGrantArgs g = *a;
+    if (g.ttl < n->cfg.lease_min_ttl_s) {
+        g.ttl = n->cfg.lease_min_ttl_s;
+    }
+    if (g.id == 0 && (g.id = new_id(n)) == 0) {
+        reply_error(n, CALL_GRANT, cl, data, RAFTKV__KV_ERROR__KV_INTERNAL, 0,
+                    "no randomness for a lease id");
+        return;
+    }
+    Raftkv__LeaseCommand lc = RAFTKV__LEASE_COMMAND__INIT;
+    lc.op_case = RAFTKV__LEASE_COMMAND__OP_GRANT;
+    lc.grant = &g;
+    propose_lease(s, CALL_GRANT, &lc, cl, data);
+}
+
+static void handle_revoke(Raftkv__LeaseService_Service *svc,
+                          const Raftkv__LeaseRevokeArgs *a,
+                          Raftkv__LeaseRevokeReply_Closure closure,
+                          void *data)
+{
+    struct kv_services *s = services_of_lease(svc);
+    ProtobufCClosure cl = (ProtobufCClosure)closure;
+    char why[400];
+    int err =
+        check_write(s, data, &a->client_id, a->request_id, why, sizeof why);
+    if (err) {
+        reply_error(s->node, CALL_REVOKE, cl, data, err, 0, why);
+        return;
+    }
+    Raftkv__LeaseCommand lc = RAFTKV__LEASE_COMMAND__INIT;
+    lc.op_case = RAFTKV__LEASE_COMMAND__OP_REVOKE;
+    lc.revoke = (Raftkv__LeaseRevokeArgs *)a;
+    propose_lease(s, CALL_REVOKE, &lc, cl, data);
+}
+
+/* ------------------------------------------------------- barrier calls */
+
+/* What a read barrier of the lease clock is for. */
+enum barrier_for {
+    FOR_LOAD,   /* fill the table of a new leader */
+    FOR_EXPIRE, /* propose the expiry of leases past their time */
+    FOR_CALL,   /* answer a client's call (keep-alive, time to live, list) */
+};
+
+/* A read barrier (ReadIndex) of the lease clock. */
+struct lease_barrier
+{
+    struct node_read_waiter w; /* the node's part */
+    struct lease_clock *lc;    /* the clock */
+    enum barrier_for what;     /* why */
+    uint64_t term;             /* the leader's term it began in */
+    enum lease_call call;      /* FOR_CALL: which */
+    ProtobufCClosure closure;  /* FOR_CALL: completes the client's call */
+    void *closure_data;        /* its argument */
+    uint64_t id;               /* the lease asked about */
+    bool keys;                 /* time to live: with its keys */
+};
+
+static void barrier_ready(struct kv_node *n,
+                          struct node_read_waiter *w,
+                          int err,
+                          uint64_t leader,
+                          const char *msg);
+
+static void begin_barrier(struct lease_barrier *b)
+{
+    b->w.ready = barrier_ready;
+    node_read_begin(b->lc->s->node, &b->w); /* answered by barrier_ready */
+}
+
+/* Whether this node still leads in the barrier's term, the table being
+ * for it. */
+static bool still_leads(struct lease_clock *lc, const struct lease_barrier *b)
+{
+    struct kv_node *n = lc->s->node;
+    return lc->term && lc->term == b->term &&
+           raft_role(n->raft) == RAFT_LEADER && raft_term(n->raft) == b->term;
+}
+
+/* Propose the expiry of the leases past their time (at most a batch). */
+static void expire_done(struct kv_node *n,
+                        struct node_write_waiter *w,
+                        int err,
+                        const struct kv_outcome *o,
+                        uint64_t leader,
+                        const char *msg);
+
+struct lease_expire
+{
+    struct node_write_waiter w; /* the node's part */
+    struct lease_clock *lc;     /* the clock */
+    size_t n;                   /* leases in the entry */
+};
+
+static void propose_expiry(struct lease_clock *lc)
+{
+    struct kv_node *n = lc->s->node;
+    uint64_t now = node_now_ms();
+    uint64_t *ids = malloc(KV_LEASE_MAX_IDS * sizeof *ids);
+    struct lease_expire *le = calloc(1, sizeof *le);
+    MDB_txn *txn = node_state_read(n, NULL);
+    size_t due = 0, k = 0;
+    for (size_t i = 0;
+         ids && le && txn && i < lc->cap && due < KV_LEASE_MAX_IDS; i++) {
+        const struct lease_entry *e = &lc->slots[i];
+        if (e->id && e->expiry <= now) {
+            ids[due++] = e->id;
+        }
+    }
+    /* Only those the state still has (the others ended already and must
+     * not be proposed again and again). */
+    for (size_t i = 0; i < due; i++) {
+        if (kv_lease_get(&n->store, txn, ids[i], NULL) == MDB_NOTFOUND) {
+            table_remove(lc, ids[i]);
+        } else {
+            ids[k++] = ids[i];
+        }
+    }
+    if (txn) {
+        node_state_done(n, txn);
+    }
+    if (!k) {
+        free(ids);
+        free(le);
+        lc->expiring = false;
+        return;
+    }
+    Raftkv__LeaseExpire ex = RAFTKV__LEASE_EXPIRE__INIT;
+    ex.ids = ids;
+    ex.n_ids = k;
+    Raftkv__LeaseCommand lcmd = RAFTKV__LEASE_COMMAND__INIT;
+    lcmd.op_case = RAFTKV__LEASE_COMMAND__OP_EXPIRE;
+    lcmd.expire = &ex;
+    Raftkv__Command cmd = RAFTKV__COMMAND__INIT;
+    cmd.op_case = RAFTKV__COMMAND__OP_LEASE;
+    cmd.lease = &lcmd;
+    le->lc = lc;
+    le->n = k;
+    le->w.done = expire_done;
+    rpc_logf(RPC_LOG_DEBUG, "node %llu: %zu leases expire",
+             (unsigned long long)n->cfg.id, k);
+    node_propose(n, &cmd, &le->w); /* expire_done, in any case */
+    free(ids);
+}
+
+static void expire_done(struct kv_node *n,
+                        struct node_write_waiter *w,
+                        int err,
+                        const struct kv_outcome *o,
+                        uint64_t leader,
+                        const char *msg)
+{
+    (void)o;
+    (void)leader;
+    struct lease_expire *le = (struct lease_expire *)w;
+    le->lc->expiring = false;
+    if (err && err != RAFTKV__KV_ERROR__KV_WRONG_LEADER) {
+        rpc_logf(RPC_LOG_WARN, "node %llu: expiring %zu leases failed: %s",
+                 (unsigned long long)n->cfg.id, le->n, msg ? msg : "");
+    }
+    /* What it ended comes back through the lease news. */
+    free(le);
+}
+
+/* ----------------------------------------------- keep-alive, ttl, list */
+
+static void serve_keepalive(struct lease_clock *lc,
+                            struct lease_barrier *b,
+                            MDB_txn *txn)
+{
+    struct kv_node *n = lc->s->node;
+    int64_t ttl;
+    int rv = kv_lease_get(&n->store, txn, b->id, &ttl);
+    if (rv) {
+        if (rv == MDB_NOTFOUND) {
+            table_remove(lc, b->id);
+        }
+        reply_error(n, CALL_KEEPALIVE, b->closure, b->closure_data,
+                    rv == MDB_NOTFOUND ? RAFTKV__KV_ERROR__KV_LEASE_NOT_FOUND
+                                       : RAFTKV__KV_ERROR__KV_INTERNAL,
+                    0,
+                    rv == MDB_NOTFOUND
+                        ? "no such lease (expired, revoked or never granted)"
+                        : n->store.errmsg);
+        return;
+    }
+    struct kv_revs revs = {0};
+    kv_mvcc_revs(&n->store, txn, &revs);
+    table_put(lc, b->id, ttl, node_now_ms() + (uint64_t)ttl * 1000);
+    Raftkv__LeaderHint hint = RAFTKV__LEADER_HINT__INIT;
+    set_hint(n, 0, &hint);
+    Raftkv__LeaseKeepAliveReply r = RAFTKV__LEASE_KEEP_ALIVE_REPLY__INIT;
+    r.leader = &hint;
+    r.message = "";
+    r.revision = revs.revision;
+    r.id = b->id;
+    r.ttl = ttl;
+    b->closure(&r.base, b->closure_data);
+}
+
+static void serve_ttl(struct lease_clock *lc,
+                      struct lease_barrier *b,
+                      MDB_txn *txn)
+{
+    struct kv_node *n = lc->s->node;
+    int64_t ttl;
+    int rv = kv_lease_get(&n->store, txn, b->id, &ttl);
+    if (rv) {
+        reply_error(n, CALL_TTL, b->closure, b->closure_data,
+                    rv == MDB_NOTFOUND ? RAFTKV__KV_ERROR__KV_LEASE_NOT_FOUND
+                                       : RAFTKV__KV_ERROR__KV_INTERNAL,
+                    0,
+                    rv == MDB_NOTFOUND
+                        ? "no such lease (expired, revoked or never granted)"
+                        : n->store.errmsg);
+        return;
+    }
+    struct kv_arena mem = {0};
+    Raftkv__LeaseTimeToLiveReply r = RAFTKV__LEASE_TIME_TO_LIVE_REPLY__INIT;
+    char why[400] = "";
+    if (b->keys) {
+        rv = kv_lease_keys(&n->store, txn, b->id, &mem, &r.keys, &r.n_keys);
+        if (rv) {
+            kv_arena_free(&mem);
+            reply_error(n, CALL_TTL, b->closure, b->closure_data,
+                        RAFTKV__KV_ERROR__KV_INTERNAL, 0, n->store.errmsg);
+            return;
+        }
+        /* Its keys are shown to root, or to a user who may read them all. */
+        int err = auth_check_root(lc->s, b->closure_data, "list a lease's keys",
+                                  why, sizeof why);
+        if (err == RAFTKV__KV_ERROR__KV_PERMISSION_DENIED) {
+            err = 0;
+            for (size_t i = 0; i < r.n_keys && !err; i++) {
+                err = auth_check_kv(lc->s, b->closure_data, &r.keys[i],
+                                    KV_AUTH_READ, why, sizeof why);
+            }
+        }
+        if (err) {
+            kv_arena_free(&mem);
+            reply_error(n, CALL_TTL, b->closure, b->closure_data, err, 0, why);
+            return;
+        }
+    }
+    struct kv_revs revs = {0};
+    kv_mvcc_revs(&n->store, txn, &revs);
+    struct lease_entry *e = table_find(lc, b->id);
+    if (!e) {
+        /* Granted since the last sweep: its time starts now. */
+        table_put(lc, b->id, ttl, node_now_ms() + (uint64_t)ttl * 1000);
+        e = table_find(lc, b->id);
+    }
+    uint64_t now = node_now_ms();
+    Raftkv__LeaderHint hint = RAFTKV__LEADER_HINT__INIT;
+    set_hint(n, 0, &hint);
+    r.leader = &hint;
+    r.message = "";
+    r.revision = revs.revision;
+    r.id = b->id;
+    r.granted_ttl = ttl;
+    /* Whole seconds left, rounded down (0 once it is due). */
+    r.ttl = e && e->expiry > now ? (int64_t)((e->expiry - now) / 1000) : 0;
+    b->closure(&r.base, b->closure_data);
+    kv_arena_free(&mem);
+}
+
+struct list_ctx
+{
+    uint64_t *ids;
+    size_t n, cap;
+};
+
+static int list_one(uint64_t id, int64_t ttl, void *arg)
+{
+    (void)ttl;
+    struct list_ctx *x = arg;
+    if (x->n == x->cap) {
+        size_t cap = x->cap ? x->cap * 2 : 64;
+        uint64_t *ids = realloc(x->ids, cap * sizeof *ids);
+        if (!ids) {
+            return KV_STORE_ENOMEM;
+        }
+        x->ids = ids;
+        x->cap = cap;
+    }
+    x->ids[x->n++] = id;
+    return 0;
+}
+
+static void serve_list(struct lease_clock *lc,
+                       struct lease_barrier *b,
+                       MDB_txn *txn)
+{
+    struct kv_node *n = lc->s->node;
+    struct list_ctx x = {0};
+    int rv = kv_lease_each(&n->store, txn, list_one, &x);
+    if (rv) {
+        free(x.ids);
+        reply_error(n, CALL_LIST, b->closure, b->closure_data,
+                    RAFTKV__KV_ERROR__KV_INTERNAL, 0,
+                    rv == KV_STORE_ENOMEM ? "out of memory" : n->store.errmsg);
+        return;
+    }
+    struct kv_revs revs = {0};
+    kv_mvcc_revs(&n->store, txn, &revs);
+    Raftkv__LeaderHint hint = RAFTKV__LEADER_HINT__INIT;
+    set_hint(n, 0, &hint);
+    Raftkv__LeaseListReply r = RAFTKV__LEASE_LIST_REPLY__INIT;
+    r.leader = &hint;
+    r.message = "";
+    r.revision = revs.revision;
+    r.ids = x.ids;
+    r.n_ids = x.n;
+    b->closure(&r.base, b->closure_data);
+    free(x.ids);
+}
+
+static void barrier_ready(struct kv_node *n,
+                          struct node_read_waiter *w,
+                          int err,
+                          uint64_t leader,
+                          const char *msg)
+{
+    struct lease_barrier *b = (struct lease_barrier *)w;
+    struct lease_clock *lc = b->lc;
+    bool leads = !err && still_leads(lc, b);
+    if (leads && !lc->loaded) {
+        /* The barrier proved every entry of the terms before is applied. */
+        load_all(lc, false);
+    }
+    if (b->what == FOR_LOAD) {
+        if (lc->term == b->term) {
+            lc->loading = false;
+        }
+    } else if (b->what == FOR_EXPIRE) {
+        if (leads && lc->loaded) {
+            lc->expire_proven = true; /* proposed by the next sweep */
+        } else if (lc->term == b->term) {
+            lc->expiring = false;
+        }
+    } else if (!leads) {
+        uint64_t hint = leader ? leader : raft_leader(n->raft);
+        if (!err) {
+            err = hint && hint != n->cfg.id ? RAFTKV__KV_ERROR__KV_WRONG_LEADER
+                                            : RAFTKV__KV_ERROR__KV_UNAVAILABLE;
+            msg = "leadership changed";
+        }
+        reply_error(n, b->call, b->closure, b->closure_data, err,
+                    hint == n->cfg.id ? 0 : hint, msg);
+    } else {
+        MDB_txn *txn = node_state_read(n, NULL);
+        if (!txn) {
+            reply_error(n, b->call, b->closure, b->closure_data,
+                        RAFTKV__KV_ERROR__KV_INTERNAL, 0,
+                        "cannot read the applied state");
+        } else {
+            take_news(lc);
+            if (b->call == CALL_KEEPALIVE) {
+                serve_keepalive(lc, b, txn);
+            } else if (b->call == CALL_TTL) {
+                serve_ttl(lc, b, txn);
+            } else {
+                serve_list(lc, b, txn);
+            }
+            node_state_done(n, txn);
+        }
+    }
+    free(b);
+}
+
+/* Answer a call once a barrier proves this node leads. */
+static void begin_call(struct kv_services *s,
+                       enum lease_call call,
+                       uint64_t id,
+                       bool keys,
+                       ProtobufCClosure closure,
+                       void *data)
+{
+    struct kv_node *n = s->node;
+    struct lease_clock *lc = s->lease_clock;
+    char why[400];
+    int err = auth_check_kv(s, data, NULL, KV_AUTH_ANY, why, sizeof why);
+    if (err) {
+        reply_error(n, call, closure, data, err, 0, why);
+        return;
+    }
+    if (call != CALL_LIST && id == 0) {
+        reply_error(n, call, closure, data, RAFTKV__KV_ERROR__KV_BAD_REQUEST, 0,
+                    "which lease? (id 0)");
+        return;
+    }
+    if (!lc->term) {
+        /* Served by the leader only: it keeps the time of every lease. */
+        uint64_t leader = raft_leader(n->raft);
+        bool other = leader && leader != n->cfg.id;
+        reply_error(n, call, closure, data,
+                    other ? RAFTKV__KV_ERROR__KV_WRONG_LEADER
+                          : RAFTKV__KV_ERROR__KV_UNAVAILABLE,
+                    other ? leader : 0, "not the leader");
+        return;
+    }
+    struct lease_barrier *b = calloc(1, sizeof *b);
+    if (!b) {
+        reply_error(n, call, closure, data, RAFTKV__KV_ERROR__KV_INTERNAL, 0,
+                    "out of memory");
+        return;
+    }
+    b->lc = lc;
+    b->what = FOR_CALL;
+    b->term = lc->term;
+    b->call = call;
+    b->closure = closure;
+    b->closure_data = data;
+    b->id = id;
+    b->keys = keys;
+    begin_barrier(b);
+}
+
+static void handle_keepalive(Raftkv__LeaseService_Service *svc,
+                             const Raftkv__LeaseKeepAliveArgs *a,
+                             Raftkv__LeaseKeepAliveReply_Closure closure,
+                             void *data)
+{
+    begin_call(services_of_lease(svc), CALL_KEEPALIVE, a->id, false,
+               (ProtobufCClosure)closure, data);
+}
+
+static void handle_ttl(Raftkv__LeaseService_Service *svc,
+                       const Raftkv__LeaseTimeToLiveArgs *a,
+                       Raftkv__LeaseTimeToLiveReply_Closure closure,
+                       void *data)
+{
+    begin_call(services_of_lease(svc), CALL_TTL, a->id, a->keys,
+               (ProtobufCClosure)closure, data);
+}
+
+static void handle_list(Raftkv__LeaseService_Service *svc,
+                        const Raftkv__LeaseListArgs *a,
+                        Raftkv__LeaseListReply_Closure closure,
+                        void *data)
+{
+    (void)a;
+    begin_call(services_of_lease(svc), CALL_LIST, 0, false,
+               (ProtobufCClosure)closure, data);
+}
+
+/* ------------------------------------------------------- subscriptions */
+
+/* Start a barrier of the clock's own (to fill the table, or to expire). */
+static void begin_own_barrier(struct lease_clock *lc, enum barrier_for what)
+{
+    struct lease_barrier *b = calloc(1, sizeof *b);
+    if (!b) {
+        return; /* tried again on the next sweep */
+    }
+    b->lc = lc;
+    b->what = what;
+    b->term = lc->term;
+    if (what == FOR_LOAD) {
+        lc->loading = true;
+    } else {
+        lc->expiring = true;
+    }
+    begin_barrier(b);
+}
+
+static void on_role(struct kv_node *n, enum node_event ev, void *arg)
+{
+    (void)ev;
+    struct lease_clock *lc = arg;
+    bool leads = raft_role(n->raft) == RAFT_LEADER;
+    uint64_t term = raft_term(n->raft);
+    if (leads && lc->term == term) {
+        return;
+    }
+    /* A new term, or no longer leading: the old table is void. */
+    table_clear(lc);
+    lc->loaded = false;
+    lc->loading = false;
+    lc->expiring = false;
+    lc->expire_proven = false;
+    lc->term = leads ? term : 0; /* the next sweep begins filling it */
+}
+
+static void on_sweep(struct kv_node *n, enum node_event ev, void *arg)
+{
+    (void)ev;
+    struct lease_clock *lc = arg;
+    if (!lc->term || raft_role(n->raft) != RAFT_LEADER) {
+        struct kv_lease_news *ln = &n->store.lease_news;
+        ln->n = 0; /* a new leader reads every lease */
+        ln->all = false;
+        return;
+    }
+    if (n->frozen) {
+        return; /* it cannot propose; the news wait for it */
+    }
+    if (!lc->loaded) {
+        if (!lc->loading) {
+            begin_own_barrier(lc, FOR_LOAD);
+        }
+        return;
+    }
+    take_news(lc);
+    if (lc->expire_proven) {
+        /* Leadership was proven since the sweep that found them due. */
+        lc->expire_proven = false;
+        propose_expiry(lc); /* clears expiring when it is done */
+        return;
+    }
+    if (lc->expiring) {
+        return;
+    }
+    uint64_t now = node_now_ms();
+    for (size_t i = 0; i < lc->cap; i++) {
+        if (lc->slots[i].id && lc->slots[i].expiry <= now) {
+            begin_own_barrier(lc, FOR_EXPIRE);
+            return;
+        }
+    }
+}
+
+/* ------------------------------------------------------------- service */
+
+size_t lease_service_count(struct kv_services *s)
+{
+    struct kv_node *n = s->node;
+    MDB_txn *txn = node_state_read(n, NULL);
+    if (!txn) {
+        return 0;
+    }
+    MDB_stat st;
+    size_t count = mdb_stat(txn, n->store.leases, &st) == 0 ? st.ms_entries : 0;
+    node_state_done(n, txn);
+    return count;
+}
+
+int lease_service_init(struct kv_services *s)
+{
+    struct kv_node *n = s->node;
+    Raftkv__LeaseService_Service svc = {
+        RAFTKV__LEASE_SERVICE__BASE_INIT,
+        handle_grant,
+        handle_revoke,
+        handle_keepalive,
+        handle_ttl,
+        handle_list,
+    };
+    s->lease_svc = svc;
+    struct lease_clock *lc = calloc(1, sizeof *lc);
+    if (!lc) {
+        fprintf(stderr, "kvserver: out of memory\n");
+        return -1;
+    }
+    lc->s = s;
+    /* Election timeouts are random in [election, 2 * election). */
+    lc->election_extension = 2ull * n->cfg.election_ms;
+    s->lease_clock = lc;
+    if (node_subscribe(n, NODE_EV_ROLE, on_role, lc) != 0 ||
+        node_subscribe(n, NODE_EV_SWEEP, on_sweep, lc) != 0) {
+        return -1;
+    }
+    return 0;
+}
+
+void lease_service_free(struct kv_services *s)
+{
+    if (s && s->lease_clock) {
+        table_clear(s->lease_clock);
+        free(s->lease_clock);
+        s->lease_clock = NULL;
+    }
+}

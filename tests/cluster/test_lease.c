@@ -1,0 +1,516 @@
+/* test_lease.c: leases on real clusters: keys attached to a lease vanish
+ * after it expires (never before its TTL) and not while it is kept alive,
+ * also across a leader's death (the new leader extends every lease);
+ * revoke deletes all its keys at one revision; a put to a missing lease
+ * writes nothing; leases survive a restart of every node and a backup
+ * restored into a new cluster; the background keep-alive tells its caller
+ * when the lease is revoked under it. */
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+
+#include <CUnit/Basic.h>
+
+#include "clerk/clerk.h"
+#include "cunit_main.h"
+#include "harness.h"
+
+static struct clerk *open_clerk(struct h_cluster *c)
+{
+    char eps[512];
+    h_endpoints(c, eps, sizeof eps);
+    struct clerk_options o = {.deadline_ms = 10000};
+    struct clerk *ck = NULL;
+    CU_ASSERT_FATAL(clerk_open(&ck, eps, &o) == CLERK_OK);
+    return ck;
+}
+
+static int put_lease(struct clerk *ck, const char *k, uint64_t lease)
+{
+    int err = clerk_put_lease(ck, k, strlen(k), "v", 1, lease, 0, NULL);
+    if (err && err != CLERK_LEASE_NOT_FOUND) {
+        fprintf(stderr, "put %s: %s\n", k, clerk_errmsg(ck));
+    }
+    return err;
+}
+
+static bool exists(struct clerk *ck, const char *k)
+{
+    struct clerk_kv *kv = NULL;
+    int err = clerk_get_ex(ck, k, strlen(k), &kv, NULL);
+    CU_ASSERT(err == CLERK_OK || err == CLERK_NOT_FOUND);
+    clerk_kv_free(kv);
+    return err == CLERK_OK;
+}
+
+/* Wait until key k is gone; returns when (ms), or 0 after @timeout_ms. */
+static uint64_t wait_gone(struct clerk *ck, const char *k, unsigned timeout_ms)
+{
+    uint64_t end = h_now_ms() + timeout_ms;
+    while (h_now_ms() < end) {
+        if (!exists(ck, k)) {
+            return h_now_ms();
+        }
+        h_sleep_ms(50);
+    }
+    return 0;
+}
+
+/* Revision of the last change to the store. */
+static uint64_t store_revision(struct clerk *ck)
+{
+    struct clerk_kv *kv = NULL;
+    uint64_t rev = 0;
+    clerk_get_ex(ck, "no-such-key", 11, &kv, &rev);
+    clerk_kv_free(kv);
+    return rev;
+}
+
+/* The history from rev on must be @n deletes, all at revision rev. */
+static void check_deletes_at(struct clerk *ck, uint64_t rev, size_t n)
+{
+    struct clerk_events_result *r = NULL;
+    CU_ASSERT_EQUAL_FATAL(clerk_events(ck, rev, NULL, 0, NULL, 0, 0, &r),
+                          CLERK_OK);
+    CU_ASSERT_EQUAL(r->n_events, n);
+    for (size_t i = 0; i < r->n_events; i++) {
+        CU_ASSERT_EQUAL(r->events[i].type, CLERK_EVENT_DELETE);
+        CU_ASSERT_EQUAL(r->events[i].kv.mod_revision, rev);
+    }
+    clerk_events_result_free(r);
+}
+
+/* A metric of node i (-1 when missing). */
+static double metric(struct h_cluster *c, size_t i, const char *name)
+{
+    static char body[1 << 17];
+    if (h_http_get(c, i, "GET", "/metrics", body, sizeof body) != 200) {
+        return -1;
+    }
+    return h_metric(body, name);
+}
+
+/* What a background keep-alive told its caller. */
+struct lost
+{
+    atomic_int calls;  /* lost_cb calls */
+    atomic_int reason; /* the last reason */
+};
+
+static void on_lost(uint64_t id, int reason, void *arg)
+{
+    (void)id;
+    struct lost *l = arg;
+    atomic_store(&l->reason, reason);
+    atomic_fetch_add(&l->calls, 1);
+}
+
+static void test_lease_keys_vanish_after_expiry(void)
+{
+    struct h_cluster c;
+    CU_ASSERT_FATAL(h_cluster_start(&c, 3, NULL) == 0);
+    int leader = h_find_leader(&c, 10000);
+    CU_ASSERT_FATAL(leader >= 0);
+    struct clerk *ck = open_clerk(&c);
+    /* A TTL below the minimum (2 s with the default election timeout) is
+     * raised to it. */
+    uint64_t id = 0;
+    int64_t ttl = 0;
+    uint64_t t0 = h_now_ms();
+    CU_ASSERT_EQUAL_FATAL(clerk_lease_grant(ck, 1, 0, &id, &ttl), CLERK_OK);
+    CU_ASSERT(id != 0 && id < (1ull << 63));
+    CU_ASSERT_EQUAL(ttl, 2);
+    CU_ASSERT_EQUAL(put_lease(ck, "exp/a", id), CLERK_OK);
+    CU_ASSERT_EQUAL(put_lease(ck, "exp/b", id), CLERK_OK);
+    CU_ASSERT_EQUAL(put_lease(ck, "exp/kept", 0), CLERK_OK);
+    struct clerk_kv *kv = NULL;
+    CU_ASSERT_EQUAL(clerk_get_ex(ck, "exp/a", 5, &kv, NULL), CLERK_OK);
+    CU_ASSERT(kv && kv->lease == id);
+    clerk_kv_free(kv);
+    struct clerk_lease_ttl_result *tr = NULL;
+    CU_ASSERT_EQUAL_FATAL(clerk_lease_timetolive(ck, id, true, &tr), CLERK_OK);
+    /* At most the TTL, plus the extension of a leader that took office
+     * after the grant was proposed (2 x 500 ms). */
+    CU_ASSERT(tr->granted_ttl == 2 && tr->ttl <= 3);
+    CU_ASSERT_EQUAL(tr->n_keys, 2);
+    CU_ASSERT(tr->n_keys == 2 && strcmp(tr->keys[0].key, "exp/a") == 0 &&
+              strcmp(tr->keys[1].key, "exp/b") == 0);
+    clerk_lease_ttl_result_free(tr);
+    CU_ASSERT_EQUAL(metric(&c, (size_t)leader, "raftkv_leases"), 1);
+
+    /* Gone once the TTL passed, not before, and within a bound. */
+    uint64_t gone = wait_gone(ck, "exp/a", 8000);
+    CU_ASSERT_FATAL(gone != 0);
+    printf("\n  keys gone %llu ms after the grant (TTL 2 s)\n",
+           (unsigned long long)(gone - t0));
+    CU_ASSERT(gone - t0 >= 2000);
+    CU_ASSERT(gone - t0 <= 2000 + 3000);
+    CU_ASSERT_FALSE(exists(ck, "exp/b"));
+    CU_ASSERT(exists(ck, "exp/kept"));
+    /* Both at one revision: the expiry's. */
+    uint64_t rev = store_revision(ck);
+    check_deletes_at(ck, rev, 2);
+    CU_ASSERT_EQUAL(clerk_lease_timetolive(ck, id, false, &tr),
+                    CLERK_LEASE_NOT_FOUND);
+    CU_ASSERT_EQUAL(clerk_lease_keepalive_once(ck, id, NULL),
+                    CLERK_LEASE_NOT_FOUND);
+    CU_ASSERT_EQUAL(metric(&c, (size_t)leader, "raftkv_leases"), 0);
+    CU_ASSERT(metric(&c, (size_t)leader, "raftkv_lease_expired_total") >= 1);
+    clerk_close(ck);
+    c.keep = CU_get_number_of_failures() > 0;
+    CU_ASSERT(h_cluster_destroy(&c) == 0);
+}
+
+static void test_lease_keepalive_keeps_it_past_several_ttls(void)
+{
+    struct h_cluster c;
+    CU_ASSERT_FATAL(h_cluster_start(&c, 3, NULL) == 0);
+    CU_ASSERT_FATAL(h_find_leader(&c, 10000) >= 0);
+    struct clerk *ck = open_clerk(&c);
+    uint64_t id = 0;
+    CU_ASSERT_EQUAL_FATAL(clerk_lease_grant(ck, 2, 0, &id, NULL), CLERK_OK);
+    CU_ASSERT_EQUAL(put_lease(ck, "ka/k", id), CLERK_OK);
+    /* Renewed by hand (what kvctl lease keep-alive does) ... */
+    for (int i = 0; i < 4; i++) {
+        int64_t ttl = 0;
+        CU_ASSERT_EQUAL(clerk_lease_keepalive_once(ck, id, &ttl), CLERK_OK);
+        CU_ASSERT_EQUAL(ttl, 2);
+        h_sleep_ms(700);
+    }
+    CU_ASSERT(exists(ck, "ka/k"));
+    /* ... and in the background, for over three TTLs more. */
+    struct lost l = {0};
+    struct clerk_keepalive *ka = NULL;
+    CU_ASSERT_EQUAL_FATAL(clerk_lease_keepalive_start(ck, id, on_lost, &l, &ka),
+                          CLERK_OK);
+    h_sleep_ms(7000);
+    CU_ASSERT(exists(ck, "ka/k"));
+    CU_ASSERT_EQUAL(atomic_load(&l.calls), 0);
+    struct clerk_lease_ttl_result *tr = NULL;
+    CU_ASSERT_EQUAL(clerk_lease_timetolive(ck, id, false, &tr), CLERK_OK);
+    CU_ASSERT(tr && tr->ttl >= 0 && tr->granted_ttl == 2);
+    clerk_lease_ttl_result_free(tr);
+    /* Once it stops, the lease expires. */
+    uint64_t t0 = h_now_ms();
+    clerk_lease_keepalive_stop(ka);
+    uint64_t gone = wait_gone(ck, "ka/k", 8000);
+    CU_ASSERT(gone != 0 && gone - t0 <= 2000 + 3000);
+    CU_ASSERT_EQUAL(atomic_load(&l.calls), 0);
+    clerk_close(ck);
+    c.keep = CU_get_number_of_failures() > 0;
+    CU_ASSERT(h_cluster_destroy(&c) == 0);
+}
+
+static void test_lease_kept_alive_across_a_leader_kill(void)
+{
+    struct h_cluster c;
+    CU_ASSERT_FATAL(h_cluster_start(&c, 3, NULL) == 0);
+    int leader = h_find_leader(&c, 10000);
+    CU_ASSERT_FATAL(leader >= 0);
+    struct clerk *ck = open_clerk(&c);
+    uint64_t id = 0;
+    CU_ASSERT_EQUAL_FATAL(clerk_lease_grant(ck, 3, 0, &id, NULL), CLERK_OK);
+    CU_ASSERT_EQUAL(put_lease(ck, "lk/k", id), CLERK_OK);
+    struct lost l = {0};
+    struct clerk_keepalive *ka = NULL;
+    CU_ASSERT_EQUAL_FATAL(clerk_lease_keepalive_start(ck, id, on_lost, &l, &ka),
+                          CLERK_OK);
+    h_sleep_ms(1500);
+    /* The leader dies; the next one takes over the lease's clock. */
+    h_node_kill(&c, (size_t)leader);
+    int next = -1;
+    uint64_t end = h_now_ms() + 10000;
+    while ((next < 0 || next == leader) && h_now_ms() < end) {
+        next = h_find_leader(&c, 1000);
+    }
+    CU_ASSERT_FATAL(next >= 0 && next != leader);
+    h_sleep_ms(9000); /* three TTLs under the new leader */
+    CU_ASSERT(exists(ck, "lk/k"));
+    CU_ASSERT_EQUAL(atomic_load(&l.calls), 0);
+    /* The holder stops: the lease ends within TTL + the extension a new
+     * leader gives (it just took over) + a sweep. */
+    uint64_t t0 = h_now_ms();
+    clerk_lease_keepalive_stop(ka);
+    uint64_t gone = wait_gone(ck, "lk/k", 10000);
+    CU_ASSERT(gone != 0 && gone - t0 <= 3000 + 3000);
+    clerk_close(ck);
+    c.keep = CU_get_number_of_failures() > 0;
+    CU_ASSERT(h_cluster_destroy(&c) == 0);
+}
+
+static void test_lease_revoke_and_missing_leases(void)
+{
+    struct h_cluster c;
+    CU_ASSERT_FATAL(h_cluster_start(&c, 3, NULL) == 0);
+    CU_ASSERT_FATAL(h_find_leader(&c, 10000) >= 0);
+    struct clerk *ck = open_clerk(&c);
+    uint64_t id = 0;
+    CU_ASSERT_EQUAL_FATAL(clerk_lease_grant(ck, 60, 0, &id, NULL), CLERK_OK);
+    /* An id of one's own; an id that exists is refused. */
+    uint64_t mine = 0;
+    CU_ASSERT_EQUAL(clerk_lease_grant(ck, 60, 0x1234, &mine, NULL), CLERK_OK);
+    CU_ASSERT_EQUAL(mine, 0x1234);
+    CU_ASSERT_EQUAL(clerk_lease_grant(ck, 60, 0x1234, NULL, NULL),
+                    CLERK_BAD_REQUEST);
+    uint64_t *ids = NULL;
+    size_t n = 0;
+    CU_ASSERT_EQUAL(clerk_lease_list(ck, &ids, &n), CLERK_OK);
+    CU_ASSERT_EQUAL(n, 2);
+    clerk_free(ids);
+    char k[32];
+    for (int i = 0; i < 5; i++) {
+        snprintf(k, sizeof k, "rv/%d", i);
+        CU_ASSERT_EQUAL(put_lease(ck, k, id), CLERK_OK);
+    }
+    CU_ASSERT_EQUAL(put_lease(ck, "rv/other", 0), CLERK_OK);
+    uint64_t before = store_revision(ck), rev = 0, deleted = 0;
+    CU_ASSERT_EQUAL(clerk_lease_revoke(ck, id, &rev, &deleted), CLERK_OK);
+    CU_ASSERT_EQUAL(rev, before + 1);
+    CU_ASSERT_EQUAL(deleted, 5);
+    check_deletes_at(ck, rev, 5);
+    struct clerk_range_result *rr = NULL;
+    CU_ASSERT_EQUAL(clerk_range(ck, "rv/", 3, "rv0", 3, 0, 0, &rr), CLERK_OK);
+    CU_ASSERT(rr && rr->count == 1);
+    clerk_range_result_free(rr);
+    CU_ASSERT_EQUAL(clerk_lease_revoke(ck, id, NULL, NULL),
+                    CLERK_LEASE_NOT_FOUND);
+
+    /* Puts to a lease that does not exist write nothing. */
+    CU_ASSERT_EQUAL(put_lease(ck, "rv/x", id), CLERK_LEASE_NOT_FOUND);
+    CU_ASSERT_EQUAL(put_lease(ck, "rv/other", 0xdead), CLERK_LEASE_NOT_FOUND);
+    struct clerk_txn *t = clerk_txn_new();
+    CU_ASSERT_FATAL(t != NULL);
+    CU_ASSERT_EQUAL(clerk_txn_put(t, CLERK_TXN_THEN, "rv/y", 4, "1", 1, 0),
+                    CLERK_OK);
+    CU_ASSERT_EQUAL(
+        clerk_txn_put_lease(t, CLERK_TXN_THEN, "rv/z", 4, "1", 1, id, 0),
+        CLERK_OK);
+    CU_ASSERT_EQUAL(clerk_txn_commit(ck, t, NULL), CLERK_LEASE_NOT_FOUND);
+    clerk_txn_free(t);
+    CU_ASSERT_EQUAL(store_revision(ck), rev);
+    CU_ASSERT_FALSE(exists(ck, "rv/x"));
+    CU_ASSERT_FALSE(exists(ck, "rv/y"));
+    struct clerk_kv *kv = NULL;
+    CU_ASSERT_EQUAL(clerk_get_ex(ck, "rv/other", 8, &kv, NULL), CLERK_OK);
+    CU_ASSERT(kv && kv->lease == 0);
+    clerk_kv_free(kv);
+
+    /* A transaction can compare a key's lease. */
+    CU_ASSERT_EQUAL(put_lease(ck, "rv/m", mine), CLERK_OK);
+    t = clerk_txn_new();
+    CU_ASSERT_EQUAL(
+        clerk_txn_compare_lease(t, "rv/m", 4, CLERK_CMP_EQUAL, mine), CLERK_OK);
+    struct clerk_txn_result *res = NULL;
+    CU_ASSERT_EQUAL(clerk_txn_commit(ck, t, &res), CLERK_OK);
+    CU_ASSERT(res && res->succeeded);
+    clerk_txn_result_free(res);
+    clerk_txn_free(t);
+    clerk_close(ck);
+    c.keep = CU_get_number_of_failures() > 0;
+    CU_ASSERT(h_cluster_destroy(&c) == 0);
+}
+
+static void test_lease_background_keepalive_tells_when_revoked(void)
+{
+    struct h_cluster c;
+    CU_ASSERT_FATAL(h_cluster_start(&c, 3, NULL) == 0);
+    CU_ASSERT_FATAL(h_find_leader(&c, 10000) >= 0);
+    struct clerk *ck = open_clerk(&c);
+    uint64_t id = 0;
+    CU_ASSERT_EQUAL_FATAL(clerk_lease_grant(ck, 3, 0, &id, NULL), CLERK_OK);
+    struct lost l = {0};
+    struct clerk_keepalive *ka = NULL;
+    CU_ASSERT_EQUAL_FATAL(clerk_lease_keepalive_start(ck, id, on_lost, &l, &ka),
+                          CLERK_OK);
+    /* Someone else revokes it: told at the next renewal (a third of the
+     * TTL), once. */
+    struct clerk *other = open_clerk(&c);
+    CU_ASSERT_EQUAL(clerk_lease_revoke(other, id, NULL, NULL), CLERK_OK);
+    uint64_t end = h_now_ms() + 5000;
+    while (atomic_load(&l.calls) == 0 && h_now_ms() < end) {
+        h_sleep_ms(20);
+    }
+    CU_ASSERT_EQUAL(atomic_load(&l.calls), 1);
+    CU_ASSERT_EQUAL(atomic_load(&l.reason), CLERK_LEASE_NOT_FOUND);
+    h_sleep_ms(1500);
+    CU_ASSERT_EQUAL(atomic_load(&l.calls), 1);
+    clerk_lease_keepalive_stop(ka);
+    /* Starting one for a lease that is gone fails at once. */
+    CU_ASSERT_EQUAL(clerk_lease_keepalive_start(ck, id, on_lost, &l, &ka),
+                    CLERK_LEASE_NOT_FOUND);
+    clerk_close(other);
+    clerk_close(ck);
+    c.keep = CU_get_number_of_failures() > 0;
+    CU_ASSERT(h_cluster_destroy(&c) == 0);
+}
+
+static int to_file(const void *data, size_t len, void *arg)
+{
+    return fwrite(data, 1, len, arg) == len ? 0 : -1;
+}
+
+/* kvserver --restore for node i of c. */
+static int restore(struct h_cluster *c, size_t i, const char *file)
+{
+    char cmd[4096];
+    snprintf(cmd, sizeof cmd,
+             "timeout 30 %s --id %llu --cluster %s --data-dir %s --restore %s "
+             ">/dev/null 2>&1",
+             KVSERVER_BIN, (unsigned long long)c->nodes[i].id, c->cluster_arg,
+             c->nodes[i].dir, file);
+    return system(cmd);
+}
+
+static void test_lease_survives_restart_and_restore(void)
+{
+    struct h_cluster c;
+    CU_ASSERT_FATAL(h_cluster_start(&c, 3, NULL) == 0);
+    CU_ASSERT_FATAL(h_find_leader(&c, 10000) >= 0);
+    struct clerk *ck = open_clerk(&c);
+    uint64_t id = 0;
+    CU_ASSERT_EQUAL_FATAL(clerk_lease_grant(ck, 60, 0, &id, NULL), CLERK_OK);
+    CU_ASSERT_EQUAL(put_lease(ck, "rs/a", id), CLERK_OK);
+    CU_ASSERT_EQUAL(put_lease(ck, "rs/b", id), CLERK_OK);
+    char file[600];
+    snprintf(file, sizeof file, "%s/leases.snap", c.root);
+    FILE *fp = fopen(file, "wb");
+    CU_ASSERT_FATAL(fp != NULL);
+    CU_ASSERT_EQUAL(clerk_snapshot_save(ck, to_file, fp, NULL, NULL, NULL),
+                    CLERK_OK);
+    fclose(fp);
+    clerk_close(ck);
+
+    /* Every node stops and starts again. */
+    for (size_t i = 0; i < 3; i++) {
+        CU_ASSERT_EQUAL(h_node_term(&c, i), 0);
+    }
+    for (size_t i = 0; i < 3; i++) {
+        CU_ASSERT_FATAL(h_node_start(&c, i) == 0);
+    }
+    CU_ASSERT_FATAL(h_find_leader(&c, 10000) >= 0);
+    ck = open_clerk(&c);
+    struct clerk_lease_ttl_result *tr = NULL;
+    CU_ASSERT_EQUAL_FATAL(clerk_lease_timetolive(ck, id, true, &tr), CLERK_OK);
+    CU_ASSERT_EQUAL(tr->granted_ttl, 60);
+    CU_ASSERT_EQUAL(tr->n_keys, 2);
+    CU_ASSERT(tr->ttl > 50); /* a new leader extends, never shortens */
+    clerk_lease_ttl_result_free(tr);
+    uint64_t deleted = 0;
+    CU_ASSERT_EQUAL(clerk_lease_revoke(ck, id, NULL, &deleted), CLERK_OK);
+    CU_ASSERT_EQUAL(deleted, 2);
+    clerk_close(ck);
+
+    /* The backup, restored into a new cluster, holds the lease and the
+     * index of its keys. */
+    struct h_cluster r;
+    CU_ASSERT_FATAL(h_cluster_start(&r, 3, NULL) == 0);
+    CU_ASSERT_FATAL(h_find_leader(&r, 10000) >= 0);
+    for (size_t i = 0; i < 3; i++) {
+        CU_ASSERT_EQUAL(h_node_term(&r, i), 0);
+        CU_ASSERT_EQUAL(cunit_remove_tree(r.nodes[i].dir), 0);
+        CU_ASSERT_EQUAL(restore(&r, i, file), 0);
+    }
+    for (size_t i = 0; i < 3; i++) {
+        CU_ASSERT_FATAL(h_node_start(&r, i) == 0);
+    }
+    CU_ASSERT_FATAL(h_find_leader(&r, 10000) >= 0);
+    ck = open_clerk(&r);
+    CU_ASSERT(exists(ck, "rs/a"));
+    uint64_t *ids = NULL;
+    size_t n = 0;
+    CU_ASSERT_EQUAL(clerk_lease_list(ck, &ids, &n), CLERK_OK);
+    CU_ASSERT(n == 1 && ids && ids[0] == id);
+    clerk_free(ids);
+    CU_ASSERT_EQUAL(clerk_lease_revoke(ck, id, NULL, &deleted), CLERK_OK);
+    CU_ASSERT_EQUAL(deleted, 2);
+    CU_ASSERT_FALSE(exists(ck, "rs/a"));
+    CU_ASSERT_FALSE(exists(ck, "rs/b"));
+    clerk_close(ck);
+    r.keep = CU_get_number_of_failures() > 0;
+    CU_ASSERT(h_cluster_destroy(&r) == 0);
+    c.keep = CU_get_number_of_failures() > 0;
+    CU_ASSERT(h_cluster_destroy(&c) == 0);
+}
+
+/* Run kvctl against cluster c; its standard output in out, its exit
+ * status returned. */
+static int kvctl(struct h_cluster *c, const char *args, char *out, size_t len)
+{
+    char eps[512], cmd[2048];
+    h_endpoints(c, eps, sizeof eps);
+    snprintf(cmd, sizeof cmd, "%s --cluster %s %s 2>/dev/null", KVCTL_BIN, eps,
+             args);
+    FILE *p = popen(cmd, "r");
+    if (!p) {
+        return -1;
+    }
+    size_t got = fread(out, 1, len - 1, p);
+    out[got] = 0;
+    int st = pclose(p);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+static void test_lease_kvctl_commands(void)
+{
+    struct h_cluster c;
+    CU_ASSERT_FATAL(h_cluster_start(&c, 3, NULL) == 0);
+    CU_ASSERT_FATAL(h_find_leader(&c, 10000) >= 0);
+    char out[4096], args[256];
+    CU_ASSERT_EQUAL_FATAL(kvctl(&c, "lease grant 30", out, sizeof out), 0);
+    char hex[17] = "";
+    CU_ASSERT_EQUAL_FATAL(sscanf(out, "lease %16s granted with TTL(30s)", hex),
+                          1);
+    snprintf(args, sizeof args, "put svc/a 10.0.0.1 --lease %s", hex);
+    CU_ASSERT_EQUAL(kvctl(&c, args, out, sizeof out), 0);
+    snprintf(args, sizeof args, "lease timetolive %s --keys", hex);
+    CU_ASSERT_EQUAL(kvctl(&c, args, out, sizeof out), 0);
+    CU_ASSERT_PTR_NOT_NULL(strstr(out, "granted with TTL(30s), remaining("));
+    CU_ASSERT_PTR_NOT_NULL(strstr(out, "attached keys([svc/a])"));
+    snprintf(args, sizeof args, "-w json lease keep-alive %s --once", hex);
+    CU_ASSERT_EQUAL(kvctl(&c, args, out, sizeof out), 0);
+    CU_ASSERT_PTR_NOT_NULL(strstr(out, "\"ok\":true"));
+    CU_ASSERT_PTR_NOT_NULL(strstr(out, "\"ttl\":30"));
+    CU_ASSERT_EQUAL(kvctl(&c, "lease list", out, sizeof out), 0);
+    CU_ASSERT_PTR_NOT_NULL(strstr(out, "found 1 leases"));
+    CU_ASSERT_PTR_NOT_NULL(strstr(out, hex));
+    snprintf(args, sizeof args, "lease revoke %s", hex);
+    CU_ASSERT_EQUAL(kvctl(&c, args, out, sizeof out), 0);
+    CU_ASSERT_EQUAL(kvctl(&c, "get svc/a", out, sizeof out), 1);
+    /* Gone: exit 9, for the lease commands and a put naming it. */
+    CU_ASSERT_EQUAL(kvctl(&c, args, out, sizeof out), 9);
+    snprintf(args, sizeof args, "put svc/b x --lease 0x%s", hex);
+    CU_ASSERT_EQUAL(kvctl(&c, args, out, sizeof out), 9);
+    CU_ASSERT_EQUAL(kvctl(&c, "get svc/b", out, sizeof out), 1);
+    snprintf(args, sizeof args, "lease keep-alive %s", hex);
+    CU_ASSERT_EQUAL(kvctl(&c, args, out, sizeof out), 9);
+    CU_ASSERT_EQUAL(kvctl(&c, "lease revoke xyz", out, sizeof out), 2);
+    c.keep = CU_get_number_of_failures() > 0;
+    CU_ASSERT(h_cluster_destroy(&c) == 0);
+}
+
+int main(int argc, char **argv)
+{
+    static CU_TestInfo tests[] = {
+        {"test_lease_keys_vanish_after_expiry",
+         test_lease_keys_vanish_after_expiry},
+        {"test_lease_keepalive_keeps_it_past_several_ttls",
+         test_lease_keepalive_keeps_it_past_several_ttls},
+        {"test_lease_kept_alive_across_a_leader_kill",
+         test_lease_kept_alive_across_a_leader_kill},
+        {"test_lease_revoke_and_missing_leases",
+         test_lease_revoke_and_missing_leases},
+        {"test_lease_background_keepalive_tells_when_revoked",
+         test_lease_background_keepalive_tells_when_revoked},
+        {"test_lease_survives_restart_and_restore",
+         test_lease_survives_restart_and_restore},
+        {"test_lease_kvctl_commands", test_lease_kvctl_commands},
+        CU_TEST_INFO_NULL,
+    };
+    static CU_SuiteInfo suites[] = {
+        {"lease", NULL, NULL, NULL, NULL, tests},
+        CU_SUITE_INFO_NULL,
+    };
+    return cunit_main(argc, argv, suites);
+}
