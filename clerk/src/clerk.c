@@ -98,6 +98,8 @@ const char *clerk_error_code(int err)
             return "FUTURE_REVISION";
         case CLERK_LEASE_NOT_FOUND:
             return "LEASE_NOT_FOUND";
+        case CLERK_NOT_HELD:
+            return "NOT_HELD";
         default:
             return "INTERNAL";
     }
@@ -145,6 +147,8 @@ const char *clerk_strerror(int err)
             return "the revision asked for is newer than the store's";
         case CLERK_LEASE_NOT_FOUND:
             return "no such lease (expired, revoked or never granted)";
+        case CLERK_NOT_HELD:
+            return "the lock or leadership is not held (its key is gone)";
         default:
             return "internal error";
     }

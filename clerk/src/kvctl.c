@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
 #include <termios.h>
 #include <time.h>
 #include <unistd.h>
@@ -27,6 +28,8 @@ enum {
     EXIT_PERMISSION_DENIED = 7, /* the user's roles do not allow it */
     EXIT_COMPACTED = 8,         /* events, compact: that history is gone */
     EXIT_LEASE_NOT_FOUND = 9,   /* lease, put --lease: no such lease */
+    EXIT_NOT_HELD = 10,         /* lock, elect: the lock or leadership was
+                                   lost (its lease could not be kept) */
 };
 
 enum format { FMT_SIMPLE, FMT_JSON, FMT_TABLE };
@@ -59,6 +62,10 @@ static const char usage_text[] =
     "  lease grant TTL | revoke ID | keep-alive ID [--once] |\n"
     "        timetolive ID [--keys] | list\n"
     "                          leases: keys that go when the lease ends\n"
+    "  lock NAME [-- COMMAND]  take a lock (fencing token); run COMMAND\n"
+    "                          holding it, or hold it until interrupted\n"
+    "  elect NAME [PROPOSAL]   campaign and lead until interrupted, or\n"
+    "                          print the leader's proposal as it changes\n"
     "  status                  a row per node: role, term, indexes, leader,\n"
     "                          how far it trails the leader\n"
     "  transfer-leader ID      hand leadership to node ID (auto: the leader\n"
@@ -112,13 +119,15 @@ static const char usage_text[] =
     "6 unauthenticated (auth is enabled and no --user was given, or a\n"
     "wrong user name or password), 7 permission denied (the user's roles\n"
     "do not allow it), 8 compacted (events, compact: that history is\n"
-    "gone), 9 no such lease (lease, put --lease). A txn whose compares\n"
-    "failed exits 0 and prints FAILURE.\n"
+    "gone), 9 no such lease (lease, put --lease), 10 the lock or the\n"
+    "leadership was lost (lock, elect). A txn whose compares failed\n"
+    "exits 0 and prints FAILURE. lock -- COMMAND exits with COMMAND's\n"
+    "status.\n"
     "Pipe mode exits 0 at the end of input.\n"
     "Error codes: NOT_FOUND, CAS_MISMATCH, TIMEOUT, UNAVAILABLE,\n"
     "BAD_REQUEST, VALUE_TOO_LARGE, NO_SPACE, DISABLED, UNAUTHENTICATED,\n"
     "PERMISSION_DENIED, COMPACTED, FUTURE_REVISION, LEASE_NOT_FOUND,\n"
-    "USAGE, INTERNAL.\n";
+    "NOT_HELD, USAGE, INTERNAL.\n";
 
 static const struct
 {
@@ -198,6 +207,27 @@ static const struct
      "  N and after, oldest first: PUT, the key, its value; or DELETE and\n"
      "  the key. -w json adds next_revision, where to poll next. Exit 8\n"
      "  (COMPACTED) when N is no longer kept. Also: kvctl history.\n"},
+    {"lock",
+     "kvctl lock NAME [--ttl SECONDS] [--wait-ms N] [-- COMMAND [ARG...]]\n"
+     "  Take the lock NAME: a lease of --ttl seconds (default 10), kept\n"
+     "  alive while kvctl runs, and a key NAME/LEASE attached to it; waits\n"
+     "  in line (--wait-ms at most). With COMMAND, runs it holding the lock,\n"
+     "  with RAFTKV_LOCK_KEY, RAFTKV_LOCK_TOKEN (the fencing token: the\n"
+     "  key's create revision) and RAFTKV_LOCK_LEASE in its environment,\n"
+     "  then releases it and exits with COMMAND's status. Without one,\n"
+     "  prints the key and the token and holds the lock until interrupted.\n"
+     "  If the lease cannot be kept alive, COMMAND gets SIGTERM and kvctl\n"
+     "  exits 10 (NOT_HELD). Guard writes with the token:\n"
+     "  txn: create(\"$RAFTKV_LOCK_KEY\") = \"$RAFTKV_LOCK_TOKEN\"\n"
+     "  (docs/recipes.md).\n"},
+    {"elect",
+     "kvctl elect NAME PROPOSAL [--ttl SECONDS] [--wait-ms N]\n"
+     "  Campaign in the election NAME with PROPOSAL; once leader, prints\n"
+     "  its key and PROPOSAL and leads until interrupted (then resigns).\n"
+     "  Exit 10 (NOT_HELD) when the lease behind it was lost.\n"
+     "kvctl elect NAME\n"
+     "  Print the leader's proposal, and again each time it changes\n"
+     "  ((no leader) when nobody leads), until interrupted.\n"},
     {"watch",
      "kvctl watch KEY [END] [--prefix|--from-key] [--rev N] [--count N]\n"
      "            [--progress-ms N] [--require-leader] [--prev-kv]\n"
@@ -514,6 +544,9 @@ static int answer_error(const char *code,
     }
     if (!strcmp(code, "LEASE_NOT_FOUND")) {
         return EXIT_LEASE_NOT_FOUND;
+    }
+    if (!strcmp(code, "NOT_HELD")) {
+        return EXIT_NOT_HELD;
     }
     return EXIT_ERROR;
 }
@@ -2367,7 +2400,6 @@ static int cmd_watch(struct clerk *ck, struct tok *t, int n)
     return rv;
 }
 
-/* Run one command; returns its exit code. */
 /* --------------------------------------------------------------- leases */
 
 static volatile sig_atomic_t interrupted; /* SIGINT or SIGTERM came */
@@ -2589,6 +2621,360 @@ static int cmd_lease(struct clerk *ck, struct tok *t, int n)
     return EXIT_OK;
 }
 
+/* The child running a locked COMMAND (0: none), for the lease's lost
+ * callback, and whether the lease was lost. */
+static volatile pid_t lock_child;
+static volatile sig_atomic_t lock_lost;
+
+/* The keep-alive gave up: the lock is gone or may be; stop the command. */
+static void on_lock_lost(uint64_t id, int reason, void *arg)
+{
+    (void)id;
+    (void)reason;
+    (void)arg;
+    lock_lost = 1;
+    pid_t p = lock_child;
+    if (p > 0) {
+        kill(p, SIGTERM);
+    }
+}
+
+/* A lease for a lock or a candidacy, and its keep-alive thread. */
+struct held_lease
+{
+    uint64_t id;
+    struct clerk_keepalive *ka;
+};
+
+static int hold_lease(struct clerk *ck, long long ttl, struct held_lease *h)
+{
+    lock_lost = 0;
+    int err = clerk_lease_grant(ck, ttl, 0, &h->id, NULL);
+    if (!err) {
+        err =
+            clerk_lease_keepalive_start(ck, h->id, on_lock_lost, NULL, &h->ka);
+        if (err) {
+            clerk_lease_revoke(ck, h->id, NULL, NULL);
+        }
+    }
+    return err;
+}
+
+static void drop_lease(struct clerk *ck, struct held_lease *h)
+{
+    clerk_lease_keepalive_stop(h->ka);
+    clerk_lease_revoke(ck, h->id, NULL, NULL);
+}
+
+/* --ttl N and --wait-ms N of lock and elect; the other tokens (up to a
+ * "--") go to args. Returns false on a bad value. */
+static bool recipe_options(struct tok *t,
+                           int n,
+                           int *end,
+                           long long *ttl,
+                           uint64_t *wait_ms,
+                           struct tok *args,
+                           int *m)
+{
+    *m = 0;
+    int i = 1;
+    for (; i < n && strcmp(t[i].p, "--"); i++) {
+        uint64_t v = 0;
+        bool bad = false;
+        if (num_option(t, n, &i, "--ttl", &v, &bad)) {
+            if (bad || v == 0 || v > 31536000) {
+                return false;
+            }
+            *ttl = (long long)v;
+        } else if (num_option(t, n, &i, "--wait-ms", &v, &bad)) {
+            if (bad || v > UINT32_MAX) {
+                return false;
+            }
+            *wait_ms = v;
+        } else if (t[i].p[0] == '-' && t[i].len > 1) {
+            return false;
+        } else {
+            args[(*m)++] = t[i];
+        }
+    }
+    *end = i;
+    return true;
+}
+
+static void wait_interrupt(void)
+{
+    while (!interrupted && !lock_lost) {
+        struct timespec ts = {0, 100000000};
+        nanosleep(&ts, NULL);
+    }
+}
+
+/* Run COMMAND with the lock's key, token and lease in its environment;
+ * its exit status (128 + signal when killed). */
+static int run_locked(char **argv, const struct clerk_lock *l, uint64_t lease)
+{
+    char tok[32], lid[32];
+    size_t klen;
+    const char *key = clerk_lock_key(l, &klen);
+    snprintf(tok, sizeof tok, "%llu", (unsigned long long)clerk_lock_token(l));
+    snprintf(lid, sizeof lid, "%016llx", (unsigned long long)lease);
+    fflush(stdout);
+    pid_t pid = fork();
+    if (pid < 0) {
+        return -1;
+    }
+    if (pid == 0) {
+        setenv("RAFTKV_LOCK_KEY", key, 1);
+        setenv("RAFTKV_LOCK_TOKEN", tok, 1);
+        setenv("RAFTKV_LOCK_LEASE", lid, 1);
+        signal(SIGINT, SIG_DFL);
+        signal(SIGTERM, SIG_DFL);
+        execvp(argv[0], argv);
+        fprintf(stderr, "kvctl: lock: cannot run %s: %s\n", argv[0],
+                strerror(errno));
+        _exit(127);
+    }
+    lock_child = pid;
+    if (lock_lost) {
+        kill(pid, SIGTERM); /* lost before the child was known */
+    }
+    int st = 0;
+    while (waitpid(pid, &st, 0) < 0 && errno == EINTR) {
+        if (interrupted) {
+            kill(pid, SIGTERM);
+        }
+    }
+    lock_child = 0;
+    return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+}
+
+/* kvctl lock NAME [--ttl N] [--wait-ms N] [-- COMMAND [ARG...]] */
+static int cmd_lock(struct clerk *ck, struct tok *t, int n)
+{
+    static const char use[] =
+        "usage: kvctl lock NAME [--ttl SECONDS] [--wait-ms N] "
+        "[-- COMMAND [ARG...]]";
+    struct tok args[MAX_TOKENS];
+    int m, end;
+    long long ttl = 10;
+    uint64_t wait_ms = UINT32_MAX;
+    if (!recipe_options(t, n, &end, &ttl, &wait_ms, args, &m) || m != 1 ||
+        (end < n && end + 1 >= n)) {
+        return usage_error(use);
+    }
+    if (pipe_mode) {
+        return usage_error(
+            "lock holds the lock while it runs: not in pipe "
+            "mode");
+    }
+    char *argv[MAX_TOKENS + 1];
+    int argc = 0;
+    for (int i = end + 1; i < n; i++) {
+        argv[argc++] = t[i].p;
+    }
+    argv[argc] = NULL;
+    struct sigaction sa = {0}, old_int, old_term;
+    sa.sa_handler = on_interrupt;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, &old_int);
+    sigaction(SIGTERM, &sa, &old_term);
+    interrupted = 0;
+    struct held_lease h = {0};
+    int err = hold_lease(ck, ttl, &h);
+    if (err) {
+        return answer_clerk(ck, err);
+    }
+    struct clerk_lock *l = NULL;
+    err = clerk_lock(ck, args[0].p, args[0].len, h.id, (unsigned)wait_ms, &l);
+    if (err) {
+        int rv = answer_clerk(ck, err);
+        drop_lease(ck, &h);
+        return rv;
+    }
+    size_t klen;
+    const char *key = clerk_lock_key(l, &klen);
+    int rv = EXIT_OK;
+    if (argc) {
+        rv = run_locked(argv, l, h.id);
+        if (rv < 0) {
+            rv = answer_error("ERROR", "cannot start the command", false, NULL,
+                              0, false);
+        }
+    } else {
+        if (fmt == FMT_JSON) {
+            json_t *o = ok_object();
+            json_object_set_new(o, "key", jb64(key, klen));
+            json_object_set_new(o, "token", ju64(clerk_lock_token(l)));
+            json_object_set_new(o, "lease", ju64(h.id));
+            emit(o);
+        } else {
+            printf("%s\n%llu\n", key, (unsigned long long)clerk_lock_token(l));
+        }
+        fflush(stdout);
+        wait_interrupt();
+    }
+    if (lock_lost) {
+        rv = answer_error("NOT_HELD",
+                          "the lock was lost: its lease could not be kept "
+                          "alive (guarded writes are refused from then on)",
+                          false, NULL, 0, false);
+    }
+    clerk_unlock(ck, l);
+    drop_lease(ck, &h);
+    sigaction(SIGINT, &old_int, NULL);
+    sigaction(SIGTERM, &old_term, NULL);
+    return rv;
+}
+
+/* Print the leader's proposal each time it changes, until interrupted. */
+static int elect_observe(struct clerk *ck, const struct tok *name)
+{
+    char *prev = NULL; /* the leader's proposal last printed */
+    size_t prev_len = 0;
+    bool printed = false, prev_none = false;
+    char prefix[512];
+    if (name->len + 1 >= sizeof prefix) {
+        return usage_error("NAME: too long");
+    }
+    memcpy(prefix, name->p, name->len);
+    prefix[name->len] = '/';
+    uint8_t pend[520];
+    size_t pend_len = clerk_prefix_end(prefix, name->len + 1, pend);
+    while (!interrupted) {
+        struct clerk_range_result *rr;
+        int err = clerk_range(ck, prefix, name->len + 1, pend, pend_len, 0,
+                              CLERK_RANGE_COUNT_ONLY, &rr);
+        if (err) {
+            free(prev);
+            return answer_clerk(ck, err);
+        }
+        uint64_t rev = rr->revision;
+        clerk_range_result_free(rr);
+        struct clerk_kv *kv = NULL;
+        err = clerk_election_leader(ck, name->p, name->len, &kv);
+        if (err && err != CLERK_NOT_FOUND) {
+            free(prev);
+            return answer_clerk(ck, err);
+        }
+        bool none = kv == NULL;
+        bool changed = !printed || none != prev_none ||
+                       (!none && (kv->value_len != prev_len ||
+                                  memcmp(prev, kv->value, prev_len)));
+        if (changed) {
+            if (fmt == FMT_JSON) {
+                json_t *o = ok_object();
+                json_object_set_new(o, "leader",
+                                    kv ? json_kv(kv) : json_null());
+                emit(o);
+            } else if (kv) {
+                fwrite(kv->value, 1, kv->value_len, stdout);
+                putchar('\n');
+            } else {
+                puts("(no leader)");
+            }
+            fflush(stdout);
+            printed = true;
+            prev_none = none;
+            free(prev);
+            prev = NULL;
+            prev_len = 0;
+            if (!none && (prev = malloc(kv->value_len + 1)) != NULL) {
+                memcpy(prev, kv->value, kv->value_len);
+                prev_len = kv->value_len;
+            }
+        }
+        clerk_kv_free(kv);
+        /* Sleep until something under NAME/ changes after that read. */
+        struct clerk_watch_options o = {.start_revision = rev + 1};
+        struct clerk_watch *w;
+        err =
+            clerk_watch_open(ck, prefix, name->len + 1, pend, pend_len, &o, &w);
+        if (err) {
+            free(prev);
+            return answer_clerk(ck, err);
+        }
+        while (!interrupted) {
+            struct clerk_events_result *b;
+            err = clerk_watch_next(w, 200, &b);
+            if (err == CLERK_TIMEOUT) {
+                continue;
+            }
+            bool any = !err && b->n_events > 0;
+            clerk_events_result_free(b);
+            if (err || any) {
+                break;
+            }
+        }
+        clerk_watch_close(w);
+    }
+    free(prev);
+    return EXIT_OK;
+}
+
+/* kvctl elect NAME [PROPOSAL] [--ttl N] [--wait-ms N] */
+static int cmd_elect(struct clerk *ck, struct tok *t, int n)
+{
+    static const char use[] =
+        "usage: kvctl elect NAME [PROPOSAL] [--ttl SECONDS] [--wait-ms N]";
+    struct tok args[MAX_TOKENS];
+    int m, end;
+    long long ttl = 10;
+    uint64_t wait_ms = UINT32_MAX;
+    if (!recipe_options(t, n, &end, &ttl, &wait_ms, args, &m) || m < 1 ||
+        m > 2 || end != n) {
+        return usage_error(use);
+    }
+    if (pipe_mode) {
+        return usage_error("elect runs until interrupted: not in pipe mode");
+    }
+    struct sigaction sa = {0}, old_int, old_term;
+    sa.sa_handler = on_interrupt;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, &old_int);
+    sigaction(SIGTERM, &sa, &old_term);
+    interrupted = 0;
+    int rv;
+    if (m == 1) {
+        rv = elect_observe(ck, &args[0]);
+    } else {
+        struct held_lease h = {0};
+        int err = hold_lease(ck, ttl, &h);
+        if (err) {
+            return answer_clerk(ck, err);
+        }
+        struct clerk_lock *l = NULL;
+        err = clerk_campaign(ck, args[0].p, args[0].len, h.id, args[1].p,
+                             args[1].len, (unsigned)wait_ms, &l);
+        if (err) {
+            rv = answer_clerk(ck, err);
+        } else {
+            size_t klen;
+            const char *key = clerk_lock_key(l, &klen);
+            if (fmt == FMT_JSON) {
+                json_t *o = ok_object();
+                json_object_set_new(o, "key", jb64(key, klen));
+                json_object_set_new(o, "revision", ju64(clerk_lock_token(l)));
+                emit(o);
+            } else {
+                printf("%s\n%.*s\n", key, (int)args[1].len, args[1].p);
+            }
+            fflush(stdout);
+            wait_interrupt();
+            rv = lock_lost ? answer_error("NOT_HELD",
+                                          "leadership lost: the lease could "
+                                          "not be kept alive",
+                                          false, NULL, 0, false)
+                           : EXIT_OK;
+            clerk_resign(ck, l);
+        }
+        drop_lease(ck, &h);
+    }
+    sigaction(SIGINT, &old_int, NULL);
+    sigaction(SIGTERM, &old_term, NULL);
+    return rv;
+}
+
+/* Run one command; returns its exit code. */
 static int run_command(struct clerk *ck, struct tok *t, int n)
 {
     const char *cmd = t[0].p;
@@ -2693,6 +3079,12 @@ static int run_command(struct clerk *ck, struct tok *t, int n)
     }
     if (!strcmp(cmd, "lease")) {
         return cmd_lease(ck, t, n);
+    }
+    if (!strcmp(cmd, "lock")) {
+        return cmd_lock(ck, t, n);
+    }
+    if (!strcmp(cmd, "elect")) {
+        return cmd_elect(ck, t, n);
     }
     if (!strcmp(cmd, "events") || !strcmp(cmd, "history")) {
         return cmd_events(ck, t, n);

@@ -74,8 +74,10 @@ enum clerk_error {
     CLERK_FUTURE_REVISION,   /* the revision asked for is newer than the
                                 store's; nothing was done */
     CLERK_LEASE_NOT_FOUND,   /* no such lease: never granted, revoked, or
-                                expired (its keys are gone with it); a put
-                                or transaction naming it wrote nothing */
+                            expired (its keys are gone with it); a put
+                            or transaction naming it wrote nothing */
+    CLERK_NOT_HELD,          /* a lock or a leadership is not held (any
+                                more): its key is gone, its lease ended */
 };
 
 /* How reads are served. */
@@ -1266,6 +1268,138 @@ int clerk_txn_compare_lease(struct clerk_txn *t,
                             size_t key_len,
                             enum clerk_compare_result result,
                             uint64_t lease);
+
+/* ------------------------------------------------------------- recipes
+ *
+ * Locks and elections on top of leases, transactions and watches, safe by
+ * construction (docs/recipes.md). Both keep a key NAME/LEASE (the lease in
+ * 16 hex digits) attached to the caller's lease; the key with the lowest
+ * create revision under NAME/ holds the lock (leads). A waiter watches
+ * only the key just before its own, so a release wakes one waiter, not
+ * all of them.
+ *
+ * Fencing: a lock's token is its key's create revision, which only grows
+ * from one holder to the next. A holder whose lease ended (it was paused,
+ * partitioned, or its keep-alive failed) has lost the lock whether it
+ * knows or not: another may hold it already. So every write that the lock
+ * protects goes through a transaction guarded by clerk_txn_guard (a
+ * compare on the lock key's create revision): it is refused as soon as
+ * the lock is lost, however late the holder acts.
+ *
+ *   uint64_t lease;
+ *   clerk_lease_grant(ck, 10, 0, &lease, NULL);
+ *   clerk_lease_keepalive_start(ck, lease, on_lost, NULL, &ka);
+ *   struct clerk_lock *l;
+ *   if (clerk_lock(ck, "jobs", 4, lease, 30000, &l) == CLERK_OK) {
+ *       struct clerk_txn *t = clerk_txn_new();
+ *       clerk_txn_guard(t, l);
+ *       clerk_txn_put(t, CLERK_TXN_THEN, "jobs/state", 10, "done", 4, 0);
+ *       struct clerk_txn_result *r;
+ *       if (clerk_txn_commit(ck, t, &r) == CLERK_OK && !r->succeeded)
+ *           ... the lock was lost: the write did not happen ...
+ *       clerk_unlock(ck, l);
+ *   } */
+
+/* A lock held (clerk_lock) or a candidacy (clerk_campaign). */
+struct clerk_lock;
+
+/**
+ * Take the lock @name for the holder of @lease (keep the lease alive while
+ * holding it: the lock goes with it). Waits in line until it holds the
+ * lock, or @timeout_ms passes (then it leaves the line). The same lease
+ * taking the same lock again gets the same lock.
+ * @param name, name_len the lock's name (a key prefix; "/" is appended)
+ * @param lease a lease of the caller's (clerk_lease_grant)
+ * @param timeout_ms the longest wait for the lock
+ * @param out set to the lock on CLERK_OK, else NULL
+ * @return CLERK_OK; CLERK_TIMEOUT (not taken within timeout_ms);
+ *   CLERK_LEASE_NOT_FOUND (the lease ended, or ends while waiting);
+ *   CLERK_INVALID, CLERK_BAD_REQUEST (empty name), or as clerk_txn_commit
+ */
+int clerk_lock(struct clerk *c,
+               const void *name,
+               size_t name_len,
+               uint64_t lease,
+               unsigned timeout_ms,
+               struct clerk_lock **out);
+
+/**
+ * The lock's fencing token: its key's create revision. Tokens grow from
+ * one holder of a lock to the next.
+ */
+uint64_t clerk_lock_token(const struct clerk_lock *l);
+
+/**
+ * The lock's key (NAME/LEASE), NUL-terminated, owned by the lock.
+ */
+const char *clerk_lock_key(const struct clerk_lock *l, size_t *len);
+
+/**
+ * Make a transaction conditional on holding the lock: a compare that the
+ * lock's key exists with the token as its create revision. With it, the
+ * THEN branch runs only while the lock is held.
+ * @return as clerk_txn_compare_create
+ */
+int clerk_txn_guard(struct clerk_txn *t, const struct clerk_lock *l);
+
+/**
+ * Is the lock still held (its key there, with its token)? A linearizable
+ * read; for a write, use clerk_txn_guard instead (the answer can be stale
+ * by the time the write happens).
+ * @return CLERK_OK (held), CLERK_NOT_HELD, or as clerk_get
+ */
+int clerk_lock_held(struct clerk *c, const struct clerk_lock *l);
+
+/**
+ * Release a lock (delete its key; the lease stays) and free it. Also for
+ * a lock that is lost already. The lock is freed even when the delete
+ * fails (the key then goes with the lease).
+ * @param l the lock, or NULL
+ * @return CLERK_OK, or as clerk_delete
+ */
+int clerk_unlock(struct clerk *c, struct clerk_lock *l);
+
+/**
+ * Campaign to lead the election @name with @value (what observers see),
+ * for the holder of @lease: clerk_lock with a value. Returns once this
+ * candidate leads, or after @timeout_ms (then it withdraws).
+ * @return as clerk_lock
+ */
+int clerk_campaign(struct clerk *c,
+                   const void *name,
+                   size_t name_len,
+                   uint64_t lease,
+                   const void *value,
+                   size_t value_len,
+                   unsigned timeout_ms,
+                   struct clerk_lock **out);
+
+/**
+ * The leader announces a new value, only while it still leads.
+ * @return CLERK_OK, CLERK_NOT_HELD (it does not lead any more: nothing
+ *   written), or as clerk_txn_commit
+ */
+int clerk_proclaim(struct clerk *c,
+                   const struct clerk_lock *l,
+                   const void *value,
+                   size_t value_len);
+
+/**
+ * Stop leading (or campaigning): clerk_unlock.
+ */
+int clerk_resign(struct clerk *c, struct clerk_lock *l);
+
+/**
+ * Who leads the election @name: its key, value and revisions (the value
+ * is what the leader last proclaimed).
+ * @param out set to the leader's key on CLERK_OK (free with
+ *   clerk_kv_free), else NULL
+ * @return CLERK_OK, CLERK_NOT_FOUND (nobody leads), or as clerk_range
+ */
+int clerk_election_leader(struct clerk *c,
+                          const void *name,
+                          size_t name_len,
+                          struct clerk_kv **out);
 
 /**
  * Change the deadline of the operations that follow.
