@@ -9,7 +9,8 @@
 # first), txn64 (If(Version(A) >= 0) Then(Put(A), Put(B)), two random keys),
 # watch1000 (1,000 watchers on one prefix, 4 writers: events delivered per
 # second and put-to-delivery latency), lease64 (grant a 10 s lease, then put
-# a random key with it: one op).
+# a random key with it: one op), keepalive64 (renew one of 1,000 leases
+# granted first).
 # Each runs on a fresh 3-node raftkv cluster (scripts/cluster.sh, fsync on,
 # node i on 127.0.0.i:$RAFTKV_PORT, default 27001) driven by kvbench, then
 # on a fresh 3-member etcd 3.4 cluster driven by etcdload
@@ -27,13 +28,13 @@ while [ $# -gt 0 ]; do
         --duration) duration=${2:?--duration needs a value like 10s}; shift ;;
         --runs) runs=${2:?--runs needs a number}; shift ;;
         --only) only=${2:?--only needs a workload name}; shift ;;
-        -h|--help) sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "compare.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
     esac
     shift
 done
 case "$runs" in ''|*[!0-9]*|0) echo "compare.sh: --runs wants a number >= 1" >&2; exit 2 ;; esac
-names="put1 put64 get64 put256 range64 txn64 watch1000 lease64"
+names="put1 put64 get64 put256 range64 txn64 watch1000 lease64 keepalive64"
 for n in ${only//,/ }; do
     case " $names " in *" $n "*) ;;
         *) echo "compare.sh: --only wants names from: ${names// /, } (comma-separated)" >&2
@@ -59,7 +60,7 @@ trap cleanup EXIT
 # name op clients conns
 workloads=("put1 put 1 1" "put64 put 64 64" "get64 get 64 64" "put256 put 256 16"
            "range64 range 64 64" "txn64 txn 64 64" "watch1000 watch 4 4"
-           "lease64 lease 64 64")
+           "lease64 lease 64 64" "keepalive64 keepalive 64 64")
 wanted() { [ -z "$only" ] || [[ ",$only," == *",$1,"* ]]; }
 
 field() { # line name -> the number after name=
@@ -75,6 +76,7 @@ run_raftkv() { # op clients conns
     [ "$1" = range ] && pre=(--range-keys 100) # fills the key space itself
     [ "$1" = watch ] && pre=(--watchers 1000)
     [ "$1" = lease ] && pre=(--lease-ttl 10)
+    [ "$1" = keepalive ] && pre=(--leases 1000)
     "$bdir/bench/kvbench" --cluster "$eps" --op "$1" --clients "$2" --conns "$3" \
         --duration "$duration" --key-size 16 --val-size 256 --key-space 10000 \
         "${pre[@]}" | grep '^op='
@@ -87,6 +89,7 @@ run_etcd() { # op clients conns
     [ "$1" = range ] && pre=(-range-keys 100) # etcdload fills the key space
     [ "$1" = watch ] && pre=(-watchers 1000)
     [ "$1" = lease ] && pre=(-lease-ttl 10)
+    [ "$1" = keepalive ] && pre=(-leases 1000)
     ANCHOR_DIR=$work/etcd bash "$anchor" -op "$1" -clients "$2" -conns "$3" \
         -duration "$duration" -key-size 16 -val-size 256 -key-space 10000 \
         "${pre[@]}" | grep '^op='
@@ -137,6 +140,7 @@ for w in "${workloads[@]}"; do
         watch1000) target=">= 5x events/s, p99 < etcd's"
                v=$(verdict "$q" ">=" 5); [ "$v" = met ] && v=$(verdict "$(ratio "$r99" "$e99")" "<=" 1) ;;
         lease64) target=">= 5x rate"; v=$(verdict "$q" ">=" 5) ;;
+        keepalive64) target="(none)"; v="-" ;;
     esac
     case $op in
         get) what="linearizable get" ;;
@@ -144,6 +148,7 @@ for w in "${workloads[@]}"; do
         txn) what="txn (compare + 2 puts)" ;;
         watch) what="watch: 1,000 watchers, events delivered" ;;
         lease) what="lease grant + put with it" ;;
+        keepalive) what="lease keep-alive (1,000 leases)" ;;
         *) what=$op ;;
     esac
     echo "| $what, $clients clients / $conns conns | $rr | $er | ${q}x | $r50 / $r99 | $e50 / $e99 | $target | $v |"

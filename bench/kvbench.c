@@ -2,7 +2,7 @@
  * the same result line as the etcd reference (shared/anchors/etcdload).
  *
  *   kvbench --cluster HOST:PORT,...
- *           [--op put|get|sget|mix|range|txn|watch|lease]
+ *           [--op put|get|sget|mix|range|txn|watch|lease|keepalive]
  *           [--conns M] [--clients N] [--duration 10s | --total N]
  *           [--key-size 16] [--val-size 256] [--key-space 10000]
  *           [--range-keys 100] [--watchers N] [--stale]
@@ -599,6 +599,88 @@ static void issue_lease(struct client *c)
                                        on_lease_grant, c);
 }
 
+/* keepalive: --leases leases are granted first (untimed, TTL at least the
+ * run + 60 s so that none expires mid-run); each op renews one of them
+ * (etcdload's -op keepalive: KeepAliveOnce). */
+static struct
+{
+    int n;         /* --leases */
+    uint64_t *ids; /* the leases granted */
+    int granted;   /* of them so far */
+    int granting;  /* grants in flight */
+} K = {1000, NULL, 0, 0};
+
+static void issue_grant(struct client *c);
+
+static void on_ka_grant(const Raftkv__LeaseGrantReply *r, void *data)
+{
+    struct client *c = data;
+    K.granting--;
+    if (r && r->err == RAFTKV__KV_ERROR__KV_OK) {
+        K.ids[K.granted++] = r->id;
+    } else {
+        B.errors++;
+        uint64_t hint = REPLY_HINT(r);
+        for (int i = 0; hint && i < B.n_nodes; i++) {
+            if ((uint64_t)(i + 1) == hint) {
+                B.leader = i;
+            }
+        }
+    }
+    if (K.granted + K.granting < K.n && B.errors < 100) {
+        issue_grant(c);
+    } else if (K.granting == 0) {
+        event_base_loopbreak(B.base);
+    }
+}
+
+static void issue_grant(struct client *c)
+{
+    K.granting++;
+    Raftkv__LeaseGrantArgs a = RAFTKV__LEASE_GRANT_ARGS__INIT;
+    int64_t ttl = (int64_t)B.duration + 60;
+    a.ttl = B.lease_ttl > ttl ? B.lease_ttl : ttl;
+    a.client_id.data = c->client_id;
+    a.client_id.len = 16;
+    a.request_id = ++c->request_id;
+    raftkv__lease_service__lease_grant(lease_for(B.leader, c->id % B.conns), &a,
+                                       on_ka_grant, c);
+}
+
+/* Grant the leases before the timed run. */
+static int grant_leases(struct client *cl)
+{
+    K.ids = calloc((size_t)K.n, sizeof *K.ids);
+    if (!K.ids) {
+        return -1;
+    }
+    for (int i = 0; i < B.clients && i < K.n; i++) {
+        issue_grant(&cl[i]);
+    }
+    event_base_dispatch(B.base);
+    if (K.granted < K.n) {
+        fprintf(stderr, "kvbench: granted %d of %d leases: %s\n", K.granted,
+                K.n, B.last_error);
+        return -1;
+    }
+    B.errors = 0;
+    return 0;
+}
+
+static void on_keepalive(const Raftkv__LeaseKeepAliveReply *r, void *data)
+{
+    finish(data, r && r->err == RAFTKV__KV_ERROR__KV_OK && r->ttl > 0,
+           REPLY_HINT(r));
+}
+
+static void issue_keepalive(struct client *c)
+{
+    Raftkv__LeaseKeepAliveArgs a = RAFTKV__LEASE_KEEP_ALIVE_ARGS__INIT;
+    a.id = K.ids[random_key(c, K.granted)];
+    raftkv__lease_service__lease_keep_alive(
+        lease_for(B.leader, c->id % B.conns), &a, on_keepalive, c);
+}
+
 static const struct op_row ops[] = {
     {"put", NULL, issue_put, true, false, false},
     {"get", "sget", issue_get, false, false, false},
@@ -608,6 +690,7 @@ static const struct op_row ops[] = {
     {"txn", NULL, issue_txn, true, false, false},
     {"watch", NULL, issue_watch_put, true, false, false},
     {"lease", NULL, issue_lease, true, false, false},
+    {"keepalive", NULL, issue_keepalive, true, false, false},
 };
 #define N_OPS (sizeof ops / sizeof ops[0])
 
@@ -764,7 +847,7 @@ static void usage(FILE *f)
 {
     fprintf(f,
             "usage: kvbench --cluster HOST:PORT,... "
-            "[--op put|get|sget|mix|range|txn|watch|lease]\n"
+            "[--op put|get|sget|mix|range|txn|watch|lease|keepalive]\n"
             "               [--conns M] [--clients N] [--duration 10s | "
             "--total N]\n"
             "               [--key-size 16] [--val-size 256] [--key-space "
@@ -786,7 +869,10 @@ static void usage(FILE *f)
             "completed op).\n"
             "lease: grant a lease of --lease-ttl seconds (default 60), then "
             "put a random\n"
-            "  key with it: one op is both calls.\n");
+            "  key with it: one op is both calls.\n"
+            "keepalive: --leases N (default 1000) leases are granted first; "
+            "each op\n"
+            "  renews a random one of them (LeaseKeepAlive).\n");
 }
 
 static int parse_cluster(const char *list)
@@ -844,6 +930,7 @@ int main(int argc, char **argv)
         {"stale", no_argument, NULL, 'S'},
         {"txn-compare", required_argument, NULL, 'X'},
         {"lease-ttl", required_argument, NULL, 'L'},
+        {"leases", required_argument, NULL, 'K'},
         {"prefill", no_argument, NULL, 'p'},
         {"json", no_argument, NULL, 'j'},
         {"cacert", required_argument, NULL, 'A'},
@@ -867,7 +954,7 @@ int main(int argc, char **argv)
                 if (!B.op) {
                     fprintf(stderr,
                             "kvbench: --op wants put, get, sget, mix, range, "
-                            "txn, watch or lease\n");
+                            "txn, watch, lease or keepalive\n");
                     return 2;
                 }
                 break;
@@ -884,6 +971,13 @@ int main(int argc, char **argv)
                 break;
             case 'W':
                 W.n = atoi(optarg);
+                break;
+            case 'K':
+                K.n = atoi(optarg);
+                if (K.n < 1) {
+                    fprintf(stderr, "kvbench: --leases wants a number >= 1\n");
+                    return 2;
+                }
                 break;
             case 'S':
                 B.stale = true;
@@ -1044,6 +1138,9 @@ int main(int argc, char **argv)
         B.issued = B.done = B.errors = B.wrong_leader = 0;
         memset(&B.hist, 0, sizeof B.hist);
     }
+    if (B.op->issue == issue_keepalive && grant_leases(cl) != 0) {
+        return 1;
+    }
     bool watching = B.op->issue == issue_watch_put;
     if (watching && open_watchers() != 0) {
         fprintf(stderr, "kvbench: the watchers were not all accepted: %s\n",
@@ -1125,6 +1222,7 @@ int main(int argc, char **argv)
     }
     free(cl);
     free(B.mod);
+    free(K.ids);
     free(B.value);
     event_base_free(B.base);
     return 0;

@@ -49,6 +49,11 @@ bench=$("$build/bench/kvbench" --cluster "$RAFTKV_CLUSTER" --op watch \
     fail "kvbench --op watch: $bench"
 grep -Eq '^op=watch conns=2 clients=2 watchers=6 puts=[1-9][0-9]* ops=[1-9][0-9]* errors=0 ' \
     <<<"$bench" || fail "kvbench printed: $bench"
+bench=$("$build/bench/kvbench" --cluster "$RAFTKV_CLUSTER" --op keepalive \
+    --leases 20 --clients 2 --conns 1 --duration 0.5s) ||
+    fail "kvbench --op keepalive: $bench"
+grep -Eq '^op=keepalive conns=1 clients=2 ops=[1-9][0-9]* errors=0 ' \
+    <<<"$bench" || fail "kvbench printed: $bench"
 st=$("$kvctl" -w json status) || fail "status"
 leader=$(grep -o '"id":[0-9]*,"role":"leader"' <<<"$st" | grep -o '[0-9]\+' | sed -n 1p)
 [ -n "$leader" ] || fail "no leader in status"
