@@ -150,6 +150,11 @@ unsigned faults_seed(struct world *w)
     return w->seed;
 }
 
+const struct scenario *faults_scenario(struct world *w)
+{
+    return w->sc;
+}
+
 /* ----------------------------------------------------------- the faults */
 
 /* The rule every link and client gets when the network is unreliable. */
@@ -1818,9 +1823,12 @@ static void run_one(const struct scenario *sc, unsigned variant)
         w->pauses, w->partitions, w->inj_cut, w->inj_drop_req, w->inj_drop_rep,
         w->inj_delay, w->inj_dup, w->inj_reorder, w->packet_drops, disk,
         multi_line, ext_line, lc_history_size(w->hist), secs,
-        w->failed ? "FAILED" : "linearizable", cunit_seed());
+        w->failed ? "FAILED"
+        : sc->ext ? "ok"
+                  : "linearizable",
+        cunit_seed());
     CU_ASSERT(!w->failed);
-    if (w->failed) {
+    if (w->failed && lc_history_size(w->hist)) {
         char path[600];
         snprintf(path, sizeof path, "%s/history.jsonl", w->c.root);
         FILE *f = fopen(path, "w");
@@ -1830,6 +1838,10 @@ static void run_one(const struct scenario *sc, unsigned variant)
             fprintf(stderr, "%s: history in %s (check: lincheck %s)\n",
                     sc->name, path, path);
         }
+    }
+    if (w->failed) {
+        fprintf(stderr, "%s: the nodes' logs and data are kept in %s\n",
+                sc->name, w->c.root);
         w->c.keep = true;
     }
     for (size_t c = 0; c < w->n_clients; c++) {

@@ -141,6 +141,9 @@ struct clerk *faults_admin(struct world *w);
 /** The random seed of the running test (its nemesis's choices follow). */
 unsigned faults_seed(struct world *w);
 
+/** The running test. */
+const struct scenario *faults_scenario(struct world *w);
+
 /* Packet-level partitions need a hook (set by the netns test program):
  * make node i able (or not) to reach node j. */
 typedef int (*faults_packet_cut_fn)(const struct h_cluster *c,

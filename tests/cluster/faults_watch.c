@@ -100,6 +100,7 @@ struct wf_watcher
     struct clerk_watch *cw;     /* the watch, once open */
     pthread_t thread;           /* running it */
     bool running;               /* thread started */
+    bool done;                  /* thread over (atomic) */
     uint64_t start;             /* first revision it must give (0: not
                                    open) */
     struct wf_events got;       /* what it gave, in order */
@@ -343,9 +344,20 @@ static void note_break(struct wf_watcher *wt)
     }
 }
 
+static void watch_loop(struct wf_watcher *wt);
+
 static void *watcher_main(void *arg)
 {
     struct wf_watcher *wt = arg;
+    watch_loop(wt);
+    __atomic_store_n(&wt->done, true, __ATOMIC_RELEASE);
+    return NULL;
+}
+
+/* Open the watch (when it opens during the faults), then take batches
+ * until it reaches the final revision, ends, or is stopped. */
+static void watch_loop(struct wf_watcher *wt)
+{
     struct wf_state *s = wt->s;
     for (unsigned t = 0; t < wt->spec->open_ms && !s->stop; t += 20) {
         h_sleep_ms(20);
@@ -360,7 +372,7 @@ static void *watcher_main(void *arg)
             wt->ended = rv;
             snprintf(wt->why, sizeof wt->why, "open: %s: %s",
                      clerk_error_code(rv), clerk_errmsg(wt->ck));
-            return NULL;
+            return;
         }
         snprintf(wt->last_msg, sizeof wt->last_msg, "open: %s",
                  clerk_errmsg(wt->ck));
@@ -391,7 +403,6 @@ static void *watcher_main(void *arg)
             break;
         }
     }
-    return NULL;
 }
 
 /* ------------------------------------------------------------- writers */
@@ -858,8 +869,8 @@ static void wf_check(void *state, struct world *w)
         bool all = true;
         for (size_t i = 0; i < WF_WATCHERS; i++) {
             struct wf_watcher *wt = &s->ws[i];
-            all = all && (!wt->running || wt->ended ||
-                          __atomic_load_n(&wt->reached, __ATOMIC_ACQUIRE));
+            all = all && (!wt->running ||
+                          __atomic_load_n(&wt->done, __ATOMIC_ACQUIRE));
         }
         if (all) {
             break;
@@ -903,6 +914,17 @@ static void wf_check(void *state, struct world *w)
             faults_fail(w, "watcher %zu (%s): %s", i, wt->spec->what,
                         wt->order);
         }
+    }
+    /* Kills must have broken streams, or resuming was not tested. */
+    const struct scenario *sc = faults_scenario(w);
+    unsigned breaks = 0;
+    for (size_t i = 0; i < WF_WATCHERS; i++) {
+        breaks += s->ws[i].breaks;
+    }
+    if ((sc->nemesis == NEM_KILL_ONE || sc->nemesis == NEM_KILL_LEADER ||
+         sc->nemesis == NEM_KILL_MINORITY || sc->crash) &&
+        breaks == 0) {
+        faults_fail(w, "nodes were killed, but no watch's stream broke");
     }
     struct wf_events h = {0};
     if (read_history(s, from, &h) != 0) {
