@@ -1840,8 +1840,6 @@ static void run_one(const struct scenario *sc, unsigned variant)
         }
     }
     if (w->failed) {
-        fprintf(stderr, "%s: the nodes' logs and data are kept in %s\n",
-                sc->name, w->c.root);
         w->c.keep = true;
     }
     for (size_t c = 0; c < w->n_clients; c++) {
