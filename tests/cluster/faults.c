@@ -103,6 +103,8 @@ struct world
                               succeeded */
     uint64_t conflicts;    /* WL_BANK: transfers retried after a compare
                               failed; WL_TXN: txns that failed */
+    unsigned seed;         /* rng's first value */
+    void *ext;             /* sc->ext's state */
 };
 
 static void fail(struct world *w, const char *fmt, ...)
@@ -121,6 +123,36 @@ static void fail(struct world *w, const char *fmt, ...)
         fprintf(stderr, "%s: (more failures not shown)\n", w->sc->name);
     }
     w->failed = true;
+}
+
+void faults_fail(struct world *w, const char *fmt, ...)
+{
+    char msg[1500];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    fail(w, "%s", msg);
+}
+
+struct h_cluster *faults_cluster(struct world *w)
+{
+    return &w->c;
+}
+
+struct clerk *faults_admin(struct world *w)
+{
+    return w->admin;
+}
+
+unsigned faults_seed(struct world *w)
+{
+    return w->seed;
+}
+
+const struct scenario *faults_scenario(struct world *w)
+{
+    return w->sc;
 }
 
 /* ----------------------------------------------------------- the faults */
@@ -1250,6 +1282,13 @@ static void *client_main(void *arg)
 {
     struct client *cl = arg;
     struct world *w = cl->w;
+    if (w->sc->ext) {
+        while (!w->stop) {
+            w->sc->ext->op(w->ext, cl->ck, &cl->rng, cl->num);
+        }
+        __atomic_fetch_add(&w->finished, 1, __ATOMIC_RELEASE);
+        return NULL;
+    }
     if (w->sc->workload == WL_APPEND_GET && !w->sc->random_keys &&
         !cl->reader) {
         /* The lab's clients start a round by emptying their key. */
@@ -1462,6 +1501,10 @@ static int start_cluster(struct world *w)
                  " --snapshot-entries %u --snapshot-trailing %u", sc->snapshot,
                  sc->snapshot / 10);
     }
+    if (sc->flags) {
+        size_t l = strlen(extra);
+        snprintf(extra + l, sizeof extra - l, " %s", sc->flags);
+    }
     struct h_start hs = {.distinct_hosts = sc->distinct_hosts,
                          .diskfault = sc->diskfault};
     if (h_cluster_start_with(&w->c, sc->servers, extra, &hs) != 0) {
@@ -1553,7 +1596,7 @@ static void run_round(struct world *w, unsigned ms)
     if (sc->workload == WL_BANK) {
         check_bank(w);
     }
-    if (sc->workload == WL_APPEND_GET) {
+    if (sc->workload == WL_APPEND_GET && !sc->ext) {
         const char *keys[MAX_CLIENTS];
         size_t nk = 0;
         if (sc->random_keys) {
@@ -1671,6 +1714,7 @@ static void run_one(const struct scenario *sc, unsigned variant)
     w->sc = sc;
     w->rng = cunit_seed() ^ (unsigned)(uintptr_t)sc->name[0] ^
              (unsigned)strlen(sc->name) * 2654435761u ^ variant * 40503u;
+    w->seed = w->rng;
     pthread_mutex_init(&w->lock, NULL);
     w->hist = lc_history_new();
     CU_ASSERT_FATAL(sc->clients + sc->readers <= MAX_CLIENTS &&
@@ -1702,12 +1746,15 @@ static void run_one(const struct scenario *sc, unsigned variant)
     if (sc->workload == WL_BANK && !w->failed) {
         open_bank(w);
     }
+    if (sc->ext && !w->failed) {
+        w->ext = sc->ext->start(w);
+    }
     uint64_t drops0 = faults_packet_drops ? faults_packet_drops() : 0;
     pthread_mutex_lock(&w->lock);
     apply_links(w); /* unreliable or reordering from the start */
     pthread_mutex_unlock(&w->lock);
     int64_t t0 = now_ns();
-    for (int i = 0; i < iterations && !w->failed; i++) {
+    for (int i = 0; i < iterations && !w->failed && (!sc->ext || w->ext); i++) {
         run_round(w, ms);
     }
     /* Collect the counts of the rules still in force (clients and the
@@ -1727,6 +1774,14 @@ static void run_one(const struct scenario *sc, unsigned variant)
     }
     if (!w->failed) {
         check_faults_happened(w);
+    }
+    char ext_line[600] = "";
+    if (w->ext) {
+        sc->ext->check(w->ext, w);
+        ext_line[0] = ';';
+        ext_line[1] = ' ';
+        sc->ext->finish(w->ext, ext_line + 2, sizeof ext_line - 2);
+        w->ext = NULL;
     }
     double secs = 0;
     check_history(w, &secs);
@@ -1761,16 +1816,19 @@ static void run_one(const struct scenario *sc, unsigned variant)
         " partitions, injected %" PRIu64 " cut calls, %" PRIu64
         " lost requests, %" PRIu64 " lost replies, %" PRIu64 " delays, %" PRIu64
         " duplicates, %" PRIu64 " reorders, %" PRIu64
-        " dropped packets%s%s; "
+        " dropped packets%s%s%s; "
         "history %zu ops checked in %.2f s: %s; seed %u\n",
         sc->name, sc->servers, sc->clients, iterations, ms,
         (double)(now_ns() - t0) / 1e9, w->ok, w->unknown, w->refused, w->kills,
         w->pauses, w->partitions, w->inj_cut, w->inj_drop_req, w->inj_drop_rep,
         w->inj_delay, w->inj_dup, w->inj_reorder, w->packet_drops, disk,
-        multi_line, lc_history_size(w->hist), secs,
-        w->failed ? "FAILED" : "linearizable", cunit_seed());
+        multi_line, ext_line, lc_history_size(w->hist), secs,
+        w->failed ? "FAILED"
+        : sc->ext ? "ok"
+                  : "linearizable",
+        cunit_seed());
     CU_ASSERT(!w->failed);
-    if (w->failed) {
+    if (w->failed && lc_history_size(w->hist)) {
         char path[600];
         snprintf(path, sizeof path, "%s/history.jsonl", w->c.root);
         FILE *f = fopen(path, "w");
@@ -1780,6 +1838,8 @@ static void run_one(const struct scenario *sc, unsigned variant)
             fprintf(stderr, "%s: history in %s (check: lincheck %s)\n",
                     sc->name, path, path);
         }
+    }
+    if (w->failed) {
         w->c.keep = true;
     }
     for (size_t c = 0; c < w->n_clients; c++) {

@@ -56,6 +56,28 @@ enum workload {
                       group */
 };
 
+struct world; /* the engine's state of one test (faults.c) */
+
+/* A workload in a file of its own (scenario.ext), run on the engine's
+ * cluster, clients and nemesis: the engine calls op from each client's
+ * thread instead of its own operations, and its other hooks from the
+ * thread that runs the nemesis. */
+struct faults_ext
+{
+    /* Once a leader serves, before the first round: set up, start what
+     * runs beside the clients; returns the workload's state (NULL after
+     * calling faults_fail). */
+    void *(*start)(struct world *w);
+    /* One operation of client number @client, with its handle and its
+     * random state. */
+    void (*op)(void *state, struct clerk *ck, unsigned *rng, int client);
+    /* After the last round, with every fault healed and a leader serving:
+     * stop and check (failures through faults_fail). */
+    void (*check)(void *state, struct world *w);
+    /* Its part of the report line (into @line), then free the state. */
+    void (*finish)(void *state, char *line, size_t len);
+};
+
 /* One test of the suite. */
 struct scenario
 {
@@ -84,6 +106,10 @@ struct scenario
                                   and the round ends when they are done */
     unsigned iter_ms;          /* 0: the tier's */
     int iterations;            /* 0: the tier's */
+    /* A workload of its own instead of workload (NULL: none). */
+    const struct faults_ext *ext;
+    /* More kvserver flags (NULL: none). */
+    const char *flags;
 };
 
 /* How long and how often: RAFTKV_FAULT_TIER=quick (default) or full. */
@@ -96,6 +122,27 @@ bool faults_full_tier(void);
  * full tier runs it a second time on 7 nodes with other random choices.
  */
 void faults_run(const struct scenario *sc);
+
+/* The watch workload (faults_watch.c): writers on three prefixes,
+ * watchers whose events must be the committed history exactly. */
+extern const struct faults_ext faults_watch;
+
+/** A check of an ext workload failed: print it (the first few), fail the
+ * test and keep the cluster's directory. From the nemesis's thread. */
+void faults_fail(struct world *w, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+/** The cluster of the running test. */
+struct h_cluster *faults_cluster(struct world *w);
+
+/** A handle on every node (10 s deadline), for the nemesis's thread. */
+struct clerk *faults_admin(struct world *w);
+
+/** The random seed of the running test (its nemesis's choices follow). */
+unsigned faults_seed(struct world *w);
+
+/** The running test. */
+const struct scenario *faults_scenario(struct world *w);
 
 /* Packet-level partitions need a hook (set by the netns test program):
  * make node i able (or not) to reach node j. */

@@ -6,7 +6,9 @@
  * ranges that must see the total) and a transaction workload, under those
  * faults. Every test records each clerk call and return, checks that every
  * acknowledged append is present exactly once and in order, and checks
- * the whole history for linearizability.
+ * the whole history for linearizability. Suite "watch": watchers record
+ * every event across the faults; each must have been given exactly the
+ * committed history of its range (faults_watch.c).
  *
  * RAFTKV_FAULT_TIER=full runs 3 rounds of 5 s per test (the lab's); the
  * default quick tier runs one round of 2.5 s. RAFTKV_SEED fixes the seed.
@@ -561,6 +563,44 @@ TXN(test_txn_random_halves, NEM_RANDOM_HALVES)
 /* Every fault at random on a lossy network. */
 TXN(test_txn_mixed_faults, NEM_MIXED, .unreliable = true)
 
+/* ---------------------------------------------------------- watches */
+
+/* 4 writers on three prefixes, 9 watchers (faults_watch.c) first served
+ * by every node in turn; rounds of 10 s (the full tier: 3 of them, and
+ * again on 7 nodes). The history is kept far longer than the rounds
+ * write, so that nothing the check reads back is compacted (the default
+ * keeps 100,000 revisions; a round writes about 30,000). */
+#define WATCH_FLAGS "--history-revisions 10000000"
+#define WATCH(fn, n, kind, ...)                                  \
+    static void fn(void)                                         \
+    {                                                            \
+        static const struct scenario sc = {.name = #fn + 5,      \
+                                           .servers = n,         \
+                                           .clients = 4,         \
+                                           .nemesis = kind,      \
+                                           .ext = &faults_watch, \
+                                           .iter_ms = 10000,     \
+                                           .flags = WATCH_FLAGS, \
+                                           __VA_ARGS__};         \
+        faults_run(&sc);                                         \
+    }
+
+WATCH(test_watch_kill_leader, 3, NEM_KILL_LEADER)
+/* Every node serves some watch: each kill ends some of them. */
+WATCH(test_watch_kill_one, 3, NEM_KILL_ONE)
+WATCH(test_watch_pause_leader, 3, NEM_PAUSE_LEADER)
+WATCH(test_watch_isolate_leader, 5, NEM_ISOLATE_LEADER)
+/* Kills (the leader, any node, a minority), pauses and partitions at
+ * random. */
+WATCH(test_watch_mixed_faults, 3, NEM_MIXED)
+/* With snapshots (a node that catches up by one must still serve its
+ * watches the history), and every node killed at the end of a round. */
+WATCH(test_watch_mixed_faults_with_snapshots,
+      5,
+      NEM_MIXED,
+      .snapshot = 50,
+      .crash = true)
+
 /* Crash during snapshot transfer: a follower cut off while the others
  * compact many megabytes is killed (and then the leader is) in the middle
  * of receiving the snapshot; it must still catch up and serve the data. */
@@ -714,10 +754,22 @@ static CU_TestInfo txn_tests[] = {
     CU_TEST_INFO_NULL,
 };
 
+static CU_TestInfo watch_tests[] = {
+    {"watch_kill_leader", test_watch_kill_leader},
+    {"watch_kill_one", test_watch_kill_one},
+    {"watch_pause_leader", test_watch_pause_leader},
+    {"watch_isolate_leader", test_watch_isolate_leader},
+    {"watch_mixed_faults", test_watch_mixed_faults},
+    {"watch_mixed_faults_with_snapshots",
+     test_watch_mixed_faults_with_snapshots},
+    CU_TEST_INFO_NULL,
+};
+
 static CU_SuiteInfo suites[] = {
     {"lab", NULL, NULL, NULL, NULL, lab_tests},
     {"nemesis", NULL, NULL, NULL, NULL, nemesis_tests},
     {"txn", NULL, NULL, NULL, NULL, txn_tests},
+    {"watch", NULL, NULL, NULL, NULL, watch_tests},
     CU_SUITE_INFO_NULL,
 };
 
