@@ -2381,3 +2381,11 @@ void ck_set_errmsg(struct clerk *c, const char *msg)
     snprintf(c->errmsg, sizeof c->errmsg, "%s", msg);
     pthread_mutex_unlock(&c->lock);
 }
+
+unsigned ck_attempt_ms(struct clerk *c)
+{
+    pthread_mutex_lock(&c->lock);
+    unsigned ms = c->attempt_ms;
+    pthread_mutex_unlock(&c->lock);
+    return ms;
+}

@@ -102,6 +102,8 @@ struct rpc_channel *ck_channel_new(struct clerk *c, size_t i);
 int ck_error_of(int kv_err);
 /* The handle's deadline per operation, ms. */
 unsigned ck_deadline_ms(struct clerk *c);
+/* The handle's deadline per call to one server, ms. */
+unsigned ck_attempt_ms(struct clerk *c);
 /* Set the handle's clerk_errmsg. */
 void ck_set_errmsg(struct clerk *c, const char *msg);
 

@@ -16,6 +16,12 @@
 #define RETRY_MIN_MS  20  /* first wait before reconnecting */
 #define RETRY_MAX_MS  500 /* longest */
 #define WAIT_SLICE_MS 200 /* rpc_channel_wait at most this long at once */
+/* A watch asks for progress frames this often when its caller did not
+ * (they are not handed out then): a stream silent for SILENT_TIMES that
+ * long is taken for broken (a node frozen, or a network that drops
+ * without closing) and the watch moves on. */
+#define PROGRESS_MS  1000
+#define SILENT_TIMES 3
 
 /* A batch received, not yet handed to the caller. */
 struct batch
@@ -42,6 +48,9 @@ struct clerk_watch
     uint64_t retry_at;            /* no reconnect before (ms) */
     unsigned retry_ms;            /* the wait after the next failure */
     char errmsg[512];             /* why it ended, or the last failure */
+    uint64_t started_ms;          /* when the stream was started */
+    uint64_t frame_ms;            /* when its last frame came */
+    unsigned attempt_ms;          /* the handle's per-server deadline */
     /* clerk_watch_start: */
     clerk_watch_cb cb;    /* the caller's callback, or NULL */
     void *cb_arg;         /* its argument */
@@ -104,6 +113,7 @@ static void on_frame(struct rpc_stream *st,
     (void)st;
     struct clerk_watch *w = arg;
     const Raftkv__WatchReply *r = (const Raftkv__WatchReply *)msg;
+    w->frame_ms = now_ms();
     if (end) {
         w->st = NULL; /* freed by the channel after this */
         if (!r) {
@@ -152,9 +162,14 @@ static void on_frame(struct rpc_stream *st,
             keep[k++] = r->events[i];
         }
     }
-    if (r->revision + 1 < w->next && !k) {
+    if ((r->revision + 1 < w->next || !w->o.progress_ms) && !k) {
         free(keep);
-        return; /* nothing new: an old progress frame */
+        /* Nothing new (an old progress frame), or progress the caller did
+         * not ask for (the watch's own, to see that the node lives). */
+        if (r->revision + 1 > w->next) {
+            w->next = r->revision + 1;
+        }
+        return;
     }
     struct clerk_events_result *b = ck_events_of(keep, k, w->o.prev_kv);
     free(keep);
@@ -193,8 +208,9 @@ static void connect_stream(struct clerk_watch *w)
     a.no_put = w->o.no_put;
     a.no_delete = w->o.no_delete;
     a.require_leader = w->o.require_leader;
-    a.progress_ms = w->o.progress_ms;
+    a.progress_ms = w->o.progress_ms ? w->o.progress_ms : PROGRESS_MS;
     a.prev_kv = w->o.prev_kv;
+    w->started_ms = w->frame_ms = now_ms();
     w->st = rpc_channel_stream(w->ch, &raftkv__watch_service__descriptor,
                                "Watch", &a.base, on_frame, w);
     if (!w->st) {
@@ -222,6 +238,23 @@ static void pump(struct clerk_watch *w, uint64_t deadline, bool until_created)
                 continue;
             }
             connect_stream(w);
+            continue;
+        }
+        /* A node that accepted the connection but does not answer (it is
+         * stopped), or went silent: try the next. */
+        uint64_t progress = w->o.progress_ms ? w->o.progress_ms : PROGRESS_MS;
+        bool mute = !w->created && now - w->started_ms > w->attempt_ms;
+        bool silent =
+            w->created && now - w->frame_ms > SILENT_TIMES * progress + 1000;
+        if (mute || silent) {
+            char why[120];
+            snprintf(why, sizeof why, "%s for %llu ms",
+                     mute ? "no answer" : "no frame",
+                     (unsigned long long)(now - (mute ? w->started_ms
+                                                      : w->frame_ms)));
+            rpc_stream_cancel(w->st);
+            w->st = NULL;
+            broken(w, why);
             continue;
         }
         uint64_t left = deadline - now;
@@ -274,6 +307,7 @@ int clerk_watch_open(struct clerk *c,
     }
     w->server = ck_preferred_server(c);
     w->retry_ms = RETRY_MIN_MS;
+    w->attempt_ms = ck_attempt_ms(c);
     pump(w, now_ms() + ck_deadline_ms(c), true);
     if (!w->created) {
         int rv = w->ended ? w->ended : CLERK_UNAVAILABLE;

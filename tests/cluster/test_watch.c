@@ -513,6 +513,56 @@ static void test_watch_resumes_across_kills_without_gap_or_duplicate(void)
     clerk_close(wr);
 }
 
+/* The node a watch is on dies, and the next one in its list is frozen
+ * (SIGSTOP: its kernel still accepts connections, nothing answers): the
+ * watch goes on at the third, without waiting for the frozen one. */
+static void test_watch_moves_past_a_frozen_node(void)
+{
+    int leader = h_find_leader(&wc, 10000);
+    CU_ASSERT_FATAL(leader >= 0);
+    size_t x = ((size_t)leader + 1) % wc.n, y = ((size_t)leader + 2) % wc.n;
+    char list[512];
+    h_endpoints_of(&wc, 7, x, list, sizeof list); /* x, y, leader */
+    struct clerk *c = NULL;
+    struct clerk_options o = {.deadline_ms = 10000};
+    CU_ASSERT_FATAL(clerk_open(&c, list, &o) == CLERK_OK);
+    struct clerk_watch_options wo = {.progress_ms = 100};
+    struct clerk_watch *w = NULL;
+    CU_ASSERT_EQUAL_FATAL(clerk_watch_open(c, "w12/", 4, "w120", 4, &wo, &w),
+                          CLERK_OK);
+    struct got g = {0};
+    collect(w, &g, 1, 500); /* progress from x */
+    CU_ASSERT(g.batches > 0);
+    h_node_pause(&wc, y, true);
+    h_node_kill(&wc, x);
+    /* The leader alone has no majority: no writes, but it serves the
+     * watch from its state, with progress frames. */
+    uint64_t end = h_now_ms() + 8000;
+    bool got = false;
+    /* Drain what x sent before it died, then wait for a frame of the
+     * third node's. */
+    struct clerk_events_result *r = NULL;
+    while (clerk_watch_next(w, 0, &r) == CLERK_OK) {
+        clerk_events_result_free(r);
+    }
+    h_sleep_ms(300);
+    while (!got && h_now_ms() < end) {
+        r = NULL;
+        got = clerk_watch_next(w, 200, &r) == CLERK_OK;
+        clerk_events_result_free(r);
+    }
+    CU_ASSERT(got);
+    if (!got) {
+        fprintf(stderr, "\n  no batch in 8 s: %s\n", clerk_watch_errmsg(w));
+    }
+    got_free(&g);
+    clerk_watch_close(w);
+    clerk_close(c);
+    h_node_pause(&wc, y, false);
+    CU_ASSERT_FATAL(h_node_start(&wc, x) == 0);
+    CU_ASSERT(h_find_leader(&wc, 10000) >= 0);
+}
+
 /* Frames of raw Watch streams on one channel. */
 struct raw_watch
 {
@@ -752,6 +802,8 @@ int main(int argc, char **argv)
          test_watch_reader_that_stops_reading_catches_up_without_gap},
         {"test_watch_resumes_across_kills_without_gap_or_duplicate",
          test_watch_resumes_across_kills_without_gap_or_duplicate},
+        {"test_watch_moves_past_a_frozen_node",
+         test_watch_moves_past_a_frozen_node},
         CU_TEST_INFO_NULL,
     };
     static CU_SuiteInfo suites[] = {
