@@ -24,6 +24,13 @@ int rpc_write_frame(struct evbuffer *out,
                     const ProtobufCMessage *args,
                     const struct rpc_limits *limits);
 
+/* The same with args packed already (args_size bytes). */
+int rpc_write_frame_packed(struct evbuffer *out,
+                           Raftkv__RpcHeader *hdr,
+                           const void *args,
+                           size_t args_size,
+                           const struct rpc_limits *limits);
+
 /* Called for each decoded frame; returns 0 to go on, non-zero to stop. */
 typedef int (*rpc_frame_cb)(void *ctx, const struct rpc_frame *frame);
 

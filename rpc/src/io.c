@@ -1,4 +1,5 @@
 /* io.c: frames into and out of libevent buffers; socket and clock helpers. */
+#include <string.h>
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <netinet/in.h>
@@ -29,6 +30,45 @@ int rpc_write_frame(struct evbuffer *out,
     }
     rpc_frame_pack(hdr, args, &plan, vec.iov_base);
     vec.iov_len = plan.total;
+    if (evbuffer_commit_space(out, &vec, 1) != 0) {
+        return RPC_E_NOMEM;
+    }
+    return 0;
+}
+
+int rpc_write_frame_packed(struct evbuffer *out,
+                           Raftkv__RpcHeader *hdr,
+                           const void *args,
+                           size_t args_size,
+                           const struct rpc_limits *limits)
+{
+    size_t max_head =
+        limits && limits->max_head ? limits->max_head : RPC_DEFAULT_MAX_HEAD;
+    size_t max_args =
+        limits && limits->max_args ? limits->max_args : RPC_DEFAULT_MAX_ARGS;
+    if (args_size > max_args) {
+        return RPC_E_TOO_BIG;
+    }
+    hdr->args_size = (uint32_t)args_size;
+    size_t head_size = raftkv__rpc_header__get_packed_size(hdr);
+    if (head_size > max_head) {
+        return RPC_E_TOO_BIG;
+    }
+    size_t total = RPC_PREFIX_SIZE + head_size + args_size;
+    struct evbuffer_iovec vec;
+    if (evbuffer_reserve_space(out, (ev_ssize_t)total, &vec, 1) != 1) {
+        return RPC_E_NOMEM;
+    }
+    uint8_t *p = vec.iov_base;
+    p[0] = (uint8_t)(head_size >> 24);
+    p[1] = (uint8_t)(head_size >> 16);
+    p[2] = (uint8_t)(head_size >> 8);
+    p[3] = (uint8_t)head_size;
+    raftkv__rpc_header__pack(hdr, p + RPC_PREFIX_SIZE);
+    if (args_size) {
+        memcpy(p + RPC_PREFIX_SIZE + head_size, args, args_size);
+    }
+    vec.iov_len = total;
     if (evbuffer_commit_space(out, &vec, 1) != 0) {
         return RPC_E_NOMEM;
     }

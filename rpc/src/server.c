@@ -793,6 +793,38 @@ int rpc_stream_send(void *closure_data, const ProtobufCMessage *msg)
     return c->bev ? 0 : RPC_E_CONNECTION_LOST;
 }
 
+int rpc_stream_send_packed(void *closure_data, const void *args, size_t len)
+{
+    struct rpc_call *st = closure_data;
+    struct rpc_conn *c = st->conn;
+    if (!st->stream_ev || (!args && len)) {
+        return RPC_E_INVALID;
+    }
+    if (st->cancelled || !c->bev || !c->server) {
+        return RPC_E_CONNECTION_LOST;
+    }
+    size_t out = evbuffer_get_length(bufferevent_get_output(c->bev)) +
+                 evbuffer_get_length(c->pending);
+    if (out >= c->server->opts.max_output / RPC_STREAM_SHARE) {
+        st->want_writable = true;
+        return RPC_E_OVERLOADED;
+    }
+    if (st->drop_reply) {
+        return 0; /* a duplicate's (fault injection): its frames are lost */
+    }
+    Raftkv__RpcHeader hdr = RAFTKV__RPC_HEADER__INIT;
+    hdr.call_id = st->call_id;
+    hdr.more = true;
+    int rv = rpc_write_frame_packed(reply_out(c), &hdr, args, len,
+                                    &c->server->opts.limits);
+    if (rv != 0) {
+        return rv;
+    }
+    mark_dirty(c);
+    check_output(c);
+    return c->bev ? 0 : RPC_E_CONNECTION_LOST;
+}
+
 bool rpc_stream_cancelled(void *closure_data)
 {
     struct rpc_call *st = closure_data;

@@ -50,6 +50,8 @@ struct watch_hub
     size_t behind;           /* watches with next <= rev (catching up) */
     Raftkv__Event **scratch; /* one watch's events of a read */
     size_t scratch_cap;      /* entries in scratch */
+    uint8_t *pack;           /* a frame packed for a run of watches */
+    size_t pack_cap;         /* bytes allocated there */
     uint64_t events_sent;    /* events sent, for /metrics */
 };
 
@@ -132,6 +134,60 @@ static int watch_send(struct watch *w,
     w->sent_ms = node_now_ms();
     h->events_sent += n_events;
     return 0;
+}
+
+/* Pack a frame's WatchReply into h->pack; its length, 0 without memory. */
+static size_t watch_pack(struct watch_hub *h,
+                         Raftkv__Event **events,
+                         size_t n_events,
+                         uint64_t revision,
+                         uint64_t compact)
+{
+    Raftkv__WatchReply r = RAFTKV__WATCH_REPLY__INIT;
+    r.revision = revision;
+    r.compact_revision = compact;
+    r.events = events;
+    r.n_events = n_events;
+    r.node_id = h->s->node->cfg.id;
+    size_t len = raftkv__watch_reply__get_packed_size(&r);
+    if (len > h->pack_cap) {
+        uint8_t *p = realloc(h->pack, len);
+        if (!p) {
+            return 0;
+        }
+        h->pack = p;
+        h->pack_cap = len;
+    }
+    return raftkv__watch_reply__pack(&r, h->pack);
+}
+
+/* watch_send of a frame packed by watch_pack (n_events in it). */
+static int watch_send_packed(struct watch *w,
+                             const uint8_t *packed,
+                             size_t len,
+                             size_t n_events)
+{
+    int rv = rpc_stream_send_packed(w->call, packed, len);
+    if (rv == RPC_E_OVERLOADED) {
+        w->stalled = true;
+        return 1;
+    }
+    if (rv != 0) {
+        return 2;
+    }
+    w->sent_ms = node_now_ms();
+    w->hub->events_sent += n_events;
+    return 0;
+}
+
+/* Do two watches want the same events, in the same form? */
+static bool watch_alike(const struct watch *a, const struct watch *b)
+{
+    return a->no_put == b->no_put && a->no_delete == b->no_delete &&
+           a->prev_kv == b->prev_kv && a->key.len == b->key.len &&
+           a->end.len == b->end.len &&
+           !memcmp(a->key.data, b->key.data, a->key.len) &&
+           (!a->end.len || !memcmp(a->end.data, b->end.data, a->end.len));
 }
 
 static bool watch_wants(const struct watch *w, const Raftkv__Event *ev)
@@ -228,26 +284,42 @@ static void hub_advance(struct watch_hub *h)
                 plain[i] = &copies[i];
             }
         }
+        /* A run of watches alike (the same range, filters and place: many
+         * watchers of one prefix) gets one frame, filtered and packed
+         * once. */
+        const struct watch *like = NULL;
+        uint64_t like_next = 0;
+        size_t k = 0, packed_len = 0;
         for (struct watch *w = h->list; w; w = w->next_w) {
-            if (is_behind(w)) {
-                continue;
+            if (is_behind(w) || w->next > upto) {
+                continue; /* catching up, or starting later */
             }
-            Raftkv__Event **evs = w->prev_kv ? r.events : plain;
-            size_t k = 0;
-            if (w->next <= upto && scratch_fit(h, r.n_events)) {
+            if (!like || like_next != w->next || !watch_alike(w, like)) {
+                Raftkv__Event **evs = w->prev_kv ? r.events : plain;
+                like = w;
+                like_next = w->next;
+                k = 0;
+                packed_len = 0;
+                if (!scratch_fit(h, r.n_events)) {
+                    like = NULL;
+                    continue; /* no memory: it waits for the next turn */
+                }
                 for (size_t i = 0; i < r.n_events; i++) {
                     if (evs[i]->kv->mod_revision >= w->next &&
                         watch_wants(w, evs[i])) {
                         h->scratch[k++] = evs[i];
                     }
                 }
+                if (k && !(packed_len = watch_pack(h, h->scratch, k, upto,
+                                                   revs.compact))) {
+                    like = NULL;
+                    continue; /* no memory: it waits for the next turn */
+                }
             }
-            if (k && watch_send(w, h->scratch, k, upto, revs.compact, false)) {
+            if (k && watch_send_packed(w, h->pack, packed_len, k)) {
                 continue; /* stays where it is: behind once rev moves */
             }
-            if (w->next <= upto) {
-                w->next = upto + 1;
-            }
+            w->next = upto + 1;
         }
         h->rev = upto;
         kv_arena_free(&mem);
@@ -541,6 +613,7 @@ void watch_service_free(struct kv_services *s)
 {
     if (s->watch) {
         free(s->watch->scratch);
+        free(s->watch->pack);
         free(s->watch);
         s->watch = NULL;
     }

@@ -627,6 +627,14 @@ int rpc_stream_open(void *closure_data, rpc_stream_cb cb, void *arg);
 int rpc_stream_send(void *closure_data, const ProtobufCMessage *msg);
 
 /**
+ * rpc_stream_send with the message packed already (the method's output
+ * type, packed once for many streams that send the same).
+ * @param args, len the packed message (borrowed)
+ * @return as rpc_stream_send; RPC_E_TOO_BIG over the frame cap
+ */
+int rpc_stream_send_packed(void *closure_data, const void *args, size_t len);
+
+/**
  * Has the stream been cancelled, or its connection closed?
  * @param closure_data the stream's call
  */
