@@ -804,6 +804,24 @@ static void test_mvcc_snapshot_carries_revisions_and_history(void)
     mdb_txn_abort(t);
     kv_store_close(&dst);
     cunit_remove_tree(dst_dir);
+
+    /* Format 5 writes RKVSNAP4, which a kvserver of format 4 refuses (it
+     * would misread the history); an RKVSNAP3 stream of a format-4 node
+     * still installs. */
+    CU_ASSERT_EQUAL(memcmp(stream, "RKVSNAP4", 8), 0);
+    memcpy(stream, "RKVSNAP3", 8);
+    kv_put_u32(stream + total - 4, kv_crc32c(0, stream, total - 4));
+    CU_ASSERT_FATAL(mkdtemp(strcpy(dst_dir, "/tmp/raftkv-mvcc-XXXXXX")) !=
+                    NULL);
+    CU_ASSERT_FATAL(kv_store_open(&dst, dst_dir, 0) == 0);
+    CU_ASSERT_FATAL(mdb_txn_begin(dst.env, NULL, 0, &t) == 0);
+    CU_ASSERT_EQUAL(snap_stage(&dst, t, 0, stream, total), 0);
+    CU_ASSERT_EQUAL(kv_sm_install(&dst, t, &index, &term), 0);
+    CU_ASSERT_EQUAL(kv_mvcc_get(&dst, t, "b", 1, &r), 0);
+    CU_ASSERT(value_is(&r, "3"));
+    mdb_txn_abort(t);
+    kv_store_close(&dst);
+    cunit_remove_tree(dst_dir);
     free(stream);
     end();
 }

@@ -375,7 +375,8 @@ static void test_store_snapshot_round_trip_in_random_chunks(void)
         {"a value byte changed", (size_t)(value - stream) + 6, 0x01, 0,
          "checksum mismatch"},
         {"the checksum changed", total - 3, 0x5a, 0, "checksum mismatch"},
-        {"the magic changed", 2, 0x20, 0, "no RKVSNAP3 (or RKVSNAP2) header"},
+        {"the magic changed", 2, 0x20, 0,
+         "no RKVSNAP4 (or RKVSNAP3, RKVSNAP2) header"},
         {"the record count changed", total - 5, 0x01, 0,
          "record count does not match"},
         /* Cut inside the last record, and cut at a record boundary (the

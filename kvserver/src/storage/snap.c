@@ -6,7 +6,8 @@
 #include "snap.h"
 #include "wal.h"
 
-#define MAGIC           "RKVSNAP3"
+#define MAGIC           "RKVSNAP4" /* store format 5 */
+#define MAGIC_V3        "RKVSNAP3" /* format 4: read as it is */
 #define MAGIC_V2        "RKVSNAP2" /* before revisions: kinds 1-3 only */
 #define HEADER_SIZE     32
 #define RECORD_HEAD     9
@@ -315,8 +316,10 @@ static int handle_part(struct kv_store *st,
     switch (p->part) {
         case 0:
             p->v2 = memcmp(p->buf, MAGIC_V2, 8) == 0;
-            if (memcmp(p->buf, MAGIC, 8) != 0 && !p->v2) {
-                return corrupt(st, "no RKVSNAP3 (or RKVSNAP2) header", offset);
+            if (memcmp(p->buf, MAGIC, 8) != 0 &&
+                memcmp(p->buf, MAGIC_V3, 8) != 0 && !p->v2) {
+                return corrupt(st, "no RKVSNAP4 (or RKVSNAP3, RKVSNAP2) header",
+                               offset);
             }
             p->index = kv_get_u64(p->buf + 8);
             p->term = kv_get_u64(p->buf + 16);

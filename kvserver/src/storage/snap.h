@@ -9,7 +9,7 @@
 #include "store.h"
 
 /* Stream format (all integers big-endian):
- *   header  "RKVSNAP3" | applied index (8) | applied term (8)
+ *   header  "RKVSNAP4" | applied index (8) | applied term (8)
  *           | cluster id (8; 0 when the state did not know it yet)
  *   record  kind (1: kv, 2: session, 3: auth, 4: history, 5: kvmeta,
  *           6: lease)
@@ -21,10 +21,13 @@
  * The same stream is a follower's snapshot and a `kvctl snapshot save`
  * file. An "RKVSNAP2" stream (kinds 1-3, values without revisions, from a
  * kvserver before format 4) is still installed: the store is then marked
- * KV_STORE_FORMAT_OLD for the state machine to upgrade. Lease records (6)
- * came with store format 5: a kvserver before it refuses a stream that
- * holds any ("unknown record kind"), so leases are never dropped
- * silently; the index of each lease's keys is not in the stream but made
+ * KV_STORE_FORMAT_OLD for the state machine to upgrade. "RKVSNAP4" came
+ * with store format 5 (leases, record kind 6, and history events that
+ * say where the key's version before them is): a kvserver before it
+ * refuses the stream ("no RKVSNAP3 header"), so a node that would
+ * misread the history or drop leases never installs it; "RKVSNAP3"
+ * streams (format 4) are still installed, their events read as they
+ * are; the index of each lease's keys is not in the stream but made
  * again from the key records when it is installed.
  * The stream is read under one LMDB read transaction, so it is the state at
  * one applied index while writes go on. */
