@@ -48,6 +48,13 @@ struct clerk_watch
     uint64_t retry_at;            /* no reconnect before (ms) */
     unsigned retry_ms;            /* the wait after the next failure */
     char errmsg[512];             /* why it ended, or the last failure */
+    uint64_t part_rev;            /* the newest revision delivered, of
+                                 which ... */
+    uint32_t part_count;          /* ... this many events (a node sends a
+                                     revision too big for one frame in
+                                     pieces) */
+    uint32_t skip;                /* events of part_rev that the stream
+                                     resumed since will send again */
     uint64_t started_ms;          /* when the stream was started */
     uint64_t frame_ms;            /* when its last frame came */
     unsigned attempt_ms;          /* the handle's per-server deadline */
@@ -158,9 +165,25 @@ static void on_frame(struct rpc_stream *st,
     }
     size_t k = 0;
     for (size_t i = 0; i < r->n_events; i++) {
-        if (r->events[i]->kv && r->events[i]->kv->mod_revision >= w->next) {
-            keep[k++] = r->events[i];
+        if (!r->events[i]->kv) {
+            continue;
         }
+        uint64_t rev = r->events[i]->kv->mod_revision;
+        if (rev < w->next) {
+            continue; /* delivered before */
+        }
+        if (rev == w->part_rev && w->skip) {
+            w->skip--; /* the start of a revision given in part before */
+            continue;
+        }
+        if (rev == w->part_rev) {
+            w->part_count++;
+        } else {
+            w->part_rev = rev;
+            w->part_count = 1;
+            w->skip = 0;
+        }
+        keep[k++] = r->events[i];
     }
     if ((r->revision + 1 < w->next || !w->o.progress_ms) && !k) {
         free(keep);
@@ -180,6 +203,10 @@ static void on_frame(struct rpc_stream *st,
     }
     if (r->revision + 1 > w->next) {
         w->next = r->revision + 1;
+    }
+    if (w->part_rev < w->next) {
+        w->part_rev = 0; /* complete: nothing of it to skip */
+        w->part_count = 0;
     }
     b->revision = w->next - 1;
     b->compact_revision = r->compact_revision;
@@ -205,6 +232,8 @@ static void connect_stream(struct clerk_watch *w)
     a.key = w->key;
     a.range_end = w->end;
     a.start_revision = w->next ? w->next : w->o.start_revision;
+    /* A revision given in part: the node sends it from its start. */
+    w->skip = w->next && w->part_rev == w->next ? w->part_count : 0;
     a.no_put = w->o.no_put;
     a.no_delete = w->o.no_delete;
     a.require_leader = w->o.require_leader;

@@ -786,6 +786,10 @@ int rpc_stream_send(void *closure_data, const ProtobufCMessage *msg)
         st->want_writable = true;
         return RPC_E_OVERLOADED;
     }
+    if (protobuf_c_message_get_packed_size(msg) >
+        c->server->opts.limits.max_args) {
+        return RPC_E_TOO_BIG; /* nothing sent: the stream goes on */
+    }
     if (st->drop_reply) {
         return 0; /* a duplicate's (fault injection): its frames are lost */
     }

@@ -513,6 +513,81 @@ static void test_watch_resumes_across_kills_without_gap_or_duplicate(void)
     clerk_close(wr);
 }
 
+/* One revision too big for one frame (40 deletes that carry 256 KiB
+ * previous values: 10 MiB, over the 8 MiB frame cap) comes in pieces:
+ * every event once, in order. */
+static void test_watch_revision_bigger_than_a_frame(void)
+{
+    enum { N = 40, VLEN = 256 * 1024 };
+    struct clerk_watch_options o = {.prev_kv = true};
+    struct clerk_watch *a = watch_prefix(ck, "w13/", &o);
+    struct clerk_watch *b = watch_prefix(ck, "w13/", NULL);
+    CU_ASSERT_FATAL(a != NULL && b != NULL);
+    char *v = malloc(VLEN + 1);
+    memset(v, 'q', VLEN);
+    v[VLEN] = 0;
+    char k[32];
+    for (int i = 0; i < N; i++) {
+        snprintf(k, sizeof k, "w13/k%02d", i);
+        v[0] = (char)('a' + i % 26);
+        put(k, v);
+    }
+    uint8_t end[16];
+    size_t end_len = clerk_prefix_end("w13/", 4, end);
+    struct clerk_delete_result *d = NULL;
+    CU_ASSERT_EQUAL(clerk_delete_range(ck, "w13/", 4, end, end_len, 0, &d),
+                    CLERK_OK);
+    CU_ASSERT(d && d->deleted == N);
+    uint64_t del_rev = d ? d->revision : 0;
+    clerk_delete_result_free(d);
+    /* a: events with their previous values, the deletes in pieces. */
+    int puts = 0, dels = 0, prev_ok = 0;
+    uint64_t last = 0;
+    bool ordered = true, partial_seen = false;
+    uint64_t stop = h_now_ms() + 30000;
+    while (puts + dels < 2 * N && h_now_ms() < stop) {
+        struct clerk_events_result *r = NULL;
+        if (clerk_watch_next(a, 200, &r) != CLERK_OK) {
+            continue;
+        }
+        for (size_t i = 0; i < r->n_events; i++) {
+            const struct clerk_event *e = &r->events[i];
+            if (e->kv.mod_revision < last) {
+                ordered = false;
+            }
+            last = e->kv.mod_revision;
+            partial_seen |= e->kv.mod_revision > r->revision;
+            if (e->type == CLERK_EVENT_PUT) {
+                puts++;
+            } else {
+                int j = dels++;
+                const struct clerk_prev_kv *pk = &r->prev_kvs[i];
+                snprintf(k, sizeof k, "w13/k%02d", j);
+                prev_ok += pk->known && pk->kv.value_len == VLEN &&
+                           ((char *)pk->kv.value)[0] == 'a' + j % 26 &&
+                           e->kv.mod_revision == del_rev &&
+                           e->kv.key_len == strlen(k) &&
+                           !memcmp(e->kv.key, k, e->kv.key_len);
+            }
+        }
+        clerk_events_result_free(r);
+    }
+    CU_ASSERT_EQUAL(puts, N);
+    CU_ASSERT_EQUAL(dels, N);
+    CU_ASSERT_EQUAL(prev_ok, N);
+    CU_ASSERT(ordered);
+    CU_ASSERT(partial_seen); /* a piece said the revision before its own */
+    CU_ASSERT_EQUAL(clerk_watch_revision(a), del_rev);
+    struct got g = {0};
+    CU_ASSERT_EQUAL(collect(b, &g, 2 * N, 30000), CLERK_OK);
+    CU_ASSERT_EQUAL(g.n, 2 * N);
+    CU_ASSERT(g.ordered);
+    got_free(&g);
+    free(v);
+    clerk_watch_close(a);
+    clerk_watch_close(b);
+}
+
 /* The node a watch is on dies, and the next one in its list is frozen
  * (SIGSTOP: its kernel still accepts connections, nothing answers): the
  * watch goes on at the third, without waiting for the frozen one. */
@@ -802,6 +877,8 @@ int main(int argc, char **argv)
          test_watch_reader_that_stops_reading_catches_up_without_gap},
         {"test_watch_resumes_across_kills_without_gap_or_duplicate",
          test_watch_resumes_across_kills_without_gap_or_duplicate},
+        {"test_watch_revision_bigger_than_a_frame",
+         test_watch_revision_bigger_than_a_frame},
         {"test_watch_moves_past_a_frozen_node",
          test_watch_moves_past_a_frozen_node},
         CU_TEST_INFO_NULL,

@@ -21,6 +21,10 @@
 #define WATCH_DEFAULT_PROGRESS 10000u  /* ms between progress frames */
 #define WATCH_MIN_PROGRESS     10u     /* shortest progress_ms honoured */
 #define WATCH_CATCHUP_READS    4       /* history reads per watch per turn */
+#define WATCH_FRAME_BYTES                    \
+    (1u << 20) /* events per frame, about: a \
+                  revision with more goes in \
+                  pieces */
 
 /* The WatchService of a service table. */
 #define services_of_watch(svc) services_of(svc, watch_svc)
@@ -34,6 +38,9 @@ struct watch
     bool no_put, no_delete, require_leader; /* filters, options */
     bool prev_kv;                           /* events carry prev_kv */
     uint64_t next;                          /* first revision not sent */
+    uint32_t part;                          /* events of revision next
+                                               sent already (a revision
+                                               too big for one frame) */
     uint32_t progress_ms;                   /* idle frames this often */
     uint64_t sent_ms;                       /* when a frame last went */
     bool stalled;                           /* waits for room */
@@ -128,11 +135,84 @@ static int watch_send(struct watch *w,
         w->stalled = true;
         return 1;
     }
+    if (rv == RPC_E_TOO_BIG) {
+        return RPC_E_TOO_BIG;
+    }
     if (rv != 0) {
         return 2;
     }
     w->sent_ms = node_now_ms();
     h->events_sent += n_events;
+    return 0;
+}
+
+static void watch_end(struct watch *w, int err, const char *msg);
+
+/* One event is over the frame cap (a value near the cap with prev_kv):
+ * the watch cannot go on without skipping it. */
+static void watch_too_big(struct watch *w)
+{
+    char why[200];
+    snprintf(
+        why, sizeof why,
+        "an event at revision %llu is over the frame size cap%s",
+        (unsigned long long)w->next,
+        w->prev_kv ? " with its previous value: watch without prev_kv" : "");
+    watch_end(w, RAFTKV__KV_ERROR__KV_INTERNAL, why);
+}
+
+/* Send a watch its events (matching it, oldest first, those of revision
+ * w->next that it was sent already left out) up to revision @upto, in
+ * frames of about WATCH_FRAME_BYTES: a revision with more goes in pieces,
+ * every piece but its last saying the revision before it, so that a
+ * client resuming after a piece starts at that revision again (and skips
+ * what it has). Returns 0 when all is sent (w->next is upto + 1), or as
+ * watch_send (1: no room, w->next and w->part say where it stopped);
+ * 3 when one event alone is over the frame cap (the caller ends it). */
+static int watch_deliver(struct watch *w,
+                         Raftkv__Event **ev,
+                         size_t k,
+                         uint64_t upto,
+                         uint64_t compact)
+{
+    size_t i = 0;
+    while (i < k) {
+        size_t j = i, bytes = 0;
+        while (j < k) {
+            size_t sz = protobuf_c_message_get_packed_size(&ev[j]->base) + 8;
+            if (j > i && bytes + sz > WATCH_FRAME_BYTES) {
+                break;
+            }
+            bytes += sz;
+            j++;
+        }
+        uint64_t last = ev[j - 1]->kv->mod_revision;
+        bool cut = j < k && ev[j]->kv->mod_revision == last;
+        uint64_t rev = cut ? last - 1 : j < k ? last : upto;
+        int rv = watch_send(w, ev + i, j - i, rev, compact, false);
+        if (rv == RPC_E_TOO_BIG) {
+            return 3;
+        }
+        if (rv) {
+            return rv;
+        }
+        if (cut) {
+            uint32_t n_last = 0;
+            for (size_t x = i; x < j; x++) {
+                n_last += ev[x]->kv->mod_revision == last;
+            }
+            w->part = w->next == last ? w->part + n_last : n_last;
+            w->next = last;
+        } else {
+            w->next = rev + 1;
+            w->part = 0;
+        }
+        i = j;
+    }
+    if (w->next <= upto) {
+        w->next = upto + 1;
+        w->part = 0;
+    }
     return 0;
 }
 
@@ -316,6 +396,14 @@ static void hub_advance(struct watch_hub *h)
                     continue; /* no memory: it waits for the next turn */
                 }
             }
+            if (k && packed_len > WATCH_FRAME_BYTES) {
+                /* Too big for one frame: in pieces, watch by watch. */
+                int rv = watch_deliver(w, h->scratch, k, upto, revs.compact);
+                if (rv == 3) {
+                    watch_too_big(w);
+                }
+                continue;
+            }
             if (k && watch_send_packed(w, h->pack, packed_len, k)) {
                 continue; /* stays where it is: behind once rev moves */
             }
@@ -367,28 +455,35 @@ static bool watch_catch_up(struct watch *w)
             upto = h->rev;
         }
         size_t k = 0;
-        if (scratch_fit(h, r.n_events)) {
-            for (size_t i = 0; i < r.n_events; i++) {
-                const Raftkv__Event *ev = r.events[i];
-                if (ev->kv->mod_revision <= upto &&
-                    (ev->type == RAFTKV__EVENT__EVENT_TYPE__PUT
-                         ? !w->no_put
-                         : !w->no_delete)) {
-                    h->scratch[k++] = r.events[i];
-                }
-            }
-        } else {
-            upto = w->next - 1; /* no memory: nothing moves */
+        uint32_t skip = w->part; /* of revision w->next, sent already */
+        if (!scratch_fit(h, r.n_events)) {
+            kv_arena_free(&mem);
+            node_state_done(n, txn);
+            return true; /* no memory: tried again next turn */
         }
-        int sent =
-            k ? watch_send(w, h->scratch, k, upto, r.compact_revision, false)
-              : 0;
+        for (size_t i = 0; i < r.n_events; i++) {
+            const Raftkv__Event *ev = r.events[i];
+            if (ev->kv->mod_revision > upto ||
+                (ev->type == RAFTKV__EVENT__EVENT_TYPE__PUT ? w->no_put
+                                                            : w->no_delete)) {
+                continue;
+            }
+            if (skip && ev->kv->mod_revision == w->next) {
+                skip--;
+                continue;
+            }
+            h->scratch[k++] = r.events[i];
+        }
+        int sent = watch_deliver(w, h->scratch, k, upto, r.compact_revision);
         kv_arena_free(&mem);
         node_state_done(n, txn);
+        if (sent == 3) {
+            watch_too_big(w);
+            return false;
+        }
         if (sent) {
             return true;
         }
-        w->next = upto + 1;
     }
     return true;
 }

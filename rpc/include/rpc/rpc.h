@@ -621,8 +621,10 @@ int rpc_stream_open(void *closure_data, rpc_stream_cb cb, void *arg);
  * @param closure_data the stream's call
  * @param msg the message, of the method's output type (borrowed)
  * @return 0 sent; RPC_E_OVERLOADED not sent for lack of room: wait for
- *   RPC_STREAM_WRITABLE; RPC_E_CONNECTION_LOST not sent, the stream is
- *   ending (RPC_STREAM_CANCELLED comes); RPC_E_INVALID (not a stream)
+ *   RPC_STREAM_WRITABLE; RPC_E_TOO_BIG not sent, the message is over the
+ *   frame cap (the stream goes on); RPC_E_CONNECTION_LOST not sent, the
+ *   stream is ending (RPC_STREAM_CANCELLED comes); RPC_E_INVALID (not a
+ *   stream)
  */
 int rpc_stream_send(void *closure_data, const ProtobufCMessage *msg);
 
