@@ -69,6 +69,7 @@ struct rpc_conn
     bool authed;              /* passed the peer handshake */
     uint64_t peer_id;         /* the id it proved (authed) */
     struct rpc_call *streams; /* its calls that are open streams */
+    uint32_t n_streams;       /* their number */
 };
 
 /* One request being served: the closure_data handed to the handler. */
@@ -741,6 +742,7 @@ static void stream_unlink(struct rpc_call *st)
     if (st->snext) {
         st->snext->sprev = st->sprev;
     }
+    c->n_streams--;
     event_free(st->stream_ev);
     st->stream_ev = NULL;
 }
@@ -755,6 +757,9 @@ int rpc_stream_open(void *closure_data, rpc_stream_cb cb, void *arg)
     if (!c->bev || !c->server) {
         return RPC_E_CONNECTION_LOST;
     }
+    if (c->n_streams >= c->server->opts.max_streams) {
+        return RPC_E_OVERLOADED;
+    }
     st->stream_ev = event_new(c->server->base, -1, 0, on_stream_event, st);
     if (!st->stream_ev) {
         return RPC_E_NOMEM;
@@ -767,6 +772,7 @@ int rpc_stream_open(void *closure_data, rpc_stream_cb cb, void *arg)
         c->streams->sprev = st;
     }
     c->streams = st;
+    c->n_streams++;
     return 0;
 }
 
@@ -782,7 +788,7 @@ int rpc_stream_send(void *closure_data, const ProtobufCMessage *msg)
     }
     size_t out = evbuffer_get_length(bufferevent_get_output(c->bev)) +
                  evbuffer_get_length(c->pending);
-    if (out >= c->server->opts.max_output / RPC_STREAM_SHARE) {
+    if (out && out >= c->server->opts.max_output / RPC_STREAM_SHARE) {
         st->want_writable = true;
         return RPC_E_OVERLOADED;
     }
@@ -809,7 +815,7 @@ int rpc_stream_send_packed(void *closure_data, const void *args, size_t len)
     }
     size_t out = evbuffer_get_length(bufferevent_get_output(c->bev)) +
                  evbuffer_get_length(c->pending);
-    if (out >= c->server->opts.max_output / RPC_STREAM_SHARE) {
+    if (out && out >= c->server->opts.max_output / RPC_STREAM_SHARE) {
         st->want_writable = true;
         return RPC_E_OVERLOADED;
     }
@@ -1610,6 +1616,9 @@ struct rpc_server *rpc_server_new(struct event_base *base,
         if (!s->opts.handshake_ms) {
             s->opts.handshake_ms = 2000;
         }
+    }
+    if (!s->opts.max_streams) {
+        s->opts.max_streams = 4096;
     }
     s->opts.peer_service = NULL; /* the copy below */
     if (opts && opts->peer_service &&

@@ -920,7 +920,7 @@ static void test_mvcc_upgrades_old_stores_and_streams(void)
     CU_ASSERT(kv_is(er.events[0]->kv, "a", "1"));
     CU_ASSERT(er.events[1]->type == RAFTKV__EVENT__EVENT_TYPE__DELETE &&
               kv_is(er.events[1]->kv, "z", NULL) &&
-              er.events[1]->prev_kv == NULL && !er.events[1]->prev_kv_missing);
+              er.events[1]->prev_kv == NULL && er.events[1]->prev_kv_missing);
     end();
 }
 

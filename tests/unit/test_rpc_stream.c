@@ -384,6 +384,37 @@ static void test_stream_on_a_blocking_channel_runs_in_wait(void)
     echo_server_kill(pid);
 }
 
+static void test_stream_cap_per_connection(void)
+{
+    struct rpc_server_options o = {.max_streams = 3};
+    struct echo_local l;
+    CU_ASSERT_FATAL(echo_local_start(&l, &o) == 0);
+    struct rpc_channel *ch = rpc_channel_new(l.base, "127.0.0.1", l.port, NULL);
+    static struct seen s[4];
+    for (int i = 0; i < 4; i++) {
+        start(ch, "cap", 0, 5, &s[i]);
+    }
+    /* The fourth is refused (its handler could not open it); the three
+     * go on, and once one ends another may open. */
+    CU_ASSERT(loop_run_until(l.base, &s[3].ends, 1, SOON_MS));
+    CU_ASSERT_NOT_EQUAL(s[3].end_status, RPC_OK);
+    CU_ASSERT_EQUAL(l.echo.streams_open, 3);
+    for (int i = 0; i < 3; i++) {
+        CU_ASSERT(run_until_at_least(l.base, &s[i].msgs, 3, SOON_MS));
+    }
+    rpc_stream_cancel(s[0].st);
+    CU_ASSERT(run_until_u64(l.base, &l.echo.streams_open, 2, SOON_MS));
+    struct seen again;
+    start(ch, "again", 2, 1, &again);
+    CU_ASSERT(loop_run_until(l.base, &again.ends, 1, SOON_MS));
+    CU_ASSERT_EQUAL(again.end_status, RPC_OK);
+    CU_ASSERT_EQUAL(again.msgs, 2);
+    rpc_stream_cancel(s[1].st);
+    rpc_stream_cancel(s[2].st);
+    rpc_channel_free(ch);
+    echo_local_stop(&l);
+}
+
 static void test_stream_bad_arguments_start_nothing(void)
 {
     struct echo_local l;
@@ -422,6 +453,7 @@ int main(int argc, char **argv)
          test_stream_ends_when_the_server_is_freed},
         {"test_stream_on_a_blocking_channel_runs_in_wait",
          test_stream_on_a_blocking_channel_runs_in_wait},
+        {"test_stream_cap_per_connection", test_stream_cap_per_connection},
         {"test_stream_bad_arguments_start_nothing",
          test_stream_bad_arguments_start_nothing},
         CU_TEST_INFO_NULL,

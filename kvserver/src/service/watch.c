@@ -44,6 +44,9 @@ struct watch
     uint32_t progress_ms;                   /* idle frames this often */
     uint64_t sent_ms;                       /* when a frame last went */
     bool stalled;                           /* waits for room */
+    bool created_pending;                   /* its first frame found no
+                                               room: sent before any
+                                               other */
     struct watch *prev, *next_w;            /* hub's list */
 };
 
@@ -260,6 +263,23 @@ static int watch_send_packed(struct watch *w,
     return 0;
 }
 
+/* The first frame: where the watch starts. Returns false when the watch
+ * cannot go on yet (no room: it goes when there is; or the stream is
+ * ending). */
+static bool watch_send_created(struct watch *w)
+{
+    struct kv_node *n = w->hub->s->node;
+    struct kv_revs revs = {0};
+    MDB_txn *txn = node_state_read(n, NULL);
+    if (txn) {
+        kv_mvcc_revs(&n->store, txn, &revs);
+        node_state_done(n, txn);
+    }
+    int rv = watch_send(w, NULL, 0, w->next - 1, revs.compact, true);
+    w->created_pending = rv == 1;
+    return rv == 0;
+}
+
 /* Do two watches want the same events, in the same form? */
 static bool watch_alike(const struct watch *a, const struct watch *b)
 {
@@ -306,6 +326,10 @@ static void hub_advance(struct watch_hub *h)
     if (kv_mvcc_revs(&n->store, txn, &revs) != 0) {
         node_state_done(n, txn);
         return;
+    }
+    if (h->rev >= revs.revision) {
+        node_state_done(n, txn);
+        return; /* nothing new */
     }
     bool any = false, any_prev = false;
     for (struct watch *w = h->list; w; w = w->next_w) {
@@ -371,8 +395,8 @@ static void hub_advance(struct watch_hub *h)
         uint64_t like_next = 0;
         size_t k = 0, packed_len = 0;
         for (struct watch *w = h->list; w; w = w->next_w) {
-            if (is_behind(w) || w->next > upto) {
-                continue; /* catching up, or starting later */
+            if (is_behind(w) || w->next > upto || w->created_pending) {
+                continue; /* catching up, starting later, or not started */
             }
             if (!like || like_next != w->next || !watch_alike(w, like)) {
                 Raftkv__Event **evs = w->prev_kv ? r.events : plain;
@@ -422,8 +446,9 @@ static bool watch_catch_up(struct watch *w)
 {
     struct watch_hub *h = w->hub;
     struct kv_node *n = h->s->node;
-    for (int reads = 0;
-         reads < WATCH_CATCHUP_READS && is_behind(w) && !w->stalled; reads++) {
+    for (int reads = 0; reads < WATCH_CATCHUP_READS && is_behind(w) &&
+                        !w->stalled && !w->created_pending;
+         reads++) {
         MDB_txn *txn = node_state_read(n, NULL);
         if (!txn) {
             return true;
@@ -510,13 +535,15 @@ static void on_stream_event(void *call, int event, void *arg)
         watch_end(w, RAFTKV__KV_ERROR__KV_OK, "cancelled");
         return;
     }
+    /* Only this watch: the hub moves on at the next turn (and may end
+     * watches then). */
     w->stalled = false;
-    struct watch_hub *h = w->hub;
-    hub_advance(h);
-    if (is_behind(w)) {
-        watch_catch_up(w);
+    if (w->created_pending && !watch_send_created(w)) {
+        return;
     }
-    hub_count(h);
+    if (is_behind(w) && watch_catch_up(w) && is_behind(w)) {
+        w->hub->behind++; /* (recounted at the next pump) */
+    }
 }
 
 /* The periodic work: progress frames, watches that lost their leader,
@@ -534,7 +561,7 @@ static void hub_sweep(struct watch_hub *h)
                       "the node has no leader (require_leader)");
             continue;
         }
-        if (!is_behind(w) && !w->stalled &&
+        if (!is_behind(w) && !w->stalled && !w->created_pending &&
             now - w->sent_ms >= w->progress_ms) {
             uint64_t at = w->next - 1 < h->rev ? w->next - 1 : h->rev;
             watch_send(w, NULL, 0, at, 0, false);
@@ -643,12 +670,18 @@ static void handle_watch(Raftkv__WatchService_Service *svc,
     if (w->progress_ms < WATCH_MIN_PROGRESS) {
         w->progress_ms = WATCH_MIN_PROGRESS;
     }
-    if (rpc_stream_open(data, on_stream_event, w) != 0) {
+    int orv = rpc_stream_open(data, on_stream_event, w);
+    if (orv != 0) {
         free(w->key.data);
         free(w->end.data);
         free(w);
-        reply_error(closure, data, id, RAFTKV__KV_ERROR__KV_INTERNAL,
-                    "cannot open the stream");
+        reply_error(closure, data, id,
+                    orv == RPC_E_OVERLOADED ? RAFTKV__KV_ERROR__KV_UNAVAILABLE
+                                            : RAFTKV__KV_ERROR__KV_INTERNAL,
+                    orv == RPC_E_OVERLOADED
+                        ? "too many streams open on this connection: close "
+                          "some, or use another connection"
+                        : "cannot open the stream");
         return;
     }
     w->next_w = h->list;
@@ -674,11 +707,10 @@ static void handle_watch(Raftkv__WatchService_Service *svc,
                   "the history before that revision is compacted");
         return;
     }
-    watch_send(w, NULL, 0, w->next - 1, revs.compact, true);
-    if (is_behind(w)) {
-        watch_catch_up(w);
+    if (watch_send_created(w) && is_behind(w) && watch_catch_up(w) &&
+        is_behind(w)) {
+        h->behind++; /* (recounted at the next pump) */
     }
-    hub_count(h);
 }
 
 int watch_service_init(struct kv_services *s)

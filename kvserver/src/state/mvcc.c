@@ -590,7 +590,11 @@ static int event_prev(struct kv_store *st,
                       Raftkv__Event *ev)
 {
     if (!e->has_prev) {
-        return 0; /* a new key, or a delete of format 4: nothing known */
+        /* A new key (nothing before it); or an event of format 4, which
+         * did not record where the version before was: a delete, or a
+         * put of a key that existed (version above 1). */
+        ev->prev_kv_missing = !e->put || e->rec.version > 1;
+        return 0;
     }
     MDB_val pv = {0, NULL};
     int rc = MDB_NOTFOUND;

@@ -386,8 +386,11 @@ struct rpc_server_options
                                  may hold; a newer one closes its oldest.
                                  Default 4 */
     uint32_t handshake_ms;    /* with peer_auth: a connection that has not
-                                 finished the handshake this long after
-                                 it was accepted is closed. Default 2000 */
+                             finished the handshake this long after
+                             it was accepted is closed. Default 2000 */
+    uint32_t max_streams;     /* streams open at once on one connection
+                                 (rpc_stream_open refuses more with
+                                 RPC_E_OVERLOADED). Default 4096 */
 };
 
 /* How long a connection admitted into peer_reserve has to show itself a
