@@ -107,6 +107,21 @@ unsigned ck_attempt_ms(struct clerk *c);
 /* Set the handle's clerk_errmsg. */
 void ck_set_errmsg(struct clerk *c, const char *msg);
 
+/* clerk_lock / clerk_campaign (value) that also gives up, as on a
+ * timeout (CLERK_TIMEOUT, out of the line), once *stop is set (kvctl's
+ * SIGINT). */
+#include <signal.h>
+struct clerk_lock;
+int ck_lock_take(struct clerk *c,
+                 const void *name,
+                 size_t name_len,
+                 uint64_t lease,
+                 const void *value,
+                 size_t value_len,
+                 unsigned timeout_ms,
+                 const volatile sig_atomic_t *stop,
+                 struct clerk_lock **out);
+
 /* Events as a clerk_events_result (revision, compact_revision and
  * next_revision are the caller's to set); NULL when out of memory. */
 struct clerk_events_result *ck_events_of(Raftkv__Event *const *events,

@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <libgen.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -14,6 +15,7 @@
 #include <jansson.h>
 
 #include "clerk/clerk.h"
+#include "internal.h"
 #include "kvctl_parse.h"
 
 /* Exit codes of one-shot commands. */
@@ -2623,8 +2625,8 @@ static int cmd_lease(struct clerk *ck, struct tok *t, int n)
 
 /* The child running a locked COMMAND (0: none), for the lease's lost
  * callback, and whether the lease was lost. */
-static volatile pid_t lock_child;
-static volatile sig_atomic_t lock_lost;
+static atomic_int lock_child; /* pid */
+static atomic_bool lock_lost;
 
 /* The keep-alive gave up: the lock is gone or may be; stop the command. */
 static void on_lock_lost(uint64_t id, int reason, void *arg)
@@ -2632,8 +2634,8 @@ static void on_lock_lost(uint64_t id, int reason, void *arg)
     (void)id;
     (void)reason;
     (void)arg;
-    lock_lost = 1;
-    pid_t p = lock_child;
+    atomic_store(&lock_lost, true);
+    pid_t p = atomic_load(&lock_child);
     if (p > 0) {
         kill(p, SIGTERM);
     }
@@ -2648,7 +2650,7 @@ struct held_lease
 
 static int hold_lease(struct clerk *ck, long long ttl, struct held_lease *h)
 {
-    lock_lost = 0;
+    atomic_store(&lock_lost, false);
     int err = clerk_lease_grant(ck, ttl, 0, &h->id, NULL);
     if (!err) {
         err =
@@ -2703,7 +2705,7 @@ static bool recipe_options(struct tok *t,
 
 static void wait_interrupt(void)
 {
-    while (!interrupted && !lock_lost) {
+    while (!interrupted && !atomic_load(&lock_lost)) {
         struct timespec ts = {0, 100000000};
         nanosleep(&ts, NULL);
     }
@@ -2718,24 +2720,32 @@ static int run_locked(char **argv, const struct clerk_lock *l, uint64_t lease)
     const char *key = clerk_lock_key(l, &klen);
     snprintf(tok, sizeof tok, "%llu", (unsigned long long)clerk_lock_token(l));
     snprintf(lid, sizeof lid, "%016llx", (unsigned long long)lease);
+    /* Set here: after fork, in a process with threads, the child only
+     * execs. */
+    if (setenv("RAFTKV_LOCK_KEY", key, 1) ||
+        setenv("RAFTKV_LOCK_TOKEN", tok, 1) ||
+        setenv("RAFTKV_LOCK_LEASE", lid, 1)) {
+        return -1;
+    }
+    char fail[300];
+    int fail_len =
+        snprintf(fail, sizeof fail, "kvctl: lock: cannot run %s\n", argv[0]);
     fflush(stdout);
     pid_t pid = fork();
     if (pid < 0) {
         return -1;
     }
     if (pid == 0) {
-        setenv("RAFTKV_LOCK_KEY", key, 1);
-        setenv("RAFTKV_LOCK_TOKEN", tok, 1);
-        setenv("RAFTKV_LOCK_LEASE", lid, 1);
         signal(SIGINT, SIG_DFL);
         signal(SIGTERM, SIG_DFL);
         execvp(argv[0], argv);
-        fprintf(stderr, "kvctl: lock: cannot run %s: %s\n", argv[0],
-                strerror(errno));
+        if (write(2, fail, (size_t)fail_len) < 0) {
+            _exit(127);
+        }
         _exit(127);
     }
-    lock_child = pid;
-    if (lock_lost) {
+    atomic_store(&lock_child, pid);
+    if (atomic_load(&lock_lost)) {
         kill(pid, SIGTERM); /* lost before the child was known */
     }
     int st = 0;
@@ -2744,7 +2754,7 @@ static int run_locked(char **argv, const struct clerk_lock *l, uint64_t lease)
             kill(pid, SIGTERM);
         }
     }
-    lock_child = 0;
+    atomic_store(&lock_child, 0);
     return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
 }
 
@@ -2781,14 +2791,23 @@ static int cmd_lock(struct clerk *ck, struct tok *t, int n)
     interrupted = 0;
     struct held_lease h = {0};
     int err = hold_lease(ck, ttl, &h);
-    if (err) {
-        return answer_clerk(ck, err);
-    }
     struct clerk_lock *l = NULL;
-    err = clerk_lock(ck, args[0].p, args[0].len, h.id, (unsigned)wait_ms, &l);
-    if (err) {
-        int rv = answer_clerk(ck, err);
-        drop_lease(ck, &h);
+    if (!err) {
+        err = ck_lock_take(ck, args[0].p, args[0].len, h.id, "", 0,
+                           (unsigned)wait_ms, &interrupted, &l);
+        if (err) {
+            drop_lease(ck, &h);
+        }
+    }
+    if (err || interrupted) {
+        /* Interrupted while waiting: out of the line, nothing run. */
+        int rv = interrupted ? 130 : answer_clerk(ck, err);
+        if (!err) {
+            clerk_unlock(ck, l);
+            drop_lease(ck, &h);
+        }
+        sigaction(SIGINT, &old_int, NULL);
+        sigaction(SIGTERM, &old_term, NULL);
         return rv;
     }
     size_t klen;
@@ -2813,7 +2832,7 @@ static int cmd_lock(struct clerk *ck, struct tok *t, int n)
         fflush(stdout);
         wait_interrupt();
     }
-    if (lock_lost) {
+    if (atomic_load(&lock_lost)) {
         rv = answer_error("NOT_HELD",
                           "the lock was lost: its lease could not be kept "
                           "alive (guarded writes are refused from then on)",
@@ -2940,13 +2959,18 @@ static int cmd_elect(struct clerk *ck, struct tok *t, int n)
         struct held_lease h = {0};
         int err = hold_lease(ck, ttl, &h);
         if (err) {
+            sigaction(SIGINT, &old_int, NULL);
+            sigaction(SIGTERM, &old_term, NULL);
             return answer_clerk(ck, err);
         }
         struct clerk_lock *l = NULL;
-        err = clerk_campaign(ck, args[0].p, args[0].len, h.id, args[1].p,
-                             args[1].len, (unsigned)wait_ms, &l);
-        if (err) {
-            rv = answer_clerk(ck, err);
+        err = ck_lock_take(ck, args[0].p, args[0].len, h.id, args[1].p,
+                           args[1].len, (unsigned)wait_ms, &interrupted, &l);
+        if (err || interrupted) {
+            rv = interrupted ? 130 : answer_clerk(ck, err);
+            if (!err) {
+                clerk_resign(ck, l);
+            }
         } else {
             size_t klen;
             const char *key = clerk_lock_key(l, &klen);
@@ -2960,11 +2984,12 @@ static int cmd_elect(struct clerk *ck, struct tok *t, int n)
             }
             fflush(stdout);
             wait_interrupt();
-            rv = lock_lost ? answer_error("NOT_HELD",
-                                          "leadership lost: the lease could "
-                                          "not be kept alive",
-                                          false, NULL, 0, false)
-                           : EXIT_OK;
+            rv = atomic_load(&lock_lost)
+                     ? answer_error("NOT_HELD",
+                                    "leadership lost: the lease could "
+                                    "not be kept alive",
+                                    false, NULL, 0, false)
+                     : EXIT_OK;
             clerk_resign(ck, l);
         }
         drop_lease(ck, &h);

@@ -1,12 +1,14 @@
 /* recipes.c: locks with fencing tokens and elections, on leases,
  * transactions and watches (docs/recipes.md). Only the public API. */
 #include <inttypes.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
 #include "clerk/clerk.h"
+#include "internal.h"
 
 #define MAX_NAME 400 /* bytes of a lock's name (the key adds 17) */
 
@@ -24,6 +26,12 @@ static uint64_t now_ms(void)
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+static void sleep_ms(uint64_t ms)
+{
+    struct timespec ts = {(time_t)(ms / 1000), (long)(ms % 1000) * 1000000};
+    nanosleep(&ts, NULL);
 }
 
 static void lock_free(struct clerk_lock *l)
@@ -86,12 +94,13 @@ static int predecessor(struct clerk *c,
 {
     uint8_t end[MAX_NAME + 2];
     size_t end_len = clerk_prefix_end(l->key, l->prefix, end);
-    char from[MAX_NAME + 64];
+    char from[520]; /* a key is at most 511 bytes, + "\0" */
     memcpy(from, l->key, l->prefix);
     size_t from_len = l->prefix;
     uint64_t best = 0;
     *pred = NULL;
     *mine_found = false;
+    *revision = 0;
     for (;;) {
         struct clerk_range_result *r;
         int rv = clerk_range(c, from, from_len, end, end_len, 0,
@@ -101,7 +110,9 @@ static int predecessor(struct clerk *c,
             *pred = NULL;
             return rv;
         }
-        *revision = r->revision;
+        if (!*revision) {
+            *revision = r->revision; /* reset below for the predecessor */
+        }
         for (size_t i = 0; i < r->n_kvs; i++) {
             const struct clerk_kv *kv = &r->kvs[i];
             if (kv->key_len == l->key_len &&
@@ -121,6 +132,9 @@ static int predecessor(struct clerk *c,
                 *pred = p;
                 *pred_len = kv->key_len;
                 best = kv->create_revision;
+                /* Watched from the revision of the page that showed it:
+                 * a later page's may be past its delete. */
+                *revision = r->revision;
             }
         }
         /* More than one reply holds (a long line): go on after the last
@@ -146,7 +160,8 @@ static int wait_deleted(struct clerk *c,
                         const char *pred,
                         size_t pred_len,
                         uint64_t rev,
-                        uint64_t deadline)
+                        uint64_t deadline,
+                        const volatile sig_atomic_t *stop)
 {
     struct clerk_watch_options o = {.start_revision = rev + 1, .no_put = true};
     struct clerk_watch *w;
@@ -156,13 +171,13 @@ static int wait_deleted(struct clerk *c,
     }
     for (;;) {
         uint64_t now = now_ms();
-        if (now >= deadline) {
+        if (now >= deadline || (stop && *stop)) {
             rv = CLERK_TIMEOUT;
             break;
         }
         uint64_t left = deadline - now;
         struct clerk_events_result *b;
-        rv = clerk_watch_next(w, left > 1000 ? 1000 : (unsigned)left, &b);
+        rv = clerk_watch_next(w, left > 200 ? 200 : (unsigned)left, &b);
         if (rv == CLERK_TIMEOUT) {
             continue;
         }
@@ -179,6 +194,14 @@ static int wait_deleted(struct clerk *c,
     return rv;
 }
 
+/* Errors that a later try may not meet: the cluster was briefly without
+ * a leader, a node failed, or the history a watch wanted is compacted. */
+static bool transient(int rv)
+{
+    return rv == CLERK_UNAVAILABLE || rv == CLERK_TIMEOUT ||
+           rv == CLERK_UNKNOWN_OUTCOME || rv == CLERK_COMPACTED;
+}
+
 static int take(struct clerk *c,
                 const void *name,
                 size_t name_len,
@@ -186,6 +209,7 @@ static int take(struct clerk *c,
                 const void *value,
                 size_t value_len,
                 unsigned timeout_ms,
+                const volatile sig_atomic_t *stop,
                 struct clerk_lock **out)
 {
     if (out) {
@@ -209,13 +233,28 @@ static int take(struct clerk *c,
     l->key_len = l->prefix +
                  (size_t)snprintf(l->key + l->prefix, 17, "%016" PRIx64, lease);
     l->lease = lease;
-    int rv = enqueue(c, l, value, value_len);
+    int rv;
+    /* In line (creating the key again is harmless: the same lease's key
+     * stays as it was). */
+    while ((rv = enqueue(c, l, value, value_len)) && transient(rv) &&
+           now_ms() < deadline && !(stop && *stop)) {
+        sleep_ms(50);
+    }
     while (!rv) {
+        if (stop && *stop) {
+            rv = CLERK_TIMEOUT;
+            break;
+        }
         char *pred;
         size_t pred_len = 0;
         uint64_t rev = 0;
         bool mine = false;
         rv = predecessor(c, l, &pred, &pred_len, &rev, &mine);
+        if (rv && transient(rv) && now_ms() < deadline) {
+            rv = 0; /* read the line again */
+            sleep_ms(50);
+            continue;
+        }
         if (rv) {
             break;
         }
@@ -229,8 +268,12 @@ static int take(struct clerk *c,
             *out = l; /* first in line */
             return CLERK_OK;
         }
-        rv = wait_deleted(c, pred, pred_len, rev, deadline);
+        rv = wait_deleted(c, pred, pred_len, rev, deadline, stop);
         free(pred);
+        if (rv && rv != CLERK_TIMEOUT && transient(rv) && now_ms() < deadline) {
+            rv = 0; /* read the line again */
+            sleep_ms(50);
+        }
     }
     /* Leave the line (the key would otherwise go only with the lease). */
     clerk_delete(c, l->key, l->key_len);
@@ -245,7 +288,21 @@ int clerk_lock(struct clerk *c,
                unsigned timeout_ms,
                struct clerk_lock **out)
 {
-    return take(c, name, name_len, lease, "", 0, timeout_ms, out);
+    return take(c, name, name_len, lease, "", 0, timeout_ms, NULL, out);
+}
+
+int ck_lock_take(struct clerk *c,
+                 const void *name,
+                 size_t name_len,
+                 uint64_t lease,
+                 const void *value,
+                 size_t value_len,
+                 unsigned timeout_ms,
+                 const volatile sig_atomic_t *stop,
+                 struct clerk_lock **out)
+{
+    return take(c, name, name_len, lease, value, value_len, timeout_ms, stop,
+                out);
 }
 
 int clerk_campaign(struct clerk *c,
@@ -257,7 +314,8 @@ int clerk_campaign(struct clerk *c,
                    unsigned timeout_ms,
                    struct clerk_lock **out)
 {
-    return take(c, name, name_len, lease, value, value_len, timeout_ms, out);
+    return take(c, name, name_len, lease, value, value_len, timeout_ms, NULL,
+                out);
 }
 
 uint64_t clerk_lock_token(const struct clerk_lock *l)

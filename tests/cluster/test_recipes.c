@@ -429,6 +429,64 @@ static void test_kvctl_lock_runs_a_command_with_the_token(void)
     clerk_close(a.c);
 }
 
+/* Keys in line for a lock. */
+static uint64_t line_of(const char *name)
+{
+    char prefix[64];
+    snprintf(prefix, sizeof prefix, "%s/", name);
+    uint8_t end[64];
+    size_t end_len = clerk_prefix_end(prefix, strlen(prefix), end);
+    struct clerk_range_result *r = NULL;
+    int err = clerk_range(ck, prefix, strlen(prefix), end, end_len, 0,
+                          CLERK_RANGE_COUNT_ONLY, &r);
+    uint64_t n = err ? UINT64_MAX : r->count;
+    clerk_range_result_free(r);
+    return n;
+}
+
+/* Ctrl-C to a kvctl lock that waits in line: it leaves the line at once
+ * and never runs its command. */
+static void test_kvctl_lock_interrupted_while_waiting(void)
+{
+    struct kept kh;
+    keep(ck, 10, &kh);
+    struct clerk_lock *hl = NULL;
+    CU_ASSERT_FATAL(clerk_lock(ck, "kv4", 3, kh.id, 10000, &hl) == CLERK_OK);
+    char mark[512];
+    snprintf(mark, sizeof mark, "%s/kv4-ran", rc.root);
+    pid_t pid = fork();
+    CU_ASSERT_FATAL(pid >= 0);
+    if (pid == 0) {
+        execl(KVCTL_BIN, KVCTL_BIN, "--cluster", eps, "lock", "kv4", "--",
+              "touch", mark, (char *)NULL);
+        _exit(127);
+    }
+    uint64_t end = h_now_ms() + 10000;
+    while (line_of("kv4") != 2 && h_now_ms() < end) {
+        h_sleep_ms(20);
+    }
+    CU_ASSERT_EQUAL(line_of("kv4"), 2);
+    kill(pid, SIGINT);
+    int st = 0;
+    pid_t done = 0;
+    end = h_now_ms() + 5000;
+    while ((done = waitpid(pid, &st, WNOHANG)) == 0 && h_now_ms() < end) {
+        h_sleep_ms(20);
+    }
+    if (!done) {
+        kill(pid, SIGKILL);
+        waitpid(pid, &st, 0);
+        CU_FAIL("kvctl lock ignored SIGINT while waiting");
+    }
+    CU_ASSERT(WIFEXITED(st) && WEXITSTATUS(st) == 130);
+    CU_ASSERT_EQUAL(line_of("kv4"), 1);
+    CU_ASSERT_EQUAL(clerk_unlock(ck, hl), CLERK_OK);
+    h_sleep_ms(300);
+    struct stat sb;
+    CU_ASSERT(stat(mark, &sb) != 0); /* the command never ran */
+    unkeep(ck, &kh);
+}
+
 /* A kvctl lock whose process group is stopped (SIGSTOP) past its lease:
  * another client takes the lock, and when the paused command wakes up
  * its guarded write is refused. */
@@ -511,6 +569,8 @@ int main(int argc, char **argv)
          test_election_campaign_proclaim_resign},
         {"test_kvctl_lock_runs_a_command_with_the_token",
          test_kvctl_lock_runs_a_command_with_the_token},
+        {"test_kvctl_lock_interrupted_while_waiting",
+         test_kvctl_lock_interrupted_while_waiting},
         {"test_kvctl_lock_paused_past_its_lease_cannot_write",
          test_kvctl_lock_paused_past_its_lease_cannot_write},
         CU_TEST_INFO_NULL,
