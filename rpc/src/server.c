@@ -60,16 +60,19 @@ struct rpc_conn
     struct evbuffer_cb_entry *budget_cb[3]; /* count input, output, pending
                                      toward the server's max_buffered */
     bool budget_paused;                     /* reading stopped for the budget */
-    bool tls;                 /* over TLS: bev is a filter over raw */
-    struct bufferevent *raw;  /* TLS: the socket's own bufferevent */
-    bool tls_checked;         /* its certificate was checked */
-    char tls_name[128];       /* the CN of its verified certificate */
-    struct rpc_peer_hs *hs;   /* peer handshake in progress, or NULL */
-    bool hs_answered;         /* its hello is answered: proof next */
-    bool authed;              /* passed the peer handshake */
-    uint64_t peer_id;         /* the id it proved (authed) */
-    struct rpc_call *streams; /* its calls that are open streams */
-    uint32_t n_streams;       /* their number */
+    bool tls;                         /* over TLS: bev is a filter over raw */
+    struct bufferevent *raw;          /* TLS: the socket's own bufferevent */
+    bool tls_checked;                 /* its certificate was checked */
+    char tls_name[128];               /* the CN of its verified certificate */
+    struct rpc_peer_hs *hs;           /* peer handshake in progress, or NULL */
+    bool hs_answered;                 /* its hello is answered: proof next */
+    bool authed;                      /* passed the peer handshake */
+    uint64_t peer_id;                 /* the id it proved (authed) */
+    struct rpc_call *streams;         /* its calls that are open streams */
+    uint32_t n_streams;               /* their number */
+    uint32_t n_want_writable;         /* of them, waiting for room */
+    struct evbuffer_cb_entry *raw_cb; /* TLS: watches the socket's output,
+                                          where the filter's bytes wait */
 };
 
 /* One request being served: the closure_data handed to the handler. */
@@ -314,10 +317,11 @@ static void budget_unwatch(struct rpc_conn *c, struct rpc_server *s)
  * middle of a request goes on until the request is whole and served (its
  * bytes are then freed; bounded by the args cap and the frame timeout),
  * so that paused connections hold no input and the budget can drain. */
+static size_t conn_output(struct rpc_conn *c);
+
 static size_t own_output(struct rpc_conn *c)
 {
-    return evbuffer_get_length(bufferevent_get_output(c->bev)) +
-           evbuffer_get_length(c->pending);
+    return conn_output(c);
 }
 
 static void budget_check(struct rpc_conn *c)
@@ -407,11 +411,41 @@ static void on_stream_event(evutil_socket_t fd, short what, void *arg)
 /* Output has drained: streams that found no room may send again. */
 static void streams_writable(struct rpc_conn *c)
 {
-    for (struct rpc_call *st = c->streams; st; st = st->snext) {
+    for (struct rpc_call *st = c->streams; st && c->n_want_writable;
+         st = st->snext) {
         if (st->want_writable) {
             st->want_writable = false;
+            c->n_want_writable--;
             stream_post(st, RPC_STREAM_WRITABLE);
         }
+    }
+}
+
+/* Bytes of replies not yet written to the socket: queued, in the
+ * bufferevent, and under TLS what the filter has encrypted into the
+ * socket's own bufferevent (it takes all it is given). */
+static size_t conn_output(struct rpc_conn *c)
+{
+    size_t n = evbuffer_get_length(bufferevent_get_output(c->bev)) +
+               evbuffer_get_length(c->pending);
+    if (c->raw) {
+        n += evbuffer_get_length(bufferevent_get_output(c->raw));
+    }
+    return n;
+}
+
+/* TLS: the socket's output drained: streams waiting for room may go on
+ * (the filter's own write callback comes as soon as it has handed its
+ * bytes over, long before they leave). */
+static void on_raw_output(struct evbuffer *b,
+                          const struct evbuffer_cb_info *info,
+                          void *arg)
+{
+    struct rpc_conn *c = arg;
+    if (info->n_deleted && c->n_want_writable && c->server &&
+        evbuffer_get_length(b) <
+            c->server->opts.max_output / (2 * RPC_STREAM_SHARE)) {
+        streams_writable(c);
     }
 }
 
@@ -423,6 +457,10 @@ static void conn_close(struct rpc_conn *c)
     }
     if (c->server) {
         budget_unwatch(c, c->server);
+    }
+    if (c->raw_cb) {
+        evbuffer_remove_cb_entry(bufferevent_get_output(c->raw), c->raw_cb);
+        c->raw_cb = NULL;
     }
     bufferevent_free(c->bev); /* (a TLS filter frees c->raw with it) */
     c->bev = NULL;
@@ -514,8 +552,7 @@ static void refuse_conn(struct rpc_conn *c, const char *why)
 static void check_output(struct rpc_conn *c)
 {
     size_t cap = c->server->opts.max_output;
-    size_t len = evbuffer_get_length(bufferevent_get_output(c->bev)) +
-                 evbuffer_get_length(c->pending);
+    size_t len = conn_output(c);
     if (len > 4 * cap) {
         rpc_logf(RPC_LOG_WARN,
                  "rpc: closing %s: %zu bytes of replies unread (cap %zu)",
@@ -743,6 +780,9 @@ static void stream_unlink(struct rpc_call *st)
         st->snext->sprev = st->sprev;
     }
     c->n_streams--;
+    if (st->want_writable) {
+        c->n_want_writable--;
+    }
     event_free(st->stream_ev);
     st->stream_ev = NULL;
 }
@@ -786,10 +826,12 @@ int rpc_stream_send(void *closure_data, const ProtobufCMessage *msg)
     if (st->cancelled || !c->bev || !c->server) {
         return RPC_E_CONNECTION_LOST;
     }
-    size_t out = evbuffer_get_length(bufferevent_get_output(c->bev)) +
-                 evbuffer_get_length(c->pending);
+    size_t out = conn_output(c);
     if (out && out >= c->server->opts.max_output / RPC_STREAM_SHARE) {
-        st->want_writable = true;
+        if (!st->want_writable) {
+            st->want_writable = true;
+            c->n_want_writable++;
+        }
         return RPC_E_OVERLOADED;
     }
     if (protobuf_c_message_get_packed_size(msg) >
@@ -813,10 +855,12 @@ int rpc_stream_send_packed(void *closure_data, const void *args, size_t len)
     if (st->cancelled || !c->bev || !c->server) {
         return RPC_E_CONNECTION_LOST;
     }
-    size_t out = evbuffer_get_length(bufferevent_get_output(c->bev)) +
-                 evbuffer_get_length(c->pending);
+    size_t out = conn_output(c);
     if (out && out >= c->server->opts.max_output / RPC_STREAM_SHARE) {
-        st->want_writable = true;
+        if (!st->want_writable) {
+            st->want_writable = true;
+            c->n_want_writable++;
+        }
         return RPC_E_OVERLOADED;
     }
     if (st->drop_reply) {
@@ -1345,6 +1389,8 @@ static struct rpc_conn *conn_new(struct rpc_server *s, int fd, const char *peer)
              * failed. */
             bufferevent_openssl_set_allow_dirty_shutdown(c->bev, 1);
             c->tls = true;
+            c->raw_cb = evbuffer_add_cb(bufferevent_get_output(c->raw),
+                                        on_raw_output, c);
         } else {
             if (ssl) {
                 SSL_free(ssl);
