@@ -52,6 +52,7 @@ struct pending
     char *held_msg;                           /* failure text (owned) */
     struct pending *hprev_held, *hnext_held;  /* channel's held list */
     rpc_stream_msg_cb stream_cb;              /* a stream's (else NULL) */
+    bool doomed;                              /* fail_all is failing it */
     void *stream_arg;                         /* passed to it */
 };
 
@@ -214,23 +215,32 @@ static void complete(struct pending *p,
     free(p);
 }
 
-/* Fail every pending call; closures may start new calls meanwhile. */
+/* Fail every pending call. Closures may start new calls meanwhile (they
+ * are not failed) or cancel streams that are still to be failed (those
+ * stay in the table until their turn, so that the cancel finds them). */
 static void fail_all(struct rpc_channel *ch, int status, const char *msg)
 {
-    struct pending *list = NULL;
     for (size_t i = 0; i < ch->table_size; i++) {
-        while (ch->table[i]) {
-            struct pending *p = ch->table[i];
-            ch->table[i] = p->hnext;
-            p->hnext = list;
-            list = p;
+        for (struct pending *p = ch->table[i]; p; p = p->hnext) {
+            p->doomed = true;
         }
     }
-    ch->n_pending = 0;
-    while (list) {
-        struct pending *p = list;
-        list = p->hnext;
-        complete(p, NULL, status, msg);
+    for (size_t i = 0; i < ch->table_size; i++) {
+        struct pending *p = ch->table[i];
+        while (p) {
+            if (!p->doomed) {
+                p = p->hnext;
+                continue;
+            }
+            struct pending **table = ch->table;
+            table_take(ch, p->id);
+            complete(p, NULL, status, msg);
+            if (ch->table != table) {
+                i = (size_t)-1; /* the table grew: from its start again */
+                break;
+            }
+            p = ch->table[i]; /* the closure may have changed the chain */
+        }
     }
 }
 

@@ -885,13 +885,13 @@ bool rpc_stream_cancelled(void *closure_data)
     return st->cancelled || !st->conn->bev;
 }
 
-/* A cancel frame: the stream call_id of this connection ends. */
+/* A cancel frame: the streams call_id of this connection end (one, or
+ * two when fault injection delivered the request twice). */
 static void cancel_stream(struct rpc_conn *c, uint64_t call_id)
 {
     for (struct rpc_call *st = c->streams; st; st = st->snext) {
         if (st->call_id == call_id) {
             stream_post(st, RPC_STREAM_CANCELLED);
-            return;
         }
     }
 }

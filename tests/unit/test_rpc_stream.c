@@ -34,6 +34,7 @@ struct seen
     bool in_order;    /* message n said "<payload>:n" */
     int cancel_after; /* cancel from the callback after this many */
     struct rpc_stream *st;
+    struct seen *cancel_on_end; /* cancel that one's stream at our end */
 };
 
 static void copy_payload(char *out, size_t cap, const ProtobufCMessage *m)
@@ -67,6 +68,10 @@ static void on_stream(struct rpc_stream *st,
     }
     s->ends++;
     s->st = NULL;
+    if (s->cancel_on_end && s->cancel_on_end->st) {
+        rpc_stream_cancel(s->cancel_on_end->st);
+        s->cancel_on_end->st = NULL;
+    }
     if (msg) {
         s->end_status = RPC_OK;
         copy_payload(s->end_payload, sizeof s->end_payload, msg);
@@ -337,6 +342,35 @@ static void test_stream_ends_once_when_its_server_dies(void)
     event_base_free(b);
 }
 
+/* Two streams fail with their connection, and the end callback of the
+ * first cancels the other: the other hears nothing more. */
+static void test_stream_cancelled_from_another_streams_end(void)
+{
+    uint16_t p;
+    pid_t pid = echo_server_spawn("127.0.0.1", 0, &p);
+    CU_ASSERT_FATAL(pid > 0);
+    struct event_base *b = event_base_new();
+    struct rpc_channel *ch = rpc_channel_new(b, "127.0.0.1", p, NULL);
+    struct seen x, y;
+    start(ch, "x", 0, 2, &x);
+    start(ch, "y", 0, 2, &y);
+    x.cancel_on_end = &y;
+    y.cancel_on_end = &x;
+    CU_ASSERT(run_until_at_least(b, &x.msgs, 2, SOON_MS));
+    CU_ASSERT(run_until_at_least(b, &y.msgs, 2, SOON_MS));
+    kill(pid, SIGKILL);
+    uint64_t end = test_now_ms() + SOON_MS;
+    while (x.ends + y.ends == 0 && test_now_ms() < end) {
+        loop_run_for(b, 5);
+    }
+    loop_run_for(b, 100);
+    CU_ASSERT_EQUAL(x.ends + y.ends, 1);
+    CU_ASSERT_EQUAL(rpc_channel_pending(ch), 0);
+    echo_server_kill(pid);
+    rpc_channel_free(ch);
+    event_base_free(b);
+}
+
 static void test_stream_ends_when_the_server_is_freed(void)
 {
     struct echo_local l;
@@ -449,6 +483,8 @@ int main(int argc, char **argv)
          test_stream_slow_reader_stalls_only_its_own_stream},
         {"test_stream_ends_once_when_its_server_dies",
          test_stream_ends_once_when_its_server_dies},
+        {"test_stream_cancelled_from_another_streams_end",
+         test_stream_cancelled_from_another_streams_end},
         {"test_stream_ends_when_the_server_is_freed",
          test_stream_ends_when_the_server_is_freed},
         {"test_stream_on_a_blocking_channel_runs_in_wait",

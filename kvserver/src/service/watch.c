@@ -60,6 +60,7 @@ struct watch_hub
     size_t behind;           /* watches with next <= rev (catching up) */
     Raftkv__Event **scratch; /* one watch's events of a read */
     size_t scratch_cap;      /* entries in scratch */
+    uint64_t failed_ms;      /* when a failed history read was logged */
     uint8_t *pack;           /* a frame packed for a run of watches */
     size_t pack_cap;         /* bytes allocated there */
     uint64_t events_sent;    /* events sent, for /metrics */
@@ -313,6 +314,19 @@ static bool scratch_fit(struct watch_hub *h, size_t n)
     return true;
 }
 
+/* Log a failed history read, at most once every 10 s. */
+static void hub_read_failed(struct watch_hub *h, const char *why)
+{
+    uint64_t now = node_now_ms();
+    if (!h->failed_ms || now - h->failed_ms >= 10000) {
+        h->failed_ms = now;
+        rpc_logf(RPC_LOG_WARN,
+                 "node %llu: watch: %s; ending the watches "
+                 "that need it",
+                 (unsigned long long)h->s->node->cfg.id, why);
+    }
+}
+
 /* Give the changes after h->rev, read once, to every watch that is not
  * behind. */
 static void hub_advance(struct watch_hub *h)
@@ -348,7 +362,20 @@ static void hub_advance(struct watch_hub *h)
         a.start_revision = h->rev + 1;
         if (kv_mvcc_events(&n->store, txn, &a, any_prev, &mem, &r) != 0) {
             kv_arena_free(&mem);
-            break; /* (logged by the store) tried again next turn */
+            /* The watches that wait for these changes cannot have them
+             * here: they end, and their clients go on at another node. */
+            char why[300];
+            snprintf(why, sizeof why, "cannot read the history: %.250s",
+                     n->store.errmsg);
+            hub_read_failed(h, why);
+            struct watch *w = h->list, *wn;
+            for (; w; w = wn) {
+                wn = w->next_w;
+                if (!is_behind(w)) {
+                    watch_end(w, RAFTKV__KV_ERROR__KV_INTERNAL, why);
+                }
+            }
+            break;
         }
         if (r.err == RAFTKV__KV_ERROR__KV_COMPACTED) {
             /* Compacted within the turn that made the changes: the watches
@@ -460,6 +487,16 @@ static bool watch_catch_up(struct watch *w)
         a.key = w->key;
         a.range_end = w->end;
         int rv = kv_mvcc_events(&n->store, txn, &a, w->prev_kv, &mem, &r);
+        if (rv) {
+            char why[300];
+            snprintf(why, sizeof why, "cannot read the history: %.250s",
+                     n->store.errmsg);
+            kv_arena_free(&mem);
+            node_state_done(n, txn);
+            hub_read_failed(h, why);
+            watch_end(w, RAFTKV__KV_ERROR__KV_INTERNAL, why);
+            return false;
+        }
         if (rv == 0 && r.err == RAFTKV__KV_ERROR__KV_COMPACTED) {
             kv_arena_free(&mem);
             node_state_done(n, txn);
