@@ -72,6 +72,12 @@ struct lf_life
     uint64_t t_not_found;       /* ms: a put of its came back LEASE_NOT_FOUND
                                    before it was told (0: none) */
     uint64_t puts;              /* puts acknowledged */
+    bool by_hand;               /* renewed by renew_by_hand, not in the
+                                   background */
+    uint64_t valid_until;       /* by hand: ms, a TTL after the send of the
+                                   last renewal that succeeded: the lease
+                                   lives at least until then */
+    uint64_t next_renew;        /* by hand: ms, the next renewal */
     uint64_t delete_rev;        /* the check's: its keys' delete revision */
     uint64_t t_gone;            /* the check's: ms after healing it was gone */
 };
@@ -104,6 +110,9 @@ struct lf_state
     volatile bool stop;                 /* holders stop now */
     uint64_t first_rev;                 /* the history starts here */
     uint64_t t0;                        /* ms: the workload started */
+    uint64_t t_stop;                    /* ms: the holders stopped */
+    uint64_t expired_early;             /* leases not revoked whose keys
+                                           were deleted before then */
     uint64_t term0;                     /* the leader's term at the start */
     pthread_mutex_t lock;               /* the fields below */
     struct lf_life lives[LF_MAX_LIVES]; /* every lease */
@@ -121,6 +130,9 @@ struct lf_state
                                  were lost: the most a commit came
                                  before its holder let go (at most
                                  LF_LATE_MS; INT64_MIN: none) */
+    int64_t worst_hand_ms;    /* the same for leases renewed by hand,
+                                 to the end of their validity (at
+                                 most 0) */
 };
 
 static uint64_t lf_now(void)
@@ -211,13 +223,43 @@ static int put_key(struct lf_state *s, struct lf_life *l, size_t k, unsigned n)
     return rv == CLERK_OK;
 }
 
+/* Renew a lease by hand (clerk_lease_keepalive_once), as often as the
+ * background keep-alive does, counting it lost a TTL after the send of
+ * the last renewal that succeeded (docs/data-model.md). */
+static void renew_by_hand(struct lf_slot *sl, struct lf_life *l)
+{
+    uint64_t now = lf_now();
+    if (now < l->next_renew) {
+        return;
+    }
+    if (now >= l->valid_until) {
+        l->lost_reason = CLERK_TIMEOUT;
+        __atomic_store_n(&l->t_lost, now, __ATOMIC_RELEASE);
+        return;
+    }
+    clerk_set_deadline(sl->ck, (unsigned)(l->valid_until - now));
+    int64_t ttl = 0;
+    int rv = clerk_lease_keepalive_once(sl->ck, l->lease, &ttl);
+    clerk_set_deadline(sl->ck, 0);
+    if (rv == CLERK_OK) {
+        uint64_t ms = (uint64_t)(ttl > 0 ? ttl : 1) * 1000;
+        l->valid_until = now + ms;
+        l->next_renew = now + ms / 3;
+    } else if (rv == CLERK_LEASE_NOT_FOUND) {
+        l->lost_reason = rv;
+        __atomic_store_n(&l->t_lost, lf_now(), __ATOMIC_RELEASE);
+    } else {
+        l->next_renew = lf_now() + 100;
+    }
+}
+
 /* Begin a new life: a lease, its keep-alive, its keys. NULL when the
  * cluster could not grant one now, or the test stops. */
 static struct lf_life *begin_life(struct lf_slot *sl)
 {
     struct lf_state *s = sl->s;
-    int64_t ttl = sl->num % 2 ? 2 : 3;
-    uint64_t id = 0;
+    int64_t ttl = sl->num / 2 % 2 ? 2 : 3;
+    uint64_t id = 0, sent = lf_now();
     int rv = clerk_lease_grant(sl->ck, ttl, 0, &id, &ttl);
     if (rv != CLERK_OK) {
         pthread_mutex_lock(&s->lock);
@@ -234,12 +276,20 @@ static struct lf_life *begin_life(struct lf_slot *sl)
     memset(l, 0, sizeof *l);
     l->slot = sl->num;
     l->num = sl->lives++;
+    l->by_hand = sl->num % 2;
     l->lease = id;
     l->ttl = ttl;
     l->t_end = UINT64_MAX;
     pthread_mutex_unlock(&s->lock);
     l->t_start = lf_now();
-    rv = clerk_lease_keepalive_start(sl->ck, id, on_lost, l, &l->ka);
+    if (l->by_hand) {
+        /* Valid for a TTL from the grant's send, at least. */
+        l->valid_until = sent + (uint64_t)ttl * 1000;
+        renew_by_hand(sl, l);
+        rv = l->t_lost ? l->lost_reason : CLERK_OK;
+    } else {
+        rv = clerk_lease_keepalive_start(sl->ck, id, on_lost, l, &l->ka);
+    }
     if (rv != CLERK_OK) {
         /* It may have expired already: a life that died at once. */
         l->end = LF_DIED;
@@ -294,6 +344,9 @@ static void *slot_main(void *arg)
                    : lf_now() + 1500 + (unsigned)rand_r(&sl->rng) % 4500;
         bool gone = false;
         for (size_t k = 0; !s->stop; k = (k + 1) % LF_KEYS) {
+            if (l->by_hand) {
+                renew_by_hand(sl, l);
+            }
             uint64_t lost = __atomic_load_n(&l->t_lost, __ATOMIC_ACQUIRE);
             if (lost) {
                 break;
@@ -317,7 +370,12 @@ static void *slot_main(void *arg)
             l->t_end = l->t_lost;
         }
         if (s->stop) {
-            break; /* an unended life stays alive for the check */
+            if (l->by_hand && l->end == LF_ALIVE) {
+                /* Nobody renews it any more: it dies with the test. */
+                l->end = LF_DIED;
+                l->t_end = lf_now();
+            }
+            break; /* a life kept alive in the background stays alive */
         }
         lf_nap(s, 100 + (unsigned)rand_r(&sl->rng) % 300);
     }
@@ -401,6 +459,7 @@ static void *lf_start(struct world *w)
     s->first_rev = store_revision(admin) + 1;
     s->t0 = lf_now();
     s->worst_ms = INT64_MIN;
+    s->worst_hand_ms = INT64_MIN;
     s->term0 = leader_term(admin);
     struct h_cluster *c = faults_cluster(w);
     unsigned rng = faults_seed(w);
@@ -411,7 +470,9 @@ static void *lf_start(struct world *w)
         sl->rng = (unsigned)rand_r(&rng);
         char eps[1024];
         h_endpoints_of(c, UINT32_MAX, i % c->n, eps, sizeof eps);
-        struct clerk_options o = {.deadline_ms = 2000, .attempt_ms = 300};
+        /* By hand: short puts, so that they never hold up a renewal. */
+        struct clerk_options o = {.deadline_ms = i % 2 ? 600 : 2000,
+                                  .attempt_ms = 300};
         if (clerk_open(&sl->ck, eps, &o) != CLERK_OK) {
             faults_fail(w, "clerk_open for holder %zu", i);
             continue;
@@ -678,21 +739,46 @@ static void check_history(struct lf_state *s,
             by = 0;
             how = "a put refused LEASE_NOT_FOUND";
         }
+        /* Until when the holder may count on its lease: till it let go
+         * (its keep-alive may tell LF_LATE_MS late); renewed by hand,
+         * exactly a TTL after the last good renewal was sent. */
         uint64_t believed = l->t_end; /* UINT64_MAX: alive */
         uint64_t told = __atomic_load_n(&l->t_lost, __ATOMIC_ACQUIRE);
+        uint64_t late = LF_LATE_MS;
         if (l->end == LF_ALIVE && told) {
             believed = told; /* told during the check */
         }
+        if (l->by_hand && l->end != LF_REVOKED) {
+            believed = l->valid_until;
+            late = 0;
+        }
+        s->expired_early += l->end != LF_REVOKED && t < s->t_stop;
+        int64_t *worst = l->by_hand ? &s->worst_hand_ms : &s->worst_ms;
         if (t != UINT64_MAX && believed != UINT64_MAX && l->end != LF_REVOKED &&
-            (int64_t)(believed - t) > s->worst_ms) {
-            s->worst_ms = (int64_t)(believed - t);
+            (int64_t)(believed - t) > *worst) {
+            *worst = (int64_t)(believed - t);
         }
         if (t != UINT64_MAX &&
-            (believed == UINT64_MAX || t + LF_LATE_MS < believed)) {
+            (believed == UINT64_MAX || t + late < believed)) {
             describe_life(s, l, d, sizeof d);
             char by_s[64] = "";
             if (by) {
                 snprintf(by_s, sizeof by_s, " %" PRIu64, by);
+            }
+            char why[160];
+            if (believed == UINT64_MAX) {
+                snprintf(why, sizeof why,
+                         "its keep-alive never said it was lost");
+            } else if (l->by_hand) {
+                snprintf(why, sizeof why,
+                         "renewed by hand, it was valid until +%" PRIu64
+                         " ms (a TTL after its last good renewal was sent)",
+                         believed - t0);
+            } else {
+                snprintf(why, sizeof why,
+                         "its keep-alive said it was lost only at +%" PRIu64
+                         " ms (more than %d ms later)",
+                         believed - t0, LF_LATE_MS);
             }
             faults_fail(s->w,
                         "rev %" PRIu64
@@ -700,10 +786,7 @@ static void check_history(struct lf_state *s,
                         "by +%" PRIu64
                         " ms (%s%s), while its holder kept the "
                         "lease alive: %s",
-                        e->rev, e->key, d, t - t0, how, by_s,
-                        believed == UINT64_MAX
-                            ? "its keep-alive never said it was lost"
-                            : "its keep-alive said it was lost only later");
+                        e->rev, e->key, d, t - t0, how, by_s, why);
         } else if (l->end == LF_ALIVE && !told) {
             describe_life(s, l, d, sizeof d);
             faults_fail(s->w,
@@ -751,6 +834,7 @@ static void lf_check(void *state, struct world *w)
 {
     struct lf_state *s = state;
     uint64_t healed = lf_now();
+    s->t_stop = healed;
     s->stop = true;
     for (size_t i = 0; i < LF_SLOTS; i++) {
         if (s->slots[i].running) {
@@ -795,26 +879,35 @@ static void lf_finish(void *state, char *line, size_t len)
     for (size_t i = 0; i < LF_SLOTS; i++) {
         clerk_close(s->slots[i].ck);
     }
-    char worst[80] = "none";
+    char worst[80] = "none", hand[80] = "none";
     if (s->worst_ms != INT64_MIN) {
         snprintf(worst, sizeof worst, "%" PRId64 " ms %s its holder let go",
                  s->worst_ms < 0 ? -s->worst_ms : s->worst_ms,
                  s->worst_ms < 0 ? "after" : "before");
     }
+    if (s->worst_hand_ms != INT64_MIN) {
+        snprintf(hand, sizeof hand, "%" PRId64 " ms %s its validity ended",
+                 s->worst_hand_ms < 0 ? -s->worst_hand_ms : s->worst_hand_ms,
+                 s->worst_hand_ms < 0 ? "after" : "before");
+    }
     snprintf(line, len,
-             "lease: %zu leases of %d holders: %zu alive at the end (%zu of "
-             "them kept from the start through terms %" PRIu64 "..%" PRIu64
-             "), %zu died, %zu revoked, %zu lost by their keep-alive "
-             "(%zu LEASE_NOT_FOUND, %zu timed out); %" PRIu64
-             " key deletes in the history (of a lease not revoked, the "
-             "earliest %s); ended leases "
-             "gone at most %" PRIu64 " ms after healing; %" PRIu64
+             "lease: %zu leases of %d holders: %zu kept alive in the "
+             "background to the end, %zu steady ones kept from the start "
+             "(through terms %" PRIu64 "..%" PRIu64
+             "), %zu died (renewed "
+             "by hand: also at the end), %zu revoked, %zu lost (%zu "
+             "LEASE_NOT_FOUND, %zu timed out); %" PRIu64
+             " key deletes in the history, %" PRIu64
+             " leases ended during the faults (of a lease not revoked, the "
+             "earliest delete %s; renewed by hand, %s); ended leases gone at "
+             "most %" PRIu64 " ms after healing; %" PRIu64
              " holder puts and %" PRIu64 " grants not done, %" PRIu64
              " other ops (%" PRIu64 " failed)",
              s->n_lives, LF_SLOTS, ends[LF_ALIVE], steady_alive, s->term0,
              s->term1, ends[LF_DIED], ends[LF_REVOKED], ends[LF_LOST], lost_nf,
-             ends[LF_LOST] - lost_nf, s->deletes, worst, s->longest_gone_ms,
-             s->put_failed, s->grant_failed, s->filler, s->filler_failed);
+             ends[LF_LOST] - lost_nf, s->deletes, s->expired_early, worst, hand,
+             s->longest_gone_ms, s->put_failed, s->grant_failed, s->filler,
+             s->filler_failed);
     pthread_mutex_destroy(&s->lock);
     free(s->obs);
     free(s);

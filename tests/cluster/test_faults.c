@@ -628,9 +628,16 @@ WATCH(test_watch_mixed_faults_with_snapshots,
 RECIPE(test_lease_kill_leader, 3, NEM_KILL_LEADER, faults_lease)
 RECIPE(test_lease_pause_leader, 3, NEM_PAUSE_LEADER, faults_lease)
 RECIPE(test_lease_isolate_leader, 5, NEM_ISOLATE_LEADER, faults_lease)
-/* Every node killed at the end of a round too: the holders' keep-alives
- * may find no leader for a whole TTL and say so. */
-RECIPE(test_lease_mixed_faults, 5, NEM_MIXED, faults_lease, .crash = true)
+/* Slower faults, so that leases of dead holders expire between them (at
+ * the lab's pace every new leader extends them before they can), and
+ * every node killed at the end of a round: the holders' keep-alives may
+ * find no leader for a whole TTL and say so. */
+RECIPE(test_lease_mixed_faults,
+       5,
+       NEM_MIXED,
+       faults_lease,
+       .nemesis_ms = 2500,
+       .crash = true)
 
 /* Faults every 2-3 s: a lease outlives a leader change by 2 election
  * timeouts, so under the lab's pace the lock of a paused or killed holder
