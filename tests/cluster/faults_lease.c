@@ -1,8 +1,10 @@
 /* faults_lease.c: the lease workload of the fault suite (faults.h's ext).
  *
  * Holders, each with a handle of its own, grant a short lease (2 or 3 s),
- * attach three keys to it and keep it alive with
- * clerk_lease_keepalive_start, rewriting their keys all the time; the
+ * attach three keys to it and keep it alive, rewriting their keys all the
+ * time: half with clerk_lease_keepalive_start, half by hand
+ * (clerk_lease_keepalive_once), counting the lease valid for a TTL after
+ * the send of their last good renewal (docs/data-model.md); the
  * nemesis kills, pauses and cuts off nodes (the leader too) meanwhile.
  * Half the holders live through the whole test; the others live a few
  * seconds, then die (their keep-alive stops, the lease is not revoked)
@@ -15,7 +17,8 @@
  *   committed (bounded by the return time of an operation that saw its
  *   revision, or by a put refused LEASE_NOT_FOUND) earlier than the holder
  *   died, revoked, or was told by its keep-alive that the lease was lost
- *   (less LF_LATE_MS, as late as a keep-alive may tell) fails the test;
+ *   (less LF_LATE_MS, as late as a keep-alive may tell), or for a lease
+ *   renewed by hand before the end of its validity, fails the test;
  * - a holder alive at the end, never told its lease was lost, still has
  *   its lease and every key, and none of them was ever deleted;
  * - a lease that ended (its holder died, revoked it, or was told it was
