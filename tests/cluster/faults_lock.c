@@ -76,6 +76,7 @@ struct lk_sect
     uint64_t token;    /* clerk_lock_token */
     enum lk_kind kind; /* how it went */
     bool saw_lost;     /* paused: clerk_lock_held said NOT_HELD */
+    uint64_t wait_ms;  /* paused: till then, or till it gave up */
     bool created;      /* the check's: its key's creation found */
 };
 
@@ -222,14 +223,15 @@ static void pause_holder(struct lk_contender *c,
 {
     struct lk_state *s = c->s;
     unsigned begins = __atomic_load_n(&s->begins, __ATOMIC_ACQUIRE);
-    __atomic_fetch_add(&s->pausing, 1, __ATOMIC_ACQ_REL);
     drop_lease(c);
     bool lost = false;
-    for (uint64_t end = h_now_ms() + LK_PAUSE_MS;
+    uint64_t t0 = h_now_ms();
+    for (uint64_t end = t0 + LK_PAUSE_MS;
          !s->stop && !lost && h_now_ms() < end;) {
         lk_nap(s, 200);
         lost = clerk_lock_held(c->ck, l) == CLERK_NOT_HELD;
     }
+    uint64_t waited = h_now_ms() - t0;
     for (unsigned t = 0;
          t < LK_OTHER_MS && !s->stop && !s->draining &&
          __atomic_load_n(&s->begins, __ATOMIC_ACQUIRE) == begins;
@@ -238,11 +240,11 @@ static void pause_holder(struct lk_contender *c,
     }
     pthread_mutex_lock(&s->lock);
     s->sects[sect].saw_lost = lost;
+    s->sects[sect].wait_ms = waited;
     pthread_mutex_unlock(&s->lock);
     if (guarded_write(c, l, sect, PH_LATE) == OUT_ACCEPTED) {
         guarded_write(c, l, sect, PH_END);
     }
-    __atomic_fetch_sub(&s->pausing, 1, __ATOMIC_ACQ_REL);
 }
 
 /* One critical section, from the lock taken to its end. */
@@ -258,23 +260,43 @@ static void section(struct lk_contender *c, struct clerk_lock *l)
     }
     c->sections++;
     pthread_mutex_lock(&s->lock);
+    if (s->draining) {
+        kind = SK_NORMAL; /* the check waits for the paused, not for new */
+    } else if (kind == SK_PAUSED) {
+        /* Under the lock: the check sees it once it drains. */
+        __atomic_fetch_add(&s->pausing, 1, __ATOMIC_ACQ_REL);
+    }
     if (s->n_sects == LK_MAX_SECTS) {
+        if (kind == SK_PAUSED) {
+            __atomic_fetch_sub(&s->pausing, 1, __ATOMIC_ACQ_REL);
+        }
         pthread_mutex_unlock(&s->lock);
         clerk_unlock(c->ck, l);
         return;
     }
     size_t sect = s->n_sects++;
-    s->sects[sect] = (struct lk_sect){c->num, c->lease, clerk_lock_token(l),
-                                      kind,   false,    false};
+    s->sects[sect] = (struct lk_sect){.client = c->num,
+                                      .lease = c->lease,
+                                      .token = clerk_lock_token(l),
+                                      .kind = kind};
     pthread_mutex_unlock(&s->lock);
-    if (guarded_write(c, l, sect, PH_BEGIN) != OUT_ACCEPTED) {
-        clerk_unlock(c->ck, l);
+    bool begun = guarded_write(c, l, sect, PH_BEGIN) == OUT_ACCEPTED;
+    if (begun && kind == SK_PAUSED) {
+        pause_holder(c, l, sect);
+    } else if (kind == SK_PAUSED) {
+        pthread_mutex_lock(&s->lock);
+        s->sects[sect].kind = SK_NORMAL; /* ended at its begin */
+        pthread_mutex_unlock(&s->lock);
+    }
+    if (kind == SK_PAUSED) {
+        __atomic_fetch_sub(&s->pausing, 1, __ATOMIC_ACQ_REL);
+    }
+    if (!begun || kind == SK_PAUSED) {
+        clerk_unlock(c->ck, l); /* a paused one's key is gone (or goes) */
         return;
     }
     switch (kind) {
         case SK_PAUSED:
-            pause_holder(c, l, sect);
-            clerk_unlock(c->ck, l); /* its key is gone (or goes) */
             return;
         case SK_KILLED:
             if (rand_r(&c->rng) % 2) {
@@ -623,7 +645,9 @@ static void lk_check(void *state, struct world *w)
     struct lk_state *s = state;
     /* Paused holders finish on the healed cluster: their lease expires,
      * another takes the lock, their late writes are refused. */
+    pthread_mutex_lock(&s->lock);
     s->draining = true;
+    pthread_mutex_unlock(&s->lock);
     for (unsigned t = 0;
          t < LK_PAUSE_MS && __atomic_load_n(&s->pausing, __ATOMIC_ACQUIRE);
          t += 50) {
@@ -689,9 +713,20 @@ static void lk_finish(void *state, char *line, size_t len)
 {
     struct lk_state *s = state;
     size_t kinds[3] = {0}, outs[3][4] = {{0}}, saw_lost = 0, unk_landed = 0;
+    uint64_t longest = 0;
     for (size_t i = 0; i < s->n_sects; i++) {
-        kinds[s->sects[i].kind]++;
-        saw_lost += s->sects[i].saw_lost;
+        const struct lk_sect *se = &s->sects[i];
+        kinds[se->kind]++;
+        saw_lost += se->saw_lost;
+        if (se->saw_lost && se->wait_ms > longest) {
+            longest = se->wait_ms;
+        }
+        if (se->kind == SK_PAUSED && !se->saw_lost) {
+            printf("\n  lock: contender %d paused holding T%" PRIu64
+                   " (lease %016" PRIx64 ") still held the lock %" PRIu64
+                   " ms after its keep-alive stopped",
+                   se->client, se->token, se->lease, se->wait_ms);
+        }
     }
     for (size_t i = 0; i < s->n_writes; i++) {
         outs[s->writes[i].out][s->writes[i].phase]++;
@@ -707,23 +742,25 @@ static void lk_finish(void *state, char *line, size_t len)
         ref += outs[OUT_REFUSED][p];
         unk += outs[OUT_UNKNOWN][p];
     }
-    snprintf(line, len,
-             "lock: %d contenders, %zu critical sections (%zu normal, %zu "
-             "paused past their lease, %zu of them saw it lost, %zu killed); "
-             "guarded writes: %zu accepted, %zu refused (fenced: %zu begin, "
-             "%zu work, %zu end, %zu late), %zu unknown (%zu of them landed); "
-             "%" PRIu64 " events replayed; clerk_lock: %" PRIu64
-             " timeouts, %" PRIu64 " leases lost while waiting, %" PRIu64
-             " errors; %" PRIu64 " leases (%" PRIu64
-             " lost by the keep-alive, "
-             "%" PRIu64 " not granted); %" PRIu64 " other writes (%" PRIu64
-             " failed)",
-             LK_CONTENDERS, s->n_sects, kinds[SK_NORMAL], kinds[SK_PAUSED],
-             saw_lost, kinds[SK_KILLED], acc, ref, outs[OUT_REFUSED][PH_BEGIN],
-             outs[OUT_REFUSED][PH_WORK], outs[OUT_REFUSED][PH_END],
-             outs[OUT_REFUSED][PH_LATE], unk, unk_landed, s->history_events,
-             s->lock_timeouts, s->lock_lost, s->lock_errors, s->leases,
-             s->leases_lost, s->lease_failed, s->filler, s->filler_failed);
+    snprintf(
+        line, len,
+        "lock: %d contenders, %zu critical sections (%zu normal, %zu "
+        "paused past their lease, %zu of them saw it lost, at most %" PRIu64
+        " ms after their keep-alive stopped, %zu killed); "
+        "guarded writes: %zu accepted, %zu refused (fenced: %zu begin, "
+        "%zu work, %zu end, %zu late), %zu unknown (%zu of them landed); "
+        "%" PRIu64 " events replayed; clerk_lock: %" PRIu64
+        " timeouts, %" PRIu64 " leases lost while waiting, %" PRIu64
+        " errors; %" PRIu64 " leases (%" PRIu64
+        " lost by the keep-alive, "
+        "%" PRIu64 " not granted); %" PRIu64 " other writes (%" PRIu64
+        " failed)",
+        LK_CONTENDERS, s->n_sects, kinds[SK_NORMAL], kinds[SK_PAUSED], saw_lost,
+        longest, kinds[SK_KILLED], acc, ref, outs[OUT_REFUSED][PH_BEGIN],
+        outs[OUT_REFUSED][PH_WORK], outs[OUT_REFUSED][PH_END],
+        outs[OUT_REFUSED][PH_LATE], unk, unk_landed, s->history_events,
+        s->lock_timeouts, s->lock_lost, s->lock_errors, s->leases,
+        s->leases_lost, s->lease_failed, s->filler, s->filler_failed);
     pthread_mutex_destroy(&s->lock);
     free(s->writes);
     free(s->sects);
