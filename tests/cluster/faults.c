@@ -397,6 +397,10 @@ static void nap(struct world *w, unsigned ms)
 
 static unsigned period(struct world *w)
 {
+    unsigned ms = w->sc->nemesis_ms;
+    if (ms) {
+        return ms + (unsigned)rand_r(&w->rng) % (ms / 5 + 1);
+    }
     return NEMESIS_MIN_MS +
            (unsigned)rand_r(&w->rng) % (NEMESIS_MAX_MS - NEMESIS_MIN_MS + 1);
 }

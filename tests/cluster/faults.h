@@ -110,6 +110,10 @@ struct scenario
     const struct faults_ext *ext;
     /* More kvserver flags (NULL: none). */
     const char *flags;
+    /* The nemesis's period in ms, up to a fifth more at random (0: the
+     * lab's 1-1.2 s). Slower faults leave a leader in place long enough
+     * for a lease to expire (TTL + 2 election timeouts). */
+    unsigned nemesis_ms;
 };
 
 /* How long and how often: RAFTKV_FAULT_TIER=quick (default) or full. */
@@ -126,6 +130,16 @@ void faults_run(const struct scenario *sc);
 /* The watch workload (faults_watch.c): writers on three prefixes,
  * watchers whose events must be the committed history exactly. */
 extern const struct faults_ext faults_watch;
+
+/* The lease workload (faults_lease.c): holders keep leases alive with
+ * keys on them through the faults, some die or revoke; checked against
+ * the committed history. */
+extern const struct faults_ext faults_lease;
+
+/* The lock workload (faults_lock.c): contenders take one lock, write
+ * guarded by its token, and are paused past their lease or killed; the
+ * guarded writes in the history must never interleave. */
+extern const struct faults_ext faults_lock;
 
 /** A check of an ext workload failed: print it (the first few), fail the
  * test and keep the cluster's directory. From the nemesis's thread. */

@@ -8,7 +8,11 @@
  * acknowledged append is present exactly once and in order, and checks
  * the whole history for linearizability. Suite "watch": watchers record
  * every event across the faults; each must have been given exactly the
- * committed history of its range (faults_watch.c).
+ * committed history of its range (faults_watch.c). Suite "lease": holders
+ * keep leases with keys alive through the faults, or die; suite "lock":
+ * contenders take one lock, are paused and killed, and their guarded
+ * writes must never interleave; both checked against the committed
+ * history (faults_lease.c, faults_lock.c).
  *
  * RAFTKV_FAULT_TIER=full runs 3 rounds of 5 s per test (the lab's); the
  * default quick tier runs one round of 2.5 s. RAFTKV_SEED fixes the seed.
@@ -602,6 +606,55 @@ WATCH(test_watch_mixed_faults_with_snapshots,
       .snapshot = 50,
       .crash = true)
 
+/* ------------------------------------------------- leases and locks */
+
+/* 8 holders (faults_lease.c), half of them steady, half dying or revoking
+ * and starting again; 5 contenders for one lock (faults_lock.c). Rounds
+ * of 10 s (the full tier: 3 of them, and again on 7 nodes); the history
+ * is kept for the check as in the watch suite. */
+#define RECIPE(fn, n, kind, workload, ...)                       \
+    static void fn(void)                                         \
+    {                                                            \
+        static const struct scenario sc = {.name = #fn + 5,      \
+                                           .servers = n,         \
+                                           .clients = 2,         \
+                                           .nemesis = kind,      \
+                                           .ext = &workload,     \
+                                           .iter_ms = 10000,     \
+                                           .flags = WATCH_FLAGS, \
+                                           __VA_ARGS__};         \
+        faults_run(&sc);                                         \
+    }
+
+RECIPE(test_lease_kill_leader, 3, NEM_KILL_LEADER, faults_lease)
+RECIPE(test_lease_pause_leader, 3, NEM_PAUSE_LEADER, faults_lease)
+RECIPE(test_lease_isolate_leader, 5, NEM_ISOLATE_LEADER, faults_lease)
+/* Slower faults, so that leases of dead holders expire between them (at
+ * the lab's pace every new leader extends them before they can), and
+ * every node killed at the end of a round: the holders' keep-alives may
+ * find no leader for a whole TTL and say so. */
+RECIPE(test_lease_mixed_faults,
+       5,
+       NEM_MIXED,
+       faults_lease,
+       .nemesis_ms = 2500,
+       .crash = true)
+
+/* Faults every 2-3 s: a lease outlives a leader change by 2 election
+ * timeouts, so under the lab's pace the lock of a paused or killed holder
+ * would move on only after healing. */
+RECIPE(test_lock_kill_leader,
+       3,
+       NEM_KILL_LEADER,
+       faults_lock,
+       .nemesis_ms = 2500)
+RECIPE(test_lock_pause_leader,
+       3,
+       NEM_PAUSE_LEADER,
+       faults_lock,
+       .nemesis_ms = 2500)
+RECIPE(test_lock_mixed_faults, 5, NEM_MIXED, faults_lock, .nemesis_ms = 2000)
+
 /* Crash during snapshot transfer: a follower cut off while the others
  * compact many megabytes is killed (and then the leader is) in the middle
  * of receiving the snapshot; it must still catch up and serve the data. */
@@ -766,11 +819,28 @@ static CU_TestInfo watch_tests[] = {
     CU_TEST_INFO_NULL,
 };
 
+static CU_TestInfo lease_tests[] = {
+    {"lease_kill_leader", test_lease_kill_leader},
+    {"lease_pause_leader", test_lease_pause_leader},
+    {"lease_isolate_leader", test_lease_isolate_leader},
+    {"lease_mixed_faults", test_lease_mixed_faults},
+    CU_TEST_INFO_NULL,
+};
+
+static CU_TestInfo lock_tests[] = {
+    {"lock_kill_leader", test_lock_kill_leader},
+    {"lock_pause_leader", test_lock_pause_leader},
+    {"lock_mixed_faults", test_lock_mixed_faults},
+    CU_TEST_INFO_NULL,
+};
+
 static CU_SuiteInfo suites[] = {
     {"lab", NULL, NULL, NULL, NULL, lab_tests},
     {"nemesis", NULL, NULL, NULL, NULL, nemesis_tests},
     {"txn", NULL, NULL, NULL, NULL, txn_tests},
     {"watch", NULL, NULL, NULL, NULL, watch_tests},
+    {"lease", NULL, NULL, NULL, NULL, lease_tests},
+    {"lock", NULL, NULL, NULL, NULL, lock_tests},
     CU_SUITE_INFO_NULL,
 };
 
