@@ -1859,6 +1859,10 @@ static void run_one(const struct scenario *sc, unsigned variant)
 
 void faults_run(const struct scenario *sc)
 {
+    if (sc->full_only && !faults_full_tier()) {
+        printf("\n  %s: full tier only (RAFTKV_FAULT_TIER=full)\n", sc->name);
+        return;
+    }
     run_one(sc, 0);
     if (faults_full_tier()) {
         /* The full tier again on 7 nodes, with other choices. */

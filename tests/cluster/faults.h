@@ -114,6 +114,9 @@ struct scenario
      * lab's 1-1.2 s). Slower faults leave a leader in place long enough
      * for a lease to expire (TTL + 2 election timeouts). */
     unsigned nemesis_ms;
+    /* Only in the full tier (RAFTKV_FAULT_TIER=full): the quick tier runs
+     * the suite's other tests, to keep the default run short. */
+    bool full_only;
 };
 
 /* How long and how often: RAFTKV_FAULT_TIER=quick (default) or full. */

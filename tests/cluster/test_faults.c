@@ -590,14 +590,15 @@ TXN(test_txn_mixed_faults, NEM_MIXED, .unreliable = true)
         faults_run(&sc);                                         \
     }
 
-WATCH(test_watch_kill_leader, 3, NEM_KILL_LEADER)
+/* The quick tier runs kill_one and mixed_faults_with_snapshots. */
+WATCH(test_watch_kill_leader, 3, NEM_KILL_LEADER, .full_only = true)
 /* Every node serves some watch: each kill ends some of them. */
 WATCH(test_watch_kill_one, 3, NEM_KILL_ONE)
-WATCH(test_watch_pause_leader, 3, NEM_PAUSE_LEADER)
-WATCH(test_watch_isolate_leader, 5, NEM_ISOLATE_LEADER)
+WATCH(test_watch_pause_leader, 3, NEM_PAUSE_LEADER, .full_only = true)
+WATCH(test_watch_isolate_leader, 5, NEM_ISOLATE_LEADER, .full_only = true)
 /* Kills (the leader, any node, a minority), pauses and partitions at
  * random. */
-WATCH(test_watch_mixed_faults, 3, NEM_MIXED)
+WATCH(test_watch_mixed_faults, 3, NEM_MIXED, .full_only = true)
 /* With snapshots (a node that catches up by one must still serve its
  * watches the history), and every node killed at the end of a round. */
 WATCH(test_watch_mixed_faults_with_snapshots,
@@ -626,9 +627,19 @@ WATCH(test_watch_mixed_faults_with_snapshots,
         faults_run(&sc);                                         \
     }
 
+/* The quick tier runs lease_kill_leader, lease_mixed_faults,
+ * lock_pause_leader and lock_mixed_faults. */
 RECIPE(test_lease_kill_leader, 3, NEM_KILL_LEADER, faults_lease)
-RECIPE(test_lease_pause_leader, 3, NEM_PAUSE_LEADER, faults_lease)
-RECIPE(test_lease_isolate_leader, 5, NEM_ISOLATE_LEADER, faults_lease)
+RECIPE(test_lease_pause_leader,
+       3,
+       NEM_PAUSE_LEADER,
+       faults_lease,
+       .full_only = true)
+RECIPE(test_lease_isolate_leader,
+       5,
+       NEM_ISOLATE_LEADER,
+       faults_lease,
+       .full_only = true)
 /* Slower faults, so that leases of dead holders expire between them (at
  * the lab's pace every new leader extends them before they can), and
  * every node killed at the end of a round: the holders' keep-alives may
@@ -647,7 +658,8 @@ RECIPE(test_lock_kill_leader,
        3,
        NEM_KILL_LEADER,
        faults_lock,
-       .nemesis_ms = 2500)
+       .nemesis_ms = 2500,
+       .full_only = true)
 RECIPE(test_lock_pause_leader,
        3,
        NEM_PAUSE_LEADER,
