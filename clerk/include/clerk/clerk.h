@@ -15,8 +15,14 @@
  * once. Keys and values are bytes (pointer and length); keys are 1 to 511
  * bytes, values up to 4 MiB.
  *
- * Threads: a handle may be shared by threads; its operations run one at a
+  * Threads: a handle may be shared by threads; its operations run one at a
  * time (a mutex). For parallel operations open a handle per thread.
+ *
+ * Signals: a server that dies while libclerk writes to it can make the
+ * write raise SIGPIPE, whose default action ends the process. Programs
+ * should ignore it (signal(SIGPIPE, SIG_IGN)); libclerk
+ * then sees the error and goes on at another server. It does not change
+ * the process's signal dispositions itself.
  */
 #ifndef CLERK_CLERK_H
 #define CLERK_CLERK_H
