@@ -15,7 +15,7 @@
  * once. Keys and values are bytes (pointer and length); keys are 1 to 511
  * bytes, values up to 4 MiB.
  *
-  * Threads: a handle may be shared by threads; its operations run one at a
+ * Threads: a handle may be shared by threads; its operations run one at a
  * time (a mutex). For parallel operations open a handle per thread.
  *
  * Signals: a server that dies while libclerk writes to it can make the
