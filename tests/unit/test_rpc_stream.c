@@ -443,7 +443,7 @@ static void test_stream_cap_per_connection(void)
     CU_ASSERT(loop_run_until(l.base, &again.ends, 1, SOON_MS));
     CU_ASSERT_EQUAL(again.end_status, RPC_OK);
     CU_ASSERT_EQUAL(again.msgs, 2);
-        rpc_stream_cancel(s[1].st);
+    rpc_stream_cancel(s[1].st);
     rpc_stream_cancel(s[2].st);
     CU_ASSERT(run_until_u64(l.base, &l.echo.streams_open, 0, SOON_MS));
     rpc_channel_free(ch);
