@@ -56,6 +56,8 @@ struct clerk_watch
     uint32_t skip;                /* events of part_rev that the stream
                                      resumed since will send again */
     uint64_t started_ms;          /* when the stream was started */
+    uint64_t pumped_ms;           /* when the caller last stopped reading
+                                     (pump returned) */
     uint64_t frame_ms;            /* when its last frame came */
     unsigned attempt_ms;          /* the handle's per-server deadline */
     /* clerk_watch_start: */
@@ -249,7 +251,26 @@ static void connect_stream(struct clerk_watch *w)
 
 /* Run the watch until a batch is queued, it ends, or @deadline (ms). With
  * @until_created, until a node has accepted it instead. */
+static void pump_loop(struct clerk_watch *w,
+                      uint64_t deadline,
+                      bool until_created);
+
 static void pump(struct clerk_watch *w, uint64_t deadline, bool until_created)
+{
+    /* The time the caller was not reading is not the node's silence:
+     * frames may be waiting unread. */
+    uint64_t entry = now_ms();
+    if (w->pumped_ms && entry > w->pumped_ms) {
+        w->frame_ms += entry - w->pumped_ms;
+        w->started_ms += entry - w->pumped_ms;
+    }
+    pump_loop(w, deadline, until_created);
+    w->pumped_ms = now_ms();
+}
+
+static void pump_loop(struct clerk_watch *w,
+                      uint64_t deadline,
+                      bool until_created)
 {
     for (;;) {
         if (w->ended || (until_created ? w->created : w->head != NULL)) {

@@ -588,6 +588,67 @@ static void test_watch_revision_bigger_than_a_frame(void)
     clerk_watch_close(b);
 }
 
+/* An event too big for any frame (a 4 MiB value with its 4 MiB previous
+ * value) ends the watches that asked for prev_kv, with a message, and
+ * not the one beside them that did not. */
+static void test_watch_event_over_the_frame_cap_ends_it(void)
+{
+    enum { VLEN = 4 << 20 };
+    struct clerk_watch_options o = {.prev_kv = true};
+    struct clerk_watch *a = watch_prefix(ck, "w14/", &o);
+    struct clerk_watch *b = watch_prefix(ck, "w14/", &o);
+    struct clerk_watch *plain = watch_prefix(ck, "w14/", NULL);
+    CU_ASSERT_FATAL(a && b && plain);
+    char *v = malloc(VLEN);
+    memset(v, 'x', VLEN);
+    CU_ASSERT_EQUAL(clerk_put(ck, "w14/big", 7, v, VLEN), CLERK_OK);
+    CU_ASSERT_EQUAL(clerk_put(ck, "w14/big", 7, v, VLEN), CLERK_OK);
+    free(v);
+    struct clerk_watch *ws[2] = {a, b};
+    for (int i = 0; i < 2; i++) {
+        int err = CLERK_OK, events = 0;
+        uint64_t end = h_now_ms() + 20000;
+        while (h_now_ms() < end) {
+            struct clerk_events_result *r = NULL;
+            err = clerk_watch_next(ws[i], 200, &r);
+            if (err == CLERK_OK) {
+                events += (int)r->n_events;
+            }
+            clerk_events_result_free(r);
+            if (err != CLERK_OK && err != CLERK_TIMEOUT) {
+                break;
+            }
+        }
+        CU_ASSERT_EQUAL(events, 1); /* the first put (no previous value) */
+        CU_ASSERT_EQUAL(err, CLERK_VALUE_TOO_LARGE);
+        CU_ASSERT(strstr(clerk_watch_errmsg(ws[i]), "frame size cap") != NULL);
+    }
+    struct got g = {0};
+    CU_ASSERT_EQUAL(collect(plain, &g, 2, 20000), CLERK_OK);
+    CU_ASSERT_EQUAL(g.n, 2);
+    got_free(&g);
+    clerk_watch_close(a);
+    clerk_watch_close(b);
+    clerk_watch_close(plain);
+}
+
+/* A caller that does not read for a while (longer than the silence a
+ * watch takes for a dead node) finds its watch where it was: the frames
+ * waited unread, the node was not silent. */
+static void test_watch_read_late_is_not_taken_for_a_silent_node(void)
+{
+    struct clerk_watch *w = watch_prefix(ck, "w15/", NULL);
+    CU_ASSERT_FATAL(w != NULL);
+    put("w15/a", "1");
+    h_sleep_ms(6000);
+    struct got g = {0};
+    CU_ASSERT_EQUAL(collect(w, &g, 1, 5000), CLERK_OK);
+    CU_ASSERT_EQUAL(g.n, 1);
+    CU_ASSERT_STRING_EQUAL(clerk_watch_errmsg(w), ""); /* never broken */
+    got_free(&g);
+    clerk_watch_close(w);
+}
+
 /* The node a watch is on dies, and the next one in its list is frozen
  * (SIGSTOP: its kernel still accepts connections, nothing answers): the
  * watch goes on at the third, without waiting for the frozen one. */
@@ -879,6 +940,10 @@ int main(int argc, char **argv)
          test_watch_resumes_across_kills_without_gap_or_duplicate},
         {"test_watch_revision_bigger_than_a_frame",
          test_watch_revision_bigger_than_a_frame},
+        {"test_watch_event_over_the_frame_cap_ends_it",
+         test_watch_event_over_the_frame_cap_ends_it},
+        {"test_watch_read_late_is_not_taken_for_a_silent_node",
+         test_watch_read_late_is_not_taken_for_a_silent_node},
         {"test_watch_moves_past_a_frozen_node",
          test_watch_moves_past_a_frozen_node},
         CU_TEST_INFO_NULL,

@@ -162,7 +162,7 @@ static void watch_too_big(struct watch *w)
         "an event at revision %llu is over the frame size cap%s",
         (unsigned long long)w->next,
         w->prev_kv ? " with its previous value: watch without prev_kv" : "");
-    watch_end(w, RAFTKV__KV_ERROR__KV_INTERNAL, why);
+    watch_end(w, RAFTKV__KV_ERROR__KV_VALUE_TOO_LARGE, why);
 }
 
 /* Send a watch its events (matching it, oldest first, those of revision
@@ -421,7 +421,9 @@ static void hub_advance(struct watch_hub *h)
         const struct watch *like = NULL;
         uint64_t like_next = 0;
         size_t k = 0, packed_len = 0;
-        for (struct watch *w = h->list; w; w = w->next_w) {
+        struct watch *w = h->list, *wn;
+        for (; w; w = wn) {
+            wn = w->next_w; /* (w may end below) */
             if (is_behind(w) || w->next > upto || w->created_pending) {
                 continue; /* catching up, starting later, or not started */
             }
@@ -451,7 +453,8 @@ static void hub_advance(struct watch_hub *h)
                 /* Too big for one frame: in pieces, watch by watch. */
                 int rv = watch_deliver(w, h->scratch, k, upto, revs.compact);
                 if (rv == 3) {
-                    watch_too_big(w);
+                    watch_too_big(w); /* frees it: the next filters anew */
+                    like = NULL;
                 }
                 continue;
             }
