@@ -383,14 +383,14 @@ void clerk_set_read_mode(struct clerk *c, enum clerk_read_mode mode)
     pthread_mutex_unlock(&c->lock);
 }
 
-static uint64_t now_ms(void)
+uint64_t ck_now_ms(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
 }
 
-static void sleep_ms(uint64_t ms)
+void ck_sleep_ms(uint64_t ms)
 {
     struct timespec ts = {(time_t)(ms / 1000), (long)(ms % 1000) * 1000000};
     nanosleep(&ts, NULL);
@@ -494,8 +494,8 @@ static ProtobufCService *service(struct clerk *c,
  * deadline), then twice as long next time, up to BACKOFF_MAX_MS. */
 static void back_off(uint64_t deadline, uint64_t *backoff)
 {
-    uint64_t t = now_ms(), left = t < deadline ? deadline - t : 0;
-    sleep_ms(*backoff < left ? *backoff : left);
+    uint64_t t = ck_now_ms(), left = t < deadline ? deadline - t : 0;
+    ck_sleep_ms(*backoff < left ? *backoff : left);
     *backoff = *backoff * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : *backoff * 2;
 }
 
@@ -868,14 +868,14 @@ static int run(struct clerk *c, const struct request *rq, struct answer *out)
 {
     bool write = rq->op == OP_MSG ? rq->msg->write : rq->op != OP_GET;
     bool maybe_applied = false;
-    uint64_t start = now_ms(), deadline = start + c->deadline_ms;
+    uint64_t start = ck_now_ms(), deadline = start + c->deadline_ms;
     uint64_t backoff = BACKOFF_MIN_MS;
     size_t i = c->leader, failures_in_round = 0, hops = 0;
     char last[400] = "no server tried";
     bool reauthenticated = false;
     size_t unknown_method = 0; /* servers that do not serve the call */
     for (;;) {
-        uint64_t now = now_ms();
+        uint64_t now = ck_now_ms();
         if (now >= deadline) {
             break;
         }
@@ -1410,12 +1410,12 @@ int clerk_transfer_leader(struct clerk *c,
         *new_leader = 0;
     }
     pthread_mutex_lock(&c->lock);
-    uint64_t deadline = now_ms() + c->deadline_ms;
+    uint64_t deadline = ck_now_ms() + c->deadline_ms;
     uint64_t backoff = BACKOFF_MIN_MS;
     size_t i = c->leader, failures_in_round = 0;
     char last[400] = "no server tried";
     for (;;) {
-        uint64_t now = now_ms();
+        uint64_t now = ck_now_ms();
         if (now >= deadline) {
             break;
         }
@@ -1432,7 +1432,7 @@ int clerk_transfer_leader(struct clerk *c,
             Raftkv__PingArgs p = RAFTKV__PING_ARGS__INIT;
             raftkv__admin_service__ping(svc, &p, on_ping, &o);
         }
-        now = now_ms();
+        now = ck_now_ms();
         if (svc && o.replied && now < deadline) {
             memset(&o, 0, sizeof o);
             svc = service(c, i, &raftkv__admin_service__descriptor,
@@ -1620,7 +1620,7 @@ int clerk_snapshot_save(struct clerk *c,
         return CLERK_INVALID;
     }
     pthread_mutex_lock(&c->lock);
-    uint64_t deadline = now_ms() + c->deadline_ms;
+    uint64_t deadline = ck_now_ms() + c->deadline_ms;
     uint64_t backoff = BACKOFF_MIN_MS, id = 0, off = 0;
     size_t i = c->leader, failures = 0;
     uint32_t crc = 0;
@@ -1631,7 +1631,7 @@ int clerk_snapshot_save(struct clerk *c,
     snprintf(c->errmsg, sizeof c->errmsg, "no leader answered within %u ms",
              c->deadline_ms);
     for (;;) {
-        if (now_ms() >= deadline) {
+        if (ck_now_ms() >= deadline) {
             break;
         }
         snapread(c, i, id, off, &o);
@@ -1706,7 +1706,7 @@ int clerk_snapshot_save(struct clerk *c,
         }
         free(o.data);
         off += o.len;
-        deadline = now_ms() + c->deadline_ms; /* per chunk */
+        deadline = ck_now_ms() + c->deadline_ms; /* per chunk */
         backoff = BACKOFF_MIN_MS;
         if (o.done) {
             uint32_t want = n_hold == 4 ? ((uint32_t)hold[0] << 24 |
@@ -1900,12 +1900,12 @@ static int auth_run(struct clerk *c,
     }
     unsigned index = (unsigned)(md - sd->methods);
     bool maybe_applied = false, reauthenticated = false;
-    uint64_t deadline = now_ms() + c->deadline_ms;
+    uint64_t deadline = ck_now_ms() + c->deadline_ms;
     uint64_t backoff = BACKOFF_MIN_MS;
     size_t i = c->leader, failures = 0, hops = 0;
     char last[400] = "no server tried";
     for (;;) {
-        uint64_t now = now_ms();
+        uint64_t now = ck_now_ms();
         if (now >= deadline) {
             break;
         }

@@ -88,6 +88,10 @@ void ck_range_flags(Raftkv__RangeArgs *r, uint64_t limit, unsigned flags);
  */
 const Raftkv__TxnArgs *ck_txn_args(const struct clerk_txn *t);
 
+/* Milliseconds of CLOCK_MONOTONIC; a sleep of @ms. */
+uint64_t ck_now_ms(void);
+void ck_sleep_ms(uint64_t ms);
+
 /* Servers of the handle (watch.c makes connections of its own). */
 size_t ck_n_servers(struct clerk *c);
 /* The server the handle tries first (the last leader it found). */

@@ -2242,13 +2242,14 @@ static int cmd_events(struct clerk *ck, struct tok *t, int n)
     return EXIT_OK;
 }
 
-/* Set by SIGINT and SIGTERM while a watch runs: stop and exit 0. */
-static volatile sig_atomic_t watch_stop;
+/* Set by SIGINT and SIGTERM in watch, lease keep-alive, lock and elect:
+ * they stop, clean up and exit. */
+static volatile sig_atomic_t interrupted; /* SIGINT or SIGTERM came */
 
-static void on_watch_signal(int sig)
+static void on_interrupt(int sig)
 {
     (void)sig;
-    watch_stop = 1;
+    interrupted = 1;
 }
 
 /* A number option's value: --name N or --name=N. */
@@ -2332,13 +2333,14 @@ static int cmd_watch(struct clerk *ck, struct tok *t, int n)
         return answer_clerk(ck, err);
     }
     struct sigaction sa = {0};
-    sa.sa_handler = on_watch_signal;
+    sa.sa_handler = on_interrupt;
     sigemptyset(&sa.sa_mask);
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
     uint64_t seen = 0;
     int rv = EXIT_OK;
-    while (!watch_stop && (!count || seen < count)) {
+    interrupted = 0;
+    while (!interrupted && (!count || seen < count)) {
         struct clerk_events_result *r;
         err = clerk_watch_next(w, 200, &r);
         if (err == CLERK_TIMEOUT) {
@@ -2404,21 +2406,6 @@ static int cmd_watch(struct clerk *ck, struct tok *t, int n)
 
 /* --------------------------------------------------------------- leases */
 
-static volatile sig_atomic_t interrupted; /* SIGINT or SIGTERM came */
-
-static void on_interrupt(int sig)
-{
-    (void)sig;
-    interrupted = 1;
-}
-
-static uint64_t mono_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-}
-
 /* Print a lease answer: "lease ID <text>" or its JSON members. */
 static void answer_lease(uint64_t id, json_t *members, const char *text)
 {
@@ -2446,7 +2433,7 @@ static int lease_keepalive(struct clerk *ck, uint64_t id, bool once)
     int rv = EXIT_OK;
     uint64_t last_ok = 0, ttl_ms = 0;
     while (!interrupted) {
-        uint64_t sent = mono_ms();
+        uint64_t sent = ck_now_ms();
         if (last_ok) {
             uint64_t left =
                 last_ok + ttl_ms > sent ? last_ok + ttl_ms - sent : 1;
@@ -2466,16 +2453,16 @@ static int lease_keepalive(struct clerk *ck, uint64_t id, bool once)
                 break;
             }
         } else if (err == CLERK_LEASE_NOT_FOUND || once || !last_ok ||
-                   mono_ms() >= last_ok + ttl_ms) {
+                   ck_now_ms() >= last_ok + ttl_ms) {
             rv = answer_clerk(ck, err);
             break;
         }
         /* The next renewal a third of the TTL after the last good one
          * (sooner after a failure, while the lease still lives). */
         uint64_t next = err == CLERK_OK ? last_ok + ttl_ms / 3
-                                        : mono_ms() + ttl_ms / 20 + 50;
-        while (!interrupted && mono_ms() < next) {
-            uint64_t left = next - mono_ms();
+                                        : ck_now_ms() + ttl_ms / 20 + 50;
+        while (!interrupted && ck_now_ms() < next) {
+            uint64_t left = next - ck_now_ms();
             struct timespec ts = {0, (long)(left < 100 ? left : 100) * 1000000};
             nanosleep(&ts, NULL);
         }

@@ -237,18 +237,11 @@ struct clerk_keepalive
     int64_t ttl;              /* seconds, as the last renewal said */
 };
 
-static uint64_t mono_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-}
-
 /* Sleep until @until (ms of CLOCK_MONOTONIC) or stop; true when stopped. */
 static bool wait_until(struct clerk_keepalive *k, uint64_t until)
 {
     pthread_mutex_lock(&k->lock);
-    while (!k->stop && mono_ms() < until) {
+    while (!k->stop && ck_now_ms() < until) {
         struct timespec ts = {(time_t)(until / 1000),
                               (long)(until % 1000) * 1000000};
         pthread_cond_timedwait(&k->wake, &k->lock, &ts);
@@ -261,7 +254,7 @@ static bool wait_until(struct clerk_keepalive *k, uint64_t until)
 /* One renewal, bounded by the time the lease is sure to live. */
 static int renew(struct clerk_keepalive *k, uint64_t lost_at)
 {
-    uint64_t now = mono_ms(), sent = now;
+    uint64_t now = ck_now_ms(), sent = now;
     unsigned budget = lost_at > now ? (unsigned)(lost_at - now) : 1;
     clerk_set_deadline(k->ck, budget);
     int64_t ttl = 0;
@@ -287,11 +280,11 @@ static void *keepalive_main(void *arg)
         for (;;) {
             rv = renew(k, lost_at);
             if (rv == CLERK_OK || rv == CLERK_LEASE_NOT_FOUND ||
-                mono_ms() >= lost_at) {
+                ck_now_ms() >= lost_at) {
                 break;
             }
             uint64_t pause = ttl_ms / 20 < 50 ? 50 : ttl_ms / 20;
-            if (wait_until(k, mono_ms() + pause)) {
+            if (wait_until(k, ck_now_ms() + pause)) {
                 return NULL;
             }
         }
@@ -329,7 +322,7 @@ int clerk_lease_keepalive_start(struct clerk *c,
     k->arg = arg;
     /* The first renewal here: the caller learns at once whether the
      * lease is there. */
-    uint64_t sent = mono_ms();
+    uint64_t sent = ck_now_ms();
     int64_t ttl = 0;
     rv = clerk_lease_keepalive_once(k->ck, id, &ttl);
     if (rv != CLERK_OK) {

@@ -21,19 +21,6 @@ struct clerk_lock
     uint64_t token; /* the key's create revision */
 };
 
-static uint64_t now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-}
-
-static void sleep_ms(uint64_t ms)
-{
-    struct timespec ts = {(time_t)(ms / 1000), (long)(ms % 1000) * 1000000};
-    nanosleep(&ts, NULL);
-}
-
 static void lock_free(struct clerk_lock *l)
 {
     if (l) {
@@ -170,7 +157,7 @@ static int wait_deleted(struct clerk *c,
         return rv;
     }
     for (;;) {
-        uint64_t now = now_ms();
+        uint64_t now = ck_now_ms();
         if (now >= deadline || (stop && *stop)) {
             rv = CLERK_TIMEOUT;
             break;
@@ -221,7 +208,7 @@ static int take(struct clerk *c,
     if (!name_len || name_len > MAX_NAME) {
         return CLERK_BAD_REQUEST;
     }
-    uint64_t deadline = now_ms() + timeout_ms;
+    uint64_t deadline = ck_now_ms() + timeout_ms;
     struct clerk_lock *l = calloc(1, sizeof *l);
     if (!l || !(l->key = malloc(name_len + 18))) {
         lock_free(l);
@@ -237,8 +224,8 @@ static int take(struct clerk *c,
     /* In line (creating the key again is harmless: the same lease's key
      * stays as it was). */
     while ((rv = enqueue(c, l, value, value_len)) && transient(rv) &&
-           now_ms() < deadline && !(stop && *stop)) {
-        sleep_ms(50);
+           ck_now_ms() < deadline && !(stop && *stop)) {
+        ck_sleep_ms(50);
     }
     while (!rv) {
         if (stop && *stop) {
@@ -250,9 +237,9 @@ static int take(struct clerk *c,
         uint64_t rev = 0;
         bool mine = false;
         rv = predecessor(c, l, &pred, &pred_len, &rev, &mine);
-        if (rv && transient(rv) && now_ms() < deadline) {
+        if (rv && transient(rv) && ck_now_ms() < deadline) {
             rv = 0; /* read the line again */
-            sleep_ms(50);
+            ck_sleep_ms(50);
             continue;
         }
         if (rv) {
@@ -270,9 +257,10 @@ static int take(struct clerk *c,
         }
         rv = wait_deleted(c, pred, pred_len, rev, deadline, stop);
         free(pred);
-        if (rv && rv != CLERK_TIMEOUT && transient(rv) && now_ms() < deadline) {
+        if (rv && rv != CLERK_TIMEOUT && transient(rv) &&
+            ck_now_ms() < deadline) {
             rv = 0; /* read the line again */
-            sleep_ms(50);
+            ck_sleep_ms(50);
         }
     }
     /* Leave the line (the key would otherwise go only with the lease). */

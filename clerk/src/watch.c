@@ -69,19 +69,6 @@ struct clerk_watch
                              frees the watch itself */
 };
 
-static uint64_t now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-}
-
-static void sleep_ms(uint64_t ms)
-{
-    struct timespec ts = {(time_t)(ms / 1000), (long)(ms % 1000) * 1000000};
-    nanosleep(&ts, NULL);
-}
-
 /* The stream broke or the node gave up on it: try another server after a
  * pause that grows while failures repeat. */
 static void broken(struct clerk_watch *w, const char *why)
@@ -89,7 +76,7 @@ static void broken(struct clerk_watch *w, const char *why)
     snprintf(w->errmsg, sizeof w->errmsg, "watch at %s: %s",
              ck_server_addr(w->c, w->server), why);
     w->server = (w->server + 1) % ck_n_servers(w->c);
-    w->retry_at = now_ms() + w->retry_ms;
+    w->retry_at = ck_now_ms() + w->retry_ms;
     w->retry_ms =
         w->retry_ms * 2 > RETRY_MAX_MS ? RETRY_MAX_MS : w->retry_ms * 2;
 }
@@ -122,7 +109,7 @@ static void on_frame(struct rpc_stream *st,
     (void)st;
     struct clerk_watch *w = arg;
     const Raftkv__WatchReply *r = (const Raftkv__WatchReply *)msg;
-    w->frame_ms = now_ms();
+    w->frame_ms = ck_now_ms();
     if (end) {
         w->st = NULL; /* freed by the channel after this */
         if (!r) {
@@ -241,7 +228,7 @@ static void connect_stream(struct clerk_watch *w)
     a.require_leader = w->o.require_leader;
     a.progress_ms = w->o.progress_ms ? w->o.progress_ms : PROGRESS_MS;
     a.prev_kv = w->o.prev_kv;
-    w->started_ms = w->frame_ms = now_ms();
+    w->started_ms = w->frame_ms = ck_now_ms();
     w->st = rpc_channel_stream(w->ch, &raftkv__watch_service__descriptor,
                                "Watch", &a.base, on_frame, w);
     if (!w->st) {
@@ -259,13 +246,13 @@ static void pump(struct clerk_watch *w, uint64_t deadline, bool until_created)
 {
     /* The time the caller was not reading is not the node's silence:
      * frames may be waiting unread. */
-    uint64_t entry = now_ms();
+    uint64_t entry = ck_now_ms();
     if (w->pumped_ms && entry > w->pumped_ms) {
         w->frame_ms += entry - w->pumped_ms;
         w->started_ms += entry - w->pumped_ms;
     }
     pump_loop(w, deadline, until_created);
-    w->pumped_ms = now_ms();
+    w->pumped_ms = ck_now_ms();
 }
 
 static void pump_loop(struct clerk_watch *w,
@@ -276,7 +263,7 @@ static void pump_loop(struct clerk_watch *w,
         if (w->ended || (until_created ? w->created : w->head != NULL)) {
             return;
         }
-        uint64_t now = now_ms();
+        uint64_t now = ck_now_ms();
         if (now >= deadline) {
             return;
         }
@@ -284,7 +271,7 @@ static void pump_loop(struct clerk_watch *w,
             if (now < w->retry_at) {
                 uint64_t until =
                     w->retry_at < deadline ? w->retry_at : deadline;
-                sleep_ms(until - now);
+                ck_sleep_ms(until - now);
                 continue;
             }
             connect_stream(w);
@@ -358,7 +345,7 @@ int clerk_watch_open(struct clerk *c,
     w->server = ck_preferred_server(c);
     w->retry_ms = RETRY_MIN_MS;
     w->attempt_ms = ck_attempt_ms(c);
-    pump(w, now_ms() + ck_deadline_ms(c), true);
+    pump(w, ck_now_ms() + ck_deadline_ms(c), true);
     if (!w->created) {
         int rv = w->ended ? w->ended : CLERK_UNAVAILABLE;
         if (!w->ended) {
@@ -386,7 +373,7 @@ int clerk_watch_next(struct clerk_watch *w,
     if (!w || !out) {
         return CLERK_INVALID;
     }
-    pump(w, now_ms() + timeout_ms, false);
+    pump(w, ck_now_ms() + timeout_ms, false);
     if (w->head) {
         struct batch *b = w->head;
         w->head = b->next;
@@ -433,7 +420,7 @@ static void *watch_thread(void *arg)
             /* Over: the caller still closes it (or did, from the
              * callback). */
             while (!atomic_load(&w->stop)) {
-                sleep_ms(20);
+                ck_sleep_ms(20);
             }
         }
     }

@@ -816,13 +816,11 @@ int rpc_stream_open(void *closure_data, rpc_stream_cb cb, void *arg)
     return 0;
 }
 
-int rpc_stream_send(void *closure_data, const ProtobufCMessage *msg)
+/* May a stream send a frame now? 0, RPC_E_CONNECTION_LOST (it is
+ * ending), or RPC_E_OVERLOADED (no room: RPC_STREAM_WRITABLE comes). */
+static int stream_room(struct rpc_call *st)
 {
-    struct rpc_call *st = closure_data;
     struct rpc_conn *c = st->conn;
-    if (!st->stream_ev || !msg) {
-        return RPC_E_INVALID;
-    }
     if (st->cancelled || !c->bev || !c->server) {
         return RPC_E_CONNECTION_LOST;
     }
@@ -833,6 +831,20 @@ int rpc_stream_send(void *closure_data, const ProtobufCMessage *msg)
             c->n_want_writable++;
         }
         return RPC_E_OVERLOADED;
+    }
+    return 0;
+}
+
+int rpc_stream_send(void *closure_data, const ProtobufCMessage *msg)
+{
+    struct rpc_call *st = closure_data;
+    struct rpc_conn *c = st->conn;
+    if (!st->stream_ev || !msg) {
+        return RPC_E_INVALID;
+    }
+    int room = stream_room(st);
+    if (room) {
+        return room;
     }
     if (protobuf_c_message_get_packed_size(msg) >
         c->server->opts.limits.max_args) {
@@ -852,16 +864,9 @@ int rpc_stream_send_packed(void *closure_data, const void *args, size_t len)
     if (!st->stream_ev || (!args && len)) {
         return RPC_E_INVALID;
     }
-    if (st->cancelled || !c->bev || !c->server) {
-        return RPC_E_CONNECTION_LOST;
-    }
-    size_t out = conn_output(c);
-    if (out && out >= c->server->opts.max_output / RPC_STREAM_SHARE) {
-        if (!st->want_writable) {
-            st->want_writable = true;
-            c->n_want_writable++;
-        }
-        return RPC_E_OVERLOADED;
+    int room = stream_room(st);
+    if (room) {
+        return room;
     }
     if (st->drop_reply) {
         return 0; /* a duplicate's (fault injection): its frames are lost */
