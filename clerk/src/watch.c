@@ -42,6 +42,9 @@ struct clerk_watch
     uint64_t next;                /* first revision not delivered (0:
                                      not known before the first node
                                      accepts a watch from now) */
+    uint64_t given;               /* every change up to this revision was
+                                     handed to the caller (batches queued
+                                     but not yet taken are past it) */
     struct batch *head, *tail;    /* batches to hand out */
     int ended;                    /* the watch is over: why (clerk
                                      error), else 0 */
@@ -140,6 +143,7 @@ static void on_frame(struct rpc_stream *st,
         w->created = true;
         if (!w->next) {
             w->next = r->revision + 1;
+            w->given = r->revision; /* where it starts */
         }
         return;
     }
@@ -381,6 +385,7 @@ int clerk_watch_next(struct clerk_watch *w,
             w->tail = NULL;
         }
         *out = b->r;
+        w->given = b->r->revision;
         free(b);
         return CLERK_OK;
     }
@@ -389,7 +394,7 @@ int clerk_watch_next(struct clerk_watch *w,
 
 uint64_t clerk_watch_revision(const struct clerk_watch *w)
 {
-    return w && w->next ? w->next - 1 : 0;
+    return w ? w->given : 0;
 }
 
 const char *clerk_watch_errmsg(const struct clerk_watch *w)

@@ -255,6 +255,44 @@ static void test_watch_from_an_old_revision_replays_then_follows(void)
     clerk_watch_close(w);
 }
 
+/* clerk_watch_revision says what the caller was given: right after
+ * the open, the revision the watch starts after, even when the node's
+ * catch-up frames came with its first answer and wait in the handle
+ * (the revision said they had been delivered; a caller that resumed or
+ * checked from it skipped them, as the watch fault suite saw). */
+static void test_watch_revision_counts_only_what_the_caller_took(void)
+{
+    uint64_t start = put("w9/0", "0");
+    for (int i = 1; i < 20; i++) {
+        char k[16];
+        snprintf(k, sizeof k, "w9/%d", i);
+        put(k, "v");
+    }
+    struct clerk_watch_options o = {.start_revision = start};
+    struct clerk_watch *w = watch_prefix(ck, "w9/", &o);
+    CU_ASSERT_FATAL(w != NULL);
+    CU_ASSERT_EQUAL(clerk_watch_revision(w), start - 1);
+    size_t n = 0;
+    uint64_t end = h_now_ms() + 10000;
+    while (n < 20 && h_now_ms() < end) {
+        uint64_t before = clerk_watch_revision(w);
+        struct clerk_events_result *r;
+        int err = clerk_watch_next(w, 100, &r);
+        if (err == CLERK_TIMEOUT) {
+            continue;
+        }
+        CU_ASSERT_EQUAL_FATAL(err, CLERK_OK);
+        for (size_t i = 0; i < r->n_events; i++) {
+            CU_ASSERT(r->events[i].kv.mod_revision > before);
+        }
+        n += r->n_events;
+        CU_ASSERT_EQUAL(clerk_watch_revision(w), r->revision);
+        clerk_events_result_free(r);
+    }
+    CU_ASSERT_EQUAL(n, 20);
+    clerk_watch_close(w);
+}
+
 static void test_watch_from_a_compacted_revision_fails(void)
 {
     uint64_t r1 = put("w3/a", "1");
@@ -923,6 +961,8 @@ int main(int argc, char **argv)
          test_watch_delivers_each_change_in_order_on_a_follower},
         {"test_watch_from_an_old_revision_replays_then_follows",
          test_watch_from_an_old_revision_replays_then_follows},
+        {"test_watch_revision_counts_only_what_the_caller_took",
+         test_watch_revision_counts_only_what_the_caller_took},
         {"test_watch_from_a_compacted_revision_fails",
          test_watch_from_a_compacted_revision_fails},
         {"test_watch_prev_kv_gives_the_version_before",

@@ -1069,8 +1069,12 @@ int clerk_watch_start(struct clerk *c,
                       struct clerk_watch **out);
 
 /**
- * Every change up to this revision has been delivered (0 before the
- * first batch of a watch from now).
+ * Every change up to this revision has been handed to the caller: right
+ * after clerk_watch_open, the revision the watch starts after (its
+ * start_revision - 1, or for a watch from now the revision the node had
+ * reached); then the revision of the last batch clerk_watch_next returned.
+ * Batches that came but were not taken yet are past it. With
+ * clerk_watch_start, call it from the callback only.
  */
 uint64_t clerk_watch_revision(const struct clerk_watch *w);
 
