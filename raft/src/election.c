@@ -71,7 +71,11 @@ int rf_become_leader(struct raft *r)
         rf_become_follower(r, r->term, 0);
         return rv;
     }
-    rf_progress_of(r, r->id)->next = rf_log_last_index(&r->log) + 1;
+    r->term_start = rf_log_last_index(&r->log);
+    struct raft_progress *self = rf_progress_of(r, r->id);
+    if (self != NULL) {
+        self->next = rf_log_last_index(&r->log) + 1;
+    }
     return rf_broadcast_append(r, false);
 }
 
@@ -79,7 +83,8 @@ static size_t count_votes(struct raft *r, bool granted)
 {
     size_t n = 0;
     for (size_t k = 0; k < r->n_prs; k++) {
-        if (r->prs[k].voted && r->prs[k].granted == granted) {
+        if (r->prs[k].voter && r->prs[k].voted &&
+            r->prs[k].granted == granted) {
             n++;
         }
     }
@@ -114,6 +119,12 @@ int rf_start_election(struct raft *r, bool pre_vote, bool transfer)
         rf_become_follower(r, r->term, 0);
         return 0;
     }
+    if (!rf_may_campaign(r)) {
+        /* A learner, a removed node or one that knows no configuration
+         * yet never campaigns (raft.h: MEMBERSHIP). */
+        rf_reset_election_timer(r);
+        return 0;
+    }
     leave_leadership(r);
     if (pre_vote) {
         r->role = RAFT_PRECANDIDATE;
@@ -129,7 +140,7 @@ int rf_start_election(struct raft *r, bool pre_vote, bool transfer)
         struct raft_progress *pr = &r->prs[k];
         pr->voted = pr->id == r->id;
         pr->granted = pr->id == r->id;
-        if (pr->id == r->id) {
+        if (pr->id == r->id || !pr->voter) {
             continue;
         }
         struct raft_message *m = rf_msg_new(r, false, RAFT_MSG_VOTE, pr->id);
@@ -168,7 +179,13 @@ static bool log_up_to_date(const struct raft *r, const struct raft_message *m)
 int rf_step_vote(struct raft *r, const struct raft_message *m)
 {
     bool grant;
-    if (m->u.vote.pre_vote) {
+    if (r->conf.n == 0) {
+        /* A node that knows no configuration yet (it joins, or is a
+         * wiped host started again) does not vote: it cannot tell a
+         * stale candidate from a current one, and its empty log would
+         * lend any of them its vote. */
+        grant = false;
+    } else if (m->u.vote.pre_vote) {
         grant = m->term > r->term && log_up_to_date(r, m);
     } else {
         bool can = r->vote == m->from || (r->vote == 0 && r->leader == 0);
@@ -203,6 +220,9 @@ int rf_step_vote(struct raft *r, const struct raft_message *m)
 int rf_step_vote_resp(struct raft *r, const struct raft_message *m)
 {
     struct raft_progress *pr = rf_progress_of(r, m->from);
+    if (pr == NULL || !pr->voter) {
+        return 0; /* not a vote that counts */
+    }
     if (m->u.vote_resp.pre_vote) {
         if (r->role != RAFT_PRECANDIDATE) {
             return 0;

@@ -21,10 +21,20 @@ enum raft_progress_state {
     RAFT_PR_SNAPSHOT,  /* sending an InstallSnapshot stream */
 };
 
-/* What the core knows about one voter (itself included). */
+/* A configuration: the members decoded from an encoding it owns. */
+struct rf_conf
+{
+    void *blob;                             /* raft_conf_encode's, or NULL */
+    size_t len;                             /* its length (0: empty) */
+    struct raft_member m[RAFT_MAX_MEMBERS]; /* ctx point into blob */
+    size_t n;                               /* members (0: none known) */
+};
+
+/* What the core knows about one member (itself included). */
 struct raft_progress
 {
-    uint64_t id;                    /* voter id */
+    uint64_t id;                    /* member id */
+    bool voter;                     /* a voter (else a learner) */
     uint64_t match;                 /* Figure 2: matchIndex */
     uint64_t next;                  /* Figure 2: nextIndex */
     enum raft_progress_state state; /* replication mode */
@@ -63,8 +73,11 @@ struct raft
 {
     /* configuration */
     uint64_t id;                  /* this node */
-    struct raft_progress *prs;    /* one per voter */
-    size_t n_prs;                 /* number of voters */
+    struct raft_progress *prs;    /* one per member (RAFT_MAX_MEMBERS) */
+    size_t n_prs;                 /* number of members */
+    uint64_t *rings;              /* the inflight rings: RAFT_MAX_MEMBERS of
+                                     max_inflight, each used by at most
+                                     one progress */
     unsigned heartbeat_ms;        /* heartbeat interval */
     unsigned election_ms;         /* election timeout base */
     bool pre_vote;                /* pre-vote enabled */
@@ -83,6 +96,15 @@ struct raft
     struct raft_log log; /* in-memory log */
     uint64_t snap_index; /* last snapshot index */
     uint64_t snap_term;  /* last snapshot term */
+
+    /* membership */
+    struct rf_conf boot;      /* the bootstrap configuration */
+    struct rf_conf conf;      /* the latest (raft_members) */
+    uint64_t conf_index;      /* the entry that made it (0: base) */
+    struct rf_conf base;      /* as of log.offset */
+    struct rf_conf snap_conf; /* as of snap_index */
+    bool conf_dirty;          /* conf changed since the last update */
+    uint64_t term_start;      /* leader: index of its no-op */
 
     /* volatile state */
     uint64_t now;            /* last time from raft_tick */
@@ -126,6 +148,7 @@ struct raft
     uint64_t truncate_from;             /* 0 or first stored index to delete */
     uint64_t unstable; /* first index not yet handed out to store */
     struct raft_hard_state hs_saved; /* last hard state handed out */
+    uint64_t durable_term;           /* the term known written (advanced) */
     struct raft_read *done_reads;    /* finished reads */
     size_t n_done_reads;             /* number */
     size_t cap_done_reads;           /* allocated */
@@ -173,7 +196,25 @@ int rf_log_compact(struct raft *r, uint64_t upto);
 int rf_log_reset(struct raft *r, uint64_t index, uint64_t term);
 int rf_log_reserve(struct raft_log *l, size_t extra);
 int rf_bury(struct raft *r, void *buf);
+int rf_bury_reserve(struct raft *r, size_t extra);
 void rf_log_free(struct raft_log *l);
+
+/* conf.c */
+void rf_conf_init(struct rf_conf *c);
+void rf_conf_free(struct rf_conf *c);
+int rf_conf_set(struct rf_conf *c, const void *data, size_t len);
+int rf_conf_copy(struct rf_conf *to, const struct rf_conf *from);
+void rf_conf_move(struct rf_conf *to, struct rf_conf *from);
+const struct raft_member *rf_conf_find(const struct rf_conf *c, uint64_t id);
+int rf_conf_as_of(const struct raft *r,
+                  uint64_t index,
+                  struct rf_conf *out,
+                  uint64_t *at);
+void rf_conf_adopt(struct raft *r, struct rf_conf *c, uint64_t at);
+bool rf_is_voter(const struct raft *r, uint64_t id);
+bool rf_may_campaign(const struct raft *r);
+size_t rf_n_voters(const struct raft *r);
+int rf_step_down_removed(struct raft *r);
 
 /* raft.c */
 uint64_t rf_random(struct raft *r);

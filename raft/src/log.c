@@ -72,6 +72,11 @@ static int graveyard_reserve(struct raft *r, size_t extra)
     return 0;
 }
 
+int rf_bury_reserve(struct raft *r, size_t extra)
+{
+    return graveyard_reserve(r, extra);
+}
+
 /* Free @buf at the next advance: messages handed out may point into it. */
 int rf_bury(struct raft *r, void *buf)
 {
@@ -111,6 +116,19 @@ int rf_log_append(struct raft *r,
     e->type = type;
     e->data = copy;
     e->len = len;
+    if (type == RAFT_ENTRY_CONFIG) {
+        /* In force once appended (raft.h: MEMBERSHIP). */
+        struct rf_conf c;
+        rf_conf_init(&c);
+        int rv = rf_conf_set(&c, copy, len);
+        if (rv != 0) {
+            free(copy);
+            return rv;
+        }
+        l->n++;
+        rf_conf_adopt(r, &c, e->index);
+        return 0;
+    }
     l->n++;
     return 0;
 }
@@ -126,12 +144,23 @@ int rf_log_truncate(struct raft *r, uint64_t from)
     if (graveyard_reserve(r, l->n - keep) != 0) {
         return RAFT_ENOMEM;
     }
+    /* A configuration entry truncated gives way to the one before it. */
+    struct rf_conf before;
+    uint64_t before_at = 0;
+    rf_conf_init(&before);
+    bool conf_goes = r->conf_index >= from;
+    if (conf_goes && rf_conf_as_of(r, from - 1, &before, &before_at) != 0) {
+        return RAFT_ENOMEM;
+    }
     for (size_t k = keep; k < l->n; k++) {
         if (l->entries[k].data != NULL) {
             r->graveyard[r->n_graveyard++] = (void *)l->entries[k].data;
         }
     }
     l->n = keep;
+    if (conf_goes) {
+        rf_conf_adopt(r, &before, before_at);
+    }
     return 0;
 }
 
@@ -148,6 +177,18 @@ int rf_log_compact(struct raft *r, uint64_t upto)
     size_t drop = upto - l->offset;
     if (graveyard_reserve(r, drop) != 0) {
         return RAFT_ENOMEM;
+    }
+    /* The base follows the log's start. */
+    struct rf_conf base;
+    uint64_t base_at = 0;
+    rf_conf_init(&base);
+    if (rf_conf_as_of(r, upto, &base, &base_at) != 0) {
+        return RAFT_ENOMEM;
+    }
+    rf_conf_free(&r->base);
+    rf_conf_move(&r->base, &base);
+    if (r->conf_index <= upto) {
+        r->conf_index = 0; /* the latest is the base now */
     }
     uint64_t term = l->entries[drop - 1].term;
     for (size_t k = 0; k < drop; k++) {

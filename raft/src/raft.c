@@ -5,8 +5,6 @@
 
 #include "internal.h"
 
-#define MAX_VOTERS 64
-
 /* splitmix64: small, seedable, good enough for timeouts. */
 uint64_t rf_random(struct raft *r)
 {
@@ -26,9 +24,10 @@ struct raft_progress *rf_progress_of(struct raft *r, uint64_t id)
     return NULL;
 }
 
+/* A majority of the voters of the latest configuration. */
 size_t rf_quorum_size(const struct raft *r)
 {
-    return r->n_prs / 2 + 1;
+    return rf_n_voters(r) / 2 + 1;
 }
 
 void rf_hint_leader(const struct raft *r, uint64_t *hint)
@@ -44,7 +43,12 @@ struct raft_message *rf_msg_new(struct raft *r,
                                 enum raft_msg_type t,
                                 uint64_t to)
 {
-    struct raft_msgs *q = early ? &r->early : &r->late;
+    /* A message may leave before the write only if its term is on disk
+     * already: a lone voter elected within one step sends its first
+     * appends in a term it has not written yet, and must not (a crash
+     * then lets it lead that term a second time). */
+    struct raft_msgs *q =
+        early && r->term == r->durable_term ? &r->early : &r->late;
     if (q->n == q->cap) {
         size_t cap = q->cap ? q->cap * 2 : 16;
         struct raft_message *v = realloc(q->v, cap * sizeof *v);
@@ -63,30 +67,56 @@ struct raft_message *rf_msg_new(struct raft *r,
     return m;
 }
 
-int raft_config_check(const struct raft_config *cfg)
+/* The bootstrap configuration of @cfg, encoded (NULL, 0: none). */
+static int boot_encode(const struct raft_config *cfg, void **blob, size_t *len)
 {
-    if (cfg == NULL || cfg->id == 0 || cfg->voters == NULL ||
-        cfg->n_voters == 0 || cfg->n_voters > MAX_VOTERS ||
-        cfg->heartbeat_ms == 0 || cfg->election_ms <= cfg->heartbeat_ms ||
-        cfg->max_inflight == 0 || cfg->max_append_bytes == 0 ||
-        cfg->snapshot_chunk_bytes == 0) {
+    *blob = NULL;
+    *len = 0;
+    if (cfg->n_members > 0) {
+        return raft_conf_encode(cfg->members, cfg->n_members, blob, len);
+    }
+    if (cfg->n_voters == 0) {
+        return 0;
+    }
+    if (cfg->voters == NULL || cfg->n_voters > RAFT_MAX_MEMBERS) {
         return RAFT_EINVAL;
     }
-    bool self = false;
+    struct raft_member m[RAFT_MAX_MEMBERS];
     for (size_t i = 0; i < cfg->n_voters; i++) {
-        if (cfg->voters[i] == 0) {
-            return RAFT_EINVAL;
-        }
-        if (cfg->voters[i] == cfg->id) {
-            self = true;
-        }
-        for (size_t j = 0; j < i; j++) {
-            if (cfg->voters[j] == cfg->voters[i]) {
-                return RAFT_EINVAL;
-            }
-        }
+        m[i] = (struct raft_member){.id = cfg->voters[i], .voter = true};
     }
-    return self ? 0 : RAFT_EINVAL;
+    return raft_conf_encode(m, cfg->n_voters, blob, len);
+}
+
+int raft_config_check(const struct raft_config *cfg)
+{
+    if (cfg == NULL || cfg->id == 0 || cfg->heartbeat_ms == 0 ||
+        cfg->election_ms <= cfg->heartbeat_ms || cfg->max_inflight == 0 ||
+        cfg->max_append_bytes == 0 || cfg->snapshot_chunk_bytes == 0 ||
+        (cfg->n_voters > 0 && cfg->voters == NULL) ||
+        (cfg->n_members > 0 && cfg->members == NULL)) {
+        return RAFT_EINVAL;
+    }
+    void *blob;
+    size_t len;
+    int rv = boot_encode(cfg, &blob, &len);
+    if (rv != 0) {
+        return rv == RAFT_ENOMEM ? 0 : RAFT_EINVAL; /* (checked again) */
+    }
+    bool ok = true;
+    if (len > 0) {
+        /* A bootstrap configuration names this node as a voter. */
+        struct raft_member m[RAFT_MAX_MEMBERS];
+        size_t n = 0;
+        ok = raft_conf_decode(blob, len, m, RAFT_MAX_MEMBERS, &n) == 0;
+        bool self = false;
+        for (size_t i = 0; ok && i < n; i++) {
+            self |= m[i].id == cfg->id && m[i].voter;
+        }
+        ok = ok && self;
+    }
+    free(blob);
+    return ok ? 0 : RAFT_EINVAL;
 }
 
 struct raft *raft_new(const struct raft_config *cfg)
@@ -100,17 +130,15 @@ struct raft *raft_new(const struct raft_config *cfg)
     }
     r->fresh = true;
     r->fresh_until = cfg->start_ms + 2 * (uint64_t)cfg->election_ms;
-    r->prs = calloc(cfg->n_voters, sizeof *r->prs);
-    if (r->prs == NULL) {
-        goto err_free_r;
-    }
-    r->n_prs = cfg->n_voters;
-    for (size_t k = 0; k < r->n_prs; k++) {
-        r->prs[k].id = cfg->voters[k];
-        r->prs[k].inflight = calloc(cfg->max_inflight, sizeof(uint64_t));
-        if (r->prs[k].inflight == NULL) {
-            goto err_free_prs;
-        }
+    rf_conf_init(&r->boot);
+    rf_conf_init(&r->conf);
+    rf_conf_init(&r->base);
+    rf_conf_init(&r->snap_conf);
+    r->prs = calloc(RAFT_MAX_MEMBERS, sizeof *r->prs);
+    r->rings =
+        calloc((size_t)RAFT_MAX_MEMBERS * cfg->max_inflight, sizeof *r->rings);
+    if (r->prs == NULL || r->rings == NULL) {
+        goto err_free;
     }
     r->id = cfg->id;
     r->heartbeat_ms = cfg->heartbeat_ms;
@@ -126,16 +154,27 @@ struct raft *raft_new(const struct raft_config *cfg)
     r->now = cfg->start_ms;
     r->role = RAFT_FOLLOWER;
     r->unstable = 1;
+    void *blob;
+    size_t len;
+    if (boot_encode(cfg, &blob, &len) != 0) {
+        goto err_free;
+    }
+    struct rf_conf c;
+    rf_conf_init(&c);
+    int rv = rf_conf_set(&r->boot, blob, len);
+    free(blob);
+    if (rv != 0 || rf_conf_copy(&r->base, &r->boot) != 0 ||
+        rf_conf_copy(&r->snap_conf, &r->boot) != 0 ||
+        rf_conf_copy(&c, &r->boot) != 0) {
+        goto err_free;
+    }
+    rf_conf_adopt(r, &c, 0);
+    r->conf_dirty = false;
     rf_reset_election_timer(r);
     return r;
 
-err_free_prs:
-    for (size_t k = 0; k < r->n_prs; k++) {
-        free(r->prs[k].inflight);
-    }
-    free(r->prs);
-err_free_r:
-    free(r);
+err_free:
+    raft_free(r);
     return NULL;
 }
 
@@ -184,9 +223,11 @@ void raft_free(struct raft *r)
     free_buffers(r->graveyard, r->n_graveyard);
     free_buffers(r->out_graveyard, r->n_out_graveyard);
     rf_log_free(&r->log);
-    for (size_t k = 0; k < r->n_prs; k++) {
-        free(r->prs[k].inflight);
-    }
+    rf_conf_free(&r->boot);
+    rf_conf_free(&r->conf);
+    rf_conf_free(&r->base);
+    rf_conf_free(&r->snap_conf);
+    free(r->rings);
     free(r->prs);
     free(r);
 }
@@ -226,6 +267,24 @@ int raft_restore(struct raft *r, const struct raft_persisted *p)
             return restore_term_fail(r, "stored entry", p->entries[k].term);
         }
     }
+    if (p->conf_len > 0 || p->conf != NULL) {
+        struct rf_conf c;
+        rf_conf_init(&c);
+        int rv = p->conf_len > 0 ? rf_conf_set(&c, p->conf, p->conf_len)
+                                 : RAFT_EINVAL;
+        if (rv == RAFT_ENOMEM) {
+            return rv;
+        }
+        if (rv != 0) {
+            return restore_fail(r, "malformed configuration");
+        }
+        if (rf_conf_copy(&r->base, &c) != 0 ||
+            rf_conf_copy(&r->snap_conf, &c) != 0) {
+            rf_conf_free(&c);
+            return RAFT_ENOMEM;
+        }
+        rf_conf_adopt(r, &c, 0);
+    }
     r->log.offset = p->snap_index;
     r->log.offset_term = p->snap_term;
     uint64_t expect = 0;
@@ -235,7 +294,9 @@ int raft_restore(struct raft *r, const struct raft_persisted *p)
             return restore_fail(r, "stored entries are not consecutive");
         }
         expect = e->index + 1;
-        if (e->term == 0 || (e->len > 0 && e->data == NULL)) {
+        if (e->term == 0 || (e->len > 0 && e->data == NULL) ||
+            (e->type != RAFT_ENTRY_NORMAL && e->type != RAFT_ENTRY_NOOP &&
+             e->type != RAFT_ENTRY_CONFIG)) {
             return restore_fail(r, "malformed stored entry");
         }
         if (k > 0 && e->term < p->entries[k - 1].term) {
@@ -257,6 +318,9 @@ int raft_restore(struct raft *r, const struct raft_persisted *p)
             return restore_fail(r, "stored entry terms go back");
         }
         int rv = rf_log_append(r, e->term, e->type, e->data, e->len);
+        if (rv == RAFT_EINVAL) {
+            return restore_fail(r, "malformed stored configuration entry");
+        }
         if (rv != 0) {
             return rv;
         }
@@ -271,9 +335,6 @@ int raft_restore(struct raft *r, const struct raft_persisted *p)
     }
     if (p->applied < p->snap_index || p->applied > commit) {
         return restore_fail(r, "applied index outside [snapshot, commit]");
-    }
-    if (p->hs.vote != 0 && rf_progress_of(r, p->hs.vote) == NULL) {
-        return restore_fail(r, "vote for an unknown node");
     }
     /* A node that writes its state machine (snapshot, applied entries)
      * before its log and hard state, as kvserver does, may crash between
@@ -301,6 +362,8 @@ int raft_restore(struct raft *r, const struct raft_persisted *p)
     r->hs_saved.term = p->hs.term;
     r->hs_saved.vote = p->hs.vote;
     r->hs_saved.commit = r->commit;
+    r->durable_term = p->hs.term;
+    r->conf_dirty = false;
     return 0;
 }
 

@@ -48,7 +48,7 @@ int raft_read_index(struct raft *r, uint64_t ctx, uint64_t *leader_hint)
     }
     r->reads[r->n_reads - 1].ctx = ctx;
     r->reads[r->n_reads - 1].seq = r->seq + 1;
-    if (r->n_prs > 1) {
+    if (rf_n_voters(r) > 1 || !rf_is_voter(r, r->id)) {
         r->round_needed = true;
     }
     rf_reads_check(r);
@@ -71,7 +71,8 @@ int rf_reads_check(struct raft *r)
         uint64_t seq = r->reads[done].seq;
         size_t acks = 0;
         for (size_t k = 0; k < r->n_prs; k++) {
-            acks += r->prs[k].id == r->id || r->prs[k].ack_seq >= seq;
+            acks += r->prs[k].voter &&
+                    (r->prs[k].id == r->id || r->prs[k].ack_seq >= seq);
         }
         if (acks < rf_quorum_size(r)) {
             break;
@@ -132,7 +133,7 @@ int raft_transfer_leader(struct raft *r, uint64_t target)
         return RAFT_NOTLEADER;
     }
     struct raft_progress *pr = rf_progress_of(r, target);
-    if (pr == NULL) {
+    if (pr == NULL || !pr->voter) {
         return RAFT_EINVAL;
     }
     if (target == r->id || target == r->transfer_target) {

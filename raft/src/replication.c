@@ -187,13 +187,22 @@ static int cmp_desc(const void *a, const void *b)
  * committed by counting replicas). */
 bool rf_maybe_commit(struct raft *r)
 {
-    uint64_t match[64];
+    uint64_t match[RAFT_MAX_MEMBERS];
     uint64_t term;
+    size_t voters = 0;
+    /* Only the voters of the latest configuration count (a leader that
+     * removed itself does not count its own log). */
     for (size_t k = 0; k < r->n_prs; k++) {
-        match[k] = r->prs[k].id == r->id ? r->stable : r->prs[k].match;
+        if (r->prs[k].voter) {
+            match[voters++] =
+                r->prs[k].id == r->id ? r->stable : r->prs[k].match;
+        }
     }
-    qsort(match, r->n_prs, sizeof match[0], cmp_desc);
-    uint64_t n = match[rf_quorum_size(r) - 1];
+    if (voters == 0) {
+        return false;
+    }
+    qsort(match, voters, sizeof match[0], cmp_desc);
+    uint64_t n = match[voters / 2];
     if (n <= r->commit || !rf_log_term(&r->log, n, &term) || term != r->term) {
         return false;
     }
@@ -204,6 +213,10 @@ bool rf_maybe_commit(struct raft *r)
     }
     r->commit = n;
     rf_reads_check(r);
+    if (r->role == RAFT_LEADER && !rf_is_voter(r, r->id) &&
+        r->conf_index <= r->commit) {
+        rf_step_down_removed(r); /* (ENOMEM: as if TimeoutNow were lost) */
+    }
     return true;
 }
 
@@ -441,7 +454,7 @@ int rf_tick_leader(struct raft *r)
         size_t active = 0;
         r->quorum_due = r->now + r->election_ms;
         for (size_t k = 0; k < r->n_prs; k++) {
-            active += r->prs[k].active;
+            active += r->prs[k].voter && r->prs[k].active;
             r->prs[k].active = r->prs[k].id == r->id;
         }
         if (active < rf_quorum_size(r)) {

@@ -1,4 +1,5 @@
 /* snapshot.c - chunked InstallSnapshot (Figure 13) and log compaction. */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -8,8 +9,8 @@
  * current snapshot; the core never holds snapshot bytes. */
 int rf_send_snapshot(struct raft *r, struct raft_progress *pr)
 {
-    if (r->snap_index == 0) {
-        return 0;
+    if (r->snap_index == 0 || r->snap_conf.n == 0) {
+        return 0; /* (a joined node that took no snapshot of its own) */
     }
     if (pr->state != RAFT_PR_SNAPSHOT || pr->snap_index != r->snap_index) {
         pr->state = RAFT_PR_SNAPSHOT;
@@ -29,6 +30,21 @@ int rf_send_snapshot(struct raft *r, struct raft_progress *pr)
     m->u.snapshot.offset = pr->snap_offset;
     m->u.snapshot.max_len = r->chunk_bytes;
     m->u.snapshot.seq = r->seq;
+    m->u.snapshot.conf = r->snap_conf.blob;
+    m->u.snapshot.conf_len = r->snap_conf.len;
+    return 0;
+}
+
+/* Replace the snapshot's configuration; the old encoding stays until the
+ * next advance (messages handed out may point to it). */
+static int set_snap_conf(struct raft *r, struct rf_conf *c)
+{
+    int rv = rf_bury(r, r->snap_conf.blob);
+    if (rv != 0) {
+        return rv;
+    }
+    rf_conf_init(&r->snap_conf);
+    rf_conf_move(&r->snap_conf, c);
     return 0;
 }
 
@@ -64,10 +80,44 @@ static int push_chunk(struct raft *r, const struct raft_snapshot *s)
 
 /* Figure 13 steps 6-8: keep the log after the snapshot if it matches,
  * otherwise discard it; the state machine is replaced. */
-static int install(struct raft *r, uint64_t index, uint64_t term)
+static int install(struct raft *r,
+                   uint64_t index,
+                   uint64_t term,
+                   const void *conf,
+                   size_t conf_len)
 {
     uint64_t t;
     int rv;
+    /* Its configuration (a leader without membership sends none: the
+     * bootstrap one is the only one it ever had). */
+    struct rf_conf sc, base, latest;
+    rf_conf_init(&sc);
+    rf_conf_init(&base);
+    rf_conf_init(&latest);
+    if (conf_len == 0 && r->boot.n == 0) {
+        snprintf(r->errmsg, sizeof r->errmsg,
+                 "a snapshot without its configuration");
+        return RAFT_EINVAL;
+    }
+    rv = conf_len > 0 ? rf_conf_set(&sc, conf, conf_len)
+                      : rf_conf_copy(&sc, &r->boot);
+    if (rv == 0) {
+        rv = rf_conf_copy(&base, &sc);
+    }
+    if (rv == 0) {
+        rv = rf_conf_copy(&latest, &sc);
+    }
+    if (rv == 0) {
+        /* Room to bury the whole log and the old configuration, so that
+         * nothing below fails halfway. */
+        rv = rf_bury_reserve(r, r->log.n + 1);
+    }
+    if (rv != 0) {
+        rf_conf_free(&sc);
+        rf_conf_free(&base);
+        rf_conf_free(&latest);
+        return rv;
+    }
     if (rf_log_term(&r->log, index, &t) && t == term) {
         rv = rf_log_compact(r, index);
     } else {
@@ -80,7 +130,28 @@ static int install(struct raft *r, uint64_t index, uint64_t term)
         }
     }
     if (rv != 0) {
+        rf_conf_free(&sc);
+        rf_conf_free(&base);
+        rf_conf_free(&latest);
         return rv;
+    }
+    /* The snapshot's configuration is the base; a later one in the log
+     * kept after it stays the latest. */
+    rf_conf_free(&r->base);
+    rf_conf_move(&r->base, &base);
+    set_snap_conf(r, &sc); /* (room reserved above) */
+    uint64_t at = 0;
+    for (uint64_t i = rf_log_last_index(&r->log); i > r->log.offset; i--) {
+        if (rf_log_get(&r->log, i)->type == RAFT_ENTRY_CONFIG) {
+            at = i;
+            break;
+        }
+    }
+    if (at == 0) {
+        rf_conf_adopt(r, &latest, 0);
+    } else {
+        rf_conf_free(&latest);
+        r->conf_index = at;
     }
     if (r->stable < index) {
         r->stable = index;
@@ -148,7 +219,7 @@ int rf_step_snapshot(struct raft *r, const struct raft_message *m)
     r->snap_in_offset += s->len;
     sr->next_offset = r->snap_in_offset;
     if (s->done) {
-        rv = install(r, s->index, s->term);
+        rv = install(r, s->index, s->term, s->conf, s->conf_len);
         if (rv != 0) {
             r->late.n--;
             return rv;
@@ -217,12 +288,31 @@ int raft_snapshot_taken(struct raft *r, uint64_t index, uint64_t term)
     if (index > r->applied || !rf_log_term(&r->log, index, &t) || t != term) {
         return RAFT_EINVAL;
     }
-    if (index > r->trailing) {
-        int rv = rf_log_compact(r, index - r->trailing);
-        if (rv != 0) {
-            return rv;
-        }
+    /* The configuration as of the snapshot goes with it to followers. */
+    struct rf_conf sc;
+    uint64_t at;
+    rf_conf_init(&sc);
+    int rv = rf_conf_as_of(r, index, &sc, &at);
+    if (rv != 0) {
+        return rv;
     }
+    if (sc.n == 0) {
+        /* A node that joined knows no configuration before the entry
+         * that added it: no snapshot before it. */
+        snprintf(r->errmsg, sizeof r->errmsg,
+                 "no configuration known at index %llu",
+                 (unsigned long long)index);
+        return RAFT_EINVAL;
+    }
+    rv = rf_bury_reserve(r, r->log.n + 1); /* (see install) */
+    if (rv == 0 && index > r->trailing) {
+        rv = rf_log_compact(r, index - r->trailing);
+    }
+    if (rv != 0) {
+        rf_conf_free(&sc);
+        return rv;
+    }
+    set_snap_conf(r, &sc); /* (room reserved above) */
     r->snap_index = index;
     r->snap_term = term;
     return 0;

@@ -12,8 +12,7 @@ static bool is_request(enum raft_msg_type t)
 /* Bad input never reaches the state machine. */
 static int validate(const struct raft *r, const struct raft_message *m)
 {
-    if (m == NULL || m->to != r->id || m->from == r->id ||
-        rf_progress_of((struct raft *)r, m->from) == NULL ||
+    if (m == NULL || m->to != r->id || m->from == r->id || m->from == 0 ||
         m->type < RAFT_MSG_VOTE || m->type > RAFT_MSG_TIMEOUT_NOW_RESP) {
         return RAFT_EINVAL;
     }
@@ -44,8 +43,17 @@ static int validate(const struct raft *r, const struct raft_message *m)
             const struct raft_entry *e = &a->entries[k];
             if (e->index != a->prev_index + 1 + k || e->term < prev_term ||
                 e->term > m->term || (e->len > 0 && e->data == NULL) ||
-                (e->type != RAFT_ENTRY_NORMAL && e->type != RAFT_ENTRY_NOOP)) {
+                (e->type != RAFT_ENTRY_NORMAL && e->type != RAFT_ENTRY_NOOP &&
+                 e->type != RAFT_ENTRY_CONFIG)) {
                 return RAFT_EINVAL;
+            }
+            if (e->type == RAFT_ENTRY_CONFIG) {
+                struct raft_member mb[RAFT_MAX_MEMBERS];
+                size_t n;
+                if (raft_conf_decode(e->data, e->len, mb, RAFT_MAX_MEMBERS,
+                                     &n) != 0) {
+                    return RAFT_EINVAL;
+                }
             }
             prev_term = e->term;
         }
@@ -53,7 +61,14 @@ static int validate(const struct raft *r, const struct raft_message *m)
     if (m->type == RAFT_MSG_SNAPSHOT) {
         const struct raft_snapshot *s = &m->u.snapshot;
         if (s->index == 0 || s->term == 0 || s->term > m->term ||
-            (s->len > 0 && s->data == NULL)) {
+            (s->len > 0 && s->data == NULL) ||
+            (s->conf_len > 0 && s->conf == NULL)) {
+            return RAFT_EINVAL;
+        }
+        struct raft_member mb[RAFT_MAX_MEMBERS];
+        size_t n;
+        if (s->conf_len > 0 && raft_conf_decode(s->conf, s->conf_len, mb,
+                                                RAFT_MAX_MEMBERS, &n) != 0) {
             return RAFT_EINVAL;
         }
     }
@@ -135,6 +150,9 @@ int raft_step(struct raft *r, const struct raft_message *m)
                      (unsigned long long)m->term, (unsigned long long)m->from);
         }
         return rv;
+    }
+    if (!is_request(m->type) && rf_progress_of(r, m->from) == NULL) {
+        return 0; /* an answer from a node that is no longer a member */
     }
     if (m->term > r->term + RAFT_TERM_MAX_JUMP) {
         return refuse_jump(r, m);

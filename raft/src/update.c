@@ -18,7 +18,7 @@ bool raft_has_update(const struct raft *r)
     return r->early.n > 0 || r->late.n > 0 || r->n_chunks > 0 || r->install ||
            r->truncate_from != 0 || r->unstable <= rf_log_last_index(&r->log) ||
            hs_differs(r) || r->applied < r->commit || r->n_done_reads > 0 ||
-           r->role_dirty ||
+           r->role_dirty || r->conf_dirty ||
            (r->role == RAFT_LEADER && (r->broadcast_needed || r->round_needed));
 }
 
@@ -80,6 +80,12 @@ int raft_get_update(struct raft *r, struct raft_update *u)
     u->install = r->install;
     u->install_index = r->install_index;
     u->install_term = r->install_term;
+    if (r->install) {
+        u->install_conf = r->snap_conf.blob;
+        u->install_conf_len = r->snap_conf.len;
+    }
+    u->conf_changed = r->conf_dirty;
+    r->conf_dirty = false;
     r->out_install = r->install;
     r->install = false;
 
@@ -155,6 +161,7 @@ int raft_advance(struct raft *r, struct raft_update *u)
         u->early != r->out_early.v) {
         return RAFT_EINVAL;
     }
+    r->durable_term = r->hs_saved.term; /* (written with this update) */
     if (r->upd_has_entries && r->upd_last > r->stable) {
         r->stable = r->upd_last;
     }
@@ -181,7 +188,10 @@ int raft_advance(struct raft *r, struct raft_update *u)
     memset(u, 0, sizeof *u);
     if (r->role == RAFT_LEADER) {
         /* The leader counts itself only for what is durable. */
-        rf_progress_of(r, r->id)->match = r->stable;
+        struct raft_progress *self = rf_progress_of(r, r->id);
+        if (self != NULL) {
+            self->match = r->stable;
+        }
         rf_maybe_commit(r);
     }
     return 0;

@@ -78,6 +78,10 @@ struct soak_totals
     uint64_t write_crashes; /* crashes between a write's state and log part */
     uint64_t partitions;    /* partitions set */
     uint64_t transfers;     /* transfers started */
+    uint64_t member_runs;   /* schedules that changed membership */
+    uint64_t changes;       /* membership changes proposed */
+    uint64_t handoffs;      /* leaders that removed themselves */
+    uint64_t wiped_readds;  /* removed nodes wiped (retired) */
     uint64_t virtual_ms;    /* simulated time */
 };
 
@@ -162,6 +166,70 @@ static void random_net(struct sim *s)
     }
 }
 
+static bool member_of(struct raft *r, uint64_t id, bool *voter)
+{
+    const struct raft_member *m;
+    size_t n = raft_members(r, &m);
+    for (size_t k = 0; k < n; k++) {
+        if (m[k].id == id) {
+            *voter = m[k].voter;
+            return true;
+        }
+    }
+    return false;
+}
+
+static bool s_retired[SIM_MAX_NODES]; /* wiped after their removal */
+
+/* A random membership change at the leader: add a node that is not a
+ * member as a learner (a removed one sometimes wiped first, as a host
+ * replaced), promote a learner that has caught up, or remove a member
+ * (the leader itself included). */
+static void random_change(struct sim *s, unsigned n)
+{
+    int l = sim_leader(s);
+    if (l < 0) {
+        return;
+    }
+    struct raft *r = sim_raft(s, (unsigned)l);
+    unsigned j = (unsigned)pick(s, n);
+    bool voter = false;
+    bool member = member_of(r, j + 1, &voter);
+    int rv;
+    if (!member) {
+        if (s_retired[j]) {
+            return; /* wiped: its id is never used again */
+        }
+        bool settled = raft_conf_index(r) <= raft_commit_index(r);
+        if (settled && pick(s, 4) == 0 && sim_up(s, j) &&
+            !member_of(r, j + 1, &voter)) {
+            /* Its removal is committed: the host is wiped and replaced
+             * by another (a node that joins under a new id; removed ids
+             * are never given again, as etcd's), here one of the spare
+             * nodes when it is picked. */
+            sim_wipe_join(s, j);
+            s_retired[j] = true;
+            g_tot.wiped_readds++;
+            return;
+        }
+        if (!sim_up(s, j)) {
+            sim_restart(s, j);
+        }
+        rv = sim_change(s, (unsigned)l, RAFT_CHANGE_ADD_LEARNER, j);
+    } else if (!voter) {
+        struct raft_peer_info pi;
+        if (raft_peer_info(r, j + 1, &pi) != 0 ||
+            pi.match + 5 < raft_commit_index(r) || pick(s, 2) == 0) {
+            rv = sim_change(s, (unsigned)l, RAFT_CHANGE_REMOVE, j);
+        } else {
+            rv = sim_change(s, (unsigned)l, RAFT_CHANGE_PROMOTE, j);
+        }
+    } else {
+        rv = sim_change(s, (unsigned)l, RAFT_CHANGE_REMOVE, j);
+    }
+    (void)rv; /* ECHANGE, EINVAL (the last voter): nothing happened */
+}
+
 /* One schedule; true if every invariant held and the cluster recovered. */
 static bool run_schedule(uint64_t seed)
 {
@@ -185,11 +253,20 @@ static bool run_schedule(uint64_t seed)
     c.disk_fail = R(3) == 0 ? 1 + (unsigned)R(4) : 0;
     c.retry_ms = R(2) ? 1000 : 20 + (unsigned)R(500);
     c.stream_reopen = R(3) == 0 ? 1 + (unsigned)R(50) : 0;
+    /* A third of the schedules change membership: 3 to 7 nodes, some
+     * outside the bootstrap configuration at first. */
+    bool members = R(3) == 0;
+    if (members) {
+        c.n = 3 + (unsigned)R(5);
+        c.voters = 1 + (unsigned)R(c.n);
+    }
+    unsigned change_every = 20 + (unsigned)R(200);
 #undef R
     g_alloc_rng = seed;
     sim_alloc_guard = guard;
     struct sim *s = sim_new(&c);
     unsigned n = c.n;
+    memset(s_retired, 0, sizeof s_retired);
     uint64_t duration = 2000 + pick(s, 3000);
     uint64_t next_fault = sim_now(s) + 100 + pick(s, 500);
     uint64_t end = sim_now(s) + duration;
@@ -205,6 +282,9 @@ static bool run_schedule(uint64_t seed)
             if (l >= 0) {
                 sim_read(s, (unsigned)l);
             }
+        }
+        if (members && pick(s, change_every) == 0) {
+            random_change(s, n);
         }
         if (pick(s, 300) == 0) {
             int l = sim_leader(s);
@@ -277,7 +357,15 @@ static bool run_schedule(uint64_t seed)
             sim_set_disk(s, k, 0, 2);
         }
         sim_run(s, 3000);
-        sim_one(s, ++value, 8, n, true);
+        unsigned expected = n;
+        if (members) {
+            /* Every member of the leader's configuration applies it. */
+            int l = sim_check_one_leader(s, 10000);
+            expected =
+                l >= 0 ? (unsigned)raft_members(sim_raft(s, (unsigned)l), NULL)
+                       : n;
+        }
+        sim_one(s, ++value, 8, expected, true);
     }
     g_nomem = nomem;
     bool ok = !sim_failed(s);
@@ -291,12 +379,17 @@ static bool run_schedule(uint64_t seed)
     g_tot.disk_failures += st.disk_failures;
     g_tot.write_crashes += st.write_crashes;
     g_tot.virtual_ms += sim_now(s);
+    g_tot.member_runs += members;
+    g_tot.changes += sim_changes(s);
+    g_tot.handoffs += sim_handoffs(s);
     if (g_verbose || !ok) {
         printf(
-            "schedule %llu: n=%u pre_vote=%d check_quorum=%d snap=%u "
+            "schedule %llu: n=%u voters=%u changes=%llu pre_vote=%d "
+            "check_quorum=%d snap=%u "
             "commit=%llu installs=%llu reads=%llu/%llu disk_failures=%llu "
             "write_crashes=%llu %s\n",
-            (unsigned long long)seed, n, c.pre_vote, c.check_quorum,
+            (unsigned long long)seed, n, c.voters ? c.voters : n,
+            (unsigned long long)sim_changes(s), c.pre_vote, c.check_quorum,
             c.snapshot_every, (unsigned long long)sim_commit_max(s),
             (unsigned long long)st.installs, (unsigned long long)st.reads_ok,
             (unsigned long long)st.reads_failed,
@@ -345,7 +438,10 @@ static void test_soak_random_schedules_keep_invariants(void)
         "schedules/s, %.0f virtual s; %llu failed\n"
         "soak: commits %llu, snapshot installs %llu, reads %llu ok / "
         "%llu failed, crashes %llu (%llu between a write's state and log "
-        "part), disk write failures %llu, partitions %llu, transfers %llu\n",
+        "part), disk write failures %llu, partitions %llu, transfers %llu\n"
+        "soak: membership: %llu schedules changed it, %llu changes, %llu "
+        "leaders removed themselves and handed off, %llu removed nodes "
+        "wiped for good\n",
         (unsigned long long)g_tot.schedules, (unsigned long long)g_first,
         (unsigned long long)(g_first + g_tot.schedules - 1), dt,
         dt > 0 ? (double)g_tot.schedules / dt : 0.0,
@@ -357,7 +453,10 @@ static void test_soak_random_schedules_keep_invariants(void)
         (unsigned long long)g_tot.write_crashes,
         (unsigned long long)g_tot.disk_failures,
         (unsigned long long)g_tot.partitions,
-        (unsigned long long)g_tot.transfers);
+        (unsigned long long)g_tot.transfers,
+        (unsigned long long)g_tot.member_runs,
+        (unsigned long long)g_tot.changes, (unsigned long long)g_tot.handoffs,
+        (unsigned long long)g_tot.wiped_readds);
     CU_ASSERT(failed == 0);
     /* Every fault and feature must actually have been exercised. */
     CU_ASSERT(g_tot.schedules < 100 || g_tot.installs > 0);
@@ -365,6 +464,8 @@ static void test_soak_random_schedules_keep_invariants(void)
     CU_ASSERT(g_tot.schedules < 100 || g_tot.crashes > 0);
     CU_ASSERT(g_tot.schedules < 100 || g_tot.disk_failures > 0);
     CU_ASSERT(g_tot.schedules < 100 || g_tot.write_crashes > 0);
+    CU_ASSERT(g_tot.schedules < 100 || g_tot.changes > 0);
+    CU_ASSERT(g_tot.schedules < 1000 || g_tot.handoffs > 0);
     CU_ASSERT(g_nomem == 0 || g_failed_allocs > 0);
 }
 

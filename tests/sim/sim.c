@@ -42,6 +42,12 @@ struct disk
     uint64_t chain;            /* state machine: hash chain of commands */
     uint64_t *values;          /* state machine: value applied per index */
     size_t values_cap;         /* allocated */
+    uint8_t *conf;             /* state machine: the configuration as of
+                                  applied (NULL: the bootstrap one) */
+    size_t conf_len;           /* its length */
+    uint8_t *snap_conf;        /* state: the configuration as of
+                                  snap_index */
+    size_t snap_conf_len;      /* its length */
 };
 
 /* A simulated server. */
@@ -71,6 +77,9 @@ struct node
     int cookie_type[256];      /* their types */
     size_t n_cookies;          /* number */
     uint64_t last_commit;      /* commit index last seen (monotonic) */
+    bool led;                  /* its last update said it leads */
+    bool joiner;               /* not in the bootstrap configuration: it
+                                  starts knowing none */
     unsigned disk_min;         /* write latency range */
     unsigned disk_max;         /* ... */
 };
@@ -143,6 +152,8 @@ struct sim
     size_t cap_reads;       /* allocated */
     uint64_t read_ctx;      /* counter */
     struct sim_stats stats; /* counters */
+    uint64_t changes;       /* membership changes proposed */
+    uint64_t handoffs;      /* removed leaders that stepped down */
     bool failed;            /* an invariant failed */
     char why[512];          /* what failed */
 };
@@ -261,6 +272,12 @@ static struct raft_message *msg_copy(const struct raft_message *m)
     }
     if (m->type == RAFT_MSG_SNAPSHOT) {
         c->u.snapshot.data = NULL;
+        c->u.snapshot.conf = NULL;
+        if (m->u.snapshot.conf_len > 0) {
+            void *d = xrealloc(NULL, m->u.snapshot.conf_len);
+            memcpy(d, m->u.snapshot.conf, m->u.snapshot.conf_len);
+            c->u.snapshot.conf = d;
+        }
     }
     if (m->type == RAFT_MSG_SNAPSHOT && m->u.snapshot.len > 0) {
         void *d = xrealloc(NULL, m->u.snapshot.len);
@@ -283,6 +300,7 @@ static void msg_free(struct raft_message *m)
     }
     if (m->type == RAFT_MSG_SNAPSHOT) {
         free((void *)m->u.snapshot.data);
+        free((void *)m->u.snapshot.conf);
     }
     free(m);
 }
@@ -468,6 +486,16 @@ static void check_new_leader(struct sim *s, unsigned i, uint64_t term)
     l->term = term;
     l->id = i + 1;
     struct raft *r = s->nodes[i].r;
+    /* A leader is a voter, unless its latest configuration (its own
+     * removal, not committed yet) says otherwise. */
+    if (!raft_is_voter(r, i + 1) &&
+        raft_conf_index(r) <= raft_commit_index(r)) {
+        sim_fail(s,
+                 "membership: node %u leads term %llu without being a "
+                 "voter in its configuration",
+                 i, (unsigned long long)term);
+        return;
+    }
     uint64_t first = raft_first_index(r);
     for (uint64_t idx = first; idx <= s->gc_max; idx++) {
         uint64_t t;
@@ -485,6 +513,32 @@ static void check_new_leader(struct sim *s, unsigned i, uint64_t term)
                      i, (unsigned long long)term, (unsigned long long)idx);
             return;
         }
+    }
+}
+
+/* One membership change at a time: a leader's log holds at most one
+ * configuration entry that no node knows to be committed. */
+static void check_one_change(struct sim *s, unsigned i)
+{
+    uint64_t known = s->gc_max;
+    for (unsigned k = 0; k < s->cfg.n; k++) {
+        if (s->nodes[k].up && raft_commit_index(s->nodes[k].r) > known) {
+            known = raft_commit_index(s->nodes[k].r);
+        }
+    }
+    struct raft *r = s->nodes[i].r;
+    unsigned confs = 0;
+    uint64_t first = raft_first_index(r);
+    for (uint64_t idx = raft_last_index(r); idx > known && idx >= first;
+         idx--) {
+        const struct raft_entry *e = raft_entry_at(r, idx);
+        confs += e != NULL && e->type == RAFT_ENTRY_CONFIG;
+    }
+    if (confs > 1) {
+        sim_fail(s,
+                 "membership: leader %u holds %u uncommitted configuration "
+                 "entries",
+                 i, confs);
     }
 }
 
@@ -567,12 +621,25 @@ static void disk_set_value(struct disk *d, uint64_t index, uint64_t value)
     d->values[index] = value;
 }
 
+static void set_blob(uint8_t **to, size_t *to_len, const void *p, size_t len)
+{
+    free(*to);
+    *to = NULL;
+    *to_len = len;
+    if (len > 0) {
+        *to = xrealloc(NULL, len);
+        memcpy(*to, p, len);
+    }
+}
+
 static void disk_free(struct disk *d)
 {
     disk_drop_from(d, 0);
     free(d->log);
     free(d->stage);
     free(d->values);
+    free(d->conf);
+    free(d->snap_conf);
     memset(d, 0, sizeof *d);
 }
 
@@ -613,6 +680,7 @@ static void make_snapshot(struct disk *d)
     d->snap_index = d->applied;
     d->snap_term = d->applied_term;
     d->snap_chain = d->chain;
+    set_blob(&d->snap_conf, &d->snap_conf_len, d->conf, d->conf_len);
 }
 
 /* Check the staged bytes (of stream @stream) and read their header. */
@@ -752,6 +820,15 @@ static void begin_update(struct sim *s, unsigned i)
     if (u->role_changed && u->role == RAFT_LEADER) {
         check_new_leader(s, i, u->term);
     }
+    if (u->role == RAFT_LEADER) {
+        check_one_change(s, i);
+    }
+    if (u->role_changed) {
+        if (nd->led && u->role != RAFT_LEADER && !raft_is_voter(nd->r, i + 1)) {
+            s->handoffs++;
+        }
+        nd->led = u->role == RAFT_LEADER;
+    }
     if (u->hs.commit < nd->d.hs.commit) {
         sim_fail(s, "node %u: hard state commit goes back", i);
     }
@@ -834,6 +911,14 @@ static void persist_state(struct sim *s,
         d->applied = hdr[0];
         d->applied_term = hdr[1];
         d->chain = hdr[2];
+        if (u->install_conf_len == 0) {
+            sim_fail(s,
+                     "node %u: a snapshot installed without its "
+                     "configuration",
+                     i);
+            return;
+        }
+        set_blob(&d->conf, &d->conf_len, u->install_conf, u->install_conf_len);
         make_snapshot(d);
         s->stats.installs++;
     }
@@ -857,6 +942,9 @@ static void persist_state(struct sim *s,
         d->applied = e->index;
         d->applied_term = e->term;
         disk_set_value(d, e->index, value);
+        if (e->type == RAFT_ENTRY_CONFIG) {
+            set_blob(&d->conf, &d->conf_len, e->data, e->len);
+        }
         check_apply(s, i, e, value, d->chain);
     }
 }
@@ -965,9 +1053,13 @@ static void finish_update(struct sim *s, unsigned i)
         arm(true);
         rv = raft_snapshot_taken(nd->r, d->snap_index, d->snap_term);
         arm(false);
-        if (rv != 0 && !nomem_ok(s, rv)) {
-            sim_fail(s, "node %u: raft_snapshot_taken(%llu): %s", i,
-                     (unsigned long long)d->snap_index, raft_strerror(rv));
+        /* A joined node knows no configuration before the entry that
+         * added it: no snapshot of the core's there. */
+        bool unknown = rv == RAFT_EINVAL && d->snap_conf == NULL && nd->joiner;
+        if (rv != 0 && !nomem_ok(s, rv) && !unknown) {
+            sim_fail(s, "node %u: raft_snapshot_taken(%llu): %s (%s)", i,
+                     (unsigned long long)d->snap_index, raft_strerror(rv),
+                     raft_errmsg(nd->r));
         }
     }
     process_inbox(s, i);
@@ -1269,7 +1361,7 @@ static void start_node(struct sim *s, unsigned i)
     struct raft_config rc = {0};
     rc.id = i + 1;
     rc.voters = voters;
-    rc.n_voters = s->cfg.n;
+    rc.n_voters = nd->joiner ? 0 : s->cfg.voters;
     rc.heartbeat_ms = s->cfg.heartbeat_ms;
     rc.election_ms = s->cfg.election_ms;
     rc.seed =
@@ -1316,6 +1408,8 @@ static void start_node(struct sim *s, unsigned i)
     p.snap_index = d->snap_index;
     p.snap_term = d->snap_term;
     p.applied = d->applied;
+    p.conf = d->snap_conf;
+    p.conf_len = d->snap_conf_len;
     p.entries = es;
     p.n_entries = d->n;
     int rv = raft_restore(nd->r, &p);
@@ -1362,6 +1456,9 @@ struct sim *sim_new(const struct sim_config *cfg)
     if (s->cfg.retry_ms == 0) {
         s->cfg.retry_ms = 1000;
     }
+    if (s->cfg.voters == 0 || s->cfg.voters > s->cfg.n) {
+        s->cfg.voters = s->cfg.n;
+    }
     s->disk_fail = cfg->disk_fail;
     s->rng = cfg->seed;
     s->now = 1000;
@@ -1375,6 +1472,7 @@ struct sim *sim_new(const struct sim_config *cfg)
         }
     }
     for (unsigned i = 0; i < cfg->n; i++) {
+        s->nodes[i].joiner = i >= s->cfg.voters;
         start_node(s, i);
     }
     return s;
@@ -1419,6 +1517,7 @@ void sim_crash(struct sim *s, unsigned i)
     nd->state_done = false;
     nd->incarnation++;
     nd->n_cookies = 0;
+    nd->led = false;
     memset(nd->stream_to, 0, sizeof nd->stream_to);
     drop_inbox(nd);
 }
@@ -1438,6 +1537,12 @@ void sim_wipe(struct sim *s, unsigned i)
     nd->promise_term = 0; /* and so do its votes (raft.c: fresh) */
     nd->promise_vote = 0;
     start_node(s, i);
+}
+
+void sim_wipe_join(struct sim *s, unsigned i)
+{
+    s->nodes[i].joiner = true;
+    sim_wipe(s, i);
 }
 
 bool sim_up(const struct sim *s, unsigned i)
@@ -1844,6 +1949,45 @@ int sim_read(struct sim *s, unsigned i)
     return rv;
 }
 
+int sim_change(struct sim *s,
+               unsigned i,
+               enum raft_change_type type,
+               unsigned target)
+{
+    if (!node_ok(s, i) || target >= s->cfg.n) {
+        return RAFT_NOTLEADER;
+    }
+    char ctx[32];
+    int len = snprintf(ctx, sizeof ctx, "node-%u", target + 1);
+    struct raft_change c = {
+        .type = type,
+        .id = target + 1,
+        .ctx = type == RAFT_CHANGE_REMOVE ? NULL : ctx,
+        .ctx_len = type == RAFT_CHANGE_REMOVE ? 0 : (size_t)len};
+    arm(true);
+    int rv = raft_propose_change(s->nodes[i].r, &c, NULL, NULL);
+    arm(false);
+    if (rv == 0) {
+        s->changes++;
+        if (getenv("SIM_TRACE")) {
+            fprintf(stderr, "t=%llu: node %u proposes change %d of %u\n",
+                    (unsigned long long)s->now, i, (int)type, target);
+        }
+        pump(s, i);
+    }
+    return rv;
+}
+
+uint64_t sim_changes(const struct sim *s)
+{
+    return s->changes;
+}
+
+uint64_t sim_handoffs(const struct sim *s)
+{
+    return s->handoffs;
+}
+
 int sim_transfer(struct sim *s, unsigned i, unsigned target)
 {
     if (!node_ok(s, i)) {
@@ -1883,5 +2027,14 @@ void sim_dump(const struct sim *s, FILE *f)
                 (unsigned long long)raft_last_index(r),
                 (unsigned long long)raft_snapshot_index(r),
                 nd->busy ? " (writing)" : "");
+        const struct raft_member *m;
+        size_t n = raft_members(r, &m);
+        fprintf(f, "    members (entry %llu):",
+                (unsigned long long)raft_conf_index(r));
+        for (size_t k = 0; k < n; k++) {
+            fprintf(f, " %llu%s", (unsigned long long)m[k].id,
+                    m[k].voter ? "" : "(learner)");
+        }
+        fprintf(f, "%s\n", nd->joiner ? " [joined]" : "");
     }
 }

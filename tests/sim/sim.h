@@ -16,6 +16,10 @@
 struct sim_config
 {
     unsigned n;              /* number of nodes (ids 1..n) */
+    unsigned voters;         /* of them, the bootstrap configuration's
+                                voters: ids 1..voters (0: all n); the
+                                others start knowing no configuration,
+                                as nodes that join (sim_change adds them) */
     uint64_t seed;           /* drives every random choice */
     bool pre_vote;           /* core option */
     bool check_quorum;       /* core option */
@@ -92,6 +96,9 @@ void sim_partition(struct sim *s, const int *group); /* same group talks */
 void sim_crash(struct sim *s, unsigned i);           /* loses unpersisted */
 void sim_restart(struct sim *s, unsigned i);         /* from persisted state */
 void sim_wipe(struct sim *s, unsigned i); /* restart with nothing persisted */
+/* Wipe and restart as a node that joins (knowing no configuration): a
+ * replaced host. */
+void sim_wipe_join(struct sim *s, unsigned i);
 bool sim_up(const struct sim *s, unsigned i);
 bool sim_connected(const struct sim *s, unsigned i);
 void sim_set_disk(struct sim *s, unsigned i, unsigned min_ms, unsigned max_ms);
@@ -148,7 +155,16 @@ uint64_t sim_one(struct sim *s,
                  size_t len,
                  unsigned expected,
                  bool retry);
-int sim_read(struct sim *s, unsigned i); /* ReadIndex on node i */
+int sim_read(struct sim *s, unsigned i);
+/* Propose a membership change of node @target at node @i. */
+int sim_change(struct sim *s,
+               unsigned i,
+               enum raft_change_type type,
+               unsigned target);
+/* Membership changes proposed, and leaders that removed themselves and
+ * handed off, since sim_new. */
+uint64_t sim_changes(const struct sim *s);
+uint64_t sim_handoffs(const struct sim *s); /* ReadIndex on node i */
 int sim_transfer(struct sim *s, unsigned i, unsigned target);
 
 /* Print every node's state (role, term, indexes) to @f. */

@@ -101,6 +101,9 @@ enum raft_error {
     RAFT_EBUSY,      /* called between raft_get_update and raft_advance */
     RAFT_ECOMPACTED, /* index already compacted away */
     RAFT_ESTALE,     /* index/term is older than the core's state */
+    RAFT_ECHANGE,    /* a membership change cannot start now: the last
+                        one is not committed yet, or this leader has not
+                        committed an entry of its term yet */
 };
 
 /* Role of a node. */
@@ -115,6 +118,62 @@ enum raft_role {
 enum raft_entry_type {
     RAFT_ENTRY_NORMAL = 1, /* a command for the state machine */
     RAFT_ENTRY_NOOP = 2,   /* appended by each new leader; apply does nothing */
+    RAFT_ENTRY_CONFIG = 3, /* a membership change: data is the whole new
+                              configuration (raft_conf_encode); it is in
+                              force from the moment a node appends it */
+};
+
+/*
+ * MEMBERSHIP (Raft thesis chapter 4: one server at a time)
+ *
+ * A configuration lists the members: voters, which elect and make
+ * majorities, and learners, which receive the log but have no vote. Every
+ * member carries a context the core never reads (kvserver puts the node's
+ * addresses there). A configuration entry holds the whole configuration
+ * and is in force on a node as soon as the node appends it, committed or
+ * not; a truncated one gives way to the one before it. A leader proposes
+ * one change at a time (raft_propose_change): adding a learner, promoting
+ * a learner, removing a member, or changing a member's context. Any two
+ * majorities of configurations one change apart intersect, so no two
+ * leaders can be elected in one term across a change. A new leader first
+ * commits an entry of its own term (its no-op) before it proposes a change
+ * (the known fix to the single-server algorithm). A leader that removes
+ * itself goes on leading without counting itself until the change is
+ * committed, then hands off (TimeoutNow to the most up-to-date voter) and
+ * steps down. A node that is not a voter in its configuration never starts
+ * an election, and pre-vote with leases keeps a removed node that missed
+ * its removal from disturbing the others.
+ *
+ * A node with no configuration at all (raft_config with no voters and no
+ * members) is one that joins a running cluster: it waits for a leader to
+ * send it the log or a snapshot (which carries the configuration).
+ */
+#define RAFT_MAX_MEMBERS    64   /* voters and learners together */
+#define RAFT_MAX_MEMBER_CTX 1024 /* bytes of a member's context */
+
+/* One member of a configuration. */
+struct raft_member
+{
+    uint64_t id;     /* node id (non-zero) */
+    bool voter;      /* false: a learner (receives the log, no vote) */
+    const void *ctx; /* opaque to the core (addresses ...), or NULL */
+    size_t ctx_len;  /* its length (at most RAFT_MAX_MEMBER_CTX) */
+};
+
+/* A membership change. */
+enum raft_change_type {
+    RAFT_CHANGE_ADD_LEARNER = 1, /* add a node as a learner */
+    RAFT_CHANGE_PROMOTE,         /* make a learner a voter */
+    RAFT_CHANGE_REMOVE,          /* remove a member (voter or learner) */
+    RAFT_CHANGE_UPDATE,          /* replace a member's context */
+};
+
+struct raft_change
+{
+    enum raft_change_type type;
+    uint64_t id;     /* the member */
+    const void *ctx; /* ADD_LEARNER, UPDATE (PROMOTE: if ctx_len > 0) */
+    size_t ctx_len;
 };
 
 /* One log entry. */
@@ -222,6 +281,11 @@ struct raft_snapshot
     const void *data; /* chunk bytes (filled by the sending caller) */
     size_t len;       /* chunk length */
     bool done;        /* last chunk */
+    const void *conf; /* the configuration as of index (raft_conf_encode),
+                         set by the leader core; the sending caller sends
+                         it with every chunk */
+    size_t conf_len;  /* its length (0 only from a core without
+                         membership: the receiver's bootstrap applies) */
 };
 
 /* InstallSnapshot results. */
@@ -283,6 +347,12 @@ struct raft_update
     bool install;              /* install the staged snapshot below */
     uint64_t install_index;    /* its index */
     uint64_t install_term;     /* its term */
+    const void *install_conf;  /* the configuration as of install_index
+                                  (raft_conf_encode): kept with the state,
+                                  as the configuration applied entries of
+                                  type RAFT_ENTRY_CONFIG make, and handed
+                                  back in raft_persisted.conf */
+    size_t install_conf_len;   /* its length */
     const struct raft_snapshot_chunk *chunks; /* chunks to stage, in order */
     size_t n_chunks;                          /* number of chunks */
     uint64_t truncate_from;           /* != 0: delete stored entries >= this */
@@ -300,17 +370,25 @@ struct raft_update
     enum raft_role role; /* current role */
     uint64_t leader;     /* current leader id, 0 if unknown */
     uint64_t term;       /* current term */
+    bool conf_changed;   /* the latest configuration (raft_members())
+                            changed since the last update */
 };
 
 /* Static configuration of a core. */
 struct raft_config
 {
-    uint64_t id;                  /* this node's id (non-zero) */
-    const uint64_t *voters;       /* ids of all voters, including id */
-    size_t n_voters;              /* number of voters (1..64) */
-    unsigned heartbeat_ms;        /* leader heartbeat interval */
-    unsigned election_ms;         /* election timeout base; actual timeouts
-                                     are random in [election, 2*election) */
+    uint64_t id;                       /* this node's id (non-zero) */
+    const uint64_t *voters;            /* the bootstrap configuration: ids of
+                                          all voters, including id (0..64; none
+                                          and no members: a node that joins a
+                                          running cluster) ... */
+    size_t n_voters;                   /* number of voters */
+    const struct raft_member *members; /* ... or, instead of voters, its
+                                          members with their contexts */
+    size_t n_members;                  /* number of members (0: voters) */
+    unsigned heartbeat_ms;             /* leader heartbeat interval */
+    unsigned election_ms;              /* election timeout base; actual timeouts
+                                          are random in [election, 2*election) */
     uint64_t seed;                /* PRNG seed (use a different one per node) */
     uint64_t start_ms;            /* current time at creation */
     bool pre_vote;                /* run a pre-vote round before elections */
@@ -338,6 +416,10 @@ struct raft_persisted
     const struct raft_entry *entries; /* stored log, consecutive, starting at
                                          or before snap_index + 1 */
     size_t n_entries;                 /* number of entries */
+    const void *conf; /* the configuration as of snap_index (from the
+                         applied RAFT_ENTRY_CONFIG entries or
+                         u.install_conf), or NULL: the bootstrap one */
+    size_t conf_len;  /* its length */
 };
 
 struct raft;
@@ -416,6 +498,63 @@ int raft_propose(struct raft *r,
                  uint64_t *leader_hint);
 
 /**
+ * Propose a membership change (leader only): the configuration entry is
+ * appended, and in force, at once. See MEMBERSHIP above.
+ * @index: out, where the entry was placed (may be NULL).
+ * @leader_hint: out, on RAFT_NOTLEADER the known leader (may be NULL).
+ * @return 0, RAFT_NOTLEADER, RAFT_ETRANSFER, RAFT_ECHANGE (one change is
+ * not committed yet, the leader has not committed in its term, or a
+ * learner to promote has not acknowledged the configuration that made it
+ * one), RAFT_EINVAL
+ * (adding a member, promoting a node that is not a learner, removing or
+ * updating a node that is not a member, removing the last voter, a
+ * context too long, too many members: raft_errmsg() says which),
+ * RAFT_EBUSY or RAFT_ENOMEM.
+ */
+int raft_propose_change(struct raft *r,
+                        const struct raft_change *c,
+                        uint64_t *index,
+                        uint64_t *leader_hint);
+
+/**
+ * The latest configuration (the last configuration entry in the log,
+ * committed or not, else that of the snapshot or the bootstrap).
+ * @out: set to the members, borrowed until the next mutating call.
+ * @return the number of members (0: this node knows no configuration).
+ */
+size_t raft_members(const struct raft *r, const struct raft_member **out);
+
+/** @return the index of the entry that made the latest configuration (0:
+ * it is the bootstrap's or a snapshot's); committed once <= commit. */
+uint64_t raft_conf_index(const struct raft *r);
+
+/** @return whether @id is a voter in the latest configuration. */
+bool raft_is_voter(const struct raft *r, uint64_t id);
+
+/**
+ * Encode a configuration (what a RAFT_ENTRY_CONFIG entry holds).
+ * @out: set to a malloc'ed buffer the caller frees; @len: its length.
+ * @return 0, RAFT_EINVAL (no voter, a zero or repeated id, a context too
+ * long, more than RAFT_MAX_MEMBERS) or RAFT_ENOMEM.
+ */
+int raft_conf_encode(const struct raft_member *m,
+                     size_t n,
+                     void **out,
+                     size_t *len);
+
+/**
+ * Decode and check a configuration.
+ * @out: room for @max members; their ctx point into @data.
+ * @n: out, the number of members.
+ * @return 0 or RAFT_EINVAL (malformed, or more than @max members).
+ */
+int raft_conf_decode(const void *data,
+                     size_t len,
+                     struct raft_member *out,
+                     size_t max,
+                     size_t *n);
+
+/**
  * Request a linearizable read (ReadIndex, thesis 6.4). The read completes
  * in a later update once a heartbeat round confirms leadership and the
  * leader has committed an entry of its term; reads share rounds. If
@@ -430,8 +569,8 @@ int raft_read_index(struct raft *r, uint64_t ctx, uint64_t *leader_hint);
  * Start a leadership transfer (thesis 3.10): catch @target up, then send it
  * TimeoutNow. Proposals are refused meanwhile; the transfer is abandoned
  * after an election timeout.
- * @return 0, RAFT_NOTLEADER, RAFT_EINVAL (unknown target), RAFT_EBUSY or
- * RAFT_ENOMEM.
+ * @return 0, RAFT_NOTLEADER, RAFT_EINVAL (the target is not a voter),
+ * RAFT_EBUSY or RAFT_ENOMEM.
  */
 int raft_transfer_leader(struct raft *r, uint64_t target);
 
@@ -504,7 +643,7 @@ uint64_t raft_first_index(const struct raft *r);
 /** @return the index of the last snapshot (0: none). */
 uint64_t raft_snapshot_index(const struct raft *r);
 
-/* A leader's view of one voter's replication, from raft_peer_info(). */
+/* A leader's view of one member's replication, from raft_peer_info(). */
 struct raft_peer_info
 {
     uint64_t match;          /* Figure 2: matchIndex, the highest index
@@ -515,10 +654,10 @@ struct raft_peer_info
 };
 
 /**
- * The leader's replication progress of voter @id (read-only).
+ * The leader's replication progress of member @id (read-only).
  * @out: filled on success.
  * @return 0, RAFT_NOTLEADER (only a leader tracks it) or RAFT_EINVAL
- * (@id is not a voter).
+ * (@id is not a member).
  */
 int raft_peer_info(const struct raft *r,
                    uint64_t id,
