@@ -1215,6 +1215,7 @@ struct leader_view
         char addr[300];   /* its HOST:PORT in the cluster list */
         uint64_t match;   /* match index */
         uint64_t age_ms;  /* since it last answered */
+        bool learner;     /* no vote (yet) */
     } nodes[MAX_SERVERS]; /* one per node */
 };
 
@@ -1246,6 +1247,7 @@ static void on_status(const Raftkv__StatusReply *r, void *data)
                      p->address ? p->address : "");
             v->nodes[v->n].match = p->match_index;
             v->nodes[v->n].age_ms = p->ack_age_ms;
+            v->nodes[v->n].learner = p->learner;
             v->n++;
         }
     }
@@ -1320,21 +1322,56 @@ int clerk_status(struct clerk *c, struct clerk_node_status **nodes, size_t *n)
         return CLERK_NOMEM;
     }
     pthread_mutex_lock(&c->lock);
-    for (size_t i = 0; i < c->n; i++) {
-        snprintf(st[i].address, sizeof st[i].address, "%s", c->servers[i].addr);
-        ProtobufCService *svc =
-            service(c, i, &raftkv__admin_service__descriptor, c->attempt_ms);
-        struct status_out o = {.st = &st[i], .view = view};
-        Raftkv__StatusArgs a = RAFTKV__STATUS_ARGS__INIT;
-        if (svc) {
-            raftkv__admin_service__status(svc, &a, on_status, &o);
+    size_t asked = 0;
+    for (int round = 0; round < 2; round++) {
+        if (round == 1) {
+            /* Members the leader knows and the list did not name (added
+             * since): ask them too. */
+            size_t had = c->n;
+            for (size_t k = 0; k < view->n; k++) {
+                size_t to;
+                if (view->nodes[k].addr[0]) {
+                    server_of_addr(c, view->nodes[k].addr, &to);
+                }
+            }
+            if (c->n == had) {
+                break;
+            }
+            struct clerk_node_status *more = realloc(st, c->n * sizeof *st);
+            if (!more) {
+                break;
+            }
+            st = more;
+            memset(st + had, 0, (c->n - had) * sizeof *st);
+        }
+        for (size_t i = asked; i < c->n; i++) {
+            snprintf(st[i].address, sizeof st[i].address, "%s",
+                     c->servers[i].addr);
+            ProtobufCService *svc = service(
+                c, i, &raftkv__admin_service__descriptor, c->attempt_ms);
+            struct status_out o = {.st = &st[i], .view = view};
+            Raftkv__StatusArgs a = RAFTKV__STATUS_ARGS__INIT;
+            if (svc) {
+                raftkv__admin_service__status(svc, &a, on_status, &o);
+            }
+        }
+        asked = c->n;
+    }
+    /* A learner says it follows; the leader knows it has no vote. */
+    for (size_t i = 0; i < asked; i++) {
+        for (size_t k = 0; k < view->n; k++) {
+            if (st[i].reachable && view->nodes[k].learner &&
+                view->nodes[k].id == st[i].id &&
+                !strcmp(st[i].role, "follower")) {
+                snprintf(st[i].role, sizeof st[i].role, "learner");
+            }
         }
     }
     pthread_mutex_unlock(&c->lock);
-    fill_lag(st, c->n, view);
+    fill_lag(st, asked, view);
     free(view);
     *nodes = st;
-    *n = c->n;
+    *n = asked;
     return CLERK_OK;
 }
 
@@ -1478,6 +1515,231 @@ int clerk_transfer_leader(struct clerk *c,
              last);
     pthread_mutex_unlock(&c->lock);
     return CLERK_UNAVAILABLE;
+}
+
+/* ----------------------------------------------------------- members */
+
+/* What one MemberList or MemberChange call said. */
+struct member_out
+{
+    bool replied;                 /* a reply came (else rpc failure) */
+    int error;                    /* AdminError */
+    char message[600];            /* the server's message, or rpc error */
+    uint64_t leader;              /* leader the server knows */
+    char leader_addr[300];        /* its address */
+    struct clerk_members *result; /* the members it sent */
+};
+
+static struct clerk_members *members_of(Raftkv__Member *const *m,
+                                        size_t n,
+                                        bool committed,
+                                        uint64_t leader,
+                                        uint64_t cluster,
+                                        const uint64_t *removed,
+                                        size_t n_removed)
+{
+    struct clerk_members *r = calloc(1, sizeof *r);
+    if (!r) {
+        return NULL;
+    }
+    r->members = calloc(n ? n : 1, sizeof *r->members);
+    r->removed = calloc(n_removed ? n_removed : 1, sizeof *r->removed);
+    if (!r->members || !r->removed) {
+        clerk_members_free(r);
+        return NULL;
+    }
+    for (size_t i = 0; i < n; i++) {
+        r->members[i].id = m[i]->id;
+        r->members[i].learner = m[i]->learner;
+        snprintf(r->members[i].peer_address, sizeof r->members[i].peer_address,
+                 "%s", m[i]->peer_address ? m[i]->peer_address : "");
+        snprintf(r->members[i].address, sizeof r->members[i].address, "%s",
+                 m[i]->address ? m[i]->address : "");
+    }
+    r->n = n;
+    if (n_removed) {
+        memcpy(r->removed, removed, n_removed * sizeof *removed);
+    }
+    r->n_removed = n_removed;
+    r->committed = committed;
+    r->leader_id = leader;
+    r->cluster_id = cluster;
+    return r;
+}
+
+void clerk_members_free(struct clerk_members *m)
+{
+    if (m) {
+        free(m->members);
+        free(m->removed);
+        free(m);
+    }
+}
+
+static void on_member_list(const Raftkv__MemberListReply *r, void *data)
+{
+    struct member_out *o = data;
+    if (!r) {
+        snprintf(o->message, sizeof o->message, "%s", rpc_last_error());
+        return;
+    }
+    o->replied = true;
+    o->error = r->error;
+    o->leader = r->leader_id;
+    snprintf(o->message, sizeof o->message, "%s", r->message ? r->message : "");
+    snprintf(o->leader_addr, sizeof o->leader_addr, "%s",
+             r->leader_address ? r->leader_address : "");
+    /* Only the leader's list is the cluster's. */
+    if (r->leader_id && r->leader_id == r->node_id) {
+        o->result =
+            members_of(r->members, r->n_members, r->committed, r->leader_id,
+                       r->cluster_id, r->removed, r->n_removed);
+    } else if (o->error == RAFTKV__ADMIN_ERROR__ADMIN_OK) {
+        o->error = RAFTKV__ADMIN_ERROR__ADMIN_NOT_LEADER;
+    }
+}
+
+static void on_member_change(const Raftkv__MemberChangeReply *r, void *data)
+{
+    struct member_out *o = data;
+    if (!r) {
+        snprintf(o->message, sizeof o->message, "%s", rpc_last_error());
+        return;
+    }
+    o->replied = true;
+    o->error = r->error;
+    o->leader = r->leader_id;
+    snprintf(o->message, sizeof o->message, "%s", r->message ? r->message : "");
+    snprintf(o->leader_addr, sizeof o->leader_addr, "%s",
+             r->leader_address ? r->leader_address : "");
+    if (r->error == RAFTKV__ADMIN_ERROR__ADMIN_OK) {
+        o->result =
+            members_of(r->members, r->n_members, true, r->node_id, 0, NULL, 0);
+    }
+}
+
+/* Call MemberList (args NULL) or MemberChange on the leader, following
+ * its hints, to a final answer or the deadline. */
+static int member_call(struct clerk *c,
+                       const Raftkv__MemberChangeArgs *args,
+                       struct clerk_members **out)
+{
+    pthread_mutex_lock(&c->lock);
+    uint64_t deadline = ck_now_ms() + c->deadline_ms;
+    uint64_t backoff = BACKOFF_MIN_MS;
+    size_t i = c->leader, failures_in_round = 0;
+    char last[700] = "no server tried";
+    int last_rv = CLERK_UNAVAILABLE;
+    for (;;) {
+        uint64_t now = ck_now_ms();
+        if (now >= deadline) {
+            break;
+        }
+        struct member_out o = {0};
+        ProtobufCService *svc =
+            service(c, i, &raftkv__admin_service__descriptor,
+                    (unsigned)(deadline - now));
+        if (!svc) {
+            snprintf(c->errmsg, sizeof c->errmsg, "out of memory");
+            pthread_mutex_unlock(&c->lock);
+            return CLERK_NOMEM;
+        }
+        if (args) {
+            raftkv__admin_service__member_change(svc, args, on_member_change,
+                                                 &o);
+        } else {
+            Raftkv__MemberListArgs a = RAFTKV__MEMBER_LIST_ARGS__INIT;
+            raftkv__admin_service__member_list(svc, &a, on_member_list, &o);
+        }
+        snprintf(last, sizeof last, "%.150s: %.500s", c->servers[i].addr,
+                 o.message[0] ? o.message : "no answer");
+        int rv = -1;
+        if (o.replied) {
+            switch (o.error) {
+                case RAFTKV__ADMIN_ERROR__ADMIN_OK:
+                    rv = o.result ? CLERK_OK : CLERK_NOMEM;
+                    break;
+                case RAFTKV__ADMIN_ERROR__ADMIN_NOT_LEADER:
+                    rv = -1;
+                    break;
+                case RAFTKV__ADMIN_ERROR__ADMIN_BAD_REQUEST:
+                case RAFTKV__ADMIN_ERROR__ADMIN_UNKNOWN_NODE:
+                    rv = CLERK_BAD_REQUEST;
+                    break;
+                case RAFTKV__ADMIN_ERROR__ADMIN_TIMEOUT:
+                    rv = CLERK_TIMEOUT;
+                    break;
+                case RAFTKV__ADMIN_ERROR__ADMIN_UNAUTHENTICATED:
+                    rv = CLERK_UNAUTHENTICATED;
+                    break;
+                case RAFTKV__ADMIN_ERROR__ADMIN_PERMISSION_DENIED:
+                    rv = CLERK_PERMISSION_DENIED;
+                    break;
+                case RAFTKV__ADMIN_ERROR__ADMIN_UNAVAILABLE:
+                    /* Another change pending, a learner behind: final
+                     * (the caller decides when to try again). */
+                    rv = CLERK_UNAVAILABLE;
+                    break;
+                default:
+                    rv = CLERK_INTERNAL;
+                    break;
+            }
+        }
+        if (rv >= 0) {
+            c->leader = i;
+            snprintf(c->errmsg, sizeof c->errmsg, "%.500s", o.message);
+            if (out) {
+                *out = o.result;
+            } else {
+                clerk_members_free(o.result);
+            }
+            pthread_mutex_unlock(&c->lock);
+            return rv;
+        }
+        clerk_members_free(o.result);
+        size_t to;
+        if (o.replied && o.leader && server_of_addr(c, o.leader_addr, &to) &&
+            to != i) {
+            i = to;
+        } else {
+            i = next_server(c, i, &failures_in_round, deadline, &backoff);
+        }
+    }
+    snprintf(c->errmsg, sizeof c->errmsg,
+             "no leader answered within %u ms (last: %s)", c->deadline_ms,
+             last);
+    pthread_mutex_unlock(&c->lock);
+    return last_rv;
+}
+
+int clerk_member_list(struct clerk *c, struct clerk_members **out)
+{
+    if (!c || !out) {
+        return CLERK_INVALID;
+    }
+    *out = NULL;
+    return member_call(c, NULL, out);
+}
+
+int clerk_member_change(struct clerk *c,
+                        enum clerk_member_change type,
+                        uint64_t id,
+                        const char *peer_address,
+                        const char *address,
+                        struct clerk_members **after)
+{
+    if (after) {
+        *after = NULL;
+    }
+    if (!c || (unsigned)type > CLERK_MEMBER_UPDATE) {
+        return CLERK_INVALID;
+    }
+    Raftkv__MemberChangeArgs a = RAFTKV__MEMBER_CHANGE_ARGS__INIT;
+    a.type = (Raftkv__MemberChangeType)type;
+    a.id = id;
+    a.peer_address = (char *)(peer_address ? peer_address : "");
+    a.address = (char *)(address ? address : "");
+    return member_call(c, &a, after);
 }
 
 /* ------------------------------------------------------ fault injection */

@@ -72,6 +72,9 @@ static const char usage_text[] =
     "                          how far it trails the leader\n"
     "  transfer-leader ID      hand leadership to node ID (auto: the leader\n"
     "                          picks its most up-to-date follower)\n"
+    "  member list | add ID PEER_ADDR ADDR | promote ID | remove ID |\n"
+    "         update ID PEER_ADDR ADDR\n"
+    "                          the cluster's members: grow, shrink, replace\n"
     "  snapshot save FILE      save a consistent copy of the whole state\n"
     "                          (restore: kvserver --restore FILE)\n"
     "  fault NODE ...          inject network faults (test clusters only)\n"
@@ -277,6 +280,28 @@ static const struct
      "  exit 3 (TIMEOUT) when the node did not take over within about an\n"
      "  election timeout (it is down or cut off; the old leader stays), or\n"
      "  (UNAVAILABLE) with no leader or another transfer under way.\n"},
+    {"member",
+     "kvctl member list\n"
+     "  The cluster's members as its leader knows them: id, voter or\n"
+     "  learner, peer address, client address, and (from the leader) how\n"
+     "  far each has caught up. PENDING when the last change is not\n"
+     "  committed yet.\n"
+     "kvctl member add ID PEER_ADDR ADDR\n"
+     "  Add node ID as a learner: it gets the log but has no vote. Then\n"
+     "  start it with kvserver --id ID --join (its --cluster giving its own\n"
+     "  addresses) and promote it once it caught up. PEER_ADDR is the\n"
+     "  HOST:PORT the nodes reach it at (Raft), ADDR the clients'.\n"
+     "kvctl member promote ID\n"
+     "  Make learner ID a voter. Exit 3 (UNAVAILABLE) while it has not\n"
+     "  caught up: try again.\n"
+     "kvctl member remove ID\n"
+     "  Remove node ID for good (the leader too: it hands leadership over\n"
+     "  first); the node stops. Its id is never used again.\n"
+     "kvctl member update ID PEER_ADDR ADDR\n"
+     "  Change node ID's addresses (a host that moved).\n"
+     "  One change at a time: the next waits until the last is committed\n"
+     "  (exit 3 meanwhile). Root only when auth is enabled. Replace a node:\n"
+     "  add the new host under a new id, promote it, remove the old one.\n"},
     {"snapshot",
      "kvctl snapshot save FILE\n"
      "  Save a consistent copy of the whole state (keys, values and client\n"
@@ -732,6 +757,145 @@ static int cmd_transfer_leader(struct clerk *ck, const char *arg)
     } else {
         printf("OK leader=%llu\n", (unsigned long long)leader);
     }
+    return EXIT_OK;
+}
+
+/* kvctl member list | add ID PEER ADDR | promote ID | remove ID |
+ * update ID PEER ADDR */
+static void print_members(struct clerk *ck, const struct clerk_members *m)
+{
+    if (fmt == FMT_JSON) {
+        json_t *o = ok_object(), *arr = json_array(), *rm = json_array();
+        for (size_t i = 0; i < m->n; i++) {
+            const struct clerk_member *e = &m->members[i];
+            json_array_append_new(
+                arr, json_pack("{sIsbssss}", "id", (json_int_t)e->id, "learner",
+                               e->learner, "peer_address", e->peer_address,
+                               "address", e->address));
+        }
+        for (size_t i = 0; i < m->n_removed; i++) {
+            json_array_append_new(rm, ju64(m->removed[i]));
+        }
+        json_object_set_new(o, "members", arr);
+        json_object_set_new(o, "removed", rm);
+        json_object_set_new(o, "committed", json_boolean(m->committed));
+        json_object_set_new(o, "leader", ju64(m->leader_id));
+        emit(o);
+        return;
+    }
+    /* The leader's view of each member's progress, when it answers. */
+    struct clerk_node_status *st = NULL;
+    size_t n_st = 0;
+    if (clerk_status(ck, &st, &n_st) != CLERK_OK) {
+        st = NULL;
+        n_st = 0;
+    }
+    if (fmt == FMT_TABLE) {
+        printf("%-6s %-8s %-24s %-24s %10s\n", "ID", "ROLE", "PEER_ADDRESS",
+               "ADDRESS", "REPL_LAG");
+    }
+    for (size_t i = 0; i < m->n; i++) {
+        const struct clerk_member *e = &m->members[i];
+        char lag[24] = "-";
+        for (size_t k = 0; k < n_st; k++) {
+            if (st[k].id == e->id && st[k].progress_known) {
+                snprintf(lag, sizeof lag, "%llu",
+                         (unsigned long long)st[k].replication_lag);
+            }
+        }
+        const char *role = e->learner              ? "learner"
+                           : e->id == m->leader_id ? "leader"
+                                                   : "voter";
+        if (fmt == FMT_TABLE) {
+            printf("%-6llu %-8s %-24s %-24s %10s\n", (unsigned long long)e->id,
+                   role, e->peer_address, e->address, lag);
+        } else {
+            printf("id=%llu role=%s peer_address=%s address=%s",
+                   (unsigned long long)e->id, role, e->peer_address,
+                   e->address);
+            if (strcmp(lag, "-") != 0) {
+                printf(" repl_lag=%s", lag);
+            }
+            putchar('\n');
+        }
+    }
+    if (!m->committed) {
+        printf("PENDING the last change is not committed yet\n");
+    }
+    clerk_free(st);
+}
+
+static bool parse_id(const char *s, uint64_t *out)
+{
+    char *end;
+    errno = 0;
+    unsigned long long v = strtoull(s, &end, 10);
+    if (errno || end == s || *end || s[0] == '-' || v == 0 ||
+        v > (unsigned long long)INT64_MAX) {
+        return false;
+    }
+    *out = v;
+    return true;
+}
+
+static int cmd_member(struct clerk *ck, struct tok *t, int n)
+{
+    const char *use =
+        "usage: kvctl member list | add ID PEER_ADDR ADDR | promote ID | "
+        "remove ID | update ID PEER_ADDR ADDR";
+    if (n < 2) {
+        return usage_error(use);
+    }
+    const char *sub = t[1].p;
+    struct clerk_members *m = NULL;
+    int err;
+    if (!strcmp(sub, "list")) {
+        if (n != 2) {
+            return usage_error(use);
+        }
+        err = clerk_member_list(ck, &m);
+        if (err) {
+            return answer_clerk(ck, err);
+        }
+        print_members(ck, m);
+        clerk_members_free(m);
+        return EXIT_OK;
+    }
+    enum clerk_member_change type;
+    int want;
+    if (!strcmp(sub, "add")) {
+        type = CLERK_MEMBER_ADD;
+        want = 5;
+    } else if (!strcmp(sub, "update")) {
+        type = CLERK_MEMBER_UPDATE;
+        want = 5;
+    } else if (!strcmp(sub, "promote")) {
+        type = CLERK_MEMBER_PROMOTE;
+        want = 3;
+    } else if (!strcmp(sub, "remove")) {
+        type = CLERK_MEMBER_REMOVE;
+        want = 3;
+    } else {
+        return usage_error(use);
+    }
+    uint64_t id;
+    if (n != want) {
+        return usage_error(use);
+    }
+    if (!parse_id(t[2].p, &id)) {
+        return usage_error("ID is a node id: 1 to 2^63-1");
+    }
+    err = clerk_member_change(ck, type, id, want == 5 ? t[3].p : NULL,
+                              want == 5 ? t[4].p : NULL, &m);
+    if (err) {
+        return answer_clerk(ck, err);
+    }
+    if (fmt == FMT_JSON) {
+        print_members(ck, m);
+    } else {
+        printf("OK %s\n", clerk_errmsg(ck));
+    }
+    clerk_members_free(m);
     return EXIT_OK;
 }
 
@@ -3111,6 +3275,9 @@ static int run_command(struct clerk *ck, struct tok *t, int n)
     if (!strcmp(cmd, "transfer-leader")) {
         NEED(2, "transfer-leader ID|auto");
         return cmd_transfer_leader(ck, t[1].p);
+    }
+    if (!strcmp(cmd, "member")) {
+        return cmd_member(ck, t, n);
     }
     if (!strcmp(cmd, "snapshot")) {
         if (n != 3 || strcmp(t[1].p, "save") != 0) {

@@ -31,12 +31,25 @@ static const char usage_text[] =
     "                           client host, client port + 1)\n"
     "  --peer-listen HOST:PORT  where this node accepts peers (default: its\n"
     "                           own --peers address; 0.0.0.0:PORT for all)\n"
+    "  --listen HOST:PORT       where this node accepts clients (default: its\n"
+    "                           own --cluster address, which is where the\n"
+    "                           others and clients reach it; 0.0.0.0:PORT\n"
+    "                           for all)\n"
     "  --peer-secret-file FILE  the cluster's shared secret (16 bytes to\n"
     "                           4 KiB; the same file on every node; make one\n"
     "                           with: openssl rand -hex 32 > FILE; chmod "
     "600).\n"
     "                           Nodes prove they hold it before any Raft\n"
     "                           message is read. Required with 2+ nodes\n"
+    "  --join                   this node joins a running cluster: it is not\n"
+    "                           in the first configuration; add it with\n"
+    "                           kvctl member add, and it gets the data from\n"
+    "                           the leader. --cluster then gives addresses\n"
+    "                           only (this node's at least)\n"
+    "  --force-new-cluster      disaster recovery, when a majority of the\n"
+    "                           nodes is lost for good: start a cluster of\n"
+    "                           this node alone from its data; the others\n"
+    "                           are removed for good (docs/membership.md)\n"
     "  --data-dir DIR           where this node keeps its data (created if\n"
     "                           missing; must belong to this cluster and id)\n"
     "  --heartbeat-ms MS        leader heartbeat interval (default 100)\n"
@@ -282,6 +295,7 @@ int main(int argc, char **argv)
     const char *cluster = NULL;
     const char *peers = NULL;
     const char *peer_listen = NULL;
+    const char *listen = NULL;
     const char *restore = NULL;
     int level = RPC_LOG_INFO;
     bool have_id = false;
@@ -323,6 +337,9 @@ int main(int argc, char **argv)
         {"history-revisions", required_argument, NULL, 1009},
         {"history-bytes", required_argument, NULL, 1010},
         {"lease-min-ttl", required_argument, NULL, 1011},
+        {"join", no_argument, NULL, 1012},
+        {"listen", required_argument, NULL, 1013},
+        {"force-new-cluster", no_argument, NULL, 1014},
         {"help", no_argument, NULL, 'h'},
         {0},
     };
@@ -485,6 +502,15 @@ int main(int argc, char **argv)
             case 1004:
                 c.tls.verify_peer = true;
                 break;
+            case 1012:
+                c.join = true;
+                break;
+            case 1013:
+                listen = optarg;
+                break;
+            case 1014:
+                c.force_new_cluster = true;
+                break;
             case 'h':
                 printf(usage_text, KV_MAX_NODES);
                 return 0;
@@ -549,6 +575,15 @@ int main(int argc, char **argv)
             c.peer_listen_port = c.peer_ports[i];
         }
     }
+    if (listen) {
+        char *copy = strdup(listen);
+        if (!copy) {
+            fprintf(stderr, "kvserver: out of memory\n");
+            return 1;
+        }
+        parse_hostport("--listen", copy, c.listen_host, &c.listen_port);
+        free(copy);
+    }
     if (peer_listen) {
         char *copy = strdup(peer_listen);
         if (!copy) {
@@ -559,7 +594,7 @@ int main(int argc, char **argv)
                        &c.peer_listen_port);
         free(copy);
     }
-    if (c.n_nodes > 1 && !c.peer_secret_file && !restore) {
+    if ((c.n_nodes > 1 || c.join) && !c.peer_secret_file && !restore) {
         die_usage(
             "a cluster of several nodes needs --peer-secret-file: the "
             "same secret file on every node, so that nothing but its "
@@ -606,6 +641,9 @@ int main(int argc, char **argv)
     snprintf(prefix, sizeof prefix, "node %llu: ", (unsigned long long)c.id);
     rpc_log_set_prefix(prefix);
     signal(SIGPIPE, SIG_IGN);
+    if (c.force_new_cluster && restore) {
+        die_usage("--force-new-cluster does not go with --restore%s", "");
+    }
     if (restore) {
         return kv_restore_file(&c, restore);
     }

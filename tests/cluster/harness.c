@@ -162,10 +162,18 @@ static int spawn_node(struct h_cluster *c, size_t i)
     argv[argc++] = "kvserver";
     argv[argc++] = "--id";
     argv[argc++] = id;
+    char own_cluster[128], own_peers[128];
+    snprintf(own_cluster, sizeof own_cluster, "%s=%s:%u", id, nd->host,
+             nd->port);
+    snprintf(own_peers, sizeof own_peers, "%s=%s:%u", id, nd->host,
+             nd->peer_port);
     argv[argc++] = "--cluster";
-    argv[argc++] = c->cluster_arg;
+    argv[argc++] = nd->joins ? own_cluster : c->cluster_arg;
     argv[argc++] = "--peers";
-    argv[argc++] = c->peers_arg;
+    argv[argc++] = nd->joins ? own_peers : c->peers_arg;
+    if (nd->joins) {
+        argv[argc++] = "--join";
+    }
     argv[argc++] = "--peer-secret-file";
     argv[argc++] = c->secret;
     char tls[6][400];
@@ -190,8 +198,8 @@ static int spawn_node(struct h_cluster *c, size_t i)
     snprintf(metrics, sizeof metrics, "%s:%u", nd->host, nd->metrics_port);
     argv[argc++] = "--metrics-addr";
     argv[argc++] = metrics;
-    char extra[sizeof c->extra];
-    snprintf(extra, sizeof extra, "%s", c->extra);
+    char extra[sizeof c->extra + sizeof nd->own_extra + 2];
+    snprintf(extra, sizeof extra, "%s %s", c->extra, nd->own_extra);
     char *save = NULL;
     for (char *t = strtok_r(extra, " ", &save); t && argc < 54;
          t = strtok_r(NULL, " ", &save)) {
@@ -277,6 +285,75 @@ int h_node_start(struct h_cluster *c, size_t i)
         }
         h_sleep_ms(10);
     }
+}
+
+int h_node_add(struct h_cluster *c)
+{
+    if (c->n == H_MAX_NODES) {
+        fprintf(stderr, "harness: no room for another node\n");
+        return -1;
+    }
+    size_t i = c->n;
+    struct h_node *nd = &c->nodes[i];
+    memset(nd, 0, sizeof *nd);
+    uint64_t id = 0;
+    for (size_t k = 0; k < c->n; k++) {
+        id = c->nodes[k].id > id ? c->nodes[k].id : id;
+    }
+    nd->id = id + 1;
+    nd->joins = true;
+    snprintf(nd->host, sizeof nd->host, "%s", c->nodes[0].host);
+    int held[3];
+    nd->port = free_port(nd->host, &held[0]);
+    nd->metrics_port = free_port(nd->host, &held[1]);
+    nd->peer_port = free_port(nd->host, &held[2]);
+    for (int k = 0; k < 3; k++) {
+        if (held[k] >= 0) {
+            close(held[k]);
+        }
+    }
+    if (!nd->port || !nd->metrics_port || !nd->peer_port) {
+        return -1;
+    }
+    snprintf(nd->dir, sizeof nd->dir, "%s/node%llu", c->root,
+             (unsigned long long)nd->id);
+    snprintf(nd->log, sizeof nd->log, "%s/node%llu.log", c->root,
+             (unsigned long long)nd->id);
+    snprintf(nd->rules, sizeof nd->rules, "%s/node%llu.rules", c->root,
+             (unsigned long long)nd->id);
+    snprintf(nd->trace, sizeof nd->trace, "%s/node%llu.trace", c->root,
+             (unsigned long long)nd->id);
+    c->n++;
+    return (int)i;
+}
+
+int h_node_move(struct h_cluster *c, size_t i)
+{
+    struct h_node *nd = &c->nodes[i];
+    int held[2];
+    nd->port = free_port(nd->host, &held[0]);
+    nd->peer_port = free_port(nd->host, &held[1]);
+    for (int k = 0; k < 2; k++) {
+        if (held[k] >= 0) {
+            close(held[k]);
+        }
+    }
+    /* Its flags name only its own addresses from now on. */
+    nd->joins = true;
+    return nd->port && nd->peer_port ? 0 : -1;
+}
+
+void h_node_addr(const struct h_cluster *c, size_t i, char *out, size_t len)
+{
+    snprintf(out, len, "%s:%u", c->nodes[i].host, c->nodes[i].port);
+}
+
+void h_node_peer_addr(const struct h_cluster *c,
+                      size_t i,
+                      char *out,
+                      size_t len)
+{
+    snprintf(out, len, "%s:%u", c->nodes[i].host, c->nodes[i].peer_port);
 }
 
 int h_cluster_start(struct h_cluster *c, size_t n, const char *extra)

@@ -26,6 +26,9 @@ struct h_node
     bool stopped;          /* SIGSTOPped */
     char rules[512];       /* its disk-fault rules (h_start.diskfault) */
     char trace[512];       /* its disk-operation trace (same) */
+    bool joins;            /* added after the start (h_node_add): runs
+                              with --join and only its own addresses */
+    char own_extra[128];   /* more flags for this node alone */
 };
 
 struct h_cluster
@@ -102,6 +105,30 @@ int h_cluster_start_hosts(struct h_cluster *c,
                           size_t n,
                           const char *extra,
                           bool distinct_hosts);
+
+/**
+ * Make room for one more node (not started): a new id (one above every
+ * id so far), free ports on node 0's host, and flags that start it with
+ * --join (it joins the running cluster once a leader adds it: kvctl
+ * member add, with h_node_peer_addr and h_node_addr). Start it with
+ * h_node_start.
+ * @return its index, or -1 (H_MAX_NODES reached, no port)
+ */
+int h_node_add(struct h_cluster *c);
+
+/**
+ * Give node i new ports (a host that moved; start it with h_node_start,
+ * after kvctl member update).
+ * @return 0, or -1 (no free port)
+ */
+int h_node_move(struct h_cluster *c, size_t i);
+
+/** "HOST:PORT" of node i's client and peer listeners. */
+void h_node_addr(const struct h_cluster *c, size_t i, char *out, size_t len);
+void h_node_peer_addr(const struct h_cluster *c,
+                      size_t i,
+                      char *out,
+                      size_t len);
 
 /** "HOST:PORT,HOST:PORT,..." of every node, for clerk_open. */
 void h_endpoints(const struct h_cluster *c, char *out, size_t len);

@@ -269,6 +269,76 @@ int clerk_transfer_leader(struct clerk *c,
                           uint64_t target_id,
                           uint64_t *new_leader);
 
+/* One member of the cluster, from clerk_member_list/clerk_member_change. */
+struct clerk_member
+{
+    uint64_t id;            /* node id */
+    bool learner;           /* receives the log, has no vote (yet) */
+    char peer_address[300]; /* HOST:PORT where the nodes reach it (Raft) */
+    char address[300];      /* HOST:PORT where clients reach it */
+};
+
+/* The cluster's membership as its leader knows it. */
+struct clerk_members
+{
+    struct clerk_member *members; /* the members */
+    size_t n;                     /* their number */
+    bool committed;      /* the last change is committed (one change at a
+                            time: the next waits until it is) */
+    uint64_t leader_id;  /* the node that answered leads (0: none known) */
+    uint64_t cluster_id; /* the cluster's id */
+    uint64_t *removed;   /* ids removed for good: never members again */
+    size_t n_removed;    /* their number */
+};
+
+/* A membership change (clerk_member_change). */
+enum clerk_member_change {
+    CLERK_MEMBER_ADD = 0,     /* add a node as a learner: it gets the log
+                                 (start it with kvserver --join) */
+    CLERK_MEMBER_PROMOTE = 1, /* make a learner that caught up a voter */
+    CLERK_MEMBER_REMOVE = 2,  /* remove a member for good (the leader too:
+                                 it hands leadership over first) */
+    CLERK_MEMBER_UPDATE = 3,  /* change a member's addresses */
+};
+
+/**
+ * The cluster's members, from its leader (or, when no leader answers
+ * before the deadline, CLERK_UNAVAILABLE).
+ * @param out set to the list (free with clerk_members_free)
+ * @return CLERK_OK, CLERK_UNAVAILABLE, CLERK_INVALID, CLERK_NOMEM
+ */
+int clerk_member_list(struct clerk *c, struct clerk_members **out);
+
+/**
+ * Change the membership, one node at a time, through the leader: returns
+ * once the change is committed and applied there. Grow a cluster by
+ * adding a node (ADD, with its addresses), starting it with kvserver
+ * --join, and promoting it once it caught up (PROMOTE waits for that no
+ * longer than a call: it answers CLERK_UNAVAILABLE while the learner is
+ * behind). Replace a failed node by adding the new one under a new id,
+ * promoting it, then removing the old one. A removed id is never added
+ * again.
+ * @param peer_address, address for ADD and UPDATE: the node's HOST:PORT
+ *   for the other nodes and for clients (NULL otherwise)
+ * @param after if not NULL, set to the membership after the change (free
+ *   with clerk_members_free)
+ * @return CLERK_OK, CLERK_BAD_REQUEST (not a member, already one, a
+ *   removed id, the last voter, bad addresses), CLERK_UNAVAILABLE (no
+ *   leader; another change is not committed yet; the learner has not
+ *   caught up), CLERK_TIMEOUT (proposed; not known to be applied: check
+ *   clerk_member_list), CLERK_UNAUTHENTICATED, CLERK_PERMISSION_DENIED
+ *   (root only, with auth), CLERK_INVALID, CLERK_NOMEM. clerk_errmsg says
+ *   which.
+ */
+int clerk_member_change(struct clerk *c,
+                        enum clerk_member_change type,
+                        uint64_t id,
+                        const char *peer_address,
+                        const char *address,
+                        struct clerk_members **after);
+
+void clerk_members_free(struct clerk_members *m);
+
 /* Where clerk_snapshot_save puts the bytes; a non-zero return stops it. */
 typedef int (*clerk_sink)(const void *data, size_t len, void *arg);
 

@@ -18,18 +18,30 @@ uint64_t node_now_ms(void)
     return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
 }
 
-const char *node_peer_addr(struct kv_node *n, uint64_t id)
+static void on_removed(evutil_socket_t fd, short what, void *arg)
 {
-    static char buf[300];
-    for (size_t i = 0; i < n->cfg.n_nodes; i++) {
-        if (n->cfg.ids[i] == id) {
-            snprintf(buf, sizeof buf,
-                     strchr(n->cfg.hosts[i], ':') ? "[%s]:%u" : "%s:%u",
-                     n->cfg.hosts[i], n->cfg.ports[i]);
-            return buf;
-        }
+    (void)fd;
+    (void)what;
+    struct kv_node *n = arg;
+    n->stopping = true;
+    n->exit_code = 0;
+    event_base_loopexit(n->base, NULL);
+}
+
+void node_removed_self(struct kv_node *n, uint64_t index)
+{
+    rpc_logf(RPC_LOG_WARN,
+             "node %llu: removed from the cluster (configuration entry %llu); "
+             "stopping. Its data directory cannot serve again: wipe it "
+             "before reusing the host, and add it under a new id",
+             (unsigned long long)n->cfg.id, (unsigned long long)index);
+    if (!n->removed_ev) {
+        n->removed_ev = evtimer_new(n->base, on_removed, n);
     }
-    return "";
+    if (n->removed_ev) {
+        struct timeval tv = {1, 0};
+        evtimer_add(n->removed_ev, &tv);
+    }
 }
 
 void node_set_cluster_id(struct kv_node *n, uint64_t id)
@@ -187,6 +199,9 @@ static void run_turn(struct kv_node *n)
         struct raft_update u;
         if (raft_get_update(n->raft, &u) != 0) {
             break;
+        }
+        if (u.conf_changed) {
+            node_sync_peers(n); /* before anything goes to a new member */
         }
         for (size_t i = 0; i < u.n_early; i++) {
             peer_send(n, &u.early[i]);
@@ -353,6 +368,7 @@ static void node_free(struct kv_node *n)
         rpc_channel_free(n->peers[i].ch);
         free(n->peers[i].chunk);
     }
+    free(n->removed);
     rpc_server_free(n->server);
     rpc_server_free(n->peer_server);
     rpc_tls_free(n->tls);
@@ -384,8 +400,9 @@ static void node_free(struct kv_node *n)
     }
     node_clear_applied(n);
     free(n->done);
-    struct event *evs[] = {n->turn_ev,  n->tick_ev,  n->sweep_ev, n->retry_ev,
-                           n->state_ev, n->sig_term, n->sig_int,  n->sig_hup};
+    struct event *evs[] = {n->turn_ev,  n->tick_ev,  n->sweep_ev,
+                           n->retry_ev, n->state_ev, n->sig_term,
+                           n->sig_int,  n->sig_hup,  n->removed_ev};
     for (size_t i = 0; i < sizeof evs / sizeof evs[0]; i++) {
         if (evs[i]) {
             event_free(evs[i]);
@@ -396,26 +413,13 @@ static void node_free(struct kv_node *n)
     }
 }
 
-/* Peers are the members of --cluster, nobody else. */
+/* Peers are the nodes that prove they hold the cluster's secret, under
+ * any id but ours and those removed for good: a node added since (or one
+ * whose addition this node has not applied yet) must be heard. */
 static bool allow_peer(uint64_t id, void *arg)
 {
     struct kv_node *n = arg;
-    for (size_t i = 0; i < n->cfg.n_nodes; i++) {
-        if (n->cfg.ids[i] == id) {
-            return id != n->cfg.id;
-        }
-    }
-    return false;
-}
-
-/* The source address of our calls to peers: our own peer host, unless
- * that is a wildcard. */
-static const char *bind_host(const char *host)
-{
-    if (!strcmp(host, "0.0.0.0") || !strcmp(host, "::") || !*host) {
-        return NULL;
-    }
-    return host;
+    return id != n->cfg.id && !node_removed(n, id);
 }
 
 int kv_node_open(const struct kv_node_config *cfg, struct kv_node **out)
@@ -467,7 +471,7 @@ int kv_node_open(const struct kv_node_config *cfg, struct kv_node **out)
      * handshakes in progress; nobody idles them out. */
     struct rpc_server_options po = {
         .max_output = cfg->max_output,
-        .max_connections = (uint32_t)(8 * cfg->n_nodes + 16),
+        .max_connections = (uint32_t)(8 * KV_MAX_PEERS + 16),
         .max_per_source = KV_PEER_HANDSHAKES_PER_SOURCE,
         .frame_timeout_ms = cfg->frame_timeout_ms,
         .peer_auth = &n->peer_auth,
@@ -500,47 +504,27 @@ int kv_node_run(struct kv_node *n)
             self = i;
         }
     }
-    if (rpc_server_listen(n->server, cfg->hosts[self], cfg->ports[self],
-                          NULL) != 0) {
+    const char *lhost = cfg->listen_port ? cfg->listen_host : cfg->hosts[self];
+    uint16_t lport = cfg->listen_port ? cfg->listen_port : cfg->ports[self];
+    if (rpc_server_listen(n->server, lhost, lport, NULL) != 0) {
         fprintf(stderr, "kvserver: %s\n", rpc_server_errmsg(n->server));
         return 1;
     }
-    if (cfg->n_nodes > 1 &&
+    if ((cfg->n_nodes > 1 || cfg->join) &&
         rpc_server_listen(n->peer_server, cfg->peer_listen_host,
                           cfg->peer_listen_port, NULL) != 0) {
         fprintf(stderr, "kvserver: peers: %s\n",
                 rpc_server_errmsg(n->peer_server));
         return 1;
     }
-    for (size_t i = 0; i < cfg->n_nodes; i++) {
-        if (i == self) {
-            continue;
-        }
-        struct kv_peer *p = &n->peers[n->n_peers++];
-        p->id = cfg->ids[i];
-        snprintf(p->addr, sizeof p->addr,
-                 strchr(cfg->peer_hosts[i], ':') ? "[%s]:%u" : "%s:%u",
-                 cfg->peer_hosts[i], cfg->peer_ports[i]);
-        struct rpc_channel_options o = {
-            .deadline_ms = cfg->election_ms,
-            .connect_timeout_ms = cfg->election_ms,
-            .backoff_max_ms = cfg->heartbeat_ms * 2,
-            .bind_host = bind_host(cfg->peer_hosts[self]),
-            .limits.max_args = KV_PEER_MAX_ARGS,
-            .peer_auth = &n->peer_auth,
-            .peer_id = p->id,
-            .tls = n->peer_tls_out,
-        };
-        p->ch = rpc_channel_new(n->base, cfg->peer_hosts[i], cfg->peer_ports[i],
-                                &o);
-        p->raft = p->ch ? rpc_channel_service(p->ch,
-                                              &raftkv__raft_service__descriptor)
-                        : NULL;
-        if (!p->raft) {
-            fprintf(stderr, "kvserver: out of memory\n");
-            return 1;
-        }
+    /* Listening: the start worked, and the data directory is this
+     * node's from now on (a start that failed before leaves it free for
+     * corrected flags). */
+    if (kv_store_claim(&n->store, 0, cfg->id) != 0) {
+        fprintf(stderr, "kvserver: %s\n", n->store.errmsg);
+        return 1;
     }
+    node_sync_peers(n);
     /* Turns run after the I/O callbacks of a loop iteration, so that every
      * request that arrived together shares one write and one fsync. */
     n->turn_ev = event_new(n->base, -1, 0, on_turn, n);

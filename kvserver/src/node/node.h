@@ -38,8 +38,12 @@
 #include "store.h"
 #include "wal.h"
 
-#define KV_MAX_NODES 9
-#define KV_MAX_VALUE (4u << 20) /* largest value a client may write */
+#define KV_MAX_NODES 9 /* nodes a --cluster list may name */
+/* Members (voters and learners) of a configuration, peers of a node. */
+#define KV_MAX_PEERS RAFT_MAX_MEMBERS
+/* A member's context: its addresses (members.c). */
+#define MEMBER_CTX_MAX 620
+#define KV_MAX_VALUE   (4u << 20) /* largest value a client may write */
 /* Largest Raft message args: one AppendEntries of a few entries (one may
  * hold a whole KV_MAX_VALUE) or one snapshot chunk. */
 #define KV_PEER_MAX_ARGS (8u << 20)
@@ -67,6 +71,8 @@ struct kv_node_config
     uint16_t peer_ports[KV_MAX_NODES];  /* their peer ports */
     char peer_listen_host[256];         /* where this node listens for peers */
     uint16_t peer_listen_port;          /* (default: its own peer address) */
+    char listen_host[256];              /* where it listens for clients */
+    uint16_t listen_port;               /* (0: its own --cluster address) */
     const char *peer_secret_file;       /* the cluster's shared secret, or NULL
                                            (only a one-node cluster) */
     struct rpc_tls_options tls;         /* client listener TLS (cert_file NULL:
@@ -102,6 +108,12 @@ struct kv_node_config
     uint64_t history_bytes;      /* and to this many bytes (0: no cap) */
     int64_t lease_min_ttl_s;     /* shortest lease TTL, seconds: a grant
                                     asking less gets this */
+    bool force_new_cluster;      /* start a cluster of this node alone
+                                    from its data (disaster recovery) */
+    bool join;                   /* not in the bootstrap configuration: it
+                                    joins a running cluster (--join) and
+                                    learns the configuration from its
+                                    leader; --cluster gives only addresses */
 };
 
 /* Another node, as seen from this one. */
@@ -260,8 +272,11 @@ struct kv_node
     struct event *sig_hup;              /* reloads the certificates */
     struct raft *raft;                  /* the consensus core */
     struct kv_store store;              /* LMDB */
-    struct kv_peer peers[KV_MAX_NODES]; /* every other node */
+    struct kv_peer peers[KV_MAX_PEERS]; /* every other member */
     size_t n_peers;                     /* entries in peers */
+    uint64_t *removed;                  /* ids removed for good (applied) */
+    size_t n_removed;                   /* entries in removed */
+    struct event *removed_ev;           /* stops a node removed itself */
     uint64_t applied;                   /* state machine's applied index */
     uint64_t applied_term;              /* its term */
     uint64_t snap_index;                /* core snapshot index persisted */
@@ -376,6 +391,20 @@ int node_subscribe(struct kv_node *n,
                    node_event_cb cb,
                    void *arg);
 
+/**
+ * Propose a membership change (leader only) and wait, as node_propose,
+ * for its configuration entry to be applied (w->done with 0, or TIMEOUT,
+ * WRONG_LEADER).
+ * @return 0 when proposed (w is held); otherwise a raft error
+ *   (RAFT_NOTLEADER, RAFT_ETRANSFER, RAFT_ECHANGE, RAFT_EINVAL, ...) with
+ *   @why filled, and w->done not called
+ */
+int node_propose_change(struct kv_node *n,
+                        const struct raft_change *c,
+                        struct node_write_waiter *w,
+                        char *why,
+                        size_t why_len);
+
 /* Write waiters not done yet. */
 size_t node_writes_pending(const struct kv_node *n);
 
@@ -388,6 +417,15 @@ void node_clock(struct kv_node *n);
 uint64_t node_now_ms(void);
 /* "host:port" of a node's client address (for leader hints). */
 const char *node_peer_addr(struct kv_node *n, uint64_t id);
+/* A member's client (or, with @peer, Raft) address "host:port": from its
+ * configuration context, else from the flags; "" when unknown. */
+void node_member_addr(const struct kv_node *n,
+                      uint64_t id,
+                      bool peer,
+                      char *out,
+                      size_t len);
+/* Was @id removed from the cluster for good (never a member again)? */
+bool node_removed(const struct kv_node *n, uint64_t id);
 /* The applied state to read: the open state transaction (what was applied
  * since the last state commit), or a read transaction of the last commit.
  * NULL (and *rc, if given, the LMDB error) when none can begin. Hand it
@@ -401,6 +439,9 @@ int node_state_commit(struct kv_node *n, bool full);
 /* ------------------------------------------------ node/ internals */
 
 /* node.c */
+/* An applied configuration entry removed this node: it stops soon (once
+ * its last messages, a leader's hand-off, are out). */
+void node_removed_self(struct kv_node *n, uint64_t index);
 /* The cluster id became known (from the log or a snapshot). */
 void node_set_cluster_id(struct kv_node *n, uint64_t id);
 
@@ -428,6 +469,42 @@ int node_persist_growing(struct kv_node *n, const struct raft_update *u);
 void node_state_due(struct kv_node *n);
 void node_maybe_compact(struct kv_node *n);
 void node_clear_applied(struct kv_node *n);
+
+/* members.c: membership as the node sees it */
+size_t members_ctx_format(char *buf,
+                          size_t len,
+                          const char *peer,
+                          const char *client);
+bool members_split_addr(const char *addr,
+                        char *host,
+                        size_t hlen,
+                        uint16_t *port);
+/* The bootstrap configuration from the flags (none with --join). */
+int members_bootstrap(const struct kv_node_config *c,
+                      struct raft_member *m,
+                      char (*ctx)[MEMBER_CTX_MAX],
+                      size_t *n);
+/* Make the peers follow the latest configuration. */
+void node_sync_peers(struct kv_node *n);
+/* The applied configuration (malloc'ed, NULL: the bootstrap's) and the
+ * removed ids (into n->removed), from the state. */
+int members_load(struct kv_node *n,
+                 MDB_txn *txn,
+                 void **conf,
+                 size_t *conf_len);
+/* A snapshot installed: its configuration is @conf. */
+int members_install(struct kv_node *n,
+                    MDB_txn *txn,
+                    const void *conf,
+                    size_t len);
+/* Apply a configuration entry; *self_removed when it removes this node. */
+int members_apply(struct kv_node *n,
+                  MDB_txn *txn,
+                  const struct raft_entry *e,
+                  bool *self_removed);
+/* Forget the configuration and removed ids (a backup restored into
+ * another cluster). */
+int members_forget(struct kv_store *st, MDB_txn *txn);
 
 /* peer.c: Raft RPCs in both directions */
 void peer_service_init(struct kv_node *n);

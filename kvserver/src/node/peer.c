@@ -263,6 +263,8 @@ void peer_send(struct kv_node *n, const struct raft_message *m)
                 ents[i].index = e->index;
                 ents[i].type = e->type == RAFT_ENTRY_NOOP
                                    ? RAFTKV__ENTRY_TYPE__ENTRY_NOOP
+                               : e->type == RAFT_ENTRY_CONFIG
+                                   ? RAFTKV__ENTRY_TYPE__ENTRY_CONFIG
                                    : RAFTKV__ENTRY_TYPE__ENTRY_NORMAL;
                 ents[i].data.data = (uint8_t *)e->data;
                 ents[i].data.len = e->len;
@@ -298,6 +300,8 @@ void peer_send(struct kv_node *n, const struct raft_message *m)
             a.last_included_index = s->index;
             a.last_included_term = s->term;
             a.seq = s->seq;
+            a.conf.data = (uint8_t *)s->conf;
+            a.conf.len = s->conf_len;
             raftkv__raft_service__install_snapshot(p->raft, &a,
                                                    on_snapshot_reply, c);
             return;
@@ -357,8 +361,9 @@ static bool accept_request(struct kv_node *n,
     } else if (to != n->cfg.id) {
         snprintf(why, sizeof why, "request for node %llu reached node %llu",
                  (unsigned long long)to, (unsigned long long)n->cfg.id);
-    } else if (!find_peer(n, from)) {
-        snprintf(why, sizeof why, "node %llu is not in this cluster",
+    } else if (node_removed(n, from)) {
+        snprintf(why, sizeof why,
+                 "node %llu was removed from this cluster for good",
                  (unsigned long long)from);
     } else if (n->stopping || n->frozen) {
         rpc_call_fail(closure_data, RPC_E_SHUTTING_DOWN,
@@ -469,9 +474,20 @@ static void handle_append_entries(Raftkv__RaftService_Service *svc,
         const Raftkv__Entry *e = a->entries[i];
         ents[i].term = e->term;
         ents[i].index = e->index;
-        ents[i].type = e->type == RAFTKV__ENTRY_TYPE__ENTRY_NOOP
-                           ? RAFT_ENTRY_NOOP
-                           : RAFT_ENTRY_NORMAL;
+        switch (e->type) {
+            case RAFTKV__ENTRY_TYPE__ENTRY_NORMAL:
+                ents[i].type = RAFT_ENTRY_NORMAL;
+                break;
+            case RAFTKV__ENTRY_TYPE__ENTRY_NOOP:
+                ents[i].type = RAFT_ENTRY_NOOP;
+                break;
+            case RAFTKV__ENTRY_TYPE__ENTRY_CONFIG:
+                ents[i].type = RAFT_ENTRY_CONFIG;
+                break;
+            default:
+                ents[i].type = (enum raft_entry_type)0; /* the core refuses */
+                break;
+        }
         ents[i].data = e->data.len ? e->data.data : NULL;
         ents[i].len = e->data.len;
     }
@@ -556,6 +572,8 @@ static void handle_install_snapshot(
     m.u.snapshot.data = a->data.data;
     m.u.snapshot.len = a->data.len;
     m.u.snapshot.done = a->done;
+    m.u.snapshot.conf = a->conf.len ? a->conf.data : NULL;
+    m.u.snapshot.conf_len = a->conf.len;
     step_request(n, &m, (ProtobufCClosure)closure, closure_data);
 }
 

@@ -200,6 +200,21 @@ static int state_apply_upto(struct kv_node *n, uint64_t upto)
                      st->dir, (unsigned long long)i);
             return KV_STORE_EIO;
         }
+        if (e->type == RAFT_ENTRY_CONFIG) {
+            bool gone = false;
+            int rv = members_apply(n, n->state_txn, e, &gone);
+            struct kv_outcome o;
+            memset(&o, 0, sizeof o);
+            if (!rv) {
+                rv = note_applied(n, e, 0, &o); /* its waiter hears OK */
+            }
+            if (rv) {
+                return rv;
+            }
+            if (gone) {
+                node_removed_self(n, e->index);
+            }
+        }
         if (e->type == RAFT_ENTRY_NORMAL) {
             struct kv_outcome o;
             int rv =
@@ -259,6 +274,10 @@ static int install_staged(struct kv_node *n, const struct raft_update *u)
         node_set_cluster_id(n, m.cluster_id); /* from the snapshot */
     }
     n->auth_gen++; /* new users and roles, perhaps */
+    if (!rv) {
+        rv = members_install(n, n->state_txn, u->install_conf,
+                             u->install_conf_len);
+    }
     if (!rv) {
         n->applied = applied;
         n->applied_term = applied_term;
@@ -597,6 +616,170 @@ static int pick_entries(struct kv_node *n,
     return rv;
 }
 
+/* --force-new-cluster: this node alone becomes the cluster. Every other
+ * member of its configuration is removed for good at once (their Raft
+ * calls are refused from now on), and a configuration entry naming only
+ * this node is appended to its log after everything it holds: once this
+ * node, the only voter, commits its first entry, every entry of its log is
+ * committed with it (acknowledged writes it holds are kept; writes it
+ * holds that the old cluster never committed are kept too). The entries
+ * of @c and @conf describe the node as read; the new entry is added to
+ * @c. */
+static int force_new_cluster(struct kv_node *n,
+                             struct kv_wal_contents *c,
+                             const void *conf,
+                             size_t conf_len,
+                             struct kv_meta *m)
+{
+    struct kv_store *st = &n->store;
+    struct raft_member old[RAFT_MAX_MEMBERS];
+    char boot_ctx[KV_MAX_NODES][MEMBER_CTX_MAX];
+    size_t n_old = 0;
+    if (conf_len) {
+        if (raft_conf_decode(conf, conf_len, old, RAFT_MAX_MEMBERS, &n_old)) {
+            n_old = 0;
+        }
+    } else if (members_bootstrap(&n->cfg, old, boot_ctx, &n_old) != 0) {
+        n_old = 0;
+    }
+    /* Every id of the last configuration in the log too (a change not
+     * applied yet). */
+    uint64_t ids[2 * RAFT_MAX_MEMBERS];
+    size_t n_ids = 0;
+    for (size_t i = 0; i < n_old; i++) {
+        ids[n_ids++] = old[i].id;
+    }
+    for (size_t k = c->n_entries; k-- > 0;) {
+        const struct raft_entry *e = &c->entries[k];
+        struct raft_member lm[RAFT_MAX_MEMBERS];
+        size_t nl = 0;
+        if (e->type == RAFT_ENTRY_CONFIG && e->index > m->applied &&
+            raft_conf_decode(e->data, e->len, lm, RAFT_MAX_MEMBERS, &nl) == 0) {
+            for (size_t i = 0; i < nl && n_ids < 2 * RAFT_MAX_MEMBERS; i++) {
+                ids[n_ids++] = lm[i].id;
+            }
+            break;
+        }
+    }
+    size_t n_rm = n->n_removed;
+    uint64_t *rm = realloc(n->removed, (n_rm + n_ids + 1) * sizeof *rm);
+    if (!rm) {
+        return -1;
+    }
+    n->removed = rm;
+    for (size_t i = 0; i < n_ids; i++) {
+        if (ids[i] != n->cfg.id && !node_removed(n, ids[i])) {
+            rm[n->n_removed++] = ids[i];
+        }
+    }
+    MDB_txn *txn;
+    if (mdb_txn_begin(st->env, NULL, 0, &txn) != 0) {
+        return -1;
+    }
+    uint8_t *buf = malloc(n->n_removed * 8 + 1);
+    int rv = buf ? 0 : KV_STORE_ENOMEM;
+    for (size_t i = 0; buf && i < n->n_removed; i++) {
+        kv_put_u64(buf + 8 * i, n->removed[i]);
+    }
+    if (!rv) {
+        MDB_val k = {7, "removed"}, v = {n->n_removed * 8, buf};
+        int rc = mdb_put(txn, st->kvmeta, &k, &v, 0);
+        rv = rc ? kv_store_fail(st, rc, "write kvmeta") : 0;
+    }
+    free(buf);
+    if (rv || mdb_txn_commit(txn) != 0) {
+        if (rv) {
+            mdb_txn_abort(txn);
+        }
+        return -1;
+    }
+    /* The configuration entry: this node alone, at its own addresses. */
+    char peer[300], client[300], ctx[MEMBER_CTX_MAX];
+    size_t self = 0;
+    for (size_t i = 0; i < n->cfg.n_nodes; i++) {
+        if (n->cfg.ids[i] == n->cfg.id) {
+            self = i;
+        }
+    }
+    const struct kv_node_config *cf = &n->cfg;
+    snprintf(peer, sizeof peer,
+             strchr(cf->peer_hosts[self], ':') ? "[%s]:%u" : "%s:%u",
+             cf->peer_hosts[self], cf->peer_ports[self]);
+    snprintf(client, sizeof client,
+             strchr(cf->hosts[self], ':') ? "[%s]:%u" : "%s:%u",
+             cf->hosts[self], cf->ports[self]);
+    size_t ctx_len = members_ctx_format(ctx, sizeof ctx, peer, client);
+    struct raft_member me = {
+        .id = n->cfg.id, .voter = true, .ctx = ctx, .ctx_len = ctx_len};
+    void *blob;
+    size_t len;
+    if (!ctx_len || raft_conf_encode(&me, 1, &blob, &len) != 0) {
+        return -1;
+    }
+    uint64_t last = c->n_entries ? c->entries[c->n_entries - 1].index
+                                 : (m->applied > c->snap_index ? m->applied
+                                                               : c->snap_index);
+    uint64_t term = c->hs.term;
+    if (c->n_entries && c->entries[c->n_entries - 1].term > term) {
+        term = c->entries[c->n_entries - 1].term;
+    }
+    if (m->applied_term > term) {
+        term = m->applied_term;
+    }
+    if (term == 0) {
+        term = 1;
+    }
+    struct raft_entry e = {.term = term,
+                           .index = last + 1,
+                           .type = RAFT_ENTRY_CONFIG,
+                           .data = blob,
+                           .len = len};
+    if (term > c->hs.term) {
+        rv = kv_wal_add_hard_state(&n->wal, term, 0);
+    }
+    if (!rv) {
+        rv = kv_wal_add_entries(&n->wal, &e, 1);
+    }
+    if (!rv) {
+        rv = kv_wal_sync(&n->wal);
+    }
+    if (rv) {
+        fprintf(stderr, "kvserver: --force-new-cluster: %s\n", n->wal.errmsg);
+        free(blob);
+        return -1;
+    }
+    /* What raft_restore reads: the same, plus the new entry (its data
+     * kept in the contents' blobs, freed with them). */
+    struct raft_entry *grown =
+        realloc(c->entries, (c->n_entries + 1) * sizeof *grown);
+    void **blobs = realloc(c->blobs, (c->n_blobs + 1) * sizeof *blobs);
+    if (!grown || !blobs) {
+        free(blob);
+        if (grown) {
+            c->entries = grown;
+        }
+        if (blobs) {
+            c->blobs = blobs;
+        }
+        return -1;
+    }
+    c->entries = grown;
+    c->blobs = blobs;
+    c->blobs[c->n_blobs++] = blob;
+    c->entries[c->n_entries++] = e;
+    if (term > c->hs.term) {
+        c->hs.term = term;
+        c->hs.vote = 0;
+    }
+    rpc_logf(RPC_LOG_WARN,
+             "node %llu: --force-new-cluster: this node alone is the cluster "
+             "now (configuration entry %llu); %zu former members removed for "
+             "good. Never start them again with their data",
+             (unsigned long long)n->cfg.id, (unsigned long long)e.index,
+             n->n_removed - n_rm);
+    return 0;
+}
+
 int node_restore(struct kv_node *n)
 {
     struct kv_store *st = &n->store;
@@ -605,7 +788,8 @@ int node_restore(struct kv_node *n)
         fprintf(stderr, "kvserver: %s\n", st->errmsg);
         return -1;
     }
-    rv = kv_store_claim(st, 0, n->cfg.id);
+    rv = kv_store_check_identity(st, 0, n->cfg.id); /* stamped once it
+                                                      listens (node.c) */
     if (rv) {
         fprintf(stderr, "kvserver: %s\n", st->errmsg);
         return -1;
@@ -630,10 +814,25 @@ int node_restore(struct kv_node *n)
         return -1;
     }
     struct kv_meta m;
+    void *conf = NULL;
+    size_t conf_len = 0;
     rv = kv_store_read_meta(st, txn, &m);
+    if (!rv) {
+        rv = members_load(n, txn, &conf, &conf_len);
+    }
     mdb_txn_abort(txn);
     if (rv) {
         fprintf(stderr, "kvserver: %s\n", st->errmsg);
+        free(conf);
+        return -1;
+    }
+    if (node_removed(n, n->cfg.id)) {
+        fprintf(stderr,
+                "kvserver: node %llu was removed from its cluster for good; "
+                "it cannot serve again. To run a node on this host, wipe %s "
+                "and add it under a new id (kvctl member add)\n",
+                (unsigned long long)n->cfg.id, n->cfg.data_dir);
+        free(conf);
         return -1;
     }
     n->cluster_id = m.cluster_id; /* 0 until the first leader names it */
@@ -643,11 +842,13 @@ int node_restore(struct kv_node *n)
                 "--restore was stopped); run the same kvserver --restore "
                 "again, then start the node\n",
                 n->cfg.data_dir);
+        free(conf);
         return -1;
     }
     struct kv_wal_contents c;
     rv = kv_wal_open(&n->wal, n->cfg.data_dir, n->cfg.wal_segment_bytes, &c);
     if (rv) {
+        free(conf);
         fprintf(stderr, "kvserver: %s\n", n->wal.errmsg);
         if (rv == KV_STORE_ECORRUPT || rv == KV_STORE_EIO) {
             fprintf(stderr,
@@ -665,6 +866,14 @@ int node_restore(struct kv_node *n)
                  (unsigned long long)n->cfg.id,
                  (unsigned long long)c.cut_bytes);
     }
+    if (n->cfg.force_new_cluster &&
+        force_new_cluster(n, &c, conf, conf_len, &m) != 0) {
+        fprintf(stderr, "kvserver: --force-new-cluster: cannot write %s (%s)\n",
+                n->cfg.data_dir, st->errmsg);
+        kv_wal_contents_free(&c);
+        free(conf);
+        return -1;
+    }
     size_t keep = 0;
     rv = pick_entries(n, &c, m.applied, m.applied_term, &keep);
     if (rv) {
@@ -677,6 +886,7 @@ int node_restore(struct kv_node *n)
                     n->cfg.data_dir);
         }
         kv_wal_contents_free(&c);
+        free(conf);
         return -1;
     }
     n->applied = n->durable_applied = n->handed = m.applied;
@@ -685,12 +895,22 @@ int node_restore(struct kv_node *n)
     n->last_compact = m.applied;
     n->state_synced = true;
 
-    uint64_t voters[KV_MAX_NODES];
-    memcpy(voters, n->cfg.ids, n->cfg.n_nodes * sizeof voters[0]);
+    /* The bootstrap configuration: --cluster's nodes, with their
+     * addresses (none with --join: the leader's log or snapshot brings
+     * it). The state's applied configuration overrides it. */
+    struct raft_member boot[KV_MAX_NODES];
+    char boot_ctx[KV_MAX_NODES][MEMBER_CTX_MAX];
+    size_t n_boot = 0;
+    if (members_bootstrap(&n->cfg, boot, boot_ctx, &n_boot) != 0) {
+        fprintf(stderr, "kvserver: addresses too long\n");
+        kv_wal_contents_free(&c);
+        free(conf);
+        return -1;
+    }
     struct raft_config rc = {
         .id = n->cfg.id,
-        .voters = voters,
-        .n_voters = n->cfg.n_nodes,
+        .members = boot,
+        .n_members = n_boot,
         .heartbeat_ms = n->cfg.heartbeat_ms,
         .election_ms = n->cfg.election_ms,
         .seed = n->cfg.seed,
@@ -707,6 +927,7 @@ int node_restore(struct kv_node *n)
     if (!n->raft) {
         fprintf(stderr, "kvserver: invalid Raft configuration\n");
         kv_wal_contents_free(&c);
+        free(conf);
         return -1;
     }
     /* The state is a snapshot at its applied index; the log's entries
@@ -718,10 +939,13 @@ int node_restore(struct kv_node *n)
         .applied = m.applied,
         .entries = c.entries ? c.entries + keep : NULL,
         .n_entries = c.n_entries - keep,
+        .conf = conf,
+        .conf_len = conf_len,
     };
     size_t n_entries = p.n_entries;
     rv = raft_restore(n->raft, &p);
     kv_wal_contents_free(&c);
+    free(conf);
     if (rv) {
         fprintf(stderr, "kvserver: %s: cannot restore Raft state: %s\n",
                 n->cfg.data_dir, raft_errmsg(n->raft));

@@ -2,6 +2,7 @@
  * embedded in requests (a write until its entry is applied, a read until
  * it may be served) and subscribers to the loop's broadcasts (node.h). */
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 
 #include "node.h"
@@ -53,6 +54,40 @@ int node_propose(struct kv_node *n,
     }
     w->index = index;
     w->term = term;
+    w->deadline = node_now_ms() + n->cfg.request_timeout_ms;
+    w->next = NULL;
+    if (n->writes_tail) {
+        n->writes_tail->next = w;
+    } else {
+        n->writes = w;
+    }
+    n->writes_tail = w;
+    node_schedule_turn(n);
+    return 0;
+}
+
+int node_propose_change(struct kv_node *n,
+                        const struct raft_change *c,
+                        struct node_write_waiter *w,
+                        char *why,
+                        size_t why_len)
+{
+    if (n->frozen) {
+        snprintf(why, why_len, "this node cannot write its disk: %s",
+                 n->store.errmsg);
+        return RAFT_EFULL;
+    }
+    uint64_t index, hint = 0;
+    node_clock(n);
+    int rv = raft_propose_change(n->raft, c, &index, &hint);
+    if (rv) {
+        snprintf(why, why_len, "%s",
+                 rv == RAFT_EINVAL || rv == RAFT_ECHANGE ? raft_errmsg(n->raft)
+                                                         : raft_strerror(rv));
+        return rv;
+    }
+    w->index = index;
+    w->term = raft_term(n->raft);
     w->deadline = node_now_ms() + n->cfg.request_timeout_ms;
     w->next = NULL;
     if (n->writes_tail) {

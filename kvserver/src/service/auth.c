@@ -1238,6 +1238,26 @@ static void gate_fault(Raftkv__AdminService_Service *svc,
     closure(&r, data);
 }
 
+static void gate_member_change(Raftkv__AdminService_Service *svc,
+                               const Raftkv__MemberChangeArgs *a,
+                               Raftkv__MemberChangeReply_Closure closure,
+                               void *data)
+{
+    struct kv_services *s = services_of(svc, admin_svc);
+    struct kv_node *n = s->node;
+    Raftkv__MemberChangeReply r = RAFTKV__MEMBER_CHANGE_REPLY__INIT;
+    char msg[400];
+    int err;
+    if (admin_allowed(s, data, "change membership", &err, msg, sizeof msg)) {
+        s->admin_inner.member_change(svc, a, closure, data);
+        return;
+    }
+    r.error = err;
+    r.message = msg;
+    r.node_id = n->cfg.id;
+    closure(&r, data);
+}
+
 int auth_service_init(struct kv_services *s)
 {
     struct kv_node *n = s->node;
@@ -1284,6 +1304,9 @@ int auth_service_init(struct kv_services *s)
     }
     if (s->admin_svc.fault) {
         s->admin_svc.fault = gate_fault;
+    }
+    if (s->admin_svc.member_change) {
+        s->admin_svc.member_change = gate_member_change;
     }
     return node_subscribe(n, NODE_EV_STOPPING, auth_service_stop, s);
 }

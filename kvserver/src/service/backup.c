@@ -397,7 +397,10 @@ int kv_restore_file(const struct kv_node_config *cfg, const char *file)
         goto out;
     }
     struct kv_meta rm;
-    if (kv_store_read_meta(&st, txn, &rm) != 0 ||
+    /* The restored cluster is the one the flags describe: the backed-up
+     * cluster's members and removed ids do not come along. */
+    if (members_forget(&st, txn) != 0 ||
+        kv_store_read_meta(&st, txn, &rm) != 0 ||
         kv_store_put_meta(
             &st, txn, "cluster",
             restored_cluster_id(cfg, rm.cluster_id, index, term)) != 0 ||

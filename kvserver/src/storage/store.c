@@ -271,6 +271,39 @@ int kv_store_read_meta(struct kv_store *st, MDB_txn *txn, struct kv_meta *m)
     return 0;
 }
 
+int kv_store_check_identity(struct kv_store *st,
+                            uint64_t cluster_id,
+                            uint64_t node_id)
+{
+    MDB_txn *txn;
+    int rc = mdb_txn_begin(st->env, NULL, MDB_RDONLY, &txn);
+    if (rc) {
+        return kv_store_fail(st, rc, "begin read");
+    }
+    struct kv_meta m;
+    int rv = kv_store_read_meta(st, txn, &m);
+    mdb_txn_abort(txn);
+    if (rv) {
+        return rv;
+    }
+    if (m.node_id && m.node_id != node_id) {
+        snprintf(st->errmsg, sizeof st->errmsg,
+                 "data directory %s belongs to node %llu, not node %llu",
+                 st->dir, (unsigned long long)m.node_id,
+                 (unsigned long long)node_id);
+        return KV_STORE_EIDENTITY;
+    }
+    if (cluster_id && m.cluster_id && m.cluster_id != cluster_id) {
+        snprintf(st->errmsg, sizeof st->errmsg,
+                 "data directory %s belongs to cluster %016llx, not "
+                 "%016llx",
+                 st->dir, (unsigned long long)m.cluster_id,
+                 (unsigned long long)cluster_id);
+        return KV_STORE_EIDENTITY;
+    }
+    return 0;
+}
+
 int kv_store_claim(struct kv_store *st, uint64_t cluster_id, uint64_t node_id)
 {
     MDB_txn *txn;

@@ -113,6 +113,16 @@ void kv_store_close(struct kv_store *st);
 int kv_store_claim(struct kv_store *st, uint64_t cluster_id, uint64_t node_id);
 
 /**
+ * kv_store_claim's checks, without stamping a fresh store (a node checks
+ * at start, and stamps once it listens: a first start that fails leaves
+ * the directory free for corrected flags).
+ * @return 0, KV_STORE_EIDENTITY (errmsg says whose it is), or an error
+ */
+int kv_store_check_identity(struct kv_store *st,
+                            uint64_t cluster_id,
+                            uint64_t node_id);
+
+/**
  * Read the meta database.
  * @return 0 or an error code
  */

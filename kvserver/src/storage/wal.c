@@ -578,7 +578,8 @@ static int replay_body(struct replay *r, const uint8_t *p, size_t len)
             if (len - i < dlen) {
                 return damaged(r, "entry cut short");
             }
-            if (etype != RAFT_ENTRY_NORMAL && etype != RAFT_ENTRY_NOOP) {
+            if (etype != RAFT_ENTRY_NORMAL && etype != RAFT_ENTRY_NOOP &&
+                etype != RAFT_ENTRY_CONFIG) {
                 return damaged(r, "unknown entry type");
             }
             if (c->n_entries && a > last_index(r) + 1) {
