@@ -388,6 +388,47 @@ static void test_member_force_new_cluster_on_a_survivor(void)
     clerk_close(solo);
 }
 
+/* A one-node cluster (started with a secret) grows: a second voter, and
+ * leadership handed to it, needs the first node's peer port (a one-node
+ * cluster did not listen on it). */
+static void test_member_single_node_grows(void)
+{
+    struct h_cluster one;
+    CU_ASSERT_FATAL(h_cluster_start(&one, 1, NULL) == 0);
+    CU_ASSERT_FATAL(h_find_leader(&one, 10000) == 0);
+    char ep[64];
+    h_node_addr(&one, 0, ep, sizeof ep);
+    struct clerk *c1;
+    struct clerk_options o = {.deadline_ms = 10000};
+    CU_ASSERT_FATAL(clerk_open(&c1, ep, &o) == CLERK_OK);
+    CU_ASSERT_EQUAL(clerk_put(c1, "a", 1, "1", 1), CLERK_OK);
+    int i = h_node_add(&one);
+    CU_ASSERT_FATAL(i == 1);
+    char peer[64], addr[64];
+    h_node_peer_addr(&one, 1, peer, sizeof peer);
+    h_node_addr(&one, 1, addr, sizeof addr);
+    CU_ASSERT_EQUAL_FATAL(
+        clerk_member_change(c1, CLERK_MEMBER_ADD, 2, peer, addr, NULL),
+        CLERK_OK);
+    CU_ASSERT_FATAL(h_node_start(&one, 1) == 0);
+    int rv;
+    uint64_t end = h_now_ms() + 15000;
+    do {
+        rv = clerk_member_change(c1, CLERK_MEMBER_PROMOTE, 2, NULL, NULL, NULL);
+        if (rv == CLERK_UNAVAILABLE) {
+            h_sleep_ms(100);
+        }
+    } while (rv == CLERK_UNAVAILABLE && h_now_ms() < end);
+    CU_ASSERT_EQUAL_FATAL(rv, CLERK_OK);
+    uint64_t leader = 0;
+    CU_ASSERT_EQUAL(clerk_transfer_leader(c1, 2, &leader), CLERK_OK);
+    CU_ASSERT_EQUAL(leader, 2);
+    CU_ASSERT_EQUAL(clerk_put(c1, "b", 1, "2", 1), CLERK_OK);
+    clerk_close(c1);
+    one.keep = CU_get_number_of_failures() > 0;
+    h_cluster_destroy(&one);
+}
+
 /* kvctl member: the command a user types. */
 static void test_kvctl_member_list_and_usage(void)
 {
@@ -499,6 +540,7 @@ int main(int argc, char **argv)
         {"test_member_update_moves_a_node_to_new_ports",
          test_member_update_moves_a_node_to_new_ports},
         {"test_kvctl_member_list_and_usage", test_kvctl_member_list_and_usage},
+        {"test_member_single_node_grows", test_member_single_node_grows},
         {"test_identity_a_failed_first_start_leaves_the_directory_free",
          test_identity_a_failed_first_start_leaves_the_directory_free},
         {"test_member_every_acknowledged_write_is_there",

@@ -510,7 +510,9 @@ int kv_node_run(struct kv_node *n)
         fprintf(stderr, "kvserver: %s\n", rpc_server_errmsg(n->server));
         return 1;
     }
-    if ((cfg->n_nodes > 1 || cfg->join) &&
+    /* Peers: with several nodes, or a secret (a one-node cluster may
+     * grow: kvctl member add). */
+    if ((cfg->n_nodes > 1 || cfg->join || cfg->peer_secret_file) &&
         rpc_server_listen(n->peer_server, cfg->peer_listen_host,
                           cfg->peer_listen_port, NULL) != 0) {
         fprintf(stderr, "kvserver: peers: %s\n",
@@ -547,7 +549,7 @@ int kv_node_run(struct kv_node *n)
     event_add(n->sig_hup, NULL);
     rpc_logf(RPC_LOG_INFO,
              "node %llu: serving clients on %s (%s), peers on %s:%u (%s), "
-             "cluster %016llx%s, %zu nodes, data in %s",
+             "cluster %016llx%s, %zu members, data in %s",
              (unsigned long long)cfg->id, node_peer_addr(n, cfg->id),
              !n->tls                ? "plain TCP"
              : cfg->tls.verify_peer ? "TLS, client certificates"
@@ -555,8 +557,8 @@ int kv_node_run(struct kv_node *n)
              cfg->peer_listen_host, cfg->peer_listen_port,
              n->peer_tls_in ? "mutual TLS + secret" : "secret",
              (unsigned long long)n->cluster_id,
-             n->cluster_id ? "" : " (named by the first leader)", cfg->n_nodes,
-             cfg->data_dir);
+             n->cluster_id ? "" : " (named by the first leader)",
+             raft_members(n->raft, NULL), cfg->data_dir);
     if (cfg->fault_injection) {
         rpc_logf(RPC_LOG_WARN,
                  "node %llu: fault injection is enabled: anyone who reaches "

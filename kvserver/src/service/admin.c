@@ -514,6 +514,14 @@ static void handle_member_change(Raftkv__AdminService_Service *svc,
                      why);
         return;
     }
+    if (!n->cfg.peer_secret_file &&
+        a->type == RAFTKV__MEMBER_CHANGE_TYPE__MEMBER_ADD) {
+        member_reply(n, closure, data, bad,
+                     "this cluster runs without --peer-secret-file, so no "
+                     "other node can prove it belongs: restart its nodes "
+                     "with a secret first");
+        return;
+    }
     struct raft_change c = {.id = a->id};
     switch (a->type) {
         case RAFTKV__MEMBER_CHANGE_TYPE__MEMBER_ADD:
