@@ -1411,11 +1411,11 @@ static void on_ping(const Raftkv__PingReply *r, void *data)
     }
 }
 
-/* Map a TransferLeader answer that ends the operation; -1 for one that
- * sends the clerk on to another server. */
-static int transfer_result(const struct transfer_out *o)
+/* Map an AdminService error that ends the operation to a clerk result; -1
+ * for NOT_LEADER, which sends the clerk on to another server. */
+static int admin_result(int error)
 {
-    switch (o->error) {
+    switch (error) {
         case RAFTKV__ADMIN_ERROR__ADMIN_OK:
             return CLERK_OK;
         case RAFTKV__ADMIN_ERROR__ADMIN_NOT_LEADER:
@@ -1488,7 +1488,7 @@ int clerk_transfer_leader(struct clerk *c,
         }
         snprintf(last, sizeof last, "%.150s: %.240s", c->servers[i].addr,
                  o.message[0] ? o.message : "no answer");
-        int rv = o.replied ? transfer_result(&o) : -1;
+        int rv = o.replied ? admin_result(o.error) : -1;
         if (rv >= 0) {
             size_t to;
             if (o.leader && server_of_addr(c, o.leader_addr, &to)) {
@@ -1653,37 +1653,9 @@ static int member_call(struct clerk *c,
         }
         snprintf(last, sizeof last, "%.150s: %.500s", c->servers[i].addr,
                  o.message[0] ? o.message : "no answer");
-        int rv = -1;
-        if (o.replied) {
-            switch (o.error) {
-                case RAFTKV__ADMIN_ERROR__ADMIN_OK:
-                    rv = o.result ? CLERK_OK : CLERK_NOMEM;
-                    break;
-                case RAFTKV__ADMIN_ERROR__ADMIN_NOT_LEADER:
-                    rv = -1;
-                    break;
-                case RAFTKV__ADMIN_ERROR__ADMIN_BAD_REQUEST:
-                case RAFTKV__ADMIN_ERROR__ADMIN_UNKNOWN_NODE:
-                    rv = CLERK_BAD_REQUEST;
-                    break;
-                case RAFTKV__ADMIN_ERROR__ADMIN_TIMEOUT:
-                    rv = CLERK_TIMEOUT;
-                    break;
-                case RAFTKV__ADMIN_ERROR__ADMIN_UNAUTHENTICATED:
-                    rv = CLERK_UNAUTHENTICATED;
-                    break;
-                case RAFTKV__ADMIN_ERROR__ADMIN_PERMISSION_DENIED:
-                    rv = CLERK_PERMISSION_DENIED;
-                    break;
-                case RAFTKV__ADMIN_ERROR__ADMIN_UNAVAILABLE:
-                    /* Another change pending, a learner behind: final
-                     * (the caller decides when to try again). */
-                    rv = CLERK_UNAVAILABLE;
-                    break;
-                default:
-                    rv = CLERK_INTERNAL;
-                    break;
-            }
+        int rv = o.replied ? admin_result(o.error) : -1;
+        if (rv == CLERK_OK && !o.result) {
+            rv = CLERK_NOMEM;
         }
         if (rv >= 0) {
             c->leader = i;

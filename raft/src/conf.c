@@ -371,18 +371,9 @@ int raft_propose_change(struct raft *r,
                         uint64_t *index,
                         uint64_t *leader_hint)
 {
-    if (r->busy) {
-        return RAFT_EBUSY;
-    }
-    if (r->role != RAFT_LEADER) {
-        rf_hint_leader(r, leader_hint);
-        return RAFT_NOTLEADER;
-    }
-    if (r->transfer_target != 0) {
-        if (leader_hint != NULL) {
-            *leader_hint = r->transfer_target;
-        }
-        return RAFT_ETRANSFER;
+    int gate = rf_may_propose(r, leader_hint);
+    if (gate != 0) {
+        return gate;
     }
     if (c == NULL || c->id == 0 || c->ctx_len > RAFT_MAX_MEMBER_CTX ||
         (c->ctx_len > 0 && c->ctx == NULL)) {

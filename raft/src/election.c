@@ -56,6 +56,9 @@ void rf_become_follower(struct raft *r, uint64_t term, uint64_t leader)
 
 int rf_become_leader(struct raft *r)
 {
+    /* A majority elected it in this term: whatever it may have lost of an
+     * earlier life, it is part of the live cluster now (raft.c: fresh). */
+    r->fresh = false;
     r->role = RAFT_LEADER;
     r->leader = r->id;
     r->role_dirty = true;

@@ -226,6 +226,9 @@ struct raft_message *rf_msg_new(struct raft *r,
                                 uint64_t to);
 void rf_hint_leader(const struct raft *r, uint64_t *hint);
 
+/* step.c */
+int rf_may_propose(struct raft *r, uint64_t *leader_hint);
+
 /* election.c */
 void rf_become_follower(struct raft *r, uint64_t term, uint64_t leader);
 int rf_become_leader(struct raft *r);

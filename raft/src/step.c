@@ -246,12 +246,9 @@ uint64_t raft_next_timeout(const struct raft *r)
     return t;
 }
 
-int raft_propose(struct raft *r,
-                 const void *data,
-                 size_t len,
-                 uint64_t *index,
-                 uint64_t *term,
-                 uint64_t *leader_hint)
+/* May this node append a new entry now? 0, or why not (with the leader,
+ * or the transfer target, in *leader_hint). */
+int rf_may_propose(struct raft *r, uint64_t *leader_hint)
 {
     if (r->busy) {
         return RAFT_EBUSY;
@@ -265,6 +262,20 @@ int raft_propose(struct raft *r,
             *leader_hint = r->transfer_target;
         }
         return RAFT_ETRANSFER;
+    }
+    return 0;
+}
+
+int raft_propose(struct raft *r,
+                 const void *data,
+                 size_t len,
+                 uint64_t *index,
+                 uint64_t *term,
+                 uint64_t *leader_hint)
+{
+    int gate = rf_may_propose(r, leader_hint);
+    if (gate != 0) {
+        return gate;
     }
     if (len > 0 && data == NULL) {
         return RAFT_EINVAL;

@@ -2312,6 +2312,50 @@ static void test_member_leader_back_with_its_own_removal_campaigns(void)
     raft_free(r);
 }
 
+/* Found by test_membership: a one-node cluster, fresh (started with no
+ * persisted state), leads; a second voter added at once and handed
+ * leadership asks for its vote within the fresh node's first two election
+ * timeouts. The fresh rule (vote only in a new cluster or after hearing
+ * from a leader) must not refuse it: a node that led is in the live
+ * cluster. */
+static void test_member_fresh_leader_votes_for_its_successor(void)
+{
+    struct raft_config c = cfg(1, 1);
+    c.start_ms = 0;
+    struct raft *r = start(&c);
+    CU_ASSERT_EQUAL(raft_tick(r, 399), 0); /* fresh until 2 x election_ms */
+    CU_ASSERT_EQUAL(raft_role(r), RAFT_LEADER);
+    flush(r);
+    CU_ASSERT_EQUAL(
+        raft_propose_change(
+            r, &(struct raft_change){RAFT_CHANGE_ADD_LEARNER, 2, NULL, 0}, NULL,
+            NULL),
+        0);
+    flush(r);
+    ack(r, 2, raft_last_index(r), 0);
+    CU_ASSERT_EQUAL(change(r, RAFT_CHANGE_PROMOTE, 2), 0);
+    flush(r);
+    ack(r, 2, raft_last_index(r), 0);
+    flush(r);
+    /* Node 2 campaigns (TimeoutNow) with the whole log. */
+    struct raft_message v = {0};
+    v.type = RAFT_MSG_VOTE;
+    v.from = 2;
+    v.to = 1;
+    v.term = raft_term(r) + 1;
+    v.cookie = 3;
+    v.u.vote.transfer = true;
+    v.u.vote.last_index = raft_last_index(r);
+    CU_ASSERT_EQUAL(
+        raft_entry_term(r, v.u.vote.last_index, &v.u.vote.last_term), 0);
+    CU_ASSERT_EQUAL(raft_step(r, &v), 0); /* (still at 399 ms) */
+    upd(r);
+    const struct raft_message *resp = find_msg(RAFT_MSG_VOTE_RESP, 2);
+    CU_ASSERT(resp != NULL && resp->u.vote_resp.granted);
+    adv(r);
+    raft_free(r);
+}
+
 static const struct test_case cases[] = {
     T(test_config_invalid_is_rejected),
     T(test_restore_rejects_gap_between_snapshot_and_log),
@@ -2366,6 +2410,7 @@ static const struct test_case cases[] = {
     T(test_member_lone_voter_sends_nothing_of_an_unwritten_term),
     T(test_member_node_knowing_no_configuration_does_not_vote),
     T(test_member_leader_back_with_its_own_removal_campaigns),
+    T(test_member_fresh_leader_votes_for_its_successor),
 };
 
 int main(int argc, char **argv)

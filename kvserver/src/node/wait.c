@@ -9,6 +9,25 @@
 
 /* ------------------------------------------------------------- writes */
 
+/* Hold @w until its entry (@index, @term) is applied. */
+static void queue_write(struct kv_node *n,
+                        struct node_write_waiter *w,
+                        uint64_t index,
+                        uint64_t term)
+{
+    w->index = index;
+    w->term = term;
+    w->deadline = node_now_ms() + n->cfg.request_timeout_ms;
+    w->next = NULL;
+    if (n->writes_tail) {
+        n->writes_tail->next = w;
+    } else {
+        n->writes = w;
+    }
+    n->writes_tail = w;
+    node_schedule_turn(n);
+}
+
 int node_propose(struct kv_node *n,
                  const Raftkv__Command *cmd,
                  struct node_write_waiter *w)
@@ -52,17 +71,7 @@ int node_propose(struct kv_node *n,
         }
         return err;
     }
-    w->index = index;
-    w->term = term;
-    w->deadline = node_now_ms() + n->cfg.request_timeout_ms;
-    w->next = NULL;
-    if (n->writes_tail) {
-        n->writes_tail->next = w;
-    } else {
-        n->writes = w;
-    }
-    n->writes_tail = w;
-    node_schedule_turn(n);
+    queue_write(n, w, index, term);
     return 0;
 }
 
@@ -86,17 +95,7 @@ int node_propose_change(struct kv_node *n,
                                                          : raft_strerror(rv));
         return rv;
     }
-    w->index = index;
-    w->term = raft_term(n->raft);
-    w->deadline = node_now_ms() + n->cfg.request_timeout_ms;
-    w->next = NULL;
-    if (n->writes_tail) {
-        n->writes_tail->next = w;
-    } else {
-        n->writes = w;
-    }
-    n->writes_tail = w;
-    node_schedule_turn(n);
+    queue_write(n, w, index, raft_term(n->raft));
     return 0;
 }
 

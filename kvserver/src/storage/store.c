@@ -306,46 +306,31 @@ int kv_store_check_identity(struct kv_store *st,
 
 int kv_store_claim(struct kv_store *st, uint64_t cluster_id, uint64_t node_id)
 {
+    int rv = kv_store_check_identity(st, cluster_id, node_id);
+    if (rv) {
+        return rv;
+    }
     MDB_txn *txn;
     int rc = mdb_txn_begin(st->env, NULL, 0, &txn);
     if (rc) {
         return kv_store_fail(st, rc, "begin");
     }
     struct kv_meta m;
-    int rv = kv_store_read_meta(st, txn, &m);
+    rv = kv_store_read_meta(st, txn, &m);
+    if (rv || m.node_id != 0) {
+        mdb_txn_abort(txn); /* (claimed already: checked above) */
+        return rv;
+    }
+    rv = kv_store_put_meta(st, txn, "node", node_id);
+    if (!rv && cluster_id) {
+        rv = kv_store_put_meta(st, txn, "cluster", cluster_id);
+    }
     if (rv) {
         mdb_txn_abort(txn);
         return rv;
     }
-    if (m.node_id == 0) {
-        rv = kv_store_put_meta(st, txn, "node", node_id);
-        if (!rv && cluster_id) {
-            rv = kv_store_put_meta(st, txn, "cluster", cluster_id);
-        }
-        if (rv) {
-            mdb_txn_abort(txn);
-            return rv;
-        }
-        rc = mdb_txn_commit(txn);
-        return rc ? kv_store_fail(st, rc, "commit") : 0;
-    }
-    mdb_txn_abort(txn);
-    if (m.node_id != node_id) {
-        snprintf(st->errmsg, sizeof st->errmsg,
-                 "data directory %s belongs to node %llu, not node %llu",
-                 st->dir, (unsigned long long)m.node_id,
-                 (unsigned long long)node_id);
-        return KV_STORE_EIDENTITY;
-    }
-    if (cluster_id && m.cluster_id && m.cluster_id != cluster_id) {
-        snprintf(st->errmsg, sizeof st->errmsg,
-                 "data directory %s belongs to cluster %016llx, not "
-                 "%016llx",
-                 st->dir, (unsigned long long)m.cluster_id,
-                 (unsigned long long)cluster_id);
-        return KV_STORE_EIDENTITY;
-    }
-    return 0;
+    rc = mdb_txn_commit(txn);
+    return rc ? kv_store_fail(st, rc, "commit") : 0;
 }
 
 int kv_store_grow(struct kv_store *st)
