@@ -12,6 +12,7 @@
 #include "metrics.h"
 #include "node.h"
 #include "quota.h"
+#include "raftkv_version.h"
 #include "service.h"
 
 static const char usage_text[] =
@@ -124,6 +125,7 @@ static const char usage_text[] =
     "                           delay, duplicate or cut this node's traffic.\n"
     "                           For tests; never on a production cluster\n"
     "  -h, --help               this text\n"
+    "  --version                print kvserver's version and exit\n"
     "\n"
     "SIGTERM or SIGINT stops the node cleanly. Exit status: 0 after a clean\n"
     "stop, 1 when the node cannot start or finds its data damaged, 2 for a\n"
@@ -324,6 +326,7 @@ int main(int argc, char **argv)
         {"history-bytes", required_argument, NULL, 1010},
         {"lease-min-ttl", required_argument, NULL, 1011},
         {"help", no_argument, NULL, 'h'},
+        {"version", no_argument, NULL, 'V'},
         {0},
     };
     /* The file options 1001-1008 (1004 is a switch), in that order. */
@@ -487,6 +490,9 @@ int main(int argc, char **argv)
                 break;
             case 'h':
                 printf(usage_text, KV_MAX_NODES);
+                return 0;
+            case 'V':
+                fputs(RAFTKV_VERSION_LINE("kvserver"), stdout);
                 return 0;
             case ':':
                 die_usage("option %s needs a value", argv[optind - 1]);
