@@ -8,6 +8,7 @@ packages=(build-essential cmake pkg-config libprotobuf-c-dev
           clang libclang-rt-14-dev
           libssl-dev libsodium-dev  # TLS (bufferevent_openssl), HMAC, Argon2id
           libjansson-dev            # kvctl: JSON output and transactions
+          libyaml-dev               # kvserver --config FILE
           openssl                   # cluster.sh makes a CA and certificates
           nftables iproute2)  # packet-level partitions in test_netns
 
