@@ -60,7 +60,9 @@ if grep -q libclerk <<<"$deps"; then
     echo "$deps"; exit 1
 fi
 
-# Three nodes of the installed kvserver on free ports.
+# Three nodes of the installed kvserver on free ports, with their options
+# from the command line alone (not from RAFTKV_SERVER_* of this shell).
+for v in $(compgen -e | grep '^RAFTKV_SERVER_' || true); do unset "$v"; done
 in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 ports=()
 # Ports 20000-25999 are this test's; the C tests take 10000-19999
