@@ -1480,7 +1480,7 @@ void kv_config_print(const struct kv_config *cfg, FILE *f)
         }
         if (!value) {
             fprintf(f, "# %s:%*s # not set\n", o->name,
-                    28 - (int)strlen(o->name), "");
+                    27 - (int)strlen(o->name), "");
             continue;
         }
         char *quoted = malloc(4 * strlen(value) + 3);
