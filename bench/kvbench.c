@@ -27,6 +27,7 @@
 #include <rpc/rpc.h>
 
 #include "hist.h"
+#include "raftkv_version.h"
 
 #define MAX_NODES 9
 
@@ -856,6 +857,7 @@ static void usage(FILE *f)
             "[--txn-compare version|mod]\n"
             "               [--target leader|all] [--prefill] [--json]\n"
             "               [--cacert CA.crt] [--user NAME:PASSWORD]\n"
+            "       kvbench --version | --help\n"
             "The cluster list is in node-id order (node 1 first), as given "
             "to kvserver.\n"
             "range: a random window of --range-keys consecutive keys (the key "
@@ -936,6 +938,7 @@ int main(int argc, char **argv)
         {"cacert", required_argument, NULL, 'A'},
         {"user", required_argument, NULL, 'U'},
         {"help", no_argument, NULL, 'h'},
+        {"version", no_argument, NULL, 'V'},
         {0},
     };
     int o;
@@ -1032,6 +1035,9 @@ int main(int argc, char **argv)
                 break;
             case 'h':
                 usage(stdout);
+                return 0;
+            case 'V':
+                fputs(RAFTKV_VERSION_LINE("kvbench"), stdout);
                 return 0;
             default:
                 usage(stderr);

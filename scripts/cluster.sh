@@ -24,7 +24,8 @@
 # options go in $RAFTKV_SERVER_FLAGS (RAFTKV_SERVER_FLAGS=
 # --enable-fault-injection for `kvctl fault` and `kvctl partition`). With
 # $RAFTKV_METRICS_PORT set, node i serves http://127.0.0.i:PORT/metrics and
-# /health.
+# /health. The nodes ignore RAFTKV_SERVER_* variables of this shell (the
+# environment form of kvserver's options): their options are the above.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -106,11 +107,16 @@ start_node() { # id, size
         metrics=(--metrics-addr "127.0.0.$i:$RAFTKV_METRICS_PORT")
     fi
     # $RAFTKV_SERVER_FLAGS: more kvserver options, split on blanks.
-    # shellcheck disable=SC2086
-    nohup "$kvserver" --id "$i" --cluster "$(cluster_list "$n")" \
-        --peer-secret-file "$dir/peer.secret" "${tls[@]}" \
-        --data-dir "$dir/node$i" "${metrics[@]}" ${RAFTKV_SERVER_FLAGS:-} \
-        >>"$dir/node$i.log" 2>&1 &
+    # shellcheck disable=SC2206
+    local flags=(${RAFTKV_SERVER_FLAGS:-})
+    # The nodes' options are these alone: kvserver would also read
+    # RAFTKV_SERVER_* variables (docs/deploy.md) that this shell may have.
+    (
+        for v in $(compgen -e | grep '^RAFTKV_SERVER_' || true); do unset "$v"; done
+        exec nohup "$kvserver" --id "$i" --cluster "$(cluster_list "$n")" \
+            --peer-secret-file "$dir/peer.secret" "${tls[@]}" \
+            --data-dir "$dir/node$i" "${metrics[@]}" "${flags[@]}"
+    ) >>"$dir/node$i.log" 2>&1 &
     echo $! >"$dir/node$i.pid"
 }
 
@@ -222,7 +228,7 @@ wipe)
     echo "removed $dir"
     ;;
 help|-h|--help)
-    sed -n '2,27p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,29p' "$0" | sed 's/^# \{0,1\}//'
     ;;
 *)
     die "unknown command '$cmd' (cluster.sh help)"

@@ -17,6 +17,7 @@
 #include "clerk/clerk.h"
 #include "internal.h"
 #include "kvctl_parse.h"
+#include "raftkv_version.h"
 
 /* Exit codes of one-shot commands. */
 enum {
@@ -106,6 +107,7 @@ static const char usage_text[] =
     "  --cert FILE      a client certificate to show (PEM; its CN is the\n"
     "                   user; default: $RAFTKV_CERT) ...\n"
     "  --key FILE       ... and its key (default: $RAFTKV_KEY)\n"
+    "  --version        print kvctl's version and exit\n"
     "\n"
     "With no COMMAND, kvctl reads one command per line from standard input\n"
     "and answers each with one line on standard output, keeping its\n"
@@ -3417,6 +3419,9 @@ int main(int argc, char **argv)
             i++;
         } else if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
             fputs(usage_text, stdout);
+            return EXIT_OK;
+        } else if (!strcmp(a, "--version")) {
+            fputs(RAFTKV_VERSION_LINE("kvctl"), stdout);
             return EXIT_OK;
         } else if (!strcmp(a, "--")) {
             i++;

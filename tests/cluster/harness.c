@@ -222,6 +222,16 @@ static int spawn_node(struct h_cluster *c, size_t i)
             dup2(fd, 2);
             close(fd);
         }
+        /* The node's options are the harness's alone: no RAFTKV_SERVER_*
+         * from the environment (config.h). In place, without allocating
+         * (this is a child of a threaded process). */
+        char **w = environ;
+        for (char **r = environ; *r; r++) {
+            if (strncmp(*r, "RAFTKV_SERVER_", 14) != 0) {
+                *w++ = *r;
+            }
+        }
+        *w = NULL;
         execv(KVSERVER_PATH, argv);
         perror("exec kvserver");
         _exit(127);

@@ -13,6 +13,8 @@
 #include <unistd.h>
 
 #include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
 #include <stdatomic.h>
 
 #include <CUnit/Basic.h>
@@ -1007,6 +1009,181 @@ static void test_full_disk_refuses_writes_and_recovers(void)
     rmdir(root);
 }
 
+/* A free TCP port on 127.0.0.1 (free when asked; tests allow the race). */
+static uint16_t free_port(void)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in sa = {.sin_family = AF_INET};
+    inet_pton(AF_INET, "127.0.0.1", &sa.sin_addr);
+    socklen_t len = sizeof sa;
+    CU_ASSERT_FATAL(fd >= 0 &&
+                    bind(fd, (struct sockaddr *)&sa, sizeof sa) == 0 &&
+                    getsockname(fd, (struct sockaddr *)&sa, &len) == 0);
+    close(fd);
+    return ntohs(sa.sin_port);
+}
+
+/* Run kvctl against @endpoint; its output in @out, its exit status. */
+static int run_kvctl(const char *endpoint,
+                     const char *args,
+                     char *out,
+                     size_t out_len)
+{
+    char cmd[1024];
+    snprintf(cmd, sizeof cmd, "timeout 20 %s --cluster %s --timeout 10 %s 2>&1",
+             KVCTL_BIN, endpoint, args);
+    FILE *p = popen(cmd, "r");
+    size_t n = fread(out, 1, out_len - 1, p);
+    out[n] = 0;
+    int st = pclose(p);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+/* A node configured by a YAML file (named by RAFTKV_SERVER_CONFIG) and the
+ * environment, from a shell where kvctl's RAFTKV_CLUSTER is set too: it
+ * serves, --print-config shows what it runs with, and SIGTERM stops it
+ * cleanly (status 0). */
+static void test_node_runs_from_a_config_file_and_the_environment(void)
+{
+    char dir[64];
+    snprintf(dir, sizeof dir, "/tmp/raftkv-test-conf-XXXXXX");
+    CU_ASSERT_FATAL(mkdtemp(dir) != NULL);
+    uint16_t port = free_port(), peer_port = free_port();
+    char conf[128], log[128], endpoint[64];
+    snprintf(conf, sizeof conf, "%s/kvserver.conf", dir);
+    snprintf(log, sizeof log, "%s/node.log", dir);
+    snprintf(endpoint, sizeof endpoint, "127.0.0.1:%u", port);
+    FILE *f = fopen(conf, "w");
+    CU_ASSERT_FATAL(f != NULL);
+    fprintf(f,
+            "# one node, from a file\n"
+            "id: 1\n"
+            "cluster:\n"
+            "  - 1=127.0.0.1:%u\n"
+            "peers: 1=127.0.0.1:%u\n"
+            "data-dir: %s/data\n"
+            "election-ms: 5000\n",
+            port, peer_port, dir);
+    fclose(f);
+    char env_conf[200];
+    snprintf(env_conf, sizeof env_conf, "RAFTKV_SERVER_CONFIG=%s", conf);
+    char *envp[] = {env_conf,
+                    "RAFTKV_SERVER_ELECTION_MS=300",
+                    "RAFTKV_SERVER_LOG_LEVEL=warn",
+                    "RAFTKV_CLUSTER=127.0.0.9:1,127.0.0.9:2",
+                    "PATH=/usr/bin:/bin",
+                    NULL};
+    /* What it will run with, and where each value came from. */
+    char cmd[600], out[8192];
+    snprintf(cmd, sizeof cmd,
+             "env -i %s RAFTKV_SERVER_ELECTION_MS=300 "
+             "RAFTKV_SERVER_LOG_LEVEL=warn RAFTKV_CLUSTER=127.0.0.9:1 "
+             "%s --print-config --heartbeat-ms 50 2>&1",
+             env_conf, KVSERVER_BIN);
+    FILE *p = popen(cmd, "r");
+    size_t n = fread(out, 1, sizeof out - 1, p);
+    out[n] = 0;
+    CU_ASSERT_EQUAL(pclose(p), 0);
+    CU_ASSERT(strstr(out, "election-ms: 300 ") != NULL);
+    CU_ASSERT(strstr(out, "# RAFTKV_SERVER_ELECTION_MS") != NULL);
+    CU_ASSERT(strstr(out, "heartbeat-ms: 50 ") != NULL);
+    CU_ASSERT(strstr(out, "# --heartbeat-ms") != NULL);
+    CU_ASSERT(strstr(out, "# line 2 of the config file") != NULL);
+    char want[80];
+    snprintf(want, sizeof want, "cluster: 1=127.0.0.1:%u ", port);
+    CU_ASSERT(strstr(out, want) != NULL);
+    if (strstr(out, want) == NULL) {
+        fprintf(stderr, "\n%s\n", out);
+    }
+
+    pid_t pid = fork();
+    CU_ASSERT_FATAL(pid >= 0);
+    if (pid == 0) {
+        int fd = open(log, O_WRONLY | O_CREAT | O_APPEND, 0644);
+        if (fd >= 0) {
+            dup2(fd, 1);
+            dup2(fd, 2);
+            close(fd);
+        }
+        execle(KVSERVER_BIN, "kvserver", (char *)NULL, envp);
+        _exit(127);
+    }
+    int rc = -1;
+    for (int t = 0; t < 100 && rc != 0; t++) {
+        rc = run_kvctl(endpoint, "put from config", out, sizeof out);
+        if (rc != 0) {
+            h_sleep_ms(100);
+        }
+    }
+    CU_ASSERT_EQUAL(rc, 0);
+    CU_ASSERT_EQUAL(run_kvctl(endpoint, "get from", out, sizeof out), 0);
+    CU_ASSERT_STRING_EQUAL(out, "config\n");
+    /* RAFTKV_SERVER_LOG_LEVEL=warn: no "serving clients" INFO line. */
+    CU_ASSERT(!h_file_contains(log, " INFO "));
+    kill(pid, SIGTERM);
+    int status;
+    CU_ASSERT_EQUAL(waitpid(pid, &status, 0), pid);
+    CU_ASSERT(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    if (CU_get_number_of_failures() == 0) {
+        cunit_remove_tree(dir);
+    } else {
+        fprintf(stderr, "\nkept %s\n", dir);
+    }
+}
+
+/* Bad options from a file or the environment are usage errors (status 2)
+ * that name the file and line, or the variable; --version answers. */
+static void test_bad_config_exits_2_naming_file_and_line(void)
+{
+    char out[4096];
+    CU_ASSERT_EQUAL(run_kvserver("--version", out, sizeof out), 0);
+    CU_ASSERT(strncmp(out, "kvserver ", 9) == 0 &&
+              strstr(out, " (git ") != NULL);
+    CU_ASSERT_EQUAL(
+        run_kvserver("--config /nonexistent/kvserver.conf", out, sizeof out),
+        2);
+    CU_ASSERT(strstr(out, "/nonexistent/kvserver.conf") != NULL);
+    char path[64];
+    snprintf(path, sizeof path, "/tmp/raftkv-test-conf-%u.conf",
+             (unsigned)getpid());
+    FILE *f = fopen(path, "w");
+    CU_ASSERT_FATAL(f != NULL);
+    fputs("id: 1\ndata-dir: /tmp/x\nelection_ms: 300\n", f);
+    fclose(f);
+    char args[200], want[120];
+    snprintf(args, sizeof args, "--config %s", path);
+    snprintf(want, sizeof want, "%s:3: unknown key 'election_ms'", path);
+    CU_ASSERT_EQUAL(run_kvserver(args, out, sizeof out), 2);
+    CU_ASSERT(strstr(out, want) != NULL);
+    CU_ASSERT_EQUAL(run_kvserver("--id 1 --cluster 1=127.0.0.1:1 --data-dir "
+                                 "/tmp/x --print-config "
+                                 "--enable-fault-injection=perhaps",
+                                 out, sizeof out),
+                    2);
+    CU_ASSERT(strstr(out, "--enable-fault-injection wants true or false") !=
+              NULL);
+    unlink(path);
+}
+
+/* The harness's nodes take their options from the harness alone, whatever
+ * RAFTKV_SERVER_* (or kvctl's RAFTKV_CLUSTER) the test's shell has. */
+static void test_harness_nodes_ignore_server_variables(void)
+{
+    setenv("RAFTKV_SERVER_CONFIG", "/nonexistent/kvserver.conf", 1);
+    setenv("RAFTKV_SERVER_ELECTION_MS", "soon", 1);
+    setenv("RAFTKV_SERVER_DATA_DIR", "/nonexistent", 1);
+    setenv("RAFTKV_CLUSTER", "127.0.0.9:1,127.0.0.9:2", 1);
+    struct h_cluster c;
+    int rv = h_cluster_start(&c, 3, NULL);
+    unsetenv("RAFTKV_SERVER_CONFIG");
+    unsetenv("RAFTKV_SERVER_ELECTION_MS");
+    unsetenv("RAFTKV_SERVER_DATA_DIR");
+    unsetenv("RAFTKV_CLUSTER");
+    CU_ASSERT_FATAL(rv == 0);
+    CU_ASSERT(h_find_leader(&c, 10000) >= 0);
+    h_cluster_destroy(&c);
+}
+
 int main(int argc, char **argv)
 {
     static CU_TestInfo tests[] = {
@@ -1030,6 +1207,12 @@ int main(int argc, char **argv)
          test_lagging_follower_catches_up_through_a_snapshot},
         {"test_damaged_log_is_refused_and_a_wiped_node_catches_up",
          test_damaged_log_is_refused_and_a_wiped_node_catches_up},
+        {"test_node_runs_from_a_config_file_and_the_environment",
+         test_node_runs_from_a_config_file_and_the_environment},
+        {"test_bad_config_exits_2_naming_file_and_line",
+         test_bad_config_exits_2_naming_file_and_line},
+        {"test_harness_nodes_ignore_server_variables",
+         test_harness_nodes_ignore_server_variables},
         CU_TEST_INFO_NULL,
     };
     /* Needs root (a tmpfs mount): its own suite, and its own ctest entry,

@@ -15,6 +15,11 @@ while busy $port; do
     port=$((port + 1))
 done
 export RAFTKV_PORT=$port
+# The environment form of kvserver's options, as an operator's shell may
+# have it: cluster.sh's nodes must not take these (a node given them would
+# refuse to start: no such file, not a number).
+export RAFTKV_SERVER_CONFIG=/nonexistent/kvserver.conf
+export RAFTKV_SERVER_ELECTION_MS=not-a-number RAFTKV_SERVER_DATA_DIR=/nonexistent
 cs=$src/scripts/cluster.sh
 kvctl=$build/clerk/kvctl
 trap '"$cs" wipe >/dev/null 2>&1 || true' EXIT

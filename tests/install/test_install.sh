@@ -27,6 +27,21 @@ for f in "$libdir/libclerk.so" "$libdir/libclerk.a" \
     [ -e "$f" ] || { echo "FAIL: $f was not installed"; exit 1; }
 done
 
+# Every installed program says which release it is, and so do the headers.
+version=$(sed -n 's/^CMAKE_PROJECT_VERSION:[A-Z]*=//p' "$build/CMakeCache.txt")
+[ -n "$version" ] || { echo "FAIL: no CMAKE_PROJECT_VERSION in $build"; exit 1; }
+for prog in "$work/prefix/bin/"*; do
+    name=$(basename "$prog")
+    out=$("$prog" --version) || { echo "FAIL: $name --version failed"; exit 1; }
+    grep -Eqx "$name $version \(git ([0-9a-f]{7,40}(-dirty)?|unknown)\)" <<<"$out" || {
+        echo "FAIL: $name --version printed: $out"; exit 1; }
+done
+printf '#include <stdio.h>\n#include <clerk/clerk.h>\nint main(void) { puts(CLERK_VERSION); return CLERK_VERSION_NUMBER > 0 ? 0 : 1; }\n' \
+    >"$work/version.c"
+cc -Wall -Werror "$work/version.c" -o "$work/version" $(pkg-config --cflags raftkv-clerk)
+[ "$("$work/version")" = "$version" ] || {
+    echo "FAIL: clerk.h says CLERK_VERSION $("$work/version"), not $version"; exit 1; }
+
 # Shared, as the README says; and static, with what pkg-config --static adds.
 cc -Wall -Werror "$src/examples/hello.c" -o "$work/hello" \
     $(pkg-config --cflags --libs raftkv-clerk) -Wl,-rpath,"$libdir"
@@ -45,7 +60,9 @@ if grep -q libclerk <<<"$deps"; then
     echo "$deps"; exit 1
 fi
 
-# Three nodes of the installed kvserver on free ports.
+# Three nodes of the installed kvserver on free ports, with their options
+# from the command line alone (not from RAFTKV_SERVER_* of this shell).
+for v in $(compgen -e | grep '^RAFTKV_SERVER_' || true); do unset "$v"; done
 in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 ports=()
 # Ports 20000-25999 are this test's; the C tests take 10000-19999

@@ -100,8 +100,31 @@ static void print_reruns(const char *prog, unsigned seed)
     }
 }
 
+/* kvserver reads RAFTKV_SERVER_* options from its environment: the nodes a
+ * test starts take theirs from the test alone, not from the shell that
+ * runs it (an operator's RAFTKV_SERVER_DATA_DIR, say). */
+static void forget_server_options(void)
+{
+    for (;;) {
+        char **e = environ;
+        while (e && *e && strncmp(*e, "RAFTKV_SERVER_", 14) != 0) {
+            e++;
+        }
+        if (!e || !*e) {
+            return;
+        }
+        char name[128];
+        size_t n = strcspn(*e, "=");
+        snprintf(name, sizeof name, "%.*s", (int)n, *e);
+        if (unsetenv(name) != 0 || n >= sizeof name) {
+            **e = 0; /* cannot happen; no endless loop if it does */
+        }
+    }
+}
+
 int cunit_main(int argc, char **argv, CU_SuiteInfo *suites)
 {
+    forget_server_options();
     unsigned seed = cunit_seed();
     printf(
         "%s: seed %u (rerun: RAFTKV_SEED=%u %s%s%s)%s\n", argv[0], seed, seed,

@@ -31,6 +31,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include <clerk/clerk_version.h> /* CLERK_VERSION, CLERK_VERSION_NUMBER */
+
 #ifdef __cplusplus
 extern "C" {
 #endif
