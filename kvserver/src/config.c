@@ -143,6 +143,21 @@ static const struct opt opts[] = {
            "where this node accepts clients (default: its\n"
            "own --cluster address, which is where others\n"
            "reach it; 0.0.0.0:PORT for all)"),
+    STRING("advertise",
+           "HOST:PORT",
+           ANYWHERE,
+           advertise,
+           "where clients and the other nodes reach this\n"
+           "node (a name or an address; default: its own\n"
+           "--cluster entry, which it replaces; with --join\n"
+           "--cluster may then be left out)"),
+    STRING("peer-advertise",
+           "HOST:PORT",
+           ANYWHERE,
+           peer_advertise,
+           "where the other nodes reach this node for\n"
+           "Raft (default: its own --peers entry, or the\n"
+           "advertised host, port + 1)"),
     SWITCH("join",
            node.join,
            "this node joins a running cluster: it is not\n"
@@ -387,6 +402,8 @@ enum {
     O_PEER_SECRET = 4,
     O_DATA_DIR = 5,
     O_LISTEN = 6,
+    O_ADVERTISE = 7,
+    O_PEER_ADVERTISE = 8,
 };
 
 static const char usage_head[] =
@@ -1137,13 +1154,19 @@ static int check(struct kv_config *cfg)
     if (!cfg->values[O_ID].text) {
         return missing(cfg, O_ID);
     }
-    if (!cfg->cluster) {
+    /* A node that joins may give its own address alone (--advertise). */
+    char own[320];
+    if (!cfg->cluster && !(c->join && cfg->advertise)) {
         return missing(cfg, O_CLUSTER);
     }
     if (!c->data_dir) {
         return missing(cfg, O_DATA_DIR);
     }
-    char *list = strdup(cfg->cluster);
+    if (!cfg->cluster) {
+        snprintf(own, sizeof own, "%llu=%s", (unsigned long long)c->id,
+                 cfg->advertise);
+    }
+    char *list = strdup(cfg->cluster ? cfg->cluster : own);
     if (!list) {
         return fail_nomem(cfg);
     }
@@ -1155,6 +1178,46 @@ static int check(struct kv_config *cfg)
     bool found = false;
     for (size_t i = 0; i < c->n_nodes; i++) {
         found |= c->ids[i] == c->id;
+    }
+    if (!found && c->join && cfg->advertise && c->n_nodes < KV_MAX_NODES) {
+        /* Its own entry, added (the list names others' addresses). */
+        size_t i = c->n_nodes++;
+        c->ids[i] = c->id;
+        list = strdup(cfg->advertise);
+        if (!list) {
+            return fail_nomem(cfg);
+        }
+        rv = parse_hostport(cfg, label(cfg, O_ADVERTISE), list, c->hosts[i],
+                            &c->ports[i]);
+        free(list);
+        if (rv != KV_CONFIG_OK) {
+            return rv;
+        }
+        found = true;
+    }
+    if (found && cfg->advertise) {
+        /* --advertise and the node's own --cluster entry say one thing. */
+        char host[256];
+        uint16_t port;
+        list = strdup(cfg->advertise);
+        if (!list) {
+            return fail_nomem(cfg);
+        }
+        rv = parse_hostport(cfg, label(cfg, O_ADVERTISE), list, host, &port);
+        free(list);
+        if (rv != KV_CONFIG_OK) {
+            return rv;
+        }
+        for (size_t i = 0; i < c->n_nodes; i++) {
+            if (c->ids[i] == c->id &&
+                (strcmp(c->hosts[i], host) || c->ports[i] != port)) {
+                return fail(cfg,
+                            "%s %s differs from this node's --cluster entry "
+                            "%s:%u: give one, or the same",
+                            label(cfg, O_ADVERTISE), cfg->advertise,
+                            c->hosts[i], c->ports[i]);
+            }
+        }
     }
     if (!found) {
         return fail(cfg, "%s %llu is not in --cluster", label(cfg, O_ID),
@@ -1180,6 +1243,35 @@ static int check(struct kv_config *cfg)
             snprintf(c->peer_hosts[i], sizeof c->peer_hosts[i], "%s",
                      c->hosts[i]);
             c->peer_ports[i] = (uint16_t)(c->ports[i] + 1);
+        }
+    }
+    if (cfg->peer_advertise) {
+        char host[256];
+        uint16_t port;
+        list = strdup(cfg->peer_advertise);
+        if (!list) {
+            return fail_nomem(cfg);
+        }
+        rv = parse_hostport(cfg, label(cfg, O_PEER_ADVERTISE), list, host,
+                            &port);
+        free(list);
+        if (rv != KV_CONFIG_OK) {
+            return rv;
+        }
+        for (size_t i = 0; i < c->n_nodes; i++) {
+            if (c->ids[i] != c->id) {
+                continue;
+            }
+            if (cfg->peers &&
+                (strcmp(c->peer_hosts[i], host) || c->peer_ports[i] != port)) {
+                return fail(cfg,
+                            "%s %s differs from this node's --peers entry "
+                            "%s:%u: give one, or the same",
+                            label(cfg, O_PEER_ADVERTISE), cfg->peer_advertise,
+                            c->peer_hosts[i], c->peer_ports[i]);
+            }
+            snprintf(c->peer_hosts[i], sizeof c->peer_hosts[i], "%s", host);
+            c->peer_ports[i] = port;
         }
     }
     for (size_t i = 0; i < c->n_nodes; i++) {

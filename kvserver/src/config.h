@@ -62,6 +62,8 @@ struct kv_config
     const char *peers;              /* --peers as given, or NULL */
     const char *peer_listen;        /* --peer-listen as given, or NULL */
     const char *listen;             /* --listen as given, or NULL */
+    const char *advertise;          /* --advertise as given, or NULL */
+    const char *peer_advertise;     /* --peer-advertise as given, or NULL */
     struct kv_config_value *values; /* per option (private) */
     char errmsg[1024];              /* why kv_config_load failed */
 };

@@ -80,6 +80,51 @@ static void refused(const char *const *args, const char *const *env, ...)
     kv_config_free(&cfg);
 }
 
+/* A node that joins names its own addresses alone (--advertise,
+ * --peer-advertise); a node's --advertise must match its --cluster entry;
+ * --listen binds apart from them. */
+static void test_config_advertise_and_listen(void)
+{
+    struct kv_config cfg;
+    int rv = load(&cfg,
+                  ARGS("--id", "4", "--join", "--advertise",
+                       "node4.example:7001", "--data-dir", "/d",
+                       "--peer-secret-file", "/s", "--listen", "0.0.0.0:7001"),
+                  NO_ENV);
+    CU_ASSERT_EQUAL_FATAL(rv, KV_CONFIG_OK);
+    CU_ASSERT_EQUAL(cfg.node.n_nodes, 1);
+    CU_ASSERT_EQUAL(cfg.node.ids[0], 4);
+    CU_ASSERT_STRING_EQUAL(cfg.node.hosts[0], "node4.example");
+    CU_ASSERT_EQUAL(cfg.node.ports[0], 7001);
+    CU_ASSERT_STRING_EQUAL(cfg.node.peer_hosts[0], "node4.example");
+    CU_ASSERT_EQUAL(cfg.node.peer_ports[0], 7002);
+    CU_ASSERT_STRING_EQUAL(cfg.node.listen_host, "0.0.0.0");
+    CU_ASSERT_EQUAL(cfg.node.listen_port, 7001);
+    CU_ASSERT(cfg.node.join);
+    kv_config_free(&cfg);
+    rv = load(
+        &cfg,
+        ARGS("--id", "4", "--join", "--advertise", "10.0.0.4:7001",
+             "--peer-advertise", "10.9.0.4:9000", "--cluster",
+             "1=10.0.0.1:7001", "--data-dir", "/d", "--peer-secret-file", "/s"),
+        NO_ENV);
+    CU_ASSERT_EQUAL_FATAL(rv, KV_CONFIG_OK);
+    CU_ASSERT_EQUAL(cfg.node.n_nodes, 2); /* its own entry added */
+    CU_ASSERT_EQUAL(cfg.node.ids[1], 4);
+    CU_ASSERT_STRING_EQUAL(cfg.node.peer_hosts[1], "10.9.0.4");
+    CU_ASSERT_EQUAL(cfg.node.peer_ports[1], 9000);
+    kv_config_free(&cfg);
+    refused(ARGS("--id", "1", "--cluster", "1=10.0.0.1:7001", "--advertise",
+                 "10.0.0.9:7001", "--data-dir", "/d"),
+            NO_ENV, "--advertise", "differs", NULL);
+    refused(
+        ARGS("--id", "1", "--advertise", "10.0.0.1:7001", "--data-dir", "/d"),
+        NO_ENV, "cluster", NULL); /* only a node that joins */
+    refused(
+        ARGS("--id", "4", "--join", "--advertise", "h:1", "--data-dir", "/d"),
+        NO_ENV, "--peer-secret-file", NULL);
+}
+
 static void test_config_precedence_is_command_line_env_file_default(void)
 {
     make_dir();
@@ -427,6 +472,7 @@ static void test_config_print_reads_back_from_file_and_environment(void)
 int main(int argc, char **argv)
 {
     static CU_TestInfo tests[] = {
+        {"test_config_advertise_and_listen", test_config_advertise_and_listen},
         {"test_config_precedence_is_command_line_env_file_default",
          test_config_precedence_is_command_line_env_file_default},
         {"test_config_file_lists_sequences_and_switches",
