@@ -16,6 +16,7 @@
 #include "clerk/clerk.h"
 #include "cunit_main.h"
 #include "harness.h"
+#include "rpc/rpc.h"
 
 static struct clerk *open_clerk(struct h_cluster *c)
 {
@@ -490,6 +491,203 @@ static void test_lease_kvctl_commands(void)
     CU_ASSERT(h_cluster_destroy(&c) == 0);
 }
 
+/* --------------------------------------------- LeaseKeepAliveStream */
+
+/* What a raw LeaseKeepAliveStream's callback saw. */
+struct ka_seen
+{
+    int frames;            /* answers before the end */
+    int err;               /* the last answer's (or the end's) err */
+    uint64_t id;           /* and its lease id */
+    int64_t ttl;           /* and its TTL */
+    uint64_t hint;         /* and its leader hint */
+    int ends;              /* end calls */
+    int end_status;        /* RPC_OK, or rpc_last_status() */
+    struct rpc_stream *st; /* the stream, NULL once it ended */
+};
+
+static void on_ka(struct rpc_stream *st,
+                  const ProtobufCMessage *m,
+                  bool end,
+                  void *arg)
+{
+    (void)st;
+    struct ka_seen *k = arg;
+    const Raftkv__LeaseKeepAliveReply *r =
+        (const Raftkv__LeaseKeepAliveReply *)m;
+    if (r) {
+        k->err = r->err;
+        k->id = r->id;
+        k->ttl = r->ttl;
+        k->hint = r->leader ? r->leader->id : 0;
+    }
+    if (end) {
+        k->ends++;
+        k->st = NULL;
+        k->end_status = r ? RPC_OK : rpc_last_status();
+    } else {
+        k->frames++;
+    }
+}
+
+/* A keep-alive stream to node i of c, opened with a renewal of id. */
+static struct rpc_channel *ka_open(struct h_cluster *c,
+                                   size_t i,
+                                   uint64_t id,
+                                   struct ka_seen *k)
+{
+    struct rpc_channel *ch =
+        rpc_channel_new_blocking(c->nodes[i].host, c->nodes[i].port, NULL);
+    CU_ASSERT_FATAL(ch != NULL);
+    Raftkv__LeaseKeepAliveArgs a = RAFTKV__LEASE_KEEP_ALIVE_ARGS__INIT;
+    a.id = id;
+    memset(k, 0, sizeof *k);
+    k->st = rpc_channel_stream(ch, &raftkv__lease_service__descriptor,
+                               "LeaseKeepAliveStream", &a.base, on_ka, k);
+    CU_ASSERT_FATAL(k->st != NULL);
+    return ch;
+}
+
+/* Run ch's loop until k has @frames answers or has ended (5 s at most). */
+static void ka_wait(struct rpc_channel *ch, struct ka_seen *k, int frames)
+{
+    uint64_t end = h_now_ms() + 5000;
+    while (k->frames < frames && !k->ends && h_now_ms() < end) {
+        rpc_channel_wait(ch, 200);
+    }
+}
+
+static int ka_renew(struct ka_seen *k, uint64_t id)
+{
+    Raftkv__LeaseKeepAliveArgs a = RAFTKV__LEASE_KEEP_ALIVE_ARGS__INIT;
+    a.id = id;
+    return rpc_stream_send_msg(k->st, &a.base);
+}
+
+#define UNARY_KEEPALIVES                                                \
+    "raftkv_rpc_requests_total{service=\"raftkv.LeaseService\",method=" \
+    "\"LeaseKeepAlive\",status=\"OK\"}"
+
+static void test_lease_stream_renews_on_the_leader_only(void)
+{
+    struct h_cluster c;
+    CU_ASSERT_FATAL(h_cluster_start(&c, 3, NULL) == 0);
+    int leader = h_find_leader(&c, 10000);
+    CU_ASSERT_FATAL(leader >= 0);
+    size_t follower = ((size_t)leader + 1) % 3;
+    struct clerk *ck = open_clerk(&c);
+    uint64_t id = 0;
+    CU_ASSERT_EQUAL_FATAL(clerk_lease_grant(ck, 5, 0, &id, NULL), CLERK_OK);
+
+    /* A follower answers the stream's first renewal NOT_LEADER with the
+     * leader's id, and ends the stream: the client goes there. */
+    struct ka_seen f;
+    struct rpc_channel *fch = ka_open(&c, follower, id, &f);
+    ka_wait(fch, &f, 1);
+    CU_ASSERT_EQUAL(f.ends, 1);
+    CU_ASSERT_EQUAL(f.frames, 0);
+    CU_ASSERT_EQUAL(f.end_status, RPC_OK);
+    CU_ASSERT_EQUAL(f.err, RAFTKV__KV_ERROR__KV_WRONG_LEADER);
+    CU_ASSERT_EQUAL(f.hint, c.nodes[leader].id);
+    rpc_channel_free(fch);
+
+    /* The leader answers the request and each message on the stream, in
+     * order, one frame each: a lease that is gone with ttl 0, id 0 as a
+     * bad request; the stream goes on after both. */
+    struct ka_seen k;
+    struct rpc_channel *ch = ka_open(&c, (size_t)leader, id, &k);
+    ka_wait(ch, &k, 1);
+    CU_ASSERT_EQUAL(k.frames, 1);
+    CU_ASSERT_EQUAL(k.err, RAFTKV__KV_ERROR__KV_OK);
+    CU_ASSERT_EQUAL(k.id, id);
+    CU_ASSERT_EQUAL(k.ttl, 5);
+    for (int i = 0; i < 3; i++) {
+        CU_ASSERT_EQUAL(ka_renew(&k, id), 0);
+        ka_wait(ch, &k, 2 + i);
+        CU_ASSERT(k.frames == 2 + i && k.err == 0 && k.ttl == 5 && k.id == id);
+    }
+    CU_ASSERT_EQUAL(ka_renew(&k, 0xdead), 0);
+    ka_wait(ch, &k, 5);
+    CU_ASSERT_EQUAL(k.err, RAFTKV__KV_ERROR__KV_LEASE_NOT_FOUND);
+    CU_ASSERT_EQUAL(k.id, 0xdead);
+    CU_ASSERT_EQUAL(k.ttl, 0);
+    CU_ASSERT_EQUAL(ka_renew(&k, 0), 0);
+    ka_wait(ch, &k, 6);
+    CU_ASSERT_EQUAL(k.err, RAFTKV__KV_ERROR__KV_BAD_REQUEST);
+    CU_ASSERT_EQUAL(ka_renew(&k, id), 0);
+    ka_wait(ch, &k, 7);
+    CU_ASSERT(k.frames == 7 && k.err == 0 && k.id == id);
+    CU_ASSERT_EQUAL(k.ends, 0);
+    CU_ASSERT_EQUAL(
+        metric(&c, (size_t)leader, "raftkv_lease_keepalive_streams"), 1);
+    CU_ASSERT_EQUAL(
+        metric(&c, (size_t)leader, "raftkv_lease_stream_renewals_total"), 5);
+
+    /* Leadership moves away: the stream ends with NOT_LEADER (or
+     * UNAVAILABLE while no leader is known), not a broken connection,
+     * and the new leader takes the renewals. */
+    uint64_t now_leader = 0;
+    CU_ASSERT_EQUAL_FATAL(
+        clerk_transfer_leader(ck, c.nodes[follower].id, &now_leader), CLERK_OK);
+    ka_wait(ch, &k, 100);
+    CU_ASSERT_EQUAL(k.ends, 1);
+    CU_ASSERT_EQUAL(k.end_status, RPC_OK);
+    CU_ASSERT(k.err == RAFTKV__KV_ERROR__KV_WRONG_LEADER ||
+              k.err == RAFTKV__KV_ERROR__KV_UNAVAILABLE);
+    CU_ASSERT(k.err != RAFTKV__KV_ERROR__KV_WRONG_LEADER ||
+              k.hint == c.nodes[follower].id);
+    rpc_channel_free(ch);
+    ch = ka_open(&c, follower, id, &k);
+    ka_wait(ch, &k, 1);
+    CU_ASSERT(k.frames == 1 && k.err == 0 && k.ttl == 5);
+    CU_ASSERT_EQUAL(metric(&c, follower, "raftkv_lease_keepalive_streams"), 1);
+    CU_ASSERT_EQUAL(
+        metric(&c, (size_t)leader, "raftkv_lease_keepalive_streams"), 0);
+    rpc_channel_free(ch);
+    clerk_close(ck);
+    c.keep = CU_get_number_of_failures() > 0;
+    CU_ASSERT(h_cluster_destroy(&c) == 0);
+}
+
+/* A leader cut off from the others never renews on the stream: each
+ * renewal waits for a barrier that needs a quorum. */
+static void test_lease_stream_renewal_waits_for_a_quorum(void)
+{
+    struct h_cluster c;
+    CU_ASSERT_FATAL(h_cluster_start(&c, 3, NULL) == 0);
+    int leader = h_find_leader(&c, 10000);
+    CU_ASSERT_FATAL(leader >= 0);
+    struct clerk *ck = open_clerk(&c);
+    uint64_t id = 0;
+    CU_ASSERT_EQUAL_FATAL(clerk_lease_grant(ck, 30, 0, &id, NULL), CLERK_OK);
+    struct ka_seen k;
+    struct rpc_channel *ch = ka_open(&c, (size_t)leader, id, &k);
+    ka_wait(ch, &k, 1);
+    CU_ASSERT_FATAL(k.frames == 1 && k.err == 0);
+    for (size_t i = 0; i < 3; i++) {
+        if (i != (size_t)leader) {
+            h_node_pause(&c, i, true);
+        }
+    }
+    CU_ASSERT_EQUAL(ka_renew(&k, id), 0);
+    ka_wait(ch, &k, 2);
+    /* Not renewed; the stream ends once the node gives up leading (check
+     * quorum) or the barrier times out. */
+    CU_ASSERT_EQUAL(k.frames, 1);
+    CU_ASSERT_EQUAL(k.ends, 1);
+    CU_ASSERT_EQUAL(k.end_status, RPC_OK);
+    CU_ASSERT(k.err != RAFTKV__KV_ERROR__KV_OK);
+    CU_ASSERT_EQUAL(
+        metric(&c, (size_t)leader, "raftkv_lease_stream_renewals_total"), 1);
+    for (size_t i = 0; i < 3; i++) {
+        h_node_pause(&c, i, false);
+    }
+    rpc_channel_free(ch);
+    clerk_close(ck);
+    c.keep = CU_get_number_of_failures() > 0;
+    CU_ASSERT(h_cluster_destroy(&c) == 0);
+}
+
 int main(int argc, char **argv)
 {
     static CU_TestInfo tests[] = {
@@ -506,6 +704,10 @@ int main(int argc, char **argv)
         {"test_lease_survives_restart_and_restore",
          test_lease_survives_restart_and_restore},
         {"test_lease_kvctl_commands", test_lease_kvctl_commands},
+        {"test_lease_stream_renews_on_the_leader_only",
+         test_lease_stream_renews_on_the_leader_only},
+        {"test_lease_stream_renewal_waits_for_a_quorum",
+         test_lease_stream_renewal_waits_for_a_quorum},
         CU_TEST_INFO_NULL,
     };
     static CU_SuiteInfo suites[] = {
