@@ -93,6 +93,26 @@ static double metric(struct h_cluster *c, size_t i, const char *name)
     return h_metric(body, name);
 }
 
+/* Keep-alives a node answered OK: unary calls, and renewals on streams. */
+#define UNARY_KEEPALIVES                                                \
+    "raftkv_rpc_requests_total{service=\"raftkv.LeaseService\",method=" \
+    "\"LeaseKeepAlive\",status=\"OK\"}"
+#define STREAM_RENEWALS "raftkv_lease_stream_renewals_total"
+#define KA_STREAMS      "raftkv_lease_keepalive_streams"
+
+/* Wait until node i's metric @name is @want (5 s at most). */
+static bool metric_becomes(struct h_cluster *c,
+                           size_t i,
+                           const char *name,
+                           double want)
+{
+    uint64_t end = h_now_ms() + 5000;
+    while (metric(c, i, name) != want && h_now_ms() < end) {
+        h_sleep_ms(50);
+    }
+    return metric(c, i, name) == want;
+}
+
 /* What a background keep-alive told its caller. */
 struct lost
 {
@@ -168,7 +188,8 @@ static void test_lease_keepalive_keeps_it_past_several_ttls(void)
 {
     struct h_cluster c;
     CU_ASSERT_FATAL(h_cluster_start(&c, 3, NULL) == 0);
-    CU_ASSERT_FATAL(h_find_leader(&c, 10000) >= 0);
+    int leader = h_find_leader(&c, 10000);
+    CU_ASSERT_FATAL(leader >= 0);
     struct clerk *ck = open_clerk(&c);
     uint64_t id = 0;
     CU_ASSERT_EQUAL_FATAL(clerk_lease_grant(ck, 2, 0, &id, NULL), CLERK_OK);
@@ -181,7 +202,8 @@ static void test_lease_keepalive_keeps_it_past_several_ttls(void)
         h_sleep_ms(700);
     }
     CU_ASSERT(exists(ck, "ka/k"));
-    /* ... and in the background, for over three TTLs more. */
+    /* ... and in the background, for over three TTLs more, over one
+     * keep-alive stream: a renewal every third of the TTL, none unary. */
     struct lost l = {0};
     struct clerk_keepalive *ka = NULL;
     CU_ASSERT_EQUAL_FATAL(clerk_lease_keepalive_start(ck, id, on_lost, &l, &ka),
@@ -189,13 +211,20 @@ static void test_lease_keepalive_keeps_it_past_several_ttls(void)
     h_sleep_ms(7000);
     CU_ASSERT(exists(ck, "ka/k"));
     CU_ASSERT_EQUAL(atomic_load(&l.calls), 0);
+    size_t ld = (size_t)leader;
+    double renewals = metric(&c, ld, STREAM_RENEWALS);
+    printf("\n  %.0f renewals on the stream in 7 s (TTL 2 s)\n", renewals);
+    CU_ASSERT(renewals >= 6 && renewals <= 14);
+    CU_ASSERT_EQUAL(metric(&c, ld, UNARY_KEEPALIVES), 4);
+    CU_ASSERT_EQUAL(metric(&c, ld, KA_STREAMS), 1);
     struct clerk_lease_ttl_result *tr = NULL;
     CU_ASSERT_EQUAL(clerk_lease_timetolive(ck, id, false, &tr), CLERK_OK);
     CU_ASSERT(tr && tr->ttl >= 0 && tr->granted_ttl == 2);
     clerk_lease_ttl_result_free(tr);
-    /* Once it stops, the lease expires. */
+    /* Once it stops, its stream is closed and the lease expires. */
     uint64_t t0 = h_now_ms();
     clerk_lease_keepalive_stop(ka);
+    CU_ASSERT(metric_becomes(&c, ld, KA_STREAMS, 0));
     uint64_t gone = wait_gone(ck, "ka/k", 8000);
     CU_ASSERT(gone != 0 && gone - t0 <= 2000 + 3000);
     CU_ASSERT_EQUAL(atomic_load(&l.calls), 0);
@@ -230,6 +259,10 @@ static void test_lease_kept_alive_across_a_leader_kill(void)
     h_sleep_ms(9000); /* three TTLs under the new leader */
     CU_ASSERT(exists(ck, "lk/k"));
     CU_ASSERT_EQUAL(atomic_load(&l.calls), 0);
+    /* The keep-alive's stream moved to the new leader. */
+    CU_ASSERT_EQUAL(metric(&c, (size_t)next, KA_STREAMS), 1);
+    CU_ASSERT(metric(&c, (size_t)next, STREAM_RENEWALS) >= 6);
+    CU_ASSERT_EQUAL(metric(&c, (size_t)next, UNARY_KEEPALIVES), 0);
     /* The holder stops: the lease ends within TTL + the extension a new
      * leader gives (it just took over) + a sweep. */
     uint64_t t0 = h_now_ms();
@@ -317,7 +350,8 @@ static void test_lease_background_keepalive_tells_when_revoked(void)
 {
     struct h_cluster c;
     CU_ASSERT_FATAL(h_cluster_start(&c, 3, NULL) == 0);
-    CU_ASSERT_FATAL(h_find_leader(&c, 10000) >= 0);
+    int leader = h_find_leader(&c, 10000);
+    CU_ASSERT_FATAL(leader >= 0);
     struct clerk *ck = open_clerk(&c);
     uint64_t id = 0;
     CU_ASSERT_EQUAL_FATAL(clerk_lease_grant(ck, 3, 0, &id, NULL), CLERK_OK);
@@ -337,11 +371,56 @@ static void test_lease_background_keepalive_tells_when_revoked(void)
     CU_ASSERT_EQUAL(atomic_load(&l.reason), CLERK_LEASE_NOT_FOUND);
     h_sleep_ms(1500);
     CU_ASSERT_EQUAL(atomic_load(&l.calls), 1);
+    /* Told on its stream (the first renewal, in start, too). */
+    CU_ASSERT(metric(&c, (size_t)leader, STREAM_RENEWALS) >= 1);
+    CU_ASSERT_EQUAL(metric(&c, (size_t)leader, UNARY_KEEPALIVES), 0);
     clerk_lease_keepalive_stop(ka);
     /* Starting one for a lease that is gone fails at once. */
     CU_ASSERT_EQUAL(clerk_lease_keepalive_start(ck, id, on_lost, &l, &ka),
                     CLERK_LEASE_NOT_FOUND);
     clerk_close(other);
+    clerk_close(ck);
+    c.keep = CU_get_number_of_failures() > 0;
+    CU_ASSERT(h_cluster_destroy(&c) == 0);
+}
+
+/* No renewal succeeds (every node stopped): the keep-alive tells its
+ * caller once, a TTL after the last good renewal was sent, not before. */
+static void test_lease_background_keepalive_tells_when_nothing_answers(void)
+{
+    struct h_cluster c;
+    CU_ASSERT_FATAL(h_cluster_start(&c, 3, NULL) == 0);
+    CU_ASSERT_FATAL(h_find_leader(&c, 10000) >= 0);
+    struct clerk *ck = open_clerk(&c);
+    uint64_t id = 0;
+    CU_ASSERT_EQUAL_FATAL(clerk_lease_grant(ck, 3, 0, &id, NULL), CLERK_OK);
+    struct lost l = {0};
+    struct clerk_keepalive *ka = NULL;
+    CU_ASSERT_EQUAL_FATAL(clerk_lease_keepalive_start(ck, id, on_lost, &l, &ka),
+                          CLERK_OK);
+    h_sleep_ms(1200);
+    uint64_t t0 = h_now_ms();
+    for (size_t i = 0; i < 3; i++) {
+        h_node_pause(&c, i, true);
+    }
+    uint64_t end = h_now_ms() + 10000;
+    while (atomic_load(&l.calls) == 0 && h_now_ms() < end) {
+        h_sleep_ms(20);
+    }
+    uint64_t told = h_now_ms() - t0;
+    printf("\n  told %llu ms after the cluster stopped (TTL 3 s)\n",
+           (unsigned long long)told);
+    CU_ASSERT_EQUAL(atomic_load(&l.calls), 1);
+    CU_ASSERT_EQUAL(atomic_load(&l.reason), CLERK_TIMEOUT);
+    /* The last good renewal was sent within a third of the TTL before
+     * the stop (plus a little): not before 2 s, not long after 3 s. */
+    CU_ASSERT(told >= 1900 && told <= 3000 + 1500);
+    h_sleep_ms(500);
+    CU_ASSERT_EQUAL(atomic_load(&l.calls), 1);
+    for (size_t i = 0; i < 3; i++) {
+        h_node_pause(&c, i, false);
+    }
+    clerk_lease_keepalive_stop(ka);
     clerk_close(ck);
     c.keep = CU_get_number_of_failures() > 0;
     CU_ASSERT(h_cluster_destroy(&c) == 0);
@@ -457,7 +536,8 @@ static void test_lease_kvctl_commands(void)
 {
     struct h_cluster c;
     CU_ASSERT_FATAL(h_cluster_start(&c, 3, NULL) == 0);
-    CU_ASSERT_FATAL(h_find_leader(&c, 10000) >= 0);
+    int leader = h_find_leader(&c, 10000);
+    CU_ASSERT_FATAL(leader >= 0);
     char out[4096], args[256];
     CU_ASSERT_EQUAL_FATAL(kvctl(&c, "lease grant 30", out, sizeof out), 0);
     char hex[17] = "";
@@ -476,6 +556,34 @@ static void test_lease_kvctl_commands(void)
     CU_ASSERT_EQUAL(kvctl(&c, "lease list", out, sizeof out), 0);
     CU_ASSERT_PTR_NOT_NULL(strstr(out, "found 1 leases"));
     CU_ASSERT_PTR_NOT_NULL(strstr(out, hex));
+    /* Until interrupted: a line per renewal (a third of the TTL apart),
+     * on a stream. */
+    uint64_t id3 = 0;
+    struct clerk *ck = open_clerk(&c);
+    CU_ASSERT_EQUAL_FATAL(clerk_lease_grant(ck, 3, 0, &id3, NULL), CLERK_OK);
+    clerk_close(ck);
+    snprintf(args, sizeof args,
+             "timeout --preserve-status -s INT 3.5 %s --cluster %%s lease "
+             "keep-alive %llx",
+             KVCTL_BIN, (unsigned long long)id3);
+    char eps[512], cmd[2048];
+    h_endpoints(&c, eps, sizeof eps);
+    snprintf(cmd, sizeof cmd, args, eps);
+    FILE *p = popen(cmd, "r");
+    CU_ASSERT_FATAL(p != NULL);
+    size_t got = fread(out, 1, sizeof out - 1, p);
+    out[got] = 0;
+    int st = pclose(p);
+    CU_ASSERT(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+    int lines = 0;
+    for (const char *q = out; (q = strstr(q, "keepalived with TTL(3)")); q++) {
+        lines++;
+    }
+    printf("\n  kvctl lease keep-alive: %d renewals in 3.5 s (TTL 3 s)\n",
+           lines);
+    CU_ASSERT(lines >= 3 && lines <= 5);
+    CU_ASSERT(metric(&c, (size_t)leader, STREAM_RENEWALS) >= 4);
+    CU_ASSERT_EQUAL(metric(&c, (size_t)leader, UNARY_KEEPALIVES), 0);
     snprintf(args, sizeof args, "lease revoke %s", hex);
     CU_ASSERT_EQUAL(kvctl(&c, args, out, sizeof out), 0);
     CU_ASSERT_EQUAL(kvctl(&c, "get svc/a", out, sizeof out), 1);
@@ -563,10 +671,6 @@ static int ka_renew(struct ka_seen *k, uint64_t id)
     a.id = id;
     return rpc_stream_send_msg(k->st, &a.base);
 }
-
-#define UNARY_KEEPALIVES                                                \
-    "raftkv_rpc_requests_total{service=\"raftkv.LeaseService\",method=" \
-    "\"LeaseKeepAlive\",status=\"OK\"}"
 
 static void test_lease_stream_renews_on_the_leader_only(void)
 {
@@ -701,6 +805,8 @@ int main(int argc, char **argv)
          test_lease_revoke_and_missing_leases},
         {"test_lease_background_keepalive_tells_when_revoked",
          test_lease_background_keepalive_tells_when_revoked},
+        {"test_lease_background_keepalive_tells_when_nothing_answers",
+         test_lease_background_keepalive_tells_when_nothing_answers},
         {"test_lease_survives_restart_and_restore",
          test_lease_survives_restart_and_restore},
         {"test_lease_kvctl_commands", test_lease_kvctl_commands},
