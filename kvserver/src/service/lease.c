@@ -1155,7 +1155,7 @@ static void stream_barrier_done(struct lease_clock *lc,
             err != RAFTKV__KV_ERROR__KV_UNAVAILABLE) {
             ka_end(ks, err, 0, msg); /* TIMEOUT, SHUTTING_DOWN */
         } else {
-            ka_end_not_leader(ks, leader, "leadership changed");
+            ka_end_not_leader(ks, leader, msg ? msg : "leadership changed");
         }
         return;
     }
