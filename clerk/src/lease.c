@@ -332,7 +332,10 @@ static bool ka_stopped(struct ck_keepalive *k)
 }
 
 /* Send the renewal: the request of a new stream, or a message on the open
- * one. False when it could not be sent (k->why says why). */
+ * one. False when it was not sent: the open stream had ended meanwhile
+ * (k->answered and the fields after it, or k->rpc_status, say how: a node
+ * that stopped leading hints at the leader), or it could not be sent
+ * (k->why says why). */
 static bool ka_send(struct ck_keepalive *k)
 {
     Raftkv__LeaseKeepAliveArgs a = RAFTKV__LEASE_KEEP_ALIVE_ARGS__INIT;
@@ -340,11 +343,12 @@ static bool ka_send(struct ck_keepalive *k)
     k->answered = false;
     k->rpc_status = 0;
     if (k->st) {
-        /* A last frame that came since the last renewal (the node stopped
-         * leading) is seen first. */
+        /* The stream's end, if it came since the last renewal, first. */
         rpc_channel_wait(k->ch, 0);
-    }
-    if (k->st) {
+        if (!k->st) {
+            return false;
+        }
+        k->answered = false; /* (an answer that is not ours, ignored) */
         if (rpc_stream_send_msg(k->st, &a.base) == 0) {
             return true;
         }

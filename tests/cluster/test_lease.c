@@ -426,6 +426,46 @@ static void test_lease_background_keepalive_tells_when_nothing_answers(void)
     CU_ASSERT(h_cluster_destroy(&c) == 0);
 }
 
+#define ACCEPTED "raftkv_rpc_connections_accepted_total"
+#define STREAMS_ENDED                                                   \
+    "raftkv_rpc_requests_total{service=\"raftkv.LeaseService\",method=" \
+    "\"LeaseKeepAliveStream\",status=\"OK\"}"
+
+/* Leadership moves between two renewals: the old leader ends the stream
+ * with a hint, and the next renewal goes straight to the new leader (it
+ * does not connect to the old one again first). */
+static void test_lease_background_keepalive_follows_a_transfer(void)
+{
+    struct h_cluster c;
+    CU_ASSERT_FATAL(h_cluster_start(&c, 3, NULL) == 0);
+    int leader = h_find_leader(&c, 10000);
+    CU_ASSERT_FATAL(leader >= 0);
+    size_t old = (size_t)leader, next = (old + 1) % 3;
+    struct clerk *ck = open_clerk(&c);
+    uint64_t id = 0;
+    CU_ASSERT_EQUAL_FATAL(clerk_lease_grant(ck, 3, 0, &id, NULL), CLERK_OK);
+    struct lost l = {0};
+    struct clerk_keepalive *ka = NULL;
+    CU_ASSERT_EQUAL_FATAL(clerk_lease_keepalive_start(ck, id, on_lost, &l, &ka),
+                          CLERK_OK);
+    h_sleep_ms(300); /* between two renewals (a second apart) */
+    CU_ASSERT_EQUAL_FATAL(clerk_transfer_leader(ck, c.nodes[next].id, NULL),
+                          CLERK_OK);
+    CU_ASSERT(metric_becomes(&c, old, KA_STREAMS, 0));
+    double accepted = metric(&c, old, ACCEPTED);
+    CU_ASSERT(metric_becomes(&c, next, KA_STREAMS, 1));
+    h_sleep_ms(2500);
+    CU_ASSERT_EQUAL(metric(&c, old, ACCEPTED), accepted);
+    CU_ASSERT_EQUAL(atomic_load(&l.calls), 0);
+    CU_ASSERT(metric(&c, next, STREAM_RENEWALS) >= 2);
+    CU_ASSERT_EQUAL(metric(&c, old, STREAMS_ENDED), 1);
+    CU_ASSERT_EQUAL(metric(&c, next, UNARY_KEEPALIVES), 0);
+    clerk_lease_keepalive_stop(ka);
+    clerk_close(ck);
+    c.keep = CU_get_number_of_failures() > 0;
+    CU_ASSERT(h_cluster_destroy(&c) == 0);
+}
+
 static int to_file(const void *data, size_t len, void *arg)
 {
     return fwrite(data, 1, len, arg) == len ? 0 : -1;
@@ -807,6 +847,8 @@ int main(int argc, char **argv)
          test_lease_background_keepalive_tells_when_revoked},
         {"test_lease_background_keepalive_tells_when_nothing_answers",
          test_lease_background_keepalive_tells_when_nothing_answers},
+        {"test_lease_background_keepalive_follows_a_transfer",
+         test_lease_background_keepalive_follows_a_transfer},
         {"test_lease_survives_restart_and_restore",
          test_lease_survives_restart_and_restore},
         {"test_lease_kvctl_commands", test_lease_kvctl_commands},
