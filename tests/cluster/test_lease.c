@@ -651,6 +651,7 @@ struct ka_seen
     uint64_t hint;         /* and its leader hint */
     int ends;              /* end calls */
     int end_status;        /* RPC_OK, or rpc_last_status() */
+    char message[200];     /* the last frame's message */
     struct rpc_stream *st; /* the stream, NULL once it ended */
 };
 
@@ -668,6 +669,8 @@ static void on_ka(struct rpc_stream *st,
         k->id = r->id;
         k->ttl = r->ttl;
         k->hint = r->leader ? r->leader->id : 0;
+        snprintf(k->message, sizeof k->message, "%s",
+                 r->message ? r->message : "");
     }
     if (end) {
         k->ends++;
@@ -794,7 +797,8 @@ static void test_lease_stream_renews_on_the_leader_only(void)
 }
 
 /* A leader cut off from the others never renews on the stream: each
- * renewal waits for a barrier that needs a quorum. */
+ * renewal waits for a barrier that needs a quorum; and renewals that wait
+ * are bounded per stream. */
 static void test_lease_stream_renewal_waits_for_a_quorum(void)
 {
     struct h_cluster c;
@@ -823,6 +827,32 @@ static void test_lease_stream_renewal_waits_for_a_quorum(void)
     CU_ASSERT(k.err != RAFTKV__KV_ERROR__KV_OK);
     CU_ASSERT_EQUAL(
         metric(&c, (size_t)leader, "raftkv_lease_stream_renewals_total"), 1);
+    for (size_t i = 0; i < 3; i++) {
+        h_node_pause(&c, i, false);
+    }
+    rpc_channel_free(ch);
+
+    /* A client that sends renewals faster than they can be answered:
+     * past 256 waiting on one stream, the stream ends. (The followers are
+     * paused again, so that no renewal is answered meanwhile.) */
+    leader = h_find_leader(&c, 10000);
+    CU_ASSERT_FATAL(leader >= 0);
+    ch = ka_open(&c, (size_t)leader, id, &k);
+    ka_wait(ch, &k, 1);
+    CU_ASSERT_FATAL(k.frames == 1 && k.err == 0);
+    for (size_t i = 0; i < 3; i++) {
+        if (i != (size_t)leader) {
+            h_node_pause(&c, i, true);
+        }
+    }
+    for (int i = 0; i < 300; i++) {
+        CU_ASSERT_EQUAL(ka_renew(&k, id), 0);
+    }
+    ka_wait(ch, &k, 2);
+    CU_ASSERT_EQUAL(k.frames, 1);
+    CU_ASSERT_EQUAL(k.ends, 1);
+    CU_ASSERT_EQUAL(k.err, RAFTKV__KV_ERROR__KV_UNAVAILABLE);
+    CU_ASSERT_PTR_NOT_NULL(strstr(k.message, "too many renewals"));
     for (size_t i = 0; i < 3; i++) {
         h_node_pause(&c, i, false);
     }
