@@ -787,9 +787,15 @@ static void test_lease_stream_renews_on_the_leader_only(void)
     ch = ka_open(&c, follower, id, &k);
     ka_wait(ch, &k, 1);
     CU_ASSERT(k.frames == 1 && k.err == 0 && k.ttl == 5);
-    CU_ASSERT_EQUAL(metric(&c, follower, "raftkv_lease_keepalive_streams"), 1);
-    CU_ASSERT_EQUAL(
-        metric(&c, (size_t)leader, "raftkv_lease_keepalive_streams"), 0);
+    CU_ASSERT_EQUAL(metric(&c, follower, KA_STREAMS), 1);
+    CU_ASSERT_EQUAL(metric(&c, (size_t)leader, KA_STREAMS), 0);
+    /* A leader that stops (SIGTERM) ends its streams with SHUTTING_DOWN,
+     * a last frame that reaches the client before the connection goes. */
+    CU_ASSERT_EQUAL(h_node_term(&c, follower), 0);
+    ka_wait(ch, &k, 100);
+    CU_ASSERT_EQUAL(k.ends, 1);
+    CU_ASSERT_EQUAL(k.end_status, RPC_OK);
+    CU_ASSERT_EQUAL(k.err, RAFTKV__KV_ERROR__KV_SHUTTING_DOWN);
     rpc_channel_free(ch);
     clerk_close(ck);
     c.keep = CU_get_number_of_failures() > 0;

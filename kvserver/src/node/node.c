@@ -347,6 +347,10 @@ static void node_free(struct kv_node *n)
     node_publish(n, NODE_EV_STOPPING);
     node_fail_waiters(n, RAFTKV__KV_ERROR__KV_SHUTTING_DOWN,
                       "the node is shutting down");
+    /* Those answers (SHUTTING_DOWN, the last frames of streams) leave
+     * now, as far as the sockets take them: closing the connections
+     * below drops what is still queued. */
+    rpc_server_flush(n->server);
     peer_fail_incoming(n, "the node is shutting down");
     peer_close_streams(n);
     for (size_t i = 0; i < n->n_peers; i++) {
