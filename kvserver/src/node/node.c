@@ -350,7 +350,9 @@ static void node_free(struct kv_node *n)
     /* Those answers (SHUTTING_DOWN, the last frames of streams) leave
      * now, as far as the sockets take them: closing the connections
      * below drops what is still queued. */
-    rpc_server_flush(n->server);
+    if (n->server) {
+        rpc_server_flush(n->server); /* (none when the start failed) */
+    }
     peer_fail_incoming(n, "the node is shutting down");
     peer_close_streams(n);
     for (size_t i = 0; i < n->n_peers; i++) {
