@@ -8,6 +8,7 @@
  *           [--range-keys 100] [--watchers N] [--stale]
  *           [--txn-compare version|mod]
  *           [--target leader|all] [--prefill] [--json]
+ *           [--leases N] [--stream]
  *
  * N clients each send their next call when the reply to the last arrives,
  * spread over M multiplexed connections, all on one event loop. Keys are
@@ -61,6 +62,8 @@ struct client
     int k1, k2;            /* key numbers of the call in flight */
     char key[64];          /* key of the call in flight (k1) */
     char key2[64];         /* second key: range end, or a txn's other put */
+    struct rpc_stream *ka; /* keepalive --stream: its keep-alive stream */
+    bool ka_waiting;       /* and a renewal on it waits for its answer */
 };
 
 static struct
@@ -75,6 +78,8 @@ static struct
                           grants */
     bool target_all, json, prefill, stale;
     bool txn_mod;         /* --txn-compare mod (else version) */
+    bool stream;          /* keepalive --stream: renew on keep-alive
+                             streams (one per client), not unary calls */
     uint64_t *mod;        /* txn_mod: last mod_revision seen per key */
     struct rpc_tls *tls;  /* --cacert: TLS to every node */
     char token[800];      /* --user: the auth token ("" without) */
@@ -602,7 +607,8 @@ static void issue_lease(struct client *c)
 
 /* keepalive: --leases leases are granted first (untimed, TTL at least the
  * run + 60 s so that none expires mid-run); each op renews one of them
- * (etcdload's -op keepalive: KeepAliveOnce). */
+ * (etcdload's -op keepalive: KeepAliveOnce), with a unary call, or with
+ * --stream a message on the client's keep-alive stream and its answer. */
 static struct
 {
     int n;         /* --leases */
@@ -674,12 +680,55 @@ static void on_keepalive(const Raftkv__LeaseKeepAliveReply *r, void *data)
            REPLY_HINT(r));
 }
 
+/* keepalive --stream: the answer to the client's renewal on its stream,
+ * or the stream's end (the node stopped leading, or the connection
+ * broke): the next renewal opens a new one at the leader. */
+static void on_ka_frame(struct rpc_stream *st,
+                        const ProtobufCMessage *msg,
+                        bool end,
+                        void *arg)
+{
+    (void)st;
+    struct client *c = arg;
+    const Raftkv__LeaseKeepAliveReply *r =
+        (const Raftkv__LeaseKeepAliveReply *)msg;
+    if (end) {
+        c->ka = NULL;
+    }
+    if (!c->ka_waiting) {
+        return; /* (ended after the run: nothing in flight) */
+    }
+    c->ka_waiting = false;
+    finish(c, !end && r->err == RAFTKV__KV_ERROR__KV_OK && r->ttl > 0,
+           REPLY_HINT(r));
+}
+
 static void issue_keepalive(struct client *c)
 {
     Raftkv__LeaseKeepAliveArgs a = RAFTKV__LEASE_KEEP_ALIVE_ARGS__INIT;
     a.id = K.ids[random_key(c, K.granted)];
-    raftkv__lease_service__lease_keep_alive(
-        lease_for(B.leader, c->id % B.conns), &a, on_keepalive, c);
+    if (!B.stream) {
+        raftkv__lease_service__lease_keep_alive(
+            lease_for(B.leader, c->id % B.conns), &a, on_keepalive, c);
+        return;
+    }
+    c->ka_waiting = true;
+    if (c->ka && rpc_stream_send_msg(c->ka, &a.base) == 0) {
+        return;
+    }
+    if (c->ka) {
+        rpc_stream_cancel(c->ka); /* (could not send on it: a new one) */
+    }
+    /* A new stream at the leader; its request is this renewal. */
+    lease_for(B.leader, c->id % B.conns);
+    c->ka = rpc_channel_stream(B.nodes[B.leader].ch[c->id % B.conns],
+                               &raftkv__lease_service__descriptor,
+                               "LeaseKeepAliveStream", &a.base, on_ka_frame, c);
+    if (!c->ka) {
+        fprintf(stderr, "kvbench: cannot start a stream: %s\n",
+                rpc_last_error());
+        exit(1);
+    }
 }
 
 static const struct op_row ops[] = {
@@ -856,6 +905,7 @@ static void usage(FILE *f)
             "               [--range-keys 100] [--watchers N] [--stale] "
             "[--txn-compare version|mod]\n"
             "               [--target leader|all] [--prefill] [--json]\n"
+            "               [--leases N] [--stream]\n"
             "               [--cacert CA.crt] [--user NAME:PASSWORD]\n"
             "       kvbench --version | --help\n"
             "The cluster list is in node-id order (node 1 first), as given "
@@ -874,7 +924,10 @@ static void usage(FILE *f)
             "  key with it: one op is both calls.\n"
             "keepalive: --leases N (default 1000) leases are granted first; "
             "each op\n"
-            "  renews a random one of them (LeaseKeepAlive).\n");
+            "  renews a random one of them (LeaseKeepAlive); with --stream, "
+            "on a keep-alive\n"
+            "  stream per client (LeaseKeepAliveStream: one renewal message "
+            "and its answer).\n");
 }
 
 static int parse_cluster(const char *list)
@@ -933,6 +986,7 @@ int main(int argc, char **argv)
         {"txn-compare", required_argument, NULL, 'X'},
         {"lease-ttl", required_argument, NULL, 'L'},
         {"leases", required_argument, NULL, 'K'},
+        {"stream", no_argument, NULL, 'Z'},
         {"prefill", no_argument, NULL, 'p'},
         {"json", no_argument, NULL, 'j'},
         {"cacert", required_argument, NULL, 'A'},
@@ -984,6 +1038,9 @@ int main(int argc, char **argv)
                 break;
             case 'S':
                 B.stale = true;
+                break;
+            case 'Z':
+                B.stream = true;
                 break;
             case 'X':
                 if (strcmp(optarg, "version") && strcmp(optarg, "mod")) {
@@ -1073,6 +1130,10 @@ int main(int argc, char **argv)
         fprintf(stderr,
                 "kvbench: watch wants --watchers N (N >= 1), a "
                 "--duration and --val-size >= 19\n");
+        return 2;
+    }
+    if (B.stream && B.op->issue != issue_keepalive) {
+        fprintf(stderr, "kvbench: --stream goes with --op keepalive\n");
         return 2;
     }
     if (B.op->issue == issue_txn && B.key_space < 2) {
@@ -1186,6 +1247,9 @@ int main(int argc, char **argv)
                  (unsigned long long)B.short_ranges);
         snprintf(jextra, sizeof jextra, ",\"range_keys\":%d,\"short\":%llu",
                  B.range_keys, (unsigned long long)B.short_ranges);
+    } else if (B.op->issue == issue_keepalive && B.stream) {
+        snprintf(extra, sizeof extra, " streams=%d", B.clients);
+        snprintf(jextra, sizeof jextra, ",\"streams\":%d", B.clients);
     } else if (B.op->issue == issue_txn) {
         double ratio = (double)B.txn_succeeded / (double)B.done;
         snprintf(extra, sizeof extra, " compare=%s succeeded=%llu success=%.3f",
@@ -1219,6 +1283,11 @@ int main(int argc, char **argv)
             op_name, B.conns, B.clients, (unsigned long long)B.done,
             (unsigned long long)B.errors, el, rate, mean, p50, p90, p99, max,
             jextra);
+    }
+    for (int i = 0; i < B.clients; i++) {
+        if (cl[i].ka) {
+            rpc_stream_cancel(cl[i].ka);
+        }
     }
     for (int i = 0; i < B.n_nodes; i++) {
         for (int j = 0; j < B.conns; j++) {

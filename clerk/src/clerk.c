@@ -2553,7 +2553,7 @@ size_t clerk_prefix_end(const void *prefix, size_t len, void *out)
     return 1;
 }
 
-/* ---------------------------------------------- for streams (watch.c) */
+/* ------------------------------------- for streams (watch.c, lease.c) */
 
 size_t ck_n_servers(struct clerk *c)
 {
@@ -2591,6 +2591,32 @@ struct rpc_channel *ck_channel_new(struct clerk *c, size_t i)
     }
     pthread_mutex_unlock(&c->lock);
     return ch;
+}
+
+bool ck_server_of_addr(struct clerk *c, const char *addr, size_t *out)
+{
+    pthread_mutex_lock(&c->lock);
+    bool found = server_of_addr(c, addr, out);
+    pthread_mutex_unlock(&c->lock);
+    return found;
+}
+
+void ck_found_leader(struct clerk *c, size_t i)
+{
+    pthread_mutex_lock(&c->lock);
+    if (i < c->n) {
+        c->leader = i;
+    }
+    pthread_mutex_unlock(&c->lock);
+}
+
+void ck_forget_token(struct clerk *c)
+{
+    pthread_mutex_lock(&c->lock);
+    if (c->user) {
+        forget_token(c);
+    }
+    pthread_mutex_unlock(&c->lock);
 }
 
 int ck_error_of(int kv_err)

@@ -102,6 +102,16 @@ const char *ck_server_addr(struct clerk *c, size_t i);
  * token (authenticating first when the handle has a user and no token);
  * NULL when out of memory. Takes the handle's lock. */
 struct rpc_channel *ck_channel_new(struct clerk *c, size_t i);
+/* The server a leader hint's address names (one outside the handle's list
+ * is added to it), as the handle's calls follow hints; false when none.
+ * Takes the handle's lock. */
+bool ck_server_of_addr(struct clerk *c, const char *addr, size_t *out);
+/* Server i answered as the leader: the handle tries it first from now on.
+ * Takes the handle's lock. */
+void ck_found_leader(struct clerk *c, size_t i);
+/* A server refused the handle's token (expired): the next channel made
+ * (ck_channel_new) authenticates again. Takes the handle's lock. */
+void ck_forget_token(struct clerk *c);
 /* A KvError as a clerk_error. */
 int ck_error_of(int kv_err);
 /* The handle's deadline per operation, ms. */
@@ -125,6 +135,49 @@ int ck_lock_take(struct clerk *c,
                  unsigned timeout_ms,
                  const volatile sig_atomic_t *stop,
                  struct clerk_lock **out);
+
+/* A lease's keep-alive stream (LeaseService.LeaseKeepAliveStream), on a
+ * connection of its own to the leader, kept open across renewals (lease.c;
+ * the background keep-alive and kvctl lease keep-alive use it). */
+struct ck_keepalive;
+
+/* Has the caller given up (kvctl's SIGINT, clerk_lease_keepalive_stop)? */
+typedef bool (*ck_stop_cb)(void *arg);
+
+/**
+ * Make a keep-alive stream for lease @id on handle @c (borrowed; used from
+ * one thread at a time). Connects at the first renewal.
+ * @param stop checked while a renewal waits (NULL: never stop early)
+ * @return CLERK_OK or CLERK_NOMEM
+ */
+int ck_keepalive_open(struct clerk *c,
+                      uint64_t id,
+                      ck_stop_cb stop,
+                      void *stop_arg,
+                      struct ck_keepalive **out);
+
+/**
+ * Renew the lease once, to a final answer or @budget_ms: over the open
+ * stream, or a new one to the leader (found as the handle's calls find
+ * it: the handle's preferred server, NOT_LEADER hints, the next server
+ * after a broken stream or a silent node, with a pause after every
+ * server failed in a row). Servers that do not know the stream are
+ * renewed with the unary LeaseKeepAlive instead.
+ * @param ttl_out the TTL it has now (seconds), on CLERK_OK
+ * @param sent_out when (ck_now_ms) the renewal that succeeded was sent:
+ *   the lease lives at least its TTL from then, on CLERK_OK
+ * @return CLERK_OK, CLERK_LEASE_NOT_FOUND (it is gone), CLERK_TIMEOUT (no
+ *   leader renewed it within budget_ms, or stop said so), or what the
+ *   cluster refused it with (CLERK_UNAUTHENTICATED, ...); clerk_errmsg of
+ *   the handle says why
+ */
+int ck_keepalive_renew(struct ck_keepalive *k,
+                       unsigned budget_ms,
+                       int64_t *ttl_out,
+                       uint64_t *sent_out);
+
+/* Close the stream and free it (NULL: nothing). */
+void ck_keepalive_close(struct ck_keepalive *k);
 
 /* Events as a clerk_events_result (revision, compact_revision and
  * next_revision are the caller's to set); NULL when out of memory. */

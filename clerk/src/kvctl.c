@@ -2587,8 +2587,16 @@ static void answer_lease(uint64_t id, json_t *members, const char *text)
     }
 }
 
-/* kvctl lease keep-alive ID [--once]: renew every TTL/3 until interrupted;
- * the lease counts as lost a TTL after the last good renewal was sent. */
+static bool was_interrupted(void *arg)
+{
+    (void)arg;
+    return interrupted != 0;
+}
+
+/* kvctl lease keep-alive ID [--once]: renew every TTL/3 until interrupted,
+ * over one keep-alive stream to the leader (a new one when the leader
+ * changes); the lease counts as lost a TTL after the last good renewal
+ * was sent. */
 static int lease_keepalive(struct clerk *ck, uint64_t id, bool once)
 {
     struct sigaction sa = {0}, old_int, old_term;
@@ -2596,17 +2604,27 @@ static int lease_keepalive(struct clerk *ck, uint64_t id, bool once)
     sigaction(SIGINT, &sa, &old_int);
     sigaction(SIGTERM, &sa, &old_term);
     interrupted = 0;
-    int rv = EXIT_OK;
+    struct ck_keepalive *ka = NULL;
+    int rv = ck_keepalive_open(ck, id, was_interrupted, NULL, &ka);
+    if (rv != CLERK_OK) {
+        rv = answer_clerk(ck, rv);
+        goto out_restore_signals;
+    }
+    rv = EXIT_OK;
     uint64_t last_ok = 0, ttl_ms = 0;
     while (!interrupted) {
-        uint64_t sent = ck_now_ms();
+        uint64_t now = ck_now_ms();
+        unsigned budget = ck_deadline_ms(ck);
         if (last_ok) {
-            uint64_t left =
-                last_ok + ttl_ms > sent ? last_ok + ttl_ms - sent : 1;
-            clerk_set_deadline(ck, (unsigned)left);
+            budget =
+                last_ok + ttl_ms > now ? (unsigned)(last_ok + ttl_ms - now) : 1;
         }
         int64_t ttl = 0;
-        int err = clerk_lease_keepalive_once(ck, id, &ttl);
+        uint64_t sent = now;
+        int err = ck_keepalive_renew(ka, budget, &ttl, &sent);
+        if (interrupted) {
+            break;
+        }
         if (err == CLERK_OK) {
             last_ok = sent;
             ttl_ms = (uint64_t)(ttl > 0 ? ttl : 1) * 1000;
@@ -2633,7 +2651,8 @@ static int lease_keepalive(struct clerk *ck, uint64_t id, bool once)
             nanosleep(&ts, NULL);
         }
     }
-    clerk_set_deadline(ck, 0);
+    ck_keepalive_close(ka);
+out_restore_signals:
     sigaction(SIGINT, &old_int, NULL);
     sigaction(SIGTERM, &old_term, NULL);
     return rv;

@@ -35,6 +35,7 @@ struct pending
 {
     struct rpc_channel *ch;                   /* owner */
     uint64_t id;                              /* call_id */
+    const ProtobufCMessageDescriptor *input;  /* request type */
     const ProtobufCMessageDescriptor *output; /* reply type */
     ProtobufCClosure closure;                 /* caller's closure */
     void *closure_data;                       /* its argument */
@@ -899,6 +900,7 @@ static struct pending *pending_new(struct rpc_channel *ch,
     }
     p->ch = ch;
     p->id = ++ch->next_id;
+    p->input = m->input;
     p->output = m->output;
     p->deadline_ms = ch->deadline_ms;
     return p;
@@ -1053,6 +1055,50 @@ void rpc_stream_cancel(struct rpc_stream *st)
     event_free(p->timer);
     free(p->early_msg);
     free(p);
+}
+
+int rpc_stream_send_msg(struct rpc_stream *st, const ProtobufCMessage *msg)
+{
+    if (!st || !msg) {
+        rpc_set_last(RPC_E_INVALID,
+                     "rpc_stream_send_msg: no stream or message");
+        return RPC_E_INVALID;
+    }
+    struct pending *p = pending_of(st);
+    struct rpc_channel *ch = p->ch;
+    if (!p->stream_cb || msg->descriptor != p->input) {
+        rpc_set_last(RPC_E_INVALID,
+                     "rpc_stream_send_msg: not a message of the stream's "
+                     "input type");
+        return RPC_E_INVALID;
+    }
+    if (p->early_status || !ch->bev || p->doomed) {
+        /* Its start failed: the end comes from the loop. */
+        int status = p->early_status ? p->early_status : RPC_E_CONNECTION_LOST;
+        rpc_set_last(status,
+                     p->early_msg ? p->early_msg : rpc_strerror(status));
+        return status;
+    }
+    size_t unsent = evbuffer_get_length(ch->pending) +
+                    evbuffer_get_length(bufferevent_get_output(ch->bev));
+    if (unsent > ch->opts.max_output) {
+        char why[400];
+        snprintf(why, sizeof why, "%s is not reading: %zu bytes unsent",
+                 ch->target, unsent);
+        rpc_set_last(RPC_E_OVERLOADED, why);
+        return RPC_E_OVERLOADED;
+    }
+    Raftkv__RpcHeader hdr = RAFTKV__RPC_HEADER__INIT;
+    hdr.call_id = p->id;
+    hdr.stream_msg = true;
+    struct rpc_fault_choice fc = {0}; /* (messages are not faulted) */
+    int rv = send_request(ch, &hdr, msg, &fc);
+    if (rv != 0) {
+        rpc_set_last(rv, rv == RPC_E_TOO_BIG
+                             ? "stream message over the frame size cap"
+                             : rpc_strerror(rv));
+    }
+    return rv;
 }
 
 uint64_t rpc_stream_id(const struct rpc_stream *st)

@@ -78,13 +78,14 @@ struct rpc_conn
 /* One request being served: the closure_data handed to the handler. */
 struct rpc_call
 {
-    struct rpc_conn *conn;                   /* holds a reference */
-    uint64_t call_id;                        /* echoed in the reply */
-    const ProtobufCMethodDescriptor *method; /* for the reply's type */
-    struct rpc_method_stats *mstats;         /* its method's counts */
-    bool drop_reply;                         /* fault: lose the reply */
-    uint32_t hold_ms;                        /* fault: hold it back */
-    char *auth_token;                        /* the header's, or NULL */
+    struct rpc_conn *conn;                     /* holds a reference */
+    uint64_t call_id;                          /* echoed in the reply */
+    const ProtobufCServiceDescriptor *service; /* its service */
+    const ProtobufCMethodDescriptor *method;   /* for the reply's type */
+    struct rpc_method_stats *mstats;           /* its method's counts */
+    bool drop_reply;                           /* fault: lose the reply */
+    uint32_t hold_ms;                          /* fault: hold it back */
+    char *auth_token;                          /* the header's, or NULL */
     /* Streams (rpc_stream_open): */
     rpc_stream_cb stream_cb;        /* the handler's, or NULL */
     void *stream_arg;               /* passed to it */
@@ -93,6 +94,10 @@ struct rpc_call
     bool want_writable;             /* a send found no room */
     bool cancelled;                 /* cancelled, or connection gone */
     struct rpc_call *sprev, *snext; /* connection's open streams */
+    rpc_stream_message_cb msg_cb;   /* takes the caller's messages, or NULL */
+    int fail_status;                /* a refused message: the last frame's
+                                       status instead of the reply (0: none) */
+    char *fail_msg;                 /* and its error text (owned), or NULL */
 };
 
 /* A request or a reply held back by injected faults. */
@@ -901,6 +906,89 @@ static void cancel_stream(struct rpc_conn *c, uint64_t call_id)
     }
 }
 
+int rpc_stream_on_message(void *closure_data, rpc_stream_message_cb cb)
+{
+    struct rpc_call *st = closure_data;
+    if (!st->stream_ev || !cb) {
+        return RPC_E_INVALID;
+    }
+    st->msg_cb = cb;
+    return 0;
+}
+
+/* End a stream for a message the server refused: its handler hears
+ * RPC_STREAM_CANCELLED, and its last frame carries status and why. */
+static void refuse_message(struct rpc_call *st, int status, const char *why)
+{
+    st->fail_status = status;
+    st->fail_msg = strdup(why); /* (NULL: the status's name is sent) */
+    stream_post(st, RPC_STREAM_CANCELLED);
+}
+
+/* A message of the caller's on an open stream (stream_msg). Returns
+ * non-zero when the connection was closed. */
+static int stream_message(struct rpc_conn *c, const struct rpc_frame *f)
+{
+    struct rpc_server *s = c->server;
+    const Raftkv__RpcHeader *h = f->header;
+    struct rpc_call *st = c->streams;
+    while (st && (st->call_id != h->call_id || st->cancelled)) {
+        st = st->snext;
+    }
+    if (!st) {
+        /* Ended, cancelled (frames cross on the wire) or never opened;
+         * an oversized one's args are skipped by the decoder. */
+        s->stats.dropped_messages++;
+        return 0;
+    }
+    const char *svc = st->service->name, *name = st->method->name;
+    char msg[256];
+    if (!st->msg_cb) {
+        snprintf(msg, sizeof msg, "%s.%s takes no messages on its stream", svc,
+                 name);
+        log_limited(&s->timeout_log, RPC_LOG_WARN, "rpc: %s: %s", c->peer, msg);
+        refuse_message(st, RPC_E_BAD_REQUEST, msg);
+        return 0;
+    }
+    if (f->oversized) {
+        snprintf(msg, sizeof msg,
+                 RPC_TOO_BIG_PREFIX
+                 "%s.%s stream message of %u bytes is over the server's cap "
+                 "of %u",
+                 svc, name, h->args_size, s->opts.limits.max_args);
+        rpc_logf(RPC_LOG_WARN, "rpc: answered %s: %s; skipping its args",
+                 c->peer, msg);
+        s->stats.oversized_requests++;
+        refuse_message(st, RPC_E_BAD_REQUEST, msg);
+        return 0;
+    }
+    char why[200];
+    if (s->opts.precheck &&
+        !s->opts.precheck(st->service, st->method, f->args, f->args_size, why,
+                          sizeof why, s->opts.precheck_arg)) {
+        snprintf(msg, sizeof msg, "%s.%s message refused before unpacking: %s",
+                 svc, name, why);
+        log_limited(&s->timeout_log, RPC_LOG_WARN, "rpc: %s: %s", c->peer, msg);
+        refuse_message(st, RPC_E_BAD_REQUEST, msg);
+        return 0;
+    }
+    ProtobufCMessage *input = protobuf_c_message_unpack(st->method->input, NULL,
+                                                        f->args_size, f->args);
+    if (!input) {
+        rpc_logf(RPC_LOG_WARN,
+                 "rpc: bad frame from %s: a %s.%s stream message of %zu bytes "
+                 "does not unpack; closing",
+                 c->peer, svc, name, f->args_size);
+        s->stats.bad_frames++;
+        conn_close(c);
+        return 1;
+    }
+    s->stats.stream_messages++;
+    st->msg_cb(st, input, st->stream_arg); /* (may end the stream) */
+    protobuf_c_message_free_unpacked(input, NULL);
+    return c->bev ? 0 : 1;
+}
+
 /* Send a handler's answer (reply, or an error status), unless injected
  * faults lose it or hold it back. */
 static void answer(struct rpc_call *call,
@@ -913,6 +1001,13 @@ static void answer(struct rpc_call *call,
     struct held *h = NULL;
     if (call->stream_ev) {
         stream_unlink(call);
+    }
+    if (call->fail_status) {
+        /* The server refused one of the stream's messages: that is how
+         * it ends, whatever the handler answers. */
+        status = call->fail_status;
+        error = call->fail_msg ? call->fail_msg : rpc_strerror(status);
+        reply = NULL;
     }
     if (s && call->mstats) {
         call->mstats->answered[status >= 0 && status < RPC_STATUS_SLOTS - 1
@@ -933,6 +1028,7 @@ static void answer(struct rpc_call *call,
         send_reply(c, call->call_id, status, error, reply, NULL);
     }
     conn_unref(c);
+    free(call->fail_msg);
     free(call->auth_token);
     free(call);
 }
@@ -1033,6 +1129,7 @@ static void start_call(struct rpc_conn *c,
         }
         call->conn = c;
         call->call_id = call_id;
+        call->service = svc->descriptor;
         call->method = &svc->descriptor->methods[index];
         call->mstats = NULL;
         for (size_t k = 0; k < c->server->n_services; k++) {
@@ -1049,6 +1146,9 @@ static void start_call(struct rpc_conn *c,
         call->want_writable = false;
         call->cancelled = false;
         call->sprev = call->snext = NULL;
+        call->msg_cb = NULL;
+        call->fail_status = 0;
+        call->fail_msg = NULL;
         c->refs++;
         c->server->stats.calls++;
         svc->invoke(svc, index, input, call_done, call);
@@ -1067,6 +1167,9 @@ static int dispatch(void *ctx, const struct rpc_frame *f)
     if (h->cancel && !c->probation) {
         cancel_stream(c, h->call_id);
         return 0;
+    }
+    if (h->stream_msg && !c->probation) {
+        return stream_message(c, f);
     }
     if (!c->is_peer && s->peer_service &&
         strcmp(h->service_name, s->peer_service) == 0) {

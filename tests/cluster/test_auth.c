@@ -1,12 +1,14 @@
 /* test_auth.c: users, roles and permissions on a real three-node cluster:
  * auth enable, key-range permissions for writes, reads and stale reads,
  * root-only admin operations, tokens voided by a password change or
- * expiry, auth state across a full restart and through a snapshot to a
- * follower that was down while the log compacted, and no plaintext
- * password in any file. The tests share one cluster and run in order. */
+ * expiry (also on a lease keep-alive stream), auth state across a full restart
+ * and through a snapshot to a follower that was down while the log compacted,
+ * and no plaintext password in any file. The tests share one cluster and run in
+ * order. */
 #include <dirent.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -519,6 +521,118 @@ static void test_auth_expired_token_is_refused_and_clerk_renews_it(void)
     clerk_close(ck);
 }
 
+/* What a raw keep-alive stream's callback saw. */
+struct ka_out
+{
+    int frames;            /* answers before the end */
+    int err;               /* the last answer's or the end's KvError */
+    int ends;              /* end calls */
+    struct rpc_stream *st; /* the stream, NULL once it ended */
+};
+
+static void on_ka(struct rpc_stream *st,
+                  const ProtobufCMessage *m,
+                  bool end,
+                  void *arg)
+{
+    (void)st;
+    struct ka_out *o = arg;
+    const Raftkv__LeaseKeepAliveReply *r =
+        (const Raftkv__LeaseKeepAliveReply *)m;
+    o->err = r ? (int)r->err : -1;
+    if (end) {
+        o->ends++;
+        o->st = NULL;
+    } else {
+        o->frames++;
+    }
+}
+
+/* Run ch's loop until o has @frames answers or ended (5 s at most). */
+static void ka_wait(struct rpc_channel *ch, struct ka_out *o, int frames)
+{
+    uint64_t end = h_now_ms() + 5000;
+    while (o->frames < frames && !o->ends && h_now_ms() < end) {
+        rpc_channel_wait(ch, 200);
+    }
+}
+
+/* A keep-alive stream to node i with token ("": none), opened with a
+ * renewal of lease id. */
+static struct rpc_channel *ka_open(size_t i,
+                                   const char *token,
+                                   uint64_t id,
+                                   struct ka_out *o)
+{
+    struct rpc_channel *ch =
+        rpc_channel_new_blocking(cl.nodes[i].host, cl.nodes[i].port, NULL);
+    CU_ASSERT_FATAL(ch != NULL);
+    CU_ASSERT(rpc_channel_set_auth_token(ch, token) == 0);
+    Raftkv__LeaseKeepAliveArgs a = RAFTKV__LEASE_KEEP_ALIVE_ARGS__INIT;
+    a.id = id;
+    memset(o, 0, sizeof *o);
+    o->st = rpc_channel_stream(ch, &raftkv__lease_service__descriptor,
+                               "LeaseKeepAliveStream", &a.base, on_ka, o);
+    CU_ASSERT_FATAL(o->st != NULL);
+    return ch;
+}
+
+static void on_lease_lost(uint64_t id, int reason, void *arg)
+{
+    (void)id;
+    atomic_store((atomic_int *)arg, reason + 1000); /* (told, even 0) */
+}
+
+/* A keep-alive stream is checked as the unary keep-alive is, on every
+ * renewal, with the token of the request that opened it: none is refused,
+ * an expired one ends the stream; libclerk's keep-alive authenticates
+ * again and goes on past its token's expiry. */
+static void test_auth_keepalive_stream_checks_every_renewal(void)
+{
+    need_cluster();
+    int leader = find_leader(10000);
+    CU_ASSERT_FATAL(leader >= 0);
+    struct clerk *ck = open_as("alice", ALICE_PW2, UINT32_MAX, false);
+    uint64_t id = 0;
+    EXPECT(clerk_lease_grant(ck, 3, 0, &id, NULL), CLERK_OK);
+
+    struct ka_out o;
+    struct rpc_channel *ch = ka_open((size_t)leader, "", id, &o);
+    ka_wait(ch, &o, 1);
+    CU_ASSERT(o.frames == 0 && o.ends == 1);
+    CU_ASSERT_EQUAL(o.err, RAFTKV__KV_ERROR__KV_UNAUTHENTICATED);
+    rpc_channel_free(ch);
+
+    char token[800];
+    raw_token((size_t)leader, "alice", ALICE_PW2, token);
+    CU_ASSERT_FATAL(token[0] != 0);
+    ch = ka_open((size_t)leader, token, id, &o);
+    ka_wait(ch, &o, 1);
+    CU_ASSERT(o.frames == 1 && o.err == 0);
+    struct clerk_keepalive *ka = NULL;
+    atomic_int lost = 0;
+    EXPECT(clerk_lease_keepalive_start(ck, id, on_lease_lost, &lost, &ka),
+           CLERK_OK);
+    h_sleep_ms((TOKEN_TTL_S + 1) * 1000);
+    Raftkv__LeaseKeepAliveArgs a = RAFTKV__LEASE_KEEP_ALIVE_ARGS__INIT;
+    a.id = id;
+    CU_ASSERT_EQUAL(rpc_stream_send_msg(o.st, &a.base), 0);
+    ka_wait(ch, &o, 2);
+    CU_ASSERT_EQUAL(o.frames, 1);
+    CU_ASSERT_EQUAL(o.ends, 1);
+    CU_ASSERT_EQUAL(o.err, RAFTKV__KV_ERROR__KV_UNAUTHENTICATED);
+    rpc_channel_free(ch);
+    /* The background keep-alive's token expired meanwhile too. */
+    h_sleep_ms(3000);
+    CU_ASSERT_EQUAL(atomic_load(&lost), 0);
+    struct clerk_lease_ttl_result *tr = NULL;
+    EXPECT(clerk_lease_timetolive(ck, id, false, &tr), CLERK_OK);
+    clerk_lease_ttl_result_free(tr);
+    clerk_lease_keepalive_stop(ka);
+    EXPECT(clerk_lease_revoke(ck, id, NULL, NULL), CLERK_OK);
+    clerk_close(ck);
+}
+
 static void test_auth_state_survives_restart_and_reaches_a_lagging_follower(
     void)
 {
@@ -948,6 +1062,8 @@ int main(int argc, char **argv)
          test_auth_checks_cached_on_a_node_are_voided_by_a_change},
         {"test_auth_expired_token_is_refused_and_clerk_renews_it",
          test_auth_expired_token_is_refused_and_clerk_renews_it},
+        {"test_auth_keepalive_stream_checks_every_renewal",
+         test_auth_keepalive_stream_checks_every_renewal},
         {"test_auth_wrong_password_flood_leaves_the_leader_serving",
          test_auth_wrong_password_flood_leaves_the_leader_serving},
         {"test_auth_state_survives_restart_and_reaches_a_lagging_follower",

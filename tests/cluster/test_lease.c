@@ -16,6 +16,7 @@
 #include "clerk/clerk.h"
 #include "cunit_main.h"
 #include "harness.h"
+#include "rpc/rpc.h"
 
 static struct clerk *open_clerk(struct h_cluster *c)
 {
@@ -90,6 +91,26 @@ static double metric(struct h_cluster *c, size_t i, const char *name)
         return -1;
     }
     return h_metric(body, name);
+}
+
+/* Keep-alives a node answered OK: unary calls, and renewals on streams. */
+#define UNARY_KEEPALIVES                                                \
+    "raftkv_rpc_requests_total{service=\"raftkv.LeaseService\",method=" \
+    "\"LeaseKeepAlive\",status=\"OK\"}"
+#define STREAM_RENEWALS "raftkv_lease_stream_renewals_total"
+#define KA_STREAMS      "raftkv_lease_keepalive_streams"
+
+/* Wait until node i's metric @name is @want (5 s at most). */
+static bool metric_becomes(struct h_cluster *c,
+                           size_t i,
+                           const char *name,
+                           double want)
+{
+    uint64_t end = h_now_ms() + 5000;
+    while (metric(c, i, name) != want && h_now_ms() < end) {
+        h_sleep_ms(50);
+    }
+    return metric(c, i, name) == want;
 }
 
 /* What a background keep-alive told its caller. */
@@ -167,7 +188,8 @@ static void test_lease_keepalive_keeps_it_past_several_ttls(void)
 {
     struct h_cluster c;
     CU_ASSERT_FATAL(h_cluster_start(&c, 3, NULL) == 0);
-    CU_ASSERT_FATAL(h_find_leader(&c, 10000) >= 0);
+    int leader = h_find_leader(&c, 10000);
+    CU_ASSERT_FATAL(leader >= 0);
     struct clerk *ck = open_clerk(&c);
     uint64_t id = 0;
     CU_ASSERT_EQUAL_FATAL(clerk_lease_grant(ck, 2, 0, &id, NULL), CLERK_OK);
@@ -180,7 +202,8 @@ static void test_lease_keepalive_keeps_it_past_several_ttls(void)
         h_sleep_ms(700);
     }
     CU_ASSERT(exists(ck, "ka/k"));
-    /* ... and in the background, for over three TTLs more. */
+    /* ... and in the background, for over three TTLs more, over one
+     * keep-alive stream: a renewal every third of the TTL, none unary. */
     struct lost l = {0};
     struct clerk_keepalive *ka = NULL;
     CU_ASSERT_EQUAL_FATAL(clerk_lease_keepalive_start(ck, id, on_lost, &l, &ka),
@@ -188,13 +211,20 @@ static void test_lease_keepalive_keeps_it_past_several_ttls(void)
     h_sleep_ms(7000);
     CU_ASSERT(exists(ck, "ka/k"));
     CU_ASSERT_EQUAL(atomic_load(&l.calls), 0);
+    size_t ld = (size_t)leader;
+    double renewals = metric(&c, ld, STREAM_RENEWALS);
+    printf("\n  %.0f renewals on the stream in 7 s (TTL 2 s)\n", renewals);
+    CU_ASSERT(renewals >= 6 && renewals <= 14);
+    CU_ASSERT_EQUAL(metric(&c, ld, UNARY_KEEPALIVES), 4);
+    CU_ASSERT_EQUAL(metric(&c, ld, KA_STREAMS), 1);
     struct clerk_lease_ttl_result *tr = NULL;
     CU_ASSERT_EQUAL(clerk_lease_timetolive(ck, id, false, &tr), CLERK_OK);
     CU_ASSERT(tr && tr->ttl >= 0 && tr->granted_ttl == 2);
     clerk_lease_ttl_result_free(tr);
-    /* Once it stops, the lease expires. */
+    /* Once it stops, its stream is closed and the lease expires. */
     uint64_t t0 = h_now_ms();
     clerk_lease_keepalive_stop(ka);
+    CU_ASSERT(metric_becomes(&c, ld, KA_STREAMS, 0));
     uint64_t gone = wait_gone(ck, "ka/k", 8000);
     CU_ASSERT(gone != 0 && gone - t0 <= 2000 + 3000);
     CU_ASSERT_EQUAL(atomic_load(&l.calls), 0);
@@ -229,6 +259,10 @@ static void test_lease_kept_alive_across_a_leader_kill(void)
     h_sleep_ms(9000); /* three TTLs under the new leader */
     CU_ASSERT(exists(ck, "lk/k"));
     CU_ASSERT_EQUAL(atomic_load(&l.calls), 0);
+    /* The keep-alive's stream moved to the new leader. */
+    CU_ASSERT_EQUAL(metric(&c, (size_t)next, KA_STREAMS), 1);
+    CU_ASSERT(metric(&c, (size_t)next, STREAM_RENEWALS) >= 6);
+    CU_ASSERT_EQUAL(metric(&c, (size_t)next, UNARY_KEEPALIVES), 0);
     /* The holder stops: the lease ends within TTL + the extension a new
      * leader gives (it just took over) + a sweep. */
     uint64_t t0 = h_now_ms();
@@ -316,7 +350,8 @@ static void test_lease_background_keepalive_tells_when_revoked(void)
 {
     struct h_cluster c;
     CU_ASSERT_FATAL(h_cluster_start(&c, 3, NULL) == 0);
-    CU_ASSERT_FATAL(h_find_leader(&c, 10000) >= 0);
+    int leader = h_find_leader(&c, 10000);
+    CU_ASSERT_FATAL(leader >= 0);
     struct clerk *ck = open_clerk(&c);
     uint64_t id = 0;
     CU_ASSERT_EQUAL_FATAL(clerk_lease_grant(ck, 3, 0, &id, NULL), CLERK_OK);
@@ -336,11 +371,96 @@ static void test_lease_background_keepalive_tells_when_revoked(void)
     CU_ASSERT_EQUAL(atomic_load(&l.reason), CLERK_LEASE_NOT_FOUND);
     h_sleep_ms(1500);
     CU_ASSERT_EQUAL(atomic_load(&l.calls), 1);
+    /* Told on its stream (the first renewal, in start, too). */
+    CU_ASSERT(metric(&c, (size_t)leader, STREAM_RENEWALS) >= 1);
+    CU_ASSERT_EQUAL(metric(&c, (size_t)leader, UNARY_KEEPALIVES), 0);
     clerk_lease_keepalive_stop(ka);
     /* Starting one for a lease that is gone fails at once. */
     CU_ASSERT_EQUAL(clerk_lease_keepalive_start(ck, id, on_lost, &l, &ka),
                     CLERK_LEASE_NOT_FOUND);
     clerk_close(other);
+    clerk_close(ck);
+    c.keep = CU_get_number_of_failures() > 0;
+    CU_ASSERT(h_cluster_destroy(&c) == 0);
+}
+
+/* No renewal succeeds (every node stopped): the keep-alive tells its
+ * caller once, a TTL after the last good renewal was sent, not before. */
+static void test_lease_background_keepalive_tells_when_nothing_answers(void)
+{
+    struct h_cluster c;
+    CU_ASSERT_FATAL(h_cluster_start(&c, 3, NULL) == 0);
+    CU_ASSERT_FATAL(h_find_leader(&c, 10000) >= 0);
+    struct clerk *ck = open_clerk(&c);
+    uint64_t id = 0;
+    CU_ASSERT_EQUAL_FATAL(clerk_lease_grant(ck, 3, 0, &id, NULL), CLERK_OK);
+    struct lost l = {0};
+    struct clerk_keepalive *ka = NULL;
+    CU_ASSERT_EQUAL_FATAL(clerk_lease_keepalive_start(ck, id, on_lost, &l, &ka),
+                          CLERK_OK);
+    h_sleep_ms(1200);
+    uint64_t t0 = h_now_ms();
+    for (size_t i = 0; i < 3; i++) {
+        h_node_pause(&c, i, true);
+    }
+    uint64_t end = h_now_ms() + 10000;
+    while (atomic_load(&l.calls) == 0 && h_now_ms() < end) {
+        h_sleep_ms(20);
+    }
+    uint64_t told = h_now_ms() - t0;
+    printf("\n  told %llu ms after the cluster stopped (TTL 3 s)\n",
+           (unsigned long long)told);
+    CU_ASSERT_EQUAL(atomic_load(&l.calls), 1);
+    CU_ASSERT_EQUAL(atomic_load(&l.reason), CLERK_TIMEOUT);
+    /* The last good renewal was sent within a third of the TTL before
+     * the stop (plus a little): not before 2 s, not long after 3 s. */
+    CU_ASSERT(told >= 1900 && told <= 3000 + 1500);
+    h_sleep_ms(500);
+    CU_ASSERT_EQUAL(atomic_load(&l.calls), 1);
+    for (size_t i = 0; i < 3; i++) {
+        h_node_pause(&c, i, false);
+    }
+    clerk_lease_keepalive_stop(ka);
+    clerk_close(ck);
+    c.keep = CU_get_number_of_failures() > 0;
+    CU_ASSERT(h_cluster_destroy(&c) == 0);
+}
+
+#define ACCEPTED "raftkv_rpc_connections_accepted_total"
+#define STREAMS_ENDED                                                   \
+    "raftkv_rpc_requests_total{service=\"raftkv.LeaseService\",method=" \
+    "\"LeaseKeepAliveStream\",status=\"OK\"}"
+
+/* Leadership moves between two renewals: the old leader ends the stream
+ * with a hint, and the next renewal goes straight to the new leader (it
+ * does not connect to the old one again first). */
+static void test_lease_background_keepalive_follows_a_transfer(void)
+{
+    struct h_cluster c;
+    CU_ASSERT_FATAL(h_cluster_start(&c, 3, NULL) == 0);
+    int leader = h_find_leader(&c, 10000);
+    CU_ASSERT_FATAL(leader >= 0);
+    size_t old = (size_t)leader, next = (old + 1) % 3;
+    struct clerk *ck = open_clerk(&c);
+    uint64_t id = 0;
+    CU_ASSERT_EQUAL_FATAL(clerk_lease_grant(ck, 3, 0, &id, NULL), CLERK_OK);
+    struct lost l = {0};
+    struct clerk_keepalive *ka = NULL;
+    CU_ASSERT_EQUAL_FATAL(clerk_lease_keepalive_start(ck, id, on_lost, &l, &ka),
+                          CLERK_OK);
+    h_sleep_ms(300); /* between two renewals (a second apart) */
+    CU_ASSERT_EQUAL_FATAL(clerk_transfer_leader(ck, c.nodes[next].id, NULL),
+                          CLERK_OK);
+    CU_ASSERT(metric_becomes(&c, old, KA_STREAMS, 0));
+    double accepted = metric(&c, old, ACCEPTED);
+    CU_ASSERT(metric_becomes(&c, next, KA_STREAMS, 1));
+    h_sleep_ms(2500);
+    CU_ASSERT_EQUAL(metric(&c, old, ACCEPTED), accepted);
+    CU_ASSERT_EQUAL(atomic_load(&l.calls), 0);
+    CU_ASSERT(metric(&c, next, STREAM_RENEWALS) >= 2);
+    CU_ASSERT_EQUAL(metric(&c, old, STREAMS_ENDED), 1);
+    CU_ASSERT_EQUAL(metric(&c, next, UNARY_KEEPALIVES), 0);
+    clerk_lease_keepalive_stop(ka);
     clerk_close(ck);
     c.keep = CU_get_number_of_failures() > 0;
     CU_ASSERT(h_cluster_destroy(&c) == 0);
@@ -456,7 +576,8 @@ static void test_lease_kvctl_commands(void)
 {
     struct h_cluster c;
     CU_ASSERT_FATAL(h_cluster_start(&c, 3, NULL) == 0);
-    CU_ASSERT_FATAL(h_find_leader(&c, 10000) >= 0);
+    int leader = h_find_leader(&c, 10000);
+    CU_ASSERT_FATAL(leader >= 0);
     char out[4096], args[256];
     CU_ASSERT_EQUAL_FATAL(kvctl(&c, "lease grant 30", out, sizeof out), 0);
     char hex[17] = "";
@@ -475,6 +596,34 @@ static void test_lease_kvctl_commands(void)
     CU_ASSERT_EQUAL(kvctl(&c, "lease list", out, sizeof out), 0);
     CU_ASSERT_PTR_NOT_NULL(strstr(out, "found 1 leases"));
     CU_ASSERT_PTR_NOT_NULL(strstr(out, hex));
+    /* Until interrupted: a line per renewal (a third of the TTL apart),
+     * on a stream. */
+    uint64_t id3 = 0;
+    struct clerk *ck = open_clerk(&c);
+    CU_ASSERT_EQUAL_FATAL(clerk_lease_grant(ck, 3, 0, &id3, NULL), CLERK_OK);
+    clerk_close(ck);
+    snprintf(args, sizeof args,
+             "timeout --preserve-status -s INT 3.5 %s --cluster %%s lease "
+             "keep-alive %llx",
+             KVCTL_BIN, (unsigned long long)id3);
+    char eps[512], cmd[2048];
+    h_endpoints(&c, eps, sizeof eps);
+    snprintf(cmd, sizeof cmd, args, eps);
+    FILE *p = popen(cmd, "r");
+    CU_ASSERT_FATAL(p != NULL);
+    size_t got = fread(out, 1, sizeof out - 1, p);
+    out[got] = 0;
+    int st = pclose(p);
+    CU_ASSERT(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+    int lines = 0;
+    for (const char *q = out; (q = strstr(q, "keepalived with TTL(3)")); q++) {
+        lines++;
+    }
+    printf("\n  kvctl lease keep-alive: %d renewals in 3.5 s (TTL 3 s)\n",
+           lines);
+    CU_ASSERT(lines >= 3 && lines <= 5);
+    CU_ASSERT(metric(&c, (size_t)leader, STREAM_RENEWALS) >= 4);
+    CU_ASSERT_EQUAL(metric(&c, (size_t)leader, UNARY_KEEPALIVES), 0);
     snprintf(args, sizeof args, "lease revoke %s", hex);
     CU_ASSERT_EQUAL(kvctl(&c, args, out, sizeof out), 0);
     CU_ASSERT_EQUAL(kvctl(&c, "get svc/a", out, sizeof out), 1);
@@ -486,6 +635,235 @@ static void test_lease_kvctl_commands(void)
     snprintf(args, sizeof args, "lease keep-alive %s", hex);
     CU_ASSERT_EQUAL(kvctl(&c, args, out, sizeof out), 9);
     CU_ASSERT_EQUAL(kvctl(&c, "lease revoke xyz", out, sizeof out), 2);
+    c.keep = CU_get_number_of_failures() > 0;
+    CU_ASSERT(h_cluster_destroy(&c) == 0);
+}
+
+/* --------------------------------------------- LeaseKeepAliveStream */
+
+/* What a raw LeaseKeepAliveStream's callback saw. */
+struct ka_seen
+{
+    int frames;            /* answers before the end */
+    int err;               /* the last answer's (or the end's) err */
+    uint64_t id;           /* and its lease id */
+    int64_t ttl;           /* and its TTL */
+    uint64_t hint;         /* and its leader hint */
+    int ends;              /* end calls */
+    int end_status;        /* RPC_OK, or rpc_last_status() */
+    char message[200];     /* the last frame's message */
+    struct rpc_stream *st; /* the stream, NULL once it ended */
+};
+
+static void on_ka(struct rpc_stream *st,
+                  const ProtobufCMessage *m,
+                  bool end,
+                  void *arg)
+{
+    (void)st;
+    struct ka_seen *k = arg;
+    const Raftkv__LeaseKeepAliveReply *r =
+        (const Raftkv__LeaseKeepAliveReply *)m;
+    if (r) {
+        k->err = r->err;
+        k->id = r->id;
+        k->ttl = r->ttl;
+        k->hint = r->leader ? r->leader->id : 0;
+        snprintf(k->message, sizeof k->message, "%s",
+                 r->message ? r->message : "");
+    }
+    if (end) {
+        k->ends++;
+        k->st = NULL;
+        k->end_status = r ? RPC_OK : rpc_last_status();
+    } else {
+        k->frames++;
+    }
+}
+
+/* A keep-alive stream to node i of c, opened with a renewal of id. */
+static struct rpc_channel *ka_open(struct h_cluster *c,
+                                   size_t i,
+                                   uint64_t id,
+                                   struct ka_seen *k)
+{
+    struct rpc_channel *ch =
+        rpc_channel_new_blocking(c->nodes[i].host, c->nodes[i].port, NULL);
+    CU_ASSERT_FATAL(ch != NULL);
+    Raftkv__LeaseKeepAliveArgs a = RAFTKV__LEASE_KEEP_ALIVE_ARGS__INIT;
+    a.id = id;
+    memset(k, 0, sizeof *k);
+    k->st = rpc_channel_stream(ch, &raftkv__lease_service__descriptor,
+                               "LeaseKeepAliveStream", &a.base, on_ka, k);
+    CU_ASSERT_FATAL(k->st != NULL);
+    return ch;
+}
+
+/* Run ch's loop until k has @frames answers or has ended (5 s at most). */
+static void ka_wait(struct rpc_channel *ch, struct ka_seen *k, int frames)
+{
+    uint64_t end = h_now_ms() + 5000;
+    while (k->frames < frames && !k->ends && h_now_ms() < end) {
+        rpc_channel_wait(ch, 200);
+    }
+}
+
+static int ka_renew(struct ka_seen *k, uint64_t id)
+{
+    Raftkv__LeaseKeepAliveArgs a = RAFTKV__LEASE_KEEP_ALIVE_ARGS__INIT;
+    a.id = id;
+    return rpc_stream_send_msg(k->st, &a.base);
+}
+
+static void test_lease_stream_renews_on_the_leader_only(void)
+{
+    struct h_cluster c;
+    CU_ASSERT_FATAL(h_cluster_start(&c, 3, NULL) == 0);
+    int leader = h_find_leader(&c, 10000);
+    CU_ASSERT_FATAL(leader >= 0);
+    size_t follower = ((size_t)leader + 1) % 3;
+    struct clerk *ck = open_clerk(&c);
+    uint64_t id = 0;
+    CU_ASSERT_EQUAL_FATAL(clerk_lease_grant(ck, 5, 0, &id, NULL), CLERK_OK);
+
+    /* A follower answers the stream's first renewal NOT_LEADER with the
+     * leader's id, and ends the stream: the client goes there. */
+    struct ka_seen f;
+    struct rpc_channel *fch = ka_open(&c, follower, id, &f);
+    ka_wait(fch, &f, 1);
+    CU_ASSERT_EQUAL(f.ends, 1);
+    CU_ASSERT_EQUAL(f.frames, 0);
+    CU_ASSERT_EQUAL(f.end_status, RPC_OK);
+    CU_ASSERT_EQUAL(f.err, RAFTKV__KV_ERROR__KV_WRONG_LEADER);
+    CU_ASSERT_EQUAL(f.hint, c.nodes[leader].id);
+    rpc_channel_free(fch);
+
+    /* The leader answers the request and each message on the stream, in
+     * order, one frame each: a lease that is gone with ttl 0, id 0 as a
+     * bad request; the stream goes on after both. */
+    struct ka_seen k;
+    struct rpc_channel *ch = ka_open(&c, (size_t)leader, id, &k);
+    ka_wait(ch, &k, 1);
+    CU_ASSERT_EQUAL(k.frames, 1);
+    CU_ASSERT_EQUAL(k.err, RAFTKV__KV_ERROR__KV_OK);
+    CU_ASSERT_EQUAL(k.id, id);
+    CU_ASSERT_EQUAL(k.ttl, 5);
+    for (int i = 0; i < 3; i++) {
+        CU_ASSERT_EQUAL(ka_renew(&k, id), 0);
+        ka_wait(ch, &k, 2 + i);
+        CU_ASSERT(k.frames == 2 + i && k.err == 0 && k.ttl == 5 && k.id == id);
+    }
+    CU_ASSERT_EQUAL(ka_renew(&k, 0xdead), 0);
+    ka_wait(ch, &k, 5);
+    CU_ASSERT_EQUAL(k.err, RAFTKV__KV_ERROR__KV_LEASE_NOT_FOUND);
+    CU_ASSERT_EQUAL(k.id, 0xdead);
+    CU_ASSERT_EQUAL(k.ttl, 0);
+    CU_ASSERT_EQUAL(ka_renew(&k, 0), 0);
+    ka_wait(ch, &k, 6);
+    CU_ASSERT_EQUAL(k.err, RAFTKV__KV_ERROR__KV_BAD_REQUEST);
+    CU_ASSERT_EQUAL(ka_renew(&k, id), 0);
+    ka_wait(ch, &k, 7);
+    CU_ASSERT(k.frames == 7 && k.err == 0 && k.id == id);
+    CU_ASSERT_EQUAL(k.ends, 0);
+    CU_ASSERT_EQUAL(
+        metric(&c, (size_t)leader, "raftkv_lease_keepalive_streams"), 1);
+    CU_ASSERT_EQUAL(
+        metric(&c, (size_t)leader, "raftkv_lease_stream_renewals_total"), 5);
+
+    /* Leadership moves away: the stream ends with NOT_LEADER (or
+     * UNAVAILABLE while no leader is known), not a broken connection,
+     * and the new leader takes the renewals. */
+    uint64_t now_leader = 0;
+    CU_ASSERT_EQUAL_FATAL(
+        clerk_transfer_leader(ck, c.nodes[follower].id, &now_leader), CLERK_OK);
+    ka_wait(ch, &k, 100);
+    CU_ASSERT_EQUAL(k.ends, 1);
+    CU_ASSERT_EQUAL(k.end_status, RPC_OK);
+    CU_ASSERT(k.err == RAFTKV__KV_ERROR__KV_WRONG_LEADER ||
+              k.err == RAFTKV__KV_ERROR__KV_UNAVAILABLE);
+    CU_ASSERT(k.err != RAFTKV__KV_ERROR__KV_WRONG_LEADER ||
+              k.hint == c.nodes[follower].id);
+    rpc_channel_free(ch);
+    ch = ka_open(&c, follower, id, &k);
+    ka_wait(ch, &k, 1);
+    CU_ASSERT(k.frames == 1 && k.err == 0 && k.ttl == 5);
+    CU_ASSERT_EQUAL(metric(&c, follower, KA_STREAMS), 1);
+    CU_ASSERT_EQUAL(metric(&c, (size_t)leader, KA_STREAMS), 0);
+    /* A leader that stops (SIGTERM) ends its streams with SHUTTING_DOWN,
+     * a last frame that reaches the client before the connection goes. */
+    CU_ASSERT_EQUAL(h_node_term(&c, follower), 0);
+    ka_wait(ch, &k, 100);
+    CU_ASSERT_EQUAL(k.ends, 1);
+    CU_ASSERT_EQUAL(k.end_status, RPC_OK);
+    CU_ASSERT_EQUAL(k.err, RAFTKV__KV_ERROR__KV_SHUTTING_DOWN);
+    rpc_channel_free(ch);
+    clerk_close(ck);
+    c.keep = CU_get_number_of_failures() > 0;
+    CU_ASSERT(h_cluster_destroy(&c) == 0);
+}
+
+/* A leader cut off from the others never renews on the stream: each
+ * renewal waits for a barrier that needs a quorum; and renewals that wait
+ * are bounded per stream. */
+static void test_lease_stream_renewal_waits_for_a_quorum(void)
+{
+    struct h_cluster c;
+    CU_ASSERT_FATAL(h_cluster_start(&c, 3, NULL) == 0);
+    int leader = h_find_leader(&c, 10000);
+    CU_ASSERT_FATAL(leader >= 0);
+    struct clerk *ck = open_clerk(&c);
+    uint64_t id = 0;
+    CU_ASSERT_EQUAL_FATAL(clerk_lease_grant(ck, 30, 0, &id, NULL), CLERK_OK);
+    struct ka_seen k;
+    struct rpc_channel *ch = ka_open(&c, (size_t)leader, id, &k);
+    ka_wait(ch, &k, 1);
+    CU_ASSERT_FATAL(k.frames == 1 && k.err == 0);
+    for (size_t i = 0; i < 3; i++) {
+        if (i != (size_t)leader) {
+            h_node_pause(&c, i, true);
+        }
+    }
+    CU_ASSERT_EQUAL(ka_renew(&k, id), 0);
+    ka_wait(ch, &k, 2);
+    /* Not renewed; the stream ends once the node gives up leading (check
+     * quorum) or the barrier times out. */
+    CU_ASSERT_EQUAL(k.frames, 1);
+    CU_ASSERT_EQUAL(k.ends, 1);
+    CU_ASSERT_EQUAL(k.end_status, RPC_OK);
+    CU_ASSERT(k.err != RAFTKV__KV_ERROR__KV_OK);
+    CU_ASSERT_EQUAL(
+        metric(&c, (size_t)leader, "raftkv_lease_stream_renewals_total"), 1);
+    for (size_t i = 0; i < 3; i++) {
+        h_node_pause(&c, i, false);
+    }
+    rpc_channel_free(ch);
+
+    /* A client that sends renewals faster than they can be answered:
+     * past 256 waiting on one stream, the stream ends. (The followers are
+     * paused again, so that no renewal is answered meanwhile.) */
+    leader = h_find_leader(&c, 10000);
+    CU_ASSERT_FATAL(leader >= 0);
+    ch = ka_open(&c, (size_t)leader, id, &k);
+    ka_wait(ch, &k, 1);
+    CU_ASSERT_FATAL(k.frames == 1 && k.err == 0);
+    for (size_t i = 0; i < 3; i++) {
+        if (i != (size_t)leader) {
+            h_node_pause(&c, i, true);
+        }
+    }
+    for (int i = 0; i < 300; i++) {
+        CU_ASSERT_EQUAL(ka_renew(&k, id), 0);
+    }
+    ka_wait(ch, &k, 2);
+    CU_ASSERT_EQUAL(k.frames, 1);
+    CU_ASSERT_EQUAL(k.ends, 1);
+    CU_ASSERT_EQUAL(k.err, RAFTKV__KV_ERROR__KV_UNAVAILABLE);
+    CU_ASSERT_PTR_NOT_NULL(strstr(k.message, "too many renewals"));
+    for (size_t i = 0; i < 3; i++) {
+        h_node_pause(&c, i, false);
+    }
+    rpc_channel_free(ch);
+    clerk_close(ck);
     c.keep = CU_get_number_of_failures() > 0;
     CU_ASSERT(h_cluster_destroy(&c) == 0);
 }
@@ -503,9 +881,17 @@ int main(int argc, char **argv)
          test_lease_revoke_and_missing_leases},
         {"test_lease_background_keepalive_tells_when_revoked",
          test_lease_background_keepalive_tells_when_revoked},
+        {"test_lease_background_keepalive_tells_when_nothing_answers",
+         test_lease_background_keepalive_tells_when_nothing_answers},
+        {"test_lease_background_keepalive_follows_a_transfer",
+         test_lease_background_keepalive_follows_a_transfer},
         {"test_lease_survives_restart_and_restore",
          test_lease_survives_restart_and_restore},
         {"test_lease_kvctl_commands", test_lease_kvctl_commands},
+        {"test_lease_stream_renews_on_the_leader_only",
+         test_lease_stream_renews_on_the_leader_only},
+        {"test_lease_stream_renewal_waits_for_a_quorum",
+         test_lease_stream_renewal_waits_for_a_quorum},
         CU_TEST_INFO_NULL,
     };
     static CU_SuiteInfo suites[] = {

@@ -232,6 +232,95 @@ static void echo_stream(Raftkv__Test__EchoService_Service *svc,
     stream_pump(st);
 }
 
+/* An open Chat call. */
+struct echo_chat
+{
+    struct echo_service *owner;
+    Raftkv__Test__EchoReply_Closure closure;
+    void *call;
+    uint32_t taken; /* messages taken */
+};
+
+static void chat_end(struct echo_chat *ch, bool cancelled)
+{
+    Raftkv__Test__EchoReply reply = RAFTKV__TEST__ECHO_REPLY__INIT;
+    char text[32];
+    snprintf(text, sizeof text, "end:%u", ch->taken);
+    reply.payload.data = (uint8_t *)text;
+    reply.payload.len = strlen(text);
+    ch->owner->chats_open--;
+    if (cancelled) {
+        ch->owner->chats_cancelled++;
+    }
+    Raftkv__Test__EchoReply_Closure closure = ch->closure;
+    void *call = ch->call;
+    free(ch);
+    closure(&reply, call);
+}
+
+static void chat_say(struct echo_chat *ch, const ProtobufCBinaryData *payload)
+{
+    Raftkv__Test__EchoReply reply = RAFTKV__TEST__ECHO_REPLY__INIT;
+    reply.payload = *payload;
+    if (rpc_stream_send(ch->call, &reply.base) == RPC_E_OVERLOADED) {
+        ch->owner->stream_stalls++;
+    }
+}
+
+static void on_chat_message(void *call, const ProtobufCMessage *msg, void *arg)
+{
+    (void)call;
+    struct echo_chat *ch = arg;
+    const Raftkv__Test__EchoArgs *in = (const Raftkv__Test__EchoArgs *)msg;
+    ch->taken++;
+    ch->owner->chat_messages++;
+    size_t n = in->payload.len < sizeof ch->owner->chat_last - 1
+                   ? in->payload.len
+                   : sizeof ch->owner->chat_last - 1;
+    if (n) {
+        memcpy(ch->owner->chat_last, in->payload.data, n);
+    }
+    ch->owner->chat_last[n] = '\0';
+    if (in->payload.len == 3 && memcmp(in->payload.data, "end", 3) == 0) {
+        chat_end(ch, false);
+        return;
+    }
+    chat_say(ch, &in->payload);
+}
+
+static void on_chat_event(void *call, int event, void *arg)
+{
+    (void)call;
+    if (event == RPC_STREAM_CANCELLED) {
+        chat_end(arg, true);
+    }
+}
+
+static void echo_chat(Raftkv__Test__EchoService_Service *svc,
+                      const Raftkv__Test__EchoArgs *in,
+                      Raftkv__Test__EchoReply_Closure closure,
+                      void *closure_data)
+{
+    struct echo_service *e = (struct echo_service *)svc;
+    e->calls++;
+    struct echo_chat *ch = calloc(1, sizeof *ch);
+    if (!ch) {
+        closure(NULL, closure_data);
+        return;
+    }
+    ch->owner = e;
+    ch->closure = closure;
+    ch->call = closure_data;
+    if (rpc_stream_open(closure_data, on_chat_event, ch) != 0 ||
+        rpc_stream_on_message(closure_data, on_chat_message) != 0) {
+        free(ch);
+        closure(NULL, closure_data);
+        return;
+    }
+    e->chats_open++;
+    chat_say(ch, &in->payload);
+}
+
 void echo_service_init(struct echo_service *e, struct event_base *base)
 {
     Raftkv__Test__EchoService_Service init = {
@@ -241,6 +330,7 @@ void echo_service_init(struct echo_service *e, struct event_base *base)
         NULL, /* Unimplemented: the server must answer "unknown method" */
         echo_fail,
         echo_stream,
+        echo_chat,
     };
     memset(e, 0, sizeof *e);
     e->svc = init;

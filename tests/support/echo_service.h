@@ -15,8 +15,11 @@ struct event_base;
  * proved in the peer handshake, "tlsname" the CN of its verified client
  * certificate. Stream sends count frames "<payload>:<n>" (n from 0), one
  * every delay_ms (as fast as flow control lets it when 0), then a last
- * reply "end:<frames sent>"; with count 0 it goes on until cancelled. The
- * Unimplemented slot is left NULL on purpose. */
+ * reply "end:<frames sent>"; with count 0 it goes on until cancelled. Chat
+ * answers its request and each message the caller sends on it with a frame
+ * of the same payload (dropped when there is no room), and ends with
+ * "end:<messages taken>" at a message "end". The Unimplemented slot is
+ * left NULL on purpose. */
 struct echo_service
 {
     Raftkv__Test__EchoService_Service svc; /* must be first */
@@ -28,6 +31,11 @@ struct echo_service
     uint64_t streams_cancelled;            /* ended by a cancel or close */
     uint64_t stream_frames;                /* Stream frames sent */
     uint64_t stream_stalls;                /* sends refused for no room */
+    uint64_t chats_open;                   /* Chat calls not yet ended */
+    uint64_t chats_cancelled;              /* of them, ended by a cancel,
+                                              a close or a refused message */
+    uint64_t chat_messages;                /* messages Chat streams took */
+    char chat_last[64];                    /* the last one's payload */
 };
 
 /**

@@ -1,5 +1,6 @@
 /* test_rpc_stream.c: server streams over loopback: many frames per call,
- * cancel, flow control, and the ends a stream can meet. */
+ * cancel, flow control, the ends a stream can meet, and the caller's
+ * messages on an open stream. */
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <signal.h>
@@ -470,6 +471,495 @@ static void test_stream_bad_arguments_start_nothing(void)
     echo_local_stop(&l);
 }
 
+/* ------------------------------------------------- messages on streams */
+
+/* What a Chat stream's callback saw: every payload, in order. */
+struct chat
+{
+    struct rpc_stream *st; /* the stream, NULL once it ended */
+    int msgs;              /* frames before the end */
+    char got[300][16];     /* their payloads (the first 300) */
+    int ends;              /* end calls: must end at 1 */
+    int end_status;        /* RPC_OK or rpc_last_status() */
+    char end_text[256];    /* the last frame's payload, or the error */
+    int reply_each;        /* from the callback: answer each frame "re:..."
+                              until this many were sent (0: never) */
+    int replied;           /* messages sent from the callback */
+};
+
+static void on_chat(struct rpc_stream *st,
+                    const ProtobufCMessage *msg,
+                    bool end,
+                    void *arg)
+{
+    struct chat *c = arg;
+    if (end) {
+        c->ends++;
+        c->st = NULL;
+        if (msg) {
+            c->end_status = RPC_OK;
+            copy_payload(c->end_text, sizeof c->end_text, msg);
+        } else {
+            c->end_status = rpc_last_status();
+            snprintf(c->end_text, sizeof c->end_text, "%s", rpc_last_error());
+        }
+        return;
+    }
+    if (c->msgs < 300) {
+        copy_payload(c->got[c->msgs], sizeof c->got[0], msg);
+    }
+    c->msgs++;
+    if (c->replied < c->reply_each) {
+        /* Answer from inside the callback: allowed for a message. */
+        char text[16];
+        snprintf(text, sizeof text, "re:%d", c->replied++);
+        Raftkv__Test__EchoArgs a = RAFTKV__TEST__ECHO_ARGS__INIT;
+        a.payload.data = (uint8_t *)text;
+        a.payload.len = strlen(text);
+        CU_ASSERT_EQUAL(rpc_stream_send_msg(st, &a.base), 0);
+    }
+}
+
+static struct rpc_stream *chat_open(struct rpc_channel *ch,
+                                    const char *payload,
+                                    struct chat *c)
+{
+    Raftkv__Test__EchoArgs a = RAFTKV__TEST__ECHO_ARGS__INIT;
+    a.payload.data = (uint8_t *)payload;
+    a.payload.len = strlen(payload);
+    memset(c, 0, sizeof *c);
+    c->st = rpc_channel_stream(ch, echo_desc, "Chat", &a.base, on_chat, c);
+    return c->st;
+}
+
+static int chat_say(struct rpc_stream *st, const char *payload)
+{
+    Raftkv__Test__EchoArgs a = RAFTKV__TEST__ECHO_ARGS__INIT;
+    a.payload.data = (uint8_t *)payload;
+    a.payload.len = strlen(payload);
+    return rpc_stream_send_msg(st, &a.base);
+}
+
+static void test_stream_messages_arrive_in_order_and_are_answered(void)
+{
+    enum { N = 200, CALLS = 50 };
+    struct echo_local l;
+    CU_ASSERT_FATAL(echo_local_start(&l, NULL) == 0);
+    struct rpc_channel *ch = rpc_channel_new(l.base, "127.0.0.1", l.port, NULL);
+    static struct chat c;
+    CU_ASSERT_FATAL(chat_open(ch, "open", &c) != NULL);
+    /* Sent at once, before the stream is even connected: they follow its
+     * request. Unary calls share the connection meanwhile. */
+    static struct echo_result r[CALLS];
+    memset(r, 0, sizeof r);
+    echo_completions = 0;
+    ProtobufCService *svc = rpc_channel_service(ch, echo_desc);
+    for (int i = 0; i < N; i++) {
+        char p[16];
+        snprintf(p, sizeof p, "m%d", i);
+        CU_ASSERT_EQUAL(chat_say(c.st, p), 0);
+        if (i < CALLS) {
+            echo_call(svc, ECHO_M_ECHO, "unary", 0, &r[i]);
+        }
+    }
+    CU_ASSERT(run_until_at_least(l.base, &c.msgs, N + 1, SOON_MS));
+    CU_ASSERT(loop_run_until(l.base, &echo_completions, CALLS, SOON_MS));
+    CU_ASSERT_STRING_EQUAL(c.got[0], "open");
+    int in_order = 1;
+    for (int i = 0; i < N; i++) {
+        char p[16];
+        snprintf(p, sizeof p, "m%d", i);
+        in_order &= strcmp(c.got[i + 1], p) == 0;
+    }
+    CU_ASSERT(in_order);
+    for (int i = 0; i < CALLS; i++) {
+        CU_ASSERT_EQUAL(r[i].status, RPC_OK);
+        CU_ASSERT_STRING_EQUAL(r[i].payload, "unary");
+    }
+    CU_ASSERT_EQUAL(l.echo.chat_messages, N);
+    CU_ASSERT_EQUAL(c.ends, 0);
+
+    /* Answers to answers, sent from the stream's callback. */
+    c.reply_each = 3;
+    CU_ASSERT_EQUAL(chat_say(c.st, "ping"), 0);
+    CU_ASSERT(run_until_at_least(l.base, &c.msgs, N + 5, SOON_MS));
+    CU_ASSERT_STRING_EQUAL(c.got[N + 1], "ping");
+    CU_ASSERT_STRING_EQUAL(c.got[N + 4], "re:2");
+    loop_run_for(l.base, 50);
+    CU_ASSERT_EQUAL(c.msgs, N + 5);
+
+    /* "end" ends it; a message right behind it finds the stream gone on
+     * the server and is dropped there. */
+    CU_ASSERT_EQUAL(chat_say(c.st, "end"), 0);
+    CU_ASSERT_EQUAL(chat_say(c.st, "late"), 0);
+    CU_ASSERT(loop_run_until(l.base, &c.ends, 1, SOON_MS));
+    CU_ASSERT_EQUAL(c.end_status, RPC_OK);
+    CU_ASSERT_STRING_EQUAL(c.end_text, "end:205");
+    struct rpc_server_stats ss;
+    uint64_t deadline = test_now_ms() + SOON_MS;
+    do {
+        loop_run_for(l.base, 5);
+        rpc_server_get_stats(l.server, &ss);
+    } while (ss.dropped_messages == 0 && test_now_ms() < deadline);
+    CU_ASSERT_EQUAL(ss.stream_messages, N + 5);
+    CU_ASSERT_EQUAL(ss.dropped_messages, 1);
+    CU_ASSERT_STRING_EQUAL(l.echo.chat_last, "end");
+    CU_ASSERT_EQUAL(l.echo.chats_open, 0);
+    CU_ASSERT_EQUAL(c.ends, 1);
+    struct rpc_channel_stats cs;
+    rpc_channel_get_stats(ch, &cs);
+    CU_ASSERT_EQUAL(cs.connects, 1);
+    rpc_channel_free(ch);
+    echo_local_stop(&l);
+}
+
+/* Frames raw_write holds back (raw_hold) to write them in one piece. */
+static uint8_t raw_held[1 << 16];
+static size_t raw_n_held;
+static bool raw_holding;
+
+static void raw_hold(bool on, int fd)
+{
+    raw_holding = on;
+    if (!on && raw_n_held) {
+        CU_ASSERT_FATAL(write(fd, raw_held, raw_n_held) == (ssize_t)raw_n_held);
+        raw_n_held = 0;
+    }
+}
+
+/* Write one frame with a raw header and args to fd. */
+static void raw_write(int fd,
+                      uint64_t call_id,
+                      const char *method, /* NULL: no service or method */
+                      bool cancel,
+                      bool stream_msg,
+                      const void *args,
+                      size_t len)
+{
+    Raftkv__RpcHeader hdr = RAFTKV__RPC_HEADER__INIT;
+    hdr.call_id = call_id;
+    if (method) {
+        hdr.service_name = (char *)echo_desc->name;
+        hdr.method_name = (char *)method;
+    }
+    hdr.cancel = cancel;
+    hdr.stream_msg = stream_msg;
+    hdr.args_size = (uint32_t)len;
+    static uint8_t buf[1 << 16];
+    size_t head = raftkv__rpc_header__get_packed_size(&hdr);
+    CU_ASSERT_FATAL(4 + head + len <= sizeof buf);
+    buf[0] = (uint8_t)(head >> 24);
+    buf[1] = (uint8_t)(head >> 16);
+    buf[2] = (uint8_t)(head >> 8);
+    buf[3] = (uint8_t)head;
+    raftkv__rpc_header__pack(&hdr, buf + 4);
+    if (len) {
+        memcpy(buf + 4 + head, args, len);
+    }
+    if (raw_holding) {
+        CU_ASSERT_FATAL(raw_n_held + 4 + head + len <= sizeof raw_held);
+        memcpy(raw_held + raw_n_held, buf, 4 + head + len);
+        raw_n_held += 4 + head + len;
+        return;
+    }
+    CU_ASSERT_FATAL(write(fd, buf, 4 + head + len) ==
+                    (ssize_t)(4 + head + len));
+}
+
+/* EchoArgs{payload} packed into out; its size. */
+static size_t echo_args(uint8_t *out, size_t cap, const char *payload)
+{
+    Raftkv__Test__EchoArgs a = RAFTKV__TEST__ECHO_ARGS__INIT;
+    a.payload.data = (uint8_t *)payload;
+    a.payload.len = strlen(payload);
+    CU_ASSERT_FATAL(raftkv__test__echo_args__get_packed_size(&a) <= cap);
+    return raftkv__test__echo_args__pack(&a, out);
+}
+
+static int raw_connect(uint16_t port)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons(port)};
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    CU_ASSERT_FATAL(connect(fd, (struct sockaddr *)&sa, sizeof sa) == 0);
+    fcntl(fd, F_SETFL, O_NONBLOCK);
+    return fd;
+}
+
+/* A reply frame read off a raw connection. */
+struct raw_reply
+{
+    bool closed;       /* the server closed the connection instead */
+    bool more;         /* RpcHeader more */
+    int status;        /* RpcHeader status */
+    char payload[128]; /* EchoReply payload (status OK) */
+    char error[256];   /* RpcHeader error */
+};
+
+/* Run the server's loop and read until a frame of call_id comes (or the
+ * connection closes, or SOON_MS pass: then closed and status -1). */
+static struct raw_reply raw_wait(struct echo_local *l,
+                                 int fd,
+                                 struct rpc_decoder *dec,
+                                 uint64_t call_id)
+{
+    struct raw_reply out = {.status = -1};
+    static uint8_t buf[1 << 16];
+    static size_t have, off;
+    uint64_t deadline = test_now_ms() + SOON_MS;
+    while (test_now_ms() < deadline) {
+        while (off < have) {
+            size_t used = 0;
+            struct rpc_frame f;
+            int rv = rpc_decoder_feed(dec, buf + off, have - off, &used, &f);
+            off += used;
+            if (rv == RPC_DECODE_FRAME && f.header->call_id == call_id) {
+                out.more = f.header->more;
+                out.status = f.header->status;
+                snprintf(out.error, sizeof out.error, "%s", f.header->error);
+                Raftkv__Test__EchoReply *r =
+                    f.args_size || !out.status
+                        ? raftkv__test__echo_reply__unpack(NULL, f.args_size,
+                                                           f.args)
+                        : NULL;
+                if (r) {
+                    size_t n = r->payload.len < sizeof out.payload - 1
+                                   ? r->payload.len
+                                   : sizeof out.payload - 1;
+                    memcpy(out.payload, r->payload.data, n);
+                    out.payload[n] = 0;
+                    raftkv__test__echo_reply__free_unpacked(r, NULL);
+                }
+                return out;
+            }
+            CU_ASSERT_FATAL(rv != RPC_DECODE_ERROR);
+        }
+        have = off = 0;
+        ssize_t k = read(fd, buf, sizeof buf);
+        if (k > 0) {
+            have = (size_t)k;
+            continue;
+        }
+        if (k == 0) {
+            out.closed = true;
+            return out;
+        }
+        loop_run_for(l->base, 2);
+    }
+    out.closed = true;
+    return out;
+}
+
+static void test_stream_message_after_cancel_is_dropped(void)
+{
+    struct echo_local l;
+    CU_ASSERT_FATAL(echo_local_start(&l, NULL) == 0);
+    int fd = raw_connect(l.port);
+    struct rpc_decoder *dec = rpc_decoder_new(NULL);
+    uint8_t a[64];
+    size_t n = echo_args(a, sizeof a, "hi");
+    raw_write(fd, 8, "Chat", false, false, a, n);
+    struct raw_reply r = raw_wait(&l, fd, dec, 8);
+    CU_ASSERT(r.more && strcmp(r.payload, "hi") == 0);
+    n = echo_args(a, sizeof a, "one");
+    raw_write(fd, 8, NULL, false, true, a, n);
+    r = raw_wait(&l, fd, dec, 8);
+    CU_ASSERT(r.more && strcmp(r.payload, "one") == 0);
+
+    /* Cancelled, then a message right behind the cancel (read with it,
+     * before the handler heard of the cancel), a message after the
+     * stream is gone, and one for a call that never was: all dropped,
+     * nothing answered, nothing broken. */
+    raw_hold(true, fd);
+    raw_write(fd, 8, NULL, true, false, NULL, 0);
+    n = echo_args(a, sizeof a, "after");
+    raw_write(fd, 8, NULL, false, true, a, n);
+    raw_hold(false, fd);
+    CU_ASSERT(run_until_u64(l.base, &l.echo.chats_cancelled, 1, SOON_MS));
+    raw_write(fd, 8, NULL, false, true, a, n);
+    raw_write(fd, 99, NULL, false, true, a, n);
+    n = echo_args(a, sizeof a, "still");
+    raw_write(fd, 9, "Echo", false, false, a, n);
+    r = raw_wait(&l, fd, dec, 9);
+    CU_ASSERT_FALSE(r.closed);
+    CU_ASSERT_EQUAL(r.status, RPC_OK);
+    CU_ASSERT_STRING_EQUAL(r.payload, "still");
+    CU_ASSERT(run_until_u64(l.base, &l.echo.chats_cancelled, 1, SOON_MS));
+    CU_ASSERT_EQUAL(l.echo.chat_messages, 1);
+    CU_ASSERT_STRING_EQUAL(l.echo.chat_last, "one");
+    struct rpc_server_stats ss;
+    rpc_server_get_stats(l.server, &ss);
+    CU_ASSERT_EQUAL(ss.stream_messages, 1);
+    CU_ASSERT_EQUAL(ss.dropped_messages, 3);
+    CU_ASSERT_EQUAL(ss.bad_frames, 0);
+    CU_ASSERT_EQUAL(ss.open, 1);
+    rpc_decoder_free(dec);
+    close(fd);
+    echo_local_stop(&l);
+}
+
+static void test_stream_garbage_message_closes_only_its_connection(void)
+{
+    struct echo_local l;
+    CU_ASSERT_FATAL(echo_local_start(&l, NULL) == 0);
+    struct rpc_channel *other =
+        rpc_channel_new(l.base, "127.0.0.1", l.port, NULL);
+    static struct chat oc;
+    chat_open(other, "other", &oc);
+    CU_ASSERT(run_until_at_least(l.base, &oc.msgs, 1, SOON_MS));
+
+    int fd = raw_connect(l.port);
+    struct rpc_decoder *dec = rpc_decoder_new(NULL);
+    uint8_t a[64];
+    size_t n = echo_args(a, sizeof a, "hi");
+    raw_write(fd, 8, "Chat", false, false, a, n);
+    struct raw_reply r = raw_wait(&l, fd, dec, 8);
+    CU_ASSERT(r.more && strcmp(r.payload, "hi") == 0);
+    /* Field 1, 16 bytes long, and none of them: does not unpack. */
+    raw_write(fd, 8, NULL, false, true, "\x0a\x10", 2);
+    r = raw_wait(&l, fd, dec, 8);
+    CU_ASSERT(r.closed);
+    CU_ASSERT(run_until_u64(l.base, &l.echo.chats_cancelled, 1, SOON_MS));
+    struct rpc_server_stats ss;
+    rpc_server_get_stats(l.server, &ss);
+    CU_ASSERT_EQUAL(ss.bad_frames, 1);
+    CU_ASSERT_EQUAL(ss.stream_messages, 0);
+    CU_ASSERT_EQUAL(l.echo.chat_messages, 0);
+
+    /* The other connection and its stream go on. */
+    CU_ASSERT_EQUAL(chat_say(oc.st, "on"), 0);
+    CU_ASSERT(run_until_at_least(l.base, &oc.msgs, 2, SOON_MS));
+    CU_ASSERT_STRING_EQUAL(oc.got[1], "on");
+    CU_ASSERT_EQUAL(oc.ends, 0);
+    CU_ASSERT_EQUAL(l.echo.chats_open, 1);
+    /* (Ended before the server goes, so that its handler frees it.) */
+    rpc_stream_cancel(oc.st);
+    CU_ASSERT(run_until_u64(l.base, &l.echo.chats_open, 0, SOON_MS));
+    rpc_decoder_free(dec);
+    close(fd);
+    rpc_channel_free(other);
+    echo_local_stop(&l);
+}
+
+static void test_stream_message_refused_ends_only_that_stream(void)
+{
+    struct rpc_server_options o = {.limits = {.max_args = 1024}};
+    struct echo_local l;
+    CU_ASSERT_FATAL(echo_local_start(&l, &o) == 0);
+    struct rpc_channel *ch = rpc_channel_new(l.base, "127.0.0.1", l.port, NULL);
+
+    /* A stream whose handler takes no messages: refused, it ends. */
+    struct seen s;
+    start(ch, "w", 0, 5, &s);
+    CU_ASSERT(run_until_at_least(l.base, &s.msgs, 1, SOON_MS));
+    Raftkv__Test__EchoArgs a = RAFTKV__TEST__ECHO_ARGS__INIT;
+    CU_ASSERT_EQUAL(rpc_stream_send_msg(s.st, &a.base), 0);
+    CU_ASSERT(loop_run_until(l.base, &s.ends, 1, SOON_MS));
+    CU_ASSERT_EQUAL(s.end_status, RPC_E_BAD_REQUEST);
+    CU_ASSERT_PTR_NOT_NULL(strstr(s.end_error, "takes no messages"));
+    CU_ASSERT(run_until_u64(l.base, &l.echo.streams_cancelled, 1, SOON_MS));
+    CU_ASSERT_EQUAL(l.echo.streams_open, 0);
+
+    /* A message over the server's args cap: refused as too big, its
+     * bytes skipped; the connection and its other streams stay. */
+    static struct chat c, d;
+    chat_open(ch, "c", &c);
+    chat_open(ch, "d", &d);
+    CU_ASSERT(run_until_at_least(l.base, &c.msgs, 1, SOON_MS));
+    CU_ASSERT(run_until_at_least(l.base, &d.msgs, 1, SOON_MS));
+    char big[2000];
+    memset(big, 'x', sizeof big - 1);
+    big[sizeof big - 1] = 0;
+    CU_ASSERT_EQUAL(chat_say(c.st, big), 0);
+    CU_ASSERT_EQUAL(chat_say(d.st, "small"), 0);
+    CU_ASSERT(loop_run_until(l.base, &c.ends, 1, SOON_MS));
+    CU_ASSERT_EQUAL(c.end_status, RPC_E_BAD_REQUEST);
+    CU_ASSERT(strncmp(c.end_text, RPC_TOO_BIG_PREFIX,
+                      sizeof RPC_TOO_BIG_PREFIX - 1) == 0);
+    CU_ASSERT(run_until_at_least(l.base, &d.msgs, 2, SOON_MS));
+    CU_ASSERT_STRING_EQUAL(d.got[1], "small");
+    CU_ASSERT_EQUAL(d.ends, 0);
+    struct rpc_server_stats ss;
+    rpc_server_get_stats(l.server, &ss);
+    CU_ASSERT_EQUAL(ss.oversized_requests, 1);
+    CU_ASSERT_EQUAL(ss.bad_frames, 0);
+    CU_ASSERT_EQUAL(ss.open, 1);
+    CU_ASSERT_EQUAL(l.echo.chats_open, 1);
+    CU_ASSERT_EQUAL(l.echo.chats_cancelled, 1);
+    rpc_stream_cancel(d.st);
+    CU_ASSERT(run_until_u64(l.base, &l.echo.chats_open, 0, SOON_MS));
+    rpc_channel_free(ch);
+    echo_local_stop(&l);
+}
+
+static void test_stream_messages_on_a_blocking_channel(void)
+{
+    uint16_t p;
+    pid_t pid = echo_server_spawn("127.0.0.1", 0, &p);
+    CU_ASSERT_FATAL(pid > 0);
+    struct rpc_channel_options o = {.limits = {.max_args = 100}};
+    struct rpc_channel *ch = rpc_channel_new_blocking("127.0.0.1", p, &o);
+    struct chat c;
+    CU_ASSERT_FATAL(chat_open(ch, "b", &c) != NULL);
+    uint64_t deadline = test_now_ms() + SOON_MS;
+    while (c.msgs < 1 && test_now_ms() < deadline) {
+        rpc_channel_wait(ch, 1000);
+    }
+    CU_ASSERT_STRING_EQUAL(c.got[0], "b");
+    for (int round = 0; round < 5; round++) {
+        char text[16];
+        snprintf(text, sizeof text, "r%d", round);
+        CU_ASSERT_EQUAL(chat_say(c.st, text), 0);
+        deadline = test_now_ms() + SOON_MS;
+        while (c.msgs < round + 2 && test_now_ms() < deadline) {
+            rpc_channel_wait(ch, 1000);
+        }
+        CU_ASSERT_STRING_EQUAL(c.got[round + 1], text);
+    }
+    /* Refused on this side: the wrong type, none, over the frame cap;
+     * the stream goes on. */
+    Raftkv__Test__EchoReply wrong = RAFTKV__TEST__ECHO_REPLY__INIT;
+    CU_ASSERT_EQUAL(rpc_stream_send_msg(c.st, &wrong.base), RPC_E_INVALID);
+    CU_ASSERT_EQUAL(rpc_stream_send_msg(c.st, NULL), RPC_E_INVALID);
+    char big[200];
+    memset(big, 'y', sizeof big - 1);
+    big[sizeof big - 1] = 0;
+    CU_ASSERT_EQUAL(chat_say(c.st, big), RPC_E_TOO_BIG);
+    CU_ASSERT_EQUAL(chat_say(c.st, "end"), 0);
+    deadline = test_now_ms() + SOON_MS;
+    while (!c.ends && test_now_ms() < deadline) {
+        rpc_channel_wait(ch, 1000);
+    }
+    CU_ASSERT_EQUAL(c.end_status, RPC_OK);
+    CU_ASSERT_STRING_EQUAL(c.end_text, "end:6");
+    rpc_channel_free(ch);
+    echo_server_kill(pid);
+}
+
+static void test_stream_message_on_a_stream_that_could_not_start(void)
+{
+    /* A port nobody listens on: the first stream fails to connect, the
+     * next starts while the channel backs off and fails at once. */
+    uint16_t p;
+    pid_t pid = echo_server_spawn("127.0.0.1", 0, &p);
+    CU_ASSERT_FATAL(pid > 0);
+    echo_server_kill(pid);
+    struct event_base *b = event_base_new();
+    struct rpc_channel_options o = {.backoff_min_ms = 5000,
+                                    .backoff_max_ms = 5000};
+    struct rpc_channel *ch = rpc_channel_new(b, "127.0.0.1", p, &o);
+    struct chat c1, c2;
+    chat_open(ch, "x", &c1);
+    CU_ASSERT(loop_run_until(b, &c1.ends, 1, SOON_MS));
+    CU_ASSERT_EQUAL(c1.end_status, RPC_E_UNAVAILABLE);
+    CU_ASSERT_FATAL(chat_open(ch, "y", &c2) != NULL);
+    CU_ASSERT_EQUAL(chat_say(c2.st, "z"), RPC_E_UNAVAILABLE);
+    CU_ASSERT(loop_run_until(b, &c2.ends, 1, SOON_MS));
+    CU_ASSERT_EQUAL(c2.end_status, RPC_E_UNAVAILABLE);
+    rpc_channel_free(ch);
+    event_base_free(b);
+}
+
 int main(int argc, char **argv)
 {
     signal(SIGPIPE, SIG_IGN);
@@ -493,6 +983,18 @@ int main(int argc, char **argv)
         {"test_stream_cap_per_connection", test_stream_cap_per_connection},
         {"test_stream_bad_arguments_start_nothing",
          test_stream_bad_arguments_start_nothing},
+        {"test_stream_messages_arrive_in_order_and_are_answered",
+         test_stream_messages_arrive_in_order_and_are_answered},
+        {"test_stream_message_after_cancel_is_dropped",
+         test_stream_message_after_cancel_is_dropped},
+        {"test_stream_garbage_message_closes_only_its_connection",
+         test_stream_garbage_message_closes_only_its_connection},
+        {"test_stream_message_refused_ends_only_that_stream",
+         test_stream_message_refused_ends_only_that_stream},
+        {"test_stream_messages_on_a_blocking_channel",
+         test_stream_messages_on_a_blocking_channel},
+        {"test_stream_message_on_a_stream_that_could_not_start",
+         test_stream_message_on_a_stream_that_could_not_start},
         CU_TEST_INFO_NULL,
     };
     static CU_SuiteInfo suites[] = {

@@ -1299,8 +1299,12 @@ struct clerk_keepalive;
  * Keep a lease alive from a thread of its own, with its own connections
  * (a handle like @c: its servers, user and TLS): it renews the lease once
  * at once (in this call), then every third of its TTL, retrying in
- * between when a renewal fails. It calls @lost, once, and stops renewing
- * when the lease is lost (see clerk_lease_lost_cb).
+ * between when a renewal fails. The renewals go over one keep-alive
+ * stream (LeaseService.LeaseKeepAliveStream) that it keeps open to the
+ * leader and reopens at the new one when leadership moves (unary
+ * keep-alives with servers that do not have the stream). It calls @lost,
+ * once, and stops renewing when the lease is lost (see
+ * clerk_lease_lost_cb).
  *
  * Threads: @lost runs on the keep-alive thread; it must not call
  * clerk_lease_keepalive_stop on its own handle (it may use other
@@ -1310,7 +1314,7 @@ struct clerk_keepalive;
  * @param out set to the keep-alive on CLERK_OK
  * @return CLERK_OK (the first renewal succeeded), or what the first
  *   renewal returned (CLERK_LEASE_NOT_FOUND, CLERK_TIMEOUT, ...; no
- *   thread then), CLERK_INVALID, CLERK_NOMEM
+ *   thread then; clerk_errmsg(c) says why), CLERK_INVALID, CLERK_NOMEM
  */
 int clerk_lease_keepalive_start(struct clerk *c,
                                 uint64_t id,
@@ -1320,7 +1324,8 @@ int clerk_lease_keepalive_start(struct clerk *c,
 
 /**
  * Stop a keep-alive (the lease is not revoked: it expires a TTL after
- * the last renewal unless revoked) and free it; waits for its thread.
+ * the last renewal unless revoked) and free it: closes its stream and
+ * waits for its thread (a renewal in flight is given up).
  * @param k the keep-alive, or NULL
  */
 void clerk_lease_keepalive_stop(struct clerk_keepalive *k);

@@ -362,6 +362,12 @@ static void node_free(struct kv_node *n)
     node_publish(n, NODE_EV_STOPPING);
     node_fail_waiters(n, RAFTKV__KV_ERROR__KV_SHUTTING_DOWN,
                       "the node is shutting down");
+    /* Those answers (SHUTTING_DOWN, the last frames of streams) leave
+     * now, as far as the sockets take them: closing the connections
+     * below drops what is still queued. */
+    if (n->server) {
+        rpc_server_flush(n->server); /* (none when the start failed) */
+    }
     peer_fail_incoming(n, "the node is shutting down");
     peer_close_streams(n);
     for (size_t i = 0; i < n->n_peers; i++) {

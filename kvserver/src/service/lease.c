@@ -13,7 +13,15 @@
  * flight), only after a read barrier proved it still leads: a leader that
  * cannot prove it leads expires nothing. Keep-alives and time-to-live
  * queries are answered after such a barrier too, so a deposed leader never
- * tells a client its lease lives. */
+ * tells a client its lease lives.
+ *
+ * Keep-alives come as unary calls (LeaseKeepAlive) or on a stream
+ * (LeaseKeepAliveStream): the client renews by sending a message on it,
+ * and each renewal is answered, in order, after a barrier that began once
+ * it had arrived (the same rule; one barrier per stream at a time covers
+ * every renewal waiting on it, and the core answers the barriers of all
+ * streams with one heartbeat round). A stream ends when this node stops
+ * leading, so that its client finds the leader. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -49,6 +57,9 @@ struct lease_clock
                                     next sweep proposes it (not from inside
                                     the turn that served the barrier) */
     uint64_t election_extension; /* ms a new leader adds to every lease */
+    struct ka_stream *streams;   /* keep-alive streams open on this node */
+    uint64_t n_streams;          /* their number */
+    uint64_t stream_renewals;    /* renewals answered on streams (OK) */
 };
 
 /* ------------------------------------------------------------- table */
@@ -534,6 +545,7 @@ enum barrier_for {
     FOR_LOAD,   /* fill the table of a new leader */
     FOR_EXPIRE, /* propose the expiry of leases past their time */
     FOR_CALL,   /* answer a client's call (keep-alive, time to live, list) */
+    FOR_STREAM, /* answer the renewals waiting on a keep-alive stream */
 };
 
 /* A read barrier (ReadIndex) of the lease clock. */
@@ -548,6 +560,7 @@ struct lease_barrier
     void *closure_data;        /* its argument */
     uint64_t id;               /* the lease asked about */
     bool keys;                 /* time to live: with its keys */
+    struct ka_stream *ks;      /* FOR_STREAM: the stream */
 };
 
 static void barrier_ready(struct kv_node *n,
@@ -658,29 +671,45 @@ static void expire_done(struct kv_node *n,
 
 /* ----------------------------------------------- keep-alive, ttl, list */
 
+#define NO_SUCH_LEASE "no such lease (expired, revoked or never granted)"
+
+/* Renew lease @id to its full TTL from now (after a barrier proved this
+ * node leads). Returns a KvError: OK (*ttl set), LEASE_NOT_FOUND or
+ * INTERNAL (n->store.errmsg says why). */
+static int renew_lease(struct lease_clock *lc,
+                       MDB_txn *txn,
+                       uint64_t id,
+                       int64_t *ttl)
+{
+    struct kv_node *n = lc->s->node;
+    int rv = kv_lease_get(&n->store, txn, id, ttl);
+    if (rv == MDB_NOTFOUND) {
+        table_remove(lc, id);
+        return RAFTKV__KV_ERROR__KV_LEASE_NOT_FOUND;
+    }
+    if (rv) {
+        return RAFTKV__KV_ERROR__KV_INTERNAL;
+    }
+    table_put(lc, id, *ttl, node_now_ms() + (uint64_t)*ttl * 1000);
+    return RAFTKV__KV_ERROR__KV_OK;
+}
+
 static void serve_keepalive(struct lease_clock *lc,
                             struct lease_barrier *b,
                             MDB_txn *txn)
 {
     struct kv_node *n = lc->s->node;
     int64_t ttl;
-    int rv = kv_lease_get(&n->store, txn, b->id, &ttl);
-    if (rv) {
-        if (rv == MDB_NOTFOUND) {
-            table_remove(lc, b->id);
-        }
-        reply_error(n, CALL_KEEPALIVE, b->closure, b->closure_data,
-                    rv == MDB_NOTFOUND ? RAFTKV__KV_ERROR__KV_LEASE_NOT_FOUND
-                                       : RAFTKV__KV_ERROR__KV_INTERNAL,
-                    0,
-                    rv == MDB_NOTFOUND
-                        ? "no such lease (expired, revoked or never granted)"
+    int err = renew_lease(lc, txn, b->id, &ttl);
+    if (err) {
+        reply_error(n, CALL_KEEPALIVE, b->closure, b->closure_data, err, 0,
+                    err == RAFTKV__KV_ERROR__KV_LEASE_NOT_FOUND
+                        ? NO_SUCH_LEASE
                         : n->store.errmsg);
         return;
     }
     struct kv_revs revs = {0};
     kv_mvcc_revs(&n->store, txn, &revs);
-    table_put(lc, b->id, ttl, node_now_ms() + (uint64_t)ttl * 1000);
     Raftkv__LeaderHint hint = RAFTKV__LEADER_HINT__INIT;
     set_hint(n, 0, &hint);
     Raftkv__LeaseKeepAliveReply r = RAFTKV__LEASE_KEEP_ALIVE_REPLY__INIT;
@@ -703,10 +732,7 @@ static void serve_ttl(struct lease_clock *lc,
         reply_error(n, CALL_TTL, b->closure, b->closure_data,
                     rv == MDB_NOTFOUND ? RAFTKV__KV_ERROR__KV_LEASE_NOT_FOUND
                                        : RAFTKV__KV_ERROR__KV_INTERNAL,
-                    0,
-                    rv == MDB_NOTFOUND
-                        ? "no such lease (expired, revoked or never granted)"
-                        : n->store.errmsg);
+                    0, rv == MDB_NOTFOUND ? NO_SUCH_LEASE : n->store.errmsg);
         return;
     }
     struct kv_arena mem = {0};
@@ -809,6 +835,13 @@ static void serve_list(struct lease_clock *lc,
     free(x.ids);
 }
 
+static void stream_barrier_done(struct lease_clock *lc,
+                                struct lease_barrier *b,
+                                bool leads,
+                                int err,
+                                uint64_t leader,
+                                const char *msg);
+
 static void barrier_ready(struct kv_node *n,
                           struct node_read_waiter *w,
                           int err,
@@ -832,6 +865,8 @@ static void barrier_ready(struct kv_node *n,
         } else if (lc->term == b->term) {
             lc->expiring = false;
         }
+    } else if (b->what == FOR_STREAM) {
+        stream_barrier_done(lc, b, leads, err, leader, msg);
     } else if (!leads) {
         uint64_t hint = leader ? leader : raft_leader(n->raft);
         if (!err) {
@@ -938,6 +973,381 @@ static void handle_list(Raftkv__LeaseService_Service *svc,
                (ProtobufCClosure)closure, data);
 }
 
+/* ---------------------------------------------------- keep-alive streams */
+
+/* Renewals one stream may have unanswered (waiting for a barrier, or for
+ * room to send their answer): a client renews a few leases every third of
+ * their TTL, so more means it sends without reading. */
+#define KA_STREAM_MAX_QUEUE 256u
+
+/* Where a renewal on a stream stands. */
+enum ka_state {
+    KA_QUEUED,  /* waits for the next barrier */
+    KA_COVERED, /* the barrier in flight began after it came */
+    KA_DONE,    /* answered: err, ttl (sent once the ones before it are) */
+};
+
+/* One renewal on a keep-alive stream. */
+struct ka_renewal
+{
+    uint64_t id;         /* the lease */
+    enum ka_state state; /* see enum ka_state */
+    int err;             /* KA_DONE: a KvError */
+    int64_t ttl;         /* KA_DONE, OK: the TTL it has now */
+    uint64_t revision;   /* KA_DONE: the store's revision */
+    const char *message; /* KA_DONE: why not (static text), or "" */
+};
+
+/* A LeaseKeepAliveStream call. */
+struct ka_stream
+{
+    struct lease_clock *lc;        /* the clock */
+    void *call;                    /* the rpc call (closure_data) */
+    ProtobufCClosure closure;      /* ends it */
+    struct ka_stream *prev, *next; /* the clock's open streams */
+    struct ka_renewal *q;          /* renewals in the order they came: a
+                                      ring of cap entries from head */
+    uint32_t cap, head, n;         /* its size, first entry, entries */
+    bool barrier;                  /* a barrier of its is in flight (it
+                                      holds the stream) */
+    bool ended;                    /* its closure ran */
+};
+
+static struct ka_renewal *ka_at(struct ka_stream *ks, uint32_t i)
+{
+    return &ks->q[(ks->head + i) % ks->cap];
+}
+
+static void ka_free(struct ka_stream *ks)
+{
+    free(ks->q);
+    free(ks);
+}
+
+/* Send the answers at the front of the queue, in order, while there is
+ * room (RPC_STREAM_WRITABLE sends the rest). */
+static void ka_flush(struct ka_stream *ks)
+{
+    struct kv_node *n = ks->lc->s->node;
+    Raftkv__LeaderHint hint = RAFTKV__LEADER_HINT__INIT;
+    set_hint(n, 0, &hint);
+    while (ks->n && ka_at(ks, 0)->state == KA_DONE) {
+        const struct ka_renewal *r = ka_at(ks, 0);
+        Raftkv__LeaseKeepAliveReply m = RAFTKV__LEASE_KEEP_ALIVE_REPLY__INIT;
+        m.err = r->err;
+        m.leader = &hint;
+        m.message = (char *)r->message;
+        m.revision = r->revision;
+        m.id = r->id;
+        m.ttl = r->ttl;
+        if (rpc_stream_send(ks->call, &m.base) != 0) {
+            return; /* no room (WRITABLE comes), or ending (CANCELLED) */
+        }
+        if (r->err == RAFTKV__KV_ERROR__KV_OK) {
+            ks->lc->stream_renewals++;
+        }
+        ks->head = (ks->head + 1) % ks->cap;
+        ks->n--;
+    }
+}
+
+/* End a stream: the answers it has go first (as room allows), then the
+ * last frame with @err (OK: the caller cancelled; the frame goes
+ * nowhere). Frees it unless a barrier still holds it. */
+static void ka_end(struct ka_stream *ks,
+                   int err,
+                   uint64_t leader,
+                   const char *msg)
+{
+    struct lease_clock *lc = ks->lc;
+    struct kv_node *n = lc->s->node;
+    if (ks->ended) {
+        return;
+    }
+    ka_flush(ks);
+    ks->ended = true;
+    if (ks->prev) {
+        ks->prev->next = ks->next;
+    } else {
+        lc->streams = ks->next;
+    }
+    if (ks->next) {
+        ks->next->prev = ks->prev;
+    }
+    lc->n_streams--;
+    Raftkv__LeaderHint hint = RAFTKV__LEADER_HINT__INIT;
+    set_hint(n, leader, &hint);
+    Raftkv__LeaseKeepAliveReply m = RAFTKV__LEASE_KEEP_ALIVE_REPLY__INIT;
+    m.err = err;
+    m.leader = &hint;
+    m.message = (char *)(msg ? msg : "");
+    m.id = ks->n ? ka_at(ks, 0)->id : 0; /* the first renewal unanswered */
+    ks->closure(&m.base, ks->call);
+    ks->call = NULL;
+    if (!ks->barrier) {
+        ka_free(ks);
+    }
+}
+
+/* End a stream because this node does not lead (any more): the client
+ * goes to the leader it hints at, or looks for one. */
+static void ka_end_not_leader(struct ka_stream *ks,
+                              uint64_t leader,
+                              const char *msg)
+{
+    struct kv_node *n = ks->lc->s->node;
+    if (!leader) {
+        leader = raft_leader(n->raft);
+    }
+    bool other = leader && leader != n->cfg.id;
+    ka_end(ks,
+           other ? RAFTKV__KV_ERROR__KV_WRONG_LEADER
+                 : RAFTKV__KV_ERROR__KV_UNAVAILABLE,
+           other ? leader : 0, msg);
+}
+
+/* Begin a barrier for every renewal that waits for one. The last thing
+ * its callers do: a barrier that fails at once ends (and may free) the
+ * stream. */
+static void ka_begin_barrier(struct ka_stream *ks)
+{
+    bool waiting = false;
+    for (uint32_t i = 0; i < ks->n; i++) {
+        struct ka_renewal *r = ka_at(ks, i);
+        if (r->state == KA_QUEUED) {
+            r->state = KA_COVERED;
+            waiting = true;
+        }
+    }
+    if (!waiting) {
+        return;
+    }
+    struct lease_barrier *b = calloc(1, sizeof *b);
+    if (!b) {
+        ka_end(ks, RAFTKV__KV_ERROR__KV_INTERNAL, 0, "out of memory");
+        return;
+    }
+    b->lc = ks->lc;
+    b->what = FOR_STREAM;
+    b->term = ks->lc->term;
+    b->ks = ks;
+    ks->barrier = true;
+    begin_barrier(b); /* stream_barrier_done, maybe at once */
+}
+
+/* The stream's barrier is done: answer the renewals it covered. */
+static void stream_barrier_done(struct lease_clock *lc,
+                                struct lease_barrier *b,
+                                bool leads,
+                                int err,
+                                uint64_t leader,
+                                const char *msg)
+{
+    struct ka_stream *ks = b->ks;
+    struct kv_node *n = lc->s->node;
+    ks->barrier = false;
+    if (ks->ended) {
+        ka_free(ks);
+        return;
+    }
+    if (!leads) {
+        if (err && err != RAFTKV__KV_ERROR__KV_WRONG_LEADER &&
+            err != RAFTKV__KV_ERROR__KV_UNAVAILABLE) {
+            ka_end(ks, err, 0, msg); /* TIMEOUT, SHUTTING_DOWN */
+        } else {
+            ka_end_not_leader(ks, leader, msg ? msg : "leadership changed");
+        }
+        return;
+    }
+    MDB_txn *txn = node_state_read(n, NULL);
+    if (!txn) {
+        ka_end(ks, RAFTKV__KV_ERROR__KV_INTERNAL, 0,
+               "cannot read the applied state");
+        return;
+    }
+    take_news(lc);
+    struct kv_revs revs = {0};
+    kv_mvcc_revs(&n->store, txn, &revs);
+    for (uint32_t i = 0; i < ks->n; i++) {
+        struct ka_renewal *r = ka_at(ks, i);
+        if (r->state != KA_COVERED) {
+            continue;
+        }
+        r->state = KA_DONE;
+        r->revision = revs.revision;
+        r->ttl = 0;
+        r->err = renew_lease(lc, txn, r->id, &r->ttl);
+        r->message = r->err == RAFTKV__KV_ERROR__KV_OK ? ""
+                     : r->err == RAFTKV__KV_ERROR__KV_LEASE_NOT_FOUND
+                         ? NO_SUCH_LEASE
+                         : "cannot read the lease (the node's log says why)";
+        if (r->err == RAFTKV__KV_ERROR__KV_INTERNAL) {
+            rpc_logf(RPC_LOG_WARN, "node %llu: renewing lease %016llx: %s",
+                     (unsigned long long)n->cfg.id, (unsigned long long)r->id,
+                     n->store.errmsg);
+            r->ttl = 0;
+        }
+    }
+    node_state_done(n, txn);
+    ka_flush(ks);
+    ka_begin_barrier(ks); /* for the renewals that came meanwhile */
+}
+
+/* A renewal on a stream: checked as a unary LeaseKeepAlive is (auth, the
+ * lease id, this node leads), queued, answered after a barrier. */
+static void ka_take(struct ka_stream *ks, uint64_t id)
+{
+    struct lease_clock *lc = ks->lc;
+    struct kv_services *s = lc->s;
+    struct kv_node *n = s->node;
+    char why[400];
+    if (n->stopping) {
+        ka_end(ks, RAFTKV__KV_ERROR__KV_SHUTTING_DOWN, 0,
+               "the node is stopping");
+        return;
+    }
+    int err = auth_check_kv(s, ks->call, NULL, KV_AUTH_ANY, why, sizeof why);
+    if (err) {
+        ka_end(ks, err, 0, why); /* (a new token needs a new stream) */
+        return;
+    }
+    if (!lc->term) {
+        ka_end_not_leader(ks, 0, "not the leader");
+        return;
+    }
+    if (ks->n == ks->cap) {
+        uint32_t cap = ks->cap ? ks->cap * 2 : 4;
+        struct ka_renewal *q =
+            ks->cap < KA_STREAM_MAX_QUEUE ? malloc(cap * sizeof *q) : NULL;
+        if (!q) {
+            ka_end(ks, RAFTKV__KV_ERROR__KV_UNAVAILABLE, 0,
+                   ks->cap < KA_STREAM_MAX_QUEUE
+                       ? "out of memory"
+                       : "too many renewals unanswered on this stream: "
+                         "read the answers");
+            return;
+        }
+        for (uint32_t i = 0; i < ks->n; i++) {
+            q[i] = *ka_at(ks, i);
+        }
+        free(ks->q);
+        ks->q = q;
+        ks->cap = cap;
+        ks->head = 0;
+    }
+    struct ka_renewal *r = &ks->q[(ks->head + ks->n++) % ks->cap];
+    memset(r, 0, sizeof *r);
+    r->id = id;
+    r->state = KA_QUEUED;
+    if (id == 0) {
+        r->state = KA_DONE;
+        r->err = RAFTKV__KV_ERROR__KV_BAD_REQUEST;
+        r->message = "which lease? (id 0)";
+        ka_flush(ks);
+        return;
+    }
+    if (!ks->barrier) {
+        ka_begin_barrier(ks);
+    }
+}
+
+static void on_ka_message(void *call, const ProtobufCMessage *msg, void *arg)
+{
+    (void)call;
+    ka_take(arg, ((const Raftkv__LeaseKeepAliveArgs *)msg)->id);
+}
+
+static void on_ka_event(void *call, int event, void *arg)
+{
+    (void)call;
+    struct ka_stream *ks = arg;
+    if (event == RPC_STREAM_CANCELLED) {
+        ka_end(ks, RAFTKV__KV_ERROR__KV_OK, 0, "cancelled");
+    } else {
+        ka_flush(ks);
+    }
+}
+
+/* End every stream (the node stopped leading, or stops). */
+static void ka_end_all(struct lease_clock *lc, int err, const char *msg)
+{
+    while (lc->streams) {
+        if (err) {
+            ka_end(lc->streams, err, 0, msg);
+        } else {
+            ka_end_not_leader(lc->streams, 0, msg);
+        }
+    }
+}
+
+static void handle_keepalive_stream(Raftkv__LeaseService_Service *svc,
+                                    const Raftkv__LeaseKeepAliveArgs *a,
+                                    Raftkv__LeaseKeepAliveReply_Closure closure,
+                                    void *data)
+{
+    struct kv_services *s = services_of_lease(svc);
+    struct lease_clock *lc = s->lease_clock;
+    struct kv_node *n = s->node;
+    ProtobufCClosure cl = (ProtobufCClosure)closure;
+    char why[400];
+    if (n->stopping) {
+        reply_error(n, CALL_KEEPALIVE, cl, data,
+                    RAFTKV__KV_ERROR__KV_SHUTTING_DOWN, 0,
+                    "the node is stopping");
+        return;
+    }
+    int err = auth_check_kv(s, data, NULL, KV_AUTH_ANY, why, sizeof why);
+    if (err) {
+        reply_error(n, CALL_KEEPALIVE, cl, data, err, 0, why);
+        return;
+    }
+    if (!lc->term) {
+        /* Served by the leader only: the client goes there. */
+        uint64_t leader = raft_leader(n->raft);
+        bool other = leader && leader != n->cfg.id;
+        reply_error(n, CALL_KEEPALIVE, cl, data,
+                    other ? RAFTKV__KV_ERROR__KV_WRONG_LEADER
+                          : RAFTKV__KV_ERROR__KV_UNAVAILABLE,
+                    other ? leader : 0, "not the leader");
+        return;
+    }
+    struct ka_stream *ks = calloc(1, sizeof *ks);
+    int orv = ks ? rpc_stream_open(data, on_ka_event, ks) : RPC_E_NOMEM;
+    if (orv != 0) {
+        free(ks);
+        reply_error(n, CALL_KEEPALIVE, cl, data,
+                    orv == RPC_E_OVERLOADED ? RAFTKV__KV_ERROR__KV_UNAVAILABLE
+                                            : RAFTKV__KV_ERROR__KV_INTERNAL,
+                    0,
+                    orv == RPC_E_OVERLOADED
+                        ? "too many streams open on this connection: close "
+                          "some, or use another connection"
+                        : "cannot open the stream");
+        return;
+    }
+    rpc_stream_on_message(data, on_ka_message);
+    ks->lc = lc;
+    ks->call = data;
+    ks->closure = cl;
+    ks->next = lc->streams;
+    if (lc->streams) {
+        lc->streams->prev = ks;
+    }
+    lc->streams = ks;
+    lc->n_streams++;
+    if (a->id) {
+        ka_take(ks, a->id); /* the request is the first renewal */
+    }
+}
+
+void lease_stream_stats(const struct kv_services *s,
+                        uint64_t *streams,
+                        uint64_t *renewals)
+{
+    *streams = s->lease_clock ? s->lease_clock->n_streams : 0;
+    *renewals = s->lease_clock ? s->lease_clock->stream_renewals : 0;
+}
+
 /* ------------------------------------------------------- subscriptions */
 
 /* Start a barrier of the clock's own (to fill the table, or to expire). */
@@ -967,6 +1377,10 @@ static void on_role(struct kv_node *n, enum node_event ev, void *arg)
     if (leads && lc->term == term) {
         return;
     }
+    if (!leads) {
+        /* Renewals go to the leader now: its clients look for it. */
+        ka_end_all(lc, 0, "this node no longer leads");
+    }
     /* A new term, or no longer leading: the old table is void. */
     table_clear(lc);
     lc->loaded = false;
@@ -978,8 +1392,12 @@ static void on_role(struct kv_node *n, enum node_event ev, void *arg)
 
 static void on_sweep(struct kv_node *n, enum node_event ev, void *arg)
 {
-    (void)ev;
     struct lease_clock *lc = arg;
+    if (ev == NODE_EV_STOPPING) {
+        ka_end_all(lc, RAFTKV__KV_ERROR__KV_SHUTTING_DOWN,
+                   "the node is stopping");
+        return;
+    }
     if (!lc->term || raft_role(n->raft) != RAFT_LEADER) {
         struct kv_lease_news *ln = &n->store.lease_news;
         ln->n = 0; /* a new leader reads every lease */
@@ -1039,6 +1457,7 @@ int lease_service_init(struct kv_services *s)
         handle_keepalive,
         handle_ttl,
         handle_list,
+        handle_keepalive_stream,
     };
     s->lease_svc = svc;
     struct lease_clock *lc = calloc(1, sizeof *lc);
@@ -1051,7 +1470,8 @@ int lease_service_init(struct kv_services *s)
     lc->election_extension = 2ull * n->cfg.election_ms;
     s->lease_clock = lc;
     if (node_subscribe(n, NODE_EV_ROLE, on_role, lc) != 0 ||
-        node_subscribe(n, NODE_EV_SWEEP, on_sweep, lc) != 0) {
+        node_subscribe(n, NODE_EV_SWEEP | NODE_EV_STOPPING, on_sweep, lc) !=
+            0) {
         return -1;
     }
     return 0;
@@ -1060,6 +1480,8 @@ int lease_service_init(struct kv_services *s)
 void lease_service_free(struct kv_services *s)
 {
     if (s && s->lease_clock) {
+        /* (Streams ended at NODE_EV_STOPPING; a stream a barrier held was
+         * freed when the node failed its waiters.) */
         table_clear(s->lease_clock);
         free(s->lease_clock);
         s->lease_clock = NULL;

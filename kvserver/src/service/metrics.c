@@ -245,6 +245,16 @@ static void on_metrics(struct evhttp_request *req, void *arg)
               "Leases that expired (ended by the leader's expire entries) "
               "as applied by this node since it started.",
               n->store.lease_news.expired);
+    uint64_t ka_streams, ka_renewals;
+    lease_stream_stats(s, &ka_streams, &ka_renewals);
+    put_value(b, "raftkv_lease_keepalive_streams", "gauge",
+              "Keep-alive streams open on this node (LeaseKeepAliveStream; "
+              "the leader's).",
+              ka_streams);
+    put_value(b, "raftkv_lease_stream_renewals_total", "counter",
+              "Lease renewals this node answered on keep-alive streams "
+              "(renewed; unary keep-alives are in raftkv_rpc_requests_total).",
+              ka_renewals);
     evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type",
                       "text/plain; version=0.0.4; charset=utf-8");
     evhttp_send_reply(req, HTTP_OK, "OK", b);

@@ -96,6 +96,11 @@ int lease_service_init(struct kv_services *s);
 void lease_service_free(struct kv_services *s);
 /* Leases in this node's applied state (for /metrics). */
 size_t lease_service_count(struct kv_services *s);
+/* Keep-alive streams open now, and the renewals answered OK on them so
+ * far (for /metrics). */
+void lease_stream_stats(const struct kv_services *s,
+                        uint64_t *streams,
+                        uint64_t *renewals);
 
 /* admin.c: AdminService Ping, Status and TransferLeader */
 int admin_service_init(struct kv_services *s);

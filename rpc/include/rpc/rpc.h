@@ -424,6 +424,9 @@ struct rpc_server_stats
     uint64_t budget_pauses;       /* connections paused for max_buffered */
     uint64_t buffered;            /* bytes in all connections' buffers now
                                      (counted with max_buffered only) */
+    uint64_t stream_messages;     /* client messages handed to open streams */
+    uint64_t dropped_messages;    /* client messages for a stream that was
+                                     not open (ended, cancelled, unknown) */
 };
 
 /* Calls of one method of a served service, by how they were answered. */
@@ -585,7 +588,9 @@ uint64_t rpc_call_peer_id(void *closure_data);
  * number of messages with rpc_stream_send, and ends it, as any call, by
  * calling its closure once (the last frame, with the final reply or an
  * error status). The caller may cancel the stream; a stream also ends
- * when its connection closes.
+ * when its connection closes. A handler that also takes the caller's
+ * messages while the stream is open (rpc_stream_send_msg on the channel)
+ * says so with rpc_stream_on_message.
  *
  * Flow control: a stream sends only while its connection's unsent output
  * is under max_output / RPC_STREAM_SHARE, so that single replies keep room
@@ -599,10 +604,13 @@ uint64_t rpc_call_peer_id(void *closure_data);
 /* Events of an open stream, for its handler. */
 enum rpc_stream_event {
     RPC_STREAM_WRITABLE = 1,  /* room again after a refused send */
-    RPC_STREAM_CANCELLED = 2, /* the caller cancelled it or its connection
-                                 closed: call the closure (the frame goes
-                                 nowhere) and send nothing more; the last
-                                 event the stream gets */
+    RPC_STREAM_CANCELLED = 2, /* the caller cancelled it, its connection
+                                 closed, or the server refused one of its
+                                 messages (rpc_stream_on_message): call the
+                                 closure and send nothing more (the last
+                                 frame goes nowhere, or carries the
+                                 refusal instead of the closure's reply);
+                                 the last event the stream gets */
 };
 
 /* A stream's event callback; runs from the event loop. */
@@ -618,6 +626,31 @@ typedef void (*rpc_stream_cb)(void *closure_data, int event, void *arg);
  *   RPC_E_NOMEM
  */
 int rpc_stream_open(void *closure_data, rpc_stream_cb cb, void *arg);
+
+/* A message the caller sent on an open stream (RpcHeader stream_msg),
+ * unpacked as the method's input type; borrowed for the call. Runs from
+ * the event loop, in the order the messages came. The handler may send
+ * (rpc_stream_send) and may end the stream (its closure) from here. */
+typedef void (*rpc_stream_message_cb)(void *closure_data,
+                                      const ProtobufCMessage *msg,
+                                      void *arg);
+
+/**
+ * Take the caller's messages on an open stream (a bidirectional stream:
+ * proto "rpc M(stream In) returns (stream Out)"). Each message is bounded
+ * by the server's frame caps and its precheck as a request is. Without
+ * this, a message ends the stream with RPC_E_BAD_REQUEST; so does a
+ * message over the args cap (its bytes are skipped and the connection
+ * stays). A message whose args do not unpack breaks the connection, as a
+ * request's would; one for a stream that is not open is dropped
+ * (rpc_server_stats dropped_messages). Nothing is queued: each message is
+ * handed over as it is read, so a handler that keeps state per message
+ * bounds it itself.
+ * @param closure_data the stream's call (after rpc_stream_open)
+ * @param cb called for each message, with the arg given to rpc_stream_open
+ * @return 0; RPC_E_INVALID (not an open stream, or cb NULL)
+ */
+int rpc_stream_on_message(void *closure_data, rpc_stream_message_cb cb);
 
 /**
  * Send one message of an open stream (a frame with more set).
@@ -810,6 +843,28 @@ struct rpc_stream *rpc_channel_stream(struct rpc_channel *ch,
  * @param st the stream
  */
 void rpc_stream_cancel(struct rpc_stream *st);
+
+/**
+ * Send a further message on a stream whose method takes them (a frame
+ * with stream_msg set; rpc_stream_on_message on the server). Messages
+ * leave in the order they are sent, after the request that started the
+ * stream; on a blocking channel they leave when its loop next runs
+ * (rpc_channel_wait, a call, rpc_channel_flush). Injected faults do not
+ * touch them. The server's answers come to the stream's callback. A
+ * server that does not take messages on the stream ends it with
+ * RPC_E_BAD_REQUEST (an older server: with RPC_E_UNKNOWN_SERVICE).
+ * May be called from the stream's own callback for a message (end false),
+ * not after its end.
+ * @param st the stream
+ * @param msg the message, of the method's input type (borrowed)
+ * @return 0 queued to be sent; RPC_E_INVALID (a NULL or wrong-type
+ *   message); RPC_E_TOO_BIG over the frame cap (not sent, the stream goes
+ *   on); RPC_E_OVERLOADED (the connection's unsent output is over the
+ *   channel's max_output: not sent); the stream's start failed
+ *   (RPC_E_UNAVAILABLE, ...: its end comes from the loop); RPC_E_NOMEM.
+ *   rpc_last_error() says why
+ */
+int rpc_stream_send_msg(struct rpc_stream *st, const ProtobufCMessage *msg);
 
 /**
  * The call id of a stream (in the server's logs).
