@@ -2,6 +2,7 @@
 #include <errno.h>
 #include <netdb.h>
 #include <stdio.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -86,6 +87,17 @@ struct channel_service
     struct channel_service *next; /* channel's list */
 };
 
+/* Where stream frames are unpacked (see arena_alloc). */
+struct frame_arena
+{
+    uint8_t *buf;              /* the buffer */
+    size_t cap;                /* its size */
+    size_t used;               /* taken by the frame being unpacked */
+    size_t spilled;            /* bytes malloc'ed beyond it */
+    struct arena_spill *spill; /* those allocations */
+    bool busy;                 /* a frame's message is in use */
+};
+
 struct rpc_channel
 {
     struct event_base *base;          /* caller's, or own when blocking */
@@ -108,6 +120,7 @@ struct rpc_channel
     size_t n_pending;                 /* calls in the table */
     struct channel_service *services; /* handed out by rpc_channel_service */
     struct rpc_channel_stats stats;   /* counters */
+    struct frame_arena arena;         /* stream frames are unpacked here */
     struct rpc_fault_state faults;    /* injected faults */
     uint64_t conn_gen;                /* bumped per connection */
     struct pending *held;             /* calls whose reply is held back */
@@ -377,14 +390,105 @@ static void release_held(struct pending *p, int cancel_status, const char *msg)
     }
 }
 
+/* Stream frames (a watch's: thousands a second, each a few small pieces)
+ * are unpacked into one buffer that is reused frame after frame, instead
+ * of a malloc and a free per piece; what does not fit is malloc'ed, and
+ * the buffer grows to the frames' usual need (up to ARENA_MAX). */
+#define ARENA_MIN (16u << 10)
+#define ARENA_MAX (1u << 20)
+
+struct arena_spill
+{
+    struct arena_spill *next;
+    max_align_t data[]; /* the allocation */
+};
+
+static void *arena_alloc(void *d, size_t n)
+{
+    struct frame_arena *a = d;
+    size_t need = (n + 15) & ~(size_t)15;
+    if (need >= n && a->used + need <= a->cap) {
+        void *p = a->buf + a->used;
+        a->used += need;
+        return p;
+    }
+    struct arena_spill *sp = malloc(sizeof *sp + n);
+    if (!sp) {
+        return NULL;
+    }
+    sp->next = a->spill;
+    a->spill = sp;
+    a->spilled += n;
+    return sp->data;
+}
+
+static void arena_free(void *d, void *p)
+{
+    (void)d;
+    (void)p; /* all at once, in arena_reset */
+}
+
+/* An allocator for one frame; NULL (malloc) when the arena is in use (a
+ * stream callback that waits on its channel, which unpacks the next). */
+static ProtobufCAllocator *arena_begin(struct frame_arena *a,
+                                       ProtobufCAllocator *al)
+{
+    if (a->busy) {
+        return NULL;
+    }
+    if (!a->buf) {
+        a->buf = malloc(ARENA_MIN);
+        a->cap = a->buf ? ARENA_MIN : 0;
+    }
+    a->busy = true;
+    a->used = 0;
+    a->spilled = 0;
+    al->alloc = arena_alloc;
+    al->free = arena_free;
+    al->allocator_data = a;
+    return al;
+}
+
+static void arena_reset(struct frame_arena *a)
+{
+    while (a->spill) {
+        struct arena_spill *sp = a->spill;
+        a->spill = sp->next;
+        free(sp);
+    }
+    size_t want = a->used + a->spilled;
+    if (want > a->cap && want <= ARENA_MAX) {
+        /* The frames need more: grow to it next time. */
+        uint8_t *b = malloc(want * 2 > ARENA_MAX ? ARENA_MAX : want * 2);
+        if (b) {
+            free(a->buf);
+            a->buf = b;
+            a->cap = want * 2 > ARENA_MAX ? ARENA_MAX : want * 2;
+        }
+    }
+    a->busy = false;
+}
+
+static void arena_release(struct frame_arena *a)
+{
+    arena_reset(a);
+    free(a->buf);
+    memset(a, 0, sizeof *a);
+}
+
 /* A frame of a stream that more frames follow. */
 static int on_stream_frame(struct rpc_channel *ch,
                            struct pending *p,
                            const struct rpc_frame *f)
 {
+    ProtobufCAllocator al;
+    ProtobufCAllocator *use = arena_begin(&ch->arena, &al);
     ProtobufCMessage *msg =
-        protobuf_c_message_unpack(p->output, NULL, f->args_size, f->args);
+        protobuf_c_message_unpack(p->output, use, f->args_size, f->args);
     if (!msg) {
+        if (use) {
+            arena_reset(&ch->arena);
+        }
         char why[700];
         snprintf(why, sizeof why,
                  "stream frame from %s does not unpack as %s; connection "
@@ -397,7 +501,11 @@ static int on_stream_frame(struct rpc_channel *ch,
     rpc_set_last(RPC_OK, NULL);
     ch->callbacks++;
     p->stream_cb(stream_of(p), msg, false, p->stream_arg);
-    protobuf_c_message_free_unpacked(msg, NULL);
+    if (use) {
+        arena_reset(&ch->arena); /* frees the whole message */
+    } else {
+        protobuf_c_message_free_unpacked(msg, NULL);
+    }
     return ch->bev ? 0 : 1;
 }
 
@@ -1255,6 +1363,7 @@ void rpc_channel_free(struct rpc_channel *ch)
     event_free(ch->connect_timer);
     event_free(ch->flush_ev);
     evbuffer_free(ch->pending);
+    arena_release(&ch->arena);
     if (ch->own_base) {
         event_base_free(ch->base);
     }
