@@ -11,7 +11,10 @@
 #include <proto/kv.pb-c.h>
 #include <rpc/rpc.h>
 
-#define H_MAX_NODES 7
+/* Node slots of a cluster: its first nodes, then the ones h_node_add makes
+ * (a membership test adds a slot for each new host and never reuses one,
+ * as ids are never reused). */
+#define H_MAX_NODES 16
 
 struct h_node
 {
