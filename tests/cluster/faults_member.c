@@ -194,9 +194,9 @@ static const struct clerk_member *find(const struct clerk_members *ml,
     return NULL;
 }
 
-/* Node i is no longer a member: it must stop by itself when it ran and
- * could hear of its removal (@expect_stop), else it is killed. Never
- * started again under its id. */
+/* Node i is no longer a member: it must stop by itself (exit status 0)
+ * when it ran and could hear of its removal (@expect_stop), else it is
+ * killed. Never started again under its id. */
 static void retire(struct member_nem *m,
                    struct world *w,
                    size_t i,
@@ -204,11 +204,18 @@ static void retire(struct member_nem *m,
 {
     struct h_cluster *c = faults_cluster(w);
     if (faults_alive(w, i) && c->nodes[i].pid > 0) {
-        if (expect_stop && h_node_exited(c, i, STOP_WAIT_MS)) {
+        int st = expect_stop ? h_node_wait_exit(c, i, STOP_WAIT_MS) : -1;
+        if (st == 0) {
             m->self_stops++;
             trace(m, "node %" PRIu64 " stopped by itself", id_of(w, i));
         } else {
-            if (expect_stop) {
+            if (st > 0) {
+                faults_fail(w,
+                            "node %" PRIu64
+                            " was removed from the cluster and stopped with "
+                            "status %d, not 0",
+                            id_of(w, i), st);
+            } else if (expect_stop) {
                 faults_fail(w,
                             "node %" PRIu64
                             " was removed from the cluster but did not "
@@ -227,7 +234,7 @@ static void retire(struct member_nem *m,
 /* Read the membership from the leader (once its last change is
  * committed) and follow it: slots become learners and voters, members
  * that left are retired. @expect_stop: a removed node that runs should
- * stop by itself (the leader it was; see retire).
+ * stop by itself (see retire).
  * @return false when no leader answered in time (the test failed) */
 static bool reconcile(struct member_nem *m, struct world *w, bool expect_stop)
 {
@@ -418,7 +425,7 @@ static bool done(const struct member_nem *m,
  * after every answer), for at most CHANGE_MS. The first try may kill
  * (@who) right after the proposal. An answer OK must show in the
  * membership. A removed node that ran with every link up must stop by
- * itself when it led (docs/membership.md).
+ * itself (docs/membership.md).
  * @return whether it happened (else the test failed) */
 static bool drive(struct member_nem *m,
                   struct world *w,
@@ -428,8 +435,9 @@ static bool drive(struct member_nem *m,
 {
     uint64_t end = h_now_ms() + CHANGE_MS;
     for (;;) {
-        int l = faults_leader(w);
-        bool stop = type == CLERK_MEMBER_REMOVE && !m->cut_now && l == (int)i;
+        /* A removed node that runs, and hears from the cluster, stops by
+         * itself (exit status 0). */
+        bool stop = type == CLERK_MEMBER_REMOVE && !m->cut_now;
         bool killed = false;
         int rv = change(m, w, type, i, who, &killed);
         if (killed) {

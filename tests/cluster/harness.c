@@ -1145,20 +1145,26 @@ size_t h_file_count(const char *path, const char *needle)
 
 bool h_node_exited(struct h_cluster *c, size_t i, unsigned timeout_ms)
 {
+    return c->nodes[i].pid == 0 || h_node_wait_exit(c, i, timeout_ms) >= 0;
+}
+
+int h_node_wait_exit(struct h_cluster *c, size_t i, unsigned timeout_ms)
+{
     struct h_node *nd = &c->nodes[i];
     uint64_t end = h_now_ms() + timeout_ms;
     for (;;) {
         if (!nd->pid) {
-            return true;
+            return -1;
         }
         int status;
         if (waitpid(nd->pid, &status, WNOHANG) == nd->pid) {
             nd->pid = 0;
             nd->stopped = false;
-            return true;
+            return WIFEXITED(status) ? WEXITSTATUS(status)
+                                     : 128 + WTERMSIG(status);
         }
         if (h_now_ms() >= end) {
-            return false;
+            return -1;
         }
         h_sleep_ms(10);
     }

@@ -205,6 +205,13 @@ size_t h_file_count(const char *path, const char *needle);
  */
 bool h_node_exited(struct h_cluster *c, size_t i, unsigned timeout_ms);
 
+/**
+ * Wait up to @timeout_ms for node i to exit, and reap it (pid 0).
+ * @return its exit status (0-255), 128 + the signal that ended it, or -1
+ *         when it still runs (or was not running)
+ */
+int h_node_wait_exit(struct h_cluster *c, size_t i, unsigned timeout_ms);
+
 /** Empty node i's disk-operation trace. */
 void h_trace_reset(struct h_cluster *c, size_t i);
 
