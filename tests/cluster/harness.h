@@ -14,7 +14,7 @@
 /* Node slots of a cluster: its first nodes, then the ones h_node_add makes
  * (a membership test adds a slot for each new host and never reuses one,
  * as ids are never reused). */
-#define H_MAX_NODES 16
+#define H_MAX_NODES 32
 
 struct h_node
 {
