@@ -787,7 +787,19 @@ int faults_add_node(struct world *w)
 void faults_retire(struct world *w, size_t i)
 {
     pthread_mutex_lock(&w->lock);
+    if (w->c.nodes[i].pid == 0) {
+        w->alive[i] = false; /* it stopped by itself: no kill */
+    }
     kill_node(w, i);
+    w->gone[i] = true;
+    pthread_mutex_unlock(&w->lock);
+}
+
+void faults_lose_host(struct world *w, size_t i)
+{
+    pthread_mutex_lock(&w->lock);
+    kill_node(w, i);
+    h_node_lose_host(&w->c, i);
     w->gone[i] = true;
     pthread_mutex_unlock(&w->lock);
 }
@@ -1656,7 +1668,9 @@ static int start_cluster(struct world *w)
         snprintf(extra + l, sizeof extra - l, " %s", sc->flags);
     }
     struct h_start hs = {.distinct_hosts = sc->distinct_hosts,
-                         .diskfault = sc->diskfault};
+                         .diskfault = sc->diskfault,
+                         .new_host = sc->new_host,
+                         .drop_host = sc->drop_host};
     if (h_cluster_start_with(&w->c, sc->servers, extra, &hs) != 0) {
         return -1;
     }

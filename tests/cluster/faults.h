@@ -58,6 +58,16 @@ enum workload {
 
 struct world; /* the engine's state of one test (faults.c) */
 
+/* The fixed steps the membership nemesis (faults_member) takes first. */
+enum member_tour {
+    TOUR_FAULTS = 0, /* each kind of change, with kills of the leader right
+                        after a proposal and of the nodes being added or
+                        removed (and partitions, with NEM_RANDOM_HALVES) */
+    TOUR_HOSTS,      /* add a 4th and a 5th node, remove one, replace one
+                        (its host lost and wiped, a new host at a new
+                        address under a new id) */
+};
+
 /* A nemesis in a file of its own (scenario.nem): the engine calls its
  * step instead of scenario.nemesis's, on the thread that runs the
  * nemesis (the main thread: it may start nodes), with the engine's
@@ -145,6 +155,14 @@ struct scenario
      * full tier's second run starts nem's tests on 5 nodes and lets them
      * grow to 7. */
     size_t max_servers;
+    /* The membership nemesis's first steps, and whether it stops after
+     * them (else random ones follow until the round ends). */
+    enum member_tour tour;
+    bool tour_only;
+    /* Each node on a host of its own (h_start.new_host, drop_host: a
+     * network namespace with an address; test_hosts), NULL: loopback. */
+    h_host_fn new_host;
+    h_host_fn drop_host;
 };
 
 /* How long and how often: RAFTKV_FAULT_TIER=quick (default) or full. */
@@ -234,6 +252,13 @@ int faults_add_node(struct world *w);
  * runs, never restarted, and left out of rules and client lists.
  */
 void faults_retire(struct world *w, size_t i);
+
+/**
+ * Node i's host is lost for good (h_node_lose_host: killed, its data
+ * wiped, its host undone): never started again, left out of rules and
+ * client lists (retired), though still a member until it is removed.
+ */
+void faults_lose_host(struct world *w, size_t i);
 
 /** Has node i been retired? */
 bool faults_retired(struct world *w, size_t i);

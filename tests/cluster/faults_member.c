@@ -8,8 +8,10 @@
  *   while it is behind: tried again);
  * - shrink: a voter is removed, sometimes the leader (it hands off and
  *   stops), sometimes one that is dead;
- * - replace: a voter's host is lost (killed, never started again under its
- *   id), a new id is added and promoted, then the old one is removed.
+ * - replace: a voter's host is lost (killed, its data wiped, never started
+ *   again under its id; on hosts made of network namespaces the host goes
+ *   too), a new id is added and promoted (a new host at a new address),
+ *   then the old one is removed.
  *
  * A change may come with a kill of the leader right after it proposed the
  * change (its log says so), a kill of the node being added (while it
@@ -266,6 +268,17 @@ static bool reconcile(struct member_nem *m, struct world *w, bool expect_stop)
         } else if (e) {
             m->slot[i] = e->learner ? SL_LEARNER : SL_VOTER;
             voters += !e->learner;
+            /* Where the others and the clients reach it: as added. */
+            char addr[64], peer[64];
+            h_node_addr(c, i, addr, sizeof addr);
+            h_node_peer_addr(c, i, peer, sizeof peer);
+            if (strcmp(e->address, addr) || strcmp(e->peer_address, peer)) {
+                faults_fail(w,
+                            "member %" PRIu64
+                            " has the addresses %s (peers) and %s "
+                            "(clients), not %s and %s",
+                            e->id, e->peer_address, e->address, peer, addr);
+            }
         } else if (m->slot[i] == SL_LEARNER || m->slot[i] == SL_VOTER) {
             trace(m, "node %" PRIu64 " is no longer a member", c->nodes[i].id);
             retire(m, w, i, expect_stop);
@@ -656,7 +669,7 @@ static void step(struct member_nem *m, struct world *w, const struct plan *p)
             break;
         }
         case ACT_REPLACE: {
-            /* The old host is lost first: never started again. */
+            /* The old host is lost first (wiped): never started again. */
             int v = pick_voter(m, w, p->victim_leader);
             if (v < 0) {
                 v = pick_voter(m, w, false);
@@ -664,8 +677,9 @@ static void step(struct member_nem *m, struct world *w, const struct plan *p)
             if (v < 0) {
                 break;
             }
-            faults_kill(w, (size_t)v);
-            trace(m, "node %" PRIu64 "'s host is lost", id_of(w, (size_t)v));
+            faults_lose_host(w, (size_t)v);
+            trace(m, "node %" PRIu64 "'s host (%s) is lost and wiped",
+                  id_of(w, (size_t)v), faults_cluster(w)->nodes[v].host);
             struct plan q = *p;
             q.victim_dead = false;
             q.kill_victim = false;
@@ -688,8 +702,8 @@ static void step(struct member_nem *m, struct world *w, const struct plan *p)
 }
 
 /* The fixed tour of the first steps: each kind of change and fault in
- * every run. */
-static bool tour(struct member_nem *m, struct plan *p)
+ * every run (scenario.tour). */
+static bool tour(struct member_nem *m, struct world *w, struct plan *p)
 {
     static const struct plan plain[] = {
         {.act = ACT_GROW, .kill_leader_add = true},
@@ -705,9 +719,19 @@ static bool tour(struct member_nem *m, struct plan *p)
         {.act = ACT_GROW, .cut = CUT_MINORITY, .kill_new = true},
         {.act = ACT_SHRINK, .victim_leader = true, .cut = CUT_CHANGING},
     };
+    static const struct plan hosts[] = {
+        {.act = ACT_GROW},
+        {.act = ACT_GROW},
+        {.act = ACT_SHRINK},
+        {.act = ACT_REPLACE},
+    };
     const struct plan *t = m->partitions ? cuts : plain;
     size_t n = m->partitions ? sizeof cuts / sizeof *cuts
                              : sizeof plain / sizeof *plain;
+    if (faults_scenario(w)->tour == TOUR_HOSTS) {
+        t = hosts;
+        n = sizeof hosts / sizeof *hosts;
+    }
     if (m->steps >= n) {
         return false;
     }
@@ -766,7 +790,11 @@ static void nem_step(void *state, struct world *w)
 {
     struct member_nem *m = state;
     struct plan p;
-    if (!tour(m, &p)) {
+    if (!tour(m, w, &p)) {
+        if (faults_scenario(w)->tour_only) {
+            faults_nap(w, 200);
+            return;
+        }
         random_plan(m, w, &p);
     }
     /* Only what keeps the voters within bounds (a replacement is one
@@ -922,25 +950,30 @@ static void nem_finish(void *state, struct world *w, char *line, size_t len)
 {
     struct member_nem *m = state;
     uint64_t terms = 0;
+    bool hosts = faults_scenario(w)->tour == TOUR_HOSTS;
     check_one_leader_per_term(w, &terms);
     /* What the tour makes happen in every run (unless a check failed
      * first and cut it short). */
     struct
     {
         const char *what;
-        uint64_t n;
+        uint64_t n, least;
     } need[] = {
-        {"node added", m->adds},
-        {"learner promoted", m->promotes},
-        {"node removed", m->removes},
-        {"host replaced", m->replaces},
-        {"leader killed right after it proposed a change", m->leader_kills},
-        {"node being added or removed killed", m->new_kills + m->victim_kills},
-        {"change asked under a partition", m->partitions ? m->cut_changes : 1},
+        {"nodes added", m->adds, hosts ? 3 : 1},
+        {"learners promoted", m->promotes, hosts ? 3 : 1},
+        {"nodes removed", m->removes, hosts ? 2 : 1},
+        {"hosts replaced", m->replaces, 1},
+        {"leaders killed right after they proposed a change", m->leader_kills,
+         hosts ? 0 : 1},
+        {"nodes being added or removed killed", m->new_kills + m->victim_kills,
+         hosts ? 0 : 1},
+        {"changes asked under a partition", m->cut_changes,
+         m->partitions ? 1 : 0},
     };
     for (size_t k = 0; k < sizeof need / sizeof *need; k++) {
-        if (need[k].n == 0 && m->steps >= 3) {
-            faults_fail(w, "no %s in %u steps", need[k].what, m->steps);
+        if (need[k].n < need[k].least && m->steps >= 3) {
+            faults_fail(w, "%" PRIu64 " %s in %u steps (at least %" PRIu64 ")",
+                        need[k].n, need[k].what, m->steps, need[k].least);
         }
     }
     snprintf(line, len,
