@@ -218,20 +218,23 @@ static void test_member_remove_the_leader_it_hands_off_and_stops(void)
 
 /* A follower's removal never reaches it through the log (the leader stops
  * sending to it once it proposes the removal): it learns it from the
- * members, which refuse its Raft connections after proving they hold the
- * secret, and stops by itself, exit status 0. Started again with its
- * data, it stops again. */
+ * members, which close its Raft connections and refuse its new ones after
+ * proving they hold the secret, and stops by itself, exit status 0.
+ * Started again with its data, it stops again. The follower removed led
+ * until a moment ago: it holds open connections to every member. */
 static void test_member_remove_a_follower_it_stops_by_itself(void)
 {
     int l = h_find_leader(&mc, 5000);
     CU_ASSERT_FATAL(l >= 0);
-    size_t f = mc.n;
+    size_t f = (size_t)l, to = mc.n;
     for (size_t i = 0; i < mc.n; i++) {
         if ((int)i != l && mc.nodes[i].pid > 0) {
-            f = i;
+            to = i;
         }
     }
-    CU_ASSERT_FATAL(f < mc.n);
+    CU_ASSERT_FATAL(to < mc.n);
+    CU_ASSERT_EQUAL_FATAL(clerk_transfer_leader(ck, mc.nodes[to].id, NULL),
+                          CLERK_OK);
     uint64_t id = mc.nodes[f].id;
     int rv = clerk_member_change(ck, CLERK_MEMBER_REMOVE, id, NULL, NULL, NULL);
     CU_ASSERT_EQUAL_FATAL(rv, CLERK_OK);

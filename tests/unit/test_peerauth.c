@@ -187,6 +187,29 @@ static void test_peerauth_a_refused_id_learns_it_from_a_proven_server(void)
     stop();
 }
 
+/* A server closes the connections of a peer id on demand (a node removed
+ * from the cluster: it must handshake again); the channel connects again
+ * at its next call. */
+static void test_peerauth_server_drops_the_connections_of_a_peer_id(void)
+{
+    start(0, 0);
+    struct rpc_peer_auth a;
+    fill_auth(&a, 0x11, 3);
+    struct rpc_channel *ch = channel_as(&a, 2);
+    CU_ASSERT_EQUAL(call(ch, "peerid").status, RPC_OK);
+    CU_ASSERT_EQUAL(rpc_server_drop_peer(local.server, 9), 0);
+    CU_ASSERT_EQUAL(rpc_server_drop_peer(local.server, 3), 1);
+    CU_ASSERT_EQUAL(rpc_server_drop_peer(local.server, 3), 0);
+    struct echo_result r = call(ch, "peerid");
+    for (int i = 0; i < 50 && r.status != RPC_OK; i++) {
+        r = call(ch, "peerid"); /* (a call may meet the closed one) */
+    }
+    CU_ASSERT_EQUAL(r.status, RPC_OK);
+    CU_ASSERT_STRING_EQUAL(r.payload, "3");
+    rpc_channel_free(ch);
+    stop();
+}
+
 static int raw_connect(uint16_t p)
 {
     int fd = socket(AF_INET, SOCK_STREAM, 0);
@@ -423,6 +446,8 @@ int main(int argc, char **argv)
          test_peerauth_per_source_limit_counts_only_handshakes},
         {"test_peerauth_a_refused_id_learns_it_from_a_proven_server",
          test_peerauth_a_refused_id_learns_it_from_a_proven_server},
+        {"test_peerauth_server_drops_the_connections_of_a_peer_id",
+         test_peerauth_server_drops_the_connections_of_a_peer_id},
         {"test_peerauth_key_file_must_be_long_enough",
          test_peerauth_key_file_must_be_long_enough},
         CU_TEST_INFO_NULL,

@@ -559,6 +559,15 @@ const struct rpc_method_stats *rpc_server_method_stats(
 void rpc_call_fail(void *closure_data, int status, const char *msg);
 
 /**
+ * Close every connection that proved node id @peer_id in the peer
+ * handshake (a node refused from now on: it must handshake again, and the
+ * server's allow callback decides). Calls in progress on them end as on a
+ * lost connection. Not from a handler of a call on such a connection.
+ * @return how many were closed
+ */
+size_t rpc_server_drop_peer(struct rpc_server *s, uint64_t peer_id);
+
+/**
  * The address of the peer that made a call: "127.0.0.1:50432".
  * @param closure_data the closure_data the handler was given
  * @return a string valid until the call's closure runs
