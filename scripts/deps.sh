@@ -9,7 +9,8 @@ packages=(build-essential cmake pkg-config libprotobuf-c-dev
           libssl-dev libsodium-dev  # TLS (bufferevent_openssl), HMAC, Argon2id
           libjansson-dev            # kvctl: JSON output and transactions
           openssl                   # cluster.sh makes a CA and certificates
-          nftables iproute2)  # packet-level partitions in test_netns
+          nftables iproute2)  # packet-level partitions in test_netns;
+                              # hosts made of namespaces in test_hosts
 
 missing=()
 for p in "${packages[@]}"; do
