@@ -334,9 +334,9 @@ static void *call_main(void *arg)
 /* Ask for one change of node i, through a handle of its own (one attempt
  * per server, as an operator's kvctl). With @who: kill the leader, or node
  * i, as soon as the leader's log says it proposed the change, and start it
- * again a moment later unless it is the node being removed. *killed (if
- * not NULL) says whether it did (the leader refuses some changes before
- * proposing them, as a promotion of a learner that is behind).
+ * again a moment later unless it is the node being removed. *did_kill
+ * (if not NULL) says whether it did (the leader refuses some changes
+ * before proposing them, as a promotion of a learner that is behind).
  * @return clerk_member_change's result */
 static int change(struct member_nem *m,
                   struct world *w,

@@ -13,8 +13,9 @@
 
 /* Node slots of a cluster: its first nodes, then the ones h_node_add makes
  * (a membership test adds a slot for each new host and never reuses one,
- * as ids are never reused). */
-#define H_MAX_NODES 32
+ * as ids are never reused). At most 16: a libclerk handle holds at most
+ * 16 servers, and the fault suite's admin handle lists every slot. */
+#define H_MAX_NODES 16
 
 struct h_cluster;
 
