@@ -18,7 +18,8 @@ packages=(build-essential cmake pkg-config libprotobuf-c-dev
           libjansson-dev            # kvctl: JSON output and transactions
           libyaml-dev               # kvserver --config FILE
           openssl                   # cluster.sh makes a CA and certificates
-          nftables iproute2   # packet-level partitions in test_netns
+          nftables iproute2   # packet-level partitions in test_netns; hosts
+                              # made of namespaces in test_hosts
           systemd)            # systemd-analyze verify of the unit (deploy/)
 if [ "${1:-}" = --packaging ]; then
     packages+=(lintian debootstrap)

@@ -628,6 +628,12 @@ static bool read_handshake(struct rpc_channel *ch, struct evbuffer *in)
     if (code != RPC_PEER_OK) {
         snprintf(why, sizeof why, "it refused us: %s", rpc_peer_code_str(code));
         handshake_failed(ch, why);
+        /* It proved it holds the key (its answer did), so its refusal of
+         * our id is a member's word. */
+        const struct rpc_peer_auth *a = ch->opts.peer_auth;
+        if (code == RPC_PEER_NOT_MEMBER && a->refused) {
+            a->refused(ch->opts.peer_id, a->refused_arg);
+        }
         return false;
     }
     connection_ready(ch);

@@ -184,9 +184,14 @@ uint32_t rpc_peer_answer(struct rpc_peer_hs *hs,
         code = RPC_PEER_BAD_VERSION;
     } else if (hs->to != auth->self_id) {
         code = RPC_PEER_WRONG_TARGET;
-    } else if (hs->peer_id == 0 || hs->peer_id == auth->self_id ||
-               (auth->allow && !auth->allow(hs->peer_id, auth->allow_arg))) {
+    } else if (hs->peer_id == 0 || hs->peer_id == auth->self_id) {
         code = RPC_PEER_NOT_MEMBER;
+    } else if (auth->allow && !auth->allow(hs->peer_id, auth->allow_arg)) {
+        /* Refused in the result, after the proofs: a refusal in the
+         * answer comes before this node proved anything, and a node
+         * refused for good (removed from the cluster) must be able to
+         * tell a member's refusal from an impostor's. */
+        hs->refuse = true;
     }
     memset(out, 0, RPC_PEER_ANSWER_SIZE);
     memcpy(out, RPC_PEER_MAGIC, 4);
@@ -272,6 +277,8 @@ uint32_t rpc_peer_check_proof(struct rpc_peer_hs *hs,
     } else if (hs->peer_cluster && auth->cluster_id &&
                hs->peer_cluster != auth->cluster_id) {
         code = RPC_PEER_OTHER_CLUSTER;
+    } else if (hs->refuse) {
+        code = RPC_PEER_NOT_MEMBER;
     }
     memcpy(out, RPC_PEER_MAGIC, 4);
     put_u32(out + 4, code);

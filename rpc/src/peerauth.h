@@ -34,6 +34,9 @@ struct rpc_peer_hs
     uint64_t peer_id;                     /* the other end's claimed id */
     uint64_t peer_cluster;                /* its cluster id (0: unknown) */
     uint64_t to;                          /* the id the hello asked for */
+    bool refuse; /* accepting side: the caller's id is not admitted; it is
+                    told so in the result, once both ends proved the key,
+                    so that it can believe it */
 };
 
 /* Name a code for log lines. */

@@ -1337,6 +1337,23 @@ static void limit_per_peer(struct rpc_server *s, struct rpc_conn *c)
     }
 }
 
+size_t rpc_server_drop_peer(struct rpc_server *s, uint64_t peer_id)
+{
+    size_t closed = 0;
+    struct rpc_conn *next;
+    for (struct rpc_conn *o = s->conns; o; o = next) {
+        next = o->next;
+        if (o->authed && o->peer_id == peer_id) {
+            rpc_logf(RPC_LOG_INFO,
+                     "rpc: closing %s: node %llu is refused from now on",
+                     o->peer, (unsigned long long)o->peer_id);
+            conn_close(o);
+            closed++;
+        }
+    }
+    return closed;
+}
+
 /* Take the handshake's bytes from the input. Returns true when frames may
  * follow (the peer is authenticated), false while more is needed or after
  * the connection was closed. */

@@ -72,11 +72,13 @@ struct world
     bool link[H_MAX_NODES][H_MAX_NODES]; /* i's calls to j get through */
     bool alive[H_MAX_NODES];             /* process running */
     bool paused[H_MAX_NODES];            /* SIGSTOPped */
-    struct lc_history *hist;             /* every call and return */
-    unsigned rng;                        /* the nemesis's choices */
-    volatile bool stop;                  /* clients stop */
-    int64_t end_ns;                      /* the round ends then */
-    int finished;                        /* clients done (atomic) */
+    bool gone[H_MAX_NODES];  /* retired for good: removed from the cluster,
+                                or its host lost (faults_retire) */
+    struct lc_history *hist; /* every call and return */
+    unsigned rng;            /* the nemesis's choices */
+    volatile bool stop;      /* clients stop */
+    int64_t end_ns;          /* the round ends then */
+    int finished;            /* clients done (atomic) */
     struct client clients[MAX_CLIENTS * 3];
     size_t n_clients; /* all rounds */
     char keys[MAX_CLIENTS][32];
@@ -105,6 +107,7 @@ struct world
                               failed; WL_TXN: txns that failed */
     unsigned seed;         /* rng's first value */
     void *ext;             /* sc->ext's state */
+    void *nem;             /* sc->nem's state */
 };
 
 static void fail(struct world *w, const char *fmt, ...)
@@ -206,10 +209,18 @@ static int read_counts(struct world *w, size_t i)
     return rv;
 }
 
+/* The peer a node said it does not have ("node 3 has no peer 7"), or 0:
+ * a member that node has not heard of yet, or one it has dropped. */
+static uint64_t no_such_peer(const char *msg)
+{
+    const char *p = strstr(msg, "has no peer ");
+    return p ? strtoull(p + strlen("has no peer "), NULL, 10) : 0;
+}
+
 /* Give node i its rules for the current links (caller holds the lock). */
 static void apply_node(struct world *w, size_t i)
 {
-    if (!w->alive[i] || w->paused[i]) {
+    if (!w->alive[i] || w->paused[i] || w->gone[i]) {
         return;
     }
     struct clerk_fault rules[H_MAX_NODES + 1];
@@ -218,7 +229,7 @@ static void apply_node(struct world *w, size_t i)
     rules[k] = base;
     rules[k++].target = CLERK_FAULT_CLIENTS;
     for (size_t j = 0; j < w->c.n; j++) {
-        if (j == i) {
+        if (j == i || w->gone[j]) {
             continue;
         }
         rules[k] = base;
@@ -236,9 +247,23 @@ static void apply_node(struct world *w, size_t i)
         }
         rv = read_counts(w, i);
     }
-    if (rv == CLERK_OK) {
-        rv = clerk_fault(w->admin, i, true, rules, k,
-                         (uint64_t)rand_r(&w->rng) + 1, NULL, NULL);
+    uint64_t seed = (uint64_t)rand_r(&w->rng) + 1;
+    for (bool again = rv == CLERK_OK; again;) {
+        again = false;
+        rv = clerk_fault(w->admin, i, true, rules, k, seed, NULL, NULL);
+        /* While the membership changes, a node may not know a new member
+         * yet (it gets no rule for it) or may have dropped a removed one:
+         * leave that target out. */
+        uint64_t id =
+            rv == CLERK_BAD_REQUEST ? no_such_peer(clerk_errmsg(w->admin)) : 0;
+        size_t r = 1;
+        while (id && r < k && rules[r].target != id) {
+            r++;
+        }
+        if (id && r < k) {
+            rules[r] = rules[--k];
+            again = true;
+        }
     }
     if (rv != CLERK_OK) {
         fail(w, "setting faults on node %zu: %s", i + 1,
@@ -348,7 +373,7 @@ static void kill_node(struct world *w, size_t i)
 
 static void start_node(struct world *w, size_t i)
 {
-    if (!w->alive[i]) {
+    if (!w->alive[i] && !w->gone[i]) {
         if (h_node_start(&w->c, i) != 0) {
             fail(w, "restarting node %zu", i + 1);
             return;
@@ -675,6 +700,139 @@ static void heal(struct world *w)
     }
     restart_and_apply(w, dead, k);
     pthread_mutex_unlock(&w->lock);
+}
+
+/* ------------------------------------------- for a nemesis of its own */
+
+bool faults_round_over(struct world *w)
+{
+    return round_over(w);
+}
+
+void faults_nap(struct world *w, unsigned ms)
+{
+    nap(w, ms);
+}
+
+unsigned faults_random(struct world *w)
+{
+    return (unsigned)rand_r(&w->rng);
+}
+
+int faults_leader(struct world *w)
+{
+    return find_leader(w);
+}
+
+bool faults_alive(struct world *w, size_t i)
+{
+    return w->alive[i];
+}
+
+void faults_kill(struct world *w, size_t i)
+{
+    pthread_mutex_lock(&w->lock);
+    kill_node(w, i);
+    pthread_mutex_unlock(&w->lock);
+}
+
+int faults_restart(struct world *w, size_t i)
+{
+    pthread_mutex_lock(&w->lock);
+    bool was = w->alive[i];
+    restart_and_apply(w, &i, 1);
+    int rv = w->alive[i] || w->gone[i] ? 0 : -1;
+    if (!was && w->alive[i]) {
+        /* Its peers' channels to it are new: they get their rules too. */
+        apply_links(w);
+    }
+    pthread_mutex_unlock(&w->lock);
+    return rv;
+}
+
+/* A handle on every node slot, in order (clerk_fault and clerk_status
+ * count servers by their place in the list). */
+static int open_admin(struct world *w)
+{
+    char eps[2048];
+    h_endpoints(&w->c, eps, sizeof eps);
+    struct clerk_options o = {.deadline_ms = 10000, .attempt_ms = 400};
+    struct clerk *ck = NULL;
+    if (clerk_open(&ck, eps, &o) != CLERK_OK) {
+        return -1;
+    }
+    clerk_close(w->admin);
+    w->admin = ck;
+    return 0;
+}
+
+int faults_add_node(struct world *w)
+{
+    pthread_mutex_lock(&w->lock);
+    int i = h_node_add(&w->c);
+    if (i >= 0) {
+        w->alive[i] = w->paused[i] = w->gone[i] = false;
+        for (size_t j = 0; j < w->c.n; j++) {
+            w->link[i][j] = w->link[j][i] = true;
+        }
+        if (open_admin(w) != 0) {
+            fail(w, "clerk_open of the admin handle with node %d", i + 1);
+            i = -1;
+        }
+    }
+    pthread_mutex_unlock(&w->lock);
+    return i;
+}
+
+void faults_retire(struct world *w, size_t i)
+{
+    pthread_mutex_lock(&w->lock);
+    if (w->c.nodes[i].pid == 0) {
+        w->alive[i] = false; /* it stopped by itself: no kill */
+    }
+    kill_node(w, i);
+    w->gone[i] = true;
+    pthread_mutex_unlock(&w->lock);
+}
+
+void faults_lose_host(struct world *w, size_t i)
+{
+    pthread_mutex_lock(&w->lock);
+    kill_node(w, i);
+    h_node_lose_host(&w->c, i);
+    w->gone[i] = true;
+    pthread_mutex_unlock(&w->lock);
+}
+
+bool faults_retired(struct world *w, size_t i)
+{
+    return w->gone[i];
+}
+
+void faults_partition(struct world *w, const int *group)
+{
+    pthread_mutex_lock(&w->lock);
+    set_groups(w, group);
+    apply_links(w);
+    pthread_mutex_unlock(&w->lock);
+}
+
+void faults_heal_links(struct world *w)
+{
+    pthread_mutex_lock(&w->lock);
+    all_links(w, true);
+    apply_links(w);
+    pthread_mutex_unlock(&w->lock);
+}
+
+/* The nodes clients may call: all but the retired ones. */
+static uint32_t live_mask(const struct world *w)
+{
+    uint32_t mask = 0;
+    for (size_t i = 0; i < w->c.n; i++) {
+        mask |= w->gone[i] ? 0 : 1u << i;
+    }
+    return mask;
 }
 
 /* ------------------------------------------------------------- clients */
@@ -1510,14 +1668,13 @@ static int start_cluster(struct world *w)
         snprintf(extra + l, sizeof extra - l, " %s", sc->flags);
     }
     struct h_start hs = {.distinct_hosts = sc->distinct_hosts,
-                         .diskfault = sc->diskfault};
+                         .diskfault = sc->diskfault,
+                         .new_host = sc->new_host,
+                         .drop_host = sc->drop_host};
     if (h_cluster_start_with(&w->c, sc->servers, extra, &hs) != 0) {
         return -1;
     }
-    char eps[1024];
-    h_endpoints(&w->c, eps, sizeof eps);
-    struct clerk_options o = {.deadline_ms = 10000, .attempt_ms = 400};
-    if (clerk_open(&w->admin, eps, &o) != CLERK_OK) {
+    if (open_admin(w) != 0) {
         return -1;
     }
     for (size_t i = 0; i < w->c.n; i++) {
@@ -1544,8 +1701,8 @@ static void run_round(struct world *w, unsigned ms)
         snprintf(cl->own_key, sizeof cl->own_key, "k%zu", i);
         /* Each client lists the servers from a different one, as users
          * do: first calls (reads included) land on every node. */
-        char eps[1024];
-        h_endpoints_of(&w->c, UINT32_MAX, i, eps, sizeof eps);
+        char eps[2048];
+        h_endpoints_of(&w->c, live_mask(w), i, eps, sizeof eps);
         if (clerk_open(&cl->ck, eps, &o) != CLERK_OK) {
             fail(w, "clerk_open");
             return;
@@ -1564,7 +1721,11 @@ static void run_round(struct world *w, unsigned ms)
      * (PR_SET_PDEATHSIG in the harness). A round with a number of appends
      * lasts until the clients have made them. */
     while (!round_over(w)) {
-        nemesis_step(w, sc->nemesis);
+        if (sc->nem && w->nem) {
+            sc->nem->step(w->nem, w);
+        } else {
+            nemesis_step(w, sc->nemesis);
+        }
     }
     if (sc->crash && sc->diskfault) {
         /* The lab's crash as a power loss: every node, while the clients
@@ -1616,6 +1777,9 @@ static void run_round(struct world *w, unsigned ms)
         }
     }
     check_log_bound(w);
+    if (sc->nem && w->nem) {
+        sc->nem->check(w->nem, w);
+    }
 }
 
 static void check_history(struct world *w, double *secs)
@@ -1753,12 +1917,17 @@ static void run_one(const struct scenario *sc, unsigned variant)
     if (sc->ext && !w->failed) {
         w->ext = sc->ext->start(w);
     }
+    if (sc->nem && !w->failed) {
+        w->nem = sc->nem->start(w);
+    }
     uint64_t drops0 = faults_packet_drops ? faults_packet_drops() : 0;
     pthread_mutex_lock(&w->lock);
     apply_links(w); /* unreliable or reordering from the start */
     pthread_mutex_unlock(&w->lock);
     int64_t t0 = now_ns();
-    for (int i = 0; i < iterations && !w->failed && (!sc->ext || w->ext); i++) {
+    for (int i = 0; i < iterations && !w->failed && (!sc->ext || w->ext) &&
+                    (!sc->nem || w->nem);
+         i++) {
         run_round(w, ms);
     }
     /* Collect the counts of the rules still in force (clients and the
@@ -1786,6 +1955,13 @@ static void run_one(const struct scenario *sc, unsigned variant)
         ext_line[1] = ' ';
         sc->ext->finish(w->ext, ext_line + 2, sizeof ext_line - 2);
         w->ext = NULL;
+    }
+    char nem_line[600] = "";
+    if (w->nem) {
+        nem_line[0] = ';';
+        nem_line[1] = ' ';
+        sc->nem->finish(w->nem, w, nem_line + 2, sizeof nem_line - 2);
+        w->nem = NULL;
     }
     double secs = 0;
     check_history(w, &secs);
@@ -1820,13 +1996,13 @@ static void run_one(const struct scenario *sc, unsigned variant)
         " partitions, injected %" PRIu64 " cut calls, %" PRIu64
         " lost requests, %" PRIu64 " lost replies, %" PRIu64 " delays, %" PRIu64
         " duplicates, %" PRIu64 " reorders, %" PRIu64
-        " dropped packets%s%s%s; "
+        " dropped packets%s%s%s%s; "
         "history %zu ops checked in %.2f s: %s; seed %u\n",
         sc->name, sc->servers, sc->clients, iterations, ms,
         (double)(now_ns() - t0) / 1e9, w->ok, w->unknown, w->refused, w->kills,
         w->pauses, w->partitions, w->inj_cut, w->inj_drop_req, w->inj_drop_rep,
         w->inj_delay, w->inj_dup, w->inj_reorder, w->packet_drops, disk,
-        multi_line, ext_line, lc_history_size(w->hist), secs,
+        multi_line, ext_line, nem_line, lc_history_size(w->hist), secs,
         w->failed ? "FAILED"
         : sc->ext ? "ok"
                   : "linearizable",
@@ -1865,12 +2041,15 @@ void faults_run(const struct scenario *sc)
     }
     run_one(sc, 0);
     if (faults_full_tier()) {
-        /* The full tier again on 7 nodes, with other choices. */
+        /* The full tier again on 7 nodes, with other choices (a nemesis
+         * that changes the membership: from 5 nodes up to 7). */
         struct scenario big = *sc;
         char name[200];
-        snprintf(name, sizeof name, "%s_7_nodes", sc->name);
+        snprintf(name, sizeof name, "%s_%s", sc->name,
+                 sc->nem ? "5_to_7_nodes" : "7_nodes");
         big.name = name;
-        big.servers = 7;
+        big.servers = sc->nem ? 5 : 7;
+        big.max_servers = 7;
         run_one(&big, 1);
     }
 }

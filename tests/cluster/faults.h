@@ -58,6 +58,36 @@ enum workload {
 
 struct world; /* the engine's state of one test (faults.c) */
 
+/* The fixed steps the membership nemesis (faults_member) takes first. */
+enum member_tour {
+    TOUR_FAULTS = 0, /* each kind of change, with kills of the leader right
+                        after a proposal and of the nodes being added or
+                        removed (and partitions, with NEM_RANDOM_HALVES) */
+    TOUR_HOSTS,      /* add a 4th and a 5th node, remove one, replace one
+                        (its host lost and wiped, a new host at a new
+                        address under a new id) */
+};
+
+/* A nemesis in a file of its own (scenario.nem): the engine calls its
+ * step instead of scenario.nemesis's, on the thread that runs the
+ * nemesis (the main thread: it may start nodes), with the engine's
+ * functions below to act on the cluster. */
+struct faults_nemesis
+{
+    /* Once a leader serves, before the first round: its state (NULL
+     * after calling faults_fail). */
+    void *(*start)(struct world *w);
+    /* One round of faults; called again until the round is over (a step
+     * may outlast the round a little: it leaves the cluster whole). */
+    void (*step)(void *state, struct world *w);
+    /* After each round, every fault healed (dead nodes restarted) and a
+     * leader serving: its checks, through faults_fail. */
+    void (*check)(void *state, struct world *w);
+    /* After the last round: its last checks, its part of the report
+     * line (into @line), then free the state. */
+    void (*finish)(void *state, struct world *w, char *line, size_t len);
+};
+
 /* A workload in a file of its own (scenario.ext), run on the engine's
  * cluster, clients and nemesis: the engine calls op from each client's
  * thread instead of its own operations, and its other hooks from the
@@ -117,6 +147,22 @@ struct scenario
     /* Only in the full tier (RAFTKV_FAULT_TIER=full): the quick tier runs
      * the suite's other tests, to keep the default run short. */
     bool full_only;
+    /* A nemesis of its own instead of nemesis (NULL: none); nemesis then
+     * says which of the usual faults it may mix in (NEM_NONE: none but
+     * its own; NEM_RANDOM_HALVES: partitions too). */
+    const struct faults_nemesis *nem;
+    /* The most voters nem may grow the cluster to (0: servers); the
+     * full tier's second run starts nem's tests on 5 nodes and lets them
+     * grow to 7. */
+    size_t max_servers;
+    /* The membership nemesis's first steps, and whether it stops after
+     * them (else random ones follow until the round ends). */
+    enum member_tour tour;
+    bool tour_only;
+    /* Each node on a host of its own (h_start.new_host, drop_host: a
+     * network namespace with an address; test_hosts), NULL: loopback. */
+    h_host_fn new_host;
+    h_host_fn drop_host;
 };
 
 /* How long and how often: RAFTKV_FAULT_TIER=quick (default) or full. */
@@ -160,6 +206,69 @@ unsigned faults_seed(struct world *w);
 
 /** The running test. */
 const struct scenario *faults_scenario(struct world *w);
+
+/* The membership nemesis (faults_member.c): nodes added as learners,
+ * promoted, removed (the leader too) and replaced while the clients run,
+ * with kills of the leader right after it proposed a change and of the
+ * node being added or removed, and partitions when scenario.nemesis is
+ * NEM_RANDOM_HALVES; every member must catch up after each round, and no
+ * term may have had two leaders. */
+extern const struct faults_nemesis faults_member;
+
+/* ------------------------------------------- for a nemesis of its own */
+
+/** Is the running round over (its time is up)? */
+bool faults_round_over(struct world *w);
+
+/** Sleep @ms unless the round ends meanwhile. */
+void faults_nap(struct world *w, unsigned ms);
+
+/** The next of the nemesis's random numbers (its seed's sequence). */
+unsigned faults_random(struct world *w);
+
+/** The node that leads in the highest term (its index), or -1. */
+int faults_leader(struct world *w);
+
+/** Is node i running (started, not killed, not retired)? */
+bool faults_alive(struct world *w, size_t i);
+
+/** kill -9 node i (with diskfault: cut its power). */
+void faults_kill(struct world *w, size_t i);
+
+/** Start node i if it is down (not retired) and give it its rules.
+ * @return 0, or -1 (it did not start; the test fails) */
+int faults_restart(struct world *w, size_t i);
+
+/**
+ * A new node slot (h_node_add: a new id, started with --join), not
+ * started; the admin handle (faults_admin) and the next round's clients
+ * know its address. The partitions give it its side.
+ * @return its index, or -1 (no slot left)
+ */
+int faults_add_node(struct world *w);
+
+/**
+ * Node i is gone for good (removed, or its host lost): killed if it still
+ * runs, never restarted, and left out of rules and client lists.
+ */
+void faults_retire(struct world *w, size_t i);
+
+/**
+ * Node i's host is lost for good (h_node_lose_host: killed, its data
+ * wiped, its host undone): never started again, left out of rules and
+ * client lists (retired), though still a member until it is removed.
+ */
+void faults_lose_host(struct world *w, size_t i);
+
+/** Has node i been retired? */
+bool faults_retired(struct world *w, size_t i);
+
+/** Links only within groups (group[i] of each node), applied at once. */
+void faults_partition(struct world *w, const int *group);
+
+/** Every link up again (and each node's rules given again: a member added
+ * since has channels with no rules). */
+void faults_heal_links(struct world *w);
 
 /* Packet-level partitions need a hook (set by the netns test program):
  * make node i able (or not) to reach node j. */

@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
+#include <sched.h>
 #include <sys/random.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
@@ -194,10 +195,20 @@ static int spawn_node(struct h_cluster *c, size_t i)
     }
     argv[argc++] = "--data-dir";
     argv[argc++] = nd->dir;
-    char metrics[64];
-    snprintf(metrics, sizeof metrics, "%s:%u", nd->host, nd->metrics_port);
+    char metrics[64], listen[2][64];
+    snprintf(metrics, sizeof metrics, "%s:%u",
+             nd->netns[0] ? "0.0.0.0" : nd->host, nd->metrics_port);
     argv[argc++] = "--metrics-addr";
     argv[argc++] = metrics;
+    if (nd->netns[0]) {
+        /* Inside its host: every address, reached at nd->host. */
+        snprintf(listen[0], sizeof listen[0], "0.0.0.0:%u", nd->port);
+        snprintf(listen[1], sizeof listen[1], "0.0.0.0:%u", nd->peer_port);
+        argv[argc++] = "--listen";
+        argv[argc++] = listen[0];
+        argv[argc++] = "--peer-listen";
+        argv[argc++] = listen[1];
+    }
     char extra[sizeof c->extra + sizeof nd->own_extra + 2];
     snprintf(extra, sizeof extra, "%s %s", c->extra, nd->own_extra);
     char *save = NULL;
@@ -215,6 +226,14 @@ static int spawn_node(struct h_cluster *c, size_t i)
         prctl(PR_SET_PDEATHSIG, SIGKILL);
         if (c->diskfault && df_setenv(nd->dir, nd->rules, nd->trace) != DF_OK) {
             _exit(126);
+        }
+        if (nd->netns[0]) {
+            int ns = open(nd->netns, O_RDONLY | O_CLOEXEC);
+            if (ns < 0 || setns(ns, CLONE_NEWNET) != 0) {
+                perror(nd->netns);
+                _exit(125);
+            }
+            close(ns);
         }
         int fd = open(nd->log, O_WRONLY | O_CREAT | O_APPEND, 0644);
         if (fd >= 0) {
@@ -297,6 +316,14 @@ int h_node_start(struct h_cluster *c, size_t i)
     }
 }
 
+/* A node on a host of its own: the same ports as every other. */
+static void host_ports(struct h_node *nd)
+{
+    nd->port = H_HOST_PORT;
+    nd->peer_port = H_HOST_PORT + 1;
+    nd->metrics_port = H_HOST_PORT + 2;
+}
+
 int h_node_add(struct h_cluster *c)
 {
     if (c->n == H_MAX_NODES) {
@@ -312,18 +339,25 @@ int h_node_add(struct h_cluster *c)
     }
     nd->id = id + 1;
     nd->joins = true;
-    snprintf(nd->host, sizeof nd->host, "%s", c->nodes[0].host);
-    int held[3];
-    nd->port = free_port(nd->host, &held[0]);
-    nd->metrics_port = free_port(nd->host, &held[1]);
-    nd->peer_port = free_port(nd->host, &held[2]);
-    for (int k = 0; k < 3; k++) {
-        if (held[k] >= 0) {
-            close(held[k]);
+    if (c->new_host) {
+        if (c->new_host(c, i) != 0) {
+            return -1;
         }
-    }
-    if (!nd->port || !nd->metrics_port || !nd->peer_port) {
-        return -1;
+        host_ports(nd);
+    } else {
+        snprintf(nd->host, sizeof nd->host, "%s", c->nodes[0].host);
+        int held[3];
+        nd->port = free_port(nd->host, &held[0]);
+        nd->metrics_port = free_port(nd->host, &held[1]);
+        nd->peer_port = free_port(nd->host, &held[2]);
+        for (int k = 0; k < 3; k++) {
+            if (held[k] >= 0) {
+                close(held[k]);
+            }
+        }
+        if (!nd->port || !nd->metrics_port || !nd->peer_port) {
+            return -1;
+        }
     }
     snprintf(nd->dir, sizeof nd->dir, "%s/node%llu", c->root,
              (unsigned long long)nd->id);
@@ -431,14 +465,24 @@ int h_cluster_start_with(struct h_cluster *c,
             return -1;
         }
     }
+    c->new_host = o ? o->new_host : NULL;
+    c->drop_host = o ? o->drop_host : NULL;
     for (size_t i = 0; i < n; i++) {
         struct h_node *nd = &c->nodes[i];
         nd->id = i + 1;
-        snprintf(nd->host, sizeof nd->host, "127.0.0.%zu",
-                 distinct_hosts ? 11 + i : 1);
-        nd->port = free_port(nd->host, &held[i]);
-        nd->metrics_port = free_port(nd->host, &held[H_MAX_NODES + i]);
-        nd->peer_port = free_port(nd->host, &held[2 * H_MAX_NODES + i]);
+        held[i] = held[H_MAX_NODES + i] = held[2 * H_MAX_NODES + i] = -1;
+        if (c->new_host) {
+            if (c->new_host(c, i) != 0) {
+                return -1;
+            }
+            host_ports(nd);
+        } else {
+            snprintf(nd->host, sizeof nd->host, "127.0.0.%zu",
+                     distinct_hosts ? 11 + i : 1);
+            nd->port = free_port(nd->host, &held[i]);
+            nd->metrics_port = free_port(nd->host, &held[H_MAX_NODES + i]);
+            nd->peer_port = free_port(nd->host, &held[2 * H_MAX_NODES + i]);
+        }
         snprintf(nd->dir, sizeof nd->dir, "%s/node%zu", c->root, i + 1);
         snprintf(nd->log, sizeof nd->log, "%s/node%zu.log", c->root, i + 1);
         snprintf(nd->rules, sizeof nd->rules, "%s/node%zu.rules", c->root,
@@ -472,6 +516,16 @@ int h_cluster_start_with(struct h_cluster *c,
         }
     }
     return 0;
+}
+
+void h_node_lose_host(struct h_cluster *c, size_t i)
+{
+    h_node_kill(c, i);
+    cunit_remove_tree(c->nodes[i].dir);
+    if (c->drop_host && c->drop_host(c, i) != 0) {
+        fprintf(stderr, "harness: node %llu's host could not be undone\n",
+                (unsigned long long)c->nodes[i].id);
+    }
 }
 
 void h_node_kill(struct h_cluster *c, size_t i)
@@ -1155,20 +1209,26 @@ size_t h_file_count(const char *path, const char *needle)
 
 bool h_node_exited(struct h_cluster *c, size_t i, unsigned timeout_ms)
 {
+    return c->nodes[i].pid == 0 || h_node_wait_exit(c, i, timeout_ms) >= 0;
+}
+
+int h_node_wait_exit(struct h_cluster *c, size_t i, unsigned timeout_ms)
+{
     struct h_node *nd = &c->nodes[i];
     uint64_t end = h_now_ms() + timeout_ms;
     for (;;) {
         if (!nd->pid) {
-            return true;
+            return -1;
         }
         int status;
         if (waitpid(nd->pid, &status, WNOHANG) == nd->pid) {
             nd->pid = 0;
             nd->stopped = false;
-            return true;
+            return WIFEXITED(status) ? WEXITSTATUS(status)
+                                     : 128 + WTERMSIG(status);
         }
         if (h_now_ms() >= end) {
-            return false;
+            return -1;
         }
         h_sleep_ms(10);
     }

@@ -11,7 +11,23 @@
 #include <proto/kv.pb-c.h>
 #include <rpc/rpc.h>
 
-#define H_MAX_NODES 7
+/* Node slots of a cluster: its first nodes, then the ones h_node_add makes
+ * (a membership test adds a slot for each new host and never reuses one,
+ * as ids are never reused). At most 16: a libclerk handle holds at most
+ * 16 servers, and the fault suite's admin handle lists every slot. */
+#define H_MAX_NODES 16
+
+struct h_cluster;
+
+/* Makes (or undoes) the host of node slot i, for tests on hosts made of
+ * network namespaces (test_hosts): sets nodes[i].host, the address the
+ * others and the clients reach it at, and nodes[i].netns, the namespace
+ * it runs in. @return 0, or -1 (message on stderr) */
+typedef int (*h_host_fn)(struct h_cluster *c, size_t i);
+
+/* On such hosts every node has the same ports: clients on this one,
+ * peers on the next, metrics on the one after. */
+#define H_HOST_PORT 7001
 
 struct h_node
 {
@@ -29,6 +45,10 @@ struct h_node
     bool joins;            /* added after the start (h_node_add): runs
                               with --join and only its own addresses */
     char own_extra[128];   /* more flags for this node alone */
+    char netns[128];       /* the network namespace it runs in (a file
+                              such as /run/netns/h1), bound to 0.0.0.0
+                              there on the H_HOST_PORT ports; "": the
+                              test's own, on host */
 };
 
 struct h_cluster
@@ -46,7 +66,9 @@ struct h_cluster
     struct rpc_tls *peer_tls;   /* h_peer_channel's (node1's cert) */
     char extra[512];            /* extra kvserver flags, space-separated */
     bool keep;                  /* keep root after a failure */
-    bool diskfault; /* nodes run on libdiskfault.so (tests/diskfault) */
+    bool diskfault;      /* nodes run on libdiskfault.so (tests/diskfault) */
+    h_host_fn new_host;  /* h_start.new_host */
+    h_host_fn drop_host; /* h_start.drop_host */
 };
 
 /* How to start a cluster, beyond its flags. */
@@ -61,6 +83,12 @@ struct h_start
                             directory: h_node_rules fails or crashes its
                             disk, h_node_power_loss drops what it did not
                             sync */
+    h_host_fn new_host;  /* every node (h_node_add's too) on a host of its
+                            own that this makes: a network namespace with
+                            an address, where it binds 0.0.0.0 on the
+                            H_HOST_PORT ports (NULL: loopback) */
+    h_host_fn drop_host; /* undoes new_host when a host is lost
+                            (h_node_lose_host; NULL: nothing) */
 };
 
 /**
@@ -202,6 +230,13 @@ size_t h_file_count(const char *path, const char *needle);
  */
 bool h_node_exited(struct h_cluster *c, size_t i, unsigned timeout_ms);
 
+/**
+ * Wait up to @timeout_ms for node i to exit, and reap it (pid 0).
+ * @return its exit status (0-255), 128 + the signal that ended it, or -1
+ *         when it still runs (or was not running)
+ */
+int h_node_wait_exit(struct h_cluster *c, size_t i, unsigned timeout_ms);
+
 /** Empty node i's disk-operation trace. */
 void h_trace_reset(struct h_cluster *c, size_t i);
 
@@ -219,6 +254,12 @@ bool h_file_contains(const char *path, const char *needle);
  *         stderr and c->keep set
  */
 int h_node_start(struct h_cluster *c, size_t i);
+
+/**
+ * Node i's host is lost for good: the node is killed, its data directory
+ * wiped, and with h_start.drop_host its host undone. (Its log stays.)
+ */
+void h_node_lose_host(struct h_cluster *c, size_t i);
 
 /** kill -9 node i and reap it. */
 void h_node_kill(struct h_cluster *c, size_t i);

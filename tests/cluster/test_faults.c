@@ -12,7 +12,10 @@
  * keep leases with keys alive through the faults, or die; suite "lock":
  * contenders take one lock, are paused and killed, and their guarded
  * writes must never interleave; both checked against the committed
- * history (faults_lease.c, faults_lock.c).
+ * history (faults_lease.c, faults_lock.c). Suite "member": the cluster
+ * changes shape while the clients run: nodes added, promoted, removed
+ * and replaced, with kills and partitions in the middle of the changes
+ * (faults_member.c).
  *
  * RAFTKV_FAULT_TIER=full runs 3 rounds of 5 s per test (the lab's); the
  * default quick tier runs one round of 2.5 s. RAFTKV_SEED fixes the seed.
@@ -667,6 +670,44 @@ RECIPE(test_lock_pause_leader,
        .nemesis_ms = 2500)
 RECIPE(test_lock_mixed_faults, 5, NEM_MIXED, faults_lock, .nemesis_ms = 2000)
 
+/* ------------------------------------------------------- membership */
+
+/* The membership nemesis (faults_member.c): from 3 voters up to 5 and
+ * back, nodes added as learners and promoted, removed (the leader too),
+ * hosts replaced, with the leader killed right after it proposed a change
+ * and the node being added or removed killed; one round of 12 s (the full
+ * tier: 3 rounds, then again from 5 voters up to 7). Clients as in the
+ * nemesis suite: 5 writers and 3 readers on shared keys. Appends to
+ * shared keys make each key's value longer with every write, and the
+ * history keeps every version: a small history keeps the snapshots that
+ * new nodes fetch small. */
+#define MEMBER_FLAGS "--history-bytes 4M"
+#define MEMBER(fn, kind, ...)                                     \
+    static void fn(void)                                          \
+    {                                                             \
+        static const struct scenario sc = {.name = #fn + 5,       \
+                                           .servers = 3,          \
+                                           .max_servers = 5,      \
+                                           .clients = 5,          \
+                                           .readers = 3,          \
+                                           .random_keys = true,   \
+                                           .nemesis = kind,       \
+                                           .nem = &faults_member, \
+                                           .iter_ms = 12000,      \
+                                           __VA_ARGS__};          \
+        faults_run(&sc);                                          \
+    }
+
+/* Appends (each acknowledged one present exactly once), with snapshots
+ * every 50 entries: new nodes catch up from one. */
+MEMBER(test_member_changes, NEM_NONE, .snapshot = 50, .flags = MEMBER_FLAGS)
+/* The register (put, cas, delete, get on 3 keys), and partitions at the
+ * changes: the new node cut off, the leader in a minority, random
+ * halves. */
+MEMBER(test_member_changes_with_partitions,
+       NEM_RANDOM_HALVES,
+       .workload = WL_REGISTER)
+
 /* Crash during snapshot transfer: a follower cut off while the others
  * compact many megabytes is killed (and then the leader is) in the middle
  * of receiving the snapshot; it must still catch up and serve the data. */
@@ -846,6 +887,12 @@ static CU_TestInfo lock_tests[] = {
     CU_TEST_INFO_NULL,
 };
 
+static CU_TestInfo member_tests[] = {
+    {"member_changes", test_member_changes},
+    {"member_changes_with_partitions", test_member_changes_with_partitions},
+    CU_TEST_INFO_NULL,
+};
+
 static CU_SuiteInfo suites[] = {
     {"lab", NULL, NULL, NULL, NULL, lab_tests},
     {"nemesis", NULL, NULL, NULL, NULL, nemesis_tests},
@@ -853,6 +900,7 @@ static CU_SuiteInfo suites[] = {
     {"watch", NULL, NULL, NULL, NULL, watch_tests},
     {"lease", NULL, NULL, NULL, NULL, lease_tests},
     {"lock", NULL, NULL, NULL, NULL, lock_tests},
+    {"member", NULL, NULL, NULL, NULL, member_tests},
     CU_SUITE_INFO_NULL,
 };
 

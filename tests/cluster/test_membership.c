@@ -216,6 +216,38 @@ static void test_member_remove_the_leader_it_hands_off_and_stops(void)
     clerk_members_free(m);
 }
 
+/* A follower's removal never reaches it through the log (the leader stops
+ * sending to it once it proposes the removal): it learns it from the
+ * members, which close its Raft connections and refuse its new ones after
+ * proving they hold the secret, and stops by itself, exit status 0.
+ * Started again with its data, it stops again. The follower removed led
+ * until a moment ago: it holds open connections to every member. */
+static void test_member_remove_a_follower_it_stops_by_itself(void)
+{
+    int l = h_find_leader(&mc, 5000);
+    CU_ASSERT_FATAL(l >= 0);
+    size_t f = (size_t)l, to = mc.n;
+    for (size_t i = 0; i < mc.n; i++) {
+        if ((int)i != l && mc.nodes[i].pid > 0) {
+            to = i;
+        }
+    }
+    CU_ASSERT_FATAL(to < mc.n);
+    CU_ASSERT_EQUAL_FATAL(clerk_transfer_leader(ck, mc.nodes[to].id, NULL),
+                          CLERK_OK);
+    uint64_t id = mc.nodes[f].id;
+    int rv = clerk_member_change(ck, CLERK_MEMBER_REMOVE, id, NULL, NULL, NULL);
+    CU_ASSERT_EQUAL_FATAL(rv, CLERK_OK);
+    CU_ASSERT_EQUAL(h_node_wait_exit(&mc, f, 10000), 0);
+    CU_ASSERT(h_log_contains(&mc, f, "removed from the cluster"));
+    CU_ASSERT(wait_acked(20, 15000));
+    size_t before = h_log_count(&mc, f, "removed from the cluster");
+    CU_ASSERT_FATAL(h_node_start(&mc, f) == 0);
+    CU_ASSERT_EQUAL(h_node_wait_exit(&mc, f, 10000), 0);
+    CU_ASSERT(h_log_count(&mc, f, "removed from the cluster") > before);
+    CU_ASSERT(wait_acked(20, 15000));
+}
+
 static void test_member_replace_a_failed_host(void)
 {
     /* A follower's host dies for good. */
@@ -535,6 +567,8 @@ int main(int argc, char **argv)
          test_member_add_refuses_bad_requests},
         {"test_member_remove_the_leader_it_hands_off_and_stops",
          test_member_remove_the_leader_it_hands_off_and_stops},
+        {"test_member_remove_a_follower_it_stops_by_itself",
+         test_member_remove_a_follower_it_stops_by_itself},
         {"test_member_replace_a_failed_host",
          test_member_replace_a_failed_host},
         {"test_member_update_moves_a_node_to_new_ports",

@@ -150,6 +150,66 @@ static void test_peerauth_wrong_key_id_or_cluster_is_refused_before_any_call(
     stop();
 }
 
+static int refused_calls;   /* the refused callback's runs */
+static uint64_t refused_by; /* the server it named last */
+
+static void on_refused(uint64_t server_id, void *arg)
+{
+    (void)arg;
+    refused_calls++;
+    refused_by = server_id;
+}
+
+/* An id the server does not admit (for kvserver: removed from the cluster
+ * for good) is refused once both ends proved the key, so that the node
+ * refused can believe it and stop: its refused callback runs, naming the
+ * server. A refusal that comes before the server proved anything (the
+ * server's own id claimed) or from a server that does not prove the key
+ * does not run it. */
+static void test_peerauth_a_refused_id_learns_it_from_a_proven_server(void)
+{
+    start(0, 0);
+    struct rpc_peer_auth a;
+    fill_auth(&a, 0x11, 7);
+    a.refused = on_refused;
+    refused_calls = 0;
+    expect_refused(&a, 2, "not a member");
+    CU_ASSERT(refused_calls >= 1);
+    CU_ASSERT_EQUAL(refused_by, 2);
+    refused_calls = 0;
+    fill_auth(&a, 0x22, 7); /* another key: the server's proof fails */
+    a.refused = on_refused;
+    expect_refused(&a, 2, "secret");
+    fill_auth(&a, 0x11, 2); /* the server's own id: refused at once */
+    a.refused = on_refused;
+    expect_refused(&a, 2, "not a member");
+    CU_ASSERT_EQUAL(refused_calls, 0);
+    stop();
+}
+
+/* A server closes the connections of a peer id on demand (a node removed
+ * from the cluster: it must handshake again); the channel connects again
+ * at its next call. */
+static void test_peerauth_server_drops_the_connections_of_a_peer_id(void)
+{
+    start(0, 0);
+    struct rpc_peer_auth a;
+    fill_auth(&a, 0x11, 3);
+    struct rpc_channel *ch = channel_as(&a, 2);
+    CU_ASSERT_EQUAL(call(ch, "peerid").status, RPC_OK);
+    CU_ASSERT_EQUAL(rpc_server_drop_peer(local.server, 9), 0);
+    CU_ASSERT_EQUAL(rpc_server_drop_peer(local.server, 3), 1);
+    CU_ASSERT_EQUAL(rpc_server_drop_peer(local.server, 3), 0);
+    struct echo_result r = call(ch, "peerid");
+    for (int i = 0; i < 50 && r.status != RPC_OK; i++) {
+        r = call(ch, "peerid"); /* (a call may meet the closed one) */
+    }
+    CU_ASSERT_EQUAL(r.status, RPC_OK);
+    CU_ASSERT_STRING_EQUAL(r.payload, "3");
+    rpc_channel_free(ch);
+    stop();
+}
+
 static int raw_connect(uint16_t p)
 {
     int fd = socket(AF_INET, SOCK_STREAM, 0);
@@ -384,6 +444,10 @@ int main(int argc, char **argv)
          test_peerauth_a_peer_holds_at_most_max_per_peer_connections},
         {"test_peerauth_per_source_limit_counts_only_handshakes",
          test_peerauth_per_source_limit_counts_only_handshakes},
+        {"test_peerauth_a_refused_id_learns_it_from_a_proven_server",
+         test_peerauth_a_refused_id_learns_it_from_a_proven_server},
+        {"test_peerauth_server_drops_the_connections_of_a_peer_id",
+         test_peerauth_server_drops_the_connections_of_a_peer_id},
         {"test_peerauth_key_file_must_be_long_enough",
          test_peerauth_key_file_must_be_long_enough},
         CU_TEST_INFO_NULL,

@@ -359,6 +359,17 @@ int members_forget(struct kv_store *st, MDB_txn *txn)
     return 0;
 }
 
+/* Ids removed for good (n->removed from @from on) lose their open Raft
+ * connections: their next handshake is refused, after the proofs, which
+ * tells a removed node that is still running to stop (a follower never
+ * receives the entry that removes it). */
+static void drop_removed(struct kv_node *n, size_t from)
+{
+    for (size_t i = from; i < n->n_removed && n->peer_server; i++) {
+        rpc_server_drop_peer(n->peer_server, n->removed[i]);
+    }
+}
+
 int members_install(struct kv_node *n,
                     MDB_txn *txn,
                     const void *conf,
@@ -370,6 +381,9 @@ int members_install(struct kv_node *n,
         size_t cl;
         rv = members_load(n, txn, &c, &cl); /* the snapshot's removed ids */
         free(c);
+    }
+    if (!rv) {
+        drop_removed(n, 0);
     }
     return rv;
 }
@@ -443,6 +457,7 @@ int members_apply(struct kv_node *n,
     free(copy);
     n->removed = removed;
     n->n_removed += added;
+    drop_removed(n, n->n_removed - added);
     rv = meta_put(st, txn, META_CONF, e->data, e->len);
     if (!rv && added) {
         uint8_t *buf = malloc(n->n_removed * 8);

@@ -28,6 +28,18 @@ static void on_removed(evutil_socket_t fd, short what, void *arg)
     event_base_loopexit(n->base, NULL);
 }
 
+/* Stop (exit status 0) a second from now: time for the last answers. */
+static void stop_removed(struct kv_node *n)
+{
+    if (!n->removed_ev) {
+        n->removed_ev = evtimer_new(n->base, on_removed, n);
+    }
+    if (n->removed_ev && !evtimer_pending(n->removed_ev, NULL)) {
+        struct timeval tv = {1, 0};
+        evtimer_add(n->removed_ev, &tv);
+    }
+}
+
 void node_removed_self(struct kv_node *n, uint64_t index)
 {
     rpc_logf(RPC_LOG_WARN,
@@ -35,13 +47,28 @@ void node_removed_self(struct kv_node *n, uint64_t index)
              "stopping. Its data directory cannot serve again: wipe it "
              "before reusing the host, and add it under a new id",
              (unsigned long long)n->cfg.id, (unsigned long long)index);
-    if (!n->removed_ev) {
-        n->removed_ev = evtimer_new(n->base, on_removed, n);
+    stop_removed(n);
+}
+
+/* A member refused our Raft connection after proving it holds the
+ * cluster's secret: it counts our id among those removed for good. A
+ * follower's removal never reaches it through the log (the leader stops
+ * sending to a member once it proposes its removal), so this is how a
+ * removed follower, or a former member started again, learns it. */
+static void refused_by_member(uint64_t member, void *arg)
+{
+    struct kv_node *n = arg;
+    if (n->stopping ||
+        (n->removed_ev && evtimer_pending(n->removed_ev, NULL))) {
+        return;
     }
-    if (n->removed_ev) {
-        struct timeval tv = {1, 0};
-        evtimer_add(n->removed_ev, &tv);
-    }
+    rpc_logf(RPC_LOG_WARN,
+             "node %llu: removed from the cluster (node %llu, a member, "
+             "refuses it for good); stopping. Its data directory cannot "
+             "serve again: wipe it before reusing the host, and add it "
+             "under a new id",
+             (unsigned long long)n->cfg.id, (unsigned long long)member);
+    stop_removed(n);
 }
 
 void node_set_cluster_id(struct kv_node *n, uint64_t id)
@@ -453,6 +480,8 @@ int kv_node_open(const struct kv_node_config *cfg, struct kv_node **out)
     n->peer_auth.cluster_id = n->cluster_id;
     n->peer_auth.allow = allow_peer;
     n->peer_auth.allow_arg = n;
+    n->peer_auth.refused = refused_by_member;
+    n->peer_auth.refused_arg = n;
     if (cfg->peer_secret_file) {
         char err[600];
         if (rpc_peer_key_from_file(cfg->peer_secret_file, n->peer_auth.key, err,

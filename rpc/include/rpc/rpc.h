@@ -237,6 +237,12 @@ bool rpc_decoder_mid_frame(const struct rpc_decoder *d);
 /* May a node of this id connect? */
 typedef bool (*rpc_peer_allow_cb)(uint64_t peer_id, void *arg);
 
+/* A server that proved it holds the key refused this node's id (its allow
+ * said no: for kvserver, this node was removed from the cluster for
+ * good). Runs from the channel's event loop; it must not free the
+ * channel. */
+typedef void (*rpc_peer_refused_cb)(uint64_t server_id, void *arg);
+
 /* One node's side of the handshake. Borrowed by servers and channels
  * (it must outlive them); the owner may change cluster_id at any time,
  * and each handshake reads it then. */
@@ -247,8 +253,13 @@ struct rpc_peer_auth
     uint64_t cluster_id;            /* this node's cluster (0: not known
                                        yet; then any cluster is accepted) */
     rpc_peer_allow_cb allow;        /* server side: admit this id? NULL:
-                                       any id but self_id and 0 */
+                                       any id but self_id and 0. An id it
+                                       refuses learns so only once both
+                                       ends proved the key */
     void *allow_arg;                /* passed to allow */
+    rpc_peer_refused_cb refused;    /* channel side: a server that proved
+                                       the key refused us (NULL: none) */
+    void *refused_arg;              /* passed to refused */
 };
 
 /**
@@ -549,6 +560,15 @@ const struct rpc_method_stats *rpc_server_method_stats(
  * @param msg text for the caller (copied), or NULL
  */
 void rpc_call_fail(void *closure_data, int status, const char *msg);
+
+/**
+ * Close every connection that proved node id @peer_id in the peer
+ * handshake (a node refused from now on: it must handshake again, and the
+ * server's allow callback decides). Calls in progress on them end as on a
+ * lost connection. Not from a handler of a call on such a connection.
+ * @return how many were closed
+ */
+size_t rpc_server_drop_peer(struct rpc_server *s, uint64_t peer_id);
 
 /**
  * The address of the peer that made a call: "127.0.0.1:50432".
