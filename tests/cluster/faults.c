@@ -736,6 +736,22 @@ void faults_kill(struct world *w, size_t i)
     pthread_mutex_unlock(&w->lock);
 }
 
+int faults_stop(struct world *w, size_t i)
+{
+    int st = -1;
+    pthread_mutex_lock(&w->lock);
+    if (w->alive[i]) {
+        if (w->paused[i]) {
+            h_node_pause(&w->c, i, false);
+            w->paused[i] = false;
+        }
+        st = h_node_term(&w->c, i);
+        w->alive[i] = false;
+    }
+    pthread_mutex_unlock(&w->lock);
+    return st;
+}
+
 int faults_restart(struct world *w, size_t i)
 {
     pthread_mutex_lock(&w->lock);

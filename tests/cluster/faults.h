@@ -235,6 +235,11 @@ bool faults_alive(struct world *w, size_t i);
 /** kill -9 node i (with diskfault: cut its power). */
 void faults_kill(struct world *w, size_t i);
 
+/** Stop node i the way an operator does (SIGTERM, as systemctl stop):
+ * its exit status (0: a clean stop), or -1 (it was not running, or did
+ * not stop within 10 s and was killed). */
+int faults_stop(struct world *w, size_t i);
+
 /** Start node i if it is down (not retired) and give it its rules.
  * @return 0, or -1 (it did not start; the test fails) */
 int faults_restart(struct world *w, size_t i);

@@ -218,11 +218,154 @@ static void test_hosts_grow_remove_and_replace_under_clients(void)
     }
 }
 
+/* ------------------------------------------------- rolling restart */
+
+/* docs/deploy.md's rolling restart (and upgrade, which is the same with a
+ * new package installed before each restart): one node after the other,
+ * each only once the cluster is healthy (every node answers, one leader,
+ * none trailing it by 100 applied entries or more, the leader heard from
+ * each in its last two heartbeats), the leader handed
+ * over first, each stopped with SIGTERM (it must exit 0) and started
+ * again. */
+struct rolling
+{
+    size_t next;      /* the node to restart next */
+    unsigned done;    /* restarts so far */
+    unsigned handed;  /* of them, of the leader (handed over first) */
+    unsigned unclean; /* stops that did not exit 0 */
+    unsigned waits;   /* health checks that had to wait */
+};
+
+static bool healthy(struct world *w)
+{
+    struct clerk_node_status *st = NULL;
+    size_t n = 0;
+    if (clerk_status(faults_admin(w), &st, &n) != CLERK_OK) {
+        return false;
+    }
+    unsigned leaders = 0, up = 0;
+    bool close = true;
+    for (size_t i = 0; i < n; i++) {
+        up += st[i].reachable;
+        leaders += st[i].reachable && !strcmp(st[i].role, "leader");
+        /* ... and the leader heard from it lately (a node just started
+         * is not yet one the leader may hand over to). */
+        close &= !st[i].reachable ||
+                 (st[i].lag_known && st[i].applied_lag < 100 &&
+                  (!st[i].progress_known || st[i].ack_age_ms <= 200));
+    }
+    clerk_free(st);
+    return up == faults_cluster(w)->n && leaders == 1 && close;
+}
+
+static void *rolling_start(struct world *w)
+{
+    (void)w;
+    return calloc(1, sizeof(struct rolling));
+}
+
+static void rolling_step(void *state, struct world *w)
+{
+    struct rolling *r = state;
+    struct h_cluster *c = faults_cluster(w);
+    uint64_t end = h_now_ms() + 15000;
+    while (!healthy(w)) {
+        r->waits++;
+        if (h_now_ms() >= end) {
+            faults_fail(w,
+                        "rolling restart: the cluster is not healthy "
+                        "15 s after the last restart");
+            return;
+        }
+        h_sleep_ms(100);
+    }
+    size_t i = r->next;
+    r->next = (r->next + 1) % c->n;
+    if (faults_leader(w) == (int)i) {
+        uint64_t leader = 0;
+        if (clerk_transfer_leader(faults_admin(w), 0, &leader) != CLERK_OK) {
+            faults_fail(w, "rolling restart: no hand-over from node %zu: %s", i,
+                        clerk_errmsg(faults_admin(w)));
+            return;
+        }
+        r->handed++;
+    }
+    int st = faults_stop(w, i);
+    r->unclean += st != 0;
+    if (st != 0) {
+        faults_fail(w, "rolling restart: node %zu exited %d on SIGTERM", i, st);
+    }
+    if (faults_restart(w, i) != 0) {
+        faults_fail(w, "rolling restart: node %zu did not start again", i);
+        return;
+    }
+    r->done++;
+    faults_nap(w, 500);
+}
+
+static void rolling_check(void *state, struct world *w)
+{
+    (void)state;
+    (void)w;
+}
+
+static void rolling_finish(void *state, struct world *w, char *line, size_t len)
+{
+    struct rolling *r = state;
+    snprintf(line, len,
+             "rolling restart: %u restarts (%u of the leader, handed over "
+             "first), %u unclean stops, %u health checks waited",
+             r->done, r->handed, r->unclean, r->waits);
+    if (r->done < faults_cluster(w)->n) {
+        faults_fail(w, "rolling restart: only %u restarts", r->done);
+    }
+    free(r);
+}
+
+static const struct faults_nemesis rolling = {
+    rolling_start,
+    rolling_step,
+    rolling_check,
+    rolling_finish,
+};
+
+/* Three hosts restarted one after the other, twice round, while clients
+ * append and read. */
+static void test_hosts_rolling_restart_under_clients(void)
+{
+    static const struct scenario sc = {
+        .name = "hosts_rolling_restart",
+        .servers = 3,
+        .clients = 4,
+        .readers = 2,
+        .random_keys = true,
+        .nem = &rolling,
+        .iterations = 1,
+        .iter_ms = 8000,
+        .flags =
+            "--history-bytes 4M --snapshot-entries 500 "
+            "--snapshot-trailing 50",
+        .new_host = new_host,
+        .drop_host = drop_host,
+    };
+    unsigned before = n_hosts;
+    faults_run(&sc);
+    for (unsigned k = before + 1; k <= n_hosts; k++) {
+        char path[64];
+        snprintf(path, sizeof path, "/run/netns/h%u", k);
+        if (access(path, F_OK) == 0) {
+            CU_ASSERT(run("ip netns del h%u", k) == 0);
+        }
+    }
+}
+
 static CU_TestInfo tests[] = {
     {"hosts_nodes_bind_every_address_and_are_reached_by_theirs",
      test_hosts_nodes_bind_every_address_and_are_reached_by_theirs},
     {"hosts_grow_remove_and_replace_under_clients",
      test_hosts_grow_remove_and_replace_under_clients},
+    {"hosts_rolling_restart_under_clients",
+     test_hosts_rolling_restart_under_clients},
     CU_TEST_INFO_NULL,
 };
 
