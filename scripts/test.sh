@@ -10,7 +10,9 @@
 #                    per test instead of one of 2.5 s, each test again on
 #                    7 nodes with other choices (docs/faults.md); and the
 #                    crash-point sweep over every boundary of every phase
-#                    (about 10 minutes; tests/cluster/test_crashpoints.c)
+#                    (about 10 minutes; tests/cluster/test_crashpoints.c);
+#                    and faults_lab and faults_nemesis under the sanitizers
+#                    too (the default run has them in the normal build)
 #   --fuzz-seconds N run each libFuzzer target N seconds (default 20)
 #   --no-sanitize    skip the sanitizer build
 #   --no-fuzz        skip the fuzz targets
@@ -31,7 +33,7 @@ while [ $# -gt 0 ]; do
         --no-sanitize) sanitize=0 ;;
         --no-fuzz) fuzz=0 ;;
         --fuzz-seconds) fuzz_seconds=${2:?--fuzz-seconds needs a number}; shift ;;
-        -h|--help) sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "test.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
     esac
     shift
@@ -48,21 +50,32 @@ if [ "${RAFTKV_REQUIRE_ALL:-0}" = 1 ]; then
     echo "==> RAFTKV_REQUIRE_ALL=1: a test that would be skipped fails"
 fi
 
-build_and_test() { # dir, description, cmake args...
-    local dir=$1 what=$2
-    shift 2
+build_and_test() { # dir, description, ctest exclude regex, cmake args...
+    local dir=$1 what=$2 exclude=$3
+    shift 3
     echo "==> $what: configure and build in $dir"
     cmake -S "$root" -B "$dir" -DRAFTKV_WERROR=ON "$@" >/dev/null
     cmake --build "$dir" -j "$jobs"
-    echo "==> $what: tests"
-    (cd "$dir" && ctest --output-on-failure -j "$jobs" --timeout 900)
+    echo "==> $what: tests${exclude:+ (all but $exclude)}"
+    (cd "$dir" && ctest --output-on-failure -j "$jobs" --timeout 900 \
+        ${exclude:+-E "$exclude"})
 }
 
-build_and_test build "normal build"
+# The two longest fault suites (lab and nemesis: about 100 s each) run in
+# the normal build; under the sanitizers only with --full-faults, so that
+# the default run stays within CI's budget. Every other suite, the other
+# fault suites included, runs under the sanitizers too.
+asan_exclude='^(faults_lab|faults_nemesis)$'
+if [ "${RAFTKV_FAULT_TIER:-quick}" = full ]; then
+    asan_exclude=
+fi
+
+build_and_test build "normal build" ""
 if [ "$sanitize" = 1 ]; then
     ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
     UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
-        build_and_test build-asan "sanitizer build" -DRAFTKV_SANITIZE=ON
+        build_and_test build-asan "sanitizer build" "$asan_exclude" \
+            -DRAFTKV_SANITIZE=ON
 fi
 
 if [ "$fuzz" = 1 ]; then
