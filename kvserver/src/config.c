@@ -170,7 +170,7 @@ static const struct opt opts[] = {
      "disaster recovery, when a majority of the\n"
      "nodes is lost for good: start a cluster of\n"
      "this node alone from its data; the others are\n"
-     "removed for good (docs/membership.md)"},
+     "removed for good (docs/operations.md)"},
     UINT("heartbeat-ms",
          "MS",
          node.heartbeat_ms,

@@ -1,7 +1,7 @@
 /* faults_member.c: the membership nemesis of the fault suite. While the
  * engine's clients run their workload (checked for exactly-once appends
  * and linearizability as in every other test), the cluster changes shape
- * one node at a time, as an operator changes it (docs/membership.md):
+ * one node at a time, as an operator changes it (docs/operations.md):
  *
  * - grow: a new node slot (a new id) is added as a learner, started with
  *   --join, and promoted once it caught up (PROMOTE answers UNAVAILABLE
@@ -438,7 +438,7 @@ static bool done(const struct member_nem *m,
  * after every answer), for at most CHANGE_MS. The first try may kill
  * (@who) right after the proposal. An answer OK must show in the
  * membership. A removed node that ran with every link up must stop by
- * itself (docs/membership.md).
+ * itself (docs/operations.md).
  * @return whether it happened (else the test failed) */
 static bool drive(struct member_nem *m,
                   struct world *w,

@@ -6,6 +6,7 @@
  * acknowledged write is there at the end. */
 #include <arpa/inet.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <pthread.h>
 #include <signal.h>
@@ -456,9 +457,75 @@ static void test_member_single_node_grows(void)
     CU_ASSERT_EQUAL(clerk_transfer_leader(c1, 2, &leader), CLERK_OK);
     CU_ASSERT_EQUAL(leader, 2);
     CU_ASSERT_EQUAL(clerk_put(c1, "b", 1, "2", 1), CLERK_OK);
+    /* A member of a two-member cluster removed: the other goes on alone. */
+    CU_ASSERT_EQUAL(
+        clerk_member_change(c1, CLERK_MEMBER_REMOVE, 1, NULL, NULL, NULL),
+        CLERK_OK);
+    CU_ASSERT(h_node_exited(&one, 0, 10000));
+    CU_ASSERT_EQUAL(clerk_put(c1, "c", 1, "3", 1), CLERK_OK);
+    struct clerk_members *m = NULL;
+    CU_ASSERT_EQUAL(clerk_member_list(c1, &m), CLERK_OK);
+    CU_ASSERT(m && m->n == 1 && m->members[0].id == 2);
+    clerk_members_free(m);
+    /* ... and its last voter cannot be removed. */
+    CU_ASSERT_EQUAL(
+        clerk_member_change(c1, CLERK_MEMBER_REMOVE, 2, NULL, NULL, NULL),
+        CLERK_BAD_REQUEST);
     clerk_close(c1);
     one.keep = CU_get_number_of_failures() > 0;
     h_cluster_destroy(&one);
+}
+
+/* A node whose data directory belongs to another cluster cannot join:
+ * the members refuse it (another cluster id), it never catches up, and its
+ * promotion is refused; the cluster goes on. */
+static void test_member_node_of_another_cluster_is_refused(void)
+{
+    int i = h_node_add(&mc);
+    CU_ASSERT_FATAL(i >= 0);
+    struct h_node *nd = &mc.nodes[i];
+    /* Its directory: a one-node cluster of its own, named by its leader. */
+    pid_t pid = fork();
+    CU_ASSERT_FATAL(pid >= 0);
+    if (pid == 0) {
+        char id[24], c[64], log[600];
+        snprintf(id, sizeof id, "%llu", (unsigned long long)nd->id);
+        snprintf(c, sizeof c, "%s=%s:%u", id, nd->host, nd->port);
+        snprintf(log, sizeof log, "%s.other", nd->log);
+        int fd = open(log, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+        if (fd >= 0) {
+            dup2(fd, 2);
+        }
+        execl(KVSERVER_BIN, "kvserver", "--id", id, "--cluster", c,
+              "--data-dir", nd->dir, (char *)NULL);
+        _exit(127);
+    }
+    char other_log[600];
+    snprintf(other_log, sizeof other_log, "%s.other", nd->log);
+    uint64_t end = h_now_ms() + 10000;
+    while (!h_file_contains(other_log, "this is cluster") && h_now_ms() < end) {
+        h_sleep_ms(50);
+    }
+    CU_ASSERT(h_file_contains(other_log, "this is cluster"));
+    kill(pid, SIGTERM);
+    waitpid(pid, NULL, 0);
+    char peer[64], addr[64];
+    h_node_peer_addr(&mc, (size_t)i, peer, sizeof peer);
+    h_node_addr(&mc, (size_t)i, addr, sizeof addr);
+    CU_ASSERT_EQUAL_FATAL(
+        clerk_member_change(ck, CLERK_MEMBER_ADD, nd->id, peer, addr, NULL),
+        CLERK_OK);
+    CU_ASSERT_FATAL(h_node_start(&mc, (size_t)i) == 0);
+    h_sleep_ms(1500);
+    CU_ASSERT_EQUAL(
+        clerk_member_change(ck, CLERK_MEMBER_PROMOTE, nd->id, NULL, NULL, NULL),
+        CLERK_UNAVAILABLE);
+    CU_ASSERT(h_log_contains(&mc, (size_t)i, "belongs to cluster"));
+    CU_ASSERT(wait_acked(20, 10000));
+    CU_ASSERT_EQUAL(
+        clerk_member_change(ck, CLERK_MEMBER_REMOVE, nd->id, NULL, NULL, NULL),
+        CLERK_OK);
+    h_node_kill(&mc, (size_t)i);
 }
 
 /* kvctl member: the command a user types. */
@@ -575,6 +642,8 @@ int main(int argc, char **argv)
          test_member_update_moves_a_node_to_new_ports},
         {"test_kvctl_member_list_and_usage", test_kvctl_member_list_and_usage},
         {"test_member_single_node_grows", test_member_single_node_grows},
+        {"test_member_node_of_another_cluster_is_refused",
+         test_member_node_of_another_cluster_is_refused},
         {"test_identity_a_failed_first_start_leaves_the_directory_free",
          test_identity_a_failed_first_start_leaves_the_directory_free},
         {"test_member_every_acknowledged_write_is_there",
