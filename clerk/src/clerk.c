@@ -1629,7 +1629,6 @@ static int member_call(struct clerk *c,
     uint64_t backoff = BACKOFF_MIN_MS;
     size_t i = c->leader, failures_in_round = 0;
     char last[700] = "no server tried";
-    int last_rv = CLERK_UNAVAILABLE;
     for (;;) {
         uint64_t now = ck_now_ms();
         if (now >= deadline) {
@@ -1681,7 +1680,7 @@ static int member_call(struct clerk *c,
              "no leader answered within %u ms (last: %s)", c->deadline_ms,
              last);
     pthread_mutex_unlock(&c->lock);
-    return last_rv;
+    return CLERK_UNAVAILABLE;
 }
 
 int clerk_member_list(struct clerk *c, struct clerk_members **out)

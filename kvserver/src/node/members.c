@@ -43,15 +43,13 @@ static void ctx_field(const void *ctx,
     }
 }
 
-/* The address a flag gave node @id (--cluster, --peers), or "". */
-static void flag_addr(const struct kv_node *n,
-                      uint64_t id,
-                      bool peer,
-                      char *out,
-                      size_t len)
+void members_flag_addr(const struct kv_node_config *c,
+                       uint64_t id,
+                       bool peer,
+                       char *out,
+                       size_t len)
 {
     out[0] = 0;
-    const struct kv_node_config *c = &n->cfg;
     for (size_t i = 0; i < c->n_nodes; i++) {
         if (c->ids[i] == id) {
             const char *h = peer ? c->peer_hosts[i] : c->hosts[i];
@@ -79,7 +77,7 @@ void node_member_addr(const struct kv_node *n,
             }
         }
     }
-    flag_addr(n, id, peer, out, len);
+    members_flag_addr(&n->cfg, id, peer, out, len);
 }
 
 const char *node_peer_addr(struct kv_node *n, uint64_t id)
@@ -100,12 +98,8 @@ int members_bootstrap(const struct kv_node_config *c,
     }
     for (size_t i = 0; i < c->n_nodes; i++) {
         char peer[300], client[300];
-        snprintf(peer, sizeof peer,
-                 strchr(c->peer_hosts[i], ':') ? "[%s]:%u" : "%s:%u",
-                 c->peer_hosts[i], c->peer_ports[i]);
-        snprintf(client, sizeof client,
-                 strchr(c->hosts[i], ':') ? "[%s]:%u" : "%s:%u", c->hosts[i],
-                 c->ports[i]);
+        members_flag_addr(c, c->ids[i], true, peer, sizeof peer);
+        members_flag_addr(c, c->ids[i], false, client, sizeof client);
         size_t len = members_ctx_format(ctx[i], MEMBER_CTX_MAX, peer, client);
         if (!len) {
             return -1;

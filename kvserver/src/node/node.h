@@ -479,6 +479,13 @@ bool members_split_addr(const char *addr,
                         char *host,
                         size_t hlen,
                         uint16_t *port);
+/* "host:port" (IPv6 in brackets) that the flags (--cluster, --peers)
+ * give node @id, or "" when they name no such node. */
+void members_flag_addr(const struct kv_node_config *c,
+                       uint64_t id,
+                       bool peer,
+                       char *out,
+                       size_t len);
 /* The bootstrap configuration from the flags (none with --join). */
 int members_bootstrap(const struct kv_node_config *c,
                       struct raft_member *m,

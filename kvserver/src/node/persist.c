@@ -695,19 +695,8 @@ static int force_new_cluster(struct kv_node *n,
     }
     /* The configuration entry: this node alone, at its own addresses. */
     char peer[300], client[300], ctx[MEMBER_CTX_MAX];
-    size_t self = 0;
-    for (size_t i = 0; i < n->cfg.n_nodes; i++) {
-        if (n->cfg.ids[i] == n->cfg.id) {
-            self = i;
-        }
-    }
-    const struct kv_node_config *cf = &n->cfg;
-    snprintf(peer, sizeof peer,
-             strchr(cf->peer_hosts[self], ':') ? "[%s]:%u" : "%s:%u",
-             cf->peer_hosts[self], cf->peer_ports[self]);
-    snprintf(client, sizeof client,
-             strchr(cf->hosts[self], ':') ? "[%s]:%u" : "%s:%u",
-             cf->hosts[self], cf->ports[self]);
+    members_flag_addr(&n->cfg, n->cfg.id, true, peer, sizeof peer);
+    members_flag_addr(&n->cfg, n->cfg.id, false, client, sizeof client);
     size_t ctx_len = members_ctx_format(ctx, sizeof ctx, peer, client);
     struct raft_member me = {
         .id = n->cfg.id, .voter = true, .ctx = ctx, .ctx_len = ctx_len};
