@@ -282,8 +282,16 @@ static void rolling_step(void *state, struct world *w)
     size_t i = r->next;
     r->next = (r->next + 1) % c->n;
     if (faults_leader(w) == (int)i) {
-        uint64_t leader = 0;
-        if (clerk_transfer_leader(faults_admin(w), 0, &leader) != CLERK_OK) {
+        /* As docs/deploy.md says: a hand-over right after a restart may
+         * find no follower the leader heard from lately; run it again. */
+        uint64_t leader = 0, until = h_now_ms() + 5000;
+        int rv;
+        while ((rv = clerk_transfer_leader(faults_admin(w), 0, &leader)) ==
+                   CLERK_UNAVAILABLE &&
+               h_now_ms() < until) {
+            h_sleep_ms(200);
+        }
+        if (rv != CLERK_OK) {
             faults_fail(w, "rolling restart: no hand-over from node %zu: %s", i,
                         clerk_errmsg(faults_admin(w)));
             return;
