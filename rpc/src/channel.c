@@ -509,10 +509,72 @@ static int on_stream_frame(struct rpc_channel *ch,
     return ch->bev ? 0 : 1;
 }
 
+/* A frame of several streams (RpcHeader.also_call_ids): unpacked once,
+ * given to each stream still open, in the order named. A callback may
+ * cancel any of them (a later one is then skipped) or fail the channel. */
+static int on_shared_frame(struct rpc_channel *ch, const struct rpc_frame *f)
+{
+    const Raftkv__RpcHeader *h = f->header;
+    size_t n = 1 + h->n_also_call_ids;
+    const ProtobufCMessageDescriptor *out = NULL;
+    for (size_t i = 0; i < n && !out; i++) {
+        struct pending *p =
+            table_find(ch, i ? h->also_call_ids[i - 1] : h->call_id);
+        if (p && p->stream_cb) {
+            out = p->output;
+        }
+    }
+    if (!out) {
+        ch->stats.late_replies++; /* every one of them cancelled */
+        return 0;
+    }
+    ProtobufCAllocator al;
+    ProtobufCAllocator *use = arena_begin(&ch->arena, &al);
+    ProtobufCMessage *msg =
+        protobuf_c_message_unpack(out, use, f->args_size, f->args);
+    if (!msg) {
+        if (use) {
+            arena_reset(&ch->arena);
+        }
+        char why[700];
+        snprintf(why, sizeof why,
+                 "stream frame from %s does not unpack as %s; connection "
+                 "dropped",
+                 ch->target, out->name);
+        rpc_logf(RPC_LOG_WARN, "rpc: %s", why);
+        connection_failed(ch, RPC_E_BAD_REPLY, why);
+        return 1;
+    }
+    for (size_t i = 0; i < n && ch->bev; i++) {
+        struct pending *p =
+            table_find(ch, i ? h->also_call_ids[i - 1] : h->call_id);
+        if (!p || !p->stream_cb) {
+            ch->stats.late_replies++; /* cancelled */
+            continue;
+        }
+        if (p->output != out) {
+            continue; /* (a server that shares across methods: not ours) */
+        }
+        rpc_set_last(RPC_OK, NULL);
+        ch->callbacks++;
+        p->stream_cb(stream_of(p), msg, false, p->stream_arg);
+    }
+    if (use) {
+        arena_reset(&ch->arena); /* frees the whole message */
+    } else {
+        protobuf_c_message_free_unpacked(msg, NULL);
+    }
+    return ch->bev ? 0 : 1;
+}
+
 static int on_reply(void *ctx, const struct rpc_frame *f)
 {
     struct rpc_channel *ch = ctx;
     const Raftkv__RpcHeader *h = f->header;
+    if (h->more && h->n_also_call_ids &&
+        h->status == RAFTKV__RPC_STATUS__RPC_OK) {
+        return on_shared_frame(ch, f);
+    }
     if (h->more) {
         struct pending *p = table_find(ch, h->call_id);
         if (!p || !p->stream_cb || h->status != RAFTKV__RPC_STATUS__RPC_OK) {
@@ -1067,6 +1129,7 @@ static void launch(struct rpc_channel *ch,
         hdr.service_name = (char *)desc->name;
         hdr.method_name = (char *)m->name;
         hdr.call_id = p->id;
+        hdr.shared_ok = p->stream_cb != NULL; /* on_shared_frame takes them */
         if (ch->auth_token) {
             hdr.auth_token = ch->auth_token;
         }

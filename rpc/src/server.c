@@ -71,6 +71,10 @@ struct rpc_conn
     struct rpc_call *streams;         /* its calls that are open streams */
     uint32_t n_streams;               /* their number */
     uint32_t n_want_writable;         /* of them, waiting for room */
+    struct share_slot *share;         /* rpc_stream_send_shared: the
+                                         streams of a frame being gathered */
+    size_t n_share, share_cap;        /* entries used, allocated */
+    struct rpc_conn *share_next;      /* connections with ids gathered */
     struct evbuffer_cb_entry *raw_cb; /* TLS: watches the socket's output,
                                           where the filter's bytes wait */
 };
@@ -85,6 +89,8 @@ struct rpc_call
     struct rpc_method_stats *mstats;           /* its method's counts */
     bool drop_reply;                           /* fault: lose the reply */
     uint32_t hold_ms;                          /* fault: hold it back */
+    bool shared_ok;                            /* a stream's frames may be
+                                                  shared (RpcHeader) */
     char *auth_token;                          /* the header's, or NULL */
     /* Streams (rpc_stream_open): */
     rpc_stream_cb stream_cb;        /* the handler's, or NULL */
@@ -112,6 +118,7 @@ struct held
     ProtobufCMessage *input;    /* and unpacked args */
     uint64_t call_id;           /* and call id */
     char *auth_token;           /* and its header's token (or NULL) */
+    bool shared_ok;             /* and its header's shared_ok */
     struct rpc_fault_choice fc; /* and what else to do to it */
     struct held *prev, *next;   /* server's list */
 };
@@ -255,6 +262,7 @@ static void conn_unref(struct rpc_conn *c)
             list_remove(&c->server->closed, c);
         }
         free(c->hs);
+        free(c->share);
         free(c);
     }
 }
@@ -889,6 +897,124 @@ int rpc_stream_send_packed(void *closure_data, const void *args, size_t len)
     return c->bev ? 0 : RPC_E_CONNECTION_LOST;
 }
 
+/* Most streams one shared frame names (its header stays far under the
+ * head cap: at most 10 bytes an id). */
+#define SHARE_MAX_IDS 1024u
+
+/* A stream gathered into its connection's shared frame, and where its
+ * result goes. */
+struct share_slot
+{
+    struct rpc_call *st;
+    size_t index;
+};
+
+/* Gather a stream into its connection's shared frame. */
+static bool share_add(struct rpc_call *st,
+                      size_t index,
+                      struct rpc_conn **touched)
+{
+    struct rpc_conn *c = st->conn;
+    if (c->n_share == c->share_cap) {
+        size_t cap = c->share_cap ? c->share_cap * 2 : 16;
+        struct share_slot *sl = realloc(c->share, cap * sizeof *sl);
+        if (!sl) {
+            return false;
+        }
+        c->share = sl;
+        c->share_cap = cap;
+    }
+    if (c->n_share == 0) {
+        c->share_next = *touched;
+        *touched = c;
+        c->refs++;
+    }
+    c->share[c->n_share++] = (struct share_slot){st, index};
+    return true;
+}
+
+/* Write a connection's gathered streams as frames of up to SHARE_MAX_IDS
+ * streams each; the streams of a frame that could not be written are
+ * sent one by one instead (their results set). */
+static void share_write(struct rpc_conn *c,
+                        const void *args,
+                        size_t len,
+                        int *results)
+{
+    uint64_t ids[SHARE_MAX_IDS];
+    size_t i = 0;
+    bool wrote = false;
+    while (i < c->n_share && c->bev) {
+        size_t n = c->n_share - i;
+        if (n > SHARE_MAX_IDS) {
+            n = SHARE_MAX_IDS;
+        }
+        for (size_t j = 0; j < n; j++) {
+            ids[j] = c->share[i + j].st->call_id;
+        }
+        Raftkv__RpcHeader hdr = RAFTKV__RPC_HEADER__INIT;
+        hdr.call_id = ids[0];
+        hdr.more = true;
+        hdr.also_call_ids = ids + 1;
+        hdr.n_also_call_ids = n - 1;
+        if (rpc_write_frame_packed(reply_out(c), &hdr, args, len,
+                                   &c->server->opts.limits) != 0) {
+            break;
+        }
+        c->server->stats.shared_frames++;
+        wrote = true;
+        i += n;
+    }
+    for (; i < c->n_share; i++) {
+        struct share_slot *sl = &c->share[i];
+        results[sl->index] = rpc_stream_send_packed(sl->st, args, len);
+    }
+    c->n_share = 0;
+    if (wrote && c->bev) {
+        mark_dirty(c);
+        check_output(c);
+    }
+}
+
+void rpc_stream_send_shared(void *const *calls,
+                            size_t n,
+                            const void *args,
+                            size_t len,
+                            int *results)
+{
+    struct rpc_conn *touched = NULL;
+    for (size_t i = 0; i < n; i++) {
+        struct rpc_call *st = calls[i];
+        if (!st->stream_ev || (!args && len)) {
+            results[i] = RPC_E_INVALID;
+            continue;
+        }
+        int room = stream_room(st);
+        if (room || st->drop_reply) {
+            results[i] = room; /* a duplicate's frames are lost (faults) */
+            continue;
+        }
+        results[i] = 0;
+        if (!st->shared_ok || !share_add(st, i, &touched)) {
+            results[i] = rpc_stream_send_packed(st, args, len);
+        }
+    }
+    while (touched) {
+        struct rpc_conn *c = touched;
+        touched = c->share_next;
+        share_write(c, args, len, results);
+        if (!c->bev) {
+            for (size_t i = 0; i < n; i++) {
+                struct rpc_call *st = calls[i];
+                if (st->conn == c && results[i] == 0) {
+                    results[i] = RPC_E_CONNECTION_LOST;
+                }
+            }
+        }
+        conn_unref(c);
+    }
+}
+
 bool rpc_stream_cancelled(void *closure_data)
 {
     struct rpc_call *st = closure_data;
@@ -1111,6 +1237,7 @@ static void start_call(struct rpc_conn *c,
                        const ProtobufCMessage *input,
                        uint64_t call_id,
                        const char *token,
+                       bool shared_ok,
                        const struct rpc_fault_choice *fc)
 {
     for (int copy = 0; copy < (fc->duplicate ? 2 : 1) && c->bev; copy++) {
@@ -1139,6 +1266,7 @@ static void start_call(struct rpc_conn *c,
         }
         call->drop_reply = copy > 0 || fc->drop_reply;
         call->hold_ms = fc->hold_ms;
+        call->shared_ok = shared_ok;
         call->stream_cb = NULL;
         call->stream_arg = NULL;
         call->stream_ev = NULL;
@@ -1246,11 +1374,13 @@ static int dispatch(void *ctx, const struct rpc_frame *f)
             d->call_id = h->call_id;
             d->auth_token =
                 h->auth_token && *h->auth_token ? strdup(h->auth_token) : NULL;
+            d->shared_ok = h->shared_ok;
             d->fc = fc;
             return 0;
         }
     }
-    start_call(c, svc, index, input, h->call_id, h->auth_token, &fc);
+    start_call(c, svc, index, input, h->call_id, h->auth_token, h->shared_ok,
+               &fc);
     protobuf_c_message_free_unpacked(input, NULL);
     return c->bev ? 0 : 1;
 }
@@ -1280,7 +1410,7 @@ static void on_held(evutil_socket_t fd, short what, void *arg)
             check_output(c);
         } else {
             start_call(c, h->svc, h->index, h->input, h->call_id, h->auth_token,
-                       &h->fc);
+                       h->shared_ok, &h->fc);
         }
     }
     held_free(h);

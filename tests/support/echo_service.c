@@ -124,9 +124,12 @@ struct echo_stream
     struct event *timer;
     Raftkv__Test__EchoReply_Closure closure;
     void *call;
-    uint32_t count;    /* frames before the last (0: until cancelled) */
-    uint32_t delay_ms; /* between frames */
-    uint32_t sent;     /* frames sent */
+    uint32_t count;            /* frames before the last (0: until cancelled) */
+    uint32_t delay_ms;         /* between frames */
+    uint32_t sent;             /* frames sent */
+    bool shared;               /* sends only what echo_share_send gives it */
+    struct echo_stream **link; /* shared: where the list points at it */
+    struct echo_stream *next_shared; /* shared: the list */
     size_t len;
     uint8_t payload[]; /* copy of the request's payload */
 };
@@ -139,6 +142,12 @@ static void stream_end(struct echo_stream *st, bool cancelled)
     reply.payload.data = (uint8_t *)text;
     reply.payload.len = strlen(text);
     st->owner->streams_open--;
+    if (st->shared) {
+        *st->link = st->next_shared;
+        if (st->next_shared) {
+            st->next_shared->link = st->link;
+        }
+    }
     if (cancelled) {
         st->owner->streams_cancelled++;
     }
@@ -229,7 +238,41 @@ static void echo_stream(Raftkv__Test__EchoService_Service *svc,
         return;
     }
     e->streams_open++;
+    if (st->len >= 5 && !memcmp(st->payload, "share", 5) && !st->count) {
+        st->shared = true; /* frames from echo_share_send only */
+        st->next_shared = e->shared;
+        if (e->shared) {
+            e->shared->link = &st->next_shared;
+        }
+        st->link = &e->shared;
+        e->shared = st;
+        return;
+    }
     stream_pump(st);
+}
+
+size_t echo_share_send(struct echo_service *e,
+                       const char *payload,
+                       int *results,
+                       size_t cap)
+{
+    void *calls[256];
+    size_t n = 0;
+    for (struct echo_stream *st = e->shared; st && n < cap && n < 256;
+         st = st->next_shared) {
+        calls[n++] = st->call;
+    }
+    Raftkv__Test__EchoReply reply = RAFTKV__TEST__ECHO_REPLY__INIT;
+    reply.payload.data = (uint8_t *)payload;
+    reply.payload.len = strlen(payload);
+    uint8_t packed[256];
+    size_t len = raftkv__test__echo_reply__get_packed_size(&reply);
+    if (len > sizeof packed) {
+        return 0;
+    }
+    raftkv__test__echo_reply__pack(&reply, packed);
+    rpc_stream_send_shared(calls, n, packed, len, results);
+    return n;
 }
 
 /* An open Chat call. */

@@ -2,6 +2,7 @@
 #ifndef TESTS_ECHO_SERVICE_H
 #define TESTS_ECHO_SERVICE_H
 
+#include <stddef.h>
 #include <stdint.h>
 #include <sys/types.h>
 
@@ -36,7 +37,23 @@ struct echo_service
                                               a close or a refused message */
     uint64_t chat_messages;                /* messages Chat streams took */
     char chat_last[64];                    /* the last one's payload */
+    struct echo_stream *shared;            /* open Stream calls whose
+                                              payload starts with "share"
+                                              (count 0): they send only
+                                              echo_share_send's frames */
 };
+
+/**
+ * Send one frame of @payload to every open "share" stream, with
+ * rpc_stream_send_shared (newest stream first).
+ * @param results out: each stream's result, newest first
+ * @param cap entries in results
+ * @return the streams sent to
+ */
+size_t echo_share_send(struct echo_service *e,
+                       const char *payload,
+                       int *results,
+                       size_t cap);
 
 /**
  * Fill an echo service for a base.

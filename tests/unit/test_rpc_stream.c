@@ -36,6 +36,8 @@ struct seen
     int cancel_after; /* cancel from the callback after this many */
     struct rpc_stream *st;
     struct seen *cancel_on_end; /* cancel that one's stream at our end */
+    struct seen *cancel_other;  /* cancel that one's stream at our next
+                                   message */
 };
 
 static void copy_payload(char *out, size_t cap, const ProtobufCMessage *m)
@@ -64,6 +66,11 @@ static void on_stream(struct rpc_stream *st,
         if (s->cancel_after && s->msgs == s->cancel_after) {
             rpc_stream_cancel(st);
             s->st = NULL;
+        }
+        if (s->cancel_other && s->cancel_other->st) {
+            rpc_stream_cancel(s->cancel_other->st);
+            s->cancel_other->st = NULL;
+            s->cancel_other = NULL;
         }
         return;
     }
@@ -691,6 +698,7 @@ struct raw_reply
 {
     bool closed;       /* the server closed the connection instead */
     bool more;         /* RpcHeader more */
+    size_t n_also;     /* RpcHeader also_call_ids */
     int status;        /* RpcHeader status */
     char payload[128]; /* EchoReply payload (status OK) */
     char error[256];   /* RpcHeader error */
@@ -715,6 +723,7 @@ static struct raw_reply raw_wait(struct echo_local *l,
             off += used;
             if (rv == RPC_DECODE_FRAME && f.header->call_id == call_id) {
                 out.more = f.header->more;
+                out.n_also = f.header->n_also_call_ids;
                 out.status = f.header->status;
                 snprintf(out.error, sizeof out.error, "%s", f.header->error);
                 Raftkv__Test__EchoReply *r =
@@ -960,6 +969,128 @@ static void test_stream_message_on_a_stream_that_could_not_start(void)
     event_base_free(b);
 }
 
+/* Run until every one of n seen has msgs >= want. */
+static bool run_until_all(struct event_base *b,
+                          struct seen *s,
+                          int n,
+                          int want,
+                          int timeout_ms)
+{
+    uint64_t deadline = test_now_ms() + (uint64_t)timeout_ms;
+    for (;;) {
+        int at = 0;
+        for (int i = 0; i < n; i++) {
+            at += s[i].msgs >= want;
+        }
+        if (at == n) {
+            return true;
+        }
+        if (test_now_ms() >= deadline) {
+            return false;
+        }
+        loop_run_for(b, 2);
+    }
+}
+
+static uint64_t shared_frames(struct echo_local *l)
+{
+    struct rpc_server_stats ss;
+    rpc_server_get_stats(l->server, &ss);
+    return ss.shared_frames;
+}
+
+/* Many streams of a connection that get the same message get one frame
+ * naming them all (RpcHeader.also_call_ids); each stream's callback has
+ * it once, in order with its other frames; a stream cancelled from an
+ * earlier one's callback in the same frame does not. */
+static void test_shared_frame_reaches_each_stream_once(void)
+{
+    struct echo_local l;
+    CU_ASSERT_FATAL(echo_local_start(&l, NULL) == 0);
+    struct rpc_channel *c1 = rpc_channel_new(l.base, "127.0.0.1", l.port, NULL);
+    struct rpc_channel *c2 = rpc_channel_new(l.base, "127.0.0.1", l.port, NULL);
+    static struct seen s[8]; /* 5 on c1, 3 on c2 */
+    for (int i = 0; i < 8; i++) {
+        CU_ASSERT_FATAL(start(i < 5 ? c1 : c2, "share", 0, 0, &s[i]) != NULL);
+    }
+    CU_ASSERT_FATAL(run_until_u64(l.base, &l.echo.streams_open, 8, SOON_MS));
+    int res[16];
+    CU_ASSERT_EQUAL(echo_share_send(&l.echo, "x:0", res, 16), 8);
+    for (int i = 0; i < 8; i++) {
+        CU_ASSERT_EQUAL(res[i], 0);
+    }
+    CU_ASSERT(run_until_all(l.base, s, 8, 1, SOON_MS));
+    CU_ASSERT_EQUAL(shared_frames(&l), 2); /* one a connection */
+    /* The newest stream of c1 is named first: its callback cancels the
+     * oldest, which then never sees this frame. */
+    s[4].cancel_other = &s[0];
+    CU_ASSERT_EQUAL(echo_share_send(&l.echo, "x:1", res, 16), 8);
+    CU_ASSERT(run_until_all(l.base, s + 1, 7, 2, SOON_MS));
+    loop_run_for(l.base, 50);
+    CU_ASSERT_EQUAL(s[0].msgs, 1);
+    CU_ASSERT_EQUAL(s[0].ends, 0); /* cancelled: its callback is done */
+    for (int i = 1; i < 8; i++) {
+        CU_ASSERT_EQUAL(s[i].msgs, 2);
+        CU_ASSERT(s[i].in_order);
+        CU_ASSERT_STRING_EQUAL(s[i].last, "x:1");
+        CU_ASSERT_EQUAL(s[i].ends, 0);
+    }
+    CU_ASSERT_EQUAL(shared_frames(&l), 4);
+    /* The cancel reaches the server; the rest go on sharing. */
+    CU_ASSERT(run_until_u64(l.base, &l.echo.streams_open, 7, SOON_MS));
+    CU_ASSERT_EQUAL(echo_share_send(&l.echo, "x:2", res, 16), 7);
+    CU_ASSERT(run_until_all(l.base, s + 1, 7, 3, SOON_MS));
+    CU_ASSERT_EQUAL(shared_frames(&l), 6);
+    struct rpc_channel_stats cs;
+    rpc_channel_get_stats(c1, &cs);
+    CU_ASSERT_EQUAL(cs.connects, 1);
+    rpc_channel_free(c1);
+    rpc_channel_free(c2);
+    for (int i = 1; i < 8; i++) {
+        CU_ASSERT_EQUAL(s[i].ends, 1);
+    }
+    CU_ASSERT_EQUAL(s[0].ends, 0);
+    CU_ASSERT(run_until_u64(l.base, &l.echo.streams_open, 0, SOON_MS));
+    echo_local_stop(&l);
+}
+
+/* A caller that did not say shared_ok when it opened its streams (an
+ * older client) gets a frame of its own for each stream. */
+static void test_shared_frames_only_for_callers_that_take_them(void)
+{
+    struct echo_local l;
+    CU_ASSERT_FATAL(echo_local_start(&l, NULL) == 0);
+    int fd = raw_connect(l.port);
+    struct rpc_decoder *dec = rpc_decoder_new(NULL);
+    uint8_t a[64];
+    size_t n = echo_args(a, sizeof a, "share");
+    raw_write(fd, 1, "Stream", false, false, a, n);
+    raw_write(fd, 2, "Stream", false, false, a, n);
+    struct rpc_channel *ch = rpc_channel_new(l.base, "127.0.0.1", l.port, NULL);
+    static struct seen s[2];
+    CU_ASSERT_FATAL(start(ch, "share", 0, 0, &s[0]) != NULL);
+    CU_ASSERT_FATAL(start(ch, "share", 0, 0, &s[1]) != NULL);
+    CU_ASSERT_FATAL(run_until_u64(l.base, &l.echo.streams_open, 4, SOON_MS));
+    int res[4];
+    CU_ASSERT_EQUAL(echo_share_send(&l.echo, "y:0", res, 4), 4);
+    /* (newest first: 2, then 1; raw_wait drops frames of other calls) */
+    struct raw_reply r2 = raw_wait(&l, fd, dec, 2);
+    CU_ASSERT(r2.more);
+    CU_ASSERT_EQUAL(r2.n_also, 0);
+    CU_ASSERT_STRING_EQUAL(r2.payload, "y:0");
+    struct raw_reply r1 = raw_wait(&l, fd, dec, 1);
+    CU_ASSERT(r1.more);
+    CU_ASSERT_EQUAL(r1.n_also, 0);
+    CU_ASSERT_STRING_EQUAL(r1.payload, "y:0");
+    CU_ASSERT(run_until_all(l.base, s, 2, 1, SOON_MS));
+    CU_ASSERT_EQUAL(shared_frames(&l), 1); /* the channel's two */
+    rpc_decoder_free(dec);
+    close(fd);
+    rpc_channel_free(ch);
+    CU_ASSERT(run_until_u64(l.base, &l.echo.streams_open, 0, SOON_MS));
+    echo_local_stop(&l);
+}
+
 int main(int argc, char **argv)
 {
     signal(SIGPIPE, SIG_IGN);
@@ -995,6 +1126,10 @@ int main(int argc, char **argv)
          test_stream_messages_on_a_blocking_channel},
         {"test_stream_message_on_a_stream_that_could_not_start",
          test_stream_message_on_a_stream_that_could_not_start},
+        {"test_shared_frame_reaches_each_stream_once",
+         test_shared_frame_reaches_each_stream_once},
+        {"test_shared_frames_only_for_callers_that_take_them",
+         test_shared_frames_only_for_callers_that_take_them},
         CU_TEST_INFO_NULL,
     };
     static CU_SuiteInfo suites[] = {

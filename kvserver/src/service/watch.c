@@ -63,6 +63,10 @@ struct watch_hub
     uint64_t failed_ms;      /* when a failed history read was logged */
     uint8_t *pack;           /* a frame packed for a run of watches */
     size_t pack_cap;         /* bytes allocated there */
+    struct watch **run;      /* the run's watches that get that frame */
+    void **run_calls;        /* their streams */
+    int *run_results;        /* what sending gave each */
+    size_t n_run, run_cap;   /* entries used, allocated */
     uint64_t events_sent;    /* events sent, for /metrics */
 };
 
@@ -245,23 +249,60 @@ static size_t watch_pack(struct watch_hub *h,
     return raftkv__watch_reply__pack(&r, h->pack);
 }
 
-/* watch_send of a frame packed by watch_pack (n_events in it). */
-static int watch_send_packed(struct watch *w,
-                             const uint8_t *packed,
-                             size_t len,
-                             size_t n_events)
+/* Add a watch to the run that gets the frame in h->pack; false without
+ * memory. */
+static bool run_add(struct watch_hub *h, struct watch *w)
 {
-    int rv = rpc_stream_send_packed(w->call, packed, len);
-    if (rv == RPC_E_OVERLOADED) {
-        w->stalled = true;
-        return 1;
+    if (h->n_run == h->run_cap) {
+        size_t cap = h->run_cap ? h->run_cap * 2 : 64;
+        struct watch **r = realloc(h->run, cap * sizeof *r);
+        if (r) {
+            h->run = r;
+        }
+        void **c = r ? realloc(h->run_calls, cap * sizeof *c) : NULL;
+        if (c) {
+            h->run_calls = c;
+        }
+        int *x = c ? realloc(h->run_results, cap * sizeof *x) : NULL;
+        if (!x) {
+            return false;
+        }
+        h->run_results = x;
+        h->run_cap = cap;
     }
-    if (rv != 0) {
-        return 2;
+    h->run[h->n_run] = w;
+    h->run_calls[h->n_run] = w->call;
+    h->n_run++;
+    return true;
+}
+
+/* Send the run its frame (h->pack, len bytes, n_events in it; through
+ * revision upto): one frame per connection where the clients take shared
+ * frames. A watch that had no room stalls where it is (behind once the
+ * hub moves on); one whose stream is ending waits for its end. */
+static void run_send(struct watch_hub *h,
+                     size_t len,
+                     size_t n_events,
+                     uint64_t upto)
+{
+    if (!h->n_run) {
+        return;
     }
-    w->sent_ms = node_now_ms();
-    w->hub->events_sent += n_events;
-    return 0;
+    rpc_stream_send_shared(h->run_calls, h->n_run, h->pack, len,
+                           h->run_results);
+    uint64_t now = node_now_ms();
+    for (size_t i = 0; i < h->n_run; i++) {
+        struct watch *w = h->run[i];
+        int rv = h->run_results[i];
+        if (rv == RPC_E_OVERLOADED) {
+            w->stalled = true;
+        } else if (rv == 0) {
+            w->sent_ms = now;
+            h->events_sent += n_events;
+            w->next = upto + 1;
+        }
+    }
+    h->n_run = 0;
 }
 
 /* The first frame: where the watch starts. Returns false when the watch
@@ -428,6 +469,7 @@ static void hub_advance(struct watch_hub *h)
                 continue; /* catching up, starting later, or not started */
             }
             if (!like || like_next != w->next || !watch_alike(w, like)) {
+                run_send(h, packed_len, k, upto); /* the last run's */
                 Raftkv__Event **evs = w->prev_kv ? r.events : plain;
                 like = w;
                 like_next = w->next;
@@ -458,11 +500,16 @@ static void hub_advance(struct watch_hub *h)
                 }
                 continue;
             }
-            if (k && watch_send_packed(w, h->pack, packed_len, k)) {
-                continue; /* stays where it is: behind once rev moves */
+            if (k && run_add(h, w)) {
+                continue; /* sent with its run */
+            }
+            if (k) {
+                continue; /* no memory: stays where it is, behind once
+                             rev moves */
             }
             w->next = upto + 1;
         }
+        run_send(h, packed_len, k, upto);
         h->rev = upto;
         kv_arena_free(&mem);
     }
@@ -781,6 +828,9 @@ void watch_service_free(struct kv_services *s)
     if (s->watch) {
         free(s->watch->scratch);
         free(s->watch->pack);
+        free(s->watch->run);
+        free(s->watch->run_calls);
+        free(s->watch->run_results);
         free(s->watch);
         s->watch = NULL;
     }

@@ -438,6 +438,8 @@ struct rpc_server_stats
     uint64_t stream_messages;     /* client messages handed to open streams */
     uint64_t dropped_messages;    /* client messages for a stream that was
                                      not open (ended, cancelled, unknown) */
+    uint64_t shared_frames;       /* stream frames sent once for several
+                                     streams (rpc_stream_send_shared) */
 };
 
 /* Calls of one method of a served service, by how they were answered. */
@@ -691,6 +693,23 @@ int rpc_stream_send(void *closure_data, const ProtobufCMessage *msg);
  * @return as rpc_stream_send; RPC_E_TOO_BIG over the frame cap
  */
 int rpc_stream_send_packed(void *closure_data, const void *args, size_t len);
+
+/**
+ * rpc_stream_send_packed of the same message to many streams: the streams
+ * of one connection whose caller allows it (RpcHeader.shared_ok) get one
+ * frame that names them all (also_call_ids), the others a frame each.
+ * Flow control is each stream's, as rpc_stream_send_packed's.
+ * @param calls the streams' closure_data
+ * @param n their number
+ * @param args, len the packed message (borrowed)
+ * @param results out: for each stream, what rpc_stream_send_packed would
+ *   have returned (0: sent)
+ */
+void rpc_stream_send_shared(void *const *calls,
+                            size_t n,
+                            const void *args,
+                            size_t len,
+                            int *results);
 
 /**
  * Has the stream been cancelled, or its connection closed?
