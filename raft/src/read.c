@@ -1,5 +1,6 @@
 /* read.c - ReadIndex requests and leadership transfer (TimeoutNow). */
 #include <stdlib.h>
+#include <string.h>
 
 #include "internal.h"
 
@@ -83,10 +84,11 @@ int rf_reads_check(struct raft *r)
         out->ok = true;
         done++;
     }
-    for (size_t k = done; k < r->n_reads; k++) {
-        r->reads[k - done] = r->reads[k];
+    if (done) { /* (each new read checks too: shift only what is done) */
+        memmove(r->reads, r->reads + done,
+                (r->n_reads - done) * sizeof *r->reads);
+        r->n_reads -= done;
     }
-    r->n_reads -= done;
     return 0;
 }
 

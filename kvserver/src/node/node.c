@@ -305,6 +305,17 @@ static void on_state_due(evutil_socket_t fd, short what, void *arg)
     }
 }
 
+/* The reads a turn left (node_serve_reads serves a bounded number). */
+static void on_serve(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    struct kv_node *n = arg;
+    if (!n->stopping) {
+        node_serve_reads(n);
+    }
+}
+
 static void on_sweep(evutil_socket_t fd, short what, void *arg)
 {
     (void)fd;
@@ -433,9 +444,9 @@ static void node_free(struct kv_node *n)
     }
     node_clear_applied(n);
     free(n->done);
-    struct event *evs[] = {n->turn_ev,  n->tick_ev,  n->sweep_ev,
-                           n->retry_ev, n->state_ev, n->sig_term,
-                           n->sig_int,  n->sig_hup,  n->removed_ev};
+    struct event *evs[] = {n->turn_ev,  n->tick_ev,   n->sweep_ev, n->serve_ev,
+                           n->retry_ev, n->state_ev,  n->sig_term, n->sig_int,
+                           n->sig_hup,  n->removed_ev};
     for (size_t i = 0; i < sizeof evs / sizeof evs[0]; i++) {
         if (evs[i]) {
             event_free(evs[i]);
@@ -569,11 +580,13 @@ int kv_node_run(struct kv_node *n)
     n->sweep_ev = event_new(n->base, -1, EV_PERSIST, on_sweep, n);
     n->retry_ev = evtimer_new(n->base, on_retry, n);
     n->state_ev = evtimer_new(n->base, on_state_due, n);
+    n->serve_ev = evtimer_new(n->base, on_serve, n);
     n->sig_term = evsignal_new(n->base, SIGTERM, on_signal, n);
     n->sig_int = evsignal_new(n->base, SIGINT, on_signal, n);
     n->sig_hup = evsignal_new(n->base, SIGHUP, on_hup, n);
     if (!n->turn_ev || !n->tick_ev || !n->sweep_ev || !n->retry_ev ||
-        !n->state_ev || !n->sig_term || !n->sig_int || !n->sig_hup) {
+        !n->state_ev || !n->serve_ev || !n->sig_term || !n->sig_int ||
+        !n->sig_hup) {
         return 1;
     }
     event_priority_set(n->turn_ev, 2);

@@ -203,7 +203,16 @@ struct node_read_waiter
     bool confirmed;           /* the core confirmed leadership */
     uint64_t deadline;        /* ms: ready with TIMEOUT after this */
     node_read_ready_cb ready; /* called once, by the node */
+    uint64_t seq;             /* the node's number for it: its ReadIndex
+                                 ctx (never reused, unlike an address) */
     struct node_read_waiter *prev, *next; /* node's list */
+};
+
+/* Reads in the order they began (so also in the order of their seq and of
+ * their deadlines). */
+struct node_read_list
+{
+    struct node_read_waiter *head, *tail;
 };
 
 /**
@@ -302,8 +311,12 @@ struct kv_node
     struct raft_update held;            /* that update */
     bool disk_full;                     /* the failure was a full disk */
     struct kv_incoming *incoming;       /* peers' requests in the core */
-    struct node_write_waiter *writes, *writes_tail;    /* proposed writes */
-    struct node_read_waiter *reads;                    /* ReadIndex reads */
+    struct node_write_waiter *writes, *writes_tail; /* proposed writes */
+    struct node_read_list reads;       /* ReadIndex reads not confirmed */
+    struct node_read_list reads_ready; /* confirmed, waiting for the
+                                          applied state to reach them */
+    uint64_t read_seq;                 /* the last read's seq */
+    struct event *serve_ev;            /* serves the reads a turn left */
     struct node_subscriber subs[NODE_MAX_SUBSCRIBERS]; /* node_subscribe */
     size_t n_subs;                                     /* entries in subs */
     uint64_t applied_told;                             /* n->applied of the last
@@ -453,8 +466,13 @@ void node_complete_writes(struct kv_node *n);
 void node_confirm_reads(struct kv_node *n,
                         const struct raft_read *reads,
                         size_t n_reads);
-/* Call ready on the confirmed reads the applied state has reached. */
+/* Call ready on the confirmed reads the applied state has reached, at
+ * most NODE_READS_PER_TURN of them: the rest are served from serve_ev,
+ * after the loop has looked at its sockets and timers again. */
 void node_serve_reads(struct kv_node *n);
+
+/* Reads served in one go before the loop gets a turn. */
+#define NODE_READS_PER_TURN 4096u
 /* Time out the waiters past their deadline. */
 void node_sweep_waiters(struct kv_node *n);
 /* Answer every waiter (shutdown): writes TIMEOUT, reads @err. */

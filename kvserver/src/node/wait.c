@@ -5,6 +5,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 
+#include <event2/event.h>
+
 #include "node.h"
 
 /* ------------------------------------------------------------- writes */
@@ -157,6 +159,33 @@ void node_complete_writes(struct kv_node *n)
 
 /* -------------------------------------------------------------- reads */
 
+static void list_append(struct node_read_list *l, struct node_read_waiter *w)
+{
+    w->next = NULL;
+    w->prev = l->tail;
+    if (l->tail) {
+        l->tail->next = w;
+    } else {
+        l->head = w;
+    }
+    l->tail = w;
+}
+
+static void list_remove(struct node_read_list *l, struct node_read_waiter *w)
+{
+    if (w->prev) {
+        w->prev->next = w->next;
+    } else {
+        l->head = w->next;
+    }
+    if (w->next) {
+        w->next->prev = w->prev;
+    } else {
+        l->tail = w->prev;
+    }
+    w->prev = w->next = NULL;
+}
+
 int node_read_begin(struct kv_node *n, struct node_read_waiter *w)
 {
     if (n->frozen) {
@@ -170,7 +199,8 @@ int node_read_begin(struct kv_node *n, struct node_read_waiter *w)
     }
     uint64_t hint = 0;
     node_clock(n);
-    int rv = raft_read_index(n->raft, (uint64_t)(uintptr_t)w, &hint);
+    w->seq = n->read_seq + 1;
+    int rv = raft_read_index(n->raft, w->seq, &hint);
     if (rv) {
         int err = rv == RAFT_NOTLEADER && hint
                       ? RAFTKV__KV_ERROR__KV_WRONG_LEADER
@@ -179,72 +209,89 @@ int node_read_begin(struct kv_node *n, struct node_read_waiter *w)
                  rv == RAFT_NOTLEADER ? "not the leader" : raft_strerror(rv));
         return err;
     }
+    n->read_seq = w->seq;
     w->index = 0;
     w->confirmed = false;
     w->deadline = node_now_ms() + n->cfg.request_timeout_ms;
-    w->prev = NULL;
-    w->next = n->reads;
-    if (n->reads) {
-        n->reads->prev = w;
-    }
-    n->reads = w;
+    list_append(&n->reads, w);
     node_schedule_turn(n);
     return 0;
 }
 
-static void read_remove(struct kv_node *n, struct node_read_waiter *w)
-{
-    if (w->prev) {
-        w->prev->next = w->next;
-    } else {
-        n->reads = w->next;
-    }
-    if (w->next) {
-        w->next->prev = w->prev;
-    }
-    w->prev = w->next = NULL;
-}
-
+/* The core answers reads in the order they began, and the list holds them
+ * in that order: one walk finds them all (reads that timed out meanwhile
+ * are gone from the list, and their answers match nothing). */
 void node_confirm_reads(struct kv_node *n,
                         const struct raft_read *reads,
                         size_t n_reads)
 {
+    struct node_read_waiter *w = n->reads.head;
+    uint64_t last = 0;
     for (size_t i = 0; i < n_reads; i++) {
-        struct node_read_waiter *w = n->reads;
-        while (w && (uint64_t)(uintptr_t)w != reads[i].ctx) {
+        uint64_t seq = reads[i].ctx;
+        if (seq < last) {
+            w = n->reads.head; /* (out of order: look from the start) */
+        }
+        last = seq;
+        while (w && w->seq < seq) {
             w = w->next;
         }
-        if (!w) {
+        if (!w || w->seq != seq) {
             continue;
         }
+        struct node_read_waiter *found = w;
+        w = w->next;
+        list_remove(&n->reads, found);
         if (reads[i].ok) {
-            w->index = reads[i].index;
-            w->confirmed = true;
+            found->index = reads[i].index;
+            found->confirmed = true;
+            list_append(&n->reads_ready, found);
         } else {
             uint64_t leader = raft_leader(n->raft);
-            read_remove(n, w);
-            w->ready(n, w,
-                     leader ? RAFTKV__KV_ERROR__KV_WRONG_LEADER
-                            : RAFTKV__KV_ERROR__KV_UNAVAILABLE,
-                     leader, "leadership lost");
+            found->ready(n, found,
+                         leader ? RAFTKV__KV_ERROR__KV_WRONG_LEADER
+                                : RAFTKV__KV_ERROR__KV_UNAVAILABLE,
+                         leader, "leadership lost");
         }
     }
 }
 
+/* Confirmed reads are served in the order they were confirmed, whose read
+ * indexes do not go down: the first one the applied state has not reached
+ * ends the walk. */
 void node_serve_reads(struct kv_node *n)
 {
-    struct node_read_waiter *w = n->reads;
-    while (w) {
-        struct node_read_waiter *next = w->next;
-        if (w->confirmed && w->index <= n->applied) {
-            read_remove(n, w);
-            w->ready(n, w, 0, 0, NULL);
+    unsigned served = 0;
+    struct node_read_waiter *w;
+    while ((w = n->reads_ready.head) && w->index <= n->applied) {
+        if (served++ == NODE_READS_PER_TURN) {
+            /* The loop's sockets and timers first; then the rest. */
+            struct timeval now = {0, 0};
+            if (n->serve_ev && !n->stopping) {
+                evtimer_add(n->serve_ev, &now);
+            }
+            return;
         }
-        w = next;
+        list_remove(&n->reads_ready, w);
+        w->ready(n, w, 0, 0, NULL);
     }
 }
 
 /* ----------------------------------------------------- sweep, shutdown */
+
+/* Deadlines grow in the order reads began: the first that has not passed
+ * ends the walk. */
+static void sweep_reads(struct kv_node *n,
+                        struct node_read_list *l,
+                        uint64_t now)
+{
+    struct node_read_waiter *r;
+    while ((r = l->head) && r->deadline <= now) {
+        list_remove(l, r);
+        r->ready(n, r, RAFTKV__KV_ERROR__KV_TIMEOUT, raft_leader(n->raft),
+                 "read not confirmed in time");
+    }
+}
 
 void node_sweep_waiters(struct kv_node *n)
 {
@@ -256,16 +303,8 @@ void node_sweep_waiters(struct kv_node *n)
                 "not applied in time; outcome unknown, retry with the same "
                 "request id");
     }
-    struct node_read_waiter *r = n->reads;
-    while (r) {
-        struct node_read_waiter *next = r->next;
-        if (r->deadline <= now) {
-            read_remove(n, r);
-            r->ready(n, r, RAFTKV__KV_ERROR__KV_TIMEOUT, raft_leader(n->raft),
-                     "read not confirmed in time");
-        }
-        r = next;
-    }
+    sweep_reads(n, &n->reads, now);
+    sweep_reads(n, &n->reads_ready, now);
 }
 
 void node_fail_waiters(struct kv_node *n, int err, const char *why)
@@ -275,10 +314,13 @@ void node_fail_waiters(struct kv_node *n, int err, const char *why)
         /* The write may still commit through another leader. */
         w->done(n, w, RAFTKV__KV_ERROR__KV_TIMEOUT, NULL, 0, why);
     }
-    while (n->reads) {
-        struct node_read_waiter *r = n->reads;
-        read_remove(n, r);
-        r->ready(n, r, err, 0, why);
+    struct node_read_list *lists[2] = {&n->reads, &n->reads_ready};
+    for (int k = 0; k < 2; k++) {
+        struct node_read_waiter *r;
+        while ((r = lists[k]->head)) {
+            list_remove(lists[k], r);
+            r->ready(n, r, err, 0, why);
+        }
     }
 }
 
