@@ -245,6 +245,23 @@ static const struct opt opts[] = {
          "client connections open at once from one\n"
          "address; more are closed at once. 0: no\n"
          "limit (default 1000)"),
+    UINT("max-inflight-per-conn",
+         "N",
+         node.max_inflight_conn,
+         1,
+         UINT32_MAX,
+         "calls in flight (started, not yet answered) on\n"
+         "one client connection; more are answered\n"
+         "OVERLOADED at once, never started, and\n"
+         "clients retry them (default 10000)"),
+    UINT("max-inflight",
+         "N",
+         node.max_inflight,
+         1,
+         UINT32_MAX,
+         "calls in flight on all client connections\n"
+         "together; more are answered OVERLOADED at\n"
+         "once (default 100000)"),
     UINT("frame-timeout-ms",
          "MS",
          node.frame_timeout_ms,
@@ -1376,6 +1393,8 @@ int kv_config_load(struct kv_config *cfg,
                 .frame_timeout_ms = 10000,
                 .idle_timeout_ms = 300000,
                 .max_per_source = 1000,
+                .max_inflight_conn = 10000,
+                .max_inflight = 100000,
                 .max_output = 8u << 20,
                 .max_buffered = (size_t)1 << 30,
                 .auth_token_ttl_s = 300,

@@ -745,6 +745,9 @@ static void start_tls(struct rpc_channel *ch)
     ch->raw = raw;
     ch->tls_up = true;
     bufferevent_openssl_set_allow_dirty_shutdown(ch->bev, 1);
+    if (ch->opts.priority) {
+        bufferevent_priority_set(ch->bev, ch->opts.priority - 1);
+    }
     bufferevent_setcb(ch->bev, on_read, NULL, on_event, ch);
     bufferevent_enable(ch->bev, EV_READ | EV_WRITE);
 }
@@ -884,6 +887,9 @@ static int start_connect(struct rpc_channel *ch)
         drop_connection(ch);
         snprintf(ch->last_failure, sizeof ch->last_failure, "out of memory");
         return RPC_E_NOMEM;
+    }
+    if (ch->opts.priority) {
+        bufferevent_priority_set(ch->bev, ch->opts.priority - 1);
     }
     bufferevent_setcb(ch->bev, on_read, NULL, on_event, ch);
     bufferevent_enable(ch->bev, EV_READ | EV_WRITE);

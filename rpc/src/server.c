@@ -75,6 +75,14 @@ struct rpc_conn
                                          streams of a frame being gathered */
     size_t n_share, share_cap;        /* entries used, allocated */
     struct rpc_conn *share_next;      /* connections with ids gathered */
+    uint32_t inflight;                /* calls started, not answered (open
+                                         streams not counted) */
+    uint32_t turn_frames;             /* requests handled since the loop
+                                         last turned to others */
+    struct event *more_ev;            /* handles requests left waiting by
+                                         frames_per_turn (or NULL) */
+    bool backlog;                     /* more_ev is due: reading from the
+                                         socket waits for it */
     struct evbuffer_cb_entry *raw_cb; /* TLS: watches the socket's output,
                                           where the filter's bytes wait */
 };
@@ -91,6 +99,8 @@ struct rpc_call
     uint32_t hold_ms;                          /* fault: hold it back */
     bool shared_ok;                            /* a stream's frames may be
                                                   shared (RpcHeader) */
+    bool counted;                              /* in its connection's and
+                                                  the server's inflight */
     char *auth_token;                          /* the header's, or NULL */
     /* Streams (rpc_stream_open): */
     rpc_stream_cb stream_cb;        /* the handler's, or NULL */
@@ -270,6 +280,7 @@ static void conn_unref(struct rpc_conn *c)
 static void log_limited(struct ratelog *r, int level, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 static void resume_reading(struct rpc_conn *c);
+static void uncount(struct rpc_call *call);
 
 /* Over max_buffered, a connection is paused when its unread replies hold
  * at least this share of the budget (1/16). */
@@ -475,6 +486,10 @@ static void conn_close(struct rpc_conn *c)
         evbuffer_remove_cb_entry(bufferevent_get_output(c->raw), c->raw_cb);
         c->raw_cb = NULL;
     }
+    if (c->more_ev) {
+        event_free(c->more_ev);
+        c->more_ev = NULL;
+    }
     bufferevent_free(c->bev); /* (a TLS filter frees c->raw with it) */
     c->bev = NULL;
     c->raw = NULL;
@@ -589,6 +604,9 @@ static void resume_reading(struct rpc_conn *c)
     c->frame_ms = rpc_now_ms();
     if (c->budget_paused) {
         return; /* on_budget resumes it */
+    }
+    if (c->backlog) {
+        return; /* on_more goes on, and reads again once done */
     }
     bufferevent_enable(c->bev, EV_READ);
     if (evbuffer_get_length(bufferevent_get_input(c->bev))) {
@@ -819,6 +837,7 @@ int rpc_stream_open(void *closure_data, rpc_stream_cb cb, void *arg)
     }
     st->stream_cb = cb;
     st->stream_arg = arg;
+    uncount(st); /* a stream lives long: max_streams bounds those */
     st->sprev = NULL;
     st->snext = c->streams;
     if (c->streams) {
@@ -1117,6 +1136,18 @@ static int stream_message(struct rpc_conn *c, const struct rpc_frame *f)
 
 /* Send a handler's answer (reply, or an error status), unless injected
  * faults lose it or hold it back. */
+/* A call answered, or become a stream: no longer in flight. */
+static void uncount(struct rpc_call *call)
+{
+    if (call->counted) {
+        call->counted = false;
+        call->conn->inflight--;
+        if (call->conn->server) {
+            call->conn->server->stats.inflight--;
+        }
+    }
+}
+
 static void answer(struct rpc_call *call,
                    int status,
                    const char *error,
@@ -1125,6 +1156,7 @@ static void answer(struct rpc_call *call,
     struct rpc_conn *c = call->conn;
     struct rpc_server *s = c->server;
     struct held *h = NULL;
+    uncount(call);
     if (call->stream_ev) {
         stream_unlink(call);
     }
@@ -1277,6 +1309,11 @@ static void start_call(struct rpc_conn *c,
         call->msg_cb = NULL;
         call->fail_status = 0;
         call->fail_msg = NULL;
+        call->counted = !c->is_peer;
+        if (call->counted) {
+            c->inflight++;
+            c->server->stats.inflight++;
+        }
         c->refs++;
         c->server->stats.calls++;
         svc->invoke(svc, index, input, call_done, call);
@@ -1321,6 +1358,22 @@ static int dispatch(void *ctx, const struct rpc_frame *f)
         snprintf(msg, sizeof msg, "%s has no method '%.100s'",
                  svc->descriptor->name, h->method_name);
         send_reply(c, h->call_id, RPC_E_UNKNOWN_METHOD, msg, NULL, NULL);
+        return c->bev ? 0 : 1;
+    }
+    if (!c->is_peer && (c->inflight >= s->opts.max_inflight ||
+                        s->stats.inflight >= s->opts.max_inflight_total)) {
+        /* Shed: answered at once, never started; the caller retries
+         * later (libclerk backs off). */
+        bool own = c->inflight >= s->opts.max_inflight;
+        snprintf(msg, sizeof msg,
+                 "server busy: %llu calls in flight %s (limit %u); retry "
+                 "later",
+                 (unsigned long long)(own ? c->inflight : s->stats.inflight),
+                 own ? "on this connection" : "on this server",
+                 own ? s->opts.max_inflight : s->opts.max_inflight_total);
+        s->stats.shed++;
+        s->mstats[svc_index][index].answered[RPC_E_OVERLOADED]++;
+        send_reply(c, h->call_id, RPC_E_OVERLOADED, msg, NULL, NULL);
         return c->bev ? 0 : 1;
     }
     if (f->oversized) {
@@ -1392,7 +1445,13 @@ static int dispatch_unless_paused(void *ctx, const struct rpc_frame *f)
 {
     struct rpc_conn *c = ctx;
     int stop = dispatch(c, f);
-    return stop ? stop : c->read_paused ? 2 : 0;
+    if (stop || c->read_paused) {
+        return stop ? stop : 2;
+    }
+    if (!c->is_peer && ++c->turn_frames >= c->server->opts.frames_per_turn) {
+        return 3; /* its share of this turn: the others first */
+    }
+    return 0;
 }
 
 /* A held request or reply goes on, if its connection still stands. */
@@ -1548,20 +1607,47 @@ static bool check_tls_peer(struct rpc_conn *c)
     return true;
 }
 
-static void on_read(struct bufferevent *bev, void *arg)
+static void on_more(evutil_socket_t fd, short what, void *arg);
+
+/* Requests left in the input at the end of a connection's share of a
+ * turn: handled from more_ev, at the server's backlog priority, once the
+ * loop has served the others. */
+static void read_later(struct rpc_conn *c)
 {
-    struct rpc_conn *c = arg;
-    if (c->tls && !c->tls_checked && c->server && !check_tls_peer(c)) {
-        return;
+    struct rpc_server *s = c->server;
+    if (!c->more_ev) {
+        c->more_ev = event_new(s->base, -1, 0, on_more, c);
+        if (!c->more_ev) {
+            /* No memory for the event: read on now rather than stall. */
+            bufferevent_trigger(
+                c->bev, EV_READ,
+                BEV_TRIG_IGNORE_WATERMARKS | BEV_TRIG_DEFER_CALLBACKS);
+            return;
+        }
+        int pri = s->opts.backlog_priority ? s->opts.backlog_priority - 1
+                  : s->opts.io_priority    ? s->opts.io_priority - 1
+                                           : -1;
+        if (pri >= 0) {
+            event_priority_set(c->more_ev, pri);
+        }
     }
-    if (c->server && c->server->opts.peer_auth && !c->authed &&
-        !read_handshake(c)) {
-        return;
-    }
+    s->stats.backlogged++;
+    c->backlog = true;
+    bufferevent_disable(c->bev, EV_READ); /* no further ahead meanwhile */
+    event_active(c->more_ev, EV_TIMEOUT, 0);
+}
+
+static void read_frames(struct rpc_conn *c)
+{
     c->refs++; /* handlers may close the connection under us */
     uint64_t frames = c->frames;
-    int rv = rpc_read_frames(bufferevent_get_input(bev), c->dec,
+    c->turn_frames = 0;
+    int rv = rpc_read_frames(bufferevent_get_input(c->bev), c->dec,
                              dispatch_unless_paused, c);
+    if (rv == 3 && c->bev && !c->read_paused && !c->budget_paused &&
+        evbuffer_get_length(bufferevent_get_input(c->bev))) {
+        read_later(c);
+    }
     if (rv == RPC_DECODE_ERROR && c->bev) {
         rpc_logf(RPC_LOG_WARN, "rpc: bad frame from %s: %s; closing", c->peer,
                  rpc_decoder_errmsg(c->dec));
@@ -1580,6 +1666,40 @@ static void on_read(struct bufferevent *bev, void *arg)
         budget_check(c);
     }
     conn_unref(c);
+}
+
+static void on_more(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    struct rpc_conn *c = arg;
+    c->backlog = false;
+    if (c->bev && !c->read_paused && !c->budget_paused) {
+        c->refs++;
+        read_frames(c); /* (may find more than a turn's again) */
+        if (c->bev && !c->backlog && !c->read_paused && !c->budget_paused) {
+            bufferevent_enable(c->bev, EV_READ);
+        }
+        conn_unref(c);
+    }
+    /* (paused: resume_reading goes on from here) */
+}
+
+static void on_read(struct bufferevent *bev, void *arg)
+{
+    (void)bev;
+    struct rpc_conn *c = arg;
+    if (c->tls && !c->tls_checked && c->server && !check_tls_peer(c)) {
+        return;
+    }
+    if (c->server && c->server->opts.peer_auth && !c->authed &&
+        !read_handshake(c)) {
+        return;
+    }
+    if (c->backlog) {
+        return; /* its turn comes in on_more: the others first */
+    }
+    read_frames(c);
 }
 
 /* Output drained to the low watermark: read again if we had paused. */
@@ -1682,6 +1802,12 @@ static struct rpc_conn *conn_new(struct rpc_server *s, int fd, const char *peer)
     s->clients++;
     bufferevent_setcb(c->bev, on_read, on_write, on_event, c);
     bufferevent_setwatermark(c->bev, EV_WRITE, s->opts.max_output / 2, 0);
+    if (s->opts.io_priority) {
+        bufferevent_priority_set(c->bev, s->opts.io_priority - 1);
+        if (c->raw) {
+            bufferevent_priority_set(c->raw, s->opts.io_priority - 1);
+        }
+    }
     budget_watch(c);
     bufferevent_enable(c->bev, EV_READ | EV_WRITE);
     return c;
@@ -1920,6 +2046,15 @@ struct rpc_server *rpc_server_new(struct event_base *base,
     }
     if (!s->opts.max_streams) {
         s->opts.max_streams = 4096;
+    }
+    if (!s->opts.max_inflight) {
+        s->opts.max_inflight = 10000;
+    }
+    if (!s->opts.max_inflight_total) {
+        s->opts.max_inflight_total = 100000;
+    }
+    if (!s->opts.frames_per_turn) {
+        s->opts.frames_per_turn = 64;
     }
     s->opts.peer_service = NULL; /* the copy below */
     if (opts && opts->peer_service &&

@@ -11,6 +11,7 @@
 #include <errno.h>
 #include <signal.h>
 #include <stdio.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
@@ -28,11 +29,14 @@
 /* What the flood child reports. */
 struct flood_report
 {
-    long sent;     /* calls made */
-    long answered; /* closures run */
-    long ok;       /* with err KV_OK */
-    int first_err; /* the first other KvError, or -1 for an RPC failure */
-    char why[200]; /* the first RPC failure's text */
+    long sent;          /* calls made */
+    long answered;      /* closures run */
+    long ok;            /* with err KV_OK */
+    long shed;          /* answered RPC_E_OVERLOADED: never started */
+    long last_ok[1000]; /* puts: the last acknowledged i of key i % 1000,
+                           or -1 */
+    int first_err;      /* the first other KvError, or -1 for an RPC failure */
+    char why[200];      /* the first RPC failure's text */
 };
 
 static struct flood_report F;
@@ -42,6 +46,8 @@ static void count(bool answered, int err)
     F.answered++;
     if (answered && err == RAFTKV__KV_ERROR__KV_OK) {
         F.ok++;
+    } else if (!answered && rpc_last_status() == RPC_E_OVERLOADED) {
+        F.shed++;
     } else if (F.first_err == 0) {
         F.first_err = answered ? err : -1;
         if (!answered) {
@@ -58,8 +64,11 @@ static void on_get(const Raftkv__GetReply *r, void *data)
 
 static void on_put(const Raftkv__PutAppendReply *r, void *data)
 {
-    (void)data;
+    long i = (long)(intptr_t)data;
     count(r != NULL, r ? (int)r->err : 0);
+    if (r && r->err == RAFTKV__KV_ERROR__KV_OK && i > F.last_ok[i % 1000]) {
+        F.last_ok[i % 1000] = i;
+    }
 }
 
 static void on_session(const Raftkv__OpenSessionReply *r, void *data)
@@ -90,6 +99,9 @@ static void flood(const char *host, uint16_t port, long n, bool puts, int fd)
         }
         memset(&F, 0, sizeof F);
     }
+    for (int k = 0; k < 1000; k++) {
+        F.last_ok[k] = -1;
+    }
     for (long i = 0; i < n; i++) {
         if (puts) {
             char k[32], v[32];
@@ -100,7 +112,8 @@ static void flood(const char *host, uint16_t port, long n, bool puts, int fd)
             a.value = (ProtobufCBinaryData){strlen(v), (uint8_t *)v};
             a.client_id = (ProtobufCBinaryData){16, cid};
             a.request_id = (uint64_t)i + 1;
-            raftkv__kv_service__put_append(svc, &a, on_put, NULL);
+            raftkv__kv_service__put_append(svc, &a, on_put,
+                                           (void *)(intptr_t)i);
         } else {
             Raftkv__GetArgs a = RAFTKV__GET_ARGS__INIT;
             a.key = (ProtobufCBinaryData){5, (uint8_t *)"flood"};
@@ -211,19 +224,26 @@ static void flood_against_leader(long calls, bool puts)
     close(fds[0]);
     uint64_t busy99 = p99(during, nd);
     printf(
-        "\n  %ld pipelined %s: %ld answered, %ld ok in about %llu ms; "
-        "other client's puts: %zu, p99 %llu ms (%llu ms without the "
-        "flood), %d failed\n",
+        "\n  %ld pipelined %s: %ld answered, %ld ok, %ld shed in about "
+        "%llu ms; other client's puts: %zu, p99 %llu ms (%llu ms without "
+        "the flood), %d failed\n",
         calls, puts ? "puts" : "linearizable gets", rep.answered, rep.ok,
-        (unsigned long long)took, nd, (unsigned long long)busy99,
+        rep.shed, (unsigned long long)took, nd, (unsigned long long)busy99,
         (unsigned long long)base99, failed);
     CU_ASSERT(WIFEXITED(status) && WEXITSTATUS(status) == 0);
     CU_ASSERT_EQUAL(got, (ssize_t)sizeof rep);
+    /* Every call answered: done, or shed at once (over the connection's
+     * 10,000 calls in flight) and never started. */
     CU_ASSERT_EQUAL(rep.answered, calls);
-    CU_ASSERT_EQUAL(rep.ok, calls);
-    if (rep.ok != calls) {
+    CU_ASSERT_EQUAL(rep.ok + rep.shed, calls);
+    CU_ASSERT(rep.ok >= 10000);
+    if (rep.ok + rep.shed != calls) {
         printf("  first failure: %d %s\n", rep.first_err, rep.why);
     }
+    static char body[1 << 16];
+    CU_ASSERT(h_http_get(&c, (size_t)leader, "GET", "/metrics", body,
+                         sizeof body) == 200);
+    CU_ASSERT_EQUAL(h_metric(body, "raftkv_rpc_shed_total"), (double)rep.shed);
     /* The leader kept its leadership all along: same node, same term. */
     CU_ASSERT_EQUAL(h_find_leader(&c, 10000), leader);
     CU_ASSERT_EQUAL(term_of(&c, (size_t)leader), term);
@@ -233,12 +253,19 @@ static void flood_against_leader(long calls, bool puts)
      * seconds). */
     CU_ASSERT(nd > 0);
     CU_ASSERT(busy99 <= (base99 * 20 > 1000 ? base99 * 20 : 1000));
-    if (puts) {
-        r = h_get(&cl, "flood/999", false, (size_t)leader);
-        CU_ASSERT_EQUAL(r.err, RAFTKV__KV_ERROR__KV_OK);
-        char want[32];
-        snprintf(want, sizeof want, "%ld", calls - 1);
-        CU_ASSERT(r.value && strcmp(r.value, want) == 0);
+    /* A shed put was never applied: every key holds its last
+     * acknowledged value (puts on one connection apply in order). */
+    for (int k = 0; puts && k < 1000; k++) {
+        char key[32], want[32];
+        snprintf(key, sizeof key, "flood/%d", k);
+        snprintf(want, sizeof want, "%ld", rep.last_ok[k]);
+        r = h_get(&cl, key, false, (size_t)leader);
+        if (rep.last_ok[k] < 0) {
+            CU_ASSERT_EQUAL(r.err, RAFTKV__KV_ERROR__KV_NOT_FOUND);
+        } else {
+            CU_ASSERT_EQUAL(r.err, RAFTKV__KV_ERROR__KV_OK);
+            CU_ASSERT(r.value && strcmp(r.value, want) == 0);
+        }
         h_result_free(&r);
     }
     h_client_close(&cl);

@@ -32,6 +32,9 @@ static void echo_echo(Raftkv__Test__EchoService_Service *svc,
     struct echo_service *e = (struct echo_service *)svc;
     Raftkv__Test__EchoReply reply = RAFTKV__TEST__ECHO_REPLY__INIT;
     e->calls++;
+    if (in->payload.len == 4 && memcmp(in->payload.data, "mark", 4) == 0) {
+        e->mark_at = e->calls; /* and echoed below */
+    }
     if (in->payload.len == 6 && memcmp(in->payload.data, "whoami", 6) == 0) {
         const char *peer = rpc_call_peer(closure_data);
         reply.payload.data = (uint8_t *)peer;

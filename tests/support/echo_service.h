@@ -12,7 +12,8 @@ struct event_base;
 
 /* An EchoService implementation whose Defer replies come from timers on
  * base. Echo with payload "whoami" answers the caller's address, "token"
- * the auth token of its header, "peerid" the node id its connection
+ * the auth token of its header ("mark" notes calls in mark_at),
+ * "peerid" the node id its connection
  * proved in the peer handshake, "tlsname" the CN of its verified client
  * certificate. Stream sends count frames "<payload>:<n>" (n from 0), one
  * every delay_ms (as fast as flow control lets it when 0), then a last
@@ -37,6 +38,8 @@ struct echo_service
                                               a close or a refused message */
     uint64_t chat_messages;                /* messages Chat streams took */
     char chat_last[64];                    /* the last one's payload */
+    uint64_t mark_at;                      /* calls, counting itself, when
+                                              an Echo "mark" was handled */
     struct echo_stream *shared;            /* open Stream calls whose
                                               payload starts with "share"
                                               (count 0): they send only

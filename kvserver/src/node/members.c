@@ -201,6 +201,7 @@ static int peer_connect(struct kv_node *n, struct kv_peer *p)
         .peer_auth = &n->peer_auth,
         .peer_id = p->id,
         .tls = n->peer_tls_out,
+        .priority = 0 + 1, /* Raft messages before clients' work */
     };
     p->ch = rpc_channel_new(n->base, host, port, &o);
     p->raft =

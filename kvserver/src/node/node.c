@@ -512,6 +512,11 @@ int kv_node_open(const struct kv_node_config *cfg, struct kv_node **out)
         .max_buffered = cfg->max_buffered,
         .frame_timeout_ms = cfg->frame_timeout_ms,
         .idle_timeout_ms = cfg->idle_timeout_ms,
+        .max_inflight = cfg->max_inflight_conn,
+        .max_inflight_total = cfg->max_inflight,
+        /* Clients at the default priority (1); what their turn leaves
+         * waits with the node's turn, at the lowest (2). */
+        .backlog_priority = 2 + 1,
     };
     /* Peers: a few connections per member at most, plus room for
      * handshakes in progress; nobody idles them out. */
@@ -525,6 +530,8 @@ int kv_node_open(const struct kv_node_config *cfg, struct kv_node **out)
         .tls = n->peer_tls_in,
         .precheck = peer_precheck,
         .precheck_arg = n,
+        /* The other nodes' messages before any client's work. */
+        .io_priority = 0 + 1,
     };
     n->server = rpc_server_new(n->base, &so);
     n->peer_server = rpc_server_new(n->base, &po);
@@ -590,6 +597,7 @@ int kv_node_run(struct kv_node *n)
         return 1;
     }
     event_priority_set(n->turn_ev, 2);
+    event_priority_set(n->tick_ev, 0); /* heartbeats and elections first */
     struct timeval sweep = {0, 50000};
     event_add(n->sweep_ev, &sweep);
     event_add(n->sig_term, NULL);

@@ -94,6 +94,9 @@ struct kv_node_config
     bool fault_injection;        /* AdminService.Fault allowed */
     unsigned max_connections;    /* client connections at once (0: any) */
     unsigned max_per_source;     /* of them from one address (0: any) */
+    unsigned max_inflight_conn;  /* calls in flight on one client
+                                    connection: more are shed */
+    unsigned max_inflight;       /* on all client connections together */
     unsigned frame_timeout_ms;   /* a frame (or unread replies) stuck this
                                     long closes the connection (0: never) */
     unsigned idle_timeout_ms;    /* idle client connections closed after

@@ -139,6 +139,18 @@ static void put_rpc(struct evbuffer *b, struct kv_node *n)
     put_value(b, "raftkv_rpc_idle_closes_total", "counter",
               "Connections closed after --idle-timeout-ms without a call.",
               ss.idle_closes);
+    put_value(b, "raftkv_rpc_shed_total", "counter",
+              "Calls answered OVERLOADED at once, never started: over "
+              "--max-inflight-per-conn or --max-inflight.",
+              ss.shed);
+    put_value(b, "raftkv_rpc_inflight", "gauge",
+              "Client calls started and not yet answered (open streams not "
+              "counted).",
+              ss.inflight);
+    put_value(b, "raftkv_rpc_backlogged_total", "counter",
+              "Times a client connection's requests waited for the others' "
+              "turn (more than 64 in one read).",
+              ss.backlogged);
 }
 
 static void on_metrics(struct evhttp_request *req, void *arg)

@@ -386,22 +386,43 @@ struct rpc_server_options
                                   "peer auth"); NULL: none */
     struct rpc_tls *tls;                   /* serve TLS with this server context
                                               (borrowed); NULL: plain TCP */
-    size_t max_buffered;      /* one budget for the bytes buffered by all
-                                 connections (input, output, replies
-                                 waiting): above it a connection that
-                                 reads stops reading until the total
-                                 drains to half. 0: no budget */
-    rpc_precheck_cb precheck; /* called before every unpack; NULL: none */
-    void *precheck_arg;       /* passed to precheck */
-    uint32_t max_per_peer;    /* with peer_auth: connections one peer id
-                                 may hold; a newer one closes its oldest.
-                                 Default 4 */
-    uint32_t handshake_ms;    /* with peer_auth: a connection that has not
-                             finished the handshake this long after
-                             it was accepted is closed. Default 2000 */
-    uint32_t max_streams;     /* streams open at once on one connection
-                                 (rpc_stream_open refuses more with
-                                 RPC_E_OVERLOADED). Default 4096 */
+    size_t max_buffered;         /* one budget for the bytes buffered by all
+                                    connections (input, output, replies
+                                    waiting): above it a connection that
+                                    reads stops reading until the total
+                                    drains to half. 0: no budget */
+    rpc_precheck_cb precheck;    /* called before every unpack; NULL: none */
+    void *precheck_arg;          /* passed to precheck */
+    uint32_t max_per_peer;       /* with peer_auth: connections one peer id
+                                    may hold; a newer one closes its oldest.
+                                    Default 4 */
+    uint32_t handshake_ms;       /* with peer_auth: a connection that has not
+                                finished the handshake this long after
+                                it was accepted is closed. Default 2000 */
+    uint32_t max_streams;        /* streams open at once on one connection
+                                    (rpc_stream_open refuses more with
+                                    RPC_E_OVERLOADED). Default 4096 */
+    uint32_t max_inflight;       /* calls started on one connection and not
+                                    yet answered (open streams not counted):
+                                    a call past it is answered
+                                    RPC_E_OVERLOADED at once and never
+                                    started (shed). Peers (peer_service) are
+                                    never shed. Default 10000; UINT32_MAX:
+                                    no limit */
+    uint32_t max_inflight_total; /* the same for all client connections
+                                    together. Default 100000; UINT32_MAX:
+                                    no limit */
+    uint32_t frames_per_turn;    /* requests one connection's read hands to
+                                    handlers before the loop turns to the
+                                    others; the rest wait in its input (at
+                                    backlog_priority). Default 64 */
+    int io_priority;             /* libevent priority of the connections'
+                                    reads and writes, plus one (0: the base's
+                                    default). The base must have priorities
+                                    (event_base_priority_init) */
+    int backlog_priority;        /* priority, plus one, at which requests that
+                                    frames_per_turn left are handled (0: as
+                                    io_priority) */
 };
 
 /* How long a connection admitted into peer_reserve has to show itself a
@@ -440,6 +461,12 @@ struct rpc_server_stats
                                      not open (ended, cancelled, unknown) */
     uint64_t shared_frames;       /* stream frames sent once for several
                                      streams (rpc_stream_send_shared) */
+    uint64_t shed;                /* calls answered RPC_E_OVERLOADED, never
+                                     started: over max_inflight (of their
+                                     connection) or max_inflight_total */
+    uint64_t inflight;            /* calls started, not yet answered, now */
+    uint64_t backlogged;          /* times a connection's read stopped at
+                                     frames_per_turn with requests left */
 };
 
 /* Calls of one method of a served service, by how they were answered. */
@@ -737,6 +764,9 @@ struct rpc_channel_options
                             must prove it is */
     struct rpc_tls *tls; /* speak TLS with this client context
                             (borrowed); NULL: plain TCP */
+    int priority;        /* libevent priority of the connection's reads
+                            and writes, plus one (0: the base's default;
+                            the base must have priorities) */
 };
 
 /* Counters of a channel. */
