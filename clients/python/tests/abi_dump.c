@@ -5,9 +5,9 @@
 
 #include <clerk/clerk.h>
 
-#define SIZE(s) printf("size %s %zu\n", #s, sizeof(struct s))
+#define SIZE(s)     printf("size %s %zu\n", #s, sizeof(struct s))
 #define FIELD(s, f) printf("field %s.%s %zu\n", #s, #f, offsetof(struct s, f))
-#define CONST(c) printf("const %s %lld\n", #c, (long long)(c))
+#define CONST(c)    printf("const %s %lld\n", #c, (long long)(c))
 
 int main(void)
 {
