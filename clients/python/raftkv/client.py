@@ -62,6 +62,19 @@ def _range_end(key, end, prefix, from_key):
     return _opt_b(end, "end")
 
 
+def _key_range(key, end, prefix, from_key):
+    """(key, range_end) in libclerk's form. An empty key (a key is 1 to 511
+    bytes) means from the first key: b"\0"; alone (or as a prefix) it
+    means every key."""
+    k = _b(key)
+    e = _range_end(k, end, prefix, from_key)
+    if not k:
+        k = b"\0"
+        if e is None:
+            e = b"\0"
+    return k, e
+
+
 def _bytes_at(ptr, n):
     if not ptr or not n:
         return b""
@@ -346,8 +359,7 @@ class Client:
                      prev_kv=False):
         """Delete the keys in [key, end), with prefix key, or from key on,
         at one revision: a DeleteResult (deleted may be 0)."""
-        k = _b(key)
-        e = _range_end(key, end, prefix, from_key)
+        k, e = _key_range(key, end, prefix, from_key)
         out = POINTER(_lib.clerk_delete_result)()
         self._call(lib.clerk_delete_range, k, len(k), e, _len(e),
                    _lib.CLERK_DELETE_PREV_KV if prev_kv else 0, byref(out))
@@ -385,8 +397,7 @@ class Client:
         (prefix=True), or from key on (from_key=True): a RangeResult of
         KeyValues in key order (descending=True: reversed), at most limit
         (0: all that fit in 4 MiB; see .more)."""
-        k = _b(key)
-        e = _range_end(key, end, prefix, from_key)
+        k, e = _key_range(key, end, prefix, from_key)
         flags = ((_lib.CLERK_RANGE_KEYS_ONLY if keys_only else 0) |
                  (_lib.CLERK_RANGE_COUNT_ONLY if count_only else 0) |
                  (_lib.CLERK_RANGE_SORT_DESCEND if descending else 0))
@@ -417,8 +428,9 @@ class Client:
         None: every key), oldest first: an Events (poll again from its
         next_revision). Raises Compacted when start_revision is no longer
         kept."""
-        k = _opt_b(key, "key")
-        e = _range_end(k or b"", end, prefix, from_key) if k else None
+        k, e = None, None
+        if key is not None:
+            k, e = _key_range(key, end, prefix, from_key)
         out = POINTER(_lib.clerk_events_result)()
         with self._mu:
             rc = lib.clerk_events(self._handle(), start_revision, k, _len(k),
@@ -443,8 +455,7 @@ class Client:
         on a thread of libclerk's for each batch, then once with
         (None, error) when the watch ends (see CallbackWatch).
         """
-        k = _b(key)
-        e = _range_end(key, end, prefix, from_key)
+        k, e = _key_range(key, end, prefix, from_key)
         o = _lib.clerk_watch_options(start_revision=start_revision,
                                      no_put=no_put, no_delete=no_delete,
                                      require_leader=require_leader,
@@ -632,8 +643,8 @@ class Txn:
 
     # compares
     def _compare(self, fn, key, op, value, end, prefix):
-        self._cmps.append((fn, _b(key), _cmp(op), value,
-                           _range_end(key, end, prefix, False)))
+        k, e = _key_range(key, end, prefix, False)
+        self._cmps.append((fn, k, _cmp(op), value, e))
         return self
 
     def if_value(self, key, op, value, end=None, prefix=False):
@@ -671,8 +682,8 @@ class Txn:
         return self
 
     def _delete(self, br, key, end, prefix, from_key, prev_kv):
-        self._ops[br].append(("delete", _b(key),
-                              _range_end(key, end, prefix, from_key),
+        k, e = _key_range(key, end, prefix, from_key)
+        self._ops[br].append(("delete", k, e,
                               _lib.CLERK_DELETE_PREV_KV if prev_kv else 0))
         return self
 
@@ -681,9 +692,8 @@ class Txn:
         flags = ((_lib.CLERK_RANGE_KEYS_ONLY if keys_only else 0) |
                  (_lib.CLERK_RANGE_COUNT_ONLY if count_only else 0) |
                  (_lib.CLERK_RANGE_SORT_DESCEND if descending else 0))
-        self._ops[br].append(("range", _b(key),
-                              _range_end(key, end, prefix, from_key),
-                              int(limit), flags))
+        k, e = _key_range(key, end, prefix, from_key)
+        self._ops[br].append(("range", k, e, int(limit), flags))
         return self
 
     def _txn(self, br, txn):

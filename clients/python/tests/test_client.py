@@ -259,6 +259,17 @@ class TestRange(Base):
         self.assertEqual((len(r), r.count), (0, 5))
         r = self.c.range(self.k("r3"), from_key=True)
         self.assertIn(self.k("r4"), [kv.key for kv in r])
+        # An empty key: from the first key (alone: every key).
+        everything = self.c.range("", count_only=True).count
+        self.assertGreaterEqual(everything, 5)
+        self.assertEqual(self.c.range("", from_key=True,
+                                      count_only=True).count, everything)
+        self.assertEqual(self.c.range(b"", prefix=True,
+                                      count_only=True).count, everything)
+        self.assertEqual(self.c.range("", end=self.k("r"),
+                                      count_only=True).count,
+                         self.c.range("\0", end=self.k("r"),
+                                      count_only=True).count)
         r = self.c.range(self.k("r0"))  # the key alone
         self.assertEqual([kv.key for kv in r], [self.k("r0")])
         self.assertEqual(len(self.c.range(self.k("zzz"))), 0)
