@@ -169,6 +169,10 @@ class Cluster:
         last = None
         with client_factory(self.endpoints, deadline_ms=1000) as c:
             while time.monotonic() < deadline:
+                if all(p is not None and p.poll() is not None
+                       for p in self.procs):
+                    raise AssertionError("every node exited\n%s"
+                                         % self.log_tail())
                 try:
                     c.put("__ready__", "1")
                     return

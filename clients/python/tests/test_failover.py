@@ -1,7 +1,7 @@
 """test_failover: the leader is killed (kill -9) in the middle of a
 workload: every acknowledged write is there afterwards, a watch opened
 before sees every one of them once and in order, and the killed node
-catches up once it is back."""
+catches up once it is back; and leadership is handed over on request."""
 
 import threading
 import time
@@ -100,6 +100,22 @@ class TestFailover(unittest.TestCase):
             while not caught_up() and time.monotonic() < deadline:
                 time.sleep(0.2)
             self.assertTrue(caught_up())
+        self.failed = False
+
+    def test_transfer_leader(self):
+        with raftkv.Client(self.cl.endpoints) as c:
+            old = c.leader()
+            self.assertNotEqual(old, 0)
+            target = 1 if old != 1 else 2
+            self.assertEqual(c.transfer_leader(target), target)
+            deadline = time.monotonic() + 10
+            while c.leader() != target and time.monotonic() < deadline:
+                time.sleep(0.1)
+            self.assertEqual(c.leader(), target)
+            c.put("after-transfer", "v")
+            self.assertNotEqual(c.transfer_leader(), target)  # any follower
+            with self.assertRaises(raftkv.BadRequest):
+                c.transfer_leader(99)  # no such node
         self.failed = False
 
 
