@@ -21,6 +21,8 @@ packages=(build-essential cmake pkg-config libprotobuf-c-dev
           nftables iproute2   # packet-level partitions in test_netns; hosts
                               # made of namespaces in test_hosts
           systemd)            # systemd-analyze verify of the unit (deploy/)
+# clients/python: its tests, and pip install of the package in a venv.
+packages+=(python3 python3-venv python3-pip python3-setuptools python3-wheel)
 if [ "${1:-}" = --packaging ]; then
     packages+=(lintian debootstrap)
 elif [ $# -gt 0 ]; then
