@@ -48,7 +48,7 @@ bdir=${RAFTKV_BUILD_DIR:-$root/build}
 export RAFTKV_BUILD_DIR=$bdir
 export RAFTKV_PORT=${RAFTKV_PORT:-27001}
 if [ ! -x "$bdir/bench/kvbench" ] || [ ! -x "$bdir/kvserver/kvserver" ]; then
-    scripts/deps.sh
+    scripts/deps.sh --build
     cmake -S "$root" -B "$bdir" >/dev/null
     cmake --build "$bdir" -j "$(nproc)" --target kvserver kvctl kvbench >/dev/null
 fi
