@@ -190,6 +190,12 @@ start_node() { # id, size
     started+=("$i")
 }
 
+mark_log() { # id: remember where the node's log ends, before it starts
+    local size=0
+    [ -f "$dir/node$1.log" ] && size=$(wc -c <"$dir/node$1.log")
+    echo "$size" >"$dir/node$1.logoff"
+}
+
 log_since() { # id: the node's log since this script started it
     tail -c +"$(($(cat "$dir/node$1.logoff" 2>/dev/null || echo 0) + 1))" "$dir/node$1.log" 2>/dev/null
 }
@@ -278,7 +284,7 @@ start)
     echo "$n" >"$dir/size"
     if [ $want_tls = true ]; then make_certs "$n"; fi
     for ((i = 1; i <= n; i++)); do
-        running "$i" || wc -c <"$dir/node$i.log" >"$dir/node$i.logoff" 2>/dev/null || echo 0 >"$dir/node$i.logoff"
+        running "$i" || mark_log "$i"
         start_node "$i" "$n"
     done
     for ((i = 1; i <= n; i++)); do verify_node "$i"; done
@@ -334,7 +340,7 @@ restart)
     i=${2:?restart needs a node id}
     n=$(nodes)
     [ "$i" -ge 1 ] && [ "$i" -le "$n" ] || die "no node $i in a $n-node cluster"
-    running "$i" || wc -c <"$dir/node$i.log" >"$dir/node$i.logoff" 2>/dev/null || echo 0 >"$dir/node$i.logoff"
+    running "$i" || mark_log "$i"
     start_node "$i" "$n"
     verify_node "$i"
     echo "node $i started"
