@@ -45,13 +45,15 @@ static size_t slurp(const char *path, char *buf, size_t cap)
 }
 
 /* Run `kvctl --cluster EPS ARGS` through the shell (ARGS may redirect
- * standard input); cluster NULL: no --cluster. */
+ * standard input); cluster NULL: no --cluster. A kvctl that does not end
+ * within 60 s (a pipe-mode command that never answers) is killed: the
+ * test fails instead of hanging. */
 static void kvctl_run(struct run *r, const char *cluster, const char *args)
 {
     char cmd[4096], out_path[256], err_path[256];
     snprintf(out_path, sizeof out_path, "%s/stdout", work);
     snprintf(err_path, sizeof err_path, "%s/stderr", work);
-    snprintf(cmd, sizeof cmd, "%s %s%s %s >%s 2>%s", KVCTL_BIN,
+    snprintf(cmd, sizeof cmd, "timeout -k 5 60 %s %s%s %s >%s 2>%s", KVCTL_BIN,
              cluster ? "--cluster " : "", cluster ? cluster : "", args,
              out_path, err_path);
     uint64_t t0 = h_now_ms();
