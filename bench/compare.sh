@@ -3,6 +3,7 @@
 # this machine, and the ratios against the targets of docs/performance.md.
 #
 #   bench/compare.sh [--duration 10s] [--runs N] [--only NAME[,NAME...]]
+#                    [--raftkv-only]
 #
 # Workloads (NAME): put1, put64, get64, put256, range64 (a linearizable
 # range over a random window of 100 consecutive keys, the key space filled
@@ -18,17 +19,22 @@
 # 16-byte keys over 10,000, 256-byte values, closed loop. With --runs N each
 # pair runs N times, alternating, and the medians are compared.
 # Needs root the first time (apt-get installs etcd and Go for the anchor).
+# Without the reference kit (no ../shared/anchors and no $ETCD_ANCHOR),
+# --raftkv-only runs the raftkv half alone: its result lines and a table
+# of raftkv's figures, no ratios; to compare, point ETCD_ANCHOR at a copy
+# of etcd-anchor.sh (docs/performance.md says what it does).
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
 root=$(pwd)
-duration=10s runs=1 only=""
+duration=10s runs=1 only="" raftkv_only=false
 while [ $# -gt 0 ]; do
     case "$1" in
         --duration) duration=${2:?--duration needs a value like 10s}; shift ;;
         --runs) runs=${2:?--runs needs a number}; shift ;;
         --only) only=${2:?--only needs a workload name}; shift ;;
-        -h|--help) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        --raftkv-only) raftkv_only=true ;;
+        -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "compare.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
     esac
     shift
@@ -43,12 +49,23 @@ for n in ${only//,/ }; do
 done
 
 anchor=${ETCD_ANCHOR:-$root/../shared/anchors/etcd-anchor.sh}
-[ -f "$anchor" ] || { echo "compare.sh: no etcd anchor at $anchor (set ETCD_ANCHOR)" >&2; exit 1; }
+if [ $raftkv_only = false ] && [ ! -f "$anchor" ]; then
+    cat >&2 <<END
+compare.sh: no etcd reference at $anchor.
+It runs etcd 3.4 and its load generator (etcdload) with kvbench's knobs
+(../shared/anchors/etcd-anchor.sh in the reference kit). Either
+  - set ETCD_ANCHOR=/path/to/etcd-anchor.sh, or
+  - run bench/compare.sh --raftkv-only for raftkv's figures alone
+    (no ratios), or build/bench/kvbench against any cluster
+    (docs/performance.md, "For one system alone").
+END
+    exit 1
+fi
 bdir=${RAFTKV_BUILD_DIR:-$root/build}
 export RAFTKV_BUILD_DIR=$bdir
 export RAFTKV_PORT=${RAFTKV_PORT:-27001}
 if [ ! -x "$bdir/bench/kvbench" ] || [ ! -x "$bdir/kvserver/kvserver" ]; then
-    scripts/deps.sh
+    scripts/deps.sh --build
     cmake -S "$root" -B "$bdir" >/dev/null
     cmake --build "$bdir" -j "$(nproc)" --target kvserver kvctl kvbench >/dev/null
 fi
@@ -106,6 +123,7 @@ for w in "${workloads[@]}"; do
         R[$name.raftkv.rate]+="$(field "$line" rate) "
         R[$name.raftkv.p50]+="$(field "$line" p50) "
         R[$name.raftkv.p99]+="$(field "$line" p99) "
+        [ $raftkv_only = true ] && continue
         line=$(run_etcd "$op" "$clients" "$conns")
         echo "etcd   $name: $line"
         R[$name.etcd.rate]+="$(field "$line" rate) "
@@ -119,6 +137,17 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else
 verdict() { awk -v x="$1" -v op="$2" -v t="$3" 'BEGIN {
     ok = (op == ">=") ? (x + 0 >= t) : (x + 0 <= t); print ok ? "met" : "not met" }'; }
 
+if [ $raftkv_only = true ]; then
+    echo
+    echo "| workload | raftkv rate | p50 / p99 ms |"
+    echo "|---|---|---|"
+    for w in "${workloads[@]}"; do
+        read -r name op clients conns <<<"$w"
+        [ -n "${R[$name.raftkv.rate]:-}" ] || continue
+        echo "| $name ($op, $clients clients / $conns conns) | $(med "$name.raftkv.rate") | $(med "$name.raftkv.p50") / $(med "$name.raftkv.p99") |"
+    done
+    exit 0
+fi
 echo
 echo "| workload | raftkv rate | etcd rate | rate ratio | raftkv p50 / p99 ms | etcd p50 / p99 ms | target | verdict |"
 echo "|---|---|---|---|---|---|---|---|"

@@ -14,18 +14,27 @@
 #   scripts/cluster.sh env             print the RAFTKV_CLUSTER line
 #   scripts/cluster.sh wipe            stop and delete all data and logs
 #
-# Data and logs live in $RAFTKV_CLUSTER_DIR (default: .cluster in the
-# repository). Every node serves clients on port $RAFTKV_PORT (default 7001)
-# of its own loopback address, and the other nodes on the next port (7002).
-# The nodes prove to each other that they hold the cluster's secret,
-# $RAFTKV_CLUSTER_DIR/peer.secret, made at the first start (mode 600).
-# Binaries come from $RAFTKV_BUILD_DIR (default build/, like
-# scripts/test.sh), which is built first when needed. More kvserver
-# options go in $RAFTKV_SERVER_FLAGS (RAFTKV_SERVER_FLAGS=
-# --enable-fault-injection for `kvctl fault` and `kvctl partition`). With
-# $RAFTKV_METRICS_PORT set, node i serves http://127.0.0.i:PORT/metrics and
-# /health. The nodes ignore RAFTKV_SERVER_* variables of this shell (the
-# environment form of kvserver's options): their options are the above.
+# Environment:
+#   RAFTKV_CLUSTER_DIR   data, logs and pid files (default: .cluster in the
+#                        repository)
+#   RAFTKV_PORT          node i serves clients on 127.0.0.i:PORT and the
+#                        other nodes on PORT+1 (default 7001)
+#   RAFTKV_BUILD_DIR     where kvserver and kvctl are, built first when
+#                        missing (default: build/ in the repository)
+#   RAFTKV_SERVER_FLAGS  more kvserver options, split on blanks (e.g.
+#                        --enable-fault-injection for kvctl fault/partition)
+#   RAFTKV_METRICS_PORT  if set, node i serves http://127.0.0.i:PORT/metrics
+#                        and /health
+# The nodes ignore RAFTKV_SERVER_* variables of this shell (the environment
+# form of kvserver's options): their options are the above. They prove to
+# each other that they hold the cluster's secret, DIR/peer.secret, made at
+# the first start (mode 600). Building installs what is missing with
+# scripts/deps.sh --build (not the test-only packages).
+#
+# start succeeds only when the processes it started are the ones answering:
+# a port already in use (by a kvserver of another directory, or anything
+# else) is an error naming the port and, when it can be found, the pid; so
+# is a node that dies at start, or nodes that report different clusters.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -36,7 +45,17 @@ bdir=${RAFTKV_BUILD_DIR:-$root/build}
 kvserver=$bdir/kvserver/kvserver
 kvctl=$bdir/clerk/kvctl
 
-die() { echo "cluster.sh: $*" >&2; exit 1; }
+started=() # nodes this run started: a failed start stops them again
+die() {
+    echo "cluster.sh: $*" >&2
+    local i pid
+    for i in "${started[@]}"; do
+        pid=$(cat "$dir/node$i.pid" 2>/dev/null) || continue
+        kill -TERM "$pid" 2>/dev/null && echo "cluster.sh: stopped node $i (pid $pid) again" >&2
+        rm -f "$dir/node$i.pid"
+    done
+    exit 1
+}
 
 nodes() { cat "$dir/size" 2>/dev/null || echo 0; }
 
@@ -52,14 +71,63 @@ endpoints() { # HOST:PORT,... for clients
     echo "$list"
 }
 
-running() { # is node $1 running?
+running() { # is node $1 running: its pid alive and a kvserver of this directory?
     local pid
     pid=$(cat "$dir/node$1.pid" 2>/dev/null) || return 1
-    kill -0 "$pid" 2>/dev/null
+    kill -0 "$pid" 2>/dev/null || return 1
+    # A pid file outlives its process; the pid may be another's by now.
+    tr '\0' '\n' <"/proc/$pid/cmdline" 2>/dev/null | grep -qx -- "$dir/node$1"
+}
+
+# Listening sockets, from /proc/net/tcp{,6}: no ss (iproute2) needed.
+# shellcheck disable=SC2086 # splits the address at its dots
+hexip() { local IFS=.; set -- $1; printf '%02X%02X%02X%02X' "$4" "$3" "$2" "$1"; }
+listen_inodes() { # host port: inodes of sockets listening there (or on any)
+    local p; p=$(printf '%04X' "$2")
+    awk -v a="$(hexip "$1"):$p" -v b="00000000:$p" \
+        -v c="00000000000000000000000000000000:$p" \
+        '$4 == "0A" && ($2 == a || $2 == b || $2 == c) { print $10 }' \
+        /proc/net/tcp /proc/net/tcp6 2>/dev/null
+}
+owner_of() { # host port: "pid N (command)" listening there, if it can be found
+    local ino f pid
+    for ino in $(listen_inodes "$1" "$2"); do
+        f=$(find /proc/[0-9]*/fd -lname "socket:\[$ino\]" -print -quit 2>/dev/null) || true
+        if [ -n "$f" ]; then
+            pid=${f#/proc/}; pid=${pid%%/*}
+            echo "pid $pid ($(tr '\0\n' '  ' <"/proc/$pid/cmdline" 2>/dev/null | cut -c1-120))"
+            return
+        fi
+    done
+}
+port_in_use() { # host port
+    [ -n "$(listen_inodes "$1" "$2")" ] || (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null
+}
+owns_port() { # pid host port: is pid the one listening there?
+    local ino
+    for ino in $(listen_inodes "$2" "$3"); do
+        [ -n "$(find "/proc/$1/fd" -lname "socket:\[$ino\]" -print -quit 2>/dev/null)" ] && return 0
+    done
+    return 1
+}
+node_ports() { # id: the ports node id listens on
+    echo "$port $((port + 1)) ${RAFTKV_METRICS_PORT:-}"
+}
+check_ports_free_unless_running() { # id
+    running "$1" || check_ports_free "$1"
+}
+check_ports_free() { # id: die naming the port (and its owner) if one is taken
+    local i=$1 p who
+    for p in $(node_ports "$i"); do
+        if port_in_use "127.0.0.$i" "$p"; then
+            who=$(owner_of "127.0.0.$i" "$p")
+            die "port 127.0.0.$i:$p (node $i) is in use${who:+ by $who}, not by a node of $dir; stop it, or choose another RAFTKV_PORT"
+        fi
+    done
 }
 
 build() {
-    scripts/deps.sh
+    scripts/deps.sh --build
     if [ ! -f "$bdir/CMakeCache.txt" ]; then
         cmake -S . -B "$bdir" >/dev/null
     fi
@@ -101,6 +169,7 @@ start_node() { # id, size
              --peer-tls-ca "$c/ca.crt")
     fi
     running "$i" && { echo "node $i is already running"; return; }
+    check_ports_free "$i"
     mkdir -p "$dir/node$i"
     local metrics=()
     if [ -n "${RAFTKV_METRICS_PORT:-}" ]; then
@@ -118,6 +187,62 @@ start_node() { # id, size
             --data-dir "$dir/node$i" "${metrics[@]}" "${flags[@]}"
     ) >>"$dir/node$i.log" 2>&1 &
     echo $! >"$dir/node$i.pid"
+    started+=("$i")
+}
+
+mark_log() { # id: remember where the node's log ends, before it starts
+    local size=0
+    [ -f "$dir/node$1.log" ] && size=$(wc -c <"$dir/node$1.log")
+    echo "$size" >"$dir/node$1.logoff"
+}
+
+log_since() { # id: the node's log since this script started it
+    tail -c +"$(($(cat "$dir/node$1.logoff" 2>/dev/null || echo 0) + 1))" "$dir/node$1.log" 2>/dev/null
+}
+
+verify_node() { # id: die unless our process for node id is alive and listening
+    local i=$1 t p pid who
+    pid=$(cat "$dir/node$i.pid")
+    for ((t = 0; t < 100; t++)); do
+        if ! kill -0 "$pid" 2>/dev/null; then
+            echo "cluster.sh: node $i (pid $pid) exited at start; its log:" >&2
+            log_since "$i" | tail -n 5 >&2
+            for p in $(node_ports "$i"); do
+                who=$(owner_of "127.0.0.$i" "$p")
+                [ -z "$who" ] || echo "cluster.sh: port 127.0.0.$i:$p is held by $who" >&2
+            done
+            die "node $i did not start"
+        fi
+        owns_port "$pid" "127.0.0.$i" "$port" && owns_port "$pid" "127.0.0.$i" "$((port + 1))" && return 0
+        sleep 0.1
+    done
+    who=$(owner_of "127.0.0.$i" "$port")
+    die "node $i (pid $pid) does not listen on 127.0.0.$i:$port after 10 s${who:+; $who does}"
+}
+
+cluster_id_of() { # id: the cluster id node id reported since it started
+    log_since "$1" | grep -o 'cluster [0-9a-f]\{16\}' | grep -v ' 0\{16\}$' | tail -n 1 | cut -d' ' -f2
+}
+
+verify_cluster() { # n: every node answers as itself, all of one cluster
+    local n=$1 i t st
+    # shellcheck disable=SC2046
+    st=$("$kvctl" $(kvctl_tls) --cluster "$(endpoints "$n")" --timeout 2 -w json status 2>/dev/null) || true
+    for ((i = 1; i <= n; i++)); do
+        grep -q "\"address\":\"127.0.0.$i:$port\",\"reachable\":true,\"id\":$i," <<<"$st" ||
+            die "node $i (127.0.0.$i:$port) does not answer as node $i: $(grep -o "\"address\":\"127.0.0.$i:$port\"[^}]*" <<<"$st" | cut -c1-200)"
+    done
+    local -a cid
+    for ((t = 0; t < 100; t++)); do
+        for ((i = 1; i <= n; i++)); do cid[i]=$(cluster_id_of "$i"); done
+        for ((i = 1; i <= n; i++)); do [ -n "${cid[i]}" ] || break; done
+        [ "$i" -gt "$n" ] && break # every node named its cluster
+        sleep 0.1
+    done
+    for ((i = 1; i <= n; i++)); do
+        [ -n "${cid[i]}" ] && [ "${cid[i]}" = "${cid[1]}" ] && continue
+        die "the nodes do not report one cluster id (node 1: ${cid[1]:-none}, node $i: ${cid[i]:-none}); see cluster.sh log $i"
+    done
 }
 
 wait_leader() {
@@ -155,15 +280,21 @@ start)
     fi
     build
     mkdir -p "$dir"
+    for ((i = 1; i <= n; i++)); do check_ports_free_unless_running "$i"; done
     echo "$n" >"$dir/size"
     if [ $want_tls = true ]; then make_certs "$n"; fi
-    for ((i = 1; i <= n; i++)); do start_node "$i" "$n"; done
+    for ((i = 1; i <= n; i++)); do
+        running "$i" || mark_log "$i"
+        start_node "$i" "$n"
+    done
+    for ((i = 1; i <= n; i++)); do verify_node "$i"; done
     if ! wait_leader "$n"; then
         echo "cluster.sh: no leader after 20 s; the logs:" >&2
         for ((i = 1; i <= n; i++)); do tail -n 5 "$dir/node$i.log" >&2; done
-        exit 1
+        die "no leader"
     fi
-    echo "raftkv: $n nodes running, data and logs in $dir"
+    verify_cluster "$n"
+    echo "raftkv: $n nodes running (cluster $(cluster_id_of 1)), data and logs in $dir"
     for ((i = 1; i <= n; i++)); do
         echo "  node $i  clients 127.0.0.$i:$port  peers 127.0.0.$i:$((port + 1))"
     done
@@ -209,7 +340,9 @@ restart)
     i=${2:?restart needs a node id}
     n=$(nodes)
     [ "$i" -ge 1 ] && [ "$i" -le "$n" ] || die "no node $i in a $n-node cluster"
+    running "$i" || mark_log "$i"
     start_node "$i" "$n"
+    verify_node "$i"
     echo "node $i started"
     ;;
 log)
@@ -228,7 +361,7 @@ wipe)
     echo "removed $dir"
     ;;
 help|-h|--help)
-    sed -n '2,29p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'
     ;;
 *)
     die "unknown command '$cmd' (cluster.sh help)"

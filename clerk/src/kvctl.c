@@ -33,6 +33,9 @@ enum {
     EXIT_LEASE_NOT_FOUND = 9,   /* lease, put --lease: no such lease */
     EXIT_NOT_HELD = 10,         /* lock, elect: the lock or leadership was
                                    lost (its lease could not be kept) */
+    EXIT_IO = 11, /* a local file could not be read or written (put --file,
+                     put -, snapshot save): checked before the cluster is
+                     asked where possible */
 };
 
 enum format { FMT_SIMPLE, FMT_JSON, FMT_TABLE };
@@ -49,8 +52,9 @@ static const char usage_text[] =
     "  get KEY [END] [--prefix|--from-key] [--limit N] [--keys-only]\n"
     "      [--count-only] [--rev-info] [--sort-order ascend|descend]\n"
     "      [--print-value-only]  keys and values of a range\n"
-    "  put KEY VALUE [--prev-kv] [--ignore-value] [--lease ID]\n"
-    "                          set KEY to VALUE\n"
+    "  put KEY VALUE|-|--file F [--prev-kv] [--ignore-value] [--lease ID]\n"
+    "                          set KEY to VALUE (-: standard input; F: a\n"
+    "                          file's bytes)\n"
     "  append KEY VALUE        append VALUE to KEY (absent counts as empty)\n"
     "  del KEY                 delete KEY\n"
     "  del KEY [END] [--prefix|--from-key] [--prev-kv]  delete a range\n"
@@ -76,8 +80,9 @@ static const char usage_text[] =
     "  member list | add ID PEER_ADDR ADDR | promote ID | remove ID |\n"
     "         update ID PEER_ADDR ADDR\n"
     "                          the cluster's members: grow, shrink, replace\n"
-    "  snapshot save FILE      save a consistent copy of the whole state\n"
-    "                          (restore: kvserver --restore FILE)\n"
+    "  snapshot save FILE|-    save a consistent copy of the whole state\n"
+    "                          (-: to standard output; restore: kvserver\n"
+    "                          --restore FILE)\n"
     "  fault NODE ...          inject network faults (test clusters only)\n"
     "  partition IDS IDS...    cut the cluster into groups (test clusters)\n"
     "  heal                    remove every injected fault\n"
@@ -108,10 +113,14 @@ static const char usage_text[] =
     "                   user; default: $RAFTKV_CERT) ...\n"
     "  --key FILE       ... and its key (default: $RAFTKV_KEY)\n"
     "  --version        print kvctl's version and exit\n"
+    "Options may also come after the command (kvctl get KEY --stale); the\n"
+    "word -- ends the options (kvctl put -- -KEY- -VALUE-).\n"
     "\n"
     "With no COMMAND, kvctl reads one command per line from standard input\n"
-    "and answers each with one line on standard output, keeping its\n"
-    "connections and client id. Tokens are separated by blanks; \"...\" "
+    "and answers each with exactly one line on standard output (an answer\n"
+    "of several rows has them joined by ' | '; help is one quoted string),\n"
+    "keeping its connections and client id; on a terminal it prompts\n"
+    "(kvctl> , on standard error). Tokens are separated by blanks; \"...\" "
     "takes\n"
     "the escapes \\\" \\\\ \\n \\r \\t \\xHH, '...' is taken literally; "
     "empty\n"
@@ -127,14 +136,17 @@ static const char usage_text[] =
     "wrong user name or password), 7 permission denied (the user's roles\n"
     "do not allow it), 8 compacted (events, compact: that history is\n"
     "gone), 9 no such lease (lease, put --lease), 10 the lock or the\n"
-    "leadership was lost (lock, elect). A txn whose compares failed\n"
+    "leadership was lost (lock, elect), 11 a local file could not be read\n"
+    "or written (put --file, put -, snapshot save; nothing was sent, or no\n"
+    "snapshot was kept). A txn whose compares failed\n"
     "exits 0 and prints FAILURE. lock -- COMMAND exits with COMMAND's\n"
     "status.\n"
     "Pipe mode exits 0 at the end of input.\n"
     "Error codes: NOT_FOUND, CAS_MISMATCH, TIMEOUT, UNAVAILABLE,\n"
     "BAD_REQUEST, VALUE_TOO_LARGE, NO_SPACE, DISABLED, UNAUTHENTICATED,\n"
     "PERMISSION_DENIED, COMPACTED, FUTURE_REVISION, LEASE_NOT_FOUND,\n"
-    "NOT_HELD, USAGE, INTERNAL.\n";
+    "NOT_HELD, IO_ERROR, USAGE, INTERNAL. With -w json, keys and values\n"
+    "are base64.\n";
 
 static const struct
 {
@@ -147,25 +159,34 @@ static const struct
      "kvctl get KEY [END] [--prefix|--from-key] [--limit N] [--keys-only]\n"
      "          [--count-only] [--rev-info] [--sort-order ascend|descend]\n"
      "          [--print-value-only]\n"
-     "  The keys of a range, as etcdctl: each key, then its value, on\n"
+     "  --print-value-only on KEY alone prints the value's bytes as they\n"
+     "  are, without a newline added (on a range: each value, then a\n"
+     "  newline). The keys of a range, as etcdctl: each key, then its value, "
+     "on\n"
      "  lines of their own (exit 0 also when there are none). END: the\n"
      "  keys up to, not including, END; --prefix: every key that starts\n"
      "  with KEY; --from-key: every key from KEY on. --rev-info adds each\n"
      "  key's revisions and a last line revision=R count=N more=B. Without\n"
      "  --limit, a range too large for one reply is read page by page.\n"
-     "  -w json: etcd's shape, keys and values in base64:\n"
+     "  -w json: {\"ok\":true,\"value\":BASE64} for KEY alone; a range in\n"
+     "  etcd's shape, keys and values in base64:\n"
      "  {\"ok\":true,\"header\":{\"revision\":R},\"kvs\":[{\"key\":..,\n"
      "  \"create_revision\":..,\"mod_revision\":..,\"version\":..,\n"
      "  \"value\":..}],\"count\":N,\"more\":false}\n"},
     {"put",
-     "kvctl put KEY VALUE [--prev-kv] [--ignore-value] [--lease ID]\n  Set "
-     "KEY to VALUE (applied exactly once, even across retries).\n"
+     "kvctl put KEY VALUE [--prev-kv] [--ignore-value] [--lease ID]\n"
+     "kvctl put KEY - ...\nkvctl put KEY --file FILE ...\n  Set "
+     "KEY to VALUE (applied exactly once, even across retries); with -,\n"
+     "  to all of standard input; with --file, to FILE's bytes (exit 11,\n"
+     "  IO_ERROR, when it cannot be read: nothing is sent). Not in pipe\n"
+     "  mode: - is refused there (standard input holds the commands).\n"
      "  --prev-kv prints the key as it was; --ignore-value (without VALUE)\n"
      "  keeps the value and bumps the key's revision; --lease ID (hex, as\n"
      "  lease grant prints it) attaches the key to a lease: it is deleted\n"
      "  when the lease ends (a put without --lease takes it off again).\n"
      "  Exit 9 (LEASE_NOT_FOUND) when there is no such lease: nothing is\n"
-     "  written. A VALUE starting with -- goes after the word --.\n"},
+     "  written. A KEY or VALUE starting with - goes after the word --;\n"
+     "  options may come before or after the arguments.\n"},
     {"lease",
      "kvctl lease grant TTL\n"
      "  Grant a lease of TTL seconds (the cluster raises a TTL below its\n"
@@ -305,7 +326,7 @@ static const struct
      "  (exit 3 meanwhile). Root only when auth is enabled. Replace a node:\n"
      "  add the new host under a new id, promote it, remove the old one.\n"},
     {"snapshot",
-     "kvctl snapshot save FILE\n"
+     "kvctl snapshot save FILE|-\n"
      "  Save a consistent copy of the whole state (keys, values and client\n"
      "  sessions) to FILE. The leader reads it under one transaction while\n"
      "  writes go on; the copy holds every write acknowledged before the\n"
@@ -314,7 +335,10 @@ static const struct
      "  cluster from it, run on every node, with an empty --data-dir:\n"
      "    kvserver --id N --cluster LIST --data-dir DIR --restore FILE\n"
      "  then start the nodes as usual. Exit 3 when no leader answered or\n"
-     "  the leader changed midway (run it again).\n"},
+     "  the leader changed midway (run it again); exit 11 (IO_ERROR) when\n"
+     "  FILE cannot be written (found before the cluster is asked). With\n"
+     "  -, the snapshot goes to standard output (not a terminal, not in\n"
+     "  pipe mode) and the OK line to standard error.\n"},
     {"fault",
      "kvctl fault NODE show\n"
      "kvctl fault NODE clear\n"
@@ -387,6 +411,45 @@ static const struct
 static enum format fmt = FMT_SIMPLE;
 static bool pipe_mode;
 
+/* --------------------------------------------------------------- input */
+
+/* All of f, NUL-terminated (*len: the bytes before the NUL); NULL with
+ * errno set when reading failed or memory ran out. */
+static char *read_all(FILE *f, size_t *len)
+{
+    size_t cap = 4096;
+    char *buf = malloc(cap);
+    *len = 0;
+    while (buf) {
+        if (*len + 1 == cap) {
+            char *p = realloc(buf, cap * 2);
+            if (!p) {
+                free(buf);
+                errno = ENOMEM;
+                return NULL;
+            }
+            buf = p;
+            cap *= 2;
+        }
+        size_t got = fread(buf + *len, 1, cap - *len - 1, f);
+        *len += got;
+        if (got == 0) {
+            if (ferror(f)) {
+                int e = errno ? errno : EIO;
+                free(buf);
+                errno = e;
+                return NULL;
+            }
+            buf[*len] = 0;
+            break;
+        }
+    }
+    if (!buf) {
+        errno = ENOMEM;
+    }
+    return buf;
+}
+
 /* --------------------------------------------------------------- output */
 
 /* The escapes kvctl's quoted values take; true if c had one. */
@@ -458,13 +521,23 @@ static json_t *ju64(uint64_t v)
     return json_integer((json_int_t)v);
 }
 
-/* Print one JSON answer on a line of its own, and drop it. */
+/* The answer when an answer could not be built; made at start. */
+static json_t *no_memory_answer;
+
+/* Print one JSON answer to f on a line of its own, and drop it. */
+static void emit_to(FILE *f, json_t *o)
+{
+    const size_t flags = JSON_COMPACT | JSON_REAL_PRECISION(6);
+    if (!o || json_dumpf(o, f, flags) != 0) {
+        json_dumpf(no_memory_answer, f, flags);
+    }
+    fputc('\n', f);
+    json_decref(o);
+}
+
 static void emit(json_t *o)
 {
-    char *s = o ? json_dumps(o, JSON_COMPACT | JSON_REAL_PRECISION(6)) : NULL;
-    puts(s ? s : "{\"ok\":false,\"error\":\"NO_MEMORY\"}");
-    free(s);
-    json_decref(o);
+    emit_to(stdout, o);
 }
 
 /* {"ok":true} to add an answer's members to. */
@@ -506,7 +579,7 @@ static void answer_value(const void *v, size_t n)
 {
     if (fmt == FMT_JSON) {
         json_t *o = ok_object();
-        json_object_set_new(o, "value", jstr(v, n));
+        json_object_set_new(o, "value", jb64(v, n));
         emit(o);
     } else if (pipe_mode) {
         put_quoted(stdout, v, n);
@@ -534,7 +607,7 @@ static int answer_error(const char *code,
             json_object_set_new(o, "unknown", json_true());
         }
         if (has_cur) {
-            json_object_set_new(o, "current", jstr(current, current_len));
+            json_object_set_new(o, "current", jb64(current, current_len));
         }
         emit(o);
     } else {
@@ -577,6 +650,9 @@ static int answer_error(const char *code,
     if (!strcmp(code, "NOT_HELD")) {
         return EXIT_NOT_HELD;
     }
+    if (!strcmp(code, "IO_ERROR")) {
+        return EXIT_IO;
+    }
     return EXIT_ERROR;
 }
 
@@ -592,6 +668,14 @@ static int answer_clerk(struct clerk *ck, int err)
 static int usage_error(const char *msg)
 {
     return answer_error("USAGE", msg, false, NULL, 0, false);
+}
+
+/* A local file failed: what was done, the file, errno's text. */
+static int io_error(const char *what, const char *path, int err)
+{
+    char msg[4400];
+    snprintf(msg, sizeof msg, "%s %.4000s: %s", what, path, strerror(err));
+    return answer_error("IO_ERROR", msg, false, NULL, 0, false);
 }
 
 /* ------------------------------------------------------------- commands */
@@ -907,17 +991,67 @@ static int to_file(const void *data, size_t len, void *arg)
     return fwrite(data, 1, len, arg) == len ? 0 : -1;
 }
 
+/* The OK answer of snapshot save (to standard error when the snapshot
+ * itself went to standard output). */
+static void answer_saved(FILE *f,
+                         const char *path,
+                         uint64_t index,
+                         uint64_t term,
+                         uint64_t bytes)
+{
+    if (fmt == FMT_JSON) {
+        json_t *o = ok_object();
+        json_object_set_new(o, "file", jcstr(path));
+        json_object_set_new(o, "index", ju64(index));
+        json_object_set_new(o, "term", ju64(term));
+        json_object_set_new(o, "bytes", ju64(bytes));
+        emit_to(f, o);
+    } else {
+        fprintf(f, "OK saved %s: state at index %llu, term %llu, %llu bytes\n",
+                path, (unsigned long long)index, (unsigned long long)term,
+                (unsigned long long)bytes);
+    }
+}
+
+/* kvctl snapshot save -: the snapshot on standard output. */
+static int snapshot_to_stdout(struct clerk *ck)
+{
+    if (pipe_mode) {
+        return usage_error(
+            "snapshot save -: in pipe mode standard output holds the "
+            "answers; give a FILE");
+    }
+    if (isatty(STDOUT_FILENO)) {
+        return usage_error(
+            "snapshot save -: standard output is a terminal; redirect it "
+            "(kvctl snapshot save - > FILE) or give a FILE");
+    }
+    uint64_t index = 0, term = 0, bytes = 0;
+    int err = clerk_snapshot_save(ck, to_file, stdout, &index, &term, &bytes);
+    if (err) {
+        return answer_clerk(ck, err);
+    }
+    if (fflush(stdout) != 0) {
+        return io_error("snapshot save: writing", "standard output", errno);
+    }
+    answer_saved(stderr, "-", index, term, bytes);
+    return EXIT_OK;
+}
+
 static int cmd_snapshot_save(struct clerk *ck, const char *path)
 {
+    if (!strcmp(path, "-")) {
+        return snapshot_to_stdout(ck);
+    }
     char tmp[4200];
     if (snprintf(tmp, sizeof tmp, "%s.tmp", path) >= (int)sizeof tmp) {
         return usage_error("FILE: path too long");
     }
+    /* Before the cluster is asked: a FILE that cannot be written is a
+     * local error of its own (exit 11), not a failed snapshot. */
     FILE *fp = fopen(tmp, "wb");
     if (!fp) {
-        char msg[4400];
-        snprintf(msg, sizeof msg, "%s: %s", tmp, strerror(errno));
-        return answer_error("INTERNAL", msg, false, NULL, 0, false);
+        return io_error("snapshot save: cannot create", tmp, errno);
     }
     uint64_t index = 0, term = 0, bytes = 0;
     int err = clerk_snapshot_save(ck, to_file, fp, &index, &term, &bytes);
@@ -934,28 +1068,15 @@ static int cmd_snapshot_save(struct clerk *ck, const char *path)
     snprintf(dir, sizeof dir, "%s", path);
     int dfd = ok ? open(dirname(dir), O_RDONLY | O_DIRECTORY) : -1;
     if (!ok || rename(tmp, path) != 0 || dfd < 0 || fsync(dfd) != 0) {
-        char msg[4400];
-        snprintf(msg, sizeof msg, "writing %s: %s", path,
-                 strerror(ok ? errno : save_errno));
+        int e = ok ? errno : save_errno;
         if (dfd >= 0) {
             close(dfd);
         }
         unlink(tmp);
-        return answer_error("INTERNAL", msg, false, NULL, 0, false);
+        return io_error("snapshot save: writing", path, e);
     }
     close(dfd);
-    if (fmt == FMT_JSON) {
-        json_t *o = ok_object();
-        json_object_set_new(o, "file", jcstr(path));
-        json_object_set_new(o, "index", ju64(index));
-        json_object_set_new(o, "term", ju64(term));
-        json_object_set_new(o, "bytes", ju64(bytes));
-        emit(o);
-    } else {
-        printf("OK saved %s: state at index %llu, term %llu, %llu bytes\n",
-               path, (unsigned long long)index, (unsigned long long)term,
-               (unsigned long long)bytes);
-    }
+    answer_saved(stdout, path, index, term, bytes);
     return EXIT_OK;
 }
 
@@ -1409,12 +1530,28 @@ static int cmd_partition(struct clerk *ck, struct tok *t, int n)
     return apply_rules(ck, nodes, n_nodes, true, seed);
 }
 
+/* Help text: as it is, or in pipe mode one line (quoted with the
+ * escapes of values, or {"ok":true,"help":TEXT}). */
+static int print_help(const char *text)
+{
+    if (!pipe_mode) {
+        fputs(text, stdout);
+    } else if (fmt == FMT_JSON) {
+        json_t *o = ok_object();
+        json_object_set_new(o, "help", jcstr(text));
+        emit(o);
+    } else {
+        put_quoted(stdout, (const unsigned char *)text, strlen(text));
+        putchar('\n');
+    }
+    return EXIT_OK;
+}
+
 static int command_help(const char *name)
 {
     for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++) {
         if (!strcmp(commands[i].name, name)) {
-            fputs(commands[i].help, stdout);
-            return EXIT_OK;
+            return print_help(commands[i].help);
         }
     }
     char msg[128];
@@ -1866,6 +2003,7 @@ static void put_field(const void *p, size_t n)
 struct kv_print
 {
     bool keys_only, value_only, rev_info;
+    bool raw; /* the value's bytes alone, no newline (one-shot, one key) */
 };
 
 static void print_kv(const struct clerk_kv *kv, const struct kv_print *pr)
@@ -1877,6 +2015,10 @@ static void print_kv(const struct clerk_kv *kv, const struct kv_print *pr)
         printf("\t%llu\t%llu\t%llu\n", (unsigned long long)kv->create_revision,
                (unsigned long long)kv->mod_revision,
                (unsigned long long)kv->version);
+        return;
+    }
+    if (pr->raw && !pipe_mode) {
+        fwrite(kv->value, 1, kv->value_len, stdout);
         return;
     }
     if (!pr->value_only) {
@@ -1907,6 +2049,8 @@ static int cmd_get_range(struct clerk *ck, struct range_spec *s)
     struct kv_print pr = {.keys_only = (s->flags & CLERK_RANGE_KEYS_ONLY) != 0,
                           .value_only = s->print_value_only,
                           .rev_info = s->rev_info};
+    pr.raw = s->print_value_only && !s->ranged && !s->rev_info &&
+             !(s->flags & (CLERK_RANGE_KEYS_ONLY | CLERK_RANGE_COUNT_ONLY));
     bool descend = (s->flags & CLERK_RANGE_SORT_DESCEND) != 0;
     const void *key = s->key.p, *end = s->end;
     size_t key_len = s->key.len, end_len = s->end_len;
@@ -2027,6 +2171,35 @@ static int cmd_put_ex(struct clerk *ck, struct range_spec *s)
     return EXIT_OK;
 }
 
+/* kvctl put KEY - | --file F: the value read first (before the cluster
+ * is asked), then put as any other. */
+static int cmd_put_read(struct clerk *ck, struct range_spec *s)
+{
+    if (s->value_stdin && pipe_mode) {
+        return usage_error(
+            "put KEY -: in pipe mode standard input holds the commands; "
+            "give the value on the line or with --file F");
+    }
+    FILE *f = s->value_file ? fopen(s->value_file, "rb") : stdin;
+    if (!f) {
+        return io_error("put --file: cannot open", s->value_file, errno);
+    }
+    size_t len;
+    char *v = read_all(f, &len);
+    int e = errno;
+    if (f != stdin) {
+        fclose(f);
+    }
+    if (!v) {
+        return io_error("put: cannot read",
+                        s->value_file ? s->value_file : "standard input", e);
+    }
+    s->value = (struct tok){v, len};
+    int rv = cmd_put_ex(ck, s);
+    free(v);
+    return rv;
+}
+
 /* kvctl del with a range or --prev-kv: the number deleted, then the
  * deleted keys. */
 static int cmd_del_range(struct clerk *ck, struct range_spec *s)
@@ -2141,26 +2314,8 @@ static void print_txn(const struct clerk_txn_result *r)
 /* The whole of standard input, NUL-terminated. */
 static char *read_stdin(void)
 {
-    size_t cap = 4096, len = 0;
-    char *buf = malloc(cap);
-    while (buf) {
-        if (len + 1 == cap) {
-            char *p = realloc(buf, cap * 2);
-            if (!p) {
-                free(buf);
-                return NULL;
-            }
-            buf = p;
-            cap *= 2;
-        }
-        size_t got = fread(buf + len, 1, cap - len - 1, stdin);
-        len += got;
-        if (got == 0) {
-            buf[len] = 0;
-            break;
-        }
-    }
-    return buf;
+    size_t len;
+    return read_all(stdin, &len);
 }
 
 /* Read a transaction's text form on a terminal, with prompts. */
@@ -2486,6 +2641,10 @@ static int cmd_watch(struct clerk *ck, struct tok *t, int n)
     if (progress > 3600000) {
         return usage_error("--progress-ms: at most 3600000");
     }
+    if (pipe_mode && count == 0) {
+        return usage_error(
+            "watch runs until interrupted: in pipe mode give --count N");
+    }
     o.start_revision = rev;
     o.progress_ms = (unsigned)progress;
     struct clerk_watch *w;
@@ -2726,6 +2885,11 @@ static int cmd_lease(struct clerk *ck, struct tok *t, int n)
         return EXIT_OK;
     }
     if (!strcmp(sub, "keep-alive")) {
+        if (pipe_mode && !flag) {
+            return usage_error(
+                "lease keep-alive runs until interrupted: in pipe mode "
+                "give --once");
+        }
         return lease_keepalive(ck, id, flag);
     }
     if (list) {
@@ -3210,6 +3374,9 @@ static int run_command(struct clerk *ck, struct tok *t, int n)
                                   sizeof msg)) {
                 return usage_error(msg);
             }
+            if (spec.value_file || spec.value_stdin) {
+                return cmd_put_read(ck, &spec);
+            }
             if (spec.extended) {
                 return cmd_put_ex(ck, &spec);
             }
@@ -3302,7 +3469,7 @@ static int run_command(struct clerk *ck, struct tok *t, int n)
     }
     if (!strcmp(cmd, "snapshot")) {
         if (n != 3 || strcmp(t[1].p, "save") != 0) {
-            return usage_error("usage: kvctl snapshot save FILE");
+            return usage_error("usage: kvctl snapshot save FILE|-");
         }
         return cmd_snapshot_save(ck, t[2].p);
     }
@@ -3330,8 +3497,7 @@ static int run_command(struct clerk *ck, struct tok *t, int n)
     }
     if (!strcmp(cmd, "help")) {
         if (n == 1) {
-            fputs(usage_text, stdout);
-            return EXIT_OK;
+            return print_help(usage_text);
         }
         return command_help(t[1].p);
     }
@@ -3342,12 +3508,107 @@ static int run_command(struct clerk *ck, struct tok *t, int n)
 
 /* ------------------------------------------------------------ pipe mode */
 
+/* Print a command's captured answer as exactly one line: as it is when
+ * it is one line; rows joined by " | " (simple, table); several JSON
+ * objects as {"ok":LAST_OK,"answers":[...]}; nothing as OK. */
+static void answer_one_line(char *buf, size_t len)
+{
+    char *lines[256];
+    size_t n = 0;
+    for (char *p = buf, *end = buf + len; p < end;) {
+        char *nl = memchr(p, '\n', (size_t)(end - p));
+        char *stop = nl ? nl : end;
+        *stop = 0;
+        if (stop > p && n < sizeof lines / sizeof lines[0]) {
+            lines[n++] = p;
+        }
+        p = stop + 1;
+    }
+    if (n == 0) {
+        if (fmt == FMT_JSON) {
+            emit(ok_object());
+        } else {
+            puts("OK");
+        }
+        return;
+    }
+    if (fmt != FMT_JSON || n == 1) {
+        for (size_t i = 0; i < n; i++) {
+            fputs(i ? " | " : "", stdout);
+            fputs(lines[i], stdout);
+        }
+        putchar('\n');
+        return;
+    }
+    json_t *o = json_object(), *arr = json_array();
+    bool ok = true;
+    for (size_t i = 0; i < n; i++) {
+        json_t *a = json_loads(lines[i], 0, NULL);
+        ok = a ? json_is_true(json_object_get(a, "ok")) : false;
+        json_array_append_new(arr, a ? a : jcstr(lines[i]));
+    }
+    json_object_set_new(o, "ok", json_boolean(ok));
+    json_object_set_new(o, "answers", arr);
+    emit(o);
+}
+
+/* Run one pipe-mode command with its answer captured, then print that
+ * as one line. glibc lets stdout be assigned ("Standard Streams" in its
+ * manual), so every printer writes to the capture unchanged. */
+static void run_captured(struct clerk *ck, struct tok *t, int n)
+{
+    char *buf = NULL;
+    size_t len = 0;
+    FILE *mem = open_memstream(&buf, &len);
+    if (!mem) {
+        answer_error("NO_MEMORY", "out of memory", false, NULL, 0, false);
+        return;
+    }
+    FILE *out = stdout;
+    fflush(out);
+    stdout = mem;
+    run_command(ck, t, n);
+    stdout = out;
+    fclose(mem);
+    answer_one_line(buf, len);
+    free(buf);
+}
+
+/* The first of kvctl's own options among a pipe-mode line's words (up
+ * to --), which only its command line takes; NULL if none. */
+static const char *global_option_in(const struct tok *t, int n)
+{
+    static const char *const names[] = {
+        "--cluster",       "--endpoints", "-w",     "--write-out",
+        "--timeout",       "--stale",     "--user", "--key",
+        "--password-file", "--cacert",    "--cert",
+    };
+    bool user_cmd = !strcmp(t[0].p, "user");
+    for (int i = 0; i < n && strcmp(t[i].p, "--") != 0; i++) {
+        for (size_t k = 0; k < sizeof names / sizeof names[0]; k++) {
+            if (!strcmp(t[i].p, names[k]) &&
+                !(user_cmd && !strcmp(names[k], "--password-file"))) {
+                return names[k];
+            }
+        }
+    }
+    return NULL;
+}
+
 static int pipe_loop(struct clerk *ck)
 {
     char *line = NULL;
     size_t cap = 0;
     ssize_t len;
-    while ((len = getline(&line, &cap, stdin)) > 0) {
+    bool prompt = isatty(STDIN_FILENO);
+    for (;;) {
+        if (prompt) {
+            fputs("kvctl> ", stderr);
+            fflush(stderr);
+        }
+        if ((len = getline(&line, &cap, stdin)) <= 0) {
+            break;
+        }
         struct tok t[MAX_TOKENS];
         const char *why = NULL;
         char *s = line;
@@ -3358,12 +3619,23 @@ static int pipe_loop(struct clerk *ck)
             continue;
         }
         int n = kvctl_tokenize(line, t, MAX_TOKENS, &why);
+        const char *global = n > 0 ? global_option_in(t, n) : NULL;
         if (n < 0) {
             usage_error(why);
+        } else if (global) {
+            char msg[200];
+            snprintf(msg, sizeof msg,
+                     "%.60s is one of kvctl's own options: in pipe mode it "
+                     "goes on kvctl's command line",
+                     global);
+            usage_error(msg);
         } else if (n > 0) {
-            run_command(ck, t, n);
+            run_captured(ck, t, n);
         }
         fflush(stdout);
+    }
+    if (prompt) {
+        fputc('\n', stderr);
     }
     free(line);
     return EXIT_OK;
@@ -3371,71 +3643,128 @@ static int pipe_loop(struct clerk *ck)
 
 /* ----------------------------------------------------------------- main */
 
+/* kvctl's own options, before or after the command. */
+struct globals
+{
+    const char *cluster;       /* --cluster LIST */
+    const char *user;          /* --user NAME[:PASSWORD] */
+    const char *password_file; /* --password-file FILE */
+    const char *cacert;        /* --cacert FILE */
+    const char *cert;          /* --cert FILE */
+    const char *key;           /* --key FILE */
+    double timeout;            /* --timeout SECONDS */
+    bool stale;                /* --stale */
+};
+
+/* If argv[*i] is one of kvctl's own options, take it and its value (*i
+ * moves past it) and set *rv: EXIT_OK, or the usage error's code.
+ * @return whether it was one */
+static bool take_global(int argc,
+                        char **argv,
+                        int *i,
+                        struct globals *g,
+                        int *rv)
+{
+    const char *a = argv[*i];
+    const char *val = *i + 1 < argc ? argv[*i + 1] : NULL;
+    const char **file = !strcmp(a, "--cacert")          ? &g->cacert
+                        : !strcmp(a, "--cert")          ? &g->cert
+                        : !strcmp(a, "--key")           ? &g->key
+                        : !strcmp(a, "--password-file") ? &g->password_file
+                                                        : NULL;
+    *rv = EXIT_OK;
+    if (!strcmp(a, "--cluster") || !strcmp(a, "--endpoints")) {
+        if (!val) {
+            *rv = usage_error("--cluster needs HOST:PORT,...");
+        }
+        g->cluster = val;
+    } else if (!strcmp(a, "-w") || !strcmp(a, "--write-out")) {
+        if (val && !strcmp(val, "simple")) {
+            fmt = FMT_SIMPLE;
+        } else if (val && !strcmp(val, "json")) {
+            fmt = FMT_JSON;
+        } else if (val && !strcmp(val, "table")) {
+            fmt = FMT_TABLE;
+        } else {
+            *rv = usage_error("-w wants simple, json or table");
+        }
+    } else if (!strcmp(a, "--timeout")) {
+        char *end = NULL;
+        g->timeout = val ? strtod(val, &end) : 0;
+        if (!val || *end || g->timeout <= 0 || g->timeout > 3600) {
+            *rv = usage_error("--timeout wants seconds, from 0.001 to 3600");
+        }
+    } else if (!strcmp(a, "--stale")) {
+        g->stale = true;
+        return true;
+    } else if (!strcmp(a, "--user")) {
+        if (!val) {
+            *rv = usage_error("--user needs NAME[:PASSWORD]");
+        }
+        g->user = val;
+    } else if (file) {
+        if (!val) {
+            char msg[64];
+            snprintf(msg, sizeof msg, "%s needs a FILE", a);
+            *rv = usage_error(msg);
+        }
+        *file = val;
+    } else {
+        return false;
+    }
+    (*i)++;
+    return true;
+}
+
+/* Take kvctl's own options out of the command's arguments (argv[cmd+1]
+ * on), up to the word --; a command's option of the same name stays its
+ * own (user add --password-file). The others keep their order.
+ * @return EXIT_OK, or a usage error's code */
+static int take_trailing_globals(int *argc,
+                                 char **argv,
+                                 int cmd,
+                                 struct globals *g)
+{
+    bool user_cmd = !strcmp(argv[cmd], "user");
+    int w = cmd + 1;
+    for (int r = cmd + 1; r < *argc; r++) {
+        if (!strcmp(argv[r], "--")) {
+            while (r < *argc) {
+                argv[w++] = argv[r++];
+            }
+            break;
+        }
+        int rv;
+        bool own = user_cmd && !strcmp(argv[r], "--password-file");
+        if (!own && take_global(*argc, argv, &r, g, &rv)) {
+            if (rv != EXIT_OK) {
+                return rv;
+            }
+            continue;
+        }
+        argv[w++] = argv[r];
+    }
+    *argc = w;
+    return EXIT_OK;
+}
+
 int main(int argc, char **argv)
 {
-    const char *cluster = getenv("RAFTKV_CLUSTER");
-    const char *user_arg = getenv("RAFTKV_USER");
-    const char *password_file = NULL;
-    const char *cacert = getenv("RAFTKV_CACERT");
-    const char *cert = getenv("RAFTKV_CERT");
-    const char *key = getenv("RAFTKV_KEY");
-    double timeout = 5;
-    bool stale = false;
-    int i = 1;
+    struct globals g = {.cluster = getenv("RAFTKV_CLUSTER"),
+                        .user = getenv("RAFTKV_USER"),
+                        .cacert = getenv("RAFTKV_CACERT"),
+                        .cert = getenv("RAFTKV_CERT"),
+                        .key = getenv("RAFTKV_KEY"),
+                        .timeout = 5};
+    no_memory_answer = json_pack("{sbssss}", "ok", 0, "error", "NO_MEMORY",
+                                 "message", "out of memory");
+    int i = 1, rv;
     for (; i < argc && argv[i][0] == '-'; i++) {
         const char *a = argv[i];
-        const char *val = i + 1 < argc ? argv[i + 1] : NULL;
-        if (!strcmp(a, "--cluster") || !strcmp(a, "--endpoints")) {
-            if (!val) {
-                return usage_error("--cluster needs HOST:PORT,...");
+        if (take_global(argc, argv, &i, &g, &rv)) {
+            if (rv != EXIT_OK) {
+                return rv;
             }
-            cluster = val;
-            i++;
-        } else if (!strcmp(a, "-w") || !strcmp(a, "--write-out")) {
-            if (val && !strcmp(val, "simple")) {
-                fmt = FMT_SIMPLE;
-            } else if (val && !strcmp(val, "json")) {
-                fmt = FMT_JSON;
-            } else if (val && !strcmp(val, "table")) {
-                fmt = FMT_TABLE;
-            } else {
-                return usage_error("-w wants simple, json or table");
-            }
-            i++;
-        } else if (!strcmp(a, "--timeout")) {
-            char *end = NULL;
-            timeout = val ? strtod(val, &end) : 0;
-            if (!val || *end || timeout <= 0 || timeout > 3600) {
-                return usage_error(
-                    "--timeout wants seconds, from 0.001 to "
-                    "3600");
-            }
-            i++;
-        } else if (!strcmp(a, "--stale")) {
-            stale = true;
-        } else if (!strcmp(a, "--user")) {
-            if (!val) {
-                return usage_error("--user needs NAME[:PASSWORD]");
-            }
-            user_arg = val;
-            i++;
-        } else if (!strcmp(a, "--password-file")) {
-            if (!val) {
-                return usage_error("--password-file needs a FILE");
-            }
-            password_file = val;
-            i++;
-        } else if (!strcmp(a, "--cacert") || !strcmp(a, "--cert") ||
-                   !strcmp(a, "--key")) {
-            if (!val) {
-                char msg[64];
-                snprintf(msg, sizeof msg, "%s needs a FILE", a);
-                return usage_error(msg);
-            }
-            *(!strcmp(a, "--cacert") ? &cacert
-              : !strcmp(a, "--cert") ? &cert
-                                     : &key) = val;
-            i++;
         } else if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
             fputs(usage_text, stdout);
             return EXIT_OK;
@@ -3452,6 +3781,14 @@ int main(int argc, char **argv)
             return usage_error(msg);
         }
     }
+    if (i < argc && (rv = take_trailing_globals(&argc, argv, i, &g)) != 0) {
+        return rv;
+    }
+    const char *cluster = g.cluster, *user_arg = g.user;
+    const char *password_file = g.password_file;
+    const char *cacert = g.cacert, *cert = g.cert, *key = g.key;
+    double timeout = g.timeout;
+    bool stale = g.stale;
     if (i < argc && !strcmp(argv[i], "help")) {
         struct tok t[2] = {{argv[i], strlen(argv[i])}};
         if (i + 1 < argc) {
@@ -3512,7 +3849,6 @@ int main(int argc, char **argv)
     if (err) {
         return usage_error(clerk_open_error());
     }
-    int rv;
     if (i >= argc) {
         pipe_mode = true;
         rv = pipe_loop(ck);

@@ -186,7 +186,7 @@ bool kvctl_parse_spec(enum spec_cmd cmd,
             "[--keys-only] [--count-only] [--rev-info] "
             "[--sort-order ascend|descend] [--print-value-only]",
         [SPEC_PUT] =
-            "put KEY VALUE [--prev-kv] [--ignore-value] "
+            "put KEY VALUE|-|--file F [--prev-kv] [--ignore-value] "
             "[--lease ID]",
         [SPEC_DEL] = "del KEY [END] [--prefix] [--from-key] [--prev-kv]",
     };
@@ -257,6 +257,12 @@ bool kvctl_parse_spec(enum spec_cmd cmd,
                             "lease grant prints it)");
             }
             TAKE_VALUE();
+        } else if (cmd == SPEC_PUT && IS("--file")) {
+            if (!val || !*val) {
+                return fail(why, why_len, "--file needs a FILE");
+            }
+            s->value_file = val;
+            TAKE_VALUE();
         } else if (cmd == SPEC_DEL && IS("--prev-kv")) {
             s->flags |= CLERK_DELETE_PREV_KV;
         } else {
@@ -266,7 +272,11 @@ bool kvctl_parse_spec(enum spec_cmd cmd,
 #undef IS
 #undef TAKE_VALUE
     }
-    bool ignore = (s->flags & CLERK_PUT_IGNORE_VALUE) != 0;
+    bool ignore = (s->flags & CLERK_PUT_IGNORE_VALUE) != 0 || s->value_file;
+    if (s->value_file && (s->flags & CLERK_PUT_IGNORE_VALUE)) {
+        return fail(why, why_len,
+                    "--file and --ignore-value exclude each other");
+    }
     int want_min = cmd == SPEC_PUT && !ignore ? 2 : 1;
     int want_max = cmd == SPEC_PUT && ignore ? 1 : 2;
     if (n_pos < want_min || n_pos > want_max) {
@@ -279,6 +289,7 @@ bool kvctl_parse_spec(enum spec_cmd cmd,
     if (cmd == SPEC_PUT) {
         if (n_pos == 2) {
             s->value = pos[1];
+            s->value_stdin = !strcmp(pos[1].p, "-");
         } else {
             s->value = (struct tok){(char *)"", 0};
         }
@@ -476,6 +487,9 @@ static bool parse_op(struct clerk_txn *txn,
     struct range_spec s;
     if (!kvctl_parse_spec(cmd, t + 1, n - 1, &s, why, why_len)) {
         return false;
+    }
+    if (s.value_file) {
+        return fail(why, why_len, "--file cannot go in a transaction");
     }
     int rv;
     switch (cmd) {

@@ -31,6 +31,8 @@ struct range_spec
                                         CLERK_DELETE_* (del) */
     bool print_value_only, rev_info; /* get's output options */
     uint64_t lease;                  /* put: --lease ID (0: none) */
+    const char *value_file;          /* put: --file F, the value's file */
+    bool value_stdin;                /* put: VALUE is -, read standard input */
     bool extended; /* any option beyond the classic KEY [VALUE] */
 };
 
@@ -52,7 +54,10 @@ bool kvctl_parse_lease_id(const char *s, uint64_t *id);
 
 /**
  * Parse the arguments of get, put or del (t[0] is the command's first
- * argument): KEY [END|VALUE] and the options.
+ * argument): KEY [END|VALUE] and the options, before or after the
+ * arguments; the word -- ends the options. put's value may come from a
+ * file (--file F: value_file, value left empty) or standard input (VALUE
+ * -: value_stdin, value holds "-"); reading it is the caller's.
  * @return true, or false with why (a usage message) filled
  */
 bool kvctl_parse_spec(enum spec_cmd cmd,

@@ -528,13 +528,14 @@ static void test_kvctl_one_shot_output_and_exit_codes(void)
     CU_ASSERT(strstr(out, "kvctl get KEY") != NULL);
     /* JSON answers. */
     CU_ASSERT_EQUAL(kvctl("-w json get greeting", NULL, out, sizeof out), 0);
-    CU_ASSERT_STRING_EQUAL(out, "{\"ok\":true,\"value\":\"hello world\"}\n");
+    CU_ASSERT_STRING_EQUAL(out,
+                           "{\"ok\":true,\"value\":\"aGVsbG8gd29ybGQ=\"}\n");
     CU_ASSERT_EQUAL(kvctl("-w json get missing", NULL, out, sizeof out), 1);
     CU_ASSERT(strncmp(out, "{\"ok\":false,\"error\":\"NOT_FOUND\"", 31) == 0);
     CU_ASSERT_EQUAL(kvctl("-w json cas greeting nope x", NULL, out, sizeof out),
                     4);
     CU_ASSERT(strstr(out, "\"error\":\"CAS_MISMATCH\"") != NULL);
-    CU_ASSERT(strstr(out, "\"current\":\"hello world\"") != NULL);
+    CU_ASSERT(strstr(out, "\"current\":\"aGVsbG8gd29ybGQ=\"") != NULL);
     /* Status. */
     CU_ASSERT_EQUAL(kvctl("-w table status", NULL, out, sizeof out), 0);
     CU_ASSERT(strstr(out, "ROLE") != NULL && strstr(out, "leader") != NULL);
@@ -590,7 +591,8 @@ static void test_kvctl_pipe_mode_simple_and_json(void)
     char *second = strchr(out, '\n');
     CU_ASSERT_FATAL(second != NULL);
     CU_ASSERT(strncmp(out, "{\"ok\":true}\n", 12) == 0);
-    CU_ASSERT(strncmp(second + 1, "{\"ok\":true,\"value\":\"1\"}\n", 24) == 0);
+    CU_ASSERT(strncmp(second + 1, "{\"ok\":true,\"value\":\"MQ==\"}\n", 27) ==
+              0);
     CU_ASSERT(strstr(out, "{\"ok\":false,\"error\":\"NOT_FOUND\"") != NULL);
 }
 
