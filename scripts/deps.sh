@@ -43,7 +43,7 @@ for arg in "$@"; do
         --build) set_name=build ;;
         --test) set_name=all ;;
         --packaging) packaging=true ;;
-        -h|--help) sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "deps.sh: unknown option $arg (--build, --test, --packaging)" >&2
            exit 2 ;;
     esac
