@@ -1136,6 +1136,10 @@ static void launch(struct rpc_channel *ch,
         hdr.method_name = (char *)m->name;
         hdr.call_id = p->id;
         hdr.shared_ok = p->stream_cb != NULL; /* on_shared_frame takes them */
+        if (!p->stream_cb) {
+            /* The server need not start what nobody will wait for. */
+            hdr.timeout_ms = p->deadline_ms;
+        }
         if (ch->auth_token) {
             hdr.auth_token = ch->auth_token;
         }

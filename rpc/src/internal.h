@@ -45,9 +45,6 @@ int rpc_read_frames(struct evbuffer *in,
 /* "127.0.0.1:7001" or "[::1]:7001". */
 void rpc_format_addr(const struct sockaddr *sa, char *out, size_t len);
 
-/* Milliseconds of CLOCK_MONOTONIC. */
-uint64_t rpc_now_ms(void);
-
 /* Set TCP_NODELAY (and close-on-exec) on a connected socket. */
 void rpc_tune_socket(int fd);
 

@@ -79,6 +79,8 @@ struct rpc_conn
                                          streams not counted) */
     uint32_t turn_frames;             /* requests handled since the loop
                                          last turned to others */
+    uint64_t read_ms;                 /* when its socket was last read: no
+                                         request in its input came later */
     struct event *more_ev;            /* handles requests left waiting by
                                          frames_per_turn (or NULL) */
     bool backlog;                     /* more_ev is due: reading from the
@@ -101,6 +103,7 @@ struct rpc_call
                                                   shared (RpcHeader) */
     bool counted;                              /* in its connection's and
                                                   the server's inflight */
+    uint64_t deadline;                         /* rpc_call_deadline (0) */
     char *auth_token;                          /* the header's, or NULL */
     /* Streams (rpc_stream_open): */
     rpc_stream_cb stream_cb;        /* the handler's, or NULL */
@@ -129,6 +132,7 @@ struct held
     uint64_t call_id;           /* and call id */
     char *auth_token;           /* and its header's token (or NULL) */
     bool shared_ok;             /* and its header's shared_ok */
+    uint64_t deadline;          /* and its deadline (0: none) */
     struct rpc_fault_choice fc; /* and what else to do to it */
     struct held *prev, *next;   /* server's list */
 };
@@ -1221,6 +1225,12 @@ const char *rpc_call_tls_name(void *closure_data)
     return call->conn->tls_name;
 }
 
+uint64_t rpc_call_deadline(void *closure_data)
+{
+    struct rpc_call *call = closure_data;
+    return call->deadline;
+}
+
 uint64_t rpc_call_peer_id(void *closure_data)
 {
     struct rpc_call *call = closure_data;
@@ -1270,6 +1280,7 @@ static void start_call(struct rpc_conn *c,
                        uint64_t call_id,
                        const char *token,
                        bool shared_ok,
+                       uint64_t deadline,
                        const struct rpc_fault_choice *fc)
 {
     for (int copy = 0; copy < (fc->duplicate ? 2 : 1) && c->bev; copy++) {
@@ -1299,6 +1310,7 @@ static void start_call(struct rpc_conn *c,
         call->drop_reply = copy > 0 || fc->drop_reply;
         call->hold_ms = fc->hold_ms;
         call->shared_ok = shared_ok;
+        call->deadline = deadline;
         call->stream_cb = NULL;
         call->stream_arg = NULL;
         call->stream_ev = NULL;
@@ -1376,6 +1388,20 @@ static int dispatch(void *ctx, const struct rpc_frame *f)
         send_reply(c, h->call_id, RPC_E_OVERLOADED, msg, NULL, NULL);
         return c->bev ? 0 : 1;
     }
+    /* The caller's deadline, from the latest the request can have come
+     * in (the last read of the socket): a call found expired surely is. */
+    uint64_t deadline =
+        h->timeout_ms && !c->is_peer ? c->read_ms + h->timeout_ms : 0;
+    if (deadline && rpc_now_ms() >= deadline) {
+        snprintf(msg, sizeof msg,
+                 "%s.%s waited past the caller's timeout of %u ms before "
+                 "it could start; not started",
+                 svc->descriptor->name, m->name, h->timeout_ms);
+        s->stats.expired++;
+        s->mstats[svc_index][index].answered[RPC_E_DEADLINE_EXCEEDED]++;
+        send_reply(c, h->call_id, RPC_E_DEADLINE_EXCEEDED, msg, NULL, NULL);
+        return c->bev ? 0 : 1;
+    }
     if (f->oversized) {
         /* The decoder skips the args; the stream stays in step. */
         snprintf(msg, sizeof msg,
@@ -1428,12 +1454,13 @@ static int dispatch(void *ctx, const struct rpc_frame *f)
             d->auth_token =
                 h->auth_token && *h->auth_token ? strdup(h->auth_token) : NULL;
             d->shared_ok = h->shared_ok;
+            d->deadline = deadline;
             d->fc = fc;
             return 0;
         }
     }
     start_call(c, svc, index, input, h->call_id, h->auth_token, h->shared_ok,
-               &fc);
+               deadline, &fc);
     protobuf_c_message_free_unpacked(input, NULL);
     return c->bev ? 0 : 1;
 }
@@ -1469,7 +1496,7 @@ static void on_held(evutil_socket_t fd, short what, void *arg)
             check_output(c);
         } else {
             start_call(c, h->svc, h->index, h->input, h->call_id, h->auth_token,
-                       h->shared_ok, &h->fc);
+                       h->shared_ok, h->deadline, &h->fc);
         }
     }
     held_free(h);
@@ -1696,6 +1723,7 @@ static void on_read(struct bufferevent *bev, void *arg)
         !read_handshake(c)) {
         return;
     }
+    c->read_ms = rpc_now_ms();
     if (c->backlog) {
         return; /* its turn comes in on_more: the others first */
     }
@@ -1795,7 +1823,7 @@ static struct rpc_conn *conn_new(struct rpc_server *s, int fd, const char *peer)
     snprintf(c->peer, sizeof c->peer, "%s", peer ? peer : "local");
     c->server = s;
     c->refs = 1;
-    c->opened_ms = c->frame_ms = c->active_ms = rpc_now_ms();
+    c->opened_ms = c->frame_ms = c->active_ms = c->read_ms = rpc_now_ms();
     list_push(&s->conns, c);
     s->stats.accepted++;
     s->stats.open++;

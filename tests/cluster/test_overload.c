@@ -8,12 +8,16 @@
  * ReadIndex answers to waiting reads in one walk (it searched the list
  * for each: quadratic), 200,000 pipelined Gets held the leader's loop for
  * seconds and it lost its leadership. */
+#include <arpa/inet.h>
 #include <errno.h>
+#include <netinet/in.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -272,6 +276,78 @@ static void flood_against_leader(long calls, bool puts)
     CU_ASSERT(h_cluster_destroy(&c) == 0);
 }
 
+/* A linearizable Get whose caller waits 300 ms (RpcHeader.timeout_ms),
+ * on a leader that cannot reach a majority: answered TIMEOUT at the
+ * caller's deadline, not after the node's --request-timeout-ms (3 s). */
+static void test_a_read_gives_up_at_the_callers_deadline(void)
+{
+    struct h_cluster c;
+    CU_ASSERT_FATAL(h_cluster_start(&c, 3, NULL) == 0);
+    int leader = h_find_leader(&c, 10000);
+    CU_ASSERT_FATAL(leader >= 0);
+    for (size_t i = 0; i < 3; i++) {
+        if ((int)i != leader) {
+            h_node_pause(&c, i, true);
+        }
+    }
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in sa = {.sin_family = AF_INET,
+                             .sin_port = htons(c.nodes[leader].port)};
+    inet_pton(AF_INET, c.nodes[leader].host, &sa.sin_addr);
+    CU_ASSERT_FATAL(connect(fd, (struct sockaddr *)&sa, sizeof sa) == 0);
+    Raftkv__GetArgs a = RAFTKV__GET_ARGS__INIT;
+    a.key = (ProtobufCBinaryData){1, (uint8_t *)"k"};
+    Raftkv__RpcHeader h = RAFTKV__RPC_HEADER__INIT;
+    h.service_name = (char *)raftkv__kv_service__descriptor.name;
+    h.method_name = "Get";
+    h.call_id = 1;
+    h.timeout_ms = 300;
+    struct rpc_frame_plan plan;
+    static uint8_t buf[4096];
+    CU_ASSERT_FATAL(rpc_frame_plan(&h, &a.base, NULL, &plan) == 0);
+    rpc_frame_pack(&h, &a.base, &plan, buf);
+    uint64_t t0 = h_now_ms();
+    CU_ASSERT_FATAL(write(fd, buf, plan.total) == (ssize_t)plan.total);
+    struct rpc_decoder *dec = rpc_decoder_new(NULL);
+    int err = -1;
+    while (err < 0 && h_now_ms() - t0 < 10000) {
+        struct pollfd p = {.fd = fd, .events = POLLIN};
+        if (poll(&p, 1, 100) <= 0) {
+            continue;
+        }
+        ssize_t k = read(fd, buf, sizeof buf);
+        CU_ASSERT_FATAL(k > 0);
+        size_t off = 0;
+        while (off < (size_t)k && err < 0) {
+            size_t used = 0;
+            struct rpc_frame f;
+            int rv =
+                rpc_decoder_feed(dec, buf + off, (size_t)k - off, &used, &f);
+            off += used;
+            CU_ASSERT_FATAL(rv != RPC_DECODE_ERROR);
+            if (rv == RPC_DECODE_FRAME) {
+                Raftkv__GetReply *r =
+                    raftkv__get_reply__unpack(NULL, f.args_size, f.args);
+                CU_ASSERT_FATAL(r != NULL);
+                err = r->err;
+                raftkv__get_reply__free_unpacked(r, NULL);
+            }
+        }
+    }
+    uint64_t took = h_now_ms() - t0;
+    printf("\n  answered %d after %llu ms\n", err, (unsigned long long)took);
+    CU_ASSERT_EQUAL(err, RAFTKV__KV_ERROR__KV_TIMEOUT);
+    CU_ASSERT(took >= 250 && took < 1500);
+    rpc_decoder_free(dec);
+    close(fd);
+    for (size_t i = 0; i < 3; i++) {
+        if ((int)i != leader) {
+            h_node_pause(&c, i, false);
+        }
+    }
+    CU_ASSERT(h_cluster_destroy(&c) == 0);
+}
+
 /* 300,000 linearizable Gets pipelined on one connection. */
 static void test_pipelined_gets_keep_the_leader(void)
 {
@@ -292,6 +368,8 @@ int main(int argc, char **argv)
          test_pipelined_gets_keep_the_leader},
         {"test_pipelined_puts_keep_the_leader",
          test_pipelined_puts_keep_the_leader},
+        {"test_a_read_gives_up_at_the_callers_deadline",
+         test_a_read_gives_up_at_the_callers_deadline},
         CU_TEST_INFO_NULL,
     };
     static CU_SuiteInfo suites[] = {

@@ -35,7 +35,15 @@ static void echo_echo(Raftkv__Test__EchoService_Service *svc,
     if (in->payload.len == 4 && memcmp(in->payload.data, "mark", 4) == 0) {
         e->mark_at = e->calls; /* and echoed below */
     }
-    if (in->payload.len == 6 && memcmp(in->payload.data, "whoami", 6) == 0) {
+    static char text[32];
+    if (in->payload.len == 8 && memcmp(in->payload.data, "deadline", 8) == 0) {
+        uint64_t d = rpc_call_deadline(closure_data);
+        snprintf(text, sizeof text, "%lld",
+                 d ? (long long)(d - rpc_now_ms()) : -1LL);
+        reply.payload.data = (uint8_t *)text;
+        reply.payload.len = strlen(text);
+    } else if (in->payload.len == 6 &&
+               memcmp(in->payload.data, "whoami", 6) == 0) {
         const char *peer = rpc_call_peer(closure_data);
         reply.payload.data = (uint8_t *)peer;
         reply.payload.len = strlen(peer);

@@ -1,7 +1,9 @@
 /* test_rpc_overload.c: a server under more calls than it takes: calls past
  * the in-flight limits are shed (answered RPC_E_OVERLOADED at once, never
  * started), one connection's pipeline cannot keep the others waiting
- * (frames_per_turn), and open streams do not count as calls in flight. */
+ * (frames_per_turn), open streams do not count as calls in flight, and
+ * calls whose caller's timeout (RpcHeader.timeout_ms) passed before they
+ * could start are not started. */
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -107,8 +109,9 @@ static void test_calls_past_the_server_limit_are_shed(void)
     echo_local_stop(&l);
 }
 
-/* Write n Echo frames "p" on fd, all at once. */
-static void raw_pipeline(int fd, int n)
+/* Write n Echo frames "p" on fd, all at once, each with that timeout_ms
+ * (0: none). */
+static void raw_pipeline_timeout(int fd, int n, uint32_t timeout_ms)
 {
     static uint8_t buf[1 << 20];
     size_t len = 0;
@@ -119,6 +122,7 @@ static void raw_pipeline(int fd, int n)
         h.service_name = (char *)echo_desc->name;
         h.method_name = "Echo";
         h.call_id = (uint64_t)i + 1;
+        h.timeout_ms = timeout_ms;
         struct rpc_frame_plan plan;
         CU_ASSERT_FATAL(rpc_frame_plan(&h, &a.base, NULL, &plan) == 0);
         CU_ASSERT_FATAL(len + plan.total <= sizeof buf);
@@ -131,6 +135,11 @@ static void raw_pipeline(int fd, int n)
         CU_ASSERT_FATAL(k > 0);
         off += (size_t)k;
     }
+}
+
+static void raw_pipeline(int fd, int n)
+{
+    raw_pipeline_timeout(fd, n, 0);
 }
 
 /* One connection has thousands of calls waiting in the server's input;
@@ -250,6 +259,83 @@ static void test_open_streams_do_not_count_as_calls_in_flight(void)
     echo_local_stop(&l);
 }
 
+/* The caller's timeout travels in the header: the handler sees the time
+ * left (rpc_call_deadline), none when the caller gave none. */
+static void test_the_callers_deadline_reaches_the_handler(void)
+{
+    struct echo_local l;
+    CU_ASSERT_FATAL(echo_local_start(&l, NULL) == 0);
+    struct rpc_channel_options co = {.deadline_ms = 3000};
+    struct rpc_channel *ch = rpc_channel_new(l.base, "127.0.0.1", l.port, &co);
+    struct echo_result r = {0};
+    echo_call(rpc_channel_service(ch, echo_desc), ECHO_M_ECHO, "deadline", 0,
+              &r);
+    CU_ASSERT(loop_run_until(l.base, &r.done, 1, SOON_MS));
+    CU_ASSERT_EQUAL(r.status, RPC_OK);
+    long left = atol(r.payload);
+    CU_ASSERT(left > 1000 && left <= 3000);
+    rpc_channel_free(ch);
+    echo_local_stop(&l);
+}
+
+/* Requests that wait in the server's input past their caller's timeout
+ * are answered RPC_E_DEADLINE_EXCEEDED and never started; those without
+ * one are all served. */
+static void test_calls_past_their_deadline_are_not_started(void)
+{
+    enum { N = 3000 };
+    struct rpc_server_options o = {.frames_per_turn = 1};
+    struct echo_local l;
+    CU_ASSERT_FATAL(echo_local_start(&l, &o) == 0);
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons(l.port)};
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    CU_ASSERT_FATAL(connect(fd, (struct sockaddr *)&sa, sizeof sa) == 0);
+    raw_pipeline_timeout(fd, N, 1);
+    /* Each read takes a few KiB; one request a turn: the last of each
+     * read wait well past 1 ms. */
+    struct rpc_decoder *dec = rpc_decoder_new(NULL);
+    static uint8_t buf[1 << 16];
+    int answered = 0, expired = 0;
+    uint64_t deadline = test_now_ms() + SOON_MS;
+    while (answered < N && test_now_ms() < deadline) {
+        loop_run_for(l.base, 1);
+        ssize_t k;
+        while ((k = recv(fd, buf, sizeof buf, MSG_DONTWAIT)) > 0) {
+            size_t off = 0;
+            while (off < (size_t)k) {
+                size_t used = 0;
+                struct rpc_frame f;
+                int rv = rpc_decoder_feed(dec, buf + off, (size_t)k - off,
+                                          &used, &f);
+                off += used;
+                CU_ASSERT_FATAL(rv != RPC_DECODE_ERROR);
+                if (rv == RPC_DECODE_FRAME) {
+                    answered++;
+                    if (f.header->status ==
+                        RAFTKV__RPC_STATUS__RPC_DEADLINE_EXCEEDED) {
+                        expired++;
+                        CU_ASSERT(strstr(f.header->error, "not started") !=
+                                  NULL);
+                    } else {
+                        CU_ASSERT_EQUAL(f.header->status,
+                                        RAFTKV__RPC_STATUS__RPC_OK);
+                    }
+                }
+            }
+        }
+    }
+    printf("\n  %d of %d calls with a 1 ms timeout expired waiting\n", expired,
+           N);
+    CU_ASSERT_EQUAL(answered, N);
+    CU_ASSERT(expired > 0);
+    CU_ASSERT_EQUAL(l.echo.calls, (uint64_t)(N - expired));
+    CU_ASSERT_EQUAL(stats_of(&l).expired, (uint64_t)expired);
+    rpc_decoder_free(dec);
+    close(fd);
+    echo_local_stop(&l);
+}
+
 int main(int argc, char **argv)
 {
     signal(SIGPIPE, SIG_IGN);
@@ -262,6 +348,10 @@ int main(int argc, char **argv)
          test_a_pipeline_does_not_keep_others_waiting},
         {"test_open_streams_do_not_count_as_calls_in_flight",
          test_open_streams_do_not_count_as_calls_in_flight},
+        {"test_the_callers_deadline_reaches_the_handler",
+         test_the_callers_deadline_reaches_the_handler},
+        {"test_calls_past_their_deadline_are_not_started",
+         test_calls_past_their_deadline_are_not_started},
         CU_TEST_INFO_NULL,
     };
     static CU_SuiteInfo suites[] = {

@@ -205,14 +205,16 @@ struct node_read_waiter
     uint64_t index;           /* serve once applied >= index (0: unknown) */
     bool confirmed;           /* the core confirmed leadership */
     uint64_t deadline;        /* ms: ready with TIMEOUT after this */
+    uint64_t caller_deadline; /* set by the caller before node_read_begin:
+                                 the client's own deadline (ms, 0: none),
+                                 when sooner than --request-timeout-ms */
     node_read_ready_cb ready; /* called once, by the node */
     uint64_t seq;             /* the node's number for it: its ReadIndex
                                  ctx (never reused, unlike an address) */
     struct node_read_waiter *prev, *next; /* node's list */
 };
 
-/* Reads in the order they began (so also in the order of their seq and of
- * their deadlines). */
+/* Reads in the order they began (so also in the order of their seq). */
 struct node_read_list
 {
     struct node_read_waiter *head, *tail;

@@ -213,6 +213,9 @@ int node_read_begin(struct kv_node *n, struct node_read_waiter *w)
     w->index = 0;
     w->confirmed = false;
     w->deadline = node_now_ms() + n->cfg.request_timeout_ms;
+    if (w->caller_deadline && w->caller_deadline < w->deadline) {
+        w->deadline = w->caller_deadline;
+    }
     list_append(&n->reads, w);
     node_schedule_turn(n);
     return 0;
@@ -279,17 +282,20 @@ void node_serve_reads(struct kv_node *n)
 
 /* ----------------------------------------------------- sweep, shutdown */
 
-/* Deadlines grow in the order reads began: the first that has not passed
- * ends the walk. */
+/* Every read whose deadline passed (callers' deadlines differ: the whole
+ * list, a few times a second). */
 static void sweep_reads(struct kv_node *n,
                         struct node_read_list *l,
                         uint64_t now)
 {
-    struct node_read_waiter *r;
-    while ((r = l->head) && r->deadline <= now) {
-        list_remove(l, r);
-        r->ready(n, r, RAFTKV__KV_ERROR__KV_TIMEOUT, raft_leader(n->raft),
-                 "read not confirmed in time");
+    struct node_read_waiter *r = l->head, *next;
+    for (; r; r = next) {
+        next = r->next;
+        if (r->deadline <= now) {
+            list_remove(l, r);
+            r->ready(n, r, RAFTKV__KV_ERROR__KV_TIMEOUT, raft_leader(n->raft),
+                     "read not confirmed in time");
+        }
     }
 }
 

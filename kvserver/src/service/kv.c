@@ -474,6 +474,7 @@ static void handle_get(Raftkv__KvService_Service *svc,
     r->closure = cl;
     r->closure_data = data;
     r->w.ready = read_ready;
+    r->w.caller_deadline = rpc_call_deadline(data);
     node_read_begin(n, &r->w); /* answered by read_ready */
 }
 
@@ -639,6 +640,7 @@ static void begin_read(struct kv_node *n,
     r->closure = closure;
     r->closure_data = data;
     r->w.ready = packed_read_ready;
+    r->w.caller_deadline = rpc_call_deadline(data);
     node_read_begin(n, &r->w); /* answered by packed_read_ready */
 }
 

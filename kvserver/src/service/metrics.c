@@ -19,9 +19,9 @@
 
 /* Names of the RPC statuses, by struct rpc_method_stats slot. */
 static const char *const status_names[RPC_STATUS_SLOTS] = {
-    "OK",          "UNKNOWN_SERVICE", "UNKNOWN_METHOD",
-    "BAD_REQUEST", "SHUTTING_DOWN",   "INTERNAL",
-    "OVERLOADED",  "OTHER",
+    "OK",          "UNKNOWN_SERVICE",   "UNKNOWN_METHOD",
+    "BAD_REQUEST", "SHUTTING_DOWN",     "INTERNAL",
+    "OVERLOADED",  "DEADLINE_EXCEEDED", "OTHER",
 };
 
 static void put_meta(struct evbuffer *b,

@@ -42,21 +42,24 @@ struct event_base;
  * server answered); the rest arise on the calling side. */
 enum rpc_error {
     RPC_OK = 0,
-    RPC_E_UNKNOWN_SERVICE = 1, /* server has no such service */
-    RPC_E_UNKNOWN_METHOD = 2,  /* service has no such method or handler */
-    RPC_E_BAD_REQUEST = 3,     /* args did not unpack on the server */
-    RPC_E_SHUTTING_DOWN = 4,   /* server is stopping */
-    RPC_E_INTERNAL = 5,        /* handler failed without a reply */
-    RPC_E_OVERLOADED = 6,      /* no room for the call (buffers full) */
-    RPC_E_TIMEOUT = 100,       /* no reply before the deadline */
-    RPC_E_UNAVAILABLE,         /* could not connect (or backing off) */
-    RPC_E_CONNECTION_LOST,     /* connection closed with the call pending */
-    RPC_E_CANCELLED,           /* channel freed with the call pending */
-    RPC_E_TOO_BIG,             /* request or reply over a frame cap */
-    RPC_E_BAD_REPLY,           /* reply did not unpack: stream dropped */
-    RPC_E_NOMEM,               /* out of memory */
-    RPC_E_INVALID,             /* bad argument to an rpc_ function */
-    RPC_E_IO,                  /* socket error (bind, listen, ...) */
+    RPC_E_UNKNOWN_SERVICE = 1,   /* server has no such service */
+    RPC_E_UNKNOWN_METHOD = 2,    /* service has no such method or handler */
+    RPC_E_BAD_REQUEST = 3,       /* args did not unpack on the server */
+    RPC_E_SHUTTING_DOWN = 4,     /* server is stopping */
+    RPC_E_INTERNAL = 5,          /* handler failed without a reply */
+    RPC_E_OVERLOADED = 6,        /* no room for the call (buffers full, or
+                                    too many calls in flight) */
+    RPC_E_DEADLINE_EXCEEDED = 7, /* the server found the call's deadline
+                                    passed before it started it */
+    RPC_E_TIMEOUT = 100,         /* no reply before the deadline */
+    RPC_E_UNAVAILABLE,           /* could not connect (or backing off) */
+    RPC_E_CONNECTION_LOST,       /* connection closed with the call pending */
+    RPC_E_CANCELLED,             /* channel freed with the call pending */
+    RPC_E_TOO_BIG,               /* request or reply over a frame cap */
+    RPC_E_BAD_REPLY,             /* reply did not unpack: stream dropped */
+    RPC_E_NOMEM,                 /* out of memory */
+    RPC_E_INVALID,               /* bad argument to an rpc_ function */
+    RPC_E_IO,                    /* socket error (bind, listen, ...) */
 };
 
 /**
@@ -467,10 +470,13 @@ struct rpc_server_stats
     uint64_t inflight;            /* calls started, not yet answered, now */
     uint64_t backlogged;          /* times a connection's read stopped at
                                      frames_per_turn with requests left */
+    uint64_t expired;             /* calls answered RPC_E_DEADLINE_EXCEEDED:
+                                     their timeout_ms had passed before they
+                                     were started */
 };
 
 /* Calls of one method of a served service, by how they were answered. */
-#define RPC_STATUS_SLOTS 8
+#define RPC_STATUS_SLOTS 9
 struct rpc_method_stats
 {
     uint64_t answered[RPC_STATUS_SLOTS]; /* by status: RPC_OK (0) to
@@ -629,6 +635,21 @@ const char *rpc_call_tls_name(void *closure_data);
  * @return the id, or 0 on a server without peer_auth
  */
 uint64_t rpc_call_peer_id(void *closure_data);
+
+/**
+ * Milliseconds of CLOCK_MONOTONIC: the clock of rpc_call_deadline.
+ */
+uint64_t rpc_now_ms(void);
+
+/**
+ * When the caller stops waiting for a call's answer (RpcHeader.timeout_ms,
+ * counted from when the server read the request), in rpc_now_ms() time.
+ * A handler that waits (a read for its ReadIndex round, a write for its
+ * commit) gives up by then: nobody would read a later answer.
+ * @param closure_data the closure_data the handler was given
+ * @return the deadline, or 0 when the caller gave none
+ */
+uint64_t rpc_call_deadline(void *closure_data);
 
 /* ---------------------------------------------------------------- streams */
 
