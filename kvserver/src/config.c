@@ -262,6 +262,15 @@ static const struct opt opts[] = {
          "calls in flight on all client connections\n"
          "together; more are answered OVERLOADED at\n"
          "once (default 100000)"),
+    UINT("slow-request-ms",
+         "MS",
+         node.slow_request_ms,
+         0,
+         3600000,
+         "log a client call that takes MS or more, with\n"
+         "its trace id and where the time went (queue,\n"
+         "raft commit, apply, reply). 0: never\n"
+         "(default 500)"),
     UINT("frame-timeout-ms",
          "MS",
          node.frame_timeout_ms,
@@ -1395,6 +1404,7 @@ int kv_config_load(struct kv_config *cfg,
                 .max_per_source = 1000,
                 .max_inflight_conn = 10000,
                 .max_inflight = 100000,
+                .slow_request_ms = 500,
                 .max_output = 8u << 20,
                 .max_buffered = (size_t)1 << 30,
                 .auth_token_ttl_s = 300,

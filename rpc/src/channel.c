@@ -42,6 +42,7 @@ struct pending
     void *closure_data;                       /* its argument */
     struct event *timer;                      /* deadline or early failure */
     uint32_t deadline_ms;                     /* for the timeout message */
+    uint64_t trace_id;                        /* RpcHeader.trace_id */
     int early_status;                         /* failed before sending */
     char *early_msg;                          /* why (owned), or NULL */
     bool *done;                               /* blocking caller's flag */
@@ -107,6 +108,9 @@ struct rpc_channel
     char target[280];                 /* "host:port" for messages */
     struct rpc_channel_options opts;  /* with defaults */
     uint32_t deadline_ms;             /* for calls made from now on */
+    uint64_t trace_id;                /* for calls made from now on (0: one
+                                         of trace_next's each) */
+    uint64_t trace_next;              /* makes trace ids */
     enum conn_state state;            /* connection state */
     struct bufferevent *bev;          /* connection, when not IDLE/BACKOFF */
     struct rpc_decoder *dec;          /* reply decoder for this connection */
@@ -1085,6 +1089,16 @@ static struct pending *pending_new(struct rpc_channel *ch,
     p->input = m->input;
     p->output = m->output;
     p->deadline_ms = ch->deadline_ms;
+    if (ch->trace_id) {
+        p->trace_id = ch->trace_id;
+    } else {
+        /* splitmix64 of a counter from a random start: never 0 */
+        uint64_t z = (ch->trace_next += 0x9e3779b97f4a7c15ull);
+        z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+        z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+        z ^= z >> 31;
+        p->trace_id = z ? z : 1;
+    }
     return p;
 }
 
@@ -1136,6 +1150,7 @@ static void launch(struct rpc_channel *ch,
         hdr.method_name = (char *)m->name;
         hdr.call_id = p->id;
         hdr.shared_ok = p->stream_cb != NULL; /* on_shared_frame takes them */
+        hdr.trace_id = p->trace_id;
         if (!p->stream_cb) {
             /* The server need not start what nobody will wait for. */
             hdr.timeout_ms = p->deadline_ms;
@@ -1361,6 +1376,7 @@ static struct rpc_channel *channel_new(struct event_base *base,
     DEFAULT(max_output, DEFAULT_MAX_OUTPUT);
 #undef DEFAULT
     ch->deadline_ms = ch->opts.deadline_ms;
+    evutil_secure_rng_get_bytes(&ch->trace_next, sizeof ch->trace_next);
     ch->port = port;
     snprintf(ch->target, sizeof ch->target,
              strchr(host, ':') ? "[%s]:%u" : "%s:%u", host, port);
@@ -1483,6 +1499,11 @@ int rpc_channel_set_auth_token(struct rpc_channel *ch, const char *token)
     free(ch->auth_token);
     ch->auth_token = copy;
     return 0;
+}
+
+void rpc_channel_set_trace_id(struct rpc_channel *ch, uint64_t id)
+{
+    ch->trace_id = id;
 }
 
 void rpc_channel_set_deadline(struct rpc_channel *ch, uint32_t ms)

@@ -104,6 +104,10 @@ struct rpc_call
     bool counted;                              /* in its connection's and
                                                   the server's inflight */
     uint64_t deadline;                         /* rpc_call_deadline (0) */
+    uint64_t trace_id;                         /* rpc_call_trace_id */
+    uint64_t read_ms;                          /* its request read by then */
+    uint64_t start_ms;                         /* handed to its handler */
+    char note[160];                            /* rpc_call_note's, or "" */
     char *auth_token;                          /* the header's, or NULL */
     /* Streams (rpc_stream_open): */
     rpc_stream_cb stream_cb;        /* the handler's, or NULL */
@@ -133,6 +137,8 @@ struct held
     char *auth_token;           /* and its header's token (or NULL) */
     bool shared_ok;             /* and its header's shared_ok */
     uint64_t deadline;          /* and its deadline (0: none) */
+    uint64_t trace_id;          /* and its trace id */
+    uint64_t read_ms;           /* and when it was read */
     struct rpc_fault_choice fc; /* and what else to do to it */
     struct held *prev, *next;   /* server's list */
 };
@@ -155,6 +161,7 @@ struct rpc_server
     struct rpc_conn *dirty;            /* replies queued since last flush */
     struct event *flush_ev;            /* flushes them after the I/O */
     char *peer_service;                /* copy of opts.peer_service */
+    uint64_t trace_next;               /* new_trace_id's counter */
     size_t clients;                    /* open connections but peers */
     struct event *sweep_ev;            /* closes connections past timeouts */
     struct event *accept_ev;           /* resumes accepting after EMFILE */
@@ -704,6 +711,7 @@ static void on_flush(evutil_socket_t fd, short what, void *arg)
  * for a stream's frames but the last). */
 static void send_frame(struct rpc_conn *c,
                        uint64_t call_id,
+                       uint64_t trace_id,
                        int status,
                        const char *error,
                        const ProtobufCMessage *args,
@@ -722,6 +730,7 @@ static void send_frame(struct rpc_conn *c,
     hdr.status = (Raftkv__RpcStatus)status;
     hdr.error = (char *)(error ? error : "");
     hdr.more = more;
+    hdr.trace_id = trace_id;
     struct evbuffer *out = hold ? hold : reply_out(c);
     int rv = rpc_write_frame(out, &hdr, args, &s->opts.limits);
     if (rv == RPC_E_TOO_BIG) {
@@ -750,7 +759,7 @@ static void send_reply(struct rpc_conn *c,
                        const ProtobufCMessage *args,
                        struct evbuffer *hold)
 {
-    send_frame(c, call_id, status, error, args, hold, false);
+    send_frame(c, call_id, 0, status, error, args, hold, false);
 }
 
 static void held_unlink(struct held *h)
@@ -889,7 +898,7 @@ int rpc_stream_send(void *closure_data, const ProtobufCMessage *msg)
     if (st->drop_reply) {
         return 0; /* a duplicate's (fault injection): its frames are lost */
     }
-    send_frame(c, st->call_id, RPC_OK, NULL, msg, NULL, true);
+    send_frame(c, st->call_id, 0, RPC_OK, NULL, msg, NULL, true);
     return c->bev ? 0 : RPC_E_CONNECTION_LOST;
 }
 
@@ -1152,6 +1161,28 @@ static void uncount(struct rpc_call *call)
     }
 }
 
+/* A call that took --slow-request-ms or more: one line with where the
+ * time went. */
+static void log_slow(struct rpc_server *s,
+                     const struct rpc_call *call,
+                     int status,
+                     uint64_t answered_ms)
+{
+    uint64_t now = rpc_now_ms();
+    s->stats.slow++;
+    rpc_logf(RPC_LOG_WARN,
+             "rpc: slow call %016llx %s.%s from %s: %llu ms (queue %llu ms, "
+             "handler %llu ms%s%s%s, reply %llu ms), %s",
+             (unsigned long long)call->trace_id, call->service->name,
+             call->method->name, call->conn->peer,
+             (unsigned long long)(now - call->read_ms),
+             (unsigned long long)(call->start_ms - call->read_ms),
+             (unsigned long long)(answered_ms - call->start_ms),
+             call->note[0] ? ": " : "", call->note, "",
+             (unsigned long long)(now - answered_ms),
+             status == RPC_OK ? "answered" : rpc_strerror(status));
+}
+
 static void answer(struct rpc_call *call,
                    int status,
                    const char *error,
@@ -1176,18 +1207,25 @@ static void answer(struct rpc_call *call,
                                    ? status
                                    : RPC_STATUS_SLOTS - 1]++;
     }
+    uint64_t answered_ms = rpc_now_ms();
     if (call->drop_reply) {
         /* lost on purpose: counted by the fault stats, not as a failure */
     } else if (call->hold_ms && c->bev && s &&
                (h = held_new(c, call->hold_ms)) &&
                (h->reply = evbuffer_new())) {
-        send_reply(c, call->call_id, status, error, reply, h->reply);
+        send_frame(c, call->call_id, call->trace_id, status, error, reply,
+                   h->reply, false);
     } else {
         if (h) { /* no memory to hold it: send it now */
             held_unlink(h);
             held_free(h);
         }
-        send_reply(c, call->call_id, status, error, reply, NULL);
+        send_frame(c, call->call_id, call->trace_id, status, error, reply, NULL,
+                   false);
+    }
+    if (s && s->opts.slow_ms && !call->stream_cb &&
+        answered_ms - call->read_ms >= s->opts.slow_ms) {
+        log_slow(s, call, status, answered_ms);
     }
     conn_unref(c);
     free(call->fail_msg);
@@ -1223,6 +1261,29 @@ const char *rpc_call_tls_name(void *closure_data)
 {
     struct rpc_call *call = closure_data;
     return call->conn->tls_name;
+}
+
+uint64_t rpc_call_trace_id(void *closure_data)
+{
+    struct rpc_call *call = closure_data;
+    return call->trace_id;
+}
+
+bool rpc_call_slow(void *closure_data)
+{
+    struct rpc_call *call = closure_data;
+    struct rpc_server *s = call->conn->server;
+    return s && s->opts.slow_ms &&
+           rpc_now_ms() - call->read_ms >= s->opts.slow_ms;
+}
+
+void rpc_call_note(void *closure_data, const char *fmt, ...)
+{
+    struct rpc_call *call = closure_data;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(call->note, sizeof call->note, fmt, ap);
+    va_end(ap);
 }
 
 uint64_t rpc_call_deadline(void *closure_data)
@@ -1273,16 +1334,26 @@ static bool has_handler(ProtobufCService *svc, unsigned index)
 
 /* Run a handler (twice when the faults duplicate the request; the second
  * answer is lost). */
+/* What a call takes from its request's header and arrival. */
+struct call_head
+{
+    uint64_t call_id;
+    const char *token; /* the header's auth token */
+    bool shared_ok;
+    uint64_t deadline; /* 0: none */
+    uint64_t trace_id; /* the caller's, or one made here */
+    uint64_t read_ms;  /* its request read by then */
+};
+
 static void start_call(struct rpc_conn *c,
                        ProtobufCService *svc,
                        unsigned index,
                        const ProtobufCMessage *input,
-                       uint64_t call_id,
-                       const char *token,
-                       bool shared_ok,
-                       uint64_t deadline,
+                       const struct call_head *hd,
                        const struct rpc_fault_choice *fc)
 {
+    uint64_t call_id = hd->call_id;
+    const char *token = hd->token;
     for (int copy = 0; copy < (fc->duplicate ? 2 : 1) && c->bev; copy++) {
         struct rpc_call *call = malloc(sizeof *call);
         if (!call) {
@@ -1309,8 +1380,12 @@ static void start_call(struct rpc_conn *c,
         }
         call->drop_reply = copy > 0 || fc->drop_reply;
         call->hold_ms = fc->hold_ms;
-        call->shared_ok = shared_ok;
-        call->deadline = deadline;
+        call->shared_ok = hd->shared_ok;
+        call->deadline = hd->deadline;
+        call->trace_id = hd->trace_id;
+        call->read_ms = hd->read_ms;
+        call->start_ms = rpc_now_ms();
+        call->note[0] = '\0';
         call->stream_cb = NULL;
         call->stream_arg = NULL;
         call->stream_ev = NULL;
@@ -1330,6 +1405,17 @@ static void start_call(struct rpc_conn *c,
         c->server->stats.calls++;
         svc->invoke(svc, index, input, call_done, call);
     }
+}
+
+/* A trace id for a request that came without one: splitmix64 of a
+ * counter from a random start, never 0. */
+static uint64_t new_trace_id(struct rpc_server *s)
+{
+    uint64_t z = (s->trace_next += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    z ^= z >> 31;
+    return z ? z : 1;
 }
 
 /* Returns non-zero when the connection was closed. */
@@ -1388,6 +1474,7 @@ static int dispatch(void *ctx, const struct rpc_frame *f)
         send_reply(c, h->call_id, RPC_E_OVERLOADED, msg, NULL, NULL);
         return c->bev ? 0 : 1;
     }
+    uint64_t trace_id = h->trace_id ? h->trace_id : new_trace_id(s);
     /* The caller's deadline, from the latest the request can have come
      * in (the last read of the socket): a call found expired surely is. */
     uint64_t deadline =
@@ -1455,12 +1542,15 @@ static int dispatch(void *ctx, const struct rpc_frame *f)
                 h->auth_token && *h->auth_token ? strdup(h->auth_token) : NULL;
             d->shared_ok = h->shared_ok;
             d->deadline = deadline;
+            d->trace_id = trace_id;
+            d->read_ms = c->read_ms;
             d->fc = fc;
             return 0;
         }
     }
-    start_call(c, svc, index, input, h->call_id, h->auth_token, h->shared_ok,
-               deadline, &fc);
+    struct call_head hd = {h->call_id, h->auth_token, h->shared_ok,
+                           deadline,   trace_id,      c->read_ms};
+    start_call(c, svc, index, input, &hd, &fc);
     protobuf_c_message_free_unpacked(input, NULL);
     return c->bev ? 0 : 1;
 }
@@ -1495,8 +1585,9 @@ static void on_held(evutil_socket_t fd, short what, void *arg)
             mark_dirty(c);
             check_output(c);
         } else {
-            start_call(c, h->svc, h->index, h->input, h->call_id, h->auth_token,
-                       h->shared_ok, h->deadline, &h->fc);
+            struct call_head hd = {h->call_id,  h->auth_token, h->shared_ok,
+                                   h->deadline, h->trace_id,   h->read_ms};
+            start_call(c, h->svc, h->index, h->input, &hd, &h->fc);
         }
     }
     held_free(h);
@@ -2084,6 +2175,7 @@ struct rpc_server *rpc_server_new(struct event_base *base,
     if (!s->opts.frames_per_turn) {
         s->opts.frames_per_turn = 64;
     }
+    evutil_secure_rng_get_bytes(&s->trace_next, sizeof s->trace_next);
     s->opts.peer_service = NULL; /* the copy below */
     if (opts && opts->peer_service &&
         !(s->peer_service = strdup(opts->peer_service))) {

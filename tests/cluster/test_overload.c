@@ -348,6 +348,42 @@ static void test_a_read_gives_up_at_the_callers_deadline(void)
     CU_ASSERT(h_cluster_destroy(&c) == 0);
 }
 
+/* With --slow-request-ms 1 every call is slow: the leader logs a put under
+ * the trace id its caller gave, with the Raft commit and the apply. */
+static void test_slow_calls_are_logged_under_their_trace_id(void)
+{
+    struct h_cluster c;
+    CU_ASSERT_FATAL(h_cluster_start(&c, 3, "--slow-request-ms 1") == 0);
+    int leader = h_find_leader(&c, 10000);
+    CU_ASSERT_FATAL(leader >= 0);
+    struct rpc_channel *ch = rpc_channel_new_blocking(
+        c.nodes[leader].host, c.nodes[leader].port, NULL);
+    CU_ASSERT_FATAL(ch != NULL);
+    ProtobufCService *svc =
+        rpc_channel_service(ch, &raftkv__kv_service__descriptor);
+    uint8_t cid[16] = {7, 7, 7};
+    Raftkv__OpenSessionArgs oa = RAFTKV__OPEN_SESSION_ARGS__INIT;
+    oa.client_id = (ProtobufCBinaryData){16, cid};
+    memset(&F, 0, sizeof F);
+    raftkv__kv_service__open_session(svc, &oa, on_session, NULL);
+    CU_ASSERT_EQUAL(F.ok, 1);
+    rpc_channel_set_trace_id(ch, 0x00c0ffee12345678ull);
+    Raftkv__PutAppendArgs a = RAFTKV__PUT_APPEND_ARGS__INIT;
+    a.key = (ProtobufCBinaryData){5, (uint8_t *)"trace"};
+    a.value = (ProtobufCBinaryData){1, (uint8_t *)"v"};
+    a.client_id = (ProtobufCBinaryData){16, cid};
+    a.request_id = 1;
+    F.last_ok[1] = -1;
+    raftkv__kv_service__put_append(svc, &a, on_put, (void *)(intptr_t)1);
+    CU_ASSERT_EQUAL(F.ok, 2);
+    rpc_channel_free(ch);
+    CU_ASSERT(h_log_contains(&c, (size_t)leader,
+                             "slow call 00c0ffee12345678 "
+                             "raftkv.KvService.PutAppend"));
+    CU_ASSERT(h_log_contains(&c, (size_t)leader, "raft commit"));
+    CU_ASSERT(h_cluster_destroy(&c) == 0);
+}
+
 /* 300,000 linearizable Gets pipelined on one connection. */
 static void test_pipelined_gets_keep_the_leader(void)
 {
@@ -370,6 +406,8 @@ int main(int argc, char **argv)
          test_pipelined_puts_keep_the_leader},
         {"test_a_read_gives_up_at_the_callers_deadline",
          test_a_read_gives_up_at_the_callers_deadline},
+        {"test_slow_calls_are_logged_under_their_trace_id",
+         test_slow_calls_are_logged_under_their_trace_id},
         CU_TEST_INFO_NULL,
     };
     static CU_SuiteInfo suites[] = {

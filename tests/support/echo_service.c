@@ -36,7 +36,13 @@ static void echo_echo(Raftkv__Test__EchoService_Service *svc,
         e->mark_at = e->calls; /* and echoed below */
     }
     static char text[32];
-    if (in->payload.len == 8 && memcmp(in->payload.data, "deadline", 8) == 0) {
+    if (in->payload.len == 5 && memcmp(in->payload.data, "trace", 5) == 0) {
+        snprintf(text, sizeof text, "%016llx",
+                 (unsigned long long)rpc_call_trace_id(closure_data));
+        reply.payload.data = (uint8_t *)text;
+        reply.payload.len = strlen(text);
+    } else if (in->payload.len == 8 &&
+               memcmp(in->payload.data, "deadline", 8) == 0) {
         uint64_t d = rpc_call_deadline(closure_data);
         snprintf(text, sizeof text, "%lld",
                  d ? (long long)(d - rpc_now_ms()) : -1LL);

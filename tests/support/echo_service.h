@@ -13,7 +13,8 @@ struct event_base;
 /* An EchoService implementation whose Defer replies come from timers on
  * base. Echo with payload "whoami" answers the caller's address, "token"
  * the auth token of its header ("mark" notes calls in mark_at;
- * "deadline" answers the ms left of the call's deadline, -1 for none),
+ * "deadline" answers the ms left of the call's deadline, -1 for none;
+ * "trace" its trace id in hex),
  * "peerid" the node id its connection
  * proved in the peer handshake, "tlsname" the CN of its verified client
  * certificate. Stream sends count frames "<payload>:<n>" (n from 0), one

@@ -336,6 +336,37 @@ static void test_calls_past_their_deadline_are_not_started(void)
     echo_local_stop(&l);
 }
 
+/* A channel's trace id reaches the handler (one set for all calls, or one
+ * of the channel's own per call); a call that takes the server's slow_ms
+ * is counted (and logged). */
+static void test_trace_ids_travel_and_slow_calls_are_counted(void)
+{
+    struct rpc_server_options o = {.slow_ms = 30};
+    struct echo_local l;
+    CU_ASSERT_FATAL(echo_local_start(&l, &o) == 0);
+    struct rpc_channel *ch = rpc_channel_new(l.base, "127.0.0.1", l.port, NULL);
+    ProtobufCService *svc = rpc_channel_service(ch, echo_desc);
+    struct echo_result a = {0}, b = {0}, c = {0};
+    rpc_channel_set_trace_id(ch, 0x1234abcd5678ef01ull);
+    echo_call(svc, ECHO_M_ECHO, "trace", 0, &a);
+    CU_ASSERT(loop_run_until(l.base, &a.done, 1, SOON_MS));
+    CU_ASSERT_STRING_EQUAL(a.payload, "1234abcd5678ef01");
+    rpc_channel_set_trace_id(ch, 0);
+    echo_call(svc, ECHO_M_ECHO, "trace", 0, &b);
+    echo_call(svc, ECHO_M_ECHO, "trace", 0, &c);
+    CU_ASSERT(loop_run_until(l.base, &c.done, 1, SOON_MS));
+    CU_ASSERT(loop_run_until(l.base, &b.done, 1, SOON_MS));
+    CU_ASSERT(strcmp(b.payload, "0000000000000000") != 0);
+    CU_ASSERT(strcmp(b.payload, c.payload) != 0); /* one per call */
+    CU_ASSERT_EQUAL(stats_of(&l).slow, 0);
+    struct echo_result d = {0};
+    echo_call(svc, ECHO_M_DEFER, "slow", 60, &d);
+    CU_ASSERT(loop_run_until(l.base, &d.done, 1, SOON_MS));
+    CU_ASSERT_EQUAL(stats_of(&l).slow, 1);
+    rpc_channel_free(ch);
+    echo_local_stop(&l);
+}
+
 int main(int argc, char **argv)
 {
     signal(SIGPIPE, SIG_IGN);
@@ -352,6 +383,8 @@ int main(int argc, char **argv)
          test_the_callers_deadline_reaches_the_handler},
         {"test_calls_past_their_deadline_are_not_started",
          test_calls_past_their_deadline_are_not_started},
+        {"test_trace_ids_travel_and_slow_calls_are_counted",
+         test_trace_ids_travel_and_slow_calls_are_counted},
         CU_TEST_INFO_NULL,
     };
     static CU_SuiteInfo suites[] = {

@@ -514,6 +514,7 @@ int kv_node_open(const struct kv_node_config *cfg, struct kv_node **out)
         .idle_timeout_ms = cfg->idle_timeout_ms,
         .max_inflight = cfg->max_inflight_conn,
         .max_inflight_total = cfg->max_inflight,
+        .slow_ms = cfg->slow_request_ms,
         /* Clients at the default priority (1); what their turn leaves
          * waits with the node's turn, at the lowest (2). */
         .backlog_priority = 2 + 1,

@@ -97,6 +97,7 @@ struct kv_node_config
     unsigned max_inflight_conn;  /* calls in flight on one client
                                     connection: more are shed */
     unsigned max_inflight;       /* on all client connections together */
+    unsigned slow_request_ms;    /* log calls slower than this (0: never) */
     unsigned frame_timeout_ms;   /* a frame (or unread replies) stuck this
                                     long closes the connection (0: never) */
     unsigned idle_timeout_ms;    /* idle client connections closed after
@@ -177,6 +178,7 @@ struct node_write_waiter
     uint64_t index;                 /* where the core placed it */
     uint64_t term;                  /* in which term */
     uint64_t deadline;              /* ms: done with TIMEOUT after this */
+    uint64_t proposed_ms;           /* when it went to the core */
     node_write_done_cb done;        /* called once, by the node */
     struct node_write_waiter *next; /* node's queue, in index order */
 };
@@ -205,6 +207,7 @@ struct node_read_waiter
     uint64_t index;           /* serve once applied >= index (0: unknown) */
     bool confirmed;           /* the core confirmed leadership */
     uint64_t deadline;        /* ms: ready with TIMEOUT after this */
+    uint64_t began_ms;        /* when node_read_begin took it */
     uint64_t caller_deadline; /* set by the caller before node_read_begin:
                                  the client's own deadline (ms, 0: none),
                                  when sooner than --request-timeout-ms */
@@ -321,6 +324,9 @@ struct kv_node
     struct node_read_list reads_ready; /* confirmed, waiting for the
                                           applied state to reach them */
     uint64_t read_seq;                 /* the last read's seq */
+    uint64_t apply_began_ms;           /* the last apply of committed
+                                          entries began then */
+    uint64_t apply_done_ms;            /* and ended then */
     struct event *serve_ev;            /* serves the reads a turn left */
     struct node_subscriber subs[NODE_MAX_SUBSCRIBERS]; /* node_subscribe */
     size_t n_subs;                                     /* entries in subs */
@@ -475,6 +481,15 @@ void node_confirm_reads(struct kv_node *n,
  * most NODE_READS_PER_TURN of them: the rest are served from serve_ev,
  * after the loop has looked at its sockets and timers again. */
 void node_serve_reads(struct kv_node *n);
+
+/* For a slow call's log line (rpc_call_note): where a write's time went
+ * (raft commit: proposed to applying; apply), or a read's (its ReadIndex
+ * round and the wait for the applied state). */
+void node_note_write(struct kv_node *n,
+                     const struct node_write_waiter *w,
+                     bool applied,
+                     void *call);
+void node_note_read(const struct node_read_waiter *w, void *call);
 
 /* Reads served in one go before the loop gets a turn. */
 #define NODE_READS_PER_TURN 4096u

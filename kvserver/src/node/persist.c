@@ -376,10 +376,12 @@ int node_persist(struct kv_node *n, const struct raft_update *u)
     }
     if (!rv && n->applied < n->handed) {
         double t0 = kv_seconds();
+        n->apply_began_ms = node_now_ms();
         rv = state_open(n);
         if (!rv) {
             rv = state_apply_upto(n, n->handed);
         }
+        n->apply_done_ms = node_now_ms();
         kv_hist_observe(&n->metrics.apply, kv_seconds() - t0);
     }
     if (rv) {

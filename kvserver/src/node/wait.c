@@ -19,7 +19,8 @@ static void queue_write(struct kv_node *n,
 {
     w->index = index;
     w->term = term;
-    w->deadline = node_now_ms() + n->cfg.request_timeout_ms;
+    w->proposed_ms = node_now_ms();
+    w->deadline = w->proposed_ms + n->cfg.request_timeout_ms;
     w->next = NULL;
     if (n->writes_tail) {
         n->writes_tail->next = w;
@@ -157,6 +158,31 @@ void node_complete_writes(struct kv_node *n)
     }
 }
 
+void node_note_write(struct kv_node *n,
+                     const struct node_write_waiter *w,
+                     bool applied,
+                     void *call)
+{
+    uint64_t now = node_now_ms();
+    if (applied && n->apply_began_ms >= w->proposed_ms) {
+        rpc_call_note(
+            call, "raft commit %llu ms, apply %llu ms, index %llu",
+            (unsigned long long)(n->apply_began_ms - w->proposed_ms),
+            (unsigned long long)(n->apply_done_ms - n->apply_began_ms),
+            (unsigned long long)w->index);
+    } else {
+        rpc_call_note(call, "in raft %llu ms, not applied here, index %llu",
+                      (unsigned long long)(now - w->proposed_ms),
+                      (unsigned long long)w->index);
+    }
+}
+
+void node_note_read(const struct node_read_waiter *w, void *call)
+{
+    rpc_call_note(call, "read index round and applied state %llu ms",
+                  (unsigned long long)(node_now_ms() - w->began_ms));
+}
+
 /* -------------------------------------------------------------- reads */
 
 static void list_append(struct node_read_list *l, struct node_read_waiter *w)
@@ -212,7 +238,8 @@ int node_read_begin(struct kv_node *n, struct node_read_waiter *w)
     n->read_seq = w->seq;
     w->index = 0;
     w->confirmed = false;
-    w->deadline = node_now_ms() + n->cfg.request_timeout_ms;
+    w->began_ms = node_now_ms();
+    w->deadline = w->began_ms + n->cfg.request_timeout_ms;
     if (w->caller_deadline && w->caller_deadline < w->deadline) {
         w->deadline = w->caller_deadline;
     }

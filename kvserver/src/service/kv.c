@@ -221,6 +221,9 @@ static void write_done(struct kv_node *n,
                        const char *msg)
 {
     struct kv_write *kw = (struct kv_write *)w;
+    if (rpc_call_slow(kw->closure_data)) {
+        node_note_write(n, w, o != NULL, kw->closure_data);
+    }
     reply_write(n, kw->op, kw->closure, kw->closure_data, err, o, leader,
                 o ? outcome_message(o->err) : msg);
     free(kw);
@@ -430,6 +433,9 @@ static void read_ready(struct kv_node *n,
                        const char *msg)
 {
     struct kv_read *r = (struct kv_read *)w;
+    if (rpc_call_slow(r->closure_data)) {
+        node_note_read(w, r->closure_data);
+    }
     if (err) {
         reply_get(n, r->closure, r->closure_data, err, NULL, 0, leader, msg);
     } else {
@@ -597,6 +603,9 @@ static void packed_read_ready(struct kv_node *n,
                               const char *msg)
 {
     struct kv_packed_read *r = (struct kv_packed_read *)w;
+    if (rpc_call_slow(r->closure_data)) {
+        node_note_read(w, r->closure_data);
+    }
     ProtobufCMessage *m = NULL;
     if (!err) {
         m = protobuf_c_message_unpack(r->d, NULL, r->len, r->args);

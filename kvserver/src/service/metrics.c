@@ -151,6 +151,12 @@ static void put_rpc(struct evbuffer *b, struct kv_node *n)
               "Times a client connection's requests waited for the others' "
               "turn (more than 64 in one read).",
               ss.backlogged);
+    put_value(b, "raftkv_rpc_expired_total", "counter",
+              "Calls answered DEADLINE_EXCEEDED, never started: their "
+              "caller's timeout passed while they waited.",
+              ss.expired);
+    put_value(b, "raftkv_rpc_slow_total", "counter",
+              "Calls logged as slow (--slow-request-ms).", ss.slow);
 }
 
 static void on_metrics(struct evhttp_request *req, void *arg)

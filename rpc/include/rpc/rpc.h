@@ -426,6 +426,11 @@ struct rpc_server_options
     int backlog_priority;        /* priority, plus one, at which requests that
                                     frames_per_turn left are handled (0: as
                                     io_priority) */
+    uint32_t slow_ms;            /* a call answered this long or more after
+                                    its request was read is logged, with its
+                                    trace id and where the time went (queue,
+                                    handler and rpc_call_note's detail,
+                                    reply). 0: never */
 };
 
 /* How long a connection admitted into peer_reserve has to show itself a
@@ -473,6 +478,7 @@ struct rpc_server_stats
     uint64_t expired;             /* calls answered RPC_E_DEADLINE_EXCEEDED:
                                      their timeout_ms had passed before they
                                      were started */
+    uint64_t slow;                /* calls logged as slow (slow_ms) */
 };
 
 /* Calls of one method of a served service, by how they were answered. */
@@ -640,6 +646,28 @@ uint64_t rpc_call_peer_id(void *closure_data);
  * Milliseconds of CLOCK_MONOTONIC: the clock of rpc_call_deadline.
  */
 uint64_t rpc_now_ms(void);
+
+/**
+ * The trace id of a call: the caller's (RpcHeader.trace_id), or one the
+ * server made. Log lines about the call carry it (as 16 hex digits), and
+ * its reply echoes it.
+ * @param closure_data the closure_data the handler was given
+ */
+uint64_t rpc_call_trace_id(void *closure_data);
+
+/**
+ * Has the call taken the server's slow_ms already? A handler asks before
+ * it spends time on rpc_call_note.
+ */
+bool rpc_call_slow(void *closure_data);
+
+/**
+ * Say where a call's time went inside its handler ("raft commit 12 ms,
+ * apply 1 ms"), for the slow-call line; the last note stands (at most
+ * 159 bytes kept).
+ */
+void rpc_call_note(void *closure_data, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
 
 /**
  * When the caller stops waiting for a call's answer (RpcHeader.timeout_ms,
@@ -850,6 +878,14 @@ ProtobufCService *rpc_channel_service(struct rpc_channel *ch,
  * @param ms milliseconds from the call's start; 0 restores the default
  */
 void rpc_channel_set_deadline(struct rpc_channel *ch, uint32_t ms);
+
+/**
+ * Send this trace id (RpcHeader.trace_id) with the calls made from now on:
+ * the servers log those calls under it. libclerk gives an operation one id
+ * for all its tries.
+ * @param id the id; 0 gives each call an id of the channel's own
+ */
+void rpc_channel_set_trace_id(struct rpc_channel *ch, uint64_t id);
 
 /**
  * Send an auth token in the header of every call made from now on.
