@@ -16,7 +16,9 @@
  * bytes, values up to 4 MiB.
  *
  * Threads: a handle may be shared by threads; its operations run one at a
- * time (a mutex). For parallel operations open a handle per thread.
+ * time (a mutex). For parallel operations open a handle per thread, or use
+ * one async handle (clerk_async_*, at the end of this file): many
+ * operations in flight, callbacks from an event loop.
  *
  * Signals: a server that dies while libclerk writes to it can make the
  * write raise SIGPIPE, whose default action ends the process. Programs
@@ -1610,7 +1612,8 @@ typedef void (*clerk_async_cb)(struct clerk_async *a,
  * @param servers as clerk_open (copied)
  * @param opts as clerk_open (copied), or NULL
  * @param base the caller's event base (borrowed: it must outlive the
- *   handle, and run once more after a close from a callback)
+ *   handle, and run once more after a close from a callback). The
+ *   handle then belongs to the thread that runs base.
  * @return CLERK_OK, CLERK_INVALID (no base, bad list or TLS files:
  *   clerk_open_error() says why) or CLERK_NOMEM
  */
@@ -1634,6 +1637,7 @@ int clerk_async_open_fd(struct clerk_async **out,
  * Close the handle: every pending operation ends with CLERK_CLOSED (its
  * callback runs once, inside this call), connections close. May be
  * called from a callback (see above). A second call does nothing.
+ * Thread: the handle's (the one that runs its loop).
  * @param a the handle, or NULL
  */
 void clerk_async_close(struct clerk_async *a);
@@ -1656,7 +1660,8 @@ int clerk_async_timeout_ms(const struct clerk_async *a);
 
 /**
  * fd mode: do what is ready (read replies, send requests, fire timers)
- * without blocking, running callbacks.
+ * without blocking, running callbacks. Thread: the handle's; never from
+ * one of its callbacks.
  * @return CLERK_OK; CLERK_CLOSED when a callback closed the handle (it is
  *   freed now); CLERK_INVALID (not fd mode, or called from a callback);
  *   CLERK_NOMEM
