@@ -521,6 +521,41 @@ static void test_async_deadline_as_blocking(void)
     free(r.ops);
     CU_ASSERT_EQUAL(h_node_start(&ac, victim), 0);
     CU_ASSERT(h_find_leader(&ac, 10000) >= 0);
+
+    /* Every node stopped after a handle opened its session: a write
+     * reaches a server and gets no answer, so its outcome is unknown, in
+     * both APIs. (Before the session is open the write itself is never
+     * sent: CLERK_UNAVAILABLE.) */
+    CU_ASSERT_EQUAL_FATAL(clerk_open(&ck, eps, &o), CLERK_OK);
+    CU_ASSERT_EQUAL(clerk_put(ck, "k", 1, "v", 1), CLERK_OK);
+    r.base = event_base_new();
+    r.ops = calloc(2, sizeof *r.ops);
+    r.n = r.started = 1;
+    r.done = 0;
+    CU_ASSERT_EQUAL_FATAL(clerk_async_open(&r.a, eps, &o, r.base), CLERK_OK);
+    CU_ASSERT_EQUAL(clerk_async_put(r.a, "k", 1, "v", 1, on_done, &r.ops[0]),
+                    CLERK_OK);
+    run_base(&r, 10000);
+    CU_ASSERT_EQUAL(r.ops[0].err, CLERK_OK);
+    for (size_t i = 0; i < ac.n; i++) {
+        h_node_pause(&ac, i, true);
+    }
+    bput = clerk_put(ck, "k", 1, "v", 1);
+    r.n = r.started = 2;
+    CU_ASSERT_EQUAL(clerk_async_put(r.a, "k", 1, "v", 1, on_done, &r.ops[1]),
+                    CLERK_OK);
+    run_base(&r, 10000);
+    for (size_t i = 0; i < ac.n; i++) {
+        h_node_pause(&ac, i, false);
+    }
+    clerk_close(ck);
+    CU_ASSERT_EQUAL(bput, CLERK_UNKNOWN_OUTCOME);
+    CU_ASSERT_EQUAL(r.ops[1].err, CLERK_UNKNOWN_OUTCOME);
+    CU_ASSERT(r.ops[1].maybe_applied);
+    clerk_async_close(r.a);
+    event_base_free(r.base);
+    free(r.ops);
+    CU_ASSERT(h_find_leader(&ac, 10000) >= 0);
 }
 
 /* With auth on: a handle without a user is refused, one with a user
