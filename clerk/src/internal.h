@@ -1,6 +1,6 @@
-/* internal.h: what clerk.c's retry machinery offers the other files of
- * libclerk: one KvService or LeaseService call made to a final answer.
- * Private to clerk/. */
+/* internal.h: what libclerk's files share: the handle, and one
+ * KvService or LeaseService call made to a final answer by the retry
+ * machinery (op.c). Private to clerk/. */
 #ifndef CLERK_INTERNAL_H
 #define CLERK_INTERNAL_H
 
