@@ -276,7 +276,7 @@ static int check_key(struct clerk_async *a,
         return CLERK_INVALID;
     }
     if (key_len == 0) {
-        snprintf(a->c->errmsg, sizeof a->c->errmsg, "the key is empty");
+        ck_errmsgf(a->c, "the key is empty");
         return CLERK_BAD_REQUEST;
     }
     if (a->c->closing) {

@@ -1,6 +1,7 @@
 /* clerk.c: leader discovery, retries and exactly-once writes over the
  * generated KvService stubs. */
 #include <errno.h>
+#include <stdarg.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -141,16 +142,18 @@ const char *clerk_strerror(int err)
 
 const char *clerk_errmsg(const struct clerk *c)
 {
-    /* Copied under the lock into a buffer of the calling thread: another
-     * thread's operation may write c->errmsg meanwhile. A few buffers, so
-     * that two messages can be printed in one call. */
+    /* Copied under errmsg_lock into a buffer of the calling thread:
+     * another thread's operation may write c->errmsg meanwhile. (Not
+     * under c->lock: that one is held for a whole operation.) A few
+     * buffers, so that two messages can be printed in one call. */
     static _Thread_local char copies[4][512];
     static _Thread_local unsigned next;
     char *out = copies[next++ % 4];
     struct clerk *w = (struct clerk *)c;
-    pthread_mutex_lock(&w->lock);
-    snprintf(out, sizeof copies[0], "%s", c->errmsg);
-    pthread_mutex_unlock(&w->lock);
+    pthread_mutex_lock(&w->errmsg_lock);
+    memcpy(out, c->errmsg, sizeof copies[0]);
+    pthread_mutex_unlock(&w->errmsg_lock);
+    out[sizeof copies[0] - 1] = 0;
     return out;
 }
 
@@ -236,7 +239,8 @@ static struct clerk *handle_new(struct event_base *base)
         free(c);
         return NULL;
     }
-    pthread_mutex_init(&c->lock, NULL); /* clerk_close destroys it */
+    pthread_mutex_init(&c->lock, NULL); /* clerk_close destroys them */
+    pthread_mutex_init(&c->errmsg_lock, NULL);
     return c;
 }
 
@@ -331,6 +335,7 @@ void clerk_close(struct clerk *c)
         event_base_free(c->base);
     }
     pthread_mutex_destroy(&c->lock);
+    pthread_mutex_destroy(&c->errmsg_lock);
     if (!c->tls_borrowed) {
         rpc_tls_free(c->tls);
     }
@@ -640,7 +645,7 @@ static int check_args(struct clerk *c, const void *key, size_t key_len)
         return CLERK_INVALID;
     }
     if (key_len == 0) {
-        snprintf(c->errmsg, sizeof c->errmsg, "the key is empty");
+        ck_errmsgf(c, "the key is empty");
         return CLERK_BAD_REQUEST;
     }
     return CLERK_OK;
@@ -1073,7 +1078,7 @@ int clerk_transfer_leader(struct clerk *c,
             }
         }
         if (!svc) {
-            snprintf(c->errmsg, sizeof c->errmsg, "out of memory");
+            ck_errmsgf(c, "out of memory");
             pthread_mutex_unlock(&c->lock);
             return CLERK_NOMEM;
         }
@@ -1088,7 +1093,7 @@ int clerk_transfer_leader(struct clerk *c,
             if (new_leader) {
                 *new_leader = o.leader;
             }
-            snprintf(c->errmsg, sizeof c->errmsg, "%s", o.message);
+            ck_errmsgf(c, "%s", o.message);
             pthread_mutex_unlock(&c->lock);
             return rv;
         }
@@ -1101,9 +1106,8 @@ int clerk_transfer_leader(struct clerk *c,
             i = next_server(c, i, &failures_in_round, deadline, &backoff);
         }
     }
-    snprintf(c->errmsg, sizeof c->errmsg,
-             "no leader answered within %u ms (last: %s)", c->deadline_ms,
-             last);
+    ck_errmsgf(c, "no leader answered within %u ms (last: %s)", c->deadline_ms,
+               last);
     pthread_mutex_unlock(&c->lock);
     return CLERK_UNAVAILABLE;
 }
@@ -1230,7 +1234,7 @@ static int member_call(struct clerk *c,
             service(c, i, &raftkv__admin_service__descriptor,
                     (unsigned)(deadline - now));
         if (!svc) {
-            snprintf(c->errmsg, sizeof c->errmsg, "out of memory");
+            ck_errmsgf(c, "out of memory");
             pthread_mutex_unlock(&c->lock);
             return CLERK_NOMEM;
         }
@@ -1249,7 +1253,7 @@ static int member_call(struct clerk *c,
         }
         if (rv >= 0) {
             c->leader = i;
-            snprintf(c->errmsg, sizeof c->errmsg, "%.500s", o.message);
+            ck_errmsgf(c, "%.500s", o.message);
             if (out) {
                 *out = o.result;
             } else {
@@ -1267,9 +1271,8 @@ static int member_call(struct clerk *c,
             i = next_server(c, i, &failures_in_round, deadline, &backoff);
         }
     }
-    snprintf(c->errmsg, sizeof c->errmsg,
-             "no leader answered within %u ms (last: %s)", c->deadline_ms,
-             last);
+    ck_errmsgf(c, "no leader answered within %u ms (last: %s)", c->deadline_ms,
+               last);
     pthread_mutex_unlock(&c->lock);
     return CLERK_UNAVAILABLE;
 }
@@ -1452,8 +1455,7 @@ int clerk_snapshot_save(struct clerk *c,
     size_t n_hold = 0;
     int rv = CLERK_UNAVAILABLE;
     struct snapread_out o;
-    snprintf(c->errmsg, sizeof c->errmsg, "no leader answered within %u ms",
-             c->deadline_ms);
+    ck_errmsgf(c, "no leader answered within %u ms", c->deadline_ms);
     for (;;) {
         if (ck_now_ms() >= deadline) {
             break;
@@ -1461,8 +1463,7 @@ int clerk_snapshot_save(struct clerk *c,
         snapread(c, i, id, off, &o);
         if (!o.replied) {
             free(o.data);
-            snprintf(c->errmsg, sizeof c->errmsg, "%.200s: %.300s",
-                     c->servers[i].addr, o.message);
+            ck_errmsgf(c, "%.200s: %.300s", c->servers[i].addr, o.message);
             if (id == 0) {
                 i = next_server(c, i, &failures, deadline, &backoff);
             } else {
@@ -1480,12 +1481,11 @@ int clerk_snapshot_save(struct clerk *c,
         if (o.error != RAFTKV__ADMIN_ERROR__ADMIN_OK ||
             (id != 0 && (o.id != id || o.offset != off))) {
             free(o.data);
-            snprintf(c->errmsg, sizeof c->errmsg, "%.150s: %.200s%s",
-                     c->servers[i].addr,
-                     o.message[0] ? o.message : "unexpected chunk",
-                     id ? " (the snapshot read was interrupted: run the "
-                          "save again)"
-                        : "");
+            ck_errmsgf(c, "%.150s: %.200s%s", c->servers[i].addr,
+                       o.message[0] ? o.message : "unexpected chunk",
+                       id ? " (the snapshot read was interrupted: run the "
+                            "save again)"
+                          : "");
             rv = o.error == RAFTKV__ADMIN_ERROR__ADMIN_BAD_REQUEST && id == 0
                      ? CLERK_BAD_REQUEST
                  : o.error == RAFTKV__ADMIN_ERROR__ADMIN_UNAUTHENTICATED
@@ -1523,8 +1523,7 @@ int clerk_snapshot_save(struct clerk *c,
         }
         if (o.len && sink(o.data, o.len, arg) != 0) {
             free(o.data);
-            snprintf(c->errmsg, sizeof c->errmsg, "writing the snapshot: %s",
-                     strerror(errno));
+            ck_errmsgf(c, "writing the snapshot: %s", strerror(errno));
             rv = CLERK_INVALID;
             break;
         }
@@ -1538,13 +1537,13 @@ int clerk_snapshot_save(struct clerk *c,
                                            (uint32_t)hold[2] << 8 | hold[3])
                                         : ~crc;
             if (want != crc) {
-                snprintf(c->errmsg, sizeof c->errmsg,
-                         "the snapshot's checksum does not match (%u bytes "
-                         "read): it was damaged on the way",
-                         (unsigned)off);
+                ck_errmsgf(c,
+                           "the snapshot's checksum does not match (%u bytes "
+                           "read): it was damaged on the way",
+                           (unsigned)off);
                 rv = CLERK_INTERNAL;
             } else {
-                c->errmsg[0] = 0;
+                ck_errmsgf(c, "%s", "");
                 rv = CLERK_OK;
             }
             break;
@@ -1605,8 +1604,7 @@ int clerk_fault(struct clerk *c,
         o.rv = CLERK_NOMEM;
     }
     if (o.rv != CLERK_OK) {
-        snprintf(c->errmsg, sizeof c->errmsg, "%.200s: %.300s",
-                 c->servers[server].addr, o.msg);
+        ck_errmsgf(c, "%.200s: %.300s", c->servers[server].addr, o.msg);
     }
     pthread_mutex_unlock(&c->lock);
     if (o.rv == CLERK_OK && now) {
@@ -1737,7 +1735,7 @@ static int auth_run(struct clerk *c,
         ProtobufCService *svc =
             service(c, i, sd, budget < c->attempt_ms ? budget : c->attempt_ms);
         if (!svc) {
-            snprintf(c->errmsg, sizeof c->errmsg, "out of memory");
+            ck_errmsgf(c, "out of memory");
             return CLERK_NOMEM;
         }
         struct auth_out o = {0};
@@ -1770,9 +1768,9 @@ static int auth_run(struct clerk *c,
                 c->leader = i;
             }
             int rv = auth_result(o.err);
-            snprintf(c->errmsg, sizeof c->errmsg, "%s", o.message);
+            ck_errmsgf(c, "%s", o.message);
             if (rv == CLERK_UNAUTHENTICATED && c->auth_msg[0]) {
-                snprintf(c->errmsg, sizeof c->errmsg, "%s", c->auth_msg);
+                ck_errmsgf(c, "%s", c->auth_msg);
             }
             if (reply && rv == CLERK_OK) {
                 *reply = o.reply;
@@ -1791,9 +1789,8 @@ static int auth_run(struct clerk *c,
             back_off(deadline, &backoff);
         }
     }
-    snprintf(c->errmsg, sizeof c->errmsg,
-             "no leader answered within %u ms (last: %s)", c->deadline_ms,
-             last);
+    ck_errmsgf(c, "no leader answered within %u ms (last: %s)", c->deadline_ms,
+               last);
     return change && maybe_applied ? CLERK_UNKNOWN_OUTCOME : CLERK_UNAVAILABLE;
 }
 
@@ -1815,7 +1812,7 @@ static bool bad_name(struct clerk *c, const char *name)
         return true;
     }
     if (!name || !name[0]) {
-        snprintf(c->errmsg, sizeof c->errmsg, "no name given");
+        ck_errmsgf(c, "no name given");
         return true;
     }
     return false;
@@ -2219,9 +2216,19 @@ unsigned ck_deadline_ms(struct clerk *c)
 
 void ck_set_errmsg(struct clerk *c, const char *msg)
 {
-    pthread_mutex_lock(&c->lock);
-    snprintf(c->errmsg, sizeof c->errmsg, "%s", msg);
-    pthread_mutex_unlock(&c->lock);
+    ck_errmsgf(c, "%s", msg);
+}
+
+void ck_errmsgf(struct clerk *c, const char *fmt, ...)
+{
+    char buf[sizeof c->errmsg];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(buf, sizeof buf, fmt, ap);
+    va_end(ap);
+    pthread_mutex_lock(&c->errmsg_lock);
+    memcpy(c->errmsg, buf, sizeof buf);
+    pthread_mutex_unlock(&c->errmsg_lock);
 }
 
 unsigned ck_attempt_ms(struct clerk *c)

@@ -59,7 +59,8 @@ struct clerk
     unsigned attempt_ms;                      /* per call */
     enum clerk_read_mode read_mode;           /* for gets */
     struct clerk_options defaults;            /* as opened */
-    char errmsg[512];                         /* last failure */
+    char errmsg[512];                         /* last failure (ck_errmsgf) */
+    pthread_mutex_t errmsg_lock;              /* guards errmsg alone */
     char *user;                 /* authenticate as (NULL: never) */
     char *password;             /* its password */
     char token[800];            /* from Authenticate ("": none) */
@@ -224,6 +225,10 @@ unsigned ck_deadline_ms(struct clerk *c);
 unsigned ck_attempt_ms(struct clerk *c);
 /* Set the handle's clerk_errmsg. */
 void ck_set_errmsg(struct clerk *c, const char *msg);
+/* The same, formatted; every write of c->errmsg goes through here (under
+ * errmsg_lock, so that clerk_errmsg reads it race-free). */
+void ck_errmsgf(struct clerk *c, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
 
 /* clerk_lock / clerk_campaign (value) that also gives up, as on a
  * timeout (CLERK_TIMEOUT, out of the line), once *stop is set (kvctl's

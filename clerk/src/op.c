@@ -719,7 +719,7 @@ int ck_op_create(struct clerk *c,
                  struct ck_op **out)
 {
     if (c->closing) {
-        snprintf(c->errmsg, sizeof c->errmsg, "the handle was closed");
+        ck_errmsgf(c, "the handle was closed");
         return CLERK_CLOSED;
     }
     const ProtobufCServiceDescriptor *sd =
@@ -727,7 +727,7 @@ int ck_op_create(struct clerk *c,
     const ProtobufCMethodDescriptor *md =
         protobuf_c_service_descriptor_get_method_by_name(sd, k->method);
     if (!md) {
-        snprintf(c->errmsg, sizeof c->errmsg, "no method %s", k->method);
+        ck_errmsgf(c, "no method %s", k->method);
         return CLERK_INVALID;
     }
     struct ck_op *op = op_new(c);
@@ -815,7 +815,7 @@ static void blocking_done(struct ck_op *op, int rv, struct outcome *o)
     w->rv = rv;
     w->k->compact_revision = o->compact_revision;
     w->k->retried = o->retried;
-    snprintf(c->errmsg, sizeof c->errmsg, "%s", o->errmsg);
+    ck_errmsgf(c, "%s", o->errmsg);
     if (rv == CLERK_OK || rv == CLERK_COMPACTED) {
         *w->result = o->result;
         o->result = NULL;

@@ -4,6 +4,7 @@
  * handle, the pollable-fd mode under a plain poll() loop, deadlines. */
 #include <inttypes.h>
 #include <poll.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -18,6 +19,7 @@
 
 static struct h_cluster ac; /* one cluster for every test */
 static char eps[512];
+static struct clerk *shared_ck; /* a blocking handle shared by threads */
 
 static int setup(void)
 {
@@ -602,6 +604,46 @@ static void test_async_auth_token(void)
     free(r.ops);
 }
 
+/* A blocking get that waits for a stopped cluster (another thread's). */
+static void *slow_get(void *arg)
+{
+    void *v;
+    size_t len;
+    int *err = arg;
+    *err = clerk_get(shared_ck, "k", 1, &v, &len);
+    return NULL;
+}
+
+/* A handle shared by threads: clerk_errmsg answers at once while another
+ * thread's operation holds the handle (it reads under a lock of its own,
+ * not the one held for a whole operation). */
+static void test_blocking_errmsg_while_another_thread_waits(void)
+{
+    struct clerk_options o = {.deadline_ms = 2000, .attempt_ms = 300};
+    CU_ASSERT_EQUAL_FATAL(clerk_open(&shared_ck, eps, &o), CLERK_OK);
+    CU_ASSERT_EQUAL(clerk_put(shared_ck, "", 0, "v", 1), CLERK_BAD_REQUEST);
+    for (size_t i = 0; i < ac.n; i++) {
+        h_node_pause(&ac, i, true);
+    }
+    int err = -1;
+    pthread_t t;
+    pthread_create(&t, NULL, slow_get, &err);
+    h_sleep_ms(300);
+    uint64_t t0 = h_now_ms();
+    const char *msg = clerk_errmsg(shared_ck);
+    uint64_t took = h_now_ms() - t0;
+    CU_ASSERT_STRING_EQUAL(msg, "the key is empty");
+    CU_ASSERT(took < 500);
+    pthread_join(t, NULL);
+    for (size_t i = 0; i < ac.n; i++) {
+        h_node_pause(&ac, i, false);
+    }
+    CU_ASSERT_EQUAL(err, CLERK_TIMEOUT);
+    CU_ASSERT(strstr(clerk_errmsg(shared_ck), "no leader answered") != NULL);
+    clerk_close(shared_ck);
+    CU_ASSERT(h_find_leader(&ac, 10000) >= 0);
+}
+
 static void test_async_version(void)
 {
     CU_ASSERT_STRING_EQUAL(clerk_version(), CLERK_VERSION);
@@ -626,6 +668,8 @@ int main(int argc, char **argv)
         {"test_async_leader_killed_mid_flight",
          test_async_leader_killed_mid_flight},
         {"test_async_auth_token", test_async_auth_token},
+        {"test_blocking_errmsg_while_another_thread_waits",
+         test_blocking_errmsg_while_another_thread_waits},
         CU_TEST_INFO_NULL,
     };
     static CU_SuiteInfo suites[] = {
