@@ -1509,7 +1509,8 @@ void clerk_set_read_mode(struct clerk *c, enum clerk_read_mode mode);
  * Context of the handle's last failure: "no leader answered within 5000 ms
  * (last: 127.0.0.1:7002: connection refused)". With a shared handle it
  * describes the last operation of any thread (read race-free: the message
- * is copied under the handle's lock).
+ * is copied under a lock of its own, so this never waits for another
+ * thread's operation). Thread: any.
  * @return a string of the calling thread, valid until its fourth next
  *   call of clerk_errmsg
  */
