@@ -1532,13 +1532,6 @@ const char *clerk_strerror(int err);
  */
 void clerk_free(void *p);
 
-/**
- * The version of the libclerk linked at run time ("0.3.0"); CLERK_VERSION
- * is the version of the headers compiled against.
- * @return a static string
- */
-const char *clerk_version(void);
-
 /* ------------------------------------------------------------ async API
  *
  * An async handle makes the same operations as a blocking one, with the
