@@ -8,13 +8,18 @@
  *           [--range-keys 100] [--watchers N] [--stale]
  *           [--txn-compare version|mod]
  *           [--target leader|all] [--prefill] [--json]
- *           [--leases N] [--stream]
+ *           [--leases N] [--stream] [--async]
  *
  * N clients each send their next call when the reply to the last arrives,
  * spread over M multiplexed connections, all on one event loop. Keys are
  * uniform over the key space; every write carries the client's session.
  * Each op is one row of ops[] below: how it is issued, whether it writes
- * (and so needs sessions) and whether it fills the key space first. */
+ * (and so needs sessions) and whether it fills the key space first.
+ *
+ * With --async (put, get, sget, mix) the same closed loop goes through
+ * libclerk's async API instead of raw stubs: one handle, --clients
+ * operations in flight over its one connection per server, libclerk's
+ * leader discovery, retries and sessions. */
 #include <getopt.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -23,6 +28,7 @@
 
 #include <event2/event.h>
 
+#include <clerk/clerk.h>
 #include <proto/auth.pb-c.h>
 #include <proto/kv.pb-c.h>
 #include <rpc/rpc.h>
@@ -64,6 +70,7 @@ struct client
     char key2[64];         /* second key: range end, or a txn's other put */
     struct rpc_stream *ka; /* keepalive --stream: its keep-alive stream */
     bool ka_waiting;       /* and a renewal on it waits for its answer */
+    bool async_put;        /* --async: the call in flight is a put */
 };
 
 static struct
@@ -77,13 +84,15 @@ static struct
     int64_t lease_ttl; /* --lease-ttl: seconds of the leases --op lease
                           grants */
     bool target_all, json, prefill, stale;
-    bool txn_mod;         /* --txn-compare mod (else version) */
-    bool stream;          /* keepalive --stream: renew on keep-alive
-                             streams (one per client), not unary calls */
-    uint64_t *mod;        /* txn_mod: last mod_revision seen per key */
-    struct rpc_tls *tls;  /* --cacert: TLS to every node */
-    char token[800];      /* --user: the auth token ("" without) */
-    bool prefill_running; /* writing every key once, in order */
+    bool txn_mod;              /* --txn-compare mod (else version) */
+    bool use_async;            /* --async: through libclerk's async API */
+    bool stream;               /* keepalive --stream: renew on keep-alive
+                                  streams (one per client), not unary calls */
+    uint64_t *mod;             /* txn_mod: last mod_revision seen per key */
+    struct rpc_tls *tls;       /* --cacert: TLS to every node */
+    struct clerk_async *async; /* --async: the libclerk handle */
+    char token[800];           /* --user: the auth token ("" without) */
+    bool prefill_running;      /* writing every key once, in order */
     double duration;
     uint64_t total;  /* stop after this many ops (0: duration) */
     uint64_t end_ns; /* stop issuing after this */
@@ -744,11 +753,49 @@ static const struct op_row ops[] = {
 };
 #define N_OPS (sizeof ops / sizeof ops[0])
 
+/* --async: a put or get through libclerk finished. */
+static void on_async(struct clerk_async *a,
+                     const struct clerk_async_reply *r,
+                     void *arg)
+{
+    (void)a;
+    struct client *c = arg;
+    bool ok =
+        r->err == CLERK_OK || (!c->async_put && r->err == CLERK_NOT_FOUND);
+    if (!ok) {
+        snprintf(B.last_error, sizeof B.last_error, "%s: %s",
+                 clerk_error_code(r->err), r->errmsg);
+    }
+    finish(c, ok, 0);
+}
+
+/* --async: the client's next put or get, as issue_put/issue_get choose. */
+static void issue_async(struct client *c)
+{
+    c->async_put = B.prefill_running || B.op->issue == issue_put ||
+                   (B.op->issue == issue_mix && rand_r(&c->seed) % 2);
+    c->k1 =
+        B.prefill_running ? (int)(B.issued - 1) : random_key(c, B.key_space);
+    key_of(c->key, sizeof c->key, c->k1);
+    int rv =
+        c->async_put
+            ? clerk_async_put(B.async, c->key, (size_t)B.key_size, B.value,
+                              (size_t)B.val_size, on_async, c)
+            : clerk_async_get(B.async, c->key, (size_t)B.key_size, on_async, c);
+    if (rv != CLERK_OK) {
+        fprintf(stderr, "kvbench: libclerk refused a call: %s\n",
+                clerk_strerror(rv));
+        exit(1);
+    }
+}
+
 static void issue(struct client *c)
 {
     B.issued++;
     c->started = now_ns();
-    if (B.prefill_running) {
+    if (B.use_async) {
+        issue_async(c);
+    } else if (B.prefill_running) {
         issue_put(c);
     } else {
         B.op->issue(c);
@@ -893,6 +940,34 @@ static double parse_duration(const char *s)
     return -1;
 }
 
+/* --async: one libclerk handle on B.base for every client; --conns does
+ * not apply (libclerk keeps one connection per server). */
+static int open_async(const char *cluster, const char *cacert, const char *user)
+{
+    char name[256] = "";
+    const char *password = NULL;
+    if (user) {
+        const char *colon = strchr(user, ':');
+        if (!colon || (size_t)(colon - user) >= sizeof name) {
+            fprintf(stderr, "kvbench: --user wants NAME:PASSWORD\n");
+            return -1;
+        }
+        memcpy(name, user, (size_t)(colon - user));
+        password = colon + 1;
+    }
+    struct clerk_options o = {
+        .user = user ? name : NULL,
+        .password = password,
+        .cacert = cacert && *cacert ? cacert : NULL,
+        .read_mode = B.stale ? CLERK_READ_STALE : CLERK_READ_LINEARIZABLE};
+    if (clerk_async_open(&B.async, cluster, &o, B.base) != CLERK_OK) {
+        fprintf(stderr, "kvbench: libclerk: %s\n", clerk_open_error());
+        return -1;
+    }
+    B.conns = 1;
+    return 0;
+}
+
 static void usage(FILE *f)
 {
     fprintf(f,
@@ -905,7 +980,7 @@ static void usage(FILE *f)
             "               [--range-keys 100] [--watchers N] [--stale] "
             "[--txn-compare version|mod]\n"
             "               [--target leader|all] [--prefill] [--json]\n"
-            "               [--leases N] [--stream]\n"
+            "               [--leases N] [--stream] [--async]\n"
             "               [--cacert CA.crt] [--user NAME:PASSWORD]\n"
             "       kvbench --version | --help\n"
             "The cluster list is in node-id order (node 1 first), as given "
@@ -927,7 +1002,12 @@ static void usage(FILE *f)
             "  renews a random one of them (LeaseKeepAlive); with --stream, "
             "on a keep-alive\n"
             "  stream per client (LeaseKeepAliveStream: one renewal message "
-            "and its answer).\n");
+            "and its answer).\n"
+            "--async (put, get, sget, mix): through libclerk's async API, "
+            "one handle with\n"
+            "  --clients calls in flight over one connection per server "
+            "(--conns does not\n"
+            "  apply); the result line ends with client=libclerk-async.\n");
 }
 
 static int parse_cluster(const char *list)
@@ -988,6 +1068,7 @@ int main(int argc, char **argv)
         {"leases", required_argument, NULL, 'K'},
         {"stream", no_argument, NULL, 'Z'},
         {"prefill", no_argument, NULL, 'p'},
+        {"async", no_argument, NULL, 'a'},
         {"json", no_argument, NULL, 'j'},
         {"cacert", required_argument, NULL, 'A'},
         {"user", required_argument, NULL, 'U'},
@@ -1081,6 +1162,9 @@ int main(int argc, char **argv)
             case 'p':
                 B.prefill = true;
                 break;
+            case 'a':
+                B.use_async = true;
+                break;
             case 'j':
                 B.json = true;
                 break;
@@ -1132,6 +1216,13 @@ int main(int argc, char **argv)
                 "--duration and --val-size >= 19\n");
         return 2;
     }
+    if (B.use_async && B.op->issue != issue_put && B.op->issue != issue_get &&
+        B.op->issue != issue_mix) {
+        fprintf(stderr,
+                "kvbench: --async goes with --op put, get, sget or "
+                "mix\n");
+        return 2;
+    }
     if (B.stream && B.op->issue != issue_keepalive) {
         fprintf(stderr, "kvbench: --stream goes with --op keepalive\n");
         return 2;
@@ -1158,10 +1249,13 @@ int main(int argc, char **argv)
             return 2;
         }
     }
-    if (user && authenticate(user) != 0) {
+    if (user && !B.use_async && authenticate(user) != 0) {
         return 1;
     }
     B.base = event_base_new();
+    if (B.use_async && open_async(cluster, cacert, user) != 0) {
+        return 1;
+    }
     B.value = malloc((size_t)B.val_size + 1);
     memset(B.value, 'v', (size_t)B.val_size + 1);
     for (int i = 0; i < B.n_nodes; i++) {
@@ -1176,13 +1270,14 @@ int main(int argc, char **argv)
             cl[i].client_id[j] = (uint8_t)rand_r(&seed);
         }
     }
-    B.leader = find_leader();
+    B.leader = B.use_async ? 0 : find_leader();
     if (B.leader < 0) {
         fprintf(stderr, "kvbench: no leader answered in 10 s\n");
         return 1;
     }
     B.prefill = B.prefill || B.op->fills;
-    if ((B.op->writes || B.prefill) && open_sessions(cl, B.clients) != 0) {
+    if (!B.use_async && (B.op->writes || B.prefill) &&
+        open_sessions(cl, B.clients) != 0) {
         fprintf(stderr, "kvbench: could not open the clients' sessions\n");
         return 1;
     }
@@ -1242,6 +1337,10 @@ int main(int argc, char **argv)
     double rate = (double)B.done / el;
     /* What only some ops have goes after etcdload's fields. */
     char extra[160] = "", jextra[160] = "";
+    if (B.use_async) {
+        snprintf(extra, sizeof extra, " client=libclerk-async");
+        snprintf(jextra, sizeof jextra, ",\"client\":\"libclerk-async\"");
+    }
     if (B.op->issue == issue_range) {
         snprintf(extra, sizeof extra, " range_keys=%d short=%llu", B.range_keys,
                  (unsigned long long)B.short_ranges);
@@ -1284,6 +1383,7 @@ int main(int argc, char **argv)
             (unsigned long long)B.errors, el, rate, mean, p50, p90, p99, max,
             jextra);
     }
+    clerk_async_close(B.async);
     for (int i = 0; i < B.clients; i++) {
         if (cl[i].ka) {
             rpc_stream_cancel(cl[i].ka);

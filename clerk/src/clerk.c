@@ -1,12 +1,15 @@
 /* clerk.c: leader discovery, retries and exactly-once writes over the
  * generated KvService stubs. */
 #include <errno.h>
+#include <stdarg.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
 #include <time.h>
+
+#include <event2/event.h>
 
 #include <proto/admin.pb-c.h>
 #include <proto/auth.pb-c.h>
@@ -16,43 +19,21 @@
 #include "clerk/clerk.h"
 #include "internal.h"
 
-#define MAX_SERVERS         16
 #define DEFAULT_DEADLINE_MS 5000
 #define DEFAULT_ATTEMPT_MS  1000
 #define BACKOFF_MIN_MS      10
 #define BACKOFF_MAX_MS      200
+#define MAX_SERVERS         CK_MAX_SERVERS
 
-struct server
+/* A blocking face of one service of an async channel, for the calls that
+ * wait for one answer (status, admin, auth): invoke runs the handle's
+ * private event base until the call's closure has run. */
+struct ck_sync_service
 {
-    char host[256];         /* address */
-    uint16_t port;          /* port */
-    char addr[300];         /* "host:port" as given */
-    struct rpc_channel *ch; /* blocking channel, made on first use */
-    uint64_t token_gen;     /* the handle's token_gen its channel carries */
-};
-
-struct clerk
-{
-    pthread_mutex_t lock;               /* one operation at a time */
-    struct server servers[MAX_SERVERS]; /* the cluster */
-    size_t n;                           /* servers */
-    size_t leader;                      /* server tried first */
-    uint8_t client_id[16];              /* random, per session */
-    bool session_open;                  /* client_id has a session */
-    uint64_t request_id;                /* last write's request id */
-    unsigned deadline_ms;               /* per operation */
-    unsigned attempt_ms;                /* per call */
-    enum clerk_read_mode read_mode;     /* for gets */
-    struct clerk_options defaults;      /* as opened */
-    char errmsg[512];                   /* last failure */
-    char *user;                         /* authenticate as (NULL: never) */
-    char *password;                     /* its password */
-    char token[800];                    /* from Authenticate ("": none) */
-    uint64_t token_gen;                 /* changes with token */
-    bool auth_off;                      /* the cluster said auth is off */
-    char auth_msg[400];                 /* why the last Authenticate failed */
-    struct rpc_tls *tls;                /* opts.cacert's context, or NULL */
-    bool tls_borrowed;                  /* tls is another handle's (ck_clone) */
+    ProtobufCService base;        /* what the generated stubs call */
+    ProtobufCService *inner;      /* the channel's service */
+    struct clerk *c;              /* whose base runs */
+    struct ck_sync_service *next; /* the server's list */
 };
 
 static _Thread_local char open_error[512];
@@ -100,6 +81,8 @@ const char *clerk_error_code(int err)
             return "LEASE_NOT_FOUND";
         case CLERK_NOT_HELD:
             return "NOT_HELD";
+        case CLERK_CLOSED:
+            return "CLOSED";
         default:
             return "INTERNAL";
     }
@@ -149,6 +132,9 @@ const char *clerk_strerror(int err)
             return "no such lease (expired, revoked or never granted)";
         case CLERK_NOT_HELD:
             return "the lock or leadership is not held (its key is gone)";
+        case CLERK_CLOSED:
+            return "the handle was closed before the operation ended; a "
+                   "write may or may not have been applied";
         default:
             return "internal error";
     }
@@ -156,7 +142,19 @@ const char *clerk_strerror(int err)
 
 const char *clerk_errmsg(const struct clerk *c)
 {
-    return c->errmsg;
+    /* Copied under errmsg_lock into a buffer of the calling thread:
+     * another thread's operation may write c->errmsg meanwhile. (Not
+     * under c->lock: that one is held for a whole operation.) A few
+     * buffers, so that two messages can be printed in one call. */
+    static _Thread_local char copies[4][512];
+    static _Thread_local unsigned next;
+    char *out = copies[next++ % 4];
+    struct clerk *w = (struct clerk *)c;
+    pthread_mutex_lock(&w->errmsg_lock);
+    memcpy(out, c->errmsg, sizeof copies[0]);
+    pthread_mutex_unlock(&w->errmsg_lock);
+    out[sizeof copies[0] - 1] = 0;
+    return out;
 }
 
 const char *clerk_open_error(void)
@@ -170,23 +168,6 @@ void clerk_free(void *p)
 }
 
 /* ------------------------------------------------------------- handles */
-
-/* A new random client id, for one attempt to open a session. */
-static void new_client_id(struct clerk *c)
-{
-    if (getrandom(c->client_id, sizeof c->client_id, 0) !=
-        (ssize_t)sizeof c->client_id) {
-        /* No entropy source: fall back on the clock and the address. */
-        static uint64_t counter;
-        struct timespec ts;
-        clock_gettime(CLOCK_REALTIME, &ts);
-        uint64_t a = (uint64_t)ts.tv_nsec ^ (uint64_t)ts.tv_sec << 30,
-                 b = (uint64_t)(uintptr_t)c ^ (uint64_t)clock() ^
-                     __atomic_add_fetch(&counter, 1, __ATOMIC_RELAXED);
-        memcpy(c->client_id, &a, 8);
-        memcpy(c->client_id + 8, &b, 8);
-    }
-}
 
 /* Add one server, "HOST:PORT", "[V6]:PORT" or "ID=HOST:PORT" (it is
  * modified). Returns false, with open_error set, when it is malformed or
@@ -211,7 +192,7 @@ static bool add_server(struct clerk *c, char *it)
                  it);
         return false;
     }
-    struct server *s = &c->servers[c->n++];
+    struct ck_server *s = &c->servers[c->n++];
     snprintf(s->addr, sizeof s->addr, "%s", it);
     *colon = 0;
     size_t hl = strlen(it);
@@ -245,23 +226,41 @@ static int parse_servers(struct clerk *c, const char *list)
     return CLERK_OK;
 }
 
-int clerk_open(struct clerk **out,
+/* A handle without servers yet, on @base (NULL: a private one). */
+static struct clerk *handle_new(struct event_base *base)
+{
+    struct clerk *c = calloc(1, sizeof *c);
+    if (!c) {
+        return NULL;
+    }
+    c->own_base = !base;
+    c->base = base ? base : event_base_new();
+    if (!c->base) {
+        free(c);
+        return NULL;
+    }
+    pthread_mutex_init(&c->lock, NULL); /* clerk_close destroys them */
+    pthread_mutex_init(&c->errmsg_lock, NULL);
+    return c;
+}
+
+int ck_open_on(struct clerk **out,
                const char *servers,
-               const struct clerk_options *opts)
+               const struct clerk_options *opts,
+               struct event_base *base)
 {
     open_error[0] = 0;
     if (!out || !servers) {
         snprintf(open_error, sizeof open_error, "no server list");
         return CLERK_INVALID;
     }
-    struct clerk *c = calloc(1, sizeof *c);
+    struct clerk *c = handle_new(base);
     if (!c) {
         return CLERK_NOMEM;
     }
-    pthread_mutex_init(&c->lock, NULL); /* clerk_close destroys it */
     int rv = parse_servers(c, servers);
     if (rv) {
-        free(c);
+        clerk_close(c);
         return rv;
     }
     if (opts) {
@@ -271,9 +270,7 @@ int clerk_open(struct clerk **out,
             c->user = strdup(opts->user);
             c->password = strdup(opts->password ? opts->password : "");
             if (!c->user || !c->password) {
-                free(c->user);
-                free(c->password);
-                free(c);
+                clerk_close(c);
                 return CLERK_NOMEM;
             }
         }
@@ -311,15 +308,34 @@ int clerk_open(struct clerk **out,
     return CLERK_OK;
 }
 
+int clerk_open(struct clerk **out,
+               const char *servers,
+               const struct clerk_options *opts)
+{
+    return ck_open_on(out, servers, opts, NULL);
+}
+
 void clerk_close(struct clerk *c)
 {
     if (!c) {
         return;
     }
+    ck_shutdown(c);
     for (size_t i = 0; i < c->n; i++) {
+        /* Closures of calls in flight run here (ended ops). */
         rpc_channel_free(c->servers[i].ch);
+        while (c->servers[i].sync) {
+            struct ck_sync_service *w = c->servers[i].sync;
+            c->servers[i].sync = w->next;
+            free(w);
+        }
+    }
+    ck_sessions_free(c);
+    if (c->own_base) {
+        event_base_free(c->base);
     }
     pthread_mutex_destroy(&c->lock);
+    pthread_mutex_destroy(&c->errmsg_lock);
     if (!c->tls_borrowed) {
         rpc_tls_free(c->tls);
     }
@@ -334,14 +350,13 @@ void clerk_close(struct clerk *c)
 
 int ck_clone(struct clerk *c, struct clerk **out)
 {
-    struct clerk *d = calloc(1, sizeof *d);
+    struct clerk *d = handle_new(NULL);
     if (!d) {
         return CLERK_NOMEM;
     }
-    pthread_mutex_init(&d->lock, NULL);
     pthread_mutex_lock(&c->lock);
     for (size_t i = 0; i < c->n; i++) {
-        struct server *s = &d->servers[i];
+        struct ck_server *s = &d->servers[i];
         snprintf(s->host, sizeof s->host, "%s", c->servers[i].host);
         snprintf(s->addr, sizeof s->addr, "%s", c->servers[i].addr);
         s->port = c->servers[i].port;
@@ -425,17 +440,29 @@ static void forget_token(struct clerk *c)
     c->token_gen++;
 }
 
+void ck_drop_token(struct clerk *c)
+{
+    forget_token(c);
+}
+
 /* Authenticate through server @s when the handle has a user and no token
  * yet. A server that does not answer leaves the token empty (the call that
  * follows fails on it the same way and the clerk moves on). */
-static void ensure_token(struct clerk *c, struct server *s, unsigned timeout_ms)
+static ProtobufCService *sync_service(struct clerk *c,
+                                      size_t i,
+                                      const ProtobufCServiceDescriptor *d);
+
+static void ensure_token(struct clerk *c,
+                         struct ck_server *s,
+                         size_t i,
+                         unsigned timeout_ms)
 {
     if (!c->user || c->token[0] || c->auth_off) {
         return;
     }
     rpc_channel_set_deadline(s->ch, timeout_ms);
     ProtobufCService *svc =
-        rpc_channel_service(s->ch, &raftkv__auth_service__descriptor);
+        sync_service(c, i, &raftkv__auth_service__descriptor);
     if (!svc) {
         return;
     }
@@ -462,24 +489,89 @@ static void ensure_token(struct clerk *c, struct server *s, unsigned timeout_ms)
     memset(o.token, 0, sizeof o.token);
 }
 
-static ProtobufCService *service(struct clerk *c,
-                                 size_t i,
-                                 const ProtobufCServiceDescriptor *d,
-                                 unsigned timeout_ms)
+struct rpc_channel *ck_channel_of(struct clerk *c, size_t i)
 {
-    struct server *s = &c->servers[i];
+    struct ck_server *s = &c->servers[i];
     if (!s->ch) {
         struct rpc_channel_options o = {.deadline_ms = c->attempt_ms,
                                         .connect_timeout_ms = c->attempt_ms,
                                         .backoff_min_ms = 5,
                                         .backoff_max_ms = 100,
                                         .tls = c->tls};
-        s->ch = rpc_channel_new_blocking(s->host, s->port, &o);
-        if (!s->ch) {
-            return NULL;
+        s->ch = rpc_channel_new(c->base, s->host, s->port, &o);
+    }
+    return s->ch;
+}
+
+/* One blocking call waiting. */
+struct sync_wait
+{
+    ProtobufCClosure closure; /* the caller's */
+    void *data;               /* its data */
+    bool done;                /* it ran */
+};
+
+static void sync_done(const ProtobufCMessage *m, void *data)
+{
+    struct sync_wait *w = data;
+    w->done = true;
+    w->closure(m, w->data);
+}
+
+static void sync_invoke(ProtobufCService *svc,
+                        unsigned method,
+                        const ProtobufCMessage *input,
+                        ProtobufCClosure closure,
+                        void *data)
+{
+    struct ck_sync_service *s = (struct ck_sync_service *)svc;
+    struct sync_wait w = {closure, data, false};
+    s->inner->invoke(s->inner, method, input, sync_done, &w);
+    while (!w.done) {
+        event_base_loop(s->c->base, EVLOOP_ONCE);
+    }
+}
+
+/* The blocking face of service @d of server i's channel. */
+static ProtobufCService *sync_service(struct clerk *c,
+                                      size_t i,
+                                      const ProtobufCServiceDescriptor *d)
+{
+    struct ck_server *s = &c->servers[i];
+    for (struct ck_sync_service *w = s->sync; w; w = w->next) {
+        if (w->base.descriptor == d) {
+            return &w->base;
         }
     }
-    ensure_token(c, s, timeout_ms);
+    ProtobufCService *inner = rpc_channel_service(s->ch, d);
+    struct ck_sync_service *w = inner ? calloc(1, sizeof *w) : NULL;
+    if (!w) {
+        return NULL;
+    }
+    w->base.descriptor = d;
+    w->base.invoke = sync_invoke;
+    w->inner = inner;
+    w->c = c;
+    w->next = s->sync;
+    s->sync = w;
+    return &w->base;
+}
+
+static ProtobufCService *service(struct clerk *c,
+                                 size_t i,
+                                 const ProtobufCServiceDescriptor *d,
+                                 unsigned timeout_ms)
+{
+    struct ck_server *s = &c->servers[i];
+    if (!ck_channel_of(c, i)) {
+        return NULL;
+    }
+    /* See what the servers did since the loop last ran (a closed
+     * connection), as ck_call does. */
+    for (int n = 0; n < 4; n++) {
+        event_base_loop(c->base, EVLOOP_NONBLOCK);
+    }
+    ensure_token(c, s, i, timeout_ms);
     if (s->token_gen != c->token_gen) {
         if (rpc_channel_set_auth_token(s->ch, c->token) != 0) {
             return NULL;
@@ -487,7 +579,7 @@ static ProtobufCService *service(struct clerk *c,
         s->token_gen = c->token_gen;
     }
     rpc_channel_set_deadline(s->ch, timeout_ms);
-    return rpc_channel_service(s->ch, d);
+    return sync_service(c, i, d);
 }
 
 /* Wait before another round of calls: @backoff ms (no later than the
@@ -515,288 +607,11 @@ static size_t next_server(struct clerk *c,
 
 /* ---------------------------------------------------------- operations */
 
-enum op {
-    OP_GET,
-    OP_PUT,
-    OP_APPEND,
-    OP_DEL,
-    OP_CAS,
-    OP_OPEN_SESSION,
-    OP_MSG, /* a struct ck_call */
-};
-
-/* What one call to one server said. */
-struct answer
-{
-    bool replied;              /* a KV reply came (else rpc failure) */
-    int rpc_status;            /* rpc_last_status() when not replied */
-    char rpc_error[300];       /* rpc_last_error() */
-    int err;                   /* KvError */
-    uint64_t leader;           /* hint id */
-    char leader_addr[300];     /* hint address */
-    bool swapped, exists;      /* CAS */
-    void *value;               /* Get value or CAS current (malloc'd, +NUL) */
-    size_t len;                /* its length */
-    char message[300];         /* the server's message */
-    bool maybe_applied;        /* final answer of a write: an earlier try may
-                                  have been applied */
-    const struct ck_call *k;   /* OP_MSG: the call */
-    void *result;              /* OP_MSG: what k->take made */
-    uint64_t compact_revision; /* OP_MSG: of a COMPACTED reply */
-};
-
-/* Free what an answer holds. */
-static void drop_answer(struct answer *a)
-{
-    free(a->value);
-    a->value = NULL;
-    if (a->result && a->k && a->k->drop) {
-        a->k->drop(a->result);
-    }
-    a->result = NULL;
-}
-
-static void take_common(struct answer *a,
-                        int err,
-                        const Raftkv__LeaderHint *h,
-                        const char *msg)
-{
-    a->replied = true;
-    a->err = err;
-    if (h) {
-        a->leader = h->id;
-        snprintf(a->leader_addr, sizeof a->leader_addr, "%s",
-                 h->address ? h->address : "");
-    }
-    snprintf(a->message, sizeof a->message, "%s", msg ? msg : "");
-}
-
-static void take_bytes(struct answer *a, const ProtobufCBinaryData *d)
-{
-    a->value = malloc(d->len + 1);
-    if (a->value) {
-        if (d->len) {
-            memcpy(a->value, d->data, d->len);
-        }
-        ((char *)a->value)[d->len] = 0;
-        a->len = d->len;
-    }
-}
-
-static void rpc_failed(struct answer *a)
-{
-    a->rpc_status = rpc_last_status();
-    snprintf(a->rpc_error, sizeof a->rpc_error, "%s", rpc_last_error());
-}
-
-static void on_get(const Raftkv__GetReply *r, void *data)
-{
-    struct answer *a = data;
-    if (!r) {
-        rpc_failed(a);
-        return;
-    }
-    take_common(a, r->err, r->leader, r->message);
-    if (r->err == RAFTKV__KV_ERROR__KV_OK) {
-        take_bytes(a, &r->value);
-    }
-}
-
-static void on_put(const Raftkv__PutAppendReply *r, void *data)
-{
-    if (!r) {
-        rpc_failed(data);
-        return;
-    }
-    take_common(data, r->err, r->leader, r->message);
-}
-
-static void on_del(const Raftkv__DeleteReply *r, void *data)
-{
-    if (!r) {
-        rpc_failed(data);
-        return;
-    }
-    take_common(data, r->err, r->leader, r->message);
-}
-
-static void on_open_session(const Raftkv__OpenSessionReply *r, void *data)
-{
-    if (!r) {
-        rpc_failed(data);
-        return;
-    }
-    take_common(data, r->err, r->leader, r->message);
-}
-
-static void on_cas(const Raftkv__CompareAndSwapReply *r, void *data)
-{
-    struct answer *a = data;
-    if (!r) {
-        rpc_failed(a);
-        return;
-    }
-    take_common(a, r->err, r->leader, r->message);
-    a->swapped = r->swapped;
-    a->exists = r->exists;
-    if (r->err == RAFTKV__KV_ERROR__KV_OK && !r->swapped && r->exists) {
-        take_bytes(a, &r->current_value);
-    }
-}
-
 void *ck_field(const ProtobufCMessage *m, const char *name)
 {
     const ProtobufCFieldDescriptor *f =
         protobuf_c_message_descriptor_get_field_by_name(m->descriptor, name);
     return f ? (char *)m + f->offset : NULL;
-}
-
-/* A reply of an OP_MSG call: the fields every KvService reply has, found
- * by name, and the result of a final one. */
-static void on_msg(const ProtobufCMessage *m, void *data)
-{
-    struct answer *a = data;
-    if (!m) {
-        rpc_failed(a);
-        return;
-    }
-    const int *err = ck_field(m, "err");
-    char *const *msg = ck_field(m, "message");
-    Raftkv__LeaderHint *const *hint = ck_field(m, "leader");
-    const uint64_t *compacted = ck_field(m, "compact_revision");
-    take_common(a, err ? *err : RAFTKV__KV_ERROR__KV_INTERNAL,
-                hint ? *hint : NULL, msg ? *msg : NULL);
-    if (a->err == RAFTKV__KV_ERROR__KV_COMPACTED && compacted) {
-        a->compact_revision = *compacted;
-    }
-    if ((a->err == RAFTKV__KV_ERROR__KV_OK ||
-         a->err == RAFTKV__KV_ERROR__KV_COMPACTED) &&
-        !a->k->take(m, &a->result)) {
-        /* Out of memory here: a final answer without its result. */
-        a->result = NULL;
-        a->rpc_status = RPC_E_NOMEM;
-    }
-}
-
-/* The arguments of one operation. */
-struct request
-{
-    enum op op;
-    struct ck_call *msg; /* OP_MSG */
-    ProtobufCBinaryData key;
-    ProtobufCBinaryData value;
-    const void *expected; /* CAS: NULL for must-not-exist */
-    size_t expected_len;
-    uint64_t request_id; /* writes */
-};
-
-/* Send an OP_MSG call: its session and read mode set in its arguments. */
-static void call_msg(struct clerk *c,
-                     ProtobufCService *svc,
-                     const struct request *rq,
-                     struct answer *a)
-{
-    struct ck_call *k = rq->msg;
-    ProtobufCMessage *args = k->args;
-    if (k->session) {
-        ProtobufCBinaryData *cid = ck_field(args, "client_id");
-        uint64_t *rid = ck_field(args, "request_id");
-        if (cid && rid) {
-            *cid = (ProtobufCBinaryData){sizeof c->client_id, c->client_id};
-            *rid = rq->request_id;
-        }
-    }
-    protobuf_c_boolean *stale = ck_field(args, "stale_ok");
-    if (stale) {
-        *stale = c->read_mode == CLERK_READ_STALE;
-    }
-    const ProtobufCServiceDescriptor *sd =
-        k->service ? k->service : &raftkv__kv_service__descriptor;
-    const ProtobufCMethodDescriptor *md =
-        protobuf_c_service_descriptor_get_method_by_name(sd, k->method);
-    a->k = k;
-    svc->invoke(svc, (unsigned)(md - sd->methods), args,
-                (ProtobufCClosure)on_msg, a);
-}
-
-static void call(struct clerk *c,
-                 size_t i,
-                 const struct request *rq,
-                 unsigned timeout_ms,
-                 struct answer *a)
-{
-    memset(a, 0, sizeof *a);
-    ProtobufCService *svc = service(c, i,
-                                    rq->op == OP_MSG && rq->msg->service
-                                        ? rq->msg->service
-                                        : &raftkv__kv_service__descriptor,
-                                    timeout_ms);
-    if (!svc) {
-        a->rpc_status = RPC_E_NOMEM;
-        snprintf(a->rpc_error, sizeof a->rpc_error, "out of memory");
-        return;
-    }
-    ProtobufCBinaryData cid = {sizeof c->client_id, c->client_id};
-    switch (rq->op) {
-        case OP_GET: {
-            Raftkv__GetArgs g = RAFTKV__GET_ARGS__INIT;
-            g.key = rq->key;
-            g.stale_ok = c->read_mode == CLERK_READ_STALE;
-            raftkv__kv_service__get(svc, &g, on_get, a);
-            break;
-        }
-        case OP_PUT:
-        case OP_APPEND: {
-            Raftkv__PutAppendArgs p = RAFTKV__PUT_APPEND_ARGS__INIT;
-            p.key = rq->key;
-            p.value = rq->value;
-            p.op = rq->op == OP_PUT ? RAFTKV__PUT_OP__PUT_OP_PUT
-                                    : RAFTKV__PUT_OP__PUT_OP_APPEND;
-            p.client_id = cid;
-            p.request_id = rq->request_id;
-            raftkv__kv_service__put_append(svc, &p, on_put, a);
-            break;
-        }
-        case OP_DEL: {
-            Raftkv__DeleteArgs d = RAFTKV__DELETE_ARGS__INIT;
-            d.key = rq->key;
-            d.client_id = cid;
-            d.request_id = rq->request_id;
-            raftkv__kv_service__delete(svc, &d, on_del, a);
-            break;
-        }
-        case OP_CAS: {
-            Raftkv__CompareAndSwapArgs s = RAFTKV__COMPARE_AND_SWAP_ARGS__INIT;
-            s.key = rq->key;
-            if (rq->expected) {
-                s.expected_case =
-                    RAFTKV__COMPARE_AND_SWAP_ARGS__EXPECTED_EXPECTED_VALUE;
-                s.expected_value.data = (uint8_t *)rq->expected;
-                s.expected_value.len = rq->expected_len;
-            } else {
-                s.expected_case =
-                    RAFTKV__COMPARE_AND_SWAP_ARGS__EXPECTED_EXPECT_ABSENT;
-                s.expect_absent = 1;
-            }
-            s.new_value = rq->value;
-            s.client_id = cid;
-            s.request_id = rq->request_id;
-            raftkv__kv_service__compare_and_swap(svc, &s, on_cas, a);
-            break;
-        }
-        case OP_OPEN_SESSION: {
-            /* A new id for each try: a try that arrives late then opens a
-             * session nobody writes in, never this one again. */
-            new_client_id(c);
-            Raftkv__OpenSessionArgs o = RAFTKV__OPEN_SESSION_ARGS__INIT;
-            o.client_id = cid;
-            raftkv__kv_service__open_session(svc, &o, on_open_session, a);
-            break;
-        }
-        case OP_MSG:
-            call_msg(c, svc, rq, a);
-            break;
-    }
 }
 
 /* Which server does a leader hint's address name? */
@@ -824,288 +639,21 @@ static bool server_of_addr(struct clerk *c,
     return true;
 }
 
-static bool server_of_hint(struct clerk *c, const struct answer *a, size_t *out)
-{
-    return server_of_addr(c, a->leader_addr, out);
-}
-
-/* Map a final KV answer to a clerk result. */
-static int final_result(const struct request *rq, const struct answer *a)
-{
-    switch (a->err) {
-        case RAFTKV__KV_ERROR__KV_OK:
-            if (rq->op == OP_CAS && !a->swapped) {
-                return CLERK_CAS_MISMATCH;
-            }
-            return CLERK_OK;
-        case RAFTKV__KV_ERROR__KV_NOT_FOUND:
-            return CLERK_NOT_FOUND;
-        case RAFTKV__KV_ERROR__KV_BAD_REQUEST:
-            return CLERK_BAD_REQUEST;
-        case RAFTKV__KV_ERROR__KV_VALUE_TOO_LARGE:
-            return CLERK_VALUE_TOO_LARGE;
-        case RAFTKV__KV_ERROR__KV_NO_SPACE:
-            return CLERK_NO_SPACE;
-        case RAFTKV__KV_ERROR__KV_SESSION_EXPIRED:
-            return CLERK_SESSION_EXPIRED;
-        case RAFTKV__KV_ERROR__KV_UNAUTHENTICATED:
-            return CLERK_UNAUTHENTICATED;
-        case RAFTKV__KV_ERROR__KV_PERMISSION_DENIED:
-            return CLERK_PERMISSION_DENIED;
-        case RAFTKV__KV_ERROR__KV_COMPACTED:
-            return CLERK_COMPACTED;
-        case RAFTKV__KV_ERROR__KV_FUTURE_REVISION:
-            return CLERK_FUTURE_REVISION;
-        case RAFTKV__KV_ERROR__KV_LEASE_NOT_FOUND:
-            return CLERK_LEASE_NOT_FOUND;
-        default:
-            return CLERK_INTERNAL;
-    }
-}
-
-/* Run one operation to a final answer or the deadline. */
-static int run(struct clerk *c, const struct request *rq, struct answer *out)
-{
-    bool write = rq->op == OP_MSG ? rq->msg->write : rq->op != OP_GET;
-    bool maybe_applied = false;
-    uint64_t start = ck_now_ms(), deadline = start + c->deadline_ms;
-    uint64_t backoff = BACKOFF_MIN_MS;
-    size_t i = c->leader, failures_in_round = 0, hops = 0;
-    char last[400] = "no server tried";
-    bool reauthenticated = false;
-    size_t unknown_method = 0; /* servers that do not serve the call */
-    for (;;) {
-        uint64_t now = ck_now_ms();
-        if (now >= deadline) {
-            break;
-        }
-        unsigned budget = (unsigned)(deadline - now);
-        struct answer a;
-        call(c, i, rq, budget < c->attempt_ms ? budget : c->attempt_ms, &a);
-        if (!a.replied && a.rpc_status == RPC_E_UNKNOWN_METHOD &&
-            ++unknown_method >= c->n) {
-            /* An older kvserver everywhere: refused before anything was
-             * proposed. (One older node in a rolling upgrade is passed
-             * over like one that does not answer.) */
-            drop_answer(&a);
-            snprintf(c->errmsg, sizeof c->errmsg,
-                     "the servers do not serve this call (%.300s): an older "
-                     "kvserver?",
-                     a.rpc_error);
-            return CLERK_BAD_REQUEST;
-        }
-        bool moved = false;
-        if (a.replied && a.err == RAFTKV__KV_ERROR__KV_UNAUTHENTICATED &&
-            c->user && !reauthenticated) {
-            /* Expired, or auth was enabled since: authenticate once more
-             * and try again. The call was refused before anything was
-             * proposed, so a write keeps its request id. */
-            reauthenticated = true;
-            forget_token(c);
-            drop_answer(&a);
-            continue;
-        }
-        if (a.replied && a.rpc_status == RPC_E_NOMEM) {
-            drop_answer(&a);
-            snprintf(c->errmsg, sizeof c->errmsg, "out of memory");
-            return CLERK_NOMEM;
-        }
-        if (!a.replied) {
-            /* Over the server's frame cap: the server answered without
-             * running the handler (so nothing was proposed), and every
-             * server has the same cap. */
-            bool server_too_big = a.rpc_status == RPC_E_BAD_REQUEST &&
-                                  strncmp(a.rpc_error, RPC_TOO_BIG_PREFIX,
-                                          sizeof RPC_TOO_BIG_PREFIX - 1) == 0;
-            /* A request that may have reached the server may have been
-             * proposed; a refused connection never sent it. */
-            if (write && a.rpc_status != RPC_E_UNAVAILABLE &&
-                a.rpc_status != RPC_E_TOO_BIG && a.rpc_status != RPC_E_NOMEM &&
-                a.rpc_status != RPC_E_UNKNOWN_METHOD && !server_too_big) {
-                maybe_applied = true;
-            }
-            if (a.rpc_status == RPC_E_TOO_BIG || server_too_big) {
-                snprintf(c->errmsg, sizeof c->errmsg, "%s", a.rpc_error);
-                return CLERK_VALUE_TOO_LARGE;
-            }
-            snprintf(last, sizeof last, "%.150s: %.240s", c->servers[i].addr,
-                     a.rpc_error);
-        } else {
-            switch (a.err) {
-                case RAFTKV__KV_ERROR__KV_WRONG_LEADER: {
-                    size_t to;
-                    snprintf(last, sizeof last,
-                             "%.150s: not the leader (%.220s)",
-                             c->servers[i].addr, a.message);
-                    if (server_of_hint(c, &a, &to) && to != i) {
-                        i = to;
-                        moved = true;
-                    }
-                    break;
-                }
-                case RAFTKV__KV_ERROR__KV_TIMEOUT:
-                    maybe_applied |= write;
-                    snprintf(last, sizeof last, "%.150s: %.240s",
-                             c->servers[i].addr, a.message);
-                    break;
-                case RAFTKV__KV_ERROR__KV_UNAVAILABLE:
-                case RAFTKV__KV_ERROR__KV_SHUTTING_DOWN:
-                case RAFTKV__KV_ERROR__KV_INTERNAL:
-                    /* The leader may have stopped after proposing it. */
-                    maybe_applied |=
-                        write && a.err != RAFTKV__KV_ERROR__KV_UNAVAILABLE;
-                    snprintf(last, sizeof last, "%.150s: %.240s",
-                             c->servers[i].addr,
-                             a.message[0] ? a.message : "unavailable");
-                    break;
-                default: {
-                    c->leader = i;
-                    a.maybe_applied = maybe_applied;
-                    *out = a;
-                    snprintf(c->errmsg, sizeof c->errmsg, "%s", a.message);
-                    int rv = final_result(rq, &a);
-                    if (rv == CLERK_UNAUTHENTICATED && c->auth_msg[0]) {
-                        snprintf(c->errmsg, sizeof c->errmsg, "%s",
-                                 c->auth_msg);
-                    }
-                    if (rv == CLERK_NO_SPACE && maybe_applied) {
-                        /* This try was refused, but an earlier one reached
-                         * a leader that may have proposed it before its
-                         * disk filled: it can still be applied. */
-                        snprintf(c->errmsg, sizeof c->errmsg,
-                                 "%.400s; an earlier try may have been "
-                                 "applied",
-                                 a.message);
-                        return CLERK_UNKNOWN_OUTCOME;
-                    }
-                    return rv;
-                }
-            }
-        }
-        drop_answer(&a);
-        if (!moved) {
-            i = next_server(c, i, &failures_in_round, deadline, &backoff);
-        } else if (++hops >= c->n) {
-            /* Servers sending the clerk to each other (during an election
-             * or a leadership transfer): wait before following more. */
-            hops = 0;
-            back_off(deadline, &backoff);
-        }
-    }
-    snprintf(c->errmsg, sizeof c->errmsg,
-             "no leader answered within %u ms (last: %s)", c->deadline_ms,
-             last);
-    if (!write) {
-        return CLERK_TIMEOUT;
-    }
-    return maybe_applied ? CLERK_UNKNOWN_OUTCOME : CLERK_UNAVAILABLE;
-}
-
 static int check_args(struct clerk *c, const void *key, size_t key_len)
 {
     if (!c || (!key && key_len)) {
         return CLERK_INVALID;
     }
     if (key_len == 0) {
-        snprintf(c->errmsg, sizeof c->errmsg, "the key is empty");
+        ck_errmsgf(c, "the key is empty");
         return CLERK_BAD_REQUEST;
     }
     return CLERK_OK;
 }
 
-/* Open a session for this handle's writes (with the lock held). */
-static int open_session(struct clerk *c)
+bool ck_hint_server(struct clerk *c, const char *addr, size_t *out)
 {
-    struct request rq = {.op = OP_OPEN_SESSION};
-    struct answer a = {0};
-    int rv = run(c, &rq, &a);
-    free(a.value);
-    if (rv == CLERK_OK) {
-        c->session_open = true;
-        c->request_id = 0;
-        return CLERK_OK;
-    }
-    /* The write itself was never sent. */
-    return rv == CLERK_UNKNOWN_OUTCOME ? CLERK_UNAVAILABLE : rv;
-}
-
-/* Run a session write (with the lock held): open the session first when
- * needed, give the write the next request id. */
-static int session_write(struct clerk *c, struct request *rq, struct answer *a)
-{
-    int rv;
-    for (int tries = 0;; tries++) {
-        if (!c->session_open) {
-            rv = open_session(c);
-            if (rv) {
-                break;
-            }
-        }
-        rq->request_id = ++c->request_id;
-        rv = run(c, rq, a);
-        if (rv != CLERK_SESSION_EXPIRED) {
-            break;
-        }
-        /* Forgotten by the cluster: the next write needs a new session.
-         * When no earlier try of this one may have been applied, it was
-         * not applied at all and goes again in the new session. */
-        c->session_open = false;
-        if (a->maybe_applied || tries > 0) {
-            break;
-        }
-        drop_answer(a);
-        memset(a, 0, sizeof *a);
-    }
-    return rv;
-}
-
-static int write_op(struct clerk *c,
-                    enum op op,
-                    const void *key,
-                    size_t key_len,
-                    const void *value,
-                    size_t value_len,
-                    const void *expected,
-                    size_t expected_len,
-                    struct answer *a)
-{
-    int rv = check_args(c, key, key_len);
-    if (rv || (!value && value_len)) {
-        return rv ? rv : CLERK_INVALID;
-    }
-    pthread_mutex_lock(&c->lock);
-    struct request rq = {.op = op,
-                         .key = {key_len, (uint8_t *)key},
-                         .value = {value_len, (uint8_t *)value},
-                         .expected = expected,
-                         .expected_len = expected_len};
-    rv = session_write(c, &rq, a);
-    pthread_mutex_unlock(&c->lock);
-    return rv;
-}
-
-int ck_call(struct clerk *c, struct ck_call *k, void **result)
-{
-    *result = NULL;
-    k->compact_revision = 0;
-    k->retried = false;
-    pthread_mutex_lock(&c->lock);
-    struct request rq = {.op = OP_MSG, .msg = k};
-    struct answer a = {0};
-    int rv = k->session ? session_write(c, &rq, &a) : run(c, &rq, &a);
-    pthread_mutex_unlock(&c->lock);
-    k->compact_revision = a.compact_revision;
-    k->retried = a.maybe_applied;
-    if ((rv == CLERK_OK || rv == CLERK_COMPACTED) && a.replied) {
-        if (!a.result) {
-            snprintf(c->errmsg, sizeof c->errmsg, "out of memory");
-            return CLERK_NOMEM;
-        }
-        *result = a.result;
-        a.result = NULL;
-    }
-    drop_answer(&a);
-    return rv;
+    return server_of_addr(c, addr, out);
 }
 
 int clerk_get(struct clerk *c,
@@ -1118,21 +666,48 @@ int clerk_get(struct clerk *c,
     if (rv || !value || !value_len) {
         return rv ? rv : CLERK_INVALID;
     }
-    pthread_mutex_lock(&c->lock);
-    struct request rq = {.op = OP_GET, .key = {key_len, (uint8_t *)key}};
-    struct answer a = {0};
-    rv = run(c, &rq, &a);
-    pthread_mutex_unlock(&c->lock);
+    Raftkv__GetArgs g = RAFTKV__GET_ARGS__INIT;
+    g.key = (ProtobufCBinaryData){key_len, (uint8_t *)key};
+    struct ck_call k = {.method = "Get",
+                        .args = &g.base,
+                        .take = ck_take_get,
+                        .drop = ck_drop_value};
+    struct ck_value *v;
+    rv = ck_call(c, &k, (void **)&v);
     if (rv == CLERK_OK) {
-        if (!a.value) {
-            return CLERK_NOMEM;
-        }
-        *value = a.value;
-        *value_len = a.len;
-    } else {
-        free(a.value);
+        *value = v->data;
+        *value_len = v->len;
+        v->data = NULL;
     }
+    ck_drop_value(v);
     return rv;
+}
+
+/* A session write: put, append or delete. */
+static int write_op(struct clerk *c, const char *method, ProtobufCMessage *args)
+{
+    struct ck_call k = {
+        .method = method, .args = args, .write = true, .session = true};
+    void *none;
+    return ck_call(c, &k, &none);
+}
+
+static int put_append(struct clerk *c,
+                      Raftkv__PutOp op,
+                      const void *key,
+                      size_t key_len,
+                      const void *value,
+                      size_t value_len)
+{
+    int rv = check_args(c, key, key_len);
+    if (rv || (!value && value_len)) {
+        return rv ? rv : CLERK_INVALID;
+    }
+    Raftkv__PutAppendArgs p = RAFTKV__PUT_APPEND_ARGS__INIT;
+    p.key = (ProtobufCBinaryData){key_len, (uint8_t *)key};
+    p.value = (ProtobufCBinaryData){value_len, (uint8_t *)value};
+    p.op = op;
+    return write_op(c, "PutAppend", &p.base);
 }
 
 int clerk_put(struct clerk *c,
@@ -1141,10 +716,8 @@ int clerk_put(struct clerk *c,
               const void *value,
               size_t value_len)
 {
-    struct answer a = {0};
-    int rv = write_op(c, OP_PUT, key, key_len, value, value_len, NULL, 0, &a);
-    free(a.value);
-    return rv;
+    return put_append(c, RAFTKV__PUT_OP__PUT_OP_PUT, key, key_len, value,
+                      value_len);
 }
 
 int clerk_append(struct clerk *c,
@@ -1153,19 +726,19 @@ int clerk_append(struct clerk *c,
                  const void *value,
                  size_t value_len)
 {
-    struct answer a = {0};
-    int rv =
-        write_op(c, OP_APPEND, key, key_len, value, value_len, NULL, 0, &a);
-    free(a.value);
-    return rv;
+    return put_append(c, RAFTKV__PUT_OP__PUT_OP_APPEND, key, key_len, value,
+                      value_len);
 }
 
 int clerk_delete(struct clerk *c, const void *key, size_t key_len)
 {
-    struct answer a = {0};
-    int rv = write_op(c, OP_DEL, key, key_len, NULL, 0, NULL, 0, &a);
-    free(a.value);
-    return rv;
+    int rv = check_args(c, key, key_len);
+    if (rv) {
+        return rv;
+    }
+    Raftkv__DeleteArgs d = RAFTKV__DELETE_ARGS__INIT;
+    d.key = (ProtobufCBinaryData){key_len, (uint8_t *)key};
+    return write_op(c, "Delete", &d.base);
 }
 
 int clerk_cas(struct clerk *c,
@@ -1178,29 +751,52 @@ int clerk_cas(struct clerk *c,
               void **current,
               size_t *current_len)
 {
-    struct answer a = {0};
-    if (!expected && expected_len) {
-        return CLERK_INVALID;
-    }
-    int rv = write_op(c, OP_CAS, key, key_len, new_value, new_len,
-                      expected ? expected : NULL, expected_len, &a);
     if (current) {
         *current = NULL;
         if (current_len) {
             *current_len = 0;
         }
     }
-    if (rv == CLERK_CAS_MISMATCH && current && a.value) {
-        *current = a.value;
-        if (current_len) {
-            *current_len = a.len;
-        }
-        a.value = NULL;
+    if (!expected && expected_len) {
+        return CLERK_INVALID;
     }
-    free(a.value);
+    int rv = check_args(c, key, key_len);
+    if (rv || (!new_value && new_len)) {
+        return rv ? rv : CLERK_INVALID;
+    }
+    Raftkv__CompareAndSwapArgs s = RAFTKV__COMPARE_AND_SWAP_ARGS__INIT;
+    s.key = (ProtobufCBinaryData){key_len, (uint8_t *)key};
+    if (expected) {
+        s.expected_case =
+            RAFTKV__COMPARE_AND_SWAP_ARGS__EXPECTED_EXPECTED_VALUE;
+        s.expected_value =
+            (ProtobufCBinaryData){expected_len, (uint8_t *)expected};
+    } else {
+        s.expected_case = RAFTKV__COMPARE_AND_SWAP_ARGS__EXPECTED_EXPECT_ABSENT;
+        s.expect_absent = 1;
+    }
+    s.new_value = (ProtobufCBinaryData){new_len, (uint8_t *)new_value};
+    struct ck_call k = {.method = "CompareAndSwap",
+                        .args = &s.base,
+                        .write = true,
+                        .session = true,
+                        .take = ck_take_cas,
+                        .drop = ck_drop_value};
+    struct ck_value *v;
+    rv = ck_call(c, &k, (void **)&v);
+    if (rv == CLERK_OK && !v->swapped) {
+        rv = CLERK_CAS_MISMATCH;
+        if (current && v->data) {
+            *current = v->data;
+            if (current_len) {
+                *current_len = v->len;
+            }
+            v->data = NULL;
+        }
+    }
+    ck_drop_value(v);
     return rv;
 }
-
 /* ------------------------------------------------------------- status */
 
 /* The leader's replication view, from its Status answer. */
@@ -1482,7 +1078,7 @@ int clerk_transfer_leader(struct clerk *c,
             }
         }
         if (!svc) {
-            snprintf(c->errmsg, sizeof c->errmsg, "out of memory");
+            ck_errmsgf(c, "out of memory");
             pthread_mutex_unlock(&c->lock);
             return CLERK_NOMEM;
         }
@@ -1497,7 +1093,7 @@ int clerk_transfer_leader(struct clerk *c,
             if (new_leader) {
                 *new_leader = o.leader;
             }
-            snprintf(c->errmsg, sizeof c->errmsg, "%s", o.message);
+            ck_errmsgf(c, "%s", o.message);
             pthread_mutex_unlock(&c->lock);
             return rv;
         }
@@ -1510,9 +1106,8 @@ int clerk_transfer_leader(struct clerk *c,
             i = next_server(c, i, &failures_in_round, deadline, &backoff);
         }
     }
-    snprintf(c->errmsg, sizeof c->errmsg,
-             "no leader answered within %u ms (last: %s)", c->deadline_ms,
-             last);
+    ck_errmsgf(c, "no leader answered within %u ms (last: %s)", c->deadline_ms,
+               last);
     pthread_mutex_unlock(&c->lock);
     return CLERK_UNAVAILABLE;
 }
@@ -1639,7 +1234,7 @@ static int member_call(struct clerk *c,
             service(c, i, &raftkv__admin_service__descriptor,
                     (unsigned)(deadline - now));
         if (!svc) {
-            snprintf(c->errmsg, sizeof c->errmsg, "out of memory");
+            ck_errmsgf(c, "out of memory");
             pthread_mutex_unlock(&c->lock);
             return CLERK_NOMEM;
         }
@@ -1658,7 +1253,7 @@ static int member_call(struct clerk *c,
         }
         if (rv >= 0) {
             c->leader = i;
-            snprintf(c->errmsg, sizeof c->errmsg, "%.500s", o.message);
+            ck_errmsgf(c, "%.500s", o.message);
             if (out) {
                 *out = o.result;
             } else {
@@ -1676,9 +1271,8 @@ static int member_call(struct clerk *c,
             i = next_server(c, i, &failures_in_round, deadline, &backoff);
         }
     }
-    snprintf(c->errmsg, sizeof c->errmsg,
-             "no leader answered within %u ms (last: %s)", c->deadline_ms,
-             last);
+    ck_errmsgf(c, "no leader answered within %u ms (last: %s)", c->deadline_ms,
+               last);
     pthread_mutex_unlock(&c->lock);
     return CLERK_UNAVAILABLE;
 }
@@ -1861,8 +1455,7 @@ int clerk_snapshot_save(struct clerk *c,
     size_t n_hold = 0;
     int rv = CLERK_UNAVAILABLE;
     struct snapread_out o;
-    snprintf(c->errmsg, sizeof c->errmsg, "no leader answered within %u ms",
-             c->deadline_ms);
+    ck_errmsgf(c, "no leader answered within %u ms", c->deadline_ms);
     for (;;) {
         if (ck_now_ms() >= deadline) {
             break;
@@ -1870,8 +1463,7 @@ int clerk_snapshot_save(struct clerk *c,
         snapread(c, i, id, off, &o);
         if (!o.replied) {
             free(o.data);
-            snprintf(c->errmsg, sizeof c->errmsg, "%.200s: %.300s",
-                     c->servers[i].addr, o.message);
+            ck_errmsgf(c, "%.200s: %.300s", c->servers[i].addr, o.message);
             if (id == 0) {
                 i = next_server(c, i, &failures, deadline, &backoff);
             } else {
@@ -1889,12 +1481,11 @@ int clerk_snapshot_save(struct clerk *c,
         if (o.error != RAFTKV__ADMIN_ERROR__ADMIN_OK ||
             (id != 0 && (o.id != id || o.offset != off))) {
             free(o.data);
-            snprintf(c->errmsg, sizeof c->errmsg, "%.150s: %.200s%s",
-                     c->servers[i].addr,
-                     o.message[0] ? o.message : "unexpected chunk",
-                     id ? " (the snapshot read was interrupted: run the "
-                          "save again)"
-                        : "");
+            ck_errmsgf(c, "%.150s: %.200s%s", c->servers[i].addr,
+                       o.message[0] ? o.message : "unexpected chunk",
+                       id ? " (the snapshot read was interrupted: run the "
+                            "save again)"
+                          : "");
             rv = o.error == RAFTKV__ADMIN_ERROR__ADMIN_BAD_REQUEST && id == 0
                      ? CLERK_BAD_REQUEST
                  : o.error == RAFTKV__ADMIN_ERROR__ADMIN_UNAUTHENTICATED
@@ -1932,8 +1523,7 @@ int clerk_snapshot_save(struct clerk *c,
         }
         if (o.len && sink(o.data, o.len, arg) != 0) {
             free(o.data);
-            snprintf(c->errmsg, sizeof c->errmsg, "writing the snapshot: %s",
-                     strerror(errno));
+            ck_errmsgf(c, "writing the snapshot: %s", strerror(errno));
             rv = CLERK_INVALID;
             break;
         }
@@ -1947,13 +1537,13 @@ int clerk_snapshot_save(struct clerk *c,
                                            (uint32_t)hold[2] << 8 | hold[3])
                                         : ~crc;
             if (want != crc) {
-                snprintf(c->errmsg, sizeof c->errmsg,
-                         "the snapshot's checksum does not match (%u bytes "
-                         "read): it was damaged on the way",
-                         (unsigned)off);
+                ck_errmsgf(c,
+                           "the snapshot's checksum does not match (%u bytes "
+                           "read): it was damaged on the way",
+                           (unsigned)off);
                 rv = CLERK_INTERNAL;
             } else {
-                c->errmsg[0] = 0;
+                ck_errmsgf(c, "%s", "");
                 rv = CLERK_OK;
             }
             break;
@@ -2014,8 +1604,7 @@ int clerk_fault(struct clerk *c,
         o.rv = CLERK_NOMEM;
     }
     if (o.rv != CLERK_OK) {
-        snprintf(c->errmsg, sizeof c->errmsg, "%.200s: %.300s",
-                 c->servers[server].addr, o.msg);
+        ck_errmsgf(c, "%.200s: %.300s", c->servers[server].addr, o.msg);
     }
     pthread_mutex_unlock(&c->lock);
     if (o.rv == CLERK_OK && now) {
@@ -2146,7 +1735,7 @@ static int auth_run(struct clerk *c,
         ProtobufCService *svc =
             service(c, i, sd, budget < c->attempt_ms ? budget : c->attempt_ms);
         if (!svc) {
-            snprintf(c->errmsg, sizeof c->errmsg, "out of memory");
+            ck_errmsgf(c, "out of memory");
             return CLERK_NOMEM;
         }
         struct auth_out o = {0};
@@ -2179,9 +1768,9 @@ static int auth_run(struct clerk *c,
                 c->leader = i;
             }
             int rv = auth_result(o.err);
-            snprintf(c->errmsg, sizeof c->errmsg, "%s", o.message);
+            ck_errmsgf(c, "%s", o.message);
             if (rv == CLERK_UNAUTHENTICATED && c->auth_msg[0]) {
-                snprintf(c->errmsg, sizeof c->errmsg, "%s", c->auth_msg);
+                ck_errmsgf(c, "%s", c->auth_msg);
             }
             if (reply && rv == CLERK_OK) {
                 *reply = o.reply;
@@ -2200,9 +1789,8 @@ static int auth_run(struct clerk *c,
             back_off(deadline, &backoff);
         }
     }
-    snprintf(c->errmsg, sizeof c->errmsg,
-             "no leader answered within %u ms (last: %s)", c->deadline_ms,
-             last);
+    ck_errmsgf(c, "no leader answered within %u ms (last: %s)", c->deadline_ms,
+               last);
     return change && maybe_applied ? CLERK_UNKNOWN_OUTCOME : CLERK_UNAVAILABLE;
 }
 
@@ -2224,7 +1812,7 @@ static bool bad_name(struct clerk *c, const char *name)
         return true;
     }
     if (!name || !name[0]) {
-        snprintf(c->errmsg, sizeof c->errmsg, "no name given");
+        ck_errmsgf(c, "no name given");
         return true;
     }
     return false;
@@ -2575,7 +2163,7 @@ const char *ck_server_addr(struct clerk *c, size_t i)
 struct rpc_channel *ck_channel_new(struct clerk *c, size_t i)
 {
     pthread_mutex_lock(&c->lock);
-    struct server *s = &c->servers[i];
+    struct ck_server *s = &c->servers[i];
     /* Through the handle's own channel: authenticates when it must. */
     service(c, i, &raftkv__kv_service__descriptor, c->attempt_ms);
     struct rpc_channel_options o = {.deadline_ms = c->attempt_ms,
@@ -2618,14 +2206,6 @@ void ck_forget_token(struct clerk *c)
     pthread_mutex_unlock(&c->lock);
 }
 
-int ck_error_of(int kv_err)
-{
-    struct request rq = {0};
-    struct answer a = {0};
-    a.err = kv_err;
-    return final_result(&rq, &a);
-}
-
 unsigned ck_deadline_ms(struct clerk *c)
 {
     pthread_mutex_lock(&c->lock);
@@ -2636,9 +2216,19 @@ unsigned ck_deadline_ms(struct clerk *c)
 
 void ck_set_errmsg(struct clerk *c, const char *msg)
 {
-    pthread_mutex_lock(&c->lock);
-    snprintf(c->errmsg, sizeof c->errmsg, "%s", msg);
-    pthread_mutex_unlock(&c->lock);
+    ck_errmsgf(c, "%s", msg);
+}
+
+void ck_errmsgf(struct clerk *c, const char *fmt, ...)
+{
+    char buf[sizeof c->errmsg];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(buf, sizeof buf, fmt, ap);
+    va_end(ap);
+    pthread_mutex_lock(&c->errmsg_lock);
+    memcpy(c->errmsg, buf, sizeof buf);
+    pthread_mutex_unlock(&c->errmsg_lock);
 }
 
 unsigned ck_attempt_ms(struct clerk *c)

@@ -1,6 +1,6 @@
-/* internal.h: what clerk.c's retry machinery offers the other files of
- * libclerk: one KvService or LeaseService call made to a final answer.
- * Private to clerk/. */
+/* internal.h: what libclerk's files share: the handle, and one
+ * KvService or LeaseService call made to a final answer by the retry
+ * machinery (op.c). Private to clerk/. */
 #ifndef CLERK_INTERNAL_H
 #define CLERK_INTERNAL_H
 
@@ -10,8 +10,113 @@
 #include <proto/kv.pb-c.h>
 #include <protobuf-c/protobuf-c.h>
 
+#include "clerk/clerk.h"
+
+#include <pthread.h>
+
 struct clerk;
 struct clerk_txn;
+struct event_base;
+struct rpc_tls;
+struct ck_op;
+struct ck_sync_service;
+
+#define CK_MAX_SERVERS 16
+
+/* One server of a handle. */
+struct ck_server
+{
+    char host[256];               /* address */
+    uint16_t port;                /* port */
+    char addr[300];               /* "host:port" as given */
+    struct rpc_channel *ch;       /* on the handle's event base, made on
+                                     first use; multiplexes every call */
+    uint64_t token_gen;           /* the handle's token_gen ch carries */
+    struct ck_sync_service *sync; /* blocking wrappers of ch's services */
+};
+
+/* A session of the cluster's exactly-once table: one write in flight at a
+ * time (the cluster keeps one request id per client id), so a handle
+ * keeps a pool of them, one per write in flight. */
+struct ck_session
+{
+    uint8_t client_id[16];   /* random, per session */
+    bool open;               /* client_id has a session */
+    uint64_t request_id;     /* last write's request id */
+    struct ck_session *next; /* the pool's idle list */
+};
+
+/* A handle: the blocking API's (own_base: a private event base run
+ * while an operation waits) or an async handle's (the caller's base). */
+struct clerk
+{
+    pthread_mutex_t lock;                     /* blocking: one op at a time */
+    struct ck_server servers[CK_MAX_SERVERS]; /* the cluster */
+    size_t n;                                 /* servers */
+    size_t leader;                            /* server tried first */
+    struct ck_session *sessions;              /* idle sessions */
+    unsigned deadline_ms;                     /* per operation */
+    unsigned attempt_ms;                      /* per call */
+    enum clerk_read_mode read_mode;           /* for gets */
+    struct clerk_options defaults;            /* as opened */
+    char errmsg[512];                         /* last failure (ck_errmsgf) */
+    pthread_mutex_t errmsg_lock;              /* guards errmsg alone */
+    char *user;                 /* authenticate as (NULL: never) */
+    char *password;             /* its password */
+    char token[800];            /* from Authenticate ("": none) */
+    uint64_t token_gen;         /* changes with token */
+    bool auth_off;              /* the cluster said auth is off */
+    char auth_msg[400];         /* why the last Authenticate failed */
+    struct rpc_tls *tls;        /* opts.cacert's context, or NULL */
+    bool tls_borrowed;          /* tls is another handle's */
+    struct event_base *base;    /* where the channels run */
+    bool own_base;              /* base is the handle's own */
+    struct ck_op *ops;          /* operations in progress */
+    struct ck_op *auth_op;      /* the op authenticating */
+    struct ck_op *auth_waiters; /* ops waiting for its answer */
+    size_t n_ops;               /* how many */
+    bool closing;               /* closed: ops end CLERK_CLOSED */
+    unsigned depth;             /* inside a callback of ours */
+};
+
+/* Open a handle on @base (NULL: a private one, as clerk_open). */
+int ck_open_on(struct clerk **out,
+               const char *servers,
+               const struct clerk_options *opts,
+               struct event_base *base);
+
+/* The handle's channel to server i (made on first use); NULL when
+ * out of memory. */
+struct rpc_channel *ck_channel_of(struct clerk *c, size_t i);
+
+/* Which server a leader hint's address names (one outside the list is
+ * added); false when none. Without the lock. */
+bool ck_hint_server(struct clerk *c, const char *addr, size_t *out);
+
+/* Drop the token: the next call authenticates again. Without the lock. */
+void ck_drop_token(struct clerk *c);
+
+/* End every operation in progress with CLERK_CLOSED (each callback once)
+ * and refuse new ones. */
+void ck_shutdown(struct clerk *c);
+
+/* Free the sessions of the pool. */
+void ck_sessions_free(struct clerk *c);
+
+/* A new random client id. */
+void ck_new_client_id(uint8_t id[16]);
+
+/* The value of a Get, or of a CompareAndSwap (ck_take_get, ck_take_cas). */
+struct ck_value
+{
+    void *data;   /* value (malloc'd, NUL-terminated); NULL: none */
+    size_t len;   /* its length */
+    bool swapped; /* CAS: the new value was written */
+    bool exists;  /* CAS: the key existed */
+};
+bool ck_take_get(const ProtobufCMessage *m, void **out);
+bool ck_take_cas(const ProtobufCMessage *m, void **out);
+void ck_drop_value(void *v);
 
 /* Turn a final reply (err OK, or COMPACTED) into a result; false when out
  * of memory. The reply lives only during the call. */
@@ -120,6 +225,10 @@ unsigned ck_deadline_ms(struct clerk *c);
 unsigned ck_attempt_ms(struct clerk *c);
 /* Set the handle's clerk_errmsg. */
 void ck_set_errmsg(struct clerk *c, const char *msg);
+/* The same, formatted; every write of c->errmsg goes through here (under
+ * errmsg_lock, so that clerk_errmsg reads it race-free). */
+void ck_errmsgf(struct clerk *c, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
 
 /* clerk_lock / clerk_campaign (value) that also gives up, as on a
  * timeout (CLERK_TIMEOUT, out of the line), once *stop is set (kvctl's

@@ -16,7 +16,9 @@
  * bytes, values up to 4 MiB.
  *
  * Threads: a handle may be shared by threads; its operations run one at a
- * time (a mutex). For parallel operations open a handle per thread.
+ * time (a mutex). For parallel operations open a handle per thread, or use
+ * one async handle (clerk_async_*, at the end of this file): many
+ * operations in flight, callbacks from an event loop.
  *
  * Signals: a server that dies while libclerk writes to it can make the
  * write raise SIGPIPE, whose default action ends the process. Programs
@@ -86,6 +88,10 @@ enum clerk_error {
                             or transaction naming it wrote nothing */
     CLERK_NOT_HELD,          /* a lock or a leadership is not held (any
                                 more): its key is gone, its lease ended */
+    CLERK_CLOSED,            /* async: the handle was closed before the
+                                operation ended (or it was started on a
+                                closed handle). A write may or may not have
+                                been applied, as CLERK_UNKNOWN_OUTCOME */
 };
 
 /* How reads are served. */
@@ -1502,8 +1508,11 @@ void clerk_set_read_mode(struct clerk *c, enum clerk_read_mode mode);
 /**
  * Context of the handle's last failure: "no leader answered within 5000 ms
  * (last: 127.0.0.1:7002: connection refused)". With a shared handle it
- * describes the last operation of any thread.
- * @return a string owned by the handle
+ * describes the last operation of any thread (read race-free: the message
+ * is copied under a lock of its own, so this never waits for another
+ * thread's operation). Thread: any.
+ * @return a string of the calling thread, valid until its fourth next
+ *   call of clerk_errmsg
  */
 const char *clerk_errmsg(const struct clerk *c);
 
@@ -1522,6 +1531,249 @@ const char *clerk_strerror(int err);
  * Free what clerk_get, clerk_cas or clerk_status returned.
  */
 void clerk_free(void *p);
+
+/* ------------------------------------------------------------ async API
+ *
+ * An async handle makes the same operations as a blocking one, with the
+ * same semantics (leader discovery, NOT_LEADER hints, retries with backoff,
+ * the handle's deadline per operation, exactly-once writes, auth tokens,
+ * the same error codes and CLERK_UNKNOWN_OUTCOME rules), but a call
+ * returns at once and its callback runs later, from an event loop. Any
+ * number of operations may be in flight: they share one connection per
+ * server (calls are multiplexed by call id), and each write in flight
+ * has a session of its own (the cluster keeps one request id per
+ * session), taken from a pool the handle keeps.
+ *
+ * Two ways to run it:
+ * - libevent: clerk_async_open(&a, servers, opts, base) on the caller's
+ *   event_base; callbacks run from event_base_dispatch/loop.
+ * - any other loop: clerk_async_open_fd(&a, servers, opts), then poll
+ *   clerk_async_fd(a) for reading (with clerk_async_timeout_ms(a) as the
+ *   longest wait) and call clerk_async_process(a) when it is readable or
+ *   the timeout passed; callbacks run from clerk_async_process.
+ *
+ * Callbacks: each started operation (a call that returned CLERK_OK) calls
+ * its callback exactly once: with its outcome, or with CLERK_CLOSED when
+ * the handle is closed first. A call that returns an error never calls
+ * it. A callback may start operations, and may close the handle: the
+ * operations still pending then end with CLERK_CLOSED (their callbacks
+ * run inside clerk_async_close), and the handle's memory goes when the
+ * loop's callback returns (libevent: on the loop's next turn, so run the
+ * loop until it has nothing left, or once more; fd mode: when
+ * clerk_async_process returns).
+ *
+ * Threads: an async handle belongs to the thread that runs its loop: call
+ * every clerk_async_* function from that thread (libevent: not while
+ * another thread runs the base).
+ *
+ * Arguments (keys, values, transactions) are copied when the call
+ * starts; the reply passed to a callback is valid during the callback
+ * only.
+ */
+struct event_base;
+struct clerk_async;
+
+/* What an async operation ended with; valid during the callback only. */
+struct clerk_async_reply
+{
+    int err;                   /* a clerk_error (CLERK_CLOSED: the handle was
+                                  closed first) */
+    const char *errmsg;        /* its context, as clerk_errmsg ("" or the
+                                  server's message on success) */
+    const void *value;         /* get: the value (NUL-terminated); cas with
+                                  CLERK_CAS_MISMATCH: the current value, NULL
+                                  when the key does not exist */
+    size_t value_len;          /* its length */
+    bool maybe_applied;        /* write: an earlier try may have been applied
+                                  (CLERK_UNKNOWN_OUTCOME, CLERK_SESSION_EXPIRED
+                                  say so too) */
+    uint64_t compact_revision; /* CLERK_COMPACTED: up to where */
+    const struct clerk_put_result *put;        /* clerk_async_put_ex */
+    const struct clerk_delete_result *deleted; /* clerk_async_delete_range */
+    const struct clerk_range_result *range;    /* clerk_async_range */
+    const struct clerk_txn_result *txn;        /* clerk_async_txn */
+};
+
+/* Told the outcome of one async operation. */
+typedef void (*clerk_async_cb)(struct clerk_async *a,
+                               const struct clerk_async_reply *r,
+                               void *arg);
+
+/**
+ * Open an async handle on a libevent event base. No connection is made
+ * until the first call.
+ * @param out set to the handle
+ * @param servers as clerk_open (copied)
+ * @param opts as clerk_open (copied), or NULL
+ * @param base the caller's event base (borrowed: it must outlive the
+ *   handle, and run once more after a close from a callback). The
+ *   handle then belongs to the thread that runs base.
+ * @return CLERK_OK, CLERK_INVALID (no base, bad list or TLS files:
+ *   clerk_open_error() says why) or CLERK_NOMEM
+ */
+int clerk_async_open(struct clerk_async **out,
+                     const char *servers,
+                     const struct clerk_options *opts,
+                     struct event_base *base);
+
+/**
+ * Open an async handle for a loop of the caller's (poll, epoll, another
+ * library's): it runs an event base of its own, which
+ * clerk_async_process runs without blocking; clerk_async_fd gives one fd
+ * to wait on.
+ * @return as clerk_async_open
+ */
+int clerk_async_open_fd(struct clerk_async **out,
+                        const char *servers,
+                        const struct clerk_options *opts);
+
+/**
+ * Close the handle: every pending operation ends with CLERK_CLOSED (its
+ * callback runs once, inside this call), connections close. May be
+ * called from a callback (see above). A second call does nothing.
+ * Thread: the handle's (the one that runs its loop).
+ * @param a the handle, or NULL
+ */
+void clerk_async_close(struct clerk_async *a);
+
+/**
+ * fd mode: the fd to poll for reading (an epoll fd holding the handle's
+ * sockets and a timer). Level-triggered: readable as long as there is
+ * work for clerk_async_process.
+ * @return the fd, or -1 for a handle on a libevent base
+ */
+int clerk_async_fd(const struct clerk_async *a);
+
+/**
+ * fd mode: the longest the caller may wait before calling
+ * clerk_async_process even if the fd stays quiet (the fd's timer covers
+ * it too; this is for loops that prefer a timeout).
+ * @return milliseconds, 0 for at once, -1 for no timer pending
+ */
+int clerk_async_timeout_ms(const struct clerk_async *a);
+
+/**
+ * fd mode: do what is ready (read replies, send requests, fire timers)
+ * without blocking, running callbacks. Thread: the handle's; never from
+ * one of its callbacks.
+ * @return CLERK_OK; CLERK_CLOSED when a callback closed the handle (it is
+ *   freed now); CLERK_INVALID (not fd mode, or called from a callback);
+ *   CLERK_NOMEM
+ */
+int clerk_async_process(struct clerk_async *a);
+
+/**
+ * Operations started and not yet ended.
+ */
+size_t clerk_async_pending(const struct clerk_async *a);
+
+/**
+ * Why the last clerk_async_* call returned an error (and the context of
+ * what clerk_async_open could not do: see clerk_open_error()).
+ */
+const char *clerk_async_errmsg(const struct clerk_async *a);
+
+/**
+ * The deadline of the operations started from now on (0: the default);
+ * as clerk_set_deadline.
+ */
+void clerk_async_set_deadline(struct clerk_async *a, unsigned ms);
+
+/**
+ * The read mode of the reads started from now on; as clerk_set_read_mode.
+ */
+void clerk_async_set_read_mode(struct clerk_async *a,
+                               enum clerk_read_mode mode);
+
+/*
+ * The operations: as their blocking namesakes; each returns CLERK_OK when
+ * the operation started (cb is called once later), or, without calling
+ * cb, CLERK_INVALID (NULL handle, callback or pointer with a length),
+ * CLERK_BAD_REQUEST (empty key), CLERK_CLOSED (a closed handle) or
+ * CLERK_NOMEM. Keys and values are copied.
+ */
+
+/** clerk_get: r->value holds the value on CLERK_OK. */
+int clerk_async_get(struct clerk_async *a,
+                    const void *key,
+                    size_t key_len,
+                    clerk_async_cb cb,
+                    void *arg);
+
+/** clerk_put. */
+int clerk_async_put(struct clerk_async *a,
+                    const void *key,
+                    size_t key_len,
+                    const void *value,
+                    size_t value_len,
+                    clerk_async_cb cb,
+                    void *arg);
+
+/** clerk_put_ex with a lease (0: none), as clerk_put_lease: r->put. */
+int clerk_async_put_ex(struct clerk_async *a,
+                       const void *key,
+                       size_t key_len,
+                       const void *value,
+                       size_t value_len,
+                       uint64_t lease,
+                       unsigned flags,
+                       clerk_async_cb cb,
+                       void *arg);
+
+/** clerk_append. */
+int clerk_async_append(struct clerk_async *a,
+                       const void *key,
+                       size_t key_len,
+                       const void *value,
+                       size_t value_len,
+                       clerk_async_cb cb,
+                       void *arg);
+
+/** clerk_delete (CLERK_NOT_FOUND when there was no key). */
+int clerk_async_delete(struct clerk_async *a,
+                       const void *key,
+                       size_t key_len,
+                       clerk_async_cb cb,
+                       void *arg);
+
+/** clerk_cas: CLERK_CAS_MISMATCH with r->value the current value. */
+int clerk_async_cas(struct clerk_async *a,
+                    const void *key,
+                    size_t key_len,
+                    const void *expected,
+                    size_t expected_len,
+                    const void *new_value,
+                    size_t new_len,
+                    clerk_async_cb cb,
+                    void *arg);
+
+/** clerk_range: r->range. */
+int clerk_async_range(struct clerk_async *a,
+                      const void *key,
+                      size_t key_len,
+                      const void *range_end,
+                      size_t range_end_len,
+                      uint64_t limit,
+                      unsigned flags,
+                      clerk_async_cb cb,
+                      void *arg);
+
+/** clerk_delete_range: r->deleted. */
+int clerk_async_delete_range(struct clerk_async *a,
+                             const void *key,
+                             size_t key_len,
+                             const void *range_end,
+                             size_t range_end_len,
+                             unsigned flags,
+                             clerk_async_cb cb,
+                             void *arg);
+
+/** clerk_txn_commit (the builder is copied; free it when you like):
+ * r->txn. */
+int clerk_async_txn(struct clerk_async *a,
+                    const struct clerk_txn *t,
+                    clerk_async_cb cb,
+                    void *arg);
 
 #ifdef __cplusplus
 }
