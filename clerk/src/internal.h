@@ -56,6 +56,7 @@ struct clerk
     size_t leader;                            /* server tried first */
     struct ck_session *sessions;              /* idle sessions */
     unsigned deadline_ms;                     /* per operation */
+    uint64_t trace_next;                      /* makes the ops' trace ids */
     unsigned attempt_ms;                      /* per call */
     enum clerk_read_mode read_mode;           /* for gets */
     struct clerk_options defaults;            /* as opened */

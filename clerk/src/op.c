@@ -259,6 +259,17 @@ static struct ck_op *op_new(struct clerk *c)
         return NULL;
     }
     op->c = c;
+    /* One id for every try of the op, on whichever node: splitmix64 of
+     * the handle's counter from a random start. */
+    if (!c->trace_next) {
+        uint8_t seed[16];
+        ck_new_client_id(seed); /* (random bytes) */
+        memcpy(&c->trace_next, seed, sizeof c->trace_next);
+    }
+    uint64_t z = (c->trace_next += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    op->trace_id = (z ^ (z >> 31)) | 1;
     op->next = c->ops;
     if (c->ops) {
         c->ops->prev = op;
@@ -374,6 +385,7 @@ static void op_send(struct ck_op *op, unsigned budget)
         *stale = c->read_mode == CLERK_READ_STALE;
     }
     rpc_channel_set_deadline(s->ch, budget);
+    rpc_channel_set_trace_id(s->ch, op->trace_id);
     op->in_rpc = true;
     svc->invoke(svc, op->method, args, on_reply, op);
 }
@@ -526,12 +538,27 @@ static void op_answered(struct ck_op *op)
         bool server_too_big = a->rpc_status == RPC_E_BAD_REQUEST &&
                               strncmp(a->rpc_error, RPC_TOO_BIG_PREFIX,
                                       sizeof RPC_TOO_BIG_PREFIX - 1) == 0;
+        /* Refused before it started: the server had too many calls in
+         * flight (or this channel could not send it), or the call waited
+         * there past its deadline. Nothing was proposed; the same server
+         * is tried again after a pause. */
+        bool not_started = a->rpc_status == RPC_E_OVERLOADED ||
+                           a->rpc_status == RPC_E_DEADLINE_EXCEEDED;
         /* A request that may have reached the server may have been
          * proposed; a refused connection never sent it. */
         if (op->write && a->rpc_status != RPC_E_UNAVAILABLE &&
             a->rpc_status != RPC_E_TOO_BIG && a->rpc_status != RPC_E_NOMEM &&
-            a->rpc_status != RPC_E_UNKNOWN_METHOD && !server_too_big) {
+            a->rpc_status != RPC_E_UNKNOWN_METHOD && !server_too_big &&
+            !not_started) {
             op->maybe_applied = true;
+        }
+        if (not_started) {
+            snprintf(op->last, sizeof op->last, "%.150s: %.240s",
+                     c->servers[i].addr, a->rpc_error);
+            op->shed++;
+            drop_result(op);
+            back_off(op);
+            return;
         }
         if (a->rpc_status == RPC_E_TOO_BIG || server_too_big) {
             snprintf(op->errmsg, sizeof op->errmsg, "%s", a->rpc_error);

@@ -78,10 +78,14 @@ struct ck_op
     unsigned deadline_ms;                 /* of a run */
     uint64_t deadline;                    /* ck_now_ms() it ends at */
     uint64_t backoff;                     /* next pause, ms */
+    uint64_t trace_id;                    /* RpcHeader.trace_id of all its
+                                             tries (servers log it) */
     size_t i;                             /* server tried now */
     size_t failures;                      /* servers failed in a row */
     size_t hops;                          /* hints followed in a row */
     size_t unknown_method;                /* servers without the method */
+    unsigned shed;                        /* tries the server did not start
+                                             (OVERLOADED, DEADLINE_EXCEEDED) */
     bool maybe_applied;                   /* an earlier try may have been
                                              applied */
     bool reauthenticated;                 /* authenticated once again */

@@ -27,6 +27,7 @@
 #include <proto/kv.pb-c.h>
 #include <rpc/rpc.h>
 
+#include "clerk/clerk.h"
 #include "cunit_main.h"
 #include "harness.h"
 
@@ -384,6 +385,103 @@ static void test_slow_calls_are_logged_under_their_trace_id(void)
     CU_ASSERT(h_cluster_destroy(&c) == 0);
 }
 
+/* An async handle with 2,000 appends in flight on one connection, to a
+ * cluster that takes 50 calls in flight per connection: the shed ones are
+ * tried again after a pause (never counted as maybe applied), every
+ * append ends OK, and each is applied exactly once. */
+struct shed_op
+{
+    int calls, err;
+    bool maybe_applied;
+};
+
+static size_t shed_done;
+
+static void on_shed_done(struct clerk_async *a,
+                         const struct clerk_async_reply *r,
+                         void *arg)
+{
+    (void)a;
+    struct shed_op *o = arg;
+    o->calls++;
+    o->err = r->err;
+    o->maybe_applied = r->maybe_applied;
+    shed_done++;
+}
+
+static void test_libclerk_retries_shed_calls_once_each(void)
+{
+    enum { N = 2000, KEYS = 20 };
+    struct h_cluster c;
+    CU_ASSERT_FATAL(h_cluster_start(&c, 3, "--max-inflight-per-conn 50") == 0);
+    int leader = h_find_leader(&c, 10000);
+    CU_ASSERT_FATAL(leader >= 0);
+    char eps[512];
+    h_endpoints(&c, eps, sizeof eps);
+    struct event_base *base = event_base_new();
+    struct clerk_async *a = NULL;
+    struct clerk_options o = {.deadline_ms = 60000};
+    CU_ASSERT_FATAL(clerk_async_open(&a, eps, &o, base) == CLERK_OK);
+    static struct shed_op ops[N];
+    memset(ops, 0, sizeof ops);
+    shed_done = 0;
+    for (int i = 0; i < N; i++) {
+        char k[32], v[32];
+        snprintf(k, sizeof k, "shed/%d", i % KEYS);
+        snprintf(v, sizeof v, "<%d>", i);
+        CU_ASSERT(clerk_async_append(a, k, strlen(k), v, strlen(v),
+                                     on_shed_done, &ops[i]) == CLERK_OK);
+    }
+    uint64_t end = h_now_ms() + 90000;
+    while (shed_done < N && h_now_ms() < end) {
+        event_base_loop(base, EVLOOP_ONCE);
+    }
+    CU_ASSERT_EQUAL(shed_done, N);
+    size_t ok = 0, maybe = 0;
+    for (int i = 0; i < N; i++) {
+        CU_ASSERT_EQUAL(ops[i].calls, 1);
+        ok += ops[i].err == CLERK_OK;
+        maybe += ops[i].maybe_applied;
+    }
+    clerk_async_close(a);
+    event_base_loop(base, EVLOOP_NONBLOCK);
+    event_base_free(base);
+    static char body[1 << 16];
+    CU_ASSERT(h_http_get(&c, (size_t)leader, "GET", "/metrics", body,
+                         sizeof body) == 200);
+    double shed = h_metric(body, "raftkv_rpc_shed_total");
+    printf(
+        "\n  %d appends: %zu ok, %zu maybe applied; the leader shed %.0f "
+        "tries\n",
+        N, ok, maybe, shed);
+    CU_ASSERT_EQUAL(ok, N);
+    CU_ASSERT_EQUAL(maybe, 0);
+    CU_ASSERT(shed > 0);
+    /* Each exactly once. */
+    struct clerk *ck;
+    CU_ASSERT_FATAL(clerk_open(&ck, eps, &o) == CLERK_OK);
+    size_t missing = 0, twice = 0;
+    for (int key = 0; key < KEYS; key++) {
+        char k[32];
+        snprintf(k, sizeof k, "shed/%d", key);
+        void *val = NULL;
+        size_t len = 0;
+        CU_ASSERT_EQUAL(clerk_get(ck, k, strlen(k), &val, &len), CLERK_OK);
+        for (int i = key; i < N; i += KEYS) {
+            char m[32];
+            snprintf(m, sizeof m, "<%d>", i);
+            const char *at = val ? strstr(val, m) : NULL;
+            missing += !at;
+            twice += at && strstr(at + 1, m);
+        }
+        clerk_free(val);
+    }
+    clerk_close(ck);
+    CU_ASSERT_EQUAL(missing, 0);
+    CU_ASSERT_EQUAL(twice, 0);
+    CU_ASSERT(h_cluster_destroy(&c) == 0);
+}
+
 /* 300,000 linearizable Gets pipelined on one connection. */
 static void test_pipelined_gets_keep_the_leader(void)
 {
@@ -408,6 +506,8 @@ int main(int argc, char **argv)
          test_a_read_gives_up_at_the_callers_deadline},
         {"test_slow_calls_are_logged_under_their_trace_id",
          test_slow_calls_are_logged_under_their_trace_id},
+        {"test_libclerk_retries_shed_calls_once_each",
+         test_libclerk_retries_shed_calls_once_each},
         CU_TEST_INFO_NULL,
     };
     static CU_SuiteInfo suites[] = {
