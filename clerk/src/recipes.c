@@ -70,6 +70,24 @@ static int enqueue(struct clerk *c,
     return rv;
 }
 
+/* Is this key, under NAME/ (@prefix bytes), one in a lock's or an
+ * election's line (NAME/ and 16 hex digits of a lease)? Keys the
+ * application keeps under the same prefix ("jobs/state" beside the lock
+ * "jobs") are not: nobody would ever delete them for the line. */
+static bool in_line(const char *key, size_t key_len, size_t prefix)
+{
+    if (key_len != prefix + 16) {
+        return false;
+    }
+    for (size_t i = prefix; i < key_len; i++) {
+        char ch = key[i];
+        if (!((ch >= '0' && ch <= '9') || (ch >= 'a' && ch <= 'f'))) {
+            return false;
+        }
+    }
+    return true;
+}
+
 /* The key in line just before ours (the highest create revision below our
  * token), read at *revision. Sets *mine_found when our key is there. */
 static int predecessor(struct clerk *c,
@@ -106,7 +124,8 @@ static int predecessor(struct clerk *c,
                 !memcmp(kv->key, l->key, l->key_len)) {
                 *mine_found = kv->create_revision == l->token;
             } else if (kv->create_revision < l->token &&
-                       kv->create_revision > best) {
+                       kv->create_revision > best &&
+                       in_line(kv->key, kv->key_len, l->prefix)) {
                 char *p = malloc(kv->key_len + 1);
                 if (!p) {
                     clerk_range_result_free(r);
@@ -418,7 +437,8 @@ int clerk_election_leader(struct clerk *c,
     }
     const struct clerk_kv *best = NULL;
     for (size_t i = 0; i < r->n_kvs; i++) {
-        if (!best || r->kvs[i].create_revision < best->create_revision) {
+        if (in_line(r->kvs[i].key, r->kvs[i].key_len, name_len + 1) &&
+            (!best || r->kvs[i].create_revision < best->create_revision)) {
             best = &r->kvs[i];
         }
     }

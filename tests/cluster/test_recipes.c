@@ -364,6 +364,43 @@ static void test_election_campaign_proclaim_resign(void)
     clerk_close(b.c);
 }
 
+/* The application's own keys under the lock's name ("jobs/state" beside
+ * the lock "jobs", as clerk.h's and docs/recipes.md's examples write) are
+ * not in the line: the next holder does not wait for them, and an
+ * election does not take one for its leader. (The next lock waited for
+ * "jobs/state" until its timeout before.) */
+static void test_other_keys_under_the_name_are_not_in_line(void)
+{
+    struct clerk *a = open_handle();
+    struct kept ka;
+    keep(a, 10, &ka);
+    struct clerk_lock *al = NULL;
+    CU_ASSERT_FATAL(clerk_lock(a, "jobs", 4, ka.id, 10000, &al) == CLERK_OK);
+    CU_ASSERT_EQUAL(guarded_put(a, al, "jobs/state", "done"), 1);
+    CU_ASSERT_EQUAL(clerk_unlock(a, al), CLERK_OK);
+    struct clerk_lock *bl = NULL;
+    CU_ASSERT_EQUAL(clerk_lock(a, "jobs", 4, ka.id, 3000, &bl), CLERK_OK);
+    if (bl) {
+        CU_ASSERT_EQUAL(clerk_unlock(a, bl), CLERK_OK);
+    }
+    /* An election beside a key of the application's. */
+    CU_ASSERT_EQUAL(clerk_put(a, "elect2/notes", 12, "x", 1), CLERK_OK);
+    struct clerk_kv *kv = NULL;
+    CU_ASSERT_EQUAL(clerk_election_leader(a, "elect2", 6, &kv),
+                    CLERK_NOT_FOUND);
+    clerk_kv_free(kv);
+    struct clerk_lock *el = NULL;
+    CU_ASSERT_EQUAL_FATAL(
+        clerk_campaign(a, "elect2", 6, ka.id, "me", 2, 3000, &el), CLERK_OK);
+    kv = NULL;
+    CU_ASSERT_EQUAL(clerk_election_leader(a, "elect2", 6, &kv), CLERK_OK);
+    CU_ASSERT(kv && kv->value_len == 2 && !memcmp(kv->value, "me", 2));
+    clerk_kv_free(kv);
+    CU_ASSERT_EQUAL(clerk_resign(a, el), CLERK_OK);
+    unkeep(a, &ka);
+    clerk_close(a);
+}
+
 /* ---------------------------------------------------------- kvctl */
 
 /* Run a shell command line; its output into out. */
@@ -565,6 +602,8 @@ int main(int argc, char **argv)
          test_holder_whose_lease_ended_is_fenced_off},
         {"test_waiters_take_turns_and_leave_the_line_on_timeout",
          test_waiters_take_turns_and_leave_the_line_on_timeout},
+        {"test_other_keys_under_the_name_are_not_in_line",
+         test_other_keys_under_the_name_are_not_in_line},
         {"test_election_campaign_proclaim_resign",
          test_election_campaign_proclaim_resign},
         {"test_kvctl_lock_runs_a_command_with_the_token",
