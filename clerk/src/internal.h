@@ -57,6 +57,8 @@ struct clerk
     struct ck_session *sessions;              /* idle sessions */
     unsigned deadline_ms;                     /* per operation */
     uint64_t trace_next;                      /* makes the ops' trace ids */
+    bool reached;                             /* a server has answered this
+                                                 handle (any answer) */
     unsigned attempt_ms;                      /* per call */
     enum clerk_read_mode read_mode;           /* for gets */
     struct clerk_options defaults;            /* as opened */

@@ -290,8 +290,44 @@ static void run_begin(struct ck_op *op)
     op->i = c->leader < c->n ? c->leader : 0;
     op->failures = op->hops = op->unknown_method = 0;
     op->maybe_applied = op->reauthenticated = false;
+    op->refused_run = 0;
+    memset(op->seen, 0, sizeof op->seen);
     snprintf(op->last, sizeof op->last, "no server tried");
     op_step(op);
+}
+
+/* What the servers did during an op, in one clause: which could not be
+ * reached, and whether those that answered can make a majority. */
+static void seen_summary(const struct ck_op *op, char *out, size_t len)
+{
+    const struct clerk *c = op->c;
+    size_t refused = 0, silent = 0, up = 0, no_leader = 0;
+    for (size_t i = 0; i < c->n; i++) {
+        refused += op->seen[i] == CK_SEEN_REFUSED;
+        silent += op->seen[i] == CK_SEEN_SILENT;
+        up += op->seen[i] >= CK_SEEN_BUSY;
+        no_leader += op->seen[i] == CK_SEEN_NO_LEADER;
+    }
+    size_t unknown = c->n - refused - silent - up, majority = c->n / 2 + 1;
+    if (refused == c->n) {
+        snprintf(out, len,
+                 "no server accepted a connection (all %zu refused: is the "
+                 "cluster running, at these addresses?)",
+                 c->n);
+    } else if (up + unknown < majority) {
+        snprintf(out, len,
+                 "quorum lost: %zu of %zu servers answer (%zu refuse "
+                 "connections, %zu do not answer); a leader needs a majority "
+                 "of %zu",
+                 up, c->n, refused, silent, majority);
+    } else if (no_leader) {
+        snprintf(out, len,
+                 "%zu of %zu servers answer, %zu of them know no leader (an "
+                 "election under way, or no majority reachable from them)",
+                 up, c->n, no_leader);
+    } else {
+        snprintf(out, len, "%zu of %zu servers answer", up, c->n);
+    }
 }
 
 static void on_timer(evutil_socket_t fd, short what, void *arg)
@@ -449,9 +485,11 @@ static void op_step(struct ck_op *op)
     }
     uint64_t now = ck_now_ms();
     if (now >= op->deadline) {
+        char why[300];
+        seen_summary(op, why, sizeof why);
         snprintf(op->errmsg, sizeof op->errmsg,
-                 "no leader answered within %u ms (last: %s)", op->deadline_ms,
-                 op->last);
+                 "no leader answered within %u ms: %.250s (last: %.200s)",
+                 op->deadline_ms, why, op->last);
         op_finish(op, !op->write          ? CLERK_TIMEOUT
                       : op->maybe_applied ? CLERK_UNKNOWN_OUTCOME
                                           : CLERK_UNAVAILABLE);
@@ -552,6 +590,29 @@ static void op_answered(struct ck_op *op)
             !not_started) {
             op->maybe_applied = true;
         }
+        /* No connection made: refused, or the channel waits before it
+         * tries that server again. */
+        if (a->rpc_status == RPC_E_UNAVAILABLE) {
+            op->seen[i] = CK_SEEN_REFUSED;
+            op->refused_run++;
+        } else {
+            op->seen[i] = not_started ? CK_SEEN_BUSY : CK_SEEN_SILENT;
+            op->refused_run = 0;
+            c->reached |= not_started;
+        }
+        if (op->refused_run >= c->n && !c->reached && !c->closing) {
+            /* Every server refused in a row, and none ever answered this
+             * handle (wrong addresses, or the cluster is not running):
+             * nothing to wait for. A handle that was served before rides
+             * out a restart of every node until its deadline. */
+            char why[300];
+            seen_summary(op, why, sizeof why);
+            snprintf(op->errmsg, sizeof op->errmsg, "%.250s (last: %.200s)",
+                     why, a->rpc_error);
+            op_finish(op, op->maybe_applied ? CLERK_UNKNOWN_OUTCOME
+                                            : CLERK_UNAVAILABLE);
+            return;
+        }
         if (not_started) {
             snprintf(op->last, sizeof op->last, "%.150s: %.240s",
                      c->servers[i].addr, a->rpc_error);
@@ -573,6 +634,12 @@ static void op_answered(struct ck_op *op)
         snprintf(op->last, sizeof op->last, "%.150s: %.240s",
                  c->servers[i].addr, a->rpc_error);
     } else {
+        op->refused_run = 0;
+        c->reached = true;
+        op->seen[i] =
+            a->err == RAFTKV__KV_ERROR__KV_WRONG_LEADER  ? CK_SEEN_FOLLOWER
+            : a->err == RAFTKV__KV_ERROR__KV_UNAVAILABLE ? CK_SEEN_NO_LEADER
+                                                         : CK_SEEN_ANSWERED;
         switch (a->err) {
             case RAFTKV__KV_ERROR__KV_WRONG_LEADER: {
                 size_t to;

@@ -48,6 +48,17 @@ struct outcome
 typedef void (*op_done_cb)(struct ck_op *op, int rv, struct outcome *o);
 
 /* One operation, from its start to its one done callback. */
+/* What a server did during an op (struct ck_op.seen), worst first. */
+enum {
+    CK_SEEN_UNKNOWN = 0, /* not tried */
+    CK_SEEN_REFUSED,     /* no connection made */
+    CK_SEEN_SILENT,      /* connected, no answer in time */
+    CK_SEEN_BUSY,        /* answered without starting the call */
+    CK_SEEN_NO_LEADER,   /* answered: it knows no leader */
+    CK_SEEN_FOLLOWER,    /* answered: not the leader (a hint) */
+    CK_SEEN_ANSWERED,    /* answered otherwise */
+};
+
 struct ck_op
 {
     struct clerk *c;                      /* the handle */
@@ -96,6 +107,10 @@ struct ck_op
     struct event *timer;                  /* backoff */
     struct answer a;                      /* the last answer */
     char last[400];                       /* the last failure */
+    uint8_t seen[CK_MAX_SERVERS];         /* what each server last did
+                                             (CK_SEEN_*) */
+    size_t refused_run;                   /* tries in a row on which no
+                                             connection was made */
     char errmsg[512];                     /* context of the outcome */
 };
 

@@ -513,11 +513,13 @@ static void test_async_deadline_as_blocking(void)
                     CLERK_OK);
     run_base(&r, 10000);
     uint64_t took = h_now_ms() - t0;
-    CU_ASSERT_EQUAL(bget, CLERK_TIMEOUT);
+    /* Nothing accepted a connection, and nothing ever answered these
+     * handles: a read and a write fail at once, alike (issue 17). */
+    CU_ASSERT_EQUAL(bget, CLERK_UNAVAILABLE);
     CU_ASSERT_EQUAL(bput, CLERK_UNAVAILABLE);
     CU_ASSERT_EQUAL(r.ops[0].err, bget);
     CU_ASSERT_EQUAL(r.ops[1].err, bput);
-    CU_ASSERT(took >= 500 && took < 5000);
+    CU_ASSERT(took < 500);
     clerk_async_close(r.a);
     event_base_free(r.base);
     free(r.ops);

@@ -6,6 +6,9 @@
 #include <poll.h>
 #include <pty.h>
 #include <signal.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -322,6 +325,60 @@ static void test_kvctl_pipe_mode_prompts_on_a_terminal(void)
     close(master);
 }
 
+/* A port nothing listens on (bound, then closed). */
+static unsigned closed_port(void)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in sa = {.sin_family = AF_INET};
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t len = sizeof sa;
+    CU_ASSERT_FATAL(bind(fd, (struct sockaddr *)&sa, sizeof sa) == 0);
+    CU_ASSERT_FATAL(getsockname(fd, (struct sockaddr *)&sa, &len) == 0);
+    close(fd);
+    return ntohs(sa.sin_port);
+}
+
+/* Every server refuses the connection: get and put fail at once (not
+ * after --timeout), with the same error and exit code, saying so. */
+static void test_kvctl_every_server_refusing_fails_at_once(void)
+{
+    char none[128];
+    snprintf(none, sizeof none, "127.0.0.1:%u,127.0.0.2:%u,127.0.0.3:%u",
+             closed_port(), closed_port(), closed_port());
+    struct run g, p;
+    kvctl_run(&g, none, "--timeout 20 get k");
+    kvctl_run(&p, none, "--timeout 20 put k v");
+    printf("\n  get: exit %d in %.2f s: %s", g.status, g.seconds, g.err);
+    CU_ASSERT_EQUAL(g.status, p.status);
+    CU_ASSERT_NOT_EQUAL(g.status, 0);
+    CU_ASSERT(g.seconds < 5 && p.seconds < 5);
+    CU_ASSERT(strstr(g.err, "UNAVAILABLE: no server accepted a connection") !=
+              NULL);
+    CU_ASSERT(strstr(p.err, "UNAVAILABLE: no server accepted a connection") !=
+              NULL);
+}
+
+/* Two of three nodes gone: kvctl says the quorum is lost, not only that
+ * one node refused. */
+static void test_kvctl_says_when_the_quorum_is_lost(void)
+{
+    struct h_cluster q;
+    CU_ASSERT_FATAL(h_cluster_start(&q, 3, NULL) == 0);
+    int leader = h_find_leader(&q, 10000);
+    CU_ASSERT_FATAL(leader >= 0);
+    char qeps[512];
+    h_endpoints(&q, qeps, sizeof qeps);
+    /* The leader and one follower: the third is left alone. */
+    h_node_kill(&q, (size_t)leader);
+    h_node_kill(&q, (size_t)(leader + 1) % 3);
+    struct run r;
+    kvctl_run(&r, qeps, "--timeout 3 put k v");
+    printf("\n  put: exit %d: %s", r.status, r.err);
+    CU_ASSERT_EQUAL(r.status, 3);
+    CU_ASSERT(strstr(r.err, "quorum lost: 1 of 3 servers answer") != NULL);
+    CU_ASSERT(h_cluster_destroy(&q) == 0);
+}
+
 static void test_kvctl_snapshot_save_local_errors_and_stdout(void)
 {
     struct run r;
@@ -372,6 +429,10 @@ int main(int argc, char **argv)
          test_kvctl_pipe_mode_prompts_on_a_terminal},
         {"test_kvctl_snapshot_save_local_errors_and_stdout",
          test_kvctl_snapshot_save_local_errors_and_stdout},
+        {"test_kvctl_every_server_refusing_fails_at_once",
+         test_kvctl_every_server_refusing_fails_at_once},
+        {"test_kvctl_says_when_the_quorum_is_lost",
+         test_kvctl_says_when_the_quorum_is_lost},
         CU_TEST_INFO_NULL,
     };
     static CU_SuiteInfo suites[] = {
