@@ -398,6 +398,21 @@ void clerk_set_read_mode(struct clerk *c, enum clerk_read_mode mode)
     pthread_mutex_unlock(&c->lock);
 }
 
+void clerk_set_cluster_id(struct clerk *c, uint64_t id)
+{
+    pthread_mutex_lock(&c->lock);
+    c->cluster_id = id;
+    pthread_mutex_unlock(&c->lock);
+}
+
+uint64_t clerk_cluster_id(struct clerk *c)
+{
+    pthread_mutex_lock(&c->lock);
+    uint64_t id = c->cluster_id;
+    pthread_mutex_unlock(&c->lock);
+    return id;
+}
+
 uint64_t ck_now_ms(void)
 {
     struct timespec ts;

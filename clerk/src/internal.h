@@ -57,8 +57,12 @@ struct clerk
     struct ck_session *sessions;              /* idle sessions */
     unsigned deadline_ms;                     /* per operation */
     uint64_t trace_next;                      /* makes the ops' trace ids */
+    uint64_t cluster_id;                      /* the cluster the handle
+                                                 means: given
+                                                 (clerk_set_cluster_id) or
+                                                 from its first answer */
     bool reached;                             /* a server has answered this
-                                                 handle (any answer) */
+                                                                             handle (any answer) */
     unsigned attempt_ms;                      /* per call */
     enum clerk_read_mode read_mode;           /* for gets */
     struct clerk_options defaults;            /* as opened */

@@ -301,14 +301,16 @@ static void run_begin(struct ck_op *op)
 static void seen_summary(const struct ck_op *op, char *out, size_t len)
 {
     const struct clerk *c = op->c;
-    size_t refused = 0, silent = 0, up = 0, no_leader = 0;
+    size_t refused = 0, silent = 0, up = 0, no_leader = 0, other = 0;
     for (size_t i = 0; i < c->n; i++) {
         refused += op->seen[i] == CK_SEEN_REFUSED;
+        other += op->seen[i] == CK_SEEN_OTHER_CLUSTER;
         silent += op->seen[i] == CK_SEEN_SILENT;
         up += op->seen[i] >= CK_SEEN_BUSY;
         no_leader += op->seen[i] == CK_SEEN_NO_LEADER;
     }
-    size_t unknown = c->n - refused - silent - up, majority = c->n / 2 + 1;
+    size_t unknown = c->n - refused - silent - up - other,
+           majority = c->n / 2 + 1;
     if (refused == c->n) {
         snprintf(out, len,
                  "no server accepted a connection (all %zu refused: is the "
@@ -317,9 +319,9 @@ static void seen_summary(const struct ck_op *op, char *out, size_t len)
     } else if (up + unknown < majority) {
         snprintf(out, len,
                  "quorum lost: %zu of %zu servers answer (%zu refuse "
-                 "connections, %zu do not answer); a leader needs a majority "
-                 "of %zu",
-                 up, c->n, refused, silent, majority);
+                 "connections, %zu do not answer, %zu answer for another "
+                 "cluster); a leader needs a majority of %zu",
+                 up, c->n, refused, silent, other, majority);
     } else if (no_leader) {
         snprintf(out, len,
                  "%zu of %zu servers answer, %zu of them know no leader (an "
@@ -371,6 +373,10 @@ static void on_reply(const ProtobufCMessage *m, void *data)
     }
     struct clerk *c = op->c;
     c->depth++;
+    if (!c->cluster_id && c->servers[op->i].ch) {
+        /* The first answer names the cluster; the handle holds to it. */
+        c->cluster_id = rpc_channel_cluster_id(c->servers[op->i].ch);
+    }
     if (m) {
         take_reply(op, m);
     } else {
@@ -422,6 +428,7 @@ static void op_send(struct ck_op *op, unsigned budget)
     }
     rpc_channel_set_deadline(s->ch, budget);
     rpc_channel_set_trace_id(s->ch, op->trace_id);
+    rpc_channel_set_cluster_id(s->ch, c->cluster_id);
     op->in_rpc = true;
     svc->invoke(svc, op->method, args, on_reply, op);
 }
@@ -582,6 +589,33 @@ static void op_answered(struct ck_op *op)
          * is tried again after a pause. */
         bool not_started = a->rpc_status == RPC_E_OVERLOADED ||
                            a->rpc_status == RPC_E_DEADLINE_EXCEEDED;
+        if (a->rpc_status == RPC_E_WRONG_CLUSTER) {
+            /* An address that answers for another cluster: never this
+             * handle's server; nothing was started there. */
+            op->seen[i] = CK_SEEN_OTHER_CLUSTER;
+            size_t other = 0;
+            for (size_t k = 0; k < c->n; k++) {
+                other += op->seen[k] == CK_SEEN_OTHER_CLUSTER;
+            }
+            if (other == c->n) {
+                /* None of its servers is of its cluster: nothing to wait
+                 * for. */
+                snprintf(op->errmsg, sizeof op->errmsg,
+                         "every server answers for another cluster than "
+                         "%016llx (last: %.150s: %.200s)",
+                         (unsigned long long)c->cluster_id, c->servers[i].addr,
+                         a->rpc_error);
+                op_finish(op, op->maybe_applied ? CLERK_UNKNOWN_OUTCOME
+                                                : CLERK_UNAVAILABLE);
+                return;
+            }
+            snprintf(op->last, sizeof op->last,
+                     "%.150s answers for another cluster: %.200s",
+                     c->servers[i].addr, a->rpc_error);
+            drop_result(op);
+            next_server(op);
+            return;
+        }
         /* A request that may have reached the server may have been
          * proposed; a refused connection never sent it. */
         if (op->write && a->rpc_status != RPC_E_UNAVAILABLE &&

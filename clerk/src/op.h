@@ -50,13 +50,14 @@ typedef void (*op_done_cb)(struct ck_op *op, int rv, struct outcome *o);
 /* One operation, from its start to its one done callback. */
 /* What a server did during an op (struct ck_op.seen), worst first. */
 enum {
-    CK_SEEN_UNKNOWN = 0, /* not tried */
-    CK_SEEN_REFUSED,     /* no connection made */
-    CK_SEEN_SILENT,      /* connected, no answer in time */
-    CK_SEEN_BUSY,        /* answered without starting the call */
-    CK_SEEN_NO_LEADER,   /* answered: it knows no leader */
-    CK_SEEN_FOLLOWER,    /* answered: not the leader (a hint) */
-    CK_SEEN_ANSWERED,    /* answered otherwise */
+    CK_SEEN_UNKNOWN = 0,   /* not tried */
+    CK_SEEN_REFUSED,       /* no connection made */
+    CK_SEEN_OTHER_CLUSTER, /* answered for another cluster */
+    CK_SEEN_SILENT,        /* connected, no answer in time */
+    CK_SEEN_BUSY,          /* answered without starting the call */
+    CK_SEEN_NO_LEADER,     /* answered: it knows no leader */
+    CK_SEEN_FOLLOWER,      /* answered: not the leader (a hint) */
+    CK_SEEN_ANSWERED,      /* answered otherwise */
 };
 
 struct ck_op

@@ -111,6 +111,8 @@ struct rpc_channel
     uint64_t trace_id;                /* for calls made from now on (0: one
                                          of trace_next's each) */
     uint64_t trace_next;              /* makes trace ids */
+    uint64_t cluster_id;              /* sent with each call (0: any) */
+    uint64_t seen_cluster_id;         /* the last answer's */
     enum conn_state state;            /* connection state */
     struct bufferevent *bev;          /* connection, when not IDLE/BACKOFF */
     struct rpc_decoder *dec;          /* reply decoder for this connection */
@@ -575,6 +577,9 @@ static int on_reply(void *ctx, const struct rpc_frame *f)
 {
     struct rpc_channel *ch = ctx;
     const Raftkv__RpcHeader *h = f->header;
+    if (h->cluster_id) {
+        ch->seen_cluster_id = h->cluster_id;
+    }
     if (h->more && h->n_also_call_ids &&
         h->status == RAFTKV__RPC_STATUS__RPC_OK) {
         return on_shared_frame(ch, f);
@@ -1151,6 +1156,7 @@ static void launch(struct rpc_channel *ch,
         hdr.call_id = p->id;
         hdr.shared_ok = p->stream_cb != NULL; /* on_shared_frame takes them */
         hdr.trace_id = p->trace_id;
+        hdr.cluster_id = ch->cluster_id;
         if (!p->stream_cb) {
             /* The server need not start what nobody will wait for. */
             hdr.timeout_ms = p->deadline_ms;
@@ -1504,6 +1510,16 @@ int rpc_channel_set_auth_token(struct rpc_channel *ch, const char *token)
 void rpc_channel_set_trace_id(struct rpc_channel *ch, uint64_t id)
 {
     ch->trace_id = id;
+}
+
+void rpc_channel_set_cluster_id(struct rpc_channel *ch, uint64_t id)
+{
+    ch->cluster_id = id;
+}
+
+uint64_t rpc_channel_cluster_id(const struct rpc_channel *ch)
+{
+    return ch->seen_cluster_id;
 }
 
 void rpc_channel_set_deadline(struct rpc_channel *ch, uint32_t ms)

@@ -25,6 +25,8 @@ const char *rpc_strerror(int err)
             return "internal server error";
         case RPC_E_OVERLOADED:
             return "overloaded";
+        case RPC_E_WRONG_CLUSTER:
+            return "the server is of another cluster";
         case RPC_E_DEADLINE_EXCEEDED:
             return "deadline exceeded before the server started the call";
         case RPC_E_TIMEOUT:

@@ -162,6 +162,7 @@ struct rpc_server
     struct event *flush_ev;            /* flushes them after the I/O */
     char *peer_service;                /* copy of opts.peer_service */
     uint64_t trace_next;               /* new_trace_id's counter */
+    uint64_t cluster_id;               /* rpc_server_set_cluster_id's */
     size_t clients;                    /* open connections but peers */
     struct event *sweep_ev;            /* closes connections past timeouts */
     struct event *accept_ev;           /* resumes accepting after EMFILE */
@@ -731,6 +732,7 @@ static void send_frame(struct rpc_conn *c,
     hdr.error = (char *)(error ? error : "");
     hdr.more = more;
     hdr.trace_id = trace_id;
+    hdr.cluster_id = s->cluster_id;
     struct evbuffer *out = hold ? hold : reply_out(c);
     int rv = rpc_write_frame(out, &hdr, args, &s->opts.limits);
     if (rv == RPC_E_TOO_BIG) {
@@ -1263,6 +1265,11 @@ const char *rpc_call_tls_name(void *closure_data)
     return call->conn->tls_name;
 }
 
+void rpc_server_set_cluster_id(struct rpc_server *s, uint64_t id)
+{
+    s->cluster_id = id;
+}
+
 uint64_t rpc_call_trace_id(void *closure_data)
 {
     struct rpc_call *call = closure_data;
@@ -1456,6 +1463,18 @@ static int dispatch(void *ctx, const struct rpc_frame *f)
         snprintf(msg, sizeof msg, "%s has no method '%.100s'",
                  svc->descriptor->name, h->method_name);
         send_reply(c, h->call_id, RPC_E_UNKNOWN_METHOD, msg, NULL, NULL);
+        return c->bev ? 0 : 1;
+    }
+    if (h->cluster_id && s->cluster_id && h->cluster_id != s->cluster_id) {
+        /* Meant for another cluster (an address that changed hands): not
+         * started, whatever it is. */
+        snprintf(msg, sizeof msg,
+                 "this node is of cluster %016llx, not %016llx; not started",
+                 (unsigned long long)s->cluster_id,
+                 (unsigned long long)h->cluster_id);
+        s->stats.wrong_cluster++;
+        s->mstats[svc_index][index].answered[RPC_E_WRONG_CLUSTER]++;
+        send_reply(c, h->call_id, RPC_E_WRONG_CLUSTER, msg, NULL, NULL);
         return c->bev ? 0 : 1;
     }
     if (!c->is_peer && (c->inflight >= s->opts.max_inflight ||

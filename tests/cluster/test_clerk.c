@@ -543,6 +543,51 @@ static void test_kvctl_one_shot_output_and_exit_codes(void)
     CU_ASSERT(strstr(out, "\"role\":\"leader\"") != NULL);
 }
 
+/* A handle holds to its cluster: the id of its first answer, or one it
+ * was given. A server of another cluster refuses its calls before
+ * starting them (nothing written there), and the error says so. */
+static void test_clerk_holds_to_its_cluster(void)
+{
+    struct h_cluster a, b;
+    CU_ASSERT_FATAL(h_cluster_start(&a, 3, NULL) == 0);
+    CU_ASSERT_FATAL(h_cluster_start(&b, 1, NULL) == 0);
+    CU_ASSERT_FATAL(h_find_leader(&a, 10000) >= 0);
+    CU_ASSERT_FATAL(h_find_leader(&b, 10000) >= 0);
+    struct clerk *ca = open_clerk(&a, 5000);
+    CU_ASSERT_EQUAL(clerk_cluster_id(ca), 0);
+    CU_ASSERT_EQUAL(clerk_put(ca, "k", 1, "a", 1), CLERK_OK);
+    uint64_t id_a = clerk_cluster_id(ca);
+    CU_ASSERT(id_a != 0);
+    /* Its later calls carry the id and are served. */
+    CU_ASSERT_EQUAL(clerk_put(ca, "k", 1, "a2", 2), CLERK_OK);
+    CU_ASSERT(value_is(ca, "k", "a2"));
+    /* A handle meant for A given B's address. */
+    struct clerk *wrong = open_clerk(&b, 2000);
+    clerk_set_cluster_id(wrong, id_a);
+    CU_ASSERT_EQUAL(clerk_put(wrong, "k", 1, "x", 1), CLERK_UNAVAILABLE);
+    char want[64];
+    snprintf(want, sizeof want, "not %016llx", (unsigned long long)id_a);
+    printf("\n  %s\n", clerk_errmsg(wrong));
+    CU_ASSERT(strstr(clerk_errmsg(wrong),
+                     "every server answers for another cluster") != NULL);
+    CU_ASSERT(strstr(clerk_errmsg(wrong), want) != NULL);
+    void *v = NULL;
+    size_t len = 0;
+    /* At once: no server of the list is of its cluster. */
+    uint64_t t0 = h_now_ms();
+    CU_ASSERT_EQUAL(clerk_get(wrong, "k", 1, &v, &len), CLERK_UNAVAILABLE);
+    CU_ASSERT(h_now_ms() - t0 < 1000);
+    clerk_close(wrong);
+    /* Nothing reached B. */
+    struct clerk *cb = open_clerk(&b, 5000);
+    CU_ASSERT_EQUAL(clerk_get(cb, "k", 1, &v, &len), CLERK_NOT_FOUND);
+    CU_ASSERT(clerk_cluster_id(cb) != 0 && clerk_cluster_id(cb) != id_a);
+    clerk_close(cb);
+    clerk_close(ca);
+    CU_ASSERT(h_cluster_destroy(&b) == 0);
+    CU_ASSERT(h_cluster_destroy(&a) == 0);
+}
+
 static void test_kvctl_unreachable_cluster_exits_3(void)
 {
     char out[1024], cmd[512];
@@ -603,6 +648,7 @@ int main(int argc, char **argv)
     static CU_TestInfo clerk_tests[] = {
         {"test_clerk_all_operations_and_binary_values",
          test_clerk_all_operations_and_binary_values},
+        {"test_clerk_holds_to_its_cluster", test_clerk_holds_to_its_cluster},
         {"test_clerk_leader_killed_mid_writes_every_ack_present_once",
          test_clerk_leader_killed_mid_writes_every_ack_present_once},
         {"test_clerk_deadline_tells_unknown_from_not_applied",

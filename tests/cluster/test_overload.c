@@ -12,6 +12,7 @@
 #include <errno.h>
 #include <netinet/in.h>
 #include <poll.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdint.h>
@@ -349,12 +350,32 @@ static void test_a_read_gives_up_at_the_callers_deadline(void)
     CU_ASSERT(h_cluster_destroy(&c) == 0);
 }
 
-/* With --slow-request-ms 1 every call is slow: the leader logs a put under
- * the trace id its caller gave, with the Raft commit and the apply. */
+/* Resumes the cluster's paused followers after 300 ms. */
+struct resume_later
+{
+    struct h_cluster *c;
+    int leader;
+};
+
+static void *resume_followers(void *arg)
+{
+    struct resume_later *r = arg;
+    h_sleep_ms(300);
+    for (size_t i = 0; i < r->c->n; i++) {
+        if ((int)i != r->leader) {
+            h_node_pause(r->c, i, false);
+        }
+    }
+    return NULL;
+}
+
+/* A put that waits 300 ms for a majority (the followers paused) passes
+ * --slow-request-ms 100: the leader logs it under the trace id its caller
+ * gave, with its Raft commit and apply. */
 static void test_slow_calls_are_logged_under_their_trace_id(void)
 {
     struct h_cluster c;
-    CU_ASSERT_FATAL(h_cluster_start(&c, 3, "--slow-request-ms 1") == 0);
+    CU_ASSERT_FATAL(h_cluster_start(&c, 3, "--slow-request-ms 100") == 0);
     int leader = h_find_leader(&c, 10000);
     CU_ASSERT_FATAL(leader >= 0);
     struct rpc_channel *ch = rpc_channel_new_blocking(
@@ -375,7 +396,16 @@ static void test_slow_calls_are_logged_under_their_trace_id(void)
     a.client_id = (ProtobufCBinaryData){16, cid};
     a.request_id = 1;
     F.last_ok[1] = -1;
+    for (size_t i = 0; i < c.n; i++) {
+        if ((int)i != leader) {
+            h_node_pause(&c, i, true);
+        }
+    }
+    struct resume_later rl = {&c, leader};
+    pthread_t th;
+    pthread_create(&th, NULL, resume_followers, &rl);
     raftkv__kv_service__put_append(svc, &a, on_put, (void *)(intptr_t)1);
+    pthread_join(th, NULL);
     CU_ASSERT_EQUAL(F.ok, 2);
     rpc_channel_free(ch);
     CU_ASSERT(h_log_contains(&c, (size_t)leader,

@@ -1509,6 +1509,26 @@ void clerk_set_deadline(struct clerk *c, unsigned ms);
 void clerk_set_read_mode(struct clerk *c, enum clerk_read_mode mode);
 
 /**
+ * Talk only to servers of this cluster. A handle holds to the cluster id
+ * of the first answer it gets unless it was given one; from then on its
+ * calls carry it, and an address that answers for another cluster (a
+ * server list that is wrong, an address now used by another cluster)
+ * refuses them before starting anything: the handle passes over that
+ * server, and an operation no server of the cluster took says "HOST
+ * answers for another cluster: this node is of cluster X, not Y".
+ * Status, membership, transfer, backup and auth calls do not check it.
+ * @param id the cluster id (16 hex digits in `kvctl status -w json`'s
+ *   nodes' logs, "this is cluster ..."); 0: learn it from the first answer
+ */
+void clerk_set_cluster_id(struct clerk *c, uint64_t id);
+
+/**
+ * The cluster id the handle holds to: given, or learned from its first
+ * answer; 0 before either.
+ */
+uint64_t clerk_cluster_id(struct clerk *c);
+
+/**
  * Context of the handle's last failure: "no leader answered within 5000 ms
  * (last: 127.0.0.1:7002: connection refused)". With a shared handle it
  * describes the last operation of any thread (read race-free: the message

@@ -87,6 +87,9 @@ void node_set_cluster_id(struct kv_node *n, uint64_t id)
     }
     n->cluster_id = id;
     n->peer_auth.cluster_id = id;
+    if (n->server) {
+        rpc_server_set_cluster_id(n->server, id);
+    }
 }
 
 /* A new leader of a cluster that has no id yet names it, once per term:
@@ -539,6 +542,7 @@ int kv_node_open(const struct kv_node_config *cfg, struct kv_node **out)
     if (!n->server || !n->peer_server) {
         goto err_free;
     }
+    rpc_server_set_cluster_id(n->server, n->cluster_id);
     peer_service_init(n);
     rpc_server_add_service(n->peer_server, &n->raft_svc.base);
     *out = n;

@@ -21,7 +21,8 @@
 static const char *const status_names[RPC_STATUS_SLOTS] = {
     "OK",          "UNKNOWN_SERVICE",   "UNKNOWN_METHOD",
     "BAD_REQUEST", "SHUTTING_DOWN",     "INTERNAL",
-    "OVERLOADED",  "DEADLINE_EXCEEDED", "OTHER",
+    "OVERLOADED",  "DEADLINE_EXCEEDED", "WRONG_CLUSTER",
+    "OTHER",
 };
 
 static void put_meta(struct evbuffer *b,

@@ -51,6 +51,8 @@ enum rpc_error {
                                     too many calls in flight) */
     RPC_E_DEADLINE_EXCEEDED = 7, /* the server found the call's deadline
                                     passed before it started it */
+    RPC_E_WRONG_CLUSTER = 8,     /* the server is of another cluster than
+                                    the one the caller means */
     RPC_E_TIMEOUT = 100,         /* no reply before the deadline */
     RPC_E_UNAVAILABLE,           /* could not connect (or backing off) */
     RPC_E_CONNECTION_LOST,       /* connection closed with the call pending */
@@ -479,10 +481,11 @@ struct rpc_server_stats
                                      their timeout_ms had passed before they
                                      were started */
     uint64_t slow;                /* calls logged as slow (slow_ms) */
+    uint64_t wrong_cluster;       /* calls refused RPC_E_WRONG_CLUSTER */
 };
 
 /* Calls of one method of a served service, by how they were answered. */
-#define RPC_STATUS_SLOTS 9
+#define RPC_STATUS_SLOTS 10
 struct rpc_method_stats
 {
     uint64_t answered[RPC_STATUS_SLOTS]; /* by status: RPC_OK (0) to
@@ -518,6 +521,13 @@ struct rpc_server *rpc_server_new(struct event_base *base,
  * @param s the server, or NULL
  */
 void rpc_server_free(struct rpc_server *s);
+
+/**
+ * The cluster this server belongs to: its replies carry it, and a request
+ * that names another (RpcHeader.cluster_id) is refused RPC_E_WRONG_CLUSTER
+ * before it starts. 0 (the default): unknown, nothing refused.
+ */
+void rpc_server_set_cluster_id(struct rpc_server *s, uint64_t id);
 
 /**
  * Serve a service. Requests name it by its descriptor's full name
@@ -886,6 +896,19 @@ void rpc_channel_set_deadline(struct rpc_channel *ch, uint32_t ms);
  * @param id the id; 0 gives each call an id of the channel's own
  */
 void rpc_channel_set_trace_id(struct rpc_channel *ch, uint64_t id);
+
+/**
+ * Send this cluster id (RpcHeader.cluster_id) with the calls made from now
+ * on: a server of another cluster refuses them (RPC_E_WRONG_CLUSTER)
+ * without starting them.
+ * @param id the cluster id; 0: any
+ */
+void rpc_channel_set_cluster_id(struct rpc_channel *ch, uint64_t id);
+
+/**
+ * The cluster id the channel's last answer carried (0: none seen yet).
+ */
+uint64_t rpc_channel_cluster_id(const struct rpc_channel *ch);
 
 /**
  * Send an auth token in the header of every call made from now on.
