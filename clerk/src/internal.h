@@ -33,6 +33,9 @@ struct ck_server
                                      first use; multiplexes every call */
     uint64_t token_gen;           /* the handle's token_gen ch carries */
     struct ck_sync_service *sync; /* blocking wrappers of ch's services */
+    uint32_t latency_us;          /* recent answers' latency (a moving
+                                     average; 0: none yet): stale reads go
+                                     to the fastest server */
 };
 
 /* A session of the cluster's exactly-once table: one write in flight at a

@@ -279,6 +279,27 @@ static struct ck_op *op_new(struct clerk *c)
     return op;
 }
 
+static uint64_t now_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000 + (uint64_t)ts.tv_nsec / 1000;
+}
+
+/* Where a stale read goes first: a server not measured yet (so that each
+ * gets measured), else the one that has answered fastest lately. */
+static size_t fastest_server(const struct clerk *c)
+{
+    size_t best = c->leader < c->n ? c->leader : 0;
+    for (size_t i = 0; i < c->n; i++) {
+        uint32_t l = c->servers[i].latency_us, b = c->servers[best].latency_us;
+        if (b && (!l || l < b)) {
+            best = i;
+        }
+    }
+    return best;
+}
+
 /* A fresh run to a final answer or the deadline (as each run of the
  * blocking calls had: an OpenSession and the write each get one). */
 static void run_begin(struct ck_op *op)
@@ -288,6 +309,10 @@ static void run_begin(struct ck_op *op)
     op->deadline = ck_now_ms() + c->deadline_ms;
     op->backoff = BACKOFF_MIN_MS;
     op->i = c->leader < c->n ? c->leader : 0;
+    if (!op->write && c->read_mode == CLERK_READ_STALE && op->args &&
+        ck_field(op->args, "stale_ok")) {
+        op->i = fastest_server(c);
+    }
     op->failures = op->hops = op->unknown_method = 0;
     op->maybe_applied = op->reauthenticated = false;
     op->refused_run = 0;
@@ -378,6 +403,16 @@ static void on_reply(const ProtobufCMessage *m, void *data)
         c->cluster_id = rpc_channel_cluster_id(c->servers[op->i].ch);
     }
     if (m) {
+        /* A moving average (1/8 of each new answer) of how long this
+         * server takes to answer. */
+        struct ck_server *s = &c->servers[op->i];
+        uint64_t took = now_us() - op->sent_us;
+        if (took > UINT32_MAX / 2) {
+            took = UINT32_MAX / 2;
+        }
+        s->latency_us = s->latency_us
+                            ? (uint32_t)((7ull * s->latency_us + took) / 8)
+                            : (uint32_t)(took ? took : 1);
         take_reply(op, m);
     } else {
         op->a.rpc_status = rpc_last_status();
@@ -428,6 +463,7 @@ static void op_send(struct ck_op *op, unsigned budget)
     }
     rpc_channel_set_deadline(s->ch, budget);
     rpc_channel_set_trace_id(s->ch, op->trace_id);
+    op->sent_us = now_us();
     rpc_channel_set_cluster_id(s->ch, c->cluster_id);
     op->in_rpc = true;
     svc->invoke(svc, op->method, args, on_reply, op);

@@ -90,8 +90,9 @@ struct ck_op
     unsigned deadline_ms;                 /* of a run */
     uint64_t deadline;                    /* ck_now_ms() it ends at */
     uint64_t backoff;                     /* next pause, ms */
+    uint64_t sent_us;                     /* when its current try went */
     uint64_t trace_id;                    /* RpcHeader.trace_id of all its
-                                             tries (servers log it) */
+                                                                tries (servers log it) */
     size_t i;                             /* server tried now */
     size_t failures;                      /* servers failed in a row */
     size_t hops;                          /* hints followed in a row */
