@@ -493,6 +493,10 @@ static void on_authenticate(const Raftkv__AuthenticateReply *r, void *data)
                  "authenticate as '%.100s' at %.100s: %.150s", c->user,
                  c->servers[op->i].addr, r->message ? r->message : "");
     }
+    /* A wrong user or password ends the ops that waited for it: going on
+     * without a token would run them as whoever else the connection is
+     * (the CN of a client certificate), not as the user asked for. */
+    bool refused = r && r->err == RAFTKV__AUTH_ERROR__AUTH_UNAUTHENTICATED;
     /* The ops that waited for this answer go on with it too. */
     c->auth_op = NULL;
     struct ck_op *waiters = c->auth_waiters;
@@ -506,6 +510,9 @@ static void on_authenticate(const Raftkv__AuthenticateReply *r, void *data)
         op->auth_next = NULL;
         if (c->closing) {
             op_finish(op, CLERK_CLOSED);
+        } else if (refused) {
+            snprintf(op->errmsg, sizeof op->errmsg, "%s", c->auth_msg);
+            op_finish(op, CLERK_UNAUTHENTICATED);
         } else {
             uint64_t now = ck_now_ms();
             uint64_t left = now < op->deadline ? op->deadline - now : 1;

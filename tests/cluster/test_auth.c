@@ -977,6 +977,19 @@ static void test_auth_client_certificate_names_the_user(void)
     ck = open_tls(&t, "alice", "root", ROOT_PW);
     EXPECT(clerk_put(ck, "other", 5, "w", 1), CLERK_OK);
     clerk_close(ck);
+    /* A wrong password is refused, not passed over for the certificate's
+     * user (root's certificate would have written "other"). */
+    ck = open_tls(&t, "root", "root", "not root's password");
+    EXPECT(clerk_put(ck, "other", 5, "x", 1), CLERK_UNAUTHENTICATED);
+    CU_ASSERT(strstr(clerk_errmsg(ck), "authenticate as 'root'") != NULL);
+    clerk_close(ck);
+    ck = open_tls(&t, "root", NULL, NULL);
+    void *was = NULL;
+    size_t was_len = 0;
+    EXPECT(clerk_get(ck, "other", 5, &was, &was_len), CLERK_OK);
+    CU_ASSERT(was_len == 1 && was && ((char *)was)[0] == 'w');
+    clerk_free(was);
+    clerk_close(ck);
     t.keep = CU_get_number_of_failures() > 0;
     CU_ASSERT(h_cluster_destroy(&t) == 0);
 }

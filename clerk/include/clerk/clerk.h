@@ -115,7 +115,10 @@ struct clerk_options
                              with every call, and authenticates again once
                              when a call is refused UNAUTHENTICATED (an
                              expired token), then retries it (a write with
-                             the same request id) */
+                             the same request id). A wrong user or
+                             password ends the call UNAUTHENTICATED, even
+                             over a client certificate that names a
+                             user */
     const char *password; /* its password (copied; kept in the handle's
                              memory until clerk_close, which wipes it) */
     const char *cacert;   /* talk TLS, trusting servers whose certificate
