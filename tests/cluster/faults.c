@@ -239,18 +239,30 @@ static void apply_node(struct world *w, size_t i)
         }
         k++;
     }
-    /* A node just started may not listen yet: try for a while. */
+    /* A node just started may not listen yet, and one installing a
+     * snapshot (on its loop) may not answer within the admin handle's
+     * 400 ms: try for a while. */
     int rv = CLERK_UNAVAILABLE;
-    for (int tries = 0; tries < 50 && rv == CLERK_UNAVAILABLE; tries++) {
+    for (int tries = 0;
+         tries < 50 && (rv == CLERK_UNAVAILABLE || rv == CLERK_TIMEOUT);
+         tries++) {
         if (tries) {
             h_sleep_ms(100);
         }
         rv = read_counts(w, i);
     }
     uint64_t seed = (uint64_t)rand_r(&w->rng) + 1;
+    int slow = 0;
     for (bool again = rv == CLERK_OK; again;) {
         again = false;
         rv = clerk_fault(w->admin, i, true, rules, k, seed, NULL, NULL);
+        if ((rv == CLERK_UNAVAILABLE || rv == CLERK_TIMEOUT) && ++slow < 20) {
+            /* Busy (a snapshot install): the rules are set whole or not
+             * at all, so setting them again is safe. */
+            h_sleep_ms(100);
+            again = true;
+            continue;
+        }
         /* While the membership changes, a node may not know a new member
          * yet (it gets no rule for it) or may have dropped a removed one:
          * leave that target out. */
