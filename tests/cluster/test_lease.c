@@ -143,6 +143,9 @@ static void test_lease_keys_vanish_after_expiry(void)
     CU_ASSERT_EQUAL_FATAL(clerk_lease_grant(ck, 1, 0, &id, &ttl), CLERK_OK);
     CU_ASSERT(id != 0 && id < (1ull << 63));
     CU_ASSERT_EQUAL(ttl, 2);
+    if (ttl != 2) {
+        printf("\n  granted TTL %lld: %s\n", (long long)ttl, clerk_errmsg(ck));
+    }
     CU_ASSERT_EQUAL(put_lease(ck, "exp/a", id), CLERK_OK);
     CU_ASSERT_EQUAL(put_lease(ck, "exp/b", id), CLERK_OK);
     CU_ASSERT_EQUAL(put_lease(ck, "exp/kept", 0), CLERK_OK);
