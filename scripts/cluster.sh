@@ -221,7 +221,9 @@ verify_node() { # id: die unless our process for node id is alive and listening
 }
 
 cluster_id_of() { # id: the cluster id node id reported since it started
-    log_since "$1" | grep -o 'cluster [0-9a-f]\{16\}' | grep -v ' 0\{16\}$' | tail -n 1 | cut -d' ' -f2
+    # (nothing yet is no error: under set -e and pipefail a grep that
+    # finds nothing would end the script, silently, mid-start)
+    log_since "$1" | grep -o 'cluster [0-9a-f]\{16\}' | grep -v ' 0\{16\}$' | tail -n 1 | cut -d' ' -f2 || true
 }
 
 verify_cluster() { # n: every node answers as itself, all of one cluster
