@@ -266,10 +266,7 @@ static struct ck_op *op_new(struct clerk *c)
         ck_new_client_id(seed); /* (random bytes) */
         memcpy(&c->trace_next, seed, sizeof c->trace_next);
     }
-    uint64_t z = (c->trace_next += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    op->trace_id = (z ^ (z >> 31)) | 1;
+    op->trace_id = rpc_trace_id_next(&c->trace_next);
     op->next = c->ops;
     if (c->ops) {
         c->ops->prev = op;

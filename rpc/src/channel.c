@@ -1097,12 +1097,7 @@ static struct pending *pending_new(struct rpc_channel *ch,
     if (ch->trace_id) {
         p->trace_id = ch->trace_id;
     } else {
-        /* splitmix64 of a counter from a random start: never 0 */
-        uint64_t z = (ch->trace_next += 0x9e3779b97f4a7c15ull);
-        z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-        z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-        z ^= z >> 31;
-        p->trace_id = z ? z : 1;
+        p->trace_id = rpc_trace_id_next(&ch->trace_next);
     }
     return p;
 }

@@ -150,6 +150,15 @@ void rpc_format_addr(const struct sockaddr *sa, char *out, size_t len)
     }
 }
 
+uint64_t rpc_trace_id_next(uint64_t *state)
+{
+    uint64_t z = (*state += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    z ^= z >> 31;
+    return z ? z : 1;
+}
+
 uint64_t rpc_now_ms(void)
 {
     struct timespec ts;

@@ -1418,11 +1418,7 @@ static void start_call(struct rpc_conn *c,
  * counter from a random start, never 0. */
 static uint64_t new_trace_id(struct rpc_server *s)
 {
-    uint64_t z = (s->trace_next += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    z ^= z >> 31;
-    return z ? z : 1;
+    return rpc_trace_id_next(&s->trace_next);
 }
 
 /* Returns non-zero when the connection was closed. */

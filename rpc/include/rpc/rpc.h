@@ -658,6 +658,12 @@ uint64_t rpc_call_peer_id(void *closure_data);
 uint64_t rpc_now_ms(void);
 
 /**
+ * The next trace id of a generator: splitmix64 of a counter (@state, which
+ * the caller seeds with random bytes), never 0.
+ */
+uint64_t rpc_trace_id_next(uint64_t *state);
+
+/**
  * The trace id of a call: the caller's (RpcHeader.trace_id), or one the
  * server made. Log lines about the call carry it (as 16 hex digits), and
  * its reply echoes it.
