@@ -1461,13 +1461,23 @@ static int dispatch(void *ctx, const struct rpc_frame *f)
         send_reply(c, h->call_id, RPC_E_UNKNOWN_METHOD, msg, NULL, NULL);
         return c->bev ? 0 : 1;
     }
-    if (h->cluster_id && s->cluster_id && h->cluster_id != s->cluster_id) {
+    if (h->cluster_id && h->cluster_id != s->cluster_id) {
         /* Meant for another cluster (an address that changed hands): not
-         * started, whatever it is. */
-        snprintf(msg, sizeof msg,
-                 "this node is of cluster %016llx, not %016llx; not started",
-                 (unsigned long long)s->cluster_id,
-                 (unsigned long long)h->cluster_id);
+         * started, whatever it is. A server that does not know its
+         * cluster yet (a new cluster before its first leader named it, a
+         * node that has not caught up) cannot tell: it refuses too. */
+        if (s->cluster_id) {
+            snprintf(msg, sizeof msg,
+                     "this node is of cluster %016llx, not %016llx; not "
+                     "started",
+                     (unsigned long long)s->cluster_id,
+                     (unsigned long long)h->cluster_id);
+        } else {
+            snprintf(msg, sizeof msg,
+                     "this node does not know its cluster yet, so cannot "
+                     "serve a call for cluster %016llx; not started",
+                     (unsigned long long)h->cluster_id);
+        }
         s->stats.wrong_cluster++;
         s->mstats[svc_index][index].answered[RPC_E_WRONG_CLUSTER]++;
         send_reply(c, h->call_id, RPC_E_WRONG_CLUSTER, msg, NULL, NULL);

@@ -258,6 +258,52 @@ static void test_rpc_auth_token_travels_in_every_request_header(void)
     stop_local_server();
 }
 
+/* A call naming a cluster is served only by a server of that cluster: one
+ * of another cluster refuses it, and so does one that does not know its
+ * cluster yet (a new cluster's node before its first leader named it
+ * cannot tell; two test clusters whose ports crossed once served each
+ * other's clients that way). A call naming none is served by any. */
+static void test_rpc_call_naming_a_cluster_needs_a_server_of_it(void)
+{
+    start_local_server(NULL);
+    struct rpc_channel *ch = rpc_channel_new(base, "127.0.0.1", port, NULL);
+    ProtobufCService *svc = rpc_channel_service(ch, echo_desc);
+    struct echo_result r[4] = {{0}};
+    /* The server knows no cluster yet. */
+    rpc_channel_set_cluster_id(ch, 0xabc);
+    echo_call(svc, ECHO_M_ECHO, "a", 0, &r[0]);
+    rpc_channel_set_cluster_id(ch, 0);
+    echo_call(svc, ECHO_M_ECHO, "b", 0, &r[1]);
+    int done = 0;
+    for (uint64_t end = test_now_ms() + SOON_MS;
+         done < 2 && test_now_ms() < end;) {
+        run_for(5);
+        done = r[0].done + r[1].done;
+    }
+    CU_ASSERT_EQUAL(r[0].status, RPC_E_WRONG_CLUSTER);
+    CU_ASSERT(strstr(r[0].error, "does not know its cluster") != NULL);
+    CU_ASSERT_EQUAL(r[1].status, RPC_OK);
+    CU_ASSERT_STRING_EQUAL(r[1].payload, "b");
+    /* Now it does: its own id is served, another is refused. */
+    rpc_server_set_cluster_id(server, 0xabc);
+    rpc_channel_set_cluster_id(ch, 0xabc);
+    echo_call(svc, ECHO_M_ECHO, "c", 0, &r[2]);
+    rpc_channel_set_cluster_id(ch, 0xdef);
+    echo_call(svc, ECHO_M_ECHO, "d", 0, &r[3]);
+    for (uint64_t end = test_now_ms() + SOON_MS;
+         done < 4 && test_now_ms() < end;) {
+        run_for(5);
+        done = r[0].done + r[1].done + r[2].done + r[3].done;
+    }
+    CU_ASSERT_EQUAL(r[2].status, RPC_OK);
+    CU_ASSERT_STRING_EQUAL(r[2].payload, "c");
+    CU_ASSERT_EQUAL(rpc_channel_cluster_id(ch), 0xabc);
+    CU_ASSERT_EQUAL(r[3].status, RPC_E_WRONG_CLUSTER);
+    CU_ASSERT(strstr(r[3].error, "of cluster 0000000000000abc") != NULL);
+    rpc_channel_free(ch);
+    stop_local_server();
+}
+
 static void test_rpc_blocking_channel_reconnects_after_server_restart(void)
 {
     uint16_t p;
@@ -1182,6 +1228,8 @@ int main(int argc, char **argv)
          test_rpc_blocking_channel_reconnects_after_server_restart},
         {"test_rpc_auth_token_travels_in_every_request_header",
          test_rpc_auth_token_travels_in_every_request_header},
+        {"test_rpc_call_naming_a_cluster_needs_a_server_of_it",
+         test_rpc_call_naming_a_cluster_needs_a_server_of_it},
         {"test_rpc_async_call_completes_from_the_loop",
          test_rpc_async_call_completes_from_the_loop},
         {"test_rpc_thousand_concurrent_calls_answered_out_of_order",

@@ -525,7 +525,9 @@ void rpc_server_free(struct rpc_server *s);
 /**
  * The cluster this server belongs to: its replies carry it, and a request
  * that names another (RpcHeader.cluster_id) is refused RPC_E_WRONG_CLUSTER
- * before it starts. 0 (the default): unknown, nothing refused.
+ * before it starts. 0 (the default): unknown; a request that names any
+ * cluster is then refused too (the server cannot tell it is of that
+ * cluster), and one that names none is served.
  */
 void rpc_server_set_cluster_id(struct rpc_server *s, uint64_t id);
 
