@@ -2,12 +2,16 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <netinet/in.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/prctl.h>
+#include <sys/stat.h>
 #include <sched.h>
 #include <sys/random.h>
 #include <sys/socket.h>
@@ -33,9 +37,75 @@
 #define PORT_LOW  10000u
 #define PORT_HIGH 20000u
 
-/* A free port on host, and the socket holding it (close it once every
- * node has its port: while it is open, no other pick can return it). */
-static uint16_t free_port(const char *host, int *held)
+/* Ports are reserved across the test processes that run at once (ctest
+ * -j2): a lock file per port under PORT_LOCK_DIR, flock()ed while a
+ * cluster of this process may use the port, released when it is destroyed
+ * (or by the kernel when the process ends). A bind only proves a port free
+ * now: a node of another process that is down for a restart leaves its
+ * port free, and once two clusters that got one port answered each other's
+ * clients (faults_lab and faults_nemesis in one CI run). */
+#define PORT_LOCK_DIR "/tmp/raftkv-test-ports"
+
+static pthread_mutex_t port_mu = PTHREAD_MUTEX_INITIALIZER;
+static struct
+{
+    int fd;                    /* the flock()ed lock file, or 0: not ours */
+    const struct h_cluster *c; /* the cluster that has it */
+} port_res[PORT_HIGH - PORT_LOW];
+
+bool h_port_reserve(uint16_t port, const struct h_cluster *c)
+{
+    if (port < PORT_LOW || port >= PORT_HIGH) {
+        return false;
+    }
+    pthread_mutex_lock(&port_mu);
+    bool ok = false;
+    if (port_res[port - PORT_LOW].fd == 0) {
+        char path[64];
+        mkdir(PORT_LOCK_DIR, 01777);
+        snprintf(path, sizeof path, PORT_LOCK_DIR "/%u", (unsigned)port);
+        int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0666);
+        if (fd >= 0 && flock(fd, LOCK_EX | LOCK_NB) == 0) {
+            port_res[port - PORT_LOW].fd = fd;
+            port_res[port - PORT_LOW].c = c;
+            ok = true;
+        } else if (fd >= 0) {
+            close(fd); /* another process's */
+        }
+    }
+    pthread_mutex_unlock(&port_mu);
+    return ok;
+}
+
+void h_port_release(uint16_t port)
+{
+    if (port < PORT_LOW || port >= PORT_HIGH) {
+        return;
+    }
+    pthread_mutex_lock(&port_mu);
+    if (port_res[port - PORT_LOW].fd > 0) {
+        close(port_res[port - PORT_LOW].fd); /* (drops the lock) */
+        port_res[port - PORT_LOW].fd = 0;
+        port_res[port - PORT_LOW].c = NULL;
+    }
+    pthread_mutex_unlock(&port_mu);
+}
+
+/* Release every port cluster c reserved. */
+static void release_ports(const struct h_cluster *c)
+{
+    for (unsigned p = PORT_LOW; p < PORT_HIGH; p++) {
+        if (port_res[p - PORT_LOW].c == c) {
+            h_port_release((uint16_t)p);
+        }
+    }
+}
+
+/* A free port on host, reserved for cluster c (h_port_reserve), and the
+ * socket holding it (close it once every node has its port). */
+static uint16_t free_port(const struct h_cluster *c,
+                          const char *host,
+                          int *held)
 {
     static unsigned seed;
     if (!seed) {
@@ -45,8 +115,12 @@ static uint16_t free_port(const char *host, int *held)
     for (int tries = 0; tries < 1000; tries++) {
         uint16_t port = (uint16_t)(PORT_LOW + (unsigned)rand_r(&seed) %
                                                   (PORT_HIGH - PORT_LOW));
+        if (!h_port_reserve(port, c)) {
+            continue; /* this process's already, or another's */
+        }
         int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
         if (fd < 0) {
+            h_port_release(port);
             return 0;
         }
         struct sockaddr_in sa = {.sin_family = AF_INET,
@@ -57,6 +131,7 @@ static uint16_t free_port(const char *host, int *held)
             return port;
         }
         close(fd);
+        h_port_release(port);
     }
     return 0;
 }
@@ -274,6 +349,63 @@ static bool accepts(const char *host, uint16_t port)
     return ok;
 }
 
+/* Does process pid hold the socket listening on TCP port (IPv4)? Read
+ * from /proc: the listener's inode in /proc/net/tcp, then pid's fds. */
+static bool listens_itself(pid_t pid, uint16_t port)
+{
+    FILE *f = fopen("/proc/net/tcp", "r");
+    if (!f) {
+        return true; /* cannot tell: assume so */
+    }
+    unsigned long inodes[16];
+    size_t n = 0;
+    char line[512];
+    while (fgets(line, sizeof line, f) && n < 16) {
+        unsigned lport, st;
+        unsigned long ino;
+        if (sscanf(line,
+                   " %*u: %*x:%x %*x:%*x %x %*x:%*x %*x:%*x %*x %*u %*u %lu",
+                   &lport, &st, &ino) == 3 &&
+            lport == port && st == 0x0A) {
+            inodes[n++] = ino;
+        }
+    }
+    fclose(f);
+    char dir[64], path[400], target[64];
+    snprintf(dir, sizeof dir, "/proc/%d/fd", (int)pid);
+    for (int fd = 0; fd < 4096; fd++) {
+        snprintf(path, sizeof path, "%s/%d", dir, fd);
+        ssize_t len = readlink(path, target, sizeof target - 1);
+        if (len <= 0) {
+            continue;
+        }
+        target[len] = 0;
+        unsigned long ino;
+        if (sscanf(target, "socket:[%lu]", &ino) != 1) {
+            continue;
+        }
+        for (size_t k = 0; k < n; k++) {
+            if (inodes[k] == ino) {
+                return true;
+            }
+        }
+    }
+    return false;
+}
+
+/* Has the child pid run kvserver yet (not still a copy of this process)? */
+static bool runs_kvserver(pid_t pid)
+{
+    char path[64], exe[PATH_MAX], want[PATH_MAX];
+    snprintf(path, sizeof path, "/proc/%d/exe", (int)pid);
+    ssize_t len = readlink(path, exe, sizeof exe - 1);
+    if (len <= 0 || !realpath(KVSERVER_PATH, want)) {
+        return true; /* cannot tell: assume so */
+    }
+    exe[len] = 0;
+    return strcmp(exe, want) == 0;
+}
+
 int h_node_start(struct h_cluster *c, size_t i)
 {
     struct h_node *nd = &c->nodes[i];
@@ -301,6 +433,24 @@ int h_node_start(struct h_cluster *c, size_t i)
          * peer port exits at once, and must not count as started. */
         if (accepts(nd->host, nd->port) &&
             (c->n == 1 || accepts(nd->host, nd->peer_port))) {
+            /* And its own: another process on its port (which took it
+             * while the node was down) would answer its clients. (Until
+             * the child has run kvserver, it holds copies of this
+             * process's sockets: wait for that first.) */
+            if (!nd->netns[0] && !runs_kvserver(nd->pid)) {
+                h_sleep_ms(1);
+                continue;
+            }
+            if (!nd->netns[0] && !listens_itself(nd->pid, nd->port)) {
+                fprintf(stderr,
+                        "harness: node %llu (pid %d): another process "
+                        "listens on its port %s:%u; its log: %s\n",
+                        (unsigned long long)nd->id, (int)nd->pid, nd->host,
+                        nd->port, nd->log);
+                h_node_kill(c, i);
+                c->keep = true;
+                return -1;
+            }
             return 0;
         }
         if (h_now_ms() >= end) {
@@ -347,9 +497,9 @@ int h_node_add(struct h_cluster *c)
     } else {
         snprintf(nd->host, sizeof nd->host, "%s", c->nodes[0].host);
         int held[3];
-        nd->port = free_port(nd->host, &held[0]);
-        nd->metrics_port = free_port(nd->host, &held[1]);
-        nd->peer_port = free_port(nd->host, &held[2]);
+        nd->port = free_port(c, nd->host, &held[0]);
+        nd->metrics_port = free_port(c, nd->host, &held[1]);
+        nd->peer_port = free_port(c, nd->host, &held[2]);
         for (int k = 0; k < 3; k++) {
             if (held[k] >= 0) {
                 close(held[k]);
@@ -375,8 +525,8 @@ int h_node_move(struct h_cluster *c, size_t i)
 {
     struct h_node *nd = &c->nodes[i];
     int held[2];
-    nd->port = free_port(nd->host, &held[0]);
-    nd->peer_port = free_port(nd->host, &held[1]);
+    nd->port = free_port(c, nd->host, &held[0]);
+    nd->peer_port = free_port(c, nd->host, &held[1]);
     for (int k = 0; k < 2; k++) {
         if (held[k] >= 0) {
             close(held[k]);
@@ -479,9 +629,9 @@ int h_cluster_start_with(struct h_cluster *c,
         } else {
             snprintf(nd->host, sizeof nd->host, "127.0.0.%zu",
                      distinct_hosts ? 11 + i : 1);
-            nd->port = free_port(nd->host, &held[i]);
-            nd->metrics_port = free_port(nd->host, &held[H_MAX_NODES + i]);
-            nd->peer_port = free_port(nd->host, &held[2 * H_MAX_NODES + i]);
+            nd->port = free_port(c, nd->host, &held[i]);
+            nd->metrics_port = free_port(c, nd->host, &held[H_MAX_NODES + i]);
+            nd->peer_port = free_port(c, nd->host, &held[2 * H_MAX_NODES + i]);
         }
         snprintf(nd->dir, sizeof nd->dir, "%s/node%zu", c->root, i + 1);
         snprintf(nd->log, sizeof nd->log, "%s/node%zu.log", c->root, i + 1);
@@ -720,6 +870,7 @@ int h_cluster_destroy(struct h_cluster *c)
     rpc_tls_free(c->client_tls);
     rpc_tls_free(c->peer_tls);
     c->client_tls = c->peer_tls = NULL;
+    release_ports(c);
     if (c->keep) {
         fprintf(stderr, "harness: kept logs and data in %s\n", c->root);
     } else if (c->root[0]) {

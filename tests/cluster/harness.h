@@ -145,6 +145,17 @@ int h_cluster_start_hosts(struct h_cluster *c,
 int h_node_add(struct h_cluster *c);
 
 /**
+ * Reserve a port of the harness's range (10000-19999) for cluster c,
+ * across every process that uses the harness at once: false when this
+ * process or another has it. Ports the harness picks are reserved so;
+ * h_cluster_destroy releases a cluster's.
+ */
+bool h_port_reserve(uint16_t port, const struct h_cluster *c);
+
+/** Release a port h_port_reserve reserved. */
+void h_port_release(uint16_t port);
+
+/**
  * Give node i new ports (a host that moved; start it with h_node_start,
  * after kvctl member update).
  * @return 0, or -1 (no free port)

@@ -1184,6 +1184,71 @@ static void test_harness_nodes_ignore_server_variables(void)
     h_cluster_destroy(&c);
 }
 
+/* Test processes run at once (ctest -j2) never share a port: a port one
+ * reserved, whose node is down for a restart, is not another's to take
+ * (two clusters on one port once answered each other's clients). */
+static void test_harness_ports_are_not_shared_between_processes(void)
+{
+    struct h_cluster c;
+    CU_ASSERT_FATAL(h_cluster_start(&c, 1, NULL) == 0);
+    uint16_t port = c.nodes[0].port;
+    int ready[2], go[2];
+    CU_ASSERT_FATAL(pipe(ready) == 0 && pipe(go) == 0);
+    pid_t pid = fork();
+    CU_ASSERT_FATAL(pid >= 0);
+    if (pid == 0) {
+        /* Another test process: the cluster's port is not its own, a
+         * port nobody has is, until it ends. */
+        bool theirs = !h_port_reserve(port, NULL);
+        uint16_t free_one = 0;
+        for (uint16_t p = 10000; p < 20000 && !free_one; p++) {
+            if (p != port && h_port_reserve(p, NULL)) {
+                free_one = p;
+            }
+        }
+        char msg[16];
+        snprintf(msg, sizeof msg, "%d %u", theirs, (unsigned)free_one);
+        ssize_t w = write(ready[1], msg, sizeof msg);
+        char b;
+        w += read(go[0], &b, 1); /* held until the parent has tried */
+        _exit(w > 0 ? 0 : 1);
+    }
+    char msg[16] = {0};
+    CU_ASSERT_EQUAL(read(ready[0], msg, sizeof msg), (ssize_t)sizeof msg);
+    int theirs = 0;
+    unsigned other = 0;
+    CU_ASSERT_EQUAL(sscanf(msg, "%d %u", &theirs, &other), 2);
+    CU_ASSERT_EQUAL(theirs, 1);
+    CU_ASSERT(other != 0);
+    /* The child's port is not this process's while it lives ... */
+    CU_ASSERT(!h_port_reserve((uint16_t)other, NULL));
+    CU_ASSERT_EQUAL(write(go[1], "x", 1), 1);
+    waitpid(pid, NULL, 0);
+    /* ... and is free once it ended. */
+    CU_ASSERT(h_port_reserve((uint16_t)other, NULL));
+    h_port_release((uint16_t)other);
+    close(ready[0]);
+    close(ready[1]);
+    close(go[0]);
+    close(go[1]);
+    /* A node whose port another process took meanwhile does not count as
+     * started, though its port answers. */
+    h_node_kill(&c, 0);
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons(port)};
+    inet_pton(AF_INET, c.nodes[0].host, &sa.sin_addr);
+    int one = 1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    CU_ASSERT_FATAL(bind(fd, (struct sockaddr *)&sa, sizeof sa) == 0);
+    CU_ASSERT_FATAL(listen(fd, 16) == 0);
+    CU_ASSERT_EQUAL(h_node_start(&c, 0), -1);
+    close(fd);
+    CU_ASSERT_EQUAL(h_node_start(&c, 0), 0);
+    CU_ASSERT(h_find_leader(&c, 10000) >= 0);
+    c.keep = false;
+    h_cluster_destroy(&c);
+}
+
 int main(int argc, char **argv)
 {
     static CU_TestInfo tests[] = {
@@ -1213,6 +1278,8 @@ int main(int argc, char **argv)
          test_bad_config_exits_2_naming_file_and_line},
         {"test_harness_nodes_ignore_server_variables",
          test_harness_nodes_ignore_server_variables},
+        {"test_harness_ports_are_not_shared_between_processes",
+         test_harness_ports_are_not_shared_between_processes},
         CU_TEST_INFO_NULL,
     };
     /* Needs root (a tmpfs mount): its own suite, and its own ctest entry,
