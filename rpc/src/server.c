@@ -764,6 +764,16 @@ static void send_reply(struct rpc_conn *c,
     send_frame(c, call_id, 0, status, error, args, hold, false);
 }
 
+/* A reply to a call refused before it started, with its trace id. */
+static void send_traced(struct rpc_conn *c,
+                        uint64_t call_id,
+                        uint64_t trace_id,
+                        int status,
+                        const char *error)
+{
+    send_frame(c, call_id, trace_id, status, error, NULL, NULL, false);
+}
+
 static void held_unlink(struct held *h)
 {
     if (h->prev) {
@@ -1461,6 +1471,9 @@ static int dispatch(void *ctx, const struct rpc_frame *f)
         send_reply(c, h->call_id, RPC_E_UNKNOWN_METHOD, msg, NULL, NULL);
         return c->bev ? 0 : 1;
     }
+    /* The caller's id for the call, or one made here: every answer and
+     * log line about the call from here on carries it. */
+    uint64_t trace_id = h->trace_id ? h->trace_id : new_trace_id(s);
     if (h->cluster_id && h->cluster_id != s->cluster_id) {
         /* Meant for another cluster (an address that changed hands): not
          * started, whatever it is. A server that does not know its
@@ -1480,7 +1493,7 @@ static int dispatch(void *ctx, const struct rpc_frame *f)
         }
         s->stats.wrong_cluster++;
         s->mstats[svc_index][index].answered[RPC_E_WRONG_CLUSTER]++;
-        send_reply(c, h->call_id, RPC_E_WRONG_CLUSTER, msg, NULL, NULL);
+        send_traced(c, h->call_id, trace_id, RPC_E_WRONG_CLUSTER, msg);
         return c->bev ? 0 : 1;
     }
     if (!c->is_peer && (c->inflight >= s->opts.max_inflight ||
@@ -1496,10 +1509,9 @@ static int dispatch(void *ctx, const struct rpc_frame *f)
                  own ? s->opts.max_inflight : s->opts.max_inflight_total);
         s->stats.shed++;
         s->mstats[svc_index][index].answered[RPC_E_OVERLOADED]++;
-        send_reply(c, h->call_id, RPC_E_OVERLOADED, msg, NULL, NULL);
+        send_traced(c, h->call_id, trace_id, RPC_E_OVERLOADED, msg);
         return c->bev ? 0 : 1;
     }
-    uint64_t trace_id = h->trace_id ? h->trace_id : new_trace_id(s);
     /* The caller's deadline, from the latest the request can have come
      * in (the last read of the socket): a call found expired surely is. */
     uint64_t deadline =
@@ -1511,7 +1523,7 @@ static int dispatch(void *ctx, const struct rpc_frame *f)
                  svc->descriptor->name, m->name, h->timeout_ms);
         s->stats.expired++;
         s->mstats[svc_index][index].answered[RPC_E_DEADLINE_EXCEEDED]++;
-        send_reply(c, h->call_id, RPC_E_DEADLINE_EXCEEDED, msg, NULL, NULL);
+        send_traced(c, h->call_id, trace_id, RPC_E_DEADLINE_EXCEEDED, msg);
         return c->bev ? 0 : 1;
     }
     if (f->oversized) {
@@ -1521,11 +1533,12 @@ static int dispatch(void *ctx, const struct rpc_frame *f)
                  "%s.%s args of %u bytes are over the server's cap of %u",
                  svc->descriptor->name, m->name, h->args_size,
                  s->opts.limits.max_args);
-        rpc_logf(RPC_LOG_WARN, "rpc: answered %s: %s; skipping its args",
-                 c->peer, msg);
+        rpc_logf(RPC_LOG_WARN,
+                 "rpc: answered %s: %s; skipping its args (trace %016llx)",
+                 c->peer, msg, (unsigned long long)trace_id);
         s->stats.oversized_requests++;
         s->mstats[svc_index][index].answered[RPC_E_BAD_REQUEST]++;
-        send_reply(c, h->call_id, RPC_E_BAD_REQUEST, msg, NULL, NULL);
+        send_traced(c, h->call_id, trace_id, RPC_E_BAD_REQUEST, msg);
         return c->bev ? 0 : 1;
     }
     char why[200];
@@ -1534,9 +1547,11 @@ static int dispatch(void *ctx, const struct rpc_frame *f)
                           sizeof why, s->opts.precheck_arg)) {
         snprintf(msg, sizeof msg, "%s.%s refused before unpacking: %s",
                  svc->descriptor->name, m->name, why);
-        log_limited(&s->timeout_log, RPC_LOG_WARN, "rpc: %s: %s", c->peer, msg);
+        log_limited(&s->timeout_log, RPC_LOG_WARN,
+                    "rpc: %s: %s (trace %016llx)", c->peer, msg,
+                    (unsigned long long)trace_id);
         s->mstats[svc_index][index].answered[RPC_E_BAD_REQUEST]++;
-        send_reply(c, h->call_id, RPC_E_BAD_REQUEST, msg, NULL, NULL);
+        send_traced(c, h->call_id, trace_id, RPC_E_BAD_REQUEST, msg);
         return c->bev ? 0 : 1;
     }
     ProtobufCMessage *input =
@@ -1544,8 +1559,9 @@ static int dispatch(void *ctx, const struct rpc_frame *f)
     if (!input) {
         rpc_logf(RPC_LOG_WARN,
                  "rpc: bad frame from %s: %s.%s args of %zu bytes do not "
-                 "unpack; closing",
-                 c->peer, svc->descriptor->name, m->name, f->args_size);
+                 "unpack; closing (trace %016llx)",
+                 c->peer, svc->descriptor->name, m->name, f->args_size,
+                 (unsigned long long)trace_id);
         s->stats.bad_frames++;
         conn_close(c);
         return 1;

@@ -25,6 +25,7 @@
 #include <CUnit/Basic.h>
 #include <event2/event.h>
 
+#include <proto/admin.pb-c.h>
 #include <proto/kv.pb-c.h>
 #include <rpc/rpc.h>
 
@@ -372,6 +373,12 @@ static void *resume_followers(void *arg)
 /* A put that waits 300 ms for a majority (the followers paused) passes
  * --slow-request-ms 100: the leader logs it under the trace id its caller
  * gave, with its Raft commit and apply. */
+static void on_transfer(const Raftkv__TransferLeaderReply *r, void *data)
+{
+    (void)data;
+    (void)r;
+}
+
 static void test_slow_calls_are_logged_under_their_trace_id(void)
 {
     struct h_cluster c;
@@ -407,11 +414,37 @@ static void test_slow_calls_are_logged_under_their_trace_id(void)
     raftkv__kv_service__put_append(svc, &a, on_put, (void *)(intptr_t)1);
     pthread_join(th, NULL);
     CU_ASSERT_EQUAL(F.ok, 2);
+    /* Other lines about a request carry its id too: a leadership
+     * transfer it asked for. */
+    rpc_channel_set_trace_id(ch, 0x00c0ffee87654321ull);
+    ProtobufCService *admin =
+        rpc_channel_service(ch, &raftkv__admin_service__descriptor);
+    Raftkv__TransferLeaderArgs ta = RAFTKV__TRANSFER_LEADER_ARGS__INIT;
+    ta.target_id = c.nodes[(leader + 1) % (int)c.n].id;
+    raftkv__admin_service__transfer_leader(admin, &ta, on_transfer, NULL);
     rpc_channel_free(ch);
+    /* And a call refused before it starts: args over the server's cap. */
+    struct rpc_channel_options big = {.limits.max_args = 16u << 20};
+    ch = rpc_channel_new_blocking(c.nodes[leader].host, c.nodes[leader].port,
+                                  &big);
+    CU_ASSERT_FATAL(ch != NULL);
+    svc = rpc_channel_service(ch, &raftkv__kv_service__descriptor);
+    rpc_channel_set_trace_id(ch, 0x00c0ffee0000abcdull);
+    size_t huge = 9u << 20;
+    uint8_t *v = calloc(1, huge);
+    a.value = (ProtobufCBinaryData){huge, v};
+    a.request_id = 2;
+    F.last_ok[2] = -1;
+    raftkv__kv_service__put_append(svc, &a, on_put, (void *)(intptr_t)2);
+    free(v);
+    rpc_channel_free(ch);
+    CU_ASSERT(h_log_contains(&c, (size_t)leader,
+                             "skipping its args (trace 00c0ffee0000abcd)"));
     CU_ASSERT(h_log_contains(&c, (size_t)leader,
                              "slow call 00c0ffee12345678 "
                              "raftkv.KvService.PutAppend"));
     CU_ASSERT(h_log_contains(&c, (size_t)leader, "raft commit"));
+    CU_ASSERT(h_log_contains(&c, (size_t)leader, "trace 00c0ffee87654321)"));
     CU_ASSERT(h_cluster_destroy(&c) == 0);
 }
 

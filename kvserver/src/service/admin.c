@@ -185,8 +185,9 @@ static void handle_transfer_leader(Raftkv__AdminService_Service *svc,
         t->deadline = node_now_ms() + wait_ms(n);
         rpc_logf(RPC_LOG_INFO,
                  "node %" PRIu64 ": handing leadership to node %" PRIu64
-                 " (asked by %s)",
-                 self, target, rpc_call_peer(data));
+                 " (asked by %s, trace %016llx)",
+                 self, target, rpc_call_peer(data),
+                 (unsigned long long)rpc_call_trace_id(data));
         node_schedule_turn(n);
     }
     t->target = target;
@@ -246,7 +247,8 @@ static void admin_sweep(struct kv_node *n, enum node_event ev, void *arg)
         *pp = t->next;
         rpc_logf(
             err == RAFTKV__ADMIN_ERROR__ADMIN_OK ? RPC_LOG_INFO : RPC_LOG_WARN,
-            "node %" PRIu64 ": leadership transfer: %s", self, msg);
+            "node %" PRIu64 ": leadership transfer: %s (trace %016llx)", self,
+            msg, (unsigned long long)rpc_call_trace_id(t->closure_data));
         reply(n, t->closure, t->closure_data, err, t->target, msg);
         free(t);
     }
@@ -451,8 +453,9 @@ static void member_done(struct kv_node *n,
     if (err == RAFTKV__KV_ERROR__KV_OK) {
         snprintf(text, sizeof text, "node %" PRIu64 " %s", c->id,
                  change_name(c->type));
-        rpc_logf(RPC_LOG_INFO, "node %llu: membership: %s",
-                 (unsigned long long)n->cfg.id, text);
+        rpc_logf(RPC_LOG_INFO, "node %llu: membership: %s (trace %016llx)",
+                 (unsigned long long)n->cfg.id, text,
+                 (unsigned long long)rpc_call_trace_id(c->closure_data));
     } else {
         e = err == RAFTKV__KV_ERROR__KV_TIMEOUT
                 ? RAFTKV__ADMIN_ERROR__ADMIN_TIMEOUT
@@ -603,10 +606,9 @@ static void handle_member_change(Raftkv__AdminService_Service *svc,
     }
     rpc_logf(RPC_LOG_INFO,
              "node %llu: membership: proposing node %" PRIu64
-             " %s (asked by "
-             "%s)",
+             " %s (asked by %s, trace %016llx)",
              (unsigned long long)n->cfg.id, a->id, change_name(a->type),
-             rpc_call_peer(data));
+             rpc_call_peer(data), (unsigned long long)rpc_call_trace_id(data));
 }
 
 int admin_service_init(struct kv_services *s)
