@@ -56,6 +56,8 @@ struct lease_clock
     bool expire_proven;          /* its barrier proved this node leads: the
                                     next sweep proposes it (not from inside
                                     the turn that served the barrier) */
+    uint64_t next_due;           /* no lease in the table expires before
+                                    this (a lower bound; 0: look) */
     uint64_t election_extension; /* ms a new leader adds to every lease */
     struct ka_stream *streams;   /* keep-alive streams open on this node */
     uint64_t n_streams;          /* their number */
@@ -131,6 +133,9 @@ static bool table_put(struct lease_clock *lc,
     e->ttl = ttl;
     e->expiry = expiry;
     e->seen = true;
+    if (expiry < lc->next_due) {
+        lc->next_due = expiry;
+    }
     return true;
 }
 
@@ -1423,12 +1428,21 @@ static void on_sweep(struct kv_node *n, enum node_event ev, void *arg)
     if (lc->expiring) {
         return;
     }
+    /* The whole table only once the earliest expiry is due: a leader
+     * holding many leases sweeps 20 times a second. */
     uint64_t now = node_now_ms();
+    if (now < lc->next_due) {
+        return;
+    }
+    uint64_t next = UINT64_MAX;
     for (size_t i = 0; i < lc->cap; i++) {
-        if (lc->slots[i].id && lc->slots[i].expiry <= now) {
-            begin_own_barrier(lc, FOR_EXPIRE);
-            return;
+        if (lc->slots[i].id && lc->slots[i].expiry < next) {
+            next = lc->slots[i].expiry;
         }
+    }
+    lc->next_due = next;
+    if (next <= now) {
+        begin_own_barrier(lc, FOR_EXPIRE);
     }
 }
 
