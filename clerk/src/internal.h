@@ -23,6 +23,11 @@ struct ck_sync_service;
 
 #define CK_MAX_SERVERS 16
 
+/* Stale reads whose latency a handle keeps, for CLERK_READ_STALE_HEDGED's
+ * p95 (and how many it needs before it hedges at all). */
+#define CK_STALE_SAMPLES 64
+#define CK_STALE_MIN     16
+
 /* One server of a handle. */
 struct ck_server
 {
@@ -68,6 +73,11 @@ struct clerk
                                                                              handle (any answer) */
     unsigned attempt_ms;                      /* per call */
     enum clerk_read_mode read_mode;           /* for gets */
+    uint32_t stale_us[CK_STALE_SAMPLES];      /* latencies of the last
+                                                 stale reads answered (a
+                                                 ring), for the hedge */
+    unsigned stale_n, stale_pos;              /* samples held, next slot */
+    uint64_t hedges;                          /* backup requests sent */
     struct clerk_options defaults;            /* as opened */
     char errmsg[512];                         /* last failure (ck_errmsgf) */
     pthread_mutex_t errmsg_lock;              /* guards errmsg alone */

@@ -228,6 +228,10 @@ static void op_release(struct ck_op *op)
         event_free(op->timer);
         op->timer = NULL;
     }
+    if (op->hedge_timer) {
+        event_free(op->hedge_timer);
+        op->hedge_timer = NULL;
+    }
     drop_result(op);
     if (op->sess && !op->open_session) {
         if (c->closing) {
@@ -245,8 +249,8 @@ static void op_release(struct ck_op *op)
         protobuf_c_message_free_unpacked(op->args, NULL);
     }
     op->args = NULL;
-    if (op->in_rpc) {
-        op->zombie = true;
+    if (op->in_rpc || op->hedge_in_rpc) {
+        op->zombie = true; /* freed by the last closure */
     } else {
         free(op);
     }
@@ -297,6 +301,43 @@ static size_t fastest_server(const struct clerk *c)
     return best;
 }
 
+static bool is_stale_read(const struct ck_op *op)
+{
+    return !op->write && op->c->read_mode != CLERK_READ_LINEARIZABLE &&
+           op->args && ck_field(op->args, "stale_ok");
+}
+
+/* A stale read's answer took @us: kept for the hedge's p95. */
+static void note_stale_latency(struct clerk *c, uint64_t us)
+{
+    c->stale_us[c->stale_pos] = us > UINT32_MAX ? UINT32_MAX : (uint32_t)us;
+    c->stale_pos = (c->stale_pos + 1) % CK_STALE_SAMPLES;
+    if (c->stale_n < CK_STALE_SAMPLES) {
+        c->stale_n++;
+    }
+}
+
+/* How long a stale read waits before its backup request: the p95 of the
+ * handle's recent stale reads, at least 1 ms; 0 while it has too few. */
+static uint64_t hedge_after_us(const struct clerk *c)
+{
+    if (c->stale_n < CK_STALE_MIN) {
+        return 0;
+    }
+    uint32_t v[CK_STALE_SAMPLES];
+    size_t n = c->stale_n;
+    for (size_t i = 0; i < n; i++) { /* (insertion sort: 64 at most) */
+        uint32_t x = c->stale_us[i];
+        size_t j = i;
+        for (; j > 0 && v[j - 1] > x; j--) {
+            v[j] = v[j - 1];
+        }
+        v[j] = x;
+    }
+    uint64_t p95 = v[(n * 95) / 100 < n ? (n * 95) / 100 : n - 1];
+    return p95 < 1000 ? 1000 : p95;
+}
+
 /* A fresh run to a final answer or the deadline (as each run of the
  * blocking calls had: an OpenSession and the write each get one). */
 static void run_begin(struct ck_op *op)
@@ -306,8 +347,7 @@ static void run_begin(struct ck_op *op)
     op->deadline = ck_now_ms() + c->deadline_ms;
     op->backoff = BACKOFF_MIN_MS;
     op->i = c->leader < c->n ? c->leader : 0;
-    if (!op->write && c->read_mode == CLERK_READ_STALE && op->args &&
-        ck_field(op->args, "stale_ok")) {
+    if (is_stale_read(op)) {
         op->i = fastest_server(c);
     }
     op->failures = op->hops = op->unknown_method = 0;
@@ -390,11 +430,16 @@ static void on_reply(const ProtobufCMessage *m, void *data)
     struct ck_op *op = data;
     op->in_rpc = false;
     if (op->zombie) {
-        free(op);
+        if (!op->hedge_in_rpc) {
+            free(op);
+        }
         return;
     }
     struct clerk *c = op->c;
     c->depth++;
+    if (op->hedge_timer) {
+        evtimer_del(op->hedge_timer); /* answered: no backup needed */
+    }
     if (!c->cluster_id && c->servers[op->i].ch) {
         /* The first answer names the cluster; the handle holds to it. */
         c->cluster_id = rpc_channel_cluster_id(c->servers[op->i].ch);
@@ -410,6 +455,9 @@ static void on_reply(const ProtobufCMessage *m, void *data)
         s->latency_us = s->latency_us
                             ? (uint32_t)((7ull * s->latency_us + took) / 8)
                             : (uint32_t)(took ? took : 1);
+        if (is_stale_read(op)) {
+            note_stale_latency(c, took);
+        }
         take_reply(op, m);
     } else {
         op->a.rpc_status = rpc_last_status();
@@ -420,18 +468,34 @@ static void on_reply(const ProtobufCMessage *m, void *data)
     c->depth--;
 }
 
-/* Send the op's call to server op->i. */
-static void op_send(struct ck_op *op, unsigned budget)
+/* The op's service on server @i's channel, with the handle's token and
+ * the op's budget, trace id and cluster set; NULL without memory. */
+static ProtobufCService *service_of(struct ck_op *op, size_t i, unsigned budget)
 {
     struct clerk *c = op->c;
-    struct ck_server *s = &c->servers[op->i];
-    memset(&op->a, 0, sizeof op->a);
+    struct ck_server *s = &c->servers[i];
     ProtobufCService *svc = NULL;
     if (s->ch && (s->token_gen == c->token_gen ||
                   rpc_channel_set_auth_token(s->ch, c->token) == 0)) {
         s->token_gen = c->token_gen;
         svc = rpc_channel_service(s->ch, op->sd);
     }
+    if (svc) {
+        rpc_channel_set_deadline(s->ch, budget);
+        rpc_channel_set_trace_id(s->ch, op->trace_id);
+        rpc_channel_set_cluster_id(s->ch, c->cluster_id);
+    }
+    return svc;
+}
+
+static void on_hedge_timer(evutil_socket_t fd, short what, void *arg);
+
+/* Send the op's call to server op->i. */
+static void op_send(struct ck_op *op, unsigned budget)
+{
+    struct clerk *c = op->c;
+    memset(&op->a, 0, sizeof op->a);
+    ProtobufCService *svc = service_of(op, op->i, budget);
     if (!svc) {
         op->a.rpc_status = RPC_E_NOMEM;
         snprintf(op->a.rpc_error, sizeof op->a.rpc_error, "out of memory");
@@ -456,14 +520,104 @@ static void op_send(struct ck_op *op, unsigned budget)
     }
     protobuf_c_boolean *stale = ck_field(args, "stale_ok");
     if (stale) {
-        *stale = c->read_mode == CLERK_READ_STALE;
+        *stale = c->read_mode != CLERK_READ_LINEARIZABLE;
     }
-    rpc_channel_set_deadline(s->ch, budget);
-    rpc_channel_set_trace_id(s->ch, op->trace_id);
     op->sent_us = now_us();
-    rpc_channel_set_cluster_id(s->ch, c->cluster_id);
     op->in_rpc = true;
+    uint64_t hedge_us = 0;
+    if (c->read_mode == CLERK_READ_STALE_HEDGED && !op->hedged && c->n > 1 &&
+        is_stale_read(op)) {
+        hedge_us = hedge_after_us(c);
+    }
     svc->invoke(svc, op->method, args, on_reply, op);
+    if (hedge_us && !op->zombie && op->in_rpc) {
+        /* Not answered by the p95 of recent stale reads: ask another
+         * server too (on_hedge_timer). */
+        if (!op->hedge_timer) {
+            op->hedge_timer = evtimer_new(c->base, on_hedge_timer, op);
+        }
+        struct timeval tv = {(time_t)(hedge_us / 1000000),
+                             (suseconds_t)(hedge_us % 1000000)};
+        if (op->hedge_timer) {
+            evtimer_add(op->hedge_timer, &tv);
+        }
+    }
+}
+
+/* The backup request's answer: a final one ends the op, unless its first
+ * request was answered already; anything else is left to that request. */
+static void on_hedge_reply(const ProtobufCMessage *m, void *data)
+{
+    struct ck_op *op = data;
+    op->hedge_in_rpc = false;
+    if (op->zombie) {
+        if (!op->in_rpc) {
+            free(op);
+        }
+        return;
+    }
+    struct clerk *c = op->c;
+    if (!m) {
+        return;
+    }
+    struct ck_server *s = &c->servers[op->hedge_i];
+    uint64_t took = now_us() - op->hedge_sent_us;
+    s->latency_us = s->latency_us
+                        ? (uint32_t)((7ull * s->latency_us + took) / 8)
+                        : (uint32_t)(took ? took : 1);
+    const int *err = ck_field(m, "err");
+    if (!err || (*err != RAFTKV__KV_ERROR__KV_OK &&
+                 *err != RAFTKV__KV_ERROR__KV_NOT_FOUND)) {
+        return;
+    }
+    c->depth++;
+    note_stale_latency(c, took);
+    drop_result(op);
+    take_reply(op, m);
+    snprintf(op->errmsg, sizeof op->errmsg, "%s", op->a.message);
+    op_finish(op, op->a.rpc_status == RPC_E_NOMEM ? CLERK_NOMEM
+                                                  : ck_error_of(op->a.err));
+    c->depth--;
+}
+
+/* A stale read's first request was not answered by the p95: the same
+ * call to the fastest other server. */
+static void on_hedge_timer(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    struct ck_op *op = arg;
+    struct clerk *c = op->c;
+    if (op->hedged || !op->in_rpc || c->closing) {
+        return;
+    }
+    size_t j = c->n;
+    for (size_t k = 0; k < c->n; k++) {
+        if (k == op->i) {
+            continue;
+        }
+        uint32_t l = c->servers[k].latency_us;
+        if (j == c->n || (l && (!c->servers[j].latency_us ||
+                                l < c->servers[j].latency_us))) {
+            j = k;
+        }
+    }
+    if (j == c->n || !ck_channel_of(c, j)) {
+        return;
+    }
+    uint64_t now = ck_now_ms();
+    uint64_t left = now < op->deadline ? op->deadline - now : 1;
+    ProtobufCService *svc = service_of(
+        op, j, (unsigned)(left < c->attempt_ms ? left : c->attempt_ms));
+    if (!svc) {
+        return;
+    }
+    op->hedged = true;
+    op->hedge_i = j;
+    op->hedge_sent_us = now_us();
+    op->hedge_in_rpc = true;
+    c->hedges++;
+    svc->invoke(svc, op->method, op->args, on_hedge_reply, op);
 }
 
 static void on_authenticate(const Raftkv__AuthenticateReply *r, void *data)

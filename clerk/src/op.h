@@ -107,6 +107,12 @@ struct ck_op
     bool in_rpc;                          /* a closure of ours is pending */
     bool zombie;                          /* ended: freed by its closure */
     struct event *timer;                  /* backoff */
+    struct event *hedge_timer;            /* a stale read's backup request
+                                             (CLERK_READ_STALE_HEDGED) */
+    bool hedged;                          /* its backup request went */
+    bool hedge_in_rpc;                    /* and its closure is pending */
+    size_t hedge_i;                       /* to that server */
+    uint64_t hedge_sent_us;               /* at that time */
     struct answer a;                      /* the last answer */
     char last[400];                       /* the last failure */
     uint8_t seen[CK_MAX_SERVERS];         /* what each server last did

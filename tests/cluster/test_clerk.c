@@ -654,6 +654,71 @@ static void test_clerk_stale_reads_go_to_the_fastest_server(void)
     CU_ASSERT(h_cluster_destroy(&c) == 0);
 }
 
+/* CLERK_READ_STALE_HEDGED: once the server a reader prefers stops
+ * answering quickly, a read it sent there is also sent to another server
+ * after the p95 of the handle's recent stale reads, and the first answer
+ * ends it: it does not wait for the slow server (nor for its attempt
+ * timeout, 1 s, as a plain stale read does). */
+static void test_clerk_hedged_stale_read_does_not_wait_for_a_slow_server(void)
+{
+    struct h_cluster c;
+    CU_ASSERT_FATAL(h_cluster_start(&c, 3, "--enable-fault-injection") == 0);
+    CU_ASSERT_FATAL(h_find_leader(&c, 10000) >= 0);
+    struct clerk *ck = open_clerk(&c, 10000);
+    CU_ASSERT_EQUAL(clerk_put(ck, "k", 1, "v", 1), CLERK_OK);
+    h_sleep_ms(500); /* (every follower applies it) */
+    struct clerk *rd = open_clerk(&c, 10000);
+    clerk_set_read_mode(rd, CLERK_READ_STALE_HEDGED);
+    double before[3], after[3];
+    for (size_t i = 0; i < 3; i++) {
+        before[i] = gets_served(&c, i);
+    }
+    for (int k = 0; k < 40; k++) { /* what the p95 is made of */
+        void *v = NULL;
+        size_t len = 0;
+        CU_ASSERT_EQUAL(clerk_get(rd, "k", 1, &v, &len), CLERK_OK);
+        clerk_free(v);
+    }
+    /* The server it reads from now becomes slow. */
+    size_t fav = 0;
+    for (size_t i = 0; i < 3; i++) {
+        after[i] = gets_served(&c, i) - before[i];
+        if (after[i] > after[fav]) {
+            fav = i;
+        }
+    }
+    struct clerk_fault slow = {.target = CLERK_FAULT_CLIENTS,
+                               .delay_min_ms = 3000,
+                               .delay_max_ms = 3000};
+    CU_ASSERT_EQUAL(clerk_fault(ck, fav, true, &slow, 1, 0, NULL, NULL),
+                    CLERK_OK);
+    for (size_t i = 0; i < 3; i++) {
+        before[i] = gets_served(&c, i);
+    }
+    void *v = NULL;
+    size_t len = 0;
+    uint64_t t0 = h_now_ms();
+    int err = clerk_get(rd, "k", 1, &v, &len);
+    uint64_t took = h_now_ms() - t0;
+    printf("\n  node %zu slow: a hedged stale read took %llu ms\n", fav + 1,
+           (unsigned long long)took);
+    CU_ASSERT_EQUAL(err, CLERK_OK);
+    CU_ASSERT(v && len == 1 && memcmp(v, "v", 1) == 0);
+    clerk_free(v);
+    CU_ASSERT(took < 500);
+    /* Another server answered it. */
+    double others = 0;
+    for (size_t i = 0; i < 3; i++) {
+        if (i != fav) {
+            others += gets_served(&c, i) - before[i];
+        }
+    }
+    CU_ASSERT(others >= 1);
+    clerk_close(rd);
+    clerk_close(ck);
+    CU_ASSERT(h_cluster_destroy(&c) == 0);
+}
+
 static void test_kvctl_unreachable_cluster_exits_3(void)
 {
     char out[1024], cmd[512];
@@ -717,6 +782,8 @@ int main(int argc, char **argv)
         {"test_clerk_holds_to_its_cluster", test_clerk_holds_to_its_cluster},
         {"test_clerk_stale_reads_go_to_the_fastest_server",
          test_clerk_stale_reads_go_to_the_fastest_server},
+        {"test_clerk_hedged_stale_read_does_not_wait_for_a_slow_server",
+         test_clerk_hedged_stale_read_does_not_wait_for_a_slow_server},
         {"test_clerk_leader_killed_mid_writes_every_ack_present_once",
          test_clerk_leader_killed_mid_writes_every_ack_present_once},
         {"test_clerk_deadline_tells_unknown_from_not_applied",

@@ -101,6 +101,10 @@ enum clerk_error {
 enum clerk_read_mode {
     CLERK_READ_LINEARIZABLE = 0, /* by the leader, after confirming it leads */
     CLERK_READ_STALE = 1,        /* by any server, from its applied state */
+    CLERK_READ_STALE_HEDGED = 2, /* as STALE, and a read not answered after
+                                    the p95 of this handle's recent stale
+                                    reads is also sent to a second server:
+                                    the first answer wins (docs/clerk.md) */
 };
 
 /* Settings of a handle. Zero fields mean the defaults. */

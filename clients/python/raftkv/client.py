@@ -169,6 +169,15 @@ def _cmp(op):
 
 # ------------------------------------------------------------------ client
 
+def _read_mode(stale):
+    """libclerk's read mode for stale=False, True or "hedged"."""
+    if stale == "hedged":
+        return _lib.CLERK_READ_STALE_HEDGED
+    if stale is True or stale is False or stale is None:
+        return _lib.CLERK_READ_STALE if stale else _lib.CLERK_READ_LINEARIZABLE
+    raise ValueError('stale is False, True or "hedged", not %r' % (stale,))
+
+
 class Client:
     """A client of a raftkv cluster: one libclerk handle (struct clerk).
 
@@ -213,8 +222,7 @@ class Client:
         opts = _lib.clerk_options()
         opts.deadline_ms = deadline_ms or 0
         opts.attempt_ms = attempt_ms or 0
-        opts.read_mode = (_lib.CLERK_READ_STALE if stale
-                          else _lib.CLERK_READ_LINEARIZABLE)
+        opts.read_mode = _read_mode(stale)
         opts.user = _opt_b(user, "user")
         opts.password = _opt_b(password, "password")
         if tls is not None:
@@ -295,12 +303,13 @@ class Client:
             self._deadline_ms = int(ms) or 5000
 
     def set_stale_reads(self, stale):
-        """Serve the reads that follow from any server (True) or the
+        """Serve the reads that follow from any server (True), from any
+        server with a backup request to a second one once the first is
+        slower than the p95 of recent reads ("hedged"), or from the
         leader after it confirms it leads (False, the default)."""
+        mode = _read_mode(stale)
         with self._mu:
-            lib.clerk_set_read_mode(self._handle(), _lib.CLERK_READ_STALE
-                                    if stale else
-                                    _lib.CLERK_READ_LINEARIZABLE)
+            lib.clerk_set_read_mode(self._handle(), mode)
 
     # ---------------------------------------------------------- key-value
 

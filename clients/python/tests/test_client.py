@@ -206,6 +206,11 @@ class TestClient(unittest.TestCase):
             self.assertTrue(wait_for(lambda: self._has(c, "stale")))
             c.set_stale_reads(False)
             self.assertEqual(c.get("stale"), b"v")
+        with raftkv.Client(CLUSTER.endpoints, stale="hedged") as c:
+            for _ in range(40):  # enough for the hedge's p95
+                self.assertTrue(wait_for(lambda: self._has(c, "stale")))
+        with self.assertRaises(ValueError):
+            raftkv.Client(CLUSTER.endpoints, stale="sometimes")
 
     @staticmethod
     def _has(c, k):
