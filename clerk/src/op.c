@@ -425,6 +425,21 @@ static void back_off(struct ck_op *op)
     evtimer_add(op->timer, &tv);
 }
 
+/* An answer from @s to a call sent at @sent_us: a moving average (1/8 of
+ * each new answer) of how long the server takes. Returns how long this
+ * one took, in us. */
+static uint64_t note_latency(struct ck_server *s, uint64_t sent_us)
+{
+    uint64_t took = now_us() - sent_us;
+    if (took > UINT32_MAX / 2) {
+        took = UINT32_MAX / 2;
+    }
+    s->latency_us = s->latency_us
+                        ? (uint32_t)((7ull * s->latency_us + took) / 8)
+                        : (uint32_t)(took ? took : 1);
+    return took;
+}
+
 static void on_reply(const ProtobufCMessage *m, void *data)
 {
     struct ck_op *op = data;
@@ -445,16 +460,7 @@ static void on_reply(const ProtobufCMessage *m, void *data)
         c->cluster_id = rpc_channel_cluster_id(c->servers[op->i].ch);
     }
     if (m) {
-        /* A moving average (1/8 of each new answer) of how long this
-         * server takes to answer. */
-        struct ck_server *s = &c->servers[op->i];
-        uint64_t took = now_us() - op->sent_us;
-        if (took > UINT32_MAX / 2) {
-            took = UINT32_MAX / 2;
-        }
-        s->latency_us = s->latency_us
-                            ? (uint32_t)((7ull * s->latency_us + took) / 8)
-                            : (uint32_t)(took ? took : 1);
+        uint64_t took = note_latency(&c->servers[op->i], op->sent_us);
         if (is_stale_read(op)) {
             note_stale_latency(c, took);
         }
@@ -560,11 +566,7 @@ static void on_hedge_reply(const ProtobufCMessage *m, void *data)
     if (!m) {
         return;
     }
-    struct ck_server *s = &c->servers[op->hedge_i];
-    uint64_t took = now_us() - op->hedge_sent_us;
-    s->latency_us = s->latency_us
-                        ? (uint32_t)((7ull * s->latency_us + took) / 8)
-                        : (uint32_t)(took ? took : 1);
+    uint64_t took = note_latency(&c->servers[op->hedge_i], op->hedge_sent_us);
     const int *err = ck_field(m, "err");
     if (!err || (*err != RAFTKV__KV_ERROR__KV_OK &&
                  *err != RAFTKV__KV_ERROR__KV_NOT_FOUND)) {
