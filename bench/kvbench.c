@@ -821,23 +821,36 @@ static struct rpc_channel *blocking(int i, uint32_t deadline_ms)
     return ch;
 }
 
+/* An Authenticate's answer: why[] empty with a token, else why not;
+ * *retry whether another node (or a later try) may answer otherwise. */
+struct auth_try
+{
+    char why[300];
+    bool retry;
+};
+
 static void on_auth(const Raftkv__AuthenticateReply *r, void *data)
 {
-    char *why = data;
+    struct auth_try *t = data;
     if (!r) {
-        snprintf(why, 300, "%s", rpc_last_error());
+        snprintf(t->why, sizeof t->why, "%s", rpc_last_error());
+        t->retry = true;
     } else if (r->err != RAFTKV__AUTH_ERROR__AUTH_OK) {
-        snprintf(why, 300, "%s", r->message);
+        snprintf(t->why, sizeof t->why, "%s", r->message);
+        /* A node that has not applied `auth enable` yet says it is off. */
+        t->retry = r->err == RAFTKV__AUTH_ERROR__AUTH_NOT_ENABLED;
     } else {
         snprintf(B.token, sizeof B.token, "%s", r->token);
-        why[0] = 0;
+        t->why[0] = 0;
     }
 }
 
-/* --user NAME:PASSWORD: a token from node 1, before any timing. */
+/* --user NAME:PASSWORD: a token, before any timing, from the first node
+ * that gives one (for 5 s: a node may not have applied `auth enable`
+ * yet, or be down). */
 static int authenticate(const char *arg)
 {
-    char user[256], why[300] = "no answer";
+    char user[256];
     const char *colon = strchr(arg, ':');
     if (!colon || colon == arg || (size_t)(colon - arg) >= sizeof user) {
         fprintf(stderr, "kvbench: --user wants NAME:PASSWORD\n");
@@ -845,19 +858,29 @@ static int authenticate(const char *arg)
     }
     memcpy(user, arg, (size_t)(colon - arg));
     user[colon - arg] = 0;
-    struct rpc_channel *ch = blocking(0, 5000);
-    Raftkv__AuthenticateArgs a = RAFTKV__AUTHENTICATE_ARGS__INIT;
-    a.user = user;
-    a.password = (char *)colon + 1;
-    raftkv__auth_service__authenticate(
-        rpc_channel_service(ch, &raftkv__auth_service__descriptor), &a, on_auth,
-        why);
-    rpc_channel_free(ch);
-    if (why[0]) {
-        fprintf(stderr, "kvbench: authenticate as %s: %s\n", user, why);
-        return -1;
+    struct auth_try t = {"no answer", true};
+    for (int round = 0; round < 50 && t.retry; round++) {
+        for (int i = 0; i < B.n_nodes && t.retry; i++) {
+            struct rpc_channel *ch = blocking(i, 1000);
+            Raftkv__AuthenticateArgs a = RAFTKV__AUTHENTICATE_ARGS__INIT;
+            a.user = user;
+            a.password = (char *)colon + 1;
+            t.retry = false;
+            raftkv__auth_service__authenticate(
+                rpc_channel_service(ch, &raftkv__auth_service__descriptor), &a,
+                on_auth, &t);
+            rpc_channel_free(ch);
+            if (!t.why[0]) {
+                return 0;
+            }
+        }
+        if (t.retry) {
+            struct timespec ts = {0, 100000000};
+            nanosleep(&ts, NULL);
+        }
     }
-    return 0;
+    fprintf(stderr, "kvbench: authenticate as %s: %s\n", user, t.why);
+    return -1;
 }
 
 /* Ask every node who leads; blocking, at start. */
