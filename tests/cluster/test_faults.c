@@ -372,7 +372,7 @@ static void test_snapshot_rpc(void)
         h_sleep_ms(100);
     }
     CU_ASSERT(log <= LOG_BOUND);
-    struct clerk_node_status st3;
+    struct clerk_node_status st3 = {0};
     CU_ASSERT(node_status(&s, 2, &st3) && st3.snapshot_index == 0);
 
     int g2[3] = {0, 1, 0};
@@ -758,7 +758,7 @@ static void test_crash_during_snapshot_transfer(void)
     partition(&s, all);
     /* It catches up: same applied index as the others, and its own state
      * (a stale read on it alone) holds every value. */
-    struct clerk_node_status st;
+    struct clerk_node_status st = {0};
     bool caught_up = false;
     for (int t = 0; t < 200 && !caught_up; t++) {
         struct clerk_node_status ls;

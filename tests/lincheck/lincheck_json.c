@@ -384,7 +384,7 @@ static int get_array(struct parser *ps, json_t *v, const char *what, size_t *n)
 static int parse_reads(struct parser *ps, json_t *v, struct lc_event *e)
 {
     static const char *const names[] = {"key", "found", "out"};
-    size_t n;
+    size_t n = 0;
     if (get_array(ps, v, "reads", &n) != 0) {
         return -1;
     }
@@ -425,7 +425,7 @@ static int parse_compares(struct parser *ps, json_t *v, struct lc_event *e)
     static const char *const names[] = {"key", "target", "result", "value",
                                         "version"};
     static const char *const targets[] = {"value", "version"};
-    size_t n;
+    size_t n = 0;
     if (get_array(ps, v, "compares", &n) != 0) {
         return -1;
     }
@@ -472,7 +472,7 @@ static int parse_compares(struct parser *ps, json_t *v, struct lc_event *e)
         if (json_object_get(o, other)) {
             return fail(ps, "\"%s\" in a %s compare", other, operand);
         }
-        int64_t ver;
+        int64_t ver = 0;
         if (t == LC_CMP_VALUE
                 ? get_bytes(ps, x, "value", &c[i].value, &c[i].value_len)
                 : get_int(ps, x, "version", 0, INT64_MAX, &ver)) {
@@ -493,7 +493,7 @@ static int parse_branch(struct parser *ps,
 {
     static const char *const names[] = {"op", "key", "value"};
     static const char *const ops[] = {"put", "delete"};
-    size_t n;
+    size_t n = 0;
     if (get_array(ps, v, what, &n) != 0) {
         return -1;
     }
@@ -613,7 +613,7 @@ static int parse_object(struct parser *ps, json_t *obj, struct lc_event *e)
     }
     memset(e, 0, sizeof *e);
     e->op = (enum lc_op)op;
-    int64_t x;
+    int64_t x = 0;
     if (f[F_CLIENT]) {
         if (get_int(ps, f[F_CLIENT], "client", INT32_MIN, INT32_MAX, &x) != 0) {
             return -1;
