@@ -32,6 +32,7 @@
 #include <rpc/rpc.h>
 
 #include "auth.h"
+#include "install.h"
 #include "sm.h"
 #include "snap.h"
 #include "stats.h"
@@ -299,6 +300,7 @@ struct kv_node
     uint64_t snap_index;                /* core snapshot index persisted */
     uint64_t stage_stream;              /* stream of the staged chunks */
     struct snap_check stage_check;      /* their stream checksum so far */
+    struct kv_install build;            /* the state they build (install.h) */
     struct kv_wal wal;                  /* the Raft log and hard state */
     MDB_txn *state_txn;                 /* applies since the last commit */
     size_t state_ops, state_bytes;      /* entries applied in it, bytes */
