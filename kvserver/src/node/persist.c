@@ -892,9 +892,11 @@ int node_restore(struct kv_node *n)
      * starts over, so its build goes (install.h). */
     int err = kv_install_cleanup(n->cfg.data_dir);
     if (err) {
-        fprintf(stderr, "kvserver: %s/incoming: %s\n", n->cfg.data_dir,
-                strerror(err));
-        return -1;
+        rpc_logf(RPC_LOG_WARN,
+                 "node %llu: cannot delete %s/incoming (a snapshot being "
+                 "received when the node stopped): %s",
+                 (unsigned long long)n->cfg.id, n->cfg.data_dir,
+                 strerror(err));
     }
     int rv = kv_store_open(st, n->cfg.data_dir, n->cfg.map_size);
     if (rv) {

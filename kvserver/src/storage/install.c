@@ -1,4 +1,5 @@
 /* install.c: build a whole state beside the live one and switch it in. */
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
@@ -36,18 +37,28 @@ static uint64_t txn_max_bytes(void)
 
 int kv_install_cleanup(const char *dir)
 {
-    char path[1100];
+    char path[1400];
     int err = 0;
-    const char *files[] = {"data.mdb", "lock.mdb"};
-    for (size_t i = 0; i < 2; i++) {
-        snprintf(path, sizeof path, "%s/" INCOMING "/%s", dir, files[i]);
+    snprintf(path, sizeof path, "%s/" INCOMING, dir);
+    DIR *d = opendir(path);
+    if (!d) {
+        return errno == ENOENT ? 0 : errno;
+    }
+    /* data.mdb and lock.mdb, and whatever else is there. */
+    struct dirent *de;
+    while ((de = readdir(d)) != NULL) {
+        if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0) {
+            continue;
+        }
+        snprintf(path, sizeof path, "%s/" INCOMING "/%s", dir, de->d_name);
         if (unlink(path) != 0 && errno != ENOENT && !err) {
             err = errno;
         }
     }
+    closedir(d);
     snprintf(path, sizeof path, "%s/" INCOMING, dir);
-    if (rmdir(path) != 0 && errno != ENOENT && !err) {
-        err = errno;
+    if (!err && rmdir(path) != 0 && errno != ENOENT && errno != ENOTEMPTY) {
+        err = errno; /* (a file made meanwhile can stay: harmless) */
     }
     return err;
 }
