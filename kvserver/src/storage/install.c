@@ -57,8 +57,12 @@ int kv_install_cleanup(const char *dir)
     }
     closedir(d);
     snprintf(path, sizeof path, "%s/" INCOMING, dir);
+    sync_path(path); /* the unlinks, before the directory goes */
     if (!err && rmdir(path) != 0 && errno != ENOENT && errno != ENOTEMPTY) {
         err = errno; /* (a file made meanwhile can stay: harmless) */
+    }
+    if (!err) {
+        sync_path(dir);
     }
     return err;
 }
