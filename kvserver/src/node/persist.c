@@ -362,7 +362,8 @@ static int install_staged(struct kv_node *n, const struct raft_update *u)
         }
     }
     uint64_t applied = in->index, applied_term = in->term;
-    uint64_t cluster_id = in->cluster_id;
+    uint64_t cluster_id = in->cluster_id, bytes = in->bytes;
+    double secs = kv_install_now() - in->began;
     int rv = switch_in_build(n);
     if (rv) {
         return rv;
@@ -375,6 +376,12 @@ static int install_staged(struct kv_node *n, const struct raft_update *u)
     n->applied_term = n->durable_term = applied_term;
     n->snap_index = u->install_index;
     n->metrics.snapshots_received++;
+    rpc_logf(RPC_LOG_INFO,
+             "node %llu: installed a snapshot of the state at index %llu: "
+             "%llu bytes received and built in %.1f s (%.1f MB/s)",
+             (unsigned long long)n->cfg.id, (unsigned long long)applied,
+             (unsigned long long)bytes, secs,
+             secs > 0 ? (double)bytes / secs / 1e6 : 0.0);
     return 0;
 }
 
@@ -458,11 +465,6 @@ static int state_receive_snapshot(struct kv_node *n,
             kv_install_undo(in);
         }
         return rv;
-    }
-    if (u->install && !already) {
-        rpc_logf(RPC_LOG_INFO,
-                 "node %llu: installed a snapshot of the state at index %llu",
-                 (unsigned long long)n->cfg.id, (unsigned long long)n->applied);
     }
     /* What is staged now, for peer.c's check of the final chunk. */
     n->stage_check = check;

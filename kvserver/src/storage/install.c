@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "install.h"
@@ -67,6 +68,13 @@ int kv_install_cleanup(const char *dir)
     return err;
 }
 
+double kv_install_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
 bool kv_install_active(const struct kv_install *in)
 {
     return in->st.env != NULL && !in->lost;
@@ -102,6 +110,7 @@ int kv_install_begin(struct kv_install *in,
     snap_load_init(&in->ck);
     snprintf(in->live, sizeof in->live, "%s", dir);
     in->stream = stream;
+    in->began = kv_install_now();
     in->txn_max = txn_max_bytes();
     int err = kv_install_cleanup(dir);
     if (err) {
@@ -297,6 +306,7 @@ int kv_install_finish(struct kv_install *in,
     if (rv) {
         return rv;
     }
+    in->bytes = in->l.offset;
     *txn = in->txn;
     return 0;
 }

@@ -48,8 +48,13 @@ struct kv_install
     uint64_t cluster_id;  /* and its cluster (0: none) */
     size_t map_after;     /* map size the live store needs for it */
     bool renamed;         /* the rename is done, the directory sync not */
+    uint64_t bytes;       /* stream bytes of the finished state */
+    double began;         /* when the build began (monotonic seconds) */
     char live[1024];      /* the live data directory */
 };
+
+/** Monotonic seconds, for in->began. */
+double kv_install_now(void);
 
 /** Whether @in holds a build (open, not lost). */
 bool kv_install_active(const struct kv_install *in);
