@@ -140,6 +140,16 @@ wait_get() { # endpoint list, key, timeout s: until a linearizable get answers
     done
 }
 
+wait_node() { # i, key, timeout s: until node i itself answers (a stale
+    # get from its own state) and a linearizable get through it answers
+    local i=$1 key=$2 end=$(($(date +%s) + $3)) ep=127.0.0.1:$((PORT + 2 * ($1 - 1)))
+    until RAFTKV_CLUSTER=$ep "$KVCTL" --timeout 2 --stale get "$key" >/dev/null 2>&1; do
+        [ "$(date +%s)" -lt "$end" ] || return 1
+        sleep 0.05
+    done
+    wait_get "$ep" "$key" "$3"
+}
+
 value_of() { # i: the generator's value of key i
     printf "%012d" "$1" | awk -v n=$VAL '{ s = ""; while (length(s) < n) s = s $0; print substr(s, 1, n) }'
 }
@@ -182,8 +192,8 @@ leader=$(RAFTKV_CLUSTER=$ENDPOINTS "$KVCTL" status | awk '/role=leader/ { sub("i
 stop_node "$leader"
 t=$(now)
 start_node "$leader"
-wait_get "127.0.0.1:$((PORT + 2 * (leader - 1)))" "$KEY" 120 || { log "no answer after a restart"; exit 1; }
-log "restart of node $leader (process start to a linearizable get through it): $(since "$t") s"
+wait_node "$leader" "$KEY" 120 || { log "no answer after a restart"; exit 1; }
+log "restart of node $leader (process start to a stale get from its own state, then a linearizable get through it): $(since "$t") s"
 
 # 5. A wiped follower catches up from a snapshot while a writer runs.
 leader=$(RAFTKV_CLUSTER=$ENDPOINTS "$KVCTL" status | awk '/role=leader/ { sub("id=", "", $1); print $1 }')
@@ -196,6 +206,10 @@ secs_w=$((WRITE_S > 10 ? WRITE_S : 10))
     --key-size 16 --val-size $VAL --key-space 100000 >"$WORK/writer.log" 2>&1 &
 WRITER=$!
 sleep 2
+applied_of() { # id: its applied index, from kvctl status
+    RAFTKV_CLUSTER=$ENDPOINTS "$KVCTL" status | awk -v id="id=$1" '$1 == id { for (k = 1; k <= NF; k++) if ($k ~ /^applied=/) { sub("applied=", "", $k); print $k } }'
+}
+a0=$(applied_of "$leader")
 t=$(now)
 start_node "$f"
 end=$(($(date +%s) + 7200))
@@ -205,6 +219,7 @@ until grep -q "installed a snapshot of the state" "$WORK/n$f.log"; do
     sleep 0.5
 done
 secs=$(since "$t")
+a1=$(applied_of "$leader")
 line=$(grep "installed a snapshot of the state" "$WORK/n$f.log" | tail -1)
 bytes=$(echo "$line" | sed -n 's/.*: \([0-9]*\) bytes received.*/\1/p')
 log "snapshot to wiped node $f: $bytes bytes, $secs s from its start to installed: $(awk -v b="$bytes" -v s="$secs" 'BEGIN { printf "%.0f", b / s / 1e6 }') MB/s, writer running"
@@ -213,7 +228,7 @@ sleep "$((secs_w > 10 ? 5 : 2))"
 kill "$WRITER"
 wait "$WRITER" 2>/dev/null || true
 WRITER=
-log "writer: $(grep -m1 -E "ops/s|throughput|op=" "$WORK/writer.log" || tail -1 "$WORK/writer.log")"
+log "writer: $((a1 - a0)) entries committed by the leader during the transfer ($(awk -v n=$((a1 - a0)) -v s="$secs" 'BEGIN { printf "%.0f", n / s }')/s); streams the leader started: $(grep -c "sending a snapshot" "$WORK/n$leader.log") (logged at most every 10 s)"
 
 # 6. The follower reaches the leader's applied index and serves the keys.
 end=$(($(date +%s) + 120))
@@ -237,7 +252,14 @@ for s in 0 1 $((KEYS / 3)) $SAMPLE $((KEYS - 1)) $((RANDOM * RANDOM % KEYS)) $((
 done
 [ "$bad" = 0 ] && log "node $f: stale gets of 7 sampled keys: right values"
 
+# 7. Peak memory, then a restart of the follower, now with the writer's
+# log to replay.
 for i in 1 2 3; do
     log "node $i: $(peak "$i") $(cg_peak "$i") (since the snapshot phase), data.mdb $(($(stat -c %s "$WORK/n$i/data.mdb") >> 20)) MiB"
 done
+stop_node "$f"
+t=$(now)
+start_node "$f"
+wait_node "$f" "$KEY" 120 || { log "no answer after a restart"; exit 1; }
+log "restart of node $f after the writes (process start to a stale get from its own state, then a linearizable get through it): $(since "$t") s; $(grep "restored term" "$WORK/n$f.log" | tail -1 | sed 's/.*restored/restored/')"
 exit $bad

@@ -138,6 +138,7 @@ struct kv_peer
     bool chunk_done;           /* it ended the stream */
     bool chunk_valid;          /* chunk holds a sent chunk */
     uint64_t stream_logged;    /* ms of the last "sending" log line */
+    uint64_t stream_used;      /* ms a chunk of a snapshot was last sent */
 };
 
 /* A Raft request from a peer waiting for the core's response. */
@@ -568,5 +569,17 @@ bool peer_precheck(const ProtobufCServiceDescriptor *service,
 void peer_respond(struct kv_node *n, const struct raft_message *m);
 void peer_fail_incoming(struct kv_node *n, const char *why);
 void peer_close_streams(struct kv_node *n);
+
+/* A compaction waits while a snapshot is being sent: it would change the
+ * snapshot the core sends, and the follower would start over (a large
+ * state under writes would never get across). It waits while a chunk was
+ * sent in the last PEER_SNAPSHOT_HOLD_MS, and while the log holds fewer
+ * than PEER_SNAPSHOT_HOLD_LOG times --snapshot-entries entries. */
+#define PEER_SNAPSHOT_HOLD_MS  30000
+#define PEER_SNAPSHOT_HOLD_LOG 50
+
+/** Whether a snapshot is being sent to a follower (a chunk of one went
+ * out in the last PEER_SNAPSHOT_HOLD_MS). */
+bool peer_sending_snapshot(struct kv_node *n);
 
 #endif /* KVSERVER_NODE_H */

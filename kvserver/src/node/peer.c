@@ -123,6 +123,18 @@ void peer_close_streams(struct kv_node *n)
     }
 }
 
+bool peer_sending_snapshot(struct kv_node *n)
+{
+    uint64_t now = node_now_ms();
+    for (size_t i = 0; i < n->n_peers; i++) {
+        const struct kv_peer *p = &n->peers[i];
+        if (p->stream_used && now - p->stream_used < PEER_SNAPSHOT_HOLD_MS) {
+            return true;
+        }
+    }
+    return false;
+}
+
 /* A new name for a production of the snapshot's bytes: chunks of an
  * earlier one, still on the way, are then never staged with this one's. */
 static uint64_t new_stream_id(void)
@@ -204,6 +216,7 @@ static int fill_chunk(struct kv_node *n,
         n->metrics.snapshots_sent++;
     }
 fill:
+    p->stream_used = node_now_ms();
     a->offset = p->chunk_offset;
     a->data.data = p->chunk;
     a->data.len = p->chunk_len;

@@ -653,6 +653,11 @@ void node_maybe_compact(struct kv_node *n)
         last - first + 1 <= n->cfg.snapshot_entries) {
         return;
     }
+    if (last - first + 1 <
+            (uint64_t)PEER_SNAPSHOT_HOLD_LOG * n->cfg.snapshot_entries &&
+        peer_sending_snapshot(n)) {
+        return; /* (node.h: a transfer would start over) */
+    }
     /* The log before the snapshot goes away: the state that replaces it
      * must be on disk for good. */
     if (node_state_commit(n, true) != 0) {
