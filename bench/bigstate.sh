@@ -38,9 +38,9 @@ now() { date +%s.%N; }
 since() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }'; }
 log() { echo "bigstate: $*"; }
 
-# Disk: the backup, three states, and one more state while a follower
-# builds its copy beside the old one, with 20% to spare.
-need_gb=$(awk -v g="$SIZE_GB" 'BEGIN { printf "%d", g * 1.25 * 5 * 1.2 + 1 }')
+# Disk: the backup and three states (each about 1.25 times the values);
+# the wiped follower's build comes after the backup is deleted. 10% spare.
+need_gb=$(awk -v g="$SIZE_GB" 'BEGIN { printf "%d", g * 1.25 * 4 * 1.1 + 2 }')
 mkdir -p "$WORK"
 free_gb=$(df -BG --output=avail "$WORK" | tail -1 | tr -dc 0-9)
 if [ "$free_gb" -lt "$need_gb" ]; then
