@@ -573,13 +573,16 @@ void peer_close_streams(struct kv_node *n);
 /* A compaction waits while a snapshot is being sent: it would change the
  * snapshot the core sends, and the follower would start over (a large
  * state under writes would never get across). It waits while a chunk was
- * sent in the last PEER_SNAPSHOT_HOLD_MS, and while the log holds fewer
- * than PEER_SNAPSHOT_HOLD_LOG times --snapshot-entries entries. */
-#define PEER_SNAPSHOT_HOLD_MS  30000
-#define PEER_SNAPSHOT_HOLD_LOG 50
+ * sent in the last PEER_SNAPSHOT_HOLD_MS to a follower that still needs
+ * the snapshot and answered in the last PEER_SNAPSHOT_HOLD_ROUNDS
+ * heartbeat rounds (a follower is silent while it syncs a large state
+ * at the end of a transfer), and while the log holds fewer than
+ * PEER_SNAPSHOT_HOLD_LOG times --snapshot-entries entries. */
+#define PEER_SNAPSHOT_HOLD_MS     30000
+#define PEER_SNAPSHOT_HOLD_ROUNDS 300
+#define PEER_SNAPSHOT_HOLD_LOG    50
 
-/** Whether a snapshot is being sent to a follower (a chunk of one went
- * out in the last PEER_SNAPSHOT_HOLD_MS). */
+/** Whether a snapshot is being sent to a follower that needs it (above). */
 bool peer_sending_snapshot(struct kv_node *n);
 
 #endif /* KVSERVER_NODE_H */
