@@ -182,6 +182,11 @@ int snap_load_end(struct kv_store *st,
                   uint64_t *index,
                   uint64_t *term);
 
+/* Staging inside the store and installing in the caller's one
+ * transaction: for small streams (tests, tools). The node builds a
+ * received snapshot beside its state instead (install.h), in bounded
+ * transactions. */
+
 /**
  * Stage a received chunk; offset 0 discards what was staged before.
  * @return 0 or a store error
