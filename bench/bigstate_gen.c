@@ -103,11 +103,11 @@ int main(int argc, char **argv)
         memcpy(p, key, (size_t)klen);
         p += klen;
         uint64_t rev = i + 2;
-        kv_put_u64(p, rev);      /* create_revision */
-        kv_put_u64(p + 8, rev);  /* mod_revision */
-        kv_put_u64(p + 16, 1);   /* version */
-        kv_put_u64(p + 24, 0);   /* lease */
-        p[32] = KV_REC_INLINE;   /* the value follows */
+        kv_put_u64(p, rev);     /* create_revision */
+        kv_put_u64(p + 8, rev); /* mod_revision */
+        kv_put_u64(p + 16, 1);  /* version */
+        kv_put_u64(p + 24, 0);  /* lease */
+        p[32] = KV_REC_INLINE;  /* the value follows */
         bigstate_value(i, p + KV_REC_HEAD, vlen);
         p += KV_REC_HEAD + vlen;
         bad = out_put(&o, rec, (size_t)(p - rec));

@@ -470,8 +470,7 @@ static void test_snapshot_of_many_chunks_gets_across_under_writes(void)
     end = h_now_ms() + 10000;
     while (strcmp(val, "nvvvv") != 0 && h_now_ms() < end) {
         struct h_result r = h_get(&w, "big299", true, f);
-        snprintf(val, sizeof val, "%.5s",
-                 r.err == 0 && r.value ? r.value : "");
+        snprintf(val, sizeof val, "%.5s", r.err == 0 && r.value ? r.value : "");
         h_result_free(&r);
     }
     CU_ASSERT_STRING_EQUAL(val, "nvvvv");

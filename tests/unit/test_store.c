@@ -567,7 +567,7 @@ static void test_store_install_in_many_transactions_switches_in_the_same_state(
     CU_ASSERT_FATAL(mdb_txn_begin(live.env, NULL, MDB_RDONLY, &txn) == 0);
     struct kv_meta m;
     CU_ASSERT_EQUAL(kv_store_read_meta(&live, txn, &m), 0);
-    CU_ASSERT_EQUAL(m.node_id, 2);        /* the live store's own */
+    CU_ASSERT_EQUAL(m.node_id, 2);         /* the live store's own */
     CU_ASSERT_EQUAL(m.cluster_id, 0xbeef); /* the stream's */
     CU_ASSERT_EQUAL(m.applied, 2005);
     CU_ASSERT_EQUAL(mdb_get(txn, live.kv, &k, &v), MDB_NOTFOUND);

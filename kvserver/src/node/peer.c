@@ -529,8 +529,7 @@ static bool final_chunk_fits(struct kv_node *n,
                              const Raftkv__InstallSnapshotArgs *a)
 {
     struct snap_check c = {0};
-    if (a->offset != 0 && n->build.lost &&
-        a->stream_id == n->build.stream) {
+    if (a->offset != 0 && n->build.lost && a->stream_id == n->build.stream) {
         return false; /* a failed write dropped what was staged */
     }
     if (a->offset != 0) {

@@ -421,8 +421,7 @@ static int state_receive_snapshot(struct kv_node *n,
             continue;
         }
         if (c->offset == 0) {
-            rv = kv_install_begin(in, n->cfg.data_dir, st->map_size,
-                                  c->stream);
+            rv = kv_install_begin(in, n->cfg.data_dir, st->map_size, c->stream);
             if (rv) {
                 snprintf(st->errmsg, sizeof st->errmsg, "%s", in->st.errmsg);
                 kv_install_drop(in);
@@ -902,8 +901,7 @@ int node_restore(struct kv_node *n)
         rpc_logf(RPC_LOG_WARN,
                  "node %llu: cannot delete %s/incoming (a snapshot being "
                  "received when the node stopped): %s",
-                 (unsigned long long)n->cfg.id, n->cfg.data_dir,
-                 strerror(err));
+                 (unsigned long long)n->cfg.id, n->cfg.data_dir, strerror(err));
     }
     int rv = kv_store_open(st, n->cfg.data_dir, n->cfg.map_size);
     if (rv) {

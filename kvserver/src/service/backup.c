@@ -402,8 +402,7 @@ int kv_restore_file(const struct kv_node_config *cfg, const char *file)
     }
     uint64_t index, term;
     if (mdb_txn_begin(st.env, NULL, MDB_RDONLY, &txn) != 0) {
-        restore_fail("%s: cannot read the data directory%s", cfg->data_dir,
-                     "");
+        restore_fail("%s: cannot read the data directory%s", cfg->data_dir, "");
         goto out;
     }
     /* The new id comes from the file alone (not from an earlier try of
