@@ -222,6 +222,7 @@ secs=$(since "$t")
 a1=$(applied_of "$leader")
 line=$(grep "installed a snapshot of the state" "$WORK/n$f.log" | tail -1)
 bytes=$(echo "$line" | sed -n 's/.*: \([0-9]*\) bytes received.*/\1/p')
+bytes=${bytes:-$SNAP_BYTES} # (a kvserver that does not log them: about the backup's size)
 log "snapshot to wiped node $f: $bytes bytes, $secs s from its start to installed: $(awk -v b="$bytes" -v s="$secs" 'BEGIN { printf "%.0f", b / s / 1e6 }') MB/s, writer running"
 log "  node $f says: ${line#*: installed }"
 sleep "$((secs_w > 10 ? 5 : 2))"
