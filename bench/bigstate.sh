@@ -5,7 +5,8 @@
 #
 #   bench/bigstate.sh SIZE_GB [WORKDIR]
 #
-# Environment: BUILD (build directory, default build), MEM (the memory
+# Environment: BUILD (build directory, default build), KVSERVER_RUN (the
+# kvserver the nodes run, default BUILD's: to compare versions), MEM (the memory
 # limit of each node, default 2G), PORT (first of 6 ports, default 29001),
 # WRITE_S (seconds of kvbench puts during the snapshot transfer: the
 # transfer's length, at least 10), KEEP=1 (keep WORKDIR).
@@ -27,6 +28,7 @@ WRITE_S=${WRITE_S:-0}
 VAL=256
 KEYS=$(awk -v g="$SIZE_GB" -v v=$VAL 'BEGIN { printf "%d", g * 1073741824 / v }')
 KVSERVER=$BUILD/kvserver/kvserver
+KVSERVER_RUN=${KVSERVER_RUN:-$KVSERVER} # the nodes' binary (restores use KVSERVER)
 KVCTL=$BUILD/clerk/kvctl
 KVBENCH=$BUILD/bench/kvbench
 GEN=$BUILD/bench/bigstate_gen
@@ -98,7 +100,7 @@ start_node() { # i
     local i=$1
     (
         if [ -n "${CGS[$i]:-}" ]; then echo $BASHPID >"${CGS[$i]}/cgroup.procs"; fi
-        exec "$KVSERVER" --id "$i" --cluster "$CLUSTER" --peers "$PEERS" \
+        exec "$KVSERVER_RUN" --id "$i" --cluster "$CLUSTER" --peers "$PEERS" \
             --peer-secret-file "$WORK/peer.secret" --data-dir "$WORK/n$i" \
             --quota-bytes 0 >>"$WORK/n$i.log" 2>&1
     ) &
