@@ -572,9 +572,12 @@ void peer_close_streams(struct kv_node *n);
 
 /* A compaction waits while a snapshot is being sent: it would change the
  * snapshot the core sends, and the follower would start over (a large
- * state under writes would never get across). It waits while a chunk was
- * sent in the last PEER_SNAPSHOT_HOLD_MS to a follower that still needs
- * the snapshot and answered in the last PEER_SNAPSHOT_HOLD_ROUNDS
+ * state under writes would never get across); and until the follower
+ * holds the entries written meanwhile, which the compaction would drop
+ * (it would need another snapshot). It waits while a chunk was sent in
+ * the last PEER_SNAPSHOT_HOLD_MS to a follower that still needs the
+ * snapshot or those entries, and answered in the last
+ * PEER_SNAPSHOT_HOLD_ROUNDS
  * heartbeat rounds (a follower is silent while it syncs a large state
  * at the end of a transfer), and while the log holds fewer than
  * PEER_SNAPSHOT_HOLD_LOG times --snapshot-entries entries. */
@@ -582,7 +585,8 @@ void peer_close_streams(struct kv_node *n);
 #define PEER_SNAPSHOT_HOLD_ROUNDS 300
 #define PEER_SNAPSHOT_HOLD_LOG    50
 
-/** Whether a snapshot is being sent to a follower that needs it (above). */
-bool peer_sending_snapshot(struct kv_node *n);
+/** Whether a snapshot is being sent to a follower that needs it, or the
+ * entries from @keep_from on (above). */
+bool peer_sending_snapshot(struct kv_node *n, uint64_t keep_from);
 
 #endif /* KVSERVER_NODE_H */

@@ -123,17 +123,18 @@ void peer_close_streams(struct kv_node *n)
     }
 }
 
-bool peer_sending_snapshot(struct kv_node *n)
+bool peer_sending_snapshot(struct kv_node *n, uint64_t keep_from)
 {
     uint64_t now = node_now_ms();
     for (size_t i = 0; i < n->n_peers; i++) {
         const struct kv_peer *p = &n->peers[i];
         struct raft_peer_info info;
-        /* A chunk went out lately, the follower still needs the snapshot
-         * (it stores nothing up to its index), and it answers. */
+        /* A chunk went out lately, the follower answers, and it still
+         * needs the snapshot (it stores nothing up to its index) or the
+         * entries after it that the compaction would drop. */
         if (p->stream_used && now - p->stream_used < PEER_SNAPSHOT_HOLD_MS &&
             raft_peer_info(n->raft, p->id, &info) == 0 &&
-            info.match < p->stream_for &&
+            (info.match < p->stream_for || info.match < keep_from) &&
             info.rounds_unacked <= PEER_SNAPSHOT_HOLD_ROUNDS) {
             return true;
         }

@@ -652,9 +652,12 @@ void node_maybe_compact(struct kv_node *n)
         last - first + 1 <= n->cfg.snapshot_entries) {
         return;
     }
+    uint64_t keep_from = n->applied > n->cfg.snapshot_trailing
+                             ? n->applied - n->cfg.snapshot_trailing
+                             : 0;
     if (last - first + 1 <
             (uint64_t)PEER_SNAPSHOT_HOLD_LOG * n->cfg.snapshot_entries &&
-        peer_sending_snapshot(n)) {
+        peer_sending_snapshot(n, keep_from)) {
         return; /* (node.h: a transfer would start over) */
     }
     /* The log before the snapshot goes away: the state that replaces it
