@@ -10,6 +10,7 @@
 #include <proto/kv.pb-c.h>
 
 #include "cunit_main.h"
+#include "install.h"
 #include "sm.h"
 #include "snap.h"
 #include "store.h"
@@ -424,6 +425,190 @@ static void test_store_snapshot_round_trip_in_random_chunks(void)
     close_store();
 }
 
+/* Feed @stream (@total bytes) into a build in random pieces. */
+static int feed_build(struct kv_install *in,
+                      const uint8_t *stream,
+                      size_t total,
+                      unsigned *seed)
+{
+    size_t off = 0;
+    while (off < total) {
+        size_t n = 1 + (size_t)rand_r(seed) % 3000;
+        if (n > total - off) {
+            n = total - off;
+        }
+        int rv = kv_install_feed(in, stream + off, n);
+        if (rv) {
+            return rv;
+        }
+        off += n;
+    }
+    return 0;
+}
+
+static bool dir_exists(const char *path)
+{
+    return access(path, F_OK) == 0;
+}
+
+/* A state installed by a build (install.h) in many small transactions,
+ * switched in for a live store: the same state as the stream's, with the
+ * live store's own meta; a build dropped part way (a crash) leaves the
+ * live state as it was; a damaged stream is never switched in. */
+static void test_store_install_in_many_transactions_switches_in_the_same_state(
+    void)
+{
+    unsigned seed = cunit_seed();
+    open_store();
+    MDB_txn *txn;
+    CU_ASSERT_FATAL(mdb_txn_begin(st.env, NULL, 0, &txn) == 0);
+    uint8_t buf[512];
+    struct kv_outcome o;
+    for (uint8_t c = 1; c <= 5; c++) {
+        open_session(txn, c, c, 0);
+    }
+    for (int i = 0; i < 2000; i++) {
+        char key[32], val[300];
+        snprintf(key, sizeof key, "key%05d", i);
+        snprintf(val, sizeof val, "value-%d-%0*d", i, i % 250, 0);
+        size_t n = put_cmd(buf, key, val, false, (uint8_t)(i % 5 + 1),
+                           (uint64_t)i + 1);
+        CU_ASSERT_EQUAL(apply(txn, (uint64_t)i + 6, buf, n, &o), 0);
+    }
+    kv_store_put_meta(&st, txn, "applied", 2005);
+    kv_store_put_meta(&st, txn, "applied_term", 4);
+    kv_store_put_meta(&st, txn, "cluster", 0xbeef);
+    CU_ASSERT_EQUAL(mdb_txn_commit(txn), 0);
+    struct snap_stream s;
+    CU_ASSERT_FATAL(snap_stream_open(&st, &s) == 0);
+    size_t cap = 4u << 20, total = 0, len;
+    uint8_t *stream = malloc(cap);
+    CU_ASSERT_FATAL(stream != NULL);
+    bool done = false;
+    while (!done) {
+        CU_ASSERT_FATAL(snap_stream_read(&st, &s, stream + total, cap - total,
+                                         &len, &done) == 0);
+        total += len;
+    }
+    snap_stream_close(&s);
+    CU_ASSERT_FATAL(total > 100 * 4096); /* many transactions below */
+
+    /* The live store: node 2's, with a key of its own. */
+    struct kv_store live;
+    char live_dir[64], incoming[100];
+    snprintf(live_dir, sizeof live_dir, "/tmp/raftkv-store-XXXXXX");
+    CU_ASSERT_FATAL(mkdtemp(live_dir) != NULL);
+    snprintf(incoming, sizeof incoming, "%s/incoming", live_dir);
+    CU_ASSERT_FATAL(kv_store_open(&live, live_dir, 0) == 0);
+    CU_ASSERT_FATAL(kv_store_claim(&live, 0, 2) == 0);
+    CU_ASSERT_FATAL(mdb_txn_begin(live.env, NULL, 0, &txn) == 0);
+    MDB_val k = {3, "old"}, v = {5, "stale"};
+    CU_ASSERT_EQUAL(mdb_put(txn, live.kv, &k, &v, 0), 0);
+    CU_ASSERT_EQUAL(mdb_txn_commit(txn), 0);
+    setenv("RAFTKV_INSTALL_TXN_BYTES", "4096", 1);
+    struct kv_install in;
+    memset(&in, 0, sizeof in);
+
+    /* Half a stream, then the process "crashes": the build stays on
+     * disk, the live state is untouched, and the cleanup at the next
+     * start deletes the build. */
+    CU_ASSERT_FATAL(kv_install_begin(&in, live_dir, 0, 9) == 0);
+    CU_ASSERT_EQUAL(in.txn_max, 4096);
+    CU_ASSERT_EQUAL(feed_build(&in, stream, total / 2, &seed), 0);
+    kv_install_drop(&in);
+    CU_ASSERT(dir_exists(incoming));
+    CU_ASSERT_EQUAL(kv_install_cleanup(live_dir), 0);
+    CU_ASSERT(!dir_exists(incoming));
+    CU_ASSERT_FATAL(mdb_txn_begin(live.env, NULL, MDB_RDONLY, &txn) == 0);
+    CU_ASSERT_EQUAL(mdb_get(txn, live.kv, &k, &v), 0);
+    mdb_txn_abort(txn);
+
+    /* A damaged stream (a value byte changed: only the checksum sees it)
+     * is loaded to its end and refused there, never finished. */
+    uint8_t *copy = malloc(total);
+    CU_ASSERT_FATAL(copy != NULL);
+    memcpy(copy, stream, total);
+    uint8_t *value = memmem(copy, total, "value-1500", 10);
+    CU_ASSERT_FATAL(value != NULL);
+    value[7] ^= 1;
+    CU_ASSERT_FATAL(kv_install_begin(&in, live_dir, 0, 10) == 0);
+    /* The checksum is checked as the trailer is loaded. */
+    CU_ASSERT_EQUAL(feed_build(&in, copy, total, &seed), KV_STORE_ECORRUPT);
+    CU_ASSERT(strstr(in.st.errmsg, "checksum mismatch") != NULL);
+    uint64_t index, term;
+    MDB_txn *bt, *rtxn;
+    kv_install_drop(&in);
+    free(copy);
+
+    /* Going back to a mark: what was fed since is loaded again. */
+    CU_ASSERT_FATAL(kv_install_begin(&in, live_dir, 0, 11) == 0);
+    setenv("RAFTKV_INSTALL_TXN_BYTES", "100000000", 1);
+    in.txn_max = 100000000; /* no commit between mark and undo */
+    CU_ASSERT_EQUAL(feed_build(&in, stream, total / 3, &seed), 0);
+    CU_ASSERT_EQUAL(kv_install_mark(&in), 0);
+    CU_ASSERT_EQUAL(kv_install_feed(&in, stream + total / 3, 5000), 0);
+    kv_install_undo(&in);
+    CU_ASSERT(kv_install_active(&in));
+    in.txn_max = 4096;
+    CU_ASSERT_EQUAL(
+        feed_build(&in, stream + total / 3, total - total / 3, &seed), 0);
+
+    /* The whole stream: switched in. */
+    CU_ASSERT_FATAL(mdb_txn_begin(live.env, NULL, MDB_RDONLY, &rtxn) == 0);
+    CU_ASSERT_EQUAL_FATAL(
+        kv_install_finish(&in, &live, rtxn, &index, &term, &bt), 0);
+    mdb_txn_abort(rtxn);
+    CU_ASSERT_EQUAL(index, 2005);
+    CU_ASSERT_EQUAL(term, 4);
+    CU_ASSERT_EQUAL(kv_store_put_meta(&in.st, bt, "applied", index), 0);
+    kv_store_close(&live);
+    CU_ASSERT_EQUAL_FATAL(kv_install_switch(&in, &live), 0);
+    CU_ASSERT(!dir_exists(incoming));
+    CU_ASSERT_FATAL(mdb_txn_begin(live.env, NULL, MDB_RDONLY, &txn) == 0);
+    struct kv_meta m;
+    CU_ASSERT_EQUAL(kv_store_read_meta(&live, txn, &m), 0);
+    CU_ASSERT_EQUAL(m.node_id, 2);         /* the live store's own */
+    CU_ASSERT_EQUAL(m.cluster_id, 0xbeef); /* the stream's */
+    CU_ASSERT_EQUAL(m.applied, 2005);
+    CU_ASSERT_EQUAL(mdb_get(txn, live.kv, &k, &v), MDB_NOTFOUND);
+    /* Every database as in the source, record for record. */
+    MDB_txn *stx;
+    CU_ASSERT_FATAL(mdb_txn_begin(st.env, NULL, MDB_RDONLY, &stx) == 0);
+    MDB_dbi a[] = {st.kv, st.sessions, st.session_age, st.history, st.kvmeta};
+    MDB_dbi b[] = {live.kv, live.sessions, live.session_age, live.history,
+                   live.kvmeta};
+    for (size_t i = 0; i < sizeof a / sizeof a[0]; i++) {
+        MDB_cursor *ca, *cb;
+        CU_ASSERT_FATAL(mdb_cursor_open(stx, a[i], &ca) == 0);
+        CU_ASSERT_FATAL(mdb_cursor_open(txn, b[i], &cb) == 0);
+        MDB_val ka, va, kb, vb;
+        int ra = mdb_cursor_get(ca, &ka, &va, MDB_FIRST);
+        int rb = mdb_cursor_get(cb, &kb, &vb, MDB_FIRST);
+        size_t n = 0;
+        while (ra == 0 && rb == 0) {
+            CU_ASSERT(ka.mv_size == kb.mv_size &&
+                      memcmp(ka.mv_data, kb.mv_data, ka.mv_size) == 0);
+            CU_ASSERT(va.mv_size == vb.mv_size &&
+                      memcmp(va.mv_data, vb.mv_data, va.mv_size) == 0);
+            n++;
+            ra = mdb_cursor_get(ca, &ka, &va, MDB_NEXT);
+            rb = mdb_cursor_get(cb, &kb, &vb, MDB_NEXT);
+        }
+        CU_ASSERT_EQUAL(ra, MDB_NOTFOUND);
+        CU_ASSERT_EQUAL(rb, MDB_NOTFOUND);
+        CU_ASSERT(n > 0);
+        mdb_cursor_close(ca);
+        mdb_cursor_close(cb);
+    }
+    mdb_txn_abort(stx);
+    mdb_txn_abort(txn);
+    unsetenv("RAFTKV_INSTALL_TXN_BYTES");
+    free(stream);
+    kv_store_close(&live);
+    cunit_remove_tree(live_dir);
+    close_store();
+}
+
 int main(int argc, char **argv)
 {
     static CU_TestInfo tests[] = {
@@ -439,6 +624,8 @@ int main(int argc, char **argv)
          test_store_claims_a_fresh_dir_and_refuses_another_cluster},
         {"test_store_snapshot_round_trip_in_random_chunks",
          test_store_snapshot_round_trip_in_random_chunks},
+        {"test_store_install_in_many_transactions_switches_in_the_same_state",
+         test_store_install_in_many_transactions_switches_in_the_same_state},
         CU_TEST_INFO_NULL,
     };
     static CU_SuiteInfo suites[] = {

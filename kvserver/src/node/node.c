@@ -441,6 +441,7 @@ static void node_free(struct kv_node *n)
                  (unsigned long long)n->cfg.id, n->store.errmsg);
     }
     node_publish(n, NODE_EV_RELEASE_READERS);
+    kv_install_drop(&n->build);
     kv_store_close(&n->store);
     if (n->wal.dir[0]) {
         kv_wal_close(&n->wal);

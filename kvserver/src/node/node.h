@@ -32,6 +32,7 @@
 #include <rpc/rpc.h>
 
 #include "auth.h"
+#include "install.h"
 #include "sm.h"
 #include "snap.h"
 #include "stats.h"
@@ -137,6 +138,7 @@ struct kv_peer
     bool chunk_done;           /* it ended the stream */
     bool chunk_valid;          /* chunk holds a sent chunk */
     uint64_t stream_logged;    /* ms of the last "sending" log line */
+    uint64_t stream_used;      /* ms a chunk of a snapshot was last sent */
 };
 
 /* A Raft request from a peer waiting for the core's response. */
@@ -299,6 +301,7 @@ struct kv_node
     uint64_t snap_index;                /* core snapshot index persisted */
     uint64_t stage_stream;              /* stream of the staged chunks */
     struct snap_check stage_check;      /* their stream checksum so far */
+    struct kv_install build;            /* the state they build (install.h) */
     struct kv_wal wal;                  /* the Raft log and hard state */
     MDB_txn *state_txn;                 /* applies since the last commit */
     size_t state_ops, state_bytes;      /* entries applied in it, bytes */
@@ -566,5 +569,24 @@ bool peer_precheck(const ProtobufCServiceDescriptor *service,
 void peer_respond(struct kv_node *n, const struct raft_message *m);
 void peer_fail_incoming(struct kv_node *n, const char *why);
 void peer_close_streams(struct kv_node *n);
+
+/* A compaction waits while a snapshot is being sent: it would change the
+ * snapshot the core sends, and the follower would start over (a large
+ * state under writes would never get across); and until the follower
+ * holds the entries written meanwhile, which the compaction would drop
+ * (it would need another snapshot). It waits while a chunk was sent in
+ * the last PEER_SNAPSHOT_HOLD_MS to a follower that still needs the
+ * snapshot or those entries, and answered in the last
+ * PEER_SNAPSHOT_HOLD_ROUNDS
+ * heartbeat rounds (a follower is silent while it syncs a large state
+ * at the end of a transfer), and while the log holds fewer than
+ * PEER_SNAPSHOT_HOLD_LOG times --snapshot-entries entries. */
+#define PEER_SNAPSHOT_HOLD_MS     30000
+#define PEER_SNAPSHOT_HOLD_ROUNDS 300
+#define PEER_SNAPSHOT_HOLD_LOG    50
+
+/** Whether a snapshot is being sent to a follower that needs it, or the
+ * entries from @keep_from on (above). */
+bool peer_sending_snapshot(struct kv_node *n, uint64_t keep_from);
 
 #endif /* KVSERVER_NODE_H */

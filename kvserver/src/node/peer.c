@@ -123,6 +123,25 @@ void peer_close_streams(struct kv_node *n)
     }
 }
 
+bool peer_sending_snapshot(struct kv_node *n, uint64_t keep_from)
+{
+    uint64_t now = node_now_ms();
+    for (size_t i = 0; i < n->n_peers; i++) {
+        const struct kv_peer *p = &n->peers[i];
+        struct raft_peer_info info;
+        /* A chunk went out lately, the follower answers, and it still
+         * needs the snapshot (it stores nothing up to its index) or the
+         * entries after it that the compaction would drop. */
+        if (p->stream_used && now - p->stream_used < PEER_SNAPSHOT_HOLD_MS &&
+            raft_peer_info(n->raft, p->id, &info) == 0 &&
+            (info.match < p->stream_for || info.match < keep_from) &&
+            info.rounds_unacked <= PEER_SNAPSHOT_HOLD_ROUNDS) {
+            return true;
+        }
+    }
+    return false;
+}
+
 /* A new name for a production of the snapshot's bytes: chunks of an
  * earlier one, still on the way, are then never staged with this one's. */
 static uint64_t new_stream_id(void)
@@ -204,6 +223,7 @@ static int fill_chunk(struct kv_node *n,
         n->metrics.snapshots_sent++;
     }
 fill:
+    p->stream_used = node_now_ms();
     a->offset = p->chunk_offset;
     a->data.data = p->chunk;
     a->data.len = p->chunk_len;
@@ -510,6 +530,9 @@ static bool final_chunk_fits(struct kv_node *n,
                              const Raftkv__InstallSnapshotArgs *a)
 {
     struct snap_check c = {0};
+    if (a->offset != 0 && n->build.lost && a->stream_id == n->build.stream) {
+        return false; /* a failed write dropped what was staged */
+    }
     if (a->offset != 0) {
         if (a->stream_id != n->stage_stream ||
             a->offset != n->stage_check.len) {

@@ -252,47 +252,148 @@ static int state_apply_upto(struct kv_node *n, uint64_t upto)
     return rv;
 }
 
-/* Install the staged stream (the one the core's install names) in the
- * state transaction. */
-static int install_staged(struct kv_node *n, const struct raft_update *u)
+/* Switch the finished build in for the live state: every reader and the
+ * state transaction go (what it applied is older than the snapshot), the
+ * environment closes, the build's file is renamed over it and it opens
+ * again. A store that cannot be opened again stops the node, as in
+ * reopen_store. */
+static int switch_in_build(struct kv_node *n)
 {
     struct kv_store *st = &n->store;
-    uint64_t applied, applied_term;
-    int rv = kv_sm_install(st, n->state_txn, &applied, &applied_term);
+    peer_close_streams(n);
+    node_publish(n, NODE_EV_RELEASE_READERS);
+    state_abort(n);
+    kv_store_close(st);
+    int rv = kv_install_switch(&n->build, st);
+    if (!st->env) {
+        rpc_logf(RPC_LOG_ERROR,
+                 "node %llu: cannot open the applied state after installing "
+                 "a snapshot: %s; stopping",
+                 (unsigned long long)n->cfg.id, st->errmsg);
+        n->stopping = true;
+        n->exit_code = 1;
+        event_base_loopexit(n->base, NULL);
+        return rv ? rv : KV_STORE_EIO;
+    }
+    n->state_synced = true; /* the switch synced everything */
+    n->meta_async = false;  /* a fresh environment's flags */
+    return rv;
+}
+
+/* Finish the build of the stream the core's install names: check its
+ * end and give it the node's meta, the applied index and the
+ * configuration in its last transaction (left open for the switch). */
+static int finish_build(struct kv_node *n, const struct raft_update *u)
+{
+    struct kv_store *st = &n->store;
+    struct kv_install *in = &n->build;
+    uint64_t applied = 0, applied_term = 0;
+    if (!kv_install_active(in)) {
+        snprintf(st->errmsg, sizeof st->errmsg,
+                 "%s: the snapshot at index %llu to install was not kept "
+                 "(a failed write dropped it); a fresh one is needed",
+                 st->dir, (unsigned long long)u->install_index);
+        return KV_STORE_EIO;
+    }
+    int rc = 0;
+    MDB_txn *live = node_state_read(n, &rc);
+    if (!live) {
+        return kv_store_fail(st, rc, "begin read");
+    }
+    MDB_txn *txn = NULL;
+    int rv = kv_install_finish(in, st, live, &applied, &applied_term, &txn);
+    node_state_done(n, live);
+    if (!rv) {
+        rv = kv_sm_install_done(&in->st, txn);
+    }
     if (!rv && applied < u->install_index) {
         /* The stream is at least as new as the core's snapshot. */
-        snprintf(st->errmsg, sizeof st->errmsg,
+        snprintf(in->st.errmsg, sizeof in->st.errmsg,
                  "%s: received snapshot holds index %llu, older than "
                  "the %llu it was sent for",
                  st->dir, (unsigned long long)applied,
                  (unsigned long long)u->install_index);
         rv = KV_STORE_ECORRUPT;
     }
-    struct kv_meta m;
-    if (!rv && (rv = kv_store_read_meta(st, n->state_txn, &m)) == 0 &&
-        m.cluster_id) {
-        node_set_cluster_id(n, m.cluster_id); /* from the snapshot */
-    }
-    n->auth_gen++; /* new users and roles, perhaps */
+    struct kv_meta m = {0};
     if (!rv) {
-        rv = members_install(n, n->state_txn, u->install_conf,
-                             u->install_conf_len);
+        rv = kv_store_read_meta(&in->st, txn, &m);
     }
-    if (!rv) {
-        n->applied = applied;
-        n->applied_term = applied_term;
-        n->snap_index = u->install_index;
-        n->metrics.snapshots_received++;
-        rv = kv_store_put_meta(st, n->state_txn, "applied", applied);
+    /* members_install writes through the node's store handles: the build
+     * opened the same databases in the same order, so they are the same
+     * numbers (checked). */
+    if (!rv && (in->st.meta != st->meta || in->st.kvmeta != st->kvmeta)) {
+        snprintf(in->st.errmsg, sizeof in->st.errmsg,
+                 "%s: the new state's databases do not match", st->dir);
+        rv = KV_STORE_EIO;
     }
     if (!rv) {
-        rv = kv_store_put_meta(st, n->state_txn, "applied_term", applied_term);
+        rv = members_install(n, txn, u->install_conf, u->install_conf_len);
     }
-    return rv;
+    if (!rv) {
+        rv = kv_store_put_meta(&in->st, txn, "applied", applied);
+    }
+    if (!rv) {
+        rv = kv_store_put_meta(&in->st, txn, "applied_term", applied_term);
+    }
+    if (rv) {
+        snprintf(st->errmsg, sizeof st->errmsg, "%s", in->st.errmsg);
+        if (rv == KV_STORE_ECORRUPT) {
+            kv_install_drop(in); /* never installed */
+            in->lost = true;
+        }
+        return rv; /* otherwise the caller goes back to its mark */
+    }
+    in->index = applied;
+    in->term = applied_term;
+    in->cluster_id = m.cluster_id;
+    return 0;
 }
 
-/* Stage snapshot chunks and install a received snapshot; both must be on
- * disk before the leader hears of them.
+/* Install the state built from the stream the core's install names
+ * (install.h): finished, then switched in whole. */
+static int install_staged(struct kv_node *n, const struct raft_update *u)
+{
+    struct kv_install *in = &n->build;
+    if (!in->finished) {
+        int rv = finish_build(n, u);
+        if (rv) {
+            return rv;
+        }
+    }
+    uint64_t applied = in->index, applied_term = in->term;
+    uint64_t cluster_id = in->cluster_id, bytes = in->bytes;
+    double secs = kv_install_now() - in->began;
+    int rv = switch_in_build(n);
+    if (rv) {
+        return rv;
+    }
+    if (cluster_id) {
+        node_set_cluster_id(n, cluster_id); /* from the snapshot */
+    }
+    n->auth_gen++; /* new users and roles, perhaps */
+    n->applied = n->durable_applied = applied;
+    n->applied_term = n->durable_term = applied_term;
+    n->snap_index = u->install_index;
+    n->metrics.snapshots_received++;
+    rpc_logf(RPC_LOG_INFO,
+             "node %llu: installed a snapshot of the state at index %llu: "
+             "%llu bytes received and built in %.1f s (%.1f MB/s)",
+             (unsigned long long)n->cfg.id, (unsigned long long)applied,
+             (unsigned long long)bytes, secs,
+             secs > 0 ? (double)bytes / secs / 1e6 : 0.0);
+    return 0;
+}
+
+/* Stage snapshot chunks and install a received snapshot; the install
+ * must be on disk before the leader hears of it.
+ *
+ * The chunks build a new state beside the live one (install.h), one
+ * bounded transaction per update, not synced: a node that restarts has
+ * forgotten the transfer (its core answers the next chunk with offset 0),
+ * so what a crash leaves of a build is deleted at the next start. A
+ * failed write goes back to where the update began, for the update to be
+ * written again.
  *
  * The chunks of one update are staged in the order the core took them,
  * and the install happens right after the final chunk of the stream it
@@ -303,14 +404,15 @@ static int state_receive_snapshot(struct kv_node *n,
                                   const struct raft_update *u)
 {
     struct kv_store *st = &n->store;
-    /* A retry of an update whose install was committed already: the
-     * chunks up to that install's are skipped, the rest staged again. */
+    struct kv_install *in = &n->build;
+    /* A retry of an update whose install was done already: the chunks up
+     * to that install's are skipped, the rest staged again. */
     bool already = u->install && n->applied >= u->install_index;
     bool past_install = !u->install || already;
     bool skipping = already;
     struct snap_check check = n->stage_check;
     uint64_t stream = n->stage_stream;
-    int rv = state_open(n);
+    int rv = kv_install_active(in) ? kv_install_mark(in) : 0;
     for (size_t i = 0; i < u->n_chunks && !rv; i++) {
         const struct raft_snapshot_chunk *c = &u->chunks[i];
         bool is_install = u->install && c->done && c->index == u->install_index;
@@ -318,14 +420,27 @@ static int state_receive_snapshot(struct kv_node *n,
             skipping = !is_install;
             continue;
         }
-        rv = snap_stage(st, n->state_txn, c->offset, c->data, c->len);
         if (c->offset == 0) {
+            rv = kv_install_begin(in, n->cfg.data_dir, st->map_size, c->stream);
+            if (rv) {
+                snprintf(st->errmsg, sizeof st->errmsg, "%s", in->st.errmsg);
+                kv_install_drop(in);
+                in->lost = true;
+                break;
+            }
             memset(&check, 0, sizeof check);
             stream = c->stream;
         }
+        if (kv_install_active(in)) {
+            rv = kv_install_feed(in, c->data, c->len);
+            if (rv) {
+                snprintf(st->errmsg, sizeof st->errmsg, "%s", in->st.errmsg);
+                break;
+            }
+        }
         snap_check_add(&check, c->data, c->len);
-        if (!rv && is_install && !past_install) {
-            rv = install_staged(n, u); /* empties the staging area */
+        if (is_install && !past_install) {
+            rv = install_staged(n, u);
             past_install = true;
             memset(&check, 0, sizeof check);
             stream = 0;
@@ -338,22 +453,22 @@ static int state_receive_snapshot(struct kv_node *n,
         memset(&check, 0, sizeof check);
         stream = 0;
     }
+    if (!rv && kv_install_active(in)) {
+        rv = kv_install_keep(in);
+        if (rv) {
+            snprintf(st->errmsg, sizeof st->errmsg, "%s", in->st.errmsg);
+        }
+    }
     if (rv) {
-        state_abort(n);
+        if (kv_install_active(in)) {
+            kv_install_undo(in);
+        }
         return rv;
     }
-    rv = node_state_commit(n, true);
-    if (!rv && u->install && !already) {
-        rpc_logf(RPC_LOG_INFO,
-                 "node %llu: installed a snapshot of the state at index %llu",
-                 (unsigned long long)n->cfg.id, (unsigned long long)n->applied);
-    }
-    if (!rv) {
-        /* What is staged now, for peer.c's check of the final chunk. */
-        n->stage_check = check;
-        n->stage_stream = stream;
-    }
-    return rv;
+    /* What is staged now, for peer.c's check of the final chunk. */
+    n->stage_check = check;
+    n->stage_stream = stream;
+    return 0;
 }
 
 int node_persist(struct kv_node *n, const struct raft_update *u)
@@ -536,6 +651,14 @@ void node_maybe_compact(struct kv_node *n)
     if (n->applied < n->last_compact + n->cfg.snapshot_entries ||
         last - first + 1 <= n->cfg.snapshot_entries) {
         return;
+    }
+    uint64_t keep_from = n->applied > n->cfg.snapshot_trailing
+                             ? n->applied - n->cfg.snapshot_trailing
+                             : 0;
+    if (last - first + 1 <
+            (uint64_t)PEER_SNAPSHOT_HOLD_LOG * n->cfg.snapshot_entries &&
+        peer_sending_snapshot(n, keep_from)) {
+        return; /* (node.h: a transfer would start over) */
     }
     /* The log before the snapshot goes away: the state that replaces it
      * must be on disk for good. */
@@ -774,6 +897,15 @@ static int force_new_cluster(struct kv_node *n,
 int node_restore(struct kv_node *n)
 {
     struct kv_store *st = &n->store;
+    /* A snapshot being received when the node stopped: the transfer
+     * starts over, so its build goes (install.h). */
+    int err = kv_install_cleanup(n->cfg.data_dir);
+    if (err) {
+        rpc_logf(RPC_LOG_WARN,
+                 "node %llu: cannot delete %s/incoming (a snapshot being "
+                 "received when the node stopped): %s",
+                 (unsigned long long)n->cfg.id, n->cfg.data_dir, strerror(err));
+    }
     int rv = kv_store_open(st, n->cfg.data_dir, n->cfg.map_size);
     if (rv) {
         fprintf(stderr, "kvserver: %s\n", st->errmsg);

@@ -5,12 +5,14 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "service.h"
 
 #define CHUNK_DEFAULT (1u << 20)
 #define CHUNK_MAX     (4u << 20)
 #define IDLE_MS       30000
+#define RESTORE_READ  (4u << 20) /* bytes of the file read at a time */
 
 static void reply(struct kv_node *n,
                   Raftkv__SnapshotReadReply_Closure closure,
@@ -241,17 +243,10 @@ static int restore_fail(const char *fmt, const char *a, const char *b)
     return 1;
 }
 
-/* Empty what an interrupted restore left: the state and the log. */
-static int restart_restore(struct kv_store *st, MDB_txn *txn, struct kv_wal *w)
+/* Empty what an interrupted restore left: the log (the state is
+ * replaced whole by the build that follows). */
+static int restart_restore(struct kv_store *st, struct kv_wal *w)
 {
-    MDB_dbi dbs[] = {st->kv,      st->sessions, st->session_age,
-                     st->staging, st->history,  st->kvmeta};
-    for (size_t i = 0; i < sizeof dbs / sizeof dbs[0]; i++) {
-        int rc = mdb_drop(txn, dbs[i], 0);
-        if (rc) {
-            return kv_store_fail(st, rc, "empty the state");
-        }
-    }
     if (kv_wal_reset(w) != 0) {
         snprintf(st->errmsg, sizeof st->errmsg, "%.1150s", w->errmsg);
         return KV_STORE_EIO;
@@ -277,11 +272,14 @@ static int mark_restoring(struct kv_store *st, uint64_t on)
 }
 
 /* Restoring goes in steps, each durable before the next: the store is
- * marked "restoring"; the state is installed (one transaction); the log
- * gets the snapshot's term and mark; the mark is removed. A node refuses
- * to start from a store still marked, and --restore redoes it from the
- * start, so a crash at any point leaves either the empty directory, a
- * restore to run again, or the finished one. */
+ * marked "restoring"; the state is built from the file beside it in
+ * DIR/incoming, in transactions of bounded size, and switched in whole
+ * (install.h: its last transaction copies the store's meta, the mark
+ * included, and is synced before the rename); the log gets the
+ * snapshot's term and mark; the mark is removed. A node refuses to start
+ * from a store still marked, and --restore redoes it from the start, so a
+ * crash at any point leaves either the empty directory, a restore to run
+ * again, or the finished one. */
 /* The id of a cluster restored from a backup: new (the old cluster's
  * members, if any are left, must not mix with it), and the same on every
  * member that restores the same file: a hash of the backup's cluster id,
@@ -333,6 +331,8 @@ int kv_restore_file(const struct kv_node_config *cfg, const char *file)
     MDB_txn *txn = NULL;
     struct kv_meta m = {0};
     MDB_stat ks;
+    struct kv_install in;
+    memset(&in, 0, sizeof in);
     int rv = 1;
     bool marked = false, state_written = false;
     if (mdb_txn_begin(st.env, NULL, MDB_RDONLY, &txn) != 0 ||
@@ -356,63 +356,92 @@ int kv_restore_file(const struct kv_node_config *cfg, const char *file)
         goto out;
     }
     marked = true;
-    if (mdb_txn_begin(st.env, NULL, 0, &txn) != 0) {
-        restore_fail("%s: cannot write the data directory%s", cfg->data_dir,
-                     "");
-        goto out;
-    }
     if (m.restoring) {
         fprintf(stderr,
                 "kvserver: %s holds an interrupted restore; doing it again\n",
                 cfg->data_dir);
-        if (restart_restore(&st, txn, &w) != 0) {
+        if (restart_restore(&st, &w) != 0) {
             restore_fail("%s%s", st.errmsg, "");
             goto out;
         }
     }
-    static uint8_t chunk[1u << 20];
+    struct stat fst;
+    size_t map = st.map_size;
+    if (fstat(fileno(fp), &fst) == 0) {
+        /* The state takes about as much as its stream. */
+        while (map < (uint64_t)fst.st_size + fst.st_size / 2) {
+            map *= 2;
+        }
+    }
+    if (kv_install_begin(&in, cfg->data_dir, map, 1) != 0) {
+        restore_fail("%s%s", in.st.errmsg, "");
+        goto out;
+    }
+    uint8_t *chunk = malloc(RESTORE_READ);
+    if (!chunk) {
+        restore_fail("--restore %s: %s", file, strerror(ENOMEM));
+        goto out;
+    }
     uint64_t off = 0;
     size_t len;
-    while ((len = fread(chunk, 1, sizeof chunk, fp)) > 0) {
-        if (snap_stage(&st, txn, off, chunk, len) != 0) {
-            restore_fail("%s%s", st.errmsg, "");
-            goto out;
+    int frv = 0;
+    while ((len = fread(chunk, 1, RESTORE_READ, fp)) > 0) {
+        if ((frv = kv_install_feed(&in, chunk, len)) != 0) {
+            break;
         }
         off += len;
+    }
+    free(chunk);
+    if (frv) {
+        fprintf(stderr, "kvserver: --restore %s: %s\n", file, in.st.errmsg);
+        goto out;
     }
     if (ferror(fp)) {
         restore_fail("--restore %s: read error%s", file, "");
         goto out;
     }
     uint64_t index, term;
-    /* The new id comes from the file alone (not from an earlier try of
-     * this restore), so that every member computes the same. */
-    if (kv_store_put_meta(&st, txn, "cluster", 0) != 0) {
-        restore_fail("%s%s", st.errmsg, "");
+    if (mdb_txn_begin(st.env, NULL, MDB_RDONLY, &txn) != 0) {
+        restore_fail("%s: cannot read the data directory%s", cfg->data_dir, "");
         goto out;
     }
-    if (kv_sm_install(&st, txn, &index, &term) != 0) {
+    /* The new id comes from the file alone (not from an earlier try of
+     * this restore), so that every member computes the same: the live
+     * store's "cluster" (copied into the build first) is cleared. */
+    MDB_txn *bt = NULL;
+    int irv = kv_install_finish(&in, &st, txn, &index, &term, &bt);
+    mdb_txn_abort(txn);
+    txn = NULL;
+    if (irv) {
         /* The message names the data directory; say which file it was. */
-        fprintf(stderr, "kvserver: --restore %s: %s\n", file, st.errmsg);
+        fprintf(stderr, "kvserver: --restore %s: %s\n", file, in.st.errmsg);
         goto out;
     }
     struct kv_meta rm;
+    MDB_val cluster_key = {7, "cluster"};
+    uint64_t stream_cluster = in.l.cluster_id;
+    int drc = stream_cluster ? 0 : mdb_del(bt, in.st.meta, &cluster_key, NULL);
     /* The restored cluster is the one the flags describe: the backed-up
      * cluster's members and removed ids do not come along. */
-    if (members_forget(&st, txn) != 0 ||
-        kv_store_read_meta(&st, txn, &rm) != 0 ||
+    if ((drc && drc != MDB_NOTFOUND) || kv_sm_install_done(&in.st, bt) != 0 ||
+        members_forget(&in.st, bt) != 0 ||
+        kv_store_read_meta(&in.st, bt, &rm) != 0 ||
         kv_store_put_meta(
-            &st, txn, "cluster",
+            &in.st, bt, "cluster",
             restored_cluster_id(cfg, rm.cluster_id, index, term)) != 0 ||
-        kv_store_put_meta(&st, txn, "applied", index) != 0 ||
-        kv_store_put_meta(&st, txn, "applied_term", term) != 0 ||
-        mdb_stat(txn, st.kv, &ks) != 0 || mdb_txn_commit(txn) != 0) {
-        txn = NULL;
+        kv_store_put_meta(&in.st, bt, "applied", index) != 0 ||
+        kv_store_put_meta(&in.st, bt, "applied_term", term) != 0 ||
+        mdb_stat(bt, in.st.kv, &ks) != 0) {
         restore_fail("%s: cannot write the restored state%s", cfg->data_dir,
                      "");
         goto out;
     }
-    txn = NULL;
+    kv_store_close(&st);
+    if (kv_install_switch(&in, &st) != 0) {
+        state_written = in.renamed; /* the mark came along */
+        restore_fail("%s%s", st.errmsg, "");
+        goto out;
+    }
     state_written = true;
     /* The log starts after the snapshot, in the snapshot's term. */
     if (kv_wal_add_hard_state(&w, term, 0) != 0 ||
@@ -432,7 +461,8 @@ out:
     if (txn) {
         mdb_txn_abort(txn);
     }
-    if (rv && marked && !m.restoring && !state_written) {
+    kv_install_drop(&in);
+    if (rv && marked && !m.restoring && !state_written && st.env) {
         /* Refused before anything was written (a damaged file): the
          * directory is as empty as it was. */
         mark_restoring(&st, 0);

@@ -770,6 +770,11 @@ int kv_sm_install(struct kv_store *st,
     return rv ? rv : kv_mvcc_upgrade(st, txn);
 }
 
+int kv_sm_install_done(struct kv_store *st, MDB_txn *txn)
+{
+    return kv_mvcc_upgrade(st, txn);
+}
+
 int kv_sm_upgrade(struct kv_store *st)
 {
     if (st->format == KV_STORE_FORMAT) {

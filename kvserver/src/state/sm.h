@@ -76,6 +76,13 @@ int kv_sm_install(struct kv_store *st,
                   uint64_t *term);
 
 /**
+ * Bring a state loaded from a stream (snap_load_end, in a build of
+ * install.h) to the current format, in @txn, as kv_sm_install does.
+ * @return 0 or a store error
+ */
+int kv_sm_install_done(struct kv_store *st, MDB_txn *txn);
+
+/**
  * Bring a store opened at an older format to the current one (one write
  * transaction; nothing to do on a current store).
  * @return 0 or a store error

@@ -9,15 +9,15 @@
 #define MAGIC           "RKVSNAP4" /* store format 5 */
 #define MAGIC_V3        "RKVSNAP3" /* format 4: read as it is */
 #define MAGIC_V2        "RKVSNAP2" /* before revisions: kinds 1-3 only */
-#define HEADER_SIZE     32
-#define RECORD_HEAD     9
-#define KIND_KV         1
-#define KIND_SESSION    2
-#define KIND_AUTH       3 /* users, roles, auth settings (auth.c) */
-#define KIND_HISTORY    4 /* revision|sub -> change (mvcc.c) */
-#define KIND_KVMETA     5 /* the state machine's numbers (mvcc.c) */
-#define KIND_LEASE      6 /* lease id -> its grant (lease.c) */
-#define KIND_END        0xFF
+#define HEADER_SIZE     SNAP_HEADER_SIZE
+#define RECORD_HEAD     SNAP_RECORD_HEAD
+#define KIND_KV         SNAP_KIND_KV
+#define KIND_SESSION    SNAP_KIND_SESSION
+#define KIND_AUTH       SNAP_KIND_AUTH
+#define KIND_HISTORY    SNAP_KIND_HISTORY
+#define KIND_KVMETA     SNAP_KIND_KVMETA
+#define KIND_LEASE      SNAP_KIND_LEASE
+#define KIND_END        SNAP_KIND_END
 #define SNAP_MAX_RECORD (64u << 20) /* far above key + value limits */
 
 enum {
@@ -53,6 +53,34 @@ static MDB_dbi kind_dbi(const struct kv_store *st, uint8_t kind)
         default:
             return st->kvmeta;
     }
+}
+
+void snap_put_header(uint8_t *out,
+                     uint64_t index,
+                     uint64_t term,
+                     uint64_t cluster_id)
+{
+    memcpy(out, MAGIC, 8);
+    kv_put_u64(out + 8, index);
+    kv_put_u64(out + 16, term);
+    kv_put_u64(out + 24, cluster_id);
+}
+
+void snap_put_record_head(uint8_t *out,
+                          uint8_t kind,
+                          uint32_t key_len,
+                          uint32_t value_len)
+{
+    out[0] = kind;
+    kv_put_u32(out + 1, key_len);
+    kv_put_u32(out + 5, value_len);
+}
+
+void snap_put_trailer(uint8_t *out, uint64_t records, uint32_t crc)
+{
+    out[0] = KIND_END;
+    kv_put_u64(out + 1, records);
+    kv_put_u32(out + 9, kv_crc32c(crc, out, 9));
 }
 
 static bool pend_reserve(struct snap_stream *s, size_t n)
@@ -110,23 +138,18 @@ static int next_record(struct kv_store *st, struct snap_stream *s)
             if (!pend_reserve(s, HEADER_SIZE)) {
                 return KV_STORE_ENOMEM;
             }
-            memcpy(s->pend, MAGIC, 8);
-            kv_put_u64(s->pend + 8, s->index);
-            kv_put_u64(s->pend + 16, s->term);
-            kv_put_u64(s->pend + 24, s->cluster_id);
+            snap_put_header(s->pend, s->index, s->term, s->cluster_id);
             s->pend_len = HEADER_SIZE;
             s->crc = kv_crc32c(0, s->pend, s->pend_len);
             s->phase = PH_KV;
             return 0;
         }
         if (s->phase == PH_TRAILER) {
-            if (!pend_reserve(s, 13)) {
+            if (!pend_reserve(s, SNAP_TRAILER_SIZE)) {
                 return KV_STORE_ENOMEM;
             }
-            s->pend[0] = KIND_END;
-            kv_put_u64(s->pend + 1, s->records);
-            kv_put_u32(s->pend + 9, kv_crc32c(s->crc, s->pend, 9));
-            s->pend_len = 13;
+            snap_put_trailer(s->pend, s->records, s->crc);
+            s->pend_len = SNAP_TRAILER_SIZE;
             s->phase = PH_DONE;
             return 0;
         }
@@ -159,9 +182,8 @@ static int next_record(struct kv_store *st, struct snap_stream *s)
         if (!pend_reserve(s, n)) {
             return KV_STORE_ENOMEM;
         }
-        s->pend[0] = kind;
-        kv_put_u32(s->pend + 1, (uint32_t)k.mv_size);
-        kv_put_u32(s->pend + 5, (uint32_t)v.mv_size);
+        snap_put_record_head(s->pend, kind, (uint32_t)k.mv_size,
+                             (uint32_t)v.mv_size);
         memcpy(s->pend + RECORD_HEAD, k.mv_data, k.mv_size);
         if (v.mv_size) {
             memcpy(s->pend + RECORD_HEAD + k.mv_size, v.mv_data, v.mv_size);
@@ -253,25 +275,6 @@ int snap_stage(struct kv_store *st,
     return rc ? kv_store_fail(st, rc, "stage snapshot chunk") : 0;
 }
 
-/* Incremental parser of a staged stream. */
-struct parser
-{
-    uint8_t *buf;        /* bytes of the part being collected */
-    size_t have;         /* bytes in buf */
-    size_t cap;          /* allocated */
-    size_t need;         /* bytes the current part needs */
-    int part;            /* 0 header, 1 record head, 2 record body,
-                            4 checksum, 3 end */
-    uint32_t crc;        /* CRC-32C of the parts so far */
-    uint8_t kind;        /* current record's kind */
-    uint32_t klen;       /* its key length */
-    uint64_t records;    /* records installed */
-    uint64_t index;      /* from the header */
-    uint64_t term;       /* from the header */
-    uint64_t cluster_id; /* from the header (0: not known then) */
-    bool v2;             /* an RKVSNAP2 stream (before revisions) */
-};
-
 static int corrupt(struct kv_store *st, const char *why, uint64_t offset)
 {
     snprintf(st->errmsg, sizeof st->errmsg,
@@ -303,69 +306,75 @@ static int index_lease_key(struct kv_store *st,
     return rc ? kv_store_fail(st, rc, "install a lease's key") : 0;
 }
 
-/* A part of the stream is complete in p->buf: act on it. */
+/* A part of the stream is complete in l->buf: act on it. */
 static int handle_part(struct kv_store *st,
                        MDB_txn *txn,
-                       struct parser *p,
+                       struct snap_load *l,
                        uint64_t offset)
 {
     int rc;
-    if (p->part != 4) {
-        p->crc = kv_crc32c(p->crc, p->buf, p->need);
+    if (l->part != 4) {
+        l->crc = kv_crc32c(l->crc, l->buf, l->need);
     }
-    switch (p->part) {
+    switch (l->part) {
         case 0:
-            p->v2 = memcmp(p->buf, MAGIC_V2, 8) == 0;
-            if (memcmp(p->buf, MAGIC, 8) != 0 &&
-                memcmp(p->buf, MAGIC_V3, 8) != 0 && !p->v2) {
+            l->v2 = memcmp(l->buf, MAGIC_V2, 8) == 0;
+            if (memcmp(l->buf, MAGIC, 8) != 0 &&
+                memcmp(l->buf, MAGIC_V3, 8) != 0 && !l->v2) {
                 return corrupt(st, "no RKVSNAP4 (or RKVSNAP3, RKVSNAP2) header",
                                offset);
             }
-            p->index = kv_get_u64(p->buf + 8);
-            p->term = kv_get_u64(p->buf + 16);
-            p->cluster_id = kv_get_u64(p->buf + 24);
-            p->part = 1;
-            p->need = RECORD_HEAD;
+            l->index = kv_get_u64(l->buf + 8);
+            l->term = kv_get_u64(l->buf + 16);
+            l->cluster_id = kv_get_u64(l->buf + 24);
+            l->part = 1;
+            l->need = RECORD_HEAD;
             return 0;
         case 1:
-            p->kind = p->buf[0];
-            if (p->kind == KIND_END) {
-                if (kv_get_u64(p->buf + 1) != p->records) {
+            l->kind = l->buf[0];
+            if (l->kind == KIND_END) {
+                if (kv_get_u64(l->buf + 1) != l->records) {
                     return corrupt(st, "record count does not match", offset);
                 }
-                p->part = 4;
-                p->need = 4;
+                l->part = 4;
+                l->need = 4;
                 return 0;
             }
-            if (p->kind < KIND_KV ||
-                p->kind > (p->v2 ? KIND_AUTH : KIND_LEASE)) {
+            if (l->kind < KIND_KV ||
+                l->kind > (l->v2 ? KIND_AUTH : KIND_LEASE)) {
                 return corrupt(st, "unknown record kind", offset);
             }
-            p->klen = kv_get_u32(p->buf + 1);
-            p->need = (size_t)p->klen + kv_get_u32(p->buf + 5);
-            p->part = 2;
-            if (p->klen == 0) {
+            l->klen = kv_get_u32(l->buf + 1);
+            l->need = (size_t)l->klen + kv_get_u32(l->buf + 5);
+            l->part = 2;
+            if (l->klen == 0) {
                 return corrupt(st, "empty key", offset);
             }
-            if (p->need > SNAP_MAX_RECORD) {
+            if (l->need > SNAP_MAX_RECORD) {
                 return corrupt(st, "record longer than any key and value",
                                offset);
             }
             return 0;
         case 2: {
-            MDB_val k = {p->klen, p->buf},
-                    v = {p->need - p->klen, p->buf + p->klen};
-            rc = mdb_put(txn, kind_dbi(st, p->kind), &k, &v, 0);
+            MDB_val k = {l->klen, l->buf},
+                    v = {l->need - l->klen, l->buf + l->klen};
+            /* A stream is read out with cursors, so each database's
+             * records come in key order: appended, they fill whole pages
+             * and cost no search. */
+            rc = mdb_put(txn, kind_dbi(st, l->kind), &k, &v, MDB_APPEND);
+            if (rc == MDB_KEYEXIST) {
+                return corrupt(st, "records out of order", offset);
+            }
             if (rc) {
                 return kv_store_fail(st, rc, "install snapshot record");
             }
-            if (p->kind == KIND_KV && !p->v2) {
+            if (l->kind == KIND_KV && !l->v2) {
                 rc = index_lease_key(st, txn, &k, &v);
                 if (rc) {
                     return rc;
                 }
             }
-            if (p->kind == KIND_SESSION) {
+            if (l->kind == KIND_SESSION) {
                 if (v.mv_size < 16 || k.mv_size != 16) {
                     return corrupt(st, "bad session record", offset);
                 }
@@ -378,21 +387,119 @@ static int handle_part(struct kv_store *st,
                     return kv_store_fail(st, rc, "install session age");
                 }
             }
-            p->records++;
-            p->part = 1;
-            p->need = RECORD_HEAD;
+            l->records++;
+            l->part = 1;
+            l->need = RECORD_HEAD;
             return 0;
         }
         case 4:
-            if (kv_get_u32(p->buf) != p->crc) {
+            if (kv_get_u32(l->buf) != l->crc) {
                 return corrupt(st, "checksum mismatch", offset);
             }
-            p->part = 3;
-            p->need = 0;
+            l->part = 3;
+            l->need = 0;
             return 0;
         default:
             return corrupt(st, "bytes after the end", offset);
     }
+}
+
+void snap_load_init(struct snap_load *l)
+{
+    memset(l, 0, sizeof *l);
+    l->need = HEADER_SIZE;
+}
+
+void snap_load_free(struct snap_load *l)
+{
+    free(l->buf);
+    snap_load_init(l);
+}
+
+int snap_load_copy(struct snap_load *dst, const struct snap_load *src)
+{
+    *dst = *src;
+    dst->buf = NULL;
+    dst->cap = 0;
+    if (src->have) {
+        dst->buf = malloc(src->need);
+        if (!dst->buf) {
+            return KV_STORE_ENOMEM;
+        }
+        dst->cap = src->need;
+        memcpy(dst->buf, src->buf, src->have);
+    }
+    return 0;
+}
+
+int snap_load_feed(struct kv_store *st,
+                   MDB_txn *txn,
+                   struct snap_load *l,
+                   const void *data,
+                   size_t len)
+{
+    const uint8_t *d = data;
+    size_t pos = 0;
+    while (pos < len) {
+        if (l->part == 3) {
+            return corrupt(st, "bytes after the end", l->offset + pos);
+        }
+        if (l->need > l->cap) {
+            uint8_t *nb = realloc(l->buf, l->need);
+            if (!nb) {
+                return KV_STORE_ENOMEM;
+            }
+            l->buf = nb;
+            l->cap = l->need;
+        }
+        size_t take = l->need - l->have;
+        if (take > len - pos) {
+            take = len - pos;
+        }
+        memcpy(l->buf + l->have, d + pos, take);
+        l->have += take;
+        pos += take;
+        if (l->have == l->need) {
+            l->have = 0;
+            int rv = handle_part(st, txn, l, l->offset + pos);
+            if (rv) {
+                return rv;
+            }
+        }
+    }
+    l->offset += len;
+    return 0;
+}
+
+int snap_load_end(struct kv_store *st,
+                  MDB_txn *txn,
+                  struct snap_load *l,
+                  uint64_t *index,
+                  uint64_t *term)
+{
+    if (l->part != 3) {
+        return corrupt(st, "stream ends early", l->offset);
+    }
+    if (l->cluster_id) {
+        /* The state belongs to the sender's cluster: so does this node. */
+        int rv = kv_store_put_meta(st, txn, "cluster", l->cluster_id);
+        if (rv) {
+            return rv;
+        }
+    }
+    /* The state is the stream's now, and so is its format: values without
+     * revisions from an RKVSNAP2 stream are upgraded by the state machine
+     * (kv_sm_install, kv_sm_install_done); should it not, the store still
+     * says what they are. */
+    uint64_t format = l->v2 ? KV_STORE_FORMAT_OLD : KV_STORE_FORMAT;
+    int rv = kv_store_put_meta(st, txn, "format", format);
+    if (rv) {
+        return rv;
+    }
+    st->format = format;
+    *index = l->index;
+    *term = l->term;
+    return 0;
 }
 
 int snap_install(struct kv_store *st,
@@ -416,79 +523,29 @@ int snap_install(struct kv_store *st,
     if (rc) {
         return kv_store_fail(st, rc, "open staging cursor");
     }
-    struct parser p = {.need = HEADER_SIZE};
-    uint64_t expect = 0;
+    struct snap_load l;
+    snap_load_init(&l);
     int rv = 0;
     MDB_val k, v;
     for (rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST); rc == 0 && !rv;
          rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
-        if (k.mv_size != 8 || kv_get_u64(k.mv_data) != expect) {
-            rv = corrupt(st, "chunks are not contiguous", expect);
+        if (k.mv_size != 8 || kv_get_u64(k.mv_data) != l.offset) {
+            rv = corrupt(st, "chunks are not contiguous", l.offset);
             break;
         }
-        const uint8_t *d = v.mv_data;
-        size_t pos = 0;
-        while (pos < v.mv_size && !rv) {
-            if (p.part == 3) {
-                rv = corrupt(st, "bytes after the end", expect + pos);
-                break;
-            }
-            if (p.need > p.cap) {
-                uint8_t *nb = realloc(p.buf, p.need);
-                if (!nb) {
-                    rv = KV_STORE_ENOMEM;
-                    break;
-                }
-                p.buf = nb;
-                p.cap = p.need;
-            }
-            size_t take = p.need - p.have;
-            if (take > v.mv_size - pos) {
-                take = v.mv_size - pos;
-            }
-            memcpy(p.buf + p.have, d + pos, take);
-            p.have += take;
-            pos += take;
-            if (p.have == p.need) {
-                p.have = 0;
-                rv = handle_part(st, txn, &p, expect + pos);
-            }
-        }
-        expect += v.mv_size;
+        rv = snap_load_feed(st, txn, &l, v.mv_data, v.mv_size);
     }
     mdb_cursor_close(cur);
-    free(p.buf);
-    if (rv) {
-        return rv;
+    if (!rv && rc != MDB_NOTFOUND) {
+        rv = kv_store_fail(st, rc, "read staging");
     }
-    if (rc != MDB_NOTFOUND) {
-        return kv_store_fail(st, rc, "read staging");
+    if (!rv) {
+        rc = mdb_drop(txn, st->staging, 0);
+        rv = rc ? kv_store_fail(st, rc, "clear staging") : 0;
     }
-    if (p.part != 3) {
-        return corrupt(st, "stream ends early", expect);
+    if (!rv) {
+        rv = snap_load_end(st, txn, &l, index, term);
     }
-    rc = mdb_drop(txn, st->staging, 0);
-    if (rc) {
-        return kv_store_fail(st, rc, "clear staging");
-    }
-    if (p.cluster_id) {
-        /* The state belongs to the sender's cluster: so does this node. */
-        int rv2 = kv_store_put_meta(st, txn, "cluster", p.cluster_id);
-        if (rv2) {
-            return rv2;
-        }
-    }
-    /* The state is the stream's now, and so is its format: values without
-     * revisions from an RKVSNAP2 stream are upgraded by the state machine
-     * in this transaction (kv_sm_install); should it not, the store still
-     * says what they are. */
-    uint64_t format = p.v2 ? KV_STORE_FORMAT_OLD : KV_STORE_FORMAT;
-    int rv2 = kv_store_put_meta(st, txn, "format", format);
-    if (rv2) {
-        return rv2;
-    }
-    st->format = format;
-    *index = p.index;
-    *term = p.term;
-    return 0;
+    snap_load_free(&l);
+    return rv;
 }

@@ -32,6 +32,38 @@
  * The stream is read under one LMDB read transaction, so it is the state at
  * one applied index while writes go on. */
 
+#define SNAP_HEADER_SIZE  32 /* magic (8), index, term, cluster id */
+#define SNAP_RECORD_HEAD  9  /* kind (1), key length (4), value length (4) */
+#define SNAP_TRAILER_SIZE 13 /* 0xFF, number of records (8), CRC-32C (4) */
+#define SNAP_KIND_KV      1
+#define SNAP_KIND_SESSION 2
+#define SNAP_KIND_AUTH    3 /* users, roles, auth settings (auth.c) */
+#define SNAP_KIND_HISTORY 4 /* revision|sub -> change (mvcc.c) */
+#define SNAP_KIND_KVMETA  5 /* the state machine's numbers (mvcc.c) */
+#define SNAP_KIND_LEASE   6 /* lease id -> its grant (lease.c) */
+#define SNAP_KIND_END     0xFF
+
+/* The stream's parts, for the stream below and for tools that write a
+ * backup without a store (bench/bigstate_gen.c). The CRC-32C of a stream
+ * covers every byte before its last 4: kv_crc32c over the header and the
+ * records, then snap_put_trailer adds its own first 9 bytes. */
+
+/** Write the 32-byte header (current magic) into @out. */
+void snap_put_header(uint8_t *out,
+                     uint64_t index,
+                     uint64_t term,
+                     uint64_t cluster_id);
+
+/** Write a record's 9-byte head into @out; the key and value follow it. */
+void snap_put_record_head(uint8_t *out,
+                          uint8_t kind,
+                          uint32_t key_len,
+                          uint32_t value_len);
+
+/** Write the 13-byte trailer into @out: @records records, @crc the
+ * CRC-32C of everything before the trailer. */
+void snap_put_trailer(uint8_t *out, uint64_t records, uint32_t crc);
+
 /* A snapshot being read out for one follower. */
 struct snap_stream
 {
@@ -89,6 +121,71 @@ void snap_check_add(struct snap_check *c, const void *data, size_t len);
 /** Whether the bytes seen end with the CRC-32C of everything before it,
  * as a whole stream does (a stream damaged or mixed from two fails). */
 bool snap_check_ok(const struct snap_check *c);
+
+/* A stream being loaded into a store, a piece at a time: the parser's
+ * state between pieces, so that the records can go into the store in as
+ * many transactions as the caller likes (install.c). Records of each kind
+ * are appended (MDB_APPEND: a stream holds them in key order), so the
+ * databases they go into must be empty when loading starts. */
+struct snap_load
+{
+    uint8_t *buf;        /* bytes of the part being collected */
+    size_t have;         /* bytes in buf */
+    size_t cap;          /* allocated */
+    size_t need;         /* bytes the current part needs */
+    int part;            /* 0 header, 1 record head, 2 record body,
+                            4 checksum, 3 end */
+    uint32_t crc;        /* CRC-32C of the parts so far */
+    uint8_t kind;        /* current record's kind */
+    uint32_t klen;       /* its key length */
+    uint64_t records;    /* records loaded */
+    uint64_t offset;     /* stream bytes fed so far */
+    uint64_t index;      /* from the header */
+    uint64_t term;       /* from the header */
+    uint64_t cluster_id; /* from the header (0: not known then) */
+    bool v2;             /* an RKVSNAP2 stream (before revisions) */
+};
+
+/** Start loading a stream (nothing allocated yet). */
+void snap_load_init(struct snap_load *l);
+
+/** Free what a load holds; it is then as snap_load_init left it. */
+void snap_load_free(struct snap_load *l);
+
+/**
+ * Copy a load's state (to go back to it when a transaction fails).
+ * @return 0 or KV_STORE_ENOMEM
+ */
+int snap_load_copy(struct snap_load *dst, const struct snap_load *src);
+
+/**
+ * Load the next @len bytes of a stream into @txn's databases.
+ * @return 0, KV_STORE_ECORRUPT (errmsg names the byte), or a store error;
+ *   after an error @l is left where it stopped (go back to a copy)
+ */
+int snap_load_feed(struct kv_store *st,
+                   MDB_txn *txn,
+                   struct snap_load *l,
+                   const void *data,
+                   size_t len);
+
+/**
+ * Check that the stream ended with its trailer and a matching checksum,
+ * and write what its header says into meta ("cluster" when the stream
+ * names one, and "format"; st->format too).
+ * @param index, term set to the applied index and term of the state
+ * @return 0, KV_STORE_ECORRUPT, or a store error
+ */
+int snap_load_end(struct kv_store *st,
+                  MDB_txn *txn,
+                  struct snap_load *l,
+                  uint64_t *index,
+                  uint64_t *term);
+
+/* Staging inside the store and installing in the caller's one
+ * transaction: for small streams (tests, tools). The node builds a
+ * received snapshot beside its state instead (install.h), in bounded
+ * transactions. */
 
 /**
  * Stage a received chunk; offset 0 discards what was staged before.
