@@ -139,6 +139,9 @@ struct kv_peer
     bool chunk_valid;          /* chunk holds a sent chunk */
     uint64_t stream_logged;    /* ms of the last "sending" log line */
     uint64_t stream_used;      /* ms a chunk of a snapshot was last sent */
+    uint64_t stream_began;     /* ms the current stream's first chunk went */
+    uint64_t final_sent;       /* ms its final chunk was last sent */
+    uint64_t chunk_answered;   /* ms it last answered a chunk */
 };
 
 /* A Raft request from a peer waiting for the core's response. */
@@ -576,12 +579,15 @@ void peer_close_streams(struct kv_node *n);
  * holds the entries written meanwhile, which the compaction would drop
  * (it would need another snapshot). It waits while a chunk was sent in
  * the last PEER_SNAPSHOT_HOLD_MS to a follower that still needs the
- * snapshot or those entries, and answered in the last
- * PEER_SNAPSHOT_HOLD_ROUNDS
- * heartbeat rounds (a follower is silent while it syncs a large state
- * at the end of a transfer), and while the log holds fewer than
+ * snapshot or those entries, and that is taking part: it answered in the
+ * last PEER_SNAPSHOT_HOLD_QUIET heartbeat rounds, or it answered a chunk
+ * of this stream and was then sent the final one, which it may take
+ * PEER_SNAPSHOT_HOLD_ROUNDS rounds to sync and install. A follower cut
+ * off (one that never answered, or went silent in the middle) holds
+ * nothing back. And only while the log holds fewer than
  * PEER_SNAPSHOT_HOLD_LOG times --snapshot-entries entries. */
 #define PEER_SNAPSHOT_HOLD_MS     30000
+#define PEER_SNAPSHOT_HOLD_QUIET  5
 #define PEER_SNAPSHOT_HOLD_ROUNDS 300
 #define PEER_SNAPSHOT_HOLD_LOG    50
 

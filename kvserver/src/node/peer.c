@@ -90,6 +90,11 @@ static void on_snapshot_reply(const Raftkv__InstallSnapshotReply *r, void *data)
         unreachable(data);
         return;
     }
+    struct out_call *c = data;
+    struct kv_peer *p = find_peer(c->n, c->peer);
+    if (p) {
+        p->chunk_answered = node_now_ms();
+    }
     struct raft_message m = {.type = RAFT_MSG_SNAPSHOT_RESP, .term = r->term};
     m.u.snapshot_resp.index = r->index;
     m.u.snapshot_resp.next_offset = r->next_offset;
@@ -129,13 +134,21 @@ bool peer_sending_snapshot(struct kv_node *n, uint64_t keep_from)
     for (size_t i = 0; i < n->n_peers; i++) {
         const struct kv_peer *p = &n->peers[i];
         struct raft_peer_info info;
-        /* A chunk went out lately, the follower answers, and it still
-         * needs the snapshot (it stores nothing up to its index) or the
-         * entries after it that the compaction would drop. */
-        if (p->stream_used && now - p->stream_used < PEER_SNAPSHOT_HOLD_MS &&
-            raft_peer_info(n->raft, p->id, &info) == 0 &&
-            (info.match < p->stream_for || info.match < keep_from) &&
-            info.rounds_unacked <= PEER_SNAPSHOT_HOLD_ROUNDS) {
+        if (!p->stream_used || now - p->stream_used >= PEER_SNAPSHOT_HOLD_MS ||
+            raft_peer_info(n->raft, p->id, &info) != 0) {
+            continue;
+        }
+        /* It still needs the snapshot (it stores nothing up to its index)
+         * or the entries after it that the compaction would drop. */
+        if (info.match >= p->stream_for && info.match >= keep_from) {
+            continue;
+        }
+        /* It takes part: it answers, or it answered this stream and is
+         * installing the final chunk (silent while it syncs). */
+        bool installing = p->chunk_answered >= p->stream_began &&
+                          p->final_sent > p->chunk_answered;
+        if (info.rounds_unacked <= PEER_SNAPSHOT_HOLD_QUIET ||
+            (installing && info.rounds_unacked <= PEER_SNAPSHOT_HOLD_ROUNDS)) {
             return true;
         }
     }
@@ -185,6 +198,7 @@ static int fill_chunk(struct kv_node *n,
         p->stream_open = true;
         p->stream_for = s->index;
         p->stream_id = new_stream_id();
+        p->stream_began = node_now_ms();
         off = 0;
         /* A follower that stays unreachable gets a fresh stream after each
          * compaction; say so once every 10 s, not each time. */
@@ -224,6 +238,9 @@ static int fill_chunk(struct kv_node *n,
     }
 fill:
     p->stream_used = node_now_ms();
+    if (p->chunk_done) {
+        p->final_sent = p->stream_used;
+    }
     a->offset = p->chunk_offset;
     a->data.data = p->chunk;
     a->data.len = p->chunk_len;
