@@ -311,6 +311,10 @@ struct kv_node
     uint64_t durable_applied;           /* applied index of the last commit */
     uint64_t durable_term;              /* its term */
     uint64_t handed;                    /* last committed index handed out */
+    uint64_t synced_applied;            /* applied index of a commit on
+                                           disk for good (meta page
+                                           flushed too) */
+    uint64_t synced_term;               /* its term */
     bool state_synced;                  /* last commit fully synced */
     bool meta_async;                    /* LMDB's MDB_NOMETASYNC is on */
     uint64_t state_commits;             /* state commits so far */

@@ -147,6 +147,16 @@ void node_state_done(struct kv_node *n, MDB_txn *txn)
     }
 }
 
+/* The state at @index is on disk for good (what a compaction may rely
+ * on). */
+static void state_set_synced(struct kv_node *n, uint64_t index, uint64_t term)
+{
+    if (index > n->synced_applied) {
+        n->synced_applied = index;
+        n->synced_term = term;
+    }
+}
+
 int node_state_commit(struct kv_node *n, bool full)
 {
     struct kv_store *st = &n->store;
@@ -158,6 +168,9 @@ int node_state_commit(struct kv_node *n, bool full)
                 return kv_store_fail(st, rc, "sync");
             }
             n->state_synced = true;
+        }
+        if (full) {
+            state_set_synced(n, n->durable_applied, n->durable_term);
         }
         return 0;
     }
@@ -171,6 +184,11 @@ int node_state_commit(struct kv_node *n, bool full)
         n->meta_async = !full;
     }
     event_del(n->state_ev);
+    /* A commit that applied something wrote its meta record, so LMDB
+     * flushes its data pages: that flush also puts the previous commit's
+     * meta page on disk for good (an empty commit flushes nothing). */
+    bool wrote = n->applied != n->durable_applied;
+    uint64_t prev = n->durable_applied, prev_term = n->durable_term;
     double t0 = kv_seconds();
     int rc = mdb_txn_commit(n->state_txn);
     n->state_txn = NULL;
@@ -182,6 +200,11 @@ int node_state_commit(struct kv_node *n, bool full)
     }
     n->durable_applied = n->applied;
     n->durable_term = n->applied_term;
+    if (full) {
+        state_set_synced(n, n->applied, n->applied_term);
+    } else if (wrote) {
+        state_set_synced(n, prev, prev_term);
+    }
     n->state_synced = full;
     n->state_commits++;
     return 0;
@@ -374,6 +397,8 @@ static int install_staged(struct kv_node *n, const struct raft_update *u)
     n->auth_gen++; /* new users and roles, perhaps */
     n->applied = n->durable_applied = applied;
     n->applied_term = n->durable_term = applied_term;
+    n->synced_applied = applied; /* the switch synced everything */
+    n->synced_term = applied_term;
     n->snap_index = u->install_index;
     n->metrics.snapshots_received++;
     rpc_logf(RPC_LOG_INFO,
@@ -661,19 +686,39 @@ void node_maybe_compact(struct kv_node *n)
         return; /* (node.h: a transfer would start over) */
     }
     /* The log before the snapshot goes away: the state that replaces it
-     * must be on disk for good. */
-    if (node_state_commit(n, true) != 0) {
-        rpc_logf(RPC_LOG_WARN, "node %llu: log compaction postponed: %s",
-                 (unsigned long long)n->cfg.id, n->store.errmsg);
-        return;
+     * must be on disk for good. Under a steady load that is the state of
+     * the commit before the last one (the last one's flush put its meta
+     * page on disk), a commit interval or two behind: it needs no flush of
+     * its own, which would stall the loop. Wait for one (a commit is due
+     * while the state transaction is open) while the log has room: up to
+     * 1.5 times --snapshot-entries. Otherwise commit the applied state
+     * with a full sync now and take that. */
+    uint64_t index = n->synced_applied, term = n->synced_term;
+    bool own_sync = false;
+    if (index <= n->last_compact ||
+        n->applied - index > n->cfg.snapshot_entries) {
+        if (n->state_txn &&
+            last - first + 1 <
+                n->cfg.snapshot_entries + n->cfg.snapshot_entries / 2) {
+            return;
+        }
+        if (node_state_commit(n, true) != 0) {
+            rpc_logf(RPC_LOG_WARN, "node %llu: log compaction postponed: %s",
+                     (unsigned long long)n->cfg.id, n->store.errmsg);
+            return;
+        }
+        index = n->durable_applied;
+        term = n->durable_term;
+        own_sync = true;
     }
-    uint64_t index = n->durable_applied, term = n->durable_term;
     if (index <= n->last_compact ||
         raft_snapshot_taken(n->raft, index, term) != 0) {
         return;
     }
     n->snap_index = index;
     n->last_compact = index;
+    n->metrics.compactions++;
+    n->metrics.compactions_synced += own_sync;
     uint64_t upto =
         index > n->cfg.snapshot_trailing ? index - n->cfg.snapshot_trailing : 0;
     size_t k = kv_wal_release(&n->wal, upto);
@@ -1014,6 +1059,8 @@ int node_restore(struct kv_node *n)
     }
     n->applied = n->durable_applied = n->handed = m.applied;
     n->applied_term = n->durable_term = m.applied_term;
+    n->synced_applied = m.applied;
+    n->synced_term = m.applied_term;
     n->snap_index = m.applied;
     n->last_compact = m.applied;
     n->state_synced = true;

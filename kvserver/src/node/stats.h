@@ -26,6 +26,8 @@ struct kv_metrics
     uint64_t proposals_failed;    /* writes refused or not applied */
     uint64_t snapshots_sent;      /* snapshot streams sent to followers */
     uint64_t snapshots_received;  /* snapshots installed from a leader */
+    uint64_t compactions;         /* log compactions */
+    uint64_t compactions_synced;  /* of them, with a state sync of their own */
     struct kv_hist wal_sync;      /* log append + fdatasync */
     struct kv_hist state_commit;  /* applied state LMDB commits */
     struct kv_hist apply;         /* applying one turn's committed entries */

@@ -209,6 +209,12 @@ static void on_metrics(struct evhttp_request *req, void *arg)
               "Snapshots streamed to followers.", m->snapshots_sent);
     put_value(b, "raftkv_snapshots_received_total", "counter",
               "Snapshots received and installed.", m->snapshots_received);
+    put_value(b, "raftkv_log_compactions_total", "counter", "Log compactions.",
+              m->compactions);
+    put_value(b, "raftkv_log_compactions_synced_total", "counter",
+              "Log compactions that synced the applied state themselves "
+              "(the others rely on an earlier commit's sync).",
+              m->compactions_synced);
     put_value(b, "raftkv_log_entries", "gauge", "Entries in the Raft log.",
               raft_last_index(r) + 1 - raft_first_index(r));
     put_value(b, "raftkv_wal_bytes", "gauge",
