@@ -64,7 +64,7 @@ static const char usage_text[] =
     "  events [KEY [END]] [--prefix|--from-key] --rev N [--limit N]\n"
     "                          the changes since revision N (history)\n"
     "  watch KEY [END] [--prefix|--from-key] [--rev N] [--count N]\n"
-    "                          print changes as they happen, one line each\n"
+    "        [--prev-kv]       print changes as they happen, one line each\n"
     "  cas KEY EXPECTED NEW    set KEY to NEW if it holds EXPECTED\n"
     "  cas --absent KEY NEW    set KEY to NEW if it does not exist\n"
     "  lease grant TTL | revoke ID | keep-alive ID [--once] |\n"
