@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <termios.h>
 #include <time.h>
@@ -63,7 +64,7 @@ static const char usage_text[] =
     "  events [KEY [END]] [--prefix|--from-key] --rev N [--limit N]\n"
     "                          the changes since revision N (history)\n"
     "  watch KEY [END] [--prefix|--from-key] [--rev N] [--count N]\n"
-    "                          print changes as they happen, one line each\n"
+    "        [--prev-kv]       print changes as they happen, one line each\n"
     "  cas KEY EXPECTED NEW    set KEY to NEW if it holds EXPECTED\n"
     "  cas --absent KEY NEW    set KEY to NEW if it does not exist\n"
     "  lease grant TTL | revoke ID | keep-alive ID [--once] |\n"
@@ -336,9 +337,10 @@ static const struct
      "    kvserver --id N --cluster LIST --data-dir DIR --restore FILE\n"
      "  then start the nodes as usual. Exit 3 when no leader answered or\n"
      "  the leader changed midway (run it again); exit 11 (IO_ERROR) when\n"
-     "  FILE cannot be written (found before the cluster is asked). With\n"
-     "  -, the snapshot goes to standard output (not a terminal, not in\n"
-     "  pipe mode) and the OK line to standard error.\n"},
+     "  FILE cannot be written or is not a regular file (found before the\n"
+     "  cluster is asked). With -, the snapshot goes to standard output\n"
+     "  (not a terminal, not in pipe mode) and the OK line to standard\n"
+     "  error.\n"},
     {"fault",
      "kvctl fault NODE show\n"
      "kvctl fault NODE clear\n"
@@ -1046,6 +1048,18 @@ static int cmd_snapshot_save(struct clerk *ck, const char *path)
     char tmp[4200];
     if (snprintf(tmp, sizeof tmp, "%s.tmp", path) >= (int)sizeof tmp) {
         return usage_error("FILE: path too long");
+    }
+    /* FILE.tmp is renamed over FILE at the end: a directory would fail
+     * only after the whole transfer, and a device or a FIFO (/dev/stdout,
+     * /dev/full) would be replaced by a regular file. */
+    struct stat st;
+    if (stat(path, &st) == 0 && !S_ISREG(st.st_mode)) {
+        char msg[4400];
+        snprintf(msg, sizeof msg,
+                 "snapshot save: %.4000s is %s, not a regular file (give a "
+                 "new or regular FILE, or - for standard output)",
+                 path, S_ISDIR(st.st_mode) ? "a directory" : "a special file");
+        return answer_error("IO_ERROR", msg, false, NULL, 0, false);
     }
     /* Before the cluster is asked: a FILE that cannot be written is a
      * local error of its own (exit 11), not a failed snapshot. */

@@ -411,6 +411,41 @@ static void test_kvctl_snapshot_save_local_errors_and_stdout(void)
     CU_ASSERT(strstr(r.out, "11 a local file could not be read") != NULL);
 }
 
+/* snapshot save writes FILE.tmp and renames it over FILE: a FILE that is
+ * not a regular file is refused before the cluster is asked, and left as
+ * it was (a FIFO or a device was replaced by a regular file; a directory
+ * failed only after the whole transfer). */
+static void test_kvctl_snapshot_save_refuses_what_is_not_a_file(void)
+{
+    struct run r;
+    char args[512], path[256];
+    /* A directory: exit 11 at once, even when no server answers. */
+    snprintf(args, sizeof args, "--timeout 5 snapshot save %s", work);
+    kvctl_run(&r, "127.0.0.1:1", args);
+    CU_ASSERT_EQUAL(r.status, 11);
+    CU_ASSERT(r.seconds < 3);
+    CU_ASSERT(strstr(r.err, "IO_ERROR") && strstr(r.err, "a directory"));
+    snprintf(path, sizeof path, "%s.tmp", work);
+    CU_ASSERT(access(path, F_OK) != 0);
+    /* A FIFO, on a cluster that answers: refused, still a FIFO. */
+    snprintf(path, sizeof path, "%s/fifo", work);
+    CU_ASSERT_FATAL(mkfifo(path, 0600) == 0);
+    snprintf(args, sizeof args, "snapshot save %s", path);
+    kvctl1(&r, args);
+    CU_ASSERT_EQUAL(r.status, 11);
+    CU_ASSERT(strstr(r.err, "not a regular file") != NULL);
+    struct stat st;
+    CU_ASSERT(stat(path, &st) == 0 && S_ISFIFO(st.st_mode));
+    unlink(path);
+    /* A regular file is still replaced. */
+    write_file("old.snap", "old", 3, path, sizeof path);
+    snprintf(args, sizeof args, "snapshot save %s", path);
+    kvctl1(&r, args);
+    CU_ASSERT_EQUAL(r.status, 0);
+    CU_ASSERT(stat(path, &st) == 0 && S_ISREG(st.st_mode) && st.st_size > 3);
+    unlink(path);
+}
+
 int main(int argc, char **argv)
 {
     signal(SIGPIPE, SIG_IGN);
@@ -433,6 +468,8 @@ int main(int argc, char **argv)
          test_kvctl_every_server_refusing_fails_at_once},
         {"test_kvctl_says_when_the_quorum_is_lost",
          test_kvctl_says_when_the_quorum_is_lost},
+        {"test_kvctl_snapshot_save_refuses_what_is_not_a_file",
+         test_kvctl_snapshot_save_refuses_what_is_not_a_file},
         CU_TEST_INFO_NULL,
     };
     static CU_SuiteInfo suites[] = {

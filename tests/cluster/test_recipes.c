@@ -593,6 +593,64 @@ static void test_kvctl_lock_paused_past_its_lease_cannot_write(void)
     unlink(out_path);
 }
 
+/* The leader's proposal in the election NAME ("" when nobody leads). */
+static void leader_of(const char *name, char *out, size_t cap)
+{
+    struct clerk_kv *kv = NULL;
+    out[0] = 0;
+    if (clerk_election_leader(ck, name, strlen(name), &kv) == CLERK_OK) {
+        snprintf(out, cap, "%.*s", (int)kv->value_len, (char *)kv->value);
+        clerk_kv_free(kv);
+    }
+}
+
+/* kvctl elect NAME PROPOSAL campaigns, prints its key and proposal once
+ * it leads, and resigns when interrupted (exit 0): nobody leads then. */
+static void test_kvctl_elect_campaigns_and_resigns_on_interrupt(void)
+{
+    char path[512], cmd[2048], who[64];
+    snprintf(path, sizeof path, "%s/kvctl-elect.out", rc.root);
+    snprintf(cmd, sizeof cmd, "exec %s --cluster %s elect kv9 prop-a > %s",
+             KVCTL_BIN, eps, path);
+    pid_t pid = fork();
+    CU_ASSERT_FATAL(pid >= 0);
+    if (pid == 0) {
+        execl("/bin/sh", "sh", "-c", cmd, (char *)NULL);
+        _exit(127);
+    }
+    uint64_t end = h_now_ms() + 10000;
+    do {
+        h_sleep_ms(50);
+        leader_of("kv9", who, sizeof who);
+    } while (strcmp(who, "prop-a") != 0 && h_now_ms() < end);
+    CU_ASSERT_STRING_EQUAL(who, "prop-a");
+    kill(pid, SIGINT);
+    int st = 0;
+    pid_t done = 0;
+    end = h_now_ms() + 5000;
+    while ((done = waitpid(pid, &st, WNOHANG)) == 0 && h_now_ms() < end) {
+        h_sleep_ms(20);
+    }
+    if (!done) {
+        kill(pid, SIGKILL);
+        waitpid(pid, &st, 0);
+        CU_FAIL("kvctl elect ignored SIGINT");
+    }
+    CU_ASSERT(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+    leader_of("kv9", who, sizeof who);
+    CU_ASSERT_STRING_EQUAL(who, ""); /* resigned, not left to its lease */
+    char out[256] = "", key[128] = "", prop[64] = "";
+    FILE *f = fopen(path, "r");
+    if (f) {
+        size_t n = fread(out, 1, sizeof out - 1, f);
+        out[n] = 0;
+        fclose(f);
+    }
+    CU_ASSERT_EQUAL(sscanf(out, "%127s %63s", key, prop), 2);
+    CU_ASSERT(strncmp(key, "kv9/", 4) == 0 && strlen(key) == 20);
+    CU_ASSERT_STRING_EQUAL(prop, "prop-a");
+}
+
 int main(int argc, char **argv)
 {
     static CU_TestInfo tests[] = {
@@ -612,6 +670,8 @@ int main(int argc, char **argv)
          test_kvctl_lock_interrupted_while_waiting},
         {"test_kvctl_lock_paused_past_its_lease_cannot_write",
          test_kvctl_lock_paused_past_its_lease_cannot_write},
+        {"test_kvctl_elect_campaigns_and_resigns_on_interrupt",
+         test_kvctl_elect_campaigns_and_resigns_on_interrupt},
         CU_TEST_INFO_NULL,
     };
     static CU_SuiteInfo suites[] = {

@@ -954,6 +954,56 @@ static void test_kvctl_watch_prints_a_line_per_event(void)
     unlink(path);
 }
 
+/* Run a shell command line; its standard output into out. */
+static int sh_out(const char *cmd, char *out, size_t cap)
+{
+    FILE *p = popen(cmd, "r");
+    if (!p) {
+        return -1;
+    }
+    size_t n = fread(out, 1, cap - 1, p);
+    out[n] = 0;
+    int st = pclose(p);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+/* kvctl watch --rev N replays the history, --prev-kv adds the values
+ * before, and -w json gives keys and values in base64. */
+static void test_kvctl_watch_from_a_revision_with_prev_kv_and_json(void)
+{
+    uint64_t r1 = put("kw/a", "1");
+    put("kw/a", "2");
+    CU_ASSERT_EQUAL(clerk_delete(ck, "kw/a", 4), CLERK_OK);
+    char cmd[2048], out[4096], want[512];
+    snprintf(cmd, sizeof cmd,
+             "timeout 15 %s --cluster %s watch kw/ --prefix --rev %llu "
+             "--count 3 --prev-kv",
+             KVCTL_BIN, eps, (unsigned long long)r1);
+    CU_ASSERT_EQUAL(sh_out(cmd, out, sizeof out), 0);
+    snprintf(want, sizeof want,
+             "PUT %llu \"kw/a\" \"1\"\nPUT %llu \"kw/a\" \"2\" prev \"1\"\n"
+             "DELETE %llu \"kw/a\" prev \"2\"\n",
+             (unsigned long long)r1, (unsigned long long)r1 + 1,
+             (unsigned long long)r1 + 2);
+    CU_ASSERT_STRING_EQUAL(out, want);
+    /* JSON: one object per event; "kw/a" is a3cvYQ==, "1" MQ==, "2" Mg==. */
+    snprintf(cmd, sizeof cmd,
+             "timeout 15 %s --cluster %s -w json watch kw/a --rev %llu "
+             "--count 2 --prev-kv",
+             KVCTL_BIN, eps, (unsigned long long)r1);
+    CU_ASSERT_EQUAL(sh_out(cmd, out, sizeof out), 0);
+    char *second = strchr(out, '\n');
+    CU_ASSERT_FATAL(second != NULL);
+    *second++ = 0;
+    CU_ASSERT(strstr(out, "\"type\":\"PUT\"") != NULL);
+    CU_ASSERT(strstr(out, "\"key\":\"a3cvYQ==\"") != NULL);
+    CU_ASSERT(strstr(out, "\"value\":\"MQ==\"") != NULL);
+    CU_ASSERT(strstr(out, "prev_kv") == NULL);
+    CU_ASSERT(strstr(second, "\"value\":\"Mg==\"") != NULL);
+    CU_ASSERT(strstr(second, "\"prev_kv\":{") != NULL);
+    CU_ASSERT(strstr(second, "kw/a") == NULL); /* never in plain text */
+}
+
 int main(int argc, char **argv)
 {
     static CU_TestInfo tests[] = {
@@ -974,6 +1024,8 @@ int main(int argc, char **argv)
          test_watch_many_streams_on_one_connection_and_cancel},
         {"test_kvctl_watch_prints_a_line_per_event",
          test_kvctl_watch_prints_a_line_per_event},
+        {"test_kvctl_watch_from_a_revision_with_prev_kv_and_json",
+         test_kvctl_watch_from_a_revision_with_prev_kv_and_json},
         {"test_watch_reader_that_stops_reading_catches_up_without_gap",
          test_watch_reader_that_stops_reading_catches_up_without_gap},
         {"test_watch_resumes_across_kills_without_gap_or_duplicate",

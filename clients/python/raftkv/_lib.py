@@ -372,7 +372,7 @@ def load():
     else:
         raise ImportError(
             "raftkv: cannot load libclerk (%s); install it (the "
-            "raftkv-clerk package, or cmake --install) or set "
+            "libclerk0 package, or cmake --install) or set "
             "RAFTKV_LIBCLERK=/path/to/libclerk.so.0" % "; ".join(errors))
     for name, (restype, argtypes) in PROTOTYPES.items():
         fn = getattr(lib, name)

@@ -94,6 +94,22 @@ static struct kv_backup *backup_start(struct kv_services *s,
             b = &s->backups[i];
         }
     }
+    /* None free: take the one that ended longest ago. An ended read keeps
+     * its slot only to resend a last chunk whose reply was lost; it is not
+     * in progress, and must not refuse a new save for 30 s. */
+    for (size_t i = 0; i < KV_MAX_BACKUPS && !b; i++) {
+        struct kv_backup *e = &s->backups[i];
+        if (e->last_done && !e->open) {
+            for (size_t k = i + 1; k < KV_MAX_BACKUPS; k++) {
+                struct kv_backup *f = &s->backups[k];
+                if (f->last_done && !f->open && f->used < e->used) {
+                    e = f;
+                }
+            }
+            backup_close(e);
+            b = e;
+        }
+    }
     if (!b) {
         snprintf(msg, len,
                  "%d snapshot reads are in progress on node %" PRIu64
