@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include <CUnit/Basic.h>
+#include <clerk/clerk.h>
 #include <event2/event.h>
 
 #include <proto/admin.pb-c.h>
@@ -414,6 +415,87 @@ static void test_snapshot_of_many_chunks_survives_a_power_loss_part_way(void)
     CU_ASSERT_FALSE(h_log_contains(&cl, 0, "damaged"));
     rpc_channel_free(s.ch);
     CU_ASSERT_EQUAL(h_cluster_destroy(&cl), 0);
+}
+
+/* A follower that goes silent for a while in the middle of a transfer
+ * (paused 1.5 s, as a slow disk would keep it writing a chunk) still holds
+ * the leader's compactions back (up to the log's cap, 50 compactions'
+ * worth): it is not sent the snapshot anew. */
+static void test_snapshot_receiver_silent_mid_transfer_is_not_restarted(void)
+{
+    struct h_cluster c;
+    CU_ASSERT_FATAL(h_cluster_start(&c, 3,
+                                    "--snapshot-entries 10 "
+                                    "--snapshot-trailing 2 "
+                                    "--enable-fault-injection "
+                                    "--log-level debug") == 0);
+    struct h_client w;
+    CU_ASSERT_FATAL(h_client_open(&w, &c, cunit_seed()) == 0);
+    static char big[100001];
+    memset(big, 'v', sizeof big - 1);
+    char key[32];
+    for (int i = 0; i < 300; i++) { /* 30 MB: 30 chunks */
+        snprintf(key, sizeof key, "big%03d", i);
+        struct h_result r = h_put(&w, key, big, sizeof big - 1);
+        CU_ASSERT_EQUAL_FATAL(r.err, 0);
+        h_result_free(&r);
+    }
+    int leader = h_find_leader(&c, 10000);
+    CU_ASSERT_FATAL(leader >= 0);
+    size_t f = ((size_t)leader + 1) % c.n;
+    /* The leader's calls to it take 20-30 ms each: the 30 chunks take
+     * over half a second. */
+    char eps[1024];
+    h_endpoints(&c, eps, sizeof eps);
+    struct clerk *ck = NULL;
+    CU_ASSERT_FATAL(clerk_open(&ck, eps, NULL) == CLERK_OK);
+    struct clerk_fault slow = {
+        .target = f + 1, .delay_min_ms = 20, .delay_max_ms = 30};
+    CU_ASSERT_EQUAL_FATAL(
+        clerk_fault(ck, (size_t)leader, true, &slow, 1, 0, NULL, NULL),
+        CLERK_OK);
+    h_node_kill(&c, f);
+    char cmd[700];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", c.nodes[f].dir);
+    CU_ASSERT_EQUAL_FATAL(system(cmd), 0);
+    CU_ASSERT_EQUAL_FATAL(h_node_start(&c, f), 0);
+    /* Stop it once it has taken a few chunks, and write meanwhile: a
+     * compaction's worth every 10 writes. */
+    uint64_t end = h_now_ms() + 10000;
+    while (!h_log_contains(&c, (size_t)leader, "sending a snapshot") &&
+           h_now_ms() < end) {
+        h_sleep_ms(5);
+    }
+    h_sleep_ms(150);
+    h_node_pause(&c, f, true);
+    bool mid = !h_log_contains(&c, f, "installed a snapshot of the state");
+    int n = 0;
+    end = h_now_ms() + 1500;
+    for (; n < 100 && h_now_ms() < end; n++) { /* within the log's cap */
+        snprintf(key, sizeof key, "w%d", n % 50);
+        struct h_result r = h_put(&w, key, "x", 1);
+        h_result_free(&r);
+    }
+    while (h_now_ms() < end) {
+        h_sleep_ms(10);
+    }
+    h_node_pause(&c, f, false);
+    bool installed = false;
+    for (end = h_now_ms() + 30000; !installed && h_now_ms() < end;) {
+        h_sleep_ms(50);
+        installed = h_log_contains(&c, f, "installed a snapshot of the state");
+    }
+    CU_ASSERT(installed);
+    size_t streams = h_log_count(&c, (size_t)leader, "sending a snapshot");
+    printf("(%s; %d writes while it was stopped, %zu streams) ",
+           mid ? "stopped mid-transfer" : "the transfer was over first", n,
+           streams);
+    CU_ASSERT(n >= 10);
+    CU_ASSERT_EQUAL(streams, 1);
+    c.keep = c.keep || streams != 1; /* the logs say why */
+    clerk_close(ck);
+    h_client_close(&w);
+    CU_ASSERT_EQUAL(h_cluster_destroy(&c), 0);
 }
 
 /* A wiped follower gets a snapshot of many chunks while the leader takes
@@ -904,6 +986,8 @@ int main(int argc, char **argv)
          test_snapshot_failing_its_stream_checksum_is_fetched_again},
         {"test_snapshot_of_many_chunks_survives_a_power_loss_part_way",
          test_snapshot_of_many_chunks_survives_a_power_loss_part_way},
+        {"test_snapshot_receiver_silent_mid_transfer_is_not_restarted",
+         test_snapshot_receiver_silent_mid_transfer_is_not_restarted},
         {"test_snapshot_of_many_chunks_gets_across_under_writes",
          test_snapshot_of_many_chunks_gets_across_under_writes},
         CU_TEST_INFO_NULL,

@@ -583,17 +583,20 @@ void peer_close_streams(struct kv_node *n);
  * holds the entries written meanwhile, which the compaction would drop
  * (it would need another snapshot). It waits while a chunk was sent in
  * the last PEER_SNAPSHOT_HOLD_MS to a follower that still needs the
- * snapshot or those entries, and that is taking part: it answered in the
- * last PEER_SNAPSHOT_HOLD_QUIET heartbeat rounds, or it answered a chunk
- * of this stream and was then sent the final one, which it may take
+ * snapshot or those entries, and that takes part: it answered in the last
+ * PEER_SNAPSHOT_HOLD_QUIET heartbeat rounds; or it answered a chunk of
+ * this stream in the last PEER_SNAPSHOT_HOLD_QUIET_MS, the final one not
+ * sent yet (writing a large chunk may keep it silent); or it answered
+ * this stream and was then sent the final chunk, which it may take
  * PEER_SNAPSHOT_HOLD_ROUNDS rounds to sync and install. A follower cut
- * off (one that never answered, or went silent in the middle) holds
- * nothing back. And only while the log holds fewer than
- * PEER_SNAPSHOT_HOLD_LOG times --snapshot-entries entries. */
-#define PEER_SNAPSHOT_HOLD_MS     30000
-#define PEER_SNAPSHOT_HOLD_QUIET  5
-#define PEER_SNAPSHOT_HOLD_ROUNDS 300
-#define PEER_SNAPSHOT_HOLD_LOG    50
+ * off (one that never answered, or went silent) holds nothing back. And
+ * only while the log holds fewer than PEER_SNAPSHOT_HOLD_LOG times
+ * --snapshot-entries entries. */
+#define PEER_SNAPSHOT_HOLD_MS       30000
+#define PEER_SNAPSHOT_HOLD_QUIET    5
+#define PEER_SNAPSHOT_HOLD_QUIET_MS 5000
+#define PEER_SNAPSHOT_HOLD_ROUNDS   300
+#define PEER_SNAPSHOT_HOLD_LOG      50
 
 /** Whether a snapshot is being sent to a follower that needs it, or the
  * entries from @keep_from on (above). */

@@ -143,12 +143,19 @@ bool peer_sending_snapshot(struct kv_node *n, uint64_t keep_from)
         if (info.match >= p->stream_for && info.match >= keep_from) {
             continue;
         }
-        /* It takes part: it answers, or it answered this stream and is
-         * installing the final chunk (silent while it syncs). */
-        bool installing = p->chunk_answered >= p->stream_began &&
-                          p->final_sent > p->chunk_answered;
-        if (info.rounds_unacked <= PEER_SNAPSHOT_HOLD_QUIET ||
-            (installing && info.rounds_unacked <= PEER_SNAPSHOT_HOLD_ROUNDS)) {
+        /* It takes part: it answers; or it answers this stream's chunks
+         * (writing a large one may keep it silent a while); or it
+         * answered this stream and is installing the final chunk (silent
+         * while it syncs). */
+        bool answered = p->chunk_answered >= p->stream_began;
+        bool final_out = p->final_sent >= p->stream_began;
+        bool streaming = answered && !final_out &&
+                         now - p->chunk_answered < PEER_SNAPSHOT_HOLD_QUIET_MS;
+        bool installing = answered && final_out &&
+                          p->final_sent > p->chunk_answered &&
+                          info.rounds_unacked <= PEER_SNAPSHOT_HOLD_ROUNDS;
+        if (info.rounds_unacked <= PEER_SNAPSHOT_HOLD_QUIET || streaming ||
+            installing) {
             return true;
         }
     }
