@@ -374,10 +374,7 @@ static void seen_summary(const struct ck_op *op, char *out, size_t len)
     size_t unknown = c->n - refused - silent - up - other,
            majority = c->n / 2 + 1;
     if (refused == c->n) {
-        snprintf(out, len,
-                 "no server accepted a connection (all %zu refused: is the "
-                 "cluster running, at these addresses?)",
-                 c->n);
+        ck_refused_text(c, out, len);
     } else if (up + unknown < majority) {
         snprintf(out, len,
                  "quorum lost: %zu of %zu servers answer (%zu refuse "
@@ -822,19 +819,13 @@ static void op_answered(struct ck_op *op)
         }
         /* No connection made: refused, or the channel waits before it
          * tries that server again. */
-        if (a->rpc_status == RPC_E_UNAVAILABLE) {
-            op->seen[i] = CK_SEEN_REFUSED;
-            op->refused_run++;
-        } else {
-            op->seen[i] = not_started ? CK_SEEN_BUSY : CK_SEEN_SILENT;
-            op->refused_run = 0;
-            c->reached |= not_started;
-        }
-        if (op->refused_run >= c->n && !c->reached && !c->closing) {
+        enum ck_try t = ck_try_of_status(a->rpc_status);
+        op->seen[i] = t == CK_TRY_REFUSED    ? CK_SEEN_REFUSED
+                      : t == CK_TRY_ANSWERED ? CK_SEEN_BUSY
+                                             : CK_SEEN_SILENT;
+        if (ck_tried(c, &op->refused_run, t)) {
             /* Every server refused in a row, and none ever answered this
-             * handle (wrong addresses, or the cluster is not running):
-             * nothing to wait for. A handle that was served before rides
-             * out a restart of every node until its deadline. */
+             * handle: nothing to wait for. */
             char why[300];
             seen_summary(op, why, sizeof why);
             snprintf(op->errmsg, sizeof op->errmsg, "%.250s (last: %.200s)",
@@ -864,8 +855,7 @@ static void op_answered(struct ck_op *op)
         snprintf(op->last, sizeof op->last, "%.150s: %.240s",
                  c->servers[i].addr, a->rpc_error);
     } else {
-        op->refused_run = 0;
-        c->reached = true;
+        ck_tried(c, &op->refused_run, CK_TRY_ANSWERED);
         op->seen[i] =
             a->err == RAFTKV__KV_ERROR__KV_WRONG_LEADER  ? CK_SEEN_FOLLOWER
             : a->err == RAFTKV__KV_ERROR__KV_UNAVAILABLE ? CK_SEEN_NO_LEADER

@@ -358,6 +358,39 @@ static void test_kvctl_every_server_refusing_fails_at_once(void)
               NULL);
 }
 
+/* The same for the calls that do not go through the op machine: admin,
+ * membership, auth, leader transfer, snapshot and watch. Each failed only
+ * after the whole --timeout before. */
+static void test_kvctl_admin_and_watch_fail_at_once_when_every_server_refuses(
+    void)
+{
+    char none[128], snap[300];
+    snprintf(none, sizeof none, "127.0.0.1:%u,127.0.0.2:%u,127.0.0.3:%u",
+             closed_port(), closed_port(), closed_port());
+    snprintf(snap, sizeof snap, "--timeout 20 snapshot save %s/r.snap", work);
+    const char *cmds[] = {
+        snap,
+        "--timeout 20 watch k",
+        "--timeout 20 member list",
+        "--timeout 20 transfer-leader 2",
+        "--timeout 20 auth status",
+        "--timeout 20 user list",
+        "--timeout 20 role list",
+        "--timeout 20 role get r",
+    };
+    for (size_t i = 0; i < sizeof cmds / sizeof *cmds; i++) {
+        struct run r;
+        kvctl_run(&r, none, cmds[i]);
+        printf("\n  %s: exit %d in %.2f s: %s", cmds[i], r.status, r.seconds,
+               r.err);
+        CU_ASSERT_EQUAL(r.status, 3);
+        CU_ASSERT(r.seconds < 5);
+        CU_ASSERT(strstr(r.err,
+                         "UNAVAILABLE: no server accepted a connection "
+                         "(all 3 refused") != NULL);
+    }
+}
+
 /* Two of three nodes gone: kvctl says the quorum is lost, not only that
  * one node refused. */
 static void test_kvctl_says_when_the_quorum_is_lost(void)
@@ -466,6 +499,8 @@ int main(int argc, char **argv)
          test_kvctl_snapshot_save_local_errors_and_stdout},
         {"test_kvctl_every_server_refusing_fails_at_once",
          test_kvctl_every_server_refusing_fails_at_once},
+        {"test_kvctl_admin_and_watch_fail_at_once_when_every_server_refuses",
+         test_kvctl_admin_and_watch_fail_at_once_when_every_server_refuses},
         {"test_kvctl_says_when_the_quorum_is_lost",
          test_kvctl_says_when_the_quorum_is_lost},
         {"test_kvctl_snapshot_save_refuses_what_is_not_a_file",
