@@ -351,7 +351,7 @@ static void run_begin(struct ck_op *op)
         op->i = fastest_server(c);
     }
     op->failures = op->hops = op->unknown_method = 0;
-    op->maybe_applied = op->reauthenticated = false;
+    op->maybe_applied = op->maybe_started = op->reauthenticated = false;
     op->refused_run = 0;
     memset(op->seen, 0, sizeof op->seen);
     snprintf(op->last, sizeof op->last, "no server tried");
@@ -690,8 +690,11 @@ static void op_step(struct ck_op *op)
         snprintf(op->errmsg, sizeof op->errmsg,
                  "no leader answered within %u ms: %.250s (last: %.200s)",
                  op->deadline_ms, why, op->last);
-        op_finish(op, !op->write          ? CLERK_TIMEOUT
-                      : op->maybe_applied ? CLERK_UNKNOWN_OUTCOME
+        /* Not served by a leader, read or write alike (quorum lost, no
+         * leader known): UNAVAILABLE. Else a read timed out; a write's
+         * outcome is unknown. */
+        op_finish(op, op->maybe_applied   ? CLERK_UNKNOWN_OUTCOME
+                      : op->maybe_started ? CLERK_TIMEOUT
                                           : CLERK_UNAVAILABLE);
         return;
     }
@@ -732,6 +735,15 @@ static void next_server(struct ck_op *op)
     } else {
         op_step(op);
     }
+}
+
+/* A try reached a server that may have started it: a write may have been
+ * applied; a read may have been under way there (at the deadline it timed
+ * out, rather than found no leader). */
+static void note_maybe_started(struct ck_op *op)
+{
+    op->maybe_started = true;
+    op->maybe_applied |= op->write;
 }
 
 /* Decide what an answer means: a final outcome, or another try. */
@@ -811,11 +823,11 @@ static void op_answered(struct ck_op *op)
         }
         /* A request that may have reached the server may have been
          * proposed; a refused connection never sent it. */
-        if (op->write && a->rpc_status != RPC_E_UNAVAILABLE &&
+        if (a->rpc_status != RPC_E_UNAVAILABLE &&
             a->rpc_status != RPC_E_TOO_BIG && a->rpc_status != RPC_E_NOMEM &&
             a->rpc_status != RPC_E_UNKNOWN_METHOD && !server_too_big &&
             !not_started) {
-            op->maybe_applied = true;
+            note_maybe_started(op);
         }
         /* No connection made: refused, or the channel waits before it
          * tries that server again. */
@@ -873,7 +885,7 @@ static void op_answered(struct ck_op *op)
                 break;
             }
             case RAFTKV__KV_ERROR__KV_TIMEOUT:
-                op->maybe_applied |= op->write;
+                note_maybe_started(op);
                 snprintf(op->last, sizeof op->last, "%.150s: %.240s",
                          c->servers[i].addr, a->message);
                 break;
@@ -881,8 +893,9 @@ static void op_answered(struct ck_op *op)
             case RAFTKV__KV_ERROR__KV_SHUTTING_DOWN:
             case RAFTKV__KV_ERROR__KV_INTERNAL:
                 /* The leader may have stopped after proposing it. */
-                op->maybe_applied |=
-                    op->write && a->err != RAFTKV__KV_ERROR__KV_UNAVAILABLE;
+                if (a->err != RAFTKV__KV_ERROR__KV_UNAVAILABLE) {
+                    note_maybe_started(op);
+                }
                 snprintf(op->last, sizeof op->last, "%.150s: %.240s",
                          c->servers[i].addr,
                          a->message[0] ? a->message : "unavailable");

@@ -392,7 +392,8 @@ static void test_kvctl_admin_and_watch_fail_at_once_when_every_server_refuses(
 }
 
 /* Two of three nodes gone: kvctl says the quorum is lost, not only that
- * one node refused. */
+ * one node refused; get and put with the same error code (no leader
+ * served either: UNAVAILABLE; a get said TIMEOUT). */
 static void test_kvctl_says_when_the_quorum_is_lost(void)
 {
     struct h_cluster q;
@@ -404,11 +405,17 @@ static void test_kvctl_says_when_the_quorum_is_lost(void)
     /* The leader and one follower: the third is left alone. */
     h_node_kill(&q, (size_t)leader);
     h_node_kill(&q, (size_t)(leader + 1) % 3);
-    struct run r;
+    struct run r, g;
     kvctl_run(&r, qeps, "--timeout 3 put k v");
     printf("\n  put: exit %d: %s", r.status, r.err);
     CU_ASSERT_EQUAL(r.status, 3);
+    CU_ASSERT(strstr(r.err, "UNAVAILABLE: ") != NULL);
     CU_ASSERT(strstr(r.err, "quorum lost: 1 of 3 servers answer") != NULL);
+    kvctl_run(&g, qeps, "--timeout 3 get k");
+    printf("\n  get: exit %d: %s", g.status, g.err);
+    CU_ASSERT_EQUAL(g.status, 3);
+    CU_ASSERT(strstr(g.err, "UNAVAILABLE: ") != NULL);
+    CU_ASSERT(strstr(g.err, "quorum lost: 1 of 3 servers answer") != NULL);
     CU_ASSERT(h_cluster_destroy(&q) == 0);
 }
 

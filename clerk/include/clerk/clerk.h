@@ -51,11 +51,15 @@ enum clerk_error {
                                 leader; it may or may not have been applied.
                                 Read the key to find out. */
     CLERK_UNAVAILABLE,       /* no leader accepted the operation before the
-                                deadline; a write was not applied. At once
-                                when every server refused the connection
-                                and none ever answered this handle */
-    CLERK_TIMEOUT,           /* read: the deadline passed (servers were
-                                reached) */
+                                deadline (quorum lost, no leader known),
+                                a read as a write; a write was not applied.
+                                At once when every server refused the
+                                connection and none ever answered this
+                                handle */
+    CLERK_TIMEOUT,           /* read: the deadline passed after a server
+                                that may have been serving it was reached
+                                (no answer from it, or the leader's read
+                                timed out) */
     CLERK_BAD_REQUEST,       /* the cluster refused the request as malformed */
     CLERK_VALUE_TOO_LARGE,   /* key over 511 bytes or value over 4 MiB */
     CLERK_NO_SPACE,          /* no room: the leader's disk is full or the
