@@ -887,6 +887,7 @@ struct status_out
 {
     struct clerk_node_status *st;
     struct leader_view *view;
+    uint64_t *cluster; /* the handle's cluster id (0: from this answer) */
     bool replied;
 };
 
@@ -895,10 +896,29 @@ static void on_status(const Raftkv__StatusReply *r, void *data)
     struct status_out *o = data;
     struct clerk_node_status *st = o->st;
     if (!r) {
-        snprintf(st->error, sizeof st->error, "%s", rpc_last_error());
+        /* A channel that carries the handle's cluster id is refused by a
+         * node of another. */
+        st->other_cluster = rpc_last_status() == RPC_E_WRONG_CLUSTER;
+        snprintf(st->error, sizeof st->error, "%s%s",
+                 st->other_cluster ? "answers for another cluster: " : "",
+                 rpc_last_error());
         return;
     }
     o->replied = true;
+    if (r->cluster_id && *o->cluster && r->cluster_id != *o->cluster) {
+        /* Not a member: neither its role nor its leader are the
+         * cluster's. */
+        st->other_cluster = true;
+        snprintf(st->error, sizeof st->error,
+                 "answers for another cluster: this node is of cluster "
+                 "%016llx, not %016llx",
+                 (unsigned long long)r->cluster_id,
+                 (unsigned long long)*o->cluster);
+        return;
+    }
+    if (!*o->cluster) {
+        *o->cluster = r->cluster_id; /* the first answer names it */
+    }
     struct leader_view *v = o->view;
     if (!strcmp(r->role, "leader") && (!v->found || r->term > v->term)) {
         v->found = true;
@@ -1013,7 +1033,8 @@ int clerk_status(struct clerk *c, struct clerk_node_status **nodes, size_t *n)
                      c->servers[i].addr);
             ProtobufCService *svc = service(
                 c, i, &raftkv__admin_service__descriptor, c->attempt_ms);
-            struct status_out o = {.st = &st[i], .view = view};
+            struct status_out o = {
+                .st = &st[i], .view = view, .cluster = &c->cluster_id};
             Raftkv__StatusArgs a = RAFTKV__STATUS_ARGS__INIT;
             if (svc) {
                 raftkv__admin_service__status(svc, &a, on_status, &o);

@@ -419,6 +419,45 @@ static void test_kvctl_says_when_the_quorum_is_lost(void)
     CU_ASSERT(h_cluster_destroy(&q) == 0);
 }
 
+/* A list that mixes two clusters: status marks the node of the other one
+ * (the first node that answers names the cluster) instead of showing it
+ * as a member, in every format. */
+static void test_kvctl_status_marks_a_node_of_another_cluster(void)
+{
+    struct h_cluster other;
+    CU_ASSERT_FATAL(h_cluster_start(&other, 1, NULL) == 0);
+    CU_ASSERT_FATAL(h_find_leader(&other, 10000) >= 0);
+    char oaddr[128], mixed[700], want[300];
+    h_endpoints(&other, oaddr, sizeof oaddr);
+    snprintf(mixed, sizeof mixed, "%s,%s", eps, oaddr);
+    struct run r;
+    kvctl_run(&r, mixed, "-w json status");
+    printf("\n  json: %s", r.out);
+    CU_ASSERT_EQUAL(r.status, 0);
+    snprintf(want, sizeof want,
+             "\"address\":\"%s\",\"reachable\":false,\"other_cluster\":true,"
+             "\"error\":\"answers for another cluster: this node is of "
+             "cluster ",
+             oaddr);
+    CU_ASSERT(strstr(r.out, want) != NULL);
+    const char *oc = strstr(r.out, "other_cluster"); /* that node alone */
+    CU_ASSERT(oc != NULL && strstr(oc + 1, "other_cluster") == NULL);
+    kvctl_run(&r, mixed, "-w table status");
+    printf("\n  table:\n%s", r.out);
+    CU_ASSERT_EQUAL(r.status, 0);
+    const char *row = strstr(r.out, oaddr);
+    CU_ASSERT_FATAL(row != NULL);
+    CU_ASSERT(strncmp(row + 23, "not a member: answers for another cluster",
+                      41) == 0);
+    /* One leader: this cluster's. */
+    const char *l = strstr(r.out, " leader ");
+    CU_ASSERT(l != NULL && strstr(l + 1, " leader ") == NULL);
+    kvctl_run(&r, mixed, "status");
+    CU_ASSERT(strstr(r.out, "reachable=false other_cluster=true error=") !=
+              NULL);
+    CU_ASSERT(h_cluster_destroy(&other) == 0);
+}
+
 static void test_kvctl_snapshot_save_local_errors_and_stdout(void)
 {
     struct run r;
@@ -510,6 +549,8 @@ int main(int argc, char **argv)
          test_kvctl_admin_and_watch_fail_at_once_when_every_server_refuses},
         {"test_kvctl_says_when_the_quorum_is_lost",
          test_kvctl_says_when_the_quorum_is_lost},
+        {"test_kvctl_status_marks_a_node_of_another_cluster",
+         test_kvctl_status_marks_a_node_of_another_cluster},
         {"test_kvctl_snapshot_save_refuses_what_is_not_a_file",
          test_kvctl_snapshot_save_refuses_what_is_not_a_file},
         CU_TEST_INFO_NULL,

@@ -230,7 +230,10 @@ int clerk_cas(struct clerk *c,
 struct clerk_node_status
 {
     char address[300];       /* as given to clerk_open */
-    bool reachable;          /* it answered */
+    bool reachable;          /* it answered, for the handle's cluster */
+    bool other_cluster;      /* it answered for another cluster than the
+                                handle's (not one of its members: reachable
+                                is false, error names both ids) */
     uint64_t id;             /* its node id (unreachable: from the leader's
                                 list when the address matches, else 0) */
     char role[16];           /* follower, pre-candidate, candidate, leader */
@@ -257,7 +260,10 @@ struct clerk_node_status
 
 /**
  * Ask every server for its status, and fill in how far each one trails
- * the leader.
+ * the leader. A server that answers for another cluster than the handle's
+ * (the id given, or of its first answer) is marked other_cluster, not
+ * reachable: it is no member, and its leader is not taken for the
+ * cluster's.
  * @param nodes set to an array of one entry per server: those given to
  *   clerk_open, then leaders it found that were not (free with clerk_free)
  * @param n set to the number of entries
