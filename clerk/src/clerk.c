@@ -521,15 +521,28 @@ struct rpc_channel *ck_channel_of(struct clerk *c, size_t i)
 /* One blocking call waiting. */
 struct sync_wait
 {
+    struct clerk *c;          /* the handle */
     ProtobufCClosure closure; /* the caller's */
     void *data;               /* its data */
     bool done;                /* it ran */
 };
 
+enum ck_try ck_try_of_status(int status)
+{
+    return status == RPC_E_UNAVAILABLE ? CK_TRY_REFUSED
+           : status == RPC_E_OVERLOADED || status == RPC_E_DEADLINE_EXCEEDED
+               ? CK_TRY_ANSWERED
+               : CK_TRY_SILENT;
+}
+
 static void sync_done(const ProtobufCMessage *m, void *data)
 {
     struct sync_wait *w = data;
     w->done = true;
+    /* For the retry loops (refused_everywhere). */
+    w->c->sync_try = m ? CK_TRY_ANSWERED : ck_try_of_status(rpc_last_status());
+    snprintf(w->c->sync_error, sizeof w->c->sync_error, "%s",
+             m ? "" : rpc_last_error());
     w->closure(m, w->data);
 }
 
@@ -540,7 +553,7 @@ static void sync_invoke(ProtobufCService *svc,
                         void *data)
 {
     struct ck_sync_service *s = (struct ck_sync_service *)svc;
-    struct sync_wait w = {closure, data, false};
+    struct sync_wait w = {s->c, closure, data, false};
     s->inner->invoke(s->inner, method, input, sync_done, &w);
     while (!w.done) {
         event_base_loop(s->c->base, EVLOOP_ONCE);
@@ -618,6 +631,46 @@ static size_t next_server(struct clerk *c,
         back_off(deadline, backoff);
     }
     return (i + 1) % c->n;
+}
+
+bool ck_tried(struct clerk *c, size_t *run, enum ck_try t)
+{
+    if (t != CK_TRY_REFUSED) {
+        *run = 0;
+        c->reached |= t == CK_TRY_ANSWERED;
+        return false;
+    }
+    return ++*run >= c->n && !c->reached && !c->closing;
+}
+
+bool ck_tried_locked(struct clerk *c, size_t *run, enum ck_try t)
+{
+    pthread_mutex_lock(&c->lock);
+    bool end = ck_tried(c, run, t);
+    pthread_mutex_unlock(&c->lock);
+    return end;
+}
+
+void ck_refused_text(const struct clerk *c, char *out, size_t len)
+{
+    snprintf(out, len,
+             "no server accepted a connection (all %zu refused: is the "
+             "cluster running, at these addresses?)",
+             c->n);
+}
+
+/* After a blocking call of a retry loop (the handle's lock held): true
+ * when the loop ends at once with CLERK_UNAVAILABLE, as the op machine's
+ * (ck_tried), the handle's errmsg saying why. */
+static bool refused_everywhere(struct clerk *c, size_t *run)
+{
+    if (!ck_tried(c, run, c->sync_try)) {
+        return false;
+    }
+    char why[300];
+    ck_refused_text(c, why, sizeof why);
+    ck_errmsgf(c, "%.250s (last: %.200s)", why, c->sync_error);
+    return true;
 }
 
 /* ---------------------------------------------------------- operations */
@@ -834,6 +887,7 @@ struct status_out
 {
     struct clerk_node_status *st;
     struct leader_view *view;
+    uint64_t *cluster; /* the handle's cluster id (0: from this answer) */
     bool replied;
 };
 
@@ -842,10 +896,29 @@ static void on_status(const Raftkv__StatusReply *r, void *data)
     struct status_out *o = data;
     struct clerk_node_status *st = o->st;
     if (!r) {
-        snprintf(st->error, sizeof st->error, "%s", rpc_last_error());
+        /* A channel that carries the handle's cluster id is refused by a
+         * node of another. */
+        st->other_cluster = rpc_last_status() == RPC_E_WRONG_CLUSTER;
+        snprintf(st->error, sizeof st->error, "%s%s",
+                 st->other_cluster ? "answers for another cluster: " : "",
+                 rpc_last_error());
         return;
     }
     o->replied = true;
+    if (r->cluster_id && *o->cluster && r->cluster_id != *o->cluster) {
+        /* Not a member: neither its role nor its leader are the
+         * cluster's. */
+        st->other_cluster = true;
+        snprintf(st->error, sizeof st->error,
+                 "answers for another cluster: this node is of cluster "
+                 "%016llx, not %016llx",
+                 (unsigned long long)r->cluster_id,
+                 (unsigned long long)*o->cluster);
+        return;
+    }
+    if (!*o->cluster) {
+        *o->cluster = r->cluster_id; /* the first answer names it */
+    }
     struct leader_view *v = o->view;
     if (!strcmp(r->role, "leader") && (!v->found || r->term > v->term)) {
         v->found = true;
@@ -960,7 +1033,8 @@ int clerk_status(struct clerk *c, struct clerk_node_status **nodes, size_t *n)
                      c->servers[i].addr);
             ProtobufCService *svc = service(
                 c, i, &raftkv__admin_service__descriptor, c->attempt_ms);
-            struct status_out o = {.st = &st[i], .view = view};
+            struct status_out o = {
+                .st = &st[i], .view = view, .cluster = &c->cluster_id};
             Raftkv__StatusArgs a = RAFTKV__STATUS_ARGS__INIT;
             if (svc) {
                 raftkv__admin_service__status(svc, &a, on_status, &o);
@@ -1060,7 +1134,7 @@ int clerk_transfer_leader(struct clerk *c,
     pthread_mutex_lock(&c->lock);
     uint64_t deadline = ck_now_ms() + c->deadline_ms;
     uint64_t backoff = BACKOFF_MIN_MS;
-    size_t i = c->leader, failures_in_round = 0;
+    size_t i = c->leader, failures_in_round = 0, refused = 0;
     char last[400] = "no server tried";
     for (;;) {
         uint64_t now = ck_now_ms();
@@ -1096,6 +1170,10 @@ int clerk_transfer_leader(struct clerk *c,
             ck_errmsgf(c, "out of memory");
             pthread_mutex_unlock(&c->lock);
             return CLERK_NOMEM;
+        }
+        if (refused_everywhere(c, &refused)) {
+            pthread_mutex_unlock(&c->lock);
+            return CLERK_UNAVAILABLE;
         }
         snprintf(last, sizeof last, "%.150s: %.240s", c->servers[i].addr,
                  o.message[0] ? o.message : "no answer");
@@ -1237,7 +1315,7 @@ static int member_call(struct clerk *c,
     pthread_mutex_lock(&c->lock);
     uint64_t deadline = ck_now_ms() + c->deadline_ms;
     uint64_t backoff = BACKOFF_MIN_MS;
-    size_t i = c->leader, failures_in_round = 0;
+    size_t i = c->leader, failures_in_round = 0, refused = 0;
     char last[700] = "no server tried";
     for (;;) {
         uint64_t now = ck_now_ms();
@@ -1259,6 +1337,10 @@ static int member_call(struct clerk *c,
         } else {
             Raftkv__MemberListArgs a = RAFTKV__MEMBER_LIST_ARGS__INIT;
             raftkv__admin_service__member_list(svc, &a, on_member_list, &o);
+        }
+        if (refused_everywhere(c, &refused)) {
+            pthread_mutex_unlock(&c->lock);
+            return CLERK_UNAVAILABLE;
         }
         snprintf(last, sizeof last, "%.150s: %.500s", c->servers[i].addr,
                  o.message[0] ? o.message : "no answer");
@@ -1464,7 +1546,7 @@ int clerk_snapshot_save(struct clerk *c,
     pthread_mutex_lock(&c->lock);
     uint64_t deadline = ck_now_ms() + c->deadline_ms;
     uint64_t backoff = BACKOFF_MIN_MS, id = 0, off = 0;
-    size_t i = c->leader, failures = 0;
+    size_t i = c->leader, failures = 0, refused = 0;
     uint32_t crc = 0;
     uint8_t hold[4]; /* the last 4 bytes so far: the checksum, at the end */
     size_t n_hold = 0;
@@ -1476,6 +1558,10 @@ int clerk_snapshot_save(struct clerk *c,
             break;
         }
         snapread(c, i, id, off, &o);
+        if (id == 0 && refused_everywhere(c, &refused)) {
+            free(o.data);
+            break;
+        }
         if (!o.replied) {
             free(o.data);
             ck_errmsgf(c, "%.200s: %.300s", c->servers[i].addr, o.message);
@@ -1739,7 +1825,7 @@ static int auth_run(struct clerk *c,
     bool maybe_applied = false, reauthenticated = false;
     uint64_t deadline = ck_now_ms() + c->deadline_ms;
     uint64_t backoff = BACKOFF_MIN_MS;
-    size_t i = c->leader, failures = 0, hops = 0;
+    size_t i = c->leader, failures = 0, hops = 0, refused = 0;
     char last[400] = "no server tried";
     for (;;) {
         uint64_t now = ck_now_ms();
@@ -1755,9 +1841,13 @@ static int auth_run(struct clerk *c,
         }
         struct auth_out o = {0};
         svc->invoke(svc, index, args, (ProtobufCClosure)on_auth_reply, &o);
+        if (refused_everywhere(c, &refused)) {
+            return CLERK_UNAVAILABLE;
+        }
         bool moved = false;
         if (!o.replied) {
-            maybe_applied |= change;
+            /* A refused connection never sent it. */
+            maybe_applied |= change && c->sync_try != CK_TRY_REFUSED;
             snprintf(last, sizeof last, "%.150s: %.200s", c->servers[i].addr,
                      o.rpc_error);
         } else if (o.err == RAFTKV__AUTH_ERROR__AUTH_UNAUTHENTICATED &&

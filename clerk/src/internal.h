@@ -23,6 +23,16 @@ struct ck_sync_service;
 
 #define CK_MAX_SERVERS 16
 
+/* What one try of a call at a server came to, for the retry loops' rule
+ * that a handle whose servers all refuse the connection fails at once
+ * (ck_tried). */
+enum ck_try {
+    CK_TRY_REFUSED,  /* no connection made: refused, or the channel waits
+                        before it tries that server again */
+    CK_TRY_SILENT,   /* connected, no answer for this handle */
+    CK_TRY_ANSWERED, /* the server answered (any answer) */
+};
+
 /* Stale reads whose latency a handle keeps, for CLERK_READ_STALE_HEDGED's
  * p95 (and how many it needs before it hedges at all). */
 #define CK_STALE_SAMPLES 64
@@ -70,7 +80,7 @@ struct clerk
                                                  (clerk_set_cluster_id) or
                                                  from its first answer */
     bool reached;                             /* a server has answered this
-                                                                             handle (any answer) */
+                                                 handle (any answer) */
     unsigned attempt_ms;                      /* per call */
     enum clerk_read_mode read_mode;           /* for gets */
     uint32_t stale_us[CK_STALE_SAMPLES];      /* latencies of the last
@@ -96,6 +106,9 @@ struct clerk
     struct ck_op *auth_waiters; /* ops waiting for its answer */
     size_t n_ops;               /* how many */
     bool closing;               /* closed: ops end CLERK_CLOSED */
+    enum ck_try sync_try;       /* what the last blocking call (clerk.c's
+                                   retry loops) came to */
+    char sync_error[300];       /* its rpc error, when it failed */
     unsigned depth;             /* inside a callback of ours */
 };
 
@@ -212,6 +225,33 @@ void ck_range_flags(Raftkv__RangeArgs *r, uint64_t limit, unsigned flags);
  * the builder changes or is freed. Tests read it to check the builder.
  */
 const Raftkv__TxnArgs *ck_txn_args(const struct clerk_txn *t);
+
+/**
+ * Count one try of a retry loop (op.c's, clerk.c's admin, member, auth,
+ * transfer and snapshot loops, watch.c's stream) and say whether the loop
+ * ends at once: every server refused the connection, @run tries in a row,
+ * and none ever answered the handle (wrong addresses, or the cluster is not
+ * running). A handle that was served before rides out a restart of every
+ * node until its deadline. Without the lock.
+ * @param run the loop's refused tries in a row (start it at 0)
+ * @param t what the try came to (an answer marks the handle as served)
+ * @return true when the loop ends with CLERK_UNAVAILABLE; ck_refused_text
+ *   says why
+ */
+bool ck_tried(struct clerk *c, size_t *run, enum ck_try t);
+
+/* What a call that failed with rpc status @status came to: no connection
+ * made (RPC_E_UNAVAILABLE), refused before it started (the server
+ * answered: RPC_E_OVERLOADED, RPC_E_DEADLINE_EXCEEDED), or no answer. */
+enum ck_try ck_try_of_status(int status);
+
+/* ck_tried, taking the handle's lock (watch.c). */
+bool ck_tried_locked(struct clerk *c, size_t *run, enum ck_try t);
+
+/* Why a loop ended on ck_tried, in one clause: "no server accepted a
+ * connection (all 3 refused: is the cluster running, at these
+ * addresses?)". */
+void ck_refused_text(const struct clerk *c, char *out, size_t len);
 
 /* Milliseconds of CLOCK_MONOTONIC; a sleep of @ms. */
 uint64_t ck_now_ms(void);

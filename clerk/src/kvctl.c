@@ -731,6 +731,9 @@ static int cmd_status(struct clerk *ck)
                 json_object_set_new(e, "disk_full", json_boolean(s->disk_full));
             } else {
                 json_object_set_new(e, "reachable", json_false());
+                if (s->other_cluster) {
+                    json_object_set_new(e, "other_cluster", json_true());
+                }
                 json_object_set_new(e, "error", jcstr(s->error));
                 if (s->id) {
                     json_object_set_new(e, "id", ju64(s->id));
@@ -761,7 +764,11 @@ static int cmd_status(struct clerk *ck)
             fmt_u64(lag, sizeof lag, s->lag_known, s->applied_lag);
             fmt_u64(repl, sizeof repl, s->progress_known, s->replication_lag);
             if (!s->reachable) {
-                printf("%-4s %-22s unreachable: %s", id, s->address, s->error);
+                /* (A node of another cluster is no member: its error
+                 * says so.) */
+                printf("%-4s %-22s %s: %s", id, s->address,
+                       s->other_cluster ? "not a member" : "unreachable",
+                       s->error);
                 if (s->progress_known) {
                     printf(" (leader: REPL_LAG %s, last answer ~%llu ms ago)",
                            repl, (unsigned long long)s->ack_age_ms);
@@ -784,7 +791,8 @@ static int cmd_status(struct clerk *ck)
         for (size_t i = 0; i < n; i++) {
             const struct clerk_node_status *s = &st[i];
             if (!s->reachable) {
-                printf("address=%s reachable=false error=", s->address);
+                printf("address=%s reachable=false%s error=", s->address,
+                       s->other_cluster ? " other_cluster=true" : "");
                 put_quoted(stdout, (unsigned char *)s->error, strlen(s->error));
                 if (s->id) {
                     printf(" id=%llu", (unsigned long long)s->id);

@@ -351,7 +351,7 @@ static void run_begin(struct ck_op *op)
         op->i = fastest_server(c);
     }
     op->failures = op->hops = op->unknown_method = 0;
-    op->maybe_applied = op->reauthenticated = false;
+    op->maybe_applied = op->maybe_started = op->reauthenticated = false;
     op->refused_run = 0;
     memset(op->seen, 0, sizeof op->seen);
     snprintf(op->last, sizeof op->last, "no server tried");
@@ -374,10 +374,7 @@ static void seen_summary(const struct ck_op *op, char *out, size_t len)
     size_t unknown = c->n - refused - silent - up - other,
            majority = c->n / 2 + 1;
     if (refused == c->n) {
-        snprintf(out, len,
-                 "no server accepted a connection (all %zu refused: is the "
-                 "cluster running, at these addresses?)",
-                 c->n);
+        ck_refused_text(c, out, len);
     } else if (up + unknown < majority) {
         snprintf(out, len,
                  "quorum lost: %zu of %zu servers answer (%zu refuse "
@@ -693,8 +690,11 @@ static void op_step(struct ck_op *op)
         snprintf(op->errmsg, sizeof op->errmsg,
                  "no leader answered within %u ms: %.250s (last: %.200s)",
                  op->deadline_ms, why, op->last);
-        op_finish(op, !op->write          ? CLERK_TIMEOUT
-                      : op->maybe_applied ? CLERK_UNKNOWN_OUTCOME
+        /* Not served by a leader, read or write alike (quorum lost, no
+         * leader known): UNAVAILABLE. Else a read timed out; a write's
+         * outcome is unknown. */
+        op_finish(op, op->maybe_applied   ? CLERK_UNKNOWN_OUTCOME
+                      : op->maybe_started ? CLERK_TIMEOUT
                                           : CLERK_UNAVAILABLE);
         return;
     }
@@ -735,6 +735,15 @@ static void next_server(struct ck_op *op)
     } else {
         op_step(op);
     }
+}
+
+/* A try reached a server that may have started it: a write may have been
+ * applied; a read may have been under way there (at the deadline it timed
+ * out, rather than found no leader). */
+static void note_maybe_started(struct ck_op *op)
+{
+    op->maybe_started = true;
+    op->maybe_applied |= op->write;
 }
 
 /* Decide what an answer means: a final outcome, or another try. */
@@ -814,27 +823,21 @@ static void op_answered(struct ck_op *op)
         }
         /* A request that may have reached the server may have been
          * proposed; a refused connection never sent it. */
-        if (op->write && a->rpc_status != RPC_E_UNAVAILABLE &&
+        if (a->rpc_status != RPC_E_UNAVAILABLE &&
             a->rpc_status != RPC_E_TOO_BIG && a->rpc_status != RPC_E_NOMEM &&
             a->rpc_status != RPC_E_UNKNOWN_METHOD && !server_too_big &&
             !not_started) {
-            op->maybe_applied = true;
+            note_maybe_started(op);
         }
         /* No connection made: refused, or the channel waits before it
          * tries that server again. */
-        if (a->rpc_status == RPC_E_UNAVAILABLE) {
-            op->seen[i] = CK_SEEN_REFUSED;
-            op->refused_run++;
-        } else {
-            op->seen[i] = not_started ? CK_SEEN_BUSY : CK_SEEN_SILENT;
-            op->refused_run = 0;
-            c->reached |= not_started;
-        }
-        if (op->refused_run >= c->n && !c->reached && !c->closing) {
+        enum ck_try t = ck_try_of_status(a->rpc_status);
+        op->seen[i] = t == CK_TRY_REFUSED    ? CK_SEEN_REFUSED
+                      : t == CK_TRY_ANSWERED ? CK_SEEN_BUSY
+                                             : CK_SEEN_SILENT;
+        if (ck_tried(c, &op->refused_run, t)) {
             /* Every server refused in a row, and none ever answered this
-             * handle (wrong addresses, or the cluster is not running):
-             * nothing to wait for. A handle that was served before rides
-             * out a restart of every node until its deadline. */
+             * handle: nothing to wait for. */
             char why[300];
             seen_summary(op, why, sizeof why);
             snprintf(op->errmsg, sizeof op->errmsg, "%.250s (last: %.200s)",
@@ -864,8 +867,7 @@ static void op_answered(struct ck_op *op)
         snprintf(op->last, sizeof op->last, "%.150s: %.240s",
                  c->servers[i].addr, a->rpc_error);
     } else {
-        op->refused_run = 0;
-        c->reached = true;
+        ck_tried(c, &op->refused_run, CK_TRY_ANSWERED);
         op->seen[i] =
             a->err == RAFTKV__KV_ERROR__KV_WRONG_LEADER  ? CK_SEEN_FOLLOWER
             : a->err == RAFTKV__KV_ERROR__KV_UNAVAILABLE ? CK_SEEN_NO_LEADER
@@ -883,7 +885,7 @@ static void op_answered(struct ck_op *op)
                 break;
             }
             case RAFTKV__KV_ERROR__KV_TIMEOUT:
-                op->maybe_applied |= op->write;
+                note_maybe_started(op);
                 snprintf(op->last, sizeof op->last, "%.150s: %.240s",
                          c->servers[i].addr, a->message);
                 break;
@@ -891,8 +893,9 @@ static void op_answered(struct ck_op *op)
             case RAFTKV__KV_ERROR__KV_SHUTTING_DOWN:
             case RAFTKV__KV_ERROR__KV_INTERNAL:
                 /* The leader may have stopped after proposing it. */
-                op->maybe_applied |=
-                    op->write && a->err != RAFTKV__KV_ERROR__KV_UNAVAILABLE;
+                if (a->err != RAFTKV__KV_ERROR__KV_UNAVAILABLE) {
+                    note_maybe_started(op);
+                }
                 snprintf(op->last, sizeof op->last, "%.150s: %.240s",
                          c->servers[i].addr,
                          a->message[0] ? a->message : "unavailable");

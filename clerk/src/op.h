@@ -101,6 +101,9 @@ struct ck_op
                                              (OVERLOADED, DEADLINE_EXCEEDED) */
     bool maybe_applied;                   /* an earlier try may have been
                                              applied */
+    bool maybe_started;                   /* a try reached a server that may
+                                             have started it (read or
+                                             write) */
     bool reauthenticated;                 /* authenticated once again */
     struct ck_op *auth_next;              /* waiting for c->auth_op */
     bool auth_waiting;                    /* in that list */

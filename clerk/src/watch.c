@@ -63,6 +63,8 @@ struct clerk_watch
                                      (pump returned) */
     uint64_t frame_ms;            /* when its last frame came */
     unsigned attempt_ms;          /* the handle's per-server deadline */
+    size_t refused;               /* tries in a row that made no
+                                     connection (ck_tried) */
     /* clerk_watch_start: */
     clerk_watch_cb cb;    /* the caller's callback, or NULL */
     void *cb_arg;         /* its argument */
@@ -72,10 +74,20 @@ struct clerk_watch
                              frees the watch itself */
 };
 
-/* The stream broke or the node gave up on it: try another server after a
- * pause that grows while failures repeat. */
-static void broken(struct clerk_watch *w, const char *why)
+/* The stream broke or the node gave up on it (@t: what the try came
+ * to): try another server after a pause that grows while failures
+ * repeat; end at once when every server refused the connection and none
+ * ever answered the handle, as its other calls do. */
+static void broken(struct clerk_watch *w, enum ck_try t, const char *why)
 {
+    if (ck_tried_locked(w->c, &w->refused, t)) {
+        char all[300];
+        ck_refused_text(w->c, all, sizeof all);
+        w->ended = CLERK_UNAVAILABLE;
+        snprintf(w->errmsg, sizeof w->errmsg, "%.250s (last: %.200s)", all,
+                 why);
+        return;
+    }
     snprintf(w->errmsg, sizeof w->errmsg, "watch at %s: %s",
              ck_server_addr(w->c, w->server), why);
     w->server = (w->server + 1) % ck_n_servers(w->c);
@@ -116,7 +128,7 @@ static void on_frame(struct rpc_stream *st,
     if (end) {
         w->st = NULL; /* freed by the channel after this */
         if (!r) {
-            broken(w, rpc_last_error());
+            broken(w, ck_try_of_status(rpc_last_status()), rpc_last_error());
         } else if (r->err == RAFTKV__KV_ERROR__KV_COMPACTED) {
             w->ended = CLERK_COMPACTED;
             snprintf(w->errmsg, sizeof w->errmsg,
@@ -128,8 +140,9 @@ static void on_frame(struct rpc_stream *st,
                    r->err == RAFTKV__KV_ERROR__KV_SHUTTING_DOWN ||
                    r->err == RAFTKV__KV_ERROR__KV_UNAVAILABLE ||
                    r->err == RAFTKV__KV_ERROR__KV_INTERNAL) {
-            broken(w, r->message && *r->message ? r->message
-                                                : "the node ended the watch");
+            broken(w, CK_TRY_ANSWERED,
+                   r->message && *r->message ? r->message
+                                             : "the node ended the watch");
         } else {
             w->ended = ck_error_of(r->err);
             snprintf(w->errmsg, sizeof w->errmsg, "watch at %s: %s",
@@ -141,6 +154,7 @@ static void on_frame(struct rpc_stream *st,
     }
     if (r->created) {
         w->created = true;
+        ck_tried_locked(w->c, &w->refused, CK_TRY_ANSWERED); /* served */
         if (!w->next) {
             w->next = r->revision + 1;
             w->given = r->revision; /* where it starts */
@@ -218,7 +232,7 @@ static void connect_stream(struct clerk_watch *w)
     w->created = false;
     w->ch = ck_channel_new(w->c, w->server);
     if (!w->ch) {
-        broken(w, "out of memory");
+        broken(w, CK_TRY_SILENT, "out of memory");
         return;
     }
     Raftkv__WatchArgs a = RAFTKV__WATCH_ARGS__INIT;
@@ -236,7 +250,7 @@ static void connect_stream(struct clerk_watch *w)
     w->st = rpc_channel_stream(w->ch, &raftkv__watch_service__descriptor,
                                "Watch", &a.base, on_frame, w);
     if (!w->st) {
-        broken(w, rpc_last_error());
+        broken(w, ck_try_of_status(rpc_last_status()), rpc_last_error());
     }
 }
 
@@ -295,7 +309,7 @@ static void pump_loop(struct clerk_watch *w,
                                                       : w->frame_ms)));
             rpc_stream_cancel(w->st);
             w->st = NULL;
-            broken(w, why);
+            broken(w, CK_TRY_SILENT, why);
             continue;
         }
         uint64_t left = deadline - now;

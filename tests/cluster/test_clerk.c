@@ -332,6 +332,51 @@ static void test_clerk_deadline_tells_unknown_from_not_applied(void)
     h_cluster_destroy(&c);
 }
 
+/* A handle that was served keeps trying until its deadline when every
+ * node is down (a restart of every node is ridden out), also in the calls
+ * outside the op machine: membership, auth and watch; they fail at once
+ * only for a handle that no server ever answered (test_kvctl). */
+static void test_clerk_served_handle_admin_calls_wait_out_the_deadline(void)
+{
+    unsigned failures_at_start = CU_get_number_of_failures();
+    struct h_cluster c;
+    CU_ASSERT_FATAL(h_cluster_start(&c, 3, NULL) == 0);
+    struct clerk *ck = open_clerk(&c, 10000);
+    struct clerk_members *m = NULL;
+    CU_ASSERT_FATAL(clerk_member_list(ck, &m) == CLERK_OK);
+    clerk_members_free(m);
+    for (size_t i = 0; i < c.n; i++) {
+        h_node_kill(&c, i);
+    }
+    clerk_set_deadline(ck, 800);
+    uint64_t t0 = h_now_ms();
+    m = NULL;
+    CU_ASSERT_EQUAL(clerk_member_list(ck, &m), CLERK_UNAVAILABLE);
+    CU_ASSERT(h_now_ms() - t0 >= 700);
+    CU_ASSERT(strstr(clerk_errmsg(ck), "no leader answered within 800 ms") !=
+              NULL);
+    bool on;
+    uint64_t rev;
+    t0 = h_now_ms();
+    CU_ASSERT_EQUAL(clerk_auth_status(ck, &on, &rev), CLERK_UNAVAILABLE);
+    CU_ASSERT(h_now_ms() - t0 >= 700);
+    struct clerk_watch *w = NULL;
+    t0 = h_now_ms();
+    CU_ASSERT_EQUAL(clerk_watch_open(ck, "k", 1, NULL, 0, NULL, &w),
+                    CLERK_UNAVAILABLE);
+    CU_ASSERT(h_now_ms() - t0 >= 700);
+    for (size_t i = 0; i < c.n; i++) {
+        CU_ASSERT(h_node_start(&c, i) == 0);
+    }
+    clerk_set_deadline(ck, 10000);
+    m = NULL;
+    CU_ASSERT_EQUAL(clerk_member_list(ck, &m), CLERK_OK);
+    clerk_members_free(m);
+    clerk_close(ck);
+    c.keep = FAILED_SINCE(failures_at_start);
+    h_cluster_destroy(&c);
+}
+
 /* ------------------------------------------------------------ full disks */
 
 /* A handle that lists node @first first (then the others). */
@@ -788,6 +833,8 @@ int main(int argc, char **argv)
          test_clerk_leader_killed_mid_writes_every_ack_present_once},
         {"test_clerk_deadline_tells_unknown_from_not_applied",
          test_clerk_deadline_tells_unknown_from_not_applied},
+        {"test_clerk_served_handle_admin_calls_wait_out_the_deadline",
+         test_clerk_served_handle_admin_calls_wait_out_the_deadline},
         CU_TEST_INFO_NULL,
     };
     /* On the disk-fault shim: what a full disk answers. */

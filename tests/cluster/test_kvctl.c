@@ -358,8 +358,42 @@ static void test_kvctl_every_server_refusing_fails_at_once(void)
               NULL);
 }
 
+/* The same for the calls that do not go through the op machine: admin,
+ * membership, auth, leader transfer, snapshot and watch. Each failed only
+ * after the whole --timeout before. */
+static void test_kvctl_admin_and_watch_fail_at_once_when_every_server_refuses(
+    void)
+{
+    char none[128], snap[300];
+    snprintf(none, sizeof none, "127.0.0.1:%u,127.0.0.2:%u,127.0.0.3:%u",
+             closed_port(), closed_port(), closed_port());
+    snprintf(snap, sizeof snap, "--timeout 20 snapshot save %s/r.snap", work);
+    const char *cmds[] = {
+        snap,
+        "--timeout 20 watch k",
+        "--timeout 20 member list",
+        "--timeout 20 transfer-leader 2",
+        "--timeout 20 auth status",
+        "--timeout 20 user list",
+        "--timeout 20 role list",
+        "--timeout 20 role get r",
+    };
+    for (size_t i = 0; i < sizeof cmds / sizeof *cmds; i++) {
+        struct run r;
+        kvctl_run(&r, none, cmds[i]);
+        printf("\n  %s: exit %d in %.2f s: %s", cmds[i], r.status, r.seconds,
+               r.err);
+        CU_ASSERT_EQUAL(r.status, 3);
+        CU_ASSERT(r.seconds < 5);
+        CU_ASSERT(strstr(r.err,
+                         "UNAVAILABLE: no server accepted a connection "
+                         "(all 3 refused") != NULL);
+    }
+}
+
 /* Two of three nodes gone: kvctl says the quorum is lost, not only that
- * one node refused. */
+ * one node refused; get and put with the same error code (no leader
+ * served either: UNAVAILABLE; a get said TIMEOUT). */
 static void test_kvctl_says_when_the_quorum_is_lost(void)
 {
     struct h_cluster q;
@@ -371,12 +405,57 @@ static void test_kvctl_says_when_the_quorum_is_lost(void)
     /* The leader and one follower: the third is left alone. */
     h_node_kill(&q, (size_t)leader);
     h_node_kill(&q, (size_t)(leader + 1) % 3);
-    struct run r;
+    struct run r, g;
     kvctl_run(&r, qeps, "--timeout 3 put k v");
     printf("\n  put: exit %d: %s", r.status, r.err);
     CU_ASSERT_EQUAL(r.status, 3);
+    CU_ASSERT(strstr(r.err, "UNAVAILABLE: ") != NULL);
     CU_ASSERT(strstr(r.err, "quorum lost: 1 of 3 servers answer") != NULL);
+    kvctl_run(&g, qeps, "--timeout 3 get k");
+    printf("\n  get: exit %d: %s", g.status, g.err);
+    CU_ASSERT_EQUAL(g.status, 3);
+    CU_ASSERT(strstr(g.err, "UNAVAILABLE: ") != NULL);
+    CU_ASSERT(strstr(g.err, "quorum lost: 1 of 3 servers answer") != NULL);
     CU_ASSERT(h_cluster_destroy(&q) == 0);
+}
+
+/* A list that mixes two clusters: status marks the node of the other one
+ * (the first node that answers names the cluster) instead of showing it
+ * as a member, in every format. */
+static void test_kvctl_status_marks_a_node_of_another_cluster(void)
+{
+    struct h_cluster other;
+    CU_ASSERT_FATAL(h_cluster_start(&other, 1, NULL) == 0);
+    CU_ASSERT_FATAL(h_find_leader(&other, 10000) >= 0);
+    char oaddr[128], mixed[700], want[300];
+    h_endpoints(&other, oaddr, sizeof oaddr);
+    snprintf(mixed, sizeof mixed, "%s,%s", eps, oaddr);
+    struct run r;
+    kvctl_run(&r, mixed, "-w json status");
+    printf("\n  json: %s", r.out);
+    CU_ASSERT_EQUAL(r.status, 0);
+    snprintf(want, sizeof want,
+             "\"address\":\"%s\",\"reachable\":false,\"other_cluster\":true,"
+             "\"error\":\"answers for another cluster: this node is of "
+             "cluster ",
+             oaddr);
+    CU_ASSERT(strstr(r.out, want) != NULL);
+    const char *oc = strstr(r.out, "other_cluster"); /* that node alone */
+    CU_ASSERT(oc != NULL && strstr(oc + 1, "other_cluster") == NULL);
+    kvctl_run(&r, mixed, "-w table status");
+    printf("\n  table:\n%s", r.out);
+    CU_ASSERT_EQUAL(r.status, 0);
+    const char *row = strstr(r.out, oaddr);
+    CU_ASSERT_FATAL(row != NULL);
+    CU_ASSERT(strncmp(row + 23, "not a member: answers for another cluster",
+                      41) == 0);
+    /* One leader: this cluster's. */
+    const char *l = strstr(r.out, " leader ");
+    CU_ASSERT(l != NULL && strstr(l + 1, " leader ") == NULL);
+    kvctl_run(&r, mixed, "status");
+    CU_ASSERT(strstr(r.out, "reachable=false other_cluster=true error=") !=
+              NULL);
+    CU_ASSERT(h_cluster_destroy(&other) == 0);
 }
 
 static void test_kvctl_snapshot_save_local_errors_and_stdout(void)
@@ -466,8 +545,12 @@ int main(int argc, char **argv)
          test_kvctl_snapshot_save_local_errors_and_stdout},
         {"test_kvctl_every_server_refusing_fails_at_once",
          test_kvctl_every_server_refusing_fails_at_once},
+        {"test_kvctl_admin_and_watch_fail_at_once_when_every_server_refuses",
+         test_kvctl_admin_and_watch_fail_at_once_when_every_server_refuses},
         {"test_kvctl_says_when_the_quorum_is_lost",
          test_kvctl_says_when_the_quorum_is_lost},
+        {"test_kvctl_status_marks_a_node_of_another_cluster",
+         test_kvctl_status_marks_a_node_of_another_cluster},
         {"test_kvctl_snapshot_save_refuses_what_is_not_a_file",
          test_kvctl_snapshot_save_refuses_what_is_not_a_file},
         CU_TEST_INFO_NULL,

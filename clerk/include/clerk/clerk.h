@@ -51,11 +51,15 @@ enum clerk_error {
                                 leader; it may or may not have been applied.
                                 Read the key to find out. */
     CLERK_UNAVAILABLE,       /* no leader accepted the operation before the
-                                deadline; a write was not applied. At once
-                                when every server refused the connection
-                                and none ever answered this handle */
-    CLERK_TIMEOUT,           /* read: the deadline passed (servers were
-                                reached) */
+                                deadline (quorum lost, no leader known),
+                                a read as a write; a write was not applied.
+                                At once when every server refused the
+                                connection and none ever answered this
+                                handle */
+    CLERK_TIMEOUT,           /* read: the deadline passed after a server
+                                that may have been serving it was reached
+                                (no answer from it, or the leader's read
+                                timed out) */
     CLERK_BAD_REQUEST,       /* the cluster refused the request as malformed */
     CLERK_VALUE_TOO_LARGE,   /* key over 511 bytes or value over 4 MiB */
     CLERK_NO_SPACE,          /* no room: the leader's disk is full or the
@@ -226,7 +230,10 @@ int clerk_cas(struct clerk *c,
 struct clerk_node_status
 {
     char address[300];       /* as given to clerk_open */
-    bool reachable;          /* it answered */
+    bool reachable;          /* it answered, for the handle's cluster */
+    bool other_cluster;      /* it answered for another cluster than the
+                                handle's (not one of its members: reachable
+                                is false, error names both ids) */
     uint64_t id;             /* its node id (unreachable: from the leader's
                                 list when the address matches, else 0) */
     char role[16];           /* follower, pre-candidate, candidate, leader */
@@ -253,7 +260,10 @@ struct clerk_node_status
 
 /**
  * Ask every server for its status, and fill in how far each one trails
- * the leader.
+ * the leader. A server that answers for another cluster than the handle's
+ * (the id given, or of its first answer) is marked other_cluster, not
+ * reachable: it is no member, and its leader is not taken for the
+ * cluster's.
  * @param nodes set to an array of one entry per server: those given to
  *   clerk_open, then leaders it found that were not (free with clerk_free)
  * @param n set to the number of entries
