@@ -67,6 +67,7 @@ class clerk_node_status(Structure):
     _fields_ = [
         ("address", c_char * 300),
         ("reachable", c_bool),
+        ("other_cluster", c_bool),
         ("id", c_uint64),
         ("role", c_char * 16),
         ("term", c_uint64),

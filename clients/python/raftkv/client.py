@@ -583,7 +583,8 @@ class Client:
                     match_index=s.match_index if s.progress_known else None,
                     replication_lag=(s.replication_lag if s.progress_known
                                      else None),
-                    ack_age_ms=s.ack_age_ms if s.progress_known else None))
+                    ack_age_ms=s.ack_age_ms if s.progress_known else None,
+                    other_cluster=bool(s.other_cluster)))
             return out
         finally:
             lib.clerk_free(nodes)

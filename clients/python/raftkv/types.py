@@ -122,6 +122,7 @@ class NodeStatus:
     match_index: Optional[int]  # None: the leader did not report it
     replication_lag: Optional[int]
     ack_age_ms: Optional[int]
+    other_cluster: bool = False  # it answers for another cluster: no member
 
 
 @dataclass(frozen=True)

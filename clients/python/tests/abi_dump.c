@@ -17,6 +17,7 @@ int main(void)
     FIELD(clerk_options, key);
     SIZE(clerk_node_status);
     FIELD(clerk_node_status, reachable);
+    FIELD(clerk_node_status, other_cluster);
     FIELD(clerk_node_status, id);
     FIELD(clerk_node_status, role);
     FIELD(clerk_node_status, term);
