@@ -417,6 +417,45 @@ static void test_snapshot_of_many_chunks_survives_a_power_loss_part_way(void)
     CU_ASSERT_EQUAL(h_cluster_destroy(&cl), 0);
 }
 
+/* A 3-node cluster that compacts every 10 entries, holding 30 MB (300
+ * values of 100 kB, "big000".."big299", the first byte 'a' + i % 26):
+ * a snapshot of 30 chunks. @w is opened on it; returns the leader. */
+static int start_with_30_chunks(struct h_cluster *c,
+                                struct h_client *w,
+                                const char *more_flags)
+{
+    char flags[256];
+    snprintf(flags, sizeof flags,
+             "--snapshot-entries 10 --snapshot-trailing 2 --log-level debug "
+             "%s",
+             more_flags);
+    CU_ASSERT_FATAL(h_cluster_start(c, 3, flags) == 0);
+    CU_ASSERT_FATAL(h_client_open(w, c, cunit_seed()) == 0);
+    static char big[100001];
+    memset(big, 'v', sizeof big - 1);
+    for (int i = 0; i < 300; i++) {
+        char key[32];
+        snprintf(key, sizeof key, "big%03d", i);
+        big[0] = (char)('a' + i % 26);
+        struct h_result r = h_put(w, key, big, sizeof big - 1);
+        CU_ASSERT_EQUAL_FATAL(r.err, 0);
+        h_result_free(&r);
+    }
+    int leader = h_find_leader(c, 10000);
+    CU_ASSERT_FATAL(leader >= 0);
+    return leader;
+}
+
+/* Node f loses its data: killed, its directory deleted, started again. */
+static void wipe_node(struct h_cluster *c, size_t f)
+{
+    h_node_kill(c, f);
+    char cmd[700];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", c->nodes[f].dir);
+    CU_ASSERT_EQUAL_FATAL(system(cmd), 0);
+    CU_ASSERT_EQUAL_FATAL(h_node_start(c, f), 0);
+}
+
 /* A follower that goes silent for a while in the middle of a transfer
  * (paused 1.5 s, as a slow disk would keep it writing a chunk) still holds
  * the leader's compactions back (up to the log's cap, 50 compactions'
@@ -424,25 +463,10 @@ static void test_snapshot_of_many_chunks_survives_a_power_loss_part_way(void)
 static void test_snapshot_receiver_silent_mid_transfer_is_not_restarted(void)
 {
     struct h_cluster c;
-    CU_ASSERT_FATAL(h_cluster_start(&c, 3,
-                                    "--snapshot-entries 10 "
-                                    "--snapshot-trailing 2 "
-                                    "--enable-fault-injection "
-                                    "--log-level debug") == 0);
     struct h_client w;
-    CU_ASSERT_FATAL(h_client_open(&w, &c, cunit_seed()) == 0);
-    static char big[100001];
-    memset(big, 'v', sizeof big - 1);
-    char key[32];
-    for (int i = 0; i < 300; i++) { /* 30 MB: 30 chunks */
-        snprintf(key, sizeof key, "big%03d", i);
-        struct h_result r = h_put(&w, key, big, sizeof big - 1);
-        CU_ASSERT_EQUAL_FATAL(r.err, 0);
-        h_result_free(&r);
-    }
-    int leader = h_find_leader(&c, 10000);
-    CU_ASSERT_FATAL(leader >= 0);
+    int leader = start_with_30_chunks(&c, &w, "--enable-fault-injection");
     size_t f = ((size_t)leader + 1) % c.n;
+    char key[32];
     /* The leader's calls to it take 20-30 ms each: the 30 chunks take
      * over half a second. */
     char eps[1024];
@@ -454,11 +478,7 @@ static void test_snapshot_receiver_silent_mid_transfer_is_not_restarted(void)
     CU_ASSERT_EQUAL_FATAL(
         clerk_fault(ck, (size_t)leader, true, &slow, 1, 0, NULL, NULL),
         CLERK_OK);
-    h_node_kill(&c, f);
-    char cmd[700];
-    snprintf(cmd, sizeof cmd, "rm -rf %s", c.nodes[f].dir);
-    CU_ASSERT_EQUAL_FATAL(system(cmd), 0);
-    CU_ASSERT_EQUAL_FATAL(h_node_start(&c, f), 0);
+    wipe_node(&c, f);
     /* Stop it once it has taken a few chunks, and write meanwhile: a
      * compaction's worth every 10 writes. */
     uint64_t end = h_now_ms() + 10000;
@@ -505,30 +525,11 @@ static void test_snapshot_receiver_silent_mid_transfer_is_not_restarted(void)
 static void test_snapshot_of_many_chunks_gets_across_under_writes(void)
 {
     struct h_cluster c;
-    CU_ASSERT_FATAL(h_cluster_start(&c, 3,
-                                    "--snapshot-entries 10 "
-                                    "--snapshot-trailing 2 "
-                                    "--log-level debug") == 0);
     struct h_client w;
-    CU_ASSERT_FATAL(h_client_open(&w, &c, cunit_seed()) == 0);
-    static char big[100001];
-    memset(big, 'v', sizeof big - 1);
-    char key[32];
-    for (int i = 0; i < 300; i++) { /* 30 MB: 30 chunks */
-        snprintf(key, sizeof key, "big%03d", i);
-        big[0] = (char)('a' + i % 26);
-        struct h_result r = h_put(&w, key, big, sizeof big - 1);
-        CU_ASSERT_EQUAL_FATAL(r.err, 0);
-        h_result_free(&r);
-    }
-    int leader = h_find_leader(&c, 10000);
-    CU_ASSERT_FATAL(leader >= 0);
+    int leader = start_with_30_chunks(&c, &w, "");
     size_t f = ((size_t)leader + 1) % c.n;
-    h_node_kill(&c, f);
-    char cmd[700];
-    snprintf(cmd, sizeof cmd, "rm -rf %s", c.nodes[f].dir);
-    CU_ASSERT_EQUAL_FATAL(system(cmd), 0);
-    CU_ASSERT_EQUAL_FATAL(h_node_start(&c, f), 0);
+    char key[32];
+    wipe_node(&c, f);
     /* Writes go on (each a log entry: a compaction's worth every 10)
      * until the follower has installed the state, for at most 30 s. */
     uint64_t end = h_now_ms() + 30000;
