@@ -318,6 +318,7 @@ struct kv_node
     bool state_synced;                  /* last commit fully synced */
     bool meta_async;                    /* LMDB's MDB_NOMETASYNC is on */
     uint64_t state_commits;             /* state commits so far */
+    uint64_t state_commit_ms;           /* node_now_ms of the last one */
     struct event *state_ev;             /* commits the state when due */
     struct kv_metrics metrics;          /* counters and histograms */
     struct event *turn_ev;              /* runs a turn after the loop's I/O */

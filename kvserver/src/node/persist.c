@@ -22,6 +22,7 @@
 #define STATE_MAX_OPS   20000          /* commit the state after this many */
 #define STATE_MAX_BYTES (32u << 20)    /* or this many bytes of entries */
 #define MAP_HEADROOM    (128ull << 20) /* free map kept for one transaction */
+#define STATE_HASTEN_MS 100 /* commits while a compaction waits for one */
 
 /* Remember one applied client entry's outcome for this turn's replies. */
 static int note_applied(struct kv_node *n,
@@ -207,6 +208,7 @@ int node_state_commit(struct kv_node *n, bool full)
     }
     n->state_synced = full;
     n->state_commits++;
+    n->state_commit_ms = node_now_ms();
     return 0;
 }
 
@@ -689,10 +691,12 @@ void node_maybe_compact(struct kv_node *n)
      * must be on disk for good. Under a steady load that is the state of
      * the commit before the last one (the last one's flush put its meta
      * page on disk), a commit interval or two behind: it needs no flush of
-     * its own, which would stall the loop. Wait for one (a commit is due
-     * while the state transaction is open) while the log has room: up to
-     * 1.5 times --snapshot-entries. Otherwise commit the applied state
-     * with a full sync now and take that. */
+     * its own, which would stall the loop. Wait for one while the log has
+     * room (up to 1.5 times --snapshot-entries), committing at least every
+     * STATE_HASTEN_MS meanwhile (a long --state-commit-ms, or a node just
+     * started, would otherwise keep the log from being compacted).
+     * Otherwise commit the applied state with a full sync now and take
+     * that. */
     uint64_t index = n->synced_applied, term = n->synced_term;
     bool own_sync = false;
     if (index <= n->last_compact ||
@@ -700,6 +704,9 @@ void node_maybe_compact(struct kv_node *n)
         if (n->state_txn &&
             last - first + 1 <
                 n->cfg.snapshot_entries + n->cfg.snapshot_entries / 2) {
+            if (node_now_ms() - n->state_commit_ms >= STATE_HASTEN_MS) {
+                node_state_due(n);
+            }
             return;
         }
         if (node_state_commit(n, true) != 0) {
