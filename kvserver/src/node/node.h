@@ -315,6 +315,9 @@ struct kv_node
                                            disk for good (meta page
                                            flushed too) */
     uint64_t synced_term;               /* its term */
+    bool meta_vouchable;                /* no LMDB sync failed since the
+                                           last commit wrote its meta page:
+                                           the next flush puts it on disk */
     bool state_synced;                  /* last commit fully synced */
     bool meta_async;                    /* LMDB's MDB_NOMETASYNC is on */
     uint64_t state_commits;             /* state commits so far */

@@ -161,17 +161,34 @@ static void state_set_synced(struct kv_node *n, uint64_t index, uint64_t term)
 int node_state_commit(struct kv_node *n, bool full)
 {
     struct kv_store *st = &n->store;
+    if (!n->state_txn && full && !n->meta_vouchable) {
+        /* The last commit's meta page may have been lost to a failed
+         * flush, which no later flush saves: commit again (the same
+         * applied index) to write a new one. */
+        int rv = state_open(n);
+        if (!rv) {
+            rv = kv_store_put_meta(st, n->state_txn, "applied", n->applied);
+        }
+        if (rv) {
+            state_abort(n);
+            return rv;
+        }
+    }
     if (!n->state_txn) {
         if (full && !n->state_synced) {
             /* The last commit left its meta page unsynced. */
             int rc = mdb_env_sync(st->env, 1);
             if (rc) {
+                /* The pages it did not write are lost, that meta page
+                 * too (fsyncgate): no later flush vouches for it. */
+                n->meta_vouchable = false;
                 return kv_store_fail(st, rc, "sync");
             }
             n->state_synced = true;
         }
         if (full) {
             state_set_synced(n, n->durable_applied, n->durable_term);
+            n->meta_vouchable = true;
         }
         return 0;
     }
@@ -187,8 +204,11 @@ int node_state_commit(struct kv_node *n, bool full)
     event_del(n->state_ev);
     /* A commit that applied something wrote its meta record, so LMDB
      * flushes its data pages: that flush also puts the previous commit's
-     * meta page on disk for good (an empty commit flushes nothing). */
+     * meta page on disk for good (an empty commit flushes nothing) -
+     * unless a flush failed after that page was written: the kernel may
+     * have dropped it, and a later flush does not write it again. */
     bool wrote = n->applied != n->durable_applied;
+    bool vouch = wrote && n->meta_vouchable;
     uint64_t prev = n->durable_applied, prev_term = n->durable_term;
     double t0 = kv_seconds();
     int rc = mdb_txn_commit(n->state_txn);
@@ -196,6 +216,7 @@ int node_state_commit(struct kv_node *n, bool full)
     kv_hist_observe(&n->metrics.state_commit, kv_seconds() - t0);
     if (rc) {
         int rv = kv_store_fail(st, rc, "commit (fsync)");
+        n->meta_vouchable = false;
         state_abort(n);
         return rv;
     }
@@ -203,9 +224,10 @@ int node_state_commit(struct kv_node *n, bool full)
     n->durable_term = n->applied_term;
     if (full) {
         state_set_synced(n, n->applied, n->applied_term);
-    } else if (wrote) {
+    } else if (vouch) {
         state_set_synced(n, prev, prev_term);
     }
+    n->meta_vouchable = true; /* its own meta page, written after its flush */
     n->state_synced = full;
     n->state_commits++;
     n->state_commit_ms = node_now_ms();
@@ -302,6 +324,7 @@ static int switch_in_build(struct kv_node *n)
     }
     n->state_synced = true; /* the switch synced everything */
     n->meta_async = false;  /* a fresh environment's flags */
+    n->meta_vouchable = true;
     return rv;
 }
 
@@ -608,6 +631,7 @@ static int reopen_store(struct kv_node *n)
     n->applied_term = n->durable_term = m.applied_term;
     n->state_synced = false;
     n->meta_async = false;
+    n->meta_vouchable = false; /* what it read may be a page since lost */
     rpc_logf(RPC_LOG_WARN,
              "node %llu: LMDB environment reopened after a failed write; "
              "its state is at index %llu, the log applies the rest again",
@@ -1068,6 +1092,7 @@ int node_restore(struct kv_node *n)
     n->applied_term = n->durable_term = m.applied_term;
     n->synced_applied = m.applied;
     n->synced_term = m.applied_term;
+    n->meta_vouchable = true;
     n->snap_index = m.applied;
     n->last_compact = m.applied;
     n->state_synced = true;
