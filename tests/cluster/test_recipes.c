@@ -481,6 +481,26 @@ static uint64_t line_of(const char *name)
     return n;
 }
 
+/* SIGINT to a kvctl started with fork(); its wait status. One that does
+ * not exit within 5 s is killed, and the test fails with @why. */
+static int interrupt(pid_t pid, const char *why)
+{
+    kill(pid, SIGINT);
+    int st = 0;
+    pid_t done = 0;
+    uint64_t end = h_now_ms() + 5000;
+    while ((done = waitpid(pid, &st, WNOHANG)) == 0 && h_now_ms() < end) {
+        h_sleep_ms(20);
+    }
+    if (!done) {
+        kill(pid, SIGKILL);
+        waitpid(pid, &st, 0);
+        CU_assertImplementation(CU_FALSE, __LINE__, why, __FILE__, "",
+                                CU_FALSE);
+    }
+    return st;
+}
+
 /* Ctrl-C to a kvctl lock that waits in line: it leaves the line at once
  * and never runs its command. */
 static void test_kvctl_lock_interrupted_while_waiting(void)
@@ -503,18 +523,7 @@ static void test_kvctl_lock_interrupted_while_waiting(void)
         h_sleep_ms(20);
     }
     CU_ASSERT_EQUAL(line_of("kv4"), 2);
-    kill(pid, SIGINT);
-    int st = 0;
-    pid_t done = 0;
-    end = h_now_ms() + 5000;
-    while ((done = waitpid(pid, &st, WNOHANG)) == 0 && h_now_ms() < end) {
-        h_sleep_ms(20);
-    }
-    if (!done) {
-        kill(pid, SIGKILL);
-        waitpid(pid, &st, 0);
-        CU_FAIL("kvctl lock ignored SIGINT while waiting");
-    }
+    int st = interrupt(pid, "kvctl lock ignored SIGINT while waiting");
     CU_ASSERT(WIFEXITED(st) && WEXITSTATUS(st) == 130);
     CU_ASSERT_EQUAL(line_of("kv4"), 1);
     CU_ASSERT_EQUAL(clerk_unlock(ck, hl), CLERK_OK);
@@ -624,18 +633,7 @@ static void test_kvctl_elect_campaigns_and_resigns_on_interrupt(void)
         leader_of("kv9", who, sizeof who);
     } while (strcmp(who, "prop-a") != 0 && h_now_ms() < end);
     CU_ASSERT_STRING_EQUAL(who, "prop-a");
-    kill(pid, SIGINT);
-    int st = 0;
-    pid_t done = 0;
-    end = h_now_ms() + 5000;
-    while ((done = waitpid(pid, &st, WNOHANG)) == 0 && h_now_ms() < end) {
-        h_sleep_ms(20);
-    }
-    if (!done) {
-        kill(pid, SIGKILL);
-        waitpid(pid, &st, 0);
-        CU_FAIL("kvctl elect ignored SIGINT");
-    }
+    int st = interrupt(pid, "kvctl elect ignored SIGINT");
     CU_ASSERT(WIFEXITED(st) && WEXITSTATUS(st) == 0);
     leader_of("kv9", who, sizeof who);
     CU_ASSERT_STRING_EQUAL(who, ""); /* resigned, not left to its lease */
