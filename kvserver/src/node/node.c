@@ -568,6 +568,17 @@ int kv_node_run(struct kv_node *n)
             self = i;
         }
     }
+    /* Signals are caught before anything listens: a SIGTERM that comes
+     * as soon as the port answers stops the node cleanly (exit 0), not by
+     * the signal's default action. */
+    n->sig_term = evsignal_new(n->base, SIGTERM, on_signal, n);
+    n->sig_int = evsignal_new(n->base, SIGINT, on_signal, n);
+    n->sig_hup = evsignal_new(n->base, SIGHUP, on_hup, n);
+    if (!n->sig_term || !n->sig_int || !n->sig_hup ||
+        event_add(n->sig_term, NULL) != 0 || event_add(n->sig_int, NULL) != 0 ||
+        event_add(n->sig_hup, NULL) != 0) {
+        return 1;
+    }
     const char *lhost = cfg->listen_port ? cfg->listen_host : cfg->hosts[self];
     uint16_t lport = cfg->listen_port ? cfg->listen_port : cfg->ports[self];
     if (rpc_server_listen(n->server, lhost, lport, NULL) != 0) {
@@ -599,21 +610,14 @@ int kv_node_run(struct kv_node *n)
     n->retry_ev = evtimer_new(n->base, on_retry, n);
     n->state_ev = evtimer_new(n->base, on_state_due, n);
     n->serve_ev = evtimer_new(n->base, on_serve, n);
-    n->sig_term = evsignal_new(n->base, SIGTERM, on_signal, n);
-    n->sig_int = evsignal_new(n->base, SIGINT, on_signal, n);
-    n->sig_hup = evsignal_new(n->base, SIGHUP, on_hup, n);
     if (!n->turn_ev || !n->tick_ev || !n->sweep_ev || !n->retry_ev ||
-        !n->state_ev || !n->serve_ev || !n->sig_term || !n->sig_int ||
-        !n->sig_hup) {
+        !n->state_ev || !n->serve_ev) {
         return 1;
     }
     event_priority_set(n->turn_ev, 2);
     event_priority_set(n->tick_ev, 0); /* heartbeats and elections first */
     struct timeval sweep = {0, 50000};
     event_add(n->sweep_ev, &sweep);
-    event_add(n->sig_term, NULL);
-    event_add(n->sig_int, NULL);
-    event_add(n->sig_hup, NULL);
     rpc_logf(RPC_LOG_INFO,
              "node %llu: serving clients on %s (%s), peers on %s:%u (%s), "
              "cluster %016llx%s, %zu members, data in %s",
