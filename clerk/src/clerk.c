@@ -83,6 +83,8 @@ const char *clerk_error_code(int err)
             return "NOT_HELD";
         case CLERK_CLOSED:
             return "CLOSED";
+        case CLERK_TOO_MANY_KEYS:
+            return "TOO_MANY_KEYS";
         default:
             return "INTERNAL";
     }
@@ -135,6 +137,9 @@ const char *clerk_strerror(int err)
         case CLERK_CLOSED:
             return "the handle was closed before the operation ended; a "
                    "write may or may not have been applied";
+        case CLERK_TOO_MANY_KEYS:
+            return "the write would delete more keys than the leader allows "
+                   "in one write; nothing was applied";
         default:
             return "internal error";
     }

@@ -177,6 +177,7 @@ static struct clerk_delete_result *delete_of(const Raftkv__DeleteRangeReply *m,
     }
     r->revision = revision;
     r->deleted = m->deleted;
+    r->more = m->more;
     if (!copy_kvs(&r->prev_kvs, &r->n_prev_kvs, m->prev_kvs, m->n_prev_kvs)) {
         clerk_delete_result_free(r);
         return NULL;
@@ -505,6 +506,19 @@ int clerk_delete_range(struct clerk *c,
                        unsigned flags,
                        struct clerk_delete_result **out)
 {
+    return clerk_delete_range_limit(c, key, key_len, range_end, range_end_len,
+                                    0, flags, out);
+}
+
+int clerk_delete_range_limit(struct clerk *c,
+                             const void *key,
+                             size_t key_len,
+                             const void *range_end,
+                             size_t range_end_len,
+                             uint64_t limit,
+                             unsigned flags,
+                             struct clerk_delete_result **out)
+{
     if (out) {
         *out = NULL;
     }
@@ -519,6 +533,7 @@ int clerk_delete_range(struct clerk *c,
     a.key = (ProtobufCBinaryData){key_len, (uint8_t *)key};
     a.range_end = (ProtobufCBinaryData){range_end_len, (uint8_t *)range_end};
     a.prev_kv = (flags & CLERK_DELETE_PREV_KV) != 0;
+    a.limit = limit;
     struct ck_call k = {.method = "DeleteRange",
                         .args = &a.base,
                         .write = true,

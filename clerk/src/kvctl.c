@@ -59,6 +59,8 @@ static const char usage_text[] =
     "  append KEY VALUE        append VALUE to KEY (absent counts as empty)\n"
     "  del KEY                 delete KEY\n"
     "  del KEY [END] [--prefix|--from-key] [--prev-kv]  delete a range\n"
+    "                          (more keys than the leader deletes in one\n"
+    "                          write: in pieces, each its own revision)\n"
     "  txn [-i] [--json-input] a transaction read from standard input\n"
     "  compact REV             drop the history up to revision REV\n"
     "  events [KEY [END]] [--prefix|--from-key] --rev N [--limit N]\n"
@@ -146,8 +148,8 @@ static const char usage_text[] =
     "Error codes: NOT_FOUND, CAS_MISMATCH, TIMEOUT, UNAVAILABLE,\n"
     "BAD_REQUEST, VALUE_TOO_LARGE, NO_SPACE, DISABLED, UNAUTHENTICATED,\n"
     "PERMISSION_DENIED, COMPACTED, FUTURE_REVISION, LEASE_NOT_FOUND,\n"
-    "NOT_HELD, IO_ERROR, USAGE, INTERNAL. With -w json, keys and values\n"
-    "are base64.\n";
+    "NOT_HELD, TOO_MANY_KEYS, IO_ERROR, USAGE, INTERNAL. With -w json,\n"
+    "keys and values are base64.\n";
 
 static const struct
 {
@@ -2222,6 +2224,43 @@ static int cmd_put_read(struct clerk *ck, struct range_spec *s)
     return rv;
 }
 
+#define DEL_PIECE 1000 /* keys per write of a delete in pieces */
+
+/* Delete a range too large for one write (TOO_MANY_KEYS) in pieces of
+ * DEL_PIECE keys (fewer, if the leader allows fewer), each a write of its
+ * own: *r becomes the last piece's result with the total deleted. */
+static int del_in_pieces(struct clerk *ck,
+                         const struct range_spec *s,
+                         struct clerk_delete_result **r)
+{
+    uint64_t total = 0, piece = DEL_PIECE;
+    *r = NULL;
+    fprintf(stderr,
+            "kvctl: the range holds more keys than one write may delete: "
+            "deleting it in pieces (not at one revision)\n");
+    for (;;) {
+        clerk_delete_result_free(*r);
+        int err = clerk_delete_range_limit(ck, s->key.p, s->key.len, s->end,
+                                           s->end_len, piece, 0, r);
+        if (err == CLERK_TOO_MANY_KEYS && piece > 1) {
+            piece = piece / 4 ? piece / 4 : 1; /* the leader allows fewer */
+            continue;
+        }
+        if (err) {
+            if (total) {
+                fprintf(stderr, "kvctl: %llu keys were deleted before this\n",
+                        (unsigned long long)total);
+            }
+            return err;
+        }
+        total += (*r)->deleted;
+        if (!(*r)->more) {
+            (*r)->deleted = total;
+            return CLERK_OK;
+        }
+    }
+}
+
 /* kvctl del with a range or --prev-kv: the number deleted, then the
  * deleted keys. */
 static int cmd_del_range(struct clerk *ck, struct range_spec *s)
@@ -2229,6 +2268,9 @@ static int cmd_del_range(struct clerk *ck, struct range_spec *s)
     struct clerk_delete_result *r;
     int err = clerk_delete_range(ck, s->key.p, s->key.len, s->end, s->end_len,
                                  s->flags, &r);
+    if (err == CLERK_TOO_MANY_KEYS && !(s->flags & CLERK_DELETE_PREV_KV)) {
+        err = del_in_pieces(ck, s, &r);
+    }
     if (err) {
         return answer_clerk(ck, err);
     }

@@ -101,6 +101,8 @@ int ck_error_of(int kv_err)
             return CLERK_FUTURE_REVISION;
         case RAFTKV__KV_ERROR__KV_LEASE_NOT_FOUND:
             return CLERK_LEASE_NOT_FOUND;
+        case RAFTKV__KV_ERROR__KV_TOO_MANY_KEYS:
+            return CLERK_TOO_MANY_KEYS;
         default:
             return CLERK_INTERNAL;
     }

@@ -328,6 +328,18 @@ static const struct opt opts[] = {
           node.history_bytes,
           "and to at most N bytes (256MiB: K, M, G, T\n"
           "are binary units; 0: no cap; default 256MiB)"),
+    UINT("max-delete-keys",
+         "N",
+         node.max_delete_keys,
+         0,
+         UINT64_MAX / 2,
+         "the leader refuses (TOO_MANY_KEYS) a delete of\n"
+         "a range, or a transaction's deletes, over more\n"
+         "than N keys: every node applies a write on its\n"
+         "event loop, which a delete of a million keys\n"
+         "holds for about a second. kvctl del deletes\n"
+         "larger ranges in pieces. 0: no limit\n"
+         "(default 10000)"),
     UINT("lease-min-ttl",
          "S",
          node.lease_min_ttl_s,
@@ -1411,6 +1423,7 @@ int kv_config_load(struct kv_config *cfg,
                 .quota_bytes = KV_QUOTA_DEFAULT,
                 .history_revisions = 100000,
                 .history_bytes = 256u << 20,
+                .max_delete_keys = 10000,
             },
         .log_level = RPC_LOG_INFO,
     };

@@ -13,13 +13,17 @@
 #include "cunit_main.h"
 #include "harness.h"
 
+#define MAX_DELETE 50 /* the cluster's --max-delete-keys */
+
 static struct h_cluster dc; /* one cluster for every test */
 static char eps[512];
 static struct clerk *ck;
 
 static int setup(void)
 {
-    if (h_cluster_start(&dc, 3, NULL) != 0 || h_find_leader(&dc, 10000) < 0) {
+    char extra[64];
+    snprintf(extra, sizeof extra, "--max-delete-keys %d", MAX_DELETE);
+    if (h_cluster_start(&dc, 3, extra) != 0 || h_find_leader(&dc, 10000) < 0) {
         return 1;
     }
     h_endpoints(&dc, eps, sizeof eps);
@@ -295,6 +299,90 @@ static void test_kvctl_prefix_txn_and_json(void)
     CU_ASSERT_EQUAL(kvctl("events --rev 1", NULL, out, sizeof out), 8);
 }
 
+/* The keys of a prefix now. */
+static uint64_t count_prefix(const char *prefix)
+{
+    uint8_t end[64];
+    size_t end_len = clerk_prefix_end(prefix, strlen(prefix), end);
+    struct clerk_range_result *r;
+    int err = clerk_range(ck, prefix, strlen(prefix), end, end_len, 0,
+                          CLERK_RANGE_COUNT_ONLY, &r);
+    CU_ASSERT_EQUAL(err, CLERK_OK);
+    uint64_t n = err ? UINT64_MAX : r->count;
+    clerk_range_result_free(r);
+    return n;
+}
+
+/* A delete of more keys than --max-delete-keys is refused whole (every
+ * node would apply it on its event loop); with a limit it deletes the
+ * first keys and says more are left; kvctl del deletes it in pieces. */
+static void test_delete_over_the_limit_in_pieces(void)
+{
+    const char *pre = "big/";
+    char k[32], out[256];
+    for (int i = 0; i < 2 * MAX_DELETE + 20; i++) {
+        snprintf(k, sizeof k, "big/%03d", i);
+        put(k, "v");
+    }
+    uint8_t end[8];
+    size_t end_len = clerk_prefix_end(pre, 4, end);
+    struct clerk_delete_result *d;
+    CU_ASSERT_EQUAL(clerk_delete_range(ck, pre, 4, end, end_len, 0, &d),
+                    CLERK_TOO_MANY_KEYS);
+    CU_ASSERT(d == NULL);
+    CU_ASSERT(strstr(clerk_errmsg(ck), "--max-delete-keys") != NULL);
+    CU_ASSERT_EQUAL(count_prefix(pre), 2 * MAX_DELETE + 20);
+    /* A transaction's deletes count together: its larger branch. */
+    struct clerk_txn *t = clerk_txn_new();
+    CU_ASSERT_FATAL(t != NULL);
+    clerk_txn_delete(t, CLERK_TXN_THEN, "big/000", 7, "big/040", 7, 0);
+    clerk_txn_delete(t, CLERK_TXN_THEN, "big/040", 7, "big/080", 7, 0);
+    struct clerk_txn_result *tr;
+    CU_ASSERT_EQUAL(clerk_txn_commit(ck, t, &tr), CLERK_TOO_MANY_KEYS);
+    clerk_txn_free(t);
+    t = clerk_txn_new();
+    CU_ASSERT_FATAL(t != NULL);
+    clerk_txn_delete(t, CLERK_TXN_THEN, "big/000", 7, "big/040", 7, 0);
+    clerk_txn_delete(t, CLERK_TXN_ELSE, "big/040", 7, "big/080", 7, 0);
+    CU_ASSERT_EQUAL_FATAL(clerk_txn_commit(ck, t, &tr), CLERK_OK);
+    CU_ASSERT(tr->succeeded);
+    CU_ASSERT_EQUAL(tr->responses[0].del->deleted, 40);
+    clerk_txn_result_free(tr);
+    clerk_txn_free(t);
+    CU_ASSERT_EQUAL(count_prefix(pre), MAX_DELETE + 30);
+    /* A limit deletes the first keys in key order. */
+    CU_ASSERT_EQUAL_FATAL(
+        clerk_delete_range_limit(ck, pre, 4, end, end_len, 10, 0, &d),
+        CLERK_OK);
+    CU_ASSERT_EQUAL(d->deleted, 10);
+    CU_ASSERT(d->more);
+    clerk_delete_result_free(d);
+    CU_ASSERT_EQUAL(count_prefix("big/04"), 0);
+    CU_ASSERT_EQUAL(count_prefix("big/05"), 10);
+    /* A limit over --max-delete-keys: the range's keys are counted. */
+    CU_ASSERT_EQUAL(clerk_delete_range_limit(ck, pre, 4, end, end_len,
+                                             10 * MAX_DELETE, 0, &d),
+                    CLERK_TOO_MANY_KEYS);
+    /* Single keys are never refused. */
+    CU_ASSERT_EQUAL(clerk_delete(ck, "big/050", 7), CLERK_OK);
+    CU_ASSERT_EQUAL(count_prefix(pre), MAX_DELETE + 19);
+    CU_ASSERT_EQUAL(kvctl("del big/ --prefix --prev-kv", NULL, out, sizeof out),
+                    5);
+    CU_ASSERT_EQUAL(kvctl("del big/ --prefix", NULL, out, sizeof out), 0);
+    CU_ASSERT_STRING_EQUAL(out, "69\n");
+    CU_ASSERT_EQUAL(count_prefix(pre), 0);
+    /* Within the limit a delete is one write, as before. */
+    for (int i = 0; i < MAX_DELETE; i++) {
+        snprintf(k, sizeof k, "big/%03d", i);
+        put(k, "v");
+    }
+    CU_ASSERT_EQUAL_FATAL(clerk_delete_range(ck, pre, 4, end, end_len, 0, &d),
+                          CLERK_OK);
+    CU_ASSERT_EQUAL(d->deleted, MAX_DELETE);
+    CU_ASSERT(!d->more);
+    clerk_delete_result_free(d);
+}
+
 int main(int argc, char **argv)
 {
     static CU_TestInfo tests[] = {
@@ -306,6 +394,8 @@ int main(int argc, char **argv)
          test_txn_then_else_and_ops_see_each_other},
         {"test_compact_and_events", test_compact_and_events},
         {"test_kvctl_prefix_txn_and_json", test_kvctl_prefix_txn_and_json},
+        {"test_delete_over_the_limit_in_pieces",
+         test_delete_over_the_limit_in_pieces},
         CU_TEST_INFO_NULL,
     };
     static CU_SuiteInfo suites[] = {

@@ -99,6 +99,13 @@ enum clerk_error {
                                 operation ended (or it was started on a
                                 closed handle). A write may or may not have
                                 been applied, as CLERK_UNKNOWN_OUTCOME */
+    CLERK_TOO_MANY_KEYS,     /* a delete of a range (or a transaction's
+                                deletes) would delete more keys than the
+                                leader's --max-delete-keys allows in one
+                                write (default 10000); nothing was applied.
+                                Delete the range in pieces: read its keys
+                                (CLERK_RANGE_KEYS_ONLY, a limit) and delete
+                                up to the last one read, as kvctl del does */
 };
 
 /* How reads are served. */
@@ -767,6 +774,8 @@ struct clerk_delete_result
     struct clerk_kv *prev_kvs; /* with CLERK_DELETE_PREV_KV: the deleted
                                   keys as they were */
     size_t n_prev_kvs;         /* their number */
+    bool more;                 /* clerk_delete_range_limit: keys of the
+                                  range are left */
 };
 
 /**
@@ -785,6 +794,25 @@ int clerk_delete_range(struct clerk *c,
                        size_t range_end_len,
                        unsigned flags,
                        struct clerk_delete_result **out);
+
+/**
+ * Delete the first @limit keys of a range (in key order; one write: one
+ * revision); r->more says whether keys are left. A range larger than the
+ * leader allows in one write (CLERK_TOO_MANY_KEYS from clerk_delete_range)
+ * is deleted in pieces this way, each its own revision: call again with
+ * the same range until more is false. Needs every node of the cluster at
+ * a version that has it: an older node deletes the whole range.
+ * @param limit at most this many keys (0: all, as clerk_delete_range)
+ * @return as clerk_delete_range
+ */
+int clerk_delete_range_limit(struct clerk *c,
+                             const void *key,
+                             size_t key_len,
+                             const void *range_end,
+                             size_t range_end_len,
+                             uint64_t limit,
+                             unsigned flags,
+                             struct clerk_delete_result **out);
 
 /**
  * Free a delete result.

@@ -16,11 +16,12 @@ libclerk.so.0.
 
 from .client import (CallbackWatch, Client, Election, KeepAlive, Lock, TLS,
                      Txn, Watch, prefix_end)
-from .errors import (BadRequest, CasMismatch, Compacted, Disabled, Error,
-                     FutureRevision, Internal, InvalidArgument, LeaseNotFound,
-                     NoMemory, NoSpace, NotFound, NotHeld, PermissionDenied,
-                     SessionExpired, Timeout, Unauthenticated, Unavailable,
-                     UnknownOutcome, ValueTooLarge)
+from .errors import (BadRequest, CasMismatch, Closed, Compacted, Disabled,
+                     Error, FutureRevision, Internal, InvalidArgument,
+                     LeaseNotFound, NoMemory, NoSpace, NotFound, NotHeld,
+                     PermissionDenied, SessionExpired, Timeout, TooManyKeys,
+                     Unauthenticated, Unavailable, UnknownOutcome,
+                     ValueTooLarge)
 from .types import (DeleteResult, Event, Events, KeyValue, Lease,
                     LeaseRevoked, LeaseTTL, Member, Members, NodeStatus,
                     PutResult, RangeResult, TxnResult)
@@ -34,7 +35,7 @@ __all__ = [
     "Timeout", "BadRequest", "ValueTooLarge", "NoSpace", "InvalidArgument",
     "NoMemory", "Internal", "Disabled", "SessionExpired", "Unauthenticated",
     "PermissionDenied", "Compacted", "FutureRevision", "LeaseNotFound",
-    "NotHeld",
+    "NotHeld", "Closed", "TooManyKeys",
     "KeyValue", "RangeResult", "PutResult", "DeleteResult", "TxnResult",
     "Event", "Events", "Lease", "LeaseRevoked", "LeaseTTL", "NodeStatus",
     "Member", "Members",

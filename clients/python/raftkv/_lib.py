@@ -19,7 +19,8 @@ ERRORS = (
     "CLERK_INVALID", "CLERK_NOMEM", "CLERK_INTERNAL", "CLERK_DISABLED",
     "CLERK_SESSION_EXPIRED", "CLERK_UNAUTHENTICATED",
     "CLERK_PERMISSION_DENIED", "CLERK_COMPACTED", "CLERK_FUTURE_REVISION",
-    "CLERK_LEASE_NOT_FOUND", "CLERK_NOT_HELD",
+    "CLERK_LEASE_NOT_FOUND", "CLERK_NOT_HELD", "CLERK_CLOSED",
+    "CLERK_TOO_MANY_KEYS",
 )
 for _i, _name in enumerate(ERRORS):
     globals()[_name] = _i
@@ -144,6 +145,7 @@ class clerk_delete_result(Structure):
         ("deleted", c_uint64),
         ("prev_kvs", POINTER(clerk_kv)),
         ("n_prev_kvs", c_size_t),
+        ("more", c_bool),
     ]
 
 
@@ -276,6 +278,9 @@ PROTOTYPES = {
     "clerk_put_result_free": (None, [POINTER(clerk_put_result)]),
     "clerk_delete_range": (c_int, [_P, _B, _Z, _B, _Z, c_uint,
                                    POINTER(POINTER(clerk_delete_result))]),
+    "clerk_delete_range_limit": (c_int, [_P, _B, _Z, _B, _Z, c_uint64,
+                                         c_uint,
+                                         POINTER(POINTER(clerk_delete_result))]),
     "clerk_delete_result_free": (None, [POINTER(clerk_delete_result)]),
     "clerk_txn_new": (c_void_p, []),
     "clerk_txn_free": (None, [_P]),

@@ -105,7 +105,8 @@ def _put_result(r):
 
 def _delete_result(r):
     return DeleteResult(revision=r.revision, deleted=r.deleted,
-                        prev_kvs=_kvs(r.prev_kvs, r.n_prev_kvs))
+                        prev_kvs=_kvs(r.prev_kvs, r.n_prev_kvs),
+                        more=bool(r.more))
 
 
 def _txn_result(r):
@@ -365,17 +366,36 @@ class Client:
         self._call(lib.clerk_delete, k, len(k))
 
     def delete_range(self, key, end=None, prefix=False, from_key=False,
-                     prev_kv=False):
+                     prev_kv=False, limit=0):
         """Delete the keys in [key, end), with prefix key, or from key on,
-        at one revision: a DeleteResult (deleted may be 0)."""
+        at one revision: a DeleteResult (deleted may be 0). Raises
+        TooManyKeys, deleting nothing, when that is more keys than the
+        leader's --max-delete-keys (10000 by default) allows in one write:
+        delete such a range in pieces with limit (at most that many keys,
+        the first in key order; the result's more says whether keys are
+        left), or with delete_range_all."""
         k, e = _key_range(key, end, prefix, from_key)
         out = POINTER(_lib.clerk_delete_result)()
-        self._call(lib.clerk_delete_range, k, len(k), e, _len(e),
-                   _lib.CLERK_DELETE_PREV_KV if prev_kv else 0, byref(out))
+        self._call(lib.clerk_delete_range_limit, k, len(k), e, _len(e),
+                   limit, _lib.CLERK_DELETE_PREV_KV if prev_kv else 0,
+                   byref(out))
         try:
             return _delete_result(out.contents)
         finally:
             lib.clerk_delete_result_free(out)
+
+    def delete_range_all(self, key, end=None, prefix=False, from_key=False,
+                         piece=1000):
+        """Delete every key of a range, however many, in pieces of at most
+        piece keys (each piece one write, its own revision: not atomic);
+        returns the number deleted."""
+        deleted = 0
+        while True:
+            r = self.delete_range(key, end, prefix=prefix, from_key=from_key,
+                                  limit=piece)
+            deleted += r.deleted
+            if not r.more:
+                return deleted
 
     def cas(self, key, expected, new):
         """Set key to new only if it holds expected (None: only if it does

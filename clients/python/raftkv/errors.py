@@ -142,11 +142,24 @@ class NotHeld(Error):
     number = _lib.CLERK_NOT_HELD
 
 
+class Closed(Error):
+    """The handle was closed before the operation ended; a write may or may
+    not have been applied (libclerk's async API)."""
+    number = _lib.CLERK_CLOSED
+
+
+class TooManyKeys(Error):
+    """A delete of a range would delete more keys than the leader allows in
+    one write (its --max-delete-keys); nothing was applied. Delete the range
+    in pieces."""
+    number = _lib.CLERK_TOO_MANY_KEYS
+
+
 BY_ERRNO = {cls.number: cls for cls in (
     NotFound, CasMismatch, UnknownOutcome, Unavailable, Timeout, BadRequest,
     ValueTooLarge, NoSpace, InvalidArgument, NoMemory, Internal, Disabled,
     SessionExpired, Unauthenticated, PermissionDenied, Compacted,
-    FutureRevision, LeaseNotFound, NotHeld)}
+    FutureRevision, LeaseNotFound, NotHeld, Closed, TooManyKeys)}
 
 
 def from_errno(err, message=None):

@@ -41,6 +41,7 @@ class DeleteResult:
     revision: int  # the revision it made (the store's if nothing deleted)
     deleted: int   # keys deleted
     prev_kvs: List[KeyValue] = field(default_factory=list)
+    more: bool = False  # with a limit: keys of the range are left
 
 
 @dataclass(frozen=True)

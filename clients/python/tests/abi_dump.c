@@ -50,6 +50,7 @@ int main(void)
     SIZE(clerk_delete_result);
     FIELD(clerk_delete_result, deleted);
     FIELD(clerk_delete_result, n_prev_kvs);
+    FIELD(clerk_delete_result, more);
     SIZE(clerk_txn_response);
     FIELD(clerk_txn_response, range);
     FIELD(clerk_txn_response, txn);
@@ -99,6 +100,8 @@ int main(void)
     CONST(CLERK_FUTURE_REVISION);
     CONST(CLERK_LEASE_NOT_FOUND);
     CONST(CLERK_NOT_HELD);
+    CONST(CLERK_CLOSED);
+    CONST(CLERK_TOO_MANY_KEYS);
     CONST(CLERK_READ_STALE);
     CONST(CLERK_RANGE_KEYS_ONLY);
     CONST(CLERK_RANGE_COUNT_ONLY);

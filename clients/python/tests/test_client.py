@@ -290,6 +290,19 @@ class TestRange(Base):
         d = self.c.delete_range(self.k("r"), prefix=True)
         self.assertEqual(d.deleted, 0)
 
+    def test_delete_range_in_pieces(self):
+        for i in range(5):
+            self.c.put(self.k("p%d" % i), "v")
+        d = self.c.delete_range(self.k("p"), prefix=True, limit=2)
+        self.assertEqual((d.deleted, d.more), (2, True))
+        self.assertEqual([kv.key for kv in self.c.range(self.k("p"),
+                                                         prefix=True)],
+                         [self.k("p2"), self.k("p3"), self.k("p4")])
+        self.assertEqual(self.c.delete_range_all(self.k("p"), prefix=True,
+                                                 piece=2), 3)
+        self.assertEqual(len(self.c.range(self.k("p"), prefix=True)), 0)
+        self.assertTrue(issubclass(raftkv.TooManyKeys, raftkv.Error))
+
 
 class TestTxn(Base):
     def test_then_and_else(self):

@@ -111,6 +111,8 @@ struct kv_node_config
     uint64_t history_revisions;  /* the leader compacts the history down to
                                     this many revisions */
     uint64_t history_bytes;      /* and to this many bytes (0: no cap) */
+    uint64_t max_delete_keys;    /* the leader refuses deletes of more
+                                    keys in one write (0: no limit) */
     int64_t lease_min_ttl_s;     /* shortest lease TTL, seconds: a grant
                                     asking less gets this */
     bool force_new_cluster;      /* start a cluster of this node alone

@@ -710,6 +710,106 @@ static bool has_session(const ProtobufCBinaryData *client_id,
     return client_id->len == KV_CLIENT_ID_LEN && request_id > 0;
 }
 
+/* Add the keys a delete @d would delete now to *total, counting no
+ * further than past the node's --max-delete-keys: a write is applied on
+ * every node's event loop, which a delete of a million keys holds for
+ * about a second (docs/performance.md). Returns a KvError. */
+static int count_deletes(struct kv_node *n,
+                         MDB_txn *txn,
+                         const Raftkv__DeleteRangeArgs *d,
+                         uint64_t *total,
+                         char *why,
+                         size_t why_size)
+{
+    const ProtobufCBinaryData *key = &d->key, *range_end = &d->range_end;
+    uint64_t limit = n->cfg.max_delete_keys, k = 0;
+    if (range_end->len == 0) {
+        k = 1; /* one key at most */
+    } else if (d->limit && d->limit <= limit) {
+        k = d->limit; /* at most that many: no need to count */
+    } else if (*total <= limit &&
+               kv_mvcc_count_upto(&n->store, txn, key, range_end,
+                                  limit - *total, &k) != 0) {
+        snprintf(why, why_size, "cannot count the keys to delete: %.300s",
+                 n->store.errmsg);
+        return RAFTKV__KV_ERROR__KV_INTERNAL;
+    }
+    *total += k;
+    if (*total > limit) {
+        snprintf(why, why_size,
+                 "the write would delete more than %llu keys, the most one "
+                 "write may delete (the leader's --max-delete-keys); nothing "
+                 "was applied: delete the range in pieces (kvctl del does)",
+                 (unsigned long long)limit);
+        return RAFTKV__KV_ERROR__KV_TOO_MANY_KEYS;
+    }
+    return 0;
+}
+
+/* The most keys a transaction would delete: its larger branch's deletes,
+ * nested transactions' included. */
+static int count_txn_deletes(struct kv_node *n,
+                             MDB_txn *txn,
+                             const Raftkv__TxnArgs *t,
+                             uint64_t *total,
+                             char *why,
+                             size_t why_size)
+{
+    uint64_t base = *total, most = base;
+    for (int b = 0; b < 2; b++) {
+        size_t k = b ? t->n_failure : t->n_success;
+        Raftkv__RequestOp **ops = b ? t->failure : t->success;
+        uint64_t sum = base;
+        int err = 0;
+        for (size_t i = 0; i < k && !err; i++) {
+            const Raftkv__RequestOp *op = ops[i];
+            if (op->request_case ==
+                RAFTKV__REQUEST_OP__REQUEST_REQUEST_DELETE_RANGE) {
+                err = count_deletes(n, txn, op->request_delete_range, &sum, why,
+                                    why_size);
+            } else if (op->request_case ==
+                       RAFTKV__REQUEST_OP__REQUEST_REQUEST_TXN) {
+                err = count_txn_deletes(n, txn, op->request_txn, &sum, why,
+                                        why_size);
+            }
+        }
+        if (err) {
+            return err;
+        }
+        if (sum > most) {
+            most = sum;
+        }
+    }
+    *total = most;
+    return 0;
+}
+
+/* Refuse a write that would delete more than --max-delete-keys keys
+ * (@a a DeleteRange's args, or @t a transaction's). */
+static int deletes_allowed(struct kv_node *n,
+                           const Raftkv__DeleteRangeArgs *a,
+                           const Raftkv__TxnArgs *t,
+                           char *why,
+                           size_t why_size)
+{
+    if (n->cfg.max_delete_keys == 0 ||
+        (a && (a->range_end.len == 0 ||
+               (a->limit && a->limit <= n->cfg.max_delete_keys)))) {
+        return 0;
+    }
+    int rc = 0;
+    MDB_txn *txn = node_state_read(n, &rc);
+    if (!txn) {
+        snprintf(why, why_size, "cannot read the state: %s", mdb_strerror(rc));
+        return RAFTKV__KV_ERROR__KV_INTERNAL;
+    }
+    uint64_t total = 0;
+    int err = a ? count_deletes(n, txn, a, &total, why, why_size)
+                : count_txn_deletes(n, txn, t, &total, why, why_size);
+    node_state_done(n, txn);
+    return err;
+}
+
 static void handle_delete_range(Raftkv__KvService_Service *svc,
                                 const Raftkv__DeleteRangeArgs *a,
                                 Raftkv__DeleteRangeReply_Closure closure,
@@ -731,6 +831,9 @@ static void handle_delete_range(Raftkv__KvService_Service *svc,
         err = RAFTKV__KV_ERROR__KV_BAD_REQUEST;
         snprintf(why, sizeof why,
                  "a write needs a 16-byte client_id and a request_id > 0");
+    }
+    if (!err) {
+        err = deletes_allowed(n, a, NULL, why, sizeof why);
     }
     if (err) {
         reply_write(n, op, cl, data, err, NULL, 0, why);
@@ -818,6 +921,9 @@ static void handle_txn(Raftkv__KvService_Service *svc,
         err = RAFTKV__KV_ERROR__KV_BAD_REQUEST;
         snprintf(why, sizeof why,
                  "a write needs a 16-byte client_id and a request_id > 0");
+    }
+    if (!err) {
+        err = deletes_allowed(n, NULL, a, why, sizeof why);
     }
     if (err) {
         reply_write(n, op, cl, data, err, NULL, 0, why);

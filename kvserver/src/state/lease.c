@@ -231,8 +231,8 @@ static int end_lease(struct kv_change *c, uint64_t id, uint64_t *deleted)
         struct kv_rec rec;
         rv = kv_mvcc_get(st, c->txn, keys[i].data, keys[i].len, &rec);
         if (rv == 0 && rec.lease == id) {
-            rv =
-                kv_change_delete(c, &keys[i], &one, NULL, &d, NULL, NULL, &err);
+            rv = kv_change_delete(c, &keys[i], &one, 0, NULL, NULL, &d, NULL,
+                                  NULL, &err);
         } else if (rv == MDB_NOTFOUND || rv == 0) {
             rv = 0; /* not this lease's (an index out of step) */
         }

@@ -891,6 +891,8 @@ int kv_change_put(struct kv_change *c,
 int kv_change_delete(struct kv_change *c,
                      const ProtobufCBinaryData *key,
                      const ProtobufCBinaryData *range_end,
+                     uint64_t limit,
+                     bool *more,
                      struct kv_arena *mem,
                      uint64_t *deleted,
                      Raftkv__KeyValue ***prevs,
@@ -900,6 +902,9 @@ int kv_change_delete(struct kv_change *c,
     struct kv_store *st = c->st;
     char why[200];
     *deleted = 0;
+    if (more) {
+        *more = false;
+    }
     if (prevs) {
         *prevs = NULL;
         *n_prevs = 0;
@@ -919,6 +924,13 @@ int kv_change_delete(struct kv_change *c,
     size_t kcap = 0;
     MDB_val k, v;
     while ((rv = walk_next(st, &w, &k, &v)) == 0) {
+        if (limit && *deleted == limit) {
+            if (more) {
+                *more = true; /* this key is left */
+            }
+            rv = MDB_NOTFOUND;
+            break;
+        }
         struct kv_rec rec;
         if (kv_rec_decode(&v, &rec)) {
             rv = damaged(st, "a key's record");
@@ -979,6 +991,30 @@ int kv_change_delete(struct kv_change *c,
         *n_prevs = list.n;
     }
     return 0;
+}
+
+int kv_mvcc_count_upto(struct kv_store *st,
+                       MDB_txn *txn,
+                       const ProtobufCBinaryData *key,
+                       const ProtobufCBinaryData *range_end,
+                       uint64_t limit,
+                       uint64_t *count)
+{
+    *count = 0;
+    struct walk w;
+    int rv = walk_open(st, txn, &w, key, range_end, false);
+    if (rv) {
+        return rv;
+    }
+    MDB_val k, v;
+    while (*count <= limit && (rv = walk_next(st, &w, &k, &v)) == 0) {
+        (*count)++;
+        if (range_end->len == 0) {
+            break; /* one key only */
+        }
+    }
+    walk_close(&w);
+    return rv == MDB_NOTFOUND ? 0 : rv;
 }
 
 int kv_change_end(struct kv_change *c)

@@ -210,6 +210,10 @@ int kv_change_put(struct kv_change *c,
 
 /**
  * Delete a key or a range (each key leaves its lease).
+ * @param limit delete at most this many keys, the first in key order (0:
+ *   no limit)
+ * @param more if not NULL, set to whether keys of the range are left
+ *   (only with a limit: false otherwise)
  * @param deleted set to the number of keys deleted
  * @param prevs if not NULL, set to copies of the deleted keys (in @mem),
  *   *n_prevs of them; more than KV_MAX_RANGE_BYTES of them fail with
@@ -219,11 +223,27 @@ int kv_change_put(struct kv_change *c,
 int kv_change_delete(struct kv_change *c,
                      const ProtobufCBinaryData *key,
                      const ProtobufCBinaryData *range_end,
+                     uint64_t limit,
+                     bool *more,
                      struct kv_arena *mem,
                      uint64_t *deleted,
                      Raftkv__KeyValue ***prevs,
                      size_t *n_prevs,
                      int *err);
+
+/**
+ * Count the keys of a range, up to a limit: what a delete of the range
+ * would delete now. Walks at most @limit + 1 keys.
+ * @param count set to the number of keys, or to @limit + 1 when there
+ *   are more than @limit
+ * @return 0 or a store error
+ */
+int kv_mvcc_count_upto(struct kv_store *st,
+                       MDB_txn *txn,
+                       const ProtobufCBinaryData *key,
+                       const ProtobufCBinaryData *range_end,
+                       uint64_t limit,
+                       uint64_t *count);
 
 /**
  * Finish a change: store the revision when it wrote.

@@ -333,8 +333,8 @@ static int apply_delete(struct sm_ctx *x,
     uint64_t deleted;
     int rv = kv_change_begin(&c, x->st, x->txn);
     if (!rv) {
-        rv = kv_change_delete(&c, &cmd->del->key, &one, NULL, &deleted, NULL,
-                              NULL, &out->err);
+        rv = kv_change_delete(&c, &cmd->del->key, &one, 0, NULL, NULL, &deleted,
+                              NULL, NULL, &out->err);
     }
     if (!rv) {
         rv = kv_change_end(&c);
@@ -466,9 +466,11 @@ static int run_delete_range(struct kv_change *c,
 {
     const Raftkv__DeleteRangeArgs *a = args;
     Raftkv__DeleteRangeReply *r = reply;
-    int rv =
-        kv_change_delete(c, &a->key, &a->range_end, mem, &r->deleted,
-                         a->prev_kv ? &r->prev_kvs : NULL, &r->n_prev_kvs, err);
+    bool more = false;
+    int rv = kv_change_delete(c, &a->key, &a->range_end, a->limit, &more, mem,
+                              &r->deleted, a->prev_kv ? &r->prev_kvs : NULL,
+                              &r->n_prev_kvs, err);
+    r->more = more;
     if (*err == RAFTKV__KV_ERROR__KV_BAD_REQUEST) {
         r->message = a->prev_kv ? "more than 4 MiB of keys to answer with "
                                   "prev_kv; delete fewer at a time"
@@ -493,6 +495,7 @@ static int apply_delete_range(struct sm_ctx *x,
         if (out->err) {
             r.deleted = 0;
             r.n_prev_kvs = 0;
+            r.more = false;
         }
         rv = outcome_pack(out, &r.base);
     }

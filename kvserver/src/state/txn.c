@@ -269,9 +269,12 @@ static int run(struct kv_change *c,
                 resp->response_case =
                     RAFTKV__RESPONSE_OP__RESPONSE_RESPONSE_DELETE_RANGE;
                 resp->response_delete_range = dr;
-                rv = kv_change_delete(
-                    c, &d->key, &d->range_end, mem, &dr->deleted,
-                    d->prev_kv ? &dr->prev_kvs : NULL, &dr->n_prev_kvs, &err);
+                bool more = false;
+                rv = kv_change_delete(c, &d->key, &d->range_end, d->limit,
+                                      &more, mem, &dr->deleted,
+                                      d->prev_kv ? &dr->prev_kvs : NULL,
+                                      &dr->n_prev_kvs, &err);
+                dr->more = more;
                 if (err) {
                     r->message =
                         "a delete of the transaction failed (with "
