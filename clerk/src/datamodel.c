@@ -373,6 +373,7 @@ void ck_range_flags(Raftkv__RangeArgs *r, uint64_t limit, unsigned flags)
     r->limit = limit;
     r->keys_only = (flags & CLERK_RANGE_KEYS_ONLY) != 0;
     r->count_only = (flags & CLERK_RANGE_COUNT_ONLY) != 0;
+    r->no_count = (flags & CLERK_RANGE_NO_COUNT) != 0;
     r->sort_order =
         (flags & CLERK_RANGE_SORT_DESCEND)  ? RAFTKV__SORT_ORDER__SORT_DESCEND
         : (flags & CLERK_RANGE_SORT_ASCEND) ? RAFTKV__SORT_ORDER__SORT_ASCEND

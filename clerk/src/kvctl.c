@@ -2086,10 +2086,18 @@ static int cmd_get_range(struct clerk *ck, struct range_spec *s)
     if (fmt == FMT_TABLE) {
         puts("KEY\tVALUE\tCREATE_REVISION\tMOD_REVISION\tVERSION");
     }
+    /* The count of the whole range is shown with -w json, --rev-info and
+     * --count-only: only the first page counts (the server walks the
+     * rest of the range to count it). */
+    bool counted =
+        fmt == FMT_JSON || s->rev_info || (s->flags & CLERK_RANGE_COUNT_ONLY);
     for (;;) {
         struct clerk_range_result *r;
-        int err =
-            clerk_range(ck, key, key_len, end, end_len, left, s->flags, &r);
+        unsigned flags = s->flags;
+        if (!first || !counted) {
+            flags |= CLERK_RANGE_NO_COUNT;
+        }
+        int err = clerk_range(ck, key, key_len, end, end_len, left, flags, &r);
         if (err) {
             free(next);
             json_decref(answer);

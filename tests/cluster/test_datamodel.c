@@ -94,6 +94,20 @@ static void test_range_revisions_limit_and_order(void)
     CU_ASSERT_EQUAL(r->count, 3);
     CU_ASSERT(kv_is(&r->kvs[0], "r/c", NULL));
     clerk_range_result_free(r);
+    /* Without counting the rest: the keys answered, and more. */
+    CU_ASSERT_EQUAL_FATAL(
+        clerk_range(ck, "r/", 2, end, end_len, 2, CLERK_RANGE_NO_COUNT, &r),
+        CLERK_OK);
+    CU_ASSERT_EQUAL_FATAL(r->n_kvs, 2);
+    CU_ASSERT(r->more);
+    CU_ASSERT_EQUAL(r->count, 2);
+    CU_ASSERT(kv_is(&r->kvs[1], "r/b", NULL));
+    clerk_range_result_free(r);
+    CU_ASSERT_EQUAL_FATAL(
+        clerk_range(ck, "r/", 2, end, end_len, 3, CLERK_RANGE_NO_COUNT, &r),
+        CLERK_OK);
+    CU_ASSERT(r->n_kvs == 3 && !r->more && r->count == 3);
+    clerk_range_result_free(r);
     CU_ASSERT_EQUAL_FATAL(
         clerk_range(ck, "r/", 2, end, end_len, 0, CLERK_RANGE_KEYS_ONLY, &r),
         CLERK_OK);

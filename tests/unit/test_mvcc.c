@@ -402,6 +402,18 @@ static void test_mvcc_range_limits_sorts_and_counts(void)
     free(big);
     range("big", bin("bih"), 0, 0, &r);
     CU_ASSERT(r.err == 0 && r.n_kvs == 3 && r.count == 6 && r.more);
+    /* no_count: the rest of the range is not walked to count it. */
+    Raftkv__RangeArgs nc = RAFTKV__RANGE_ARGS__INIT;
+    nc.key = bin("big");
+    nc.range_end = bin("bih");
+    nc.no_count = true;
+    raftkv__range_reply__init(&r);
+    CU_ASSERT_EQUAL(kv_mvcc_range(&st, txn, &nc, false, &mem, &r), 0);
+    CU_ASSERT(r.err == 0 && r.n_kvs == 3 && r.count == 3 && r.more);
+    nc.key = bin("big3");
+    raftkv__range_reply__init(&r);
+    CU_ASSERT_EQUAL(kv_mvcc_range(&st, txn, &nc, false, &mem, &r), 0);
+    CU_ASSERT(r.err == 0 && r.n_kvs == 3 && r.count == 3 && !r.more);
     end();
 }
 

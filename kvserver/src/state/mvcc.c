@@ -510,7 +510,9 @@ int kv_mvcc_range(struct kv_store *st,
         bytes += cost;
         count++;
     }
-    if (rv == 0 && !adding) {
+    if (rv == 0 && !adding && a->no_count && !a->count_only) {
+        count--; /* the key past the last one answered is not counted */
+    } else if (rv == 0 && !adding) {
         /* Count the rest of the range without reading it. */
         if (is_everything(a)) {
             MDB_stat stat;
