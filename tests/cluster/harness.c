@@ -406,6 +406,11 @@ static bool runs_kvserver(pid_t pid)
     return strcmp(exe, want) == 0;
 }
 
+int h_node_spawn(struct h_cluster *c, size_t i)
+{
+    return spawn_node(c, i);
+}
+
 int h_node_start(struct h_cluster *c, size_t i)
 {
     struct h_node *nd = &c->nodes[i];

@@ -267,6 +267,14 @@ bool h_file_contains(const char *path, const char *needle);
 int h_node_start(struct h_cluster *c, size_t i);
 
 /**
+ * Start (or restart) node i like h_node_start, but return as soon as its
+ * process is forked, without waiting for it to listen: for tests of what a
+ * node does while it starts.
+ * @return 0, or -1 (fork failed)
+ */
+int h_node_spawn(struct h_cluster *c, size_t i);
+
+/**
  * Node i's host is lost for good: the node is killed, its data directory
  * wiped, and with h_start.drop_host its host undone. (Its log stays.)
  */

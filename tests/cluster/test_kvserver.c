@@ -1131,6 +1131,76 @@ static void test_node_runs_from_a_config_file_and_the_environment(void)
     }
 }
 
+/* Does host:port accept a TCP connection now? The connection is left
+ * open in *fd (-1 when it does not). */
+static bool port_answers(const char *host, uint16_t port, int *fd)
+{
+    *fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (*fd < 0) {
+        return false;
+    }
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons(port)};
+    inet_pton(AF_INET, host, &sa.sin_addr);
+    if (connect(*fd, (struct sockaddr *)&sa, sizeof sa) == 0) {
+        return true;
+    }
+    close(*fd);
+    *fd = -1;
+    return false;
+}
+
+/* A SIGTERM that comes as soon as a starting node's port accepts a
+ * connection (a supervisor, or the harness's h_node_term, stopping a node
+ * it has just started) stops it cleanly, status 0. The node once added its
+ * signal handlers only after it listened and stamped a fresh data
+ * directory, and such a SIGTERM killed it by the default action (status
+ * 143). A fresh node each round, the SIGTERM at the first accepted
+ * connection: the race was lost 20 times of 20 then. */
+static void test_sigterm_as_soon_as_the_port_answers_stops_cleanly(void)
+{
+    struct h_cluster c;
+    CU_ASSERT_FATAL(h_cluster_start(&c, 1, NULL) == 0);
+    h_node_kill(&c, 0);
+    struct h_node *nd = &c.nodes[0];
+    unsigned unclean = 0, answered = 0;
+    for (int round = 0; round < 20; round++) {
+        /* Fresh, as the window was widest on a first start. */
+        CU_ASSERT_FATAL(cunit_remove_tree(nd->dir) == 0);
+        CU_ASSERT_FATAL(h_node_spawn(&c, 0) == 0);
+        uint64_t end = h_now_ms() + H_START_TIMEOUT_MS;
+        int fd = -1;
+        bool up = false;
+        for (unsigned tries = 0; !up && h_now_ms() < end; tries++) {
+            up = port_answers(nd->host, nd->port, &fd);
+            if (!up && tries % 64 == 63 && h_node_exited(&c, 0, 0)) {
+                break;
+            }
+        }
+        if (up) {
+            answered++;
+            kill(nd->pid, SIGTERM);
+            close(fd);
+        } else {
+            fprintf(stderr, "round %d: the port never answered; log: %s\n",
+                    round, nd->log);
+        }
+        int status = h_node_wait_exit(&c, 0, 10000);
+        if (status != 0) {
+            fprintf(stderr,
+                    "round %d: SIGTERM at the first accepted connection: "
+                    "exit status %d, want 0 (143: killed by SIGTERM); "
+                    "log: %s\n",
+                    round, status, nd->log);
+            unclean++;
+            h_node_kill(&c, 0);
+        }
+    }
+    CU_ASSERT_EQUAL(answered, 20);
+    CU_ASSERT_EQUAL(unclean, 0);
+    c.keep = unclean != 0 || answered != 20;
+    h_cluster_destroy(&c);
+}
+
 /* Bad options from a file or the environment are usage errors (status 2)
  * that name the file and line, or the variable; --version answers. */
 static void test_bad_config_exits_2_naming_file_and_line(void)
@@ -1274,6 +1344,8 @@ int main(int argc, char **argv)
          test_damaged_log_is_refused_and_a_wiped_node_catches_up},
         {"test_node_runs_from_a_config_file_and_the_environment",
          test_node_runs_from_a_config_file_and_the_environment},
+        {"test_sigterm_as_soon_as_the_port_answers_stops_cleanly",
+         test_sigterm_as_soon_as_the_port_answers_stops_cleanly},
         {"test_bad_config_exits_2_naming_file_and_line",
          test_bad_config_exits_2_naming_file_and_line},
         {"test_harness_nodes_ignore_server_variables",

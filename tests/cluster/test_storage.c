@@ -933,6 +933,139 @@ static void test_disk_failed_lmdb_meta_write_does_not_wedge_the_node(void)
     CU_ASSERT_EQUAL(h_cluster_destroy(&c), 0);
 }
 
+/* Node i's state commits so far, failed ones too (-1: no answer). */
+static double state_commits(struct h_cluster *c, size_t i)
+{
+    return node_metric(c, i, "raftkv_state_commit_duration_seconds_count");
+}
+
+/* Wait (10 s) until node i has made more than @before state commits. */
+static bool commits_after(struct h_cluster *c, size_t i, double before)
+{
+    uint64_t end = h_now_ms() + 10000;
+    while (state_commits(c, i) <= before) {
+        if (h_now_ms() >= end) {
+            return false;
+        }
+        h_sleep_ms(20);
+    }
+    return true;
+}
+
+/* Wait until node i has made no state commit for a second. */
+static void commits_quiet(struct h_cluster *c, size_t i)
+{
+    double last = -2, now;
+    while ((now = state_commits(c, i)) != last) {
+        last = now;
+        h_sleep_ms(1000);
+    }
+}
+
+/* Put key=val (len bytes) and wait for the state commit that holds it
+ * (--state-commit-ms after it is applied); @extra more commits (failed
+ * ones too). */
+static void put_committed(struct h_cluster *c,
+                          struct h_client *hc,
+                          const char *key,
+                          const char *val,
+                          size_t len,
+                          int extra)
+{
+    double before = state_commits(c, 0);
+    struct h_result r = h_put(hc, key, val, len);
+    CU_ASSERT_EQUAL_FATAL(r.err, 0);
+    h_result_free(&r);
+    CU_ASSERT_FATAL(commits_after(c, 0, before + extra));
+}
+
+/* A compaction relies only on a state whose meta page is on disk: a failed
+ * LMDB flush (fsyncgate: the kernel drops the pages it did not write, and
+ * no later flush writes them) loses the meta page of the commit before it,
+ * so the next commit's flush does not put that state on disk for good.
+ * Commits C and D (D's flush puts C's meta page on disk; D's own meta page
+ * is written after its flush), then the next flush fails, the same state
+ * is committed again (E), a compaction comes, then the power goes at the
+ * next commit. The compaction once took D's state, deleting the log
+ * segments up to D, while the disk held C's: the node could not start
+ * ("the state is at index C but the log starts at E"). Values of over 1
+ * MiB fill a segment each (--wal-segment-mb 1); a one-node cluster whose
+ * compaction is due at the fourth write. */
+static void test_disk_compaction_after_a_failed_lmdb_flush_keeps_its_log(void)
+{
+    enum { S = 40, BIG = (1 << 20) + 65536 };
+    struct h_cluster c;
+    struct h_start o = {.diskfault = true};
+    char extra[200];
+    snprintf(extra, sizeof extra,
+             "--snapshot-entries %d --snapshot-trailing 0 "
+             "--state-commit-ms 300 --wal-segment-mb 1",
+             S);
+    CU_ASSERT_EQUAL_FATAL(h_cluster_start_with(&c, 1, extra, &o), 0);
+    CU_ASSERT_FATAL(h_find_leader(&c, 15000) == 0);
+    struct h_client hc;
+    CU_ASSERT_FATAL(h_client_open(&hc, &c, cunit_seed()) == 0);
+    /* Small writes up to index S - 3: the four below end at S + 1, where
+     * the log holds more than S entries (none compacted yet). */
+    char k[32], v[32];
+    int pads = 0;
+    for (;;) {
+        double applied = node_metric(&c, 0, "raftkv_applied_index");
+        CU_ASSERT_FATAL(applied > 0 && applied <= S - 3);
+        if (applied == S - 3) {
+            break;
+        }
+        snprintf(k, sizeof k, "p%d", pads);
+        snprintf(v, sizeof v, "v%d", pads++);
+        struct h_result r = h_put(&hc, k, v, strlen(v));
+        CU_ASSERT_EQUAL_FATAL(r.err, 0);
+        h_result_free(&r);
+    }
+    commits_quiet(&c, 0);
+    char *big = malloc(BIG);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(big);
+    /* C, then D: each value in a segment of its own. */
+    memset(big, 'c', BIG);
+    put_committed(&c, &hc, "c", big, BIG, 0);
+    memset(big, 'd', BIG);
+    put_committed(&c, &hc, "d", big, BIG, 0);
+    /* The next LMDB flush fails (E's), and E is committed again. */
+    CU_ASSERT_EQUAL(h_node_rules(&c, 0, "fail data.mdb sync EIO"), 0);
+    put_committed(&c, &hc, "e", "small", 5, 1);
+    CU_ASSERT_FATAL(h_file_contains(c.nodes[0].trace, "-EIO"));
+    /* The compaction is due at this write; the power goes at the next
+     * commit, before it writes anything. */
+    CU_ASSERT_EQUAL(h_node_rules(&c, 0, "crash data.mdb any"), 0);
+    struct h_result r = h_put(&hc, "f", "small", 5);
+    CU_ASSERT_EQUAL(r.err, 0);
+    h_result_free(&r);
+    CU_ASSERT_FATAL(h_node_exited(&c, 0, 10000));
+    CU_ASSERT(h_file_contains(c.nodes[0].trace, "unlink wal/"));
+    h_client_close(&hc);
+    CU_ASSERT_EQUAL(h_node_rules(&c, 0, ""), 0);
+    int started = h_node_start(&c, 0);
+    CU_ASSERT_FALSE(h_log_contains(&c, 0, "the log starts at"));
+    CU_ASSERT_EQUAL_FATAL(started, 0);
+    /* Nothing acknowledged is lost. */
+    CU_ASSERT_FATAL(h_client_open(&hc, &c, cunit_seed()) == 0);
+    const char *keys[] = {"c", "d", "e", "f"};
+    for (size_t i = 0; i < 4; i++) {
+        r = h_get(&hc, keys[i], false, 0);
+        size_t want = i < 2 ? BIG : 5;
+        CU_ASSERT(r.err == 0 && r.value && r.len == want &&
+                  r.value[0] == (i < 2 ? keys[i][0] : 's'));
+        h_result_free(&r);
+    }
+    snprintf(k, sizeof k, "p%d", pads - 1);
+    snprintf(v, sizeof v, "v%d", pads - 1);
+    r = h_get(&hc, k, false, 0);
+    CU_ASSERT(r.err == 0 && r.value && strcmp(r.value, v) == 0);
+    h_result_free(&r);
+    h_client_close(&hc);
+    free(big);
+    CU_ASSERT_EQUAL(h_cluster_destroy(&c), 0);
+}
+
 /* ---------------------------------------------------------------- terms */
 
 static void on_vote(const Raftkv__RequestVoteReply *r, void *data)
@@ -1036,6 +1169,8 @@ int main(int argc, char **argv)
          test_disk_shutdown_after_a_failed_log_write_keeps_state_behind_log},
         {"test_disk_failed_lmdb_meta_write_does_not_wedge_the_node",
          test_disk_failed_lmdb_meta_write_does_not_wedge_the_node},
+        {"test_disk_compaction_after_a_failed_lmdb_flush_keeps_its_log",
+         test_disk_compaction_after_a_failed_lmdb_flush_keeps_its_log},
         {"test_compaction_due_does_not_wait_for_a_slow_commit_timer",
          test_compaction_due_does_not_wait_for_a_slow_commit_timer},
         {"test_disk_compaction_under_load_relies_on_an_earlier_sync",
