@@ -723,16 +723,20 @@ static int count_deletes(struct kv_node *n,
 {
     const ProtobufCBinaryData *key = &d->key, *range_end = &d->range_end;
     uint64_t limit = n->cfg.max_delete_keys, k = 0;
+    uint64_t room = *total <= limit ? limit - *total : 0;
     if (range_end->len == 0) {
         k = 1; /* one key at most */
-    } else if (d->limit && d->limit <= limit) {
+    } else if (d->limit && d->limit <= room) {
         k = d->limit; /* at most that many: no need to count */
-    } else if (*total <= limit &&
-               kv_mvcc_count_upto(&n->store, txn, key, range_end,
-                                  limit - *total, &k) != 0) {
-        snprintf(why, why_size, "cannot count the keys to delete: %.300s",
-                 n->store.errmsg);
-        return RAFTKV__KV_ERROR__KV_INTERNAL;
+    } else if (*total <= limit) {
+        if (kv_mvcc_count_upto(&n->store, txn, key, range_end, room, &k)) {
+            snprintf(why, why_size, "cannot count the keys to delete: %.300s",
+                     n->store.errmsg);
+            return RAFTKV__KV_ERROR__KV_INTERNAL;
+        }
+        if (d->limit && d->limit < k) {
+            k = d->limit;
+        }
     }
     *total += k;
     if (*total > limit) {
