@@ -11,10 +11,11 @@
 #                    7 nodes with other choices (docs/faults.md); and the
 #                    crash-point sweep over every boundary of every phase
 #                    (about 10 minutes; tests/cluster/test_crashpoints.c);
-#                    and the fault-injection suites (faults_*) and the
-#                    simulator's soak under the sanitizers too (the default
-#                    run has them in the normal build only)
-#   --fuzz-seconds N run each libFuzzer target N seconds (default 20)
+#                    and the fault-injection suites (faults_*), the
+#                    crash-point sweep and the simulator's soak under the
+#                    sanitizers too (the default run has them in the
+#                    normal build only)
+#   --fuzz-seconds N run each libFuzzer target N seconds (default 10)
 #   --no-sanitize    skip the sanitizer build
 #   --no-fuzz        skip the fuzz targets
 # Environment: RAFTKV_SEED fixes the seed of randomized tests; JOBS the
@@ -26,7 +27,7 @@ set -euo pipefail
 
 cd "$(dirname "$0")/.."
 root=$(pwd)
-sanitize=1 fuzz=1 fuzz_seconds=20
+sanitize=1 fuzz=1 fuzz_seconds=10
 while [ $# -gt 0 ]; do
     case "$1" in
         --quick) sanitize=0 fuzz=0 ;;
@@ -63,13 +64,15 @@ build_and_test() { # dir, description, ctest exclude regex, cmake args...
 }
 
 # The fault-injection suites (faults_*: 100 s each for lab and nemesis,
-# 25-35 s for the others, longer under the sanitizers) and the simulator's
-# soak (raft_soak: 64 s under them) run in the normal build; under the
+# 25-35 s for the others, longer under the sanitizers), the crash-point
+# sweep (crashpoints: 76 s under them) and the simulator's soak
+# (raft_soak: 64 s under them) run in the normal build; under the
 # sanitizers only with --full-faults, so that the default run stays
 # within CI's budget. Every other suite runs under the sanitizers too: the
-# same code paths (kill -9, restarts, power loss, snapshots, leases,
-# watches) without the random fault schedules.
-asan_exclude='^(faults_.*|raft_soak)$'
+# same code paths (kill -9, restarts, power loss and failed writes in
+# storage, snapshots, leases, watches) without the sweeps and the random
+# fault schedules.
+asan_exclude='^(faults_.*|crashpoints|raft_soak)$'
 if [ "${RAFTKV_FAULT_TIER:-quick}" = full ]; then
     asan_exclude=
 fi
