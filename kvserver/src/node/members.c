@@ -443,7 +443,9 @@ int members_apply(struct kv_node *n,
             n->removed = removed;
             return KV_STORE_ENOMEM;
         }
-        removed = r;
+        /* node_removed reads n->removed in the next rounds: it must not
+         * point at the block realloc just freed. */
+        removed = n->removed = r;
         removed[n->n_removed + added++] = before[i].id;
         if (before[i].id == n->cfg.id) {
             *self_removed = true;
