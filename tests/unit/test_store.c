@@ -11,6 +11,7 @@
 
 #include "cunit_main.h"
 #include "install.h"
+#include "node.h"
 #include "sm.h"
 #include "snap.h"
 #include "store.h"
@@ -609,6 +610,56 @@ static void test_store_install_in_many_transactions_switches_in_the_same_state(
     close_store();
 }
 
+/* A configuration of @n voters with ids @ids, encoded. */
+static void *conf_of(const uint64_t *ids, size_t n, size_t *len)
+{
+    struct raft_member m[8];
+    for (size_t i = 0; i < n; i++) {
+        m[i] = (struct raft_member){.id = ids[i], .voter = true};
+    }
+    void *out = NULL;
+    CU_ASSERT_FATAL(raft_conf_encode(m, n, &out, len) == 0);
+    return out;
+}
+
+/* A configuration that leaves out two members at once (a node of
+ * another configuration, one forced anew) on a node that counts some
+ * removed already: both are added to the removed ids. The lookup of the
+ * second once read the block the first one's realloc had freed (the
+ * sanitizer build reports it). */
+static void test_store_members_two_leave_at_once(void)
+{
+    open_store();
+    struct kv_node *n = calloc(1, sizeof *n);
+    CU_ASSERT_FATAL(n != NULL);
+    n->store = st;
+    n->cfg.id = 1;
+    MDB_txn *txn;
+    CU_ASSERT_FATAL(mdb_txn_begin(st.env, NULL, 0, &txn) == 0);
+    size_t len;
+    void *before = conf_of((uint64_t[]){1, 2, 3}, 3, &len);
+    CU_ASSERT_EQUAL_FATAL(members_install(n, txn, before, len), 0);
+    free(before);
+    free(n->removed);
+    n->removed = malloc(sizeof *n->removed);
+    CU_ASSERT_FATAL(n->removed != NULL);
+    n->removed[0] = 9; /* removed long ago */
+    n->n_removed = 1;
+    struct raft_entry e = {.index = 5, .term = 1, .type = RAFT_ENTRY_CONFIG};
+    e.data = conf_of((uint64_t[]){1}, 1, &e.len);
+    bool self = true;
+    CU_ASSERT_EQUAL(members_apply(n, txn, &e, &self), 0);
+    CU_ASSERT(!self);
+    CU_ASSERT_EQUAL_FATAL(n->n_removed, 3);
+    CU_ASSERT(node_removed(n, 9) && node_removed(n, 2) && node_removed(n, 3));
+    CU_ASSERT(!node_removed(n, 1));
+    free((void *)e.data);
+    mdb_txn_abort(txn);
+    free(n->removed);
+    free(n);
+    close_store();
+}
+
 int main(int argc, char **argv)
 {
     static CU_TestInfo tests[] = {
@@ -626,6 +677,8 @@ int main(int argc, char **argv)
          test_store_snapshot_round_trip_in_random_chunks},
         {"test_store_install_in_many_transactions_switches_in_the_same_state",
          test_store_install_in_many_transactions_switches_in_the_same_state},
+        {"test_store_members_two_leave_at_once",
+         test_store_members_two_leave_at_once},
         CU_TEST_INFO_NULL,
     };
     static CU_SuiteInfo suites[] = {
