@@ -788,6 +788,27 @@ static int count_txn_deletes(struct kv_node *n,
     return 0;
 }
 
+/* Whether a transaction deletes a range (in either branch, nested too):
+ * only those need the keys counted. */
+static bool txn_deletes_a_range(const Raftkv__TxnArgs *t)
+{
+    for (int b = 0; b < 2; b++) {
+        size_t k = b ? t->n_failure : t->n_success;
+        Raftkv__RequestOp **ops = b ? t->failure : t->success;
+        for (size_t i = 0; i < k; i++) {
+            const Raftkv__RequestOp *op = ops[i];
+            if ((op->request_case ==
+                     RAFTKV__REQUEST_OP__REQUEST_REQUEST_DELETE_RANGE &&
+                 op->request_delete_range->range_end.len) ||
+                (op->request_case == RAFTKV__REQUEST_OP__REQUEST_REQUEST_TXN &&
+                 txn_deletes_a_range(op->request_txn))) {
+                return true;
+            }
+        }
+    }
+    return false;
+}
+
 /* Refuse a write that would delete more than --max-delete-keys keys
  * (@a a DeleteRange's args, or @t a transaction's). */
 static int deletes_allowed(struct kv_node *n,
@@ -798,7 +819,9 @@ static int deletes_allowed(struct kv_node *n,
 {
     if (n->cfg.max_delete_keys == 0 ||
         (a && (a->range_end.len == 0 ||
-               (a->limit && a->limit <= n->cfg.max_delete_keys)))) {
+               (a->limit && a->limit <= n->cfg.max_delete_keys))) ||
+        (t && n->cfg.max_delete_keys >= KV_MAX_TXN_OPS &&
+         !txn_deletes_a_range(t))) { /* single keys: at most its ops */
         return 0;
     }
     int rc = 0;
