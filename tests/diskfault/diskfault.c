@@ -360,15 +360,18 @@ static bool passthrough(void)
     return !df.active || inside;
 }
 
-/* Take the shim's state (a spin lock: the signal handler only tries it). */
+/* Take the shim's state (a spin lock: the signal handler only tries it).
+ * This thread counts as inside before it holds the state and until after
+ * it let it go: a signal handler's call in between must go to libc, not
+ * wait for a state its own thread holds. */
 static void enter(void)
 {
+    inside = true;
     int expected = 0;
     while (!atomic_compare_exchange_weak(&busy, &expected, 1)) {
         expected = 0;
         sched_yield();
     }
-    inside = true;
     if (reload_pending) {
         reload_pending = 0;
         load_rules();
@@ -384,8 +387,8 @@ static void crash_by_signal(void)
 /* Release the state; a SIGUSR2 that came meanwhile cuts the power now. */
 static void leave(void)
 {
-    inside = false;
     atomic_store(&busy, 0);
+    inside = false;
     if (crash_pending) {
         int expected = 0;
         if (atomic_compare_exchange_strong(&busy, &expected, 1)) {
