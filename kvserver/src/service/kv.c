@@ -710,27 +710,41 @@ static bool has_session(const ProtobufCBinaryData *client_id,
     return client_id->len == KV_CLIENT_ID_LEN && request_id > 0;
 }
 
-/* Add the keys a delete @d would delete now to *total, counting no
+/* What counting a write's deletes reads: the state, taken at the first
+ * range that must be walked (single keys and small limits need none). */
+struct del_count
+{
+    struct kv_node *n;
+    MDB_txn *txn;
+    uint64_t total; /* keys the write would delete, so far */
+    char *why;
+    size_t why_size;
+};
+
+/* Add the keys a delete @d would delete now to x->total, counting no
  * further than past the node's --max-delete-keys: a write is applied on
  * every node's event loop, which a delete of a million keys holds for
  * about a second (docs/performance.md). Returns a KvError. */
-static int count_deletes(struct kv_node *n,
-                         MDB_txn *txn,
-                         const Raftkv__DeleteRangeArgs *d,
-                         uint64_t *total,
-                         char *why,
-                         size_t why_size)
+static int count_deletes(struct del_count *x, const Raftkv__DeleteRangeArgs *d)
 {
-    const ProtobufCBinaryData *key = &d->key, *range_end = &d->range_end;
+    struct kv_node *n = x->n;
     uint64_t limit = n->cfg.max_delete_keys, k = 0;
-    uint64_t room = *total <= limit ? limit - *total : 0;
-    if (range_end->len == 0) {
+    uint64_t room = x->total <= limit ? limit - x->total : 0;
+    if (d->range_end.len == 0) {
         k = 1; /* one key at most */
     } else if (d->limit && d->limit <= room) {
         k = d->limit; /* at most that many: no need to count */
-    } else if (*total <= limit) {
-        if (kv_mvcc_count_upto(&n->store, txn, key, range_end, room, &k)) {
-            snprintf(why, why_size, "cannot count the keys to delete: %.300s",
+    } else if (x->total <= limit) {
+        int rc = 0;
+        if (!x->txn && !(x->txn = node_state_read(n, &rc))) {
+            snprintf(x->why, x->why_size, "cannot read the state: %s",
+                     mdb_strerror(rc));
+            return RAFTKV__KV_ERROR__KV_INTERNAL;
+        }
+        if (kv_mvcc_count_upto(&n->store, x->txn, &d->key, &d->range_end, room,
+                               &k)) {
+            snprintf(x->why, x->why_size,
+                     "cannot count the keys to delete: %.300s",
                      n->store.errmsg);
             return RAFTKV__KV_ERROR__KV_INTERNAL;
         }
@@ -738,9 +752,9 @@ static int count_deletes(struct kv_node *n,
             k = d->limit;
         }
     }
-    *total += k;
-    if (*total > limit) {
-        snprintf(why, why_size,
+    x->total += k;
+    if (x->total > limit) {
+        snprintf(x->why, x->why_size,
                  "the write would delete more than %llu keys, the most one "
                  "write may delete (the leader's --max-delete-keys); nothing "
                  "was applied: delete the range in pieces (kvctl del does)",
@@ -752,61 +766,33 @@ static int count_deletes(struct kv_node *n,
 
 /* The most keys a transaction would delete: its larger branch's deletes,
  * nested transactions' included. */
-static int count_txn_deletes(struct kv_node *n,
-                             MDB_txn *txn,
-                             const Raftkv__TxnArgs *t,
-                             uint64_t *total,
-                             char *why,
-                             size_t why_size)
+static int count_txn_deletes(struct del_count *x, const Raftkv__TxnArgs *t)
 {
-    uint64_t base = *total, most = base;
+    uint64_t base = x->total, most = base;
     for (int b = 0; b < 2; b++) {
         size_t k = b ? t->n_failure : t->n_success;
         Raftkv__RequestOp **ops = b ? t->failure : t->success;
-        uint64_t sum = base;
         int err = 0;
+        x->total = base;
         for (size_t i = 0; i < k && !err; i++) {
             const Raftkv__RequestOp *op = ops[i];
             if (op->request_case ==
                 RAFTKV__REQUEST_OP__REQUEST_REQUEST_DELETE_RANGE) {
-                err = count_deletes(n, txn, op->request_delete_range, &sum, why,
-                                    why_size);
+                err = count_deletes(x, op->request_delete_range);
             } else if (op->request_case ==
                        RAFTKV__REQUEST_OP__REQUEST_REQUEST_TXN) {
-                err = count_txn_deletes(n, txn, op->request_txn, &sum, why,
-                                        why_size);
+                err = count_txn_deletes(x, op->request_txn);
             }
         }
         if (err) {
             return err;
         }
-        if (sum > most) {
-            most = sum;
+        if (x->total > most) {
+            most = x->total;
         }
     }
-    *total = most;
+    x->total = most;
     return 0;
-}
-
-/* Whether a transaction deletes a range (in either branch, nested too):
- * only those need the keys counted. */
-static bool txn_deletes_a_range(const Raftkv__TxnArgs *t)
-{
-    for (int b = 0; b < 2; b++) {
-        size_t k = b ? t->n_failure : t->n_success;
-        Raftkv__RequestOp **ops = b ? t->failure : t->success;
-        for (size_t i = 0; i < k; i++) {
-            const Raftkv__RequestOp *op = ops[i];
-            if ((op->request_case ==
-                     RAFTKV__REQUEST_OP__REQUEST_REQUEST_DELETE_RANGE &&
-                 op->request_delete_range->range_end.len) ||
-                (op->request_case == RAFTKV__REQUEST_OP__REQUEST_REQUEST_TXN &&
-                 txn_deletes_a_range(op->request_txn))) {
-                return true;
-            }
-        }
-    }
-    return false;
 }
 
 /* Refuse a write that would delete more than --max-delete-keys keys
@@ -817,23 +803,12 @@ static int deletes_allowed(struct kv_node *n,
                            char *why,
                            size_t why_size)
 {
-    if (n->cfg.max_delete_keys == 0 ||
-        (a && (a->range_end.len == 0 ||
-               (a->limit && a->limit <= n->cfg.max_delete_keys))) ||
-        (t && n->cfg.max_delete_keys >= KV_MAX_TXN_OPS &&
-         !txn_deletes_a_range(t))) { /* single keys: at most its ops */
+    if (n->cfg.max_delete_keys == 0) {
         return 0;
     }
-    int rc = 0;
-    MDB_txn *txn = node_state_read(n, &rc);
-    if (!txn) {
-        snprintf(why, why_size, "cannot read the state: %s", mdb_strerror(rc));
-        return RAFTKV__KV_ERROR__KV_INTERNAL;
-    }
-    uint64_t total = 0;
-    int err = a ? count_deletes(n, txn, a, &total, why, why_size)
-                : count_txn_deletes(n, txn, t, &total, why, why_size);
-    node_state_done(n, txn);
+    struct del_count x = {.n = n, .why = why, .why_size = why_size};
+    int err = a ? count_deletes(&x, a) : count_txn_deletes(&x, t);
+    node_state_done(n, x.txn);
     return err;
 }
 
