@@ -627,23 +627,29 @@ static void test_kvctl_elect_campaigns_and_resigns_on_interrupt(void)
         execl("/bin/sh", "sh", "-c", cmd, (char *)NULL);
         _exit(127);
     }
+    /* Its proposal leads in the cluster as soon as its key is written,
+     * a moment before kvctl itself has read that it leads: wait for what
+     * it prints then. SIGINT before that is an interrupted campaign
+     * (exit 130), which test_kvctl_lock_interrupted_while_waiting covers. */
+    char out[256] = "", key[128] = "", prop[64] = "";
     uint64_t end = h_now_ms() + 10000;
     do {
         h_sleep_ms(50);
         leader_of("kv9", who, sizeof who);
-    } while (strcmp(who, "prop-a") != 0 && h_now_ms() < end);
+        out[0] = 0;
+        FILE *f = fopen(path, "r");
+        if (f) {
+            size_t n = fread(out, 1, sizeof out - 1, f);
+            out[n] = 0;
+            fclose(f);
+        }
+    } while ((strcmp(who, "prop-a") != 0 || !strstr(out, "\nprop-a\n")) &&
+             h_now_ms() < end);
     CU_ASSERT_STRING_EQUAL(who, "prop-a");
     int st = interrupt(pid, "kvctl elect ignored SIGINT");
     CU_ASSERT(WIFEXITED(st) && WEXITSTATUS(st) == 0);
     leader_of("kv9", who, sizeof who);
     CU_ASSERT_STRING_EQUAL(who, ""); /* resigned, not left to its lease */
-    char out[256] = "", key[128] = "", prop[64] = "";
-    FILE *f = fopen(path, "r");
-    if (f) {
-        size_t n = fread(out, 1, sizeof out - 1, f);
-        out[n] = 0;
-        fclose(f);
-    }
     CU_ASSERT_EQUAL(sscanf(out, "%127s %63s", key, prop), 2);
     CU_ASSERT(strncmp(key, "kv9/", 4) == 0 && strlen(key) == 20);
     CU_ASSERT_STRING_EQUAL(prop, "prop-a");
