@@ -75,6 +75,13 @@ def _key_range(key, end, prefix, from_key):
     return k, e
 
 
+def _range_flags(keys_only, count_only, descending, no_count):
+    return ((_lib.CLERK_RANGE_KEYS_ONLY if keys_only else 0) |
+            (_lib.CLERK_RANGE_COUNT_ONLY if count_only else 0) |
+            (_lib.CLERK_RANGE_SORT_DESCEND if descending else 0) |
+            (_lib.CLERK_RANGE_NO_COUNT if no_count else 0))
+
+
 def _bytes_at(ptr, n):
     if not ptr or not n:
         return b""
@@ -421,15 +428,18 @@ class Client:
                 lib.clerk_free(cur)
 
     def range(self, key, end=None, prefix=False, from_key=False, limit=0,
-              keys_only=False, count_only=False, descending=False):
+              keys_only=False, count_only=False, descending=False,
+              no_count=False):
         """The keys in [key, end) (end None: key alone), with prefix key
         (prefix=True), or from key on (from_key=True): a RangeResult of
         KeyValues in key order (descending=True: reversed), at most limit
-        (0: all that fit in 4 MiB; see .more)."""
+        (0: all that fit in 4 MiB; see .more). .count is the number of keys
+        in the whole range, which the server walks to count; no_count=True
+        spares it that walk over a range cut short (about 0.5 s per million
+        keys left, which its other requests wait behind): .count is then
+        the number of keys answered."""
         k, e = _key_range(key, end, prefix, from_key)
-        flags = ((_lib.CLERK_RANGE_KEYS_ONLY if keys_only else 0) |
-                 (_lib.CLERK_RANGE_COUNT_ONLY if count_only else 0) |
-                 (_lib.CLERK_RANGE_SORT_DESCEND if descending else 0))
+        flags = _range_flags(keys_only, count_only, descending, no_count)
         out = POINTER(_lib.clerk_range_result)()
         self._call(lib.clerk_range, k, len(k), e, _len(e), limit, flags,
                    byref(out))
@@ -718,10 +728,8 @@ class Txn:
         return self
 
     def _range(self, br, key, end, prefix, from_key, limit, keys_only,
-               count_only, descending):
-        flags = ((_lib.CLERK_RANGE_KEYS_ONLY if keys_only else 0) |
-                 (_lib.CLERK_RANGE_COUNT_ONLY if count_only else 0) |
-                 (_lib.CLERK_RANGE_SORT_DESCEND if descending else 0))
+               count_only, descending, no_count):
+        flags = _range_flags(keys_only, count_only, descending, no_count)
         k, e = _key_range(key, end, prefix, from_key)
         self._ops[br].append(("range", k, e, int(limit), flags))
         return self
@@ -750,15 +758,15 @@ class Txn:
 
     def then_range(self, key, end=None, prefix=False, from_key=False,
                    limit=0, keys_only=False, count_only=False,
-                   descending=False):
+                   descending=False, no_count=False):
         return self._range(0, key, end, prefix, from_key, limit, keys_only,
-                           count_only, descending)
+                           count_only, descending, no_count)
 
     def else_range(self, key, end=None, prefix=False, from_key=False,
                    limit=0, keys_only=False, count_only=False,
-                   descending=False):
+                   descending=False, no_count=False):
         return self._range(1, key, end, prefix, from_key, limit, keys_only,
-                           count_only, descending)
+                           count_only, descending, no_count)
 
     def then_txn(self, txn):
         return self._txn(0, txn)

@@ -256,6 +256,15 @@ class TestRange(Base):
         self.assertEqual([kv.key for kv in r], [self.k("r1"), self.k("r2")])
         r = self.c.range(self.k("r"), prefix=True, limit=2)
         self.assertEqual((len(r), r.more, r.count), (2, True, 5))
+        # no_count: the keys answered are counted, the rest is not walked.
+        r = self.c.range(self.k("r"), prefix=True, limit=2, no_count=True)
+        self.assertEqual((len(r), r.more, r.count), (2, True, 2))
+        r = self.c.range(self.k("r"), prefix=True, no_count=True)
+        self.assertEqual((len(r), r.more, r.count), (5, False, 5))
+        t = self.c.txn().then_range(self.k("r"), prefix=True, limit=3,
+                                    no_count=True).commit()
+        self.assertEqual((len(t.responses[0]), t.responses[0].more,
+                          t.responses[0].count), (3, True, 3))
         r = self.c.range(self.k("r"), prefix=True, descending=True, limit=1)
         self.assertEqual(r.kvs[0].key, self.k("r4"))
         r = self.c.range(self.k("r"), prefix=True, keys_only=True)
