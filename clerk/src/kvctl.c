@@ -2645,6 +2645,19 @@ static void on_interrupt(int sig)
     interrupted = 1;
 }
 
+/* Put back the handlers a command replaced, unless it was interrupted:
+ * kvctl exits then, and a second signal on the way (timeout(1) sends one
+ * to kvctl and one to its process group; a Ctrl-C pressed twice) must not
+ * kill it with the default action between here and its clean exit. */
+static void restore_interrupt(const struct sigaction *old_int,
+                              const struct sigaction *old_term)
+{
+    if (!interrupted) {
+        sigaction(SIGINT, old_int, NULL);
+        sigaction(SIGTERM, old_term, NULL);
+    }
+}
+
 /* A number option's value: --name N or --name=N. */
 static bool num_option(struct tok *t,
                        int n,
@@ -2884,8 +2897,7 @@ static int lease_keepalive(struct clerk *ck, uint64_t id, bool once)
     }
     ck_keepalive_close(ka);
 out_restore_signals:
-    sigaction(SIGINT, &old_int, NULL);
-    sigaction(SIGTERM, &old_term, NULL);
+    restore_interrupt(&old_int, &old_term);
     return rv;
 }
 
@@ -3214,8 +3226,7 @@ static int cmd_lock(struct clerk *ck, struct tok *t, int n)
             clerk_unlock(ck, l);
             drop_lease(ck, &h);
         }
-        sigaction(SIGINT, &old_int, NULL);
-        sigaction(SIGTERM, &old_term, NULL);
+        restore_interrupt(&old_int, &old_term);
         return rv;
     }
     size_t klen;
@@ -3248,8 +3259,7 @@ static int cmd_lock(struct clerk *ck, struct tok *t, int n)
     }
     clerk_unlock(ck, l);
     drop_lease(ck, &h);
-    sigaction(SIGINT, &old_int, NULL);
-    sigaction(SIGTERM, &old_term, NULL);
+    restore_interrupt(&old_int, &old_term);
     return rv;
 }
 
@@ -3367,8 +3377,7 @@ static int cmd_elect(struct clerk *ck, struct tok *t, int n)
         struct held_lease h = {0};
         int err = hold_lease(ck, ttl, &h);
         if (err) {
-            sigaction(SIGINT, &old_int, NULL);
-            sigaction(SIGTERM, &old_term, NULL);
+            restore_interrupt(&old_int, &old_term);
             return answer_clerk(ck, err);
         }
         struct clerk_lock *l = NULL;
@@ -3402,8 +3411,7 @@ static int cmd_elect(struct clerk *ck, struct tok *t, int n)
         }
         drop_lease(ck, &h);
     }
-    sigaction(SIGINT, &old_int, NULL);
-    sigaction(SIGTERM, &old_term, NULL);
+    restore_interrupt(&old_int, &old_term);
     return rv;
 }
 

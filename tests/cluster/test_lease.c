@@ -9,7 +9,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <poll.h>
+#include <signal.h>
 #include <sys/wait.h>
+#include <unistd.h>
 
 #include <CUnit/Basic.h>
 
@@ -575,6 +578,57 @@ static int kvctl(struct h_cluster *c, const char *args, char *out, size_t len)
     return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
 }
 
+/* Run kvctl lease keep-alive ID until its first renewal is printed, then
+ * send it SIGINT twice, @gap_us apart (as timeout(1) does: to kvctl, then
+ * to its process group); its wait status. */
+static int keepalive_interrupted_twice(const char *eps,
+                                       uint64_t id,
+                                       unsigned gap_us)
+{
+    char hex[17];
+    snprintf(hex, sizeof hex, "%llx", (unsigned long long)id);
+    int fds[2];
+    if (pipe(fds) != 0) {
+        return -1;
+    }
+    pid_t pid = fork();
+    if (pid == 0) {
+        dup2(fds[1], 1);
+        close(fds[0]);
+        close(fds[1]);
+        execl(KVCTL_BIN, "kvctl", "--cluster", eps, "lease", "keep-alive", hex,
+              (char *)NULL);
+        _exit(127);
+    }
+    close(fds[1]);
+    if (pid < 0) {
+        close(fds[0]);
+        return -1;
+    }
+    char line[256];
+    size_t got = 0;
+    uint64_t end = h_now_ms() + 10000;
+    while (!memchr(line, '\n', got) && got < sizeof line && h_now_ms() < end) {
+        struct pollfd pf = {fds[0], POLLIN, 0};
+        if (poll(&pf, 1, 100) > 0) {
+            ssize_t k = read(fds[0], line + got, sizeof line - got);
+            if (k <= 0) {
+                break;
+            }
+            got += (size_t)k;
+        }
+    }
+    kill(pid, SIGINT);
+    if (gap_us) {
+        usleep(gap_us);
+    }
+    kill(pid, SIGINT);
+    int st = 0;
+    waitpid(pid, &st, 0);
+    close(fds[0]);
+    return st;
+}
+
 static void test_lease_kvctl_commands(void)
 {
     struct h_cluster c;
@@ -607,7 +661,7 @@ static void test_lease_kvctl_commands(void)
     clerk_close(ck);
     snprintf(args, sizeof args,
              "timeout --preserve-status -s INT 3.5 %s --cluster %%s lease "
-             "keep-alive %llx",
+             "keep-alive %llx 2>&1",
              KVCTL_BIN, (unsigned long long)id3);
     char eps[512], cmd[2048];
     h_endpoints(&c, eps, sizeof eps);
@@ -618,6 +672,11 @@ static void test_lease_kvctl_commands(void)
     out[got] = 0;
     int st = pclose(p);
     CU_ASSERT(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+    if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) {
+        fprintf(stderr,
+                "\n  kvctl lease keep-alive: wait status %#x, said:\n%s\n", st,
+                out);
+    }
     int lines = 0;
     for (const char *q = out; (q = strstr(q, "keepalived with TTL(3)")); q++) {
         lines++;
@@ -627,6 +686,18 @@ static void test_lease_kvctl_commands(void)
     CU_ASSERT(lines >= 3 && lines <= 5);
     CU_ASSERT(metric(&c, (size_t)leader, STREAM_RENEWALS) >= 4);
     CU_ASSERT_EQUAL(metric(&c, (size_t)leader, UNARY_KEEPALIVES), 0);
+    /* A second signal while it stops (timeout(1) sends two; a Ctrl-C
+     * pressed twice) does not kill it: it still stops cleanly, exit 0. */
+    for (unsigned gap = 0; gap <= 4000; gap += 200) {
+        st = keepalive_interrupted_twice(eps, id3, gap);
+        CU_ASSERT(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+        if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) {
+            fprintf(stderr,
+                    "\n  kvctl lease keep-alive, 2 SIGINTs %u us apart: wait "
+                    "status %#x\n",
+                    gap, st);
+        }
+    }
     snprintf(args, sizeof args, "lease revoke %s", hex);
     CU_ASSERT_EQUAL(kvctl(&c, args, out, sizeof out), 0);
     CU_ASSERT_EQUAL(kvctl(&c, "get svc/a", out, sizeof out), 1);
