@@ -202,6 +202,87 @@ static void test_txn_then_else_and_ops_see_each_other(void)
     clerk_txn_free(t);
 }
 
+/* The leader's last log index (0 when no leader answered). */
+static uint64_t leader_last_index(void)
+{
+    struct clerk_node_status *st = NULL;
+    size_t n = 0;
+    uint64_t last = 0;
+    if (clerk_status(ck, &st, &n) == CLERK_OK) {
+        for (size_t i = 0; i < n; i++) {
+            if (st[i].reachable && !strcmp(st[i].role, "leader")) {
+                last = st[i].last_log_index;
+            }
+        }
+    }
+    clerk_free(st);
+    return last;
+}
+
+/* A transaction that only compares and reads (nested ones included) is
+ * served like a range: the right branch and keys at the store's
+ * revision, and no entry in the log; one with a write is an entry. */
+static void test_read_only_txn_is_a_read_not_a_log_entry(void)
+{
+    uint64_t rev = put("ro/a", "1");
+    CU_ASSERT_EQUAL(put("ro/b", "2"), rev + 1);
+    struct clerk_txn *t = clerk_txn_new(), *inner = clerk_txn_new();
+    CU_ASSERT_FATAL(t && inner);
+    clerk_txn_compare_value(t, "ro/a", 4, CLERK_CMP_EQUAL, "1", 1);
+    clerk_txn_range(t, CLERK_TXN_THEN, "ro/", 3, "ro0", 3, 0, 0);
+    clerk_txn_range(inner, CLERK_TXN_THEN, "ro/b", 4, NULL, 0, 0, 0);
+    CU_ASSERT_EQUAL(clerk_txn_txn(t, CLERK_TXN_THEN, inner), CLERK_OK);
+    clerk_txn_range(t, CLERK_TXN_ELSE, "ro/b", 4, NULL, 0, 0, 0);
+    uint64_t before = leader_last_index();
+    CU_ASSERT(before > 0);
+    struct clerk_txn_result *r = NULL;
+    for (int i = 0; i < 50; i++) {
+        clerk_txn_result_free(r);
+        r = NULL;
+        CU_ASSERT_EQUAL_FATAL(clerk_txn_commit(ck, t, &r), CLERK_OK);
+    }
+    uint64_t after = leader_last_index();
+    /* 50 through the log would be 50 entries; a stray lease or
+     * compaction entry may come meanwhile. */
+    CU_ASSERT(after >= before && after - before < 10);
+    CU_ASSERT(r->succeeded);
+    CU_ASSERT_EQUAL(r->revision, rev + 1);
+    CU_ASSERT_EQUAL_FATAL(r->n_responses, 2);
+    CU_ASSERT_EQUAL_FATAL(r->responses[0].type, CLERK_OP_RANGE);
+    CU_ASSERT_EQUAL_FATAL(r->responses[0].range->n_kvs, 2);
+    CU_ASSERT(kv_is(&r->responses[0].range->kvs[0], "ro/a", "1"));
+    CU_ASSERT(kv_is(&r->responses[0].range->kvs[1], "ro/b", "2"));
+    CU_ASSERT_EQUAL(r->responses[0].range->revision, rev + 1);
+    CU_ASSERT_EQUAL_FATAL(r->responses[1].type, CLERK_OP_TXN);
+    CU_ASSERT_EQUAL_FATAL(r->responses[1].txn->n_responses, 1);
+    CU_ASSERT(
+        kv_is(&r->responses[1].txn->responses[0].range->kvs[0], "ro/b", "2"));
+    clerk_txn_result_free(r);
+    /* A write since is seen at once (linearizable), and the else branch
+     * runs when the compare fails. */
+    CU_ASSERT_EQUAL(put("ro/a", "x"), rev + 2);
+    CU_ASSERT_EQUAL_FATAL(clerk_txn_commit(ck, t, &r), CLERK_OK);
+    CU_ASSERT(!r->succeeded);
+    CU_ASSERT_EQUAL(r->revision, rev + 2);
+    CU_ASSERT_EQUAL_FATAL(r->n_responses, 1);
+    CU_ASSERT(kv_is(&r->responses[0].range->kvs[0], "ro/b", "2"));
+    clerk_txn_result_free(r);
+    clerk_txn_free(t);
+    /* With a put in the branch that does not run, it is a write: an
+     * entry, though it changes nothing. */
+    t = clerk_txn_new();
+    clerk_txn_compare_value(t, "ro/a", 4, CLERK_CMP_EQUAL, "x", 1);
+    clerk_txn_range(t, CLERK_TXN_THEN, "ro/a", 4, NULL, 0, 0, 0);
+    clerk_txn_put(t, CLERK_TXN_ELSE, "ro/c", 4, "3", 1, 0);
+    before = leader_last_index();
+    CU_ASSERT_EQUAL_FATAL(clerk_txn_commit(ck, t, &r), CLERK_OK);
+    CU_ASSERT(r->succeeded);
+    CU_ASSERT_EQUAL(r->revision, rev + 2);
+    CU_ASSERT(leader_last_index() > before);
+    clerk_txn_result_free(r);
+    clerk_txn_free(t);
+}
+
 static void test_compact_and_events(void)
 {
     uint64_t r1 = put("e", "1");
@@ -406,6 +487,8 @@ int main(int argc, char **argv)
          test_delete_range_is_one_revision},
         {"test_txn_then_else_and_ops_see_each_other",
          test_txn_then_else_and_ops_see_each_other},
+        {"test_read_only_txn_is_a_read_not_a_log_entry",
+         test_read_only_txn_is_a_read_not_a_log_entry},
         {"test_compact_and_events", test_compact_and_events},
         {"test_kvctl_prefix_txn_and_json", test_kvctl_prefix_txn_and_json},
         {"test_delete_over_the_limit_in_pieces",

@@ -510,6 +510,12 @@ static void reply_read_error(struct kv_node *n,
         r.leader = &hint;
         r.message = (char *)(msg ? msg : "");
         closure(&r.base, data);
+    } else if (d == &raftkv__txn_args__descriptor) {
+        Raftkv__TxnReply r = RAFTKV__TXN_REPLY__INIT;
+        r.err = err;
+        r.leader = &hint;
+        r.message = (char *)(msg ? msg : "");
+        closure(&r.base, data);
     } else {
         Raftkv__EventsReply r = RAFTKV__EVENTS_REPLY__INIT;
         r.err = err;
@@ -576,6 +582,42 @@ static void serve_events(struct kv_node *n,
         r.err = RAFTKV__KV_ERROR__KV_INTERNAL;
         r.message = n->store.errmsg;
         r.n_events = 0;
+    }
+    r.leader = &hint;
+    closure(&r.base, data);
+    kv_arena_free(&mem);
+    node_state_done(n, txn);
+}
+
+/* A transaction that writes nothing (kv_txn_read_only), run on the
+ * applied state like a range: the same code as at apply, on a read
+ * transaction, so it makes no revision and answers at the store's. */
+static void serve_txn(struct kv_node *n,
+                      const ProtobufCMessage *args,
+                      ProtobufCClosure closure,
+                      void *data)
+{
+    const Raftkv__TxnArgs *a = (const Raftkv__TxnArgs *)args;
+    MDB_txn *txn = node_state_read(n, NULL);
+    if (!txn) {
+        reply_read_error(n, a->base.descriptor, closure, data,
+                         RAFTKV__KV_ERROR__KV_INTERNAL, 0,
+                         "cannot read the applied state");
+        return;
+    }
+    struct kv_arena mem = {0};
+    struct kv_change c;
+    Raftkv__TxnReply r = RAFTKV__TXN_REPLY__INIT;
+    Raftkv__LeaderHint hint = RAFTKV__LEADER_HINT__INIT;
+    set_hint(n, 0, &hint);
+    int rv = kv_change_begin(&c, &n->store, txn);
+    if (!rv) {
+        rv = kv_txn_run(&c, a, &mem, &r);
+    }
+    if (rv) {
+        raftkv__txn_reply__init(&r);
+        r.err = RAFTKV__KV_ERROR__KV_INTERNAL;
+        r.message = n->store.errmsg;
     }
     r.leader = &hint;
     closure(&r.base, data);
@@ -918,6 +960,12 @@ static void handle_txn(Raftkv__KvService_Service *svc,
     int err = kv_txn_check(&n->store, a, KV_MAX_VALUE, why, sizeof why);
     if (!err) {
         err = txn_allowed(s, data, a, &cost, why, sizeof why);
+    }
+    if (!err && kv_txn_read_only(a)) {
+        /* Nothing to write: a linearizable read (ReadIndex), as etcd
+         * serves it, not an entry of the log. */
+        begin_read(n, &a->base, false, serve_txn, cl, data);
+        return;
     }
     if (!err && !has_session(&a->client_id, a->request_id)) {
         err = RAFTKV__KV_ERROR__KV_BAD_REQUEST;

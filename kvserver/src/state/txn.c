@@ -166,6 +166,26 @@ bool kv_txn_may_fail(const Raftkv__TxnArgs *a)
     return false;
 }
 
+bool kv_txn_read_only(const Raftkv__TxnArgs *a)
+{
+    for (int b = 0; b < 2; b++) {
+        size_t n = b ? a->n_failure : a->n_success;
+        Raftkv__RequestOp **ops = b ? a->failure : a->success;
+        for (size_t i = 0; i < n; i++) {
+            const Raftkv__RequestOp *op = ops[i];
+            if (op->request_case == RAFTKV__REQUEST_OP__REQUEST_REQUEST_TXN) {
+                if (!kv_txn_read_only(op->request_txn)) {
+                    return false;
+                }
+            } else if (op->request_case !=
+                       RAFTKV__REQUEST_OP__REQUEST_REQUEST_RANGE) {
+                return false;
+            }
+        }
+    }
+    return true;
+}
+
 /* Give every reply in the tree the revision of the whole transaction. */
 static void set_revision(Raftkv__TxnReply *r, uint64_t rev)
 {

@@ -31,6 +31,13 @@ int kv_txn_check(struct kv_store *st,
 bool kv_txn_may_fail(const Raftkv__TxnArgs *a);
 
 /**
+ * Whether a transaction that passed kv_txn_check writes nothing in either
+ * branch (its ops are ranges and transactions of ranges): it can be served
+ * as a linearizable read, outside the log, at the store's revision.
+ */
+bool kv_txn_read_only(const Raftkv__TxnArgs *a);
+
+/**
  * Run a transaction in a change: its compares, then the ops of the branch
  * they chose, each seeing the ones before it. Fills @r (in @mem): err,
  * message, succeeded, responses, revision. When r->err is not OK an op
