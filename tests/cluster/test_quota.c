@@ -421,6 +421,24 @@ static void test_quota_refuses_growing_writes_and_deletes_make_room(void)
                     RAFTKV__KV_ERROR__KV_WRONG_LEADER);
     h_client_close(&hc);
 
+    /* A transaction that only reads is a read: answered over the quota.
+     * The same with a put in the branch that does not run is a write,
+     * refused. */
+    struct clerk_txn *t = clerk_txn_new();
+    CU_ASSERT_FATAL(t != NULL);
+    const char *k0 = keys[0].name;
+    clerk_txn_compare_version(t, k0, strlen(k0), CLERK_CMP_GREATER, 0);
+    clerk_txn_range(t, CLERK_TXN_THEN, k0, strlen(k0), NULL, 0, 0, 0);
+    struct clerk_txn_result *tr = NULL;
+    CU_ASSERT_EQUAL(clerk_txn_commit(ck, t, &tr), CLERK_OK);
+    CU_ASSERT(tr && tr->succeeded && tr->n_responses == 1 &&
+              tr->responses[0].range->n_kvs == 1);
+    clerk_txn_result_free(tr);
+    clerk_txn_put(t, CLERK_TXN_ELSE, "tiny", 4, "", 0, 0);
+    CU_ASSERT_EQUAL(clerk_txn_commit(ck, t, &tr), CLERK_NO_SPACE);
+    refusals++;
+    clerk_txn_free(t);
+
     /* Reads go on; every node counted only what it refused as leader. */
     CU_ASSERT_EQUAL(check_keys(ck), 0);
     double counted = 0;
