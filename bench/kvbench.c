@@ -2,7 +2,7 @@
  * the same result line as the etcd reference (shared/anchors/etcdload).
  *
  *   kvbench --cluster HOST:PORT,...
- *           [--op put|get|sget|mix|range|txn|watch|lease|keepalive]
+ *           [--op put|get|sget|mix|range|txn|rtxn|watch|lease|keepalive]
  *           [--conns M] [--clients N] [--duration 10s | --total N]
  *           [--key-size 16] [--val-size 256] [--key-space 10000]
  *           [--range-keys 100] [--watchers N] [--stale]
@@ -369,6 +369,46 @@ static void issue_txn(struct client *c)
         a.n_failure = 1;
         a.failure = failure;
     }
+    a.client_id.data = c->client_id;
+    a.client_id.len = 16;
+    a.request_id = ++c->request_id;
+    raftkv__kv_service__txn(service_for(c, false), &a, on_txn, c);
+}
+
+/* --op rtxn: If(Version(A) < 2^64-1) Then(Range(A), Range(B)), a
+ * transaction that only reads (served as a linearizable read). */
+static void issue_rtxn(struct client *c)
+{
+    c->k1 = random_key(c, B.key_space);
+    c->k2 = random_key(c, B.key_space);
+    key_of(c->key, sizeof c->key, c->k1);
+    key_of(c->key2, sizeof c->key2, c->k2);
+    Raftkv__Compare cmp = RAFTKV__COMPARE__INIT;
+    cmp.key.data = (uint8_t *)c->key;
+    cmp.key.len = (size_t)B.key_size;
+    cmp.target = RAFTKV__COMPARE__TARGET__VERSION;
+    cmp.result = RAFTKV__COMPARE__RESULT__LESS;
+    cmp.target_union_case = RAFTKV__COMPARE__TARGET_UNION_VERSION;
+    cmp.version = UINT64_MAX;
+    Raftkv__RangeArgs rd[2] = {RAFTKV__RANGE_ARGS__INIT,
+                               RAFTKV__RANGE_ARGS__INIT};
+    Raftkv__RequestOp read[2] = {RAFTKV__REQUEST_OP__INIT,
+                                 RAFTKV__REQUEST_OP__INIT};
+    for (int i = 0; i < 2; i++) {
+        rd[i].key.data = (uint8_t *)(i ? c->key2 : c->key);
+        rd[i].key.len = (size_t)B.key_size;
+        read[i].request_case = RAFTKV__REQUEST_OP__REQUEST_REQUEST_RANGE;
+        read[i].request_range = &rd[i];
+    }
+    Raftkv__Compare *cmps[1] = {&cmp};
+    Raftkv__RequestOp *success[2] = {&read[0], &read[1]};
+    Raftkv__TxnArgs a = RAFTKV__TXN_ARGS__INIT;
+    a.n_compare = 1;
+    a.compare = cmps;
+    a.n_success = 2;
+    a.success = success;
+    /* A session all the same: a server older than read-only transactions
+     * puts this one in the log, and refuses it without one. */
     a.client_id.data = c->client_id;
     a.client_id.len = 16;
     a.request_id = ++c->request_id;
@@ -747,6 +787,7 @@ static const struct op_row ops[] = {
     {"mix", NULL, issue_mix, true, false, false},
     {"range", "srange", issue_range, false, true, false},
     {"txn", NULL, issue_txn, true, false, false},
+    {"rtxn", NULL, issue_rtxn, true, true, false},
     {"watch", NULL, issue_watch_put, true, false, false},
     {"lease", NULL, issue_lease, true, false, false},
     {"keepalive", NULL, issue_keepalive, true, false, false},
@@ -993,44 +1034,48 @@ static int open_async(const char *cluster, const char *cacert, const char *user)
 
 static void usage(FILE *f)
 {
-    fprintf(f,
-            "usage: kvbench --cluster HOST:PORT,... "
-            "[--op put|get|sget|mix|range|txn|watch|lease|keepalive]\n"
-            "               [--conns M] [--clients N] [--duration 10s | "
-            "--total N]\n"
-            "               [--key-size 16] [--val-size 256] [--key-space "
-            "10000]\n"
-            "               [--range-keys 100] [--watchers N] [--stale] "
-            "[--txn-compare version|mod]\n"
-            "               [--target leader|all] [--prefill] [--json]\n"
-            "               [--leases N] [--stream] [--async]\n"
-            "               [--cacert CA.crt] [--user NAME:PASSWORD]\n"
-            "       kvbench --version | --help\n"
-            "The cluster list is in node-id order (node 1 first), as given "
-            "to kvserver.\n"
-            "range: a random window of --range-keys consecutive keys (the key "
-            "space is\n"
-            "  filled first), linearizable, or serializable with --stale.\n"
-            "txn: If(compare on key A) Then(Put(A), Put(B)); --txn-compare "
-            "version:\n"
-            "  Version(A) < 2^64-1, always true (etcdload's); mod: "
-            "ModRevision(A) equal to\n"
-            "  the last one seen, else read A (a failed compare is a "
-            "completed op).\n"
-            "lease: grant a lease of --lease-ttl seconds (default 60), then "
-            "put a random\n"
-            "  key with it: one op is both calls.\n"
-            "keepalive: --leases N (default 1000) leases are granted first; "
-            "each op\n"
-            "  renews a random one of them (LeaseKeepAlive); with --stream, "
-            "on a keep-alive\n"
-            "  stream per client (LeaseKeepAliveStream: one renewal message "
-            "and its answer).\n"
-            "--async (put, get, sget, mix): through libclerk's async API, "
-            "one handle with\n"
-            "  --clients calls in flight over one connection per server "
-            "(--conns does not\n"
-            "  apply); the result line ends with client=libclerk-async.\n");
+    fprintf(
+        f,
+        "usage: kvbench --cluster HOST:PORT,... "
+        "[--op put|get|sget|mix|range|txn|rtxn|watch|lease|keepalive]\n"
+        "               [--conns M] [--clients N] [--duration 10s | "
+        "--total N]\n"
+        "               [--key-size 16] [--val-size 256] [--key-space "
+        "10000]\n"
+        "               [--range-keys 100] [--watchers N] [--stale] "
+        "[--txn-compare version|mod]\n"
+        "               [--target leader|all] [--prefill] [--json]\n"
+        "               [--leases N] [--stream] [--async]\n"
+        "               [--cacert CA.crt] [--user NAME:PASSWORD]\n"
+        "       kvbench --version | --help\n"
+        "The cluster list is in node-id order (node 1 first), as given "
+        "to kvserver.\n"
+        "range: a random window of --range-keys consecutive keys (the key "
+        "space is\n"
+        "  filled first), linearizable, or serializable with --stale.\n"
+        "txn: If(compare on key A) Then(Put(A), Put(B)); --txn-compare "
+        "version:\n"
+        "  Version(A) < 2^64-1, always true (etcdload's); mod: "
+        "ModRevision(A) equal to\n"
+        "  the last one seen, else read A (a failed compare is a "
+        "completed op).\n"
+        "rtxn: If(Version(A) < 2^64-1) Then(Range(A), Range(B)), two random "
+        "keys of\n"
+        "  the filled key space: a transaction that only reads.\n"
+        "lease: grant a lease of --lease-ttl seconds (default 60), then "
+        "put a random\n"
+        "  key with it: one op is both calls.\n"
+        "keepalive: --leases N (default 1000) leases are granted first; "
+        "each op\n"
+        "  renews a random one of them (LeaseKeepAlive); with --stream, "
+        "on a keep-alive\n"
+        "  stream per client (LeaseKeepAliveStream: one renewal message "
+        "and its answer).\n"
+        "--async (put, get, sget, mix): through libclerk's async API, "
+        "one handle with\n"
+        "  --clients calls in flight over one connection per server "
+        "(--conns does not\n"
+        "  apply); the result line ends with client=libclerk-async.\n");
 }
 
 static int parse_cluster(const char *list)
@@ -1113,9 +1158,10 @@ int main(int argc, char **argv)
                     }
                 }
                 if (!B.op) {
-                    fprintf(stderr,
-                            "kvbench: --op wants put, get, sget, mix, range, "
-                            "txn, watch, lease or keepalive\n");
+                    fprintf(
+                        stderr,
+                        "kvbench: --op wants put, get, sget, mix, range, txn, "
+                        "rtxn, watch, lease or keepalive\n");
                     return 2;
                 }
                 break;
