@@ -49,6 +49,11 @@ bench=$("$build/bench/kvbench" --cluster "$RAFTKV_CLUSTER" --op txn \
     fail "kvbench --op txn: $bench"
 grep -Eq '^op=txn .* errors=0 .* compare=version succeeded=[1-9][0-9]* success=1.000$' \
     <<<"$bench" || fail "kvbench printed: $bench"
+bench=$("$build/bench/kvbench" --cluster "$RAFTKV_CLUSTER" --op rtxn \
+    --key-space 200 --clients 2 --conns 1 --duration 0.5s) ||
+    fail "kvbench --op rtxn: $bench"
+grep -Eq '^op=rtxn conns=1 clients=2 ops=[1-9][0-9]* errors=0 ' <<<"$bench" ||
+    fail "kvbench printed: $bench"
 bench=$("$build/bench/kvbench" --cluster "$RAFTKV_CLUSTER" --op watch \
     --watchers 6 --clients 2 --conns 2 --duration 0.5s) ||
     fail "kvbench --op watch: $bench"
