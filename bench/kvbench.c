@@ -316,6 +316,18 @@ static void issue_range(struct client *c)
  * version: Version(k1) < 2^64-1, which always holds, as etcdload's
  * Version(k1) > -1 does. mod: ModRevision(k1) == the last one this run saw
  * (0 at first: absent), else read k1 to learn it. */
+/* Version(@key) < 2^64-1: always true (etcdload's compare). */
+static void always_true(Raftkv__Compare *cmp, char *key)
+{
+    raftkv__compare__init(cmp);
+    cmp->key.data = (uint8_t *)key;
+    cmp->key.len = (size_t)B.key_size;
+    cmp->target = RAFTKV__COMPARE__TARGET__VERSION;
+    cmp->result = RAFTKV__COMPARE__RESULT__LESS;
+    cmp->target_union_case = RAFTKV__COMPARE__TARGET_UNION_VERSION;
+    cmp->version = UINT64_MAX;
+}
+
 static void issue_txn(struct client *c)
 {
     c->k1 = random_key(c, B.key_space);
@@ -325,19 +337,13 @@ static void issue_txn(struct client *c)
     }
     key_of(c->key, sizeof c->key, c->k1);
     key_of(c->key2, sizeof c->key2, c->k2);
-    Raftkv__Compare cmp = RAFTKV__COMPARE__INIT;
-    cmp.key.data = (uint8_t *)c->key;
-    cmp.key.len = (size_t)B.key_size;
+    Raftkv__Compare cmp;
+    always_true(&cmp, c->key);
     if (B.mod) {
         cmp.target = RAFTKV__COMPARE__TARGET__MOD;
         cmp.result = RAFTKV__COMPARE__RESULT__EQUAL;
         cmp.target_union_case = RAFTKV__COMPARE__TARGET_UNION_MOD_REVISION;
         cmp.mod_revision = B.mod[c->k1];
-    } else {
-        cmp.target = RAFTKV__COMPARE__TARGET__VERSION;
-        cmp.result = RAFTKV__COMPARE__RESULT__LESS;
-        cmp.target_union_case = RAFTKV__COMPARE__TARGET_UNION_VERSION;
-        cmp.version = UINT64_MAX;
     }
     Raftkv__PutRequest p[2] = {RAFTKV__PUT_REQUEST__INIT,
                                RAFTKV__PUT_REQUEST__INIT};
@@ -383,13 +389,8 @@ static void issue_rtxn(struct client *c)
     c->k2 = random_key(c, B.key_space);
     key_of(c->key, sizeof c->key, c->k1);
     key_of(c->key2, sizeof c->key2, c->k2);
-    Raftkv__Compare cmp = RAFTKV__COMPARE__INIT;
-    cmp.key.data = (uint8_t *)c->key;
-    cmp.key.len = (size_t)B.key_size;
-    cmp.target = RAFTKV__COMPARE__TARGET__VERSION;
-    cmp.result = RAFTKV__COMPARE__RESULT__LESS;
-    cmp.target_union_case = RAFTKV__COMPARE__TARGET_UNION_VERSION;
-    cmp.version = UINT64_MAX;
+    Raftkv__Compare cmp;
+    always_true(&cmp, c->key);
     Raftkv__RangeArgs rd[2] = {RAFTKV__RANGE_ARGS__INIT,
                                RAFTKV__RANGE_ARGS__INIT};
     Raftkv__RequestOp read[2] = {RAFTKV__REQUEST_OP__INIT,
