@@ -10,7 +10,9 @@ The kvserver binary comes from $RAFTKV_KVSERVER (ctest sets it), else
 build/kvserver/kvserver of the repository.
 """
 
+import fcntl
 import os
+import random
 import secrets
 import shutil
 import signal
@@ -40,19 +42,51 @@ def require(condition, why):
     raise unittest.SkipTest(why)
 
 
-def _free_ports(n):
-    """n distinct free ports on 127.0.0.1 (held together while chosen)."""
-    socks, ports = [], []
+# Ports are reserved as the C test harness (tests/cluster/harness.c)
+# reserves them: from 10000-19999, outside the kernel's ephemeral range
+# (where a client connection's source port could take a port between its
+# choice and the node's bind), with a lock file per port flock()ed while
+# the cluster lives, so that suites running at once (ctest -j) never share
+# one.
+PORT_LOW, PORT_HIGH = 10000, 20000
+PORT_LOCK_DIR = "/tmp/raftkv-test-ports"
+
+
+def _reserve_ports(n):
+    """n distinct free ports on 127.0.0.1, each with its lock file held
+    (returned: close them to release the ports)."""
     try:
-        for _ in range(n):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-            ports.append(s.getsockname()[1])
-    finally:
-        for s in socks:
-            s.close()
-    return ports
+        os.mkdir(PORT_LOCK_DIR, 0o1777)
+        os.chmod(PORT_LOCK_DIR, 0o1777)
+    except FileExistsError:
+        pass
+    rng = random.Random()
+    ports, locks = [], []
+    for _ in range(1000):
+        if len(ports) == n:
+            return ports, locks
+        port = rng.randrange(PORT_LOW, PORT_HIGH)
+        if port in ports:
+            continue
+        fd = os.open(os.path.join(PORT_LOCK_DIR, str(port)),
+                     os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)  # another process's
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                os.close(fd)  # in use by something else
+                continue
+        ports.append(port)
+        locks.append(fd)
+    for fd in locks:
+        os.close(fd)
+    raise RuntimeError("no %d free ports in %d-%d" % (n, PORT_LOW,
+                                                      PORT_HIGH - 1))
 
 
 class Cluster:
@@ -70,7 +104,7 @@ class Cluster:
         fd = os.open(self.secret, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as f:
             f.write(secrets.token_hex(32))
-        ports = _free_ports(2 * n)
+        ports, self._port_locks = _reserve_ports(2 * n)
         self.ports = ports[:n]
         self.peer_ports = ports[n:]
         self.cluster_arg = ",".join("%d=127.0.0.1:%d" % (i + 1, p)
@@ -155,6 +189,9 @@ class Cluster:
 
     def close(self, failed=False):
         self.stop()
+        for fd in self._port_locks:
+            os.close(fd)
+        self._port_locks = []
         if failed:
             sys.stderr.write(self.log_tail() + "\n")
         if os.environ.get("RAFTKV_KEEP_TEST_DIR") == "1":

@@ -2,6 +2,7 @@
 cluster: key-value, ranges, transactions, history, watches, leases, locks,
 elections, status, and the exception each error maps to."""
 
+import os
 import threading
 import time
 import unittest
@@ -186,7 +187,9 @@ class TestClient(unittest.TestCase):
 
     def test_unreachable_cluster(self):
         # A port nobody listens on: the deadline passes.
-        port = cluster._free_ports(1)[0]
+        ports, locks = cluster._reserve_ports(1)
+        self.addCleanup(lambda: [os.close(fd) for fd in locks])
+        port = ports[0]
         with raftkv.Client("127.0.0.1:%d" % port, deadline_ms=300) as c:
             self.assertEqual(c.deadline_ms, 300)
             t0 = time.monotonic()
