@@ -564,9 +564,13 @@ int clerk_txn_commit(struct clerk *c,
     /* The builder's arguments, with this call's session fields: a
      * shallow copy, so that the builder itself stays untouched. */
     Raftkv__TxnArgs a = *ck_txn_args(t);
+    /* One without a put or delete is a read on the server: a deadline
+     * that passes leaves nothing unknown (TIMEOUT, not UNKNOWN_OUTCOME).
+     * It carries a session all the same, which servers older than
+     * read-only transactions ask of every Txn. */
     struct ck_call k = {.method = "Txn",
                         .args = &a.base,
-                        .write = true,
+                        .write = ck_txn_writes(t),
                         .session = true,
                         .take = take_txn,
                         .drop = drop_txn};

@@ -226,6 +226,10 @@ void ck_range_flags(Raftkv__RangeArgs *r, uint64_t limit, unsigned flags);
  */
 const Raftkv__TxnArgs *ck_txn_args(const struct clerk_txn *t);
 
+/** Whether a transaction builder holds a put or a delete (nested ones
+ * included): one that does not is served as a read. */
+bool ck_txn_writes(const struct clerk_txn *t);
+
 /**
  * Count one try of a retry loop (op.c's, clerk.c's admin, member, auth,
  * transfer and snapshot loops, watch.c's stream) and say whether the loop

@@ -11,8 +11,14 @@ struct clerk_txn
     Raftkv__TxnArgs *args; /* compares, then and else ops (malloc'd like an
                               unpacked message: freed by free_unpacked) */
     size_t ops;            /* ops in all, nested transactions' included */
+    size_t writes;         /* of them puts and deletes */
     unsigned depth;        /* how deep its nested transactions go (0: none) */
 };
+
+bool ck_txn_writes(const struct clerk_txn *t)
+{
+    return t->writes > 0;
+}
 
 const Raftkv__TxnArgs *ck_txn_args(const struct clerk_txn *t)
 {
@@ -305,7 +311,9 @@ int clerk_txn_put_lease(struct clerk_txn *t,
         raftkv__request_op__free_unpacked(op, NULL);
         return CLERK_NOMEM;
     }
-    return add_op(t, branch, op, 1);
+    int rv = add_op(t, branch, op, 1);
+    t->writes += rv == CLERK_OK;
+    return rv;
 }
 
 int clerk_txn_delete(struct clerk_txn *t,
@@ -339,7 +347,9 @@ int clerk_txn_delete(struct clerk_txn *t,
         raftkv__request_op__free_unpacked(op, NULL);
         return CLERK_NOMEM;
     }
-    return add_op(t, branch, op, 1);
+    int rv = add_op(t, branch, op, 1);
+    t->writes += rv == CLERK_OK;
+    return rv;
 }
 
 int clerk_txn_range(struct clerk_txn *t,
@@ -408,6 +418,7 @@ int clerk_txn_txn(struct clerk_txn *t,
     }
     (*arr)[(*n)++] = op;
     t->ops += nested->ops + 1;
+    t->writes += nested->writes;
     if (nested->depth + 1 > t->depth) {
         t->depth = nested->depth + 1;
     }

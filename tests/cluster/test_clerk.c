@@ -300,6 +300,13 @@ static void test_clerk_deadline_tells_unknown_from_not_applied(void)
     void *v;
     size_t len;
     CU_ASSERT_EQUAL(clerk_get(ck, "k", 1, &v, &len), CLERK_TIMEOUT);
+    /* A transaction that only reads is a read: nothing is unknown. */
+    struct clerk_txn *t = clerk_txn_new();
+    CU_ASSERT_FATAL(t != NULL);
+    clerk_txn_compare_version(t, "k", 1, CLERK_CMP_GREATER, 0);
+    clerk_txn_range(t, CLERK_TXN_THEN, "k", 1, NULL, 0, 0, 0);
+    CU_ASSERT_EQUAL(clerk_txn_commit(ck, t, NULL), CLERK_TIMEOUT);
+    clerk_txn_free(t);
     for (size_t i = 0; i < c.n; i++) {
         h_node_pause(&c, i, false);
     }

@@ -113,6 +113,41 @@ static void test_txn_builder_refuses_bad_input_and_limits(void)
     clerk_txn_free(too_deep);
 }
 
+/* Whether a builder writes (a put or a delete, nested ones included):
+ * one that does not is sent as a read (a deadline is TIMEOUT then). */
+static void test_txn_builder_knows_whether_it_writes(void)
+{
+    struct clerk_txn *t = clerk_txn_new(), *inner = clerk_txn_new();
+    CU_ASSERT_FATAL(t && inner);
+    CU_ASSERT(!ck_txn_writes(t));
+    clerk_txn_compare_version(t, "k", 1, CLERK_CMP_EQUAL, 0);
+    clerk_txn_range(t, CLERK_TXN_THEN, "k", 1, NULL, 0, 0, 0);
+    clerk_txn_range(inner, CLERK_TXN_ELSE, "a", 1, "b", 1, 0, 0);
+    CU_ASSERT_EQUAL_FATAL(clerk_txn_txn(t, CLERK_TXN_ELSE, inner), CLERK_OK);
+    CU_ASSERT(!ck_txn_writes(t));
+    /* A refused put counts for nothing. */
+    CU_ASSERT_EQUAL(clerk_txn_put(t, CLERK_TXN_THEN, "", 0, "v", 1, 0),
+                    CLERK_BAD_REQUEST);
+    CU_ASSERT(!ck_txn_writes(t));
+    /* A put in a transaction nested two deep, in the branch that may not
+     * run, makes the whole a write. */
+    struct clerk_txn *mid = clerk_txn_new();
+    inner = clerk_txn_new();
+    CU_ASSERT_FATAL(mid && inner);
+    clerk_txn_put(inner, CLERK_TXN_ELSE, "k", 1, "v", 1, 0);
+    CU_ASSERT(ck_txn_writes(inner));
+    CU_ASSERT_EQUAL_FATAL(clerk_txn_txn(mid, CLERK_TXN_THEN, inner), CLERK_OK);
+    CU_ASSERT(ck_txn_writes(mid));
+    CU_ASSERT_EQUAL_FATAL(clerk_txn_txn(t, CLERK_TXN_THEN, mid), CLERK_OK);
+    CU_ASSERT(ck_txn_writes(t));
+    clerk_txn_free(t);
+    t = clerk_txn_new();
+    CU_ASSERT_FATAL(t != NULL);
+    clerk_txn_delete(t, CLERK_TXN_ELSE, "k", 1, NULL, 0, 0);
+    CU_ASSERT(ck_txn_writes(t));
+    clerk_txn_free(t);
+}
+
 static void test_txn_text_parses_etcdctl_syntax(void)
 {
     const char *text =
@@ -279,6 +314,8 @@ int main(int argc, char **argv)
          test_txn_builder_keeps_compares_and_ops_in_order},
         {"test_txn_builder_refuses_bad_input_and_limits",
          test_txn_builder_refuses_bad_input_and_limits},
+        {"test_txn_builder_knows_whether_it_writes",
+         test_txn_builder_knows_whether_it_writes},
         {"test_txn_text_parses_etcdctl_syntax",
          test_txn_text_parses_etcdctl_syntax},
         {"test_txn_text_errors_name_the_line",

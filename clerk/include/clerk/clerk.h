@@ -1020,7 +1020,8 @@ struct clerk_txn_result
  * Run a transaction: one write through the handle's session (retried
  * with the same request id, applied exactly once). One with no put or
  * delete in either branch is a linearizable read instead, as clerk_range
- * (no log entry, no revision). The builder is not changed; it may be
+ * (no log entry, no revision; a deadline that passes is CLERK_TIMEOUT,
+ * never CLERK_UNKNOWN_OUTCOME). The builder is not changed; it may be
  * committed again.
  * @param out if not NULL, set to the result on CLERK_OK (free with
  *   clerk_txn_result_free), else to NULL
