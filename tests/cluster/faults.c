@@ -105,6 +105,7 @@ struct world
                               succeeded */
     uint64_t conflicts;    /* WL_BANK: transfers retried after a compare
                               failed; WL_TXN: txns that failed */
+    uint64_t read_only;    /* WL_TXN: txns with no write answered */
     unsigned seed;         /* rng's first value */
     void *ext;             /* sc->ext's state */
     void *nem;             /* sc->nem's state */
@@ -1394,7 +1395,10 @@ static void do_txn_op(struct client *cl)
         }
         e.n_compares++;
     }
-    size_t nthen = 1 + (size_t)rand_r(&cl->rng) % 2;
+    /* A quarter have no writes at all: served as linearizable reads, their
+     * succeeded says what the compares saw at one instant. */
+    bool read_only = rand_r(&cl->rng) % 4 == 0;
+    size_t nthen = read_only ? 0 : 1 + (size_t)rand_r(&cl->rng) % 2;
     for (size_t i = 0; i < nthen && !brv; i++) {
         size_t c = (k + i) % n; /* different keys */
         unique_value(cl, vals[i], sizeof vals[i]);
@@ -1403,7 +1407,7 @@ static void do_txn_op(struct client *cl)
                         del ? NULL : vals[i]);
         e.n_then++;
     }
-    if (!brv && rand_r(&cl->rng) % 2) {
+    if (!brv && !read_only && rand_r(&cl->rng) % 2) {
         unique_value(cl, vals[2], sizeof vals[2]);
         brv = txn_write(txn, CLERK_TXN_ELSE, &else_ops[0], w->keys[(k + 1) % n],
                         vals[2]);
@@ -1417,10 +1421,13 @@ static void do_txn_op(struct client *cl)
         return;
     }
     bool succeeded;
-    commit_and_record(cl, txn, &e, &succeeded);
+    int crv = commit_and_record(cl, txn, &e, &succeeded);
     clerk_txn_free(txn);
     __atomic_fetch_add(succeeded ? &w->transfers : &w->conflicts, 1,
                        __ATOMIC_RELAXED);
+    if (read_only && crv == CLERK_OK) {
+        __atomic_fetch_add(&w->read_only, 1, __ATOMIC_RELAXED);
+    }
 }
 
 /* Make the bank's accounts, in one txn (recorded), before any client
@@ -2030,8 +2037,11 @@ static void run_one(const struct scenario *sc, unsigned variant)
     } else if (sc->workload == WL_TXN) {
         snprintf(multi_line, sizeof multi_line,
                  "; txn: %zu keys, %" PRIu64 " txns succeeded, %" PRIu64
-                 " failed their compares, %" PRIu64 " ranges",
-                 w->n_keys, w->transfers, w->conflicts, w->ranges);
+                 " failed their compares, %" PRIu64
+                 " answered had no "
+                 "write, %" PRIu64 " ranges",
+                 w->n_keys, w->transfers, w->conflicts, w->read_only,
+                 w->ranges);
     }
     printf(
         "\n  %s: %zu servers, %zu clients x %d rounds of %u ms, %.1f s; "
