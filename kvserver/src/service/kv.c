@@ -525,17 +525,30 @@ static void reply_read_error(struct kv_node *n,
     }
 }
 
+/* The applied state to serve a read from (node_state_done it), or NULL
+ * once the read was answered INTERNAL. */
+static MDB_txn *state_for_read(struct kv_node *n,
+                               const ProtobufCMessage *args,
+                               ProtobufCClosure closure,
+                               void *data)
+{
+    MDB_txn *txn = node_state_read(n, NULL);
+    if (!txn) {
+        reply_read_error(n, args->descriptor, closure, data,
+                         RAFTKV__KV_ERROR__KV_INTERNAL, 0,
+                         "cannot read the applied state");
+    }
+    return txn;
+}
+
 static void serve_range(struct kv_node *n,
                         const ProtobufCMessage *args,
                         ProtobufCClosure closure,
                         void *data)
 {
     const Raftkv__RangeArgs *a = (const Raftkv__RangeArgs *)args;
-    MDB_txn *txn = node_state_read(n, NULL);
+    MDB_txn *txn = state_for_read(n, &a->base, closure, data);
     if (!txn) {
-        reply_read_error(n, a->base.descriptor, closure, data,
-                         RAFTKV__KV_ERROR__KV_INTERNAL, 0,
-                         "cannot read the applied state");
         return;
     }
     struct kv_arena mem = {0};
@@ -567,11 +580,8 @@ static void serve_events(struct kv_node *n,
                          void *data)
 {
     const Raftkv__EventsArgs *a = (const Raftkv__EventsArgs *)args;
-    MDB_txn *txn = node_state_read(n, NULL);
+    MDB_txn *txn = state_for_read(n, &a->base, closure, data);
     if (!txn) {
-        reply_read_error(n, a->base.descriptor, closure, data,
-                         RAFTKV__KV_ERROR__KV_INTERNAL, 0,
-                         "cannot read the applied state");
         return;
     }
     struct kv_arena mem = {0};
@@ -598,11 +608,8 @@ static void serve_txn(struct kv_node *n,
                       void *data)
 {
     const Raftkv__TxnArgs *a = (const Raftkv__TxnArgs *)args;
-    MDB_txn *txn = node_state_read(n, NULL);
+    MDB_txn *txn = state_for_read(n, &a->base, closure, data);
     if (!txn) {
-        reply_read_error(n, a->base.descriptor, closure, data,
-                         RAFTKV__KV_ERROR__KV_INTERNAL, 0,
-                         "cannot read the applied state");
         return;
     }
     struct kv_arena mem = {0};
