@@ -1021,8 +1021,10 @@ struct clerk_txn_result
  * with the same request id, applied exactly once). One with no put or
  * delete in either branch is a linearizable read instead, as clerk_range
  * (no log entry, no revision; a deadline that passes is CLERK_TIMEOUT,
- * never CLERK_UNKNOWN_OUTCOME). The builder is not changed; it may be
- * committed again.
+ * never CLERK_UNKNOWN_OUTCOME); it still goes through a session, which
+ * servers older than read-only transactions ask of every Txn (so a new
+ * handle's first one opens a session: one log entry). The builder is not
+ * changed; it may be committed again.
  * @param out if not NULL, set to the result on CLERK_OK (free with
  *   clerk_txn_result_free), else to NULL
  * @return CLERK_OK (whether the compares held or not: see succeeded), or
