@@ -93,6 +93,14 @@ static void on_snapshot_reply(const Raftkv__InstallSnapshotReply *r, void *data)
     struct out_call *c = data;
     struct kv_peer *p = find_peer(c->n, c->peer);
     if (p) {
+        if (p->chunk_answered < p->stream_began) {
+            rpc_logf(RPC_LOG_DEBUG,
+                     "node %llu: node %llu answers the snapshot stream "
+                     "(state at index %llu)",
+                     (unsigned long long)c->n->cfg.id,
+                     (unsigned long long)p->id,
+                     (unsigned long long)p->stream_for);
+        }
         p->chunk_answered = node_now_ms();
     }
     struct raft_message m = {.type = RAFT_MSG_SNAPSHOT_RESP, .term = r->term};

@@ -480,6 +480,10 @@ static int state_receive_snapshot(struct kv_node *n,
             }
             memset(&check, 0, sizeof check);
             stream = c->stream;
+            rpc_logf(RPC_LOG_DEBUG,
+                     "node %llu: receiving a snapshot (state at index %llu)",
+                     (unsigned long long)n->cfg.id,
+                     (unsigned long long)c->index);
         }
         if (kv_install_active(in)) {
             rv = kv_install_feed(in, c->data, c->len);
