@@ -193,7 +193,15 @@ int rf_step_snapshot(struct raft *r, const struct raft_message *m)
         sr->last_index = rf_log_last_index(&r->log);
         return 0;
     }
-    if (s->offset == 0) {
+    /* A chunk at 0 begins a transfer, unless it is a resend of the first
+     * chunk of the one being staged (the same production: a sender starts
+     * anew only with a new stream, struct raft_snapshot), which must not
+     * throw away what came after it; it is answered as a duplicate below.
+     * Stream 0 names no production: such a chunk always begins anew. */
+    bool resent = s->offset == 0 && s->stream != 0 && r->snap_in &&
+                  r->snap_in_offset > 0 && r->snap_in_index == s->index &&
+                  r->snap_in_term == s->term && r->snap_in_stream == s->stream;
+    if (s->offset == 0 && !resent) {
         r->snap_in = true;
         r->snap_in_index = s->index;
         r->snap_in_term = s->term;

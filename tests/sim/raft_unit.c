@@ -1310,6 +1310,70 @@ static void test_snapshot_follower_validates_offsets_and_installs(void)
     raft_free(r);
 }
 
+/* A late copy of a transfer's first chunk (a resend that crossed the
+ * answer, or one that came over an older connection) does not start the
+ * transfer over: with a 10 GiB state that would be minutes of transfer
+ * lost, and the leader would open a new stream. */
+static void test_snapshot_resent_first_chunk_does_not_restart(void)
+{
+    struct raft_config c = cfg(2, 3);
+    uint64_t terms[] = {1, 1, 1};
+    struct raft *r = start_with_log(&c, 2, terms, 3);
+    struct raft_message m = chunk(0, "0123456789", 10, false);
+    m.u.snapshot.stream = 7;
+    CU_ASSERT_EQUAL(raft_step(r, &m), 0);
+    m = chunk(10, "abcdefghij", 10, false);
+    m.u.snapshot.stream = 7;
+    CU_ASSERT_EQUAL(raft_step(r, &m), 0);
+    upd(r);
+    CU_ASSERT_EQUAL(U.n_chunks, 2);
+    adv(r);
+    /* The first chunk again: nothing staged, the next offset asked. */
+    m = chunk(0, "0123456789", 10, false);
+    m.u.snapshot.stream = 7;
+    CU_ASSERT_EQUAL(raft_step(r, &m), 0);
+    upd(r);
+    CU_ASSERT_EQUAL(U.n_chunks, 0);
+    const struct raft_message *resp = find_msg(RAFT_MSG_SNAPSHOT_RESP, 1);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(resp);
+    CU_ASSERT_EQUAL(resp->u.snapshot_resp.next_offset, 20);
+    CU_ASSERT_FALSE(resp->u.snapshot_resp.installed);
+    adv(r);
+    /* The transfer goes on from there and installs. */
+    m = chunk(20, "xyz", 3, true);
+    m.u.snapshot.stream = 7;
+    CU_ASSERT_EQUAL(raft_step(r, &m), 0);
+    upd(r);
+    CU_ASSERT_EQUAL_FATAL(U.n_chunks, 1);
+    CU_ASSERT_EQUAL(U.chunks[0].offset, 20);
+    CU_ASSERT(U.install && U.install_index == 10);
+    adv(r);
+    raft_free(r);
+
+    /* A first chunk of another production does start over. */
+    r = start_with_log(&c, 2, terms, 3);
+    m = chunk(0, "0123456789", 10, false);
+    m.u.snapshot.stream = 7;
+    CU_ASSERT_EQUAL(raft_step(r, &m), 0);
+    m = chunk(10, "abcdefghij", 10, false);
+    m.u.snapshot.stream = 7;
+    CU_ASSERT_EQUAL(raft_step(r, &m), 0);
+    upd(r);
+    adv(r);
+    m = chunk(0, "ABCDEFGHIJ", 10, false);
+    m.u.snapshot.stream = 8;
+    CU_ASSERT_EQUAL(raft_step(r, &m), 0);
+    upd(r);
+    CU_ASSERT_EQUAL_FATAL(U.n_chunks, 1);
+    CU_ASSERT_EQUAL(U.chunks[0].offset, 0);
+    CU_ASSERT_EQUAL(U.chunks[0].stream, 8);
+    resp = find_msg(RAFT_MSG_SNAPSHOT_RESP, 1);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(resp);
+    CU_ASSERT_EQUAL(resp->u.snapshot_resp.next_offset, 10);
+    adv(r);
+    raft_free(r);
+}
+
 /* ---- terms that cannot be real ----------------------------------------- */
 
 static struct raft_message vote_req(uint64_t from,
@@ -2388,6 +2452,7 @@ static const struct test_case cases[] = {
     T(test_snapshot_taken_compacts_keeping_trailing_entries),
     T(test_snapshot_leader_asks_caller_for_chunks),
     T(test_snapshot_follower_validates_offsets_and_installs),
+    T(test_snapshot_resent_first_chunk_does_not_restart),
     T(test_snapshot_lost_chunk_is_resent_and_restartable),
     T(test_report_unreachable_makes_the_leader_probe),
     T(test_term_forged_requests_beyond_the_bound_are_refused),

@@ -260,7 +260,9 @@ struct raft_append_resp
  * every chunk of that production with it. The follower stages a chunk at
  * offset > 0 only if it continues the chunks it staged with the same
  * index, term and stream; so a late chunk of an earlier production is
- * never mixed into a newer one.
+ * never mixed into a newer one; and a chunk at offset 0 of the production
+ * being staged is a resend, answered with the next offset expected, not a
+ * new start (a late copy of the first chunk does not undo the transfer).
  *
  * One chunk is in flight per follower; the follower answers with the next
  * offset it expects, 0 for a transfer it does not know (another index,
