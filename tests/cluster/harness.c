@@ -403,6 +403,12 @@ static bool runs_kvserver(pid_t pid)
         return true; /* cannot tell: assume so */
     }
     exe[len] = 0;
+    /* A binary replaced (rebuilt) since the child ran it still counts. */
+    static const char deleted[] = " (deleted)";
+    size_t dl = sizeof deleted - 1;
+    if ((size_t)len > dl && strcmp(exe + len - dl, deleted) == 0) {
+        exe[len - dl] = 0;
+    }
     return strcmp(exe, want) == 0;
 }
 
@@ -442,7 +448,7 @@ int h_node_start(struct h_cluster *c, size_t i)
              * while the node was down) would answer its clients. (Until
              * the child has run kvserver, it holds copies of this
              * process's sockets: wait for that first.) */
-            if (!nd->netns[0] && !runs_kvserver(nd->pid)) {
+            if (!nd->netns[0] && !runs_kvserver(nd->pid) && h_now_ms() < end) {
                 h_sleep_ms(1);
                 continue;
             }
