@@ -19,10 +19,13 @@
 #   --no-sanitize    skip the sanitizer build
 #   --no-fuzz        skip the fuzz targets
 # Environment: RAFTKV_SEED fixes the seed of randomized tests; JOBS the
-# build parallelism (default: number of cores); RAFTKV_REQUIRE_ALL=1 makes
-# a test that would be skipped (it needs root, nft, a tmpfs mount) fail
-# instead. It is set when this script runs as root, once scripts/deps.sh
-# has installed every package (RAFTKV_REQUIRE_ALL=0 overrides).
+# build parallelism (default: number of cores); TEST_JOBS how many of the
+# normal build's suites run at once (default: cores + 1, as they mostly
+# wait on timers; the sanitizer build's run JOBS at once);
+# RAFTKV_REQUIRE_ALL=1 makes a test that would be skipped (it needs root,
+# nft, a tmpfs mount) fail instead. It is set when this script runs as
+# root, once scripts/deps.sh has installed every package
+# (RAFTKV_REQUIRE_ALL=0 overrides).
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -35,12 +38,13 @@ while [ $# -gt 0 ]; do
         --no-sanitize) sanitize=0 ;;
         --no-fuzz) fuzz=0 ;;
         --fuzz-seconds) fuzz_seconds=${2:?--fuzz-seconds needs a number}; shift ;;
-        -h|--help) sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,28p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "test.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
     esac
     shift
 done
 jobs=${JOBS:-$(nproc)}
+test_jobs=${TEST_JOBS:-$((jobs + 1))}
 
 scripts/deps.sh
 # As root with every package installed, every test can run here: a skip
@@ -52,14 +56,14 @@ if [ "${RAFTKV_REQUIRE_ALL:-0}" = 1 ]; then
     echo "==> RAFTKV_REQUIRE_ALL=1: a test that would be skipped fails"
 fi
 
-build_and_test() { # dir, description, ctest exclude regex, cmake args...
-    local dir=$1 what=$2 exclude=$3
-    shift 3
+build_and_test() { # dir, description, test jobs, ctest exclude regex, cmake args...
+    local dir=$1 what=$2 tj=$3 exclude=$4
+    shift 4
     echo "==> $what: configure and build in $dir"
     cmake -S "$root" -B "$dir" -DRAFTKV_WERROR=ON "$@" >/dev/null
     cmake --build "$dir" -j "$jobs"
-    echo "==> $what: tests${exclude:+ (all but $exclude)}"
-    (cd "$dir" && ctest --output-on-failure -j "$jobs" --timeout 900 \
+    echo "==> $what: tests${exclude:+ (all but $exclude)}, $tj at a time"
+    (cd "$dir" && ctest --output-on-failure -j "$tj" --timeout 900 \
         ${exclude:+-E "$exclude"})
 }
 
@@ -77,11 +81,11 @@ if [ "${RAFTKV_FAULT_TIER:-quick}" = full ]; then
     asan_exclude=
 fi
 
-build_and_test build "normal build" ""
+build_and_test build "normal build" "$test_jobs" ""
 if [ "$sanitize" = 1 ]; then
     ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
     UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
-        build_and_test build-asan "sanitizer build" "$asan_exclude" \
+        build_and_test build-asan "sanitizer build" "$jobs" "$asan_exclude" \
             -DRAFTKV_SANITIZE=ON
 fi
 

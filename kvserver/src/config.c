@@ -340,6 +340,17 @@ static const struct opt opts[] = {
          "holds for about a second. kvctl del deletes\n"
          "larger ranges in pieces. 0: no limit\n"
          "(default 10000)"),
+    UINT("count-slice-keys",
+         "N",
+         node.count_slice_keys,
+         0,
+         UINT64_MAX / 2,
+         "a Range that counts more keys than N (count\n"
+         "only, or past a limit) counts the rest N keys\n"
+         "per loop turn, of the state the read found,\n"
+         "and answers at the end: other requests are\n"
+         "served between the slices. 0: count at once\n"
+         "(default 20000)"),
     UINT("lease-min-ttl",
          "S",
          node.lease_min_ttl_s,
@@ -1424,6 +1435,7 @@ int kv_config_load(struct kv_config *cfg,
                 .history_revisions = 100000,
                 .history_bytes = 256u << 20,
                 .max_delete_keys = 10000,
+                .count_slice_keys = 20000,
             },
         .log_level = RPC_LOG_INFO,
     };

@@ -1,6 +1,7 @@
 /* test_datamodel.c: libclerk's and kvctl's data-model calls (ranges,
  * deletes of ranges, transactions, compaction, history) on a real
  * 3-node cluster. */
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -14,6 +15,7 @@
 #include "harness.h"
 
 #define MAX_DELETE 50 /* the cluster's --max-delete-keys */
+#define SLICE      10 /* the cluster's --count-slice-keys */
 
 static struct h_cluster dc; /* one cluster for every test */
 static char eps[512];
@@ -21,8 +23,9 @@ static struct clerk *ck;
 
 static int setup(void)
 {
-    char extra[64];
-    snprintf(extra, sizeof extra, "--max-delete-keys %d", MAX_DELETE);
+    char extra[96];
+    snprintf(extra, sizeof extra, "--max-delete-keys %d --count-slice-keys %d",
+             MAX_DELETE, SLICE);
     if (h_cluster_start(&dc, 3, extra) != 0 || h_find_leader(&dc, 10000) < 0) {
         return 1;
     }
@@ -121,6 +124,12 @@ static void test_range_revisions_limit_and_order(void)
     /* From a key on ("\0"), and one key with clerk_get_ex. */
     CU_ASSERT_EQUAL_FATAL(clerk_range(ck, "r/b", 3, "", 1, 0, 0, &r), CLERK_OK);
     CU_ASSERT_EQUAL(r->count, 3); /* r/b, r/c, s */
+    clerk_range_result_free(r);
+    /* One key, in descending order (the server failed it, INTERNAL). */
+    CU_ASSERT_EQUAL_FATAL(
+        clerk_range(ck, "r/b", 3, NULL, 0, 0, CLERK_RANGE_SORT_DESCEND, &r),
+        CLERK_OK);
+    CU_ASSERT(r->n_kvs == 1 && r->count == 1 && kv_is(&r->kvs[0], "r/b", "2"));
     clerk_range_result_free(r);
     struct clerk_kv *kv;
     uint64_t rev;
@@ -478,11 +487,148 @@ static void test_delete_over_the_limit_in_pieces(void)
     clerk_delete_result_free(d);
 }
 
+/* ------------------------------------------------- counts in slices */
+
+#define MOVED_KEYS 4000
+
+/* Moves keys of cs/ from one end of the range to the other, one per
+ * transaction (delete cs/0NNN, put cs/1NNN; then back), so that the range
+ * holds MOVED_KEYS keys at every revision. */
+#define MOVERS 4
+
+struct mover
+{
+    volatile int stop;
+    int id; /* moves the keys k with k % MOVERS == id */
+    int moves, failures;
+};
+
+static void *mover_main(void *arg)
+{
+    struct mover *m = arg;
+    struct clerk *mc = NULL;
+    struct clerk_options o = {.deadline_ms = 10000};
+    if (clerk_open(&mc, eps, &o) != CLERK_OK) {
+        m->failures++;
+        return NULL;
+    }
+    for (int i = 0; !m->stop; i++) {
+        int per = MOVED_KEYS / MOVERS;
+        int k = (i % per) * MOVERS + m->id;
+        bool back = (i / per) % 2;
+        char from[16], to[16];
+        snprintf(from, sizeof from, "cs/%d%04d", back, k);
+        snprintf(to, sizeof to, "cs/%d%04d", !back, k);
+        struct clerk_txn *t = clerk_txn_new();
+        clerk_txn_delete(t, CLERK_TXN_THEN, from, strlen(from), NULL, 0, 0);
+        clerk_txn_put(t, CLERK_TXN_THEN, to, strlen(to), "m", 1, 0);
+        struct clerk_txn_result *r = NULL;
+        int err = clerk_txn_commit(mc, t, &r);
+        if (err == CLERK_OK && r->succeeded) {
+            m->moves++;
+        } else if (m->failures++ == 0) {
+            fprintf(stderr, "\n  move %s: %s: %s", from, clerk_error_code(err),
+                    clerk_errmsg(mc));
+        }
+        clerk_txn_result_free(r);
+        clerk_txn_free(t);
+    }
+    clerk_close(mc);
+    return NULL;
+}
+
+static double slices_on(size_t i)
+{
+    char body[65536];
+    if (h_http_get(&dc, i, "GET", "/metrics", body, sizeof body) != 200) {
+        return -1;
+    }
+    return h_metric(body, "raftkv_range_count_slices_total");
+}
+
+/* A count of more keys than --count-slice-keys goes on over later loop
+ * turns; it is still the count of one state: with keys moved from one end
+ * of the range to the other meanwhile (each move one transaction), every
+ * count, in either order, with or without a limit, is the number of keys
+ * the range holds at every revision. Counting the rest of the range on the
+ * state as it moves on counts a moved key twice (ascending) or not at all
+ * (descending). */
+static void test_count_over_many_turns_is_of_one_state(void)
+{
+    for (int b = 0; b < MOVED_KEYS; b += 100) {
+        struct clerk_txn *t = clerk_txn_new();
+        for (int k = b; k < b + 100; k++) {
+            char key[16];
+            snprintf(key, sizeof key, "cs/0%04d", k);
+            clerk_txn_put(t, CLERK_TXN_THEN, key, strlen(key), "v", 1, 0);
+        }
+        struct clerk_txn_result *r = NULL;
+        CU_ASSERT_EQUAL_FATAL(clerk_txn_commit(ck, t, &r), CLERK_OK);
+        clerk_txn_result_free(r);
+        clerk_txn_free(t);
+    }
+    int leader = h_find_leader(&dc, 10000);
+    CU_ASSERT_FATAL(leader >= 0);
+    double slices = slices_on((size_t)leader);
+    struct mover m[MOVERS] = {{0}};
+    pthread_t th[MOVERS];
+    for (int i = 0; i < MOVERS; i++) {
+        m[i].id = i;
+        CU_ASSERT_FATAL(pthread_create(&th[i], NULL, mover_main, &m[i]) == 0);
+    }
+    static const unsigned flags[] = {
+        CLERK_RANGE_COUNT_ONLY,
+        CLERK_RANGE_COUNT_ONLY | CLERK_RANGE_SORT_DESCEND,
+        0,
+        CLERK_RANGE_SORT_DESCEND,
+    };
+    int counts = 0, wrong = 0;
+    uint64_t end = h_now_ms() + 3000;
+    while (h_now_ms() < end || m[0].moves < 50) {
+        unsigned f = flags[counts % 4];
+        struct clerk_range_result *r = NULL;
+        int err = clerk_range(ck, "cs/", 3, "cs0", 3, f ? 0 : 5, f, &r);
+        CU_ASSERT_EQUAL(err, CLERK_OK);
+        if (err) {
+            fprintf(stderr, "\n  range (flags %#x): %s: %s", f,
+                    clerk_error_code(err), clerk_errmsg(ck));
+        } else {
+            counts++;
+            if (r->count != MOVED_KEYS) {
+                wrong++;
+                fprintf(stderr, "\n  count (flags %#x) %llu, not %d", f,
+                        (unsigned long long)r->count, MOVED_KEYS);
+            }
+            clerk_range_result_free(r);
+        }
+        if (err || h_now_ms() > end + 20000) {
+            break;
+        }
+    }
+    int moves = 0;
+    for (int i = 0; i < MOVERS; i++) {
+        m[i].stop = 1;
+        pthread_join(th[i], NULL);
+        moves += m[i].moves;
+        CU_ASSERT_EQUAL(m[i].failures, 0);
+    }
+    printf("(%d counts of %d keys while %d moves went on) ", counts, MOVED_KEYS,
+           moves);
+    CU_ASSERT(counts >= 20);
+    CU_ASSERT(m[0].moves >= 50);
+    CU_ASSERT_EQUAL(wrong, 0);
+    /* They were counted in slices (a leader that changed meanwhile would
+     * have counted some on another node: none is expected here). */
+    CU_ASSERT(slices_on((size_t)leader) >= slices + counts);
+}
+
 int main(int argc, char **argv)
 {
     static CU_TestInfo tests[] = {
         {"test_range_revisions_limit_and_order",
          test_range_revisions_limit_and_order},
+        {"test_count_over_many_turns_is_of_one_state",
+         test_count_over_many_turns_is_of_one_state},
         {"test_delete_range_is_one_revision",
          test_delete_range_is_one_revision},
         {"test_txn_then_else_and_ops_see_each_other",

@@ -154,7 +154,7 @@ static void range(const char *key,
     a.limit = limit;
     a.sort_order = order;
     raftkv__range_reply__init(r);
-    CU_ASSERT_EQUAL_FATAL(kv_mvcc_range(&st, txn, &a, true, &mem, r), 0);
+    CU_ASSERT_EQUAL_FATAL(kv_mvcc_range(&st, txn, &a, true, &mem, r, NULL), 0);
 }
 
 static bool kv_is(const Raftkv__KeyValue *kv, const char *k, const char *v)
@@ -367,11 +367,11 @@ static void test_mvcc_range_limits_sorts_and_counts(void)
     all.range_end = open_end;
     all.limit = 1;
     raftkv__range_reply__init(&r);
-    CU_ASSERT_EQUAL(kv_mvcc_range(&st, txn, &all, false, &mem, &r), 0);
+    CU_ASSERT_EQUAL(kv_mvcc_range(&st, txn, &all, false, &mem, &r, NULL), 0);
     CU_ASSERT(r.n_kvs == 1 && r.count == 101 && r.more);
     all.count_only = true;
     raftkv__range_reply__init(&r);
-    CU_ASSERT_EQUAL(kv_mvcc_range(&st, txn, &all, false, &mem, &r), 0);
+    CU_ASSERT_EQUAL(kv_mvcc_range(&st, txn, &all, false, &mem, &r, NULL), 0);
     CU_ASSERT(r.n_kvs == 0 && r.count == 101);
     /* One key, present and missing; keys only. */
     range("k005", no_end, 0, 0, &r);
@@ -379,12 +379,15 @@ static void test_mvcc_range_limits_sorts_and_counts(void)
     CU_ASSERT(r.kvs[0]->create_revision == 7 && r.kvs[0]->version == 1);
     range("k5", no_end, 0, 0, &r);
     CU_ASSERT(r.n_kvs == 0 && r.count == 0);
+    /* One key in descending order: that key (it was a store error). */
+    range("k005", no_end, 0, RAFTKV__SORT_ORDER__SORT_DESCEND, &r);
+    CU_ASSERT(r.err == 0 && r.n_kvs == 1 && r.count == 1);
     Raftkv__RangeArgs ko = RAFTKV__RANGE_ARGS__INIT;
     ko.key = bin("k");
     ko.range_end = bin("l");
     ko.keys_only = true;
     raftkv__range_reply__init(&r);
-    CU_ASSERT_EQUAL(kv_mvcc_range(&st, txn, &ko, false, &mem, &r), 0);
+    CU_ASSERT_EQUAL(kv_mvcc_range(&st, txn, &ko, false, &mem, &r, NULL), 0);
     CU_ASSERT(r.n_kvs == 100 && r.kvs[5]->value.len == 0 &&
               r.kvs[5]->mod_revision == 7);
     /* An end before the key is refused. */
@@ -408,12 +411,75 @@ static void test_mvcc_range_limits_sorts_and_counts(void)
     nc.range_end = bin("bih");
     nc.no_count = true;
     raftkv__range_reply__init(&r);
-    CU_ASSERT_EQUAL(kv_mvcc_range(&st, txn, &nc, false, &mem, &r), 0);
+    CU_ASSERT_EQUAL(kv_mvcc_range(&st, txn, &nc, false, &mem, &r, NULL), 0);
     CU_ASSERT(r.err == 0 && r.n_kvs == 3 && r.count == 3 && r.more);
     nc.key = bin("big3");
     raftkv__range_reply__init(&r);
-    CU_ASSERT_EQUAL(kv_mvcc_range(&st, txn, &nc, false, &mem, &r), 0);
+    CU_ASSERT_EQUAL(kv_mvcc_range(&st, txn, &nc, false, &mem, &r, NULL), 0);
     CU_ASSERT(r.err == 0 && r.n_kvs == 3 && r.count == 3 && !r.more);
+    end();
+}
+
+/* Count @a with at most @budget keys walked per call, as the node does
+ * across loop turns: the total and the number of calls. */
+static uint64_t sliced_count(const Raftkv__RangeArgs *a,
+                             uint64_t budget,
+                             int *calls)
+{
+    Raftkv__RangeReply r = RAFTKV__RANGE_REPLY__INIT;
+    struct kv_count_rest rest = {.budget = budget};
+    CU_ASSERT_EQUAL(kv_mvcc_range(&st, txn, a, false, &mem, &r, &rest), 0);
+    uint64_t count = r.count;
+    *calls = 1;
+    while (rest.pending && *calls < 10000) {
+        CU_ASSERT_EQUAL(kv_mvcc_count_on(&st, txn, &rest, &mem, &count), 0);
+        (*calls)++;
+    }
+    return count;
+}
+
+/* A count cut into slices comes to what one walk counts: ascending and
+ * descending, with a limit, count only, a prefix, one key. */
+static void test_mvcc_range_count_in_slices(void)
+{
+    begin();
+    char k[16];
+    for (int i = 0; i < 250; i++) {
+        snprintf(k, sizeof k, "k%03d", i);
+        CU_ASSERT_EQUAL(put(k, "v"), 0);
+        snprintf(k, sizeof k, "k%03d\x01", i); /* right above k%03d */
+        CU_ASSERT_EQUAL(put(k, "w"), 0);
+    }
+    CU_ASSERT_EQUAL(put("l", "x"), 0);
+    Raftkv__RangeArgs a = RAFTKV__RANGE_ARGS__INIT;
+    a.key = bin("k");
+    a.range_end = bin("l");
+    int calls;
+    a.count_only = true;
+    CU_ASSERT_EQUAL(sliced_count(&a, 0, &calls), 500);
+    CU_ASSERT_EQUAL(calls, 1);
+    CU_ASSERT_EQUAL(sliced_count(&a, 7, &calls), 500);
+    CU_ASSERT_EQUAL(calls, 72); /* ceil(500 / 7), then one that ends */
+    CU_ASSERT_EQUAL(sliced_count(&a, 1, &calls), 500);
+    a.sort_order = RAFTKV__SORT_ORDER__SORT_DESCEND;
+    CU_ASSERT_EQUAL(sliced_count(&a, 7, &calls), 500);
+    a.count_only = false;
+    a.limit = 10; /* 10 answered, then the rest counted */
+    CU_ASSERT_EQUAL(sliced_count(&a, 13, &calls), 500);
+    CU_ASSERT(calls > 30);
+    a.sort_order = RAFTKV__SORT_ORDER__SORT_ASCEND;
+    CU_ASSERT_EQUAL(sliced_count(&a, 13, &calls), 500);
+    /* To the end of the store; from the middle; one key. */
+    a.limit = 0;
+    a.count_only = true;
+    a.key = bin("k100");
+    a.range_end = open_end;
+    CU_ASSERT_EQUAL(sliced_count(&a, 9, &calls), 301);
+    a.sort_order = RAFTKV__SORT_ORDER__SORT_DESCEND;
+    CU_ASSERT_EQUAL(sliced_count(&a, 9, &calls), 301);
+    a.range_end = no_end;
+    CU_ASSERT_EQUAL(sliced_count(&a, 1, &calls), 1);
+    CU_ASSERT_EQUAL(calls, 1);
     end();
 }
 
@@ -1177,6 +1243,7 @@ int main(int argc, char **argv)
         {"test_mvcc_revisions_follow_etcd", test_mvcc_revisions_follow_etcd},
         {"test_mvcc_range_limits_sorts_and_counts",
          test_mvcc_range_limits_sorts_and_counts},
+        {"test_mvcc_range_count_in_slices", test_mvcc_range_count_in_slices},
         {"test_mvcc_txn_is_atomic_at_one_revision",
          test_mvcc_txn_is_atomic_at_one_revision},
         {"test_mvcc_retried_txn_returns_its_recorded_reply",

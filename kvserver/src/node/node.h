@@ -113,6 +113,8 @@ struct kv_node_config
     uint64_t history_bytes;      /* and to this many bytes (0: no cap) */
     uint64_t max_delete_keys;    /* the leader refuses deletes of more
                                     keys in one write (0: no limit) */
+    uint64_t count_slice_keys;   /* a Range counts at most this many keys
+                                    per loop turn (0: all at once) */
     int64_t lease_min_ttl_s;     /* shortest lease TTL, seconds: a grant
                                     asking less gets this */
     bool force_new_cluster;      /* start a cluster of this node alone
@@ -475,6 +477,12 @@ void node_state_done(struct kv_node *n, MDB_txn *txn);
 /* Commit the applied state now (full: with a full sync).
  * @return 0, or a KV_STORE_* error with n->store.errmsg set */
 int node_state_commit(struct kv_node *n, bool full);
+/* A read transaction of the applied state as it is now, which the loop
+ * may keep across turns (end it with mdb_txn_abort; NODE_EV_RELEASE_READERS
+ * says when it must end): the open state transaction is committed first,
+ * as its timer would. -1 when it cannot be had at n->applied (a failed
+ * commit applies again from the log, state_due). */
+int node_state_read_now(struct kv_node *n, MDB_txn **txn);
 
 /* ------------------------------------------------ node/ internals */
 

@@ -699,6 +699,19 @@ void node_state_due(struct kv_node *n)
     evtimer_add(n->state_ev, &tv);
 }
 
+int node_state_read_now(struct kv_node *n, MDB_txn **txn)
+{
+    uint64_t at = n->applied;
+    *txn = NULL;
+    node_state_due(n);
+    if (n->state_txn || n->durable_applied != at ||
+        mdb_txn_begin(n->store.env, NULL, MDB_RDONLY, txn) != 0) {
+        *txn = NULL;
+        return -1;
+    }
+    return 0;
+}
+
 void node_maybe_compact(struct kv_node *n)
 {
     uint64_t last = raft_last_index(n->raft);

@@ -26,6 +26,7 @@ struct kv_metrics
     uint64_t proposals_failed;    /* writes refused or not applied */
     uint64_t snapshots_sent;      /* snapshot streams sent to followers */
     uint64_t snapshots_received;  /* snapshots installed from a leader */
+    uint64_t count_slices;        /* Range counts' slices on later turns */
     uint64_t compactions;         /* log compactions */
     uint64_t compactions_synced;  /* of them, with a state sync of their own */
     struct kv_hist wal_sync;      /* log append + fdatasync */

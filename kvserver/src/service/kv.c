@@ -7,6 +7,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <event2/event.h>
+
 #include "service.h"
 #include "txn.h"
 
@@ -488,7 +490,7 @@ static void handle_get(Raftkv__KvService_Service *svc,
 
 /* A read of the applied state that a reply is made from: Range or
  * Events. */
-typedef void (*serve_fn)(struct kv_node *n,
+typedef void (*serve_fn)(struct kv_services *s,
                          const ProtobufCMessage *args,
                          ProtobufCClosure closure,
                          void *data);
@@ -541,11 +543,164 @@ static MDB_txn *state_for_read(struct kv_node *n,
     return txn;
 }
 
-static void serve_range(struct kv_node *n,
+/* ------------------------------------------- counts over many turns */
+
+/* A Range whose count walks more than --count-slice-keys keys: the rest
+ * is counted a slice per loop turn, on a read transaction of the state
+ * the read began on (committed for it), and the reply goes out at the
+ * end; writes and other requests are served between the slices. */
+struct kv_count_job
+{
+    struct kv_count_job *next;
+    struct kv_services *s;
+    MDB_txn *txn;              /* the state counted */
+    struct event *ev;          /* runs the next slice */
+    struct kv_arena mem;       /* the reply's keys and values; rest */
+    struct kv_count_rest rest; /* what is left to count */
+    Raftkv__RangeReply r;      /* the reply, its count growing */
+    Raftkv__LeaderHint hint;
+    ProtobufCClosure closure;
+    void *data;
+};
+
+/* Unlink and free @j (its call answered). */
+static void count_job_free(struct kv_count_job *j)
+{
+    struct kv_count_job **p = &j->s->counts;
+    while (*p && *p != j) {
+        p = &(*p)->next;
+    }
+    if (*p) {
+        *p = j->next;
+    }
+    if (j->txn) {
+        mdb_txn_abort(j->txn);
+    }
+    if (j->ev) {
+        event_free(j->ev);
+    }
+    kv_arena_free(&j->mem);
+    free(j);
+}
+
+static void count_job_fail(struct kv_count_job *j, int err, const char *msg)
+{
+    reply_read_error(j->s->node, &raftkv__range_args__descriptor, j->closure,
+                     j->data, err, 0, msg);
+    count_job_free(j);
+}
+
+static void count_job_slice(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    struct kv_count_job *j = arg;
+    struct kv_node *n = j->s->node;
+    n->metrics.count_slices++;
+    int rv =
+        kv_mvcc_count_on(&n->store, j->txn, &j->rest, &j->mem, &j->r.count);
+    if (rv) {
+        count_job_fail(j, RAFTKV__KV_ERROR__KV_INTERNAL, n->store.errmsg);
+        return;
+    }
+    if (j->rest.pending) {
+        static const struct timeval now = {0, 0}; /* after the loop's I/O */
+        evtimer_add(j->ev, &now);
+        return;
+    }
+    j->r.leader = &j->hint;
+    j->closure(&j->r.base, j->data);
+    count_job_free(j);
+}
+
+/* Stopping: answer every count; the store reopened or grows: the state
+ * counted is gone, and the client asks again. */
+static void count_jobs_end(struct kv_node *n, enum node_event ev, void *arg)
+{
+    (void)n;
+    struct kv_services *s = arg;
+    while (s->counts) {
+        if (ev == NODE_EV_STOPPING) {
+            count_job_fail(s->counts, RAFTKV__KV_ERROR__KV_SHUTTING_DOWN,
+                           "the node is stopping");
+        } else {
+            count_job_fail(s->counts, RAFTKV__KV_ERROR__KV_UNAVAILABLE,
+                           "the node's store was reopened during the "
+                           "count; try again");
+        }
+    }
+}
+
+/* Go on counting @rest over later turns, then answer @r (its keys and
+ * values, which point into @txn's pages, are copied first; @mem passes
+ * to the job). @txn is the state read, handed back here. 0 once the job
+ * owns the call; -1 when it could not start, with @txn, @mem and @r as
+ * they were, for the caller to count on now. */
+static int count_job_start(struct kv_services *s,
+                           MDB_txn *txn,
+                           struct kv_arena *mem,
+                           const struct kv_count_rest *rest,
+                           const Raftkv__RangeReply *r,
+                           ProtobufCClosure closure,
+                           void *data)
+{
+    struct kv_node *n = s->node;
+    if (n->frozen) {
+        return -1; /* it commits nothing until its disk is back */
+    }
+    struct kv_count_job *j = calloc(1, sizeof *j);
+    if (!j) {
+        return -1;
+    }
+    j->ev = evtimer_new(n->base, count_job_slice, j);
+    if (j->ev) {
+        /* Slices run at the priority of the node's turns (node.c): after
+         * the loop's I/O, and beside the turns that apply writes. */
+        event_priority_set(j->ev, 2);
+    }
+    for (size_t i = 0; j->ev && i < r->n_kvs; i++) {
+        Raftkv__KeyValue *kv = r->kvs[i];
+        uint8_t *k = kv_arena_dup(mem, kv->key.data, kv->key.len);
+        uint8_t *v = kv_arena_dup(mem, kv->value.data, kv->value.len);
+        if (!k || !v) {
+            break;
+        }
+        kv->key.data = k;
+        kv->value.data = v;
+    }
+    /* The state as it is now, in a transaction of its own (a read of
+     * the last commit is one already). */
+    if (!j->ev || (txn == n->state_txn && node_state_read_now(n, &j->txn))) {
+        if (j->ev) {
+            event_free(j->ev);
+        }
+        free(j);
+        return -1;
+    }
+    if (!j->txn) {
+        j->txn = txn;
+    }
+    j->s = s;
+    j->mem = *mem;
+    j->rest = *rest;
+    j->r = *r;
+    raftkv__leader_hint__init(&j->hint);
+    set_hint(n, 0, &j->hint);
+    j->closure = closure;
+    j->data = data;
+    j->next = s->counts;
+    s->counts = j;
+    static const struct timeval now = {0, 0};
+    evtimer_add(j->ev, &now);
+    return 0;
+}
+
+static void serve_range(struct kv_services *s,
                         const ProtobufCMessage *args,
                         ProtobufCClosure closure,
                         void *data)
 {
+    struct kv_node *n = s->node;
     const Raftkv__RangeArgs *a = (const Raftkv__RangeArgs *)args;
     MDB_txn *txn = state_for_read(n, &a->base, closure, data);
     if (!txn) {
@@ -558,27 +713,50 @@ static void serve_range(struct kv_node *n,
     set_hint(n, 0, &hint);
     /* Straight from the pages: the reply is packed before anything is
      * written to this transaction again. */
+    struct kv_count_rest rest = {.budget = n->cfg.count_slice_keys};
     int rv = kv_mvcc_revs(&n->store, txn, &revs);
     if (!rv) {
-        rv = kv_mvcc_range(&n->store, txn, a, false, &mem, &r);
+        rv = kv_mvcc_range(&n->store, txn, a, false, &mem, &r, &rest);
+    }
+    r.revision = revs.revision;
+    if (!rv && rest.pending) {
+        /* Too many keys to count in this turn. */
+        uint64_t at = n->applied;
+        bool open = txn == n->state_txn; /* which the job may commit */
+        if (count_job_start(s, txn, &mem, &rest, &r, closure, data) == 0) {
+            return;
+        }
+        /* Else here and now, if the state is still the one read above
+         * (a commit that failed meanwhile applies it again). */
+        if (open) {
+            txn = node_state_read(n, NULL);
+        }
+        rest.budget = 0;
+        rv = txn && n->applied == at
+                 ? kv_mvcc_count_on(&n->store, txn, &rest, &mem, &r.count)
+                 : KV_STORE_EIO;
+        if (rv == KV_STORE_EIO) {
+            snprintf(n->store.errmsg, sizeof n->store.errmsg,
+                     "cannot read the applied state");
+        }
     }
     if (rv) {
         r.err = RAFTKV__KV_ERROR__KV_INTERNAL;
         r.message = n->store.errmsg;
         r.n_kvs = 0;
     }
-    r.revision = revs.revision;
     r.leader = &hint;
     closure(&r.base, data);
     kv_arena_free(&mem);
     node_state_done(n, txn);
 }
 
-static void serve_events(struct kv_node *n,
+static void serve_events(struct kv_services *s,
                          const ProtobufCMessage *args,
                          ProtobufCClosure closure,
                          void *data)
 {
+    struct kv_node *n = s->node;
     const Raftkv__EventsArgs *a = (const Raftkv__EventsArgs *)args;
     MDB_txn *txn = state_for_read(n, &a->base, closure, data);
     if (!txn) {
@@ -602,11 +780,12 @@ static void serve_events(struct kv_node *n,
 /* A transaction that writes nothing (kv_txn_read_only), run on the
  * applied state like a range: the same code as at apply, on a read
  * transaction, so it makes no revision and answers at the store's. */
-static void serve_txn(struct kv_node *n,
+static void serve_txn(struct kv_services *s,
                       const ProtobufCMessage *args,
                       ProtobufCClosure closure,
                       void *data)
 {
+    struct kv_node *n = s->node;
     const Raftkv__TxnArgs *a = (const Raftkv__TxnArgs *)args;
     MDB_txn *txn = state_for_read(n, &a->base, closure, data);
     if (!txn) {
@@ -637,6 +816,7 @@ static void serve_txn(struct kv_node *n,
 struct kv_packed_read
 {
     struct node_read_waiter w;           /* the node's part */
+    struct kv_services *s;               /* whose read it is */
     const ProtobufCMessageDescriptor *d; /* of the arguments */
     serve_fn serve;                      /* makes the reply */
     ProtobufCClosure closure;            /* completes the client's call */
@@ -667,22 +847,23 @@ static void packed_read_ready(struct kv_node *n,
         reply_read_error(n, r->d, r->closure, r->closure_data, err, leader,
                          msg);
     } else {
-        r->serve(n, m, r->closure, r->closure_data);
+        r->serve(r->s, m, r->closure, r->closure_data);
         protobuf_c_message_free_unpacked(m, NULL);
     }
     free(r);
 }
 
 /* Serve a read now (stale) or once ReadIndex confirms it. */
-static void begin_read(struct kv_node *n,
+static void begin_read(struct kv_services *s,
                        const ProtobufCMessage *args,
                        bool stale,
                        serve_fn serve,
                        ProtobufCClosure closure,
                        void *data)
 {
+    struct kv_node *n = s->node;
     if (stale) {
-        serve(n, args, closure, data);
+        serve(s, args, closure, data);
         return;
     }
     size_t len = protobuf_c_message_get_packed_size(args);
@@ -693,6 +874,7 @@ static void begin_read(struct kv_node *n,
         return;
     }
     r->len = protobuf_c_message_pack(args, r->args);
+    r->s = s;
     r->d = args->descriptor;
     r->serve = serve;
     r->closure = closure;
@@ -721,7 +903,7 @@ static void handle_range(Raftkv__KvService_Service *svc,
         reply_read_error(n, a->base.descriptor, cl, data, err, 0, why);
         return;
     }
-    begin_read(n, &a->base, a->stale_ok, serve_range, cl, data);
+    begin_read(s, &a->base, a->stale_ok, serve_range, cl, data);
 }
 
 static void handle_events(Raftkv__KvService_Service *svc,
@@ -747,7 +929,7 @@ static void handle_events(Raftkv__KvService_Service *svc,
         reply_read_error(n, a->base.descriptor, cl, data, err, 0, why);
         return;
     }
-    begin_read(n, &a->base, a->stale_ok, serve_events, cl, data);
+    begin_read(s, &a->base, a->stale_ok, serve_events, cl, data);
 }
 
 /* ------------------------------------------------- multi-key writes */
@@ -971,7 +1153,7 @@ static void handle_txn(Raftkv__KvService_Service *svc,
     if (!err && kv_txn_read_only(a)) {
         /* Nothing to write: a linearizable read (ReadIndex), as etcd
          * serves it, not an entry of the log. */
-        begin_read(n, &a->base, false, serve_txn, cl, data);
+        begin_read(s, &a->base, false, serve_txn, cl, data);
         return;
     }
     if (!err && !has_session(&a->client_id, a->request_id)) {
@@ -1105,5 +1287,9 @@ int kv_service_init(struct kv_services *s)
         handle_events,
     };
     s->kv_svc = kv;
+    if (node_subscribe(s->node, NODE_EV_RELEASE_READERS | NODE_EV_STOPPING,
+                       count_jobs_end, s) != 0) {
+        return -1;
+    }
     return node_subscribe(s->node, NODE_EV_SWEEP, kv_sweep, s);
 }

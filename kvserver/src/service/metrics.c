@@ -209,6 +209,10 @@ static void on_metrics(struct evhttp_request *req, void *arg)
               "Snapshots streamed to followers.", m->snapshots_sent);
     put_value(b, "raftkv_snapshots_received_total", "counter",
               "Snapshots received and installed.", m->snapshots_received);
+    put_value(b, "raftkv_range_count_slices_total", "counter",
+              "Slices of Range counts counted on later loop turns "
+              "(--count-slice-keys).",
+              m->count_slices);
     put_value(b, "raftkv_log_compactions_total", "counter", "Log compactions.",
               m->compactions);
     put_value(b, "raftkv_log_compactions_synced_total", "counter",

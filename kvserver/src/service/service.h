@@ -23,6 +23,7 @@ struct auth_cache;
 struct auth_worker;
 struct admin_transfer;
 struct lease_clock;
+struct kv_count_job;
 
 /* A snapshot being read out by kvctl snapshot save (backup.c). */
 #define KV_MAX_BACKUPS 4
@@ -64,6 +65,7 @@ struct kv_services
     uint64_t http_requests; /* /metrics and /health requests */
     Raftkv__WatchService_Service watch_svc; /* WatchService (watch.c) */
     struct watch_hub *watch;                /* its watches */
+    struct kv_count_job *counts; /* Range counts over many turns (kv.c) */
     bool compacting;             /* the leader's compaction is in flight */
     uint64_t compact_checked_ms; /* when the leader last looked (kv.c) */
 };

@@ -330,7 +330,7 @@ static int walk_open(struct kv_store *st,
     memset(w, 0, sizeof *w);
     w->key = key;
     w->end = end;
-    w->descend = descend;
+    w->descend = descend && end->len != 0; /* one key: no order */
     int rc = mdb_cursor_open(txn, st->kv, &w->cur);
     return rc ? kv_store_fail(st, rc, "open range cursor") : 0;
 }
@@ -449,13 +449,92 @@ static bool is_everything(const Raftkv__RangeArgs *a)
     return a->key.len == 1 && a->key.data[0] == 0 && end_is_open(&a->range_end);
 }
 
+/* The rest of a range after key @k (the last one walked) is left to
+ * count: the keys above it, or below it when the walk descends. */
+static int rest_after(struct kv_count_rest *rest,
+                      struct kv_arena *mem,
+                      const ProtobufCBinaryData *key,
+                      const ProtobufCBinaryData *end,
+                      bool descend,
+                      const MDB_val *k)
+{
+    if (end->len == 0) {
+        rest->pending = false; /* a range of one key */
+        return 0;
+    }
+    /* In @mem, the request's bytes need not outlive this call. */
+    const ProtobufCBinaryData *other = descend ? key : end;
+    uint8_t *b = kv_arena_alloc(mem, k->mv_size + 1);
+    uint8_t *o = kv_arena_dup(mem, other->data, other->len);
+    if (!b || !o) {
+        return KV_STORE_ENOMEM;
+    }
+    memcpy(b, k->mv_data, k->mv_size);
+    rest->pending = true;
+    if (descend) {
+        rest->from = (ProtobufCBinaryData){key->len, o}; /* [key, k) */
+        rest->end = (ProtobufCBinaryData){k->mv_size, b};
+    } else {
+        b[k->mv_size] = 0; /* the least key above k */
+        rest->from = (ProtobufCBinaryData){k->mv_size + 1, b};
+        rest->end = (ProtobufCBinaryData){end->len, o};
+    }
+    return 0;
+}
+
+/* Count the keys of walk @w, at most @rest->budget of them when @rest
+ * is given (then rest says where the count stopped). */
+static int count_walk(struct kv_store *st,
+                      struct walk *w,
+                      struct kv_count_rest *rest,
+                      struct kv_arena *mem,
+                      uint64_t *count)
+{
+    MDB_val k, v;
+    uint64_t walked = 0;
+    int rv;
+    if (rest) {
+        rest->pending = false;
+    }
+    while ((rv = walk_next(st, w, &k, &v)) == 0) {
+        (*count)++;
+        if (rest && rest->budget && ++walked >= rest->budget) {
+            return rest_after(rest, mem, w->key, w->end, w->descend, &k);
+        }
+    }
+    return rv == MDB_NOTFOUND ? 0 : rv;
+}
+
+int kv_mvcc_count_on(struct kv_store *st,
+                     MDB_txn *txn,
+                     struct kv_count_rest *rest,
+                     struct kv_arena *mem,
+                     uint64_t *count)
+{
+    if (!rest->pending) {
+        return 0;
+    }
+    struct walk w;
+    ProtobufCBinaryData from = rest->from, end = rest->end;
+    int rv = walk_open(st, txn, &w, &from, &end, false);
+    if (!rv) {
+        rv = count_walk(st, &w, rest, mem, count);
+    }
+    walk_close(&w);
+    return rv;
+}
+
 int kv_mvcc_range(struct kv_store *st,
                   MDB_txn *txn,
                   const Raftkv__RangeArgs *a,
                   bool copy,
                   struct kv_arena *mem,
-                  Raftkv__RangeReply *r)
+                  Raftkv__RangeReply *r,
+                  struct kv_count_rest *rest)
 {
+    if (rest) {
+        rest->pending = false;
+    }
     char why[200];
     r->err = kv_mvcc_check_range(st, &a->key, &a->range_end, why, sizeof why);
     if (r->err) {
@@ -523,9 +602,7 @@ int kv_mvcc_range(struct kv_store *st,
                 count = stat.ms_entries;
             }
         } else {
-            while ((rv = walk_next(st, &w, &k, &v)) == 0) {
-                count++;
-            }
+            rv = count_walk(st, &w, rest, mem, &count);
         }
     }
     walk_close(&w);

@@ -132,12 +132,30 @@ bool kv_range_has(const ProtobufCBinaryData *key,
                   size_t k_len);
 
 /**
+ * What is left to count of a range whose count was cut short: the keys in
+ * [from, end) (as RangeArgs define a range; their bytes in the reply's
+ * arena), for kv_mvcc_count_on. A count walks at most @budget keys per
+ * call, so that one over millions of keys does not hold the node's loop.
+ */
+struct kv_count_rest
+{
+    uint64_t budget;          /* keys to walk at most per call (in; 0: all) */
+    bool pending;             /* keys may be left to count (out) */
+    ProtobufCBinaryData from; /* the rest of the range */
+    ProtobufCBinaryData end;
+};
+
+/**
  * Answer a Range from the store: r->kvs, r->count, r->more (r->err for a
  * bad request, with r->message). The reply's memory is in @mem; with
  * @copy false it points into LMDB's pages, valid while @txn is and has no
  * writes (a read transaction); with @copy true keys and values are copied.
  * Stops adding keys at the limit or KV_MAX_RANGE_BYTES (at least one key),
  * counting on to the end of the range.
+ * @param rest NULL to count to the end of the range; else the count stops
+ *   after rest->budget keys past those answered, r->count holds the keys
+ *   counted so far and rest->pending says whether kv_mvcc_count_on must
+ *   count the rest (on the same state)
  * @return 0 or a store error
  */
 int kv_mvcc_range(struct kv_store *st,
@@ -145,7 +163,20 @@ int kv_mvcc_range(struct kv_store *st,
                   const Raftkv__RangeArgs *a,
                   bool copy,
                   struct kv_arena *mem,
-                  Raftkv__RangeReply *r);
+                  Raftkv__RangeReply *r,
+                  struct kv_count_rest *rest);
+
+/**
+ * Count on where kv_mvcc_range (or an earlier call) left @rest: at most
+ * rest->budget keys, added to *count; rest->pending false once the range
+ * is counted to its end. @mem holds the new rest->from.
+ * @return 0 or a store error
+ */
+int kv_mvcc_count_on(struct kv_store *st,
+                     MDB_txn *txn,
+                     struct kv_count_rest *rest,
+                     struct kv_arena *mem,
+                     uint64_t *count);
 
 /**
  * Answer an Events read from the history (r->events, more,

@@ -247,8 +247,8 @@ static int run(struct kv_change *c,
                 resp->response_case =
                     RAFTKV__RESPONSE_OP__RESPONSE_RESPONSE_RANGE;
                 resp->response_range = rr;
-                rv =
-                    kv_mvcc_range(st, c->txn, op->request_range, true, mem, rr);
+                rv = kv_mvcc_range(st, c->txn, op->request_range, true, mem, rr,
+                                   NULL);
                 err = rr->err;
                 if (err) {
                     r->message = rr->message;
