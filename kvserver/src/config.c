@@ -345,12 +345,12 @@ static const struct opt opts[] = {
          node.count_slice_keys,
          0,
          UINT64_MAX / 2,
-         "a Range that counts more keys than N (count\n"
-         "only, or past a limit) counts the rest N keys\n"
-         "per loop turn, of the state the read found,\n"
-         "and answers at the end: other requests are\n"
-         "served between the slices. 0: count at once\n"
-         "(default 20000)"),
+         "a Range (or a transaction that only reads)\n"
+         "that counts more keys than N (count only, or\n"
+         "past a limit) counts the rest N keys per loop\n"
+         "turn, of the state the read found, and answers\n"
+         "at the end: other requests are served between\n"
+         "the slices. 0: count at once (default 20000)"),
     UINT("lease-min-ttl",
          "S",
          node.lease_min_ttl_s,

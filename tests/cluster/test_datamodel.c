@@ -549,8 +549,9 @@ static double slices_on(size_t i)
 /* A count of more keys than --count-slice-keys goes on over later loop
  * turns; it is still the count of one state: with keys moved from one end
  * of the range to the other meanwhile (each move one transaction), every
- * count, in either order, with or without a limit, is the number of keys
- * the range holds at every revision. Counting the rest of the range on the
+ * count, in either order, with or without a limit, alone or in a
+ * transaction that only reads, is the number of keys the range holds at
+ * every revision. Counting the rest of the range on the
  * state as it moves on counts a moved key twice (ascending) or not at all
  * (descending). */
 static void test_count_over_many_turns_is_of_one_state(void)
@@ -582,9 +583,47 @@ static void test_count_over_many_turns_is_of_one_state(void)
         0,
         CLERK_RANGE_SORT_DESCEND,
     };
-    int counts = 0, wrong = 0;
+    /* And in a transaction that only reads (served as a read): three
+     * counts of the range, the last one nested. */
+    struct clerk_txn *t = clerk_txn_new(), *inner = clerk_txn_new();
+    clerk_txn_range(t, CLERK_TXN_THEN, "cs/", 3, "cs0", 3, 0,
+                    CLERK_RANGE_COUNT_ONLY);
+    clerk_txn_range(t, CLERK_TXN_THEN, "cs/", 3, "cs0", 3, 7,
+                    CLERK_RANGE_SORT_DESCEND);
+    clerk_txn_range(inner, CLERK_TXN_THEN, "cs/", 3, "cs0", 3, 0,
+                    CLERK_RANGE_COUNT_ONLY);
+    CU_ASSERT_EQUAL(clerk_txn_txn(t, CLERK_TXN_THEN, inner), CLERK_OK);
+    int counts = 0, wrong = 0, txns = 0;
     uint64_t end = h_now_ms() + 3000;
     while (h_now_ms() < end || m[0].moves < 50) {
+        if (counts % 5 == 4) {
+            struct clerk_txn_result *tr = NULL;
+            int err = clerk_txn_commit(ck, t, &tr);
+            CU_ASSERT_EQUAL(err, CLERK_OK);
+            if (err) {
+                fprintf(stderr, "\n  txn: %s: %s", clerk_error_code(err),
+                        clerk_errmsg(ck));
+                break;
+            }
+            uint64_t c[3] = {0};
+            if (tr->n_responses == 3 && tr->responses[2].txn &&
+                tr->responses[2].txn->n_responses == 1) {
+                c[0] = tr->responses[0].range->count;
+                c[1] = tr->responses[1].range->count;
+                c[2] = tr->responses[2].txn->responses[0].range->count;
+            }
+            for (int i = 0; i < 3; i++) {
+                if (c[i] != MOVED_KEYS) {
+                    wrong++;
+                    fprintf(stderr, "\n  txn count %d: %llu, not %d", i,
+                            (unsigned long long)c[i], MOVED_KEYS);
+                }
+            }
+            clerk_txn_result_free(tr);
+            counts++;
+            txns++;
+            continue;
+        }
         unsigned f = flags[counts % 4];
         struct clerk_range_result *r = NULL;
         int err = clerk_range(ck, "cs/", 3, "cs0", 3, f ? 0 : 5, f, &r);
@@ -612,9 +651,13 @@ static void test_count_over_many_turns_is_of_one_state(void)
         moves += m[i].moves;
         CU_ASSERT_EQUAL(m[i].failures, 0);
     }
-    printf("(%d counts of %d keys while %d moves went on) ", counts, MOVED_KEYS,
-           moves);
+    clerk_txn_free(t); /* and inner, handed over */
+    printf(
+        "(%d counts of %d keys, %d of them transactions of 3, while %d "
+        "moves went on) ",
+        counts, MOVED_KEYS, txns, moves);
     CU_ASSERT(counts >= 20);
+    CU_ASSERT(txns >= 4);
     CU_ASSERT(m[0].moves >= 50);
     CU_ASSERT_EQUAL(wrong, 0);
     /* They were counted in slices (a leader that changed meanwhile would

@@ -480,6 +480,44 @@ static void test_mvcc_range_count_in_slices(void)
     a.range_end = no_end;
     CU_ASSERT_EQUAL(sliced_count(&a, 1, &calls), 1);
     CU_ASSERT_EQUAL(calls, 1);
+    /* A transaction read with counts left (kv_change.counts): the first
+     * range walks the budget, the others one key; each count comes to
+     * what it is once counted on, the nested one too. */
+    Raftkv__TxnArgs *t = txn_new(), *inner = txn_new();
+    op_range(t, true, "k", bin("l"));
+    op_range(t, true, "k100", open_end);
+    op_range(inner, true, "k", bin("k2"));
+    op_txn(t, true, inner);
+    for (size_t i = 0; i < 2; i++) {
+        t->success[i]->request_range->count_only = true;
+    }
+    inner->success[0]->request_range->sort_order =
+        RAFTKV__SORT_ORDER__SORT_DESCEND;
+    inner->success[0]->request_range->limit = 1;
+    struct kv_change c;
+    struct kv_counts cs = {.budget = 7};
+    CU_ASSERT_EQUAL_FATAL(kv_change_begin(&c, &st, txn), 0);
+    c.counts = &cs;
+    Raftkv__TxnReply tr = RAFTKV__TXN_REPLY__INIT;
+    CU_ASSERT_EQUAL_FATAL(kv_txn_run(&c, t, &mem, &tr), 0);
+    CU_ASSERT_EQUAL_FATAL(cs.n, 3);
+    CU_ASSERT_EQUAL(*cs.left[0].count, 7);
+    CU_ASSERT_EQUAL(*cs.left[1].count, 1);
+    /* The key answered, the one past the limit, then one walked. */
+    CU_ASSERT_EQUAL(*cs.left[2].count, 3);
+    for (size_t i = 0; i < cs.n; i++) {
+        for (int j = 0; cs.left[i].rest.pending && j < 1000; j++) {
+            CU_ASSERT_EQUAL(kv_mvcc_count_on(&st, txn, &cs.left[i].rest, &mem,
+                                             cs.left[i].count),
+                            0);
+        }
+    }
+    CU_ASSERT_EQUAL(tr.responses[0]->response_range->count, 500);
+    CU_ASSERT_EQUAL(tr.responses[1]->response_range->count, 301);
+    Raftkv__TxnReply *in = tr.responses[2]->response_txn;
+    CU_ASSERT_EQUAL(in->responses[0]->response_range->count, 400);
+    CU_ASSERT(in->responses[0]->response_range->n_kvs == 1 &&
+              in->responses[0]->response_range->more);
     end();
 }
 

@@ -545,19 +545,23 @@ static MDB_txn *state_for_read(struct kv_node *n,
 
 /* ------------------------------------------- counts over many turns */
 
-/* A Range whose count walks more than --count-slice-keys keys: the rest
- * is counted a slice per loop turn, on a read transaction of the state
- * the read began on (committed for it), and the reply goes out at the
- * end; writes and other requests are served between the slices. */
+/* A Range, or a transaction that only reads, whose counts walk more than
+ * --count-slice-keys keys: the rest is counted a slice per loop turn, on a
+ * read transaction of the state the read found (committed for it), and
+ * the reply goes out at the end; writes and other requests are served
+ * between the slices. */
 struct kv_count_job
 {
     struct kv_count_job *next;
     struct kv_services *s;
-    MDB_txn *txn;              /* the state counted */
-    struct event *ev;          /* runs the next slice */
-    struct kv_arena mem;       /* the reply's keys and values; rest */
-    struct kv_count_rest rest; /* what is left to count */
-    Raftkv__RangeReply r;      /* the reply, its count growing */
+    MDB_txn *txn;        /* the state counted */
+    struct event *ev;    /* runs the next slice */
+    struct kv_arena mem; /* the reply's memory; the counts' */
+    struct kv_counts cs; /* the counts left */
+    size_t at;           /* the one going on */
+    bool is_txn;         /* the reply: txn, else range */
+    Raftkv__RangeReply range;
+    Raftkv__TxnReply txn_reply;
     Raftkv__LeaderHint hint;
     ProtobufCClosure closure;
     void *data;
@@ -585,8 +589,10 @@ static void count_job_free(struct kv_count_job *j)
 
 static void count_job_fail(struct kv_count_job *j, int err, const char *msg)
 {
-    reply_read_error(j->s->node, &raftkv__range_args__descriptor, j->closure,
-                     j->data, err, 0, msg);
+    reply_read_error(j->s->node,
+                     j->is_txn ? &raftkv__txn_args__descriptor
+                               : &raftkv__range_args__descriptor,
+                     j->closure, j->data, err, 0, msg);
     count_job_free(j);
 }
 
@@ -597,19 +603,24 @@ static void count_job_slice(evutil_socket_t fd, short what, void *arg)
     struct kv_count_job *j = arg;
     struct kv_node *n = j->s->node;
     n->metrics.count_slices++;
-    int rv =
-        kv_mvcc_count_on(&n->store, j->txn, &j->rest, &j->mem, &j->r.count);
+    struct kv_count_left *l = &j->cs.left[j->at];
+    int rv = kv_mvcc_count_on(&n->store, j->txn, &l->rest, &j->mem, l->count);
     if (rv) {
         count_job_fail(j, RAFTKV__KV_ERROR__KV_INTERNAL, n->store.errmsg);
         return;
     }
-    if (j->rest.pending) {
+    if (l->rest.pending || ++j->at < j->cs.n) {
         static const struct timeval now = {0, 0}; /* after the loop's I/O */
         evtimer_add(j->ev, &now);
         return;
     }
-    j->r.leader = &j->hint;
-    j->closure(&j->r.base, j->data);
+    if (j->is_txn) {
+        j->txn_reply.leader = &j->hint;
+        j->closure(&j->txn_reply.base, j->data);
+    } else {
+        j->range.leader = &j->hint;
+        j->closure(&j->range.base, j->data);
+    }
     count_job_free(j);
 }
 
@@ -631,16 +642,18 @@ static void count_jobs_end(struct kv_node *n, enum node_event ev, void *arg)
     }
 }
 
-/* Go on counting @rest over later turns, then answer @r (its keys and
- * values, which point into @txn's pages, are copied first; @mem passes
- * to the job). @txn is the state read, handed back here. 0 once the job
- * owns the call; -1 when it could not start, with @txn, @mem and @r as
- * they were, for the caller to count on now. */
+/* Go on with the counts of @cs over later turns, then answer @reply (a
+ * RangeReply or a TxnReply, in @mem: a range's keys and values, which
+ * point into @txn's pages, are copied first; @mem passes to the job; a
+ * RangeReply's one count is its own). @txn is the state read, handed
+ * back here. 0 once the job owns the call; -1 when it could not start,
+ * with @txn, @mem and the reply as they were, for the caller to count on
+ * now. */
 static int count_job_start(struct kv_services *s,
                            MDB_txn *txn,
                            struct kv_arena *mem,
-                           const struct kv_count_rest *rest,
-                           const Raftkv__RangeReply *r,
+                           const struct kv_counts *cs,
+                           const ProtobufCMessage *reply,
                            ProtobufCClosure closure,
                            void *data)
 {
@@ -652,13 +665,15 @@ static int count_job_start(struct kv_services *s,
     if (!j) {
         return -1;
     }
+    j->is_txn = reply->descriptor == &raftkv__txn_reply__descriptor;
     j->ev = evtimer_new(n->base, count_job_slice, j);
     if (j->ev) {
         /* Slices run at the priority of the node's turns (node.c): after
          * the loop's I/O, and beside the turns that apply writes. */
         event_priority_set(j->ev, 2);
     }
-    for (size_t i = 0; j->ev && i < r->n_kvs; i++) {
+    const Raftkv__RangeReply *r = (const Raftkv__RangeReply *)reply;
+    for (size_t i = 0; !j->is_txn && j->ev && i < r->n_kvs; i++) {
         Raftkv__KeyValue *kv = r->kvs[i];
         uint8_t *k = kv_arena_dup(mem, kv->key.data, kv->key.len);
         uint8_t *v = kv_arena_dup(mem, kv->value.data, kv->value.len);
@@ -682,8 +697,13 @@ static int count_job_start(struct kv_services *s,
     }
     j->s = s;
     j->mem = *mem;
-    j->rest = *rest;
-    j->r = *r;
+    j->cs = *cs;
+    if (j->is_txn) {
+        j->txn_reply = *(const Raftkv__TxnReply *)reply;
+    } else {
+        j->range = *r;
+        j->cs.left[0].count = &j->range.count;
+    }
     raftkv__leader_hint__init(&j->hint);
     set_hint(n, 0, &j->hint);
     j->closure = closure;
@@ -693,6 +713,46 @@ static int count_job_start(struct kv_services *s,
     static const struct timeval now = {0, 0};
     evtimer_add(j->ev, &now);
     return 0;
+}
+
+/* Counts left past this turn's share (@cs): go on with them over later
+ * turns (-1: the job answers the call), else count them now (0, or a
+ * store error with n->store.errmsg set). @txn is updated to the state to
+ * hand back with node_state_done. */
+static int count_rest(struct kv_services *s,
+                      MDB_txn **txn,
+                      struct kv_arena *mem,
+                      struct kv_counts *cs,
+                      const ProtobufCMessage *reply,
+                      ProtobufCClosure closure,
+                      void *data)
+{
+    struct kv_node *n = s->node;
+    uint64_t at = n->applied;
+    bool open = *txn == n->state_txn; /* which the job may commit */
+    for (size_t i = 0; i < cs->n; i++) {
+        cs->left[i].rest.budget = n->cfg.count_slice_keys; /* per slice */
+    }
+    if (count_job_start(s, *txn, mem, cs, reply, closure, data) == 0) {
+        return -1;
+    }
+    /* Here and now, if the state is still the one read (a commit that
+     * failed meanwhile applies it again). */
+    if (open) {
+        *txn = node_state_read(n, NULL);
+    }
+    if (!*txn || n->applied != at) {
+        snprintf(n->store.errmsg, sizeof n->store.errmsg,
+                 "cannot read the applied state");
+        return KV_STORE_EIO;
+    }
+    int rv = 0;
+    for (size_t i = 0; i < cs->n && !rv; i++) {
+        cs->left[i].rest.budget = 0;
+        rv = kv_mvcc_count_on(&n->store, *txn, &cs->left[i].rest, mem,
+                              cs->left[i].count);
+    }
+    return rv;
 }
 
 static void serve_range(struct kv_services *s,
@@ -713,31 +773,21 @@ static void serve_range(struct kv_services *s,
     set_hint(n, 0, &hint);
     /* Straight from the pages: the reply is packed before anything is
      * written to this transaction again. */
-    struct kv_count_rest rest = {.budget = n->cfg.count_slice_keys};
+    struct kv_count_left left = {.rest.budget = n->cfg.count_slice_keys,
+                                 .count = &r.count};
     int rv = kv_mvcc_revs(&n->store, txn, &revs);
     if (!rv) {
-        rv = kv_mvcc_range(&n->store, txn, a, false, &mem, &r, &rest);
+        rv = kv_mvcc_range(&n->store, txn, a, false, &mem, &r, &left.rest);
     }
     r.revision = revs.revision;
-    if (!rv && rest.pending) {
+    if (!rv && left.rest.pending) {
         /* Too many keys to count in this turn. */
-        uint64_t at = n->applied;
-        bool open = txn == n->state_txn; /* which the job may commit */
-        if (count_job_start(s, txn, &mem, &rest, &r, closure, data) == 0) {
+        struct kv_counts cs = {.left = kv_arena_dup(&mem, &left, sizeof left),
+                               .n = 1};
+        rv = cs.left ? count_rest(s, &txn, &mem, &cs, &r.base, closure, data)
+                     : KV_STORE_ENOMEM;
+        if (rv == -1) {
             return;
-        }
-        /* Else here and now, if the state is still the one read above
-         * (a commit that failed meanwhile applies it again). */
-        if (open) {
-            txn = node_state_read(n, NULL);
-        }
-        rest.budget = 0;
-        rv = txn && n->applied == at
-                 ? kv_mvcc_count_on(&n->store, txn, &rest, &mem, &r.count)
-                 : KV_STORE_EIO;
-        if (rv == KV_STORE_EIO) {
-            snprintf(n->store.errmsg, sizeof n->store.errmsg,
-                     "cannot read the applied state");
         }
     }
     if (rv) {
@@ -796,9 +846,18 @@ static void serve_txn(struct kv_services *s,
     Raftkv__TxnReply r = RAFTKV__TXN_REPLY__INIT;
     Raftkv__LeaderHint hint = RAFTKV__LEADER_HINT__INIT;
     set_hint(n, 0, &hint);
+    struct kv_counts cs = {.budget = n->cfg.count_slice_keys};
     int rv = kv_change_begin(&c, &n->store, txn);
     if (!rv) {
+        c.counts = &cs;
         rv = kv_txn_run(&c, a, &mem, &r);
+    }
+    if (!rv && cs.n) {
+        /* Its ranges have too many keys to count in this turn. */
+        rv = count_rest(s, &txn, &mem, &cs, &r.base, closure, data);
+        if (rv == -1) {
+            return;
+        }
     }
     if (rv) {
         raftkv__txn_reply__init(&r);

@@ -145,6 +145,21 @@ struct kv_count_rest
     ProtobufCBinaryData end;
 };
 
+/* The counts of a read's ranges left for later turns (kv_change.counts):
+ * each range's rest and the count it adds to. */
+struct kv_count_left
+{
+    struct kv_count_rest rest;
+    uint64_t *count;
+};
+struct kv_counts
+{
+    uint64_t budget;            /* keys a range's count walks at first */
+    bool spent;                 /* a range used it: the next walk 1 key */
+    struct kv_count_left *left; /* in the reply's arena */
+    size_t n, cap;
+};
+
 /**
  * Answer a Range from the store: r->kvs, r->count, r->more (r->err for a
  * bad request, with r->message). The reply's memory is in @mem; with
@@ -204,6 +219,10 @@ struct kv_change
     struct kv_revs revs; /* as read at begin (hist_bytes kept current) */
     uint64_t rev;        /* the revision of this change */
     uint32_t sub;        /* events written so far */
+    /* A read (a transaction that writes nothing, served as one): its
+     * ranges' counts past counts->budget keys are left here, for later
+     * turns. NULL (at apply): counted in one go. */
+    struct kv_counts *counts;
 };
 
 /** Start a change.

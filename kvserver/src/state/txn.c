@@ -208,6 +208,31 @@ static void set_revision(Raftkv__TxnReply *r, uint64_t rev)
     }
 }
 
+/* A range's count goes on later (struct kv_counts). */
+static int count_later(struct kv_counts *cs,
+                       struct kv_arena *mem,
+                       const struct kv_count_rest *rest,
+                       uint64_t *count)
+{
+    if (cs->n == cs->cap) {
+        size_t cap = cs->cap ? cs->cap * 2 : 4;
+        struct kv_count_left *l = kv_arena_alloc(mem, cap * sizeof *l);
+        if (!l) {
+            return KV_STORE_ENOMEM;
+        }
+        if (cs->n) {
+            memcpy(l, cs->left, cs->n * sizeof *l);
+        }
+        cs->left = l;
+        cs->cap = cap;
+    }
+    cs->left[cs->n].rest = *rest;
+    cs->left[cs->n].count = count;
+    cs->n++;
+    cs->spent = true;
+    return 0;
+}
+
 static int run(struct kv_change *c,
                const Raftkv__TxnArgs *a,
                struct kv_arena *mem,
@@ -247,8 +272,15 @@ static int run(struct kv_change *c,
                 resp->response_case =
                     RAFTKV__RESPONSE_OP__RESPONSE_RESPONSE_RANGE;
                 resp->response_range = rr;
+                struct kv_counts *cs = c->counts;
+                struct kv_count_rest rest = {.budget = cs && cs->spent ? 1
+                                                       : cs ? cs->budget
+                                                            : 0};
                 rv = kv_mvcc_range(st, c->txn, op->request_range, true, mem, rr,
-                                   NULL);
+                                   cs ? &rest : NULL);
+                if (!rv && rest.pending) {
+                    rv = count_later(cs, mem, &rest, &rr->count);
+                }
                 err = rr->err;
                 if (err) {
                     r->message = rr->message;
