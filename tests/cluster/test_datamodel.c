@@ -665,6 +665,102 @@ static void test_count_over_many_turns_is_of_one_state(void)
     CU_ASSERT(slices_on((size_t)leader) >= slices + counts);
 }
 
+/* Writes a value of 500,000 bytes at a time to grow the store's map. */
+struct grower
+{
+    const char *eps;
+    int puts, failures;
+};
+
+static void *grower_main(void *arg)
+{
+    struct grower *g = arg;
+    struct clerk *gc = NULL;
+    struct clerk_options o = {.deadline_ms = 10000};
+    static char big[500000];
+    memset(big, 'g', sizeof big);
+    if (clerk_open(&gc, g->eps, &o) != CLERK_OK) {
+        g->failures++;
+        return NULL;
+    }
+    for (int i = 0; i < 300; i++) {
+        char key[16];
+        snprintf(key, sizeof key, "big/%03d", i);
+        if (clerk_put_ex(gc, key, strlen(key), big, sizeof big, 0, NULL) ==
+            CLERK_OK) {
+            g->puts++;
+        } else {
+            g->failures++;
+        }
+    }
+    clerk_close(gc);
+    return NULL;
+}
+
+/* The store's map grows (every LMDB transaction must end first) while
+ * counts go on in slices of one key, each holding a read transaction: the
+ * counts in progress are ended (UNAVAILABLE, which the client retries)
+ * and every count still comes out right; the node goes on. */
+static void test_count_over_many_turns_when_the_map_grows(void)
+{
+    struct h_cluster gc;
+    CU_ASSERT_FATAL(h_cluster_start(&gc, 1, "--count-slice-keys 1") == 0);
+    char geps[128];
+    h_endpoints(&gc, geps, sizeof geps);
+    struct clerk *c1 = NULL;
+    struct clerk_options o = {.deadline_ms = 10000};
+    CU_ASSERT_FATAL(clerk_open(&c1, geps, &o) == CLERK_OK);
+    for (int b = 0; b < 1000; b += 100) {
+        struct clerk_txn *t = clerk_txn_new();
+        for (int k = b; k < b + 100; k++) {
+            char key[16];
+            snprintf(key, sizeof key, "g/%04d", k);
+            clerk_txn_put(t, CLERK_TXN_THEN, key, strlen(key), "v", 1, 0);
+        }
+        CU_ASSERT_EQUAL_FATAL(clerk_txn_commit(c1, t, NULL), CLERK_OK);
+        clerk_txn_free(t);
+    }
+    size_t grown = h_log_count(&gc, 0, "LMDB map grown");
+    struct grower g = {.eps = geps};
+    pthread_t th;
+    CU_ASSERT_FATAL(pthread_create(&th, NULL, grower_main, &g) == 0);
+    int counts = 0, wrong = 0;
+    uint64_t end = h_now_ms() + 60000;
+    while (h_log_count(&gc, 0, "LMDB map grown") == grown && h_now_ms() < end) {
+        struct clerk_range_result *r = NULL;
+        int err =
+            clerk_range(c1, "g/", 2, "g0", 2, 0, CLERK_RANGE_COUNT_ONLY, &r);
+        CU_ASSERT_EQUAL(err, CLERK_OK);
+        if (err) {
+            fprintf(stderr, "\n  count: %s: %s", clerk_error_code(err),
+                    clerk_errmsg(c1));
+            break;
+        }
+        counts++;
+        wrong += r->count != 1000;
+        clerk_range_result_free(r);
+    }
+    pthread_join(th, NULL);
+    bool ended = h_log_contains(&gc, 0, "in progress ended");
+    printf("(%d counts, %d puts of 500,000 bytes; %s) ", counts, g.puts,
+           ended ? "a count was ended by the growth" : "no count was ended");
+    CU_ASSERT(h_log_count(&gc, 0, "LMDB map grown") > grown);
+    CU_ASSERT(ended); /* counts go on nearly all the time: one was */
+    CU_ASSERT(counts > 0);
+    CU_ASSERT_EQUAL(wrong, 0);
+    CU_ASSERT_EQUAL(g.failures, 0);
+    /* And the node still answers. */
+    struct clerk_range_result *r = NULL;
+    CU_ASSERT_EQUAL(
+        clerk_range(c1, "g/", 2, "g0", 2, 0, CLERK_RANGE_COUNT_ONLY, &r),
+        CLERK_OK);
+    CU_ASSERT(r && r->count == 1000);
+    clerk_range_result_free(r);
+    clerk_close(c1);
+    gc.keep = CU_get_number_of_failures() > 0;
+    CU_ASSERT_EQUAL(h_cluster_destroy(&gc), 0);
+}
+
 int main(int argc, char **argv)
 {
     static CU_TestInfo tests[] = {
@@ -672,6 +768,8 @@ int main(int argc, char **argv)
          test_range_revisions_limit_and_order},
         {"test_count_over_many_turns_is_of_one_state",
          test_count_over_many_turns_is_of_one_state},
+        {"test_count_over_many_turns_when_the_map_grows",
+         test_count_over_many_turns_when_the_map_grows},
         {"test_delete_range_is_one_revision",
          test_delete_range_is_one_revision},
         {"test_txn_then_else_and_ops_see_each_other",

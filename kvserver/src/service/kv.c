@@ -628,8 +628,18 @@ static void count_job_slice(evutil_socket_t fd, short what, void *arg)
  * counted is gone, and the client asks again. */
 static void count_jobs_end(struct kv_node *n, enum node_event ev, void *arg)
 {
-    (void)n;
     struct kv_services *s = arg;
+    size_t ended = 0;
+    for (struct kv_count_job *j = s->counts; j; j = j->next) {
+        ended++;
+    }
+    if (ended && ev != NODE_EV_STOPPING) {
+        rpc_logf(RPC_LOG_INFO,
+                 "node %llu: %zu count%s in progress ended (UNAVAILABLE, "
+                 "for the client to ask again): the store is reopened or "
+                 "its map grows",
+                 (unsigned long long)n->cfg.id, ended, ended == 1 ? "" : "s");
+    }
     while (s->counts) {
         if (ev == NODE_EV_STOPPING) {
             count_job_fail(s->counts, RAFTKV__KV_ERROR__KV_SHUTTING_DOWN,
