@@ -624,8 +624,9 @@ static void count_job_slice(evutil_socket_t fd, short what, void *arg)
     count_job_free(j);
 }
 
-/* Stopping: answer every count; the store reopened or grows: the state
- * counted is gone, and the client asks again. */
+/* Stopping: answer every count. The store is reopened or its map grows:
+ * every read of it ends, the state counted with it, and the client asks
+ * again. */
 static void count_jobs_end(struct kv_node *n, enum node_event ev, void *arg)
 {
     struct kv_services *s = arg;
@@ -646,8 +647,8 @@ static void count_jobs_end(struct kv_node *n, enum node_event ev, void *arg)
                            "the node is stopping");
         } else {
             count_job_fail(s->counts, RAFTKV__KV_ERROR__KV_UNAVAILABLE,
-                           "the node's store was reopened during the "
-                           "count; try again");
+                           "the node's store was reopened, or its map "
+                           "grown, during the count; try again");
         }
     }
 }
