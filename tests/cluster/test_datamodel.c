@@ -1,6 +1,7 @@
 /* test_datamodel.c: libclerk's and kvctl's data-model calls (ranges,
  * deletes of ranges, transactions, compaction, history) on a real
  * 3-node cluster. */
+#include <poll.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -761,6 +762,119 @@ static void test_count_over_many_turns_when_the_map_grows(void)
     CU_ASSERT_EQUAL(h_cluster_destroy(&gc), 0);
 }
 
+/* A count answered by the async handle: the count, or -1 on an error. */
+static void count_done(struct clerk_async *a,
+                       const struct clerk_async_reply *r,
+                       void *arg)
+{
+    (void)a;
+    long long *out = arg;
+    *out = r->err == CLERK_OK ? (long long)r->range->count : -1;
+}
+
+static int sink_nothing(const void *data, size_t len, void *arg)
+{
+    (void)data;
+    *(uint64_t *)arg += len;
+    return 0;
+}
+
+struct saver
+{
+    const char *eps;
+    int err;
+    char msg[256];
+};
+
+static void *saver_main(void *arg)
+{
+    struct saver *sv = arg;
+    struct clerk *sc = NULL;
+    struct clerk_options o = {.deadline_ms = 10000};
+    sv->err = clerk_open(&sc, sv->eps, &o);
+    if (sv->err == CLERK_OK) {
+        uint64_t bytes = 0;
+        sv->err =
+            clerk_snapshot_save(sc, sink_nothing, &bytes, NULL, NULL, NULL);
+        snprintf(sv->msg, sizeof sv->msg, "%s", clerk_errmsg(sc));
+        clerk_close(sc);
+    }
+    return NULL;
+}
+
+#define AT_ONCE 150 /* counts sent at once: more than LMDB's 126 readers */
+
+/* Many counts at once, each going on over many turns, take a bounded
+ * number of the store's LMDB readers (the others are counted in one go):
+ * a snapshot read (a backup, or a stream to a follower) still gets one
+ * meanwhile, and every count is right. */
+static void test_many_counts_at_once_leave_readers(void)
+{
+    struct h_cluster mc;
+    CU_ASSERT_FATAL(h_cluster_start(&mc, 1, "--count-slice-keys 1") == 0);
+    char meps[128];
+    h_endpoints(&mc, meps, sizeof meps);
+    struct clerk *c1 = NULL;
+    struct clerk_options o = {.deadline_ms = 20000};
+    CU_ASSERT_FATAL(clerk_open(&c1, meps, &o) == CLERK_OK);
+    for (int b = 0; b < 10000; b += 100) {
+        struct clerk_txn *t = clerk_txn_new();
+        for (int k = b; k < b + 100; k++) {
+            char key[16];
+            snprintf(key, sizeof key, "m/%05d", k);
+            clerk_txn_put(t, CLERK_TXN_THEN, key, strlen(key), "v", 1, 0);
+        }
+        CU_ASSERT_EQUAL_FATAL(clerk_txn_commit(c1, t, NULL), CLERK_OK);
+        clerk_txn_free(t);
+    }
+    struct clerk_async *a = NULL;
+    CU_ASSERT_FATAL(clerk_async_open_fd(&a, meps, &o) == CLERK_OK);
+    static long long got[AT_ONCE];
+    for (int i = 0; i < AT_ONCE; i++) {
+        got[i] = -2; /* not answered */
+        CU_ASSERT_EQUAL(
+            clerk_async_range(a, "m/", 2, "m0", 2, 0, CLERK_RANGE_COUNT_ONLY,
+                              count_done, &got[i]),
+            CLERK_OK);
+    }
+    /* Let the counts reach the node and start, then save a snapshot while
+     * they go on. */
+    uint64_t end = h_now_ms() + 50;
+    while (h_now_ms() < end) {
+        struct pollfd p = {.fd = clerk_async_fd(a), .events = POLLIN};
+        poll(&p, 1, 10);
+        clerk_async_process(a);
+    }
+    size_t pending = clerk_async_pending(a);
+    struct saver sv = {.eps = meps};
+    pthread_t th;
+    CU_ASSERT_FATAL(pthread_create(&th, NULL, saver_main, &sv) == 0);
+    end = h_now_ms() + 60000;
+    while (clerk_async_pending(a) && h_now_ms() < end) {
+        struct pollfd p = {.fd = clerk_async_fd(a), .events = POLLIN};
+        poll(&p, 1, 10);
+        clerk_async_process(a);
+    }
+    pthread_join(th, NULL);
+    printf("(%zu of %d counts still going when the save began) ", pending,
+           AT_ONCE);
+    CU_ASSERT(pending > 0);
+    CU_ASSERT_EQUAL(sv.err, CLERK_OK);
+    if (sv.err) {
+        fprintf(stderr, "\n  snapshot save: %s: %s", clerk_error_code(sv.err),
+                sv.msg);
+    }
+    int wrong = 0;
+    for (int i = 0; i < AT_ONCE; i++) {
+        wrong += got[i] != 10000;
+    }
+    CU_ASSERT_EQUAL(wrong, 0);
+    clerk_async_close(a);
+    clerk_close(c1);
+    mc.keep = CU_get_number_of_failures() > 0;
+    CU_ASSERT_EQUAL(h_cluster_destroy(&mc), 0);
+}
+
 int main(int argc, char **argv)
 {
     static CU_TestInfo tests[] = {
@@ -770,6 +884,8 @@ int main(int argc, char **argv)
          test_count_over_many_turns_is_of_one_state},
         {"test_count_over_many_turns_when_the_map_grows",
          test_count_over_many_turns_when_the_map_grows},
+        {"test_many_counts_at_once_leave_readers",
+         test_many_counts_at_once_leave_readers},
         {"test_delete_range_is_one_revision",
          test_delete_range_is_one_revision},
         {"test_txn_then_else_and_ops_see_each_other",

@@ -545,6 +545,11 @@ static MDB_txn *state_for_read(struct kv_node *n,
 
 /* ------------------------------------------- counts over many turns */
 
+/* Counts going on at once, each with an LMDB read transaction: the rest
+ * of the readers LMDB allows (store.c: 126) stay for snapshot streams to
+ * followers and backups. One past it is counted in one go. */
+#define KV_MAX_COUNT_JOBS 32
+
 /* A Range, or a transaction that only reads, whose counts walk more than
  * --count-slice-keys keys: the rest is counted a slice per loop turn, on a
  * read transaction of the state the read found (committed for it), and
@@ -671,6 +676,13 @@ static int count_job_start(struct kv_services *s,
     struct kv_node *n = s->node;
     if (n->frozen) {
         return -1; /* it commits nothing until its disk is back */
+    }
+    size_t going = 0;
+    for (struct kv_count_job *o = s->counts; o; o = o->next) {
+        going++;
+    }
+    if (going >= KV_MAX_COUNT_JOBS) {
+        return -1;
     }
     struct kv_count_job *j = calloc(1, sizeof *j);
     if (!j) {
