@@ -490,6 +490,36 @@ static void test_delete_over_the_limit_in_pieces(void)
 
 /* ------------------------------------------------- counts in slices */
 
+/* Put keys prefix + k for k in [0, n), zero-padded to @width digits,
+ * value "v", 100 to a transaction. */
+static void put_keys(struct clerk *c, const char *prefix, int width, int n)
+{
+    for (int b = 0; b < n; b += 100) {
+        struct clerk_txn *t = clerk_txn_new();
+        for (int k = b; k < b + 100 && k < n; k++) {
+            char key[32];
+            snprintf(key, sizeof key, "%s%0*d", prefix, width, k);
+            clerk_txn_put(t, CLERK_TXN_THEN, key, strlen(key), "v", 1, 0);
+        }
+        CU_ASSERT_EQUAL_FATAL(clerk_txn_commit(c, t, NULL), CLERK_OK);
+        clerk_txn_free(t);
+    }
+}
+
+/* A node of its own that counts one key per loop turn, and a client of
+ * it (@own_eps: its endpoints). */
+static struct clerk *one_key_slices(struct h_cluster *c,
+                                    char *own_eps,
+                                    size_t len)
+{
+    CU_ASSERT_FATAL(h_cluster_start(c, 1, "--count-slice-keys 1") == 0);
+    h_endpoints(c, own_eps, len);
+    struct clerk *c1 = NULL;
+    struct clerk_options o = {.deadline_ms = 20000};
+    CU_ASSERT_FATAL(clerk_open(&c1, own_eps, &o) == CLERK_OK);
+    return c1;
+}
+
 #define MOVED_KEYS 4000
 
 /* Moves keys of cs/ from one end of the range to the other, one per
@@ -557,18 +587,7 @@ static double slices_on(size_t i)
  * (descending). */
 static void test_count_over_many_turns_is_of_one_state(void)
 {
-    for (int b = 0; b < MOVED_KEYS; b += 100) {
-        struct clerk_txn *t = clerk_txn_new();
-        for (int k = b; k < b + 100; k++) {
-            char key[16];
-            snprintf(key, sizeof key, "cs/0%04d", k);
-            clerk_txn_put(t, CLERK_TXN_THEN, key, strlen(key), "v", 1, 0);
-        }
-        struct clerk_txn_result *r = NULL;
-        CU_ASSERT_EQUAL_FATAL(clerk_txn_commit(ck, t, &r), CLERK_OK);
-        clerk_txn_result_free(r);
-        clerk_txn_free(t);
-    }
+    put_keys(ck, "cs/0", 4, MOVED_KEYS);
     int leader = h_find_leader(&dc, 10000);
     CU_ASSERT_FATAL(leader >= 0);
     double slices = slices_on((size_t)leader);
@@ -705,22 +724,9 @@ static void *grower_main(void *arg)
 static void test_count_over_many_turns_when_the_map_grows(void)
 {
     struct h_cluster gc;
-    CU_ASSERT_FATAL(h_cluster_start(&gc, 1, "--count-slice-keys 1") == 0);
     char geps[128];
-    h_endpoints(&gc, geps, sizeof geps);
-    struct clerk *c1 = NULL;
-    struct clerk_options o = {.deadline_ms = 10000};
-    CU_ASSERT_FATAL(clerk_open(&c1, geps, &o) == CLERK_OK);
-    for (int b = 0; b < 1000; b += 100) {
-        struct clerk_txn *t = clerk_txn_new();
-        for (int k = b; k < b + 100; k++) {
-            char key[16];
-            snprintf(key, sizeof key, "g/%04d", k);
-            clerk_txn_put(t, CLERK_TXN_THEN, key, strlen(key), "v", 1, 0);
-        }
-        CU_ASSERT_EQUAL_FATAL(clerk_txn_commit(c1, t, NULL), CLERK_OK);
-        clerk_txn_free(t);
-    }
+    struct clerk *c1 = one_key_slices(&gc, geps, sizeof geps);
+    put_keys(c1, "g/", 4, 1000);
     size_t grown = h_log_count(&gc, 0, "LMDB map grown");
     struct grower g = {.eps = geps};
     pthread_t th;
@@ -811,22 +817,10 @@ static void *saver_main(void *arg)
 static void test_many_counts_at_once_leave_readers(void)
 {
     struct h_cluster mc;
-    CU_ASSERT_FATAL(h_cluster_start(&mc, 1, "--count-slice-keys 1") == 0);
     char meps[128];
-    h_endpoints(&mc, meps, sizeof meps);
-    struct clerk *c1 = NULL;
+    struct clerk *c1 = one_key_slices(&mc, meps, sizeof meps);
+    put_keys(c1, "m/", 5, 10000);
     struct clerk_options o = {.deadline_ms = 20000};
-    CU_ASSERT_FATAL(clerk_open(&c1, meps, &o) == CLERK_OK);
-    for (int b = 0; b < 10000; b += 100) {
-        struct clerk_txn *t = clerk_txn_new();
-        for (int k = b; k < b + 100; k++) {
-            char key[16];
-            snprintf(key, sizeof key, "m/%05d", k);
-            clerk_txn_put(t, CLERK_TXN_THEN, key, strlen(key), "v", 1, 0);
-        }
-        CU_ASSERT_EQUAL_FATAL(clerk_txn_commit(c1, t, NULL), CLERK_OK);
-        clerk_txn_free(t);
-    }
     struct clerk_async *a = NULL;
     CU_ASSERT_FATAL(clerk_async_open_fd(&a, meps, &o) == CLERK_OK);
     static long long got[AT_ONCE];
