@@ -340,6 +340,17 @@ static const struct opt opts[] = {
          "holds for about a second. kvctl del deletes\n"
          "larger ranges in pieces. 0: no limit\n"
          "(default 10000)"),
+    UINT("max-lease-keys",
+         "N",
+         node.max_lease_keys,
+         0,
+         UINT64_MAX / 2,
+         "the leader refuses (TOO_MANY_KEYS) a put that\n"
+         "would give a lease more than N keys, and ends\n"
+         "expired leases in writes of about N keys:\n"
+         "ending a lease deletes all its keys in one\n"
+         "write, which holds every node for 2 to 4 us\n"
+         "a key. 0: no limit (default 100000)"),
     UINT("count-slice-keys",
          "N",
          node.count_slice_keys,
@@ -1435,6 +1446,7 @@ int kv_config_load(struct kv_config *cfg,
                 .history_revisions = 100000,
                 .history_bytes = 256u << 20,
                 .max_delete_keys = 10000,
+                .max_lease_keys = 100000,
                 .count_slice_keys = 20000,
             },
         .log_level = RPC_LOG_INFO,

@@ -472,6 +472,150 @@ static void test_lease_background_keepalive_follows_a_transfer(void)
     CU_ASSERT(h_cluster_destroy(&c) == 0);
 }
 
+/* A put attaching key @k to lease @id: the clerk error, quietly. */
+static int try_put_lease(struct clerk *ck, const char *k, uint64_t id)
+{
+    return clerk_put_lease(ck, k, strlen(k), "v", 1, id, 0, NULL);
+}
+
+/* A lease's number of keys, as its time-to-live answer lists them. */
+static size_t keys_of_lease(struct clerk *ck, uint64_t id)
+{
+    struct clerk_lease_ttl_result *tr = NULL;
+    size_t n = SIZE_MAX;
+    if (clerk_lease_timetolive(ck, id, true, &tr) == CLERK_OK) {
+        n = tr->n_keys;
+    }
+    clerk_lease_ttl_result_free(tr);
+    return n;
+}
+
+/* Ending a lease deletes all its keys in one write, which every node
+ * applies on its event loop: the leader refuses (TOO_MANY_KEYS) a put or
+ * a transaction that would give a lease more than --max-lease-keys keys.
+ * Keys attached already, moved away or deleted are counted right, and a
+ * new leader counts from its own state. */
+static void test_lease_keys_per_lease_are_bounded(void)
+{
+    struct h_cluster c;
+    CU_ASSERT_FATAL(h_cluster_start(&c, 3, "--max-lease-keys 20") == 0);
+    int leader = h_find_leader(&c, 10000);
+    CU_ASSERT_FATAL(leader >= 0);
+    struct clerk *ck = open_clerk(&c);
+    uint64_t a = 0, b = 0;
+    CU_ASSERT_EQUAL_FATAL(clerk_lease_grant(ck, 600, 0, &a, NULL), CLERK_OK);
+    CU_ASSERT_EQUAL_FATAL(clerk_lease_grant(ck, 600, 0, &b, NULL), CLERK_OK);
+    char k[32];
+    for (int i = 0; i < 20; i++) {
+        snprintf(k, sizeof k, "mlk/%02d", i);
+        CU_ASSERT_EQUAL(put_lease(ck, k, a), CLERK_OK);
+    }
+    CU_ASSERT_EQUAL(try_put_lease(ck, "mlk/20", a), CLERK_TOO_MANY_KEYS);
+    CU_ASSERT_PTR_NOT_NULL(strstr(clerk_errmsg(ck), "--max-lease-keys"));
+    printf("\n  refused: %s\n", clerk_errmsg(ck));
+    CU_ASSERT_FALSE(exists(ck, "mlk/20"));
+    /* A key attached to it already adds nothing. */
+    CU_ASSERT_EQUAL(try_put_lease(ck, "mlk/05", a), CLERK_OK);
+    /* A transaction that would attach two more writes nothing. */
+    struct clerk_txn *t = clerk_txn_new();
+    CU_ASSERT_FATAL(t != NULL);
+    clerk_txn_put_lease(t, CLERK_TXN_THEN, "mlk/20", 6, "v", 1, a, 0);
+    clerk_txn_put_lease(t, CLERK_TXN_THEN, "mlk/21", 6, "v", 1, a, 0);
+    CU_ASSERT_EQUAL(clerk_txn_commit(ck, t, NULL), CLERK_TOO_MANY_KEYS);
+    clerk_txn_free(t);
+    CU_ASSERT_FALSE(exists(ck, "mlk/20"));
+    CU_ASSERT_FALSE(exists(ck, "mlk/21"));
+    /* Moved to another lease, deleted: room for as many new keys. */
+    CU_ASSERT_EQUAL(try_put_lease(ck, "mlk/05", b), CLERK_OK);
+    CU_ASSERT_EQUAL(clerk_delete(ck, "mlk/00", 6), CLERK_OK);
+    CU_ASSERT_EQUAL(try_put_lease(ck, "mlk/20", a), CLERK_OK);
+    CU_ASSERT_EQUAL(try_put_lease(ck, "mlk/21", a), CLERK_OK);
+    CU_ASSERT_EQUAL(try_put_lease(ck, "mlk/22", a), CLERK_TOO_MANY_KEYS);
+    CU_ASSERT_EQUAL(keys_of_lease(ck, a), 20);
+    /* Other leases and keys without one are not held back. */
+    CU_ASSERT_EQUAL(try_put_lease(ck, "mlk/22", b), CLERK_OK);
+    CU_ASSERT_EQUAL(try_put_lease(ck, "mlk/23", 0), CLERK_OK);
+
+    /* A new leader counts the keys of its own state. */
+    h_node_kill(&c, (size_t)leader);
+    int next = -1;
+    uint64_t end = h_now_ms() + 10000;
+    while ((next < 0 || next == leader) && h_now_ms() < end) {
+        next = h_find_leader(&c, 1000);
+    }
+    CU_ASSERT_FATAL(next >= 0 && next != leader);
+    CU_ASSERT_EQUAL(try_put_lease(ck, "mlk/24", a), CLERK_TOO_MANY_KEYS);
+    CU_ASSERT_EQUAL(clerk_delete(ck, "mlk/01", 6), CLERK_OK);
+    CU_ASSERT_EQUAL(try_put_lease(ck, "mlk/24", a), CLERK_OK);
+    CU_ASSERT_EQUAL(try_put_lease(ck, "mlk/25", a), CLERK_TOO_MANY_KEYS);
+    /* Its revoke deletes what it has. */
+    uint64_t deleted = 0;
+    CU_ASSERT_EQUAL(clerk_lease_revoke(ck, a, NULL, &deleted), CLERK_OK);
+    CU_ASSERT_EQUAL(deleted, 20);
+    clerk_close(ck);
+    c.keep = CU_get_number_of_failures() > 0;
+    CU_ASSERT(h_cluster_destroy(&c) == 0);
+}
+
+/* Leases that expire together end in writes of about --max-lease-keys
+ * keys each (a lease whole in one), not all in one write. */
+static void test_lease_expiry_is_spread_over_bounded_writes(void)
+{
+    enum { LEASES = 6, KEYS = 12 };
+    struct h_cluster c;
+    CU_ASSERT_FATAL(h_cluster_start(&c, 3, "--max-lease-keys 20") == 0);
+    int leader = h_find_leader(&c, 10000);
+    CU_ASSERT_FATAL(leader >= 0);
+    struct clerk *ck = open_clerk(&c);
+    uint64_t ids[LEASES];
+    for (int l = 0; l < LEASES; l++) {
+        CU_ASSERT_EQUAL_FATAL(clerk_lease_grant(ck, 2, 0, &ids[l], NULL),
+                              CLERK_OK);
+        for (int i = 0; i < KEYS; i++) {
+            char k[32];
+            snprintf(k, sizeof k, "mle/%d/%02d", l, i);
+            CU_ASSERT_EQUAL(put_lease(ck, k, ids[l]), CLERK_OK);
+        }
+    }
+    uint64_t from = store_revision(ck) + 1;
+    /* A new leader gives every lease the same expiry (now + TTL + its
+     * extension): all six come due in one sweep. */
+    h_node_kill(&c, (size_t)leader);
+    for (int l = 0; l < LEASES; l++) {
+        char k[32];
+        snprintf(k, sizeof k, "mle/%d/00", l);
+        CU_ASSERT(wait_gone(ck, k, 20000) != 0);
+    }
+    struct clerk_events_result *r = NULL;
+    CU_ASSERT_EQUAL_FATAL(clerk_events(ck, from, NULL, 0, NULL, 0, 0, &r),
+                          CLERK_OK);
+    size_t deletes = 0, writes = 0, most = 0, in_write = 0;
+    uint64_t rev = 0;
+    for (size_t i = 0; i < r->n_events; i++) {
+        if (r->events[i].type != CLERK_EVENT_DELETE) {
+            continue;
+        }
+        deletes++;
+        if (r->events[i].kv.mod_revision != rev) {
+            rev = r->events[i].kv.mod_revision;
+            writes++;
+            in_write = 0;
+        }
+        if (++in_write > most) {
+            most = in_write;
+        }
+    }
+    clerk_events_result_free(r);
+    printf("\n  %zu keys deleted in %zu writes, at most %zu in one\n", deletes,
+           writes, most);
+    CU_ASSERT_EQUAL(deletes, LEASES * KEYS);
+    CU_ASSERT(most <= 20);
+    CU_ASSERT(writes >= LEASES);
+    clerk_close(ck);
+    c.keep = CU_get_number_of_failures() > 0;
+    CU_ASSERT(h_cluster_destroy(&c) == 0);
+}
+
 static int to_file(const void *data, size_t len, void *arg)
 {
     return fwrite(data, 1, len, arg) == len ? 0 : -1;
@@ -959,6 +1103,10 @@ int main(int argc, char **argv)
          test_lease_background_keepalive_tells_when_nothing_answers},
         {"test_lease_background_keepalive_follows_a_transfer",
          test_lease_background_keepalive_follows_a_transfer},
+        {"test_lease_keys_per_lease_are_bounded",
+         test_lease_keys_per_lease_are_bounded},
+        {"test_lease_expiry_is_spread_over_bounded_writes",
+         test_lease_expiry_is_spread_over_bounded_writes},
         {"test_lease_survives_restart_and_restore",
          test_lease_survives_restart_and_restore},
         {"test_lease_kvctl_commands", test_lease_kvctl_commands},

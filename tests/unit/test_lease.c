@@ -314,6 +314,108 @@ static void test_lease_put_elsewhere_or_delete_detaches(void)
     end();
 }
 
+/* A transaction of puts ("key=lease", in order); the outcome's error. */
+static int txn_puts(const char **keys, const uint64_t *leases, size_t n)
+{
+    Raftkv__PutRequest p[4];
+    Raftkv__RequestOp o[4];
+    Raftkv__RequestOp *ops[4];
+    CU_ASSERT_FATAL(n <= 4);
+    for (size_t i = 0; i < n; i++) {
+        p[i] = (Raftkv__PutRequest)RAFTKV__PUT_REQUEST__INIT;
+        p[i].key = bin(keys[i]);
+        p[i].value = bin("t");
+        p[i].lease = leases[i];
+        o[i] = (Raftkv__RequestOp)RAFTKV__REQUEST_OP__INIT;
+        o[i].request_case = RAFTKV__REQUEST_OP__REQUEST_REQUEST_PUT;
+        o[i].request_put = &p[i];
+        ops[i] = &o[i];
+    }
+    Raftkv__TxnArgs t = RAFTKV__TXN_ARGS__INIT;
+    t.success = ops;
+    t.n_success = n;
+    t.client_id.data = (uint8_t *)client;
+    t.client_id.len = 16;
+    t.request_id = ++next_request;
+    Raftkv__Command c = RAFTKV__COMMAND__INIT;
+    c.op_case = RAFTKV__COMMAND__OP_TXN;
+    c.txn = &t;
+    struct kv_outcome out;
+    apply(&c, &out);
+    int err = out.err;
+    kv_outcome_clear(&out);
+    return err;
+}
+
+/* kv_lease_count, which the leader's --max-lease-keys check reads from
+ * memory once a lease was counted, must stay the number of keys its index
+ * holds through every change: puts that attach, move or keep a key,
+ * deletes, revokes and expiries, and transactions that attach keys and
+ * then fail (their nested transaction is undone). Random operations on 4
+ * leases and 24 keys, the counts checked against the index after each. */
+static void test_lease_key_counts_follow_every_change(void)
+{
+    begin();
+    unsigned seed = cunit_seed();
+    enum { LEASES = 4, KEYS = 24, MISSING = 99 };
+    for (uint64_t id = 1; id <= LEASES; id++) {
+        CU_ASSERT_EQUAL(grant(id, 60), 0);
+    }
+    char names[KEYS][8];
+    for (int i = 0; i < KEYS; i++) {
+        snprintf(names[i], sizeof names[i], "k%02d", i);
+    }
+    int failed_txns = 0, mismatches = 0;
+    for (int step = 0; step < 1500 && !mismatches; step++) {
+        int what = rand_r(&seed) % 10;
+        uint64_t id = 1 + (uint64_t)(rand_r(&seed) % LEASES);
+        const char *k = names[rand_r(&seed) % KEYS];
+        if (what < 5) {
+            uint64_t lease = rand_r(&seed) % 5 ? id : 0;
+            CU_ASSERT_EQUAL(put_lease(k, "v", lease), 0);
+        } else if (what < 7) {
+            int err = del(k);
+            CU_ASSERT(err == 0 || err == RAFTKV__KV_ERROR__KV_NOT_FOUND);
+        } else if (what < 9) {
+            /* Attaches keys, then (often) fails on a missing lease. */
+            const char *ks[3] = {k, names[rand_r(&seed) % KEYS],
+                                 names[rand_r(&seed) % KEYS]};
+            uint64_t ls[3] = {id, 1 + (uint64_t)(rand_r(&seed) % LEASES),
+                              rand_r(&seed) % 2 ? MISSING : id};
+            int err = txn_puts(ks, ls, 3);
+            CU_ASSERT(err == 0 || err == RAFTKV__KV_ERROR__KV_LEASE_NOT_FOUND);
+            failed_txns += err != 0;
+        } else {
+            uint64_t rev, deleted;
+            CU_ASSERT_EQUAL(revoke(id, &rev, &deleted), 0);
+            CU_ASSERT_EQUAL(grant(id, 60), 0);
+        }
+        for (uint64_t l = 1; l <= LEASES; l++) {
+            struct kv_arena mem = {0};
+            ProtobufCBinaryData *keys;
+            size_t n;
+            uint64_t count = UINT64_MAX;
+            CU_ASSERT_EQUAL_FATAL(kv_lease_keys(&st, txn, l, &mem, &keys, &n),
+                                  0);
+            kv_arena_free(&mem);
+            CU_ASSERT_EQUAL_FATAL(kv_lease_count(&st, txn, l, &count), 0);
+            if (count != n) {
+                printf("\n  step %d: lease %llu counted %llu, has %zu keys\n",
+                       step, (unsigned long long)l, (unsigned long long)count,
+                       n);
+                mismatches++;
+            }
+        }
+    }
+    CU_ASSERT_EQUAL(mismatches, 0);
+    CU_ASSERT(failed_txns > 0);
+    /* A lease that does not exist has no keys. */
+    uint64_t none = UINT64_MAX;
+    CU_ASSERT_EQUAL(kv_lease_count(&st, txn, MISSING, &none), 0);
+    CU_ASSERT_EQUAL(none, 0);
+    end();
+}
+
 static void test_lease_put_to_a_missing_lease_changes_nothing(void)
 {
     begin();
@@ -576,6 +678,8 @@ int main(int argc, char **argv)
          test_lease_revoke_deletes_its_keys_at_one_revision},
         {"test_lease_put_elsewhere_or_delete_detaches",
          test_lease_put_elsewhere_or_delete_detaches},
+        {"test_lease_key_counts_follow_every_change",
+         test_lease_key_counts_follow_every_change},
         {"test_lease_put_to_a_missing_lease_changes_nothing",
          test_lease_put_to_a_missing_lease_changes_nothing},
         {"test_lease_grant_rules_and_retries",

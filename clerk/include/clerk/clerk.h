@@ -105,7 +105,11 @@ enum clerk_error {
                                 write (default 10000); nothing was applied.
                                 Delete the range in pieces: read its keys
                                 (CLERK_RANGE_KEYS_ONLY, a limit) and delete
-                                up to the last one read, as kvctl del does */
+                                up to the last one read, as kvctl del does.
+                                Also: a put (or a transaction's puts) would
+                                give a lease more keys than the leader's
+                                --max-lease-keys (default 100000); nothing
+                                was applied */
 };
 
 /* How reads are served. */

@@ -113,6 +113,10 @@ struct kv_node_config
     uint64_t history_bytes;      /* and to this many bytes (0: no cap) */
     uint64_t max_delete_keys;    /* the leader refuses deletes of more
                                     keys in one write (0: no limit) */
+    uint64_t max_lease_keys;     /* the leader refuses a put that gives a
+                                    lease more keys (0: no limit), and
+                                    expires at most about this many keys
+                                    in one write */
     uint64_t count_slice_keys;   /* a Range counts at most this many keys
                                     per loop turn (0: all at once) */
     int64_t lease_min_ttl_s;     /* shortest lease TTL, seconds: a grant

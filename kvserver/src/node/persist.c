@@ -126,6 +126,7 @@ static void state_abort(struct kv_node *n)
     n->applied = n->durable_applied;
     n->applied_term = n->durable_term;
     n->auth_gen++; /* auth changes applied since may be gone */
+    kv_lease_counts_forget(&n->store); /* and keys attached to leases */
 }
 
 MDB_txn *node_state_read(struct kv_node *n, int *rc)

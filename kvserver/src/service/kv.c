@@ -9,6 +9,7 @@
 
 #include <event2/event.h>
 
+#include "lease.h"
 #include "service.h"
 #include "txn.h"
 
@@ -238,6 +239,12 @@ static void propose_cmd(struct kv_services *s,
                         ProtobufCClosure closure,
                         void *data);
 
+static int lease_keys_allowed(struct kv_node *n,
+                              const Raftkv__PutAppendArgs *p,
+                              const Raftkv__TxnArgs *t,
+                              char *why,
+                              size_t why_size);
+
 static void propose(struct kv_services *s,
                     int op,
                     const Raftkv__Command *cmd,
@@ -279,6 +286,11 @@ static void propose(struct kv_services *s,
         reply_write(n, op, closure, data, RAFTKV__KV_ERROR__KV_BAD_REQUEST,
                     NULL, 0,
                     "a write needs a 16-byte client_id and a request_id > 0");
+        return;
+    }
+    if (op == RAFTKV__COMMAND__OP_PUT_APPEND &&
+        (err = lease_keys_allowed(n, cmd->put_append, NULL, msg, sizeof msg))) {
+        reply_write(n, op, closure, data, err, NULL, 0, msg);
         return;
     }
     propose_cmd(s, op, cmd, (key ? key->len : 0) + (value ? value->len : 0),
@@ -1125,6 +1137,117 @@ static int deletes_allowed(struct kv_node *n,
     return err;
 }
 
+/* ------------------------------------------------- keys per lease */
+
+/* A put that attaches a key to a lease. */
+struct lease_put
+{
+    uint64_t lease;
+    const ProtobufCBinaryData *key;
+};
+
+/* Gather a transaction's puts with a lease (both branches, nested). */
+static void txn_lease_puts(const Raftkv__TxnArgs *t,
+                           struct lease_put *puts,
+                           size_t *n)
+{
+    for (int b = 0; b < 2; b++) {
+        size_t k = b ? t->n_failure : t->n_success;
+        Raftkv__RequestOp **ops = b ? t->failure : t->success;
+        for (size_t i = 0; i < k; i++) {
+            const Raftkv__RequestOp *op = ops[i];
+            if (op->request_case == RAFTKV__REQUEST_OP__REQUEST_REQUEST_PUT &&
+                op->request_put->lease && *n < KV_MAX_TXN_OPS) {
+                puts[(*n)++] = (struct lease_put){op->request_put->lease,
+                                                  &op->request_put->key};
+            } else if (op->request_case ==
+                       RAFTKV__REQUEST_OP__REQUEST_REQUEST_TXN) {
+                txn_lease_puts(op->request_txn, puts, n);
+            }
+        }
+    }
+}
+
+/* Refuse a write that would give a lease more than --max-lease-keys keys
+ * (@p a put's args, or @t a transaction's): ending a lease deletes all
+ * its keys in one write, which every node applies on its event loop. The
+ * count is the applied state's, so writes in flight to the same lease
+ * may pass it by a few. Returns a KvError. */
+static int lease_keys_allowed(struct kv_node *n,
+                              const Raftkv__PutAppendArgs *p,
+                              const Raftkv__TxnArgs *t,
+                              char *why,
+                              size_t why_size)
+{
+    uint64_t limit = n->cfg.max_lease_keys;
+    struct lease_put puts[KV_MAX_TXN_OPS];
+    size_t n_puts = 0;
+    if (p && p->op == RAFTKV__PUT_OP__PUT_OP_PUT && p->lease) {
+        puts[n_puts++] = (struct lease_put){p->lease, &p->key};
+    } else if (t) {
+        txn_lease_puts(t, puts, &n_puts);
+    }
+    if (!limit || !n_puts) {
+        return 0;
+    }
+    int rc = 0, err = 0;
+    MDB_txn *txn = node_state_read(n, &rc);
+    if (!txn) {
+        snprintf(why, why_size, "cannot read the state: %s", mdb_strerror(rc));
+        return RAFTKV__KV_ERROR__KV_INTERNAL;
+    }
+    for (size_t i = 0; i < n_puts && !err; i++) {
+        uint64_t id = puts[i].lease, have = 0, most = 0, adds = 0;
+        bool seen = false;
+        for (size_t j = 0; j < i && !seen; j++) {
+            seen = puts[j].lease == id;
+        }
+        if (seen) {
+            continue; /* counted with the first put to it */
+        }
+        for (size_t j = i; j < n_puts; j++) {
+            most += puts[j].lease == id;
+        }
+        if (kv_lease_count(&n->store, txn, id, &have)) {
+            snprintf(why, why_size, "cannot count a lease's keys: %.300s",
+                     n->store.errmsg);
+            err = RAFTKV__KV_ERROR__KV_INTERNAL;
+            break;
+        }
+        if (have + most <= limit) {
+            continue;
+        }
+        /* Near the limit: keys attached to it already add nothing. */
+        for (size_t j = i; j < n_puts && !err; j++) {
+            struct kv_rec rec;
+            if (puts[j].lease != id) {
+                continue;
+            }
+            int r = kv_mvcc_get(&n->store, txn, puts[j].key->data,
+                                puts[j].key->len, &rec);
+            if (r == MDB_NOTFOUND || (r == 0 && rec.lease != id)) {
+                adds++;
+            } else if (r) {
+                snprintf(why, why_size, "cannot read a key: %.300s",
+                         n->store.errmsg);
+                err = RAFTKV__KV_ERROR__KV_INTERNAL;
+            }
+        }
+        if (!err && adds && have + adds > limit) {
+            snprintf(why, why_size,
+                     "lease %016llx has %llu keys, and one lease may have at "
+                     "most %llu (the leader's --max-lease-keys): ending a "
+                     "lease deletes its keys in one write; nothing was "
+                     "applied",
+                     (unsigned long long)id, (unsigned long long)have,
+                     (unsigned long long)limit);
+            err = RAFTKV__KV_ERROR__KV_TOO_MANY_KEYS;
+        }
+    }
+    node_state_done(n, txn);
+    return err;
+}
+
 static void handle_delete_range(Raftkv__KvService_Service *svc,
                                 const Raftkv__DeleteRangeArgs *a,
                                 Raftkv__DeleteRangeReply_Closure closure,
@@ -1245,6 +1368,9 @@ static void handle_txn(Raftkv__KvService_Service *svc,
     }
     if (!err) {
         err = deletes_allowed(n, NULL, a, why, sizeof why);
+    }
+    if (!err) {
+        err = lease_keys_allowed(n, NULL, a, why, sizeof why);
     }
     if (err) {
         reply_write(n, op, cl, data, err, NULL, 0, why);

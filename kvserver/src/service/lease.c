@@ -10,10 +10,10 @@
  * predecessor was told. Leases granted later get now + TTL, a keep-alive
  * resets its lease to now + TTL. On the sweep the leader proposes
  * LeaseCommand.expire for the leases past their expiry (one batch in
- * flight), only after a read barrier proved it still leads: a leader that
- * cannot prove it leads expires nothing. Keep-alives and time-to-live
- * queries are answered after such a barrier too, so a deposed leader never
- * tells a client its lease lives.
+ * flight, of about --max-lease-keys keys at most), only after a read barrier
+ * proved it still leads: a leader that cannot prove it leads expires nothing.
+ * Keep-alives and time-to-live queries are answered after such a barrier too,
+ * so a deposed leader never tells a client its lease lives.
  *
  * Keep-alives come as unary calls (LeaseKeepAlive) or on a stream
  * (LeaseKeepAliveStream): the client renews by sending a message on it,
@@ -620,13 +620,22 @@ static void propose_expiry(struct lease_clock *lc)
         }
     }
     /* Only those the state still has (the others ended already and must
-     * not be proposed again and again). */
+     * not be proposed again and again), and about --max-lease-keys keys
+     * in all (one lease at least): the rest go in the next write. */
+    uint64_t limit = n->cfg.max_lease_keys, keys = 0;
     for (size_t i = 0; i < due; i++) {
+        uint64_t c = 0;
         if (kv_lease_get(&n->store, txn, ids[i], NULL) == MDB_NOTFOUND) {
             table_remove(lc, ids[i]);
-        } else {
-            ids[k++] = ids[i];
+            continue;
         }
+        if (limit && kv_lease_count(&n->store, txn, ids[i], &c) == 0) {
+            if (k && keys + c > limit) {
+                continue; /* a later write; smaller ones may still fit */
+            }
+            keys += c;
+        }
+        ids[k++] = ids[i];
     }
     if (txn) {
         node_state_done(n, txn);
@@ -649,8 +658,8 @@ static void propose_expiry(struct lease_clock *lc)
     le->lc = lc;
     le->n = k;
     le->w.done = expire_done;
-    rpc_logf(RPC_LOG_DEBUG, "node %llu: %zu leases expire",
-             (unsigned long long)n->cfg.id, k);
+    rpc_logf(RPC_LOG_DEBUG, "node %llu: %zu leases expire (%llu keys)",
+             (unsigned long long)n->cfg.id, k, (unsigned long long)keys);
     node_propose(n, &cmd, &le->w); /* expire_done, in any case */
     free(ids);
 }

@@ -38,6 +38,92 @@ static void note(struct kv_store *st, uint64_t id)
     ln->ids[ln->n++] = id;
 }
 
+/* ------------------------------------------------ keys per lease */
+
+#define COUNTS_MAX 65536 /* leases counted before the table starts over */
+
+static size_t count_slot(const struct kv_lease_counts *lk, uint64_t id)
+{
+    uint64_t h = id * 0x9e3779b97f4a7c15ull;
+    return (size_t)(h >> 17) & (lk->cap - 1);
+}
+
+/* The slot holding @id's count, or NULL. */
+static uint64_t *count_of(struct kv_lease_counts *lk, uint64_t id)
+{
+    if (!lk->n) {
+        return NULL;
+    }
+    for (size_t i = count_slot(lk, id); lk->ids[i];
+         i = (i + 1) & (lk->cap - 1)) {
+        if (lk->ids[i] == id) {
+            return &lk->counts[i];
+        }
+    }
+    return NULL;
+}
+
+/* Hold @id's count (a hint: on failure it is simply not held). */
+static void count_hold(struct kv_store *st, uint64_t id, uint64_t count)
+{
+    struct kv_lease_counts *lk = &st->lease_counts;
+    if (lk->n >= COUNTS_MAX) {
+        kv_lease_counts_forget(st);
+    }
+    if ((lk->n + 1) * 2 > lk->cap) {
+        size_t cap = lk->cap ? lk->cap * 2 : 64;
+        uint64_t *ids = calloc(cap, sizeof *ids);
+        uint64_t *counts = malloc(cap * sizeof *counts);
+        if (!ids || !counts) {
+            free(ids);
+            free(counts);
+            return;
+        }
+        struct kv_lease_counts old = *lk;
+        *lk = (struct kv_lease_counts){ids, counts, cap, 0};
+        for (size_t i = 0; i < old.cap; i++) {
+            if (old.ids[i]) {
+                count_hold(st, old.ids[i], old.counts[i]);
+            }
+        }
+        free(old.ids);
+        free(old.counts);
+    }
+    size_t i = count_slot(lk, id);
+    while (lk->ids[i] && lk->ids[i] != id) {
+        i = (i + 1) & (lk->cap - 1);
+    }
+    lk->n += !lk->ids[i];
+    lk->ids[i] = id;
+    lk->counts[i] = count;
+}
+
+/* Drop @id's count (its lease ended): backward-shift deletion, so that
+ * every other id stays reachable from its home slot. */
+static void count_drop(struct kv_store *st, uint64_t id)
+{
+    struct kv_lease_counts *lk = &st->lease_counts;
+    uint64_t *c = count_of(lk, id);
+    if (!c) {
+        return;
+    }
+    size_t hole = (size_t)(c - lk->counts), mask = lk->cap - 1;
+    lk->ids[hole] = 0;
+    lk->n--;
+    for (size_t j = (hole + 1) & mask; lk->ids[j]; j = (j + 1) & mask) {
+        size_t home = count_slot(lk, lk->ids[j]);
+        /* Move j into the hole unless its home lies in (hole, j]. */
+        bool stays =
+            hole <= j ? home > hole && home <= j : home > hole || home <= j;
+        if (!stays) {
+            lk->ids[hole] = lk->ids[j];
+            lk->counts[hole] = lk->counts[j];
+            lk->ids[j] = 0;
+            hole = j;
+        }
+    }
+}
+
 bool kv_lease_key_fits(struct kv_store *st, size_t key_len)
 {
     return key_len + INDEX_KEY_SPACE <= (size_t)mdb_env_get_maxkeysize(st->env);
@@ -95,8 +181,18 @@ int kv_lease_attach(struct kv_store *st,
                  st->dir, key_len);
         return KV_STORE_EIO; /* kv_change_put checked it before */
     }
-    int rc = mdb_put(txn, st->lease_keys, &k, &empty, 0);
-    return rc ? kv_store_fail(st, rc, "attach a key to its lease") : 0;
+    int rc = mdb_put(txn, st->lease_keys, &k, &empty, MDB_NOOVERWRITE);
+    if (rc == MDB_KEYEXIST) {
+        return 0; /* attached already (an index out of step) */
+    }
+    if (rc) {
+        return kv_store_fail(st, rc, "attach a key to its lease");
+    }
+    uint64_t *c = count_of(&st->lease_counts, id);
+    if (c) {
+        ++*c;
+    }
+    return 0;
 }
 
 int kv_lease_detach(struct kv_store *st,
@@ -111,8 +207,15 @@ int kv_lease_detach(struct kv_store *st,
         return 0; /* never attached */
     }
     int rc = mdb_del(txn, st->lease_keys, &k, NULL);
-    if (rc && rc != MDB_NOTFOUND) {
+    if (rc == MDB_NOTFOUND) {
+        return 0;
+    }
+    if (rc) {
         return kv_store_fail(st, rc, "detach a key from its lease");
+    }
+    uint64_t *c = count_of(&st->lease_counts, id);
+    if (c && *c) {
+        --*c;
     }
     return 0;
 }
@@ -215,6 +318,36 @@ int kv_lease_keys(struct kv_store *st,
     return rc == MDB_NOTFOUND ? 0 : kv_store_fail(st, rc, "read lease index");
 }
 
+int kv_lease_count(struct kv_store *st,
+                   MDB_txn *txn,
+                   uint64_t id,
+                   uint64_t *count)
+{
+    uint64_t *c = count_of(&st->lease_counts, id);
+    if (c) {
+        *count = *c;
+        return 0;
+    }
+    MDB_cursor *cur;
+    int rc = mdb_cursor_open(txn, st->lease_keys, &cur);
+    if (rc) {
+        return kv_store_fail(st, rc, "open lease index cursor");
+    }
+    bool started = false;
+    MDB_val k;
+    uint64_t n = 0;
+    while ((rc = index_next(cur, id, &started, &k)) == 0) {
+        n++;
+    }
+    mdb_cursor_close(cur);
+    if (rc != MDB_NOTFOUND) {
+        return kv_store_fail(st, rc, "count a lease's keys");
+    }
+    count_hold(st, id, n);
+    *count = n;
+    return 0;
+}
+
 /* End one lease inside change @c: delete its keys (their delete events
  * are at the change's revision) and the lease. */
 static int end_lease(struct kv_change *c, uint64_t id, uint64_t *deleted)
@@ -254,6 +387,7 @@ static int end_lease(struct kv_change *c, uint64_t id, uint64_t *deleted)
     if (rc && rc != MDB_NOTFOUND) {
         return kv_store_fail(st, rc, "delete a lease");
     }
+    count_drop(st, id);
     note(st, id);
     return 0;
 }

@@ -60,6 +60,19 @@ int kv_lease_detach(struct kv_store *st,
                     size_t key_len);
 
 /**
+ * How many keys are attached to lease @id (0 for a lease that does not
+ * exist). @txn must show the state as applied (the node's open state
+ * transaction, or a read of its last commit when none is open): the first
+ * call for a lease counts its index entries, later ones answer from
+ * memory, which every attach and detach keeps in step.
+ * @return 0 or a store error
+ */
+int kv_lease_count(struct kv_store *st,
+                   MDB_txn *txn,
+                   uint64_t id,
+                   uint64_t *count);
+
+/**
  * Call @fn for every lease, in id order, until it returns non-zero.
  * @return 0, what @fn returned, or a store error
  */

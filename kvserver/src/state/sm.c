@@ -450,6 +450,7 @@ static int nested(struct sm_ctx *x,
     }
     if (rv || *err) {
         mdb_txn_abort(child);
+        kv_lease_counts_forget(x->st); /* it may have attached keys */
         *revision = c.revs.revision;
         return rv;
     }

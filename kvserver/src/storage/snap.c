@@ -512,6 +512,7 @@ int snap_install(struct kv_store *st,
                        st->auth,   st->history,   st->kvmeta,
                        st->leases, st->lease_keys};
     st->lease_news.all = true; /* the leases change with the state */
+    kv_lease_counts_forget(st);
     for (size_t i = 0; i < sizeof clear / sizeof clear[0]; i++) {
         rc = mdb_drop(txn, clear[i], 0);
         if (rc) {

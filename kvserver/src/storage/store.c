@@ -205,6 +205,15 @@ err_env_msg:
     return KV_STORE_EIO;
 }
 
+void kv_lease_counts_forget(struct kv_store *st)
+{
+    struct kv_lease_counts *lk = &st->lease_counts;
+    if (lk->n) {
+        memset(lk->ids, 0, lk->cap * sizeof *lk->ids);
+        lk->n = 0;
+    }
+}
+
 void kv_store_close(struct kv_store *st)
 {
     if (st->env) {
@@ -213,6 +222,9 @@ void kv_store_close(struct kv_store *st)
     }
     free(st->lease_news.ids);
     memset(&st->lease_news, 0, sizeof st->lease_news);
+    free(st->lease_counts.ids);
+    free(st->lease_counts.counts);
+    memset(&st->lease_counts, 0, sizeof st->lease_counts);
 }
 
 int kv_store_put_meta(struct kv_store *st,

@@ -36,6 +36,17 @@ struct kv_lease_news
     uint64_t expired; /* leases ended by expiry since the store opened */
 };
 
+/* How many keys some leases have (state/lease.c): each counted from
+ * lease_keys the first time it is asked for, then kept in step by every
+ * attach and detach the applied state makes. In memory only, and
+ * forgotten whenever applied changes may have been undone. */
+struct kv_lease_counts
+{
+    uint64_t *ids;    /* open addressing, linear probing; 0: free */
+    uint64_t *counts; /* keys attached to ids[i] */
+    size_t cap, n;    /* slots (a power of two or 0), leases held */
+};
+
 /* Errors of the store (and of the state machine built on it). */
 enum kv_store_error {
     KV_STORE_OK = 0,
@@ -63,7 +74,8 @@ struct kv_store
                             compaction (mvcc.c); in snapshots, unlike meta */
     MDB_dbi leases;      /* lease id -> its grant (lease.c) */
     MDB_dbi lease_keys;  /* lease id|key -> (empty): a lease's keys */
-    struct kv_lease_news lease_news; /* leases changed (in memory) */
+    struct kv_lease_news lease_news;     /* leases changed (in memory) */
+    struct kv_lease_counts lease_counts; /* keys per lease (in memory) */
     uint64_t format;   /* KV_STORE_FORMAT, or an older one that opened
                           to be upgraded (KV_STORE_FORMAT_OLD or 4) */
     size_t map_size;   /* current map size in bytes */
@@ -101,6 +113,13 @@ int kv_store_set_format(struct kv_store *st, MDB_txn *txn);
  * Close the environment.
  */
 void kv_store_close(struct kv_store *st);
+
+/**
+ * Forget every count of keys per lease (state/lease.c, kv_lease_count):
+ * call it whenever applied changes are undone (an aborted state or nested
+ * transaction) or the state is replaced.
+ */
+void kv_lease_counts_forget(struct kv_store *st);
 
 /**
  * Check that the store belongs to this node (and cluster, when both are
