@@ -139,7 +139,8 @@ const char *clerk_strerror(int err)
                    "write may or may not have been applied";
         case CLERK_TOO_MANY_KEYS:
             return "the write would delete more keys than the leader allows "
-                   "in one write; nothing was applied";
+                   "in one write, or give a lease more keys than it allows; "
+                   "nothing was applied";
         default:
             return "internal error";
     }

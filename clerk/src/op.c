@@ -689,9 +689,16 @@ static void op_step(struct ck_op *op)
     if (now >= op->deadline) {
         char why[300];
         seen_summary(op, why, sizeof why);
-        snprintf(op->errmsg, sizeof op->errmsg,
-                 "no leader answered within %u ms: %.250s (last: %.200s)",
-                 op->deadline_ms, why, op->last);
+        if (op->failed[0] && strcmp(op->failed, op->last) != 0) {
+            snprintf(op->errmsg, sizeof op->errmsg,
+                     "no leader answered within %u ms: %.120s (last: %.150s; "
+                     "a leader failed it: %.160s)",
+                     op->deadline_ms, why, op->last, op->failed);
+        } else {
+            snprintf(op->errmsg, sizeof op->errmsg,
+                     "no leader answered within %u ms: %.250s (last: %.200s)",
+                     op->deadline_ms, why, op->last);
+        }
         /* Not served by a leader, read or write alike (quorum lost, no
          * leader known): UNAVAILABLE. Else a read timed out; a write's
          * outcome is unknown. */
@@ -891,9 +898,26 @@ static void op_answered(struct ck_op *op)
                 snprintf(op->last, sizeof op->last, "%.150s: %.240s",
                          c->servers[i].addr, a->message);
                 break;
+            case RAFTKV__KV_ERROR__KV_INTERNAL:
+                if (!op->write) {
+                    /* A read changed nothing, and the server's failure is
+                     * its answer: said now, not hidden behind the
+                     * redirects of other servers until the deadline. */
+                    snprintf(op->errmsg, sizeof op->errmsg, "%.150s: %.240s",
+                             c->servers[i].addr,
+                             a->message[0] ? a->message : "internal error");
+                    op_finish(op, CLERK_INTERNAL);
+                    return;
+                }
+                /* A write: the leader may have failed after proposing
+                 * it; tried again (its session keeps it to one apply),
+                 * and the failure kept for the message at the deadline. */
+                snprintf(op->failed, sizeof op->failed, "%.150s: %.240s",
+                         c->servers[i].addr,
+                         a->message[0] ? a->message : "internal error");
+                /* fall through */
             case RAFTKV__KV_ERROR__KV_UNAVAILABLE:
             case RAFTKV__KV_ERROR__KV_SHUTTING_DOWN:
-            case RAFTKV__KV_ERROR__KV_INTERNAL:
                 /* The leader may have stopped after proposing it. */
                 if (a->err != RAFTKV__KV_ERROR__KV_UNAVAILABLE) {
                     note_maybe_started(op);

@@ -118,6 +118,7 @@ struct ck_op
     uint64_t hedge_sent_us;               /* at that time */
     struct answer a;                      /* the last answer */
     char last[400];                       /* the last failure */
+    char failed[400];                     /* a leader's INTERNAL answer */
     uint8_t seen[CK_MAX_SERVERS];         /* what each server last did
                                              (CK_SEEN_*) */
     size_t refused_run;                   /* tries in a row on which no

@@ -67,7 +67,9 @@ enum clerk_error {
                                 (clerk_errmsg says which) */
     CLERK_INVALID,           /* bad argument (NULL pointer, bad server list) */
     CLERK_NOMEM,             /* out of memory */
-    CLERK_INTERNAL,          /* unexpected answer from the cluster */
+    CLERK_INTERNAL,          /* unexpected answer from the cluster, or a
+                                server failed a read itself (its message
+                                in clerk_errmsg) */
     CLERK_DISABLED,          /* the server does not allow the operation (fault
                                 injection without --enable-fault-injection) */
     CLERK_SESSION_EXPIRED,   /* write: the cluster forgot this handle's session

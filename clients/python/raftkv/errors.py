@@ -150,8 +150,9 @@ class Closed(Error):
 
 class TooManyKeys(Error):
     """A delete of a range would delete more keys than the leader allows in
-    one write (its --max-delete-keys); nothing was applied. Delete the range
-    in pieces."""
+    one write (its --max-delete-keys): delete the range in pieces. Or a put
+    would give a lease more keys than the leader allows (its
+    --max-lease-keys): use another lease. Nothing was applied."""
     number = _lib.CLERK_TOO_MANY_KEYS
 
 
