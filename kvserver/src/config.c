@@ -328,6 +328,16 @@ static const struct opt opts[] = {
           node.history_bytes,
           "and to at most N bytes (256MiB: K, M, G, T\n"
           "are binary units; 0: no cap; default 256MiB)"),
+    UINT("compact-step-records",
+         "N",
+         node.compact_step_records,
+         0,
+         UINT64_MAX / 2,
+         "the leader compacts the history (kvctl compact,\n"
+         "and its own) in log entries that drop about N\n"
+         "events (and 64 MiB) at most, one after the\n"
+         "other: every node drops them on its event loop.\n"
+         "0: in one entry (default 100000)"),
     UINT("max-delete-keys",
          "N",
          node.max_delete_keys,
@@ -1446,6 +1456,7 @@ int kv_config_load(struct kv_config *cfg,
                 .history_revisions = 100000,
                 .history_bytes = 256u << 20,
                 .max_delete_keys = 10000,
+                .compact_step_records = 100000,
                 .max_lease_keys = 100000,
                 .count_slice_keys = 20000,
             },

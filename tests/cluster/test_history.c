@@ -121,6 +121,101 @@ static void test_history_leader_compacts_past_history_revisions(void)
     CU_ASSERT(h_cluster_destroy(&c) == 0);
 }
 
+/* The leader's commit index (0 when no leader answers). */
+static uint64_t leader_commit(struct clerk *ck)
+{
+    struct clerk_node_status *st = NULL;
+    size_t n = 0;
+    uint64_t commit = 0;
+    if (clerk_status(ck, &st, &n) == CLERK_OK) {
+        for (size_t i = 0; i < n; i++) {
+            if (strcmp(st[i].role, "leader") == 0) {
+                commit = st[i].commit_index;
+            }
+        }
+    }
+    clerk_free(st);
+    return commit;
+}
+
+/* Every node drops compacted history on its event loop: a compaction of
+ * more events than --compact-step-records goes through the log in
+ * entries of about that many, kvctl compact's (answered once all are
+ * applied) and the leader's own alike. */
+static void test_history_compaction_goes_in_steps(void)
+{
+    struct h_cluster c;
+    CU_ASSERT_FATAL(h_cluster_start(&c, 3, "--compact-step-records 20") == 0);
+    CU_ASSERT_FATAL(h_find_leader(&c, 10000) >= 0);
+    struct clerk *ck = open_on(&c, 7, false, NULL, NULL);
+    put_n(ck, "s", 200, 10);
+    put_n(ck, "s", 100, 12); /* the first 100 again: older versions */
+    int err;
+    struct clerk_events_result *r = history(ck, &err);
+    CU_ASSERT_FATAL(err == CLERK_OK && r);
+    uint64_t rev = r->revision;
+    CU_ASSERT(r->n_events >= 300);
+    clerk_events_result_free(r);
+    uint64_t before = leader_commit(ck);
+    uint64_t compact = 0;
+    CU_ASSERT_EQUAL(clerk_compact(ck, rev, &compact), CLERK_OK);
+    CU_ASSERT_EQUAL(compact, rev);
+    uint64_t entries = leader_commit(ck) - before;
+    printf("\n  300 events compacted in %llu log entries\n",
+           (unsigned long long)entries);
+    CU_ASSERT(entries >= 300 / 20 - 1);
+    CU_ASSERT(wait_compacted(&c, rev));
+    /* Every key keeps its last value; the history before is gone. */
+    struct clerk_range_result *rr;
+    CU_ASSERT_EQUAL_FATAL(clerk_range(ck, "s", 1, "t", 1, 0, 0, &rr), CLERK_OK);
+    CU_ASSERT_EQUAL(rr->count, 200);
+    CU_ASSERT(rr->n_kvs == 200 && rr->kvs[0].value_len == 12 &&
+              rr->kvs[199].value_len == 10);
+    clerk_range_result_free(rr);
+    r = NULL;
+    CU_ASSERT_EQUAL(clerk_events(ck, 2, NULL, 0, NULL, 0, 0, &r),
+                    CLERK_COMPACTED);
+    clerk_events_result_free(r);
+    /* Once more: compacted already. */
+    CU_ASSERT_EQUAL(clerk_compact(ck, rev, NULL), CLERK_COMPACTED);
+    clerk_close(ck);
+    c.keep = CU_get_number_of_failures() > 0;
+    CU_ASSERT(h_cluster_destroy(&c) == 0);
+
+    /* The leader's own compaction: revisions of 8 events each, at most 5
+     * a step, so one revision per entry. */
+    CU_ASSERT_FATAL(h_cluster_start(&c, 3,
+                                    "--compact-step-records 5 "
+                                    "--history-revisions 10") == 0);
+    CU_ASSERT_FATAL(h_find_leader(&c, 10000) >= 0);
+    ck = open_on(&c, 7, false, NULL, NULL);
+    before = leader_commit(ck);
+    for (int t = 0; t < 40; t++) {
+        struct clerk_txn *tx = clerk_txn_new();
+        CU_ASSERT_FATAL(tx != NULL);
+        for (int i = 0; i < 8; i++) {
+            char k[32];
+            snprintf(k, sizeof k, "a%02d/%d", t, i);
+            clerk_txn_put(tx, CLERK_TXN_THEN, k, strlen(k), "v", 1, 0);
+        }
+        CU_ASSERT_EQUAL(clerk_txn_commit(ck, tx, NULL), CLERK_OK);
+        clerk_txn_free(tx);
+    }
+    r = history(ck, &err);
+    CU_ASSERT_FATAL(err == CLERK_OK && r);
+    rev = r->revision;
+    clerk_events_result_free(r);
+    CU_ASSERT(wait_compacted(&c, rev - 10));
+    entries = leader_commit(ck) - before;
+    printf("  40 transactions and their compaction: %llu log entries\n",
+           (unsigned long long)entries);
+    /* The 40 writes (and a session), and about 30 compactions. */
+    CU_ASSERT(entries >= 40 + 25);
+    clerk_close(ck);
+    c.keep = CU_get_number_of_failures() > 0;
+    CU_ASSERT(h_cluster_destroy(&c) == 0);
+}
+
 static void test_history_leader_compacts_past_history_bytes(void)
 {
     struct h_cluster c;
@@ -318,6 +413,8 @@ int main(int argc, char **argv)
     static CU_TestInfo tests[] = {
         {"test_history_leader_compacts_past_history_revisions",
          test_history_leader_compacts_past_history_revisions},
+        {"test_history_compaction_goes_in_steps",
+         test_history_compaction_goes_in_steps},
         {"test_history_leader_compacts_past_history_bytes",
          test_history_leader_compacts_past_history_bytes},
         {"test_history_survives_kill_and_travels_in_snapshots",

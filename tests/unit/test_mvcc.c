@@ -705,6 +705,64 @@ static void compact_to(uint64_t rev)
     kv_outcome_clear(&o);
 }
 
+/* kv_mvcc_compact_step (the leader's compaction in entries of bounded
+ * work): whole revisions, about max_records events or max_bytes at most,
+ * the first revision whole whatever it holds. */
+static void test_mvcc_compact_steps_are_whole_revisions(void)
+{
+    begin();
+    uint64_t r0 = revision();
+    CU_ASSERT_EQUAL(put("a", "1"), 0); /* r0+1: 1 event */
+    CU_ASSERT_EQUAL(put("b", "1"), 0); /* r0+2: 1 event */
+    Raftkv__TxnArgs *t = txn_new();
+    op_put(t, true, "c", "1");
+    op_put(t, true, "d", "1");
+    op_put(t, true, "e", "1");
+    struct kv_outcome o;
+    raftkv__txn_reply__free_unpacked(run_txn(t, 0, &o), NULL); /* r0+3: 3 */
+    kv_outcome_clear(&o);
+    CU_ASSERT_EQUAL(put("a", "2"), 0); /* r0+4: 1 event */
+    uint64_t top = revision(), step = 0;
+    CU_ASSERT_EQUAL(top, r0 + 4);
+    struct
+    {
+        uint64_t records, bytes, want;
+    } cases[] = {
+        {0, 0, top},        /* no cap */
+        {100, 0, top},      /* all of it fits */
+        {1, 0, r0 + 1},     /* one event a step */
+        {2, 0, r0 + 2},     /* two, whole revisions */
+        {3, 0, r0 + 3},     /* the third revision passes it: whole */
+        {0, 1, r0 + 1},     /* one byte: one revision */
+        {0, 1u << 20, top}, /* bytes enough */
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        CU_ASSERT_EQUAL(kv_mvcc_compact_step(&st, txn, top, cases[i].records,
+                                             cases[i].bytes, &step),
+                        0);
+        if (step != cases[i].want) {
+            printf("\n  case %zu: step %llu, want %llu\n", i,
+                   (unsigned long long)step, (unsigned long long)cases[i].want);
+        }
+        CU_ASSERT_EQUAL(step, cases[i].want);
+    }
+    /* Short of the top: never past the revision asked for. */
+    CU_ASSERT_EQUAL(kv_mvcc_compact_step(&st, txn, r0 + 2, 100, 0, &step), 0);
+    CU_ASSERT_EQUAL(step, r0 + 2);
+    /* After a compaction the walk starts at what is left: the 3-event
+     * revision goes whole in a step of 1. */
+    compact_to(r0 + 2);
+    CU_ASSERT_EQUAL(kv_mvcc_compact_step(&st, txn, top, 1, 0, &step), 0);
+    CU_ASSERT_EQUAL(step, r0 + 3);
+    /* Compacted already, or past the store: the revision itself, for the
+     * entry to say so. */
+    CU_ASSERT_EQUAL(kv_mvcc_compact_step(&st, txn, r0 + 1, 1, 0, &step), 0);
+    CU_ASSERT_EQUAL(step, r0 + 1);
+    CU_ASSERT_EQUAL(kv_mvcc_compact_step(&st, txn, top + 9, 100, 0, &step), 0);
+    CU_ASSERT_EQUAL(step, top + 9);
+    end();
+}
+
 static void test_mvcc_events_carry_the_previous_version(void)
 {
     begin();
@@ -1288,6 +1346,8 @@ int main(int argc, char **argv)
          test_mvcc_retried_txn_returns_its_recorded_reply},
         {"test_mvcc_delete_range_and_history",
          test_mvcc_delete_range_and_history},
+        {"test_mvcc_compact_steps_are_whole_revisions",
+         test_mvcc_compact_steps_are_whole_revisions},
         {"test_mvcc_events_carry_the_previous_version",
          test_mvcc_events_carry_the_previous_version},
         {"test_mvcc_snapshot_carries_revisions_and_history",

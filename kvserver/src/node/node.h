@@ -83,50 +83,53 @@ struct kv_node_config
     const char *data_dir;               /* LMDB environment directory */
     unsigned heartbeat_ms;              /* Raft heartbeat interval */
     unsigned election_ms;               /* Raft election timeout base */
-    unsigned request_timeout_ms; /* a write not applied by then: TIMEOUT */
-    uint64_t snapshot_entries;   /* compact when the log holds more */
-    uint64_t snapshot_trailing;  /* entries kept behind a compaction */
-    size_t max_sessions;         /* bound of the session table */
-    size_t map_size;             /* initial LMDB map size */
-    uint64_t seed;               /* randomness for the Raft core */
-    unsigned state_commit_ms;    /* applied state committed this often */
-    uint64_t wal_segment_bytes;  /* log segment rollover size */
-    const char *metrics_addr;    /* HOST:PORT for /metrics (NULL: none) */
-    bool fault_injection;        /* AdminService.Fault allowed */
-    unsigned max_connections;    /* client connections at once (0: any) */
-    unsigned max_per_source;     /* of them from one address (0: any) */
-    unsigned max_inflight_conn;  /* calls in flight on one client
-                                    connection: more are shed */
-    unsigned max_inflight;       /* on all client connections together */
-    unsigned slow_request_ms;    /* log calls slower than this (0: never) */
-    unsigned frame_timeout_ms;   /* a frame (or unread replies) stuck this
-                                    long closes the connection (0: never) */
-    unsigned idle_timeout_ms;    /* idle client connections closed after
-                                    this long (0: never) */
-    size_t max_output;           /* unread reply bytes per connection */
-    size_t max_buffered;         /* all client connections' buffers */
-    uint64_t auth_token_ttl_s;   /* auth tokens valid this long (0: 300) */
-    uint64_t quota_bytes;        /* the leader refuses writes that would
-                                    grow the state past it (0: none) */
-    uint64_t history_revisions;  /* the leader compacts the history down to
-                                    this many revisions */
-    uint64_t history_bytes;      /* and to this many bytes (0: no cap) */
-    uint64_t max_delete_keys;    /* the leader refuses deletes of more
-                                    keys in one write (0: no limit) */
-    uint64_t max_lease_keys;     /* the leader refuses a put that gives a
-                                    lease more keys (0: no limit), and
-                                    expires at most about this many keys
-                                    in one write */
-    uint64_t count_slice_keys;   /* a Range counts at most this many keys
-                                    per loop turn (0: all at once) */
-    int64_t lease_min_ttl_s;     /* shortest lease TTL, seconds: a grant
-                                    asking less gets this */
-    bool force_new_cluster;      /* start a cluster of this node alone
-                                    from its data (disaster recovery) */
-    bool join;                   /* not in the bootstrap configuration: it
-                                    joins a running cluster (--join) and
-                                    learns the configuration from its
-                                    leader; --cluster gives only addresses */
+    unsigned request_timeout_ms;   /* a write not applied by then: TIMEOUT */
+    uint64_t snapshot_entries;     /* compact when the log holds more */
+    uint64_t snapshot_trailing;    /* entries kept behind a compaction */
+    size_t max_sessions;           /* bound of the session table */
+    size_t map_size;               /* initial LMDB map size */
+    uint64_t seed;                 /* randomness for the Raft core */
+    unsigned state_commit_ms;      /* applied state committed this often */
+    uint64_t wal_segment_bytes;    /* log segment rollover size */
+    const char *metrics_addr;      /* HOST:PORT for /metrics (NULL: none) */
+    bool fault_injection;          /* AdminService.Fault allowed */
+    unsigned max_connections;      /* client connections at once (0: any) */
+    unsigned max_per_source;       /* of them from one address (0: any) */
+    unsigned max_inflight_conn;    /* calls in flight on one client
+                                      connection: more are shed */
+    unsigned max_inflight;         /* on all client connections together */
+    unsigned slow_request_ms;      /* log calls slower than this (0: never) */
+    unsigned frame_timeout_ms;     /* a frame (or unread replies) stuck this
+                                      long closes the connection (0: never) */
+    unsigned idle_timeout_ms;      /* idle client connections closed after
+                                      this long (0: never) */
+    size_t max_output;             /* unread reply bytes per connection */
+    size_t max_buffered;           /* all client connections' buffers */
+    uint64_t auth_token_ttl_s;     /* auth tokens valid this long (0: 300) */
+    uint64_t quota_bytes;          /* the leader refuses writes that would
+                                      grow the state past it (0: none) */
+    uint64_t history_revisions;    /* the leader compacts the history down to
+                                      this many revisions */
+    uint64_t history_bytes;        /* and to this many bytes (0: no cap) */
+    uint64_t max_delete_keys;      /* the leader refuses deletes of more
+                                      keys in one write (0: no limit) */
+    uint64_t compact_step_records; /* the leader compacts the history in
+                                      entries of about this many events
+                                      (0: any number in one) */
+    uint64_t max_lease_keys;       /* the leader refuses a put that gives a
+                                      lease more keys (0: no limit), and
+                                      expires at most about this many keys
+                                      in one write */
+    uint64_t count_slice_keys;     /* a Range counts at most this many keys
+                                      per loop turn (0: all at once) */
+    int64_t lease_min_ttl_s;       /* shortest lease TTL, seconds: a grant
+                                      asking less gets this */
+    bool force_new_cluster;        /* start a cluster of this node alone
+                                      from its data (disaster recovery) */
+    bool join;                     /* not in the bootstrap configuration: it
+                                      joins a running cluster (--join) and
+                                      learns the configuration from its
+                                      leader; --cluster gives only addresses */
 };
 
 /* Another node, as seen from this one. */

@@ -1382,6 +1382,73 @@ static void handle_txn(Raftkv__KvService_Service *svc,
     propose_cmd(s, op, &cmd, cost, cl, data);
 }
 
+/* ------------------------------------------------ compaction in steps */
+
+#define COMPACT_STEP_BYTES (64u << 20) /* history one entry drops at most */
+
+/* How far one entry should compact towards @rev (kv_mvcc_compact_step,
+ * within the node's --compact-step-records). */
+static int compact_step(struct kv_node *n, uint64_t rev, uint64_t *step)
+{
+    *step = rev;
+    MDB_txn *txn = node_state_read(n, NULL);
+    if (!txn) {
+        return -1;
+    }
+    int rv = kv_mvcc_compact_step(
+        &n->store, txn, rev, n->cfg.compact_step_records,
+        n->cfg.compact_step_records ? COMPACT_STEP_BYTES : 0, step);
+    node_state_done(n, txn);
+    return rv;
+}
+
+static void propose_compact(struct kv_node *n,
+                            uint64_t rev,
+                            struct node_write_waiter *w)
+{
+    Raftkv__CompactArgs ca = RAFTKV__COMPACT_ARGS__INIT;
+    ca.revision = rev;
+    Raftkv__Command cmd = RAFTKV__COMMAND__INIT;
+    cmd.op_case = RAFTKV__COMMAND__OP_COMPACT;
+    cmd.compact = &ca;
+    node_propose(n, &cmd, w); /* w->done, in any case */
+}
+
+/* A client's compaction that goes through the log in steps. */
+struct compact_steps
+{
+    struct node_write_waiter w; /* the node's part */
+    struct kv_services *s;
+    uint64_t target;          /* the revision the client asked for */
+    ProtobufCClosure closure; /* completes the client's call */
+    void *data;               /* its argument */
+};
+
+/* A step was applied (or failed): the next one, or the answer. */
+static void compact_step_done(struct kv_node *n,
+                              struct node_write_waiter *w,
+                              int err,
+                              const struct kv_outcome *o,
+                              uint64_t leader,
+                              const char *msg)
+{
+    struct compact_steps *cs = (struct compact_steps *)w;
+    uint64_t step = cs->target;
+    /* COMPACTED: another compaction passed this step (a retry of the
+     * same call, the automatic one): go on from where it stopped. */
+    if ((!err || err == RAFTKV__KV_ERROR__KV_COMPACTED) && o &&
+        o->compact < cs->target && raft_role(n->raft) == RAFT_LEADER &&
+        compact_step(n, cs->target, &step) == 0) {
+        /* The store's history is past the step now: the next one. */
+        cs->w = (struct node_write_waiter){.done = compact_step_done};
+        propose_compact(n, step, &cs->w);
+        return;
+    }
+    reply_write(n, RAFTKV__COMMAND__OP_COMPACT, cs->closure, cs->data, err, o,
+                leader, o ? outcome_message(o->err) : msg);
+    free(cs);
+}
+
 static void handle_compact(Raftkv__KvService_Service *svc,
                            const Raftkv__CompactArgs *a,
                            Raftkv__CompactReply_Closure closure,
@@ -1398,6 +1465,20 @@ static void handle_compact(Raftkv__KvService_Service *svc,
     }
     /* Compaction is idempotent: no session; a retry that finds its own
      * compaction done is told COMPACTED. */
+    uint64_t step = a->revision;
+    if (compact_step(s->node, a->revision, &step) == 0 && step < a->revision) {
+        /* More history than one entry should drop: in steps. */
+        struct compact_steps *cs = calloc(1, sizeof *cs);
+        if (cs) {
+            cs->w.done = compact_step_done;
+            cs->s = s;
+            cs->target = a->revision;
+            cs->closure = (ProtobufCClosure)closure;
+            cs->data = data;
+            propose_compact(s->node, step, &cs->w);
+            return;
+        }
+    }
     Raftkv__Command cmd = RAFTKV__COMMAND__INIT;
     cmd.op_case = RAFTKV__COMMAND__OP_COMPACT;
     cmd.compact = (Raftkv__CompactArgs *)a;
@@ -1459,7 +1540,7 @@ static void kv_sweep(struct kv_node *n, enum node_event ev, void *arg)
                                     n->cfg.history_bytes, AUTO_COMPACT_STEP,
                                     &target);
     node_state_done(n, txn);
-    if (rv || !target) {
+    if (rv || !target || compact_step(n, target, &target) != 0) {
         return;
     }
     struct auto_compact *ac = calloc(1, sizeof *ac);
@@ -1468,13 +1549,8 @@ static void kv_sweep(struct kv_node *n, enum node_event ev, void *arg)
     }
     ac->s = s;
     ac->w.done = auto_compact_done;
-    Raftkv__CompactArgs ca = RAFTKV__COMPACT_ARGS__INIT;
-    ca.revision = target;
-    Raftkv__Command cmd = RAFTKV__COMMAND__INIT;
-    cmd.op_case = RAFTKV__COMMAND__OP_COMPACT;
-    cmd.compact = &ca;
     s->compacting = true;
-    node_propose(n, &cmd, &ac->w); /* auto_compact_done, in any case */
+    propose_compact(n, target, &ac->w); /* auto_compact_done, in any case */
 }
 
 /* ------------------------------------------------------------- service */

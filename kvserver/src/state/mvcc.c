@@ -1371,6 +1371,50 @@ int kv_mvcc_compact_target(struct kv_store *st,
     return 0;
 }
 
+int kv_mvcc_compact_step(struct kv_store *st,
+                         MDB_txn *txn,
+                         uint64_t rev,
+                         uint64_t max_records,
+                         uint64_t max_bytes,
+                         uint64_t *step)
+{
+    *step = rev;
+    if (!max_records && !max_bytes) {
+        return 0;
+    }
+    MDB_cursor *cur;
+    int rc = mdb_cursor_open(txn, st->history, &cur);
+    if (rc) {
+        return kv_store_fail(st, rc, "open history cursor");
+    }
+    MDB_val k, v;
+    uint64_t records = 0, bytes = 0, last = 0;
+    for (rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST); rc == 0;
+         rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
+        if (k.mv_size != KV_HIST_KEY) {
+            break;
+        }
+        uint64_t r = kv_get_u64(k.mv_data);
+        if (r > rev) {
+            break; /* all of it fits */
+        }
+        if (r != last && last &&
+            ((max_records && records >= max_records) ||
+             (max_bytes && bytes >= max_bytes))) {
+            *step = r - 1; /* whole revisions only */
+            break;
+        }
+        records++;
+        bytes += KV_HIST_KEY + v.mv_size;
+        last = r;
+    }
+    mdb_cursor_close(cur);
+    if (rc && rc != MDB_NOTFOUND) {
+        return kv_store_fail(st, rc, "read history");
+    }
+    return 0;
+}
+
 /* ----------------------------------------------------------- upgrade */
 
 int kv_mvcc_upgrade(struct kv_store *st, MDB_txn *txn)

@@ -339,6 +339,24 @@ int kv_mvcc_compact_target(struct kv_store *st,
                            uint64_t *target);
 
 /**
+ * How far one log entry should compact towards @rev: the largest revision
+ * up to @rev whose history events, from the oldest kept on, number at
+ * most about @max_records and weigh at most about @max_bytes (0: no cap),
+ * whole revisions only (so the first revision goes whole, whatever it
+ * holds). Compaction drops events one by one on every node's event loop.
+ * @param step set to it (@rev when everything up to it fits, or when
+ *   @rev is compacted already or past the store's revision: the entry
+ *   then says so)
+ * @return 0 or a store error
+ */
+int kv_mvcc_compact_step(struct kv_store *st,
+                         MDB_txn *txn,
+                         uint64_t rev,
+                         uint64_t max_records,
+                         uint64_t max_bytes,
+                         uint64_t *step);
+
+/**
  * Upgrade a store of format 3 (values without revisions) in @txn: every
  * key gets create and mod revision 2 and version 1, the store revision 2,
  * its history starting after it. A store of format 4 is only stamped 5
