@@ -156,8 +156,14 @@ static void test_history_compaction_goes_in_steps(void)
     uint64_t rev = r->revision;
     CU_ASSERT(r->n_events >= 300);
     clerk_events_result_free(r);
-    uint64_t before = leader_commit(ck);
+    /* Past the store's revision: refused whole, nothing dropped. */
     uint64_t compact = 0;
+    CU_ASSERT_EQUAL(clerk_compact(ck, rev + 1, &compact),
+                    CLERK_FUTURE_REVISION);
+    r = history(ck, &err);
+    CU_ASSERT(err == CLERK_OK && r && r->n_events >= 300);
+    clerk_events_result_free(r);
+    uint64_t before = leader_commit(ck);
     CU_ASSERT_EQUAL(clerk_compact(ck, rev, &compact), CLERK_OK);
     CU_ASSERT_EQUAL(compact, rev);
     uint64_t entries = leader_commit(ck) - before;

@@ -1382,6 +1382,14 @@ int kv_mvcc_compact_step(struct kv_store *st,
     if (!max_records && !max_bytes) {
         return 0;
     }
+    struct kv_revs revs;
+    int rv = kv_mvcc_revs(st, txn, &revs);
+    if (rv) {
+        return rv;
+    }
+    if (rev > revs.revision || rev <= revs.compact) {
+        return 0; /* refused whole: FUTURE_REVISION, COMPACTED */
+    }
     MDB_cursor *cur;
     int rc = mdb_cursor_open(txn, st->history, &cur);
     if (rc) {
