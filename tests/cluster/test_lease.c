@@ -490,6 +490,55 @@ static size_t keys_of_lease(struct clerk *ck, uint64_t id)
     return n;
 }
 
+static void on_raw_reply(const ProtobufCMessage *m, void *data)
+{
+    int *err = data;
+    if (m && m->descriptor == &raftkv__put_append_reply__descriptor) {
+        *err = (int)((const Raftkv__PutAppendReply *)m)->err;
+    } else if (m) {
+        *err = (int)((const Raftkv__DeleteRangeReply *)m)->err;
+    }
+}
+
+/* Node i's own answer (a KvError; -1: none) to a put of key @k with lease
+ * @lease, or (@end set) to a delete of [k, end), sent to it alone. */
+static int raw_write(struct h_cluster *c,
+                     size_t i,
+                     const char *k,
+                     const char *end,
+                     uint64_t lease)
+{
+    struct rpc_channel_options o = {.deadline_ms = 5000, .tls = c->client_tls};
+    struct rpc_channel *ch =
+        rpc_channel_new_blocking(c->nodes[i].host, c->nodes[i].port, &o);
+    CU_ASSERT_FATAL(ch != NULL);
+    ProtobufCService *svc =
+        rpc_channel_service(ch, &raftkv__kv_service__descriptor);
+    static uint8_t client[16] = {0x5a, 0x17};
+    static uint64_t request;
+    int err = -1;
+    if (end) {
+        Raftkv__DeleteRangeArgs d = RAFTKV__DELETE_RANGE_ARGS__INIT;
+        d.key = (ProtobufCBinaryData){strlen(k), (uint8_t *)k};
+        d.range_end = (ProtobufCBinaryData){strlen(end), (uint8_t *)end};
+        d.client_id = (ProtobufCBinaryData){16, client};
+        d.request_id = ++request;
+        raftkv__kv_service__delete_range(
+            svc, &d, (Raftkv__DeleteRangeReply_Closure)on_raw_reply, &err);
+    } else {
+        Raftkv__PutAppendArgs p = RAFTKV__PUT_APPEND_ARGS__INIT;
+        p.key = (ProtobufCBinaryData){strlen(k), (uint8_t *)k};
+        p.value = (ProtobufCBinaryData){1, (uint8_t *)"v"};
+        p.lease = lease;
+        p.client_id = (ProtobufCBinaryData){16, client};
+        p.request_id = ++request;
+        raftkv__kv_service__put_append(
+            svc, &p, (Raftkv__PutAppendReply_Closure)on_raw_reply, &err);
+    }
+    rpc_channel_free(ch);
+    return err;
+}
+
 /* Ending a lease deletes all its keys in one write, which every node
  * applies on its event loop: the leader refuses (TOO_MANY_KEYS) a put or
  * a transaction that would give a lease more than --max-lease-keys keys.
@@ -498,7 +547,9 @@ static size_t keys_of_lease(struct clerk *ck, uint64_t id)
 static void test_lease_keys_per_lease_are_bounded(void)
 {
     struct h_cluster c;
-    CU_ASSERT_FATAL(h_cluster_start(&c, 3, "--max-lease-keys 20") == 0);
+    CU_ASSERT_FATAL(h_cluster_start(&c, 3,
+                                    "--max-lease-keys 20 "
+                                    "--max-delete-keys 5") == 0);
     int leader = h_find_leader(&c, 10000);
     CU_ASSERT_FATAL(leader >= 0);
     struct clerk *ck = open_clerk(&c);
@@ -536,6 +587,17 @@ static void test_lease_keys_per_lease_are_bounded(void)
     CU_ASSERT_EQUAL(try_put_lease(ck, "mlk/22", b), CLERK_OK);
     CU_ASSERT_EQUAL(try_put_lease(ck, "mlk/23", 0), CLERK_OK);
 
+    /* A follower leaves the limits to the leader: it redirects, and
+     * never refuses TOO_MANY_KEYS from its own state and settings. */
+    size_t f = ((size_t)leader + 1) % 3;
+    CU_ASSERT_EQUAL(raw_write(&c, f, "mlk/24", NULL, a),
+                    RAFTKV__KV_ERROR__KV_WRONG_LEADER);
+    CU_ASSERT_EQUAL(raw_write(&c, f, "mlk/", "mlk0", 0),
+                    RAFTKV__KV_ERROR__KV_WRONG_LEADER);
+    CU_ASSERT_EQUAL(raw_write(&c, (size_t)leader, "mlk/24", NULL, a),
+                    RAFTKV__KV_ERROR__KV_TOO_MANY_KEYS);
+    CU_ASSERT_EQUAL(raw_write(&c, (size_t)leader, "mlk/", "mlk0", 0),
+                    RAFTKV__KV_ERROR__KV_TOO_MANY_KEYS);
     /* A new leader counts the keys of its own state. */
     h_node_kill(&c, (size_t)leader);
     int next = -1;

@@ -1128,8 +1128,8 @@ static int deletes_allowed(struct kv_node *n,
                            char *why,
                            size_t why_size)
 {
-    if (n->cfg.max_delete_keys == 0) {
-        return 0;
+    if (n->cfg.max_delete_keys == 0 || raft_role(n->raft) != RAFT_LEADER) {
+        return 0; /* a follower sends it to the leader, which decides */
     }
     struct del_count x = {.n = n, .why = why, .why_size = why_size};
     int err = a ? count_deletes(&x, a) : count_txn_deletes(&x, t);
@@ -1187,8 +1187,8 @@ static int lease_keys_allowed(struct kv_node *n,
     } else if (t) {
         txn_lease_puts(t, puts, &n_puts);
     }
-    if (!limit || !n_puts) {
-        return 0;
+    if (!limit || !n_puts || raft_role(n->raft) != RAFT_LEADER) {
+        return 0; /* a follower sends it to the leader, which decides */
     }
     int rc = 0, err = 0;
     MDB_txn *txn = node_state_read(n, &rc);
@@ -1414,15 +1414,86 @@ static void propose_compact(struct kv_node *n,
     node_propose(n, &cmd, w); /* w->done, in any case */
 }
 
-/* A client's compaction that goes through the log in steps. */
+/* A client's compaction that goes through the log in steps. A step's
+ * answer comes while the node applies entries, when nothing can be
+ * proposed: the next step is proposed from an event of its own. */
 struct compact_steps
 {
     struct node_write_waiter w; /* the node's part */
     struct kv_services *s;
-    uint64_t target;          /* the revision the client asked for */
-    ProtobufCClosure closure; /* completes the client's call */
-    void *data;               /* its argument */
+    uint64_t target;            /* the revision the client asked for */
+    ProtobufCClosure closure;   /* completes the client's call */
+    void *data;                 /* its argument */
+    struct event *next_ev;      /* proposes the next step */
+    struct compact_steps *next; /* s->compact_chains: waiting for it */
 };
+
+/* Answer the client and free the chain (it is on no list). */
+static void compact_chain_end(struct compact_steps *cs,
+                              int err,
+                              const struct kv_outcome *o,
+                              uint64_t leader,
+                              const char *msg)
+{
+    reply_write(cs->s->node, RAFTKV__COMMAND__OP_COMPACT, cs->closure, cs->data,
+                err, o, leader, msg);
+    event_free(cs->next_ev);
+    free(cs);
+}
+
+/* Short of the target, and this node cannot go on: the client asks again
+ * (compaction is idempotent), of the leader if there is one. */
+static void compact_chain_stop(struct compact_steps *cs, uint64_t reached)
+{
+    struct kv_node *n = cs->s->node;
+    char msg[200];
+    if (n->stopping) {
+        compact_chain_end(cs, RAFTKV__KV_ERROR__KV_SHUTTING_DOWN, NULL, 0,
+                          "the node is stopping");
+        return;
+    }
+    snprintf(msg, sizeof msg,
+             "compacted to revision %llu of %llu, in steps, when this node "
+             "stopped leading; ask the leader again",
+             (unsigned long long)reached, (unsigned long long)cs->target);
+    compact_chain_end(cs, RAFTKV__KV_ERROR__KV_WRONG_LEADER, NULL,
+                      raft_leader(n->raft), msg);
+}
+
+static void compact_step_done(struct kv_node *n,
+                              struct node_write_waiter *w,
+                              int err,
+                              const struct kv_outcome *o,
+                              uint64_t leader,
+                              const char *msg);
+
+/* The next step of a chain, outside the node's turn. */
+static void on_compact_next(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    struct compact_steps *cs = arg;
+    struct kv_services *s = cs->s;
+    struct kv_node *n = s->node;
+    for (struct compact_steps **p = &s->compact_chains; *p; p = &(*p)->next) {
+        if (*p == cs) {
+            *p = cs->next;
+            break;
+        }
+    }
+    uint64_t step = cs->target;
+    if (n->stopping || raft_role(n->raft) != RAFT_LEADER) {
+        compact_chain_stop(cs, 0);
+        return;
+    }
+    if (compact_step(n, cs->target, &step) != 0) {
+        compact_chain_end(cs, RAFTKV__KV_ERROR__KV_INTERNAL, NULL, 0,
+                          "cannot read the history to compact it");
+        return;
+    }
+    cs->w = (struct node_write_waiter){.done = compact_step_done};
+    propose_compact(n, step, &cs->w); /* compact_step_done, in any case */
+}
 
 /* A step was applied (or failed): the next one, or the answer. */
 static void compact_step_done(struct kv_node *n,
@@ -1433,20 +1504,34 @@ static void compact_step_done(struct kv_node *n,
                               const char *msg)
 {
     struct compact_steps *cs = (struct compact_steps *)w;
-    uint64_t step = cs->target;
     /* COMPACTED: another compaction passed this step (a retry of the
      * same call, the automatic one): go on from where it stopped. */
     if ((!err || err == RAFTKV__KV_ERROR__KV_COMPACTED) && o &&
-        o->compact < cs->target && raft_role(n->raft) == RAFT_LEADER &&
-        compact_step(n, cs->target, &step) == 0) {
-        /* The store's history is past the step now: the next one. */
-        cs->w = (struct node_write_waiter){.done = compact_step_done};
-        propose_compact(n, step, &cs->w);
+        o->compact < cs->target) {
+        if (n->stopping || raft_role(n->raft) != RAFT_LEADER) {
+            compact_chain_stop(cs, o->compact);
+            return;
+        }
+        cs->next = cs->s->compact_chains;
+        cs->s->compact_chains = cs;
+        event_active(cs->next_ev, EV_TIMEOUT, 1);
         return;
     }
-    reply_write(n, RAFTKV__COMMAND__OP_COMPACT, cs->closure, cs->data, err, o,
-                leader, o ? outcome_message(o->err) : msg);
-    free(cs);
+    compact_chain_end(cs, err, o, leader, o ? outcome_message(o->err) : msg);
+}
+
+/* The node stops: the chains waiting for their next step end. */
+static void compact_chains_end(struct kv_node *n, enum node_event ev, void *arg)
+{
+    (void)n;
+    (void)ev;
+    struct kv_services *s = arg;
+    while (s->compact_chains) {
+        struct compact_steps *cs = s->compact_chains;
+        s->compact_chains = cs->next;
+        compact_chain_end(cs, RAFTKV__KV_ERROR__KV_SHUTTING_DOWN, NULL, 0,
+                          "the node is stopping");
+    }
 }
 
 static void handle_compact(Raftkv__KvService_Service *svc,
@@ -1470,6 +1555,9 @@ static void handle_compact(Raftkv__KvService_Service *svc,
         /* More history than one entry should drop: in steps. */
         struct compact_steps *cs = calloc(1, sizeof *cs);
         if (cs) {
+            cs->next_ev = event_new(s->node->base, -1, 0, on_compact_next, cs);
+        }
+        if (cs && cs->next_ev) {
             cs->w.done = compact_step_done;
             cs->s = s;
             cs->target = a->revision;
@@ -1478,6 +1566,7 @@ static void handle_compact(Raftkv__KvService_Service *svc,
             propose_compact(s->node, step, &cs->w);
             return;
         }
+        free(cs); /* without memory: in one entry */
     }
     Raftkv__Command cmd = RAFTKV__COMMAND__INIT;
     cmd.op_case = RAFTKV__COMMAND__OP_COMPACT;
@@ -1572,7 +1661,8 @@ int kv_service_init(struct kv_services *s)
     };
     s->kv_svc = kv;
     if (node_subscribe(s->node, NODE_EV_RELEASE_READERS | NODE_EV_STOPPING,
-                       count_jobs_end, s) != 0) {
+                       count_jobs_end, s) != 0 ||
+        node_subscribe(s->node, NODE_EV_STOPPING, compact_chains_end, s) != 0) {
         return -1;
     }
     return node_subscribe(s->node, NODE_EV_SWEEP, kv_sweep, s);

@@ -66,6 +66,8 @@ struct kv_services
     Raftkv__WatchService_Service watch_svc; /* WatchService (watch.c) */
     struct watch_hub *watch;                /* its watches */
     struct kv_count_job *counts; /* Range counts over many turns (kv.c) */
+    struct compact_steps *compact_chains; /* client compactions waiting
+                                             for their next step (kv.c) */
     bool compacting;             /* the leader's compaction is in flight */
     uint64_t compact_checked_ms; /* when the leader last looked (kv.c) */
 };
