@@ -416,6 +416,60 @@ static void test_lease_key_counts_follow_every_change(void)
     end();
 }
 
+/* Attach n keys "p<id>/<i>" to lease id. */
+static void attach_n(uint64_t id, int n)
+{
+    for (int i = 0; i < n; i++) {
+        char k[32];
+        snprintf(k, sizeof k, "p%llu/%02d", (unsigned long long)id, i);
+        CU_ASSERT_EQUAL(put_lease(k, "v", id), 0);
+    }
+}
+
+/* The leader's choice of the leases one expire entry ends: the most
+ * overdue first, about max_keys keys, stopping at the first that does not
+ * fit (so a lease with many keys is never passed over for smaller ones
+ * that keep coming due), leases gone already passed over and marked. */
+static void test_lease_expire_pick_oldest_first_within_the_keys(void)
+{
+    begin();
+    for (uint64_t id = 1; id <= 6; id++) {
+        CU_ASSERT_EQUAL(grant(id, 60), 0);
+    }
+    attach_n(1, 19);
+    for (uint64_t id = 2; id <= 5; id++) {
+        attach_n(id, 1);
+    }
+    uint64_t rev, deleted;
+    CU_ASSERT_EQUAL(revoke(6, &rev, &deleted), 0); /* gone */
+    uint64_t ids[8], keys = 0;
+    /* Lease 1 (19 keys) is due after 2 and 3: they go first, and it does
+     * not fit with them; 4, due after it, waits although it would fit. */
+    struct kv_lease_due due[] = {
+        {4, 102}, {1, 101}, {6, 50}, {3, 100}, {2, 100}};
+    size_t k = kv_lease_expire_pick(&st, txn, due, 5, 20, ids, 8, &keys);
+    CU_ASSERT_EQUAL(k, 2);
+    CU_ASSERT(k == 2 && ids[0] == 2 && ids[1] == 3);
+    CU_ASSERT_EQUAL(keys, 2);
+    /* Sorted, and the gone lease marked for the caller. */
+    CU_ASSERT(due[0].id == 6 && due[0].expiry == 0);
+    CU_ASSERT(due[1].id == 2 && due[2].id == 3 && due[3].id == 1);
+    /* The next entry begins with it, whatever came due meanwhile. */
+    struct kv_lease_due next[] = {{5, 103}, {4, 102}, {1, 101}};
+    k = kv_lease_expire_pick(&st, txn, next, 3, 20, ids, 8, &keys);
+    CU_ASSERT(k == 2 && ids[0] == 1 && ids[1] == 4);
+    CU_ASSERT_EQUAL(keys, 20);
+    /* One lease over the cap goes alone, whole. */
+    struct kv_lease_due big[] = {{2, 9}, {1, 5}};
+    k = kv_lease_expire_pick(&st, txn, big, 2, 10, ids, 8, &keys);
+    CU_ASSERT(k == 1 && ids[0] == 1 && keys == 19);
+    /* No key cap: up to max_ids. */
+    struct kv_lease_due all[] = {{3, 3}, {1, 1}, {2, 2}};
+    k = kv_lease_expire_pick(&st, txn, all, 3, 0, ids, 2, &keys);
+    CU_ASSERT(k == 2 && ids[0] == 1 && ids[1] == 2);
+    end();
+}
+
 static void test_lease_put_to_a_missing_lease_changes_nothing(void)
 {
     begin();
@@ -680,6 +734,8 @@ int main(int argc, char **argv)
          test_lease_put_elsewhere_or_delete_detaches},
         {"test_lease_key_counts_follow_every_change",
          test_lease_key_counts_follow_every_change},
+        {"test_lease_expire_pick_oldest_first_within_the_keys",
+         test_lease_expire_pick_oldest_first_within_the_keys},
         {"test_lease_put_to_a_missing_lease_changes_nothing",
          test_lease_put_to_a_missing_lease_changes_nothing},
         {"test_lease_grant_rules_and_retries",

@@ -610,33 +610,40 @@ static void propose_expiry(struct lease_clock *lc)
     uint64_t now = node_now_ms();
     uint64_t *ids = malloc(KV_LEASE_MAX_IDS * sizeof *ids);
     struct lease_expire *le = calloc(1, sizeof *le);
+    struct kv_lease_due *due = NULL;
     MDB_txn *txn = node_state_read(n, NULL);
-    size_t due = 0, k = 0;
-    for (size_t i = 0;
-         ids && le && txn && i < lc->cap && due < KV_LEASE_MAX_IDS; i++) {
+    size_t n_due = 0, cap = 0, k = 0;
+    uint64_t keys = 0;
+    for (size_t i = 0; ids && le && txn && i < lc->cap; i++) {
         const struct lease_entry *e = &lc->slots[i];
-        if (e->id && e->expiry <= now) {
-            ids[due++] = e->id;
-        }
-    }
-    /* Only those the state still has (the others ended already and must
-     * not be proposed again and again), and about --max-lease-keys keys
-     * in all (one lease at least): the rest go in the next write. */
-    uint64_t limit = n->cfg.max_lease_keys, keys = 0;
-    for (size_t i = 0; i < due; i++) {
-        uint64_t c = 0;
-        if (kv_lease_get(&n->store, txn, ids[i], NULL) == MDB_NOTFOUND) {
-            table_remove(lc, ids[i]);
+        if (!e->id || e->expiry > now) {
             continue;
         }
-        if (limit && kv_lease_count(&n->store, txn, ids[i], &c) == 0) {
-            if (k && keys + c > limit) {
-                continue; /* a later write; smaller ones may still fit */
+        if (n_due == cap) {
+            size_t ncap = cap ? cap * 2 : 64;
+            struct kv_lease_due *d = realloc(due, ncap * sizeof *d);
+            if (!d) {
+                break;
             }
-            keys += c;
+            due = d;
+            cap = ncap;
         }
-        ids[k++] = ids[i];
+        due[n_due++] = (struct kv_lease_due){e->id, e->expiry};
     }
+    /* The most overdue first, about --max-lease-keys keys in all: the
+     * rest go in the next write. Those the state no longer has ended
+     * already: out of the table, not to be proposed again and again. */
+    if (n_due) {
+        k = kv_lease_expire_pick(&n->store, txn, due, n_due,
+                                 n->cfg.max_lease_keys, ids, KV_LEASE_MAX_IDS,
+                                 &keys);
+    }
+    for (size_t i = 0; i < n_due; i++) {
+        if (due[i].expiry == 0) {
+            table_remove(lc, due[i].id);
+        }
+    }
+    free(due);
     if (txn) {
         node_state_done(n, txn);
     }

@@ -348,6 +348,48 @@ int kv_lease_count(struct kv_store *st,
     return 0;
 }
 
+static int due_cmp(const void *a, const void *b)
+{
+    const struct kv_lease_due *x = a, *y = b;
+    if (x->expiry != y->expiry) {
+        return x->expiry < y->expiry ? -1 : 1;
+    }
+    return x->id < y->id ? -1 : x->id > y->id;
+}
+
+size_t kv_lease_expire_pick(struct kv_store *st,
+                            MDB_txn *txn,
+                            struct kv_lease_due *due,
+                            size_t n,
+                            uint64_t max_keys,
+                            uint64_t *ids,
+                            size_t max_ids,
+                            uint64_t *keys)
+{
+    qsort(due, n, sizeof *due, due_cmp);
+    size_t k = 0;
+    *keys = 0;
+    for (size_t i = 0; i < n && k < max_ids; i++) {
+        uint64_t c = 0;
+        int rv = kv_lease_get(st, txn, due[i].id, NULL);
+        if (rv == MDB_NOTFOUND) {
+            due[i].expiry = 0; /* ended already */
+            continue;
+        }
+        if (rv) {
+            continue; /* a store error: the next round tries it again */
+        }
+        if (max_keys && kv_lease_count(st, txn, due[i].id, &c) == 0) {
+            if (k && *keys + c > max_keys) {
+                break; /* the next entry begins with it */
+            }
+            *keys += c;
+        }
+        ids[k++] = due[i].id;
+    }
+    return k;
+}
+
 /* End one lease inside change @c: delete its keys (their delete events
  * are at the change's revision) and the lease. */
 static int end_lease(struct kv_change *c, uint64_t id, uint64_t *deleted)

@@ -93,6 +93,34 @@ int kv_lease_keys(struct kv_store *st,
                   ProtobufCBinaryData **keys,
                   size_t *n_keys);
 
+/* A lease past its expiry, as the leader's clock has it. */
+struct kv_lease_due
+{
+    uint64_t id;
+    uint64_t expiry; /* ms of the leader's clock */
+};
+
+/**
+ * Pick the leases one expire entry ends: the most overdue first (by
+ * expiry, then id), until @max_ids or about @max_keys keys in all (0: no
+ * cap; the first one whole, whatever it has). It stops at the first that
+ * does not fit, so that a lease with many keys never waits behind smaller
+ * ones that keep coming due. Leases the state no longer has (ended
+ * already) are passed over, their expiry set to 0.
+ * @param due leases found due (sorted here)
+ * @param ids set to the ids picked (room for @max_ids)
+ * @param keys set to the keys they have in all
+ * @return how many were picked (0 only when @n is)
+ */
+size_t kv_lease_expire_pick(struct kv_store *st,
+                            MDB_txn *txn,
+                            struct kv_lease_due *due,
+                            size_t n,
+                            uint64_t max_keys,
+                            uint64_t *ids,
+                            size_t max_ids,
+                            uint64_t *keys);
+
 /**
  * Apply a lease command (Command.lease). grant adds a lease (BAD_REQUEST
  * when the id is 0 or exists, the TTL not positive); revoke ends one
