@@ -689,6 +689,16 @@ static void op_step(struct ck_op *op)
     if (now >= op->deadline) {
         char why[300];
         seen_summary(op, why, sizeof why);
+        if (op->failed[0] && !op->write) {
+            /* A read changed nothing: the server's failure is the
+             * answer. */
+            snprintf(op->errmsg, sizeof op->errmsg,
+                     "%.240s (a server failed the read; tried again for %u "
+                     "ms, last: %.200s)",
+                     op->failed, op->deadline_ms, op->last);
+            op_finish(op, CLERK_INTERNAL);
+            return;
+        }
         if (op->failed[0] && strcmp(op->failed, op->last) != 0) {
             snprintf(op->errmsg, sizeof op->errmsg,
                      "no leader answered within %u ms: %.120s (last: %.150s; "
@@ -899,19 +909,10 @@ static void op_answered(struct ck_op *op)
                          c->servers[i].addr, a->message);
                 break;
             case RAFTKV__KV_ERROR__KV_INTERNAL:
-                if (!op->write) {
-                    /* A read changed nothing, and the server's failure is
-                     * its answer: said now, not hidden behind the
-                     * redirects of other servers until the deadline. */
-                    snprintf(op->errmsg, sizeof op->errmsg, "%.150s: %.240s",
-                             c->servers[i].addr,
-                             a->message[0] ? a->message : "internal error");
-                    op_finish(op, CLERK_INTERNAL);
-                    return;
-                }
-                /* A write: the leader may have failed after proposing
-                 * it; tried again (its session keeps it to one apply),
-                 * and the failure kept for the message at the deadline. */
+                /* The server failed it (a store error, a bug). Often one
+                 * node's failure, and brief (its LMDB readers all taken):
+                 * tried again; kept for the answer at the deadline, so
+                 * that it is not hidden behind later redirects. */
                 snprintf(op->failed, sizeof op->failed, "%.150s: %.240s",
                          c->servers[i].addr,
                          a->message[0] ? a->message : "internal error");

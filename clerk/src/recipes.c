@@ -201,11 +201,13 @@ static int wait_deleted(struct clerk *c,
 }
 
 /* Errors that a later try may not meet: the cluster was briefly without
- * a leader, a node failed, or the history a watch wanted is compacted. */
+ * a leader, a node failed (a read it failed until the deadline is
+ * CLERK_INTERNAL), or the history a watch wanted is compacted. */
 static bool transient(int rv)
 {
     return rv == CLERK_UNAVAILABLE || rv == CLERK_TIMEOUT ||
-           rv == CLERK_UNKNOWN_OUTCOME || rv == CLERK_COMPACTED;
+           rv == CLERK_UNKNOWN_OUTCOME || rv == CLERK_COMPACTED ||
+           rv == CLERK_INTERNAL;
 }
 
 static int take(struct clerk *c,

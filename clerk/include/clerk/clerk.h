@@ -68,8 +68,8 @@ enum clerk_error {
     CLERK_INVALID,           /* bad argument (NULL pointer, bad server list) */
     CLERK_NOMEM,             /* out of memory */
     CLERK_INTERNAL,          /* unexpected answer from the cluster, or a
-                                server failed a read itself (its message
-                                in clerk_errmsg) */
+                                server failed a read itself until the
+                                deadline (its message in clerk_errmsg) */
     CLERK_DISABLED,          /* the server does not allow the operation (fault
                                 injection without --enable-fault-injection) */
     CLERK_SESSION_EXPIRED,   /* write: the cluster forgot this handle's session
