@@ -82,8 +82,8 @@ for v in $(compgen -e | grep '^RAFTKV_SERVER_' || true); do unset "$v"; done
 in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 ports=()
 # Ports 20000-25999 are this test's; the C tests take 10000-19999
-# (tests/cluster/harness.c), test_cluster_script.sh 26000-31999 and
-# test_cluster_sh.sh 32000-32999.
+# (tests/cluster/harness.c), test_cluster_script.sh 26000-31999,
+# test_cluster_sh.sh 32000-32999 and test_stalls.sh 33000-33899.
 # Each node takes a client port and the next one for its peers.
 p=$((20000 + RANDOM % 5900))
 while [ ${#ports[@]} -lt 3 ]; do
