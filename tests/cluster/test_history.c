@@ -3,6 +3,7 @@
  * revisions and history survive a kill -9 and travel in snapshots to a
  * follower that fell behind, and ranges, transactions and history reads
  * are checked against the user's permissions over whole ranges. */
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -240,6 +241,77 @@ static void test_history_compaction_goes_in_steps(void)
     CU_ASSERT(h_cluster_destroy(&c) == 0);
 }
 
+/* A compaction on a thread of its own. */
+struct compact_call
+{
+    struct clerk *ck;
+    uint64_t rev, compact;
+    int rv;
+};
+
+static void *compact_main(void *arg)
+{
+    struct compact_call *cc = arg;
+    cc->rv = clerk_compact(cc->ck, cc->rev, &cc->compact);
+    return NULL;
+}
+
+/* Leadership moves while a compaction goes in steps: the old leader
+ * answers WRONG_LEADER (not OK short of the revision asked), libclerk asks
+ * the new one, which goes on from where the history is: the answer is OK
+ * once all of it is compacted, on every node. */
+static void test_history_compaction_in_steps_across_a_new_leader(void)
+{
+    struct h_cluster c;
+    CU_ASSERT_FATAL(h_cluster_start(&c, 3, "--compact-step-records 1") == 0);
+    int leader = h_find_leader(&c, 10000);
+    CU_ASSERT_FATAL(leader >= 0);
+    struct clerk *ck = open_on(&c, 7, false, NULL, NULL);
+    put_n(ck, "n", 400, 8);
+    int err;
+    struct clerk_events_result *r = history(ck, &err);
+    CU_ASSERT_FATAL(err == CLERK_OK && r);
+    struct compact_call cc = {.ck = open_on(&c, 7, false, NULL, NULL),
+                              .rev = r->revision};
+    clerk_events_result_free(r);
+    pthread_t t;
+    CU_ASSERT_FATAL(pthread_create(&t, NULL, compact_main, &cc) == 0);
+    /* Some steps in (one entry per revision), hand leadership over. */
+    uint64_t end = h_now_ms() + 5000;
+    do {
+        h_sleep_ms(20);
+        r = history(ck, &err);
+        bool started = err == CLERK_OK && r && r->compact_revision > 50;
+        clerk_events_result_free(r);
+        if (started) {
+            break;
+        }
+    } while (h_now_ms() < end);
+    uint64_t next = 0;
+    int trv = clerk_transfer_leader(ck, 0, &next);
+    pthread_join(t, NULL);
+    printf("\n  transfer to node %llu: %s; compaction: %s, to %llu of %llu\n",
+           (unsigned long long)next, clerk_error_code(trv),
+           clerk_error_code(cc.rv), (unsigned long long)cc.compact,
+           (unsigned long long)cc.rev);
+    CU_ASSERT_EQUAL(trv, CLERK_OK);
+    CU_ASSERT_EQUAL(cc.rv, CLERK_OK);
+    CU_ASSERT_EQUAL(cc.compact, cc.rev);
+    /* The transfer came part way: the old leader answered, and the call
+     * went again to the new one. */
+    double calls = 0;
+    for (size_t i = 0; i < c.n; i++) {
+        calls += compact_calls(&c, i);
+    }
+    printf("  %.0f Compact calls in all\n", calls);
+    CU_ASSERT(calls >= 2);
+    CU_ASSERT(wait_compacted(&c, cc.rev));
+    clerk_close(cc.ck);
+    clerk_close(ck);
+    c.keep = CU_get_number_of_failures() > 0;
+    CU_ASSERT(h_cluster_destroy(&c) == 0);
+}
+
 static void test_history_leader_compacts_past_history_bytes(void)
 {
     struct h_cluster c;
@@ -439,6 +511,8 @@ int main(int argc, char **argv)
          test_history_leader_compacts_past_history_revisions},
         {"test_history_compaction_goes_in_steps",
          test_history_compaction_goes_in_steps},
+        {"test_history_compaction_in_steps_across_a_new_leader",
+         test_history_compaction_in_steps_across_a_new_leader},
         {"test_history_leader_compacts_past_history_bytes",
          test_history_leader_compacts_past_history_bytes},
         {"test_history_survives_kill_and_travels_in_snapshots",

@@ -1422,6 +1422,7 @@ struct compact_steps
     struct node_write_waiter w; /* the node's part */
     struct kv_services *s;
     uint64_t target;            /* the revision the client asked for */
+    uint64_t reached;           /* compacted up to, after the last step */
     ProtobufCClosure closure;   /* completes the client's call */
     void *data;                 /* its argument */
     struct event *next_ev;      /* proposes the next step */
@@ -1443,7 +1444,7 @@ static void compact_chain_end(struct compact_steps *cs,
 
 /* Short of the target, and this node cannot go on: the client asks again
  * (compaction is idempotent), of the leader if there is one. */
-static void compact_chain_stop(struct compact_steps *cs, uint64_t reached)
+static void compact_chain_stop(struct compact_steps *cs)
 {
     struct kv_node *n = cs->s->node;
     char msg[200];
@@ -1455,7 +1456,7 @@ static void compact_chain_stop(struct compact_steps *cs, uint64_t reached)
     snprintf(msg, sizeof msg,
              "compacted to revision %llu of %llu, in steps, when this node "
              "stopped leading; ask the leader again",
-             (unsigned long long)reached, (unsigned long long)cs->target);
+             (unsigned long long)cs->reached, (unsigned long long)cs->target);
     compact_chain_end(cs, RAFTKV__KV_ERROR__KV_WRONG_LEADER, NULL,
                       raft_leader(n->raft), msg);
 }
@@ -1483,7 +1484,7 @@ static void on_compact_next(evutil_socket_t fd, short what, void *arg)
     }
     uint64_t step = cs->target;
     if (n->stopping || raft_role(n->raft) != RAFT_LEADER) {
-        compact_chain_stop(cs, 0);
+        compact_chain_stop(cs);
         return;
     }
     if (compact_step(n, cs->target, &step) != 0) {
@@ -1508,8 +1509,9 @@ static void compact_step_done(struct kv_node *n,
      * same call, the automatic one): go on from where it stopped. */
     if ((!err || err == RAFTKV__KV_ERROR__KV_COMPACTED) && o &&
         o->compact < cs->target) {
+        cs->reached = o->compact;
         if (n->stopping || raft_role(n->raft) != RAFT_LEADER) {
-            compact_chain_stop(cs, o->compact);
+            compact_chain_stop(cs);
             return;
         }
         cs->next = cs->s->compact_chains;
