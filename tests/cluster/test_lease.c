@@ -131,6 +131,19 @@ static void on_lost(uint64_t id, int reason, void *arg)
     atomic_fetch_add(&l->calls, 1);
 }
 
+/* Kill -9 the leader; the node that leads next (within 10 s). */
+static int kill_leader(struct h_cluster *c, int leader)
+{
+    h_node_kill(c, (size_t)leader);
+    int next = -1;
+    uint64_t end = h_now_ms() + 10000;
+    while ((next < 0 || next == leader) && h_now_ms() < end) {
+        next = h_find_leader(c, 1000);
+    }
+    CU_ASSERT_FATAL(next >= 0 && next != leader);
+    return next;
+}
+
 static void test_lease_keys_vanish_after_expiry(void)
 {
     struct h_cluster c;
@@ -255,13 +268,7 @@ static void test_lease_kept_alive_across_a_leader_kill(void)
                           CLERK_OK);
     h_sleep_ms(1500);
     /* The leader dies; the next one takes over the lease's clock. */
-    h_node_kill(&c, (size_t)leader);
-    int next = -1;
-    uint64_t end = h_now_ms() + 10000;
-    while ((next < 0 || next == leader) && h_now_ms() < end) {
-        next = h_find_leader(&c, 1000);
-    }
-    CU_ASSERT_FATAL(next >= 0 && next != leader);
+    int next = kill_leader(&c, leader);
     h_sleep_ms(9000); /* three TTLs under the new leader */
     CU_ASSERT(exists(ck, "lk/k"));
     CU_ASSERT_EQUAL(atomic_load(&l.calls), 0);
@@ -599,13 +606,7 @@ static void test_lease_keys_per_lease_are_bounded(void)
     CU_ASSERT_EQUAL(raw_write(&c, (size_t)leader, "mlk/", "mlk0", 0),
                     RAFTKV__KV_ERROR__KV_TOO_MANY_KEYS);
     /* A new leader counts the keys of its own state. */
-    h_node_kill(&c, (size_t)leader);
-    int next = -1;
-    uint64_t end = h_now_ms() + 10000;
-    while ((next < 0 || next == leader) && h_now_ms() < end) {
-        next = h_find_leader(&c, 1000);
-    }
-    CU_ASSERT_FATAL(next >= 0 && next != leader);
+    kill_leader(&c, leader);
     CU_ASSERT_EQUAL(try_put_lease(ck, "mlk/24", a), CLERK_TOO_MANY_KEYS);
     CU_ASSERT_EQUAL(clerk_delete(ck, "mlk/01", 6), CLERK_OK);
     CU_ASSERT_EQUAL(try_put_lease(ck, "mlk/24", a), CLERK_OK);
